@@ -1,0 +1,92 @@
+"""What every event log offers, whichever database holds it.
+
+The logs are ``eventsourcing`` application recorders (``insert_events``, ``select_notifications``,
+``max_notification_id``, ``select_events`` keep the library's meaning), extended with what a
+trading log needs: the store's clock on every row, a fast ordered scan for replay, and errors that
+say whether anything was appended.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from eventsourcing.persistence import Notification, StoredEvent
+
+# (position, stream_id, stream_version, type, data, recorded_at): the replay hot path uses tuples.
+Row = tuple[int, str, int, str, bytes, datetime]
+
+VOID_STREAM = "$void"
+VOID_TYPE = "$void"
+
+
+@dataclass(frozen=True)
+class RecordedEvent(Notification):
+    """A notification (``id`` is the global position) with the store's clock."""
+
+    recorded_at: datetime = datetime.min
+
+    @property
+    def position(self) -> int:
+        return self.id
+
+    @classmethod
+    def from_row(cls, row: Row) -> RecordedEvent:
+        return cls(
+            originator_id=row[1],
+            originator_version=row[2],
+            topic=row[3],
+            state=bytes(row[4]),
+            id=row[0],
+            recorded_at=row[5],
+        )
+
+
+@dataclass(frozen=True)
+class Appended:
+    position: int
+    recorded_at: datetime
+
+
+def new_event(stream_id: str, stream_version: int, type_name: str, data: bytes) -> StoredEvent:
+    return StoredEvent(originator_id=stream_id, originator_version=stream_version, topic=type_name, state=data)
+
+
+class EventLog(ABC):
+    """One append-only log with a gap-free global position (``notification id``)."""
+
+    table: str
+
+    @abstractmethod
+    def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
+        """Append in one transaction; return only once durable.
+
+        Raises ``ConcurrencyConflict`` if a (stream, version) is taken (nothing appended) and
+        ``AppendFailed`` if the database failed (nothing appended, or unknown when
+        ``ambiguous`` is set: re-read the stream to find out)."""
+
+    @abstractmethod
+    def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
+        """Rows with ``after < position <= stop`` in position order, stopping at the first hole
+        (an append still in flight), so a follower never skips an event."""
+
+    @abstractmethod
+    def head(self) -> int:
+        """The highest position in the log (0 when empty)."""
+
+    @abstractmethod
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        """Events of one stream in version order."""
+
+    def read(self, after: int = 0, limit: int = 1000, stop: int | None = None) -> list[RecordedEvent]:
+        rows = []
+        for row in self.iter_rows(after, stop, batch=min(limit, 10_000)):
+            rows.append(RecordedEvent.from_row(row))
+            if len(rows) >= limit:
+                break
+        return rows
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,297 @@
+"""The production log on PostgreSQL.
+
+Why not the library's default append: it takes ``LOCK TABLE ... EXCLUSIVE`` and sends ``NOTIFY``
+in every transaction, which serialises all writers behind one commit flush (about 1-2k appends/s
+here, whatever the number of writers). We keep its recorder interface and replace the append:
+
+* A row's global position comes from a sequence at insert time, so concurrent writers never wait
+  for each other and PostgreSQL's group commit batches their flushes.
+* A sequence alone leaves holes (an aborted append) and can commit out of order. So an append
+  that fails gives up its positions explicitly: it writes a ``$void`` row at each, and the log has
+  no holes. A reader returns only the contiguous prefix of the log, so an append still in flight
+  below the head holds readers back instead of being skipped. A hole left by a writer that died
+  mid-append is voided by the next reader that waits on it longer than ``gap_timeout``; the void
+  insert waits on the unique index for a writer that is still committing, so it can never replace
+  a real event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import psycopg
+from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresRecorder
+from psycopg import errors as pg_errors
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
+
+from ...domain.errors import AppendFailed, ConcurrencyConflict
+from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row
+
+
+class TradestatePostgresDatastore(PostgresDatastore):
+    """The library's pooled datastore with the timeouts a trading service needs set."""
+
+    def __init__(self, url: str, *, pool_size: int = 2, max_overflow: int = 8, application_name: str = "tradestate"):
+        parsed = urlparse(url)
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        self.url = url
+        self.lock_timeout_ms = int(float(query.pop("lock_timeout", "5")) * 1000)
+        self.statement_timeout_ms = int(float(query.pop("statement_timeout", "30")) * 1000)
+        self.application_name = application_name
+        super().__init__(
+            dbname=unquote(parsed.path.lstrip("/")) or "postgres",
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 5432,
+            user=unquote(parsed.username or "postgres"),
+            password=unquote(parsed.password or ""),
+            connect_timeout=float(query.pop("connect_timeout", "5")),
+            idle_in_transaction_session_timeout=5,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            lock_timeout=self.lock_timeout_ms // 1000,
+            schema=query.pop("schema", "public"),
+            originator_id_type="text",
+        )
+
+    def after_connect_func(self):  # type: ignore[override]
+        base = super().after_connect_func()
+        lock_ms, statement_ms, app = self.lock_timeout_ms, self.statement_timeout_ms, self.application_name
+
+        def after_connect(conn: psycopg.Connection[Any]) -> None:
+            base(conn)
+            conn.execute(f"SET lock_timeout = {lock_ms}")
+            conn.execute(f"SET statement_timeout = {statement_ms}")
+            conn.execute("SET synchronous_commit = on")  # durable before we return, never less
+            conn.execute(SQL("SET application_name = {}").format(psycopg.sql.Literal(app)))
+
+        return after_connect
+
+
+class PostgresEventLog(PostgresApplicationRecorder, EventLog):
+    gap_timeout = 1.0  # seconds a hole may hold readers back before they void it
+
+    def __init__(self, datastore: TradestatePostgresDatastore, table: str = "ts_events"):
+        PostgresRecorder.__init__(self, datastore)
+        self.check_identifier_length(table + "_position_seq")
+        self.table = self.events_table_name = table
+        schema = Identifier(datastore.schema)
+        t = Identifier(table)
+        seq = SQL("{}.{}").format(schema, Identifier(table + "_position_seq"))
+        self._qualified = SQL("{}.{}").format(schema, t)
+        self._seq_literal = psycopg.sql.Literal(f"{datastore.schema}.{table}_position_seq")
+        func = SQL("{}.{}").format(schema, Identifier(table + "_append"))
+        self.sql_create_statements = [
+            SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema),
+            SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(seq),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " position bigint PRIMARY KEY,"
+                " stream_id text NOT NULL,"
+                " stream_version bigint NOT NULL,"
+                " type text NOT NULL,"
+                " data bytea NOT NULL,"
+                " recorded_at timestamptz NOT NULL DEFAULT now(),"
+                " CONSTRAINT {} UNIQUE (stream_id, stream_version))"
+            ).format(self._qualified, Identifier(table + "_stream_version_key")),
+            # Several events in one transaction: take their positions in order, insert, and if a
+            # stream version is taken, void the positions instead, in the same transaction.
+            SQL(
+                "CREATE OR REPLACE FUNCTION {func}(streams text[], versions bigint[], types text[], datas bytea[])"
+                " RETURNS TABLE (pos bigint, at timestamptz) LANGUAGE plpgsql AS $body$"
+                " DECLARE positions bigint[];"
+                " BEGIN"
+                "  positions := ARRAY(SELECT nextval({seqlit}) FROM generate_series(1, cardinality(streams)));"
+                "  BEGIN"
+                "   INSERT INTO {tbl} (position, stream_id, stream_version, type, data)"
+                "    SELECT positions[o], s, v, ty, d FROM unnest(streams, versions, types, datas)"
+                "    WITH ORDINALITY AS u(s, v, ty, d, o);"
+                "  EXCEPTION WHEN unique_violation THEN"
+                "   INSERT INTO {tbl} (position, stream_id, stream_version, type, data)"
+                "    SELECT p, {void_stream}, p, {void_type}, '\\x7b7d'::bytea FROM unnest(positions) AS p;"
+                "   RETURN QUERY SELECT -1::bigint, now();"
+                "   RETURN;"
+                "  END;"
+                "  RETURN QUERY SELECT p, now() FROM unnest(positions) AS p;"
+                " END $body$"
+            ).format(
+                func=func,
+                seqlit=self._seq_literal,
+                tbl=self._qualified,
+                void_stream=psycopg.sql.Literal(VOID_STREAM),
+                void_type=psycopg.sql.Literal(VOID_TYPE),
+            ),
+        ]
+        self._insert_one = SQL(
+            "INSERT INTO {} (position, stream_id, stream_version, type, data)"
+            " VALUES (nextval({}), %s, %s, %s, %s) RETURNING position, recorded_at"
+        ).format(self._qualified, self._seq_literal)
+        self._insert_many = SQL("SELECT pos, at FROM {}(%s, %s, %s, %s)").format(func)
+        self._void = SQL(
+            "INSERT INTO {} (position, stream_id, stream_version, type, data)"
+            " VALUES (%s, {}, %s, {}, '\\x7b7d'::bytea) ON CONFLICT DO NOTHING"
+        ).format(self._qualified, psycopg.sql.Literal(VOID_STREAM), psycopg.sql.Literal(VOID_TYPE))
+        self._select = SQL(
+            "SELECT position, stream_id, stream_version, type, data, recorded_at FROM {}"
+            " WHERE position > %s AND position <= %s ORDER BY position LIMIT %s"
+        ).format(self._qualified)
+        self._head = SQL("SELECT coalesce(max(position), 0) FROM {}").format(self._qualified)
+        self._holes: dict[int, float] = {}  # hole position -> when this reader first waited on it
+
+    def create_table(self) -> None:
+        # Concurrent first starts must not race on CREATE ... IF NOT EXISTS (it is not atomic).
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-ddl'))")
+            for statement in self.sql_create_statements:
+                curs.execute(statement, prepare=False)
+
+    # ---------------------------------------------------------------------------- writing
+    def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
+        if not events:
+            return []
+        try:
+            with self.datastore.get_connection() as conn:
+                cur = conn.cursor(row_factory=tuple_row)
+                if len(events) == 1:
+                    e = events[0]
+                    try:
+                        cur.execute(self._insert_one, (e.originator_id, e.originator_version, e.topic, e.state), prepare=True)
+                    except pg_errors.UniqueViolation as error:
+                        # Our position is this session's last sequence value: give it up now so
+                        # readers are not held back by the hole.
+                        (lost,) = cur.execute(SQL("SELECT currval({})").format(self._seq_literal)).fetchone()
+                        cur.execute(self._void, (lost, lost))
+                        raise self._conflict(events, error) from error
+                    position, recorded_at = cur.fetchone()
+                    return [Appended(position, recorded_at)]
+                cur.execute(
+                    self._insert_many,
+                    (
+                        [e.originator_id for e in events],
+                        [e.originator_version for e in events],
+                        [e.topic for e in events],
+                        [e.state for e in events],
+                    ),
+                    prepare=True,
+                )
+                rows = cur.fetchall()
+                if rows and rows[0][0] == -1:
+                    raise self._conflict(events, None)
+                return [Appended(p, at) for p, at in rows]
+        except ConcurrencyConflict:
+            raise
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise AppendFailed(
+                f"PostgreSQL append failed ({e}); the commit may or may not have happened: "
+                "re-read the stream before deciding again"
+            ) from e
+        except Exception as e:  # the library's pool maps psycopg errors to its own classes
+            if type(e).__name__ in ("OperationalError", "InterfaceError"):
+                raise AppendFailed(
+                    f"PostgreSQL append failed ({e}); the commit may or may not have happened: "
+                    "re-read the stream before deciding again"
+                ) from e
+            if isinstance(e, psycopg.Error) or type(e).__module__.startswith("eventsourcing"):
+                raise AppendFailed(f"PostgreSQL append failed, nothing was appended: {e}") from e
+            raise
+
+    @staticmethod
+    def _conflict(events: Sequence[StoredEvent], error: Exception | None) -> ConcurrencyConflict:
+        streams = ", ".join(sorted({f"{e.originator_id}@{e.originator_version}" for e in events}))
+        return ConcurrencyConflict(f"another writer already appended to {streams}" + (f" ({error})" if error else ""))
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        return [a.position for a in self.append(stored_events)]
+
+    # ---------------------------------------------------------------------------- reading
+    def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
+        upper = stop if stop is not None else 2**62
+        with self.datastore.get_connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            while after < upper:
+                rows = cur.execute(self._select, (after, upper, batch), prepare=True).fetchall()
+                if not rows:
+                    return
+                if rows[-1][0] - after != len(rows):  # a hole somewhere in this page
+                    expected = after + 1
+                    for row in rows:
+                        if row[0] != expected:
+                            self._wait_on_hole(conn, expected)
+                            return
+                        yield row
+                        expected += 1
+                    return
+                yield from rows
+                after = rows[-1][0]
+                if len(rows) < batch:
+                    return
+
+    def _wait_on_hole(self, conn: psycopg.Connection[Any], position: int) -> None:
+        first_seen = self._holes.setdefault(position, time.monotonic())
+        if time.monotonic() - first_seen < self.gap_timeout:
+            return
+        # The writer that took this position is gone (or very slow): void it. If its row is
+        # still committing, this insert waits on the unique index and then does nothing.
+        conn.execute(self._void, (position, position))
+        self._holes.pop(position, None)
+
+    def head(self) -> int:
+        with self.datastore.get_connection() as conn:
+            return conn.cursor(row_factory=tuple_row).execute(self._head).fetchone()[0]
+
+    def max_notification_id(self) -> int:
+        return self.head()
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        with self.datastore.get_connection() as conn:
+            rows = conn.cursor(row_factory=tuple_row).execute(
+                SQL(
+                    "SELECT position, stream_id, stream_version, type, data, recorded_at FROM {}"
+                    " WHERE stream_id = %s AND stream_version > %s ORDER BY stream_version"
+                ).format(self._qualified),
+                (stream_id, after_version),
+            ).fetchall()
+        return [RecordedEvent.from_row(r) for r in rows]
+
+    def select_events(
+        self,
+        originator_id: Any,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        events = [e for e in self.read_stream(str(originator_id), gt or 0) if lte is None or e.originator_version <= lte]
+        if desc:
+            events.reverse()
+        return events[:limit] if limit is not None else events
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        after = (start or 1) - 1 if inclusive_of_start else (start or 0)
+        if not topics:
+            return self.read(after, limit, stop)
+        wanted = set(topics)
+        out: list[Notification] = []
+        for row in self.iter_rows(after, stop):
+            if row[3] in wanted:
+                out.append(RecordedEvent.from_row(row))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def close(self) -> None:
+        self.datastore.close()

@@ -1,0 +1,173 @@
+"""The embedded log: one SQLite file, WAL, ``synchronous=FULL``.
+
+SQLite has one writer at a time, so the global position is simply the next integer under the
+write lock: gap-free and in commit order by construction. ``BEGIN IMMEDIATE`` takes that lock at
+the start of the transaction, so concurrent writer processes queue on the busy timeout instead of
+failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteDatastore,
+    SQLiteRecorder,
+)
+
+from ...domain.errors import AppendFailed, ConcurrencyConflict
+from .base import Appended, EventLog, RecordedEvent, Row
+
+_fromiso = datetime.fromisoformat
+
+
+class DurableSQLitePool(SQLiteConnectionPool):
+    """The library's pool, plus the durability and locking settings a trading log needs."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        raw: sqlite3.Connection = connection._sqlite_conn
+        raw.row_factory = None  # tuples: the replay path reads millions of rows
+        raw.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we say so
+        raw.execute(f"PRAGMA busy_timeout={int((self.lock_timeout or 5) * 1000)}")
+        raw.execute("PRAGMA foreign_keys=ON")
+        return connection
+
+
+class DurableSQLiteDatastore(SQLiteDatastore):
+    def __init__(self, db_name: str, *, lock_timeout: int = 10, pool_size: int = 4):
+        super().__init__(db_name, lock_timeout=lock_timeout, pool_size=pool_size, originator_id_type="text")
+        self.pool.close()
+        self.pool = DurableSQLitePool(db_name=db_name, lock_timeout=lock_timeout, pool_size=pool_size)
+
+
+class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
+    def __init__(self, datastore: DurableSQLiteDatastore, table: str = "ts_events"):
+        self.table = table
+        self.events_table_name = table
+        SQLiteRecorder.__init__(self, datastore)
+        self._insert = (
+            f"INSERT INTO {table} (position, stream_id, stream_version, type, data, recorded_at) "
+            "VALUES (?,?,?,?,?,?)"
+        )
+        self._head = f"SELECT coalesce(max(position), 0) FROM {table}"
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.events_table_name} ("
+            "position INTEGER PRIMARY KEY, "  # an alias of rowid: never renumbered by VACUUM
+            "stream_id TEXT NOT NULL, "
+            "stream_version INTEGER NOT NULL, "
+            "type TEXT NOT NULL, "
+            "data BLOB NOT NULL, "
+            "recorded_at TEXT NOT NULL, "
+            "UNIQUE (stream_id, stream_version))"
+        ]
+
+    # ---------------------------------------------------------------------------- writing
+    def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
+        if not events:
+            return []
+        recorded_at = datetime.now(timezone.utc)
+        stamp = recorded_at.isoformat()
+        try:
+            with self.datastore.get_connection(commit=True) as connection:
+                raw: sqlite3.Connection = connection._sqlite_conn
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                    head = raw.execute(self._head).fetchone()[0]
+                    raw.executemany(
+                        self._insert,
+                        [
+                            (head + i, e.originator_id, e.originator_version, e.topic, e.state, stamp)
+                            for i, e in enumerate(events, 1)
+                        ],
+                    )
+                    raw.execute("COMMIT")
+                except BaseException:
+                    if raw.in_transaction:
+                        raw.execute("ROLLBACK")
+                    raise
+        except sqlite3.IntegrityError as e:
+            raise ConcurrencyConflict(
+                "another writer already appended to "
+                + ", ".join(sorted({f"{x.originator_id}@{x.originator_version}" for x in events}))
+                + f" ({e})"
+            ) from e
+        except sqlite3.Error as e:
+            raise AppendFailed(f"SQLite append failed, nothing was appended: {e}") from e
+        return [Appended(head + i, recorded_at) for i in range(1, len(events) + 1)]
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        return [a.position for a in self.append(stored_events)]
+
+    # ---------------------------------------------------------------------------- reading
+    def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
+        sql = f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {self.table} WHERE position > ?"
+        params: list[Any] = [after]
+        if stop is not None:
+            sql += " AND position <= ?"
+            params.append(stop)
+        sql += " ORDER BY position"
+        with self.datastore.get_connection(commit=False) as connection:
+            cursor = connection._sqlite_conn.execute(sql, params)
+            while rows := cursor.fetchmany(batch):
+                for p, s, v, t, d, r in rows:
+                    yield p, s, v, t, d, _fromiso(r)
+            cursor.close()
+
+    def head(self) -> int:
+        with self.datastore.get_connection(commit=False) as connection:
+            return connection._sqlite_conn.execute(self._head).fetchone()[0]
+
+    def max_notification_id(self) -> int:
+        return self.head()
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        with self.datastore.get_connection(commit=False) as connection:
+            rows = connection._sqlite_conn.execute(
+                f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {self.table} "
+                "WHERE stream_id = ? AND stream_version > ? ORDER BY stream_version",
+                (stream_id, after_version),
+            ).fetchall()
+        return [RecordedEvent.from_row((p, s, v, t, d, _fromiso(r))) for p, s, v, t, d, r in rows]
+
+    def select_events(
+        self,
+        originator_id: Any,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        events = [e for e in self.read_stream(str(originator_id), gt or 0) if lte is None or e.originator_version <= lte]
+        if desc:
+            events.reverse()
+        return events[:limit] if limit is not None else events
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        after = (start or 1) - 1 if inclusive_of_start else (start or 0)
+        if not topics:
+            return self.read(after, limit, stop)
+        wanted = set(topics)
+        out = [RecordedEvent.from_row(r) for r in self.iter_rows(after, stop) if r[3] in wanted]
+        return out[:limit]
+
+    def close(self) -> None:
+        self.datastore.close()

@@ -1,0 +1,40 @@
+"""Typed errors of the trading domain.
+
+Every refusal of bad input raises one of these before anything is appended, so a caller can
+tell "you asked for something invalid" from "the database failed".
+"""
+
+from __future__ import annotations
+
+
+class TradestateError(Exception):
+    """Base class of every error tradestate raises on purpose."""
+
+
+class InvalidInput(TradestateError, ValueError):
+    """A value given to tradestate is malformed (bad quantity, naive timestamp, unknown side...)."""
+
+
+class UnknownOrder(TradestateError, LookupError):
+    """The order named by account and client order id has never been recorded."""
+
+    def __init__(self, account: str, client_order_id: str):
+        super().__init__(f"unknown order: account={account!r} client_order_id={client_order_id!r}")
+        self.account = account
+        self.client_order_id = client_order_id
+
+
+class IdempotencyConflict(TradestateError):
+    """The same idempotency key (client order id, execution id) was used with other content."""
+
+
+class InvalidTransition(TradestateError):
+    """An engine command that the order's lifecycle does not allow (e.g. replace a filled order)."""
+
+
+class ConcurrencyConflict(TradestateError):
+    """Another writer appended to a stream we were writing; the caller may re-decide and retry."""
+
+
+class AppendFailed(TradestateError):
+    """The store could not make the events durable; nothing was appended (or it is unknown)."""

@@ -1,0 +1,371 @@
+"""The event catalogue: versioned, immutable pydantic schemas.
+
+An event is validated once, where it enters the system (client, API, adapters). It is stored as
+the JSON form of the model (Decimals as strings, UTC ISO timestamps) plus its schema version under
+``"_v"``. Replay folds that JSON form directly and does not validate again; ``decode`` turns a
+stored payload back into a typed event (after upcasting) for humans and queries.
+
+Changing an event type means: bump ``schema_version``, register an upcaster from the old version,
+and add a test that a stored payload of the old version still loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .values import (
+    Amount,
+    Identifier,
+    NonNegativeAmount,
+    OrderType,
+    PositiveAmount,
+    Side,
+    Symbol,
+    Text,
+    TimeInForce,
+    UtcDatetime,
+)
+
+SCHEMA_KEY = "_v"
+
+
+class Event(BaseModel):
+    """Envelope fields every event carries in its payload.
+
+    Stream id, stream version, global position and ``recorded_at`` belong to the store and are
+    not part of the payload.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    schema_version: ClassVar[int] = 1
+    stream_kind: ClassVar[str] = ""
+
+    event_id: UUID
+    occurred_at: UtcDatetime | None = None  # venue/engine clock, when known
+    correlation_id: UUID | None = None  # the intent's event id, carried by its ack, fills, corrections
+    causation_id: UUID | None = None  # the event that directly caused this one
+
+    @classmethod
+    def type_name(cls) -> str:
+        return cls.__name__
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = self.model_dump(mode="json")
+        payload[SCHEMA_KEY] = self.schema_version
+        return payload
+
+
+# --------------------------------------------------------------------------------------- orders
+
+
+class OrderEvent(Event):
+    stream_kind: ClassVar[str] = "order"
+    account: Identifier
+    client_order_id: Identifier
+
+
+class OrderIntentRecorded(OrderEvent):
+    """The engine intends to send an order. Recorded before anything is sent."""
+
+    venue: Identifier
+    symbol: Symbol
+    side: Side
+    order_type: OrderType
+    qty: PositiveAmount
+    limit_price: PositiveAmount | None = None
+    stop_price: PositiveAmount | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+    strategy_id: Identifier | None = None
+    reference_price: PositiveAmount | None = None  # for notional checks of market orders
+
+    @model_validator(mode="after")
+    def _prices_match_type(self) -> OrderIntentRecorded:
+        needs_limit = self.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+        needs_stop = self.order_type in (OrderType.STOP, OrderType.STOP_LIMIT)
+        if needs_limit and self.limit_price is None:
+            raise ValueError(f"a {self.order_type.value} order needs a limit_price")
+        if not needs_limit and self.limit_price is not None:
+            raise ValueError(f"a {self.order_type.value} order takes no limit_price")
+        if needs_stop and self.stop_price is None:
+            raise ValueError(f"a {self.order_type.value} order needs a stop_price")
+        if not needs_stop and self.stop_price is not None:
+            raise ValueError(f"a {self.order_type.value} order takes no stop_price")
+        return self
+
+    def content_key(self) -> dict[str, Any]:
+        """What makes two intents 'the same' for idempotency (ids and clocks excluded)."""
+        return self.model_dump(
+            mode="json", exclude={"event_id", "occurred_at", "correlation_id", "causation_id"}
+        )
+
+
+class IntentRejectedByRisk(OrderEvent):
+    reasons: list[str] = Field(min_length=1, max_length=20)
+    detail: Text = ""
+
+
+class OrderSubmitted(OrderEvent):
+    pass
+
+
+class OrderAcknowledged(OrderEvent):
+    venue_order_id: Identifier
+
+
+class OrderRejected(OrderEvent):
+    reason: Text = ""
+
+
+class OrderFilled(OrderEvent):
+    """One venue execution. Partial or full; ``exec_id`` is the venue's execution id."""
+
+    schema_version: ClassVar[int] = 2
+    exec_id: Identifier
+    qty: PositiveAmount
+    price: PositiveAmount
+    fee: Amount = Decimal(0)
+    fee_currency: Identifier = "USD"
+    liquidity: Literal["maker", "taker", "unknown"] = "unknown"
+    venue_order_id: Identifier | None = None
+
+
+class OrderCancelRequested(OrderEvent):
+    reason: Text = ""
+
+
+class OrderCancelled(OrderEvent):
+    reason: Text = ""
+
+
+class OrderReplaced(OrderEvent):
+    qty: PositiveAmount
+    limit_price: PositiveAmount | None = None
+    stop_price: PositiveAmount | None = None
+    venue_order_id: Identifier | None = None
+
+
+class OrderExpired(OrderEvent):
+    pass
+
+
+DiscrepancyKind = Literal[
+    "overfill",  # a fill beyond the order's remaining quantity
+    "fill_on_terminal",  # a fill on a cancelled, rejected, expired or refused order
+    "cancel_after_fill",  # the venue says cancelled, we hold it filled
+    "reject_after_fill",  # the venue says rejected, the order has fills
+    "status_conflict",  # any other venue status that contradicts ours
+    "venue_order_id_changed",  # a second ack with another venue order id
+]
+
+
+class DiscrepancyRecorded(OrderEvent):
+    """A broker fact that contradicts our state. Never dropped, never applied blindly:
+    reconciliation resolves it with corrective events."""
+
+    kind: DiscrepancyKind
+    detail: Text = ""
+    exec_id: Identifier | None = None
+    qty: PositiveAmount | None = None
+    price: PositiveAmount | None = None
+    venue_status: Identifier | None = None
+    venue_order_id: Identifier | None = None
+
+
+# -------------------------------------------------------------------------------------- account
+
+RiskLimitName = Literal[
+    "max_order_qty",
+    "max_order_notional",
+    "max_position_qty",
+    "max_open_orders",
+    "max_daily_trades",
+    "max_daily_loss",
+]
+
+
+class AccountEvent(Event):
+    stream_kind: ClassVar[str] = "account"
+    account: Identifier
+
+
+class RiskCheckPassed(AccountEvent):
+    """The pre-trade check passed for an intent; appended with the intent, in the account's
+    stream, so that two engines racing for the same limit conflict and one re-decides."""
+
+    client_order_id: Identifier
+    symbol: Symbol
+    side: Side
+    qty: PositiveAmount
+    notional: NonNegativeAmount | None = None
+    trading_day: str
+
+
+class RiskLimitChanged(AccountEvent):
+    limit: RiskLimitName
+    value: NonNegativeAmount | None  # None removes the limit
+    symbol: Symbol | None = None  # per-symbol override (max_position_qty only)
+    reason: Text = ""
+
+
+class CircuitBreakerTripped(AccountEvent):
+    reason: Text
+    until: UtcDatetime | None = None  # None: until reset
+
+
+class CircuitBreakerReset(AccountEvent):
+    reason: Text = ""
+
+
+class KillSwitchEngaged(AccountEvent):
+    reason: Text
+    by: Identifier = "engine"
+
+
+class KillSwitchReleased(AccountEvent):
+    reason: Text = ""
+    by: Identifier = "operator"
+
+
+class DailyLimitBreached(AccountEvent):
+    limit: Literal["max_daily_loss", "max_daily_trades"]
+    trading_day: str
+    value: Amount
+    threshold: Amount
+
+
+class TradingResumed(AccountEvent):
+    ramp_pct: Literal[50, 75, 100]
+    reason: Text = ""
+
+
+# ------------------------------------------------------------------------ strategy, engine, market
+
+
+class SignalRecorded(Event):
+    stream_kind: ClassVar[str] = "strategy"
+    strategy_id: Identifier
+    symbol: Symbol
+    signal: Identifier  # e.g. "buy", "sell", "flat", "sma_cross_up"
+    value: Amount | None = None
+    attributes: dict[Identifier, Text] = Field(default_factory=dict, max_length=50)
+
+
+class EngineStarted(Event):
+    stream_kind: ClassVar[str] = "engine"
+    engine_id: Identifier
+    version: Text = ""
+    config_hash: Text = ""
+
+
+class EngineStopped(Event):
+    stream_kind: ClassVar[str] = "engine"
+    engine_id: Identifier
+    reason: Text = ""
+
+
+class BarRecorded(Event):
+    """One OHLCV bar. Lives in the market-data log, not the trading log."""
+
+    stream_kind: ClassVar[str] = "bar"
+    venue: Identifier
+    symbol: Symbol
+    timeframe: Literal["1s", "5s", "1m", "5m", "15m", "1h", "1d"]
+    start: UtcDatetime
+    open: PositiveAmount
+    high: PositiveAmount
+    low: PositiveAmount
+    close: PositiveAmount
+    volume: NonNegativeAmount
+
+    @model_validator(mode="after")
+    def _ohlc_consistent(self) -> BarRecorded:
+        if not (self.low <= min(self.open, self.close) and self.high >= max(self.open, self.close)):
+            raise ValueError("bar prices are inconsistent: need low <= open, close <= high")
+        return self
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        OrderIntentRecorded,
+        IntentRejectedByRisk,
+        OrderSubmitted,
+        OrderAcknowledged,
+        OrderRejected,
+        OrderFilled,
+        OrderCancelRequested,
+        OrderCancelled,
+        OrderReplaced,
+        OrderExpired,
+        DiscrepancyRecorded,
+        RiskCheckPassed,
+        RiskLimitChanged,
+        CircuitBreakerTripped,
+        CircuitBreakerReset,
+        KillSwitchEngaged,
+        KillSwitchReleased,
+        DailyLimitBreached,
+        TradingResumed,
+        SignalRecorded,
+        EngineStarted,
+        EngineStopped,
+        BarRecorded,
+    )
+}
+
+# ------------------------------------------------------------------------------------ upcasting
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+# (type name, from version) -> function returning the payload at from version + 1
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    def register(fn: Upcaster) -> Upcaster:
+        UPCASTERS[(type_name, from_version)] = fn
+        return fn
+
+    return register
+
+
+@upcaster("OrderFilled", 1)
+def _fill_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    # v1 had no fee currency or liquidity flag; v1 fees were always in USD.
+    payload.setdefault("fee_currency", "USD")
+    payload.setdefault("liquidity", "unknown")
+    return payload
+
+
+def upcast(type_name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Bring a stored payload to the current schema version of its type (in place)."""
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise KeyError(f"unknown event type {type_name!r}")
+    version = payload.get(SCHEMA_KEY, 1)
+    if version > cls.schema_version:
+        raise ValueError(
+            f"{type_name} payload has schema version {version}, newer than this code "
+            f"({cls.schema_version}); upgrade tradestate"
+        )
+    while version < cls.schema_version:
+        step = UPCASTERS.get((type_name, version))
+        if step is None:
+            raise ValueError(f"no upcaster for {type_name} v{version}")
+        payload = step(payload)
+        version += 1
+        payload[SCHEMA_KEY] = version
+    return payload
+
+
+def decode(type_name: str, payload: dict[str, Any]) -> Event:
+    """Typed event from a stored payload (upcast first). For queries and humans, not replay."""
+    data = upcast(type_name, dict(payload))
+    data.pop(SCHEMA_KEY, None)
+    return EVENT_TYPES[type_name].model_validate(data)

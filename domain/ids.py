@@ -1,0 +1,29 @@
+"""Deterministic stream ids: the same business key always names the same stream, in any process."""
+
+from __future__ import annotations
+
+from uuid import UUID, uuid5
+
+# Fixed forever: changing it would rename every order stream.
+TRADESTATE_NAMESPACE = UUID("6f1c3d0e-5b7a-4c3e-9f21-7a4d2e8b9c10")
+
+
+def order_stream_id(account: str, client_order_id: str) -> str:
+    # A separator that cannot appear in validated identifiers keeps ("a", "bc") apart from ("ab", "c").
+    return "order-" + str(uuid5(TRADESTATE_NAMESPACE, account + "\x1f" + client_order_id))
+
+
+def account_stream_id(account: str) -> str:
+    return f"account-{account}"
+
+
+def strategy_stream_id(strategy_id: str) -> str:
+    return f"strategy-{strategy_id}"
+
+
+def engine_stream_id(engine_id: str) -> str:
+    return f"engine-{engine_id}"
+
+
+def bar_stream_id(venue: str, symbol: str, timeframe: str) -> str:
+    return f"bar-{venue}|{symbol}|{timeframe}"

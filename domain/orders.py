@@ -1,0 +1,271 @@
+"""The order lifecycle: given the folded state and a validated event, decide what to append.
+
+Engine commands that the lifecycle forbids raise ``InvalidTransition``. Venue facts that
+contradict our state (a fill past the quantity, a fill on a cancelled order...) are never refused
+and never applied blindly: they become a ``DiscrepancyRecorded`` for reconciliation. Repeating a
+fact that is already recorded returns where it was recorded (``AlreadyRecorded``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid5
+
+from . import events as ev
+from .errors import IdempotencyConflict, InvalidTransition, UnknownOrder
+from .ids import account_stream_id, order_stream_id
+from .risk import check_intent, effective_limit
+from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
+
+
+@dataclass(frozen=True)
+class AlreadyRecorded:
+    """The fact is in the log already, at this position; nothing new is appended."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class Append:
+    """Events to append in one transaction, each with its stream."""
+
+    events: list[tuple[str, ev.Event]]
+
+
+Decision = Append | AlreadyRecorded
+
+def derived_id(parent: UUID, kind: str) -> UUID:
+    """Id of an event the domain derives from another (a refusal from its intent): deterministic,
+    so deciding twice on the same input yields the same events."""
+    return uuid5(parent, kind)
+
+
+_ENVELOPE = {"event_id", "occurred_at", "correlation_id", "causation_id"}
+
+
+def _order(state: TradingState, e: ev.OrderEvent) -> OrderState:
+    order = state.orders.get(order_stream_id(e.account, e.client_order_id))
+    if order is None:
+        raise UnknownOrder(e.account, e.client_order_id)
+    return order
+
+
+def _same_content(stored: dict[str, Any], new: ev.Event) -> bool:
+    data = {k: v for k, v in stored.items() if k not in _ENVELOPE and k != ev.SCHEMA_KEY}
+    old = type(new).model_validate({**data, "event_id": new.event_id})
+    return old.model_dump(exclude=_ENVELOPE) == new.model_dump(exclude=_ENVELOPE)
+
+
+def _discrepancy(e: ev.OrderEvent, kind: str, detail: str, **fields: Any) -> Append:
+    record = ev.DiscrepancyRecorded(
+        event_id=e.event_id,
+        occurred_at=e.occurred_at,
+        correlation_id=e.correlation_id,
+        causation_id=e.causation_id,
+        account=e.account,
+        client_order_id=e.client_order_id,
+        kind=kind,  # type: ignore[arg-type]
+        detail=detail,
+        **fields,
+    )
+    return Append([(order_stream_id(e.account, e.client_order_id), record)])
+
+
+def _single(e: ev.OrderEvent) -> Append:
+    return Append([(order_stream_id(e.account, e.client_order_id), e)])
+
+
+# ------------------------------------------------------------------------------ engine commands
+
+
+def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: datetime) -> Decision:
+    stream = order_stream_id(intent.account, intent.client_order_id)
+    existing = state.orders.get(stream)
+    if existing is not None:
+        if _same_content(existing.intent, intent):
+            return AlreadyRecorded(existing.positions["intent"])
+        raise IdempotencyConflict(
+            f"client order id {intent.client_order_id!r} of account {intent.account!r} was already "
+            "recorded with other content; use a new client order id"
+        )
+    risk = check_intent(state, intent, now)
+    if not risk.passed:
+        refusal = ev.IntentRejectedByRisk(
+            event_id=derived_id(intent.event_id, ev.IntentRejectedByRisk.__name__),
+            occurred_at=intent.occurred_at,
+            correlation_id=intent.event_id,
+            causation_id=intent.event_id,
+            account=intent.account,
+            client_order_id=intent.client_order_id,
+            reasons=risk.reasons,
+            detail=risk.detail,
+        )
+        return Append([(stream, intent), (stream, refusal)])
+    passed = ev.RiskCheckPassed(
+        event_id=derived_id(intent.event_id, ev.RiskCheckPassed.__name__),
+        occurred_at=intent.occurred_at,
+        correlation_id=intent.event_id,
+        causation_id=intent.event_id,
+        account=intent.account,
+        client_order_id=intent.client_order_id,
+        symbol=intent.symbol,
+        side=intent.side,
+        qty=intent.qty,
+        notional=risk.notional,
+        trading_day=risk.trading_day,
+    )
+    return Append([(stream, intent), (account_stream_id(intent.account), passed)])
+
+
+def decide_submitted(state: TradingState, e: ev.OrderSubmitted) -> Decision:
+    order = _order(state, e)
+    if "submitted" in order.positions:
+        return AlreadyRecorded(order.positions["submitted"])
+    if order.status != "new":
+        raise InvalidTransition(
+            f"order {order.client_order_id!r} is {order.status}; only a new order can be submitted"
+        )
+    return _single(e)
+
+
+def decide_cancel_request(state: TradingState, e: ev.OrderCancelRequested) -> Decision:
+    order = _order(state, e)
+    if order.cancel_requested and "cancel_requested" in order.positions:
+        return AlreadyRecorded(order.positions["cancel_requested"])
+    if not order.is_open:
+        raise InvalidTransition(f"order {order.client_order_id!r} is {order.status}; nothing to cancel")
+    return _single(e)
+
+
+# ---------------------------------------------------------------------------------- venue facts
+
+
+def decide_ack(state: TradingState, e: ev.OrderAcknowledged) -> Decision:
+    order = _order(state, e)
+    if "ack" in order.positions:
+        if order.venue_order_id == e.venue_order_id:
+            return AlreadyRecorded(order.positions["ack"])
+        return _discrepancy(
+            e,
+            "venue_order_id_changed",
+            f"acknowledged again with venue order id {e.venue_order_id!r}, "
+            f"first ack had {order.venue_order_id!r}",
+            venue_order_id=e.venue_order_id,
+        )
+    if order.status in ("refused", "rejected", "cancelled", "expired"):
+        return _discrepancy(
+            e,
+            "status_conflict",
+            f"venue acknowledged an order we hold {order.status}",
+            venue_status="acknowledged",
+            venue_order_id=e.venue_order_id,
+        )
+    # An ack after fills (a late ack) is recorded; it changes no status.
+    return _single(e)
+
+
+def decide_reject(state: TradingState, e: ev.OrderRejected) -> Decision:
+    order = _order(state, e)
+    if order.status == "rejected":
+        return AlreadyRecorded(order.positions["terminal"])
+    if order.filled_qty > 0:
+        return _discrepancy(e, "reject_after_fill", f"rejected after {order.filled_qty} filled: {e.reason}",
+                            venue_status="rejected")
+    if not order.is_open:
+        return _discrepancy(e, "status_conflict", f"venue rejected an order we hold {order.status}",
+                            venue_status="rejected")
+    return _single(e)
+
+
+def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decision:
+    order = _order(state, e)
+    seen = order.executions.get(e.exec_id) or order.executions.get("!" + e.exec_id)
+    if seen is not None:
+        qty, price, position = seen
+        if qty == e.qty and price == e.price:
+            return AlreadyRecorded(position)
+        raise IdempotencyConflict(
+            f"execution {e.exec_id!r} is recorded as {qty} @ {price}; "
+            f"the same execution id now says {e.qty} @ {e.price}"
+        )
+    if order.status not in OPEN_STATUSES:
+        return _discrepancy(e, "fill_on_terminal", f"fill of {e.qty} @ {e.price} on an order we hold {order.status}",
+                            exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
+    if e.qty > order.remaining:
+        return _discrepancy(e, "overfill", f"fill of {e.qty} with only {order.remaining} remaining",
+                            exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
+    events: list[tuple[str, ev.Event]] = [(order.stream_id, e)]
+    breach = _daily_loss_breach(state, order, e, state.trading_day(e.occurred_at or now))
+    if breach is not None:
+        events.append((account_stream_id(order.account), breach))
+    return Append(events)
+
+
+def _daily_loss_breach(
+    state: TradingState, order: OrderState, fill: ev.OrderFilled, day: str
+) -> ev.DailyLimitBreached | None:
+    account = state.account(order.account)
+    limit = effective_limit(account, "max_daily_loss")
+    if limit is None:
+        return None
+    stats = account.daily.get(day)
+    if stats is not None and "max_daily_loss" in stats.breaches:
+        return None
+    held = state.position_of(order.account, order.venue, order.symbol)
+    preview = PositionState(order.account, order.venue, order.symbol)
+    if held is not None:
+        preview.qty, preview.avg_cost = held.qty, held.avg_cost
+    realized = preview.apply_fill(fill.qty * order.sign, fill.price)
+    net = (stats.net_pnl if stats else Decimal(0)) + realized - fill.fee
+    if -net < limit:
+        return None
+    return ev.DailyLimitBreached(
+        event_id=derived_id(fill.event_id, ev.DailyLimitBreached.__name__),
+        occurred_at=fill.occurred_at,
+        correlation_id=fill.correlation_id,
+        causation_id=fill.event_id,
+        account=order.account,
+        limit="max_daily_loss",
+        trading_day=day,
+        value=net,
+        threshold=limit,
+    )
+
+
+def decide_cancelled(state: TradingState, e: ev.OrderCancelled) -> Decision:
+    order = _order(state, e)
+    if order.status == "cancelled":
+        return AlreadyRecorded(order.positions["terminal"])
+    if order.status == "filled":
+        return _discrepancy(e, "cancel_after_fill", f"venue says cancelled, we hold it filled: {e.reason}",
+                            venue_status="cancelled")
+    if not order.is_open:
+        return _discrepancy(e, "status_conflict", f"venue says cancelled, we hold it {order.status}",
+                            venue_status="cancelled")
+    return _single(e)
+
+
+def decide_expired(state: TradingState, e: ev.OrderExpired) -> Decision:
+    order = _order(state, e)
+    if order.status == "expired":
+        return AlreadyRecorded(order.positions["terminal"])
+    if not order.is_open:
+        return _discrepancy(e, "status_conflict", f"venue says expired, we hold it {order.status}",
+                            venue_status="expired")
+    return _single(e)
+
+
+def decide_replaced(state: TradingState, e: ev.OrderReplaced) -> Decision:
+    order = _order(state, e)
+    if not order.is_open:
+        raise InvalidTransition(f"order {order.client_order_id!r} is {order.status}; only an open order can be replaced")
+    if e.qty < order.filled_qty:
+        raise InvalidTransition(f"new quantity {e.qty} is below the {order.filled_qty} already filled")
+    needs_limit = order.order_type in ("limit", "stop_limit")
+    needs_stop = order.order_type in ("stop", "stop_limit")
+    if needs_limit != (e.limit_price is not None) or needs_stop != (e.stop_price is not None):
+        raise InvalidTransition(f"a {order.order_type} order's replacement must keep its price fields")
+    return _single(e)

@@ -1,0 +1,123 @@
+"""Pre-trade risk checks: pure functions of the folded state, the intent and the decision time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+
+from .events import OrderIntentRecorded
+from .state import AccountState, TradingState
+
+# Refusal reason codes, stable for tools and tests.
+KILL_SWITCH = "kill_switch"
+CIRCUIT_BREAKER = "circuit_breaker"
+MAX_ORDER_QTY = "max_order_qty"
+MAX_ORDER_NOTIONAL = "max_order_notional"
+NO_PRICE_FOR_NOTIONAL = "no_price_for_notional"
+MAX_POSITION_QTY = "max_position_qty"
+MAX_OPEN_ORDERS = "max_open_orders"
+MAX_DAILY_TRADES = "max_daily_trades"
+MAX_DAILY_LOSS = "max_daily_loss"
+
+COUNT_LIMITS = frozenset({"max_open_orders", "max_daily_trades"})
+
+
+def effective_limit(account: AccountState, name: str, symbol: str | None = None) -> Decimal | None:
+    """A limit as it applies now: after a recovery, limits scale with the ramp level (50/75/100 %)."""
+    value = None
+    if symbol is not None and name == "max_position_qty":
+        value = account.symbol_position_limits.get(symbol)
+    if value is None:
+        value = account.limits.get(name)
+    if value is None:
+        return None
+    if account.ramp_pct != 100:
+        value = value * account.ramp_pct / 100
+    if name in COUNT_LIMITS:
+        value = value.to_integral_value(rounding=ROUND_FLOOR)
+    return value
+
+
+def order_price(intent: OrderIntentRecorded) -> Decimal | None:
+    return intent.limit_price or intent.stop_price or intent.reference_price
+
+
+@dataclass(frozen=True)
+class RiskDecision:
+    reasons: list[str]  # empty: the intent passes
+    detail: str
+    trading_day: str
+    notional: Decimal | None
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+
+def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime) -> RiskDecision:
+    account = state.account(intent.account)
+    day = state.trading_day(now)
+    reasons: list[str] = []
+    details: list[str] = []
+
+    if account.kill_switch:
+        reasons.append(KILL_SWITCH)
+        details.append(f"kill switch engaged: {account.kill_switch_reason}")
+    if account.breaker_active(now):
+        reasons.append(CIRCUIT_BREAKER)
+        details.append(f"circuit breaker tripped: {account.breaker_reason}")
+
+    limit = effective_limit(account, "max_order_qty")
+    if limit is not None and intent.qty > limit:
+        reasons.append(MAX_ORDER_QTY)
+        details.append(f"qty {intent.qty} > {limit}")
+
+    price = order_price(intent)
+    notional = intent.qty * price if price is not None else None
+    limit = effective_limit(account, "max_order_notional")
+    if limit is not None:
+        if notional is None:
+            reasons.append(NO_PRICE_FOR_NOTIONAL)
+            details.append("a notional limit is set but the intent has no price (give reference_price)")
+        elif notional > limit:
+            reasons.append(MAX_ORDER_NOTIONAL)
+            details.append(f"notional {notional} > {limit}")
+
+    limit = effective_limit(account, "max_position_qty", intent.symbol)
+    if limit is not None:
+        held = state.position_of(intent.account, intent.venue, intent.symbol)
+        current = held.qty if held is not None else Decimal(0)
+        open_buys = open_sells = Decimal(0)
+        for order in account.open_orders.values():
+            if order.symbol == intent.symbol and order.venue == intent.venue:
+                if order.sign > 0:
+                    open_buys += order.remaining
+                else:
+                    open_sells += order.remaining
+        # Worst case either way: every open order on one side fills, and so does this one.
+        if intent.side.value == "buy":
+            worst = max(abs(current + open_buys + intent.qty), abs(current - open_sells))
+        else:
+            worst = max(abs(current + open_buys), abs(current - open_sells - intent.qty))
+        if worst > limit:
+            reasons.append(MAX_POSITION_QTY)
+            details.append(f"worst-case position {worst} > {limit}")
+
+    limit = effective_limit(account, "max_open_orders")
+    if limit is not None and len(account.open_orders) + 1 > limit:
+        reasons.append(MAX_OPEN_ORDERS)
+        details.append(f"{len(account.open_orders)} open orders, limit {limit}")
+
+    stats = account.daily.get(day)
+    limit = effective_limit(account, "max_daily_trades")
+    if limit is not None and (stats.trades if stats else 0) + 1 > limit:
+        reasons.append(MAX_DAILY_TRADES)
+        details.append(f"{stats.trades if stats else 0} trades on {day}, limit {limit}")
+
+    limit = effective_limit(account, "max_daily_loss")
+    if limit is not None and stats is not None and -stats.net_pnl >= limit:
+        reasons.append(MAX_DAILY_LOSS)
+        details.append(f"net P&L {stats.net_pnl} on {day}, loss limit {limit}")
+
+    return RiskDecision(reasons, "; ".join(details), day, notional)

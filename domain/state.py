@@ -1,0 +1,475 @@
+"""Trading state as a fold of the log.
+
+``TradingState.apply`` is the only way state changes, live or on replay: the client applies the
+JSON payload it has just stored, recovery applies the payloads it reads back. One code path means
+"folding the stored events gives the same state as the live objects" holds by construction (and is
+tested by property). It works on the stored JSON form on purpose: replay is hot, and validating
+a million payloads again would triple its cost for nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from .events import EVENT_TYPES, SCHEMA_KEY, upcast
+
+ZERO = Decimal(0)
+OPEN_STATUSES = frozenset({"new", "submitted", "acknowledged", "partially_filled"})
+TERMINAL_STATUSES = frozenset({"refused", "filled", "cancelled", "rejected", "expired"})
+VOID_TYPE = "$void"  # a log position given up by an append that failed (PostgreSQL only)
+
+_CURRENT_VERSION = {name: cls.schema_version for name, cls in EVENT_TYPES.items()}
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _time(value: str | None, fallback: datetime) -> datetime:
+    return datetime.fromisoformat(value) if value else fallback
+
+
+class OrderState:
+    __slots__ = (
+        "stream_id", "account", "client_order_id", "venue", "symbol", "side", "sign",
+        "order_type", "qty", "limit_price", "stop_price", "time_in_force", "strategy_id",
+        "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
+        "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal",
+        "positions", "created_at", "updated_at", "intent_event_id",
+    )  # fmt: skip
+
+    def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
+        self.stream_id = stream_id
+        self.account: str = d["account"]
+        self.client_order_id: str = d["client_order_id"]
+        self.venue: str = d["venue"]
+        self.symbol: str = d["symbol"]
+        self.side: str = d["side"]
+        self.sign = 1 if self.side == "buy" else -1
+        self.order_type: str = d["order_type"]
+        self.qty = Decimal(d["qty"])
+        self.limit_price = _dec(d.get("limit_price"))
+        self.stop_price = _dec(d.get("stop_price"))
+        self.time_in_force: str = d.get("time_in_force", "day")
+        self.strategy_id: str | None = d.get("strategy_id")
+        self.reference_price = _dec(d.get("reference_price"))
+        self.intent: dict[str, Any] = d  # the stored intent payload, for idempotency checks
+        self.intent_event_id: str = d["event_id"]
+        self.status = "new"
+        self.filled_qty = ZERO
+        self.fill_notional = ZERO
+        self.fees = ZERO
+        self.venue_order_id: str | None = None
+        # exec id -> (qty, price, position); discrepant executions are kept under "!" + exec id
+        self.executions: dict[str, tuple[Decimal, Decimal, int]] = {}
+        self.cancel_requested = False
+        self.discrepancies = 0
+        self.refusal: list[str] | None = None
+        # where each lifecycle fact was recorded, so a repeated call can return it
+        self.positions: dict[str, int] = {"intent": position}
+        self.created_at = at
+        self.updated_at = at
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.qty - self.filled_qty
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def avg_fill_price(self) -> Decimal | None:
+        return self.fill_notional / self.filled_qty if self.filled_qty else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "client_order_id": self.client_order_id,
+            "stream_id": self.stream_id,
+            "venue": self.venue,
+            "symbol": self.symbol,
+            "side": self.side,
+            "order_type": self.order_type,
+            "qty": self.qty,
+            "limit_price": self.limit_price,
+            "stop_price": self.stop_price,
+            "time_in_force": self.time_in_force,
+            "strategy_id": self.strategy_id,
+            "status": self.status,
+            "filled_qty": self.filled_qty,
+            "remaining_qty": self.remaining,
+            "avg_fill_price": self.avg_fill_price,
+            "fees": self.fees,
+            "venue_order_id": self.venue_order_id,
+            "cancel_requested": self.cancel_requested,
+            "discrepancies": self.discrepancies,
+            "refusal": self.refusal,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class PositionState:
+    __slots__ = ("account", "venue", "symbol", "qty", "avg_cost", "realized_pnl", "fees",
+                 "last_price", "updated_at")  # fmt: skip
+
+    def __init__(self, account: str, venue: str, symbol: str):
+        self.account = account
+        self.venue = venue
+        self.symbol = symbol
+        self.qty = ZERO
+        self.avg_cost = ZERO
+        self.realized_pnl = ZERO
+        self.fees = ZERO
+        self.last_price: Decimal | None = None
+        self.updated_at: datetime | None = None
+
+    def apply_fill(self, signed_qty: Decimal, price: Decimal) -> Decimal:
+        """Average-cost accounting. Returns the realised P&L of this fill (before fees)."""
+        qty = self.qty
+        self.last_price = price
+        if qty == 0 or (qty > 0) == (signed_qty > 0):
+            new_qty = qty + signed_qty
+            self.avg_cost = (self.avg_cost * qty + price * signed_qty) / new_qty
+            self.qty = new_qty
+            return ZERO
+        closing = min(abs(signed_qty), abs(qty))
+        realized = (price - self.avg_cost) * closing * (1 if qty > 0 else -1)
+        new_qty = qty + signed_qty
+        if new_qty == 0:
+            self.avg_cost = ZERO
+        elif (new_qty > 0) != (qty > 0):  # flipped side: the rest opens at this price
+            self.avg_cost = price
+        self.qty = new_qty
+        self.realized_pnl += realized
+        return realized
+
+    @property
+    def unrealized_pnl(self) -> Decimal:
+        if self.last_price is None or self.qty == 0:
+            return ZERO
+        return (self.last_price - self.avg_cost) * self.qty
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "venue": self.venue,
+            "symbol": self.symbol,
+            "qty": self.qty,
+            "avg_cost": self.avg_cost,
+            "realized_pnl": self.realized_pnl,
+            "unrealized_pnl": self.unrealized_pnl,
+            "fees": self.fees,
+            "last_price": self.last_price,
+        }
+
+
+@dataclass
+class DailyStats:
+    trades: int = 0  # orders that passed the pre-trade check that day
+    fills: int = 0
+    volume: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+    fees: Decimal = ZERO
+    breaches: set[str] = field(default_factory=set)
+
+    @property
+    def net_pnl(self) -> Decimal:
+        return self.realized_pnl - self.fees
+
+
+@dataclass
+class AccountState:
+    account: str
+    limits: dict[str, Decimal] = field(default_factory=dict)
+    symbol_position_limits: dict[str, Decimal] = field(default_factory=dict)
+    breaker_tripped: bool = False
+    breaker_reason: str = ""
+    breaker_until: datetime | None = None
+    kill_switch: bool = False
+    kill_switch_reason: str = ""
+    ramp_pct: int = 100
+    open_orders: dict[str, OrderState] = field(default_factory=dict)
+    daily: dict[str, DailyStats] = field(default_factory=dict)
+    discrepancies: int = 0
+
+    def day(self, trading_day: str) -> DailyStats:
+        stats = self.daily.get(trading_day)
+        if stats is None:
+            stats = self.daily[trading_day] = DailyStats()
+        return stats
+
+    def breaker_active(self, now: datetime) -> bool:
+        if not self.breaker_tripped:
+            return False
+        return self.breaker_until is None or now < self.breaker_until
+
+
+class TradingState:
+    """Everything the engine and the risk checks need, folded from the trading log."""
+
+    def __init__(self, exchange_tz: str = "America/New_York"):
+        self.exchange_tz = exchange_tz
+        self._tz = ZoneInfo(exchange_tz)
+        self.position = 0  # last applied global position
+        self.stream_versions: dict[str, int] = {}
+        self.orders: dict[str, OrderState] = {}
+        self.positions: dict[tuple[str, str, str], PositionState] = {}
+        self.accounts: dict[str, AccountState] = {}
+        self.signals: dict[tuple[str, str], dict[str, Any]] = {}
+        self.engines: dict[str, dict[str, Any]] = {}
+        self.applied = 0  # events applied (voids excluded)
+        self._handlers = {
+            name: getattr(self, "_on_" + name) for name in EVENT_TYPES if name != "BarRecorded"
+        }
+
+    # --------------------------------------------------------------------------- helpers
+    def trading_day(self, at: datetime) -> str:
+        return at.astimezone(self._tz).date().isoformat()
+
+    def account(self, account: str) -> AccountState:
+        state = self.accounts.get(account)
+        if state is None:
+            state = self.accounts[account] = AccountState(account)
+        return state
+
+    def position_of(self, account: str, venue: str, symbol: str) -> PositionState | None:
+        return self.positions.get((account, venue, symbol))
+
+    # ----------------------------------------------------------------------------- fold
+    def apply(
+        self,
+        position: int,
+        stream_id: str,
+        version: int,
+        type_name: str,
+        data: dict[str, Any],
+        recorded_at: datetime,
+    ) -> None:
+        if position <= self.position:
+            raise ValueError(f"event at position {position} applied after {self.position}")
+        self.position = position
+        if type_name == VOID_TYPE:
+            return
+        if data.get(SCHEMA_KEY, 1) != _CURRENT_VERSION[type_name]:
+            data = upcast(type_name, data)
+        self.stream_versions[stream_id] = version
+        self.applied += 1
+        self._handlers[type_name](stream_id, data, position, recorded_at)
+
+    # orders ---------------------------------------------------------------------------
+    def _on_OrderIntentRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = OrderState(sid, d, pos, _time(d.get("occurred_at"), at))
+        self.orders[sid] = order
+        self.account(order.account).open_orders[sid] = order
+
+    def _close(self, order: OrderState, status: str, pos: int, at: datetime) -> None:
+        order.status = status
+        order.positions["terminal"] = pos
+        order.updated_at = at
+        self.account(order.account).open_orders.pop(order.stream_id, None)
+
+    def _on_IntentRejectedByRisk(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        order.refusal = list(d["reasons"])
+        self._close(order, "refused", pos, _time(d.get("occurred_at"), at))
+
+    def _on_OrderSubmitted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        order.positions["submitted"] = pos
+        if order.status == "new":
+            order.status = "submitted"
+        order.updated_at = _time(d.get("occurred_at"), at)
+
+    def _on_OrderAcknowledged(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        order.positions["ack"] = pos
+        order.venue_order_id = d["venue_order_id"]
+        if order.status in ("new", "submitted"):
+            order.status = "acknowledged"
+        order.updated_at = _time(d.get("occurred_at"), at)
+
+    def _on_OrderRejected(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self._close(self.orders[sid], "rejected", pos, _time(d.get("occurred_at"), at))
+
+    def _on_OrderFilled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        qty = Decimal(d["qty"])
+        price = Decimal(d["price"])
+        fee = Decimal(d["fee"])
+        when = _time(d.get("occurred_at"), at)
+        order.executions[d["exec_id"]] = (qty, price, pos)
+        order.filled_qty += qty
+        order.fill_notional += qty * price
+        order.fees += fee
+        if d.get("venue_order_id"):
+            order.venue_order_id = d["venue_order_id"]
+        key = (order.account, order.venue, order.symbol)
+        held = self.positions.get(key)
+        if held is None:
+            held = self.positions[key] = PositionState(*key)
+        realized = held.apply_fill(qty * order.sign, price)
+        held.fees += fee
+        held.updated_at = when
+        stats = self.account(order.account).day(self.trading_day(when))
+        stats.fills += 1
+        stats.volume += qty
+        stats.realized_pnl += realized
+        stats.fees += fee
+        if order.filled_qty >= order.qty:
+            if order.is_open:
+                self._close(order, "filled", pos, when)
+        elif order.is_open:
+            order.status = "partially_filled"
+        order.updated_at = when
+
+    def _on_OrderCancelRequested(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        order.cancel_requested = True
+        order.positions["cancel_requested"] = pos
+        order.updated_at = _time(d.get("occurred_at"), at)
+
+    def _on_OrderCancelled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self._close(self.orders[sid], "cancelled", pos, _time(d.get("occurred_at"), at))
+
+    def _on_OrderReplaced(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        order.qty = Decimal(d["qty"])
+        order.limit_price = _dec(d.get("limit_price"))
+        order.stop_price = _dec(d.get("stop_price"))
+        if d.get("venue_order_id"):
+            order.venue_order_id = d["venue_order_id"]
+        order.cancel_requested = False
+        order.positions[f"replace:{pos}"] = pos
+        order.updated_at = _time(d.get("occurred_at"), at)
+
+    def _on_OrderExpired(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self._close(self.orders[sid], "expired", pos, _time(d.get("occurred_at"), at))
+
+    def _on_DiscrepancyRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        order.discrepancies += 1
+        if d.get("exec_id"):
+            order.executions["!" + d["exec_id"]] = (Decimal(d["qty"]), Decimal(d["price"]), pos)
+        order.positions[f"discrepancy:{pos}"] = pos
+        self.account(order.account).discrepancies += 1
+
+    # account --------------------------------------------------------------------------
+    def _on_RiskCheckPassed(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.account(d["account"]).day(d["trading_day"]).trades += 1
+
+    def _on_RiskLimitChanged(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        value = _dec(d.get("value"))
+        if d.get("symbol"):
+            target, key = acct.symbol_position_limits, d["symbol"]
+        else:
+            target, key = acct.limits, d["limit"]
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+    def _on_CircuitBreakerTripped(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        acct.breaker_tripped = True
+        acct.breaker_reason = d["reason"]
+        acct.breaker_until = _time(d.get("until"), at) if d.get("until") else None
+
+    def _on_CircuitBreakerReset(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        acct.breaker_tripped = False
+        acct.breaker_reason = ""
+        acct.breaker_until = None
+
+    def _on_KillSwitchEngaged(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        acct.kill_switch = True
+        acct.kill_switch_reason = d["reason"]
+
+    def _on_KillSwitchReleased(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        acct.kill_switch = False
+        acct.kill_switch_reason = ""
+
+    def _on_DailyLimitBreached(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.account(d["account"]).day(d["trading_day"]).breaches.add(d["limit"])
+
+    def _on_TradingResumed(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.account(d["account"]).ramp_pct = int(d["ramp_pct"])
+
+    # strategy and engine ------------------------------------------------------------------
+    def _on_SignalRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.signals[(d["strategy_id"], d["symbol"])] = {
+            "strategy_id": d["strategy_id"],
+            "symbol": d["symbol"],
+            "signal": d["signal"],
+            "value": _dec(d.get("value")),
+            "attributes": d.get("attributes") or {},
+            "at": _time(d.get("occurred_at"), at),
+            "position": pos,
+        }
+
+    def _on_EngineStarted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        previous = self.engines.get(d["engine_id"])
+        crashed = bool(previous and previous["running"])
+        self.engines[d["engine_id"]] = {
+            "running": True,
+            "started_at": at,
+            "start_position": pos,
+            "previous_run_crashed": crashed,
+        }
+
+    def _on_EngineStopped(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        engine = self.engines.setdefault(d["engine_id"], {"previous_run_crashed": False})
+        engine["running"] = False
+        engine["stopped_at"] = at
+
+    # --------------------------------------------------------------------------- views
+    def summary(self) -> dict[str, Any]:
+        """A plain, comparable picture of the state (used by tests and the demo)."""
+        return {
+            "position": self.position,
+            "orders": {sid: o.as_dict() for sid, o in sorted(self.orders.items())},
+            "positions": {
+                "|".join(k): p.as_dict() for k, p in sorted(self.positions.items())
+            },
+            "accounts": {
+                name: {
+                    "limits": dict(sorted(a.limits.items())),
+                    "symbol_position_limits": dict(sorted(a.symbol_position_limits.items())),
+                    "breaker_tripped": a.breaker_tripped,
+                    "breaker_reason": a.breaker_reason,
+                    "breaker_until": a.breaker_until,
+                    "kill_switch": a.kill_switch,
+                    "ramp_pct": a.ramp_pct,
+                    "open_orders": sorted(a.open_orders),
+                    "discrepancies": a.discrepancies,
+                    "daily": {
+                        day: (s.trades, s.fills, s.volume, s.realized_pnl, s.fees, sorted(s.breaches))
+                        for day, s in sorted(a.daily.items())
+                    },
+                }
+                for name, a in sorted(self.accounts.items())
+            },
+            "signals": {"|".join(k): v for k, v in sorted(self.signals.items())},
+            "engines": dict(sorted(self.engines.items())),
+            "stream_versions": dict(sorted(self.stream_versions.items())),
+        }
+
+
+__all__ = [
+    "AccountState",
+    "DailyStats",
+    "OrderState",
+    "PositionState",
+    "TradingState",
+    "OPEN_STATUSES",
+    "TERMINAL_STATUSES",
+    "VOID_TYPE",
+]

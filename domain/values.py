@@ -1,0 +1,130 @@
+"""Value types shared by events and commands: exact quantities, aware UTC times, bounded strings."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
+
+# Absurd values are input errors, not trades: no instrument trades a quadrillion units.
+MAX_ABS_AMOUNT = Decimal("1e15")
+MAX_DECIMAL_PLACES = 12
+
+
+class Side(str, Enum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+
+class OrderType(str, Enum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+
+
+class TimeInForce(str, Enum):
+    DAY = "day"
+    GTC = "gtc"
+    IOC = "ioc"
+    FOK = "fok"
+    OPG = "opg"
+    CLS = "cls"
+
+
+def _to_decimal(value: Any) -> Decimal:
+    # Floats are refused outright: 0.1 is not a price anyone meant.
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError("must be a Decimal, int or decimal string, not a float")
+    if isinstance(value, Decimal):
+        d = value
+    elif isinstance(value, int):
+        d = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            d = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"not a decimal number: {value!r}") from None
+    else:
+        raise ValueError(f"must be a decimal number, got {type(value).__name__}")
+    if not d.is_finite():
+        raise ValueError("must be finite (NaN and infinity are refused)")
+    if abs(d) >= MAX_ABS_AMOUNT:
+        raise ValueError(f"absurd magnitude {d} (limit {MAX_ABS_AMOUNT})")
+    exponent = d.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > MAX_DECIMAL_PLACES:
+        raise ValueError(f"more than {MAX_DECIMAL_PLACES} decimal places: {d}")
+    return d
+
+
+def _positive(d: Decimal) -> Decimal:
+    if d <= 0:
+        raise ValueError("must be greater than zero")
+    return d
+
+
+def _non_negative(d: Decimal) -> Decimal:
+    if d < 0:
+        raise ValueError("must not be negative")
+    return d
+
+
+_decimal_str = PlainSerializer(lambda d: str(d), return_type=str, when_used="json")
+
+# Decimals travel as strings in JSON so that no digit is ever lost.
+Amount = Annotated[Decimal, BeforeValidator(_to_decimal), _decimal_str]
+PositiveAmount = Annotated[Decimal, BeforeValidator(_to_decimal), AfterValidator(_positive), _decimal_str]
+NonNegativeAmount = Annotated[
+    Decimal, BeforeValidator(_to_decimal), AfterValidator(_non_negative), _decimal_str
+]
+
+
+def _to_utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an ISO-8601 timestamp: {value!r}") from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp has no time zone; give an aware datetime (UTC)")
+    return value.astimezone(timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(_to_utc)]
+
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+
+
+def _bounded(max_len: int, *, allow_empty: bool = False):
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {type(value).__name__}")
+        if not allow_empty and not value.strip():
+            raise ValueError("must not be empty")
+        if len(value) > max_len:
+            raise ValueError(f"longer than {max_len} characters ({len(value)})")
+        if not _PRINTABLE.match(value):
+            raise ValueError("contains control characters")
+        return value
+
+    return BeforeValidator(check)
+
+
+Identifier = Annotated[str, _bounded(64)]  # accounts, client order ids, exec ids, strategies
+Symbol = Annotated[str, _bounded(32)]
+Text = Annotated[str, _bounded(1000, allow_empty=True)]
+
+
+def utc(dt: datetime) -> datetime:
+    """Validate and normalise a timestamp given to the domain (used outside pydantic models)."""
+    return _to_utc(dt)

@@ -1,0 +1,74 @@
+"""Shared fixtures: real SQLite files and a real PostgreSQL (never mocks).
+
+PostgreSQL comes from ``TRADESTATE_TEST_PG`` (default: the local cluster). Each test gets its own
+schema, dropped afterwards. Without a reachable server the PostgreSQL tests skip and say how to
+enable them; with ``TRADESTATE_REQUIRE_PG=1`` (as CI sets) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlencode, urlparse, urlunparse, parse_qsl
+
+import psycopg
+import pytest
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_base_url() -> str:
+    return os.environ.get("TRADESTATE_TEST_PG", DEFAULT_PG)
+
+
+def _pg_reachable(url: str) -> str | None:
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable"
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def with_schema(url: str, schema: str) -> str:
+    parsed = urlparse(url)
+    query = dict(parse_qsl(parsed.query))
+    query["schema"] = schema
+    return urlunparse(parsed._replace(query=urlencode(query)))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    url = pg_base_url()
+    problem = _pg_reachable(url)
+    if problem is not None:
+        message = (
+            f"PostgreSQL not reachable at {url} ({problem}). Start it "
+            "(pg_ctlcluster --skip-systemctl-redirect 15 main start) or point TRADESTATE_TEST_PG at one."
+        )
+        if os.environ.get("TRADESTATE_REQUIRE_PG") == "1":
+            pytest.fail("PostgreSQL tests are required here: " + message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_server: str):
+    schema = "t_" + uuid.uuid4().hex[:12]
+    yield with_schema(pg_server, schema)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/tradestate.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """Runs a test once on a SQLite file and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/tradestate.db"
+    else:
+        yield request.getfixturevalue("pg_url")

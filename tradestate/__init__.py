@@ -1,0 +1,36 @@
+"""tradestate: an event-sourced trading-state service.
+
+    import tradestate
+    client = tradestate.connect("sqlite:///trading.db")   # or postgresql://..., or $TRADESTATE_DB
+    result = client.record_intent("acct-1", "ord-1", "AAPL", "buy", "10", reference_price="187.25")
+    if result.accepted:
+        ...  # only now send the order
+"""
+
+from .client import IntentResult, Recorded, RiskRefusal, TradestateClient, connect
+from .domain.errors import (
+    AppendFailed,
+    ConcurrencyConflict,
+    IdempotencyConflict,
+    InvalidInput,
+    InvalidTransition,
+    TradestateError,
+    UnknownOrder,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AppendFailed",
+    "ConcurrencyConflict",
+    "IdempotencyConflict",
+    "IntentResult",
+    "InvalidInput",
+    "InvalidTransition",
+    "Recorded",
+    "RiskRefusal",
+    "TradestateClient",
+    "TradestateError",
+    "UnknownOrder",
+    "connect",
+]

@@ -1,0 +1,105 @@
+"""The ``tradestate`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Optional
+
+import typer
+
+from .domain.errors import TradestateError
+from .views import console, orders_table, positions_table, risk_table, state_json, to_json
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Event-sourced trading state: a durable log of every intent, fill and risk action.",
+)
+
+DbOption = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Database URL: sqlite:///path.db or postgresql://... (default: $TRADESTATE_DB, then sqlite:///tradestate.db)"),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    db: DbOption = None,
+    reset: Annotated[bool, typer.Option(help="Drop the tradestate tables in --db first.")] = False,
+) -> None:
+    """Record a simulated trading session, then read the same state back in a new process."""
+    from .demo import main as run_demo
+
+    try:
+        code = run_demo(db, reset=reset, console=console)
+    except TradestateError as e:
+        _fail(str(e))
+    raise typer.Exit(code)
+
+
+@app.command()
+def state(
+    db: DbOption = None,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    at: Annotated[Optional[str], typer.Option(help="Clock for time-dependent views (ISO-8601, default now).")] = None,
+) -> None:
+    """Open the log, fold it, and print positions, orders and risk state."""
+    from .adapters.store import open_store
+    from .client import TradestateClient
+
+    try:
+        now = datetime.fromisoformat(at) if at else datetime.now(timezone.utc)
+    except ValueError:
+        _fail(f"--at is not an ISO-8601 time: {at!r}")
+    if now.tzinfo is None:
+        _fail("--at needs a time zone (e.g. 2026-11-20T14:31:05Z)")
+    started = time.perf_counter()
+    try:
+        client = TradestateClient(open_store(db, create=False), clock=lambda: now)
+    except TradestateError as e:
+        _fail(str(e))
+    open_ms = (time.perf_counter() - started) * 1000
+    if json:
+        payload = state_json(client.state, now)
+        payload.update(open_ms=open_ms, pid=os.getpid())
+        print(to_json(payload))
+    else:
+        console.print(positions_table(client.state))
+        console.print(orders_table(client.state))
+        console.print(risk_table(client.state, now))
+        console.print(f"{client.position} events folded in {open_ms:.1f} ms")
+    client.close()
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="CI-sized runs (seconds, not minutes).")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print {results: [...]} as JSON.")] = False,
+    pg: Annotated[Optional[str], typer.Option("--pg", help="PostgreSQL URL (default: $TRADESTATE_TEST_PG or the local cluster).")] = None,
+    sqlite_dir: Annotated[Optional[str], typer.Option("--sqlite-dir", help="Directory for the SQLite files (default: a temporary one).")] = None,
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated metric groups: append,batch,replay.")] = None,
+) -> None:
+    """Measure append, batched append and replay against raw baselines measured in the same run."""
+    from .bench import run_bench
+
+    raise typer.Exit(run_bench(quick=quick, as_json=json, pg_url=pg, sqlite_dir=sqlite_dir, only=only))
+
+
+def main() -> None:
+    try:
+        app()
+    except TradestateError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

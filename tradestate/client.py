@@ -1,0 +1,470 @@
+"""The Python client a trading engine appends through.
+
+Every call follows the same path: catch up with the log, let the domain decide against that
+state, append the decided events in one durable transaction with optimistic concurrency on each
+stream they touch, and only then return. A conflict (another engine wrote to the same stream)
+re-runs the decision on fresh state, a bounded number of times. An ambiguous failure (the
+connection dropped during commit) does the same: re-deciding on the re-read log finds our own
+events if they landed, and the call returns them instead of writing twice.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4
+
+import orjson
+from pydantic import ValidationError
+
+from .adapters.store import Store, new_event, open_store
+from .domain import events as ev
+from .domain import orders as rules
+from .domain.errors import (
+    AppendFailed,
+    ConcurrencyConflict,
+    IdempotencyConflict,
+    InvalidInput,
+    UnknownOrder,
+)
+from .domain.ids import (
+    account_stream_id,
+    bar_stream_id,
+    engine_stream_id,
+    order_stream_id,
+    strategy_stream_id,
+)
+from .domain.state import TradingState
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Where a fact now stands in the log."""
+
+    position: int  # global position of the recorded event
+    event_id: UUID | None = None
+    duplicate: bool = False  # True: it was recorded before; nothing new was appended
+    discrepancy: str | None = None  # set when a venue fact contradicted us and was recorded as such
+
+
+@dataclass(frozen=True)
+class RiskRefusal:
+    reasons: list[str]
+    detail: str
+
+
+@dataclass(frozen=True)
+class IntentResult:
+    position: int  # global position of the intent
+    order_stream: str
+    refusal: RiskRefusal | None = None
+    duplicate: bool = False
+    event_id: UUID | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.refusal is None
+
+
+@dataclass
+class ClientStats:
+    appends: int = 0
+    conflicts: int = 0
+    retries: int = 0
+    refusals: int = 0
+    append_seconds: list[float] = field(default_factory=list)
+
+
+def _build(cls: type[ev.Event], **fields: Any) -> Any:
+    """Validate input at the edge: a clear, typed error and nothing appended."""
+    try:
+        return cls(**fields)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}" for err in e.errors()
+        )
+        raise InvalidInput(f"{cls.__name__}: {problems}") from None
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"{cls.__name__}: {e}") from None
+
+
+class TradestateClient:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        new_id: Callable[[], UUID] = uuid4,
+        exchange_tz: str = "America/New_York",
+        max_attempts: int = 8,
+    ):
+        self.store = store
+        self.clock = clock
+        self.new_id = new_id
+        self.max_attempts = max_attempts
+        self.state = TradingState(exchange_tz)
+        self.stats = ClientStats()
+        self._lock = threading.RLock()
+        self.catch_up()
+
+    # ------------------------------------------------------------------------ log plumbing
+    def catch_up(self) -> int:
+        """Fold every event appended since our last look; returns the position reached."""
+        with self._lock:
+            apply = self.state.apply
+            loads = orjson.loads
+            for position, stream, version, type_name, data, recorded_at in self.store.trading.iter_rows(
+                self.state.position
+            ):
+                apply(position, stream, version, type_name, loads(data), recorded_at)
+            return self.state.position
+
+    def _now(self) -> datetime:
+        now = self.clock()
+        if now.tzinfo is None:
+            raise InvalidInput("the client's clock returned a naive datetime")
+        return now.astimezone(timezone.utc)
+
+    def _append(self, decision: rules.Append) -> list[int]:
+        """Append decided events (each at its stream's next version) and fold them."""
+        versions: dict[str, int] = {}
+        stored = []
+        payloads = []
+        for stream, event in decision.events:
+            version = versions.get(stream, self.state.stream_versions.get(stream, 0)) + 1
+            versions[stream] = version
+            payload = event.to_payload()
+            payloads.append((stream, version, event.type_name(), payload))
+            stored.append(new_event(stream, version, event.type_name(), orjson.dumps(payload)))
+        started = time.perf_counter()
+        appended = self.store.trading.append(stored)
+        self.stats.append_seconds.append(time.perf_counter() - started)
+        self.stats.appends += 1
+        if appended[0].position == self.state.position + 1:
+            # Nobody wrote in between: fold what we wrote without reading it back.
+            for (stream, version, type_name, payload), a in zip(payloads, appended, strict=True):
+                if a.position == self.state.position + 1:
+                    self.state.apply(a.position, stream, version, type_name, payload, a.recorded_at)
+        return [a.position for a in appended]
+
+    def _record(self, decide: Callable[[], rules.Decision]) -> tuple[rules.Decision, list[int]]:
+        """Catch up, decide, append; on conflict or an ambiguous failure, decide again."""
+        last_error: Exception | None = None
+        for attempt in range(self.max_attempts):
+            if attempt:
+                self.stats.retries += 1
+                time.sleep(min(0.05, 0.001 * 2**attempt) * random.random())
+            with self._lock:
+                self.catch_up()
+                decision = decide()
+                if isinstance(decision, rules.AlreadyRecorded):
+                    return decision, [decision.position]
+                try:
+                    return decision, self._append(decision)
+                except ConcurrencyConflict as e:
+                    self.stats.conflicts += 1
+                    last_error = e
+                except AppendFailed as e:
+                    last_error = e
+        if isinstance(last_error, ConcurrencyConflict):
+            raise ConcurrencyConflict(
+                f"gave up after {self.max_attempts} attempts: other writers keep appending to the "
+                f"same streams ({last_error})"
+            )
+        raise AppendFailed(
+            f"could not record after {self.max_attempts} attempts; nothing was appended by this call "
+            f"unless the log shows it (retrying the same call is safe): {last_error}"
+        ) from last_error
+
+    def _fact(self, decide: Callable[[], rules.Decision], event: ev.Event) -> Recorded:
+        decision, positions = self._record(decide)
+        if isinstance(decision, rules.AlreadyRecorded):
+            return Recorded(decision.position, None, duplicate=True)
+        first = decision.events[0][1]
+        kind = first.kind if isinstance(first, ev.DiscrepancyRecorded) else None
+        return Recorded(positions[0], first.event_id, discrepancy=kind)
+
+    def _envelope(self, occurred_at: datetime | None, correlation_id: UUID | None, causation_id: UUID | None) -> dict[str, Any]:
+        return {
+            "event_id": self.new_id(),
+            "occurred_at": occurred_at if occurred_at is not None else self._now(),
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+        }
+
+    def _order_envelope(self, account: str, client_order_id: str, occurred_at: datetime | None,
+                        causation_id: UUID | None = None) -> dict[str, Any]:
+        """Envelope for a later order event: correlated with the order's intent."""
+        order = self.state.orders.get(order_stream_id(account, client_order_id)) if isinstance(account, str) and isinstance(client_order_id, str) else None
+        correlation = UUID(order.intent_event_id) if order is not None else None
+        return {**self._envelope(occurred_at, correlation, causation_id), "account": account, "client_order_id": client_order_id}
+
+    # ---------------------------------------------------------------------- order lifecycle
+    def record_intent(
+        self,
+        account: str,
+        client_order_id: str,
+        symbol: str,
+        side: str,
+        qty: Decimal | int | str,
+        *,
+        order_type: str = "market",
+        limit_price: Decimal | int | str | None = None,
+        stop_price: Decimal | int | str | None = None,
+        time_in_force: str = "day",
+        venue: str = "sim",
+        strategy_id: str | None = None,
+        reference_price: Decimal | int | str | None = None,
+        occurred_at: datetime | None = None,
+        causation_id: UUID | None = None,
+    ) -> IntentResult:
+        """Record an order intent and its pre-trade risk decision, before anything is sent.
+
+        Same client order id and same content: the first result again. Same id, other content:
+        ``IdempotencyConflict``. A refusal is recorded and returned (``result.refusal``)."""
+        envelope = self._envelope(occurred_at, None, causation_id)
+        envelope["correlation_id"] = envelope["event_id"]  # an order's events all carry its intent's id
+        intent = _build(
+            ev.OrderIntentRecorded,
+            **envelope,
+            account=account,
+            client_order_id=client_order_id,
+            venue=venue,
+            symbol=symbol,
+            side=side,
+            order_type=order_type,
+            qty=qty,
+            limit_price=limit_price,
+            stop_price=stop_price,
+            time_in_force=time_in_force,
+            strategy_id=strategy_id,
+            reference_price=reference_price,
+        )
+        decision, positions = self._record(lambda: rules.decide_intent(self.state, intent, self._now()))
+        stream = order_stream_id(intent.account, intent.client_order_id)
+        order = self.state.orders.get(stream)
+        if isinstance(decision, rules.AlreadyRecorded):
+            refusal = None
+            if order is not None and order.refusal:
+                refusal = RiskRefusal(order.refusal, "")
+            return IntentResult(decision.position, stream, refusal, duplicate=True,
+                                event_id=UUID(order.intent_event_id) if order else None)
+        second = decision.events[1][1]
+        if isinstance(second, ev.IntentRejectedByRisk):
+            self.stats.refusals += 1
+            return IntentResult(positions[0], stream, RiskRefusal(list(second.reasons), second.detail), event_id=intent.event_id)
+        return IntentResult(positions[0], stream, None, event_id=intent.event_id)
+
+    def record_submitted(self, account: str, client_order_id: str, *, occurred_at: datetime | None = None) -> Recorded:
+        e = _build(ev.OrderSubmitted, **self._order_envelope(account, client_order_id, occurred_at))
+        return self._fact(lambda: rules.decide_submitted(self.state, e), e)
+
+    def record_ack(self, account: str, client_order_id: str, venue_order_id: str, *,
+                   occurred_at: datetime | None = None) -> Recorded:
+        e = _build(ev.OrderAcknowledged, **self._order_envelope(account, client_order_id, occurred_at),
+                   venue_order_id=venue_order_id)
+        return self._fact(lambda: rules.decide_ack(self.state, e), e)
+
+    def record_reject(self, account: str, client_order_id: str, reason: str = "", *,
+                      occurred_at: datetime | None = None) -> Recorded:
+        e = _build(ev.OrderRejected, **self._order_envelope(account, client_order_id, occurred_at), reason=reason)
+        return self._fact(lambda: rules.decide_reject(self.state, e), e)
+
+    def record_fill(
+        self,
+        account: str,
+        client_order_id: str,
+        exec_id: str,
+        qty: Decimal | int | str,
+        price: Decimal | int | str,
+        *,
+        fee: Decimal | int | str = 0,
+        fee_currency: str = "USD",
+        liquidity: str = "unknown",
+        venue_order_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Recorded:
+        """Record one venue execution (partial or full). Deduplicated by ``exec_id``."""
+        e = _build(
+            ev.OrderFilled,
+            **self._order_envelope(account, client_order_id, occurred_at),
+            exec_id=exec_id,
+            qty=qty,
+            price=price,
+            fee=fee,
+            fee_currency=fee_currency,
+            liquidity=liquidity,
+            venue_order_id=venue_order_id,
+        )
+        return self._fact(lambda: rules.decide_fill(self.state, e, self._now()), e)
+
+    def request_cancel(self, account: str, client_order_id: str, reason: str = "", *,
+                       occurred_at: datetime | None = None) -> Recorded:
+        e = _build(ev.OrderCancelRequested, **self._order_envelope(account, client_order_id, occurred_at), reason=reason)
+        return self._fact(lambda: rules.decide_cancel_request(self.state, e), e)
+
+    def record_cancelled(self, account: str, client_order_id: str, reason: str = "", *,
+                         occurred_at: datetime | None = None) -> Recorded:
+        e = _build(ev.OrderCancelled, **self._order_envelope(account, client_order_id, occurred_at), reason=reason)
+        return self._fact(lambda: rules.decide_cancelled(self.state, e), e)
+
+    def record_replaced(self, account: str, client_order_id: str, qty: Decimal | int | str, *,
+                        limit_price: Decimal | int | str | None = None, stop_price: Decimal | int | str | None = None,
+                        venue_order_id: str | None = None, occurred_at: datetime | None = None) -> Recorded:
+        e = _build(ev.OrderReplaced, **self._order_envelope(account, client_order_id, occurred_at), qty=qty,
+                   limit_price=limit_price, stop_price=stop_price, venue_order_id=venue_order_id)
+        return self._fact(lambda: rules.decide_replaced(self.state, e), e)
+
+    def record_expired(self, account: str, client_order_id: str, *, occurred_at: datetime | None = None) -> Recorded:
+        e = _build(ev.OrderExpired, **self._order_envelope(account, client_order_id, occurred_at))
+        return self._fact(lambda: rules.decide_expired(self.state, e), e)
+
+    # --------------------------------------------------------------------------- risk state
+    def _account_fact(self, cls: type[ev.AccountEvent], account: str, occurred_at: datetime | None = None,
+                      **fields: Any) -> Recorded:
+        e = _build(cls, **self._envelope(occurred_at, None, None), account=account, **fields)
+        return self._fact(lambda: rules.Append([(account_stream_id(e.account), e)]), e)
+
+    def set_risk_limit(self, account: str, limit: str, value: Decimal | int | str | None, *,
+                       symbol: str | None = None, reason: str = "") -> Recorded:
+        if symbol is not None and limit != "max_position_qty":
+            raise InvalidInput("only max_position_qty can be set per symbol")
+        return self._account_fact(ev.RiskLimitChanged, account, limit=limit, value=value, symbol=symbol, reason=reason)
+
+    def trip_breaker(self, account: str, reason: str, *, until: datetime | None = None) -> Recorded:
+        return self._account_fact(ev.CircuitBreakerTripped, account, reason=reason, until=until)
+
+    def reset_breaker(self, account: str, reason: str = "") -> Recorded:
+        return self._account_fact(ev.CircuitBreakerReset, account, reason=reason)
+
+    def engage_kill_switch(self, account: str, reason: str, *, by: str = "engine") -> Recorded:
+        return self._account_fact(ev.KillSwitchEngaged, account, reason=reason, by=by)
+
+    def release_kill_switch(self, account: str, reason: str = "", *, by: str = "operator") -> Recorded:
+        return self._account_fact(ev.KillSwitchReleased, account, reason=reason, by=by)
+
+    def record_daily_limit_breach(self, account: str, limit: str, value: Decimal | int | str,
+                                  threshold: Decimal | int | str, *, trading_day: str | None = None) -> Recorded:
+        day = trading_day or self.state.trading_day(self._now())
+        return self._account_fact(ev.DailyLimitBreached, account, limit=limit, trading_day=day,
+                                  value=value, threshold=threshold)
+
+    def resume_trading(self, account: str, ramp_pct: int, reason: str = "") -> Recorded:
+        return self._account_fact(ev.TradingResumed, account, ramp_pct=ramp_pct, reason=reason)
+
+    # --------------------------------------------------------------- signals, engine, market
+    def record_signal(self, strategy_id: str, symbol: str, signal: str, *, value: Decimal | int | str | None = None,
+                      attributes: dict[str, str] | None = None, occurred_at: datetime | None = None) -> Recorded:
+        e = _build(ev.SignalRecorded, **self._envelope(occurred_at, None, None), strategy_id=strategy_id,
+                   symbol=symbol, signal=signal, value=value, attributes=attributes or {})
+        return self._fact(lambda: rules.Append([(strategy_stream_id(e.strategy_id), e)]), e)
+
+    def engine_started(self, engine_id: str, *, version: str = "", config_hash: str = "") -> Recorded:
+        e = _build(ev.EngineStarted, **self._envelope(None, None, None), engine_id=engine_id,
+                   version=version, config_hash=config_hash)
+        return self._fact(lambda: rules.Append([(engine_stream_id(e.engine_id), e)]), e)
+
+    def engine_stopped(self, engine_id: str, reason: str = "clean shutdown") -> Recorded:
+        e = _build(ev.EngineStopped, **self._envelope(None, None, None), engine_id=engine_id, reason=reason)
+        return self._fact(lambda: rules.Append([(engine_stream_id(e.engine_id), e)]), e)
+
+    def record_bar(self, venue: str, symbol: str, timeframe: str, start: datetime,
+                   open: Decimal | int | str, high: Decimal | int | str, low: Decimal | int | str,
+                   close: Decimal | int | str, volume: Decimal | int | str) -> Recorded:
+        """Append a bar to the market-data log. A bar is recorded once: the same bar again returns
+        its position, a different bar for the same start is an ``IdempotencyConflict``."""
+        e = _build(ev.BarRecorded, **self._envelope(None, None, None), venue=venue, symbol=symbol,
+                   timeframe=timeframe, start=start, open=open, high=high, low=low, close=close, volume=volume)
+        stream = bar_stream_id(e.venue, e.symbol, e.timeframe)
+        # The bar's start (epoch seconds) is its version in the market log: one row per bar.
+        version = int(e.start.timestamp())
+        payload = e.to_payload()
+        try:
+            (appended,) = self.store.market.append([new_event(stream, version, "BarRecorded", orjson.dumps(payload))])
+        except ConcurrencyConflict:
+            existing = self.store.market.read_stream(stream, version - 1)
+            if not existing or existing[0].originator_version != version:
+                raise
+            old = orjson.loads(existing[0].state)
+            if not rules._same_content(old, e):
+                raise IdempotencyConflict(
+                    f"a different {e.timeframe} bar for {e.symbol} at {e.start.isoformat()} is already recorded"
+                ) from None
+            return Recorded(existing[0].position, None, duplicate=True)
+        return Recorded(appended.position, e.event_id)
+
+    # ---------------------------------------------------------------------------- queries
+    def order(self, account: str, client_order_id: str) -> dict[str, Any]:
+        self.catch_up()
+        order = self.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None:
+            raise UnknownOrder(account, client_order_id)
+        return order.as_dict()
+
+    def open_orders(self, account: str | None = None) -> list[dict[str, Any]]:
+        self.catch_up()
+        accounts = [self.state.accounts[account]] if account in self.state.accounts else (
+            [] if account is not None else list(self.state.accounts.values()))
+        return [o.as_dict() for a in accounts for o in a.open_orders.values()]
+
+    def positions(self, account: str | None = None) -> list[dict[str, Any]]:
+        self.catch_up()
+        return [p.as_dict() for key, p in sorted(self.state.positions.items())
+                if account is None or key[0] == account]
+
+    def risk_state(self, account: str) -> dict[str, Any]:
+        self.catch_up()
+        from .domain.risk import effective_limit
+
+        a = self.state.account(account)
+        now = self._now()
+        today = a.daily.get(self.state.trading_day(now))
+        return {
+            "account": account,
+            "kill_switch": a.kill_switch,
+            "kill_switch_reason": a.kill_switch_reason,
+            "breaker_tripped": a.breaker_active(now),
+            "breaker_reason": a.breaker_reason,
+            "breaker_until": a.breaker_until,
+            "ramp_pct": a.ramp_pct,
+            "limits": dict(a.limits),
+            "effective_limits": {name: effective_limit(a, name) for name in a.limits},
+            "symbol_position_limits": dict(a.symbol_position_limits),
+            "open_orders": len(a.open_orders),
+            "trading_day": self.state.trading_day(now),
+            "trades_today": today.trades if today else 0,
+            "realized_pnl_today": today.realized_pnl if today else Decimal(0),
+            "fees_today": today.fees if today else Decimal(0),
+            "breaches_today": sorted(today.breaches) if today else [],
+            "unresolved_discrepancies": a.discrepancies,
+        }
+
+    @property
+    def position(self) -> int:
+        """The last log position this client has folded."""
+        return self.state.position
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> TradestateClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(url: str | None = None, **options: Any) -> TradestateClient:
+    """Open the database named by ``url`` (or ``$TRADESTATE_DB``, or ``sqlite:///tradestate.db``)
+    and return a client whose state is caught up with the log."""
+    return TradestateClient(open_store(url), **options)

@@ -1,0 +1,161 @@
+"""The demo: a simulated trading session recorded through the client, then the same state read
+back by a brand-new process from the log alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+from rich.console import Console
+from rich.panel import Panel
+
+from .adapters.store import open_store, redact, sqlite_path
+from .client import TradestateClient
+from .domain.errors import InvalidInput
+from .views import orders_table, positions_table, risk_table, state_digest
+
+DEMO_URL = "sqlite:///demo-data/tradestate-demo.db"
+ACCOUNT = "demo-acct"
+
+
+def _reset(url: str, reset: bool) -> None:
+    if url.startswith("sqlite:///"):
+        path = sqlite_path(url)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if url == DEMO_URL or reset:
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+            return
+    store = open_store(url)
+    try:
+        if store.trading.head() == 0 and store.market.head() == 0:
+            return
+        if not reset:
+            raise InvalidInput(
+                f"{redact(url)} already holds a log; the demo needs an empty one (pass --reset to drop "
+                "the tradestate tables there first)"
+            )
+    finally:
+        store.close()
+    if url.startswith("postgres"):
+        import psycopg
+
+        from .adapters.store.postgres import TradestatePostgresDatastore
+
+        ds = TradestatePostgresDatastore(url)
+        with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
+            for table in ("ts_events", "ts_market_events"):
+                conn.execute(f'DROP TABLE IF EXISTS "{ds.schema}"."{table}" CASCADE')
+                conn.execute(f'DROP SEQUENCE IF EXISTS "{ds.schema}"."{table}_position_seq"')
+        ds.close()
+
+
+def run_session(client: TradestateClient, console: Console) -> None:
+    t0 = datetime(2026, 11, 20, 14, 30, tzinfo=timezone.utc)  # 09:30 in New York
+    step = iter(range(10_000))
+
+    def at() -> datetime:
+        return t0 + timedelta(seconds=7 * next(step))
+
+    def say(text: str) -> None:
+        console.print(f"  [dim]{client.position:>4}[/dim]  {text}")
+
+    client.engine_started("demo-engine", version="0.1.0")
+    say("engine started")
+    for limit, value in (("max_order_qty", 500), ("max_order_notional", 100_000), ("max_position_qty", 300),
+                         ("max_open_orders", 5), ("max_daily_trades", 50), ("max_daily_loss", 2_000)):
+        client.set_risk_limit(ACCOUNT, limit, value, reason="start-of-day limits")
+    say("risk limits set: order qty 500, notional 100k, position 300, open orders 5, daily loss 2k")
+
+    for minute, (o, h, low, c) in enumerate([("187.10", "187.60", "187.00", "187.55"),
+                                             ("187.55", "187.90", "187.40", "187.80")]):
+        client.record_bar("sim", "AAPL", "1m", t0 + timedelta(minutes=minute), o, h, low, c, 12_000 + minute)
+    client.record_signal("sma-cross", "AAPL", "buy", value="1.8", attributes={"fast": "10", "slow": "30"}, occurred_at=at())
+    say("2 bars recorded in the market-data log; signal sma-cross AAPL buy")
+
+    r = client.record_intent(ACCOUNT, "o-1", "AAPL", "buy", 100, order_type="limit", limit_price="187.50",
+                             strategy_id="sma-cross", occurred_at=at())
+    say(f"intent o-1 buy 100 AAPL @187.50 → {'accepted' if r.accepted else r.refusal}")
+    client.record_submitted(ACCOUNT, "o-1", occurred_at=at())
+    client.record_ack(ACCOUNT, "o-1", "SIM-1001", occurred_at=at())
+    client.record_fill(ACCOUNT, "o-1", "X-1", 40, "187.45", fee="0.20", occurred_at=at())
+    say("o-1 submitted, acknowledged (SIM-1001), partial fill 40 @187.45")
+    client.record_fill(ACCOUNT, "o-1", "X-1", 40, "187.45", fee="0.20", occurred_at=at())
+    say("the same execution X-1 reported again: deduplicated, nothing appended")
+    client.record_fill(ACCOUNT, "o-1", "X-2", 60, "187.48", fee="0.30", occurred_at=at())
+    say("o-1 filled: 60 @187.48")
+
+    client.record_intent(ACCOUNT, "o-2", "MSFT", "buy", 50, reference_price="412.10", occurred_at=at())
+    client.record_submitted(ACCOUNT, "o-2", occurred_at=at())
+    client.record_ack(ACCOUNT, "o-2", "SIM-1002", occurred_at=at())
+    client.record_fill(ACCOUNT, "o-2", "X-3", 50, "412.25", fee="0.25", occurred_at=at())
+    say("o-2 market buy 50 MSFT: submitted, acknowledged, filled @412.25")
+
+    client.record_intent(ACCOUNT, "o-3", "AAPL", "sell", 30, order_type="limit", limit_price="189.00", occurred_at=at())
+    client.record_submitted(ACCOUNT, "o-3", occurred_at=at())
+    client.record_ack(ACCOUNT, "o-3", "SIM-1003", occurred_at=at())
+    client.record_fill(ACCOUNT, "o-3", "X-4", 10, "189.00", fee="0.05", occurred_at=at())
+    client.request_cancel(ACCOUNT, "o-3", "signal faded", occurred_at=at())
+    client.record_cancelled(ACCOUNT, "o-3", "cancelled at venue", occurred_at=at())
+    say("o-3 sell 30 AAPL @189: partial 10, then cancel requested and confirmed")
+
+    client.set_risk_limit(ACCOUNT, "max_position_qty", 150, symbol="AAPL", reason="earnings tomorrow")
+    say("limit change: AAPL max position 150")
+    r = client.record_intent(ACCOUNT, "o-4", "AAPL", "buy", 100, order_type="limit", limit_price="188.00", occurred_at=at())
+    say(f"intent o-4 buy 100 AAPL → [bold red]refused[/]: {', '.join(r.refusal.reasons)} ({r.refusal.detail})")
+
+    client.trip_breaker(ACCOUNT, "volatility spike: AAPL moved 3% in 60s")
+    say("[bold yellow]circuit breaker tripped[/]: volatility spike")
+    r = client.record_intent(ACCOUNT, "o-5", "MSFT", "buy", 10, reference_price="412.30", occurred_at=at())
+    say(f"intent o-5 buy 10 MSFT → [bold red]refused[/]: {', '.join(r.refusal.reasons)}")
+    client.engine_stopped("demo-engine")
+    say("engine stopped cleanly")
+
+
+def main(url: str | None = None, reset: bool = False, console: Console | None = None) -> int:
+    console = console or Console()
+    url = url or DEMO_URL
+    _reset(url, reset)
+    console.print(Panel.fit(f"tradestate demo — a simulated session recorded in {redact(url)}", style="bold"))
+    client = TradestateClient(open_store(url), clock=lambda: datetime(2026, 11, 20, 15, 0, tzinfo=timezone.utc))
+    console.print("[bold]Recording[/] (log position, then what happened):")
+    started = time.perf_counter()
+    run_session(client, console)
+    elapsed = time.perf_counter() - started
+    console.print(f"\n{client.position} events, each durable before the call returned ({elapsed * 1000:.0f} ms in all)\n")
+    now = client.clock()
+    console.print(positions_table(client.state))
+    console.print(orders_table(client.state))
+    console.print(risk_table(client.state, now))
+    digest = state_digest(client.state)
+    client.close()
+
+    console.print("\n[bold]A new process opens the same database and folds the log:[/]")
+    child_started = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, "-m", "tradestate.cli", "state", "--db", url, "--json", "--at", now.isoformat()],
+        capture_output=True, text=True, check=False,
+    )
+    child_ms = (time.perf_counter() - child_started) * 1000
+    if child.returncode != 0:
+        console.print(f"[red]the new process failed:[/] {child.stderr}")
+        return 1
+    report = json.loads(child.stdout)
+    same = report["digest"] == digest
+    console.print(
+        f"  pid {report['pid']}: opened the database and replayed {report['position']} events in "
+        f"[bold]{report['open_ms']:.1f} ms[/] ({child_ms:.0f} ms for the whole process, Python start-up included)"
+    )
+    reopened = TradestateClient(open_store(url), clock=lambda: now)
+    console.print(positions_table(reopened.state, title="Positions (from the new process's replay)"))
+    console.print(risk_table(reopened.state, now, title="Risk state (from the new process's replay)"))
+    reopened.close()
+    verdict = "[bold green]same state[/]" if same else "[bold red]STATE DIFFERS[/]"
+    console.print(f"  state digest {digest} here, {report['digest']} in the new process: {verdict}")
+    return 0 if same else 1
+

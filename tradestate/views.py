@@ -1,0 +1,121 @@
+"""Turning state into tables for humans and JSON for scripts (shared by the CLI and the demo)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from .domain.risk import effective_limit
+from .domain.state import TradingState
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, (tuple,)):
+        return list(value)
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def to_json(value: Any, *, indent: bool = False) -> str:
+    option = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    return orjson.dumps(value, default=_default, option=option).decode()
+
+
+def state_digest(state: TradingState) -> str:
+    """A short fingerprint of the whole folded state: equal digests, equal state."""
+    return hashlib.sha256(to_json(state.summary()).encode()).hexdigest()[:16]
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Decimal):
+        value = value.normalize() if value == value.to_integral_value() else value
+        return f"{value:f}" if abs(value) < Decimal("1e12") else str(value)
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value)
+
+
+def positions_table(state: TradingState, title: str = "Positions") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("account", "venue", "symbol", "qty", "avg cost", "realised P&L", "unrealised P&L", "fees", "last"):
+        table.add_column(column, justify="right" if column not in ("account", "venue", "symbol") else "left")
+    for (account, venue, symbol), p in sorted(state.positions.items()):
+        table.add_row(account, venue, symbol, fmt(p.qty), fmt(round(p.avg_cost, 4)), fmt(p.realized_pnl),
+                      fmt(p.unrealized_pnl), fmt(p.fees), fmt(p.last_price))
+    return table
+
+
+def risk_table(state: TradingState, now: datetime, title: str = "Risk state") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("account", "kill switch", "breaker", "ramp", "open orders", "trades today", "net P&L today", "limits (effective)", "discrepancies"):
+        table.add_column(column)
+    day = state.trading_day(now)
+    for name, a in sorted(state.accounts.items()):
+        stats = a.daily.get(day)
+        limits = ", ".join(f"{k}={fmt(effective_limit(a, k))}" for k in sorted(a.limits))
+        limits += "".join(f", max_position_qty[{s}]={fmt(v)}" for s, v in sorted(a.symbol_position_limits.items()))
+        table.add_row(
+            name,
+            f"ENGAGED: {a.kill_switch_reason}" if a.kill_switch else "off",
+            f"TRIPPED: {a.breaker_reason}" if a.breaker_active(now) else "ok",
+            f"{a.ramp_pct}%",
+            str(len(a.open_orders)),
+            str(stats.trades if stats else 0),
+            fmt(stats.net_pnl if stats else Decimal(0)),
+            limits or "-",
+            str(a.discrepancies),
+        )
+    return table
+
+
+def orders_table(state: TradingState, title: str = "Orders") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("client order id", "symbol", "side", "qty", "filled", "avg px", "status", "venue id", "note"):
+        table.add_column(column)
+    for o in sorted(state.orders.values(), key=lambda o: o.positions["intent"]):
+        note = ", ".join(o.refusal) if o.refusal else ("cancel requested" if o.cancel_requested and o.is_open else "")
+        if o.discrepancies:
+            note = (note + "; " if note else "") + f"{o.discrepancies} discrepancy"
+        avg = o.avg_fill_price
+        table.add_row(o.client_order_id, o.symbol, o.side, fmt(o.qty), fmt(o.filled_qty),
+                      fmt(round(avg, 4) if avg is not None else None), o.status, fmt(o.venue_order_id), note)
+    return table
+
+
+def state_json(state: TradingState, now: datetime) -> dict[str, Any]:
+    return {
+        "position": state.position,
+        "digest": state_digest(state),
+        "positions": [p.as_dict() for _, p in sorted(state.positions.items())],
+        "open_orders": [o.as_dict() for a in state.accounts.values() for o in a.open_orders.values()],
+        "accounts": {
+            name: {
+                "kill_switch": a.kill_switch,
+                "breaker_tripped": a.breaker_active(now),
+                "breaker_reason": a.breaker_reason,
+                "ramp_pct": a.ramp_pct,
+                "limits": a.limits,
+                "effective_limits": {k: effective_limit(a, k) for k in a.limits},
+                "open_orders": len(a.open_orders),
+                "discrepancies": a.discrepancies,
+            }
+            for name, a in sorted(state.accounts.items())
+        },
+    }
+
+
+console = Console()
