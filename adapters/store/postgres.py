@@ -141,6 +141,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             " WHERE position > %s AND position <= %s ORDER BY position LIMIT %s"
         ).format(self._qualified)
         self._head = SQL("SELECT coalesce(max(position), 0) FROM {}").format(self._qualified)
+        self._currval = SQL("SELECT currval({})").format(self._seq_literal)
+        # Rendered once: psycopg would otherwise re-compose these on every call of the hot path.
+        for name in ("_insert_one", "_insert_many", "_void", "_select", "_head", "_currval"):
+            setattr(self, name, getattr(self, name).as_string(None))
         self._holes: dict[int, float] = {}  # hole position -> when this reader first waited on it
 
     def create_table(self) -> None:
@@ -164,7 +168,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                     except pg_errors.UniqueViolation as error:
                         # Our position is this session's last sequence value: give it up now so
                         # readers are not held back by the hole.
-                        (lost,) = cur.execute(SQL("SELECT currval({})").format(self._seq_literal)).fetchone()
+                        (lost,) = cur.execute(self._currval).fetchone()
                         cur.execute(self._void, (lost, lost))
                         raise self._conflict(events, error) from error
                     position, recorded_at = cur.fetchone()
