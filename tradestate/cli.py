@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from .domain.errors import TradestateError
-from .views import console, orders_table, positions_table, risk_table, state_json, to_json
+from .views import console, limits_table, orders_table, positions_table, risk_table, state_json, to_json
 
 app = typer.Typer(
     add_completion=False,
@@ -75,6 +75,7 @@ def state(
         console.print(positions_table(client.state))
         console.print(orders_table(client.state))
         console.print(risk_table(client.state, now))
+        console.print(limits_table(client.state, now))
         console.print(f"{client.position} events folded in {open_ms:.1f} ms")
     client.close()
 

@@ -107,11 +107,13 @@ class TradestateClient:
         new_id: Callable[[], UUID] = uuid4,
         exchange_tz: str = "America/New_York",
         max_attempts: int = 8,
+        max_failures: int = 3,
     ):
         self.store = store
         self.clock = clock
         self.new_id = new_id
-        self.max_attempts = max_attempts
+        self.max_attempts = max_attempts  # conflicts with other writers: decide again
+        self.max_failures = max_failures  # database failures: re-read, decide again, then give up
         self.state = TradingState(exchange_tz)
         self.stats = ClientStats()
         self._lock = threading.RLock()
@@ -160,6 +162,7 @@ class TradestateClient:
     def _record(self, decide: Callable[[], rules.Decision]) -> tuple[rules.Decision, list[int]]:
         """Catch up, decide, append; on conflict or an ambiguous failure, decide again."""
         last_error: Exception | None = None
+        failures = 0
         for attempt in range(self.max_attempts):
             if attempt:
                 self.stats.retries += 1
@@ -176,13 +179,16 @@ class TradestateClient:
                     last_error = e
                 except AppendFailed as e:
                     last_error = e
+                    failures += 1
+                    if failures >= self.max_failures:
+                        break
         if isinstance(last_error, ConcurrencyConflict):
             raise ConcurrencyConflict(
                 f"gave up after {self.max_attempts} attempts: other writers keep appending to the "
                 f"same streams ({last_error})"
             )
         raise AppendFailed(
-            f"could not record after {self.max_attempts} attempts; nothing was appended by this call "
+            f"could not record after {attempt + 1} attempts; nothing was appended by this call "
             f"unless the log shows it (retrying the same call is safe): {last_error}"
         ) from last_error
 

@@ -16,7 +16,7 @@ from rich.panel import Panel
 from .adapters.store import open_store, redact, sqlite_path
 from .client import TradestateClient
 from .domain.errors import InvalidInput
-from .views import orders_table, positions_table, risk_table, state_digest
+from .views import limits_table, make_console, orders_table, positions_table, risk_table, state_digest
 
 DEMO_URL = "sqlite:///demo-data/tradestate-demo.db"
 ACCOUNT = "demo-acct"
@@ -118,7 +118,7 @@ def run_session(client: TradestateClient, console: Console) -> None:
 
 
 def main(url: str | None = None, reset: bool = False, console: Console | None = None) -> int:
-    console = console or Console()
+    console = console or make_console()
     url = url or DEMO_URL
     _reset(url, reset)
     console.print(Panel.fit(f"tradestate demo — a simulated session recorded in {redact(url)}", style="bold"))
@@ -132,6 +132,7 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     console.print(positions_table(client.state))
     console.print(orders_table(client.state))
     console.print(risk_table(client.state, now))
+    console.print(limits_table(client.state, now))
     digest = state_digest(client.state)
     client.close()
 
@@ -154,6 +155,7 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     reopened = TradestateClient(open_store(url), clock=lambda: now)
     console.print(positions_table(reopened.state, title="Positions (from the new process's replay)"))
     console.print(risk_table(reopened.state, now, title="Risk state (from the new process's replay)"))
+    console.print(limits_table(reopened.state, now, title="Risk limits (from the new process's replay)"))
     reopened.close()
     verdict = "[bold green]same state[/]" if same else "[bold red]STATE DIFFERS[/]"
     console.print(f"  state digest {digest} here, {report['digest']} in the new process: {verdict}")

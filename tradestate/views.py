@@ -42,8 +42,7 @@ def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, Decimal):
-        value = value.normalize() if value == value.to_integral_value() else value
-        return f"{value:f}" if abs(value) < Decimal("1e12") else str(value)
+        return f"{value.normalize():f}"
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
     return str(value)
@@ -61,24 +60,56 @@ def positions_table(state: TradingState, title: str = "Positions") -> Table:
 
 def risk_table(state: TradingState, now: datetime, title: str = "Risk state") -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("account", "kill switch", "breaker", "ramp", "open orders", "trades today", "net P&L today", "limits (effective)", "discrepancies"):
+    for column in ("account", "kill switch", "circuit breaker", "ramp", "open orders", "trades today",
+                   "net P&L today", "discrepancies"):
         table.add_column(column)
     day = state.trading_day(now)
     for name, a in sorted(state.accounts.items()):
         stats = a.daily.get(day)
-        limits = ", ".join(f"{k}={fmt(effective_limit(a, k))}" for k in sorted(a.limits))
-        limits += "".join(f", max_position_qty[{s}]={fmt(v)}" for s, v in sorted(a.symbol_position_limits.items()))
         table.add_row(
             name,
-            f"ENGAGED: {a.kill_switch_reason}" if a.kill_switch else "off",
-            f"TRIPPED: {a.breaker_reason}" if a.breaker_active(now) else "ok",
+            f"[bold red]ENGAGED[/]: {a.kill_switch_reason}" if a.kill_switch else "off",
+            f"[bold yellow]TRIPPED[/]: {a.breaker_reason}" if a.breaker_active(now) else "ok",
             f"{a.ramp_pct}%",
             str(len(a.open_orders)),
             str(stats.trades if stats else 0),
             fmt(stats.net_pnl if stats else Decimal(0)),
-            limits or "-",
             str(a.discrepancies),
         )
+    return table
+
+
+def limit_usage(state: TradingState, account: str, now: datetime) -> list[dict[str, Any]]:
+    """Each limit of an account: configured value, value after the ramp, and what is used now."""
+    a = state.account(account)
+    stats = a.daily.get(state.trading_day(now))
+    held = {sym: abs(p.qty) for (acct, _v, sym), p in state.positions.items() if acct == account}
+    usage: dict[str, Any] = {
+        "max_open_orders": len(a.open_orders),
+        "max_daily_trades": stats.trades if stats else 0,
+        "max_daily_loss": max(Decimal(0), -(stats.net_pnl if stats else Decimal(0))),
+        "max_position_qty": max(held.values(), default=Decimal(0)),
+    }
+    rows = [
+        {"limit": name, "symbol": None, "value": value, "effective": effective_limit(a, name), "used": usage.get(name)}
+        for name, value in sorted(a.limits.items())
+    ]
+    rows += [
+        {"limit": "max_position_qty", "symbol": sym, "value": value,
+         "effective": effective_limit(a, "max_position_qty", sym), "used": held.get(sym, Decimal(0))}
+        for sym, value in sorted(a.symbol_position_limits.items())
+    ]
+    return rows
+
+
+def limits_table(state: TradingState, now: datetime, title: str = "Risk limits") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("account", "limit", "symbol", "configured", "effective (ramp)", "used now"):
+        table.add_column(column, justify="right" if column in ("configured", "effective (ramp)", "used now") else "left")
+    for name in sorted(state.accounts):
+        for row in limit_usage(state, name, now):
+            table.add_row(name, row["limit"], row["symbol"] or "all", fmt(row["value"]), fmt(row["effective"]),
+                          fmt(row["used"]) + (" (per-order)" if row["limit"] in ("max_order_qty", "max_order_notional") else ""))
     return table
 
 
@@ -118,4 +149,13 @@ def state_json(state: TradingState, now: datetime) -> dict[str, Any]:
     }
 
 
-console = Console()
+def make_console() -> Console:
+    # Piped output (CI logs, files) gets a width the tables fit in, not the 80-column default.
+    import shutil
+    import sys
+
+    width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((140, 40)).columns, 140)
+    return Console(width=width)
+
+
+console = make_console()

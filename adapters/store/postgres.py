@@ -232,6 +232,8 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                     return
                 yield from rows
                 after = rows[-1][0]
+                if self._holes:  # holes that filled in while we waited are history now
+                    self._holes = {p: t for p, t in self._holes.items() if p > after}
                 if len(rows) < batch:
                     return
 
