@@ -7,6 +7,7 @@
         ...  # only now send the order
 """
 
+from .aio import AsyncTradestateClient, connect_async
 from .client import IntentResult, Recorded, RiskRefusal, TradestateClient, connect
 from .domain.errors import (
     AppendFailed,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AppendFailed",
+    "AsyncTradestateClient",
     "ConcurrencyConflict",
     "IdempotencyConflict",
     "IntentResult",
@@ -33,4 +35,5 @@ __all__ = [
     "TradestateError",
     "UnknownOrder",
     "connect",
+    "connect_async",
 ]
