@@ -13,7 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from eventsourcing.persistence import Notification, StoredEvent
+import time
+
+from eventsourcing.persistence import Notification, StoredEvent, Subscription
 
 # (position, stream_id, stream_version, type, data, recorded_at): the replay hot path uses tuples.
 Row = tuple[int, str, int, str, bytes, datetime]
@@ -88,5 +90,41 @@ class EventLog(ABC):
                 break
         return rows
 
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> PollingSubscription:
+        """The library's subscription interface, on both databases: an iterator of events after
+        ``gt`` that waits at the end of the log (it polls; it never skips a hole)."""
+        return PollingSubscription(self, gt=gt, topics=topics)
+
     @abstractmethod
     def close(self) -> None: ...
+
+
+class PollingSubscription(Subscription):  # type: ignore[type-arg]
+    """Follows a log by polling its contiguous prefix: works on SQLite, where the library's
+    ``subscribe()`` does not, and cannot lose a wake-up on PostgreSQL."""
+
+    def __init__(self, log: EventLog, gt: int | None = None, topics: Sequence[str] = (),
+                 poll_interval: float = 0.002, max_interval: float = 0.05):
+        super().__init__(recorder=log, gt=gt, topics=topics)  # type: ignore[arg-type]
+        self._log = log
+        self._buffer: list[RecordedEvent] = []
+        self._wanted = set(topics)
+        self._poll = poll_interval
+        self._max_interval = max_interval
+
+    def __next__(self) -> RecordedEvent:
+        interval = self._poll
+        while not self._buffer:
+            if self._has_been_stopped:
+                raise StopIteration
+            after = self._last_notification_id or 0
+            batch = self._log.read(after, 500)
+            if batch:
+                self._last_notification_id = batch[-1].id
+                self._buffer = [e for e in batch if not self._wanted or e.topic in self._wanted]
+                self._buffer.reverse()
+                interval = self._poll
+            else:
+                time.sleep(interval)
+                interval = min(interval * 2, self._max_interval)
+        return self._buffer.pop()

@@ -301,3 +301,6 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
 
     def close(self) -> None:
         self.datastore.close()
+
+    # The library's recorder comes first in the MRO; its subscribe() is not ours.
+    subscribe = EventLog.subscribe

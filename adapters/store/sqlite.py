@@ -171,3 +171,6 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
 
     def close(self) -> None:
         self.datastore.close()
+
+    # The library's recorder comes first in the MRO; its subscribe() is not ours.
+    subscribe = EventLog.subscribe
