@@ -216,6 +216,7 @@ class TradingState:
     def __init__(self, exchange_tz: str = "America/New_York"):
         self.exchange_tz = exchange_tz
         self._tz = ZoneInfo(exchange_tz)
+        self._day_cache: dict[str, str] = {}
         self.position = 0  # last applied global position
         self.stream_versions: dict[str, int] = {}
         self.orders: dict[str, OrderState] = {}
@@ -231,6 +232,20 @@ class TradingState:
     # --------------------------------------------------------------------------- helpers
     def trading_day(self, at: datetime) -> str:
         return at.astimezone(self._tz).date().isoformat()
+
+    def _trading_day_of(self, occurred_at: str | None, fallback: datetime) -> str:
+        # Every UTC offset is a whole number of minutes, so the local date is constant within a
+        # UTC minute: cache per minute of the stored UTC string (time-zone conversion costs more
+        # than the rest of a fill).
+        if occurred_at is None or occurred_at[-1] != "Z":
+            return self.trading_day(_time(occurred_at, fallback))
+        key = occurred_at[:16]
+        day = self._day_cache.get(key)
+        if day is None:
+            if len(self._day_cache) > 100_000:
+                self._day_cache.clear()
+            day = self._day_cache[key] = self.trading_day(datetime.fromisoformat(occurred_at))
+        return day
 
     def account(self, account: str) -> AccountState:
         state = self.accounts.get(account)
@@ -302,7 +317,8 @@ class TradingState:
         qty = Decimal(d["qty"])
         price = Decimal(d["price"])
         fee = Decimal(d["fee"])
-        when = _time(d.get("occurred_at"), at)
+        occurred = d.get("occurred_at")
+        when = _time(occurred, at)
         order.executions[d["exec_id"]] = (qty, price, pos)
         order.filled_qty += qty
         order.fill_notional += qty * price
@@ -316,7 +332,7 @@ class TradingState:
         realized = held.apply_fill(qty * order.sign, price)
         held.fees += fee
         held.updated_at = when
-        stats = self.account(order.account).day(self.trading_day(when))
+        stats = self.account(order.account).day(self._trading_day_of(occurred, at))
         stats.fills += 1
         stats.volume += qty
         stats.realized_pnl += realized
