@@ -42,7 +42,7 @@ from .domain.ids import (
     order_stream_id,
     strategy_stream_id,
 )
-from .domain.state import TradingState
+from .domain.state import AccountState, TradingState
 
 
 @contextmanager
@@ -132,6 +132,7 @@ class TradestateClient:
         self.state = TradingState(exchange_tz)
         self.stats = ClientStats()
         self._lock = threading.RLock()
+        self._attempt: list[tuple[str, int, str, dict[str, Any], bytes]] = []
         self.catch_up()
 
     # ------------------------------------------------------------------------ log plumbing
@@ -155,24 +156,39 @@ class TradestateClient:
     def _append(self, decision: rules.Append) -> list[int]:
         """Append decided events (each at its stream's next version) and fold them."""
         versions: dict[str, int] = {}
-        stored = []
-        payloads = []
+        attempt = []
         for stream, event in decision.events:
             version = versions.get(stream, self.state.stream_versions.get(stream, 0)) + 1
             versions[stream] = version
             payload = event.to_payload()
-            payloads.append((stream, version, event.type_name(), payload))
-            stored.append(new_event(stream, version, event.type_name(), orjson.dumps(payload)))
+            attempt.append((stream, version, event.type_name(), payload, orjson.dumps(payload)))
+        self._attempt = attempt
+        stored = [new_event(stream, version, type_name, data) for stream, version, type_name, _, data in attempt]
         started = time.perf_counter()
         appended = self.store.trading.append(stored)
         self.stats.append_seconds.append(time.perf_counter() - started)
         self.stats.appends += 1
         if appended[0].position == self.state.position + 1:
             # Nobody wrote in between: fold what we wrote without reading it back.
-            for (stream, version, type_name, payload), a in zip(payloads, appended, strict=True):
+            for (stream, version, type_name, payload, _), a in zip(attempt, appended, strict=True):
                 if a.position == self.state.position + 1:
                     self.state.apply(a.position, stream, version, type_name, payload, a.recorded_at)
         return [a.position for a in appended]
+
+    def _landed(self, attempt: list[tuple[str, int, str, dict[str, Any], bytes]]) -> list[int] | None:
+        """After an ambiguous failure: the positions of our events if the commit did happen
+        (same stream version, same bytes), else None. One transaction: all landed or none."""
+        try:
+            positions = []
+            for stream, version, _type, _payload, data in attempt:
+                rows = self.store.trading.read_stream(stream, version - 1)
+                if not rows or rows[0].originator_version != version or bytes(rows[0].state) != data:
+                    return None
+                positions.append(rows[0].position)
+            self.catch_up()
+            return positions
+        except Exception:  # noqa: BLE001 - the database is still unreachable: we cannot know yet
+            return None
 
     def _record(self, decide: Callable[[], rules.Decision]) -> tuple[rules.Decision, list[int]]:
         """Catch up, decide, append; on conflict or an ambiguous failure, decide again."""
@@ -195,6 +211,9 @@ class TradestateClient:
                 except AppendFailed as e:
                     last_error = e
                     failures += 1
+                    landed = self._landed(self._attempt)
+                    if landed is not None:
+                        return decision, landed
                     if failures >= self.max_failures:
                         break
         if isinstance(last_error, ConcurrencyConflict):
@@ -226,6 +245,7 @@ class TradestateClient:
     def _order_envelope(self, account: str, client_order_id: str, occurred_at: datetime | None,
                         causation_id: UUID | None = None) -> dict[str, Any]:
         """Envelope for a later order event: correlated with the order's intent."""
+        self.catch_up()  # the intent may have been recorded by another engine
         order = self.state.orders.get(order_stream_id(account, client_order_id)) if isinstance(account, str) and isinstance(client_order_id, str) else None
         correlation = UUID(order.intent_event_id) if order is not None else None
         return {**self._envelope(occurred_at, correlation, causation_id), "account": account, "client_order_id": client_order_id}
@@ -447,7 +467,7 @@ class TradestateClient:
         self.catch_up()
         from .domain.risk import effective_limit
 
-        a = self.state.account(account)
+        a = self.state.accounts.get(account) or AccountState(account)  # a query never adds state
         now = self._now()
         today = a.daily.get(self.state.trading_day(now))
         return {

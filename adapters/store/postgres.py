@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
-from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresRecorder
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
@@ -210,7 +210,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         return ConcurrencyConflict(f"another writer already appended to {streams}" + (f" ({error})" if error else ""))
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        return [a.position for a in self.append(stored_events)]
+        try:
+            return [a.position for a in self.append(stored_events)]
+        except ConcurrencyConflict as e:  # the library's callers expect its IntegrityError
+            raise IntegrityError(str(e)) from e
 
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
@@ -222,14 +225,14 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 if not rows:
                     return
                 if rows[-1][0] - after != len(rows):  # a hole somewhere in this page
-                    expected = after + 1
                     for row in rows:
-                        if row[0] != expected:
-                            self._wait_on_hole(conn, expected)
-                            return
+                        if row[0] != after + 1:
+                            break
                         yield row
-                        expected += 1
-                    return
+                        after = row[0]
+                    if not self._void_hole(conn, after + 1):
+                        return  # an append is still in flight there: stop before it
+                    continue  # the hole is now a $void row: read on from it
                 yield from rows
                 after = rows[-1][0]
                 if self._holes:  # holes that filled in while we waited are history now
@@ -237,21 +240,23 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 if len(rows) < batch:
                     return
 
-    def _wait_on_hole(self, conn: psycopg.Connection[Any], position: int) -> None:
+    def _void_hole(self, conn: psycopg.Connection[Any], position: int) -> bool:
+        """True once the hole at ``position`` is filled (by us, or by its writer's commit)."""
         first_seen = self._holes.setdefault(position, time.monotonic())
         if time.monotonic() - first_seen < self.gap_timeout:
-            return
+            return False
         # The writer that took this position is gone (or very slow): void it. If its row is
         # still committing, this insert waits on the unique index and then does nothing.
         conn.execute(self._void, (position, position))
         self._holes.pop(position, None)
+        return True
 
     def head(self) -> int:
         with self.datastore.get_connection() as conn:
             return conn.cursor(row_factory=tuple_row).execute(self._head).fetchone()[0]
 
-    def max_notification_id(self) -> int:
-        return self.head()
+    def max_notification_id(self) -> int | None:
+        return self.head() or None  # the library's contract: None for an empty log
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
         with self.datastore.get_connection() as conn:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, StoredEvent
 from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
     SQLiteConnection,
@@ -45,7 +45,10 @@ class DurableSQLiteDatastore(SQLiteDatastore):
     def __init__(self, db_name: str, *, lock_timeout: int = 10, pool_size: int = 4):
         super().__init__(db_name, lock_timeout=lock_timeout, pool_size=pool_size, originator_id_type="text")
         self.pool.close()
-        self.pool = DurableSQLitePool(db_name=db_name, lock_timeout=lock_timeout, pool_size=pool_size)
+        # Threads of one process wait for the writer connection as long as processes wait for
+        # the file's write lock, so both give up at the same time and with the same error.
+        self.pool = DurableSQLitePool(db_name=db_name, lock_timeout=lock_timeout, pool_size=pool_size,
+                                      pool_timeout=lock_timeout + 1)
 
 
 class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
@@ -101,12 +104,16 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
                 + ", ".join(sorted({f"{x.originator_id}@{x.originator_version}" for x in events}))
                 + f" ({e})"
             ) from e
-        except sqlite3.Error as e:
+        except (sqlite3.Error, PersistenceError) as e:
+            # PersistenceError: the pool's own errors (e.g. no connection within its timeout)
             raise AppendFailed(f"SQLite append failed, nothing was appended: {e}") from e
         return [Appended(head + i, recorded_at) for i in range(1, len(events) + 1)]
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        return [a.position for a in self.append(stored_events)]
+        try:
+            return [a.position for a in self.append(stored_events)]
+        except ConcurrencyConflict as e:  # the library's callers expect its IntegrityError
+            raise IntegrityError(str(e)) from e
 
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
@@ -127,8 +134,8 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
         with self.datastore.get_connection(commit=False) as connection:
             return connection._sqlite_conn.execute(self._head).fetchone()[0]
 
-    def max_notification_id(self) -> int:
-        return self.head()
+    def max_notification_id(self) -> int | None:
+        return self.head() or None  # the library's contract: None for an empty log
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
         with self.datastore.get_connection(commit=False) as connection:
