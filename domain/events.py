@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .values import (
     Amount,
+    ComputedAmount,
     Identifier,
     NonNegativeAmount,
     OrderType,
@@ -202,7 +203,7 @@ class RiskCheckPassed(AccountEvent):
     symbol: Symbol
     side: Side
     qty: PositiveAmount
-    notional: NonNegativeAmount | None = None
+    notional: ComputedAmount | None = None
     trading_day: str
 
 
@@ -235,12 +236,18 @@ class KillSwitchReleased(AccountEvent):
 class DailyLimitBreached(AccountEvent):
     limit: Literal["max_daily_loss", "max_daily_trades"]
     trading_day: str
-    value: Amount
-    threshold: Amount
+    value: ComputedAmount
+    threshold: ComputedAmount
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, (bool, float)):
+        raise ValueError("must be a whole number: 50, 75 or 100")
+    return value
 
 
 class TradingResumed(AccountEvent):
-    ramp_pct: Literal[50, 75, 100]
+    ramp_pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
     reason: Text = ""
 
 

@@ -26,4 +26,4 @@ def engine_stream_id(engine_id: str) -> str:
 
 
 def bar_stream_id(venue: str, symbol: str, timeframe: str) -> str:
-    return f"bar-{venue}|{symbol}|{timeframe}"
+    return "bar-" + str(uuid5(TRADESTATE_NAMESPACE, "\x1f".join(("bar", venue, symbol, timeframe))))

@@ -18,7 +18,7 @@ from . import events as ev
 from .errors import IdempotencyConflict, InvalidTransition, UnknownOrder
 from .ids import account_stream_id, order_stream_id
 from .risk import check_intent, effective_limit
-from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
+from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, discrepancy_key
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _same_content(stored: dict[str, Any], new: ev.Event) -> bool:
     return old.model_dump(exclude=_ENVELOPE) == new.model_dump(exclude=_ENVELOPE)
 
 
-def _discrepancy(e: ev.OrderEvent, kind: str, detail: str, **fields: Any) -> Append:
+def _discrepancy(e: ev.OrderEvent, order: OrderState, kind: str, detail: str, **fields: Any) -> Decision:
     record = ev.DiscrepancyRecorded(
         event_id=e.event_id,
         occurred_at=e.occurred_at,
@@ -71,6 +71,9 @@ def _discrepancy(e: ev.OrderEvent, kind: str, detail: str, **fields: Any) -> App
         detail=detail,
         **fields,
     )
+    seen = order.discrepancy_keys.get(discrepancy_key(record.model_dump(mode="json")))
+    if seen is not None:  # the same contradiction reported again is the same fact
+        return AlreadyRecorded(seen)
     return Append([(order_stream_id(e.account, e.client_order_id), record)])
 
 
@@ -150,6 +153,7 @@ def decide_ack(state: TradingState, e: ev.OrderAcknowledged) -> Decision:
             return AlreadyRecorded(order.positions["ack"])
         return _discrepancy(
             e,
+            order,
             "venue_order_id_changed",
             f"acknowledged again with venue order id {e.venue_order_id!r}, "
             f"first ack had {order.venue_order_id!r}",
@@ -158,6 +162,7 @@ def decide_ack(state: TradingState, e: ev.OrderAcknowledged) -> Decision:
     if order.status in ("refused", "rejected", "cancelled", "expired"):
         return _discrepancy(
             e,
+            order,
             "status_conflict",
             f"venue acknowledged an order we hold {order.status}",
             venue_status="acknowledged",
@@ -172,10 +177,10 @@ def decide_reject(state: TradingState, e: ev.OrderRejected) -> Decision:
     if order.status == "rejected":
         return AlreadyRecorded(order.positions["terminal"])
     if order.filled_qty > 0:
-        return _discrepancy(e, "reject_after_fill", f"rejected after {order.filled_qty} filled: {e.reason}",
+        return _discrepancy(e, order, "reject_after_fill", f"rejected after {order.filled_qty} filled: {e.reason}",
                             venue_status="rejected")
     if not order.is_open:
-        return _discrepancy(e, "status_conflict", f"venue rejected an order we hold {order.status}",
+        return _discrepancy(e, order, "status_conflict", f"venue rejected an order we hold {order.status}",
                             venue_status="rejected")
     return _single(e)
 
@@ -192,10 +197,10 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
             f"the same execution id now says {e.qty} @ {e.price}"
         )
     if order.status not in OPEN_STATUSES:
-        return _discrepancy(e, "fill_on_terminal", f"fill of {e.qty} @ {e.price} on an order we hold {order.status}",
+        return _discrepancy(e, order, "fill_on_terminal", f"fill of {e.qty} @ {e.price} on an order we hold {order.status}",
                             exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
     if e.qty > order.remaining:
-        return _discrepancy(e, "overfill", f"fill of {e.qty} with only {order.remaining} remaining",
+        return _discrepancy(e, order, "overfill", f"fill of {e.qty} with only {order.remaining} remaining",
                             exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
     events: list[tuple[str, ev.Event]] = [(order.stream_id, e)]
     breach = _daily_loss_breach(state, order, e, state.trading_day(e.occurred_at or now))
@@ -217,7 +222,7 @@ def _daily_loss_breach(
     held = state.position_of(order.account, order.venue, order.symbol)
     preview = PositionState(order.account, order.venue, order.symbol)
     if held is not None:
-        preview.qty, preview.avg_cost = held.qty, held.avg_cost
+        preview.qty, preview.cost = held.qty, held.cost
     realized = preview.apply_fill(fill.qty * order.sign, fill.price)
     net = (stats.net_pnl if stats else Decimal(0)) + realized - fill.fee
     if -net < limit:
@@ -240,10 +245,10 @@ def decide_cancelled(state: TradingState, e: ev.OrderCancelled) -> Decision:
     if order.status == "cancelled":
         return AlreadyRecorded(order.positions["terminal"])
     if order.status == "filled":
-        return _discrepancy(e, "cancel_after_fill", f"venue says cancelled, we hold it filled: {e.reason}",
+        return _discrepancy(e, order, "cancel_after_fill", f"venue says cancelled, we hold it filled: {e.reason}",
                             venue_status="cancelled")
     if not order.is_open:
-        return _discrepancy(e, "status_conflict", f"venue says cancelled, we hold it {order.status}",
+        return _discrepancy(e, order, "status_conflict", f"venue says cancelled, we hold it {order.status}",
                             venue_status="cancelled")
     return _single(e)
 
@@ -253,7 +258,7 @@ def decide_expired(state: TradingState, e: ev.OrderExpired) -> Decision:
     if order.status == "expired":
         return AlreadyRecorded(order.positions["terminal"])
     if not order.is_open:
-        return _discrepancy(e, "status_conflict", f"venue says expired, we hold it {order.status}",
+        return _discrepancy(e, order, "status_conflict", f"venue says expired, we hold it {order.status}",
                             venue_status="expired")
     return _single(e)
 
@@ -262,7 +267,7 @@ def decide_replaced(state: TradingState, e: ev.OrderReplaced) -> Decision:
     order = _order(state, e)
     if not order.is_open:
         raise InvalidTransition(f"order {order.client_order_id!r} is {order.status}; only an open order can be replaced")
-    if e.qty < order.filled_qty:
+    if e.qty < order.filled_qty:  # down to exactly the filled quantity fills the order
         raise InvalidTransition(f"new quantity {e.qty} is below the {order.filled_qty} already filled")
     needs_limit = order.order_type in ("limit", "stop_limit")
     needs_stop = order.order_type in ("stop", "stop_limit")

@@ -116,8 +116,9 @@ def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime
         details.append(f"{stats.trades if stats else 0} trades on {day}, limit {limit}")
 
     limit = effective_limit(account, "max_daily_loss")
-    if limit is not None and stats is not None and -stats.net_pnl >= limit:
+    loss = -(stats.net_pnl if stats is not None else Decimal(0))
+    if limit is not None and loss >= limit:  # reaching the limit stops trading; 0 allows none
         reasons.append(MAX_DAILY_LOSS)
-        details.append(f"net P&L {stats.net_pnl} on {day}, loss limit {limit}")
+        details.append(f"net P&L {-loss} on {day}, loss limit {limit}")
 
     return RiskDecision(reasons, "; ".join(details), day, notional)

@@ -33,13 +33,18 @@ def _time(value: str | None, fallback: datetime) -> datetime:
     return datetime.fromisoformat(value) if value else fallback
 
 
+def discrepancy_key(d: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two contradicting venue facts the same fact."""
+    return (d["kind"], d.get("venue_status"), d.get("venue_order_id"), d.get("exec_id"))
+
+
 class OrderState:
     __slots__ = (
         "stream_id", "account", "client_order_id", "venue", "symbol", "side", "sign",
         "order_type", "qty", "limit_price", "stop_price", "time_in_force", "strategy_id",
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
         "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal",
-        "positions", "created_at", "updated_at", "intent_event_id",
+        "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
@@ -68,6 +73,7 @@ class OrderState:
         self.executions: dict[str, tuple[Decimal, Decimal, int]] = {}
         self.cancel_requested = False
         self.discrepancies = 0
+        self.discrepancy_keys: dict[tuple[Any, ...], int] = {}  # a repeated venue fact -> first record
         self.refusal: list[str] | None = None
         # where each lifecycle fact was recorded, so a repeated call can return it
         self.positions: dict[str, int] = {"intent": position}
@@ -115,7 +121,7 @@ class OrderState:
 
 
 class PositionState:
-    __slots__ = ("account", "venue", "symbol", "qty", "avg_cost", "realized_pnl", "fees",
+    __slots__ = ("account", "venue", "symbol", "qty", "cost", "realized_pnl", "fees",
                  "last_price", "updated_at")  # fmt: skip
 
     def __init__(self, account: str, venue: str, symbol: str):
@@ -123,31 +129,40 @@ class PositionState:
         self.venue = venue
         self.symbol = symbol
         self.qty = ZERO
-        self.avg_cost = ZERO
+        self.cost = ZERO  # cost basis of the open quantity, signed like it (sum of qty * price)
         self.realized_pnl = ZERO
         self.fees = ZERO
         self.last_price: Decimal | None = None
         self.updated_at: datetime | None = None
 
     def apply_fill(self, signed_qty: Decimal, price: Decimal) -> Decimal:
-        """Average-cost accounting. Returns the realised P&L of this fill (before fees)."""
+        """Average-cost accounting on the total cost basis, so that closing a position
+        releases exactly what opening it cost. Returns the realised P&L (before fees)."""
         qty = self.qty
         self.last_price = price
         if qty == 0 or (qty > 0) == (signed_qty > 0):
-            new_qty = qty + signed_qty
-            self.avg_cost = (self.avg_cost * qty + price * signed_qty) / new_qty
-            self.qty = new_qty
+            self.qty = qty + signed_qty
+            self.cost += signed_qty * price
             return ZERO
-        closing = min(abs(signed_qty), abs(qty))
-        realized = (price - self.avg_cost) * closing * (1 if qty > 0 else -1)
+        held = abs(qty)
+        closing = min(abs(signed_qty), held)
+        released = self.cost if closing == held else self.cost * closing / held
+        direction = 1 if qty > 0 else -1
+        realized = price * closing * direction - released
         new_qty = qty + signed_qty
         if new_qty == 0:
-            self.avg_cost = ZERO
+            self.cost = ZERO
         elif (new_qty > 0) != (qty > 0):  # flipped side: the rest opens at this price
-            self.avg_cost = price
+            self.cost = new_qty * price
+        else:
+            self.cost -= released
         self.qty = new_qty
         self.realized_pnl += realized
         return realized
+
+    @property
+    def avg_cost(self) -> Decimal:
+        return self.cost / self.qty if self.qty else ZERO
 
     @property
     def unrealized_pnl(self) -> Decimal:
@@ -363,6 +378,8 @@ class TradingState:
         order.cancel_requested = False
         order.positions[f"replace:{pos}"] = pos
         order.updated_at = _time(d.get("occurred_at"), at)
+        if order.filled_qty >= order.qty and order.is_open:  # replaced down to what was filled
+            self._close(order, "filled", pos, order.updated_at)
 
     def _on_OrderExpired(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self._close(self.orders[sid], "expired", pos, _time(d.get("occurred_at"), at))
@@ -370,6 +387,7 @@ class TradingState:
     def _on_DiscrepancyRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
         order.discrepancies += 1
+        order.discrepancy_keys.setdefault(discrepancy_key(d), pos)
         if d.get("exec_id"):
             order.executions["!" + d["exec_id"]] = (Decimal(d["qty"]), Decimal(d["price"]), pos)
         order.positions[f"discrepancy:{pos}"] = pos

@@ -57,7 +57,8 @@ def _to_decimal(value: Any) -> Decimal:
         raise ValueError(f"must be a decimal number, got {type(value).__name__}")
     if not d.is_finite():
         raise ValueError("must be finite (NaN and infinity are refused)")
-    if abs(d) >= MAX_ABS_AMOUNT:
+    # adjusted() is the exponent of the leading digit: no arithmetic, so no overflow on 1e1000000
+    if d and d.adjusted() >= MAX_ABS_AMOUNT.adjusted():
         raise ValueError(f"absurd magnitude {d} (limit {MAX_ABS_AMOUNT})")
     exponent = d.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > MAX_DECIMAL_PLACES:
@@ -79,12 +80,28 @@ def _non_negative(d: Decimal) -> Decimal:
 
 _decimal_str = PlainSerializer(lambda d: str(d), return_type=str, when_used="json")
 
+
+def _computed_decimal(value: Any) -> Decimal:
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError("must be a Decimal, not a float")
+    d = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not d.is_finite():
+        raise ValueError("must be finite")
+    return d
+
 # Decimals travel as strings in JSON so that no digit is ever lost.
 Amount = Annotated[Decimal, BeforeValidator(_to_decimal), _decimal_str]
 PositiveAmount = Annotated[Decimal, BeforeValidator(_to_decimal), AfterValidator(_positive), _decimal_str]
 NonNegativeAmount = Annotated[
     Decimal, BeforeValidator(_to_decimal), AfterValidator(_non_negative), _decimal_str
 ]
+# A value the domain computed (a notional, a day's P&L): exact, any precision, never user input.
+ComputedAmount = Annotated[Decimal, BeforeValidator(_computed_decimal), _decimal_str]
+
+
+# Trading timestamps outside this range are input errors (and beyond 9999 cannot be converted).
+MIN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
 
 def _to_utc(value: Any) -> datetime:
@@ -97,12 +114,18 @@ def _to_utc(value: Any) -> datetime:
         raise ValueError(f"must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp has no time zone; give an aware datetime (UTC)")
-    return value.astimezone(timezone.utc)
+    try:
+        value = value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"timestamp {value!r} cannot be expressed in UTC") from None
+    if not MIN_TIME <= value < MAX_TIME:
+        raise ValueError(f"timestamp {value.isoformat()} is outside {MIN_TIME.year}-{MAX_TIME.year}")
+    return value
 
 
 UtcDatetime = Annotated[datetime, BeforeValidator(_to_utc)]
 
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f]*")  # no C0 or C1 control characters
 
 
 def _bounded(max_len: int, *, allow_empty: bool = False):
@@ -113,8 +136,12 @@ def _bounded(max_len: int, *, allow_empty: bool = False):
             raise ValueError("must not be empty")
         if len(value) > max_len:
             raise ValueError(f"longer than {max_len} characters ({len(value)})")
-        if not _PRINTABLE.match(value):
+        if not _PRINTABLE.fullmatch(value):
             raise ValueError("contains control characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not valid Unicode text (lone surrogate)") from None
         return value
 
     return BeforeValidator(check)

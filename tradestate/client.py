@@ -246,7 +246,10 @@ class TradestateClient:
                         causation_id: UUID | None = None) -> dict[str, Any]:
         """Envelope for a later order event: correlated with the order's intent."""
         self.catch_up()  # the intent may have been recorded by another engine
-        order = self.state.orders.get(order_stream_id(account, client_order_id)) if isinstance(account, str) and isinstance(client_order_id, str) else None
+        try:  # unvalidated input: a bad id simply has no intent to correlate with
+            order = self.state.orders.get(order_stream_id(account, client_order_id))
+        except (TypeError, UnicodeError):
+            order = None
         correlation = UUID(order.intent_event_id) if order is not None else None
         return {**self._envelope(occurred_at, correlation, causation_id), "account": account, "client_order_id": client_order_id}
 
