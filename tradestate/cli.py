@@ -82,6 +82,7 @@ def state(
 
 @app.command()
 def bench(
+    db: Annotated[Optional[str], typer.Option("--db", help="Where to measure: a postgresql:// URL (the server to use) or sqlite:///dir/any.db (the directory for the SQLite files).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized runs (seconds, not minutes).")] = False,
     json: Annotated[bool, typer.Option("--json", help="Print {results: [...]} as JSON.")] = False,
     pg: Annotated[Optional[str], typer.Option("--pg", help="PostgreSQL URL (default: $TRADESTATE_TEST_PG or the local cluster).")] = None,
@@ -89,8 +90,16 @@ def bench(
     only: Annotated[Optional[str], typer.Option(help="Comma-separated metric groups: append,batch,replay.")] = None,
 ) -> None:
     """Measure append, batched append and replay against raw baselines measured in the same run."""
+    from .adapters.store import sqlite_path
     from .bench import run_bench
 
+    if db and db.startswith(("postgresql://", "postgres://")):
+        pg = pg or db
+    elif db:
+        try:
+            sqlite_dir = sqlite_dir or os.path.dirname(os.path.abspath(sqlite_path(db)))
+        except TradestateError as e:
+            _fail(str(e))
     raise typer.Exit(run_bench(quick=quick, as_json=json, pg_url=pg, sqlite_dir=sqlite_dir, only=only))
 
 

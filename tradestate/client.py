@@ -141,10 +141,13 @@ class TradestateClient:
         with self._lock, _gc_paused():
             apply = self.state.apply
             loads = orjson.loads
-            for position, stream, version, type_name, data, recorded_at in self.store.trading.iter_rows(
-                self.state.position
-            ):
+            start = self.state.position
+            for position, stream, version, type_name, data, recorded_at in self.store.trading.iter_rows(start):
                 apply(position, stream, version, type_name, loads(data), recorded_at)
+            if self.state.position - start > 10_000:
+                # A big fold leaves a big, long-lived state: keep the collector from rescanning
+                # it on every full collection while the engine trades.
+                gc.freeze()
             return self.state.position
 
     def _now(self) -> datetime:

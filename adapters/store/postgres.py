@@ -17,7 +17,9 @@ here, whatever the number of writers). We keep its recorder interface and replac
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -129,9 +131,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         ]
         self._insert_one = SQL(
             "INSERT INTO {} (position, stream_id, stream_version, type, data)"
-            " VALUES (nextval({}), %s, %s, %s, %s) RETURNING position, recorded_at"
+            " VALUES (nextval({}), %s, %s, %s, %b) RETURNING position, recorded_at"
         ).format(self._qualified, self._seq_literal)
-        self._insert_many = SQL("SELECT pos, at FROM {}(%s, %s, %s, %s)").format(func)
+        # binary parameters: text arrays cost a regex escape per element and twice the bytes
+        self._insert_many = SQL("SELECT pos, at FROM {}(%b, %b, %b, %b)").format(func)
         self._void = SQL(
             "INSERT INTO {} (position, stream_id, stream_version, type, data)"
             " VALUES (%s, {}, %s, {}, '\\x7b7d'::bytea) ON CONFLICT DO NOTHING"
@@ -146,6 +149,35 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         for name in ("_insert_one", "_insert_many", "_void", "_select", "_head", "_currval"):
             setattr(self, name, getattr(self, name).as_string(None))
         self._holes: dict[int, float] = {}  # hole position -> when this reader first waited on it
+        self._local = threading.local()
+        self._pinned: list[psycopg.Connection[Any]] = []
+        self._pinned_lock = threading.Lock()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """This thread's own connection, kept checked out of the pool: a pool checkout per
+        append doubled the client's CPU per event, the limit with many writers on few cores.
+        A connection that fails is dropped, and the next call takes a fresh one."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            pool = self.datastore.pool
+            pool.open(wait=True, timeout=self.datastore.pool.timeout)
+            conn = pool.getconn()
+            self._local.conn = conn
+            with self._pinned_lock:
+                self._pinned.append(conn)
+        try:
+            yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            self._local.conn = None
+            with self._pinned_lock:
+                if conn in self._pinned:
+                    self._pinned.remove(conn)
+            try:
+                self.datastore.pool.putconn(conn)  # the pool discards a broken connection
+            except Exception:  # noqa: BLE001 - it is gone either way
+                pass
+            raise
 
     def create_table(self) -> None:
         # Concurrent first starts must not race on CREATE ... IF NOT EXISTS (it is not atomic).
@@ -159,7 +191,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         if not events:
             return []
         try:
-            with self.datastore.get_connection() as conn:
+            with self._connection() as conn:
                 cur = conn.cursor(row_factory=tuple_row)
                 if len(events) == 1:
                     e = events[0]
@@ -218,10 +250,11 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
         upper = stop if stop is not None else 2**62
-        with self.datastore.get_connection() as conn:
+        with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
             while after < upper:
-                rows = cur.execute(self._select, (after, upper, batch), prepare=True).fetchall()
+                # binary results: bytea and timestamptz arrive without text decoding (~45% faster)
+                rows = cur.execute(self._select, (after, upper, batch), prepare=True, binary=True).fetchall()
                 if not rows:
                     return
                 if rows[-1][0] - after != len(rows):  # a hole somewhere in this page
@@ -252,14 +285,14 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         return True
 
     def head(self) -> int:
-        with self.datastore.get_connection() as conn:
+        with self._connection() as conn:
             return conn.cursor(row_factory=tuple_row).execute(self._head).fetchone()[0]
 
     def max_notification_id(self) -> int | None:
         return self.head() or None  # the library's contract: None for an empty log
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
-        with self.datastore.get_connection() as conn:
+        with self._connection() as conn:
             rows = conn.cursor(row_factory=tuple_row).execute(
                 SQL(
                     "SELECT position, stream_id, stream_version, type, data, recorded_at FROM {}"
@@ -305,6 +338,13 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         return out
 
     def close(self) -> None:
+        with self._pinned_lock:
+            pinned, self._pinned = self._pinned, []
+        for conn in pinned:
+            try:
+                self.datastore.pool.putconn(conn)
+            except Exception:  # noqa: BLE001 - closing anyway
+                conn.close()
         self.datastore.close()
 
     # The library's recorder comes first in the MRO; its subscribe() is not ours.

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, StoredEvent
+from eventsourcing.persistence import IntegrityError, InterfaceError, Notification, PersistenceError, StoredEvent
 from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
     SQLiteConnection,
@@ -32,13 +32,24 @@ class DurableSQLitePool(SQLiteConnectionPool):
     """The library's pool, plus the durability and locking settings a trading log needs."""
 
     def _create_connection(self) -> SQLiteConnection:
-        connection = super()._create_connection()
-        raw: sqlite3.Connection = connection._sqlite_conn
-        raw.row_factory = None  # tuples: the replay path reads millions of rows
+        # Opened here rather than by the library: its cached_statements=True means a statement
+        # cache of one, and every append would re-compile its four statements.
+        try:
+            raw = sqlite3.connect(
+                database=self.db_name,
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                cached_statements=128,
+                timeout=self.lock_timeout or 5,
+            )
+        except (sqlite3.Error, TypeError) as e:
+            raise InterfaceError(e) from e
+        raw.execute("PRAGMA journal_mode=WAL")
+        self.is_journal_mode_wal = True
         raw.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we say so
         raw.execute(f"PRAGMA busy_timeout={int((self.lock_timeout or 5) * 1000)}")
-        raw.execute("PRAGMA foreign_keys=ON")
-        return connection
+        return SQLiteConnection(sqlite_conn=raw, max_age=self.max_age)
 
 
 class DurableSQLiteDatastore(SQLiteDatastore):

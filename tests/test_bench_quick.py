@@ -1,0 +1,148 @@
+"""``tradestate bench`` at toy sizes: the JSON shape, positive ratios, and the generated log.
+
+The real figures come from ``tradestate bench`` (``--quick`` in CI); these tests only check that
+every measurement runs end to end on real SQLite files and a real PostgreSQL and reports sanely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import orjson
+import psycopg
+import pytest
+
+from tradestate.bench import generate_trading_rows, run_bench
+from tradestate.domain.events import decode
+from tradestate.domain.state import TradingState
+
+KEYS = {"metric", "backend", "value", "unit", "baseline", "baseline_value", "ratio"}
+
+TINY = {
+    "single_seconds": 0.3,
+    "writers": 2,
+    "warmup": 5,
+    "batch_size": 10,
+    "batches": 5,
+    "replay_events": 3_000,
+    "repeats": 1,
+    "page": 500,
+}
+
+
+def _run_json(capsys: pytest.CaptureFixture[str], **kwargs) -> list[dict]:
+    code = run_bench(quick=True, as_json=True, _sizes=TINY, **kwargs)
+    out = capsys.readouterr().out
+    assert code == 0
+    document = json.loads(out)  # stdout is exactly one JSON document
+    assert set(document) == {"results"}
+    results = document["results"]
+    assert results
+    for row in results:
+        assert set(row) == KEYS
+        assert isinstance(row["metric"], str) and row["metric"]
+        assert row["backend"] in ("sqlite", "postgresql")
+        assert row["unit"] in ("events/s", "ms", "s")
+        for key in ("value", "baseline_value", "ratio"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, row
+        assert row["ratio"] == pytest.approx(row["value"] / row["baseline_value"])
+    return results
+
+
+def _metrics(results: list[dict], backend: str) -> set[tuple[str, str]]:
+    return {(r["metric"], r["baseline"]) for r in results if r["backend"] == backend}
+
+
+def test_sqlite_rows(capsys, tmp_path):
+    results = _run_json(capsys, sqlite_dir=str(tmp_path), _backends=("sqlite",))
+    assert _metrics(results, "sqlite") == {
+        ("append_single_1w", "raw_insert_commit_1w"),
+        ("append_single_1w_p50", "raw_insert_commit_1w"),
+        ("append_single_1w_p99", "raw_insert_commit_1w"),
+        ("append_batch_10", "executemany_all_1tx"),
+        ("append_batch_10", "executemany_10_per_tx"),
+        ("replay", "raw_select_orjson"),
+        ("replay_duration", "raw_select_orjson"),
+        ("replay", "eventsourcing_default"),
+        ("replay_full_state", "raw_select_orjson"),
+        ("replay_full_state", "eventsourcing_default"),
+    }
+    assert list(tmp_path.iterdir()) == []  # the SQLite files are removed afterwards
+
+
+@pytest.mark.postgres
+def test_postgresql_rows(capsys, pg_server):
+    before = _bench_schemas(pg_server)
+    results = _run_json(capsys, pg_url=pg_server, _backends=("postgresql",))
+    got = _metrics(results, "postgresql")
+    for writers in ("1w", "2w"):
+        for suffix in ("", "_p50", "_p99"):
+            assert (f"append_single_{writers}{suffix}", f"raw_insert_commit_{writers}") in got
+            assert (f"append_single_{writers}{suffix}", "eventsourcing_default") in got
+    assert {
+        ("append_batch_10", "copy_from_stdin_all"),
+        ("append_batch_10", "copy_10_per_tx"),
+        ("replay", "raw_select_orjson"),
+        ("replay", "raw_select_binary_orjson"),
+        ("replay", "copy_to_stdout_orjson"),
+        ("replay", "eventsourcing_default"),
+        ("replay_full_state", "raw_select_orjson"),
+        ("replay_full_state", "eventsourcing_default"),
+    } <= got
+    assert _bench_schemas(pg_server) <= before  # every schema the run made is dropped
+
+
+def _bench_schemas(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench%'").fetchall()
+    return {name for (name,) in rows}
+
+
+def test_only_filters_groups(capsys, tmp_path):
+    results = _run_json(capsys, sqlite_dir=str(tmp_path), only="batch", _backends=("sqlite",))
+    assert {r["metric"] for r in results} == {"append_batch_10"}
+
+
+def test_unknown_group_is_an_error(capsys):
+    assert run_bench(quick=True, as_json=True, only="appendd", _sizes=TINY, _backends=("sqlite",)) == 2
+    assert capsys.readouterr().out == ""
+
+
+def test_unreachable_postgresql_is_skipped_with_a_message(capsys, tmp_path):
+    code = run_bench(quick=True, as_json=True, only="batch", sqlite_dir=str(tmp_path),
+                     pg_url="postgresql://postgres@127.0.0.1:1/nowhere", _sizes=TINY)
+    captured = capsys.readouterr()
+    assert code == 0
+    assert {r["backend"] for r in json.loads(captured.out)["results"]} == {"sqlite"}
+    assert "PostgreSQL unreachable" in captured.err
+
+
+def test_generated_log_is_valid_and_folds():
+    rows = list(generate_trading_rows(5_000))
+    assert [r[0] for r in rows] == list(range(1, 5_001))
+    versions: dict[str, int] = {}
+    state = TradingState()
+    for position, stream, version, type_name, data, recorded_at in rows:
+        assert version == versions.get(stream, 0) + 1  # gap-free stream versions
+        versions[stream] = version
+        payload = orjson.loads(data)
+        decode(type_name, payload)  # valid against the event catalogue
+        state.apply(position, stream, version, type_name, payload, recorded_at)
+    assert state.applied == 5_000
+    *complete, last = state.orders.values()  # the log may end in the middle of the last order
+    assert {o.status for o in complete} == {"filled"}
+    assert last.status in ("new", "submitted", "acknowledged", "partially_filled", "filled")
+    assert state.positions
+
+
+def test_cli_rejects_a_bad_group():
+    proc = subprocess.run(
+        [sys.executable, "-m", "tradestate.cli", "bench", "--quick", "--json", "--only", "nope"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "unknown metric group" in proc.stderr
