@@ -70,6 +70,8 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise InvalidInput(f"directory {parent!r} does not exist")
+        if not create and not os.path.exists(path):
+            raise InvalidInput(f"no tradestate log at {url!r} (the file does not exist)")
         datastore = DurableSQLiteDatastore(path)
         trading = SQLiteEventLog(datastore, TRADING_TABLE)
         market = SQLiteEventLog(datastore, MARKET_TABLE)
@@ -86,6 +88,9 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
     if create:
         trading.create_table()
         market.create_table()
+    elif not trading.exists():
+        trading.close()
+        raise InvalidInput(f"no tradestate log in {redact(url)} (run something that records first)")
     return Store(url=url, kind=kind, trading=trading, market=market)
 
 

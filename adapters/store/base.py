@@ -75,6 +75,10 @@ class EventLog(ABC):
         (an append still in flight), so a follower never skips an event."""
 
     @abstractmethod
+    def exists(self) -> bool:
+        """Whether the log's table is there (opening without creating)."""
+
+    @abstractmethod
     def head(self) -> int:
         """The highest position in the log (0 when empty)."""
 

@@ -284,6 +284,11 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         self._holes.pop(position, None)
         return True
 
+    def exists(self) -> bool:
+        with self._connection() as conn:
+            return conn.cursor(row_factory=tuple_row).execute("SELECT to_regclass(%s) IS NOT NULL",
+                                (f'"{self.datastore.schema}"."{self.table}"',)).fetchone()[0]
+
     def head(self) -> int:
         with self._connection() as conn:
             return conn.cursor(row_factory=tuple_row).execute(self._head).fetchone()[0]

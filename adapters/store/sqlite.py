@@ -141,6 +141,12 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
                     yield p, s, v, t, d, _fromiso(r)
             cursor.close()
 
+    def exists(self) -> bool:
+        with self.datastore.get_connection(commit=False) as connection:
+            return connection._sqlite_conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,)
+            ).fetchone() is not None
+
     def head(self) -> int:
         with self.datastore.get_connection(commit=False) as connection:
             return connection._sqlite_conn.execute(self._head).fetchone()[0]

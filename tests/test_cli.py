@@ -1,0 +1,69 @@
+"""The console command as a user runs it: real processes, real databases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def tradestate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tradestate.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
+    url = f"sqlite:///{tmp_path}/demo.db"
+    run = tradestate("demo", "--db", url)
+    assert run.returncode == 0, run.stderr
+    assert "same state" in run.stdout
+    assert "refused" in run.stdout and "circuit_breaker" in run.stdout
+    state = json.loads(tradestate("state", "--db", url, "--json").stdout)
+    assert state["position"] == 33
+    assert {(p["symbol"], p["qty"]) for p in state["positions"]} == {("AAPL", "90"), ("MSFT", "50")}
+    assert state["accounts"]["demo-acct"]["breaker_tripped"] is True
+
+
+def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
+    url = f"sqlite:///{tmp_path}/demo.db"
+    assert tradestate("demo", "--db", url).returncode == 0
+    again = tradestate("demo", "--db", url)
+    assert again.returncode == 2
+    assert "already holds a log" in again.stdout and "Traceback" not in again.stdout + again.stderr
+    assert tradestate("demo", "--db", url, "--reset").returncode == 0
+
+
+@pytest.mark.postgres
+def test_demo_on_postgresql(pg_url):
+    run = tradestate("demo", "--db", pg_url)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "same state" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["state", "--db", "mysql://x/y"], "unsupported database URL"),
+        (["state", "--db", "sqlite:///no/such/dir/x.db"], "does not exist"),
+        (["state", "--db", "sqlite:///:memory:"], "not durable"),
+        (["state", "--at", "yesterday"], "not an ISO-8601"),
+        (["state", "--at", "2026-11-20T10:00:00"], "time zone"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_no_traceback(tmp_path, args, message):
+    run = tradestate(*args)
+    assert run.returncode != 0
+    assert message in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_database_url_comes_from_the_environment(tmp_path):
+    import os
+
+    url = f"sqlite:///{tmp_path}/env.db"
+    assert tradestate("demo", "--db", url).returncode == 0
+    env = {**os.environ, "TRADESTATE_DB": url}
+    state = json.loads(tradestate("state", "--json", env=env).stdout)
+    assert state["position"] == 33
