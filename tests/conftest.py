@@ -13,6 +13,12 @@ from urllib.parse import urlencode, urlparse, urlunparse, parse_qsl
 
 import psycopg
 import pytest
+from hypothesis import settings
+
+# CI runs the same examples every time (a red build must be reproducible); locally, new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -520,6 +520,8 @@ class TradingLifecycle(RuleBasedStateMachine):
             outcome, o.account)
         if outcome == "append":
             o.qty, o.limit_price, o.cancel_requested = qty, new_limit, False
+            if o.filled >= o.qty:  # replaced down to what was filled: nothing left, it is filled
+                o.status = "filled"
 
     # ------------------------------------------------------------------------------ invariants
     def rows(self) -> list[tuple]:

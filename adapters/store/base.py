@@ -8,14 +8,16 @@ say whether anything was appended.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-import time
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Subscription
 
-from eventsourcing.persistence import Notification, StoredEvent, Subscription
+from ...domain.errors import ConcurrencyConflict
 
 # (position, stream_id, stream_version, type, data, recorded_at): the replay hot path uses tuples.
 Row = tuple[int, str, int, str, bytes, datetime]
@@ -85,6 +87,51 @@ class EventLog(ABC):
     @abstractmethod
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
         """Events of one stream in version order."""
+
+    # ------------------------------------------------ the eventsourcing recorder interface
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        try:
+            return [a.position for a in self.append(stored_events)]
+        except ConcurrencyConflict as e:  # the library's callers expect its IntegrityError
+            raise IntegrityError(str(e)) from e
+
+    def max_notification_id(self) -> int | None:
+        return self.head() or None  # the library's contract: None for an empty log
+
+    def select_events(
+        self,
+        originator_id: Any,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        events = [e for e in self.read_stream(str(originator_id), gt or 0) if lte is None or e.originator_version <= lte]
+        if desc:
+            events.reverse()
+        return events[:limit] if limit is not None else events
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        after = (start or 1) - 1 if inclusive_of_start else (start or 0)
+        if not topics:
+            return self.read(after, limit, stop)
+        wanted = set(topics)
+        out: list[Notification] = []
+        for row in self.iter_rows(after, stop):
+            if row[3] in wanted:
+                out.append(RecordedEvent.from_row(row))
+                if len(out) >= limit:
+                    break
+        return out
 
     def read(self, after: int = 0, limit: int = 1000, stop: int | None = None) -> list[RecordedEvent]:
         rows = []

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, Notification, StoredEvent
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresRecorder
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
@@ -241,12 +240,6 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         streams = ", ".join(sorted({f"{e.originator_id}@{e.originator_version}" for e in events}))
         return ConcurrencyConflict(f"another writer already appended to {streams}" + (f" ({error})" if error else ""))
 
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        try:
-            return [a.position for a in self.append(stored_events)]
-        except ConcurrencyConflict as e:  # the library's callers expect its IntegrityError
-            raise IntegrityError(str(e)) from e
-
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
         upper = stop if stop is not None else 2**62
@@ -293,9 +286,6 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         with self._connection() as conn:
             return conn.cursor(row_factory=tuple_row).execute(self._head).fetchone()[0]
 
-    def max_notification_id(self) -> int | None:
-        return self.head() or None  # the library's contract: None for an empty log
-
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
         with self._connection() as conn:
             rows = conn.cursor(row_factory=tuple_row).execute(
@@ -307,41 +297,6 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             ).fetchall()
         return [RecordedEvent.from_row(r) for r in rows]
 
-    def select_events(
-        self,
-        originator_id: Any,
-        *,
-        gt: int | None = None,
-        lte: int | None = None,
-        desc: bool = False,
-        limit: int | None = None,
-    ) -> Sequence[StoredEvent]:
-        events = [e for e in self.read_stream(str(originator_id), gt or 0) if lte is None or e.originator_version <= lte]
-        if desc:
-            events.reverse()
-        return events[:limit] if limit is not None else events
-
-    def select_notifications(
-        self,
-        start: int | None,
-        limit: int,
-        stop: int | None = None,
-        topics: Sequence[str] = (),
-        *,
-        inclusive_of_start: bool = True,
-    ) -> Sequence[Notification]:
-        after = (start or 1) - 1 if inclusive_of_start else (start or 0)
-        if not topics:
-            return self.read(after, limit, stop)
-        wanted = set(topics)
-        out: list[Notification] = []
-        for row in self.iter_rows(after, stop):
-            if row[3] in wanted:
-                out.append(RecordedEvent.from_row(row))
-                if len(out) >= limit:
-                    break
-        return out
-
     def close(self) -> None:
         with self._pinned_lock:
             pinned, self._pinned = self._pinned, []
@@ -352,5 +307,9 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 conn.close()
         self.datastore.close()
 
-    # The library's recorder comes first in the MRO; its subscribe() is not ours.
+    # The library's recorder comes first in the MRO: take the log's versions of its interface.
+    insert_events = EventLog.insert_events
+    max_notification_id = EventLog.max_notification_id
+    select_events = EventLog.select_events
+    select_notifications = EventLog.select_notifications
     subscribe = EventLog.subscribe

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, InterfaceError, Notification, PersistenceError, StoredEvent
+from eventsourcing.persistence import InterfaceError, PersistenceError, StoredEvent
 from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
     SQLiteConnection,
@@ -120,12 +120,6 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
             raise AppendFailed(f"SQLite append failed, nothing was appended: {e}") from e
         return [Appended(head + i, recorded_at) for i in range(1, len(events) + 1)]
 
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        try:
-            return [a.position for a in self.append(stored_events)]
-        except ConcurrencyConflict as e:  # the library's callers expect its IntegrityError
-            raise IntegrityError(str(e)) from e
-
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
         sql = f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {self.table} WHERE position > ?"
@@ -151,9 +145,6 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
         with self.datastore.get_connection(commit=False) as connection:
             return connection._sqlite_conn.execute(self._head).fetchone()[0]
 
-    def max_notification_id(self) -> int | None:
-        return self.head() or None  # the library's contract: None for an empty log
-
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
         with self.datastore.get_connection(commit=False) as connection:
             rows = connection._sqlite_conn.execute(
@@ -163,38 +154,12 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
             ).fetchall()
         return [RecordedEvent.from_row((p, s, v, t, d, _fromiso(r))) for p, s, v, t, d, r in rows]
 
-    def select_events(
-        self,
-        originator_id: Any,
-        *,
-        gt: int | None = None,
-        lte: int | None = None,
-        desc: bool = False,
-        limit: int | None = None,
-    ) -> Sequence[StoredEvent]:
-        events = [e for e in self.read_stream(str(originator_id), gt or 0) if lte is None or e.originator_version <= lte]
-        if desc:
-            events.reverse()
-        return events[:limit] if limit is not None else events
-
-    def select_notifications(
-        self,
-        start: int | None,
-        limit: int,
-        stop: int | None = None,
-        topics: Sequence[str] = (),
-        *,
-        inclusive_of_start: bool = True,
-    ) -> Sequence[Notification]:
-        after = (start or 1) - 1 if inclusive_of_start else (start or 0)
-        if not topics:
-            return self.read(after, limit, stop)
-        wanted = set(topics)
-        out = [RecordedEvent.from_row(r) for r in self.iter_rows(after, stop) if r[3] in wanted]
-        return out[:limit]
-
     def close(self) -> None:
         self.datastore.close()
 
-    # The library's recorder comes first in the MRO; its subscribe() is not ours.
+    # The library's recorder comes first in the MRO: take the log's versions of its interface.
+    insert_events = EventLog.insert_events
+    max_notification_id = EventLog.max_notification_id
+    select_events = EventLog.select_events
+    select_notifications = EventLog.select_notifications
     subscribe = EventLog.subscribe
