@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
+from typing import Any
 
 from .events import OrderIntentRecorded
 from .state import AccountState, TradingState
@@ -122,3 +123,26 @@ def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime
         details.append(f"net P&L {-loss} on {day}, loss limit {limit}")
 
     return RiskDecision(reasons, "; ".join(details), day, notional)
+
+
+def limit_usage(state: TradingState, account: str, now: datetime) -> list[dict[str, Any]]:
+    """Each limit of an account: configured value, value after the ramp, and what is used now."""
+    a = state.accounts.get(account) or AccountState(account)  # reading never adds state
+    stats = a.daily.get(state.trading_day(now))
+    held = {sym: abs(p.qty) for (acct, _v, sym), p in state.positions.items() if acct == account}
+    usage: dict[str, Any] = {
+        "max_open_orders": len(a.open_orders),
+        "max_daily_trades": stats.trades if stats else 0,
+        "max_daily_loss": max(Decimal(0), -(stats.net_pnl if stats else Decimal(0))),
+        "max_position_qty": max(held.values(), default=Decimal(0)),
+    }
+    rows = [
+        {"limit": name, "symbol": None, "value": value, "effective": effective_limit(a, name), "used": usage.get(name)}
+        for name, value in sorted(a.limits.items())
+    ]
+    rows += [
+        {"limit": "max_position_qty", "symbol": sym, "value": value,
+         "effective": effective_limit(a, "max_position_qty", sym), "used": held.get(sym, Decimal(0))}
+        for sym, value in sorted(a.symbol_position_limits.items())
+    ]
+    return rows

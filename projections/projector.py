@@ -1,0 +1,365 @@
+"""The projector: folds the log into the SQL read models, exactly once.
+
+It keeps the domain's ``TradingState`` in memory (the same fold the client uses, so tables and
+client can never disagree on arithmetic), applies a page of log rows to it, and writes every row
+that page touched together with the tracking row, in one transaction. A crash at any point
+leaves the tables at the last committed page; a restart folds the log up to the tracked position
+(the state the tables hold) and carries on from there. The tracking row is checked inside the
+transaction, so two projectors racing on the same tables cannot apply a page twice.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from ..adapters.store import Store
+from ..domain.risk import limit_usage
+from ..domain.state import OrderState, PositionState, TradingState
+from .tables import TABLES, TRACKING_TABLE, Dialect
+
+PROJECTION = "trading"
+
+Progress = Callable[[int, int], None]  # (position reached, log head)
+
+
+class ProjectionConflict(RuntimeError):
+    """Another projector advanced the tables meanwhile; reload and carry on."""
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class Projector:
+    def __init__(self, store: Store, *, exchange_tz: str = "America/New_York", page: int = 5_000):
+        self.store = store
+        schema = getattr(store.trading.datastore, "schema", "") if store.kind == "postgresql" else ""
+        self.dialect = Dialect(store.kind, schema)
+        self.exchange_tz = exchange_tz
+        self.page = page
+        self.state = TradingState(exchange_tz)
+        self.applied_pages = 0
+
+    # ------------------------------------------------------------------------ database
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A cursor in one write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: the log's
+        pinned connection)."""
+        if self.dialect.kind == "sqlite":
+            with self.store.trading.datastore.get_connection(commit=True) as connection:
+                raw = connection._sqlite_conn
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    yield raw.cursor()
+                    raw.execute("COMMIT")
+                except BaseException:
+                    if raw.in_transaction:
+                        raw.execute("ROLLBACK")
+                    raise
+        else:
+            with self.store.trading._connection() as conn, conn.transaction():
+                yield conn.cursor(row_factory=_tuple_row())
+
+    def create_tables(self) -> None:
+        with self._transaction() as cur:
+            if self.dialect.kind == "postgresql":
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-projection-ddl'))")
+            for statement in self.dialect.create_statements():
+                cur.execute(statement)
+
+    def tracked_position(self) -> int:
+        """The last log position the tables include (a plain read: no write lock)."""
+        sql = (f"SELECT position FROM {self.dialect.name(TRACKING_TABLE)} "
+               f"WHERE projection = {self.dialect.param}")
+        try:
+            if self.dialect.kind == "sqlite":
+                with self.store.trading.datastore.get_connection(commit=False) as connection:
+                    row = connection._sqlite_conn.execute(sql, (PROJECTION,)).fetchone()
+            else:
+                with self.store.trading._connection() as conn:
+                    row = conn.cursor(row_factory=_tuple_row()).execute(sql, (PROJECTION,)).fetchone()
+        except Exception as e:  # noqa: BLE001 - no tables yet means nothing projected yet
+            if "no such table" in str(e) or "does not exist" in str(e):
+                return 0
+            raise
+        return row[0] if row else 0
+
+    def _tracked(self, cur: Any) -> int:
+        p = self.dialect.param
+        lock = " FOR UPDATE" if self.dialect.kind == "postgresql" else ""
+        cur.execute(f"SELECT position FROM {self.dialect.name(TRACKING_TABLE)} WHERE projection = {p}{lock}",
+                    (PROJECTION,))
+        row = cur.fetchone()
+        return row[0] if row else 0
+
+    # ----------------------------------------------------------------------------- run
+    def load(self) -> int:
+        """Fold the log up to the tracked position: the state the tables hold."""
+        self.create_tables()
+        target = self.tracked_position()
+        self.state = TradingState(self.exchange_tz)
+        with _gc_paused():
+            apply, loads = self.state.apply, orjson.loads
+            for position, stream, version, type_name, data, at in self.store.trading.iter_rows(0, target):
+                apply(position, stream, version, type_name, loads(data), at)
+        if self.state.position != target:
+            raise RuntimeError(f"the log ends at {self.state.position}, the tables claim {target}")
+        return target
+
+    def run_once(self, limit: int | None = None) -> int:
+        """Apply one page of new events; returns how many log rows it covered."""
+        start = self.state.position
+        rows = []
+        for row in self.store.trading.iter_rows(start, batch=limit or self.page):
+            rows.append(row)
+            if len(rows) >= (limit or self.page):
+                break
+        if not rows:
+            return 0
+        dirty = _Dirty()
+        state = self.state
+        with _gc_paused():
+            loads = orjson.loads
+            for position, stream, version, type_name, data, at in rows:
+                payload = loads(data)
+                state.apply(position, stream, version, type_name, payload, at)
+                dirty.note(state, stream, type_name, payload, position, at)
+        try:
+            with self._transaction() as cur:
+                if self._tracked(cur) != start:
+                    raise ProjectionConflict(f"tables moved past {start} under us")
+                self._write(cur, dirty)
+                self._track(cur, state.position)
+        except BaseException:
+            # The page did not land: forget it in memory too (the fold cannot be undone).
+            self.load()
+            raise
+        self.applied_pages += 1
+        return len(rows)
+
+    def catch_up(self, progress: Progress | None = None) -> int:
+        """Apply pages until the log's contiguous end; returns the position reached."""
+        head = self.store.trading.head() if progress else 0
+        while self.run_once():
+            if progress:
+                progress(self.state.position, max(head, self.state.position))
+        return self.state.position
+
+    def rebuild(self, progress: Progress | None = None) -> int:
+        """Empty every table and fold the whole log into them again, a page per transaction."""
+        self.create_tables()
+        with self._transaction() as cur:
+            for table in TABLES:
+                cur.execute(f"DELETE FROM {self.dialect.name(table)}")
+            cur.execute(f"DELETE FROM {self.dialect.name(TRACKING_TABLE)}")
+        self.state = TradingState(self.exchange_tz)
+        return self.catch_up(progress)
+
+    def lag(self) -> tuple[int, int]:
+        """(log head, tracked position)."""
+        return self.store.trading.head(), self.tracked_position()
+
+    # --------------------------------------------------------------------------- writing
+    def _track(self, cur: Any, position: int) -> None:
+        p = self.dialect.param
+        now = _time(datetime.now(timezone.utc), self.dialect.kind)
+        cur.execute(
+            f"INSERT INTO {self.dialect.name(TRACKING_TABLE)} (projection, position, updated_at) VALUES ({p}, {p}, {p}) "
+            "ON CONFLICT (projection) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+            (PROJECTION, position, now),
+        )
+
+    def _write(self, cur: Any, dirty: _Dirty) -> None:
+        kind = self.dialect.kind
+        state = self.state
+        conv = _converter(kind)
+        if dirty.orders:
+            cur.executemany(self.dialect.upsert("ts_orders"),
+                            [conv(_order_row(state.orders[s])) for s in dirty.orders])
+        if dirty.positions:
+            cur.executemany(self.dialect.upsert("ts_positions"),
+                            [conv(_position_row(state.positions[k], pos)) for k, pos in dirty.positions.items()])
+        if dirty.days:
+            cur.executemany(self.dialect.upsert("ts_daily_stats"),
+                            [conv(_day_row(state, a, d, pos)) for (a, d), pos in dirty.days.items()])
+        if dirty.accounts:
+            # Time-dependent values are taken at the account's own last event, so the rows do not
+            # depend on how the log was split into pages.
+            cur.executemany(self.dialect.upsert("ts_risk_state"),
+                            [conv(_risk_row(state, a, pos)) for a, (pos, _at) in dirty.accounts.items()])
+            p = self.dialect.param
+            for account in dirty.accounts:
+                cur.execute(f"DELETE FROM {self.dialect.name('ts_risk_usage')} WHERE account = {p}", (account,))
+            usage = [conv(r) for a, (pos, at) in dirty.accounts.items() for r in _usage_rows(state, a, pos, at)]
+            if usage:
+                cur.executemany(self.dialect.upsert("ts_risk_usage"), usage)
+        if dirty.signals:
+            cur.executemany(self.dialect.upsert("ts_signals"),
+                            [conv(_signal_row(state.signals[k])) for k in dirty.signals])
+        if dirty.equity:
+            cur.executemany(self.dialect.upsert("ts_equity_curve"), [conv(r) for r in dirty.equity])
+
+
+class _Dirty:
+    """What a page touched: the rows to rewrite (dicts keep first-touched order)."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, None] = {}
+        self.positions: dict[tuple[str, str, str], int] = {}
+        self.days: dict[tuple[str, str], int] = {}
+        self.accounts: dict[str, tuple[int, datetime]] = {}  # account -> its last event (position, time)
+        self.signals: dict[tuple[str, str], None] = {}
+        self.equity: list[tuple[Any, ...]] = []
+
+    def note(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any], position: int,
+             at: datetime) -> None:
+        if type_name == "$void":
+            return
+        if stream.startswith("order-"):
+            order = state.orders[stream]
+            self.orders[stream] = None
+            self.accounts.pop(order.account, None)  # keep the dict ordered by last touch
+            self.accounts[order.account] = (position, _event_time(d, at))
+            if type_name == "OrderFilled":
+                key = (order.account, order.venue, order.symbol)
+                self.positions[key] = position
+                day = state._trading_day_of(d.get("occurred_at"), at)
+                self.days[(order.account, day)] = position
+                self.equity.append(_equity_row(state, order.account, position, d.get("occurred_at"), at))
+        elif stream.startswith("account-"):
+            account = d["account"]
+            self.accounts.pop(account, None)
+            self.accounts[account] = (position, _event_time(d, at))
+            if type_name in ("RiskCheckPassed", "DailyLimitBreached"):
+                self.days[(account, d["trading_day"])] = position
+        elif type_name == "SignalRecorded":
+            self.signals[(d["strategy_id"], d["symbol"])] = None
+
+
+# ------------------------------------------------------------------------------ row shapes
+
+
+def _event_time(d: dict[str, Any], at: datetime) -> datetime:
+    occurred = d.get("occurred_at")
+    return datetime.fromisoformat(occurred) if occurred else at
+
+
+def _order_row(o: OrderState) -> tuple[Any, ...]:
+    return (o.stream_id, o.account, o.client_order_id, o.venue, o.symbol, o.side, o.order_type, o.qty,
+            o.limit_price, o.stop_price, o.time_in_force, o.strategy_id, o.status, o.is_open, o.filled_qty,
+            o.remaining, o.avg_fill_price, o.fees, o.venue_order_id, o.cancel_requested, o.discrepancies,
+            ",".join(o.refusal) if o.refusal else None, o.created_at, o.updated_at, _last(o))
+
+
+def _last(o: OrderState) -> int:
+    return max(o.positions.values())
+
+
+def _position_row(p: PositionState, position: int) -> tuple[Any, ...]:
+    return (p.account, p.venue, p.symbol, p.qty, p.avg_cost, p.realized_pnl, p.unrealized_pnl, p.fees,
+            p.last_price, p.updated_at, position)
+
+
+def _day_row(state: TradingState, account: str, day: str, position: int) -> tuple[Any, ...]:
+    s = state.accounts[account].day(day)
+    return (account, day, s.trades, s.fills, s.volume, s.realized_pnl, s.fees, s.net_pnl,
+            ",".join(sorted(s.breaches)), position)
+
+
+def _risk_row(state: TradingState, account: str, position: int) -> tuple[Any, ...]:
+    # breaker_tripped is the recorded flag; with breaker_until set, readers compare it to now.
+    a = state.account(account)
+    return (account, a.kill_switch, a.kill_switch_reason, a.breaker_tripped, a.breaker_reason,
+            a.breaker_until, a.ramp_pct, len(a.open_orders), a.discrepancies, position)
+
+
+def _usage_rows(state: TradingState, account: str, position: int, now: datetime) -> list[tuple[Any, ...]]:
+    day = state.trading_day(now)
+    return [(account, u["limit"], u["symbol"] or "", u["value"], u["effective"], u["used"], day, position)
+            for u in limit_usage(state, account, now)]
+
+
+def _signal_row(s: dict[str, Any]) -> tuple[Any, ...]:
+    return (s["strategy_id"], s["symbol"], s["signal"], s["value"], s["attributes"], s["at"], s["position"])
+
+
+def _equity_row(state: TradingState, account: str, position: int, occurred: str | None,
+                at: datetime) -> tuple[Any, ...]:
+    realized = unrealized = fees = Decimal(0)
+    for (acct, _venue, _symbol), p in state.positions.items():
+        if acct == account:
+            realized += p.realized_pnl
+            unrealized += p.unrealized_pnl
+            fees += p.fees
+    when = datetime.fromisoformat(occurred) if occurred else at
+    return (account, position, when, realized, unrealized, fees, realized + unrealized - fees)
+
+
+# ------------------------------------------------------------------------ value encoding
+
+
+def _time(value: datetime | None, kind: str) -> Any:
+    if value is None or kind == "postgresql":
+        return value
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def _converter(kind: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    if kind == "postgresql":
+        from psycopg.types.json import Jsonb
+
+        def pg(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(Jsonb(v) if isinstance(v, dict) else v for v in row)
+
+        return pg
+
+    def sqlite(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        out = []
+        for v in row:
+            if isinstance(v, Decimal):
+                v = str(v)
+            elif isinstance(v, datetime):
+                v = v.astimezone(timezone.utc).isoformat()
+            elif isinstance(v, bool):
+                v = int(v)
+            elif isinstance(v, dict):
+                v = orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
+            out.append(v)
+        return tuple(out)
+
+    return sqlite
+
+
+def _tuple_row() -> Any:
+    from psycopg.rows import tuple_row
+
+    return tuple_row
+
+
+def wait_for(store: Store, position: int, timeout: float = 5.0, projector: Projector | None = None) -> bool:
+    """Read-your-writes: wait until the tables include ``position`` (True) or time out (False)."""
+    projector = projector or Projector(store)
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        if projector.tracked_position() >= position:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

@@ -1,0 +1,122 @@
+"""The read models risk tools query: plain SQL tables beside the log, in the same database.
+
+Each table is rewritten only by the projector, in the same transaction as the tracking row that
+records the last log position applied, so a table never reflects an event twice or skips one.
+Money and quantities are exact: ``numeric`` on PostgreSQL, decimal strings (TEXT) on SQLite.
+Times are ``timestamptz`` on PostgreSQL and ISO-8601 UTC strings on SQLite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# name -> (columns [(column, kind)], primary key); kinds: text, num, int, bool, time, json
+TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
+    "ts_positions": (
+        [("account", "text"), ("venue", "text"), ("symbol", "text"), ("qty", "num"), ("avg_cost", "num"),
+         ("realized_pnl", "num"), ("unrealized_pnl", "num"), ("fees", "num"), ("last_price", "num"),
+         ("updated_at", "time"), ("last_position", "int")],
+        ("account", "venue", "symbol"),
+    ),
+    "ts_orders": (
+        [("stream_id", "text"), ("account", "text"), ("client_order_id", "text"), ("venue", "text"),
+         ("symbol", "text"), ("side", "text"), ("order_type", "text"), ("qty", "num"), ("limit_price", "num"),
+         ("stop_price", "num"), ("time_in_force", "text"), ("strategy_id", "text"), ("status", "text"),
+         ("is_open", "bool"), ("filled_qty", "num"), ("remaining_qty", "num"), ("avg_fill_price", "num"),
+         ("fees", "num"), ("venue_order_id", "text"), ("cancel_requested", "bool"), ("discrepancies", "int"),
+         ("refusal", "text"), ("created_at", "time"), ("updated_at", "time"), ("last_position", "int")],
+        ("stream_id",),
+    ),
+    "ts_daily_stats": (
+        [("account", "text"), ("trading_day", "text"), ("trades", "int"), ("fills", "int"), ("volume", "num"),
+         ("realized_pnl", "num"), ("fees", "num"), ("net_pnl", "num"), ("breaches", "text"),
+         ("last_position", "int")],
+        ("account", "trading_day"),
+    ),
+    "ts_risk_state": (
+        [("account", "text"), ("kill_switch", "bool"), ("kill_switch_reason", "text"), ("breaker_tripped", "bool"),
+         ("breaker_reason", "text"), ("breaker_until", "time"), ("ramp_pct", "int"), ("open_orders", "int"),
+         ("discrepancies", "int"), ("last_position", "int")],
+        ("account",),
+    ),
+    "ts_risk_usage": (
+        [("account", "text"), ("limit_name", "text"), ("symbol", "text"), ("configured", "num"),
+         ("effective", "num"), ("used", "num"), ("trading_day", "text"), ("last_position", "int")],
+        ("account", "limit_name", "symbol"),
+    ),
+    "ts_signals": (
+        [("strategy_id", "text"), ("symbol", "text"), ("signal", "text"), ("value", "num"),
+         ("attributes", "json"), ("at", "time"), ("last_position", "int")],
+        ("strategy_id", "symbol"),
+    ),
+    "ts_equity_curve": (
+        [("account", "text"), ("position", "int"), ("at", "time"), ("realized_pnl", "num"),
+         ("unrealized_pnl", "num"), ("fees", "num"), ("equity", "num")],
+        ("account", "position"),
+    ),
+}
+
+TRACKING_TABLE = "ts_projection_tracking"
+OPEN_ORDERS_VIEW = "ts_open_orders"
+
+_TYPES = {
+    "sqlite": {"text": "TEXT", "num": "TEXT", "int": "INTEGER", "bool": "INTEGER", "time": "TEXT", "json": "TEXT"},
+    "postgresql": {"text": "text", "num": "numeric", "int": "bigint", "bool": "boolean", "time": "timestamptz",
+                   "json": "jsonb"},
+}
+
+
+@dataclass(frozen=True)
+class Dialect:
+    kind: str  # "sqlite" | "postgresql"
+    schema: str = ""  # PostgreSQL schema ("" on SQLite)
+
+    def name(self, table: str) -> str:
+        return f'"{self.schema}"."{table}"' if self.kind == "postgresql" else table
+
+    @property
+    def param(self) -> str:
+        return "?" if self.kind == "sqlite" else "%s"
+
+    def create_statements(self) -> list[str]:
+        types = _TYPES[self.kind]
+        statements = []
+        for table, (columns, key) in TABLES.items():
+            # symbol is part of ts_risk_usage's key; '' (not NULL) stands for "all symbols"
+            cols = ", ".join(
+                f"{c} {types[k]}" + (" NOT NULL" if c in key else "") for c, k in columns
+            )
+            statements.append(
+                f"CREATE TABLE IF NOT EXISTS {self.name(table)} ({cols}, PRIMARY KEY ({', '.join(key)}))"
+            )
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {self.name(TRACKING_TABLE)} (projection {types['text']} PRIMARY KEY, "
+            f"position {types['int']} NOT NULL, updated_at {types['time']})"
+        )
+        statements.append(
+            f"CREATE INDEX IF NOT EXISTS ts_orders_account_status ON {self.name('ts_orders')} (account, status)"
+        )
+        statements.append(
+            f"CREATE INDEX IF NOT EXISTS ts_orders_symbol_updated ON {self.name('ts_orders')} (symbol, updated_at)"
+        )
+        view = self.name(OPEN_ORDERS_VIEW)
+        body = f"SELECT * FROM {self.name('ts_orders')} WHERE is_open"
+        if self.kind == "postgresql":
+            statements.append(f"CREATE OR REPLACE VIEW {view} AS {body}")
+        else:
+            statements.append(f"CREATE VIEW IF NOT EXISTS {view} AS {body}")
+        return statements
+
+    def upsert(self, table: str) -> str:
+        columns, key = TABLES[table]
+        names = [c for c, _ in columns]
+        marks = ", ".join([self.param] * len(names))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in key)
+        return (
+            f"INSERT INTO {self.name(table)} ({', '.join(names)}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+        )
+
+    def delete(self, table: str) -> str:
+        _, key = TABLES[table]
+        return f"DELETE FROM {self.name(table)} WHERE " + " AND ".join(f"{c} = {self.param}" for c in key)
