@@ -81,6 +81,37 @@ def state(
 
 
 @app.command()
+def project(
+    db: DbOption = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Empty the read-model tables and fold the whole log again.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Catch up and exit instead of following the log.")] = False,
+) -> None:
+    """Keep the SQL read models (positions, orders, risk...) up to date with the log."""
+    from .projections.follow import run_project
+
+    try:
+        raise typer.Exit(run_project(db, rebuild=rebuild, once=once, console=console))
+    except TradestateError as e:
+        _fail(str(e))
+
+
+@app.command()
+def serve(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind (other than loopback needs --token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8321,
+    token: Annotated[Optional[str], typer.Option(help="Bearer token required on every request (default: $TRADESTATE_API_TOKEN).")] = None,
+) -> None:
+    """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics."""
+    from .projections.api import run_server
+
+    try:
+        raise typer.Exit(run_server(db, host=host, port=port, token=token or os.environ.get("TRADESTATE_API_TOKEN")))
+    except TradestateError as e:
+        _fail(str(e))
+
+
+@app.command()
 def bench(
     db: Annotated[Optional[str], typer.Option("--db", help="Where to measure: a postgresql:// URL (the server to use) or sqlite:///dir/any.db (the directory for the SQLite files).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized runs (seconds, not minutes).")] = False,
