@@ -22,8 +22,8 @@ import orjson
 
 from ..adapters.store import Store
 from ..domain.risk import limit_usage
-from ..domain.state import OrderState, PositionState, TradingState
-from .tables import TABLES, TRACKING_TABLE, Dialect
+from ..domain.state import ZERO, OrderState, PositionState, TradingState
+from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
 
 PROJECTION = "trading"
 
@@ -54,6 +54,8 @@ class Projector:
         self.page = page
         self.state = TradingState(exchange_tz)
         self.applied_pages = 0
+        self.equity = _EquityBook()
+        self._staged: set[str] = set()  # staging tables created in this session (PostgreSQL)
 
     # ------------------------------------------------------------------------ database
     @contextmanager
@@ -76,11 +78,35 @@ class Projector:
                 yield conn.cursor(row_factory=_tuple_row())
 
     def create_tables(self) -> None:
+        """Create the tables; tables of another shape (an older version) are dropped first, and
+        the tracking with them, so the projector rebuilds them from the log."""
+        p = self.dialect.param
         with self._transaction() as cur:
             if self.dialect.kind == "postgresql":
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-projection-ddl'))")
-            for statement in self.dialect.create_statements():
+            statements = self.dialect.create_statements()
+            cur.execute(_tracking_ddl(self.dialect))
+            cur.execute(f"SELECT position FROM {self.dialect.name(TRACKING_TABLE)} WHERE projection = {p}",
+                        (SCHEMA_ROW,))
+            row = cur.fetchone()
+            if row is not None and row[0] != SCHEMA_FINGERPRINT or row is None and self._has_tables(cur):
+                for statement in self.dialect.drop_statements():
+                    cur.execute(statement)
+            for statement in statements:
                 cur.execute(statement)
+            cur.execute(
+                f"INSERT INTO {self.dialect.name(TRACKING_TABLE)} (projection, position) VALUES ({p}, {p}) "
+                "ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+                (SCHEMA_ROW, SCHEMA_FINGERPRINT),
+            )
+
+    def _has_tables(self, cur: Any) -> bool:
+        if self.dialect.kind == "sqlite":
+            cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ts_orders'")
+        else:
+            cur.execute("SELECT to_regclass(%s)", (self.dialect.name("ts_orders"),))
+            return cur.fetchone()[0] is not None
+        return cur.fetchone() is not None
 
     def tracked_position(self) -> int:
         """The last log position the tables include (a plain read: no write lock)."""
@@ -102,6 +128,16 @@ class Projector:
     def _tracked(self, cur: Any) -> int:
         p = self.dialect.param
         lock = " FOR UPDATE" if self.dialect.kind == "postgresql" else ""
+        if self.dialect.kind == "postgresql":
+            # FOR UPDATE locks nothing while the row is missing (a first page, or after a
+            # rebuild deleted it): two projectors would both read 0 and both apply the page.
+            # Create it first: a concurrent creator makes this insert wait for its commit, and
+            # the SELECT below then sees the position it committed.
+            cur.execute(
+                f"INSERT INTO {self.dialect.name(TRACKING_TABLE)} (projection, position, updated_at) "
+                f"VALUES ({p}, 0, now()) ON CONFLICT (projection) DO NOTHING",
+                (PROJECTION,),
+            )
         cur.execute(f"SELECT position FROM {self.dialect.name(TRACKING_TABLE)} WHERE projection = {p}{lock}",
                     (PROJECTION,))
         row = cur.fetchone()
@@ -119,6 +155,7 @@ class Projector:
                 apply(position, stream, version, type_name, loads(data), at)
         if self.state.position != target:
             raise RuntimeError(f"the log ends at {self.state.position}, the tables claim {target}")
+        self.equity = _EquityBook.from_state(self.state)
         return target
 
     def run_once(self, limit: int | None = None) -> int:
@@ -131,7 +168,7 @@ class Projector:
                 break
         if not rows:
             return 0
-        dirty = _Dirty()
+        dirty = _Dirty(self.equity)
         state = self.state
         with _gc_paused():
             loads = orjson.loads
@@ -166,8 +203,10 @@ class Projector:
         with self._transaction() as cur:
             for table in TABLES:
                 cur.execute(f"DELETE FROM {self.dialect.name(table)}")
-            cur.execute(f"DELETE FROM {self.dialect.name(TRACKING_TABLE)}")
+            cur.execute(f"DELETE FROM {self.dialect.name(TRACKING_TABLE)} WHERE projection = {self.dialect.param}",
+                        (PROJECTION,))
         self.state = TradingState(self.exchange_tz)
+        self.equity = _EquityBook()
         return self.catch_up(progress)
 
     def lag(self) -> tuple[int, int]:
@@ -184,68 +223,91 @@ class Projector:
             (PROJECTION, position, now),
         )
 
+    def _upsert(self, cur: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if self.dialect.kind == "postgresql" and len(rows) > 20:
+            # A page's rows go in by binary COPY into a session-private staging table, then one
+            # INSERT ... SELECT ... ON CONFLICT: far cheaper than a statement (or array) per row.
+            staging = f"ts_staging_{table}"
+            if table not in self._staged:
+                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+                            f"(LIKE {self.dialect.name(table)}) ON COMMIT DELETE ROWS")
+                self._staged.add(table)
+            columns = [c for c, _ in TABLES[table][0]]
+            with cur.copy(f"COPY {staging} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([_PG_COPY_TYPES[k] for _, k in TABLES[table][0]])
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(self.dialect.upsert_from(table, staging))
+        else:
+            cur.executemany(self.dialect.upsert(table), rows)
+
     def _write(self, cur: Any, dirty: _Dirty) -> None:
         kind = self.dialect.kind
         state = self.state
         conv = _converter(kind)
         if dirty.orders:
-            cur.executemany(self.dialect.upsert("ts_orders"),
-                            [conv(_order_row(state.orders[s])) for s in dirty.orders])
+            self._upsert(cur, "ts_orders", [conv(_order_row(state.orders[s])) for s in dirty.orders])
         if dirty.positions:
-            cur.executemany(self.dialect.upsert("ts_positions"),
-                            [conv(_position_row(state.positions[k], pos)) for k, pos in dirty.positions.items()])
+            self._upsert(cur, "ts_positions",
+                         [conv(_position_row(state.positions[k], pos)) for k, pos in dirty.positions.items()])
         if dirty.days:
-            cur.executemany(self.dialect.upsert("ts_daily_stats"),
-                            [conv(_day_row(state, a, d, pos)) for (a, d), pos in dirty.days.items()])
+            self._upsert(cur, "ts_daily_stats", [conv(_day_row(state, a, d, pos)) for (a, d), pos in dirty.days.items()])
         if dirty.accounts:
             # Time-dependent values are taken at the account's own last event, so the rows do not
             # depend on how the log was split into pages.
-            cur.executemany(self.dialect.upsert("ts_risk_state"),
-                            [conv(_risk_row(state, a, pos)) for a, (pos, _at) in dirty.accounts.items()])
+            self._upsert(cur, "ts_risk_state",
+                         [conv(_risk_row(state, a, pos)) for a, (pos, _o, _at) in dirty.accounts.items()])
             p = self.dialect.param
             for account in dirty.accounts:
                 cur.execute(f"DELETE FROM {self.dialect.name('ts_risk_usage')} WHERE account = {p}", (account,))
-            usage = [conv(r) for a, (pos, at) in dirty.accounts.items() for r in _usage_rows(state, a, pos, at)]
-            if usage:
-                cur.executemany(self.dialect.upsert("ts_risk_usage"), usage)
+            usage = [conv(r) for a, (pos, occurred, at) in dirty.accounts.items()
+                     for r in _usage_rows(state, a, pos, datetime.fromisoformat(occurred) if occurred else at)]
+            self._upsert(cur, "ts_risk_usage", usage)
         if dirty.signals:
-            cur.executemany(self.dialect.upsert("ts_signals"),
-                            [conv(_signal_row(state.signals[k])) for k in dirty.signals])
+            self._upsert(cur, "ts_signals", [conv(_signal_row(state.signals[k])) for k in dirty.signals])
         if dirty.equity:
-            cur.executemany(self.dialect.upsert("ts_equity_curve"), [conv(r) for r in dirty.equity])
+            self._upsert(cur, "ts_equity_curve", [conv(r) for r in dirty.equity.values()])
+
+
+def _tracking_ddl(dialect: Dialect) -> str:
+    return next(s for s in dialect.create_statements() if TRACKING_TABLE in s and "CREATE TABLE" in s)
 
 
 class _Dirty:
     """What a page touched: the rows to rewrite (dicts keep first-touched order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, equity: _EquityBook) -> None:
+        self.equity_book = equity
         self.orders: dict[str, None] = {}
         self.positions: dict[tuple[str, str, str], int] = {}
         self.days: dict[tuple[str, str], int] = {}
-        self.accounts: dict[str, tuple[int, datetime]] = {}  # account -> its last event (position, time)
+        # account -> its last event (position, occurred_at as stored, recorded_at): parsed once, at write
+        self.accounts: dict[str, tuple[int, str | None, datetime]] = {}
         self.signals: dict[tuple[str, str], None] = {}
-        self.equity: list[tuple[Any, ...]] = []
+        self.equity: dict[tuple[str, str], tuple[Any, ...]] = {}  # (account, minute) -> row
 
     def note(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any], position: int,
              at: datetime) -> None:
-        if type_name == "$void":
-            return
-        if stream.startswith("order-"):
+        first = stream[0]  # streams are order-..., account-..., strategy-..., engine-..., $void
+        if first == "o":
             order = state.orders[stream]
             self.orders[stream] = None
-            self.accounts.pop(order.account, None)  # keep the dict ordered by last touch
-            self.accounts[order.account] = (position, _event_time(d, at))
+            self.accounts[order.account] = (position, d.get("occurred_at"), at)
             if type_name == "OrderFilled":
                 key = (order.account, order.venue, order.symbol)
                 self.positions[key] = position
-                day = state._trading_day_of(d.get("occurred_at"), at)
-                self.days[(order.account, day)] = position
-                self.equity.append(_equity_row(state, order.account, position, d.get("occurred_at"), at))
-        elif stream.startswith("account-"):
+                occurred = d.get("occurred_at")
+                self.days[(order.account, state._trading_day_of(occurred, at))] = position
+                when = datetime.fromisoformat(occurred) if occurred else at
+                minute = when.replace(second=0, microsecond=0)
+                self.equity[(order.account, minute.isoformat())] = self.equity_book.after_fill(
+                    state, key, minute, position)
+        elif first == "a":
             account = d["account"]
-            self.accounts.pop(account, None)
-            self.accounts[account] = (position, _event_time(d, at))
-            if type_name in ("RiskCheckPassed", "DailyLimitBreached"):
+            self.accounts[account] = (position, d.get("occurred_at"), at)
+            if type_name == "RiskCheckPassed" or type_name == "DailyLimitBreached":
                 self.days[(account, d["trading_day"])] = position
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
@@ -298,16 +360,36 @@ def _signal_row(s: dict[str, Any]) -> tuple[Any, ...]:
     return (s["strategy_id"], s["symbol"], s["signal"], s["value"], s["attributes"], s["at"], s["position"])
 
 
-def _equity_row(state: TradingState, account: str, position: int, occurred: str | None,
-                at: datetime) -> tuple[Any, ...]:
-    realized = unrealized = fees = Decimal(0)
-    for (acct, _venue, _symbol), p in state.positions.items():
-        if acct == account:
-            realized += p.realized_pnl
-            unrealized += p.unrealized_pnl
-            fees += p.fees
-    when = datetime.fromisoformat(occurred) if occurred else at
-    return (account, position, when, realized, unrealized, fees, realized + unrealized - fees)
+class _EquityBook:
+    """Running realised, unrealised and fee totals per account, kept by difference so that a
+    fill costs O(1) however many symbols the account holds."""
+
+    def __init__(self) -> None:
+        self.contribution: dict[tuple[str, str, str], tuple[Decimal, Decimal, Decimal]] = {}
+        self.totals: dict[str, list[Decimal]] = {}
+        self.fills: dict[tuple[str, datetime], int] = {}  # fills per (account, minute)
+
+    @classmethod
+    def from_state(cls, state: TradingState) -> _EquityBook:
+        book = cls()
+        for key, held in state.positions.items():
+            book._update(key, held)
+        return book
+
+    def _update(self, key: tuple[str, str, str], held: PositionState) -> list[Decimal]:
+        new = (held.realized_pnl, held.unrealized_pnl, held.fees)
+        old = self.contribution.get(key, (ZERO, ZERO, ZERO))
+        self.contribution[key] = new
+        totals = self.totals.setdefault(key[0], [ZERO, ZERO, ZERO])
+        for i in range(3):
+            totals[i] += new[i] - old[i]
+        return totals
+
+    def after_fill(self, state: TradingState, key: tuple[str, str, str], minute: datetime,
+                   position: int) -> tuple[Any, ...]:
+        realized, unrealized, fees = self._update(key, state.positions[key])
+        count = self.fills[(key[0], minute)] = self.fills.get((key[0], minute), 0) + 1
+        return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)
 
 
 # ------------------------------------------------------------------------ value encoding
@@ -319,28 +401,34 @@ def _time(value: datetime | None, kind: str) -> Any:
     return value.astimezone(timezone.utc).isoformat()
 
 
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def _json_text(value: dict[str, Any]) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+_PG_COPY_TYPES = {"text": "text", "num": "numeric", "int": "int8", "bool": "bool", "time": "timestamptz",
+                  "json": "jsonb"}
+
+# SQLite has no exact decimal, time or JSON type: decimal strings, ISO-8601 UTC, JSON text.
+_SQLITE_VALUES: dict[type, Callable[[Any], Any]] = {Decimal: str, datetime: _iso, bool: int, dict: _json_text}
+
+
 def _converter(kind: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
     if kind == "postgresql":
         from psycopg.types.json import Jsonb
 
         def pg(row: tuple[Any, ...]) -> tuple[Any, ...]:
-            return tuple(Jsonb(v) if isinstance(v, dict) else v for v in row)
+            return tuple(Jsonb(v) if type(v) is dict else v for v in row)
 
         return pg
 
+    values = _SQLITE_VALUES
+
     def sqlite(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        out = []
-        for v in row:
-            if isinstance(v, Decimal):
-                v = str(v)
-            elif isinstance(v, datetime):
-                v = v.astimezone(timezone.utc).isoformat()
-            elif isinstance(v, bool):
-                v = int(v)
-            elif isinstance(v, dict):
-                v = orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
-            out.append(v)
-        return tuple(out)
+        return tuple(f(v) if (f := values.get(type(v))) is not None else v for v in row)
 
     return sqlite
 

@@ -8,6 +8,7 @@ Times are ``timestamptz`` on PostgreSQL and ISO-8601 UTC strings on SQLite.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 # name -> (columns [(column, kind)], primary key); kinds: text, num, int, bool, time, json
@@ -49,14 +50,19 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
          ("attributes", "json"), ("at", "time"), ("last_position", "int")],
         ("strategy_id", "symbol"),
     ),
+    # One point per account and minute (UTC): the state after the minute's last fill.
     "ts_equity_curve": (
-        [("account", "text"), ("position", "int"), ("at", "time"), ("realized_pnl", "num"),
-         ("unrealized_pnl", "num"), ("fees", "num"), ("equity", "num")],
-        ("account", "position"),
+        [("account", "text"), ("minute", "time"), ("realized_pnl", "num"), ("unrealized_pnl", "num"),
+         ("fees", "num"), ("equity", "num"), ("fills", "int"), ("last_position", "int")],
+        ("account", "minute"),
     ),
 }
 
 TRACKING_TABLE = "ts_projection_tracking"
+# The tables' shape, fingerprinted: stored beside the tracking row, so that tables of an older
+# shape are dropped and rebuilt from the log (read models are disposable; the log is not).
+SCHEMA_FINGERPRINT = zlib.crc32(repr(sorted(TABLES.items())).encode())
+SCHEMA_ROW = "$schema"
 OPEN_ORDERS_VIEW = "ts_open_orders"
 
 _TYPES = {
@@ -77,6 +83,11 @@ class Dialect:
     @property
     def param(self) -> str:
         return "?" if self.kind == "sqlite" else "%s"
+
+    def drop_statements(self) -> list[str]:
+        return [f"DROP VIEW IF EXISTS {self.name(OPEN_ORDERS_VIEW)}"] + [
+            f"DROP TABLE IF EXISTS {self.name(table)}" for table in (*TABLES, TRACKING_TABLE)
+        ]
 
     def create_statements(self) -> list[str]:
         types = _TYPES[self.kind]
@@ -116,6 +127,25 @@ class Dialect:
             f"INSERT INTO {self.name(table)} ({', '.join(names)}) VALUES ({marks}) "
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
         )
+
+    def upsert_arrays(self, table: str) -> str:
+        """PostgreSQL: one statement for a whole page of rows, one array parameter per column
+        (executemany would pay a round trip per row)."""
+        columns, key = TABLES[table]
+        names = [c for c, _ in columns]
+        arrays = ", ".join(f"%b::{_TYPES['postgresql'][k]}[]" for _, k in columns)  # binary: no escaping
+        updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in key)
+        return (
+            f"INSERT INTO {self.name(table)} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+        )
+
+    def upsert_from(self, table: str, staging: str) -> str:
+        columns, key = TABLES[table]
+        names = ", ".join(c for c, _ in columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c, _ in columns if c not in key)
+        return (f"INSERT INTO {self.name(table)} ({names}) SELECT {names} FROM {staging} "
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
     def delete(self, table: str) -> str:
         _, key = TABLES[table]

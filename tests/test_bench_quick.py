@@ -69,6 +69,8 @@ def test_sqlite_rows(capsys, tmp_path):
         ("replay", "eventsourcing_default"),
         ("replay_full_state", "raw_select_orjson"),
         ("replay_full_state", "eventsourcing_default"),
+        ("projection_catchup", "raw_select_orjson"),
+        ("projection_catchup_duration", "raw_select_orjson"),
     }
     assert list(tmp_path.iterdir()) == []  # the SQLite files are removed afterwards
 
@@ -91,6 +93,10 @@ def test_postgresql_rows(capsys, pg_server):
         ("replay", "eventsourcing_default"),
         ("replay_full_state", "raw_select_orjson"),
         ("replay_full_state", "eventsourcing_default"),
+        ("projection_catchup", "raw_select_orjson"),
+        ("projection_catchup", "eventsourcing_projection_runner"),
+        ("projection_live_lag_p50", "target_20ms"),
+        ("projection_live_lag_p99", "target_20ms"),
     } <= got
     assert _bench_schemas(pg_server) <= before  # every schema the run made is dropped
 

@@ -52,7 +52,7 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-GROUPS = ("append", "batch", "replay")
+GROUPS = ("append", "batch", "replay", "projection")
 EVENTS_PER_S = "events/s"
 
 # Targets: the least ours / baseline ratio
@@ -60,6 +60,8 @@ TARGET_SINGLE = 0.65
 TARGET_BATCH = 0.5
 TARGET_REPLAY_RAW = 0.6
 TARGET_REPLAY_ES = 3.0
+TARGET_CATCHUP = 100_000  # events/s into the read-model tables
+TARGET_LAG_P99_MS = 20.0  # append commit -> table row, at 2,000 appends/s
 
 
 # ------------------------------------------------------------------------------------ sizes
@@ -1115,6 +1117,13 @@ def _targets(results: list[Result]) -> list[tuple[bool, str]]:
     for backend in ("sqlite", "postgresql"):
         check("replay", backend, "raw_select_orjson", TARGET_REPLAY_RAW, "raw read + decode")
         check("replay", backend, "eventsourcing_default", TARGET_REPLAY_ES, "eventsourcing default replay")
+    for r in results:  # absolute targets
+        if r.metric == "projection_catchup" and r.baseline == "raw_select_orjson":
+            checks.append((r.value >= TARGET_CATCHUP,
+                           f"projection_catchup ({r.backend}): {r.value:,.0f} events/s (target >= {TARGET_CATCHUP:,})"))
+        if r.metric == "projection_live_lag_p99":
+            checks.append((r.value <= TARGET_LAG_P99_MS,
+                           f"projection_live_lag_p99 ({r.backend}): {r.value:.2f} ms (target <= {TARGET_LAG_P99_MS:g} ms)"))
     return checks
 
 
@@ -1224,6 +1233,13 @@ def run_bench(
                 results += bench_replay_sqlite(workdir, sizes)
             if pg:
                 results += bench_replay_pg(pg, schema_for, sizes)
+        if "projection" in groups:
+            from .bench_projection import bench_projection_pg, bench_projection_sqlite
+
+            if "sqlite" in _backends:
+                results += bench_projection_sqlite(workdir, sizes)
+            if pg:
+                results += bench_projection_pg(pg, schema_for, sizes)
     except Exception as e:  # noqa: BLE001 - a benchmark that fails says why and exits non-zero
         _log(f"error: {type(e).__name__}: {e}")
         traceback.print_exc(file=sys.stderr)
