@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
 import orjson
+from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
 from .adapters.store import Store, new_event, open_store
@@ -56,6 +57,17 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+# Process-wide metrics (the default Prometheus registry): `tradestate serve` includes them when it
+# runs in the engine's process, and engines can expose them with prometheus_client themselves.
+APPENDS = Counter("tradestate_appends_total", "Append transactions by outcome", ["outcome"])
+EVENTS_APPENDED = Counter("tradestate_events_appended_total", "Events made durable by this process")
+APPEND_SECONDS = Histogram(
+    "tradestate_append_seconds", "Durable append latency (commit included)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+REFUSALS = Counter("tradestate_intent_refusals_total", "Intents refused by the pre-trade check", ["reason"])
 
 
 def _utc_now() -> datetime:
@@ -97,7 +109,6 @@ class ClientStats:
     conflicts: int = 0
     retries: int = 0
     refusals: int = 0
-    append_seconds: list[float] = field(default_factory=list)
 
 
 def _build(cls: type[ev.Event], **fields: Any) -> Any:
@@ -168,8 +179,18 @@ class TradestateClient:
         self._attempt = attempt
         stored = [new_event(stream, version, type_name, data) for stream, version, type_name, _, data in attempt]
         started = time.perf_counter()
-        appended = self.store.trading.append(stored)
-        self.stats.append_seconds.append(time.perf_counter() - started)
+        try:
+            appended = self.store.trading.append(stored)
+        except ConcurrencyConflict:
+            APPENDS.labels("conflict").inc()
+            raise
+        except AppendFailed:
+            APPENDS.labels("failed").inc()
+            raise
+        elapsed = time.perf_counter() - started
+        APPEND_SECONDS.observe(elapsed)
+        APPENDS.labels("ok").inc()
+        EVENTS_APPENDED.inc(len(stored))
         self.stats.appends += 1
         if appended[0].position == self.state.position + 1:
             # Nobody wrote in between: fold what we wrote without reading it back.
@@ -309,6 +330,8 @@ class TradestateClient:
         second = decision.events[1][1]
         if isinstance(second, ev.IntentRejectedByRisk):
             self.stats.refusals += 1
+            for reason in second.reasons:
+                REFUSALS.labels(reason).inc()
             return IntentResult(positions[0], stream, RiskRefusal(list(second.reasons), second.detail), event_id=intent.event_id)
         return IntentResult(positions[0], stream, None, event_id=intent.event_id)
 

@@ -1,0 +1,118 @@
+"""Prometheus metrics of the read models, read from the database at scrape time.
+
+The API keeps a registry of its own (``CollectorRegistry``) holding one collector that queries
+the log and the projection tables on every scrape, so concurrent scrapes never race on shared
+gauge objects and a value is never older than the scrape. ``/metrics`` serves that registry
+together with ``prometheus_client.REGISTRY``: whatever the client library registers in-process
+(append counters, latency histograms...) shows up when an engine embeds the server. A family
+name registered in both is served once, ours first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ..domain.state import OPEN_STATUSES, TERMINAL_STATUSES
+
+ORDER_STATUSES: tuple[str, ...] = tuple(sorted(OPEN_STATUSES | TERMINAL_STATUSES))
+
+
+@dataclass
+class MetricsSnapshot:
+    """What one scrape reads from the database (in one read transaction)."""
+
+    log_head: int = 0
+    projection_position: int = 0
+    lag_events: int = 0
+    lag_seconds: float = 0.0
+    orders_by_status: dict[str, int] = field(default_factory=dict)
+    kill_switch: dict[str, bool] = field(default_factory=dict)  # account -> engaged
+    breaker_active: dict[str, bool] = field(default_factory=dict)  # account -> active now
+
+
+class ReadModelCollector:
+    """Yields the read-model gauges; ``read`` returns a snapshot or raises on a database error."""
+
+    def __init__(self, read: Callable[[], MetricsSnapshot]):
+        self._read = read
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # values come from the database at scrape time: nothing to read at register time
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("tradestate_api_database_up",
+                               "1 if the last scrape could read the database, 0 otherwise")
+        try:
+            snap = self._read()
+        except Exception:  # noqa: BLE001 - a scrape must still answer (and say the database is down)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield _gauge("tradestate_log_head", "Last global position of the trading log", snap.log_head)
+        yield _gauge("tradestate_projection_position",
+                     "Last log position the read-model tables include", snap.projection_position)
+        yield _gauge("tradestate_projection_lag_events",
+                     "Log events not yet in the read-model tables", snap.lag_events)
+        yield _gauge("tradestate_projection_lag_seconds",
+                     "Seconds since the oldest unprojected event was recorded (0 when caught up)",
+                     snap.lag_seconds)
+        orders = GaugeMetricFamily("tradestate_orders", "Orders in the read model by status",
+                                   labels=["status"])
+        for status in sorted(set(ORDER_STATUSES) | set(snap.orders_by_status)):
+            orders.add_metric([status], snap.orders_by_status.get(status, 0))
+        yield orders
+        refusals = CounterMetricFamily("tradestate_risk_refusals",
+                                       "Order intents refused by the pre-trade risk check (orders with status 'refused')")
+        refusals.add_metric([], snap.orders_by_status.get("refused", 0))
+        yield refusals
+        kill = GaugeMetricFamily("tradestate_kill_switch_engaged", "1 if the account's kill switch is engaged",
+                                 labels=["account"])
+        for account, engaged in sorted(snap.kill_switch.items()):
+            kill.add_metric([account], 1 if engaged else 0)
+        yield kill
+        breaker = GaugeMetricFamily("tradestate_breaker_active",
+                                    "1 if the account's circuit breaker is tripped and not expired",
+                                    labels=["account"])
+        for account, active in sorted(snap.breaker_active.items()):
+            breaker.add_metric([account], 1 if active else 0)
+        yield breaker
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+class CombinedRegistry:
+    """Our registry, then the process-wide default one (families we already served skipped)."""
+
+    def __init__(self, own: CollectorRegistry, shared: Any = REGISTRY):
+        self.own = own
+        self.shared = shared
+
+    def collect(self) -> Iterator[Metric]:
+        seen: set[str] = set()
+        for family in self.own.collect():
+            seen.add(family.name)
+            yield family
+        for family in self.shared.collect():
+            if family.name not in seen:
+                seen.add(family.name)
+                yield family
+
+
+def make_registry(read: Callable[[], MetricsSnapshot]) -> CombinedRegistry:
+    own = CollectorRegistry(auto_describe=False)
+    own.register(ReadModelCollector(read))
+    return CombinedRegistry(own)
+
+
+def exposition(registry: CombinedRegistry) -> bytes:
+    """The Prometheus text format of both registries."""
+    return generate_latest(registry)  # type: ignore[arg-type] - any object with collect() will do
