@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,13 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tradestate.adapters.store import open_store
 from tradestate.domain.errors import TradestateError
 from tradestate.projections import api as api_module
-from tradestate.projections.api import create_app, run_server
+from tradestate.projections.api import background_server, run_server
 from tradestate.projections.projector import Projector
 
 import tradestate
@@ -36,27 +34,8 @@ TOKEN = "s3cret-token-for-tests"
 @contextmanager
 def serving(url: str, **options: Any) -> Iterator[httpx.Client]:
     """The API for ``url`` served by uvicorn on a free 127.0.0.1 port, in a background thread."""
-    app = create_app(url, **options)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # Handed a socket, uvicorn leaves Nagle on: without this, each keep-alive request waits 40 ms
-    # for a delayed ACK (accepted sockets inherit the option on Linux).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with background_server(url, **options) as base_url, httpx.Client(base_url=base_url, timeout=10) as http:
+        yield http
 
 
 def project(url: str) -> int:

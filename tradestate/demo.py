@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 from rich.console import Console
 from rich.panel import Panel
@@ -159,5 +160,58 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     reopened.close()
     verdict = "[bold green]same state[/]" if same else "[bold red]STATE DIFFERS[/]"
     console.print(f"  state digest {digest} here, {report['digest']} in the new process: {verdict}")
-    return 0 if same else 1
+    served = show_http_api(url, console)
+    return 0 if same and served else 1
+
+
+def show_http_api(url: str, console: Console) -> bool:
+    """Project the log into the SQL read models, serve them over HTTP, and read them back as a
+    risk tool would."""
+    import httpx
+    from rich.table import Table
+
+    from .projections.api import background_server
+    from .projections.projector import Projector
+
+    console.print("\n[bold]Risk tools read the SQL read models over HTTP:[/]")
+    store = open_store(url)
+    try:
+        started = time.perf_counter()
+        reached = Projector(store).catch_up()
+        console.print(f"  projector: {reached} events into the read-model tables in "
+                      f"{(time.perf_counter() - started) * 1000:.0f} ms (each page with its tracking row)")
+    finally:
+        store.close()
+    with background_server(url) as base, httpx.Client(base_url=base, timeout=10) as http:
+        health = http.get("/health").json()
+        console.print(f"  GET {base}/health → {health['status']}: log head {health['log_head']}, "
+                      f"projected {health['projection_position']}, lag {health['lag_events']} events")
+        positions = http.get("/positions").json()
+        table = Table(title=f"GET {base}/positions", title_justify="left")
+        for column in ("account", "symbol", "qty", "avg_cost", "realized_pnl", "unrealized_pnl", "fees"):
+            table.add_column(column)
+        for p in positions:
+            table.add_row(p["account"], p["symbol"], _short(p["qty"]), _short(p["avg_cost"]), _short(p["realized_pnl"]),
+                          _short(p["unrealized_pnl"]), _short(p["fees"]))
+        console.print(table)
+        risk = http.get(f"/risk/{ACCOUNT}").json()
+        table = Table(title=f"GET {base}/risk/{ACCOUNT}", title_justify="left")
+        for column in ("limit", "symbol", "configured", "effective", "used"):
+            table.add_column(column)
+        for u in risk["limits"]:
+            table.add_row(u["limit_name"], u["symbol"] or "all", _short(u["configured"]), _short(u["effective"]),
+                          _short(u["used"]))
+        console.print(table)
+        breaker = "TRIPPED" if risk.get("breaker_active") else "ok"
+        console.print(f"  breaker {breaker} ({risk.get('breaker_reason') or '-'}), kill switch "
+                      f"{'ENGAGED' if risk.get('kill_switch') else 'off'}, ramp {risk.get('ramp_pct')}%, "
+                      f"open orders {risk.get('open_orders')}")
+        ok = http.get("/metrics").status_code == 200 and bool(positions) and bool(risk["limits"])
+    return ok
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "-"
+    return f"{round(Decimal(value), 4).normalize():f}"
 
