@@ -519,6 +519,22 @@ class TradestateClient:
             "unresolved_discrepancies": a.discrepancies,
         }
 
+    def read_model(self, *, consistent: bool = True, timeout: float = 5.0) -> Any:
+        """The SQL read models (what risk tools see). With ``consistent``, first wait until they
+        include everything this client has recorded or folded (read-your-writes); a projector
+        (`tradestate project`) must be running. For decisions, the client's own fold above is
+        always current and needs no projector."""
+        from .projections.reader import ReadModel
+
+        model = ReadModel(self.store.url)
+        if consistent:
+            try:
+                model.wait_for(self.state.position, timeout)
+            except BaseException:
+                model.close()
+                raise
+        return model
+
     @property
     def position(self) -> int:
         """The last log position this client has folded."""
