@@ -55,7 +55,10 @@ class Projector:
         self.state = TradingState(exchange_tz)
         self.applied_pages = 0
         self.equity = _EquityBook()
-        self._staged: set[str] = set()  # staging tables created in this session (PostgreSQL)
+        # staging tables created, per database session (PostgreSQL temp tables live and die with
+        # their connection: after a reconnect they must be created again)
+        self._staged: set[tuple[int, int, str]] = set()
+        self._loaded = False  # load() folds the log up to the tables' position before any page
 
     # ------------------------------------------------------------------------ database
     @contextmanager
@@ -149,17 +152,30 @@ class Projector:
         self.create_tables()
         target = self.tracked_position()
         self.state = TradingState(self.exchange_tz)
+        # The equity book is replayed fill by fill, as the pages built it: its running totals
+        # (kept by difference) and per-minute fill counts then do not depend on where the log
+        # was split into pages or where a restart happened (a book rebuilt from the positions
+        # restarted the counts at 0 and rounded the totals differently).
+        self.equity = book = _EquityBook()
         with _gc_paused():
-            apply, loads = self.state.apply, orjson.loads
+            state = self.state
+            apply, loads = state.apply, orjson.loads
             for position, stream, version, type_name, data, at in self.store.trading.iter_rows(0, target):
-                apply(position, stream, version, type_name, loads(data), at)
+                payload = loads(data)
+                apply(position, stream, version, type_name, payload, at)
+                if type_name == "OrderFilled":
+                    order = state.orders[stream]
+                    book.after_fill(state, (order.account, order.venue, order.symbol),
+                                    _fill_minute(payload, at), position)
         if self.state.position != target:
             raise RuntimeError(f"the log ends at {self.state.position}, the tables claim {target}")
-        self.equity = _EquityBook.from_state(self.state)
+        self._loaded = True
         return target
 
     def run_once(self, limit: int | None = None) -> int:
         """Apply one page of new events; returns how many log rows it covered."""
+        if not self._loaded:
+            self.load()
         start = self.state.position
         rows = []
         for row in self.store.trading.iter_rows(start, batch=limit or self.page):
@@ -207,6 +223,7 @@ class Projector:
                         (PROJECTION,))
         self.state = TradingState(self.exchange_tz)
         self.equity = _EquityBook()
+        self._loaded = True
         return self.catch_up(progress)
 
     def lag(self) -> tuple[int, int]:
@@ -230,10 +247,11 @@ class Projector:
             # A page's rows go in by binary COPY into a session-private staging table, then one
             # INSERT ... SELECT ... ON CONFLICT: far cheaper than a statement (or array) per row.
             staging = f"ts_staging_{table}"
-            if table not in self._staged:
+            session = (id(cur.connection), cur.connection.info.backend_pid, table)
+            if session not in self._staged:
                 cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
                             f"(LIKE {self.dialect.name(table)}) ON COMMIT DELETE ROWS")
-                self._staged.add(table)
+                self._staged.add(session)
             columns = [c for c, _ in TABLES[table][0]]
             with cur.copy(f"COPY {staging} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types([_PG_COPY_TYPES[k] for _, k in TABLES[table][0]])
@@ -300,8 +318,7 @@ class _Dirty:
                 self.positions[key] = position
                 occurred = d.get("occurred_at")
                 self.days[(order.account, state._trading_day_of(occurred, at))] = position
-                when = datetime.fromisoformat(occurred) if occurred else at
-                minute = when.replace(second=0, microsecond=0)
+                minute = _fill_minute(d, at)
                 self.equity[(order.account, minute.isoformat())] = self.equity_book.after_fill(
                     state, key, minute, position)
         elif first == "a":
@@ -314,6 +331,12 @@ class _Dirty:
 
 
 # ------------------------------------------------------------------------------ row shapes
+
+
+def _fill_minute(d: dict[str, Any], at: datetime) -> datetime:
+    """The equity curve's point for a fill: its minute (of ``occurred_at``, else the store's clock)."""
+    occurred = d.get("occurred_at")
+    return (datetime.fromisoformat(occurred) if occurred else at).replace(second=0, microsecond=0)
 
 
 def _event_time(d: dict[str, Any], at: datetime) -> datetime:
@@ -368,13 +391,6 @@ class _EquityBook:
         self.contribution: dict[tuple[str, str, str], tuple[Decimal, Decimal, Decimal]] = {}
         self.totals: dict[str, list[Decimal]] = {}
         self.fills: dict[tuple[str, datetime], int] = {}  # fills per (account, minute)
-
-    @classmethod
-    def from_state(cls, state: TradingState) -> _EquityBook:
-        book = cls()
-        for key, held in state.positions.items():
-            book._update(key, held)
-        return book
 
     def _update(self, key: tuple[str, str, str], held: PositionState) -> list[Decimal]:
         new = (held.realized_pnl, held.unrealized_pnl, held.fees)
