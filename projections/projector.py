@@ -10,7 +10,6 @@ transaction, so two projectors racing on the same tables cannot apply a page twi
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..adapters.store import Store
+from ..adapters.store import Store, gc_paused
 from ..domain.risk import limit_usage
 from ..domain.state import ZERO, OrderState, PositionState, TradingState
 from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
@@ -32,17 +31,6 @@ Progress = Callable[[int, int], None]  # (position reached, log head)
 
 class ProjectionConflict(RuntimeError):
     """Another projector advanced the tables meanwhile; reload and carry on."""
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class Projector:
@@ -157,7 +145,7 @@ class Projector:
         # was split into pages or where a restart happened (a book rebuilt from the positions
         # restarted the counts at 0 and rounded the totals differently).
         self.equity = book = _EquityBook()
-        with _gc_paused():
+        with gc_paused():
             state = self.state
             apply, loads = state.apply, orjson.loads
             for position, stream, version, type_name, data, at in self.store.trading.iter_rows(0, target):
@@ -186,7 +174,7 @@ class Projector:
             return 0
         dirty = _Dirty(self.equity)
         state = self.state
-        with _gc_paused():
+        with gc_paused():
             loads = orjson.loads
             for position, stream, version, type_name, data, at in rows:
                 payload = loads(data)

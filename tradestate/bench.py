@@ -740,12 +740,12 @@ def generate_trading_rows(n: int, seed: int = 7) -> Iterator[tuple[int, str, int
 
 def _replay_ours(log: Any) -> tuple[int, float]:
     """Positions folded from the whole log (the projection decodes only intents and fills)."""
-    from .client import _gc_paused
+    from .adapters.store import gc_paused
     from .projections.positions import PositionBook
 
     book = PositionBook()
     t0 = time.perf_counter()
-    with _gc_paused():
+    with gc_paused():
         count = book.fold_rows(log.iter_rows(0))
     elapsed = time.perf_counter() - t0
     del book
@@ -755,14 +755,14 @@ def _replay_ours(log: Any) -> tuple[int, float]:
 
 def _replay_state(log: Any) -> tuple[int, float]:
     """The whole trading state (orders, positions, risk, signals) folded, as a client opens."""
-    from .client import _gc_paused
+    from .adapters.store import gc_paused
     from .domain.state import TradingState
 
     state = TradingState()
     apply = state.apply
     loads = orjson.loads
     t0 = time.perf_counter()
-    with _gc_paused():
+    with gc_paused():
         for position, stream, version, type_name, data, recorded_at in log.iter_rows(0):
             apply(position, stream, version, type_name, loads(data), recorded_at)
     elapsed = time.perf_counter() - t0
@@ -770,6 +770,23 @@ def _replay_state(log: Any) -> tuple[int, float]:
     del state, apply
     gc.collect()
     return count, elapsed
+
+
+def load_pg_log(pg: PgTarget, schema: str, n: int) -> None:
+    """A fresh log in ``schema`` holding ``n`` generated trading events, by binary COPY."""
+    from .adapters.store import open_store
+
+    open_store(pg.url_for(schema)).close()
+    table = f'"{schema}".ts_events'
+    with pg.connect() as conn:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+            f"COPY {table} (position, stream_id, stream_version, type, data, recorded_at) FROM STDIN (FORMAT BINARY)"
+        ) as cp:
+            cp.set_types(["int8", "text", "int8", "text", "bytea", "timestamptz"])
+            for row in generate_trading_rows(n):
+                cp.write_row(row)
+        conn.execute(f"SELECT setval('\"{schema}\".ts_events_position_seq', %s)", (n,))
+        conn.execute(f"VACUUM (ANALYZE) {table}")  # hint bits set once, for every reader alike
 
 
 # ------------------------------------------------------------------ replay: raw baselines
@@ -1038,17 +1055,9 @@ def bench_replay_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes
     url = pg.url_for(schema)
     table = f'"{schema}".ts_events'
     _log(f"postgresql replay: generating and loading {n:,} events")
-    open_store(url).close()
     t0 = time.perf_counter()
+    load_pg_log(pg, schema, n)
     with pg.connect() as conn:
-        with conn.transaction(), conn.cursor() as cur, cur.copy(
-            f"COPY {table} (position, stream_id, stream_version, type, data, recorded_at) FROM STDIN (FORMAT BINARY)"
-        ) as cp:
-            cp.set_types(["int8", "text", "int8", "text", "bytea", "timestamptz"])
-            for row in generate_trading_rows(n):
-                cp.write_row(row)
-        conn.execute(f"SELECT setval('\"{schema}\".ts_events_position_seq', %s)", (n,))
-        conn.execute(f"VACUUM (ANALYZE) {table}")  # hint bits set once, for every reader alike
         size = conn.execute(f"SELECT pg_total_relation_size('{table}')").fetchone()[0]
     _log(f"  loaded in {time.perf_counter() - t0:.1f} s ({size / 1e6:,.0f} MB with indexes)")
 

@@ -35,6 +35,7 @@ from .bench import (
     _result,
     _sqlite_raw_conn,
     generate_trading_rows,
+    load_pg_log,
 )
 
 LIVE_RATE = 2_000  # events/s appended during the live-lag measurement
@@ -96,23 +97,14 @@ def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
 
 
 def bench_projection_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes) -> list[Result]:
-    from .adapters.store import open_store
 
     n, live_seconds, runner_events = _sizes(sizes)
     schema = schema_for("p")
     url = pg.url_for(schema)
     table = f'"{schema}".ts_events'
     _log(f"postgresql projection: loading {n:,} events")
-    open_store(url).close()
+    load_pg_log(pg, schema, n)
     with pg.connect() as conn:
-        with conn.transaction(), conn.cursor() as cur, cur.copy(
-            f"COPY {table} (position, stream_id, stream_version, type, data, recorded_at) FROM STDIN (FORMAT BINARY)"
-        ) as cp:
-            cp.set_types(["int8", "text", "int8", "text", "bytea", "timestamptz"])
-            for row in generate_trading_rows(n):
-                cp.write_row(row)
-        conn.execute(f"SELECT setval('\"{schema}\".ts_events_position_seq', %s)", (n,))
-        conn.execute(f"VACUUM (ANALYZE) {table}")
         t0 = time.perf_counter()
         count = 0
         last = 0

@@ -14,8 +14,7 @@ import gc
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -26,7 +25,7 @@ import orjson
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from .adapters.store import Store, new_event, open_store
+from .adapters.store import Store, gc_paused, new_event, open_store
 from .domain import events as ev
 from .domain import orders as rules
 from .domain.errors import (
@@ -44,20 +43,6 @@ from .domain.ids import (
     strategy_stream_id,
 )
 from .domain.state import AccountState, TradingState
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Folding creates millions of short-lived dicts next to long-lived state; the cyclic
-    collector would rescan that state again and again for nothing (there are no cycles)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
 
 # Process-wide metrics (the default Prometheus registry): `tradestate serve` includes them when it
 # runs in the engine's process, and engines can expose them with prometheus_client themselves.
@@ -149,7 +134,7 @@ class TradestateClient:
     # ------------------------------------------------------------------------ log plumbing
     def catch_up(self) -> int:
         """Fold every event appended since our last look; returns the position reached."""
-        with self._lock, _gc_paused():
+        with self._lock, gc_paused():
             apply = self.state.apply
             loads = orjson.loads
             start = self.state.position
