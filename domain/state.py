@@ -45,6 +45,7 @@ class OrderState:
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
         "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
+        "position_key", "account_state",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
@@ -79,6 +80,9 @@ class OrderState:
         self.positions: dict[str, int] = {"intent": position}
         self.created_at = at
         self.updated_at = at
+        # resolved once: a fill updates them without rebuilding keys or looking accounts up
+        self.position_key = (self.account, self.venue, self.symbol)
+        self.account_state: AccountState | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -296,13 +300,14 @@ class TradingState:
     def _on_OrderIntentRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = OrderState(sid, d, pos, _time(d.get("occurred_at"), at))
         self.orders[sid] = order
-        self.account(order.account).open_orders[sid] = order
+        order.account_state = account = self.account(order.account)
+        account.open_orders[sid] = order
 
     def _close(self, order: OrderState, status: str, pos: int, at: datetime) -> None:
         order.status = status
         order.positions["terminal"] = pos
         order.updated_at = at
-        self.account(order.account).open_orders.pop(order.stream_id, None)
+        order.account_state.open_orders.pop(order.stream_id, None)  # type: ignore[union-attr]
 
     def _on_IntentRejectedByRisk(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
@@ -340,22 +345,23 @@ class TradingState:
         order.fees += fee
         if d.get("venue_order_id"):
             order.venue_order_id = d["venue_order_id"]
-        key = (order.account, order.venue, order.symbol)
+        key = order.position_key
         held = self.positions.get(key)
         if held is None:
             held = self.positions[key] = PositionState(*key)
         realized = held.apply_fill(qty * order.sign, price)
         held.fees += fee
         held.updated_at = when
-        stats = self.account(order.account).day(self._trading_day_of(occurred, at))
+        stats = order.account_state.day(self._trading_day_of(occurred, at))  # type: ignore[union-attr]
         stats.fills += 1
         stats.volume += qty
         stats.realized_pnl += realized
         stats.fees += fee
+        is_open = order.status in OPEN_STATUSES
         if order.filled_qty >= order.qty:
-            if order.is_open:
+            if is_open:
                 self._close(order, "filled", pos, when)
-        elif order.is_open:
+        elif is_open:
             order.status = "partially_filled"
         order.updated_at = when
 
