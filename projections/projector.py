@@ -252,29 +252,29 @@ class Projector:
     def _write(self, cur: Any, dirty: _Dirty) -> None:
         kind = self.dialect.kind
         state = self.state
-        conv = _converter(kind)
+        conv = _ROW_ENCODERS[kind]
         if dirty.orders:
-            self._upsert(cur, "ts_orders", [conv(_order_row(state.orders[s])) for s in dirty.orders])
+            self._upsert(cur, "ts_orders", [conv["ts_orders"](_order_row(state.orders[s])) for s in dirty.orders])
         if dirty.positions:
             self._upsert(cur, "ts_positions",
-                         [conv(_position_row(state.positions[k], pos)) for k, pos in dirty.positions.items()])
+                         [conv["ts_positions"](_position_row(state.positions[k], pos)) for k, pos in dirty.positions.items()])
         if dirty.days:
-            self._upsert(cur, "ts_daily_stats", [conv(_day_row(state, a, d, pos)) for (a, d), pos in dirty.days.items()])
+            self._upsert(cur, "ts_daily_stats", [conv["ts_daily_stats"](_day_row(state, a, d, pos)) for (a, d), pos in dirty.days.items()])
         if dirty.accounts:
             # Time-dependent values are taken at the account's own last event, so the rows do not
             # depend on how the log was split into pages.
             self._upsert(cur, "ts_risk_state",
-                         [conv(_risk_row(state, a, pos)) for a, (pos, _o, _at) in dirty.accounts.items()])
+                         [conv["ts_risk_state"](_risk_row(state, a, pos)) for a, (pos, _o, _at) in dirty.accounts.items()])
             p = self.dialect.param
             for account in dirty.accounts:
                 cur.execute(f"DELETE FROM {self.dialect.name('ts_risk_usage')} WHERE account = {p}", (account,))
-            usage = [conv(r) for a, (pos, occurred, at) in dirty.accounts.items()
+            usage = [conv["ts_risk_usage"](r) for a, (pos, occurred, at) in dirty.accounts.items()
                      for r in _usage_rows(state, a, pos, datetime.fromisoformat(occurred) if occurred else at)]
             self._upsert(cur, "ts_risk_usage", usage)
         if dirty.signals:
-            self._upsert(cur, "ts_signals", [conv(_signal_row(state.signals[k])) for k in dirty.signals])
+            self._upsert(cur, "ts_signals", [conv["ts_signals"](_signal_row(state.signals[k])) for k in dirty.signals])
         if dirty.equity:
-            self._upsert(cur, "ts_equity_curve", [conv(r) for r in dirty.equity.values()])
+            self._upsert(cur, "ts_equity_curve", [conv["ts_equity_curve"](r) for r in dirty.equity.values()])
 
 
 def _tracking_ddl(dialect: Dialect) -> str:
@@ -416,25 +416,30 @@ def _json_text(value: dict[str, Any]) -> str:
 _PG_COPY_TYPES = {"text": "text", "num": "numeric", "int": "int8", "bool": "bool", "time": "timestamptz",
                   "json": "jsonb"}
 
-# SQLite has no exact decimal, time or JSON type: decimal strings, ISO-8601 UTC, JSON text.
-_SQLITE_VALUES: dict[type, Callable[[Any], Any]] = {Decimal: str, datetime: _iso, bool: int, dict: _json_text}
 
-
-def _converter(kind: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+def _row_encoder(kind: str, table: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A compiled function turning one row of ``table`` into what the driver stores: on SQLite
+    decimals become strings, times ISO-8601 UTC text, booleans 0/1, JSON text; on PostgreSQL only
+    JSON needs wrapping. Compiled once per table, it costs a tuple display per row rather than
+    a function call per value (rows are the projector's hottest output)."""
+    forms = {
+        "sqlite": {"num": "str({v})", "time": "_iso({v})", "bool": "(1 if {v} else 0)", "json": "_json_text({v})"},
+        "postgresql": {"json": "_Jsonb({v})"},
+    }[kind]
+    parts = []
+    for i, (_column, column_kind) in enumerate(TABLES[table][0]):
+        value = f"r[{i}]"
+        form = forms.get(column_kind)
+        parts.append(value if form is None else f"(None if {value} is None else {form.format(v=value)})")
+    namespace: dict[str, Any] = {"_iso": _iso, "_json_text": _json_text}
     if kind == "postgresql":
         from psycopg.types.json import Jsonb
 
-        def pg(row: tuple[Any, ...]) -> tuple[Any, ...]:
-            return tuple(Jsonb(v) if type(v) is dict else v for v in row)
+        namespace["_Jsonb"] = Jsonb
+    return eval(f"lambda r: ({', '.join(parts)},)", namespace)  # noqa: S307 - built from our own column table
 
-        return pg
 
-    values = _SQLITE_VALUES
-
-    def sqlite(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(f(v) if (f := values.get(type(v))) is not None else v for v in row)
-
-    return sqlite
+_ROW_ENCODERS = {kind: {table: _row_encoder(kind, table) for table in TABLES} for kind in ("sqlite", "postgresql")}
 
 
 def _tuple_row() -> Any:
