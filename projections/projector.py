@@ -13,7 +13,9 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -48,6 +50,7 @@ class Projector:
         # their connection: after a reconnect they must be created again)
         self._staged: set[tuple[int, int, str]] = set()
         self._loaded = False  # load() folds the log up to the tables' position before any page
+        self._writer: ThreadPoolExecutor | None = None  # commits pages while the next one is folded
 
     # ------------------------------------------------------------------------ database
     @contextmanager
@@ -163,6 +166,15 @@ class Projector:
 
     def run_once(self, limit: int | None = None) -> int:
         """Apply one page of new events; returns how many log rows it covered."""
+        page = self._next_page(limit)
+        if page is None:
+            return 0
+        self._commit_or_reload(page)
+        return page.rows
+
+    def _next_page(self, limit: int | None = None) -> _Page | None:
+        """Read a page of the log, fold it, and encode the rows it touched (the tables are not
+        written yet)."""
         if not self._loaded:
             self.load()
         start = self.state.position
@@ -172,7 +184,7 @@ class Projector:
             if len(rows) >= (limit or self.page):
                 break
         if not rows:
-            return 0
+            return None
         dirty = _Dirty(self.equity)
         state = self.state
         with gc_paused():
@@ -181,29 +193,71 @@ class Projector:
                 payload = loads(data)
                 state.apply(position, stream, version, type_name, payload, at)
                 dirty.note(state, stream, type_name, payload, position, at)
+        return _Page(start, state.position, len(rows), self._encode(dirty), list(dirty.accounts))
+
+    def _commit(self, page: _Page) -> None:
+        """Write a page's rows and move the tracking row, in one transaction."""
+        with self._transaction() as cur:
+            if self._tracked(cur) != page.start:
+                raise ProjectionConflict(f"tables moved past {page.start} under us")
+            if page.accounts:
+                p = self.dialect.param
+                for account in page.accounts:
+                    cur.execute(f"DELETE FROM {self.dialect.name('ts_risk_usage')} WHERE account = {p}", (account,))
+            for table, rows in page.tables:
+                self._upsert(cur, table, rows)
+            self._track(cur, page.end)
+        self.applied_pages += 1
+
+    def _commit_or_reload(self, page: _Page) -> None:
         try:
-            with self._transaction() as cur:
-                if self._tracked(cur) != start:
-                    raise ProjectionConflict(f"tables moved past {start} under us")
-                self._write(cur, dirty)
-                self._track(cur, state.position)
+            self._commit(page)
         except BaseException:
             # The page did not land: forget it in memory too (the fold cannot be undone).
             self.load()
             raise
-        self.applied_pages += 1
-        return len(rows)
 
     def catch_up(self, progress: Progress | None = None) -> int:
-        """Apply pages until the log's contiguous end; returns the position reached."""
+        """Apply pages until the log's contiguous end; returns the position reached.
+
+        Pipelined: while one page commits on a writer thread, the next is read and folded here
+        (the drivers release the GIL while the database works). Pages still commit one at a
+        time and in order, each checking the tracking row it starts from."""
         head = self.store.trading.head() if progress else 0
         start = self.state.position
         # The whole catch-up without the cyclic collector: between pages it would otherwise
         # rescan the ever larger state (a full collection per few pages at a million events).
+        if self._writer is None:
+            # One writer thread for the projector's life: on PostgreSQL each thread keeps its own
+            # connection, so a thread per catch-up would leak one per call.
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
+        writer = self._writer
         with gc_paused():
-            while self.run_once():
-                if progress:
-                    progress(self.state.position, max(head, self.state.position))
+            pending: Future[None] | None = None
+            try:
+                while (page := self._next_page()) is not None:
+                    if pending is not None:
+                        pending.result()
+                        if progress:
+                            progress(page.start, max(head, page.start))
+                    pending = writer.submit(self._commit, page)
+                if pending is not None:
+                    pending.result()
+            except BaseException:
+                if pending is not None:
+                    pending.cancel()
+                    try:
+                        pending.result()
+                    except BaseException:  # noqa: BLE001 - the first error is the one to raise
+                        pass
+                self.load()  # memory may be ahead of the tables: fold again up to what landed
+                raise
+            finally:
+                release = getattr(self.store.trading, "release_connection", None)
+                if release is not None:  # the writer's PostgreSQL connection goes back to the pool
+                    writer.submit(release).result()
+        if progress:
+            progress(self.state.position, max(head, self.state.position))
         if self.state.position - start > 10_000:
             gc.freeze()  # the state is long-lived: keep it out of future collections
         return self.state.position
@@ -256,32 +310,42 @@ class Projector:
         else:
             cur.executemany(self.dialect.upsert(table), rows)
 
-    def _write(self, cur: Any, dirty: _Dirty) -> None:
-        kind = self.dialect.kind
+    def _encode(self, dirty: _Dirty) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The rows a page touched, from the state at the page's end, ready for the driver."""
         state = self.state
-        conv = _ROW_ENCODERS[kind]
+        conv = _ROW_ENCODERS[self.dialect.kind]
+        tables: list[tuple[str, list[tuple[Any, ...]]]] = []
         if dirty.orders:
-            self._upsert(cur, "ts_orders", [conv["ts_orders"](_order_row(state.orders[s])) for s in dirty.orders])
+            tables.append(("ts_orders", [conv["ts_orders"](_order_row(state.orders[s])) for s in dirty.orders]))
         if dirty.positions:
-            self._upsert(cur, "ts_positions",
-                         [conv["ts_positions"](_position_row(state.positions[k], pos)) for k, pos in dirty.positions.items()])
+            tables.append(("ts_positions", [conv["ts_positions"](_position_row(state.positions[k], pos))
+                                            for k, pos in dirty.positions.items()]))
         if dirty.days:
-            self._upsert(cur, "ts_daily_stats", [conv["ts_daily_stats"](_day_row(state, a, d, pos)) for (a, d), pos in dirty.days.items()])
+            tables.append(("ts_daily_stats", [conv["ts_daily_stats"](_day_row(state, a, d, pos))
+                                              for (a, d), pos in dirty.days.items()]))
         if dirty.accounts:
             # Time-dependent values are taken at the account's own last event, so the rows do not
-            # depend on how the log was split into pages.
-            self._upsert(cur, "ts_risk_state",
-                         [conv["ts_risk_state"](_risk_row(state, a, pos)) for a, (pos, _o, _at) in dirty.accounts.items()])
-            p = self.dialect.param
-            for account in dirty.accounts:
-                cur.execute(f"DELETE FROM {self.dialect.name('ts_risk_usage')} WHERE account = {p}", (account,))
-            usage = [conv["ts_risk_usage"](r) for a, (pos, occurred, at) in dirty.accounts.items()
-                     for r in _usage_rows(state, a, pos, datetime.fromisoformat(occurred) if occurred else at)]
-            self._upsert(cur, "ts_risk_usage", usage)
+            # depend on how the log was split into pages. (_commit deletes the accounts' usage rows
+            # first: a removed limit must disappear.)
+            tables.append(("ts_risk_state", [conv["ts_risk_state"](_risk_row(state, a, pos))
+                                             for a, (pos, _o, _at) in dirty.accounts.items()]))
+            tables.append(("ts_risk_usage", [
+                conv["ts_risk_usage"](r) for a, (pos, occurred, at) in dirty.accounts.items()
+                for r in _usage_rows(state, a, pos, datetime.fromisoformat(occurred) if occurred else at)]))
         if dirty.signals:
-            self._upsert(cur, "ts_signals", [conv["ts_signals"](_signal_row(state.signals[k])) for k in dirty.signals])
+            tables.append(("ts_signals", [conv["ts_signals"](_signal_row(state.signals[k])) for k in dirty.signals]))
         if dirty.equity:
-            self._upsert(cur, "ts_equity_curve", [conv["ts_equity_curve"](r) for r in dirty.equity.values()])
+            tables.append(("ts_equity_curve", [conv["ts_equity_curve"](r) for r in dirty.equity.values()]))
+        return tables
+
+
+@dataclass(frozen=True)
+class _Page:
+    start: int  # tracked position the page applies on top of
+    end: int  # position after it
+    rows: int  # log rows it covered
+    tables: list[tuple[str, list[tuple[Any, ...]]]]
+    accounts: list[str]  # accounts whose usage rows are rewritten
 
 
 def _tracking_ddl(dialect: Dialect) -> str:

@@ -160,7 +160,8 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
             pool = self.datastore.pool
-            pool.open(wait=True, timeout=self.datastore.pool.timeout)
+            if pool.closed:  # opened lazily, once (open(wait=True) on an open pool waits for idle slots)
+                pool.open(wait=True, timeout=self.datastore.pool.timeout)
             conn = pool.getconn()
             self._local.conn = conn
             with self._pinned_lock:
@@ -177,6 +178,16 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             except Exception:  # noqa: BLE001 - it is gone either way
                 pass
             raise
+
+    def release_connection(self) -> None:
+        """Give this thread's pinned connection back to the pool (a worker thread that is done)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with self._pinned_lock:
+                if conn in self._pinned:
+                    self._pinned.remove(conn)
+            self.datastore.pool.putconn(conn)
 
     def create_table(self) -> None:
         # Concurrent first starts must not race on CREATE ... IF NOT EXISTS (it is not atomic).
