@@ -37,7 +37,7 @@ class ProjectionConflict(RuntimeError):
 
 
 class Projector:
-    def __init__(self, store: Store, *, exchange_tz: str = "America/New_York", page: int = 5_000):
+    def __init__(self, store: Store, *, exchange_tz: str = "America/New_York", page: int = 20_000):
         self.store = store
         schema = getattr(store.trading.datastore, "schema", "") if store.kind == "postgresql" else ""
         self.dialect = Dialect(store.kind, schema)

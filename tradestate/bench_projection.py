@@ -52,7 +52,7 @@ def _catchup(url: str) -> tuple[int, float]:
     from .projections.projector import Projector
 
     with open_store(url) as store:
-        projector = Projector(store, page=10_000)
+        projector = Projector(store)
         t0 = time.perf_counter()
         reached = projector.rebuild()
         return reached, time.perf_counter() - t0
