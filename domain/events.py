@@ -156,6 +156,7 @@ class OrderExpired(OrderEvent):
 
 
 DiscrepancyKind = Literal[
+    "missing_at_venue",  # we recorded it submitted, the venue does not know it (kept pending)
     "overfill",  # a fill beyond the order's remaining quantity
     "fill_on_terminal",  # a fill on a cancelled, rejected, expired or refused order
     "cancel_after_fill",  # the venue says cancelled, we hold it filled
@@ -176,6 +177,25 @@ class DiscrepancyRecorded(OrderEvent):
     price: PositiveAmount | None = None
     venue_status: Identifier | None = None
     venue_order_id: Identifier | None = None
+
+
+class OrderImported(OrderEvent):
+    """An order found at the venue that tradestate never recorded (placed outside it). It enters
+    the log as an external order so that its fills and position count; it never passed our risk
+    checks, and says so."""
+
+    venue: Identifier
+    symbol: Symbol
+    side: Side
+    order_type: OrderType
+    qty: PositiveAmount
+    limit_price: PositiveAmount | None = None
+    stop_price: PositiveAmount | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+    venue_order_id: Identifier
+    venue_status: Identifier
+    reconciliation_id: Identifier | None = None
+    reason: Text = "order placed outside tradestate"
 
 
 # -------------------------------------------------------------------------------------- account
@@ -251,6 +271,65 @@ class TradingResumed(AccountEvent):
     reason: Text = ""
 
 
+class PositionCorrected(AccountEvent):
+    """The venue's position differs from ours and no fill explains it: ours is set to the
+    venue's (the broker is the truth for what it holds), with the difference on record."""
+
+    venue: Identifier
+    symbol: Symbol
+    qty_before: Amount
+    qty_after: Amount
+    avg_cost: PositiveAmount | None = None  # the venue's, when it reports one
+    reconciliation_id: Identifier | None = None
+    reason: Text = ""
+
+
+class CashBalanceRecorded(AccountEvent):
+    """The venue's cash balance in one currency; our fills move it from there on. ``expected``
+    is what we projected before this record (None the first time)."""
+
+    venue: Identifier
+    currency: Identifier = "USD"
+    balance: Amount
+    expected: Amount | None = None
+    reconciliation_id: Identifier | None = None
+    reason: Text = ""
+
+
+ReconciliationStatus = Literal["clean", "corrected", "discrepancies", "unknown"]
+
+
+class ReconciliationCompleted(AccountEvent):
+    """One reconciliation run against one broker account: what was compared, what disagreed,
+    which corrective events were appended, and the raw venue report it acted on."""
+
+    reconciliation_id: Identifier
+    broker: Identifier
+    venue: Identifier
+    status: ReconciliationStatus
+    counts: dict[Identifier, int] = Field(default_factory=dict, max_length=50)
+    discrepancies: list[dict[str, Any]] = Field(default_factory=list)
+    corrective_event_ids: list[UUID] = Field(default_factory=list)
+    errors: list[Text] = Field(default_factory=list, max_length=100)
+    venue_report: dict[str, Any] = Field(default_factory=dict)
+    venue_report_sha256: Identifier = ""
+
+
+class TradingBlocked(AccountEvent):
+    """Trading refused until an operator acknowledges (strict recovery or reconciliation)."""
+
+    reason: Text
+    reconciliation_id: Identifier | None = None
+
+
+class DiscrepancyAcknowledged(AccountEvent):
+    """An operator's decision on the discrepancies that blocked trading; unblocks it."""
+
+    by: Identifier
+    decision: Text
+    reconciliation_id: Identifier | None = None
+
+
 # ------------------------------------------------------------------------ strategy, engine, market
 
 
@@ -274,6 +353,22 @@ class EngineStopped(Event):
     stream_kind: ClassVar[str] = "engine"
     engine_id: Identifier
     reason: Text = ""
+
+
+class RecoveryCompleted(Event):
+    """The report of one ``tradestate recover`` run (each step, its duration and counts)."""
+
+    stream_kind: ClassVar[str] = "engine"
+    engine_id: Identifier
+    ready: bool
+    strict: bool = False
+    crashed: bool = False
+    checkpoint_position: int | None = None
+    head: int = 0
+    replayed: int = 0
+    discrepancies: int = 0
+    corrective_events: int = 0
+    steps: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
 
 
 class BarRecorded(Event):
@@ -311,6 +406,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         OrderReplaced,
         OrderExpired,
         DiscrepancyRecorded,
+        OrderImported,
         RiskCheckPassed,
         RiskLimitChanged,
         CircuitBreakerTripped,
@@ -319,9 +415,15 @@ EVENT_TYPES: dict[str, type[Event]] = {
         KillSwitchReleased,
         DailyLimitBreached,
         TradingResumed,
+        PositionCorrected,
+        CashBalanceRecorded,
+        ReconciliationCompleted,
+        TradingBlocked,
+        DiscrepancyAcknowledged,
         SignalRecorded,
         EngineStarted,
         EngineStopped,
+        RecoveryCompleted,
         BarRecorded,
     )
 }

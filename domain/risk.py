@@ -13,6 +13,7 @@ from .state import AccountState, TradingState
 # Refusal reason codes, stable for tools and tests.
 KILL_SWITCH = "kill_switch"
 CIRCUIT_BREAKER = "circuit_breaker"
+TRADING_BLOCKED = "trading_blocked"
 MAX_ORDER_QTY = "max_order_qty"
 MAX_ORDER_NOTIONAL = "max_order_notional"
 NO_PRICE_FOR_NOTIONAL = "no_price_for_notional"
@@ -65,6 +66,9 @@ def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime
     if account.kill_switch:
         reasons.append(KILL_SWITCH)
         details.append(f"kill switch engaged: {account.kill_switch_reason}")
+    if account.blocked:
+        reasons.append(TRADING_BLOCKED)
+        details.append(f"trading blocked until an operator acknowledges: {account.blocked_reason}")
     if account.breaker_active(now):
         reasons.append(CIRCUIT_BREAKER)
         details.append(f"circuit breaker tripped: {account.breaker_reason}")

@@ -45,7 +45,7 @@ class OrderState:
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
         "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
-        "position_key", "account_state",
+        "position_key", "account_state", "external",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
@@ -83,6 +83,7 @@ class OrderState:
         # resolved once: a fill updates them without rebuilding keys or looking accounts up
         self.position_key = (self.account, self.venue, self.symbol)
         self.account_state: AccountState | None = None
+        self.external = False  # imported from the venue by reconciliation, never risk-checked
 
     @property
     def remaining(self) -> Decimal:
@@ -119,6 +120,7 @@ class OrderState:
             "cancel_requested": self.cancel_requested,
             "discrepancies": self.discrepancies,
             "refusal": self.refusal,
+            "external": self.external,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -216,6 +218,11 @@ class AccountState:
     open_orders: dict[str, OrderState] = field(default_factory=dict)
     daily: dict[str, DailyStats] = field(default_factory=dict)
     discrepancies: int = 0
+    # currency -> balance: the venue's last reported cash, moved by our fills since
+    cash: dict[str, Decimal] = field(default_factory=dict)
+    blocked: bool = False  # strict recovery/reconciliation: no trading until acknowledged
+    blocked_reason: str = ""
+    last_reconciliation: dict[str, Any] | None = None
 
     def day(self, trading_day: str) -> DailyStats:
         stats = self.daily.get(trading_day)
@@ -357,6 +364,14 @@ class TradingState:
         stats.volume += qty
         stats.realized_pnl += realized
         stats.fees += fee
+        cash = order.account_state.cash  # type: ignore[union-attr]
+        if cash:
+            currency = "USD"
+            if currency in cash:
+                cash[currency] -= order.sign * qty * price
+            fee_currency = d.get("fee_currency", "USD")
+            if fee and fee_currency in cash:
+                cash[fee_currency] -= fee
         is_open = order.status in OPEN_STATUSES
         if order.filled_qty >= order.qty:
             if is_open:
@@ -398,6 +413,15 @@ class TradingState:
             order.executions["!" + d["exec_id"]] = (Decimal(d["qty"]), Decimal(d["price"]), pos)
         order.positions[f"discrepancy:{pos}"] = pos
         self.account(order.account).discrepancies += 1
+
+    def _on_OrderImported(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = OrderState(sid, d, pos, _time(d.get("occurred_at"), at))
+        order.external = True
+        order.venue_order_id = d["venue_order_id"]
+        order.status = "acknowledged"  # its fills and terminal state follow as their own events
+        self.orders[sid] = order
+        order.account_state = account = self.account(order.account)
+        account.open_orders[sid] = order
 
     # account --------------------------------------------------------------------------
     def _on_RiskCheckPassed(self, sid: str, d: dict, pos: int, at: datetime) -> None:
@@ -443,6 +467,43 @@ class TradingState:
     def _on_TradingResumed(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.account(d["account"]).ramp_pct = int(d["ramp_pct"])
 
+    def _on_PositionCorrected(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        key = (d["account"], d["venue"], d["symbol"])
+        held = self.positions.get(key)
+        if held is None:
+            held = self.positions[key] = PositionState(*key)
+        qty = Decimal(d["qty_after"])
+        price = _dec(d.get("avg_cost"))
+        if price is None:
+            price = held.avg_cost if held.qty else (held.last_price or ZERO)
+        held.qty = qty
+        held.cost = qty * price
+        held.updated_at = _time(d.get("occurred_at"), at)
+
+    def _on_CashBalanceRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.account(d["account"]).cash[d["currency"]] = Decimal(d["balance"])
+
+    def _on_ReconciliationCompleted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.account(d["account"]).last_reconciliation = {
+            "reconciliation_id": d["reconciliation_id"],
+            "broker": d["broker"],
+            "status": d["status"],
+            "discrepancies": len(d.get("discrepancies") or ()),
+            "corrective_events": len(d.get("corrective_event_ids") or ()),
+            "at": _time(d.get("occurred_at"), at),
+            "position": pos,
+        }
+
+    def _on_TradingBlocked(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        acct.blocked = True
+        acct.blocked_reason = d["reason"]
+
+    def _on_DiscrepancyAcknowledged(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        acct.blocked = False
+        acct.blocked_reason = ""
+
     # strategy and engine ------------------------------------------------------------------
     def _on_SignalRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.signals[(d["strategy_id"], d["symbol"])] = {
@@ -470,6 +531,11 @@ class TradingState:
         engine["running"] = False
         engine["stopped_at"] = at
 
+    def _on_RecoveryCompleted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        engine = self.engines.setdefault(d["engine_id"], {"running": False, "previous_run_crashed": False})
+        engine["last_recovery"] = {"ready": d["ready"], "position": pos, "at": at,
+                                   "discrepancies": d.get("discrepancies", 0)}
+
     # --------------------------------------------------------------------------- views
     def summary(self) -> dict[str, Any]:
         """A plain, comparable picture of the state (used by tests and the demo)."""
@@ -490,6 +556,10 @@ class TradingState:
                     "ramp_pct": a.ramp_pct,
                     "open_orders": sorted(a.open_orders),
                     "discrepancies": a.discrepancies,
+                    "cash": dict(sorted(a.cash.items())),
+                    "blocked": a.blocked,
+                    "blocked_reason": a.blocked_reason,
+                    "last_reconciliation": a.last_reconciliation,
                     "daily": {
                         day: (s.trades, s.fills, s.volume, s.realized_pnl, s.fees, sorted(s.breaches))
                         for day, s in sorted(a.daily.items())

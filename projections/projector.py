@@ -385,6 +385,8 @@ class _Dirty:
             self.accounts[account] = (position, d.get("occurred_at"), at)
             if type_name == "RiskCheckPassed" or type_name == "DailyLimitBreached":
                 self.days[(account, d["trading_day"])] = position
+            elif type_name == "PositionCorrected":
+                self.positions[(account, d["venue"], d["symbol"])] = position
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
 
@@ -429,7 +431,7 @@ def _risk_row(state: TradingState, account: str, position: int) -> tuple[Any, ..
     # breaker_tripped is the recorded flag; with breaker_until set, readers compare it to now.
     a = state.account(account)
     return (account, a.kill_switch, a.kill_switch_reason, a.breaker_tripped, a.breaker_reason,
-            a.breaker_until, a.ramp_pct, len(a.open_orders), a.discrepancies, position)
+            a.breaker_until, a.ramp_pct, len(a.open_orders), a.discrepancies, a.blocked, a.blocked_reason, position)
 
 
 def _usage_rows(state: TradingState, account: str, position: int, now: datetime) -> list[tuple[Any, ...]]:

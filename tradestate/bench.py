@@ -52,7 +52,14 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-GROUPS = ("append", "batch", "replay", "projection")
+# Groups added by later issues live in their own modules, each with ``run(ctx) -> list[Result]``
+# and ``targets(results) -> list[(met, line)]``.
+PLUGIN_GROUPS = {
+    "recovery": "tradestate.bench_recovery",
+    "reconcile": "tradestate.bench_reconcile",
+    "postmortem": "tradestate.bench_replay",
+}
+GROUPS = ("append", "batch", "replay", "projection", *PLUGIN_GROUPS)
 EVENTS_PER_S = "events/s"
 
 # Targets: the least ours / baseline ratio
@@ -146,6 +153,24 @@ def _fill_payload() -> bytes:
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    """What a plugin group gets: where to put files, sizes, PostgreSQL (None when unreachable)."""
+
+    workdir: str
+    sizes: Sizes
+    pg: PgTarget | None
+    schema_for: Callable[[str], str]
+    backends: tuple[str, ...]
+    quick: bool
+
+
+def _plugin(group: str) -> Any:
+    import importlib
+
+    return importlib.import_module(PLUGIN_GROUPS[group])
 
 
 @dataclass(frozen=True)
@@ -1133,6 +1158,11 @@ def _targets(results: list[Result]) -> list[tuple[bool, str]]:
         if r.metric == "projection_live_lag_p99":
             checks.append((r.value <= TARGET_LAG_P99_MS,
                            f"projection_live_lag_p99 ({r.backend}): {r.value:.2f} ms (target <= {TARGET_LAG_P99_MS:g} ms)"))
+    for group in PLUGIN_GROUPS:
+        try:
+            checks += _plugin(group).targets(results)
+        except ImportError:
+            pass
     return checks
 
 
@@ -1249,6 +1279,10 @@ def run_bench(
                 results += bench_projection_sqlite(workdir, sizes)
             if pg:
                 results += bench_projection_pg(pg, schema_for, sizes)
+        ctx = BenchContext(workdir, sizes, pg, schema_for, _backends, quick)
+        for group in PLUGIN_GROUPS:
+            if group in groups:
+                results += _plugin(group).run(ctx)
     except Exception as e:  # noqa: BLE001 - a benchmark that fails says why and exits non-zero
         _log(f"error: {type(e).__name__}: {e}")
         traceback.print_exc(file=sys.stderr)

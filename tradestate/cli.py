@@ -134,6 +134,13 @@ def bench(
     raise typer.Exit(run_bench(quick=quick, as_json=json, pg_url=pg, sqlite_dir=sqlite_dir, only=only))
 
 
+# Commands that grow with their issues live in their own modules; each adds itself to ``app``.
+from . import cli_chaos, cli_integrity, cli_reconcile, cli_recovery, cli_replay  # noqa: E402
+
+for _module in (cli_recovery, cli_integrity, cli_reconcile, cli_chaos, cli_replay):
+    _module.register(app)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,251 @@
+"""The broker adapter interface: venue-neutral reports that reconciliation diffs against the log.
+
+A report is what one venue said at one moment. Every query either answers completely or raises
+``VenueQueryFailed``: a failed or partial query is "unknown" (``Unknown`` in a ``VenueSnapshot``),
+never "flat" or "no orders". Amounts are ``Decimal`` parsed from the venue's raw strings (never
+through float); times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+# Our statuses (domain/state.py) plus what venues say that we have no word for ("unknown").
+VenueOrderStatus = Literal[
+    "pending",  # accepted by the venue, not yet working (pending_new, PreSubmitted, ...)
+    "open",  # working, nothing filled
+    "partially_filled",
+    "filled",
+    "cancelled",
+    "rejected",
+    "expired",
+    "unknown",  # a status this adapter does not know: reported as is in ``raw_status``
+]
+OPEN_VENUE_STATUSES = frozenset({"pending", "open", "partially_filled"})
+
+
+class VenueError(Exception):
+    """Base of adapter errors: the message says which venue and what went wrong."""
+
+
+class VenueQueryFailed(VenueError):
+    """A query failed or came back incomplete: the answer is unknown, not empty."""
+
+
+class VenueConnectionError(VenueError):
+    """Could not connect, lost the connection, or the venue refused us (e.g. IB error 326)."""
+
+
+class OrderNotFound(VenueError):
+    """The venue does not know this order (looked up by client order id or venue order id)."""
+
+
+@dataclass(frozen=True)
+class VenueFill:
+    exec_id: str  # the venue's execution id (IB: execId; Alpaca: activity id)
+    client_order_id: str | None  # ours, when the order carried it (Alpaca client_order_id, IB orderRef)
+    venue_order_id: str  # the venue's durable order key (Alpaca order id, IB permId)
+    symbol: str
+    side: Literal["buy", "sell"]
+    qty: Decimal
+    price: Decimal
+    fee: Decimal = Decimal(0)
+    fee_currency: str = "USD"
+    occurred_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class VenueOrder:
+    venue_order_id: str
+    client_order_id: str | None
+    symbol: str
+    side: Literal["buy", "sell"]
+    order_type: str  # market, limit, stop, stop_limit
+    qty: Decimal
+    filled_qty: Decimal
+    status: VenueOrderStatus
+    raw_status: str  # exactly what the venue said
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    avg_fill_price: Decimal | None = None
+    time_in_force: str = "day"
+    submitted_at: datetime | None = None
+    updated_at: datetime | None = None
+    fills: tuple[VenueFill, ...] = ()  # when the venue reports them with the order
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_VENUE_STATUSES
+
+
+@dataclass(frozen=True)
+class VenuePosition:
+    symbol: str
+    qty: Decimal  # signed: negative is short
+    avg_cost: Decimal | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class VenueBalance:
+    currency: str
+    cash: Decimal
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A part of a snapshot whose query failed: reconciliation must not treat it as empty."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class VenueSnapshot:
+    """Everything one reconciliation looks at, gathered from one venue account."""
+
+    broker: str  # "sim", "alpaca", "ib"
+    venue: str  # the venue name our events carry (OrderIntentRecorded.venue)
+    account: str  # our account id
+    taken_at: datetime
+    positions: list[VenuePosition] | Unknown
+    open_orders: list[VenueOrder] | Unknown
+    recent_orders: list[VenueOrder] | Unknown  # open and finished orders since ``since``
+    fills: list[VenueFill] | Unknown  # executions since ``since``
+    balances: list[VenueBalance] | Unknown
+    since: datetime | None = None
+
+    def raw_report(self) -> dict[str, Any]:
+        """The venue's raw data this snapshot was built from (stored with the reconciliation)."""
+
+        def part(value: Any) -> Any:
+            if isinstance(value, Unknown):
+                return {"unknown": value.reason}
+            return [item.raw for item in value]
+
+        return {
+            "broker": self.broker,
+            "venue": self.venue,
+            "account": self.account,
+            "taken_at": self.taken_at.isoformat(),
+            "since": self.since.isoformat() if self.since else None,
+            "positions": part(self.positions),
+            "open_orders": part(self.open_orders),
+            "recent_orders": part(self.recent_orders),
+            "fills": part(self.fills),
+            "balances": part(self.balances),
+        }
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """A recorded intent, forwarded to the venue (never one that is not recorded yet)."""
+
+    client_order_id: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    order_type: str
+    qty: Decimal
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: str = "day"
+
+
+@dataclass(frozen=True)
+class VenueUpdate:
+    """One update from the venue's live stream, turned into an event by the order flow."""
+
+    kind: Literal["ack", "fill", "cancelled", "rejected", "expired", "replaced"]
+    client_order_id: str | None
+    venue_order_id: str
+    fill: VenueFill | None = None
+    reason: str = ""
+    occurred_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class BrokerAdapter(abc.ABC):
+    """One venue account. Queries raise ``VenueQueryFailed`` rather than return partial data."""
+
+    broker: str  # "sim", "alpaca", "ib"
+    venue: str  # the venue name on our events
+    account: str  # our account id
+
+    @abc.abstractmethod
+    def positions(self) -> list[VenuePosition]: ...
+
+    @abc.abstractmethod
+    def open_orders(self) -> list[VenueOrder]: ...
+
+    @abc.abstractmethod
+    def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
+        """Open and finished orders updated since ``since`` (the venue's limit applies)."""
+
+    @abc.abstractmethod
+    def fills(self, since: datetime | None = None) -> list[VenueFill]:
+        """Executions since ``since`` (all pages)."""
+
+    @abc.abstractmethod
+    def balances(self) -> list[VenueBalance]: ...
+
+    @abc.abstractmethod
+    def order_by_client_id(self, client_order_id: str) -> VenueOrder:
+        """Look one order up by our id; raises ``OrderNotFound`` if the venue never saw it."""
+
+    # live order flow (optional) ------------------------------------------------------------
+    def submit(self, request: OrderRequest) -> VenueOrder:
+        """Send a recorded intent; a duplicate client order id returns the existing order."""
+        raise NotImplementedError(f"{self.broker}: live order flow is not supported")
+
+    def cancel(self, venue_order_id: str) -> None:
+        raise NotImplementedError(f"{self.broker}: live order flow is not supported")
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
+        """Gather every report; a failed query becomes ``Unknown`` with its reason."""
+
+        def attempt(query: Any, *args: Any) -> Any:
+            try:
+                return query(*args)
+            except VenueError as e:
+                return Unknown(f"{type(e).__name__}: {e}")
+
+        return VenueSnapshot(
+            broker=self.broker,
+            venue=self.venue,
+            account=self.account,
+            taken_at=now,
+            positions=attempt(self.positions),
+            open_orders=attempt(self.open_orders),
+            recent_orders=attempt(self.recent_orders, since),
+            fills=attempt(self.fills, since),
+            balances=attempt(self.balances),
+            since=since,
+        )
+
+
+__all__ = [
+    "BrokerAdapter",
+    "OPEN_VENUE_STATUSES",
+    "OrderNotFound",
+    "OrderRequest",
+    "Unknown",
+    "VenueBalance",
+    "VenueConnectionError",
+    "VenueError",
+    "VenueFill",
+    "VenueOrder",
+    "VenueOrderStatus",
+    "VenuePosition",
+    "VenueQueryFailed",
+    "VenueSnapshot",
+    "VenueUpdate",
+]
