@@ -294,14 +294,17 @@ class TradingState:
     ) -> None:
         if position <= self.position:
             raise ValueError(f"event at position {position} applied after {self.position}")
-        self.position = position
         if type_name == VOID_TYPE:
+            self.position = position
             return
         if data.get(SCHEMA_KEY, 1) != _CURRENT_VERSION[type_name]:
             data = upcast(type_name, data)
+        # The handler runs while ``position`` still names the last applied event: an order that
+        # a restored checkpoint left in the log is brought back as of that point, then updated.
+        self._handlers[type_name](stream_id, data, position, recorded_at)
         self.stream_versions[stream_id] = version
         self.applied += 1
-        self._handlers[type_name](stream_id, data, position, recorded_at)
+        self.position = position
 
     # orders ---------------------------------------------------------------------------
     def _on_OrderIntentRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
@@ -539,9 +542,10 @@ class TradingState:
     # --------------------------------------------------------------------------- views
     def summary(self) -> dict[str, Any]:
         """A plain, comparable picture of the state (used by tests and the demo)."""
+        orders = dict(self.orders.items())  # a restored state brings its finished orders back first
         return {
             "position": self.position,
-            "orders": {sid: o.as_dict() for sid, o in sorted(self.orders.items())},
+            "orders": {sid: o.as_dict() for sid, o in sorted(orders.items())},
             "positions": {
                 "|".join(k): p.as_dict() for k, p in sorted(self.positions.items())
             },

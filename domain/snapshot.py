@@ -1,0 +1,447 @@
+"""Snapshots of ``TradingState`` for checkpoints: what to keep, how to check it, how to load it.
+
+A snapshot keeps everything the engine and the risk checks need *now*: positions, accounts
+(limits, breaker, kill switch, ramp, block, cash, trading-day statistics), open orders in full,
+signals, engines and the versions of every stream that is not a finished order. Finished orders
+(filled, cancelled, rejected, expired, refused) are most of a long log and are almost never
+touched again, so a snapshot keeps only their ids (16 bytes each); the restored state brings one
+back from its own stream, through ``order_loader``, the first time something asks for it (a
+re-sent intent, a late venue fact, a query). That keeps a warm start proportional to the open
+state, not to the history.
+
+Pure: no I/O. The bytes are canonical (orjson, sorted keys) so their checksum is stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from .state import (
+    OPEN_STATUSES,
+    AccountState,
+    DailyStats,
+    OrderState,
+    PositionState,
+    TradingState,
+)
+
+SNAPSHOT_VERSION = 1
+ORDER_PREFIX = "order-"
+ABSURD = Decimal("1e15")  # no quantity, price or amount in a valid state reaches this
+# rows of one order stream: (position, stream_id, version, type, payload bytes, recorded_at)
+OrderRows = Iterable[tuple[int, str, int, str, bytes, datetime]]
+OrderLoader = Callable[[str, int], OrderRows]
+
+
+class SnapshotInvalid(ValueError):
+    """A snapshot failed validation; the message says which check and where."""
+
+
+# ------------------------------------------------------------------------------ lazy orders
+
+
+class LazyOrders(dict):  # type: ignore[type-arg]
+    """``TradingState.orders`` after a restore: open orders are present; finished ones come back
+    from the log when first asked for. Lookups of present keys stay plain dict lookups (the fold's
+    hot path); only a miss, a membership test or a full iteration does more."""
+
+    def __init__(self, state: TradingState, cold: set[bytes], loader: OrderLoader | None):
+        super().__init__()
+        self._state = state
+        self._cold = cold  # 16-byte uuids of finished order streams not loaded yet
+        self._loader = loader
+
+    def _cold_key(self, sid: str) -> bytes | None:
+        if not self._cold or not sid.startswith(ORDER_PREFIX):
+            return None
+        try:
+            key = UUID(sid[len(ORDER_PREFIX):]).bytes
+        except ValueError:
+            return None
+        return key if key in self._cold else None
+
+    def __missing__(self, sid: str) -> OrderState:
+        key = self._cold_key(sid)
+        if key is None:
+            raise KeyError(sid)
+        if self._loader is None:
+            raise KeyError(f"{sid} is in the checkpoint's finished orders but no order loader was given")
+        order = materialize_order(self._state, sid, self._loader(sid, self._state.position))
+        self._cold.discard(key)
+        dict.__setitem__(self, sid, order)
+        return order
+
+    def get(self, sid: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[sid]
+        except KeyError:
+            return default
+
+    def __contains__(self, sid: object) -> bool:
+        return dict.__contains__(self, sid) or (isinstance(sid, str) and self._cold_key(sid) is not None)
+
+    @property
+    def unloaded(self) -> int:
+        return len(self._cold)
+
+    def load_all(self, rows: Iterable[tuple[int, str, int, str, bytes, datetime]] | None = None) -> None:
+        """Bring every finished order back. ``rows`` (the log up to the state's position) is one
+        pass instead of one read per order."""
+        if not self._cold:
+            return
+        if rows is None or self._loader is not None and len(self._cold) < 64:
+            for key in list(self._cold):
+                self[ORDER_PREFIX + str(UUID(bytes=key))]
+            return
+        scratch = TradingState(self._state.exchange_tz)
+        for position, stream, version, type_name, data, at in rows:
+            if stream.startswith(ORDER_PREFIX) or type_name == "$void":
+                scratch.apply(position, stream, version, type_name, orjson.loads(data), at)
+        for sid, order in scratch.orders.items():
+            key = UUID(sid[len(ORDER_PREFIX):]).bytes
+            if key in self._cold:
+                order.account_state = self._state.account(order.account)
+                self._state.stream_versions[sid] = scratch.stream_versions[sid]
+                dict.__setitem__(self, sid, order)
+                self._cold.discard(key)
+
+    def _everything(self) -> None:
+        if self._cold:
+            if self._loader is None:
+                raise RuntimeError("finished orders of the checkpoint are not loaded and no order loader was given")
+            self.load_all()
+
+    def __iter__(self) -> Iterator[str]:
+        self._everything()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        return dict.__len__(self) + len(self._cold)
+
+    def keys(self):  # type: ignore[override]
+        self._everything()
+        return dict.keys(self)
+
+    def values(self):  # type: ignore[override]
+        self._everything()
+        return dict.values(self)
+
+    def items(self):  # type: ignore[override]
+        self._everything()
+        return dict.items(self)
+
+
+def materialize_order(state: TradingState, sid: str, rows: OrderRows) -> OrderState:
+    """An order folded from its own stream alone (positions and statistics of the scratch fold are
+    thrown away: the snapshot already counts them), attached to the live account."""
+    scratch = TradingState(state.exchange_tz)
+    last = 0
+    for position, stream, version, type_name, data, at in rows:
+        if stream != sid:
+            continue
+        scratch.position = position - 1  # only this stream's rows: positions are not contiguous
+        scratch.apply(position, stream, version, type_name, orjson.loads(data), at)
+        last = version
+    order = scratch.orders.get(sid)
+    if order is None:
+        raise KeyError(f"order stream {sid} has no intent in the log (checkpoint and log disagree)")
+    order.account_state = state.account(order.account)
+    if order.is_open:  # it was finished when the snapshot was taken; a log that says otherwise is not ours
+        raise KeyError(f"order stream {sid} is open in the log but finished in the checkpoint")
+    state.stream_versions[sid] = last
+    return order
+
+
+# ------------------------------------------------------------------------------ take
+
+
+def _d(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _t(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _order_doc(o: OrderState) -> dict[str, Any]:
+    return {
+        "stream_id": o.stream_id,
+        "intent": o.intent,
+        "external": o.external,
+        "qty": _d(o.qty),
+        "limit_price": _d(o.limit_price),
+        "stop_price": _d(o.stop_price),
+        "status": o.status,
+        "filled_qty": _d(o.filled_qty),
+        "fill_notional": _d(o.fill_notional),
+        "fees": _d(o.fees),
+        "venue_order_id": o.venue_order_id,
+        "executions": {k: [_d(q), _d(p), pos] for k, (q, p, pos) in o.executions.items()},
+        "cancel_requested": o.cancel_requested,
+        "discrepancies": o.discrepancies,
+        "discrepancy_keys": [[list(k), pos] for k, pos in o.discrepancy_keys.items()],
+        "refusal": o.refusal,
+        "positions": o.positions,
+        "created_at": _t(o.created_at),
+        "updated_at": _t(o.updated_at),
+    }
+
+
+def _account_doc(a: AccountState) -> dict[str, Any]:
+    last = a.last_reconciliation
+    return {
+        "limits": {k: _d(v) for k, v in a.limits.items()},
+        "symbol_position_limits": {k: _d(v) for k, v in a.symbol_position_limits.items()},
+        "breaker_tripped": a.breaker_tripped,
+        "breaker_reason": a.breaker_reason,
+        "breaker_until": _t(a.breaker_until),
+        "kill_switch": a.kill_switch,
+        "kill_switch_reason": a.kill_switch_reason,
+        "ramp_pct": a.ramp_pct,
+        "open_orders": list(a.open_orders),
+        "daily": {day: [s.trades, s.fills, _d(s.volume), _d(s.realized_pnl), _d(s.fees), sorted(s.breaches)]
+                  for day, s in a.daily.items()},
+        "discrepancies": a.discrepancies,
+        "cash": {k: _d(v) for k, v in a.cash.items()},
+        "blocked": a.blocked,
+        "blocked_reason": a.blocked_reason,
+        "last_reconciliation": None if last is None else {**last, "at": _t(last["at"])},
+    }
+
+
+def _position_doc(p: PositionState) -> list[Any]:
+    return [p.account, p.venue, p.symbol, _d(p.qty), _d(p.cost), _d(p.realized_pnl), _d(p.fees),
+            _d(p.last_price), _t(p.updated_at)]
+
+
+def _engine_doc(e: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (_t(v) if isinstance(v, datetime) else v) for k, v in e.items() if k != "last_recovery"}
+    if e.get("last_recovery") is not None:
+        out["last_recovery"] = {**e["last_recovery"], "at": _t(e["last_recovery"]["at"])}
+    return out
+
+
+def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
+    """(document, finished order ids packed as 16-byte uuids) of the state as it is now."""
+    orders = dict.items(state.orders) if isinstance(state.orders, LazyOrders) else state.orders.items()
+    hot: list[dict[str, Any]] = []
+    cold = bytearray()
+    for sid, order in orders:
+        if order.status in OPEN_STATUSES:
+            hot.append(_order_doc(order))
+        else:
+            cold += UUID(sid[len(ORDER_PREFIX):]).bytes
+    if isinstance(state.orders, LazyOrders):
+        for key in state.orders._cold:
+            cold += key
+    versions = {sid: v for sid, v in state.stream_versions.items()
+                if not sid.startswith(ORDER_PREFIX)}
+    versions.update((o["stream_id"], state.stream_versions[o["stream_id"]]) for o in hot)
+    doc = {
+        "snapshot_version": SNAPSHOT_VERSION,
+        "position": state.position,
+        "applied": state.applied,
+        "exchange_tz": state.exchange_tz,
+        "orders": hot,
+        "finished_orders": len(cold) // 16,
+        "positions": [_position_doc(p) for p in state.positions.values()],
+        "accounts": {name: _account_doc(a) for name, a in state.accounts.items()},
+        "signals": [{**s, "value": _d(s["value"]), "at": _t(s["at"])} for s in state.signals.values()],
+        "engines": {name: _engine_doc(e) for name, e in state.engines.items()},
+        "stream_versions": versions,
+    }
+    return doc, bytes(cold)
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+def checksum(data: bytes, finished: bytes) -> str:
+    h = hashlib.sha256()
+    h.update(len(data).to_bytes(8, "big"))
+    h.update(data)
+    h.update(finished)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ validate
+
+
+def _walk_times(doc: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for o in doc["orders"]:
+        yield f"order {o['stream_id']} created_at", o["created_at"]
+        yield f"order {o['stream_id']} updated_at", o["updated_at"]
+    for p in doc["positions"]:
+        if p[8]:
+            yield f"position {p[0]}/{p[1]}/{p[2]} updated_at", p[8]
+    for s in doc["signals"]:
+        yield f"signal {s['strategy_id']}/{s['symbol']} at", s["at"]
+    for name, e in doc["engines"].items():
+        for key in ("started_at", "stopped_at"):
+            if e.get(key):
+                yield f"engine {name} {key}", e[key]
+
+
+def _amounts(doc: dict[str, Any]) -> Iterator[tuple[str, str | None, bool]]:
+    """(where, value, must be a price (> 0))"""
+    for o in doc["orders"]:
+        where = f"order {o['stream_id']}"
+        yield f"{where} qty", o["qty"], False
+        yield f"{where} limit_price", o["limit_price"], True
+        yield f"{where} stop_price", o["stop_price"], True
+        yield f"{where} filled_qty", o["filled_qty"], False
+        for exec_id, (qty, price, _pos) in o["executions"].items():
+            yield f"{where} execution {exec_id} qty", qty, False
+            yield f"{where} execution {exec_id} price", price, True
+    for p in doc["positions"]:
+        where = f"position {p[0]}/{p[1]}/{p[2]}"
+        yield f"{where} qty", p[3], False
+        yield f"{where} cost", p[4], False
+        yield f"{where} last_price", p[7], True
+    for name, a in doc["accounts"].items():
+        for k, v in {**a["limits"], **a["symbol_position_limits"]}.items():
+            yield f"account {name} limit {k}", v, False
+        for k, v in a["cash"].items():
+            yield f"account {name} cash {k}", v, False
+
+
+def problems(doc: dict[str, Any], *, position: int, head: int, now: datetime,
+             max_clock_skew: timedelta = timedelta(minutes=5)) -> list[str]:
+    """Everything wrong with a snapshot document (empty when it may be loaded)."""
+    found: list[str] = []
+    if doc.get("snapshot_version") != SNAPSHOT_VERSION:
+        return [f"snapshot version {doc.get('snapshot_version')!r} is not {SNAPSHOT_VERSION} (written by another "
+                "tradestate version)"]
+    if doc.get("position") != position:
+        found.append(f"the document says position {doc.get('position')}, its row says {position}")
+    if position > head:
+        found.append(f"position {position} is beyond the log head {head}")
+    latest = now + max_clock_skew
+    for where, text in _walk_times(doc):
+        try:
+            when = datetime.fromisoformat(text)
+        except (TypeError, ValueError):
+            found.append(f"{where}: not a time: {text!r}")
+            continue
+        if when.tzinfo is None:
+            found.append(f"{where}: time without a zone: {text}")
+        elif when > latest:
+            found.append(f"{where} is in the future: {text}")
+    for where, text, is_price in _amounts(doc):
+        if text is None:
+            continue
+        try:
+            value = Decimal(text)
+        except (InvalidOperation, TypeError):
+            found.append(f"{where}: not a number: {text!r}")
+            continue
+        if not value.is_finite() or abs(value) >= ABSURD:
+            found.append(f"{where} is absurd: {text}")
+        elif is_price and value <= 0:
+            found.append(f"{where} is not a positive price: {text}")
+        elif where.endswith(("qty", "filled_qty")) and " position " not in f" {where}" and value < 0:
+            found.append(f"{where} is negative: {text}")
+    for p in doc["positions"]:
+        qty, cost = Decimal(p[3]), Decimal(p[4])
+        if qty and cost / qty < 0:
+            found.append(f"position {p[0]}/{p[1]}/{p[2]} has a negative average cost: {cost / qty}")
+    return found[:50]
+
+
+# ------------------------------------------------------------------------------ restore
+
+
+def _dn(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _tn(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def restore(doc: dict[str, Any], finished: bytes, *, order_loader: OrderLoader | None) -> TradingState:
+    """A live ``TradingState`` from a validated snapshot; finished orders load lazily."""
+    state = TradingState(doc["exchange_tz"])
+    state.position = doc["position"]
+    state.applied = doc["applied"]
+    state.stream_versions = dict(doc["stream_versions"])
+    cold = {finished[i:i + 16] for i in range(0, len(finished), 16)}
+    state.orders = LazyOrders(state, cold, order_loader)
+    for name, a in doc["accounts"].items():
+        acct = state.account(name)
+        acct.limits = {k: Decimal(v) for k, v in a["limits"].items()}
+        acct.symbol_position_limits = {k: Decimal(v) for k, v in a["symbol_position_limits"].items()}
+        acct.breaker_tripped = a["breaker_tripped"]
+        acct.breaker_reason = a["breaker_reason"]
+        acct.breaker_until = _tn(a["breaker_until"])
+        acct.kill_switch = a["kill_switch"]
+        acct.kill_switch_reason = a["kill_switch_reason"]
+        acct.ramp_pct = a["ramp_pct"]
+        acct.discrepancies = a["discrepancies"]
+        acct.cash = {k: Decimal(v) for k, v in a["cash"].items()}
+        acct.blocked = a["blocked"]
+        acct.blocked_reason = a["blocked_reason"]
+        last = a["last_reconciliation"]
+        acct.last_reconciliation = None if last is None else {**last, "at": _tn(last["at"])}
+        for day, (trades, fills, volume, realized, fees, breaches) in a["daily"].items():
+            acct.daily[day] = DailyStats(trades, fills, Decimal(volume), Decimal(realized), Decimal(fees),
+                                         set(breaches))
+    for o in doc["orders"]:
+        intent = o["intent"]
+        order = OrderState(o["stream_id"], intent, o["positions"]["intent"], _tn(o["created_at"]))  # type: ignore[arg-type]
+        order.external = o["external"]
+        order.qty = Decimal(o["qty"])
+        order.limit_price = _dn(o["limit_price"])
+        order.stop_price = _dn(o["stop_price"])
+        order.status = o["status"]
+        order.filled_qty = Decimal(o["filled_qty"])
+        order.fill_notional = Decimal(o["fill_notional"])
+        order.fees = Decimal(o["fees"])
+        order.venue_order_id = o["venue_order_id"]
+        order.executions = {k: (Decimal(q), Decimal(p), pos) for k, (q, p, pos) in o["executions"].items()}
+        order.cancel_requested = o["cancel_requested"]
+        order.discrepancies = o["discrepancies"]
+        order.discrepancy_keys = {tuple(k): pos for k, pos in o["discrepancy_keys"]}
+        order.refusal = o["refusal"]
+        order.positions = dict(o["positions"])
+        order.updated_at = _tn(o["updated_at"])  # type: ignore[assignment]
+        order.account_state = state.account(order.account)
+        dict.__setitem__(state.orders, order.stream_id, order)
+    for name, a in doc["accounts"].items():
+        acct = state.accounts[name]
+        acct.open_orders = {sid: state.orders[sid] for sid in a["open_orders"]}
+    for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at in doc["positions"]:
+        p = PositionState(account, venue, symbol)
+        p.qty, p.cost, p.realized_pnl, p.fees = Decimal(qty), Decimal(cost), Decimal(realized), Decimal(fees)
+        p.last_price = _dn(last_price)
+        p.updated_at = _tn(updated_at)
+        state.positions[(account, venue, symbol)] = p
+    for s in doc["signals"]:
+        state.signals[(s["strategy_id"], s["symbol"])] = {**s, "value": _dn(s["value"]), "at": _tn(s["at"])}
+    for name, e in doc["engines"].items():
+        engine = {k: (_tn(v) if k in ("started_at", "stopped_at") else v) for k, v in e.items()}
+        if engine.get("last_recovery") is not None:
+            engine["last_recovery"] = {**engine["last_recovery"], "at": _tn(engine["last_recovery"]["at"])}
+        state.engines[name] = engine
+    return state
+
+
+__all__ = [
+    "LazyOrders",
+    "SNAPSHOT_VERSION",
+    "SnapshotInvalid",
+    "checksum",
+    "encode",
+    "materialize_order",
+    "problems",
+    "restore",
+    "take",
+]
