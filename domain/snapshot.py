@@ -38,6 +38,7 @@ ABSURD = Decimal("1e15")  # no quantity, price or amount in a valid state reache
 # rows of one order stream: (position, stream_id, version, type, payload bytes, recorded_at)
 OrderRows = Iterable[tuple[int, str, int, str, bytes, datetime]]
 OrderLoader = Callable[[str, int], OrderRows]
+LogReader = Callable[[int], OrderRows]  # every row up to a position, in order (one pass)
 
 
 class SnapshotInvalid(ValueError):
@@ -52,11 +53,13 @@ class LazyOrders(dict):  # type: ignore[type-arg]
     from the log when first asked for. Lookups of present keys stay plain dict lookups (the fold's
     hot path); only a miss, a membership test or a full iteration does more."""
 
-    def __init__(self, state: TradingState, cold: set[bytes], loader: OrderLoader | None):
+    def __init__(self, state: TradingState, cold: set[bytes], loader: OrderLoader | None,
+                 log_reader: LogReader | None = None):
         super().__init__()
         self._state = state
         self._cold = cold  # 16-byte uuids of finished order streams not loaded yet
         self._loader = loader
+        self._log_reader = log_reader
 
     def _cold_key(self, sid: str) -> bytes | None:
         if not self._cold or not sid.startswith(ORDER_PREFIX):
@@ -96,7 +99,9 @@ class LazyOrders(dict):  # type: ignore[type-arg]
         pass instead of one read per order."""
         if not self._cold:
             return
-        if rows is None or self._loader is not None and len(self._cold) < 64:
+        if rows is None and self._log_reader is not None and len(self._cold) >= 64:
+            rows = self._log_reader(self._state.position)
+        if rows is None:
             for key in list(self._cold):
                 self[ORDER_PREFIX + str(UUID(bytes=key))]
             return
@@ -367,14 +372,15 @@ def _tn(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def restore(doc: dict[str, Any], finished: bytes, *, order_loader: OrderLoader | None) -> TradingState:
+def restore(doc: dict[str, Any], finished: bytes, *, order_loader: OrderLoader | None,
+            log_reader: LogReader | None = None) -> TradingState:
     """A live ``TradingState`` from a validated snapshot; finished orders load lazily."""
     state = TradingState(doc["exchange_tz"])
     state.position = doc["position"]
     state.applied = doc["applied"]
     state.stream_versions = dict(doc["stream_versions"])
     cold = {finished[i:i + 16] for i in range(0, len(finished), 16)}
-    state.orders = LazyOrders(state, cold, order_loader)
+    state.orders = LazyOrders(state, cold, order_loader, log_reader)
     for name, a in doc["accounts"].items():
         acct = state.account(name)
         acct.limits = {k: Decimal(v) for k, v in a["limits"].items()}

@@ -199,3 +199,13 @@ def test_checkpoints_anywhere_then_tail_equal_a_fresh_fold(seed, n, cuts):
                     cp.write(store, fresh_fold(store, cut), keep=10)
             for stop in {head, max(1, head // 2)}:
                 assert cp.state_at(store, stop).summary() == fresh_fold(store, stop).summary()
+
+
+def test_many_finished_orders_come_back_in_one_pass_over_the_log(db_url, store):
+    with tradestate.connect(db_url, clock=Clock()) as client:
+        write_session(client, 900, seed=5)
+    cp.write(store, fresh_fold(store))
+    loaded = cp.load(store)
+    assert loaded.state.orders.unloaded >= 64  # the one-pass path, not a read per order
+    assert loaded.state.summary() == fresh_fold(store).summary()
+    assert loaded.state.orders.unloaded == 0

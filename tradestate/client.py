@@ -94,6 +94,7 @@ class ClientStats:
     conflicts: int = 0
     retries: int = 0
     refusals: int = 0
+    checkpoint_failures: int = 0
 
 
 def _build(cls: type[ev.Event], **fields: Any) -> Any:
@@ -119,7 +120,13 @@ class TradestateClient:
         exchange_tz: str = "America/New_York",
         max_attempts: int = 8,
         max_failures: int = 3,
+        use_checkpoints: bool = True,
+        checkpoint_every: int | None = None,
+        checkpoint_seconds: float = 60.0,
     ):
+        """``use_checkpoints``: start from the newest valid checkpoint and fold only the tail
+        (``self.loaded`` says which was used and which were refused). ``checkpoint_every``:
+        write a checkpoint every that many events (or ``checkpoint_seconds``) after an append."""
         self.store = store
         self.clock = clock
         self.new_id = new_id
@@ -129,7 +136,19 @@ class TradestateClient:
         self.stats = ClientStats()
         self._lock = threading.RLock()
         self._attempt: list[tuple[str, int, str, dict[str, Any], bytes]] = []
+        self.loaded = None
+        if use_checkpoints:
+            from .adapters.store import checkpoints
+
+            self.loaded = checkpoints.load(store)
+            if self.loaded.state is not None and self.loaded.state.exchange_tz == exchange_tz:
+                self.state = self.loaded.state
         self.catch_up()
+        self.checkpointer = None
+        if checkpoint_every is not None:
+            from .adapters.store.checkpoints import Checkpointer
+
+            self.checkpointer = Checkpointer(store, every_events=checkpoint_every, every_seconds=checkpoint_seconds)
 
     # ------------------------------------------------------------------------ log plumbing
     def catch_up(self) -> int:
@@ -213,7 +232,10 @@ class TradestateClient:
                 if isinstance(decision, rules.AlreadyRecorded):
                     return decision, [decision.position]
                 try:
-                    return decision, self._append(decision)
+                    positions = self._append(decision)
+                    if self.checkpointer is not None:
+                        self._checkpoint()
+                    return decision, positions
                 except ConcurrencyConflict as e:
                     self.stats.conflicts += 1
                     last_error = e
@@ -234,6 +256,14 @@ class TradestateClient:
             f"could not record after {attempt + 1} attempts; nothing was appended by this call "
             f"unless the log shows it (retrying the same call is safe): {last_error}"
         ) from last_error
+
+    def _checkpoint(self) -> None:
+        # A checkpoint is a cache: failing to write one must never fail the append that is done.
+        try:
+            self.checkpointer.maybe(self.state)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001
+            self.stats.checkpoint_failures += 1
+            self.last_checkpoint_error = f"{type(e).__name__}: {e}"
 
     def _fact(self, decide: Callable[[], rules.Decision], event: ev.Event) -> Recorded:
         decision, positions = self._record(decide)

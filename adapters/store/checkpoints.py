@@ -138,9 +138,19 @@ def _info(row: tuple[Any, ...]) -> CheckpointInfo:
 _COLUMNS = "id, position, created_at, snapshot_version, checksum, open_orders, finished_orders"
 
 
+def table_exists(store: Store) -> bool:
+    with _cursor(store, write=False) as cur:
+        if store.kind == "sqlite":
+            cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
+            return cur.fetchone() is not None
+        cur.execute("SELECT to_regclass(%s)", (_table(store),))
+        return cur.fetchone()[0] is not None
+
+
 def list_checkpoints(store: Store) -> list[CheckpointInfo]:
     """Newest first."""
-    create_table(store)
+    if not table_exists(store):
+        return []
     length = "length" if store.kind == "sqlite" else "octet_length"
     with _cursor(store, write=False) as cur:
         cur.execute(f"SELECT {_COLUMNS}, {length}(document) + {length}(finished) FROM {_table(store)} "
@@ -230,9 +240,8 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
     now = now or datetime.now(timezone.utc)
     head = store.trading.head() if head is None else head
     result = Loaded(None, None)
-    if not store.trading.exists():
+    if not store.trading.exists() or not table_exists(store):
         return result
-    create_table(store)
     limit = head if at_or_before is None else min(head, at_or_before)
     p = _p(store)
     with _cursor(store, write=False) as cur:
@@ -264,7 +273,8 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
                 result.rejected.append(Rejected(info, reasons))
                 continue
             try:
-                result.state = snapshot.restore(doc, finished, order_loader=order_loader(store))
+                result.state = snapshot.restore(doc, finished, order_loader=order_loader(store),
+                                                log_reader=lambda upto: store.trading.iter_rows(0, upto))
             except (KeyError, TypeError, ValueError, ArithmeticError) as e:
                 result.rejected.append(Rejected(info, [f"cannot be restored: {type(e).__name__}: {e}"]))
                 continue
