@@ -1029,12 +1029,10 @@ ES_REPLAY = "eventsourcing default: select_notifications + to_domain_event + fol
 # ------------------------------------------------------------------------- replay: group
 
 
-def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
+def bench_replay_sqlite_log(path: str, n: int) -> None:
+    """A fresh SQLite log at ``path`` holding ``n`` generated trading events."""
     from .adapters.store import open_store
 
-    n = sizes.replay_events
-    path = os.path.join(workdir, "replay.db")
-    _log(f"sqlite replay: generating and loading {n:,} events")
     open_store(f"sqlite:///{path}").close()
     t0 = time.perf_counter()
     conn = _sqlite_raw_conn(path)
@@ -1047,6 +1045,15 @@ def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # readers then see one file, no WAL to search
     conn.close()
     _log(f"  loaded in {time.perf_counter() - t0:.1f} s ({os.path.getsize(path) / 1e6:,.0f} MB)")
+
+
+def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
+    from .adapters.store import open_store
+
+    n = sizes.replay_events
+    path = os.path.join(workdir, "replay.db")
+    _log(f"sqlite replay: generating and loading {n:,} events")
+    bench_replay_sqlite_log(path, n)
 
     app, es_replay = _es_app(
         {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": os.path.join(workdir, "replay_es.db")}, n)

@@ -19,15 +19,8 @@ app = typer.Typer(
     help="Event-sourced trading state: a durable log of every intent, fill and risk action.",
 )
 
-DbOption = Annotated[
-    Optional[str],
-    typer.Option("--db", help="Database URL: sqlite:///path.db or postgresql://... (default: $TRADESTATE_DB, then sqlite:///tradestate.db)"),
-]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
+from .cli_common import DbOption
+from .cli_common import fail as _fail
 
 
 @app.command()

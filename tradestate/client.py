@@ -123,6 +123,7 @@ class TradestateClient:
         use_checkpoints: bool = True,
         checkpoint_every: int | None = None,
         checkpoint_seconds: float = 60.0,
+        initial_state: TradingState | None = None,
     ):
         """``use_checkpoints``: start from the newest valid checkpoint and fold only the tail
         (``self.loaded`` says which was used and which were refused). ``checkpoint_every``:
@@ -137,7 +138,9 @@ class TradestateClient:
         self._lock = threading.RLock()
         self._attempt: list[tuple[str, int, str, dict[str, Any], bytes]] = []
         self.loaded = None
-        if use_checkpoints:
+        if initial_state is not None:  # recovery folded it already (checkpoint + tail)
+            self.state = initial_state
+        elif use_checkpoints:
             from .adapters.store import checkpoints
 
             self.loaded = checkpoints.load(store)
@@ -459,8 +462,23 @@ class TradestateClient:
                    version=version, config_hash=config_hash)
         return self._fact(lambda: rules.Append([(engine_stream_id(e.engine_id), e)]), e)
 
+    def previous_run_crashed(self, engine_id: str) -> bool:
+        """After ``engine_started``: whether the run before it never recorded a clean stop (then
+        run ``tradestate recover`` before trading)."""
+        engine = self.state.engines.get(engine_id)
+        return bool(engine and engine.get("previous_run_crashed"))
+
     def engine_stopped(self, engine_id: str, reason: str = "clean shutdown") -> Recorded:
         e = _build(ev.EngineStopped, **self._envelope(None, None, None), engine_id=engine_id, reason=reason)
+        return self._fact(lambda: rules.Append([(engine_stream_id(e.engine_id), e)]), e)
+
+    def record_recovery(self, engine_id: str, *, ready: bool, steps: list[dict[str, Any]], strict: bool = False,
+                        crashed: bool = False, checkpoint_position: int | None = None, head: int = 0,
+                        replayed: int = 0, discrepancies: int = 0, corrective_events: int = 0) -> Recorded:
+        """Record the report of a recovery run on the engine's stream."""
+        e = _build(ev.RecoveryCompleted, **self._envelope(None, None, None), engine_id=engine_id, ready=ready,
+                   strict=strict, crashed=crashed, checkpoint_position=checkpoint_position, head=head,
+                   replayed=replayed, discrepancies=discrepancies, corrective_events=corrective_events, steps=steps)
         return self._fact(lambda: rules.Append([(engine_stream_id(e.engine_id), e)]), e)
 
     def record_bar(self, venue: str, symbol: str, timeframe: str, start: datetime,

@@ -1,0 +1,260 @@
+"""``tradestate recover``: from a crash to ready-to-trade, one step at a time, every step on record.
+
+detect (did the engine stop cleanly?) → verify (the digest chain) → load the newest valid
+checkpoint → replay the tail → reconcile with each configured broker → check health → record the
+report (``RecoveryCompleted``) and, when ready after a crash, the resumption with its ramp level.
+A broker that cannot be queried makes its part "unknown" (never "flat"); in strict mode any
+discrepancy leaves trading blocked until an operator acknowledges it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .adapters.store import Store, checkpoints
+from .domain.ids import engine_stream_id
+from .domain.state import TradingState
+
+STEP_NAMES = ("detect", "verify", "checkpoint", "replay", "reconcile", "health", "record")
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # ok, warn, failed, skipped
+    seconds: float
+    detail: str
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RecoveryReport:
+    engine_id: str
+    ready: bool = False
+    strict: bool = False
+    crashed: bool = False
+    head: int = 0
+    checkpoint_position: int | None = None
+    replayed: int = 0
+    discrepancies: int = 0
+    corrective_events: int = 0
+    blocked_accounts: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    recorded_position: int | None = None
+    seconds: float = 0.0
+    ready_seconds: float = 0.0  # to a caught-up, reconciled state (before recording the report)
+    reconciliations: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def step(self, name: str) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def detect(store: Store, engine_id: str) -> tuple[bool, str]:
+    """(crashed, why): a start with no clean stop before the next start (or before now) is a
+    crash, until a recovery is recorded after it."""
+    running_since: int | None = None
+    crashed_at: int | None = None
+    recovered_at: int | None = None
+    for e in store.trading.read_stream(engine_stream_id(engine_id)):
+        if e.topic == "EngineStarted":
+            if running_since is not None:
+                crashed_at = running_since
+            running_since = e.position
+        elif e.topic == "EngineStopped":
+            running_since = None
+        elif e.topic == "RecoveryCompleted":
+            crashed_at, recovered_at = None, e.position
+    if running_since is not None and (recovered_at is None or running_since > recovered_at):
+        crashed_at = running_since
+    if crashed_at is not None:
+        return True, (f"engine {engine_id!r} started at position {crashed_at} and never recorded a clean stop: "
+                      "recovering from a crash")
+    if recovered_at is not None:
+        return False, f"engine {engine_id!r}: last crash already recovered (report at position {recovered_at})"
+    if running_since is None and store.trading.read_stream(engine_stream_id(engine_id)):
+        return False, f"engine {engine_id!r} stopped cleanly"
+    return False, f"no start of engine {engine_id!r} on record"
+
+
+def _verify(store: Store, mode: str, since: int) -> Step:
+    timer = _Timer()
+    if mode == "none":
+        return Step("verify", "skipped", timer.seconds, "skipped (--no-verify)")
+    try:
+        from .adapters.store import digest
+    except ImportError:
+        return Step("verify", "skipped", timer.seconds, "the digest chain is not available in this version")
+    kwargs: dict[str, Any] = {}
+    if mode == "tail":
+        import inspect
+
+        if "after" in inspect.signature(digest.verify).parameters:
+            kwargs["after"] = since
+    result = digest.verify(store, **kwargs)
+    counts = {"checked": getattr(result, "checked_events", 0), "sealed_upto": getattr(result, "sealed_upto", 0),
+              "unsealed": getattr(result, "unsealed_events", 0)}
+    if not result.ok:
+        return Step("verify", "failed", timer.seconds,
+                    f"the log was altered: first bad position {result.first_bad_position} "
+                    f"({getattr(result, 'problem', '')}: {getattr(result, 'detail', '')})", counts)
+    scope = "whole chain" if not kwargs else f"chain links, and events after position {since}"
+    return Step("verify", "ok", timer.seconds, f"digest chain intact ({scope})", counts)
+
+
+def _health(store: Store, state: TradingState, head: int, now: datetime) -> tuple[Step, list[str]]:
+    timer = _Timer()
+    problems: list[str] = []
+    notes: list[str] = []
+    if state.position < head:
+        problems.append(f"the fold stopped at {state.position}, the log head is {head} (an append in flight?)")
+    blocked = sorted(a.account for a in state.accounts.values() if a.blocked)
+    for name in blocked:
+        problems.append(f"account {name}: trading blocked until acknowledged ({state.accounts[name].blocked_reason})")
+    for a in state.accounts.values():
+        if a.kill_switch:
+            notes.append(f"account {a.account}: kill switch engaged ({a.kill_switch_reason})")
+        if a.breaker_active(now):
+            notes.append(f"account {a.account}: circuit breaker tripped ({a.breaker_reason})")
+    open_orders = sum(len(a.open_orders) for a in state.accounts.values())
+    counts = {"open_orders": open_orders, "positions": sum(1 for p in state.positions.values() if p.qty),
+              "accounts": len(state.accounts)}
+    if problems:
+        return Step("health", "failed", timer.seconds, "; ".join(problems + notes), counts), blocked
+    return Step("health", "warn" if notes else "ok", timer.seconds,
+                "; ".join(notes) or "state caught up with the log; nothing blocked", counts), blocked
+
+
+def recover(
+    store: Store,
+    *,
+    engine_id: str = "engine",
+    strict: bool = False,
+    adapters: Sequence[Any] = (),
+    verify: str = "tail",  # tail | full | none
+    ramp: int | None = None,  # None: 50 % after a crash, nothing recorded after a clean stop
+    record: bool = True,
+    clock: Callable[[], datetime] | None = None,
+    exchange_tz: str = "America/New_York",
+) -> tuple[RecoveryReport, Any]:
+    """Run the recovery sequence; returns (report, a TradestateClient on the recovered state)."""
+    from .client import TradestateClient
+
+    if verify not in ("tail", "full", "none"):
+        raise ValueError("verify must be tail, full or none")
+    if ramp is not None and ramp not in (50, 75, 100):
+        raise ValueError("ramp must be 50, 75 or 100")
+    clock = clock or (lambda: datetime.now(timezone.utc))
+    total = _Timer()
+    report = RecoveryReport(engine_id=engine_id, strict=strict)
+
+    # 1. detect
+    timer = _Timer()
+    report.crashed, detail = detect(store, engine_id)
+    report.head = store.trading.head()
+    report.steps.append(Step("detect", "warn" if report.crashed else "ok", timer.seconds, detail,
+                             {"head": report.head}))
+
+    # 3. checkpoint (before verify: the tail to verify starts at its position)
+    timer = _Timer()
+    loaded = checkpoints.load(store, head=report.head)
+    refused = [f"checkpoint {r.checkpoint.id} at {r.checkpoint.position}: {'; '.join(r.reasons[:3])}"
+               for r in loaded.rejected]
+    if loaded.state is not None and loaded.state.exchange_tz == exchange_tz:
+        state = loaded.state
+        report.checkpoint_position = loaded.checkpoint.position  # type: ignore[union-attr]
+        detail = f"checkpoint {loaded.checkpoint.id} at position {report.checkpoint_position} loaded"  # type: ignore[union-attr]
+    else:
+        state = TradingState(exchange_tz)
+        detail = "no valid checkpoint: replaying from zero"
+    if refused:
+        detail += "; refused: " + " | ".join(refused)
+    checkpoint_step = Step("checkpoint", "warn" if refused else "ok", timer.seconds, detail,
+                           {"refused": len(refused), "position": report.checkpoint_position or 0})
+
+    # 2. verify
+    verify_step = _verify(store, verify, report.checkpoint_position or 0)
+    report.steps += [verify_step, checkpoint_step]
+
+    # 4. replay the tail
+    timer = _Timer()
+    start = state.position
+    report.replayed = checkpoints.fold_tail(store, state)
+    rate = report.replayed / timer.seconds if timer.seconds > 0 else 0.0
+    report.steps.append(Step("replay", "ok", timer.seconds,
+                             f"{report.replayed:,} events after position {start:,} folded ({rate:,.0f}/s)",
+                             {"events": report.replayed, "position": state.position}))
+    client = TradestateClient(store, clock=clock, initial_state=state, exchange_tz=exchange_tz)
+
+    # 5. reconcile
+    timer = _Timer()
+    if not adapters:
+        report.steps.append(Step("reconcile", "skipped", timer.seconds, "no broker configured"))
+    else:
+        from .reconcile import reconcile
+
+        statuses = []
+        for adapter in adapters:
+            result = reconcile(client, adapter, strict=strict, now=clock())
+            entry = {k: v for k, v in vars(result).items() if not k.startswith("_")}
+            report.reconciliations.append(entry)
+            report.discrepancies += len(result.discrepancies)
+            report.corrective_events += len(result.corrective_event_ids)
+            statuses.append(f"{adapter.broker}/{adapter.account}: {result.status} "
+                            f"({len(result.discrepancies)} discrepancies, "
+                            f"{len(result.corrective_event_ids)} corrective events)")
+        unknown = any(r["status"] == "unknown" for r in report.reconciliations)
+        status = "failed" if unknown else ("warn" if report.discrepancies else "ok")
+        report.steps.append(Step("reconcile", status, timer.seconds, "; ".join(statuses),
+                                 {"discrepancies": report.discrepancies, "corrective_events": report.corrective_events}))
+    client.catch_up()
+
+    # 6. health
+    health, report.blocked_accounts = _health(store, client.state, store.trading.head(), clock())
+    report.steps.append(health)
+    report.ready = not any(s.status == "failed" for s in report.steps)
+    if strict and report.discrepancies:
+        report.ready = False
+    report.ready_seconds = total.seconds
+
+    # 7. record
+    timer = _Timer()
+    if record:
+        level = ramp if ramp is not None else (50 if report.crashed else None)
+        resumed = []
+        if report.ready and level is not None:
+            for account in sorted(client.state.accounts):
+                client.resume_trading(account, level, reason=f"recovery of engine {engine_id}")
+                resumed.append(account)
+        steps = [asdict(s) for s in report.steps]
+        recorded = client.record_recovery(
+            engine_id, ready=report.ready, steps=steps, strict=strict, crashed=report.crashed,
+            checkpoint_position=report.checkpoint_position, head=report.head, replayed=report.replayed,
+            discrepancies=report.discrepancies, corrective_events=report.corrective_events)
+        report.recorded_position = recorded.position
+        detail = f"report recorded at position {recorded.position}"
+        if resumed:
+            detail += f"; trading resumed at {level} % for {', '.join(resumed)}"
+        report.steps.append(Step("record", "ok", timer.seconds, detail, {"resumed": len(resumed)}))
+    else:
+        report.steps.append(Step("record", "skipped", timer.seconds, "not recorded (--dry-run)"))
+    report.seconds = total.seconds
+    return report, client
+
+
+__all__ = ["RecoveryReport", "Step", "detect", "recover"]
