@@ -78,9 +78,9 @@ def detect(store: Store, engine_id: str) -> tuple[bool, str]:
             running_since = e.position
         elif e.topic == "EngineStopped":
             running_since = None
-        elif e.topic == "RecoveryCompleted":
-            crashed_at, recovered_at = None, e.position
-    if running_since is not None and (recovered_at is None or running_since > recovered_at):
+        elif e.topic == "RecoveryCompleted":  # closes the crashed run
+            crashed_at, recovered_at, running_since = None, e.position, None
+    if running_since is not None:
         crashed_at = running_since
     if crashed_at is not None:
         return True, (f"engine {engine_id!r} started at position {crashed_at} and never recorded a clean stop: "

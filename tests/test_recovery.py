@@ -1,0 +1,153 @@
+"""``tradestate recover``: crash detection, checkpoint + tail, the recorded report, ramped
+resumption, strict blocking, and the command's exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from projector_worker import Clock, write_session
+
+import tradestate
+from tradestate.adapters.store import checkpoints as cp
+from tradestate.adapters.store import open_store
+from tradestate.domain import events as ev
+from tradestate.domain.state import TradingState
+from tradestate.recovery import detect, recover
+
+
+def fresh(store) -> TradingState:
+    state = TradingState()
+    cp.fold_tail(store, state)
+    return state
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tradestate.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def crashed(db_url):
+    """An engine that started, traded, wrote a checkpoint and never recorded its stop."""
+    with tradestate.connect(db_url, clock=Clock(), checkpoint_every=100) as client:
+        client.engine_started("engine-1")
+        write_session(client, 250, seed=3)
+        assert client.checkpointer.written
+    return db_url
+
+
+@pytest.mark.parametrize("lifecycle, crashed", [
+    ([], False),
+    (["start", "stop"], False),
+    (["start"], True),
+    (["start", "start", "stop"], True),  # the first run never stopped
+    (["start", "stop", "start", "stop"], False),
+    (["start", "recovered"], False),
+    (["start", "recovered", "start", "stop"], False),
+])
+def test_a_start_without_a_clean_stop_is_a_crash(sqlite_url, lifecycle, crashed):
+    with tradestate.connect(sqlite_url) as client:
+        for step in lifecycle:
+            if step == "start":
+                client.engine_started("e")
+            elif step == "stop":
+                client.engine_stopped("e")
+            else:
+                client.record_recovery("e", ready=True, steps=[])
+        assert detect(client.store, "e")[0] is crashed
+        if lifecycle[:2] == ["start", "start"]:
+            assert client.previous_run_crashed("e")
+
+
+def test_recovery_loads_the_checkpoint_replays_the_tail_and_records_its_report(crashed):
+    with open_store(crashed) as store:
+        head = store.trading.head()
+        report, client = recover(store, engine_id="engine-1")
+        assert report.crashed and report.ready
+        assert [s.name for s in report.steps] == ["detect", "verify", "checkpoint", "replay", "reconcile", "health",
+                                                  "record"]
+        assert report.checkpoint_position and report.checkpoint_position <= head
+        assert report.replayed == head - report.checkpoint_position
+        assert report.step("reconcile").detail == "no broker configured"
+        expected = fresh(store)
+        # the recovered state (before the report and resumption were appended) equals a fresh fold
+        events = store.trading.read(after=head, limit=100)
+        assert [e.topic for e in events][-1] == "RecoveryCompleted"
+        resumed = [e for e in events if e.topic == "TradingResumed"]
+        assert resumed and all(json.loads(e.state)["ramp_pct"] == 50 for e in resumed)
+        assert client.state.summary() == expected.summary()
+        recorded = ev.decode("RecoveryCompleted", json.loads(events[-1].state))
+        assert recorded.ready and recorded.crashed and recorded.head == head
+        assert [s["name"] for s in recorded.steps][:6] == [s.name for s in report.steps][:6]
+        # the crash is now recovered: the next recovery says so
+        assert detect(store, "engine-1")[0] is False
+
+
+def test_a_damaged_checkpoint_is_reported_and_recovery_still_reaches_the_same_state(crashed):
+    with open_store(crashed) as store:
+        newest = cp.list_checkpoints(store)[0]
+        with cp._cursor(store, write=True) as cur:
+            p = "?" if store.kind == "sqlite" else "%s"
+            cur.execute(f"UPDATE {cp._table(store)} SET checksum = {p} WHERE id = {p}", ("0" * 64, newest.id))
+        report, client = recover(store, engine_id="engine-1", record=False)
+        step = report.step("checkpoint")
+        assert step.status == "warn" and "checksum mismatch" in step.detail and f"checkpoint {newest.id}" in step.detail
+        assert report.checkpoint_position < newest.position
+        assert client.state.summary() == fresh(store).summary()
+        client.close()
+
+
+def test_a_clean_stop_resumes_nothing_and_a_given_ramp_is_recorded(sqlite_url):
+    with tradestate.connect(sqlite_url) as client:
+        client.engine_started("e")
+        client.set_risk_limit("a1", "max_order_qty", 100)
+        client.engine_stopped("e")
+    with open_store(sqlite_url) as store:
+        report, client = recover(store, engine_id="e")
+        assert not report.crashed and report.ready
+        assert client.state.accounts["a1"].ramp_pct == 100
+        report, client = recover(store, engine_id="e", ramp=75)
+        assert client.state.accounts["a1"].ramp_pct == 75
+        with pytest.raises(ValueError):
+            recover(store, ramp=60)
+
+
+def test_a_blocked_account_is_not_ready_until_acknowledged(sqlite_url):
+    with tradestate.connect(sqlite_url) as client:
+        client.engine_started("e")
+        client._account_fact(ev.TradingBlocked, "a1", reason="reconciliation found 2 discrepancies")
+    run = cli("recover", "--db", sqlite_url, "--engine-id", "e", "--json")
+    assert run.returncode == 1, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert not report["ready"] and report["blocked_accounts"] == ["a1"]
+    health = next(s for s in report["steps"] if s["name"] == "health")
+    assert health["status"] == "failed" and "trading blocked" in health["detail"]
+    with tradestate.connect(sqlite_url) as client:
+        refused = client.record_intent(account="a1", client_order_id="o1", venue="SIM", symbol="AAPL", side="buy",
+                                       order_type="market", qty=1, reference_price="10")
+        assert refused.refusal and "trading_blocked" in refused.refusal.reasons
+        client._account_fact(ev.DiscrepancyAcknowledged, "a1", by="ops", decision="venue is right; corrected")
+    run = cli("recover", "--db", sqlite_url, "--engine-id", "e")
+    assert run.returncode == 0 and "READY TO TRADE" in run.stdout, run.stdout + run.stderr
+
+
+def test_the_command_prints_the_report_and_rejects_bad_input(crashed, tmp_path):
+    run = cli("recover", "--db", crashed, "--engine-id", "engine-1", "--dry-run")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for step in ("detect", "verify", "checkpoint", "replay", "reconcile", "health", "record"):
+        assert step in run.stdout
+    assert "READY TO TRADE" in run.stdout and "crash" in run.stdout
+    bad = cli("recover", "--db", crashed, "--ramp", "60")
+    assert bad.returncode == 2 and "--ramp" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr
+    missing = cli("recover", "--db", f"sqlite:///{tmp_path}/none.db")
+    assert missing.returncode == 2 and "Traceback" not in missing.stdout + missing.stderr
+
+
+def test_checkpoint_command_writes_and_lists(crashed):
+    run = cli("checkpoint", "--db", crashed, "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    written = json.loads(run.stdout)
+    listed = json.loads(cli("checkpoint", "--db", crashed, "--list", "--json").stdout)
+    assert listed["checkpoints"][0]["id"] == written["id"] and listed["checkpoints"][0]["status"] == "newest valid"
