@@ -371,7 +371,8 @@ def _rebuild(projector: Projector, stop: threading.Event, console: Any) -> tuple
 
 
 def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, console: Any = None,
-                poll: Poll = DEFAULT_POLL, watchdog: float = DEFAULT_WATCHDOG) -> int:
+                poll: Poll = DEFAULT_POLL, watchdog: float = DEFAULT_WATCHDOG,
+                checkpoint_every: int | None = None) -> int:
     """The ``tradestate project`` command: 0 when done or stopped by SIGTERM/SIGINT, 1 when the
     projector failed (a ``TradestateError`` such as a bad URL propagates for the CLI to print)."""
     if console is None:
@@ -388,7 +389,7 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
     def work() -> None:
         try:
             outcome["code"] = _project(store, stop, rebuild=rebuild, once=once, say=say, console=console,
-                                       poll=poll, watchdog=watchdog)
+                                       poll=poll, watchdog=watchdog, checkpoint_every=checkpoint_every)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = e
 
@@ -414,8 +415,27 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
 
 
 def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, say: Callable[[str], None],
-             console: Any, poll: Poll, watchdog: float) -> int:
+             console: Any, poll: Poll, watchdog: float, checkpoint_every: int | None = None) -> int:
     projector = Projector(store)
+    checkpointer = None
+    if checkpoint_every:
+        from ..adapters.store.checkpoints import Checkpointer
+
+        checkpointer = Checkpointer(store, every_events=checkpoint_every)
+
+    def checkpoint(_rows: int = 0, _position: int = 0) -> None:
+        # The projector holds the whole state already: checkpoints cost the engine nothing. A
+        # checkpoint is a cache, so failing to write one is reported and never stops projecting.
+        if checkpointer is None:
+            return
+        try:
+            info = checkpointer.maybe(projector.state)
+        except Exception as e:  # noqa: BLE001
+            say(f"[yellow]checkpoint failed (will retry):[/] {type(e).__name__}: {e}")
+            return
+        if info is not None and once:
+            say(f"checkpoint {info.id} written at position {info.position:,} ({info.size:,} bytes)")
+
     loaded_at = time.perf_counter()
     position = 0 if rebuild else projector.load()  # a rebuild starts from nothing: no fold to throw away
     load_s = time.perf_counter() - loaded_at
@@ -432,6 +452,7 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
     if once:
         stats = FollowStats(position=position, start_position=position)
         drain(projector, stop, stats)
+        checkpoint()
         say(f"{'interrupted' if stop.is_set() else 'caught up'}: position {projector.state.position:,} of head "
             f"{store.trading.head():,} (+{stats.events:,} events in {stats.pages} pages), "
             f"{stats.rate:,.0f} events/s, {stats.seconds:.2f} s (load {load_s:.2f} s)")
@@ -449,7 +470,8 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
             last_report[0] = now
             say(f"[yellow]projector error (retrying):[/] {type(e).__name__}: {e}")
 
-    stats = follow(store, stop, poll=poll, watchdog=watchdog, projector=projector, on_error=on_error)
+    stats = follow(store, stop, poll=poll, watchdog=watchdog, projector=projector, on_error=on_error,
+                   on_page=checkpoint)
     say(f"stopped: position {stats.position:,} (+{stats.events:,} events in {stats.pages} pages, "
         f"{stats.conflicts} conflicts, {stats.errors} errors) after {stats.seconds:.1f} s")
     return 0

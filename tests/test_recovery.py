@@ -151,3 +151,15 @@ def test_checkpoint_command_writes_and_lists(crashed):
     written = json.loads(run.stdout)
     listed = json.loads(cli("checkpoint", "--db", crashed, "--list", "--json").stdout)
     assert listed["checkpoints"][0]["id"] == written["id"] and listed["checkpoints"][0]["status"] == "newest valid"
+
+
+def test_the_projector_writes_checkpoints_that_recovery_uses(sqlite_url):
+    with tradestate.connect(sqlite_url, clock=Clock(), use_checkpoints=False) as client:
+        client.engine_started("e")
+        write_session(client, 200, seed=8)
+    run = cli("project", "--db", sqlite_url, "--once", "--checkpoint-every", "50")
+    assert run.returncode == 0 and "checkpoint 1 written" in run.stdout, run.stdout + run.stderr
+    with open_store(sqlite_url) as store:
+        report, client = recover(store, engine_id="e", record=False)
+        assert report.checkpoint_position == store.trading.head() and report.replayed == 0
+        assert client.state.summary() == fresh(store).summary()

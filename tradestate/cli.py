@@ -78,12 +78,18 @@ def project(
     db: DbOption = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Empty the read-model tables and fold the whole log again.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Catch up and exit instead of following the log.")] = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write a recovery checkpoint every N "
+                                                  "events (0: never).")] = 10_000,
 ) -> None:
-    """Keep the SQL read models (positions, orders, risk...) up to date with the log."""
+    """Keep the SQL read models (positions, orders, risk...) up to date with the log, and write
+    recovery checkpoints as it goes."""
     from .projections.follow import run_project
 
+    if checkpoint_every < 0:
+        _fail("--checkpoint-every must be >= 0")
     try:
-        raise typer.Exit(run_project(db, rebuild=rebuild, once=once, console=console))
+        raise typer.Exit(run_project(db, rebuild=rebuild, once=once, console=console,
+                                     checkpoint_every=checkpoint_every or None))
     except TradestateError as e:
         _fail(str(e))
 
