@@ -1,0 +1,650 @@
+"""Reconciliation: diff what a venue reports against the folded log, and plan corrective events.
+
+Pure: no I/O; the venue's answers (a ``VenueSnapshot`` and the results of looking single orders
+up by client order id), the reconciliation id and the time are passed in. The planner never
+mutates the state it reads: the runner appends the planned events and the fold applies them.
+
+Rules (the broker is the truth for what happened at the venue; every correction says why):
+
+- A venue fill our log lacks is recorded as ``OrderFilled`` (deduplicated by exec id against the
+  order's executions and within the plan), unless it contradicts the order (past its quantity,
+  on an order we hold finished): then a ``DiscrepancyRecorded`` that moves nothing.
+- When the venue's filled quantity exceeds what the listed executions explain (its fill history
+  was cut by the query window), the gap is recorded as one inferred fill with a deterministic
+  ``recon-`` exec id. Never when the fills query failed: then the gap is "unknown".
+- Status drift (we hold it open, the venue finished it) appends the venue's terminal event.
+- An order the venue has and we never recorded is imported (``OrderImported``) with its fills
+  and its terminal event.
+- An order we hold open that the venue's lists do not show is looked up by client order id. Not
+  found: ``DiscrepancyRecorded(kind="missing_at_venue")`` once, and it stays pending: an
+  ambiguous submit is never assumed rejected.
+- Positions and cash are compared after the planned fills; a remaining difference is set to
+  the venue's (``PositionCorrected``, ``CashBalanceRecorded``). Only when positions, orders and
+  fills all answered: a difference seen through a failed query could be a fill we cannot see.
+- A part of the snapshot that is ``Unknown`` derives nothing: no correction, no flattening.
+
+Every event id is a uuid5 of the facts it records (account, client order id, exec id...), so
+planning again on the same facts yields the same events, and once they are folded, none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID, uuid5
+
+from pydantic import ValidationError
+
+# The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
+from ..adapters.brokers.base import Unknown, VenueFill, VenueOrder, VenueSnapshot
+from . import events as ev
+from .ids import account_stream_id, order_stream_id
+from .state import OPEN_STATUSES, OrderState, TradingState
+
+# Fixed forever: changing it would change every corrective event id.
+RECONCILIATION_NAMESPACE = UUID("2d7c8f5e-9a41-4b6e-8d3c-5f0a1e7b6c92")
+ZERO = Decimal(0)
+MAX_PLACES = Decimal(1).scaleb(-12)  # events refuse more than 12 decimal places
+PARTS = ("positions", "open_orders", "recent_orders", "fills", "balances")
+
+Resolution = Literal["corrected", "pending", "unknown"]
+
+
+def fact_id(*parts: object) -> UUID:
+    """Deterministic id of a reconciliation fact; the separator cannot occur in identifiers."""
+    return uuid5(RECONCILIATION_NAMESPACE, "\x1f".join("" if p is None else str(p) for p in parts))
+
+
+def external_client_order_id(venue_order_id: str) -> str:
+    """Our id for an imported order that carries no client order id of its own."""
+    candidate = "ext-" + venue_order_id
+    return candidate if len(candidate) <= 64 else "ext-" + fact_id("external", venue_order_id).hex
+
+
+def inferred_exec_id(account: str, client_order_id: str, venue_filled_qty: Decimal) -> str:
+    return "recon-" + fact_id("inferred", account, client_order_id, venue_filled_qty).hex[:24]
+
+
+def _fit(value: Decimal) -> Decimal:
+    """Round a computed amount to what events accept (12 places); exact values pass unchanged."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -12:
+        return value.quantize(MAX_PLACES)
+    return value
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """One disagreement between the log and the venue, and what became of it."""
+
+    kind: str  # missed_fill, status_drift, unknown_order, missing_at_venue, position_mismatch, ...
+    detail: str
+    resolution: Resolution
+    client_order_id: str | None = None
+    venue_order_id: str | None = None
+    symbol: str | None = None
+    ours: str | None = None
+    theirs: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class ReconciliationPlan:
+    account: str
+    venue: str
+    reconciliation_id: UUID
+    events: list[tuple[str, ev.Event]] = field(default_factory=list)
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # what could not be compared, and why
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def event_ids(self) -> list[UUID]:
+        return [e.event_id for _, e in self.events]
+
+    @property
+    def status(self) -> ev.ReconciliationStatus:
+        if self.unknown:
+            return "unknown"
+        if any(d.resolution != "corrected" for d in self.discrepancies):
+            return "discrepancies"
+        return "corrected" if self.events else "clean"
+
+    @property
+    def blocking(self) -> bool:
+        """Strict mode blocks trading on any disagreement found by this run, or any unknown."""
+        return bool(self.discrepancies or self.unknown)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+
+class _Order:
+    """Our view of one order while planning: the folded state plus what the plan adds."""
+
+    __slots__ = ("client_order_id", "stream_id", "symbol", "venue", "side", "sign", "qty", "limit_price",
+                 "status", "filled_qty", "fill_notional", "executions", "venue_order_id",
+                 "discrepancy_keys", "correlation_id", "imported")  # fmt: skip
+
+    def __init__(self, o: OrderState | None = None):
+        if o is None:
+            return
+        self.client_order_id = o.client_order_id
+        self.stream_id = o.stream_id
+        self.symbol = o.symbol
+        self.venue = o.venue
+        self.side = o.side
+        self.sign = o.sign
+        self.qty = o.qty
+        self.limit_price = o.limit_price
+        self.status = o.status
+        self.filled_qty = o.filled_qty
+        self.fill_notional = o.fill_notional
+        self.executions = o.executions
+        self.venue_order_id = o.venue_order_id
+        self.discrepancy_keys = o.discrepancy_keys
+        self.correlation_id = UUID(o.intent_event_id)
+        self.imported = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+def venue_orders(snapshot: VenueSnapshot) -> dict[str, VenueOrder]:
+    """Open and recent orders by venue order id. The same order in both lists: the report that
+    is further along (more filled, or finished) wins, since statuses only move forward."""
+    merged: dict[str, VenueOrder] = {}
+    for part in (snapshot.open_orders, snapshot.recent_orders):
+        if isinstance(part, Unknown):
+            continue
+        for order in part:
+            seen = merged.get(order.venue_order_id)
+            if seen is None or (order.filled_qty, not order.is_open) > (seen.filled_qty, not seen.is_open):
+                merged[order.venue_order_id] = order
+    return merged
+
+
+def orders_to_look_up(state: TradingState, snapshot: VenueSnapshot) -> list[str]:
+    """Client order ids of our open orders at this venue that the snapshot's lists do not show:
+    finished outside the window, or never seen by the venue. The runner asks the venue for each."""
+    account = state.accounts.get(snapshot.account)
+    if account is None:
+        return []
+    listed = venue_orders(snapshot)
+    client_ids = {o.client_order_id for o in listed.values() if o.client_order_id}
+    wanted = []
+    for order in account.open_orders.values():
+        if order.venue != snapshot.venue:
+            continue
+        if order.client_order_id in client_ids or (order.venue_order_id and order.venue_order_id in listed):
+            continue
+        wanted.append(order.client_order_id)
+    return sorted(wanted)
+
+
+LookupResult = VenueOrder | Unknown | None  # None: the venue said it never saw the order
+
+
+def plan_reconciliation(
+    state: TradingState,
+    snapshot: VenueSnapshot,
+    *,
+    reconciliation_id: UUID,
+    now: datetime,
+    lookups: Mapping[str, LookupResult] | None = None,
+) -> ReconciliationPlan:
+    """The corrective events and discrepancies for one account at one venue."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return _Planner(state, snapshot, reconciliation_id, now.astimezone(timezone.utc), lookups or {}).run()
+
+
+class _Planner:
+    def __init__(self, state: TradingState, snapshot: VenueSnapshot, reconciliation_id: UUID,
+                 now: datetime, lookups: Mapping[str, LookupResult]):
+        self.state = state
+        self.snap = snapshot
+        self.account = snapshot.account
+        self.venue = snapshot.venue
+        self.rid = reconciliation_id
+        self.now = now
+        self.lookups = lookups
+        self.acct = state.accounts.get(self.account)
+        self.plan = ReconciliationPlan(self.account, self.venue, reconciliation_id)
+        self.order_events: list[tuple[str, ev.Event]] = []
+        self.account_events: list[tuple[str, ev.Event]] = []
+        self.planned_exec_ids: set[str] = set()
+        self.planned_position: dict[tuple[str, str], Decimal] = {}  # (venue, symbol) -> signed qty
+        self.planned_cash: dict[str, Decimal] = {}
+        self.fills_known = not isinstance(snapshot.fills, Unknown)
+        self.orders_known = not isinstance(snapshot.open_orders, Unknown) and not isinstance(
+            snapshot.recent_orders, Unknown
+        )
+
+    # ------------------------------------------------------------------------------ helpers
+    def discrepancy(self, kind: str, detail: str, resolution: Resolution, **fields: Any) -> None:
+        self.plan.discrepancies.append(Discrepancy(kind, detail, resolution, **fields))
+
+    def build(self, cls: type[ev.Event], **fields: Any) -> ev.Event | None:
+        """Venue data that our events refuse (an over-long id, a zero price) is reported, not
+        appended: one bad record must not stop the rest of the reconciliation."""
+        try:
+            return cls(**fields)
+        except (ValidationError, ValueError, TypeError) as e:
+            problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.discrepancy("invalid_venue_data", f"{cls.__name__} refused: {problem}"[:1000], "pending",
+                             client_order_id=fields.get("client_order_id"), symbol=fields.get("symbol"))
+            return None
+
+    def order_event(self, ours: _Order, cls: type[ev.OrderEvent], key: tuple[object, ...],
+                    occurred_at: datetime | None, **fields: Any) -> ev.Event | None:
+        e = self.build(cls, event_id=fact_id(cls.__name__, self.account, ours.client_order_id, *key),
+                       occurred_at=occurred_at or self.now, correlation_id=ours.correlation_id,
+                       causation_id=self.rid, account=self.account, client_order_id=ours.client_order_id,
+                       **fields)
+        if e is not None:
+            self.order_events.append((ours.stream_id, e))
+        return e
+
+    def record_discrepancy(self, ours: _Order, kind: str, detail: str, *, venue_status: str | None = None,
+                           venue_order_id: str | None = None, fill: VenueFill | None = None,
+                           resolution: Resolution = "pending") -> None:
+        """A contradiction goes on the order's record once (the fold's discrepancy key)."""
+        exec_id = fill.exec_id if fill else None
+        key = (kind, venue_status, venue_order_id, exec_id)
+        if key in ours.discrepancy_keys or (exec_id and "!" + exec_id in ours.executions):
+            self.plan.count("known_discrepancies")
+            return
+        extra: dict[str, Any] = {}
+        if fill is not None:
+            extra = {"exec_id": fill.exec_id, "qty": fill.qty, "price": fill.price}
+        e = self.order_event(ours, ev.DiscrepancyRecorded, (kind, venue_status, venue_order_id, exec_id), None,
+                             kind=kind, detail=detail[:1000], venue_status=venue_status,
+                             venue_order_id=venue_order_id, **extra)
+        if e is not None:
+            ours.discrepancy_keys = {**ours.discrepancy_keys, key: -1}  # never mutate the state's dict
+            self.plan.count("discrepancies_recorded")
+        self.discrepancy(kind, detail, resolution, client_order_id=ours.client_order_id,
+                         venue_order_id=venue_order_id, symbol=ours.symbol,
+                         ours=ours.status, theirs=venue_status)
+
+    def fill(self, ours: _Order, qty: Decimal, price: Decimal, exec_id: str, fee: Decimal, fee_currency: str,
+             occurred_at: datetime | None, venue_order_id: str | None) -> bool:
+        e = self.order_event(ours, ev.OrderFilled, (exec_id,), occurred_at, exec_id=exec_id, qty=qty,
+                             price=price, fee=fee, fee_currency=fee_currency, venue_order_id=venue_order_id)
+        if e is None:
+            return False
+        ours.filled_qty += qty
+        ours.fill_notional += qty * price
+        ours.executions = {**ours.executions, exec_id: (qty, price, -1)}
+        if ours.status in OPEN_STATUSES:
+            ours.status = "filled" if ours.filled_qty >= ours.qty else "partially_filled"
+        key = (ours.venue, ours.symbol)
+        self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * qty
+        # the fold moves cash only once a balance is on record, and in these currencies
+        cash = self.acct.cash if self.acct is not None else {}
+        if cash:
+            if "USD" in cash:
+                self.planned_cash["USD"] = self.planned_cash.get("USD", ZERO) - ours.sign * qty * price
+            if fee and fee_currency in cash:
+                self.planned_cash[fee_currency] = self.planned_cash.get(fee_currency, ZERO) - fee
+        return True
+
+    # -------------------------------------------------------------------------------- run
+    def run(self) -> ReconciliationPlan:
+        snap = self.snap
+        for name in PARTS:
+            part = getattr(snap, name)
+            if isinstance(part, Unknown):
+                self.plan.unknown.append(f"{name}: {part.reason}")
+        listed = venue_orders(snap)
+        lookup_found: dict[str, VenueOrder] = {}
+        for coid, result in sorted(self.lookups.items()):
+            if isinstance(result, VenueOrder) and result.venue_order_id not in listed:
+                lookup_found[result.venue_order_id] = result
+        orders = {**listed, **lookup_found}
+        fills_by_order = self.group_fills(orders)
+        self.plan.count("orders_checked", len(orders))
+
+        def order_key(o: VenueOrder) -> tuple[datetime, str]:
+            return (o.submitted_at or self.now, o.venue_order_id)
+
+        for vo in sorted(orders.values(), key=order_key):
+            self.venue_order(vo, fills_by_order.pop(vo.venue_order_id, []))
+        for venue_order_id, fills in sorted(fills_by_order.items()):
+            self.orphan_fills(venue_order_id, fills)
+        self.unseen_orders(orders)
+        self.positions()
+        self.cash()
+        self.plan.events = self.order_events + self.account_events
+        return self.plan
+
+    def group_fills(self, orders: Mapping[str, VenueOrder]) -> dict[str, list[VenueFill]]:
+        by_exec: dict[str, VenueFill] = {}
+        if not isinstance(self.snap.fills, Unknown):
+            for f in self.snap.fills:
+                by_exec.setdefault(f.exec_id, f)
+        for order in orders.values():
+            for f in order.fills:
+                by_exec.setdefault(f.exec_id, f)
+        self.plan.count("fills_checked", len(by_exec))
+        grouped: dict[str, list[VenueFill]] = {}
+        for f in by_exec.values():
+            grouped.setdefault(f.venue_order_id, []).append(f)
+        for fills in grouped.values():
+            fills.sort(key=lambda f: (f.occurred_at or self.now, f.exec_id))
+        return grouped
+
+    def ours_for(self, client_order_id: str | None, venue_order_id: str) -> _Order | None:
+        for coid in (client_order_id, external_client_order_id(venue_order_id)):
+            if not coid:
+                continue
+            order = self.state.orders.get(order_stream_id(self.account, coid))
+            if order is not None:
+                return _Order(order)
+        return None
+
+    # ------------------------------------------------------------------------ orders
+    def venue_order(self, vo: VenueOrder, fills: list[VenueFill]) -> None:
+        ours = self.ours_for(vo.client_order_id, vo.venue_order_id)
+        if ours is None:
+            ours = self.import_order(vo)
+            if ours is None:
+                return
+        elif ours.venue_order_id is None and ours.is_open and vo.status != "rejected":
+            e = self.order_event(ours, ev.OrderAcknowledged, (vo.venue_order_id,), vo.submitted_at,
+                                 venue_order_id=vo.venue_order_id)
+            if e is not None:
+                ours.venue_order_id = vo.venue_order_id
+                self.plan.count("acks_recorded")
+                self.discrepancy("missed_ack", "the venue has the order; its ack was not recorded", "corrected",
+                                 client_order_id=ours.client_order_id, venue_order_id=vo.venue_order_id,
+                                 symbol=ours.symbol, ours=ours.status, theirs=vo.status)
+        self.missed_fills(ours, fills)
+        self.fill_gap(ours, vo)
+        self.status(ours, vo)
+
+    def import_order(self, vo: VenueOrder) -> _Order | None:
+        coid = vo.client_order_id or external_client_order_id(vo.venue_order_id)
+        import_id = fact_id("OrderImported", self.account, self.venue, vo.venue_order_id)
+        tif = vo.time_in_force if vo.time_in_force in {t.value for t in ev.TimeInForce} else "day"
+        e = self.build(
+            ev.OrderImported, event_id=import_id, occurred_at=vo.submitted_at or self.now,
+            correlation_id=import_id, causation_id=self.rid, account=self.account, client_order_id=coid,
+            venue=self.venue, symbol=vo.symbol, side=vo.side, order_type=vo.order_type, qty=vo.qty,
+            limit_price=vo.limit_price, stop_price=vo.stop_price, time_in_force=tif,
+            venue_order_id=vo.venue_order_id, venue_status=vo.raw_status or vo.status,
+            reconciliation_id=str(self.rid),
+        )
+        if e is None:
+            return None
+        stream = order_stream_id(self.account, coid)
+        self.order_events.append((stream, e))
+        self.plan.count("orders_imported")
+        self.discrepancy("unknown_order", f"{vo.side} {vo.qty} {vo.symbol} placed outside tradestate: imported "
+                         "as external", "corrected", client_order_id=coid, venue_order_id=vo.venue_order_id,
+                         symbol=vo.symbol, ours="absent", theirs=vo.status)
+        ours = _Order()
+        ours.client_order_id, ours.stream_id, ours.symbol, ours.venue = coid, stream, vo.symbol, self.venue
+        ours.side, ours.sign, ours.qty, ours.limit_price = vo.side, 1 if vo.side == "buy" else -1, vo.qty, vo.limit_price
+        ours.status, ours.filled_qty, ours.fill_notional = "acknowledged", ZERO, ZERO
+        ours.executions, ours.venue_order_id, ours.discrepancy_keys = {}, vo.venue_order_id, {}
+        ours.correlation_id, ours.imported = import_id, True
+        return ours
+
+    def missed_fills(self, ours: _Order, fills: list[VenueFill]) -> None:
+        for f in fills:
+            seen = ours.executions.get(f.exec_id)
+            if seen is not None:
+                if (seen[0], seen[1]) != (f.qty, f.price):
+                    self.discrepancy("fill_conflict", f"execution {f.exec_id} is recorded as {seen[0]} @ {seen[1]}, "
+                                     f"the venue says {f.qty} @ {f.price}", "pending",
+                                     client_order_id=ours.client_order_id, venue_order_id=f.venue_order_id,
+                                     symbol=ours.symbol, ours=f"{seen[0]}@{seen[1]}", theirs=f"{f.qty}@{f.price}")
+                continue
+            if "!" + f.exec_id in ours.executions or f.exec_id in self.planned_exec_ids:
+                continue
+            self.planned_exec_ids.add(f.exec_id)
+            if not ours.is_open:
+                self.record_discrepancy(ours, "fill_on_terminal", f"venue fill {f.exec_id} of {f.qty} @ {f.price} "
+                                        f"on an order we hold {ours.status}", venue_order_id=f.venue_order_id, fill=f)
+            elif f.qty > ours.qty - ours.filled_qty:
+                self.record_discrepancy(ours, "overfill", f"venue fill {f.exec_id} of {f.qty} with only "
+                                        f"{ours.qty - ours.filled_qty} remaining", venue_order_id=f.venue_order_id, fill=f)
+            elif self.fill(ours, f.qty, f.price, f.exec_id, f.fee, f.fee_currency, f.occurred_at, f.venue_order_id):
+                self.plan.count("fills_recorded")
+                if not ours.imported:
+                    self.discrepancy("missed_fill", f"venue fill {f.exec_id}: {f.side} {f.qty} @ {f.price} was not "
+                                     "in the log", "corrected", client_order_id=ours.client_order_id,
+                                     venue_order_id=f.venue_order_id, symbol=ours.symbol, theirs=f"{f.qty}@{f.price}")
+
+    def fill_gap(self, ours: _Order, vo: VenueOrder) -> None:
+        """The venue says more is filled than the executions we know explain."""
+        gap = vo.filled_qty - ours.filled_qty
+        if gap <= 0:
+            return
+        where = dict(client_order_id=ours.client_order_id, venue_order_id=vo.venue_order_id, symbol=ours.symbol,
+                     ours=str(ours.filled_qty), theirs=str(vo.filled_qty))
+        if not self.fills_known:
+            self.discrepancy("fills_unknown", f"the venue reports {vo.filled_qty} filled, the log {ours.filled_qty}; "
+                             "the fills query failed", "unknown", **where)
+            self.plan.unknown.append(f"fills of order {ours.client_order_id}: the fills query failed")
+            return
+        if not ours.is_open or gap > ours.qty - ours.filled_qty:
+            self.discrepancy("fill_unexplained", f"the venue reports {vo.filled_qty} filled, the log "
+                             f"{ours.filled_qty}, and the order cannot take the difference", "pending", **where)
+            return
+        price = None
+        if vo.avg_fill_price is not None and vo.avg_fill_price > 0:
+            price = (vo.avg_fill_price * vo.filled_qty - ours.fill_notional) / gap
+            if price <= 0:
+                price = vo.avg_fill_price
+        elif ours.limit_price is not None:
+            price = ours.limit_price
+        if price is None:
+            self.discrepancy("fill_unexplained", f"the venue reports {vo.filled_qty} filled without executions "
+                             "or a price", "pending", **where)
+            return
+        exec_id = inferred_exec_id(self.account, ours.client_order_id, vo.filled_qty)
+        if exec_id in ours.executions:
+            return
+        if self.fill(ours, gap, _fit(price), exec_id, ZERO, "USD", vo.updated_at, vo.venue_order_id):
+            self.plan.count("fills_inferred")
+            self.discrepancy("missed_fill", f"the venue reports {vo.filled_qty} filled but lists no execution for "
+                             f"{gap}: recorded as inferred fill {exec_id}", "corrected", **where)
+
+    def status(self, ours: _Order, vo: VenueOrder) -> None:
+        theirs = vo.status
+        where = dict(venue_status=theirs, venue_order_id=vo.venue_order_id)
+        if theirs == "unknown":
+            self.discrepancy("unknown_venue_status", f"the venue says {vo.raw_status!r}", "unknown",
+                             client_order_id=ours.client_order_id, venue_order_id=vo.venue_order_id,
+                             symbol=ours.symbol, ours=ours.status, theirs=vo.raw_status)
+            self.plan.unknown.append(f"order {ours.client_order_id}: venue status {vo.raw_status!r}")
+            return
+        if vo.is_open:
+            if not ours.is_open:
+                self.record_discrepancy(ours, "status_conflict", f"the venue holds it {theirs}, we hold it "
+                                        f"{ours.status}", **where)
+            return
+        if theirs == "filled":
+            if ours.status == "filled":
+                return
+            if ours.is_open:  # the fills did not add up; fill_gap has said why
+                if vo.filled_qty <= ours.filled_qty:
+                    self.discrepancy("fill_unexplained", f"the venue says filled at {vo.filled_qty}, the order is "
+                                     f"for {ours.qty}", "pending", client_order_id=ours.client_order_id,
+                                     venue_order_id=vo.venue_order_id, symbol=ours.symbol, ours=ours.status,
+                                     theirs=theirs)
+                return
+            self.record_discrepancy(ours, "status_conflict", f"the venue says filled, we hold it {ours.status}", **where)
+            return
+        # cancelled, expired, rejected
+        if ours.status == theirs:
+            return
+        if not ours.is_open:
+            kind = "cancel_after_fill" if ours.status == "filled" and theirs == "cancelled" else "status_conflict"
+            self.record_discrepancy(ours, kind, f"the venue says {theirs}, we hold it {ours.status}", **where)
+            return
+        if vo.filled_qty > ours.filled_qty:
+            return  # fills we could not record: closing now would turn them into discrepancies later
+        if theirs == "rejected" and ours.filled_qty > 0:
+            self.record_discrepancy(ours, "reject_after_fill", f"the venue says rejected after {ours.filled_qty} "
+                                    "filled", **where)
+            return
+        reason = str(vo.raw.get("reject_reason") or vo.raw.get("reason") or "") if vo.raw else ""
+        fields: dict[str, Any] = {}
+        cls: type[ev.OrderEvent]
+        if theirs == "cancelled":
+            cls, fields = ev.OrderCancelled, {"reason": reason or "cancelled at the venue (reconciliation)"}
+        elif theirs == "rejected":
+            cls, fields = ev.OrderRejected, {"reason": reason or "rejected by the venue (reconciliation)"}
+        else:
+            cls = ev.OrderExpired
+        before = ours.status
+        if self.order_event(ours, cls, (), vo.updated_at, **fields) is not None:
+            ours.status = theirs
+            self.plan.count("statuses_corrected")
+            if not ours.imported:
+                self.discrepancy("status_drift", f"we held it {before}, the venue says {theirs}", "corrected",
+                                 client_order_id=ours.client_order_id, venue_order_id=vo.venue_order_id,
+                                 symbol=ours.symbol, ours=before, theirs=theirs)
+
+    def orphan_fills(self, venue_order_id: str, fills: list[VenueFill]) -> None:
+        """Fills whose order is not in the venue's lists (outside the window, or the orders
+        query failed): recorded on our order when we know it; otherwise reported."""
+        first = fills[0]
+        ours = self.ours_for(first.client_order_id, venue_order_id)
+        if ours is not None:
+            self.missed_fills(ours, fills)
+            return
+        resolution: Resolution = "pending" if self.orders_known else "unknown"
+        for f in fills:
+            self.discrepancy("unmatched_fill", f"venue fill {f.exec_id} ({f.side} {f.qty} {f.symbol} @ {f.price}) "
+                             "belongs to no order we know or the venue listed", resolution,
+                             client_order_id=f.client_order_id, venue_order_id=venue_order_id, symbol=f.symbol)
+
+    def unseen_orders(self, orders: Mapping[str, VenueOrder]) -> None:
+        """Our open orders the venue did not list: the lookup by client order id decides."""
+        if self.acct is None:
+            return
+        listed_coids = {o.client_order_id for o in orders.values() if o.client_order_id}
+        unseen = [o for o in self.acct.open_orders.values()
+                  if o.venue == self.venue and o.client_order_id not in listed_coids
+                  and not (o.venue_order_id and o.venue_order_id in orders)]
+        for order in sorted(unseen, key=lambda o: o.client_order_id):
+            result = self.lookups.get(order.client_order_id, Unknown("not looked up"))
+            if isinstance(result, Unknown):
+                self.plan.unknown.append(f"order {order.client_order_id}: lookup failed: {result.reason}")
+                continue
+            self.plan.count("lookups")
+            if isinstance(result, VenueOrder):
+                continue  # found by the lookup and reconciled with the listed orders
+            if order.status == "new":
+                self.plan.count("unsent_orders")  # never submitted, and the venue agrees
+                continue
+            ours = _Order(order)
+            self.record_discrepancy(ours, "missing_at_venue", f"we hold it {order.status}; the venue does not know "
+                                    "it (ambiguous submit: kept pending, never assumed rejected)")
+
+    # -------------------------------------------------------------------- positions, cash
+    def can_correct_totals(self, what: str) -> bool:
+        return self.fills_known and self.orders_known
+
+    def positions(self) -> None:
+        snap = self.snap
+        if isinstance(snap.positions, Unknown):
+            return
+        theirs: dict[str, Decimal] = {}
+        avg_cost: dict[str, Decimal | None] = {}
+        for p in snap.positions:
+            theirs[p.symbol] = theirs.get(p.symbol, ZERO) + p.qty
+            avg_cost[p.symbol] = p.avg_cost
+        ours: dict[str, Decimal] = {}
+        for (account, venue, symbol), held in self.state.positions.items():
+            if account == self.account and venue == self.venue:
+                ours[symbol] = held.qty
+        for (venue, symbol), delta in self.planned_position.items():
+            if venue == self.venue:
+                ours[symbol] = ours.get(symbol, ZERO) + delta
+        self.plan.count("positions_checked", len(set(theirs) | {s for s, q in ours.items() if q}))
+        correctable = self.can_correct_totals("positions")
+        for symbol in sorted(set(theirs) | set(ours)):
+            mine, venue_qty = ours.get(symbol, ZERO), theirs.get(symbol, ZERO)
+            if mine == venue_qty:
+                continue
+            if mine and venue_qty and (mine > 0) != (venue_qty > 0):
+                kind = "side_flip"
+            else:
+                kind = "position_mismatch"
+            side = "long" if (venue_qty or mine) > 0 else "short"
+            detail = f"{side} position: the log holds {mine}, the venue {venue_qty}"
+            where = dict(symbol=symbol, ours=str(mine), theirs=str(venue_qty))
+            if not correctable:
+                self.discrepancy(kind, detail + "; not corrected: orders or fills unknown", "unknown", **where)
+                continue
+            cost = avg_cost.get(symbol)
+            e = self.build(
+                ev.PositionCorrected,
+                event_id=fact_id("PositionCorrected", self.account, self.venue, symbol, mine, venue_qty,
+                                 self.state.position),
+                occurred_at=self.now, causation_id=self.rid, account=self.account, venue=self.venue,
+                symbol=symbol, qty_before=_fit(mine), qty_after=venue_qty,
+                avg_cost=_fit(cost) if cost is not None and cost > 0 else None,
+                reconciliation_id=str(self.rid), reason=detail,
+            )
+            if e is not None:
+                self.account_events.append((account_stream_id(self.account), e))
+                self.plan.count("positions_corrected")
+                self.discrepancy(kind, detail, "corrected", **where)
+
+    def cash(self) -> None:
+        snap = self.snap
+        if isinstance(snap.balances, Unknown):
+            return
+        recorded = self.acct.cash if self.acct is not None else {}
+        self.plan.count("balances_checked", len(snap.balances))
+        for balance in sorted(snap.balances, key=lambda b: b.currency):
+            before = recorded.get(balance.currency)
+            expected = None if before is None else before + self.planned_cash.get(balance.currency, ZERO)
+            if expected == balance.cash:
+                continue
+            detail = (f"first {balance.currency} balance on record: {balance.cash}" if expected is None else
+                      f"{balance.currency} cash: the log projects {expected}, the venue holds {balance.cash}")
+            if expected is not None and not self.can_correct_totals("cash"):
+                self.discrepancy("cash_drift", detail + "; not corrected: orders or fills unknown", "unknown",
+                                 ours=str(expected), theirs=str(balance.cash))
+                continue
+            e = self.build(
+                ev.CashBalanceRecorded,
+                event_id=fact_id("CashBalanceRecorded", self.account, self.venue, balance.currency, expected,
+                                 balance.cash, self.state.position),
+                occurred_at=self.now, causation_id=self.rid, account=self.account, venue=self.venue,
+                currency=balance.currency, balance=balance.cash,
+                expected=None if expected is None else _fit(expected),
+                reconciliation_id=str(self.rid), reason=detail,
+            )
+            if e is not None:
+                self.account_events.append((account_stream_id(self.account), e))
+                self.plan.count("cash_recorded")
+                if expected is not None:  # a first balance is a baseline, not a disagreement
+                    self.discrepancy("cash_drift", detail, "corrected", ours=str(expected), theirs=str(balance.cash))
+
+
+__all__ = [
+    "Discrepancy",
+    "RECONCILIATION_NAMESPACE",
+    "ReconciliationPlan",
+    "external_client_order_id",
+    "fact_id",
+    "inferred_exec_id",
+    "orders_to_look_up",
+    "plan_reconciliation",
+    "venue_orders",
+]

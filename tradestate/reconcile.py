@@ -1,0 +1,319 @@
+"""The reconciliation runner: snapshot the venue, plan against the log, append the corrections.
+
+One run appends, in one transaction, the corrective events, a ``ReconciliationCompleted`` with
+the raw venue report it acted on (and its sha256), and in strict mode a ``TradingBlocked`` when
+the venue disagreed with the log or could not be read in full. The append goes through the
+client's optimistic concurrency: on a conflict it catches up and plans again on the fresh log.
+
+Every run is recorded, also a clean one: "we compared at T and agreed" is itself a fact an
+auditor wants. The run's id is a uuid5 of the account, venue and the report's hash (which
+includes the time the snapshot was taken): a retry of the same run after an ambiguous commit
+finds its own events instead of writing twice, while the next run is a new record. The
+corrective events carry ids derived from the facts they record, so a second run on the same
+venue state appends nothing but its own ``ReconciliationCompleted``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pydantic_core import to_jsonable_python
+
+from .adapters.brokers.base import BrokerAdapter, OrderNotFound, Unknown, VenueError, VenueOrder, VenueSnapshot
+from .client import TradestateClient, _build
+from .domain import events as ev
+from .domain import orders as rules
+from .domain.errors import InvalidInput
+from .domain.ids import account_stream_id
+from .domain.reconcile import (
+    Discrepancy,
+    LookupResult,
+    ReconciliationPlan,
+    fact_id,
+    orders_to_look_up,
+    plan_reconciliation,
+)
+
+DEFAULT_LOOKUP_LIMIT = 500  # single-order lookups per run; beyond that the orders stay "unknown"
+MAX_ERRORS = 100  # ReconciliationCompleted.errors holds at most this many
+
+
+@dataclass(frozen=True)
+class ReconciliationResult:
+    reconciliation_id: str
+    account: str
+    broker: str
+    venue: str
+    status: ev.ReconciliationStatus  # clean, corrected, discrepancies, unknown
+    discrepancies: list[dict[str, Any]]
+    corrective_event_ids: list[UUID]
+    counts: dict[str, int]
+    errors: list[str]
+    duration_s: float
+    blocked: bool  # a TradingBlocked was appended by this run (strict mode)
+    position: int = 0  # log position of the ReconciliationCompleted
+    venue_report_sha256: str = ""
+    corrective_events: list[dict[str, Any]] = field(default_factory=list)  # type and a summary of each
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reconciliation_id": self.reconciliation_id,
+            "account": self.account,
+            "broker": self.broker,
+            "venue": self.venue,
+            "status": self.status,
+            "blocked": self.blocked,
+            "discrepancies": self.discrepancies,
+            "corrective_event_ids": [str(i) for i in self.corrective_event_ids],
+            "corrective_events": self.corrective_events,
+            "counts": self.counts,
+            "errors": self.errors,
+            "duration_s": self.duration_s,
+            "position": self.position,
+            "venue_report_sha256": self.venue_report_sha256,
+        }
+
+
+def venue_report(snapshot: VenueSnapshot, lookups: dict[str, LookupResult]) -> tuple[dict[str, Any], str]:
+    """The raw venue data one run acted on (snapshot and single-order lookups) as plain JSON, and
+    the sha256 of its canonical form (sorted keys)."""
+    report = snapshot.raw_report()
+    report["lookups"] = {
+        coid: (result.raw if isinstance(result, VenueOrder) else
+               {"unknown": result.reason} if isinstance(result, Unknown) else {"not_found": True})
+        for coid, result in sorted(lookups.items())
+    }
+    plain = to_jsonable_python(report, fallback=str)
+    digest = hashlib.sha256(orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return plain, digest
+
+
+def look_up(adapter: BrokerAdapter, client_order_ids: list[str], limit: int) -> dict[str, LookupResult]:
+    results: dict[str, LookupResult] = {}
+    for n, coid in enumerate(client_order_ids):
+        if n >= limit:
+            results[coid] = Unknown(f"more than {limit} orders to look up in one run")
+            continue
+        try:
+            results[coid] = adapter.order_by_client_id(coid)
+        except OrderNotFound:
+            results[coid] = None
+        except VenueError as e:
+            results[coid] = Unknown(f"{type(e).__name__}: {e}")
+    return results
+
+
+def _summary(event: ev.Event) -> dict[str, Any]:
+    data = event.model_dump(mode="json", exclude={"occurred_at", "correlation_id", "causation_id"})
+    keep = ("event_id", "client_order_id", "symbol", "exec_id", "qty", "price", "kind", "qty_before", "qty_after",
+            "currency", "balance", "expected", "venue_order_id", "reason")
+    return {"type": event.type_name(), **{k: data[k] for k in keep if data.get(k) not in (None, "")}}
+
+
+def reconcile(
+    client: TradestateClient,
+    adapter: BrokerAdapter,
+    *,
+    strict: bool = False,
+    since: datetime | None = None,
+    now: datetime | None = None,
+    lookup_limit: int = DEFAULT_LOOKUP_LIMIT,
+) -> ReconciliationResult:
+    """Reconcile one broker account with the log; see the module docstring."""
+    started = time.perf_counter()
+    if now is None:
+        now = client._now()
+    if now.tzinfo is None or (since is not None and since.tzinfo is None):
+        raise InvalidInput("reconcile: now and since must be timezone-aware")
+    now = now.astimezone(timezone.utc)
+    account = adapter.account
+    snapshot = adapter.snapshot(since, now=now)
+    client.catch_up()
+    lookups = look_up(adapter, orders_to_look_up(client.state, snapshot), lookup_limit)
+    report, digest = venue_report(snapshot, lookups)
+    run_id = fact_id("reconciliation", account, adapter.broker, snapshot.venue, digest)
+    completed_id = fact_id("ReconciliationCompleted", run_id)
+    holder: dict[str, Any] = {}
+
+    def decide() -> rules.Decision:
+        # Runs after every catch-up (again after a conflict): the plan is always against the log
+        # as it is now, so a concurrent writer's events are never corrected twice.
+        plan = plan_reconciliation(client.state, snapshot, reconciliation_id=run_id, now=now, lookups=lookups)
+        holder["plan"] = plan
+        state_account = client.state.accounts.get(account)
+        block = strict and plan.blocking and not (state_account is not None and state_account.blocked)
+        holder["block"] = block
+        completed = _build(
+            ev.ReconciliationCompleted,
+            event_id=completed_id,
+            occurred_at=now,
+            causation_id=run_id,
+            account=account,
+            reconciliation_id=str(run_id),
+            broker=adapter.broker,
+            venue=snapshot.venue,
+            status=plan.status,
+            counts=plan.counts,
+            discrepancies=[d.as_dict() for d in plan.discrepancies],
+            corrective_event_ids=plan.event_ids,
+            errors=_errors(plan)[:MAX_ERRORS],
+            venue_report=report,
+            venue_report_sha256=digest,
+        )
+        events = [*plan.events, (account_stream_id(account), completed)]
+        if block:
+            events.append((account_stream_id(account), _build(
+                ev.TradingBlocked,
+                event_id=fact_id("TradingBlocked", run_id),
+                occurred_at=now,
+                causation_id=completed_id,
+                account=account,
+                reason=_block_reason(plan),
+                reconciliation_id=str(run_id),
+            )))
+        return rules.Append(events)
+
+    decision, positions = client._record(decide)
+    plan: ReconciliationPlan = holder["plan"]
+    blocked = bool(holder.get("block"))
+    position = positions[len(plan.events)] if isinstance(decision, rules.Append) else positions[0]
+    if isinstance(decision, rules.AlreadyRecorded):  # cannot happen: decide always appends
+        blocked = False
+    return ReconciliationResult(
+        reconciliation_id=str(run_id),
+        account=account,
+        broker=adapter.broker,
+        venue=snapshot.venue,
+        status=plan.status,
+        discrepancies=[d.as_dict() for d in plan.discrepancies],
+        corrective_event_ids=plan.event_ids,
+        counts=dict(plan.counts),
+        errors=_errors(plan),
+        duration_s=time.perf_counter() - started,
+        blocked=blocked,
+        position=position,
+        venue_report_sha256=digest,
+        corrective_events=[_summary(e) for _, e in plan.events],
+    )
+
+
+def _errors(plan: ReconciliationPlan) -> list[str]:
+    return [u[:1000] for u in plan.unknown]
+
+
+def _block_reason(plan: ReconciliationPlan) -> str:
+    kinds: dict[str, int] = {}
+    for d in plan.discrepancies:
+        kinds[d.kind] = kinds.get(d.kind, 0) + 1
+    parts = [f"{n} {kind}" for kind, n in sorted(kinds.items())]
+    if plan.unknown:
+        parts.append(f"{len(plan.unknown)} unknown ({plan.unknown[0]})")
+    return ("strict reconciliation: " + ", ".join(parts))[:1000]
+
+
+def acknowledge(client: TradestateClient, account: str, *, by: str, decision: str) -> Any:
+    """Record an operator's decision on the discrepancies that blocked trading (unblocks it)."""
+    if not decision or not decision.strip():
+        raise InvalidInput("acknowledge: say what was decided (--decision)")
+    client.catch_up()
+    state = client.state.accounts.get(account)
+    last = state.last_reconciliation if state is not None else None
+    return client._account_fact(
+        ev.DiscrepancyAcknowledged, account, by=by, decision=decision,
+        reconciliation_id=last["reconciliation_id"] if last else None,
+    )
+
+
+# ---------------------------------------------------------------------------------- adapters
+
+BROKERS = ("sim", "alpaca", "ib")
+
+
+def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
+    """Build the adapter for ``broker`` from plain options (CLI flags or a TOML table).
+
+    sim: ``account``, ``sim_state`` (the SimulatedBroker state file), ``venue``, ``seed``.
+    alpaca: ``account``, ``base_url``, ``stream_url``, ``api_key``/``secret_key`` (default
+    ``$APCA_API_KEY_ID``/``$APCA_API_SECRET_KEY``). ib: ``account``, ``host``, ``port``,
+    ``client_id``, ``ib_account`` (the IB account code, when it differs from ours)."""
+    import inspect
+    import os
+
+    account = options.get("account")
+    if not account:
+        raise InvalidInput("give the account to reconcile (--account)")
+    if broker == "sim":
+        from .adapters.brokers.sim import SimulatedBroker
+
+        path = options.get("sim_state")
+        if not path:
+            raise InvalidInput("--broker sim needs --sim-state PATH (the simulated broker's state file)")
+        if not os.path.exists(path):
+            raise InvalidInput(f"no simulated broker state at {path!r}")
+        return SimulatedBroker(account=account, venue=options.get("venue") or "SIM",
+                               seed=int(options.get("seed") or 0), state_path=path)
+    if broker == "alpaca":
+        cls = _load("tradestate.adapters.brokers.alpaca", "AlpacaAdapter", "alpaca")
+        values = {
+            "account": account,
+            "base_url": options.get("base_url"),
+            "stream_url": options.get("stream_url"),
+            "api_key": options.get("api_key") or os.environ.get("APCA_API_KEY_ID"),
+            "secret_key": options.get("secret_key") or os.environ.get("APCA_API_SECRET_KEY"),
+            "venue": options.get("venue"),
+        }
+        if not values["api_key"] or not values["secret_key"]:
+            raise InvalidInput("Alpaca needs API keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
+        return cls(**_accepted(cls, values))
+    if broker == "ib":
+        cls = _load("tradestate.adapters.brokers.ib", "IBAdapter", "ib")
+        values = {
+            "account": account,
+            "host": options.get("host") or "127.0.0.1",
+            "port": int(options["port"]) if options.get("port") else None,
+            "client_id": int(options["client_id"]) if options.get("client_id") is not None else None,
+            "ib_account": options.get("ib_account"),
+            "venue": options.get("venue"),
+        }
+        return cls(**_accepted(cls, values))
+    raise InvalidInput(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
+
+
+def _load(module: str, name: str, broker: str) -> Any:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == module or module.startswith(e.name + ".")):
+            raise InvalidInput(f"the {broker} adapter ({module}) is not installed in this build") from None
+        raise InvalidInput(f"the {broker} adapter needs {e.name!r}: pip install {e.name}") from None
+    except AttributeError:
+        raise InvalidInput(f"{module} has no {name}") from None
+
+
+def _accepted(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Pass the options the adapter's constructor takes (and that were given)."""
+    import inspect
+
+    parameters = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return {k: v for k, v in values.items() if v is not None}
+    return {k: v for k, v in values.items() if v is not None and k in parameters}
+
+
+__all__ = [
+    "BROKERS",
+    "Discrepancy",
+    "ReconciliationResult",
+    "acknowledge",
+    "make_adapter",
+    "reconcile",
+    "venue_report",
+]
