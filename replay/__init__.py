@@ -12,13 +12,14 @@ replay, export for notebooks and an HTML report. Everything here only reads the 
 from .export import export
 from .log import LoggedEvent, ReplayError, describe, parse_duration, parse_speed, parse_time, position_at
 from .market import Bar, MarketItem, MarketReplay, recorded_bars, replay_market
+from .orders import OrderReplay, replay_orders
 from .report import write_report
 from .state import StateAt, diff, diff_positions, render_diff, render_state, state_at_position, state_at_time, state_view
 from .timeline import Timeline, timeline, timeline_table
 from .trace import Trace, render_trace, trace
 
 __all__ = [
-    "Bar", "LoggedEvent", "MarketItem", "MarketReplay", "ReplayError", "StateAt", "Timeline", "Trace",
+    "Bar", "LoggedEvent", "OrderReplay", "replay_orders", "MarketItem", "MarketReplay", "ReplayError", "StateAt", "Timeline", "Trace",
     "describe", "diff", "diff_positions", "export", "parse_duration", "parse_speed", "parse_time", "position_at",
     "recorded_bars", "render_diff", "render_state", "render_trace", "replay_market", "state_at_position",
     "state_at_time", "state_view", "timeline", "timeline_table", "trace", "write_report",

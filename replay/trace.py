@@ -118,7 +118,7 @@ def trace(store: Store, account: str | None, client_order_id: str) -> Trace:
     if account is None:
         found = find_accounts(store, client_order_id)
         if not found:
-            raise UnknownOrder("<any>", client_order_id)
+            raise ReplayError(f"unknown order: no account has client order id {client_order_id!r}")
         if len(found) > 1:
             raise ReplayError(f"client order id {client_order_id!r} exists in several accounts "
                               f"({', '.join(found)}): pass --account")
