@@ -1,0 +1,342 @@
+"""Replay from Python (notebooks): state at a position or instant, diff, timeline, trace, market
+and order replay, export — on a small real log, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+import tradestate
+from tradestate import replay
+from tradestate.adapters.store import checkpoints as cp
+from tradestate.adapters.store import open_store
+from tradestate.domain.errors import TradestateError, UnknownOrder
+from tradestate.domain.state import TradingState
+
+T0 = datetime(2026, 11, 20, 14, 30, tzinfo=timezone.utc)
+A = "acct-a"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0 + timedelta(seconds=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Session:
+    url: str
+    mid: datetime  # a recorded instant just after o-1 filled
+    mid_position: int  # the last position recorded before ``mid``
+    head: int
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def build_session(url: str) -> Session:
+    """~40 events: fills, a cancel, a breaker trip and a refusal, a kill switch, an overfill
+    (discrepancy), a second account using the same client order id, and 4 AAPL bars."""
+    clock = Clock()
+    with tradestate.connect(url, clock=clock) as c:
+        c.engine_started("eng-1")
+        c.set_risk_limit(A, "max_position_qty", 1000)
+        for minute, (o, h, lo, cl) in enumerate([("187.10", "187.60", "187.00", "187.55"),
+                                                 ("187.55", "187.90", "187.40", "187.80"),
+                                                 ("187.80", "189.20", "187.70", "189.10"),
+                                                 ("189.10", "189.30", "188.50", "188.60")]):
+            c.record_bar("sim", "AAPL", "1m", T0 + timedelta(minutes=minute), o, h, lo, cl, 1000 + minute)
+        c.record_signal("sma", "AAPL", "buy", value="1.5", occurred_at=_at(29))
+        c.record_intent(A, "o-1", "AAPL", "buy", 100, order_type="limit", limit_price="187.50", strategy_id="sma",
+                        occurred_at=_at(30))
+        c.record_submitted(A, "o-1", occurred_at=_at(31))
+        c.record_ack(A, "o-1", "V-1", occurred_at=_at(32))
+        c.record_fill(A, "o-1", "X-1", 40, "187.45", fee="0.20", occurred_at=_at(40))
+        c.record_fill(A, "o-1", "X-2", 60, "187.48", fee="0.30", occurred_at=_at(45))
+        mid_position = c.position
+        time.sleep(0.01)
+        mid = datetime.now(timezone.utc)
+        time.sleep(0.01)
+        c.record_intent(A, "o-2", "AAPL", "sell", 50, order_type="limit", limit_price="189.00", occurred_at=_at(70))
+        c.record_submitted(A, "o-2", occurred_at=_at(71))
+        c.record_ack(A, "o-2", "V-2", occurred_at=_at(72))
+        c.request_cancel(A, "o-2", "signal faded", occurred_at=_at(80))
+        c.record_cancelled(A, "o-2", "cancelled at venue", occurred_at=_at(81))
+        clock.now = _at(100)
+        c.trip_breaker(A, "volatility spike")
+        r = c.record_intent(A, "o-3", "AAPL", "buy", 10, reference_price="188", occurred_at=_at(110))
+        assert not r.accepted
+        clock.now = _at(120)
+        c.reset_breaker(A, "calm again")
+        clock.now = _at(130)
+        c.engage_kill_switch(A, "operator test")
+        clock.now = _at(135)
+        c.release_kill_switch(A, "done")
+        c.record_intent(A, "o-4", "AAPL", "buy", 10, reference_price="188", occurred_at=_at(150))
+        c.record_submitted(A, "o-4", occurred_at=_at(151))
+        c.record_ack(A, "o-4", "V-4", occurred_at=_at(152))
+        c.record_fill(A, "o-4", "X-4", 10, "188.10", occurred_at=_at(160))
+        c.record_fill(A, "o-4", "X-5", 5, "188.20", occurred_at=_at(161))  # overfill: a discrepancy
+        c.record_intent("acct-b", "o-1", "AAPL", "sell", 5, reference_price="188", occurred_at=_at(170))
+        clock.now = _at(200)
+        c.engine_stopped("eng-1")
+        head = c.position
+    return Session(url, mid, mid_position, head)
+
+
+@pytest.fixture
+def session(db_url) -> Session:
+    return build_session(db_url)
+
+
+@pytest.fixture
+def store(session):
+    s = open_store(session.url, create=False)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def fresh_fold(store, stop=None) -> TradingState:
+    state = TradingState()
+    cp.fold_tail(store, state, stop)
+    return state
+
+
+# ------------------------------------------------------------------------------ state
+
+
+def test_state_at_a_position_is_the_fold_of_the_prefix_with_or_without_checkpoints(store, session):
+    for position in (1, 9, session.mid_position, session.head):
+        got = replay.state_at_position(store, position)
+        want = fresh_fold(store, position)
+        assert got.view() == replay.state_view(want, got.at, position=position), position
+    cp.write(store, fresh_fold(store, 12))
+    got = replay.state_at_position(store, session.mid_position)
+    assert got.view() == replay.state_view(fresh_fold(store, session.mid_position), got.at,
+                                           position=session.mid_position)
+
+
+def test_state_at_a_recorded_instant_maps_to_the_last_position_at_or_before_it(store, session):
+    st = replay.state_at_time(store, session.mid)
+    assert st.position == session.mid_position
+    view = st.view()
+    assert [(p["symbol"], p["qty"]) for p in view["positions"]] == [("AAPL", Decimal(100))]
+    assert view["open_orders"] == []
+    assert view["accounts"][A]["breaker_tripped"] is False
+    # ISO text with Z works too, and gives the same answer
+    assert replay.state_at_time(store, replay.log.iso(session.mid)).position == session.mid_position
+
+
+def test_state_on_the_occurred_axis_folds_every_event_that_had_occurred(store, session):
+    st = replay.state_at_time(store, _at(105), axis="occurred")
+    view = st.view()
+    acct = view["accounts"][A]
+    assert acct["breaker_tripped"] is True and acct["breaker_reason"] == "volatility spike"
+    assert [(p["symbol"], p["qty"]) for p in view["positions"]] == [("AAPL", Decimal(100))]
+    # o-2 was cancelled at 81s: no open order; at 75s it was working
+    assert view["open_orders"] == []
+    early = replay.state_at_time(store, _at(75), axis="occurred").view()
+    assert [o["client_order_id"] for o in early["open_orders"]] == ["o-2"]
+    later = replay.state_at_time(store, _at(131), axis="occurred").view()
+    assert later["accounts"][A]["kill_switch"] is True and later["accounts"][A]["breaker_tripped"] is False
+
+
+def test_times_outside_the_log_are_refused(store, session):
+    with pytest.raises(replay.ReplayError, match="before the log starts"):
+        replay.state_at_time(store, "2001-01-01T00:00:00Z")
+    with pytest.raises(replay.ReplayError, match="after the log ends"):
+        replay.state_at_time(store, datetime.now(timezone.utc) + timedelta(days=1))
+    with pytest.raises(replay.ReplayError, match="after the log ends"):
+        replay.state_at_time(store, "2027-01-01T00:00:00Z", axis="occurred")
+    with pytest.raises(replay.ReplayError, match="time zone"):
+        replay.state_at_time(store, "2026-11-20T14:31:05")
+    with pytest.raises(replay.ReplayError, match="after the log ends"):
+        replay.state_at_position(store, session.head + 1)
+
+
+# ------------------------------------------------------------------------------- diff
+
+
+def test_diff_says_what_changed_and_which_events_changed_it(store, session):
+    d = replay.diff(store, _at(60), _at(140), axis="occurred")
+    orders = {o["client_order_id"]: o for o in d["orders"]}
+    assert orders["o-2"]["changes"]["status"] == [None, "cancelled"]
+    assert orders["o-3"]["changes"]["status"] == [None, "refused"]
+    assert "o-1" not in orders  # nothing happened to it in the window
+    types = {e["type"] for e in d["events"]}
+    assert {"CircuitBreakerTripped", "KillSwitchEngaged", "OrderCancelled"} <= types
+    assert not d["positions"]  # no fill in the window
+    d2 = replay.diff_positions(store, 1, session.mid_position)
+    (pos,) = d2["positions"]
+    assert pos["changes"]["qty"] == [None, Decimal(100)]
+    fills = [e["position"] for e in d2["events"] if e["type"] == "OrderFilled"]
+    assert pos["events"] == fills and len(fills) == 2
+    with pytest.raises(replay.ReplayError, match="before"):
+        replay.diff(store, session.mid, session.mid - timedelta(seconds=1))
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+def test_timeline_lists_the_window_in_log_order_with_filters_and_bars(store, session):
+    tl = replay.timeline(store, _at(60), "60s", axis="occurred")
+    positions = [e.position for e in tl.events]
+    assert positions == sorted(positions) and len(positions) > 10
+    assert all(_at(0) <= e.time("occurred") <= _at(120) for e in tl.events)
+    only = replay.timeline(store, _at(60), "60s", axis="occurred", types="OrderFilled")
+    assert [e.payload["exec_id"] for e in only.events] == ["X-1", "X-2"]
+    by_strategy = replay.timeline(store, _at(60), "60s", axis="occurred", strategy="sma")
+    assert {e.payload.get("client_order_id") for e in by_strategy.events} == {"o-1", None}  # o-1 + the signal
+    with_bars = replay.timeline(store, _at(60), "60s", axis="occurred", market=True, symbol="AAPL")
+    bars = [e for e in with_bars.events if e.log == "market"]
+    assert len(bars) == 2  # closes at 14:31 and 14:32
+    times = [e.time("occurred") for e in with_bars.events]
+    i = with_bars.events.index(bars[0])
+    assert times[i - 1] <= times[i]  # interleaved by time
+    on_recorded = replay.timeline(store, session.mid, "1h")
+    assert len(on_recorded.events) == session.head
+    with pytest.raises(replay.ReplayError, match="not a duration"):
+        replay.timeline(store, session.mid, "6x")
+    with pytest.raises(replay.ReplayError, match="unknown event type"):
+        replay.timeline(store, session.mid, "60s", types="NoSuchEvent")
+
+
+# ------------------------------------------------------------------------------ trace
+
+
+def test_trace_shows_the_whole_life_with_state_after_each_step(store, session):
+    t = replay.trace(store, A, "o-1")
+    types = [s.event.type for s in t.steps]
+    assert types == ["OrderIntentRecorded", "RiskCheckPassed", "OrderSubmitted", "OrderAcknowledged",
+                     "OrderFilled", "OrderFilled"]
+    assert [s.order_after["status"] for s in t.steps if s.order_after] == [
+        "new", "submitted", "acknowledged", "partially_filled", "filled"]
+    assert t.steps[1].caused_by == 1  # the risk decision was caused by the intent
+    assert t.final["filled_qty"] == 100 and t.final["avg_fill_price"] == Decimal("187.468")
+    refused = replay.trace(store, A, "o-3")
+    assert [s.event.type for s in refused.steps] == ["OrderIntentRecorded", "IntentRejectedByRisk"]
+    assert refused.final["refusal"] == ["circuit_breaker"]
+    over = replay.trace(store, A, "o-4")
+    disc = [s for s in over.steps if s.event.type == "DiscrepancyRecorded"]
+    assert len(disc) == 1 and disc[0].from_reconciliation and over.final["discrepancies"] == 1
+    json.dumps(over.to_json(), default=str)
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(over)
+    assert "discrepancy" in console.export_text()
+
+
+def test_trace_of_an_unknown_or_ambiguous_order(store, session):
+    with pytest.raises(UnknownOrder):
+        replay.trace(store, A, "nope")
+    with pytest.raises(replay.ReplayError, match="unknown order"):
+        replay.trace(store, None, "nope")
+    with pytest.raises(replay.ReplayError, match="several accounts"):
+        replay.trace(store, None, "o-1")
+    assert replay.trace(store, None, "o-4").account == A
+
+
+# ----------------------------------------------------------------------- market replay
+
+
+def test_market_replay_is_in_time_order_paced_by_speed_and_interleaved(store, session):
+    seen = []
+    fake = {"now": 0.0}
+    sleeps: list[float] = []
+
+    def sleep(s: float) -> None:
+        sleeps.append(s)
+        fake["now"] += s
+
+    r = replay.replay_market(store, _at(0), _at(240), "60x", seen.append, sleep=sleep, clock=lambda: fake["now"])
+    items = list(r)
+    assert items == seen
+    assert [i.time for i in items] == sorted(i.time for i in items)
+    bars = [i.bar for i in items if i.kind == "bar"]
+    assert [b.start for b in bars] == [T0 + timedelta(minutes=m) for m in range(4)]
+    assert bars[0].close == Decimal("187.55")
+    assert any(i.kind == "event" and i.event.type == "OrderFilled" for i in items)
+    span = (items[-1].time - items[0].time).total_seconds()
+    assert sum(sleeps) == pytest.approx(span / 60, rel=1e-6)
+    stats = replay.replay_market(store, _at(0), _at(240), "max", trading=False).run()
+    assert stats.bars == 4 and stats.events == 0
+    warm = replay.recorded_bars(store, symbol="AAPL", end=_at(150), last=2)
+    assert [b.start for b in warm] == [T0, T0 + timedelta(minutes=1)]  # closed by 14:32:30
+    with pytest.raises(replay.ReplayError):
+        replay.replay_market(store, _at(0), _at(60), "fast")
+    with pytest.raises(replay.ReplayError, match="nothing recorded"):
+        list(replay.replay_market(store, "2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z"))
+
+
+# ------------------------------------------------------------------------ order replay
+
+
+def test_order_replay_compares_simulated_with_recorded_outcomes(store, session):
+    r = replay.replay_orders(store, _at(0), _at(240), account=A)
+    by_id = {o.client_order_id: o for o in r.orders}
+    assert set(by_id) == {"o-1", "o-2", "o-3", "o-4"}
+    o1 = by_id["o-1"]
+    assert o1.recorded["filled_qty"] == 100 and o1.simulated["filled_qty"] == 100
+    assert o1.simulated["avg_price"] <= Decimal("187.50")  # a buy limit never fills above its limit
+    assert by_id["o-3"].simulated is None and by_id["o-3"].same  # refused: not sent
+    assert by_id["o-2"].recorded["status"] == "cancelled"
+    (aapl,) = [p for p in r.positions if p["symbol"] == "AAPL"]
+    assert aapl["recorded_qty"] == Decimal(110)  # o-1 and o-4; the overfill is a discrepancy, not a fill
+    assert r.to_json()["summary"]["orders"] == 4
+    assert replay.replay_orders(store, _at(0), _at(240), account=A).to_json() == r.to_json()  # deterministic
+    with pytest.raises(replay.ReplayError, match="no order intent"):
+        replay.replay_orders(store, "2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_parquet_and_jsonl_have_one_column_per_envelope_field(store, session, tmp_path):
+    import pyarrow.parquet as pq
+
+    n = replay.export(store, str(tmp_path / "log.parquet"))
+    table = pq.read_table(tmp_path / "log.parquet")
+    assert n == session.head == table.num_rows
+    assert table.column_names == ["position", "stream_id", "version", "type", "recorded_at", "event_id",
+                                  "occurred_at", "correlation_id", "causation_id", "payload"]
+    rows = table.to_pylist()
+    assert [r["position"] for r in rows] == list(range(1, session.head + 1))
+    assert json.loads(rows[0]["payload"])["engine_id"] == "eng-1"
+    assert rows[0]["recorded_at"].tzinfo is not None
+    m = replay.export(store, str(tmp_path / "w.jsonl"), start=_at(60), end=_at(140), axis="occurred")
+    lines = [json.loads(x) for x in (tmp_path / "w.jsonl").read_text().splitlines()]
+    assert len(lines) == m and 0 < m < session.head
+    assert set(lines[0]) == {"position", "stream_id", "version", "type", "recorded_at", "event_id", "occurred_at",
+                             "correlation_id", "causation_id", "payload"}
+    assert all("2026-11-20T14:31:00Z" <= x["occurred_at"] <= "2026-11-20T14:32:20Z" for x in lines)
+    bars = replay.export(store, str(tmp_path / "bars.jsonl"), log="market")
+    assert bars == 4
+    with pytest.raises(replay.ReplayError, match="format"):
+        replay.export(store, str(tmp_path / "x.csv"))
+
+
+def test_replay_never_writes(store, session):
+    before = (store.trading.head(), store.market.head(), cp.list_checkpoints(store))
+    replay.state_at_time(store, session.mid)
+    replay.timeline(store, session.mid, "1h", market=True)
+    replay.trace(store, A, "o-4")
+    replay.replay_orders(store, _at(0), _at(240))
+    assert (store.trading.head(), store.market.head(), cp.list_checkpoints(store)) == before
+
+
+def test_errors_are_tradestate_errors(store, session):
+    for call in (lambda: replay.parse_duration("6x"), lambda: replay.parse_speed("fast"),
+                 lambda: replay.parse_time("yesterday")):
+        with pytest.raises(TradestateError):
+            call()
