@@ -242,7 +242,6 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
     alpaca: ``account``, ``base_url``, ``stream_url``, ``api_key``/``secret_key`` (default
     ``$APCA_API_KEY_ID``/``$APCA_API_SECRET_KEY``). ib: ``account``, ``host``, ``port``,
     ``client_id``, ``ib_account`` (the IB account code, when it differs from ours)."""
-    import inspect
     import os
 
     account = options.get("account")
@@ -270,7 +269,7 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
         }
         if not values["api_key"] or not values["secret_key"]:
             raise InvalidInput("Alpaca needs API keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
-        return cls(**_accepted(cls, values))
+        return _construct(cls, values)
     if broker == "ib":
         cls = _load("tradestate.adapters.brokers.ib", "IBAdapter", "ib")
         values = {
@@ -281,7 +280,7 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
             "ib_account": options.get("ib_account"),
             "venue": options.get("venue"),
         }
-        return cls(**_accepted(cls, values))
+        return _construct(cls, values)
     raise InvalidInput(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
 
 
@@ -296,6 +295,13 @@ def _load(module: str, name: str, broker: str) -> Any:
         raise InvalidInput(f"the {broker} adapter needs {e.name!r}: pip install {e.name}") from None
     except AttributeError:
         raise InvalidInput(f"{module} has no {name}") from None
+
+
+def _construct(cls: Any, values: dict[str, Any]) -> BrokerAdapter:
+    try:
+        return cls(**_accepted(cls, values))
+    except (ValueError, TypeError) as e:  # the adapter refused its options: bad input
+        raise InvalidInput(f"{cls.__name__}: {e}") from None
 
 
 def _accepted(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
