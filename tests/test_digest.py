@@ -1,0 +1,411 @@
+"""The digest chain: sealing, verifying, and naming the first bad position of a tampered log.
+
+Tampering is done with raw SQL on the real database, the way an operator (or an intruder) with
+direct access would: on SQLite with the append-only triggers dropped, on PostgreSQL as a superuser
+with them disabled (``ALTER TABLE ... DISABLE TRIGGER``)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+
+import orjson
+import psycopg
+import pytest
+from conftest import pg_base_url
+
+from tradestate.adapters.store import digest, new_event, open_store
+from tradestate.domain.errors import ConcurrencyConflict
+
+N = 60  # events in the test log; sealed in ranges of 7 (the last one partial)
+
+
+def _event(i: int, stream: str | None = None, version: int | None = None):
+    stream = stream or f"order-{i % 5}"
+    version = version if version is not None else i // 5 + 1
+    payload = orjson.dumps({"event_id": str(uuid.uuid4()), "qty": str(i + 1), "price": "101.25", "n": i})
+    return new_event(stream, version, "OrderFilled" if i % 3 else "OrderIntentRecorded", payload)
+
+
+@pytest.fixture
+def store(db_url):
+    s = open_store(db_url)
+    s.trading.append([_event(i) for i in range(N // 2)])
+    for i in range(N // 2, N):
+        s.trading.append([_event(i)])
+    s.market.append([new_event(f"bar-X|S{i}|1m", 1, "BarRecorded", b'{"close": "1"}') for i in range(10)])
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _schema(url: str) -> str:
+    from urllib.parse import parse_qs, urlparse
+
+    return parse_qs(urlparse(url).query).get("schema", ["public"])[0]
+
+
+def tamper(store, *statements: tuple[str, tuple]) -> None:
+    """Run raw SQL as the database owner, around the append-only protection."""
+    if store.kind == "sqlite":
+        conn = sqlite3.connect(store.url[len("sqlite:///"):], isolation_level=None)
+        try:
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+                conn.execute(f'DROP TRIGGER "{name}"')
+            conn.execute("BEGIN")
+            for sql, params in statements:
+                conn.execute(sql.replace("%s", "?"), params)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return
+    schema = _schema(store.url)
+    with psycopg.connect(pg_base_url(), autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        with conn.transaction():
+            triggers = conn.execute(
+                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND NOT t.tgisinternal",
+                (schema,)).fetchall()
+            for table, name in triggers:
+                conn.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER "{name}"')
+            for sql, params in statements:
+                conn.execute(sql, params)
+            for table, name in triggers:
+                conn.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER "{name}"')
+
+
+def sealed(store, max_range: int = 7):
+    digest.protect_log(store)
+    result = digest.seal(store, max_range=max_range)
+    assert result.sealed_upto == N and result.events == N + 10
+    return result
+
+
+def row(store, position: int) -> tuple:
+    p = "?" if store.kind == "sqlite" else "%s"
+    if store.kind == "sqlite":
+        conn = sqlite3.connect(store.url[len("sqlite:///"):])
+        try:
+            return conn.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM ts_events"
+                                f" WHERE position = {p}", (position,)).fetchone()
+        finally:
+            conn.close()
+    with psycopg.connect(pg_base_url()) as conn:
+        conn.execute(f'SET search_path TO "{_schema(store.url)}"')
+        return conn.execute("SELECT position, stream_id, stream_version, type, data, recorded_at FROM ts_events"
+                            " WHERE position = %s", (position,)).fetchone()
+
+
+# ------------------------------------------------------------------------------ seal and verify
+
+
+def test_seal_then_verify_ok_and_idempotent(store):
+    first = sealed(store)
+    assert first.ranges == (N + 6) // 7 + 2  # 60 events in ranges of 7, 10 bars in 7 + 3
+    again = digest.seal(store, max_range=7)
+    assert again.ranges == 0 and again.sealed_upto == N and again.last_digest == first.last_digest
+    result = digest.verify(store)
+    assert result.ok, result.detail
+    assert (result.sealed_upto, result.head, result.checked_events, result.unsealed_events) == (N, N, N + 10, 0)
+    assert result.last_digest == first.last_digest and len(result.last_digest) == 64
+
+
+def test_unsealed_tail_is_counted_and_sealed_later(store):
+    digest.seal(store, upto=20, max_range=7)
+    result = digest.verify(store)
+    assert result.ok and result.sealed_upto == 20 and result.unsealed_events == N - 20
+    store.trading.append([_event(i) for i in range(N, N + 5)])
+    assert digest.seal(store).sealed_upto == N + 5
+    assert digest.verify(store).ok
+
+
+def test_empty_log_verifies_with_nothing_sealed(sqlite_url):
+    with open_store(sqlite_url) as s:
+        assert digest.seal(s).ranges == 0
+        result = digest.verify(s)
+        assert result.ok and result.sealed_upto == 0 and "nothing sealed" in result.detail
+
+
+def test_verify_after_a_position_still_checks_every_link(store):
+    sealed(store)
+    result = digest.verify(store, after=50)
+    assert result.ok and result.checked_events < N
+    tamper(store, ("UPDATE ts_events SET data = %s WHERE position = %s", (b'{"x": 1}', 10)))
+    assert digest.verify(store, after=50).ok  # range 8-14 ends before 50: not recomputed
+    assert digest.verify(store).first_bad_position == 10
+
+
+def test_progress_is_reported(store):
+    sealed(store)
+    seen: list[tuple[int, int]] = []
+    digest.verify(store, progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, N + 10) and seen[-1] == (N + 10, N + 10)
+
+
+# ------------------------------------------------------------------------------ tampering
+
+
+@pytest.mark.parametrize(
+    "name, statements, position, problem",
+    [
+        ("payload", [("UPDATE ts_events SET data = %s WHERE position = %s", (b'{"qty": "1000000"}', 23))], 23,
+         "edited"),
+        ("type", [("UPDATE ts_events SET type = %s WHERE position = %s", ("OrderCancelled", 9))], 9, "edited"),
+        ("stream", [("UPDATE ts_events SET stream_id = %s WHERE position = %s", ("order-evil", 41))], 41, "edited"),
+        ("two edits: the first is named", [
+            ("UPDATE ts_events SET data = %s WHERE position = %s", (b'{}', 44)),
+            ("UPDATE ts_events SET data = %s WHERE position = %s", (b'{}', 16))], 16, "edited"),
+        ("deleted", [("DELETE FROM ts_events WHERE position = %s", (30,))], 30, "deleted"),
+        ("deleted at the end", [("DELETE FROM ts_events WHERE position >= %s", (58,))], 58, "deleted"),
+        ("deleted, later events renumbered", [
+            ("DELETE FROM ts_events WHERE position = %s", (12,)),
+            ("UPDATE ts_events SET position = -position WHERE position > %s", (12,)),
+            ("UPDATE ts_events SET position = -position - 1 WHERE position < %s", (0,))], 12, "deleted"),
+        ("inserted, later events renumbered", [
+            ("UPDATE ts_events SET position = -position WHERE position >= %s", (33,)),
+            ("UPDATE ts_events SET position = -position + 1 WHERE position < %s", (0,)),
+            ("INSERT INTO ts_events (position, stream_id, stream_version, type, data, recorded_at)"
+             " SELECT 33, 'order-forged', 1, type, data, recorded_at FROM ts_events WHERE position = 34", ())],
+         33, "inserted"),
+        ("inserted before the log", [
+            ("INSERT INTO ts_events (position, stream_id, stream_version, type, data, recorded_at)"
+             " SELECT 0, 'order-forged', 1, type, data, recorded_at FROM ts_events WHERE position = 1", ())],
+         0, "inserted"),
+        ("payloads swapped", [], None, None),  # the statements need the rows' values: built in the test
+        ("rows swapped", [
+            ("UPDATE ts_events SET position = -1 WHERE position = 20", ()),
+            ("UPDATE ts_events SET position = 20 WHERE position = 18", ()),
+            ("UPDATE ts_events SET position = 18 WHERE position = -1", ())], 18, "reordered"),
+    ],
+)
+def test_tampering_names_the_first_bad_position(store, name, statements, position, problem):
+    sealed(store)
+    if position is None:  # swap the payloads of 22 and 27 through a scratch value
+        a, b = row(store, 22)[4], row(store, 27)[4]
+        statements = [("UPDATE ts_events SET data = %s WHERE position = %s", (bytes(b), 22)),
+                      ("UPDATE ts_events SET data = %s WHERE position = %s", (bytes(a), 27))]
+        position, problem = 22, "reordered"
+    tamper(store, *statements)
+    result = digest.verify(store)
+    assert not result.ok
+    assert (result.first_bad_position, result.problem) == (position, problem), result.detail
+    assert result.log == "ts_events"
+
+
+def test_tampered_market_log_is_named(store):
+    sealed(store)
+    tamper(store, ("UPDATE ts_market_events SET data = %s WHERE position = %s", (b'{"close": "2"}', 4)))
+    result = digest.verify(store)
+    assert (result.ok, result.log, result.first_bad_position, result.problem) == (
+        False, "ts_market_events", 4, "edited")
+
+
+def test_deleted_from_unsealed_tail_on_sqlite(sqlite_url):
+    with open_store(sqlite_url) as s:
+        s.trading.append([_event(i) for i in range(20)])
+        digest.seal(s, upto=10)
+        tamper(s, ("DELETE FROM ts_events WHERE position = %s", (15,)))
+        result = digest.verify(s)
+        assert (result.first_bad_position, result.problem) == (15, "deleted")
+
+
+@pytest.mark.parametrize(
+    "statements, position",
+    [
+        ([("UPDATE ts_digest_chain SET digest = %s WHERE log = 'ts_events' AND range_start = 15", (bytes(32),))], 15),
+        ([("UPDATE ts_digest_chain SET previous_digest = %s WHERE log = 'ts_events' AND range_start = 29",
+           (bytes(32),))], 29),
+        ([("UPDATE ts_digest_chain SET fingerprints = %s WHERE log = 'ts_events' AND range_start = 8",
+           (bytes(84),))], 8),
+        ([("DELETE FROM ts_digest_chain WHERE log = 'ts_events' AND range_start = 22", ())], 22),
+    ],
+    ids=["digest", "previous", "fingerprints", "range removed"],
+)
+def test_edited_chain_is_named(store, statements, position):
+    sealed(store)
+    tamper(store, *statements)
+    result = digest.verify(store)
+    assert (result.ok, result.problem, result.first_bad_position) == (False, "chain_broken", position), result.detail
+
+
+def test_chain_rewritten_consistently_is_still_caught_by_content(store):
+    """An edited event whose range digest was recomputed by the intruder still breaks the link
+    to the next range (digests chain)."""
+    sealed(store)
+    tamper(store, ("UPDATE ts_events SET data = %s WHERE position = %s", (b'{"qty": "9"}', 10)))
+    # recompute range 8-14 as an intruder would, leaving later ranges alone
+    rows = []
+    db = digest._Backend(store)
+    with db.read() as cur:
+        rows = db.rows(cur, "ts_events", 8, 14)
+        cur.execute(f"SELECT previous_digest FROM {db.name('ts_digest_chain')} WHERE log = 'ts_events' AND"
+                    f" range_start = 8")
+        prev = bytes(cur.fetchone()[0])
+    new_digest, fps = digest._hash_rows(rows, prev)
+    tamper(store, ("UPDATE ts_digest_chain SET digest = %s, fingerprints = %s WHERE log = 'ts_events' AND"
+                   " range_start = 8", (new_digest, digest._pack_fps(fps))))
+    result = digest.verify(store)
+    assert (result.ok, result.problem, result.first_bad_position) == (False, "chain_broken", 15)
+
+
+@pytest.mark.postgres
+def test_voided_position_taken_over_is_inserted(pg_url):
+    with open_store(pg_url) as s:
+        s.trading.append([_event(i) for i in range(10)])
+        with pytest.raises(ConcurrencyConflict):
+            s.trading.append([_event(0)])  # (order-0, 1) is taken: position 11 becomes a $void row
+        s.trading.append([_event(i) for i in range(10, 15)])
+        assert row(s, 11)[1] == "$void"
+        digest.protect_log(s)
+        assert digest.seal(s, max_range=4).sealed_upto == 16
+        tamper(s, ("DELETE FROM ts_events WHERE position = 11", ()),
+               ("INSERT INTO ts_events (position, stream_id, stream_version, type, data)"
+                " VALUES (11, 'order-9', 99, 'OrderFilled', '{}')", ()))
+        result = digest.verify(s)
+        assert (result.first_bad_position, result.problem) == (11, "inserted"), result.detail
+
+
+# ------------------------------------------------------------------------------ append-only
+
+
+def test_protected_log_refuses_update_and_delete_but_appends(store):
+    digest.protect_log(store)
+    digest.protect_log(store)  # idempotent
+    assert digest.is_protected(store)
+    digest.seal(store)
+    statements = ["UPDATE ts_events SET data = data WHERE position = 1", "DELETE FROM ts_events WHERE position = 1",
+                  "UPDATE ts_market_events SET type = type", "DELETE FROM ts_digest_chain",
+                  "UPDATE ts_digest_chain SET digest = digest"]
+    if store.kind == "postgresql":
+        statements += ["TRUNCATE ts_events", "TRUNCATE ts_digest_chain", "TRUNCATE ts_market_events"]
+    for sql in statements:
+        with pytest.raises(Exception, match="append-only"):
+            _as_service(store, sql)
+    assert digest.verify(store).ok
+    store.trading.append([_event(1000, stream="order-new", version=1)])
+    assert store.trading.head() == N + 1
+    assert digest.seal(store).sealed_upto == N + 1
+
+
+def _as_service(store, sql: str) -> None:
+    if store.kind == "sqlite":
+        conn = sqlite3.connect(store.url[len("sqlite:///"):], isolation_level=None)
+        try:
+            conn.execute(sql)
+        finally:
+            conn.close()
+        return
+    with psycopg.connect(pg_base_url(), autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{_schema(store.url)}"')
+        conn.execute(sql)
+
+
+@pytest.mark.postgres
+def test_postgres_void_of_a_conflict_still_works_when_protected(pg_url):
+    with open_store(pg_url) as s:
+        digest.protect_log(s)
+        s.trading.append([_event(0)])
+        with pytest.raises(ConcurrencyConflict):
+            s.trading.append([_event(0)])
+        with pytest.raises(ConcurrencyConflict):
+            s.trading.append([_event(0), _event(1)])
+        assert [r.topic for r in s.trading.read()] == ["OrderIntentRecorded", "$void", "$void", "$void"]
+        assert digest.seal(s).sealed_upto == 4 and digest.verify(s).ok
+
+
+@pytest.mark.postgres
+def test_postgres_service_role_loses_update_delete_truncate(pg_url):
+    role = "ts_svc_" + uuid.uuid4().hex[:8]
+    schema = _schema(pg_url)
+    with psycopg.connect(pg_base_url(), autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        try:
+            with open_store(pg_url) as s:
+                s.trading.append([_event(i) for i in range(5)])
+                admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+                admin.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+                digest.protect_log(s, service_role=role)
+                with admin.transaction():
+                    admin.execute(f'SET LOCAL ROLE "{role}"')
+                    admin.execute(f'SET LOCAL search_path TO "{schema}"')
+                    assert admin.execute("SELECT count(*) FROM ts_events").fetchone()[0] == 5
+                for sql in ("UPDATE ts_events SET data = data", "DELETE FROM ts_events", "TRUNCATE ts_events",
+                            "DELETE FROM ts_digest_chain"):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                        with admin.transaction():
+                            admin.execute(f'SET LOCAL ROLE "{role}"')
+                            admin.execute(f'SET LOCAL search_path TO "{schema}"')
+                            admin.execute(sql)
+                # a superuser can still get around it, and the chain shows it
+                digest.seal(s)
+                tamper(s, ("UPDATE ts_events SET data = %s WHERE position = 3", (b"{}",)))
+                assert (digest.verify(s).first_bad_position, digest.verify(s).problem) == (3, "edited")
+        finally:
+            admin.execute(f'DROP OWNED BY "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+# ------------------------------------------------------------------------------ concurrency
+
+
+_SEALER = """
+import sys
+from tradestate.adapters.store import digest, open_store
+with open_store(sys.argv[1], create=False) as s:
+    total = 0
+    for _ in range(int(sys.argv[2])):
+        total += digest.seal(s, max_range=3).events
+    print(total)
+"""
+
+
+def test_two_processes_sealing_at_once_build_one_chain(db_url):
+    with open_store(db_url) as s:
+        s.trading.append([_event(i) for i in range(40)])
+        procs = [subprocess.Popen([sys.executable, "-c", _SEALER, db_url, "3"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env={**os.environ}) for _ in range(2)]
+        for i in range(40, 140):
+            s.trading.append([_event(i)])
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        digest.seal(s, max_range=3)
+        result = digest.verify(s)
+        assert result.ok and result.sealed_upto == 140, result.detail
+        # every event sealed exactly once: the ranges tile 1..140
+        db = digest._Backend(s)
+        with db.read() as cur:
+            cur.execute(f"SELECT range_start, range_end FROM {db.name('ts_digest_chain')} WHERE log = 'ts_events'"
+                        " ORDER BY range_start")
+            ranges = cur.fetchall()
+        assert ranges[0][0] == 1 and ranges[-1][1] == 140
+        assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:]))
+
+
+def test_sealing_while_appending(db_url):
+    with open_store(db_url) as s:
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def writer() -> None:
+            try:
+                for i in range(300):
+                    s.trading.append([_event(i)])
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+            finally:
+                stop.set()
+
+        t = threading.Thread(target=writer)
+        t.start()
+        while not stop.is_set():
+            digest.seal(s, max_range=50)
+        t.join()
+        assert not errors
+        assert digest.seal(s).sealed_upto == 300
+        assert digest.verify(s).ok
