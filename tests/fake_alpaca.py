@@ -107,6 +107,8 @@ class FakeAlpaca:
         self.failing: dict[str, str] = {}  # query -> "500" | "truncated"
         self.hanging: set[str] = set()  # paths (after /v2) that never answer
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query) of every REST call
+        self._refuse_next: dict[tuple[str, str], list[int]] = {}  # answered before processing
+        self._lose_next: dict[tuple[str, str], list[int]] = {}  # processed, then this status instead
         self._clock = datetime.now(timezone.utc) - timedelta(minutes=5)
         self._clients: set[WebSocket] = set()  # authenticated and listening to trade_updates
         self._stream_refused = False
@@ -352,6 +354,15 @@ class FakeAlpaca:
         """Requests to ``path`` (after /v2, e.g. "/positions") never answer (until stop)."""
         self.hanging.add(path)
 
+    def refuse_next(self, method: str, path: str, status: int, times: int = 1) -> None:
+        """The next ``times`` requests to ``method path`` get ``status`` (e.g. 429) unprocessed."""
+        self._refuse_next.setdefault((method, path), []).extend([status] * times)
+
+    def lose_next_answer(self, method: str, path: str, status: int = 504) -> None:
+        """The next request to ``method path`` takes effect, but its answer is lost: ``status``
+        instead (what a gateway timeout looks like to the client). POST /orders only."""
+        self._lose_next.setdefault((method, path), []).append(status)
+
     def count(self, method: str, path: str) -> int:
         return sum(1 for m, p, _ in self.requests if m == method and p == path)
 
@@ -364,6 +375,10 @@ class FakeAlpaca:
         if (request.headers.get("APCA-API-KEY-ID") != self.api_key
                 or request.headers.get("APCA-API-SECRET-KEY") != self.secret_key):
             return _error(401, 40110000, "request is not authorized")
+        refused = self._refuse_next.get((request.method, path))
+        if refused:
+            status = refused.pop(0)
+            return _error(status, status * 100000, "too many requests" if status == 429 else "refused")
         if path in self.hanging:
             assert self._release is not None
             with contextlib.suppress(asyncio.TimeoutError):
@@ -457,6 +472,8 @@ class FakeAlpaca:
     async def _order_get(self, request: Request) -> Response:
         if (early := await self._enter(request, "orders")) is not None:
             return early
+        if "orders" in self.failing:
+            return _error(500, 50010000, "internal server error")
         with self.lock:
             order = self.orders.get(request.path_params["order_id"])
             if order is None:
@@ -466,6 +483,8 @@ class FakeAlpaca:
     async def _order_by_client_id(self, request: Request) -> Response:
         if (early := await self._enter(request, "orders")) is not None:
             return early
+        if "orders" in self.failing:
+            return _error(500, 50010000, "internal server error")
         cid = request.query_params.get("client_order_id", "")
         with self.lock:
             for order in self.orders.values():
@@ -515,6 +534,10 @@ class FakeAlpaca:
             self._set_status(order, "new", self.now())
             event = {"event": "new", "order": dict(order), "timestamp": order["updated_at"]}
         await self._send_all({"stream": "trade_updates", "data": event})
+        lost = self._lose_next.get(("POST", "/orders"))
+        if lost:
+            status = lost.pop(0)
+            return _error(status, status * 100000, "gateway timeout")
         return _json(accepted)
 
     async def _order_delete(self, request: Request) -> Response:

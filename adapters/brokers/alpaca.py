@@ -82,6 +82,11 @@ class SubmitOutcomeUnknown(VenueConnectionError):
     by client order id; never assume it was rejected, never send it again under a new id."""
 
 
+class VenueBusy(VenueConnectionError):
+    """Alpaca rate-limited the submit (HTTP 429): the order was not taken; sending it again later
+    under the same client order id is safe."""
+
+
 class OrderRejectedByVenue(VenueError):
     """Alpaca refused the order outright (HTTP 4xx on submit other than a duplicate id)."""
 
@@ -646,6 +651,9 @@ class AlpacaAdapter(BrokerAdapter):
         except _HTTPFailure as e:
             if e.status == 422 and "client_order_id must be unique" in e.venue_message.lower():
                 return self.order_by_client_id(cid)  # already submitted: the venue's order
+            if e.status == 429:
+                raise VenueBusy(f"alpaca: order {cid} not taken, rate limited (HTTP 429): {e.venue_message}; "
+                                "send it again later under the same client_order_id") from None
             if e.status is not None and 400 <= e.status < 500:
                 raise OrderRejectedByVenue(
                     f"alpaca: order {cid} refused (HTTP {e.status}): {e.venue_message}",
@@ -877,6 +885,7 @@ __all__ = [
     "OrderNotCancelable",
     "OrderRejectedByVenue",
     "SubmitOutcomeUnknown",
+    "VenueBusy",
     "map_status",
     "parse_fill_activity",
     "parse_order",
