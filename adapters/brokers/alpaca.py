@@ -699,13 +699,17 @@ class AlpacaAdapter(BrokerAdapter):
         *,
         since: datetime | None = None,
         reconnect_min_delay: float = 1.0,
+        reconnect_max_delay: float = 30.0,
     ) -> None:
         """Follow the trade-updates stream on a background thread, calling ``on_update`` for each
         ``VenueUpdate`` (ack, fill, cancelled, rejected, expired, replaced), in order, once.
 
         After every (re)connect, before reading the stream, the adapter backfills over REST: orders
         and fills since the last event seen (at first: ``since``, default now), so events sent while
-        disconnected are not lost. Checks the keys first (``VenueConnectionError`` if refused)."""
+        disconnected are not lost. A failed backfill closes the connection and reconnects (so the
+        stream never goes on with a hole); reconnects back off exponentially between
+        ``reconnect_min_delay`` and ``reconnect_max_delay`` seconds (alpaca-py's loop). Checks the
+        keys first (``VenueConnectionError`` if refused)."""
         if self._stream_thread is not None:
             raise RuntimeError("alpaca: the trade-updates stream is already running")
         if since is not None:
@@ -727,6 +731,7 @@ class AlpacaAdapter(BrokerAdapter):
             },
         )
         stream._reconnect_min_backoff = reconnect_min_delay
+        stream._reconnect_max_backoff = max(reconnect_min_delay, reconnect_max_delay)
         stream.subscribe_trade_updates(self._on_stream_message)
         self._stream = stream
         self._stream_thread = threading.Thread(target=stream.run, name="alpaca-trade-updates", daemon=True)
