@@ -2,8 +2,108 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Optional
+
 import typer
+
+DbOptionChaos = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Database URL: sqlite:///path.db or postgresql://...?schema=name (a fresh "
+                              "schema is best; default: $TRADESTATE_DB, then sqlite:///tradestate.db)"),
+]
+
+
+def render_report(report: Any, console: Any) -> None:
+    from rich.table import Table
+
+    from .chaos import CHECKS
+
+    table = Table(title=f"tradestate chaos: {report.kills} kills on {report.backend} (seed {report.seed})")
+    for name, justify in (("check", "left"), ("what", "left"), ("passed", "right"), ("failed", "right"),
+                          ("first failure", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name, what in CHECKS:
+        t = report.checks[name]
+        style = "bold red" if t.failed else "green"
+        table.add_row(name, what, f"{t.passed:,}", f"[{style}]{t.failed:,}[/]", (t.first or "")[:300])
+    console.print(table)
+    ms = sorted(report.kill_after_ms)
+    console.print(
+        f"{report.kills:,} engine kills, {report.projector_kills:,} projector kills in {report.seconds:,.1f} s "
+        f"({report.check_seconds:,.1f} s checking); log head {report.head:,} ({report.events:,} events this run, "
+        f"{report.voids:,} $void); {report.calls:,} acknowledged calls, {report.refused:,} intents refused by risk; "
+        f"{report.in_flight:,} calls in flight at a kill ({report.in_flight_landed:,} had committed), "
+        f"{report.resent_acked:,} acknowledged calls re-sent"
+        + (f"; kill after {ms[0]:.0f}-{ms[-1]:.0f} ms (median {ms[len(ms) // 2]:.0f})" if ms else ""),
+        highlight=False,
+    )
+    for problem in report.problems[:20]:
+        console.print(f"[red]-[/] {problem}", highlight=False)
+    verdict = "[bold green]PASSED[/]" if report.ok else "[bold red]FAILED[/]"
+    console.print(f"{verdict}: replay with --seed {report.seed}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``tradestate`` command."""
+    from .views import console, to_json
+
+    @app.command()
+    def chaos(
+        db: DbOptionChaos = None,
+        kills: Annotated[int, typer.Option("--kills", min=1, help="How many times to SIGKILL the engine.")] = 25,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Replay a run (kill times, workload).")] = None,
+        json: Annotated[bool, typer.Option("--json", help="Print the report as JSON for scripts.")] = False,
+        projector: Annotated[bool, typer.Option("--projector/--no-projector",
+                                                help="Also run a projector beside the engine and kill it at random.")] = True,
+        min_ms: Annotated[float, typer.Option("--min-ms", help="Earliest kill after the engine is ready.")] = 20,
+        max_ms: Annotated[float, typer.Option("--max-ms", help="Latest kill after the engine is ready.")] = 300,
+        fsync_acks: Annotated[bool, typer.Option("--fsync-acks", help="fsync the side channel after every line "
+                                                 "(not needed for SIGKILL: the kernel keeps the file).")] = False,
+        workdir: Annotated[Optional[str], typer.Option("--workdir", help="Keep side channels and child logs here.")] = None,
+        stop_on_failure: Annotated[bool, typer.Option("--stop-on-failure", help="Stop at the first failed check.")] = False,
+    ) -> None:
+        """SIGKILL an engine (recording intents, acks and fills at full speed) at random moments,
+        restart it, and check after every kill: acknowledged events present, no torn event, no gap,
+        projections equal a fresh fold, re-sends create no duplicates. Exit 0 only if all passed."""
+        import sys
+
+        from .adapters.store import resolve_url
+        from .chaos import run_chaos
+        from .domain.errors import TradestateError
+
+        url = resolve_url(db)
+        if min_ms < 0 or max_ms < min_ms:
+            console.print("[bold red]error:[/] need 0 <= --min-ms <= --max-ms", highlight=False)
+            raise typer.Exit(2)
+        progress = None
+        on_kill = None
+        if not json and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            progress = Progress(TextColumn("chaos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.fields[status]}"), console=Console(stderr=True), transient=True)
+            task = progress.add_task("kills", total=kills, status="")
+
+            def on_kill(k: int, report: Any) -> None:
+                failed = sum(t.failed for t in report.checks.values())
+                progress.update(task, completed=k + 1,
+                                status=f"head {report.head:,}, {report.calls:,} acked calls"
+                                       + (f", [red]{failed} failed checks[/]" if failed else ""))
+        try:
+            if progress is not None:
+                with progress:
+                    report = run_chaos(url, kills, seed=seed, projector=projector, min_ms=min_ms, max_ms=max_ms,
+                                       fsync_acks=fsync_acks, workdir=workdir, on_kill=on_kill,
+                                       stop_on_failure=stop_on_failure)
+            else:
+                report = run_chaos(url, kills, seed=seed, projector=projector, min_ms=min_ms, max_ms=max_ms,
+                                   fsync_acks=fsync_acks, workdir=workdir, stop_on_failure=stop_on_failure)
+        except TradestateError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        if json:
+            print(to_json(report.as_dict()))
+        else:
+            render_report(report, console)
+        raise typer.Exit(0 if report.ok else 1)
