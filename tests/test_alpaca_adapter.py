@@ -320,7 +320,10 @@ def test_client_order_id_longer_than_48_is_refused_before_sending(fake):
     with pytest.raises(ValueError, match="49 characters; at most 48"):
         adapter.submit(request("x" * 49))
     assert fake.count("POST", "/orders") == 0
-    assert adapter.submit(request("y" * 48)).client_order_id == "y" * 48
+    order = adapter.submit(OrderRequest(client_order_id="y" * 48, symbol="AAPL", side="sell",
+                                        order_type="limit", qty=D("1E+1"), limit_price=D("1.50E+2")))
+    assert order.client_order_id == "y" * 48
+    assert (order.raw["qty"], order.raw["limit_price"]) == ("10", "150")  # sent as plain decimals
 
 
 def test_submit_refused_by_the_venue_and_cancel_errors(fake):

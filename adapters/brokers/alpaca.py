@@ -636,16 +636,16 @@ class AlpacaAdapter(BrokerAdapter):
                 raise ValueError(f"alpaca: {name} must be a positive finite Decimal, not {value!r}")
         body: dict[str, Any] = {
             "symbol": request.symbol,
-            "qty": str(request.qty),
+            "qty": format(request.qty, "f"),  # never exponent notation ("1E+1")
             "side": request.side,
             "type": request.order_type,
             "time_in_force": request.time_in_force,
             "client_order_id": cid,
         }
         if request.limit_price is not None:
-            body["limit_price"] = str(request.limit_price)
+            body["limit_price"] = format(request.limit_price, "f")
         if request.stop_price is not None:
-            body["stop_price"] = str(request.stop_price)
+            body["stop_price"] = format(request.stop_price, "f")
         try:
             raw = self._call("POST", "/orders", body, what=f"submit {cid}")
         except _HTTPFailure as e:
