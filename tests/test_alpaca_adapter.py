@@ -315,6 +315,22 @@ def test_submit_of_an_order_the_venue_already_filled_returns_it():
         assert order.status == "filled" and order.avg_fill_price == D("9.99")
 
 
+def test_lookup_by_client_order_id_carries_the_executions(fake):
+    order = fake.new_order(symbol="AAPL", side="buy", qty=D(10), limit_price=D(100), client_order_id="amb-1")
+    other = fake.new_order(symbol="AAPL", side="buy", qty=D(10), limit_price=D(100), client_order_id="other")
+    fake.fill(order["id"], "4", "99.5", exec_id="E-a1")
+    fake.fill(other["id"], "1", "1", exec_id="E-o1")
+    fake.fill(order["id"], "6", "99.75", exec_id="E-a2")
+    found = fake.adapter().order_by_client_id("amb-1")
+    assert found.status == "filled"
+    assert [(f.exec_id, f.qty, f.price, f.client_order_id) for f in found.fills] == [
+        ("E-a1", D(4), D("99.5"), "amb-1"), ("E-a2", D(6), D("99.75"), "amb-1")]
+    with fake.lock:  # a venue whose activities miss an execution: incomplete, not short
+        fake.activities.pop(0)
+    with pytest.raises(VenueQueryFailed, match="incomplete"):
+        fake.adapter().order_by_client_id("amb-1")
+
+
 def test_client_order_id_longer_than_48_is_refused_before_sending(fake):
     adapter = fake.adapter()
     with pytest.raises(ValueError, match="49 characters; at most 48"):

@@ -41,6 +41,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -361,6 +362,8 @@ class AlpacaAdapter(BrokerAdapter):
 
     Beyond the ``BrokerAdapter`` interface: ``submit``/``cancel`` (live order flow),
     ``order_by_venue_id``, ``start_stream(on_update, since=None)``/``stop_stream()``.
+    ``order_by_client_id`` returns the order with its executions (``fills``) read from the FILL
+    activities, so a look-up after an ambiguous submit has the real execution ids.
     """
 
     broker = "alpaca"
@@ -613,7 +616,26 @@ class AlpacaAdapter(BrokerAdapter):
             raise
         order = parse_order(raw)
         self._client_ids[order.venue_order_id] = order.client_order_id
-        return order
+        return self._with_fills(order)
+
+    def _with_fills(self, order: VenueOrder) -> VenueOrder:
+        """The order with its executions (Alpaca does not report them with the order: read the FILL
+        activities since its submission). A sum that does not match ``filled_qty`` is refused."""
+        if order.filled_qty <= 0:
+            return order
+        since = order.submitted_at - BACKFILL_MARGIN if order.submitted_at else None
+        fills = tuple(
+            parse_fill_activity(raw, order.client_order_id)
+            for raw in self._activities(since, f"fills of order {order.venue_order_id}")
+            if str(raw.get("order_id")) == order.venue_order_id
+        )
+        total = sum((f.qty for f in fills), Decimal(0))
+        if total != order.filled_qty:
+            raise VenueQueryFailed(
+                f"alpaca: order {order.venue_order_id} reports {order.filled_qty} filled but its FILL "
+                f"activities add up to {total}: its executions are incomplete"
+            )
+        return replace(order, fills=fills)
 
     # -- live order flow ----------------------------------------------------------------------
 
