@@ -174,7 +174,7 @@ class PositionState:
     def unrealized_pnl(self) -> Decimal:
         if self.last_price is None or self.qty == 0:
             return ZERO
-        return (self.last_price - self.avg_cost) * self.qty
+        return self.last_price * self.qty - self.cost  # exact: no division by the quantity
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -161,7 +161,97 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     verdict = "[bold green]same state[/]" if same else "[bold red]STATE DIFFERS[/]"
     console.print(f"  state digest {digest} here, {report['digest']} in the new process: {verdict}")
     served = show_http_api(url, console)
-    return 0 if same and served else 1
+    recovered = show_crash_and_recovery(url, console)
+    return 0 if same and served and recovered else 1
+
+
+def show_crash_and_recovery(url: str, console: Console) -> bool:
+    """Act three: the engine trades on in its own process and is killed with SIGKILL while the
+    venue holds a fill the log never heard of; ``recover`` finds it, records it, and says so."""
+    import signal
+    import tempfile
+
+    from .adapters.brokers.sim import SimulatedBroker
+    from .cli_recovery import render_report
+    from .demo_engine import ACCOUNT as ENGINE_ACCOUNT
+    from .demo_engine import ENGINE, LOST_FILL_ORDER, VENUE
+    from .domain.ids import order_stream_id
+    from .recovery import recover
+
+    console.print("\n[bold]The engine trades on in its own process, then is killed with SIGKILL:[/]")
+    if url.startswith("sqlite:///"):
+        folder = os.path.dirname(os.path.abspath(sqlite_path(url)))
+    else:
+        folder = tempfile.mkdtemp(prefix="tradestate-demo-")
+    sim_state = os.path.join(folder, "sim-venue.json")
+    for leftover in (sim_state, sim_state + ".lock"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    engine = subprocess.Popen([sys.executable, "-m", "tradestate.demo_engine", url, sim_state],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    ready = False
+    assert engine.stdout is not None
+    for line in engine.stdout:
+        line = line.rstrip()
+        if line.startswith("READY"):
+            ready = True
+            break
+        console.print(f"  [dim]engine {engine.pid}:[/] {line}", highlight=False)
+        if time.monotonic() > deadline:
+            break
+    if not ready:
+        engine.kill()
+        console.print(f"[red]the engine process did not get ready:[/] {engine.stdout.read()}")
+        return False
+    console.print(f"  [dim]engine {engine.pid}:[/] the market moves; the venue fills {LOST_FILL_ORDER} "
+                  "[bold yellow]and the fill notification is lost[/] (the simulated venue's fault injection)",
+                  highlight=False)
+    os.kill(engine.pid, signal.SIGKILL)
+    engine.wait()
+    console.print(f"  [bold red]SIGKILL[/] → engine {engine.pid} gone mid-session (exit {engine.returncode}): "
+                  "no clean stop on record", highlight=False)
+
+    console.print("\n[bold]tradestate recover[/] (with the simulated broker configured):")
+    broker = SimulatedBroker(account=ENGINE_ACCOUNT, venue=VENUE, seed=7, state_path=sim_state)
+    store = open_store(url)
+    try:
+        report, client = recover(store, engine_id=ENGINE, adapters=[broker])
+        render_report(report, console)
+        order = client.state.orders.get(order_stream_id(ENGINE_ACCOUNT, LOST_FILL_ORDER))
+        found = order is not None and order.status == "filled"
+        console.print(f"  {LOST_FILL_ORDER} after recovery: {order.status if order else 'unknown'}, "
+                      f"filled {order.filled_qty if order else 0} — "
+                      + ("[bold green]the lost fill was found at the venue and recorded[/]" if found
+                         else "[bold red]the lost fill was NOT recovered[/]"), highlight=False)
+        console.print(positions_table(client.state, title="Positions after recovery"))
+        postmortem_ok = show_postmortem(store, console, folder, report)
+    finally:
+        store.close()
+    return report.ready and found and postmortem_ok
+
+
+def show_postmortem(store, console: Console, folder: str, report) -> bool:  # noqa: ANN001
+    """Act four: what an operator looks at afterwards — the lost-fill order's whole life, and the
+    post-mortem report of the incident window."""
+    from .demo_engine import ACCOUNT as ENGINE_ACCOUNT
+    from .demo_engine import LOST_FILL_ORDER
+
+    try:
+        from .replay.report import write_report
+        from .replay.trace import render_trace, trace
+    except ImportError:
+        console.print("  (replay is not available in this version)")
+        return True
+    console.print(f"\n[bold]tradestate replay trace {LOST_FILL_ORDER}[/] (the order whose fill notification was lost):")
+    console.print(render_trace(trace(store, ENGINE_ACCOUNT, LOST_FILL_ORDER)))
+    path = os.path.join(folder, "postmortem.html")
+    recorded = store.trading.read(after=report.recorded_position - 1, limit=1)[0].recorded_at
+    write_report(store, recorded, "10m", path)
+    console.print(f"\n[bold]tradestate replay report[/] → {path} (plots of position, P&L and equity, event "
+                  "density, breaker and kill-switch changes, and the timeline of the incident window)",
+                  highlight=False)
+    return os.path.getsize(path) > 0
 
 
 def show_http_api(url: str, console: Console) -> bool:

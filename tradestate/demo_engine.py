@@ -67,6 +67,11 @@ def main(url: str, sim_state: str) -> int:
     client = connect(url, clock=clock, checkpoint_every=10)
     client.engine_started(ENGINE, version="0.1.0")
     print(f"engine started (pid, log position {client.position})", flush=True)
+    # The venue holds what the morning's session left (those fills happened there too).
+    for (account, venue, symbol), held in sorted(client.state.positions.items()):
+        if account == ACCOUNT and venue == VENUE and held.qty:
+            broker.stage_position(symbol, held.qty, held.avg_cost)
+    broker.stage_cash(Decimal("100000"))
     client.reset_breaker(ACCOUNT, "volatility back to normal")
     broker.set_price("MSFT", "412.40")
     broker.set_price("AAPL", "187.60")
