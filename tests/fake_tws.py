@@ -171,6 +171,7 @@ class FakeTWS:
         min_commission: Decimal = Decimal(0),
         stall_sync: set[str] | frozenset[str] = frozenset(),
         perm_id_start: int = 1_873_000_000,
+        rejects: dict[str, str] | None = None,
     ) -> None:
         self.accounts = tuple(accounts)
         self.lock = threading.RLock()
@@ -184,6 +185,7 @@ class FakeTWS:
         self.commission_per_share = Decimal(commission_per_share)
         self.min_commission = Decimal(min_commission)
         self.stall_sync = set(stall_sync)
+        self.rejects = dict(rejects or {})  # symbol -> reason: placeOrder for it is rejected (error 201)
         self.failing: dict[str, str] = {}  # query -> "error" | "silent"
         self.next_order_id: dict[int, int] = {}  # client id -> next valid order id
         self._perm_ids = itertools.count(perm_id_start)
@@ -203,6 +205,7 @@ class FakeTWS:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.host, 0))
         listener.listen(16)
+        listener.settimeout(0.2)  # accept() wakes up to notice stop() on any platform
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._thread = threading.Thread(target=self._accept_loop, name=f"fake-tws-{self.port}", daemon=True)
@@ -210,10 +213,12 @@ class FakeTWS:
         return self
 
     def stop(self) -> None:
-        if self._listener is not None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
             with contextlib.suppress(OSError):
-                self._listener.close()
-            self._listener = None
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
+            with contextlib.suppress(OSError):
+                listener.close()
         for conn in list(self.conns):
             self._close(conn)
         if self._thread is not None:
@@ -421,11 +426,15 @@ class FakeTWS:
     # -- internals: network ---------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
-        while self._listener is not None:
+        listener = self._listener
+        while self._listener is not None and listener is not None:
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
+            sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(sock)
             with self.lock:
@@ -775,6 +784,8 @@ class FakeTWS:
                     problem = "a stop order needs a stop price"
                 elif account and account not in self.accounts:
                     problem = f"account {account} is not managed by this login"
+                elif symbol in self.rejects:
+                    problem = self.rejects[symbol]
             if existing is not None:  # a modification
                 if problem is None:
                     existing.qty, existing.lmt, existing.aux = qty, lmt, aux

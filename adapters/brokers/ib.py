@@ -420,11 +420,17 @@ class IBAdapter(BrokerAdapter):
             if not refused.done() and "clientId" in message and "in use" in message:
                 refused.set_result(message)
 
+        handshake_done: list[bool] = []
+
+        def on_api_start() -> None:
+            handshake_done.append(True)
+
         handler = _SyncTimeoutLog(threading.get_ident(), timed_out)
         ib_logger = logging.getLogger(f"{IB_MODULE}.ib")
         ib_logger.addHandler(handler)
         ib.errorEvent += on_error
         ib.client.apiError += on_api_error
+        ib.client.apiStart += on_api_start
         task = asyncio.ensure_future(ib.connectAsync(
             self.host, self.port, clientId=self.client_id, timeout=self.timeout,
             readonly=self.readonly, account=wanted_account))
@@ -446,7 +452,7 @@ class IBAdapter(BrokerAdapter):
                     f"ib: nothing listens at {self.host}:{self.port}: start TWS or IB Gateway, enable the API "
                     f"(Configure > API > Settings > Enable ActiveX and Socket Clients) and check the port.") from None
             except (TimeoutError, asyncio.TimeoutError):
-                if not ib.client.isReady():
+                if not handshake_done:
                     raise VenueConnectionError(
                         f"ib: {self._where()} did not complete the API handshake within {self.timeout:g} s: is this "
                         f"the API port of a logged-in TWS/IB Gateway, is 127.0.0.1 a trusted IP, and is no login "
@@ -488,6 +494,7 @@ class IBAdapter(BrokerAdapter):
             ib_logger.removeHandler(handler)
             ib.errorEvent -= on_error
             ib.client.apiError -= on_api_error
+            ib.client.apiStart -= on_api_start
 
     def _sync_message(self, parts: list[str]) -> str:
         return (f"ib: connected to {self._where()}, but its start-up sync did not finish within {self.timeout:g} s "
