@@ -216,6 +216,8 @@ class _Planner:
         self.now = now
         self.lookups = lookups
         self.acct = state.accounts.get(self.account)
+        # our open orders by client order id: most venue orders are found here without a uuid5
+        self.open_by_client_id = {o.client_order_id: o for o in self.acct.open_orders.values()} if self.acct else {}
         self.plan = ReconciliationPlan(self.account, self.venue, reconciliation_id)
         self.order_events: list[tuple[str, ev.Event]] = []
         self.account_events: list[tuple[str, ev.Event]] = []
@@ -341,18 +343,31 @@ class _Planner:
             fills.sort(key=lambda f: (f.occurred_at or self.now, f.exec_id))
         return grouped
 
-    def ours_for(self, client_order_id: str | None, venue_order_id: str) -> _Order | None:
+    def find(self, client_order_id: str | None, venue_order_id: str) -> OrderState | None:
+        if client_order_id:
+            order = self.open_by_client_id.get(client_order_id)
+            if order is not None:
+                return order
         for coid in (client_order_id, external_client_order_id(venue_order_id)):
             if not coid:
                 continue
             order = self.state.orders.get(order_stream_id(self.account, coid))
             if order is not None:
-                return _Order(order)
+                return order
         return None
+
+    def ours_for(self, client_order_id: str | None, venue_order_id: str) -> _Order | None:
+        order = self.find(client_order_id, venue_order_id)
+        return None if order is None else _Order(order)
 
     # ------------------------------------------------------------------------ orders
     def venue_order(self, vo: VenueOrder, fills: list[VenueFill]) -> None:
-        ours = self.ours_for(vo.client_order_id, vo.venue_order_id)
+        found = self.find(vo.client_order_id, vo.venue_order_id)
+        if (found is not None and found.venue_order_id is not None and vo.filled_qty == found.filled_qty
+                and (vo.is_open and found.is_open or vo.status == found.status)
+                and all(found.executions.get(f.exec_id, (None, None))[:2] == (f.qty, f.price) for f in fills)):
+            return  # the venue and the log agree on this order (the common case: keep it cheap)
+        ours = None if found is None else _Order(found)
         if ours is None:
             ours = self.import_order(vo)
             if ours is None:
