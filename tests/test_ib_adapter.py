@@ -292,6 +292,8 @@ def test_a_correction_replaces_the_fill_it_corrects(tws, adapter):
     assert [f.exec_id for f in fills] == [corrected.exec_id]
     assert (fills[0].price, fills[0].qty, fills[0].fee) == (Decimal("50.01"), Decimal(100), Decimal("0.9"))
     assert fills[0].raw["corrects"] == [original.exec_id]
+    tws.executions.reverse()  # whatever order TWS lists them in
+    assert [f.exec_id for f in adapter.fills()] == [corrected.exec_id]
 
 
 def test_exec_ids_of_different_orders_are_never_merged(tws, adapter):
