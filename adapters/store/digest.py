@@ -638,6 +638,8 @@ def protect_log(store: Store, *, service_role: str | None = None) -> None:
     if not db.table_exists(CHAIN_TABLE):
         db.create_chain_table()
     role = service_role if service_role is not None else os.environ.get(SERVICE_ROLE_ENV) or None
+    if role is None and _protected_tables(db) == set(PROTECTED):
+        return  # already in place: no DDL (and no lock on the log) on every open
     with db.write() as cur:
         for statement in protect_statements(store.kind, db.schema, role):
             cur.execute(statement)
@@ -681,17 +683,27 @@ def protect_statements(kind: str, schema: str = "", role: str | None = None) -> 
     return out
 
 
-def is_protected(store: Store) -> bool:
-    """Whether ``protect_log`` has been applied to the trading log's table."""
-    db = _Backend(store)
+def _protected_tables(db: _Backend) -> set[str]:
+    """The tables whose append-only triggers are all there (and enabled)."""
+    out = set()
     with db.read() as cur:
-        if db.pg:
-            cur.execute(
-                "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s AND tgenabled <> 'D'",
-                (db.name(TRADING_TABLE), f"{TRADING_TABLE}_append_only"))
-            return int(cur.fetchone()[0]) > 0
-        cur.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (TRADING_TABLE,))
-        return int(cur.fetchone()[0]) >= 2
+        for table in PROTECTED:
+            if db.pg:
+                cur.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s"
+                            " AND tgenabled <> 'D'", (db.name(table), f"{table}_append_only"))
+                ok = int(cur.fetchone()[0]) == 1
+            else:
+                cur.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? AND name IN"
+                            " (?, ?)", (table, f"{table}_no_update", f"{table}_no_delete"))
+                ok = int(cur.fetchone()[0]) == 2
+            if ok:
+                out.add(table)
+    return out
+
+
+def is_protected(store: Store) -> bool:
+    """Whether ``protect_log`` is in force on the log tables and the chain."""
+    return _protected_tables(_Backend(store)) == set(PROTECTED)
 
 
 __all__ = [
