@@ -11,6 +11,7 @@ from decimal import Decimal as D
 import orjson
 import pytest
 
+from tradestate.adapters.brokers.base import OrderRequest
 from tradestate.adapters.brokers.sim import SimFaults, SimulatedBroker
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
@@ -203,3 +204,57 @@ def test_cli_unknown_exits_1(sqlite_url, tmp_path):
     done = cli("reconcile", "--db", sqlite_url, "--broker", "sim", "--sim-state", broker.state_path,
                "--account", ACCOUNT)
     assert done.returncode == 1 and "unknown" in done.stdout
+
+
+# ------------------------------------------------------------------------------ order flow
+
+
+def test_order_flow_forwards_recorded_intents_and_records_updates(sqlite_url, sim):
+    from tradestate.domain.errors import InvalidTransition, UnknownOrder
+    from tradestate.order_flow import OrderFlow
+
+    with connect(sqlite_url) as client:
+        flow = OrderFlow(client, sim)
+        with pytest.raises(UnknownOrder):
+            flow.forward(ACCOUNT, "never-recorded")
+        assert sim.recent_orders() == []  # nothing left for the venue
+        client.set_risk_limit(ACCOUNT, "max_order_qty", 100)
+        assert client.record_intent(ACCOUNT, "big", "AAPL", "buy", 500, venue="SIM").refusal is not None
+        with pytest.raises(InvalidTransition, match="refused"):
+            flow.forward(ACCOUNT, "big")
+
+        sim.set_price("AAPL", "100")
+        sim.update_faults(partial_fill_pieces=2)
+        client.record_intent(ACCOUNT, "o1", "AAPL", "buy", 10, order_type="limit", limit_price="101", venue="SIM")
+        first = flow.forward(ACCOUNT, "o1")
+        sim.set_price("AAPL", "99")
+        pumped = flow.pump()
+        assert len(pumped.recorded) == 3  # ack (again: a duplicate), two fills
+        order = client.state.orders[order_stream_id(ACCOUNT, "o1")]
+        assert order.status == "filled" and order.venue_order_id == first.venue_order_id
+        with pytest.raises(InvalidTransition, match="sent already"):
+            flow.forward(ACCOUNT, "o1")
+
+        sim.update_faults(lose_next_fills=1, partial_fill_pieces=1)
+        client.record_intent(ACCOUNT, "o2", "AAPL", "sell", 4, venue="SIM")
+        flow.forward(ACCOUNT, "o2")
+        flow.pump()
+        assert client.state.orders[order_stream_id(ACCOUNT, "o2")].status == "acknowledged"  # its fill was lost
+        sim.place_external(symbol="AAPL", side="buy", qty=1)
+        assert flow.pump().recorded == []
+        result = reconcile(client, sim)
+        assert result.counts["fills_recorded"] == 2 and result.counts["orders_imported"] == 1
+        assert client.state.orders[order_stream_id(ACCOUNT, "o2")].status == "filled"
+        assert client.state.position_of(ACCOUNT, "SIM", "AAPL").qty == sim.positions()[0].qty == 7
+
+
+def test_order_flow_duplicate_send_after_crash_is_the_same_order(sqlite_url, sim):
+    from tradestate.order_flow import OrderFlow
+
+    with connect(sqlite_url) as client:
+        client.record_intent(ACCOUNT, "o1", "AAPL", "buy", 1, order_type="limit", limit_price="1", venue="SIM")
+        client.record_submitted(ACCOUNT, "o1")
+        sent = sim.submit(OrderRequest("o1", "AAPL", "buy", "limit", D(1), limit_price=D(1)))  # crashed before the ack
+        again = OrderFlow(client, sim).forward(ACCOUNT, "o1")
+        assert again.venue_order_id == sent.venue_order_id and len(sim.recent_orders()) == 1
+        assert client.state.orders[order_stream_id(ACCOUNT, "o1")].venue_order_id == sent.venue_order_id

@@ -1,0 +1,103 @@
+"""Optional live order flow: forward recorded intents to a venue, record the venue's updates.
+
+``forward`` sends only an intent that is in the log and passed the pre-trade check; it records
+``OrderSubmitted`` *before* sending, so a crash between the two leaves an order that
+reconciliation resolves by looking it up (never one the venue has and the log does not). The
+venue answering "duplicate client order id" means it was already submitted: the adapter returns
+the existing order. ``pump`` turns the venue's stream (acks, fills, cancels, rejects, expiries)
+into events through the client, which deduplicates them (a fill by exec id, an ack by venue order
+id), so an update seen twice, or also seen by reconciliation, is recorded once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .adapters.brokers.base import BrokerAdapter, OrderRequest, VenueOrder, VenueUpdate
+from .client import Recorded, TradestateClient
+from .domain.errors import InvalidInput, InvalidTransition, UnknownOrder
+from .domain.ids import order_stream_id
+
+
+@dataclass
+class PumpResult:
+    recorded: list[Recorded] = field(default_factory=list)
+    ignored: list[VenueUpdate] = field(default_factory=list)  # not ours (outside orders): reconciliation imports them
+
+
+class OrderFlow:
+    def __init__(self, client: TradestateClient, adapter: BrokerAdapter):
+        self.client = client
+        self.adapter = adapter
+
+    def forward(self, account: str, client_order_id: str) -> VenueOrder:
+        """Send a recorded, accepted intent to the venue; returns the venue's order."""
+        if account != self.adapter.account:
+            raise InvalidInput(f"this adapter trades account {self.adapter.account!r}, not {account!r}")
+        self.client.catch_up()
+        order = self.client.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None:
+            raise UnknownOrder(account, client_order_id)  # never send what the log does not hold
+        if order.external:
+            raise InvalidTransition(f"order {client_order_id!r} was imported from the venue; it is not ours to send")
+        if order.status == "refused":
+            raise InvalidTransition(f"order {client_order_id!r} was refused by the pre-trade check: "
+                                    f"{', '.join(order.refusal or [])}")
+        if order.status not in ("new", "submitted"):
+            raise InvalidTransition(f"order {client_order_id!r} is {order.status}; it was sent already")
+        if order.venue != self.adapter.venue:
+            raise InvalidInput(f"order {client_order_id!r} is for venue {order.venue!r}, this adapter is "
+                               f"{self.adapter.venue!r}")
+        self.client.record_submitted(account, client_order_id)  # durable before anything leaves
+        request = OrderRequest(
+            client_order_id=client_order_id, symbol=order.symbol, side=order.side,  # type: ignore[arg-type]
+            order_type=order.order_type, qty=order.qty, limit_price=order.limit_price,
+            stop_price=order.stop_price, time_in_force=order.time_in_force,
+        )
+        # A connection error here is ambiguous: the order stays submitted; reconciliation's lookup
+        # by client order id resolves it. It is never assumed rejected.
+        venue_order = self.adapter.submit(request)
+        if venue_order.status == "rejected":
+            self.client.record_reject(account, client_order_id, str(venue_order.raw.get("reject_reason", "")
+                                                                    if venue_order.raw else ""))
+        else:
+            self.client.record_ack(account, client_order_id, venue_order.venue_order_id)
+        return venue_order
+
+    def pump(self) -> PumpResult:
+        """Record every update the venue's stream has delivered since the last call."""
+        result = PumpResult()
+        account = self.adapter.account
+        for update in self.adapter.updates():
+            recorded = self._record(account, update)
+            if recorded is None:
+                result.ignored.append(update)
+            else:
+                result.recorded.append(recorded)
+        return result
+
+    def _record(self, account: str, u: VenueUpdate) -> Recorded | None:
+        coid = u.client_order_id
+        if not coid or self.client.state.orders.get(order_stream_id(account, coid)) is None:
+            self.client.catch_up()
+            if not coid or self.client.state.orders.get(order_stream_id(account, coid)) is None:
+                return None
+        at: dict[str, Any] = {"occurred_at": u.occurred_at}
+        if u.kind == "ack":
+            return self.client.record_ack(account, coid, u.venue_order_id, **at)
+        if u.kind == "fill" and u.fill is not None:
+            f = u.fill
+            return self.client.record_fill(account, coid, f.exec_id, f.qty, f.price, fee=f.fee,
+                                           fee_currency=f.fee_currency, venue_order_id=f.venue_order_id,
+                                           occurred_at=f.occurred_at or u.occurred_at)
+        if u.kind == "cancelled":
+            return self.client.record_cancelled(account, coid, u.reason, **at)
+        if u.kind == "rejected":
+            return self.client.record_reject(account, coid, u.reason, **at)
+        if u.kind == "expired":
+            return self.client.record_expired(account, coid, **at)
+        return None  # "replaced": the engine records its own replaces; reconciliation catches drift
+
+
+__all__ = ["OrderFlow", "PumpResult"]
