@@ -35,7 +35,7 @@ Behaviour kept close to TWS's documented behaviour:
 * Farm status messages 2104/2106/2158 (warnings) after the log-on, as TWS sends them.
 
 Fault injection: ``fail(query)`` ("positions", "orders", "fills", "balances") makes that request
-fail on connections past their start-up sync: an error (code 321; with the request's id when it
+fail on connections past their start-up sync: an error (code 322, "Error processing request"; with the request's id when it
 has one) and no end marker, or, with ``mode="silent"``, no answer at all. ``stall_sync`` (a set of
 the same names) makes those requests never answer at all, start-up sync included (a TWS that
 never finishes the sync).
@@ -522,7 +522,7 @@ class FakeTWS:
         if mode is None:
             return False
         if mode == "error":
-            self._send(conn, *self._error(req_id, 321, f"Error validating request.-'{query}' : cause - "
+            self._send(conn, *self._error(req_id, 322, f"Error processing request.-'{query}' : cause - "
                                                        "the fake TWS fails this query (fail())"))
         return True
 

@@ -324,7 +324,7 @@ def test_fills_since_a_time(tws, adapter):
 def test_a_failing_query_raises_instead_of_answering_empty(tws, adapter, query, method):
     tws.fail(query)
     started = time.monotonic()
-    with pytest.raises(VenueQueryFailed, match="error 321"):
+    with pytest.raises(VenueQueryFailed, match="error 322"):
         getattr(adapter, method)()
     assert time.monotonic() - started < FAST  # the error ends the wait, not the timeout
 
@@ -343,7 +343,7 @@ def test_snapshot_marks_only_the_failing_part_unknown(tws, adapter):
     tws.set_position("AAPL", Decimal(2))
     tws.fail("fills")
     snap = adapter.snapshot(now=datetime.now(timezone.utc))
-    assert isinstance(snap.fills, Unknown) and "error 321" in snap.fills.reason
+    assert isinstance(snap.fills, Unknown) and "error 322" in snap.fills.reason
     assert [p.qty for p in snap.positions] == [Decimal(2)]
     assert isinstance(snap.open_orders, list) and isinstance(snap.balances, list)
     assert snap.raw_report()["fills"] == {"unknown": snap.fills.reason}

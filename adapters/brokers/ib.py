@@ -45,8 +45,10 @@ run on that thread: they must not call the adapter back (hand the update over in
 
 **ib_async.** Everything comes from the module named in ``IB_MODULE`` (the one line to change, or
 set ``TRADESTATE_IB_MODULE=ib_async``); only the public ``IB`` API and the dataclasses that both
-libraries share are used, plus two read-only looks at the wrapper's pending requests to name a
-timed-out sync step.
+libraries share are used, plus two things of the wrapper that both have: a read-only look at its
+pending requests (to name a timed-out sync step) and a pass-through hook on ``completedOrder``
+(ib_insync drops the completed order's ``completedTime``/``completedStatus``; the hook keeps them
+by permId). The tests pass on ib_insync 0.9.86 and on ib_async 2.1.0.
 """
 
 from __future__ import annotations
