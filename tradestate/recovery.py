@@ -191,6 +191,11 @@ def recover(
     verify_step = _verify(store, verify, report.checkpoint_position or 0)
     report.steps += [verify_step, checkpoint_step]
 
+    if verify_step.status == "ok":  # extend the chain over what was just verified
+        from .adapters.store.digest import seal
+
+        seal(store)
+
     # 4. replay the tail
     timer = _Timer()
     start = state.position

@@ -91,7 +91,14 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
     elif not trading.exists():
         trading.close()
         raise InvalidInput(f"no tradestate log in {redact(url)} (run something that records first)")
-    return Store(url=url, kind=kind, trading=trading, market=market)
+    store = Store(url=url, kind=kind, trading=trading, market=market)
+    if create:
+        from .digest import protect_log
+
+        # The logs are append-only for the service: UPDATE, DELETE and TRUNCATE are refused by
+        # triggers (no DDL when already in place; REVOKE too when $TRADESTATE_SERVICE_ROLE is set).
+        protect_log(store, service_role=os.environ.get("TRADESTATE_SERVICE_ROLE"))
+    return store
 
 
 __all__ = [

@@ -193,13 +193,15 @@ class Checkpointer:
     """Writes a checkpoint every ``every_events`` events or ``every_seconds`` seconds (whichever
     comes first, and only when the log moved), from a state the caller keeps folded."""
 
-    def __init__(self, store: Store, *, every_events: int = 10_000, every_seconds: float = 60.0, keep: int = KEEP):
+    def __init__(self, store: Store, *, every_events: int = 10_000, every_seconds: float = 60.0, keep: int = KEEP,
+                 seal: bool = True):
         if every_events < 1 or every_seconds <= 0:
             raise ValueError("checkpoint interval must be positive (events >= 1, seconds > 0)")
         self.store = store
         self.every_events = every_events
         self.every_seconds = every_seconds
         self.keep = keep
+        self.seal = seal
         latest = list_checkpoints(store)
         self.last_position = latest[0].position if latest else 0
         self._last_time = time.monotonic()
@@ -214,6 +216,10 @@ class Checkpointer:
 
     def write(self, state: TradingState) -> CheckpointInfo:
         info = write(self.store, state, keep=self.keep)
+        if self.seal:
+            from .digest import seal
+
+            seal(self.store, upto=state.position)  # the digest chain keeps up with the checkpoints
         self.last_position = state.position
         self._last_time = time.monotonic()
         self.written.append(info)
