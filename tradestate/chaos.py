@@ -59,6 +59,8 @@ MAX_ORDER_QTY = 95  # set on every account: intents above it are refused (and re
 OP_TYPES = {"intent": "OrderIntentRecorded", "submit": "OrderSubmitted", "ack": "OrderAcknowledged",
             "fill": "OrderFilled"}
 
+PHASES = ("scan", "projection at kill", "re-send and log checks", "projector catch-up", "fresh fold")
+
 CHECKS = (
     ("killed", "the engine died by the SIGKILL, not by itself"),
     ("acknowledged", "every acknowledged event is in the log where the client said"),
@@ -630,11 +632,13 @@ class FreshFold:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
 
-def check_projection(store: Any, fresh: FreshFold) -> list[str]:
+def check_projection(store: Any, fresh: FreshFold | None, phase: dict[str, float] | None = None) -> list[str]:
     """Catch the tables up to the head (a new projector, as after a restart) and compare them
     with a fresh fold of the log."""
     from .projections.projector import Projector
 
+    phase = phase if phase is not None else dict.fromkeys(PHASES, 0.0)
+    t = time.monotonic()
     projector = Projector(store)
     try:
         for _ in range(5):
@@ -651,9 +655,14 @@ def check_projection(store: Any, fresh: FreshFold) -> list[str]:
             projector._writer.shutdown()
     head = store.trading.head()
     tracked, tables = table_snapshot(store)
+    phase["projector catch-up"] += time.monotonic() - t
+    t = time.monotonic()
     if tracked != head or reached != head:
         return [f"caught up to {reached}, tracking {tracked}, but the log head is {head}"]
+    if fresh is None:  # this kill only checks that the tables caught up (fold_every)
+        return []
     expected = fresh.tables(store, head)
+    phase["fresh fold"] += time.monotonic() - t
     if tables != expected:
         return [f"tables at {head} differ from a fresh fold:\n{diff_tables(tables, expected)}"]
     return []
@@ -689,10 +698,12 @@ class ChaosReport:
     calls: int = 0  # client calls acknowledged to the engines
     in_flight: int = 0  # calls in flight at a kill
     in_flight_landed: int = 0  # ... of which the commit had happened (re-send: duplicate)
+    fresh_folds: int = 0  # kills after which the tables were compared with a fresh fold
     resent_acked: int = 0  # acknowledged calls re-sent: must come back as duplicates
     refused: int = 0  # intents refused by the pre-trade check (recorded)
     seconds: float = 0.0
     check_seconds: float = 0.0  # time spent checking (the rest: engines running)
+    phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     kill_after_ms: list[float] = field(default_factory=list)
     checks: dict[str, CheckTally] = field(default_factory=lambda: {name: CheckTally() for name, _ in CHECKS})
     problems: list[str] = field(default_factory=list)
@@ -733,9 +744,12 @@ def run_chaos(
     workdir: str | None = None,
     on_kill: Callable[[int, ChaosReport], None] | None = None,
     stop_on_failure: bool = False,
+    fold_every: int = 1,
 ) -> ChaosReport:
     """Kill an engine ``kills`` times and check after each kill. Never raises for a failed check:
-    the report says (``report.ok``)."""
+    the report says (``report.ok``). ``fold_every``: compare the tables with a fresh fold after
+    every that many kills (and after the last); a fresh fold costs O(log), so long runs on a big
+    log may space it out. Every other check runs after every kill."""
     from .adapters.store import open_store, redact
     from .client import TradestateClient
 
@@ -760,6 +774,7 @@ def run_chaos(
     fresh = FreshFold(url, str(work))
     acked: list[dict[str, Any]] = []
     server = ForkServer()
+    live: set[int] = set()  # children started and not yet reaped: killed on the way out
     try:
         for k in range(kills):
             acks = work / f"acks-{k}.jsonl"
@@ -770,6 +785,8 @@ def run_chaos(
                 proj_status = work / f"projector-{k}.jsonl"
                 proj = server.start("projector", str(work / f"projector-{k}.log"), url=url,
                                     status=str(proj_status), seed=rng.randrange(1 << 30))
+                live.add(proj)
+            live.add(eng)
             engine_after = rng.uniform(min_ms, max_ms) / 1000
             projector_after = rng.uniform(0, max_ms) / 1000
             _wait_ready(acks, 120)  # the kill is timed from the engine's first append
@@ -781,6 +798,7 @@ def run_chaos(
                 os.kill(eng if who == "engine" else proj, signal.SIGKILL)  # a zombie takes it harmlessly
             report.kill_after_ms.append(round(engine_after * 1000, 1))
             code = server.wait(eng)
+            live.discard(eng)
             check_started = time.monotonic()
             side = read_side_channel(acks)
             report.kills += 1
@@ -790,12 +808,14 @@ def run_chaos(
                 died.append("killed before it was ready (it did not start within 120 s)")
             if proj is not None:
                 pcode = server.wait(proj)
+                live.discard(proj)
                 report.projector_kills += pcode == -signal.SIGKILL
                 if pcode != -signal.SIGKILL:
                     perror = read_side_channel(proj_status).error
                     died.append(f"the projector exited with {pcode} before the kill: {perror or 'no error written'}")
             report.tally("killed", died, k)
-            _check_cycle(k, report, store, client, checker, fresh, side, acked, projector)
+            fold = (k + 1) % max(1, fold_every) == 0 or k == kills - 1
+            _check_cycle(k, report, store, client, checker, fresh if fold else None, side, acked, projector)
             report.check_seconds += time.monotonic() - check_started
             report.head = checker.position
             report.events = report.head - start_head
@@ -812,6 +832,11 @@ def run_chaos(
         report.tally("acknowledged", [p for c, p in final if c == "acknowledged"], report.kills)
         report.tally("no duplicates", [p for c, p in final if c == "no duplicates"], report.kills)
     finally:
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         server.close()
         fresh.close()
         client.close()
@@ -824,7 +849,7 @@ def run_chaos(
     return report
 
 
-def _check_cycle(k: int, report: ChaosReport, store: Any, client: Any, checker: LogChecker, fresh: FreshFold,
+def _check_cycle(k: int, report: ChaosReport, store: Any, client: Any, checker: LogChecker, fresh: FreshFold | None,
                  side: SideChannel, acked: list[dict[str, Any]], projector: bool) -> None:
     def tally(problems: list[tuple[str, str]]) -> None:
         by: dict[str, list[str]] = defaultdict(list)
@@ -833,13 +858,19 @@ def _check_cycle(k: int, report: ChaosReport, store: Any, client: Any, checker: 
         for check in ("not torn", "no gaps", "acknowledged", "no duplicates"):
             report.tally(check, by.get(check, []), k)
 
+    phase = report.phase_seconds
+    t = time.monotonic()
     acked_now = side.acked()
     report.refused += sum(1 for c in acked_now if c["op"] == "intent" and not c["acc"])
     acked.extend(acked_now)
     # 1. what the engine saw acknowledged is there; nothing torn; no gaps
     checker.scan()
+    phase["scan"] += time.monotonic() - t
+    t = time.monotonic()
     if projector:
         report.tally("projection at kill", projection_at_kill(store), k)
+    phase["projection at kill"] += time.monotonic() - t
+    t = time.monotonic()
     # 2. re-send the call in flight at the kill, and the last acknowledged one, with the same ids
     resend_problems = []
     for call in side.pending:
@@ -867,9 +898,11 @@ def _check_cycle(k: int, report: ChaosReport, store: Any, client: Any, checker: 
     checker.check_duplicates()
     problems = checker.take_problems() + [("no duplicates", p) for p in resend_problems]
     tally(problems)
+    phase["re-send and log checks"] += time.monotonic() - t
     # 3. the read models equal a fresh fold of the log
+    report.fresh_folds += fresh is not None
     try:
-        report.tally("projection = fold", check_projection(store, fresh), k)
+        report.tally("projection = fold", check_projection(store, fresh, phase), k)
     except Exception as e:  # noqa: BLE001
         report.tally("projection = fold", [f"{type(e).__name__}: {e}"], k)
 

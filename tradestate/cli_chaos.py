@@ -37,6 +37,9 @@ def render_report(report: Any, console: Any) -> None:
         + (f"; kill after {ms[0]:.0f}-{ms[-1]:.0f} ms (median {ms[len(ms) // 2]:.0f})" if ms else ""),
         highlight=False,
     )
+    phases = ", ".join(f"{name} {value:,.1f} s" for name, value in report.phase_seconds.items())
+    console.print(f"checking: {phases}; tables compared with a fresh fold after {report.fresh_folds:,} kills",
+                  highlight=False)
     for problem in report.problems[:20]:
         console.print(f"[red]-[/] {problem}", highlight=False)
     verdict = "[bold green]PASSED[/]" if report.ok else "[bold red]FAILED[/]"
@@ -61,6 +64,9 @@ def register(app: typer.Typer) -> None:
                                                  "(not needed for SIGKILL: the kernel keeps the file).")] = False,
         workdir: Annotated[Optional[str], typer.Option("--workdir", help="Keep side channels and child logs here.")] = None,
         stop_on_failure: Annotated[bool, typer.Option("--stop-on-failure", help="Stop at the first failed check.")] = False,
+        fold_every: Annotated[int, typer.Option("--fold-every", min=1, help="Compare the tables with a fresh fold "
+                                                "of the whole log after every N kills (and the last; default every "
+                                                "kill). Every other check runs after every kill.")] = 1,
     ) -> None:
         """SIGKILL an engine (recording intents, acks and fills at full speed) at random moments,
         restart it, and check after every kill: acknowledged events present, no torn event, no gap,
@@ -71,6 +77,12 @@ def register(app: typer.Typer) -> None:
         from .chaos import run_chaos
         from .domain.errors import TradestateError
 
+        import signal
+
+        def _terminate(signum: int, _frame: Any) -> None:  # clean up children on SIGTERM too
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, _terminate)
         url = resolve_url(db)
         if min_ms < 0 or max_ms < min_ms:
             console.print("[bold red]error:[/] need 0 <= --min-ms <= --max-ms", highlight=False)
@@ -95,10 +107,11 @@ def register(app: typer.Typer) -> None:
                 with progress:
                     report = run_chaos(url, kills, seed=seed, projector=projector, min_ms=min_ms, max_ms=max_ms,
                                        fsync_acks=fsync_acks, workdir=workdir, on_kill=on_kill,
-                                       stop_on_failure=stop_on_failure)
+                                       stop_on_failure=stop_on_failure, fold_every=fold_every)
             else:
                 report = run_chaos(url, kills, seed=seed, projector=projector, min_ms=min_ms, max_ms=max_ms,
-                                   fsync_acks=fsync_acks, workdir=workdir, stop_on_failure=stop_on_failure)
+                                   fsync_acks=fsync_acks, workdir=workdir, stop_on_failure=stop_on_failure,
+                                   fold_every=fold_every)
         except TradestateError as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(2) from None
