@@ -53,22 +53,29 @@ class LazyOrders(dict):  # type: ignore[type-arg]
     from the log when first asked for. Lookups of present keys stay plain dict lookups (the fold's
     hot path); only a miss, a membership test or a full iteration does more."""
 
-    def __init__(self, state: TradingState, cold: set[bytes], loader: OrderLoader | None,
+    def __init__(self, state: TradingState, finished: bytes, loader: OrderLoader | None,
                  log_reader: LogReader | None = None):
         super().__init__()
         self._state = state
-        self._cold = cold  # 16-byte uuids of finished order streams not loaded yet
+        self._finished = finished  # packed 16-byte ids, turned into a set only when first needed
+        self._cold_set: set[bytes] | None = None
         self._loader = loader
         self._log_reader = log_reader
 
+    @property
+    def _cold(self) -> set[bytes]:
+        """16-byte uuids of the finished order streams not brought back yet."""
+        if self._cold_set is None:
+            blob = self._finished
+            self._cold_set = {blob[i:i + 16] for i in range(0, len(blob), 16)}
+            self._finished = b""
+        return self._cold_set
+
     def _cold_key(self, sid: str) -> bytes | None:
-        if not self._cold or not sid.startswith(ORDER_PREFIX):
+        if not sid.startswith(ORDER_PREFIX) or not self._cold:
             return None
-        try:
-            key = UUID(sid[len(ORDER_PREFIX):]).bytes
-        except ValueError:
-            return None
-        return key if key in self._cold else None
+        key = _key(sid)
+        return key if key is not None and key in self._cold else None
 
     def __missing__(self, sid: str) -> OrderState:
         key = self._cold_key(sid)
@@ -92,7 +99,7 @@ class LazyOrders(dict):  # type: ignore[type-arg]
 
     @property
     def unloaded(self) -> int:
-        return len(self._cold)
+        return len(self._cold) if self._cold_set is not None else len(self._finished) // 16
 
     def load_all(self, rows: Iterable[tuple[int, str, int, str, bytes, datetime]] | None = None) -> None:
         """Bring every finished order back. ``rows`` (the log up to the state's position) is one
@@ -110,7 +117,7 @@ class LazyOrders(dict):  # type: ignore[type-arg]
             if stream.startswith(ORDER_PREFIX) or type_name == "$void":
                 scratch.apply(position, stream, version, type_name, orjson.loads(data), at)
         for sid, order in scratch.orders.items():
-            key = UUID(sid[len(ORDER_PREFIX):]).bytes
+            key = _key(sid)
             if key in self._cold:
                 order.account_state = self._state.account(order.account)
                 self._state.stream_versions[sid] = scratch.stream_versions[sid]
@@ -118,7 +125,7 @@ class LazyOrders(dict):  # type: ignore[type-arg]
                 self._cold.discard(key)
 
     def _everything(self) -> None:
-        if self._cold:
+        if self.unloaded:
             if self._loader is None:
                 raise RuntimeError("finished orders of the checkpoint are not loaded and no order loader was given")
             self.load_all()
@@ -128,7 +135,7 @@ class LazyOrders(dict):  # type: ignore[type-arg]
         return dict.__iter__(self)
 
     def __len__(self) -> int:
-        return dict.__len__(self) + len(self._cold)
+        return dict.__len__(self) + self.unloaded
 
     def keys(self):  # type: ignore[override]
         self._everything()
@@ -141,6 +148,15 @@ class LazyOrders(dict):  # type: ignore[type-arg]
     def items(self):  # type: ignore[override]
         self._everything()
         return dict.items(self)
+
+
+def _key(sid: str) -> bytes | None:
+    """The 16 bytes of an order stream's uuid (``order-<uuid>``); None if it is not one."""
+    try:
+        key = bytes.fromhex(sid[len(ORDER_PREFIX):].replace("-", ""))
+    except ValueError:
+        return None
+    return key if len(key) == 16 else None
 
 
 def materialize_order(state: TradingState, sid: str, rows: OrderRows) -> OrderState:
@@ -237,15 +253,17 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
     """(document, finished order ids packed as 16-byte uuids) of the state as it is now."""
     orders = dict.items(state.orders) if isinstance(state.orders, LazyOrders) else state.orders.items()
     hot: list[dict[str, Any]] = []
-    cold = bytearray()
+    finished = []
+    fromhex = bytes.fromhex
     for sid, order in orders:
         if order.status in OPEN_STATUSES:
             hot.append(_order_doc(order))
         else:
-            cold += UUID(sid[len(ORDER_PREFIX):]).bytes
+            finished.append(fromhex(sid[6:].replace("-", "")))  # 6 == len(ORDER_PREFIX)
+    cold = bytearray(b"".join(finished))
     if isinstance(state.orders, LazyOrders):
-        for key in state.orders._cold:
-            cold += key
+        lazy = state.orders
+        cold += lazy._finished if lazy._cold_set is None else b"".join(lazy._cold_set)
     versions = {sid: v for sid, v in state.stream_versions.items()
                 if not sid.startswith(ORDER_PREFIX)}
     versions.update((o["stream_id"], state.stream_versions[o["stream_id"]]) for o in hot)
@@ -270,7 +288,8 @@ def encode(doc: dict[str, Any]) -> bytes:
 
 
 def checksum(data: bytes, finished: bytes) -> str:
-    h = hashlib.sha256()
+    # blake2b: twice sha256's speed here, and a checkpoint of a long log carries megabytes of ids
+    h = hashlib.blake2b(digest_size=32)
     h.update(len(data).to_bytes(8, "big"))
     h.update(data)
     h.update(finished)
@@ -379,8 +398,7 @@ def restore(doc: dict[str, Any], finished: bytes, *, order_loader: OrderLoader |
     state.position = doc["position"]
     state.applied = doc["applied"]
     state.stream_versions = dict(doc["stream_versions"])
-    cold = {finished[i:i + 16] for i in range(0, len(finished), 16)}
-    state.orders = LazyOrders(state, cold, order_loader, log_reader)
+    state.orders = LazyOrders(state, finished, order_loader, log_reader)
     for name, a in doc["accounts"].items():
         acct = state.account(name)
         acct.limits = {k: Decimal(v) for k, v in a["limits"].items()}

@@ -44,8 +44,8 @@ def _run_json(capsys: pytest.CaptureFixture[str], **kwargs) -> list[dict]:
     for row in results:
         assert set(row) == KEYS
         assert isinstance(row["metric"], str) and row["metric"]
-        assert row["backend"] in ("sqlite", "postgresql")
-        assert row["unit"] in ("events/s", "ms", "s")
+        assert row["backend"] in ("sqlite", "postgresql", "memory")  # memory: pure computation, no database
+        assert row["unit"] in ("events/s", "ms", "s", "bars/s")
         for key in ("value", "baseline_value", "ratio"):
             assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, row
         assert row["ratio"] == pytest.approx(row["value"] / row["baseline_value"])
@@ -58,7 +58,12 @@ def _metrics(results: list[dict], backend: str) -> set[tuple[str, str]]:
 
 def test_sqlite_rows(capsys, tmp_path):
     results = _run_json(capsys, sqlite_dir=str(tmp_path), _backends=("sqlite",))
-    assert _metrics(results, "sqlite") == {
+    got = _metrics(results, "sqlite")
+    names = {metric for metric, _ in got}
+    assert {"recovery_cold", "recovery_warm", "reconcile_run_10k", "postmortem_state_at_p99_ms",
+            "postmortem_market_replay"} <= names
+    assert ("reconcile_plan_10k", "fold_50k_events") in _metrics(results, "memory")
+    assert {m for m in got if not m[0].startswith(("recovery_", "reconcile_", "postmortem_"))} == {
         ("append_single_1w", "raw_insert_commit_1w"),
         ("append_single_1w_p50", "raw_insert_commit_1w"),
         ("append_single_1w_p99", "raw_insert_commit_1w"),
@@ -97,6 +102,8 @@ def test_postgresql_rows(capsys, pg_server):
         ("projection_catchup", "eventsourcing_projection_runner"),
         ("projection_live_lag_p50", "target_20ms"),
         ("projection_live_lag_p99", "target_20ms"),
+        ("recovery_cold", "raw_select_orjson"),
+        ("postmortem_state_at_p99_ms", "fold_from_zero_ms"),
     } <= got
     assert _bench_schemas(pg_server) <= before  # every schema the run made is dropped
 
