@@ -128,6 +128,25 @@ def series(store: Store, start: datetime, end: datetime, *, axis: Axis = "record
             first = _copy_summary(state)
             sample(state, start, state.position)
     sample(state, end, state.position)
+    if axis == "occurred":
+        # Venue clocks are not in log order (a limit set at 15:00 may be logged before a fill of
+        # 14:31): plot the samples in time order, or the lines zigzag back and forth in time.
+        # A sample shows the state after the latest-logged event among those stamped at or
+        # before its time, so an early-logged event with a late stamp does not pull the lines
+        # back to an older state.
+        order = sorted(range(len(out.times)), key=out.times.__getitem__)
+        latest, best = [], -1
+        for i in order:
+            if best < 0 or out.positions[i] >= out.positions[best]:
+                best = i
+            latest.append(best)
+        times = [out.times[i] for i in order]
+        order = latest
+        out.times = times
+        for name in ("positions", "realized", "unrealized", "fees", "equity"):
+            values = getattr(out, name)
+            setattr(out, name, [values[i] for i in order])
+        out.qty = {k: [v[i] for i in order] for k, v in out.qty.items()}
     return out, first or state, state
 
 

@@ -231,7 +231,7 @@ def show_crash_and_recovery(url: str, console: Console) -> bool:
     return report.ready and found and postmortem_ok
 
 
-def show_postmortem(store, console: Console, folder: str, report) -> bool:  # noqa: ANN001
+def show_postmortem(store, console: Console, folder: str, report) -> bool:  # noqa: ANN001, ARG001
     """Act four: what an operator looks at afterwards — the lost-fill order's whole life, and the
     post-mortem report of the incident window."""
     from .demo_engine import ACCOUNT as ENGINE_ACCOUNT
@@ -246,8 +246,9 @@ def show_postmortem(store, console: Console, folder: str, report) -> bool:  # no
     console.print(f"\n[bold]tradestate replay trace {LOST_FILL_ORDER}[/] (the order whose fill notification was lost):")
     console.print(render_trace(trace(store, ENGINE_ACCOUNT, LOST_FILL_ORDER)))
     path = os.path.join(folder, "postmortem.html")
-    recorded = store.trading.read(after=report.recorded_position - 1, limit=1)[0].recorded_at
-    write_report(store, recorded, "10m", path)
+    # On the venue's clock (occurred_at) the session spans 14:30-15:07; on the store's clock the
+    # whole demo took seconds.
+    write_report(store, datetime(2026, 11, 20, 14, 50, tzinfo=timezone.utc), "20m", path, axis="occurred")
     console.print(f"\n[bold]tradestate replay report[/] → {path} (plots of position, P&L and equity, event "
                   "density, breaker and kill-switch changes, and the timeline of the incident window)",
                   highlight=False)
