@@ -72,6 +72,17 @@ def test_chaos_command_on_postgresql_passes_every_check_after_every_kill(pg_url,
     run_command(pg_url, tmp_path)
 
 
+def test_chaos_command_prints_a_table_for_humans(sqlite_url):
+    run = subprocess.run([sys.executable, "-m", "tradestate.cli", "chaos", "--db", sqlite_url, "--kills", "3",
+                          "--no-projector", "--fold-every", "2"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "tradestate chaos: 3 kills on sqlite" in run.stdout
+    for name in ("acknowledged", "not torn", "no gaps", "projection = fold", "no duplicates"):
+        assert name in run.stdout
+    assert "compared with a fresh fold after 2 kills" in " ".join(run.stdout.split())  # the 2nd and the last
+    assert "PASSED" in run.stdout and "Traceback" not in run.stderr
+
+
 # ------------------------------------------------------------------- the checks can fail
 
 
@@ -91,7 +102,11 @@ def sqlite_exec(url: str, sql: str, params: tuple = ()) -> None:
 
     conn = sqlite3.connect(url[len("sqlite:///"):], isolation_level=None)
     try:
-        conn.execute(sql, params)
+        # damage as a broken store (or someone with raw SQL) would: the log's append-only
+        # triggers are dropped in this test database first
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ts_events'"):
+            conn.execute(f'DROP TRIGGER "{name}"')
+        assert conn.execute(sql, params).rowcount == 1
     finally:
         conn.close()
 
@@ -191,7 +206,9 @@ def test_checker_on_postgresql_reports_a_deleted_event_even_after_the_reader_voi
         schema = store.trading.datastore.schema
     base = pg_url.split("?")[0]
     with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DELETE FROM "{schema}".ts_events WHERE position = %s', (ack["pos"],))
+        conn.execute("SET session_replication_role = replica")  # past the append-only triggers
+        deleted = conn.execute(f'DELETE FROM "{schema}".ts_events WHERE position = %s', (ack["pos"],)).rowcount
+    assert deleted == 1
     with open_store(pg_url) as store:
         problems = verify_log(store, acked)  # the reader waits gap_timeout, then voids the hole
         (void,) = [r for r in store.trading.iter_rows(ack["pos"] - 1, ack["pos"])]
