@@ -30,6 +30,7 @@ from .domain import events as ev
 from .domain import orders as rules
 from .domain.errors import (
     AppendFailed,
+    TradestateError,
     ConcurrencyConflict,
     IdempotencyConflict,
     InvalidInput,
@@ -168,6 +169,31 @@ class TradestateClient:
                 gc.freeze()
             return self.state.position
 
+    def _wait_past_holes(self, budget: float = 3.0) -> None:  # noqa: C901
+        """After a conflict: if our fold is held below the head by a hole (an append in flight,
+        or positions a crashed server skipped, voided by readers after ``gap_timeout``), wait for
+        it to clear rather than spend the retries deciding on a state we know is behind."""
+        deadline = time.monotonic() + budget
+        try:
+            while self.catch_up() < self.store.trading.head() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except Exception:  # noqa: BLE001 - the retry's own catch-up reports database errors
+            return
+
+    def _catch_up_to_record(self) -> None:
+        """``catch_up`` before deciding a call: a log that cannot be read means nothing can be
+        recorded, said with the documented error (not the driver's OperationalError/PoolTimeout)."""
+        try:
+            self.catch_up()
+        except TradestateError:
+            raise
+        except Exception as e:  # noqa: BLE001 - psycopg, psycopg_pool, sqlite3, eventsourcing errors
+            APPENDS.labels("failed").inc()
+            raise AppendFailed(
+                f"the log cannot be read ({type(e).__name__}: {e}); nothing was appended by this call "
+                "(retrying the same call is safe)"
+            ) from e
+
     def _now(self) -> datetime:
         now = self.clock()
         if now.tzinfo is None:
@@ -230,7 +256,7 @@ class TradestateClient:
                 self.stats.retries += 1
                 time.sleep(min(0.05, 0.001 * 2**attempt) * random.random())
             with self._lock:
-                self.catch_up()
+                self._catch_up_to_record()
                 decision = decide()
                 if isinstance(decision, rules.AlreadyRecorded):
                     return decision, [decision.position]
@@ -242,6 +268,7 @@ class TradestateClient:
                 except ConcurrencyConflict as e:
                     self.stats.conflicts += 1
                     last_error = e
+                    self._wait_past_holes()
                 except AppendFailed as e:
                     last_error = e
                     failures += 1
@@ -287,9 +314,13 @@ class TradestateClient:
     def _order_envelope(self, account: str, client_order_id: str, occurred_at: datetime | None,
                         causation_id: UUID | None = None) -> dict[str, Any]:
         """Envelope for a later order event: correlated with the order's intent."""
-        self.catch_up()  # the intent may have been recorded by another engine
+        self._catch_up_to_record()  # the intent may have been recorded by another engine
         try:  # unvalidated input: a bad id simply has no intent to correlate with
-            order = self.state.orders.get(order_stream_id(account, client_order_id))
+            stream = order_stream_id(account, client_order_id)
+            order = self.state.orders.get(stream)
+            if order is None:  # our fold may be held below a hole that hides the intent
+                self._wait_past_holes()
+                order = self.state.orders.get(stream)
         except (TypeError, UnicodeError):
             order = None
         correlation = UUID(order.intent_event_id) if order is not None else None

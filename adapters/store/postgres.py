@@ -138,6 +138,13 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             "INSERT INTO {} (position, stream_id, stream_version, type, data)"
             " VALUES (%s, {}, %s, {}, '\\x7b7d'::bytea) ON CONFLICT DO NOTHING"
         ).format(self._qualified, psycopg.sql.Literal(VOID_STREAM), psycopg.sql.Literal(VOID_TYPE))
+        # A run of holes (after a crash the sequence resumes up to 32 values ahead) is voided at once.
+        self._void_range = SQL(
+            "INSERT INTO {} (position, stream_id, stream_version, type, data)"
+            " SELECT p, {}, p, {}, '\\x7b7d'::bytea FROM generate_series(%s::bigint, %s::bigint) AS p"
+            " ON CONFLICT DO NOTHING"
+        ).format(self._qualified, psycopg.sql.Literal(VOID_STREAM), psycopg.sql.Literal(VOID_TYPE))
+        self._next_row = SQL("SELECT min(position) FROM {} WHERE position > %s").format(self._qualified)
         self._select = SQL(
             "SELECT position, stream_id, stream_version, type, data, recorded_at FROM {}"
             " WHERE position > %s AND position <= %s ORDER BY position"
@@ -145,7 +152,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         self._head = SQL("SELECT coalesce(max(position), 0) FROM {}").format(self._qualified)
         self._currval = SQL("SELECT currval({})").format(self._seq_literal)
         # Rendered once: psycopg would otherwise re-compose these on every call of the hot path.
-        for name in ("_insert_one", "_insert_many", "_void", "_select", "_head", "_currval"):
+        for name in ("_insert_one", "_insert_many", "_void", "_void_range", "_next_row", "_select", "_head", "_currval"):
             setattr(self, name, getattr(self, name).as_string(None))
         self._holes: dict[int, float] = {}  # hole position -> when this reader first waited on it
         self._local = threading.local()
@@ -267,8 +274,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                     # Nothing in the range: the end of the log, or a hole at least a page long
                     # (a huge append in flight, or its writer died) with events beyond it.
                     head = cur.execute(self._head, prepare=True).fetchone()[0]
-                    if head > after and min(upper, head) > after and self._void_hole(conn, after + 1):
-                        continue
+                    if head > after and min(upper, head) > after:
+                        (beyond,) = cur.execute(self._next_row, (after,)).fetchone()
+                        if self._void_hole(conn, after + 1, beyond - 1):
+                            continue
                     return
                 if rows[-1][0] - after != len(rows):  # a hole somewhere in this page
                     for row in rows:
@@ -276,7 +285,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                             break
                         yield row
                         after = row[0]
-                    if not self._void_hole(conn, after + 1):
+                    if not self._void_hole(conn, after + 1, row[0] - 1):
                         return  # an append is still in flight there: stop before it
                     continue  # the hole is now a $void row: read on from it
                 yield from rows
@@ -286,14 +295,19 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 if len(rows) < batch:  # returning early never skips: the next read starts here
                     return
 
-    def _void_hole(self, conn: psycopg.Connection[Any], position: int) -> bool:
-        """True once the hole at ``position`` is filled (by us, or by its writer's commit)."""
+    def _void_hole(self, conn: psycopg.Connection[Any], position: int, last: int | None = None) -> bool:
+        """True once the hole ``position..last`` is filled (by us, or by its writers' commits).
+
+        The whole run of missing positions is timed and voided together: voiding one position per
+        ``gap_timeout`` held readers back for up to 32 s after a server crash (a sequence resumes
+        up to 32 values past its last WAL-logged value)."""
+        last = position if last is None else max(position, last)
         first_seen = self._holes.setdefault(position, time.monotonic())
         if time.monotonic() - first_seen < self.gap_timeout:
             return False
-        # The writer that took this position is gone (or very slow): void it. If its row is
-        # still committing, this insert waits on the unique index and then does nothing.
-        conn.execute(self._void, (position, position))
+        # The writers that took these positions are gone (or very slow): void them. A row still
+        # committing makes this insert wait on the unique index and is then left alone.
+        conn.execute(self._void_range, (position, last))
         self._holes.pop(position, None)
         return True
 
