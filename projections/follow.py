@@ -122,7 +122,8 @@ class _Listener:
 
         pool = self.store.trading.datastore.pool
         try:
-            pool.open(wait=True, timeout=pool.timeout)
+            if pool.closed:  # open(wait=True) on an open pool waits until min_size connections are idle
+                pool.open(wait=True, timeout=pool.timeout)
             conn = pool.getconn()
             try:
                 conn.execute(SQL("LISTEN {}").format(Identifier(self.channel)))

@@ -20,10 +20,15 @@ def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "same state" in run.stdout
     assert "refused" in run.stdout and "circuit_breaker" in run.stdout
+    # act three: the engine is SIGKILLed with a fill lost at the venue; recovery finds and records it
+    assert "SIGKILL" in run.stdout and "READY TO TRADE" in run.stdout
+    assert "the lost fill was found at the venue and recorded" in run.stdout
+    assert "Trace of order demo-acct/o-7" in run.stdout and (tmp_path / "postmortem.html").stat().st_size > 10_000
     state = json.loads(tradestate("state", "--db", url, "--json").stdout)
-    assert state["position"] == 33
-    assert {(p["symbol"], p["qty"]) for p in state["positions"]} == {("AAPL", "90"), ("MSFT", "50")}
-    assert state["accounts"]["demo-acct"]["breaker_tripped"] is True
+    assert state["position"] == 49
+    # the morning's 90 AAPL less the 40 whose fill notification was lost; 50 + 20 MSFT
+    assert {(p["symbol"], p["qty"]) for p in state["positions"]} == {("AAPL", "50"), ("MSFT", "70")}
+    assert state["accounts"]["demo-acct"]["breaker_tripped"] is False  # reset when trading resumed
 
 
 def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
@@ -66,4 +71,4 @@ def test_database_url_comes_from_the_environment(tmp_path):
     assert tradestate("demo", "--db", url).returncode == 0
     env = {**os.environ, "TRADESTATE_DB": url}
     state = json.loads(tradestate("state", "--json", env=env).stdout)
-    assert state["position"] == 33
+    assert state["position"] == 49
