@@ -163,3 +163,32 @@ def test_the_projector_writes_checkpoints_that_recovery_uses(sqlite_url):
         report, client = recover(store, engine_id="e", record=False)
         assert report.checkpoint_position == store.trading.head() and report.replayed == 0
         assert client.state.summary() == fresh(store).summary()
+
+
+@pytest.mark.parametrize("tamper", [False, True], ids=["intact", "tampered"])
+def test_a_long_verify_runs_in_a_worker_process_and_still_catches_tampering(sqlite_url, monkeypatch, tamper):
+    import sqlite3
+
+    from tradestate import recovery
+    from tradestate.adapters.store import digest
+
+    with tradestate.connect(sqlite_url, clock=Clock(), use_checkpoints=False) as client:
+        client.engine_started("e")
+        write_session(client, 150, seed=4)
+        digest.seal(client.store)
+    if tamper:
+        path = sqlite_url[len("sqlite:///"):]
+        raw = sqlite3.connect(path)
+        raw.execute("DROP TRIGGER ts_events_no_update")  # as an intruder with file access would
+        raw.execute("UPDATE ts_events SET data = replace(data, '\"qty\"', '\"qty\" ') WHERE position = 40")
+        raw.commit()
+        raw.close()
+    monkeypatch.setattr(recovery, "PARALLEL_VERIFY_EVENTS", 10)
+    with open_store(sqlite_url) as store:
+        report, client = recover(store, engine_id="e", record=False)
+        step = report.step("verify")
+        assert "worker process" in step.detail or tamper, step.detail
+        if tamper:
+            assert step.status == "failed" and "first bad position 40" in step.detail and not report.ready
+        else:
+            assert step.status == "ok" and report.ready

@@ -92,29 +92,73 @@ def detect(store: Store, engine_id: str) -> tuple[bool, str]:
     return False, f"no start of engine {engine_id!r} on record"
 
 
-def _verify(store: Store, mode: str, since: int) -> Step:
-    timer = _Timer()
-    if mode == "none":
-        return Step("verify", "skipped", timer.seconds, "skipped (--no-verify)")
-    try:
-        from .adapters.store import digest
-    except ImportError:
-        return Step("verify", "skipped", timer.seconds, "the digest chain is not available in this version")
-    kwargs: dict[str, Any] = {}
-    if mode == "tail":
-        import inspect
+PARALLEL_VERIFY_EVENTS = 100_000  # beyond this many events to re-hash, verify in another process
 
-        if "after" in inspect.signature(digest.verify).parameters:
-            kwargs["after"] = since
-    result = digest.verify(store, **kwargs)
-    counts = {"checked": getattr(result, "checked_events", 0), "sealed_upto": getattr(result, "sealed_upto", 0),
-              "unsealed": getattr(result, "unsealed_events", 0)}
-    if not result.ok:
-        return Step("verify", "failed", timer.seconds,
-                    f"the log was altered: first bad position {result.first_bad_position} "
-                    f"({getattr(result, 'problem', '')}: {getattr(result, 'detail', '')})", counts)
-    scope = "whole chain" if not kwargs else f"chain links, and events after position {since}"
-    return Step("verify", "ok", timer.seconds, f"digest chain intact ({scope})", counts)
+
+def _verify_in_child(url: str, after: int) -> dict[str, Any]:
+    """Run in a worker process: the chain walk (hashing) next to the fold, on the other core."""
+    from .adapters.store import digest, open_store
+
+    with open_store(url, create=False) as store:
+        result = digest.verify(store, after=after)
+    return {k: getattr(result, k) for k in ("ok", "first_bad_position", "problem", "detail", "checked_events",
+                                             "sealed_upto", "unsealed_events", "seconds")}
+
+
+class _Verification:
+    """The verify step, started before the checkpoint is loaded: inline when the tail to re-hash is
+    short (a warm start), in a worker process when it is long (a cold start re-hashes the whole
+    log: that runs beside the fold instead of before it)."""
+
+    def __init__(self, store: Store, mode: str, since: int, head: int):
+        self.store, self.mode, self.since = store, mode, since
+        self.timer = _Timer()
+        self.future: Any = None
+        self.pool: Any = None
+        self.step: Step | None = None
+        if mode == "none":
+            self.step = Step("verify", "skipped", 0.0, "skipped (--no-verify)")
+            return
+        try:
+            from .adapters.store import digest  # noqa: F401
+        except ImportError:
+            self.step = Step("verify", "skipped", 0.0, "the digest chain is not available in this version")
+            return
+        self.after = since if mode == "tail" else 0
+        if head - self.after >= PARALLEL_VERIFY_EVENTS:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+            self.future = self.pool.submit(_verify_in_child, store.url, self.after)
+        else:
+            from .adapters.store import digest
+
+            result = digest.verify(store, after=self.after)
+            self.step = self._step({k: getattr(result, k) for k in (
+                "ok", "first_bad_position", "problem", "detail", "checked_events", "sealed_upto",
+                "unsealed_events", "seconds")}, parallel=False)
+
+    def _step(self, r: dict[str, Any], *, parallel: bool) -> Step:
+        counts = {"checked": r["checked_events"], "sealed_upto": r["sealed_upto"], "unsealed": r["unsealed_events"]}
+        if not r["ok"]:
+            return Step("verify", "failed", self.timer.seconds,
+                        f"the log was altered: first bad position {r['first_bad_position']} "
+                        f"({r['problem']}: {r['detail']})", counts)
+        scope = "whole chain" if self.after == 0 else f"chain links, and events after position {self.after}"
+        where = "; in a worker process, beside the replay" if parallel else ""
+        return Step("verify", "ok", self.timer.seconds, f"digest chain intact ({scope}{where})", counts)
+
+    def result(self) -> Step:
+        if self.step is None:
+            try:
+                self.step = self._step(self.future.result(), parallel=True)
+            except Exception as e:  # noqa: BLE001 - a verify that could not run is a failed step
+                self.step = Step("verify", "failed", self.timer.seconds,
+                                 f"could not verify: {type(e).__name__}: {e}")
+            finally:
+                self.pool.shutdown()
+        return self.step
 
 
 def _health(store: Store, state: TradingState, head: int, now: datetime) -> tuple[Step, list[str]]:
@@ -170,7 +214,7 @@ def recover(
     report.steps.append(Step("detect", "warn" if report.crashed else "ok", timer.seconds, detail,
                              {"head": report.head}))
 
-    # 3. checkpoint (before verify: the tail to verify starts at its position)
+    # 3. checkpoint (found first: the tail to verify starts at its position)
     timer = _Timer()
     loaded = checkpoints.load(store, head=report.head)
     refused = [f"checkpoint {r.checkpoint.id} at {r.checkpoint.position}: {'; '.join(r.reasons[:3])}"
@@ -187,23 +231,19 @@ def recover(
     checkpoint_step = Step("checkpoint", "warn" if refused else "ok", timer.seconds, detail,
                            {"refused": len(refused), "position": report.checkpoint_position or 0})
 
-    # 2. verify
-    verify_step = _verify(store, verify, report.checkpoint_position or 0)
-    report.steps += [verify_step, checkpoint_step]
-
-    if verify_step.status == "ok":  # extend the chain over what was just verified
-        from .adapters.store.digest import seal
-
-        seal(store)
+    # 2. verify (a long walk runs in another process while the tail is replayed)
+    verification = _Verification(store, verify, report.checkpoint_position or 0, report.head)
 
     # 4. replay the tail
     timer = _Timer()
     start = state.position
     report.replayed = checkpoints.fold_tail(store, state)
     rate = report.replayed / timer.seconds if timer.seconds > 0 else 0.0
-    report.steps.append(Step("replay", "ok", timer.seconds,
-                             f"{report.replayed:,} events after position {start:,} folded ({rate:,.0f}/s)",
-                             {"events": report.replayed, "position": state.position}))
+    replay_step = Step("replay", "ok", timer.seconds,
+                       f"{report.replayed:,} events after position {start:,} folded ({rate:,.0f}/s)",
+                       {"events": report.replayed, "position": state.position})
+    verify_step = verification.result()
+    report.steps += [verify_step, checkpoint_step, replay_step]
     client = TradestateClient(store, clock=clock, initial_state=state, exchange_tz=exchange_tz)
 
     # 5. reconcile
@@ -240,6 +280,10 @@ def recover(
     # 7. record
     timer = _Timer()
     if record:
+        if verify_step.status == "ok":  # extend the chain over what was just verified
+            from .adapters.store.digest import seal
+
+            seal(store)
         level = ramp if ramp is not None else (50 if report.crashed else None)
         resumed = []
         if report.ready and level is not None:
