@@ -25,6 +25,7 @@ import orjson
 from ...domain import snapshot
 from ...domain.state import TradingState
 from . import Store, gc_paused
+from .sql import read_cursor, write_cursor
 
 TABLE = "ts_checkpoints"
 KEEP = 5  # checkpoints kept; older ones are deleted when a new one is written
@@ -69,25 +70,8 @@ def _table(store: Store) -> str:
 
 @contextmanager
 def _cursor(store: Store, write: bool) -> Iterator[Any]:
-    if store.kind == "sqlite":
-        with store.trading.datastore.get_connection(commit=write) as connection:
-            raw = connection._sqlite_conn
-            if not write:
-                yield raw.cursor()
-                return
-            raw.execute("BEGIN IMMEDIATE")
-            try:
-                yield raw.cursor()
-                raw.execute("COMMIT")
-            except BaseException:
-                if raw.in_transaction:
-                    raw.execute("ROLLBACK")
-                raise
-    else:
-        from psycopg.rows import tuple_row
-
-        with store.trading._connection() as conn, conn.transaction():
-            yield conn.cursor(row_factory=tuple_row)
+    with (write_cursor(store) if write else read_cursor(store)) as cur:
+        yield cur
 
 
 def _p(store: Store) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 
 from ...domain.errors import InvalidInput, TradestateError
 from . import MARKET_TABLE, TRADING_TABLE, Store
+from .sql import read_cursor, write_cursor
 
 CHAIN_TABLE = "ts_digest_chain"
 SCHEME = 1  # the canonical encoding and fingerprint layout above
@@ -170,33 +171,13 @@ class _Backend:
     # -- connections
     @contextmanager
     def read(self) -> Iterator[Any]:
-        if self.pg:
-            from psycopg.rows import tuple_row
-
-            with self.store.trading._connection() as conn:
-                yield conn.cursor(row_factory=tuple_row)
-        else:
-            with self.store.trading.datastore.get_connection(commit=False) as connection:
-                yield connection._sqlite_conn.cursor()
+        with read_cursor(self.store) as cur:
+            yield cur
 
     @contextmanager
     def write(self) -> Iterator[Any]:
-        if self.pg:
-            from psycopg.rows import tuple_row
-
-            with self.store.trading._connection() as conn, conn.transaction():
-                yield conn.cursor(row_factory=tuple_row)
-        else:
-            with self.store.trading.datastore.get_connection(commit=True) as connection:
-                raw = connection._sqlite_conn
-                raw.execute("BEGIN IMMEDIATE")
-                try:
-                    yield raw.cursor()
-                    raw.execute("COMMIT")
-                except BaseException:
-                    if raw.in_transaction:
-                        raw.execute("ROLLBACK")
-                    raise
+        with write_cursor(self.store) as cur:
+            yield cur
 
     # -- statements
     def select_range(self, table: str) -> str:
