@@ -343,7 +343,7 @@ class IBAdapter(BrokerAdapter):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name=f"ib-adapter-{client_id}", daemon=True)
         self._thread.start()
-        self._ib: Any = self._call(self._make_ib(), timeout=self.timeout)
+        self._ib: Any = self._call(self._make_ib(), timeout=self.timeout + 5)  # only guards a wedged loop
         if connect:
             try:
                 self.connect()
