@@ -192,3 +192,21 @@ def test_a_long_verify_runs_in_a_worker_process_and_still_catches_tampering(sqli
             assert step.status == "failed" and "first bad position 40" in step.detail and not report.ready
         else:
             assert step.status == "ok" and report.ready
+
+
+def test_a_dry_run_with_a_broker_appends_nothing_and_says_what_it_would(tmp_path):
+    """The demo's log and venue: a dry run plans the reconciliation (nothing appended); naming
+    the wrong venue shows up as phantom corrections, with a note to check --venue."""
+    url = f"sqlite:///{tmp_path}/d.db"
+    assert cli("demo", "--db", url).returncode == 0
+    with open_store(url) as store:
+        head = store.trading.head()
+    common = ["recover", "--db", url, "--engine-id", "demo-engine", "--broker", "sim", "--sim-state",
+              str(tmp_path / "sim-venue.json"), "--account", "demo-acct", "--dry-run", "--json"]
+    right = json.loads(cli(*common, "--venue", "sim").stdout)
+    assert right["ready"] and right["discrepancies"] == 0 and right["reconciliations"][0]["dry_run"]
+    wrong = json.loads(cli(*common, "--venue", "SIM").stdout)
+    step = next(s for s in wrong["steps"] if s["name"] == "reconcile")
+    assert wrong["corrective_events"] == 2 and "check --venue" in step["detail"] and "dry run" in step["detail"]
+    with open_store(url) as store:
+        assert store.trading.head() == head  # nothing appended by either run

@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
         broker: Annotated[Optional[list[str]], typer.Option("--broker", help="Reconcile with this broker "
                                                             "(sim, alpaca, ib); repeat for several.")] = None,
         account: Annotated[Optional[str], typer.Option(help="Our account id at the broker.")] = None,
+        venue: Annotated[Optional[str], typer.Option(help="The venue name our orders carry for this broker "
+                                                          "(as in the intents: e.g. sim, ALPACA, IB).")] = None,
         config: Annotated[Optional[str], typer.Option(help="TOML file with the broker options.")] = None,
         sim_state: Annotated[Optional[str], typer.Option("--sim-state", help="Simulated broker state file.")] = None,
         ramp: Annotated[Optional[int], typer.Option(help="Resume at 50, 75 or 100 % of the limits (default: 50 "
@@ -61,7 +63,8 @@ def register(app: typer.Typer) -> None:
         full_verify: Annotated[bool, typer.Option("--full-verify", help="Walk the whole digest chain, not only "
                                                                         "its links and the tail.")] = False,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the digest chain.")] = False,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Do not record the report or the resumption.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Append nothing: reconciliation only plans (says "
+                                                                "what it would append); no report, no resumption.")] = False,
         json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Recover after a crash: detect, verify, load the newest valid checkpoint, replay the tail,
@@ -71,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
         if ramp is not None and ramp not in (50, 75, 100):
             _fail("--ramp must be 50, 75 or 100")
-        options: dict[str, Any] = {"account": account, "config": config, "sim_state": sim_state,
+        options: dict[str, Any] = {"account": account, "venue": venue, "config": config, "sim_state": sim_state,
                                    "api_key": os.environ.get("APCA_API_KEY_ID"),
                                    "secret_key": os.environ.get("APCA_API_SECRET_KEY")}
         try:

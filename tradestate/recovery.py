@@ -161,6 +161,21 @@ class _Verification:
         return self.step
 
 
+def _plan_only(client: Any, adapter: Any, now: datetime) -> dict[str, Any]:
+    """What reconciling would find and append, without appending anything."""
+    from uuid import uuid4
+
+    from .domain.reconcile import orders_to_look_up, plan_reconciliation
+    from .reconcile import DEFAULT_LOOKUP_LIMIT, look_up
+
+    snapshot = adapter.snapshot(None, now=now)
+    lookups = look_up(adapter, orders_to_look_up(client.state, snapshot), DEFAULT_LOOKUP_LIMIT)
+    plan = plan_reconciliation(client.state, snapshot, reconciliation_id=uuid4(), now=now, lookups=lookups)
+    return {"broker": adapter.broker, "account": adapter.account, "venue": adapter.venue, "status": plan.status,
+            "discrepancies": [vars(d) if hasattr(d, "__dict__") else d for d in plan.discrepancies],
+            "would_append": len(plan.events), "unknown": list(plan.unknown), "dry_run": True}
+
+
 def _health(store: Store, state: TradingState, head: int, now: datetime) -> tuple[Step, list[str]]:
     timer = _Timer()
     problems: list[str] = []
@@ -255,14 +270,23 @@ def recover(
 
         statuses = []
         for adapter in adapters:
-            result = reconcile(client, adapter, strict=strict, now=clock())
-            entry = {k: v for k, v in vars(result).items() if not k.startswith("_")}
+            if record:
+                result = reconcile(client, adapter, strict=strict, now=clock())
+                entry = {k: v for k, v in vars(result).items() if not k.startswith("_")}
+                found, corrective = len(result.discrepancies), len(result.corrective_event_ids)
+                verb = "corrective events"
+            else:  # a dry run appends nothing: plan only, and say what a real run would append
+                entry = _plan_only(client, adapter, clock())
+                found, corrective = len(entry["discrepancies"]), entry["would_append"]
+                verb = "corrective events it would append (dry run)"
             report.reconciliations.append(entry)
-            report.discrepancies += len(result.discrepancies)
-            report.corrective_events += len(result.corrective_event_ids)
-            statuses.append(f"{adapter.broker}/{adapter.account}: {result.status} "
-                            f"({len(result.discrepancies)} discrepancies, "
-                            f"{len(result.corrective_event_ids)} corrective events)")
+            report.discrepancies += found
+            report.corrective_events += corrective
+            known = any(k[0] == adapter.account and k[1] == adapter.venue for k in client.state.positions)
+            statuses.append(f"{adapter.broker}/{adapter.account} at venue {adapter.venue!r}: {entry['status']} "
+                            f"({found} discrepancies, {corrective} {verb})"
+                            + ("" if known else f"; note: the log held no position of {adapter.account} at "
+                               f"{adapter.venue!r} before — check --venue if that is unexpected"))
         unknown = any(r["status"] == "unknown" for r in report.reconciliations)
         status = "failed" if unknown else ("warn" if report.discrepancies else "ok")
         report.steps.append(Step("reconcile", status, timer.seconds, "; ".join(statuses),
