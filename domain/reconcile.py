@@ -39,10 +39,10 @@ from uuid import UUID, uuid5
 from pydantic import ValidationError
 
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
-from ..adapters.brokers.base import Unknown, VenueFill, VenueOrder, VenueSnapshot
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
 from .state import OPEN_STATUSES, OrderState, TradingState
+from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
 RECONCILIATION_NAMESPACE = UUID("2d7c8f5e-9a41-4b6e-8d3c-5f0a1e7b6c92")

@@ -14,18 +14,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-# Our statuses (domain/state.py) plus what venues say that we have no word for ("unknown").
-VenueOrderStatus = Literal[
-    "pending",  # accepted by the venue, not yet working (pending_new, PreSubmitted, ...)
-    "open",  # working, nothing filled
-    "partially_filled",
-    "filled",
-    "cancelled",
-    "rejected",
-    "expired",
-    "unknown",  # a status this adapter does not know: reported as is in ``raw_status``
-]
-OPEN_VENUE_STATUSES = frozenset({"pending", "open", "partially_filled"})
+from ...domain.venue import (
+    OPEN_VENUE_STATUSES,
+    Unknown,
+    VenueBalance,
+    VenueFill,
+    VenueOrder,
+    VenueOrderStatus,
+    VenuePosition,
+    VenueSnapshot,
+)
 
 
 class VenueError(Exception):
@@ -42,105 +40,6 @@ class VenueConnectionError(VenueError):
 
 class OrderNotFound(VenueError):
     """The venue does not know this order (looked up by client order id or venue order id)."""
-
-
-@dataclass(frozen=True)
-class VenueFill:
-    exec_id: str  # the venue's execution id (IB: execId; Alpaca: activity id)
-    client_order_id: str | None  # ours, when the order carried it (Alpaca client_order_id, IB orderRef)
-    venue_order_id: str  # the venue's durable order key (Alpaca order id, IB permId)
-    symbol: str
-    side: Literal["buy", "sell"]
-    qty: Decimal
-    price: Decimal
-    fee: Decimal = Decimal(0)
-    fee_currency: str = "USD"
-    occurred_at: datetime | None = None
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-@dataclass(frozen=True)
-class VenueOrder:
-    venue_order_id: str
-    client_order_id: str | None
-    symbol: str
-    side: Literal["buy", "sell"]
-    order_type: str  # market, limit, stop, stop_limit
-    qty: Decimal
-    filled_qty: Decimal
-    status: VenueOrderStatus
-    raw_status: str  # exactly what the venue said
-    limit_price: Decimal | None = None
-    stop_price: Decimal | None = None
-    avg_fill_price: Decimal | None = None
-    time_in_force: str = "day"
-    submitted_at: datetime | None = None
-    updated_at: datetime | None = None
-    fills: tuple[VenueFill, ...] = ()  # when the venue reports them with the order
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN_VENUE_STATUSES
-
-
-@dataclass(frozen=True)
-class VenuePosition:
-    symbol: str
-    qty: Decimal  # signed: negative is short
-    avg_cost: Decimal | None = None
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-@dataclass(frozen=True)
-class VenueBalance:
-    currency: str
-    cash: Decimal
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-@dataclass(frozen=True)
-class Unknown:
-    """A part of a snapshot whose query failed: reconciliation must not treat it as empty."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class VenueSnapshot:
-    """Everything one reconciliation looks at, gathered from one venue account."""
-
-    broker: str  # "sim", "alpaca", "ib"
-    venue: str  # the venue name our events carry (OrderIntentRecorded.venue)
-    account: str  # our account id
-    taken_at: datetime
-    positions: list[VenuePosition] | Unknown
-    open_orders: list[VenueOrder] | Unknown
-    recent_orders: list[VenueOrder] | Unknown  # open and finished orders since ``since``
-    fills: list[VenueFill] | Unknown  # executions since ``since``
-    balances: list[VenueBalance] | Unknown
-    since: datetime | None = None
-
-    def raw_report(self) -> dict[str, Any]:
-        """The venue's raw data this snapshot was built from (stored with the reconciliation)."""
-
-        def part(value: Any) -> Any:
-            if isinstance(value, Unknown):
-                return {"unknown": value.reason}
-            return [item.raw for item in value]
-
-        return {
-            "broker": self.broker,
-            "venue": self.venue,
-            "account": self.account,
-            "taken_at": self.taken_at.isoformat(),
-            "since": self.since.isoformat() if self.since else None,
-            "positions": part(self.positions),
-            "open_orders": part(self.open_orders),
-            "recent_orders": part(self.recent_orders),
-            "fills": part(self.fills),
-            "balances": part(self.balances),
-        }
 
 
 @dataclass(frozen=True)
