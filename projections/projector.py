@@ -11,6 +11,8 @@ transaction, so two projectors racing on the same tables cannot apply a page twi
 from __future__ import annotations
 
 import gc
+import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +30,10 @@ from ..domain.state import ZERO, OrderState, PositionState, TradingState
 from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
 
 PROJECTION = "trading"
+# A backlog at least this long is committed by a writer *process*: the fold and the database
+# writes then use two cores (a writer thread shares the GIL with the fold; the page's rows cross
+# a pipe already encoded). TRADESTATE_PROJECTOR_PROCESS=0 keeps every commit in-process.
+PROCESS_WRITER_EVENTS = 200_000
 
 Progress = Callable[[int, int], None]  # (position reached, log head)
 
@@ -217,23 +223,34 @@ class Projector:
             self.load()
             raise
 
-    def catch_up(self, progress: Progress | None = None) -> int:
+    def catch_up(self, progress: Progress | None = None, *, writer_process: bool | None = None) -> int:
         """Apply pages until the log's contiguous end; returns the position reached.
 
         Pipelined: while one page commits on a writer thread, the next is read and folded here
-        (the drivers release the GIL while the database works). Pages still commit one at a
-        time and in order, each checking the tracking row it starts from."""
-        head = self.store.trading.head() if progress else 0
+        (the drivers release the GIL while the database works). A long backlog (at least
+        ``PROCESS_WRITER_EVENTS``, or ``writer_process=True``) is committed by a writer process
+        instead, so that binding and writing rows no longer compete with the fold for the GIL.
+        Pages still commit one at a time and in order, each checking the tracking row it starts
+        from, in one transaction with its rows."""
+        if not self._loaded:
+            self.load()
+        head = self.store.trading.head()
         start = self.state.position
+        if writer_process is None:
+            writer_process = (head - start >= PROCESS_WRITER_EVENTS
+                              and os.environ.get("TRADESTATE_PROJECTOR_PROCESS", "1") != "0")
         # The whole catch-up without the cyclic collector: between pages it would otherwise
         # rescan the ever larger state (a full collection per few pages at a million events).
-        if self._writer is None:
-            # One writer thread for the projector's life: on PostgreSQL each thread keeps its own
-            # connection, so a thread per catch-up would leak one per call.
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
-        writer = self._writer
+        if writer_process:
+            writer: Any = _ProcessWriter(self.store.url, self.exchange_tz, self.dialect.kind)
+        else:
+            if self._writer is None:
+                # One writer thread for the projector's life: on PostgreSQL each thread keeps its
+                # own connection, so a thread per catch-up would leak one per call.
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
+            writer = self._writer
         with gc_paused():
-            pending: Future[None] | None = None
+            pending: Any = None
             try:
                 while (page := self._next_page()) is not None:
                     if pending is not None:
@@ -253,16 +270,20 @@ class Projector:
                 self.load()  # memory may be ahead of the tables: fold again up to what landed
                 raise
             finally:
-                release = getattr(self.store.trading, "release_connection", None)
-                if release is not None:  # the writer's PostgreSQL connection goes back to the pool
-                    writer.submit(release).result()
+                if writer_process:
+                    writer.close()
+                    self.applied_pages += writer.pages  # committed by the child's _commit
+                else:
+                    release = getattr(self.store.trading, "release_connection", None)
+                    if release is not None:  # the writer's PostgreSQL connection goes back to the pool
+                        writer.submit(release).result()
         if progress:
             progress(self.state.position, max(head, self.state.position))
         if self.state.position - start > 10_000:
             gc.freeze()  # the state is long-lived: keep it out of future collections
         return self.state.position
 
-    def rebuild(self, progress: Progress | None = None) -> int:
+    def rebuild(self, progress: Progress | None = None, *, writer_process: bool | None = None) -> int:
         """Empty every table and fold the whole log into them again, a page per transaction."""
         self.create_tables()
         with self._transaction() as cur:
@@ -273,7 +294,7 @@ class Projector:
         self.state = TradingState(self.exchange_tz)
         self.equity = _EquityBook()
         self._loaded = True
-        return self.catch_up(progress)
+        return self.catch_up(progress, writer_process=writer_process)
 
     def lag(self) -> tuple[int, int]:
         """(log head, tracked position)."""
@@ -339,6 +360,154 @@ class Projector:
         return tables
 
 
+class _ProcessWriter:
+    """Commits pages in a child process, in order, one transaction each (``Projector._commit``
+    there: the same tracking check). Its interface is the writer thread's: ``submit`` returns a
+    handle whose ``result()`` waits for that page and raises what the commit raised.
+
+    The child is a plain ``python -c`` subprocess talking length-prefixed pickles over its
+    stdin/stdout, not ``multiprocessing``: that would re-import the caller's main module, which a
+    script without an ``if __name__ == "__main__"`` guard cannot survive."""
+
+    def __init__(self, url: str, exchange_tz: str, kind: str):
+        import subprocess
+        import sys
+
+        # SQLite rows are already plain text and integers: JSON crosses the pipe faster than
+        # pickle (PostgreSQL rows keep their Decimals, times and Jsonb: pickle)
+        self._json = kind == "sqlite"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from tradestate.projections.projector import _commit_pages; _commit_pages()",
+             url, exchange_tz],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        self._pending = False
+        self.pages = 0
+
+    def _died(self, error: BaseException | None = None) -> RuntimeError:
+        try:
+            code = self._proc.wait(2)
+        except Exception:  # noqa: BLE001
+            code = None
+        failure = RuntimeError(f"the projector's writer process ended unexpectedly (exit code {code})")
+        failure.__cause__ = error
+        return failure
+
+    def submit(self, _commit: Any, page: _Page) -> _ProcessWriter:
+        try:
+            if self._json:
+                _send_page_json(self._proc.stdin, page)
+            else:
+                _send(self._proc.stdin, page)
+        except OSError as e:
+            raise self._died(e) from e
+        self._pending = True
+        return self
+
+    def result(self) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        try:
+            kind, value = _receive(self._proc.stdout)
+        except (EOFError, OSError) as e:
+            raise self._died(e) from e
+        if kind == "error":
+            raise value
+        self.pages += 1
+
+    def cancel(self) -> bool:
+        return False  # a page sent is committed or refused by the child; result() says which
+
+    def close(self) -> None:
+        try:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self._proc.wait(10)
+        except Exception:  # noqa: BLE001
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc.stdout.close()  # type: ignore[union-attr]
+
+
+_LENGTH = 8
+
+
+def _send(stream: Any, value: Any) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(_LENGTH, "big"))
+    stream.write(data)
+    stream.flush()
+
+
+_JSON_PAGE = 1 << 63  # a length with this bit set announces an orjson-encoded _Page
+
+
+def _send_page_json(stream: Any, page: _Page) -> None:
+    data = orjson.dumps((page.start, page.end, page.rows, page.tables, page.accounts))
+    stream.write((len(data) | _JSON_PAGE).to_bytes(_LENGTH, "big"))
+    stream.write(data)
+    stream.flush()
+
+
+def _receive(stream: Any) -> Any:
+    head = stream.read(_LENGTH)
+    if len(head) < _LENGTH:
+        raise EOFError("pipe closed")
+    size = int.from_bytes(head, "big")
+    json_page = bool(size & _JSON_PAGE)
+    size &= ~_JSON_PAGE
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("pipe closed mid-message")
+    if json_page:
+        start, end, rows, tables, accounts = orjson.loads(data)
+        return _Page(start, end, rows, [(name, table_rows) for name, table_rows in tables], accounts)
+    return pickle.loads(data)
+
+
+def _commit_pages() -> None:
+    """The writer process (argv: url, exchange time zone): commit each page received on stdin and
+    answer on stdout, until stdin ends (the parent closed it, exited or was killed: a page already
+    received is committed or not, atomically)."""
+    import sys
+
+    from ..adapters.store import open_store
+
+    url, exchange_tz = sys.argv[1], sys.argv[2]
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    store = open_store(url, create=False)
+    projector = Projector(store, exchange_tz=exchange_tz)
+    gc.disable()  # pages are short-lived acyclic rows: reference counting frees them
+    try:
+        while True:
+            try:
+                page = _receive(source)
+            except EOFError:
+                return
+            try:
+                projector._commit(page)
+                reply: tuple[str, Any] = ("ok", None)
+            except BaseException as e:  # noqa: BLE001 - sent back and raised in the parent
+                reply = ("error", _picklable(e))
+            try:
+                _send(sink, reply)
+            except OSError:
+                return
+    finally:
+        store.close()
+
+
+def _picklable(error: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
 @dataclass(frozen=True)
 class _Page:
     start: int  # tracked position the page applies on top of
@@ -377,9 +546,9 @@ class _Dirty:
                 self.positions[key] = position
                 occurred = d.get("occurred_at")
                 self.days[(order.account, state._trading_day_of(occurred, at))] = position
-                minute = _fill_minute(d, at)
-                self.equity[(order.account, minute.isoformat())] = self.equity_book.after_fill(
-                    state, key, minute, position)
+                book = self.equity_book
+                minute_key, minute = book.minute(occurred, at)
+                self.equity[(order.account, minute_key)] = book.after_fill(state, key, minute, position)
         elif first == "a":
             account = d["account"]
             self.accounts[account] = (position, d.get("occurred_at"), at)
@@ -449,9 +618,24 @@ class _EquityBook:
     fill costs O(1) however many symbols the account holds."""
 
     def __init__(self) -> None:
+        self._minutes: dict[str, datetime] = {}  # "YYYY-MM-DDTHH:MM" (UTC) -> that minute
         self.contribution: dict[tuple[str, str, str], tuple[Decimal, Decimal, Decimal]] = {}
         self.totals: dict[str, list[Decimal]] = {}
         self.fills: dict[tuple[str, datetime], int] = {}  # fills per (account, minute)
+
+    def minute(self, occurred: str | None, at: datetime) -> tuple[str, datetime]:
+        """A fill's equity-curve point: (its UTC minute as text, the minute as a time). A stored
+        UTC time ("...Z") is cut to its minute as text, and parsed once per minute."""
+        if occurred and occurred[-1] == "Z" and len(occurred) >= 17 and occurred[16] == ":" and occurred[10] == "T":
+            key = occurred[:16]
+            minute = self._minutes.get(key)
+            if minute is None:
+                if len(self._minutes) > 100_000:
+                    self._minutes.clear()
+                minute = self._minutes[key] = _fill_minute({"occurred_at": occurred}, at)
+            return key, minute
+        minute = _fill_minute({"occurred_at": occurred}, at)
+        return minute.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M"), minute
 
     def _update(self, key: tuple[str, str, str], held: PositionState) -> list[Decimal]:
         new = (held.realized_pnl, held.unrealized_pnl, held.fees)
@@ -479,6 +663,8 @@ def _time(value: datetime | None, kind: str) -> Any:
 
 
 def _iso(value: datetime) -> str:
+    if value.tzinfo is timezone.utc:  # what the log's times parse to: no conversion needed
+        return value.isoformat()
     return value.astimezone(timezone.utc).isoformat()
 
 
