@@ -57,6 +57,7 @@ class Projector:
         self._staged: set[tuple[int, int, str]] = set()
         self._loaded = False  # load() folds the log up to the tables' position before any page
         self._writer: ThreadPoolExecutor | None = None  # commits pages while the next one is folded
+        self._text_pages = False  # pages for a writer process: rows in text form, sent as JSON
 
     # ------------------------------------------------------------------------ database
     @contextmanager
@@ -199,7 +200,9 @@ class Projector:
                 payload = loads(data)
                 state.apply(position, stream, version, type_name, payload, at)
                 dirty.note(state, stream, type_name, payload, position, at)
-        return _Page(start, state.position, len(rows), self._encode(dirty), list(dirty.accounts))
+        text = self._text_pages
+        return _Page(start, state.position, len(rows), self._encode(dirty, "sqlite" if text else None),
+                     list(dirty.accounts), text)
 
     def _commit(self, page: _Page) -> None:
         """Write a page's rows and move the tracking row, in one transaction."""
@@ -211,7 +214,7 @@ class Projector:
                 for account in page.accounts:
                     cur.execute(f"DELETE FROM {self.dialect.name('ts_risk_usage')} WHERE account = {p}", (account,))
             for table, rows in page.tables:
-                self._upsert(cur, table, rows)
+                self._upsert(cur, table, rows, text=page.text)
             self._track(cur, page.end)
         self.applied_pages += 1
 
@@ -242,7 +245,8 @@ class Projector:
         # The whole catch-up without the cyclic collector: between pages it would otherwise
         # rescan the ever larger state (a full collection per few pages at a million events).
         if writer_process:
-            writer: Any = _ProcessWriter(self.store.url, self.exchange_tz, self.dialect.kind)
+            writer: Any = _ProcessWriter(self.store.url, self.exchange_tz)
+            self._text_pages = True
         else:
             if self._writer is None:
                 # One writer thread for the projector's life: on PostgreSQL each thread keeps its
@@ -271,6 +275,7 @@ class Projector:
                 raise
             finally:
                 if writer_process:
+                    self._text_pages = False
                     writer.close()
                     self.applied_pages += writer.pages  # committed by the child's _commit
                 else:
@@ -310,18 +315,23 @@ class Projector:
             (PROJECTION, position, now),
         )
 
-    def _upsert(self, cur: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    def _upsert(self, cur: Any, table: str, rows: list[tuple[Any, ...]], *, text: bool = False) -> None:
         if not rows:
+            return
+        if text and self.dialect.kind == "postgresql":
+            # Rows in their text form (decimals and times as strings, booleans 0/1: what a
+            # writer process receives): a text COPY lets the server parse them.
+            staging = self._staging(cur, table)
+            columns = [c for c, _ in TABLES[table][0]]
+            with cur.copy(f"COPY {staging} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(self.dialect.upsert_from(table, staging))
             return
         if self.dialect.kind == "postgresql" and len(rows) > 20:
             # A page's rows go in by binary COPY into a session-private staging table, then one
             # INSERT ... SELECT ... ON CONFLICT: far cheaper than a statement (or array) per row.
-            staging = f"ts_staging_{table}"
-            session = (id(cur.connection), cur.connection.info.backend_pid, table)
-            if session not in self._staged:
-                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
-                            f"(LIKE {self.dialect.name(table)}) ON COMMIT DELETE ROWS")
-                self._staged.add(session)
+            staging = self._staging(cur, table)
             columns = [c for c, _ in TABLES[table][0]]
             with cur.copy(f"COPY {staging} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types([_PG_COPY_TYPES[k] for _, k in TABLES[table][0]])
@@ -331,10 +341,21 @@ class Projector:
         else:
             cur.executemany(self.dialect.upsert(table), rows)
 
-    def _encode(self, dirty: _Dirty) -> list[tuple[str, list[tuple[Any, ...]]]]:
-        """The rows a page touched, from the state at the page's end, ready for the driver."""
+    def _staging(self, cur: Any, table: str) -> str:
+        """The session-private staging table of ``table`` (PostgreSQL), created once per connection."""
+        staging = f"ts_staging_{table}"
+        session = (id(cur.connection), cur.connection.info.backend_pid, table)
+        if session not in self._staged:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+                        f"(LIKE {self.dialect.name(table)}) ON COMMIT DELETE ROWS")
+            self._staged.add(session)
+        return staging
+
+    def _encode(self, dirty: _Dirty, kind: str | None = None) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The rows a page touched, from the state at the page's end, ready for the driver
+        (``kind`` "sqlite": the text form, which a PostgreSQL text COPY takes too)."""
         state = self.state
-        conv = _ROW_ENCODERS[self.dialect.kind]
+        conv = _ROW_ENCODERS[kind or self.dialect.kind]
         tables: list[tuple[str, list[tuple[Any, ...]]]] = []
         if dirty.orders:
             tables.append(("ts_orders", [conv["ts_orders"](_order_row(state.orders[s])) for s in dirty.orders]))
@@ -369,13 +390,10 @@ class _ProcessWriter:
     stdin/stdout, not ``multiprocessing``: that would re-import the caller's main module, which a
     script without an ``if __name__ == "__main__"`` guard cannot survive."""
 
-    def __init__(self, url: str, exchange_tz: str, kind: str):
+    def __init__(self, url: str, exchange_tz: str):
         import subprocess
         import sys
 
-        # SQLite rows are already plain text and integers: JSON crosses the pipe faster than
-        # pickle (PostgreSQL rows keep their Decimals, times and Jsonb: pickle)
-        self._json = kind == "sqlite"
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "from tradestate.projections.projector import _commit_pages; _commit_pages()",
              url, exchange_tz],
@@ -395,10 +413,7 @@ class _ProcessWriter:
 
     def submit(self, _commit: Any, page: _Page) -> _ProcessWriter:
         try:
-            if self._json:
-                _send_page_json(self._proc.stdin, page)
-            else:
-                _send(self._proc.stdin, page)
+            _send_page_json(self._proc.stdin, page)  # rows in text form: JSON beats pickle
         except OSError as e:
             raise self._died(e) from e
         self._pending = True
@@ -446,7 +461,7 @@ _JSON_PAGE = 1 << 63  # a length with this bit set announces an orjson-encoded _
 
 
 def _send_page_json(stream: Any, page: _Page) -> None:
-    data = orjson.dumps((page.start, page.end, page.rows, page.tables, page.accounts))
+    data = orjson.dumps((page.start, page.end, page.rows, page.tables, page.accounts, page.text))
     stream.write((len(data) | _JSON_PAGE).to_bytes(_LENGTH, "big"))
     stream.write(data)
     stream.flush()
@@ -463,8 +478,8 @@ def _receive(stream: Any) -> Any:
     if len(data) < size:
         raise EOFError("pipe closed mid-message")
     if json_page:
-        start, end, rows, tables, accounts = orjson.loads(data)
-        return _Page(start, end, rows, [(name, table_rows) for name, table_rows in tables], accounts)
+        start, end, rows, tables, accounts, text = orjson.loads(data)
+        return _Page(start, end, rows, [(name, table_rows) for name, table_rows in tables], accounts, text)
     return pickle.loads(data)
 
 
@@ -515,6 +530,7 @@ class _Page:
     rows: int  # log rows it covered
     tables: list[tuple[str, list[tuple[Any, ...]]]]
     accounts: list[str]  # accounts whose usage rows are rewritten
+    text: bool = False  # rows in text form (the SQLite encoding), for a writer process
 
 
 def _tracking_ddl(dialect: Dialect) -> str:
