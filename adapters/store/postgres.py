@@ -69,6 +69,9 @@ class TradestatePostgresDatastore(PostgresDatastore):
             conn.execute(f"SET lock_timeout = {lock_ms}")
             conn.execute(f"SET statement_timeout = {statement_ms}")
             conn.execute("SET synchronous_commit = on")  # durable before we return, never less
+            # Times arrive as UTC whatever the server's zone: psycopg's fast path for "UTC" (any
+            # other name, even Etc/UTC, goes through zoneinfo: ~0.4 us more per row read).
+            conn.execute("SET TimeZone = 'UTC'")
             conn.execute(SQL("SET application_name = {}").format(psycopg.sql.Literal(app)))
 
         return after_connect
