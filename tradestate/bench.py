@@ -797,6 +797,12 @@ def _replay_state(log: Any) -> tuple[int, float]:
     return count, elapsed
 
 
+def psycopg_errors() -> Any:
+    import psycopg.errors
+
+    return psycopg.errors
+
+
 def load_pg_log(pg: PgTarget, schema: str, n: int) -> None:
     """A fresh log in ``schema`` holding ``n`` generated trading events, by binary COPY."""
     from .adapters.store import open_store
@@ -812,6 +818,10 @@ def load_pg_log(pg: PgTarget, schema: str, n: int) -> None:
                 cp.write_row(row)
         conn.execute(f"SELECT setval('\"{schema}\".ts_events_position_seq', %s)", (n,))
         conn.execute(f"VACUUM (ANALYZE) {table}")  # hint bits set once, for every reader alike
+        try:  # the load's dirty pages are written now, not by a checkpoint in the middle of a measurement
+            conn.execute("CHECKPOINT")
+        except psycopg_errors().InsufficientPrivilege:
+            pass
 
 
 # ------------------------------------------------------------------ replay: raw baselines
