@@ -6,8 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from datetime import timezone
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from projector_worker import Clock, dump_tables, write_session
 from test_projector import assert_equals_rebuild
 from tradestate.adapters.store import open_store
@@ -92,3 +96,9 @@ def test_a_script_without_a_main_guard_can_rebuild_through_a_writer_process(sqli
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(head)]
+
+
+@given(st.datetimes(timezones=st.just(timezone.utc)))
+def test_orjson_writes_a_utc_time_exactly_as_isoformat(moment):
+    # the writer process's pages leave UTC times to orjson; the tables hold isoformat() text
+    assert orjson.loads(orjson.dumps(moment)) == moment.isoformat()
