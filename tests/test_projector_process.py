@@ -13,29 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from projector_worker import Clock, dump_tables, write_session
-from test_projector import assert_equals_rebuild
-from tradestate.adapters.store import open_store
+from test_projector import assert_equals_rebuild, session, store  # noqa: F401 - fixtures shared with it
 from tradestate.projections import projector as projector_module
 from tradestate.projections.projector import ProjectionConflict, Projector
 
 import tradestate
-
-
-@pytest.fixture
-def store(db_url):
-    s = open_store(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def session(db_url, store):
-    with tradestate.connect(db_url, clock=Clock()) as client:
-        head = write_session(client, 300, seed=23)
-    assert head > 250
-    return head
 
 
 def test_a_writer_process_commits_exactly_what_the_writer_thread_commits(store, session):
