@@ -18,6 +18,11 @@ the event's identity ``(stream_id, stream_version)``, its ``type``+``recorded_at
 so that ``verify`` can name the first bad position and say what happened to it. The fingerprints
 only locate; the blake2b chain is the evidence.
 
+``verify`` streams each range from the cursor a few hundred rows at a time, hashing the rows and
+comparing their fingerprints with the chain row's in one pass (fingerprints altered beside intact
+events are reported too). Only a range that does not match is read again and walked by the slow
+path, which locates the problem and words the report.
+
 ``seal`` reads the log without any lock (a read snapshot on SQLite, plain reads on PostgreSQL),
 then inserts each range in its own short transaction; two sealers racing for the same range are
 resolved by the primary key ``(log, range_start)`` and a check that the range extends the chain's
@@ -39,6 +44,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any
 
 from ...domain.errors import InvalidInput, TradestateError
@@ -56,7 +62,14 @@ SERVICE_ROLE_ENV = "TRADESTATE_SERVICE_ROLE"
 REFUSAL = "is append-only (tradestate: no row of the log or its digest chain is ever changed or removed)"
 
 _HDR = struct.Struct(">qqIII")
+_FP = struct.Struct(">III")
 _crc = zlib.crc32
+_blake2b = hashlib.blake2b
+_g5 = itemgetter(5)
+_FAST = True  # verify's fast path (False: every range through _check_range, as before it; for tests)
+PAGE = 10_000  # positions per SELECT when verify reads a range
+CHUNK = 500  # rows fetched, fingerprinted and hashed at a time: ~0.5 MB in flight, which stays in the
+# CPU's cache (whole 10,000-row pages cost ~0.4 us more per event)
 
 Progress = Callable[[int, int], None]  # (events checked so far, events to check)
 
@@ -139,6 +152,30 @@ def _hash_rows(rows: list[tuple[Any, ...]], previous: bytes) -> tuple[bytes, lis
     return h.digest(), fps
 
 
+def _hash_chunk(update: Callable[[bytes], Any], rows: list[tuple[Any, ...]], stored: bytes) -> bool:
+    """The fast path of ``verify`` for a chunk of a range: False unless ``stored`` (the chunk's
+    slice of the sealed fingerprints) holds exactly the fingerprints of ``rows``; if it does, feed
+    ``update`` exactly the bytes ``_hash_rows`` feeds blake2b for them.
+
+    The same values as ``_hash_rows`` with less Python per row: ``crc(s, v)`` equals
+    ``crc(s, v & 0xFFFFFFFF)`` (zlib masks its start value to 32 bits), a ``recorded_at`` that is
+    not yet canonical goes through ``canonical_time`` as there, and the rows are joined once.
+    A row ``_hash_rows`` could not take either raises here, and the caller then checks the range
+    by the slow path (which raises, or reports, exactly as before)."""
+    if len(stored) != FP_BYTES * len(rows):
+        return False
+    if set(map(len, map(_g5, rows))) != {27}:
+        for i, row in enumerate(rows):
+            if len(row[5]) != 27:
+                rows[i] = (*row[:5], canonical_time(row[5]))
+    crc, join = _crc, b"".join
+    if join([_FP.pack(crc(s, v), crc(r, crc(t)), crc(d)) for _p, v, s, t, d, r in rows]) != stored:
+        return False
+    pack = _HDR.pack
+    update(join([join((pack(p, v, len(s), len(t), len(d)), s, t, d, r)) for p, v, s, t, d, r in rows]))
+    return True
+
+
 def _pack_fps(fps: list[int]) -> bytes:
     return struct.pack(f">{len(fps)}I", *fps)
 
@@ -196,6 +233,16 @@ class _Backend:
             f" FROM {table} WHERE position >= ? AND position <= ? ORDER BY position"
         )
 
+    def select_range_text_as_bytes(self, table: str) -> str:
+        """PostgreSQL, for a cursor that loads ``text`` as its bytes (``_page_cursors``, when the
+        connection is UTF-8 end to end): the values of ``select_range`` without the server
+        re-encoding each text into UTF-8 (``convert_to``), about 0.3 us less of its CPU per event."""
+        return (
+            "SELECT position, stream_version, stream_id, type, data,"
+            " to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+            f" FROM {self.name(table)} WHERE position >= %s AND position <= %s ORDER BY position"
+        )
+
     def rows(self, cur: Any, table: str, first: int, last: int) -> list[tuple[Any, ...]]:
         if self.pg:
             return cur.execute(self.select_range(table), (first, last), binary=True).fetchall()
@@ -235,19 +282,24 @@ class _Backend:
             return bool(row and row[0])
 
 
-def _prefetched(db: _Backend, log: str, spans: list[tuple[int, int]], page: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
+def _read_span(db: _Backend, log: str, first: int, last: int, page: int = PAGE) -> list[tuple[Any, ...]]:
+    """Every row of positions ``first``-``last``, read in pages on this thread's connection."""
+    out: list[tuple[Any, ...]] = []
+    with db.read() as cur:
+        for lo in range(first, last + 1, page):
+            out += db.rows(cur, log, lo, min(lo + page - 1, last))
+    return out
+
+
+def _prefetched(db: _Backend, log: str, spans: list[tuple[int, int]], page: int = PAGE) -> Iterator[list[tuple[Any, ...]]]:
     """The rows of each span. On PostgreSQL the next span is read by a worker thread while this
     one is hashed (the server, row decoding and blake2b over a page's bytes overlap; hashlib and
-    psycopg release the GIL): about 1.4x on two cores."""
+    psycopg release the GIL): about 1.4x on two cores. (The slow path of ``verify``: see ``_FAST``.)"""
     if not spans:
         return
 
     def fetch(first: int, last: int) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        with db.read() as cur:
-            for lo in range(first, last + 1, page):
-                out += db.rows(cur, log, lo, min(lo + page - 1, last))
-        return out
+        return _read_span(db, log, first, last, page)
 
     if len(spans) == 1 or not db.pg:
         # SQLite reads in-process and fast: a reader thread only adds contention there.
@@ -267,6 +319,65 @@ def _prefetched(db: _Backend, log: str, spans: list[tuple[int, int]], page: int 
         finally:
             if db.pg:
                 pool.submit(db.store.trading.release_connection).result()
+
+
+def _page_cursors(db: _Backend, log: str, spans: list[tuple[int, int]], page: int) -> Iterator[Any]:
+    """For each page (``page`` positions) of each span in turn, a cursor whose SELECT has run: the
+    caller turns its rows into Python objects ``CHUNK`` at a time (never a whole range at once).
+
+    On PostgreSQL the whole page is already in the client (libpq's result), and a worker thread
+    runs the next page's query on its own connection meanwhile, so the server's work and the
+    transfer overlap the hashing here; on SQLite the statement steps as the caller fetches."""
+    bounds = [(lo, min(lo + page - 1, last)) for first, last in spans for lo in range(first, last + 1, page)]
+    if not bounds:
+        return
+    sql = db.select_range(log)
+    if not db.pg:
+        with db.read() as cur:
+            try:
+                for lo, hi in bounds:
+                    yield cur.execute(sql, (lo, hi))
+            finally:
+                cur.close()
+        return
+
+    from psycopg.types.string import ByteaBinaryLoader
+
+    as_bytes = db.select_range_text_as_bytes(log)
+
+    def run(lo: int, hi: int) -> Any:
+        with db.read() as cur:
+            info = cur.connection.info
+            if info.encoding == "utf-8" and info.parameter_status("server_encoding") == "UTF8":
+                # A text column in binary is then its UTF-8 bytes, exactly what convert_to returns.
+                cur.adapters.register_loader("text", ByteaBinaryLoader)
+                cur.execute(as_bytes, (lo, hi), binary=True)
+            else:
+                cur.execute(sql, (lo, hi), binary=True)
+            return cur
+
+    if len(bounds) == 1:
+        cur = run(*bounds[0])
+        try:
+            yield cur
+        finally:
+            cur.close()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest-read") as pool:
+        try:
+            pending = pool.submit(run, *bounds[0])
+            for i in range(len(bounds)):
+                cur = pending.result()
+                if i + 1 < len(bounds):
+                    pending = pool.submit(run, *bounds[i + 1])
+                try:
+                    yield cur
+                finally:
+                    cur.close()
+        finally:
+            pool.submit(db.store.trading.release_connection).result()
 
 
 def create_chain_table(store: Store) -> None:
@@ -477,6 +588,26 @@ def _check_range(rows: list[tuple[Any, ...]], start: int, end: int, prev_digest:
     return located
 
 
+def _fast_range(pages: Iterator[Any], page: int, start: int, end: int, prev_digest: bytes, digest: bytes,
+                fps_blob: bytes) -> tuple[bool, int]:
+    """Check one sealed range by the fast path, consuming its pages from ``pages``: (True, rows
+    hashed) when its events hash to its digest and match its fingerprints one for one (exactly
+    what ``_check_range`` accepts), else (False, _) and the caller runs ``_check_range``."""
+    h = _blake2b(prev_digest, digest_size=32)
+    update = h.update
+    n, ok = 0, True
+    for _ in range(start, end + 1, page):
+        cur = next(pages)
+        while ok and (rows := cur.fetchmany(CHUNK)):
+            k = len(rows)
+            try:
+                ok = _hash_chunk(update, rows, fps_blob[FP_BYTES * n:FP_BYTES * (n + k)])
+            except Exception:  # noqa: BLE001 - a row _hash_rows cannot take either: the slow path says so
+                ok = False
+            n += k
+    return ok and n == end - start + 1 and h.digest() == digest, n
+
+
 def verify(store: Store, *, progress: Progress | None = None, after: int = 0,
            logs: tuple[str, ...] = LOGS) -> VerifyResult:
     """Walk the digest chain of each log from its start and recompute every sealed range.
@@ -546,19 +677,42 @@ def verify(store: Store, *, progress: Progress | None = None, after: int = 0,
         if finding is None:
             chain = chains[log]
             spans = [(chain[i][0], chain[i][1]) for i in todo[log]]
-            pages = _prefetched(db, log, spans)
-            try:
-                for i, rows in zip(todo[log], pages):
-                    start, end, _count, _scheme, prev_digest, digest, fps_blob = chain[i]
-                    finding = _check_range(rows, start, end, prev_digest, digest, fps_blob)
-                    log_checked += len(rows)
-                    done += end - start + 1
-                    if progress:
-                        progress(done, total)
-                    if finding:
-                        break
-            finally:
-                pages.close()
+            if _FAST:
+                # Hash each range (and compare its fingerprints) straight from the cursor; only a
+                # range that does not match is read again and checked by _check_range, which
+                # locates the problem and words the report.
+                page = PAGE
+                cursors = _page_cursors(db, log, spans, page)
+                try:
+                    for i in todo[log]:
+                        start, end, _count, _scheme, prev_digest, digest, fps_blob = chain[i]
+                        ok, n = _fast_range(cursors, page, start, end, prev_digest, digest, fps_blob)
+                        if not ok:
+                            rows = _read_span(db, log, start, end)
+                            finding = _check_range(rows, start, end, prev_digest, digest, fps_blob)
+                            n = len(rows)
+                        log_checked += n
+                        done += end - start + 1
+                        if progress:
+                            progress(done, total)
+                        if finding:
+                            break
+                finally:
+                    cursors.close()
+            else:
+                pages = _prefetched(db, log, spans)
+                try:
+                    for i, rows in zip(todo[log], pages):
+                        start, end, _count, _scheme, prev_digest, digest, fps_blob = chain[i]
+                        finding = _check_range(rows, start, end, prev_digest, digest, fps_blob)
+                        log_checked += len(rows)
+                        done += end - start + 1
+                        if progress:
+                            progress(done, total)
+                        if finding:
+                            break
+                finally:
+                    pages.close()
         if finding is None and link_finding is not None:
             finding = link_finding
         if finding is None and sealed > heads[log]:
