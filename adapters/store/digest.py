@@ -306,16 +306,28 @@ def _prefetched(db: _Backend, log: str, spans: list[tuple[int, int]], page: int 
         for span in spans:
             yield fetch(*span)
         return
+    yield from _read_ahead(db, fetch, spans)
+
+
+def _read_ahead(db: _Backend, read: Callable[..., Any], bounds: list[tuple[int, int]],
+                done: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+    """``read(*b)`` for each ``b`` of ``bounds`` in order, the next one running on a worker thread
+    (its own PostgreSQL connection, given back at the end) while the caller works on this one;
+    ``done`` is called on each result once the caller has finished with it."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest-read") as pool:
         try:
-            pending = pool.submit(fetch, *spans[0])
-            for i in range(len(spans)):
-                rows = pending.result()
-                if i + 1 < len(spans):
-                    pending = pool.submit(fetch, *spans[i + 1])
-                yield rows
+            pending = pool.submit(read, *bounds[0])
+            for i in range(len(bounds)):
+                result = pending.result()
+                if i + 1 < len(bounds):
+                    pending = pool.submit(read, *bounds[i + 1])
+                try:
+                    yield result
+                finally:
+                    if done is not None:
+                        done(result)
         finally:
             if db.pg:
                 pool.submit(db.store.trading.release_connection).result()
@@ -363,21 +375,7 @@ def _page_cursors(db: _Backend, log: str, spans: list[tuple[int, int]], page: in
         finally:
             cur.close()
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest-read") as pool:
-        try:
-            pending = pool.submit(run, *bounds[0])
-            for i in range(len(bounds)):
-                cur = pending.result()
-                if i + 1 < len(bounds):
-                    pending = pool.submit(run, *bounds[i + 1])
-                try:
-                    yield cur
-                finally:
-                    cur.close()
-        finally:
-            pool.submit(db.store.trading.release_connection).result()
+    yield from _read_ahead(db, run, bounds, done=lambda cur: cur.close())
 
 
 def create_chain_table(store: Store) -> None:
