@@ -210,3 +210,21 @@ def test_a_dry_run_with_a_broker_appends_nothing_and_says_what_it_would(tmp_path
     assert wrong["corrective_events"] == 2 and "check --venue" in step["detail"] and "dry run" in step["detail"]
     with open_store(url) as store:
         assert store.trading.head() == head  # nothing appended by either run
+
+
+def test_recover_from_a_script_without_a_main_guard_verifies_in_a_worker(sqlite_url, tmp_path):
+    """The verify worker is a plain subprocess: a caller's unguarded script is not re-imported."""
+    with tradestate.connect(sqlite_url) as client:
+        client.record_signal("s", "AAPL", "long", value="1")
+    script = tmp_path / "recover_it.py"
+    script.write_text(
+        "from tradestate import recovery\n"
+        "from tradestate.adapters.store import open_store\n"
+        "recovery.PARALLEL_VERIFY_EVENTS = 0\n"
+        f"with open_store({sqlite_url!r}) as store:\n"
+        "    report, client = recovery.recover(store, engine_id='e', record=False)\n"
+        "    print(report.ready, report.step('verify').detail)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True") and "worker process" in done.stdout, done.stdout

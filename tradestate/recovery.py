@@ -105,6 +105,45 @@ def _verify_in_child(url: str, after: int) -> dict[str, Any]:
                                              "sealed_upto", "unsealed_events", "seconds")}
 
 
+def _verify_main() -> None:
+    """The worker process (argv: url, after): print the verification as JSON on stdout."""
+    import sys
+
+    import orjson
+
+    sys.stdout.buffer.write(orjson.dumps(_verify_in_child(sys.argv[1], int(sys.argv[2]))))
+
+
+class _VerifyWorker:
+    """``_verify_in_child`` in a plain ``python -c`` subprocess: ``multiprocessing`` would re-import
+    the caller's main module, which a script without an ``if __name__ == "__main__"`` guard
+    cannot survive."""
+
+    def __init__(self, url: str, after: int):
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from tradestate.recovery import _verify_main; _verify_main()", url, str(after)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+
+    def result(self) -> dict[str, Any]:
+        import orjson
+
+        out, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise RuntimeError(f"the verify worker exited with {self.proc.returncode}: "
+                               f"{lines[-1] if lines else 'no message'}")
+        return orjson.loads(out)
+
+    def shutdown(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 class _Verification:
     """The verify step, started before the checkpoint is loaded: inline when the tail to re-hash is
     short (a warm start), in a worker process when it is long (a cold start re-hashes the whole
@@ -126,11 +165,7 @@ class _Verification:
             return
         self.after = since if mode == "tail" else 0
         if head - self.after >= PARALLEL_VERIFY_EVENTS:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-            self.future = self.pool.submit(_verify_in_child, store.url, self.after)
+            self.pool = self.future = _VerifyWorker(store.url, self.after)
         else:
             from .adapters.store import digest
 
