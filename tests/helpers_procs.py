@@ -9,17 +9,45 @@ through a queue: ``("ok", worker, payload)`` or ``("error", worker, traceback)``
 
 from __future__ import annotations
 
+import faulthandler
 import traceback
 from typing import Any
 
 BARRIER_TIMEOUT = 60
+# A worker still running after this long prints every thread's stack to stderr (which pytest
+# shows with the failure), so a hang says where it waits.
+HANG_DUMP_AFTER = 45
 
 
 def _report(queue: Any, worker: int, fn: Any, *args: Any) -> None:
+    faulthandler.dump_traceback_later(HANG_DUMP_AFTER)
     try:
         queue.put(("ok", worker, fn(*args)))
     except BaseException:  # noqa: BLE001 - the parent must see every failure
         queue.put(("error", worker, traceback.format_exc()))
+        # The others must not wait out the barrier's timeout for a worker that is gone.
+        barrier = next((a for a in args if hasattr(a, "abort")), None)
+        if barrier is not None:
+            barrier.abort()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+# ------------------------------------------------------------- (0) opening a new file at once
+
+
+def open_worker(urls: list[str], worker: int, barrier: Any, queue: Any) -> None:
+    _report(queue, worker, _opens, urls, barrier)
+
+
+def _opens(urls: list[str], barrier: Any) -> int:
+    from tradestate.adapters.store import open_store
+
+    for url in urls:
+        barrier.wait(BARRIER_TIMEOUT)  # all processes open the same new file at the same moment
+        with open_store(url) as store:
+            store.trading.head()
+    return len(urls)
 
 
 # ------------------------------------------------------------------ (a) a limit shared by engines

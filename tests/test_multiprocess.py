@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 import tradestate
-from helpers_procs import append_worker, intent_worker, same_intent_worker
+from helpers_procs import append_worker, intent_worker, open_worker, same_intent_worker
 from tradestate.adapters.store import VOID_STREAM, VOID_TYPE, open_store
 from tradestate.domain.ids import account_stream_id, order_stream_id
 
@@ -51,7 +51,7 @@ def run_workers(target, args_per_worker: list[tuple], timeout: float = 60.0) -> 
         while len(results) + len(errors) < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"workers timed out: {len(results)} of {n} reported")
+                raise AssertionError(f"workers timed out: {len(results)} of {n} reported (stacks of hung workers on stderr)")
             try:
                 status, worker, payload = results_q.get(timeout=min(remaining, 1.0))
             except queue_module.Empty:
@@ -63,6 +63,7 @@ def run_workers(target, args_per_worker: list[tuple], timeout: float = 60.0) -> 
                 results[worker] = payload
             else:
                 errors.append(payload)
+                break  # the worker aborted the barrier; the others are told, not waited for
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -81,6 +82,17 @@ def all_rows(log) -> list[tuple]:
         if r[3] == VOID_TYPE:
             assert r[1] == VOID_STREAM
     return rows
+
+
+# ------------------------------------------------------------ (0) processes creating one file
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path):
+    """Engines started together on a fresh file race to switch it to WAL and create the tables.
+    SQLite answers a journal-mode change that meets another connection's lock with "database is
+    locked" at once, without its busy handler: this failed about one start in fifteen."""
+    urls = [f"sqlite:///{tmp_path}/fresh-{i}.db" for i in range(25)]
+    assert run_workers(open_worker, [(urls, w) for w in range(4)]) == [len(urls)] * 4
 
 
 # ------------------------------------------------------------------------ (a) a shared limit

@@ -9,6 +9,7 @@ failing on a lock upgrade.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -45,7 +46,7 @@ class DurableSQLitePool(SQLiteConnectionPool):
             )
         except (sqlite3.Error, TypeError) as e:
             raise InterfaceError(e) from e
-        raw.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(raw, self.db_name, self.lock_timeout or 5)
         self.is_journal_mode_wal = True
         raw.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we say so
         raw.execute(f"PRAGMA busy_timeout={int((self.lock_timeout or 5) * 1000)}")
@@ -53,6 +54,30 @@ class DurableSQLitePool(SQLiteConnectionPool):
         # while a projector upserts hundreds of thousands of rows.
         raw.execute("PRAGMA cache_size=-65536")
         return SQLiteConnection(sqlite_conn=raw, max_age=self.max_age)
+
+
+def _switch_to_wal(raw: sqlite3.Connection, db_name: str, timeout: float) -> None:
+    """Put the file in WAL mode, waiting for other processes as long as a write would.
+
+    The switch needs the file to itself, and SQLite answers one that meets another connection's
+    lock (processes opening a new file together) with "database is locked" at once, without its
+    busy handler: so wait here, with backoff, up to the lock timeout."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            mode = raw.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as e:
+            busy = "locked" in str(e) or "busy" in str(e)
+            if not busy or time.monotonic() >= deadline:
+                raw.close()
+                raise InterfaceError(f"could not put {db_name} in WAL mode: {e}") from e
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    if str(mode).lower() != "wal":
+        raw.close()
+        raise InterfaceError(f"could not put {db_name} in WAL mode (SQLite kept journal mode {mode!r})")
 
 
 class DurableSQLiteDatastore(SQLiteDatastore):
