@@ -78,3 +78,25 @@ def db_url(request, tmp_path):
         yield f"sqlite:///{tmp_path}/tradestate.db"
     else:
         yield request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(db_url):
+    """The store of ``db_url``, closed after the test."""
+    from tradestate.adapters.store import open_store
+
+    s = open_store(db_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def _postgres_reads_stream_early(monkeypatch):
+    """PostgreSQL reads of 200 positions or more stream, as production reads of 50,000 do: the
+    suite's logs are small, and the streamed path is the one long reads take."""
+    from tradestate.adapters.store import postgres
+
+    monkeypatch.setattr(postgres, "STREAM_FROM", 200)
+    monkeypatch.setattr(postgres, "STREAM_CHUNK", 64)

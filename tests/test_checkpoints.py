@@ -27,15 +27,6 @@ def fresh_fold(store, stop=None) -> TradingState:
 
 
 @pytest.fixture
-def store(db_url):
-    s = open_store(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def session(db_url, store):
     with tradestate.connect(db_url, clock=Clock()) as client:
         head = write_session(client, 300, seed=21)

@@ -58,15 +58,6 @@ def assert_equals_rebuild(store) -> int:
 
 
 @pytest.fixture
-def store(db_url):
-    s = open_store(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def session(db_url, store):
     """A log of ~300 events: orders through their whole lifecycle, refusals, risk switches."""
     with tradestate.connect(db_url, clock=Clock()) as client:

@@ -49,15 +49,6 @@ def assert_no_holes(log) -> list[tuple]:
 
 
 @pytest.fixture
-def store(db_url):
-    s = open_store(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def log(store):
     return store.trading
 
@@ -512,3 +503,90 @@ def test_pg_in_flight_writer_is_not_voided(pg_server, pg_log, outcome):
         assert stored == [(VOID_STREAM, VOID_TYPE)]
         assert seen[1][3] == VOID_TYPE
     assert_no_holes(log)
+
+
+# ------------------------------------------------------- PostgreSQL: long reads stream (one query)
+
+
+def _append_many(log, n: int, payload: bytes = b'{"k":1}', per_append: int = 100, first: int = 0) -> None:
+    """Events ``first`` .. ``first + n - 1`` of seven streams, ``per_append`` to a commit."""
+    for start in range(first, first + n, per_append):
+        log.append([new_event(f"s-{i % 7}", i // 7 + 1, "T", payload)
+                    for i in range(start, min(first + n, start + per_append))])
+
+
+@pytest.fixture
+def streams_from(monkeypatch):
+    """Reads of at least ``n`` positions stream (the default makes that 50,000)."""
+    from tradestate.adapters.store import postgres
+
+    def set_to(n: int) -> None:
+        monkeypatch.setattr(postgres, "STREAM_FROM", n)
+        monkeypatch.setattr(postgres, "STREAM_CHUNK", 7)
+
+    return set_to
+
+
+@pytest.mark.postgres
+def test_pg_a_streamed_read_gives_the_rows_and_pages_of_a_ranged_one(pg_log, streams_from):
+    _append_many(pg_log, 250)
+    streams_from(10**9)
+    ranged = [list(p) for p in pg_log.iter_pages(0, batch=40)]
+    ranged_tail = rows_of(pg_log, 17, 203)
+    streams_from(10)
+    streamed = [list(p) for p in pg_log.iter_pages(0, batch=40)]
+    assert [len(p) for p in streamed] == [40] * 6 + [10]
+    assert streamed == ranged
+    assert rows_of(pg_log, 17, 203) == ranged_tail
+    assert positions_of(rows_of(pg_log, 240)) == list(range(241, 251))  # short: a ranged read
+
+
+@pytest.mark.postgres
+def test_pg_the_reader_may_query_the_log_on_its_thread_while_it_streams(pg_log, streams_from):
+    """The stream has its own connection: a finished order brought back mid-fold (a read on the
+    thread's connection) neither deadlocks nor disturbs the stream."""
+    _append_many(pg_log, 120)
+    streams_from(10)
+    seen = []
+    for row in pg_log.iter_rows(0, batch=16):
+        if row[0] % 25 == 0:
+            assert [e.originator_version for e in pg_log.read_stream("s-3")][:3] == [1, 2, 3]
+            assert pg_log.head() == 120
+        seen.append(row[0])
+    assert seen == list(range(1, 121))
+
+
+@pytest.mark.postgres
+def test_pg_a_stream_left_early_gives_its_connection_back(pg_log, streams_from):
+    _append_many(pg_log, 100)
+    streams_from(10)
+    for _ in range(25):  # more than the pool holds: a leaked connection would block here
+        pages = pg_log.iter_pages(0, batch=10)
+        assert len(next(pages)) == 10
+        pages.close()
+    assert positions_of(rows_of(pg_log)) == list(range(1, 101))
+
+
+@pytest.mark.postgres
+def test_pg_a_slow_streamed_read_outlives_the_statement_timeout(pg_url, streams_from):
+    """The server blocks on a full socket while the reader works; the statement timeout (here
+    0.3 s) must not cancel the read of a slow caller."""
+    url = pg_url + "&statement_timeout=0.3"
+    with open_store(url) as s:
+        _append_many(s.trading, 600, payload=b'{"k":"' + b"x" * 20_000 + b'"}', per_append=50)  # 12 MB
+        streams_from(10)
+        seen = 0
+        for page in s.trading.iter_pages(0, batch=100):
+            time.sleep(0.15)
+            seen += len(page)
+        assert seen == 600
+
+
+@pytest.mark.postgres
+def test_pg_a_stream_stops_before_a_hole_and_the_ranged_reader_takes_over(pg_server, pg_log, streams_from):
+    _append_many(pg_log, 30)
+    _take_position(pg_server, _schema(pg_log))  # 31: a writer that died mid-append
+    _append_many(pg_log, 20, first=30)
+    streams_from(10)
+    assert positions_of(rows_of(pg_log)) == list(range(1, 31))  # stops at the hole, as ranged reads do
+    assert positions_of(rows_of(pg_log, 31)) == list(range(32, 52))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse, urlunparse
 
 from ...domain.errors import InvalidInput
-from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row, gc_paused, new_event
+from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row, as_time, gc_paused, new_event
 
 DEFAULT_URL = "sqlite:///tradestate.db"
 TRADING_TABLE = "ts_events"

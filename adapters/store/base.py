@@ -28,6 +28,11 @@ VOID_STREAM = "$void"
 VOID_TYPE = "$void"
 
 
+def as_time(recorded_at: datetime | str) -> datetime:
+    """A row's ``recorded_at`` from ``iter_pages`` as a timezone-aware datetime."""
+    return recorded_at if recorded_at.__class__ is datetime else datetime.fromisoformat(recorded_at)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class RecordedEvent(Notification):
     """A notification (``id`` is the global position) with the store's clock."""
@@ -90,6 +95,19 @@ class EventLog(ABC):
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
         """Rows with ``after < position <= stop`` in position order, stopping at the first hole
         (an append still in flight), so a follower never skips an event."""
+
+    def iter_pages(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[list[Any]]:
+        """``iter_rows`` a page at a time, for folds that run a million rows: no generator step
+        per row. ``recorded_at`` may come as the stored ISO-8601 text (SQLite keeps it so):
+        whoever needs it as a time converts it with ``as_time``."""
+        page: list[Any] = []
+        for row in self.iter_rows(after, stop, batch):
+            page.append(row)
+            if len(page) >= batch:
+                yield page
+                page = []
+        if page:
+            yield page
 
     @abstractmethod
     def exists(self) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -75,6 +75,24 @@ class TradestatePostgresDatastore(PostgresDatastore):
             conn.execute(SQL("SET application_name = {}").format(psycopg.sql.Literal(app)))
 
         return after_connect
+
+
+# A read of at least this many positions streams: one query whose rows the server sends ahead in
+# chunks (libpq 17's chunked rows mode; without it, ranged reads as before).
+STREAM_FROM = 50_000
+STREAM_CHUNK = 2_000
+_CHUNKED_STREAMS = psycopg.pq.version() >= 170000
+
+
+def _before_hole(rows: list[Any], after: int) -> list[Any]:
+    """The rows that continue position ``after`` without a gap (all of them if none is missing)."""
+    out = []
+    for row in rows:
+        if row[0] != after + 1:
+            break
+        out.append(row)
+        after = row[0]
+    return out
 
 
 class PostgresEventLog(PostgresApplicationRecorder, EventLog):
@@ -263,9 +281,18 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
 
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
+        with closing(self.iter_pages(after, stop, batch)) as pages:  # closed with us, while the pool is open
+            for rows in pages:
+                yield from rows
+
+    def iter_pages(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[list[Any]]:
         upper = stop if stop is not None else 2**62
         with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
+            if _CHUNKED_STREAMS and upper - after >= STREAM_FROM:
+                head = cur.execute(self._head, prepare=True).fetchone()[0]
+                if min(upper, head) - after >= STREAM_FROM:
+                    after = yield from self._streamed(after, min(upper, head), batch)
             while after < upper:
                 # Pages by position range, not LIMIT: positions have no holes, and a bounded range
                 # is an index range scan whatever the table statistics say (a LIMIT query on a
@@ -283,20 +310,57 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                             continue
                     return
                 if rows[-1][0] - after != len(rows):  # a hole somewhere in this page
-                    for row in rows:
-                        if row[0] != after + 1:
-                            break
-                        yield row
-                        after = row[0]
-                    if not self._void_hole(conn, after + 1, row[0] - 1):
+                    before = _before_hole(rows, after)
+                    if before:
+                        yield before
+                        after = before[-1][0]
+                    if not self._void_hole(conn, after + 1, rows[len(before)][0] - 1):
                         return  # an append is still in flight there: stop before it
                     continue  # the hole is now a $void row: read on from it
-                yield from rows
+                yield rows
                 after = rows[-1][0]
                 if self._holes:  # holes that filled in while we waited are history now
                     self._holes = {p: t for p, t in self._holes.items() if p > after}
                 if len(rows) < batch:  # returning early never skips: the next read starts here
                     return
+
+    def _streamed(self, after: int, upper: int, batch: int) -> Iterator[list[Any]]:
+        """Pages of ``after < position <= upper`` from one streamed query (the server sends rows
+        ahead while the caller works: a 1M-row read took 0.7 s instead of 1.4-1.7 s by ranges).
+        Stops before the first hole and returns the position reached: the ranged reads after it
+        wait for the hole or void it, as ever.
+
+        The stream has a connection of its own, so that the caller may query this log on its
+        thread's connection meanwhile (bring a finished order back, say), and no statement
+        timeout: a slow caller holds the query open for as long as it takes."""
+        page: list[Any] = []
+        pool = self.datastore.pool
+        conn = pool.getconn()
+        try:
+            cur = conn.cursor(row_factory=tuple_row)
+            cur.execute("SET statement_timeout = 0")
+            rows = cur.stream(self._select, (after, upper), binary=True, size=STREAM_CHUNK)
+            try:
+                for row in rows:
+                    page.append(row)
+                    if len(page) >= batch:
+                        if page[-1][0] - after != len(page):  # a hole in this page
+                            break
+                        yield page
+                        after = page[-1][0]
+                        page = []
+            finally:
+                rows.close()  # stopped early: psycopg cancels the rest of the query
+                cur.execute(f"SET statement_timeout = {self.datastore.statement_timeout_ms}")
+        finally:
+            pool.putconn(conn)
+        complete = _before_hole(page, after)
+        if complete:
+            yield complete
+            after = complete[-1][0]
+        if self._holes:
+            self._holes = {p: t for p, t in self._holes.items() if p > after}
+        return after
 
     def _void_hole(self, conn: psycopg.Connection[Any], position: int, last: int | None = None) -> bool:
         """True once the hole ``position..last`` is filled (by us, or by its writers' commits).

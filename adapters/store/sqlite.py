@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -150,6 +151,13 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
 
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
+        with closing(self.iter_pages(after, stop, batch)) as pages:  # closed with us, while the pool is open
+            for rows in pages:
+                for p, s, v, t, d, r in rows:
+                    yield p, s, v, t, d, _fromiso(r)
+
+    def iter_pages(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[list[Any]]:
+        """Pages as the cursor returns them: ``recorded_at`` stays ISO-8601 text (``as_time``)."""
         sql = f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {self.table} WHERE position > ?"
         params: list[Any] = [after]
         if stop is not None:
@@ -159,8 +167,7 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
         with self.datastore.get_connection(commit=False) as connection:
             cursor = connection._sqlite_conn.execute(sql, params)
             while rows := cursor.fetchmany(batch):
-                for p, s, v, t, d, r in rows:
-                    yield p, s, v, t, d, _fromiso(r)
+                yield rows
             cursor.close()
 
     def exists(self) -> bool:
