@@ -284,10 +284,13 @@ def recover(
     # 2. verify (a long walk runs in another process while the tail is replayed)
     verification = _Verification(store, verify, report.checkpoint_position or 0, report.head)
 
-    # 4. replay the tail
+    # 4. replay the tail (with no checkpoint: the cold fold, which leaves finished orders to load lazily)
     timer = _Timer()
     start = state.position
-    report.replayed = checkpoints.fold_tail(store, state)
+    if report.checkpoint_position is None:
+        state, report.replayed = checkpoints.fold_cold(store, exchange_tz)
+    else:
+        report.replayed = checkpoints.fold_tail(store, state)
     rate = report.replayed / timer.seconds if timer.seconds > 0 else 0.0
     replay_step = Step("replay", "ok", timer.seconds,
                        f"{report.replayed:,} events after position {start:,} folded ({rate:,.0f}/s)",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -301,6 +301,16 @@ def fold_tail(store: Store, state: TradingState, stop: int | None = None) -> int
             apply(pos, stream, version, type_name, loads(data), at)
             applied += 1
     return applied
+
+
+def fold_cold(store: Store, exchange_tz: str = "America/New_York", stop: int | None = None) -> tuple[TradingState, int]:
+    """(the state after the log up to ``stop``, rows folded) with no checkpoint:
+    ``domain.fold.fold_cold``, so finished orders are left to load lazily, as after a restore."""
+    from ...domain.fold import fold_cold as fold
+
+    with gc_paused(), closing(store.trading.iter_pages(0, stop)) as pages:
+        return fold(pages, exchange_tz, order_loader=order_loader(store),
+                    log_reader=lambda upto: store.trading.iter_rows(0, upto))
 
 
 def state_at(store: Store, position: int | None = None, *, exchange_tz: str = "America/New_York") -> TradingState:

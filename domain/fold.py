@@ -1,0 +1,199 @@
+"""The cold fold: a whole log into a state shaped like a restored checkpoint at its head.
+
+``TradingState.apply`` builds every order in full, although most orders of a long log are
+finished and are never asked for again. This fold gives the same state while doing only what
+the rest of the state depends on: positions, trading-day statistics, cash and account counters
+are folded exactly as ``apply`` folds them (the same code for every event that is not an order's),
+but an order is tracked by the few facts its fills need (side, quantity, filled, open or not). At
+the end an order still open is built in full from the rows kept for it, and a finished one is
+left to ``LazyOrders``, which brings it back from its own stream when first asked for (as after
+a checkpoint restore). Submitted, acknowledged, cancel-request, terminal and discrepancy events
+are not even decoded: such a payload is decoded only when it does not end with its type's current
+schema marker, so that an older payload is upcast and a newer one refused just as ``apply`` would.
+
+Pure: rows in, state out; reading the log and loading orders are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from .events import EVENT_TYPES, SCHEMA_KEY, upcast
+from .snapshot import ORDER_PREFIX, LazyOrders, LogReader, OrderLoader, _key
+from .state import ZERO, OrderState, PositionState, TradingState
+
+_fromiso = datetime.fromisoformat
+
+# rows: (position, stream_id, version, type, payload bytes, recorded_at as datetime or ISO text)
+Pages = Iterable[list[tuple[int, str, int, str, bytes, Any]]]
+
+_CURRENT = {name: cls.schema_version for name, cls in EVENT_TYPES.items()}
+# A payload is stored with its schema version as its last key (``Event.to_payload``).
+_MARKER = {name: b'"%s":%d}' % (SCHEMA_KEY.encode(), version) for name, version in _CURRENT.items()}
+
+_CREATE = frozenset({"OrderIntentRecorded", "OrderImported"})
+_CLOSE = frozenset({"IntentRejectedByRisk", "OrderRejected", "OrderCancelled", "OrderExpired"})
+_ORDER_ONLY = frozenset({"OrderSubmitted", "OrderAcknowledged", "OrderCancelRequested"})
+_UNREAD = _CLOSE | _ORDER_ONLY | {"DiscrepancyRecorded"}
+ORDER_TYPES = _CREATE | _UNREAD | {"OrderFilled", "OrderReplaced"}
+
+
+def _time(at: Any) -> datetime:
+    return at if at.__class__ is datetime else _fromiso(at)
+
+
+class _Order:
+    """What the fold needs of an order; ``rows`` are kept while it is open (to build it at the end)."""
+
+    __slots__ = ("open", "qty", "filled", "sign", "key", "account", "rows", "lazy")
+
+    def __init__(self, d: dict[str, Any], account: Any, rows: list[Any] | None, lazy: bytes | None):
+        self.open = True
+        self.qty = Decimal(d["qty"])
+        self.filled = ZERO
+        self.sign = 1 if d["side"] == "buy" else -1
+        self.key = (d["account"], d["venue"], d["symbol"])
+        self.account = account
+        self.rows = rows
+        self.lazy = lazy  # the 16 bytes of an ``order-<uuid>`` stream (None: not one): a finished
+        # order with them is left to LazyOrders
+
+    def finish(self) -> None:
+        self.open = False
+        if self.lazy is not None:
+            self.rows = None  # brought back from its own stream if ever asked for
+
+
+def _payload(type_name: str, data: bytes) -> dict[str, Any]:
+    d = orjson.loads(data)
+    if d.get(SCHEMA_KEY, 1) != _CURRENT[type_name]:
+        d = upcast(type_name, d)
+    return d
+
+
+def _build(state: TradingState, sid: str, rows: list[Any]) -> OrderState:
+    """An order folded from its own rows alone, attached to the state's account."""
+    scratch = TradingState(state.exchange_tz)
+    for position, stream, version, type_name, data, at in rows:
+        scratch.position = position - 1  # one stream's rows: positions are not contiguous
+        scratch.apply(position, stream, version, type_name, orjson.loads(data), _time(at))
+    order = scratch.orders[sid]
+    order.account_state = state.account(order.account)
+    return order
+
+
+def fold_cold(pages: Pages, exchange_tz: str = "America/New_York", *, order_loader: OrderLoader | None,
+              log_reader: LogReader | None = None) -> tuple[TradingState, int]:
+    """(the state after every row of ``pages``, rows folded): ``pages`` is a log from its first
+    position, in lists of rows; the state equals ``TradingState.apply`` of each row, with finished
+    orders loading lazily through ``order_loader``."""
+    state = TradingState(exchange_tz)
+    orders: dict[str, _Order] = {}
+    positions = state.positions
+    versions = state.stream_versions
+    account = state.account
+    apply = state.apply
+    day_of = state._trading_day_of
+    loads = orjson.loads
+    applied = 0
+    last = 0
+    rows_folded = 0
+    for page in pages:
+        rows_folded += len(page)
+        for row in page:
+            pos, sid, version, type_name, data, at = row
+            if type_name not in ORDER_TYPES:
+                state.position = last
+                state.applied += applied
+                applied = 0
+                apply(pos, sid, version, type_name, loads(data), _time(at))
+                last = pos
+                continue
+            if pos <= last:
+                raise ValueError(f"event at position {pos} applied after {last}")
+            if type_name == "OrderFilled":
+                o = orders[sid]
+                d = loads(data)
+                if d.get(SCHEMA_KEY, 1) != _CURRENT[type_name]:
+                    d = upcast(type_name, d)
+                # the effects of TradingState._on_OrderFilled beyond the order itself
+                qty = Decimal(d["qty"])
+                price = Decimal(d["price"])
+                fee = Decimal(d["fee"])
+                occurred = d.get("occurred_at")
+                when = _fromiso(occurred) if occurred else _time(at)
+                o.filled += qty
+                held = positions.get(o.key)
+                if held is None:
+                    held = positions[o.key] = PositionState(*o.key)
+                realized = held.apply_fill(qty * o.sign, price)
+                held.fees += fee
+                held.updated_at = when
+                stats = o.account.day(day_of(occurred, when))
+                stats.fills += 1
+                stats.volume += qty
+                stats.realized_pnl += realized
+                stats.fees += fee
+                cash = o.account.cash
+                if cash:
+                    if "USD" in cash:
+                        cash["USD"] -= o.sign * qty * price
+                    fee_currency = d.get("fee_currency", "USD")
+                    if fee and fee_currency in cash:
+                        cash[fee_currency] -= fee
+                if o.rows is not None:
+                    o.rows.append(row)
+                if o.open and o.filled >= o.qty:
+                    o.finish()
+            elif type_name in _UNREAD:  # only the schema check: the fold needs none of their fields
+                o = orders[sid]
+                if data.__class__ is not bytes or not data.endswith(_MARKER[type_name]):
+                    _payload(type_name, data)
+                if o.rows is not None:
+                    o.rows.append(row)
+                if type_name in _CLOSE:
+                    o.finish()
+                elif type_name == "DiscrepancyRecorded":
+                    o.account.discrepancies += 1
+            elif type_name in _CREATE:
+                d = _payload(type_name, data)
+                lazy = _key(sid) if sid.startswith(ORDER_PREFIX) else None
+                previous = orders.get(sid)
+                rows = previous.rows if previous is not None and previous.rows is not None else []
+                rows.append(row)
+                orders[sid] = _Order(d, account(d["account"]), rows, lazy)
+            else:  # OrderReplaced
+                o = orders[sid]
+                d = _payload(type_name, data)
+                o.qty = Decimal(d["qty"])
+                if o.rows is not None:
+                    o.rows.append(row)
+                if o.open and o.filled >= o.qty:
+                    o.finish()
+            versions[sid] = version
+            applied += 1
+            last = pos
+    state.position = last
+    state.applied += applied
+
+    finished = []
+    built: list[tuple[int, str, OrderState]] = []
+    for sid, o in orders.items():
+        if o.open or o.lazy is None:
+            built.append((o.rows[0][0], sid, _build(state, sid, o.rows)))  # type: ignore[index]
+        else:
+            finished.append(o.lazy)
+    state.orders = LazyOrders(state, b"".join(finished), order_loader, log_reader)  # type: ignore[arg-type]
+    for _, sid, order in sorted(built, key=lambda b: b[0]):
+        dict.__setitem__(state.orders, sid, order)
+        if order.is_open:
+            order.account_state.open_orders[sid] = order  # type: ignore[union-attr]
+    return state, rows_folded
+
+
+__all__ = ["ORDER_TYPES", "fold_cold"]
