@@ -12,10 +12,13 @@ import multiprocessing
 import queue as queue_module
 import threading
 import time
+import uuid
 from collections import Counter
 
 import orjson
+import psycopg
 import pytest
+from conftest import with_schema
 
 import tradestate
 from helpers_procs import append_worker, intent_worker, open_worker, same_intent_worker
@@ -87,12 +90,26 @@ def all_rows(log) -> list[tuple]:
 # ------------------------------------------------------------ (0) processes creating one file
 
 
-def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path):
-    """Engines started together on a fresh file race to switch it to WAL and create the tables.
-    SQLite answers a journal-mode change that meets another connection's lock with "database is
-    locked" at once, without its busy handler: this failed about one start in fifteen."""
-    urls = [f"sqlite:///{tmp_path}/fresh-{i}.db" for i in range(25)]
-    assert run_workers(open_worker, [(urls, w) for w in range(4)]) == [len(urls)] * 4
+@pytest.fixture(params=["sqlite", PG])
+def fresh_urls(request, tmp_path):
+    """25 databases nobody has opened yet: SQLite files, or PostgreSQL schemas."""
+    if request.param == "sqlite":
+        yield [f"sqlite:///{tmp_path}/fresh-{i}.db" for i in range(25)]
+        return
+    server = request.getfixturevalue("pg_server")
+    schemas = [f"t_fresh_{uuid.uuid4().hex[:10]}" for _ in range(25)]
+    yield [with_schema(server, schema) for schema in schemas]
+    with psycopg.connect(server, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(fresh_urls):
+    """Engines started together on a new database race to set it up (SQLite: switch the file to
+    WAL; both: create the tables, triggers and indexes). SQLite answers a journal-mode change
+    that meets another connection's lock with "database is locked" at once, without its busy
+    handler: this failed about one start in fifteen."""
+    assert run_workers(open_worker, [(fresh_urls, w) for w in range(4)]) == [len(fresh_urls)] * 4
 
 
 # ------------------------------------------------------------------------ (a) a shared limit
