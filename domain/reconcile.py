@@ -22,6 +22,8 @@ Rules (the broker is the truth for what happened at the venue; every correction 
   the venue's (``PositionCorrected``, ``CashBalanceRecorded``). Only when positions, orders and
   fills all answered: a difference seen through a failed query could be a fill we cannot see.
 - A part of the snapshot that is ``Unknown`` derives nothing: no correction, no flattening.
+- Planned fills count toward the day's loss limit as live ones do: the fill that takes the
+  trading day's net P&L to ``max_daily_loss`` is followed by ``DailyLimitBreached`` (once a day).
 
 Every event id is a uuid5 of the facts it records (account, client order id, exec id...), so
 planning again on the same facts yields the same events, and once they are folded, none.
@@ -41,7 +43,9 @@ from pydantic import ValidationError
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
-from .state import OPEN_STATUSES, OrderState, TradingState
+from .orders import derived_id
+from .risk import MAX_DAILY_LOSS, effective_limit
+from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
@@ -224,6 +228,10 @@ class _Planner:
         self.planned_exec_ids: set[str] = set()
         self.planned_position: dict[tuple[str, str], Decimal] = {}  # (venue, symbol) -> signed qty
         self.planned_cash: dict[str, Decimal] = {}
+        # the day's loss as the planned fills move it: positions and net P&L after them
+        self.preview_positions: dict[tuple[str, str], PositionState] = {}
+        self.planned_day_net: dict[str, Decimal] = {}
+        self.planned_breach_days: set[str] = set()
         self.fills_known = not isinstance(snapshot.fills, Unknown)
         self.orders_known = not isinstance(snapshot.open_orders, Unknown) and not isinstance(
             snapshot.recent_orders, Unknown
@@ -282,6 +290,8 @@ class _Planner:
                              price=price, fee=fee, fee_currency=fee_currency, venue_order_id=venue_order_id)
         if e is None:
             return False
+        assert isinstance(e, ev.OrderFilled)
+        self.daily_loss(ours, e)
         ours.filled_qty += qty
         ours.fill_notional += qty * price
         ours.executions = {**ours.executions, exec_id: (qty, price, -1)}
@@ -297,6 +307,35 @@ class _Planner:
             if fee and fee_currency in cash:
                 self.planned_cash[fee_currency] = self.planned_cash.get(fee_currency, ZERO) - fee
         return True
+
+    def daily_loss(self, ours: _Order, fill: ev.OrderFilled) -> None:
+        """What ``decide_fill`` does for a live fill, over the fills planned so far."""
+        limit = effective_limit(self.acct, MAX_DAILY_LOSS) if self.acct is not None else None
+        if limit is None:
+            return
+        day = self.state.trading_day(fill.occurred_at or self.now)
+        key = (ours.venue, ours.symbol)
+        preview = self.preview_positions.get(key)
+        if preview is None:
+            preview = self.preview_positions[key] = PositionState(self.account, ours.venue, ours.symbol)
+            held = self.state.position_of(self.account, ours.venue, ours.symbol)
+            if held is not None:
+                preview.qty, preview.cost = held.qty, held.cost
+        realized = preview.apply_fill(fill.qty * ours.sign, fill.price)
+        stats = self.acct.daily.get(day)
+        net = self.planned_day_net.get(day, stats.net_pnl if stats is not None else ZERO) + realized - fill.fee
+        self.planned_day_net[day] = net
+        if -net < limit or day in self.planned_breach_days or (stats is not None and MAX_DAILY_LOSS in stats.breaches):
+            return
+        breach = self.build(
+            ev.DailyLimitBreached, event_id=derived_id(fill.event_id, ev.DailyLimitBreached.__name__),
+            occurred_at=fill.occurred_at, correlation_id=fill.correlation_id, causation_id=fill.event_id,
+            account=self.account, limit=MAX_DAILY_LOSS, trading_day=day, value=net, threshold=limit,
+        )
+        if breach is not None:
+            self.planned_breach_days.add(day)
+            self.account_events.append((account_stream_id(self.account), breach))
+            self.plan.count("daily_limits_breached")
 
     # -------------------------------------------------------------------------------- run
     def run(self) -> ReconciliationPlan:

@@ -70,6 +70,27 @@ def test_run_appends_corrections_with_the_report_and_twice_adds_only_a_record(db
         assert fresh.state.accounts[ACCOUNT].last_reconciliation["status"] == "clean"
 
 
+def test_missed_fills_past_the_daily_loss_limit_record_the_breach_and_trading_stops(db_url, sim):
+    with connect(db_url) as client:
+        client.set_risk_limit(ACCOUNT, "max_daily_loss", 50)
+        stage_missed_fill(client, sim)  # long 10 @ 100
+        reconcile(client, sim)
+        client.record_intent(ACCOUNT, "o2", "AAPL", "sell", 10, order_type="limit", limit_price="90", venue="SIM")
+        client.record_submitted(ACCOUNT, "o2")
+        sim.stage_order(client_order_id="o2", symbol="AAPL", side="sell", qty=D(10), status="filled",
+                        fills=[("E2", D(10), D(90))])  # a loss of 100 the log did not see
+        result = reconcile(client, sim)
+        assert result.counts["daily_limits_breached"] == 1
+        assert client.risk_state(ACCOUNT)["breaches_today"] == ["max_daily_loss"]
+        assert not client.record_intent(ACCOUNT, "o3", "AAPL", "buy", 1, venue="SIM").accepted
+        assert reconcile(client, sim).corrective_event_ids == []
+    stored = rows(db_url)
+    fill = next(d for t, d in stored if t == "OrderFilled" and d["exec_id"] == "E2")
+    (breach,) = [d for t, d in stored if t == "DailyLimitBreached"]
+    assert breach["causation_id"] == fill["event_id"] and D(breach["value"]) == D(-100)
+    assert breach["event_id"] in [str(i) for i in result.corrective_event_ids]
+
+
 def test_strict_blocks_trading_until_acknowledged(db_url, sim):
     with connect(db_url) as client:
         sim.stage_cash(D(1000))

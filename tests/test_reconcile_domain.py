@@ -70,6 +70,15 @@ def cash(state: TradingState, amount) -> None:
                                                                      venue=VENUE, balance=amount))
 
 
+def loss_limit(state: TradingState, value) -> None:
+    apply(state, account_stream_id(ACCOUNT), ev.RiskLimitChanged(event_id=uuid4(), account=ACCOUNT,
+                                                                  limit="max_daily_loss", value=value))
+
+
+def breaches(state: TradingState) -> dict[str, set[str]]:
+    return {day: stats.breaches for day, stats in state.accounts[ACCOUNT].daily.items() if stats.breaches}
+
+
 def vfill(exec_id, coid, vid, qty, price, side="buy", symbol="AAPL"):
     return VenueFill(exec_id=exec_id, client_order_id=coid, venue_order_id=vid, symbol=symbol, side=side,
                      qty=D(qty), price=D(price), occurred_at=T0)
@@ -129,6 +138,43 @@ def test_missed_fill_carries_reconciliation_and_intent_ids():
     apply_plan(state, p)
     assert order(state, "o1").status == "filled"
     assert plan(state, snap).events == []
+
+
+def test_missed_fills_that_reach_the_daily_loss_limit_record_the_breach_once():
+    state = TradingState()
+    loss_limit(state, 50)
+    intent(state, "o1", ack="V1", fills=[("X0", 10, D(100))])  # long 10 @ 100
+    intent(state, "o2", side="sell", ack="V2")
+    # the venue sold the 10 in three fills at a loss: -20 and a 2.5 fee, -25, -25: the day's net
+    # P&L goes -22.5, -47.5, -72.5, so the third fill reaches the limit of 50
+    fills = [vfill("S1", "o2", "V2", 4, "95", side="sell"), vfill("S2", "o2", "V2", 5, "95", side="sell"),
+             vfill("S3", "o2", "V2", 1, "75", side="sell")]
+    fills[0] = VenueFill(**{**fills[0].__dict__, "fee": D("2.5")})
+    snap = snapshot(orders=[vorder("V1", "o1", "filled", filled=10, fills=()),
+                            vorder("V2", "o2", "filled", filled=10, side="sell")],
+                    fills=[vfill("X0", "o1", "V1", 10, "100")] + fills, positions=[])
+    p = plan(state, snap)
+    assert types(p) == ["OrderFilled"] * 3 + ["DailyLimitBreached"]
+    breach, crossing = p.events[-1][1], p.events[2][1]
+    assert breach.value == D("-72.5") and breach.threshold == 50 and breach.limit == "max_daily_loss"
+    assert breach.causation_id == crossing.event_id and breach.trading_day == state.trading_day(T0)
+    assert p.counts["daily_limits_breached"] == 1
+    apply_plan(state, p)
+    assert breaches(state) == {state.trading_day(T0): {"max_daily_loss"}}
+    assert plan(state, snap, rid=UUID(int=2)).events == []
+
+
+def test_missed_fills_within_the_daily_loss_limit_record_no_breach():
+    state = TradingState()
+    loss_limit(state, 100)
+    intent(state, "o1", ack="V1", fills=[("X0", 10, D(100))])
+    intent(state, "o2", side="sell", ack="V2")
+    snap = snapshot(orders=[vorder("V2", "o2", "filled", filled=10, side="sell")],
+                    fills=[vfill("S1", "o2", "V2", 10, "91", side="sell")], positions=[])
+    p = plan(state, snap)
+    assert types(p) == ["OrderFilled"]
+    apply_plan(state, p)
+    assert breaches(state) == {}
 
 
 def test_plans_are_deterministic():
@@ -380,13 +426,15 @@ def worlds(draw):
     ghosts = draw(st.integers(0, 2))  # orders we submitted that the venue never saw
     unknown = draw(st.lists(st.sampled_from(["positions", "open_orders", "recent_orders", "fills", "balances"]),
                             unique=True, max_size=2))
-    return orders, extra, ghosts, unknown, draw(st.integers(0, 500))
+    return orders, extra, ghosts, unknown, draw(st.integers(0, 500)), draw(st.none() | st.integers(0, 60))
 
 
 def build_world(world):
-    orders, extra, ghosts, unknown, cash_drift = world
+    orders, extra, ghosts, unknown, cash_drift, daily_loss_limit = world
     state = TradingState()
     cash(state, 100_000)
+    if daily_loss_limit is not None:
+        loss_limit(state, daily_loss_limit)
     venue_orders, venue_fills = [], []
     position = {s: D(0) for s in SYMBOLS}
     venue_cash = D(100_000)
@@ -425,8 +473,8 @@ def test_property_reconciling_twice_adds_nothing(world):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_property_positions_and_fills_match_the_venue_when_every_query_answered(world):
-    orders, extra, ghosts, _unknown, cash_drift = world
-    state, snap, lookups = build_world((orders, extra, ghosts, [], cash_drift))
+    orders, extra, ghosts, _unknown, cash_drift, daily_loss_limit = world
+    state, snap, lookups = build_world((orders, extra, ghosts, [], cash_drift, daily_loss_limit))
     apply_plan(state, plan(state, snap, lookups))
     for p in snap.positions:
         assert state.position_of(ACCOUNT, VENUE, p.symbol).qty == p.qty
@@ -440,6 +488,23 @@ def test_property_positions_and_fills_match_the_venue_when_every_query_answered(
         assert ours is not None
         counted = sum((q for x, (q, _p, _pos) in ours.executions.items() if not x.startswith("!")), D(0))
         assert counted == ours.filled_qty == vo.filled_qty
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_property_a_daily_loss_reached_through_reconciled_fills_is_on_record(world):
+    state, snap, lookups = build_world(world)
+    limit = world[-1]
+    p = plan(state, snap, lookups)
+    apply_plan(state, p)
+    fill_days = {state.trading_day(e.occurred_at) for _, e in p.events if isinstance(e, ev.OrderFilled)}
+    for day, stats in state.accounts[ACCOUNT].daily.items():
+        reached = limit is not None and -stats.net_pnl >= limit
+        if day in fill_days and reached:
+            assert "max_daily_loss" in stats.breaches, (day, stats.net_pnl, limit)
+        if "max_daily_loss" in stats.breaches:  # only a fill that reached the limit records it
+            assert day in fill_days and limit is not None
+    assert sum(1 for _, e in p.events if isinstance(e, ev.DailyLimitBreached)) <= len(fill_days)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
