@@ -212,6 +212,7 @@ def follow(
     projector: Projector | None = None,
     on_error: OnError | None = None,
     stats: FollowStats | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> FollowStats:
     """Keep the tables of ``store`` current until ``stop`` is set; returns what it did.
 
@@ -219,7 +220,9 @@ def follow(
     polls only at the watchdog (rely on notifications). ``listen``: on PostgreSQL, wait with
     LISTEN between polls. ``projector``: an already loaded projector (default: a new one,
     loaded here). ``on_page(rows, position)`` runs after each committed page, ``on_error(e)``
-    after each failure (the follower retries). ``stats`` may be passed in to watch it live."""
+    after each failure (the follower retries), ``on_tick()`` at each watchdog check (every
+    ``watchdog`` seconds, busy or idle: time-based work such as checkpoints while the log is
+    quiet). ``stats`` may be passed in to watch it live."""
     if poll is not None and not (0 < poll[0] <= poll[1]):
         raise ValueError(f"poll must be (first, longest) with 0 < first <= longest, not {poll!r}")
     if watchdog <= 0:
@@ -287,6 +290,8 @@ def follow(
                         if poll is None:
                             stats.watchdog_catchups += 1
                         pending = True
+                    if on_tick is not None:
+                        on_tick()
                 elif poll is not None:
                     stats.polls += 1
                     if store.trading.head() > projector.state.position:
@@ -373,7 +378,7 @@ def _rebuild(projector: Projector, stop: threading.Event, console: Any) -> tuple
 
 def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, console: Any = None,
                 poll: Poll = DEFAULT_POLL, watchdog: float = DEFAULT_WATCHDOG,
-                checkpoint_every: int | None = None) -> int:
+                checkpoint_every: int | None = None, checkpoint_seconds: float = 60.0) -> int:
     """The ``tradestate project`` command: 0 when done or stopped by SIGTERM/SIGINT, 1 when the
     projector failed (a ``TradestateError`` such as a bad URL propagates for the CLI to print)."""
     if console is None:
@@ -390,7 +395,8 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
     def work() -> None:
         try:
             outcome["code"] = _project(store, stop, rebuild=rebuild, once=once, say=say, console=console,
-                                       poll=poll, watchdog=watchdog, checkpoint_every=checkpoint_every)
+                                       poll=poll, watchdog=watchdog, checkpoint_every=checkpoint_every,
+                                       checkpoint_seconds=checkpoint_seconds)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = e
 
@@ -416,13 +422,14 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
 
 
 def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, say: Callable[[str], None],
-             console: Any, poll: Poll, watchdog: float, checkpoint_every: int | None = None) -> int:
+             console: Any, poll: Poll, watchdog: float, checkpoint_every: int | None = None,
+             checkpoint_seconds: float = 60.0) -> int:
     projector = Projector(store)
     checkpointer = None
     if checkpoint_every:
         from ..adapters.store.checkpoints import Checkpointer
 
-        checkpointer = Checkpointer(store, every_events=checkpoint_every)
+        checkpointer = Checkpointer(store, every_events=checkpoint_every, every_seconds=checkpoint_seconds)
 
     def checkpoint(_rows: int = 0, _position: int = 0) -> None:
         # The projector holds the whole state already: checkpoints cost the engine nothing. A
@@ -471,8 +478,9 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
             last_report[0] = now
             say(f"[yellow]projector error (retrying):[/] {type(e).__name__}: {e}")
 
+    # on_tick: a quiet log still gets its checkpoint within ``checkpoint_seconds`` of its last event
     stats = follow(store, stop, poll=poll, watchdog=watchdog, projector=projector, on_error=on_error,
-                   on_page=checkpoint)
+                   on_page=checkpoint, on_tick=checkpoint)
     say(f"stopped: position {stats.position:,} (+{stats.events:,} events in {stats.pages} pages, "
         f"{stats.conflicts} conflicts, {stats.errors} errors) after {stats.seconds:.1f} s")
     return 0

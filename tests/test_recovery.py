@@ -165,6 +165,38 @@ def test_the_projector_writes_checkpoints_that_recovery_uses(sqlite_url):
         assert client.state.summary() == fresh(store).summary()
 
 
+def test_a_following_projector_checkpoints_a_quiet_log_after_checkpoint_seconds(db_url):
+    """Ten events, then silence: far fewer than --checkpoint-every, so only the time rule can
+    write the checkpoint, and only the watchdog's tick can run it while no page arrives."""
+    import signal
+    import time
+
+    with tradestate.connect(db_url, clock=Clock(), use_checkpoints=False) as client:
+        client.engine_started("e")
+        write_session(client, 10, seed=2)
+    follower = subprocess.Popen([sys.executable, "-m", "tradestate.cli", "project", "--db", db_url,
+                                 "--checkpoint-every", "100000", "--checkpoint-seconds", "0.5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with open_store(db_url) as store:
+            head = store.trading.head()
+            deadline = time.monotonic() + 30
+            while not (cp.table_exists(store) and cp.list_checkpoints(store)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            written = cp.list_checkpoints(store) if cp.table_exists(store) else []
+            assert written and written[0].position == head, follower.poll()
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        out, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0, out
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_project_refuses_a_checkpoint_interval_that_is_not_positive(sqlite_url, value):
+    run = cli("project", "--db", sqlite_url, "--once", "--checkpoint-seconds", value)
+    assert run.returncode == 2 and "--checkpoint-seconds must be > 0" in run.stdout + run.stderr
+
+
 @pytest.mark.parametrize("tamper", [False, True], ids=["intact", "tampered"])
 def test_a_long_verify_runs_in_a_worker_process_and_still_catches_tampering(sqlite_url, monkeypatch, tamper):
     import sqlite3

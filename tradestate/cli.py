@@ -80,6 +80,8 @@ def project(
     once: Annotated[bool, typer.Option("--once", help="Catch up and exit instead of following the log.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write a recovery checkpoint every N "
                                                   "events (0: never).")] = 10_000,
+    checkpoint_seconds: Annotated[float, typer.Option("--checkpoint-seconds", help="...or every T seconds when "
+                                                      "the log moved less (a quiet log is checkpointed too).")] = 60.0,
 ) -> None:
     """Keep the SQL read models (positions, orders, risk...) up to date with the log, and write
     recovery checkpoints as it goes."""
@@ -87,9 +89,12 @@ def project(
 
     if checkpoint_every < 0:
         _fail("--checkpoint-every must be >= 0")
+    if not checkpoint_seconds > 0:
+        _fail("--checkpoint-seconds must be > 0")
     try:
         raise typer.Exit(run_project(db, rebuild=rebuild, once=once, console=console,
-                                     checkpoint_every=checkpoint_every or None))
+                                     checkpoint_every=checkpoint_every or None,
+                                     checkpoint_seconds=checkpoint_seconds))
     except TradestateError as e:
         _fail(str(e))
 
