@@ -114,6 +114,22 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
             "UNIQUE (stream_id, stream_version))"
         ]
 
+    def create_table(self) -> None:
+        # BEGIN IMMEDIATE, not the library's deferred BEGIN: a deferred transaction that read the
+        # schema before another process created the table cannot take the write lock afterwards
+        # (SQLITE_BUSY_SNAPSHOT comes at once, without the busy handler).
+        with self.datastore.get_connection(commit=True) as connection:
+            raw: sqlite3.Connection = connection._sqlite_conn
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in self.create_table_statements:
+                    raw.execute(statement)
+                raw.execute("COMMIT")
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
+
     # ---------------------------------------------------------------------------- writing
     def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
         if not events:
