@@ -38,3 +38,9 @@ class ConcurrencyConflict(TradestateError):
 
 class AppendFailed(TradestateError):
     """The store could not make the events durable; nothing was appended (or it is unknown)."""
+
+
+class StoreUnreachable(AppendFailed):
+    """The database could not be reached or refused the connection (server down, unknown role or
+    database, bad credentials); the message carries the server's own reason. Nothing was read or
+    appended."""
