@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import tradestate
 from tradestate.adapters.store import backup as bk
 from tradestate.adapters.store import digest, open_store
-from tradestate.cli import app
+from tradestate.cli.main import app
 from tradestate.projections.tables import Dialect
 
 

@@ -15,7 +15,7 @@ import orjson
 import psycopg
 import pytest
 
-from tradestate.bench import generate_trading_rows, run_bench
+from tradestate.tools.bench.run import generate_trading_rows, run_bench
 from tradestate.domain.events import decode
 from tradestate.domain.state import TradingState
 

@@ -22,7 +22,7 @@ import orjson
 import psycopg
 import pytest
 from tradestate.adapters.store import open_store
-from tradestate.chaos import (
+from tradestate.tools.chaos import (
     FreshFold,
     LogChecker,
     check_projection,

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import tradestate
 from tradestate.adapters.store import open_store
-from tradestate.chaos import order_calls, perform, verify_log
+from tradestate.tools.chaos import order_calls, perform, verify_log
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import pytest
 from test_replay_api import A, _at, build_session
 from typer.testing import CliRunner
 
-from tradestate.cli import app
+from tradestate.cli.main import app
 from tradestate.replay.log import iso
 
 runner = CliRunner()

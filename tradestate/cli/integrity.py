@@ -15,7 +15,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def _fail(message: str, code: int, as_json: bool) -> None:
-    from .views import console, to_json
+    from ..render import console, to_json
 
     if as_json:
         print(to_json({"ok": False, "error": message, "exit_code": code}))
@@ -27,7 +27,7 @@ def _fail(message: str, code: int, as_json: bool) -> None:
 @contextmanager
 def _progress(label: str, enabled: bool) -> Iterator[Any]:
     """A progress callback (done, total): a bar on a terminal, nothing otherwise."""
-    from .views import console
+    from ..render import console
 
     if not enabled or not console.is_terminal:
         yield None
@@ -54,9 +54,9 @@ def register(app: typer.Typer) -> None:
         seal: Annotated[bool, typer.Option("--seal", help="Seal the unsealed tail first (writes to the chain).")] = False,
     ) -> None:
         """Walk the log's digest chain; exit 0 if intact, 1 if altered (naming the first bad position), 2 on bad input."""
-        from .adapters.store import digest, open_store
-        from .domain.errors import TradestateError
-        from .views import console, to_json
+        from ..adapters.store import digest, open_store
+        from ..domain.errors import TradestateError
+        from ..render import console, to_json
 
         try:
             store = open_store(db, create=False)
@@ -105,10 +105,10 @@ def register(app: typer.Typer) -> None:
         no_seal: Annotated[bool, typer.Option("--no-seal", help="Do not seal the chain's tail first.")] = False,
     ) -> None:
         """Write a compressed backup of the log (with a manifest: heads, last digest, checksums)."""
-        from .adapters.store import backup as bk
-        from .adapters.store import open_store
-        from .domain.errors import TradestateError
-        from .views import console, to_json
+        from ..adapters.store import backup as bk
+        from ..adapters.store import open_store
+        from ..domain.errors import TradestateError
+        from ..render import console, to_json
 
         try:
             store = open_store(db, create=False)
@@ -138,9 +138,9 @@ def register(app: typer.Typer) -> None:
         json: JsonOption = False,
     ) -> None:
         """Verify a backup in a staging place, then swap it in; exit 1 if the file is damaged, 2 if refused."""
-        from .adapters.store import backup as bk
-        from .domain.errors import TradestateError
-        from .views import console, to_json
+        from ..adapters.store import backup as bk
+        from ..domain.errors import TradestateError
+        from ..render import console, to_json
 
         try:
             with _progress("verifying the backup", not json) as progress:

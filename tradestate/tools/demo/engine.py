@@ -1,6 +1,6 @@
 """The demo's engine process: trades through the simulated broker until the demo SIGKILLs it.
 
-``python -m tradestate.demo_engine DB_URL SIM_STATE_FILE`` records a start, sends two orders
+``python -m tradestate.tools.demo.engine DB_URL SIM_STATE_FILE`` records a start, sends two orders
 through the simulated venue (each intent recorded before it is sent, each venue update recorded
 as it arrives), then the market moves and the venue fills the resting order — but that fill's
 notification is lost (the venue's fault injection), so the log never hears of it. The engine
@@ -14,9 +14,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from .adapters.brokers.base import OrderRequest, VenueUpdate
-from .adapters.brokers.sim import SimulatedBroker
-from .client import TradestateClient, connect
+from ...adapters.brokers.base import OrderRequest, VenueUpdate
+from ...adapters.brokers.sim import SimulatedBroker
+from ...client import TradestateClient, connect
 
 ACCOUNT = "demo-acct"
 ENGINE = "demo-engine"

@@ -30,7 +30,7 @@ after a seeded random 20-300 ms, and then checks:
   client order id has exactly one intent, each execution id one fill, each order at most one
   submission and one ack, and no discrepancy was recorded.
 
-``python -m tradestate.chaos engine --db URL --acks FILE`` runs an engine by hand.
+``python -m tradestate.tools.chaos engine --db URL --acks FILE`` runs an engine by hand.
 """
 
 from __future__ import annotations
@@ -185,8 +185,8 @@ def engine(url: str, acks: str, *, tag: str, incarnation: int, seed: int, fsync:
            limit: int | None = None) -> int:
     """The engine: records orders until killed (or ``limit`` calls). Every call goes to the side
     channel before (``try``) and after (``ok``) it."""
-    from .client import TradestateClient
-    from .adapters.store import open_store
+    from ..client import TradestateClient
+    from ..adapters.store import open_store
 
     out = AckWriter(acks, fsync)
     try:
@@ -212,8 +212,8 @@ def engine(url: str, acks: str, *, tag: str, incarnation: int, seed: int, fsync:
 
 def projector(url: str, status: str, *, seed: int) -> None:
     """A projector following the log in small pages (so a kill lands inside pages and commits)."""
-    from .adapters.store import open_store
-    from .projections.projector import Projector
+    from ..adapters.store import open_store
+    from ..projections.projector import Projector
 
     out = AckWriter(status)
     try:
@@ -233,16 +233,16 @@ def projector(url: str, status: str, *, seed: int) -> None:
 
 
 def _fork_server() -> None:
-    """``python -m tradestate.chaos forkserver``: imports everything once, then forks a child
+    """``python -m tradestate.tools.chaos forkserver``: imports everything once, then forks a child
     per request (a new interpreter per engine start would cost ~0.5 s of imports per kill).
     Requests and answers are JSON lines on stdin/stdout: ``{"run": "engine"|"projector",
     "kwargs": {...}, "log": path}`` -> ``{"pid": n}``; ``{"wait": pid}`` -> ``{"pid": n, "code": c}``
     (``code`` as ``Popen.returncode``: ``-9`` for a SIGKILL)."""
     import sys
 
-    from . import client as _client  # noqa: F401 - preloaded for the children
-    from .adapters.store import postgres as _pg, sqlite as _sqlite  # noqa: F401
-    from .projections import projector as _projector  # noqa: F401
+    from .. import client as _client  # noqa: F401 - preloaded for the children
+    from ..adapters.store import postgres as _pg, sqlite as _sqlite  # noqa: F401
+    from ..projections import projector as _projector  # noqa: F401
 
     targets = {"engine": engine, "projector": projector}
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -282,7 +282,7 @@ class ForkServer:
         import subprocess
         import sys
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "tradestate.chaos", "forkserver"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tradestate.tools.chaos", "forkserver"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -364,8 +364,8 @@ class LogChecker:
     # ------------------------------------------------------------------------ reading
     def scan(self) -> int:
         """Check the rows appended since the last scan; returns the head reached."""
-        from .domain import events as ev
-        from .domain.ids import order_stream_id
+        from ..domain import events as ev
+        from ..domain.ids import order_stream_id
 
         log = self.store.trading
         head = log.head()
@@ -435,7 +435,7 @@ class LogChecker:
     # ------------------------------------------------------------------------ checks
     def check_acked(self, acked: list[dict[str, Any]]) -> int:
         """Every acknowledged call's event is where the client said. Returns the number checked."""
-        from .domain.ids import order_stream_id
+        from ..domain.ids import order_stream_id
 
         for call in acked:
             pos, kind = call["pos"], call["op"]
@@ -496,8 +496,8 @@ def verify_log(store: Any, acked: list[dict[str, Any]]) -> list[tuple[str, str]]
 
 def table_snapshot(store: Any) -> tuple[int, dict[str, list[tuple]]]:
     """(tracking position, {table: rows by primary key}) read in one snapshot."""
-    from .projections.projector import PROJECTION, Projector
-    from .projections.tables import TABLES, TRACKING_TABLE
+    from ..projections.projector import PROJECTION, Projector
+    from ..projections.tables import TABLES, TRACKING_TABLE
 
     d = Projector(store).dialect
     queries = {t: f"SELECT * FROM {d.name(t)} ORDER BY {', '.join(key)}" for t, (_c, key) in TABLES.items()}
@@ -547,7 +547,7 @@ def diff_tables(a: dict[str, list[tuple]], b: dict[str, list[tuple]], limit: int
 
 def projection_at_kill(store: Any) -> list[str]:
     """After a projector was killed: tracking within the log, no row reflects an event beyond it."""
-    from .projections.tables import TABLES
+    from ..projections.tables import TABLES
 
     if not has_tables(store):
         return []
@@ -572,7 +572,7 @@ class FreshFold:
     is append-only) and its tables rebuilt from zero in one page each time."""
 
     def __init__(self, like_url: str, directory: str):
-        from .adapters.store import open_store
+        from ..adapters.store import open_store
 
         self.like_url = like_url
         self.schema: str | None = None
@@ -585,7 +585,7 @@ class FreshFold:
         self.copied = 0
 
     def tables(self, source: Any, position: int) -> dict[str, list[tuple]]:
-        from .projections.projector import Projector
+        from ..projections.projector import Projector
 
         rows = list(source.trading.iter_rows(self.copied, position))
         if [r[0] for r in rows] != list(range(self.copied + 1, position + 1)):
@@ -635,7 +635,7 @@ class FreshFold:
 def check_projection(store: Any, fresh: FreshFold | None, phase: dict[str, float] | None = None) -> list[str]:
     """Catch the tables up to the head (a new projector, as after a restart) and compare them
     with a fresh fold of the log."""
-    from .projections.projector import Projector
+    from ..projections.projector import Projector
 
     phase = phase if phase is not None else dict.fromkeys(PHASES, 0.0)
     t = time.monotonic()
@@ -750,8 +750,8 @@ def run_chaos(
     the report says (``report.ok``). ``fold_every``: compare the tables with a fresh fold after
     every that many kills (and after the last); a fresh fold costs O(log), so long runs on a big
     log may space it out. Every other check runs after every kill."""
-    from .adapters.store import open_store, redact
-    from .client import TradestateClient
+    from ..adapters.store import open_store, redact
+    from ..client import TradestateClient
 
     seed = seed if seed is not None else random.randrange(1 << 31)
     rng = random.Random(seed)
@@ -913,7 +913,7 @@ def _check_cycle(k: int, report: ChaosReport, store: Any, client: Any, checker: 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tradestate.chaos")
+    parser = argparse.ArgumentParser(prog="python -m tradestate.tools.chaos")
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("engine", help="run an engine that records orders until killed")
     e.add_argument("--db", required=True)

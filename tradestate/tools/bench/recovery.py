@@ -25,8 +25,8 @@ BEHIND = 10_000
 
 
 def _time_recovery(url: str) -> float:
-    from .adapters.store import open_store
-    from .recovery import recover
+    from ...adapters.store import open_store
+    from ...recovery import recover
 
     gc.collect()
     started = time.perf_counter()
@@ -43,10 +43,10 @@ def _time_recovery(url: str) -> float:
 
 
 def _measure(url: str, n: int, repeats: int, raw: Any, backend: str) -> list[Any]:
-    from .adapters.store import checkpoints, open_store
-    from .bench import Result, _log
+    from ...adapters.store import checkpoints, open_store
+    from .run import Result, _log
 
-    from .adapters.store import digest
+    from ...adapters.store import digest
 
     with open_store(url, create=False) as store:  # a real log is sealed: recovery re-hashes it
         sealed = digest.seal(store)
@@ -70,7 +70,7 @@ def _measure(url: str, n: int, repeats: int, raw: Any, backend: str) -> list[Any
 
 
 def run(ctx: Any) -> list[Any]:
-    from .bench import _log, _raw_pg_keyset, _raw_sqlite_cursor, bench_replay_sqlite_log, load_pg_log
+    from .run import _log, _raw_pg_keyset, _raw_sqlite_cursor, bench_replay_sqlite_log, load_pg_log
 
     n = ctx.sizes.replay_events
     results: list[Any] = []

@@ -6,7 +6,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from .views import console
+from ..render import console
 
 DbOption = Annotated[
     Optional[str],

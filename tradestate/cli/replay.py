@@ -24,7 +24,7 @@ AxisOption = Annotated[str, typer.Option("--time-axis", help="recorded (the stor
 
 
 def _fail(message: str, code: int = 2) -> None:
-    from .views import console
+    from ..render import console
 
     console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     raise typer.Exit(code)
@@ -33,7 +33,7 @@ def _fail(message: str, code: int = 2) -> None:
 @contextmanager
 def _guard() -> Iterator[None]:
     """Turn every error into a message and a non-zero exit (never a traceback)."""
-    from .domain.errors import TradestateError
+    from ..domain.errors import TradestateError
 
     try:
         yield
@@ -49,7 +49,7 @@ def _guard() -> Iterator[None]:
 
 @contextmanager
 def _store(db: str | None) -> Iterator[Any]:
-    from .adapters.store import open_store
+    from ..adapters.store import open_store
 
     store = open_store(db, create=False)
     try:
@@ -78,13 +78,13 @@ def _progress(description: str, enabled: bool = True) -> Iterator[Callable[[int,
 
 
 def _out(payload: Any) -> None:
-    from .views import to_json
+    from ..render import to_json
 
     sys.stdout.write(to_json(payload) + "\n")
 
 
 def _print(renderable: Any) -> None:
-    from .views import console
+    from ..render import console
 
     console.print(renderable)
 
@@ -101,7 +101,7 @@ def state_cmd(
     json: JsonOption = False,
 ) -> None:
     """Positions, open orders, risk state, breaker and kill switch as they were."""
-    from .replay import render_state, state_at_position, state_at_time
+    from ..replay import render_state, state_at_position, state_at_time
 
     with _guard():
         if (at is None) == (position is None):
@@ -124,7 +124,7 @@ def diff_cmd(
     json: JsonOption = False,
 ) -> None:
     """What changed between two instants (positions, orders, risk) and which events changed it."""
-    from .replay import diff, diff_positions, render_diff
+    from ..replay import diff, diff_positions, render_diff
 
     with _guard():
         with _store(db) as store:
@@ -154,7 +154,7 @@ def timeline_cmd(
     json: JsonOption = False,
 ) -> None:
     """Every event of every stream in the window, in log order (bars interleaved with --market)."""
-    from .replay import timeline, timeline_table
+    from ..replay import timeline, timeline_table
 
     with _guard():
         with _store(db) as store, _progress("reading") as progress:
@@ -171,7 +171,7 @@ def trace_cmd(
     json: JsonOption = False,
 ) -> None:
     """An order's whole life with the state after each step and the causation chain."""
-    from .replay import trace
+    from ..replay import trace
 
     with _guard():
         with _store(db) as store:
@@ -193,10 +193,10 @@ def market_cmd(
     json: Annotated[bool, typer.Option("--json", help="One JSON object per line, as replayed.")] = False,
 ) -> None:
     """Replay recorded bars in time order at a chosen speed, with the trading events of the window."""
-    from .replay import describe, parse_speed, replay_market
-    from .replay.log import iso
-    from .replay.market import window_of
-    from .views import console, to_json
+    from ..replay import describe, parse_speed, replay_market
+    from ..replay.log import iso
+    from ..replay.market import window_of
+    from ..render import console, to_json
 
     with _guard():
         parse_speed(speed)
@@ -236,8 +236,8 @@ def orders_cmd(
 ) -> None:
     """Replay the window's recorded intents through the simulated broker against the recorded bars,
     and compare simulated with recorded outcomes."""
-    from .replay import replay_orders
-    from .replay.market import window_of
+    from ..replay import replay_orders
+    from ..replay.market import window_of
 
     with _guard():
         with _store(db) as store:
@@ -258,7 +258,7 @@ def export_cmd(
     json: JsonOption = False,
 ) -> None:
     """Export the log (or a window) as Parquet or JSON lines, one column per envelope field plus the payload."""
-    from .replay import export
+    from ..replay import export
 
     with _guard():
         with _store(db) as store, _progress("exporting") as progress:
@@ -281,7 +281,7 @@ def report_cmd(
     json: JsonOption = False,
 ) -> None:
     """Write the post-mortem HTML report (plots and timeline) of the window around an instant."""
-    from .replay import write_report
+    from ..replay import write_report
 
     with _guard():
         with _store(db) as store, _progress("reading") as progress:

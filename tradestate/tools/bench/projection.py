@@ -24,7 +24,7 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import Projection
 from psycopg.sql import SQL, Identifier
 
-from .bench import (
+from .run import (
     EVENTS_PER_S,
     PgTarget,
     Result,
@@ -48,8 +48,8 @@ def _sizes(sizes: Sizes) -> tuple[int, float, int]:
 
 
 def _catchup(url: str) -> tuple[int, float]:
-    from .adapters.store import open_store
-    from .projections.projector import Projector
+    from ...adapters.store import open_store
+    from ...projections.projector import Projector
 
     with open_store(url) as store:
         projector = Projector(store)
@@ -62,7 +62,7 @@ def _catchup(url: str) -> tuple[int, float]:
 
 
 def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     n, _live, _runner = _sizes(sizes)
     path = os.path.join(workdir, "projection.db")
@@ -218,8 +218,8 @@ def _eventsourcing_runner(pg: PgTarget, schema: str, n: int) -> float:
 
 
 def _live_follower(url: str, stop: Any, out: Any) -> None:
-    from .adapters.store import open_store
-    from .projections.projector import Projector
+    from ...adapters.store import open_store
+    from ...projections.projector import Projector
 
     store = open_store(url)
     projector = Projector(store, page=2_000)
@@ -240,7 +240,7 @@ def _live_follower(url: str, stop: Any, out: Any) -> None:
 
 
 def _live_lag(url: str, seconds: float) -> tuple[float, float]:
-    from .adapters.store import new_event, open_store
+    from ...adapters.store import new_event, open_store
 
     store = open_store(url)
     store.close()

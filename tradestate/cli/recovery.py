@@ -7,43 +7,21 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli_common import DbOption
-from .cli_common import fail as _fail
-from .domain.errors import TradestateError
-
-STATUS_STYLE = {"ok": "green", "warn": "yellow", "failed": "bold red", "skipped": "dim"}
-
-
-def render_report(report: Any, console: Any) -> None:
-    """The recovery report as a table (the demo prints it too)."""
-    from rich.table import Table
-
-    table = Table(title=f"recovery of engine {report.engine_id!r}"
-                        f" ({'crash' if report.crashed else 'clean stop'}; {'strict' if report.strict else 'lenient'})")
-    for name, justify in (("step", "left"), ("status", "left"), ("ms", "right"), ("detail", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for s in report.steps:
-        style = STATUS_STYLE.get(s.status, "")
-        table.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds * 1000:,.1f}", s.detail)
-    console.print(table)
-    verdict = "[bold green]READY TO TRADE[/]" if report.ready else "[bold red]NOT READY[/]"
-    console.print(f"{verdict}: head {report.head:,}, checkpoint {report.checkpoint_position}, "
-                  f"{report.replayed:,} events replayed, {report.discrepancies} discrepancies, "
-                  f"{report.corrective_events} corrective events; ready in {report.ready_seconds * 1000:,.0f} ms"
-                  + (f"; blocked: {', '.join(report.blocked_accounts)}" if report.blocked_accounts else ""),
-                  highlight=False)
-
+from .common import DbOption
+from .common import fail as _fail
+from ..domain.errors import TradestateError
+from ..render import render_report
 
 def _adapters(broker: list[str], options: dict[str, Any]) -> list[Any]:
     if not broker:
         return []
-    from .reconcile import make_adapter
+    from ..reconcile import make_adapter
 
     return [make_adapter(name, options) for name in broker]
 
 
 def register(app: typer.Typer) -> None:
-    from .views import console, to_json
+    from ..render import console, to_json
 
     @app.command()
     def recover(
@@ -69,8 +47,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Recover after a crash: detect, verify, load the newest valid checkpoint, replay the tail,
         reconcile with each broker, check health, and record the report. Exit 0 = ready to trade."""
-        from .adapters.store import open_store
-        from .recovery import recover as run_recovery
+        from ..adapters.store import open_store
+        from ..recovery import recover as run_recovery
 
         if ramp is not None and ramp not in (50, 75, 100):
             _fail("--ramp must be 50, 75 or 100")
@@ -107,7 +85,7 @@ def register(app: typer.Typer) -> None:
         """Write a checkpoint of the current state now (or --list them, newest first, with validation)."""
         from datetime import datetime, timezone
 
-        from .adapters.store import checkpoints, open_store
+        from ..adapters.store import checkpoints, open_store
 
         try:
             store = open_store(db, create=False)

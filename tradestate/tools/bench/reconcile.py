@@ -35,8 +35,8 @@ NS = UUID("0b6c2f0e-3a43-4f57-9d0c-1b7f3b0e2a11")
 
 def _events() -> list[tuple[str, str, dict[str, Any]]]:
     """(stream, type, payload) of the log: N filled orders and N open orders, all acknowledged."""
-    from .domain import events as ev
-    from .domain.ids import order_stream_id
+    from ...domain import events as ev
+    from ...domain.ids import order_stream_id
 
     out = []
     at = T0.isoformat().replace("+00:00", "Z")
@@ -63,7 +63,7 @@ def _events() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def _fold(events: list[tuple[str, str, dict[str, Any]]]) -> Any:
-    from .domain.state import TradingState
+    from ...domain.state import TradingState
 
     state = TradingState()
     versions: dict[str, int] = {}
@@ -74,7 +74,7 @@ def _fold(events: list[tuple[str, str, dict[str, Any]]]) -> Any:
 
 
 def _snapshot() -> Any:
-    from .adapters.brokers.base import VenueBalance, VenueFill, VenueOrder, VenuePosition, VenueSnapshot
+    from ...adapters.brokers.base import VenueBalance, VenueFill, VenueOrder, VenuePosition, VenueSnapshot
 
     positions = []
     for i in range(N):
@@ -114,7 +114,7 @@ class _InMemoryAdapter:
     """A BrokerAdapter answering from a prepared snapshot: the venue's I/O is not measured."""
 
     def __new__(cls, snapshot: Any) -> Any:
-        from .adapters.brokers.base import BrokerAdapter, OrderNotFound
+        from ...adapters.brokers.base import BrokerAdapter, OrderNotFound
 
         class Prepared(BrokerAdapter):
             broker, venue, account = snapshot.broker, snapshot.venue, snapshot.account
@@ -134,9 +134,9 @@ class _InMemoryAdapter:
 def _run_on_sqlite(workdir: str, events: list[tuple[str, str, dict[str, Any]]], snapshot: Any) -> float:
     import orjson
 
-    from .adapters.store import new_event, open_store
-    from .client import TradestateClient
-    from .reconcile import reconcile
+    from ...adapters.store import new_event, open_store
+    from ...client import TradestateClient
+    from ...reconcile import reconcile
 
     path = os.path.join(workdir, "reconcile.db")
     for suffix in ("", "-wal", "-shm"):
@@ -169,8 +169,8 @@ def _run_on_sqlite(workdir: str, events: list[tuple[str, str, dict[str, Any]]], 
 
 def run(ctx: Any) -> list[Any]:
     """Measure; return bench.Result rows."""
-    from .bench import Result, _log
-    from .domain.reconcile import plan_reconciliation
+    from .run import Result, _log
+    from ...domain.reconcile import plan_reconciliation
 
     events = _events()
     repeats = max(2, ctx.sizes.repeats)

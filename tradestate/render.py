@@ -136,3 +136,26 @@ def make_console() -> Console:
 
 
 console = make_console()
+
+
+STATUS_STYLE = {"ok": "green", "warn": "yellow", "failed": "bold red", "skipped": "dim"}
+
+
+def render_report(report: Any, console: Any) -> None:
+    """Print a recovery report (``tradestate.recovery.RecoveryReport``) as a table and a verdict."""
+    from rich.table import Table
+
+    table = Table(title=f"recovery of engine {report.engine_id!r}"
+                        f" ({'crash' if report.crashed else 'clean stop'}; {'strict' if report.strict else 'lenient'})")
+    for name, justify in (("step", "left"), ("status", "left"), ("ms", "right"), ("detail", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for s in report.steps:
+        style = STATUS_STYLE.get(s.status, "")
+        table.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds * 1000:,.1f}", s.detail)
+    console.print(table)
+    verdict = "[bold green]READY TO TRADE[/]" if report.ready else "[bold red]NOT READY[/]"
+    console.print(f"{verdict}: head {report.head:,}, checkpoint {report.checkpoint_position}, "
+                  f"{report.replayed:,} events replayed, {report.discrepancies} discrepancies, "
+                  f"{report.corrective_events} corrective events; ready in {report.ready_seconds * 1000:,.0f} ms"
+                  + (f"; blocked: {', '.join(report.blocked_accounts)}" if report.blocked_accounts else ""),
+                  highlight=False)

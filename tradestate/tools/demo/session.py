@@ -14,10 +14,10 @@ from decimal import Decimal
 from rich.console import Console
 from rich.panel import Panel
 
-from .adapters.store import open_store, redact, sqlite_path
-from .client import TradestateClient
-from .domain.errors import InvalidInput
-from .views import limits_table, make_console, orders_table, positions_table, risk_table, state_digest
+from ...adapters.store import open_store, redact, sqlite_path
+from ...client import TradestateClient
+from ...domain.errors import InvalidInput
+from ...render import limits_table, make_console, orders_table, positions_table, risk_table, state_digest
 
 DEMO_URL = "sqlite:///demo-data/tradestate-demo.db"
 ACCOUNT = "demo-acct"
@@ -46,7 +46,7 @@ def _reset(url: str, reset: bool) -> None:
     if url.startswith("postgres"):
         import psycopg
 
-        from .adapters.store.postgres import TradestatePostgresDatastore
+        from ...adapters.store.postgres import TradestatePostgresDatastore
 
         ds = TradestatePostgresDatastore(url)
         with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
@@ -171,12 +171,12 @@ def show_crash_and_recovery(url: str, console: Console) -> bool:
     import signal
     import tempfile
 
-    from .adapters.brokers.sim import SimulatedBroker
-    from .cli_recovery import render_report
-    from .demo_engine import ACCOUNT as ENGINE_ACCOUNT
-    from .demo_engine import ENGINE, LOST_FILL_ORDER, VENUE
-    from .domain.ids import order_stream_id
-    from .recovery import recover
+    from ...adapters.brokers.sim import SimulatedBroker
+    from ...render import render_report
+    from .engine import ACCOUNT as ENGINE_ACCOUNT
+    from .engine import ENGINE, LOST_FILL_ORDER, VENUE
+    from ...domain.ids import order_stream_id
+    from ...recovery import recover
 
     console.print("\n[bold]The engine trades on in its own process, then is killed with SIGKILL:[/]")
     if url.startswith("sqlite:///"):
@@ -187,7 +187,7 @@ def show_crash_and_recovery(url: str, console: Console) -> bool:
     for leftover in (sim_state, sim_state + ".lock"):
         if os.path.exists(leftover):
             os.remove(leftover)
-    engine = subprocess.Popen([sys.executable, "-m", "tradestate.demo_engine", url, sim_state],
+    engine = subprocess.Popen([sys.executable, "-m", "tradestate.tools.demo.engine", url, sim_state],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     ready = False
@@ -234,12 +234,12 @@ def show_crash_and_recovery(url: str, console: Console) -> bool:
 def show_postmortem(store, console: Console, folder: str, report) -> bool:  # noqa: ANN001, ARG001
     """Act four: what an operator looks at afterwards — the lost-fill order's whole life, and the
     post-mortem report of the incident window."""
-    from .demo_engine import ACCOUNT as ENGINE_ACCOUNT
-    from .demo_engine import LOST_FILL_ORDER
+    from .engine import ACCOUNT as ENGINE_ACCOUNT
+    from .engine import LOST_FILL_ORDER
 
     try:
-        from .replay.report import write_report
-        from .replay.trace import render_trace, trace
+        from ...replay.report import write_report
+        from ...replay.trace import render_trace, trace
     except ImportError:
         console.print("  (replay is not available in this version)")
         return True
@@ -261,8 +261,8 @@ def show_http_api(url: str, console: Console) -> bool:
     import httpx
     from rich.table import Table
 
-    from .projections.api import background_server
-    from .projections.projector import Projector
+    from ...projections.api import background_server
+    from ...projections.projector import Projector
 
     console.print("\n[bold]Risk tools read the SQL read models over HTTP:[/]")
     store = open_store(url)

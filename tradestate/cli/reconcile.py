@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
         decision: Annotated[Optional[str], typer.Option("--decision", help="--ack: what was decided.")] = None,
     ) -> None:
         """Compare the log with a broker account; append corrective events (re-running adds nothing)."""
-        from .cli import _fail
-        from .views import console, to_json
+        from .common import fail as _fail
+        from ..render import console, to_json
 
         flags = {"db": db, "broker": broker, "account": account, "strict": strict, "since": since,
                  "base_url": base_url, "stream_url": stream_url, "host": host, "port": port,
@@ -83,12 +83,12 @@ def register(app: typer.Typer) -> None:
             _fail(str(e))
         options.update({k: v for k, v in flags.items() if v is not None})
 
-        from .adapters.brokers.base import VenueError
-        from .adapters.store import open_store
-        from .client import TradestateClient
-        from .domain.errors import TradestateError
-        from .reconcile import BROKERS, acknowledge, make_adapter
-        from .reconcile import reconcile as run_reconcile
+        from ..adapters.brokers.base import VenueError
+        from ..adapters.store import open_store
+        from ..client import TradestateClient
+        from ..domain.errors import TradestateError
+        from ..reconcile import BROKERS, acknowledge, make_adapter
+        from ..reconcile import reconcile as run_reconcile
 
         if ack:
             if not options.get("account") or not by or not decision:

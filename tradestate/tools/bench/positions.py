@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..domain.state import PositionState
+from ...domain.state import PositionState
 
 POSITION_TYPES = frozenset({"OrderIntentRecorded", "OrderFilled"})
 

@@ -37,9 +37,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _write_checkpoints(store: Any, every: int) -> tuple[int, float]:
-    from .adapters.store import checkpoints as cp
-    from .adapters.store import gc_paused
-    from .domain.state import TradingState
+    from ...adapters.store import checkpoints as cp
+    from ...adapters.store import gc_paused
+    from ...domain.state import TradingState
 
     state = TradingState()
     written = 0
@@ -55,8 +55,8 @@ def _write_checkpoints(store: Any, every: int) -> tuple[int, float]:
 
 
 def _fold_from_zero_ms(store: Any) -> float:
-    from .adapters.store import checkpoints as cp
-    from .domain.state import TradingState
+    from ...adapters.store import checkpoints as cp
+    from ...domain.state import TradingState
 
     t0 = time.perf_counter()
     cp.fold_tail(store, TradingState())
@@ -64,8 +64,8 @@ def _fold_from_zero_ms(store: Any) -> float:
 
 
 def _state_at_samples(store: Any, samples: int, seed: int = 6) -> list[float]:
-    from . import replay
-    from .replay.log import bounds
+    from ... import replay
+    from ...replay.log import bounds
 
     b = bounds(store)
     rnd = random.Random(seed)
@@ -81,8 +81,8 @@ def _state_at_samples(store: Any, samples: int, seed: int = 6) -> list[float]:
 
 
 def _state_at(backend: str, url: str, sizes: Any, samples: int) -> list[Any]:
-    from .adapters.store import open_store
-    from .bench import _result
+    from ...adapters.store import open_store
+    from .run import _result
 
     store = open_store(url, create=False)
     try:
@@ -103,8 +103,8 @@ def _state_at(backend: str, url: str, sizes: Any, samples: int) -> list[Any]:
 
 
 def _bars(n: int) -> list[tuple[int, str, int, str, bytes, datetime]]:
-    from .domain import events as ev
-    from .domain.ids import bar_stream_id
+    from ...domain import events as ev
+    from ...domain.ids import bar_stream_id
 
     rnd = random.Random(3)
     t0 = datetime(2026, 11, 16, 14, 30, tzinfo=timezone.utc)
@@ -131,9 +131,9 @@ def _bars(n: int) -> list[tuple[int, str, int, str, bytes, datetime]]:
 
 
 def _market(workdir: str, quick: bool) -> list[Any]:
-    from .adapters.store import open_store
-    from .bench import _result, _sqlite_raw_conn
-    from .replay import replay_market
+    from ...adapters.store import open_store
+    from .run import _result, _sqlite_raw_conn
+    from ...replay import replay_market
 
     n = 20_000 if quick else 200_000
     path = os.path.join(workdir, "postmortem_market.db")
@@ -168,7 +168,7 @@ def _market(workdir: str, quick: bool) -> list[Any]:
 
 def run(ctx: Any) -> list[Any]:
     """Measure; return bench.Result rows."""
-    from .bench import bench_replay_sqlite_log, load_pg_log
+    from .run import bench_replay_sqlite_log, load_pg_log
 
     samples = 40 if ctx.quick else 100
     results: list[Any] = []

@@ -55,9 +55,9 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 # Groups added by later issues live in their own modules, each with ``run(ctx) -> list[Result]``
 # and ``targets(results) -> list[(met, line)]``.
 PLUGIN_GROUPS = {
-    "recovery": "tradestate.bench_recovery",
-    "reconcile": "tradestate.bench_reconcile",
-    "postmortem": "tradestate.bench_replay",
+    "recovery": "tradestate.tools.bench.recovery",
+    "reconcile": "tradestate.tools.bench.reconcile",
+    "postmortem": "tradestate.tools.bench.replay",
 }
 GROUPS = ("append", "batch", "replay", "projection", *PLUGIN_GROUPS)
 EVENTS_PER_S = "events/s"
@@ -135,7 +135,7 @@ def _log(message: str) -> None:
 def _fill_payload() -> bytes:
     """A realistic OrderFilled payload exactly as the client stores it (``Event.to_payload`` +
     orjson, with the intent's correlation id): 362 bytes."""
-    from .domain import events as ev
+    from ...domain import events as ev
 
     fill = ev.OrderFilled(
         event_id=uuid.UUID("5f0c8a52-2f6e-4c1b-9a43-0d7e9b1c2a11"),
@@ -256,7 +256,7 @@ def _make_appender(spec: dict[str, Any]) -> tuple[Callable[[str], Any], Callable
     kind = spec["kind"]
     payload: bytes = spec["payload"]
     if kind == "ours":
-        from .adapters.store import new_event, open_store
+        from ...adapters.store import new_event, open_store
 
         store = open_store(spec["url"], create=False)
         log_append = store.trading.append
@@ -432,7 +432,7 @@ def _mp_context():
     if _CTX is None:
         if "forkserver" in mp.get_all_start_methods():
             _CTX = mp.get_context("forkserver")
-            _CTX.set_forkserver_preload(["tradestate.bench", "tradestate.adapters.store.postgres", "psycopg"])
+            _CTX.set_forkserver_preload(["tradestate.tools.bench.run", "tradestate.adapters.store.postgres", "psycopg"])
         else:
             _CTX = mp.get_context("spawn")
     return _CTX
@@ -467,7 +467,7 @@ def _best_of_rounds(specs: dict[str, dict[str, Any]], writers: int, sizes: Sizes
 
 
 def bench_append_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Result]:
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     path = os.path.join(workdir, "append_single.db")
     open_store(f"sqlite:///{path}").close()
@@ -484,7 +484,7 @@ def bench_append_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resu
 
 
 def bench_append_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes, payload: bytes) -> list[Result]:
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     results: list[Result] = []
     for writers in (1, sizes.writers):
@@ -518,7 +518,7 @@ def bench_append_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes
 
 
 def _batch_events(sizes: Sizes, payload: bytes) -> list[list[Any]]:
-    from .adapters.store import new_event
+    from ...adapters.store import new_event
 
     return [
         [new_event(f"order-{uuid.uuid4()}", 1, "OrderFilled", payload) for _ in range(sizes.batch_size)]
@@ -549,7 +549,7 @@ def _batch_rounds(variants: dict[str, Callable[[], float]], sizes: Sizes) -> dic
 
 
 def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Result]:
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     n = sizes.batch_size * sizes.batches
     k = sizes.batch_size
@@ -599,7 +599,7 @@ def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resul
 
 
 def bench_batch_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes, payload: bytes) -> list[Result]:
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     n = sizes.batch_size * sizes.batches
     k = sizes.batch_size
@@ -661,7 +661,7 @@ _EXCHANGE_TZ = ZoneInfo("America/New_York")
 
 def _templates() -> dict[str, dict[str, Any]]:
     """One payload per event type, made by the domain models themselves (key order, ``_v``)."""
-    from .domain import events as ev
+    from ...domain import events as ev
 
     at = datetime(2026, 11, 20, 14, 31, 5, 123456, tzinfo=timezone.utc)
     eid = uuid.UUID("5f0c8a52-2f6e-4c1b-9a43-0d7e9b1c2a11")
@@ -687,7 +687,7 @@ def generate_trading_rows(n: int, seed: int = 7) -> Iterator[tuple[int, str, int
     """``n`` log rows (position 1..n) of a realistic order flow: per order an intent, its risk
     check in the account stream, submitted, acknowledged and one or two fills, across 20 symbols,
     4 accounts and 3 strategies. Payloads are exactly what ``Event.to_payload()`` + orjson give."""
-    from .domain.ids import account_stream_id, order_stream_id
+    from ...domain.ids import account_stream_id, order_stream_id
 
     rnd = random.Random(seed)
     t = _templates()
@@ -765,8 +765,8 @@ def generate_trading_rows(n: int, seed: int = 7) -> Iterator[tuple[int, str, int
 
 def _replay_ours(log: Any) -> tuple[int, float]:
     """Positions folded from the whole log (the projection decodes only intents and fills)."""
-    from .adapters.store import gc_paused
-    from .projections.positions import PositionBook
+    from ...adapters.store import gc_paused
+    from .positions import PositionBook
 
     book = PositionBook()
     t0 = time.perf_counter()
@@ -780,8 +780,8 @@ def _replay_ours(log: Any) -> tuple[int, float]:
 
 def _replay_state(log: Any) -> tuple[int, float]:
     """The whole trading state (orders, positions, risk, signals) folded, as a client opens."""
-    from .adapters.store import gc_paused
-    from .domain.state import TradingState
+    from ...adapters.store import gc_paused
+    from ...domain.state import TradingState
 
     state = TradingState()
     apply = state.apply
@@ -805,7 +805,7 @@ def psycopg_errors() -> Any:
 
 def load_pg_log(pg: PgTarget, schema: str, n: int) -> None:
     """A fresh log in ``schema`` holding ``n`` generated trading events, by binary COPY."""
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     open_store(pg.url_for(schema)).close()
     table = f'"{schema}".ts_events'
@@ -979,7 +979,7 @@ def _es_load(app: Any, position_cls: Any, n: int, seed: int = 11, chunk: int = 1
 
 
 def _es_replay(app: Any, position_cls: Any, page: int) -> tuple[int, float]:
-    from .domain.state import PositionState
+    from ...domain.state import PositionState
 
     select = app.recorder.select_notifications
     to_domain = app.mapper.to_domain_event
@@ -1041,7 +1041,7 @@ ES_REPLAY = "eventsourcing default: select_notifications + to_domain_event + fol
 
 def bench_replay_sqlite_log(path: str, n: int) -> None:
     """A fresh SQLite log at ``path`` holding ``n`` generated trading events."""
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     open_store(f"sqlite:///{path}").close()
     t0 = time.perf_counter()
@@ -1058,7 +1058,7 @@ def bench_replay_sqlite_log(path: str, n: int) -> None:
 
 
 def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     n = sizes.replay_events
     path = os.path.join(workdir, "replay.db")
@@ -1090,7 +1090,7 @@ def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
 
 
 def bench_replay_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes) -> list[Result]:
-    from .adapters.store import open_store
+    from ...adapters.store import open_store
 
     n = sizes.replay_events
     schema = schema_for("r")
@@ -1290,7 +1290,7 @@ def run_bench(
             if pg:
                 results += bench_replay_pg(pg, schema_for, sizes)
         if "projection" in groups:
-            from .bench_projection import bench_projection_pg, bench_projection_sqlite
+            from .projection import bench_projection_pg, bench_projection_sqlite
 
             if "sqlite" in _backends:
                 results += bench_projection_sqlite(workdir, sizes)

@@ -16,7 +16,7 @@ DbOptionChaos = Annotated[
 def render_report(report: Any, console: Any) -> None:
     from rich.table import Table
 
-    from .chaos import CHECKS
+    from ..tools.chaos import CHECKS
 
     table = Table(title=f"tradestate chaos: {report.kills} kills on {report.backend} (seed {report.seed})")
     for name, justify in (("check", "left"), ("what", "left"), ("passed", "right"), ("failed", "right"),
@@ -48,7 +48,7 @@ def render_report(report: Any, console: Any) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``tradestate`` command."""
-    from .views import console, to_json
+    from ..render import console, to_json
 
     @app.command()
     def chaos(
@@ -73,9 +73,9 @@ def register(app: typer.Typer) -> None:
         projections equal a fresh fold, re-sends create no duplicates. Exit 0 only if all passed."""
         import sys
 
-        from .adapters.store import resolve_url
-        from .chaos import run_chaos
-        from .domain.errors import TradestateError
+        from ..adapters.store import resolve_url
+        from ..tools.chaos import run_chaos
+        from ..domain.errors import TradestateError
 
         import signal
 

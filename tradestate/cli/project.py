@@ -1,0 +1,219 @@
+"""``tradestate project``: keep the SQL read models up to date with the log, with checkpoints."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from ..adapters.store import Store, open_store
+from ..projections.follow import DEFAULT_POLL, DEFAULT_WATCHDOG, FollowStats, Poll, channel_name, drain, follow
+from ..projections.projector import Projector
+from ..domain.errors import TradestateError
+from ..render import console
+from .common import DbOption
+from .common import fail as _fail
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop`` (the worker finishes the page in hand); a second one ends the
+    process at once (an unfinished page is rolled back by the database, as after a crash)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _rebuild(projector: Projector, stop: threading.Event, console: Any) -> tuple[int, float, bool]:
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} events/s" if speed else "- events/s", style="progress.data.speed")
+
+    head = projector.store.trading.head()
+    started = time.perf_counter()
+    interrupted = False
+    with Progress(
+        TextColumn("[bold]rebuild[/]"),
+        BarColumn(),
+        TextColumn("position {task.completed:,.0f} of {task.total:,.0f}"),
+        Rate(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("rebuild", total=max(head, 1), completed=0)
+
+        def on_progress(position: int, log_head: int) -> None:
+            progress.update(task, completed=position, total=max(log_head, position, 1))
+            if stop.is_set():
+                raise _Interrupted  # after the page committed: the tables are consistent
+
+        try:
+            projector.rebuild(on_progress)
+        except _Interrupted:
+            interrupted = True
+        if not interrupted:
+            progress.update(task, completed=max(projector.state.position, 1), total=max(projector.state.position, 1))
+    return projector.state.position, time.perf_counter() - started, interrupted
+
+
+def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, console: Any = None,
+                poll: Poll = DEFAULT_POLL, watchdog: float = DEFAULT_WATCHDOG,
+                checkpoint_every: int | None = None, checkpoint_seconds: float = 60.0) -> int:
+    """The ``tradestate project`` command: 0 when done or stopped by SIGTERM/SIGINT, 1 when the
+    projector failed (a ``TradestateError`` such as a bad URL propagates for the CLI to print)."""
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+    store = open_store(db)
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def say(message: str) -> None:
+        console.print(message, highlight=False, soft_wrap=True)
+
+    def work() -> None:
+        try:
+            outcome["code"] = _project(store, stop, rebuild=rebuild, once=once, say=say, console=console,
+                                       poll=poll, watchdog=watchdog, checkpoint_every=checkpoint_every,
+                                       checkpoint_seconds=checkpoint_seconds)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = e
+
+    try:
+        with _stop_on_signals(stop):
+            # The work runs in a thread so that a signal handler (always run by the main thread)
+            # never interrupts a transaction: it only sets ``stop``, checked between pages.
+            worker = threading.Thread(target=work, name="tradestate-projector", daemon=True)
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.25)
+    finally:
+        store.close()
+    error = outcome.get("error")
+    if error is not None:
+        from ..domain.errors import TradestateError
+
+        if isinstance(error, TradestateError):
+            raise error
+        say(f"[bold red]error:[/] the projector failed: {type(error).__name__}: {error}")
+        return 1
+    return int(outcome.get("code", 0))
+
+
+def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, say: Callable[[str], None],
+             console: Any, poll: Poll, watchdog: float, checkpoint_every: int | None = None,
+             checkpoint_seconds: float = 60.0) -> int:
+    projector = Projector(store)
+    checkpointer = None
+    if checkpoint_every:
+        from ..adapters.store.checkpoints import Checkpointer
+
+        checkpointer = Checkpointer(store, every_events=checkpoint_every, every_seconds=checkpoint_seconds)
+
+    def checkpoint(_rows: int = 0, _position: int = 0) -> None:
+        # The projector holds the whole state already: checkpoints cost the engine nothing. A
+        # checkpoint is a cache, so failing to write one is reported and never stops projecting.
+        if checkpointer is None:
+            return
+        try:
+            info = checkpointer.maybe(projector.state)
+        except Exception as e:  # noqa: BLE001
+            say(f"[yellow]checkpoint failed (will retry):[/] {type(e).__name__}: {e}")
+            return
+        if info is not None and once:
+            say(f"checkpoint {info.id} written at position {info.position:,} ({info.size:,} bytes)")
+
+    loaded_at = time.perf_counter()
+    position = 0 if rebuild else projector.load()  # a rebuild starts from nothing: no fold to throw away
+    load_s = time.perf_counter() - loaded_at
+    if rebuild:
+        say(f"rebuilding {store.display_url}: every read-model table emptied and folded again from the log "
+            f"(head {store.trading.head():,})")
+        reached, seconds, interrupted = _rebuild(projector, stop, console)
+        rate = reached / seconds if seconds > 0 else 0.0
+        say(f"{'rebuild interrupted' if interrupted else 'rebuilt'}: position {reached:,} of head "
+            f"{store.trading.head():,}, {rate:,.0f} events/s, {seconds:.2f} s")
+        if once or stop.is_set():
+            return 0
+        position = reached
+    if once:
+        stats = FollowStats(position=position, start_position=position)
+        drain(projector, stop, stats)
+        checkpoint()
+        say(f"{'interrupted' if stop.is_set() else 'caught up'}: position {projector.state.position:,} of head "
+            f"{store.trading.head():,} (+{stats.events:,} events in {stats.pages} pages), "
+            f"{stats.rate:,.0f} events/s, {stats.seconds:.2f} s (load {load_s:.2f} s)")
+        return 0
+    how = "head poll every {:g}-{:g} ms".format(poll[0] * 1000, poll[1] * 1000) if poll else "no head poll"
+    if store.kind == "postgresql":
+        how = f"LISTEN {channel_name(store)} + {how}"
+    say(f"following {store.display_url} from position {position:,} (head {store.trading.head():,}; "
+        f"{how}; watchdog {watchdog:g} s)")
+    last_report = [0.0]
+
+    def on_error(e: BaseException) -> None:
+        now = time.monotonic()
+        if now - last_report[0] >= 5.0:  # one line per 5 s at most while a database is down
+            last_report[0] = now
+            say(f"[yellow]projector error (retrying):[/] {type(e).__name__}: {e}")
+
+    # on_tick: a quiet log still gets its checkpoint within ``checkpoint_seconds`` of its last event
+    stats = follow(store, stop, poll=poll, watchdog=watchdog, projector=projector, on_error=on_error,
+                   on_page=checkpoint, on_tick=checkpoint)
+    say(f"stopped: position {stats.position:,} (+{stats.events:,} events in {stats.pages} pages, "
+        f"{stats.conflicts} conflicts, {stats.errors} errors) after {stats.seconds:.1f} s")
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def project(
+        db: DbOption = None,
+        rebuild: Annotated[bool, typer.Option("--rebuild", help="Empty the read-model tables and fold the whole log again.")] = False,
+        once: Annotated[bool, typer.Option("--once", help="Catch up and exit instead of following the log.")] = False,
+        checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write a recovery checkpoint every N "
+                                                      "events (0: never).")] = 10_000,
+        checkpoint_seconds: Annotated[float, typer.Option("--checkpoint-seconds", help="...or every T seconds when "
+                                                          "the log moved less (a quiet log is checkpointed too).")] = 60.0,
+    ) -> None:
+        """Keep the SQL read models (positions, orders, risk...) up to date with the log, and write
+        recovery checkpoints as it goes."""
+        from ..projections.follow import run_project
+
+        if checkpoint_every < 0:
+            _fail("--checkpoint-every must be >= 0")
+        if not checkpoint_seconds > 0:
+            _fail("--checkpoint-seconds must be > 0")
+        try:
+            raise typer.Exit(run_project(db, rebuild=rebuild, once=once, console=console,
+                                         checkpoint_every=checkpoint_every or None,
+                                         checkpoint_seconds=checkpoint_seconds))
+        except TradestateError as e:
+            _fail(str(e))
