@@ -205,7 +205,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Keep the SQL read models (positions, orders, risk...) up to date with the log, and write
         recovery checkpoints as it goes."""
-        from ..projections.follow import run_project
 
         if checkpoint_every < 0:
             _fail("--checkpoint-every must be >= 0")
