@@ -21,8 +21,8 @@ from prometheus_client import REGISTRY, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tradestate.adapters.store import open_store
 from tradestate.domain.errors import TradestateError
-from tradestate.projections import api as api_module
-from tradestate.projections.api import background_server, run_server
+from tradestate.projections import queries
+from tradestate.projections.http.server import background_server, run_server
 from tradestate.projections.projector import Projector
 
 import tradestate
@@ -229,7 +229,7 @@ def test_read_endpoints_return_the_projected_state(session: dict[str, Any]) -> N
         assert http.get("/stats/daily", params={"day": "2001-01-01"}).json() == []
 
         # equity curve: one point per account and minute of fills, oldest first
-        time_column = api_module._EQUITY_TIME
+        time_column = queries.EQUITY_TIME
         curve = http.get("/equity", params={"account": "acct-1"}).json()
         assert [Decimal(p["equity"]) for p in curve] == [Decimal("-0.20"), Decimal("1.50"), Decimal("251.40")]
         assert [datetime.fromisoformat(p[time_column]) for p in curve] == [
@@ -322,7 +322,7 @@ def test_openapi_lists_the_endpoints(sqlite_url: str) -> None:
         spec = r.json()
         assert set(spec["paths"]) == {
             "/positions", "/orders", "/orders/open", "/orders/{account}/{client_order_id}", "/risk",
-            "/risk/{account}", "/stats/daily", "/equity", "/signals", "/health", "/metrics"}
+            "/risk/{account}", "/stats/daily", "/equity", "/signals", "/health", "/livez", "/readyz", "/metrics"}
         schemas = spec["components"]["schemas"]
         assert "exact decimal" in schemas["Position"]["properties"]["qty"]["description"]
         assert "refused" in str(schemas["Order"]["properties"]["status"])
@@ -330,6 +330,17 @@ def test_openapi_lists_the_endpoints(sqlite_url: str) -> None:
         limit = next(p for p in spec["paths"]["/orders"]["get"]["parameters"] if p["name"] == "limit")
         assert limit["schema"]["maximum"] == 1000
         assert http.get("/docs").status_code == 200
+        # every data endpoint documents its freshness headers
+        for path in ("/positions", "/orders", "/orders/open", "/orders/{account}/{client_order_id}", "/risk",
+                     "/risk/{account}", "/stats/daily", "/equity", "/signals"):
+            headers = spec["paths"][path]["get"]["responses"]["200"]["headers"]
+            assert set(headers) == {"X-Tradestate-Projection-Position", "X-Tradestate-Log-Head"}, path
+            assert "projection_position" in headers["X-Tradestate-Projection-Position"]["description"]
+            assert spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"], path
+        # a range with since after until is a documented 422
+        for path in ("/orders", "/equity"):
+            assert "`since` after `until`" in spec["paths"][path]["get"]["responses"]["422"]["description"]
+        assert "not projected yet" in spec["paths"]["/orders/{account}/{client_order_id}"]["get"]["responses"]["404"]["description"]
 
 
 # ------------------------------------------------------------------------------- bad input

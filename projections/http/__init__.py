@@ -1,0 +1,7 @@
+"""The HTTP API for risk tools: the read-model tables over JSON, with probes and /metrics.
+
+``app.create_app`` builds the application, ``server.run_server`` / ``server.background_server``
+serve it; ``routes`` holds the endpoints, ``schemas`` the bodies, ``auth`` the bearer token. The
+SQL lives below, in ``projections/queries.py`` (which the Python ``ReadModel`` shares without
+importing the web framework).
+"""
