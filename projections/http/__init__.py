@@ -5,3 +5,8 @@ serve it; ``routes`` holds the endpoints, ``schemas`` the bodies, ``auth`` the b
 SQL lives below, in ``projections/queries.py`` (which the Python ``ReadModel`` shares without
 importing the web framework).
 """
+
+from .app import create_app
+from .server import background_server, is_loopback, run_server
+
+__all__ = ["background_server", "create_app", "is_loopback", "run_server"]
