@@ -155,10 +155,10 @@ def postgres_connect_args(url: str) -> tuple[dict[str, Any], str]:
 class PostgresReader:
     """Read transactions on a ``psycopg_pool.ConnectionPool`` of read-only connections.
 
-    At most ``max_connections`` are open; a transaction waits at most the URL's
-    ``connect_timeout`` for one, then raises ``DatabaseUnavailable`` naming the cause. Each
-    connection is checked on checkout (a dead one is replaced, never handed out). Tables are named
-    with the URL's schema (``?schema=``)."""
+    At most ``max_connections`` are open; a transaction waits up to the URL's ``connect_timeout``
+    for one, then raises ``DatabaseUnavailable`` naming the cause (found by one direct connection
+    attempt, itself bounded by ``connect_timeout``). Each connection is checked on checkout: a dead
+    one is replaced, never handed out. Tables are named with the URL's schema (``?schema=``)."""
 
     kind = "postgresql"
 
