@@ -108,6 +108,8 @@ class CombinedRegistry:
 
 
 def make_registry(read: Callable[[], MetricsSnapshot]) -> CombinedRegistry:
+    """A registry whose read-model gauges come from ``read()`` at each scrape (a failing read
+    gives ``tradestate_api_database_up 0``), followed by the process's default registry."""
     own = CollectorRegistry(auto_describe=False)
     own.register(ReadModelCollector(read))
     return CombinedRegistry(own)

@@ -4,20 +4,19 @@
     model.positions("acct-1"); model.open_orders(); model.order("acct-1", "ord-42")
 
 The rows are the tables' (see README, "Read models"), decoded exactly as the HTTP API serves
-them: decimals and times as Python ``Decimal`` and aware ``datetime``.
+them (``projections/queries.py``), then typed: decimals ``Decimal``, times aware UTC ``datetime``.
+This module never imports the web framework.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from ..domain.errors import TradestateError, UnknownOrder
-from .api import _columns, _reader
-from .projector import PROJECTION
-from .tables import OPEN_ORDERS_VIEW, TRACKING_TABLE
+from . import queries
+from .tables import OPEN_ORDERS_VIEW
 
 
 class ProjectionBehind(TradestateError, TimeoutError):
@@ -29,18 +28,21 @@ def _typed(kind: str, value: Any) -> Any:
     if value is None:
         return None
     if kind == "num":
-        return value if isinstance(value, Decimal) else Decimal(str(value))
+        return Decimal(queries._num(value))  # type: ignore[arg-type] - not None here
     if kind == "time":
-        return datetime.fromisoformat(value) if isinstance(value, str) else value
+        return queries._time(value)
     if kind == "bool":
         return bool(value)
     return value
 
 
 class ReadModel:
+    """Read-only queries on the read-model tables of the database at ``url``; each call reads one
+    consistent snapshot. ``InvalidInput`` for an unsupported URL; ``DatabaseUnavailable`` (from
+    ``projections.queries``) when the database cannot be read. Close it (or use ``with``)."""
+
     def __init__(self, url: str):
-        self._reader = _reader(url)
-        self._dialect = self._reader.dialect
+        self._reader = queries.open_reader(url)
 
     def close(self) -> None:
         self._reader.close()
@@ -54,13 +56,8 @@ class ReadModel:
     # ------------------------------------------------------------------------------ plumbing
     def position(self) -> int:
         """The last log position the tables include."""
-        p = self._dialect.param
         with self._reader.read() as tx:
-            if not self._reader.exists(tx, TRACKING_TABLE):
-                return 0
-            row = tx.one(f"SELECT position FROM {self._dialect.name(TRACKING_TABLE)} WHERE projection = {p}",
-                         (PROJECTION,))
-        return row[0] if row else 0
+            return queries.projection_position(tx)
 
     def wait_for(self, position: int, timeout: float = 5.0) -> ReadModel:
         """Return once the tables include ``position``; ``ProjectionBehind`` after ``timeout``."""
@@ -77,13 +74,9 @@ class ReadModel:
         return self
 
     def _select(self, table: str, where: dict[str, Any], order: str, source: str | None = None) -> list[dict]:
-        p = self._dialect.param
-        columns = _columns(table)
-        clause = " AND ".join(f"{c} = {p}" for c in where)
-        sql = f"SELECT {', '.join(c for c, _ in columns)} FROM {self._dialect.name(source or table)}"
-        sql += f" WHERE {clause}" if clause else ""
+        columns = queries._columns(table)
         with self._reader.read() as tx:
-            rows = tx.rows(f"{sql} ORDER BY {order}", tuple(where.values()))
+            rows = queries.table_rows(tx, table, where, order, source)
         return [{c: _typed(k, v) for (c, k), v in zip(columns, row, strict=True)} for row in rows]
 
     @staticmethod
@@ -92,32 +85,41 @@ class ReadModel:
 
     # ------------------------------------------------------------------------------- queries
     def positions(self, account: str | None = None, symbol: str | None = None) -> list[dict[str, Any]]:
+        """Positions, optionally of one account and/or symbol, by account, venue, symbol."""
         return self._select("ts_positions", self._filters(account=account, symbol=symbol), "account, venue, symbol")
 
     def open_orders(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Open orders (new, submitted, acknowledged, partially filled), oldest first."""
         return self._select("ts_orders", self._filters(account=account), "created_at, stream_id",
                             source=OPEN_ORDERS_VIEW)
 
     def orders(self, account: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Orders, optionally of one account and/or status, oldest first."""
         return self._select("ts_orders", self._filters(account=account, status=status), "created_at, stream_id")
 
     def order(self, account: str, client_order_id: str) -> dict[str, Any]:
+        """One order; ``UnknownOrder`` when the tables do not hold it."""
         rows = self._select("ts_orders", {"account": account, "client_order_id": client_order_id}, "stream_id")
         if not rows:
             raise UnknownOrder(account, client_order_id)
         return rows[0]
 
     def risk_state(self, account: str) -> dict[str, Any]:
+        """The account's risk state with ``limits`` (its rows of ts_risk_usage); an account
+        without a row reads as kill switch and breaker off."""
         rows = self._select("ts_risk_state", {"account": account}, "account")
         state = rows[0] if rows else {"account": account, "kill_switch": False, "breaker_tripped": False}
         state["limits"] = self._select("ts_risk_usage", {"account": account}, "limit_name, symbol")
         return state
 
     def daily_stats(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Daily statistics by account and trading day."""
         return self._select("ts_daily_stats", self._filters(account=account), "account, trading_day")
 
     def equity_curve(self, account: str) -> list[dict[str, Any]]:
+        """The account's equity points, oldest first."""
         return self._select("ts_equity_curve", {"account": account}, "minute")
 
     def signals(self, strategy_id: str | None = None) -> list[dict[str, Any]]:
+        """The last signal per strategy and symbol."""
         return self._select("ts_signals", self._filters(strategy_id=strategy_id), "strategy_id, symbol")

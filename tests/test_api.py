@@ -21,8 +21,8 @@ from prometheus_client import REGISTRY, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tradestate.adapters.store import open_store
 from tradestate.domain.errors import TradestateError
-from tradestate.projections import api as api_module
-from tradestate.projections.api import background_server, run_server
+from tradestate.projections import queries
+from tradestate.projections.http.server import background_server, run_server
 from tradestate.projections.projector import Projector
 
 import tradestate
@@ -229,7 +229,7 @@ def test_read_endpoints_return_the_projected_state(session: dict[str, Any]) -> N
         assert http.get("/stats/daily", params={"day": "2001-01-01"}).json() == []
 
         # equity curve: one point per account and minute of fills, oldest first
-        time_column = api_module._EQUITY_TIME
+        time_column = queries.EQUITY_TIME
         curve = http.get("/equity", params={"account": "acct-1"}).json()
         assert [Decimal(p["equity"]) for p in curve] == [Decimal("-0.20"), Decimal("1.50"), Decimal("251.40")]
         assert [datetime.fromisoformat(p[time_column]) for p in curve] == [
@@ -322,7 +322,7 @@ def test_openapi_lists_the_endpoints(sqlite_url: str) -> None:
         spec = r.json()
         assert set(spec["paths"]) == {
             "/positions", "/orders", "/orders/open", "/orders/{account}/{client_order_id}", "/risk",
-            "/risk/{account}", "/stats/daily", "/equity", "/signals", "/health", "/metrics"}
+            "/risk/{account}", "/stats/daily", "/equity", "/signals", "/health", "/livez", "/readyz", "/metrics"}
         schemas = spec["components"]["schemas"]
         assert "exact decimal" in schemas["Position"]["properties"]["qty"]["description"]
         assert "refused" in str(schemas["Order"]["properties"]["status"])
@@ -330,6 +330,89 @@ def test_openapi_lists_the_endpoints(sqlite_url: str) -> None:
         limit = next(p for p in spec["paths"]["/orders"]["get"]["parameters"] if p["name"] == "limit")
         assert limit["schema"]["maximum"] == 1000
         assert http.get("/docs").status_code == 200
+        # every data endpoint documents its freshness headers
+        for path in ("/positions", "/orders", "/orders/open", "/orders/{account}/{client_order_id}", "/risk",
+                     "/risk/{account}", "/stats/daily", "/equity", "/signals"):
+            headers = spec["paths"][path]["get"]["responses"]["200"]["headers"]
+            assert set(headers) == {"X-Tradestate-Projection-Position", "X-Tradestate-Log-Head"}, path
+            assert "projection_position" in headers["X-Tradestate-Projection-Position"]["description"]
+            assert spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"], path
+        # a range with since after until is a documented 422
+        for path in ("/orders", "/equity"):
+            assert "`since` after `until`" in spec["paths"][path]["get"]["responses"]["422"]["description"]
+        assert "not projected yet" in spec["paths"]["/orders/{account}/{client_order_id}"]["get"]["responses"]["404"]["description"]
+
+
+# ------------------------------------------------------------------------- probes, freshness
+def test_liveness_and_readiness_are_separate_probes(session: dict[str, Any], tmp_path) -> None:
+    url, head = session["url"], session["head"]
+    with serving(url, token=TOKEN, lag_threshold_events=2, lag_threshold_seconds=30) as http:
+        # both probes answer without the token; neither needs it for its verdict
+        r = http.get("/livez")
+        assert r.status_code == 200 and r.json() == {"status": "alive"}
+        r = http.get("/readyz")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": "ready", "log_head": head, "projection_position": head, "lag_events": 0,
+                            "lag_seconds": 0}
+        # the projection falls behind: not ready (with the lag), yet alive, and data still served
+        append_unprojected(url, 3)
+        r = http.get("/readyz")
+        assert r.status_code == 503
+        body = r.json()
+        assert (body["status"], body["log_head"], body["projection_position"], body["lag_events"]) == (
+            "behind", head + 3, head, 3)
+        assert r.headers["X-Tradestate-Projection-Position"] == str(head)
+        assert http.get("/livez").status_code == 200
+        assert http.get("/health").status_code == 503  # /health is the readiness detail: same verdict
+        assert http.get("/positions", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        project(url)
+        assert http.get("/readyz").status_code == 200
+        assert http.get("/readyz", params={"x": "1"}).status_code == 422
+    # a database that cannot be read: not ready, still alive
+    with serving(f"sqlite:///{tmp_path}/missing.db") as http:
+        assert http.get("/livez").status_code == 200
+        r = http.get("/readyz")
+        assert r.status_code == 503 and r.json()["detail"]
+
+
+def test_data_responses_say_how_fresh_they_are(session: dict[str, Any]) -> None:
+    url, head = session["url"], session["head"]
+    paths = ("/positions", "/orders", "/orders/open", "/orders/acct-1/o1", "/risk", "/risk/acct-1", "/stats/daily",
+             "/equity", "/signals")
+    with serving(url) as http:
+        for path in paths:
+            r = http.get(path)
+            assert r.status_code == 200, (path, r.text)
+            assert (r.headers["X-Tradestate-Projection-Position"], r.headers["X-Tradestate-Log-Head"]) == (
+                str(head), str(head)), path
+        r = http.get("/orders/acct-1/nope")  # caught up: a plain unknown order
+        assert r.status_code == 404 and "not projected" not in r.json()["detail"]
+        assert r.headers["X-Tradestate-Log-Head"] == str(head)
+
+        # an order recorded after the last projection: in the log, not in the read models
+        client = tradestate.connect(url)
+        try:
+            assert client.record_intent("acct-3", "o9", "AAPL", "buy", "1").accepted
+            new_head = client.position
+        finally:
+            client.close()
+        for path in paths:
+            r = http.get(path)
+            assert (r.headers["X-Tradestate-Projection-Position"], r.headers["X-Tradestate-Log-Head"]) == (
+                str(head), str(new_head)), path
+        r = http.get("/orders/acct-3/o9")
+        assert r.status_code == 404
+        detail = r.json()["detail"]
+        assert "'o9'" in detail and f"at position {head} of head {new_head}" in detail
+        assert "not projected yet" in detail
+        assert r.headers["X-Tradestate-Projection-Position"] == str(head)
+        r = http.get("/risk/acct-9")
+        assert r.status_code == 404 and "not projected yet" in r.json()["detail"]
+
+        assert project(url) == new_head
+        r = http.get("/orders/acct-3/o9")
+        assert r.status_code == 200 and r.json()["status"] == "new"
+        assert r.headers["X-Tradestate-Projection-Position"] == r.headers["X-Tradestate-Log-Head"] == str(new_head)
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -352,6 +435,10 @@ def test_bad_input_is_a_clear_4xx(session: dict[str, Any]) -> None:
         ("/orders", {"account": "a\x00b"}, "account"),
         ("/orders", {"account": "x" * 65}, "account"),
         ("/stats/daily", {"day": "20th"}, "day"),
+        ("/stats/daily", {"day": "0"}, "YYYY-MM-DD"),
+        ("/stats/daily", {"day": "1763596800"}, "YYYY-MM-DD"),
+        ("/stats/daily", {"day": "2026-02-30"}, "calendar day"),
+        ("/equity", {"since": "2026-11-21T00:00:00Z", "until": "2026-11-20T00:00:00Z"}, "since is after until"),
     ]
     with serving(session["url"]) as http:
         for path, params, needle in cases:

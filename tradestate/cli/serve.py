@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         token: Annotated[Optional[str], typer.Option(help="Bearer token required on every request (default: $TRADESTATE_API_TOKEN).")] = None,
     ) -> None:
         """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics."""
-        from ..projections.api import run_server
+        from ..projections.http.server import run_server
 
         try:
             raise typer.Exit(run_server(db, host=host, port=port, token=token or os.environ.get("TRADESTATE_API_TOKEN")))

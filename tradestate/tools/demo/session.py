@@ -261,7 +261,7 @@ def show_http_api(url: str, console: Console) -> bool:
     import httpx
     from rich.table import Table
 
-    from ...projections.api import background_server
+    from ...projections.http.server import background_server
     from ...projections.projector import Projector
 
     console.print("\n[bold]Risk tools read the SQL read models over HTTP:[/]")

@@ -1,0 +1,127 @@
+"""``create_app``: the FastAPI application over the read models of one database.
+
+It wires the parts: a reader (``projections/queries.py``), the routers (``routes.py``), bearer
+authentication (``auth.py``), the Prometheus registry (``projections/metrics.py``) and the error
+answers. Bad input (unknown or repeated query parameters, malformed or naive times, out-of-range
+limits, unknown statuses) is a 422 with a readable ``detail``; a database that cannot be read is a
+503 with ``Retry-After``; anything else a 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ...adapters.store import resolve_url
+from ...domain.errors import InvalidInput
+from .. import queries
+from ..metrics import MetricsSnapshot, make_registry
+from ..queries import DatabaseUnavailable
+from . import routes
+from .auth import BearerAuth, bearer_documented
+from .schemas import error_response
+
+
+def _version() -> str:
+    try:
+        return version("tradestate")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def create_app(
+    url: str | None,
+    *,
+    token: str | None = None,
+    lag_threshold_events: int = 1000,
+    lag_threshold_seconds: float = 5.0,
+) -> FastAPI:
+    """The API over the read models of the database at ``url`` (``$TRADESTATE_DB`` or the default
+    when None). Nothing is read until the first request: a database that is not reachable yet is
+    a 503, not a failure to start. With a ``token`` (empty means none), every path but the probes
+    needs it. ``/readyz`` and ``/health`` answer 503 when more than ``lag_threshold_events`` events
+    are unprojected, or one has been for more than ``lag_threshold_seconds``. Raises
+    ``InvalidInput`` for bad thresholds or an unsupported URL."""
+    url = resolve_url(url)
+    if lag_threshold_events < 0 or lag_threshold_seconds <= 0:
+        raise InvalidInput("lag thresholds: events must be >= 0 and seconds > 0")
+    token = token or None
+    reader = queries.open_reader(url)
+
+    def metrics_snapshot() -> MetricsSnapshot:
+        with reader.read() as tx:
+            snap = queries.lag(tx, with_orders=True)
+        return MetricsSnapshot(
+            log_head=snap["log_head"], projection_position=snap["projection_position"],
+            lag_events=snap["lag_events"], lag_seconds=snap["lag_seconds"],
+            orders_by_status=snap["orders_by_status"],
+            kill_switch={a["account"]: a["kill_switch"] for a in snap["accounts"]},
+            breaker_active={a["account"]: a["breaker_active"] for a in snap["accounts"]},
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            reader.close()
+
+    app = FastAPI(
+        title="tradestate read models",
+        version=_version(),
+        description=(
+            "Positions, orders, risk state, daily statistics, equity curve and signals of a tradestate "
+            "log, read from the SQL read models kept by `tradestate project`. Decimals are exact "
+            "strings; times are ISO-8601 UTC. Unknown query parameters are rejected (422).\n\n"
+            "Freshness: every data response carries `X-Tradestate-Projection-Position` (projection_position: "
+            "the log position the read models reflect) and `X-Tradestate-Log-Head` (the log's last position). "
+            "An order or account that is missing while the read models lag the log answers 404 with a detail "
+            "saying it may not be projected yet.\n\n"
+            "Probes: `/livez` (liveness: 200 while the process serves, the database is not read), `/readyz` "
+            "(readiness: 200 when the database answers and the projection lag is within the thresholds, "
+            "503 otherwise), `/health` (the readiness detail, with the per-account breaker and kill switch). "
+            "`/metrics` is Prometheus."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = routes.Settings(url, token, lag_threshold_events, lag_threshold_seconds)
+    app.state.reader = reader
+    app.state.registry = make_registry(metrics_snapshot)
+
+    # The bearer dependency only documents the scheme in OpenAPI: BearerAuth below enforces it.
+    app.include_router(routes.data, dependencies=[Security(bearer_documented)] if token else [])
+    app.include_router(routes.public)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def unavailable(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        response = error_response(503, str(exc))
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        parts = []
+        for e in errors:
+            loc = [str(x) for x in e.get("loc", ())]
+            where_ = f"{loc[0]} parameter {'.'.join(loc[1:])!r}" if len(loc) > 1 else (loc[0] if loc else "input")
+            value = e.get("input")
+            shown = f" (got {value!r})" if isinstance(value, (str, int, float)) else ""
+            message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+            parts.append(f"{where_}: {message}{shown}")
+        safe = jsonable_encoder([{k: v for k, v in e.items() if k != "ctx"} for e in errors])
+        return error_response(422, "; ".join(parts) or "invalid request", errors=safe)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    if token is not None:
+        app.add_middleware(BearerAuth, token=token)
+    return app

@@ -1,0 +1,386 @@
+"""The API's endpoints: module-level routers over the queries of ``projections/queries.py``.
+
+``data`` holds the read-model endpoints (token-protected when a token is configured); ``public``
+the probes (``/health``, ``/livez``, ``/readyz``). Each endpoint gets the app's reader and settings
+through ``Depends`` providers (``create_app`` puts them on ``app.state``).
+
+Every data response carries its freshness, read in the same snapshot as its rows:
+``X-Tradestate-Projection-Position`` (the log position the read models reflect) and
+``X-Tradestate-Log-Head`` (the log's last position). When the first is below the second, the
+rows may miss the latest events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BeforeValidator
+
+from .. import queries
+from ..metrics import CombinedRegistry, exposition
+from ..queries import Freshness, Reader, Tx
+from .auth import authorized
+from .schemas import (
+    DailyStatsOut,
+    EquityPointOut,
+    ErrorBody,
+    HealthOut,
+    LiveOut,
+    OrderOut,
+    OrderStatus,
+    PositionOut,
+    ReadyOut,
+    RiskOut,
+    SignalOut,
+    error_response,
+)
+
+MAX_LIMIT = 1000
+MAX_EQUITY_LIMIT = 10_000
+_TEXT = r"^[^\x00-\x1f\x7f]+$"  # ids and symbols: no control characters (NUL breaks PostgreSQL)
+
+POSITION_HEADER = "X-Tradestate-Projection-Position"
+HEAD_HEADER = "X-Tradestate-Log-Head"
+FRESHNESS_HEADERS: dict[str, Any] = {
+    POSITION_HEADER: {"description": "projection_position: the last log position the read models (and so this "
+                                     "response) include", "schema": {"type": "integer"}},
+    HEAD_HEADER: {"description": "log_head: the trading log's last position when this response was read; above "
+                                 "projection_position, the rows may miss the latest events",
+                  "schema": {"type": "integer"}},
+}
+
+
+# ============================================================================ dependencies
+@dataclass(frozen=True)
+class Settings:
+    """What ``create_app`` was given: the database URL, the bearer token (None: open) and the lag
+    thresholds of readiness."""
+
+    url: str
+    token: str | None
+    lag_threshold_events: int
+    lag_threshold_seconds: float
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_reader(request: Request) -> Reader:
+    return request.app.state.reader
+
+
+def get_registry(request: Request) -> CombinedRegistry:
+    return request.app.state.registry
+
+
+class Snapshot:
+    """One read transaction of a data endpoint: ``read()`` yields the transaction and sets the
+    freshness headers on the response (``freshness`` and ``headers`` hold them afterwards)."""
+
+    def __init__(self, reader: Reader, response: Response):
+        self._reader = reader
+        self._response = response
+        self.freshness = Freshness(0, 0)
+        self.headers: dict[str, str] = {}
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        with self._reader.read() as tx:
+            self.freshness = queries.freshness(tx)
+            self.headers = {POSITION_HEADER: str(self.freshness.projection_position),
+                            HEAD_HEADER: str(self.freshness.log_head)}
+            self._response.headers.update(self.headers)
+            yield tx
+
+
+def get_snapshot(reader: Annotated[Reader, Depends(get_reader)], response: Response) -> Snapshot:
+    return Snapshot(reader, response)
+
+
+ReaderDep = Annotated[Reader, Depends(get_reader)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]
+
+
+# ========================================================================= query parameters
+def _iso_time(value: Any) -> Any:
+    """Query times: ISO-8601 with a time zone, nothing else (no bare epoch numbers, no naive times)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if len(text) > 6 and text[-6] == " " and text[-5:-3].isdigit() and text[-2:].isdigit():
+        text = text[:-6] + "+" + text[-5:]  # an unencoded '+' in a URL arrives as a space
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("not an ISO-8601 time (e.g. 2026-11-20T14:30:00Z)") from None
+    if t.tzinfo is None:
+        raise ValueError("an ISO-8601 time needs a time zone (e.g. 2026-11-20T14:30:00Z or +00:00)")
+    try:
+        return t.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+
+
+def _iso_day(value: Any) -> Any:
+    """Query days: YYYY-MM-DD, nothing else (pydantic would read a number as days since 1970)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if len(text) != 10 or text[4] != "-" or text[7] != "-":
+        raise ValueError("a trading day is YYYY-MM-DD (e.g. 2026-11-20)")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError("not a calendar day (YYYY-MM-DD)") from None
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_time)]
+IsoDay = Annotated[date, BeforeValidator(_iso_day)]
+Account = Annotated[str | None, Query(description="Account id", min_length=1, max_length=64, pattern=_TEXT)]
+Symbol = Annotated[str | None, Query(description="Symbol", min_length=1, max_length=32, pattern=_TEXT)]
+Since = Annotated[IsoTime | None, Query(description="From this time, inclusive (ISO-8601 with a time zone); "
+                                                    "not after `until` (422)")]
+Until = Annotated[IsoTime | None, Query(description="Before this time, exclusive (ISO-8601 with a time zone)")]
+AccountPath = Annotated[str, PathParam(description="Account id", max_length=64, pattern=_TEXT)]
+
+
+def _check_range(since: datetime | None, until: datetime | None) -> None:
+    if since is not None and until is not None and since > until:
+        raise HTTPException(422, "since is after until")
+
+
+# ================================================================================ routers
+class StrictRoute(APIRoute):
+    """Rejects query parameters the route does not declare, and declared ones given twice
+    (FastAPI would silently ignore the first or take the last)."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+        allowed: set[str] = set()
+        pending = [self.dependant]
+        while pending:
+            dependant = pending.pop()
+            allowed.update(f.alias for f in dependant.query_params)
+            pending.extend(dependant.dependencies)
+
+        async def strict(request: Request) -> Response:
+            params = request.query_params
+            unknown = sorted(set(params.keys()) - allowed)
+            if unknown:
+                known = ", ".join(sorted(allowed)) or "none"
+                return error_response(
+                    422, f"unknown query parameter(s): {', '.join(unknown)} (this endpoint takes: {known})")
+            repeated = sorted(k for k in set(params.keys()) if len(params.getlist(k)) > 1)
+            if repeated:
+                return error_response(422, f"query parameter(s) given more than once: {', '.join(repeated)}")
+            return await handler(request)
+
+        return strict
+
+
+_422 = {"model": ErrorBody, "description": "Invalid or unknown query parameters"}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token (when one is configured)"},
+    422: _422,
+    503: {"model": ErrorBody, "description": "The database cannot be read (or the tables are not built yet)"},
+}
+_FRESH: dict[int | str, dict[str, Any]] = {200: {"headers": FRESHNESS_HEADERS}}
+_RANGE: dict[int | str, dict[str, Any]] = {
+    **_FRESH, 422: {**_422, "description": "Invalid or unknown query parameters, or `since` after `until`"}}
+
+data = APIRouter(route_class=StrictRoute, responses=_ERRORS)
+public = APIRouter(route_class=StrictRoute, responses={k: v for k, v in _ERRORS.items() if k != 401})
+
+
+# ------------------------------------------------------------------------------ positions
+@data.get("/positions", response_model=list[PositionOut], tags=["positions"], responses=_FRESH,
+          summary="Positions by account, venue and symbol")
+def positions(snap: SnapshotDep, account: Account = None, symbol: Symbol = None) -> list[dict[str, Any]]:
+    with snap.read() as tx:
+        return queries.positions(tx, account=account, symbol=symbol)
+
+
+# --------------------------------------------------------------------------------- orders
+@data.get("/orders", response_model=list[OrderOut], tags=["orders"], responses=_RANGE,
+          summary="Orders, most recently updated first")
+def orders(
+    snap: SnapshotDep,
+    status: Annotated[OrderStatus | None, Query(description="Only orders in this status")] = None,
+    symbol: Symbol = None,
+    account: Account = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"At most this many orders (1-{MAX_LIMIT})")] = 100,
+) -> list[dict[str, Any]]:
+    _check_range(since, until)
+    with snap.read() as tx:
+        return queries.orders(tx, status=status, symbol=symbol, account=account, since=since, until=until,
+                              limit=limit)
+
+
+@data.get("/orders/open", response_model=list[OrderOut], tags=["orders"], responses=_FRESH,
+          summary="Open orders (new, submitted, acknowledged, partially filled), oldest first")
+def open_orders(snap: SnapshotDep, account: Account = None) -> list[dict[str, Any]]:
+    with snap.read() as tx:
+        return queries.open_orders(tx, account=account)
+
+
+def _not_found(snap: Snapshot, what: str) -> HTTPException:
+    """404 for ``what`` missing from the read models; when they lag the log, the detail says
+    so (it may be recorded but not projected yet)."""
+    fresh = snap.freshness
+    if fresh.behind:
+        detail = (f"{what} is not in the read models, which are behind the log (at position "
+                  f"{fresh.projection_position} of head {fresh.log_head}): it may be recorded but not projected "
+                  "yet; retry once the projection catches up (is `tradestate project` running?)")
+    else:
+        detail = f"{what} is not in the read models (they include the whole log, position {fresh.log_head})"
+    return HTTPException(404, detail, headers=snap.headers)
+
+
+_LAG_404 = ("Not in the read models. When they lag the log (X-Tradestate-Projection-Position below "
+            "X-Tradestate-Log-Head) the detail says so: it may be recorded but not projected yet, retry later.")
+
+
+@data.get("/orders/{account}/{client_order_id:path}", response_model=OrderOut, tags=["orders"],
+          summary="One order by account and client order id",
+          responses={**_FRESH, 404: {"model": ErrorBody, "description": f"No such order. {_LAG_404}"}})
+def order(
+    snap: SnapshotDep,
+    account: AccountPath,
+    client_order_id: Annotated[str, PathParam(description="Client order id", max_length=64, pattern=_TEXT)],
+) -> dict[str, Any]:
+    with snap.read() as tx:
+        row = queries.order(tx, account, client_order_id)
+    if row is None:
+        raise _not_found(snap, f"unknown order: account={account!r} client_order_id={client_order_id!r}")
+    return row
+
+
+# ----------------------------------------------------------------------------------- risk
+@data.get("/risk", response_model=list[RiskOut], tags=["risk"], responses=_FRESH,
+          summary="Risk state of every account")
+def risk(snap: SnapshotDep) -> list[dict[str, Any]]:
+    with snap.read() as tx:
+        return queries.risk(tx)
+
+
+@data.get("/risk/{account:path}", response_model=RiskOut, tags=["risk"], summary="Risk state of one account",
+          responses={**_FRESH, 404: {"model": ErrorBody, "description": f"No risk state for this account. {_LAG_404}"}})
+def risk_of(snap: SnapshotDep, account: AccountPath) -> dict[str, Any]:
+    with snap.read() as tx:
+        rows = queries.risk(tx, account=account)
+    if not rows:
+        raise _not_found(snap, f"no risk state: account={account!r}")
+    return rows[0]
+
+
+# ---------------------------------------------------------------------------- daily, equity
+@data.get("/stats/daily", response_model=list[DailyStatsOut], tags=["statistics"], responses=_FRESH,
+          summary="Daily trading statistics per account and trading day")
+def daily_stats(
+    snap: SnapshotDep,
+    account: Account = None,
+    day: Annotated[IsoDay | None, Query(description="Trading day, YYYY-MM-DD (exchange time zone)")] = None,
+) -> list[dict[str, Any]]:
+    with snap.read() as tx:
+        return queries.daily_stats(tx, account=account, day=day.isoformat() if day else None)
+
+
+@data.get("/equity", response_model=list[EquityPointOut], tags=["statistics"], responses=_RANGE,
+          summary="Equity curve of each account, oldest first (the most recent `limit` points)")
+def equity(
+    snap: SnapshotDep,
+    account: Account = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_EQUITY_LIMIT,
+                                description=f"At most this many points, the latest (1-{MAX_EQUITY_LIMIT})")] = 1000,
+) -> list[dict[str, Any]]:
+    _check_range(since, until)
+    with snap.read() as tx:
+        return queries.equity(tx, account=account, since=since, until=until, limit=limit)
+
+
+# -------------------------------------------------------------------------------- signals
+@data.get("/signals", response_model=list[SignalOut], tags=["signals"], responses=_FRESH,
+          summary="The last signal per strategy and symbol")
+def signals(
+    snap: SnapshotDep,
+    strategy_id: Annotated[str | None, Query(description="Strategy id", min_length=1, max_length=64,
+                                             pattern=_TEXT)] = None,
+    symbol: Symbol = None,
+) -> list[dict[str, Any]]:
+    with snap.read() as tx:
+        return queries.signals(tx, strategy_id=strategy_id, symbol=symbol)
+
+
+# -------------------------------------------------------------------------------- metrics
+@data.get("/metrics", tags=["operations"], response_class=Response,
+          summary="Prometheus metrics: projection lag, orders by status, refusals, breakers; "
+                  "plus the process's default registry",
+          responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+def metrics(registry: Annotated[CombinedRegistry, Depends(get_registry)]) -> Response:
+    return Response(exposition(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --------------------------------------------------------------------------------- probes
+def _lag_status(snap: dict[str, Any], settings: Settings) -> str:
+    """ok, behind (more unprojected events than the threshold) or stalled (an unprojected event
+    older than the seconds threshold)."""
+    if snap["lag_events"] > 0 and snap["lag_seconds"] > settings.lag_threshold_seconds:
+        return "stalled"
+    if snap["lag_events"] > settings.lag_threshold_events:
+        return "behind"
+    return "ok"
+
+
+@public.get("/livez", response_model=LiveOut, tags=["operations"],
+            summary="Liveness: 200 while the process serves requests (the database is not read)")
+def livez() -> dict[str, Any]:
+    return {"status": "alive"}
+
+
+@public.get("/readyz", response_model=ReadyOut, tags=["operations"],
+            summary="Readiness: 200 when the database answers and the read models are within the lag thresholds",
+            responses={503: {"model": ReadyOut | ErrorBody,
+                             "description": "Behind or stalled (a ReadyOut with the lag), or the database cannot "
+                                            "be read (an ErrorBody)"}})
+def readyz(reader: ReaderDep, settings: SettingsDep, response: Response) -> dict[str, Any]:
+    with reader.read() as tx:
+        snap = queries.lag(tx)
+    status = _lag_status(snap, settings)
+    if status != "ok":
+        response.status_code = 503
+    response.headers.update({POSITION_HEADER: str(snap["projection_position"]), HEAD_HEADER: str(snap["log_head"])})
+    return {"status": "ready" if status == "ok" else status,
+            **{k: snap[k] for k in ("log_head", "projection_position", "lag_events", "lag_seconds")}}
+
+
+@public.get("/health", response_model=HealthOut, tags=["operations"],
+            summary="Readiness in detail: projection lag, thresholds, per-account breaker and kill switch",
+            responses={503: {"model": HealthOut | ErrorBody,
+                             "description": "Behind or stalled (a HealthOut), or the database cannot be read"}})
+def health(request: Request, reader: ReaderDep, settings: SettingsDep, response: Response) -> dict[str, Any]:
+    with reader.read() as tx:
+        snap = queries.lag(tx)
+    snap["status"] = _lag_status(snap, settings)
+    if snap["status"] != "ok":
+        response.status_code = 503
+    response.headers.update({POSITION_HEADER: str(snap["projection_position"]), HEAD_HEADER: str(snap["log_head"])})
+    snap["lag_threshold_events"] = settings.lag_threshold_events
+    snap["lag_threshold_seconds"] = settings.lag_threshold_seconds
+    if not authorized(request.headers, settings.token):
+        snap["accounts"] = None
+    del snap["orders_by_status"]
+    return snap

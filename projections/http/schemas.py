@@ -1,0 +1,208 @@
+"""The API's response bodies (pydantic models) and its error body.
+
+The row models follow the tables (``projections/tables.py``): a column added there shows up here,
+typed by its kind. Decimals are strings (exact), times are UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, create_model
+
+from ...domain.state import OPEN_STATUSES, TERMINAL_STATUSES
+from ..tables import TABLES
+
+# The statuses the domain knows, in lifecycle order where it has one.
+_STATUS_ORDER = ("new", "submitted", "acknowledged", "partially_filled", "filled", "cancelled", "rejected",
+                 "expired", "refused")
+OrderStatus = Literal[tuple(sorted(OPEN_STATUSES | TERMINAL_STATUSES,  # type: ignore[valid-type]
+                                   key=lambda s: (_STATUS_ORDER + (s,)).index(s)))]
+
+_KIND_TYPES: dict[str, Any] = {"text": str, "num": str, "int": int, "bool": bool, "time": datetime,
+                               "json": dict[str, Any]}
+
+_DESCRIPTIONS: dict[str, str] = {
+    "account": "Account id",
+    "venue": "Venue",
+    "symbol": "Symbol",
+    "qty": "Quantity",
+    "avg_cost": "Average cost of the open quantity (0 when flat)",
+    "realized_pnl": "Realised P&L before fees",
+    "unrealized_pnl": "Unrealised P&L at the last fill price",
+    "fees": "Fees paid",
+    "last_price": "Last fill price",
+    "updated_at": "Time of the last event that changed the row",
+    "last_position": "Log position of the last event that changed the row",
+    "stream_id": "The order's stream in the log",
+    "client_order_id": "Client order id (the engine's idempotency key)",
+    "side": "buy or sell",
+    "order_type": "market, limit, stop or stop_limit",
+    "limit_price": "Limit price",
+    "stop_price": "Stop price",
+    "time_in_force": "Time in force",
+    "strategy_id": "Strategy that sent the order",
+    "status": "Lifecycle status",
+    "is_open": "new, submitted, acknowledged or partially filled",
+    "filled_qty": "Quantity filled",
+    "remaining_qty": "Quantity still to fill",
+    "avg_fill_price": "Average fill price",
+    "venue_order_id": "The venue's order id",
+    "cancel_requested": "A cancel was requested",
+    "discrepancies": "Venue facts that contradicted our state (recorded for reconciliation, not applied)",
+    "refusal": "Risk checks that refused the intent",
+    "created_at": "When the intent was recorded",
+    "trading_day": "Trading day, YYYY-MM-DD in the exchange time zone",
+    "trades": "Intents that passed the pre-trade check that day",
+    "fills": "Fills",
+    "volume": "Quantity filled",
+    "net_pnl": "Realised P&L net of fees",
+    "breaches": "Daily limits breached",
+    "kill_switch": "Kill switch engaged",
+    "kill_switch_reason": "Why the kill switch was engaged",
+    "breaker_tripped": "The recorded breaker flag, whatever breaker_until says (see breaker_active)",
+    "breaker_reason": "Why the circuit breaker was tripped",
+    "breaker_until": "When a tripped breaker expires (null: until reset)",
+    "ramp_pct": "Recovery ramp: numeric limits are scaled to this percentage",
+    "open_orders": "Open orders",
+    "limit_name": "max_order_qty, max_order_notional, max_position_qty, max_open_orders, max_daily_trades "
+                  "or max_daily_loss",
+    "configured": "The configured value",
+    "effective": "The value in force (after the recovery ramp)",
+    "used": "What is used of it (null for per-order limits)",
+    "signal": "The signal",
+    "value": "The signal's value",
+    "attributes": "The signal's attributes",
+    "at": "When it happened",
+    "minute": "The minute (UTC) this point closes",
+    "position": "Log position",
+    "equity": "realized_pnl + unrealized_pnl - fees",
+}
+_TABLE_DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("ts_positions", "qty"): "Signed quantity held; negative is short",
+    ("ts_orders", "qty"): "Ordered quantity (after replaces)",
+    ("ts_orders", "fees"): "Fees paid on the order's fills",
+    ("ts_orders", "updated_at"): "Time of the order's last event",
+    ("ts_equity_curve", "fills"): "Fills of the account in this minute",
+    ("ts_equity_curve", "last_position"): "Log position of the last fill in this point",
+    ("ts_risk_usage", "symbol"): "Per-symbol override (max_position_qty); null: every symbol",
+    ("ts_risk_usage", "trading_day"): "Trading day the daily usage refers to",
+    ("ts_signals", "at"): "When the signal was recorded",
+}
+# Columns the projector always fills (the others may be null).
+_REQUIRED: dict[str, set[str]] = {
+    "ts_positions": {"qty", "avg_cost", "realized_pnl", "unrealized_pnl", "fees", "last_position"},
+    "ts_orders": {"client_order_id", "account", "venue", "symbol", "side", "order_type", "qty", "status",
+                  "is_open", "filled_qty", "remaining_qty", "fees", "cancel_requested", "discrepancies",
+                  "last_position"},
+    "ts_daily_stats": {"trades", "fills", "volume", "realized_pnl", "fees", "net_pnl", "breaches",
+                       "last_position"},
+    "ts_risk_state": {"kill_switch", "breaker_tripped", "open_orders", "discrepancies", "last_position"},
+    "ts_risk_usage": {"last_position"},
+    "ts_signals": {"signal", "attributes", "last_position"},
+    "ts_equity_curve": {"realized_pnl", "unrealized_pnl", "fees", "equity"},
+}
+
+
+def _table_model(name: str, table: str, doc: str, *, drop: tuple[str, ...] = (), nullable: tuple[str, ...] = (),
+                 types: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> type[BaseModel]:
+    columns, key = TABLES[table]
+    required = (set(key) | _REQUIRED.get(table, set())) - set(nullable)
+    fields: dict[str, Any] = {}
+    for column, kind in columns:
+        if column in drop:
+            continue
+        described = _TABLE_DESCRIPTIONS.get((table, column)) or _DESCRIPTIONS.get(column, column.replace("_", " "))
+        typ = (types or {}).get(column, _KIND_TYPES[kind])
+        if kind == "num":
+            described += " (exact decimal, as a string)"
+        elif kind == "time":
+            described += " (ISO-8601, UTC)"
+        if column in required:
+            fields[column] = (typ, Field(description=described))
+        else:
+            fields[column] = (typ | None, Field(default=None, description=described))
+    fields.update(extra or {})
+    return create_model(name, __doc__=doc, **fields)
+
+
+class ErrorBody(BaseModel):
+    """An error: ``detail`` says what went wrong (and, for 422, ``errors`` lists each invalid input)."""
+
+    detail: str = Field(description="What went wrong, for a human")
+    errors: list[dict[str, Any]] | None = Field(default=None, description="Each invalid input (422 only)")
+
+
+PositionOut = _table_model("Position", "ts_positions", "A position per account, venue and symbol (average cost).")
+OrderOut = _table_model("Order", "ts_orders", "An order and its lifecycle state.",
+                        types={"status": OrderStatus, "refusal": list[str]})
+DailyStatsOut = _table_model("DailyStats", "ts_daily_stats",
+                             "Trading statistics of an account for one trading day (exchange time zone).",
+                             types={"breaches": list[str]})
+EquityPointOut = _table_model("EquityPoint", "ts_equity_curve", "The account's P&L after its fills.")
+SignalOut = _table_model("Signal", "ts_signals", "The last signal of a strategy for a symbol.")
+LimitUsageOut = _table_model("LimitUsage", "ts_risk_usage", "One risk limit of an account and its usage.",
+                             drop=("account",), nullable=("symbol",))
+RiskOut = _table_model(
+    "RiskState", "ts_risk_state", "Risk state of an account: kill switch, circuit breaker, ramp, limit usage.",
+    extra={
+        "breaker_active": (bool, Field(description="Breaker tripped and not expired "
+                                                   "(breaker_until null or in the future)")),
+        "limits": (list[LimitUsageOut], Field(description="Each limit: configured, effective and used")),  # type: ignore[valid-type]
+    },
+)
+
+
+class AccountHealthOut(BaseModel):
+    """An account's kill switch and circuit breaker, as /health reports them."""
+
+    account: str
+    kill_switch: bool
+    kill_switch_reason: str | None = None
+    breaker_active: bool
+    breaker_reason: str | None = None
+    breaker_until: datetime | None = None
+
+
+class HealthOut(BaseModel):
+    """The readiness detail: how far the read models are behind the log, with the thresholds and
+    each account's kill switch and breaker (503 when behind or stalled, as /readyz)."""
+
+    status: Literal["ok", "behind", "stalled"] = Field(
+        description="ok; behind: more unprojected events than the threshold; "
+                    "stalled: unprojected events older than the seconds threshold")
+    log_head: int = Field(description="Last position of the trading log")
+    projection_position: int = Field(description="Last log position the tables include")
+    lag_events: int = Field(description="log_head - projection_position")
+    lag_seconds: float = Field(description="Seconds since the oldest unprojected event was recorded; 0 when caught up")
+    last_event_at: datetime | None = Field(default=None, description="When the last event was recorded (UTC)")
+    projection_updated_at: datetime | None = Field(default=None, description="When the projector last wrote (UTC)")
+    lag_threshold_events: int
+    lag_threshold_seconds: float
+    accounts: list[AccountHealthOut] | None = Field(
+        default=None, description="Kill switch and breaker per account (null without the token when one is configured)")
+
+
+class ReadyOut(BaseModel):
+    """Readiness: the database answers and the read models are within the lag thresholds."""
+
+    status: Literal["ready", "behind", "stalled"] = Field(
+        description="ready (200); behind: more unprojected events than the threshold; stalled: unprojected "
+                    "events older than the seconds threshold (both 503)")
+    log_head: int = Field(description="Last position of the trading log")
+    projection_position: int = Field(description="Last log position the read models include")
+    lag_events: int = Field(description="log_head - projection_position")
+    lag_seconds: float = Field(description="Seconds since the oldest unprojected event was recorded; 0 when caught up")
+
+
+class LiveOut(BaseModel):
+    """Liveness: the process serves requests (the database is not consulted)."""
+
+    status: Literal["alive"] = "alive"
+
+
+def error_response(status: int, detail: str, **extra: Any) -> JSONResponse:
+    """A JSON error in the ``ErrorBody`` shape: ``{"detail": ..., **extra}``."""
+    return JSONResponse(status_code=status, content={"detail": detail, **extra})
