@@ -1,15 +1,16 @@
 """``tradestate bench``: our store against raw baselines measured in the same run, on the same box.
 
-Each metric group is a module with ``run(ctx) -> list[Result]`` and ``targets(results)``:
+Each metric group is the module of the same name, with ``run(ctx) -> list[Result]`` and
+``targets(results) -> list[(met, line)]``:
 
-``append``      durable single-event appends, against raw single-row INSERT commits (``append``)
-``batch``       100 events per append, against one COPY / executemany of every row (``batch``)
+``append``      durable single-event appends, against raw single-row INSERT commits
+``batch``       100 events per append, against one COPY / executemany of every row
 ``replay``      positions and the whole state folded from N trading events, against raw reads
-                and the ``eventsourcing`` library's replay (``replay``)
-``projection``  read-model catch-up and live lag (``projection``)
-``recovery``    crash to ready-to-trade, cold and from a checkpoint (``recovery``)
-``reconcile``   a 10k-position, 10k-open-order reconciliation plan (``reconcile``)
-``postmortem``  state at a past instant and market-data replay (``postmortem``)
+                and the ``eventsourcing`` library's replay
+``projection``  read-model catch-up and live lag
+``recovery``    crash to ready-to-trade, cold and from a checkpoint
+``reconcile``   a 10k-position, 10k-open-order reconciliation plan
+``postmortem``  state at a past instant and market-data replay
 
 SQLite files go to a temporary directory; PostgreSQL measurements each get a fresh
 ``bench_<random>_*`` schema, dropped at the end. Every ratio is ours / baseline (for latencies,
