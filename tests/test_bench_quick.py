@@ -15,7 +15,8 @@ import orjson
 import psycopg
 import pytest
 
-from tradestate.tools.bench.run import generate_trading_rows, run_bench
+from tradestate.tools.bench.logs import generate_trading_rows
+from tradestate.tools.bench.run import run_bench
 from tradestate.domain.events import decode
 from tradestate.domain.state import TradingState
 

@@ -1,4 +1,4 @@
-"""``tradestate bench --only projection``: the read models' catch-up and live lag.
+"""``tradestate bench`` group ``projection``: the read models' catch-up and live lag.
 
 * ``projection_catchup``: a rebuild of every read-model table from N realistic events (one
   transaction per page), beside a raw read + ``orjson.loads`` of the same rows in the same run,
@@ -6,6 +6,8 @@
   PostgreSQL, where it can run (its SQLite recorder has no subscription).
 * ``projection_live_lag``: milliseconds from an append's commit to its rows being committed in
   the tables, under a steady append load (2,000 events/s) on PostgreSQL, with a follower process.
+
+Targets (absolute): catch-up >= 100,000 events/s, live lag p99 <= 20 ms.
 """
 
 from __future__ import annotations
@@ -24,21 +26,23 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import Projection
 from psycopg.sql import SQL, Identifier
 
-from .run import (
+from .common import (
     EVENTS_PER_S,
+    BenchContext,
     PgTarget,
     Result,
     Sizes,
-    _log,
-    _mp_context,
-    _percentile,
-    _result,
-    _sqlite_raw_conn,
-    generate_trading_rows,
-    load_pg_log,
+    log,
+    mp_context,
+    percentile,
+    result,
+    sqlite_raw_conn,
 )
+from .logs import generate_trading_rows, load_pg_log
 
 LIVE_RATE = 2_000  # events/s appended during the live-lag measurement
+TARGET_CATCHUP = 100_000  # events/s into the read-model tables
+TARGET_LAG_P99_MS = 20.0  # append commit -> table row, at 2,000 appends/s
 
 
 def _sizes(sizes: Sizes) -> tuple[int, float, int]:
@@ -67,9 +71,9 @@ def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
     n, _live, _runner = _sizes(sizes)
     path = os.path.join(workdir, "projection.db")
     url = f"sqlite:///{path}"
-    _log(f"sqlite projection: loading {n:,} events")
+    log(f"sqlite projection: loading {n:,} events")
     open_store(url).close()
-    conn = _sqlite_raw_conn(path)
+    conn = sqlite_raw_conn(path)
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO ts_events (position, stream_id, stream_version, type, data, recorded_at) VALUES (?,?,?,?,?,?)",
@@ -86,10 +90,10 @@ def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
     raw = count / (time.perf_counter() - t0)
     conn.close()
     reached, seconds = _catchup(url)
-    _log(f"  rebuild: {reached / seconds:,.0f} events/s ({seconds:.2f} s); raw read+decode {raw:,.0f}/s")
+    log(f"  rebuild: {reached / seconds:,.0f} events/s ({seconds:.2f} s); raw read+decode {raw:,.0f}/s")
     return [
-        _result("projection_catchup", "sqlite", reached / seconds, EVENTS_PER_S, "raw_select_orjson", raw),
-        _result("projection_catchup_duration", "sqlite", seconds, "s", "raw_select_orjson", n / raw),
+        result("projection_catchup", "sqlite", reached / seconds, EVENTS_PER_S, "raw_select_orjson", raw),
+        result("projection_catchup_duration", "sqlite", seconds, "s", "raw_select_orjson", n / raw),
     ]
 
 
@@ -97,12 +101,11 @@ def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
 
 
 def bench_projection_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes) -> list[Result]:
-
     n, live_seconds, runner_events = _sizes(sizes)
     schema = schema_for("p")
     url = pg.url_for(schema)
     table = f'"{schema}".ts_events'
-    _log(f"postgresql projection: loading {n:,} events")
+    log(f"postgresql projection: loading {n:,} events")
     load_pg_log(pg, schema, n)
     with pg.connect() as conn:
         t0 = time.perf_counter()
@@ -121,18 +124,18 @@ def bench_projection_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: S
             last = rows[-1][0]
         raw = count / (time.perf_counter() - t0)
     reached, seconds = _catchup(url)
-    _log(f"  rebuild: {reached / seconds:,.0f} events/s ({seconds:.2f} s); raw read+decode {raw:,.0f}/s")
+    log(f"  rebuild: {reached / seconds:,.0f} events/s ({seconds:.2f} s); raw read+decode {raw:,.0f}/s")
     results = [
-        _result("projection_catchup", "postgresql", reached / seconds, EVENTS_PER_S, "raw_select_orjson", raw),
-        _result("projection_catchup_duration", "postgresql", seconds, "s", "raw_select_orjson", n / raw),
+        result("projection_catchup", "postgresql", reached / seconds, EVENTS_PER_S, "raw_select_orjson", raw),
+        result("projection_catchup_duration", "postgresql", seconds, "s", "raw_select_orjson", n / raw),
     ]
     runner_rate = _eventsourcing_runner(pg, schema_for("pr"), runner_events)
-    results.append(_result("projection_catchup", "postgresql", reached / seconds, EVENTS_PER_S,
-                           "eventsourcing_projection_runner", runner_rate))
+    results.append(result("projection_catchup", "postgresql", reached / seconds, EVENTS_PER_S,
+                          "eventsourcing_projection_runner", runner_rate))
     p50, p99 = _live_lag(pg.url_for(schema_for("pl")), live_seconds)
     # The target is absolute (p99 <= 20 ms): the "baseline" column carries the target itself.
-    results.append(_result("projection_live_lag_p50", "postgresql", p50, "ms", "target_20ms", 20.0))
-    results.append(_result("projection_live_lag_p99", "postgresql", p99, "ms", "target_20ms", 20.0))
+    results.append(result("projection_live_lag_p50", "postgresql", p50, "ms", "target_20ms", TARGET_LAG_P99_MS))
+    results.append(result("projection_live_lag_p99", "postgresql", p99, "ms", "target_20ms", TARGET_LAG_P99_MS))
     return results
 
 
@@ -182,7 +185,6 @@ class RunnerPositions(Projection[RunnerPositionsView]):
         self.view.fill(domain_event.originator_id, domain_event.qty, tracking)
 
 
-
 def _eventsourcing_runner(pg: PgTarget, schema: str, n: int) -> float:
     """The library's own path: ProjectionRunner feeding a PostgresTrackingRecorder view, one
     transaction (tracking row + upsert) per event."""
@@ -204,13 +206,13 @@ def _eventsourcing_runner(pg: PgTarget, schema: str, n: int) -> float:
         app.save(*books)
     last = app.recorder.max_notification_id()
     app.close()
-    _log(f"  eventsourcing ProjectionRunner: catching up {last:,} events, one transaction each")
+    log(f"  eventsourcing ProjectionRunner: catching up {last:,} events, one transaction each")
     t0 = time.perf_counter()
     with ProjectionRunner(application_class=RunnerTrading, projection_class=RunnerPositions,
                           view_class=RunnerPositionsView, env=env) as runner:
         runner.wait(last, timeout=600)
     rate = last / (time.perf_counter() - t0)
-    _log(f"  eventsourcing ProjectionRunner: {rate:,.0f} events/s")
+    log(f"  eventsourcing ProjectionRunner: {rate:,.0f} events/s")
     return rate
 
 
@@ -244,7 +246,7 @@ def _live_lag(url: str, seconds: float) -> tuple[float, float]:
 
     store = open_store(url)
     store.close()
-    ctx = _mp_context()
+    ctx = mp_context()
     stop, out = ctx.Event(), ctx.Queue()
     follower = ctx.Process(target=_live_follower, args=(url, stop, out))
     follower.start()
@@ -279,12 +281,38 @@ def _live_lag(url: str, seconds: float) -> tuple[float, float]:
         if k < len(seen):
             lags.append(max(0.0, seen[k][1] - committed_at) * 1000)
     lags.sort()
-    _log(f"  live lag at {achieved:,.0f} appends/s: p50 {_percentile(lags, 0.5):.2f} ms, "
-         f"p99 {_percentile(lags, 0.99):.2f} ms over {len(lags):,} events")
-    return _percentile(lags, 0.5), _percentile(lags, 0.99)
+    log(f"  live lag at {achieved:,.0f} appends/s: p50 {percentile(lags, 0.5):.2f} ms, "
+        f"p99 {percentile(lags, 0.99):.2f} ms over {len(lags):,} events")
+    return percentile(lags, 0.5), percentile(lags, 0.99)
 
 
 def _signal(i: int) -> bytes:
     return orjson.dumps({"event_id": f"00000000-0000-4000-8000-{i:012d}", "occurred_at": None,
                          "correlation_id": None, "causation_id": None, "strategy_id": f"lag{i % 50}",
                          "symbol": "AAPL", "signal": "buy", "value": "1", "attributes": {}, "_v": 1})
+
+
+# ----------------------------------------------------------------------------- the group
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    """Measure on each backend asked for; return the rows."""
+    results: list[Result] = []
+    if "sqlite" in ctx.backends:
+        results += bench_projection_sqlite(ctx.workdir, ctx.sizes)
+    if ctx.pg is not None:
+        results += bench_projection_pg(ctx.pg, ctx.schema_for, ctx.sizes)
+    return results
+
+
+def targets(results: list[Result]) -> list[tuple[bool, str]]:
+    """(met, line) for each target of this group found in results."""
+    checks: list[tuple[bool, str]] = []
+    for r in results:
+        if r.metric == "projection_catchup" and r.baseline == "raw_select_orjson":
+            checks.append((r.value >= TARGET_CATCHUP,
+                           f"projection_catchup ({r.backend}): {r.value:,.0f} events/s (target >= {TARGET_CATCHUP:,})"))
+        if r.metric == "projection_live_lag_p99":
+            checks.append((r.value <= TARGET_LAG_P99_MS,
+                           f"projection_live_lag_p99 ({r.backend}): {r.value:.2f} ms (target <= {TARGET_LAG_P99_MS:g} ms)"))
+    return checks

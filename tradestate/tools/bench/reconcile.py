@@ -1,5 +1,5 @@
-"""``tradestate bench`` group ``reconcile``: reconciling 10,000 positions and 10,000 open orders
-(issue 5), venue I/O excluded.
+"""``tradestate bench`` group ``reconcile``: reconciling 10,000 positions and 10,000 open orders,
+venue I/O excluded.
 
 The log holds 10,000 filled orders (one position each) and 10,000 open orders; the venue's
 snapshot, built in memory, agrees except for 1 % of the positions (drift no fill explains) and 1 %
@@ -24,6 +24,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid5
+
+from .common import BenchContext, Result, log
 
 TARGET_PLAN_S = 1.0
 N = 10_000
@@ -167,9 +169,8 @@ def _run_on_sqlite(workdir: str, events: list[tuple[str, str, dict[str, Any]]], 
         client.close()
 
 
-def run(ctx: Any) -> list[Any]:
-    """Measure; return bench.Result rows."""
-    from .run import Result, _log
+def run(ctx: BenchContext) -> list[Result]:
+    """Measure; return the rows."""
     from ...domain.reconcile import plan_reconciliation
 
     events = _events()
@@ -182,19 +183,19 @@ def run(ctx: Any) -> list[Any]:
     # a missed fill per 100 open orders, a drift per 100 positions, the first cash balance
     if corrections != N // 50 + 1:
         raise RuntimeError(f"bench reconcile: expected {N // 50 + 1} corrective events, planned {corrections}")
-    _log(f"reconcile: plan {plan_s * 1000:.0f} ms for {N:,} positions and {N:,} open orders "
-         f"({corrections} corrections); folding the {len(events):,} events {fold_s * 1000:.0f} ms")
+    log(f"reconcile: plan {plan_s * 1000:.0f} ms for {N:,} positions and {N:,} open orders "
+        f"({corrections} corrections); folding the {len(events):,} events {fold_s * 1000:.0f} ms")
     results = [Result("reconcile_plan_10k", "memory", plan_s, "s", f"fold_{len(events) // 1000}k_events",
                       fold_s, plan_s / fold_s)]
     if "sqlite" in ctx.backends:
         run_s = _run_on_sqlite(ctx.workdir, events, snapshot)
-        _log(f"reconcile: whole run on SQLite {run_s * 1000:.0f} ms (report hashed and stored, one commit)")
+        log(f"reconcile: whole run on SQLite {run_s * 1000:.0f} ms (report hashed and stored, one commit)")
         results.append(Result("reconcile_run_10k", "sqlite", run_s, "s", "reconcile_plan_10k", plan_s,
                               run_s / plan_s))
     return results
 
 
-def targets(results: list[Any]) -> list[tuple[bool, str]]:
+def targets(results: list[Result]) -> list[tuple[bool, str]]:
     """(met, line) for each target of this group found in results."""
     lines = []
     for r in results:

@@ -1,4 +1,4 @@
-"""``tradestate bench`` group ``recovery``: time from a crash to ready-to-trade (issue 4).
+"""``tradestate bench`` group ``recovery``: time from a crash to ready-to-trade.
 
 On a log of N generated trading events (1M full, 100k quick), SQLite and PostgreSQL:
 
@@ -17,7 +17,10 @@ from __future__ import annotations
 import gc
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+
+from .common import BenchContext, Result, log
+from .logs import load_pg_log, load_sqlite_log, raw_pg_keyset, raw_sqlite_cursor
 
 TARGET_WARM_S = 0.5
 TARGET_COLD_S = 5.0
@@ -42,18 +45,15 @@ def _time_recovery(url: str) -> float:
         gc.collect()
 
 
-def _measure(url: str, n: int, repeats: int, raw: Any, backend: str) -> list[Any]:
-    from ...adapters.store import checkpoints, open_store
-    from .run import Result, _log
-
-    from ...adapters.store import digest
+def _measure(url: str, n: int, repeats: int, raw: Callable[[], tuple[int, float]], backend: str) -> list[Result]:
+    from ...adapters.store import checkpoints, digest, open_store
 
     with open_store(url, create=False) as store:  # a real log is sealed: recovery re-hashes it
         sealed = digest.seal(store)
-    _log(f"  {backend}: log sealed ({sealed.events:,} events in {sealed.seconds:.1f} s)")
+    log(f"  {backend}: log sealed ({sealed.events:,} events in {sealed.seconds:.1f} s)")
     raw_s = min(raw()[1] for _ in range(repeats))
     cold = min(_time_recovery(url) for _ in range(repeats))
-    _log(f"  {backend}: cold recovery {cold:.2f} s (raw read {raw_s:.2f} s)")
+    log(f"  {backend}: cold recovery {cold:.2f} s (raw read {raw_s:.2f} s)")
     behind = min(BEHIND, n // 2)
     with open_store(url, create=False) as store:
         state = checkpoints.state_at(store, n - behind)
@@ -61,36 +61,36 @@ def _measure(url: str, n: int, repeats: int, raw: Any, backend: str) -> list[Any
         del state
     gc.collect()
     warm = min(_time_recovery(url) for _ in range(repeats))
-    _log(f"  {backend}: warm recovery {warm:.3f} s (checkpoint at {info.position:,}, {info.size:,} bytes, "
-         f"{info.open_orders} open / {info.finished_orders:,} finished orders)")
+    log(f"  {backend}: warm recovery {warm:.3f} s (checkpoint at {info.position:,}, {info.size:,} bytes, "
+        f"{info.open_orders} open / {info.finished_orders:,} finished orders)")
     return [
         Result("recovery_cold", backend, cold, "s", "raw_select_orjson", raw_s, cold / raw_s),
         Result("recovery_warm", backend, warm, "s", f"recovery_cold ({behind:,} events behind)", cold, warm / cold),
     ]
 
 
-def run(ctx: Any) -> list[Any]:
-    from .run import _log, _raw_pg_keyset, _raw_sqlite_cursor, bench_replay_sqlite_log, load_pg_log
-
+def run(ctx: BenchContext) -> list[Result]:
+    """Measure on each backend asked for; return the rows."""
     n = ctx.sizes.replay_events
-    results: list[Any] = []
+    results: list[Result] = []
     if "sqlite" in ctx.backends:
         path = os.path.join(ctx.workdir, "recovery.db")
-        _log(f"sqlite recovery: loading {n:,} events")
-        bench_replay_sqlite_log(path, n)
+        log(f"sqlite recovery: loading {n:,} events")
+        load_sqlite_log(path, n)
         results += _measure(f"sqlite:///{path}", n, ctx.sizes.repeats,
-                            lambda: _raw_sqlite_cursor(path, ctx.sizes.page), "sqlite")
+                            lambda: raw_sqlite_cursor(path, ctx.sizes.page), "sqlite")
     if ctx.pg is not None:
         schema = ctx.schema_for("recovery")
-        _log(f"postgresql recovery: loading {n:,} events")
+        log(f"postgresql recovery: loading {n:,} events")
         load_pg_log(ctx.pg, schema, n)
         results += _measure(ctx.pg.url_for(schema), n, ctx.sizes.repeats,
-                            lambda: _raw_pg_keyset(ctx.pg, f'"{schema}".ts_events', ctx.sizes.page, binary=True),
+                            lambda: raw_pg_keyset(ctx.pg, f'"{schema}".ts_events', ctx.sizes.page, binary=True),
                             "postgresql")
     return results
 
 
-def targets(results: list[Any]) -> list[tuple[bool, str]]:
+def targets(results: list[Result]) -> list[tuple[bool, str]]:
+    """(met, line) for each target of this group found in results."""
     checks = []
     for r in results:
         if r.metric == "recovery_warm":
