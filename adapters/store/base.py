@@ -12,7 +12,7 @@ import gc
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -82,6 +82,7 @@ class EventLog(ABC):
     """One append-only log with a gap-free global position (``notification id``)."""
 
     table: str
+    schema: str = ""  # the PostgreSQL schema holding the table ("" on SQLite)
 
     @abstractmethod
     def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
@@ -178,6 +179,17 @@ class EventLog(ABC):
         """The library's subscription interface, on both databases: an iterator of events after
         ``gt`` that waits at the end of the log (it polls; it never skips a hole)."""
         return PollingSubscription(self, gt=gt, topics=topics)
+
+    @abstractmethod
+    def transaction(self, write: bool = False, *, snapshot: bool = False) -> AbstractContextManager[Any]:
+        """A context manager yielding a DB-API cursor (tuple rows) on this log's database, on the
+        connection its appends use. ``write``: one transaction holding the database's write lock
+        where it has one (SQLite), committed at the end of the block, rolled back if it raises.
+        Otherwise autocommit reads, or with ``snapshot`` a read-only transaction whose statements
+        all see one snapshot."""
+
+    def release_connection(self) -> None:
+        """Give back a connection this thread keeps checked out (a no-op where none is kept)."""
 
     @abstractmethod
     def close(self) -> None: ...
