@@ -211,6 +211,10 @@ class Dialect:
         """The SQL type for a column kind: text, num, int, smallint, bool, time, json, blob, serial."""
         return _TYPES[self.kind][kind]
 
+    def byte_length(self, expr: str) -> str:
+        """SQL for the length in bytes of a blob expression."""
+        return f"octet_length({expr})" if self.is_postgres else f"length({expr})"
+
     def time_value(self, at: datetime) -> Any:
         """A tz-aware time as a parameter for a ``time`` column (ISO-8601 text on SQLite)."""
         return at if self.is_postgres else at.isoformat()
