@@ -250,6 +250,18 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield cur
 
+    def checkout_connection(self) -> psycopg.Connection[Any]:
+        """A pooled autocommit connection of the caller's own (a LISTEN, say), until it is
+        handed to ``checkin_connection``. Raises the pool's error if none comes in time."""
+        pool = self.datastore.pool
+        if pool.closed:  # open(wait=True) on an open pool waits until min_size connections are idle
+            pool.open(wait=True, timeout=pool.timeout)
+        return pool.getconn()
+
+    def checkin_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """Give back a connection from ``checkout_connection`` (the pool discards a broken one)."""
+        self.datastore.pool.putconn(conn)
+
     def release_connection(self) -> None:
         """Give this thread's pinned connection back to the pool (a worker thread that is done)."""
         conn = getattr(self._local, "conn", None)
