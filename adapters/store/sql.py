@@ -108,8 +108,8 @@ class PgUrl:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         own = {k: v for k, v in query if k in _OWN_PARAMS}
-        rest = urlunsplit(parts._replace(scheme=POSTGRESQL, query=urlencode([(k, v) for k, v in query
-                                                                             if k not in _OWN_PARAMS])))
+        libpq_query = urlencode([(k, v) for k, v in query if k not in _OWN_PARAMS])
+        rest = f"{POSTGRESQL}://{parts.netloc}{parts.path}" + (f"?{libpq_query}" if libpq_query else "")
         try:
             params = {k: str(v) for k, v in conninfo_to_dict(rest).items()}
             lock_timeout = float(own.get("lock_timeout", "5"))
