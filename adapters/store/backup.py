@@ -84,6 +84,9 @@ class RestoreRefused(BackupError):
 
 @dataclass
 class Manifest:
+    """What a backup holds, as written in its ``manifest.json``: the source, each log's head and
+    row count, the digest chain's tail, and the checksum of every member file."""
+
     format: str
     format_version: int
     schema_version: int
@@ -108,6 +111,10 @@ class Manifest:
 
 @dataclass
 class RestoreResult:
+    """The outcome of a restore that succeeded: what is in place now, the verification of the
+    restored chain, and where the replaced content was kept. ``read_models_dropped``: whether
+    derived tables were dropped (``extra_drop`` given)."""
+
     ok: bool
     target: str
     kind: str

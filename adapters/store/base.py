@@ -57,11 +57,14 @@ class RecordedEvent(Notification):
 
 @dataclass(frozen=True)
 class Appended:
+    """Where an appended event landed: its global position and the store's clock at the append."""
+
     position: int
     recorded_at: datetime
 
 
 def new_event(stream_id: str, stream_version: int, type_name: str, data: bytes) -> StoredEvent:
+    """An event to append: version ``stream_version`` of ``stream_id``, its type name and JSON bytes."""
     return StoredEvent(originator_id=stream_id, originator_version=stream_version, topic=type_name, state=data)
 
 

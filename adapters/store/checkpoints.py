@@ -33,6 +33,8 @@ KEEP = 5  # checkpoints kept; older ones are deleted when a new one is written
 
 @dataclass(frozen=True)
 class CheckpointInfo:
+    """One stored checkpoint, without its document."""
+
     id: int
     position: int
     created_at: datetime
@@ -45,6 +47,8 @@ class CheckpointInfo:
 
 @dataclass
 class Rejected:
+    """A checkpoint that failed validation, and why."""
+
     checkpoint: CheckpointInfo
     reasons: list[str]
 
@@ -114,6 +118,7 @@ _COLUMNS = "id, position, created_at, snapshot_version, checksum, open_orders, f
 
 
 def table_exists(store: Store) -> bool:
+    """Whether ``ts_checkpoints`` is there."""
     with _cursor(store, write=False) as cur:
         return store.dialect.table_exists(cur, TABLE)
 
@@ -179,13 +184,16 @@ class Checkpointer:
         self.written: list[CheckpointInfo] = []
 
     def due(self, state: TradingState) -> bool:
+        """Whether ``state`` is far enough (events or seconds) past the last checkpoint."""
         moved = state.position - self.last_position
         return moved >= self.every_events or (moved > 0 and time.monotonic() - self._last_time >= self.every_seconds)
 
     def maybe(self, state: TradingState) -> CheckpointInfo | None:
+        """Write a checkpoint of ``state`` if one is due; the new one, or None."""
         return self.write(state) if self.due(state) else None
 
     def write(self, state: TradingState) -> CheckpointInfo:
+        """Write a checkpoint of ``state`` now (and seal the digest chain up to it, if set)."""
         info = write(self.store, state, keep=self.keep)
         if self.seal:
             from .digest import seal

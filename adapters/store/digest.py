@@ -80,6 +80,8 @@ class ChainError(TradestateError):
 
 @dataclass(frozen=True)
 class SealResult:
+    """What one ``seal`` call sealed."""
+
     ranges: int  # ranges sealed by this call (all logs)
     events: int  # events sealed by this call (all logs)
     sealed_upto: int  # the trading log's last sealed position after the call
@@ -95,6 +97,8 @@ class SealResult:
 
 @dataclass
 class VerifyResult:
+    """What ``verify`` found: ``ok``, or the first bad position and the kind of change."""
+
     ok: bool
     first_bad_position: int | None  # in ``log``
     problem: str | None  # edited | deleted | inserted | reordered | chain_broken

@@ -81,6 +81,8 @@ class TradestatePostgresDatastore(PostgresDatastore):
             raise StoreUnreachable(f"cannot reach PostgreSQL at {self.target.where}: {reason}") from e
 
     def after_connect_func(self):  # type: ignore[override]
+        """The library's per-connection setup, plus lock and statement timeouts, synchronous
+        commit, UTC and the application name."""
         base = super().after_connect_func()
         lock_ms, statement_ms, app = self.lock_timeout_ms, self.statement_timeout_ms, self.application_name
 
@@ -273,6 +275,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             self.datastore.pool.putconn(conn)
 
     def create_table(self) -> None:
+        """Create the schema, sequence, table and append function if they are not there."""
         # Concurrent first starts must not race on CREATE ... IF NOT EXISTS (it is not atomic).
         with self.datastore.transaction(commit=True) as curs:
             curs.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-ddl'))")

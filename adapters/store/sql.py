@@ -192,10 +192,12 @@ class Dialect:
 
     @property
     def is_postgres(self) -> bool:
+        """Whether this is PostgreSQL."""
         return self.kind == POSTGRESQL
 
     @property
     def is_sqlite(self) -> bool:
+        """Whether this is SQLite."""
         return self.kind == SQLITE
 
     def name(self, table: str) -> str:
