@@ -132,6 +132,7 @@ def test_restore_into_an_empty_target_needs_no_force(url, tmp_path):
         target = url.replace(f"schema={_schema(url)}", f"schema={_schema(url)}_fresh")
     result = bk.restore(target, tmp_path / "b.tsb")
     assert result.previous_saved_to is None and result.logs["ts_events"]["head"] == head
+    assert not result.read_models_dropped  # the store drops derived tables only when told which
     assert _summary(target) == before
     with open_store(target, create=False) as store:
         assert digest.verify(store).ok
