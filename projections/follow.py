@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapters.store import Store
+from ..adapters.store.sql import read_cursor
 from .projector import ProjectionConflict, Projector
 
 Poll = tuple[float, float] | None  # (first, longest) head-poll interval in seconds; None: no polling
@@ -87,7 +88,7 @@ def channel_name(store: Store) -> str:
     """The LISTEN/NOTIFY channel of the store's trading log: ``<schema>_<table>``, lower case,
     characters other than ``[a-z0-9_]`` replaced by ``_``, at most 63 bytes (PostgreSQL's
     identifier limit), so it is the same whether a writer quotes it or not."""
-    schema = getattr(store.trading.datastore, "schema", "") or "public"
+    schema = store.trading.schema or "public"
     name = re.sub(r"[^a-z0-9_]", "_", f"{schema}_{store.trading.table}".lower())
     return name[:63]
 
@@ -95,10 +96,10 @@ def channel_name(store: Store) -> str:
 def notify(store: Store, position: int | None = None) -> None:
     """Wake followers of ``store`` now (PostgreSQL; a no-op on SQLite). Call it after an append
     has returned, never inside the append transaction (see the module docstring)."""
-    if store.kind != "postgresql":
+    if not store.dialect.is_postgres:
         return
-    with store.trading._connection() as conn:  # autocommit: the notification is its own transaction
-        conn.execute("SELECT pg_notify(%s, %s)", (channel_name(store), "" if position is None else str(position)))
+    with read_cursor(store) as cur:  # autocommit: the notification is its own transaction
+        cur.execute("SELECT pg_notify(%s, %s)", (channel_name(store), "" if position is None else str(position)))
 
 
 class _Listener:
@@ -114,19 +115,17 @@ class _Listener:
     def connect(self) -> bool:
         if self.conn is not None:
             return True
-        if self.store.kind != "postgresql" or time.monotonic() - self.failed_at < DEFAULT_WATCHDOG:
+        if not self.store.dialect.is_postgres or time.monotonic() - self.failed_at < DEFAULT_WATCHDOG:
             return False
         from psycopg.sql import SQL, Identifier
 
-        pool = self.store.trading.datastore.pool
+        log = self.store.trading
         try:
-            if pool.closed:  # open(wait=True) on an open pool waits until min_size connections are idle
-                pool.open(wait=True, timeout=pool.timeout)
-            conn = pool.getconn()
+            conn = log.checkout_connection()  # type: ignore[attr-defined]  # PostgresEventLog
             try:
                 conn.execute(SQL("LISTEN {}").format(Identifier(self.channel)))
             except BaseException:
-                pool.putconn(conn)
+                log.checkin_connection(conn)  # type: ignore[attr-defined]
                 raise
         except Exception:  # noqa: BLE001 - only a hint: the polls carry on without it
             self.failed_at = time.monotonic()
@@ -165,7 +164,7 @@ class _Listener:
         try:
             if not conn.closed and not conn.broken:
                 conn.execute("UNLISTEN *")
-            self.store.trading.datastore.pool.putconn(conn)
+            self.store.trading.checkin_connection(conn)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - closing anyway
             try:
                 conn.close()
@@ -230,7 +229,7 @@ def follow(
         projector.load()
     stats = stats or FollowStats()
     stats.position = stats.start_position = projector.state.position
-    listener = _Listener(store) if listen and store.kind == "postgresql" else None
+    listener = _Listener(store) if listen and store.dialect.is_postgres else None
     first, longest = poll if poll is not None else (watchdog, watchdog)
     interval = first
     next_watchdog = time.monotonic() + watchdog

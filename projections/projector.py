@@ -16,7 +16,7 @@ import pickle
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from ..adapters.store import Store, gc_paused
+from ..adapters.store.sql import POSTGRESQL, SQLITE, read_cursor, release, write_cursor
 from ..domain.risk import limit_usage
 from ..domain.state import ZERO, OrderState, PositionState, TradingState
 from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
@@ -45,8 +46,7 @@ class ProjectionConflict(RuntimeError):
 class Projector:
     def __init__(self, store: Store, *, exchange_tz: str = "America/New_York", page: int = 20_000):
         self.store = store
-        schema = getattr(store.trading.datastore, "schema", "") if store.kind == "postgresql" else ""
-        self.dialect = Dialect(store.kind, schema)
+        self.dialect = Dialect(store.kind, store.trading.schema)
         self.exchange_tz = exchange_tz
         self.page = page
         self.state = TradingState(exchange_tz)
@@ -64,32 +64,17 @@ class Projector:
         self._pages: Iterator[list[Any]] | None = None
 
     # ------------------------------------------------------------------------ database
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self) -> AbstractContextManager[Any]:
         """A cursor in one write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: the log's
         pinned connection)."""
-        if self.dialect.kind == "sqlite":
-            with self.store.trading.datastore.get_connection(commit=True) as connection:
-                raw = connection._sqlite_conn
-                raw.execute("BEGIN IMMEDIATE")
-                try:
-                    yield raw.cursor()
-                    raw.execute("COMMIT")
-                except BaseException:
-                    if raw.in_transaction:
-                        raw.execute("ROLLBACK")
-                    raise
-        else:
-            with self.store.trading._connection() as conn, conn.transaction():
-                yield conn.cursor(row_factory=_tuple_row())
+        return write_cursor(self.store)
 
     def create_tables(self) -> None:
         """Create the tables; tables of another shape (an older version) are dropped first, and
         the tracking with them, so the projector rebuilds them from the log."""
         p = self.dialect.param
         with self._transaction() as cur:
-            if self.dialect.kind == "postgresql":
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-projection-ddl'))")
+            self.dialect.ddl_lock(cur, "tradestate-projection-ddl")
             statements = self.dialect.create_statements()
             cur.execute(_tracking_ddl(self.dialect))
             cur.execute(f"SELECT position FROM {self.dialect.name(TRACKING_TABLE)} WHERE projection = {p}",
@@ -107,24 +92,15 @@ class Projector:
             )
 
     def _has_tables(self, cur: Any) -> bool:
-        if self.dialect.kind == "sqlite":
-            cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ts_orders'")
-        else:
-            cur.execute("SELECT to_regclass(%s)", (self.dialect.name("ts_orders"),))
-            return cur.fetchone()[0] is not None
-        return cur.fetchone() is not None
+        return self.dialect.table_exists(cur, "ts_orders")
 
     def tracked_position(self) -> int:
         """The last log position the tables include (a plain read: no write lock)."""
         sql = (f"SELECT position FROM {self.dialect.name(TRACKING_TABLE)} "
                f"WHERE projection = {self.dialect.param}")
         try:
-            if self.dialect.kind == "sqlite":
-                with self.store.trading.datastore.get_connection(commit=False) as connection:
-                    row = connection._sqlite_conn.execute(sql, (PROJECTION,)).fetchone()
-            else:
-                with self.store.trading._connection() as conn:
-                    row = conn.cursor(row_factory=_tuple_row()).execute(sql, (PROJECTION,)).fetchone()
+            with read_cursor(self.store) as cur:
+                row = cur.execute(sql, (PROJECTION,)).fetchone()
         except Exception as e:  # noqa: BLE001 - no tables yet means nothing projected yet
             if "no such table" in str(e) or "does not exist" in str(e):
                 return 0
@@ -133,8 +109,8 @@ class Projector:
 
     def _tracked(self, cur: Any) -> int:
         p = self.dialect.param
-        lock = " FOR UPDATE" if self.dialect.kind == "postgresql" else ""
-        if self.dialect.kind == "postgresql":
+        lock = " FOR UPDATE" if self.dialect.is_postgres else ""
+        if self.dialect.is_postgres:
             # FOR UPDATE locks nothing while the row is missing (a first page, or after a
             # rebuild deleted it): two projectors would both read 0 and both apply the page.
             # Create it first: a concurrent creator makes this insert wait for its commit, and
@@ -266,7 +242,7 @@ class Projector:
                 # own connection, so a thread per catch-up would leak one per call.
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
             writer = self._writer
-        if self.dialect.kind == "postgresql" and head - start > 2 * self.page:
+        if self.dialect.is_postgres and head - start > 2 * self.page:
             self._pages = self.store.trading.iter_pages(start, head, batch=self.page)
         with gc_paused():
             pending: Any = None
@@ -297,9 +273,7 @@ class Projector:
                     writer.close()
                     self.applied_pages += writer.pages  # committed by the child's _commit
                 else:
-                    release = getattr(self.store.trading, "release_connection", None)
-                    if release is not None:  # the writer's PostgreSQL connection goes back to the pool
-                        writer.submit(release).result()
+                    writer.submit(release, self.store).result()  # the writer thread's connection
             if self.state.position - start > 10_000:
                 # The state is long-lived: keep it out of future collections. Frozen before the
                 # collector is back, or its first pass walks the whole state (0.7 s at 1M events).
@@ -338,7 +312,7 @@ class Projector:
     def _upsert(self, cur: Any, table: str, rows: list[tuple[Any, ...]], *, text: bool = False) -> None:
         if not rows:
             return
-        if text and self.dialect.kind == "postgresql":
+        if text and self.dialect.is_postgres:
             # Rows in their text form (decimals and times as strings, booleans 0/1: what a
             # writer process receives): a text COPY lets the server parse them.
             staging = self._staging(cur, table)
@@ -348,7 +322,7 @@ class Projector:
                     copy.write_row(row)
             cur.execute(self.dialect.upsert_from(table, staging))
             return
-        if self.dialect.kind == "postgresql" and len(rows) > 20:
+        if self.dialect.is_postgres and len(rows) > 20:
             # A page's rows go in by binary COPY into a session-private staging table, then one
             # INSERT ... SELECT ... ON CONFLICT: far cheaper than a statement (or array) per row.
             staging = self._staging(cur, table)
@@ -693,7 +667,7 @@ class _EquityBook:
 
 
 def _time(value: datetime | None, kind: str) -> Any:
-    if value is None or kind == "postgresql":
+    if value is None or kind == POSTGRESQL:
         return value
     return value.astimezone(timezone.utc).isoformat()
 
@@ -718,8 +692,8 @@ def _row_encoder(kind: str, table: str) -> Callable[[tuple[Any, ...]], tuple[Any
     JSON needs wrapping. Compiled once per table, it costs a tuple display per row rather than
     a function call per value (rows are the projector's hottest output)."""
     forms = {
-        "sqlite": {"num": "str({v})", "time": "_iso({v})", "bool": "(1 if {v} else 0)", "json": "_json_text({v})"},
-        "postgresql": {"json": "_Jsonb({v})"},
+        SQLITE: {"num": "str({v})", "time": "_iso({v})", "bool": "(1 if {v} else 0)", "json": "_json_text({v})"},
+        POSTGRESQL: {"json": "_Jsonb({v})"},
         # pages for a writer process: as SQLite's, but a UTC time is left to orjson, which writes
         # it in C exactly as isoformat() would (a third of the encoding time was isoformat)
         "text": {"num": "str({v})", "time": "({v} if {v}.tzinfo is _UTC else _iso({v}))",
@@ -731,7 +705,7 @@ def _row_encoder(kind: str, table: str) -> Callable[[tuple[Any, ...]], tuple[Any
         form = forms.get(column_kind)
         parts.append(value if form is None else f"(None if {value} is None else {form.format(v=value)})")
     namespace: dict[str, Any] = {"_iso": _iso, "_json_text": _json_text, "_UTC": timezone.utc}
-    if kind == "postgresql":
+    if kind == POSTGRESQL:
         from psycopg.types.json import Jsonb
 
         namespace["_Jsonb"] = Jsonb
@@ -739,13 +713,7 @@ def _row_encoder(kind: str, table: str) -> Callable[[tuple[Any, ...]], tuple[Any
 
 
 _ROW_ENCODERS = {kind: {table: _row_encoder(kind, table) for table in TABLES}
-                 for kind in ("sqlite", "postgresql", "text")}
-
-
-def _tuple_row() -> Any:
-    from psycopg.rows import tuple_row
-
-    return tuple_row
+                 for kind in (SQLITE, POSTGRESQL, "text")}
 
 
 def wait_for(store: Store, position: int, timeout: float = 5.0, projector: Projector | None = None) -> bool:

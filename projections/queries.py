@@ -25,11 +25,12 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import urlparse
 
 import orjson
 
-from ..adapters.store import TRADING_TABLE, redact, sqlite_path
+from ..adapters.store import TRADING_TABLE, sqlite_path
+from ..adapters.store.sql import POSTGRESQL, SQLITE, url_kind
 from ..domain.errors import InvalidInput
 from ..domain.ids import order_stream_id
 from .projector import PROJECTION
@@ -81,7 +82,7 @@ class Tx:
 
     def when(self, t: datetime) -> Any:
         """A query parameter for a time column (ISO-8601 text on SQLite)."""
-        return t.astimezone(timezone.utc).isoformat() if self.dialect.kind == "sqlite" else t
+        return t.astimezone(timezone.utc).isoformat() if self.dialect.kind == SQLITE else t
 
 
 class Reader(Protocol):
@@ -100,12 +101,12 @@ class Reader(Protocol):
 class SQLiteReader:
     """A fresh read-only connection per transaction (``PRAGMA query_only``); never creates the file."""
 
-    kind = "sqlite"
+    kind = SQLITE
 
     def __init__(self, url: str):
         path = Path(sqlite_path(url)).absolute()
         self.uri = path.as_uri() + "?mode=rw"  # never creates the file; PRAGMA query_only stops writes
-        self.dialect = Dialect("sqlite")
+        self.dialect = Dialect(SQLITE)
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
@@ -131,25 +132,19 @@ class SQLiteReader:
         pass
 
 
-def postgres_connect_args(url: str) -> tuple[dict[str, Any], str]:
-    """psycopg connection keyword arguments and the schema for a ``postgresql://`` URL, with the
-    log's defaults (host 127.0.0.1, port 5432, user and database postgres, schema public,
-    ``connect_timeout`` 5 s, ``statement_timeout`` 30 s); sessions are read-only and in UTC."""
-    parsed = urlparse(url)
-    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    statement_ms = int(float(query.pop("statement_timeout", "30")) * 1000)
-    params: dict[str, Any] = {
-        "dbname": unquote(parsed.path.lstrip("/")) or "postgres",
-        "host": parsed.hostname or "127.0.0.1",
-        "port": parsed.port or 5432,
-        "user": unquote(parsed.username or "postgres"),
-        "connect_timeout": max(1, int(float(query.pop("connect_timeout", "5")))),
-        "application_name": "tradestate-api",
-        "options": f"-c default_transaction_read_only=on -c statement_timeout={statement_ms} -c TimeZone=UTC",
-    }
-    if parsed.password:
-        params["password"] = unquote(parsed.password)
-    return params, query.pop("schema", "public")
+def postgres_connect_args(url: str) -> tuple[dict[str, Any], str, str]:
+    """psycopg connection keyword arguments, the schema and a printable ``host:port/db`` for a
+    ``postgresql://`` URL, parsed by the store's one URL parser (every libpq parameter of the URL
+    kept); sessions are read-only, in UTC, named ``tradestate-api`` unless the URL names them."""
+    from ..adapters.store.sql import PgUrl
+
+    pg = PgUrl.parse(url)
+    statement_ms = int(pg.statement_timeout * 1000)
+    params = pg.kwargs(options=f"-c default_transaction_read_only=on -c statement_timeout={statement_ms} "
+                               "-c TimeZone=UTC")
+    if "application_name" not in urlparse(url).query:
+        params["application_name"] = "tradestate-api"
+    return params, pg.schema, pg.where
 
 
 class PostgresReader:
@@ -160,16 +155,15 @@ class PostgresReader:
     attempt, itself bounded by ``connect_timeout``). Each connection is checked on checkout: a dead
     one is replaced, never handed out. Tables are named with the URL's schema (``?schema=``)."""
 
-    kind = "postgresql"
+    kind = POSTGRESQL
 
     def __init__(self, url: str, *, max_connections: int = 8, max_idle_seconds: float = 60.0):
         import psycopg
         from psycopg_pool import ConnectionPool
 
         self._psycopg = psycopg
-        self.params, self.schema = postgres_connect_args(url)
-        self.where = f"{self.params['host']}:{self.params['port']}/{self.params['dbname']}"
-        self.dialect = Dialect("postgresql", self.schema)
+        self.params, self.schema, self.where = postgres_connect_args(url)
+        self.dialect = Dialect(POSTGRESQL, self.schema)
         self._wait = float(self.params["connect_timeout"])
         self._pool = ConnectionPool(
             kwargs=self.params, min_size=0, max_size=max_connections, max_idle=max_idle_seconds,
@@ -220,12 +214,7 @@ class PostgresReader:
 def open_reader(url: str) -> SQLiteReader | PostgresReader:
     """A reader for a ``sqlite:///`` or ``postgresql://`` URL; nothing is read until ``read()``.
     Raises ``InvalidInput`` for another scheme."""
-    scheme = urlparse(url).scheme
-    if scheme == "sqlite":
-        return SQLiteReader(url)
-    if scheme in ("postgresql", "postgres"):
-        return PostgresReader(url)
-    raise InvalidInput(f"unsupported database URL {redact(url)!r}: use sqlite:///path or postgresql://...")
+    return SQLiteReader(url) if url_kind(url) == SQLITE else PostgresReader(url)
 
 
 # ============================================================================ row decoding

@@ -11,6 +11,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from ..adapters.store import sql
+
 # name -> (columns [(column, kind)], primary key); kinds: text, num, int, bool, time, json
 TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     "ts_positions": (
@@ -65,24 +67,11 @@ SCHEMA_FINGERPRINT = zlib.crc32(repr(sorted(TABLES.items())).encode())
 SCHEMA_ROW = "$schema"
 OPEN_ORDERS_VIEW = "ts_open_orders"
 
-_TYPES = {
-    "sqlite": {"text": "TEXT", "num": "TEXT", "int": "INTEGER", "bool": "INTEGER", "time": "TEXT", "json": "TEXT"},
-    "postgresql": {"text": "text", "num": "numeric", "int": "bigint", "bool": "boolean", "time": "timestamptz",
-                   "json": "jsonb"},
-}
 
 
 @dataclass(frozen=True)
-class Dialect:
-    kind: str  # "sqlite" | "postgresql"
-    schema: str = ""  # PostgreSQL schema ("" on SQLite)
-
-    def name(self, table: str) -> str:
-        return f'"{self.schema}"."{table}"' if self.kind == "postgresql" else table
-
-    @property
-    def param(self) -> str:
-        return "?" if self.kind == "sqlite" else "%s"
+class Dialect(sql.Dialect):
+    """The store's SQL dialect, plus the statements of the read models."""
 
     def drop_statements(self) -> list[str]:
         return [f"DROP VIEW IF EXISTS {self.name(OPEN_ORDERS_VIEW)}"] + [
@@ -90,7 +79,7 @@ class Dialect:
         ]
 
     def create_statements(self) -> list[str]:
-        types = _TYPES[self.kind]
+        types = {kind: self.type(kind) for kind in ("text", "num", "int", "bool", "time", "json")}
         statements = []
         for table, (columns, key) in TABLES.items():
             # symbol is part of ts_risk_usage's key; '' (not NULL) stands for "all symbols"
@@ -112,7 +101,7 @@ class Dialect:
         )
         view = self.name(OPEN_ORDERS_VIEW)
         body = f"SELECT * FROM {self.name('ts_orders')} WHERE is_open"
-        if self.kind == "postgresql":
+        if self.is_postgres:
             statements.append(f"CREATE OR REPLACE VIEW {view} AS {body}")
         else:
             statements.append(f"CREATE VIEW IF NOT EXISTS {view} AS {body}")
@@ -133,7 +122,7 @@ class Dialect:
         (executemany would pay a round trip per row)."""
         columns, key = TABLES[table]
         names = [c for c, _ in columns]
-        arrays = ", ".join(f"%b::{_TYPES['postgresql'][k]}[]" for _, k in columns)  # binary: no escaping
+        arrays = ", ".join(f"%b::{self.type(k)}[]" for _, k in columns)  # binary: no escaping
         updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in key)
         return (
             f"INSERT INTO {self.name(table)} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
@@ -150,3 +139,8 @@ class Dialect:
     def delete(self, table: str) -> str:
         _, key = TABLES[table]
         return f"DELETE FROM {self.name(table)} WHERE " + " AND ".join(f"{c} = {self.param}" for c in key)
+
+
+def drop_read_models(dialect: sql.Dialect) -> list[str]:
+    """The statements that drop every read-model table and view (``backup.restore``'s ``extra_drop``)."""
+    return Dialect(dialect.kind, dialect.schema).drop_statements()

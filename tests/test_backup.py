@@ -21,7 +21,7 @@ import tradestate
 from tradestate.adapters.store import backup as bk
 from tradestate.adapters.store import digest, open_store
 from tradestate.cli.main import app
-from tradestate.projections.tables import Dialect
+from tradestate.projections.tables import Dialect, drop_read_models
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_restore_drill(url, tmp_path):
 
     with pytest.raises(bk.RestoreRefused, match="--force"):
         bk.restore(url, tmp_path / "drill.tsb")
-    result = bk.restore(url, tmp_path / "drill.tsb", force=True)
+    result = bk.restore(url, tmp_path / "drill.tsb", force=True, extra_drop=drop_read_models)
     assert result.ok and result.logs["ts_events"]["head"] == head and result.read_models_dropped
     assert result.previous_saved_to and result.last_digest == manifest.chain["ts_events"]["last_digest"]
 
@@ -132,6 +132,7 @@ def test_restore_into_an_empty_target_needs_no_force(url, tmp_path):
         target = url.replace(f"schema={_schema(url)}", f"schema={_schema(url)}_fresh")
     result = bk.restore(target, tmp_path / "b.tsb")
     assert result.previous_saved_to is None and result.logs["ts_events"]["head"] == head
+    assert not result.read_models_dropped  # the store drops derived tables only when told which
     assert _summary(target) == before
     with open_store(target, create=False) as store:
         assert digest.verify(store).ok

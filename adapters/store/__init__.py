@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlparse, urlunparse
 
 from ...domain.errors import InvalidInput
 from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row, as_time, gc_paused, new_event
+from .sql import DEFAULT_URL, POSTGRESQL, SQLITE, Dialect, PgUrl, redact, resolve_url, sqlite_path, url_kind
 
-DEFAULT_URL = "sqlite:///tradestate.db"
 TRADING_TABLE = "ts_events"
 MARKET_TABLE = "ts_market_events"  # bars and quotes: their own log, joined to trading by time
 
 
 @dataclass
 class Store:
-    """The trading log and the market-data log of one database."""
+    """The trading log and the market-data log of one database. ``kind`` is ``"sqlite"`` or
+    ``"postgresql"``; SQL beside the logs goes through ``dialect`` and ``sql.read_cursor`` /
+    ``sql.write_cursor``."""
 
     url: str
-    kind: str  # "sqlite" | "postgresql"
+    kind: str
     trading: EventLog
     market: EventLog
 
     def close(self) -> None:
-        # Both logs share one datastore (one pool): closing it once closes both.
+        """Close both logs and their connections (they share one datastore)."""
         self.trading.close()
 
     def __enter__(self) -> Store:
@@ -35,35 +36,24 @@ class Store:
 
     @property
     def display_url(self) -> str:
+        """The URL with any password redacted."""
         return redact(self.url)
 
-
-def redact(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
-        return urlunparse(parsed._replace(netloc=netloc))
-    return url
-
-
-def resolve_url(url: str | None = None) -> str:
-    return url or os.environ.get("TRADESTATE_DB") or DEFAULT_URL
-
-
-def sqlite_path(url: str) -> str:
-    if not url.startswith("sqlite:///"):
-        raise InvalidInput(f"not a SQLite URL: {url!r} (use sqlite:///relative.db or sqlite:////abs/path.db)")
-    path = url[len("sqlite:///") :]
-    if not path or path.startswith(":memory:"):
-        raise InvalidInput("an in-memory database is not durable; give a file path")
-    return path
+    @property
+    def dialect(self) -> Dialect:
+        """The SQL dialect (and PostgreSQL schema) of this store's database."""
+        return Dialect(self.kind, self.trading.schema)
 
 
 def open_store(url: str | None = None, *, create: bool = True) -> Store:
-    """Open (and by default create) the logs named by ``url``, ``$TRADESTATE_DB`` or the default."""
+    """Open (and by default create) the logs named by ``url``, ``$TRADESTATE_DB`` or the default.
+
+    Raises ``InvalidInput`` for a URL of another scheme, a missing directory, or (``create=False``)
+    a database without a log; ``StoreUnreachable`` (within the URL's ``connect_timeout``, 5 s by
+    default) for a PostgreSQL server that cannot be reached or refuses the connection."""
     url = resolve_url(url)
-    scheme = urlparse(url).scheme
-    if scheme == "sqlite":
+    kind = url_kind(url)
+    if kind == SQLITE:
         from .sqlite import DurableSQLiteDatastore, SQLiteEventLog
 
         path = sqlite_path(url)
@@ -75,16 +65,13 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
         datastore = DurableSQLiteDatastore(path)
         trading = SQLiteEventLog(datastore, TRADING_TABLE)
         market = SQLiteEventLog(datastore, MARKET_TABLE)
-        kind = "sqlite"
-    elif scheme in ("postgresql", "postgres"):
+    else:
         from .postgres import PostgresEventLog, TradestatePostgresDatastore
 
-        datastore = TradestatePostgresDatastore(url)
-        trading = PostgresEventLog(datastore, TRADING_TABLE)
-        market = PostgresEventLog(datastore, MARKET_TABLE)
-        kind = "postgresql"
-    else:
-        raise InvalidInput(f"unsupported database URL {redact(url)!r}: use sqlite:///path or postgresql://...")
+        pg = TradestatePostgresDatastore(url)
+        pg.check_reachable()
+        trading = PostgresEventLog(pg, TRADING_TABLE)
+        market = PostgresEventLog(pg, MARKET_TABLE)
     if create:
         trading.create_table()
         market.create_table()
@@ -102,6 +89,11 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
 
 
 __all__ = [
+    "DEFAULT_URL",
+    "Dialect",
+    "POSTGRESQL",
+    "PgUrl",
+    "SQLITE",
     "Appended",
     "EventLog",
     "RecordedEvent",
@@ -114,4 +106,5 @@ __all__ = [
     "open_store",
     "redact",
     "resolve_url",
+    "sqlite_path",
 ]

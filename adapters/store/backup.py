@@ -53,11 +53,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlparse, urlunparse
+from collections.abc import Callable, Iterable
 
 from ...domain.errors import InvalidInput, TradestateError
 from . import MARKET_TABLE, TRADING_TABLE, Store, open_store, redact, resolve_url, sqlite_path
 from . import digest as digest_mod
+from .sql import POSTGRESQL, SQLITE, Dialect, PgUrl, quote, url_kind
 
 FORMAT = "tradestate-backup"
 FORMAT_VERSION = 1
@@ -83,6 +84,9 @@ class RestoreRefused(BackupError):
 
 @dataclass
 class Manifest:
+    """What a backup holds, as written in its ``manifest.json``: the source, each log's head and
+    row count, the digest chain's tail, and the checksum of every member file."""
+
     format: str
     format_version: int
     schema_version: int
@@ -107,6 +111,10 @@ class Manifest:
 
 @dataclass
 class RestoreResult:
+    """The outcome of a restore that succeeded: what is in place now, the verification of the
+    restored chain, and where the replaced content was kept. ``read_models_dropped``: whether
+    derived tables were dropped (``extra_drop`` given)."""
+
     ok: bool
     target: str
     kind: str
@@ -190,30 +198,15 @@ class _Member:
 
 
 def _pg_connect_args(url: str) -> tuple[dict[str, Any], str]:
-    parsed = urlparse(url)
-    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    args = {
-        "host": parsed.hostname or "127.0.0.1",
-        "port": parsed.port or 5432,
-        "dbname": unquote(parsed.path.lstrip("/")) or "postgres",
-        "user": unquote(parsed.username or "postgres"),
-        "connect_timeout": int(float(query.get("connect_timeout", "5"))),
-        "application_name": "tradestate-backup",
-    }
-    if parsed.password:
-        args["password"] = unquote(parsed.password)
-    return args, query.get("schema", "public")
+    target = PgUrl.parse(url)
+    return target.kwargs(application_name="tradestate-backup"), target.schema
 
 
 def _with_schema(url: str, schema: str) -> str:
-    parsed = urlparse(url)
-    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    query["schema"] = schema
-    return urlunparse(parsed._replace(query=urlencode(query)))
+    return PgUrl.parse(url).with_schema(schema)
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+_q = quote
 
 
 def _pg_columns(cur: Any, schema: str, table: str) -> list[str]:
@@ -252,7 +245,7 @@ def backup(store: Store, path: str | os.PathLike[str], *, seal: bool = True) -> 
         digest_mod.seal(store)
     work = Path(tempfile.mkdtemp(prefix=".tradestate-backup-", dir=dest.parent))
     try:
-        if store.kind == "sqlite":
+        if store.kind == SQLITE:
             logs, chain, members = _backup_sqlite(store, work)
         else:
             logs, chain, members = _backup_postgres(store, work)
@@ -315,9 +308,7 @@ def _backup_sqlite(store: Store, work: Path) -> tuple[dict[str, Any], dict[str, 
     copy = work / "tradestate.sqlite"
     dst = sqlite3.connect(copy)
     try:
-        with store.trading.datastore.get_connection(commit=False) as connection:
-            # One step: a consistent snapshot of the whole file (a read transaction; writers carry on in WAL).
-            connection._sqlite_conn.backup(dst)
+        store.trading.backup_to(dst)  # type: ignore[attr-defined]  # SQLiteEventLog
         dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
         logs, chain = _sqlite_summary(dst)
     finally:
@@ -502,15 +493,20 @@ def _check_against_manifest(manifest: Manifest, result: digest_mod.VerifyResult,
 # ------------------------------------------------------------------------------ restore
 
 
+DropStatements = Callable[[Dialect], Iterable[str]]
+
+
 def restore(url: str | None, path: str | os.PathLike[str], *, force: bool = False, keep_previous: bool = True,
-            progress: digest_mod.Progress | None = None) -> RestoreResult:
-    """Restore the backup at ``path`` into the database at ``url``, verifying first (see module doc)."""
+            progress: digest_mod.Progress | None = None, extra_drop: DropStatements | None = None) -> RestoreResult:
+    """Restore the backup at ``path`` into the database at ``url``, verifying first (see module doc).
+
+    ``extra_drop(dialect)`` gives statements (``DROP ... IF EXISTS``) for tables derived from the
+    log that the restored log would contradict, such as read models: they run in the swap
+    transaction, so the derived tables are gone exactly when the new log is in place."""
     started = time.perf_counter()
     url = resolve_url(url)
-    kind = urlparse(url).scheme
-    kind = {"postgres": "postgresql"}.get(kind, kind)
-    if kind not in ("sqlite", "postgresql"):
-        raise InvalidInput(f"unsupported database URL {redact(url)!r}: use sqlite:///path or postgresql://...")
+    kind = url_kind(url)
+    drops = extra_drop
     with _open_archive(path) as tar:
         manifest = _manifest(tar, path)
         if manifest.source_kind != kind:
@@ -522,7 +518,7 @@ def restore(url: str | None, path: str | os.PathLike[str], *, force: bool = Fals
                     else "a file that is not a readable database (a damaged log?)")
             raise RestoreRefused(f"{redact(url)} already holds {what}: restoring would replace it; pass --force "
                                  "(force=True) to do so (the old content is kept aside)")
-        if kind == "sqlite":
+        if kind == SQLITE:
             target = Path(sqlite_path(url)).expanduser().absolute()
             if not target.parent.is_dir():
                 raise InvalidInput(f"directory {target.parent} does not exist")
@@ -531,18 +527,18 @@ def restore(url: str | None, path: str | os.PathLike[str], *, force: bool = Fals
             work = Path(tempfile.mkdtemp(prefix=".tradestate-restore-"))
         try:
             files = _extract(tar, manifest, work, path)
-            if kind == "sqlite":
+            if kind == SQLITE:
                 return _restore_sqlite(url, target, files[SQLITE_MEMBER], manifest, path, force=force,
-                                       keep_previous=keep_previous, progress=progress, started=started)
+                                       keep_previous=keep_previous, progress=progress, started=started, drops=drops)
             return _restore_postgres(url, files, manifest, path, force=force, keep_previous=keep_previous,
-                                     progress=progress, started=started)
+                                     progress=progress, started=started, drops=drops)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def _target_events(url: str, kind: str) -> int:
     """Events in the target's trading log (0 when there is none)."""
-    if kind == "sqlite":
+    if kind == SQLITE:
         target = Path(sqlite_path(url)).expanduser()
         if not target.exists() or target.stat().st_size == 0:
             return 0
@@ -569,15 +565,13 @@ def _target_events(url: str, kind: str) -> int:
         raise InvalidInput(f"cannot connect to {redact(url)}: {e}") from e
 
 
-def _drop_read_models(cur: Any, kind: str, schema: str = "") -> None:
-    from ...projections.tables import Dialect
-
-    for statement in Dialect(kind, schema).drop_statements():
+def _drop(cur: Any, drops: DropStatements | None, dialect: Dialect) -> None:
+    for statement in drops(dialect) if drops is not None else ():
         cur.execute(statement)
 
 
 def _restore_sqlite(url: str, target: Path, staged_db: Path, manifest: Manifest, path: Any, *, force: bool,
-                    keep_previous: bool, progress: Any, started: float) -> RestoreResult:
+                    keep_previous: bool, progress: Any, started: float, drops: DropStatements | None) -> RestoreResult:
     # 1. the staged copy: a sound database, the manifest's heads, a chain that verifies
     conn = sqlite3.connect(staged_db, isolation_level=None)
     try:
@@ -588,7 +582,7 @@ def _restore_sqlite(url: str, target: Path, staged_db: Path, manifest: Manifest,
         if check != [("ok",)]:
             raise BackupDamaged(f"{path}: the backed-up database fails integrity_check: {check[:3]}")
         logs, _chain = _sqlite_summary(conn)
-        _drop_read_models(conn, "sqlite")
+        _drop(conn, drops, Dialect(SQLITE))
     finally:
         conn.close()
     staged = open_store(f"sqlite:///{staged_db}", create=False)
@@ -654,7 +648,7 @@ def _restore_sqlite(url: str, target: Path, staged_db: Path, manifest: Manifest,
             os.fsync(f.fileno())
         os.replace(staged_db, target)
         _fsync_dir(target.parent)
-    return RestoreResult(True, redact(url), "sqlite", logs, result.last_digest, result.to_dict(), previous, True,
+    return RestoreResult(True, redact(url), SQLITE, logs, result.last_digest, result.to_dict(), previous, drops is not None,
                          time.perf_counter() - started, manifest.to_dict())
 
 
@@ -665,7 +659,7 @@ def _count(conn: sqlite3.Connection) -> int:
 
 
 def _restore_postgres(url: str, files: dict[str, Path], manifest: Manifest, path: Any, *, force: bool,
-                      keep_previous: bool, progress: Any, started: float) -> RestoreResult:
+                      keep_previous: bool, progress: Any, started: float, drops: DropStatements | None) -> RestoreResult:
     import psycopg
 
     args, schema = _pg_connect_args(url)
@@ -724,18 +718,19 @@ def _restore_postgres(url: str, files: dict[str, Path], manifest: Manifest, path
 
             # 2. the target's objects (schema, sequences, append functions), then the swap
             open_store(url, create=True).close()
-            previous = _swap_postgres(admin, schema, staging, logs, force=force, keep_previous=keep_previous, url=url)
+            previous = _swap_postgres(admin, schema, staging, logs, force=force, keep_previous=keep_previous, url=url,
+                                      drops=drops)
         finally:
             with suppress(psycopg.Error):
                 admin.execute(f"DROP SCHEMA IF EXISTS {_q(staging)} CASCADE")
     finally:
         admin.close()
-    return RestoreResult(True, redact(url), "postgresql", logs, result.last_digest, result.to_dict(), previous, True,
+    return RestoreResult(True, redact(url), POSTGRESQL, logs, result.last_digest, result.to_dict(), previous, drops is not None,
                          time.perf_counter() - started, manifest.to_dict())
 
 
 def _swap_postgres(conn: Any, schema: str, staging: str, logs: dict[str, dict[str, int]], *, force: bool,
-                   keep_previous: bool, url: str) -> str | None:
+                   keep_previous: bool, url: str, drops: DropStatements | None) -> str | None:
     previous: str | None = None
     with conn.transaction():
         cur = conn.cursor()
@@ -772,9 +767,9 @@ def _swap_postgres(conn: Any, schema: str, staging: str, logs: dict[str, dict[st
             head = logs[log]["head"]
             cur.execute("SELECT setval(%s, %s, %s)", (f"{_q(schema)}.{_q(log + '_position_seq')}", max(head, 1),
                                                       head > 0))
-        _drop_read_models(cur, "postgresql", schema)
+        _drop(cur, drops, Dialect(POSTGRESQL, schema))
         if protected:
-            for statement in digest_mod.protect_statements("postgresql", schema):
+            for statement in digest_mod.protect_statements(Dialect(POSTGRESQL, schema)):
                 cur.execute(statement)
     return previous
 

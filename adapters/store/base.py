@@ -12,7 +12,7 @@ import gc
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,11 +57,14 @@ class RecordedEvent(Notification):
 
 @dataclass(frozen=True)
 class Appended:
+    """Where an appended event landed: its global position and the store's clock at the append."""
+
     position: int
     recorded_at: datetime
 
 
 def new_event(stream_id: str, stream_version: int, type_name: str, data: bytes) -> StoredEvent:
+    """An event to append: version ``stream_version`` of ``stream_id``, its type name and JSON bytes."""
     return StoredEvent(originator_id=stream_id, originator_version=stream_version, topic=type_name, state=data)
 
 
@@ -82,6 +85,7 @@ class EventLog(ABC):
     """One append-only log with a gap-free global position (``notification id``)."""
 
     table: str
+    schema: str = ""  # the PostgreSQL schema holding the table ("" on SQLite)
 
     @abstractmethod
     def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
@@ -178,6 +182,17 @@ class EventLog(ABC):
         """The library's subscription interface, on both databases: an iterator of events after
         ``gt`` that waits at the end of the log (it polls; it never skips a hole)."""
         return PollingSubscription(self, gt=gt, topics=topics)
+
+    @abstractmethod
+    def transaction(self, write: bool = False, *, snapshot: bool = False) -> AbstractContextManager[Any]:
+        """A context manager yielding a DB-API cursor (tuple rows) on this log's database, on the
+        connection its appends use. ``write``: one transaction holding the database's write lock
+        where it has one (SQLite), committed at the end of the block, rolled back if it raises.
+        Otherwise autocommit reads, or with ``snapshot`` a read-only transaction whose statements
+        all see one snapshot."""
+
+    def release_connection(self) -> None:
+        """Give back a connection this thread keeps checked out (a no-op where none is kept)."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -33,6 +33,8 @@ KEEP = 5  # checkpoints kept; older ones are deleted when a new one is written
 
 @dataclass(frozen=True)
 class CheckpointInfo:
+    """One stored checkpoint, without its document."""
+
     id: int
     position: int
     created_at: datetime
@@ -45,6 +47,8 @@ class CheckpointInfo:
 
 @dataclass
 class Rejected:
+    """A checkpoint that failed validation, and why."""
+
     checkpoint: CheckpointInfo
     reasons: list[str]
 
@@ -63,9 +67,7 @@ class Loaded:
 
 
 def _table(store: Store) -> str:
-    if store.kind == "postgresql":
-        return f'"{store.trading.datastore.schema}".{TABLE}'
-    return TABLE
+    return store.dialect.name(TABLE)
 
 
 @contextmanager
@@ -74,30 +76,23 @@ def _cursor(store: Store, write: bool) -> Iterator[Any]:
         yield cur
 
 
-def _p(store: Store) -> str:
-    return "?" if store.kind == "sqlite" else "%s"
-
-
 def create_table(store: Store) -> None:
-    blob = "BLOB" if store.kind == "sqlite" else "bytea"
-    ident = ("INTEGER PRIMARY KEY AUTOINCREMENT" if store.kind == "sqlite"
-             else "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
-    stamp = "TEXT" if store.kind == "sqlite" else "timestamptz"
+    """Create ``ts_checkpoints`` if it is not there (``write`` does it)."""
+    d = store.dialect
     with _cursor(store, write=True) as cur:
-        if store.kind == "postgresql":
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-ddl'))")
+        d.ddl_lock(cur)
         cur.execute(
             f"CREATE TABLE IF NOT EXISTS {_table(store)} ("
-            f" id {ident},"
+            f" id {d.type('serial')},"
             " position bigint NOT NULL,"
             " event_id text NOT NULL,"
-            f" created_at {stamp} NOT NULL,"
+            f" created_at {d.type('time')} NOT NULL,"
             " snapshot_version integer NOT NULL,"
             " checksum text NOT NULL,"
             " open_orders integer NOT NULL,"
             " finished_orders integer NOT NULL,"
-            f" document {blob} NOT NULL,"
-            f" finished {blob} NOT NULL)"
+            f" document {d.type('blob')} NOT NULL,"
+            f" finished {d.type('blob')} NOT NULL)"
         )
 
 
@@ -123,21 +118,18 @@ _COLUMNS = "id, position, created_at, snapshot_version, checksum, open_orders, f
 
 
 def table_exists(store: Store) -> bool:
+    """Whether ``ts_checkpoints`` is there."""
     with _cursor(store, write=False) as cur:
-        if store.kind == "sqlite":
-            cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
-            return cur.fetchone() is not None
-        cur.execute("SELECT to_regclass(%s)", (_table(store),))
-        return cur.fetchone()[0] is not None
+        return store.dialect.table_exists(cur, TABLE)
 
 
 def list_checkpoints(store: Store) -> list[CheckpointInfo]:
     """Newest first."""
     if not table_exists(store):
         return []
-    length = "length" if store.kind == "sqlite" else "octet_length"
+    length = store.dialect.byte_length
     with _cursor(store, write=False) as cur:
-        cur.execute(f"SELECT {_COLUMNS}, {length}(document) + {length}(finished) FROM {_table(store)} "
+        cur.execute(f"SELECT {_COLUMNS}, {length('document')} + {length('finished')} FROM {_table(store)} "
                     "ORDER BY position DESC, id DESC")
         return [_info(r) for r in cur.fetchall()]
 
@@ -155,8 +147,8 @@ def write(store: Store, state: TradingState, *, now: datetime | None = None, kee
     event_id = _event_id_at(store, state.position)
     if event_id is None:
         raise ValueError(f"the log has no event at position {state.position}: this state is not of this log")
-    p = _p(store)
-    created = now.isoformat() if store.kind == "sqlite" else now
+    p = store.dialect.param
+    created = store.dialect.time_value(now)
     with _cursor(store, write=True) as cur:
         cur.execute(
             f"INSERT INTO {_table(store)} (position, event_id, created_at, snapshot_version, checksum, open_orders,"
@@ -192,13 +184,16 @@ class Checkpointer:
         self.written: list[CheckpointInfo] = []
 
     def due(self, state: TradingState) -> bool:
+        """Whether ``state`` is far enough (events or seconds) past the last checkpoint."""
         moved = state.position - self.last_position
         return moved >= self.every_events or (moved > 0 and time.monotonic() - self._last_time >= self.every_seconds)
 
     def maybe(self, state: TradingState) -> CheckpointInfo | None:
+        """Write a checkpoint of ``state`` if one is due; the new one, or None."""
         return self.write(state) if self.due(state) else None
 
     def write(self, state: TradingState) -> CheckpointInfo:
+        """Write a checkpoint of ``state`` now (and seal the digest chain up to it, if set)."""
         info = write(self.store, state, keep=self.keep)
         if self.seal:
             from .digest import seal
@@ -233,7 +228,7 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
     if not store.trading.exists() or not table_exists(store):
         return result
     limit = head if at_or_before is None else min(head, at_or_before)
-    p = _p(store)
+    p = store.dialect.param
     with _cursor(store, write=False) as cur:
         cur.execute(f"SELECT {_COLUMNS}, 0, event_id FROM {_table(store)} WHERE position <= {p} "
                     "ORDER BY position DESC, id DESC", (limit,))

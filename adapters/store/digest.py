@@ -49,7 +49,7 @@ from typing import Any
 
 from ...domain.errors import InvalidInput, TradestateError
 from . import MARKET_TABLE, TRADING_TABLE, Store
-from .sql import read_cursor, write_cursor
+from .sql import Dialect, quote, read_cursor, release, write_cursor
 
 CHAIN_TABLE = "ts_digest_chain"
 SCHEME = 1  # the canonical encoding and fingerprint layout above
@@ -80,6 +80,8 @@ class ChainError(TradestateError):
 
 @dataclass(frozen=True)
 class SealResult:
+    """What one ``seal`` call sealed."""
+
     ranges: int  # ranges sealed by this call (all logs)
     events: int  # events sealed by this call (all logs)
     sealed_upto: int  # the trading log's last sealed position after the call
@@ -95,6 +97,8 @@ class SealResult:
 
 @dataclass
 class VerifyResult:
+    """What ``verify`` found: ``ok``, or the first bad position and the kind of change."""
+
     ok: bool
     first_bad_position: int | None  # in ``log``
     problem: str | None  # edited | deleted | inserted | reordered | chain_broken
@@ -197,13 +201,11 @@ class _Backend:
 
     def __init__(self, store: Store):
         self.store = store
-        self.kind = store.kind
-        self.pg = store.kind == "postgresql"
-        self.schema = store.trading.datastore.schema if self.pg else ""
-        self.p = "%s" if self.pg else "?"
-
-    def name(self, table: str) -> str:
-        return f'"{self.schema}"."{table}"' if self.pg else table
+        self.dialect = store.dialect
+        self.pg = self.dialect.is_postgres
+        self.schema = self.dialect.schema
+        self.p = self.dialect.param
+        self.name = self.dialect.name
 
     # -- connections
     @contextmanager
@@ -249,37 +251,22 @@ class _Backend:
         return cur.execute(self.select_range(table), (first, last)).fetchall()
 
     def create_chain_table(self) -> None:
-        if self.pg:
-            ddl = (
-                f"CREATE TABLE IF NOT EXISTS {self.name(CHAIN_TABLE)} ("
-                " log text NOT NULL, range_start bigint NOT NULL, range_end bigint NOT NULL,"
-                " event_count integer NOT NULL, scheme smallint NOT NULL,"
-                " previous_digest bytea NOT NULL, digest bytea NOT NULL, fingerprints bytea NOT NULL,"
-                " sealed_at timestamptz NOT NULL DEFAULT now(),"
-                " PRIMARY KEY (log, range_start), UNIQUE (log, range_end))"
-            )
-        else:
-            ddl = (
-                f"CREATE TABLE IF NOT EXISTS {CHAIN_TABLE} ("
-                " log TEXT NOT NULL, range_start INTEGER NOT NULL, range_end INTEGER NOT NULL,"
-                " event_count INTEGER NOT NULL, scheme INTEGER NOT NULL,"
-                " previous_digest BLOB NOT NULL, digest BLOB NOT NULL, fingerprints BLOB NOT NULL,"
-                " sealed_at TEXT NOT NULL,"
-                " PRIMARY KEY (log, range_start), UNIQUE (log, range_end))"
-            )
+        t = self.dialect.type
+        ddl = (
+            f"CREATE TABLE IF NOT EXISTS {self.name(CHAIN_TABLE)} ("
+            f" log {t('text')} NOT NULL, range_start {t('int')} NOT NULL, range_end {t('int')} NOT NULL,"
+            f" event_count integer NOT NULL, scheme {t('smallint')} NOT NULL,"
+            f" previous_digest {t('blob')} NOT NULL, digest {t('blob')} NOT NULL, fingerprints {t('blob')} NOT NULL,"
+            f" sealed_at {t('time')} NOT NULL{' DEFAULT now()' if self.pg else ''},"
+            " PRIMARY KEY (log, range_start), UNIQUE (log, range_end))"
+        )
         with self.write() as cur:
-            if self.pg:
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-ddl'))")
+            self.dialect.ddl_lock(cur)
             cur.execute(ddl)
 
     def table_exists(self, table: str) -> bool:
         with self.read() as cur:
-            if self.pg:
-                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (self.name(table),))
-            else:
-                cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-            row = cur.fetchone()
-            return bool(row and row[0])
+            return self.dialect.table_exists(cur, table)
 
 
 def _read_span(db: _Backend, log: str, first: int, last: int, page: int = PAGE) -> list[tuple[Any, ...]]:
@@ -330,7 +317,7 @@ def _read_ahead(db: _Backend, read: Callable[..., Any], bounds: list[tuple[int, 
                         done(result)
         finally:
             if db.pg:
-                pool.submit(db.store.trading.release_connection).result()
+                pool.submit(release, db.store).result()
 
 
 def _page_cursors(db: _Backend, log: str, spans: list[tuple[int, int]], page: int) -> Iterator[Any]:
@@ -721,7 +708,7 @@ def verify(store: Store, *, progress: Progress | None = None, after: int = 0,
             with db.read() as cur:
                 cur.execute(f"SELECT count(*) FROM {db.name(log)} WHERE position > {db.p}", (sealed,))
                 tail = int(cur.fetchone()[0])
-            if tail != heads[log] - sealed and db.kind == "sqlite":
+            if tail != heads[log] - sealed and db.dialect.is_sqlite:
                 # SQLite positions are gap-free by construction: a hole is a deleted event.
                 with db.read() as cur:
                     cur.execute(f"SELECT 1 FROM {log} WHERE position = ?", (sealed + 1,))
@@ -774,18 +761,17 @@ def protect_log(store: Store, *, service_role: str | None = None) -> None:
     if role is None and _protected_tables(db) == set(PROTECTED):
         return  # already in place: no DDL (and no lock on the log) on every open
     with db.write() as cur:
-        for statement in protect_statements(store.kind, db.schema, role):
+        for statement in protect_statements(db.dialect, role):
             cur.execute(statement)
 
 
-def protect_statements(kind: str, schema: str = "", role: str | None = None) -> list[str]:
-    """The DDL ``protect_log`` runs (also used by restore, inside its swap transaction)."""
+def protect_statements(dialect: Dialect, role: str | None = None) -> list[str]:
+    """The DDL ``protect_log`` runs in ``dialect``'s database (also used by restore, inside its
+    swap transaction); ``role`` (PostgreSQL) also loses UPDATE, DELETE and TRUNCATE."""
     out: list[str] = []
-    if kind == "postgresql":
-        from psycopg.sql import Identifier
-
-        def q(name: str) -> str:
-            return Identifier(name).as_string(None)
+    if dialect.is_postgres:
+        schema = dialect.schema
+        q = quote
 
         func = f"{q(schema)}.ts_refuse_change"
         out.append("SELECT pg_advisory_xact_lock(hashtext('tradestate-ddl'))")

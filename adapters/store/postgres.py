@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
 from eventsourcing.persistence import StoredEvent
@@ -31,36 +30,59 @@ from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from ...domain.errors import AppendFailed, ConcurrencyConflict
+from ...domain.errors import AppendFailed, ConcurrencyConflict, StoreUnreachable
 from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row
+from .sql import PgUrl
 
 
 class TradestatePostgresDatastore(PostgresDatastore):
-    """The library's pooled datastore with the timeouts a trading service needs set."""
+    """The library's pooled datastore on the connection parameters of a ``postgresql://`` URL
+    (``PgUrl``: every libpq parameter in the URL reaches libpq), with the timeouts a trading
+    service needs set on every connection."""
 
     def __init__(self, url: str, *, pool_size: int = 2, max_overflow: int = 8, application_name: str = "tradestate"):
-        parsed = urlparse(url)
-        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         self.url = url
-        self.lock_timeout_ms = int(float(query.pop("lock_timeout", "5")) * 1000)
-        self.statement_timeout_ms = int(float(query.pop("statement_timeout", "30")) * 1000)
-        self.application_name = application_name
+        self.target = PgUrl.parse(url)
+        self.lock_timeout_ms = int(self.target.lock_timeout * 1000)
+        self.statement_timeout_ms = int(self.target.statement_timeout * 1000)
+        self.application_name = self.target.params.get("application_name", application_name)
+        params = dict(self.target.params)
         super().__init__(
-            dbname=unquote(parsed.path.lstrip("/")) or "postgres",
-            host=parsed.hostname or "127.0.0.1",
-            port=parsed.port or 5432,
-            user=unquote(parsed.username or "postgres"),
-            password=unquote(parsed.password or ""),
-            connect_timeout=float(query.pop("connect_timeout", "5")),
+            dbname=params.pop("dbname"),
+            host=params.pop("host"),
+            port=params.pop("port", ""),
+            user=params.pop("user"),
+            password=params.pop("password", ""),
+            connect_timeout=self.target.connect_timeout,
             idle_in_transaction_session_timeout=5,
             pool_size=pool_size,
             max_overflow=max_overflow,
             lock_timeout=self.lock_timeout_ms // 1000,
-            schema=query.pop("schema", "public"),
+            schema=self.target.schema,
             originator_id_type="text",
         )
+        # The library's pool knows host, port, database, user and password only: the URL's other
+        # libpq parameters (sslmode, target_session_attrs, connect_timeout, ...) go in as well.
+        kwargs = self.pool.kwargs
+        assert isinstance(kwargs, dict)
+        for key in ("port", "password"):
+            if not kwargs.get(key):
+                kwargs.pop(key, None)
+        kwargs.update(params)
+
+    def check_reachable(self) -> None:
+        """Connect once, directly (not through the pool), and raise ``StoreUnreachable`` with
+        libpq's own reason if that fails: server down, unknown role or database, bad password.
+        Bounded by the URL's ``connect_timeout`` per host."""
+        try:
+            psycopg.connect(**self.target.kwargs(), autocommit=True).close()
+        except psycopg.Error as e:
+            reason = " ".join(str(e).split())
+            raise StoreUnreachable(f"cannot reach PostgreSQL at {self.target.where}: {reason}") from e
 
     def after_connect_func(self):  # type: ignore[override]
+        """The library's per-connection setup, plus lock and statement timeouts, synchronous
+        commit, UTC and the application name."""
         base = super().after_connect_func()
         lock_ms, statement_ms, app = self.lock_timeout_ms, self.statement_timeout_ms, self.application_name
 
@@ -96,6 +118,9 @@ def _before_hole(rows: list[Any], after: int) -> list[Any]:
 
 
 class PostgresEventLog(PostgresApplicationRecorder, EventLog):
+    """The log in one table of a PostgreSQL schema; positions come from a sequence, and holes
+    are voided (see the module docstring)."""
+
     gap_timeout = 1.0  # seconds a hole may hold readers back before they void it
 
     def __init__(self, datastore: TradestatePostgresDatastore, table: str = "ts_events"):
@@ -207,6 +232,38 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 pass
             raise
 
+    @property
+    def schema(self) -> str:  # type: ignore[override]
+        """The PostgreSQL schema that holds this log's table."""
+        return str(self.datastore.schema)
+
+    @contextmanager
+    def transaction(self, write: bool = False, *, snapshot: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+        """A tuple-row cursor on this thread's pinned connection (the one its appends use).
+        ``write``: one transaction, committed at the end of the block, rolled back on an exception.
+        ``snapshot``: a read-only REPEATABLE READ transaction. Otherwise autocommit."""
+        with self._connection() as conn:
+            if not write and not snapshot:
+                yield conn.cursor(row_factory=tuple_row)
+                return
+            with conn.transaction():
+                cur = conn.cursor(row_factory=tuple_row)
+                if snapshot and not write:
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield cur
+
+    def checkout_connection(self) -> psycopg.Connection[Any]:
+        """A pooled autocommit connection of the caller's own (a LISTEN, say), until it is
+        handed to ``checkin_connection``. Raises the pool's error if none comes in time."""
+        pool = self.datastore.pool
+        if pool.closed:  # open(wait=True) on an open pool waits until min_size connections are idle
+            pool.open(wait=True, timeout=pool.timeout)
+        return pool.getconn()
+
+    def checkin_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """Give back a connection from ``checkout_connection`` (the pool discards a broken one)."""
+        self.datastore.pool.putconn(conn)
+
     def release_connection(self) -> None:
         """Give this thread's pinned connection back to the pool (a worker thread that is done)."""
         conn = getattr(self._local, "conn", None)
@@ -218,6 +275,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             self.datastore.pool.putconn(conn)
 
     def create_table(self) -> None:
+        """Create the schema, sequence, table and append function if they are not there."""
         # Concurrent first starts must not race on CREATE ... IF NOT EXISTS (it is not atomic).
         with self.datastore.transaction(commit=True) as curs:
             curs.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-ddl'))")

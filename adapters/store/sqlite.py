@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -82,6 +82,8 @@ def _switch_to_wal(raw: sqlite3.Connection, db_name: str, timeout: float) -> Non
 
 
 class DurableSQLiteDatastore(SQLiteDatastore):
+    """The library's datastore on a ``DurableSQLitePool`` (WAL, synchronous=FULL, busy timeout)."""
+
     def __init__(self, db_name: str, *, lock_timeout: int = 10, pool_size: int = 4):
         super().__init__(db_name, lock_timeout=lock_timeout, pool_size=pool_size, originator_id_type="text")
         self.pool.close()
@@ -92,6 +94,8 @@ class DurableSQLiteDatastore(SQLiteDatastore):
 
 
 class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
+    """The log in one table of a SQLite file; positions are taken under the file's write lock."""
+
     def __init__(self, datastore: DurableSQLiteDatastore, table: str = "ts_events"):
         self.table = table
         self.events_table_name = table
@@ -115,32 +119,53 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
         ]
 
     def create_table(self) -> None:
+        """Create the log's table if it is not there (safe against concurrent first starts)."""
         # BEGIN IMMEDIATE, not the library's deferred BEGIN: a deferred transaction that read the
         # schema before another process created the table cannot take the write lock afterwards
         # (SQLITE_BUSY_SNAPSHOT comes at once, without the busy handler).
-        with self.datastore.get_connection(commit=True) as connection:
+        with self.transaction(write=True) as cur:
+            for statement in self.create_table_statements:
+                cur.execute(statement)
+
+    @contextmanager
+    def transaction(self, write: bool = False, *, snapshot: bool = False) -> Iterator[sqlite3.Cursor]:
+        """A cursor on a pooled connection. ``write``: inside ``BEGIN IMMEDIATE`` (the file's
+        write lock, the one appends take), committed at the end, rolled back on an exception.
+        ``snapshot``: inside a deferred ``BEGIN``, so every read sees one snapshot. Otherwise
+        autocommit reads."""
+        with self.datastore.get_connection(commit=write) as connection:
             raw: sqlite3.Connection = connection._sqlite_conn
-            raw.execute("BEGIN IMMEDIATE")
+            if not write and not snapshot:
+                yield raw.cursor()
+                return
+            raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                for statement in self.create_table_statements:
-                    raw.execute(statement)
-                raw.execute("COMMIT")
+                yield raw.cursor()
+                raw.execute("COMMIT" if write else "ROLLBACK")
             except BaseException:
                 if raw.in_transaction:
                     raw.execute("ROLLBACK")
                 raise
 
+    def backup_to(self, target: sqlite3.Connection) -> None:
+        """Copy the whole database file into ``target`` as one consistent snapshot (a read
+        transaction: writers carry on in the WAL meanwhile)."""
+        with self.datastore.get_connection(commit=False) as connection:
+            connection._sqlite_conn.backup(target)
+
     # ---------------------------------------------------------------------------- writing
     def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
         if not events:
             return []
-        recorded_at = datetime.now(timezone.utc)
-        stamp = recorded_at.isoformat()
         try:
             with self.datastore.get_connection(commit=True) as connection:
                 raw: sqlite3.Connection = connection._sqlite_conn
                 try:
                     raw.execute("BEGIN IMMEDIATE")
+                    # The clock is read under the write lock: recorded_at never decreases along
+                    # positions, so "the log as of time T" is a prefix of the log.
+                    recorded_at = datetime.now(timezone.utc)
+                    stamp = recorded_at.isoformat()
                     head = raw.execute(self._head).fetchone()[0]
                     raw.executemany(
                         self._insert,

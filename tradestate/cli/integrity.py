@@ -140,11 +140,12 @@ def register(app: typer.Typer) -> None:
         """Verify a backup in a staging place, then swap it in; exit 1 if the file is damaged, 2 if refused."""
         from ..adapters.store import backup as bk
         from ..domain.errors import TradestateError
+        from ..projections.tables import drop_read_models
         from ..render import console, to_json
 
         try:
             with _progress("verifying the backup", not json) as progress:
-                result = bk.restore(db, from_, force=force, progress=progress)
+                result = bk.restore(db, from_, force=force, progress=progress, extra_drop=drop_read_models)
         except bk.BackupDamaged as e:
             _fail(str(e), 1, json)
         except (TradestateError, OSError) as e:

@@ -52,6 +52,8 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import orjson
 
+from .adapters.store.sql import read_cursor, snapshot_cursor, write_cursor
+
 ACCOUNTS = ("chaos-a", "chaos-b", "chaos-c")
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "SPY")
 MAX_ORDER_QTY = 95  # set on every account: intents above it are refused (and recorded as such)
@@ -324,19 +326,12 @@ def _wait_ready(path: Path, timeout: float) -> SideChannel:
 
 
 def _raw_rows(store: Any, sql: str) -> list[tuple]:
-    if store.kind == "sqlite":
-        with store.trading.datastore.get_connection(commit=False) as connection:
-            return [tuple(r) for r in connection._sqlite_conn.execute(sql).fetchall()]
-    from psycopg.rows import tuple_row
-
-    with store.trading._connection() as conn:
-        return conn.cursor(row_factory=tuple_row).execute(sql).fetchall()
+    with read_cursor(store) as cur:
+        return [tuple(r) for r in cur.execute(sql).fetchall()]
 
 
 def _table_name(store: Any, table: str) -> str:
-    if store.kind == "sqlite":
-        return table
-    return f'"{store.trading.datastore.schema}"."{table}"'
+    return store.dialect.name(table)
 
 
 class LogChecker:
@@ -503,33 +498,16 @@ def table_snapshot(store: Any) -> tuple[int, dict[str, list[tuple]]]:
     queries = {t: f"SELECT * FROM {d.name(t)} ORDER BY {', '.join(key)}" for t, (_c, key) in TABLES.items()}
     tracking = f"SELECT position FROM {d.name(TRACKING_TABLE)} WHERE projection = {d.param}"
     out: dict[str, list[tuple]] = {}
-    if store.kind == "sqlite":
-        with store.trading.datastore.get_connection(commit=False) as connection:
-            raw = connection._sqlite_conn
-            raw.execute("BEGIN")
-            try:
-                row = raw.execute(tracking, (PROJECTION,)).fetchone()
-                for table, sql in queries.items():
-                    out[table] = [tuple(r) for r in raw.execute(sql).fetchall()]
-            finally:
-                raw.execute("COMMIT")
-    else:
-        from psycopg.rows import tuple_row
-
-        with store.trading._connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=tuple_row)
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            row = cur.execute(tracking, (PROJECTION,)).fetchone()
-            for table, sql in queries.items():
-                out[table] = [tuple(r) for r in cur.execute(sql).fetchall()]
+    with snapshot_cursor(store) as cur:
+        row = cur.execute(tracking, (PROJECTION,)).fetchone()
+        for table, sql in queries.items():
+            out[table] = [tuple(r) for r in cur.execute(sql).fetchall()]
     return (row[0] if row else 0), out
 
 
 def has_tables(store: Any) -> bool:
-    sql = ("SELECT count(*) FROM sqlite_master WHERE name = 'ts_projection_tracking'" if store.kind == "sqlite"
-           else f"SELECT count(*) FROM pg_tables WHERE schemaname = '{store.trading.datastore.schema}' "
-                "AND tablename = 'ts_projection_tracking'")
-    return _raw_rows(store, sql)[0][0] > 0
+    with read_cursor(store) as cur:
+        return store.dialect.table_exists(cur, "ts_projection_tracking")
 
 
 def diff_tables(a: dict[str, list[tuple]], b: dict[str, list[tuple]], limit: int = 4) -> str:
@@ -606,19 +584,15 @@ class FreshFold:
         if not rows:
             return
         log = self.store.trading
-        if self.store.kind == "sqlite":
-            with log.datastore.get_connection(commit=True) as connection:
-                raw = connection._sqlite_conn
-                raw.execute("BEGIN IMMEDIATE")
-                raw.executemany(f"INSERT INTO {log.table} (position, stream_id, stream_version, type, data, "
+        table = _table_name(self.store, log.table)
+        with write_cursor(self.store) as cur:
+            if self.store.dialect.is_sqlite:
+                cur.executemany(f"INSERT INTO {table} (position, stream_id, stream_version, type, data, "
                                 "recorded_at) VALUES (?,?,?,?,?,?)",
                                 [(p, s, v, t, d, at.isoformat()) for p, s, v, t, d, at in rows])
-                raw.execute("COMMIT")
-        else:
-            table = _table_name(self.store, log.table)
-            with log._connection() as conn, conn.transaction():
-                with conn.cursor().copy(f"COPY {table} (position, stream_id, stream_version, type, data, "
-                                        "recorded_at) FROM STDIN") as copy:
+            else:
+                with cur.copy(f"COPY {table} (position, stream_id, stream_version, type, data, "
+                              "recorded_at) FROM STDIN") as copy:
                     for p, s, v, t, d, at in rows:
                         copy.write_row((p, s, v, t, bytes(d), at))
 
