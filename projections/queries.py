@@ -31,7 +31,6 @@ import orjson
 
 from ..adapters.store import TRADING_TABLE, sqlite_path
 from ..adapters.store.sql import POSTGRESQL, SQLITE, url_kind
-from ..domain.errors import InvalidInput
 from ..domain.ids import order_stream_id
 from .projector import PROJECTION
 from .tables import OPEN_ORDERS_VIEW, TABLES, TRACKING_TABLE, Dialect

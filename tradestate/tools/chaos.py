@@ -52,7 +52,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import orjson
 
-from .adapters.store.sql import read_cursor, snapshot_cursor, write_cursor
+from ..adapters.store.sql import read_cursor, snapshot_cursor, write_cursor
 
 ACCOUNTS = ("chaos-a", "chaos-b", "chaos-c")
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "SPY")
