@@ -75,7 +75,7 @@ _TEXT = r"^[^\x00-\x1f\x7f]+$"  # ids and symbols: no control characters (NUL br
 # ================================================================================ responses
 # The row models follow the tables (``projections/tables.py``): a column added there shows up
 # here, typed by its kind. Decimals are strings (exact), times are UTC datetimes.
-_KIND_TYPES: dict[str, Any] = {"text": str, "num": str, "int": int, "bool": bool, "time": datetime,
+_KIND_TYPES: dict[str, Any] = {"text": str, "num": str, "int": int, "bool": bool, "time": datetime, "date": str,
                                "json": dict[str, Any]}
 
 _DESCRIPTIONS: dict[str, str] = {
@@ -449,6 +449,7 @@ _DECODE: dict[str, Callable[[Any], Any]] = {
     "int": lambda v: None if v is None else int(v),
     "bool": lambda v: None if v is None else bool(v),
     "time": _time,
+    "date": lambda v: None if v is None else (v.isoformat() if isinstance(v, date) else v),
     "json": _json,
 }
 

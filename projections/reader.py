@@ -10,7 +10,7 @@ them: decimals and times as Python ``Decimal`` and aware ``datetime``.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +34,8 @@ def _typed(kind: str, value: Any) -> Any:
         return datetime.fromisoformat(value) if isinstance(value, str) else value
     if kind == "bool":
         return bool(value)
+    if kind == "date":
+        return value.isoformat() if isinstance(value, date) else value
     return value
 
 

@@ -2,8 +2,12 @@
 
 Each table is rewritten only by the projector, in the same transaction as the tracking row that
 records the last log position applied, so a table never reflects an event twice or skips one.
-Money and quantities are exact: ``numeric`` on PostgreSQL, decimal strings (TEXT) on SQLite.
-Times are ``timestamptz`` on PostgreSQL and ISO-8601 UTC strings on SQLite.
+Money and quantities are ``numeric`` on PostgreSQL (exact) and ``NUMERIC`` on SQLite, where the
+projector's decimal text is stored as INTEGER or REAL: ``ORDER BY``, ``MAX()`` and comparisons are
+numeric, and a value of up to 15 significant digits reads back exactly (a longer one, such as an
+average cost that does not divide evenly, is kept as the nearest double). Times are ``timestamptz``
+on PostgreSQL and ISO-8601 UTC strings on SQLite; trading days are ``date`` on PostgreSQL and
+``YYYY-MM-DD`` text on SQLite.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-# name -> (columns [(column, kind)], primary key); kinds: text, num, int, bool, time, json
+# name -> (columns [(column, kind)], primary key); kinds: text, num, int, bool, time, date, json
 TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     "ts_positions": (
         [("account", "text"), ("venue", "text"), ("symbol", "text"), ("qty", "num"), ("avg_cost", "num"),
@@ -29,7 +33,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
         ("stream_id",),
     ),
     "ts_daily_stats": (
-        [("account", "text"), ("trading_day", "text"), ("trades", "int"), ("fills", "int"), ("volume", "num"),
+        [("account", "text"), ("trading_day", "date"), ("trades", "int"), ("fills", "int"), ("volume", "num"),
          ("realized_pnl", "num"), ("fees", "num"), ("net_pnl", "num"), ("breaches", "text"),
          ("last_position", "int")],
         ("account", "trading_day"),
@@ -42,7 +46,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     ),
     "ts_risk_usage": (
         [("account", "text"), ("limit_name", "text"), ("symbol", "text"), ("configured", "num"),
-         ("effective", "num"), ("used", "num"), ("trading_day", "text"), ("last_position", "int")],
+         ("effective", "num"), ("used", "num"), ("trading_day", "date"), ("last_position", "int")],
         ("account", "limit_name", "symbol"),
     ),
     "ts_signals": (
@@ -59,17 +63,20 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
 }
 
 TRACKING_TABLE = "ts_projection_tracking"
-# The tables' shape, fingerprinted: stored beside the tracking row, so that tables of an older
-# shape are dropped and rebuilt from the log (read models are disposable; the log is not).
-SCHEMA_FINGERPRINT = zlib.crc32(repr(sorted(TABLES.items())).encode())
 SCHEMA_ROW = "$schema"
 OPEN_ORDERS_VIEW = "ts_open_orders"
 
 _TYPES = {
-    "sqlite": {"text": "TEXT", "num": "TEXT", "int": "INTEGER", "bool": "INTEGER", "time": "TEXT", "json": "TEXT"},
+    "sqlite": {"text": "TEXT", "num": "NUMERIC", "int": "INTEGER", "bool": "INTEGER", "time": "TEXT", "date": "TEXT",
+               "json": "TEXT"},
     "postgresql": {"text": "text", "num": "numeric", "int": "bigint", "bool": "boolean", "time": "timestamptz",
-                   "json": "jsonb"},
+                   "date": "date", "json": "jsonb"},
 }
+
+# The tables' shape and column types, fingerprinted: stored beside the tracking row, so that
+# tables of an older shape are dropped and rebuilt from the log (read models are disposable; the
+# log is not).
+SCHEMA_FINGERPRINT = zlib.crc32(repr((sorted(TABLES.items()), sorted((k, sorted(v.items())) for k, v in _TYPES.items()))).encode())
 
 
 @dataclass(frozen=True)
