@@ -246,7 +246,18 @@ def orders_cmd(
         _out(r.to_json()) if json else _print(r)
 
 
-@replay_app.command("export")
+_EXPORT_HELP = (
+    "Export the log (or a window) as Parquet or JSON lines.\n\n"
+    "--kind events (the default): one row per event, its envelope fields plus the payload (JSON text in "
+    "Parquet, a JSON object in JSON lines). --kind fills, orders, bars or risk: typed tables, money and "
+    "quantities as decimal128(28, 12), times as UTC timestamps in microseconds (strings in JSON lines).\n\n"
+    "Parquet files carry the kind, window, time axis, log head and schema version as key-value metadata.\n\n"
+    "The file is written beside --out and renamed into place: an existing file is kept unless --force; a "
+    "symbolic link or a missing folder is refused (exit 2)."
+)
+
+
+@replay_app.command("export", help=_EXPORT_HELP)
 def export_cmd(
     out: Annotated[str, typer.Option("--out", help="File to write (.parquet or .jsonl); its folder must exist.")],
     db: DbOption = None,
@@ -262,14 +273,7 @@ def export_cmd(
     axis: AxisOption = "recorded",
     json: JsonOption = False,
 ) -> None:
-    """Export the log (or a window) as Parquet or JSON lines.
-
-    --kind events: one row per event, its envelope fields plus the payload (JSON text in Parquet,
-    a JSON object in JSON lines). --kind fills, orders, bars, risk: typed tables, money and
-    quantities as decimal128(28, 12), times as timestamp[us, UTC] (strings in JSON lines). Parquet
-    files carry the kind, window, time axis, log head and schema version as key-value metadata.
-    The file is written beside --out and renamed into place; an existing file is kept unless
-    --force, and a symbolic link or a missing folder is refused (exit 2)."""
+    """Export the log (or a window) as Parquet or JSON lines: the events, or a typed table (--kind)."""
     from .replay import export
 
     with _guard():
