@@ -171,7 +171,7 @@ def _order_rows(store: Store, events: Iterator[LoggedEvent], account: str | None
                 "qty": _dec(d.get("qty")), "limit_price": _dec(d.get("limit_price")),
                 "stop_price": _dec(d.get("stop_price")), "time_in_force": d.get("time_in_force", "day"),
                 "strategy_id": d.get("strategy_id"), "source": "imported" if imported else "intent",
-                "status": (d.get("venue_status") or "acknowledged") if imported else "new",
+                "status": "acknowledged" if imported else "new",
                 "refusal": None, "venue_order_id": d.get("venue_order_id"), "filled_qty": Decimal(0),
                 "avg_fill_price": None, "fees": Decimal(0), "fills": 0, "discrepancies": 0,
                 "cancel_requested": False, "reason": None, "submitted_at": None, "acknowledged_at": None,

@@ -355,6 +355,11 @@ def test_typed_tables_for_notebooks(store, session):
     assert orders[(A, "o-2")]["status"] == "cancelled" and orders[(A, "o-2")]["cancel_requested"]
     assert orders[(A, "o-3")]["status"] == "refused" and orders[(A, "o-3")]["refusal"] == "circuit_breaker"
     assert orders[(A, "o-4")]["discrepancies"] == 1 and orders[("acct-b", "o-1")]["status"] == "new"
+    # over the whole log, every order's lifecycle is the domain's fold of it
+    folded = {(o.account, o.client_order_id): (o.status, o.filled_qty, o.fees, o.discrepancies, o.venue_order_id)
+              for o in fresh_fold(store).orders.values()}
+    assert {k: (r["status"], r["filled_qty"], r["fees"], r["discrepancies"], r["venue_order_id"])
+            for k, r in orders.items()} == folded
 
     bars = replay.bars(store)
     assert bars.num_rows == 4 and bars.schema.field("close").type == pa.decimal128(28, 12)
