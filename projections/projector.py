@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -683,17 +683,17 @@ def _json_text(value: dict[str, Any]) -> str:
 
 
 _PG_COPY_TYPES = {"text": "text", "num": "numeric", "int": "int8", "bool": "bool", "time": "timestamptz",
-                  "json": "jsonb"}
+                  "date": "date", "json": "jsonb"}
 
 
 def _row_encoder(kind: str, table: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
     """A compiled function turning one row of ``table`` into what the driver stores: on SQLite
     decimals become strings, times ISO-8601 UTC text, booleans 0/1, JSON text; on PostgreSQL only
-    JSON needs wrapping. Compiled once per table, it costs a tuple display per row rather than
+    JSON needs wrapping and a trading day (``YYYY-MM-DD``) becomes a date. Compiled once per table, it costs a tuple display per row rather than
     a function call per value (rows are the projector's hottest output)."""
     forms = {
         SQLITE: {"num": "str({v})", "time": "_iso({v})", "bool": "(1 if {v} else 0)", "json": "_json_text({v})"},
-        POSTGRESQL: {"json": "_Jsonb({v})"},
+        POSTGRESQL: {"json": "_Jsonb({v})", "date": "_date({v})"},
         # pages for a writer process: as SQLite's, but a UTC time is left to orjson, which writes
         # it in C exactly as isoformat() would (a third of the encoding time was isoformat)
         "text": {"num": "str({v})", "time": "({v} if {v}.tzinfo is _UTC else _iso({v}))",
@@ -704,7 +704,8 @@ def _row_encoder(kind: str, table: str) -> Callable[[tuple[Any, ...]], tuple[Any
         value = f"r[{i}]"
         form = forms.get(column_kind)
         parts.append(value if form is None else f"(None if {value} is None else {form.format(v=value)})")
-    namespace: dict[str, Any] = {"_iso": _iso, "_json_text": _json_text, "_UTC": timezone.utc}
+    namespace: dict[str, Any] = {"_iso": _iso, "_json_text": _json_text, "_UTC": timezone.utc,
+                                 "_date": date.fromisoformat}
     if kind == POSTGRESQL:
         from psycopg.types.json import Jsonb
 

@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -255,6 +255,7 @@ _DECODE: dict[str, Callable[[Any], Any]] = {
     "int": lambda v: None if v is None else int(v),
     "bool": lambda v: None if v is None else bool(v),
     "time": _time,
+    "date": lambda v: None if v is None else (v.isoformat() if isinstance(v, date) else v),
     "json": _json,
 }
 

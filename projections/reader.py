@@ -11,6 +11,7 @@ This module never imports the web framework.
 from __future__ import annotations
 
 import time
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +34,8 @@ def _typed(kind: str, value: Any) -> Any:
         return queries._time(value)
     if kind == "bool":
         return bool(value)
+    if kind == "date":
+        return value.isoformat() if isinstance(value, date) else value
     return value
 
 

@@ -2,8 +2,12 @@
 
 Each table is rewritten only by the projector, in the same transaction as the tracking row that
 records the last log position applied, so a table never reflects an event twice or skips one.
-Money and quantities are exact: ``numeric`` on PostgreSQL, decimal strings (TEXT) on SQLite.
-Times are ``timestamptz`` on PostgreSQL and ISO-8601 UTC strings on SQLite.
+Money and quantities are ``numeric`` on PostgreSQL (exact) and ``NUMERIC`` on SQLite, where the
+projector's decimal text is stored as INTEGER or REAL: ``ORDER BY``, ``MAX()`` and comparisons are
+numeric, and a value of up to 15 significant digits reads back exactly (a longer one, such as an
+average cost that does not divide evenly, is kept as the nearest double). Times are ``timestamptz``
+on PostgreSQL and ISO-8601 UTC strings on SQLite; trading days are ``date`` on PostgreSQL and
+``YYYY-MM-DD`` text on SQLite.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 from ..adapters.store import sql
 
-# name -> (columns [(column, kind)], primary key); kinds: text, num, int, bool, time, json
+# name -> (columns [(column, kind)], primary key); kinds: text, num, int, bool, time, date, json
 TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     "ts_positions": (
         [("account", "text"), ("venue", "text"), ("symbol", "text"), ("qty", "num"), ("avg_cost", "num"),
@@ -31,7 +35,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
         ("stream_id",),
     ),
     "ts_daily_stats": (
-        [("account", "text"), ("trading_day", "text"), ("trades", "int"), ("fills", "int"), ("volume", "num"),
+        [("account", "text"), ("trading_day", "date"), ("trades", "int"), ("fills", "int"), ("volume", "num"),
          ("realized_pnl", "num"), ("fees", "num"), ("net_pnl", "num"), ("breaches", "text"),
          ("last_position", "int")],
         ("account", "trading_day"),
@@ -44,7 +48,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     ),
     "ts_risk_usage": (
         [("account", "text"), ("limit_name", "text"), ("symbol", "text"), ("configured", "num"),
-         ("effective", "num"), ("used", "num"), ("trading_day", "text"), ("last_position", "int")],
+         ("effective", "num"), ("used", "num"), ("trading_day", "date"), ("last_position", "int")],
         ("account", "limit_name", "symbol"),
     ),
     "ts_signals": (
@@ -61,17 +65,31 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
 }
 
 TRACKING_TABLE = "ts_projection_tracking"
-# The tables' shape, fingerprinted: stored beside the tracking row, so that tables of an older
-# shape are dropped and rebuilt from the log (read models are disposable; the log is not).
-SCHEMA_FINGERPRINT = zlib.crc32(repr(sorted(TABLES.items())).encode())
 SCHEMA_ROW = "$schema"
 OPEN_ORDERS_VIEW = "ts_open_orders"
 
+# Read models differ from the log's own tables in two types: money sorts as numbers on SQLite
+# (NUMERIC affinity: exact up to 15 significant digits; the log itself keeps exact decimal text),
+# and a trading day is a ``date`` on PostgreSQL.
+_READ_MODEL_TYPES = {sql.SQLITE: {"num": "NUMERIC", "date": "TEXT"}, sql.POSTGRESQL: {"date": "date"}}
+_KINDS = ("text", "num", "int", "bool", "time", "date", "json")
+
+# The tables' shape and column types, fingerprinted: stored beside the tracking row, so that
+# tables of an older shape are dropped and rebuilt from the log (read models are disposable; the
+# log is not).
+SCHEMA_FINGERPRINT = zlib.crc32(repr((
+    sorted(TABLES.items()),
+    [(kind, [(k, (_READ_MODEL_TYPES[kind].get(k) or sql.Dialect(kind).type(k))) for k in _KINDS])
+     for kind in (sql.SQLITE, sql.POSTGRESQL)],
+)).encode())
 
 
 @dataclass(frozen=True)
 class Dialect(sql.Dialect):
-    """The store's SQL dialect, plus the statements of the read models."""
+    """The store's SQL dialect, plus the statements and column types of the read models."""
+
+    def type(self, kind: str) -> str:
+        return _READ_MODEL_TYPES[self.kind].get(kind) or super().type(kind)
 
     def drop_statements(self) -> list[str]:
         return [f"DROP VIEW IF EXISTS {self.name(OPEN_ORDERS_VIEW)}"] + [
@@ -79,7 +97,7 @@ class Dialect(sql.Dialect):
         ]
 
     def create_statements(self) -> list[str]:
-        types = {kind: self.type(kind) for kind in ("text", "num", "int", "bool", "time", "json")}
+        types = {kind: self.type(kind) for kind in _KINDS}
         statements = []
         for table, (columns, key) in TABLES.items():
             # symbol is part of ts_risk_usage's key; '' (not NULL) stands for "all symbols"

@@ -326,6 +326,120 @@ def test_export_parquet_and_jsonl_have_one_column_per_envelope_field(store, sess
         replay.export(store, str(tmp_path / "x.csv"))
 
 
+def test_typed_tables_for_notebooks(store, session):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fills = replay.fills(session.url)  # a URL: opened and closed for the call
+    assert fills.num_rows == 3  # X-5 overfilled o-4: a discrepancy, not a fill
+    assert fills.schema.field("qty").type == pa.decimal128(28, 12)
+    assert fills.schema.field("recorded_at").type == pa.timestamp("us", tz="UTC")
+    assert pc.sum(fills["qty"]).as_py() == Decimal("110")
+    wide = pa.decimal256(28, 12)
+    notional = pc.sum(pc.multiply(fills["qty"].cast(wide), fills["price"].cast(wide))).as_py()
+    assert notional == Decimal("40") * Decimal("187.45") + Decimal("60") * Decimal("187.48") + \
+        Decimal("10") * Decimal("188.10")
+    assert fills.column("symbol").to_pylist() == ["AAPL"] * 3 and fills.column("side").to_pylist() == ["buy"] * 3
+    meta = fills.schema.metadata
+    assert meta[b"tradestate.kind"] == b"fills" and meta[b"tradestate.log_head"] == str(session.head).encode()
+    window = replay.fills(store, _at(60), _at(240), axis="occurred")  # an open store: left open
+    assert window.column("exec_id").to_pylist() == ["X-4"] and store.trading.head() == session.head
+    assert replay.fills(store, account="acct-b").num_rows == 0
+
+    orders = {(r["account"], r["client_order_id"]): r for r in replay.orders(store).to_pylist()}
+    assert len(orders) == 5
+    o1 = orders[(A, "o-1")]
+    assert (o1["status"], o1["filled_qty"], o1["avg_fill_price"], o1["fees"], o1["fills"], o1["venue_order_id"]) == (
+        "filled", Decimal(100), Decimal("187.468"), Decimal("0.5"), 2, "V-1")
+    assert o1["closed_at"] == _at(45) and o1["strategy_id"] == "sma"
+    assert orders[(A, "o-2")]["status"] == "cancelled" and orders[(A, "o-2")]["cancel_requested"]
+    assert orders[(A, "o-3")]["status"] == "refused" and orders[(A, "o-3")]["refusal"] == "circuit_breaker"
+    assert orders[(A, "o-4")]["discrepancies"] == 1 and orders[("acct-b", "o-1")]["status"] == "new"
+    # over the whole log, every order's lifecycle is the domain's fold of it
+    folded = {(o.account, o.client_order_id): (o.status, o.filled_qty, o.fees, o.discrepancies, o.venue_order_id)
+              for o in fresh_fold(store).orders.values()}
+    assert {k: (r["status"], r["filled_qty"], r["fees"], r["discrepancies"], r["venue_order_id"])
+            for k, r in orders.items()} == folded
+
+    bars = replay.bars(store)
+    assert bars.num_rows == 4 and bars.schema.field("close").type == pa.decimal128(28, 12)
+    assert pc.max(bars["high"]).as_py() == Decimal("189.30") and bars.column("end").to_pylist()[0] == _at(60)
+
+    risk = replay.risk_events(store, account=A)
+    assert risk.column("type").to_pylist() == ["RiskLimitChanged", "CircuitBreakerTripped", "IntentRejectedByRisk",
+                                               "CircuitBreakerReset", "KillSwitchEngaged", "KillSwitchReleased"]
+    assert risk.column("value").to_pylist()[0] == Decimal(1000)
+    with pytest.raises(replay.ReplayError, match="kind"):
+        replay.frame(store, "trades")
+
+    pandas = pytest.importorskip("pandas")
+    df = fills.to_pandas()
+    assert isinstance(df, pandas.DataFrame) and df["qty"].sum() == Decimal("110")
+
+
+def test_typed_export_files_carry_types_and_metadata(store, session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = replay.export(store, str(tmp_path / "fills.parquet"), kind="fills", start=_at(0), end=_at(240),
+                      axis="occurred")
+    table = pq.read_table(tmp_path / "fills.parquet")
+    assert n == table.num_rows == 3 and table.schema.field("price").type == pa.decimal128(28, 12)
+    meta = pq.read_metadata(tmp_path / "fills.parquet").metadata
+    assert (meta[b"tradestate.time_axis"], meta[b"tradestate.window_start"], meta[b"tradestate.window_end"],
+            meta[b"tradestate.schema_version"]) == (b"occurred", b"2026-11-20T14:30:00Z", b"2026-11-20T14:34:00Z", b"1")
+    assert replay.export(store, str(tmp_path / "bars.parquet"), kind="bars") == 4
+    assert pq.read_metadata(tmp_path / "bars.parquet").metadata[b"tradestate.log"] == b"market"
+    # JSON lines: the payload is an object, decimals are strings inside it
+    replay.export(store, str(tmp_path / "log.jsonl"))
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    fill = next(x for x in lines if x["type"] == "OrderFilled")
+    assert fill["payload"]["qty"] == "40" and fill["payload"]["exec_id"] == "X-1"
+    replay.export(store, str(tmp_path / "risk.jsonl"), kind="risk")
+    risk = [json.loads(x) for x in (tmp_path / "risk.jsonl").read_text().splitlines()]
+    assert risk[0]["value"] == "1000" and risk[0]["occurred_at"] == "2026-11-20T14:30:01Z"
+
+
+def test_export_never_leaves_a_half_written_file_or_writes_where_it_should_not(store, session, tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = folder / "log.parquet"
+    with pytest.raises(replay.ReplayError, match="does not exist"):
+        replay.export(store, str(folder / "nodir" / "log.parquet"))
+    assert not (folder / "nodir").exists()
+
+    # an existing file is kept unless overwrite=True
+    out.write_text("keep me")
+    with pytest.raises(replay.ReplayError, match="already exists"):
+        replay.export(store, str(out))
+    assert out.read_text() == "keep me"
+    assert replay.export(store, str(out), overwrite=True) == session.head
+    assert out.read_bytes()[:4] == b"PAR1"
+
+    # a symbolic link is refused, even with overwrite, and what it points to is untouched
+    victim = folder / "victim.txt"
+    victim.write_text("precious")
+    (folder / "link.jsonl").symlink_to(victim)
+    for overwrite in (False, True):
+        with pytest.raises(replay.ReplayError, match="symbolic link"):
+            replay.export(store, str(folder / "link.jsonl"), overwrite=overwrite)
+    assert victim.read_text() == "precious" and (folder / "link.jsonl").is_symlink()
+
+    # a failure half way: the old file stays as it was and no temporary file is left behind
+    def explode(done: int, total: int) -> None:
+        if done > 5:
+            raise RuntimeError("disk pulled")
+
+    before = out.read_bytes()
+    for name in ("log.parquet", "new.jsonl"):
+        with pytest.raises(RuntimeError, match="disk pulled"):
+            replay.export(store, str(folder / name), progress=explode, overwrite=True)
+    assert out.read_bytes() == before and not (folder / "new.jsonl").exists()
+    with pytest.raises(replay.ReplayError, match="before"):
+        replay.export(store, str(folder / "w.jsonl"), start=_at(100), end=_at(10))
+    assert sorted(p.name for p in folder.iterdir()) == ["link.jsonl", "log.parquet", "victim.txt"]
+
+
 def test_replay_never_writes(store, session):
     before = (store.trading.head(), store.market.head(), cp.list_checkpoints(store))
     replay.state_at_time(store, session.mid)

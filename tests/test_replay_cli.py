@@ -93,6 +93,39 @@ def test_export_and_report_from_the_command_line(session, tmp_path):
     assert (tmp_path / "r2.html").read_text() == html
 
 
+def test_export_kinds_and_file_safety_from_the_command_line(session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    db = ["--db", session.url]
+    out = ok_json("export", *db, "--kind", "fills", "--out", str(tmp_path / "fills.parquet"))
+    assert (out["rows"], out["kind"]) == (3, "fills")
+    fills = pq.read_table(tmp_path / "fills.parquet")
+    assert fills.schema.field("qty").type == pa.decimal128(28, 12) and str(pc.sum(fills["qty"]).as_py()) == "110.000000000000"
+    assert ok_json("export", *db, "--kind", "bars", "--out", str(tmp_path / "bars.jsonl"))["rows"] == 4
+    assert ok_json("export", *db, "--kind", "risk", "--account", "acct-b", "--out", str(tmp_path / "r.jsonl"))["rows"] == 0
+
+    # a missing folder: one line, exit 2, nothing created
+    result = run("export", *db, "--out", str(tmp_path / "nodir" / "log.parquet"))
+    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "nodir").exists()
+    # an existing file is kept without --force, replaced with it
+    result = run("export", *db, "--kind", "fills", "--out", str(tmp_path / "fills.parquet"))
+    assert result.exit_code == 2 and "--force" in result.output
+    assert ok_json("export", *db, "--out", str(tmp_path / "fills.parquet"), "--force")["rows"] == session.head
+    assert pq.read_table(tmp_path / "fills.parquet").column_names[0:2] == ["position", "stream_id"]
+    # a symbolic link is refused
+    (tmp_path / "victim").write_text("precious")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "victim")
+    result = run("export", *db, "--out", str(tmp_path / "link.jsonl"), "--force")
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    assert (tmp_path / "victim").read_text() == "precious"
+    # the kinds are documented in the command's help
+    help_text = runner.invoke(app, ["replay", "export", "--help"]).output
+    assert all(word in help_text for word in ("--kind", "fills", "orders", "bars", "risk", "--force"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["state", "--at", "2001-01-01T00:00:00Z"], "before the log starts"),
     (["state", "--at", "2099-01-01T00:00:00Z"], "after the log ends"),
@@ -110,6 +143,7 @@ def test_export_and_report_from_the_command_line(session, tmp_path):
     (["market", "--start", "2030-01-01T00:00:00Z", "--end", "2030-01-02T00:00:00Z"], "nothing recorded"),
     (["orders", "--start", "2030-01-01T00:00:00Z", "--end", "2030-01-02T00:00:00Z"], "no order intent"),
     (["export", "--out", "x.csv"], "format"),
+    (["export", "--out", "x.parquet", "--kind", "trades"], "kind"),
     (["report", "--around", "2099-01-01T00:00:00Z", "--out", "x.html"], "after the log ends"),
     (["diff", "--from", "2026-11-20T14:31:05Z"], "--to"),
 ])

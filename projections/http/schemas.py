@@ -21,7 +21,7 @@ _STATUS_ORDER = ("new", "submitted", "acknowledged", "partially_filled", "filled
 OrderStatus = Literal[tuple(sorted(OPEN_STATUSES | TERMINAL_STATUSES,  # type: ignore[valid-type]
                                    key=lambda s: (_STATUS_ORDER + (s,)).index(s)))]
 
-_KIND_TYPES: dict[str, Any] = {"text": str, "num": str, "int": int, "bool": bool, "time": datetime,
+_KIND_TYPES: dict[str, Any] = {"text": str, "num": str, "int": int, "bool": bool, "time": datetime, "date": str,
                                "json": dict[str, Any]}
 
 _DESCRIPTIONS: dict[str, str] = {

@@ -246,27 +246,44 @@ def orders_cmd(
         _out(r.to_json()) if json else _print(r)
 
 
-@replay_app.command("export")
+_EXPORT_HELP = (
+    "Export the log (or a window) as Parquet or JSON lines.\n\n"
+    "--kind events (the default): one row per event, its envelope fields plus the payload (JSON text in "
+    "Parquet, a JSON object in JSON lines). --kind fills, orders, bars or risk: typed tables, money and "
+    "quantities as decimal128(28, 12), times as UTC timestamps in microseconds (strings in JSON lines).\n\n"
+    "Parquet files carry the kind, window, time axis, log head and schema version as key-value metadata.\n\n"
+    "The file is written beside --out and renamed into place: an existing file is kept unless --force; a "
+    "symbolic link or a missing folder is refused (exit 2)."
+)
+
+
+@replay_app.command("export", help=_EXPORT_HELP)
 def export_cmd(
-    out: Annotated[str, typer.Option("--out", help="File to write (.parquet or .jsonl).")],
+    out: Annotated[str, typer.Option("--out", help="File to write (.parquet or .jsonl); its folder must exist.")],
     db: DbOption = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="parquet or jsonl (default: from --out).")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="events (default: the envelope and payload of every event), "
+                                                    "fills, orders, bars or risk (typed tables).")] = "events",
     start: Annotated[Optional[str], typer.Option("--start")] = None,
     end: Annotated[Optional[str], typer.Option("--end")] = None,
-    log: Annotated[str, typer.Option("--log", help="trading or market.")] = "trading",
+    account: Annotated[Optional[str], typer.Option("--account", help="Only this account's rows.")] = None,
+    symbol: Annotated[Optional[str], typer.Option("--symbol", help="Only this symbol's bars (--kind bars).")] = None,
+    log: Annotated[str, typer.Option("--log", help="trading or market (--kind events).")] = "trading",
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     axis: AxisOption = "recorded",
     json: JsonOption = False,
 ) -> None:
-    """Export the log (or a window) as Parquet or JSON lines, one column per envelope field plus the payload."""
+    """Export the log (or a window) as Parquet or JSON lines: the events, or a typed table (--kind)."""
     from ..replay import export
 
     with _guard():
         with _store(db) as store, _progress("exporting") as progress:
-            n = export(store, out, fmt=fmt, start=start, end=end, axis=axis, log=log, progress=progress)  # type: ignore[arg-type]
+            n = export(store, out, fmt=fmt, start=start, end=end, axis=axis, log=log, progress=progress,  # type: ignore[arg-type]
+                       kind=kind, account=account, symbol=symbol, overwrite=force)
         if json:
-            _out({"path": out, "rows": n, "log": log})
+            _out({"path": out, "rows": n, "log": "market" if kind == "bars" else log, "kind": kind})
         else:
-            _print(f"{n} events written to {out}")
+            _print(f"{n} {'events' if kind == 'events' else kind + ' rows'} written to {out}")
 
 
 @replay_app.command("report")
