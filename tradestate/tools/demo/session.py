@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -258,7 +259,6 @@ def show_postmortem(store, console: Console, folder: str, report) -> bool:  # no
 def show_http_api(url: str, console: Console) -> bool:
     """Project the log into the SQL read models, serve them over HTTP, and read them back as a
     risk tool would."""
-    import httpx
     from rich.table import Table
 
     from ...projections.api import background_server
@@ -273,11 +273,11 @@ def show_http_api(url: str, console: Console) -> bool:
                       f"{(time.perf_counter() - started) * 1000:.0f} ms (each page with its tracking row)")
     finally:
         store.close()
-    with background_server(url) as base, httpx.Client(base_url=base, timeout=10) as http:
-        health = http.get("/health").json()
+    with background_server(url) as base:
+        health = _get_json(base, "/health")[1]
         console.print(f"  GET {base}/health → {health['status']}: log head {health['log_head']}, "
                       f"projected {health['projection_position']}, lag {health['lag_events']} events")
-        positions = http.get("/positions").json()
+        positions = _get_json(base, "/positions")[1]
         table = Table(title=f"GET {base}/positions", title_justify="left")
         for column in ("account", "symbol", "qty", "avg_cost", "realized_pnl", "unrealized_pnl", "fees"):
             table.add_column(column)
@@ -285,7 +285,7 @@ def show_http_api(url: str, console: Console) -> bool:
             table.add_row(p["account"], p["symbol"], _short(p["qty"]), _short(p["avg_cost"]), _short(p["realized_pnl"]),
                           _short(p["unrealized_pnl"]), _short(p["fees"]))
         console.print(table)
-        risk = http.get(f"/risk/{ACCOUNT}").json()
+        risk = _get_json(base, f"/risk/{ACCOUNT}")[1]
         table = Table(title=f"GET {base}/risk/{ACCOUNT}", title_justify="left")
         for column in ("limit", "symbol", "configured", "effective", "used"):
             table.add_column(column)
@@ -297,8 +297,24 @@ def show_http_api(url: str, console: Console) -> bool:
         console.print(f"  breaker {breaker} ({risk.get('breaker_reason') or '-'}), kill switch "
                       f"{'ENGAGED' if risk.get('kill_switch') else 'off'}, ramp {risk.get('ramp_pct')}%, "
                       f"open orders {risk.get('open_orders')}")
-        ok = http.get("/metrics").status_code == 200 and bool(positions) and bool(risk["limits"])
+        ok = _get_json(base, "/metrics", parse=False)[0] == 200 and bool(positions) and bool(risk["limits"])
     return ok
+
+
+def _get_json(base: str, path: str, *, parse: bool = True) -> tuple[int, Any]:
+    """GET ``base + path`` with the standard library (the demo runs from a plain install, without
+    the test extra's HTTP client); returns the status and the decoded JSON body (the raw text when
+    ``parse`` is false). An error status is returned, not raised: /health answers 503 with a body."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    text = body.decode("utf-8")
+    return status, (json.loads(text) if parse else text)
 
 
 def _short(value: str | None) -> str:
