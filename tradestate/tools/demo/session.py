@@ -22,6 +22,18 @@ from ...render import limits_table, make_console, orders_table, positions_table,
 
 DEMO_URL = "sqlite:///demo-data/tradestate-demo.db"
 ACCOUNT = "demo-acct"
+# One-minute bars (open, high, low, close) from 14:30, the market the morning's fills happened in.
+MORNING_BARS = {
+    "AAPL": [("187.10", "187.60", "187.00", "187.55"), ("187.55", "189.05", "187.40", "188.90"),
+             ("188.90", "189.20", "188.10", "188.40"), ("188.40", "188.60", "187.90", "188.05")],
+    "MSFT": [("411.80", "412.30", "411.70", "412.10"), ("412.10", "412.40", "412.00", "412.30"),
+             ("412.30", "412.50", "412.15", "412.35"), ("412.35", "412.45", "412.05", "412.20")],
+}
+# The bars of 15:05 and 15:06, while the engine process trades: the venue's prices it sees.
+AFTERNOON_BARS = {
+    "AAPL": [("187.55", "187.70", "187.50", "187.60"), ("187.60", "188.30", "187.60", "188.25")],
+    "MSFT": [("412.30", "412.45", "412.25", "412.40"), ("412.40", "412.50", "412.35", "412.45")],
+}
 
 
 def _reset(url: str, reset: bool) -> None:
@@ -74,11 +86,12 @@ def run_session(client: TradestateClient, console: Console) -> None:
         client.set_risk_limit(ACCOUNT, limit, value, reason="start-of-day limits")
     say("risk limits set: order qty 500, notional 100k, position 300, open orders 5, daily loss 2k")
 
-    for minute, (o, h, low, c) in enumerate([("187.10", "187.60", "187.00", "187.55"),
-                                             ("187.55", "187.90", "187.40", "187.80")]):
-        client.record_bar("sim", "AAPL", "1m", t0 + timedelta(minutes=minute), o, h, low, c, 12_000 + minute)
+    for symbol, bars in MORNING_BARS.items():
+        for minute, (o, h, low, c) in enumerate(bars):
+            client.record_bar("sim", symbol, "1m", t0 + timedelta(minutes=minute), o, h, low, c, 12_000 + minute)
     client.record_signal("sma-cross", "AAPL", "buy", value="1.8", attributes={"fast": "10", "slow": "30"}, occurred_at=at())
-    say("2 bars recorded in the market-data log; signal sma-cross AAPL buy")
+    say(f"{sum(map(len, MORNING_BARS.values()))} one-minute bars (AAPL, MSFT) recorded in the market-data log; "
+        "signal sma-cross AAPL buy")
 
     r = client.record_intent(ACCOUNT, "o-1", "AAPL", "buy", 100, order_type="limit", limit_price="187.50",
                              strategy_id="sma-cross", occurred_at=at())
@@ -212,6 +225,13 @@ def show_crash_and_recovery(url: str, console: Console) -> bool:
     engine.wait()
     console.print(f"  [bold red]SIGKILL[/] → engine {engine.pid} gone mid-session (exit {engine.returncode}): "
                   "no clean stop on record", highlight=False)
+    with TradestateClient(open_store(url)) as feed:
+        for symbol, bars in AFTERNOON_BARS.items():
+            for minute, (o, h, low, c) in enumerate(bars):
+                feed.record_bar(VENUE, symbol, "1m", datetime(2026, 11, 20, 15, 5 + minute, tzinfo=timezone.utc),
+                                o, h, low, c, 9_000 + minute)
+    console.print("  the market-data feed, a writer of its own, recorded the 15:05 and 15:06 bars of AAPL and MSFT",
+                  highlight=False)
 
     console.print("\n[bold]tradestate recover[/] (with the simulated broker configured):")
     broker = SimulatedBroker(account=ENGINE_ACCOUNT, venue=VENUE, seed=7, state_path=sim_state)
@@ -250,8 +270,9 @@ def show_postmortem(store, console: Console, folder: str, report) -> bool:  # no
     # On the venue's clock (occurred_at) the session spans 14:30-15:07; on the store's clock the
     # whole demo took seconds.
     write_report(store, datetime(2026, 11, 20, 14, 50, tzinfo=timezone.utc), "20m", path, axis="occurred")
-    console.print(f"\n[bold]tradestate replay report[/] → {path} (plots of position, P&L and equity, event "
-                  "density, breaker and kill-switch changes, and the timeline of the incident window)",
+    console.print(f"\n[bold]tradestate replay report[/] → {path} (the incident summary: crash, recovery "
+                  "steps and reconciliation corrections; prices with the fills on them; position, P&L and "
+                  "equity, event density, breaker and kill-switch changes, and the timeline of the window)",
                   highlight=False)
     return os.path.getsize(path) > 0
 
