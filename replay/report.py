@@ -276,9 +276,9 @@ def incident(store: Store, tl: Timeline, account: str | None = None) -> Incident
             previous = before[-1] if before else None
             if previous is not None and previous.type == "EngineStarted":
                 if t == "EngineStarted":
-                    how = f"the engine started again at position {e.position} with no clean stop before it"
+                    how = f"the engine started again at position {e.position}"
                 elif e.payload.get("crashed"):
-                    how = f"recovery at position {e.position} found no clean stop"
+                    how = f"recovery ran at position {e.position}"
                 else:
                     how = ""
                 if how:
@@ -541,7 +541,8 @@ th{background:#f3f4f6} tr.market td{color:#6b7280} tr.mark td{background:#fef3c7
 tr.recon td{background:#ffedd5} .tag{background:#f59e0b;color:#111827;border-radius:3px;padding:0 4px;font-size:11px}
 .incident{border:2px solid #f59e0b;border-radius:6px;padding:4px 14px 10px;margin:14px 0;background:#fffbeb}
 .incident.quiet{border-color:#e5e7eb;background:#f9fafb} .incident h3{font-size:14px;margin:12px 0 4px}
-.incident ul{margin:4px 0;padding-left:20px;font-size:13px} .ok{color:#15803d;font-weight:600}
+.incident ul{margin:4px 0;padding-left:20px;font-size:13px} .incident p{font-size:13px;margin:6px 0}
+.incident p.headline{font-size:15px} .ok{color:#15803d;font-weight:600}
 .bad{color:#b91c1c;font-weight:600} .none{color:#6b7280;font-style:italic;font-size:13px;margin:4px 0}
 """
 
@@ -602,8 +603,11 @@ def filters_text(filters: dict[str, Any]) -> str:
 
 def _when(e: LoggedEvent) -> str:
     occurred = e.payload.get("occurred_at")
-    at = f"recorded {iso(e.recorded_at)}"
-    return f"position {e.position}, {at}" + (f", occurred {occurred}" if occurred else "")
+    return f"position {e.position} (recorded {iso(e.recorded_at)}" + (f"; occurred {occurred})" if occurred else ")")
+
+
+def _n_of(count: Any, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 def _li(items: list[str]) -> str:
@@ -621,24 +625,25 @@ def incident_html(inc: Incident) -> str:
         head.append(f"recovery {'ready' if r.payload.get('ready') else 'NOT ready'}")
     for r in inc.reconciliations:
         d = r.payload
-        head.append(f"reconciliation {d.get('status')}: {len(d.get('discrepancies') or [])} discrepanc"
-                    f"{'y' if len(d.get('discrepancies') or []) == 1 else 'ies'}, "
-                    f"{len(d.get('corrective_event_ids') or [])} corrective event(s)")
+        head.append(f"reconciliation {d.get('status')}: "
+                    f"{_n_of(len(d.get('discrepancies') or []), 'discrepancy', 'discrepancies')}, "
+                    f"{_n_of(len(d.get('corrective_event_ids') or []), 'corrective event', 'corrective events')}")
     if inc.discrepancies:
-        head.append(f"{len(inc.discrepancies)} discrepancy record(s)")
+        head.append(_n_of(len(inc.discrepancies), "discrepancy recorded", "discrepancies recorded"))
     if inc.refusals:
-        head.append(f"{len(inc.refusals)} intent(s) refused by risk")
+        head.append(_n_of(len(inc.refusals), "intent refused by risk", "intents refused by risk"))
     headline = "; ".join(head) if head else "no crash, recovery, reconciliation, discrepancy or risk refusal"
     out = [f'<div class="incident{" quiet" if inc.empty else ""}"><h2>Incident summary</h2>',
-           f"<p><b>{_e(headline[0].upper() + headline[1:])}.</b></p>",
+           f'<p class="headline"><b>{_e(headline[0].upper() + headline[1:])}.</b></p>',
            '<p class="meta">Taken from the window and from the log after it up to the recovery that '
            "followed (recovery and reconciliation are logged after the crash, often with times outside "
            "the window).</p>"]
 
     out.append("<h3>Crashes</h3>")
     if inc.crashes:
-        out.append(_li([f"engine <b>{_e(c.engine_id)}</b>: the run started at {_e(_when(c.started))} never "
-                        f"recorded a clean stop; detected by: {_e('; '.join(c.detected_by))}" for c in inc.crashes]))
+        out.append(_li([f"engine <b>{_e(c.engine_id)}</b>: the run that started at {_e(_when(c.started))} "
+                        f"never recorded a clean stop; detected when {_e('; '.join(c.detected_by))}"
+                        for c in inc.crashes]))
     else:
         out.append('<p class="none">none</p>')
 
@@ -647,12 +652,14 @@ def incident_html(inc: Incident) -> str:
         for r in inc.recoveries:
             d = r.payload
             verdict = ('<span class="ok">ready</span>' if d.get("ready") else '<span class="bad">NOT ready</span>')
-            out.append(f"<p>engine <b>{_e(d.get('engine_id'))}</b> ({_e(_when(r))}): {verdict}; "
+            out.append(f"<p>engine <b>{_e(d.get('engine_id'))}</b> at {_e(_when(r))}: {verdict}; "
                        f"{'after a crash' if d.get('crashed') else 'after a clean stop'}"
-                       f"{', strict' if d.get('strict') else ''}; checkpoint at position "
-                       f"{_e(d.get('checkpoint_position'))}, {_e(d.get('replayed'))} events replayed, "
-                       f"{_e(d.get('discrepancies'))} discrepancies, {_e(d.get('corrective_events'))} corrective "
-                       "events</p>")
+                       f"{', strict' if d.get('strict') else ''}; "
+                       + (f"checkpoint at position {_e(d['checkpoint_position'])}"
+                          if d.get("checkpoint_position") is not None else "no checkpoint")
+                       + f", {_e(_n_of(d.get('replayed'), 'event', 'events'))} replayed, "
+                       f"{_e(_n_of(d.get('discrepancies'), 'discrepancy', 'discrepancies'))}, "
+                       f"{_e(_n_of(d.get('corrective_events'), 'corrective event', 'corrective events'))}</p>")
             steps = d.get("steps") or []
             if steps:
                 out.append(_table(["step", "status", "what", "seconds"],
@@ -667,7 +674,7 @@ def incident_html(inc: Incident) -> str:
             d = r.payload
             counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted((d.get("counts") or {}).items()))
             out.append(f"<p>account <b>{_e(d.get('account'))}</b> against {_e(d.get('broker'))} at venue "
-                       f"{_e(d.get('venue'))} ({_e(_when(r))}): <b>{_e(d.get('status'))}</b>"
+                       f"{_e(d.get('venue'))}, at {_e(_when(r))}: <b>{_e(d.get('status'))}</b>"
                        f"{'; ' + _e(counts) if counts else ''}</p>")
             found = d.get("discrepancies") or []
             if found:
@@ -685,7 +692,7 @@ def incident_html(inc: Incident) -> str:
     else:
         out.append('<p class="none">none</p>')
 
-    out.append("<h3>Discrepancies and blocks</h3>")
+    out.append("<h3>Discrepancies, blocks and resumptions</h3>")
     if inc.discrepancies or inc.controls:
         out.append(_table(["pos", "type", "what"],
                           [[e.position, e.type, describe(e)] for e in sorted(inc.discrepancies + inc.controls,

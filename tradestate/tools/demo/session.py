@@ -70,6 +70,9 @@ def _reset(url: str, reset: bool) -> None:
 
 
 def run_session(client: TradestateClient, console: Console) -> None:
+    """Act one: a morning's session recorded through ``client`` on a simulated clock from 14:30 —
+    limits, the bars of AAPL and MSFT, fills (one reported twice), a cancel, a refusal by a symbol
+    limit, a breaker trip and a refusal by it — ending with a clean engine stop (33 trading events)."""
     t0 = datetime(2026, 11, 20, 14, 30, tzinfo=timezone.utc)  # 09:30 in New York
     step = iter(range(10_000))
 
