@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -21,6 +22,18 @@ from ...render import limits_table, make_console, orders_table, positions_table,
 
 DEMO_URL = "sqlite:///demo-data/tradestate-demo.db"
 ACCOUNT = "demo-acct"
+# One-minute bars (open, high, low, close) from 14:30, the market the morning's fills happened in.
+MORNING_BARS = {
+    "AAPL": [("187.10", "187.60", "187.00", "187.55"), ("187.55", "189.05", "187.40", "188.90"),
+             ("188.90", "189.20", "188.10", "188.40"), ("188.40", "188.60", "187.90", "188.05")],
+    "MSFT": [("411.80", "412.30", "411.70", "412.10"), ("412.10", "412.40", "412.00", "412.30"),
+             ("412.30", "412.50", "412.15", "412.35"), ("412.35", "412.45", "412.05", "412.20")],
+}
+# The bars of 15:05 and 15:06, while the engine process trades: the venue's prices it sees.
+AFTERNOON_BARS = {
+    "AAPL": [("187.55", "187.70", "187.50", "187.60"), ("187.60", "188.30", "187.60", "188.25")],
+    "MSFT": [("412.30", "412.45", "412.25", "412.40"), ("412.40", "412.50", "412.35", "412.45")],
+}
 
 
 def _reset(url: str, reset: bool) -> None:
@@ -57,6 +70,9 @@ def _reset(url: str, reset: bool) -> None:
 
 
 def run_session(client: TradestateClient, console: Console) -> None:
+    """Act one: a morning's session recorded through ``client`` on a simulated clock from 14:30 —
+    limits, the bars of AAPL and MSFT, fills (one reported twice), a cancel, a refusal by a symbol
+    limit, a breaker trip and a refusal by it — ending with a clean engine stop (33 trading events)."""
     t0 = datetime(2026, 11, 20, 14, 30, tzinfo=timezone.utc)  # 09:30 in New York
     step = iter(range(10_000))
 
@@ -73,11 +89,12 @@ def run_session(client: TradestateClient, console: Console) -> None:
         client.set_risk_limit(ACCOUNT, limit, value, reason="start-of-day limits")
     say("risk limits set: order qty 500, notional 100k, position 300, open orders 5, daily loss 2k")
 
-    for minute, (o, h, low, c) in enumerate([("187.10", "187.60", "187.00", "187.55"),
-                                             ("187.55", "187.90", "187.40", "187.80")]):
-        client.record_bar("sim", "AAPL", "1m", t0 + timedelta(minutes=minute), o, h, low, c, 12_000 + minute)
+    for symbol, bars in MORNING_BARS.items():
+        for minute, (o, h, low, c) in enumerate(bars):
+            client.record_bar("sim", symbol, "1m", t0 + timedelta(minutes=minute), o, h, low, c, 12_000 + minute)
     client.record_signal("sma-cross", "AAPL", "buy", value="1.8", attributes={"fast": "10", "slow": "30"}, occurred_at=at())
-    say("2 bars recorded in the market-data log; signal sma-cross AAPL buy")
+    say(f"{sum(map(len, MORNING_BARS.values()))} one-minute bars (AAPL, MSFT) recorded in the market-data log; "
+        "signal sma-cross AAPL buy")
 
     r = client.record_intent(ACCOUNT, "o-1", "AAPL", "buy", 100, order_type="limit", limit_price="187.50",
                              strategy_id="sma-cross", occurred_at=at())
@@ -211,6 +228,13 @@ def show_crash_and_recovery(url: str, console: Console) -> bool:
     engine.wait()
     console.print(f"  [bold red]SIGKILL[/] → engine {engine.pid} gone mid-session (exit {engine.returncode}): "
                   "no clean stop on record", highlight=False)
+    with TradestateClient(open_store(url)) as feed:
+        for symbol, bars in AFTERNOON_BARS.items():
+            for minute, (o, h, low, c) in enumerate(bars):
+                feed.record_bar(VENUE, symbol, "1m", datetime(2026, 11, 20, 15, 5 + minute, tzinfo=timezone.utc),
+                                o, h, low, c, 9_000 + minute)
+    console.print("  the market-data feed, a writer of its own, recorded the 15:05 and 15:06 bars of AAPL and MSFT",
+                  highlight=False)
 
     console.print("\n[bold]tradestate recover[/] (with the simulated broker configured):")
     broker = SimulatedBroker(account=ENGINE_ACCOUNT, venue=VENUE, seed=7, state_path=sim_state)
@@ -249,8 +273,9 @@ def show_postmortem(store, console: Console, folder: str, report) -> bool:  # no
     # On the venue's clock (occurred_at) the session spans 14:30-15:07; on the store's clock the
     # whole demo took seconds.
     write_report(store, datetime(2026, 11, 20, 14, 50, tzinfo=timezone.utc), "20m", path, axis="occurred")
-    console.print(f"\n[bold]tradestate replay report[/] → {path} (plots of position, P&L and equity, event "
-                  "density, breaker and kill-switch changes, and the timeline of the incident window)",
+    console.print(f"\n[bold]tradestate replay report[/] → {path} (the incident summary: crash, recovery "
+                  "steps and reconciliation corrections; prices with the fills on them; position, P&L and "
+                  "equity, event density, breaker and kill-switch changes, and the timeline of the window)",
                   highlight=False)
     return os.path.getsize(path) > 0
 
@@ -258,7 +283,6 @@ def show_postmortem(store, console: Console, folder: str, report) -> bool:  # no
 def show_http_api(url: str, console: Console) -> bool:
     """Project the log into the SQL read models, serve them over HTTP, and read them back as a
     risk tool would."""
-    import httpx
     from rich.table import Table
 
     from ...projections.http.server import background_server
@@ -273,11 +297,11 @@ def show_http_api(url: str, console: Console) -> bool:
                       f"{(time.perf_counter() - started) * 1000:.0f} ms (each page with its tracking row)")
     finally:
         store.close()
-    with background_server(url) as base, httpx.Client(base_url=base, timeout=10) as http:
-        health = http.get("/health").json()
+    with background_server(url) as base:
+        health = _get_json(base, "/health")[1]
         console.print(f"  GET {base}/health → {health['status']}: log head {health['log_head']}, "
                       f"projected {health['projection_position']}, lag {health['lag_events']} events")
-        positions = http.get("/positions").json()
+        positions = _get_json(base, "/positions")[1]
         table = Table(title=f"GET {base}/positions", title_justify="left")
         for column in ("account", "symbol", "qty", "avg_cost", "realized_pnl", "unrealized_pnl", "fees"):
             table.add_column(column)
@@ -285,7 +309,7 @@ def show_http_api(url: str, console: Console) -> bool:
             table.add_row(p["account"], p["symbol"], _short(p["qty"]), _short(p["avg_cost"]), _short(p["realized_pnl"]),
                           _short(p["unrealized_pnl"]), _short(p["fees"]))
         console.print(table)
-        risk = http.get(f"/risk/{ACCOUNT}").json()
+        risk = _get_json(base, f"/risk/{ACCOUNT}")[1]
         table = Table(title=f"GET {base}/risk/{ACCOUNT}", title_justify="left")
         for column in ("limit", "symbol", "configured", "effective", "used"):
             table.add_column(column)
@@ -297,8 +321,24 @@ def show_http_api(url: str, console: Console) -> bool:
         console.print(f"  breaker {breaker} ({risk.get('breaker_reason') or '-'}), kill switch "
                       f"{'ENGAGED' if risk.get('kill_switch') else 'off'}, ramp {risk.get('ramp_pct')}%, "
                       f"open orders {risk.get('open_orders')}")
-        ok = http.get("/metrics").status_code == 200 and bool(positions) and bool(risk["limits"])
+        ok = _get_json(base, "/metrics", parse=False)[0] == 200 and bool(positions) and bool(risk["limits"])
     return ok
+
+
+def _get_json(base: str, path: str, *, parse: bool = True) -> tuple[int, Any]:
+    """GET ``base + path`` with the standard library (the demo runs from a plain install, without
+    the test extra's HTTP client); returns the status and the decoded JSON body (the raw text when
+    ``parse`` is false). An error status is returned, not raised: /health answers 503 with a body."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    text = body.decode("utf-8")
+    return status, (json.loads(text) if parse else text)
 
 
 def _short(value: str | None) -> str:
