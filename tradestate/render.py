@@ -126,16 +126,19 @@ def state_json(state: TradingState, now: datetime) -> dict[str, Any]:
     }
 
 
-def make_console() -> Console:
+def make_console(stderr: bool = False) -> Console:
+    """A console on stdout (or stderr) for tables and messages."""
     # Piped output (CI logs, files) gets a width the tables fit in, not the 80-column default.
     import shutil
     import sys
 
-    width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((140, 40)).columns, 140)
-    return Console(width=width)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else max(shutil.get_terminal_size((140, 40)).columns, 140)
+    return Console(width=width, stderr=stderr)
 
 
 console = make_console()
+err_console = make_console(stderr=True)  # errors and diagnostics: never mixed into the data on stdout
 
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "failed": "bold red", "skipped": "dim"}
