@@ -52,6 +52,80 @@ ConfigOption = Annotated[
                                   "TRADESTATE_* variables, which override the file.", show_default=False),
 ]
 
+def choice(*values: str, what: str, message: str = "{what} {value!r} is not one of: {values}") -> dict[str, Any]:
+    """``typer.Option`` keyword arguments for an option with a fixed set of values: the values in
+    the metavar (and so in ``--help``), and a usage error (exit 2) naming them for any other."""
+
+    def check(value: Any) -> Any:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if item is not None and item not in values:
+                raise typer.BadParameter(message.format(what=what, value=item, values=", ".join(values)))
+        return value
+
+    return {"metavar": "[" + "|".join(values) + "]", "callback": check}
+
+
+BROKER_CHOICES = ("sim", "alpaca", "ib")
+BrokerOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--broker", help="Reconcile with this broker: sim, alpaca or ib; repeat for several (default: "
+                                  "$TRADESTATE_BROKER or the config file).", **choice(*BROKER_CHOICES, what="--broker",
+                                                  message="{what} must be one of {values}, not {value!r}")),
+]
+StrictOption = Annotated[
+    Optional[bool],
+    typer.Option("--strict/--no-strict", help="Any discrepancy blocks trading on the account until `tradestate "
+                                              "reconcile --ack` and exits 1 if it stays unresolved (default: "
+                                              "$TRADESTATE_STRICT or the config file, else off).",
+                  show_default=False),
+]
+AccountOption = Annotated[Optional[str], typer.Option("--account", help="Our account id (the one on our events).")]
+VenueOption = Annotated[Optional[str], typer.Option("--venue", help="The venue name our orders carry for this "
+                                                                   "broker (as in the intents: e.g. SIM, ALPACA, IB).")]
+BaseUrlOption = Annotated[Optional[str], typer.Option("--base-url", help="Alpaca: REST base URL "
+                                                      "($TRADESTATE_ALPACA_BASE_URL; default: paper or live "
+                                                      "endpoint after alpaca_paper). Keys: $APCA_API_KEY_ID and "
+                                                      "$APCA_API_SECRET_KEY or the config file, never a flag.")]
+StreamUrlOption = Annotated[Optional[str], typer.Option("--stream-url", help="Alpaca: trade-updates stream URL.")]
+HostOption = Annotated[Optional[str], typer.Option("--host", help="IB: TWS / gateway host (default 127.0.0.1).")]
+PortOption = Annotated[Optional[int], typer.Option("--port", help="IB: TWS / gateway port.")]
+ClientIdOption = Annotated[Optional[int], typer.Option("--client-id", help="IB: API client id.")]
+IbAccountOption = Annotated[Optional[str], typer.Option("--ib-account", help="IB: the account code, when it "
+                                                                            "differs from --account.")]
+SimStateOption = Annotated[Optional[str], typer.Option("--sim-state", help="sim: the simulated broker's state file.")]
+
+
+def broker_flags(*, broker: list[str] | None, account: str | None, venue: str | None, strict: bool | None,
+                 base_url: str | None, stream_url: str | None, host: str | None, port: int | None,
+                 client_id: int | None, ib_account: str | None, sim_state: str | None) -> dict[str, Any]:
+    """The broker flags shared by ``recover`` and ``reconcile`` as ``Settings`` field names."""
+    return {"broker": broker or None, "account": account, "venue": venue, "strict": strict,
+            "alpaca_base_url": base_url, "alpaca_stream_url": stream_url, "ib_host": host, "ib_port": port,
+            "ib_client_id": client_id, "ib_account": ib_account, "sim_state": sim_state}
+
+
+def make_adapters(s: Any) -> list[Any]:
+    """One broker adapter for each of the settings' brokers, built by
+    ``tradestate.reconcile.make_adapter`` from the same settings; a venue that cannot be reached
+    ends the command with exit 1, bad options with exit 2."""
+    from ..adapters.brokers.base import VenueError
+    from ..reconcile import make_adapter
+
+    adapters: list[Any] = []
+    try:
+        for name in s.broker:
+            try:
+                adapters.append(make_adapter(name, s.broker_options(name)))
+            except VenueError as e:
+                fail(f"could not reach {name}: {e}", ExitCode.PROBLEM)
+    except BaseException:
+        for adapter in adapters:
+            adapter.close()
+        raise
+    return adapters
+
+
 _as_json: ContextVar[bool] = ContextVar("tradestate_cli_json", default=False)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
