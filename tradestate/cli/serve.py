@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
                                                           "$TRADESTATE_API_TOKEN or the config file's [api] token: "
                                                           "a flag is visible to other users in ps.",
                                                      show_default=False)] = None,
+        json: Annotated[bool, typer.Option("--json", help="Errors as a JSON object on stderr (the server logs "
+                                                          "as usual).")] = False,
         config: ConfigOption = None,
     ) -> None:
         """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics."""
