@@ -6,7 +6,11 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-from typer.exceptions import TyperException
+
+try:
+    from typer.exceptions import TyperException as _UsageError  # typer vendors click from 0.26 on
+except ImportError:  # pragma: no cover - older typer raises click's own exceptions
+    from click import ClickException as _UsageError  # type: ignore[assignment]
 
 from . import bench, chaos, demo, integrity, project, reconcile, recovery, replay, serve, state
 from .common import ExitCode, classify, emit_error
@@ -57,7 +61,7 @@ def main() -> None:
     as_json = "--json" in sys.argv[1:]
     try:
         code = app(standalone_mode=False)
-    except TyperException as e:  # usage errors: unknown option or command, invalid value
+    except _UsageError as e:  # usage errors: unknown option or command, invalid value
         code = int(getattr(e, "exit_code", ExitCode.BAD_INPUT))
         if as_json and type(e).__name__ != "NoArgsIsHelpError":
             emit_error(e.format_message(), code, True)
