@@ -113,6 +113,7 @@ class Settings(BaseSettings):
                                    env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init arguments) over TRADESTATE_* variables over the TOML file; no .env files."""
         return init_settings, env_settings, _TomlSource(settings_cls)
 
     # ------------------------------------------------------------------------------ reading
@@ -163,6 +164,7 @@ class _TomlSource(PydanticBaseSettingsSource):
     """The values of the TOML file of the current ``Settings.load`` (lowest precedence)."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: ``__call__`` returns the file's values at once."""
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
