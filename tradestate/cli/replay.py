@@ -1,8 +1,9 @@
 """``tradestate replay ...``: post-mortems from the log (read only).
 
-Every command takes ``--db`` and ``--json``; output is deterministic (no timings, sorted keys);
-bad input (a time outside the log, an unknown order, a malformed window) prints ``error: ...``
-and exits 2; long work shows a progress bar on a terminal (stderr).
+Every command takes ``--db``, ``--config`` and ``--json``; output is deterministic (no timings,
+sorted keys); bad input (a time outside the log, an unknown order, a malformed window) prints
+``error: ...`` on stderr (a JSON object under ``--json``) and exits 2, an unreachable database
+exits 3; long work shows a progress bar on a terminal (stderr).
 """
 
 from __future__ import annotations
