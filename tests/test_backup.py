@@ -244,14 +244,14 @@ def test_cli_verify_backup_restore(url, tmp_path):
     assert r.exit_code == 1 and "first bad position" in r.stdout and "33" in r.stdout
 
     r = runner.invoke(app, ["restore", "--db", url, "--from", str(tmp_path / "b.tsb"), "--json"])
-    assert r.exit_code == 2 and "--force" in json.loads(r.stdout)["error"]
+    assert r.exit_code == 2 and "--force" in json.loads(r.stderr)["error"]
     r = runner.invoke(app, ["restore", "--db", url, "--from", str(tmp_path / "b.tsb"), "--force"])
     assert r.exit_code == 0, r.stdout
     assert runner.invoke(app, ["verify", "--db", url]).exit_code == 0
 
     (tmp_path / "bad.tsb").write_bytes((tmp_path / "b.tsb").read_bytes()[:5000])
     r = runner.invoke(app, ["restore", "--db", url, "--from", str(tmp_path / "bad.tsb"), "--force"])
-    assert r.exit_code == 1 and "nothing was restored" in r.stdout
+    assert r.exit_code == 1 and "nothing was restored" in r.stderr
     assert runner.invoke(app, ["verify", "--db", url]).exit_code == 0
 
     missing = f"sqlite:///{tmp_path}/missing.db"

@@ -36,7 +36,7 @@ def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
     assert tradestate("demo", "--db", url).returncode == 0
     again = tradestate("demo", "--db", url)
     assert again.returncode == 2
-    assert "already holds a log" in again.stdout and "Traceback" not in again.stdout + again.stderr
+    assert "already holds a log" in again.stderr and again.stdout == "" and "Traceback" not in again.stderr
     assert tradestate("demo", "--db", url, "--reset").returncode == 0
 
 

@@ -459,7 +459,7 @@ def test_cli_once_and_rebuild_leave_the_tables_equal_to_a_rebuild(db_url, store,
 
 def test_cli_project_on_a_missing_directory_is_a_clear_error(tmp_path):
     run = cli("project", "--db", f"sqlite:///{tmp_path}/no/such/dir/x.db", "--once")
-    assert run.returncode == 2 and "does not exist" in run.stdout and "Traceback" not in run.stdout + run.stderr
+    assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stdout + run.stderr
 
 
 def start_follower(db_url: str, out: Path, *extra: str) -> subprocess.Popen:

@@ -140,7 +140,7 @@ def test_the_command_prints_the_report_and_rejects_bad_input(crashed, tmp_path):
         assert step in run.stdout
     assert "READY TO TRADE" in run.stdout and "crash" in run.stdout
     bad = cli("recover", "--db", crashed, "--ramp", "60")
-    assert bad.returncode == 2 and "--ramp" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "--ramp" in bad.stderr and "Traceback" not in bad.stdout + bad.stderr
     missing = cli("recover", "--db", f"sqlite:///{tmp_path}/none.db")
     assert missing.returncode == 2 and "Traceback" not in missing.stdout + missing.stderr
 

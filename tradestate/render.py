@@ -29,6 +29,7 @@ def _default(value: Any) -> Any:
 
 
 def to_json(value: Any, *, indent: bool = False) -> str:
+    """Deterministic JSON (sorted keys; Decimal, UUID and sets as strings/lists) of ``value``."""
     option = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
     return orjson.dumps(value, default=_default, option=option).decode()
 
@@ -39,6 +40,7 @@ def state_digest(state: TradingState) -> str:
 
 
 def fmt(value: Any) -> str:
+    """One table cell: ``-`` for None, decimals without exponent, instants to the second."""
     if value is None:
         return "-"
     if isinstance(value, Decimal):
@@ -49,6 +51,7 @@ def fmt(value: Any) -> str:
 
 
 def positions_table(state: TradingState, title: str = "Positions") -> Table:
+    """A table of every position (account, venue, symbol) with cost, P&L and fees."""
     table = Table(title=title, title_justify="left")
     for column in ("account", "venue", "symbol", "qty", "avg cost", "realised P&L", "unrealised P&L", "fees", "last"):
         table.add_column(column, justify="right" if column not in ("account", "venue", "symbol") else "left")
@@ -59,6 +62,8 @@ def positions_table(state: TradingState, title: str = "Positions") -> Table:
 
 
 def risk_table(state: TradingState, now: datetime, title: str = "Risk state") -> Table:
+    """A table of each account at ``now``: kill switch, breaker, ramp, open orders, today's trades and
+    net P&L, discrepancies."""
     table = Table(title=title, title_justify="left")
     for column in ("account", "kill switch", "circuit breaker", "ramp", "open orders", "trades today",
                    "net P&L today", "discrepancies"):
@@ -80,6 +85,7 @@ def risk_table(state: TradingState, now: datetime, title: str = "Risk state") ->
 
 
 def limits_table(state: TradingState, now: datetime, title: str = "Risk limits") -> Table:
+    """A table of each account's limits at ``now``: configured, effective and used."""
     table = Table(title=title, title_justify="left")
     for column in ("account", "limit", "symbol", "configured", "effective (ramp)", "used now"):
         table.add_column(column, justify="right" if column in ("configured", "effective (ramp)", "used now") else "left")
@@ -91,6 +97,8 @@ def limits_table(state: TradingState, now: datetime, title: str = "Risk limits")
 
 
 def orders_table(state: TradingState, title: str = "Orders") -> Table:
+    """A table of every order in intent order: quantities, fills, status, venue id and a note
+    (refusal, cancel requested, discrepancies)."""
     table = Table(title=title, title_justify="left")
     for column in ("client order id", "symbol", "side", "qty", "filled", "avg px", "status", "venue id", "note"):
         table.add_column(column)
@@ -105,6 +113,8 @@ def orders_table(state: TradingState, title: str = "Orders") -> Table:
 
 
 def state_json(state: TradingState, now: datetime) -> dict[str, Any]:
+    """The folded state as a JSON-ready dict: log position, digest, positions, open orders and each
+    account's risk state at ``now``."""
     return {
         "position": state.position,
         "digest": state_digest(state),
@@ -126,16 +136,19 @@ def state_json(state: TradingState, now: datetime) -> dict[str, Any]:
     }
 
 
-def make_console() -> Console:
+def make_console(stderr: bool = False) -> Console:
+    """A console on stdout (or stderr) for tables and messages."""
     # Piped output (CI logs, files) gets a width the tables fit in, not the 80-column default.
     import shutil
     import sys
 
-    width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((140, 40)).columns, 140)
-    return Console(width=width)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else max(shutil.get_terminal_size((140, 40)).columns, 140)
+    return Console(width=width, stderr=stderr)
 
 
 console = make_console()
+err_console = make_console(stderr=True)  # errors and diagnostics: never mixed into the data on stdout
 
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "failed": "bold red", "skipped": "dim"}

@@ -8,29 +8,34 @@ from typing import Annotated, Optional
 import typer
 
 from ..domain.errors import TradestateError
-from .common import fail as _fail
+from .common import ConfigOption, command, exit_codes, fail, settings
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    """Add ``bench`` to the ``tradestate`` command."""
+
+    @app.command(epilog=exit_codes("the benchmark failed"))
+    @command
     def bench(
-        db: Annotated[Optional[str], typer.Option("--db", help="Where to measure: a postgresql:// URL (the server to use) or sqlite:///dir/any.db (the directory for the SQLite files).")] = None,
+        db: Annotated[Optional[str], typer.Option("--db", help="Where to measure: a postgresql:// URL (the server to use) or sqlite:///dir/any.db (the directory for the SQLite files; default: $TRADESTATE_DB or the config file's db, if set).")] = None,
         quick: Annotated[bool, typer.Option("--quick", help="CI-sized runs (seconds, not minutes).")] = False,
         json: Annotated[bool, typer.Option("--json", help="Print {results: [...]} as JSON.")] = False,
         pg: Annotated[Optional[str], typer.Option("--pg", help="PostgreSQL URL (default: $TRADESTATE_TEST_PG or the local cluster).")] = None,
         sqlite_dir: Annotated[Optional[str], typer.Option("--sqlite-dir", help="Directory for the SQLite files (default: a temporary one).")] = None,
         only: Annotated[Optional[str], typer.Option(help="Comma-separated metric groups: append, batch, replay, projection, recovery, reconcile, postmortem (default: all).")] = None,
+        config: ConfigOption = None,
     ) -> None:
         """Measure appends, replay, projection catch-up, recovery, reconciliation and post-mortem queries
         against raw baselines measured in the same run, and say which targets are met."""
         from ..adapters.store import sqlite_path
         from ..tools.bench.run import run_bench
 
+        db = settings(config, db=db).db
         if db and db.startswith(("postgresql://", "postgres://")):
             pg = pg or db
         elif db:
             try:
                 sqlite_dir = sqlite_dir or os.path.dirname(os.path.abspath(sqlite_path(db)))
             except TradestateError as e:
-                _fail(str(e))
+                fail(str(e))
         raise typer.Exit(run_bench(quick=quick, as_json=json, pg_url=pg, sqlite_dir=sqlite_dir, only=only))

@@ -6,14 +6,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .common import ConfigOption, ExitCode, command, exit_codes, fail, settings
+
 DbOptionChaos = Annotated[
     Optional[str],
     typer.Option("--db", help="Database URL: sqlite:///path.db or postgresql://...?schema=name (a fresh "
-                              "schema is best; default: $TRADESTATE_DB, then sqlite:///tradestate.db)"),
+                              "schema is best; default: $TRADESTATE_DB, the config file, then sqlite:///tradestate.db)"),
 ]
 
 
 def render_report(report: Any, console: Any) -> None:
+    """Print a chaos report: each check's passed and failed counts, the run's totals, the verdict."""
     from rich.table import Table
 
     from ..tools.chaos import CHECKS
@@ -50,7 +53,8 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``tradestate`` command."""
     from ..render import console, to_json
 
-    @app.command()
+    @app.command(epilog=exit_codes("a check failed (replay with the printed --seed)"))
+    @command
     def chaos(
         db: DbOptionChaos = None,
         kills: Annotated[int, typer.Option("--kills", min=1, help="How many times to SIGKILL the engine.")] = 25,
@@ -67,6 +71,7 @@ def register(app: typer.Typer) -> None:
         fold_every: Annotated[int, typer.Option("--fold-every", min=1, help="Compare the tables with a fresh fold "
                                                 "of the whole log after every N kills (and the last; default every "
                                                 "kill). Every other check runs after every kill.")] = 1,
+        config: ConfigOption = None,
     ) -> None:
         """SIGKILL an engine (recording intents, acks and fills at full speed) at random moments,
         restart it, and check after every kill: acknowledged events present, no torn event, no gap,
@@ -83,10 +88,9 @@ def register(app: typer.Typer) -> None:
             raise KeyboardInterrupt(f"signal {signum}")
 
         signal.signal(signal.SIGTERM, _terminate)
-        url = resolve_url(db)
+        url = resolve_url(settings(config, db=db).db)
         if min_ms < 0 or max_ms < min_ms:
-            console.print("[bold red]error:[/] need 0 <= --min-ms <= --max-ms", highlight=False)
-            raise typer.Exit(2)
+            fail("need 0 <= --min-ms <= --max-ms")
         progress = None
         on_kill = None
         if not json and sys.stderr.isatty():
@@ -113,10 +117,9 @@ def register(app: typer.Typer) -> None:
                                    fsync_acks=fsync_acks, workdir=workdir, stop_on_failure=stop_on_failure,
                                    fold_every=fold_every)
         except TradestateError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise typer.Exit(2) from None
+            fail(str(e))
         if json:
             print(to_json(report.as_dict()))
         else:
             render_report(report, console)
-        raise typer.Exit(0 if report.ok else 1)
+        raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)

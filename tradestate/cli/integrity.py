@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Iterator
 
 import typer
 
-DbOption = Annotated[
-    Optional[str],
-    typer.Option("--db", help="Database URL: sqlite:///path.db or postgresql://... (default: $TRADESTATE_DB, then sqlite:///tradestate.db)"),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _fail(message: str, code: int, as_json: bool) -> None:
-    from ..render import console, to_json
-
-    if as_json:
-        print(to_json({"ok": False, "error": message, "exit_code": code}))
-    else:
-        console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
+from .common import ConfigOption, DbOption, ExitCode, JsonOption, command, exit_codes, fail, open_log, settings
 
 
 @contextmanager
 def _progress(label: str, enabled: bool) -> Iterator[Any]:
     """A progress callback (done, total): a bar on a terminal, nothing otherwise."""
-    from ..render import console
+    from ..render import err_console as console
 
     if not enabled or not console.is_terminal:
         yield None
@@ -47,27 +33,23 @@ def _progress(label: str, enabled: bool) -> Iterator[Any]:
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``tradestate`` command."""
 
-    @app.command()
+    @app.command(epilog=exit_codes("the log was altered (the first bad position is named)"))
+    @command
     def verify(
         db: DbOption = None,
         json: JsonOption = False,
         seal: Annotated[bool, typer.Option("--seal", help="Seal the unsealed tail first (writes to the chain).")] = False,
+        config: ConfigOption = None,
     ) -> None:
-        """Walk the log's digest chain; exit 0 if intact, 1 if altered (naming the first bad position), 2 on bad input."""
-        from ..adapters.store import digest, open_store
-        from ..domain.errors import TradestateError
+        """Walk the log's digest chain; exit 0 if intact, 1 if altered (naming the first bad position)."""
+        from ..adapters.store import digest
         from ..render import console, to_json
 
-        try:
-            store = open_store(db, create=False)
-        except TradestateError as e:
-            _fail(str(e), 2, json)
+        store = open_log(settings(config, db=db).db)
         try:
             sealed = digest.seal(store) if seal else None
             with _progress("verifying", not json) as progress:
                 result = digest.verify(store, progress=progress)
-        except TradestateError as e:
-            _fail(str(e), 2, json)
         finally:
             store.close()
         if json:
@@ -95,29 +77,26 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[bold red]ALTERED[/]: {result.log} first bad position "
                               f"[bold]{result.first_bad_position}[/] ({result.problem}): {result.detail}",
                               highlight=False)
-        raise typer.Exit(0 if result.ok else 1)
+        raise typer.Exit(ExitCode.OK if result.ok else ExitCode.PROBLEM)
 
-    @app.command()
+    @app.command(epilog=exit_codes())
+    @command
     def backup(
         to: Annotated[str, typer.Option("--to", help="The backup file to write (replaced atomically).")],
         db: DbOption = None,
         json: JsonOption = False,
         no_seal: Annotated[bool, typer.Option("--no-seal", help="Do not seal the chain's tail first.")] = False,
+        config: ConfigOption = None,
     ) -> None:
         """Write a compressed backup of the log (with a manifest: heads, last digest, checksums)."""
         from ..adapters.store import backup as bk
-        from ..adapters.store import open_store
-        from ..domain.errors import TradestateError
         from ..render import console, to_json
 
-        try:
-            store = open_store(db, create=False)
-        except TradestateError as e:
-            _fail(str(e), 2, json)
+        store = open_log(settings(config, db=db).db)
         try:
             manifest = bk.backup(store, to, seal=not no_seal)
-        except (TradestateError, OSError) as e:
-            _fail(str(e), 2, json)
+        except OSError as e:
+            fail(str(e))
         finally:
             store.close()
         if json:
@@ -130,26 +109,28 @@ def register(app: typer.Typer) -> None:
                       f"{manifest.logs['ts_market_events']['head']}; sealed up to {chain['sealed_upto']}, "
                       f"last digest {chain['last_digest'] or '-'}", highlight=False)
 
-    @app.command()
+    @app.command(epilog=exit_codes("the backup file is damaged (nothing restored)"))
+    @command
     def restore(
         from_: Annotated[str, typer.Option("--from", help="The backup file to restore.")],
         db: DbOption = None,
         force: Annotated[bool, typer.Option("--force", help="Replace a log that is already there (kept aside).")] = False,
         json: JsonOption = False,
+        config: ConfigOption = None,
     ) -> None:
         """Verify a backup in a staging place, then swap it in; exit 1 if the file is damaged, 2 if refused."""
         from ..adapters.store import backup as bk
-        from ..domain.errors import TradestateError
         from ..projections.tables import drop_read_models
         from ..render import console, to_json
 
+        url = settings(config, db=db).db
         try:
             with _progress("verifying the backup", not json) as progress:
-                result = bk.restore(db, from_, force=force, progress=progress, extra_drop=drop_read_models)
+                result = bk.restore(url, from_, force=force, progress=progress, extra_drop=drop_read_models)
         except bk.BackupDamaged as e:
-            _fail(str(e), 1, json)
-        except (TradestateError, OSError) as e:
-            _fail(str(e), 2, json)
+            fail(str(e), ExitCode.PROBLEM)
+        except OSError as e:
+            fail(str(e))
         if json:
             print(to_json({"ok": True} | result.to_dict()))
             return

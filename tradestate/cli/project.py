@@ -7,17 +7,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
 from ..adapters.store import Store, open_store
 from ..projections.follow import DEFAULT_POLL, DEFAULT_WATCHDOG, FollowStats, Poll, channel_name, drain, follow
 from ..projections.projector import Projector
-from ..domain.errors import TradestateError
-from ..render import console
-from .common import DbOption
-from .common import fail as _fail
+from ..render import console, err_console, to_json
+from .common import ConfigOption, DbOption, command, exit_codes, fail, settings
 
 
 class _Interrupted(Exception):
@@ -84,9 +82,11 @@ def _rebuild(projector: Projector, stop: threading.Event, console: Any) -> tuple
 
 def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, console: Any = None,
                 poll: Poll = DEFAULT_POLL, watchdog: float = DEFAULT_WATCHDOG,
-                checkpoint_every: int | None = None, checkpoint_seconds: float = 60.0) -> int:
+                checkpoint_every: int | None = None, checkpoint_seconds: float = 60.0,
+                summary: dict[str, Any] | None = None) -> int:
     """The ``tradestate project`` command: 0 when done or stopped by SIGTERM/SIGINT, 1 when the
-    projector failed (a ``TradestateError`` such as a bad URL propagates for the CLI to print)."""
+    projector failed (a ``TradestateError`` such as a bad URL propagates for the CLI to print).
+    ``summary``, when given, receives the position reached, the log head and the events projected."""
     if console is None:
         from rich.console import Console
 
@@ -102,7 +102,8 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
         try:
             outcome["code"] = _project(store, stop, rebuild=rebuild, once=once, say=say, console=console,
                                        poll=poll, watchdog=watchdog, checkpoint_every=checkpoint_every,
-                                       checkpoint_seconds=checkpoint_seconds)
+                                       checkpoint_seconds=checkpoint_seconds,
+                                       summary=summary if summary is not None else {})
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = e
 
@@ -129,8 +130,15 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
 
 def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, say: Callable[[str], None],
              console: Any, poll: Poll, watchdog: float, checkpoint_every: int | None = None,
-             checkpoint_seconds: float = 60.0) -> int:
+             checkpoint_seconds: float = 60.0, summary: dict[str, Any]) -> int:
     projector = Projector(store)
+
+    def summarise(events: int, interrupted: bool) -> None:
+        summary.update(position=projector.state.position, head=store.trading.head(), events=events,
+                       interrupted=interrupted, rebuilt=rebuild,
+                       checkpoints=len(checkpointer.written) if checkpointer is not None and
+                       hasattr(checkpointer, "written") else 0)
+
     checkpointer = None
     if checkpoint_every:
         from ..adapters.store.checkpoints import Checkpointer
@@ -161,6 +169,7 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
         say(f"{'rebuild interrupted' if interrupted else 'rebuilt'}: position {reached:,} of head "
             f"{store.trading.head():,}, {rate:,.0f} events/s, {seconds:.2f} s")
         if once or stop.is_set():
+            summarise(reached, interrupted)
             return 0
         position = reached
     if once:
@@ -170,6 +179,7 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
         say(f"{'interrupted' if stop.is_set() else 'caught up'}: position {projector.state.position:,} of head "
             f"{store.trading.head():,} (+{stats.events:,} events in {stats.pages} pages), "
             f"{stats.rate:,.0f} events/s, {stats.seconds:.2f} s (load {load_s:.2f} s)")
+        summarise(stats.events, stop.is_set())
         return 0
     how = "head poll every {:g}-{:g} ms".format(poll[0] * 1000, poll[1] * 1000) if poll else "no head poll"
     if store.kind == "postgresql":
@@ -189,30 +199,41 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
                    on_page=checkpoint, on_tick=checkpoint)
     say(f"stopped: position {stats.position:,} (+{stats.events:,} events in {stats.pages} pages, "
         f"{stats.conflicts} conflicts, {stats.errors} errors) after {stats.seconds:.1f} s")
+    summarise(stats.events, True)
     return 0
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    """Add ``project`` to the ``tradestate`` command."""
+
+    @app.command(epilog=exit_codes("the projector failed"))
+    @command
     def project(
         db: DbOption = None,
         rebuild: Annotated[bool, typer.Option("--rebuild", help="Empty the read-model tables and fold the whole log again.")] = False,
         once: Annotated[bool, typer.Option("--once", help="Catch up and exit instead of following the log.")] = False,
-        checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write a recovery checkpoint every N "
-                                                      "events (0: never).")] = 10_000,
-        checkpoint_seconds: Annotated[float, typer.Option("--checkpoint-seconds", help="...or every T seconds when "
-                                                          "the log moved less (a quiet log is checkpointed too).")] = 60.0,
+        checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Write a recovery checkpoint "
+                                                                "every N events (0: never; default: "
+                                                                "$TRADESTATE_CHECKPOINT_EVERY, the config file, "
+                                                                "else 10000).")] = None,
+        checkpoint_seconds: Annotated[Optional[float], typer.Option("--checkpoint-seconds", help="...or every T seconds "
+                                                                    "when the log moved less (a quiet log is "
+                                                                    "checkpointed too; default 60).")] = None,
+        json: Annotated[bool, typer.Option("--json", help="Progress on stderr; at the end one JSON object on stdout "
+                                                          "(position, head, events).")] = False,
+        config: ConfigOption = None,
     ) -> None:
         """Keep the SQL read models (positions, orders, risk...) up to date with the log, and write
         recovery checkpoints as it goes."""
-
-        if checkpoint_every < 0:
-            _fail("--checkpoint-every must be >= 0")
-        if not checkpoint_seconds > 0:
-            _fail("--checkpoint-seconds must be > 0")
-        try:
-            raise typer.Exit(run_project(db, rebuild=rebuild, once=once, console=console,
-                                         checkpoint_every=checkpoint_every or None,
-                                         checkpoint_seconds=checkpoint_seconds))
-        except TradestateError as e:
-            _fail(str(e))
+        if checkpoint_every is not None and checkpoint_every < 0:
+            fail("--checkpoint-every must be >= 0")
+        if checkpoint_seconds is not None and not checkpoint_seconds > 0:
+            fail("--checkpoint-seconds must be > 0")
+        s = settings(config, db=db, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
+        summary: dict[str, Any] = {}
+        code = run_project(s.db, rebuild=rebuild, once=once, console=err_console if json else console,
+                           checkpoint_every=s.checkpoint_every or None, checkpoint_seconds=s.checkpoint_seconds,
+                           summary=summary)
+        if json:
+            print(to_json({"ok": code == 0, "exit_code": code, **summary}))
+        raise typer.Exit(code)

@@ -1,150 +1,142 @@
 """``tradestate reconcile``: compare the log with a broker and append corrective events.
 
-Options come from the command line, else from a TOML file (``--config``): top-level keys or a
-``[reconcile]`` table, plus ``[sim]``, ``[alpaca]``, ``[ib]`` tables for the broker's own options,
-with the flags' names (``base_url`` or ``base-url``). Flags win over the file.
-
-Exit status: 0 clean or corrected (also discrepancies when not strict), 1 discrepancies in strict
-mode or anything unknown (a query failed, the venue was unreachable), 2 bad input.
+Options come from the flags, else ``TRADESTATE_*`` variables, else the TOML settings file
+(``--config`` or ``$TRADESTATE_CONFIG``; see ``tradestate.settings``): top-level keys or a
+``[reconcile]`` table, plus ``[sim]``, ``[alpaca]``, ``[ib]`` tables for the broker's own options
+(``base_url`` or ``base-url``).
 """
 
 from __future__ import annotations
 
-import tomllib
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Optional
 
 import typer
 
-OPTION_KEYS = ("db", "broker", "account", "strict", "since", "base_url", "stream_url", "host", "port", "client_id",
-               "ib_account", "sim_state", "venue")
+from .common import (AccountOption, BaseUrlOption, BrokerOption, ClientIdOption, ConfigOption, DbOption, ExitCode,
+                     HostOption, IbAccountOption, PortOption, SimStateOption, StreamUrlOption, StrictOption,
+                     VenueOption, broker_flags, command, exit_codes, fail, make_adapters, open_log, settings)
 
 
-def load_config(path: str | None, broker: str | None) -> dict[str, Any]:
-    """The options a TOML file gives (keys normalised to underscores)."""
-    if path is None:
-        return {}
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"config file {path!r} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"config file {path!r} is not valid TOML: {e}") from None
+def plan(client: Any, adapter: Any, *, since: datetime | None, now: datetime) -> dict[str, Any]:
+    """What reconciling ``adapter``'s account would find and append, appending nothing: the
+    status, the discrepancies and the number of events a real run would append."""
+    from uuid import uuid4
 
-    def flat(table: Any) -> dict[str, Any]:
-        if not isinstance(table, dict):
-            return {}
-        return {k.replace("-", "_"): v for k, v in table.items() if not isinstance(v, dict)}
+    from ..domain.reconcile import orders_to_look_up, plan_reconciliation
+    from ..reconcile import DEFAULT_LOOKUP_LIMIT, look_up
 
-    options = {**flat(data), **flat(data.get("reconcile"))}
-    chosen = broker or options.get("broker")
-    if chosen:
-        options.update(flat(data.get(chosen)))
-    unknown = sorted(set(options) - set(OPTION_KEYS))
-    if unknown:
-        raise ValueError(f"config file {path!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}")
-    return options
+    snapshot = adapter.snapshot(since, now=now)
+    client.catch_up()
+    lookups = look_up(adapter, orders_to_look_up(client.state, snapshot), DEFAULT_LOOKUP_LIMIT)
+    planned = plan_reconciliation(client.state, snapshot, reconciliation_id=uuid4(), now=now, lookups=lookups)
+    return {"broker": adapter.broker, "account": adapter.account, "venue": adapter.venue, "status": planned.status,
+            "discrepancies": [d.as_dict() for d in planned.discrepancies],
+            "would_append": len(planned.events), "unknown": list(planned.unknown), "dry_run": True}
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the ``tradestate`` command."""
+    """Add ``reconcile`` to the ``tradestate`` command."""
 
-    @app.command()
+    @app.command(epilog=exit_codes("discrepancies left in strict mode, or a venue not queried (unknown)"))
+    @command
     def reconcile(
-        db: Annotated[Optional[str], typer.Option("--db", help="Database URL (default: $TRADESTATE_DB, then sqlite:///tradestate.db).")] = None,
-        broker: Annotated[Optional[str], typer.Option("--broker", help="sim, alpaca or ib.")] = None,
-        account: Annotated[Optional[str], typer.Option("--account", help="Our account id (the one on our events).")] = None,
-        strict: Annotated[Optional[bool], typer.Option("--strict/--no-strict", help="Block trading on any discrepancy until --ack.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON for scripts.")] = False,
-        config: Annotated[Optional[str], typer.Option("--config", help="TOML file with these options.")] = None,
+        db: DbOption = None,
+        broker: BrokerOption = None,
+        account: AccountOption = None,
+        strict: StrictOption = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (errors too, on stderr).")] = False,
+        config: ConfigOption = None,
         since: Annotated[Optional[str], typer.Option("--since", help="Only orders and fills since this ISO-8601 time.")] = None,
-        base_url: Annotated[Optional[str], typer.Option("--base-url", help="Alpaca: REST base URL.")] = None,
-        stream_url: Annotated[Optional[str], typer.Option("--stream-url", help="Alpaca: trade-updates stream URL.")] = None,
-        host: Annotated[Optional[str], typer.Option("--host", help="IB: TWS / gateway host.")] = None,
-        port: Annotated[Optional[int], typer.Option("--port", help="IB: TWS / gateway port.")] = None,
-        client_id: Annotated[Optional[int], typer.Option("--client-id", help="IB: API client id.")] = None,
-        ib_account: Annotated[Optional[str], typer.Option("--ib-account", help="IB: the account code, when it differs from --account.")] = None,
-        sim_state: Annotated[Optional[str], typer.Option("--sim-state", help="sim: the simulated broker's state file.")] = None,
+        venue: VenueOption = None,
+        base_url: BaseUrlOption = None,
+        stream_url: StreamUrlOption = None,
+        host: HostOption = None,
+        port: PortOption = None,
+        client_id: ClientIdOption = None,
+        ib_account: IbAccountOption = None,
+        sim_state: SimStateOption = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Append nothing: say what a run would find and "
+                                                                "append (no block, no corrective events).")] = False,
         ack: Annotated[bool, typer.Option("--ack", help="Record an operator's decision on the discrepancies (unblocks trading).")] = False,
         by: Annotated[Optional[str], typer.Option("--by", help="--ack: who decided.")] = None,
         decision: Annotated[Optional[str], typer.Option("--decision", help="--ack: what was decided.")] = None,
     ) -> None:
-        """Compare the log with a broker account; append corrective events (re-running adds nothing)."""
-        from .common import fail as _fail
+        """Compare the log with each broker account; append corrective events (re-running adds nothing).
+        With several --broker, each is reconciled in turn (JSON: {"results": [...]})."""
+        from ..client import TradestateClient
+        from ..reconcile import acknowledge
+        from ..reconcile import reconcile as run_reconcile
         from ..render import console, to_json
 
-        flags = {"db": db, "broker": broker, "account": account, "strict": strict, "since": since,
-                 "base_url": base_url, "stream_url": stream_url, "host": host, "port": port,
-                 "client_id": client_id, "ib_account": ib_account, "sim_state": sim_state}
-        try:
-            options = load_config(config, broker)
-        except ValueError as e:
-            _fail(str(e))
-        options.update({k: v for k, v in flags.items() if v is not None})
-
-        from ..adapters.brokers.base import VenueError
-        from ..adapters.store import open_store
-        from ..client import TradestateClient
-        from ..domain.errors import TradestateError
-        from ..reconcile import BROKERS, acknowledge, make_adapter
-        from ..reconcile import reconcile as run_reconcile
-
+        s = settings(config, db=db, since=since,
+                     **broker_flags(broker=broker, account=account, venue=venue, strict=strict, base_url=base_url,
+                                    stream_url=stream_url, host=host, port=port, client_id=client_id,
+                                    ib_account=ib_account, sim_state=sim_state))
         if ack:
-            if not options.get("account") or not by or not decision:
-                _fail("--ack needs --account, --by NAME and --decision TEXT")
-            try:
-                with TradestateClient(open_store(options.get("db"), create=False)) as client:
-                    recorded = acknowledge(client, options["account"], by=by, decision=decision)
-            except TradestateError as e:
-                _fail(str(e))
+            if not s.account or not by or not decision:
+                fail("--ack needs --account, --by NAME and --decision TEXT")
+            with TradestateClient(open_log(s.db)) as client:
+                recorded = acknowledge(client, s.account, by=by, decision=decision)
             if as_json:
-                print(to_json({"acknowledged": True, "account": options["account"], "position": recorded.position}))
+                print(to_json({"acknowledged": True, "account": s.account, "position": recorded.position}))
             else:
-                console.print(f"recorded the decision of {by} for {options['account']} at position "
+                console.print(f"recorded the decision of {by} for {s.account} at position "
                               f"{recorded.position}: trading is no longer blocked")
-            raise typer.Exit(0)
+            raise typer.Exit(ExitCode.OK)
 
-        chosen = options.get("broker")
-        if chosen not in BROKERS:
-            _fail(f"--broker must be one of {', '.join(BROKERS)}" + (f", not {chosen!r}" if chosen else ""))
+        if not s.broker:
+            fail("--broker must be one of sim, alpaca, ib (or set it in the config file)")
         since_at = None
-        if options.get("since"):
+        if s.since:
             try:
-                since_at = datetime.fromisoformat(str(options["since"]).replace("Z", "+00:00"))
+                since_at = datetime.fromisoformat(str(s.since).replace("Z", "+00:00"))
             except ValueError:
-                _fail(f"--since is not an ISO-8601 time: {options['since']!r}")
+                fail(f"--since is not an ISO-8601 time: {s.since!r}")
             if since_at.tzinfo is None:
-                _fail("--since needs a time zone (e.g. 2026-11-20T14:31:05Z)")
+                fail("--since needs a time zone (e.g. 2026-11-20T14:31:05Z)")
+        client = TradestateClient(open_log(s.db))
         try:
-            client = TradestateClient(open_store(options.get("db"), create=False))
-        except TradestateError as e:
-            _fail(str(e))
-        try:
+            adapters = make_adapters(s)
             try:
-                adapter = make_adapter(chosen, options)
-            except TradestateError as e:
-                _fail(str(e))
-            except VenueError as e:
-                _fail(f"could not reach {chosen}: {e}", code=1)
-            try:
-                result = run_reconcile(client, adapter, strict=bool(options.get("strict")), since=since_at)
-            except TradestateError as e:
-                _fail(str(e))
+                if dry_run:
+                    now = datetime.now(timezone.utc)
+                    results: list[Any] = [plan(client, a, since=since_at, now=now) for a in adapters]
+                else:
+                    results = [run_reconcile(client, a, strict=s.strict, since=since_at) for a in adapters]
             finally:
-                adapter.close()
+                for adapter in adapters:
+                    adapter.close()
         finally:
             client.close()
 
+        failed = False
+        for result in results:
+            status = result["status"] if dry_run else result.status
+            failed |= status == "unknown" or (s.strict and status == "discrepancies")
         if as_json:
-            print(to_json(result.as_dict()))
+            dicts = results if dry_run else [r.as_dict() for r in results]
+            print(to_json(dicts[0] if len(dicts) == 1 else {"results": dicts}))
         else:
-            print_result(console, result)
-        failed = result.status == "unknown" or (bool(options.get("strict")) and result.status == "discrepancies")
-        raise typer.Exit(1 if failed else 0)
+            for result in results:
+                print_plan(console, result) if dry_run else print_result(console, result)
+        raise typer.Exit(ExitCode.PROBLEM if failed else ExitCode.OK)
+
+
+def print_plan(console: Any, planned: dict[str, Any]) -> None:
+    """Print a dry run's plan: its status, what a real run would append, and each discrepancy."""
+    console.print(f"dry run: {planned['broker']} {planned['venue']} {planned['account']}: status "
+                  f"[bold]{planned['status']}[/], a run would append {planned['would_append']} events; "
+                  f"{len(planned['discrepancies'])} discrepancies", highlight=False)
+    for d in planned["discrepancies"]:
+        console.print(f"  {d.get('kind') or ''} {d.get('client_order_id') or ''} {d.get('symbol') or ''}: "
+                      f"{d.get('detail') or ''}", highlight=False, markup=False)
+    for error in planned["unknown"]:
+        console.print(f"[red]unknown:[/] {error}", highlight=False)
 
 
 def print_result(console: Any, result: Any) -> None:
+    """Print a reconciliation result: discrepancies, status, errors, and whether trading is blocked."""
     from rich.table import Table
 
     colour = {"clean": "green", "corrected": "yellow", "discrepancies": "red", "unknown": "red"}[result.status]

@@ -2,96 +2,96 @@
 
 from __future__ import annotations
 
-import os
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from .common import DbOption
-from .common import fail as _fail
 from ..domain.errors import TradestateError
 from ..render import render_report
-
-def _adapters(broker: list[str], options: dict[str, Any]) -> list[Any]:
-    if not broker:
-        return []
-    from ..reconcile import make_adapter
-
-    return [make_adapter(name, options) for name in broker]
+from .common import (AccountOption, BaseUrlOption, BrokerOption, ClientIdOption, ConfigOption, DbOption, ExitCode,
+                     HostOption, IbAccountOption, JsonOption, PortOption, SimStateOption, StrictOption, StreamUrlOption,
+                     VenueOption, broker_flags, command, exit_codes, fail, make_adapters, open_log, settings)
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``recover`` and ``checkpoint`` to the ``tradestate`` command."""
     from ..render import console, to_json
 
-    @app.command()
+    @app.command(epilog=exit_codes("not ready to trade (a failed step, a blocked account, or a venue not "
+                                   "reachable)"))
+    @command
     def recover(
         db: DbOption = None,
-        engine_id: Annotated[str, typer.Option("--engine-id", help="The engine whose stop is checked.")] = "engine",
-        strict: Annotated[bool, typer.Option("--strict", help="Any discrepancy exits non-zero and blocks trading "
-                                                               "until `tradestate reconcile --ack`.")] = False,
-        broker: Annotated[Optional[list[str]], typer.Option("--broker", help="Reconcile with this broker "
-                                                            "(sim, alpaca, ib); repeat for several.")] = None,
-        account: Annotated[Optional[str], typer.Option(help="Our account id at the broker.")] = None,
-        venue: Annotated[Optional[str], typer.Option(help="The venue name our orders carry for this broker "
-                                                          "(as in the intents: e.g. sim, ALPACA, IB).")] = None,
-        config: Annotated[Optional[str], typer.Option(help="TOML file with the broker options.")] = None,
-        sim_state: Annotated[Optional[str], typer.Option("--sim-state", help="Simulated broker state file.")] = None,
-        ramp: Annotated[Optional[int], typer.Option(help="Resume at 50, 75 or 100 % of the limits (default: 50 "
-                                                         "after a crash).")] = None,
+        engine_id: Annotated[Optional[str], typer.Option("--engine-id", help="The engine whose stop is checked "
+                                                         "(default: $TRADESTATE_ENGINE_ID, else engine).")] = None,
+        strict: StrictOption = None,
+        broker: BrokerOption = None,
+        account: AccountOption = None,
+        venue: VenueOption = None,
+        config: ConfigOption = None,
+        base_url: BaseUrlOption = None,
+        stream_url: StreamUrlOption = None,
+        host: HostOption = None,
+        port: PortOption = None,
+        client_id: ClientIdOption = None,
+        ib_account: IbAccountOption = None,
+        sim_state: SimStateOption = None,
+        ramp: Annotated[Optional[int], typer.Option(metavar="[50|75|100]", help="Resume at 50, 75 or 100 % of the "
+                                                    "limits (default: 50 after a crash).")] = None,
         full_verify: Annotated[bool, typer.Option("--full-verify", help="Walk the whole digest chain, not only "
                                                                         "its links and the tail.")] = False,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the digest chain.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Append nothing: reconciliation only plans (says "
                                                                 "what it would append); no report, no resumption.")] = False,
-        json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+        json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (errors too, on stderr).")] = False,
     ) -> None:
         """Recover after a crash: detect, verify, load the newest valid checkpoint, replay the tail,
         reconcile with each broker, check health, and record the report. Exit 0 = ready to trade."""
-        from ..adapters.store import open_store
         from ..recovery import recover as run_recovery
 
         if ramp is not None and ramp not in (50, 75, 100):
-            _fail("--ramp must be 50, 75 or 100")
-        options: dict[str, Any] = {"account": account, "venue": venue, "config": config, "sim_state": sim_state,
-                                   "api_key": os.environ.get("APCA_API_KEY_ID"),
-                                   "secret_key": os.environ.get("APCA_API_SECRET_KEY")}
+            fail("--ramp must be 50, 75 or 100")
+        s = settings(config, db=db, engine_id=engine_id, ramp=ramp,
+                     **broker_flags(broker=broker, account=account, venue=venue, strict=strict, base_url=base_url,
+                                    stream_url=stream_url, host=host, port=port, client_id=client_id,
+                                    ib_account=ib_account, sim_state=sim_state))
+        store = open_log(s.db)
         try:
-            store = open_store(db, create=False)
-        except TradestateError as e:
-            _fail(str(e))
+            adapters = make_adapters(s)
+        except BaseException:
+            store.close()
+            raise
         try:
-            adapters = _adapters(broker or [], options)
-            report, client = run_recovery(store, engine_id=engine_id, strict=strict, adapters=adapters,
+            report, client = run_recovery(store, engine_id=s.engine_id, strict=s.strict, adapters=adapters,
                                           verify="none" if no_verify else ("full" if full_verify else "tail"),
-                                          ramp=ramp, record=not dry_run)
+                                          ramp=s.ramp, record=not dry_run)
         except (TradestateError, ValueError) as e:
             store.close()
-            _fail(str(e))
-        for adapter in adapters:
-            adapter.close()
-        if json:
-            print(to_json(report.as_dict()))
-        else:
-            render_report(report, console)
-        client.close()
-        raise typer.Exit(0 if report.ready else 1)
+            fail(str(e))
+        finally:
+            for adapter in adapters:
+                adapter.close()
+        with client:
+            if json:
+                print(to_json(report.as_dict()))
+            else:
+                render_report(report, console)
+        raise typer.Exit(ExitCode.OK if report.ready else ExitCode.PROBLEM)
 
-    @app.command()
+    @app.command(epilog=exit_codes())
+    @command
     def checkpoint(
         db: DbOption = None,
         list_only: Annotated[bool, typer.Option("--list", help="List the checkpoints and whether each is valid.")] = False,
-        json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        json: JsonOption = False,
+        config: ConfigOption = None,
     ) -> None:
         """Write a checkpoint of the current state now (or --list them, newest first, with validation)."""
         from datetime import datetime, timezone
 
-        from ..adapters.store import checkpoints, open_store
+        from ..adapters.store import checkpoints
 
-        try:
-            store = open_store(db, create=False)
-        except TradestateError as e:
-            _fail(str(e))
-        with store:
+        with open_log(settings(config, db=db).db) as store:
             if list_only:
                 rows = []
                 head = store.trading.head()

@@ -1,8 +1,9 @@
 """``tradestate replay ...``: post-mortems from the log (read only).
 
-Every command takes ``--db`` and ``--json``; output is deterministic (no timings, sorted keys);
-bad input (a time outside the log, an unknown order, a malformed window) prints ``error: ...``
-and exits 2; long work shows a progress bar on a terminal (stderr).
+Every command takes ``--db``, ``--config`` and ``--json``; output is deterministic (no timings,
+sorted keys); bad input (a time outside the log, an unknown order, a malformed window) prints
+``error: ...`` on stderr (a JSON object under ``--json``) and exits 2, an unreachable database
+exits 3; long work shows a progress bar on a terminal (stderr).
 """
 
 from __future__ import annotations
@@ -18,40 +19,39 @@ replay_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="Post-mortems: state at an instant, diffs, timelines, order traces, market-data and "
                               "order replay, export, HTML report.")
 
-DbOption = Annotated[Optional[str], typer.Option("--db", help="Database URL (default: $TRADESTATE_DB, then sqlite:///tradestate.db)")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-AxisOption = Annotated[str, typer.Option("--time-axis", help="recorded (the store's commit clock) or occurred (the venue's/engine's clock).")]
+from .common import ConfigOption, DbOption, JsonOption, choice, classify, command, exit_codes, fail, settings
 
-
-def _fail(message: str, code: int = 2) -> None:
-    from ..render import console
-
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
-    raise typer.Exit(code)
+AxisOption = Annotated[str, typer.Option("--time-axis", help="recorded (the store's commit clock) or occurred "
+                                         "(the venue's/engine's clock).", **choice("recorded", "occurred",
+                                                                                    what="time axis"))]
+OccurredAxisOption = Annotated[str, typer.Option("--time-axis", help="occurred (market time: bars at their close) "
+                                                 "or recorded (the store's commit clock).",
+                                                 **choice("occurred", "recorded", what="time axis"))]
+EPILOG = exit_codes() + " Exit 1 also for a file that cannot be read or written."
 
 
 @contextmanager
 def _guard() -> Iterator[None]:
-    """Turn every error into a message and a non-zero exit (never a traceback)."""
-    from ..domain.errors import TradestateError
-
+    """Turn every error into one line on stderr and a non-zero exit (never a traceback)."""
     try:
         yield
     except typer.Exit:
         raise
-    except TradestateError as e:
-        _fail(str(e))
-    except (OSError, ValueError, KeyError) as e:
-        _fail(f"{type(e).__name__}: {e}", 1)
     except Exception as e:  # noqa: BLE001 - a post-mortem tool reports, it does not crash
-        _fail(f"unexpected {type(e).__name__}: {e}", 1)
+        known = classify(e)
+        if known is not None:
+            fail(known[1], known[0])
+        if isinstance(e, (OSError, ValueError, KeyError)):
+            fail(f"{type(e).__name__}: {e}", 1)
+        fail(f"unexpected {type(e).__name__}: {e}", 1)
 
 
 @contextmanager
-def _store(db: str | None) -> Iterator[Any]:
+def _store(db: str | None, config: str | None = None) -> Iterator[Any]:
+    """The existing log named by ``--db``, else the settings (TRADESTATE_DB, the config file)."""
     from ..adapters.store import open_store
 
-    store = open_store(db, create=False)
+    store = open_store(settings(config, db=db).db, create=False)
     try:
         yield store
     finally:
@@ -92,28 +92,31 @@ def _print(renderable: Any) -> None:
 # -------------------------------------------------------------------------------- commands
 
 
-@replay_app.command("state")
+@replay_app.command("state", epilog=EPILOG)
+@command
 def state_cmd(
     db: DbOption = None,
     at: Annotated[Optional[str], typer.Option("--at", help="Instant (ISO-8601 with zone, e.g. 2026-11-20T14:31:05Z).")] = None,
     position: Annotated[Optional[int], typer.Option("--position", help="Log position instead of an instant.")] = None,
     axis: AxisOption = "recorded",
     json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Positions, open orders, risk state, breaker and kill switch as they were."""
     from ..replay import render_state, state_at_position, state_at_time
 
     with _guard():
         if (at is None) == (position is None):
-            _fail("give exactly one of --at TIME or --position N")
-        with _store(db) as store, _progress("folding", axis == "occurred") as progress:
+            fail("give exactly one of --at TIME or --position N")
+        with _store(db, config) as store, _progress("folding", axis == "occurred") as progress:
             st = (state_at_position(store, position) if position is not None
                   else state_at_time(store, at, axis=axis, progress=progress))  # type: ignore[arg-type]
             view = st.view()
         _out(view) if json else _print(render_state(view))
 
 
-@replay_app.command("diff")
+@replay_app.command("diff", epilog=EPILOG)
+@command
 def diff_cmd(
     db: DbOption = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="Start instant.")] = None,
@@ -122,64 +125,70 @@ def diff_cmd(
     to_position: Annotated[Optional[int], typer.Option("--to-position", help="End log position.")] = None,
     axis: AxisOption = "recorded",
     json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """What changed between two instants (positions, orders, risk) and which events changed it."""
     from ..replay import diff, diff_positions, render_diff
 
     with _guard():
-        with _store(db) as store:
+        with _store(db, config) as store:
             if from_position is not None or to_position is not None:
                 if from_position is None or to_position is None:
-                    _fail("give both --from-position and --to-position")
+                    fail("give both --from-position and --to-position")
                 d = diff_positions(store, from_position, to_position)  # type: ignore[arg-type]
             else:
                 if from_ is None or to is None:
-                    _fail("give --from TIME and --to TIME (or --from-position and --to-position)")
+                    fail("give --from TIME and --to TIME (or --from-position and --to-position)")
                 d = diff(store, from_, to, axis=axis)  # type: ignore[arg-type]
         _out(d) if json else _print(render_diff(d))
 
 
-@replay_app.command("timeline")
+@replay_app.command("timeline", epilog=EPILOG)
+@command
 def timeline_cmd(
     db: DbOption = None,
     around: Annotated[str, typer.Option("--around", help="The instant to look around.")] = ...,  # type: ignore[assignment]
     window: Annotated[str, typer.Option("--window", help="How far before and after (e.g. 60s, 5m, 1h).")] = "60s",
     market: Annotated[bool, typer.Option("--market", help="Interleave market bars by time.")] = False,
-    account: Annotated[Optional[str], typer.Option("--account")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="Only this account's events (default: all).")] = None,
     symbol: Annotated[Optional[str], typer.Option("--symbol", help="One symbol or a comma-separated list.")] = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy")] = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Only this strategy's orders (default: all).")] = None,
     type_: Annotated[Optional[str], typer.Option("--type", help="Event type(s), comma-separated.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="Rows shown in the table (JSON has all).")] = 500,
     axis: AxisOption = "recorded",
     json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Every event of every stream in the window, in log order (bars interleaved with --market)."""
     from ..replay import timeline, timeline_table
 
     with _guard():
-        with _store(db) as store, _progress("reading") as progress:
+        with _store(db, config) as store, _progress("reading") as progress:
             tl = timeline(store, around, window, axis=axis, market=market, account=account, symbol=symbol,
                           strategy=strategy, types=type_, progress=progress)  # type: ignore[arg-type]
         _out(tl.to_json()) if json else _print(timeline_table(tl, limit=limit))
 
 
-@replay_app.command("trace")
+@replay_app.command("trace", epilog=EPILOG)
+@command
 def trace_cmd(
     client_order_id: Annotated[str, typer.Argument(help="The client order id.")],
     db: DbOption = None,
     account: Annotated[Optional[str], typer.Option("--account", help="Needed when several accounts use the id.")] = None,
     json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """An order's whole life with the state after each step and the causation chain."""
     from ..replay import trace
 
     with _guard():
-        with _store(db) as store:
+        with _store(db, config) as store:
             t = trace(store, account, client_order_id)
         _out(t.to_json()) if json else _print(t)
 
 
-@replay_app.command("market")
+@replay_app.command("market", epilog=EPILOG)
+@command
 def market_cmd(
     db: DbOption = None,
     start: Annotated[Optional[str], typer.Option("--start", help="Window start (default: the first bar).")] = None,
@@ -189,8 +198,9 @@ def market_cmd(
     speed: Annotated[str, typer.Option("--speed", help="10x, 0.5x, or max (as fast as possible).")] = "max",
     symbol: Annotated[Optional[str], typer.Option("--symbol", help="Symbol(s), comma-separated.")] = None,
     trading: Annotated[bool, typer.Option("--trading/--no-trading", help="Interleave the trading events of the window.")] = True,
-    axis: Annotated[str, typer.Option("--time-axis", help="occurred (market time: bars at their close) or recorded.")] = "occurred",
+    axis: OccurredAxisOption = "occurred",
     json: Annotated[bool, typer.Option("--json", help="One JSON object per line, as replayed.")] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Replay recorded bars in time order at a chosen speed, with the trading events of the window."""
     from ..replay import describe, parse_speed, replay_market
@@ -201,7 +211,7 @@ def market_cmd(
     with _guard():
         parse_speed(speed)
         symbols = [s.strip() for s in symbol.split(",") if s.strip()] if symbol else None
-        with _store(db) as store:
+        with _store(db, config) as store:
             lo, hi = window_of(around, window, start, end, store)
 
             def show(item: Any) -> None:
@@ -222,17 +232,19 @@ def market_cmd(
             console.print(f"{stats.bars} bars and {stats.events} trading events replayed", highlight=False)
 
 
-@replay_app.command("orders")
+@replay_app.command("orders", epilog=EPILOG)
+@command
 def orders_cmd(
     db: DbOption = None,
-    start: Annotated[Optional[str], typer.Option("--start")] = None,
-    end: Annotated[Optional[str], typer.Option("--end")] = None,
-    around: Annotated[Optional[str], typer.Option("--around")] = None,
-    window: Annotated[Optional[str], typer.Option("--window")] = None,
-    account: Annotated[Optional[str], typer.Option("--account")] = None,
+    start: Annotated[Optional[str], typer.Option("--start", help="Window start, ISO-8601 (default: the first bar).")] = None,
+    end: Annotated[Optional[str], typer.Option("--end", help="Window end, ISO-8601 (default: the last bar).")] = None,
+    around: Annotated[Optional[str], typer.Option("--around", help="Or: an instant (ISO-8601) ...")] = None,
+    window: Annotated[Optional[str], typer.Option("--window", help="... and how far before and after it (e.g. 30m).")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="Only this account's intents (default: all).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="The simulated broker's seed.")] = 0,
-    axis: Annotated[str, typer.Option("--time-axis", help="occurred (market time, default) or recorded.")] = "occurred",
+    axis: OccurredAxisOption = "occurred",
     json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Replay the window's recorded intents through the simulated broker against the recorded bars,
     and compare simulated with recorded outcomes."""
@@ -240,7 +252,7 @@ def orders_cmd(
     from ..replay.market import window_of
 
     with _guard():
-        with _store(db) as store:
+        with _store(db, config) as store:
             lo, hi = window_of(around, window, start, end, store)
             r = replay_orders(store, lo, hi, axis=axis, account=account, seed=seed)  # type: ignore[arg-type]
         _out(r.to_json()) if json else _print(r)
@@ -257,27 +269,32 @@ _EXPORT_HELP = (
 )
 
 
-@replay_app.command("export", help=_EXPORT_HELP)
+@replay_app.command("export", help=_EXPORT_HELP, epilog=EPILOG)
+@command
 def export_cmd(
     out: Annotated[str, typer.Option("--out", help="File to write (.parquet or .jsonl); its folder must exist.")],
     db: DbOption = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet or jsonl (default: from --out).")] = None,
-    kind: Annotated[str, typer.Option("--kind", help="events (default: the envelope and payload of every event), "
-                                                    "fills, orders, bars or risk (typed tables).")] = "events",
-    start: Annotated[Optional[str], typer.Option("--start")] = None,
-    end: Annotated[Optional[str], typer.Option("--end")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet or jsonl (default: from --out's suffix).",
+                                               **choice("parquet", "jsonl", what="format"))] = None,
+    kind: Annotated[str, typer.Option("--kind", help="events (the envelope and payload of every event), "
+                                                    "fills, orders, bars or risk (typed tables).",
+                                      **choice("events", "fills", "orders", "bars", "risk", what="kind"))] = "events",
+    start: Annotated[Optional[str], typer.Option("--start", help="Window start, ISO-8601 (default: the log's start).")] = None,
+    end: Annotated[Optional[str], typer.Option("--end", help="Window end, ISO-8601 (default: the log's end).")] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="Only this account's rows.")] = None,
     symbol: Annotated[Optional[str], typer.Option("--symbol", help="Only this symbol's bars (--kind bars).")] = None,
-    log: Annotated[str, typer.Option("--log", help="trading or market (--kind events).")] = "trading",
+    log: Annotated[str, typer.Option("--log", help="trading (orders, fills, risk) or market (bars); --kind events only.",
+                                     **choice("trading", "market", what="log"))] = "trading",
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     axis: AxisOption = "recorded",
     json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Export the log (or a window) as Parquet or JSON lines: the events, or a typed table (--kind)."""
     from ..replay import export
 
     with _guard():
-        with _store(db) as store, _progress("exporting") as progress:
+        with _store(db, config) as store, _progress("exporting") as progress:
             n = export(store, out, fmt=fmt, start=start, end=end, axis=axis, log=log, progress=progress,  # type: ignore[arg-type]
                        kind=kind, account=account, symbol=symbol, overwrite=force)
         if json:
@@ -286,22 +303,24 @@ def export_cmd(
             _print(f"{n} {'events' if kind == 'events' else kind + ' rows'} written to {out}")
 
 
-@replay_app.command("report")
+@replay_app.command("report", epilog=EPILOG)
+@command
 def report_cmd(
     around: Annotated[str, typer.Option("--around", help="The incident instant.")],
     out: Annotated[str, typer.Option("--out", help="HTML file to write.")] = "postmortem.html",
     db: DbOption = None,
     window: Annotated[str, typer.Option("--window", help="How far before and after (e.g. 30m).")] = "30m",
-    account: Annotated[Optional[str], typer.Option("--account")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="Only this account (default: all).")] = None,
     market: Annotated[bool, typer.Option("--market/--no-market", help="Include market bars in the timeline.")] = True,
     axis: AxisOption = "recorded",
     json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Write the post-mortem HTML report (plots and timeline) of the window around an instant."""
     from ..replay import write_report
 
     with _guard():
-        with _store(db) as store, _progress("reading") as progress:
+        with _store(db, config) as store, _progress("reading") as progress:
             path = write_report(store, around, window, out, axis=axis, account=account, market=market,  # type: ignore[arg-type]
                                 progress=progress)
         if json:
@@ -311,5 +330,5 @@ def report_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the ``tradestate`` command."""
+    """Add the ``replay`` group's commands to the ``tradestate`` command."""
     app.add_typer(replay_app, name="replay")

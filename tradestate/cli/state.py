@@ -9,43 +9,42 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..domain.errors import TradestateError
 from ..render import console, limits_table, orders_table, positions_table, risk_table, state_json, to_json
-from .common import DbOption
-from .common import fail as _fail
+from .common import ConfigOption, DbOption, JsonOption, command, exit_codes, fail, open_log, settings
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    """Add ``state`` to the ``tradestate`` command."""
+
+    @app.command(epilog=exit_codes())
+    @command
     def state(
         db: DbOption = None,
-        json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+        json: JsonOption = False,
         at: Annotated[Optional[str], typer.Option(help="Clock for time-dependent views (ISO-8601, default now).")] = None,
+        config: ConfigOption = None,
     ) -> None:
         """Open the log, fold it, and print positions, orders and risk state."""
-        from ..adapters.store import open_store
         from ..client import TradestateClient
 
+        s = settings(config, db=db)
         try:
             now = datetime.fromisoformat(at) if at else datetime.now(timezone.utc)
         except ValueError:
-            _fail(f"--at is not an ISO-8601 time: {at!r}")
+            fail(f"--at is not an ISO-8601 time: {at!r}")
         if now.tzinfo is None:
-            _fail("--at needs a time zone (e.g. 2026-11-20T14:31:05Z)")
+            fail("--at needs a time zone (e.g. 2026-11-20T14:31:05Z)")
         started = time.perf_counter()
-        try:
-            client = TradestateClient(open_store(db, create=False), clock=lambda: now)
-        except TradestateError as e:
-            _fail(str(e))
+        client = TradestateClient(open_log(s.db), clock=lambda: now)
         open_ms = (time.perf_counter() - started) * 1000
-        if json:
-            payload = state_json(client.state, now)
-            payload.update(open_ms=open_ms, pid=os.getpid())
-            print(to_json(payload))
-        else:
-            console.print(positions_table(client.state))
-            console.print(orders_table(client.state))
-            console.print(risk_table(client.state, now))
-            console.print(limits_table(client.state, now))
-            console.print(f"{client.position} events folded in {open_ms:.1f} ms")
-        client.close()
+        with client:
+            if json:
+                payload = state_json(client.state, now)
+                payload.update(open_ms=open_ms, pid=os.getpid())
+                print(to_json(payload))
+            else:
+                console.print(positions_table(client.state))
+                console.print(orders_table(client.state))
+                console.print(risk_table(client.state, now))
+                console.print(limits_table(client.state, now))
+                console.print(f"{client.position} events folded in {open_ms:.1f} ms")
