@@ -117,7 +117,8 @@ def test_an_unreachable_database_is_one_line_on_stderr_and_exit_3(args):
     assert len(text_err.strip().splitlines()) == 1 and text_err.startswith("error: "), text_err
     assert "Traceback" not in text_err and "sekrit" not in text_err + json_err
     error = json.loads(json_err)
-    assert error["ok"] is False and error["exit_code"] == 3 and "database" in error["error"]
+    assert error["ok"] is False and error["exit_code"] == 3 and "cannot reach PostgreSQL at 127.0.0.1:1/test" in error["error"]
+    assert "Connection refused" in error["error"]  # libpq's own reason
 
 
 @pytest.mark.parametrize("args, message", [
