@@ -44,6 +44,7 @@ def _time_recovery(url: str) -> float:
 
 def _measure(url: str, n: int, repeats: int, raw: Any, backend: str) -> list[Any]:
     from ...adapters.store import checkpoints, open_store
+    from ...loading import state_at
     from .run import Result, _log
 
     from ...adapters.store import digest
@@ -56,7 +57,7 @@ def _measure(url: str, n: int, repeats: int, raw: Any, backend: str) -> list[Any
     _log(f"  {backend}: cold recovery {cold:.2f} s (raw read {raw_s:.2f} s)")
     behind = min(BEHIND, n // 2)
     with open_store(url, create=False) as store:
-        state = checkpoints.state_at(store, n - behind)
+        state = state_at(store, n - behind)
         info = checkpoints.write(store, state)
         del state
     gc.collect()
