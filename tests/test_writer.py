@@ -46,15 +46,15 @@ def _warm_client(url: str, store) -> tuple[tradestate.TradestateClient, list[tup
     orders = client.state.orders
     assert isinstance(orders, LazyOrders) and orders.unloaded == 2
     calls: list[tuple[str, bool]] = []
-    real = orders._loader
+    real = orders.loader
 
     def loader(sid, upto):
-        calls.append((sid, bool(orders._sealed)))
-        if orders._sealed:
+        calls.append((sid, orders.sealed))
+        if orders.sealed:
             raise AssertionError(f"a decision read the log ({sid})")
         return real(sid, upto)
 
-    orders._loader = loader
+    orders.loader = loader
     return client, calls
 
 

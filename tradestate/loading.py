@@ -34,22 +34,26 @@ class LazyOrders(OrderBook):
 
     def __init__(self, state: TradingState, book: OrderBook, loader: OrderLoader | None,
                  log_reader: LogReader | None = None):
-        super().__init__(book._finished)
-        self._cold_set = book._cold_set
+        super().__init__(book.packed_unloaded())
         dict.update(self, book)
         self._state = state
-        self._loader = loader
-        self._log_reader = log_reader
+        self.loader = loader  # (stream id, up to position) -> that stream's rows
+        self.log_reader = log_reader  # up to position -> every row, in order
         self._sealed = 0
+
+    @property
+    def sealed(self) -> bool:
+        """True while a decision runs on the state (``deciding``): nothing is loaded then."""
+        return self._sealed > 0
 
     def load(self, sid: str) -> OrderState | None:
         """The order of stream ``sid``, brought back from the log if it is a finished order not
         in memory; None for a stream that is not an order of this state."""
         if not self.is_unloaded(sid):
             return dict.get(self, sid)
-        if self._loader is None:
+        if self.loader is None:
             raise KeyError(f"{sid} is in the checkpoint's finished orders but no order loader was given")
-        order = materialize_order(self._state, sid, self._loader(sid, self._state.position))
+        order = materialize_order(self._state, sid, self.loader(sid, self._state.position))
         self.put(sid, order)
         return order
 
@@ -72,8 +76,8 @@ class LazyOrders(OrderBook):
         pass instead of one read per order; without it, many orders are read in one pass too."""
         if not self.unloaded:
             return
-        if rows is None and self._log_reader is not None and self.unloaded >= 64:
-            rows = self._log_reader(self._state.position)
+        if rows is None and self.log_reader is not None and self.unloaded >= 64:
+            rows = self.log_reader(self._state.position)
         if rows is None:
             for sid in self.unloaded_streams():
                 self.load(sid)
@@ -82,7 +86,7 @@ class LazyOrders(OrderBook):
 
     def _everything(self) -> None:
         if self.unloaded and not self._sealed:
-            if self._loader is None:
+            if self.loader is None:
                 raise RuntimeError("finished orders of the checkpoint are not loaded and no order loader was given")
             self.load_all()
 
