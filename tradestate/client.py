@@ -10,6 +10,7 @@ reading back: the call returns our events if they landed instead of writing twic
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,6 +109,10 @@ class TradestateClient:
         else:
             start = load_state(store, exchange_tz=exchange_tz, use_checkpoints=use_checkpoints)
             state, self.loaded = start.state, start.loaded
+            if start.replayed > 10_000:
+                # A big fold leaves a big, long-lived state: keep the collector from rescanning
+                # it on every full collection while the engine trades.
+                gc.freeze()
         checkpointer = None
         if checkpoint_every is not None:
             from .adapters.store.checkpoints import Checkpointer

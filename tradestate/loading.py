@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,18 +130,23 @@ def ensure_orders(state: TradingState, streams: Iterable[str]) -> None:
             orders.load(sid)
 
 
-@contextmanager
-def deciding(state: TradingState) -> Iterator[TradingState]:
+class deciding:  # noqa: N801 - used as a function: ``with deciding(state) as state:``
     """While a decision runs on ``state``: its orders are exactly those in memory (no log reads)."""
-    orders = state.orders
-    if not isinstance(orders, LazyOrders):
-        yield state
-        return
-    orders._sealed += 1
-    try:
-        yield state
-    finally:
-        orders._sealed -= 1
+
+    __slots__ = ("state", "orders")
+
+    def __init__(self, state: TradingState):
+        self.state = state
+        self.orders = state.orders if isinstance(state.orders, LazyOrders) else None
+
+    def __enter__(self) -> TradingState:
+        if self.orders is not None:
+            self.orders._sealed += 1
+        return self.state
+
+    def __exit__(self, *exc: object) -> None:
+        if self.orders is not None:
+            self.orders._sealed -= 1
 
 
 # ------------------------------------------------------------------------------ folds
