@@ -18,13 +18,12 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
-import orjson
 from prometheus_client import Counter
 
-from .adapters.store import Store, new_event, open_store
+from .adapters.store import Store, open_store
 from .domain import events as ev
 from .domain import orders as rules
-from .domain.errors import ConcurrencyConflict, IdempotencyConflict, InvalidInput, UnknownOrder
+from .domain.errors import InvalidInput, UnknownOrder
 from .domain.ids import (
     bar_stream_id,
     engine_stream_id,
@@ -417,26 +416,12 @@ class TradestateClient:
         is an ``IdempotencyConflict``."""
         e = build_event(ev.BarRecorded, **self.writer.envelope(), venue=venue, symbol=symbol,
                         timeframe=timeframe, start=start, open=open, high=high, low=low, close=close, volume=volume)
-        stream = bar_stream_id(e.venue, e.symbol, e.timeframe)
         # The bar's start (epoch seconds) is its version in the market log: one row per bar.
-        version = int(e.start.timestamp())
-        data = orjson.dumps(e.to_payload())
-        market = self.store.market
-        for _attempt in range(2):
-            # Look before appending: on PostgreSQL a refused insert still gives its position up (a void).
-            existing = market.read_stream(stream, version - 1)
-            if existing and existing[0].originator_version == version:
-                if not _same_bar(orjson.loads(existing[0].state), e):
-                    raise IdempotencyConflict(
-                        f"a different {e.timeframe} bar for {e.symbol} at {e.start.isoformat()} is already recorded"
-                    )
-                return Recorded(existing[0].position, None, duplicate=True)
-            try:
-                (appended,) = market.append([new_event(stream, version, "BarRecorded", data)])
-            except ConcurrencyConflict:
-                continue  # another writer recorded this bar in between: compare with theirs
-            return Recorded(appended.position, e.event_id)
-        raise ConcurrencyConflict(f"the {e.timeframe} bar for {e.symbol} at {e.start.isoformat()} kept conflicting")
+        return self.writer.record_once(
+            self.store.market, bar_stream_id(e.venue, e.symbol, e.timeframe), int(e.start.timestamp()), e,
+            same=lambda stored: _same_bar(stored, e),
+            conflict=f"a different {e.timeframe} bar for {e.symbol} at {e.start.isoformat()} is already recorded",
+        )
 
     # ---------------------------------------------------------------------------- queries
     def order(self, account: str, client_order_id: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from .adapters.store import Store, gc_paused, new_event
 from .domain import events as ev
 from .domain import orders as rules
-from .domain.errors import AppendFailed, ConcurrencyConflict, InvalidInput, TradestateError
+from .domain.errors import AppendFailed, ConcurrencyConflict, IdempotencyConflict, InvalidInput, TradestateError
 from .domain.ids import account_stream_id
 from .domain.state import TradingState
 from .loading import deciding, ensure_orders
@@ -288,6 +288,27 @@ class Writer:
         """Build and append one account event (limits, breaker, kill switch, block, acknowledgement)."""
         e = build_event(cls, **self.envelope(occurred_at), account=account, **fields)
         return self.record_event(account_stream_id(e.account), e)
+
+    def record_once(self, log: Any, stream: str, version: int, event: ev.Event, *,
+                    same: Callable[[dict[str, Any]], bool], conflict: str) -> Recorded:
+        """Append ``event`` to ``log`` (a store log other than the trading log, e.g. the market
+        log) as version ``version`` of ``stream``, once: when that version is already recorded,
+        nothing is appended (a failed insert would still use up a position on PostgreSQL) and the
+        result is the earlier record if ``same(stored payload)``, else ``IdempotencyConflict``
+        (``conflict`` says why). A concurrent writer of the same version is compared the same way."""
+        data = orjson.dumps(event.to_payload())
+        for _attempt in range(2):
+            existing = log.read_stream(stream, version - 1)
+            if existing and existing[0].originator_version == version:
+                if not same(orjson.loads(existing[0].state)):
+                    raise IdempotencyConflict(conflict)
+                return Recorded(existing[0].position, None, duplicate=True)
+            try:  # not in the append metrics, which count the trading log's transactions
+                (appended,) = log.append([new_event(stream, version, event.type_name(), data)])
+            except ConcurrencyConflict:
+                continue  # recorded by another writer in between: compare with theirs
+            return Recorded(appended.position, event.event_id)
+        raise ConcurrencyConflict(f"{stream} version {version} kept conflicting")
 
     def _append(self, decision: rules.Append) -> list[int]:
         """Append decided events (each at its stream's next version) and fold them."""
