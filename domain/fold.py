@@ -6,12 +6,11 @@ the rest of the state depends on: positions, trading-day statistics, cash and ac
 are folded exactly as ``apply`` folds them (the same code for every event that is not an order's),
 but an order is tracked by the few facts its fills need (side, quantity, filled, open or not). At
 the end an order still open is built in full from the rows kept for it, and a finished one is
-left to ``LazyOrders``, which brings it back from its own stream when first asked for (as after
-a checkpoint restore). Submitted, acknowledged, cancel-request, terminal and discrepancy events
+left in the log as an id in the state's ``OrderBook`` (as after a checkpoint restore). Submitted, acknowledged, cancel-request, terminal and discrepancy events
 are not even decoded: such a payload is decoded only when it does not end with its type's current
 schema marker, so that an older payload is upcast and a newer one refused just as ``apply`` would.
 
-Pure: rows in, state out; reading the log and loading orders are passed in.
+Pure: rows in, state out; bringing finished orders back is the application's (``tradestate.loading``).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Any
 import orjson
 
 from .events import EVENT_TYPES, SCHEMA_KEY, upcast
-from .snapshot import ORDER_PREFIX, LazyOrders, LogReader, OrderLoader, _key
+from .snapshot import ORDER_PREFIX, OrderBook, _key
 from .state import ZERO, OrderState, PositionState, TradingState
 
 _fromiso = datetime.fromisoformat
@@ -61,7 +60,7 @@ class _Order:
         self.account = account
         self.rows = rows
         self.lazy = lazy  # the 16 bytes of an ``order-<uuid>`` stream (None: not one): a finished
-        # order with them is left to LazyOrders
+        # order with them is left in the log
 
     def finish(self) -> None:
         self.open = False
@@ -87,11 +86,10 @@ def _build(state: TradingState, sid: str, rows: list[Any]) -> OrderState:
     return order
 
 
-def fold_cold(pages: Pages, exchange_tz: str = "America/New_York", *, order_loader: OrderLoader | None,
-              log_reader: LogReader | None = None) -> tuple[TradingState, int]:
+def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[TradingState, int]:
     """(the state after every row of ``pages``, rows folded): ``pages`` is a log from its first
-    position, in lists of rows; the state equals ``TradingState.apply`` of each row, with finished
-    orders loading lazily through ``order_loader``."""
+    position, in lists of rows; the state equals ``TradingState.apply`` of each row, except that
+    finished orders stay ids in its ``OrderBook`` until the application brings them back."""
     state = TradingState(exchange_tz)
     orders: dict[str, _Order] = {}
     positions = state.positions
@@ -188,9 +186,9 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York", *, order_load
             built.append((o.rows[0][0], sid, _build(state, sid, o.rows)))  # type: ignore[index]
         else:
             finished.append(o.lazy)
-    state.orders = LazyOrders(state, b"".join(finished), order_loader, log_reader)  # type: ignore[arg-type]
+    state.orders = book = OrderBook(b"".join(finished))  # type: ignore[arg-type]
     for _, sid, order in sorted(built, key=lambda b: b[0]):
-        dict.__setitem__(state.orders, sid, order)
+        dict.__setitem__(book, sid, order)
         if order.is_open:
             order.account_state.open_orders[sid] = order  # type: ignore[union-attr]
     return state, rows_folded

@@ -4,10 +4,10 @@ A snapshot keeps everything the engine and the risk checks need *now*: positions
 (limits, breaker, kill switch, ramp, block, cash, trading-day statistics), open orders in full,
 signals, engines and the versions of every stream that is not a finished order. Finished orders
 (filled, cancelled, rejected, expired, refused) are most of a long log and are almost never
-touched again, so a snapshot keeps only their ids (16 bytes each); the restored state brings one
-back from its own stream, through ``order_loader``, the first time something asks for it (a
-re-sent intent, a late venue fact, a query). That keeps a warm start proportional to the open
-state, not to the history.
+touched again, so a snapshot keeps only their ids (16 bytes each); the restored state's
+``OrderBook`` keeps them as ids until the application brings one back from its own stream (a
+re-sent intent, a late venue fact, a query: ``tradestate.loading``). That keeps a warm start
+proportional to the open state, not to the history.
 
 Pure: no I/O. The bytes are canonical (orjson, sorted keys) so their checksum is stable.
 """
@@ -45,22 +45,21 @@ class SnapshotInvalid(ValueError):
     """A snapshot failed validation; the message says which check and where."""
 
 
-# ------------------------------------------------------------------------------ lazy orders
+# ------------------------------------------------------------------------------ finished orders
 
 
-class LazyOrders(dict):  # type: ignore[type-arg]
-    """``TradingState.orders`` after a restore: open orders are present; finished ones come back
-    from the log when first asked for. Lookups of present keys stay plain dict lookups (the fold's
-    hot path); only a miss, a membership test or a full iteration does more."""
+class OrderBook(dict):  # type: ignore[type-arg]
+    """``TradingState.orders`` after a restore or a cold fold: a plain dict of the orders in
+    memory, plus the packed ids of finished orders left in the log (``unloaded`` of them).
 
-    def __init__(self, state: TradingState, finished: bytes, loader: OrderLoader | None,
-                 log_reader: LogReader | None = None):
+    Nothing here reads the log, and lookups are plain dict lookups: a finished order that is not
+    in memory is simply absent. Bringing one back is the application's job, before a decision
+    runs (``tradestate.loading``): read its stream, ``materialize_order``, ``put``."""
+
+    def __init__(self, finished: bytes = b""):
         super().__init__()
-        self._state = state
         self._finished = finished  # packed 16-byte ids, turned into a set only when first needed
         self._cold_set: set[bytes] | None = None
-        self._loader = loader
-        self._log_reader = log_reader
 
     @property
     def _cold(self) -> set[bytes]:
@@ -71,83 +70,52 @@ class LazyOrders(dict):  # type: ignore[type-arg]
             self._finished = b""
         return self._cold_set
 
-    def _cold_key(self, sid: str) -> bytes | None:
-        if not sid.startswith(ORDER_PREFIX) or not self._cold:
-            return None
+    def is_unloaded(self, sid: object) -> bool:
+        """Whether ``sid`` is a finished order of this book that is still only an id."""
+        if not isinstance(sid, str) or not sid.startswith(ORDER_PREFIX) or dict.__contains__(self, sid):
+            return False
+        if self._cold_set is None and not self._finished:
+            return False
         key = _key(sid)
-        return key if key is not None and key in self._cold else None
-
-    def __missing__(self, sid: str) -> OrderState:
-        key = self._cold_key(sid)
-        if key is None:
-            raise KeyError(sid)
-        if self._loader is None:
-            raise KeyError(f"{sid} is in the checkpoint's finished orders but no order loader was given")
-        order = materialize_order(self._state, sid, self._loader(sid, self._state.position))
-        self._cold.discard(key)
-        dict.__setitem__(self, sid, order)
-        return order
-
-    def get(self, sid: str, default: Any = None) -> Any:  # type: ignore[override]
-        try:
-            return self[sid]
-        except KeyError:
-            return default
-
-    def __contains__(self, sid: object) -> bool:
-        return dict.__contains__(self, sid) or (isinstance(sid, str) and self._cold_key(sid) is not None)
+        return key is not None and key in self._cold
 
     @property
     def unloaded(self) -> int:
         return len(self._cold) if self._cold_set is not None else len(self._finished) // 16
 
-    def load_all(self, rows: Iterable[tuple[int, str, int, str, bytes, datetime]] | None = None) -> None:
-        """Bring every finished order back. ``rows`` (the log up to the state's position) is one
-        pass instead of one read per order."""
-        if not self._cold:
-            return
-        if rows is None and self._log_reader is not None and len(self._cold) >= 64:
-            rows = self._log_reader(self._state.position)
-        if rows is None:
-            for key in list(self._cold):
-                self[ORDER_PREFIX + str(UUID(bytes=key))]
-            return
-        scratch = TradingState(self._state.exchange_tz)
-        for position, stream, version, type_name, data, at in rows:
-            if stream.startswith(ORDER_PREFIX) or type_name == "$void":
-                scratch.apply(position, stream, version, type_name, orjson.loads(data), at)
-        for sid, order in scratch.orders.items():
-            key = _key(sid)
-            if key in self._cold:
-                order.account_state = self._state.account(order.account)
-                self._state.stream_versions[sid] = scratch.stream_versions[sid]
-                dict.__setitem__(self, sid, order)
-                self._cold.discard(key)
+    def unloaded_streams(self) -> list[str]:
+        """The stream ids of the finished orders not in memory."""
+        return [ORDER_PREFIX + str(UUID(bytes=key)) for key in self._cold]
 
-    def _everything(self) -> None:
-        if self.unloaded:
-            if self._loader is None:
-                raise RuntimeError("finished orders of the checkpoint are not loaded and no order loader was given")
-            self.load_all()
+    def packed_unloaded(self) -> bytes:
+        """The ids of the finished orders not in memory, packed as 16-byte uuids."""
+        return self._finished if self._cold_set is None else b"".join(self._cold_set)
 
-    def __iter__(self) -> Iterator[str]:
-        self._everything()
-        return dict.__iter__(self)
+    def put(self, sid: str, order: OrderState) -> None:
+        """Add an order brought back from the log (it is no longer only an id)."""
+        dict.__setitem__(self, sid, order)
+        key = _key(sid)
+        if key is not None and (self._cold_set is not None or self._finished):
+            self._cold.discard(key)
 
-    def __len__(self) -> int:
-        return dict.__len__(self) + self.unloaded
 
-    def keys(self):  # type: ignore[override]
-        self._everything()
-        return dict.keys(self)
-
-    def values(self):  # type: ignore[override]
-        self._everything()
-        return dict.values(self)
-
-    def items(self):  # type: ignore[override]
-        self._everything()
-        return dict.items(self)
+def materialize_all(state: TradingState, rows: OrderRows) -> None:
+    """Bring every finished order of ``state.orders`` (an ``OrderBook``) back from ``rows``: the
+    log up to the state's position, in order (one pass instead of one read per order)."""
+    book = state.orders
+    if not isinstance(book, OrderBook) or not book.unloaded:
+        return
+    scratch = TradingState(state.exchange_tz)
+    for position, stream, version, type_name, data, at in rows:
+        if stream.startswith(ORDER_PREFIX) or type_name == "$void":
+            scratch.apply(position, stream, version, type_name, orjson.loads(data), at)
+    cold = book._cold
+    for sid, order in scratch.orders.items():
+        key = _key(sid)
+        if key in cold:
+            order.account_state = state.account(order.account)
+            state.stream_versions[sid] = scratch.stream_versions[sid]
+            book.put(sid, order)
 
 
 def _key(sid: str) -> bytes | None:
@@ -251,7 +219,7 @@ def _engine_doc(e: dict[str, Any]) -> dict[str, Any]:
 
 def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
     """(document, finished order ids packed as 16-byte uuids) of the state as it is now."""
-    orders = dict.items(state.orders) if isinstance(state.orders, LazyOrders) else state.orders.items()
+    orders = dict.items(state.orders)
     hot: list[dict[str, Any]] = []
     finished = []
     fromhex = bytes.fromhex
@@ -261,9 +229,8 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         else:
             finished.append(fromhex(sid[6:].replace("-", "")))  # 6 == len(ORDER_PREFIX)
     cold = bytearray(b"".join(finished))
-    if isinstance(state.orders, LazyOrders):
-        lazy = state.orders
-        cold += lazy._finished if lazy._cold_set is None else b"".join(lazy._cold_set)
+    if isinstance(state.orders, OrderBook):
+        cold += state.orders.packed_unloaded()
     versions = {sid: v for sid, v in state.stream_versions.items()
                 if not sid.startswith(ORDER_PREFIX)}
     versions.update((o["stream_id"], state.stream_versions[o["stream_id"]]) for o in hot)
@@ -391,14 +358,14 @@ def _tn(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def restore(doc: dict[str, Any], finished: bytes, *, order_loader: OrderLoader | None,
-            log_reader: LogReader | None = None) -> TradingState:
-    """A live ``TradingState`` from a validated snapshot; finished orders load lazily."""
+def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
+    """A live ``TradingState`` from a validated snapshot; its orders are an ``OrderBook`` holding
+    the open orders, the finished ones left in the log as ids (``finished``)."""
     state = TradingState(doc["exchange_tz"])
     state.position = doc["position"]
     state.applied = doc["applied"]
     state.stream_versions = dict(doc["stream_versions"])
-    state.orders = LazyOrders(state, finished, order_loader, log_reader)
+    state.orders = OrderBook(finished)
     for name, a in doc["accounts"].items():
         acct = state.account(name)
         acct.limits = {k: Decimal(v) for k, v in a["limits"].items()}
@@ -459,11 +426,12 @@ def restore(doc: dict[str, Any], finished: bytes, *, order_loader: OrderLoader |
 
 
 __all__ = [
-    "LazyOrders",
+    "OrderBook",
     "SNAPSHOT_VERSION",
     "SnapshotInvalid",
     "checksum",
     "encode",
+    "materialize_all",
     "materialize_order",
     "problems",
     "restore",

@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..adapters.store import Store, checkpoints, gc_paused
+from ..adapters.store import Store, gc_paused
+from ..loading import state_at
 from ..domain.state import TradingState
 from .log import (
     Axis,
@@ -100,7 +101,7 @@ def series(store: Store, start: datetime, end: datetime, *, axis: Axis = "record
         if axis == "recorded":
             b = bounds(store)
             p0 = position_at(store, start - timedelta(microseconds=1), b=b, check=False) if start > b.first_at else 0
-            state = checkpoints.state_at(store, p0, exchange_tz=exchange_tz) if p0 else TradingState(exchange_tz)
+            state = state_at(store, p0, exchange_tz=exchange_tz) if p0 else TradingState(exchange_tz)
             stop = min(b.last, position_at(store, end, b=b, check=False))
             events: Any = iter_events(store, p0, stop)
             excluded = None

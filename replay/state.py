@@ -1,7 +1,7 @@
 """Time travel: the trading state as it was at a log position or an instant, and diffs of it.
 
 ``state_at_position`` starts from the newest valid checkpoint at or before the position
-(``adapters.store.checkpoints.state_at``) and folds the tail, so it is fast anywhere in a long
+(``tradestate.loading.state_at``) and folds the tail, so it is fast anywhere in a long
 log. ``state_at_time`` maps the instant to a position on the ``recorded`` axis (see
 ``replay.log``) or folds by ``occurred_at``.
 """
@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..adapters.store import Store, gc_paused
-from ..adapters.store import checkpoints
+from ..loading import state_at
 from ..domain.state import VOID_TYPE, OrderState, TradingState
 from .log import Axis, LoggedEvent, ReplayError, bounds, check_axis, check_within, iso, iter_events, parse_time, position_at
 
@@ -45,7 +45,7 @@ def state_at_position(store: Store, position: int, *, exchange_tz: str = "Americ
         raise ReplayError(f"position must be a whole number >= 1, got {position!r}")
     if position > b.last:
         raise ReplayError(f"position {position} is after the log ends (head is {b.last})")
-    state = checkpoints.state_at(store, position, exchange_tz=exchange_tz)
+    state = state_at(store, position, exchange_tz=exchange_tz)
     from .log import _recorded_at
 
     return StateAt(state, position, _recorded_at(store.trading, position), "recorded")
@@ -60,7 +60,7 @@ def state_at_time(store: Store, at: datetime | str, *, axis: Axis = "recorded",
     if axis == "recorded":
         check_within(at, b)
         position = position_at(store, at, b=b, check=False)
-        state = checkpoints.state_at(store, position, exchange_tz=exchange_tz) if position else TradingState(exchange_tz)
+        state = state_at(store, position, exchange_tz=exchange_tz) if position else TradingState(exchange_tz)
         return StateAt(state, position, at, axis)
     return _fold_occurred(store, at, b.last, exchange_tz, progress)
 

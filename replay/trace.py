@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..adapters.store import Store
-from ..adapters.store import checkpoints
+from ..loading import state_at
 from ..domain.errors import UnknownOrder
 from ..domain.ids import account_stream_id, order_stream_id
 from ..domain.state import TradingState
@@ -107,7 +107,7 @@ def _order_state(o: Any) -> dict[str, Any]:
 
 def find_accounts(store: Store, client_order_id: str) -> list[str]:
     """The accounts that have an order with this client order id."""
-    state = checkpoints.state_at(store)
+    state = state_at(store)
     return [a for a in sorted(state.accounts) if store.trading.read_stream(order_stream_id(a, client_order_id))[:1]]
 
 

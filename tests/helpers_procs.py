@@ -62,7 +62,7 @@ def _intents(url: str, account: str, worker: int, count: int, barrier: Any) -> d
 
     results = []
     gave_up = 0
-    with tradestate.connect(url) as client:
+    with tradestate.connect(url, venue="sim") as client:
         barrier.wait(BARRIER_TIMEOUT)
         for i in range(count):
             coid = f"w{worker}-o{i}"
@@ -140,7 +140,7 @@ def _same_intents(url: str, account: str, worker: int, count: int, barrier: Any)
     import tradestate
 
     out = []
-    with tradestate.connect(url) as client:
+    with tradestate.connect(url, venue="sim") as client:
         for i in range(count):
             barrier.wait(BARRIER_TIMEOUT)  # both processes send intent i at the same moment
             r = client.record_intent(account, f"dup-{i}", "MSFT", "sell", "3", order_type="limit", limit_price="410.5")

@@ -203,7 +203,7 @@ def run_command(client: Any, orders: Orders, clock: Clock | None, cmd: tuple) ->
                 ACCOUNTS[acct], coid, SYMBOLS[sym], side, qty,
                 order_type="limit" if limit_price is not None else "market",
                 limit_price=limit_price, reference_price=limit_price or "100",
-                strategy_id=STRATEGIES[acct % len(STRATEGIES)],
+                strategy_id=STRATEGIES[acct % len(STRATEGIES)], venue="sim",
             )
             return
         if kind == "trade":  # an intent, its ack, and fills of the given percentages of its quantity

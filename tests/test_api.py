@@ -72,7 +72,7 @@ def populate(url: str) -> dict[str, Any]:
     clock = Clock()
     t0 = clock.t0
     now = datetime.now(timezone.utc)
-    client = tradestate.connect(url, clock=clock)
+    client = tradestate.connect(url, clock=clock, venue="sim")
     try:
         client.set_risk_limit("acct-1", "max_order_qty", 1000)
         client.set_risk_limit("acct-1", "max_position_qty", 5000)
@@ -122,7 +122,7 @@ def populate(url: str) -> dict[str, Any]:
 
 
 def append_unprojected(url: str, n: int) -> None:
-    client = tradestate.connect(url)
+    client = tradestate.connect(url, venue="sim")
     try:
         for i in range(n):
             client.record_signal("lagging", f"SYM{i}", "long")
@@ -590,7 +590,7 @@ def test_client_metrics_are_in_the_default_registry(sqlite_url):
     before_ok = sample("tradestate_appends_total", outcome="ok")
     before_hist = sample("tradestate_append_seconds_count")
     before_refused = sample("tradestate_intent_refusals_total", reason="kill_switch")
-    with tradestate.connect(sqlite_url) as client:
+    with tradestate.connect(sqlite_url, venue="sim") as client:
         client.engage_kill_switch("m", "test")
         client.record_intent("m", "m-1", "AAPL", "buy", "1")
     assert sample("tradestate_appends_total", outcome="ok") == before_ok + 2

@@ -5,7 +5,7 @@ import tradestate
 
 def test_async_twin_records_and_queries(sqlite_url):
     async def session():
-        client = await tradestate.connect_async(sqlite_url)
+        client = await tradestate.connect_async(sqlite_url, venue="sim")
         async with client:
             result = await client.record_intent("acct", "a-1", "AAPL", "buy", "5", reference_price="10")
             assert result.accepted
@@ -22,5 +22,5 @@ def test_async_twin_records_and_queries(sqlite_url):
 
     asyncio.run(session())
     # the sync client sees what the async one wrote
-    with tradestate.connect(sqlite_url) as again:
+    with tradestate.connect(sqlite_url, venue="sim") as again:
         assert again.order("acct", "a-1")["status"] == "filled"

@@ -18,11 +18,12 @@ from tradestate.adapters.store import checkpoints as cp
 from tradestate.adapters.store import open_store
 from tradestate.domain import snapshot
 from tradestate.domain.state import TradingState
+from tradestate.loading import fold_tail, load_checkpoint, state_at
 
 
 def fresh_fold(store, stop=None) -> TradingState:
     state = TradingState()
-    cp.fold_tail(store, state, stop)
+    fold_tail(store, state, stop)
     return state
 
 
@@ -37,10 +38,10 @@ def test_checkpoint_then_tail_equals_a_fresh_fold(db_url, store, session):
     middle = session // 2
     info = cp.write(store, fresh_fold(store, middle))
     assert info.position == middle and info.finished_orders > 0
-    loaded = cp.load(store)
+    loaded = load_checkpoint(store)
     assert loaded.checkpoint is not None and loaded.checkpoint.id == info.id and not loaded.rejected
     assert loaded.state.position == middle
-    cp.fold_tail(store, loaded.state)
+    fold_tail(store, loaded.state)
     assert loaded.state.summary() == fresh_fold(store).summary()
 
 
@@ -48,7 +49,7 @@ def test_state_at_any_position_equals_the_fold_of_the_prefix(store, session):
     cp.write(store, fresh_fold(store, 100))
     cp.write(store, fresh_fold(store, 200))
     for position in (50, 100, 150, 200, 250, session):
-        assert cp.state_at(store, position).summary() == fresh_fold(store, position).summary(), position
+        assert state_at(store, position).summary() == fresh_fold(store, position).summary(), position
 
 
 def test_a_restored_state_keeps_idempotency_and_late_facts_of_finished_orders(db_url, store, session):
@@ -57,7 +58,7 @@ def test_a_restored_state_keeps_idempotency_and_late_facts_of_finished_orders(db
     with tradestate.connect(db_url, clock=Clock()) as client:
         finished = [o for o in client.state.orders.values() if not o.is_open]
     assert finished
-    loaded = cp.load(store)
+    loaded = load_checkpoint(store)
     orders = loaded.state.orders
     assert orders.unloaded == len(finished)
     sample = finished[0]
@@ -144,26 +145,26 @@ def test_a_damaged_checkpoint_is_refused_and_an_older_one_used(store, session, d
     newer = cp.write(store, fresh_fold(store, 200))
     corrupt, reason = DAMAGE[damage]
     corrupt(store, newer.id)
-    loaded = cp.load(store)
+    loaded = load_checkpoint(store)
     assert loaded.checkpoint is not None and loaded.checkpoint.id == older.id
     assert [r.checkpoint.id for r in loaded.rejected] == [newer.id]
     assert any(reason in text for text in loaded.rejected[0].reasons), loaded.rejected[0].reasons
-    cp.fold_tail(store, loaded.state)
+    fold_tail(store, loaded.state)
     assert loaded.state.summary() == fresh_fold(store).summary()
 
 
 def test_with_every_checkpoint_damaged_recovery_replays_from_zero(store, session):
     info = cp.write(store, fresh_fold(store, 100))
     _raw(store, "UPDATE {t} SET checksum = ? WHERE id = ?", ("f" * 64, info.id))
-    loaded = cp.load(store)
+    loaded = load_checkpoint(store)
     assert loaded.state is None and loaded.checkpoint is None and len(loaded.rejected) == 1
-    assert cp.state_at(store).summary() == fresh_fold(store).summary()
+    assert state_at(store).summary() == fresh_fold(store).summary()
 
 
 def test_a_truncated_document_is_refused(store, session):
     info = cp.write(store, fresh_fold(store, 100))
     _raw(store, "UPDATE {t} SET document = ? WHERE id = ?", (b'{"position": 100', info.id))
-    loaded = cp.load(store)
+    loaded = load_checkpoint(store)
     assert loaded.state is None and "checksum mismatch" in loaded.rejected[0].reasons[0]
 
 
@@ -189,14 +190,14 @@ def test_checkpoints_anywhere_then_tail_equal_a_fresh_fold(seed, n, cuts):
                 if cut:
                     cp.write(store, fresh_fold(store, cut), keep=10)
             for stop in {head, max(1, head // 2)}:
-                assert cp.state_at(store, stop).summary() == fresh_fold(store, stop).summary()
+                assert state_at(store, stop).summary() == fresh_fold(store, stop).summary()
 
 
 def test_many_finished_orders_come_back_in_one_pass_over_the_log(db_url, store):
     with tradestate.connect(db_url, clock=Clock()) as client:
         write_session(client, 900, seed=5)
     cp.write(store, fresh_fold(store))
-    loaded = cp.load(store)
+    loaded = load_checkpoint(store)
     assert loaded.state.orders.unloaded >= 64  # the one-pass path, not a read per order
     assert loaded.state.summary() == fresh_fold(store).summary()
     assert loaded.state.orders.unloaded == 0

@@ -28,7 +28,7 @@ ACCT = "acct-1"
 
 @pytest.fixture
 def client(db_url):
-    c = tradestate.connect(db_url)
+    c = tradestate.connect(db_url, venue="sim")
     try:
         yield c
     finally:
@@ -38,7 +38,7 @@ def client(db_url):
 @pytest.fixture
 def other(db_url, client):
     """A second client on the same database (another engine, or a risk tool)."""
-    c = tradestate.connect(db_url)
+    c = tradestate.connect(db_url, venue="sim")
     try:
         yield c
     finally:
@@ -162,7 +162,7 @@ def test_same_intent_twice_is_one_intent(client):
     assert again.position == first.position and again.event_id == first.event_id
     assert heads(client) == head
     # a new client (a restarted engine) gets the same answer from the log
-    with tradestate.connect(client.store.url) as restarted:
+    with tradestate.connect(client.store.url, venue="sim") as restarted:
         third = restarted.record_intent(ACCT, "i-1", "AAPL", "buy", "10", order_type="limit", limit_price="100")
         assert third.duplicate and third.position == first.position and third.event_id == first.event_id
     assert heads(client) == head
@@ -457,7 +457,7 @@ def test_a_second_client_folds_to_the_same_state(client, db_url):
     _session(client)
     assert "DailyLimitBreached" in types(client)
     expected = client.state.summary()
-    with tradestate.connect(db_url) as fresh:
+    with tradestate.connect(db_url, venue="sim") as fresh:
         assert fresh.position == client.position == client.store.trading.head()
         assert fresh.state.summary() == expected
         assert fresh.positions() == client.positions()
@@ -470,14 +470,14 @@ def test_queries_do_not_change_the_folded_state(client, db_url):
     """Queries are reads: asking about an account the log has never mentioned must not make the
     state differ from a plain fold of the log."""
     _session(client)
-    with tradestate.connect(db_url) as reader:
+    with tradestate.connect(db_url, venue="sim") as reader:
         reader.positions("ghost")
         reader.open_orders("ghost")
         reader.risk_state(ACCT)
         reader.risk_state("ghost")
         with pytest.raises(UnknownOrder):
             reader.order("ghost", "x")
-        with tradestate.connect(db_url) as fresh:
+        with tradestate.connect(db_url, venue="sim") as fresh:
             assert reader.state.summary() == fresh.state.summary()
 
 
@@ -564,7 +564,7 @@ def test_a_commit_reported_as_failed_is_not_written_twice(client, db_url, case):
     ids = [orjson.loads(r[4])["event_id"] for r in rows]
     assert len(ids) == len(set(ids)), "the same event id is in the log twice"
     assert result.position == written[-1][0]
-    with tradestate.connect(db_url) as fresh:
+    with tradestate.connect(db_url, venue="sim") as fresh:
         assert fresh.state.summary() == client.state.summary()
         if case == "engine started":
             assert fresh.state.engines["eng-9"]["previous_run_crashed"] is False

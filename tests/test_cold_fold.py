@@ -21,11 +21,11 @@ from projector_worker import Clock, write_session
 from test_domain_state import Fold, _fill_v1_payload
 
 import tradestate
-from tradestate.adapters.store import checkpoints as cp
 from tradestate.domain import events as ev
-from tradestate.domain.fold import fold_cold
 from tradestate.domain.ids import order_stream_id
 from tradestate.domain.state import VOID_TYPE, TradingState
+from tradestate.loading import fold_pages as fold_cold
+from tradestate import loading as cp
 
 ACCOUNTS = ("acct", "other")
 SYMBOLS = ("AAPL", "MSFT")

@@ -127,7 +127,7 @@ def note_outcome(what: str) -> None:
 class Harness:
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="tradestate-fuzz-")
-        self.client = TradestateClient(open_store(f"sqlite:///{self.dir}/log.db"), clock=lambda: NOW)
+        self.client = TradestateClient(open_store(f"sqlite:///{self.dir}/log.db"), clock=lambda: NOW, venue="sim")
         c = self.client
         c.record_intent("acct-1", "open-1", "AAPL", "buy", "1000000", order_type="limit", limit_price="100")
         c.record_intent("acct-1", "open-2", "MSFT", "sell", "1000000")

@@ -21,7 +21,7 @@ import tradestate
 
 
 def test_read_model_waits_for_the_clients_own_writes(db_url):
-    client = tradestate.connect(db_url)
+    client = tradestate.connect(db_url, venue="sim")
     client.set_risk_limit("rm", "max_position_qty", 100)
     client.record_intent("rm", "r-1", "AAPL", "buy", "10", reference_price="50")
     client.record_fill("rm", "r-1", "X-1", "4", "50.5")

@@ -12,6 +12,7 @@ from projector_worker import Clock, write_session
 
 import tradestate
 from tradestate.adapters.store import checkpoints as cp
+from tradestate.loading import fold_tail
 from tradestate.adapters.store import open_store
 from tradestate.domain import events as ev
 from tradestate.domain.state import TradingState
@@ -20,7 +21,7 @@ from tradestate.recovery import detect, recover
 
 def fresh(store) -> TradingState:
     state = TradingState()
-    cp.fold_tail(store, state)
+    fold_tail(store, state)
     return state
 
 
@@ -117,7 +118,7 @@ def test_a_clean_stop_resumes_nothing_and_a_given_ramp_is_recorded(sqlite_url):
 def test_a_blocked_account_is_not_ready_until_acknowledged(sqlite_url):
     with tradestate.connect(sqlite_url) as client:
         client.engine_started("e")
-        client._account_fact(ev.TradingBlocked, "a1", reason="reconciliation found 2 discrepancies")
+        client.writer.account_fact(ev.TradingBlocked, "a1", reason="reconciliation found 2 discrepancies")
     run = cli("recover", "--db", sqlite_url, "--engine-id", "e", "--json")
     assert run.returncode == 1, run.stdout + run.stderr
     report = json.loads(run.stdout)
@@ -128,7 +129,7 @@ def test_a_blocked_account_is_not_ready_until_acknowledged(sqlite_url):
         refused = client.record_intent(account="a1", client_order_id="o1", venue="SIM", symbol="AAPL", side="buy",
                                        order_type="market", qty=1, reference_price="10")
         assert refused.refusal and "trading_blocked" in refused.refusal.reasons
-        client._account_fact(ev.DiscrepancyAcknowledged, "a1", by="ops", decision="venue is right; corrected")
+        client.writer.account_fact(ev.DiscrepancyAcknowledged, "a1", by="ops", decision="venue is right; corrected")
     run = cli("recover", "--db", sqlite_url, "--engine-id", "e")
     assert run.returncode == 0 and "READY TO TRADE" in run.stdout, run.stdout + run.stderr
 

@@ -14,6 +14,7 @@ import pytest
 import tradestate
 from tradestate import replay
 from tradestate.adapters.store import checkpoints as cp
+from tradestate.loading import fold_tail
 from tradestate.adapters.store import open_store
 from tradestate.domain.errors import TradestateError, UnknownOrder
 from tradestate.domain.state import TradingState
@@ -46,7 +47,7 @@ def build_session(url: str) -> Session:
     """~40 events: fills, a cancel, a breaker trip and a refusal, a kill switch, an overfill
     (discrepancy), a second account using the same client order id, and 4 AAPL bars."""
     clock = Clock()
-    with tradestate.connect(url, clock=clock) as c:
+    with tradestate.connect(url, clock=clock, venue="sim") as c:
         c.engine_started("eng-1")
         c.set_risk_limit(A, "max_position_qty", 1000)
         for minute, (o, h, lo, cl) in enumerate([("187.10", "187.60", "187.00", "187.55"),
@@ -108,7 +109,7 @@ def store(session):
 
 def fresh_fold(store, stop=None) -> TradingState:
     state = TradingState()
-    cp.fold_tail(store, state, stop)
+    fold_tail(store, state, stop)
     return state
 
 

@@ -113,6 +113,7 @@ class TradingLifecycle(RuleBasedStateMachine):
             open_store(f"sqlite:///{self.dir}/log.db"),
             clock=lambda: self.now,
             new_id=lambda: UUID(int=next(ids)),
+            venue="sim",
         )
         self.model: dict[tuple[str, str], ModelOrder] = {}
         self.held: Counter[tuple[str, str]] = Counter()  # (account, symbol) -> signed filled qty
@@ -613,7 +614,7 @@ def _fresh_fold(client: TradestateClient) -> dict:
 def test_read_only_queries_do_not_change_the_live_state(tmp_path):
     # The live state must stay equal to a fold of the log; a query about an account that has no
     # events must not create one (risk_state used state.account(), which inserts it).
-    with TradestateClient(open_store(f"sqlite:///{tmp_path}/log.db"), clock=lambda: START) as client:
+    with TradestateClient(open_store(f"sqlite:///{tmp_path}/log.db"), clock=lambda: START, venue="sim") as client:
         client.record_intent("acct-a", "o1", "AAPL", "buy", "1")
         before = client.state.summary()
         assert before == _fresh_fold(client)
@@ -628,7 +629,7 @@ def test_read_only_queries_do_not_change_the_live_state(tmp_path):
 
 def test_a_fresh_client_on_the_same_file_folds_the_same_state(tmp_path):
     url = f"sqlite:///{tmp_path}/log.db"
-    with TradestateClient(open_store(url), clock=lambda: START) as client:
+    with TradestateClient(open_store(url), clock=lambda: START, venue="sim") as client:
         client.set_risk_limit("acct-a", "max_order_qty", "5")
         client.record_intent("acct-a", "o1", "AAPL", "buy", "2", order_type="limit", limit_price="10.5")
         client.record_intent("acct-a", "o2", "AAPL", "buy", "6")  # refused
@@ -636,5 +637,5 @@ def test_a_fresh_client_on_the_same_file_folds_the_same_state(tmp_path):
         client.record_fill("acct-a", "o1", "X2", "1", "10.4")  # overfill
         client.trip_breaker("acct-a", "r", until=START + timedelta(hours=1))
         live = client.state.summary()
-    with TradestateClient(open_store(url), clock=lambda: START) as again:
+    with TradestateClient(open_store(url), clock=lambda: START, venue="sim") as again:
         assert again.state.summary() == live

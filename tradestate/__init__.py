@@ -1,14 +1,14 @@
 """tradestate: an event-sourced trading-state service.
 
     import tradestate
-    client = tradestate.connect("sqlite:///trading.db")   # or postgresql://..., or $TRADESTATE_DB
+    client = tradestate.connect("sqlite:///trading.db", venue="alpaca")  # or postgresql://..., or $TRADESTATE_DB
     result = client.record_intent("acct-1", "ord-1", "AAPL", "buy", "10", reference_price="187.25")
     if result.accepted:
         ...  # only now send the order
 """
 
 from .aio import AsyncTradestateClient, connect_async
-from .client import IntentResult, Recorded, RiskRefusal, TradestateClient, connect
+from .client import IntentResult, RiskRefusal, TradestateClient, connect
 from .domain.errors import (
     AppendFailed,
     ConcurrencyConflict,
@@ -18,6 +18,8 @@ from .domain.errors import (
     TradestateError,
     UnknownOrder,
 )
+from .loading import LoadedState, load_state
+from .writer import Decided, Recorded, Writer, Written, build_event
 
 __version__ = "0.1.0"
 
@@ -25,15 +27,21 @@ __all__ = [
     "AppendFailed",
     "AsyncTradestateClient",
     "ConcurrencyConflict",
+    "Decided",
     "IdempotencyConflict",
     "IntentResult",
     "InvalidInput",
     "InvalidTransition",
+    "LoadedState",
     "Recorded",
     "RiskRefusal",
     "TradestateClient",
     "TradestateError",
     "UnknownOrder",
+    "Writer",
+    "Written",
+    "build_event",
     "connect",
     "connect_async",
+    "load_state",
 ]

@@ -18,12 +18,15 @@ _ASYNC_METHODS = frozenset({
     "record_intent", "record_submitted", "record_ack", "record_reject", "record_fill", "request_cancel",
     "record_cancelled", "record_replaced", "record_expired", "set_risk_limit", "trip_breaker",
     "reset_breaker", "engage_kill_switch", "release_kill_switch", "record_daily_limit_breach",
-    "resume_trading", "record_signal", "engine_started", "engine_stopped", "record_bar", "order",
+    "resume_trading", "record_signal", "engine_started", "engine_stopped", "record_recovery", "record_bar", "order",
     "open_orders", "positions", "risk_state", "catch_up",
 })  # fmt: skip
 
 
 class AsyncTradestateClient:
+    """``TradestateClient`` for asyncio: the same methods (each awaited, with the same contract),
+    run in order on one worker thread; ``sync`` is the wrapped client."""
+
     def __init__(self, client: TradestateClient):
         self.sync = client
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tradestate")
@@ -53,7 +56,8 @@ class AsyncTradestateClient:
 
 
 async def connect_async(url: str | None = None, **options: Any) -> AsyncTradestateClient:
-    """``await connect_async(url)``: opens the store and folds the log off the event loop."""
+    """``await connect_async(url, **options)``: opens the store and folds the log off the event
+    loop; ``options`` are ``TradestateClient``'s (``venue=...``: the venue of intents naming none)."""
     loop = asyncio.get_running_loop()
     client = await loop.run_in_executor(None, lambda: TradestateClient(open_store(url), **options))
     return AsyncTradestateClient(client)

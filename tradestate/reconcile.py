@@ -3,7 +3,7 @@
 One run appends, in one transaction, the corrective events, a ``ReconciliationCompleted`` with
 the raw venue report it acted on (and its sha256), and in strict mode a ``TradingBlocked`` when
 the venue disagreed with the log or could not be read in full. The append goes through the
-client's optimistic concurrency: on a conflict it catches up and plans again on the fresh log.
+``Writer`` (optimistic concurrency): on a conflict it catches up and plans again on the fresh log.
 
 Every run is recorded, also a clean one: "we compared at T and agreed" is itself a fact an
 auditor wants. The run's id is a uuid5 of the account, venue and the report's hash (which
@@ -26,19 +26,22 @@ import orjson
 from pydantic_core import to_jsonable_python
 
 from .adapters.brokers.base import BrokerAdapter, OrderNotFound, Unknown, VenueError, VenueOrder, VenueSnapshot
-from .client import TradestateClient, _build
+from .client import TradestateClient
 from .domain import events as ev
 from .domain import orders as rules
 from .domain.errors import InvalidInput
-from .domain.ids import account_stream_id
+from .domain.ids import account_stream_id, order_stream_id
 from .domain.reconcile import (
     Discrepancy,
     LookupResult,
     ReconciliationPlan,
+    external_client_order_id,
     fact_id,
     orders_to_look_up,
     plan_reconciliation,
 )
+from .domain.state import TradingState
+from .writer import Decided, Recorded, Writer, build_event
 
 DEFAULT_LOOKUP_LIMIT = 500  # single-order lookups per run; beyond that the orders stay "unknown"
 MAX_ERRORS = 100  # ReconciliationCompleted.errors holds at most this many
@@ -116,8 +119,29 @@ def _summary(event: ev.Event) -> dict[str, Any]:
     return {"type": event.type_name(), **{k: data[k] for k in keep if data.get(k) not in (None, "")}}
 
 
+def orders_touched(account: str, snapshot: VenueSnapshot, lookups: dict[str, LookupResult]) -> list[str]:
+    """The order streams a plan of ``snapshot`` may read: every order and fill the venue reported,
+    by our client order id and by the id an order found only at the venue is imported under."""
+    coids: set[str] = set(lookups)
+    venue_orders_seen = [*(o for part in (snapshot.open_orders, snapshot.recent_orders)
+                           if not isinstance(part, Unknown) for o in part),
+                         *(r for r in lookups.values() if isinstance(r, VenueOrder))]
+    fills = [] if isinstance(snapshot.fills, Unknown) else list(snapshot.fills)
+    for order in venue_orders_seen:
+        fills.extend(order.fills)
+    for item in [*venue_orders_seen, *fills]:
+        if item.client_order_id:
+            coids.add(item.client_order_id)
+        coids.add(external_client_order_id(item.venue_order_id))
+    return [order_stream_id(account, coid) for coid in sorted(coids)]
+
+
+def _writer(client: TradestateClient | Writer) -> Writer:
+    return client if isinstance(client, Writer) else client.writer
+
+
 def reconcile(
-    client: TradestateClient,
+    client: TradestateClient | Writer,
     adapter: BrokerAdapter,
     *,
     strict: bool = False,
@@ -125,31 +149,30 @@ def reconcile(
     now: datetime | None = None,
     lookup_limit: int = DEFAULT_LOOKUP_LIMIT,
 ) -> ReconciliationResult:
-    """Reconcile one broker account with the log; see the module docstring."""
+    """Reconcile one broker account with the log; see the module docstring. ``client``: the
+    client (or its ``Writer``) whose log is reconciled. Raises ``InvalidInput`` for naive times."""
     started = time.perf_counter()
+    writer = _writer(client)
     if now is None:
-        now = client._now()
+        now = writer.now()
     if now.tzinfo is None or (since is not None and since.tzinfo is None):
         raise InvalidInput("reconcile: now and since must be timezone-aware")
     now = now.astimezone(timezone.utc)
     account = adapter.account
     snapshot = adapter.snapshot(since, now=now)
-    client.catch_up()
-    lookups = look_up(adapter, orders_to_look_up(client.state, snapshot), lookup_limit)
+    writer.catch_up()
+    lookups = look_up(adapter, orders_to_look_up(writer.state, snapshot), lookup_limit)
     report, digest = venue_report(snapshot, lookups)
     run_id = fact_id("reconciliation", account, adapter.broker, snapshot.venue, digest)
     completed_id = fact_id("ReconciliationCompleted", run_id)
-    holder: dict[str, Any] = {}
 
-    def decide() -> rules.Decision:
+    def decide(state: TradingState) -> Decided[tuple[ReconciliationPlan, bool]]:
         # Runs after every catch-up (again after a conflict): the plan is always against the log
         # as it is now, so a concurrent writer's events are never corrected twice.
-        plan = plan_reconciliation(client.state, snapshot, reconciliation_id=run_id, now=now, lookups=lookups)
-        holder["plan"] = plan
-        state_account = client.state.accounts.get(account)
+        plan = plan_reconciliation(state, snapshot, reconciliation_id=run_id, now=now, lookups=lookups)
+        state_account = state.accounts.get(account)
         block = strict and plan.blocking and not (state_account is not None and state_account.blocked)
-        holder["block"] = block
-        completed = _build(
+        completed = build_event(
             ev.ReconciliationCompleted,
             event_id=completed_id,
             occurred_at=now,
@@ -168,7 +191,7 @@ def reconcile(
         )
         events = [*plan.events, (account_stream_id(account), completed)]
         if block:
-            events.append((account_stream_id(account), _build(
+            events.append((account_stream_id(account), build_event(
                 ev.TradingBlocked,
                 event_id=fact_id("TradingBlocked", run_id),
                 occurred_at=now,
@@ -177,14 +200,14 @@ def reconcile(
                 reason=_block_reason(plan),
                 reconciliation_id=str(run_id),
             )))
-        return rules.Append(events)
+        return Decided(rules.Append(events), (plan, block))
 
-    decision, positions = client._record(decide)
-    plan: ReconciliationPlan = holder["plan"]
-    blocked = bool(holder.get("block"))
-    position = positions[len(plan.events)] if isinstance(decision, rules.Append) else positions[0]
-    if isinstance(decision, rules.AlreadyRecorded):  # cannot happen: decide always appends
-        blocked = False
+    written = writer.record(decide, orders=orders_touched(account, snapshot, lookups))
+    plan, blocked = written.value  # type: ignore[misc]
+    if isinstance(written.decision, rules.Append):
+        position = written.positions[len(plan.events)]
+    else:  # cannot happen: decide always appends
+        position, blocked = written.positions[0], False
     return ReconciliationResult(
         reconciliation_id=str(run_id),
         account=account,
@@ -217,14 +240,16 @@ def _block_reason(plan: ReconciliationPlan) -> str:
     return ("strict reconciliation: " + ", ".join(parts))[:1000]
 
 
-def acknowledge(client: TradestateClient, account: str, *, by: str, decision: str) -> Any:
-    """Record an operator's decision on the discrepancies that blocked trading (unblocks it)."""
+def acknowledge(client: TradestateClient | Writer, account: str, *, by: str, decision: str) -> Recorded:
+    """Record an operator's decision on the discrepancies that blocked trading (unblocks it).
+    An empty ``decision`` is ``InvalidInput``."""
     if not decision or not decision.strip():
         raise InvalidInput("acknowledge: say what was decided (--decision)")
-    client.catch_up()
-    state = client.state.accounts.get(account)
+    writer = _writer(client)
+    writer.catch_up()
+    state = writer.state.accounts.get(account)
     last = state.last_reconciliation if state is not None else None
-    return client._account_fact(
+    return writer.account_fact(
         ev.DiscrepancyAcknowledged, account, by=by, decision=decision,
         reconciliation_id=last["reconciliation_id"] if last else None,
     )
@@ -320,6 +345,7 @@ __all__ = [
     "ReconciliationResult",
     "acknowledge",
     "make_adapter",
+    "orders_touched",
     "reconcile",
     "venue_report",
 ]

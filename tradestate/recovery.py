@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .adapters.store import Store, checkpoints
+from .adapters.store import Store
 from .domain.ids import engine_stream_id
 from .domain.state import TradingState
+from .loading import fold_rest, from_checkpoint
 
 STEP_NAMES = ("detect", "verify", "checkpoint", "replay", "reconcile", "health", "record")
 
@@ -209,11 +210,14 @@ def _plan_only(client: Any, adapter: Any, now: datetime) -> dict[str, Any]:
     from uuid import uuid4
 
     from .domain.reconcile import orders_to_look_up, plan_reconciliation
-    from .reconcile import DEFAULT_LOOKUP_LIMIT, look_up
+    from .loading import deciding
+    from .reconcile import DEFAULT_LOOKUP_LIMIT, look_up, orders_touched
 
     snapshot = adapter.snapshot(None, now=now)
     lookups = look_up(adapter, orders_to_look_up(client.state, snapshot), DEFAULT_LOOKUP_LIMIT)
-    plan = plan_reconciliation(client.state, snapshot, reconciliation_id=uuid4(), now=now, lookups=lookups)
+    client.writer.load_orders(orders_touched(adapter.account, snapshot, lookups))
+    with deciding(client.state) as state:
+        plan = plan_reconciliation(state, snapshot, reconciliation_id=uuid4(), now=now, lookups=lookups)
     return {"broker": adapter.broker, "account": adapter.account, "venue": adapter.venue, "status": plan.status,
             "discrepancies": [vars(d) if hasattr(d, "__dict__") else d for d in plan.discrepancies],
             "would_append": len(plan.events), "unknown": list(plan.unknown), "dry_run": True}
@@ -254,7 +258,8 @@ def recover(
     clock: Callable[[], datetime] | None = None,
     exchange_tz: str = "America/New_York",
 ) -> tuple[RecoveryReport, Any]:
-    """Run the recovery sequence; returns (report, a TradestateClient on the recovered state)."""
+    """Run the recovery sequence; returns (report, a TradestateClient on the recovered state).
+    Nothing is appended with ``record`` False (a dry run: reconciliation is planned only)."""
     from .client import TradestateClient
 
     if verify not in ("tail", "full", "none"):
@@ -274,15 +279,13 @@ def recover(
 
     # 3. checkpoint (found first: the tail to verify starts at its position)
     timer = _Timer()
-    loaded = checkpoints.load(store, head=report.head)
+    state, loaded = from_checkpoint(store, exchange_tz, head=report.head)
     refused = [f"checkpoint {r.checkpoint.id} at {r.checkpoint.position}: {'; '.join(r.reasons[:3])}"
                for r in loaded.rejected]
-    if loaded.state is not None and loaded.state.exchange_tz == exchange_tz:
-        state = loaded.state
+    if state is not None:
         report.checkpoint_position = loaded.checkpoint.position  # type: ignore[union-attr]
         detail = f"checkpoint {loaded.checkpoint.id} at position {report.checkpoint_position} loaded"  # type: ignore[union-attr]
     else:
-        state = TradingState(exchange_tz)
         detail = "no valid checkpoint: replaying from zero"
     if refused:
         detail += "; refused: " + " | ".join(refused)
@@ -292,13 +295,10 @@ def recover(
     # 2. verify (a long walk runs in another process while the tail is replayed)
     verification = _Verification(store, verify, report.checkpoint_position or 0, report.head)
 
-    # 4. replay the tail (with no checkpoint: the cold fold, which leaves finished orders to load lazily)
+    # 4. replay the tail (with no checkpoint: the cold fold, which leaves finished orders in the log)
     timer = _Timer()
-    start = state.position
-    if report.checkpoint_position is None:
-        state, report.replayed = checkpoints.fold_cold(store, exchange_tz)
-    else:
-        report.replayed = checkpoints.fold_tail(store, state)
+    start = state.position if state is not None else 0
+    state, report.replayed = fold_rest(store, state, exchange_tz)
     rate = report.replayed / timer.seconds if timer.seconds > 0 else 0.0
     replay_step = Step("replay", "ok", timer.seconds,
                        f"{report.replayed:,} events after position {start:,} folded ({rate:,.0f}/s)",

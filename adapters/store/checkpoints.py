@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -258,8 +258,7 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
                 result.rejected.append(Rejected(info, reasons))
                 continue
             try:
-                result.state = snapshot.restore(doc, finished, order_loader=order_loader(store),
-                                                log_reader=lambda upto: store.trading.iter_rows(0, upto))
+                result.state = snapshot.restore(doc, finished)
             except (KeyError, TypeError, ValueError, ArithmeticError) as e:
                 result.rejected.append(Rejected(info, [f"cannot be restored: {type(e).__name__}: {e}"]))
                 continue
@@ -285,35 +284,3 @@ def _check(store: Store, info: CheckpointInfo, event_id: str, data: bytes, finis
     if (created - now).total_seconds() > 300:
         reasons.append(f"written in the future ({info.created_at.isoformat()})")
     return reasons
-
-
-def fold_tail(store: Store, state: TradingState, stop: int | None = None) -> int:
-    """Apply the log after ``state.position`` (up to ``stop``); returns events applied."""
-    applied = 0
-    with gc_paused():
-        apply, loads = state.apply, orjson.loads
-        for pos, stream, version, type_name, data, at in store.trading.iter_rows(state.position, stop):
-            apply(pos, stream, version, type_name, loads(data), at)
-            applied += 1
-    return applied
-
-
-def fold_cold(store: Store, exchange_tz: str = "America/New_York", stop: int | None = None) -> tuple[TradingState, int]:
-    """(the state after the log up to ``stop``, rows folded) with no checkpoint:
-    ``domain.fold.fold_cold``, so finished orders are left to load lazily, as after a restore."""
-    from ...domain.fold import fold_cold as fold
-
-    with gc_paused(), closing(store.trading.iter_pages(0, stop)) as pages:
-        return fold(pages, exchange_tz, order_loader=order_loader(store),
-                    log_reader=lambda upto: store.trading.iter_rows(0, upto))
-
-
-def state_at(store: Store, position: int | None = None, *, exchange_tz: str = "America/New_York") -> TradingState:
-    """The trading state after the event at ``position`` (default: the head): from the newest
-    valid checkpoint at or before it, then the log up to it."""
-    loaded = load(store, at_or_before=position)
-    state = loaded.state
-    if state is None or state.exchange_tz != exchange_tz:
-        state = TradingState(exchange_tz)
-    fold_tail(store, state, position)
-    return state

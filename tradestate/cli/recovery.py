@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         from datetime import datetime, timezone
 
         from ..adapters.store import checkpoints
+        from ..loading import state_at
 
         with open_log(settings(config, db=db).db) as store:
             if list_only:
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
                     table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()))
                 console.print(table)
                 return
-            state = checkpoints.state_at(store)
+            state = state_at(store)
             info = checkpoints.write(store, state, now=datetime.now(timezone.utc))
             if json:
                 print(to_json({"id": info.id, "position": info.position, "bytes": info.size,

@@ -143,7 +143,8 @@ def perform(client: Any, op: dict[str, Any]) -> dict[str, Any]:
     kind, acct, coid = op["op"], op["acct"], op["coid"]
     if kind == "intent":
         r = client.record_intent(acct, coid, op["sym"], op["side"], op["qty"], order_type=op["type"],
-                                 limit_price=op.get("limit"), reference_price=op.get("ref"), strategy_id="chaos")
+                                 limit_price=op.get("limit"), reference_price=op.get("ref"), strategy_id="chaos",
+                                 venue="sim")
         return {"pos": r.position, "dup": r.duplicate, "acc": r.accepted}
     if kind == "submit":
         r = client.record_submitted(acct, coid)

@@ -48,11 +48,11 @@ def _write_checkpoints(store: Any, every: int) -> tuple[int, float]:
 
 
 def _fold_from_zero_ms(store: Any) -> float:
-    from ...adapters.store import checkpoints as cp
     from ...domain.state import TradingState
+    from ...loading import fold_tail
 
     t0 = time.perf_counter()
-    cp.fold_tail(store, TradingState())
+    fold_tail(store, TradingState())
     return (time.perf_counter() - t0) * 1000
 
 

@@ -47,6 +47,7 @@ def _time_recovery(url: str) -> float:
 
 def _measure(url: str, n: int, repeats: int, raw: Callable[[], tuple[int, float]], backend: str) -> list[Result]:
     from ...adapters.store import checkpoints, digest, open_store
+    from ...loading import state_at
 
     with open_store(url, create=False) as store:  # a real log is sealed: recovery re-hashes it
         sealed = digest.seal(store)
@@ -56,7 +57,7 @@ def _measure(url: str, n: int, repeats: int, raw: Callable[[], tuple[int, float]
     log(f"  {backend}: cold recovery {cold:.2f} s (raw read {raw_s:.2f} s)")
     behind = min(BEHIND, n // 2)
     with open_store(url, create=False) as store:
-        state = checkpoints.state_at(store, n - behind)
+        state = state_at(store, n - behind)
         info = checkpoints.write(store, state)
         del state
     gc.collect()

@@ -140,7 +140,7 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     url = url or DEMO_URL
     _reset(url, reset)
     console.print(Panel.fit(f"tradestate demo — a simulated session recorded in {redact(url)}", style="bold"))
-    client = TradestateClient(open_store(url), clock=lambda: datetime(2026, 11, 20, 15, 0, tzinfo=timezone.utc))
+    client = TradestateClient(open_store(url), clock=lambda: datetime(2026, 11, 20, 15, 0, tzinfo=timezone.utc), venue="sim")
     console.print("[bold]Recording[/] (log position, then what happened):")
     started = time.perf_counter()
     run_session(client, console)
@@ -170,7 +170,7 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
         f"  pid {report['pid']}: opened the database and replayed {report['position']} events in "
         f"[bold]{report['open_ms']:.1f} ms[/] ({child_ms:.0f} ms for the whole process, Python start-up included)"
     )
-    reopened = TradestateClient(open_store(url), clock=lambda: now)
+    reopened = TradestateClient(open_store(url), clock=lambda: now, venue="sim")
     console.print(positions_table(reopened.state, title="Positions (from the new process's replay)"))
     console.print(risk_table(reopened.state, now, title="Risk state (from the new process's replay)"))
     console.print(limits_table(reopened.state, now, title="Risk limits (from the new process's replay)"))
