@@ -408,7 +408,7 @@ def test_data_responses_say_how_fresh_they_are(session: dict[str, Any]) -> None:
         assert r.headers["X-Tradestate-Log-Head"] == str(head)
 
         # an order recorded after the last projection: in the log, not in the read models
-        client = tradestate.connect(url)
+        client = tradestate.connect(url, venue="sim")
         try:
             assert client.record_intent("acct-3", "o9", "AAPL", "buy", "1").accepted
             new_head = client.position

@@ -22,7 +22,7 @@ NUMERIC_DESC = [Decimal("159.9"), Decimal("152.4"), Decimal("92.4"), Decimal("0.
 
 
 def _trade(url: str) -> None:
-    with tradestate.connect(url) as c:
+    with tradestate.connect(url, venue="sim") as c:
         for i, qty in enumerate(QTYS):
             c.record_intent("bi", f"o-{i}", f"S{i}", "buy", qty, order_type="limit", limit_price="10")
             c.record_fill("bi", f"o-{i}", f"X-{i}", qty, "10")
@@ -53,7 +53,7 @@ def test_money_columns_sort_and_aggregate_numerically_on_sqlite(sqlite_url):
 
 def test_trading_day_is_a_date_on_postgresql(pg_url):
     _trade(pg_url)
-    with tradestate.connect(pg_url) as c:
+    with tradestate.connect(pg_url, venue="sim") as c:
         c.set_risk_limit("bi", "max_daily_trades", 100)
         c.record_fill("bi", "o-0", "X-9", "1", "10")
     _project(pg_url)
