@@ -33,6 +33,9 @@ from .values import (
 )
 
 SCHEMA_KEY = "_v"
+# A log position given up by an append that failed (PostgreSQL only): stream and type of its row.
+VOID_STREAM = "$void"
+VOID_TYPE = "$void"
 
 
 class Event(BaseModel):
@@ -99,12 +102,6 @@ class OrderIntentRecorded(OrderEvent):
             raise ValueError(f"a {self.order_type.value} order takes no stop_price")
         return self
 
-    def content_key(self) -> dict[str, Any]:
-        """What makes two intents 'the same' for idempotency (ids and clocks excluded)."""
-        return self.model_dump(
-            mode="json", exclude={"event_id", "occurred_at", "correlation_id", "causation_id"}
-        )
-
 
 class IntentRejectedByRisk(OrderEvent):
     reasons: list[str] = Field(min_length=1, max_length=20)
@@ -163,6 +160,7 @@ DiscrepancyKind = Literal[
     "reject_after_fill",  # the venue says rejected, the order has fills
     "status_conflict",  # any other venue status that contradicts ours
     "venue_order_id_changed",  # a second ack with another venue order id
+    "duplicate_exec_id",  # a fill whose venue execution id is already booked on another order
 ]
 
 

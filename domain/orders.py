@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID, uuid5
 
 from . import events as ev
 from .errors import IdempotencyConflict, InvalidTransition, UnknownOrder
-from .ids import account_stream_id, order_stream_id
-from .risk import check_intent, effective_limit
+from .ids import account_stream_id, derived_id, order_stream_id
+from .risk import MAX_DAILY_LOSS, check_intent, daily_loss_breach
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, discrepancy_key
 
 
@@ -37,12 +36,6 @@ class Append:
 
 Decision = Append | AlreadyRecorded
 
-def derived_id(parent: UUID, kind: str) -> UUID:
-    """Id of an event the domain derives from another (a refusal from its intent): deterministic,
-    so deciding twice on the same input yields the same events."""
-    return uuid5(parent, kind)
-
-
 _ENVELOPE = {"event_id", "occurred_at", "correlation_id", "causation_id"}
 
 
@@ -53,7 +46,7 @@ def _order(state: TradingState, e: ev.OrderEvent) -> OrderState:
     return order
 
 
-def _same_content(stored: dict[str, Any], new: ev.Event) -> bool:
+def same_content(stored: dict[str, Any], new: ev.Event) -> bool:
     data = {k: v for k, v in stored.items() if k not in _ENVELOPE and k != ev.SCHEMA_KEY}
     old = type(new).model_validate({**data, "event_id": new.event_id})
     return old.model_dump(exclude=_ENVELOPE) == new.model_dump(exclude=_ENVELOPE)
@@ -88,7 +81,7 @@ def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: date
     stream = order_stream_id(intent.account, intent.client_order_id)
     existing = state.orders.get(stream)
     if existing is not None:
-        if _same_content(existing.intent, intent):
+        if same_content(existing.intent, intent):
             return AlreadyRecorded(existing.positions["intent"])
         raise IdempotencyConflict(
             f"client order id {intent.client_order_id!r} of account {intent.account!r} was already "
@@ -203,41 +196,18 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
         return _discrepancy(e, order, "overfill", f"fill of {e.qty} with only {order.remaining} remaining",
                             exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
     events: list[tuple[str, ev.Event]] = [(order.stream_id, e)]
-    breach = _daily_loss_breach(state, order, e, state.trading_day(e.occurred_at or now))
+    day = state.trading_day(e.occurred_at or now)
+    account = state.account(order.account)
+    stats = account.daily.get(day)
+    preview = PositionState(order.account, order.venue, order.symbol)
+    held = state.position_of(order.account, order.venue, order.symbol)
+    if held is not None:
+        preview.qty, preview.cost = held.qty, held.cost
+    _, breach = daily_loss_breach(account, e, order.sign, day, preview, stats.net_pnl if stats else Decimal(0),
+                                  breached=stats is not None and MAX_DAILY_LOSS in stats.breaches)
     if breach is not None:
         events.append((account_stream_id(order.account), breach))
     return Append(events)
-
-
-def _daily_loss_breach(
-    state: TradingState, order: OrderState, fill: ev.OrderFilled, day: str
-) -> ev.DailyLimitBreached | None:
-    account = state.account(order.account)
-    limit = effective_limit(account, "max_daily_loss")
-    if limit is None:
-        return None
-    stats = account.daily.get(day)
-    if stats is not None and "max_daily_loss" in stats.breaches:
-        return None
-    held = state.position_of(order.account, order.venue, order.symbol)
-    preview = PositionState(order.account, order.venue, order.symbol)
-    if held is not None:
-        preview.qty, preview.cost = held.qty, held.cost
-    realized = preview.apply_fill(fill.qty * order.sign, fill.price)
-    net = (stats.net_pnl if stats else Decimal(0)) + realized - fill.fee
-    if -net < limit:
-        return None
-    return ev.DailyLimitBreached(
-        event_id=derived_id(fill.event_id, ev.DailyLimitBreached.__name__),
-        occurred_at=fill.occurred_at,
-        correlation_id=fill.correlation_id,
-        causation_id=fill.event_id,
-        account=order.account,
-        limit="max_daily_loss",
-        trading_day=day,
-        value=net,
-        threshold=limit,
-    )
 
 
 def decide_cancelled(state: TradingState, e: ev.OrderCancelled) -> Decision:

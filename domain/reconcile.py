@@ -43,8 +43,7 @@ from pydantic import ValidationError
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
-from .orders import derived_id
-from .risk import MAX_DAILY_LOSS, effective_limit
+from .risk import MAX_DAILY_LOSS, daily_loss_breach
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
@@ -309,9 +308,9 @@ class _Planner:
         return True
 
     def daily_loss(self, ours: _Order, fill: ev.OrderFilled) -> None:
-        """What ``decide_fill`` does for a live fill, over the fills planned so far."""
-        limit = effective_limit(self.acct, MAX_DAILY_LOSS) if self.acct is not None else None
-        if limit is None:
+        """``risk.daily_loss_breach`` of a planned fill, over the fills planned before it (as
+        ``decide_fill`` does for a live fill): the breach, at most one per day, is planned too."""
+        if self.acct is None:
             return
         day = self.state.trading_day(fill.occurred_at or self.now)
         key = (ours.venue, ours.symbol)
@@ -321,17 +320,11 @@ class _Planner:
             held = self.state.position_of(self.account, ours.venue, ours.symbol)
             if held is not None:
                 preview.qty, preview.cost = held.qty, held.cost
-        realized = preview.apply_fill(fill.qty * ours.sign, fill.price)
         stats = self.acct.daily.get(day)
-        net = self.planned_day_net.get(day, stats.net_pnl if stats is not None else ZERO) + realized - fill.fee
-        self.planned_day_net[day] = net
-        if -net < limit or day in self.planned_breach_days or (stats is not None and MAX_DAILY_LOSS in stats.breaches):
-            return
-        breach = self.build(
-            ev.DailyLimitBreached, event_id=derived_id(fill.event_id, ev.DailyLimitBreached.__name__),
-            occurred_at=fill.occurred_at, correlation_id=fill.correlation_id, causation_id=fill.event_id,
-            account=self.account, limit=MAX_DAILY_LOSS, trading_day=day, value=net, threshold=limit,
-        )
+        net_before = self.planned_day_net.get(day, stats.net_pnl if stats is not None else ZERO)
+        breached = day in self.planned_breach_days or (stats is not None and MAX_DAILY_LOSS in stats.breaches)
+        self.planned_day_net[day], breach = daily_loss_breach(self.acct, fill, ours.sign, day, preview, net_before,
+                                                              breached=breached)
         if breach is not None:
             self.planned_breach_days.add(day)
             self.account_events.append((account_stream_id(self.account), breach))

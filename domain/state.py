@@ -15,12 +15,12 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .events import EVENT_TYPES, SCHEMA_KEY, upcast
+from .events import EVENT_TYPES, SCHEMA_KEY, VOID_TYPE, upcast
 
 ZERO = Decimal(0)
 OPEN_STATUSES = frozenset({"new", "submitted", "acknowledged", "partially_filled"})
 TERMINAL_STATUSES = frozenset({"refused", "filled", "cancelled", "rejected", "expired"})
-VOID_TYPE = "$void"  # a log position given up by an append that failed (PostgreSQL only)
+_fromiso = datetime.fromisoformat
 
 _CURRENT_VERSION = {name: cls.schema_version for name, cls in EVENT_TYPES.items()}
 
@@ -43,7 +43,7 @@ class OrderState:
         "stream_id", "account", "client_order_id", "venue", "symbol", "side", "sign",
         "order_type", "qty", "limit_price", "stop_price", "time_in_force", "strategy_id",
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
-        "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal",
+        "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal", "refusal_detail",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
         "position_key", "account_state", "external",
     )  # fmt: skip
@@ -76,6 +76,7 @@ class OrderState:
         self.discrepancies = 0
         self.discrepancy_keys: dict[tuple[Any, ...], int] = {}  # a repeated venue fact -> first record
         self.refusal: list[str] | None = None
+        self.refusal_detail = ""
         # where each lifecycle fact was recorded, so a repeated call can return it
         self.positions: dict[str, int] = {"intent": position}
         self.created_at = at
@@ -236,8 +237,53 @@ class AccountState:
         return self.breaker_until is None or now < self.breaker_until
 
 
+def apply_fill(state: TradingState, account: AccountState, key: tuple[str, str, str], sign: int, sid: str,
+               d: dict[str, Any], at: Any) -> tuple[Decimal, Decimal, Decimal, datetime]:
+    """Book a stored fill payload ``d`` everywhere but on its order: the position ``key``
+    (account, venue, symbol) moves by ``sign`` * qty at the price (average cost, realised P&L,
+    fees, time), the account's statistics of the fill's trading day count it, the account's cash
+    moves when a balance is on record (USD by the notional, the fee's currency by the fee), and
+    the venue's execution id is indexed to the order stream ``sid``.
+
+    ``at`` (the row's recorded time, a datetime or ISO text) counts when the payload has no
+    ``occurred_at``. Returns (qty, price, fee, time of the fill). ``TradingState.apply`` and the
+    cold fold both book fills through this one function."""
+    qty = Decimal(d["qty"])
+    price = Decimal(d["price"])
+    fee = Decimal(d["fee"])
+    occurred = d.get("occurred_at")
+    when = _fromiso(occurred) if occurred else (at if at.__class__ is datetime else _fromiso(at))
+    positions = state.positions
+    held = positions.get(key)
+    if held is None:
+        held = positions[key] = PositionState(*key)
+    realized = held.apply_fill(qty * sign, price)
+    held.fees += fee
+    held.updated_at = when
+    stats = account.day(state._trading_day_of(occurred, when))
+    stats.fills += 1
+    stats.volume += qty
+    stats.realized_pnl += realized
+    stats.fees += fee
+    cash = account.cash
+    if cash:
+        if "USD" in cash:
+            cash["USD"] -= sign * qty * price
+        fee_currency = d.get("fee_currency", "USD")
+        if fee and fee_currency in cash:
+            cash[fee_currency] -= fee
+    venue_execs = state.exec_ids.get(key[1])
+    if venue_execs is None:
+        venue_execs = state.exec_ids[key[1]] = {}
+    venue_execs[d["exec_id"]] = sid
+    return qty, price, fee, when
+
+
 class TradingState:
-    """Everything the engine and the risk checks need, folded from the trading log."""
+    """Everything the engine and the risk checks need, folded from the trading log.
+
+    ``exec_ids`` maps venue -> execution id -> the order stream its fill is booked on: an
+    execution id is unique per venue, so a second order claiming it is a discrepancy."""
 
     def __init__(self, exchange_tz: str = "America/New_York"):
         self.exchange_tz = exchange_tz
@@ -250,6 +296,7 @@ class TradingState:
         self.accounts: dict[str, AccountState] = {}
         self.signals: dict[tuple[str, str], dict[str, Any]] = {}
         self.engines: dict[str, dict[str, Any]] = {}
+        self.exec_ids: dict[str, dict[str, str]] = {}
         self.applied = 0  # events applied (voids excluded)
         self._handlers = {
             name: getattr(self, "_on_" + name) for name in EVENT_TYPES if name != "BarRecorded"
@@ -322,6 +369,7 @@ class TradingState:
     def _on_IntentRejectedByRisk(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
         order.refusal = list(d["reasons"])
+        order.refusal_detail = d.get("detail", "")
         self._close(order, "refused", pos, _time(d.get("occurred_at"), at))
 
     def _on_OrderSubmitted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
@@ -344,37 +392,14 @@ class TradingState:
 
     def _on_OrderFilled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
-        qty = Decimal(d["qty"])
-        price = Decimal(d["price"])
-        fee = Decimal(d["fee"])
-        occurred = d.get("occurred_at")
-        when = _time(occurred, at)
+        qty, price, fee, when = apply_fill(self, order.account_state, order.position_key, order.sign,  # type: ignore[arg-type]
+                                           order.stream_id, d, at)
         order.executions[d["exec_id"]] = (qty, price, pos)
         order.filled_qty += qty
         order.fill_notional += qty * price
         order.fees += fee
         if d.get("venue_order_id"):
             order.venue_order_id = d["venue_order_id"]
-        key = order.position_key
-        held = self.positions.get(key)
-        if held is None:
-            held = self.positions[key] = PositionState(*key)
-        realized = held.apply_fill(qty * order.sign, price)
-        held.fees += fee
-        held.updated_at = when
-        stats = order.account_state.day(self._trading_day_of(occurred, at))  # type: ignore[union-attr]
-        stats.fills += 1
-        stats.volume += qty
-        stats.realized_pnl += realized
-        stats.fees += fee
-        cash = order.account_state.cash  # type: ignore[union-attr]
-        if cash:
-            currency = "USD"
-            if currency in cash:
-                cash[currency] -= order.sign * qty * price
-            fee_currency = d.get("fee_currency", "USD")
-            if fee and fee_currency in cash:
-                cash[fee_currency] -= fee
         is_open = order.status in OPEN_STATUSES
         if order.filled_qty >= order.qty:
             if is_open:
