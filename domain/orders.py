@@ -189,6 +189,12 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
             f"execution {e.exec_id!r} is recorded as {qty} @ {price}; "
             f"the same execution id now says {e.qty} @ {e.price}"
         )
+    owner = state.exec_ids.get(order.venue, {}).get(e.exec_id)
+    if owner is not None and owner != order.stream_id:
+        return _discrepancy(e, order, "duplicate_exec_id",
+                            f"execution {e.exec_id!r} of venue {order.venue!r} is already booked on another order "
+                            f"({owner}); fill of {e.qty} @ {e.price} not booked",
+                            exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
     if order.status not in OPEN_STATUSES:
         return _discrepancy(e, order, "fill_on_terminal", f"fill of {e.qty} @ {e.price} on an order we hold {order.status}",
                             exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)

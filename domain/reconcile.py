@@ -458,7 +458,12 @@ class _Planner:
             if "!" + f.exec_id in ours.executions or f.exec_id in self.planned_exec_ids:
                 continue
             self.planned_exec_ids.add(f.exec_id)
-            if not ours.is_open:
+            owner = self.state.exec_ids.get(ours.venue, {}).get(f.exec_id)
+            if owner is not None and owner != ours.stream_id:
+                self.record_discrepancy(ours, "duplicate_exec_id", f"venue fill {f.exec_id} of {f.qty} @ {f.price} "
+                                        f"is already booked on another order ({owner})",
+                                        venue_order_id=f.venue_order_id, fill=f)
+            elif not ours.is_open:
                 self.record_discrepancy(ours, "fill_on_terminal", f"venue fill {f.exec_id} of {f.qty} @ {f.price} "
                                         f"on an order we hold {ours.status}", venue_order_id=f.venue_order_id, fill=f)
             elif f.qty > ours.qty - ours.filled_qty:

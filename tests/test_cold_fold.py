@@ -23,9 +23,10 @@ from test_domain_state import Fold, _fill_v1_payload
 import tradestate
 from tradestate.adapters.store import checkpoints as cp
 from tradestate.domain import events as ev
+from tradestate.domain.events import VOID_TYPE
 from tradestate.domain.fold import fold_cold
 from tradestate.domain.ids import order_stream_id
-from tradestate.domain.state import VOID_TYPE, TradingState
+from tradestate.domain.state import TradingState
 
 ACCOUNTS = ("acct", "other")
 SYMBOLS = ("AAPL", "MSFT")

@@ -18,6 +18,7 @@ from .domain.errors import (
     TradestateError,
     UnknownOrder,
 )
+from .domain.values import OrderType, Side, TimeInForce
 
 __version__ = "0.1.0"
 
@@ -29,8 +30,11 @@ __all__ = [
     "IntentResult",
     "InvalidInput",
     "InvalidTransition",
+    "OrderType",
     "Recorded",
     "RiskRefusal",
+    "Side",
+    "TimeInForce",
     "TradestateClient",
     "TradestateError",
     "UnknownOrder",

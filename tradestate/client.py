@@ -373,7 +373,7 @@ class TradestateClient:
         if isinstance(decision, rules.AlreadyRecorded):
             refusal = None
             if order is not None and order.refusal:
-                refusal = RiskRefusal(order.refusal, "")
+                refusal = RiskRefusal(order.refusal, order.refusal_detail)
             return IntentResult(decision.position, stream, refusal, duplicate=True,
                                 event_id=UUID(order.intent_event_id) if order else None)
         second = decision.events[1][1]
@@ -530,7 +530,7 @@ class TradestateClient:
             if not existing or existing[0].originator_version != version:
                 raise
             old = orjson.loads(existing[0].state)
-            if not rules._same_content(old, e):
+            if not rules.same_content(old, e):
                 raise IdempotencyConflict(
                     f"a different {e.timeframe} bar for {e.symbol} at {e.start.isoformat()} is already recorded"
                 ) from None
