@@ -57,9 +57,11 @@ class Event(BaseModel):
 
     @classmethod
     def type_name(cls) -> str:
+        """The name the event is stored under (its class name)."""
         return cls.__name__
 
     def to_payload(self) -> dict[str, Any]:
+        """The stored JSON form: the model's JSON dump plus its schema version under ``SCHEMA_KEY``."""
         payload = self.model_dump(mode="json")
         payload[SCHEMA_KEY] = self.schema_version
         return payload
@@ -69,6 +71,8 @@ class Event(BaseModel):
 
 
 class OrderEvent(Event):
+    """An event of one order's stream, named by account and client order id."""
+
     stream_kind: ClassVar[str] = "order"
     account: Identifier
     client_order_id: Identifier
@@ -104,19 +108,28 @@ class OrderIntentRecorded(OrderEvent):
 
 
 class IntentRejectedByRisk(OrderEvent):
+    """The pre-trade check refused the intent: its reason codes and a readable detail. The order is
+    finished (refused)."""
+
     reasons: list[str] = Field(min_length=1, max_length=20)
     detail: Text = ""
 
 
 class OrderSubmitted(OrderEvent):
+    """The engine is about to send the order to the venue; recorded before it leaves."""
+
     pass
 
 
 class OrderAcknowledged(OrderEvent):
+    """The venue accepted the order under ``venue_order_id``."""
+
     venue_order_id: Identifier
 
 
 class OrderRejected(OrderEvent):
+    """The venue refused the order; it is finished (rejected)."""
+
     reason: Text = ""
 
 
@@ -134,14 +147,22 @@ class OrderFilled(OrderEvent):
 
 
 class OrderCancelRequested(OrderEvent):
+    """The engine asked the venue to cancel the order; the order stays open until the venue
+    confirms."""
+
     reason: Text = ""
 
 
 class OrderCancelled(OrderEvent):
+    """The venue cancelled the order (what was not filled); it is finished."""
+
     reason: Text = ""
 
 
 class OrderReplaced(OrderEvent):
+    """The venue replaced the order's quantity and prices (a replace down to the filled quantity
+    fills it)."""
+
     qty: PositiveAmount
     limit_price: PositiveAmount | None = None
     stop_price: PositiveAmount | None = None
@@ -149,6 +170,8 @@ class OrderReplaced(OrderEvent):
 
 
 class OrderExpired(OrderEvent):
+    """The order's time in force ran out at the venue; it is finished."""
+
     pass
 
 
@@ -209,6 +232,8 @@ RiskLimitName = Literal[
 
 
 class AccountEvent(Event):
+    """An event of one account's stream (limits, breaker, kill switch, cash, risk facts)."""
+
     stream_kind: ClassVar[str] = "account"
     account: Identifier
 
@@ -226,6 +251,9 @@ class RiskCheckPassed(AccountEvent):
 
 
 class RiskLimitChanged(AccountEvent):
+    """Sets (or with ``value`` None removes) a risk limit of the account, or a per-symbol position
+    limit."""
+
     limit: RiskLimitName
     value: NonNegativeAmount | None  # None removes the limit
     symbol: Symbol | None = None  # per-symbol override (max_position_qty only)
@@ -233,25 +261,36 @@ class RiskLimitChanged(AccountEvent):
 
 
 class CircuitBreakerTripped(AccountEvent):
+    """Trading of the account stops until ``until`` (None: until reset)."""
+
     reason: Text
     until: UtcDatetime | None = None  # None: until reset
 
 
 class CircuitBreakerReset(AccountEvent):
+    """The account's circuit breaker is reset; trading may resume."""
+
     reason: Text = ""
 
 
 class KillSwitchEngaged(AccountEvent):
+    """Every new intent of the account is refused until the switch is released."""
+
     reason: Text
     by: Identifier = "engine"
 
 
 class KillSwitchReleased(AccountEvent):
+    """The account's kill switch is released."""
+
     reason: Text = ""
     by: Identifier = "operator"
 
 
 class DailyLimitBreached(AccountEvent):
+    """A fill took the account's day to a daily limit: ``value`` against ``threshold`` on
+    ``trading_day``. Recorded once per limit and day."""
+
     limit: Literal["max_daily_loss", "max_daily_trades"]
     trading_day: str
     value: ComputedAmount
@@ -265,6 +304,8 @@ def _whole_number(value: Any) -> Any:
 
 
 class TradingResumed(AccountEvent):
+    """After a recovery, the account's limits apply at ``ramp_pct`` percent of their value."""
+
     ramp_pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
     reason: Text = ""
 
@@ -332,6 +373,8 @@ class DiscrepancyAcknowledged(AccountEvent):
 
 
 class SignalRecorded(Event):
+    """A strategy's signal for a symbol; the latest per strategy and symbol is kept."""
+
     stream_kind: ClassVar[str] = "strategy"
     strategy_id: Identifier
     symbol: Symbol
@@ -341,6 +384,8 @@ class SignalRecorded(Event):
 
 
 class EngineStarted(Event):
+    """An engine process started; a start without a stop before it means the previous run crashed."""
+
     stream_kind: ClassVar[str] = "engine"
     engine_id: Identifier
     version: Text = ""
@@ -348,6 +393,8 @@ class EngineStarted(Event):
 
 
 class EngineStopped(Event):
+    """An engine process stopped cleanly."""
+
     stream_kind: ClassVar[str] = "engine"
     engine_id: Identifier
     reason: Text = ""
@@ -435,6 +482,8 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 
 def upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register the decorated function as the upcaster of ``type_name`` payloads from
+    ``from_version`` to the next version."""
     def register(fn: Upcaster) -> Upcaster:
         UPCASTERS[(type_name, from_version)] = fn
         return fn

@@ -96,6 +96,7 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York", *, order_load
     state = TradingState(exchange_tz)
     orders: dict[str, _Order] = {}
     book = apply_fill
+    fill_version = _CURRENT["OrderFilled"]
     versions = state.stream_versions
     account = state.account
     apply = state.apply
@@ -119,7 +120,7 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York", *, order_load
             if type_name == "OrderFilled":
                 o = orders[sid]
                 d = loads(data)
-                if d.get(SCHEMA_KEY, 1) != _CURRENT[type_name]:
+                if d.get(SCHEMA_KEY, 1) != fill_version:
                     d = upcast(type_name, d)
                 o.filled += book(state, o.account, o.key, o.sign, o.sid, d, at)[0]
                 if o.rows is not None:

@@ -47,6 +47,8 @@ def _order(state: TradingState, e: ev.OrderEvent) -> OrderState:
 
 
 def same_content(stored: dict[str, Any], new: ev.Event) -> bool:
+    """Whether a stored payload and a new event state the same fact: equal once ids, clocks and the
+    schema marker are left out (the stored one is validated again, so '10' and '10.0' are equal)."""
     data = {k: v for k, v in stored.items() if k not in _ENVELOPE and k != ev.SCHEMA_KEY}
     old = type(new).model_validate({**data, "event_id": new.event_id})
     return old.model_dump(exclude=_ENVELOPE) == new.model_dump(exclude=_ENVELOPE)
@@ -78,6 +80,10 @@ def _single(e: ev.OrderEvent) -> Append:
 
 
 def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: datetime) -> Decision:
+    """Record an intent with its pre-trade decision: the intent and ``RiskCheckPassed`` (in the
+    account's stream), or the intent and ``IntentRejectedByRisk``. The same intent again is
+    ``AlreadyRecorded``; the same client order id with other content raises
+    ``IdempotencyConflict``."""
     stream = order_stream_id(intent.account, intent.client_order_id)
     existing = state.orders.get(stream)
     if existing is not None:
@@ -117,6 +123,8 @@ def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: date
 
 
 def decide_submitted(state: TradingState, e: ev.OrderSubmitted) -> Decision:
+    """Record that a new order is being sent. Again: ``AlreadyRecorded``; an order past new:
+    ``InvalidTransition``."""
     order = _order(state, e)
     if "submitted" in order.positions:
         return AlreadyRecorded(order.positions["submitted"])
@@ -128,6 +136,8 @@ def decide_submitted(state: TradingState, e: ev.OrderSubmitted) -> Decision:
 
 
 def decide_cancel_request(state: TradingState, e: ev.OrderCancelRequested) -> Decision:
+    """Record a cancel request of an open order. Again: ``AlreadyRecorded``; a finished order:
+    ``InvalidTransition``."""
     order = _order(state, e)
     if order.cancel_requested and "cancel_requested" in order.positions:
         return AlreadyRecorded(order.positions["cancel_requested"])
@@ -140,6 +150,8 @@ def decide_cancel_request(state: TradingState, e: ev.OrderCancelRequested) -> De
 
 
 def decide_ack(state: TradingState, e: ev.OrderAcknowledged) -> Decision:
+    """Record the venue's ack. The same ack again: ``AlreadyRecorded``; another venue order id or an
+    ack of a finished order: a discrepancy."""
     order = _order(state, e)
     if "ack" in order.positions:
         if order.venue_order_id == e.venue_order_id:
@@ -166,6 +178,8 @@ def decide_ack(state: TradingState, e: ev.OrderAcknowledged) -> Decision:
 
 
 def decide_reject(state: TradingState, e: ev.OrderRejected) -> Decision:
+    """Record the venue's reject of an open order without fills; a reject after fills or of a
+    finished order is a discrepancy."""
     order = _order(state, e)
     if order.status == "rejected":
         return AlreadyRecorded(order.positions["terminal"])
@@ -179,6 +193,11 @@ def decide_reject(state: TradingState, e: ev.OrderRejected) -> Decision:
 
 
 def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decision:
+    """Record a venue execution. Its exec id again with the same qty and price: ``AlreadyRecorded``,
+    with others: ``IdempotencyConflict``. An exec id the venue already gave another order, a fill
+    of a finished order and a fill past the remaining quantity are discrepancies (not booked). A
+    fill that takes the day's loss to ``max_daily_loss`` appends the ``DailyLimitBreached`` with
+    it."""
     order = _order(state, e)
     seen = order.executions.get(e.exec_id) or order.executions.get("!" + e.exec_id)
     if seen is not None:
@@ -217,6 +236,8 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
 
 
 def decide_cancelled(state: TradingState, e: ev.OrderCancelled) -> Decision:
+    """Record the venue's cancel of an open order; a cancel of a filled or otherwise finished order
+    is a discrepancy."""
     order = _order(state, e)
     if order.status == "cancelled":
         return AlreadyRecorded(order.positions["terminal"])
@@ -230,6 +251,7 @@ def decide_cancelled(state: TradingState, e: ev.OrderCancelled) -> Decision:
 
 
 def decide_expired(state: TradingState, e: ev.OrderExpired) -> Decision:
+    """Record the venue's expiry of an open order; an expiry of a finished order is a discrepancy."""
     order = _order(state, e)
     if order.status == "expired":
         return AlreadyRecorded(order.positions["terminal"])
@@ -240,6 +262,8 @@ def decide_expired(state: TradingState, e: ev.OrderExpired) -> Decision:
 
 
 def decide_replaced(state: TradingState, e: ev.OrderReplaced) -> Decision:
+    """Record a replace of an open order (quantity not below what is filled, the order type's price
+    fields kept); anything else raises ``InvalidTransition``."""
     order = _order(state, e)
     if not order.is_open:
         raise InvalidTransition(f"order {order.client_order_id!r} is {order.status}; only an open order can be replaced")

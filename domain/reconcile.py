@@ -68,6 +68,8 @@ def external_client_order_id(venue_order_id: str) -> str:
 
 
 def inferred_exec_id(account: str, client_order_id: str, venue_filled_qty: Decimal) -> str:
+    """The exec id of a fill reconciliation infers from the venue's filled quantity (no execution
+    listed): deterministic, so a rerun infers the same id."""
     return "recon-" + fact_id("inferred", account, client_order_id, venue_filled_qty).hex[:24]
 
 
@@ -93,11 +95,15 @@ class Discrepancy:
     theirs: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, for reports and JSON."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
 class ReconciliationPlan:
+    """What one reconciliation decided: the events to append (order and account streams), the
+    disagreements found, what could not be compared, and counts."""
+
     account: str
     venue: str
     reconciliation_id: UUID
@@ -108,10 +114,13 @@ class ReconciliationPlan:
 
     @property
     def event_ids(self) -> list[UUID]:
+        """The ids of the planned events, in order."""
         return [e.event_id for _, e in self.events]
 
     @property
     def status(self) -> ev.ReconciliationStatus:
+        """unknown (something could not be compared), discrepancies (one not corrected), corrected
+        (events planned) or clean."""
         if self.unknown:
             return "unknown"
         if any(d.resolution != "corrected" for d in self.discrepancies):
@@ -124,6 +133,7 @@ class ReconciliationPlan:
         return bool(self.discrepancies or self.unknown)
 
     def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name``."""
         self.counts[name] = self.counts.get(name, 0) + n
 
 

@@ -43,11 +43,16 @@ def effective_limit(account: AccountState, name: str, symbol: str | None = None)
 
 
 def order_price(intent: OrderIntentRecorded) -> Decimal | None:
+    """The price the notional checks use: the limit price, else the stop price, else the reference
+    price (None: no price)."""
     return intent.limit_price or intent.stop_price or intent.reference_price
 
 
 @dataclass(frozen=True)
 class RiskDecision:
+    """The pre-trade check's answer: reason codes (empty: passed), a readable detail, the trading
+    day and the notional."""
+
     reasons: list[str]  # empty: the intent passes
     detail: str
     trading_day: str
@@ -55,10 +60,14 @@ class RiskDecision:
 
     @property
     def passed(self) -> bool:
+        """True when no check refused the intent."""
         return not self.reasons
 
 
 def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime) -> RiskDecision:
+    """Run every pre-trade check of an intent against the folded state at ``now`` (kill switch,
+    block, breaker, order qty and notional, worst-case position, open orders, daily trades, daily
+    loss) and return all reasons that refuse it."""
     account = state.account(intent.account)
     day = state.trading_day(now)
     reasons: list[str] = []

@@ -39,6 +39,9 @@ def discrepancy_key(d: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class OrderState:
+    """One order as folded from its stream: what was intended, its status, fills, fees,
+    discrepancies, refusal and where each lifecycle fact was recorded."""
+
     __slots__ = (
         "stream_id", "account", "client_order_id", "venue", "symbol", "side", "sign",
         "order_type", "qty", "limit_price", "stop_price", "time_in_force", "strategy_id",
@@ -88,17 +91,21 @@ class OrderState:
 
     @property
     def remaining(self) -> Decimal:
+        """Quantity not filled yet."""
         return self.qty - self.filled_qty
 
     @property
     def is_open(self) -> bool:
+        """True while the order can still be filled, cancelled or replaced."""
         return self.status in OPEN_STATUSES
 
     @property
     def avg_fill_price(self) -> Decimal | None:
+        """Average price of the fills (None before the first)."""
         return self.fill_notional / self.filled_qty if self.filled_qty else None
 
     def as_dict(self) -> dict[str, Any]:
+        """A plain picture of the order for queries and tests."""
         return {
             "account": self.account,
             "client_order_id": self.client_order_id,
@@ -128,6 +135,9 @@ class OrderState:
 
 
 class PositionState:
+    """A position of one account, venue and symbol: signed quantity, cost basis, realised P&L, fees
+    and last fill price."""
+
     __slots__ = ("account", "venue", "symbol", "qty", "cost", "realized_pnl", "fees",
                  "last_price", "updated_at")  # fmt: skip
 
@@ -169,15 +179,18 @@ class PositionState:
 
     @property
     def avg_cost(self) -> Decimal:
+        """Average cost of the open quantity (zero when flat)."""
         return self.cost / self.qty if self.qty else ZERO
 
     @property
     def unrealized_pnl(self) -> Decimal:
+        """P&L of the open quantity at the last fill price (zero when flat or never filled)."""
         if self.last_price is None or self.qty == 0:
             return ZERO
         return self.last_price * self.qty - self.cost  # exact: no division by the quantity
 
     def as_dict(self) -> dict[str, Any]:
+        """A plain picture of the position for queries and tests."""
         return {
             "account": self.account,
             "venue": self.venue,
@@ -193,6 +206,9 @@ class PositionState:
 
 @dataclass
 class DailyStats:
+    """One account's trading day: trades that passed the check, fills, volume, realised P&L, fees
+    and daily limits breached."""
+
     trades: int = 0  # orders that passed the pre-trade check that day
     fills: int = 0
     volume: Decimal = ZERO
@@ -202,11 +218,15 @@ class DailyStats:
 
     @property
     def net_pnl(self) -> Decimal:
+        """Realised P&L less fees."""
         return self.realized_pnl - self.fees
 
 
 @dataclass
 class AccountState:
+    """One account's limits, breaker, kill switch, ramp, block, open orders, daily statistics, cash
+    and last reconciliation."""
+
     account: str
     limits: dict[str, Decimal] = field(default_factory=dict)
     symbol_position_limits: dict[str, Decimal] = field(default_factory=dict)
@@ -226,12 +246,14 @@ class AccountState:
     last_reconciliation: dict[str, Any] | None = None
 
     def day(self, trading_day: str) -> DailyStats:
+        """The statistics of ``trading_day`` (created empty when first asked for)."""
         stats = self.daily.get(trading_day)
         if stats is None:
             stats = self.daily[trading_day] = DailyStats()
         return stats
 
     def breaker_active(self, now: datetime) -> bool:
+        """True when the circuit breaker is tripped and ``now`` is before its end (or it has none)."""
         if not self.breaker_tripped:
             return False
         return self.breaker_until is None or now < self.breaker_until
@@ -260,7 +282,8 @@ def apply_fill(state: TradingState, account: AccountState, key: tuple[str, str, 
     realized = held.apply_fill(qty * sign, price)
     held.fees += fee
     held.updated_at = when
-    stats = account.day(state._trading_day_of(occurred, when))
+    day = state._day_cache.get(occurred[:16]) if occurred and occurred[-1] == "Z" else None  # _trading_day_of's hit
+    stats = account.day(day or state._trading_day_of(occurred, when))
     stats.fills += 1
     stats.volume += qty
     stats.realized_pnl += realized
@@ -272,10 +295,10 @@ def apply_fill(state: TradingState, account: AccountState, key: tuple[str, str, 
         fee_currency = d.get("fee_currency", "USD")
         if fee and fee_currency in cash:
             cash[fee_currency] -= fee
-    venue_execs = state.exec_ids.get(key[1])
-    if venue_execs is None:
-        venue_execs = state.exec_ids[key[1]] = {}
-    venue_execs[d["exec_id"]] = sid
+    try:
+        state.exec_ids[key[1]][d["exec_id"]] = sid
+    except KeyError:  # the venue's first execution (a payload always has an exec_id)
+        state.exec_ids[key[1]] = {d["exec_id"]: sid}
     return qty, price, fee, when
 
 
@@ -304,6 +327,7 @@ class TradingState:
 
     # --------------------------------------------------------------------------- helpers
     def trading_day(self, at: datetime) -> str:
+        """The exchange-local date of ``at``, as ISO text."""
         return at.astimezone(self._tz).date().isoformat()
 
     def _trading_day_of(self, occurred_at: str | None, fallback: datetime) -> str:
@@ -321,12 +345,14 @@ class TradingState:
         return day
 
     def account(self, account: str) -> AccountState:
+        """The account's state (created empty when first asked for)."""
         state = self.accounts.get(account)
         if state is None:
             state = self.accounts[account] = AccountState(account)
         return state
 
     def position_of(self, account: str, venue: str, symbol: str) -> PositionState | None:
+        """The position of account, venue and symbol, or None if it never traded."""
         return self.positions.get((account, venue, symbol))
 
     # ----------------------------------------------------------------------------- fold
@@ -339,6 +365,8 @@ class TradingState:
         data: dict[str, Any],
         recorded_at: datetime,
     ) -> None:
+        """Fold one stored event (its JSON payload, upcast when older) at ``position``, which must
+        be after the last one applied. A ``$void`` row only advances the position."""
         if position <= self.position:
             raise ValueError(f"event at position {position} applied after {self.position}")
         if type_name == VOID_TYPE:

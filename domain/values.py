@@ -39,6 +39,7 @@ class Side(_Spelling):
 
     @property
     def sign(self) -> int:
+        """+1 for a buy, -1 for a sell."""
         return 1 if self is Side.BUY else -1
 
 
