@@ -118,8 +118,6 @@ class IntentRejectedByRisk(OrderEvent):
 class OrderSubmitted(OrderEvent):
     """The engine is about to send the order to the venue; recorded before it leaves."""
 
-    pass
-
 
 class OrderAcknowledged(OrderEvent):
     """The venue accepted the order under ``venue_order_id``."""
@@ -171,8 +169,6 @@ class OrderReplaced(OrderEvent):
 
 class OrderExpired(OrderEvent):
     """The order's time in force ran out at the venue; it is finished."""
-
-    pass
 
 
 DiscrepancyKind = Literal[

@@ -4,8 +4,8 @@
 finished and are never asked for again. This fold gives the same state while doing only what
 the rest of the state depends on: positions, trading-day statistics, cash and account counters
 are folded exactly as ``apply`` folds them (``apply`` itself for every event that is not an
-order's, ``state.apply_fill`` for a fill's effects beyond its order), but an order is tracked by the few facts its fills need (side, quantity, filled, open or not). At
-the end an order still open is built in full from the rows kept for it, and a finished one is
+order's, ``state.apply_fill`` for a fill's effects beyond its order), but an order is tracked
+by the few facts its fills need (side, quantity, filled, open or not). At the end an order still open is built in full from the rows kept for it, and a finished one is
 left to ``LazyOrders``, which brings it back from its own stream when first asked for (as after
 a checkpoint restore). Submitted, acknowledged, cancel-request, terminal and discrepancy events
 are not even decoded: such a payload is decoded only when it does not end with its type's current

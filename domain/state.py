@@ -420,8 +420,8 @@ class TradingState:
 
     def _on_OrderFilled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
-        qty, price, fee, when = apply_fill(self, order.account_state, order.position_key, order.sign,  # type: ignore[arg-type]
-                                           order.stream_id, d, at)
+        account: AccountState = order.account_state  # type: ignore[assignment]
+        qty, price, fee, when = apply_fill(self, account, order.position_key, order.sign, order.stream_id, d, at)
         order.executions[d["exec_id"]] = (qty, price, pos)
         order.filled_qty += qty
         order.fill_notional += qty * price
