@@ -4,7 +4,7 @@
 finished and are never asked for again. This fold gives the same state while doing only what
 the rest of the state depends on: positions, trading-day statistics, cash and account counters
 are folded exactly as ``apply`` folds them (``apply`` itself for every event that is not an
-order's, ``state.apply_fill`` for a fill's effects beyond its order), but an order is tracked
+order's, ``state.book_fill`` for a fill's effects beyond its order), but an order is tracked
 by the few facts its fills need (side, quantity, filled, open or not). At the end an order still open is built in full from the rows kept for it, and a finished one is
 left to ``LazyOrders``, which brings it back from its own stream when first asked for (as after
 a checkpoint restore). Submitted, acknowledged, cancel-request, terminal and discrepancy events
@@ -25,7 +25,7 @@ import orjson
 
 from .events import EVENT_TYPES, SCHEMA_KEY, upcast
 from .snapshot import ORDER_PREFIX, LazyOrders, LogReader, OrderLoader, _key
-from .state import ZERO, OrderState, TradingState, apply_fill
+from .state import ZERO, OrderState, TradingState, book_fill
 
 _fromiso = datetime.fromisoformat
 
@@ -95,7 +95,7 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York", *, order_load
     orders loading lazily through ``order_loader``."""
     state = TradingState(exchange_tz)
     orders: dict[str, _Order] = {}
-    book = apply_fill
+    book = book_fill
     fill_version = _CURRENT["OrderFilled"]
     versions = state.stream_versions
     account = state.account

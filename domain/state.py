@@ -259,8 +259,8 @@ class AccountState:
         return self.breaker_until is None or now < self.breaker_until
 
 
-def apply_fill(state: TradingState, account: AccountState, key: tuple[str, str, str], sign: int, sid: str,
-               d: dict[str, Any], at: Any) -> tuple[Decimal, Decimal, Decimal, datetime]:
+def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, str], sign: int, sid: str,
+              d: dict[str, Any], at: Any) -> tuple[Decimal, Decimal, Decimal, datetime]:
     """Book a stored fill payload ``d`` everywhere but on its order: the position ``key``
     (account, venue, symbol) moves by ``sign`` * qty at the price (average cost, realised P&L,
     fees, time), the account's statistics of the fill's trading day count it, the account's cash
@@ -421,7 +421,7 @@ class TradingState:
     def _on_OrderFilled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
         account: AccountState = order.account_state  # type: ignore[assignment]
-        qty, price, fee, when = apply_fill(self, account, order.position_key, order.sign, order.stream_id, d, at)
+        qty, price, fee, when = book_fill(self, account, order.position_key, order.sign, order.stream_id, d, at)
         order.executions[d["exec_id"]] = (qty, price, pos)
         order.filled_qty += qty
         order.fill_notional += qty * price
@@ -639,4 +639,6 @@ __all__ = [
     "OPEN_STATUSES",
     "TERMINAL_STATUSES",
     "VOID_TYPE",
+    "book_fill",
+    "discrepancy_key",
 ]
