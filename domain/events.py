@@ -33,6 +33,9 @@ from .values import (
 )
 
 SCHEMA_KEY = "_v"
+# A log position given up by an append that failed (PostgreSQL only): stream and type of its row.
+VOID_STREAM = "$void"
+VOID_TYPE = "$void"
 
 
 class Event(BaseModel):
@@ -54,9 +57,11 @@ class Event(BaseModel):
 
     @classmethod
     def type_name(cls) -> str:
+        """The name the event is stored under (its class name)."""
         return cls.__name__
 
     def to_payload(self) -> dict[str, Any]:
+        """The stored JSON form: the model's JSON dump plus its schema version under ``SCHEMA_KEY``."""
         payload = self.model_dump(mode="json")
         payload[SCHEMA_KEY] = self.schema_version
         return payload
@@ -66,6 +71,8 @@ class Event(BaseModel):
 
 
 class OrderEvent(Event):
+    """An event of one order's stream, named by account and client order id."""
+
     stream_kind: ClassVar[str] = "order"
     account: Identifier
     client_order_id: Identifier
@@ -99,27 +106,28 @@ class OrderIntentRecorded(OrderEvent):
             raise ValueError(f"a {self.order_type.value} order takes no stop_price")
         return self
 
-    def content_key(self) -> dict[str, Any]:
-        """What makes two intents 'the same' for idempotency (ids and clocks excluded)."""
-        return self.model_dump(
-            mode="json", exclude={"event_id", "occurred_at", "correlation_id", "causation_id"}
-        )
-
 
 class IntentRejectedByRisk(OrderEvent):
+    """The pre-trade check refused the intent: its reason codes and a readable detail. The order is
+    finished (refused)."""
+
     reasons: list[str] = Field(min_length=1, max_length=20)
     detail: Text = ""
 
 
 class OrderSubmitted(OrderEvent):
-    pass
+    """The engine is about to send the order to the venue; recorded before it leaves."""
 
 
 class OrderAcknowledged(OrderEvent):
+    """The venue accepted the order under ``venue_order_id``."""
+
     venue_order_id: Identifier
 
 
 class OrderRejected(OrderEvent):
+    """The venue refused the order; it is finished (rejected)."""
+
     reason: Text = ""
 
 
@@ -137,14 +145,22 @@ class OrderFilled(OrderEvent):
 
 
 class OrderCancelRequested(OrderEvent):
+    """The engine asked the venue to cancel the order; the order stays open until the venue
+    confirms."""
+
     reason: Text = ""
 
 
 class OrderCancelled(OrderEvent):
+    """The venue cancelled the order (what was not filled); it is finished."""
+
     reason: Text = ""
 
 
 class OrderReplaced(OrderEvent):
+    """The venue replaced the order's quantity and prices (a replace down to the filled quantity
+    fills it)."""
+
     qty: PositiveAmount
     limit_price: PositiveAmount | None = None
     stop_price: PositiveAmount | None = None
@@ -152,7 +168,7 @@ class OrderReplaced(OrderEvent):
 
 
 class OrderExpired(OrderEvent):
-    pass
+    """The order's time in force ran out at the venue; it is finished."""
 
 
 DiscrepancyKind = Literal[
@@ -163,6 +179,7 @@ DiscrepancyKind = Literal[
     "reject_after_fill",  # the venue says rejected, the order has fills
     "status_conflict",  # any other venue status that contradicts ours
     "venue_order_id_changed",  # a second ack with another venue order id
+    "duplicate_exec_id",  # a fill whose venue execution id is already booked on another order
 ]
 
 
@@ -211,6 +228,8 @@ RiskLimitName = Literal[
 
 
 class AccountEvent(Event):
+    """An event of one account's stream (limits, breaker, kill switch, cash, risk facts)."""
+
     stream_kind: ClassVar[str] = "account"
     account: Identifier
 
@@ -228,6 +247,9 @@ class RiskCheckPassed(AccountEvent):
 
 
 class RiskLimitChanged(AccountEvent):
+    """Sets (or with ``value`` None removes) a risk limit of the account, or a per-symbol position
+    limit."""
+
     limit: RiskLimitName
     value: NonNegativeAmount | None  # None removes the limit
     symbol: Symbol | None = None  # per-symbol override (max_position_qty only)
@@ -235,25 +257,36 @@ class RiskLimitChanged(AccountEvent):
 
 
 class CircuitBreakerTripped(AccountEvent):
+    """Trading of the account stops until ``until`` (None: until reset)."""
+
     reason: Text
     until: UtcDatetime | None = None  # None: until reset
 
 
 class CircuitBreakerReset(AccountEvent):
+    """The account's circuit breaker is reset; trading may resume."""
+
     reason: Text = ""
 
 
 class KillSwitchEngaged(AccountEvent):
+    """Every new intent of the account is refused until the switch is released."""
+
     reason: Text
     by: Identifier = "engine"
 
 
 class KillSwitchReleased(AccountEvent):
+    """The account's kill switch is released."""
+
     reason: Text = ""
     by: Identifier = "operator"
 
 
 class DailyLimitBreached(AccountEvent):
+    """A fill took the account's day to a daily limit: ``value`` against ``threshold`` on
+    ``trading_day``. Recorded once per limit and day."""
+
     limit: Literal["max_daily_loss", "max_daily_trades"]
     trading_day: str
     value: ComputedAmount
@@ -267,6 +300,8 @@ def _whole_number(value: Any) -> Any:
 
 
 class TradingResumed(AccountEvent):
+    """After a recovery, the account's limits apply at ``ramp_pct`` percent of their value."""
+
     ramp_pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
     reason: Text = ""
 
@@ -334,6 +369,8 @@ class DiscrepancyAcknowledged(AccountEvent):
 
 
 class SignalRecorded(Event):
+    """A strategy's signal for a symbol; the latest per strategy and symbol is kept."""
+
     stream_kind: ClassVar[str] = "strategy"
     strategy_id: Identifier
     symbol: Symbol
@@ -343,6 +380,8 @@ class SignalRecorded(Event):
 
 
 class EngineStarted(Event):
+    """An engine process started; a start without a stop before it means the previous run crashed."""
+
     stream_kind: ClassVar[str] = "engine"
     engine_id: Identifier
     version: Text = ""
@@ -350,6 +389,8 @@ class EngineStarted(Event):
 
 
 class EngineStopped(Event):
+    """An engine process stopped cleanly."""
+
     stream_kind: ClassVar[str] = "engine"
     engine_id: Identifier
     reason: Text = ""
@@ -437,6 +478,8 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 
 def upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register the decorated function as the upcaster of ``type_name`` payloads from
+    ``from_version`` to the next version."""
     def register(fn: Upcaster) -> Upcaster:
         UPCASTERS[(type_name, from_version)] = fn
         return fn

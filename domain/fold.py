@@ -3,10 +3,11 @@
 ``TradingState.apply`` builds every order in full, although most orders of a long log are
 finished and are never asked for again. This fold gives the same state while doing only what
 the rest of the state depends on: positions, trading-day statistics, cash and account counters
-are folded exactly as ``apply`` folds them (the same code for every event that is not an order's),
-but an order is tracked by the few facts its fills need (side, quantity, filled, open or not). At
-the end an order still open is built in full from the rows kept for it, and a finished one is
-left in the log as an id in the state's ``OrderBook`` (as after a checkpoint restore). Submitted, acknowledged, cancel-request, terminal and discrepancy events
+are folded exactly as ``apply`` folds them (``apply`` itself for every event that is not an
+order's, ``state.book_fill`` for a fill's effects beyond its order), but an order is tracked
+by the few facts its fills need (side, quantity, filled, open or not). At the end an order still
+open is built in full from the rows kept for it, and a finished one is left in the log as an id in
+the state's ``OrderBook`` (as after a checkpoint restore). Submitted, acknowledged, cancel-request, terminal and discrepancy events
 are not even decoded: such a payload is decoded only when it does not end with its type's current
 schema marker, so that an older payload is upcast and a newer one refused just as ``apply`` would.
 
@@ -24,7 +25,7 @@ import orjson
 
 from .events import EVENT_TYPES, SCHEMA_KEY, upcast
 from .snapshot import ORDER_PREFIX, OrderBook, _key
-from .state import ZERO, OrderState, PositionState, TradingState
+from .state import ZERO, OrderState, TradingState, book_fill
 
 _fromiso = datetime.fromisoformat
 
@@ -49,9 +50,10 @@ def _time(at: Any) -> datetime:
 class _Order:
     """What the fold needs of an order; ``rows`` are kept while it is open (to build it at the end)."""
 
-    __slots__ = ("open", "qty", "filled", "sign", "key", "account", "rows", "lazy")
+    __slots__ = ("open", "qty", "filled", "sign", "key", "account", "rows", "lazy", "sid")
 
-    def __init__(self, d: dict[str, Any], account: Any, rows: list[Any] | None, lazy: bytes | None):
+    def __init__(self, sid: str, d: dict[str, Any], account: Any, rows: list[Any] | None, lazy: bytes | None):
+        self.sid = sid
         self.open = True
         self.qty = Decimal(d["qty"])
         self.filled = ZERO
@@ -92,11 +94,11 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
     finished orders stay ids in its ``OrderBook`` until the application brings them back."""
     state = TradingState(exchange_tz)
     orders: dict[str, _Order] = {}
-    positions = state.positions
+    fill_effects = book_fill
+    fill_version = _CURRENT["OrderFilled"]
     versions = state.stream_versions
     account = state.account
     apply = state.apply
-    day_of = state._trading_day_of
     loads = orjson.loads
     applied = 0
     last = 0
@@ -117,33 +119,9 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
             if type_name == "OrderFilled":
                 o = orders[sid]
                 d = loads(data)
-                if d.get(SCHEMA_KEY, 1) != _CURRENT[type_name]:
+                if d.get(SCHEMA_KEY, 1) != fill_version:
                     d = upcast(type_name, d)
-                # the effects of TradingState._on_OrderFilled beyond the order itself
-                qty = Decimal(d["qty"])
-                price = Decimal(d["price"])
-                fee = Decimal(d["fee"])
-                occurred = d.get("occurred_at")
-                when = _fromiso(occurred) if occurred else _time(at)
-                o.filled += qty
-                held = positions.get(o.key)
-                if held is None:
-                    held = positions[o.key] = PositionState(*o.key)
-                realized = held.apply_fill(qty * o.sign, price)
-                held.fees += fee
-                held.updated_at = when
-                stats = o.account.day(day_of(occurred, when))
-                stats.fills += 1
-                stats.volume += qty
-                stats.realized_pnl += realized
-                stats.fees += fee
-                cash = o.account.cash
-                if cash:
-                    if "USD" in cash:
-                        cash["USD"] -= o.sign * qty * price
-                    fee_currency = d.get("fee_currency", "USD")
-                    if fee and fee_currency in cash:
-                        cash[fee_currency] -= fee
+                o.filled += fill_effects(state, o.account, o.key, o.sign, o.sid, d, at)[0]
                 if o.rows is not None:
                     o.rows.append(row)
                 if o.open and o.filled >= o.qty:
@@ -164,7 +142,7 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
                 previous = orders.get(sid)
                 rows = previous.rows if previous is not None and previous.rows is not None else []
                 rows.append(row)
-                orders[sid] = _Order(d, account(d["account"]), rows, lazy)
+                orders[sid] = _Order(sid, d, account(d["account"]), rows, lazy)
             else:  # OrderReplaced
                 o = orders[sid]
                 d = _payload(type_name, data)

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID, uuid5
 
 from . import events as ev
 from .errors import IdempotencyConflict, InvalidTransition, UnknownOrder
-from .ids import account_stream_id, order_stream_id
-from .risk import check_intent, effective_limit
+from .ids import account_stream_id, derived_id, order_stream_id
+from .risk import MAX_DAILY_LOSS, check_intent, daily_loss_breach
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, discrepancy_key
 
 
@@ -37,12 +36,6 @@ class Append:
 
 Decision = Append | AlreadyRecorded
 
-def derived_id(parent: UUID, kind: str) -> UUID:
-    """Id of an event the domain derives from another (a refusal from its intent): deterministic,
-    so deciding twice on the same input yields the same events."""
-    return uuid5(parent, kind)
-
-
 _ENVELOPE = {"event_id", "occurred_at", "correlation_id", "causation_id"}
 
 
@@ -53,7 +46,9 @@ def _order(state: TradingState, e: ev.OrderEvent) -> OrderState:
     return order
 
 
-def _same_content(stored: dict[str, Any], new: ev.Event) -> bool:
+def same_content(stored: dict[str, Any], new: ev.Event) -> bool:
+    """Whether a stored payload and a new event state the same fact: equal once ids, clocks and the
+    schema marker are left out (the stored one is validated again, so '10' and '10.0' are equal)."""
     data = {k: v for k, v in stored.items() if k not in _ENVELOPE and k != ev.SCHEMA_KEY}
     old = type(new).model_validate({**data, "event_id": new.event_id})
     return old.model_dump(exclude=_ENVELOPE) == new.model_dump(exclude=_ENVELOPE)
@@ -85,10 +80,14 @@ def _single(e: ev.OrderEvent) -> Append:
 
 
 def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: datetime) -> Decision:
+    """Record an intent with its pre-trade decision: the intent and ``RiskCheckPassed`` (in the
+    account's stream), or the intent and ``IntentRejectedByRisk``. The same intent again is
+    ``AlreadyRecorded``; the same client order id with other content raises
+    ``IdempotencyConflict``."""
     stream = order_stream_id(intent.account, intent.client_order_id)
     existing = state.orders.get(stream)
     if existing is not None:
-        if _same_content(existing.intent, intent):
+        if same_content(existing.intent, intent):
             return AlreadyRecorded(existing.positions["intent"])
         raise IdempotencyConflict(
             f"client order id {intent.client_order_id!r} of account {intent.account!r} was already "
@@ -124,6 +123,8 @@ def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: date
 
 
 def decide_submitted(state: TradingState, e: ev.OrderSubmitted) -> Decision:
+    """Record that a new order is being sent. Again: ``AlreadyRecorded``; an order past new:
+    ``InvalidTransition``."""
     order = _order(state, e)
     if "submitted" in order.positions:
         return AlreadyRecorded(order.positions["submitted"])
@@ -135,6 +136,8 @@ def decide_submitted(state: TradingState, e: ev.OrderSubmitted) -> Decision:
 
 
 def decide_cancel_request(state: TradingState, e: ev.OrderCancelRequested) -> Decision:
+    """Record a cancel request of an open order. Again: ``AlreadyRecorded``; a finished order:
+    ``InvalidTransition``."""
     order = _order(state, e)
     if order.cancel_requested and "cancel_requested" in order.positions:
         return AlreadyRecorded(order.positions["cancel_requested"])
@@ -147,6 +150,8 @@ def decide_cancel_request(state: TradingState, e: ev.OrderCancelRequested) -> De
 
 
 def decide_ack(state: TradingState, e: ev.OrderAcknowledged) -> Decision:
+    """Record the venue's ack. The same ack again: ``AlreadyRecorded``; another venue order id or an
+    ack of a finished order: a discrepancy."""
     order = _order(state, e)
     if "ack" in order.positions:
         if order.venue_order_id == e.venue_order_id:
@@ -173,6 +178,8 @@ def decide_ack(state: TradingState, e: ev.OrderAcknowledged) -> Decision:
 
 
 def decide_reject(state: TradingState, e: ev.OrderRejected) -> Decision:
+    """Record the venue's reject of an open order without fills; a reject after fills or of a
+    finished order is a discrepancy."""
     order = _order(state, e)
     if order.status == "rejected":
         return AlreadyRecorded(order.positions["terminal"])
@@ -186,6 +193,11 @@ def decide_reject(state: TradingState, e: ev.OrderRejected) -> Decision:
 
 
 def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decision:
+    """Record a venue execution. Its exec id again with the same qty and price: ``AlreadyRecorded``,
+    with others: ``IdempotencyConflict``. An exec id the venue already gave another order, a fill
+    of a finished order and a fill past the remaining quantity are discrepancies (not booked). A
+    fill that takes the day's loss to ``max_daily_loss`` appends the ``DailyLimitBreached`` with
+    it."""
     order = _order(state, e)
     seen = order.executions.get(e.exec_id) or order.executions.get("!" + e.exec_id)
     if seen is not None:
@@ -196,6 +208,12 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
             f"execution {e.exec_id!r} is recorded as {qty} @ {price}; "
             f"the same execution id now says {e.qty} @ {e.price}"
         )
+    owner = state.exec_ids.get(order.venue, {}).get(e.exec_id)
+    if owner is not None and owner != order.stream_id:
+        return _discrepancy(e, order, "duplicate_exec_id",
+                            f"execution {e.exec_id!r} of venue {order.venue!r} is already booked on another order "
+                            f"({owner}); fill of {e.qty} @ {e.price} not booked",
+                            exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
     if order.status not in OPEN_STATUSES:
         return _discrepancy(e, order, "fill_on_terminal", f"fill of {e.qty} @ {e.price} on an order we hold {order.status}",
                             exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
@@ -203,44 +221,23 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
         return _discrepancy(e, order, "overfill", f"fill of {e.qty} with only {order.remaining} remaining",
                             exec_id=e.exec_id, qty=e.qty, price=e.price, venue_order_id=e.venue_order_id)
     events: list[tuple[str, ev.Event]] = [(order.stream_id, e)]
-    breach = _daily_loss_breach(state, order, e, state.trading_day(e.occurred_at or now))
+    day = state.trading_day(e.occurred_at or now)
+    account = state.account(order.account)
+    stats = account.daily.get(day)
+    preview = PositionState(order.account, order.venue, order.symbol)
+    held = state.position_of(order.account, order.venue, order.symbol)
+    if held is not None:
+        preview.qty, preview.cost = held.qty, held.cost
+    _, breach = daily_loss_breach(account, e, order.sign, day, preview, stats.net_pnl if stats else Decimal(0),
+                                  breached=stats is not None and MAX_DAILY_LOSS in stats.breaches)
     if breach is not None:
         events.append((account_stream_id(order.account), breach))
     return Append(events)
 
 
-def _daily_loss_breach(
-    state: TradingState, order: OrderState, fill: ev.OrderFilled, day: str
-) -> ev.DailyLimitBreached | None:
-    account = state.account(order.account)
-    limit = effective_limit(account, "max_daily_loss")
-    if limit is None:
-        return None
-    stats = account.daily.get(day)
-    if stats is not None and "max_daily_loss" in stats.breaches:
-        return None
-    held = state.position_of(order.account, order.venue, order.symbol)
-    preview = PositionState(order.account, order.venue, order.symbol)
-    if held is not None:
-        preview.qty, preview.cost = held.qty, held.cost
-    realized = preview.apply_fill(fill.qty * order.sign, fill.price)
-    net = (stats.net_pnl if stats else Decimal(0)) + realized - fill.fee
-    if -net < limit:
-        return None
-    return ev.DailyLimitBreached(
-        event_id=derived_id(fill.event_id, ev.DailyLimitBreached.__name__),
-        occurred_at=fill.occurred_at,
-        correlation_id=fill.correlation_id,
-        causation_id=fill.event_id,
-        account=order.account,
-        limit="max_daily_loss",
-        trading_day=day,
-        value=net,
-        threshold=limit,
-    )
-
-
 def decide_cancelled(state: TradingState, e: ev.OrderCancelled) -> Decision:
+    """Record the venue's cancel of an open order; a cancel of a filled or otherwise finished order
+    is a discrepancy."""
     order = _order(state, e)
     if order.status == "cancelled":
         return AlreadyRecorded(order.positions["terminal"])
@@ -254,6 +251,7 @@ def decide_cancelled(state: TradingState, e: ev.OrderCancelled) -> Decision:
 
 
 def decide_expired(state: TradingState, e: ev.OrderExpired) -> Decision:
+    """Record the venue's expiry of an open order; an expiry of a finished order is a discrepancy."""
     order = _order(state, e)
     if order.status == "expired":
         return AlreadyRecorded(order.positions["terminal"])
@@ -264,6 +262,8 @@ def decide_expired(state: TradingState, e: ev.OrderExpired) -> Decision:
 
 
 def decide_replaced(state: TradingState, e: ev.OrderReplaced) -> Decision:
+    """Record a replace of an open order (quantity not below what is filled, the order type's price
+    fields kept); anything else raises ``InvalidTransition``."""
     order = _order(state, e)
     if not order.is_open:
         raise InvalidTransition(f"order {order.client_order_id!r} is {order.status}; only an open order can be replaced")

@@ -43,8 +43,7 @@ from pydantic import ValidationError
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
-from .orders import derived_id
-from .risk import MAX_DAILY_LOSS, effective_limit
+from .risk import MAX_DAILY_LOSS, daily_loss_breach
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
@@ -69,6 +68,8 @@ def external_client_order_id(venue_order_id: str) -> str:
 
 
 def inferred_exec_id(account: str, client_order_id: str, venue_filled_qty: Decimal) -> str:
+    """The exec id of a fill reconciliation infers from the venue's filled quantity (no execution
+    listed): deterministic, so a rerun infers the same id."""
     return "recon-" + fact_id("inferred", account, client_order_id, venue_filled_qty).hex[:24]
 
 
@@ -94,11 +95,15 @@ class Discrepancy:
     theirs: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, for reports and JSON."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
 class ReconciliationPlan:
+    """What one reconciliation decided: the events to append (order and account streams), the
+    disagreements found, what could not be compared, and counts."""
+
     account: str
     venue: str
     reconciliation_id: UUID
@@ -109,10 +114,13 @@ class ReconciliationPlan:
 
     @property
     def event_ids(self) -> list[UUID]:
+        """The ids of the planned events, in order."""
         return [e.event_id for _, e in self.events]
 
     @property
     def status(self) -> ev.ReconciliationStatus:
+        """unknown (something could not be compared), discrepancies (one not corrected), corrected
+        (events planned) or clean."""
         if self.unknown:
             return "unknown"
         if any(d.resolution != "corrected" for d in self.discrepancies):
@@ -125,6 +133,7 @@ class ReconciliationPlan:
         return bool(self.discrepancies or self.unknown)
 
     def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name``."""
         self.counts[name] = self.counts.get(name, 0) + n
 
 
@@ -309,9 +318,9 @@ class _Planner:
         return True
 
     def daily_loss(self, ours: _Order, fill: ev.OrderFilled) -> None:
-        """What ``decide_fill`` does for a live fill, over the fills planned so far."""
-        limit = effective_limit(self.acct, MAX_DAILY_LOSS) if self.acct is not None else None
-        if limit is None:
+        """``risk.daily_loss_breach`` of a planned fill, over the fills planned before it (as
+        ``decide_fill`` does for a live fill): the breach, at most one per day, is planned too."""
+        if self.acct is None:
             return
         day = self.state.trading_day(fill.occurred_at or self.now)
         key = (ours.venue, ours.symbol)
@@ -321,17 +330,11 @@ class _Planner:
             held = self.state.position_of(self.account, ours.venue, ours.symbol)
             if held is not None:
                 preview.qty, preview.cost = held.qty, held.cost
-        realized = preview.apply_fill(fill.qty * ours.sign, fill.price)
         stats = self.acct.daily.get(day)
-        net = self.planned_day_net.get(day, stats.net_pnl if stats is not None else ZERO) + realized - fill.fee
-        self.planned_day_net[day] = net
-        if -net < limit or day in self.planned_breach_days or (stats is not None and MAX_DAILY_LOSS in stats.breaches):
-            return
-        breach = self.build(
-            ev.DailyLimitBreached, event_id=derived_id(fill.event_id, ev.DailyLimitBreached.__name__),
-            occurred_at=fill.occurred_at, correlation_id=fill.correlation_id, causation_id=fill.event_id,
-            account=self.account, limit=MAX_DAILY_LOSS, trading_day=day, value=net, threshold=limit,
-        )
+        net_before = self.planned_day_net.get(day, stats.net_pnl if stats is not None else ZERO)
+        breached = day in self.planned_breach_days or (stats is not None and MAX_DAILY_LOSS in stats.breaches)
+        self.planned_day_net[day], breach = daily_loss_breach(self.acct, fill, ours.sign, day, preview, net_before,
+                                                              breached=breached)
         if breach is not None:
             self.planned_breach_days.add(day)
             self.account_events.append((account_stream_id(self.account), breach))
@@ -465,7 +468,12 @@ class _Planner:
             if "!" + f.exec_id in ours.executions or f.exec_id in self.planned_exec_ids:
                 continue
             self.planned_exec_ids.add(f.exec_id)
-            if not ours.is_open:
+            owner = self.state.exec_ids.get(ours.venue, {}).get(f.exec_id)
+            if owner is not None and owner != ours.stream_id:
+                self.record_discrepancy(ours, "duplicate_exec_id", f"venue fill {f.exec_id} of {f.qty} @ {f.price} "
+                                        f"is already booked on another order ({owner})",
+                                        venue_order_id=f.venue_order_id, fill=f)
+            elif not ours.is_open:
                 self.record_discrepancy(ours, "fill_on_terminal", f"venue fill {f.exec_id} of {f.qty} @ {f.price} "
                                         f"on an order we hold {ours.status}", venue_order_id=f.venue_order_id, fill=f)
             elif f.qty > ours.qty - ours.filled_qty:

@@ -7,8 +7,9 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from .events import OrderIntentRecorded
-from .state import AccountState, TradingState
+from .events import DailyLimitBreached, OrderFilled, OrderIntentRecorded
+from .ids import derived_id
+from .state import AccountState, PositionState, TradingState
 
 # Refusal reason codes, stable for tools and tests.
 KILL_SWITCH = "kill_switch"
@@ -42,11 +43,16 @@ def effective_limit(account: AccountState, name: str, symbol: str | None = None)
 
 
 def order_price(intent: OrderIntentRecorded) -> Decimal | None:
+    """The price the notional checks use: the limit price, else the stop price, else the reference
+    price (None: no price)."""
     return intent.limit_price or intent.stop_price or intent.reference_price
 
 
 @dataclass(frozen=True)
 class RiskDecision:
+    """The pre-trade check's answer: reason codes (empty: passed), a readable detail, the trading
+    day and the notional."""
+
     reasons: list[str]  # empty: the intent passes
     detail: str
     trading_day: str
@@ -54,10 +60,14 @@ class RiskDecision:
 
     @property
     def passed(self) -> bool:
+        """True when no check refused the intent."""
         return not self.reasons
 
 
 def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime) -> RiskDecision:
+    """Run every pre-trade check of an intent against the folded state at ``now`` (kill switch,
+    block, breaker, order qty and notional, worst-case position, open orders, daily trades, daily
+    loss) and return all reasons that refuse it."""
     account = state.account(intent.account)
     day = state.trading_day(now)
     reasons: list[str] = []
@@ -127,6 +137,38 @@ def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime
         details.append(f"net P&L {-loss} on {day}, loss limit {limit}")
 
     return RiskDecision(reasons, "; ".join(details), day, notional)
+
+
+def daily_loss_breach(
+    account: AccountState, fill: OrderFilled, sign: int, day: str, preview: PositionState,
+    net_before: Decimal, *, breached: bool,
+) -> tuple[Decimal, DailyLimitBreached | None]:
+    """What a fill does to the account's ``max_daily_loss`` on ``day``.
+
+    ``preview`` is a scratch copy of the position the fill lands on (the caller's, never the
+    state's); the fill is booked on it (``sign`` * qty at the fill's price) to get its realised
+    P&L. ``net_before`` is the day's net P&L before the fill. Returns (the day's net P&L after the
+    fill and its fee, the ``DailyLimitBreached`` to append when the loss reaches the effective
+    limit and ``breached`` says the day has not breached it yet, else None). With no limit set:
+    (``net_before``, None), and ``preview`` is left untouched."""
+    limit = effective_limit(account, MAX_DAILY_LOSS)
+    if limit is None:
+        return net_before, None
+    realized = preview.apply_fill(fill.qty * sign, fill.price)
+    net = net_before + realized - fill.fee
+    if breached or -net < limit:
+        return net, None
+    return net, DailyLimitBreached(
+        event_id=derived_id(fill.event_id, DailyLimitBreached.__name__),
+        occurred_at=fill.occurred_at,
+        correlation_id=fill.correlation_id,
+        causation_id=fill.event_id,
+        account=account.account,
+        limit=MAX_DAILY_LOSS,
+        trading_day=day,
+        value=net,
+        threshold=limit,
+    )
 
 
 def limit_usage(state: TradingState, account: str, now: datetime) -> list[dict[str, Any]]:

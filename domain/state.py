@@ -15,12 +15,12 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .events import EVENT_TYPES, SCHEMA_KEY, upcast
+from .events import EVENT_TYPES, SCHEMA_KEY, VOID_TYPE, upcast
 
 ZERO = Decimal(0)
 OPEN_STATUSES = frozenset({"new", "submitted", "acknowledged", "partially_filled"})
 TERMINAL_STATUSES = frozenset({"refused", "filled", "cancelled", "rejected", "expired"})
-VOID_TYPE = "$void"  # a log position given up by an append that failed (PostgreSQL only)
+_fromiso = datetime.fromisoformat
 
 _CURRENT_VERSION = {name: cls.schema_version for name, cls in EVENT_TYPES.items()}
 
@@ -39,11 +39,14 @@ def discrepancy_key(d: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class OrderState:
+    """One order as folded from its stream: what was intended, its status, fills, fees,
+    discrepancies, refusal and where each lifecycle fact was recorded."""
+
     __slots__ = (
         "stream_id", "account", "client_order_id", "venue", "symbol", "side", "sign",
         "order_type", "qty", "limit_price", "stop_price", "time_in_force", "strategy_id",
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
-        "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal",
+        "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal", "refusal_detail",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
         "position_key", "account_state", "external",
     )  # fmt: skip
@@ -76,6 +79,7 @@ class OrderState:
         self.discrepancies = 0
         self.discrepancy_keys: dict[tuple[Any, ...], int] = {}  # a repeated venue fact -> first record
         self.refusal: list[str] | None = None
+        self.refusal_detail = ""
         # where each lifecycle fact was recorded, so a repeated call can return it
         self.positions: dict[str, int] = {"intent": position}
         self.created_at = at
@@ -87,17 +91,21 @@ class OrderState:
 
     @property
     def remaining(self) -> Decimal:
+        """Quantity not filled yet."""
         return self.qty - self.filled_qty
 
     @property
     def is_open(self) -> bool:
+        """True while the order can still be filled, cancelled or replaced."""
         return self.status in OPEN_STATUSES
 
     @property
     def avg_fill_price(self) -> Decimal | None:
+        """Average price of the fills (None before the first)."""
         return self.fill_notional / self.filled_qty if self.filled_qty else None
 
     def as_dict(self) -> dict[str, Any]:
+        """A plain picture of the order for queries and tests."""
         return {
             "account": self.account,
             "client_order_id": self.client_order_id,
@@ -127,6 +135,9 @@ class OrderState:
 
 
 class PositionState:
+    """A position of one account, venue and symbol: signed quantity, cost basis, realised P&L, fees
+    and last fill price."""
+
     __slots__ = ("account", "venue", "symbol", "qty", "cost", "realized_pnl", "fees",
                  "last_price", "updated_at")  # fmt: skip
 
@@ -168,15 +179,18 @@ class PositionState:
 
     @property
     def avg_cost(self) -> Decimal:
+        """Average cost of the open quantity (zero when flat)."""
         return self.cost / self.qty if self.qty else ZERO
 
     @property
     def unrealized_pnl(self) -> Decimal:
+        """P&L of the open quantity at the last fill price (zero when flat or never filled)."""
         if self.last_price is None or self.qty == 0:
             return ZERO
         return self.last_price * self.qty - self.cost  # exact: no division by the quantity
 
     def as_dict(self) -> dict[str, Any]:
+        """A plain picture of the position for queries and tests."""
         return {
             "account": self.account,
             "venue": self.venue,
@@ -192,6 +206,9 @@ class PositionState:
 
 @dataclass
 class DailyStats:
+    """One account's trading day: trades that passed the check, fills, volume, realised P&L, fees
+    and daily limits breached."""
+
     trades: int = 0  # orders that passed the pre-trade check that day
     fills: int = 0
     volume: Decimal = ZERO
@@ -201,11 +218,15 @@ class DailyStats:
 
     @property
     def net_pnl(self) -> Decimal:
+        """Realised P&L less fees."""
         return self.realized_pnl - self.fees
 
 
 @dataclass
 class AccountState:
+    """One account's limits, breaker, kill switch, ramp, block, open orders, daily statistics, cash
+    and last reconciliation."""
+
     account: str
     limits: dict[str, Decimal] = field(default_factory=dict)
     symbol_position_limits: dict[str, Decimal] = field(default_factory=dict)
@@ -225,19 +246,67 @@ class AccountState:
     last_reconciliation: dict[str, Any] | None = None
 
     def day(self, trading_day: str) -> DailyStats:
+        """The statistics of ``trading_day`` (created empty when first asked for)."""
         stats = self.daily.get(trading_day)
         if stats is None:
             stats = self.daily[trading_day] = DailyStats()
         return stats
 
     def breaker_active(self, now: datetime) -> bool:
+        """True when the circuit breaker is tripped and ``now`` is before its end (or it has none)."""
         if not self.breaker_tripped:
             return False
         return self.breaker_until is None or now < self.breaker_until
 
 
+def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, str], sign: int, sid: str,
+              d: dict[str, Any], at: Any) -> tuple[Decimal, Decimal, Decimal, datetime]:
+    """Book a stored fill payload ``d`` everywhere but on its order: the position ``key``
+    (account, venue, symbol) moves by ``sign`` * qty at the price (average cost, realised P&L,
+    fees, time), the account's statistics of the fill's trading day count it, the account's cash
+    moves when a balance is on record (USD by the notional, the fee's currency by the fee), and
+    the venue's execution id is indexed to the order stream ``sid``.
+
+    ``at`` (the row's recorded time, a datetime or ISO text) counts when the payload has no
+    ``occurred_at``. Returns (qty, price, fee, time of the fill). ``TradingState.apply`` and the
+    cold fold both book fills through this one function."""
+    qty = Decimal(d["qty"])
+    price = Decimal(d["price"])
+    fee = Decimal(d["fee"])
+    occurred = d.get("occurred_at")
+    when = _fromiso(occurred) if occurred else (at if at.__class__ is datetime else _fromiso(at))
+    positions = state.positions
+    held = positions.get(key)
+    if held is None:
+        held = positions[key] = PositionState(*key)
+    realized = held.apply_fill(qty * sign, price)
+    held.fees += fee
+    held.updated_at = when
+    day = state._day_cache.get(occurred[:16]) if occurred and occurred[-1] == "Z" else None  # _trading_day_of's hit
+    stats = account.day(day or state._trading_day_of(occurred, when))
+    stats.fills += 1
+    stats.volume += qty
+    stats.realized_pnl += realized
+    stats.fees += fee
+    cash = account.cash
+    if cash:
+        if "USD" in cash:
+            cash["USD"] -= sign * qty * price
+        fee_currency = d.get("fee_currency", "USD")
+        if fee and fee_currency in cash:
+            cash[fee_currency] -= fee
+    try:
+        state.exec_ids[key[1]][d["exec_id"]] = sid
+    except KeyError:  # the venue's first execution (a payload always has an exec_id)
+        state.exec_ids[key[1]] = {d["exec_id"]: sid}
+    return qty, price, fee, when
+
+
 class TradingState:
-    """Everything the engine and the risk checks need, folded from the trading log."""
+    """Everything the engine and the risk checks need, folded from the trading log.
+
+    ``exec_ids`` maps venue -> execution id -> the order stream its fill is booked on: an
+    execution id is unique per venue, so a second order claiming it is a discrepancy."""
 
     def __init__(self, exchange_tz: str = "America/New_York"):
         self.exchange_tz = exchange_tz
@@ -250,6 +319,7 @@ class TradingState:
         self.accounts: dict[str, AccountState] = {}
         self.signals: dict[tuple[str, str], dict[str, Any]] = {}
         self.engines: dict[str, dict[str, Any]] = {}
+        self.exec_ids: dict[str, dict[str, str]] = {}
         self.applied = 0  # events applied (voids excluded)
         self._handlers = {
             name: getattr(self, "_on_" + name) for name in EVENT_TYPES if name != "BarRecorded"
@@ -257,6 +327,7 @@ class TradingState:
 
     # --------------------------------------------------------------------------- helpers
     def trading_day(self, at: datetime) -> str:
+        """The exchange-local date of ``at``, as ISO text."""
         return at.astimezone(self._tz).date().isoformat()
 
     def _trading_day_of(self, occurred_at: str | None, fallback: datetime) -> str:
@@ -274,12 +345,14 @@ class TradingState:
         return day
 
     def account(self, account: str) -> AccountState:
+        """The account's state (created empty when first asked for)."""
         state = self.accounts.get(account)
         if state is None:
             state = self.accounts[account] = AccountState(account)
         return state
 
     def position_of(self, account: str, venue: str, symbol: str) -> PositionState | None:
+        """The position of account, venue and symbol, or None if it never traded."""
         return self.positions.get((account, venue, symbol))
 
     # ----------------------------------------------------------------------------- fold
@@ -292,6 +365,8 @@ class TradingState:
         data: dict[str, Any],
         recorded_at: datetime,
     ) -> None:
+        """Fold one stored event (its JSON payload, upcast when older) at ``position``, which must
+        be after the last one applied. A ``$void`` row only advances the position."""
         if position <= self.position:
             raise ValueError(f"event at position {position} applied after {self.position}")
         if type_name == VOID_TYPE:
@@ -322,6 +397,7 @@ class TradingState:
     def _on_IntentRejectedByRisk(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
         order.refusal = list(d["reasons"])
+        order.refusal_detail = d.get("detail", "")
         self._close(order, "refused", pos, _time(d.get("occurred_at"), at))
 
     def _on_OrderSubmitted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
@@ -344,37 +420,14 @@ class TradingState:
 
     def _on_OrderFilled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
-        qty = Decimal(d["qty"])
-        price = Decimal(d["price"])
-        fee = Decimal(d["fee"])
-        occurred = d.get("occurred_at")
-        when = _time(occurred, at)
+        account: AccountState = order.account_state  # type: ignore[assignment]
+        qty, price, fee, when = book_fill(self, account, order.position_key, order.sign, order.stream_id, d, at)
         order.executions[d["exec_id"]] = (qty, price, pos)
         order.filled_qty += qty
         order.fill_notional += qty * price
         order.fees += fee
         if d.get("venue_order_id"):
             order.venue_order_id = d["venue_order_id"]
-        key = order.position_key
-        held = self.positions.get(key)
-        if held is None:
-            held = self.positions[key] = PositionState(*key)
-        realized = held.apply_fill(qty * order.sign, price)
-        held.fees += fee
-        held.updated_at = when
-        stats = order.account_state.day(self._trading_day_of(occurred, at))  # type: ignore[union-attr]
-        stats.fills += 1
-        stats.volume += qty
-        stats.realized_pnl += realized
-        stats.fees += fee
-        cash = order.account_state.cash  # type: ignore[union-attr]
-        if cash:
-            currency = "USD"
-            if currency in cash:
-                cash[currency] -= order.sign * qty * price
-            fee_currency = d.get("fee_currency", "USD")
-            if fee and fee_currency in cash:
-                cash[fee_currency] -= fee
         is_open = order.status in OPEN_STATUSES
         if order.filled_qty >= order.qty:
             if is_open:
@@ -586,4 +639,6 @@ __all__ = [
     "OPEN_STATUSES",
     "TERMINAL_STATUSES",
     "VOID_TYPE",
+    "book_fill",
+    "discrepancy_key",
 ]

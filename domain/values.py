@@ -15,23 +15,46 @@ MAX_ABS_AMOUNT = Decimal("1e15")
 MAX_DECIMAL_PLACES = 12
 
 
-class Side(str, Enum):
+class _Spelling(str, Enum):
+    """A str enum whose canonical values are lower case and that accepts the venues' spellings of
+    them: any case, and '-' for '_' ('BUY', 'Buy' are ``Side.BUY``; 'STOP-LIMIT' is
+    ``OrderType.STOP_LIMIT``). Padding is not trimmed ('buy ' is refused). Stored events hold the
+    canonical value."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, str):
+            wanted = value.lower().replace("-", "_")
+            for member in cls:
+                if member.value == wanted:
+                    return member
+        return None
+
+
+class Side(_Spelling):
+    """Order side; ``sign`` is +1 for a buy, -1 for a sell."""
+
     BUY = "buy"
     SELL = "sell"
 
     @property
     def sign(self) -> int:
+        """+1 for a buy, -1 for a sell."""
         return 1 if self is Side.BUY else -1
 
 
-class OrderType(str, Enum):
+class OrderType(_Spelling):
+    """Order type; limit and stop-limit orders carry a limit price, stop and stop-limit a stop price."""
+
     MARKET = "market"
     LIMIT = "limit"
     STOP = "stop"
     STOP_LIMIT = "stop_limit"
 
 
-class TimeInForce(str, Enum):
+class TimeInForce(_Spelling):
+    """How long an order rests at the venue."""
+
     DAY = "day"
     GTC = "gtc"
     IOC = "ioc"

@@ -26,6 +26,8 @@ OPEN_VENUE_STATUSES = frozenset({"pending", "open", "partially_filled"})
 
 @dataclass(frozen=True)
 class VenueFill:
+    """One execution as the venue reports it."""
+
     exec_id: str  # the venue's execution id (IB: execId; Alpaca: activity id)
     client_order_id: str | None  # ours, when the order carried it (Alpaca client_order_id, IB orderRef)
     venue_order_id: str  # the venue's durable order key (Alpaca order id, IB permId)
@@ -41,6 +43,8 @@ class VenueFill:
 
 @dataclass(frozen=True)
 class VenueOrder:
+    """One order as the venue reports it, with its fills when the venue lists them."""
+
     venue_order_id: str
     client_order_id: str | None
     symbol: str
@@ -61,11 +65,14 @@ class VenueOrder:
 
     @property
     def is_open(self) -> bool:
+        """True while the venue may still fill the order."""
         return self.status in OPEN_VENUE_STATUSES
 
 
 @dataclass(frozen=True)
 class VenuePosition:
+    """A position as the venue reports it (signed quantity)."""
+
     symbol: str
     qty: Decimal  # signed: negative is short
     avg_cost: Decimal | None = None
@@ -74,6 +81,8 @@ class VenuePosition:
 
 @dataclass(frozen=True)
 class VenueBalance:
+    """Cash in one currency as the venue reports it."""
+
     currency: str
     cash: Decimal
     raw: dict[str, Any] = field(default_factory=dict, compare=False)

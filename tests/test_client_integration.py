@@ -204,10 +204,11 @@ def test_fills_are_deduplicated_by_exec_id(client):
     assert client.order(ACCT, "f-1")["filled_qty"] == 4
     assert client.positions(ACCT)[0]["qty"] == 4
     assert types(client).count("OrderFilled") == 1
-    # the same exec id on another order is another execution
+    # an exec id is unique per venue: on another order it is a discrepancy, not a second fill
     client.record_intent(ACCT, "f-2", "AAPL", "buy", "10", reference_price="100")
     assert not client.record_fill(ACCT, "f-2", "X-1", "4", "100.5").duplicate
-    assert client.positions(ACCT)[0]["qty"] == 8
+    assert client.positions(ACCT)[0]["qty"] == 4
+    assert client.order(ACCT, "f-2")["discrepancies"] == 1
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -239,7 +240,7 @@ BAD_INPUT = {
     "NaN limit price": (_intent(order_type="limit", limit_price="NaN"), InvalidInput),
     "negative reference price": (_intent(reference_price="-5"), InvalidInput),
     "unknown side": (_intent(side="hold"), InvalidInput),
-    "side wrong case": (_intent(side="BUY"), InvalidInput),
+    "side with padding": (_intent(side="buy "), InvalidInput),
     "unknown order type": (_intent(order_type="iceberg"), InvalidInput),
     "limit without price": (_intent(order_type="limit"), InvalidInput),
     "market with price": (_intent(limit_price="10"), InvalidInput),

@@ -22,8 +22,9 @@ from test_domain_state import Fold, _fill_v1_payload
 
 import tradestate
 from tradestate.domain import events as ev
+from tradestate.domain.events import VOID_TYPE
 from tradestate.domain.ids import order_stream_id
-from tradestate.domain.state import VOID_TYPE, TradingState
+from tradestate.domain.state import TradingState
 from tradestate.loading import fold_pages as fold_cold
 from tradestate import loading as cp
 
@@ -119,6 +120,7 @@ def test_the_cold_fold_equals_applying_every_event(seed, n, page, text_times):
     assert {sid: dict.__getitem__(state.orders, sid).as_dict() for sid in open_now} == open_now
     assert state.orders.unloaded == sum(1 for o in f.state.orders.values() if not o.is_open)
     assert state.summary() == f.state.summary()
+    assert state.exec_ids == f.state.exec_ids  # the venue's execution ids index every booked fill
 
 
 def test_finished_orders_load_one_by_one_when_asked_for():

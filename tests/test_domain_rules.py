@@ -384,6 +384,39 @@ def test_same_exec_id_with_other_qty_or_price_conflicts(desk: Desk, qty, price):
     assert desk.order("o1").filled_qty == 4
 
 
+def test_an_exec_id_booked_on_one_order_is_a_discrepancy_on_another(desk: Desk):
+    desk.intent("o1", "buy", "10")
+    desk.intent("o2", "buy", "10")
+    desk.fill("o1", "X1", "4", "100")
+    decision = desk.fill("o2", "X1", "4", "100")  # the venue's execution ids are unique per venue
+    assert types_of(decision) == ["DiscrepancyRecorded"]
+    d = decision.events[0][1]
+    assert (d.kind, d.exec_id, d.qty, d.price) == ("duplicate_exec_id", "X1", D(4), D(100))
+    assert order_stream_id("acct", "o1") in d.detail
+    assert (desk.order("o2").filled_qty, desk.order("o2").discrepancies) == (0, 1)
+    assert desk.position().qty == 4
+    assert desk.state.account("acct").daily[desk.state.trading_day(T0)].fills == 1
+    again = desk.make(ev.OrderFilled, "o2", exec_id="X1", qty="4", price="100")
+    assert isinstance(rules.decide_fill(desk.state, again, desk.now), rules.AlreadyRecorded)  # recorded once
+
+
+def test_the_same_exec_id_at_another_venue_is_another_execution(desk: Desk):
+    desk.intent("o1", "buy", "10")
+    desk.intent("o2", "buy", "10", venue="ib")
+    desk.fill("o1", "X1", "4", "100")
+    assert types_of(desk.fill("o2", "X1", "4", "100")) == ["OrderFilled"]
+    assert desk.state.exec_ids == {"sim": {"X1": order_stream_id("acct", "o1")},
+                                   "ib": {"X1": order_stream_id("acct", "o2")}}
+
+
+def test_a_refused_order_keeps_its_refusal_detail(desk: Desk):
+    desk.account_event(ev.KillSwitchEngaged, reason="desk closed")
+    decision = desk.intent("o1")
+    refusal = decision.events[1][1]
+    assert "desk closed" in refusal.detail
+    assert (desk.order("o1").refusal, desk.order("o1").refusal_detail) == (["kill_switch"], refusal.detail)
+
+
 def test_overfill_is_a_discrepancy_not_a_position(desk: Desk):
     desk.intent("o1", "buy", "10")
     desk.fill("o1", "X1", "8", "100")

@@ -20,9 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradestate.domain import events as ev
+from tradestate.domain.events import VOID_TYPE
 from tradestate.domain.ids import account_stream_id, engine_stream_id, order_stream_id, strategy_stream_id
 from tradestate.domain.risk import effective_limit
-from tradestate.domain.state import OPEN_STATUSES, TERMINAL_STATUSES, VOID_TYPE, TradingState
+from tradestate.domain.state import OPEN_STATUSES, TERMINAL_STATUSES, TradingState
 
 NY = ZoneInfo("America/New_York")
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=timezone.utc)  # 10:00 in New York, a Tuesday

@@ -316,17 +316,49 @@ def test_known_sides(side):
     assert intent(side=side).side in (Side.BUY, Side.SELL)
 
 
+@pytest.mark.parametrize(("side", "canonical"), [("BUY", "buy"), ("Buy", "buy"), ("SELL", "sell"), ("sell", "sell"),
+                                                 ("sElL", "sell")])
+def test_venue_spellings_of_a_side_are_accepted_and_stored_lower_case(side, canonical):
+    e = intent(side=side)
+    assert e.side is Side(canonical)
+    assert e.to_payload()["side"] == canonical
+
+
+@pytest.mark.parametrize(("order_type", "canonical", "prices"), [
+    ("MARKET", OrderType.MARKET, {}), ("Limit", OrderType.LIMIT, {"limit_price": "1"}),
+    ("STOP-LIMIT", OrderType.STOP_LIMIT, {"limit_price": "1", "stop_price": "1"}),
+    ("STOP", OrderType.STOP, {"stop_price": "1"}),
+])
+def test_venue_spellings_of_an_order_type_are_accepted_and_stored_lower_case(order_type, canonical, prices):
+    e = intent(order_type=order_type, **prices)
+    assert e.order_type is canonical
+    assert e.to_payload()["order_type"] == canonical.value
+
+
+def test_time_in_force_spellings_are_accepted():
+    assert intent(time_in_force="GTC").to_payload()["time_in_force"] == "gtc"
+    assert intent(time_in_force="Ioc").time_in_force is TimeInForce.IOC
+
+
+def test_the_enums_are_exported_as_str_enums():
+    import tradestate
+
+    assert tradestate.Side.BUY == "buy" and tradestate.OrderType("LIMIT") == "limit"
+    assert tradestate.TimeInForce("DAY") is TimeInForce.DAY
+    assert {"Side", "OrderType", "TimeInForce"} <= set(tradestate.__all__)
+
+
 def test_side_sign():
     assert Side.BUY.sign == 1 and Side.SELL.sign == -1
 
 
-@pytest.mark.parametrize("side", ["BUY", "Buy", "hold", "short", "", None, 1, "buy "])
+@pytest.mark.parametrize("side", ["hold", "short", "", None, 1, "buy ", " BUY"])
 def test_unknown_sides_are_refused(side):
     with pytest.raises(ValidationError, match="side"):
         intent(side=side)
 
 
-@pytest.mark.parametrize("order_type", ["iceberg", "MARKET", "", None, "limit_stop"])
+@pytest.mark.parametrize("order_type", ["iceberg", "MARKET ", "", None, "limit_stop"])
 def test_unknown_order_types_are_refused(order_type):
     with pytest.raises(ValidationError, match="order_type"):
         intent(order_type=order_type)

@@ -225,6 +225,23 @@ def test_overfill_and_fill_on_terminal_become_discrepancy_records():
     assert [t for t in types(again) if t == "DiscrepancyRecorded"] == []
 
 
+def test_a_venue_fill_whose_exec_id_is_booked_on_another_order_is_a_discrepancy_once():
+    state = TradingState()
+    intent(state, "o1", ack="V1", fills=[("X1", 4, 100)])  # booked live on o1
+    intent(state, "o2", ack="V2")
+    # the venue now lists execution X1 under o2 (an execution id is unique per venue)
+    snap = snapshot(orders=[vorder("V1", "o1", "partially_filled", filled=4), vorder("V2", "o2", "open")],
+                    fills=[vfill("X1", "o2", "V2", 4, 100)], positions=[("AAPL", 4)])
+    p = plan(state, snap)
+    assert types(p) == ["DiscrepancyRecorded"]
+    (e,) = [e for _, e in p.events]
+    assert (e.kind, e.client_order_id, e.exec_id) == ("duplicate_exec_id", "o2", "X1")
+    assert "duplicate_exec_id" in kinds(p)
+    apply_plan(state, p)
+    assert order(state, "o2").filled_qty == 0 and state.position_of(ACCOUNT, VENUE, "AAPL").qty == 4
+    assert [t for t in types(plan(state, snap)) if t == "DiscrepancyRecorded"] == []
+
+
 def test_inferred_fill_when_the_window_cut_the_executions():
     state = TradingState()
     intent(state, "o1", ack="V1", fills=[("X1", 4, 100)])

@@ -15,9 +15,11 @@ from .domain.errors import (
     IdempotencyConflict,
     InvalidInput,
     InvalidTransition,
+    StoreUnreachable,
     TradestateError,
     UnknownOrder,
 )
+from .domain.values import OrderType, Side, TimeInForce
 from .loading import LoadedState, load_state
 from .writer import Decided, Recorded, Writer, Written, build_event
 
@@ -33,8 +35,12 @@ __all__ = [
     "InvalidInput",
     "InvalidTransition",
     "LoadedState",
+    "OrderType",
     "Recorded",
     "RiskRefusal",
+    "Side",
+    "StoreUnreachable",
+    "TimeInForce",
     "TradestateClient",
     "TradestateError",
     "UnknownOrder",

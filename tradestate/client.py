@@ -236,7 +236,7 @@ class TradestateClient:
         if isinstance(decision, rules.AlreadyRecorded):
             refusal = None
             if order is not None and order.refusal:
-                refusal = RiskRefusal(order.refusal, "")
+                refusal = RiskRefusal(order.refusal, order.refusal_detail)
             return IntentResult(decision.position, stream, refusal, duplicate=True,
                                 event_id=UUID(order.intent_event_id) if order else None)
         second = decision.events[1][1]

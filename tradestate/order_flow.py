@@ -22,11 +22,15 @@ from .domain.ids import order_stream_id
 
 @dataclass
 class PumpResult:
+    """What one ``pump`` did: the updates recorded (with the client's answers) and those left alone."""
+
     recorded: list[Recorded] = field(default_factory=list)
     ignored: list[VenueUpdate] = field(default_factory=list)  # not ours (outside orders): reconciliation imports them
 
 
 class OrderFlow:
+    """Forwards recorded intents to one broker adapter and records its updates through the client."""
+
     def __init__(self, client: TradestateClient, adapter: BrokerAdapter):
         self.client = client
         self.adapter = adapter
@@ -83,21 +87,30 @@ class OrderFlow:
             self.client.catch_up()
             if not coid or self.client.state.orders.get(order_stream_id(account, coid)) is None:
                 return None
-        at: dict[str, Any] = {"occurred_at": u.occurred_at}
-        if u.kind == "ack":
-            return self.client.record_ack(account, coid, u.venue_order_id, **at)
-        if u.kind == "fill" and u.fill is not None:
-            f = u.fill
-            return self.client.record_fill(account, coid, f.exec_id, f.qty, f.price, fee=f.fee,
-                                           fee_currency=f.fee_currency, venue_order_id=f.venue_order_id,
-                                           occurred_at=f.occurred_at or u.occurred_at)
-        if u.kind == "cancelled":
-            return self.client.record_cancelled(account, coid, u.reason, **at)
-        if u.kind == "rejected":
-            return self.client.record_reject(account, coid, u.reason, **at)
-        if u.kind == "expired":
-            return self.client.record_expired(account, coid, **at)
-        return None  # "replaced": the engine records its own replaces; reconciliation catches drift
+        return record_update(self.client, account, coid, u)
 
 
-__all__ = ["OrderFlow", "PumpResult"]
+def record_update(client: TradestateClient, account: str, client_order_id: str, u: VenueUpdate) -> Recorded | None:
+    """Record one venue update of order ``client_order_id`` as the lifecycle event it is: an ack
+    (venue order id), a fill (exec id, qty, price, fee and its currency, venue order id; its own
+    time, else the update's), a cancel, a reject, an expiry. Returns what the client answered
+    (deduplicated as the client does); None for an update that records nothing (a "replaced": the
+    engine records its own replaces, reconciliation catches drift; a fill update without a fill)."""
+    at: dict[str, Any] = {"occurred_at": u.occurred_at}
+    if u.kind == "ack":
+        return client.record_ack(account, client_order_id, u.venue_order_id, **at)
+    if u.kind == "fill" and u.fill is not None:
+        f = u.fill
+        return client.record_fill(account, client_order_id, f.exec_id, f.qty, f.price, fee=f.fee,
+                                  fee_currency=f.fee_currency, venue_order_id=f.venue_order_id,
+                                  occurred_at=f.occurred_at or u.occurred_at)
+    if u.kind == "cancelled":
+        return client.record_cancelled(account, client_order_id, u.reason, **at)
+    if u.kind == "rejected":
+        return client.record_reject(account, client_order_id, u.reason, **at)
+    if u.kind == "expired":
+        return client.record_expired(account, client_order_id, **at)
+    return None
+
+
+__all__ = ["OrderFlow", "PumpResult", "record_update"]

@@ -20,12 +20,10 @@ from typing import Any
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Subscription
 
 from ...domain.errors import ConcurrencyConflict
+from ...domain.events import VOID_STREAM, VOID_TYPE
 
 # (position, stream_id, stream_version, type, data, recorded_at): the replay hot path uses tuples.
 Row = tuple[int, str, int, str, bytes, datetime]
-
-VOID_STREAM = "$void"
-VOID_TYPE = "$void"
 
 
 def as_time(recorded_at: datetime | str) -> datetime:

@@ -17,6 +17,7 @@ from decimal import Decimal
 from ...adapters.brokers.base import OrderRequest, VenueUpdate
 from ...adapters.brokers.sim import SimulatedBroker
 from ...client import TradestateClient, connect
+from ...order_flow import record_update
 
 ACCOUNT = "demo-acct"
 ENGINE = "demo-engine"
@@ -25,24 +26,17 @@ T0 = datetime(2026, 11, 20, 15, 5, tzinfo=timezone.utc)
 LOST_FILL_ORDER = "o-7"
 
 
-def record_update(client: TradestateClient, u: VenueUpdate) -> str:
-    """One venue update, recorded as the event it is (the live order flow's job)."""
+def describe_update(client: TradestateClient, u: VenueUpdate) -> str:
+    """Record one venue update through the live order flow's mapping; a line saying what it was."""
     coid = u.client_order_id
     if coid is None:
         return f"ignored an update for venue order {u.venue_order_id} we never sent"
+    record_update(client, ACCOUNT, coid, u)
     if u.kind == "ack":
-        client.record_ack(ACCOUNT, coid, u.venue_order_id, occurred_at=u.occurred_at)
         return f"{coid} acknowledged by the venue ({u.venue_order_id})"
     if u.kind == "fill" and u.fill is not None:
         f = u.fill
-        client.record_fill(ACCOUNT, coid, f.exec_id, f.qty, f.price, fee=f.fee, occurred_at=f.occurred_at)
         return f"{coid} filled {f.qty} @ {f.price} ({f.exec_id})"
-    if u.kind == "cancelled":
-        client.record_cancelled(ACCOUNT, coid, u.reason, occurred_at=u.occurred_at)
-    elif u.kind == "rejected":
-        client.record_reject(ACCOUNT, coid, u.reason, occurred_at=u.occurred_at)
-    elif u.kind == "expired":
-        client.record_expired(ACCOUNT, coid, occurred_at=u.occurred_at)
     return f"{coid} {u.kind}"
 
 
@@ -78,11 +72,11 @@ def main(url: str, sim_state: str) -> int:
     send(client, broker, "o-6", "MSFT", "buy", 20, reference_price="412.40")
     send(client, broker, LOST_FILL_ORDER, "AAPL", "sell", 40, limit_price="188.20")
     for update in broker.updates():
-        print(record_update(client, update), flush=True)
+        print(describe_update(client, update), flush=True)
     broker.update_faults(lose_next_fills=1)
     broker.set_price("AAPL", "188.25")  # the resting sell fills at the venue; its notification is lost
     for update in broker.updates():
-        print(record_update(client, update), flush=True)
+        print(describe_update(client, update), flush=True)
     print(f"READY {client.position}", flush=True)
     while True:  # trading on, until the demo pulls the plug
         time.sleep(0.1)
