@@ -13,7 +13,7 @@ ACCT = "acct-1"
 
 @pytest.fixture
 def client(sqlite_url):
-    c = tradestate.connect(sqlite_url)
+    c = tradestate.connect(sqlite_url, venue="sim")
     try:
         yield c
     finally:
