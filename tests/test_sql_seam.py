@@ -1,10 +1,11 @@
-"""The store's SQL seam: URLs, dialects, unreachable servers, and the SQLite clock under the lock.
+"""The store's SQL seam: URLs, dialects, libpq parameters and unreachable servers.
 
-Real SQLite files and the real PostgreSQL server (nothing mocked)."""
+The seam's cursors (``read_cursor``, ``write_cursor``, ``snapshot_cursor``) are part of the event
+log contract (``store_contract.EventLogContract``, run on both backends by tests/test_store.py).
+Real PostgreSQL server (nothing mocked)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import socket
 import time
 import uuid
@@ -12,7 +13,7 @@ import uuid
 import pytest
 
 from tradestate.adapters.store import Dialect, PgUrl, new_event, open_store, redact
-from tradestate.adapters.store.sql import read_cursor, snapshot_cursor, write_cursor
+from tradestate.adapters.store.sql import read_cursor
 from tradestate.domain.errors import InvalidInput, StoreUnreachable
 
 # ------------------------------------------------------------------------------ URLs
@@ -109,53 +110,3 @@ def test_a_multi_host_url_fails_over_to_the_host_that_answers(pg_server, pg_url)
     with open_store(url) as store:
         store.trading.append([new_event("s", 1, "T", b"{}")])
         assert store.trading.head() == 1
-
-
-# ------------------------------------------------------------------------------ cursors
-
-
-def test_cursors_commit_roll_back_and_see_one_snapshot(store):
-    d = store.dialect
-    with write_cursor(store) as cur:
-        cur.execute(f"CREATE TABLE {d.name('seam_t')} (x {d.type('int')})")
-    with pytest.raises(RuntimeError):
-        with write_cursor(store) as cur:
-            cur.execute(f"INSERT INTO {d.name('seam_t')} VALUES ({d.param})", (1,))
-            raise RuntimeError("rolled back")
-    with read_cursor(store) as cur:
-        assert d.table_exists(cur, "seam_t") and not d.table_exists(cur, "seam_nothing")
-        assert cur.execute(f"SELECT count(*) FROM {d.name('seam_t')}").fetchone()[0] == 0
-    with snapshot_cursor(store) as cur:
-        cur.execute(f"SELECT count(*) FROM {d.name('seam_t')}")
-        assert cur.fetchone()[0] == 0
-
-
-# ------------------------------------------------------------------------------ SQLite clock
-
-
-def _append_many(url: str, worker: int, n: int, barrier: object) -> None:
-    with open_store(url) as store:
-        barrier.wait()  # type: ignore[attr-defined]
-        for i in range(n):
-            store.trading.append([new_event(f"w{worker}", i + 1, "T", b"{}")])
-
-
-def test_sqlite_recorded_at_never_decreases_along_positions_under_concurrent_writers(sqlite_url):
-    """``replay --at T`` reads the prefix of the log recorded by T: that is only a prefix when
-    the store's clock is read in position order, i.e. under the write lock."""
-    open_store(sqlite_url).close()
-    ctx = multiprocessing.get_context("fork")
-    writers, n = 4, 150
-    barrier = ctx.Barrier(writers)
-    procs = [ctx.Process(target=_append_many, args=(sqlite_url, w, n, barrier)) for w in range(writers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    with open_store(sqlite_url, create=False) as store:
-        rows = list(store.trading.iter_rows())
-    assert len(rows) == writers * n
-    backwards = [(a[0], b[0]) for a, b in zip(rows, rows[1:]) if b[5] < a[5]]
-    assert not backwards, f"recorded_at goes back at positions {backwards[:5]} ({len(backwards)} times)"
-
