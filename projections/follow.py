@@ -22,7 +22,7 @@ transaction, e.g. (``notify(store)`` below does exactly this)::
 
 Never inside the append transaction: a transaction that has called ``NOTIFY`` takes a
 database-wide lock at commit, which serialises every committing writer behind one flush, the very
-cap this log's append avoids. Nobody sends one today, and a notification is only ever a hint: it
+cap this log's append avoids. No writer in this package sends one, and a notification is only ever a hint: it
 is never needed (the head poll finds the event anyway) and a lost one costs nothing. With polling
 turned off (``poll=None``, notifications only) a lost notification costs at most the watchdog
 interval.
