@@ -633,8 +633,8 @@ class IBAdapter(BrokerAdapter):
         return [o for o in orders if o.is_open or o.status == "unknown"]
 
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
-        """Open and completed orders merged by permId (the completed report wins), those updated before
-        ``since`` (tz-aware) left out. ``ValueError`` for a naive ``since``. Raises
+        """Every open order plus the completed ones updated at or after ``since`` (all when None;
+        ``ValueError`` if naive), merged by permId with the completed report winning. Raises
         ``VenueQueryFailed`` on a TWS error, a timeout or a lost connection."""
         since = _utc(since, "since")
         with self._lock:
