@@ -44,6 +44,10 @@ class ProjectionConflict(RuntimeError):
 
 
 class Projector:
+    """Folds the trading log of ``store`` into the read-model tables, a page (``page`` rows) at a time,
+    each page's rows and the tracking position committed in one transaction: exactly once, even with
+    several projectors on the same tables (the loser of a race gets ``ProjectionConflict``). Trading
+    days are cut in ``exchange_tz``."""
     def __init__(self, store: Store, *, exchange_tz: str = "America/New_York", page: int = 20_000):
         self.store = store
         self.dialect = Dialect(store.kind, store.trading.schema)
@@ -406,6 +410,8 @@ class _ProcessWriter:
         return failure
 
     def submit(self, _commit: Any, page: _Page) -> _ProcessWriter:
+        """Send ``page`` to the writer process; its outcome comes from ``result``. Raises
+        ``RuntimeError`` when the process has died."""
         try:
             _send_page_json(self._proc.stdin, page)  # rows in text form: JSON beats pickle
         except OSError as e:
@@ -414,6 +420,8 @@ class _ProcessWriter:
         return self
 
     def result(self) -> None:
+        """Wait for the outcome of the page sent last: return once committed, re-raise the child's
+        error, ``RuntimeError`` when the process has died. No-op with nothing pending."""
         if not self._pending:
             return
         self._pending = False
@@ -426,9 +434,11 @@ class _ProcessWriter:
         self.pages += 1
 
     def cancel(self) -> bool:
+        """Always False: a page sent is committed or refused by the child, and ``result`` says which."""
         return False  # a page sent is committed or refused by the child; result() says which
 
     def close(self) -> None:
+        """Close the child's input and wait for it to exit (killed after 10 s)."""
         try:
             self._proc.stdin.close()  # type: ignore[union-attr]
         except OSError:
@@ -546,6 +556,8 @@ class _Dirty:
 
     def note(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any], position: int,
              at: datetime) -> None:
+        """Record which read-model rows the event at ``position`` (already folded into ``state``)
+        touches."""
         first = stream[0]  # streams are order-..., account-..., strategy-..., engine-..., $void
         if first == "o":
             order = state.orders[stream]
@@ -658,6 +670,8 @@ class _EquityBook:
 
     def after_fill(self, state: TradingState, key: tuple[str, str, str], minute: datetime,
                    position: int) -> tuple[Any, ...]:
+        """The equity-curve row of ``key``'s account for ``minute`` after a fill at ``position``, with
+        the account's totals updated by the position's change."""
         realized, unrealized, fees = self._update(key, state.positions[key])
         count = self.fills[(key[0], minute)] = self.fills.get((key[0], minute), 0) + 1
         return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)

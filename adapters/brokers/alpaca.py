@@ -812,8 +812,8 @@ class AlpacaAdapter(BrokerAdapter):
         self._stream_thread = None
 
     def close(self) -> None:
-        """Stop the trade-updates stream and close the HTTP session; the adapter is unusable afterwards.
-        Stop the trade-updates stream and close the HTTP session; the adapter is unusable afterwards."""
+        """Stop the trade-updates stream and close the HTTP session; the adapter is unusable
+        afterwards."""
         self.stop_stream()
         self._client._session.close()
 

@@ -224,8 +224,8 @@ class _Backend:
 
     # -- statements
     def select_range(self, table: str) -> str:
-        """The SELECT of ``first <= position <= last`` from ``table`` in position order, texts as bytes.
-        The SELECT of ``first <= position <= last`` from ``table`` in position order, texts as bytes."""
+        """The SELECT of ``first <= position <= last`` from ``table`` in position order, texts as
+        bytes."""
         if self.pg:
             return (
                 "SELECT position, stream_version, convert_to(stream_id, 'UTF8'), convert_to(type, 'UTF8'), data,"
