@@ -63,6 +63,7 @@ OnError = Callable[[BaseException], None]
 class FollowStats:
     """Counters of one follower run, updated as it goes (read them from any thread; ``rate`` is events
     per second since ``started``)."""
+
     position: int = 0  # the position the tables hold (as this follower knows it)
     start_position: int = 0
     events: int = 0  # log rows applied by this follower

@@ -48,6 +48,7 @@ class Projector:
     each page's rows and the tracking position committed in one transaction: exactly once, even with
     several projectors on the same tables (the loser of a race gets ``ProjectionConflict``). Trading
     days are cut in ``exchange_tz``."""
+
     def __init__(self, store: Store, *, exchange_tz: str = "America/New_York", page: int = 20_000):
         self.store = store
         self.dialect = Dialect(store.kind, store.trading.schema)

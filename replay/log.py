@@ -300,6 +300,7 @@ def _recorded_at(log: Any, position: int) -> datetime:
 @dataclass(frozen=True)
 class Bounds:
     """A log's first and last positions and their ``recorded_at``."""
+
     first: int
     last: int
     first_at: datetime

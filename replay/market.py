@@ -43,6 +43,7 @@ from .log import (
 class Bar:
     """One recorded bar, Decimal prices; ``end`` is its close (start + timeframe), ``position`` its
     place in the market log."""
+
     venue: str
     symbol: str
     timeframe: str
@@ -91,6 +92,7 @@ class MarketItem:
 @dataclass
 class ReplayStats:
     """What a replay has delivered so far: bars, trading events and elapsed seconds."""
+
     bars: int = 0
     events: int = 0
     seconds: float = 0.0

@@ -36,6 +36,7 @@ ZERO = Decimal(0)
 class OrderOutcome:
     """One replayed intent: the order, its recorded outcome and its simulated one (None: refused by
     risk, not sent); ``same`` when filled quantity and average price agree."""
+
     account: str
     client_order_id: str
     symbol: str
@@ -61,6 +62,7 @@ class OrderOutcome:
 class OrderReplay:
     """The result of ``replay_orders``: the window, the bars used, each intent's outcome and the net
     quantity and notional per account and symbol, recorded against simulated."""
+
     start: datetime
     end: datetime
     axis: Axis

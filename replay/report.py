@@ -52,6 +52,7 @@ ZERO = Decimal(0)
 class Series:
     """The samples of a window for the report's plots (after every event): times, quantities per
     position, P&L totals, and the notable events."""
+
     times: list[datetime] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     qty: dict[str, list[Decimal]] = field(default_factory=dict)  # "account|venue|symbol" -> qty per sample

@@ -31,6 +31,7 @@ from .log import (
 class Timeline:
     """The events of a window around ``around`` on ``axis`` that passed ``filters``, in log order (bars
     interleaved by time when asked)."""
+
     around: datetime
     start: datetime
     end: datetime

@@ -30,6 +30,7 @@ RECONCILIATION_TYPES = frozenset({"OrderImported", "DiscrepancyRecorded"})
 class Step:
     """One event of an order's trace: its role, the order's state after it and the step that caused it
     (or the causation id when the cause is outside the trace)."""
+
     n: int
     event: LoggedEvent
     role: str  # intent, risk, submission, ack, fill, cancel, correction, ...
@@ -56,6 +57,7 @@ class Step:
 @dataclass
 class Trace:
     """Every event that touched one order, in log order, and the order's final state."""
+
     account: str
     client_order_id: str
     stream_id: str

@@ -122,6 +122,7 @@ class SimulatedBroker(BrokerAdapter):
     change rewrites it atomically and durably (fsync of file and directory), so several objects and
     processes share one venue. Without it, the venue lives in this object. ``faults`` replace the
     stored ones when given."""
+
     broker = "sim"
 
     def __init__(
