@@ -139,7 +139,7 @@ class Projector:
         # The equity book is replayed fill by fill, as the pages built it: its running totals
         # (kept by difference) and per-minute fill counts then do not depend on where the log
         # was split into pages or where a restart happened (a book rebuilt from the positions
-        # restarted the counts at 0 and rounded the totals differently).
+        # would restart the counts at 0 and round the totals differently).
         self.equity = book = _EquityBook()
         with gc_paused():
             state = self.state
@@ -173,7 +173,7 @@ class Projector:
         rows = None
         if self._pages is not None and limit is None:
             rows = next(self._pages, None)
-            if rows is None:  # the backlog is read: what came since, page by page as ever
+            if rows is None:  # the backlog is read: what came since, page by page
                 self._pages.close()
                 self._pages = None
             elif rows[0][0] != start + 1:  # never: the read continues where the state is

@@ -66,7 +66,7 @@ _FP = struct.Struct(">III")
 _crc = zlib.crc32
 _blake2b = hashlib.blake2b
 _g5 = itemgetter(5)
-_FAST = True  # verify's fast path (False: every range through _check_range, as before it; for tests)
+_FAST = True  # verify's fast path (False: every range through _check_range; for tests)
 PAGE = 10_000  # positions per SELECT when verify reads a range
 CHUNK = 500  # rows fetched, fingerprinted and hashed at a time: ~0.5 MB in flight, which stays in the
 # CPU's cache (whole 10,000-row pages cost ~0.4 us more per event)

@@ -100,7 +100,7 @@ class TradestatePostgresDatastore(PostgresDatastore):
 
 
 # A read of at least this many positions streams: one query whose rows the server sends ahead in
-# chunks (libpq 17's chunked rows mode; without it, ranged reads as before).
+# chunks (libpq 17's chunked rows mode; without it, reads go by position ranges only).
 STREAM_FROM = 50_000
 STREAM_CHUNK = 2_000
 _CHUNKED_STREAMS = psycopg.pq.version() >= 170000
