@@ -226,7 +226,7 @@ class Projector:
         Pipelined: while one page commits on a writer thread, the next is read and folded here
         (the drivers release the GIL while the database works). A long backlog (at least
         ``PROCESS_WRITER_EVENTS``, or ``writer_process=True``) is committed by a writer process
-        instead, so that binding and writing rows no longer compete with the fold for the GIL.
+        instead, so that binding and writing rows do not compete with the fold for the GIL.
         Pages still commit one at a time and in order, each checking the tracking row it starts
         from, in one transaction with its rows."""
         if not self._loaded:
