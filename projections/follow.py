@@ -22,7 +22,7 @@ transaction, e.g. (``notify(store)`` below does exactly this)::
 
 Never inside the append transaction: a transaction that has called ``NOTIFY`` takes a
 database-wide lock at commit, which serialises every committing writer behind one flush, the very
-cap this log's append avoids. Nobody sends one today, and a notification is only ever a hint: it
+cap this log's append avoids. No writer in this package sends one, and a notification is only ever a hint: it
 is never needed (the head poll finds the event anyway) and a lost one costs nothing. With polling
 turned off (``poll=None``, notifications only) a lost notification costs at most the watchdog
 interval.
@@ -61,6 +61,9 @@ OnError = Callable[[BaseException], None]
 
 @dataclass
 class FollowStats:
+    """Counters of one follower run, updated as it goes (read them from any thread; ``rate`` is events
+    per second since ``started``)."""
+
     position: int = 0  # the position the tables hold (as this follower knows it)
     start_position: int = 0
     events: int = 0  # log rows applied by this follower
@@ -76,10 +79,12 @@ class FollowStats:
 
     @property
     def seconds(self) -> float:
+        """Seconds since the follower started."""
         return time.perf_counter() - self.started
 
     @property
     def rate(self) -> float:
+        """Events applied per second since the follower started (0 before any time has passed)."""
         seconds = self.seconds
         return self.events / seconds if seconds > 0 else 0.0
 
@@ -113,6 +118,8 @@ class _Listener:
         self.failed_at = 0.0
 
     def connect(self) -> bool:
+        """LISTEN on the log's channel on a connection of the log's pool; True when listening. False on
+        SQLite, and for a while after a failed attempt (the polls carry on without it)."""
         if self.conn is not None:
             return True
         if not self.store.dialect.is_postgres or time.monotonic() - self.failed_at < DEFAULT_WATCHDOG:
@@ -158,6 +165,8 @@ class _Listener:
             return False
 
     def close(self) -> None:
+        """Stop listening and give the connection back to the pool (a broken one is closed);
+        idempotent."""
         conn, self.conn = self.conn, None
         if conn is None:
             return

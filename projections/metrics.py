@@ -42,9 +42,13 @@ class ReadModelCollector:
         self._read = read
 
     def describe(self) -> Iterable[Metric]:
+        """No families at registration: every value is read from the database at scrape time."""
         return []  # values come from the database at scrape time: nothing to read at register time
 
     def collect(self) -> Iterator[Metric]:
+        """``tradestate_api_database_up`` (0 and nothing else when the database cannot be read), then
+        the log head, projection position, lag, orders by status, refusals and breakers from one
+        snapshot."""
         up = GaugeMetricFamily("tradestate_api_database_up",
                                "1 if the last scrape could read the database, 0 otherwise")
         try:
@@ -97,6 +101,7 @@ class CombinedRegistry:
         self.shared = shared
 
     def collect(self) -> Iterator[Metric]:
+        """Our families, then the default registry's, each family name once (ours wins)."""
         seen: set[str] = set()
         for family in self.own.collect():
             seen.add(family.name)

@@ -44,6 +44,11 @@ class ProjectionConflict(RuntimeError):
 
 
 class Projector:
+    """Folds the trading log of ``store`` into the read-model tables, a page (``page`` rows) at a time,
+    each page's rows and the tracking position committed in one transaction: exactly once, even with
+    several projectors on the same tables (the loser of a race gets ``ProjectionConflict``). Trading
+    days are cut in ``exchange_tz``."""
+
     def __init__(self, store: Store, *, exchange_tz: str = "America/New_York", page: int = 20_000):
         self.store = store
         self.dialect = Dialect(store.kind, store.trading.schema)
@@ -134,7 +139,7 @@ class Projector:
         # The equity book is replayed fill by fill, as the pages built it: its running totals
         # (kept by difference) and per-minute fill counts then do not depend on where the log
         # was split into pages or where a restart happened (a book rebuilt from the positions
-        # restarted the counts at 0 and rounded the totals differently).
+        # would restart the counts at 0 and round the totals differently).
         self.equity = book = _EquityBook()
         with gc_paused():
             state = self.state
@@ -168,7 +173,7 @@ class Projector:
         rows = None
         if self._pages is not None and limit is None:
             rows = next(self._pages, None)
-            if rows is None:  # the backlog is read: what came since, page by page as ever
+            if rows is None:  # the backlog is read: what came since, page by page
                 self._pages.close()
                 self._pages = None
             elif rows[0][0] != start + 1:  # never: the read continues where the state is
@@ -221,7 +226,7 @@ class Projector:
         Pipelined: while one page commits on a writer thread, the next is read and folded here
         (the drivers release the GIL while the database works). A long backlog (at least
         ``PROCESS_WRITER_EVENTS``, or ``writer_process=True``) is committed by a writer process
-        instead, so that binding and writing rows no longer compete with the fold for the GIL.
+        instead, so that binding and writing rows do not compete with the fold for the GIL.
         Pages still commit one at a time and in order, each checking the tracking row it starts
         from, in one transaction with its rows."""
         if not self._loaded:
@@ -406,6 +411,8 @@ class _ProcessWriter:
         return failure
 
     def submit(self, _commit: Any, page: _Page) -> _ProcessWriter:
+        """Send ``page`` to the writer process; its outcome comes from ``result``. Raises
+        ``RuntimeError`` when the process has died."""
         try:
             _send_page_json(self._proc.stdin, page)  # rows in text form: JSON beats pickle
         except OSError as e:
@@ -414,6 +421,8 @@ class _ProcessWriter:
         return self
 
     def result(self) -> None:
+        """Wait for the outcome of the page sent last: return once committed, re-raise the child's
+        error, ``RuntimeError`` when the process has died. No-op with nothing pending."""
         if not self._pending:
             return
         self._pending = False
@@ -426,9 +435,11 @@ class _ProcessWriter:
         self.pages += 1
 
     def cancel(self) -> bool:
+        """Always False: a page sent is committed or refused by the child, and ``result`` says which."""
         return False  # a page sent is committed or refused by the child; result() says which
 
     def close(self) -> None:
+        """Close the child's input and wait for it to exit (killed after 10 s)."""
         try:
             self._proc.stdin.close()  # type: ignore[union-attr]
         except OSError:
@@ -546,6 +557,8 @@ class _Dirty:
 
     def note(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any], position: int,
              at: datetime) -> None:
+        """Record which read-model rows the event at ``position`` (already folded into ``state``)
+        touches."""
         first = stream[0]  # streams are order-..., account-..., strategy-..., engine-..., $void
         if first == "o":
             order = state.orders[stream]
@@ -658,6 +671,8 @@ class _EquityBook:
 
     def after_fill(self, state: TradingState, key: tuple[str, str, str], minute: datetime,
                    position: int) -> tuple[Any, ...]:
+        """The equity-curve row of ``key``'s account for ``minute`` after a fill at ``position``, with
+        the account's totals updated by the position's change."""
         realized, unrealized, fees = self._update(key, state.positions[key])
         count = self.fills[(key[0], minute)] = self.fills.get((key[0], minute), 0) + 1
         return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)

@@ -68,10 +68,12 @@ class Tx:
         self.dialect: Dialect = reader.dialect
 
     def rows(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row ``sql`` returns, as tuples."""
         self._cursor.execute(sql, params)
         return list(self._cursor.fetchall())
 
     def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
+        """The first row ``sql`` returns, or None."""
         rows = self.rows(sql, params)
         return rows[0] if rows else None
 
@@ -90,11 +92,16 @@ class Reader(Protocol):
     kind: str
     dialect: Dialect
 
-    def read(self) -> Any: ...  # a context manager yielding a Tx
+    def read(self) -> Any:
+        """A context manager yielding a ``Tx``: one read-only transaction, one snapshot. Raises
+        ``NotProjected`` when the read-model tables are missing and ``DatabaseUnavailable`` when the
+        database cannot be read."""
 
-    def exists(self, tx: Tx, name: str) -> bool: ...
+    def exists(self, tx: Tx, name: str) -> bool:
+        """Whether a table or view named ``name`` exists, as seen by ``tx``."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the reader's connections; ``read`` fails afterwards."""
 
 
 class SQLiteReader:
@@ -109,6 +116,8 @@ class SQLiteReader:
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
+        """One read-only transaction on a new connection (one WAL snapshot), closed on exit. Raises
+        ``NotProjected`` for missing tables and ``DatabaseUnavailable`` for any other SQLite error."""
         try:
             conn = sqlite3.connect(self.uri, uri=True, timeout=5, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
@@ -125,9 +134,11 @@ class SQLiteReader:
             conn.close()  # rolls the read transaction back
 
     def exists(self, tx: Tx, name: str) -> bool:
+        """Whether a table or view named ``name`` is in the file."""
         return tx.one("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)) is not None
 
     def close(self) -> None:
+        """Nothing to release: every transaction has its own connection."""
         pass
 
 
@@ -185,6 +196,9 @@ class PostgresReader:
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
+        """One read-only transaction on a pooled connection, ended on exit. Raises ``NotProjected`` for
+        missing tables or schema, ``DatabaseUnavailable`` when no connection comes within the wait,
+        the reader is closed, or PostgreSQL fails."""
         from psycopg_pool import PoolClosed, PoolTimeout
 
         psycopg = self._psycopg
@@ -203,10 +217,12 @@ class PostgresReader:
             raise DatabaseUnavailable(f"PostgreSQL error: {_first_line(e)}") from None
 
     def exists(self, tx: Tx, name: str) -> bool:
+        """Whether a table or view named ``name`` is in the reader's schema."""
         row = tx.one("SELECT to_regclass(%s) IS NOT NULL", (self.dialect.name(name),))
         return bool(row and row[0])
 
     def close(self) -> None:
+        """Close the connection pool; ``read`` raises ``DatabaseUnavailable`` afterwards."""
         self._pool.close()
 
 
@@ -300,6 +316,7 @@ class Freshness:
 
     @property
     def behind(self) -> bool:
+        """True when the log holds events the tables do not include yet."""
         return self.log_head > self.projection_position
 
 
@@ -321,10 +338,12 @@ def log_head(tx: Tx) -> int:
 
 
 def freshness(tx: Tx) -> Freshness:
+    """The tables' projection position and the log's head, both read in ``tx``."""
     return Freshness(projection_position(tx), log_head(tx))
 
 
 def positions(tx: Tx, *, account: str | None = None, symbol: str | None = None) -> list[dict[str, Any]]:
+    """Position rows ordered by account, venue, symbol; ``account``/``symbol`` filter by equality."""
     p = tx.dialect.param
     clause, params = where([(f"account = {p}", account), (f"symbol = {p}", symbol)])
     rows = tx.rows(select(tx, "ts_positions") + clause + " ORDER BY account, venue, symbol", params)
@@ -418,6 +437,8 @@ def equity(tx: Tx, *, account: str | None = None, since: datetime | None = None,
 
 
 def signals(tx: Tx, *, strategy_id: str | None = None, symbol: str | None = None) -> list[dict[str, Any]]:
+    """The last signal per strategy and symbol, ordered by strategy, symbol; ``strategy_id``/``symbol``
+    filter by equality."""
     p = tx.dialect.param
     clause, params = where([(f"strategy_id = {p}", strategy_id), (f"symbol = {p}", symbol)])
     return [_decode("ts_signals", r)

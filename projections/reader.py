@@ -48,6 +48,7 @@ class ReadModel:
         self._reader = queries.open_reader(url)
 
     def close(self) -> None:
+        """Release the reader's connections; queries fail afterwards."""
         self._reader.close()
 
     def __enter__(self) -> ReadModel:

@@ -89,14 +89,19 @@ class Dialect(sql.Dialect):
     """The store's SQL dialect, plus the statements and column types of the read models."""
 
     def type(self, kind: str) -> str:
+        """The SQL column type of value kind ``kind`` (``text``, ``num``, ``int``...) in the read
+        models."""
         return _READ_MODEL_TYPES[self.kind].get(kind) or super().type(kind)
 
     def drop_statements(self) -> list[str]:
+        """Statements dropping the open-orders view, every read-model table and the tracking table."""
         return [f"DROP VIEW IF EXISTS {self.name(OPEN_ORDERS_VIEW)}"] + [
             f"DROP TABLE IF EXISTS {self.name(table)}" for table in (*TABLES, TRACKING_TABLE)
         ]
 
     def create_statements(self) -> list[str]:
+        """Idempotent statements creating every read-model table, the tracking table, the indexes and
+        the open-orders view."""
         types = {kind: self.type(kind) for kind in _KINDS}
         statements = []
         for table, (columns, key) in TABLES.items():
@@ -126,6 +131,8 @@ class Dialect(sql.Dialect):
         return statements
 
     def upsert(self, table: str) -> str:
+        """An INSERT of one row of ``table`` (parameters in column order) that replaces the row with the
+        same key."""
         columns, key = TABLES[table]
         names = [c for c, _ in columns]
         marks = ", ".join([self.param] * len(names))
@@ -148,6 +155,7 @@ class Dialect(sql.Dialect):
         )
 
     def upsert_from(self, table: str, staging: str) -> str:
+        """An INSERT of every row of ``staging`` into ``table`` that replaces rows with the same key."""
         columns, key = TABLES[table]
         names = ", ".join(c for c, _ in columns)
         updates = ", ".join(f"{c} = excluded.{c}" for c, _ in columns if c not in key)
@@ -155,6 +163,7 @@ class Dialect(sql.Dialect):
                 f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
     def delete(self, table: str) -> str:
+        """A DELETE of the row of ``table`` with the given key (parameters in key order)."""
         _, key = TABLES[table]
         return f"DELETE FROM {self.name(table)} WHERE " + " AND ".join(f"{c} = {self.param}" for c in key)
 

@@ -102,12 +102,14 @@ def parse_speed(value: str | float | int | None) -> float | None:
 
 
 def check_axis(axis: str) -> Axis:
+    """``axis`` if it is ``recorded`` or ``occurred``; ``ReplayError`` otherwise."""
     if axis not in AXES:
         raise ReplayError(f"time axis {axis!r} is not one of: recorded, occurred")
     return axis  # type: ignore[return-value]
 
 
 def iso(dt: datetime | None) -> str | None:
+    """``dt`` as ISO-8601 in UTC with a ``Z`` suffix; None for None."""
     return None if dt is None else dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -128,6 +130,8 @@ class LoggedEvent:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...], log: str = "trading") -> LoggedEvent:
+        """The event of one log row (position, stream, version, type, data, recorded_at); a naive
+        ``recorded_at`` is taken as UTC, a ``$void`` row gets an empty payload."""
         position, stream, version, type_name, data, recorded_at = row
         if recorded_at.tzinfo is None:
             recorded_at = recorded_at.replace(tzinfo=UTC)
@@ -136,30 +140,38 @@ class LoggedEvent:
 
     @property
     def event_id(self) -> str | None:
+        """The payload's ``event_id`` (None when absent)."""
         return self.payload.get("event_id")
 
     @property
     def occurred_at(self) -> datetime | None:
+        """The payload's ``occurred_at`` as a UTC datetime (None when absent)."""
         value = self.payload.get("occurred_at")
         return parse_time(value) if value else None
 
     @property
     def correlation_id(self) -> str | None:
+        """The payload's ``correlation_id`` (None when absent)."""
         return self.payload.get("correlation_id")
 
     @property
     def causation_id(self) -> str | None:
+        """The payload's ``causation_id`` (None when absent)."""
         return self.payload.get("causation_id")
 
     @property
     def account(self) -> str | None:
+        """The payload's ``account`` (None when absent)."""
         return self.payload.get("account")
 
     @property
     def kind(self) -> str:
+        """The stream's kind: the stream id up to its first ``-`` (``order``, ``account``...)."""
         return self.stream_id.split("-", 1)[0]
 
     def time(self, axis: Axis) -> datetime:
+        """The event's time on ``axis``: ``recorded_at``; or on ``occurred``, a bar's close, else
+        ``occurred_at``, else ``recorded_at``."""
         if axis == "recorded":
             return self.recorded_at
         if self.type == "BarRecorded":
@@ -167,6 +179,7 @@ class LoggedEvent:
         return self.occurred_at or self.recorded_at
 
     def envelope(self) -> dict[str, Any]:
+        """The event's metadata as JSON-ready values (no payload)."""
         return {
             "log": self.log,
             "position": self.position,
@@ -181,10 +194,12 @@ class LoggedEvent:
         }
 
     def to_json(self) -> dict[str, Any]:
+        """The envelope, a one-line summary and the payload."""
         return {**self.envelope(), "summary": describe(self), "payload": self.payload}
 
 
 def bar_close(payload: dict[str, Any]) -> datetime:
+    """A bar payload's close: its start plus its timeframe (the start for an unknown timeframe)."""
     return parse_time(payload["start"]) + TIMEFRAMES.get(payload.get("timeframe", "1m"), timedelta(0))
 
 
@@ -284,6 +299,8 @@ def _recorded_at(log: Any, position: int) -> datetime:
 
 @dataclass(frozen=True)
 class Bounds:
+    """A log's first and last positions and their ``recorded_at``."""
+
     first: int
     last: int
     first_at: datetime
@@ -300,6 +317,8 @@ def bounds(store: Store, log: str = "trading") -> Bounds:
 
 
 def check_within(t: datetime, b: Bounds, what: str = "time") -> None:
+    """Raise ``ReplayError`` when ``t`` is before the log's first or after its last ``recorded_at``;
+    ``what`` names ``t`` in the message."""
     if t < b.first_at:
         raise ReplayError(f"{what} {iso(t)} is before the log starts (first event recorded at {iso(b.first_at)})")
     if t > b.last_at:

@@ -41,6 +41,9 @@ from .log import (
 
 @dataclass(frozen=True)
 class Bar:
+    """One recorded bar, Decimal prices; ``end`` is its close (start + timeframe), ``position`` its
+    place in the market log."""
+
     venue: str
     symbol: str
     timeframe: str
@@ -55,11 +58,13 @@ class Bar:
 
     @classmethod
     def from_payload(cls, d: dict[str, Any], position: int) -> Bar:
+        """The bar of a ``BarRecorded`` payload at market-log ``position``."""
         return cls(d["venue"], d["symbol"], d["timeframe"], parse_time(d["start"]), bar_close(d),
                    Decimal(d["open"]), Decimal(d["high"]), Decimal(d["low"]), Decimal(d["close"]),
                    Decimal(d["volume"]), position)
 
     def to_json(self) -> dict[str, Any]:
+        """The bar as JSON-ready values (times ISO-8601 UTC, Decimals kept)."""
         return {"venue": self.venue, "symbol": self.symbol, "timeframe": self.timeframe, "start": iso(self.start),
                 "end": iso(self.end), "open": self.open, "high": self.high, "low": self.low, "close": self.close,
                 "volume": self.volume, "position": self.position}
@@ -75,6 +80,7 @@ class MarketItem:
     event: LoggedEvent | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The item as JSON-ready values: the bar's fields, or the event's envelope and summary."""
         from .log import describe
 
         if self.bar is not None:
@@ -85,12 +91,15 @@ class MarketItem:
 
 @dataclass
 class ReplayStats:
+    """What a replay has delivered so far: bars, trading events and elapsed seconds."""
+
     bars: int = 0
     events: int = 0
     seconds: float = 0.0
 
     @property
     def bars_per_second(self) -> float:
+        """Bars delivered per second (infinite before any time has passed)."""
         return self.bars / self.seconds if self.seconds > 0 else float("inf")
 
 
@@ -152,6 +161,9 @@ class MarketReplay:
         self.stats = ReplayStats()
 
     def items(self) -> list[MarketItem]:
+        """Every item of the window in time order, bars before events on ties (events only with
+        ``trading``). Raises ``ReplayError`` when the market log is empty or the window holds
+        nothing."""
         bars = _bars_in(self.store, self.start, self.end, self.axis, self.symbols)
         if not bars and self.store.market.head() == 0:
             raise ReplayError(f"the market-data log in {self.store.display_url} holds no bars")

@@ -34,6 +34,9 @@ ZERO = Decimal(0)
 
 @dataclass
 class OrderOutcome:
+    """One replayed intent: the order, its recorded outcome and its simulated one (None: refused by
+    risk, not sent); ``same`` when filled quantity and average price agree."""
+
     account: str
     client_order_id: str
     symbol: str
@@ -48,6 +51,7 @@ class OrderOutcome:
     same: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """The outcome as JSON-ready values."""
         return {"account": self.account, "client_order_id": self.client_order_id, "symbol": self.symbol,
                 "side": self.side, "order_type": self.order_type, "qty": self.qty, "limit_price": self.limit_price,
                 "intent_position": self.intent_position, "at": iso(self.at), "recorded": self.recorded,
@@ -56,6 +60,9 @@ class OrderOutcome:
 
 @dataclass
 class OrderReplay:
+    """The result of ``replay_orders``: the window, the bars used, each intent's outcome and the net
+    quantity and notional per account and symbol, recorded against simulated."""
+
     start: datetime
     end: datetime
     axis: Axis
@@ -65,9 +72,11 @@ class OrderReplay:
 
     @property
     def differing(self) -> int:
+        """How many intents' simulated outcome differs from the recorded one."""
         return sum(1 for o in self.orders if not o.same)
 
     def to_json(self) -> dict[str, Any]:
+        """The replay as JSON-ready values, with a summary of same and differing orders."""
         return {"start": iso(self.start), "end": iso(self.end), "axis": self.axis, "bars": self.bars,
                 "orders": [o.to_json() for o in self.orders], "positions": self.positions,
                 "summary": {"orders": len(self.orders), "same": len(self.orders) - self.differing,
@@ -111,6 +120,10 @@ def _same(rec: dict[str, Any], sim: dict[str, Any] | None) -> bool:
 
 def replay_orders(store: Store, start: datetime | str, end: datetime | str, *, axis: Axis = "occurred",
                   account: str | None = None, seed: int = 0) -> OrderReplay:
+    """Replay the order intents recorded in ``start``..``end`` on ``axis`` (those of ``account`` only,
+    when given) through a simulated broker seeded with ``seed`` against the window's recorded bars,
+    and compare with what was recorded (see the module docstring). Read only. Raises ``ReplayError``
+    for a bad axis or time, ``end`` before ``start``, or a window without intents."""
     from ..adapters.brokers.base import OrderRequest
     from ..adapters.brokers.sim import SimulatedBroker
 
@@ -217,6 +230,7 @@ def _f(v: Any) -> str:
 
 
 def render_order_replay(r: OrderReplay) -> Group:
+    """A rich rendering of ``r``: one row per intent, then the net positions."""
     t = Table(title=f"Order replay {iso(r.start)} .. {iso(r.end)} ({r.axis} axis, {r.bars} bars): "
                     f"{len(r.orders)} intents, {r.differing} differ", title_justify="left")
     for c in ("account", "client order id", "order", "recorded", "simulated", "same"):

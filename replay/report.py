@@ -51,6 +51,9 @@ ZERO = Decimal(0)
 
 @dataclass
 class Series:
+    """The samples of a window for the report's plots (after every event): times, quantities per
+    position, P&L totals, and the notable events."""
+
     times: list[datetime] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     qty: dict[str, list[Decimal]] = field(default_factory=dict)  # "account|venue|symbol" -> qty per sample
@@ -215,6 +218,8 @@ class Incident:
 
     @property
     def empty(self) -> bool:
+        """True when the window holds no crash, recovery, reconciliation, refusal, discrepancy or
+        control event."""
         return not (self.crashes or self.recoveries or self.reconciliations or self.refusals
                     or self.discrepancies or self.controls)
 
@@ -326,6 +331,8 @@ def _dedupe_legend(ax: Any) -> None:
 
 
 def plots(s: Series, tl: Timeline, start: datetime, end: datetime) -> dict[str, str]:
+    """The report's plots of ``s`` over ``start``..``end`` as base64 PNGs: ``position``, ``pnl`` and
+    ``density``."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -36,10 +36,13 @@ class StateAt:
     included: set[int] | None = None  # occurred axis: the positions folded (None: the whole prefix)
 
     def view(self) -> dict[str, Any]:
+        """The state as JSON-ready values (``state_view``) at this point."""
         return state_view(self.state, self.at, position=self.position, axis=self.axis)
 
 
 def state_at_position(store: Store, position: int, *, exchange_tz: str = "America/New_York") -> StateAt:
+    """The state after the event at ``position`` (from the nearest checkpoint). Raises ``ReplayError``
+    for a position below 1 or past the head, or an empty log."""
     b = bounds(store)
     if not isinstance(position, int) or position < 1:
         raise ReplayError(f"position must be a whole number >= 1, got {position!r}")
@@ -54,6 +57,9 @@ def state_at_position(store: Store, position: int, *, exchange_tz: str = "Americ
 def state_at_time(store: Store, at: datetime | str, *, axis: Axis = "recorded",
                   exchange_tz: str = "America/New_York",
                   progress: Callable[[int, int], None] | None = None) -> StateAt:
+    """The state at ``at``: on ``recorded``, the log prefix recorded at or before it; on ``occurred``,
+    the causal fold described in ``replay.log`` (a full scan, reported through ``progress``). Raises
+    ``ReplayError`` for a bad time or axis, a time outside the log (``recorded``), or an empty log."""
     at = parse_time(at, "--at")
     check_axis(axis)
     b = bounds(store)
@@ -223,6 +229,8 @@ def diff(store: Store, t1: datetime | str, t2: datetime | str, *, axis: Axis = "
 
 
 def diff_positions(store: Store, p1: int, p2: int, *, exchange_tz: str = "America/New_York") -> dict[str, Any]:
+    """``diff_states`` between the states after positions ``p1`` and ``p2``; ``ReplayError`` if ``p2 <
+    p1``."""
     if p2 < p1:
         raise ReplayError(f"position {p2} is before {p1}")
     return diff_states(store, state_at_position(store, p1, exchange_tz=exchange_tz),
@@ -230,6 +238,8 @@ def diff_positions(store: Store, p1: int, p2: int, *, exchange_tz: str = "Americ
 
 
 def diff_states(store: Store, s1: StateAt, s2: StateAt) -> dict[str, Any]:
+    """What changed from ``s1`` to ``s2``: positions, orders and accounts that differ, each with the
+    positions of the events that changed it, and every event in between."""
     if s1.included is None:
         events = list(iter_events(store, s1.position, s2.position))
     else:
@@ -289,6 +299,7 @@ def diff_states(store: Store, s1: StateAt, s2: StateAt) -> dict[str, Any]:
 
 
 def by_order_positions(index: dict[str, list[int]], key: str) -> list[int]:
+    """The event positions ``index`` holds for ``key`` (empty when none)."""
     return index.get(key, [])
 
 
@@ -307,6 +318,7 @@ def _order_brief(o: OrderState | None) -> dict[str, Any] | None:
 
 
 def render_diff(d: dict[str, Any], limit: int = 200) -> Group:
+    """A rich rendering of a ``diff`` result, at most ``limit`` events listed."""
     parts: list[Any] = [Text(f"Diff from {d['from']['at']} (position {d['from']['position']}) to {d['to']['at']} "
                              f"(position {d['to']['position']}), {d['to']['axis']} axis: {d['event_count']} events",
                              style="bold")]

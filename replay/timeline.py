@@ -29,6 +29,9 @@ from .log import (
 
 @dataclass
 class Timeline:
+    """The events of a window around ``around`` on ``axis`` that passed ``filters``, in log order (bars
+    interleaved by time when asked)."""
+
     around: datetime
     start: datetime
     end: datetime
@@ -37,6 +40,7 @@ class Timeline:
     filters: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
+        """The timeline as JSON-ready values, each event with its time on the axis and a summary."""
         return {
             "around": iso(self.around),
             "start": iso(self.start),
@@ -82,6 +86,10 @@ def timeline(store: Store, around: datetime | str, window: str | timedelta = "60
              market: bool = False, account: str | None = None, symbol: str | Iterable[str] | None = None,
              strategy: str | None = None, types: str | Iterable[str] | None = None,
              progress: Callable[[int, int], None] | None = None) -> Timeline:
+    """The trading events within ``window`` either side of ``around`` on ``axis``, filtered by account,
+    symbols, strategy and event types (all matched exactly), with the market log's bars interleaved
+    when ``market``. Read only. Raises ``ReplayError`` for a bad time, window, axis or type name, a
+    time outside the log (``recorded``), or an empty window (``occurred``)."""
     check_axis(axis)
     t, start, end = window_bounds(around, window)
     b = bounds(store)
@@ -132,6 +140,7 @@ def timeline(store: Store, around: datetime | str, window: str | timedelta = "60
 
 
 def timeline_table(tl: Timeline, limit: int | None = None, title: str | None = None) -> Table:
+    """A rich table of ``tl``'s events, the first ``limit`` when given."""
     table = Table(title=title or (f"Timeline {iso(tl.start)} .. {iso(tl.end)} ({tl.axis} axis): "
                                   f"{len(tl.events)} events"), title_justify="left")
     for c in ("log pos", "time", "stream", "type", "what"):

@@ -28,6 +28,9 @@ RECONCILIATION_TYPES = frozenset({"OrderImported", "DiscrepancyRecorded"})
 
 @dataclass
 class Step:
+    """One event of an order's trace: its role, the order's state after it and the step that caused it
+    (or the causation id when the cause is outside the trace)."""
+
     n: int
     event: LoggedEvent
     role: str  # intent, risk, submission, ack, fill, cancel, correction, ...
@@ -37,6 +40,7 @@ class Step:
     from_reconciliation: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """The step as JSON-ready values."""
         return {
             "step": self.n,
             **self.event.envelope(),
@@ -52,6 +56,8 @@ class Step:
 
 @dataclass
 class Trace:
+    """Every event that touched one order, in log order, and the order's final state."""
+
     account: str
     client_order_id: str
     stream_id: str
@@ -59,6 +65,7 @@ class Trace:
     final: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The trace as JSON-ready values, with its causation chains."""
         return {
             "account": self.account,
             "client_order_id": self.client_order_id,
@@ -184,6 +191,7 @@ def trace(store: Store, account: str | None, client_order_id: str) -> Trace:
 
 
 def render_trace(t: Trace) -> Group:
+    """A rich table of ``t``'s steps."""
     table = Table(title=f"Trace of order {t.account}/{t.client_order_id} ({t.stream_id})", title_justify="left")
     for c in ("#", "pos", "recorded", "occurred", "role", "event", "what", "caused by", "status after", "filled/qty"):
         table.add_column(c, overflow="fold")

@@ -34,7 +34,8 @@ from .domain.errors import InvalidInput
 BROKER_NAMES = ("sim", "alpaca", "ib")
 _PREFIXED_TABLES = ("api", "projector", "alpaca", "ib", "sim")
 _PLAIN_TABLES = ("reconcile", "recover", "tradestate")
-# Keys the reconcile command's TOML took at the top level before the tables had prefixes.
+# Unprefixed broker keys, taken at the top level or in any table as the prefixed field they name
+# (``port`` is ``ib_port``), so that a reconcile config written without tables loads as it is.
 _LEGACY_KEYS = {"host": "ib_host", "port": "ib_port", "client_id": "ib_client_id", "base_url": "alpaca_base_url",
                 "stream_url": "alpaca_stream_url"}
 

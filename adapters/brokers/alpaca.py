@@ -327,6 +327,9 @@ def exec_id_of_activity(activity_id: str) -> str:
 
 
 def parse_fill_activity(raw: dict, client_order_id: str | None = None) -> VenueFill:
+    """One raw FILL account activity as a ``VenueFill`` (``exec_id`` from the activity id; amounts
+    Decimal-exact), attributed to ``client_order_id`` when known. Raises ``VenueQueryFailed`` for a
+    malformed activity."""
     if not isinstance(raw, dict):
         raise _bad(f"an activity is {raw!r:.200}")
     activity_id = _str(raw, "id")
@@ -465,6 +468,9 @@ class AlpacaAdapter(BrokerAdapter):
     # -- queries ------------------------------------------------------------------------------
 
     def positions(self) -> list[VenuePosition]:
+        """Every open position (short ones with a negative quantity). Raises ``VenueQueryFailed`` for a
+        failed, truncated or malformed answer, ``VenueConnectionError`` for refused credentials or an
+        unreachable server."""
         raws = self._list(self._call("GET", "/positions", what="positions"), "positions")
         result = []
         for raw in raws:
@@ -487,6 +493,9 @@ class AlpacaAdapter(BrokerAdapter):
         return result
 
     def balances(self) -> list[VenueBalance]:
+        """The account's cash in its currency (one balance). Raises ``VenueQueryFailed`` for a failed,
+        truncated or malformed answer, ``VenueConnectionError`` for refused credentials or an
+        unreachable server."""
         raw = self._call("GET", "/account", what="balances")
         if not isinstance(raw, dict):
             raise VenueQueryFailed(f"alpaca: balances: expected an account object, got {str(raw)[:200]}")
@@ -539,6 +548,9 @@ class AlpacaAdapter(BrokerAdapter):
         return list(_flatten(found.values()))
 
     def open_orders(self) -> list[VenueOrder]:
+        """Every open order, all pages, oldest first. Raises ``VenueQueryFailed`` for a failed,
+        truncated or malformed answer, ``VenueConnectionError`` for refused credentials or an
+        unreachable server."""
         return [parse_order(raw) for raw in self._orders("open", None, "open orders")]
 
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
@@ -586,6 +598,10 @@ class AlpacaAdapter(BrokerAdapter):
             token = _str(page[-1], "id")
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
+        """Every fill after ``since`` (all when None) from the FILL activities, all pages, oldest first,
+        each attributed to its client order id (one order look-up per order not seen before; None for
+        an order the venue no longer knows). Raises ``VenueQueryFailed`` for a failed, truncated or
+        malformed answer, ``VenueConnectionError`` for refused credentials or an unreachable server."""
         raws = self._activities(since, "fills")
         for order_id in dict.fromkeys(str(r.get("order_id")) for r in raws if r.get("order_id")):
             if order_id not in self._client_ids:  # one look-up per order we have not seen yet
@@ -596,6 +612,9 @@ class AlpacaAdapter(BrokerAdapter):
         return [parse_fill_activity(r, self._client_ids.get(str(r.get("order_id")))) for r in raws]
 
     def order_by_venue_id(self, venue_order_id: str) -> VenueOrder:
+        """The order with Alpaca's id ``venue_order_id`` (with its legs); ``OrderNotFound`` on HTTP 404.
+        Raises ``VenueQueryFailed`` for a failed, truncated or malformed answer,
+        ``VenueConnectionError`` for refused credentials or an unreachable server."""
         try:
             raw = self._call("GET", f"/orders/{venue_order_id}", {"nested": "true"}, what="order by id")
         except _HTTPFailure as e:
@@ -607,6 +626,9 @@ class AlpacaAdapter(BrokerAdapter):
         return order
 
     def order_by_client_id(self, client_order_id: str) -> VenueOrder:
+        """The order placed with ``client_order_id``; ``OrderNotFound`` on HTTP 404. Raises
+        ``VenueQueryFailed`` for a failed, truncated or malformed answer, ``VenueConnectionError``
+        for refused credentials or an unreachable server."""
         try:
             raw = self._call("GET", "/orders:by_client_order_id", {"client_order_id": client_order_id},
                              what="order by client order id")
@@ -704,6 +726,9 @@ class AlpacaAdapter(BrokerAdapter):
             ) from None
 
     def cancel(self, venue_order_id: str) -> None:
+        """Request cancellation of ``venue_order_id``; the outcome arrives on the stream. Raises
+        ``OrderNotFound`` (HTTP 404), ``OrderNotCancelable`` (HTTP 422: finished or being replaced),
+        or the query errors above."""
         try:
             self._call("DELETE", f"/orders/{venue_order_id}", what=f"cancel {venue_order_id}")
         except _HTTPFailure as e:
@@ -787,6 +812,8 @@ class AlpacaAdapter(BrokerAdapter):
         self._stream_thread = None
 
     def close(self) -> None:
+        """Stop the trade-updates stream and close the HTTP session; the adapter is unusable
+        afterwards."""
         self.stop_stream()
         self._client._session.close()
 

@@ -77,10 +77,12 @@ class BrokerAdapter(abc.ABC):
     account: str  # our account id
 
     @abc.abstractmethod
-    def positions(self) -> list[VenuePosition]: ...
+    def positions(self) -> list[VenuePosition]:
+        """Every non-zero position the venue holds for this account, complete or ``VenueQueryFailed``."""
 
     @abc.abstractmethod
-    def open_orders(self) -> list[VenueOrder]: ...
+    def open_orders(self) -> list[VenueOrder]:
+        """Every order still working at the venue (all pages), complete or ``VenueQueryFailed``."""
 
     @abc.abstractmethod
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
@@ -91,7 +93,8 @@ class BrokerAdapter(abc.ABC):
         """Executions since ``since`` (all pages)."""
 
     @abc.abstractmethod
-    def balances(self) -> list[VenueBalance]: ...
+    def balances(self) -> list[VenueBalance]:
+        """Cash balances per currency, complete or ``VenueQueryFailed``."""
 
     @abc.abstractmethod
     def order_by_client_id(self, client_order_id: str) -> VenueOrder:
@@ -103,6 +106,10 @@ class BrokerAdapter(abc.ABC):
         raise NotImplementedError(f"{self.broker}: live order flow is not supported")
 
     def cancel(self, venue_order_id: str) -> None:
+        """Ask the venue to cancel an order; the outcome arrives as a ``VenueUpdate``. Raises
+        ``OrderNotFound`` for an id the venue does not know, a ``VenueError`` for an order that is
+        no longer open, ``NotImplementedError`` when the adapter
+        has no live order flow."""
         raise NotImplementedError(f"{self.broker}: live order flow is not supported")
 
     def close(self) -> None:

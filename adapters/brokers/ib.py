@@ -253,6 +253,8 @@ def _side(action: str, what: str) -> str:
 
 
 def map_status(raw_status: str, qty: Decimal | None, filled: Decimal, completed_status: str = "") -> VenueOrderStatus:
+    """A TWS order status (with quantities and the completed order's text) as a ``VenueOrderStatus``:
+    see the module docstring's table; an unknown word gives ``unknown``."""
     status = _STATUS.get(raw_status)
     if status is None:
         return "unknown"
@@ -402,6 +404,7 @@ class IBAdapter(BrokerAdapter):
             self._call(self._connect(), timeout=self.timeout * 6 + 5)
 
     def is_connected(self) -> bool:
+        """True while the adapter is open and ib_insync holds a live connection to TWS."""
         return not self._closed and bool(self._ib.isConnected())
 
     async def _connect(self) -> None:
@@ -556,6 +559,8 @@ class IBAdapter(BrokerAdapter):
     # -- queries ------------------------------------------------------------------------------
 
     def positions(self) -> list[VenuePosition]:
+        """Every position of this account (``reqPositions``), zero ones left out. Raises
+        ``VenueQueryFailed`` on a TWS error, a timeout or a lost connection."""
         with self._lock:
             return self._call(self._positions())
 
@@ -575,6 +580,8 @@ class IBAdapter(BrokerAdapter):
         return out
 
     def balances(self) -> list[VenueBalance]:
+        """Cash per currency from the account values (``CashBalance``; ``TotalCashValue`` for a currency
+        without one). Raises ``VenueQueryFailed`` on a TWS error, a timeout or a lost connection."""
         with self._lock:
             return self._call(self._balances())
 
@@ -608,6 +615,8 @@ class IBAdapter(BrokerAdapter):
         return [VenueBalance(currency, amount, raw=raw) for currency, (amount, raw) in sorted(cash.items())]
 
     def open_orders(self) -> list[VenueOrder]:
+        """Every open order of this account, from any client id or placed by hand in TWS. Raises
+        ``VenueQueryFailed`` on a TWS error, a timeout or a lost connection."""
         with self._lock:
             return self._call(self._open_orders())
 
@@ -624,6 +633,9 @@ class IBAdapter(BrokerAdapter):
         return [o for o in orders if o.is_open or o.status == "unknown"]
 
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
+        """Every open order plus the completed ones updated at or after ``since`` (all when None;
+        ``ValueError`` if naive), merged by permId with the completed report winning. Raises
+        ``VenueQueryFailed`` on a TWS error, a timeout or a lost connection."""
         since = _utc(since, "since")
         with self._lock:
             return self._call(self._recent_orders(since))
@@ -642,6 +654,9 @@ class IBAdapter(BrokerAdapter):
         return list(by_perm.values())
 
     def order_by_client_id(self, client_order_id: str) -> VenueOrder:
+        """The open or completed order whose ``orderRef`` is ``client_order_id``. Raises ``ValueError``
+        for an empty id, ``OrderNotFound`` when TWS shows none. Raises ``VenueQueryFailed`` on a TWS
+        error, a timeout or a lost connection."""
         if not isinstance(client_order_id, str) or not client_order_id:
             raise ValueError(f"ib: client_order_id must be a non-empty string, got {client_order_id!r}")
         with self._lock:
@@ -672,6 +687,9 @@ class IBAdapter(BrokerAdapter):
         return max(candidates, key=lambda o: (o.updated_at or epoch, int(o.venue_order_id or 0)))
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
+        """Executions of this account since ``since`` (tz-aware; ``ValueError`` if naive), with
+        commissions as fees, deduplicated by execId with corrections replacing what they correct.
+        Raises ``VenueQueryFailed`` on a TWS error, a timeout or a lost connection."""
         since = _utc(since, "since")
         with self._lock:
             return self._call(self._fills(since))
@@ -1012,6 +1030,7 @@ class IBAdapter(BrokerAdapter):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Disconnect from TWS and stop the adapter's event-loop thread; idempotent."""
         if self._closed:
             return
 
@@ -1045,6 +1064,8 @@ class _SyncTimeoutLog(logging.Handler):
         self.into = into
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Record the request name of an ib_insync 'request timed out' warning logged by the connecting
+        thread."""
         if record.thread != self.thread_id:
             return
         message = record.getMessage()

@@ -69,12 +69,14 @@ class SimFaults:
             raise ValueError("lose_fill_probability must be between 0 and 1")
 
     def to_json(self) -> dict[str, Any]:
+        """These faults as plain JSON (``failing_queries`` as a sorted list)."""
         data = asdict(self)
         data["failing_queries"] = sorted(self.failing_queries)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SimFaults:
+        """The faults ``to_json`` wrote; validates like the constructor (``ValueError``)."""
         return cls(**{**data, "failing_queries": set(data.get("failing_queries", ()))})
 
 
@@ -115,6 +117,12 @@ def _empty_state(seed: int) -> dict[str, Any]:
 
 
 class SimulatedBroker(BrokerAdapter):
+    """A ``BrokerAdapter`` over a simulated venue, deterministic from ``seed`` and ``clock``. With
+    ``state_path`` the venue lives in that JSON file: every call reads it under a ``flock`` and every
+    change rewrites it atomically and durably (fsync of file and directory), so several objects and
+    processes share one venue. Without it, the venue lives in this object. ``faults`` replace the
+    stored ones when given."""
+
     broker = "sim"
 
     def __init__(
@@ -201,10 +209,12 @@ class SimulatedBroker(BrokerAdapter):
     # ---------------------------------------------------------------------------- faults
     @property
     def faults(self) -> SimFaults:
+        """The armed faults, as stored with the venue."""
         with self._locked(exclusive=False):
             return SimFaults.from_json(self._state["faults"])
 
     def set_faults(self, faults: SimFaults) -> None:
+        """Replace every armed fault with ``faults`` (persisted with the venue)."""
         with self._writing() as state:
             state["faults"] = faults.to_json()
 
@@ -429,6 +439,9 @@ class SimulatedBroker(BrokerAdapter):
 
     # -------------------------------------------------------------------- order flow
     def submit(self, request: OrderRequest) -> VenueOrder:
+        """Place ``request``: queue an ack (or a rejection when ``reject_next`` is armed) on the stream
+        and fill at once if the mark crosses. Idempotent on ``client_order_id``: a duplicate returns
+        the existing order and changes nothing. Raises ``VenueConnectionError`` when disconnected."""
         with self._writing() as state:
             self._check_connected(state)
             for vid in state["order_sequence"]:  # a duplicate client order id: the existing order
@@ -462,6 +475,9 @@ class SimulatedBroker(BrokerAdapter):
             return self._order(state, order)
 
     def cancel(self, venue_order_id: str) -> None:
+        """Cancel an open order and queue a ``cancelled`` update. Raises ``OrderNotFound`` for an
+        unknown id, ``VenueError`` for an order no longer open, ``VenueConnectionError`` when
+        disconnected."""
         with self._writing() as state:
             self._check_connected(state)
             order = state["orders"].get(venue_order_id)
@@ -537,6 +553,8 @@ class SimulatedBroker(BrokerAdapter):
             return order["venue_order_id"]
 
     def stage_position(self, symbol: str, qty: Decimal, avg_cost: Decimal | None = None) -> None:
+        """Set the venue's position in ``symbol`` directly (0 removes it); ``avg_cost`` defaults to the
+        mark, else 100. For tests and scenarios; nothing goes on the stream."""
         with self._writing() as state:
             qty = _dec(qty)
             if qty == 0:
@@ -546,6 +564,7 @@ class SimulatedBroker(BrokerAdapter):
                 state["positions"][symbol] = {"qty": str(qty), "cost": str(cost)}
 
     def stage_cash(self, amount: Decimal, currency: str = "USD") -> None:
+        """Set the venue's cash balance in ``currency`` directly (nothing goes on the stream)."""
         with self._writing() as state:
             state["cash"][currency] = str(_dec(amount))
 
@@ -589,6 +608,8 @@ class SimulatedBroker(BrokerAdapter):
         )
 
     def positions(self) -> list[VenuePosition]:
+        """Non-zero positions, by symbol, with their average cost. Raises ``VenueConnectionError`` when
+        disconnected and ``VenueQueryFailed`` when this query is armed to fail (``SimFaults``)."""
         with self._reading("positions") as state:
             result = []
             for symbol, held in sorted(state["positions"].items()):
@@ -598,11 +619,17 @@ class SimulatedBroker(BrokerAdapter):
             return result
 
     def open_orders(self) -> list[VenueOrder]:
+        """Orders still open (pending, open, partially filled), in submission order. Raises
+        ``VenueConnectionError`` when disconnected and ``VenueQueryFailed`` when this query is armed
+        to fail (``SimFaults``)."""
         with self._reading("orders") as state:
             return [self._order(state, state["orders"][vid]) for vid in state["order_sequence"]
                     if state["orders"][vid]["status"] in _OPEN]
 
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
+        """Every order updated at or after ``since`` (all when None), in submission order. Raises
+        ``VenueConnectionError`` when disconnected and ``VenueQueryFailed`` when this query is armed
+        to fail (``SimFaults``)."""
         with self._reading("orders") as state:
             orders = [state["orders"][vid] for vid in state["order_sequence"]]
             if since is not None:
@@ -610,6 +637,9 @@ class SimulatedBroker(BrokerAdapter):
             return [self._order(state, o) for o in orders]
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
+        """Every execution at or after ``since`` (all when None), in execution order. Raises
+        ``VenueConnectionError`` when disconnected and ``VenueQueryFailed`` when this query is armed
+        to fail (``SimFaults``)."""
         with self._reading("fills") as state:
             fills = state["fills"]
             if since is not None:
@@ -617,11 +647,16 @@ class SimulatedBroker(BrokerAdapter):
             return [self._fill(f) for f in fills]
 
     def balances(self) -> list[VenueBalance]:
+        """Cash per currency, by currency. Raises ``VenueConnectionError`` when disconnected and
+        ``VenueQueryFailed`` when this query is armed to fail (``SimFaults``)."""
         with self._reading("balances") as state:
             return [VenueBalance(currency, Decimal(amount), raw={"currency": currency, "cash": amount})
                     for currency, amount in sorted(state["cash"].items())]
 
     def order_by_client_id(self, client_order_id: str) -> VenueOrder:
+        """The order placed with ``client_order_id``; ``OrderNotFound`` if none. Raises
+        ``VenueConnectionError`` when disconnected and ``VenueQueryFailed`` when this query is armed
+        to fail (``SimFaults``)."""
         with self._reading("order_by_client_id") as state:
             for vid in state["order_sequence"]:
                 if state["orders"][vid]["client_order_id"] == client_order_id:
@@ -629,6 +664,7 @@ class SimulatedBroker(BrokerAdapter):
         raise OrderNotFound(f"sim {self.venue}: no order with client order id {client_order_id!r}")
 
     def mark(self, symbol: str) -> Decimal | None:
+        """The last price set for ``symbol``, or None before any."""
         with self._locked(exclusive=False):
             price = self._state["marks"].get(symbol)
         return None if price is None else Decimal(price)
@@ -657,26 +693,33 @@ class SimVenueControl:
     def add_order(self, *, client_order_id: str | None, symbol: str, side: str, qty: Decimal,
                   order_type: str = "limit", limit_price: Decimal | None = Decimal("100"),
                   status: str = "open", fills: list[tuple[str, Decimal, Decimal]] | tuple = ()) -> str:
+        """Stage an order at the venue as if placed outside our log (``client_order_id`` None: a foreign
+        order), with optional fills as (exec id, qty, price); returns its venue order id."""
         return self._broker.stage_order(client_order_id=client_order_id, symbol=symbol, side=side, qty=qty,
                                         order_type=order_type, limit_price=limit_price, status=status,
                                         fills=list(fills))
 
     def set_position(self, symbol: str, qty: Decimal, avg_cost: Decimal | None = None) -> None:
+        """Stage the venue's position in ``symbol`` (0 removes it)."""
         self._broker.stage_position(symbol, qty, avg_cost)
 
     def set_cash(self, amount: Decimal, currency: str = "USD") -> None:
+        """Stage the venue's cash balance in ``currency``."""
         self._broker.stage_cash(amount, currency)
 
     def fail(self, query: str) -> None:
+        """Arm ``query`` (one of ``QUERIES``) to raise ``VenueQueryFailed`` on every call from now on."""
         faults = self._broker.faults
         self._broker.update_faults(failing_queries=faults.failing_queries | {query})
 
     def adapter(self) -> SimulatedBroker:
+        """A new ``SimulatedBroker`` over the same venue file."""
         return SimulatedBroker(account=self.account, venue=self.venue, state_path=self.state_path)
 
 
 @contextlib.contextmanager
 def sim_venue(account: str = "acct-1") -> Iterator[SimVenueControl]:
+    """A ``SimVenueControl`` over a fresh venue in a temporary directory, removed on exit."""
     with tempfile.TemporaryDirectory(prefix="tradestate-sim-") as directory:
         yield SimVenueControl(os.path.join(directory, "venue.json"), account)
 

@@ -101,10 +101,13 @@ class Manifest:
     size: int = 0  # bytes of the backup file (not stored in the file)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON-ready values."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """The manifest a backup file stored; unknown keys are ignored, ``path`` and ``size`` (not
+        stored) keep their defaults."""
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k not in ("path", "size")}
         return cls(**known)
 
@@ -127,6 +130,7 @@ class RestoreResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON-ready values."""
         return asdict(self)
 
 
@@ -159,9 +163,12 @@ class _HashingWriter(io.RawIOBase):
         self.f, self.sha, self.n = f, hashlib.sha256(), 0
 
     def writable(self) -> bool:
+        """Always True (a file-like sink for ``GzipFile``)."""
         return True
 
     def write(self, b: Any) -> int:
+        """Write ``b`` through to the file, adding it to the running SHA-256 and byte count; returns its
+        length."""
         b = bytes(b)
         self.sha.update(b)
         self.n += len(b)
@@ -180,12 +187,15 @@ class _Member:
         self.raw_sha, self.raw_n = hashlib.sha256(), 0
 
     def write(self, b: Any) -> None:
+        """Compress ``b`` into the member, hashing the uncompressed bytes."""
         b = bytes(b)
         self.raw_sha.update(b)
         self.raw_n += len(b)
         self._gz.write(b)
 
     def close(self) -> dict[str, Any]:
+        """Finish the gzip stream, fsync and close the file; returns its name and the size and SHA-256
+        of the compressed and of the raw bytes."""
         self._gz.close()
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -39,10 +39,12 @@ class RecordedEvent(Notification):
 
     @property
     def position(self) -> int:
+        """The event's global position in the log (the notification ``id``)."""
         return self.id
 
     @classmethod
     def from_row(cls, row: Row) -> RecordedEvent:
+        """The event of one ``iter_rows`` row."""
         return cls(
             originator_id=row[1],
             originator_version=row[2],
@@ -90,8 +92,8 @@ class EventLog(ABC):
         """Append in one transaction; return only once durable.
 
         Raises ``ConcurrencyConflict`` if a (stream, version) is taken (nothing appended) and
-        ``AppendFailed`` if the database failed (nothing appended, or unknown when
-        ``ambiguous`` is set: re-read the stream to find out)."""
+        ``AppendFailed`` if the database failed: nothing appended, or, when the connection was
+        lost around the commit, unknown (the message says so: re-read the stream to find out)."""
 
     @abstractmethod
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
@@ -125,12 +127,16 @@ class EventLog(ABC):
 
     # ------------------------------------------------ the eventsourcing recorder interface
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """The library's ``insert_events``: ``append``, returning the new positions in order. Raises the
+        library's ``IntegrityError`` on a version conflict (nothing appended) and ``AppendFailed`` as
+        ``append`` does."""
         try:
             return [a.position for a in self.append(stored_events)]
         except ConcurrencyConflict as e:  # the library's callers expect its IntegrityError
             raise IntegrityError(str(e)) from e
 
     def max_notification_id(self) -> int | None:
+        """The log's head, or None when the log is empty (the library's contract)."""
         return self.head() or None  # the library's contract: None for an empty log
 
     def select_events(
@@ -142,6 +148,8 @@ class EventLog(ABC):
         desc: bool = False,
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
+        """The library's ``select_events``: events of stream ``originator_id`` with ``gt < version <=
+        lte``, in version order (reversed with ``desc``), at most ``limit``."""
         events = [e for e in self.read_stream(str(originator_id), gt or 0) if lte is None or e.originator_version <= lte]
         if desc:
             events.reverse()
@@ -156,6 +164,9 @@ class EventLog(ABC):
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
+        """The library's ``select_notifications``: at most ``limit`` events from position ``start``
+        (inclusive unless ``inclusive_of_start`` is false) up to ``stop``, in position order, only of
+        ``topics`` when given. Never reads past a hole."""
         after = (start or 1) - 1 if inclusive_of_start else (start or 0)
         if not topics:
             return self.read(after, limit, stop)
@@ -169,6 +180,8 @@ class EventLog(ABC):
         return out
 
     def read(self, after: int = 0, limit: int = 1000, stop: int | None = None) -> list[RecordedEvent]:
+        """At most ``limit`` events with ``after < position <= stop``, in position order, stopping at
+        the first hole like ``iter_rows``."""
         rows = []
         for row in self.iter_rows(after, stop, batch=min(limit, 10_000)):
             rows.append(RecordedEvent.from_row(row))
@@ -193,7 +206,8 @@ class EventLog(ABC):
         """Give back a connection this thread keeps checked out (a no-op where none is kept)."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the log's connections; the log is unusable afterwards."""
 
 
 class PollingSubscription(Subscription):  # type: ignore[type-arg]

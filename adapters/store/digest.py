@@ -66,7 +66,7 @@ _FP = struct.Struct(">III")
 _crc = zlib.crc32
 _blake2b = hashlib.blake2b
 _g5 = itemgetter(5)
-_FAST = True  # verify's fast path (False: every range through _check_range, as before it; for tests)
+_FAST = True  # verify's fast path (False: every range through _check_range; for tests)
 PAGE = 10_000  # positions per SELECT when verify reads a range
 CHUNK = 500  # rows fetched, fingerprinted and hashed at a time: ~0.5 MB in flight, which stays in the
 # CPU's cache (whole 10,000-row pages cost ~0.4 us more per event)
@@ -92,6 +92,7 @@ class SealResult:
     logs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON-ready values."""
         return asdict(self)
 
 
@@ -113,6 +114,7 @@ class VerifyResult:
     logs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON-ready values."""
         return asdict(self)
 
 
@@ -210,16 +212,20 @@ class _Backend:
     # -- connections
     @contextmanager
     def read(self) -> Iterator[Any]:
+        """A read cursor on the store's database."""
         with read_cursor(self.store) as cur:
             yield cur
 
     @contextmanager
     def write(self) -> Iterator[Any]:
+        """A cursor in one write transaction, committed at the end of the block."""
         with write_cursor(self.store) as cur:
             yield cur
 
     # -- statements
     def select_range(self, table: str) -> str:
+        """The SELECT of ``first <= position <= last`` from ``table`` in position order, texts as
+        bytes."""
         if self.pg:
             return (
                 "SELECT position, stream_version, convert_to(stream_id, 'UTF8'), convert_to(type, 'UTF8'), data,"
@@ -246,11 +252,13 @@ class _Backend:
         )
 
     def rows(self, cur: Any, table: str, first: int, last: int) -> list[tuple[Any, ...]]:
+        """The rows of ``first <= position <= last`` of ``table``, in position order."""
         if self.pg:
             return cur.execute(self.select_range(table), (first, last), binary=True).fetchall()
         return cur.execute(self.select_range(table), (first, last)).fetchall()
 
     def create_chain_table(self) -> None:
+        """Create the digest chain table if it is not there (under the DDL lock)."""
         t = self.dialect.type
         ddl = (
             f"CREATE TABLE IF NOT EXISTS {self.name(CHAIN_TABLE)} ("
@@ -265,6 +273,7 @@ class _Backend:
             cur.execute(ddl)
 
     def table_exists(self, table: str) -> bool:
+        """Whether ``table`` exists (nothing is created)."""
         with self.read() as cur:
             return self.dialect.table_exists(cur, table)
 

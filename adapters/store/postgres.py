@@ -100,7 +100,7 @@ class TradestatePostgresDatastore(PostgresDatastore):
 
 
 # A read of at least this many positions streams: one query whose rows the server sends ahead in
-# chunks (libpq 17's chunked rows mode; without it, ranged reads as before).
+# chunks (libpq 17's chunked rows mode; without it, reads go by position ranges only).
 STREAM_FROM = 50_000
 STREAM_CHUNK = 2_000
 _CHUNKED_STREAMS = psycopg.pq.version() >= 170000
@@ -284,6 +284,12 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
 
     # ---------------------------------------------------------------------------- writing
     def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
+        """Append ``events`` in one transaction at positions drawn from the log's sequence (concurrent
+        appends do not wait for each other); returns each event's position and the store's clock once
+        committed (``synchronous_commit = on``). Raises ``ConcurrencyConflict`` if a (stream,
+        version) is taken: nothing is appended and the positions taken are voided. Raises
+        ``AppendFailed``: nothing appended, or, when the connection was lost (the message says so),
+        unknown: re-read the stream. An empty sequence returns ``[]``."""
         if not events:
             return []
         try:
@@ -339,11 +345,17 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
 
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
+        """Rows with ``after < position <= stop`` in position order, stopping before the first hole
+        still in flight (a hole older than ``gap_timeout`` is voided and read past), so a follower
+        never skips an event."""
         with closing(self.iter_pages(after, stop, batch)) as pages:  # closed with us, while the pool is open
             for rows in pages:
                 yield from rows
 
     def iter_pages(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[list[Any]]:
+        """``iter_rows`` a page of at most ``batch`` rows at a time, with the same ordering and hole
+        guarantees; ``recorded_at`` is a datetime. A long read streams from one query on a connection
+        of its own."""
         upper = stop if stop is not None else 2**62
         with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
@@ -386,7 +398,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         """Pages of ``after < position <= upper`` from one streamed query (the server sends rows
         ahead while the caller works: a 1M-row read took 0.7 s instead of 1.4-1.7 s by ranges).
         Stops before the first hole and returns the position reached: the ranged reads after it
-        wait for the hole or void it, as ever.
+        wait for the hole or void it.
 
         The stream has a connection of its own, so that the caller may query this log on its
         thread's connection meanwhile (bring a finished order back, say), and no statement
@@ -424,7 +436,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         """True once the hole ``position..last`` is filled (by us, or by its writers' commits).
 
         The whole run of missing positions is timed and voided together: voiding one position per
-        ``gap_timeout`` held readers back for up to 32 s after a server crash (a sequence resumes
+        ``gap_timeout`` would hold readers back for up to 32 s after a server crash (a sequence resumes
         up to 32 values past its last WAL-logged value)."""
         last = position if last is None else max(position, last)
         first_seen = self._holes.setdefault(position, time.monotonic())
@@ -437,15 +449,18 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         return True
 
     def exists(self) -> bool:
+        """Whether the log's table is in its schema (nothing is created)."""
         with self._connection() as conn:
             return conn.cursor(row_factory=tuple_row).execute("SELECT to_regclass(%s) IS NOT NULL",
                                 (f'"{self.datastore.schema}"."{self.table}"',)).fetchone()[0]
 
     def head(self) -> int:
+        """The highest committed position (0 when empty); positions below it may still be in flight."""
         with self._connection() as conn:
             return conn.cursor(row_factory=tuple_row).execute(self._head).fetchone()[0]
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        """Events of ``stream_id`` with version above ``after_version``, in version order."""
         with self._connection() as conn:
             rows = conn.cursor(row_factory=tuple_row).execute(
                 SQL(
@@ -457,6 +472,8 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         return [RecordedEvent.from_row(r) for r in rows]
 
     def close(self) -> None:
+        """Give back the connections threads keep pinned and close the pool; the log is unusable
+        afterwards."""
         with self._pinned_lock:
             pinned, self._pinned = self._pinned, []
         for conn in pinned:

@@ -107,6 +107,8 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
         self._head = f"SELECT coalesce(max(position), 0) FROM {table}"
 
     def construct_create_table_statements(self) -> list[str]:
+        """The log's ``CREATE TABLE IF NOT EXISTS``: ``position`` an alias of rowid, unique (stream_id,
+        stream_version), ``recorded_at`` as ISO-8601 text."""
         return [
             f"CREATE TABLE IF NOT EXISTS {self.events_table_name} ("
             "position INTEGER PRIMARY KEY, "  # an alias of rowid: never renumbered by VACUUM
@@ -155,6 +157,11 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
 
     # ---------------------------------------------------------------------------- writing
     def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
+        """Append ``events`` in one ``BEGIN IMMEDIATE`` transaction at the next positions, all stamped
+        with one store clock read under the write lock (so ``recorded_at`` never decreases along
+        positions); returns once committed with ``synchronous=FULL``. Raises ``ConcurrencyConflict``
+        if a (stream, version) is taken and ``AppendFailed`` on any other database error; in both
+        cases nothing is appended. An empty sequence appends nothing and returns ``[]``."""
         if not events:
             return []
         try:
@@ -192,6 +199,8 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
 
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
+        """Rows with ``after < position <= stop`` in position order, ``recorded_at`` as a datetime.
+        SQLite has one writer at a time, so the log has no holes."""
         with closing(self.iter_pages(after, stop, batch)) as pages:  # closed with us, while the pool is open
             for rows in pages:
                 for p, s, v, t, d, r in rows:
@@ -212,16 +221,19 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
             cursor.close()
 
     def exists(self) -> bool:
+        """Whether the log's table is in the file (nothing is created)."""
         with self.datastore.get_connection(commit=False) as connection:
             return connection._sqlite_conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,)
             ).fetchone() is not None
 
     def head(self) -> int:
+        """The highest position in the log (0 when empty)."""
         with self.datastore.get_connection(commit=False) as connection:
             return connection._sqlite_conn.execute(self._head).fetchone()[0]
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        """Events of ``stream_id`` with version above ``after_version``, in version order."""
         with self.datastore.get_connection(commit=False) as connection:
             rows = connection._sqlite_conn.execute(
                 f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {self.table} "
@@ -231,6 +243,7 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
         return [RecordedEvent.from_row((p, s, v, t, d, _fromiso(r))) for p, s, v, t, d, r in rows]
 
     def close(self) -> None:
+        """Close the pool's connections; the log is unusable afterwards."""
         self.datastore.close()
 
     # The library's recorder comes first in the MRO: take the log's versions of its interface.

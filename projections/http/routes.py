@@ -71,14 +71,17 @@ class Settings:
 
 
 def get_settings(request: Request) -> Settings:
+    """The ``Settings`` that ``create_app`` put on ``app.state``."""
     return request.app.state.settings
 
 
 def get_reader(request: Request) -> Reader:
+    """The app's shared ``Reader`` (one per app, from ``app.state``)."""
     return request.app.state.reader
 
 
 def get_registry(request: Request) -> CombinedRegistry:
+    """The app's Prometheus ``CombinedRegistry`` (from ``app.state``)."""
     return request.app.state.registry
 
 
@@ -94,6 +97,9 @@ class Snapshot:
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
+        """Open one read transaction, set the freshness headers on the response from that same
+        transaction, and yield it. Raises ``DatabaseUnavailable`` (served as 503) when the database
+        cannot be read."""
         with self._reader.read() as tx:
             self.freshness = queries.freshness(tx)
             self.headers = {POSITION_HEADER: str(self.freshness.projection_position),
@@ -103,6 +109,8 @@ class Snapshot:
 
 
 def get_snapshot(reader: Annotated[Reader, Depends(get_reader)], response: Response) -> Snapshot:
+    """A fresh ``Snapshot`` per request over the app's reader, writing headers onto this request's
+    response."""
     return Snapshot(reader, response)
 
 
@@ -165,6 +173,8 @@ class StrictRoute(APIRoute):
     (FastAPI would silently ignore the first or take the last)."""
 
     def get_route_handler(self) -> Callable[[Request], Any]:
+        """The route's handler, wrapped to answer 422 (an ``ErrorBody``) for an undeclared query
+        parameter or one given more than once, before the endpoint runs."""
         handler = super().get_route_handler()
         allowed: set[str] = set()
         pending = [self.dependant]
@@ -206,6 +216,11 @@ public = APIRouter(route_class=StrictRoute, responses={k: v for k, v in _ERRORS.
 @data.get("/positions", response_model=list[PositionOut], tags=["positions"], responses=_FRESH,
           summary="Positions by account, venue and symbol")
 def positions(snap: SnapshotDep, account: Account = None, symbol: Symbol = None) -> list[dict[str, Any]]:
+    """Every position in the read models as one row per account, venue and symbol, ordered by account,
+    venue, symbol. Filter by `account` and/or `symbol` (exact match). Quantities and prices are exact
+    decimal strings. The response carries `X-Tradestate-Projection-Position` and
+    `X-Tradestate-Log-Head`; rows reflect the log up to the first. 503 when the database cannot be
+    read."""
     with snap.read() as tx:
         return queries.positions(tx, account=account, symbol=symbol)
 
@@ -222,6 +237,10 @@ def orders(
     until: Until = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"At most this many orders (1-{MAX_LIMIT})")] = 100,
 ) -> list[dict[str, Any]]:
+    """Orders ordered by last update, most recent first, at most `limit` (default 100). Filter by
+    `status`, `symbol`, `account`, and a time range on the last update: `since` inclusive, `until`
+    exclusive (ISO-8601 with a time zone). 422 for `since` after `until`, a malformed time or an
+    unknown parameter. Freshness headers as on every data endpoint."""
     _check_range(since, until)
     with snap.read() as tx:
         return queries.orders(tx, status=status, symbol=symbol, account=account, since=since, until=until,
@@ -231,6 +250,8 @@ def orders(
 @data.get("/orders/open", response_model=list[OrderOut], tags=["orders"], responses=_FRESH,
           summary="Open orders (new, submitted, acknowledged, partially filled), oldest first")
 def open_orders(snap: SnapshotDep, account: Account = None) -> list[dict[str, Any]]:
+    """Orders still working at the venue (new, submitted, acknowledged, partially filled), oldest first,
+    optionally for one `account`. Freshness headers as on every data endpoint."""
     with snap.read() as tx:
         return queries.open_orders(tx, account=account)
 
@@ -260,6 +281,9 @@ def order(
     account: AccountPath,
     client_order_id: Annotated[str, PathParam(description="Client order id", max_length=64, pattern=_TEXT)],
 ) -> dict[str, Any]:
+    """One order by `account` and `client_order_id` (the id may contain slashes). 404 when the read
+    models do not hold it; when they lag the log, the 404 detail says the order may be recorded but
+    not projected yet. Freshness headers are set on the 200 and on the 404."""
     with snap.read() as tx:
         row = queries.order(tx, account, client_order_id)
     if row is None:
@@ -271,6 +295,9 @@ def order(
 @data.get("/risk", response_model=list[RiskOut], tags=["risk"], responses=_FRESH,
           summary="Risk state of every account")
 def risk(snap: SnapshotDep) -> list[dict[str, Any]]:
+    """The risk state of every account, ordered by account: kill switch, circuit breaker
+    (`breaker_active`: tripped and not yet expired at request time), recovery ramp and each limit's
+    configured, effective and used value. Freshness headers as on every data endpoint."""
     with snap.read() as tx:
         return queries.risk(tx)
 
@@ -278,6 +305,8 @@ def risk(snap: SnapshotDep) -> list[dict[str, Any]]:
 @data.get("/risk/{account:path}", response_model=RiskOut, tags=["risk"], summary="Risk state of one account",
           responses={**_FRESH, 404: {"model": ErrorBody, "description": f"No risk state for this account. {_LAG_404}"}})
 def risk_of(snap: SnapshotDep, account: AccountPath) -> dict[str, Any]:
+    """The risk state of one account. 404 when the read models hold none for it (the detail says when
+    they lag the log). Freshness headers as on every data endpoint."""
     with snap.read() as tx:
         rows = queries.risk(tx, account=account)
     if not rows:
@@ -293,6 +322,9 @@ def daily_stats(
     account: Account = None,
     day: Annotated[IsoDay | None, Query(description="Trading day, YYYY-MM-DD (exchange time zone)")] = None,
 ) -> list[dict[str, Any]]:
+    """Trading statistics per account and trading day (exchange time zone), ordered by account, day.
+    Filter by `account` and/or `day` (YYYY-MM-DD; 422 otherwise). Freshness headers as on every data
+    endpoint."""
     with snap.read() as tx:
         return queries.daily_stats(tx, account=account, day=day.isoformat() if day else None)
 
@@ -307,6 +339,9 @@ def equity(
     limit: Annotated[int, Query(ge=1, le=MAX_EQUITY_LIMIT,
                                 description=f"At most this many points, the latest (1-{MAX_EQUITY_LIMIT})")] = 1000,
 ) -> list[dict[str, Any]]:
+    """Equity points of each account, oldest first: the latest `limit` points (default 1000) in the
+    range `since` (inclusive) to `until` (exclusive). 422 for `since` after `until` or a malformed
+    time. Freshness headers as on every data endpoint."""
     _check_range(since, until)
     with snap.read() as tx:
         return queries.equity(tx, account=account, since=since, until=until, limit=limit)
@@ -321,6 +356,8 @@ def signals(
                                              pattern=_TEXT)] = None,
     symbol: Symbol = None,
 ) -> list[dict[str, Any]]:
+    """The last signal recorded per strategy and symbol, ordered by strategy, symbol; filter by
+    `strategy_id` and/or `symbol`. Freshness headers as on every data endpoint."""
     with snap.read() as tx:
         return queries.signals(tx, strategy_id=strategy_id, symbol=symbol)
 
@@ -331,6 +368,9 @@ def signals(
                   "plus the process's default registry",
           responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 def metrics(registry: Annotated[CombinedRegistry, Depends(get_registry)]) -> Response:
+    """Prometheus text exposition: projection lag, orders by status, refusals and breakers read from the
+    database at scrape time, followed by the process's default registry. Token-protected like the
+    data endpoints."""
     return Response(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -348,6 +388,8 @@ def _lag_status(snap: dict[str, Any], settings: Settings) -> str:
 @public.get("/livez", response_model=LiveOut, tags=["operations"],
             summary="Liveness: 200 while the process serves requests (the database is not read)")
 def livez() -> dict[str, Any]:
+    """Always 200 `{"status": "alive"}` while the process serves requests; reads nothing, so it stays up
+    when the database is down."""
     return {"status": "alive"}
 
 
@@ -357,6 +399,10 @@ def livez() -> dict[str, Any]:
                              "description": "Behind or stalled (a ReadyOut with the lag), or the database cannot "
                                             "be read (an ErrorBody)"}})
 def readyz(reader: ReaderDep, settings: SettingsDep, response: Response) -> dict[str, Any]:
+    """200 with status `ready` when the database answers and the read models are within the lag
+    thresholds; 503 with status `behind` (more unprojected events than the event threshold) or
+    `stalled` (an unprojected event older than the seconds threshold), or an ErrorBody when the
+    database cannot be read. Carries the freshness headers and the lag figures."""
     with reader.read() as tx:
         snap = queries.lag(tx)
     status = _lag_status(snap, settings)
@@ -372,6 +418,9 @@ def readyz(reader: ReaderDep, settings: SettingsDep, response: Response) -> dict
             responses={503: {"model": HealthOut | ErrorBody,
                              "description": "Behind or stalled (a HealthOut), or the database cannot be read"}})
 def health(request: Request, reader: ReaderDep, settings: SettingsDep, response: Response) -> dict[str, Any]:
+    """What `/readyz` reports (same status codes and freshness headers), plus the thresholds and, when
+    the request is authorized, each account's breaker and kill switch (`accounts` is null otherwise,
+    so an open probe reveals no account ids)."""
     with reader.read() as tx:
         snap = queries.lag(tx)
     snap["status"] = _lag_status(snap, settings)

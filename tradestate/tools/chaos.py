@@ -85,11 +85,13 @@ class AckWriter:
         self.fsync = fsync
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one JSON line in a single ``os.write`` (fsynced when ``fsync``)."""
         os.write(self.fd, orjson.dumps(record) + b"\n")
         if self.fsync:
             os.fsync(self.fd)
 
     def close(self) -> None:
+        """Close the file."""
         os.close(self.fd)
 
 
@@ -109,10 +111,13 @@ class SideChannel:
         return [op for n, op in sorted(self.tries.items()) if n not in self.oks]
 
     def acked(self) -> list[dict[str, Any]]:
+        """Every acknowledged call, in call order, merged with what the client returned for it."""
         return [{**self.tries[n], **ok} for n, ok in sorted(self.oks.items())]
 
 
 def read_side_channel(path: str | os.PathLike[str]) -> SideChannel:
+    """The side channel at ``path`` (empty if the file does not exist); a torn last line is ignored and
+    flagged in ``torn_tail``."""
     out = SideChannel()
     try:
         data = Path(path).read_bytes()
@@ -298,12 +303,16 @@ class ForkServer:
         return orjson.loads(line)
 
     def start(self, run: str, log: str, **kwargs: Any) -> int:
+        """Fork a child running ``run`` (``engine`` or ``projector``) with ``kwargs``, its output in
+        ``log``; returns its pid."""
         return self._ask({"run": run, "log": log, "kwargs": kwargs})["pid"]
 
     def wait(self, pid: int) -> int:
+        """Wait for child ``pid`` to exit; returns its code as ``Popen.returncode`` (-9 for a SIGKILL)."""
         return self._ask({"wait": pid})["code"]
 
     def close(self) -> None:
+        """Stop the fork server (killed if it does not exit within 10 s)."""
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         try:
@@ -355,6 +364,7 @@ class LogChecker:
         self.hole_wait = hole_wait if hole_wait is not None else 3 * getattr(store.trading, "gap_timeout", 0.5) + 1
 
     def fail(self, check: str, detail: str) -> None:
+        """Record a problem found by ``check``."""
         self.problems.append((check, detail))
 
     # ------------------------------------------------------------------------ reading
@@ -473,6 +483,7 @@ class LogChecker:
                 self.fail("not torn", f"risk decision at {positions} without its intent")
 
     def take_problems(self) -> list[tuple[str, str]]:
+        """The problems recorded since the last call, cleared from the checker."""
         problems, self.problems = self.problems, []
         # a problem found once stays found: report duplicates/torn once, not after every kill
         return problems
@@ -507,11 +518,14 @@ def table_snapshot(store: Any) -> tuple[int, dict[str, list[tuple]]]:
 
 
 def has_tables(store: Any) -> bool:
+    """Whether the store holds the read-model tracking table."""
     with read_cursor(store) as cur:
         return store.dialect.table_exists(cur, "ts_projection_tracking")
 
 
 def diff_tables(a: dict[str, list[tuple]], b: dict[str, list[tuple]], limit: int = 4) -> str:
+    """A readable account of how table snapshots ``a`` and ``b`` differ, at most ``limit`` rows shown
+    per side and table; empty when they are equal."""
     lines = []
     for table in sorted(set(a) | set(b)):
         ra, rb = a.get(table, []), b.get(table, [])
@@ -564,6 +578,9 @@ class FreshFold:
         self.copied = 0
 
     def tables(self, source: Any, position: int) -> dict[str, list[tuple]]:
+        """Copy ``source``'s log up to ``position`` into the scratch store, rebuild the read models
+        there in one page, and return their rows per table. Raises ``RuntimeError`` when the log has
+        a hole below ``position``."""
         from ..projections.projector import Projector
 
         rows = list(source.trading.iter_rows(self.copied, position))
@@ -598,6 +615,7 @@ class FreshFold:
                         copy.write_row((p, s, v, t, bytes(d), at))
 
     def close(self) -> None:
+        """Close the scratch store and drop its PostgreSQL schema."""
         self.store.close()
         if self.schema is not None:
             import psycopg
@@ -644,6 +662,7 @@ def check_projection(store: Any, fresh: FreshFold | None, phase: dict[str, float
 
 
 def with_schema(url: str, schema: str) -> str:
+    """``url`` with its ``schema`` query parameter set to ``schema``."""
     parsed = urlparse(url)
     query = dict(parse_qsl(parsed.query))
     query["schema"] = schema
@@ -655,6 +674,8 @@ def with_schema(url: str, schema: str) -> str:
 
 @dataclass
 class CheckTally:
+    """How many kill cycles passed and failed one check, and the first failure."""
+
     passed: int = 0
     failed: int = 0
     first: str | None = None
@@ -662,6 +683,9 @@ class CheckTally:
 
 @dataclass
 class ChaosReport:
+    """The outcome of ``run_chaos``: kills, events, timings, a tally per check and the first problems
+    found."""
+
     backend: str
     url: str
     seed: int
@@ -685,9 +709,12 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
+        """True when at least one kill happened and no check failed."""
         return self.kills > 0 and all(t.failed == 0 for t in self.checks.values())
 
     def tally(self, check: str, problems: list[str], cycle: int) -> None:
+        """Count ``check`` as passed, or failed with ``problems`` at kill ``cycle`` (the first 50
+        problems are kept)."""
         t = self.checks[check]
         if problems:
             t.failed += 1
@@ -700,6 +727,7 @@ class ChaosReport:
             t.passed += 1
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values, with ``ok`` and the kill-delay distribution."""
         d = asdict(self)
         d["ok"] = self.ok
         ms = sorted(self.kill_after_ms)
@@ -886,6 +914,8 @@ def _check_cycle(k: int, report: ChaosReport, store: Any, client: Any, checker: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m tradestate.tools.chaos engine|forkserver``: run one engine child (until killed or
+    ``--limit`` calls) or the fork server; returns the exit code."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tradestate.tools.chaos")

@@ -146,6 +146,8 @@ def _writer_process(spec: dict[str, Any], warmup: int, seconds: float, ready: An
 
 @dataclass
 class WriteRun:
+    """One timed append run: appends per second, p50 and p99 latency (seconds) and the count."""
+
     rate: float
     p50: float
     p99: float
@@ -240,6 +242,8 @@ def _best_of_rounds(specs: dict[str, dict[str, Any]], writers: int, sizes: Sizes
 
 
 def bench_append_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Result]:
+    """``append_single_1w`` on SQLite in ``workdir``: ``EventLog.append`` against raw single-row INSERT
+    commits."""
     from ...adapters.store import open_store
 
     path = os.path.join(workdir, "append_single.db")
@@ -257,6 +261,8 @@ def bench_append_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resu
 
 
 def bench_append_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes, payload: bytes) -> list[Result]:
+    """``append_single_1w`` and ``append_single_<writers>w`` on PostgreSQL (a schema each from
+    ``schema_for``), against raw INSERT commits and, as an extra, the library's default recorder."""
     from ...adapters.store import open_store
 
     results: list[Result] = []

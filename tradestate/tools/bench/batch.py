@@ -67,6 +67,8 @@ def _batch_rounds(variants: dict[str, Callable[[], float]], sizes: Sizes) -> dic
 
 
 def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Result]:
+    """``append_batch_<k>`` on SQLite in ``workdir``: batched appends against one executemany of every
+    row and against raw ``k``-row transactions."""
     from ...adapters.store import open_store
 
     n = sizes.batch_size * sizes.batches
@@ -117,6 +119,8 @@ def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resul
 
 
 def bench_batch_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes, payload: bytes) -> list[Result]:
+    """``append_batch_<k>`` on PostgreSQL (a schema from ``schema_for``): batched appends against one
+    COPY of every row and against raw ``k``-row transactions."""
     from ...adapters.store import open_store
 
     n = sizes.batch_size * sizes.batches

@@ -28,6 +28,8 @@ EVENTS_PER_S = "events/s"
 
 @dataclass(frozen=True)
 class Sizes:
+    """How much each benchmark group does (``FULL`` for the report, ``QUICK`` for a check)."""
+
     single_seconds: float  # duration of each timed single-event append run
     writers: int  # writer processes for the multi-writer PostgreSQL run
     warmup: int  # appends per writer before timing starts
@@ -50,6 +52,8 @@ QUICK = Sizes(single_seconds=2.0, writers=8, warmup=50, batch_size=100, batches=
 
 @dataclass
 class Result:
+    """One measured metric on one backend beside its baseline; ``ratio`` is ours over the baseline."""
+
     metric: str
     backend: str
     value: float
@@ -108,10 +112,14 @@ class BenchContext:
 
 @dataclass(frozen=True)
 class PgTarget:
+    """The PostgreSQL server the benchmarks use, from a ``postgresql://`` URL."""
+
     base_url: str
 
     @property
     def parts(self) -> dict[str, Any]:
+        """libpq connection parameters from the URL (host, port, database, user, password), with
+        defaults."""
         p = urlparse(self.base_url)
         return {
             "dbname": unquote(p.path.lstrip("/")) or "postgres",
@@ -122,17 +130,20 @@ class PgTarget:
         }
 
     def conninfo(self) -> str:
+        """The libpq connection string of ``parts``."""
         import psycopg.conninfo
 
         return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in self.parts.items() if v != ""})
 
     def url_for(self, schema: str) -> str:
+        """The base URL with its ``schema`` query parameter set to ``schema``."""
         parsed = urlparse(self.base_url)
         query = dict(parse_qsl(parsed.query))
         query["schema"] = schema
         return urlunparse(parsed._replace(query=urlencode(query)))
 
     def connect(self, **kw: Any):
+        """A new autocommit psycopg connection to the server."""
         import psycopg
 
         return psycopg.connect(self.conninfo(), autocommit=True, **kw)

@@ -180,6 +180,8 @@ def load_sqlite_log(path: str, n: int) -> None:
 
 
 def raw_sqlite_cursor(path: str, page: int) -> tuple[int, float]:
+    """Read every row of the log and orjson.loads its payload from the SQLite file at ``path`` with one
+    cursor, ``page`` rows per fetch; returns (rows read, seconds)."""
     conn = sqlite3.connect(path)
     loads = orjson.loads
     count = 0
@@ -195,6 +197,8 @@ def raw_sqlite_cursor(path: str, page: int) -> tuple[int, float]:
 
 
 def raw_sqlite_keyset(path: str, page: int) -> tuple[int, float]:
+    """Read every row of the log and orjson.loads its payload from the SQLite file at ``path`` by keyset
+    pages of ``page`` rows; returns (rows read, seconds)."""
     conn = sqlite3.connect(path)
     loads = orjson.loads
     sql = ("SELECT position, stream_id, stream_version, type, data, recorded_at FROM ts_events "
@@ -215,6 +219,8 @@ _COLUMNS = "position, stream_id, stream_version, type, data, recorded_at"
 
 
 def raw_pg_keyset(pg: PgTarget, table: str, page: int, binary: bool = False) -> tuple[int, float]:
+    """Read every row of the log and orjson.loads its payload of PostgreSQL ``table`` by keyset pages of
+    ``page`` rows (binary results with ``binary``); returns (rows read, seconds)."""
     from psycopg.rows import tuple_row
 
     loads = orjson.loads
@@ -233,6 +239,8 @@ def raw_pg_keyset(pg: PgTarget, table: str, page: int, binary: bool = False) -> 
 
 
 def raw_pg_server_cursor(pg: PgTarget, table: str, page: int, binary: bool = False) -> tuple[int, float]:
+    """Read every row of the log and orjson.loads its payload of PostgreSQL ``table`` through a
+    server-side cursor, ``page`` rows per fetch; returns (rows read, seconds)."""
     from psycopg.rows import tuple_row
 
     loads = orjson.loads
@@ -251,6 +259,8 @@ def raw_pg_server_cursor(pg: PgTarget, table: str, page: int, binary: bool = Fal
 
 
 def raw_pg_copy(pg: PgTarget, table: str) -> tuple[int, float]:
+    """Read every row of the log and orjson.loads its payload of PostgreSQL ``table`` through one binary
+    ``COPY ... TO STDOUT``; returns (rows read, seconds)."""
     loads = orjson.loads
     count = 0
     with pg.connect() as conn:

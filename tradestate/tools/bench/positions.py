@@ -19,12 +19,18 @@ POSITION_TYPES = frozenset({"OrderIntentRecorded", "OrderFilled"})
 
 
 class PositionBook:
+    """Positions per (account, venue, symbol) folded from intents and fills only; ``position`` is the
+    last log position applied."""
+
     def __init__(self) -> None:
         self.position = 0
         self.positions: dict[tuple[str, str, str], PositionState] = {}
         self._orders: dict[str, tuple[tuple[str, str, str], int]] = {}  # stream -> (key, sign)
 
     def apply(self, position: int, stream_id: str, type_name: str, data: dict[str, Any]) -> None:
+        """Apply the log row at ``position``: an intent records its order's key and side, a fill moves
+        that order's position; other types are ignored. The fill's order must have had its intent
+        applied first (``KeyError`` otherwise)."""
         self.position = position
         if type_name == "OrderFilled":
             key, sign = self._orders[stream_id]

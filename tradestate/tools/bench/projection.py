@@ -66,6 +66,8 @@ def _catchup(url: str) -> tuple[int, float]:
 
 
 def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
+    """``projection_catchup`` on SQLite in ``workdir``: a rebuild of the read models from N events
+    against a raw read of the same rows."""
     from ...adapters.store import open_store
 
     n, _live, _runner = _sizes(sizes)
@@ -101,6 +103,8 @@ def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
 
 
 def bench_projection_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes) -> list[Result]:
+    """``projection_catchup`` and ``projection_live_lag`` on PostgreSQL (schemas from ``schema_for``),
+    the catch-up also against the library's ``ProjectionRunner``."""
     n, live_seconds, runner_events = _sizes(sizes)
     schema = schema_for("p")
     url = pg.url_for(schema)
@@ -144,20 +148,25 @@ def bench_projection_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: S
 
 
 class RunnerBook(Aggregate):
+    """The library-baseline aggregate: a book opened once, then one event per fill."""
+
     @event("Opened")
     def __init__(self, symbol: str):
         self.symbol = symbol
 
     @event("Filled")
     def fill(self, qty: int) -> None:
-        pass
+        """Record a fill of ``qty`` (an event; no state kept)."""
 
 
 class RunnerTrading(Application):
-    pass
+    """The library-baseline application holding ``RunnerBook`` aggregates."""
 
 
 class RunnerPositionsView(PostgresTrackingRecorder):
+    """The library-baseline view: a quantity per book, written
+    with its tracking row in one transaction."""
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.sql_create_statements.append(SQL(
@@ -165,6 +174,7 @@ class RunnerPositionsView(PostgresTrackingRecorder):
         ).format(Identifier(self.datastore.schema)))
 
     def fill(self, book_id: Any, qty: int, tracking: Tracking) -> None:
+        """Add ``qty`` to the book's row and record ``tracking``, in one transaction."""
         with self.datastore.transaction(commit=True) as curs:
             self._insert_tracking(curs, tracking)
             curs.execute(SQL(
@@ -174,10 +184,13 @@ class RunnerPositionsView(PostgresTrackingRecorder):
 
 
 class RunnerPositions(Projection[RunnerPositionsView]):
+    """The library-baseline projection of ``RunnerBook`` fills into ``RunnerPositionsView``."""
+
     name = "positions"
 
     @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        """Any other event: record its tracking only."""
         self.view.insert_tracking(tracking)
 
     @process_event.register(RunnerBook.Filled)

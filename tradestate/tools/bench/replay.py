@@ -95,7 +95,7 @@ class BenchPosition(Aggregate):
     @event("Filled")
     def fill(self, order_id: str, exec_id: str, side: str, qty: Decimal, price: Decimal, fee: Decimal,
              occurred_at: datetime) -> None:
-        pass
+        """Record a fill (an event; the baseline folds positions from the events, not here)."""
 
 
 class BenchTrading(Application):
@@ -210,6 +210,8 @@ ES_REPLAY = "eventsourcing default: select_notifications + to_domain_event + fol
 
 
 def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
+    """``replay`` and ``replay_full_state`` on SQLite in ``workdir``, best of ``sizes.repeats``, against
+    raw reads and the library's application."""
     from ...adapters.store import open_store
 
     n = sizes.replay_events
@@ -242,6 +244,8 @@ def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
 
 
 def bench_replay_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes) -> list[Result]:
+    """``replay`` and ``replay_full_state`` on PostgreSQL (a schema from ``schema_for``), against raw
+    reads, COPY and the library's application."""
     from ...adapters.store import open_store
 
     n = sizes.replay_events

@@ -42,6 +42,9 @@ def describe_update(client: TradestateClient, u: VenueUpdate) -> str:
 
 def send(client: TradestateClient, broker: SimulatedBroker, coid: str, symbol: str, side: str, qty: int,
          **price: str) -> None:
+    """Record an order intent for ``coid`` and, if risk accepts it, record the submission and then send
+    it to ``broker`` (a limit order when ``limit_price`` is given, else market). A refused intent is
+    printed and not sent."""
     order_type = "limit" if "limit_price" in price else "market"
     result = client.record_intent(ACCOUNT, coid, symbol, side, qty, order_type=order_type, venue=VENUE, **price)
     if not result.accepted:
@@ -55,6 +58,9 @@ def send(client: TradestateClient, broker: SimulatedBroker, coid: str, symbol: s
 
 
 def main(url: str, sim_state: str) -> int:
+    """Run the demo engine on the log at ``url`` and the venue file ``sim_state`` (see the module
+    docstring); prints ``READY <position>`` once its orders are out and then never returns: it waits
+    to be killed."""
     ticks = iter(range(1, 10_000))
     clock = lambda: T0 + timedelta(seconds=5 * next(ticks))  # noqa: E731 - the demo's session clock
     broker = SimulatedBroker(account=ACCOUNT, venue=VENUE, seed=7, state_path=sim_state, clock=clock)

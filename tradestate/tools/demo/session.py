@@ -136,6 +136,10 @@ def run_session(client: TradestateClient, console: Console) -> None:
 
 
 def main(url: str | None = None, reset: bool = False, console: Console | None = None) -> int:
+    """Run the whole demo against ``url`` (default ``DEMO_URL``, always started afresh): record the
+    session, read it back in a new process, serve it over HTTP, then kill an engine and recover.
+    Another URL must hold an empty log unless ``reset`` (``InvalidInput`` otherwise). Returns 0 when
+    every step agreed, 1 otherwise."""
     console = console or make_console()
     url = url or DEMO_URL
     _reset(url, reset)
