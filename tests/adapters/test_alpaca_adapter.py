@@ -1,6 +1,6 @@
 """The Alpaca adapter through the real alpaca-py client against a local fake Alpaca (no mocks).
 
-Every request goes over HTTP / websocket to ``fake_alpaca.FakeAlpaca`` on 127.0.0.1.
+Every request goes over HTTP / websocket to ``tests.support.fake_alpaca.FakeAlpaca`` on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import pytest
 
-from fake_alpaca import FakeAlpaca, alpaca_venue
+from tests.support.fake_alpaca import FakeAlpaca, alpaca_venue
 from tradestate.adapters.brokers.alpaca import (
     AlpacaAdapter,
     OrderNotCancelable,

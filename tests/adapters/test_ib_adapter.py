@@ -1,7 +1,7 @@
 """The IB adapter through the real ib_insync ``IB`` client against a fake TWS on 127.0.0.1.
 
 Nothing of ib_insync is mocked: the adapter's ``IB`` object does the real handshake, the real
-start-up sync and real requests over a socket to ``tests/fake_tws.py``, which encodes every
+start-up sync and real requests over a socket to ``tests/support/fake_tws.py``, which encodes every
 message as ib_insync's decoder reads it at server version 176.
 """
 
@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import pytest
 
-from fake_tws import FakeTWS, ib_venue
+from tests.support.fake_tws import FakeTWS, ib_venue
 from tradestate.adapters.brokers.base import (
     OrderNotFound,
     OrderRequest,

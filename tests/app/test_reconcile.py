@@ -8,39 +8,20 @@ import sys
 import threading
 from decimal import Decimal as D
 
-import orjson
 import pytest
 
 from tradestate.adapters.brokers.base import OrderRequest
 from tradestate.adapters.brokers.sim import SimFaults, SimulatedBroker
-from tradestate.adapters.store import open_store
-from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id
 from tradestate.reconcile import acknowledge, make_adapter, reconcile
 from tradestate.domain.errors import InvalidInput
 
-ACCOUNT = "acct-1"
+from tests.support.reconcile import ACCOUNT, connect, rows, stage_missed_fill
 
 
 @pytest.fixture
 def sim(tmp_path):
     return SimulatedBroker(account=ACCOUNT, state_path=str(tmp_path / "venue.json"))
-
-
-def connect(url):
-    return TradestateClient(open_store(url))
-
-
-def rows(url):
-    with open_store(url) as store:
-        return [(r[3], orjson.loads(r[4])) for r in store.trading.iter_rows(0)]
-
-
-def stage_missed_fill(client, sim):
-    client.record_intent(ACCOUNT, "o1", "AAPL", "buy", 10, order_type="limit", limit_price="100", venue="SIM")
-    client.record_submitted(ACCOUNT, "o1")
-    sim.stage_order(client_order_id="o1", symbol="AAPL", side="buy", qty=D(10), status="filled",
-                    fills=[("E1", D(10), D(100))])
 
 
 def test_run_appends_corrections_with_the_report_and_twice_adds_only_a_record(db_url, sim):

@@ -13,7 +13,7 @@ from decimal import Decimal as D
 
 import pytest
 
-import venues
+from tests.support import venues
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id

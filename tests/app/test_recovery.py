@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from projector_worker import Clock, write_session
+from tests.support.projector_worker import Clock, write_session
 
 import tradestate
 from tradestate.adapters.store import checkpoints as cp

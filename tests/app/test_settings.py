@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from fake_alpaca import FakeAlpaca
+from tests.support.fake_alpaca import FakeAlpaca
 from typer.testing import CliRunner
 
 import tradestate

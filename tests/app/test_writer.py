@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from projector_worker import Clock
+from tests.support.projector_worker import Clock
 
 import tradestate
 from tradestate.adapters.store import checkpoints as cp

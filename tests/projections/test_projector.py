@@ -21,18 +21,18 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from projector_worker import (
+from tests.support.projector_worker import (
     ACCOUNTS,
     Clock,
     Orders,
     Writer,
+    assert_equals_rebuild,
+    assert_same,
     cpu_seconds,
-    diff,
     dump_tables,
     prefix_snapshot,
     rebuild_snapshot,
     run_command,
-    snapshot,
     write_session,
 )
 from tradestate.adapters.store import open_store
@@ -42,28 +42,6 @@ from tradestate.projections.projector import ProjectionConflict, Projector, wait
 import tradestate
 
 PG = pytest.param("postgresql", marks=pytest.mark.postgres)
-
-
-def assert_same(actual: dict, expected: dict, what: str = "tables") -> None:
-    assert actual == expected, f"{what} differ from a one-page rebuild:\n{diff(actual, expected)}"
-
-
-def assert_equals_rebuild(store) -> int:
-    """The tables as they are == a one-page rebuild into the same tables; returns the position."""
-    tracked, before = snapshot(store)
-    rebuilt_at, rebuilt = rebuild_snapshot(store)
-    assert tracked == rebuilt_at == store.trading.head(), (tracked, rebuilt_at, store.trading.head())
-    assert_same(before, rebuilt)
-    return tracked
-
-
-@pytest.fixture
-def session(db_url, store):
-    """A log of ~300 events: orders through their whole lifecycle, refusals, risk switches."""
-    with tradestate.connect(db_url, clock=Clock()) as client:
-        head = write_session(client, 300, seed=11)
-    assert head > 250
-    return head
 
 
 # ------------------------------------------------------------------------ pages and restarts

@@ -12,8 +12,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from projector_worker import Clock, dump_tables, write_session
-from test_projector import assert_equals_rebuild, session  # noqa: F401 - a fixture shared with it
+from tests.support.projector_worker import Clock, assert_equals_rebuild, dump_tables, write_session
 from tradestate.projections import projector as projector_module
 from tradestate.projections.projector import ProjectionConflict, Projector
 

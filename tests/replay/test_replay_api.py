@@ -4,14 +4,11 @@ and order replay, export — on a small real log, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
-import tradestate
 from tradestate import replay
 from tradestate.adapters.store import checkpoints as cp
 from tradestate.loading import fold_tail
@@ -19,78 +16,7 @@ from tradestate.adapters.store import open_store
 from tradestate.domain.errors import TradestateError, UnknownOrder
 from tradestate.domain.state import TradingState
 
-T0 = datetime(2026, 11, 20, 14, 30, tzinfo=timezone.utc)
-A = "acct-a"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0 + timedelta(seconds=1)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Session:
-    url: str
-    mid: datetime  # a recorded instant just after o-1 filled
-    mid_position: int  # the last position recorded before ``mid``
-    head: int
-
-
-def _at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
-def build_session(url: str) -> Session:
-    """~40 events: fills, a cancel, a breaker trip and a refusal, a kill switch, an overfill
-    (discrepancy), a second account using the same client order id, and 4 AAPL bars."""
-    clock = Clock()
-    with tradestate.connect(url, clock=clock, venue="sim") as c:
-        c.engine_started("eng-1")
-        c.set_risk_limit(A, "max_position_qty", 1000)
-        for minute, (o, h, lo, cl) in enumerate([("187.10", "187.60", "187.00", "187.55"),
-                                                 ("187.55", "187.90", "187.40", "187.80"),
-                                                 ("187.80", "189.20", "187.70", "189.10"),
-                                                 ("189.10", "189.30", "188.50", "188.60")]):
-            c.record_bar("sim", "AAPL", "1m", T0 + timedelta(minutes=minute), o, h, lo, cl, 1000 + minute)
-        c.record_signal("sma", "AAPL", "buy", value="1.5", occurred_at=_at(29))
-        c.record_intent(A, "o-1", "AAPL", "buy", 100, order_type="limit", limit_price="187.50", strategy_id="sma",
-                        occurred_at=_at(30))
-        c.record_submitted(A, "o-1", occurred_at=_at(31))
-        c.record_ack(A, "o-1", "V-1", occurred_at=_at(32))
-        c.record_fill(A, "o-1", "X-1", 40, "187.45", fee="0.20", occurred_at=_at(40))
-        c.record_fill(A, "o-1", "X-2", 60, "187.48", fee="0.30", occurred_at=_at(45))
-        mid_position = c.position
-        time.sleep(0.01)
-        mid = datetime.now(timezone.utc)
-        time.sleep(0.01)
-        c.record_intent(A, "o-2", "AAPL", "sell", 50, order_type="limit", limit_price="189.00", occurred_at=_at(70))
-        c.record_submitted(A, "o-2", occurred_at=_at(71))
-        c.record_ack(A, "o-2", "V-2", occurred_at=_at(72))
-        c.request_cancel(A, "o-2", "signal faded", occurred_at=_at(80))
-        c.record_cancelled(A, "o-2", "cancelled at venue", occurred_at=_at(81))
-        clock.now = _at(100)
-        c.trip_breaker(A, "volatility spike")
-        r = c.record_intent(A, "o-3", "AAPL", "buy", 10, reference_price="188", occurred_at=_at(110))
-        assert not r.accepted
-        clock.now = _at(120)
-        c.reset_breaker(A, "calm again")
-        clock.now = _at(130)
-        c.engage_kill_switch(A, "operator test")
-        clock.now = _at(135)
-        c.release_kill_switch(A, "done")
-        c.record_intent(A, "o-4", "AAPL", "buy", 10, reference_price="188", occurred_at=_at(150))
-        c.record_submitted(A, "o-4", occurred_at=_at(151))
-        c.record_ack(A, "o-4", "V-4", occurred_at=_at(152))
-        c.record_fill(A, "o-4", "X-4", 10, "188.10", occurred_at=_at(160))
-        c.record_fill(A, "o-4", "X-5", 5, "188.20", occurred_at=_at(161))  # overfill: a discrepancy
-        c.record_intent("acct-b", "o-1", "AAPL", "sell", 5, reference_price="188", occurred_at=_at(170))
-        clock.now = _at(200)
-        c.engine_stopped("eng-1")
-        head = c.position
-    return Session(url, mid, mid_position, head)
+from tests.support.replay_session import A, T0, Session, at, build_session
 
 
 @pytest.fixture
@@ -139,16 +65,16 @@ def test_state_at_a_recorded_instant_maps_to_the_last_position_at_or_before_it(s
 
 
 def test_state_on_the_occurred_axis_folds_every_event_that_had_occurred(store, session):
-    st = replay.state_at_time(store, _at(105), axis="occurred")
+    st = replay.state_at_time(store, at(105), axis="occurred")
     view = st.view()
     acct = view["accounts"][A]
     assert acct["breaker_tripped"] is True and acct["breaker_reason"] == "volatility spike"
     assert [(p["symbol"], p["qty"]) for p in view["positions"]] == [("AAPL", Decimal(100))]
     # o-2 was cancelled at 81s: no open order; at 75s it was working
     assert view["open_orders"] == []
-    early = replay.state_at_time(store, _at(75), axis="occurred").view()
+    early = replay.state_at_time(store, at(75), axis="occurred").view()
     assert [o["client_order_id"] for o in early["open_orders"]] == ["o-2"]
-    later = replay.state_at_time(store, _at(131), axis="occurred").view()
+    later = replay.state_at_time(store, at(131), axis="occurred").view()
     assert later["accounts"][A]["kill_switch"] is True and later["accounts"][A]["breaker_tripped"] is False
 
 
@@ -169,7 +95,7 @@ def test_times_outside_the_log_are_refused(store, session):
 
 
 def test_diff_says_what_changed_and_which_events_changed_it(store, session):
-    d = replay.diff(store, _at(60), _at(140), axis="occurred")
+    d = replay.diff(store, at(60), at(140), axis="occurred")
     orders = {o["client_order_id"]: o for o in d["orders"]}
     assert orders["o-2"]["changes"]["status"] == [None, "cancelled"]
     assert orders["o-3"]["changes"]["status"] == [None, "refused"]
@@ -190,15 +116,15 @@ def test_diff_says_what_changed_and_which_events_changed_it(store, session):
 
 
 def test_timeline_lists_the_window_in_log_order_with_filters_and_bars(store, session):
-    tl = replay.timeline(store, _at(60), "60s", axis="occurred")
+    tl = replay.timeline(store, at(60), "60s", axis="occurred")
     positions = [e.position for e in tl.events]
     assert positions == sorted(positions) and len(positions) > 10
-    assert all(_at(0) <= e.time("occurred") <= _at(120) for e in tl.events)
-    only = replay.timeline(store, _at(60), "60s", axis="occurred", types="OrderFilled")
+    assert all(at(0) <= e.time("occurred") <= at(120) for e in tl.events)
+    only = replay.timeline(store, at(60), "60s", axis="occurred", types="OrderFilled")
     assert [e.payload["exec_id"] for e in only.events] == ["X-1", "X-2"]
-    by_strategy = replay.timeline(store, _at(60), "60s", axis="occurred", strategy="sma")
+    by_strategy = replay.timeline(store, at(60), "60s", axis="occurred", strategy="sma")
     assert {e.payload.get("client_order_id") for e in by_strategy.events} == {"o-1", None}  # o-1 + the signal
-    with_bars = replay.timeline(store, _at(60), "60s", axis="occurred", market=True, symbol="AAPL")
+    with_bars = replay.timeline(store, at(60), "60s", axis="occurred", market=True, symbol="AAPL")
     bars = [e for e in with_bars.events if e.log == "market"]
     assert len(bars) == 2  # closes at 14:31 and 14:32
     times = [e.time("occurred") for e in with_bars.events]
@@ -260,7 +186,7 @@ def test_market_replay_is_in_time_order_paced_by_speed_and_interleaved(store, se
         sleeps.append(s)
         fake["now"] += s
 
-    r = replay.replay_market(store, _at(0), _at(240), "60x", seen.append, sleep=sleep, clock=lambda: fake["now"])
+    r = replay.replay_market(store, at(0), at(240), "60x", seen.append, sleep=sleep, clock=lambda: fake["now"])
     items = list(r)
     assert items == seen
     assert [i.time for i in items] == sorted(i.time for i in items)
@@ -270,12 +196,12 @@ def test_market_replay_is_in_time_order_paced_by_speed_and_interleaved(store, se
     assert any(i.kind == "event" and i.event.type == "OrderFilled" for i in items)
     span = (items[-1].time - items[0].time).total_seconds()
     assert sum(sleeps) == pytest.approx(span / 60, rel=1e-6)
-    stats = replay.replay_market(store, _at(0), _at(240), "max", trading=False).run()
+    stats = replay.replay_market(store, at(0), at(240), "max", trading=False).run()
     assert stats.bars == 4 and stats.events == 0
-    warm = replay.recorded_bars(store, symbol="AAPL", end=_at(150), last=2)
+    warm = replay.recorded_bars(store, symbol="AAPL", end=at(150), last=2)
     assert [b.start for b in warm] == [T0, T0 + timedelta(minutes=1)]  # closed by 14:32:30
     with pytest.raises(replay.ReplayError):
-        replay.replay_market(store, _at(0), _at(60), "fast")
+        replay.replay_market(store, at(0), at(60), "fast")
     with pytest.raises(replay.ReplayError, match="nothing recorded"):
         list(replay.replay_market(store, "2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z"))
 
@@ -284,7 +210,7 @@ def test_market_replay_is_in_time_order_paced_by_speed_and_interleaved(store, se
 
 
 def test_order_replay_compares_simulated_with_recorded_outcomes(store, session):
-    r = replay.replay_orders(store, _at(0), _at(240), account=A)
+    r = replay.replay_orders(store, at(0), at(240), account=A)
     by_id = {o.client_order_id: o for o in r.orders}
     assert set(by_id) == {"o-1", "o-2", "o-3", "o-4"}
     o1 = by_id["o-1"]
@@ -295,7 +221,7 @@ def test_order_replay_compares_simulated_with_recorded_outcomes(store, session):
     (aapl,) = [p for p in r.positions if p["symbol"] == "AAPL"]
     assert aapl["recorded_qty"] == Decimal(110)  # o-1 and o-4; the overfill is a discrepancy, not a fill
     assert r.to_json()["summary"]["orders"] == 4
-    assert replay.replay_orders(store, _at(0), _at(240), account=A).to_json() == r.to_json()  # deterministic
+    assert replay.replay_orders(store, at(0), at(240), account=A).to_json() == r.to_json()  # deterministic
     with pytest.raises(replay.ReplayError, match="no order intent"):
         replay.replay_orders(store, "2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z")
 
@@ -315,7 +241,7 @@ def test_export_parquet_and_jsonl_have_one_column_per_envelope_field(store, sess
     assert [r["position"] for r in rows] == list(range(1, session.head + 1))
     assert json.loads(rows[0]["payload"])["engine_id"] == "eng-1"
     assert rows[0]["recorded_at"].tzinfo is not None
-    m = replay.export(store, str(tmp_path / "w.jsonl"), start=_at(60), end=_at(140), axis="occurred")
+    m = replay.export(store, str(tmp_path / "w.jsonl"), start=at(60), end=at(140), axis="occurred")
     lines = [json.loads(x) for x in (tmp_path / "w.jsonl").read_text().splitlines()]
     assert len(lines) == m and 0 < m < session.head
     assert set(lines[0]) == {"position", "stream_id", "version", "type", "recorded_at", "event_id", "occurred_at",
@@ -343,7 +269,7 @@ def test_typed_tables_for_notebooks(store, session):
     assert fills.column("symbol").to_pylist() == ["AAPL"] * 3 and fills.column("side").to_pylist() == ["buy"] * 3
     meta = fills.schema.metadata
     assert meta[b"tradestate.kind"] == b"fills" and meta[b"tradestate.log_head"] == str(session.head).encode()
-    window = replay.fills(store, _at(60), _at(240), axis="occurred")  # an open store: left open
+    window = replay.fills(store, at(60), at(240), axis="occurred")  # an open store: left open
     assert window.column("exec_id").to_pylist() == ["X-4"] and store.trading.head() == session.head
     assert replay.fills(store, account="acct-b").num_rows == 0
 
@@ -352,7 +278,7 @@ def test_typed_tables_for_notebooks(store, session):
     o1 = orders[(A, "o-1")]
     assert (o1["status"], o1["filled_qty"], o1["avg_fill_price"], o1["fees"], o1["fills"], o1["venue_order_id"]) == (
         "filled", Decimal(100), Decimal("187.468"), Decimal("0.5"), 2, "V-1")
-    assert o1["closed_at"] == _at(45) and o1["strategy_id"] == "sma"
+    assert o1["closed_at"] == at(45) and o1["strategy_id"] == "sma"
     assert orders[(A, "o-2")]["status"] == "cancelled" and orders[(A, "o-2")]["cancel_requested"]
     assert orders[(A, "o-3")]["status"] == "refused" and orders[(A, "o-3")]["refusal"] == "circuit_breaker"
     assert orders[(A, "o-4")]["discrepancies"] == 1 and orders[("acct-b", "o-1")]["status"] == "new"
@@ -364,7 +290,7 @@ def test_typed_tables_for_notebooks(store, session):
 
     bars = replay.bars(store)
     assert bars.num_rows == 4 and bars.schema.field("close").type == pa.decimal128(28, 12)
-    assert pc.max(bars["high"]).as_py() == Decimal("189.30") and bars.column("end").to_pylist()[0] == _at(60)
+    assert pc.max(bars["high"]).as_py() == Decimal("189.30") and bars.column("end").to_pylist()[0] == at(60)
 
     risk = replay.risk_events(store, account=A)
     assert risk.column("type").to_pylist() == ["RiskLimitChanged", "CircuitBreakerTripped", "IntentRejectedByRisk",
@@ -382,7 +308,7 @@ def test_typed_export_files_carry_types_and_metadata(store, session, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n = replay.export(store, str(tmp_path / "fills.parquet"), kind="fills", start=_at(0), end=_at(240),
+    n = replay.export(store, str(tmp_path / "fills.parquet"), kind="fills", start=at(0), end=at(240),
                       axis="occurred")
     table = pq.read_table(tmp_path / "fills.parquet")
     assert n == table.num_rows == 3 and table.schema.field("price").type == pa.decimal128(28, 12)
@@ -437,7 +363,7 @@ def test_export_never_leaves_a_half_written_file_or_writes_where_it_should_not(s
             replay.export(store, str(folder / name), progress=explode, overwrite=True)
     assert out.read_bytes() == before and not (folder / "new.jsonl").exists()
     with pytest.raises(replay.ReplayError, match="before"):
-        replay.export(store, str(folder / "w.jsonl"), start=_at(100), end=_at(10))
+        replay.export(store, str(folder / "w.jsonl"), start=at(100), end=at(10))
     assert sorted(p.name for p in folder.iterdir()) == ["link.jsonl", "log.parquet", "victim.txt"]
 
 
@@ -446,7 +372,7 @@ def test_replay_never_writes(store, session):
     replay.state_at_time(store, session.mid)
     replay.timeline(store, session.mid, "1h", market=True)
     replay.trace(store, A, "o-4")
-    replay.replay_orders(store, _at(0), _at(240))
+    replay.replay_orders(store, at(0), at(240))
     assert (store.trading.head(), store.market.head(), cp.list_checkpoints(store)) == before
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_replay_api import A, _at, build_session
+from tests.support.replay_session import A, at, build_session
 from typer.testing import CliRunner
 
 from tradestate.cli.main import app
@@ -41,17 +41,17 @@ def test_every_command_with_json_and_deterministic_output(session, tmp_path):
     commands = [
         ["state", *db, "--at", iso(session.mid)],
         ["state", *db, "--position", str(session.mid_position)],
-        ["state", *db, "--at", iso(_at(105)), "--time-axis", "occurred"],
-        ["diff", *db, "--from", iso(_at(60)), "--to", iso(_at(140)), "--time-axis", "occurred"],
+        ["state", *db, "--at", iso(at(105)), "--time-axis", "occurred"],
+        ["diff", *db, "--from", iso(at(60)), "--to", iso(at(140)), "--time-axis", "occurred"],
         ["diff", *db, "--from-position", "1", "--to-position", str(session.head)],
-        ["timeline", *db, "--around", iso(_at(60)), "--window", "60s", "--time-axis", "occurred", "--market",
+        ["timeline", *db, "--around", iso(at(60)), "--window", "60s", "--time-axis", "occurred", "--market",
          "--symbol", "AAPL"],
         ["timeline", *db, "--around", iso(session.mid), "--window", "1h", "--account", A, "--type",
          "OrderFilled,OrderCancelled"],
         ["trace", "o-4", *db],
         ["trace", "o-1", *db, "--account", A],
-        ["market", *db, "--start", iso(_at(0)), "--end", iso(_at(240)), "--speed", "max"],
-        ["orders", *db, "--start", iso(_at(0)), "--end", iso(_at(240))],
+        ["market", *db, "--start", iso(at(0)), "--end", iso(at(240)), "--speed", "max"],
+        ["orders", *db, "--start", iso(at(0)), "--end", iso(at(240))],
     ]
     for command in commands:
         first = run(*command, "--json")
@@ -70,9 +70,9 @@ def test_every_command_with_json_and_deterministic_output(session, tmp_path):
     assert {e["type"] for e in tl["events"]} == {"OrderFilled", "OrderCancelled"}
     trace = ok_json("trace", "o-4", *db)
     assert trace["account"] == A and trace["final"]["discrepancies"] == 1
-    market_lines = run("market", *db, "--start", iso(_at(0)), "--end", iso(_at(240)), "--json").stdout.splitlines()
+    market_lines = run("market", *db, "--start", iso(at(0)), "--end", iso(at(240)), "--json").stdout.splitlines()
     assert sum(1 for x in market_lines if json.loads(x)["kind"] == "bar") == 4
-    orders = ok_json("orders", *db, "--start", iso(_at(0)), "--end", iso(_at(240)), "--account", A)
+    orders = ok_json("orders", *db, "--start", iso(at(0)), "--end", iso(at(240)), "--account", A)
     assert orders["summary"]["orders"] == 4
 
 
@@ -80,8 +80,8 @@ def test_export_and_report_from_the_command_line(session, tmp_path):
     db = ["--db", session.url]
     out = ok_json("export", *db, "--out", str(tmp_path / "log.parquet"))
     assert out["rows"] == session.head
-    out = ok_json("export", *db, "--out", str(tmp_path / "w.jsonl"), "--start", iso(_at(60)), "--end",
-                  iso(_at(140)), "--time-axis", "occurred")
+    out = ok_json("export", *db, "--out", str(tmp_path / "w.jsonl"), "--start", iso(at(60)), "--end",
+                  iso(at(140)), "--time-axis", "occurred")
     assert 0 < out["rows"] < session.head
     report = ok_json("report", *db, "--around", iso(session.mid), "--window", "30m", "--out",
                      str(tmp_path / "r.html"))

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from test_replay_api import A, build_session
+from tests.support.replay_session import A, build_session
 
 import tradestate
 from tradestate import replay

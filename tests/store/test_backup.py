@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
-from conftest import pg_base_url
-from projector_worker import Clock, write_session
-from test_digest import _schema, tamper
+from tests.support.db import pg_base_url
+from tests.support.projector_worker import Clock, write_session
+from tests.support.db import schema_of, tamper
 from typer.testing import CliRunner
 
 import tradestate
@@ -28,7 +28,7 @@ from tradestate.projections.tables import Dialect, drop_read_models
 def url(db_url):
     yield db_url
     if db_url.startswith("postgresql"):  # the staging and kept-aside schemas of this test's schema
-        schema = _schema(db_url)
+        schema = schema_of(db_url)
         with psycopg.connect(pg_base_url(), autocommit=True) as conn:
             for (name,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
                                         (schema + "\\_%",)).fetchall():
@@ -63,7 +63,7 @@ def _leftovers(url: str, directory: Path) -> list[str]:
         return [p.name for p in directory.iterdir() if ".restore-" in p.name or ".tmp-" in p.name]
     with psycopg.connect(pg_base_url(), autocommit=True) as conn:
         return [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                                           (_schema(url) + "\\_rs\\_%",)).fetchall()]
+                                           (schema_of(url) + "\\_rs\\_%",)).fetchall()]
 
 
 def test_restore_drill(url, tmp_path):
@@ -129,7 +129,7 @@ def test_restore_into_an_empty_target_needs_no_force(url, tmp_path):
     if url.startswith("sqlite"):
         target = f"sqlite:///{tmp_path}/fresh.db"
     else:
-        target = url.replace(f"schema={_schema(url)}", f"schema={_schema(url)}_fresh")
+        target = url.replace(f"schema={schema_of(url)}", f"schema={schema_of(url)}_fresh")
     result = bk.restore(target, tmp_path / "b.tsb")
     assert result.previous_saved_to is None and result.logs["ts_events"]["head"] == head
     assert not result.read_models_dropped  # the store drops derived tables only when told which
@@ -187,14 +187,14 @@ def test_a_backup_of_a_tampered_log_is_refused(url, tmp_path):
         tamper(store, ("UPDATE ts_events SET data = %s WHERE position = %s", (b"{}", 12)))
         bk.backup(store, tmp_path / "b.tsb", seal=False)
     target = f"sqlite:///{tmp_path}/t.db" if url.startswith("sqlite") else url.replace(
-        f"schema={_schema(url)}", f"schema={_schema(url)}_t")
+        f"schema={schema_of(url)}", f"schema={schema_of(url)}_t")
     with pytest.raises(bk.BackupDamaged, match="first bad position 12"):
         bk.restore(target, tmp_path / "b.tsb")
     if url.startswith("sqlite"):
         assert not os.path.exists(tmp_path / "t.db")
     else:
         with psycopg.connect(pg_base_url()) as conn:
-            assert conn.execute("SELECT to_regclass(%s)", (f'"{_schema(target)}".ts_events',)).fetchone()[0] is None
+            assert conn.execute("SELECT to_regclass(%s)", (f'"{schema_of(target)}".ts_events',)).fetchone()[0] is None
 
 
 def test_sqlite_restore_over_a_file_that_is_no_database(sqlite_url, tmp_path):

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from projector_worker import Clock, Orders, random_command, run_command, write_session
+from tests.support.projector_worker import Clock, Orders, random_command, run_command, write_session
 
 import tradestate
 from tradestate.adapters.store import checkpoints as cp

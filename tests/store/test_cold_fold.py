@@ -17,8 +17,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from projector_worker import Clock, write_session
-from test_domain_state import Fold, _fill_v1_payload
+from tests.support.projector_worker import Clock, write_session
+from tests.support.fold import Fold, fill_v1_payload
 
 import tradestate
 from tradestate.domain import events as ev
@@ -71,7 +71,7 @@ def _random_log(rng: random.Random, n: int) -> Fold:
         elif r < 0.62:
             fields = {} if rng.random() < 0.8 else {"venue_order_id": f"v-{coid}"}
             if rng.random() < 0.1:  # a fill stored by older code (schema version 1)
-                payload = {**_fill_v1_payload(), "account": account, "client_order_id": coid,
+                payload = {**fill_v1_payload(), "account": account, "client_order_id": coid,
                            "exec_id": f"x{i}", "qty": str(rng.randint(1, 12))}
                 f.raw(order_stream_id(account, coid), "OrderFilled", payload)
             elif rng.random() < 0.1:  # no occurred_at: the recorded time counts

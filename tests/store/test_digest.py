@@ -17,10 +17,11 @@ import uuid
 import orjson
 import psycopg
 import pytest
-from conftest import pg_base_url
 
 from tradestate.adapters.store import digest, new_event, open_store
 from tradestate.domain.errors import ConcurrencyConflict
+
+from tests.support.db import pg_base_url, schema_of, tamper
 
 N = 60  # events in the test log; sealed in ranges of 7 (the last one partial)
 
@@ -45,42 +46,6 @@ def store(db_url):
         s.close()
 
 
-def _schema(url: str) -> str:
-    from urllib.parse import parse_qs, urlparse
-
-    return parse_qs(urlparse(url).query).get("schema", ["public"])[0]
-
-
-def tamper(store, *statements: tuple[str, tuple]) -> None:
-    """Run raw SQL as the database owner, around the append-only protection."""
-    if store.kind == "sqlite":
-        conn = sqlite3.connect(store.url[len("sqlite:///"):], isolation_level=None)
-        try:
-            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
-                conn.execute(f'DROP TRIGGER "{name}"')
-            conn.execute("BEGIN")
-            for sql, params in statements:
-                conn.execute(sql.replace("%s", "?"), params)
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-        return
-    schema = _schema(store.url)
-    with psycopg.connect(pg_base_url(), autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
-        with conn.transaction():
-            triggers = conn.execute(
-                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND NOT t.tgisinternal",
-                (schema,)).fetchall()
-            for table, name in triggers:
-                conn.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER "{name}"')
-            for sql, params in statements:
-                conn.execute(sql, params)
-            for table, name in triggers:
-                conn.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER "{name}"')
-
-
 def sealed(store, max_range: int = 7):
     digest.protect_log(store)
     result = digest.seal(store, max_range=max_range)
@@ -98,7 +63,7 @@ def row(store, position: int) -> tuple:
         finally:
             conn.close()
     with psycopg.connect(pg_base_url()) as conn:
-        conn.execute(f'SET search_path TO "{_schema(store.url)}"')
+        conn.execute(f'SET search_path TO "{schema_of(store.url)}"')
         return conn.execute("SELECT position, stream_id, stream_version, type, data, recorded_at FROM ts_events"
                             " WHERE position = %s", (position,)).fetchone()
 
@@ -491,7 +456,7 @@ def _as_service(store, sql: str) -> None:
             conn.close()
         return
     with psycopg.connect(pg_base_url(), autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{_schema(store.url)}"')
+        conn.execute(f'SET search_path TO "{schema_of(store.url)}"')
         conn.execute(sql)
 
 
@@ -511,7 +476,7 @@ def test_postgres_void_of_a_conflict_still_works_when_protected(pg_url):
 @pytest.mark.postgres
 def test_postgres_service_role_loses_update_delete_truncate(pg_url):
     role = "ts_svc_" + uuid.uuid4().hex[:8]
-    schema = _schema(pg_url)
+    schema = schema_of(pg_url)
     with psycopg.connect(pg_base_url(), autocommit=True) as admin:
         admin.execute(f'CREATE ROLE "{role}" NOLOGIN')
         try:

@@ -1,7 +1,7 @@
 """The store's SQL seam: URLs, dialects, libpq parameters and unreachable servers.
 
 The seam's cursors (``read_cursor``, ``write_cursor``, ``snapshot_cursor``) are part of the event
-log contract (``store_contract.EventLogContract``, run on both backends by tests/test_store.py).
+log contract (``store_contract.EventLogContract``, run on both backends by tests/store/test_store.py).
 Real PostgreSQL server (nothing mocked)."""
 
 from __future__ import annotations

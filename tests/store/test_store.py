@@ -17,7 +17,7 @@ import time
 import psycopg
 import pytest
 
-from store_contract import EventLogContract, assert_no_holes, ev, positions_of, real, rows_of
+from tests.store.store_contract import EventLogContract, assert_no_holes, ev, positions_of, real, rows_of
 from tradestate.adapters.store import VOID_STREAM, VOID_TYPE, new_event, open_store, sqlite_path
 from tradestate.adapters.store.sql import write_cursor
 

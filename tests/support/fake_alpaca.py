@@ -23,7 +23,7 @@ It speaks the wire protocol alpaca-py speaks to Alpaca, shaped after Alpaca's do
 
 ``FakeAlpaca`` runs uvicorn + starlette on a background thread (``start()``/``stop()``, or as a
 context manager) on a random free port. ``alpaca_venue()`` wraps it as the ``VenueControl`` of the
-reconciliation scenarios (``tests/venues.py``). Fault injection: ``fail(query)`` (HTTP 500 or a
+reconciliation scenarios (``tests/support/venues.py``). Fault injection: ``fail(query)`` (HTTP 500 or a
 truncated page), ``hang(path)`` (a request that never answers), ``stream_down()`` (drops the
 websocket connections and refuses new ones while inside).
 """
@@ -50,7 +50,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import venues
+from tests.support import venues
 from tradestate.adapters.brokers.alpaca import AlpacaAdapter
 
 NEW_YORK = ZoneInfo("America/New_York")

@@ -844,7 +844,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-# -- VenueControl for the reconciliation scenarios (tests/venues.py) ------------------------------
+# -- VenueControl for the reconciliation scenarios (tests/support/venues.py) ----------------------
 
 _STATUS = {
     # our status -> (TWS status, completedStatus) ; open ones have no completedStatus
@@ -859,7 +859,7 @@ _ORDER_TYPES = {"market": "MKT", "limit": "LMT", "stop": "STP", "stop_limit": "S
 
 
 class IBVenueControl:
-    """``tests/venues.py``'s VenueControl for the fake TWS. Our orders were placed by
+    """``tests/support/venues.py``'s VenueControl for the fake TWS. Our orders were placed by
     ``client_id`` (the adapter's) with orderRef = client order id; orders "placed outside"
     (no client order id) are manual TWS orders (client id 0, order id 0, empty orderRef)."""
 

@@ -1,8 +1,8 @@
 """Helpers shared by the projector tests (importable, so subprocesses and threads can use them).
 
 * ``snapshot(store)``: the tracking position and every read-model table (ordered by primary key),
-  read in ONE snapshot (a PostgreSQL REPEATABLE READ transaction, a SQLite read transaction), so
-  a projector committing meanwhile cannot make the two disagree.
+  read in ONE snapshot, so a projector committing meanwhile cannot make the two disagree (the
+  chaos harness's ``table_snapshot``, so the tests and the harness compare the same reading).
 * ``rebuild_snapshot(store)``: a one-page rebuild into the store's own tables, then ``snapshot``.
 * ``prefix_snapshot(store, position, target_url)``: copies the log rows up to ``position`` (byte
   for byte, with their positions and timestamps) into a fresh store and rebuilds it there: what
@@ -10,7 +10,7 @@
 * ``COMMANDS`` / ``run_command`` / ``random_command``: a small trading workload through the real
   client (intents, submits, acks, partial and over-fills, cancels, rejects, replaces, refusals
   through limits, kill switch and breaker, ramps, daily breaches, signals, the clock moving).
-* ``python tests/projector_worker.py URL``: a writer process that keeps appending that workload
+* ``python -m tests.support.projector_worker URL``: a writer process that keeps appending that workload
   until killed (used by hand; the tests write from a thread).
 """
 
@@ -25,8 +25,9 @@ from typing import Any
 
 from tradestate.adapters.store import Store, open_store
 from tradestate.domain.errors import IdempotencyConflict, InvalidTransition, UnknownOrder
-from tradestate.projections.projector import PROJECTION, Projector
-from tradestate.projections.tables import TABLES, TRACKING_TABLE, Dialect
+from tradestate.projections.projector import Projector
+from tradestate.projections.tables import TABLES
+from tradestate.tools.chaos import table_snapshot as snapshot
 
 ACCOUNTS = ["acct-a", "acct-b"]
 SYMBOLS = ["AAPL", "MSFT"]
@@ -37,43 +38,17 @@ EXPECTED_ERRORS = (InvalidTransition, UnknownOrder, IdempotencyConflict)
 # ------------------------------------------------------------------------------- reading
 
 
-def dialect(store: Store) -> Dialect:
-    return Projector(store).dialect
+def assert_same(actual: dict, expected: dict, what: str = "tables") -> None:
+    assert actual == expected, f"{what} differ from a one-page rebuild:\n{diff(actual, expected)}"
 
 
-def _table_sql(d: Dialect) -> dict[str, str]:
-    return {
-        table: f"SELECT * FROM {d.name(table)} ORDER BY {', '.join(key)}"
-        for table, (_columns, key) in TABLES.items()
-    }
-
-
-def snapshot(store: Store) -> tuple[int, dict[str, list[tuple]]]:
-    """(tracking position, {table: rows ordered by primary key}) from one consistent snapshot."""
-    d = dialect(store)
-    queries = _table_sql(d)
-    tracking = f"SELECT position FROM {d.name(TRACKING_TABLE)} WHERE projection = {d.param}"
-    out: dict[str, list[tuple]] = {}
-    if store.kind == "sqlite":
-        with store.trading.datastore.get_connection(commit=False) as connection:
-            raw = connection._sqlite_conn
-            raw.execute("BEGIN")  # deferred: the first read fixes the snapshot
-            try:
-                row = raw.execute(tracking, (PROJECTION,)).fetchone()
-                for table, sql in queries.items():
-                    out[table] = [tuple(r) for r in raw.execute(sql).fetchall()]
-            finally:
-                raw.execute("COMMIT")
-    else:
-        from psycopg.rows import tuple_row
-
-        with store.trading._connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=tuple_row)
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            row = cur.execute(tracking, (PROJECTION,)).fetchone()
-            for table, sql in queries.items():
-                out[table] = [tuple(r) for r in cur.execute(sql).fetchall()]
-    return (row[0] if row else 0), out
+def assert_equals_rebuild(store) -> int:
+    """The tables as they are == a one-page rebuild into the same tables; returns the position."""
+    tracked, before = snapshot(store)
+    rebuilt_at, rebuilt = rebuild_snapshot(store)
+    assert tracked == rebuilt_at == store.trading.head(), (tracked, rebuilt_at, store.trading.head())
+    assert_same(before, rebuilt)
+    return tracked
 
 
 def dump_tables(store: Store) -> dict[str, list[tuple]]:
@@ -360,7 +335,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-if __name__ == "__main__":  # a writer process: python tests/projector_worker.py URL [seed]
+if __name__ == "__main__":  # a writer process: python -m tests.support.projector_worker URL [seed]
     w = Writer(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 7)
     w.run()
     if w.error:

@@ -53,8 +53,8 @@ class VenueControl(Protocol):
 # name -> "module:function"; the function is a context manager yielding a VenueControl.
 VENUES = {
     "sim": "tradestate.adapters.brokers.sim:sim_venue",
-    "alpaca": "fake_alpaca:alpaca_venue",
-    "ib": "fake_tws:ib_venue",
+    "alpaca": "tests.support.fake_alpaca:alpaca_venue",
+    "ib": "tests.support.fake_tws:ib_venue",
 }
 
 

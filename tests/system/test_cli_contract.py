@@ -159,7 +159,7 @@ def test_demo_and_project_have_json(tmp_path):
 
 
 def test_reconcile_dry_run_appends_nothing_and_says_what_it_would(sqlite_url, tmp_path):
-    from test_reconcile import ACCOUNT, connect, rows, stage_missed_fill
+    from tests.support.reconcile import ACCOUNT, connect, rows, stage_missed_fill
 
     from tradestate.adapters.brokers.sim import SimulatedBroker
 
@@ -178,7 +178,7 @@ def test_reconcile_dry_run_appends_nothing_and_says_what_it_would(sqlite_url, tm
 
 
 def test_reconcile_takes_several_brokers(sqlite_url, tmp_path):
-    from test_reconcile import ACCOUNT, connect
+    from tests.support.reconcile import ACCOUNT, connect
 
     from tradestate.adapters.brokers.sim import SimulatedBroker
 

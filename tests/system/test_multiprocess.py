@@ -1,9 +1,9 @@
 """Several OS processes on one database, as several engines (and a follower) would be.
 
-Workers live in ``helpers_procs`` (importable under ``spawn``); each opens its own connection in
-its own process and waits on a barrier so that they all race at once. The PostgreSQL runs are
-the point (its positions come from a sequence and commit out of order); the same scenarios also
-run on one SQLite file shared by the processes.
+Workers live in ``tests.support.helpers_procs`` (importable under ``spawn``); each opens its own
+connection in its own process and waits on a barrier so that they all race at once. The
+PostgreSQL runs are the point (its positions come from a sequence and commit out of order); the
+same scenarios also run on one SQLite file shared by the processes.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from collections import Counter
 import orjson
 import psycopg
 import pytest
-from conftest import with_schema
+from tests.support.db import with_schema
 
 import tradestate
-from helpers_procs import append_worker, intent_worker, open_worker, same_intent_worker
+from tests.support.helpers_procs import append_worker, intent_worker, open_worker, same_intent_worker
 from tradestate.adapters.store import VOID_STREAM, VOID_TYPE, open_store
 from tradestate.domain.ids import account_stream_id, order_stream_id
 

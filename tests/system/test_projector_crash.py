@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-from projector_worker import (
+from tests.support.projector_worker import (
     Clock,
     ScratchDatabases,
     Writer,
