@@ -8,6 +8,8 @@ afterwards and that a second run appends nothing but its own record.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
@@ -22,6 +24,12 @@ from tradestate.reconcile import reconcile
 ACCOUNT = venues.ACCOUNT
 START_CASH = D("100000")
 ADAPTER_MODULES = {"alpaca": "tradestate.adapters.brokers.alpaca", "ib": "tradestate.adapters.brokers.ib"}
+
+# Loaded while collecting, as the adapter tests load them: ib_insync asks for the main thread's
+# event loop when first imported, and a test run earlier with asyncio.run() leaves it none.
+for _module in ADAPTER_MODULES.values():
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_module)
 
 
 @pytest.fixture(params=list(venues.VENUES))
