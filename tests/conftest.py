@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from urllib.parse import urlencode, urlparse, urlunparse, parse_qsl
 
 import psycopg
 import pytest
 from hypothesis import settings
 
+from tests.support.db import pg_base_url, with_schema
+
 # CI runs the same examples every time (a red build must be reproducible); locally, new ones.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def pg_base_url() -> str:
-    return os.environ.get("TRADESTATE_TEST_PG", DEFAULT_PG)
-
 
 def _pg_reachable(url: str) -> str | None:
     try:
@@ -34,13 +28,6 @@ def _pg_reachable(url: str) -> str | None:
         return None
     except Exception as e:  # noqa: BLE001 - any failure means "not usable"
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def with_schema(url: str, schema: str) -> str:
-    parsed = urlparse(url)
-    query = dict(parse_qsl(parsed.query))
-    query["schema"] = schema
-    return urlunparse(parsed._replace(query=urlencode(query)))
 
 
 @pytest.fixture(scope="session")

@@ -679,7 +679,7 @@ class SimulatedBroker(BrokerAdapter):
 
 
 class SimVenueControl:
-    """``tests/venues.py``'s VenueControl for the simulated broker (state in a temp file, so
+    """``tests/support/venues.py``'s VenueControl for the simulated broker (state in a temp file, so
     every ``adapter()`` is a fresh broker object reading the same venue)."""
 
     broker = "sim"

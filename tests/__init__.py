@@ -1,0 +1,1 @@
+"""The test suite, one package per layer; ``tests.support`` holds what the tests import."""

@@ -1,0 +1,1 @@
+"""The broker adapters against the simulated venue and wire-level fakes."""

@@ -1,0 +1,1 @@
+"""The client, the write loop, recovery, the reconciliation runner and settings."""

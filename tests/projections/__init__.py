@@ -1,0 +1,1 @@
+"""The projector, the read models and the HTTP API."""

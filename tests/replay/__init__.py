@@ -1,0 +1,1 @@
+"""Post-mortem replay: the Python API, the CLI and the report."""

@@ -1,0 +1,1 @@
+"""Code the tests import: venue fakes, venue controls, multi-process workers, shared builders."""

@@ -1,0 +1,698 @@
+"""A local fake of Alpaca's Trading API: REST and the trade-updates websocket, on 127.0.0.1.
+
+It speaks the wire protocol alpaca-py speaks to Alpaca, shaped after Alpaca's documentation:
+
+* REST under ``/v2`` (auth headers ``APCA-API-KEY-ID``/``APCA-API-SECRET-KEY``, else HTTP 401
+  ``{"code": 40110000, "message": "request is not authorized"}``): ``GET /account``,
+  ``GET /positions`` (short positions with negative ``qty`` and ``side: "short"``),
+  ``GET /orders`` (``status`` open|closed|all, ``limit`` ≤ 500 default 50, ``after``/``until``
+  exclusive on the submission time, ``direction`` default desc, ``nested``), ``GET /orders/{id}``,
+  ``GET /orders:by_client_order_id``, ``POST /orders`` (422 ``{"code": 40010001, "message":
+  "client_order_id must be unique"}`` on a duplicate id), ``DELETE /orders/{id}`` (204; 422 when no
+  longer cancelable), ``GET /account/activities/FILL`` (``direction`` default desc, ``page_size``
+  ≤ 100 default 100, ``page_token`` = the id of the last activity of the previous page,
+  ``after``/``until``). Amounts are decimal strings; times RFC 3339 UTC; ids UUIDs; a FILL
+  activity id is ``<New York time, ms>::<execution id>``.
+* the websocket at ``/stream``: an ``authenticate`` (or ``auth``) message is answered with
+  ``{"stream": "authorization", "data": {"status": "authorized", "action": "authenticate"}}``
+  (``unauthorized`` and a close on bad keys), ``listen`` with ``{"stream": "listening", ...}``;
+  then ``trade_updates`` events (``new``, ``fill``, ``partial_fill``, ``canceled``, ``expired``,
+  ``rejected``, ``replaced``) carrying the ``order`` object, ``timestamp`` and, for fills,
+  ``execution_id``, ``price``, ``qty``, ``position_qty``; sent as binary frames like Alpaca's.
+  Events sent while nobody listens are lost, as at Alpaca.
+
+``FakeAlpaca`` runs uvicorn + starlette on a background thread (``start()``/``stop()``, or as a
+context manager) on a random free port. ``alpaca_venue()`` wraps it as the ``VenueControl`` of the
+reconciliation scenarios (``tests/support/venues.py``). Fault injection: ``fail(query)`` (HTTP 500 or a
+truncated page), ``hang(path)`` (a request that never answers), ``stream_down()`` (drops the
+websocket connections and refuses new ones while inside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tests.support import venues
+from tradestate.adapters.brokers.alpaca import AlpacaAdapter
+
+NEW_YORK = ZoneInfo("America/New_York")
+CLOSED = {"filled", "canceled", "expired", "replaced", "rejected"}
+NOT_CANCELABLE = CLOSED | {"pending_cancel", "pending_replace"}
+# VenueControl statuses (ours) -> Alpaca's; anything else is passed through as Alpaca's own.
+OUR_STATUS = {
+    "open": "new", "partially_filled": "partially_filled", "filled": "filled",
+    "cancelled": "canceled", "rejected": "rejected", "expired": "expired",
+}
+
+
+def _ts(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_ts(text: str) -> datetime:
+    value = text.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    if " " in value and "+" not in value:  # a '+' decoded as a space in a query string
+        value = value.replace(" ", "+")
+    if len(value) == 10:
+        value += "T00:00:00+00:00"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _s(amount: Decimal | None) -> str | None:
+    return None if amount is None else str(amount)
+
+
+def _error(status: int, code: int, message: str) -> Response:
+    return Response(json.dumps({"code": code, "message": message}), status_code=status,
+                    media_type="application/json")
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status_code=status, media_type="application/json")
+
+
+class FakeAlpaca:
+    """The venue: orders, FILL activities, positions and cash of one account, behind Alpaca's API."""
+
+    def __init__(self, *, api_key: str = "fake-key", secret_key: str = "fake-secret") -> None:
+        self.api_key = api_key
+        self.secret_key = secret_key
+        self.account_id = str(uuid.uuid4())
+        self.lock = threading.RLock()
+        self.orders: dict[str, dict] = {}  # id -> Alpaca order object (insertion order)
+        self.activities: list[dict] = []
+        self.positions: dict[str, dict] = {}  # symbol -> {"qty": Decimal, "avg": Decimal}
+        self.cash = Decimal("100000")
+        self.failing: dict[str, str] = {}  # query -> "500" | "truncated"
+        self.hanging: set[str] = set()  # paths (after /v2) that never answer
+        self.requests: list[tuple[str, str, dict]] = []  # (method, path, query) of every REST call
+        self._refuse_next: dict[tuple[str, str], list[int]] = {}  # answered before processing
+        self._lose_next: dict[tuple[str, str], list[int]] = {}  # processed, then this status instead
+        self._clock = datetime.now(timezone.utc) - timedelta(minutes=5)
+        self._clients: set[WebSocket] = set()  # authenticated and listening to trade_updates
+        self._stream_refused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._release: asyncio.Event | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stream_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/stream"
+
+    def start(self) -> FakeAlpaca:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        app = Starlette(routes=[
+            Route("/v2/account", self._account, methods=["GET"]),
+            Route("/v2/positions", self._positions, methods=["GET"]),
+            Route("/v2/orders", self._orders_list, methods=["GET"]),
+            Route("/v2/orders", self._orders_post, methods=["POST"]),
+            Route("/v2/orders:by_client_order_id", self._order_by_client_id, methods=["GET"]),
+            Route("/v2/orders/{order_id}", self._order_get, methods=["GET"]),
+            Route("/v2/orders/{order_id}", self._order_delete, methods=["DELETE"]),
+            Route("/v2/account/activities/{activity_type}", self._activities, methods=["GET"]),
+            WebSocketRoute("/stream", self._stream),
+        ], lifespan=self._lifespan)
+        ws_impl = "websockets-sansio"
+        try:
+            import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
+        except ImportError:  # older uvicorn
+            ws_impl = "websockets"
+        config = uvicorn.Config(app, log_level="warning", ws=ws_impl, lifespan="on",
+                                timeout_graceful_shutdown=2, ws_ping_interval=None)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="fake-alpaca", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("fake Alpaca server did not start")
+            time.sleep(0.01)
+        return self
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> Any:
+        self._loop = asyncio.get_running_loop()
+        self._release = asyncio.Event()
+        yield
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        if self._loop is not None and self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)
+        with contextlib.suppress(Exception):
+            self._call_in_loop(self._close_clients(1001), timeout=3)
+        self._server.should_exit = True
+        assert self._thread is not None
+        self._thread.join(10)
+        if self._thread.is_alive():
+            raise RuntimeError("fake Alpaca server did not stop")
+        self._server = None
+
+    def __enter__(self) -> FakeAlpaca:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _call_in_loop(self, coro: Any, timeout: float = 5) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def adapter(self, **kwargs: Any) -> AlpacaAdapter:
+        options: dict[str, Any] = dict(account=venues.ACCOUNT, api_key=self.api_key,
+                                       secret_key=self.secret_key, base_url=self.base_url,
+                                       stream_url=self.stream_url, timeout=5.0)
+        options.update(kwargs)
+        return AlpacaAdapter(**options)
+
+    # -- the venue's state (called by tests and by the handlers) -------------------------------
+
+    def now(self) -> datetime:
+        """The venue clock: real time, strictly increasing (so orders and fills are ordered)."""
+        with self.lock:
+            moment = max(datetime.now(timezone.utc), self._clock + timedelta(microseconds=1))
+            self._clock = moment
+            return moment
+
+    def new_order(self, *, symbol: str, side: str, qty: Decimal, order_type: str = "limit",
+                  limit_price: Decimal | None = None, stop_price: Decimal | None = None,
+                  time_in_force: str = "day", client_order_id: str | None = None,
+                  status: str = "new", at: datetime | None = None) -> dict:
+        with self.lock:
+            at = at or self.now()
+            order = {
+                "id": str(uuid.uuid4()),
+                "client_order_id": client_order_id or str(uuid.uuid4()),
+                "created_at": _ts(at), "updated_at": _ts(at), "submitted_at": _ts(at),
+                "filled_at": None, "expired_at": None, "canceled_at": None, "failed_at": None,
+                "replaced_at": None, "replaced_by": None, "replaces": None,
+                "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "asset:" + symbol)),
+                "symbol": symbol, "asset_class": "us_equity", "notional": None,
+                "qty": _s(qty), "filled_qty": "0", "filled_avg_price": None,
+                "order_class": "", "order_type": order_type, "type": order_type, "side": side,
+                "position_intent": "buy_to_open" if side == "buy" else "sell_to_close",
+                "time_in_force": time_in_force, "limit_price": _s(limit_price),
+                "stop_price": _s(stop_price), "status": status, "extended_hours": False,
+                "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
+                "subtag": None, "source": None, "expires_at": None,
+            }
+            self.orders[order["id"]] = order
+            return order
+
+    def _set_status(self, order: dict, status: str, at: datetime) -> None:
+        order["status"] = status
+        order["updated_at"] = _ts(at)
+        field = {"canceled": "canceled_at", "expired": "expired_at", "rejected": "failed_at",
+                 "replaced": "replaced_at", "filled": "filled_at"}.get(status)
+        if field:
+            order[field] = _ts(at)
+
+    def _execute(self, order: dict, qty: Decimal, price: Decimal, exec_id: str | None,
+                 at: datetime) -> dict:
+        """One execution: order, activity, position and cash move together; returns the event data."""
+        exec_id = exec_id or str(uuid.uuid4())
+        filled_before = Decimal(order["filled_qty"])
+        filled = filled_before + qty
+        avg_before = Decimal(order["filled_avg_price"] or 0)
+        order["filled_avg_price"] = str((avg_before * filled_before + price * qty) / filled)
+        order["filled_qty"] = str(filled)
+        total = Decimal(order["qty"]) if order["qty"] is not None else filled
+        done = filled >= total
+        self._set_status(order, "filled" if done else "partially_filled", at)
+        side = order["side"]
+        self._move_position(order["symbol"], qty if side == "buy" else -qty, price)
+        self.cash -= (qty if side == "buy" else -qty) * price
+        self.activities.append({
+            "id": at.astimezone(NEW_YORK).strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}::{exec_id}",
+            "activity_type": "FILL", "transaction_time": _ts(at),
+            "type": "fill" if done else "partial_fill", "price": str(price), "qty": str(qty),
+            "side": side, "symbol": order["symbol"], "leaves_qty": str(max(total - filled, Decimal(0))),
+            "order_id": order["id"], "cum_qty": str(filled), "order_status": order["status"],
+        })
+        position = self.positions.get(order["symbol"])
+        return {
+            "event": "fill" if done else "partial_fill", "execution_id": exec_id,
+            "order": dict(order), "timestamp": _ts(at), "price": str(price), "qty": str(qty),
+            "position_qty": str(position["qty"] if position else Decimal(0)),
+        }
+
+    def _move_position(self, symbol: str, delta: Decimal, price: Decimal) -> None:
+        position = self.positions.get(symbol)
+        qty = position["qty"] if position else Decimal(0)
+        avg = position["avg"] if position else price
+        new = qty + delta
+        if new == 0:
+            self.positions.pop(symbol, None)
+            return
+        if qty == 0 or (qty > 0) != (new > 0):
+            avg = price  # opened or flipped
+        elif abs(new) > abs(qty):
+            avg = (avg * abs(qty) + price * abs(delta)) / abs(new)
+        self.positions[symbol] = {"qty": new, "avg": avg}
+
+    # test-side actions that the venue would stream
+    def fill(self, order_id: str, qty: Decimal | str, price: Decimal | str, exec_id: str | None = None) -> dict:
+        with self.lock:
+            event = self._execute(self.orders[order_id], Decimal(qty), Decimal(price), exec_id, self.now())
+        self.broadcast(event)
+        return event
+
+    def finish(self, order_id: str, status: str) -> dict:
+        """Cancel, expire or reject an order at the venue (``canceled``, ``expired``, ``rejected``)."""
+        with self.lock:
+            order = self.orders[order_id]
+            at = self.now()
+            self._set_status(order, status, at)
+            event = {"event": status, "order": dict(order), "timestamp": _ts(at)}
+        self.broadcast(event)
+        return event
+
+    def broadcast(self, data: dict) -> None:
+        """Send one trade update to every listening connection (lost if none listens)."""
+        if self._loop is not None:
+            self._call_in_loop(self._send_all({"stream": "trade_updates", "data": data}))
+
+    async def _send_all(self, message: dict) -> None:
+        frame = json.dumps(message).encode()
+        for ws in list(self._clients):
+            try:
+                await ws.send_bytes(frame)
+            except Exception:  # noqa: BLE001 - a connection going away loses the event
+                self._clients.discard(ws)
+
+    async def _close_clients(self, code: int) -> None:
+        for ws in list(self._clients):
+            self._clients.discard(ws)
+            with contextlib.suppress(Exception):
+                await ws.close(code=code)
+
+    @property
+    def listeners(self) -> int:
+        return len(self._clients)
+
+    def wait_listeners(self, count: int = 1, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.listeners < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fake Alpaca: {self.listeners} stream listeners, expected {count}")
+            time.sleep(0.01)
+
+    @contextlib.contextmanager
+    def stream_down(self) -> Iterator[None]:
+        """Drop every websocket connection and refuse new ones until the block ends."""
+        self._stream_refused = True
+        try:
+            self._call_in_loop(self._close_clients(1011))
+            yield
+        finally:
+            self._stream_refused = False
+
+    def fail(self, query: str, mode: str | None = None) -> None:
+        """Make one query fail from now on: "positions", "balances" (HTTP 500), "orders" (a
+        truncated page), "fills" (HTTP 500 on a next page; a truncated first page). ``mode``
+        ("500" or "truncated") overrides."""
+        if query not in ("positions", "orders", "fills", "balances"):
+            raise ValueError(f"unknown query {query!r}")
+        default = {"positions": "500", "balances": "500", "orders": "truncated", "fills": "pages"}[query]
+        self.failing[query] = mode or default
+
+    def hang(self, path: str) -> None:
+        """Requests to ``path`` (after /v2, e.g. "/positions") never answer (until stop)."""
+        self.hanging.add(path)
+
+    def refuse_next(self, method: str, path: str, status: int, times: int = 1) -> None:
+        """The next ``times`` requests to ``method path`` get ``status`` (e.g. 429) unprocessed."""
+        self._refuse_next.setdefault((method, path), []).extend([status] * times)
+
+    def lose_next_answer(self, method: str, path: str, status: int = 504) -> None:
+        """The next request to ``method path`` takes effect, but its answer is lost: ``status``
+        instead (what a gateway timeout looks like to the client). POST /orders only."""
+        self._lose_next.setdefault((method, path), []).append(status)
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for m, p, _ in self.requests if m == method and p == path)
+
+    # -- REST handlers ------------------------------------------------------------------------
+
+    async def _enter(self, request: Request, query: str | None = None) -> Response | None:
+        """Auth, request log, hang and failure injection shared by every endpoint."""
+        path = request.url.path[len("/v2"):]
+        self.requests.append((request.method, path, dict(request.query_params)))
+        if (request.headers.get("APCA-API-KEY-ID") != self.api_key
+                or request.headers.get("APCA-API-SECRET-KEY") != self.secret_key):
+            return _error(401, 40110000, "request is not authorized")
+        refused = self._refuse_next.get((request.method, path))
+        if refused:
+            status = refused.pop(0)
+            return _error(status, status * 100000, "too many requests" if status == 429 else "refused")
+        if path in self.hanging:
+            assert self._release is not None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._release.wait(), 60)
+            return _error(504, 50400000, "gateway timeout")
+        if query is not None and self.failing.get(query) == "500":
+            return _error(500, 50010000, "internal server error")
+        return None
+
+    def _page(self, query: str, data: list, *, has_more: bool, next_page: bool) -> Response:
+        mode = self.failing.get(query)
+        if mode == "pages":
+            if next_page:
+                return _error(500, 50010000, "internal server error")
+            if not has_more:
+                mode = "truncated"
+        if mode == "truncated":
+            body = json.dumps(data)
+            return Response(body[: max(1, len(body) // 2)], media_type="application/json")
+        return _json(data)
+
+    async def _account(self, request: Request) -> Response:
+        if (early := await self._enter(request, "balances")) is not None:
+            return early
+        with self.lock:
+            cash = str(self.cash)
+            equity = self.cash + sum(p["qty"] * p["avg"] for p in self.positions.values())
+            return _json({
+                "id": self.account_id, "account_number": "PA3FAKE00001", "status": "ACTIVE",
+                "crypto_status": "ACTIVE", "currency": "USD", "cash": cash,
+                "buying_power": str(2 * self.cash), "regt_buying_power": str(2 * self.cash),
+                "daytrading_buying_power": "0", "non_marginable_buying_power": cash,
+                "portfolio_value": str(equity), "equity": str(equity), "last_equity": str(equity),
+                "long_market_value": "0", "short_market_value": "0", "initial_margin": "0",
+                "maintenance_margin": "0", "last_maintenance_margin": "0", "sma": "0",
+                "daytrade_count": 0, "multiplier": "2", "pattern_day_trader": False,
+                "trading_blocked": False, "transfers_blocked": False, "account_blocked": False,
+                "trade_suspended_by_user": False, "shorting_enabled": True,
+                "created_at": "2024-01-02T14:30:00.000000Z", "accrued_fees": "0",
+                "pending_transfer_in": "0",
+            })
+
+    async def _positions(self, request: Request) -> Response:
+        if (early := await self._enter(request, "positions")) is not None:
+            return early
+        with self.lock:
+            rows = []
+            for symbol, p in sorted(self.positions.items()):
+                qty, avg = p["qty"], p["avg"]
+                cost = qty * avg
+                rows.append({
+                    "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "asset:" + symbol)),
+                    "symbol": symbol, "exchange": "NASDAQ", "asset_class": "us_equity",
+                    "asset_marginable": True, "avg_entry_price": str(avg), "qty": str(qty),
+                    "qty_available": str(qty), "side": "long" if qty > 0 else "short",
+                    "market_value": str(cost), "cost_basis": str(cost), "unrealized_pl": "0",
+                    "unrealized_plpc": "0", "unrealized_intraday_pl": "0",
+                    "unrealized_intraday_plpc": "0", "current_price": str(avg),
+                    "lastday_price": str(avg), "change_today": "0",
+                })
+            return _json(rows)
+
+    async def _orders_list(self, request: Request) -> Response:
+        if (early := await self._enter(request, "orders")) is not None:
+            return early
+        q = request.query_params
+        status = q.get("status", "open")
+        if status not in ("open", "closed", "all"):
+            return _error(422, 40010000, f"invalid status {status!r}")
+        try:
+            limit = min(int(q.get("limit", "50")), 500)
+            after = _parse_ts(q["after"]) if q.get("after") else None
+            until = _parse_ts(q["until"]) if q.get("until") else None
+        except ValueError as e:
+            return _error(422, 40010000, f"invalid query: {e}")
+        direction = q.get("direction", "desc")
+        with self.lock:
+            rows = []
+            for order in self.orders.values():
+                closed = order["status"] in CLOSED
+                if (status == "open" and closed) or (status == "closed" and not closed):
+                    continue
+                at = _parse_ts(order["submitted_at"])
+                if (after is not None and at <= after) or (until is not None and at >= until):
+                    continue
+                rows.append(dict(order))
+        rows.sort(key=lambda o: o["submitted_at"], reverse=(direction != "asc"))
+        page = rows[:limit]
+        return self._page("orders", page, has_more=len(rows) > limit, next_page=False)
+
+    async def _order_get(self, request: Request) -> Response:
+        if (early := await self._enter(request, "orders")) is not None:
+            return early
+        if "orders" in self.failing:
+            return _error(500, 50010000, "internal server error")
+        with self.lock:
+            order = self.orders.get(request.path_params["order_id"])
+            if order is None:
+                return _error(404, 40410000, f"order not found for {request.path_params['order_id']}")
+            return _json(order)
+
+    async def _order_by_client_id(self, request: Request) -> Response:
+        if (early := await self._enter(request, "orders")) is not None:
+            return early
+        if "orders" in self.failing:
+            return _error(500, 50010000, "internal server error")
+        cid = request.query_params.get("client_order_id", "")
+        with self.lock:
+            for order in self.orders.values():
+                if order["client_order_id"] == cid:
+                    return _json(order)
+        return _error(404, 40410000, f"order not found for {cid}")
+
+    async def _orders_post(self, request: Request) -> Response:
+        if (early := await self._enter(request)) is not None:
+            return early
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, 40010000, "request body format is invalid")
+        symbol, side, kind = body.get("symbol"), body.get("side"), body.get("type")
+        tif = body.get("time_in_force")
+        if not symbol:
+            return _error(422, 40010000, "symbol is required")
+        if side not in ("buy", "sell"):
+            return _error(422, 40010000, "invalid side")
+        if kind not in ("market", "limit", "stop", "stop_limit", "trailing_stop"):
+            return _error(422, 40010000, "invalid order type")
+        if tif not in ("day", "gtc", "opg", "cls", "ioc", "fok"):
+            return _error(422, 40010000, "invalid time_in_force")
+        try:
+            qty = Decimal(str(body["qty"]))
+            limit = Decimal(str(body["limit_price"])) if body.get("limit_price") is not None else None
+            stop = Decimal(str(body["stop_price"])) if body.get("stop_price") is not None else None
+        except (KeyError, ArithmeticError):
+            return _error(422, 40010000, "qty is required and must be a number")
+        if qty <= 0:
+            return _error(422, 40010000, "qty must be > 0")
+        if kind in ("limit", "stop_limit") and limit is None:
+            return _error(422, 40010000, "limit_price is required for limit orders")
+        if kind in ("stop", "stop_limit") and stop is None:
+            return _error(422, 40010000, "stop_price is required for stop orders")
+        cid = body.get("client_order_id")
+        if cid is not None and len(str(cid)) > 128:
+            return _error(422, 40010000, "client_order_id must be no more than 128 characters")
+        with self.lock:
+            if cid is not None and any(o["client_order_id"] == cid for o in self.orders.values()):
+                return _error(422, 40010001, "client_order_id must be unique")
+            order = self.new_order(symbol=symbol, side=side, qty=qty, order_type=kind,
+                                   limit_price=limit, stop_price=stop, time_in_force=tif,
+                                   client_order_id=cid, status="accepted")
+            accepted = dict(order)
+            self._set_status(order, "new", self.now())
+            event = {"event": "new", "order": dict(order), "timestamp": order["updated_at"]}
+        await self._send_all({"stream": "trade_updates", "data": event})
+        lost = self._lose_next.get(("POST", "/orders"))
+        if lost:
+            status = lost.pop(0)
+            return _error(status, status * 100000, "gateway timeout")
+        return _json(accepted)
+
+    async def _order_delete(self, request: Request) -> Response:
+        if (early := await self._enter(request)) is not None:
+            return early
+        with self.lock:
+            order = self.orders.get(request.path_params["order_id"])
+            if order is None:
+                return _error(404, 40410000, "order not found")
+            if order["status"] in NOT_CANCELABLE:
+                return _error(422, 42210000, "order is not cancelable")
+            self._set_status(order, "canceled", self.now())
+            event = {"event": "canceled", "order": dict(order), "timestamp": order["updated_at"]}
+        await self._send_all({"stream": "trade_updates", "data": event})
+        return Response(status_code=204)
+
+    async def _activities(self, request: Request) -> Response:
+        if (early := await self._enter(request, "fills")) is not None:
+            return early
+        if request.path_params["activity_type"] != "FILL":
+            return _json([])  # only trade activities exist here
+        q = request.query_params
+        direction = q.get("direction", "desc")
+        try:
+            size = int(q.get("page_size", "100"))
+            after = _parse_ts(q["after"]) if q.get("after") else None
+            until = _parse_ts(q["until"]) if q.get("until") else None
+        except ValueError as e:
+            return _error(422, 40010000, f"invalid query: {e}")
+        if not 1 <= size <= 100:
+            return _error(422, 40010000, "page_size must be between 1 and 100")
+        with self.lock:
+            rows = [dict(a) for a in self.activities
+                    if (after is None or _parse_ts(a["transaction_time"]) > after)
+                    and (until is None or _parse_ts(a["transaction_time"]) < until)]
+        rows.sort(key=lambda a: (a["transaction_time"], a["id"]), reverse=(direction != "asc"))
+        token = q.get("page_token")
+        if token:
+            ids = [a["id"] for a in rows]
+            if token not in ids:
+                return _error(422, 40010000, "invalid page_token")
+            rows = rows[ids.index(token) + 1:]
+        page = rows[:size]
+        return self._page("fills", page, has_more=len(rows) > size, next_page=bool(token))
+
+    # -- the trade-updates websocket ------------------------------------------------------------
+
+    async def _stream(self, ws: WebSocket) -> None:
+        if self._stream_refused:
+            await ws.close(code=1013)  # before accept: the handshake is refused (HTTP 403)
+            return
+        await ws.accept()
+        try:
+            authed = False
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text") or (message.get("bytes") or b"").decode()
+                try:
+                    msg = json.loads(text)
+                except ValueError:
+                    await ws.send_bytes(json.dumps({"stream": "error", "data": {"error_message": "invalid syntax"}}).encode())
+                    continue
+                action = msg.get("action")
+                data = msg.get("data") or {}
+                if action in ("authenticate", "auth"):
+                    key = data.get("key_id") if action == "authenticate" else msg.get("key")
+                    secret = data.get("secret_key") if action == "authenticate" else msg.get("secret")
+                    authed = key == self.api_key and secret == self.secret_key
+                    status = "authorized" if authed else "unauthorized"
+                    await ws.send_bytes(json.dumps({"stream": "authorization", "data": {
+                        "status": status, "action": "authenticate"}}).encode())
+                    if not authed:
+                        await ws.close(code=1008)
+                        return
+                elif action == "listen":
+                    if not authed:
+                        await ws.send_bytes(json.dumps({"stream": "authorization", "data": {
+                            "status": "unauthorized", "action": "listen"}}).encode())
+                        continue
+                    streams = [s for s in data.get("streams", []) if s == "trade_updates"]
+                    if streams:
+                        self._clients.add(ws)
+                    else:
+                        self._clients.discard(ws)
+                    await ws.send_bytes(json.dumps({"stream": "listening", "data": {"streams": streams}}).encode())
+        except WebSocketDisconnect:
+            return
+        finally:
+            self._clients.discard(ws)
+
+
+class AlpacaVenue:
+    """``VenueControl`` for the reconciliation scenarios, on a running ``FakeAlpaca``."""
+
+    broker = "alpaca"
+    venue = "ALPACA"
+
+    def __init__(self, fake: FakeAlpaca) -> None:
+        self.fake = fake
+        self._adapters: list[AlpacaAdapter] = []
+
+    def add_order(self, *, client_order_id: str | None, symbol: str, side: str, qty: Decimal,
+                  order_type: str = "limit", limit_price: Decimal | None = Decimal("100"),
+                  status: str = "open", fills: Any = ()) -> str:
+        fake = self.fake
+        with fake.lock:
+            order = fake.new_order(symbol=symbol, side=side, qty=Decimal(qty), order_type=order_type,
+                                   limit_price=limit_price if order_type != "market" else None,
+                                   client_order_id=client_order_id)
+            for exec_id, fill_qty, price in fills:
+                fake._execute(order, Decimal(fill_qty), Decimal(price), exec_id, fake.now())
+            alpaca_status = OUR_STATUS.get(status, status)
+            if alpaca_status in ("new", "partially_filled", "filled"):
+                # working or filled: the fills decide (an "open" order with fills is partially filled)
+                if alpaca_status != "new" and not fills:
+                    raise ValueError(f"status {status!r} needs fills")
+            else:  # finished (a partial fill then cancel keeps its fills) or Alpaca's own status
+                fake._set_status(order, alpaca_status, fake.now())
+            return order["id"]
+
+    def set_position(self, symbol: str, qty: Decimal, avg_cost: Decimal | None = None) -> None:
+        with self.fake.lock:
+            if Decimal(qty) == 0:
+                self.fake.positions.pop(symbol, None)
+            else:
+                self.fake.positions[symbol] = {"qty": Decimal(qty), "avg": Decimal(avg_cost or 0)}
+
+    def set_cash(self, amount: Decimal, currency: str = "USD") -> None:
+        if currency != "USD":
+            raise ValueError("fake Alpaca accounts are in USD")
+        with self.fake.lock:
+            self.fake.cash = Decimal(amount)
+
+    def fail(self, query: str) -> None:
+        self.fake.fail(query)
+
+    def adapter(self) -> AlpacaAdapter:
+        adapter = self.fake.adapter()
+        self._adapters.append(adapter)
+        return adapter
+
+    def close(self) -> None:
+        for adapter in self._adapters:
+            with contextlib.suppress(Exception):
+                adapter.close()
+
+
+@contextlib.contextmanager
+def alpaca_venue() -> Iterator[AlpacaVenue]:
+    """A fake Alpaca on 127.0.0.1 (random port) as a ``VenueControl``; stopped on exit."""
+    with FakeAlpaca() as fake:
+        control = AlpacaVenue(fake)
+        try:
+            yield control
+        finally:
+            control.close()

@@ -1,0 +1,1 @@
+"""Several processes, crashes, chaos, the command line and the installed package."""

@@ -1,0 +1,1 @@
+"""The pure domain: no database, no process, no socket."""
