@@ -88,7 +88,21 @@ from tradestate.adapters.brokers.base import (
 
 # The one line that chooses the client library: "ib_insync" or its maintained fork "ib_async".
 IB_MODULE = os.environ.get("TRADESTATE_IB_MODULE", "ib_insync")
-_ib = importlib.import_module(IB_MODULE)
+
+
+def _import_ib(name: str) -> Any:
+    """Import the IB client library. Importing ib_insync asks the main thread for its event loop
+    (eventkit), which ``asyncio.run()`` leaves unset: give the thread a fresh loop first rather
+    than fail to import after any earlier ``asyncio.run()`` in the same process."""
+    if threading.current_thread() is threading.main_thread():
+        try:
+            asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+    return importlib.import_module(name)
+
+
+_ib = _import_ib(IB_MODULE)
 IB, Contract, Stock, Order, ExecutionFilter = _ib.IB, _ib.Contract, _ib.Stock, _ib.Order, _ib.ExecutionFilter
 
 log = logging.getLogger(__name__)

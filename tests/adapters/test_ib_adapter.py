@@ -499,3 +499,15 @@ def test_ib_venue_control_stages_the_venue():
         venue.set_position("AAPL", Decimal("-3"), Decimal("190"))
         assert [(p.symbol, p.qty) for p in adapter.positions()] == [("AAPL", Decimal(-3))]
         assert [(b.currency, b.cash) for b in adapter.balances()] == [("USD", Decimal("1000"))]
+
+
+def test_the_adapter_imports_after_asyncio_run_left_no_event_loop():
+    """An engine that ran ``asyncio.run()`` before importing the IB adapter (the main thread then has
+    no event loop, which ib_insync's import asks for) can still import it."""
+    import subprocess
+    import sys
+
+    script = ("import asyncio\nasyncio.run(asyncio.sleep(0))\n"
+              "import tradestate.adapters.brokers.ib as ib\nprint(ib.IB_MODULE)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
