@@ -16,7 +16,8 @@ from tradestate.adapters.brokers.sim import SimFaults, SimulatedBroker
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id
-from tradestate.reconcile import acknowledge, make_adapter, reconcile
+from tradestate.adapters.brokers.registry import make_adapter
+from tradestate.reconcile import acknowledge, reconcile
 from tradestate.domain.errors import InvalidInput
 
 ACCOUNT = "acct-1"

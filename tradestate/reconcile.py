@@ -26,6 +26,7 @@ import orjson
 from pydantic_core import to_jsonable_python
 
 from .adapters.brokers.base import BrokerAdapter, OrderNotFound, Unknown, VenueError, VenueOrder, VenueSnapshot
+from .adapters.brokers.registry import BROKERS, make_adapter
 from .client import TradestateClient
 from .domain import events as ev
 from .domain import orders as rules
@@ -253,90 +254,6 @@ def acknowledge(client: TradestateClient | Writer, account: str, *, by: str, dec
         ev.DiscrepancyAcknowledged, account, by=by, decision=decision,
         reconciliation_id=last["reconciliation_id"] if last else None,
     )
-
-
-# ---------------------------------------------------------------------------------- adapters
-
-BROKERS = ("sim", "alpaca", "ib")
-
-
-def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
-    """Build the adapter for ``broker`` from plain options (CLI flags or a TOML table).
-
-    sim: ``account``, ``sim_state`` (the SimulatedBroker state file), ``venue``, ``seed``.
-    alpaca: ``account``, ``base_url``, ``stream_url``, ``api_key``/``secret_key`` (default
-    ``$APCA_API_KEY_ID``/``$APCA_API_SECRET_KEY``). ib: ``account``, ``host``, ``port``,
-    ``client_id``, ``ib_account`` (the IB account code, when it differs from ours)."""
-    import os
-
-    account = options.get("account")
-    if not account:
-        raise InvalidInput("give the account to reconcile (--account)")
-    if broker == "sim":
-        from .adapters.brokers.sim import SimulatedBroker
-
-        path = options.get("sim_state")
-        if not path:
-            raise InvalidInput("--broker sim needs --sim-state PATH (the simulated broker's state file)")
-        if not os.path.exists(path):
-            raise InvalidInput(f"no simulated broker state at {path!r}")
-        return SimulatedBroker(account=account, venue=options.get("venue") or "SIM",
-                               seed=int(options.get("seed") or 0), state_path=path)
-    if broker == "alpaca":
-        cls = _load("tradestate.adapters.brokers.alpaca", "AlpacaAdapter", "alpaca")
-        values = {
-            "account": account,
-            "base_url": options.get("base_url"),
-            "stream_url": options.get("stream_url"),
-            "api_key": options.get("api_key") or os.environ.get("APCA_API_KEY_ID"),
-            "secret_key": options.get("secret_key") or os.environ.get("APCA_API_SECRET_KEY"),
-            "venue": options.get("venue"),
-        }
-        if not values["api_key"] or not values["secret_key"]:
-            raise InvalidInput("Alpaca needs API keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
-        return _construct(cls, values)
-    if broker == "ib":
-        cls = _load("tradestate.adapters.brokers.ib", "IBAdapter", "ib")
-        values = {
-            "account": account,
-            "host": options.get("host") or "127.0.0.1",
-            "port": int(options["port"]) if options.get("port") else None,
-            "client_id": int(options["client_id"]) if options.get("client_id") is not None else None,
-            "ib_account": options.get("ib_account"),
-            "venue": options.get("venue"),
-        }
-        return _construct(cls, values)
-    raise InvalidInput(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
-
-
-def _load(module: str, name: str, broker: str) -> Any:
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == module or module.startswith(e.name + ".")):
-            raise InvalidInput(f"the {broker} adapter ({module}) is not installed in this build") from None
-        raise InvalidInput(f"the {broker} adapter needs {e.name!r}: pip install {e.name}") from None
-    except AttributeError:
-        raise InvalidInput(f"{module} has no {name}") from None
-
-
-def _construct(cls: Any, values: dict[str, Any]) -> BrokerAdapter:
-    try:
-        return cls(**_accepted(cls, values))
-    except (ValueError, TypeError) as e:  # the adapter refused its options: bad input
-        raise InvalidInput(f"{cls.__name__}: {e}") from None
-
-
-def _accepted(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """Pass the options the adapter's constructor takes (and that were given)."""
-    import inspect
-
-    parameters = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return {k: v for k, v in values.items() if v is not None}
-    return {k: v for k, v in values.items() if v is not None and k in parameters}
 
 
 __all__ = [
