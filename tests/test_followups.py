@@ -71,3 +71,35 @@ def test_the_alpaca_paper_flag_from_the_environment_reaches_the_adapter(monkeypa
         assert adapter.venue == "ALP"
     finally:
         adapter.close()
+
+
+# ------------------------------------------------------------------------------ the runner's dry run
+
+
+def test_a_dry_run_of_the_runner_appends_nothing_and_lists_the_events_a_run_appends(db_url, tmp_path):
+    from datetime import datetime, timezone
+    from decimal import Decimal as D
+
+    from test_reconcile import ACCOUNT, connect, stage_missed_fill
+
+    from tradestate.adapters.brokers.sim import SimulatedBroker
+    from tradestate.reconcile import reconcile
+
+    sim = SimulatedBroker(account=ACCOUNT, state_path=str(tmp_path / "venue.json"))
+    now = datetime.now(timezone.utc)
+    with connect(db_url) as client:
+        stage_missed_fill(client, sim)
+        sim.stage_position("AAPL", D(13), D(100))  # 3 more than the missed fill explains: strict blocks
+        head = client.store.trading.head()
+        dry = reconcile(client, sim, strict=True, now=now, dry_run=True)
+        assert client.store.trading.head() == head and client.position == head  # the head did not move
+        assert not client.state.accounts[ACCOUNT].blocked
+        assert dry.dry_run and dry.position == 0 and dry.blocked and dry.status == "corrected"
+        types = [e["type"] for e in dry.corrective_events]
+        assert "OrderFilled" in types and len(types) == len(dry.corrective_event_ids) >= 2
+        assert dry.as_dict()["would_append"] == len(types) and dry.as_dict()["dry_run"] is True
+        done = reconcile(client, sim, strict=True, now=now)  # the same run, for real
+        assert not done.dry_run and done.position > head and done.blocked
+        assert (done.reconciliation_id, done.corrective_event_ids, done.corrective_events, done.discrepancies) == \
+               (dry.reconciliation_id, dry.corrective_event_ids, dry.corrective_events, dry.discrepancies)
+        assert client.state.accounts[ACCOUNT].blocked

@@ -42,6 +42,7 @@ from .domain.reconcile import (
     plan_reconciliation,
 )
 from .domain.state import TradingState
+from .loading import deciding
 from .writer import Decided, Recorded, Writer, build_event
 
 DEFAULT_LOOKUP_LIMIT = 500  # single-order lookups per run; beyond that the orders stay "unknown"
@@ -64,8 +65,13 @@ class ReconciliationResult:
     position: int = 0  # log position of the ReconciliationCompleted
     venue_report_sha256: str = ""
     corrective_events: list[dict[str, Any]] = field(default_factory=list)  # type and a summary of each
+    dry_run: bool = False  # planned only: nothing appended; the events above are what a run would append
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready values; a dry run adds ``would_append`` (the number of
+        corrective events a run would append) and ``unknown`` (the same as ``errors``)."""
+        extra: dict[str, Any] = {"would_append": len(self.corrective_event_ids), "unknown": self.errors} \
+            if self.dry_run else {}
         return {
             "reconciliation_id": self.reconciliation_id,
             "account": self.account,
@@ -81,6 +87,8 @@ class ReconciliationResult:
             "duration_s": self.duration_s,
             "position": self.position,
             "venue_report_sha256": self.venue_report_sha256,
+            "dry_run": self.dry_run,
+            **extra,
         }
 
 
@@ -149,9 +157,14 @@ def reconcile(
     since: datetime | None = None,
     now: datetime | None = None,
     lookup_limit: int = DEFAULT_LOOKUP_LIMIT,
+    dry_run: bool = False,
 ) -> ReconciliationResult:
     """Reconcile one broker account with the log; see the module docstring. ``client``: the
-    client (or its ``Writer``) whose log is reconciled. Raises ``InvalidInput`` for naive times."""
+    client (or its ``Writer``) whose log is reconciled. Raises ``InvalidInput`` for naive times.
+
+    ``dry_run``: query the venue and plan exactly as a run would, against the log as it is now,
+    and append nothing. The result (``dry_run`` True, ``position`` 0) says what a run would
+    append: ``corrective_event_ids``/``corrective_events``, and ``blocked`` if it would block."""
     started = time.perf_counter()
     writer = _writer(client)
     if now is None:
@@ -203,12 +216,22 @@ def reconcile(
             )))
         return Decided(rules.Append(events), (plan, block))
 
-    written = writer.record(decide, orders=orders_touched(account, snapshot, lookups))
-    plan, blocked = written.value  # type: ignore[misc]
-    if isinstance(written.decision, rules.Append):
-        position = written.positions[len(plan.events)]
-    else:  # cannot happen: decide always appends
-        position, blocked = written.positions[0], False
+    touched = orders_touched(account, snapshot, lookups)
+    if dry_run:
+        with writer.lock:
+            writer.refresh()
+            writer.load_orders(touched)
+            with deciding(writer.state) as state:
+                planned = decide(state)
+        plan, blocked = planned.value  # type: ignore[misc]
+        position = 0
+    else:
+        written = writer.record(decide, orders=touched)
+        plan, blocked = written.value  # type: ignore[misc]
+        if isinstance(written.decision, rules.Append):
+            position = written.positions[len(plan.events)]
+        else:  # cannot happen: decide always appends
+            position, blocked = written.positions[0], False
     return ReconciliationResult(
         reconciliation_id=str(run_id),
         account=account,
@@ -224,6 +247,7 @@ def reconcile(
         position=position,
         venue_report_sha256=digest,
         corrective_events=[_summary(e) for _, e in plan.events],
+        dry_run=dry_run,
     )
 
 
