@@ -2,7 +2,8 @@
 
 A snapshot keeps everything the engine and the risk checks need *now*: positions, accounts
 (limits, breaker, kill switch, ramp, block, cash, trading-day statistics), open orders in full,
-signals, engines and the versions of every stream that is not a finished order. Finished orders
+signals, engines, the versions of every stream that is not a finished order, and the part of the
+execution-id index a venue can still repeat (see ``EXEC_ID_DAYS``). Finished orders
 (filled, cancelled, rejected, expired, refused) are most of a long log and are almost never
 touched again, so a snapshot keeps only their ids (16 bytes each); the restored state's
 ``OrderBook`` keeps them as ids until the application brings one back from its own stream (a
@@ -32,7 +33,13 @@ from .state import (
     TradingState,
 )
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+# Versions ``restore`` reads: 1 had no execution-id index (restored empty).
+READABLE_VERSIONS = (1, 2)
+# The execution ids a snapshot keeps: those of open orders and of fills in the last this many
+# trading days with fills. A venue repeats an execution id close in time (a replayed report, a
+# reconnect); keeping the whole index would make a checkpoint grow with the history.
+EXEC_ID_DAYS = 2
 ORDER_PREFIX = "order-"
 ABSURD = Decimal("1e15")  # no quantity, price or amount in a valid state reaches this
 # rows of one order stream: (position, stream_id, version, type, payload bytes, recorded_at)
@@ -217,6 +224,28 @@ def _engine_doc(e: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _exec_index(state: TradingState, open_orders: set[str]) -> dict[str, dict[str, list[Any]]]:
+    """{venue: {order stream: [trading day of its last fill, [execution ids]]}} for the open
+    orders and the orders with fills in the last ``EXEC_ID_DAYS`` trading days."""
+    days = state.exec_days
+    recent = sorted(set(days.values()))[-EXEC_ID_DAYS:]
+    cutoff = recent[0] if recent else ""
+    index: dict[str, dict[str, list[Any]]] = {}
+    for venue, ids in state.exec_ids.items():
+        kept: dict[str, list[Any]] = {}
+        for exec_id, sid in ids.items():
+            group = kept.get(sid)
+            if group is None:
+                day = days.get(sid, "")
+                if day < cutoff and sid not in open_orders:
+                    continue
+                group = kept[sid] = [day, []]
+            group[1].append(exec_id)
+        if kept:
+            index[venue] = kept
+    return index
+
+
 def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
     """(document, finished order ids packed as 16-byte uuids) of the state as it is now."""
     orders = dict.items(state.orders)
@@ -246,6 +275,7 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "signals": [{**s, "value": _d(s["value"]), "at": _t(s["at"])} for s in state.signals.values()],
         "engines": {name: _engine_doc(e) for name, e in state.engines.items()},
         "stream_versions": versions,
+        "exec_ids": _exec_index(state, {o["stream_id"] for o in hot}),
     }
     return doc, bytes(cold)
 
@@ -308,9 +338,9 @@ def problems(doc: dict[str, Any], *, position: int, head: int, now: datetime,
              max_clock_skew: timedelta = timedelta(minutes=5)) -> list[str]:
     """Everything wrong with a snapshot document (empty when it may be loaded)."""
     found: list[str] = []
-    if doc.get("snapshot_version") != SNAPSHOT_VERSION:
-        return [f"snapshot version {doc.get('snapshot_version')!r} is not {SNAPSHOT_VERSION} (written by another "
-                "tradestate version)"]
+    if doc.get("snapshot_version") not in READABLE_VERSIONS:
+        return [f"snapshot version {doc.get('snapshot_version')!r} is not one of "
+                f"{', '.join(map(str, READABLE_VERSIONS))} (written by another tradestate version)"]
     if doc.get("position") != position:
         found.append(f"the document says position {doc.get('position')}, its row says {position}")
     if position > head:
@@ -360,7 +390,8 @@ def _tn(value: str | None) -> datetime | None:
 
 def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
     """A live ``TradingState`` from a validated snapshot; its orders are an ``OrderBook`` holding
-    the open orders, the finished ones left in the log as ids (``finished``)."""
+    the open orders, the finished ones left in the log as ids (``finished``). A version 1 snapshot
+    has no execution-id index: the restored one is empty."""
     state = TradingState(doc["exchange_tz"])
     state.position = doc["position"]
     state.applied = doc["applied"]
@@ -422,11 +453,20 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         if engine.get("last_recovery") is not None:
             engine["last_recovery"] = {**engine["last_recovery"], "at": _tn(engine["last_recovery"]["at"])}
         state.engines[name] = engine
+    exec_ids, exec_days = state.exec_ids, state.exec_days
+    for venue, groups in doc.get("exec_ids", {}).items():
+        ids = exec_ids[venue] = {}
+        for sid, (day, executions) in groups.items():
+            exec_days[sid] = day
+            for exec_id in executions:
+                ids[exec_id] = sid
     return state
 
 
 __all__ = [
+    "EXEC_ID_DAYS",
     "OrderBook",
+    "READABLE_VERSIONS",
     "SNAPSHOT_VERSION",
     "SnapshotInvalid",
     "checksum",

@@ -273,8 +273,9 @@ def _check(store: Store, info: CheckpointInfo, event_id: str, data: bytes, finis
     reasons = []
     if snapshot.checksum(data, finished) != info.checksum:
         reasons.append("checksum mismatch: the snapshot's content changed after it was written")
-    if info.snapshot_version != snapshot.SNAPSHOT_VERSION:
-        reasons.append(f"snapshot version {info.snapshot_version} is not {snapshot.SNAPSHOT_VERSION}")
+    if info.snapshot_version not in snapshot.READABLE_VERSIONS:
+        reasons.append(f"snapshot version {info.snapshot_version} is not one of "
+                       f"{', '.join(map(str, snapshot.READABLE_VERSIONS))}")
     if info.position > head:
         reasons.append(f"position {info.position} is beyond the log head {head}")
     elif _event_id_at(store, info.position) != event_id:
