@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -224,25 +225,30 @@ def _engine_doc(e: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _exec_index(state: TradingState, open_orders: set[str]) -> dict[str, dict[str, list[Any]]]:
-    """{venue: {order stream: [trading day of its last fill, [execution ids]]}} for the open
-    orders and the orders with fills in the last ``EXEC_ID_DAYS`` trading days."""
+SEP = "\x1f"  # joins execution ids and order streams: an ``Identifier`` has no control characters
+
+
+def _exec_index(state: TradingState, open_orders: set[str]) -> dict[str, dict[str, list[str]]]:
+    """{venue: {trading day of the order's last fill: [exec ids, their order streams]}} for the
+    open orders and the orders with fills in the last ``EXEC_ID_DAYS`` trading days, each list
+    joined by ``SEP`` (two strings per day decode and restore far faster than one entry per id)."""
     days = state.exec_days
     recent = sorted(set(days.values()))[-EXEC_ID_DAYS:]
     cutoff = recent[0] if recent else ""
-    index: dict[str, dict[str, list[Any]]] = {}
+    index: dict[str, dict[str, list[str]]] = {}
     for venue, ids in state.exec_ids.items():
-        kept: dict[str, list[Any]] = {}
+        by_day: dict[str, tuple[list[str], list[str]]] = {}
         for exec_id, sid in ids.items():
-            group = kept.get(sid)
+            day = days.get(sid, "")
+            if day < cutoff and sid not in open_orders:
+                continue
+            group = by_day.get(day)
             if group is None:
-                day = days.get(sid, "")
-                if day < cutoff and sid not in open_orders:
-                    continue
-                group = kept[sid] = [day, []]
-            group[1].append(exec_id)
-        if kept:
-            index[venue] = kept
+                group = by_day[day] = ([], [])
+            group[0].append(exec_id)
+            group[1].append(sid)
+        if by_day:
+            index[venue] = {day: [SEP.join(execs), SEP.join(sids)] for day, (execs, sids) in by_day.items()}
     return index
 
 
@@ -453,13 +459,15 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         if engine.get("last_recovery") is not None:
             engine["last_recovery"] = {**engine["last_recovery"], "at": _tn(engine["last_recovery"]["at"])}
         state.engines[name] = engine
-    exec_ids, exec_days = state.exec_ids, state.exec_days
-    for venue, groups in doc.get("exec_ids", {}).items():
-        ids = exec_ids[venue] = {}
-        for sid, (day, executions) in groups.items():
-            exec_days[sid] = day
-            for exec_id in executions:
-                ids[exec_id] = sid
+    for venue, by_day in doc.get("exec_ids", {}).items():
+        ids = state.exec_ids[venue] = {}
+        for day, (execs, sids) in by_day.items():
+            streams = sids.split(SEP)
+            executions = execs.split(SEP)
+            if len(streams) != len(executions):
+                raise ValueError(f"exec_ids of {venue} on {day}: {len(executions)} ids for {len(streams)} orders")
+            ids.update(zip(executions, streams))
+            state.exec_days.update(zip(streams, repeat(day)))
     return state
 
 
