@@ -37,10 +37,13 @@ from .state import (
 SNAPSHOT_VERSION = 2
 # Versions ``restore`` reads: 1 had no execution-id index (restored empty).
 READABLE_VERSIONS = (1, 2)
-# The execution ids a snapshot keeps: those of open orders and of fills in the last this many
-# trading days with fills. A venue repeats an execution id close in time (a replayed report, a
-# reconnect); keeping the whole index would make a checkpoint grow with the history.
+# The execution ids a snapshot keeps: those of open orders, and those of the orders filled in the
+# last EXEC_ID_DAYS trading days with fills, at most the EXEC_ID_ORDERS most recently filled. A
+# venue repeats an execution id close in time (a replayed report, a reconnect); the whole index
+# would make a checkpoint, and a warm start, grow with the history (at 1M events of one trading
+# day, 245k ids: +16 MB and +0.26 s to a warm start on PostgreSQL).
 EXEC_ID_DAYS = 2
+EXEC_ID_ORDERS = 20_000
 ORDER_PREFIX = "order-"
 ABSURD = Decimal("1e15")  # no quantity, price or amount in a valid state reaches this
 # rows of one order stream: (position, stream_id, version, type, payload bytes, recorded_at)
@@ -230,25 +233,30 @@ SEP = "\x1f"  # joins execution ids and order streams: an ``Identifier`` has no 
 
 def _exec_index(state: TradingState, open_orders: set[str]) -> dict[str, dict[str, list[str]]]:
     """{venue: {trading day of the order's last fill: [exec ids, their order streams]}} for the
-    open orders and the orders with fills in the last ``EXEC_ID_DAYS`` trading days, each list
+    open orders and the recently filled ones (``EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``), each list
     joined by ``SEP`` (two strings per day decode and restore far faster than one entry per id)."""
     days = state.exec_days
     recent = sorted(set(days.values()))[-EXEC_ID_DAYS:]
     cutoff = recent[0] if recent else ""
+    kept = set(open_orders)
+    for n, sid in enumerate(reversed(days)):
+        if n >= EXEC_ID_ORDERS or days[sid] < cutoff:
+            break
+        kept.add(sid)
     index: dict[str, dict[str, list[str]]] = {}
     for venue, ids in state.exec_ids.items():
         by_day: dict[str, tuple[list[str], list[str]]] = {}
         for exec_id, sid in ids.items():
-            day = days.get(sid, "")
-            if day < cutoff and sid not in open_orders:
+            if sid not in kept:
                 continue
+            day = days.get(sid, "")
             group = by_day.get(day)
             if group is None:
                 group = by_day[day] = ([], [])
             group[0].append(exec_id)
             group[1].append(sid)
         if by_day:
-            index[venue] = {day: [SEP.join(execs), SEP.join(sids)] for day, (execs, sids) in by_day.items()}
+            index[venue] = {day: [SEP.join(execs), SEP.join(sids)] for day, (execs, sids) in sorted(by_day.items())}
     return index
 
 
@@ -473,6 +481,7 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
 
 __all__ = [
     "EXEC_ID_DAYS",
+    "EXEC_ID_ORDERS",
     "OrderBook",
     "READABLE_VERSIONS",
     "SNAPSHOT_VERSION",

@@ -301,7 +301,10 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
         state.exec_ids[key[1]][d["exec_id"]] = sid
     except KeyError:  # the venue's first execution (a payload always has an exec_id)
         state.exec_ids[key[1]] = {d["exec_id"]: sid}
-    state.exec_days[sid] = day
+    days = state.exec_days
+    if sid in days:
+        del days[sid]  # kept in the order of each order's last fill: most recent last
+    days[sid] = day
     return qty, price, fee, when
 
 
@@ -310,8 +313,8 @@ class TradingState:
 
     ``exec_ids`` maps venue -> execution id -> the order stream its fill is booked on: an
     execution id is unique per venue, so a second order claiming it is a discrepancy.
-    ``exec_days`` maps an order stream in that index to the trading day of its last fill (what a
-    checkpoint keeps of the index is chosen by it)."""
+    ``exec_days`` maps an order stream in that index to the trading day of its last fill, in the
+    order of those last fills (what a checkpoint keeps of the index is chosen by it)."""
 
     def __init__(self, exchange_tz: str = "America/New_York"):
         self.exchange_tz = exchange_tz

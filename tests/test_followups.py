@@ -161,7 +161,7 @@ def test_a_reconciliation_after_a_warm_start_sees_a_venue_fill_reusing_a_booked_
     assert "duplicate_exec_id" in [d["kind"] for d in result.discrepancies], result.discrepancies
 
 
-def test_a_checkpoint_keeps_the_exec_ids_of_the_last_two_trading_days_and_of_open_orders(sqlite_url):
+def test_a_checkpoint_keeps_the_exec_ids_of_the_last_two_trading_days_and_of_open_orders(sqlite_url, monkeypatch):
     from projector_worker import Clock
 
     import tradestate
@@ -189,6 +189,9 @@ def test_a_checkpoint_keeps_the_exec_ids_of_the_last_two_trading_days_and_of_ope
                                            "XO": order_stream_id("a", "open")}}
         # taken again from the restored state (no order in memory): the same index
         assert snapshot.take(restored)[0]["exec_ids"] == doc["exec_ids"]
+        monkeypatch.setattr(snapshot, "EXEC_ID_ORDERS", 1)  # only the most recently filled order, and open ones
+        (by_day,) = snapshot.take(restored)[0]["exec_ids"].values()
+        assert sorted(e for execs, _ in by_day.values() for e in execs.split(snapshot.SEP)) == ["X3", "XO"]
 
 
 def orjson_roundtrip(doc):
