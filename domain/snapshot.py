@@ -3,7 +3,7 @@
 A snapshot keeps everything the engine and the risk checks need *now*: positions, accounts
 (limits, breaker, kill switch, ramp, block, cash, trading-day statistics), open orders in full,
 signals, engines, the versions of every stream that is not a finished order, and the part of the
-execution-id index a venue can still repeat (see ``EXEC_ID_DAYS``). Finished orders
+execution-id index a venue can still repeat (``EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``). Finished orders
 (filled, cancelled, rejected, expired, refused) are most of a long log and are almost never
 touched again, so a snapshot keeps only their ids (16 bytes each); the restored state's
 ``OrderBook`` keeps them as ids until the application brings one back from its own stream (a
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from itertools import repeat
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from itertools import repeat
 from typing import Any
 from uuid import UUID
 

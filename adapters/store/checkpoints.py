@@ -7,8 +7,9 @@ recognised) and a sha256 over its content. Loading validates it (checksum, schem
 position not beyond the log head, the event id at its position, no time in the future, no absurd
 quantity or negative price); one that fails is reported and the next older one is tried, then
 replay from zero. Checkpoints are a cache: deleting them loses nothing, and the log is never
-touched by them. Writing one is an insert of the open state and the execution ids of the last two
-trading days only, in its own short transaction: appends never wait for a fold. Snapshots of an
+touched by them. Writing one is an insert of the open state and the recent execution ids only
+(``snapshot.EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``), in its own short transaction: appends never wait
+for a fold. Snapshots of an
 older readable version (``snapshot.READABLE_VERSIONS``) load too.
 """
 
