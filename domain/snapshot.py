@@ -2,7 +2,8 @@
 
 A snapshot keeps everything the engine and the risk checks need *now*: positions, accounts
 (limits, breaker, kill switch, ramp, block, cash, trading-day statistics), open orders in full,
-signals, engines and the versions of every stream that is not a finished order. Finished orders
+signals, engines, the versions of every stream that is not a finished order, and the part of the
+execution-id index a venue can still repeat (``EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``). Finished orders
 (filled, cancelled, rejected, expired, refused) are most of a long log and are almost never
 touched again, so a snapshot keeps only their ids (16 bytes each); the restored state's
 ``OrderBook`` keeps them as ids until the application brings one back from its own stream (a
@@ -18,6 +19,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from itertools import repeat
 from typing import Any
 from uuid import UUID
 
@@ -32,7 +34,16 @@ from .state import (
     TradingState,
 )
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+# Versions ``restore`` reads: 1 had no execution-id index (restored empty).
+READABLE_VERSIONS = (1, 2)
+# The execution ids a snapshot keeps: those of open orders, and those of the orders filled in the
+# last EXEC_ID_DAYS trading days with fills, at most the EXEC_ID_ORDERS most recently filled. A
+# venue repeats an execution id close in time (a replayed report, a reconnect); the whole index
+# would make a checkpoint, and a warm start, grow with the history (at 1M events of one trading
+# day, 245k ids: +16 MB and +0.26 s to a warm start on PostgreSQL).
+EXEC_ID_DAYS = 2
+EXEC_ID_ORDERS = 20_000
 ORDER_PREFIX = "order-"
 ABSURD = Decimal("1e15")  # no quantity, price or amount in a valid state reaches this
 # rows of one order stream: (position, stream_id, version, type, payload bytes, recorded_at)
@@ -217,6 +228,38 @@ def _engine_doc(e: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SEP = "\x1f"  # joins execution ids and order streams: an ``Identifier`` has no control characters
+
+
+def _exec_index(state: TradingState, open_orders: set[str]) -> dict[str, dict[str, list[str]]]:
+    """{venue: {trading day of the order's last fill: [exec ids, their order streams]}} for the
+    open orders and the recently filled ones (``EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``), each list
+    joined by ``SEP`` (two strings per day decode and restore far faster than one entry per id)."""
+    days = state.exec_days
+    recent = sorted(set(days.values()))[-EXEC_ID_DAYS:]
+    cutoff = recent[0] if recent else ""
+    kept = set(open_orders)
+    for n, sid in enumerate(reversed(days)):
+        if n >= EXEC_ID_ORDERS or days[sid] < cutoff:
+            break
+        kept.add(sid)
+    index: dict[str, dict[str, list[str]]] = {}
+    for venue, ids in state.exec_ids.items():
+        by_day: dict[str, tuple[list[str], list[str]]] = {}
+        for exec_id, sid in ids.items():
+            if sid not in kept:
+                continue
+            day = days.get(sid, "")
+            group = by_day.get(day)
+            if group is None:
+                group = by_day[day] = ([], [])
+            group[0].append(exec_id)
+            group[1].append(sid)
+        if by_day:
+            index[venue] = {day: [SEP.join(execs), SEP.join(sids)] for day, (execs, sids) in sorted(by_day.items())}
+    return index
+
+
 def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
     """(document, finished order ids packed as 16-byte uuids) of the state as it is now."""
     orders = dict.items(state.orders)
@@ -246,6 +289,7 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "signals": [{**s, "value": _d(s["value"]), "at": _t(s["at"])} for s in state.signals.values()],
         "engines": {name: _engine_doc(e) for name, e in state.engines.items()},
         "stream_versions": versions,
+        "exec_ids": _exec_index(state, {o["stream_id"] for o in hot}),
     }
     return doc, bytes(cold)
 
@@ -308,9 +352,9 @@ def problems(doc: dict[str, Any], *, position: int, head: int, now: datetime,
              max_clock_skew: timedelta = timedelta(minutes=5)) -> list[str]:
     """Everything wrong with a snapshot document (empty when it may be loaded)."""
     found: list[str] = []
-    if doc.get("snapshot_version") != SNAPSHOT_VERSION:
-        return [f"snapshot version {doc.get('snapshot_version')!r} is not {SNAPSHOT_VERSION} (written by another "
-                "tradestate version)"]
+    if doc.get("snapshot_version") not in READABLE_VERSIONS:
+        return [f"snapshot version {doc.get('snapshot_version')!r} is not one of "
+                f"{', '.join(map(str, READABLE_VERSIONS))} (written by another tradestate version)"]
     if doc.get("position") != position:
         found.append(f"the document says position {doc.get('position')}, its row says {position}")
     if position > head:
@@ -360,7 +404,8 @@ def _tn(value: str | None) -> datetime | None:
 
 def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
     """A live ``TradingState`` from a validated snapshot; its orders are an ``OrderBook`` holding
-    the open orders, the finished ones left in the log as ids (``finished``)."""
+    the open orders, the finished ones left in the log as ids (``finished``). A version 1 snapshot
+    has no execution-id index: the restored one is empty."""
     state = TradingState(doc["exchange_tz"])
     state.position = doc["position"]
     state.applied = doc["applied"]
@@ -422,11 +467,23 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         if engine.get("last_recovery") is not None:
             engine["last_recovery"] = {**engine["last_recovery"], "at": _tn(engine["last_recovery"]["at"])}
         state.engines[name] = engine
+    for venue, by_day in doc.get("exec_ids", {}).items():
+        ids = state.exec_ids[venue] = {}
+        for day, (execs, sids) in by_day.items():
+            streams = sids.split(SEP)
+            executions = execs.split(SEP)
+            if len(streams) != len(executions):
+                raise ValueError(f"exec_ids of {venue} on {day}: {len(executions)} ids for {len(streams)} orders")
+            ids.update(zip(executions, streams))
+            state.exec_days.update(zip(streams, repeat(day)))
     return state
 
 
 __all__ = [
+    "EXEC_ID_DAYS",
+    "EXEC_ID_ORDERS",
     "OrderBook",
+    "READABLE_VERSIONS",
     "SNAPSHOT_VERSION",
     "SnapshotInvalid",
     "checksum",

@@ -265,7 +265,8 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     (account, venue, symbol) moves by ``sign`` * qty at the price (average cost, realised P&L,
     fees, time), the account's statistics of the fill's trading day count it, the account's cash
     moves when a balance is on record (USD by the notional, the fee's currency by the fee), and
-    the venue's execution id is indexed to the order stream ``sid``.
+    the venue's execution id is indexed to the order stream ``sid`` (and ``sid`` to the fill's
+    trading day).
 
     ``at`` (the row's recorded time, a datetime or ISO text) counts when the payload has no
     ``occurred_at``. Returns (qty, price, fee, time of the fill). ``TradingState.apply`` and the
@@ -283,7 +284,8 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     held.fees += fee
     held.updated_at = when
     day = state._day_cache.get(occurred[:16]) if occurred and occurred[-1] == "Z" else None  # _trading_day_of's hit
-    stats = account.day(day or state._trading_day_of(occurred, when))
+    day = day or state._trading_day_of(occurred, when)
+    stats = account.day(day)
     stats.fills += 1
     stats.volume += qty
     stats.realized_pnl += realized
@@ -299,6 +301,10 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
         state.exec_ids[key[1]][d["exec_id"]] = sid
     except KeyError:  # the venue's first execution (a payload always has an exec_id)
         state.exec_ids[key[1]] = {d["exec_id"]: sid}
+    days = state.exec_days
+    if sid in days:
+        del days[sid]  # kept in the order of each order's last fill: most recent last
+    days[sid] = day
     return qty, price, fee, when
 
 
@@ -306,7 +312,9 @@ class TradingState:
     """Everything the engine and the risk checks need, folded from the trading log.
 
     ``exec_ids`` maps venue -> execution id -> the order stream its fill is booked on: an
-    execution id is unique per venue, so a second order claiming it is a discrepancy."""
+    execution id is unique per venue, so a second order claiming it is a discrepancy.
+    ``exec_days`` maps an order stream in that index to the trading day of its last fill, in the
+    order of those last fills (what a checkpoint keeps of the index is chosen by it)."""
 
     def __init__(self, exchange_tz: str = "America/New_York"):
         self.exchange_tz = exchange_tz
@@ -320,6 +328,7 @@ class TradingState:
         self.signals: dict[tuple[str, str], dict[str, Any]] = {}
         self.engines: dict[str, dict[str, Any]] = {}
         self.exec_ids: dict[str, dict[str, str]] = {}
+        self.exec_days: dict[str, str] = {}
         self.applied = 0  # events applied (voids excluded)
         self._handlers = {
             name: getattr(self, "_on_" + name) for name in EVENT_TYPES if name != "BarRecorded"

@@ -26,6 +26,7 @@ import orjson
 from pydantic_core import to_jsonable_python
 
 from .adapters.brokers.base import BrokerAdapter, OrderNotFound, Unknown, VenueError, VenueOrder, VenueSnapshot
+from .adapters.brokers.registry import BROKERS, make_adapter
 from .client import TradestateClient
 from .domain import events as ev
 from .domain import orders as rules
@@ -41,6 +42,7 @@ from .domain.reconcile import (
     plan_reconciliation,
 )
 from .domain.state import TradingState
+from .loading import deciding
 from .writer import Decided, Recorded, Writer, build_event
 
 DEFAULT_LOOKUP_LIMIT = 500  # single-order lookups per run; beyond that the orders stay "unknown"
@@ -63,8 +65,13 @@ class ReconciliationResult:
     position: int = 0  # log position of the ReconciliationCompleted
     venue_report_sha256: str = ""
     corrective_events: list[dict[str, Any]] = field(default_factory=list)  # type and a summary of each
+    dry_run: bool = False  # planned only: nothing appended; the events above are what a run would append
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready values; a dry run adds ``would_append`` (the number of
+        corrective events a run would append) and ``unknown`` (the same as ``errors``)."""
+        extra: dict[str, Any] = {"would_append": len(self.corrective_event_ids), "unknown": self.errors} \
+            if self.dry_run else {}
         return {
             "reconciliation_id": self.reconciliation_id,
             "account": self.account,
@@ -80,6 +87,8 @@ class ReconciliationResult:
             "duration_s": self.duration_s,
             "position": self.position,
             "venue_report_sha256": self.venue_report_sha256,
+            "dry_run": self.dry_run,
+            **extra,
         }
 
 
@@ -148,9 +157,14 @@ def reconcile(
     since: datetime | None = None,
     now: datetime | None = None,
     lookup_limit: int = DEFAULT_LOOKUP_LIMIT,
+    dry_run: bool = False,
 ) -> ReconciliationResult:
     """Reconcile one broker account with the log; see the module docstring. ``client``: the
-    client (or its ``Writer``) whose log is reconciled. Raises ``InvalidInput`` for naive times."""
+    client (or its ``Writer``) whose log is reconciled. Raises ``InvalidInput`` for naive times.
+
+    ``dry_run``: query the venue and plan exactly as a run would, against the log as it is now,
+    and append nothing. The result (``dry_run`` True, ``position`` 0) says what a run would
+    append: ``corrective_event_ids``/``corrective_events``, and ``blocked`` if it would block."""
     started = time.perf_counter()
     writer = _writer(client)
     if now is None:
@@ -202,12 +216,22 @@ def reconcile(
             )))
         return Decided(rules.Append(events), (plan, block))
 
-    written = writer.record(decide, orders=orders_touched(account, snapshot, lookups))
-    plan, blocked = written.value  # type: ignore[misc]
-    if isinstance(written.decision, rules.Append):
-        position = written.positions[len(plan.events)]
-    else:  # cannot happen: decide always appends
-        position, blocked = written.positions[0], False
+    touched = orders_touched(account, snapshot, lookups)
+    if dry_run:
+        with writer.lock:
+            writer.refresh()
+            writer.load_orders(touched)
+            with deciding(writer.state) as state:
+                planned = decide(state)
+        plan, blocked = planned.value  # type: ignore[misc]
+        position = 0
+    else:
+        written = writer.record(decide, orders=touched)
+        plan, blocked = written.value  # type: ignore[misc]
+        if isinstance(written.decision, rules.Append):
+            position = written.positions[len(plan.events)]
+        else:  # cannot happen: decide always appends
+            position, blocked = written.positions[0], False
     return ReconciliationResult(
         reconciliation_id=str(run_id),
         account=account,
@@ -223,6 +247,7 @@ def reconcile(
         position=position,
         venue_report_sha256=digest,
         corrective_events=[_summary(e) for _, e in plan.events],
+        dry_run=dry_run,
     )
 
 
@@ -253,90 +278,6 @@ def acknowledge(client: TradestateClient | Writer, account: str, *, by: str, dec
         ev.DiscrepancyAcknowledged, account, by=by, decision=decision,
         reconciliation_id=last["reconciliation_id"] if last else None,
     )
-
-
-# ---------------------------------------------------------------------------------- adapters
-
-BROKERS = ("sim", "alpaca", "ib")
-
-
-def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
-    """Build the adapter for ``broker`` from plain options (CLI flags or a TOML table).
-
-    sim: ``account``, ``sim_state`` (the SimulatedBroker state file), ``venue``, ``seed``.
-    alpaca: ``account``, ``base_url``, ``stream_url``, ``api_key``/``secret_key`` (default
-    ``$APCA_API_KEY_ID``/``$APCA_API_SECRET_KEY``). ib: ``account``, ``host``, ``port``,
-    ``client_id``, ``ib_account`` (the IB account code, when it differs from ours)."""
-    import os
-
-    account = options.get("account")
-    if not account:
-        raise InvalidInput("give the account to reconcile (--account)")
-    if broker == "sim":
-        from .adapters.brokers.sim import SimulatedBroker
-
-        path = options.get("sim_state")
-        if not path:
-            raise InvalidInput("--broker sim needs --sim-state PATH (the simulated broker's state file)")
-        if not os.path.exists(path):
-            raise InvalidInput(f"no simulated broker state at {path!r}")
-        return SimulatedBroker(account=account, venue=options.get("venue") or "SIM",
-                               seed=int(options.get("seed") or 0), state_path=path)
-    if broker == "alpaca":
-        cls = _load("tradestate.adapters.brokers.alpaca", "AlpacaAdapter", "alpaca")
-        values = {
-            "account": account,
-            "base_url": options.get("base_url"),
-            "stream_url": options.get("stream_url"),
-            "api_key": options.get("api_key") or os.environ.get("APCA_API_KEY_ID"),
-            "secret_key": options.get("secret_key") or os.environ.get("APCA_API_SECRET_KEY"),
-            "venue": options.get("venue"),
-        }
-        if not values["api_key"] or not values["secret_key"]:
-            raise InvalidInput("Alpaca needs API keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
-        return _construct(cls, values)
-    if broker == "ib":
-        cls = _load("tradestate.adapters.brokers.ib", "IBAdapter", "ib")
-        values = {
-            "account": account,
-            "host": options.get("host") or "127.0.0.1",
-            "port": int(options["port"]) if options.get("port") else None,
-            "client_id": int(options["client_id"]) if options.get("client_id") is not None else None,
-            "ib_account": options.get("ib_account"),
-            "venue": options.get("venue"),
-        }
-        return _construct(cls, values)
-    raise InvalidInput(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
-
-
-def _load(module: str, name: str, broker: str) -> Any:
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == module or module.startswith(e.name + ".")):
-            raise InvalidInput(f"the {broker} adapter ({module}) is not installed in this build") from None
-        raise InvalidInput(f"the {broker} adapter needs {e.name!r}: pip install {e.name}") from None
-    except AttributeError:
-        raise InvalidInput(f"{module} has no {name}") from None
-
-
-def _construct(cls: Any, values: dict[str, Any]) -> BrokerAdapter:
-    try:
-        return cls(**_accepted(cls, values))
-    except (ValueError, TypeError) as e:  # the adapter refused its options: bad input
-        raise InvalidInput(f"{cls.__name__}: {e}") from None
-
-
-def _accepted(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """Pass the options the adapter's constructor takes (and that were given)."""
-    import inspect
-
-    parameters = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return {k: v for k, v in values.items() if v is not None}
-    return {k: v for k, v in values.items() if v is not None and k in parameters}
 
 
 __all__ = [

@@ -205,24 +205,6 @@ class _Verification:
         return self.step
 
 
-def _plan_only(client: Any, adapter: Any, now: datetime) -> dict[str, Any]:
-    """What reconciling would find and append, without appending anything."""
-    from uuid import uuid4
-
-    from .domain.reconcile import orders_to_look_up, plan_reconciliation
-    from .loading import deciding
-    from .reconcile import DEFAULT_LOOKUP_LIMIT, look_up, orders_touched
-
-    snapshot = adapter.snapshot(None, now=now)
-    lookups = look_up(adapter, orders_to_look_up(client.state, snapshot), DEFAULT_LOOKUP_LIMIT)
-    client.writer.load_orders(orders_touched(adapter.account, snapshot, lookups))
-    with deciding(client.state) as state:
-        plan = plan_reconciliation(state, snapshot, reconciliation_id=uuid4(), now=now, lookups=lookups)
-    return {"broker": adapter.broker, "account": adapter.account, "venue": adapter.venue, "status": plan.status,
-            "discrepancies": [vars(d) if hasattr(d, "__dict__") else d for d in plan.discrepancies],
-            "would_append": len(plan.events), "unknown": list(plan.unknown), "dry_run": True}
-
-
 def _health(store: Store, state: TradingState, head: int, now: datetime) -> tuple[Step, list[str]]:
     timer = _Timer()
     problems: list[str] = []
@@ -316,15 +298,11 @@ def recover(
 
         statuses = []
         for adapter in adapters:
-            if record:
-                result = reconcile(client, adapter, strict=strict, now=clock())
-                entry = {k: v for k, v in vars(result).items() if not k.startswith("_")}
-                found, corrective = len(result.discrepancies), len(result.corrective_event_ids)
-                verb = "corrective events"
-            else:  # a dry run appends nothing: plan only, and say what a real run would append
-                entry = _plan_only(client, adapter, clock())
-                found, corrective = len(entry["discrepancies"]), entry["would_append"]
-                verb = "corrective events it would append (dry run)"
+            # A dry run (record False) appends nothing: the runner plans and says what it would append.
+            result = reconcile(client, adapter, strict=strict, now=clock(), dry_run=not record)
+            entry = {k: v for k, v in vars(result).items() if not k.startswith("_")}
+            found, corrective = len(result.discrepancies), len(result.corrective_event_ids)
+            verb = "corrective events" if record else "corrective events it would append (dry run)"
             report.reconciliations.append(entry)
             report.discrepancies += found
             report.corrective_events += corrective

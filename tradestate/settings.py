@@ -139,8 +139,9 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------------------ brokers
 
     def broker_options(self, broker: str) -> dict[str, Any]:
-        """The plain options ``tradestate.reconcile.make_adapter`` takes for ``broker``, secrets
-        revealed only into this dict (handed to the adapter, never printed)."""
+        """The plain options ``tradestate.adapters.brokers.registry.make_adapter`` takes for
+        ``broker`` (every broker setting, by its option name), secrets revealed only into this dict
+        (handed to the adapter, never printed)."""
         options: dict[str, Any] = {"account": self.account}
         if broker == "sim":
             options.update(sim_state=self.sim_state, seed=self.sim_seed, venue=self.venue or self.sim_venue)
@@ -152,6 +153,7 @@ class Settings(BaseSettings):
                 base_url=self.alpaca_base_url or (BaseURL.TRADING_PAPER if paper else BaseURL.TRADING_LIVE).value,
                 stream_url=self.alpaca_stream_url or (BaseURL.TRADING_STREAM_PAPER if paper
                                                       else BaseURL.TRADING_STREAM_LIVE).value,
+                paper=paper,
                 api_key=self.alpaca_api_key.get_secret_value() if self.alpaca_api_key else None,
                 secret_key=self.alpaca_secret_key.get_secret_value() if self.alpaca_secret_key else None,
                 venue=self.venue or self.alpaca_venue)

@@ -7,8 +7,10 @@ recognised) and a sha256 over its content. Loading validates it (checksum, schem
 position not beyond the log head, the event id at its position, no time in the future, no absurd
 quantity or negative price); one that fails is reported and the next older one is tried, then
 replay from zero. Checkpoints are a cache: deleting them loses nothing, and the log is never
-touched by them. Writing one is an insert of the open state only (kilobytes for most books), in
-its own short transaction: appends never wait for a fold.
+touched by them. Writing one is an insert of the open state and the recent execution ids only
+(``snapshot.EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``), in its own short transaction: appends never wait
+for a fold. Snapshots of an
+older readable version (``snapshot.READABLE_VERSIONS``) load too.
 """
 
 from __future__ import annotations
@@ -273,8 +275,9 @@ def _check(store: Store, info: CheckpointInfo, event_id: str, data: bytes, finis
     reasons = []
     if snapshot.checksum(data, finished) != info.checksum:
         reasons.append("checksum mismatch: the snapshot's content changed after it was written")
-    if info.snapshot_version != snapshot.SNAPSHOT_VERSION:
-        reasons.append(f"snapshot version {info.snapshot_version} is not {snapshot.SNAPSHOT_VERSION}")
+    if info.snapshot_version not in snapshot.READABLE_VERSIONS:
+        reasons.append(f"snapshot version {info.snapshot_version} is not one of "
+                       f"{', '.join(map(str, snapshot.READABLE_VERSIONS))}")
     if info.position > head:
         reasons.append(f"position {info.position} is beyond the log head {head}")
     elif _event_id_at(store, info.position) != event_id:

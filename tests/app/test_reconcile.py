@@ -13,7 +13,8 @@ import pytest
 from tradestate.adapters.brokers.base import OrderRequest
 from tradestate.adapters.brokers.sim import SimFaults, SimulatedBroker
 from tradestate.domain.ids import order_stream_id
-from tradestate.reconcile import acknowledge, make_adapter, reconcile
+from tradestate.adapters.brokers.registry import make_adapter
+from tradestate.reconcile import acknowledge, reconcile
 from tradestate.domain.errors import InvalidInput
 
 from tests.support.reconcile import ACCOUNT, connect, rows, stage_missed_fill

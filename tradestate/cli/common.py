@@ -107,10 +107,10 @@ def broker_flags(*, broker: list[str] | None, account: str | None, venue: str | 
 
 def make_adapters(s: Any) -> list[Any]:
     """One broker adapter for each of the settings' brokers, built by
-    ``tradestate.reconcile.make_adapter`` from the same settings; a venue that cannot be reached
+    ``adapters.brokers.registry.make_adapter`` from the same settings; a venue that cannot be reached
     ends the command with exit 1, bad options with exit 2."""
     from ..adapters.brokers.base import VenueError
-    from ..reconcile import make_adapter
+    from ..adapters.brokers.registry import make_adapter
 
     adapters: list[Any] = []
     try:

@@ -8,7 +8,7 @@ Options come from the flags, else ``TRADESTATE_*`` variables, else the TOML sett
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Optional
 
 import typer
@@ -16,23 +16,6 @@ import typer
 from .common import (AccountOption, BaseUrlOption, BrokerOption, ClientIdOption, ConfigOption, DbOption, ExitCode,
                      HostOption, IbAccountOption, PortOption, SimStateOption, StreamUrlOption, StrictOption,
                      VenueOption, broker_flags, command, exit_codes, fail, make_adapters, open_log, settings)
-
-
-def plan(client: Any, adapter: Any, *, since: datetime | None, now: datetime) -> dict[str, Any]:
-    """What reconciling ``adapter``'s account would find and append, appending nothing: the
-    status, the discrepancies and the number of events a real run would append."""
-    from uuid import uuid4
-
-    from ..domain.reconcile import orders_to_look_up, plan_reconciliation
-    from ..reconcile import DEFAULT_LOOKUP_LIMIT, look_up
-
-    snapshot = adapter.snapshot(since, now=now)
-    client.catch_up()
-    lookups = look_up(adapter, orders_to_look_up(client.state, snapshot), DEFAULT_LOOKUP_LIMIT)
-    planned = plan_reconciliation(client.state, snapshot, reconciliation_id=uuid4(), now=now, lookups=lookups)
-    return {"broker": adapter.broker, "account": adapter.account, "venue": adapter.venue, "status": planned.status,
-            "discrepancies": [d.as_dict() for d in planned.discrepancies],
-            "would_append": len(planned.events), "unknown": list(planned.unknown), "dry_run": True}
 
 
 def register(app: typer.Typer) -> None:
@@ -99,23 +82,17 @@ def register(app: typer.Typer) -> None:
         try:
             adapters = make_adapters(s)
             try:
-                if dry_run:
-                    now = datetime.now(timezone.utc)
-                    results: list[Any] = [plan(client, a, since=since_at, now=now) for a in adapters]
-                else:
-                    results = [run_reconcile(client, a, strict=s.strict, since=since_at) for a in adapters]
+                results = [run_reconcile(client, a, strict=s.strict, since=since_at, dry_run=dry_run)
+                           for a in adapters]
             finally:
                 for adapter in adapters:
                     adapter.close()
         finally:
             client.close()
 
-        failed = False
-        for result in results:
-            status = result["status"] if dry_run else result.status
-            failed |= status == "unknown" or (s.strict and status == "discrepancies")
+        failed = any(r.status == "unknown" or (s.strict and r.status == "discrepancies") for r in results)
         if as_json:
-            dicts = results if dry_run else [r.as_dict() for r in results]
+            dicts = [r.as_dict() for r in results]
             print(to_json(dicts[0] if len(dicts) == 1 else {"results": dicts}))
         else:
             for result in results:
@@ -123,15 +100,16 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(ExitCode.PROBLEM if failed else ExitCode.OK)
 
 
-def print_plan(console: Any, planned: dict[str, Any]) -> None:
-    """Print a dry run's plan: its status, what a real run would append, and each discrepancy."""
-    console.print(f"dry run: {planned['broker']} {planned['venue']} {planned['account']}: status "
-                  f"[bold]{planned['status']}[/], a run would append {planned['would_append']} events; "
-                  f"{len(planned['discrepancies'])} discrepancies", highlight=False)
-    for d in planned["discrepancies"]:
+def print_plan(console: Any, planned: Any) -> None:
+    """Print a dry run's result: its status, what a real run would append, and each discrepancy."""
+    console.print(f"dry run: {planned.broker} {planned.venue} {planned.account}: status "
+                  f"[bold]{planned.status}[/], a run would append {len(planned.corrective_event_ids)} events; "
+                  f"{len(planned.discrepancies)} discrepancies"
+                  + (" and block trading" if planned.blocked else ""), highlight=False)
+    for d in planned.discrepancies:
         console.print(f"  {d.get('kind') or ''} {d.get('client_order_id') or ''} {d.get('symbol') or ''}: "
                       f"{d.get('detail') or ''}", highlight=False, markup=False)
-    for error in planned["unknown"]:
+    for error in planned.errors:
         console.print(f"[red]unknown:[/] {error}", highlight=False)
 
 
