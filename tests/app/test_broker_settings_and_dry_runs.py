@@ -35,7 +35,7 @@ def test_an_option_the_broker_does_not_take_is_refused_not_dropped():
 
 @pytest.mark.usefixtures("_clean_env")
 def test_the_ib_timeout_from_the_environment_reaches_the_adapter(monkeypatch):
-    from fake_tws import FakeTWS
+    from tests.support.fake_tws import FakeTWS
 
     with FakeTWS() as server:
         monkeypatch.setenv("TRADESTATE_ACCOUNT", "acct-1")
@@ -80,7 +80,7 @@ def test_a_dry_run_of_the_runner_appends_nothing_and_lists_the_events_a_run_appe
     from datetime import datetime, timezone
     from decimal import Decimal as D
 
-    from test_reconcile import ACCOUNT, connect, stage_missed_fill
+    from tests.support.reconcile import ACCOUNT, connect, stage_missed_fill
 
     from tradestate.adapters.brokers.sim import SimulatedBroker
     from tradestate.reconcile import reconcile
@@ -118,7 +118,7 @@ def _filled_order_and_open_order(client, account="acct-1"):
 
 
 def test_a_duplicate_exec_id_of_a_fill_before_the_checkpoint_is_caught_after_a_warm_start(db_url):
-    from projector_worker import Clock
+    from tests.support.projector_worker import Clock
 
     import tradestate
     from tradestate.adapters.store import checkpoints as cp
@@ -162,7 +162,7 @@ def test_a_reconciliation_after_a_warm_start_sees_a_venue_fill_reusing_a_booked_
 
 
 def test_a_checkpoint_keeps_the_exec_ids_of_the_last_two_trading_days_and_of_open_orders(sqlite_url, monkeypatch):
-    from projector_worker import Clock
+    from tests.support.projector_worker import Clock
 
     import tradestate
     from tradestate.domain import snapshot
