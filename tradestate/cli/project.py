@@ -182,7 +182,7 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
         summarise(stats.events, stop.is_set())
         return 0
     how = "head poll every {:g}-{:g} ms".format(poll[0] * 1000, poll[1] * 1000) if poll else "no head poll"
-    if store.kind == "postgresql":
+    if store.dialect.is_postgres:
         how = f"LISTEN {channel_name(store)} + {how}"
     say(f"following {store.display_url} from position {position:,} (head {store.trading.head():,}; "
         f"{how}; watchdog {watchdog:g} s)")
