@@ -78,3 +78,9 @@ class LogRewound(TradestateError):
             "decides nothing more: stop sending orders, re-open, run `tradestate recover` and reconcile "
             "with every venue to re-establish what the log lost"
         )
+
+    def as_dict(self) -> dict[str, object]:
+        """What the error carries, as plain data (to keep for ``tradestate recover``)."""
+        return {"known_position": self.known_position, "known_event_id": self.known_event_id,
+                "found_head": self.found_head, "found_event_id": self.found_event_id,
+                "lost": [dict(e) for e in self.lost]}

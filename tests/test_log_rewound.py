@@ -148,3 +148,44 @@ def test_a_log_that_only_grew_is_not_a_rewind(db_url):
             b.record_signal("t", "AAPL", f"b{i}")
         assert a.catch_up() == b.catch_up() == _head(db_url)
         assert a.writer.rewound is None and b.writer.rewound is None
+
+
+def test_recover_names_what_the_log_lost_and_reconciliation_re_establishes_it(db_url, tmp_path):
+    """The engine keeps the error (``as_dict``) for the operator; ``recover`` reports the events
+    the log lost, and with the broker configured, reconciliation books the lost fill again."""
+    import orjson
+
+    from tradestate.adapters.brokers.sim import sim_venue
+    from tradestate.recovery import recover
+
+    with sim_venue(ACCT) as venue, tradestate.connect(db_url, clock=Clock(), venue="SIM") as client:
+        client.record_intent(ACCT, "a", "AAPL", "buy", 5, order_type="limit", limit_price=100)
+        backed_up = _backup(db_url, tmp_path / "old.tsb")
+        client.record_submitted(ACCT, "a")
+        client.record_ack(ACCT, "a", "V-1")
+        client.record_fill(ACCT, "a", "X-1", 5, 100)
+        venue.add_order(client_order_id="a", symbol="AAPL", side="buy", qty=5, status="filled",
+                        fills=[("X-1", 5, 100)])
+        venue.set_position("AAPL", 5, 100)
+        _restore(db_url, tmp_path / "old.tsb")
+        with pytest.raises(LogRewound) as caught:
+            client.record_signal("s", "AAPL", "x")
+        kept = orjson.loads(orjson.dumps(caught.value.as_dict()))  # what an engine writes to disk
+        assert [e["type"] for e in kept["lost"]] == ["OrderSubmitted", "OrderAcknowledged", "OrderFilled"]
+
+        # without a broker to reconcile with, the engine is not ready
+        with open_store(db_url, create=False) as store:
+            report, again = recover(store, rewound=kept, record=False, verify="none")
+            again.close()
+        step = report.step("rewind")
+        assert step.status == "failed" and not report.ready
+        assert [e["type"] for e in report.lost] == ["OrderSubmitted", "OrderAcknowledged", "OrderFilled"]
+        assert "lost 3 event(s)" in step.detail and f"from position {backed_up + 1}" in step.detail
+
+        with open_store(db_url, create=False) as store:
+            report, recovered = recover(store, rewound=caught.value, adapters=[venue.adapter()], verify="none")
+            with recovered:
+                assert report.step("rewind").status == "warn" and len(report.lost) == 3
+                order = recovered.order(ACCT, "a")
+                assert order["status"] == "filled" and order["filled_qty"] == 5
+                assert [p["qty"] for p in recovered.positions(ACCT)] == [5]
