@@ -363,24 +363,29 @@ class Writer:
             if not force and self._clock_checked is not None and started - self._clock_checked < self.clock_check_seconds:
                 return self.clock_reading
             self._clock_checked = started
-            before = self.clock_time()
-            store_time = self.store.trading.server_time()
-            after = self.clock_time()
-            if store_time.tzinfo is None:
-                store_time = store_time.replace(tzinfo=timezone.utc)
-            half = (after - before) / 2
-            engine_time = before + half
-            reading = self.clock_reading = ClockReading(engine_time, store_time, engine_time - store_time, abs(half))
-            if self.clock_skew_threshold is not None:
-                self._record_skew(reading, self.clock_skew_threshold)
-            return reading
+            self._checking_clock = True  # recording a skew goes through ``record``: no second measurement
+            try:
+                before = self.clock_time()
+                store_time = self.store.trading.server_time()
+                after = self.clock_time()
+                if store_time.tzinfo is None:
+                    store_time = store_time.replace(tzinfo=timezone.utc)
+                half = (after - before) / 2
+                engine_time = before + half
+                reading = self.clock_reading = ClockReading(engine_time, store_time, engine_time - store_time,
+                                                            abs(half))
+                if self.clock_skew_threshold is not None:
+                    self._record_skew(reading, self.clock_skew_threshold)
+                return reading
+            finally:
+                self._checking_clock = False
 
     def _record_skew(self, reading: ClockReading, threshold: timedelta) -> None:
         beyond = abs(reading.excess) > threshold
         source = self.clock_source
 
         def ms(t: timedelta) -> Decimal:
-            return (Decimal(t.days * 86_400_000_000 + t.seconds * 1_000_000 + t.microseconds) / 1000)
+            return Decimal(t // timedelta(microseconds=1)) / 1000
 
         def decide(state: TradingState) -> rules.Decision:
             last = state.clock_skews.get(source)
@@ -477,7 +482,6 @@ class Writer:
         checked = self._clock_checked
         if self._checking_clock or (checked is not None and time.monotonic() - checked < self.clock_check_seconds):
             return
-        self._checking_clock = True  # recording a skew goes through ``record`` again
         try:
             self.check_clock()
         except TradestateError:
@@ -485,8 +489,6 @@ class Writer:
         except Exception as e:  # noqa: BLE001 - the store's clock cannot be read: the call fails like a read
             raise AppendFailed(f"the store's clock cannot be read ({type(e).__name__}: {e}); nothing was "
                                "appended by this call (retrying the same call is safe)") from e
-        finally:
-            self._checking_clock = False
 
     def record_fact(self, decide: Decide[Any], *, orders: Iterable[str] = ()) -> Recorded:
         """``record`` for a one-fact command: where its first event stands."""
@@ -568,6 +570,8 @@ class Writer:
                 if not rows or rows[0].originator_version != version or bytes(rows[0].state) != data:
                     return None
                 positions.append(rows[0].position)
+            for (stream, version, type_name, payload, _), position in zip(attempt, positions, strict=True):
+                self.acknowledged.append((position, stream, version, type_name, payload.get("event_id")))
             self.catch_up()
             return positions
         except Exception:  # noqa: BLE001 - the database is still unreachable: we cannot know yet
