@@ -13,9 +13,11 @@ import orjson
 import pytest
 
 import tradestate
+from tradestate.adapters.store import checkpoints as cp
 from tradestate.adapters.store import open_store
 from tradestate.domain import events as ev
 from tradestate.domain.state import TradingState
+from tradestate.loading import fold_tail
 
 ACCT = "acct"
 NY = ZoneInfo("America/New_York")
@@ -137,6 +139,19 @@ def test_skew_beyond_the_threshold_is_recorded_once_per_episode(db_url):
     with tradestate.connect(db_url, clock=clock, venue="sim", clock_guard=True, max_clock_skew=None,
                             clock_source="engine-1"):
         assert len(_types(db_url, "ClockSkewRecorded")) == 3
+    # so does one started from a checkpoint (which does not keep clock records)
+    with open_store(db_url, create=False) as store:
+        state = TradingState()
+        fold_tail(store, state)
+        cp.write(store, state)
+    with tradestate.connect(db_url, clock=clock, venue="sim", clock_guard=True, max_clock_skew=None,
+                            clock_source="engine-1", clock_check_seconds=0) as warm:
+        assert warm.loaded.state is not None and warm.state.clock_skews == {}
+        warm.record_signal("s", "AAPL", "warm")
+        assert len(_types(db_url, "ClockSkewRecorded")) == 3
+        clock.offset = timedelta(0)
+        warm.record_signal("s", "AAPL", "synced")
+        assert [r["within_threshold"] for r in _types(db_url, "ClockSkewRecorded")] == [False, True, False, True]
 
 
 def test_the_clock_is_measured_at_connect_and_then_periodically_not_per_call(sqlite_url):

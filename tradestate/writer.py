@@ -223,6 +223,7 @@ class Writer:
         self.clock_reading: ClockReading | None = None
         self._clock_checked: float | None = None
         self._checking_clock = False
+        self._logged_skews: dict[str, dict[str, Any] | None] = {}
         self.log_time: datetime | None = None  # the latest recorded_at this writer has seen
         self._last_now: datetime | None = None
 
@@ -388,7 +389,7 @@ class Writer:
             return Decimal(t // timedelta(microseconds=1)) / 1000
 
         def decide(state: TradingState) -> rules.Decision:
-            last = state.clock_skews.get(source)
+            last = self._last_skew(state, source)
             in_episode = last is not None and not last["within_threshold"]
             if beyond == in_episode or (last is None and not beyond):
                 return rules.AlreadyRecorded(last["position"] if last is not None else state.position)
@@ -398,10 +399,26 @@ class Writer:
                 uncertainty_ms=ms(reading.uncertainty), threshold_ms=ms(threshold), within_threshold=not beyond)
             return rules.Append([(ev.CLOCK_STREAM, e)])
 
-        last = self.state.clock_skews.get(source)
+        last = self._last_skew(self.state, source)
         if (last is None and not beyond) or (last is not None and last["within_threshold"] == (not beyond)):
-            return  # nothing changed: no read, no append
+            return  # nothing changed: no append
         self.record(decide)
+
+    def _last_skew(self, state: TradingState, source: str) -> dict[str, Any] | None:
+        """The last ``ClockSkewRecorded`` of ``source``: from the fold, or (a state restored from a
+        checkpoint, which does not keep them) read once from the clock stream."""
+        last = state.clock_skews.get(source)
+        if last is not None or source in self._logged_skews:
+            return last or self._logged_skews[source]
+        found = None
+        for e in self.store.trading.read_stream(ev.CLOCK_STREAM):
+            if e.position > state.position:
+                break
+            d = orjson.loads(e.state)
+            if d.get("source") == source:
+                found = {"within_threshold": d["within_threshold"], "position": e.position}
+        self._logged_skews[source] = found
+        return found
 
     def intent_clock(self) -> dict[str, timedelta | None]:
         """What the pre-trade check needs of the clock (``decide_intent``'s keywords): the last
