@@ -115,7 +115,8 @@ def test_skew_beyond_the_threshold_is_recorded_once_per_episode(db_url):
         assert len(records) == 1
         first = records[0]
         assert (first["source"], first["within_threshold"], first["threshold_ms"]) == ("engine-1", False, "50")
-        assert 400 < float(first["skew_ms"]) < 600 and float(first["uncertainty_ms"]) >= 0
+        assert float(first["uncertainty_ms"]) >= 0
+        assert abs(float(first["skew_ms"]) - 500) <= float(first["uncertainty_ms"]) + 20
         for i in range(5):  # measured again on every call (interval 0): still one record
             client.record_signal("s", "AAPL", f"x{i}")
         assert len(_types(db_url, "ClockSkewRecorded")) == 1
@@ -132,7 +133,7 @@ def test_skew_beyond_the_threshold_is_recorded_once_per_episode(db_url):
         client.record_signal("s", "AAPL", "z2")
         records = _types(db_url, "ClockSkewRecorded")
         assert [r["within_threshold"] for r in records] == [False, True, False]
-        assert float(records[2]["skew_ms"]) < -200
+        assert abs(float(records[2]["skew_ms"]) + 300) <= float(records[2]["uncertainty_ms"]) + 20
         assert client.state.clock_skews["engine-1"]["within_threshold"] is False
 
     # a restarted engine still skewed continues the episode on record: nothing new
