@@ -183,12 +183,13 @@ def test_the_wall_clock_is_guarded_by_default_and_an_injected_clock_is_not(sqlit
 
 
 def test_skew_beyond_the_maximum_refuses_intents_with_reason_clock_skew(db_url):
-    clock = OffsetClock(2.0)
+    clock = OffsetClock(-3.0)
     with tradestate.connect(db_url, clock=clock, venue="sim", clock_guard=True, clock_check_seconds=0,
                             max_clock_skew=1.0) as client:
+        # behind: decisions take the log's time, but the clock itself is off
         r = client.record_intent(ACCT, "o1", "AAPL", "buy", 1, reference_price=10)
         assert r.refusal is not None and r.refusal.reasons == ["clock_skew"]
-        assert "engine clock +" in r.refusal.detail and "1000.0 ms allowed" in r.refusal.detail
+        assert "engine clock -" in r.refusal.detail and "1000.0 ms allowed" in r.refusal.detail
         assert client.order(ACCT, "o1")["status"] == "refused"
         refused = _types(db_url, "IntentRejectedByRisk")
         assert [x["reasons"] for x in refused] == [["clock_skew"]]
@@ -198,9 +199,10 @@ def test_skew_beyond_the_maximum_refuses_intents_with_reason_clock_skew(db_url):
         clock.offset = timedelta(0)  # back in sync: trading goes on
         assert client.record_intent(ACCT, "o2", "AAPL", "buy", 1, reference_price=10).accepted
 
-        clock.offset = -timedelta(seconds=3)  # behind counts the same
+        clock.offset = timedelta(seconds=2)  # ahead counts the same
         r = client.record_intent(ACCT, "o3", "AAPL", "buy", 1, reference_price=10)
         assert r.refusal is not None and r.refusal.reasons == ["clock_skew"]
+        assert "engine clock +" in r.refusal.detail
 
 
 def _skew_payload(**extra) -> dict:
@@ -228,3 +230,21 @@ def test_a_stored_clock_skew_event_loads_and_folds_and_a_newer_schema_is_refused
     assert fresh.to_payload()["_v"] == 1
     with pytest.raises(ValueError, match="newer than this code"):
         ev.decode("ClockSkewRecorded", _skew_payload(_v=2))
+
+
+def test_a_clock_that_jumped_ahead_and_came_back_keeps_refusing_until_the_engine_reopens(sqlite_url):
+    """Time never runs backwards, so after a jump ahead the client holds to the later time; the
+    skew check measures that time, so intents stay refused instead of trading on a future day."""
+    clock = OffsetClock(0.0)
+    options = dict(clock=clock, venue="sim", clock_guard=True, clock_check_seconds=0, max_clock_skew=1.0)
+    with tradestate.connect(sqlite_url, **options) as client:
+        assert client.record_intent(ACCT, "o1", "AAPL", "buy", 1, reference_price=10).accepted
+        clock.offset = timedelta(hours=1)
+        r = client.record_intent(ACCT, "o2", "AAPL", "buy", 1, reference_price=10)
+        assert r.refusal is not None and r.refusal.reasons == ["clock_skew"]
+        clock.offset = timedelta(0)  # corrected, but an hour was already handed out
+        assert client.writer.now() > datetime.now(timezone.utc) + timedelta(minutes=59)
+        r = client.record_intent(ACCT, "o3", "AAPL", "buy", 1, reference_price=10)
+        assert r.refusal is not None and r.refusal.reasons == ["clock_skew"]
+    with tradestate.connect(sqlite_url, **options) as client:
+        assert client.record_intent(ACCT, "o4", "AAPL", "buy", 1, reference_price=10).accepted

@@ -129,12 +129,23 @@ class ClockReading:
     store_time: datetime
     skew: timedelta
     uncertainty: timedelta
+    held: timedelta = timedelta(0)  # how far ahead of the clock decisions were held (``Writer.now``)
 
     @property
     def excess(self) -> timedelta:
-        """The skew beyond what the measurement cannot tell apart from zero (signed like ``skew``)."""
-        beyond = max(abs(self.skew) - self.uncertainty, timedelta(0))
-        return beyond if self.skew >= timedelta(0) else -beyond
+        """The clock's skew beyond what the measurement cannot tell apart from zero (signed like
+        ``skew``)."""
+        return _beyond(self.skew, self.uncertainty)
+
+    @property
+    def decision_excess(self) -> timedelta:
+        """The same for the time decisions use: the clock's skew plus ``held``."""
+        return _beyond(self.skew + self.held, self.uncertainty)
+
+
+def _beyond(skew: timedelta, uncertainty: timedelta) -> timedelta:
+    beyond = max(abs(skew) - uncertainty, timedelta(0))
+    return beyond if skew >= timedelta(0) else -beyond
 
 
 def _event_id(data: Any) -> str | None:
@@ -180,8 +191,9 @@ class Writer:
     clock, the log's last recorded time and the last time this writer handed out; and the clock
     is measured against the store's (``check_clock``: at start and every ``clock_check_seconds``).
     A skew beyond ``clock_skew_threshold`` seconds is recorded (``ClockSkewRecorded``, once when
-    it starts and once when it ends); intents are refused (``clock_skew``) while it is beyond
-    ``max_clock_skew``. None switches either off. Without the guard ``now`` is the clock's time.
+    it starts and once when it ends); intents are refused (``clock_skew``) while it, or the skew of
+    the time decisions are held to, is beyond ``max_clock_skew``. None switches either off.
+    Without the guard ``now`` is the clock's time.
     """
 
     def __init__(
@@ -354,9 +366,10 @@ class Writer:
 
     def check_clock(self, *, force: bool = False) -> ClockReading | None:
         """With ``clock_guard``: measure the clock against the store's (at most every
-        ``clock_check_seconds`` unless ``force``) and record a ``ClockSkewRecorded`` when the skew
-        goes beyond ``clock_skew_threshold`` or comes back within it. Returns the last reading
-        (None: the guard is off or nothing is measured)."""
+        ``clock_check_seconds`` unless ``force``), and how far ahead of it decisions are held
+        (``now``), and record a ``ClockSkewRecorded`` when the clock's skew goes beyond
+        ``clock_skew_threshold`` or comes back within it. Returns the last reading (None: the
+        guard is off or nothing is measured)."""
         if not self.clock_guard or (self.clock_skew_threshold is None and self.max_clock_skew is None):
             return None
         with self.lock:
@@ -373,8 +386,14 @@ class Writer:
                     store_time = store_time.replace(tzinfo=timezone.utc)
                 half = (after - before) / 2
                 engine_time = before + half
+                # A clock that jumped ahead and came back still decides at the later time (time
+                # never runs backwards): how far ahead of the clock the writer holds counts too.
+                held = timedelta(0)
+                for floor in (self.log_time, self._last_now):
+                    if floor is not None and floor - engine_time > held:
+                        held = floor - engine_time
                 reading = self.clock_reading = ClockReading(engine_time, store_time, engine_time - store_time,
-                                                            abs(half))
+                                                            abs(half), held)
                 if self.clock_skew_threshold is not None:
                     self._record_skew(reading, self.clock_skew_threshold)
                 return reading
@@ -422,11 +441,13 @@ class Writer:
 
     def intent_clock(self) -> dict[str, timedelta | None]:
         """What the pre-trade check needs of the clock (``decide_intent``'s keywords): the last
-        measured skew beyond its uncertainty and the maximum allowed."""
+        measured skew beyond its uncertainty, of the clock or of the time decisions use, whichever
+        is larger, and the maximum allowed."""
         reading = self.clock_reading
         if not self.clock_guard or reading is None or self.max_clock_skew is None:
             return {"clock_skew": None, "max_clock_skew": None}
-        return {"clock_skew": reading.excess, "max_clock_skew": self.max_clock_skew}
+        skew = max(reading.excess, reading.decision_excess, key=abs)
+        return {"clock_skew": skew, "max_clock_skew": self.max_clock_skew}
 
     def envelope(self, occurred_at: datetime | None = None, correlation_id: UUID | None = None,
                  causation_id: UUID | None = None) -> dict[str, Any]:
