@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 import tradestate
 from tradestate.adapters.store import checkpoints as cp
@@ -117,6 +118,8 @@ def test_skew_beyond_the_threshold_is_recorded_once_per_episode(db_url):
         assert (first["source"], first["within_threshold"], first["threshold_ms"]) == ("engine-1", False, "50")
         assert float(first["uncertainty_ms"]) >= 0
         assert abs(float(first["skew_ms"]) - 500) <= float(first["uncertainty_ms"]) + 20
+        exported = REGISTRY.get_sample_value("tradestate_clock_skew_seconds")
+        assert exported == client.clock_reading.skew.total_seconds() and exported > 0.4
         for i in range(5):  # measured again on every call (interval 0): still one record
             client.record_signal("s", "AAPL", f"x{i}")
         assert len(_types(db_url, "ClockSkewRecorded")) == 1
@@ -177,7 +180,8 @@ def test_the_wall_clock_is_guarded_by_default_and_an_injected_clock_is_not(sqlit
         assert abs(client.writer.clock_reading.excess) < timedelta(seconds=0.05)
         assert client.record_intent(ACCT, "o", "AAPL", "buy", 1, reference_price=1).accepted
     assert _types(sqlite_url, "ClockSkewRecorded") == []
-    with tradestate.connect(sqlite_url, venue="sim", clock=SteppingClock(datetime(2024, 3, 5, tzinfo=timezone.utc))) as c:
+    injected = SteppingClock(datetime(2024, 3, 5, tzinfo=timezone.utc))
+    with tradestate.connect(sqlite_url, venue="sim", clock=injected) as c:
         assert not c.writer.clock_guard and c.writer.clock_reading is None
         assert c.writer.now() < datetime(2024, 3, 6, tzinfo=timezone.utc)
 

@@ -166,6 +166,12 @@ class TradestateClient:
         return self.writer.clock
 
     @property
+    def clock_reading(self) -> Any:
+        """The last measurement of the clock against the store's (``writer.ClockReading``; None
+        without the clock guard)."""
+        return self.writer.clock_reading
+
+    @property
     def new_id(self) -> Callable[[], UUID]:
         return self.writer.new_id
 

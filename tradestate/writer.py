@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
 import orjson
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from .adapters.store import Store, gc_paused, new_event
@@ -56,6 +56,8 @@ APPEND_SECONDS = Histogram(
     "tradestate_append_seconds", "Durable append latency (commit included)",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+CLOCK_SKEW = Gauge("tradestate_clock_skew_seconds",
+                   "The engine clock minus the store's clock at the last measurement (clock guard)")
 
 T = TypeVar("T")
 
@@ -374,7 +376,8 @@ class Writer:
             return None
         with self.lock:
             started = time.monotonic()
-            if not force and self._clock_checked is not None and started - self._clock_checked < self.clock_check_seconds:
+            checked = self._clock_checked
+            if not force and checked is not None and started - checked < self.clock_check_seconds:
                 return self.clock_reading
             self._clock_checked = started
             self._checking_clock = True  # recording a skew goes through ``record``: no second measurement
@@ -394,6 +397,7 @@ class Writer:
                         held = floor - engine_time
                 reading = self.clock_reading = ClockReading(engine_time, store_time, engine_time - store_time,
                                                             abs(half), held)
+                CLOCK_SKEW.set(reading.skew.total_seconds())
                 if self.clock_skew_threshold is not None:
                     self._record_skew(reading, self.clock_skew_threshold)
                 return reading
