@@ -44,3 +44,43 @@ class StoreUnreachable(AppendFailed):
     """The database could not be reached or refused the connection (server down, unknown role or
     database, bad credentials); the message carries the server's own reason. Nothing was read or
     appended."""
+
+
+class LogRewound(TradestateError):
+    """The log went backwards under a running client: its head is below the last position this
+    client has seen, or the event at that position is no longer the one it saw (a restore of an
+    older backup, an asynchronous failover, a point-in-time recovery). Facts this client
+    acknowledged may be gone from the log, so it decides nothing more: every later call of the
+    client raises this error again and nothing is appended. Stop sending orders, re-open the
+    client, run ``tradestate recover`` and reconcile with every venue, so that fills and
+    acknowledgements the log lost are re-established from the venue's records.
+
+    ``known_position``/``known_event_id``: the last event this client had seen; ``found_head``:
+    the log's head now; ``found_event_id``: the event now at ``known_position`` (None: none);
+    ``lost``: the events this client appended itself and the log no longer holds, oldest first,
+    as dicts (position, stream_id, version, type, event_id)."""
+
+    def __init__(self, known_position: int, known_event_id: str | None, found_head: int,
+                 found_event_id: str | None, lost: list[dict[str, object]] | None = None):
+        self.known_position = known_position
+        self.known_event_id = known_event_id
+        self.found_head = found_head
+        self.found_event_id = found_event_id
+        self.lost = list(lost or ())
+        if found_head < known_position:
+            what = f"its head is now {found_head}, below position {known_position} this client had seen"
+        else:
+            what = (f"position {known_position} held event {known_event_id} and now holds "
+                    f"{found_event_id or 'no event'}")
+        super().__init__(
+            f"the log went backwards: {what} (a restore, an asynchronous failover or a point-in-time "
+            f"recovery); {len(self.lost)} event(s) this client acknowledged are no longer in it. This client "
+            "decides nothing more: stop sending orders, re-open, run `tradestate recover` and reconcile "
+            "with every venue to re-establish what the log lost"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """What the error carries, as plain data (to keep for ``tradestate recover``)."""
+        return {"known_position": self.known_position, "known_event_id": self.known_event_id,
+                "found_head": self.found_head, "found_event_id": self.found_event_id,
+                "lost": [dict(e) for e in self.lost]}

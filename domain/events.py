@@ -36,6 +36,8 @@ SCHEMA_KEY = "_v"
 # A log position given up by an append that failed (PostgreSQL only): stream and type of its row.
 VOID_STREAM = "$void"
 VOID_TYPE = "$void"
+# The account-neutral stream of clock measurements (``ClockSkewRecorded``).
+CLOCK_STREAM = "clock"
 
 
 class Event(BaseModel):
@@ -412,6 +414,23 @@ class RecoveryCompleted(Event):
     steps: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
 
 
+class ClockSkewRecorded(Event):
+    """The engine's clock measured against the store's: ``skew_ms`` is engine minus store, in
+    milliseconds, known to within ``uncertainty_ms`` (half the measurement's round trip). Recorded
+    when the skew goes beyond ``threshold_ms`` (``within_threshold`` False: an episode starts) and
+    when it is back within (True: the episode ends); not on every measurement. On the
+    account-neutral ``clock`` stream."""
+
+    stream_kind: ClassVar[str] = "clock"
+    source: Identifier  # whose clock: the engine's host, or a name the engine gives
+    engine_time: UtcDatetime
+    store_time: UtcDatetime
+    skew_ms: ComputedAmount
+    uncertainty_ms: ComputedAmount
+    threshold_ms: ComputedAmount
+    within_threshold: bool
+
+
 class BarRecorded(Event):
     """One OHLCV bar. Lives in the market-data log, not the trading log."""
 
@@ -465,6 +484,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EngineStarted,
         EngineStopped,
         RecoveryCompleted,
+        ClockSkewRecorded,
         BarRecorded,
     )
 }

@@ -9,7 +9,7 @@ fact that is already recorded returns where it was recorded (``AlreadyRecorded``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -79,9 +79,11 @@ def _single(e: ev.OrderEvent) -> Append:
 # ------------------------------------------------------------------------------ engine commands
 
 
-def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: datetime) -> Decision:
-    """Record an intent with its pre-trade decision: the intent and ``RiskCheckPassed`` (in the
-    account's stream), or the intent and ``IntentRejectedByRisk``. The same intent again is
+def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: datetime, *,
+                  clock_skew: timedelta | None = None, max_clock_skew: timedelta | None = None) -> Decision:
+    """Record an intent with its pre-trade decision at ``now`` (``risk.check_intent``, with the
+    engine clock's ``clock_skew`` and ``max_clock_skew``): the intent and ``RiskCheckPassed`` (in
+    the account's stream), or the intent and ``IntentRejectedByRisk``. The same intent again is
     ``AlreadyRecorded``; the same client order id with other content raises
     ``IdempotencyConflict``."""
     stream = order_stream_id(intent.account, intent.client_order_id)
@@ -93,7 +95,7 @@ def decide_intent(state: TradingState, intent: ev.OrderIntentRecorded, now: date
             f"client order id {intent.client_order_id!r} of account {intent.account!r} was already "
             "recorded with other content; use a new client order id"
         )
-    risk = check_intent(state, intent, now)
+    risk = check_intent(state, intent, now, clock_skew=clock_skew, max_clock_skew=max_clock_skew)
     if not risk.passed:
         refusal = ev.IntentRejectedByRisk(
             event_id=derived_id(intent.event_id, ev.IntentRejectedByRisk.__name__),

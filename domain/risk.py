@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -22,6 +22,7 @@ MAX_POSITION_QTY = "max_position_qty"
 MAX_OPEN_ORDERS = "max_open_orders"
 MAX_DAILY_TRADES = "max_daily_trades"
 MAX_DAILY_LOSS = "max_daily_loss"
+CLOCK_SKEW = "clock_skew"
 
 COUNT_LIMITS = frozenset({"max_open_orders", "max_daily_trades"})
 
@@ -64,14 +65,22 @@ class RiskDecision:
         return not self.reasons
 
 
-def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime) -> RiskDecision:
+def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime, *,
+                 clock_skew: timedelta | None = None, max_clock_skew: timedelta | None = None) -> RiskDecision:
     """Run every pre-trade check of an intent against the folded state at ``now`` (kill switch,
     block, breaker, order qty and notional, worst-case position, open orders, daily trades, daily
-    loss) and return all reasons that refuse it."""
+    loss, and the engine clock: ``clock_skew``, its measured offset from the store's clock beyond
+    the measurement's uncertainty, refuses the intent when larger than ``max_clock_skew`` either
+    way) and return all reasons that refuse it."""
     account = state.account(intent.account)
     day = state.trading_day(now)
     reasons: list[str] = []
     details: list[str] = []
+
+    if clock_skew is not None and max_clock_skew is not None and abs(clock_skew) > max_clock_skew:
+        reasons.append(CLOCK_SKEW)
+        details.append(f"engine clock {clock_skew.total_seconds() * 1000:+.1f} ms off the store's clock, "
+                       f"beyond the {max_clock_skew.total_seconds() * 1000:.1f} ms allowed")
 
     if account.kill_switch:
         reasons.append(KILL_SWITCH)

@@ -329,6 +329,8 @@ class TradingState:
         self.engines: dict[str, dict[str, Any]] = {}
         self.exec_ids: dict[str, dict[str, str]] = {}
         self.exec_days: dict[str, str] = {}
+        # clock source -> its last ClockSkewRecorded: skew_ms, within_threshold, position, at
+        self.clock_skews: dict[str, dict[str, Any]] = {}
         self.applied = 0  # events applied (voids excluded)
         self._handlers = {
             name: getattr(self, "_on_" + name) for name in EVENT_TYPES if name != "BarRecorded"
@@ -600,6 +602,15 @@ class TradingState:
         engine = self.engines.setdefault(d["engine_id"], {"running": False, "previous_run_crashed": False})
         engine["last_recovery"] = {"ready": d["ready"], "position": pos, "at": at,
                                    "discrepancies": d.get("discrepancies", 0)}
+
+    # clock ------------------------------------------------------------------------------
+    def _on_ClockSkewRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.clock_skews[d["source"]] = {
+            "skew_ms": Decimal(d["skew_ms"]),
+            "within_threshold": d["within_threshold"],
+            "position": pos,
+            "at": at,
+        }
 
     # --------------------------------------------------------------------------- views
     def summary(self) -> dict[str, Any]:

@@ -92,6 +92,11 @@ class TradestateClient:
         checkpoint_every: int | None = None,
         checkpoint_seconds: float = 60.0,
         initial_state: TradingState | None = None,
+        clock_guard: bool | None = None,
+        clock_skew_threshold: float | None = 0.05,
+        max_clock_skew: float | None = 1.0,
+        clock_check_seconds: float = 10.0,
+        clock_source: str | None = None,
     ):
         """``venue``: the venue intents are booked at when ``record_intent`` names none (with
         neither, an intent is ``InvalidInput``). ``use_checkpoints``: start from the newest valid
@@ -99,7 +104,19 @@ class TradestateClient:
         refused); without a valid one, the whole log is folded. ``checkpoint_every``: write a
         checkpoint every that many events (or ``checkpoint_seconds``) after an append.
         ``initial_state``: a state already loaded from this store (recovery), caught up from
-        its position."""
+        its position.
+
+        Time (``Writer``): with ``clock_guard`` (default: on with the wall clock, off with an
+        injected ``clock``, whose time is the caller's own, a simulation's say) decisions use time
+        that never runs backwards (the later of the clock and the log's last recorded time); the
+        clock is measured against the store's at connect and every ``clock_check_seconds``; a
+        skew beyond ``clock_skew_threshold`` seconds (default 50 ms) is recorded as a
+        ``ClockSkewRecorded`` (once per episode: when it starts and when it ends) under
+        ``clock_source`` (default: the host name), and intents are refused (``clock_skew``) while
+        it is beyond ``max_clock_skew`` seconds (default 1 s). None switches either off.
+
+        A log that went backwards under the client (a restore, an asynchronous failover) makes
+        every later call raise ``LogRewound``; re-open and recover."""
         self.store = store
         self.venue = venue
         self.loaded = None
@@ -117,9 +134,14 @@ class TradestateClient:
             from .adapters.store.checkpoints import Checkpointer
 
             checkpointer = Checkpointer(store, every_events=checkpoint_every, every_seconds=checkpoint_seconds)
+        if clock_guard is None:
+            clock_guard = clock is utc_now
         self.writer = Writer(store, state, clock=clock, new_id=new_id, max_attempts=max_attempts,
-                             max_failures=max_failures, checkpointer=checkpointer)
+                             max_failures=max_failures, checkpointer=checkpointer, clock_guard=clock_guard,
+                             clock_skew_threshold=clock_skew_threshold, max_clock_skew=max_clock_skew,
+                             clock_check_seconds=clock_check_seconds, clock_source=clock_source)
         self.writer.catch_up()
+        self.writer.check_clock(force=True)
 
     # ------------------------------------------------------------------------ the writer
     @property
@@ -142,6 +164,12 @@ class TradestateClient:
     @property
     def clock(self) -> Callable[[], datetime]:
         return self.writer.clock
+
+    @property
+    def clock_reading(self) -> Any:
+        """The last measurement of the clock against the store's (``writer.ClockReading``; None
+        without the clock guard)."""
+        return self.writer.clock_reading
 
     @property
     def new_id(self) -> Callable[[], UUID]:
@@ -230,7 +258,8 @@ class TradestateClient:
         )
         stream = order_stream_id(intent.account, intent.client_order_id)
         writer = self.writer
-        written = writer.record(lambda state: rules.decide_intent(state, intent, writer.now()), orders=[stream])
+        written = writer.record(lambda state: rules.decide_intent(state, intent, writer.now(), **writer.intent_clock()),
+                                orders=[stream])
         decision, positions = written.decision, written.positions
         order = self.state.orders.get(stream)
         if isinstance(decision, rules.AlreadyRecorded):

@@ -5,6 +5,12 @@ checkpoint → replay the tail → reconcile with each configured broker → che
 report (``RecoveryCompleted``) and, when ready after a crash, the resumption with its ramp level.
 A broker that cannot be queried makes its part "unknown" (never "flat"); in strict mode any
 discrepancy leaves trading blocked until an operator acknowledges it.
+
+After a client raised ``LogRewound`` (the log went backwards under it), ``recover(...,
+rewound=error)`` adds a ``rewind`` step: which of the events the client had acknowledged the log
+still lacks (``report.lost``). They are re-established from the venue by the reconcile step
+(fills, acknowledgements, cancels); without a broker to reconcile with, the step fails and the
+engine is not ready.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from .domain.ids import engine_stream_id
 from .domain.state import TradingState
 from .loading import fold_rest, from_checkpoint
 
-STEP_NAMES = ("detect", "verify", "checkpoint", "replay", "reconcile", "health", "record")
+STEP_NAMES = ("detect", "rewind", "verify", "checkpoint", "replay", "reconcile", "health", "record")
 
 
 @dataclass
@@ -50,6 +56,9 @@ class RecoveryReport:
     seconds: float = 0.0
     ready_seconds: float = 0.0  # to a caught-up, reconciled state (before recording the report)
     reconciliations: list[dict[str, Any]] = field(default_factory=list)
+    # events a client acknowledged that the log no longer holds (``rewound``): position, stream_id,
+    # version, type, event_id
+    lost: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +101,49 @@ def detect(store: Store, engine_id: str) -> tuple[bool, str]:
     if running_since is None and store.trading.read_stream(engine_stream_id(engine_id)):
         return False, f"engine {engine_id!r} stopped cleanly"
     return False, f"no start of engine {engine_id!r} on record"
+
+
+def _still_lost(store: Store, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events (position, stream_id, version, type, event_id) that the log does not hold:
+    no event with that id at that version of that stream."""
+    import orjson
+
+    lost = []
+    for e in events:
+        rows = store.trading.read_stream(e["stream_id"], int(e["version"]) - 1)
+        found = rows[0] if rows and rows[0].originator_version == int(e["version"]) else None
+        if found is None or orjson.loads(found.state).get("event_id") != e["event_id"]:
+            lost.append(dict(e))
+    return lost
+
+
+def check_rewind(store: Store, rewound: Any, *, reconciling: bool) -> tuple[Step, list[dict[str, Any]]]:
+    """The ``rewind`` step for a ``LogRewound`` (or its attributes as a dict): what the client
+    knew, what the log holds now, and the acknowledged events it still lacks. ``reconciling``:
+    a broker will be reconciled with (it re-establishes what the venue knows)."""
+    timer = _Timer()
+    info = rewound if isinstance(rewound, dict) else {
+        k: getattr(rewound, k) for k in ("known_position", "known_event_id", "found_head", "found_event_id", "lost")}
+    lost = _still_lost(store, info.get("lost") or ())
+    head = store.trading.head()
+    counts = {"known_position": info["known_position"], "head": head, "lost": len(lost)}
+    what = (f"the client had seen position {info['known_position']} (event {info['known_event_id']}); "
+            f"the log's head is {head}")
+    if not lost:
+        return Step("rewind", "warn", timer.seconds, what + "; every event the client acknowledged is in the log",
+                    counts), lost
+    kinds: dict[str, int] = {}
+    for e in lost:
+        kinds[e["type"]] = kinds.get(e["type"], 0) + 1
+    listed = ", ".join(f"{n} {t}" for t, n in sorted(kinds.items()))
+    detail = (f"{what}; the log lost {len(lost)} event(s) the client acknowledged ({listed}), from position "
+              f"{lost[0]['position']}: ")
+    if reconciling:
+        detail += "the venue's fills and order states are re-established by reconciliation below; intents " \
+                  "that were never sent must be recorded again"
+        return Step("rewind", "warn", timer.seconds, detail, counts), lost
+    detail += "configure the broker(s) and recover again so that reconciliation re-establishes them"
+    return Step("rewind", "failed", timer.seconds, detail, counts), lost
 
 
 PARALLEL_VERIFY_EVENTS = 100_000  # beyond this many events to re-hash, verify in another process
@@ -239,15 +291,19 @@ def recover(
     record: bool = True,
     clock: Callable[[], datetime] | None = None,
     exchange_tz: str = "America/New_York",
+    rewound: Any = None,
 ) -> tuple[RecoveryReport, Any]:
     """Run the recovery sequence; returns (report, a TradestateClient on the recovered state).
-    Nothing is appended with ``record`` False (a dry run: reconciliation is planned only)."""
+    Nothing is appended with ``record`` False (a dry run: reconciliation is planned only).
+    ``rewound``: the ``LogRewound`` a client raised (or its attributes as a dict): the report's
+    ``rewind`` step and ``lost`` say which acknowledged events the log no longer holds."""
     from .client import TradestateClient
 
     if verify not in ("tail", "full", "none"):
         raise ValueError("verify must be tail, full or none")
     if ramp is not None and ramp not in (50, 75, 100):
         raise ValueError("ramp must be 50, 75 or 100")
+    guard = clock is None  # the wall clock: time for decisions never runs backwards
     clock = clock or (lambda: datetime.now(timezone.utc))
     total = _Timer()
     report = RecoveryReport(engine_id=engine_id, strict=strict)
@@ -258,6 +314,9 @@ def recover(
     report.head = store.trading.head()
     report.steps.append(Step("detect", "warn" if report.crashed else "ok", timer.seconds, detail,
                              {"head": report.head}))
+    if rewound is not None:
+        step, report.lost = check_rewind(store, rewound, reconciling=bool(adapters))
+        report.steps.append(step)
 
     # 3. checkpoint (found first: the tail to verify starts at its position)
     timer = _Timer()
@@ -287,7 +346,8 @@ def recover(
                        {"events": report.replayed, "position": state.position})
     verify_step = verification.result()
     report.steps += [verify_step, checkpoint_step, replay_step]
-    client = TradestateClient(store, clock=clock, initial_state=state, exchange_tz=exchange_tz)
+    client = TradestateClient(store, clock=clock, initial_state=state, exchange_tz=exchange_tz, clock_guard=guard,
+                              clock_skew_threshold=0.05 if record else None)
 
     # 5. reconcile
     timer = _Timer()
@@ -354,4 +414,4 @@ def recover(
     return report, client
 
 
-__all__ = ["RecoveryReport", "Step", "detect", "recover"]
+__all__ = ["RecoveryReport", "Step", "check_rewind", "detect", "recover"]

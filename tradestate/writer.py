@@ -17,22 +17,33 @@ from __future__ import annotations
 
 import gc
 import random
+import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
 import orjson
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from .adapters.store import Store, gc_paused, new_event
 from .domain import events as ev
 from .domain import orders as rules
-from .domain.errors import AppendFailed, ConcurrencyConflict, IdempotencyConflict, InvalidInput, TradestateError
+from .domain.errors import (
+    AppendFailed,
+    ConcurrencyConflict,
+    IdempotencyConflict,
+    InvalidInput,
+    LogRewound,
+    TradestateError,
+)
 from .domain.ids import account_stream_id
 from .domain.state import TradingState
 from .loading import deciding, ensure_orders
@@ -45,6 +56,8 @@ APPEND_SECONDS = Histogram(
     "tradestate_append_seconds", "Durable append latency (commit included)",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+CLOCK_SKEW = Gauge("tradestate_clock_skew_seconds",
+                   "The engine clock minus the store's clock at the last measurement (clock guard)")
 
 T = TypeVar("T")
 
@@ -109,6 +122,43 @@ class Written(Generic[T]):
         return Recorded(self.positions[0], first.event_id, discrepancy=kind)
 
 
+@dataclass(frozen=True)
+class ClockReading:
+    """One measurement of the engine's clock against the store's: ``skew`` is engine minus store
+    (at the midpoint of the round trip), known to within ``uncertainty`` (half the round trip)."""
+
+    engine_time: datetime
+    store_time: datetime
+    skew: timedelta
+    uncertainty: timedelta
+    held: timedelta = timedelta(0)  # how far ahead of the clock decisions were held (``Writer.now``)
+
+    @property
+    def excess(self) -> timedelta:
+        """The clock's skew beyond what the measurement cannot tell apart from zero (signed like
+        ``skew``)."""
+        return _beyond(self.skew, self.uncertainty)
+
+    @property
+    def decision_excess(self) -> timedelta:
+        """The same for the time decisions use: the clock's skew plus ``held``."""
+        return _beyond(self.skew + self.held, self.uncertainty)
+
+
+def _beyond(skew: timedelta, uncertainty: timedelta) -> timedelta:
+    beyond = max(abs(skew) - uncertainty, timedelta(0))
+    return beyond if skew >= timedelta(0) else -beyond
+
+
+def _event_id(data: Any) -> str | None:
+    """The ``event_id`` of a stored payload (None: a ``$void`` row or a payload without one)."""
+    try:
+        value = orjson.loads(data).get("event_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 @dataclass
 class WriterStats:
     appends: int = 0
@@ -132,6 +182,20 @@ class Writer:
     ``ConcurrencyConflict``). ``max_failures``: database failures per call before ``AppendFailed``.
     ``checkpointer``: asked after each append whether a checkpoint is due; a checkpoint that cannot
     be written never fails the append (``stats.checkpoint_failures``, ``last_checkpoint_error``).
+
+    A log that went backwards (its head below the last position folded, or another event at that
+    position: a restore, an asynchronous failover) is found by the catch-up before each decision,
+    which reads from that position itself; from then on every call raises ``LogRewound`` (kept in
+    ``rewound``) and nothing is appended. ``acknowledged`` keeps the last events this writer
+    appended (position, stream, version, type, event id), to name those the log lost.
+
+    ``clock_guard``: time for decisions never runs backwards (``now``): it is the latest of the
+    clock, the log's last recorded time and the last time this writer handed out; and the clock
+    is measured against the store's (``check_clock``: at start and every ``clock_check_seconds``).
+    A skew beyond ``clock_skew_threshold`` seconds is recorded (``ClockSkewRecorded``, once when
+    it starts and once when it ends); intents are refused (``clock_skew``) while it, or the skew of
+    the time decisions are held to, is beyond ``max_clock_skew``. None switches either off.
+    Without the guard ``now`` is the clock's time.
     """
 
     def __init__(
@@ -144,6 +208,11 @@ class Writer:
         max_attempts: int = 8,
         max_failures: int = 3,
         checkpointer: Any = None,
+        clock_guard: bool = False,
+        clock_skew_threshold: float | None = 0.05,
+        max_clock_skew: float | None = 1.0,
+        clock_check_seconds: float = 10.0,
+        clock_source: str | None = None,
     ):
         self.store = store
         self.state = state
@@ -156,21 +225,92 @@ class Writer:
         self.last_checkpoint_error: str | None = None
         self.lock = threading.RLock()
         self._attempt: _Attempt = []
+        # the last event folded: (position, event id); a later catch-up checks it is still there
+        self._known: tuple[int, str | None] = (0, None)
+        self.rewound: LogRewound | None = None
+        self.acknowledged: deque[tuple[int, str, int, str, str | None]] = deque(maxlen=10_000)
+        self.clock_guard = clock_guard
+        self.clock_skew_threshold = None if clock_skew_threshold is None else timedelta(seconds=clock_skew_threshold)
+        self.max_clock_skew = None if max_clock_skew is None else timedelta(seconds=max_clock_skew)
+        self.clock_check_seconds = clock_check_seconds
+        self.clock_source = clock_source or (socket.gethostname()[:64] or "engine")
+        self.clock_reading: ClockReading | None = None
+        self._clock_checked: float | None = None
+        self._checking_clock = False
+        self._logged_skews: dict[str, dict[str, Any] | None] = {}
+        self.log_time: datetime | None = None  # the latest recorded_at this writer has seen
+        self._last_now: datetime | None = None
 
     # ------------------------------------------------------------------------- reading
     def catch_up(self) -> int:
-        """Fold every event appended since the last look; returns the position reached."""
+        """Fold every event appended since the last look; returns the position reached. Raises
+        ``LogRewound`` when the log no longer holds the last event folded (nothing is folded)."""
         with self.lock, gc_paused():
+            if self.rewound is not None:
+                raise self.rewound
             apply = self.state.apply
             loads = orjson.loads
             start = self.state.position
-            for position, stream, version, type_name, data, recorded_at in self.store.trading.iter_rows(start):
-                apply(position, stream, version, type_name, loads(data), recorded_at)
+            known_position, known_id = self._known
+            last: Any = None
+            payload: Any = None
+            # From the last folded event itself: one row more, to see that it is still there.
+            with closing(self.store.trading.iter_rows(start - 1 if start else 0)) as rows:
+                if start:
+                    first = next(rows, None)
+                    found_id = _event_id(first[4]) if first is not None and first[0] == start else None
+                    if first is None or first[0] != start or (known_position == start and found_id != known_id):
+                        self._rewind(start, known_id if known_position == start else None, found_id)
+                    if known_position != start:  # a state moved on outside this writer: learn its last event
+                        self._known = (start, found_id)
+                    last = first
+                for position, stream, version, type_name, data, recorded_at in rows:
+                    payload = loads(data)
+                    apply(position, stream, version, type_name, payload, recorded_at)
+                    last = (position, stream, version, type_name, data, recorded_at)
+            if last is not None:
+                if last[0] != start:
+                    self._known = (last[0], payload.get("event_id") if isinstance(payload, dict) else None)
+                self._saw_time(last[5])
             if self.state.position - start > 10_000:
                 # A big fold leaves a big, long-lived state: keep the collector from rescanning
                 # it on every full collection while the engine trades.
                 gc.freeze()
             return self.state.position
+
+    def _rewind(self, known_position: int, known_id: str | None, found_id: str | None) -> None:
+        """Raise (and keep) ``LogRewound``: the log no longer holds event ``known_id`` at
+        ``known_position``; the events this writer appended that are gone are named."""
+        try:
+            head = self.store.trading.head()
+        except Exception:  # noqa: BLE001 - the error names what is known
+            head = -1
+        self.rewound = LogRewound(known_position, known_id, head, found_id, self._lost())
+        raise self.rewound
+
+    def _lost(self, limit: int = 1_000) -> list[dict[str, Any]]:
+        """The events this writer appended that the log no longer holds (same stream version,
+        same event id), newest first until one is found: a rewound log lost a suffix."""
+        lost = []
+        for position, stream, version, type_name, event_id in list(reversed(self.acknowledged))[:limit]:
+            try:
+                rows = self.store.trading.read_stream(stream, version - 1)
+            except Exception:  # noqa: BLE001 - unknown: not named
+                break
+            if rows and rows[0].originator_version == version and _event_id(rows[0].state) == event_id:
+                break
+            lost.append({"position": position, "stream_id": stream, "version": version, "type": type_name,
+                         "event_id": event_id})
+        lost.reverse()
+        return lost
+
+    def _saw_time(self, recorded_at: Any) -> None:
+        if recorded_at.__class__ is not datetime:
+            recorded_at = datetime.fromisoformat(recorded_at)
+        if recorded_at.tzinfo is None:
+            recorded_at = recorded_at.replace(tzinfo=timezone.utc)
+        if self.log_time is None or recorded_at > self.log_time:
+            self.log_time = recorded_at
 
     def refresh(self) -> None:
         """``catch_up`` before recording: a log that cannot be read raises ``AppendFailed`` (the
@@ -203,12 +343,115 @@ class Writer:
         with self.lock:
             ensure_orders(self.state, streams)
 
-    def now(self) -> datetime:
-        """The clock's time in UTC; a naive clock is ``InvalidInput``."""
+    def clock_time(self) -> datetime:
+        """The clock's own time in UTC; a naive clock is ``InvalidInput``."""
         now = self.clock()
         if now.tzinfo is None:
             raise InvalidInput("the client's clock returned a naive datetime")
         return now.astimezone(timezone.utc)
+
+    def now(self) -> datetime:
+        """The time decisions and default ``occurred_at`` use: the clock's, in UTC; with
+        ``clock_guard``, never before the log's last recorded time nor before a time this writer
+        returned already (a clock that steps back, or runs behind the store's, cannot move the
+        trading day or any time-based rule backwards)."""
+        now = self.clock_time()
+        if not self.clock_guard:
+            return now
+        log_time, last = self.log_time, self._last_now
+        if log_time is not None and log_time > now:
+            now = log_time
+        if last is not None and last > now:
+            now = last
+        self._last_now = now
+        return now
+
+    def check_clock(self, *, force: bool = False) -> ClockReading | None:
+        """With ``clock_guard``: measure the clock against the store's (at most every
+        ``clock_check_seconds`` unless ``force``), and how far ahead of it decisions are held
+        (``now``), and record a ``ClockSkewRecorded`` when the clock's skew goes beyond
+        ``clock_skew_threshold`` or comes back within it. Returns the last reading (None: the
+        guard is off or nothing is measured)."""
+        if not self.clock_guard or (self.clock_skew_threshold is None and self.max_clock_skew is None):
+            return None
+        with self.lock:
+            started = time.monotonic()
+            checked = self._clock_checked
+            if not force and checked is not None and started - checked < self.clock_check_seconds:
+                return self.clock_reading
+            self._clock_checked = started
+            self._checking_clock = True  # recording a skew goes through ``record``: no second measurement
+            try:
+                before = self.clock_time()
+                store_time = self.store.trading.server_time()
+                after = self.clock_time()
+                if store_time.tzinfo is None:
+                    store_time = store_time.replace(tzinfo=timezone.utc)
+                half = (after - before) / 2
+                engine_time = before + half
+                # A clock that jumped ahead and came back still decides at the later time (time
+                # never runs backwards): how far ahead of the clock the writer holds counts too.
+                held = timedelta(0)
+                for floor in (self.log_time, self._last_now):
+                    if floor is not None and floor - engine_time > held:
+                        held = floor - engine_time
+                reading = self.clock_reading = ClockReading(engine_time, store_time, engine_time - store_time,
+                                                            abs(half), held)
+                CLOCK_SKEW.set(reading.skew.total_seconds())
+                if self.clock_skew_threshold is not None:
+                    self._record_skew(reading, self.clock_skew_threshold)
+                return reading
+            finally:
+                self._checking_clock = False
+
+    def _record_skew(self, reading: ClockReading, threshold: timedelta) -> None:
+        beyond = abs(reading.excess) > threshold
+        source = self.clock_source
+
+        def ms(t: timedelta) -> Decimal:
+            return Decimal(t // timedelta(microseconds=1)) / 1000
+
+        def decide(state: TradingState) -> rules.Decision:
+            last = self._last_skew(state, source)
+            in_episode = last is not None and not last["within_threshold"]
+            if beyond == in_episode or (last is None and not beyond):
+                return rules.AlreadyRecorded(last["position"] if last is not None else state.position)
+            e = ev.ClockSkewRecorded(
+                event_id=self.new_id(), occurred_at=reading.engine_time, source=source,
+                engine_time=reading.engine_time, store_time=reading.store_time, skew_ms=ms(reading.skew),
+                uncertainty_ms=ms(reading.uncertainty), threshold_ms=ms(threshold), within_threshold=not beyond)
+            return rules.Append([(ev.CLOCK_STREAM, e)])
+
+        last = self._last_skew(self.state, source)
+        if (last is None and not beyond) or (last is not None and last["within_threshold"] == (not beyond)):
+            return  # nothing changed: no append
+        self.record(decide)
+
+    def _last_skew(self, state: TradingState, source: str) -> dict[str, Any] | None:
+        """The last ``ClockSkewRecorded`` of ``source``: from the fold, or (a state restored from a
+        checkpoint, which does not keep them) read once from the clock stream."""
+        last = state.clock_skews.get(source)
+        if last is not None or source in self._logged_skews:
+            return last or self._logged_skews[source]
+        found = None
+        for e in self.store.trading.read_stream(ev.CLOCK_STREAM):
+            if e.position > state.position:
+                break
+            d = orjson.loads(e.state)
+            if d.get("source") == source:
+                found = {"within_threshold": d["within_threshold"], "position": e.position}
+        self._logged_skews[source] = found
+        return found
+
+    def intent_clock(self) -> dict[str, timedelta | None]:
+        """What the pre-trade check needs of the clock (``decide_intent``'s keywords): the last
+        measured skew beyond its uncertainty, of the clock or of the time decisions use, whichever
+        is larger, and the maximum allowed."""
+        reading = self.clock_reading
+        if not self.clock_guard or reading is None or self.max_clock_skew is None:
+            return {"clock_skew": None, "max_clock_skew": None}
+        skew = max(reading.excess, reading.decision_excess, key=abs)
+        return {"clock_skew": skew, "max_clock_skew": self.max_clock_skew}
 
     def envelope(self, occurred_at: datetime | None = None, correlation_id: UUID | None = None,
                  causation_id: UUID | None = None) -> dict[str, Any]:
@@ -241,6 +484,8 @@ class Writer:
                 time.sleep(min(0.05, 0.001 * 2**attempt) * random.random())
             with self.lock:
                 self.refresh()
+                if self.clock_guard:
+                    self._periodic_clock_check()
                 if wanted:
                     ensure_orders(self.state, wanted)
                 with deciding(self.state):
@@ -274,6 +519,18 @@ class Writer:
             f"could not record after {attempt + 1} attempts; nothing was appended by this call "
             f"unless the log shows it (retrying the same call is safe): {last_error}"
         ) from last_error
+
+    def _periodic_clock_check(self) -> None:
+        checked = self._clock_checked
+        if self._checking_clock or (checked is not None and time.monotonic() - checked < self.clock_check_seconds):
+            return
+        try:
+            self.check_clock()
+        except TradestateError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the store's clock cannot be read: the call fails like a read
+            raise AppendFailed(f"the store's clock cannot be read ({type(e).__name__}: {e}); nothing was "
+                               "appended by this call (retrying the same call is safe)") from e
 
     def record_fact(self, decide: Decide[Any], *, orders: Iterable[str] = ()) -> Recorded:
         """``record`` for a one-fact command: where its first event stands."""
@@ -334,11 +591,15 @@ class Writer:
         APPENDS.labels("ok").inc()
         EVENTS_APPENDED.inc(len(stored))
         self.stats.appends += 1
+        for (stream, version, type_name, payload, _), a in zip(attempt, appended, strict=True):
+            self.acknowledged.append((a.position, stream, version, type_name, payload.get("event_id")))
         if appended[0].position == self.state.position + 1:
             # Nobody wrote in between: fold what we wrote without reading it back.
             for (stream, version, type_name, payload, _), a in zip(attempt, appended, strict=True):
                 if a.position == self.state.position + 1:
                     self.state.apply(a.position, stream, version, type_name, payload, a.recorded_at)
+                    self._known = (a.position, payload.get("event_id"))
+            self._saw_time(appended[-1].recorded_at)
         return [a.position for a in appended]
 
     def _landed(self, attempt: _Attempt) -> list[int] | None:
@@ -351,6 +612,8 @@ class Writer:
                 if not rows or rows[0].originator_version != version or bytes(rows[0].state) != data:
                     return None
                 positions.append(rows[0].position)
+            for (stream, version, type_name, payload, _), position in zip(attempt, positions, strict=True):
+                self.acknowledged.append((position, stream, version, type_name, payload.get("event_id")))
             self.catch_up()
             return positions
         except Exception:  # noqa: BLE001 - the database is still unreachable: we cannot know yet
@@ -365,4 +628,4 @@ class Writer:
             self.last_checkpoint_error = f"{type(e).__name__}: {e}"
 
 
-__all__ = ["Decided", "Recorded", "Writer", "WriterStats", "Written", "build_event"]
+__all__ = ["ClockReading", "Decided", "Recorded", "Writer", "WriterStats", "Written", "build_event"]

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Subscription
@@ -201,6 +201,11 @@ class EventLog(ABC):
         where it has one (SQLite), committed at the end of the block, rolled back if it raises.
         Otherwise autocommit reads, or with ``snapshot`` a read-only transaction whose statements
         all see one snapshot."""
+
+    def server_time(self) -> datetime:
+        """The database's clock now (UTC, tz-aware), the clock ``recorded_at`` is stamped with.
+        Here the host's: an embedded database stamps rows with the host's clock."""
+        return datetime.now(timezone.utc)
 
     def release_connection(self) -> None:
         """Give back a connection this thread keeps checked out (a no-op where none is kept)."""

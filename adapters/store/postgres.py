@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -458,6 +459,11 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         """The highest committed position (0 when empty); positions below it may still be in flight."""
         with self._connection() as conn:
             return conn.cursor(row_factory=tuple_row).execute(self._head).fetchone()[0]
+
+    def server_time(self) -> datetime:
+        """The server's clock now (``clock_timestamp()``, not the transaction's start)."""
+        with self._connection() as conn:
+            return conn.cursor(row_factory=tuple_row).execute("SELECT clock_timestamp()").fetchone()[0]
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
         """Events of ``stream_id`` with version above ``after_version``, in version order."""
