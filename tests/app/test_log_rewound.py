@@ -189,3 +189,32 @@ def test_recover_names_what_the_log_lost_and_reconciliation_re_establishes_it(db
                 order = recovered.order(ACCT, "a")
                 assert order["status"] == "filled" and order["filled_qty"] == 5
                 assert [p["qty"] for p in recovered.positions(ACCT)] == [5]
+
+
+def test_the_recover_command_takes_the_kept_error_and_names_what_the_log_lost(db_url, tmp_path):
+    """``tradestate recover --rewound FILE`` reads what the engine kept (``as_dict`` as JSON): the
+    report lists the lost events and, with no broker to re-establish them, says not ready."""
+    import json
+
+    import orjson
+
+    with tradestate.connect(db_url, clock=Clock(), venue="SIM") as client:
+        client.record_intent(ACCT, "a", "AAPL", "buy", 5, order_type="limit", limit_price=100)
+        _backup(db_url, tmp_path / "old.tsb")
+        client.record_submitted(ACCT, "a")
+        _restore(db_url, tmp_path / "old.tsb")
+        with pytest.raises(LogRewound) as caught:
+            client.record_ack(ACCT, "a", "V-1")
+    kept = tmp_path / "rewound.json"
+    kept.write_bytes(orjson.dumps(caught.value.as_dict()))
+
+    run = CliRunner().invoke(app, ["recover", "--db", db_url, "--rewound", str(kept), "--no-verify", "--dry-run",
+                                   "--json"])
+    assert run.exit_code == 1, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert [e["type"] for e in report["lost"]] == ["OrderSubmitted"]
+    assert any(s["name"] == "rewind" and s["status"] == "failed" for s in report["steps"])
+
+    kept.write_text('{"found_head": 3}')
+    bad = CliRunner().invoke(app, ["recover", "--db", db_url, "--rewound", str(kept)])
+    assert bad.exit_code == 2 and "not a LogRewound record" in bad.stderr

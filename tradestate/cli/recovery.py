@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -43,6 +43,10 @@ def register(app: typer.Typer) -> None:
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the digest chain.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Append nothing: reconciliation only plans (says "
                                                                 "what it would append); no report, no resumption.")] = False,
+        rewound: Annotated[Optional[str], typer.Option("--rewound", metavar="FILE", help="A JSON file holding the "
+                                                       "LogRewound a client raised (error.as_dict()): the report "
+                                                       "names the acknowledged events the log lost, and "
+                                                       "reconciliation re-establishes them from the venues.")] = None,
         json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (errors too, on stderr).")] = False,
     ) -> None:
         """Recover after a crash: detect, verify, load the newest valid checkpoint, replay the tail,
@@ -51,6 +55,7 @@ def register(app: typer.Typer) -> None:
 
         if ramp is not None and ramp not in (50, 75, 100):
             fail("--ramp must be 50, 75 or 100")
+        rewind = _read_rewound(rewound) if rewound else None
         s = settings(config, db=db, engine_id=engine_id, ramp=ramp,
                      **broker_flags(broker=broker, account=account, venue=venue, strict=strict, base_url=base_url,
                                     stream_url=stream_url, host=host, port=port, client_id=client_id,
@@ -64,7 +69,7 @@ def register(app: typer.Typer) -> None:
         try:
             report, client = run_recovery(store, engine_id=s.engine_id, strict=s.strict, adapters=adapters,
                                           verify="none" if no_verify else ("full" if full_verify else "tail"),
-                                          ramp=s.ramp, record=not dry_run)
+                                          ramp=s.ramp, record=not dry_run, rewound=rewind)
         except (TradestateError, ValueError) as e:
             store.close()
             fail(str(e))
@@ -124,3 +129,20 @@ def register(app: typer.Typer) -> None:
             else:
                 console.print(f"checkpoint {info.id} written at position {info.position:,} ({info.size:,} bytes, "
                               f"{info.open_orders} open and {info.finished_orders} finished orders)", highlight=False)
+
+
+def _read_rewound(path: str) -> dict[str, Any]:
+    """The ``LogRewound.as_dict()`` kept in ``path``; a clear error for a missing or malformed file."""
+    import json as jsonlib
+
+    keys = ("known_position", "known_event_id", "found_head", "found_event_id", "lost")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = jsonlib.load(f)
+    except OSError as e:
+        fail(f"--rewound: cannot read {path!r}: {e.strerror or e}")
+    except ValueError as e:
+        fail(f"--rewound: {path!r} is not JSON: {e}")
+    if not isinstance(data, dict) or any(k not in data for k in keys) or not isinstance(data["lost"], list):
+        fail(f"--rewound: {path!r} is not a LogRewound record (keys: {', '.join(keys)})")
+    return data
