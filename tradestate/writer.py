@@ -34,6 +34,7 @@ from .domain import events as ev
 from .domain import orders as rules
 from .domain.errors import AppendFailed, ConcurrencyConflict, IdempotencyConflict, InvalidInput, TradestateError
 from .domain.ids import account_stream_id
+from .domain.integrity import refuse_decided, refuse_quarantined
 from .domain.state import TradingState
 from .loading import deciding, ensure_orders
 
@@ -243,11 +244,13 @@ class Writer:
                 self.refresh()
                 if wanted:
                     ensure_orders(self.state, wanted)
+                    refuse_quarantined(self.state, wanted)
                 with deciding(self.state):
                     result = decide(self.state)
                 decision, value = (result.decision, result.value) if isinstance(result, Decided) else (result, None)
                 if isinstance(decision, rules.AlreadyRecorded):
                     return Written(decision, [decision.position], value)
+                refuse_decided(self.state, decision.events)
                 try:
                     positions = self._append(decision)
                     if self.checkpointer is not None:
