@@ -189,7 +189,8 @@ def register(app: typer.Typer) -> None:
         to: Annotated[str, typer.Option("--to", help="The backup file to write (replaced atomically).")],
         db: DbOption = None,
         json: JsonOption = False,
-        no_seal: Annotated[bool, typer.Option("--no-seal", help="Do not seal the chain's tail first.")] = False,
+        seal: Annotated[bool, typer.Option("--seal/--no-seal", help="Seal the chain's tail first (a write; by "
+                                           "default a backup only reads, so it runs on a replica).")] = False,
         config: ConfigOption = None,
     ) -> None:
         """Write a compressed backup of the log (with a manifest: heads, last digest, checksums)."""
@@ -198,7 +199,7 @@ def register(app: typer.Typer) -> None:
 
         store = open_log(settings(config, db=db).db)
         try:
-            manifest = bk.backup(store, to, seal=not no_seal)
+            manifest = bk.backup(store, to, seal=seal)
         except OSError as e:
             fail(str(e))
         finally:
@@ -211,7 +212,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold green]backup written[/]: {manifest.path} ({manifest.size:,} bytes)", highlight=False)
         console.print(f"  trading log head {trading['head']} ({trading['rows']} rows), market log head "
                       f"{manifest.logs['ts_market_events']['head']}; sealed up to {chain['sealed_upto']}, "
-                      f"last digest {chain['last_digest'] or '-'}", highlight=False)
+                      f"last digest {chain['last_digest'] or '-'}, {chain.get('unsealed', 0)} events unsealed (sealed "
+                      "by restore)", highlight=False)
 
     @app.command(epilog=exit_codes("the backup file is damaged (nothing restored)"))
     @command
@@ -243,6 +245,8 @@ def register(app: typer.Typer) -> None:
                       f"{result.logs['ts_market_events']['head']}; digest chain verified "
                       f"({result.verify['checked_events']} events), last digest {result.last_digest or '-'}",
                       highlight=False)
+        if result.sealed_after_restore:
+            console.print(f"  sealed the backup's unsealed tail ({result.sealed_after_restore} events)", highlight=False)
         if result.previous_saved_to:
             console.print(f"  the replaced content is kept in {result.previous_saved_to}", highlight=False)
         console.print("  read models dropped: run `tradestate project` to rebuild them", highlight=False)
