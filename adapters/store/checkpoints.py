@@ -361,6 +361,23 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
     return result
 
 
+def authentication(store: Store, info: CheckpointInfo, key: bytes | None = None) -> str:
+    """How ``info`` is authenticated, in words: ``MAC verified``, ``MAC invalid for this key``,
+    ``no MAC`` (written without a key), or ``MAC not checked (no key configured)``."""
+    plain, tag = _split(info.checksum)
+    if tag is None:
+        return "no MAC"
+    if key is None:
+        return "MAC not checked (no key configured)"
+    p = store.dialect.param
+    with _cursor(store, write=False) as cur:
+        cur.execute(f"SELECT event_id FROM {_table(store)} WHERE id = {p}", (info.id,))
+        row = cur.fetchone()
+    if row is not None and hmac.compare_digest(tag, mac(key, info.position, row[0], info.snapshot_version, plain)):
+        return "MAC verified"
+    return "MAC invalid for this key"
+
+
 def _risk_rows(store: Store, upto: int) -> list[tuple[Any, ...]]:
     """The log's account-stream risk events up to ``upto``, in position order."""
     p = store.dialect.param
