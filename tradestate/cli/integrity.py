@@ -137,6 +137,7 @@ def register(app: typer.Typer) -> None:
         public_key: Annotated[str, typer.Option("--public-key", help="Where to write the public key (PEM).")] =
         "anchor-ed25519.pub.pem",
         json: JsonOption = False,
+        config: ConfigOption = None,  # noqa: ARG001 - every command takes one; keygen needs no setting
     ) -> None:
         """Make an ed25519 key pair for signing anchors (keep the private key off the database host)."""
         from ..adapters.store import anchor as anc
