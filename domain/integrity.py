@@ -6,9 +6,10 @@ sealing. ``MeaningCheck`` reads the trading log in position order and names the 
 breaks one of its rules:
 
 - ``version_gap``: a stream's versions are 1, 2, 3... in position order;
-- ``orphan``: an order stream starts with ``OrderIntentRecorded`` or ``OrderImported``;
-- ``dangling_reference``: an order event names (account, client order id) the order its stream
-  was created for;
+- ``orphan``: an order stream starts with ``OrderIntentRecorded`` or ``OrderImported`` (so every
+  later fill, ack or cancel on it has its intent earlier in the log);
+- ``dangling_reference``: an order event names (account, client order id) the order whose stream
+  it is on (``order_stream_id``);
 - ``unreadable``: a payload that is not a JSON object.
 
 ``CorruptStream`` is what a decision on a stream or account the fold quarantined raises
@@ -29,6 +30,7 @@ import orjson
 from .errors import TradestateError
 from .events import VOID_TYPE
 from .fold import ORDER_TYPES
+from .ids import order_stream_id
 from .state import TradingState
 
 CREATE_TYPES = frozenset({"OrderIntentRecorded", "OrderImported"})
@@ -142,11 +144,10 @@ class Finding:
 
 class MeaningCheck:
     """Feed it the trading log's rows in position order (``feed``); ``finding`` is the first
-    broken rule (None while the log makes sense). Memory: one entry per stream."""
+    broken rule (None while the log makes sense). Memory: one version per stream."""
 
     def __init__(self) -> None:
         self.versions: dict[str, int] = {}
-        self.owners: dict[str, tuple[str, str]] = {}  # order stream -> (account, client order id)
         self.rows = 0
         self.finding: Finding | None = None
 
@@ -154,7 +155,7 @@ class MeaningCheck:
         """Check ``rows`` (position, stream, version, type, payload bytes, ...); stops at the first finding."""
         if self.finding is not None:
             return self.finding
-        versions, owners = self.versions, self.owners
+        versions = self.versions
         for row in rows:
             position, stream, version, type_name, data = row[0], row[1], row[2], row[3], row[4]
             self.rows += 1
@@ -175,22 +176,27 @@ class MeaningCheck:
             except (orjson.JSONDecodeError, TypeError, AttributeError):
                 self.finding = Finding(position, stream, "unreadable", f"{type_name}: the payload is not a JSON object")
                 return self.finding
-            owner = owners.get(stream)
-            if type_name in CREATE_TYPES:
-                if owner is None:
-                    owners[stream] = (account, coid)
-                    continue
-            elif owner is None:
+            if version == 1 and type_name not in CREATE_TYPES:
                 self.finding = Finding(position, stream, "orphan",
                                        f"{type_name} on {stream}, whose order has no intent or import before it")
                 return self.finding
-            if owner != (account, coid):
+            if not isinstance(account, str) or not isinstance(coid, str) or order_stream_id(account, coid) != stream:
                 self.finding = Finding(position, stream, "dangling_reference",
-                                       f"{type_name} names order {account}/{coid} but {stream} is the stream of "
-                                       f"{owner[0]}/{owner[1]}")
+                                       f"{type_name} names order {account}/{coid}, whose stream is not {stream}")
                 return self.finding
         return None
 
 
-__all__ = ["CREATE_TYPES", "RISK_TYPES", "fold_risk", "risk_disagreements", "CorruptStream", "Finding", "MeaningCheck", "RESTRICTING", "quarantine_report", "refuse_decided",
-           "refuse_quarantined"]
+__all__ = [
+    "CREATE_TYPES",
+    "RESTRICTING",
+    "RISK_TYPES",
+    "CorruptStream",
+    "Finding",
+    "MeaningCheck",
+    "fold_risk",
+    "quarantine_report",
+    "refuse_decided",
+    "refuse_quarantined",
+    "risk_disagreements",
+]
