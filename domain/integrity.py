@@ -148,6 +148,7 @@ class MeaningCheck:
 
     def __init__(self) -> None:
         self.versions: dict[str, int] = {}
+        self._derived: dict[tuple[Any, Any], str] = {}  # (account, client order id) -> its order stream
         self.rows = 0
         self.finding: Finding | None = None
 
@@ -155,7 +156,7 @@ class MeaningCheck:
         """Check ``rows`` (position, stream, version, type, payload bytes, ...); stops at the first finding."""
         if self.finding is not None:
             return self.finding
-        versions = self.versions
+        versions, cache = self.versions, self._derived
         for row in rows:
             position, stream, version, type_name, data = row[0], row[1], row[2], row[3], row[4]
             self.rows += 1
@@ -180,7 +181,13 @@ class MeaningCheck:
                 self.finding = Finding(position, stream, "orphan",
                                        f"{type_name} on {stream}, whose order has no intent or import before it")
                 return self.finding
-            if not isinstance(account, str) or not isinstance(coid, str) or order_stream_id(account, coid) != stream:
+            key = (account, coid)
+            derived = cache.get(key)
+            if derived is None and isinstance(account, str) and isinstance(coid, str):
+                if len(cache) > 100_000:  # an order's events are close together: a bounded cache hits
+                    cache.clear()
+                derived = cache[key] = order_stream_id(account, coid)
+            if derived != stream:
                 self.finding = Finding(position, stream, "dangling_reference",
                                        f"{type_name} names order {account}/{coid}, whose stream is not {stream}")
                 return self.finding
