@@ -168,3 +168,36 @@ def test_meaning_rules_each_name_their_position():
     assert MeaningCheck().feed(_rows((s, 1, "OrderImported", intent), (s, 2, "OrderFilled", intent))) is None
     voided = _rows((s, 1, "OrderIntentRecorded", intent), ("$void", 2, "$void", b"{}"), (s, 2, "OrderFilled", intent))
     assert MeaningCheck().feed(voided) is None
+
+
+def test_a_malformed_row_on_a_known_order_quarantines_it_the_same_way_warm_and_cold():
+    from datetime import datetime, timezone
+
+    from tradestate.domain import events as ev
+    from tradestate.domain.fold import fold_cold
+    from tradestate.domain.state import TradingState
+
+    at = datetime(2024, 3, 5, 14, 30, tzinfo=timezone.utc)
+    sid, other = order_stream_id("a", "c"), order_stream_id("b", "d")
+
+    def intent(account, coid):
+        return ev.OrderIntentRecorded(event_id=uuid.uuid4(), occurred_at=at, account=account, client_order_id=coid,
+                                      venue="sim", symbol="AAPL", side="buy", order_type="market", qty="10").to_payload()
+
+    fill = orjson.loads(_fill_payload("a", "c"))
+    del fill["qty"]
+    rows = [(1, sid, 1, "OrderIntentRecorded", orjson.dumps(intent("a", "c")), at),
+            (2, other, 1, "OrderIntentRecorded", orjson.dumps(intent("b", "d")), at),
+            (3, sid, 2, "OrderFilled", orjson.dumps(fill), at),
+            (4, sid, 3, "OrderFilled", _fill_payload("a", "c", "x-2"), at),
+            (5, other, 2, "OrderFilled", _fill_payload("b", "d", "x-3"), at)]
+    warm = TradingState()
+    for position, stream, version, type_name, data, when in rows:
+        warm.apply(position, stream, version, type_name, orjson.loads(data), when)
+    cold, _ = fold_cold([rows])
+    for state in (warm, cold):
+        position, reason = state.quarantined_streams[sid]
+        assert position == 3 and "KeyError: 'qty'" in reason
+        assert state.orders[sid].filled_qty == 0  # the row after it on the same stream is not folded either
+        assert state.orders[other].filled_qty == 1 and state.position == 5
+    assert warm.summary() == cold.summary()
