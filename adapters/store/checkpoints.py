@@ -395,13 +395,6 @@ def _check(store: Store, info: CheckpointInfo, event_id: str, data: bytes, finis
     plain, tag = _split(info.checksum)
     if snapshot.checksum(data, finished) != plain:
         reasons.append("checksum mismatch: the snapshot's content changed after it was written")
-    if key is not None:
-        if tag is None:
-            reasons.append("not authenticated: written without the checkpoint key (no MAC), so anyone who can "
-                           "write to the database could have written it")
-        elif not hmac.compare_digest(tag, mac(key, info.position, event_id, info.snapshot_version, plain)):
-            reasons.append("not authenticated: its MAC does not match the configured checkpoint key (forged, or "
-                           "written with another key)")
     if info.snapshot_version != snapshot.SNAPSHOT_VERSION:
         reasons.append(f"snapshot version {info.snapshot_version} is not {snapshot.SNAPSHOT_VERSION}")
     if info.position > head:
@@ -412,4 +405,11 @@ def _check(store: Store, info: CheckpointInfo, event_id: str, data: bytes, finis
     created = info.created_at if info.created_at.tzinfo else info.created_at.replace(tzinfo=timezone.utc)
     if (created - now).total_seconds() > 300:
         reasons.append(f"written in the future ({info.created_at.isoformat()})")
+    if key is not None:
+        if tag is None:
+            reasons.append("not authenticated: written without the checkpoint key (no MAC), so anyone who can "
+                           "write to the database could have written it")
+        elif not hmac.compare_digest(tag, mac(key, info.position, event_id, info.snapshot_version, plain)):
+            reasons.append("not authenticated: its MAC does not match the configured checkpoint key (forged, or "
+                           "written with another key)")
     return reasons
