@@ -25,7 +25,7 @@ import orjson
 
 from .events import EVENT_TYPES, SCHEMA_KEY, upcast
 from .snapshot import ORDER_PREFIX, OrderBook, _key
-from .state import ZERO, OrderState, TradingState, book_fill
+from .state import ZERO, OrderState, TradingState, book_fill, unreadable
 
 _fromiso = datetime.fromisoformat
 
@@ -88,6 +88,25 @@ def _build(state: TradingState, sid: str, rows: list[Any]) -> OrderState:
     return order
 
 
+def _from_newer_code(type_name: str, data: Any) -> bool:
+    try:
+        return int(orjson.loads(data).get(SCHEMA_KEY, 1)) > _CURRENT[type_name]
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def _refuse(state: TradingState, orders: dict[str, _Order], sid: str, data: Any, pos: int, reason: str) -> None:
+    """Quarantine ``sid``: its order (if any) stays as its rows before ``pos`` built it."""
+    try:
+        payload = orjson.loads(data)
+    except (TypeError, ValueError):
+        payload = None
+    state.quarantine(sid, payload, pos, reason)
+    o = orders.get(sid)
+    if o is not None and o.rows is None:  # finished and left in the log: nothing to build
+        del orders[sid]
+
+
 def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[TradingState, int]:
     """(the state after every row of ``pages``, rows folded): ``pages`` is a log from its first
     position, in lists of rows; the state equals ``TradingState.apply`` of each row, except that
@@ -100,6 +119,7 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
     account = state.account
     apply = state.apply
     loads = orjson.loads
+    quarantined = state.quarantined_streams
     applied = 0
     last = 0
     rows_folded = 0
@@ -116,41 +136,50 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
                 continue
             if pos <= last:
                 raise ValueError(f"event at position {pos} applied after {last}")
-            if type_name == "OrderFilled":
-                o = orders[sid]
-                d = loads(data)
-                if d.get(SCHEMA_KEY, 1) != fill_version:
-                    d = upcast(type_name, d)
-                o.filled += fill_effects(state, o.account, o.key, o.sign, o.sid, d, at)[0]
-                if o.rows is not None:
-                    o.rows.append(row)
-                if o.open and o.filled >= o.qty:
-                    o.finish()
-            elif type_name in _UNREAD:  # only the schema check: the fold needs none of their fields
-                o = orders[sid]
-                if data.__class__ is not bytes or not data.endswith(_MARKER[type_name]):
-                    _payload(type_name, data)
-                if o.rows is not None:
-                    o.rows.append(row)
-                if type_name in _CLOSE:
-                    o.finish()
-                elif type_name == "DiscrepancyRecorded":
-                    o.account.discrepancies += 1
-            elif type_name in _CREATE:
-                d = _payload(type_name, data)
-                lazy = _key(sid) if sid.startswith(ORDER_PREFIX) else None
-                previous = orders.get(sid)
-                rows = previous.rows if previous is not None and previous.rows is not None else []
-                rows.append(row)
-                orders[sid] = _Order(sid, d, account(d["account"]), rows, lazy)
-            else:  # OrderReplaced
-                o = orders[sid]
-                d = _payload(type_name, data)
-                o.qty = Decimal(d["qty"])
-                if o.rows is not None:
-                    o.rows.append(row)
-                if o.open and o.filled >= o.qty:
-                    o.finish()
+            if quarantined and sid in quarantined:  # a stream already refused stays refused
+                versions[sid] = version
+                last = pos
+                continue
+            try:
+                if type_name == "OrderFilled":
+                    o = orders[sid]
+                    d = loads(data)
+                    if d.get(SCHEMA_KEY, 1) != fill_version:
+                        d = upcast(type_name, d)
+                    o.filled += fill_effects(state, o.account, o.key, o.sign, o.sid, d, at)[0]
+                    if o.rows is not None:
+                        o.rows.append(row)
+                    if o.open and o.filled >= o.qty:
+                        o.finish()
+                elif type_name in _UNREAD:  # only the schema check: the fold needs none of their fields
+                    o = orders[sid]
+                    if data.__class__ is not bytes or not data.endswith(_MARKER[type_name]):
+                        _payload(type_name, data)
+                    if o.rows is not None:
+                        o.rows.append(row)
+                    if type_name in _CLOSE:
+                        o.finish()
+                    elif type_name == "DiscrepancyRecorded":
+                        o.account.discrepancies += 1
+                elif type_name in _CREATE:
+                    d = _payload(type_name, data)
+                    lazy = _key(sid) if sid.startswith(ORDER_PREFIX) else None
+                    previous = orders.get(sid)
+                    rows = previous.rows if previous is not None and previous.rows is not None else []
+                    rows.append(row)
+                    orders[sid] = _Order(sid, d, account(d["account"]), rows, lazy)
+                else:  # OrderReplaced
+                    o = orders[sid]
+                    d = _payload(type_name, data)
+                    o.qty = Decimal(d["qty"])
+                    if o.rows is not None:
+                        o.rows.append(row)
+                    if o.open and o.filled >= o.qty:
+                        o.finish()
+            except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as e:
+                if _from_newer_code(type_name, data):
+                    raise  # refused as ``apply`` refuses it: this code cannot read the log
+                _refuse(state, orders, sid, data, pos, unreadable(type_name, sid, e))
             versions[sid] = version
             applied += 1
             last = pos

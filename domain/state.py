@@ -308,6 +308,13 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     return qty, price, fee, when
 
 
+def unreadable(type_name: str, stream_id: str, error: BaseException) -> str:
+    """Why a row could not be folded, in words (for the quarantine of its stream)."""
+    if isinstance(error, KeyError) and error.args and error.args[0] == stream_id:
+        return f"{type_name} on {stream_id}, whose order has no intent or import before it"
+    return f"{type_name} on {stream_id} cannot be folded ({type(error).__name__}: {error})"
+
+
 class TradingState:
     """Everything the engine and the risk checks need, folded from the trading log.
 
@@ -332,6 +339,10 @@ class TradingState:
         # clock source -> its last ClockSkewRecorded: skew_ms, within_threshold, position, at
         self.clock_skews: dict[str, dict[str, Any]] = {}
         self.applied = 0  # events applied (voids excluded)
+        # stream id / account -> (position, reason): rows the fold could not apply; no decision
+        # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
+        self.quarantined_streams: dict[str, tuple[int, str]] = {}
+        self.quarantined_accounts: dict[str, tuple[int, str]] = {}
         self._handlers = {
             name: getattr(self, "_on_" + name) for name in EVENT_TYPES if name != "BarRecorded"
         }
@@ -385,12 +396,27 @@ class TradingState:
             return
         if data.get(SCHEMA_KEY, 1) != _CURRENT_VERSION[type_name]:
             data = upcast(type_name, data)
+        if self.quarantined_streams and stream_id in self.quarantined_streams:
+            self.stream_versions[stream_id] = version  # a stream already refused stays refused
+            self.position = position
+            return
         # The handler runs while ``position`` still names the last applied event: an order that
         # a restored checkpoint left in the log is brought back as of that point, then updated.
-        self._handlers[type_name](stream_id, data, position, recorded_at)
+        try:
+            self._handlers[type_name](stream_id, data, position, recorded_at)
+        except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as e:
+            self.quarantine(stream_id, data, position, unreadable(type_name, stream_id, e))
         self.stream_versions[stream_id] = version
         self.applied += 1
         self.position = position
+
+    def quarantine(self, stream_id: str, data: Any, position: int, reason: str) -> None:
+        """Refuse every later decision on ``stream_id`` and on the account its payload names
+        (when it names one), because the row at ``position`` could not be folded (``reason``)."""
+        self.quarantined_streams.setdefault(stream_id, (position, reason))
+        account = data.get("account") if isinstance(data, dict) else None
+        if isinstance(account, str):
+            self.quarantined_accounts.setdefault(account, (position, reason))
 
     # orders ---------------------------------------------------------------------------
     def _on_OrderIntentRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
@@ -647,6 +673,9 @@ class TradingState:
             "signals": {"|".join(k): v for k, v in sorted(self.signals.items())},
             "engines": dict(sorted(self.engines.items())),
             "stream_versions": dict(sorted(self.stream_versions.items())),
+            **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
+                                "accounts": dict(sorted(self.quarantined_accounts.items()))}}
+               if self.quarantined_streams or self.quarantined_accounts else {}),
         }
 
 
@@ -661,4 +690,5 @@ __all__ = [
     "VOID_TYPE",
     "book_fill",
     "discrepancy_key",
+    "unreadable",
 ]

@@ -147,7 +147,7 @@ class Projector:
             for position, stream, version, type_name, data, at in self.store.trading.iter_rows(0, target):
                 payload = loads(data)
                 apply(position, stream, version, type_name, payload, at)
-                if type_name == "OrderFilled":
+                if type_name == "OrderFilled" and stream not in state.quarantined_streams:
                     order = state.orders[stream]
                     book.after_fill(state, (order.account, order.venue, order.symbol),
                                     _fill_minute(payload, at), position)
@@ -561,6 +561,8 @@ class _Dirty:
         touches."""
         first = stream[0]  # streams are order-..., account-..., strategy-..., engine-..., $void
         if first == "o":
+            if stream in state.quarantined_streams:  # not folded: the read models keep what they had
+                return
             order = state.orders[stream]
             self.orders[stream] = None
             self.accounts[order.account] = (position, d.get("occurred_at"), at)

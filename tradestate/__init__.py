@@ -20,6 +20,7 @@ from .domain.errors import (
     TradestateError,
     UnknownOrder,
 )
+from .domain.integrity import CorruptStream
 from .domain.values import OrderType, Side, TimeInForce
 from .loading import LoadedState, load_state
 from .writer import Decided, Recorded, Writer, Written, build_event
@@ -30,6 +31,7 @@ __all__ = [
     "AppendFailed",
     "AsyncTradestateClient",
     "ConcurrencyConflict",
+    "CorruptStream",
     "Decided",
     "IdempotencyConflict",
     "IntentResult",

@@ -24,6 +24,7 @@ from typing import Any
 
 from .adapters.store import Store
 from .domain.ids import engine_stream_id
+from .domain.integrity import quarantine_report
 from .domain.state import TradingState
 from .loading import fold_rest, from_checkpoint
 
@@ -271,9 +272,13 @@ def _health(store: Store, state: TradingState, head: int, now: datetime) -> tupl
             notes.append(f"account {a.account}: kill switch engaged ({a.kill_switch_reason})")
         if a.breaker_active(now):
             notes.append(f"account {a.account}: circuit breaker tripped ({a.breaker_reason})")
+    quarantined = quarantine_report(state)
+    for q in quarantined:
+        notes.append(f"{q['kind']} {q['name']} quarantined from position {q['position']} ({q['reason']}): "
+                     "no decision is taken on it")
     open_orders = sum(len(a.open_orders) for a in state.accounts.values())
     counts = {"open_orders": open_orders, "positions": sum(1 for p in state.positions.values() if p.qty),
-              "accounts": len(state.accounts)}
+              "accounts": len(state.accounts), "quarantined": len(quarantined)}
     if problems:
         return Step("health", "failed", timer.seconds, "; ".join(problems + notes), counts), blocked
     return Step("health", "warn" if notes else "ok", timer.seconds,

@@ -45,6 +45,7 @@ from .domain.errors import (
     TradestateError,
 )
 from .domain.ids import account_stream_id
+from .domain.integrity import refuse_decided, refuse_quarantined
 from .domain.state import TradingState
 from .loading import deciding, ensure_orders
 
@@ -488,11 +489,13 @@ class Writer:
                     self._periodic_clock_check()
                 if wanted:
                     ensure_orders(self.state, wanted)
+                    refuse_quarantined(self.state, wanted)
                 with deciding(self.state):
                     result = decide(self.state)
                 decision, value = (result.decision, result.value) if isinstance(result, Decided) else (result, None)
                 if isinstance(decision, rules.AlreadyRecorded):
                     return Written(decision, [decision.position], value)
+                refuse_decided(self.state, decision.events)
                 try:
                     positions = self._append(decision)
                     if self.checkpointer is not None:

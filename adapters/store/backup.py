@@ -94,7 +94,7 @@ class Manifest:
     source: str
     created_at: str
     logs: dict[str, dict[str, int]]  # table -> {"head", "rows"}
-    chain: dict[str, dict[str, Any]]  # table -> {"sealed_upto", "last_digest"}
+    chain: dict[str, dict[str, Any]]  # table -> {"sealed_upto", "last_digest", "unsealed" (events after it)}
     members: list[dict[str, Any]]  # {"name", "table", "columns", "rows", "bytes", "sha256", "raw_sha256", ...}
     tradestate_version: str = ""
     path: str = ""  # where the backup was written (not stored in the file)
@@ -128,6 +128,7 @@ class RestoreResult:
     read_models_dropped: bool
     seconds: float
     manifest: dict[str, Any] = field(default_factory=dict)
+    sealed_after_restore: int = 0  # events of the backup's unsealed tail sealed once it was in place
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain JSON-ready values."""
@@ -242,10 +243,12 @@ def _pg_contiguous_head(cur: Any, qualified: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------------ backup
 
 
-def backup(store: Store, path: str | os.PathLike[str], *, seal: bool = True) -> Manifest:
+def backup(store: Store, path: str | os.PathLike[str], *, seal: bool = False) -> Manifest:
     """Write a backup of ``store`` to ``path`` (atomically: a temporary file, fsync, rename).
 
-    ``seal``: seal the digest chain first, so the manifest's last digest covers the whole log."""
+    Only reads the database (so it runs against a hot standby): the manifest records, per log,
+    the last sealed position and digest and the unsealed tail after it (``unsealed``); ``restore``
+    seals that tail once the backup is in place. ``seal``: seal the chain first (a write)."""
     dest = Path(path).expanduser().absolute()
     if dest.is_dir():
         raise InvalidInput(f"{dest} is a directory: give a file name for the backup")
@@ -259,6 +262,8 @@ def backup(store: Store, path: str | os.PathLike[str], *, seal: bool = True) -> 
             logs, chain, members = _backup_sqlite(store, work)
         else:
             logs, chain, members = _backup_postgres(store, work)
+        for log, info in chain.items():
+            info["unsealed"] = max(0, logs.get(log, {}).get("head", 0) - info.get("sealed_upto", 0))
         manifest = Manifest(
             format=FORMAT, format_version=FORMAT_VERSION, schema_version=SCHEMA_VERSION, source_kind=store.kind,
             source=store.display_url, created_at=datetime.now(timezone.utc).isoformat(), logs=logs, chain=chain,
@@ -538,12 +543,28 @@ def restore(url: str | None, path: str | os.PathLike[str], *, force: bool = Fals
         try:
             files = _extract(tar, manifest, work, path)
             if kind == SQLITE:
-                return _restore_sqlite(url, target, files[SQLITE_MEMBER], manifest, path, force=force,
-                                       keep_previous=keep_previous, progress=progress, started=started, drops=drops)
-            return _restore_postgres(url, files, manifest, path, force=force, keep_previous=keep_previous,
-                                     progress=progress, started=started, drops=drops)
+                result = _restore_sqlite(url, target, files[SQLITE_MEMBER], manifest, path, force=force,
+                                         keep_previous=keep_previous, progress=progress, started=started, drops=drops)
+            else:
+                result = _restore_postgres(url, files, manifest, path, force=force, keep_previous=keep_previous,
+                                           progress=progress, started=started, drops=drops)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    return _seal_restored(url, result)
+
+
+def _seal_restored(url: str, result: RestoreResult) -> RestoreResult:
+    """Seal the tail the backup held unsealed (a backup never writes to its source; the file's
+    checksums vouch for the tail, so the restored database seals it)."""
+    chain, logs = result.manifest.get("chain", {}), result.manifest.get("logs", {})
+    if all(logs.get(log, {}).get("head", 0) <= chain.get(log, {}).get("sealed_upto", 0) for log in LOG_TABLES):
+        return result
+    with open_store(url, create=False) as store:
+        sealed = digest_mod.seal(store)
+    result.sealed_after_restore = sealed.events
+    if sealed.last_digest:
+        result.last_digest = sealed.last_digest
+    return result
 
 
 def _target_events(url: str, kind: str) -> int:

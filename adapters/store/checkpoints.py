@@ -3,7 +3,13 @@
 A row of ``ts_checkpoints`` (beside the log, same database) holds a snapshot document
 (``domain/snapshot.py``), the packed ids of the finished orders, the position it covers, the
 event id at that position (so a checkpoint of another log — a restored or swapped database — is
-recognised) and a sha256 over its content. Loading validates it (checksum, schema version,
+recognised) and a blake2b checksum over its content, followed, when a checkpoint key is configured
+(``TRADESTATE_CHECKPOINT_KEY``, hex or base64, or ``TRADESTATE_CHECKPOINT_KEY_FILE``), by an
+HMAC-SHA256 of position, event id, snapshot version and checksum under that key. The key is never
+in the database, so whoever can only INSERT cannot write a checkpoint an engine trusts: with a key
+configured, a checkpoint without a valid MAC is refused; without one, a checkpoint is used only if
+its accounts' risk state (kill switch, breaker, limits, ramp, block) equals the fold of the log's
+account risk events up to its position. Loading also validates it (checksum, schema version,
 position not beyond the log head, the event id at its position, no time in the future, no absurd
 quantity or negative price); one that fails is reported and the next older one is tried, then
 replay from zero. Checkpoints are a cache: deleting them loses nothing, and the log is never
@@ -15,6 +21,11 @@ older readable version (``snapshot.READABLE_VERSIONS``) load too.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,12 +36,17 @@ from typing import Any
 import orjson
 
 from ...domain import snapshot
+from ...domain.errors import InvalidInput
+from ...domain.integrity import RISK_TYPES, fold_risk, risk_disagreements
 from ...domain.state import TradingState
-from . import Store, gc_paused
+from . import TRADING_TABLE, Store, as_time, gc_paused
 from .sql import read_cursor, write_cursor
 
 TABLE = "ts_checkpoints"
 KEEP = 5  # checkpoints kept; older ones are deleted when a new one is written
+KEY_ENV = "TRADESTATE_CHECKPOINT_KEY"
+KEY_FILE_ENV = "TRADESTATE_CHECKPOINT_KEY_FILE"
+MAC_TAG = " hmac-sha256:"  # stored after the checksum, in the same column
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,11 @@ class CheckpointInfo:
     size: int  # bytes of document + finished ids
     open_orders: int = 0
     finished_orders: int = 0
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether it carries a MAC (checked against the configured key when loaded)."""
+        return MAC_TAG in self.checksum
 
 
 @dataclass
@@ -63,6 +84,60 @@ class Loaded:
     checkpoint: CheckpointInfo | None
     rejected: list[Rejected] = field(default_factory=list)
     seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------ authentication
+
+
+def parse_key(text: str | bytes, where: str) -> bytes:
+    """A checkpoint key from its hex or base64 text (at least 16 bytes)."""
+    raw = text.decode("ascii", "replace") if isinstance(text, bytes) else text
+    raw = raw.strip()
+    key: bytes | None = None
+    try:
+        key = bytes.fromhex(raw)
+    except ValueError:
+        try:
+            key = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            key = None
+    if not key or len(key) < 16:
+        raise InvalidInput(f"{where}: a checkpoint key is at least 16 bytes, written in hex or base64")
+    return key
+
+
+def checkpoint_key() -> bytes | None:
+    """The configured checkpoint key: ``TRADESTATE_CHECKPOINT_KEY``, else the content of the file
+    ``TRADESTATE_CHECKPOINT_KEY_FILE``, else None (no key: checkpoints are cross-checked instead)."""
+    text = os.environ.get(KEY_ENV)
+    if text:
+        return parse_key(text, KEY_ENV)
+    path = os.environ.get(KEY_FILE_ENV)
+    if path:
+        try:
+            content = open(path, "rb").read()  # noqa: SIM115 - small, read once
+        except OSError as e:
+            raise InvalidInput(f"{KEY_FILE_ENV}: cannot read {path}: {e}") from e
+        return parse_key(content, f"{KEY_FILE_ENV} ({path})")
+    return None
+
+
+def mac(key: bytes, position: int, event_id: str, version: int, checksum: str) -> str:
+    """The HMAC-SHA256 (hex) that authenticates a checkpoint: its position, the event id there,
+    its snapshot version and the checksum of its content."""
+    message = b"tradestate-checkpoint\x1f%d\x1f%s\x1f%d\x1f%s" % (
+        position, event_id.encode(), version, checksum.encode())
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def sealed_checksum(key: bytes | None, position: int, event_id: str, version: int, checksum: str) -> str:
+    """What the ``checksum`` column holds: the content checksum, then the MAC when there is a key."""
+    return checksum if key is None else checksum + MAC_TAG + mac(key, position, event_id, version, checksum)
+
+
+def _split(stored: str) -> tuple[str, str | None]:
+    plain, _, tag = stored.partition(MAC_TAG)
+    return plain, (tag or None) if MAC_TAG in stored else None
 
 
 # ------------------------------------------------------------------------------ database
@@ -142,13 +217,18 @@ def list_checkpoints(store: Store) -> list[CheckpointInfo]:
 def write(store: Store, state: TradingState, *, now: datetime | None = None, keep: int = KEEP) -> CheckpointInfo:
     """Snapshot ``state`` (which must be the fold of this log up to ``state.position``)."""
     now = now or datetime.now(timezone.utc)
+    if state.quarantined_streams or state.quarantined_accounts:
+        raise ValueError("the state has quarantined streams or accounts (rows the fold could not apply): a "
+                         "checkpoint would not keep them refused, so none is written")
+    key = checkpoint_key()
     create_table(store)
     doc, finished = snapshot.take(state)
     data = snapshot.encode(doc)
-    digest = snapshot.checksum(data, finished)
     event_id = _event_id_at(store, state.position)
     if event_id is None:
         raise ValueError(f"the log has no event at position {state.position}: this state is not of this log")
+    digest = sealed_checksum(key, state.position, event_id, snapshot.SNAPSHOT_VERSION,
+                             snapshot.checksum(data, finished))
     p = store.dialect.param
     created = store.dialect.time_value(now)
     with _cursor(store, write=True) as cur:
@@ -186,7 +266,10 @@ class Checkpointer:
         self.written: list[CheckpointInfo] = []
 
     def due(self, state: TradingState) -> bool:
-        """Whether ``state`` is far enough (events or seconds) past the last checkpoint."""
+        """Whether ``state`` is far enough (events or seconds) past the last checkpoint (never
+        while it has quarantined streams or accounts: ``write`` refuses those)."""
+        if state.quarantined_streams or state.quarantined_accounts:
+            return False
         moved = state.position - self.last_position
         return moved >= self.every_events or (moved > 0 and time.monotonic() - self._last_time >= self.every_seconds)
 
@@ -226,6 +309,7 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     head = store.trading.head() if head is None else head
+    key = checkpoint_key()
     result = Loaded(None, None)
     if not store.trading.exists() or not table_exists(store):
         return result
@@ -249,7 +333,7 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
         if got is None:  # deleted meanwhile by a newer checkpoint's pruning
             continue
         data, finished = bytes(got[0]), bytes(got[1])
-        reasons = _check(store, info, row[8], data, finished, head, now)
+        reasons = _check(store, info, row[8], data, finished, head, now, key)
         if reasons:
             result.rejected.append(Rejected(info, reasons))
             continue
@@ -260,20 +344,58 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
                 result.rejected.append(Rejected(info, reasons))
                 continue
             try:
-                result.state = snapshot.restore(doc, finished)
+                restored = snapshot.restore(doc, finished)
             except (KeyError, TypeError, ValueError, ArithmeticError) as e:
                 result.rejected.append(Rejected(info, [f"cannot be restored: {type(e).__name__}: {e}"]))
                 continue
+        if key is None:
+            disagreements = risk_disagreements(restored, fold_risk(_risk_rows(store, info.position),
+                                                                   restored.exchange_tz))
+            if disagreements:
+                result.rejected.append(Rejected(info, [
+                    "not authenticated (no checkpoint key configured) and its risk state disagrees with the log: "
+                    + "; ".join(disagreements[:3])]))
+                continue
+        result.state = restored
         result.checkpoint = info
         break
     result.seconds = time.perf_counter() - started
     return result
 
 
+def authentication(store: Store, info: CheckpointInfo, key: bytes | None = None) -> str:
+    """How ``info`` is authenticated, in words: ``MAC verified``, ``MAC invalid for this key``,
+    ``no MAC`` (written without a key), or ``MAC not checked (no key configured)``."""
+    plain, tag = _split(info.checksum)
+    if tag is None:
+        return "no MAC"
+    if key is None:
+        return "MAC not checked (no key configured)"
+    p = store.dialect.param
+    with _cursor(store, write=False) as cur:
+        cur.execute(f"SELECT event_id FROM {_table(store)} WHERE id = {p}", (info.id,))
+        row = cur.fetchone()
+    if row is not None and hmac.compare_digest(tag, mac(key, info.position, row[0], info.snapshot_version, plain)):
+        return "MAC verified"
+    return "MAC invalid for this key"
+
+
+def _risk_rows(store: Store, upto: int) -> list[tuple[Any, ...]]:
+    """The log's account-stream risk events up to ``upto``, in position order."""
+    p = store.dialect.param
+    types = ", ".join([p] * len(RISK_TYPES))
+    with _cursor(store, write=False) as cur:
+        cur.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM "
+                    f"{store.dialect.name(TRADING_TABLE)} WHERE stream_id LIKE {p} AND type IN ({types})"
+                    f" AND position <= {p} ORDER BY position", ("account-%", *RISK_TYPES, upto))
+        return [(r[0], r[1], r[2], r[3], bytes(r[4]), as_time(r[5])) for r in cur.fetchall()]
+
+
 def _check(store: Store, info: CheckpointInfo, event_id: str, data: bytes, finished: bytes, head: int,
-           now: datetime) -> list[str]:
+           now: datetime, key: bytes | None = None) -> list[str]:
     reasons = []
-    if snapshot.checksum(data, finished) != info.checksum:
+    plain, tag = _split(info.checksum)
+    if snapshot.checksum(data, finished) != plain:
         reasons.append("checksum mismatch: the snapshot's content changed after it was written")
     if info.snapshot_version not in snapshot.READABLE_VERSIONS:
         reasons.append(f"snapshot version {info.snapshot_version} is not one of "
@@ -286,4 +408,11 @@ def _check(store: Store, info: CheckpointInfo, event_id: str, data: bytes, finis
     created = info.created_at if info.created_at.tzinfo else info.created_at.replace(tzinfo=timezone.utc)
     if (created - now).total_seconds() > 300:
         reasons.append(f"written in the future ({info.created_at.isoformat()})")
+    if key is not None:
+        if tag is None:
+            reasons.append("not authenticated: written without the checkpoint key (no MAC), so anyone who can "
+                           "write to the database could have written it")
+        elif not hmac.compare_digest(tag, mac(key, info.position, event_id, info.snapshot_version, plain)):
+            reasons.append("not authenticated: its MAC does not match the configured checkpoint key (forged, or "
+                           "written with another key)")
     return reasons

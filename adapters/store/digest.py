@@ -751,6 +751,47 @@ def verify(store: Store, *, progress: Progress | None = None, after: int = 0,
                         TRADING_TABLE, trading["last_digest"], seconds, per_log)
 
 
+# ------------------------------------------------------------------------------ meaning
+
+
+@dataclass
+class MeaningResult:
+    """What ``verify_meaning`` found: ``ok``, or the first row that breaks a rule of the log's
+    meaning (``domain.integrity.MeaningCheck``) and what is wrong with it."""
+
+    ok: bool
+    first_bad_position: int | None
+    problem: str | None  # version_gap | orphan | dangling_reference | unreadable
+    stream: str | None
+    detail: str
+    checked_events: int
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON-ready values."""
+        return asdict(self)
+
+
+def verify_meaning(store: Store, *, stop: int | None = None) -> MeaningResult:
+    """Read the trading log from its start (up to ``stop``) and check what its rows mean: every
+    order stream starts with an intent or an import, each stream's versions are contiguous, and
+    every order event names the order its stream was created for. A digest cannot see a row that
+    was inserted whole before sealing; this can."""
+    from ...domain.integrity import MeaningCheck
+
+    started = time.perf_counter()
+    check = MeaningCheck()
+    for page in store.trading.iter_pages(0, stop):
+        if check.feed(page) is not None:
+            break
+    f = check.finding
+    seconds = time.perf_counter() - started
+    if f is None:
+        return MeaningResult(True, None, None, None, "every order stream starts with an intent or an import, "
+                             "stream versions are contiguous and references resolve", check.rows, seconds)
+    return MeaningResult(False, f.position, f.problem, f.stream, f.detail, check.rows, seconds)
+
+
 # ------------------------------------------------------------------------------ protect
 
 

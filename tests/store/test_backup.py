@@ -71,6 +71,7 @@ def test_restore_drill(url, tmp_path):
     assert _read_models(url, create=True)
     with open_store(url, create=False) as store:
         digest.protect_log(store)
+        digest.seal(store)  # a backup only reads: the chain is sealed by whoever may write
         manifest = bk.backup(store, tmp_path / "drill.tsb")
     before = _summary(url)
     assert manifest.logs["ts_events"] == {"head": head, "rows": head}

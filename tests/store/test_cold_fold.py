@@ -151,14 +151,20 @@ def test_a_payload_from_newer_code_is_refused_as_apply_refuses_it(event):
         _cold(f)
 
 
-def test_an_event_of_an_order_never_recorded_is_an_error_as_in_apply():
+def test_an_event_of_an_order_never_recorded_quarantines_its_stream_as_in_apply():
     at = datetime(2024, 3, 5, tzinfo=timezone.utc)
     payload = ev.OrderSubmitted(event_id=uuid4(), occurred_at=at, account="acct", client_order_id="o1").to_payload()
-    rows = [(1, order_stream_id("acct", "o1"), 1, "OrderSubmitted", orjson.dumps(payload), at)]
-    with pytest.raises(KeyError):
-        TradingState().apply(*rows[0][:4], orjson.loads(rows[0][4]), at)
-    with pytest.raises(KeyError):
-        fold_cold([rows], order_loader=None)
+    sid = order_stream_id("acct", "o1")
+    rows = [(1, sid, 1, "OrderSubmitted", orjson.dumps(payload), at)]
+    warm = TradingState()
+    warm.apply(*rows[0][:4], orjson.loads(rows[0][4]), at)
+    cold, _ = fold_cold([rows], order_loader=None)
+    for state in (warm, cold):
+        assert state.position == 1 and sid not in state.orders
+        position, reason = state.quarantined_streams[sid]
+        assert position == 1 and "no intent or import before it" in reason
+        assert state.quarantined_accounts["acct"][0] == 1
+    assert warm.summary() == cold.summary()
 
 
 def test_positions_must_increase():

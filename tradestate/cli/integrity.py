@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -30,30 +30,61 @@ def _progress(label: str, enabled: bool) -> Iterator[Any]:
         yield update
 
 
+TRADING = "ts_events"
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``tradestate`` command."""
 
-    @app.command(epilog=exit_codes("the log was altered (the first bad position is named)"))
+    @app.command(epilog=exit_codes("the log was altered or makes no sense (the first bad position is named)"))
     @command
     def verify(
         db: DbOption = None,
         json: JsonOption = False,
         seal: Annotated[bool, typer.Option("--seal", help="Seal the unsealed tail first (writes to the chain).")] = False,
+        anchors: Annotated[Optional[str], typer.Option(
+            "--anchors", help="Also check the chain against this file of signed anchors (tradestate anchor export).")] = None,
+        public_key: Annotated[Optional[str], typer.Option(
+            "--public-key", help="The ed25519 public key (PEM) the anchors are signed with.")] = None,
+        meaning: Annotated[bool, typer.Option(
+            "--meaning/--no-meaning", help="Also check what the rows mean (intents first, contiguous versions, "
+            "references resolve).")] = True,
         config: ConfigOption = None,
     ) -> None:
-        """Walk the log's digest chain; exit 0 if intact, 1 if altered (naming the first bad position)."""
+        """Walk the log's digest chain and check its meaning (and its anchors); exit 0 if intact, 1 if
+        altered (naming the first bad position)."""
+        from ..adapters.store import anchor as anc
         from ..adapters.store import digest
         from ..render import console, to_json
 
+        if (anchors is None) != (public_key is None):
+            fail("--anchors and --public-key go together")
         store = open_log(settings(config, db=db).db)
         try:
             sealed = digest.seal(store) if seal else None
             with _progress("verifying", not json) as progress:
                 result = digest.verify(store, progress=progress)
+            sense = digest.verify_meaning(store) if meaning else None
+            anchored = None
+            if anchors is not None:
+                try:
+                    anchored = anc.verify_anchors(store, anchors, public_key)  # type: ignore[arg-type]
+                except anc.AnchorError as e:
+                    fail(str(e))
         finally:
             store.close()
+        ok = result.ok and (sense is None or sense.ok) and (anchored is None or anchored.ok)
         if json:
-            payload = result.to_dict() | {"exit_code": 0 if result.ok else 1}
+            payload = result.to_dict()
+            if result.ok and sense is not None and not sense.ok:
+                payload.update(ok=False, first_bad_position=sense.first_bad_position, problem=sense.problem,
+                               detail=f"{TRADING}: {sense.detail}", log=TRADING)
+            elif result.ok and anchored is not None and not anchored.ok:
+                payload.update(ok=False, first_bad_position=anchored.first_bad_position, problem=anchored.problem,
+                               detail=f"{TRADING}: {anchored.detail}", log=TRADING)
+            payload["meaning"] = sense.to_dict() if sense is not None else None
+            payload["anchors"] = anchored.to_dict() if anchored is not None else None
+            payload["exit_code"] = 0 if ok else 1
             if sealed is not None:
                 payload["sealed"] = sealed.to_dict()
             print(to_json(payload))
@@ -77,7 +108,81 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[bold red]ALTERED[/]: {result.log} first bad position "
                               f"[bold]{result.first_bad_position}[/] ({result.problem}): {result.detail}",
                               highlight=False)
-        raise typer.Exit(ExitCode.OK if result.ok else ExitCode.PROBLEM)
+            if sense is not None:
+                if sense.ok:
+                    console.print(f"[bold green]meaning ok[/]: {sense.detail} ({sense.checked_events} events)",
+                                  highlight=False)
+                else:
+                    console.print(f"[bold red]MEANINGLESS[/]: {TRADING} first bad position "
+                                  f"[bold]{sense.first_bad_position}[/] ({sense.problem}): {sense.detail}",
+                                  highlight=False)
+            if anchored is not None:
+                if anchored.ok:
+                    console.print(f"[bold green]anchors ok[/]: {anchored.detail}", highlight=False)
+                else:
+                    console.print(f"[bold red]ANCHOR MISMATCH[/]: first bad position "
+                                  f"[bold]{anchored.first_bad_position}[/] ({anchored.problem}): {anchored.detail}",
+                                  highlight=False)
+        raise typer.Exit(ExitCode.OK if ok else ExitCode.PROBLEM)
+
+    anchor_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                             help="Signed anchors of the digest chain, kept outside the database.")
+    app.add_typer(anchor_app, name="anchor")
+
+    @anchor_app.command("keygen", epilog=exit_codes())
+    @command
+    def anchor_keygen(
+        key: Annotated[str, typer.Option("--key", help="Where to write the private key (PEM, mode 0600; never "
+                                         "overwritten).")] = "anchor-ed25519.pem",
+        public_key: Annotated[str, typer.Option("--public-key", help="Where to write the public key (PEM).")] =
+        "anchor-ed25519.pub.pem",
+        json: JsonOption = False,
+        config: ConfigOption = None,  # noqa: ARG001 - every command takes one; keygen needs no setting
+    ) -> None:
+        """Make an ed25519 key pair for signing anchors (keep the private key off the database host)."""
+        from ..adapters.store import anchor as anc
+        from ..render import console, to_json
+
+        try:
+            public = anc.keygen(key, public_key)
+        except anc.AnchorError as e:
+            fail(str(e))
+        if json:
+            print(to_json({"ok": True, "key": key, "public_key": public_key, "public_hex": public}))
+        else:
+            console.print(f"key pair written: {key} (private), {public_key} (public {public[:16]}...)",
+                          highlight=False)
+
+    @anchor_app.command("export", epilog=exit_codes())
+    @command
+    def anchor_export(
+        to: Annotated[str, typer.Option("--to", help="The anchor file to append to (one JSON line per anchor).")],
+        key: Annotated[str, typer.Option("--key", help="The ed25519 private key (PEM) that signs the anchor.")],
+        db: DbOption = None,
+        seal: Annotated[bool, typer.Option("--seal", help="Seal the unsealed tail first (writes to the chain).")] = False,
+        json: JsonOption = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Append the digest chain's sealed head (position, digest, time), signed, to an append-only file."""
+        from ..adapters.store import anchor as anc
+        from ..adapters.store import digest
+        from ..render import console, to_json
+
+        store = open_log(settings(config, db=db).db)
+        try:
+            if seal:
+                digest.seal(store)
+            try:
+                anchor = anc.export(store, to, key)
+            except anc.AnchorError as e:
+                fail(str(e))
+        finally:
+            store.close()
+        if json:
+            print(to_json({"ok": True, "anchor": anchor, "to": to}))
+        else:
+            console.print(f"anchored position {anchor['position']:,} (digest {anchor['digest'][:16]}...) in {to}",
+                          highlight=False)
 
     @app.command(epilog=exit_codes())
     @command
@@ -85,7 +190,8 @@ def register(app: typer.Typer) -> None:
         to: Annotated[str, typer.Option("--to", help="The backup file to write (replaced atomically).")],
         db: DbOption = None,
         json: JsonOption = False,
-        no_seal: Annotated[bool, typer.Option("--no-seal", help="Do not seal the chain's tail first.")] = False,
+        seal: Annotated[bool, typer.Option("--seal/--no-seal", help="Seal the chain's tail first (a write; by "
+                                           "default a backup only reads, so it runs on a replica).")] = False,
         config: ConfigOption = None,
     ) -> None:
         """Write a compressed backup of the log (with a manifest: heads, last digest, checksums)."""
@@ -94,7 +200,7 @@ def register(app: typer.Typer) -> None:
 
         store = open_log(settings(config, db=db).db)
         try:
-            manifest = bk.backup(store, to, seal=not no_seal)
+            manifest = bk.backup(store, to, seal=seal)
         except OSError as e:
             fail(str(e))
         finally:
@@ -107,7 +213,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold green]backup written[/]: {manifest.path} ({manifest.size:,} bytes)", highlight=False)
         console.print(f"  trading log head {trading['head']} ({trading['rows']} rows), market log head "
                       f"{manifest.logs['ts_market_events']['head']}; sealed up to {chain['sealed_upto']}, "
-                      f"last digest {chain['last_digest'] or '-'}", highlight=False)
+                      f"last digest {chain['last_digest'] or '-'}, {chain.get('unsealed', 0)} events unsealed (sealed "
+                      "by restore)", highlight=False)
 
     @app.command(epilog=exit_codes("the backup file is damaged (nothing restored)"))
     @command
@@ -139,6 +246,8 @@ def register(app: typer.Typer) -> None:
                       f"{result.logs['ts_market_events']['head']}; digest chain verified "
                       f"({result.verify['checked_events']} events), last digest {result.last_digest or '-'}",
                       highlight=False)
+        if result.sealed_after_restore:
+            console.print(f"  sealed the backup's unsealed tail ({result.sealed_after_restore} events)", highlight=False)
         if result.previous_saved_to:
             console.print(f"  the replaced content is kept in {result.previous_saved_to}", highlight=False)
         console.print("  read models dropped: run `tradestate project` to rebuild them", highlight=False)

@@ -87,7 +87,8 @@ def register(app: typer.Typer) -> None:
     @command
     def checkpoint(
         db: DbOption = None,
-        list_only: Annotated[bool, typer.Option("--list", help="List the checkpoints and whether each is valid.")] = False,
+        list_only: Annotated[bool, typer.Option("--list", help="List the checkpoints, whether each is authenticated "
+                                                "(a MAC under $TRADESTATE_CHECKPOINT_KEY) and valid.")] = False,
         json: JsonOption = False,
         config: ConfigOption = None,
     ) -> None:
@@ -102,20 +103,23 @@ def register(app: typer.Typer) -> None:
                 rows = []
                 head = store.trading.head()
                 loaded = checkpoints.load(store, head=head)
+                key = checkpoints.checkpoint_key()
                 refused = {r.checkpoint.id: r.reasons for r in loaded.rejected}
                 for c in checkpoints.list_checkpoints(store):
                     valid = "newest valid" if loaded.checkpoint and c.id == loaded.checkpoint.id else (
                         "refused: " + "; ".join(refused[c.id][:2]) if c.id in refused else "not checked (older)")
                     rows.append({"id": c.id, "position": c.position, "created_at": c.created_at.isoformat(),
                                  "open_orders": c.open_orders, "finished_orders": c.finished_orders,
-                                 "bytes": c.size, "status": valid})
+                                 "bytes": c.size, "authenticated": checkpoints.authentication(store, c, key),
+                                 "status": valid})
                 if json:
                     print(to_json({"head": head, "checkpoints": rows}))
                     return
                 from rich.table import Table
 
                 table = Table(title=f"checkpoints (log head {head:,})")
-                for col in ("id", "position", "created_at", "open_orders", "finished_orders", "bytes", "status"):
+                for col in ("id", "position", "created_at", "open_orders", "finished_orders", "bytes", "authenticated",
+                            "status"):
                     table.add_column(col)
                 for r in rows:
                     table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()))

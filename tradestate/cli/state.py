@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..domain.integrity import quarantine_report
 from ..render import console, limits_table, orders_table, positions_table, risk_table, state_json, to_json
 from .common import ConfigOption, DbOption, JsonOption, command, exit_codes, fail, open_log, settings
 
@@ -40,11 +41,14 @@ def register(app: typer.Typer) -> None:
         with client:
             if json:
                 payload = state_json(client.state, now)
-                payload.update(open_ms=open_ms, pid=os.getpid())
+                payload.update(open_ms=open_ms, pid=os.getpid(), quarantined=quarantine_report(client.state))
                 print(to_json(payload))
             else:
                 console.print(positions_table(client.state))
                 console.print(orders_table(client.state))
                 console.print(risk_table(client.state, now))
                 console.print(limits_table(client.state, now))
+                for q in quarantine_report(client.state):
+                    console.print(f"[bold red]QUARANTINED[/] {q['kind']} {q['name']} from position {q['position']}: "
+                                  f"{q['reason']} (no decision is taken on it)", highlight=False)
                 console.print(f"{client.position} events folded in {open_ms:.1f} ms")
