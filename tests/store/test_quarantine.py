@@ -10,8 +10,8 @@ import uuid
 
 import orjson
 import pytest
-from projector_worker import Clock
-from test_digest import tamper
+from tests.support.projector_worker import Clock
+from tests.support.db import tamper
 from typer.testing import CliRunner
 
 import tradestate

@@ -10,7 +10,7 @@ import json
 import os
 
 import pytest
-from projector_worker import Clock
+from tests.support.projector_worker import Clock
 from typer.testing import CliRunner
 
 import tradestate

@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlparse
 
 import psycopg
 import pytest
-from conftest import pg_base_url, with_schema
-from projector_worker import Clock
+from tests.support.db import pg_base_url, with_schema
+from tests.support.projector_worker import Clock
 
 import tradestate
 from tradestate.adapters.store import backup as bk

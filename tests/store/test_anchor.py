@@ -8,8 +8,8 @@ import json
 
 import orjson
 import pytest
-from projector_worker import Clock
-from test_digest import tamper
+from tests.support.projector_worker import Clock
+from tests.support.db import tamper
 from typer.testing import CliRunner
 
 import tradestate
