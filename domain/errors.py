@@ -44,3 +44,18 @@ class StoreUnreachable(AppendFailed):
     """The database could not be reached or refused the connection (server down, unknown role or
     database, bad credentials); the message carries the server's own reason. Nothing was read or
     appended."""
+
+
+class CommitOutcomeUnknown(AppendFailed):
+    """The append's commit may have happened but could not be confirmed durable where the store is
+    configured to make it durable: the connection was lost during the commit, or the wait for the
+    synchronous standbys was cut short (cancelled, terminated, or past the append timeout) after
+    the primary had committed locally. Until it is resolved the events may exist on the primary
+    only, and a failover may lose them: do not act on them (do not send the order). Retrying the
+    same call is safe: it answers once the outcome is confirmed, without appending twice."""
+
+
+class ReadOnlyStore(StoreUnreachable):
+    """The database accepts reads only (a hot standby, or a read-only session default): the log
+    cannot be created or appended to here. Read-only opens (``open_store(url, create=False)``)
+    work on such a server."""
