@@ -199,11 +199,19 @@ _WATCHDOG = _Watchdog()
 _SYNC_CUT = re.compile(r"synchronous replication|might not have been replicated", re.IGNORECASE)
 
 
-def _replication_cut(notices: list[Any]) -> str | None:
+class _Notices(list):  # type: ignore[type-arg]
+    """A notice handler keeping (severity, text) of each notice: psycopg's ``Diagnostic`` is only
+    readable while the handler runs."""
+
+    def __call__(self, diag: Any) -> None:
+        severity = diag.severity_nonlocalized or diag.severity or ""
+        self.append((severity.upper(), f"{diag.message_primary or ''} {diag.message_detail or ''}"))
+
+
+def _replication_cut(notices: list[tuple[str, str]]) -> str | None:
     """The server's message if ``notices`` say a commit's synchronous-replication wait was cut."""
-    for diag in notices:
-        text = f"{diag.message_primary or ''} {diag.message_detail or ''}"
-        if (diag.severity_nonlocalized or diag.severity or "").upper() == "WARNING" and _SYNC_CUT.search(text):
+    for severity, text in notices:
+        if severity == "WARNING" and _SYNC_CUT.search(text):
             return " ".join(text.split())
     return None
 
@@ -442,16 +450,16 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             return []
         timeout = self.datastore.append_timeout
         started = time.monotonic()
-        notices: list[Any] = []
+        notices = _Notices()
         try:
             with self._connection() as conn:
-                conn.add_notice_handler(notices.append)
+                conn.add_notice_handler(notices)
                 key = _WATCHDOG.arm(conn, timeout)
                 try:
                     appended = self._insert(conn, events)
                 finally:
                     timed_out = _WATCHDOG.disarm(key)
-                    conn.remove_notice_handler(notices.append)
+                    conn.remove_notice_handler(notices)
                 cut = _replication_cut(notices)
                 if cut is not None:
                     self._confirm_or_raise(cut, timed_out, timeout - (time.monotonic() - started))
@@ -535,16 +543,16 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         which covers every earlier commit. Raises ``CommitOutcomeUnknown`` if that cannot be
         confirmed within ``timeout`` (default: the append timeout)."""
         timeout = self.datastore.append_timeout if timeout is None else timeout
-        notices: list[Any] = []
+        notices = _Notices()
         try:
             with self._connection() as conn:
-                conn.add_notice_handler(notices.append)
+                conn.add_notice_handler(notices)
                 key = _WATCHDOG.arm(conn, timeout)
                 try:
                     conn.execute(self._barrier)
                 finally:
                     timed_out = _WATCHDOG.disarm(key)
-                    conn.remove_notice_handler(notices.append)
+                    conn.remove_notice_handler(notices)
         except psycopg.Error as e:
             reason = _replication_cut(notices) or " ".join(str(e).split())
             raise self._unknown(reason) from e
