@@ -162,6 +162,7 @@ class PgCluster:
             conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{PASSWORD}'")
         with p.connect() as conn:
             conn.execute(f"GRANT ALL ON SCHEMA public TO {PASSWORD_ROLE}")
+            conn.execute(f"GRANT CREATE ON DATABASE test TO {PASSWORD_ROLE}")
         s = self.standby
         self.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(p.port), "-U", "postgres", "-D", str(s.data),
                  "-X", "stream", "-R", "--no-sync", "-c", "fast")

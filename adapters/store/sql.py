@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote as url_quote
 
 from ...domain.errors import InvalidInput
 
@@ -134,7 +135,8 @@ class PgUrl:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         own = {k: v for k, v in query if k in _OWN_PARAMS}
-        libpq_query = urlencode([(k, v) for k, v in query if k not in _OWN_PARAMS])
+        # quote, not quote_plus: libpq reads "+" as a plus sign, never as a space
+        libpq_query = urlencode([(k, v) for k, v in query if k not in _OWN_PARAMS], quote_via=url_quote)
         rest = f"{POSTGRESQL}://{parts.netloc}{parts.path}" + (f"?{libpq_query}" if libpq_query else "")
         try:
             params = {k: str(v) for k, v in conninfo_to_dict(rest).items()}
