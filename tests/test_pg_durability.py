@@ -340,7 +340,9 @@ def test_the_projector_is_back_within_a_second_after_a_storm_of_terminated_conne
                 failures.append(type(e).__name__)
             time.sleep(0.005)
 
-    follower = threading.Thread(target=follow, args=(projector_store, stop), kwargs={"stats": stats}, daemon=True)
+    errors_at: list[tuple[float, str]] = []
+    follower = threading.Thread(target=follow, args=(projector_store, stop), daemon=True,
+                                kwargs={"stats": stats, "on_error": lambda e: errors_at.append((time.monotonic(), f"{type(e).__name__}: {e}"[:150]))})
     writer = threading.Thread(target=append_forever, daemon=True)
     follower.start()
     writer.start()
@@ -365,6 +367,8 @@ def test_the_projector_is_back_within_a_second_after_a_storm_of_terminated_conne
         recovery = time.monotonic() - stopped
         print(f"storm: {killed} backends terminated; projector back {recovery:.3f} s after it stopped; "
               f"follower errors {stats.errors}, client errors {len(failures)}")
+        for at, what in errors_at[-6:]:
+            print(f"  {at - stopped:+.3f} {what}")
         assert killed > 10
         assert recovery < 1.0
     finally:

@@ -21,11 +21,13 @@ import re
 import select
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresRecorder
 from psycopg import errors as pg_errors
@@ -51,6 +53,7 @@ class TradestatePostgresDatastore(PostgresDatastore):
         self.statement_timeout_ms = int(self.target.statement_timeout * 1000)
         self.application_name = self.target.params.get("application_name", application_name)
         self.append_timeout = self.target.append_timeout
+        self._unpooled: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
         self.synchronous_commit = self.target.synchronous_commit
         params = dict(self.target.params)
         super().__init__(
@@ -77,6 +80,42 @@ class TradestatePostgresDatastore(PostgresDatastore):
             if not kwargs.get(key):
                 kwargs.pop(key, None)
         kwargs.update(params)
+
+    # How long a checkout waits for the pool before connecting directly, when the pool is below its
+    # size limit (so it is only slow to replace lost connections: it retries with a backoff of
+    # seconds, and a follower would stall that long after a burst of dropped connections).
+    pool_wait = 0.1
+
+    def acquire(self) -> psycopg.Connection[Any]:
+        """A live autocommit connection, set up like the pool's: one from the pool if it has one
+        ready (checked before it is handed out), else a new direct one unless the pool is at its
+        size limit (then the pool's wait, up to ``connect_timeout``). Give it back with ``give_back``."""
+        pool = self.pool
+        if pool.closed:  # opened lazily, once (open(wait=True) on an open pool waits for idle slots)
+            pool.open(wait=True, timeout=pool.timeout)
+        if pool.get_stats().get("pool_size", 0) >= (pool.max_size or 0):
+            return pool.getconn()
+        try:
+            return pool.getconn(timeout=self.pool_wait)
+        except psycopg_pool.PoolTimeout:
+            pass
+        kwargs = dict(pool.kwargs or {})
+        conn = psycopg.Connection.connect(**kwargs)
+        try:
+            self.after_connect_func()(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._unpooled.add(conn)
+        return conn
+
+    def give_back(self, conn: psycopg.Connection[Any]) -> None:
+        """Return a connection from ``acquire`` (a broken one is discarded)."""
+        if conn in self._unpooled:
+            self._unpooled.discard(conn)
+            conn.close()
+        else:
+            self.pool.putconn(conn)
 
     def check_reachable(self, *, write: bool = False) -> None:
         """Connect once, directly (not through the pool), and raise ``StoreUnreachable`` with
@@ -355,10 +394,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             self._drop(conn)  # terminated while idle: take a fresh one rather than fail the call
             conn = None
         if conn is None or conn.closed or conn.broken:
-            pool = self.datastore.pool
-            if pool.closed:  # opened lazily, once (open(wait=True) on an open pool waits for idle slots)
-                pool.open(wait=True, timeout=self.datastore.pool.timeout)
-            conn = pool.getconn()
+            conn = self.datastore.acquire()
             self._local.conn = conn
             with self._pinned_lock:
                 self._pinned.append(conn)
@@ -375,7 +411,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             if conn in self._pinned:
                 self._pinned.remove(conn)
         try:
-            self.datastore.pool.putconn(conn)
+            self.datastore.give_back(conn)
         except Exception:  # noqa: BLE001 - it is gone either way
             pass
 
@@ -400,16 +436,14 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 yield cur
 
     def checkout_connection(self) -> psycopg.Connection[Any]:
-        """A pooled autocommit connection of the caller's own (a LISTEN, say), until it is
-        handed to ``checkin_connection``. Raises the pool's error if none comes in time."""
-        pool = self.datastore.pool
-        if pool.closed:  # open(wait=True) on an open pool waits until min_size connections are idle
-            pool.open(wait=True, timeout=pool.timeout)
-        return pool.getconn()
+        """A live autocommit connection of the caller's own (a LISTEN, say), until it is handed to
+        ``checkin_connection``: the pool's, or a direct one while the pool is replacing lost
+        connections. Raises the pool's error if none comes in time."""
+        return self.datastore.acquire()
 
     def checkin_connection(self, conn: psycopg.Connection[Any]) -> None:
-        """Give back a connection from ``checkout_connection`` (the pool discards a broken one)."""
-        self.datastore.pool.putconn(conn)
+        """Give back a connection from ``checkout_connection`` (a broken one is discarded)."""
+        self.datastore.give_back(conn)
 
     def release_connection(self) -> None:
         """Give this thread's pinned connection back to the pool (a worker thread that is done)."""
@@ -419,7 +453,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             with self._pinned_lock:
                 if conn in self._pinned:
                     self._pinned.remove(conn)
-            self.datastore.pool.putconn(conn)
+            self.datastore.give_back(conn)
 
     def create_table(self) -> None:
         """Create the schema, sequence, table and append function if they are not there. A log
@@ -626,8 +660,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         thread's connection meanwhile (bring a finished order back, say), and no statement
         timeout: a slow caller holds the query open for as long as it takes."""
         page: list[Any] = []
-        pool = self.datastore.pool
-        conn = pool.getconn()
+        conn = self.datastore.acquire()
         try:
             cur = conn.cursor(row_factory=tuple_row)
             cur.execute("SET statement_timeout = 0")
@@ -645,7 +678,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 rows.close()  # stopped early: psycopg cancels the rest of the query
                 cur.execute(f"SET statement_timeout = {self.datastore.statement_timeout_ms}")
         finally:
-            pool.putconn(conn)
+            self.datastore.give_back(conn)
         complete = _before_hole(page, after)
         if complete:
             yield complete
@@ -700,7 +733,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             pinned, self._pinned = self._pinned, []
         for conn in pinned:
             try:
-                self.datastore.pool.putconn(conn)
+                self.datastore.give_back(conn)
             except Exception:  # noqa: BLE001 - closing anyway
                 conn.close()
         self.datastore.close()
