@@ -9,6 +9,8 @@ really stalled (SIGSTOP), waits really cancelled and backends really terminated.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -249,6 +251,10 @@ def test_read_only_opens_work_on_a_hot_standby(cluster):
         assert [r[:4] for r in store.trading.iter_rows()] == [r[:4] for r in open_store(url, create=False).trading.iter_rows()]
         state = load_state(store, use_checkpoints=False).state
         assert state.position == head and len(state.orders) == 5
+    tradestate = os.path.join(os.path.dirname(sys.executable), "tradestate")
+    for command in (["state"], ["verify"], ["replay", "state", "--position", "3"]):
+        done = subprocess.run([tradestate, *command, "--db", on_standby], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (command, done.stdout[-500:], done.stderr[-500:])
 
 
 # ------------------------------------------------------------------------- connections
