@@ -9,6 +9,7 @@ really stalled (SIGSTOP), waits really cancelled and backends really terminated.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -172,6 +173,51 @@ def test_a_cut_synchronous_wait_is_never_accepted(standby_resumed, cut):
         again = client.record_intent(ACCT, "cut-1", "AAPL", "buy", "1", reference_price="10")
         assert again.duplicate
         assert again.position == min(p for p, in _positions(cluster.primary, url))
+    finally:
+        cluster.standby.resume()
+        client.store.close()
+
+
+def test_a_connection_lost_during_the_commit_wait_is_never_accepted(standby_resumed):
+    """The client's socket dies while its commit waits for the stalled standby (no WARNING ever
+    arrives): the row is not visible yet, the call fails typed, and once the standby is back the
+    retry finds the one row instead of writing a second."""
+    cluster = standby_resumed
+    app = "ts-lost-" + uuid.uuid4().hex[:6]
+    url = schema_url(cluster.primary, append_timeout="1", application_name=app)
+    client = connect(url, venue="sim")
+    outcome: dict[str, Any] = {}
+
+    def submit() -> None:
+        try:
+            outcome["result"] = client.record_intent(ACCT, "lost-1", "AAPL", "buy", "1", reference_price="10")
+        except BaseException as e:  # noqa: BLE001 - the main thread checks it
+            outcome["error"] = e
+
+    try:
+        pinned_before = set(map(id, client.store.trading._pinned))
+        cluster.standby.pause()
+        worker = threading.Thread(target=submit)
+        worker.start()
+        deadline = time.monotonic() + 3
+        while not cluster.backends_waiting_for_sync(app):
+            assert time.monotonic() < deadline, "the append never waited for the standby"
+            time.sleep(0.02)
+        (conn,) = [c for c in client.store.trading._pinned if id(c) not in pinned_before] or client.store.trading._pinned
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+        worker.join(15)
+        assert not worker.is_alive()
+        assert "result" not in outcome, f"a commit of unknown outcome was answered {outcome.get('result')}"
+        assert isinstance(outcome["error"], AppendFailed), repr(outcome["error"])
+        cluster.standby.resume()
+        cluster.wait_sync()
+        again = client.record_intent(ACCT, "lost-1", "AAPL", "buy", "1", reference_price="10")
+        print(f"lost connection: {type(outcome['error']).__name__} after the cut; retry duplicate={again.duplicate}")
+        assert again.accepted and again.duplicate
+        cluster.wait_replayed()
+        assert rows_on(cluster.standby, url) == rows_on(cluster.primary, url)
+        assert len(rows_on(cluster.primary, url)) == len(set(rows_on(cluster.primary, url)))
     finally:
         cluster.standby.resume()
         client.store.close()
