@@ -140,6 +140,26 @@ def test_the_store_append_is_bounded_and_typed_under_a_stalled_standby(standby_r
         store.close()
 
 
+def test_an_append_to_a_primary_that_does_not_answer_is_bounded(cluster):
+    """The primary itself stalls (SIGSTOP): not even the cancel is answered; the append still
+    returns, with an error, shortly after its timeout."""
+    url = schema_url(cluster.primary, append_timeout="1")
+    store = open_store(url)
+    try:
+        store.trading.append([one_event("p-1")])
+        cluster.primary.pause()
+        started = time.monotonic()
+        with pytest.raises(AppendFailed) as caught:
+            store.trading.append([one_event("p-1", 2)])
+        elapsed = time.monotonic() - started
+        print(f"stalled primary: {type(caught.value).__name__} after {elapsed:.2f} s (append_timeout 1 s)")
+        assert elapsed < 4.0
+        assert "may or may not" in str(caught.value)
+    finally:
+        cluster.primary.resume()
+        store.close()
+
+
 @pytest.mark.parametrize("cut", ["pg_cancel_backend", "pg_terminate_backend"])
 def test_a_cut_synchronous_wait_is_never_accepted(standby_resumed, cut):
     cluster = standby_resumed

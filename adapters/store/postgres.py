@@ -17,8 +17,10 @@ here, whatever the number of writers). We keep its recorder interface and replac
 
 from __future__ import annotations
 
+import os
 import re
 import select
+import socket
 import threading
 import time
 import weakref
@@ -180,11 +182,16 @@ class _Watchdog:
     """Cancels statements that outlive their deadline, from one daemon thread per process.
 
     ``statement_timeout`` does not cover a commit's wait for synchronous standbys; a cancel
-    request does (PostgreSQL then ends the wait with a WARNING), so every append is armed here."""
+    request does (PostgreSQL then ends the wait with a WARNING), so every append is armed here.
+    A statement still running ``grace`` seconds after its cancel (the server itself does not
+    answer) has its connection shut down, so the caller gets an error instead of a hang."""
+
+    grace = 1.0
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._armed: dict[int, tuple[float, psycopg.Connection[Any]]] = {}
+        # key -> (deadline, connection, cancelled already)
+        self._armed: dict[int, tuple[float, psycopg.Connection[Any], bool]] = {}
         self._fired: set[int] = set()
         self._last = 0
         self._thread: threading.Thread | None = None
@@ -193,7 +200,7 @@ class _Watchdog:
         """Cancel ``conn``'s running statement in ``seconds`` unless ``disarm`` comes first."""
         with self._cond:
             self._last += 1
-            self._armed[self._last] = (time.monotonic() + seconds, conn)
+            self._armed[self._last] = (time.monotonic() + seconds, conn, False)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="tradestate-append-watchdog", daemon=True)
                 self._thread.start()
@@ -216,18 +223,26 @@ class _Watchdog:
                 while not self._armed:
                     self._cond.wait()
                 now = time.monotonic()
-                due = [(key, conn) for key, (deadline, conn) in self._armed.items() if deadline <= now]
+                due = [(key, conn, cancelled) for key, (deadline, conn, cancelled) in self._armed.items()
+                       if deadline <= now]
                 if not due:
                     # Deadlines are seconds away: a coarse poll keeps arm() free of wake-ups.
-                    self._cond.wait(min(0.05, min(d for d, _ in self._armed.values()) - now))
+                    self._cond.wait(min(0.05, min(d for d, _, _ in self._armed.values()) - now))
                     continue
-                for key, _conn in due:
-                    del self._armed[key]
+                for key, conn, cancelled in due:
                     self._fired.add(key)
-            for _key, conn in due:
+                    if cancelled:
+                        del self._armed[key]
+                    else:
+                        self._armed[key] = (now + self.grace, conn, True)
+            for _key, conn, cancelled in due:
                 try:
-                    conn.cancel_safe(timeout=2.0)
-                except Exception:  # noqa: BLE001 - the connection is gone: the append fails anyway
+                    if not cancelled:
+                        conn.cancel_safe(timeout=self.grace)
+                    else:
+                        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                            sock.shutdown(socket.SHUT_RDWR)
+                except Exception:  # noqa: BLE001 - the connection is gone: the statement fails anyway
                     pass
 
 
