@@ -272,6 +272,17 @@ def test_reopening_an_existing_log_writes_no_catalog(standby_resumed):
     assert ddl == []
 
 
+def test_any_warning_during_an_append_counts_as_a_cut_replication_wait():
+    """The server's message may be translated: a WARNING is never taken as plain success."""
+    from tradestate.adapters.store.postgres import _replication_cut
+
+    assert _replication_cut([("NOTICE", "relation exists, skipping")]) is None
+    french = "annulation de l'attente pour la réplication synchrone"
+    assert _replication_cut([("WARNING", french)]) == french
+    english = "canceling wait for synchronous replication due to user request"
+    assert _replication_cut([("WARNING", "something else"), ("WARNING", english)]) == english
+
+
 def test_create_table_on_an_existing_log_needs_no_write(pg_url):
     """Runs on the suite's server: a session whose transactions are read-only can still open the log."""
     open_store(pg_url).close()

@@ -11,10 +11,12 @@ from .aio import AsyncTradestateClient, connect_async
 from .client import IntentResult, RiskRefusal, TradestateClient, connect
 from .domain.errors import (
     AppendFailed,
+    CommitOutcomeUnknown,
     ConcurrencyConflict,
     IdempotencyConflict,
     InvalidInput,
     InvalidTransition,
+    ReadOnlyStore,
     StoreUnreachable,
     TradestateError,
     UnknownOrder,
@@ -28,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AppendFailed",
     "AsyncTradestateClient",
+    "CommitOutcomeUnknown",
     "ConcurrencyConflict",
     "Decided",
     "IdempotencyConflict",
@@ -37,6 +40,7 @@ __all__ = [
     "LoadedState",
     "OrderType",
     "Recorded",
+    "ReadOnlyStore",
     "RiskRefusal",
     "Side",
     "StoreUnreachable",

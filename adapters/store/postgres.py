@@ -249,7 +249,9 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 # PostgreSQL's WARNING when a commit's wait for synchronous standbys is cut short (cancelled,
-# terminated, or by our append timeout): the transaction committed locally only.
+# terminated, or by our append timeout): the transaction committed locally only. The message may
+# be translated (lc_messages), so any WARNING during an append counts: it is then confirmed or
+# reported unknown, never taken as plain success.
 _SYNC_CUT = re.compile(r"synchronous replication|might not have been replicated", re.IGNORECASE)
 
 
@@ -263,11 +265,9 @@ class _Notices(list):  # type: ignore[type-arg]
 
 
 def _replication_cut(notices: list[tuple[str, str]]) -> str | None:
-    """The server's message if ``notices`` say a commit's synchronous-replication wait was cut."""
-    for severity, text in notices:
-        if severity == "WARNING" and _SYNC_CUT.search(text):
-            return " ".join(text.split())
-    return None
+    """The server's message if ``notices`` hold a WARNING (the synchronous-replication one first)."""
+    warnings = [" ".join(text.split()) for severity, text in notices if severity == "WARNING"]
+    return next((w for w in warnings if _SYNC_CUT.search(w)), warnings[0] if warnings else None)
 
 
 def _alive(conn: psycopg.Connection[Any]) -> bool:
