@@ -310,6 +310,17 @@ def test_connect_on_a_hot_standby_is_a_read_only_store_error(cluster):
         assert "reads only" in str(caught.value) and "hot standby" in str(caught.value)
 
 
+def test_a_multi_host_url_finds_the_primary_past_the_standby(cluster):
+    hosts = f"127.0.0.1:{cluster.standby.port},127.0.0.1:{cluster.primary.port}"
+    schema = "t_" + uuid.uuid4().hex[:10]
+    with pytest.raises(ReadOnlyStore):
+        open_store(f"postgresql://postgres@{hosts}/test?schema={schema}")
+    url = f"postgresql://postgres@{hosts}/test?schema={schema}&target_session_attrs=read-write"
+    with open_store(url) as store:
+        store.trading.append([one_event("mh-1")])
+    assert rows_on(cluster.primary, url) == [("mh-1", 1)]
+
+
 def test_read_only_opens_work_on_a_hot_standby(cluster):
     from tradestate.loading import load_state
 
@@ -444,6 +455,12 @@ def test_the_projector_is_back_within_a_second_after_a_storm_of_terminated_conne
                 time.sleep(0.05)
             stopped = time.monotonic()
             (head,) = admin.execute(f'SELECT max(position) FROM "{PgUrl.parse(url).schema}".ts_events').fetchone()
+        # back = it has applied an event appended after the storm (the client's next one)
+        after = len(appended)
+        while len(appended) == after:
+            assert time.monotonic() - stopped < 10, "the client never appended again"
+            time.sleep(0.005)
+        head = max(head, appended[after])
         while stats.position < head:
             assert time.monotonic() - stopped < 10, f"the projector is stuck at {stats.position} < {head}"
             time.sleep(0.01)
