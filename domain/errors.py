@@ -55,6 +55,13 @@ class CommitOutcomeUnknown(AppendFailed):
     same call is safe: it answers once the outcome is confirmed, without appending twice."""
 
 
+class CommitInterrupted(AppendFailed):
+    """The connection was lost while the append's commit was under way: it may or may not have
+    happened. The writer resolves it by reading its events back and confirming they are durable
+    (else ``CommitOutcomeUnknown``); a caller of the store itself must re-read the stream before
+    deciding again."""
+
+
 class ReadOnlyStore(StoreUnreachable):
     """The database accepts reads only (a hot standby, or a read-only session default): the log
     cannot be created or appended to here. Read-only opens (``open_store(url, create=False)``)

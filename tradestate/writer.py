@@ -38,6 +38,7 @@ from .domain import events as ev
 from .domain import orders as rules
 from .domain.errors import (
     AppendFailed,
+    CommitInterrupted,
     CommitOutcomeUnknown,
     ConcurrencyConflict,
     IdempotencyConflict,
@@ -279,6 +280,9 @@ class Writer:
                 except AppendFailed as e:
                     last_error = e
                     failures += 1
+                    if isinstance(e, CommitInterrupted):
+                        # It may commit yet, or may have committed without reaching the standbys.
+                        self._unconfirmed = True
                     landed = self._landed(self._attempt)
                     if landed is not None:
                         self._unconfirmed = True

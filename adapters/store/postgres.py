@@ -36,7 +36,14 @@ from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from ...domain.errors import AppendFailed, CommitOutcomeUnknown, ConcurrencyConflict, ReadOnlyStore, StoreUnreachable
+from ...domain.errors import (
+    AppendFailed,
+    CommitInterrupted,
+    CommitOutcomeUnknown,
+    ConcurrencyConflict,
+    ReadOnlyStore,
+    StoreUnreachable,
+)
 from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row
 from .sql import SYNC_LEVELS, PgUrl
 
@@ -492,8 +499,8 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         taken: nothing is appended and the positions taken are voided. Raises ``CommitOutcomeUnknown``
         when the commit happened here but its durability on the standbys could not be confirmed within
         the URL's ``append_timeout`` (the wait was cancelled, terminated or timed out). Raises
-        ``AppendFailed``: nothing appended, or, when the connection was lost (the message says so),
-        unknown: re-read the stream. Never waits much longer than ``append_timeout``. An empty
+        ``CommitInterrupted`` when the connection was lost (unknown: re-read the stream), and
+        ``AppendFailed`` when nothing was appended. Never waits much longer than ``append_timeout``. An empty
         sequence returns ``[]``."""
         if not events:
             return []
@@ -524,13 +531,13 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             cut = _replication_cut(notices)
             if cut is not None:
                 raise self._unknown(cut) from e
-            raise AppendFailed(
+            raise CommitInterrupted(
                 f"PostgreSQL append failed ({e}); the commit may or may not have happened: "
                 "re-read the stream before deciding again"
             ) from e
         except Exception as e:  # the library's pool maps psycopg errors to its own classes
             if type(e).__name__ in ("OperationalError", "InterfaceError"):
-                raise AppendFailed(
+                raise CommitInterrupted(
                     f"PostgreSQL append failed ({e}); the commit may or may not have happened: "
                     "re-read the stream before deciding again"
                 ) from e
