@@ -115,6 +115,19 @@ def test_a_stalled_standby_gives_commit_outcome_unknown_within_the_append_timeou
         client.store.close()
 
 
+def test_remote_apply_makes_every_acknowledged_append_visible_on_the_standby(cluster):
+    url = schema_url(cluster.primary, synchronous_commit="remote_apply")
+    schema = PgUrl.parse(url).schema
+    with open_store(url) as store, cluster.standby.connect() as standby:
+        with store.trading.transaction() as cur:
+            assert cur.execute("SHOW synchronous_commit").fetchone() == ("remote_apply",)
+        for i in range(20):
+            (appended,) = store.trading.append([one_event(f"ra-{i}")])
+            seen = standby.execute(f'SELECT count(*) FROM "{schema}".ts_events WHERE position = %s',
+                                   (appended.position,)).fetchone()[0]
+            assert seen == 1, f"append {i} acknowledged before the standby applied it"
+
+
 def test_the_store_append_is_bounded_and_typed_under_a_stalled_standby(standby_resumed):
     cluster = standby_resumed
     url = schema_url(cluster.primary, append_timeout="1")
