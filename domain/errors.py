@@ -84,3 +84,25 @@ class LogRewound(TradestateError):
         return {"known_position": self.known_position, "known_event_id": self.known_event_id,
                 "found_head": self.found_head, "found_event_id": self.found_event_id,
                 "lost": [dict(e) for e in self.lost]}
+
+
+class CommitOutcomeUnknown(AppendFailed):
+    """The append's commit may have happened but could not be confirmed durable where the store is
+    configured to make it durable: the connection was lost during the commit, or the wait for the
+    synchronous standbys was cut short (cancelled, terminated, or past the append timeout) after
+    the primary had committed locally. Until it is resolved the events may exist on the primary
+    only, and a failover may lose them: do not act on them (do not send the order). Retrying the
+    same call is safe: it answers once the outcome is confirmed, without appending twice."""
+
+
+class CommitInterrupted(AppendFailed):
+    """The connection was lost while the append's commit was under way: it may or may not have
+    happened. The writer resolves it by reading its events back and confirming they are durable
+    (else ``CommitOutcomeUnknown``); a caller of the store itself must re-read the stream before
+    deciding again."""
+
+
+class ReadOnlyStore(StoreUnreachable):
+    """The database accepts reads only (a hot standby, or a read-only session default): the log
+    cannot be created or appended to here. Read-only opens (``open_store(url, create=False)``)
+    work on such a server."""

@@ -11,11 +11,13 @@ from .aio import AsyncTradestateClient, connect_async
 from .client import IntentResult, RiskRefusal, TradestateClient, connect
 from .domain.errors import (
     AppendFailed,
+    CommitOutcomeUnknown,
     ConcurrencyConflict,
     IdempotencyConflict,
     InvalidInput,
     InvalidTransition,
     LogRewound,
+    ReadOnlyStore,
     StoreUnreachable,
     TradestateError,
     UnknownOrder,
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AppendFailed",
     "AsyncTradestateClient",
+    "CommitOutcomeUnknown",
     "ConcurrencyConflict",
     "CorruptStream",
     "Decided",
@@ -41,6 +44,7 @@ __all__ = [
     "LogRewound",
     "OrderType",
     "Recorded",
+    "ReadOnlyStore",
     "RiskRefusal",
     "Side",
     "StoreUnreachable",

@@ -9,6 +9,10 @@ a hole below the head (an append still in flight) is waited out first. An ambigu
 connection dropped during commit) is resolved by reading back: if our events landed (same stream
 versions, same bytes) their positions are returned; otherwise the decision runs again on the
 re-read log, which finds our own events if they landed after all. Nothing is ever written twice.
+Events found that way count only once the store confirms them as durable as configured (on the
+synchronous standbys): a commit it cannot confirm raises ``CommitOutcomeUnknown``, and until a
+later call confirms it, every call first asks the store again (so a retry never answers for a
+commit a failover could still lose).
 
 The client (``tradestate.client``), the reconciliation runner and recovery all append through it.
 """
@@ -38,6 +42,8 @@ from .domain import events as ev
 from .domain import orders as rules
 from .domain.errors import (
     AppendFailed,
+    CommitInterrupted,
+    CommitOutcomeUnknown,
     ConcurrencyConflict,
     IdempotencyConflict,
     InvalidInput,
@@ -241,6 +247,7 @@ class Writer:
         self._logged_skews: dict[str, dict[str, Any] | None] = {}
         self.log_time: datetime | None = None  # the latest recorded_at this writer has seen
         self._last_now: datetime | None = None
+        self._unconfirmed = False  # a commit of ours is not yet confirmed durable
 
     # ------------------------------------------------------------------------- reading
     def catch_up(self) -> int:
@@ -473,8 +480,9 @@ class Writer:
         While it runs, ``state.orders`` holds exactly what was loaded: it never reads the log.
         ``AlreadyRecorded`` appends nothing. Raises ``ConcurrencyConflict`` after ``max_attempts``
         conflicts, ``AppendFailed`` after ``max_failures`` failures (nothing was appended by the
-        call unless the log shows it: retrying the same call is safe), and whatever ``decide``
-        raises (nothing appended)."""
+        call unless the log shows it: retrying the same call is safe), ``CommitOutcomeUnknown``
+        when the events were committed but not confirmed durable (do not act on them; retrying
+        the same call is safe), and whatever ``decide`` raises (nothing appended)."""
         wanted = tuple(orders)
         last_error: Exception | None = None
         failures = 0
@@ -484,6 +492,8 @@ class Writer:
                 self.stats.retries += 1
                 time.sleep(min(0.05, 0.001 * 2**attempt) * random.random())
             with self.lock:
+                if self._unconfirmed:
+                    self._confirm()
                 self.refresh()
                 if self.clock_guard:
                     self._periodic_clock_check()
@@ -505,11 +515,20 @@ class Writer:
                     self.stats.conflicts += 1
                     last_error = e
                     self.wait_past_holes()
+                except CommitOutcomeUnknown:
+                    # Committed here, maybe not on the standbys: reading it back proves nothing.
+                    self._unconfirmed = True
+                    raise
                 except AppendFailed as e:
                     last_error = e
                     failures += 1
+                    if isinstance(e, CommitInterrupted):
+                        # It may commit yet, or may have committed without reaching the standbys.
+                        self._unconfirmed = True
                     landed = self._landed(self._attempt)
                     if landed is not None:
+                        self._unconfirmed = True
+                        self._confirm()
                         return Written(decision, landed, value)
                     if failures >= self.max_failures:
                         break
@@ -621,6 +640,12 @@ class Writer:
             return positions
         except Exception:  # noqa: BLE001 - the database is still unreachable: we cannot know yet
             return None
+
+    def _confirm(self) -> None:
+        """Ask the store whether our earlier commits are durable as configured; raises
+        ``CommitOutcomeUnknown`` (and keeps asking on later calls) until they are."""
+        self.store.trading.confirm_durable()
+        self._unconfirmed = False
 
     def _checkpoint(self) -> None:
         # A checkpoint is a cache: failing to write one must never fail the append that is done.

@@ -50,7 +50,10 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
 
     Raises ``InvalidInput`` for a URL of another scheme, a missing directory, or (``create=False``)
     a database without a log; ``StoreUnreachable`` (within the URL's ``connect_timeout``, 5 s by
-    default) for a PostgreSQL server that cannot be reached or refuses the connection."""
+    default) for a PostgreSQL server that cannot be reached or refuses the connection;
+    ``ReadOnlyStore`` (``create=True``) for a server that accepts reads only (a hot standby).
+    ``create=False`` writes nothing on open, so it works on a hot standby; opening an existing
+    log with ``create=True`` makes no catalog write either."""
     url = resolve_url(url)
     kind = url_kind(url)
     if kind == SQLITE:
@@ -69,7 +72,7 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
         from .postgres import PostgresEventLog, TradestatePostgresDatastore
 
         pg = TradestatePostgresDatastore(url)
-        pg.check_reachable()
+        pg.check_reachable(write=create)
         trading = PostgresEventLog(pg, TRADING_TABLE)
         market = PostgresEventLog(pg, MARKET_TABLE)
     if create:

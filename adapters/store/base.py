@@ -91,9 +91,16 @@ class EventLog(ABC):
     def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
         """Append in one transaction; return only once durable.
 
-        Raises ``ConcurrencyConflict`` if a (stream, version) is taken (nothing appended) and
-        ``AppendFailed`` if the database failed: nothing appended, or, when the connection was
-        lost around the commit, unknown (the message says so: re-read the stream to find out)."""
+        Raises ``ConcurrencyConflict`` if a (stream, version) is taken (nothing appended),
+        ``CommitOutcomeUnknown`` if the commit happened but could not be confirmed as durable as
+        configured (synchronous standbys), and ``AppendFailed`` if the database failed: nothing
+        appended, or, when the connection was lost around the commit, unknown (the message says
+        so: re-read the stream to find out)."""
+
+    def confirm_durable(self, timeout: float | None = None) -> None:
+        """Return once every commit seen so far is as durable as configured; raise
+        ``CommitOutcomeUnknown`` if that cannot be confirmed within ``timeout`` seconds. A local
+        commit is already durable where there are no standbys to wait for (SQLite): a no-op."""
 
     @abstractmethod
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:

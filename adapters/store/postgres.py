@@ -17,29 +17,44 @@ here, whatever the number of writers). We keep its recorder interface and replac
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import datetime
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresRecorder
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from ...domain.errors import AppendFailed, ConcurrencyConflict, StoreUnreachable
+from ...domain.errors import (
+    AppendFailed,
+    CommitInterrupted,
+    CommitOutcomeUnknown,
+    ConcurrencyConflict,
+    ReadOnlyStore,
+    StoreUnreachable,
+)
 from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row
-from .sql import PgUrl
+from .sql import SYNC_LEVELS, PgUrl
 
 
 class TradestatePostgresDatastore(PostgresDatastore):
     """The library's pooled datastore on the connection parameters of a ``postgresql://`` URL
-    (``PgUrl``: every libpq parameter in the URL reaches libpq), with the timeouts a trading
-    service needs set on every connection."""
+    (``PgUrl``: every libpq parameter in the URL reaches libpq, and what it leaves out libpq takes
+    from its environment), with the timeouts a trading service needs set on every connection.
+    The pool checks a connection before handing it out, so connections the server has dropped
+    are replaced instead of failing their first use."""
 
     def __init__(self, url: str, *, pool_size: int = 2, max_overflow: int = 8, application_name: str = "tradestate"):
         self.url = url
@@ -47,14 +62,18 @@ class TradestatePostgresDatastore(PostgresDatastore):
         self.lock_timeout_ms = int(self.target.lock_timeout * 1000)
         self.statement_timeout_ms = int(self.target.statement_timeout * 1000)
         self.application_name = self.target.params.get("application_name", application_name)
+        self.append_timeout = self.target.append_timeout
+        self._unpooled: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+        self.synchronous_commit = self.target.synchronous_commit
         params = dict(self.target.params)
         super().__init__(
-            dbname=params.pop("dbname"),
-            host=params.pop("host"),
+            dbname=params.pop("dbname", ""),
+            host=params.pop("host", ""),
             port=params.pop("port", ""),
-            user=params.pop("user"),
+            user=params.pop("user", ""),
             password=params.pop("password", ""),
             connect_timeout=self.target.connect_timeout,
+            pre_ping=True,
             idle_in_transaction_session_timeout=5,
             pool_size=pool_size,
             max_overflow=max_overflow,
@@ -63,35 +82,95 @@ class TradestatePostgresDatastore(PostgresDatastore):
             originator_id_type="text",
         )
         # The library's pool knows host, port, database, user and password only: the URL's other
-        # libpq parameters (sslmode, target_session_attrs, connect_timeout, ...) go in as well.
+        # libpq parameters (sslmode, target_session_attrs, connect_timeout, ...) go in as well. An
+        # absent value is left out, so that libpq takes it from PG* variables or .pgpass.
         kwargs = self.pool.kwargs
         assert isinstance(kwargs, dict)
-        for key in ("port", "password"):
+        for key in ("dbname", "host", "port", "user", "password"):
             if not kwargs.get(key):
                 kwargs.pop(key, None)
         kwargs.update(params)
 
-    def check_reachable(self) -> None:
+    # How long a checkout waits for the pool before connecting directly, when the pool is below its
+    # size limit (so it is only slow to replace lost connections: it retries with a backoff of
+    # seconds, and a follower would stall that long after a burst of dropped connections).
+    pool_wait = 0.1
+
+    def acquire(self) -> psycopg.Connection[Any]:
+        """A live autocommit connection, set up like the pool's: one from the pool if it has one
+        ready (checked before it is handed out), else a new direct one unless the pool is at its
+        size limit (then the pool's wait, up to ``connect_timeout``). Give it back with ``give_back``."""
+        pool = self.pool
+        if pool.closed:  # opened lazily, once (open(wait=True) on an open pool waits for idle slots)
+            pool.open(wait=True, timeout=pool.timeout)
+        if pool.get_stats().get("pool_size", 0) >= (pool.max_size or 0):
+            return pool.getconn()
+        try:
+            return pool.getconn(timeout=self.pool_wait)
+        except psycopg_pool.PoolTimeout:
+            pass
+        kwargs = dict(pool.kwargs or {})
+        conn = psycopg.Connection.connect(**kwargs)
+        try:
+            self.after_connect_func()(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._unpooled.add(conn)
+        return conn
+
+    def give_back(self, conn: psycopg.Connection[Any]) -> None:
+        """Return a connection from ``acquire`` (a broken one is discarded)."""
+        if conn in self._unpooled:
+            self._unpooled.discard(conn)
+            conn.close()
+        else:
+            self.pool.putconn(conn)
+
+    def check_reachable(self, *, write: bool = False) -> None:
         """Connect once, directly (not through the pool), and raise ``StoreUnreachable`` with
         libpq's own reason if that fails: server down, unknown role or database, bad password.
-        Bounded by the URL's ``connect_timeout`` per host."""
+        ``write``: also ``ReadOnlyStore`` if the server accepts reads only (a hot standby, or
+        ``default_transaction_read_only``). Bounded by the URL's ``connect_timeout`` per host."""
         try:
-            psycopg.connect(**self.target.kwargs(), autocommit=True).close()
+            conn = psycopg.connect(**self.target.kwargs(), autocommit=True)
         except psycopg.Error as e:
             reason = " ".join(str(e).split())
             raise StoreUnreachable(f"cannot reach PostgreSQL at {self.target.where}: {reason}") from e
+        with conn:
+            if not write:
+                return
+            try:
+                recovery, read_only = conn.execute(
+                    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')").fetchone()
+            except psycopg.Error as e:
+                reason = " ".join(str(e).split())
+                raise StoreUnreachable(f"cannot reach PostgreSQL at {self.target.where}: {reason}") from e
+        if recovery or read_only == "on":
+            why = "a hot standby (in recovery)" if recovery else "its sessions are read-only"
+            raise ReadOnlyStore(
+                f"PostgreSQL at {self.target.where} accepts reads only ({why}): the log cannot be created or "
+                "appended to there. Connect to the primary (a multi-host URL with "
+                "target_session_attrs=read-write finds it), or open the log read-only"
+            )
 
     def after_connect_func(self):  # type: ignore[override]
         """The library's per-connection setup, plus lock and statement timeouts, synchronous
-        commit, UTC and the application name."""
+        commit at least ``on`` (or the URL's stronger level; a stronger server setting is kept),
+        UTC and the application name."""
         base = super().after_connect_func()
         lock_ms, statement_ms, app = self.lock_timeout_ms, self.statement_timeout_ms, self.application_name
+        levels = "ARRAY[" + ", ".join(f"'{level}'" for level in SYNC_LEVELS) + "]"
+        rank = SYNC_LEVELS.index(self.synchronous_commit) + 1
+        # Raise the session's level to ours only when the server's (or role's) is weaker.
+        at_least = (f"SELECT set_config('synchronous_commit', '{self.synchronous_commit}', false)"
+                    f" WHERE coalesce(array_position({levels}, current_setting('synchronous_commit')), 0) < {rank}")
 
         def after_connect(conn: psycopg.Connection[Any]) -> None:
             base(conn)
             conn.execute(f"SET lock_timeout = {lock_ms}")
             conn.execute(f"SET statement_timeout = {statement_ms}")
-            conn.execute("SET synchronous_commit = on")  # durable before we return, never less
+            conn.execute(at_least)
             # Times arrive as UTC whatever the server's zone: psycopg's fast path for "UTC" (any
             # other name, even Etc/UTC, goes through zoneinfo: ~0.4 us more per row read).
             conn.execute("SET TimeZone = 'UTC'")
@@ -105,6 +184,115 @@ class TradestatePostgresDatastore(PostgresDatastore):
 STREAM_FROM = 50_000
 STREAM_CHUNK = 2_000
 _CHUNKED_STREAMS = psycopg.pq.version() >= 170000
+
+
+class _Watchdog:
+    """Cancels statements that outlive their deadline, from one daemon thread per process.
+
+    ``statement_timeout`` does not cover a commit's wait for synchronous standbys; a cancel
+    request does (PostgreSQL then ends the wait with a WARNING), so every append is armed here.
+    A statement still running ``grace`` seconds after its cancel (the server itself does not
+    answer) has its connection shut down, so the caller gets an error instead of a hang."""
+
+    grace = 1.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        # key -> (deadline, connection, cancelled already)
+        self._armed: dict[int, tuple[float, psycopg.Connection[Any], bool]] = {}
+        self._fired: set[int] = set()
+        self._last = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: psycopg.Connection[Any], seconds: float) -> int:
+        """Cancel ``conn``'s running statement in ``seconds`` unless ``disarm`` comes first."""
+        with self._cond:
+            self._last += 1
+            self._armed[self._last] = (time.monotonic() + seconds, conn, False)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="tradestate-append-watchdog", daemon=True)
+                self._thread.start()
+            elif len(self._armed) == 1:
+                self._cond.notify()
+            return self._last
+
+    def disarm(self, key: int) -> bool:
+        """Stop watching; True if the deadline passed and the statement was cancelled."""
+        with self._cond:
+            self._armed.pop(key, None)
+            if key in self._fired:
+                self._fired.discard(key)
+                return True
+            return False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._armed:
+                    self._cond.wait()
+                now = time.monotonic()
+                due = [(key, conn, cancelled) for key, (deadline, conn, cancelled) in self._armed.items()
+                       if deadline <= now]
+                if not due:
+                    # Deadlines are seconds away: a coarse poll keeps arm() free of wake-ups.
+                    self._cond.wait(min(0.05, min(d for d, _, _ in self._armed.values()) - now))
+                    continue
+                for key, conn, cancelled in due:
+                    self._fired.add(key)
+                    if cancelled:
+                        del self._armed[key]
+                    else:
+                        self._armed[key] = (now + self.grace, conn, True)
+            for _key, conn, cancelled in due:
+                try:
+                    if not cancelled:
+                        conn.cancel_safe(timeout=self.grace)
+                    else:
+                        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                            sock.shutdown(socket.SHUT_RDWR)
+                except Exception:  # noqa: BLE001 - the connection is gone: the statement fails anyway
+                    pass
+
+
+_WATCHDOG = _Watchdog()
+
+# PostgreSQL's WARNING when a commit's wait for synchronous standbys is cut short (cancelled,
+# terminated, or by our append timeout): the transaction committed locally only. The message may
+# be translated (lc_messages), so any WARNING during an append counts: it is then confirmed or
+# reported unknown, never taken as plain success.
+_SYNC_CUT = re.compile(r"synchronous replication|might not have been replicated", re.IGNORECASE)
+
+
+class _Notices(list):  # type: ignore[type-arg]
+    """A notice handler keeping (severity, text) of each notice: psycopg's ``Diagnostic`` is only
+    readable while the handler runs."""
+
+    def __call__(self, diag: Any) -> None:
+        severity = diag.severity_nonlocalized or diag.severity or ""
+        self.append((severity.upper(), f"{diag.message_primary or ''} {diag.message_detail or ''}"))
+
+
+def _replication_cut(notices: list[tuple[str, str]]) -> str | None:
+    """The server's message if ``notices`` hold a WARNING (the synchronous-replication one first)."""
+    warnings = [" ".join(text.split()) for severity, text in notices if severity == "WARNING"]
+    return next((w for w in warnings if _SYNC_CUT.search(w)), warnings[0] if warnings else None)
+
+
+def _alive(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection is still usable. Checked without a round trip: an idle
+    connection has nothing to read unless the server sent something (its termination notice,
+    or the end of the stream); only then is it pinged."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    if not readable:
+        return True
+    try:
+        conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
 
 
 def _before_hole(rows: list[Any], after: int) -> list[Any]:
@@ -201,6 +389,19 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         # Rendered once: psycopg would otherwise re-compose these on every call of the hot path.
         for name in ("_insert_one", "_insert_many", "_void", "_void_range", "_next_row", "_select", "_head", "_currval"):
             setattr(self, name, getattr(self, name).as_string(None))
+        # What an existing log must already have for an open to skip DDL (a catalog write waits
+        # for synchronous standbys like any commit, and fails on a read-only server).
+        body = self.sql_create_statements[-1].as_string(None).split("$body$")[1]
+        self._in_place = (
+            SQL("SELECT to_regclass({tbl}) IS NOT NULL AND to_regclass({seq}) IS NOT NULL"
+                " AND (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure({sig})) = {body}").format(
+                tbl=psycopg.sql.Literal(f'"{datastore.schema}"."{table}"'),
+                seq=psycopg.sql.Literal(f'"{datastore.schema}"."{table}_position_seq"'),
+                sig=psycopg.sql.Literal(f'"{datastore.schema}"."{table}_append"(text[], bigint[], text[], bytea[])'),
+                body=psycopg.sql.Literal(body),
+            ).as_string(None)
+        )
+        self._barrier = "SELECT pg_logical_emit_message(true, 'tradestate', 'durable')"
         self._holes: dict[int, float] = {}  # hole position -> when this reader first waited on it
         self._local = threading.local()
         self._pinned: list[psycopg.Connection[Any]] = []
@@ -212,26 +413,30 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         append doubled the client's CPU per event, the limit with many writers on few cores.
         A connection that fails is dropped, and the next call takes a fresh one."""
         conn = getattr(self._local, "conn", None)
+        if conn is not None and not (conn.closed or conn.broken) and not _alive(conn):
+            self._drop(conn)  # terminated while idle: take a fresh one rather than fail the call
+            conn = None
         if conn is None or conn.closed or conn.broken:
-            pool = self.datastore.pool
-            if pool.closed:  # opened lazily, once (open(wait=True) on an open pool waits for idle slots)
-                pool.open(wait=True, timeout=self.datastore.pool.timeout)
-            conn = pool.getconn()
+            conn = self.datastore.acquire()
             self._local.conn = conn
             with self._pinned_lock:
                 self._pinned.append(conn)
         try:
             yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError):
-            self._local.conn = None
-            with self._pinned_lock:
-                if conn in self._pinned:
-                    self._pinned.remove(conn)
-            try:
-                self.datastore.pool.putconn(conn)  # the pool discards a broken connection
-            except Exception:  # noqa: BLE001 - it is gone either way
-                pass
+            self._drop(conn)
             raise
+
+    def _drop(self, conn: psycopg.Connection[Any]) -> None:
+        """Unpin ``conn`` from this thread and give it back (the pool discards a broken one)."""
+        self._local.conn = None
+        with self._pinned_lock:
+            if conn in self._pinned:
+                self._pinned.remove(conn)
+        try:
+            self.datastore.give_back(conn)
+        except Exception:  # noqa: BLE001 - it is gone either way
+            pass
 
     @property
     def schema(self) -> str:  # type: ignore[override]
@@ -254,16 +459,14 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 yield cur
 
     def checkout_connection(self) -> psycopg.Connection[Any]:
-        """A pooled autocommit connection of the caller's own (a LISTEN, say), until it is
-        handed to ``checkin_connection``. Raises the pool's error if none comes in time."""
-        pool = self.datastore.pool
-        if pool.closed:  # open(wait=True) on an open pool waits until min_size connections are idle
-            pool.open(wait=True, timeout=pool.timeout)
-        return pool.getconn()
+        """A live autocommit connection of the caller's own (a LISTEN, say), until it is handed to
+        ``checkin_connection``: the pool's, or a direct one while the pool is replacing lost
+        connections. Raises the pool's error if none comes in time."""
+        return self.datastore.acquire()
 
     def checkin_connection(self, conn: psycopg.Connection[Any]) -> None:
-        """Give back a connection from ``checkout_connection`` (the pool discards a broken one)."""
-        self.datastore.pool.putconn(conn)
+        """Give back a connection from ``checkout_connection`` (a broken one is discarded)."""
+        self.datastore.give_back(conn)
 
     def release_connection(self) -> None:
         """Give this thread's pinned connection back to the pool (a worker thread that is done)."""
@@ -273,10 +476,15 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             with self._pinned_lock:
                 if conn in self._pinned:
                     self._pinned.remove(conn)
-            self.datastore.pool.putconn(conn)
+            self.datastore.give_back(conn)
 
     def create_table(self) -> None:
-        """Create the schema, sequence, table and append function if they are not there."""
+        """Create the schema, sequence, table and append function if they are not there. A log
+        already in place (its append function as this version defines it) is left untouched:
+        no catalog write, so opening it neither waits for synchronous standbys nor needs DDL rights."""
+        with self._connection() as conn:
+            if conn.cursor(row_factory=tuple_row).execute(self._in_place).fetchone()[0]:
+                return
         # Concurrent first starts must not race on CREATE ... IF NOT EXISTS (it is not atomic).
         with self.datastore.transaction(commit=True) as curs:
             curs.execute("SELECT pg_advisory_xact_lock(hashtext('tradestate-ddl'))")
@@ -287,57 +495,127 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
     def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
         """Append ``events`` in one transaction at positions drawn from the log's sequence (concurrent
         appends do not wait for each other); returns each event's position and the store's clock once
-        committed (``synchronous_commit = on``). Raises ``ConcurrencyConflict`` if a (stream,
-        version) is taken: nothing is appended and the positions taken are voided. Raises
-        ``AppendFailed``: nothing appended, or, when the connection was lost (the message says so),
-        unknown: re-read the stream. An empty sequence returns ``[]``."""
+        committed as durably as configured (``synchronous_commit`` at least ``on``: flushed here and on
+        the synchronous standbys, if any). Raises ``ConcurrencyConflict`` if a (stream, version) is
+        taken: nothing is appended and the positions taken are voided. Raises ``CommitOutcomeUnknown``
+        when the commit happened here but its durability on the standbys could not be confirmed within
+        the URL's ``append_timeout`` (the wait was cancelled, terminated or timed out). Raises
+        ``CommitInterrupted`` when the connection was lost (unknown: re-read the stream), and
+        ``AppendFailed`` when nothing was appended. Never waits much longer than ``append_timeout``. An empty
+        sequence returns ``[]``."""
         if not events:
             return []
+        timeout = self.datastore.append_timeout
+        started = time.monotonic()
+        notices = _Notices()
         try:
             with self._connection() as conn:
-                cur = conn.cursor(row_factory=tuple_row)
-                if len(events) == 1:
-                    e = events[0]
-                    try:
-                        cur.execute(self._insert_one, (e.originator_id, e.originator_version, e.topic, e.state), prepare=True)
-                    except pg_errors.UniqueViolation as error:
-                        # Our position is this session's last sequence value: give it up now so
-                        # readers are not held back by the hole.
-                        (lost,) = cur.execute(self._currval).fetchone()
-                        cur.execute(self._void, (lost, lost))
-                        raise self._conflict(events, error) from error
-                    position, recorded_at = cur.fetchone()
-                    return [Appended(position, recorded_at)]
-                cur.execute(
-                    self._insert_many,
-                    (
-                        [e.originator_id for e in events],
-                        [e.originator_version for e in events],
-                        [e.topic for e in events],
-                        [e.state for e in events],
-                    ),
-                    prepare=True,
-                )
-                rows = cur.fetchall()
-                if rows and rows[0][0] == -1:
-                    raise self._conflict(events, None)
-                return [Appended(p, at) for p, at in rows]
-        except ConcurrencyConflict:
+                conn.add_notice_handler(notices)
+                key = _WATCHDOG.arm(conn, timeout)
+                try:
+                    appended = self._insert(conn, events)
+                finally:
+                    timed_out = _WATCHDOG.disarm(key)
+                    conn.remove_notice_handler(notices)
+                cut = _replication_cut(notices)
+                if cut is not None:
+                    self._confirm_or_raise(cut, timed_out, timeout - (time.monotonic() - started))
+                return appended
+        except (ConcurrencyConflict, CommitOutcomeUnknown):
             raise
+        except pg_errors.QueryCanceled as e:
+            cut = _replication_cut(notices)
+            if cut is not None:  # cannot happen after a local commit, but never call it "nothing"
+                raise self._unknown(cut) from e
+            raise AppendFailed(f"PostgreSQL append cancelled ({' '.join(str(e).split())}); nothing was appended") from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            raise AppendFailed(
+            cut = _replication_cut(notices)
+            if cut is not None:
+                raise self._unknown(cut) from e
+            raise CommitInterrupted(
                 f"PostgreSQL append failed ({e}); the commit may or may not have happened: "
                 "re-read the stream before deciding again"
             ) from e
         except Exception as e:  # the library's pool maps psycopg errors to its own classes
             if type(e).__name__ in ("OperationalError", "InterfaceError"):
-                raise AppendFailed(
+                raise CommitInterrupted(
                     f"PostgreSQL append failed ({e}); the commit may or may not have happened: "
                     "re-read the stream before deciding again"
                 ) from e
             if isinstance(e, psycopg.Error) or type(e).__module__.startswith("eventsourcing"):
                 raise AppendFailed(f"PostgreSQL append failed, nothing was appended: {e}") from e
             raise
+
+    def _insert(self, conn: psycopg.Connection[Any], events: Sequence[StoredEvent]) -> list[Appended]:
+        """The append's one autocommit statement (its commit included)."""
+        cur = conn.cursor(row_factory=tuple_row)
+        if len(events) == 1:
+            e = events[0]
+            try:
+                cur.execute(self._insert_one, (e.originator_id, e.originator_version, e.topic, e.state), prepare=True)
+            except pg_errors.UniqueViolation as error:
+                # Our position is this session's last sequence value: give it up now so
+                # readers are not held back by the hole.
+                (lost,) = cur.execute(self._currval).fetchone()
+                cur.execute(self._void, (lost, lost))
+                raise self._conflict(events, error) from error
+            position, recorded_at = cur.fetchone()
+            return [Appended(position, recorded_at)]
+        cur.execute(
+            self._insert_many,
+            (
+                [e.originator_id for e in events],
+                [e.originator_version for e in events],
+                [e.topic for e in events],
+                [e.state for e in events],
+            ),
+            prepare=True,
+        )
+        rows = cur.fetchall()
+        if rows and rows[0][0] == -1:
+            raise self._conflict(events, None)
+        return [Appended(p, at) for p, at in rows]
+
+    @staticmethod
+    def _unknown(reason: str) -> CommitOutcomeUnknown:
+        return CommitOutcomeUnknown(
+            f"the commit's outcome is unknown: PostgreSQL committed it locally but could not confirm it reached "
+            f"the synchronous standbys ({reason}); a failover now could lose it. Do not act on it (do not send "
+            "the order) yet; retrying the same call is safe and answers once the commit is confirmed"
+        )
+
+    def _confirm_or_raise(self, reason: str, timed_out: bool, budget: float) -> None:
+        """After a cut replication wait: confirm durability within ``budget`` or raise."""
+        if timed_out or budget <= 0.05:
+            raise self._unknown(f"{reason}; no answer within the append timeout of {self.datastore.append_timeout:g} s"
+                                if timed_out else reason)
+        try:
+            self.confirm_durable(budget)
+        except CommitOutcomeUnknown:
+            raise self._unknown(reason) from None
+
+    def confirm_durable(self, timeout: float | None = None) -> None:
+        """Return once everything this log has committed so far is as durable as configured (on the
+        synchronous standbys, if any): a small transaction that writes WAL and so waits for them,
+        which covers every earlier commit. Raises ``CommitOutcomeUnknown`` if that cannot be
+        confirmed within ``timeout`` (default: the append timeout)."""
+        timeout = self.datastore.append_timeout if timeout is None else timeout
+        notices = _Notices()
+        try:
+            with self._connection() as conn:
+                conn.add_notice_handler(notices)
+                key = _WATCHDOG.arm(conn, timeout)
+                try:
+                    conn.execute(self._barrier)
+                finally:
+                    timed_out = _WATCHDOG.disarm(key)
+                    conn.remove_notice_handler(notices)
+        except psycopg.Error as e:
+            reason = _replication_cut(notices) or " ".join(str(e).split())
+            raise self._unknown(reason) from e
+        cut = _replication_cut(notices)
+        if cut is not None:
+            raise self._unknown(f"{cut}; no answer within {timeout:g} s" if timed_out else cut)
 
     @staticmethod
     def _conflict(events: Sequence[StoredEvent], error: Exception | None) -> ConcurrencyConflict:
@@ -405,8 +683,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         thread's connection meanwhile (bring a finished order back, say), and no statement
         timeout: a slow caller holds the query open for as long as it takes."""
         page: list[Any] = []
-        pool = self.datastore.pool
-        conn = pool.getconn()
+        conn = self.datastore.acquire()
         try:
             cur = conn.cursor(row_factory=tuple_row)
             cur.execute("SET statement_timeout = 0")
@@ -424,7 +701,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 rows.close()  # stopped early: psycopg cancels the rest of the query
                 cur.execute(f"SET statement_timeout = {self.datastore.statement_timeout_ms}")
         finally:
-            pool.putconn(conn)
+            self.datastore.give_back(conn)
         complete = _before_hole(page, after)
         if complete:
             yield complete
@@ -484,7 +761,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             pinned, self._pinned = self._pinned, []
         for conn in pinned:
             try:
-                self.datastore.pool.putconn(conn)
+                self.datastore.give_back(conn)
             except Exception:  # noqa: BLE001 - closing anyway
                 conn.close()
         self.datastore.close()

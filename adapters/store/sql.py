@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote as url_quote
 
 from ...domain.errors import InvalidInput
 
@@ -76,8 +77,25 @@ def sqlite_path(url: str) -> str:
 
 
 # Query parameters that are tradestate's, not libpq's: taken out before libpq parses the URL.
-_OWN_PARAMS = ("schema", "lock_timeout", "statement_timeout")
+_OWN_PARAMS = ("schema", "lock_timeout", "statement_timeout", "append_timeout", "synchronous_commit")
+# tradestate's defaults, each applied only when neither the URL nor libpq's environment (the
+# variables beside it, or a service file) gives the value: libpq's own defaults (a Unix socket,
+# a database named after the user) are not what a trading service on TCP expects.
 _DEFAULTS = {"host": "127.0.0.1", "dbname": "postgres", "user": "postgres", "connect_timeout": "5"}
+_ENV = {"host": ("PGHOST", "PGHOSTADDR"), "dbname": ("PGDATABASE",), "user": ("PGUSER",),
+        "connect_timeout": ("PGCONNECT_TIMEOUT",)}
+# synchronous_commit levels from weakest to strongest. tradestate's floor is ``on`` (the commit is
+# flushed locally and, with synchronous standbys, on them); a URL may ask for more, never less.
+SYNC_LEVELS = ("off", "local", "remote_write", "on", "remote_apply")
+SYNC_FLOOR = "on"
+
+
+def _env(key: str) -> str | None:
+    """The value libpq's environment gives parameter ``key``, if any."""
+    for name in _ENV.get(key, ()):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
 
 
 @dataclass(frozen=True)
@@ -86,16 +104,25 @@ class PgUrl:
 
     ``params`` are the libpq parameters exactly as libpq reads the URL (``conninfo_to_dict``), so
     ``sslmode``, ``target_session_attrs``, ``connect_timeout``, ``application_name`` and a
-    multi-host list (``h1:5432,h2:5433``) all reach libpq; host, database, user and
-    ``connect_timeout`` get tradestate's defaults (127.0.0.1, postgres, postgres, 5 s) when absent.
-    ``schema`` (default ``public``), ``lock_timeout`` and ``statement_timeout`` (seconds) are
-    tradestate's parameters and are never sent to libpq."""
+    multi-host list (``h1:5432,h2:5433``) all reach libpq. What the URL leaves out, libpq takes
+    from its environment as usual (``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE``,
+    ``PGPASSWORD``, ``PGSSLMODE``, ..., a password from ``.pgpass``/``PGPASSFILE``, a
+    ``service``); only where neither gives host, database, user or ``connect_timeout`` do
+    tradestate's defaults apply (127.0.0.1, postgres, postgres, 5 s). tradestate's own parameters
+    are never sent to libpq: ``schema`` (default ``public``), ``lock_timeout``,
+    ``statement_timeout`` and ``append_timeout`` (seconds: the longest an append waits for its
+    commit, synchronous standbys included; default 5) and ``synchronous_commit`` (``on`` or
+    ``remote_apply``: a level tradestate's sessions use at least; the server's own setting applies
+    when it is stronger). A weaker ``synchronous_commit`` (``off``, ``local``, ``remote_write``)
+    is ``InvalidInput``: an acknowledged append would not be durable."""
 
     url: str
     params: Mapping[str, str] = field(repr=False)
     schema: str = "public"
     lock_timeout: float = 5.0
     statement_timeout: float = 30.0
+    append_timeout: float = 5.0
+    synchronous_commit: str = SYNC_FLOOR
 
     @classmethod
     def parse(cls, url: str) -> PgUrl:
@@ -108,18 +135,41 @@ class PgUrl:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         own = {k: v for k, v in query if k in _OWN_PARAMS}
-        libpq_query = urlencode([(k, v) for k, v in query if k not in _OWN_PARAMS])
+        # quote, not quote_plus: libpq reads "+" as a plus sign, never as a space
+        libpq_query = urlencode([(k, v) for k, v in query if k not in _OWN_PARAMS], quote_via=url_quote)
         rest = f"{POSTGRESQL}://{parts.netloc}{parts.path}" + (f"?{libpq_query}" if libpq_query else "")
         try:
             params = {k: str(v) for k, v in conninfo_to_dict(rest).items()}
             lock_timeout = float(own.get("lock_timeout", "5"))
             statement_timeout = float(own.get("statement_timeout", "30"))
+            append_timeout = float(own.get("append_timeout", "5"))
         except (ProgrammingError, ValueError) as e:
             raise InvalidInput(f"bad PostgreSQL URL {redact(url)!r}: {e}") from e
+        if not append_timeout > 0:
+            raise InvalidInput(f"bad PostgreSQL URL {redact(url)!r}: append_timeout must be a positive number "
+                               "of seconds (an append must never wait without bound)")
+        sync = (own.get("synchronous_commit") or SYNC_FLOOR).strip().lower()
+        if sync not in SYNC_LEVELS:
+            raise InvalidInput(f"bad PostgreSQL URL {redact(url)!r}: synchronous_commit={sync!r} is not one of "
+                               f"{', '.join(SYNC_LEVELS)}")
+        if SYNC_LEVELS.index(sync) < SYNC_LEVELS.index(SYNC_FLOOR):
+            raise InvalidInput(f"bad PostgreSQL URL {redact(url)!r}: synchronous_commit={sync} would acknowledge "
+                               "appends that are not durable; use on or remote_apply")
+        service = "service" in params or bool(os.environ.get("PGSERVICE"))
         for key, value in _DEFAULTS.items():
-            params.setdefault(key, value)
+            if key in params:
+                continue
+            from_env = _env(key)
+            if key == "connect_timeout":
+                params[key] = from_env or value  # read by tradestate's own waits too
+            elif from_env is None and not service:
+                params[key] = value
         return cls(url=url, params=params, schema=own.get("schema") or "public", lock_timeout=lock_timeout,
-                   statement_timeout=statement_timeout)
+                   statement_timeout=statement_timeout, append_timeout=append_timeout, synchronous_commit=sync)
+
+    def effective(self, key: str) -> str:
+        """The value libpq will use for ``key``: the URL's, else its environment's, else ''."""
+        return self.params.get(key) or _env(key) or (os.environ.get("PGPORT", "") if key == "port" else "")
 
     @property
     def connect_timeout(self) -> float:
@@ -129,12 +179,12 @@ class PgUrl:
     @property
     def where(self) -> str:
         """``host:port[,host:port]/dbname`` for messages (never the password)."""
-        hosts = self.params.get("host", "").split(",")
-        ports = self.params.get("port", "").split(",")
+        hosts = self.effective("host").split(",")
+        ports = self.effective("port").split(",")
         if len(ports) == 1:
             ports = ports * len(hosts)
         pairs = ",".join(f"{h}:{p or 5432}" for h, p in zip(hosts, ports + [""] * len(hosts)))
-        return f"{pairs}/{self.params.get('dbname', '')}"
+        return f"{pairs}/{self.effective('dbname')}"
 
     def kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Connection keyword arguments for ``psycopg.connect`` (``overrides`` win)."""
@@ -275,6 +325,7 @@ __all__ = [
     "POSTGRESQL",
     "PgUrl",
     "SQLITE",
+    "SYNC_LEVELS",
     "quote",
     "read_cursor",
     "redact",
