@@ -26,7 +26,9 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2
     """Bad input or usage: a malformed option, a missing file, no log at the URL; nothing was written."""
     UNREACHABLE = 3
-    """The database cannot be reached (server down, unknown role or database, bad credentials)."""
+    """The database cannot be reached (server down, unknown role or database, bad credentials,
+    a read-only server where a write is needed) or could not make a write durable
+    (``AppendFailed``, ``CommitOutcomeUnknown``: retrying the same command is safe)."""
 
 
 def exit_codes(problem: str | None = None, *, extra: str | None = None) -> str:
@@ -35,7 +37,7 @@ def exit_codes(problem: str | None = None, *, extra: str | None = None) -> str:
     if problem:
         lines.append(f"1 {problem}")
     lines.append("2 bad input or usage (nothing written)")
-    lines.append("3 " + (extra or "the database cannot be reached"))
+    lines.append("3 " + (extra or "the database cannot be reached or did not confirm a write durable (retrying is safe)"))
     return "; ".join(lines) + "."
 
 
@@ -157,9 +159,9 @@ def fail(message: str, code: int = ExitCode.BAD_INPUT) -> NoReturn:
 def classify(error: BaseException) -> tuple[ExitCode, str] | None:
     """The exit code and one-line message for an error the CLI reports without a traceback, or
     None for an unexpected one (a bug: let it show)."""
-    from ..domain.errors import StoreUnreachable, TradestateError
+    from ..domain.errors import AppendFailed, TradestateError
 
-    if isinstance(error, StoreUnreachable):
+    if isinstance(error, AppendFailed):  # StoreUnreachable, ReadOnlyStore, CommitOutcomeUnknown too
         return ExitCode.UNREACHABLE, str(error)
     try:
         import psycopg
