@@ -15,7 +15,9 @@ each commit level:
                                          applied it: readable there), against raw commits with
                                          ``SET synchronous_commit = remote_apply``
 
-One writer each; the variants run interleaved, best of ``rounds``. Without the server binaries
+Both servers run with ``fsync = off`` (for both sides alike): the figures measure the client's
+path and the replication round trip, not this machine's disk. One writer each; the variants run
+interleaved, best of ``rounds``. Without the server binaries
 (or as root without a ``postgres`` OS user) the group is skipped with the reason, as a note.
 
 Target: ours / raw >= 0.65 for the rate, at both levels.
