@@ -3,7 +3,7 @@
 A real primary + synchronous hot standby (``tradestate.tools.pg_cluster``) is started for the
 module; a log with orders, fills and projected read models is written on the primary and read
 on the standby through the ``tradestate`` command itself (``state``, ``verify`` and
-``replay state`` are covered in test_pg_durability.py; here ``replay timeline/trace/export``,
+``replay state`` are covered in test_pg_durability.py; here ``replay timeline/trace/export/diff/report``,
 ``serve`` and ``backup``)."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_the_standby_is_really_read_only(replicated):
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
 
 
-def test_replay_timeline_trace_and_export_on_the_standby(replicated, tmp_path):
+def test_replay_timeline_trace_export_diff_and_report_on_the_standby(replicated, tmp_path):
     url = replicated.standby_url
     timeline = json.loads(ok(tradestate("replay", "timeline", "--db", url, "--around",
                                         replicated.written.isoformat(), "--window", "1h", "--json")).stdout)
@@ -95,6 +95,13 @@ def test_replay_timeline_trace_and_export_on_the_standby(replicated, tmp_path):
     ok(tradestate("replay", "export", "--db", url, "--out", str(out)))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == replicated.head
+    diff = json.loads(ok(tradestate("replay", "diff", "--db", url, "--from-position", "1",
+                                    "--to-position", str(replicated.head), "--json")).stdout)
+    assert "AAPL" in json.dumps(diff)
+    report = tmp_path / "postmortem.html"
+    ok(tradestate("replay", "report", "--db", url, "--around", replicated.written.isoformat(), "--window", "1h",
+                  "--out", str(report)))
+    assert "o-1" in report.read_text()
 
 
 def test_serve_on_the_standby_answers_positions_and_readyz(replicated):
