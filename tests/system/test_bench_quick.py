@@ -15,6 +15,7 @@ import orjson
 import psycopg
 import pytest
 
+from tradestate.tools import pg_cluster
 from tradestate.tools.bench.logs import generate_trading_rows
 from tradestate.tools.bench.run import run_bench
 from tradestate.domain.events import decode
@@ -106,6 +107,10 @@ def test_postgresql_rows(capsys, pg_server):
         ("recovery_cold", "raw_select_orjson"),
         ("postmortem_state_at_p99_ms", "fold_from_zero_ms"),
     } <= got
+    if pg_cluster.available() is None:  # the replication group starts its own primary + standby
+        for level in ("on", "remote_apply"):
+            for suffix in ("", "_p50", "_p99"):
+                assert (f"sync_standby_append_1w_{level}{suffix}", f"raw_insert_commit_1w_{level}") in got
     assert _bench_schemas(pg_server) <= before  # every schema the run made is dropped
 
 
@@ -132,6 +137,31 @@ def test_unreachable_postgresql_is_skipped_with_a_message(capsys, tmp_path):
     assert code == 0
     assert {r["backend"] for r in json.loads(captured.out)["results"]} == {"sqlite"}
     assert "PostgreSQL unreachable" in captured.err
+
+
+def test_replication_without_server_binaries_is_skipped_with_the_reason(capsys, monkeypatch):
+    monkeypatch.setattr(pg_cluster, "bindir", lambda: None)
+    code = run_bench(quick=True, as_json=True, only="replication", _sizes=TINY, _backends=("postgresql",))
+    captured = capsys.readouterr()
+    assert code == 0
+    assert json.loads(captured.out) == {"results": []}
+    assert "replication: skipped (no PostgreSQL server binaries" in captured.err
+
+
+@pytest.mark.postgres
+def test_replication_rows_and_targets(capsys):
+    if (problem := pg_cluster.available()) is not None:
+        pytest.skip(problem)
+    from tradestate.tools.bench import replication
+    from tradestate.tools.bench.common import Result
+
+    results = _run_json(capsys, only="replication", _backends=("postgresql",))
+    assert {(r["metric"], r["baseline"]) for r in results} == {
+        (f"sync_standby_append_1w_{level}{suffix}", f"raw_insert_commit_1w_{level}")
+        for level in ("on", "remote_apply") for suffix in ("", "_p50", "_p99")
+    }
+    checks = replication.targets([Result(**r) for r in results])
+    assert [line.split(" (")[0] for _, line in checks] == ["sync_standby_append_1w_on", "sync_standby_append_1w_remote_apply"]
 
 
 def test_generated_log_is_valid_and_folds():

@@ -1,7 +1,7 @@
 """Durability of an acknowledgement on PostgreSQL with a synchronous standby, connections as libpq
 means them, read-only servers, and connection pools that heal.
 
-The cluster tests start their own primary + synchronous hot standby (``tests/support/pg_cluster.py``) on free
+The cluster tests start their own primary + synchronous hot standby (``tradestate.tools.pg_cluster``) on free
 loopback ports; the rest use the suite's server (``pg_url``). Nothing is mocked: standbys are
 really stalled (SIGSTOP), waits really cancelled and backends really terminated.
 """

@@ -22,11 +22,11 @@ def register(app: typer.Typer) -> None:
         json: Annotated[bool, typer.Option("--json", help="Print {results: [...]} as JSON.")] = False,
         pg: Annotated[Optional[str], typer.Option("--pg", help="PostgreSQL URL (default: $TRADESTATE_TEST_PG or the local cluster).")] = None,
         sqlite_dir: Annotated[Optional[str], typer.Option("--sqlite-dir", help="Directory for the SQLite files (default: a temporary one).")] = None,
-        only: Annotated[Optional[str], typer.Option(help="Comma-separated metric groups: append, batch, replay, projection, recovery, reconcile, postmortem (default: all).")] = None,
+        only: Annotated[Optional[str], typer.Option(help="Comma-separated metric groups: append, batch, replay, projection, recovery, reconcile, postmortem, replication (default: all).")] = None,
         config: ConfigOption = None,
     ) -> None:
-        """Measure appends, replay, projection catch-up, recovery, reconciliation and post-mortem queries
-        against raw baselines measured in the same run, and say which targets are met."""
+        """Measure appends, replay, projection catch-up, recovery, reconciliation, post-mortem queries and
+        appends with a synchronous standby against raw baselines measured in the same run, and say which targets are met."""
         from ..adapters.store import sqlite_path
         from ..tools.bench.run import run_bench
 

@@ -72,7 +72,7 @@ def _make_appender(spec: dict[str, Any]) -> tuple[Callable[[str], Any], Callable
         return append, conn.close
     if kind == "raw_pg":
         conn = PgTarget(spec["base_url"]).connect()
-        conn.execute("SET synchronous_commit = on")
+        conn.execute(f"SET synchronous_commit = {spec.get('synchronous_commit', 'on')}")
         cur = conn.cursor()
         sql = f'INSERT INTO "{spec["schema"]}"."{spec["table"]}" (stream_id, stream_version, type, data) VALUES (%s, %s, %s, %s)'
 

@@ -12,7 +12,7 @@ import sqlite3
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -97,7 +97,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
 @dataclass(frozen=True)
 class BenchContext:
     """What a group gets: where to put files, sizes, PostgreSQL (None when unreachable or not
-    asked for), a maker of fresh schema names (dropped after the run), the backends asked for."""
+    asked for), a maker of fresh schema names (dropped after the run), the backends asked for,
+    and ``notes``: lines a group adds for the report (e.g. why it skipped)."""
 
     workdir: str
     sizes: Sizes
@@ -105,6 +106,7 @@ class BenchContext:
     schema_for: Callable[[str], str]
     backends: tuple[str, ...]
     quick: bool
+    notes: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------ PostgreSQL

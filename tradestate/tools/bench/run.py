@@ -11,6 +11,10 @@ Each metric group is the module of the same name, with ``run(ctx) -> list[Result
 ``recovery``    crash to ready-to-trade, cold and from a checkpoint
 ``reconcile``   a 10k-position, 10k-open-order reconciliation plan
 ``postmortem``  state at a past instant and market-data replay
+``replication`` durable single-event appends with a synchronous hot standby (commit levels ``on``
+                and ``remote_apply``), against raw single-row INSERT commits to the same pair;
+                starts its own throwaway primary + standby (skipped, with the reason, when the
+                server binaries are missing)
 
 SQLite files go to a temporary directory; PostgreSQL measurements each get a fresh
 ``bench_<random>_*`` schema, dropped at the end. Every ratio is ours / baseline (for latencies,
@@ -33,7 +37,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from . import append, batch, postmortem, projection, reconcile, recovery, replay
+from . import append, batch, postmortem, projection, reconcile, recovery, replay, replication
 from .common import EVENTS_PER_S, FULL, QUICK, BenchContext, PgTarget, Result, Sizes, fill_payload, log
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -46,6 +50,7 @@ GROUPS: dict[str, ModuleType] = {
     "recovery": recovery,
     "reconcile": reconcile,
     "postmortem": postmortem,
+    "replication": replication,
 }
 
 
@@ -172,7 +177,7 @@ def run_bench(
     if load is not None and load > 0.5:
         log(f"warning: 1-minute load average is {load:.2f} before the run: other work on this machine "
             "will depress the figures")
-    ctx = BenchContext(workdir, sizes, pg, schema_for, _backends, quick)
+    ctx = BenchContext(workdir, sizes, pg, schema_for, _backends, quick, notes)
     try:
         for name, group in GROUPS.items():
             if name in groups:
