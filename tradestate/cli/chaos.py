@@ -178,6 +178,7 @@ def register(app: typer.Typer) -> None:
         workdir: Annotated[Optional[str], typer.Option("--workdir", help="Parent directory of the cluster's "
                                                        "temporary directory.")] = None,
         json: Annotated[bool, typer.Option("--json", help="Print the report as JSON for scripts.")] = False,
+        config: ConfigOption = None,
     ) -> None:
         """Start a PostgreSQL primary and a standby on free loopback ports, run an engine on a
         multi-host URL, and fail over N times (stop the primary at once, promote the standby,
@@ -192,6 +193,7 @@ def register(app: typer.Typer) -> None:
             raise KeyboardInterrupt(f"signal {signum}")
 
         signal.signal(signal.SIGTERM, _terminate)
+        settings(config)  # the harness starts its own cluster: only a bad config file stops it here
         try:
             report = run_failover(rounds, asynchronous=asynchronous, seed=seed, bindir=bindir, workdir=workdir)
         except ClusterError as e:
