@@ -59,12 +59,12 @@ def render_failover(report: Any, console: Any) -> None:
 
     table = Table(title=f"tradestate failover-chaos: {len(report.rounds)} {report.mode} failovers (seed {report.seed})")
     for name in ("round", "stopped", "promoted", "promote s", "rebuild s", "first failure s",
-                 "unavailable s", "since stop s", "acked after"):
+                 "unavailable s", "since stop s", "stalled s", "acked after"):
         table.add_column(name, justify="left" if name in ("stopped", "promoted") else "right")
     for r in report.rounds:
         table.add_row(str(r.round), r.killed, r.promoted, secs(r.promote_s), secs(r.rebuild_s),
                       secs(r.first_failure_s), secs(r.unavailable_s), secs(r.since_stop_s),
-                      f"{r.acked_after:,}")
+                      secs(r.stalled_s), f"{r.acked_after:,}")
     console.print(table)
     lost_style = "bold red" if report.lost else "green"
     console.print(
@@ -77,7 +77,9 @@ def render_failover(report: Any, console: Any) -> None:
     )
     p50, p95 = report.p50, report.p95
     console.print(f"write unavailability per failover (first failed call -> next acknowledged one): "
-                  f"p50 {secs(p50)} s, p95 {secs(p95)} s", highlight=False)
+                  f"p50 {secs(p50)} s, p95 {secs(p95)} s; stalled (every wait > 0.25 s for an acknowledgement "
+                  f"until the next failover) p50 {secs(report.stalled_p50)} s, p95 {secs(report.stalled_p95)} s",
+                  highlight=False)
     for call in report.lost_calls[:10]:
         console.print(f"[red]lost:[/] {call}", highlight=False)
     for problem in report.problems[:20]:

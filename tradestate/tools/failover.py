@@ -24,7 +24,8 @@ After the rounds the log on the last primary is checked: every acknowledged call
 it (found by identity: an asynchronous failover reuses positions), each client order id has one
 intent and each execution id one fill, positions are 1..head with only ``$void`` rows between;
 and write unavailability per failover is measured from the engine's first failed call after the
-primary was stopped to its next acknowledged call (and, beside it, from the stop itself).
+primary was stopped to its next acknowledged call (and, beside it, from the stop itself, and the
+total of the engine's stalls from that failed call to the next failover: see ``stalled``).
 
 ``python -m tradestate.tools.failover engine --db URL --acks FILE`` runs the engine by hand.
 """
@@ -350,6 +351,7 @@ class FailoverRound:
     acked_after: int  # calls acknowledged after the failover, before the next one (or the end)
     promote_s: float
     rebuild_s: float
+    stalled_s: float | None = None  # every wait > STALL for an acknowledgement from the first failed call on
 
 
 @dataclass
@@ -393,6 +395,16 @@ class FailoverReport:
         return percentile(self.unavailability, 0.95)
 
     @property
+    def stalled_p50(self) -> float | None:
+        """Median time the engine stalled per failover (seconds; see ``stalled``)."""
+        return percentile([r.stalled_s for r in self.rounds if r.stalled_s is not None], 0.5)
+
+    @property
+    def stalled_p95(self) -> float | None:
+        """95th percentile of the time the engine stalled per failover (seconds)."""
+        return percentile([r.stalled_s for r in self.rounds if r.stalled_s is not None], 0.95)
+
+    @property
     def progressed(self) -> bool:
         """Whether the engine had calls acknowledged after every failover."""
         return bool(self.rounds) and all(r.acked_after > 0 for r in self.rounds)
@@ -412,7 +424,7 @@ class FailoverReport:
         """JSON-ready values, with ``ok`` and the unavailability percentiles."""
         d = asdict(self)
         d.update(ok=self.ok, unavailability_p50_s=self.p50, unavailability_p95_s=self.p95,
-                 progressed=self.progressed)
+                 stalled_p50_s=self.stalled_p50, stalled_p95_s=self.stalled_p95, progressed=self.progressed)
         return d
 
 
@@ -428,6 +440,29 @@ def _wait_acks(path: Path, after: float, count: int, timeout: float) -> EngineLo
         if sum(1 for t in log.ok_times if t > after) >= count or log.error or time.monotonic() > deadline:
             return log
         time.sleep(0.02)
+
+
+STALL = 0.25  # seconds without an acknowledgement that count as a stall (the engine acks every few ms)
+
+
+def stalled(log: EngineLog, start: float, end: float) -> float:
+    """Seconds between ``start`` and ``end`` (monotonic) the engine spent waiting longer than
+    ``STALL`` for an acknowledgement: every such wait from the first failed call on, counted whole
+    (after a failover the first acknowledgement is not the end of it: a log position the new
+    primary's sequence skipped holds readers back until it is voided)."""
+    failed = [t for t in log.fail_times if start < t < end]
+    if not failed:
+        return 0.0
+    total, previous = 0.0, failed[0]
+    for t in log.ok_times:
+        if t <= previous:
+            continue
+        if t >= end:
+            break
+        if t - previous > STALL:
+            total += t - previous
+        previous = t
+    return round(total, 4)
 
 
 def check_log(store: Any, acked: list[dict[str, Any]], report: FailoverReport) -> None:
@@ -534,7 +569,7 @@ def run_failover(
             standby = old
             # the engine must have carried on: an acknowledged call after the failover (and, so that
             # the next failover has replicated writes in flight, after the rebuild as well)
-            log = _wait_acks(acks, rebuilt_at, 1, round_timeout)
+            log = _wait_acks(acks, rebuilt_at, 5, round_timeout)
             after = [t for t in log.ok_times if t > killed_at]
             failed = [t for t in log.fail_times if t > killed_at]
             # the outage as the engine saw it: its first failed call after the stop, to the next
@@ -568,6 +603,7 @@ def run_failover(
             report.retried_calls = sum(1 for c in log.acked if c.get("retries"))
             for rnd, start, end in zip(report.rounds, kills, kills[1:] + [float("inf")]):
                 rnd.acked_after = sum(1 for t in log.ok_times if start < t < end)
+                rnd.stalled_s = stalled(log, start, end)
             if cluster.primary.running:
                 store = open_store(cluster.url())
                 try:
