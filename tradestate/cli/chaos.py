@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import ConfigOption, ExitCode, command, exit_codes, fail, settings
+from .common import ConfigOption, ExitCode, choice, command, exit_codes, fail, settings
 
 DbOptionChaos = Annotated[
     Optional[str],
@@ -57,7 +57,8 @@ def render_failover(report: Any, console: Any) -> None:
     def secs(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    table = Table(title=f"tradestate failover-chaos: {len(report.rounds)} {report.mode} failovers (seed {report.seed})")
+    table = Table(title=f"tradestate failover-chaos: {len(report.rounds)} {report.mode} failovers by {report.manager} "
+                        f"(seed {report.seed})")
     for name in ("round", "stopped", "promoted", "promote s", "rebuild s", "first failure s",
                  "unavailable s", "since stop s", "stalled s", "acked after"):
         table.add_column(name, justify="left" if name in ("stopped", "promoted") else "right")
@@ -175,6 +176,11 @@ def register(app: typer.Typer) -> None:
                                                    "is an asynchronous standby, and the report shows what that "
                                                    "loses (not a failure).")] = False,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Replay a run (timings, workload).")] = None,
+        manager: Annotated[str, typer.Option("--manager", **choice("pg_ctl", "patroni", what="manager"),
+                                             help="What fails over: pg_ctl (the harness stops the primary and "
+                                                  "promotes the standby of a pair) or patroni (three nodes under "
+                                                  "Patroni and etcd; a node is killed and Patroni promotes; needs "
+                                                  "the patroni and etcd commands).")] = "pg_ctl",
         bindir: Annotated[str, typer.Option("--bindir", help="Directory of initdb, pg_ctl and pg_basebackup.")]
             = "/usr/lib/postgresql/15/bin",
         workdir: Annotated[Optional[str], typer.Option("--workdir", help="Parent directory of the cluster's "
@@ -197,7 +203,8 @@ def register(app: typer.Typer) -> None:
         signal.signal(signal.SIGTERM, _terminate)
         settings(config)  # the harness starts its own cluster: only a bad config file stops it here
         try:
-            report = run_failover(rounds, asynchronous=asynchronous, seed=seed, bindir=bindir, workdir=workdir)
+            report = run_failover(rounds, asynchronous=asynchronous, seed=seed, bindir=bindir, workdir=workdir,
+                                  manager=manager)
         except ClusterError as e:
             fail(str(e))
         if json:

@@ -198,6 +198,19 @@ class ClusterError(RuntimeError):
     """A server binary failed or the cluster did not reach the expected state in time."""
 
 
+@dataclass
+class FailoverTimes:
+    """One failover as the cluster ran it: the node stopped, the node promoted, and when
+    (``time.monotonic()``) the primary was stopped, the new one took writes, and the old one was
+    back as a standby (streaming synchronously in synchronous mode)."""
+
+    stopped: str
+    promoted: str
+    stopped_at: float
+    promoted_at: float
+    rebuilt_at: float
+
+
 class Cluster:
     """A primary and its standbys on loopback ports, in a directory of their own (removed by
     ``close``). Root runs the server binaries as the ``postgres`` OS user, from ``/`` (postgres
@@ -215,7 +228,7 @@ class Cluster:
             shutil.chown(self.dir, "postgres")
             self.dir.chmod(0o755)
         self.nodes = [Node(f"node{i + 1}", free_port(), self.dir / f"node{i + 1}") for i in range(nodes)]
-        self.primary = self.nodes[0]
+        self.primary = self.nodes[0] if self.nodes else Node("none", 0, self.dir / "none")
 
     # -------------------------------------------------------------------- processes
     def run(self, tool: str, *args: str, timeout: float = 120) -> str:
@@ -309,10 +322,39 @@ class Cluster:
                                    f"after {timeout:.0f} s (pg_stat_replication: {rows})")
             time.sleep(0.05)
 
+    def setup(self, asynchronous: bool) -> None:
+        """Start the primary and its standby, synchronous unless ``asynchronous``, and wait until
+        the standby streams."""
+        self.init_primary()
+        standby = self.nodes[1]
+        self.add_standby(standby, self.primary)
+        if not asynchronous:
+            self.set_synchronous(standby)
+        self.wait_streaming(standby, synchronous=not asynchronous)
+
+    def fail_over(self, asynchronous: bool) -> FailoverTimes:
+        """Stop the primary at once, promote the standby, rebuild the old primary as its standby
+        (named in ``synchronous_standby_names`` unless ``asynchronous``) and wait until it streams."""
+        old = self.primary
+        new = next(n for n in self.nodes if n is not old)
+        stopped_at = time.monotonic()
+        self.stop(old, "immediate")
+        self.promote(new)
+        promoted_at = time.monotonic()
+        self.add_standby(old, new)
+        if not asynchronous:
+            self.set_synchronous(old)
+        self.wait_streaming(old, synchronous=not asynchronous)
+        return FailoverTimes(old.name, new.name, stopped_at, promoted_at, time.monotonic())
+
     def url(self, schema: str = "failover") -> str:
         """The multi-host URL of every node: libpq picks whichever one is the primary now."""
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
         return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write&connect_timeout=2&schema={schema}"
+
+    def has_primary(self) -> bool:
+        """Whether a primary is running."""
+        return self.primary.running
 
     def close(self) -> None:
         """Stop every node and remove the cluster's directory."""
@@ -323,6 +365,189 @@ class Cluster:
                 except ClusterError:
                     pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PatroniCluster:
+    """Three PostgreSQL nodes managed by Patroni with a one-member etcd, on loopback ports, in a
+    directory of their own (``close`` stops every process it started, by its id, and removes it).
+
+    A failover is a node's death: its Patroni is SIGKILLed and its server stopped at once; Patroni
+    on the others notices the leader key expire (``ttl``) and promotes the synchronous standby
+    (``synchronous_mode``; in asynchronous mode the most advanced replica). The dead node's Patroni
+    is then started again and rejoins as a replica (its data directory re-initialised when it
+    diverged)."""
+
+    MANAGER_BINARIES = ("patroni", "etcd")
+
+    def __init__(self, nodes: int = 3, *, bindir: str = DEFAULT_BINDIR, workdir: str | None = None,
+                 ttl: int = 10):
+        missing = [b for b in self.MANAGER_BINARIES if shutil.which(b) is None]
+        if missing:
+            raise ClusterError(f"{', '.join(missing)} not found (apt-get install patroni etcd-server)")
+        self.pg = Cluster(0, bindir=bindir, workdir=workdir)  # the directory, the binaries, run-as-postgres
+        self.dir = self.pg.dir
+        self.ttl = ttl
+        self.names = [f"n{i + 1}" for i in range(nodes)]
+        self.ports = {name: (free_port(), free_port()) for name in self.names}  # (postgres, REST API)
+        self.etcd_ports = (free_port(), free_port())
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.asynchronous = False
+
+    def _spawn(self, key: str, cmd: list[str]) -> None:
+        kwargs: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_groups": []} \
+            if self.pg.as_postgres else {}
+        with open(self.dir / f"{key}.log", "ab") as log:
+            self.procs[key] = subprocess.Popen(cmd, cwd="/", stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
+
+    def _config(self, name: str) -> Path:
+        pg_port, api_port = self.ports[name]
+        config = {
+            "scope": f"tradestate-{self.dir.name}", "name": name,
+            "restapi": {"listen": f"127.0.0.1:{api_port}", "connect_address": f"127.0.0.1:{api_port}"},
+            "etcd3": {"hosts": f"127.0.0.1:{self.etcd_ports[0]}"},
+            "bootstrap": {
+                "dcs": {"ttl": self.ttl, "loop_wait": 1, "retry_timeout": max(2, (self.ttl - 1) // 2),
+                        "synchronous_mode": not self.asynchronous, "maximum_lag_on_failover": 1 << 30,
+                        "postgresql": {"use_pg_rewind": False, "parameters": {
+                            "wal_level": "replica", "hot_standby": "on", "max_wal_senders": 8,
+                            "max_replication_slots": 8}}},
+                "initdb": [{"auth": "trust"}, {"username": "postgres"}],
+                "pg_hba": ["host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust"],
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{pg_port}", "connect_address": f"127.0.0.1:{pg_port}",
+                "data_dir": str(self.dir / name), "bin_dir": str(self.pg.bindir),
+                "pgpass": str(self.dir / f"pgpass-{name}"),
+                "remove_data_directory_on_rewind_failure": True,
+                "remove_data_directory_on_diverged_timelines": True,
+                "authentication": {"superuser": {"username": "postgres"}, "replication": {"username": "postgres"}},
+                "parameters": {"unix_socket_directories": str(self.dir), "shared_buffers": "16MB",
+                               "max_connections": 60},
+            },
+        }
+        path = self.dir / f"{name}.yml"
+        path.write_bytes(orjson.dumps(config))  # JSON is YAML
+        if self.pg.as_postgres:
+            shutil.chown(path, "postgres", "postgres")
+        return path
+
+    def _members(self) -> list[dict[str, Any]]:
+        import urllib.request
+
+        for name in self.names:
+            if name not in self.procs or self.procs[name].poll() is not None:
+                continue
+            try:
+                url = f"http://127.0.0.1:{self.ports[name][1]}/cluster"
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    return orjson.loads(answer.read()).get("members", [])
+            except OSError:
+                continue
+        return []
+
+    def leader(self) -> str | None:
+        """The running leader's name (None: none right now)."""
+        for m in self._members():
+            if m.get("role") == "leader" and m.get("state") == "running":
+                return m["name"]
+        return None
+
+    def healthy(self) -> bool:
+        """One running leader, every node up, and (synchronous mode) a synchronous standby."""
+        members = self._members()
+        up = [m for m in members if m.get("state") in ("running", "streaming")]
+        sync = any(m.get("role") == "sync_standby" for m in up)
+        return (len(up) == len(self.names) and sum(m.get("role") == "leader" for m in up) == 1
+                and (sync or self.asynchronous))
+
+    def _wait(self, what: str, condition: Callable[[], Any], timeout: float = 120) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise ClusterError(f"Patroni cluster: {what} not reached after {timeout:.0f} s "
+                                   f"(members: {self._members()}; logs in {self.dir})")
+            time.sleep(0.1)
+
+    def setup(self, asynchronous: bool) -> None:
+        """Start etcd and every node's Patroni (the first bootstraps), and wait until healthy."""
+        self.asynchronous = asynchronous
+        client, peer = self.etcd_ports
+        self._spawn("etcd", ["etcd", "--name", "e1", "--data-dir", str(self.dir / "etcd"),
+                             "--listen-client-urls", f"http://127.0.0.1:{client}",
+                             "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                             "--initial-cluster", f"e1=http://127.0.0.1:{peer}"])
+        for i, name in enumerate(self.names):
+            self._spawn(name, ["patroni", str(self._config(name))])
+            if i == 0:
+                self._wait("a bootstrapped leader", self.leader)
+        self._wait("every node up with a synchronous standby", self.healthy)
+
+    def fail_over(self, asynchronous: bool) -> FailoverTimes:
+        """Kill the leader's node (Patroni SIGKILLed, server stopped at once), wait for Patroni to
+        promote another, start the dead node's Patroni again and wait until the cluster is whole."""
+        self._wait("a healthy cluster", self.healthy)
+        old = self._wait("a leader", self.leader)
+        stopped_at = time.monotonic()
+        self.procs[old].kill()
+        self.procs[old].wait()
+        try:
+            self.pg.run("pg_ctl", "-D", str(self.dir / old), "-m", "immediate", "-w", "stop")
+        except ClusterError:
+            pass  # not running: gone with its Patroni
+        new = self._wait("a new leader", lambda: (lambda n: n if n not in (None, old) else None)(self.leader()),
+                         timeout=self.ttl * 6)
+        promoted_at = time.monotonic()
+        self._spawn(old, ["patroni", str(self._config(old))])
+        self._wait("the old leader back as a replica", self.healthy)
+        return FailoverTimes(old, new, stopped_at, promoted_at, time.monotonic())
+
+    def url(self, schema: str = "failover") -> str:
+        """The multi-host URL of every node: libpq picks whichever one is the primary now."""
+        hosts = ",".join(f"127.0.0.1:{self.ports[n][0]}" for n in self.names)
+        return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write&connect_timeout=2&schema={schema}"
+
+    def has_primary(self) -> bool:
+        """Whether a leader is running."""
+        return self.leader() is not None
+
+    def close(self) -> None:
+        """Stop every Patroni (it stops its server), then etcd, each by its own process id; stop any
+        server left, and remove the directory."""
+        for key, proc in self.procs.items():
+            if key != "etcd" and proc.poll() is None:
+                proc.terminate()
+        for key, proc in self.procs.items():
+            if key == "etcd":
+                continue
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for name in self.names:
+            if (self.dir / name / "postmaster.pid").exists():
+                try:
+                    self.pg.run("pg_ctl", "-D", str(self.dir / name), "-m", "immediate", "-w", "stop")
+                except ClusterError:
+                    pass
+        etcd = self.procs.get("etcd")
+        if etcd is not None and etcd.poll() is None:
+            etcd.terminate()
+            try:
+                etcd.wait(10)
+            except subprocess.TimeoutExpired:
+                etcd.kill()
+                etcd.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+MANAGERS = ("pg_ctl", "patroni")
 
 
 # ------------------------------------------------------------------------------ the report
@@ -362,6 +587,7 @@ class FailoverReport:
     mode: str  # "synchronous" or "asynchronous"
     seed: int
     rounds_asked: int
+    manager: str = "pg_ctl"  # what promoted the standby: pg_ctl (the harness) or patroni
     rounds: list[FailoverRound] = field(default_factory=list)
     acknowledged: int = 0  # calls the engine saw acknowledged
     stored: int = 0  # ... whose event is in the log after the last failover
@@ -515,6 +741,7 @@ def run_failover(
     min_run: float = 0.3,
     max_run: float = 1.0,
     round_timeout: float = 60.0,
+    manager: str = "pg_ctl",
     on_round: Callable[[FailoverRound, FailoverReport], None] | None = None,
 ) -> FailoverReport:
     """Start a primary and a standby, run an engine against them, fail over ``rounds`` times and
@@ -528,17 +755,16 @@ def run_failover(
     rng = random.Random(seed)
     report = FailoverReport(mode="asynchronous" if asynchronous else "synchronous", seed=seed, rounds_asked=rounds)
     started = time.monotonic()
-    cluster = Cluster(2, bindir=bindir, workdir=workdir)
+    if manager not in MANAGERS:
+        raise ClusterError(f"unknown failover manager {manager!r}: use one of {', '.join(MANAGERS)}")
+    cluster: Cluster | PatroniCluster = (Cluster(2, bindir=bindir, workdir=workdir) if manager == "pg_ctl" else
+                                         PatroniCluster(3, bindir=bindir, workdir=workdir))
+    report.manager = manager
     proc: subprocess.Popen[bytes] | None = None
     acks = cluster.dir / "engine-acks.jsonl"
     kills: list[float] = []  # when each round stopped its primary (monotonic)
     try:
-        cluster.init_primary()
-        standby = cluster.nodes[1]
-        cluster.add_standby(standby, cluster.primary)
-        if not asynchronous:
-            cluster.set_synchronous(standby)
-        cluster.wait_streaming(standby, synchronous=not asynchronous)
+        cluster.setup(asynchronous)
         url = cluster.url()
         store = open_store(url)
         try:
@@ -556,17 +782,8 @@ def run_failover(
         _wait_acks(acks, since, 5, 120)
         for k in range(rounds):
             time.sleep(rng.uniform(min_run, max_run))
-            old, new = cluster.primary, standby
-            killed_at = time.monotonic()
-            cluster.stop(old, "immediate")
-            cluster.promote(new)
-            promoted_at = time.monotonic()
-            cluster.add_standby(old, new)
-            if not asynchronous:
-                cluster.set_synchronous(old)
-            cluster.wait_streaming(old, synchronous=not asynchronous)
-            rebuilt_at = time.monotonic()
-            standby = old
+            times = cluster.fail_over(asynchronous)
+            killed_at, promoted_at, rebuilt_at = times.stopped_at, times.promoted_at, times.rebuilt_at
             # the engine must have carried on: an acknowledged call after the failover (and, so that
             # the next failover has replicated writes in flight, after the rebuild as well)
             log = _wait_acks(acks, rebuilt_at, 5, round_timeout)
@@ -576,7 +793,7 @@ def run_failover(
             # acknowledged call (an acknowledgement in between came from the dying primary)
             start = failed[0] if failed else killed_at
             back = [t for t in after if t > start]
-            rnd = FailoverRound(round=k + 1, killed=old.name, promoted=new.name,
+            rnd = FailoverRound(round=k + 1, killed=times.stopped, promoted=times.promoted,
                                 unavailable_s=round(back[0] - start, 4) if back else None,
                                 since_stop_s=round(back[0] - killed_at, 4) if back else None,
                                 first_failure_s=round(failed[0] - killed_at, 4) if failed else None,
@@ -604,7 +821,7 @@ def run_failover(
             for rnd, start, end in zip(report.rounds, kills, kills[1:] + [float("inf")]):
                 rnd.acked_after = sum(1 for t in log.ok_times if start < t < end)
                 rnd.stalled_s = stalled(log, start, end)
-            if cluster.primary.running:
+            if cluster.has_primary():
                 store = open_store(cluster.url())
                 try:
                     check_log(store, log.acked, report)
