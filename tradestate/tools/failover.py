@@ -20,6 +20,12 @@ id / execution id (so retrying is idempotent), until it is acknowledged or a bou
 runs out; a ``LogRewound`` makes it re-open its client, abandon the order in hand, and carry on
 (each one is counted: in synchronous mode it is a finding).
 
+With ``manager="patroni"`` (``PatroniCluster``) a failover manager does the promoting instead:
+three nodes under Patroni with a one-member etcd, Patroni's ``synchronous_mode`` unless
+asynchronous; a round kills the leader's node (its Patroni SIGKILLed, its server stopped at once),
+Patroni promotes once the leader key expires (``ttl``), and the dead node's Patroni is started
+again and rejoins (its data directory re-initialised when its timeline diverged).
+
 After the rounds the log on the last primary is checked: every acknowledged call's event is in
 it (found by identity: an asynchronous failover reuses positions), each client order id has one
 intent and each execution id one fill, positions are 1..head with only ``$void`` rows between;
@@ -744,8 +750,8 @@ def run_failover(
     manager: str = "pg_ctl",
     on_round: Callable[[FailoverRound, FailoverReport], None] | None = None,
 ) -> FailoverReport:
-    """Start a primary and a standby, run an engine against them, fail over ``rounds`` times and
-    check the log. Each round lets the engine run a seeded random ``min_run``..``max_run`` seconds
+    """Start a primary and a standby (``manager="patroni"``: three nodes under Patroni), run an
+    engine against them, fail over ``rounds`` times and check the log. Each round lets the engine run a seeded random ``min_run``..``max_run`` seconds
     on a fully replicated pair before the primary is stopped. Never raises for a failed check
     (``report.ok``); raises ``ClusterError`` when the cluster itself cannot be set up."""
     from ..adapters.store import open_store
