@@ -1,4 +1,4 @@
-"""``tradestate chaos``: the kill -9 harness."""
+"""``tradestate chaos``: the kill -9 harness; ``tradestate failover-chaos``: the failover harness."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import ConfigOption, ExitCode, command, exit_codes, fail, settings
+from .common import ConfigOption, ExitCode, choice, command, exit_codes, fail, settings
 
 DbOptionChaos = Annotated[
     Optional[str],
@@ -45,6 +45,48 @@ def render_report(report: Any, console: Any) -> None:
                   highlight=False)
     for problem in report.problems[:20]:
         console.print(f"[red]-[/] {problem}", highlight=False)
+    verdict = "[bold green]PASSED[/]" if report.ok else "[bold red]FAILED[/]"
+    console.print(f"{verdict}: replay with --seed {report.seed}", highlight=False)
+
+
+def render_failover(report: Any, console: Any) -> None:
+    """Print a failover report: one row per failover, then acknowledged vs stored, lost,
+    duplicates, unavailability p50/p95 and the verdict."""
+    from rich.table import Table
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"tradestate failover-chaos: {len(report.rounds)} {report.mode} failovers by {report.manager} "
+                        f"(seed {report.seed})")
+    for name in ("round", "stopped", "promoted", "promote s", "rebuild s", "first failure s",
+                 "unavailable s", "since stop s", "stalled s", "acked after"):
+        table.add_column(name, justify="left" if name in ("stopped", "promoted") else "right")
+    for r in report.rounds:
+        table.add_row(str(r.round), r.killed, r.promoted, secs(r.promote_s), secs(r.rebuild_s),
+                      secs(r.first_failure_s), secs(r.unavailable_s), secs(r.since_stop_s),
+                      secs(r.stalled_s), f"{r.acked_after:,}")
+    console.print(table)
+    lost_style = "bold red" if report.lost else "green"
+    console.print(
+        f"{report.mode} replication: {report.acknowledged:,} calls acknowledged, {report.stored:,} stored, "
+        f"[{lost_style}]{report.lost:,} lost[/], {report.duplicates:,} duplicates, {report.gaps:,} gaps or torn "
+        f"rows, {report.misplaced:,} misplaced; {report.rewinds:,} LogRewound seen by the engine "
+        f"({report.rewound_lost:,} events it said were lost); {report.retried_calls:,} calls retried; log head "
+        f"{report.head:,} ({report.voids:,} $void); {report.seconds:,.1f} s",
+        highlight=False,
+    )
+    p50, p95 = report.p50, report.p95
+    console.print(f"write unavailability per failover (first failed call -> next acknowledged one): "
+                  f"p50 {secs(p50)} s, p95 {secs(p95)} s; stalled (every wait > 0.25 s for an acknowledgement "
+                  f"until the next failover) p50 {secs(report.stalled_p50)} s, p95 {secs(report.stalled_p95)} s",
+                  highlight=False)
+    for call in report.lost_calls[:10]:
+        console.print(f"[red]lost:[/] {call}", highlight=False)
+    for problem in report.problems[:20]:
+        console.print(f"[red]-[/] {problem}", highlight=False)
+    if report.engine_error:
+        console.print(f"[red]engine error:[/] {report.engine_error.strip().splitlines()[-1]}", highlight=False)
     verdict = "[bold green]PASSED[/]" if report.ok else "[bold red]FAILED[/]"
     console.print(f"{verdict}: replay with --seed {report.seed}", highlight=False)
 
@@ -122,4 +164,51 @@ def register(app: typer.Typer) -> None:
             print(to_json(report.as_dict()))
         else:
             render_report(report, console)
+        raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)
+
+    @app.command("failover-chaos", epilog=exit_codes("a check failed: in synchronous mode an acknowledged "
+                                                     "call was lost, or a duplicate, a gap, or an engine that "
+                                                     "did not carry on"))
+    @command
+    def failover_chaos(
+        rounds: Annotated[int, typer.Option("--failover", "--rounds", min=1, help="How many failovers to run.")] = 10,
+        asynchronous: Annotated[bool, typer.Option("--async", help="Asynchronous replication: the promoted node "
+                                                   "is an asynchronous standby, and the report shows what that "
+                                                   "loses (not a failure).")] = False,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Replay a run (timings, workload).")] = None,
+        manager: Annotated[str, typer.Option("--manager", **choice("pg_ctl", "patroni", what="manager"),
+                                             help="What fails over: pg_ctl (the harness stops the primary and "
+                                                  "promotes the standby of a pair) or patroni (three nodes under "
+                                                  "Patroni and etcd; a node is killed and Patroni promotes; needs "
+                                                  "the patroni and etcd commands).")] = "pg_ctl",
+        bindir: Annotated[str, typer.Option("--bindir", help="Directory of initdb, pg_ctl and pg_basebackup.")]
+            = "/usr/lib/postgresql/15/bin",
+        workdir: Annotated[Optional[str], typer.Option("--workdir", help="Parent directory of the cluster's "
+                                                       "temporary directory.")] = None,
+        json: Annotated[bool, typer.Option("--json", help="Print the report as JSON for scripts.")] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Start a PostgreSQL primary and a standby on free loopback ports, run an engine on a
+        multi-host URL, and fail over N times (stop the primary at once, promote the standby,
+        rebuild the old primary as the new standby). Prints acknowledged vs stored calls, lost,
+        duplicates and write unavailability p50/p95. Exit 0 only if nothing acknowledged was lost
+        (synchronous mode), no duplicate or gap, and the engine carried on after every failover."""
+        import signal
+
+        from ..tools.failover import ClusterError, run_failover
+
+        def _terminate(signum: int, _frame: Any) -> None:  # clean up the cluster on SIGTERM too
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, _terminate)
+        settings(config)  # the harness starts its own cluster: only a bad config file stops it here
+        try:
+            report = run_failover(rounds, asynchronous=asynchronous, seed=seed, bindir=bindir, workdir=workdir,
+                                  manager=manager)
+        except ClusterError as e:
+            fail(str(e))
+        if json:
+            print(to_json(report.as_dict()))
+        else:
+            render_failover(report, console)
         raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)
