@@ -195,6 +195,7 @@ class _Watchdog:
     answer) has its connection shut down, so the caller gets an error instead of a hang."""
 
     grace = 1.0
+    poll = 0.05  # seconds between deadline checks: a deadline is met within this
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -212,8 +213,6 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="tradestate-append-watchdog", daemon=True)
                 self._thread.start()
-            elif len(self._armed) == 1:
-                self._cond.notify()
             return self._last
 
     def disarm(self, key: int) -> bool:
@@ -228,14 +227,13 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._armed:
-                    self._cond.wait()
                 now = time.monotonic()
                 due = [(key, conn, cancelled) for key, (deadline, conn, cancelled) in self._armed.items()
                        if deadline <= now]
                 if not due:
-                    # Deadlines are seconds away: a coarse poll keeps arm() free of wake-ups.
-                    self._cond.wait(min(0.05, min(d for d, _, _ in self._armed.values()) - now))
+                    # Deadlines are seconds away: a coarse poll, so that arming an append never
+                    # wakes this thread (a wake-up per append costs the writer a GIL hand-off).
+                    self._cond.wait(self.poll)
                     continue
                 for key, conn, cancelled in due:
                     self._fired.add(key)
