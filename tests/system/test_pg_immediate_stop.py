@@ -36,12 +36,13 @@ from pathlib import Path
 
 import pytest
 import tradestate
+from tradestate.tools.pg_cluster import bindir
 from tradestate.adapters.store import open_store
 from tradestate.tools.chaos import order_calls, perform, verify_log
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-PG_BIN = Path(os.environ.get("TRADESTATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = Path(os.environ.get("TRADESTATE_PG_BIN") or bindir() or "/usr/lib/postgresql/15/bin")
 DOWN_SECONDS = 3.0
 CALL_BOUND = 15.0  # no call may take longer than this, up or down (the pool's timeout is 5 s)
 

@@ -57,9 +57,10 @@ from typing import Any
 
 import orjson
 
+from .pg_cluster import bindir as pg_cluster_bindir
 from .chaos import ACCOUNTS, MAX_ORDER_QTY, OP_TYPES, AckWriter, LogChecker, order_calls, perform, read_side_channel
 
-DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
+DEFAULT_BINDIR = str(pg_cluster_bindir() or "/usr/lib/postgresql/15/bin")  # the newest installed
 RETRY_SECONDS = 60.0  # the engine gives up on one call after retrying it this long
 
 
