@@ -40,17 +40,7 @@ ACCT = "acct-1"
 
 @pytest.fixture(scope="module")
 def cluster():
-    problem = pg_cluster.available()
-    if problem is not None:
-        if os.environ.get("TRADESTATE_REQUIRE_PG") == "1":
-            pytest.fail("PostgreSQL cluster tests are required here: " + problem)
-        pytest.skip(problem)
-    c = pg_cluster.PgCluster()
-    try:
-        c.start()
-        yield c
-    finally:
-        c.close()
+    yield from pg_cluster.started_cluster()
 
 
 @pytest.fixture

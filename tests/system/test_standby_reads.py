@@ -23,6 +23,7 @@ import pytest
 
 from tradestate.adapters.store import PgUrl, open_store
 from tradestate.client import connect
+from tests.support.pg_cluster import started_cluster
 from tradestate.tools import pg_cluster
 
 pytestmark = pytest.mark.postgres
@@ -51,14 +52,7 @@ class Replicated:
 
 @pytest.fixture(scope="module")
 def replicated():
-    problem = pg_cluster.available()
-    if problem is not None:
-        if os.environ.get("TRADESTATE_REQUIRE_PG") == "1":
-            pytest.fail("PostgreSQL cluster tests are required here: " + problem)
-        pytest.skip(problem)
-    cluster = pg_cluster.PgCluster()
-    try:
-        cluster.start()
+    for cluster in started_cluster():
         schema = "t_" + uuid.uuid4().hex[:10]
         primary_url = cluster.primary.url(schema=schema)
         client = connect(primary_url, venue="sim")
@@ -74,8 +68,6 @@ def replicated():
         ok(tradestate("project", "--once", "--db", primary_url))
         cluster.wait_replayed()
         yield Replicated(cluster, primary_url, cluster.standby.url(schema=schema), head, written)
-    finally:
-        cluster.close()
 
 
 def test_the_standby_is_really_read_only(replicated):
