@@ -102,6 +102,35 @@ class CommitInterrupted(AppendFailed):
     deciding again."""
 
 
+class NotLeader(TradestateError):
+    """The append was refused, atomically with it: it carried ``epoch`` of ``engine_id``'s lease, and
+    that epoch is no longer current, or its lease expired or was released (another engine took
+    over, or this one stopped renewing: paused, hung or cut off for longer than the lease). Nothing
+    was appended, and the engine that got it must not act as the active engine any more: it
+    decides nothing more; re-open to take the lease again (which runs the crash recovery) or stay
+    a standby. ``reason`` says what the store holds now."""
+
+    def __init__(self, engine_id: str, epoch: int, reason: str):
+        self.engine_id = engine_id
+        self.epoch = epoch
+        self.reason = reason
+        super().__init__(f"engine {engine_id!r} epoch {epoch} is no longer the active engine: {reason}; "
+                         "nothing was appended (re-open to take the lease again, which recovers first)")
+
+
+class LeaseHeld(TradestateError):
+    """Another live engine holds the lease of ``engine_id`` (it renewed it within the lease
+    duration): this process may follow as a standby but must not write."""
+
+    def __init__(self, engine_id: str, holder: str, epoch: int, expires_in: float):
+        self.engine_id = engine_id
+        self.holder = holder
+        self.epoch = epoch
+        self.expires_in = expires_in
+        super().__init__(f"engine {engine_id!r} is active elsewhere: {holder!r} holds epoch {epoch}, "
+                         f"renewed within the lease (expires in {expires_in:.1f} s unless renewed)")
+
+
 class ReadOnlyStore(StoreUnreachable):
     """The database accepts reads only (a hot standby, or a read-only session default): the log
     cannot be created or appended to here. Read-only opens (``open_store(url, create=False)``)

@@ -398,6 +398,47 @@ class EngineStopped(Event):
     reason: Text = ""
 
 
+class LeaseAcquired(Event):
+    """An engine process took the lease of ``engine_id``: from here on the store accepts appends
+    carrying ``epoch`` only (an epoch only grows). ``reason``: ``first`` (never held before),
+    ``released`` (the previous holder handed it over), ``expired`` (the previous holder stopped
+    renewing: crashed, hung or cut off), ``reacquired`` (the same holder again)."""
+
+    stream_kind: ClassVar[str] = "engine"
+    engine_id: Identifier
+    epoch: int = Field(ge=1)
+    holder: Text
+    reason: Literal["first", "released", "expired", "reacquired"]
+    lease_seconds: ComputedAmount
+    previous_holder: Text = ""
+    previous_epoch: int = Field(default=0, ge=0)
+
+
+class LeaseReleased(Event):
+    """The holder of ``epoch`` handed the lease back (a clean stop or handover): a standby may take
+    it at once."""
+
+    stream_kind: ClassVar[str] = "engine"
+    engine_id: Identifier
+    epoch: int = Field(ge=1)
+    holder: Text
+    reason: Text = ""
+
+
+class LeaseExpired(Event):
+    """The holder of ``epoch`` stopped renewing its lease (dead, hung or cut off): noticed by
+    ``detected_by`` (a standby, the projector, the API server) once the lease ran out by the
+    store's clock. Recorded once per epoch, by whichever process noticed first."""
+
+    stream_kind: ClassVar[str] = "engine"
+    engine_id: Identifier
+    epoch: int = Field(ge=1)
+    holder: Text
+    renewed_at: UtcDatetime
+    expired_at: UtcDatetime
+    detected_by: Text
+
+
 class RecoveryCompleted(Event):
     """The report of one ``tradestate recover`` run (each step, its duration and counts)."""
 
@@ -484,6 +525,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EngineStarted,
         EngineStopped,
         RecoveryCompleted,
+        LeaseAcquired,
+        LeaseReleased,
+        LeaseExpired,
         ClockSkewRecorded,
         BarRecorded,
     )

@@ -629,6 +629,20 @@ class TradingState:
         engine["last_recovery"] = {"ready": d["ready"], "position": pos, "at": at,
                                    "discrepancies": d.get("discrepancies", 0)}
 
+    def _lease(self, d: dict, pos: int, state: str) -> None:
+        engine = self.engines.setdefault(d["engine_id"], {"running": False, "previous_run_crashed": False})
+        engine.update(epoch=d["epoch"], holder=d["holder"], lease=state, lease_position=pos)
+
+    def _on_LeaseAcquired(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self._lease(d, pos, "active")
+
+    def _on_LeaseReleased(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self._lease(d, pos, "released")
+        self.engines[d["engine_id"]]["running"] = False
+
+    def _on_LeaseExpired(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self._lease(d, pos, "expired")
+
     # clock ------------------------------------------------------------------------------
     def _on_ClockSkewRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.clock_skews[d["source"]] = {

@@ -16,7 +16,9 @@ from .domain.errors import (
     IdempotencyConflict,
     InvalidInput,
     InvalidTransition,
+    LeaseHeld,
     LogRewound,
+    NotLeader,
     ReadOnlyStore,
     StoreUnreachable,
     TradestateError,
@@ -24,6 +26,7 @@ from .domain.errors import (
 )
 from .domain.integrity import CorruptStream
 from .domain.values import OrderType, Side, TimeInForce
+from .engines import Standby, standby
 from .loading import LoadedState, load_state
 from .writer import Decided, Recorded, Writer, Written, build_event
 
@@ -40,13 +43,16 @@ __all__ = [
     "IntentResult",
     "InvalidInput",
     "InvalidTransition",
+    "LeaseHeld",
     "LoadedState",
     "LogRewound",
+    "NotLeader",
     "OrderType",
     "Recorded",
     "ReadOnlyStore",
     "RiskRefusal",
     "Side",
+    "Standby",
     "StoreUnreachable",
     "TimeInForce",
     "TradestateClient",
@@ -58,4 +64,5 @@ __all__ = [
     "connect",
     "connect_async",
     "load_state",
+    "standby",
 ]

@@ -97,6 +97,7 @@ class TradestateClient:
         max_clock_skew: float | None = 1.0,
         clock_check_seconds: float = 10.0,
         clock_source: str | None = None,
+        lease: Any = None,
     ):
         """``venue``: the venue intents are booked at when ``record_intent`` names none (with
         neither, an intent is ``InvalidInput``). ``use_checkpoints``: start from the newest valid
@@ -116,8 +117,13 @@ class TradestateClient:
         it is beyond ``max_clock_skew`` seconds (default 1 s). None switches either off.
 
         A log that went backwards under the client (a restore, an asynchronous failover) makes
-        every later call raise ``LogRewound``; re-open and recover."""
+        every later call raise ``LogRewound``; re-open and recover.
+
+        ``lease`` (``engines.EngineLease``, taken already; ``connect(..., engine_id=...)`` does it):
+        this client is the active engine: every append carries the lease's epoch and is refused
+        once another engine took the lease or it expired (``NotLeader``, then on every call)."""
         self.store = store
+        self.lease = lease
         self.venue = venue
         self.loaded = None
         if initial_state is not None:
@@ -140,6 +146,9 @@ class TradestateClient:
                              max_failures=max_failures, checkpointer=checkpointer, clock_guard=clock_guard,
                              clock_skew_threshold=clock_skew_threshold, max_clock_skew=max_clock_skew,
                              clock_check_seconds=clock_check_seconds, clock_source=clock_source)
+        if lease is not None:
+            self.writer.fence = lease.fence
+            lease.start()
         self.writer.catch_up()
         self.writer.check_clock(force=True)
 
@@ -423,9 +432,13 @@ class TradestateClient:
         return bool(engine and engine.get("previous_run_crashed"))
 
     def engine_stopped(self, engine_id: str, reason: str = "clean shutdown") -> Recorded:
-        """Record a clean stop of the engine run (the next start is then not a crash)."""
+        """Record a clean stop of the engine run (the next start is then not a crash); an engine
+        holding the lease of ``engine_id`` then hands it back (``LeaseReleased``)."""
         e = build_event(ev.EngineStopped, **self.writer.envelope(), engine_id=engine_id, reason=reason)
-        return self._stream_fact(engine_stream_id(e.engine_id), e)
+        recorded = self._stream_fact(engine_stream_id(e.engine_id), e)
+        if self.lease is not None and self.lease.engine_id == engine_id:
+            self.lease.release(reason)
+        return recorded
 
     def record_recovery(self, engine_id: str, *, ready: bool, steps: list[dict[str, Any]], strict: bool = False,
                         crashed: bool = False, checkpoint_position: int | None = None, head: int = 0,
@@ -527,7 +540,10 @@ class TradestateClient:
         return self.state.position
 
     def close(self) -> None:
-        """Close the store (and its connections)."""
+        """Close the store (and its connections). A lease held is no longer renewed (it expires
+        unless ``engine_stopped`` released it: a close without a recorded stop is a crash)."""
+        if self.lease is not None:
+            self.lease.stop()
         self.store.close()
 
     def __enter__(self) -> TradestateClient:
@@ -544,8 +560,30 @@ def _same_bar(stored: dict[str, Any], new: ev.BarRecorded) -> bool:
     return old.model_dump(include=_BAR_FIELDS) == new.model_dump(include=_BAR_FIELDS)
 
 
-def connect(url: str | None = None, **options: Any) -> TradestateClient:
+def connect(url: str | None = None, *, engine_id: str | None = None, lease_seconds: float | None = None,
+            renew_seconds: float | None = None, **options: Any) -> TradestateClient:
     """Open the database named by ``url`` (or ``$TRADESTATE_DB``, or ``sqlite:///tradestate.db``)
     and return a client whose state is caught up with the log; ``options`` are
-    ``TradestateClient``'s (``venue="alpaca"``: the venue of intents that name none)."""
-    return TradestateClient(open_store(url), **options)
+    ``TradestateClient``'s (``venue="alpaca"``: the venue of intents that name none).
+
+    ``engine_id``: this client is the one active engine of that id: it takes the engine's lease
+    (``LeaseHeld`` while another process holds it live; ``client.lease.lease`` tells how it was
+    found), every append carries its epoch, and it renews the lease in the background
+    (``lease_seconds``, default 3 s; ``renew_seconds``, default a third of it). See
+    ``tradestate.engines``; ``tradestate.standby`` is the other half."""
+    if engine_id is None:
+        if lease_seconds is not None or renew_seconds is not None:
+            raise InvalidInput("lease_seconds and renew_seconds need an engine_id (the engine that holds the lease)")
+        return TradestateClient(open_store(url), **options)
+    from .engines import DEFAULT_LEASE_SECONDS, EngineLease
+
+    store = open_store(url)
+    try:
+        lease = EngineLease(store, engine_id, seconds=lease_seconds or DEFAULT_LEASE_SECONDS,
+                            renew_seconds=renew_seconds, clock=options.get("clock", utc_now),
+                            new_id=options.get("new_id", uuid4))
+        lease.acquire()
+        return TradestateClient(store, lease=lease, **options)
+    except BaseException:
+        store.close()
+        raise

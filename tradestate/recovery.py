@@ -79,24 +79,31 @@ class _Timer:
 
 def detect(store: Store, engine_id: str) -> tuple[bool, str]:
     """(crashed, why): a start with no clean stop before the next start (or before now) is a
-    crash, until a recovery is recorded after it."""
+    crash, and so is a lease that expired (``LeaseExpired``, or taken over as ``expired``), until
+    a recovery is recorded after it. A released lease is a clean stop."""
     running_since: int | None = None
     crashed_at: int | None = None
     recovered_at: int | None = None
+    expired = False
     for e in store.trading.read_stream(engine_stream_id(engine_id)):
         if e.topic == "EngineStarted":
             if running_since is not None:
                 crashed_at = running_since
             running_since = e.position
-        elif e.topic == "EngineStopped":
+        elif e.topic in ("EngineStopped", "LeaseReleased"):
+            running_since = None
+        elif e.topic == "LeaseExpired" or (e.topic == "LeaseAcquired" and b'"reason":"expired"' in e.state):
+            if crashed_at is None:
+                crashed_at = running_since if running_since is not None else e.position
+                expired = True
             running_since = None
         elif e.topic == "RecoveryCompleted":  # closes the crashed run
-            crashed_at, recovered_at, running_since = None, e.position, None
+            crashed_at, recovered_at, running_since, expired = None, e.position, None, False
     if running_since is not None:
         crashed_at = running_since
     if crashed_at is not None:
-        return True, (f"engine {engine_id!r} started at position {crashed_at} and never recorded a clean stop: "
-                      "recovering from a crash")
+        how = "its lease expired (not renewed: dead, hung or cut off)" if expired else "it never recorded a clean stop"
+        return True, f"engine {engine_id!r} started at position {crashed_at} and {how}: recovering from a crash"
     if recovered_at is not None:
         return False, f"engine {engine_id!r}: last crash already recovered (report at position {recovered_at})"
     if running_since is None and store.trading.read_stream(engine_stream_id(engine_id)):
@@ -297,9 +304,16 @@ def recover(
     clock: Callable[[], datetime] | None = None,
     exchange_tz: str = "America/New_York",
     rewound: Any = None,
+    initial_state: TradingState | None = None,
+    lease: Any = None,
+    client_options: dict[str, Any] | None = None,
 ) -> tuple[RecoveryReport, Any]:
     """Run the recovery sequence; returns (report, a TradestateClient on the recovered state).
     Nothing is appended with ``record`` False (a dry run: reconciliation is planned only).
+    ``initial_state``: a state already folded from this store (a warm standby's): no checkpoint is
+    loaded, only the tail after it is folded. ``lease`` (``engines.EngineLease``, taken): the
+    recovered client is the active engine, every append fenced with the lease's epoch.
+    ``client_options``: more ``TradestateClient`` options for that client (``venue``...).
     ``rewound``: the ``LogRewound`` a client raised (or its attributes as a dict): the report's
     ``rewind`` step and ``lost`` say which acknowledged events the log no longer holds."""
     from .client import TradestateClient
@@ -325,10 +339,16 @@ def recover(
 
     # 3. checkpoint (found first: the tail to verify starts at its position)
     timer = _Timer()
-    state, loaded = from_checkpoint(store, exchange_tz, head=report.head)
-    refused = [f"checkpoint {r.checkpoint.id} at {r.checkpoint.position}: {'; '.join(r.reasons[:3])}"
-               for r in loaded.rejected]
-    if state is not None:
+    if initial_state is not None:
+        state, refused = initial_state, []
+        report.checkpoint_position = None
+    else:
+        state, loaded = from_checkpoint(store, exchange_tz, head=report.head)
+        refused = [f"checkpoint {r.checkpoint.id} at {r.checkpoint.position}: {'; '.join(r.reasons[:3])}"
+                   for r in loaded.rejected]
+    if initial_state is not None:
+        detail = f"warm state at position {state.position} (a standby's fold): no checkpoint needed"
+    elif state is not None:
         report.checkpoint_position = loaded.checkpoint.position  # type: ignore[union-attr]
         detail = f"checkpoint {loaded.checkpoint.id} at position {report.checkpoint_position} loaded"  # type: ignore[union-attr]
     else:
@@ -339,7 +359,8 @@ def recover(
                            {"refused": len(refused), "position": report.checkpoint_position or 0})
 
     # 2. verify (a long walk runs in another process while the tail is replayed)
-    verification = _Verification(store, verify, report.checkpoint_position or 0, report.head)
+    verification = _Verification(store, verify, report.checkpoint_position or (state.position if initial_state
+                                                                              is not None else 0), report.head)
 
     # 4. replay the tail (with no checkpoint: the cold fold, which leaves finished orders in the log)
     timer = _Timer()
@@ -352,7 +373,7 @@ def recover(
     verify_step = verification.result()
     report.steps += [verify_step, checkpoint_step, replay_step]
     client = TradestateClient(store, clock=clock, initial_state=state, exchange_tz=exchange_tz, clock_guard=guard,
-                              clock_skew_threshold=0.05 if record else None)
+                              clock_skew_threshold=0.05 if record else None, lease=lease, **(client_options or {}))
 
     # 5. reconcile
     timer = _Timer()

@@ -48,6 +48,7 @@ from .domain.errors import (
     IdempotencyConflict,
     InvalidInput,
     LogRewound,
+    NotLeader,
     TradestateError,
 )
 from .domain.ids import account_stream_id
@@ -196,6 +197,11 @@ class Writer:
     ``rewound``) and nothing is appended. ``acknowledged`` keeps the last events this writer
     appended (position, stream, version, type, event id), to name those the log lost.
 
+    ``fence`` (``adapters.store.lease.Fence``, set by ``tradestate.engines``): every append
+    carries it and the store refuses it unless its epoch still holds the engine's lease; the
+    first refusal (``NotLeader``) is kept in ``deposed`` and every later call raises it: a
+    deposed engine decides nothing more.
+
     ``clock_guard``: time for decisions never runs backwards (``now``): it is the latest of the
     clock, the log's last recorded time and the last time this writer handed out; and the clock
     is measured against the store's (``check_clock``: at start and every ``clock_check_seconds``).
@@ -248,6 +254,8 @@ class Writer:
         self.log_time: datetime | None = None  # the latest recorded_at this writer has seen
         self._last_now: datetime | None = None
         self._unconfirmed = False  # a commit of ours is not yet confirmed durable
+        self.fence: Any = None
+        self.deposed: NotLeader | None = None
 
     # ------------------------------------------------------------------------- reading
     def catch_up(self) -> int:
@@ -492,6 +500,8 @@ class Writer:
                 self.stats.retries += 1
                 time.sleep(min(0.05, 0.001 * 2**attempt) * random.random())
             with self.lock:
+                if self.deposed is not None:
+                    raise self.deposed
                 if self._unconfirmed:
                     self._confirm()
                 self.refresh()
@@ -515,6 +525,9 @@ class Writer:
                     self.stats.conflicts += 1
                     last_error = e
                     self.wait_past_holes()
+                except NotLeader as e:
+                    self.deposed = e
+                    raise
                 except CommitOutcomeUnknown:
                     # Committed here, maybe not on the standbys: reading it back proves nothing.
                     self._unconfirmed = True
@@ -601,10 +614,14 @@ class Writer:
         self._attempt = attempt
         stored = [new_event(stream, version, type_name, data) for stream, version, type_name, _, data in attempt]
         started = time.perf_counter()
+        fence = self.fence
         try:
-            appended = self.store.trading.append(stored)
+            appended = self.store.trading.append(stored) if fence is None else self.store.trading.append(stored, fence=fence)
         except ConcurrencyConflict:
             APPENDS.labels("conflict").inc()
+            raise
+        except NotLeader:
+            APPENDS.labels("not_leader").inc()
             raise
         except AppendFailed:
             APPENDS.labels("failed").inc()

@@ -88,14 +88,26 @@ class EventLog(ABC):
     schema: str = ""  # the PostgreSQL schema holding the table ("" on SQLite)
 
     @abstractmethod
-    def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
+    def append(self, events: Sequence[StoredEvent], *, fence: Any = None) -> list[Appended]:
         """Append in one transaction; return only once durable.
 
+        ``fence`` (``lease.Fence``): refuse the append with ``NotLeader``, atomically with it,
+        unless the fence's epoch is the current, live epoch of its engine's lease.
         Raises ``ConcurrencyConflict`` if a (stream, version) is taken (nothing appended),
         ``CommitOutcomeUnknown`` if the commit happened but could not be confirmed as durable as
         configured (synchronous standbys), and ``AppendFailed`` if the database failed: nothing
         appended, or, when the connection was lost around the commit, unknown (the message says
         so: re-read the stream to find out)."""
+
+    @abstractmethod
+    def bounded_write(self) -> AbstractContextManager[Any]:
+        """A write transaction (a DB-API cursor) whose waits are bounded like an append's and whose
+        errors are the append's (``AppendFailed``, ``CommitOutcomeUnknown``...)."""
+
+    @abstractmethod
+    def insert_in(self, cur: Any, events: Sequence[StoredEvent]) -> list[Appended]:
+        """Append ``events`` inside the caller's write transaction ``cur`` (``bounded_write``);
+        ``ConcurrencyConflict`` if a (stream, version) is taken."""
 
     def confirm_durable(self, timeout: float | None = None) -> None:
         """Return once every commit seen so far is as durable as configured; raise

@@ -42,11 +42,14 @@ from ...domain.errors import (
     CommitInterrupted,
     CommitOutcomeUnknown,
     ConcurrencyConflict,
+    NotLeader,
     ReadOnlyStore,
     StoreUnreachable,
+    TradestateError,
 )
 from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row
-from .sql import SYNC_LEVELS, PgUrl
+from .lease import LEASE_TABLE, Fence, Leases
+from .sql import POSTGRESQL, SYNC_LEVELS, Dialect, PgUrl
 
 
 class TradestatePostgresDatastore(PostgresDatastore):
@@ -365,6 +368,17 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             "INSERT INTO {} (position, stream_id, stream_version, type, data)"
             " VALUES (nextval({}), %s, %s, %s, %b) RETURNING position, recorded_at"
         ).format(self._qualified, self._seq_literal)
+        # A fenced append: the lease row is locked FOR SHARE in the same statement, so a takeover
+        # (FOR UPDATE) either waits for it or, committed first, makes it insert nothing (the
+        # condition is re-checked on the new row). clock_timestamp(): expiry as of the check.
+        leases = SQL("{}.{}").format(schema, Identifier(LEASE_TABLE))
+        fence = SQL(" FROM {} WHERE engine_id = %s AND epoch = %s AND NOT released"
+                    " AND expires_at > clock_timestamp() FOR SHARE").format(leases)
+        self._insert_one_fenced = SQL(
+            "INSERT INTO {} (position, stream_id, stream_version, type, data)"
+            " SELECT nextval({}), %s, %s, %s, %b"
+        ).format(self._qualified, self._seq_literal) + fence + SQL(" RETURNING position, recorded_at")
+        self._fence_check = SQL("SELECT 1") + fence
         # binary parameters: text arrays cost a regex escape per element and twice the bytes
         self._insert_many = SQL("SELECT pos, at FROM {}(%b, %b, %b, %b)").format(func)
         self._void = SQL(
@@ -385,7 +399,8 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         self._head = SQL("SELECT coalesce(max(position), 0) FROM {}").format(self._qualified)
         self._currval = SQL("SELECT currval({})").format(self._seq_literal)
         # Rendered once: psycopg would otherwise re-compose these on every call of the hot path.
-        for name in ("_insert_one", "_insert_many", "_void", "_void_range", "_next_row", "_select", "_head", "_currval"):
+        for name in ("_insert_one", "_insert_many", "_void", "_void_range", "_next_row", "_select", "_head", "_currval",
+                     "_insert_one_fenced", "_fence_check"):
             setattr(self, name, getattr(self, name).as_string(None))
         # What an existing log must already have for an open to skip DDL (a catalog write waits
         # for synchronous standbys like any commit, and fails on a read-only server).
@@ -490,7 +505,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 curs.execute(statement, prepare=False)
 
     # ---------------------------------------------------------------------------- writing
-    def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
+    def append(self, events: Sequence[StoredEvent], *, fence: Fence | None = None) -> list[Appended]:
         """Append ``events`` in one transaction at positions drawn from the log's sequence (concurrent
         appends do not wait for each other); returns each event's position and the store's clock once
         committed as durably as configured (``synchronous_commit`` at least ``on``: flushed here and on
@@ -499,7 +514,9 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         when the commit happened here but its durability on the standbys could not be confirmed within
         the URL's ``append_timeout`` (the wait was cancelled, terminated or timed out). Raises
         ``CommitInterrupted`` when the connection was lost (unknown: re-read the stream), and
-        ``AppendFailed`` when nothing was appended. Never waits much longer than ``append_timeout``. An empty
+        ``AppendFailed`` when nothing was appended. With ``fence``: ``NotLeader`` (nothing appended)
+        unless its epoch is the current, live epoch of its engine's lease, checked in the append's
+        own transaction (see ``lease``). Never waits much longer than ``append_timeout``. An empty
         sequence returns ``[]``."""
         if not events:
             return []
@@ -511,7 +528,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 conn.add_notice_handler(notices)
                 key = _WATCHDOG.arm(conn, timeout)
                 try:
-                    appended = self._insert(conn, events)
+                    appended = self._insert(conn, events, fence)
                 finally:
                     timed_out = _WATCHDOG.disarm(key)
                     conn.remove_notice_handler(notices)
@@ -519,7 +536,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 if cut is not None:
                     self._confirm_or_raise(cut, timed_out, timeout - (time.monotonic() - started))
                 return appended
-        except (ConcurrencyConflict, CommitOutcomeUnknown):
+        except (ConcurrencyConflict, CommitOutcomeUnknown, NotLeader):
             raise
         except pg_errors.QueryCanceled as e:
             cut = _replication_cut(notices)
@@ -544,35 +561,117 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 raise AppendFailed(f"PostgreSQL append failed, nothing was appended: {e}") from e
             raise
 
-    def _insert(self, conn: psycopg.Connection[Any], events: Sequence[StoredEvent]) -> list[Appended]:
-        """The append's one autocommit statement (its commit included)."""
+    def _insert(self, conn: psycopg.Connection[Any], events: Sequence[StoredEvent],
+                fence: Fence | None = None) -> list[Appended]:
+        """The append's one autocommit statement (its commit included); fenced, several events
+        take one transaction that checks the lease first."""
         cur = conn.cursor(row_factory=tuple_row)
         if len(events) == 1:
             e = events[0]
             try:
-                cur.execute(self._insert_one, (e.originator_id, e.originator_version, e.topic, e.state), prepare=True)
+                if fence is None:
+                    cur.execute(self._insert_one, (e.originator_id, e.originator_version, e.topic, e.state),
+                                prepare=True)
+                else:
+                    cur.execute(self._insert_one_fenced, (e.originator_id, e.originator_version, e.topic, e.state,
+                                                          fence.engine_id, fence.epoch), prepare=True)
             except pg_errors.UniqueViolation as error:
                 # Our position is this session's last sequence value: give it up now so
                 # readers are not held back by the hole.
-                (lost,) = cur.execute(self._currval).fetchone()
-                cur.execute(self._void, (lost, lost))
+                self._void_last_drawn(cur)
                 raise self._conflict(events, error) from error
-            position, recorded_at = cur.fetchone()
-            return [Appended(position, recorded_at)]
-        cur.execute(
-            self._insert_many,
-            (
-                [e.originator_id for e in events],
-                [e.originator_version for e in events],
-                [e.topic for e in events],
-                [e.state for e in events],
-            ),
-            prepare=True,
+            except pg_errors.UndefinedTable as error:
+                if fence is None:
+                    raise
+                raise NotLeader(fence.engine_id, fence.epoch, "no lease was ever taken for it") from error
+            row = cur.fetchone()
+            if row is None:  # the fence refused it
+                self._void_last_drawn(cur)
+                raise self._not_leader(fence)  # type: ignore[arg-type]
+            return [Appended(row[0], row[1])]
+        params = (
+            [e.originator_id for e in events],
+            [e.originator_version for e in events],
+            [e.topic for e in events],
+            [e.state for e in events],
         )
-        rows = cur.fetchall()
+        if fence is None:
+            rows = cur.execute(self._insert_many, params, prepare=True).fetchall()
+        else:
+            with conn.transaction():
+                try:
+                    held = cur.execute(self._fence_check, (fence.engine_id, fence.epoch)).fetchone()
+                except pg_errors.UndefinedTable as error:
+                    raise NotLeader(fence.engine_id, fence.epoch, "no lease was ever taken for it") from error
+                if held is None:
+                    raise self._not_leader(fence)
+                rows = cur.execute(self._insert_many, params, prepare=True).fetchall()
         if rows and rows[0][0] == -1:
             raise self._conflict(events, None)
         return [Appended(p, at) for p, at in rows]
+
+    def _void_last_drawn(self, cur: psycopg.Cursor[Any]) -> None:
+        """Void this session's last sequence value (the position a refused insert drew, if it
+        drew one; an earlier, used position is left alone by ON CONFLICT)."""
+        try:
+            (lost,) = cur.execute(self._currval).fetchone()
+        except pg_errors.ObjectNotInPrerequisiteState:  # nothing drawn in this session yet
+            return
+        cur.execute(self._void, (lost, lost))
+
+    def _not_leader(self, fence: Fence) -> NotLeader:
+        return NotLeader(fence.engine_id, fence.epoch, Leases(self, Dialect(POSTGRESQL, self.schema)).why_not(fence))
+
+    def insert_in(self, cur: psycopg.Cursor[Any], events: Sequence[StoredEvent]) -> list[Appended]:
+        """Insert ``events`` at positions drawn from the log's sequence inside the caller's write
+        transaction (``cur`` from ``bounded_write``); ``ConcurrencyConflict`` if a (stream,
+        version) is taken (the caller's transaction then rolls back; readers void its positions
+        after ``gap_timeout``)."""
+        out = []
+        for e in events:
+            try:
+                cur.execute(self._insert_one, (e.originator_id, e.originator_version, e.topic, e.state))
+            except pg_errors.UniqueViolation as error:
+                raise self._conflict(events, error) from error
+            position, recorded_at = cur.fetchone()
+            out.append(Appended(position, recorded_at))
+        return out
+
+    @contextmanager
+    def bounded_write(self) -> Iterator[psycopg.Cursor[Any]]:
+        """One write transaction on this thread's connection, bounded and checked like an append:
+        the whole block and its commit are cancelled after ``append_timeout``; a commit whose wait
+        for the synchronous standbys was cut is confirmed or ``CommitOutcomeUnknown``; a lost
+        connection is ``CommitInterrupted``; other database errors are ``AppendFailed`` (rolled
+        back). Typed errors raised in the block pass through (the transaction rolls back)."""
+        timeout = self.datastore.append_timeout
+        started = time.monotonic()
+        notices = _Notices()
+        try:
+            with self._connection() as conn:
+                conn.add_notice_handler(notices)
+                key = _WATCHDOG.arm(conn, timeout)
+                try:
+                    with conn.transaction():
+                        yield conn.cursor(row_factory=tuple_row)
+                finally:
+                    timed_out = _WATCHDOG.disarm(key)
+                    conn.remove_notice_handler(notices)
+                cut = _replication_cut(notices)
+                if cut is not None:
+                    self._confirm_or_raise(cut, timed_out, timeout - (time.monotonic() - started))
+        except TradestateError:
+            raise
+        except pg_errors.QueryCanceled as e:
+            cut = _replication_cut(notices)
+            if cut is not None:
+                raise self._unknown(cut) from e
+            raise AppendFailed(f"PostgreSQL write cancelled after {timeout:g} s ({' '.join(str(e).split())}); "
+                               "nothing was written") from e
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise CommitInterrupted(f"PostgreSQL write failed ({e}); it may or may not have committed") from e
+        except psycopg.Error as e:
+            raise AppendFailed(f"PostgreSQL write failed, nothing was written: {e}") from e
 
     @staticmethod
     def _unknown(reason: str) -> CommitOutcomeUnknown:

@@ -24,8 +24,10 @@ from eventsourcing.sqlite import (
     SQLiteRecorder,
 )
 
-from ...domain.errors import AppendFailed, ConcurrencyConflict
+from ...domain.errors import AppendFailed, ConcurrencyConflict, NotLeader, TradestateError
 from .base import Appended, EventLog, RecordedEvent, Row
+from .lease import LEASE_TABLE, Fence, Leases
+from .sql import SQLITE, Dialect
 
 _fromiso = datetime.fromisoformat
 
@@ -155,13 +157,27 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
         with self.datastore.get_connection(commit=False) as connection:
             connection._sqlite_conn.backup(target)
 
+    @contextmanager
+    def bounded_write(self) -> Iterator[sqlite3.Cursor]:
+        """``transaction(write=True)`` with the append's errors: the wait for the write lock is
+        bounded by the busy timeout; a database error is ``AppendFailed`` (nothing written)."""
+        try:
+            with self.transaction(write=True) as cur:
+                yield cur
+        except TradestateError:
+            raise
+        except (sqlite3.Error, PersistenceError) as e:
+            raise AppendFailed(f"SQLite write failed, nothing was written: {e}") from e
+
     # ---------------------------------------------------------------------------- writing
-    def append(self, events: Sequence[StoredEvent]) -> list[Appended]:
+    def append(self, events: Sequence[StoredEvent], *, fence: Fence | None = None) -> list[Appended]:
         """Append ``events`` in one ``BEGIN IMMEDIATE`` transaction at the next positions, all stamped
         with one store clock read under the write lock (so ``recorded_at`` never decreases along
         positions); returns once committed with ``synchronous=FULL``. Raises ``ConcurrencyConflict``
-        if a (stream, version) is taken and ``AppendFailed`` on any other database error; in both
-        cases nothing is appended. An empty sequence appends nothing and returns ``[]``."""
+        if a (stream, version) is taken, ``NotLeader`` if ``fence`` is given and its epoch is no
+        longer the current, live one of its engine's lease (checked under the same write lock),
+        and ``AppendFailed`` on any other database error; in each case nothing is appended. An
+        empty sequence appends nothing and returns ``[]``."""
         if not events:
             return []
         try:
@@ -169,33 +185,59 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
                 raw: sqlite3.Connection = connection._sqlite_conn
                 try:
                     raw.execute("BEGIN IMMEDIATE")
-                    # The clock is read under the write lock: recorded_at never decreases along
-                    # positions, so "the log as of time T" is a prefix of the log.
-                    recorded_at = datetime.now(timezone.utc)
-                    stamp = recorded_at.isoformat()
-                    head = raw.execute(self._head).fetchone()[0]
-                    raw.executemany(
-                        self._insert,
-                        [
-                            (head + i, e.originator_id, e.originator_version, e.topic, e.state, stamp)
-                            for i, e in enumerate(events, 1)
-                        ],
-                    )
+                    if fence is not None and not self._fence_holds(raw, fence):
+                        raw.execute("ROLLBACK")
+                        raise NotLeader(fence.engine_id, fence.epoch, Leases(self, Dialect(SQLITE)).why_not(fence))
+                    appended = self._insert_rows(raw, events)
                     raw.execute("COMMIT")
                 except BaseException:
                     if raw.in_transaction:
                         raw.execute("ROLLBACK")
                     raise
         except sqlite3.IntegrityError as e:
-            raise ConcurrencyConflict(
-                "another writer already appended to "
-                + ", ".join(sorted({f"{x.originator_id}@{x.originator_version}" for x in events}))
-                + f" ({e})"
-            ) from e
+            raise self._conflict(events, e) from e
         except (sqlite3.Error, PersistenceError) as e:
             # PersistenceError: the pool's own errors (e.g. no connection within its timeout)
             raise AppendFailed(f"SQLite append failed, nothing was appended: {e}") from e
+        return appended
+
+    def insert_in(self, cur: Any, events: Sequence[StoredEvent]) -> list[Appended]:
+        """Insert ``events`` at the next positions inside the caller's write transaction (``cur``
+        from ``transaction(write=True)`` or ``bounded_write``). ``ConcurrencyConflict`` if a
+        (stream, version) is taken (the caller's transaction then rolls back)."""
+        try:
+            return self._insert_rows(cur, events)
+        except sqlite3.IntegrityError as e:
+            raise self._conflict(events, e) from e
+
+    def _insert_rows(self, raw: Any, events: Sequence[StoredEvent]) -> list[Appended]:
+        # The clock is read under the write lock: recorded_at never decreases along positions
+        # (while the host's clock does not step back), so "the log as of time T" is a prefix.
+        recorded_at = datetime.now(timezone.utc)
+        stamp = recorded_at.isoformat()
+        head = raw.execute(self._head).fetchone()[0]
+        raw.executemany(
+            self._insert,
+            [(head + i, e.originator_id, e.originator_version, e.topic, e.state, stamp) for i, e in enumerate(events, 1)],
+        )
         return [Appended(head + i, recorded_at) for i in range(1, len(events) + 1)]
+
+    def _fence_holds(self, raw: Any, fence: Fence) -> bool:
+        try:
+            row = raw.execute(
+                f"SELECT 1 FROM {LEASE_TABLE} WHERE engine_id = ? AND epoch = ? AND released = 0 AND expires_at > ?",
+                (fence.engine_id, fence.epoch, datetime.now(timezone.utc).timestamp())).fetchone()
+        except sqlite3.OperationalError:  # no lease table: no lease was ever taken here
+            return False
+        return row is not None
+
+    @staticmethod
+    def _conflict(events: Sequence[StoredEvent], error: Exception) -> ConcurrencyConflict:
+        return ConcurrencyConflict(
+            "another writer already appended to "
+            + ", ".join(sorted({f"{x.originator_id}@{x.originator_version}" for x in events}))
+            + f" ({error})"
+        )
 
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
@@ -252,3 +294,4 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
     select_events = EventLog.select_events
     select_notifications = EventLog.select_notifications
     subscribe = EventLog.subscribe
+

@@ -1,0 +1,363 @@
+"""Active and standby engines: one writer per engine id, fenced by a lease, and a standby that
+takes over when the active engine stops renewing it.
+
+The lease and the fence live in the store (``adapters.store.lease``): an engine takes the lease of
+its engine id (a new epoch), renews it from a background thread well within its duration, and
+every append its client makes carries the epoch; the store refuses, atomically with the append,
+an epoch that is no longer current or a lease that ran out (``NotLeader``). So an engine that was
+paused or cut off for longer than its lease can never write again, whatever it believes.
+
+A ``Standby`` follows the log (its own fold, caught up every ``poll`` seconds) and watches the
+lease; once it expired (by the store's clock) or was released, the standby records the expiry
+(``LeaseExpired``), takes the lease (``LeaseAcquired``, a new epoch) and runs the crash recovery
+on its warm state: reconcile with the configured brokers before any new intent, resume at the
+reduced ramp level. Orders the dead engine had in flight are resolved by reconciliation; an
+intent re-sent with the same client order id is recognised as already recorded.
+
+``watch_leases`` is the live crash detector for processes that are not standbys (the projector
+follower, ``tradestate serve``): it records the expiry of every lease that ran out, once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4
+
+import orjson
+from prometheus_client import Counter, Gauge
+
+from .adapters.store import Store, open_store
+from .adapters.store.lease import Fence, Lease, Leases
+from .domain import events as ev
+from .domain.errors import AppendFailed, InvalidInput, LeaseHeld, NotLeader, TradestateError
+from .domain.ids import engine_stream_id
+from .writer import build_event, utc_now
+
+DEFAULT_LEASE_SECONDS = 3.0
+LEASE_RENEWALS = Counter("tradestate_lease_renewals_total", "Lease renewals by outcome", ["engine", "outcome"])
+LEASE_EPOCH = Gauge("tradestate_lease_epoch", "The lease epoch this process holds (0: none)", ["engine"])
+LEASE_EXPIRIES = Counter("tradestate_lease_expiries_recorded_total",
+                         "Expired leases this process noticed and recorded (a dead or hung engine)", ["engine"])
+
+
+def holder_name() -> str:
+    """This process as a lease holder: host, pid and a random suffix (a pid is reused)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid4().hex[:6]}"
+
+
+def _payload(event: ev.Event) -> tuple[str, bytes]:
+    return event.type_name(), orjson.dumps(event.to_payload())
+
+
+class EngineLease:
+    """An engine process's hold on the lease of ``engine_id``.
+
+    ``acquire`` takes it (``LeaseHeld`` while another holder renews it) and records
+    ``LeaseAcquired``; ``start`` renews it every ``renew_seconds`` (default: a third of the lease)
+    from a daemon thread; ``release`` hands it back (``LeaseReleased``). A renewal the store refuses
+    (the lease expired or another engine took it) is kept in ``lost`` and renewing stops; the
+    engine's next append is refused by the store anyway (``NotLeader``). A renewal that fails
+    for a database error is retried at the next tick: if the database stays away past the lease,
+    the lease expires and the fence holds."""
+
+    def __init__(self, store: Store, engine_id: str, *, holder: str | None = None,
+                 seconds: float = DEFAULT_LEASE_SECONDS, renew_seconds: float | None = None,
+                 clock: Callable[[], datetime] = utc_now, new_id: Callable[[], UUID] = uuid4):
+        if seconds <= 0:
+            raise InvalidInput("lease_seconds must be positive")
+        renew = seconds / 3 if renew_seconds is None else renew_seconds
+        if not 0 < renew < seconds:
+            raise InvalidInput("the lease must be renewed more often than it lasts (0 < renew_seconds < lease_seconds)")
+        build_event(ev.EngineStarted, event_id=uuid4(), engine_id=engine_id)  # validates the id
+        self.store = store
+        self.engine_id = engine_id
+        self.holder = holder or holder_name()
+        self.seconds = seconds
+        self.renew_seconds = renew
+        self.clock = clock
+        self.new_id = new_id
+        self.leases = Leases.of(store)
+        self.lease: Lease | None = None
+        self.lost: NotLeader | None = None
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def fence(self) -> Fence | None:
+        """What this engine's appends carry (None before ``acquire``)."""
+        return None if self.lease is None else Fence(self.engine_id, self.lease.epoch)
+
+    @property
+    def stream(self) -> str:
+        return engine_stream_id(self.engine_id)
+
+    def acquire(self) -> Lease:
+        """Take the lease with a new epoch and record ``LeaseAcquired`` (its ``reason`` says
+        whether the previous holder released it or let it expire: a crash)."""
+
+        def acquired(previous: Lease | None, epoch: int) -> tuple[str, bytes]:
+            if previous is None:
+                reason = "first"
+            elif previous.holder == self.holder:
+                reason = "reacquired"
+            else:
+                reason = "released" if previous.released else "expired"
+            return _payload(build_event(
+                ev.LeaseAcquired, event_id=self.new_id(), occurred_at=self.clock(), engine_id=self.engine_id,
+                epoch=epoch, holder=self.holder, reason=reason, lease_seconds=Decimal(str(self.seconds)),
+                previous_holder=previous.holder if previous else "", previous_epoch=previous.epoch if previous else 0))
+
+        self.lease = self.leases.acquire(self.engine_id, self.holder, self.seconds, stream=self.stream, event=acquired)
+        self.lost = None
+        LEASE_EPOCH.labels(self.engine_id).set(self.lease.epoch)
+        return self.lease
+
+    def renew(self) -> Lease:
+        """Renew once (``NotLeader`` if the store no longer lets this epoch hold it)."""
+        fence = self.fence
+        if fence is None:
+            raise NotLeader(self.engine_id, 0, "the lease was never taken by this process")
+        try:
+            self.lease = self.leases.renew(fence, self.seconds)
+        except NotLeader as e:
+            self.lost = e
+            LEASE_RENEWALS.labels(self.engine_id, "refused").inc()
+            LEASE_EPOCH.labels(self.engine_id).set(0)
+            raise
+        LEASE_RENEWALS.labels(self.engine_id, "ok").inc()
+        return self.lease
+
+    def start(self) -> None:
+        """Renew from a daemon thread until ``stop``/``release`` or a refusal."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"tradestate-lease-{self.engine_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.renew_seconds):
+            try:
+                self.renew()
+                self.last_error = None
+            except NotLeader:
+                return
+            except Exception as e:  # noqa: BLE001 - the database is away: try again next tick
+                self.last_error = f"{type(e).__name__}: {e}"
+                LEASE_RENEWALS.labels(self.engine_id, "failed").inc()
+        self.store.trading.release_connection()
+
+    def stop(self) -> None:
+        """Stop renewing (the lease then expires: what a crash looks like, for tests and drills)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.renew_seconds + 5)
+
+    def release(self, reason: str = "clean stop") -> bool:
+        """Stop renewing and hand the lease back, recording ``LeaseReleased``; False if this epoch
+        no longer held it."""
+        self.stop()
+        fence = self.fence
+        if fence is None:
+            return False
+
+        def released(lease: Lease | None, epoch: int) -> tuple[str, bytes]:
+            return _payload(build_event(ev.LeaseReleased, event_id=self.new_id(), occurred_at=self.clock(),
+                                        engine_id=self.engine_id, epoch=epoch, holder=self.holder, reason=reason))
+
+        done = self.leases.release(fence, stream=self.stream, event=released)
+        LEASE_EPOCH.labels(self.engine_id).set(0)
+        return done
+
+
+def record_expiry(store: Store, lease: Lease, *, detected_by: str, clock: Callable[[], datetime] = utc_now,
+                  new_id: Callable[[], UUID] = uuid4) -> Lease | None:
+    """Record ``LeaseExpired`` for ``lease``'s engine if its lease ran out and no one recorded it yet
+    (the lease as it is then); None: nothing to record."""
+
+    def expired(current: Lease | None, epoch: int) -> tuple[str, bytes]:
+        assert current is not None
+        return _payload(build_event(
+            ev.LeaseExpired, event_id=new_id(), occurred_at=clock(), engine_id=current.engine_id, epoch=epoch,
+            holder=current.holder, renewed_at=current.renewed_at, expired_at=current.expires_at,
+            detected_by=detected_by[:200]))
+
+    recorded = Leases.of(store).record_expiry(lease.engine_id, stream=engine_stream_id(lease.engine_id), event=expired)
+    if recorded is not None:
+        LEASE_EXPIRIES.labels(lease.engine_id).inc()
+    return recorded
+
+
+def watch_leases(store: Store, *, detected_by: str, clock: Callable[[], datetime] = utc_now) -> list[Lease]:
+    """The live crash detector: record ``LeaseExpired`` for every engine whose lease ran out
+    unrecorded (dead or hung); returns the leases it recorded. Cheap when nothing expired (one
+    read of the lease table); safe to call from many processes (each expiry is recorded once)."""
+    recorded = []
+    for lease in Leases.of(store).all():
+        if lease.state == "expired" and not lease.expiry_recorded:
+            done = record_expiry(store, lease, detected_by=detected_by, clock=clock)
+            if done is not None:
+                recorded.append(done)
+    return recorded
+
+
+def engines(store: Store) -> list[dict[str, Any]]:
+    """Every engine the log or the lease table knows: its lease (holder, epoch, renewal age,
+    expiry) and its state: ``active`` (lease live), ``dead`` (lease expired: crashed, hung or cut
+    off), ``stopped`` (released, or a clean stop without a lease), ``standby-less``... see
+    ``engine_state``. For ``tradestate engines`` and the HTTP API."""
+    from .loading import load_state  # noqa: PLC0415 - only the operator view folds
+
+    leases = {lease.engine_id: lease for lease in Leases.of(store).all()}
+    state = load_state(store).state
+    names = sorted(set(leases) | set(state.engines))
+    out = []
+    for name in names:
+        lease = leases.get(name)
+        folded = state.engines.get(name, {})
+        out.append({
+            "engine_id": name,
+            "state": engine_state(lease, folded),
+            "holder": lease.holder if lease else folded.get("holder", ""),
+            "epoch": lease.epoch if lease else folded.get("epoch", 0),
+            "lease": lease.state if lease else "none",
+            "renewal_age_seconds": round(lease.renewal_age, 3) if lease else None,
+            "expires_in_seconds": round(lease.expires_in, 3) if lease else None,
+            "expiry_recorded": lease.expiry_recorded if lease else None,
+            "running": bool(folded.get("running")),
+            "last_recovery_position": (folded.get("last_recovery") or {}).get("position"),
+        })
+    return out
+
+
+def engine_state(lease: Lease | None, folded: dict[str, Any]) -> str:
+    """``active`` (lease live), ``dead`` (lease expired: not renewed), ``stopped`` (lease released,
+    or no lease and a clean stop on record), ``running`` (no lease: started, no stop on record),
+    ``unknown``."""
+    if lease is not None and lease.epoch > 0:
+        return {"active": "active", "expired": "dead", "released": "stopped"}[lease.state]
+    if folded.get("running"):
+        return "running"
+    if "stopped_at" in folded:
+        return "stopped"
+    return "unknown"
+
+
+@dataclass
+class Takeover:
+    """What a standby's takeover did: the client (fenced with the new epoch), the recovery report,
+    and how long it took from noticing the expired lease to ready."""
+
+    client: Any
+    report: Any
+    lease: Lease
+    previous: Lease | None
+    seconds: float  # from noticing the lease was free to a recovered, ready client
+    waited: float  # from the standby's start (or ``wait``) to noticing
+
+
+class Standby:
+    """A warm standby of engine ``engine_id``: follows the log and takes over when the active
+    engine's lease expires or is released (see the module docstring).
+
+    ``wait(timeout)`` blocks until it has taken over (or ``timeout`` passes: ``None`` is
+    returned) and returns a ``Takeover`` whose client is the new active engine: fenced with the new
+    epoch, recovered (reconciled with ``adapters``, ramp as after a crash), its lease renewed in
+    the background. ``poll``: seconds between looks at the lease and the log's tail."""
+
+    def __init__(self, url: str | Store | None, engine_id: str, *, adapters: Sequence[Any] = (),
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS, renew_seconds: float | None = None,
+                 poll: float = 0.1, holder: str | None = None, strict: bool = False, verify: str = "tail",
+                 exchange_tz: str = "America/New_York", **client_options: Any):
+        from .client import TradestateClient  # noqa: PLC0415 - the client imports this module
+
+        self.store = url if isinstance(url, Store) else open_store(url)
+        self.engine_id = engine_id
+        self.adapters = list(adapters)
+        self.poll = poll
+        self.strict = strict
+        self.verify = verify
+        self.exchange_tz = exchange_tz
+        self.client_options = client_options
+        self.lease = EngineLease(self.store, engine_id, holder=holder, seconds=lease_seconds,
+                                 renew_seconds=renew_seconds)
+        self.leases = self.lease.leases
+        # The warm state: never written through (its appends would carry no fence).
+        self.follower = TradestateClient(self.store, exchange_tz=exchange_tz, clock_skew_threshold=None,
+                                         **client_options)
+        self.started = time.monotonic()
+
+    @property
+    def holder(self) -> str:
+        return self.lease.holder
+
+    def free(self) -> Lease | None | bool:
+        """The current lease if it can be taken now (expired, released or never held), else False."""
+        lease = self.leases.get(self.engine_id)
+        if lease is None or not lease.live:
+            return lease
+        return False
+
+    def wait(self, timeout: float | None = None) -> Takeover | None:
+        """Follow the log and the lease until the lease can be taken, then take over (see class)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        while True:
+            try:
+                self.follower.catch_up()
+                found = self.free()
+            except TradestateError:
+                raise
+            except Exception:  # noqa: BLE001 - the database is away: keep following
+                found = False
+            if found is not False:
+                try:
+                    return self.take_over(found, waited=time.monotonic() - started)
+                except LeaseHeld:
+                    pass  # another standby was faster, or the engine came back: follow on
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(self.poll)
+
+    def take_over(self, previous: Lease | None, *, waited: float = 0.0) -> Takeover:
+        """Record the expiry (if it is one), take the lease, recover on the warm state."""
+        from .recovery import recover  # noqa: PLC0415
+
+        noticed = time.monotonic()
+        if previous is not None and previous.state == "expired":
+            record_expiry(self.store, previous, detected_by=f"standby {self.holder}")
+        lease = self.lease.acquire()
+        try:
+            self.lease.start()
+            report, client = recover(
+                self.store, engine_id=self.engine_id, strict=self.strict, adapters=self.adapters, verify=self.verify,
+                exchange_tz=self.exchange_tz, initial_state=self.follower.state, lease=self.lease,
+                clock=self.client_options.get("clock"),
+                client_options={k: v for k, v in self.client_options.items() if k not in ("clock", "clock_guard")})
+        except BaseException:
+            self.lease.stop()
+            raise
+        return Takeover(client, report, lease, previous, time.monotonic() - noticed, waited)
+
+    def close(self) -> None:
+        self.lease.stop()
+        self.store.close()
+
+
+def standby(url: str | Store | None, engine_id: str, **options: Any) -> Standby:
+    """A ``Standby`` of ``engine_id`` on the database at ``url`` (see ``Standby`` for ``options``)."""
+    return Standby(url, engine_id, **options)
+
+
+__all__ = ["DEFAULT_LEASE_SECONDS", "EngineLease", "Standby", "Takeover", "engine_state",
+           "engines", "holder_name", "record_expiry", "standby", "watch_leases"]
