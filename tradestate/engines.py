@@ -94,7 +94,7 @@ class EngineLease:
     @property
     def fence(self) -> Fence | None:
         """What this engine's appends carry (None before ``acquire``)."""
-        return None if self.lease is None else Fence(self.engine_id, self.lease.epoch)
+        return None if self.lease is None else Fence(self.engine_id, self.lease.epoch, self.holder)
 
     @property
     def stream(self) -> str:

@@ -42,10 +42,13 @@ LEASE_TABLE = "ts_leases"
 
 @dataclass(frozen=True)
 class Fence:
-    """What a fenced append carries: the engine id and the epoch its writer holds."""
+    """What a fenced append carries: the engine id, the epoch its writer holds, and the holder
+    that took it. The holder is checked too: after an asynchronous failover lost a takeover, the
+    new primary may hand the same epoch number to another holder; the old one stays refused."""
 
     engine_id: str
     epoch: int
+    holder: str
 
 
 @dataclass(frozen=True)
@@ -224,9 +227,10 @@ class Leases:
             now = self._now(cur)
             cur.execute(
                 f"UPDATE {self.table} SET renewed_at = {p}, expires_at = {p}"
-                f" WHERE engine_id = {p} AND epoch = {p} AND released = {self._false} AND expires_at > {p}",
+                f" WHERE engine_id = {p} AND epoch = {p} AND holder = {p} AND released = {self._false}"
+                f" AND expires_at > {p}",
                 (self._time(now), self._time(now + timedelta(seconds=seconds)), fence.engine_id, fence.epoch,
-                 self._time(now)))
+                 fence.holder, self._time(now)))
             renewed = cur.rowcount == 1
         if not renewed:
             raise NotLeader(fence.engine_id, fence.epoch, self.why_not(fence))
@@ -248,7 +252,7 @@ class Leases:
                         return False
                     now = self._now(cur)
                     lease = self._lease(row, now)
-                    if lease.epoch != fence.epoch or lease.released:
+                    if lease.epoch != fence.epoch or lease.holder != fence.holder or lease.released:
                         return False
                     cur.execute(f"UPDATE {self.table} SET released = {self._true}, expires_at = {p}"
                                 f" WHERE engine_id = {p}", (self._time(now), fence.engine_id))
@@ -289,7 +293,7 @@ class Leases:
             return f"the lease could not be read ({type(e).__name__})"
         if lease is None or lease.epoch == 0:
             return "no lease was ever taken for it"
-        if lease.epoch != fence.epoch:
+        if lease.epoch != fence.epoch or lease.holder != fence.holder:
             return f"epoch {lease.epoch} is current, held by {lease.holder!r}"
         if lease.released:
             return "its lease was released"

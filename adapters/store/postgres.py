@@ -372,7 +372,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         # (FOR UPDATE) either waits for it or, committed first, makes it insert nothing (the
         # condition is re-checked on the new row). clock_timestamp(): expiry as of the check.
         leases = SQL("{}.{}").format(schema, Identifier(LEASE_TABLE))
-        fence = SQL(" FROM {} WHERE engine_id = %s AND epoch = %s AND NOT released"
+        fence = SQL(" FROM {} WHERE engine_id = %s AND epoch = %s AND holder = %s AND NOT released"
                     " AND expires_at > clock_timestamp() FOR SHARE").format(leases)
         self._insert_one_fenced = SQL(
             "INSERT INTO {} (position, stream_id, stream_version, type, data)"
@@ -574,7 +574,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                                 prepare=True)
                 else:
                     cur.execute(self._insert_one_fenced, (e.originator_id, e.originator_version, e.topic, e.state,
-                                                          fence.engine_id, fence.epoch), prepare=True)
+                                                          fence.engine_id, fence.epoch, fence.holder), prepare=True)
             except pg_errors.UniqueViolation as error:
                 # Our position is this session's last sequence value: give it up now so
                 # readers are not held back by the hole.
@@ -600,7 +600,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         else:
             with conn.transaction():
                 try:
-                    held = cur.execute(self._fence_check, (fence.engine_id, fence.epoch)).fetchone()
+                    held = cur.execute(self._fence_check, (fence.engine_id, fence.epoch, fence.holder)).fetchone()
                 except pg_errors.UndefinedTable as error:
                     raise NotLeader(fence.engine_id, fence.epoch, "no lease was ever taken for it") from error
                 if held is None:

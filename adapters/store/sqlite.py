@@ -225,8 +225,9 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
     def _fence_holds(self, raw: Any, fence: Fence) -> bool:
         try:
             row = raw.execute(
-                f"SELECT 1 FROM {LEASE_TABLE} WHERE engine_id = ? AND epoch = ? AND released = 0 AND expires_at > ?",
-                (fence.engine_id, fence.epoch, datetime.now(timezone.utc).timestamp())).fetchone()
+                f"SELECT 1 FROM {LEASE_TABLE} WHERE engine_id = ? AND epoch = ? AND holder = ? AND released = 0"
+                " AND expires_at > ?",
+                (fence.engine_id, fence.epoch, fence.holder, datetime.now(timezone.utc).timestamp())).fetchone()
         except sqlite3.OperationalError:  # no lease table: no lease was ever taken here
             return False
         return row is not None

@@ -33,7 +33,7 @@ def test_the_first_acquire_records_epoch_1_and_fenced_appends_land(store):
     leases = Leases.of(store)
     lease = _acquire(leases, "a")
     assert (lease.epoch, lease.holder, lease.state) == (1, "a", "active")
-    (appended,) = _append(store, "s", 1, Fence("e1", 1))
+    (appended,) = _append(store, "s", 1, Fence("e1", 1, "a"))
     rows = store.trading.read_stream("engine-e1")
     assert [r.topic for r in rows] == ["LeaseAcquired"]
     assert orjson.loads(rows[0].state) == {"epoch": 1, "previous": None}
@@ -57,14 +57,14 @@ def test_a_deposed_epoch_cannot_append_once_another_holder_took_over(store):
     assert lease.epoch == 2
     head = store.trading.head()
     with pytest.raises(NotLeader) as refused:
-        _append(store, "s", 1, Fence("e1", 1))
+        _append(store, "s", 1, Fence("e1", 1, "a"))
     assert "epoch 2 is current, held by 'b'" in str(refused.value)
     # Nothing was appended: on PostgreSQL a drawn position is voided, never a half-written row.
     assert [r[3] for r in store.trading.iter_rows(head)] in ([], ["$void"])
     assert store.trading.read_stream("s") == []
-    _append(store, "s", 1, Fence("e1", 2))
+    _append(store, "s", 1, Fence("e1", 2, "b"))
     with pytest.raises(NotLeader):  # the refusal is not a one-off: that epoch stays deposed
-        _append(store, "s", 2, Fence("e1", 1))
+        _append(store, "s", 2, Fence("e1", 1, "a"))
 
 
 def test_an_expired_lease_refuses_appends_and_renewals_even_when_no_one_took_over(store):
@@ -72,20 +72,20 @@ def test_an_expired_lease_refuses_appends_and_renewals_even_when_no_one_took_ove
     _acquire(leases, "a", seconds=0.3)
     time.sleep(0.4)
     with pytest.raises(NotLeader, match="expired"):
-        _append(store, "s", 1, Fence("e1", 1))
+        _append(store, "s", 1, Fence("e1", 1, "a"))
     with pytest.raises(NotLeader, match="expired"):
-        leases.renew(Fence("e1", 1), 5.0)
+        leases.renew(Fence("e1", 1, "a"), 5.0)
 
 
 def test_several_events_are_fenced_as_one_transaction(store):
     leases = Leases.of(store)
     _acquire(leases, "a", seconds=0.3)
     batch = [new_event("s", v, "Note", b"{}") for v in (1, 2, 3)]
-    assert len(store.trading.append(batch, fence=Fence("e1", 1))) == 3
+    assert len(store.trading.append(batch, fence=Fence("e1", 1, "a"))) == 3
     time.sleep(0.4)
     _acquire(leases, "b")
     with pytest.raises(NotLeader):
-        store.trading.append([new_event("s", v, "Note", b"{}") for v in (4, 5)], fence=Fence("e1", 1))
+        store.trading.append([new_event("s", v, "Note", b"{}") for v in (4, 5)], fence=Fence("e1", 1, "a"))
     assert [r.originator_version for r in store.trading.read_stream("s")] == [1, 2, 3]
 
 
@@ -94,8 +94,8 @@ def test_renewal_keeps_a_lease_alive_past_its_duration(store):
     _acquire(leases, "a", seconds=0.5)
     for _ in range(4):
         time.sleep(0.2)
-        leases.renew(Fence("e1", 1), 0.5)
-    _append(store, "s", 1, Fence("e1", 1))
+        leases.renew(Fence("e1", 1, "a"), 0.5)
+    _append(store, "s", 1, Fence("e1", 1, "a"))
     with pytest.raises(LeaseHeld):
         _acquire(leases, "b")
 
@@ -103,8 +103,8 @@ def test_renewal_keeps_a_lease_alive_past_its_duration(store):
 def test_release_hands_over_at_once_and_is_an_event(store):
     leases = Leases.of(store)
     _acquire(leases, "a", seconds=60)
-    assert leases.release(Fence("e1", 1), stream="engine-e1", event=_event("LeaseReleased"))
-    assert not leases.release(Fence("e1", 1), stream="engine-e1", event=_event("LeaseReleased"))  # once
+    assert leases.release(Fence("e1", 1, "a"), stream="engine-e1", event=_event("LeaseReleased"))
+    assert not leases.release(Fence("e1", 1, "a"), stream="engine-e1", event=_event("LeaseReleased"))  # once
     lease = _acquire(leases, "b")
     assert lease.epoch == 2
     topics = [r.topic for r in store.trading.read_stream("engine-e1")]
@@ -148,7 +148,7 @@ def test_racing_acquirers_of_a_new_engine_get_distinct_epochs_and_one_wins(db_ur
 
 def test_no_lease_table_means_no_fenced_append(store):
     with pytest.raises(NotLeader, match="no lease was ever taken"):
-        _append(store, "s", 1, Fence("e1", 1))
+        _append(store, "s", 1, Fence("e1", 1, "a"))
     assert Leases.of(store).all() == [] and Leases.of(store).get("e1") is None
 
 
@@ -165,7 +165,7 @@ def test_postgres_a_fenced_append_racing_a_takeover_is_refused_when_the_takeover
         takeover.execute("BEGIN")
         takeover.execute(f"SELECT epoch FROM {table} WHERE engine_id = 'e1' FOR UPDATE")
         outcome: list[object] = []
-        appender = threading.Thread(target=lambda: outcome.append(_try(lambda: _append(store, "s", 1, Fence("e1", 1)))))
+        appender = threading.Thread(target=lambda: outcome.append(_try(lambda: _append(store, "s", 1, Fence("e1", 1, "a")))))
         appender.start()
         time.sleep(0.3)
         assert appender.is_alive(), "the fenced append must wait for the takeover holding the lease row"
@@ -210,3 +210,15 @@ def _conninfo(url: str) -> str:
     from tradestate.adapters.store.sql import PgUrl
 
     return PgUrl.parse(url).conninfo()
+
+
+def test_the_same_epoch_number_under_another_holder_is_refused(store):
+    """After an asynchronous failover lost a takeover, the new primary can hand the same epoch
+    number to someone else: the holder is part of the fence, so the lost holder stays refused."""
+    leases = Leases.of(store)
+    _acquire(leases, "a")
+    with pytest.raises(NotLeader, match="held by 'a'"):
+        _append(store, "s", 1, Fence("e1", 1, "ghost"))
+    with pytest.raises(NotLeader):
+        leases.renew(Fence("e1", 1, "ghost"), 5.0)
+    assert not leases.release(Fence("e1", 1, "ghost"), stream="engine-e1", event=_event("LeaseReleased"))
