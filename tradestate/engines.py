@@ -273,7 +273,10 @@ class Standby:
     ``wait(timeout)`` blocks until it has taken over (or ``timeout`` passes: ``None`` is
     returned) and returns a ``Takeover`` whose client is the new active engine: fenced with the new
     epoch, recovered (reconciled with ``adapters``, ramp as after a crash), its lease renewed in
-    the background. ``poll``: seconds between looks at the lease and the log's tail."""
+    the background. Check ``takeover.report.ready`` before trading: a venue that could not be
+    queried leaves the recovery not ready, as after any crash. ``poll``: seconds between looks
+    at the lease and the log's tail. ``follower`` is the warm state's client: it answers queries
+    but cannot write (its appends are refused: ``NotLeader``)."""
 
     def __init__(self, url: str | Store | None, engine_id: str, *, adapters: Sequence[Any] = (),
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, renew_seconds: float | None = None,
@@ -292,9 +295,10 @@ class Standby:
         self.lease = EngineLease(self.store, engine_id, holder=holder, seconds=lease_seconds,
                                  renew_seconds=renew_seconds)
         self.leases = self.lease.leases
-        # The warm state: never written through (its appends would carry no fence).
+        # The warm state. It never writes: its fence (epoch 0) is refused by the store.
         self.follower = TradestateClient(self.store, exchange_tz=exchange_tz, clock_skew_threshold=None,
                                          **client_options)
+        self.follower.writer.fence = Fence(engine_id, 0, self.lease.holder)
         self.started = time.monotonic()
 
     @property

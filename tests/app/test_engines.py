@@ -106,3 +106,18 @@ def test_bad_lease_settings_are_refused_before_anything_is_written(sqlite_url):
         tradestate.connect(sqlite_url, engine_id="x" * 65)  # longer than an identifier
     with open_store(sqlite_url) as store:
         assert store.trading.head() == 0
+
+
+def test_the_standby_follows_but_cannot_write(db_url):
+    active = tradestate.connect(db_url, engine_id="e1", lease_seconds=30, venue="sim")
+    standby = Standby(db_url, "e1", lease_seconds=30, venue="sim")
+    try:
+        assert _intent(active, "o1").accepted
+        assert standby.wait(timeout=0.2) is None
+        assert standby.follower.order("acct", "o1")["client_order_id"] == "o1"  # it follows the log
+        with pytest.raises(tradestate.NotLeader):
+            _intent(standby.follower, "o2")
+        assert _intent(active, "o2").accepted  # the refusal cost the active engine nothing
+    finally:
+        active.close()
+        standby.close()
