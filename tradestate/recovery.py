@@ -111,6 +111,33 @@ def detect(store: Store, engine_id: str) -> tuple[bool, str]:
     return False, f"no start of engine {engine_id!r} on record"
 
 
+def engine_ids(store: Store) -> list[str]:
+    """Every engine id with a stream in the log (an index range read of the ``engine-`` streams)."""
+    from .adapters.store.sql import read_cursor
+
+    prefix = engine_stream_id("")
+    p = store.dialect.param
+    with read_cursor(store) as cur:
+        # [prefix, prefix with its last character + 1): an index range over the stream ids
+        cur.execute(f"SELECT DISTINCT stream_id FROM {store.dialect.name(store.trading.table)}"
+                    f" WHERE stream_id >= {p} AND stream_id < {p} ORDER BY stream_id",
+                    (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
+        return [row[0][len(prefix):] for row in cur.fetchall()]
+
+
+def detect_all(store: Store) -> tuple[list[str], str]:
+    """(the engines that crashed, why): ``detect`` for every engine in the log."""
+    crashed, lines = [], []
+    for engine in engine_ids(store):
+        did, why = detect(store, engine)
+        lines.append(why)
+        if did:
+            crashed.append(engine)
+    if not lines:
+        return [], "no engine start on record"
+    return crashed, "; ".join(lines)
+
+
 def _still_lost(store: Store, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The events (position, stream_id, version, type, event_id) that the log does not hold:
     no event with that id at that version of that stream."""
@@ -295,7 +322,7 @@ def _health(store: Store, state: TradingState, head: int, now: datetime) -> tupl
 def recover(
     store: Store,
     *,
-    engine_id: str = "engine",
+    engine_id: str | None = "engine",
     strict: bool = False,
     adapters: Sequence[Any] = (),
     verify: str = "tail",  # tail | full | none
@@ -314,6 +341,8 @@ def recover(
     loaded, only the tail after it is folded. ``lease`` (``engines.EngineLease``, taken): the
     recovered client is the active engine, every append fenced with the lease's epoch.
     ``client_options``: more ``TradestateClient`` options for that client (``venue``...).
+    ``engine_id`` None: every engine in the log is checked; the run counts as after a crash if
+    any of them crashed, and the report is recorded on each crashed engine's stream.
     ``rewound``: the ``LogRewound`` a client raised (or its attributes as a dict): the report's
     ``rewind`` step and ``lost`` say which acknowledged events the log no longer holds."""
     from .client import TradestateClient
@@ -325,11 +354,18 @@ def recover(
     guard = clock is None  # the wall clock: time for decisions never runs backwards
     clock = clock or (lambda: datetime.now(timezone.utc))
     total = _Timer()
-    report = RecoveryReport(engine_id=engine_id, strict=strict)
+    report = RecoveryReport(engine_id=engine_id or "engine", strict=strict)
 
     # 1. detect
     timer = _Timer()
-    report.crashed, detail = detect(store, engine_id)
+    if engine_id is None:
+        crashed_engines, detail = detect_all(store)
+        report.crashed = bool(crashed_engines)
+        if crashed_engines:
+            report.engine_id = ",".join(crashed_engines)
+    else:
+        crashed_engines = []
+        report.crashed, detail = detect(store, engine_id)
     report.head = store.trading.head()
     report.steps.append(Step("detect", "warn" if report.crashed else "ok", timer.seconds, detail,
                              {"head": report.head}))
@@ -422,13 +458,14 @@ def recover(
         resumed = []
         if report.ready and level is not None:
             for account in sorted(client.state.accounts):
-                client.resume_trading(account, level, reason=f"recovery of engine {engine_id}")
+                client.resume_trading(account, level, reason=f"recovery of engine {report.engine_id}")
                 resumed.append(account)
         steps = [asdict(s) for s in report.steps]
-        recorded = client.record_recovery(
-            engine_id, ready=report.ready, steps=steps, strict=strict, crashed=report.crashed,
-            checkpoint_position=report.checkpoint_position, head=report.head, replayed=report.replayed,
-            discrepancies=report.discrepancies, corrective_events=report.corrective_events)
+        for engine in crashed_engines or [engine_id or "engine"]:
+            recorded = client.record_recovery(
+                engine, ready=report.ready, steps=steps, strict=strict, crashed=report.crashed,
+                checkpoint_position=report.checkpoint_position, head=report.head, replayed=report.replayed,
+                discrepancies=report.discrepancies, corrective_events=report.corrective_events)
         report.recorded_position = recorded.position
         detail = f"report recorded at position {recorded.position}"
         if resumed:
@@ -440,4 +477,4 @@ def recover(
     return report, client
 
 
-__all__ = ["RecoveryReport", "Step", "check_rewind", "detect", "recover"]
+__all__ = ["RecoveryReport", "Step", "check_rewind", "detect", "detect_all", "engine_ids", "recover"]

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     venue: str | None = Field(None, description="The venue our orders carry (overrides the broker's own).")
     strict: bool = Field(False, description="Any discrepancy blocks trading until `reconcile --ack`.")
     since: str | None = Field(None, description="Reconcile only orders and fills since this ISO-8601 time.")
-    engine_id: str = Field("engine", description="The engine whose stop recovery checks.")
+    engine_id: str | None = Field(None, description="The engine whose stop recovery checks (default: every "
+                                  "engine in the log).")
     ramp: int | None = Field(None, description="Resume at 50, 75 or 100 % of the limits.")
     # the HTTP API
     api_host: str = Field("127.0.0.1", description="Address `serve` binds.")

@@ -261,3 +261,25 @@ def test_recover_from_a_script_without_a_main_guard_verifies_in_a_worker(sqlite_
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("True") and "worker process" in done.stdout, done.stdout
+
+
+def test_recover_without_an_engine_id_finds_a_crash_under_any_engine(db_url):
+    """An engine that crashed under its own id is not a clean stop because the command was run
+    without --engine-id: every engine in the log is checked, the crashed one's run is closed
+    with the report, and trading resumes at the reduced ramp."""
+    with tradestate.connect(db_url, clock=Clock()) as client:
+        client.engine_started("alpha")
+        client.engine_stopped("alpha")
+        client.engine_started("beta")  # never stops: crashed
+        client.set_risk_limit("acct", "max_order_qty", "10")
+    run = cli("recover", "--db", db_url, "--json")
+    report = json.loads(run.stdout)
+    assert report["crashed"] and report["engine_id"] == "beta", run.stdout + run.stderr
+    assert "'alpha' stopped cleanly" in report["steps"][0]["detail"]
+    with open_store(db_url) as store:
+        assert detect(store, "beta")[0] is False  # closed by the recorded report
+        assert [e.topic for e in store.trading.read_stream("engine-alpha")] == ["EngineStarted", "EngineStopped"]
+    with tradestate.connect(db_url, clock=Clock()) as client:
+        assert client.risk_state("acct")["ramp_pct"] == 50
+    again = json.loads(cli("recover", "--db", db_url, "--json").stdout)
+    assert not again["crashed"]

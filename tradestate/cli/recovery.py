@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
     def recover(
         db: DbOption = None,
         engine_id: Annotated[Optional[str], typer.Option("--engine-id", help="The engine whose stop is checked "
-                                                         "(default: $TRADESTATE_ENGINE_ID, else engine).")] = None,
+                                                         "(default: $TRADESTATE_ENGINE_ID, else every engine in "
+                                                         "the log).")] = None,
         strict: StrictOption = None,
         broker: BrokerOption = None,
         account: AccountOption = None,
