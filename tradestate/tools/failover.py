@@ -261,22 +261,30 @@ class PatroniCluster:
     diverged)."""
 
     MANAGER_BINARIES = ("patroni", "etcd")
+    LOOP_WAIT = 1  # seconds between Patroni's runs of its loop (a replica looks at the leader key this often)
 
     def __init__(self, nodes: int = 3, *, bindir: str = DEFAULT_BINDIR, workdir: str | None = None,
                  ttl: int = 10):
-        missing = [b for b in self.MANAGER_BINARIES if shutil.which(b) is None]
-        if missing:
-            raise ClusterError(f"{', '.join(missing)} not found (apt-get install patroni etcd-server)")
+        problem = self.problem()
+        if problem:
+            raise ClusterError(problem)
         # never started: the directory, the binaries, running them as postgres
         self.pg = PgCluster(standbys=0, synchronous=False, bin_dir=bindir, base_dir=workdir,
                             prefix="tradestate-failover-")
         self.dir = self.pg.base
         self.ttl = ttl
+        self.detection_s = float(ttl + self.LOOP_WAIT)  # the leader key expires, then a replica's next loop sees it
         self.names = [f"n{i + 1}" for i in range(nodes)]
         self.ports = {name: (free_port(), free_port()) for name in self.names}  # (postgres, REST API)
         self.etcd_ports = (free_port(), free_port())
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.asynchronous = False
+
+    @classmethod
+    def problem(cls) -> str | None:
+        """Why Patroni clusters cannot run here (None: they can)."""
+        missing = [b for b in cls.MANAGER_BINARIES if shutil.which(b) is None]
+        return f"{', '.join(missing)} not found (apt-get install patroni etcd-server)" if missing else None
 
     def _spawn(self, key: str, cmd: list[str]) -> None:
         kwargs: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_groups": []} \
@@ -292,7 +300,7 @@ class PatroniCluster:
             "restapi": {"listen": f"127.0.0.1:{api_port}", "connect_address": f"127.0.0.1:{api_port}"},
             "etcd3": {"hosts": f"127.0.0.1:{self.etcd_ports[0]}"},
             "bootstrap": {
-                "dcs": {"ttl": self.ttl, "loop_wait": 1, "retry_timeout": max(2, (self.ttl - 1) // 2),
+                "dcs": {"ttl": self.ttl, "loop_wait": self.LOOP_WAIT, "retry_timeout": max(2, (self.ttl - 1) // 2),
                         "synchronous_mode": not self.asynchronous, "maximum_lag_on_failover": 1 << 30,
                         "postgresql": {"use_pg_rewind": False, "parameters": {
                             "wal_level": "replica", "hot_standby": "on", "max_wal_senders": 8,
@@ -467,6 +475,7 @@ class FailoverReport:
     seed: int
     rounds_asked: int
     manager: str = "pg_ctl"  # what promoted the standby: pg_ctl (the harness) or patroni
+    detection_s: float = 0.0  # the manager's worst time to notice the dead primary (pg_ctl: 0, it is told)
     rounds: list[FailoverRound] = field(default_factory=list)
     acknowledged: int = 0  # calls the engine saw acknowledged
     stored: int = 0  # ... whose event is in the log after the last failover
@@ -639,6 +648,7 @@ def run_failover(
     cluster: Cluster | PatroniCluster = (Cluster(2, bindir=bindir, workdir=workdir) if manager == "pg_ctl" else
                                          PatroniCluster(3, bindir=bindir, workdir=workdir))
     report.manager = manager
+    report.detection_s = getattr(cluster, "detection_s", 0.0)
     proc: subprocess.Popen[bytes] | None = None
     acks = cluster.dir / "engine-acks.jsonl"
     kills: list[float] = []  # when each round stopped its primary (monotonic)
