@@ -639,8 +639,8 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
     # ---------------------------------------------------------------------------- reading
     def iter_rows(self, after: int = 0, stop: int | None = None, batch: int = 10_000) -> Iterator[Row]:
         """Rows with ``after < position <= stop`` in position order, stopping before the first hole
-        still in flight (a hole older than ``gap_timeout`` is voided and read past), so a follower
-        never skips an event."""
+        still in flight (a hole nothing can fill any more, or older than ``gap_timeout``, is voided
+        and read past), so a follower never skips an event."""
         with closing(self.iter_pages(after, stop, batch)) as pages:  # closed with us, while the pool is open
             for rows in pages:
                 yield from rows
