@@ -344,7 +344,7 @@ class Writer:
 
     def wait_past_holes(self, budget: float = 3.0) -> None:
         """Catch up; while the fold is held below the head by a hole (an append in flight, or
-        positions a crashed server skipped, voided by readers after ``gap_timeout``), wait up to
+        positions a crashed server skipped, voided by readers once nothing can fill them), wait up to
         ``budget`` seconds for it to clear. Database errors are left to the caller's next read."""
         deadline = time.monotonic() + budget
         try:

@@ -212,6 +212,7 @@ class TestPostgresEventLog(EventLogContract):
 
     def test_pg_reader_stops_at_a_hole_and_voids_it_after_gap_timeout(self, pg_server, log):
         log.gap_timeout = 0.3
+        log.hole_probe_after = None  # the fallback alone: no asking who could still fill the hole
         log.append([ev("a", 1)])
         hole = _take_position(pg_server, _schema(log))
         assert hole == 2
@@ -309,6 +310,48 @@ class TestPostgresEventLog(EventLogContract):
         else:
             assert stored == [(VOID_STREAM, VOID_TYPE)]
             assert seen[1][3] == VOID_TYPE
+        assert_no_holes(log)
+
+
+    def test_pg_a_hole_no_transaction_can_fill_is_voided_long_before_gap_timeout(self, pg_server, log):
+        """A position whose taker is gone (it holds no lock on the sequence any more) is voided at
+        once, not after gap_timeout: the sequence jump after a crash or failover costs ~0.1 s."""
+        log.gap_timeout = 30.0
+        log.append([ev("a", 1)])
+        _take_position(pg_server, _schema(log))  # its transaction ended: nobody can fill position 2
+        log.append([ev("b", 1)])
+        started = time.monotonic()
+        seen = _follow(log, 0, 3, deadline=5.0)
+        assert time.monotonic() - started < 1.0
+        assert positions_of(seen) == [1, 2, 3] and seen[1][3] == VOID_TYPE
+
+    @pytest.mark.parametrize("outcome", ["commit", "rollback"])
+    def test_pg_a_hole_a_live_transaction_holds_is_never_voided_early(self, pg_server, log, outcome):
+        """A transaction that took the position and has not inserted yet (it holds the sequence's
+        lock) keeps the hole open however often readers look; once it commits its row is there,
+        once it rolls back the hole is voided at once."""
+        log.gap_timeout = 30.0
+        schema = _schema(log)
+        log.append([ev("a", 1)])
+        writer = _raw(pg_server, autocommit=False)
+        try:
+            (hole,) = writer.execute(f"SELECT nextval('{schema}.ts_events_position_seq')").fetchone()
+            assert hole == 2
+            log.append([ev("c", 1)])
+            until = time.monotonic() + 0.5
+            while time.monotonic() < until:  # many looks, well past hole_probe_after
+                assert positions_of(rows_of(log)) == [1]
+                time.sleep(0.02)
+            writer.execute(f"INSERT INTO {schema}.ts_events (position, stream_id, stream_version, type, data)"
+                           f" VALUES ({hole}, 'real', 1, 'R', '{{}}'::bytea)")
+            writer.commit() if outcome == "commit" else writer.rollback()
+            started = time.monotonic()
+            seen = _follow(log, 0, 3, deadline=5.0)
+            assert time.monotonic() - started < 1.0
+        finally:
+            writer.close()
+        assert positions_of(seen) == [1, 2, 3]
+        assert (seen[1][1], seen[1][3]) == (("real", "R") if outcome == "commit" else (VOID_STREAM, VOID_TYPE))
         assert_no_holes(log)
 
 

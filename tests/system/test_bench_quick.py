@@ -32,6 +32,8 @@ TINY = {
     "replay_events": 3_000,
     "repeats": 1,
     "page": 500,
+    "failover_rounds": 0,  # the failover group has its own test: it starts clusters, seconds per round
+    "patroni_rounds": 0,
 }
 
 
@@ -112,6 +114,32 @@ def test_postgresql_rows(capsys, pg_server):
             for suffix in ("", "_p50", "_p99"):
                 assert (f"sync_standby_append_1w_{level}{suffix}", f"raw_insert_commit_1w_{level}") in got
     assert _bench_schemas(pg_server) <= before  # every schema the run made is dropped
+
+
+@pytest.mark.postgres
+def test_failover_group_reports_unavailability_against_its_target(capsys, pg_server):
+    if pg_cluster.available() is not None:
+        pytest.skip(pg_cluster.available())
+    code = run_bench(quick=True, as_json=True, pg_url=pg_server, only="failover", _backends=("postgresql",),
+                     _sizes={**TINY, "failover_rounds": 1})
+    document = json.loads(capsys.readouterr().out)
+    assert code == 0
+    rows = {r["metric"]: r for r in document["results"]}
+    assert set(rows) == {"failover_pg_ctl_unavailability_p50", "failover_pg_ctl_unavailability_p95"}
+    for row in rows.values():
+        assert row["unit"] == "s" and row["backend"] == "postgresql"
+        assert row["baseline"] == "detection_0s_plus_2s" and row["baseline_value"] == 2.0
+        assert 0 < row["value"] < 60 and row["ratio"] == pytest.approx(row["value"] / 2.0)
+    from tradestate.tools.bench import failover
+    from tradestate.tools.bench.common import Result
+
+    (met, line), = failover.targets([Result(**r) for r in document["results"]])
+    assert met == (rows["failover_pg_ctl_unavailability_p95"]["value"] <= 2.0)
+    assert line.startswith("failover_pg_ctl_unavailability_p95: ") and "target <= detection 0 s" in line
+    # a Patroni p95 past detection + 2 s is MISSED
+    (missed, _), = failover.targets([Result("failover_patroni_unavailability_p95", "postgresql", 13.5, "s",
+                                            "detection_11s_plus_2s", 13.0, 13.5 / 13.0)])
+    assert missed is False
 
 
 def _bench_schemas(url: str) -> set[str]:

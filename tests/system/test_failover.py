@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,31 @@ def test_a_patroni_managed_failover_loses_nothing() -> None:
     assert report.acknowledged > 0 and report.stored == report.acknowledged and report.lost == 0
     assert report.duplicates == 0 and report.gaps == 0 and report.rewinds == 0
     assert report.ok
+
+
+def test_after_a_failover_readers_void_the_sequence_jump_at_once() -> None:
+    """The new primary's sequence resumes up to 32 values past the old primary's last position:
+    no transaction on it can fill that hole, so a reader voids it at once, not after gap_timeout."""
+    from tests.support.pg_cluster import started_cluster
+    from tradestate.adapters.store.base import VOID_TYPE
+    from tests.store.store_contract import ev
+
+    for cluster in started_cluster():
+        url = cluster.primary.url(schema="jump")
+        with open_store(url) as store:
+            for i in range(3):
+                store.trading.append([ev(f"s{i}", 1)])
+        new = cluster.failover(keep_synchronous=False)
+        with open_store(new.url(schema="jump")) as store:
+            log = store.trading
+            log.gap_timeout = 30.0
+            (appended,) = log.append([ev("after", 1)])
+            assert appended.position > 4, "no sequence jump: the test shows nothing"
+            deadline = time.monotonic() + 3.0
+            rows: list = []
+            while len(rows) < appended.position and time.monotonic() < deadline:
+                rows += list(log.iter_rows(len(rows)))
+                time.sleep(0.02)
+            assert [r[0] for r in rows] == list(range(1, appended.position + 1)), "the jump held the reader"
+            assert [r[3] for r in rows[3:-1]] == [VOID_TYPE] * (appended.position - 4)
+            assert rows[-1][1] == "after"

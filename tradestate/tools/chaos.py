@@ -20,7 +20,7 @@ after a seeded random 20-300 ms, and then checks:
   payload names, at the next version of that stream; ``$void`` rows are well-formed; an intent and
   its risk decision (one transaction) are both there or both absent;
 * **no gaps**: positions are exactly 1..head (``$void`` allowed; a hole a dead writer left is
-  voided by the reader after ``gap_timeout``, and only then counted);
+  voided by the reader once nothing can fill it, at most ``gap_timeout`` on, and only then counted);
 * **projection at kill**: the killed projector's tracking position is within the log and no table
   row reflects an event beyond it;
 * **projection = fold**: the tables, caught up to the head, equal a one-page rebuild of a

@@ -1,6 +1,6 @@
 """The failover harness: a replicated PostgreSQL pair whose primary dies under engine load, again and again.
 
-The harness starts its own cluster on free loopback ports with the server binaries (``initdb``,
+The harness starts its own cluster on free loopback ports (``tools.pg_cluster``: ``initdb``,
 ``pg_ctl``, ``pg_basebackup``; run as the ``postgres`` OS user when it runs as root): a primary
 and one streaming standby, synchronous (``synchronous_standby_names`` names it) or, with
 ``asynchronous=True``, asynchronous. An engine process records orders (intents, submissions,
@@ -42,10 +42,8 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import uuid
@@ -57,6 +55,7 @@ from typing import Any
 
 import orjson
 
+from .pg_cluster import ClusterError, Node, PgCluster, free_port
 from .pg_cluster import bindir as pg_cluster_bindir
 from .chaos import ACCOUNTS, MAX_ORDER_QTY, OP_TYPES, AckWriter, LogChecker, order_calls, perform, read_side_channel
 
@@ -183,28 +182,6 @@ def read_engine_log(path: str | os.PathLike[str]) -> EngineLog:
 # ------------------------------------------------------------------------------ the cluster
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Node:
-    """One PostgreSQL server of the cluster: its name (its ``cluster_name``, the name a primary's
-    ``synchronous_standby_names`` uses), port and data directory."""
-
-    name: str
-    port: int
-    data: Path
-    running: bool = False
-
-
-class ClusterError(RuntimeError):
-    """A server binary failed or the cluster did not reach the expected state in time."""
-
-
 @dataclass
 class FailoverTimes:
     """One failover as the cluster ran it: the node stopped, the node promoted, and when
@@ -219,139 +196,44 @@ class FailoverTimes:
 
 
 class Cluster:
-    """A primary and its standbys on loopback ports, in a directory of their own (removed by
-    ``close``). Root runs the server binaries as the ``postgres`` OS user, from ``/`` (postgres
-    cannot enter the caller's working directory)."""
+    """The harness's primary and standbys: a ``tools.pg_cluster.PgCluster`` whose nodes are named
+    ``node1``, ``node2``... (each its own application_name, the name ``synchronous_standby_names``
+    uses), with ``fsync`` on, in a directory of its own (removed by ``close``)."""
+
+    CONF = "fsync = on\nwal_retrieve_retry_interval = 200ms\n"  # PgCluster trades fsync for speed
 
     def __init__(self, nodes: int = 2, *, bindir: str = DEFAULT_BINDIR, workdir: str | None = None):
-        self.bindir = Path(bindir)
-        for tool in ("initdb", "pg_ctl", "pg_basebackup"):
-            if not (self.bindir / tool).exists():
-                raise ClusterError(f"{self.bindir / tool} not found (install PostgreSQL server binaries "
-                                   "or pass the directory that holds them)")
-        self.as_postgres = os.geteuid() == 0
-        self.dir = Path(tempfile.mkdtemp(prefix="tradestate-failover-", dir=workdir or None))
-        if self.as_postgres:
-            shutil.chown(self.dir, "postgres")
-            self.dir.chmod(0o755)
-        self.nodes = [Node(f"node{i + 1}", free_port(), self.dir / f"node{i + 1}") for i in range(nodes)]
-        self.primary = self.nodes[0] if self.nodes else Node("none", 0, self.dir / "none")
+        self.pg = PgCluster(standbys=nodes - 1, names=[f"node{i + 1}" for i in range(nodes)], bin_dir=bindir,
+                            base_dir=workdir, extra_conf=self.CONF, prefix="tradestate-failover-")
+        self.dir = self.pg.base
 
-    # -------------------------------------------------------------------- processes
-    def run(self, tool: str, *args: str, timeout: float = 120) -> str:
-        """Run server binary ``tool`` (as postgres when root); its stdout, or ``ClusterError``."""
-        cmd = [str(self.bindir / tool), *args]
-        if self.as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        try:
-            done = subprocess.run(cmd, cwd="/", capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            raise ClusterError(f"{tool} {' '.join(args)} did not finish in {timeout:.0f} s") from e
-        if done.returncode != 0:
-            raise ClusterError(f"{tool} {' '.join(args)} failed ({done.returncode}): "
-                               f"{(done.stderr or done.stdout).strip()[-800:]}")
-        return done.stdout
+    @property
+    def primary(self) -> Node:
+        return self.pg.primary
 
-    def start(self, node: Node) -> None:
-        """Start ``node`` and wait until it accepts connections (a standby: until it is consistent)."""
-        options = (f"-p {node.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c cluster_name={node.name} "
-                   "-c max_connections=60 -c shared_buffers=16MB -c wal_level=replica -c max_wal_senders=8 "
-                   "-c hot_standby=on -c wal_receiver_status_interval=1s -c wal_retrieve_retry_interval=200ms")
-        self.run("pg_ctl", "-D", str(node.data), "-l", str(self.dir / f"{node.name}.log"), "-w", "-t", "60",
-                 "-o", options, "start")
-        node.running = True
-
-    def stop(self, node: Node, mode: str = "immediate") -> None:
-        """Stop ``node`` (``immediate``: at once, no shutdown checkpoint, every connection cut)."""
-        self.run("pg_ctl", "-D", str(node.data), "-m", mode, "-w", "-t", "60", "stop")
-        node.running = False
-
-    def init_primary(self) -> None:
-        """``initdb`` the first node and start it as the primary."""
-        self.run("initdb", "-D", str(self.primary.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self.start(self.primary)
-
-    def add_standby(self, node: Node, source: Node) -> None:
-        """(Re)build ``node`` as a streaming standby of ``source``: a fresh ``pg_basebackup`` of it
-        (whatever ``node`` held is discarded), then started."""
-        if node.running:
-            self.stop(node)
-        if node.data.exists():
-            shutil.rmtree(node.data)
-        self.run("pg_basebackup", "-D", str(node.data), "-h", "127.0.0.1", "-p", str(source.port), "-U", "postgres",
-                 "-X", "stream", "-c", "fast", "--no-sync")
-        conninfo = (f"host=127.0.0.1 port={source.port} user=postgres application_name={node.name} "
-                    "connect_timeout=2")
-        with open(node.data / "postgresql.auto.conf", "a") as f:
-            f.write(f"primary_conninfo = '{conninfo}'\nrecovery_target_timeline = 'latest'\n")
-        (node.data / "standby.signal").touch()
-        if self.as_postgres:
-            for path in (node.data / "postgresql.auto.conf", node.data / "standby.signal"):
-                shutil.chown(path, "postgres", "postgres")
-        self.start(node)
-
-    def promote(self, node: Node) -> None:
-        """Promote standby ``node`` and make it the primary; it starts with no synchronous standby."""
-        self.run("pg_ctl", "-D", str(node.data), "-w", "-t", "60", "promote")
-        self.primary = node
-        self.set_synchronous(None)
-
-    # -------------------------------------------------------------------- SQL
-    def sql(self, node: Node, statement: str, params: tuple = ()) -> list[tuple]:
-        """Run one statement on ``node`` (autocommit); its rows (``[]`` for none)."""
-        import psycopg
-
-        with psycopg.connect(host="127.0.0.1", port=node.port, user="postgres", dbname="postgres",
-                             autocommit=True, connect_timeout=5) as conn:
-            cur = conn.execute(statement, params)
-            return cur.fetchall() if cur.description else []
-
-    def set_synchronous(self, standby: Node | None) -> None:
-        """Name ``standby`` (or nobody) in the primary's ``synchronous_standby_names`` and reload."""
-        if standby is None:
-            self.sql(self.primary, "ALTER SYSTEM RESET synchronous_standby_names")
-        else:
-            self.sql(self.primary, f"ALTER SYSTEM SET synchronous_standby_names = '\"{standby.name}\"'")
-        self.sql(self.primary, "SELECT pg_reload_conf()")
-
-    def wait_streaming(self, standby: Node, *, synchronous: bool, timeout: float = 60) -> None:
-        """Wait until the primary streams to ``standby`` (with ``sync_state = 'sync'`` when
-        ``synchronous``); ``ClusterError`` after ``timeout`` seconds."""
-        want = "sync" if synchronous else "async"
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self.sql(self.primary, "SELECT sync_state FROM pg_stat_replication WHERE application_name = %s "
-                                          "AND state = 'streaming'", (standby.name,))
-            if rows and rows[0][0] == want:
-                return
-            if time.monotonic() > deadline:
-                raise ClusterError(f"{standby.name} is not streaming {want}hronously from {self.primary.name} "
-                                   f"after {timeout:.0f} s (pg_stat_replication: {rows})")
-            time.sleep(0.05)
+    @property
+    def nodes(self) -> list[Node]:
+        return sorted(self.pg.nodes, key=lambda n: n.name)
 
     def setup(self, asynchronous: bool) -> None:
-        """Start the primary and its standby, synchronous unless ``asynchronous``, and wait until
-        the standby streams."""
-        self.init_primary()
-        standby = self.nodes[1]
-        self.add_standby(standby, self.primary)
-        if not asynchronous:
-            self.set_synchronous(standby)
-        self.wait_streaming(standby, synchronous=not asynchronous)
+        """Start the primary and its standbys, synchronous unless ``asynchronous``, and wait until
+        they stream."""
+        self.pg.synchronous = not asynchronous
+        self.pg.start()
 
     def fail_over(self, asynchronous: bool) -> FailoverTimes:
-        """Stop the primary at once, promote the standby, rebuild the old primary as its standby
-        (named in ``synchronous_standby_names`` unless ``asynchronous``) and wait until it streams."""
-        old = self.primary
-        new = next(n for n in self.nodes if n is not old)
+        """Stop the primary at once, promote the standby (with no synchronous standby), rebuild
+        the old primary as its standby (named in ``synchronous_standby_names`` unless
+        ``asynchronous``) and wait until it streams."""
+        old = self.pg.primary
         stopped_at = time.monotonic()
-        self.stop(old, "immediate")
-        self.promote(new)
+        new = self.pg.failover(mode="immediate", keep_synchronous=False)
         promoted_at = time.monotonic()
-        self.add_standby(old, new)
-        if not asynchronous:
-            self.set_synchronous(old)
-        self.wait_streaming(old, synchronous=not asynchronous)
+        old.rebuild_from(new)
+        if asynchronous:
+            self.pg.wait_sync(60)
+        else:
+            self.pg.set_synchronous(True, timeout=60)
         return FailoverTimes(old.name, new.name, stopped_at, promoted_at, time.monotonic())
 
     def url(self, schema: str = "failover") -> str:
@@ -361,17 +243,11 @@ class Cluster:
 
     def has_primary(self) -> bool:
         """Whether a primary is running."""
-        return self.primary.running
+        return self.pg.primary.running()
 
     def close(self) -> None:
         """Stop every node and remove the cluster's directory."""
-        for node in self.nodes:
-            if node.running or (node.data / "postmaster.pid").exists():
-                try:
-                    self.stop(node, "immediate")
-                except ClusterError:
-                    pass
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.pg.close()
 
 
 class PatroniCluster:
@@ -385,20 +261,30 @@ class PatroniCluster:
     diverged)."""
 
     MANAGER_BINARIES = ("patroni", "etcd")
+    LOOP_WAIT = 1  # seconds between Patroni's runs of its loop (a replica looks at the leader key this often)
 
     def __init__(self, nodes: int = 3, *, bindir: str = DEFAULT_BINDIR, workdir: str | None = None,
                  ttl: int = 10):
-        missing = [b for b in self.MANAGER_BINARIES if shutil.which(b) is None]
-        if missing:
-            raise ClusterError(f"{', '.join(missing)} not found (apt-get install patroni etcd-server)")
-        self.pg = Cluster(0, bindir=bindir, workdir=workdir)  # the directory, the binaries, run-as-postgres
-        self.dir = self.pg.dir
+        problem = self.problem()
+        if problem:
+            raise ClusterError(problem)
+        # never started: the directory, the binaries, running them as postgres
+        self.pg = PgCluster(standbys=0, synchronous=False, bin_dir=bindir, base_dir=workdir,
+                            prefix="tradestate-failover-")
+        self.dir = self.pg.base
         self.ttl = ttl
+        self.detection_s = float(ttl + self.LOOP_WAIT)  # the leader key expires, then a replica's next loop sees it
         self.names = [f"n{i + 1}" for i in range(nodes)]
         self.ports = {name: (free_port(), free_port()) for name in self.names}  # (postgres, REST API)
         self.etcd_ports = (free_port(), free_port())
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.asynchronous = False
+
+    @classmethod
+    def problem(cls) -> str | None:
+        """Why Patroni clusters cannot run here (None: they can)."""
+        missing = [b for b in cls.MANAGER_BINARIES if shutil.which(b) is None]
+        return f"{', '.join(missing)} not found (apt-get install patroni etcd-server)" if missing else None
 
     def _spawn(self, key: str, cmd: list[str]) -> None:
         kwargs: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_groups": []} \
@@ -414,7 +300,7 @@ class PatroniCluster:
             "restapi": {"listen": f"127.0.0.1:{api_port}", "connect_address": f"127.0.0.1:{api_port}"},
             "etcd3": {"hosts": f"127.0.0.1:{self.etcd_ports[0]}"},
             "bootstrap": {
-                "dcs": {"ttl": self.ttl, "loop_wait": 1, "retry_timeout": max(2, (self.ttl - 1) // 2),
+                "dcs": {"ttl": self.ttl, "loop_wait": self.LOOP_WAIT, "retry_timeout": max(2, (self.ttl - 1) // 2),
                         "synchronous_mode": not self.asynchronous, "maximum_lag_on_failover": 1 << 30,
                         "postgresql": {"use_pg_rewind": False, "parameters": {
                             "wal_level": "replica", "hot_standby": "on", "max_wal_senders": 8,
@@ -424,7 +310,7 @@ class PatroniCluster:
             },
             "postgresql": {
                 "listen": f"127.0.0.1:{pg_port}", "connect_address": f"127.0.0.1:{pg_port}",
-                "data_dir": str(self.dir / name), "bin_dir": str(self.pg.bindir),
+                "data_dir": str(self.dir / name), "bin_dir": str(self.pg.bin),
                 "pgpass": str(self.dir / f"pgpass-{name}"),
                 "remove_data_directory_on_rewind_failure": True,
                 "remove_data_directory_on_diverged_timelines": True,
@@ -503,10 +389,7 @@ class PatroniCluster:
         stopped_at = time.monotonic()
         self.procs[old].kill()
         self.procs[old].wait()
-        try:
-            self.pg.run("pg_ctl", "-D", str(self.dir / old), "-m", "immediate", "-w", "stop")
-        except ClusterError:
-            pass  # not running: gone with its Patroni
+        self.pg.run("pg_ctl", "-D", str(self.dir / old), "-m", "immediate", "-w", "stop", check=False)  # or gone already
         new = self._wait("a new leader", lambda: (lambda n: n if n not in (None, old) else None)(self.leader()),
                          timeout=self.ttl * 6)
         promoted_at = time.monotonic()
@@ -539,10 +422,7 @@ class PatroniCluster:
                 proc.wait()
         for name in self.names:
             if (self.dir / name / "postmaster.pid").exists():
-                try:
-                    self.pg.run("pg_ctl", "-D", str(self.dir / name), "-m", "immediate", "-w", "stop")
-                except ClusterError:
-                    pass
+                self.pg.run("pg_ctl", "-D", str(self.dir / name), "-m", "immediate", "-w", "stop", check=False)
         etcd = self.procs.get("etcd")
         if etcd is not None and etcd.poll() is None:
             etcd.terminate()
@@ -595,6 +475,7 @@ class FailoverReport:
     seed: int
     rounds_asked: int
     manager: str = "pg_ctl"  # what promoted the standby: pg_ctl (the harness) or patroni
+    detection_s: float = 0.0  # the manager's worst time to notice the dead primary (pg_ctl: 0, it is told)
     rounds: list[FailoverRound] = field(default_factory=list)
     acknowledged: int = 0  # calls the engine saw acknowledged
     stored: int = 0  # ... whose event is in the log after the last failover
@@ -767,6 +648,7 @@ def run_failover(
     cluster: Cluster | PatroniCluster = (Cluster(2, bindir=bindir, workdir=workdir) if manager == "pg_ctl" else
                                          PatroniCluster(3, bindir=bindir, workdir=workdir))
     report.manager = manager
+    report.detection_s = getattr(cluster, "detection_s", 0.0)
     proc: subprocess.Popen[bytes] | None = None
     acks = cluster.dir / "engine-acks.jsonl"
     kills: list[float] = []  # when each round stopped its primary (monotonic)

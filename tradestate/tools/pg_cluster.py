@@ -11,7 +11,7 @@ give its password (SCRAM). The primary logs every DDL statement (``log_statement
 ``fsync = off`` (commits still wait for the standbys' acknowledgements).
 
 Run as root, the servers run as the ``postgres`` OS user; otherwise as the current user.
-``available()`` says why a cluster cannot be started here, or None.
+``available()`` says why a cluster cannot be started here, or None. Failures are ``ClusterError``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ import psycopg
 PASSWORD_ROLE = "ts_pw_user"
 PASSWORD = "s3cret-pw"
 STANDBY_NAME = "s1"  # the first standby's application_name; the others are s2, s3, ...
+SERVER_BINARIES = ("initdb", "pg_ctl", "pg_basebackup")
+
+
+class ClusterError(RuntimeError):
+    """A server binary failed, or the cluster did not reach the expected state in time."""
 
 
 def bindir() -> Path | None:
@@ -90,8 +95,9 @@ class Node:
         return psycopg.connect(self.url(db), autocommit=True, **kw)
 
     def start(self) -> None:
+        """Start the server and wait until it accepts connections (a standby: until consistent)."""
         self.cluster.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                         "-o", f"-p {self.port}", "start")
+                         "-o", f"-p {self.port} -c cluster_name={self.name}", "start")
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m mode``: ``smart``, ``fast`` or ``immediate`` (a crash: no checkpoint,
@@ -112,7 +118,7 @@ class Node:
         deadline = time.monotonic() + timeout
         while self.in_recovery():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} is still in recovery after promote")
+                raise ClusterError(f"{self.name} is still in recovery after promote")
             time.sleep(0.05)
 
     def in_recovery(self) -> bool:
@@ -174,28 +180,44 @@ class PgCluster:
 
     ``synchronous``: the primary waits for ``num_sync`` of the standbys (``FIRST num_sync (s1, ...)``,
     so ``s1`` first) at each commit; False leaves them all asynchronous.
-    ``extra_conf``: more ``postgresql.conf`` lines for the primary (copied to the standbys).
+    ``extra_conf``: more ``postgresql.conf`` lines for the primary (copied to the standbys; a
+    setting given twice takes the later line, so ``fsync = on`` undoes the default ``off``).
+    ``names``: the nodes' names, primary first (each is also the node's application_name);
+    default ``primary``, ``standby``, ``standby2``... with application_names ``s1``, ``s2``...
+    ``bin_dir``: the server binaries (default: the newest installed). ``prefix``: of the
+    temporary directory (under ``base_dir``).
     """
 
     def __init__(self, standbys: int = 1, synchronous: bool = True, num_sync: int = 1,
-                 extra_conf: str = "", base_dir: str | None = None) -> None:
-        bins = bindir()
+                 extra_conf: str = "", base_dir: str | None = None, *, names: list[str] | None = None,
+                 bin_dir: str | os.PathLike[str] | None = None, prefix: str = "ts-pgcluster-") -> None:
+        bins = Path(bin_dir) if bin_dir is not None else bindir()
         if bins is None:
-            raise RuntimeError(available() or "no PostgreSQL binaries")
+            raise ClusterError(available() or "no PostgreSQL binaries")
+        missing = [str(bins / b) for b in SERVER_BINARIES if not (bins / b).exists()]
+        if missing:
+            raise ClusterError(f"{', '.join(missing)} not found (install PostgreSQL server binaries "
+                               "or pass the directory that holds them)")
         if standbys < 0 or (synchronous and not 1 <= num_sync <= max(standbys, 1)):
             raise ValueError(f"{standbys} standbys cannot have {num_sync} synchronous")
+        if names is not None and len(names) != standbys + 1:
+            raise ValueError(f"{len(names)} names for {standbys + 1} nodes")
         self.bin = bins
         self.as_postgres = os.geteuid() == 0
-        self.base = Path(tempfile.mkdtemp(prefix="ts-pgcluster-", dir=base_dir))
+        self.base = Path(tempfile.mkdtemp(prefix=prefix, dir=base_dir))
         os.chmod(self.base, 0o755)
         if self.as_postgres:
             shutil.chown(self.base, "postgres")
         self.synchronous = synchronous and standbys > 0
         self.num_sync = num_sync
         self.extra_conf = extra_conf
-        self.primary = Node(self, "primary", free_port())
-        self.standbys = [Node(self, "standby" if i == 1 else f"standby{i}", free_port(), f"s{i}")
-                         for i in range(1, standbys + 1)]
+        if names is not None:
+            self.primary = Node(self, names[0], free_port())
+            self.standbys = [Node(self, name, free_port()) for name in names[1:]]
+        else:
+            self.primary = Node(self, "primary", free_port())
+            self.standbys = [Node(self, "standby" if i == 1 else f"standby{i}", free_port(), f"s{i}")
+                             for i in range(1, standbys + 1)]
 
     @property
     def standby(self) -> Node:
@@ -206,14 +228,19 @@ class PgCluster:
     def nodes(self) -> list[Node]:
         return [self.primary, *self.standbys]
 
-    def run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a server tool (as the postgres OS user when root)."""
+    def run(self, tool: str, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a server tool (as the postgres OS user when root, from ``/``: postgres cannot enter
+        the caller's working directory); ``ClusterError`` if it fails (``check``) or overruns."""
         cmd = [str(self.bin / tool), *args]
         if self.as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        done = subprocess.run(cmd, cwd="/", capture_output=True, text=True, timeout=120)
+        try:
+            done = subprocess.run(cmd, cwd="/", capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise ClusterError(f"{tool} {' '.join(args)} did not finish in {timeout:.0f} s") from e
         if check and done.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+            raise ClusterError(f"{tool} {' '.join(args)} failed ({done.returncode}): "
+                               f"{(done.stderr.strip() or done.stdout.strip())[-800:]}")
         return done
 
     def conninfo_of(self, primary: Node, app_name: str) -> str:
@@ -267,15 +294,16 @@ class PgCluster:
         self.wait_sync()
         return self
 
-    def set_synchronous(self, synchronous: bool, num_sync: int | None = None) -> None:
-        """Switch the primary's standbys between synchronous and asynchronous (reloaded at once)."""
+    def set_synchronous(self, synchronous: bool, num_sync: int | None = None, timeout: float = 30.0) -> None:
+        """Switch the primary's standbys between synchronous and asynchronous (reloaded at once),
+        then ``wait_sync(timeout)``."""
         self.synchronous = synchronous and bool(self.standbys)
         if num_sync is not None:
             self.num_sync = num_sync
         with self.primary.connect() as conn:
             conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{self.sync_names()}'")
             conn.execute("SELECT pg_reload_conf()")
-        self.wait_sync()
+        self.wait_sync(timeout)
 
     def wait_sync(self, timeout: float = 30.0) -> None:
         """Until every running standby streams from the primary and, when synchronous,
@@ -291,7 +319,8 @@ class PgCluster:
                 if streaming and (not self.synchronous or sync >= self.num_sync):
                     return
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the standbys did not stream{' synchronously' if self.synchronous else ''}: {rows}")
+                    raise ClusterError(f"the standbys did not stream{' synchronously' if self.synchronous else ''} "
+                                       f"from {self.primary.name} after {timeout:.0f} s: {rows}")
                 time.sleep(0.1)
 
     def wait_replayed(self, timeout: float = 30.0, standbys: list[Node] | None = None) -> None:
@@ -303,7 +332,7 @@ class PgCluster:
             with node.connect() as conn:
                 while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{node.name} did not catch up")
+                        raise ClusterError(f"{node.name} did not catch up")
                     time.sleep(0.05)
 
     def backends_waiting_for_sync(self, application_name: str = "tradestate") -> list[int]:
@@ -313,13 +342,15 @@ class PgCluster:
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND wait_event = 'SyncRep'",
                 (application_name,)).fetchall()]
 
-    def failover(self, to: Node | None = None, mode: str = "immediate") -> Node:
+    def failover(self, to: Node | None = None, mode: str = "immediate", *, keep_synchronous: bool = True) -> Node:
         """Stop the primary (``mode``), promote ``to`` (default: the first standby), point the other
         standbys at it and make it ``self.primary``; the old primary is left stopped and listed
-        among ``self.standbys`` under the promoted node's application_name (``rebuild_from`` makes
-        it a standby again). When synchronous, the new primary gets the same
-        ``synchronous_standby_names`` over the standbys it now has, so its commits wait for one of
-        them, as before (none running: they wait until one is). Returns the new primary."""
+        last among ``self.standbys`` (``rebuild_from`` makes it a standby again). Every node keeps
+        its application_name. When synchronous, the new primary gets ``synchronous_standby_names``
+        over the standbys it now has, so its commits wait for one of them, as before (none running:
+        they wait until one is); ``keep_synchronous=False`` starts it with none instead (its
+        commits wait for nobody, like Patroni's non-strict synchronous mode, until
+        ``set_synchronous(True)``). Returns the new primary."""
         new = to or self.standbys[0]
         old = self.primary
         old.stop(mode)
@@ -328,9 +359,10 @@ class PgCluster:
         for s in self.standbys:
             s.follow(new)
         self.primary = new
-        old.app_name = new.app_name
         self.standbys.append(old)
-        if self.synchronous:
+        if not keep_synchronous:
+            self.set_synchronous(False)
+        elif self.synchronous:
             with new.connect() as conn:
                 conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{self.sync_names()}'")
                 conn.execute("SELECT pg_reload_conf()")

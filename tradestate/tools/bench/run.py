@@ -15,6 +15,9 @@ Each metric group is the module of the same name, with ``run(ctx) -> list[Result
                 and ``remote_apply``), against raw single-row INSERT commits to the same pair;
                 starts its own throwaway primary + standby (skipped, with the reason, when the
                 server binaries are missing)
+``failover``    write unavailability p50/p95 when the primary dies under engine load (the failover
+                harness: ``pg_ctl promote`` rounds, and Patroni rounds where Patroni and etcd are
+                installed), against the target detection time + 2 s; skipped like ``replication``
 
 SQLite files go to a temporary directory; PostgreSQL measurements each get a fresh
 ``bench_<random>_*`` schema, dropped at the end. Every ratio is ours / baseline (for latencies,
@@ -37,7 +40,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from . import append, batch, postmortem, projection, reconcile, recovery, replay, replication
+from . import append, batch, failover, postmortem, projection, reconcile, recovery, replay, replication
 from .common import EVENTS_PER_S, FULL, QUICK, BenchContext, PgTarget, Result, Sizes, fill_payload, log
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -51,6 +54,7 @@ GROUPS: dict[str, ModuleType] = {
     "reconcile": reconcile,
     "postmortem": postmortem,
     "replication": replication,
+    "failover": failover,
 }
 
 
