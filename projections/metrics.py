@@ -105,15 +105,19 @@ def _engine_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
                               labels=["engine"])
     state = GaugeMetricFamily("tradestate_engine_state", "1 for the engine's state (active, dead, stopped)",
                               labels=["engine", "state"])
+    standbys = GaugeMetricFamily("tradestate_engine_standbys",
+                                 "Standbys of the engine that checked in within 10 s (ready to take over)",
+                                 labels=["engine"])
     for row in leased:
         name = row["engine_id"]
+        standbys.add_metric([name], sum(1 for r in rows if r["engine_id"] == name and r["state"] == "standby"))
         age.add_metric([name, row.get("holder") or ""], row.get("renewal_age_seconds") or 0.0)
         if row["state"] in ("active", "dead"):
             up.add_metric([name], 1 if row["state"] == "active" else 0)
         epoch.add_metric([name], row.get("epoch") or 0)
         for s in ("active", "dead", "stopped"):
             state.add_metric([name, s], 1 if row["state"] == s else 0)
-    yield from (age, up, epoch, state)
+    yield from (age, up, epoch, state, standbys)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

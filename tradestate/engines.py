@@ -35,13 +35,15 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from .adapters.store import Store, open_store
-from .adapters.store.lease import Fence, Lease, Leases
+from .adapters.store.lease import Fence, Lease, Leases, StandbySeen
 from .domain import events as ev
 from .domain.errors import AppendFailed, InvalidInput, LeaseHeld, NotLeader, TradestateError
 from .domain.ids import engine_stream_id
 from .writer import build_event, utc_now
 
 DEFAULT_LEASE_SECONDS = 3.0
+STANDBY_CHECK_IN_SECONDS = 1.0  # how often a standby refreshes its row in the operator view
+STANDBY_LOST_SECONDS = 10.0  # a standby not seen for longer is shown as ``standby-lost``
 LEASE_RENEWALS = Counter("tradestate_lease_renewals_total", "Lease renewals by outcome", ["engine", "outcome"])
 LEASE_EPOCH = Gauge("tradestate_lease_epoch", "The lease epoch this process holds (0: none)", ["engine"])
 LEASE_EXPIRIES = Counter("tradestate_lease_expiries_recorded_total",
@@ -306,8 +308,9 @@ class EngineView:
     def rows(self, *, folded: bool = True) -> list[dict[str, Any]]:
         """``engines(store)``'s rows; ``folded=False``: from the lease table alone (engines that
         never took a lease left out; no fold)."""
+        leases = Leases.of(self.store)
         if not folded:
-            return engine_rows(self.leases())
+            return engine_rows(leases.all(), None, leases.standbys())
         from .loading import fold_tail, load_state  # noqa: PLC0415
 
         with self._lock:
@@ -316,7 +319,7 @@ class EngineView:
             else:
                 fold_tail(self.store, self._state)
             facts = {k: dict(v) for k, v in self._state.engines.items()}
-        return engine_rows(self.leases(), facts)
+        return engine_rows(leases.all(), facts, leases.standbys())
 
 
 def engines(store: Store, *, state: Any = None) -> list[dict[str, Any]]:
@@ -327,12 +330,17 @@ def engines(store: Store, *, state: Any = None) -> list[dict[str, Any]]:
         from .loading import load_state  # noqa: PLC0415 - only the operator view folds
 
         state = load_state(store).state
-    return engine_rows(Leases.of(store).all(), state.engines)
+    leases = Leases.of(store)
+    return engine_rows(leases.all(), state.engines, leases.standbys())
 
 
-def engine_rows(leases: Sequence[Lease], folded: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def engine_rows(leases: Sequence[Lease], folded: dict[str, dict[str, Any]] | None = None,
+                standbys: Sequence[StandbySeen] = ()) -> list[dict[str, Any]]:
     """The operator view's rows, by engine id, from the lease table and (optionally) the engine
-    facts of a fold (``TradingState.engines``); without them only engines with a lease appear."""
+    facts of a fold (``TradingState.engines``; without them only engines with a lease appear),
+    each engine followed by its standbys: state ``standby`` (checked in within
+    ``STANDBY_LOST_SECONDS``) or ``standby-lost``, ``renewal_age_seconds`` the age of its last
+    check-in, no epoch."""
     by_id = {lease.engine_id: lease for lease in leases}
     folded = folded or {}
     out = []
@@ -352,7 +360,18 @@ def engine_rows(leases: Sequence[Lease], folded: dict[str, dict[str, Any]] | Non
             "running": bool(facts.get("running")),
             "last_recovery_position": (facts.get("last_recovery") or {}).get("position"),
         })
+        for seen in (s for s in standbys if s.engine_id == name):
+            out.append(_standby_row(seen))
+    for seen in (s for s in standbys if s.engine_id not in by_id and s.engine_id not in folded):
+        out.append(_standby_row(seen))  # a standby of an engine that never started yet
     return out
+
+
+def _standby_row(seen: StandbySeen) -> dict[str, Any]:
+    return {"engine_id": seen.engine_id, "state": "standby" if seen.age <= STANDBY_LOST_SECONDS else "standby-lost",
+            "holder": seen.holder, "epoch": None, "lease": "none", "renewed_at": seen.last_seen,
+            "renewal_age_seconds": round(seen.age, 3), "expires_in_seconds": None, "expiry_recorded": None,
+            "running": False, "last_recovery_position": None}
 
 
 def engine_state(lease: Lease | None, folded: dict[str, Any]) -> str:
@@ -412,6 +431,7 @@ class Standby:
         self.follower = TradestateClient(self.store, exchange_tz=exchange_tz, clock_skew_threshold=None,
                                          **client_options)
         self.started = time.monotonic()
+        self._checked_in = 0.0
 
     @property
     def holder(self) -> str:
@@ -431,6 +451,7 @@ class Standby:
         while True:
             try:
                 self.follower.catch_up()
+                self.check_in()
                 found = self.free()
             except TradestateError:
                 raise
@@ -444,6 +465,24 @@ class Standby:
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(self.poll)
+
+    def check_in(self, *, force: bool = False) -> None:
+        """Show this standby in the operator view (``tradestate engines``, ``/engines``): its row
+        is refreshed at most every ``STANDBY_CHECK_IN_SECONDS``; a failure only skips this one."""
+        now = time.monotonic()
+        if not force and now - self._checked_in < STANDBY_CHECK_IN_SECONDS:
+            return
+        self._checked_in = now
+        try:
+            self.leases.standby_seen(self.engine_id, self.holder)
+        except Exception:  # noqa: BLE001, S110 - the view is not worth a missed takeover
+            pass
+
+    def _leave(self) -> None:
+        try:
+            self.leases.standby_gone(self.engine_id, self.holder)
+        except Exception:  # noqa: BLE001, S110 - shown as standby-lost once its row ages
+            pass
 
     def take_over(self, previous: Lease | None, *, waited: float = 0.0) -> Takeover:
         """Record the expiry (if it is one), take the lease, recover on the warm state."""
@@ -463,10 +502,12 @@ class Standby:
         except BaseException:
             self.lease.stop()
             raise
+        self._leave()  # it is the active engine now: its lease row shows it
         return Takeover(client, report, lease, previous, time.monotonic() - noticed, waited)
 
     def close(self) -> None:
         self.lease.stop()
+        self._leave()
         self.store.close()
 
 

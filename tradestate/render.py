@@ -112,15 +112,17 @@ def orders_table(state: TradingState, title: str = "Orders") -> Table:
     return table
 
 
-_ENGINE_STYLES = {"active": "green", "dead": "bold red", "stopped": "dim", "standby": "cyan"}
+_ENGINE_STYLES = {"active": "green", "dead": "bold red", "stopped": "dim", "standby": "cyan",
+                  "standby-lost": "yellow"}
 
 
 def engines_table(rows: list[dict[str, Any]], title: str = "Engines") -> Table:
     """The operator view of ``tradestate.engines.engines``: one row per engine (and standby) with
-    its state, lease holder, epoch and how long ago the lease was last renewed."""
+    its state, lease holder, epoch and how long ago the lease was last renewed (a standby: how long
+    ago it last checked in)."""
     table = Table(title=title, title_justify="left")
-    for column in ("engine", "state", "holder", "epoch", "last renewal", "expires in", "expiry recorded"):
-        table.add_column(column, justify="right" if column in ("epoch", "last renewal", "expires in") else "left")
+    for column in ("engine", "state", "holder", "epoch", "renewed / seen", "expires in", "expiry recorded"):
+        table.add_column(column, justify="right" if column in ("epoch", "renewed / seen", "expires in") else "left")
     for row in rows:
         style = _ENGINE_STYLES.get(row["state"], "")
         age = row.get("renewal_age_seconds")

@@ -166,9 +166,10 @@ class AccountHealthOut(BaseModel):
     breaker_until: datetime | None = None
 
 
-EngineState = Literal["active", "standby", "dead", "stopped", "running", "unknown"]
+EngineState = Literal["active", "standby", "standby-lost", "dead", "stopped", "running", "unknown"]
 _ENGINE_STATE = ("active: its lease is renewed in time; dead: its lease expired unrenewed (crashed, hung or cut "
                  "off: a standby or `tradestate recover` takes over); stopped: released its lease (a clean stop); "
+                 "standby: a standby of the engine that checked in within 10 s (standby-lost: longer ago); "
                  "running / unknown: no lease (an engine started without an engine id): started and not stopped, "
                  "or neither on record")
 
@@ -179,9 +180,11 @@ class EngineHealthOut(BaseModel):
     engine_id: str = Field(description="Engine id")
     state: EngineState = Field(description=_ENGINE_STATE)
     holder: str = Field(description="The process holding (or last holding) the lease: host:pid:suffix")
-    epoch: int = Field(description="The lease's epoch: it grows at each takeover; appends carry it (the fence)")
+    epoch: int | None = Field(description="The lease's epoch: it grows at each takeover; appends carry it (the "
+                                          "fence). Null for a standby")
     renewal_age_seconds: float | None = Field(
-        default=None, description="Seconds since the holder last renewed the lease, by the database's clock")
+        default=None, description="Seconds since the holder last renewed the lease (a standby: last checked in), "
+                                  "by the database's clock")
 
 
 class EngineOut(EngineHealthOut):

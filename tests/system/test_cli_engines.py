@@ -104,3 +104,38 @@ def test_the_projector_follower_records_a_dead_engine_without_any_standby(db_url
         out.close()
     log = (tmp_path / "projector.out").read_text()
     assert "engine e1 is dead" in log, log
+
+
+def test_a_standby_is_listed_while_it_stands_by_and_leaves_the_list_when_it_takes_over(db_url, monkeypatch):
+    import tradestate.engines as engines_module
+    from tradestate.engines import Standby, engines
+
+    active = tradestate.connect(db_url, engine_id="e1", lease_seconds=30, venue="sim")
+    active.engine_started("e1")
+    standby = Standby(db_url, "e1", lease_seconds=30, venue="sim")
+    try:
+        assert standby.wait(timeout=0.3) is None  # follows, checks in
+        listed = cli("engines", "--db", db_url, "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)["engines"]
+        assert [(r["engine_id"], r["state"], r["holder"], r["epoch"]) for r in rows] == [
+            ("e1", "active", active.lease.holder, 1), ("e1", "standby", standby.holder, None)]
+        assert 0 <= rows[1]["renewal_age_seconds"] < 30
+        text = cli("engines", "--db", db_url)
+        assert "standby" in text.stdout and standby.holder in text.stdout
+
+        monkeypatch.setattr(engines_module, "STANDBY_LOST_SECONDS", 0.0)  # its last check-in is now "too old"
+        time.sleep(0.05)
+        store = open_store(db_url, create=False)
+        try:
+            assert [r["state"] for r in engines(store)] == ["active", "standby-lost"]
+            monkeypatch.undo()
+            active.engine_stopped("e1")
+            takeover = standby.wait(timeout=10)
+            assert takeover is not None and takeover.lease.epoch == 2
+            assert [(r["state"], r["holder"]) for r in engines(store)] == [("active", standby.holder)]
+        finally:
+            store.close()
+    finally:
+        active.close()
+        standby.close()
