@@ -222,8 +222,7 @@ class LeaseWatcher:
     """``watch_leases`` for a process whose main loop must never wait on it or fail for it
     (``tradestate serve``, the projector follower): ``tick()`` runs it at most every ``every``
     seconds and keeps any error (``last_error``, ``errors``; ``on_error`` is told) for the next
-    tick to retry; ``start()`` runs the ticks in a daemon thread instead. ``on_recorded(lease)``
-    is told of each expiry this process recorded."""
+    tick to retry. ``on_recorded(lease)`` is told of each expiry this process recorded."""
 
     def __init__(self, store: Store, *, detected_by: str, every: float = 2.0,
                  on_recorded: Callable[[Lease], None] | None = None,
@@ -240,8 +239,6 @@ class LeaseWatcher:
         self.errors = 0
         self.last_error: str | None = None
         self._next = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def tick(self, *, force: bool = False) -> list[Lease]:
         """Look at the leases if ``every`` seconds passed since the last look (or ``force``);
@@ -266,29 +263,6 @@ class LeaseWatcher:
                 self.on_recorded(lease)
         return found
 
-    def start(self) -> None:
-        """Tick every ``every`` seconds from a daemon thread until ``stop``."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="tradestate-lease-watch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.tick(force=True)
-            self._stop.wait(self.every)
-        try:
-            self.store.trading.release_connection()
-        except Exception:  # noqa: BLE001, S110 - closing anyway
-            pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.every + 10)
-
 
 class EngineView:
     """The operator view of one store, kept cheap for repeated reads (the HTTP API): the engine
@@ -300,10 +274,6 @@ class EngineView:
         self.exchange_tz = exchange_tz
         self._state: Any = None
         self._lock = threading.Lock()
-
-    def leases(self) -> list[Lease]:
-        """The lease table as it is now (one read)."""
-        return Leases.of(self.store).all()
 
     def rows(self, *, folded: bool = True) -> list[dict[str, Any]]:
         """``engines(store)``'s rows; ``folded=False``: from the lease table alone (engines that
