@@ -33,6 +33,7 @@ class MetricsSnapshot:
     orders_by_status: dict[str, int] = field(default_factory=dict)
     kill_switch: dict[str, bool] = field(default_factory=dict)  # account -> engaged
     breaker_active: dict[str, bool] = field(default_factory=dict)  # account -> active now
+    engines: list[dict[str, Any]] = field(default_factory=list)  # tradestate.engines.engine_rows
 
 
 class ReadModelCollector:
@@ -87,6 +88,36 @@ class ReadModelCollector:
         for account, active in sorted(snap.breaker_active.items()):
             breaker.add_metric([account], 1 if active else 0)
         yield breaker
+        yield from _engine_families(snap.engines)
+
+
+def _engine_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The engines' lease gauges, for alerting on a dead or hung engine: ``up`` is 1 while the lease is
+    renewed in time, 0 once it expired unrenewed (an engine stopped cleanly has no ``up``: nothing to
+    alert on; ``state`` says it)."""
+    leased = [r for r in rows if r.get("lease") in ("active", "expired", "released")]
+    age = GaugeMetricFamily("tradestate_engine_lease_renewal_age_seconds",
+                            "Seconds since the engine's lease holder last renewed it (database clock)",
+                            labels=["engine", "holder"])
+    up = GaugeMetricFamily("tradestate_engine_up", "1 if the engine renews its lease in time, 0 if it expired "
+                                                   "unrenewed (dead, hung or cut off)", labels=["engine"])
+    epoch = GaugeMetricFamily("tradestate_engine_lease_epoch", "The current epoch of the engine's lease",
+                              labels=["engine"])
+    state = GaugeMetricFamily("tradestate_engine_state", "1 for the engine's state (active, dead, stopped)",
+                              labels=["engine", "state"])
+    standbys = GaugeMetricFamily("tradestate_engine_standbys",
+                                 "Standbys of the engine that checked in within 10 s (ready to take over)",
+                                 labels=["engine"])
+    for row in leased:
+        name = row["engine_id"]
+        standbys.add_metric([name], sum(1 for r in rows if r["engine_id"] == name and r["state"] == "standby"))
+        age.add_metric([name, row.get("holder") or ""], row.get("renewal_age_seconds") or 0.0)
+        if row["state"] in ("active", "dead"):
+            up.add_metric([name], 1 if row["state"] == "active" else 0)
+        epoch.add_metric([name], row.get("epoch") or 0)
+        for s in ("active", "dead", "stopped"):
+            state.add_metric([name, s], 1 if row["state"] == s else 0)
+    yield from (age, up, epoch, state, standbys)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -35,13 +35,15 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from .adapters.store import Store, open_store
-from .adapters.store.lease import Fence, Lease, Leases
+from .adapters.store.lease import Fence, Lease, Leases, StandbySeen
 from .domain import events as ev
 from .domain.errors import AppendFailed, InvalidInput, LeaseHeld, NotLeader, TradestateError
 from .domain.ids import engine_stream_id
 from .writer import build_event, utc_now
 
 DEFAULT_LEASE_SECONDS = 3.0
+STANDBY_CHECK_IN_SECONDS = 1.0  # how often a standby refreshes its row in the operator view
+STANDBY_LOST_SECONDS = 10.0  # a standby not seen for longer is shown as ``standby-lost``
 LEASE_RENEWALS = Counter("tradestate_lease_renewals_total", "Lease renewals by outcome", ["engine", "outcome"])
 LEASE_EPOCH = Gauge("tradestate_lease_epoch", "The lease epoch this process holds (0: none)", ["engine"])
 LEASE_EXPIRIES = Counter("tradestate_lease_expiries_recorded_total",
@@ -211,33 +213,135 @@ def watch_leases(store: Store, *, detected_by: str, clock: Callable[[], datetime
     return recorded
 
 
-def engines(store: Store) -> list[dict[str, Any]]:
-    """Every engine the log or the lease table knows: its lease (holder, epoch, renewal age,
-    expiry) and its state: ``active`` (lease live), ``dead`` (lease expired: crashed, hung or cut
-    off), ``stopped`` (released, or a clean stop without a lease), ``standby-less``... see
-    ``engine_state``. For ``tradestate engines`` and the HTTP API."""
-    from .loading import load_state  # noqa: PLC0415 - only the operator view folds
+def detector_name(role: str) -> str:
+    """How a watcher names itself in ``LeaseExpired.detected_by``: its role, host and pid."""
+    return f"{role} {socket.gethostname()[:40]}:{os.getpid()}"
 
-    leases = {lease.engine_id: lease for lease in Leases.of(store).all()}
-    state = load_state(store).state
-    names = sorted(set(leases) | set(state.engines))
+
+class LeaseWatcher:
+    """``watch_leases`` for a process whose main loop must never wait on it or fail for it
+    (``tradestate serve``, the projector follower): ``tick()`` runs it at most every ``every``
+    seconds and keeps any error (``last_error``, ``errors``; ``on_error`` is told) for the next
+    tick to retry. ``on_recorded(lease)`` is told of each expiry this process recorded."""
+
+    def __init__(self, store: Store, *, detected_by: str, every: float = 2.0,
+                 on_recorded: Callable[[Lease], None] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None):
+        if every <= 0:
+            raise InvalidInput("the lease watch interval must be positive")
+        self.store = store
+        self.detected_by = detected_by
+        self.every = every
+        self.on_recorded = on_recorded
+        self.on_error = on_error
+        self.recorded: list[Lease] = []
+        self.checks = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._next = 0.0
+
+    def tick(self, *, force: bool = False) -> list[Lease]:
+        """Look at the leases if ``every`` seconds passed since the last look (or ``force``);
+        returns the expiries recorded by this look. Never raises for a database error."""
+        now = time.monotonic()
+        if not force and now < self._next:
+            return []
+        self._next = now + self.every
+        self.checks += 1
+        try:
+            found = watch_leases(self.store, detected_by=self.detected_by)
+        except Exception as e:  # noqa: BLE001 - the watch is a side duty: retried at the next tick
+            self.errors += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            if self.on_error is not None:
+                self.on_error(e)
+            return []
+        self.last_error = None
+        self.recorded.extend(found)
+        if self.on_recorded is not None:
+            for lease in found:
+                self.on_recorded(lease)
+        return found
+
+
+class EngineView:
+    """The operator view of one store, kept cheap for repeated reads (the HTTP API): the engine
+    facts of the log are folded once (a checkpoint and its tail) and then only the new events at
+    each ``rows()``; the lease table is read at every call. Thread-safe."""
+
+    def __init__(self, store: Store, exchange_tz: str = "America/New_York"):
+        self.store = store
+        self.exchange_tz = exchange_tz
+        self._state: Any = None
+        self._lock = threading.Lock()
+
+    def rows(self, *, folded: bool = True) -> list[dict[str, Any]]:
+        """``engines(store)``'s rows; ``folded=False``: from the lease table alone (engines that
+        never took a lease left out; no fold)."""
+        leases = Leases.of(self.store)
+        if not folded:
+            return engine_rows(leases.all(), None, leases.standbys())
+        from .loading import fold_tail, load_state  # noqa: PLC0415
+
+        with self._lock:
+            if self._state is None:
+                self._state = load_state(self.store, exchange_tz=self.exchange_tz).state
+            else:
+                fold_tail(self.store, self._state)
+            facts = {k: dict(v) for k, v in self._state.engines.items()}
+        return engine_rows(leases.all(), facts, leases.standbys())
+
+
+def engines(store: Store, *, state: Any = None) -> list[dict[str, Any]]:
+    """Every engine the log or the lease table knows: its lease (holder, epoch, renewal age,
+    expiry) and its state (see ``engine_state``). For ``tradestate engines`` and the HTTP API.
+    ``state``: a fold of the log already at hand (default: the log is loaded here)."""
+    if state is None:
+        from .loading import load_state  # noqa: PLC0415 - only the operator view folds
+
+        state = load_state(store).state
+    leases = Leases.of(store)
+    return engine_rows(leases.all(), state.engines, leases.standbys())
+
+
+def engine_rows(leases: Sequence[Lease], folded: dict[str, dict[str, Any]] | None = None,
+                standbys: Sequence[StandbySeen] = ()) -> list[dict[str, Any]]:
+    """The operator view's rows, by engine id, from the lease table and (optionally) the engine
+    facts of a fold (``TradingState.engines``; without them only engines with a lease appear),
+    each engine followed by its standbys: state ``standby`` (checked in within
+    ``STANDBY_LOST_SECONDS``) or ``standby-lost``, ``renewal_age_seconds`` the age of its last
+    check-in, no epoch."""
+    by_id = {lease.engine_id: lease for lease in leases}
+    folded = folded or {}
     out = []
-    for name in names:
-        lease = leases.get(name)
-        folded = state.engines.get(name, {})
+    for name in sorted(set(by_id) | set(folded)):
+        lease = by_id.get(name)
+        facts = folded.get(name, {})
         out.append({
             "engine_id": name,
-            "state": engine_state(lease, folded),
-            "holder": lease.holder if lease else folded.get("holder", ""),
-            "epoch": lease.epoch if lease else folded.get("epoch", 0),
+            "state": engine_state(lease, facts),
+            "holder": lease.holder if lease else facts.get("holder", ""),
+            "epoch": lease.epoch if lease else facts.get("epoch", 0),
             "lease": lease.state if lease else "none",
+            "renewed_at": lease.renewed_at if lease and lease.epoch else None,
             "renewal_age_seconds": round(lease.renewal_age, 3) if lease else None,
             "expires_in_seconds": round(lease.expires_in, 3) if lease else None,
             "expiry_recorded": lease.expiry_recorded if lease else None,
-            "running": bool(folded.get("running")),
-            "last_recovery_position": (folded.get("last_recovery") or {}).get("position"),
+            "running": bool(facts.get("running")),
+            "last_recovery_position": (facts.get("last_recovery") or {}).get("position"),
         })
+        for seen in (s for s in standbys if s.engine_id == name):
+            out.append(_standby_row(seen))
+    for seen in (s for s in standbys if s.engine_id not in by_id and s.engine_id not in folded):
+        out.append(_standby_row(seen))  # a standby of an engine that never started yet
     return out
+
+
+def _standby_row(seen: StandbySeen) -> dict[str, Any]:
+    return {"engine_id": seen.engine_id, "state": "standby" if seen.age <= STANDBY_LOST_SECONDS else "standby-lost",
+            "holder": seen.holder, "epoch": None, "lease": "none", "renewed_at": seen.last_seen,
+            "renewal_age_seconds": round(seen.age, 3), "expires_in_seconds": None, "expiry_recorded": None,
+            "running": False, "last_recovery_position": None}
 
 
 def engine_state(lease: Lease | None, folded: dict[str, Any]) -> str:
@@ -251,6 +355,7 @@ def engine_state(lease: Lease | None, folded: dict[str, Any]) -> str:
     if "stopped_at" in folded:
         return "stopped"
     return "unknown"
+
 
 
 @dataclass
@@ -300,6 +405,7 @@ class Standby:
                                          **client_options)
         self.follower.writer.fence = Fence(engine_id, 0, self.lease.holder)
         self.started = time.monotonic()
+        self._checked_in = 0.0
 
     @property
     def holder(self) -> str:
@@ -319,6 +425,7 @@ class Standby:
         while True:
             try:
                 self.follower.catch_up()
+                self.check_in()
                 found = self.free()
             except TradestateError:
                 raise
@@ -332,6 +439,24 @@ class Standby:
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(self.poll)
+
+    def check_in(self, *, force: bool = False) -> None:
+        """Show this standby in the operator view (``tradestate engines``, ``/engines``): its row
+        is refreshed at most every ``STANDBY_CHECK_IN_SECONDS``; a failure only skips this one."""
+        now = time.monotonic()
+        if not force and now - self._checked_in < STANDBY_CHECK_IN_SECONDS:
+            return
+        self._checked_in = now
+        try:
+            self.leases.standby_seen(self.engine_id, self.holder)
+        except Exception:  # noqa: BLE001, S110 - the view is not worth a missed takeover
+            pass
+
+    def _leave(self) -> None:
+        try:
+            self.leases.standby_gone(self.engine_id, self.holder)
+        except Exception:  # noqa: BLE001, S110 - shown as standby-lost once its row ages
+            pass
 
     def take_over(self, previous: Lease | None, *, waited: float = 0.0) -> Takeover:
         """Record the expiry (if it is one), take the lease, recover on the warm state."""
@@ -351,10 +476,12 @@ class Standby:
         except BaseException:
             self.lease.stop()
             raise
+        self._leave()  # it is the active engine now: its lease row shows it
         return Takeover(client, report, lease, previous, time.monotonic() - noticed, waited)
 
     def close(self) -> None:
         self.lease.stop()
+        self._leave()
         self.store.close()
 
 
@@ -363,5 +490,6 @@ def standby(url: str | Store | None, engine_id: str, **options: Any) -> Standby:
     return Standby(url, engine_id, **options)
 
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "EngineLease", "Standby", "Takeover", "engine_state",
-           "engines", "holder_name", "record_expiry", "standby", "watch_leases"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "EngineLease", "EngineView", "LeaseWatcher", "Standby", "Takeover",
+           "detector_name", "engine_rows", "engine_state", "engines", "holder_name", "record_expiry", "standby",
+           "watch_leases"]

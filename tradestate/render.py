@@ -112,6 +112,30 @@ def orders_table(state: TradingState, title: str = "Orders") -> Table:
     return table
 
 
+_ENGINE_STYLES = {"active": "green", "dead": "bold red", "stopped": "dim", "standby": "cyan",
+                  "standby-lost": "yellow"}
+
+
+def engines_table(rows: list[dict[str, Any]], title: str = "Engines") -> Table:
+    """The operator view of ``tradestate.engines.engines``: one row per engine (and standby) with
+    its state, lease holder, epoch and how long ago the lease was last renewed (a standby: how long
+    ago it last checked in)."""
+    table = Table(title=title, title_justify="left")
+    for column in ("engine", "state", "holder", "epoch", "renewed / seen", "expires in", "expiry recorded"):
+        table.add_column(column, justify="right" if column in ("epoch", "renewed / seen", "expires in") else "left")
+    for row in rows:
+        style = _ENGINE_STYLES.get(row["state"], "")
+        age = row.get("renewal_age_seconds")
+        expires = row.get("expires_in_seconds")
+        recorded = row.get("expiry_recorded")
+        table.add_row(
+            row["engine_id"], f"[{style}]{row['state']}[/]" if style else row["state"], row.get("holder") or "-",
+            fmt(row.get("epoch") or None), "-" if age is None else f"{age:.1f} s ago",
+            "-" if expires is None or row.get("lease") != "active" else f"{expires:.1f} s",
+            "-" if recorded is None or row.get("lease") != "expired" else ("yes" if recorded else "not yet"))
+    return table
+
+
 def state_json(state: TradingState, now: datetime) -> dict[str, Any]:
     """The folded state as a JSON-ready dict: log position, digest, positions, open orders and each
     account's risk state at ``now``."""

@@ -38,6 +38,8 @@ from .base import new_event
 from .sql import Dialect
 
 LEASE_TABLE = "ts_leases"
+# Standbys check in here (not in ts_leases: a standby holds nothing; this is only for the operator view).
+STANDBY_TABLE = "ts_lease_standbys"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,21 @@ class Lease:
             "expires_at": self.expires_at.isoformat(), "renewal_age_seconds": round(self.renewal_age, 3),
             "expires_in_seconds": round(self.expires_in, 3), "expiry_recorded": self.expiry_recorded,
         }
+
+
+@dataclass(frozen=True)
+class StandbySeen:
+    """A standby of ``engine_id`` as it last checked in (``last_seen``), read at ``now``."""
+
+    engine_id: str
+    holder: str
+    last_seen: datetime
+    now: datetime
+
+    @property
+    def age(self) -> float:
+        """Seconds since the standby last checked in, by the store's clock."""
+        return max((self.now - self.last_seen).total_seconds(), 0.0)
 
 
 # Builds the event a lease change appends: (type name, JSON bytes), given the lease before the
@@ -301,6 +318,47 @@ class Leases:
             return f"its lease expired {-lease.expires_in:.1f} s ago (not renewed in time)"
         return "the lease changed while the append ran"
 
+    # ------------------------------------------------------------------------ standbys
+    def standbys(self) -> list[StandbySeen]:
+        """Every standby that checked in (``standby_seen``) and has not left, by engine id and holder."""
+        with self.log.transaction() as cur:
+            if not self.dialect.table_exists(cur, STANDBY_TABLE):
+                return []
+            now = self._now(cur)
+            cur.execute(f"SELECT engine_id, holder, last_seen FROM {self.dialect.name(STANDBY_TABLE)}"
+                        " ORDER BY engine_id, holder")
+            rows = cur.fetchall()
+        return [StandbySeen(e, h, seen if self._pg else _from_unix(seen), now) for e, h, seen in rows]
+
+    def standby_seen(self, engine_id: str, holder: str) -> None:
+        """Record that ``holder`` stands by for ``engine_id`` now (the store's clock). Not a fact of
+        the log and no part of the lease: the operator view shows it."""
+        table = self.dialect.name(STANDBY_TABLE)
+        with self.log.transaction() as cur:
+            exists = self.dialect.table_exists(cur, STANDBY_TABLE)
+        if not exists:
+            with self.log.transaction(write=True) as cur:
+                self.dialect.ddl_lock(cur)
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (engine_id text NOT NULL, holder text NOT NULL,"
+                            f" last_seen {'timestamptz' if self._pg else 'REAL'} NOT NULL,"
+                            " PRIMARY KEY (engine_id, holder))")
+        p = self.dialect.param
+        with self.log.bounded_write() as cur:
+            now = self._time(self._now(cur))
+            cur.execute(f"INSERT INTO {table} (engine_id, holder, last_seen) VALUES ({p}, {p}, {p})"
+                        " ON CONFLICT (engine_id, holder) DO UPDATE SET last_seen = excluded.last_seen",
+                        (engine_id, holder, now))
+
+    def standby_gone(self, engine_id: str, holder: str) -> None:
+        """Forget the standby ``holder`` of ``engine_id`` (it took over or stopped)."""
+        p = self.dialect.param
+        with self.log.transaction() as cur:
+            if not self.dialect.table_exists(cur, STANDBY_TABLE):
+                return
+        with self.log.bounded_write() as cur:
+            cur.execute(f"DELETE FROM {self.dialect.name(STANDBY_TABLE)} WHERE engine_id = {p} AND holder = {p}",
+                        (engine_id, holder))
+
     # ------------------------------------------------------------------------ helpers
     @property
     def _true(self) -> str:
@@ -334,4 +392,4 @@ class Leases:
         self.log.insert_in(cur, [new_event(stream, version, type_name, data)])
 
 
-__all__ = ["Fence", "LEASE_TABLE", "Lease", "LeaseEvent", "Leases"]
+__all__ = ["Fence", "LEASE_TABLE", "Lease", "LeaseEvent", "Leases", "STANDBY_TABLE", "StandbySeen"]

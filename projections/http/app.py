@@ -25,6 +25,7 @@ from ..metrics import MetricsSnapshot, make_registry
 from ..queries import DatabaseUnavailable
 from . import routes
 from .auth import BearerAuth, bearer_documented
+from .engines import EngineMonitor
 from .schemas import error_response
 
 
@@ -41,18 +42,25 @@ def create_app(
     token: str | None = None,
     lag_threshold_events: int = 1000,
     lag_threshold_seconds: float = 5.0,
+    watch_engines: bool = True,
+    engine_watch_seconds: float = 2.0,
 ) -> FastAPI:
     """The API over the read models of the database at ``url`` (``$TRADESTATE_DB`` or the default
     when None). Nothing is read until the first request: a database that is not reachable yet is
     a 503, not a failure to start. With a ``token`` (empty means none), every path but the probes
     needs it. ``/readyz`` and ``/health`` answer 503 when more than ``lag_threshold_events`` events
     are unprojected, or one has been for more than ``lag_threshold_seconds``. Raises
-    ``InvalidInput`` for bad thresholds or an unsupported URL."""
+    ``InvalidInput`` for bad thresholds or an unsupported URL. ``watch_engines``: record the
+    expiry of a dead engine's lease (``LeaseExpired``) within ``engine_watch_seconds`` of it, from a
+    background thread (see ``engines.EngineMonitor``)."""
     url = resolve_url(url)
     if lag_threshold_events < 0 or lag_threshold_seconds <= 0:
         raise InvalidInput("lag thresholds: events must be >= 0 and seconds > 0")
     token = token or None
+    if engine_watch_seconds <= 0:
+        raise InvalidInput("engine_watch_seconds must be > 0")
     reader = queries.open_reader(url)
+    monitor = EngineMonitor(url, watch=watch_engines, every=engine_watch_seconds)
 
     def metrics_snapshot() -> MetricsSnapshot:
         with reader.read() as tx:
@@ -63,13 +71,16 @@ def create_app(
             orders_by_status=snap["orders_by_status"],
             kill_switch={a["account"]: a["kill_switch"] for a in snap["accounts"]},
             breaker_active={a["account"]: a["breaker_active"] for a in snap["accounts"]},
+            engines=monitor.rows(folded=False),
         )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        monitor.start()
         try:
             yield
         finally:
+            monitor.close()
             reader.close()
 
     app = FastAPI(
@@ -85,13 +96,15 @@ def create_app(
             "saying it may not be projected yet.\n\n"
             "Probes: `/livez` (liveness: 200 while the process serves, the database is not read), `/readyz` "
             "(readiness: 200 when the database answers and the projection lag is within the thresholds, "
-            "503 otherwise), `/health` (the readiness detail, with the per-account breaker and kill switch). "
-            "`/metrics` is Prometheus."
+            "503 otherwise), `/health` (the readiness detail, with the per-account breaker and kill switch, and "
+            "the engines' leases: `degraded` when an engine is dead). `/metrics` is Prometheus. `/engines` lists "
+            "the engines (active, dead, stopped), their lease holder, epoch and last renewal."
         ),
         lifespan=lifespan,
     )
     app.state.settings = routes.Settings(url, token, lag_threshold_events, lag_threshold_seconds)
     app.state.reader = reader
+    app.state.engines = monitor
     app.state.registry = make_registry(metrics_snapshot)
 
     # The bearer dependency only documents the scheme in OpenAPI: BearerAuth below enforces it.

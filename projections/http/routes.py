@@ -30,6 +30,7 @@ from ..queries import Freshness, Reader, Tx
 from .auth import authorized
 from .schemas import (
     DailyStatsOut,
+    EngineOut,
     EquityPointOut,
     ErrorBody,
     HealthOut,
@@ -80,6 +81,11 @@ def get_reader(request: Request) -> Reader:
     return request.app.state.reader
 
 
+def get_engines(request: Request) -> Any:
+    """The app's ``EngineMonitor`` (from ``app.state``)."""
+    return request.app.state.engines
+
+
 def get_registry(request: Request) -> CombinedRegistry:
     """The app's Prometheus ``CombinedRegistry`` (from ``app.state``)."""
     return request.app.state.registry
@@ -115,6 +121,7 @@ def get_snapshot(reader: Annotated[Reader, Depends(get_reader)], response: Respo
 
 
 ReaderDep = Annotated[Reader, Depends(get_reader)]
+EnginesDep = Annotated[Any, Depends(get_engines)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]
 
@@ -362,6 +369,17 @@ def signals(
         return queries.signals(tx, strategy_id=strategy_id, symbol=symbol)
 
 
+# -------------------------------------------------------------------------------- engines
+@data.get("/engines", response_model=list[EngineOut], tags=["operations"],
+          summary="Engines: state (active, dead, stopped...), lease holder, epoch, last renewal")
+def engines(monitor: EnginesDep) -> list[dict[str, Any]]:
+    """Every engine the log or the lease table knows, by engine id: its state (`active`, `dead`: the
+    lease expired unrenewed, `stopped`: released cleanly...), the lease holder, epoch and the age of the
+    last renewal by the database's clock; what `tradestate engines --json` lists. Read from the log and
+    the lease table, not the read models (no freshness headers). 503 when the database cannot be read."""
+    return monitor.rows()
+
+
 # -------------------------------------------------------------------------------- metrics
 @data.get("/metrics", tags=["operations"], response_class=Response,
           summary="Prometheus metrics: projection lag, orders by status, refusals, breakers; "
@@ -417,19 +435,27 @@ def readyz(reader: ReaderDep, settings: SettingsDep, response: Response) -> dict
             summary="Readiness in detail: projection lag, thresholds, per-account breaker and kill switch",
             responses={503: {"model": HealthOut | ErrorBody,
                              "description": "Behind or stalled (a HealthOut), or the database cannot be read"}})
-def health(request: Request, reader: ReaderDep, settings: SettingsDep, response: Response) -> dict[str, Any]:
-    """What `/readyz` reports (same status codes and freshness headers), plus the thresholds and, when
-    the request is authorized, each account's breaker and kill switch (`accounts` is null otherwise,
-    so an open probe reveals no account ids)."""
+def health(request: Request, reader: ReaderDep, settings: SettingsDep, monitor: EnginesDep,
+           response: Response) -> dict[str, Any]:
+    """What `/readyz` reports (same status codes and freshness headers), plus the thresholds, the count
+    of dead engines and, when the request is authorized, each account's breaker and kill switch and
+    each engine's lease (`accounts` and `engines` are null otherwise, so an open probe reveals no
+    account ids). A dead engine (its lease expired unrenewed) turns an `ok` status into `degraded`,
+    still 200: the read models are served as ever, the alert is for the engine."""
     with reader.read() as tx:
         snap = queries.lag(tx)
+    engine_rows = monitor.rows(folded=False)
     snap["status"] = _lag_status(snap, settings)
+    snap["dead_engines"] = sum(1 for e in engine_rows if e["state"] == "dead")
+    snap["engines"] = engine_rows
     if snap["status"] != "ok":
         response.status_code = 503
+    elif snap["dead_engines"]:
+        snap["status"] = "degraded"
     response.headers.update({POSITION_HEADER: str(snap["projection_position"]), HEAD_HEADER: str(snap["log_head"])})
     snap["lag_threshold_events"] = settings.lag_threshold_events
     snap["lag_threshold_seconds"] = settings.lag_threshold_seconds
     if not authorized(request.headers, settings.token):
-        snap["accounts"] = None
+        snap["accounts"] = snap["engines"] = None
     del snap["orders_by_status"]
     return snap

@@ -166,13 +166,52 @@ class AccountHealthOut(BaseModel):
     breaker_until: datetime | None = None
 
 
+EngineState = Literal["active", "standby", "standby-lost", "dead", "stopped", "running", "unknown"]
+_ENGINE_STATE = ("active: its lease is renewed in time; dead: its lease expired unrenewed (crashed, hung or cut "
+                 "off: a standby or `tradestate recover` takes over); stopped: released its lease (a clean stop); "
+                 "standby: a standby of the engine that checked in within 10 s (standby-lost: longer ago); "
+                 "running / unknown: no lease (an engine started without an engine id): started and not stopped, "
+                 "or neither on record")
+
+
+class EngineHealthOut(BaseModel):
+    """An engine's lease as /health reports it."""
+
+    engine_id: str = Field(description="Engine id")
+    state: EngineState = Field(description=_ENGINE_STATE)
+    holder: str = Field(description="The process holding (or last holding) the lease: host:pid:suffix")
+    epoch: int | None = Field(description="The lease's epoch: it grows at each takeover; appends carry it (the "
+                                          "fence). Null for a standby")
+    renewal_age_seconds: float | None = Field(
+        default=None, description="Seconds since the holder last renewed the lease (a standby: last checked in), "
+                                  "by the database's clock")
+
+
+class EngineOut(EngineHealthOut):
+    """An engine: its state, its lease and what the log says of it (`tradestate engines --json`)."""
+
+    lease: Literal["active", "expired", "released", "never", "none"] = Field(
+        description="The lease table's view: active, expired (not renewed in time), released, never held, or "
+                    "none (no lease row: the engine never took one)")
+    renewed_at: datetime | None = Field(default=None, description="When the lease was last renewed (UTC)")
+    expires_in_seconds: float | None = Field(
+        default=None, description="Seconds until the lease runs out unless renewed (negative: ran out that long ago)")
+    expiry_recorded: bool | None = Field(
+        default=None, description="An expired lease was recorded as a LeaseExpired event (by a standby, "
+                                  "`tradestate serve` or the projector)")
+    running: bool = Field(description="The log has an EngineStarted with no EngineStopped after it")
+    last_recovery_position: int | None = Field(default=None,
+                                               description="Log position of the engine's last RecoveryCompleted")
+
+
 class HealthOut(BaseModel):
     """The readiness detail: how far the read models are behind the log, with the thresholds and
     each account's kill switch and breaker (503 when behind or stalled, as /readyz)."""
 
-    status: Literal["ok", "behind", "stalled"] = Field(
-        description="ok; behind: more unprojected events than the threshold; "
-                    "stalled: unprojected events older than the seconds threshold")
+    status: Literal["ok", "degraded", "behind", "stalled"] = Field(
+        description="ok; degraded (still 200): the read models are current but an engine is dead (its lease "
+                    "expired unrenewed); behind: more unprojected events than the threshold; "
+                    "stalled: unprojected events older than the seconds threshold (both 503)")
     log_head: int = Field(description="Last position of the trading log")
     projection_position: int = Field(description="Last log position the tables include")
     lag_events: int = Field(description="log_head - projection_position")
@@ -183,6 +222,10 @@ class HealthOut(BaseModel):
     lag_threshold_seconds: float
     accounts: list[AccountHealthOut] | None = Field(
         default=None, description="Kill switch and breaker per account (null without the token when one is configured)")
+    dead_engines: int = Field(default=0, description="Engines whose lease expired unrenewed (dead, hung or cut off)")
+    engines: list[EngineHealthOut] | None = Field(
+        default=None, description="Each engine with a lease: state, holder, epoch, renewal age (null without the "
+                                  "token when one is configured)")
 
 
 class ReadyOut(BaseModel):

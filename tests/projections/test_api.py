@@ -340,7 +340,8 @@ def test_openapi_lists_the_endpoints(sqlite_url: str) -> None:
         spec = r.json()
         assert set(spec["paths"]) == {
             "/positions", "/orders", "/orders/open", "/orders/{account}/{client_order_id}", "/risk",
-            "/risk/{account}", "/stats/daily", "/equity", "/signals", "/health", "/livez", "/readyz", "/metrics"}
+            "/risk/{account}", "/stats/daily", "/equity", "/signals", "/health", "/livez", "/readyz", "/metrics",
+            "/engines"}
         schemas = spec["components"]["schemas"]
         assert "exact decimal" in schemas["Position"]["properties"]["qty"]["description"]
         assert "refused" in str(schemas["Order"]["properties"]["status"])

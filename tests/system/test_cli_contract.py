@@ -102,7 +102,7 @@ def test_version():
 
 
 @pytest.mark.parametrize("args", [
-    ["state"], ["verify"], ["recover"], ["replay", "state", "--position", "1"],
+    ["state"], ["verify"], ["recover"], ["replay", "state", "--position", "1"], ["engines"],
 ])
 def test_an_unreachable_database_is_one_line_on_stderr_and_exit_3(args):
     """Each command in two processes at once (text, then --json), each well under 10 s."""
@@ -133,6 +133,7 @@ def test_an_unreachable_database_is_one_line_on_stderr_and_exit_3(args):
     (["reconcile", "--broker", "nope"], "--broker must be one of"),
     (["project", "--once", "--checkpoint-seconds", "0"], "--checkpoint-seconds must be > 0"),
     (["serve"], "does not exist"),
+    (["engines"], "does not exist"),
     (["backup", "--to", "x.bak"], "does not exist"),
     (["state", "--no-such-option"], "No such option"),
 ])

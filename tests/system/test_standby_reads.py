@@ -4,7 +4,7 @@ A real primary + synchronous hot standby (``tradestate.tools.pg_cluster``) is st
 module; a log with orders, fills and projected read models is written on the primary and read
 on the standby through the ``tradestate`` command itself (``state``, ``verify`` and
 ``replay state`` are covered in test_pg_durability.py; here ``replay timeline/trace/export/diff/report``,
-``serve`` and ``backup``)."""
+``serve``, ``engines`` and ``backup``)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,8 @@ def replicated():
             for i in range(3):
                 client.record_intent(ACCT, f"o-{i}", "AAPL", "buy", "10", reference_price="100")
                 client.record_fill(ACCT, f"o-{i}", f"x-{i}", "10", "100")
+            crashed = connect(primary_url, engine_id="e1", lease_seconds=0.5, venue="sim")
+            crashed.close()  # stops renewing without a clean stop: e1 is dead once its lease runs out
             head = client.store.trading.head()
             rows = list(client.store.trading.iter_rows())
             written = rows[len(rows) // 2][5]  # recorded_at of an event in the middle of the log
@@ -118,6 +120,15 @@ def test_serve_on_the_standby_answers_positions_and_readyz(replicated):
         with urllib.request.urlopen(base + "/positions", timeout=10) as r:
             positions = json.loads(r.read())
         assert [(p["account"], p["symbol"], str(p["qty"])) for p in positions] == [(ACCT, "AAPL", "30")]
+        # The engines too; the server cannot record e1's expiry on a read-only standby, and serves on.
+        with urllib.request.urlopen(base + "/engines", timeout=10) as r:
+            engines = json.loads(r.read())
+        assert [(e["engine_id"], e["state"], e["expiry_recorded"]) for e in engines] == [("e1", "dead", False)]
+        time.sleep(2.5)  # a watch tick or two, refused by the standby
+        with urllib.request.urlopen(base + "/health", timeout=10) as r:
+            health = json.loads(r.read())
+        assert r.status == 200 and health["status"] == "degraded" and health["dead_engines"] == 1
+        assert proc.poll() is None
     finally:
         proc.terminate()
         try:
@@ -125,6 +136,13 @@ def test_serve_on_the_standby_answers_positions_and_readyz(replicated):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def test_engines_on_the_standby(replicated):
+    time.sleep(0.5)  # e1's lease has run out by now
+    listed = json.loads(ok(tradestate("engines", "--db", replicated.standby_url, "--json")).stdout)
+    assert [(e["engine_id"], e["state"], e["lease"]) for e in listed["engines"]] == [("e1", "dead", "expired")]
+    assert listed["dead"] == ["e1"]
 
 
 def test_backup_of_the_standby_restores_on_the_primary_and_verifies(replicated, tmp_path):

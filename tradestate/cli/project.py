@@ -18,6 +18,9 @@ from ..render import console, err_console, to_json
 from .common import ConfigOption, DbOption, command, exit_codes, fail, settings
 
 
+LEASE_WATCH_SECONDS = 2.0  # how often the follower looks for expired engine leases
+
+
 class _Interrupted(Exception):
     pass
 
@@ -194,9 +197,34 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
             last_report[0] = now
             say(f"[yellow]projector error (retrying):[/] {type(e).__name__}: {e}")
 
-    # on_tick: a quiet log still gets its checkpoint within ``checkpoint_seconds`` of its last event
+    # The live crash detector: a dead or hung engine's expired lease is recorded (LeaseExpired)
+    # within a few seconds even when no standby runs. Throttled; its errors never stop projecting.
+    from ..engines import LeaseWatcher, detector_name
+
+    watch_errors = [0.0]
+
+    def watch_failed(e: BaseException) -> None:
+        now = time.monotonic()
+        if now - watch_errors[0] >= 60.0:
+            watch_errors[0] = now
+            say(f"[yellow]engine lease watch failed (retrying):[/] {type(e).__name__}: {e}")
+
+    watcher = LeaseWatcher(store, detected_by=detector_name("projector"), every=LEASE_WATCH_SECONDS,
+                           on_error=watch_failed, on_recorded=lambda lease: say(
+                               f"[bold red]engine {lease.engine_id} is dead:[/] its lease (epoch {lease.epoch}, "
+                               f"holder {lease.holder}) expired unrenewed; recorded LeaseExpired"))
+
+    def on_page(rows: int, position: int) -> None:
+        checkpoint(rows, position)
+        watcher.tick()
+
+    def on_tick() -> None:
+        # a quiet log still gets its checkpoint within ``checkpoint_seconds`` of its last event
+        checkpoint()
+        watcher.tick()
+
     stats = follow(store, stop, poll=poll, watchdog=watchdog, projector=projector, on_error=on_error,
-                   on_page=checkpoint, on_tick=checkpoint)
+                   on_page=on_page, on_tick=on_tick)
     say(f"stopped: position {stats.position:,} (+{stats.events:,} events in {stats.pages} pages, "
         f"{stats.conflicts} conflicts, {stats.errors} errors) after {stats.seconds:.1f} s")
     summarise(stats.events, True)
