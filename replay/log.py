@@ -376,41 +376,90 @@ class LogTimes:
         return self
 
     def _stamp(self, position: int) -> datetime | None:
-        row = _row_at(self.event_log, position)
-        return None if row is None else _utc(row[5])
+        """The ``recorded_at`` of the row at ``position`` (None: no row there)."""
+        with read_cursor(self.store) as cur:
+            cur.execute(f"SELECT recorded_at FROM {self._table} WHERE position = {self._p}", (position,))
+            row = cur.fetchone()
+        return None if row is None else _utc(row[0])
+
+    @property
+    def _table(self) -> str:
+        return self.store.dialect.name(self.event_log.table)
+
+    @property
+    def _p(self) -> str:
+        return self.store.dialect.param
+
+    def _time_param(self, at: datetime) -> Any:
+        # SQLite keeps stamps as the store's own UTC ISO-8601 text: its order is time order
+        return self.store.dialect.time_value(at.astimezone(UTC))
+
+    def _first_irregular(self, after: int, head: int) -> int | None:
+        """The first position in ``after+1..head`` where the stamps stop rising one row at a time:
+        stamped before the time already reached (the row before it, or the log's time at
+        ``after``), or right after a missing position (None: they rise all the way). One pass
+        of the table joined to itself on the next position: no window function, cheap."""
+        table, p = self._table, self._p
+        if self.high is not None:
+            first = self._stamp(after + 1)
+            if first is not None and first < self.high:
+                return after + 1
+        with read_cursor(self.store) as cur:
+            cur.execute(f"SELECT a.position + 1 FROM {table} a LEFT JOIN {table} b ON b.position = a.position + 1"
+                        f" WHERE a.position > {p} AND a.position < {p}"
+                        " AND (b.position IS NULL OR b.recorded_at < a.recorded_at) ORDER BY a.position LIMIT 1",
+                        (after, head))
+            row = cur.fetchone()
+        return None if row is None else int(row[0])
 
     def _scan(self, after: int, head: int) -> None:
-        d = self.store.dialect
-        table, p = d.name(self.event_log.table), d.param
-        before = ("max(recorded_at) OVER (ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)")
-        behind = "recorded_at < before" + (f" OR recorded_at < {p}" if self.high is not None else "")
-        params: tuple[Any, ...] = (after, head) + ((d.time_value(self.high.astimezone(UTC)),) if self.high is not None else ())
-        with read_cursor(self.store) as cur:
-            # SQLite keeps stamps as the store's own UTC ISO-8601 text: its order is time order
-            cur.execute(f"SELECT position, recorded_at, before FROM (SELECT position, recorded_at, {before} AS before"
-                        f" FROM {table} WHERE position > {p} AND position <= {p}) AS s WHERE {behind}"
-                        " ORDER BY position", params)
-            behind_rows = cur.fetchall()
-            cur.execute(f"SELECT max(recorded_at) FROM {table} WHERE position > {p} AND position <= {p}", (after, head))
-            top = cur.fetchone()[0]
-        high = self.high
-        for position, stamp, previous in behind_rows:
-            stamp = _utc(stamp)
-            log_time = _utc(previous) if previous is not None else high
-            if high is not None and high > log_time:  # type: ignore[operator]
-                log_time = high
-            last = self.runs[-1] if self.runs else None
-            if last is not None and last.last == position - 1 and last.log_time == log_time:
-                self.runs[-1] = SteppedBack(last.first, position, log_time, min(last.earliest, stamp),  # type: ignore[arg-type]
-                                            max(last.latest, stamp))
-            else:
-                self.runs.append(SteppedBack(position, position, log_time, stamp, stamp))  # type: ignore[arg-type]
-                self._firsts.append(position)
-        if top is not None:
-            top = _utc(top)
-            self.high = top if self.high is None or top > self.high else self.high
+        """Take in the rows ``after+1..head``: the runs, by the running maximum (a window query,
+        grouped into runs in the database, so a long run costs one row), on SQLite only from the
+        first row where the stamps stop rising."""
+        # SQLite's window functions cost four times a pass of the table joined to itself, so it
+        # looks for the first irregular row first; on PostgreSQL the window query is the cheaper
+        start = self._first_irregular(after, head) if self.store.dialect.is_sqlite else after + 1
+        if start is not None:
+            # up to start - 1 the stamps rose: the log's time there is the later of its stamp and ``high``
+            high = self.high
+            if start - 1 > after:
+                below = self._stamp(start - 1)
+                high = below if high is None or (below is not None and below > high) else high
+            self._runs_from(start - 1, head, high)
+        last = self.runs[-1] if self.runs else None
+        top = last.log_time if last is not None and last.last == head else self._stamp(head)
+        if top is not None and (self.high is None or top > self.high):
+            self.high = top
         self.upto = head
         self.upto_stamp = self._stamp(head)
+
+    def _runs_from(self, after: int, head: int, high: datetime | None) -> None:
+        d, table, p = self.store.dialect, self._table, self._p
+        before = "max(recorded_at) OVER (ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+        params: tuple[Any, ...] = (after, head)
+        log_time = "before"
+        if high is not None:
+            cast = f"CAST({p} AS timestamptz)" if d.is_postgres else p
+            log_time = f"CASE WHEN before IS NULL OR before < {cast} THEN {cast} ELSE before END"
+            params = (self._time_param(high), self._time_param(high)) + params  # they come first in the text
+        with read_cursor(self.store) as cur:
+            cur.execute(
+                f"SELECT min(position), max(position), log_time, min(recorded_at), max(recorded_at) FROM ("
+                " SELECT position, recorded_at, log_time, position - row_number() OVER (ORDER BY position) AS island"
+                f" FROM (SELECT position, recorded_at, {log_time} AS log_time FROM ("
+                f"  SELECT position, recorded_at, {before} AS before FROM {table}"
+                f"  WHERE position > {p} AND position <= {p}) AS ordered) AS timed"
+                " WHERE recorded_at < log_time) AS behind GROUP BY island, log_time ORDER BY 1", params)
+            found = cur.fetchall()
+        for first, last_position, at, earliest, latest in found:
+            run = SteppedBack(int(first), int(last_position), _utc(at), _utc(earliest), _utc(latest))
+            last = self.runs[-1] if self.runs else None
+            if last is not None and last.last == run.first - 1 and last.log_time == run.log_time:
+                self.runs[-1] = SteppedBack(last.first, run.last, run.log_time, min(last.earliest, run.earliest),
+                                            max(last.latest, run.latest))
+            else:
+                self.runs.append(run)
+                self._firsts.append(run.first)
 
     # -------------------------------------------------------------------------- queries
 
@@ -426,7 +475,10 @@ class LogTimes:
         run = self.run_at(position)
         if run is not None:
             return run.log_time
-        return _recorded_at(self.event_log, position)
+        at = self._stamp(position)
+        if at is None:
+            raise ReplayError(f"the {self.log} log has no event at position {position}")
+        return at
 
     def position_at(self, t: datetime) -> int:
         """The last position whose log time is at or before ``t`` (0: the first event is later).
