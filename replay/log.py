@@ -350,8 +350,9 @@ class LogTimes:
     (``SteppedBack``), which this keeps: one scan of the log in the database (a window query that
     returns only those rows), then extended by scanning only the rows appended since. With the
     runs in memory, the log time of a position is one indexed row read (or none, inside a run),
-    so the last position at or before an instant is a binary search. Rows still in flight on
-    PostgreSQL when a part was scanned (holes below the head) are not in it."""
+    so the last position at or before an instant is a binary search. ``$void`` rows are not
+    events: their stamp (when a reader voided the hole) does not move the log's time. Rows still
+    in flight on PostgreSQL when a part was scanned (holes below the head) are not in it."""
 
     def __init__(self, store: Store, log: str = "trading"):
         self.store = store
@@ -382,6 +383,16 @@ class LogTimes:
             row = cur.fetchone()
         return None if row is None else _utc(row[0])
 
+    def _event_at_or_before(self, position: int) -> tuple[int, datetime] | None:
+        """(position, stamp) of the last event at or before ``position``: ``$void`` rows (holes a
+        reader gave up waiting for, stamped when they were voided) and missing rows are not events
+        and do not move the log's time."""
+        with read_cursor(self.store) as cur:
+            cur.execute(f"SELECT position, recorded_at FROM {self._table} WHERE position <= {self._p}"
+                        f" AND type <> '{VOID_TYPE}' ORDER BY position DESC LIMIT 1", (position,))
+            row = cur.fetchone()
+        return None if row is None else (int(row[0]), _utc(row[1]))
+
     @property
     def _table(self) -> str:
         return self.store.dialect.name(self.event_log.table)
@@ -406,9 +417,9 @@ class LogTimes:
                 return after + 1
         with read_cursor(self.store) as cur:
             cur.execute(f"SELECT a.position + 1 FROM {table} a LEFT JOIN {table} b ON b.position = a.position + 1"
-                        f" WHERE a.position > {p} AND a.position < {p}"
-                        " AND (b.position IS NULL OR b.recorded_at < a.recorded_at) ORDER BY a.position LIMIT 1",
-                        (after, head))
+                        f" WHERE a.position > {p} AND a.position < {p} AND (b.position IS NULL"
+                        f" OR b.recorded_at < a.recorded_at OR a.type = '{VOID_TYPE}' OR b.type = '{VOID_TYPE}')"
+                        " ORDER BY a.position LIMIT 1", (after, head))
             row = cur.fetchone()
         return None if row is None else int(row[0])
 
@@ -423,11 +434,11 @@ class LogTimes:
             # up to start - 1 the stamps rose: the log's time there is the later of its stamp and ``high``
             high = self.high
             if start - 1 > after:
-                below = self._stamp(start - 1)
+                below = self._time_of(start - 1)
                 high = below if high is None or (below is not None and below > high) else high
             self._runs_from(start - 1, head, high)
         last = self.runs[-1] if self.runs else None
-        top = last.log_time if last is not None and last.last == head else self._stamp(head)
+        top = last.log_time if last is not None and last.last == head else self._time_of(head)
         if top is not None and (self.high is None or top > self.high):
             self.high = top
         self.upto = head
@@ -435,7 +446,8 @@ class LogTimes:
 
     def _runs_from(self, after: int, head: int, high: datetime | None) -> None:
         d, table, p = self.store.dialect, self._table, self._p
-        before = "max(recorded_at) OVER (ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+        before = "max(stamp) OVER (ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+        stamp = f"CASE WHEN type = '{VOID_TYPE}' THEN NULL ELSE recorded_at END"  # a $void row is not an event
         params: tuple[Any, ...] = (after, head)
         log_time = "before"
         if high is not None:
@@ -444,12 +456,12 @@ class LogTimes:
             params = (self._time_param(high), self._time_param(high)) + params  # they come first in the text
         with read_cursor(self.store) as cur:
             cur.execute(
-                f"SELECT min(position), max(position), log_time, min(recorded_at), max(recorded_at) FROM ("
-                " SELECT position, recorded_at, log_time, position - row_number() OVER (ORDER BY position) AS island"
-                f" FROM (SELECT position, recorded_at, {log_time} AS log_time FROM ("
-                f"  SELECT position, recorded_at, {before} AS before FROM {table}"
-                f"  WHERE position > {p} AND position <= {p}) AS ordered) AS timed"
-                " WHERE recorded_at < log_time) AS behind GROUP BY island, log_time ORDER BY 1", params)
+                f"SELECT min(position), max(position), log_time, min(stamp), max(stamp) FROM ("
+                " SELECT position, stamp, log_time, position - row_number() OVER (ORDER BY position) AS island"
+                f" FROM (SELECT position, stamp, {log_time} AS log_time FROM ("
+                f"  SELECT position, stamp, {before} AS before FROM (SELECT position, {stamp} AS stamp FROM {table}"
+                f"  WHERE position > {p} AND position <= {p}) AS stamped) AS ordered) AS timed"
+                " WHERE stamp < log_time) AS behind GROUP BY island, log_time ORDER BY 1", params)
             found = cur.fetchall()
         for first, last_position, at, earliest, latest in found:
             run = SteppedBack(int(first), int(last_position), _utc(at), _utc(earliest), _utc(latest))
@@ -472,12 +484,23 @@ class LogTimes:
 
     def time_at(self, position: int) -> datetime:
         """The log's time at ``position`` (1 <= position <= ``upto``): the latest stamp up to it."""
+        at = self._time_of(position)
+        if at is None:
+            raise ReplayError(f"the {self.log} log has no event at or before position {position}")
+        return at
+
+    def _time_of(self, position: int) -> datetime | None:
         run = self.run_at(position)
         if run is not None:
             return run.log_time
-        at = self._stamp(position)
-        if at is None:
-            raise ReplayError(f"the {self.log} log has no event at position {position}")
+        found = self._event_at_or_before(position)
+        if found is None:
+            return None
+        event_position, at = found
+        if event_position != position:  # a $void or missing row: the log's time at the event before it
+            run = self.run_at(event_position)
+            if run is not None:
+                return run.log_time
         return at
 
     def position_at(self, t: datetime) -> int:
@@ -570,11 +593,11 @@ def iter_events(store: Store, after: int = 0, stop: int | None = None, *, log: s
     for row in event_log.iter_rows(after, stop):
         if progress is not None:
             progress(row[0])
+        if row[3] == VOID_TYPE:  # not an event: its stamp (when it was voided) is not the log's time
+            continue
         at = row[5]
         if high is None or at > high:
             high = at if at.tzinfo else at.replace(tzinfo=UTC)
-        if row[3] == VOID_TYPE:
-            continue
         yield LoggedEvent.from_row(row, log, high)
 
 

@@ -41,7 +41,7 @@ from ...domain import snapshot
 from ...domain.errors import InvalidInput
 from ...domain.integrity import RISK_TYPES, fold_risk, risk_disagreements
 from ...domain.state import TradingState
-from . import TRADING_TABLE, Store, as_time, gc_paused
+from . import TRADING_TABLE, VOID_TYPE, Store, as_time, gc_paused
 from .sql import read_cursor, write_cursor
 
 TABLE = "ts_checkpoints"
@@ -402,7 +402,7 @@ def log_stamp_from(store: Store, position: int, at: datetime) -> datetime | None
     p = d.param
     with _cursor(store, write=False) as cur:
         cur.execute(f"SELECT recorded_at FROM {d.name(TRADING_TABLE)} WHERE position <= {p} AND recorded_at >= {p}"
-                    " ORDER BY position DESC LIMIT 1", (position, d.time_value(at.astimezone(timezone.utc))))
+                    f" AND type <> '{VOID_TYPE}' ORDER BY position DESC LIMIT 1", (position, d.time_value(at.astimezone(timezone.utc))))
         row = cur.fetchone()
     return None if row is None else _aware(as_time(row[0]))
 

@@ -24,7 +24,7 @@ from tradestate.replay.timeline import timeline
 from tests.support.clock_log import B, S
 from tests.support.clock_log import signals as _signals
 from tests.support.clock_log import stepped_back_log as _stepped_back_log
-from tests.support.db import restamp
+from tests.support.db import restamp, tamper
 from tests.support.projector_worker import Clock
 
 def _last_signal(st) -> str | None:
@@ -189,3 +189,21 @@ def test_state_at_is_the_fold_of_exactly_the_events_whose_running_maximum_is_at_
                 got = state_at_time(store, at)
                 assert got.position == want
                 assert _last_signal(got) == (f"x{want - 1}" if want else None)
+
+
+def test_a_voided_hole_does_not_move_the_log_time(db_url):
+    """A ``$void`` row (a hole a reader gave up waiting for) is stamped when it was voided, later
+    than the events after it that were committed already: not an event, so not the log's time."""
+    _signals(db_url, 20)
+    with open_store(db_url, create=False) as store:
+        restamp(store, {p: B + p * S for p in range(1, 21)})
+        tamper(store, ("UPDATE ts_events SET stream_id = %s, stream_version = position, type = %s, data = %s,"
+                       " recorded_at = %s WHERE position = 10",
+                       ("$void", "$void", b"{}", (B + 15.5 * S).isoformat() if store.kind == "sqlite" else B + 15.5 * S)))
+        times = log_times(store)
+        assert times.runs == []
+        assert [times.time_at(p) for p in (9, 10, 11)] == [B + 9 * S, B + 9 * S, B + 11 * S]
+        assert times.position_at(B + 12 * S) == 12 and times.position_at(B + 9.5 * S) == 10
+        events = window_events(store, B + 11 * S, B + 15 * S)
+        assert [e.position for e in events] == [11, 12, 13, 14, 15]
+        assert all(e.log_time is None for e in events)
