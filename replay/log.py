@@ -347,8 +347,9 @@ class LogTimes:
     """The log's time at each position: the latest ``recorded_at`` at or before it (the running
     maximum), so log time never runs backwards (the rule ``Writer.now`` decides by). It equals
     the row's own stamp except in the runs stamped before the time already reached
-    (``SteppedBack``), which this keeps: one scan of the log in the database (a window query that
-    returns only those rows), then extended by scanning only the rows appended since. With the
+    (``SteppedBack``), which this keeps: one pass over the log in the database (a window query
+    that returns one row per run; on SQLite only from the first row stamped below the one before
+    it), then extended by scanning only the rows appended since. With the
     runs in memory, the log time of a position is one indexed row read (or none, inside a run),
     so the last position at or before an instant is a binary search. ``$void`` rows are not
     events: their stamp (when a reader voided the hole) does not move the log's time. Rows still
