@@ -166,8 +166,9 @@ def _append_more(store) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(offsets=st.lists(st.integers(min_value=-30, max_value=30), min_size=1, max_size=12),
        probes=st.lists(st.integers(min_value=-40, max_value=40), min_size=1, max_size=6))
-def test_state_at_is_the_fold_of_exactly_the_events_whose_running_maximum_is_at_or_before_it(offsets, probes):
-    """For any stamps: state at T is the fold of the events whose log time (running max) <= T."""
+def test_state_at_and_windows_follow_exactly_the_running_maximum_of_the_stamps(offsets, probes):
+    """For any stamps: state at T is the fold of the events whose log time (running max) <= T,
+    and a window [start, end] holds the events whose log time is in it."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/log.db"
         _signals(url, len(offsets))
@@ -189,6 +190,15 @@ def test_state_at_is_the_fold_of_exactly_the_events_whose_running_maximum_is_at_
                 got = state_at_time(store, at)
                 assert got.position == want
                 assert _last_signal(got) == (f"x{want - 1}" if want else None)
+            # a window is exactly the events whose log time is in it
+            running, log_time = None, {}
+            for p in range(1, len(offsets) + 1):
+                running = stamps[p] if running is None or stamps[p] > running else running
+                log_time[p] = running
+            for lo, hi in zip(sorted(probes), sorted(probes)[1:]):
+                start, end = B + lo * S, B + hi * S
+                assert [e.position for e in window_events(store, start, end)] == \
+                    [p for p, t in log_time.items() if start <= t <= end]
 
 
 def test_a_voided_hole_does_not_move_the_log_time(db_url):
