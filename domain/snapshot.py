@@ -348,6 +348,23 @@ def _amounts(doc: dict[str, Any]) -> Iterator[tuple[str, str | None, bool]]:
             yield f"account {name} cash {k}", v, False
 
 
+def latest_time(doc: dict[str, Any]) -> datetime | None:
+    """The latest well-formed, zoned time in a snapshot document (None: none, or not a
+    document ``problems`` could walk)."""
+    latest = None
+    try:
+        for _where, text in _walk_times(doc):
+            try:
+                when = datetime.fromisoformat(text)
+            except (TypeError, ValueError):
+                continue
+            if when.tzinfo is not None and (latest is None or when > latest):
+                latest = when
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return latest
+    return latest
+
+
 def problems(doc: dict[str, Any], *, position: int, head: int, now: datetime,
              max_clock_skew: timedelta = timedelta(minutes=5)) -> list[str]:
     """Everything wrong with a snapshot document (empty when it may be loaded)."""

@@ -91,7 +91,7 @@ def _selected(store: Store, start: datetime | str | None, end: datetime | str | 
         if lo is not None:
             after = first_position_from(store, lo, log=log, b=b) - 1
         if hi is not None:
-            stop = min(head, position_at(store, hi, log=log, b=b, check=False) + 256)
+            stop = min(head, position_at(store, hi, log=log, b=b, check=False))
     total = max(stop - after, 1)
     for e in iter_events(store, after, stop, log=log,
                          progress=(lambda p: progress(p - after, total)) if progress else None):

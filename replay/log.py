@@ -2,11 +2,17 @@
 
 Replay only reads. Two time axes:
 
-* ``recorded`` — the store's clock at commit (``recorded_at``). It follows log order up to the
-  skew between concurrent writers (SQLite stamps a row just before taking the write lock,
-  PostgreSQL uses the transaction's start time), so "the last position at or before T" is found by
-  binary search over positions, then a bounded look-ahead (``LOOKAHEAD`` rows) for stragglers
-  stamped at or before T but committed after a later one.
+* ``recorded`` — the log's time: at a position, the latest ``recorded_at`` (the store's clock at
+  commit) at or before it, so it never runs backwards along the log (the rule ``Writer.now``
+  decides by). It is the row's own stamp except where the stamps went back: a store clock that
+  stepped back (a failover to a server whose clock is behind), or, over microseconds, a
+  concurrent writer committing after a later stamp (PostgreSQL stamps with the transaction's
+  start). The state at T is the log up to the last position whose log time is at or before T: it
+  holds no event stamped after T, and leaves out the events stamped at or before T that came
+  after the log's time had passed T (``SteppedBack`` runs, reported with the answer). A window
+  [start, end] is the positions whose log time is in it, so the state at ``end`` is the state
+  just before ``start`` plus the window's events. ``LogTimes`` finds positions by binary search
+  over the log time, after one scan of the log in the database for the stepped-back runs.
 * ``occurred`` — the venue's or engine's clock (``occurred_at`` in the payload; ``recorded_at``
   when an event has none). It is *not* monotonic in log order. The state at T on this axis is
   the fold, in log order, of every event whose occurred_at <= T — except that once an event of a
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -26,13 +33,13 @@ from typing import Any, Literal
 
 import orjson
 
-from ..adapters.store import Store
+from ..adapters.store import Store, as_time
+from ..adapters.store.sql import read_cursor
 from ..domain.errors import InvalidInput
 from ..domain.state import VOID_TYPE
 
 Axis = Literal["recorded", "occurred"]
 AXES = ("recorded", "occurred")
-LOOKAHEAD = 256
 UTC = timezone.utc
 
 TIMEFRAMES = {"1s": timedelta(seconds=1), "5s": timedelta(seconds=5), "1m": timedelta(minutes=1),
@@ -127,16 +134,21 @@ class LoggedEvent:
     type: str
     recorded_at: datetime
     payload: dict[str, Any]
+    log_time: datetime | None = None  # the log's time at the event (None: its own recorded_at)
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...], log: str = "trading") -> LoggedEvent:
+    def from_row(cls, row: tuple[Any, ...], log: str = "trading", log_time: datetime | None = None) -> LoggedEvent:
         """The event of one log row (position, stream, version, type, data, recorded_at); a naive
-        ``recorded_at`` is taken as UTC, a ``$void`` row gets an empty payload."""
+        ``recorded_at`` is taken as UTC, a ``$void`` row gets an empty payload. ``log_time``: the
+        log's time at the row when it is later than the row's stamp."""
         position, stream, version, type_name, data, recorded_at = row
         if recorded_at.tzinfo is None:
             recorded_at = recorded_at.replace(tzinfo=UTC)
+        recorded_at = recorded_at.astimezone(UTC)
         payload = orjson.loads(bytes(data)) if type_name != VOID_TYPE else {}
-        return cls(log, position, stream, version, type_name, recorded_at.astimezone(UTC), payload)
+        if log_time is not None and log_time <= recorded_at:
+            log_time = None
+        return cls(log, position, stream, version, type_name, recorded_at, payload, log_time)
 
     @property
     def event_id(self) -> str | None:
@@ -170,17 +182,19 @@ class LoggedEvent:
         return self.stream_id.split("-", 1)[0]
 
     def time(self, axis: Axis) -> datetime:
-        """The event's time on ``axis``: ``recorded_at``; or on ``occurred``, a bar's close, else
+        """The event's time on ``axis``: on ``recorded``, the log's time at it (its ``recorded_at``
+        unless the store's clock had stepped back); on ``occurred``, a bar's close, else
         ``occurred_at``, else ``recorded_at``."""
         if axis == "recorded":
-            return self.recorded_at
+            return self.log_time or self.recorded_at
         if self.type == "BarRecorded":
             return bar_close(self.payload)
         return self.occurred_at or self.recorded_at
 
     def envelope(self) -> dict[str, Any]:
-        """The event's metadata as JSON-ready values (no payload)."""
-        return {
+        """The event's metadata as JSON-ready values (no payload); ``log_time`` only for an event
+        stamped before the time the log had reached (the store's clock stepped back)."""
+        out = {
             "log": self.log,
             "position": self.position,
             "stream_id": self.stream_id,
@@ -192,6 +206,9 @@ class LoggedEvent:
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
         }
+        if self.log_time is not None:
+            out["log_time"] = iso(self.log_time)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """The envelope, a one-line summary and the payload."""
@@ -293,13 +310,239 @@ def _recorded_at(log: Any, position: int) -> datetime:
     row = _row_at(log, position)
     if row is None:
         raise ReplayError(f"the log has no event at position {position}")
-    at = row[5]
+    return _utc(row[5])
+
+
+@dataclass(frozen=True)
+class SteppedBack:
+    """A run of positions stamped before the time the log had already reached: the store's clock
+    stepped back (a failover to a server whose clock is behind), or, over microseconds, a
+    concurrent writer's commit landed after a later stamp. Every position of the run has the log
+    time ``log_time`` (the latest stamp before ``first``); its own stamps run from ``earliest`` to
+    ``latest``, all before ``log_time``."""
+
+    first: int
+    last: int
+    log_time: datetime
+    earliest: datetime
+    latest: datetime
+
+    def covers(self, t: datetime) -> bool:
+        """Whether ``t`` is stamped again by this run: some of its rows are stamped at or before
+        ``t`` although the log's time had passed ``t`` before them."""
+        return self.earliest <= t < self.log_time
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {"first": self.first, "last": self.last, "log_time": iso(self.log_time),
+                "earliest": iso(self.earliest), "latest": iso(self.latest)}
+
+
+def _utc(at: Any) -> datetime:
+    at = as_time(at)
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+class LogTimes:
+    """The log's time at each position: the latest ``recorded_at`` at or before it (the running
+    maximum), so log time never runs backwards (the rule ``Writer.now`` decides by). It equals
+    the row's own stamp except in the runs stamped before the time already reached
+    (``SteppedBack``), which this keeps: one pass over the log in the database (a window query
+    that returns one row per run; on SQLite only from the first row stamped below the one before
+    it), then extended by scanning only the rows appended since. With the
+    runs in memory, the log time of a position is one indexed row read (or none, inside a run),
+    so the last position at or before an instant is a binary search. ``$void`` rows are not
+    events: their stamp (when a reader voided the hole) does not move the log's time. Rows still
+    in flight on PostgreSQL when a part was scanned (holes below the head) are not in it."""
+
+    def __init__(self, store: Store, log: str = "trading"):
+        self.store = store
+        self.log = log
+        self.event_log = getattr(store, log)
+        self.upto = 0  # scanned up to this position
+        self.high: datetime | None = None  # the log time at ``upto``
+        self.upto_stamp: datetime | None = None  # the stamp at ``upto`` (to notice a log replaced under us)
+        self.runs: list[SteppedBack] = []
+        self._firsts: list[int] = []
+
+    # -------------------------------------------------------------------------- building
+
+    def refresh(self) -> LogTimes:
+        """Take in the rows appended since the last scan (all of them the first time, or after the
+        log was rewound or replaced)."""
+        head = self.event_log.head()
+        if head < self.upto or (self.upto and self._stamp(self.upto) != self.upto_stamp):
+            self.__init__(self.store, self.log)  # type: ignore[misc]
+        if head > self.upto:
+            self._scan(self.upto, head)
+        return self
+
+    def _stamp(self, position: int) -> datetime | None:
+        """The ``recorded_at`` of the row at ``position`` (None: no row there)."""
+        with read_cursor(self.store) as cur:
+            cur.execute(f"SELECT recorded_at FROM {self._table} WHERE position = {self._p}", (position,))
+            row = cur.fetchone()
+        return None if row is None else _utc(row[0])
+
+    def _event_at_or_before(self, position: int) -> tuple[int, datetime] | None:
+        """(position, stamp) of the last event at or before ``position``: ``$void`` rows (holes a
+        reader gave up waiting for, stamped when they were voided) and missing rows are not events
+        and do not move the log's time."""
+        with read_cursor(self.store) as cur:
+            cur.execute(f"SELECT position, recorded_at FROM {self._table} WHERE position <= {self._p}"
+                        f" AND type <> '{VOID_TYPE}' ORDER BY position DESC LIMIT 1", (position,))
+            row = cur.fetchone()
+        return None if row is None else (int(row[0]), _utc(row[1]))
+
+    @property
+    def _table(self) -> str:
+        return self.store.dialect.name(self.event_log.table)
+
+    @property
+    def _p(self) -> str:
+        return self.store.dialect.param
+
+    def _time_param(self, at: datetime) -> Any:
+        # SQLite keeps stamps as the store's own UTC ISO-8601 text: its order is time order
+        return self.store.dialect.time_value(at.astimezone(UTC))
+
+    def _first_irregular(self, after: int, head: int) -> int | None:
+        """The first position in ``after+1..head`` where the stamps stop rising one row at a time:
+        stamped before the time already reached (the row before it, or the log's time at
+        ``after``), or right after a missing position (None: they rise all the way). One pass
+        of the table joined to itself on the next position: no window function, cheap."""
+        table, p = self._table, self._p
+        if self.high is not None:
+            first = self._stamp(after + 1)
+            if first is not None and first < self.high:
+                return after + 1
+        with read_cursor(self.store) as cur:
+            cur.execute(f"SELECT a.position + 1 FROM {table} a LEFT JOIN {table} b ON b.position = a.position + 1"
+                        f" WHERE a.position > {p} AND a.position < {p} AND (b.position IS NULL"
+                        f" OR b.recorded_at < a.recorded_at OR a.type = '{VOID_TYPE}' OR b.type = '{VOID_TYPE}')"
+                        " ORDER BY a.position LIMIT 1", (after, head))
+            row = cur.fetchone()
+        return None if row is None else int(row[0])
+
+    def _scan(self, after: int, head: int) -> None:
+        """Take in the rows ``after+1..head``: the runs, by the running maximum (a window query,
+        grouped into runs in the database, so a long run costs one row), on SQLite only from the
+        first row where the stamps stop rising."""
+        # SQLite's window functions cost four times a pass of the table joined to itself, so it
+        # looks for the first irregular row first; on PostgreSQL the window query is the cheaper
+        start = self._first_irregular(after, head) if self.store.dialect.is_sqlite else after + 1
+        if start is not None:
+            # up to start - 1 the stamps rose: the log's time there is the later of its stamp and ``high``
+            high = self.high
+            if start - 1 > after:
+                below = self._time_of(start - 1)
+                high = below if high is None or (below is not None and below > high) else high
+            self._runs_from(start - 1, head, high)
+        last = self.runs[-1] if self.runs else None
+        top = last.log_time if last is not None and last.last == head else self._time_of(head)
+        if top is not None and (self.high is None or top > self.high):
+            self.high = top
+        self.upto = head
+        self.upto_stamp = self._stamp(head)
+
+    def _runs_from(self, after: int, head: int, high: datetime | None) -> None:
+        d, table, p = self.store.dialect, self._table, self._p
+        before = "max(stamp) OVER (ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+        stamp = f"CASE WHEN type = '{VOID_TYPE}' THEN NULL ELSE recorded_at END"  # a $void row is not an event
+        params: tuple[Any, ...] = (after, head)
+        log_time = "before"
+        if high is not None:
+            cast = f"CAST({p} AS timestamptz)" if d.is_postgres else p
+            log_time = f"CASE WHEN before IS NULL OR before < {cast} THEN {cast} ELSE before END"
+            params = (self._time_param(high), self._time_param(high)) + params  # they come first in the text
+        with read_cursor(self.store) as cur:
+            cur.execute(
+                f"SELECT min(position), max(position), log_time, min(stamp), max(stamp) FROM ("
+                " SELECT position, stamp, log_time, position - row_number() OVER (ORDER BY position) AS island"
+                f" FROM (SELECT position, stamp, {log_time} AS log_time FROM ("
+                f"  SELECT position, stamp, {before} AS before FROM (SELECT position, {stamp} AS stamp FROM {table}"
+                f"  WHERE position > {p} AND position <= {p}) AS stamped) AS ordered) AS timed"
+                " WHERE stamp < log_time) AS behind GROUP BY island, log_time ORDER BY 1", params)
+            found = cur.fetchall()
+        for first, last_position, at, earliest, latest in found:
+            run = SteppedBack(int(first), int(last_position), _utc(at), _utc(earliest), _utc(latest))
+            last = self.runs[-1] if self.runs else None
+            if last is not None and last.last == run.first - 1 and last.log_time == run.log_time:
+                self.runs[-1] = SteppedBack(last.first, run.last, run.log_time, min(last.earliest, run.earliest),
+                                            max(last.latest, run.latest))
+            else:
+                self.runs.append(run)
+                self._firsts.append(run.first)
+
+    # -------------------------------------------------------------------------- queries
+
+    def run_at(self, position: int) -> SteppedBack | None:
+        """The stepped-back run holding ``position`` (None: the position's stamp is its log time)."""
+        i = bisect_right(self._firsts, position) - 1
+        if i >= 0 and self.runs[i].last >= position:
+            return self.runs[i]
+        return None
+
+    def time_at(self, position: int) -> datetime:
+        """The log's time at ``position`` (1 <= position <= ``upto``): the latest stamp up to it."""
+        at = self._time_of(position)
+        if at is None:
+            raise ReplayError(f"the {self.log} log has no event at or before position {position}")
+        return at
+
+    def _time_of(self, position: int) -> datetime | None:
+        run = self.run_at(position)
+        if run is not None:
+            return run.log_time
+        found = self._event_at_or_before(position)
+        if found is None:
+            return None
+        event_position, at = found
+        if event_position != position:  # a $void or missing row: the log's time at the event before it
+            run = self.run_at(event_position)
+            if run is not None:
+                return run.log_time
+        return at
+
+    def position_at(self, t: datetime) -> int:
+        """The last position whose log time is at or before ``t`` (0: the first event is later).
+        The log up to it holds no event stamped after ``t``; it leaves out the events after it
+        stamped at or before ``t`` once the log's time had passed ``t`` (``covering(t)``)."""
+        if self.upto == 0 or t < self.time_at(1):
+            return 0
+        if self.high is not None and t >= self.high:
+            return self.upto
+        lo, hi = 1, self.upto  # invariant: time_at(lo) <= t < time_at(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.time_at(mid) <= t:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def covering(self, t: datetime, after: int = 0) -> list[SteppedBack]:
+        """The runs after position ``after`` that stamp ``t`` again (``SteppedBack.covers``)."""
+        return [r for r in self.runs if r.last > after and r.covers(t)]
+
+    def within(self, first: int, last: int) -> list[SteppedBack]:
+        """The runs that hold any position in ``first..last``."""
+        return [r for r in self.runs if r.last >= first and r.first <= last]
+
+
+def log_times(store: Store, log: str = "trading") -> LogTimes:
+    """The ``LogTimes`` of ``store``'s ``log``, kept with the store and brought up to its head."""
+    cache = store.__dict__.setdefault("_log_times", {})
+    times = cache.get(log)
+    if times is None:
+        times = cache[log] = LogTimes(store, log)
+    return times.refresh()
 
 
 @dataclass(frozen=True)
 class Bounds:
-    """A log's first and last positions and their ``recorded_at``."""
+    """A log's first and last positions, the first's ``recorded_at`` and the log's time at the
+    last (its latest stamp: later than the last row's own when the store's clock stepped back)."""
 
     first: int
     last: int
@@ -308,76 +551,61 @@ class Bounds:
 
 
 def bounds(store: Store, log: str = "trading") -> Bounds:
-    """First and last positions of a log and their recorded_at (refuses an empty log)."""
+    """First and last positions of a log and their log times (refuses an empty log)."""
     event_log = getattr(store, log)
-    head = event_log.head()
-    if head == 0:
+    if event_log.head() == 0:
         raise ReplayError(f"the {log} log in {store.display_url} is empty: nothing to replay")
-    return Bounds(1, head, _recorded_at(event_log, 1), _recorded_at(event_log, head))
+    times = log_times(store, log)
+    return Bounds(1, times.upto, times.time_at(1), times.high)  # type: ignore[arg-type]
 
 
 def check_within(t: datetime, b: Bounds, what: str = "time") -> None:
-    """Raise ``ReplayError`` when ``t`` is before the log's first or after its last ``recorded_at``;
-    ``what`` names ``t`` in the message."""
+    """Raise ``ReplayError`` when ``t`` is before the log's first ``recorded_at`` or after its
+    latest; ``what`` names ``t`` in the message."""
     if t < b.first_at:
         raise ReplayError(f"{what} {iso(t)} is before the log starts (first event recorded at {iso(b.first_at)})")
     if t > b.last_at:
-        raise ReplayError(f"{what} {iso(t)} is after the log ends (last event recorded at {iso(b.last_at)}, "
-                          f"position {b.last})")
+        raise ReplayError(f"{what} {iso(t)} is after the log ends (latest event recorded at {iso(b.last_at)}, "
+                          f"head position {b.last})")
 
 
 def position_at(store: Store, t: datetime, *, log: str = "trading", b: Bounds | None = None,
                 check: bool = True) -> int:
-    """The last position recorded at or before ``t`` (0 if none): binary search, then look-ahead."""
-    event_log = getattr(store, log)
+    """The last position whose log time is at or before ``t`` (0 if none; ``LogTimes.position_at``)."""
     b = b or bounds(store, log)
     if check:
         check_within(t, b)
-    if t < b.first_at:
-        lo = 0
-    elif t >= b.last_at:
-        return b.last
-    else:
-        lo, hi = b.first, b.last  # invariant: recorded_at(lo) <= t < recorded_at(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _recorded_at(event_log, mid) <= t:
-                lo = mid
-            else:
-                hi = mid
-    # stragglers: a row stamped at or before t committed after one stamped later
-    best = lo
-    for row in event_log.iter_rows(lo, min(lo + LOOKAHEAD, b.last), batch=LOOKAHEAD):
-        at = row[5] if row[5].tzinfo else row[5].replace(tzinfo=UTC)
-        if at <= t:
-            best = row[0]
-    return best
+    return min(b.last, log_times(store, log).position_at(t))
 
 
 def first_position_from(store: Store, t: datetime, *, log: str = "trading", b: Bounds | None = None) -> int:
-    """The first position that may be recorded at or after ``t`` (for window scans)."""
+    """The first position whose log time is at or after ``t`` (for window scans)."""
     b = b or bounds(store, log)
     if t <= b.first_at:
         return b.first
-    before = position_at(store, t - timedelta(microseconds=1), log=log, b=b, check=False)
-    return max(b.first, before - LOOKAHEAD + 1)
+    return position_at(store, t - timedelta(microseconds=1), log=log, b=b, check=False) + 1
 
 
 def iter_events(store: Store, after: int = 0, stop: int | None = None, *, log: str = "trading",
                 progress: Callable[[int], None] | None = None) -> Iterator[LoggedEvent]:
-    """Events (voids skipped) with ``after < position <= stop`` in log order."""
+    """Events (voids skipped) with ``after < position <= stop`` in log order, with their log time."""
     event_log = getattr(store, log)
+    high = log_times(store, log).time_at(after) if after > 0 else None
     for row in event_log.iter_rows(after, stop):
         if progress is not None:
             progress(row[0])
-        if row[3] == VOID_TYPE:
+        if row[3] == VOID_TYPE:  # not an event: its stamp (when it was voided) is not the log's time
             continue
-        yield LoggedEvent.from_row(row, log)
+        at = row[5]
+        if high is None or at > high:
+            high = at if at.tzinfo else at.replace(tzinfo=UTC)
+        yield LoggedEvent.from_row(row, log, high)
 
 
 def window_events(store: Store, start: datetime, end: datetime, *, axis: Axis = "recorded", log: str = "trading",
                   progress: Callable[[int, int], None] | None = None) -> list[LoggedEvent]:
-    """Events of one log whose time on ``axis`` is in [start, end], in log order."""
+    """Events of one log whose time on ``axis`` is in [start, end], in log order (on ``recorded``,
+    the log's time: one stretch of positions)."""
     event_log = getattr(store, log)
     if event_log.head() == 0:
         return []
@@ -386,10 +614,12 @@ def window_events(store: Store, start: datetime, end: datetime, *, axis: Axis = 
         if end < b.first_at or start > b.last_at:
             return []
         after = first_position_from(store, start, log=log, b=b) - 1
-        stop = min(b.last, position_at(store, end, log=log, b=b, check=False) + LOOKAHEAD)
+        stop = position_at(store, end, log=log, b=b, check=False)
+        if stop <= after:
+            return []
     else:
         after, stop = 0, b.last
-    total = stop - after
+    total = max(stop - after, 1)
     out = []
     for e in iter_events(store, after, stop, log=log,
                          progress=(lambda p: progress(p - after, total)) if progress else None):

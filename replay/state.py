@@ -2,14 +2,17 @@
 
 ``state_at_position`` starts from the newest valid checkpoint at or before the position
 (``tradestate.loading.state_at``) and folds the tail, so it is fast anywhere in a long
-log. ``state_at_time`` maps the instant to a position on the ``recorded`` axis (see
-``replay.log``) or folds by ``occurred_at``.
+log. ``state_at_time`` maps the instant to a position on the ``recorded`` axis (the last
+position whose log time — the latest ``recorded_at`` up to it — is at or before the instant; see
+``replay.log``) or folds by ``occurred_at``. Where the store's clock stepped back, the answer
+names the runs of later positions stamped at or before the instant that it leaves out
+(``StateAt.stepped_back``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -22,7 +25,8 @@ from rich.text import Text
 from ..adapters.store import Store, gc_paused
 from ..loading import state_at
 from ..domain.state import VOID_TYPE, OrderState, TradingState
-from .log import Axis, LoggedEvent, ReplayError, bounds, check_axis, check_within, iso, iter_events, parse_time, position_at
+from .log import (Axis, LoggedEvent, ReplayError, SteppedBack, bounds, check_axis, check_within, iso, iter_events,
+                  log_times, parse_time, position_at)
 
 
 @dataclass
@@ -31,13 +35,20 @@ class StateAt:
 
     state: TradingState
     position: int
-    at: datetime  # the instant asked for, or the recorded_at of the position
+    at: datetime  # the instant asked for, or the log's time at the position
     axis: Axis
     included: set[int] | None = None  # occurred axis: the positions folded (None: the whole prefix)
+    # recorded axis: runs after ``position`` stamped at or before ``at`` by a store clock that had
+    # stepped back (left out: the log's time had passed ``at`` before them)
+    stepped_back: list[SteppedBack] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
-        """The state as JSON-ready values (``state_view``) at this point."""
-        return state_view(self.state, self.at, position=self.position, axis=self.axis)
+        """The state as JSON-ready values (``state_view``) at this point, with ``stepped_back``
+        (the runs above, as JSON) when there are any."""
+        view = state_view(self.state, self.at, position=self.position, axis=self.axis)
+        if self.stepped_back:
+            view["stepped_back"] = [r.to_json() for r in self.stepped_back]
+        return view
 
 
 def state_at_position(store: Store, position: int, *, exchange_tz: str = "America/New_York") -> StateAt:
@@ -49,17 +60,19 @@ def state_at_position(store: Store, position: int, *, exchange_tz: str = "Americ
     if position > b.last:
         raise ReplayError(f"position {position} is after the log ends (head is {b.last})")
     state = state_at(store, position, exchange_tz=exchange_tz)
-    from .log import _recorded_at
-
-    return StateAt(state, position, _recorded_at(store.trading, position), "recorded")
+    return StateAt(state, position, log_times(store).time_at(position), "recorded")
 
 
 def state_at_time(store: Store, at: datetime | str, *, axis: Axis = "recorded",
                   exchange_tz: str = "America/New_York",
                   progress: Callable[[int, int], None] | None = None) -> StateAt:
-    """The state at ``at``: on ``recorded``, the log prefix recorded at or before it; on ``occurred``,
-    the causal fold described in ``replay.log`` (a full scan, reported through ``progress``). Raises
-    ``ReplayError`` for a bad time or axis, a time outside the log (``recorded``), or an empty log."""
+    """The state at ``at``: on ``recorded``, the log up to the last position whose log time (the
+    latest ``recorded_at`` up to it) is at or before ``at`` — it holds no event stamped after
+    ``at``; ``stepped_back`` names the later runs stamped at or before ``at`` after the store's
+    clock stepped back, which it leaves out. On ``occurred``, the causal fold described in
+    ``replay.log`` (a full scan, reported through ``progress``). Raises ``ReplayError`` for a bad
+    time or axis, a time outside the log (``recorded``: before its first stamp or after its
+    latest), or an empty log."""
     at = parse_time(at, "--at")
     check_axis(axis)
     b = bounds(store)
@@ -67,7 +80,7 @@ def state_at_time(store: Store, at: datetime | str, *, axis: Axis = "recorded",
         check_within(at, b)
         position = position_at(store, at, b=b, check=False)
         state = state_at(store, position, exchange_tz=exchange_tz) if position else TradingState(exchange_tz)
-        return StateAt(state, position, at, axis)
+        return StateAt(state, position, at, axis, stepped_back=log_times(store).covering(at, position))
     return _fold_occurred(store, at, b.last, exchange_tz, progress)
 
 
@@ -199,7 +212,11 @@ def render_state(view: dict[str, Any], title: str | None = None) -> Group:
             f"{a['ramp_pct']}%", str(a["open_orders"]), str(a["trades_today"]), _f(a["net_pnl_today"]),
             str(a["discrepancies"]), limits or "-",
         )
-    return Group(head, positions, orders, risk)
+    notes = [Text(f"Note: the store's clock stepped back: positions {r['first']}..{r['last']} are stamped "
+                  f"{r['earliest']} .. {r['latest']}, after the log's time had reached {r['log_time']}; "
+                  "those stamped at or before this instant are not in this state (replay by --position "
+                  "to see them)", style="yellow") for r in view.get("stepped_back", [])]
+    return Group(head, *notes, positions, orders, risk)
 
 
 # ---------------------------------------------------------------------------------- diff
@@ -235,6 +252,10 @@ def diff_positions(store: Store, p1: int, p2: int, *, exchange_tz: str = "Americ
         raise ReplayError(f"position {p2} is before {p1}")
     return diff_states(store, state_at_position(store, p1, exchange_tz=exchange_tz),
                        state_at_position(store, p2, exchange_tz=exchange_tz))
+
+
+def _stepped_back(s: StateAt) -> dict[str, Any]:
+    return {"stepped_back": [r.to_json() for r in s.stepped_back]} if s.stepped_back else {}
 
 
 def diff_states(store: Store, s1: StateAt, s2: StateAt) -> dict[str, Any]:
@@ -288,8 +309,8 @@ def diff_states(store: Store, s1: StateAt, s2: StateAt) -> dict[str, Any]:
         if changes:
             accounts.append({"account": name, "changes": changes, "events": by_account.get(name, [])})
     return {
-        "from": {"position": s1.position, "at": iso(s1.at), "axis": s1.axis},
-        "to": {"position": s2.position, "at": iso(s2.at), "axis": s2.axis},
+        "from": {"position": s1.position, "at": iso(s1.at), "axis": s1.axis, **_stepped_back(s1)},
+        "to": {"position": s2.position, "at": iso(s2.at), "axis": s2.axis, **_stepped_back(s2)},
         "event_count": len(events),
         "positions": positions,
         "orders": orders,

@@ -1,10 +1,13 @@
 """The timeline around an instant: every event of every stream in a window, in log order, with
-market bars optionally interleaved by time, filtered by account, symbol, strategy or type."""
+market bars optionally interleaved by time, filtered by account, symbol, strategy or type.
+On the ``recorded`` axis the window is the positions whose log time (``replay.log``) is in it;
+an event stamped before that time by a store clock that stepped back shows the log's time and
+carries its own stamp as ``recorded_at`` (and ``log_time`` in JSON)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,11 +18,13 @@ from .log import (
     Axis,
     LoggedEvent,
     ReplayError,
+    SteppedBack,
     bounds,
     check_axis,
     check_within,
     describe,
     iso,
+    log_times,
     order_symbols,
     parse_duration,
     parse_time,
@@ -38,6 +43,8 @@ class Timeline:
     axis: Axis
     events: list[LoggedEvent]  # trading events in log order, bars interleaved by time when asked
     filters: dict[str, Any]
+    # recorded axis: runs of the window's positions stamped before the log's time
+    stepped_back: list[SteppedBack] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The timeline as JSON-ready values, each event with its time on the axis and a summary."""
@@ -49,6 +56,7 @@ class Timeline:
             "filters": self.filters,
             "count": len(self.events),
             "events": [{**e.envelope(), "time": iso(e.time(self.axis)), "summary": describe(e)} for e in self.events],
+            **({"stepped_back": [r.to_json() for r in self.stepped_back]} if self.stepped_back else {}),
         }
 
 
@@ -136,7 +144,10 @@ def timeline(store: Store, around: datetime | str, window: str | timedelta = "60
         kept = interleave(kept, bars, axis)
     filters = {"account": account, "symbol": sorted(symbols) if symbols else None, "strategy": strategy,
                "types": sorted(wanted_types) if wanted_types else None, "market": market}
-    return Timeline(t, start, end, axis, kept, filters)
+    stepped_back = []
+    if axis == "recorded" and events:
+        stepped_back = log_times(store).within(events[0].position, events[-1].position)
+    return Timeline(t, start, end, axis, kept, filters, stepped_back)
 
 
 def timeline_table(tl: Timeline, limit: int | None = None, title: str | None = None) -> Table:
@@ -151,6 +162,12 @@ def timeline_table(tl: Timeline, limit: int | None = None, title: str | None = N
         stream = e.stream_id if len(e.stream_id) <= 24 else e.stream_id[:21] + "..."
         style = "dim" if e.log == "market" else ("bold" if e.time(tl.axis) == tl.around else None)
         table.add_row(pos, iso(e.time(tl.axis)), stream, e.type, describe(e), style=style)
+    captions = []
     if limit is not None and len(tl.events) > limit:
-        table.caption = f"{len(tl.events) - limit} more (use --json for all)"
+        captions.append(f"{len(tl.events) - limit} more (use --json for all)")
+    for r in tl.stepped_back:
+        captions.append(f"the store's clock stepped back: positions {r.first}..{r.last} are stamped "
+                        f"{iso(r.earliest)} .. {iso(r.latest)}, shown at the log's time {iso(r.log_time)}")
+    if captions:
+        table.caption = "; ".join(captions)
     return table

@@ -10,8 +10,10 @@ in the database, so whoever can only INSERT cannot write a checkpoint an engine 
 configured, a checkpoint without a valid MAC is refused; without one, a checkpoint is used only if
 its accounts' risk state (kill switch, breaker, limits, ramp, block) equals the fold of the log's
 account risk events up to its position. Loading also validates it (checksum, schema version,
-position not beyond the log head, the event id at its position, no time in the future, no absurd
-quantity or negative price); one that fails is reported and the next older one is tried, then
+position not beyond the log head, the event id at its position, no time in the future — later
+than both the loading host's clock and the log's own time at its position, the latest
+``recorded_at`` up to it, by more than ``MAX_CLOCK_SKEW``, so a checkpoint written before the
+store's clock stepped back stays valid —, no absurd quantity or negative price); one that fails is reported and the next older one is tried, then
 replay from zero. Checkpoints are a cache: deleting them loses nothing, and the log is never
 touched by them. Writing one is an insert of the open state and the recent execution ids only
 (``snapshot.EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``), in its own short transaction: appends never wait
@@ -30,7 +32,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -39,7 +41,7 @@ from ...domain import snapshot
 from ...domain.errors import InvalidInput
 from ...domain.integrity import RISK_TYPES, fold_risk, risk_disagreements
 from ...domain.state import TradingState
-from . import TRADING_TABLE, Store, as_time, gc_paused
+from . import TRADING_TABLE, VOID_TYPE, Store, as_time, gc_paused
 from .sql import read_cursor, write_cursor
 
 TABLE = "ts_checkpoints"
@@ -47,6 +49,7 @@ KEEP = 5  # checkpoints kept; older ones are deleted when a new one is written
 KEY_ENV = "TRADESTATE_CHECKPOINT_KEY"
 KEY_FILE_ENV = "TRADESTATE_CHECKPOINT_KEY_FILE"
 MAC_TAG = " hmac-sha256:"  # stored after the checksum, in the same column
+MAX_CLOCK_SKEW = timedelta(minutes=5)  # how far a checkpoint's times may be ahead of the reference time
 
 
 @dataclass(frozen=True)
@@ -333,13 +336,21 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
         if got is None:  # deleted meanwhile by a newer checkpoint's pruning
             continue
         data, finished = bytes(got[0]), bytes(got[1])
-        reasons = _check(store, info, row[8], data, finished, head, now, key)
+        with gc_paused():
+            try:
+                doc = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                doc = None
+        reference = reference_time(store, info, doc, now)
+        reasons = _check(store, info, row[8], data, finished, head, reference, key)
+        if not reasons and doc is None:
+            reasons = ["the snapshot document is not JSON"]
         if reasons:
             result.rejected.append(Rejected(info, reasons))
             continue
         with gc_paused():
-            doc = orjson.loads(data)
-            reasons = snapshot.problems(doc, position=info.position, head=head, now=now)
+            reasons = snapshot.problems(doc, position=info.position, head=head, now=reference,
+                                        max_clock_skew=MAX_CLOCK_SKEW)
             if reasons:
                 result.rejected.append(Rejected(info, reasons))
                 continue
@@ -361,6 +372,39 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
         break
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def reference_time(store: Store, info: CheckpointInfo, doc: Any, now: datetime) -> datetime:
+    """The time a checkpoint's times may not be ahead of (by more than ``MAX_CLOCK_SKEW``): the
+    loading host's clock ``now`` or, when the checkpoint's latest time (``created_at``, its
+    document's times) is ahead of that, the log's own time at its position if the log had reached
+    it (a stamp at or before its position within ``MAX_CLOCK_SKEW`` of it): a checkpoint written
+    before the store's clock stepped back is as valid as the rows it was folded from. Only then
+    is the log read, scanning back from the checkpoint's position."""
+    latest = _aware(info.created_at)
+    claimed = snapshot.latest_time(doc) if isinstance(doc, dict) else None
+    if claimed is not None and claimed > latest:
+        latest = claimed
+    if latest - now <= MAX_CLOCK_SKEW:
+        return now
+    reached = log_stamp_from(store, info.position, latest - MAX_CLOCK_SKEW)
+    return reached if reached is not None and reached > now else now
+
+
+def log_stamp_from(store: Store, position: int, at: datetime) -> datetime | None:
+    """The stamp of the last row at or before ``position`` recorded at or after ``at`` (None:
+    the log had not reached ``at`` by then)."""
+    d = store.dialect
+    p = d.param
+    with _cursor(store, write=False) as cur:
+        cur.execute(f"SELECT recorded_at FROM {d.name(TRADING_TABLE)} WHERE position <= {p} AND recorded_at >= {p}"
+                    f" AND type <> '{VOID_TYPE}' ORDER BY position DESC LIMIT 1", (position, d.time_value(at.astimezone(timezone.utc))))
+        row = cur.fetchone()
+    return None if row is None else _aware(as_time(row[0]))
 
 
 def authentication(store: Store, info: CheckpointInfo, key: bytes | None = None) -> str:
@@ -406,8 +450,9 @@ def _check(store: Store, info: CheckpointInfo, event_id: str, data: bytes, finis
         reasons.append(f"the event at position {info.position} is not the one the checkpoint was taken after "
                        "(a checkpoint of another log)")
     created = info.created_at if info.created_at.tzinfo else info.created_at.replace(tzinfo=timezone.utc)
-    if (created - now).total_seconds() > 300:
-        reasons.append(f"written in the future ({info.created_at.isoformat()})")
+    if created - now > MAX_CLOCK_SKEW:
+        reasons.append(f"written in the future ({info.created_at.isoformat()}; neither the loading host's clock "
+                       "nor the log's time at its position had reached it)")
     if key is not None:
         if tag is None:
             reasons.append("not authenticated: written without the checkpoint key (no MAC), so anyone who can "

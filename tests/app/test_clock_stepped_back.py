@@ -1,11 +1,11 @@
 """A store clock that stepped back (a failover to a server whose clock is behind): what
-checkpoints and ``replay state --at`` do with ``recorded_at`` that no longer follows log order."""
+checkpoints and ``replay state --at`` do with ``recorded_at`` that no longer follows log order
+(more in tests/replay/test_replay_clock_stepped_back.py and tests/store/test_checkpoint_clock.py)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from tests.support.projector_worker import Clock
 from tests.support.db import tamper
 
@@ -14,7 +14,6 @@ from tradestate.adapters.store import checkpoints as cp
 from tradestate.adapters.store import open_store
 from tradestate.domain.state import TradingState
 from tradestate.loading import fold_tail
-from tradestate.replay.log import ReplayError
 from tradestate.replay.state import state_at_position, state_at_time
 
 
@@ -27,22 +26,23 @@ def _restamp(store, after: int, upto: int, by: timedelta) -> None:
                     for r in rows])
 
 
-def test_replay_at_a_time_across_a_step_back_answers_by_the_raw_stamps_and_by_position_stays_right(db_url):
+def test_replay_at_a_time_across_a_step_back_takes_the_log_up_to_that_time_and_names_what_it_leaves_out(db_url):
     with tradestate.connect(db_url, clock=Clock(), venue="sim") as client:
         for i in range(40):
             client.record_signal("s", "AAPL", f"x{i}")
     with open_store(db_url, create=False) as store:
         stamps = {r[0]: r[5] for r in store.trading.iter_rows(0)}
         _restamp(store, 20, 40, -timedelta(hours=1))  # after position 20 the store's clock is an hour behind
-        # the step back ends the log: a time after its last stamp is refused as after its end
-        with pytest.raises(ReplayError, match="after the log ends"):
-            state_at_time(store, stamps[10])
+        # the step back ends the log: the log's time stays at its latest stamp, so all of it is there
+        at_end = state_at_time(store, stamps[20])
+        assert at_end.position == 40 and not at_end.stepped_back
         _restamp(store, 30, 40, timedelta(hours=2))  # the log went on, an hour later
-        # Asked at the time position 10 was recorded: the binary search finds 10, and the look-ahead
-        # for stragglers takes in 21..30, stamped before that time after the step back, so the
-        # answer also holds 11..20, stamped after it.
+        # Asked at the time position 10 was recorded: the log up to 10 (never an event stamped
+        # after it); 21..30, stamped before it after the step back, are named, not folded.
         at = state_at_time(store, stamps[10])
-        assert at.position == 30
+        assert at.position == 10
+        assert at.state.signals[("s", "AAPL")]["signal"] == "x9"
+        assert [(r.first, r.last) for r in at.stepped_back] == [(21, 30)]
         # by position, the state is the log's own
         by_position = state_at_position(store, 10)
         assert by_position.position == 10

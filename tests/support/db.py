@@ -57,3 +57,16 @@ def tamper(store, *statements: tuple[str, tuple]) -> None:
                 conn.execute(sql, params)
             for table, name in triggers:
                 conn.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER "{name}"')
+
+
+def restamp(store, stamps: dict) -> None:
+    """Set ``recorded_at`` of the log rows at the given positions (position -> aware datetime), as
+    a store whose clock was off would have stamped them (around the append-only protection)."""
+    from datetime import timezone
+
+    def value(at):
+        at = at.astimezone(timezone.utc)
+        return at.isoformat() if store.kind == "sqlite" else at
+
+    tamper(store, *[("UPDATE ts_events SET recorded_at = %s WHERE position = %s", (value(at), position))
+                    for position, at in sorted(stamps.items())])

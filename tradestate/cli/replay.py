@@ -21,7 +21,8 @@ replay_app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 from .common import ConfigOption, DbOption, JsonOption, choice, classify, command, exit_codes, fail, settings
 
-AxisOption = Annotated[str, typer.Option("--time-axis", help="recorded (the store's commit clock) or occurred "
+AxisOption = Annotated[str, typer.Option("--time-axis", help="recorded (the store's commit clock, taken as never "
+                                         "running backwards along the log: the latest stamp so far) or occurred "
                                          "(the venue's/engine's clock).", **choice("recorded", "occurred",
                                                                                     what="time axis"))]
 OccurredAxisOption = Annotated[str, typer.Option("--time-axis", help="occurred (market time: bars at their close) "
@@ -96,7 +97,9 @@ def _print(renderable: Any) -> None:
 @command
 def state_cmd(
     db: DbOption = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="Instant (ISO-8601 with zone, e.g. 2026-11-20T14:31:05Z).")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="Instant (ISO-8601 with zone, e.g. 2026-11-20T14:31:05Z). "
+                                              "Events stamped at or before it after the store's clock stepped "
+                                              "back past it are left out and listed (stepped_back).")] = None,
     position: Annotated[Optional[int], typer.Option("--position", help="Log position instead of an instant.")] = None,
     axis: AxisOption = "recorded",
     json: JsonOption = False,
