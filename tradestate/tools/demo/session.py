@@ -331,6 +331,9 @@ def show_hot_restart(url: str, console: Console) -> bool:
             return False
         took = json.loads(line.split(" ", 1)[1])
         takeover_seconds = took["ready_at"] - killed_at
+        if takeover_seconds < 0:  # a stall of this machine outlasted the lease before the kill
+            console.print("  [yellow]the engine's lease had already run out before the SIGKILL (its renewals "
+                          "were stalled): the standby took over at once[/]")
         console.print(
             f"  [bold]takeover in {takeover_seconds:.2f} s[/] from the SIGKILL to a recovered engine fenced with "
             f"epoch {took['epoch']} (epoch {took['previous_epoch']} is deposed): up to {HOT_LEASE_SECONDS:g} s for "
@@ -399,21 +402,29 @@ def _engine_stream_table(events: list[Any], title: str) -> Any:
         table.add_column(column)
     for e in events:
         data = orjson.loads(e.state)
-        pid = lambda holder: f"pid {holder.split(':')[1]}" if holder.count(":") >= 2 else holder  # noqa: E731
-        detail = {
-            "LeaseAcquired": lambda: f"by {pid(data['holder'])}, reason {data['reason']}"
-                                     + (f" (after epoch {data['previous_epoch']})" if data.get("previous_epoch") else ""),
-            "LeaseExpired": lambda: f"{pid(data['holder'])} stopped renewing; detected by "
-                                    f"{data['detected_by'].replace(data['detected_by'].split()[-1], pid(data['detected_by'].split()[-1]))}",
-            "LeaseReleased": lambda: f"by {pid(data['holder'])}: {data.get('reason', '')}",
-            "EngineStarted": lambda: f"version {data.get('version', '')}",
-            "EngineStopped": lambda: data.get("reason", ""),
-            "RecoveryCompleted": lambda: f"ready {data.get('ready')}, crashed {data.get('crashed')}, "
-                                         f"{data.get('discrepancies', 0)} discrepancies, "
-                                         f"{data.get('corrective_events', 0)} corrective events",
-        }.get(e.topic, lambda: "")()
+        if e.topic == "LeaseAcquired":
+            detail = f"by {_pid(data['holder'])}, reason {data['reason']}" + (
+                f" (after epoch {data['previous_epoch']})" if data.get("previous_epoch") else "")
+        elif e.topic == "LeaseExpired":
+            detail = f"{_pid(data['holder'])} stopped renewing; detected by {_pid(data['detected_by'])}"
+        elif e.topic == "LeaseReleased":
+            detail = f"by {_pid(data['holder'])}: {data.get('reason', '')}"
+        elif e.topic == "EngineStarted":
+            detail = f"version {data.get('version', '')}"
+        elif e.topic == "EngineStopped":
+            detail = data.get("reason", "")
+        elif e.topic == "RecoveryCompleted":
+            detail = (f"ready {data.get('ready')}, crashed {data.get('crashed')}, {data.get('discrepancies', 0)} "
+                      f"discrepancies, {data.get('corrective_events', 0)} corrective events")
+        else:
+            detail = ""
         table.add_row(str(e.position), e.topic, str(data.get("epoch", "")), detail)
     return table
+
+
+def _pid(text: str) -> str:
+    """``text`` with each lease holder (``host:pid:suffix``) shortened to ``pid N``."""
+    return " ".join(f"pid {word.split(':')[1]}" if word.count(":") == 2 else word for word in text.split())
 
 
 def _lines_of(process: subprocess.Popen[str]) -> queue.Queue[str | None]:
