@@ -74,8 +74,9 @@ def engine(url: str, sim_state: str, lease_seconds: float) -> int:
     broker.set_price("AAPL", IN_FLIGHT["reference_price"])
     _send(client, broker, FIRST)
     for update in broker.updates():
-        record_update(client, ACCOUNT, FIRST["client_order_id"], update)
-        print(f"{FIRST['client_order_id']} {update.kind} recorded", flush=True)
+        if update.client_order_id is not None:
+            record_update(client, ACCOUNT, update.client_order_id, update)
+            print(f"{update.client_order_id} {update.kind} recorded", flush=True)
     _send(client, broker, IN_FLIGHT)  # the venue acks and fills it; this engine never hears of it
     print(f"IN FLIGHT {IN_FLIGHT['client_order_id']} {client.position}", flush=True)
     while True:  # trading on, until the demo pulls the plug

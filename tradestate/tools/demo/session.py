@@ -345,7 +345,10 @@ def show_hot_restart(url: str, console: Console) -> bool:
             console.print("[red]the new engine did not finish[/]")
             return False
         done = json.loads(line.split(" ", 1)[1])
-        standby.wait(30)
+        try:
+            standby.wait(30)
+        except subprocess.TimeoutExpired:
+            pass  # it said all it had to; killed below
     finally:
         for process in (engine, standby):
             if process is not None and process.poll() is None:
@@ -365,9 +368,9 @@ def show_hot_restart(url: str, console: Console) -> bool:
         recovery = [] if taken is None or recovered is None else list(iter_events(store, taken, recovered - 1))
     finally:
         store.close()
-    console.print(f"  between taking the lease and recording its recovery the new engine appended: "
+    console.print("  between taking the lease and recording its recovery the new engine appended: "
                   + ", ".join(_what(e) for e in recovery), highlight=False)
-    console.print(_engine_stream_table(engine_events, f"Stream engine-{hot.ENGINE}"))
+    console.print(_engine_stream_table(engine_events, f"Stream {engine_stream_id(hot.ENGINE)}"))
     kinds = [e.topic for e in order_events]
     console.print(f"  order {coid}: {' → '.join(kinds)}", highlight=False)
     once = all(kinds.count(kind) == 1 for kind in ("OrderIntentRecorded", "OrderSubmitted", "OrderAcknowledged",
