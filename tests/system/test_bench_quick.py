@@ -71,6 +71,9 @@ def test_sqlite_rows(capsys, tmp_path):
         ("append_single_1w", "raw_insert_commit_1w"),
         ("append_single_1w_p50", "raw_insert_commit_1w"),
         ("append_single_1w_p99", "raw_insert_commit_1w"),
+        ("append_single_fenced_1w", "unfenced_interleaved_1w"),
+        ("append_single_fenced_1w_p50", "unfenced_interleaved_1w"),
+        ("append_single_fenced_1w_p99", "unfenced_interleaved_1w"),
         ("append_batch_10", "executemany_all_1tx"),
         ("append_batch_10", "executemany_10_per_tx"),
         ("replay", "raw_select_orjson"),
@@ -93,6 +96,8 @@ def test_postgresql_rows(capsys, pg_server):
         for suffix in ("", "_p50", "_p99"):
             assert (f"append_single_{writers}{suffix}", f"raw_insert_commit_{writers}") in got
             assert (f"append_single_{writers}{suffix}", "eventsourcing_default") in got
+    for suffix in ("", "_p50", "_p99"):
+        assert (f"append_single_fenced_1w{suffix}", "unfenced_interleaved_1w") in got
     assert {
         ("append_batch_10", "copy_from_stdin_all"),
         ("append_batch_10", "copy_10_per_tx"),
@@ -146,6 +151,20 @@ def _bench_schemas(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench%'").fetchall()
     return {name for (name,) in rows}
+
+
+def test_the_fencing_rows_come_with_their_target_line():
+    """The fenced/unfenced ratio is judged against 0.90 (fencing costs at most 10 %), on each
+    backend, and only that row of the three carries the target."""
+    from tradestate.tools.bench import append
+    from tradestate.tools.bench.common import result
+
+    rows = [result("append_single_fenced_1w", "sqlite", 95.0, "events/s", "unfenced_interleaved_1w", 100.0),
+            result("append_single_fenced_1w_p50", "sqlite", 1.1, "ms", "unfenced_interleaved_1w", 1.0),
+            result("append_single_fenced_1w", "postgresql", 85.0, "events/s", "unfenced_interleaved_1w", 100.0)]
+    checks = append.targets(rows)
+    assert [met for met, _ in checks] == [True, False]
+    assert all("fencing costs <= 10 %" in line and "target >= 0.9x" in line for _, line in checks)
 
 
 def test_only_filters_groups(capsys, tmp_path):

@@ -24,10 +24,20 @@ def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
     assert "SIGKILL" in run.stdout and "READY TO TRADE" in run.stdout
     assert "the lost fill was found at the venue and recorded" in run.stdout
     assert "Trace of order demo-acct/o-7" in run.stdout and (tmp_path / "postmortem.html").stat().st_size > 10_000
+    # act five: the active engine is SIGKILLed with h-2 in flight; its standby takes over
+    assert "SIGKILL → engine" in run.stdout and "gone with h-2 in flight" in run.stdout
+    assert "a 2 s lease" in run.stdout and "takeover in " in run.stdout
+    assert "re-sent intent h-2: already on record" in run.stdout and "(a duplicate)" in run.stdout
+    assert "ack, fill → 2 duplicates, 0 appended" in run.stdout
+    assert "LeaseExpired" in run.stdout and "reason expired (after epoch 1)" in run.stdout
+    assert "order h-2: OrderIntentRecorded → OrderSubmitted → OrderAcknowledged → OrderFilled" in run.stdout
+    assert "neither lost nor sent twice" in run.stdout
     state = json.loads(tradestate("state", "--db", url, "--json").stdout)
-    assert state["position"] == 49
-    # the morning's 90 AAPL less the 40 whose fill notification was lost; 50 + 20 MSFT
-    assert {(p["symbol"], p["qty"]) for p in state["positions"]} == {("AAPL", "50"), ("MSFT", "70")}
+    assert state["position"] == 70
+    # the morning's 90 AAPL less the 40 whose fill notification was lost; 50 + 20 MSFT; and the
+    # hot act's two market orders, each filled once (h-2's fill found by the standby's recovery)
+    assert {(p["account"], p["symbol"], p["qty"]) for p in state["positions"]} == {
+        ("demo-acct", "AAPL", "50"), ("demo-acct", "MSFT", "70"), ("demo-hot", "MSFT", "10"), ("demo-hot", "AAPL", "25")}
     assert state["accounts"]["demo-acct"]["breaker_tripped"] is False  # reset when trading resumed
 
 
@@ -45,6 +55,7 @@ def test_demo_on_postgresql(pg_url):
     run = tradestate("demo", "--db", pg_url)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "same state" in run.stdout
+    assert "takeover in " in run.stdout and "neither lost nor sent twice" in run.stdout
 
 
 @pytest.mark.parametrize(
@@ -71,4 +82,4 @@ def test_database_url_comes_from_the_environment(tmp_path):
     assert tradestate("demo", "--db", url).returncode == 0
     env = {**os.environ, "TRADESTATE_DB": url}
     state = json.loads(tradestate("state", "--json", env=env).stdout)
-    assert state["position"] == 49
+    assert state["position"] == 70

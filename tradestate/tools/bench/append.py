@@ -7,8 +7,14 @@
                         processes on PostgreSQL. The ``eventsourcing`` library's default
                         PostgreSQL recorder (LOCK TABLE + NOTIFY) is reported as an extra,
                         informative baseline.
+``append_single_fenced_1w``  the same single-event appends with lease fencing on (a lease taken
+                        with ``Leases.acquire`` through ``EngineLease``, renewed from its thread
+                        every second as an engine's is, every append carrying the ``Fence``)
+                        against the unfenced rate, one writer per backend, measured in the same
+                        run through the same connection in interleaved 20 ms slices (ABBA...),
+                        so drift on this shared machine hits both alike.
 
-Target: ours / raw >= 0.65 for the rate.
+Targets: ours / raw >= 0.65 for the rate; fenced / unfenced >= 0.90 (fencing costs <= 10 %).
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ from .common import (
 )
 
 TARGET_SINGLE = 0.65  # the least ours / raw single-row commit rate
+TARGET_FENCED = 0.90  # the least fenced / unfenced single-event rate: fencing costs <= 10 %
+# One slice of the fenced/unfenced interleaving: short, so a burst of foreign load (or a slow
+# fsync) on this shared machine lands on both variants; 0.25 s slices left ratios swinging
+# +-20 % between runs, 20 ms slices about +-5 %.
+FENCE_SLICE_SECONDS = 0.02
+# The bench engine's lease: long, so a stall of this shared machine cannot depose it mid-run,
+# and renewed every second like an engine's default (3 s, renewed every 1 s).
+FENCE_LEASE_SECONDS = 30.0
+FENCE_RENEW_SECONDS = 1.0
 
 
 # ------------------------------------------------------------------------- append writers
@@ -257,7 +272,8 @@ def bench_append_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resu
         "raw INSERT commit": {"kind": "raw_sqlite", "path": raw_path, "table": "raw_events", "payload": payload},
         "ours": {"kind": "ours", "url": f"sqlite:///{path}", "payload": payload},
     }, 1, sizes)
-    return _append_rows("append_single_1w", "sqlite", best["ours"], "raw_insert_commit_1w", best["raw INSERT commit"])
+    return (_append_rows("append_single_1w", "sqlite", best["ours"], "raw_insert_commit_1w", best["raw INSERT commit"])
+            + bench_fencing(f"sqlite:///{path}", "sqlite", sizes, payload))
 
 
 def bench_append_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes, payload: bytes) -> list[Result]:
@@ -290,7 +306,83 @@ def bench_append_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes
                                 best["raw INSERT commit"])
         results += _append_rows(f"append_single_{label}", "postgresql", ours, "eventsourcing_default",
                                 best["eventsourcing default recorder"])
+    url = pg.url_for(schema_for("f1"))
+    open_store(url).close()
+    results += bench_fencing(url, "postgresql", sizes, payload)
     return results
+
+
+# ---------------------------------------------------------------------------- fencing cost
+
+
+def _fenced_pair(url: str, payload: bytes) -> tuple[dict[str, Callable[[str], Any]], Callable[[], None]]:
+    """Unfenced and fenced single-event appends through one store (one connection): the fenced
+    ones carry the epoch of a lease this process took and renews from its thread as an engine
+    does. Returns the two appenders and a closer."""
+    from ...adapters.store import new_event, open_store
+    from ...engines import EngineLease
+
+    store = open_store(url, create=False)
+    lease = EngineLease(store, "bench-engine", seconds=FENCE_LEASE_SECONDS, renew_seconds=FENCE_RENEW_SECONDS)
+    try:
+        lease.acquire()
+        lease.start()
+    except BaseException:
+        store.close()
+        raise
+    fence = lease.fence
+    log_append = store.trading.append
+
+    def unfenced(stream: str) -> Any:
+        return log_append([new_event(stream, 1, "OrderFilled", payload)])
+
+    def fenced(stream: str) -> Any:
+        return log_append([new_event(stream, 1, "OrderFilled", payload)], fence=fence)
+
+    def close() -> None:
+        lease.release("bench done")
+        store.close()
+
+    return {"unfenced": unfenced, "fenced": fenced}, close
+
+
+def _interleaved(appenders: dict[str, Callable[[str], Any]], seconds_each: float, warmup: int) -> dict[str, WriteRun]:
+    """Each appender for ``seconds_each`` in all, in alternating slices of about
+    ``FENCE_SLICE_SECONDS`` (A B B A A B ...: neither always goes first)."""
+    for append in appenders.values():
+        for _ in range(warmup):
+            append(f"warm-{uuid.uuid4()}")
+    slices = max(2, round(seconds_each / FENCE_SLICE_SECONDS))
+    length = seconds_each / slices
+    counts = dict.fromkeys(appenders, 0)
+    spent = dict.fromkeys(appenders, 0.0)
+    latencies: dict[str, list[float]] = {name: [] for name in appenders}
+    names = list(appenders)
+    for k in range(slices):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            start = time.time()
+            n, lat, end = _timed_appends(appenders[name], start + length)
+            counts[name] += n
+            spent[name] += end - start
+            latencies[name] += lat
+    return {name: _summarise(counts[name], latencies[name], spent[name]) for name in names}
+
+
+def bench_fencing(url: str, backend: str, sizes: Sizes, payload: bytes) -> list[Result]:
+    """``append_single_fenced_1w`` on the store at ``url`` against unfenced appends, interleaved."""
+    seconds_each = sizes.single_seconds * sizes.rounds
+    log(f"{backend} append_single fenced vs unfenced, 1 writer, {seconds_each:g} s each in "
+        f"{FENCE_SLICE_SECONDS * 1000:g} ms slices, interleaved")
+    appenders, close = _fenced_pair(url, payload)
+    try:
+        runs = _interleaved(appenders, seconds_each, sizes.warmup)
+    finally:
+        close()
+    for name, run in runs.items():
+        log("  " + _describe(name, run))
+    fenced, unfenced = runs["fenced"], runs["unfenced"]
+    log(f"  fenced / unfenced: {fenced.rate / unfenced.rate:.3f}")
+    return _append_rows("append_single_fenced_1w", backend, fenced, "unfenced_interleaved_1w", unfenced)
 
 
 def run(ctx: BenchContext) -> list[Result]:
@@ -311,4 +403,7 @@ def targets(results: list[Result]) -> list[tuple[bool, str]]:
         if r.metric.startswith("append_single_") and r.metric.endswith("w") and r.baseline.startswith("raw_"):
             checks += ratio_checks(results, r.metric, r.backend, r.baseline, TARGET_SINGLE,
                                    "raw single-row commit rate, same writers")
+        if r.metric == "append_single_fenced_1w":
+            checks += ratio_checks([r], r.metric, r.backend, r.baseline, TARGET_FENCED,
+                                   "the unfenced rate, interleaved in the same run (fencing costs <= 10 %)")
     return checks

@@ -3,7 +3,8 @@
 Each metric group is the module of the same name, with ``run(ctx) -> list[Result]`` and
 ``targets(results) -> list[(met, line)]``:
 
-``append``      durable single-event appends, against raw single-row INSERT commits
+``append``      durable single-event appends, against raw single-row INSERT commits; and with
+                lease fencing on, against without it (interleaved in the same run)
 ``batch``       100 events per append, against one COPY / executemany of every row
 ``replay``      positions and the whole state folded from N trading events, against raw reads
                 and the ``eventsourcing`` library's replay

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.panel import Panel
 
@@ -137,7 +141,8 @@ def run_session(client: TradestateClient, console: Console) -> None:
 
 def main(url: str | None = None, reset: bool = False, console: Console | None = None) -> int:
     """Run the whole demo against ``url`` (default ``DEMO_URL``, always started afresh): record the
-    session, read it back in a new process, serve it over HTTP, then kill an engine and recover.
+    session, read it back in a new process, serve it over HTTP, kill an engine and recover, then
+    kill an active engine with an order in flight and let its standby take over.
     Another URL must hold an empty log unless ``reset`` (``InvalidInput`` otherwise). Returns 0 when
     every step agreed, 1 otherwise."""
     console = console or make_console()
@@ -183,7 +188,8 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     console.print(f"  state digest {digest} here, {report['digest']} in the new process: {verdict}")
     served = show_http_api(url, console)
     recovered = show_crash_and_recovery(url, console)
-    return 0 if same and served and recovered else 1
+    hot = show_hot_restart(url, console)
+    return 0 if same and served and recovered and hot else 1
 
 
 def show_crash_and_recovery(url: str, console: Console) -> bool:
@@ -257,6 +263,203 @@ def show_crash_and_recovery(url: str, console: Console) -> bool:
     finally:
         store.close()
     return report.ready and found and postmortem_ok
+
+
+HOT_LEASE_SECONDS = 2.0  # short, to keep the demo short (the default lease is 3 s)
+
+
+def show_hot_restart(url: str, console: Console) -> bool:
+    """Act five: an active engine (``engine_id``, a lease) and a warm standby, each in its own
+    process; the active one is SIGKILLed with an order in flight at the venue (intent and
+    submission on record, the venue's ack and fill not). The standby notices the lease run out,
+    records ``LeaseExpired``, takes the lease (``LeaseAcquired``, a new epoch) and recovers,
+    reconciling with the venue: the in-flight order's ack and fill are recorded once. Its order
+    loop re-sends the intent with the same client order id: a duplicate, not sent again. Prints
+    the takeover time and the engine stream; True when every one of those held."""
+    import signal
+    import tempfile
+
+    from ...domain.ids import engine_stream_id, order_stream_id
+    from . import hot
+
+    console.print("\n[bold]Hot restart: an active engine and a standby, each in its own process; the active "
+                  "one is SIGKILLed with an order in flight:[/]")
+    console.print(f"  (engine {hot.ENGINE!r}, account {hot.ACCOUNT}, a [bold]{HOT_LEASE_SECONDS:g} s lease[/] "
+                  "to keep the demo short — the default is 3 s)", highlight=False)
+    if url.startswith("sqlite:///"):
+        folder = os.path.dirname(os.path.abspath(sqlite_path(url)))
+    else:
+        folder = tempfile.mkdtemp(prefix="tradestate-demo-")
+    sim_state = os.path.join(folder, "sim-venue-hot.json")
+    for leftover in (sim_state, sim_state + ".lock"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    coid = hot.IN_FLIGHT["client_order_id"]
+
+    def start(role: str) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
+        process = subprocess.Popen([sys.executable, "-m", "tradestate.tools.demo.hot", role, url, sim_state,
+                                    str(HOT_LEASE_SECONDS)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        return process, _lines_of(process)
+
+    def say(who: str, process: subprocess.Popen[str]) -> Callable[[str], None]:
+        return lambda line: console.print(f"  [dim]{who} {process.pid}:[/] {line}", highlight=False)
+
+    engine, engine_lines = start("engine")
+    standby: subprocess.Popen[str] | None = None
+    try:
+        if _line_starting(engine_lines, "IN FLIGHT", 60, say("engine", engine)) is None:
+            console.print("[red]the engine process did not get its order out[/]")
+            return False
+        console.print(f"  [dim]engine {engine.pid}:[/] {coid}: intent and submission on record, sent; the venue "
+                      "acknowledges and fills it [bold yellow]but the engine has not read that yet[/]",
+                      highlight=False)
+        standby, standby_lines = start("standby")
+        following = _line_starting(standby_lines, "FOLLOWING", 60, say("standby", standby))
+        if following is None:
+            console.print("[red]the standby process did not start following[/]")
+            return False
+        console.print(f"  [dim]standby {standby.pid}:[/] follows the log (caught up at position "
+                      f"{following.split()[1]}) and watches the lease", highlight=False)
+        os.kill(engine.pid, signal.SIGKILL)
+        killed_at = time.time()
+        engine.wait(10)
+        console.print(f"  [bold red]SIGKILL[/] → engine {engine.pid} gone with {coid} in flight", highlight=False)
+        line = _line_starting(standby_lines, "TAKEOVER", 60, say("standby", standby))
+        if line is None:
+            console.print("[red]the standby did not take over[/]")
+            return False
+        took = json.loads(line.split(" ", 1)[1])
+        takeover_seconds = took["ready_at"] - killed_at
+        if takeover_seconds < 0:  # a stall of this machine outlasted the lease before the kill
+            console.print("  [yellow]the engine's lease had already run out before the SIGKILL (its renewals "
+                          "were stalled): the standby took over at once[/]")
+        console.print(
+            f"  [bold]takeover in {takeover_seconds:.2f} s[/] from the SIGKILL to a recovered engine fenced with "
+            f"epoch {took['epoch']} (epoch {took['previous_epoch']} is deposed): up to {HOT_LEASE_SECONDS:g} s for "
+            f"the lease to run out, then {took['seconds'] * 1000:.0f} ms to record the expiry, take the lease and "
+            f"recover — reconciliation with the venue: {took['discrepancies']} discrepancies, "
+            f"{took['corrective_events']} corrective events", highlight=False)
+        line = _line_starting(standby_lines, "DONE", 60, say("standby", standby))
+        if line is None:
+            console.print("[red]the new engine did not finish[/]")
+            return False
+        done = json.loads(line.split(" ", 1)[1])
+        try:
+            standby.wait(30)
+        except subprocess.TimeoutExpired:
+            pass  # it said all it had to; killed below
+    finally:
+        for process in (engine, standby):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+    from ...replay.log import iter_events
+
+    store = open_store(url)
+    try:
+        engine_events = store.trading.read_stream(engine_stream_id(hot.ENGINE))
+        order_events = store.trading.read_stream(order_stream_id(hot.ACCOUNT, coid))
+        taken = next((e.position for e in engine_events if e.topic == "LeaseAcquired"
+                      and orjson.loads(e.state)["epoch"] == took["epoch"]), None)
+        recovered = next((e.position for e in engine_events if e.topic == "RecoveryCompleted"
+                          and taken is not None and e.position > taken), None)
+        recovery = [] if taken is None or recovered is None else list(iter_events(store, taken, recovered - 1))
+    finally:
+        store.close()
+    console.print("  between taking the lease and recording its recovery the new engine appended: "
+                  + ", ".join(_what(e) for e in recovery), highlight=False)
+    console.print(_engine_stream_table(engine_events, f"Stream {engine_stream_id(hot.ENGINE)}"))
+    kinds = [e.topic for e in order_events]
+    console.print(f"  order {coid}: {' → '.join(kinds)}", highlight=False)
+    once = all(kinds.count(kind) == 1 for kind in ("OrderIntentRecorded", "OrderSubmitted", "OrderAcknowledged",
+                                                    "OrderFilled"))
+    engine_kinds = [e.topic for e in engine_events]
+    expired = "LeaseExpired" in engine_kinds and any(
+        e.topic == "LeaseAcquired" and orjson.loads(e.state)["reason"] == "expired" for e in engine_events)
+    ok = (once and expired and took["ready"] and done["duplicate"] and done["venue_orders"] == 1
+          and done["late_appended"] == 0 and done["status"] == "filled")
+    console.print(f"  {coid} sent to the venue {done['venue_orders']} time(s), its ack and fill recorded once each, "
+                  f"now {done['status']} — " + ("[bold green]neither lost nor sent twice[/]" if ok
+                                                  else "[bold red]the in-flight order was NOT handled once[/]"),
+                  highlight=False)
+    return ok
+
+
+def _what(e: Any) -> str:
+    """An event of the log in a few words: its type and the order (and execution) it is about."""
+    p = e.payload
+    about = " ".join(str(p[k]) for k in ("client_order_id", "exec_id") if p.get(k))
+    if e.type == "TradingResumed":
+        about = f"{p.get('account', '')} at {p.get('ramp_pct')} %"
+    return f"{e.type} {about}".strip()
+
+
+def _engine_stream_table(events: list[Any], title: str) -> Any:
+    """The events of an engine's stream: position, type, epoch and what each says."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("position", "event", "epoch", "detail"):
+        table.add_column(column)
+    for e in events:
+        data = orjson.loads(e.state)
+        if e.topic == "LeaseAcquired":
+            detail = f"by {_pid(data['holder'])}, reason {data['reason']}" + (
+                f" (after epoch {data['previous_epoch']})" if data.get("previous_epoch") else "")
+        elif e.topic == "LeaseExpired":
+            detail = f"{_pid(data['holder'])} stopped renewing; detected by {_pid(data['detected_by'])}"
+        elif e.topic == "LeaseReleased":
+            detail = f"by {_pid(data['holder'])}: {data.get('reason', '')}"
+        elif e.topic == "EngineStarted":
+            detail = f"version {data.get('version', '')}"
+        elif e.topic == "EngineStopped":
+            detail = data.get("reason", "")
+        elif e.topic == "RecoveryCompleted":
+            detail = (f"ready {data.get('ready')}, crashed {data.get('crashed')}, {data.get('discrepancies', 0)} "
+                      f"discrepancies, {data.get('corrective_events', 0)} corrective events")
+        else:
+            detail = ""
+        table.add_row(str(e.position), e.topic, str(data.get("epoch", "")), detail)
+    return table
+
+
+def _pid(text: str) -> str:
+    """``text`` with each lease holder (``host:pid:suffix``) shortened to ``pid N``."""
+    return " ".join(f"pid {word.split(':')[1]}" if word.count(":") == 2 else word for word in text.split())
+
+
+def _lines_of(process: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """The process's output lines as they come (None once it closed its output)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _line_starting(lines: queue.Queue[str | None], marker: str, timeout: float,
+                   show: Callable[[str], None]) -> str | None:
+    """The first line starting with ``marker`` within ``timeout`` seconds, showing the lines
+    before it; None if the process ended or the time ran out first."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            return None
+        if line is None:
+            return None
+        if line.startswith(marker):
+            return line
+        show(line)
+    return None
 
 
 def show_postmortem(store, console: Console, folder: str, report) -> bool:  # noqa: ANN001, ARG001
