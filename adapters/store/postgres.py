@@ -204,64 +204,91 @@ class _Watchdog:
     ``statement_timeout`` does not cover a commit's wait for synchronous standbys; a cancel
     request does (PostgreSQL then ends the wait with a WARNING), so every append is armed here.
     A statement still running ``grace`` seconds after its cancel (the server itself does not
-    answer) has its connection shut down, so the caller gets an error instead of a hang."""
+    answer) has its connection shut down, so the caller gets an error instead of a hang.
+
+    The thread sleeps until the earliest deadline it knows of and does not poll. Arming wakes it
+    only for a deadline earlier than its next wake-up: appends that share one timeout never do, as
+    each new deadline is later than every earlier one. So an append costs the thread nothing, and
+    the thread wakes about once per timeout (a 50 ms poll in each of eight writer processes cost
+    more CPU than the appends' own Python work)."""
 
     grace = 1.0
-    poll = 0.05  # seconds between deadline checks: a deadline is met within this
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._reset()
+        # A forked child has no thread, and must never cancel its parent's statements.
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         # key -> (deadline, connection, cancelled already)
         self._armed: dict[int, tuple[float, psycopg.Connection[Any], bool]] = {}
         self._fired: set[int] = set()
         self._last = 0
         self._thread: threading.Thread | None = None
+        self._wake_at = 0.0  # when the sleeping thread looks again (in the past while it is awake)
+        self._span = 1.0  # the latest armed timeout: how long the thread sleeps with nothing armed
+        self.wakeups = 0  # times the thread woke (to check that arming does not wake it)
 
     def arm(self, conn: psycopg.Connection[Any], seconds: float) -> int:
         """Cancel ``conn``'s running statement in ``seconds`` unless ``disarm`` comes first."""
-        with self._cond:
+        deadline = time.monotonic() + seconds
+        with self._lock:
             self._last += 1
-            self._armed[self._last] = (time.monotonic() + seconds, conn, False)
-            if self._thread is None or not self._thread.is_alive():
+            self._armed[self._last] = (deadline, conn, False)
+            self._span = seconds
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="tradestate-append-watchdog", daemon=True)
                 self._thread.start()
+            elif deadline < self._wake_at:
+                self._wake_at = deadline
+                self._wake.notify()
             return self._last
 
     def disarm(self, key: int) -> bool:
         """Stop watching; True if the deadline passed and the statement was cancelled."""
-        with self._cond:
-            self._armed.pop(key, None)
+        with self._lock:
+            self._armed.pop(key, None)  # gone already if its connection was shut down
             if key in self._fired:
                 self._fired.discard(key)
                 return True
             return False
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                now = time.monotonic()
-                due = [(key, conn, cancelled) for key, (deadline, conn, cancelled) in self._armed.items()
-                       if deadline <= now]
-                if not due:
-                    # Deadlines are seconds away: a coarse poll, so that arming an append never
-                    # wakes this thread (a wake-up per append costs the writer a GIL hand-off).
-                    self._cond.wait(self.poll)
-                    continue
-                for key, conn, cancelled in due:
-                    self._fired.add(key)
-                    if cancelled:
-                        del self._armed[key]
-                    else:
-                        self._armed[key] = (now + self.grace, conn, True)
-            for _key, conn, cancelled in due:
-                try:
-                    if not cancelled:
-                        conn.cancel_safe(timeout=self.grace)
-                    else:
-                        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-                            sock.shutdown(socket.SHUT_RDWR)
-                except Exception:  # noqa: BLE001 - the connection is gone: the statement fails anyway
-                    pass
+        try:
+            while True:
+                with self._lock:
+                    now = time.monotonic()
+                    due = [(key, conn, cancelled) for key, (deadline, conn, cancelled) in self._armed.items()
+                           if deadline <= now]
+                    if not due:
+                        self._wake_at = min((deadline for deadline, _, _ in self._armed.values()),
+                                            default=now + max(self._span, 0.05))
+                        self._wake.wait(self._wake_at - now)
+                        self._wake_at = 0.0  # awake: arming need not notify
+                        self.wakeups += 1
+                        continue
+                    for key, conn, cancelled in due:
+                        self._fired.add(key)
+                        if cancelled:
+                            del self._armed[key]
+                        else:
+                            self._armed[key] = (now + self.grace, conn, True)
+                for _key, conn, cancelled in due:
+                    try:
+                        if not cancelled:
+                            conn.cancel_safe(timeout=self.grace)
+                        else:
+                            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                                sock.shutdown(socket.SHUT_RDWR)
+                    except Exception:  # noqa: BLE001 - the connection is gone: the statement fails anyway
+                        pass
+        finally:
+            with self._lock:  # the next arm starts a new thread
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
 
 _WATCHDOG = _Watchdog()
@@ -288,16 +315,23 @@ def _replication_cut(notices: list[tuple[str, str]]) -> str | None:
     return next((w for w in warnings if _SYNC_CUT.search(w)), warnings[0] if warnings else None)
 
 
-def _alive(conn: psycopg.Connection[Any]) -> bool:
-    """Whether an idle connection is still usable. Checked without a round trip: an idle
-    connection has nothing to read unless the server sent something (its termination notice,
-    or the end of the stream); only then is it pinged."""
+def _idle_poller(conn: psycopg.Connection[Any]) -> select.poll:
+    """A poll object on ``conn``'s socket for ``_alive``, made once per connection (a
+    ``select.select`` per call built three lists and cost twice as much on the append path)."""
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return poller
+
+
+def _alive(conn: psycopg.Connection[Any], poller: select.poll) -> bool:
+    """Whether an idle connection is still usable (``poller`` from ``_idle_poller(conn)``).
+    Checked without a round trip: an idle connection has nothing to read unless the server sent
+    something (its termination notice, or the end of the stream); only then is it pinged."""
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.Error):
+        if not poller.poll(0):
+            return True
+    except (OSError, ValueError):
         return False
-    if not readable:
-        return True
     try:
         conn.execute("SELECT 1")
         return True
@@ -441,13 +475,19 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         """This thread's own connection, kept checked out of the pool: a pool checkout per
         append doubled the client's CPU per event, the limit with many writers on few cores.
         A connection that fails is dropped, and the next call takes a fresh one."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and not (conn.closed or conn.broken) and not _alive(conn):
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and not (conn.closed or conn.broken) and not _alive(conn, local.poller):
             self._drop(conn)  # terminated while idle: take a fresh one rather than fail the call
             conn = None
         if conn is None or conn.closed or conn.broken:
             conn = self.datastore.acquire()
-            self._local.conn = conn
+            try:
+                local.poller = _idle_poller(conn)
+            except BaseException:
+                self.datastore.give_back(conn)
+                raise
+            local.conn = conn
             with self._pinned_lock:
                 self._pinned.append(conn)
         try:
@@ -548,7 +588,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 finally:
                     timed_out = _WATCHDOG.disarm(key)
                     conn.remove_notice_handler(notices)
-                cut = _replication_cut(notices)
+                cut = _replication_cut(notices) if notices else None
                 if cut is not None:
                     self._confirm_or_raise(cut, timed_out, timeout - (time.monotonic() - started))
                 return appended
