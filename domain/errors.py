@@ -135,3 +135,18 @@ class ReadOnlyStore(StoreUnreachable):
     """The database accepts reads only (a hot standby, or a read-only session default): the log
     cannot be created or appended to here. Read-only opens (``open_store(url, create=False)``)
     work on such a server."""
+
+
+class AccountOnRecord(TradestateError):
+    """A bootstrap from the venue was asked for an account the log already holds events of:
+    importing its opening state again would count it twice. Nothing was appended."""
+
+    def __init__(self, account: str, detail: str):
+        super().__init__(f"account {account!r} is already on record ({detail}): a bootstrap imports the "
+                         "opening state of an account the log does not hold yet; run `tradestate reconcile` instead")
+        self.account = account
+
+
+class VenueIncomplete(TradestateError):
+    """The venue's answer could not be used in full (a query failed, a record was refused), so an
+    all-or-nothing operation appended nothing."""

@@ -398,6 +398,33 @@ class EngineStopped(Event):
     reason: Text = ""
 
 
+ShutdownKind = Literal["planned", "emergency"]
+ShutdownPolicy = Literal["leave", "cancel", "flatten"]
+
+
+class ShutdownCompleted(Event):
+    """The summary of a graceful shutdown (``client.shutdown``, ``tradestate shutdown``), appended
+    in the same transaction as the ``EngineStopped`` it explains: the pre-shutdown checks and what
+    they saw, the open-order ``policy`` applied (``leave``; ``cancel``: cancel requests recorded;
+    ``flatten``: cancels, then an intent per position through the pre-trade check), the final
+    checkpoint's position (None: not written, see ``checks``) and the orders and positions left.
+    ``kind``: ``planned`` (every step) or ``emergency`` (slow steps skipped, open orders cancelled
+    at least, a reason required)."""
+
+    stream_kind: ClassVar[str] = "engine"
+    engine_id: Identifier
+    kind: ShutdownKind
+    policy: ShutdownPolicy
+    reason: Text = ""
+    checks: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
+    cancel_requested: list[Identifier] = Field(default_factory=list, max_length=10_000)
+    flatten_intents: list[Identifier] = Field(default_factory=list, max_length=10_000)
+    checkpoint_position: int | None = None
+    open_orders_left: int = 0
+    positions_left: int = 0
+    seconds: ComputedAmount = Decimal(0)
+
+
 class LeaseAcquired(Event):
     """An engine process took the lease of ``engine_id``: from here on the store accepts appends
     carrying ``epoch`` only (an epoch only grows). ``reason``: ``first`` (never held before),
@@ -453,6 +480,21 @@ class RecoveryCompleted(Event):
     discrepancies: int = 0
     corrective_events: int = 0
     steps: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
+
+
+class AccountBootstrapped(AccountEvent):
+    """The account's opening state was imported from the venue into a log that held nothing of it
+    (``tradestate reconcile --bootstrap``): its positions (``PositionCorrected`` from zero), open
+    and recent orders (``OrderImported`` with their fills) and cash (``CashBalanceRecorded``) were
+    appended in the same transaction, beside the ``ReconciliationCompleted`` that stores the raw
+    venue report (``reconciliation_id``, ``venue_report_sha256``)."""
+
+    broker: Identifier
+    venue: Identifier
+    reconciliation_id: Identifier
+    venue_report_sha256: Identifier
+    counts: dict[Identifier, int] = Field(default_factory=dict, max_length=50)
+    reason: Text = ""
 
 
 class ClockSkewRecorded(Event):
@@ -525,6 +567,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EngineStarted,
         EngineStopped,
         RecoveryCompleted,
+        ShutdownCompleted,
+        AccountBootstrapped,
         LeaseAcquired,
         LeaseReleased,
         LeaseExpired,

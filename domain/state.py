@@ -629,6 +629,14 @@ class TradingState:
         engine["last_recovery"] = {"ready": d["ready"], "position": pos, "at": at,
                                    "discrepancies": d.get("discrepancies", 0)}
 
+    def _on_ShutdownCompleted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        engine = self.engines.setdefault(d["engine_id"], {"running": False, "previous_run_crashed": False})
+        engine["last_shutdown"] = {"kind": d["kind"], "policy": d["policy"], "position": pos,
+                                   "checkpoint_position": d.get("checkpoint_position")}
+
+    def _on_AccountBootstrapped(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.account(d["account"])  # the opening events beside it carry the state
+
     def _lease(self, d: dict, pos: int, state: str) -> None:
         engine = self.engines.setdefault(d["engine_id"], {"running": False, "previous_run_crashed": False})
         engine.update(epoch=d["epoch"], holder=d["holder"], lease=state, lease_position=pos)
