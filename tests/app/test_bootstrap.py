@@ -102,3 +102,36 @@ def test_partial_venue_answer_appends_nothing(db_url, control, adapter, query):
             bootstrap(client, adapter)
         assert client.store.trading.head() == 0
         assert client.positions(ACCOUNT) == []
+
+
+def cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tradestate.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_bootstrap_creates_the_log_then_refuses_again(tmp_path):
+    import json
+
+    from tradestate.adapters.brokers.sim import SimulatedBroker
+
+    sim = SimulatedBroker(account=ACCOUNT, state_path=str(tmp_path / "venue.json"))
+    sim.stage_position("AAPL", D(7), D(120))
+    sim.stage_cash(D("2500"))
+    url = f"sqlite:///{tmp_path}/new.db"
+    base = ["reconcile", "--db", url, "--broker", "sim", "--sim-state", sim.state_path, "--account", ACCOUNT]
+    before = cli(*base)
+    assert before.returncode == 2 and "reconcile --bootstrap" in before.stderr, before.stderr
+
+    first = cli(*base, "--bootstrap", "--json")
+
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert result["counts"]["positions"] == 1 and result["counts"]["balances"] == 1
+    second = cli(*base, "--bootstrap")
+    assert second.returncode == 2 and "already on record" in second.stderr
+    after = cli(*base, "--json")
+    assert after.returncode == 0 and json.loads(after.stdout)["status"] == "clean", after.stdout
+    with TradestateClient(open_store(url, create=False)) as client:
+        assert [(p["symbol"], p["qty"]) for p in client.positions(ACCOUNT)] == [("AAPL", D(7))]

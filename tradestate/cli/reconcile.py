@@ -44,6 +44,10 @@ def register(app: typer.Typer) -> None:
         ack: Annotated[bool, typer.Option("--ack", help="Record an operator's decision on the discrepancies (unblocks trading).")] = False,
         by: Annotated[Optional[str], typer.Option("--by", help="--ack: who decided.")] = None,
         decision: Annotated[Optional[str], typer.Option("--decision", help="--ack: what was decided.")] = None,
+        bootstrap: Annotated[bool, typer.Option("--bootstrap", help="Start from the venue: on a log that holds "
+                                                "nothing of the account (an empty or new database), import its "
+                                                "positions, orders and cash as opening events, with the venue "
+                                                "report. All or nothing.")] = False,
     ) -> None:
         """Compare the log with each broker account; append corrective events (re-running adds nothing).
         With several --broker, each is reconciled in turn (JSON: {"results": [...]})."""
@@ -70,6 +74,10 @@ def register(app: typer.Typer) -> None:
 
         if not s.broker:
             fail("--broker must be one of sim, alpaca, ib (or set it in the config file)")
+        if bootstrap:
+            if dry_run:
+                fail("--bootstrap appends its opening events at once; --dry-run is for a reconciliation")
+            run_bootstrap(s, as_json)
         since_at = None
         if s.since:
             try:
@@ -78,7 +86,7 @@ def register(app: typer.Typer) -> None:
                 fail(f"--since is not an ISO-8601 time: {s.since!r}")
             if since_at.tzinfo is None:
                 fail("--since needs a time zone (e.g. 2026-11-20T14:31:05Z)")
-        client = TradestateClient(open_log(s.db))
+        client = TradestateClient(_existing_log(s.db))
         try:
             adapters = make_adapters(s)
             try:
@@ -98,6 +106,54 @@ def register(app: typer.Typer) -> None:
             for result in results:
                 print_plan(console, result) if dry_run else print_result(console, result)
         raise typer.Exit(ExitCode.PROBLEM if failed else ExitCode.OK)
+
+
+def _existing_log(url: str | None) -> Any:
+    """The log to reconcile; none there: say how to start one from the venue."""
+    from ..domain.errors import InvalidInput
+
+    try:
+        return open_log(url)
+    except InvalidInput as e:
+        if "no tradestate log" not in str(e):
+            raise
+        fail(f"{e}; to start the log from the venue's state, run `tradestate reconcile --bootstrap` "
+             "with the same broker options")
+
+
+def run_bootstrap(s: Any, as_json: bool) -> None:
+    """``reconcile --bootstrap``: create the log if need be and import each broker account's opening
+    state (``tradestate.bootstrap``); exits."""
+    from ..adapters.store import open_store
+    from ..bootstrap import bootstrap
+    from ..client import TradestateClient
+    from ..domain.errors import VenueIncomplete
+    from ..render import console, to_json
+
+    results = []
+    with TradestateClient(open_store(s.db)) as client:  # creates the log: there may be none yet
+        adapters = make_adapters(s)
+        try:
+            for adapter in adapters:
+                try:
+                    results.append(bootstrap(client, adapter))
+                except VenueIncomplete as e:
+                    fail(str(e), ExitCode.PROBLEM)
+        finally:
+            for adapter in adapters:
+                adapter.close()
+    if as_json:
+        dicts = [r.as_dict() for r in results]
+        print(to_json(dicts[0] if len(dicts) == 1 else {"results": dicts}))
+    else:
+        for r in results:
+            counts = r.counts
+            console.print(f"bootstrapped {r.account} from {r.broker} at venue {r.venue!r}: {counts['positions']} "
+                          f"positions, {counts['orders_imported']} orders imported ({counts['open_orders']} open, "
+                          f"{counts['fills']} fills), {counts['balances']} cash balances; venue report "
+                          f"{r.venue_report_sha256[:12]} stored with reconciliation {r.reconciliation_id[:8]} "
+                          f"(marker at position {r.position})", highlight=False)
+    raise typer.Exit(ExitCode.OK)
 
 
 def print_plan(console: Any, planned: Any) -> None:
