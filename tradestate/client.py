@@ -440,6 +440,17 @@ class TradestateClient:
             self.lease.release(reason)
         return recorded
 
+    def shutdown(self, engine_id: str, *, policy: str = "leave", kind: str = "planned", reason: str = "",
+                 adapters: Any = (), accounts: Any = None, projector_wait: float = 5.0) -> Any:
+        """Shut the engine run down gracefully (``tradestate.shutdown.shutdown``): pre-shutdown
+        checks, the open-order ``policy`` (leave, cancel, flatten), a final checkpoint, then
+        ``ShutdownCompleted`` with ``EngineStopped`` (and the lease handed back). ``kind``:
+        planned or emergency (needs a ``reason``). Returns the ``ShutdownReport``."""
+        from .shutdown import shutdown
+
+        return shutdown(self, engine_id, policy=policy, kind=kind, reason=reason, adapters=adapters,
+                        accounts=accounts, projector_wait=projector_wait)
+
     def record_recovery(self, engine_id: str, *, ready: bool, steps: list[dict[str, Any]], strict: bool = False,
                         crashed: bool = False, checkpoint_position: int | None = None, head: int = 0,
                         replayed: int = 0, discrepancies: int = 0, corrective_events: int = 0) -> Recorded:
