@@ -289,6 +289,14 @@ def describe(e: LoggedEvent) -> str:
         return f"engine {d['engine_id']} {t[6:].lower()} {d.get('reason', '')}".rstrip()
     if t == "RecoveryCompleted":
         return f"engine {d['engine_id']} recovery {'ready' if d.get('ready') else 'NOT ready'}"
+    if t == "ShutdownCompleted":
+        return (f"engine {d['engine_id']} {d['kind']} shutdown, policy {d['policy']}: "
+                f"{len(d.get('cancel_requested') or [])} cancels, {len(d.get('flatten_intents') or [])} flattening "
+                f"intents, checkpoint at {d.get('checkpoint_position')}")
+    if t == "AccountBootstrapped":
+        counts = d.get("counts") or {}
+        return (f"{who} bootstrapped from {d['broker']} at {d['venue']}: {counts.get('positions', 0)} positions, "
+                f"{counts.get('orders_imported', 0)} orders, {counts.get('balances', 0)} balances")
     if t == "BarRecorded":
         return (f"bar {d['symbol']} {d['timeframe']} {d['start']} O {_n(d['open'])} H {_n(d['high'])} "
                 f"L {_n(d['low'])} C {_n(d['close'])} V {_n(d['volume'])}")

@@ -166,3 +166,23 @@ def test_cli_shutdown_takes_the_lease_and_refuses_a_crashed_engine(db_url, venue
     assert result["policy"] == "cancel" and result["cancel_requested"] == ["rest-1"]
     assert result["open_orders_left"] == 0
     assert _recover_with(db_url, venue).discrepancies == 0
+
+
+def test_the_last_shutdown_is_folded_and_kept_by_a_checkpoint(sqlite_url, venue):
+    from tradestate.domain import snapshot
+
+    client, broker = _trading_engine(sqlite_url, venue)
+    broker.close()
+    try:
+        report = client.shutdown("e1", policy="cancel")
+        client.catch_up()
+        folded = client.state.engines["e1"]
+        doc, finished = snapshot.take(client.state)
+        restored = snapshot.restore(orjson.loads(snapshot.encode(doc)), finished)
+    finally:
+        client.close()
+
+    assert folded["last_shutdown"] == {"kind": "planned", "policy": "cancel", "position": report.stopped_position,
+                                       "checkpoint_position": report.checkpoint_position}
+    assert folded["running"] is False and folded["lease"] == "released"
+    assert restored.engines["e1"]["last_shutdown"] == folded["last_shutdown"]
