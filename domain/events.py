@@ -417,8 +417,11 @@ class ShutdownCompleted(Event):
     policy: ShutdownPolicy
     reason: Text = ""
     checks: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
-    cancel_requested: list[Identifier] = Field(default_factory=list, max_length=10_000)
-    flatten_intents: list[Identifier] = Field(default_factory=list, max_length=10_000)
+    # client order ids (the first 1000: a payload stays small; the counts are whole)
+    cancel_requested: list[Identifier] = Field(default_factory=list, max_length=1000)
+    flatten_intents: list[Identifier] = Field(default_factory=list, max_length=1000)
+    cancels: int = 0
+    flattening: int = 0
     checkpoint_position: int | None = None
     open_orders_left: int = 0
     positions_left: int = 0

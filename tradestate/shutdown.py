@@ -41,6 +41,7 @@ from .writer import build_event
 
 POLICIES = ("leave", "cancel", "flatten")
 KINDS = ("planned", "emergency")
+MAX_SHUTDOWN_IDS = 1000  # client order ids listed in ShutdownCompleted (the counts are whole)
 DEFAULT_PROJECTOR_WAIT = 5.0  # seconds a planned shutdown waits for the projector to catch up
 
 
@@ -227,7 +228,9 @@ def shutdown(
     summary = build_event(
         ev.ShutdownCompleted, **writer.envelope(), engine_id=engine_id, kind=kind, policy=applied,
         reason=report.reason, checks=[asdict(c) for c in report.checks],
-        cancel_requested=report.cancel_requested, flatten_intents=report.flatten_intents,
+        cancel_requested=report.cancel_requested[:MAX_SHUTDOWN_IDS],
+        flatten_intents=report.flatten_intents[:MAX_SHUTDOWN_IDS],
+        cancels=len(report.cancel_requested), flattening=len(report.flatten_intents),
         checkpoint_position=report.checkpoint_position, open_orders_left=report.open_orders_left,
         positions_left=report.positions_left, seconds=Decimal(f"{report.seconds:.6f}"),
     )

@@ -186,3 +186,26 @@ def test_the_last_shutdown_is_folded_and_kept_by_a_checkpoint(sqlite_url, venue)
                                        "checkpoint_position": report.checkpoint_position}
     assert folded["running"] is False and folded["lease"] == "released"
     assert restored.engines["e1"]["last_shutdown"] == folded["last_shutdown"]
+
+
+def test_a_planned_shutdown_checks_the_projector(db_url, venue):
+    from tradestate.projections.projector import Projector
+
+    client, broker = _trading_engine(db_url, venue)
+    broker.close()
+    try:
+        Projector(client.store).catch_up(writer_process=False)
+        client.record_signal("s1", "AAPL", "flat")  # the projector is now one event behind
+        behind = client.shutdown("e1", policy="leave", projector_wait=0.2)
+    finally:
+        client.close()
+    check = behind.check("projector")
+    assert check.status == "warn" and "not yet" in check.detail
+
+    with open_store(db_url, create=False) as store:  # the stop events project like any other
+        assert Projector(store).catch_up(writer_process=False) > 0
+    with tradestate.connect(db_url, engine_id="e1", lease_seconds=30) as again:
+        again.engine_started("e1")
+        Projector(again.store).catch_up(writer_process=False)
+        caught_up = again.shutdown("e1", kind="planned", projector_wait=0.2)
+    assert caught_up.check("projector").status == "ok"
