@@ -28,7 +28,7 @@ from .domain.integrity import quarantine_report
 from .domain.state import TradingState
 from .loading import fold_rest, from_checkpoint
 
-STEP_NAMES = ("detect", "rewind", "verify", "checkpoint", "replay", "reconcile", "health", "record")
+STEP_NAMES = ("detect", "rewind", "verify", "checkpoint", "replay", "bootstrap", "reconcile", "health", "record")
 
 
 @dataclass
@@ -319,6 +319,37 @@ def _health(store: Store, state: TradingState, head: int, now: datetime) -> tupl
                 "; ".join(notes) or "state caught up with the log; nothing blocked", counts), blocked
 
 
+def _bootstrap_step(client: Any, adapters: Sequence[Any], now: datetime, record: bool) -> Step:
+    """Import each account the log holds nothing of from its venue (``recover --from-venue``)."""
+    from .bootstrap import account_on_record, bootstrap
+    from .domain.errors import TradestateError
+
+    timer = _Timer()
+    if not adapters:
+        return Step("bootstrap", "failed", timer.seconds, "--from-venue needs a broker to import from")
+    done, lines, failed = 0, [], False
+    for adapter in adapters:
+        where = f"{adapter.broker}/{adapter.account}"
+        held = account_on_record(client.state, adapter.account)
+        if held is not None:
+            lines.append(f"{where}: on record already ({held}): reconciled instead")
+            continue
+        if not record:
+            lines.append(f"{where}: not on record: would be imported from the venue (dry run)")
+            continue
+        try:
+            result = bootstrap(client, adapter, now=now)
+        except TradestateError as e:
+            failed = True
+            lines.append(f"{where}: {e}")
+            continue
+        done += 1
+        c = result.counts
+        lines.append(f"{where}: imported from the venue: {c['positions']} positions, {c['orders_imported']} orders "
+                     f"({c['open_orders']} open), {c['balances']} balances")
+    return Step("bootstrap", "failed" if failed else "ok", timer.seconds, "; ".join(lines), {"imported": done})
+
+
 def recover(
     store: Store,
     *,
@@ -334,6 +365,7 @@ def recover(
     initial_state: TradingState | None = None,
     lease: Any = None,
     client_options: dict[str, Any] | None = None,
+    from_venue: bool = False,
 ) -> tuple[RecoveryReport, Any]:
     """Run the recovery sequence; returns (report, a TradestateClient on the recovered state).
     Nothing is appended with ``record`` False (a dry run: reconciliation is planned only).
@@ -344,7 +376,10 @@ def recover(
     ``engine_id`` None: every engine in the log is checked; the run counts as after a crash if
     any of them crashed, and the report is recorded on each crashed engine's stream.
     ``rewound``: the ``LogRewound`` a client raised (or its attributes as a dict): the report's
-    ``rewind`` step and ``lost`` say which acknowledged events the log no longer holds."""
+    ``rewind`` step and ``lost`` say which acknowledged events the log no longer holds.
+    ``from_venue``: an account of ``adapters`` the log holds nothing of (an empty or lost log) is
+    first imported from its venue (``tradestate.bootstrap``: the ``bootstrap`` step), then
+    reconciled like the others."""
     from .client import TradestateClient
 
     if verify not in ("tail", "full", "none"):
@@ -410,6 +445,9 @@ def recover(
     report.steps += [verify_step, checkpoint_step, replay_step]
     client = TradestateClient(store, clock=clock, initial_state=state, exchange_tz=exchange_tz, clock_guard=guard,
                               clock_skew_threshold=0.05 if record else None, lease=lease, **(client_options or {}))
+
+    if from_venue:
+        report.steps.append(_bootstrap_step(client, adapters, clock(), record))
 
     # 5. reconcile
     timer = _Timer()

@@ -135,3 +135,33 @@ def test_cli_bootstrap_creates_the_log_then_refuses_again(tmp_path):
     assert after.returncode == 0 and json.loads(after.stdout)["status"] == "clean", after.stdout
     with TradestateClient(open_store(url, create=False)) as client:
         assert [(p["symbol"], p["qty"]) for p in client.positions(ACCOUNT)] == [("AAPL", D(7))]
+
+
+def test_recover_from_venue_on_a_lost_log(db_url, control, adapter):
+    from tradestate.recovery import recover
+
+    _stage_trading_account(control)
+    report, client = recover(open_store(db_url), engine_id="e1", adapters=[adapter], from_venue=True)
+    with client:
+        step = report.step("bootstrap")
+        assert step.status == "ok" and step.counts == {"imported": 1}, step.detail
+        assert report.ready and report.discrepancies == 0, report.reconciliations
+        assert {p["symbol"]: p["qty"] for p in client.positions(ACCOUNT)} == {"AAPL": D(25), "MSFT": D(-2)}
+
+    again, client = recover(open_store(db_url), engine_id="e1", adapters=[adapter], from_venue=True)
+    with client:
+        assert "on record already" in again.step("bootstrap").detail and again.discrepancies == 0
+
+
+def test_cli_recover_from_venue_creates_the_log(tmp_path):
+    from tradestate.adapters.brokers.sim import SimulatedBroker
+
+    sim = SimulatedBroker(account=ACCOUNT, state_path=str(tmp_path / "venue.json"))
+    sim.stage_position("AAPL", D(3), D(50))
+    url = f"sqlite:///{tmp_path}/lost.db"
+    done = cli("recover", "--db", url, "--engine-id", "e1", "--from-venue", "--broker", "sim", "--sim-state",
+               sim.state_path, "--account", ACCOUNT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "imported from the venue" in done.stdout
+    with TradestateClient(open_store(url, create=False)) as client:
+        assert [(p["symbol"], p["qty"]) for p in client.positions(ACCOUNT)] == [("AAPL", D(3))]

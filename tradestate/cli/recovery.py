@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
                                                        "names the acknowledged events the log lost, and "
                                                        "reconciliation re-establishes them from the venues.")] = None,
         json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (errors too, on stderr).")] = False,
+        from_venue: Annotated[bool, typer.Option("--from-venue", help="An empty or lost log: import each broker "
+                                                 "account it holds nothing of from the venue first (creates the "
+                                                 "log if need be; see reconcile --bootstrap).")] = False,
     ) -> None:
         """Recover after a crash: detect, verify, load the newest valid checkpoint, replay the tail,
         reconcile with each broker, check health, and record the report. Exit 0 = ready to trade."""
@@ -61,7 +64,14 @@ def register(app: typer.Typer) -> None:
                      **broker_flags(broker=broker, account=account, venue=venue, strict=strict, base_url=base_url,
                                     stream_url=stream_url, host=host, port=port, client_id=client_id,
                                     ib_account=ib_account, sim_state=sim_state))
-        store = open_log(s.db)
+        if from_venue and not s.broker:
+            fail("--from-venue needs --broker (the venue to import from)")
+        if from_venue:
+            from ..adapters.store import open_store
+
+            store = open_store(s.db)  # the log may be lost: start a new one
+        else:
+            store = open_log(s.db)
         try:
             adapters = make_adapters(s)
         except BaseException:
@@ -70,7 +80,7 @@ def register(app: typer.Typer) -> None:
         try:
             report, client = run_recovery(store, engine_id=s.engine_id, strict=s.strict, adapters=adapters,
                                           verify="none" if no_verify else ("full" if full_verify else "tail"),
-                                          ramp=s.ramp, record=not dry_run, rewound=rewind)
+                                          ramp=s.ramp, record=not dry_run, rewound=rewind, from_venue=from_venue)
         except (TradestateError, ValueError) as e:
             store.close()
             fail(str(e))
