@@ -146,6 +146,16 @@ def _projector_check(client: TradestateClient, kind: str, wait: float) -> Check:
         model.close()
 
 
+def check_options(policy: str, kind: str, reason: str) -> None:
+    """``InvalidInput`` for a policy or kind that does not exist, or an emergency without a reason."""
+    if policy not in POLICIES:
+        raise InvalidInput(f"shutdown policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    if kind not in KINDS:
+        raise InvalidInput(f"shutdown kind must be planned or emergency, not {kind!r}")
+    if kind == "emergency" and not reason.strip():
+        raise InvalidInput("an emergency shutdown needs a reason (it is recorded with the stop)")
+
+
 def _adapter_for(adapters: Sequence[Any], account: str, venue: str) -> Any:
     return next((a for a in adapters if a.account == account and a.venue == venue), None)
 
@@ -167,12 +177,7 @@ def shutdown(
     is appended, and ``NotLeader`` when another engine took the lease (nothing more is recorded)."""
     from .adapters.brokers.base import VenueError
 
-    if policy not in POLICIES:
-        raise InvalidInput(f"shutdown policy must be one of {', '.join(POLICIES)}, not {policy!r}")
-    if kind not in KINDS:
-        raise InvalidInput(f"shutdown kind must be planned or emergency, not {kind!r}")
-    if kind == "emergency" and not reason.strip():
-        raise InvalidInput("an emergency shutdown needs a reason (it is recorded with the stop)")
+    check_options(policy, kind, reason)
     started = time.perf_counter()
     applied = "cancel" if kind == "emergency" and policy == "leave" else policy
     report = ShutdownReport(engine_id, kind, applied, reason or f"{kind} shutdown")
@@ -323,4 +328,4 @@ def _checkpoint(client: TradestateClient, report: ShutdownReport, kind: str) -> 
     return info.position
 
 
-__all__ = ["KINDS", "POLICIES", "Check", "ShutdownReport", "shutdown"]
+__all__ = ["KINDS", "POLICIES", "Check", "ShutdownReport", "check_options", "shutdown"]

@@ -146,6 +146,10 @@ def test_a_refused_flattening_is_recorded_and_reported_not_forced(sqlite_url, ve
 def test_cli_shutdown_takes_the_lease_and_refuses_a_crashed_engine(db_url, venue, tmp_path):
     client, broker = _trading_engine(db_url, venue, lease_seconds=0.6)
     base = [sys.executable, "-m", "tradestate.cli", "shutdown", "--db", db_url, "--engine-id", "e1"]
+    head = client.store.trading.head()
+    bad = subprocess.run([*base, "--kind", "emergency"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "reason" in bad.stderr
+    assert client.store.trading.head() == head
     held = subprocess.run([*base, "--policy", "cancel"], capture_output=True, text=True, timeout=60)
     assert held.returncode == 2 and "e1" in held.stderr  # the engine is running: its lease is held
     client.lease.stop()  # the engine process dies: no stop recorded, the lease expires

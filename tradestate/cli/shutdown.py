@@ -49,7 +49,10 @@ def register(app: typer.Typer) -> None:
         from ..adapters.store.lease import Leases
         from ..recovery import detect
         from ..render import console, to_json
+        from ..shutdown import check_options
         from ..shutdown import shutdown as run_shutdown
+
+        check_options(policy, kind, reason)  # before the lease is taken: bad input appends nothing
 
         s = settings(config, db=db, **broker_flags(broker=broker, account=account, venue=venue, strict=None,
                                                    base_url=base_url, stream_url=stream_url, host=host, port=port,
