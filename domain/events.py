@@ -311,11 +311,15 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+# The ramp levels trading resumes at, in percent of the limits; 50.0 or True is not a level.
+RampPct = Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
+
+
 class TradingResumed(AccountEvent):
     """After a recovery, the account's limits apply at ``ramp_pct`` percent of their value."""
 
     schema_version: ClassVar[int] = 2
-    ramp_pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
+    ramp_pct: RampPct
     reason: Text = ""
     operator: Text = ""  # who resumed it (v2): empty when recovery did on its own
 

@@ -10,13 +10,13 @@ engine's), and the answer is the recorded event with its log position.
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ...domain.errors import AppendFailed, InvalidInput, TradestateError
-from ...domain.events import RiskLimitName
+from ...domain.events import RampPct, RiskLimitName
 from ...domain.values import Identifier, NonNegativeAmount, Symbol, Text, UtcDatetime
 from .routes import StrictRoute
 from .schemas import ErrorBody, error_response
@@ -53,7 +53,7 @@ class BreakerTripIn(AccountActionIn):
 class ResumeIn(AccountActionIn):
     """Resume trading at a ramp level."""
 
-    ramp_pct: Literal[50, 75, 100] = Field(description="Percent of the account's limits to trade at")
+    ramp_pct: RampPct = Field(description="Percent of the account's limits to trade at")
 
 
 class LimitIn(AccountActionIn):
