@@ -195,8 +195,12 @@ def _as_host_name(address: str) -> str:
 @dataclass(frozen=True)
 class HostPolicy:
     """Which ``Host`` values the server answers: the loopback names and the address the connection
-    arrived on, each with the port it arrived on; and the ``allowed`` extra ones (``name`` for any
-    port, ``name:port`` for that port)."""
+    arrived on; and the ``allowed`` extra ones (``name`` for any port, ``name:port`` for that port).
+
+    What defeats DNS rebinding is the name: the browser sends the name of the page's site, which
+    an attacker controls, never one of these. The port in ``Host`` is the one the client dialled,
+    which is not the server's behind a port mapping (``docker run -p 8080:8321``), so it is not
+    required to match."""
 
     allowed: tuple[str, ...] = ()
     _names: frozenset[str] = field(default=frozenset(), repr=False)
@@ -224,12 +228,9 @@ class HostPolicy:
         name, port = parsed
         if name in self._names or (port is not None and (name, port) in self._exact):
             return True
-        if server is None:  # not a TCP connection (a Unix socket): loopback names on any port
-            return name in LOOPBACK_NAMES
-        local, local_port = _as_host_name(str(server[0])), server[1]
-        if port is None and local_port == 80:
-            port = 80
-        return port == local_port and (name in LOOPBACK_NAMES or name == local)
+        if name in LOOPBACK_NAMES:
+            return True
+        return server is not None and name == _as_host_name(str(server[0]))
 
 
 class HostCheck:

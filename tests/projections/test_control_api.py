@@ -67,7 +67,7 @@ def test_a_host_the_server_does_not_answer_for_is_refused_before_anything_runs(s
         port = port_of(http)
         assert http.get("/positions").status_code == 200  # reads are open on loopback here
         for host in (f"evil.example:{port}", "evil.example", f"localhost.evil.example:{port}", f"127.0.0.1.nip.io:{port}",
-                     f"localhost:{port + 1}", f"127.0.0.2:{port}", "", f"localhost:{port}:1", "[::1"):
+                     f"127.0.0.2:{port}", "", f"localhost:{port}:1", "[::1", f"localhost:{port}x"):
             for path in ("/positions", "/livez", "/openapi.json", "/nowhere"):
                 r = http.get(path, headers={"Host": host})
                 assert r.status_code == 421, (host, path)
@@ -75,7 +75,9 @@ def test_a_host_the_server_does_not_answer_for_is_refused_before_anything_runs(s
             r = http.post("/control/kill-switch/engage", json={"account": "a1", "reason": "x"},
                           headers={"Host": host, **auth(ALICE)})
             assert r.status_code == 421, host
-        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LOCALHOST:{port}", f"localhost.:{port}"):
+        # the port is the one the client dialled: another behind a port mapping (-p 8080:8321)
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LOCALHOST:{port}", f"localhost.:{port}",
+                     "localhost:8080", "localhost", f"[::1]:{port}"):
             assert http.get("/livez", headers={"Host": host}).status_code == 200, host
         # a request with no Host at all (HTTP/1.0)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
@@ -99,10 +101,10 @@ def test_allowed_hosts_are_answered(sqlite_url):
 def test_the_host_policy_takes_the_address_the_connection_arrived_on():
     policy = HostPolicy.of()
     assert policy.accepts("10.0.0.5:8321", ("10.0.0.5", 8321))  # served on 0.0.0.0, reached by its address
-    assert policy.accepts("[::1]:8321", ("::1", 8321)) and policy.accepts("[::1]:8321", ("127.0.0.1", 8321))
-    assert policy.accepts("localhost", ("127.0.0.1", 80))  # no port in Host means 80
-    assert not policy.accepts("localhost", ("127.0.0.1", 8321))
+    assert policy.accepts("[fe80::1]:8321", ("fe80::1", 8321)) and policy.accepts("[::1]:8321", ("127.0.0.1", 8321))
+    assert policy.accepts("localhost", ("127.0.0.1", 8321)) and policy.accepts("localhost:8080", None)
     assert not policy.accepts("10.0.0.6:8321", ("10.0.0.5", 8321))
+    assert not policy.accepts("example.com:8321", None)
     assert not policy.accepts(None, ("127.0.0.1", 8321))
 
 
