@@ -254,35 +254,45 @@ class RiskLimitChanged(AccountEvent):
 
     limit: RiskLimitName
     value: NonNegativeAmount | None  # None removes the limit
+    schema_version: ClassVar[int] = 2
     symbol: Symbol | None = None  # per-symbol override (max_position_qty only)
     reason: Text = ""
+    operator: Text = ""  # who decided (v2): the engine's changes leave it empty
 
 
 class CircuitBreakerTripped(AccountEvent):
     """Trading of the account stops until ``until`` (None: until reset)."""
 
+    schema_version: ClassVar[int] = 2
     reason: Text
     until: UtcDatetime | None = None  # None: until reset
+    operator: Text = ""  # who tripped it (v2): empty when the engine did
 
 
 class CircuitBreakerReset(AccountEvent):
     """The account's circuit breaker is reset; trading may resume."""
 
+    schema_version: ClassVar[int] = 2
     reason: Text = ""
+    operator: Text = ""  # who reset it (v2)
 
 
 class KillSwitchEngaged(AccountEvent):
     """Every new intent of the account is refused until the switch is released."""
 
+    schema_version: ClassVar[int] = 2
     reason: Text
-    by: Identifier = "engine"
+    by: Identifier = "engine"  # the role: engine or operator
+    operator: Text = ""  # the operator's identity when ``by`` is operator (v2)
 
 
 class KillSwitchReleased(AccountEvent):
     """The account's kill switch is released."""
 
+    schema_version: ClassVar[int] = 2
     reason: Text = ""
     by: Identifier = "operator"
+    operator: Text = ""  # the operator's identity (v2)
 
 
 class DailyLimitBreached(AccountEvent):
@@ -301,11 +311,17 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+# The ramp levels trading resumes at, in percent of the limits; 50.0 or True is not a level.
+RampPct = Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
+
+
 class TradingResumed(AccountEvent):
     """After a recovery, the account's limits apply at ``ramp_pct`` percent of their value."""
 
-    ramp_pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
+    schema_version: ClassVar[int] = 2
+    ramp_pct: RampPct
     reason: Text = ""
+    operator: Text = ""  # who resumed it (v2): empty when recovery did on its own
 
 
 class PositionCorrected(AccountEvent):
@@ -365,6 +381,30 @@ class DiscrepancyAcknowledged(AccountEvent):
     by: Identifier
     decision: Text
     reconciliation_id: Identifier | None = None
+
+
+def _stated(value: str, what: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    return value
+
+
+class GateApproved(Event):
+    """An operator approved the safety gate ``gate_id`` (a gate that held trading back after a
+    recovery: repeated crashes, exposure, volatility, a closed market), saying who and why.
+    On the gate's own stream (``gate-<gate_id>``); ``account`` when the gate is an account's."""
+
+    stream_kind: ClassVar[str] = "gate"
+    gate_id: Identifier
+    operator: Text
+    reason: Text
+    account: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _said_who_and_why(self) -> GateApproved:
+        _stated(self.operator, "operator")
+        _stated(self.reason, "reason")
+        return self
 
 
 # ------------------------------------------------------------------------ strategy, engine, market
@@ -566,6 +606,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReconciliationCompleted,
         TradingBlocked,
         DiscrepancyAcknowledged,
+        GateApproved,
         SignalRecorded,
         EngineStarted,
         EngineStopped,
@@ -604,6 +645,17 @@ def _fill_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     payload.setdefault("fee_currency", "USD")
     payload.setdefault("liquidity", "unknown")
     return payload
+
+
+def _no_operator(payload: dict[str, Any]) -> dict[str, Any]:
+    # v1 of the operator-controlled account events named no operator: recorded before anyone did.
+    payload.setdefault("operator", "")
+    return payload
+
+
+for _type_name in ("RiskLimitChanged", "CircuitBreakerTripped", "CircuitBreakerReset", "KillSwitchEngaged",
+                   "KillSwitchReleased", "TradingResumed"):
+    upcaster(_type_name, 1)(_no_operator)
 
 
 def upcast(type_name: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,11 @@ def engine_stream_id(engine_id: str) -> str:
     return f"engine-{engine_id}"
 
 
+def gate_stream_id(gate_id: str) -> str:
+    """The stream of one safety gate's decisions and approvals."""
+    return f"gate-{gate_id}"
+
+
 def bar_stream_id(venue: str, symbol: str, timeframe: str) -> str:
     """The market-log stream of one instrument's bars of one timeframe."""
     return "bar-" + str(uuid5(TRADESTATE_NAMESPACE, "\x1f".join(("bar", venue, symbol, timeframe))))

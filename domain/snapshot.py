@@ -290,6 +290,7 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "engines": {name: _engine_doc(e) for name, e in state.engines.items()},
         "stream_versions": versions,
         "exec_ids": _exec_index(state, {o["stream_id"] for o in hot}),
+        "gate_approvals": {gate: {**a, "at": _t(a["at"])} for gate, a in state.gate_approvals.items()},
     }
     return doc, bytes(cold)
 
@@ -484,6 +485,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         if engine.get("last_recovery") is not None:
             engine["last_recovery"] = {**engine["last_recovery"], "at": _tn(engine["last_recovery"]["at"])}
         state.engines[name] = engine
+    for gate, approval in doc.get("gate_approvals", {}).items():  # absent before gates existed
+        state.gate_approvals[gate] = {**approval, "at": _tn(approval["at"])}
     for venue, by_day in doc.get("exec_ids", {}).items():
         ids = state.exec_ids[venue] = {}
         for day, (execs, sids) in by_day.items():

@@ -338,6 +338,8 @@ class TradingState:
         self.exec_days: dict[str, str] = {}
         # clock source -> its last ClockSkewRecorded: skew_ms, within_threshold, position, at
         self.clock_skews: dict[str, dict[str, Any]] = {}
+        # gate id -> the operator's approval: gate_id, operator, reason, account, position, at
+        self.gate_approvals: dict[str, dict[str, Any]] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -597,6 +599,17 @@ class TradingState:
         acct.blocked = False
         acct.blocked_reason = ""
 
+    # gates ------------------------------------------------------------------------------
+    def _on_GateApproved(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.gate_approvals[d["gate_id"]] = {
+            "gate_id": d["gate_id"],
+            "operator": d["operator"],
+            "reason": d["reason"],
+            "account": d.get("account"),
+            "position": pos,
+            "at": _time(d.get("occurred_at"), at),
+        }
+
     # strategy and engine ------------------------------------------------------------------
     def _on_SignalRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.signals[(d["strategy_id"], d["symbol"])] = {
@@ -695,6 +708,7 @@ class TradingState:
             "signals": {"|".join(k): v for k, v in sorted(self.signals.items())},
             "engines": dict(sorted(self.engines.items())),
             "stream_versions": dict(sorted(self.stream_versions.items())),
+            **({"gate_approvals": dict(sorted(self.gate_approvals.items()))} if self.gate_approvals else {}),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}
                if self.quarantined_streams or self.quarantined_accounts else {}),

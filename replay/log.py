@@ -266,9 +266,9 @@ def describe(e: LoggedEvent) -> str:
     if t == "CircuitBreakerReset":
         return f"{who} circuit breaker reset {d.get('reason', '')}".rstrip()
     if t == "KillSwitchEngaged":
-        return f"{who} kill switch ENGAGED by {d.get('by')}: {d['reason']}"
+        return f"{who} kill switch ENGAGED by {d.get('operator') or d.get('by')}: {d['reason']}"
     if t == "KillSwitchReleased":
-        return f"{who} kill switch released by {d.get('by')}"
+        return f"{who} kill switch released by {d.get('operator') or d.get('by')}"
     if t == "DailyLimitBreached":
         return f"{who} daily limit {d['limit']} breached: {_n(d['value'])} > {_n(d['threshold'])}"
     if t == "TradingResumed":
@@ -283,6 +283,8 @@ def describe(e: LoggedEvent) -> str:
         return f"{who} trading BLOCKED: {d['reason']}"
     if t == "DiscrepancyAcknowledged":
         return f"{who} discrepancies acknowledged by {d.get('by')}: {d.get('decision')}"
+    if t == "GateApproved":
+        return f"gate {d['gate_id']} approved by {d['operator']}: {d['reason']}"
     if t == "SignalRecorded":
         return f"{d['strategy_id']} signal {d['signal']} {d['symbol']} value {_n(d.get('value'))}"
     if t in ("EngineStarted", "EngineStopped"):

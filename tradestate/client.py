@@ -373,28 +373,32 @@ class TradestateClient:
         return self.writer.account_fact(cls, account, occurred_at, **fields)
 
     def set_risk_limit(self, account: str, limit: str, value: Decimal | int | str | None, *,
-                       symbol: str | None = None, reason: str = "") -> Recorded:
+                       symbol: str | None = None, reason: str = "", operator: str = "") -> Recorded:
         """Set (``value``) or remove (None) one pre-trade limit of ``account``; with ``symbol``,
-        the per-symbol ``max_position_qty``. Applies to intents recorded after it."""
+        the per-symbol ``max_position_qty``. Applies to intents recorded after it. ``operator``:
+        who decided (empty: the engine), on the event as in every risk control below."""
         if symbol is not None and limit != "max_position_qty":
             raise InvalidInput("only max_position_qty can be set per symbol")
-        return self._account_fact(ev.RiskLimitChanged, account, limit=limit, value=value, symbol=symbol, reason=reason)
+        return self._account_fact(ev.RiskLimitChanged, account, limit=limit, value=value, symbol=symbol, reason=reason,
+                                  operator=operator)
 
-    def trip_breaker(self, account: str, reason: str, *, until: datetime | None = None) -> Recorded:
+    def trip_breaker(self, account: str, reason: str, *, until: datetime | None = None,
+                     operator: str = "") -> Recorded:
         """Trip the account's circuit breaker: intents are refused until ``until`` or a reset."""
-        return self._account_fact(ev.CircuitBreakerTripped, account, reason=reason, until=until)
+        return self._account_fact(ev.CircuitBreakerTripped, account, reason=reason, until=until, operator=operator)
 
-    def reset_breaker(self, account: str, reason: str = "") -> Recorded:
+    def reset_breaker(self, account: str, reason: str = "", *, operator: str = "") -> Recorded:
         """Reset the account's circuit breaker."""
-        return self._account_fact(ev.CircuitBreakerReset, account, reason=reason)
+        return self._account_fact(ev.CircuitBreakerReset, account, reason=reason, operator=operator)
 
-    def engage_kill_switch(self, account: str, reason: str, *, by: str = "engine") -> Recorded:
+    def engage_kill_switch(self, account: str, reason: str, *, by: str = "engine", operator: str = "") -> Recorded:
         """Engage the kill switch: every intent of the account is refused until released."""
-        return self._account_fact(ev.KillSwitchEngaged, account, reason=reason, by=by)
+        return self._account_fact(ev.KillSwitchEngaged, account, reason=reason, by=by, operator=operator)
 
-    def release_kill_switch(self, account: str, reason: str = "", *, by: str = "operator") -> Recorded:
+    def release_kill_switch(self, account: str, reason: str = "", *, by: str = "operator",
+                            operator: str = "") -> Recorded:
         """Release the kill switch."""
-        return self._account_fact(ev.KillSwitchReleased, account, reason=reason, by=by)
+        return self._account_fact(ev.KillSwitchReleased, account, reason=reason, by=by, operator=operator)
 
     def record_daily_limit_breach(self, account: str, limit: str, value: Decimal | int | str,
                                   threshold: Decimal | int | str, *, trading_day: str | None = None) -> Recorded:
@@ -404,9 +408,18 @@ class TradestateClient:
         return self._account_fact(ev.DailyLimitBreached, account, limit=limit, trading_day=day,
                                   value=value, threshold=threshold)
 
-    def resume_trading(self, account: str, ramp_pct: int, reason: str = "") -> Recorded:
+    def resume_trading(self, account: str, ramp_pct: int, reason: str = "", *, operator: str = "") -> Recorded:
         """Resume trading at ``ramp_pct`` percent of the account's limits (50, 75 or 100)."""
-        return self._account_fact(ev.TradingResumed, account, ramp_pct=ramp_pct, reason=reason)
+        return self._account_fact(ev.TradingResumed, account, ramp_pct=ramp_pct, reason=reason, operator=operator)
+
+    def approve_gate(self, gate_id: str, *, operator: str, reason: str, account: str | None = None) -> Recorded:
+        """Record an operator's approval of the safety gate ``gate_id`` (``GateApproved``, on the
+        gate's stream); ``operator`` and ``reason`` must be given."""
+        from .domain.ids import gate_stream_id
+
+        e = build_event(ev.GateApproved, **self.writer.envelope(), gate_id=gate_id, operator=operator,
+                        reason=reason, account=account)
+        return self._stream_fact(gate_stream_id(e.gate_id), e)
 
     # --------------------------------------------------------------- signals, engine, market
     def _stream_fact(self, stream: str, event: ev.Event) -> Recorded:

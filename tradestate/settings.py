@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address `serve` binds.")
     api_port: int = Field(8321, ge=0, le=65535, description="Port `serve` listens on.")
     api_token: SecretStr | None = Field(None, description="Bearer token `serve` requires on every request.")
+    api_tokens: SecretStr | None = Field(None, description="Named bearer tokens, `alice:tok1,bob:tok2`: an operator "
+                                         "action taken over HTTP is recorded under the token's name.")
+    api_tokens_file: str | None = Field(None, description="A file of `name:token` lines (named bearer tokens).")
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host header values `serve` answers besides loopback and its own address "
+                                          "(`name` or `name:port`; comma-separated in the environment).")
+    api_open_reads: bool = Field(False, description="Reads need no token even when tokens are configured "
+                                                    "(loopback only; the controls always need one).")
     # the projector
     checkpoint_every: int = Field(10_000, ge=0, description="Checkpoint every N events (0: never).")
     checkpoint_seconds: float = Field(60.0, gt=0, allow_inf_nan=False,
@@ -101,6 +109,15 @@ class Settings(BaseSettings):
                 if name not in BROKER_NAMES:
                     raise ValueError(f"{name!r} is not a broker; use {', '.join(BROKER_NAMES)}")
             return list(dict.fromkeys(value))
+        return value
+
+    @field_validator("api_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("ramp")

@@ -24,7 +24,8 @@ from .. import queries
 from ..metrics import MetricsSnapshot, make_registry
 from ..queries import DatabaseUnavailable
 from . import routes
-from .auth import BearerAuth, bearer_documented
+from . import control
+from .auth import BearerAuth, HostCheck, HostPolicy, Tokens, bearer_documented, load_tokens
 from .engines import EngineMonitor
 from .schemas import error_response
 
@@ -40,6 +41,9 @@ def create_app(
     url: str | None,
     *,
     token: str | None = None,
+    tokens: Tokens | None = None,
+    open_reads: bool = False,
+    allowed_hosts: list[str] | tuple[str, ...] = (),
     lag_threshold_events: int = 1000,
     lag_threshold_seconds: float = 5.0,
     watch_engines: bool = True,
@@ -47,8 +51,11 @@ def create_app(
 ) -> FastAPI:
     """The API over the read models of the database at ``url`` (``$TRADESTATE_DB`` or the default
     when None). Nothing is read until the first request: a database that is not reachable yet is
-    a 503, not a failure to start. With a ``token`` (empty means none), every path but the probes
-    needs it. ``/readyz`` and ``/health`` answer 503 when more than ``lag_threshold_events`` events
+    a 503, not a failure to start. With a ``token`` (empty means none; its operator is ``api``) or
+    named ``tokens`` (``auth.load_tokens``), every path but the probes needs one of them, reads too
+    unless ``open_reads``; the operator controls (``/control/...``) always need one. A request
+    whose ``Host`` is not loopback, the address it arrived on, or one of ``allowed_hosts``
+    (``name`` or ``name:port``) is a 421 (``auth.HostCheck``). ``/readyz`` and ``/health`` answer 503 when more than ``lag_threshold_events`` events
     are unprojected, or one has been for more than ``lag_threshold_seconds``. Raises
     ``InvalidInput`` for bad thresholds or an unsupported URL. ``watch_engines``: record the
     expiry of a dead engine's lease (``LeaseExpired``) within ``engine_watch_seconds`` of it, from a
@@ -56,11 +63,14 @@ def create_app(
     url = resolve_url(url)
     if lag_threshold_events < 0 or lag_threshold_seconds <= 0:
         raise InvalidInput("lag thresholds: events must be >= 0 and seconds > 0")
-    token = token or None
+    all_tokens = Tokens(load_tokens(token or None).pairs + (tokens.pairs if tokens else ()))
+    read_tokens = all_tokens if all_tokens and not open_reads else None
+    host_policy = HostPolicy.of(allowed_hosts)
     if engine_watch_seconds <= 0:
         raise InvalidInput("engine_watch_seconds must be > 0")
     reader = queries.open_reader(url)
     monitor = EngineMonitor(url, watch=watch_engines, every=engine_watch_seconds)
+    controls = control.ControlWriter(url)
 
     def metrics_snapshot() -> MetricsSnapshot:
         with reader.read() as tx:
@@ -81,6 +91,7 @@ def create_app(
             yield
         finally:
             monitor.close()
+            controls.close()
             reader.close()
 
     app = FastAPI(
@@ -98,18 +109,25 @@ def create_app(
             "(readiness: 200 when the database answers and the projection lag is within the thresholds, "
             "503 otherwise), `/health` (the readiness detail, with the per-account breaker and kill switch, and "
             "the engines' leases: `degraded` when an engine is dead). `/metrics` is Prometheus. `/engines` lists "
-            "the engines (active, dead, stopped), their lease holder, epoch and last renewal."
+            "the engines (active, dead, stopped), their lease holder, epoch and last renewal.\n\n"
+            "Operator controls: `POST /control/...` (kill switch, breaker, resume, limit, ack, approve) record "
+            "one event each, with the operator (the name of the bearer token used) and the reason. They always "
+            "need a token, even on loopback. Every request must carry a `Host` the server answers for (loopback "
+            "names, the address it listens on, or `--allowed-host`): anything else is a 421."
         ),
         lifespan=lifespan,
     )
-    app.state.settings = routes.Settings(url, token, lag_threshold_events, lag_threshold_seconds)
+    app.state.settings = routes.Settings(url, read_tokens, lag_threshold_events, lag_threshold_seconds)
+    app.state.tokens = all_tokens
+    app.state.controls = controls
     app.state.reader = reader
     app.state.engines = monitor
     app.state.registry = make_registry(metrics_snapshot)
 
     # The bearer dependency only documents the scheme in OpenAPI: BearerAuth below enforces it.
-    app.include_router(routes.data, dependencies=[Security(bearer_documented)] if token else [])
+    app.include_router(routes.data, dependencies=[Security(bearer_documented)] if read_tokens else [])
     app.include_router(routes.public)
+    app.include_router(control.router, dependencies=[Security(bearer_documented)])
 
     @app.exception_handler(DatabaseUnavailable)
     async def unavailable(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
@@ -135,6 +153,8 @@ def create_app(
     async def crashed(_: Request, exc: Exception) -> JSONResponse:
         return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
-    if token is not None:
-        app.add_middleware(BearerAuth, token=token)
+    # Always installed: the controls need a token even when reads do not. Added last, the Host
+    # check is the outermost layer: a refused Host reaches nothing, authentication included.
+    app.add_middleware(BearerAuth, tokens=all_tokens, open_reads=open_reads)
+    app.add_middleware(HostCheck, policy=host_policy)
     return app

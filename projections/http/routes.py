@@ -62,11 +62,11 @@ FRESHNESS_HEADERS: dict[str, Any] = {
 # ============================================================================ dependencies
 @dataclass(frozen=True)
 class Settings:
-    """What ``create_app`` was given: the database URL, the bearer token (None: open) and the lag
-    thresholds of readiness."""
+    """What ``create_app`` was given: the database URL, the bearer tokens reads need (None: open)
+    and the lag thresholds of readiness."""
 
     url: str
-    token: str | None
+    token: Any
     lag_threshold_events: int
     lag_threshold_seconds: float
 

@@ -2,7 +2,8 @@
 (a server in a thread, for the demo and the tests).
 
 ``run_server`` binds 127.0.0.1 unless told otherwise, and refuses any other address unless a
-bearer token is configured.
+bearer token is configured (and reads left open off loopback). Whatever the address, the server
+answers only the ``Host`` names it is configured for (``auth.HostCheck``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from ...adapters.store import open_store, resolve_url
 from .app import create_app
+from .auth import Tokens
 
 
 def is_loopback(host: str) -> bool:
@@ -34,25 +36,34 @@ def run_server(
     port: int = 8321,
     token: str | None = None,
     *,
+    tokens: Tokens | None = None,
+    open_reads: bool = False,
+    allowed_hosts: list[str] | tuple[str, ...] = (),
     lag_threshold_events: int = 1000,
     lag_threshold_seconds: float = 5.0,
     log_level: str = "info",
 ) -> int:
     """Serve the API with uvicorn until interrupted; returns the process exit code.
 
-    Refuses (2, nothing bound) a non-loopback address without a token. Raises the store's
-    ``TradestateError`` when there is no log at ``db``."""
+    Refuses (2, nothing bound) a non-loopback address without a token, or with ``open_reads``.
+    Raises the store's ``TradestateError`` when there is no log at ``db`` (``InvalidInput`` for a
+    malformed ``allowed_hosts`` entry)."""
     token = token or None
-    if not is_loopback(host) and token is None:
+    if not is_loopback(host) and token is None and not tokens:
         print(f"error: refusing to serve on {host!r} without a bearer token: anyone who can reach it could read "
               "every position and order. Bind 127.0.0.1, or set --token / $TRADESTATE_API_TOKEN.", file=sys.stderr)
+        return 2
+    if not is_loopback(host) and open_reads:
+        print(f"error: refusing to serve reads without a token on {host!r}: --open-reads is for loopback only",
+              file=sys.stderr)
         return 2
     if not 0 <= port <= 65535:
         print(f"error: port {port} is not a TCP port (0-65535)", file=sys.stderr)
         return 2
     url = resolve_url(db)
     open_store(url, create=False).close()  # a clear error when there is no log, before binding anything
-    app = create_app(url, token=token, lag_threshold_events=lag_threshold_events,
+    app = create_app(url, token=token, tokens=tokens, open_reads=open_reads, allowed_hosts=allowed_hosts,
+                     lag_threshold_events=lag_threshold_events,
                      lag_threshold_seconds=lag_threshold_seconds)
     import uvicorn
 

@@ -341,7 +341,8 @@ def test_openapi_lists_the_endpoints(sqlite_url: str) -> None:
         assert set(spec["paths"]) == {
             "/positions", "/orders", "/orders/open", "/orders/{account}/{client_order_id}", "/risk",
             "/risk/{account}", "/stats/daily", "/equity", "/signals", "/health", "/livez", "/readyz", "/metrics",
-            "/engines"}
+            "/engines", "/control/kill-switch/engage", "/control/kill-switch/release", "/control/breaker/trip",
+            "/control/breaker/reset", "/control/resume", "/control/limit", "/control/ack", "/control/approve"}
         schemas = spec["components"]["schemas"]
         assert "exact decimal" in schemas["Position"]["properties"]["qty"]["description"]
         assert "refused" in str(schemas["Order"]["properties"]["status"])

@@ -12,7 +12,7 @@ try:
 except ImportError:  # pragma: no cover - older typer raises click's own exceptions
     from click import ClickException as _UsageError  # type: ignore[assignment]
 
-from . import bench, chaos, demo, engines, integrity, project, reconcile, recovery, replay, serve, state
+from . import bench, chaos, control, demo, engines, integrity, project, reconcile, recovery, replay, serve, state
 from . import shutdown as shutdown_command
 from .common import ExitCode, classify, emit_error
 
@@ -51,7 +51,7 @@ def _root(
     """Event-sourced trading state: a durable log of every intent, fill and risk action."""
 
 
-for _module in (demo, state, project, serve, engines, bench, recovery, integrity, reconcile, chaos, replay):
+for _module in (demo, state, project, serve, engines, bench, recovery, integrity, reconcile, chaos, replay, control):
     _module.register(app)
 shutdown_command.register(app)
 

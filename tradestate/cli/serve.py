@@ -26,15 +26,31 @@ def register(app: typer.Typer) -> None:
                                                           "$TRADESTATE_API_TOKEN or the config file's [api] token: "
                                                           "a flag is visible to other users in ps.",
                                                      show_default=False)] = None,
+        allowed_host: Annotated[Optional[list[str]], typer.Option(
+            "--allowed-host", help="Also answer requests with this Host (name, or name:port); repeat for several "
+                                   "(default: $TRADESTATE_API_ALLOWED_HOSTS, comma-separated, or the config file). "
+                                   "Loopback names and the address listened on are always answered; any other "
+                                   "Host gets 421 (DNS rebinding).", show_default=False)] = None,
+        open_reads: Annotated[Optional[bool], typer.Option(
+            "--open-reads/--no-open-reads", help="Reads need no token even with tokens configured (loopback only; "
+                                                 "the /control endpoints always need one).", show_default=False)] = None,
         json: Annotated[bool, typer.Option("--json", help="Errors as a JSON object on stderr (the server logs "
                                                           "as usual).")] = False,
         config: ConfigOption = None,
     ) -> None:
-        """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics."""
+        """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics, and
+        the operator controls (POST /control/..., always with a token: $TRADESTATE_API_TOKEN is operator "api",
+        $TRADESTATE_API_TOKENS="alice:tok1,bob:tok2" or $TRADESTATE_API_TOKENS_FILE name the operators)."""
+        from ..projections.http.auth import HostPolicy, load_tokens
         from ..projections.http.server import run_server
 
-        s = settings(config, db=db, api_host=host, api_port=port, api_token=token)
+        s = settings(config, db=db, api_host=host, api_port=port, api_token=token, api_allowed_hosts=allowed_host,
+                     api_open_reads=open_reads)
         secret = s.api_token.get_secret_value() if s.api_token is not None else None
         if port is not None and not 0 <= port <= 65535:
             fail(f"port {port} is not a TCP port (0-65535)")
-        raise typer.Exit(run_server(s.db, host=s.api_host, port=s.api_port, token=secret))
+        named = load_tokens(None, s.api_tokens.get_secret_value() if s.api_tokens is not None else None,
+                            s.api_tokens_file)
+        HostPolicy.of(s.api_allowed_hosts)  # a malformed --allowed-host: exit 2 before anything is opened
+        raise typer.Exit(run_server(s.db, host=s.api_host, port=s.api_port, token=secret, tokens=named,
+                                    open_reads=s.api_open_reads, allowed_hosts=s.api_allowed_hosts))
