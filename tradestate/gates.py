@@ -60,16 +60,23 @@ def market_session(venue: str, calendar: str | None, now: datetime) -> g.MarketS
     if calendar is None:
         return g.MarketSession(venue, None, True)
     try:
+        import warnings
+
         import pandas as pd
 
-        cal = _calendar(calendar)
-        minute = pd.Timestamp(now).tz_convert("UTC").floor("min")
-        is_open = bool(cal.is_open_on_minute(minute))
-        next_open = None if is_open else cal.next_open(minute).to_pydatetime()
-        next_close = cal.next_close(minute).to_pydatetime() if is_open else None
-        return g.MarketSession(venue, calendar, is_open, next_open, next_close)
+        with warnings.catch_warnings():  # pandas deprecations raised inside the calendar library
+            warnings.simplefilter("ignore")
+            return _session(venue, calendar, pd.Timestamp(now).tz_convert("UTC").floor("min"))
     except Exception as e:  # noqa: BLE001 - any calendar failure is "could not answer", recorded as such
         return g.MarketSession(venue, calendar, False, error=f"{type(e).__name__}: {e}"[:300])
+
+
+def _session(venue: str, calendar: str, minute: Any) -> g.MarketSession:
+    cal = _calendar(calendar)
+    is_open = bool(cal.is_open_on_minute(minute))
+    next_open = None if is_open else cal.next_open(minute).to_pydatetime()
+    next_close = cal.next_close(minute).to_pydatetime() if is_open else None
+    return g.MarketSession(venue, calendar, is_open, next_open, next_close)
 
 
 # ---------------------------------------------------------------------------------- inputs

@@ -104,7 +104,7 @@ class Tick:
 
 class RampRunner:
     """Runs the ramp over ``store`` (the runner's own client, unfenced: it writes account events,
-    not an engine's). ``interval``: healthy time at each level; ``live``: named checks measured
+    not an engine's; ``close`` closes the store). ``interval``: healthy time at each level; ``live``: named checks measured
     each round; ``gates``: a ``tradestate.gates.GateConfig`` whose calendars take accounts out of
     monitoring mode when their market opens (None: nothing does, an operator must)."""
 

@@ -54,15 +54,15 @@ def register(app: typer.Typer) -> None:
 
         def show(tick: object) -> None:
             for d in tick.decisions:  # type: ignore[attr-defined]
-                if d.kind == "idle" and not json:
-                    continue
+                if d.kind in ("idle", "wait"):
+                    continue  # only what was recorded: a follower's output stays proportional to events
                 if json:
                     print(to_json({"at": tick.at, "account": d.account, "kind": d.kind, "from_pct": d.from_pct,  # type: ignore[attr-defined]
                                    "to_pct": d.to_pct, "reason": d.reason, "due": d.due, "checks": d.checks}),
                           flush=True)
                 else:
                     what = {"step": f"stepped {d.from_pct} -> {d.to_pct} %", "hold": f"HELD at {d.from_pct} %",
-                            "healthy": f"healthy again at {d.from_pct} %", "wait": f"at {d.from_pct} %"}[d.kind]
+                            "healthy": f"healthy again at {d.from_pct} %"}[d.kind]
                     console.print(f"{d.account}: {what}: {d.reason}", highlight=False)
 
         runner.on_tick = show
