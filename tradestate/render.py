@@ -196,3 +196,8 @@ def render_report(report: Any, console: Any) -> None:
                   f"{report.corrective_events} corrective events; ready in {report.ready_seconds * 1000:,.0f} ms"
                   + (f"; blocked: {', '.join(report.blocked_accounts)}" if report.blocked_accounts else ""),
                   highlight=False)
+    for gate_id in getattr(report, "awaiting_approval", ()):
+        console.print(f"[bold yellow]WAITING FOR APPROVAL[/] gate {gate_id}: intents are refused until "
+                      f"`tradestate gates --approve {gate_id} --operator NAME --reason WHY`", highlight=False)
+    for account, why in sorted(getattr(report, "monitoring", {}).items()):
+        console.print(f"[bold yellow]MONITORING MODE[/] {account}: {why}", highlight=False)

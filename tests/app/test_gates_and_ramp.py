@@ -298,3 +298,28 @@ def test_the_ramp_runs_in_its_own_process_and_carries_on_after_that_process_is_k
     assert all(c["ok"] for c in steps[1]["checks"].values())
     assert steps[1]["checks"]["projector_caught_up"]["detail"] and steps[1]["checks"]["venue_reachable"]["ok"]
     store.close()
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "tradestate.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_the_commands_report_a_waiting_gate_list_it_and_approve_it(sqlite_url):
+    clock = ManualClock(datetime.now(timezone.utc))
+    _engine_that_crashed(sqlite_url, clock, fill=(100, 50))
+    env = {"TRADESTATE_GATE_MAX_GROSS_EXPOSURE": "1000"}
+    done = _cli("recover", "--db", sqlite_url, "--engine-id", "e1", "--json", env=env)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    (gid,) = report["awaiting_approval"]
+    assert gid.startswith("gross_exposure@") and not report["ready"]
+    line = next(g for g in report["gates"] if g["gate"] == "gross_exposure")
+    assert line["values"]["gross_exposure"] == "5000" and line["values"]["threshold"] == "1000"
+    listed = _cli("gates", "--db", sqlite_url, "--json")
+    assert listed.returncode == 1 and [g["gate_id"] for g in json.loads(listed.stdout)["waiting"]] == [gid]
+    assert _cli("gates", "--db", sqlite_url, "--approve", gid).returncode == 2  # who approves is required
+    approved = _cli("gates", "--db", sqlite_url, "--approve", gid, "--operator", "alice", "--reason", "hedged", "--json")
+    assert approved.returncode == 0, approved.stderr
+    assert json.loads(approved.stdout)["waiting"] == []
+    assert _cli("gates", "--db", sqlite_url).returncode == 0
