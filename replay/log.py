@@ -289,6 +289,19 @@ def describe(e: LoggedEvent) -> str:
         return f"engine {d['engine_id']} {t[6:].lower()} {d.get('reason', '')}".rstrip()
     if t == "RecoveryCompleted":
         return f"engine {d['engine_id']} recovery {'ready' if d.get('ready') else 'NOT ready'}"
+    if t == "RampStepped":
+        return f"{who} ramp {d['from_pct']}% -> {d['to_pct']}% {d.get('reason', '')}".rstrip()
+    if t == "RampHeld":
+        return f"{who} ramp HELD at {d['pct']}%: {d['reason']}"
+    if t == "RampHealthy":
+        return f"{who} ramp healthy again at {d['pct']}%"
+    if t == "TradingModeChanged":
+        return f"{who} {d['mode'].upper()} mode: {d.get('reason', '')}".rstrip()
+    if t == "GateEvaluated":
+        verdict = "passed" if d["passed"] else ("WAITS FOR APPROVAL" if d.get("requires_approval") else d["action"])
+        return f"engine {d['engine_id']} gate {d['gate_id']} {verdict}: {d.get('detail', '')}".rstrip()
+    if t == "GateApproved":
+        return f"gate {d['gate_id']} approved by {d.get('operator')}: {d.get('reason', '')}".rstrip()
     if t == "BarRecorded":
         return (f"bar {d['symbol']} {d['timeframe']} {d['start']} O {_n(d['open'])} H {_n(d['high'])} "
                 f"L {_n(d['low'])} C {_n(d['close'])} V {_n(d['volume'])}")

@@ -323,3 +323,30 @@ def test_the_commands_report_a_waiting_gate_list_it_and_approve_it(sqlite_url):
     assert approved.returncode == 0, approved.stderr
     assert json.loads(approved.stdout)["waiting"] == []
     assert _cli("gates", "--db", sqlite_url).returncode == 0
+
+
+def test_a_checkpoint_after_ramp_steps_and_gates_agrees_with_the_log_and_is_used(db_url):
+    from tradestate.adapters.store import checkpoints
+    from tradestate.loading import state_at
+
+    clock = ManualClock(MONDAY)
+    _engine_that_crashed(db_url, clock, starts=5)
+    report, client = _recover(db_url, clock=clock)
+    approve(client, report.awaiting_approval[0], "alice")
+    client.close()
+    runner = RampRunner(open_store(db_url), interval=timedelta(seconds=1), clock=clock)
+    try:
+        clock.advance(2)
+        runner.tick()
+    finally:
+        runner.close()
+    store = open_store(db_url)
+    try:
+        state = state_at(store)
+        assert state.accounts["acct"].ramp_pct == 75
+        checkpoints.write(store, state, now=datetime.now(timezone.utc))
+        loaded = checkpoints.load(store, head=store.trading.head())
+        assert loaded.rejected == [] and loaded.checkpoint is not None
+        assert loaded.state.summary() == state.summary()
+    finally:
+        store.close()
