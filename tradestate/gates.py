@@ -156,19 +156,36 @@ def monitoring_accounts(state: TradingState, decision: g.GateDecision, config: G
 # ----------------------------------------------------------------------------- the gates
 
 
-def evaluate(store: Store, state: TradingState, now: datetime, config: GateConfig) -> list[g.GateDecision]:
-    """Every gate's decision now, on the folded ``state`` and the store's logs."""
+def evaluate(store: Store, state: TradingState, now: datetime, config: GateConfig,
+             timings: dict[str, float] | None = None) -> list[g.GateDecision]:
+    """Every gate's decision now, on the folded ``state`` and the store's logs; ``timings`` (when
+    given) gets each gate's seconds, inputs fetched included."""
+    import time
+
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+
+    def lap(gate: str) -> None:
+        nonlocal started
+        now_ = time.perf_counter()
+        timings[gate] = now_ - started
+        started = now_
+
     crashes = crash_times(store, now)
     times = [t for ts in crashes.values() for t in ts]
     crash = g.repeated_crashes(times, now, max_crashes=config.max_crashes, window=config.crash_window)
     crash.values["by_engine"] = {e: sum(1 for t in ts if t >= now - config.crash_window)
                                  for e, ts in sorted(crashes.items()) if ts}
+    lap(g.REPEATED_CRASHES)
     exposure = g.gross_exposure(holdings(state), config.max_gross_exposure)
+    lap(g.GROSS_EXPOSURE)
     pairs = {pair for pairs in traded(state).values() for pair in pairs}
     bars = recorded_bars(store, pairs, config.bar_timeframe, now - config.volatility_window, now)
     vol = g.volatility(bars, config.max_move, window=config.volatility_window)
+    lap(g.VOLATILITY)
     venues = sorted(set(config.calendars) | {venue for venue, _symbol in pairs})
     market = g.market_hours([market_session(v, config.calendars.get(v), now) for v in venues])
+    lap(g.MARKET_HOURS)
     return [crash, exposure, vol, market]
 
 

@@ -469,14 +469,13 @@ def recover(
         from .gates import GateConfig, evaluate, gate_id
 
         gate_config = gates or GateConfig()
-        timer = _Timer()
-        decisions = evaluate(store, client.state, clock(), gate_config)
-        seconds = timer.seconds / max(1, len(decisions))
+        timings: dict[str, float] = {}
+        decisions = evaluate(store, client.state, clock(), gate_config, timings)
         for d in decisions:
             status = "ok" if d.passed else ("failed" if d.requires_approval else "warn")
             gid = gate_id(d, report.head)
             detail = d.detail + (f" (approve: gate id {gid})" if d.requires_approval else "")
-            report.steps.append(Step(f"gate {d.gate}", status, seconds, detail, dict(d.values)))
+            report.steps.append(Step(f"gate {d.gate}", status, timings.get(d.gate, 0.0), detail, dict(d.values)))
             report.gates.append({"gate_id": gid, "gate": d.gate, "passed": d.passed, "action": d.action,
                                  "requires_approval": d.requires_approval, "detail": d.detail, "values": d.values})
     waiting = [x["gate_id"] for x in report.gates if x["requires_approval"]]

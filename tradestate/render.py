@@ -191,6 +191,8 @@ def render_report(report: Any, console: Any) -> None:
         table.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds * 1000:,.1f}", s.detail)
     console.print(table)
     verdict = "[bold green]READY TO TRADE[/]" if report.ready else "[bold red]NOT READY[/]"
+    if report.ready and getattr(report, "monitoring", None):
+        verdict = "[bold yellow]READY (MONITORING MODE for some accounts: no new intents until their market opens)[/]"
     console.print(f"{verdict}: head {report.head:,}, checkpoint {report.checkpoint_position}, "
                   f"{report.replayed:,} events replayed, {report.discrepancies} discrepancies, "
                   f"{report.corrective_events} corrective events; ready in {report.ready_seconds * 1000:,.0f} ms"
