@@ -22,6 +22,7 @@ from tradestate.projections.http.server import background_server, run_server
 from tradestate.projections.projector import Projector
 
 import tradestate
+from tests.support.gates import waiting_gate
 from tests.support.controls import control_events, head
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
@@ -43,6 +44,8 @@ def make_log(url: str) -> None:
     with tradestate.connect(url, venue="sim") as client:
         client.set_risk_limit("a1", "max_order_qty", 100)
         assert client.record_intent("a1", "o1", "AAPL", "buy", "5").accepted
+        waiting_gate(client, "crash-loop-e1", account="a1")
+        waiting_gate(client, "g1")
     store = open_store(url)
     try:
         projector = Projector(store)
