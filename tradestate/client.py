@@ -419,6 +419,8 @@ class TradestateClient:
         already returns that approval (``duplicate=True``, nothing appended)."""
         from .domain.ids import gate_stream_id
 
+        e = build_event(ev.GateApproved, **self.writer.envelope(), gate_id=gate_id, operator=operator,
+                        reason=reason, account=account)
         self.catch_up()
         if gate_id not in self.state.gates:
             waiting = ", ".join(g["gate_id"] for g in self.state.pending_gates()) or "none"
@@ -426,8 +428,6 @@ class TradestateClient:
         done = self.state.gate_approvals.get(gate_id)
         if done is not None:
             return Recorded(done["position"], None, duplicate=True)
-        e = build_event(ev.GateApproved, **self.writer.envelope(), gate_id=gate_id, operator=operator,
-                        reason=reason, account=account)
         return self._stream_fact(gate_stream_id(e.gate_id), e)
 
     # --------------------------------------------------------------- signals, engine, market

@@ -97,9 +97,9 @@ def test_repeated_crashes_leave_recovery_waiting_for_approval_and_the_approval_r
         refused = _intent(client, "o1")
         assert refused.refusal and risk.GATE_PENDING in refused.refusal.reasons
         with pytest.raises(tradestate.InvalidInput, match="no gate 'nope' waits"):
-            approve(client, "nope", "alice")
+            approve(client, "nope", "alice", reason="typo")
         done = approve(client, gid, "alice", reason="bad deploy rolled back")
-        assert not done.duplicate and approve(client, gid, "alice").duplicate
+        assert not done.duplicate and approve(client, gid, "alice", reason="again").duplicate
         assert client.state.gate_approvals[gid]["operator"] == "alice"
         assert _intent(client, "o2").accepted
     # The next recovery finds nothing waiting (and no new crash).
@@ -332,7 +332,7 @@ def test_a_checkpoint_after_ramp_steps_and_gates_agrees_with_the_log_and_is_used
     clock = ManualClock(MONDAY)
     _engine_that_crashed(db_url, clock, starts=5)
     report, client = _recover(db_url, clock=clock)
-    approve(client, report.awaiting_approval[0], "alice")
+    approve(client, report.awaiting_approval[0], "alice", reason="checked")
     client.close()
     runner = RampRunner(open_store(db_url), interval=timedelta(seconds=1), clock=clock)
     try:

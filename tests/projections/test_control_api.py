@@ -44,8 +44,6 @@ def make_log(url: str) -> None:
     with tradestate.connect(url, venue="sim") as client:
         client.set_risk_limit("a1", "max_order_qty", 100)
         assert client.record_intent("a1", "o1", "AAPL", "buy", "5").accepted
-        waiting_gate(client, "crash-loop-e1", account="a1")
-        waiting_gate(client, "g1")
     store = open_store(url)
     try:
         projector = Projector(store)
@@ -171,6 +169,7 @@ def test_tokens_from_a_file_and_bad_token_settings(tmp_path):
 # ------------------------------------------------------------------------------- actions
 def test_every_control_endpoint_records_its_event(db_url):
     make_log(db_url)
+    waiting_gate(db_url, "crash-loop-e1", account="a1")
     start = head(db_url)
     calls = [
         ("/control/kill-switch/engage", {"account": "a1", "reason": "r0"}, "KillSwitchEngaged"),
@@ -267,6 +266,7 @@ def test_run_server_refuses_open_reads_off_loopback(tmp_path, capsys):
 
 def test_cli_serve_takes_named_tokens_and_allowed_hosts(sqlite_url, tmp_path):
     make_log(sqlite_url)
+    waiting_gate(sqlite_url, "g1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
