@@ -571,5 +571,70 @@ def parse_urls(value: str | Sequence[str] | None) -> list[str]:
     return [u.strip() for u in items if u and u.strip()]
 
 
-__all__ = ["ALERT_KINDS", "Alert", "AlertService", "Alerter", "WebhookTarget", "alert_for", "parse_urls",
-           "projection_lag", "sign", "verify"]
+
+class BackgroundAlerts:
+    """An ``AlertService`` over the log at ``url`` for a process that must start whether or not
+    the database is there yet (``tradestate serve``): a daemon thread opens the store (retrying
+    every ``retry`` seconds, logging at most once a minute) and then runs the service."""
+
+    def __init__(self, url: str, urls: Sequence[str], secret: str | None = None, *, retry: float = 5.0,
+                 **options: Any):
+        if not urls:
+            raise InvalidInput("alerts: no URL (set TRADESTATE_ALERT_URL or [alert] url)")
+        for u in urls:
+            WebhookTarget(u)  # bad URLs fail now, not in the thread
+        self.url, self.urls, self.secret, self.retry, self.options = url, list(urls), secret, retry, options
+        self.service: AlertService | None = None
+        self._store: Store | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start opening the store and then alerting (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tradestate-alerts-open", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from .adapters.store import open_store
+
+        last_logged = 0.0
+        while not self._stop.is_set():
+            try:
+                self._store = open_store(self.url, create=False)
+            except Exception as e:  # noqa: BLE001 - retried: the database may come later
+                if time.monotonic() - last_logged >= 60.0:
+                    last_logged = time.monotonic()
+                    log.warning("alerts: cannot open the log yet (retrying every %g s): %s", self.retry, e)
+                self._stop.wait(self.retry)
+                continue
+            self.service = AlertService(self._store, self.urls, self.secret, **self.options)
+            self.service.start()
+            return
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop alerting (saving how far delivery got) and close the store."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.service is not None:
+            self.service.stop(timeout)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each alerter's counters (empty until the store was opened)."""
+        return self.service.status() if self.service is not None else []
+
+
+def service_options(settings: Any) -> dict[str, Any]:
+    """``AlertService`` arguments from ``tradestate.settings.Settings``: urls, secret, stall_seconds."""
+    secret = settings.alert_secret.get_secret_value() if settings.alert_secret is not None else None
+    return {"urls": list(settings.alert_url), "secret": secret, "stall_seconds": settings.alert_stall_seconds}
+
+
+__all__ = ["ALERT_KINDS", "Alert", "AlertService", "Alerter", "BackgroundAlerts", "WebhookTarget", "alert_for",
+           "parse_urls", "projection_lag", "service_options", "sign", "verify"]

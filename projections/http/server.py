@@ -37,6 +37,7 @@ def run_server(
     lag_threshold_events: int = 1000,
     lag_threshold_seconds: float = 5.0,
     log_level: str = "info",
+    alerts: dict[str, Any] | None = None,
 ) -> int:
     """Serve the API with uvicorn until interrupted; returns the process exit code.
 
@@ -53,7 +54,7 @@ def run_server(
     url = resolve_url(db)
     open_store(url, create=False).close()  # a clear error when there is no log, before binding anything
     app = create_app(url, token=token, lag_threshold_events=lag_threshold_events,
-                     lag_threshold_seconds=lag_threshold_seconds)
+                     lag_threshold_seconds=lag_threshold_seconds, alerts=alerts)
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,

@@ -12,7 +12,7 @@ try:
 except ImportError:  # pragma: no cover - older typer raises click's own exceptions
     from click import ClickException as _UsageError  # type: ignore[assignment]
 
-from . import bench, chaos, demo, engines, integrity, project, reconcile, recovery, replay, serve, state
+from . import alerts, bench, chaos, demo, engines, integrity, project, reconcile, recovery, replay, serve, state
 from .common import ExitCode, classify, emit_error
 
 app = typer.Typer(
@@ -50,7 +50,7 @@ def _root(
     """Event-sourced trading state: a durable log of every intent, fill and risk action."""
 
 
-for _module in (demo, state, project, serve, engines, bench, recovery, integrity, reconcile, chaos, replay):
+for _module in (demo, state, project, serve, engines, bench, recovery, integrity, reconcile, chaos, replay, alerts):
     _module.register(app)
 
 

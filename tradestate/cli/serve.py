@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
                                                      show_default=False)] = None,
         json: Annotated[bool, typer.Option("--json", help="Errors as a JSON object on stderr (the server logs "
                                                           "as usual).")] = False,
+        alerts: Annotated[bool, typer.Option("--alerts/--no-alerts", help="Also deliver alerts to the webhooks of "
+                                                                          "$TRADESTATE_ALERT_URL / [alert] url (off by "
+                                                                          "default: `project` delivers them).")] = False,
         config: ConfigOption = None,
     ) -> None:
         """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics."""
@@ -37,4 +40,9 @@ def register(app: typer.Typer) -> None:
         secret = s.api_token.get_secret_value() if s.api_token is not None else None
         if port is not None and not 0 <= port <= 65535:
             fail(f"port {port} is not a TCP port (0-65535)")
-        raise typer.Exit(run_server(s.db, host=s.api_host, port=s.api_port, token=secret))
+        from ..alerts import service_options
+
+        alert_options = service_options(s) if alerts else None
+        if alerts and not alert_options["urls"]:
+            fail("--alerts needs a webhook: $TRADESTATE_ALERT_URL or the config file's [alert] url")
+        raise typer.Exit(run_server(s.db, host=s.api_host, port=s.api_port, token=secret, alerts=alert_options))
