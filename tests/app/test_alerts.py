@@ -262,3 +262,112 @@ def test_several_urls_each_get_every_alert(sqlite_url, receiver):
         other.stop()
         client.close()
         store.close()
+
+
+def test_a_reconciliation_discrepancy_alerts(sqlite_url, receiver, tmp_path):
+    from tradestate.adapters.brokers.sim import SimulatedBroker
+    from tradestate.reconcile import reconcile
+
+    store = open_store(sqlite_url)
+    client = TradestateClient(store, venue="SIM")
+    alerter = _alerter(store, receiver.url, stall_seconds=None)
+    try:
+        client.record_intent("acct", "ghost", "AAPL", "buy", 1, order_type="limit", limit_price="10")
+        client.record_submitted("acct", "ghost")
+        reconcile(client, SimulatedBroker(account="acct", state_path=str(tmp_path / "venue.json")))
+        alerter.start()
+        got = receiver.wait_for(2)
+        assert [r.json["kind"] for r in got] == ["discrepancy", "reconciliation_problem"]
+        assert "missing_at_venue" in got[0].json["summary"] and "ghost" in got[0].json["summary"]
+    finally:
+        alerter.stop()
+        client.close()
+        store.close()
+
+
+# ---------------------------------------------------------------------- where alerts run
+
+
+def test_serve_with_alerts_delivers_from_its_background_thread(sqlite_url, receiver):
+    from tradestate.projections.http.server import background_server
+
+    store = open_store(sqlite_url)
+    client = TradestateClient(store, venue="SIM")
+    client.engage_kill_switch("acct", "before the server: history, not sent", by="ops")
+    try:
+        with background_server(sqlite_url, alerts={"urls": [receiver.url], "secret": SECRET, "stall_seconds": 60}
+                               ) as base:
+            import httpx
+
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not read_cursor_position(store, WebhookTarget(receiver.url).name):
+                time.sleep(0.05)  # the server's alerter took its starting point (the head)
+            client.trip_breaker("acct", "while serving")
+            [got] = receiver.wait_for(1)
+            assert got.json["kind"] == "breaker_tripped" and verify(SECRET, got.body, got.headers[SIGNATURE_HEADER])
+            assert httpx.get(base + "/livez", timeout=5).status_code == 200
+        time.sleep(0.2)
+        assert len(receiver.received) == 1
+    finally:
+        client.close()
+        store.close()
+
+
+def _cli(*args, env=None, **kw):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tradestate.cli", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})}, **kw)
+
+
+def test_cli_alerts_once_delivers_signed_and_resumes(sqlite_url, receiver):
+    import json
+
+    store = open_store(sqlite_url)
+    client = TradestateClient(store, venue="SIM")
+    env = {"TRADESTATE_ALERT_URL": receiver.url, "TRADESTATE_ALERT_SECRET": SECRET}
+    try:
+        client.engage_kill_switch("acct", "one", by="ops")
+        done = _cli("alerts", "--db", sqlite_url, "--once", "--from-start", "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        [status] = json.loads(done.stdout)["webhooks"]
+        assert status["delivered"] == 1 and status["dropped"] == 0
+        assert verify(SECRET, receiver.received[0].body, receiver.received[0].headers[SIGNATURE_HEADER])
+        client.release_kill_switch("acct", "two", by="ops")
+        again = _cli("alerts", "--db", sqlite_url, "--once", env=env)
+        assert again.returncode == 0, again.stderr
+        assert receiver.kinds() == ["kill_switch_engaged", "kill_switch_released"]
+        missing = _cli("alerts", "--db", sqlite_url, "--once", env={"TRADESTATE_ALERT_URL": ""})
+        assert missing.returncode == 2 and "no webhook" in missing.stdout + missing.stderr
+    finally:
+        client.close()
+        store.close()
+
+
+def test_project_follow_delivers_alerts(sqlite_url, receiver):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    store = open_store(sqlite_url)
+    client = TradestateClient(store, venue="SIM")
+    env = {**os.environ, "TRADESTATE_ALERT_URL": receiver.url, "TRADESTATE_ALERT_SECRET": SECRET}
+    proc = subprocess.Popen([sys.executable, "-m", "tradestate.cli", "project", "--db", sqlite_url], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not read_cursor_position(store, WebhookTarget(receiver.url).name):
+            time.sleep(0.05)
+        client.engage_kill_switch("acct", "from the engine", by="ops")
+        [got] = receiver.wait_for(1, timeout=20)
+        assert got.json["kind"] == "kill_switch_engaged"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        client.close()
+        store.close()
+    assert proc.returncode == 0, out
+    assert "alerts: delivering to 1 webhook" in out

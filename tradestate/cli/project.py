@@ -108,7 +108,7 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
             outcome["code"] = _project(store, stop, rebuild=rebuild, once=once, say=say, console=console,
                                        poll=poll, watchdog=watchdog, checkpoint_every=checkpoint_every,
                                        checkpoint_seconds=checkpoint_seconds,
-                                       summary=summary if summary is not None else {})
+                                       summary=summary if summary is not None else {}, alerts=alerts)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = e
 
