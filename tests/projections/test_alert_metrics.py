@@ -104,8 +104,44 @@ def test_every_metric_a_rule_reads_is_served():
     assert used <= served, used - served
 
 
+_PROMTOOL_TESTS = """
+rule_files: [RULES]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'tradestate_account_blocked{account="a"}'
+        values: '0 1 1'
+      - series: 'tradestate_limit_usage_ratio{account="a",limit="max_daily_loss",symbol=""}'
+        values: '0.5 1.2 1.2'
+      - series: 'tradestate_engine_up{engine="e1"}'
+        values: '1 1 0'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: TradestateAccountBlocked
+        exp_alerts:
+          - exp_labels: {severity: critical, account: a}
+            exp_annotations:
+              summary: "trading of a is blocked until an operator acknowledges"
+              description: "Strict recovery or reconciliation found a disagreement: `tradestate reconcile --ack`."
+      - eval_time: 2m
+        alertname: TradestateDailyLimitBreached
+        exp_alerts:
+          - exp_labels: {severity: critical, account: a, limit: max_daily_loss}
+            exp_annotations:
+              summary: "a reached its max_daily_loss for the day"
+              description: "Intents of the account are refused for the rest of the trading day."
+      - eval_time: 1m
+        alertname: TradestateEngineDead
+        exp_alerts: []
+"""
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-def test_promtool_accepts_the_rules(tmp_path):
+def test_promtool_accepts_the_rules_and_they_fire(tmp_path):
     path = tmp_path / "rules.yml"
     path.write_text(resources.files("tradestate.projections.http").joinpath("alerts.rules.yml").read_text())
     subprocess.run(["promtool", "check", "rules", str(path)], check=True)
+    tests = tmp_path / "tests.yml"
+    tests.write_text(_PROMTOOL_TESTS.replace("RULES", str(path)))
+    subprocess.run(["promtool", "test", "rules", str(tests)], check=True)
