@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
     def alerts(
         db: DbOption = None,
         url: Annotated[Optional[list[str]], typer.Option("--url", help="Webhook URL (repeatable; default: "
-                                                         "$TRADESTATE_ALERT_URL or the config file's [alert] url). "
-                                                         "The secret comes from $TRADESTATE_ALERT_SECRET or [alert] "
+                                                         "$TRADESTATE_ALERT_URL or the config file's alert.url). "
+                                                         "The secret comes from $TRADESTATE_ALERT_SECRET or the config file's alert."
                                                          "secret, never a flag.")] = None,
         follow: Annotated[bool, typer.Option("--follow", help="Keep delivering as the log grows, until "
                                                               "SIGTERM/SIGINT.")] = False,
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         s = settings(config, db=db, alert_url=url or None, alert_stall_seconds=stall_seconds)
         options = service_options(s)
         if not options["urls"]:
-            fail("no webhook: --url, $TRADESTATE_ALERT_URL or the config file's [alert] url")
+            fail("no webhook: --url, $TRADESTATE_ALERT_URL or url in the config file's alert table")
         store = open_log(s.db)
         service = AlertService(store, options["urls"], options["secret"], stall_seconds=options["stall_seconds"],
                                start="beginning" if from_start else "head")

@@ -265,8 +265,8 @@ def register(app: typer.Typer) -> None:
         json: Annotated[bool, typer.Option("--json", help="Progress on stderr; at the end one JSON object on stdout "
                                                           "(position, head, events).")] = False,
         alerts: Annotated[bool, typer.Option("--alerts/--no-alerts", help="While following, deliver alerts to the "
-                                                                          "webhooks of $TRADESTATE_ALERT_URL / [alert] "
-                                                                          "url, when any is set.")] = True,
+                                                                          "webhooks of $TRADESTATE_ALERT_URL / the config "
+                                                                          "file's alert.url, when any is set.")] = True,
         config: ConfigOption = None,
     ) -> None:
         """Keep the SQL read models (positions, orders, risk...) up to date with the log, and write

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         json: Annotated[bool, typer.Option("--json", help="Errors as a JSON object on stderr (the server logs "
                                                           "as usual).")] = False,
         alerts: Annotated[bool, typer.Option("--alerts/--no-alerts", help="Also deliver alerts to the webhooks of "
-                                                                          "$TRADESTATE_ALERT_URL / [alert] url (off by "
+                                                                          "$TRADESTATE_ALERT_URL / the config file's alert.url (off by "
                                                                           "default: `project` delivers them).")] = False,
         config: ConfigOption = None,
     ) -> None:
@@ -44,5 +44,5 @@ def register(app: typer.Typer) -> None:
 
         alert_options = service_options(s) if alerts else None
         if alerts and not alert_options["urls"]:
-            fail("--alerts needs a webhook: $TRADESTATE_ALERT_URL or the config file's [alert] url")
+            fail("--alerts needs a webhook: $TRADESTATE_ALERT_URL or url in the config file's alert table")
         raise typer.Exit(run_server(s.db, host=s.api_host, port=s.api_port, token=secret, alerts=alert_options))
