@@ -35,7 +35,6 @@ import logging
 import queue
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
