@@ -10,7 +10,7 @@ Where a value comes from, highest first:
 4. the defaults below.
 
 The TOML file takes the fields by name at the top level (``db = "..."``) or in tables:
-``[api]``, ``[projector]``, ``[alpaca]``, ``[ib]``, ``[sim]`` and ``[gate]`` take their fields without the
+``[api]``, ``[projector]``, ``[alert]``, ``[alpaca]``, ``[ib]``, ``[sim]`` and ``[gate]`` take their fields without the
 prefix (``[ib] port = 4002`` is ``ib_port``); ``[reconcile]``, ``[recover]`` and ``[tradestate]``
 take unprefixed fields. Dashes and underscores are the same (``sim-state``). An unknown key or
 table is refused, naming it.
@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from .domain.errors import InvalidInput
 
 BROKER_NAMES = ("sim", "alpaca", "ib")
-_PREFIXED_TABLES = ("api", "projector", "alpaca", "ib", "sim", "gate")
+_PREFIXED_TABLES = ("api", "projector", "alpaca", "ib", "sim", "gate", "alert")
 _PLAIN_TABLES = ("reconcile", "recover", "tradestate")
 # Unprefixed broker keys, taken at the top level or in any table as the prefixed field they name
 # (``port`` is ``ib_port``), so that a reconcile config written without tables loads as it is.
@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     checkpoint_every: int = Field(10_000, ge=0, description="Checkpoint every N events (0: never).")
     checkpoint_seconds: float = Field(60.0, gt=0, allow_inf_nan=False,
                                       description="...or every T seconds when the log moved less.")
+    # alerts (webhooks; see tradestate.alerts)
+    alert_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Webhook URLs alerts are POSTed to (several: comma or space separated).")
+    alert_secret: SecretStr | None = Field(None, description="Shared secret of the alerts' HMAC-SHA256 signature.")
+    alert_stall_seconds: float = Field(60.0, gt=0, allow_inf_nan=False,
+                                       description="Alert when the read models lag the log by more than this.")
     # Alpaca
     alpaca_base_url: str | None = Field(None, description="REST root (default: Alpaca's paper or live endpoint).")
     alpaca_stream_url: str | None = Field(None, description="Trade-updates websocket URL.")
@@ -148,6 +154,20 @@ class Settings(BaseSettings):
             if any("=" not in p for p in pairs):
                 raise ValueError("give venue=CALENDAR pairs separated by commas, e.g. sim=XNYS")
             return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+        return value
+
+    @field_validator("alert_url", mode="before")
+    @classmethod
+    def _alert_urls(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if isinstance(value, (list, tuple)):
+            for url in value:
+                if not str(url).startswith(("http://", "https://")):
+                    raise ValueError("an alert URL starts with http:// or https://")
+            return list(dict.fromkeys(str(u) for u in value))
         return value
 
     @field_validator("ramp")
