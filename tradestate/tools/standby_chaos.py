@@ -336,6 +336,8 @@ def check_run(store: Any, engine_id: str, channels: dict[str, NodeChannel], *, t
         "resent": sum(1 for c in acked if c.get("resend")),
         "resent_recognised": sum(1 for c in acked if c.get("resend") and c["dup"]),
         "epochs": len(epochs.acquired),
+        "paused": len(paused),
+        "paused_refused": sum(1 for name in paused if channels[name].deposed is not None),
         "double_writer_intervals": intervals,
         "head": checker.position,
     }
