@@ -39,10 +39,11 @@ class Sizes:
     repeats: int  # replay measurements are best-of-this
     page: int  # rows per page for paged reads
     rounds: int = 1  # append and batch variants run interleaved this many times, best round kept
+    takeovers: int = 3  # engine takeovers timed per backend (each waits out a 3 s lease)
 
 
 FULL = Sizes(single_seconds=5.0, writers=8, warmup=200, batch_size=100, batches=1000,
-             replay_events=1_000_000, repeats=2, page=10_000, rounds=2)
+             replay_events=1_000_000, repeats=2, page=10_000, rounds=2, takeovers=10)
 QUICK = Sizes(single_seconds=2.0, writers=8, warmup=50, batch_size=100, batches=200,
               replay_events=100_000, repeats=2, page=10_000)
 
