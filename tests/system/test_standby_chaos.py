@@ -215,3 +215,12 @@ def test_checks_name_a_resumed_engine_that_was_not_refused_or_appended_after_the
     problems, _ = _check(url, tag, paths, paused=["n0"])
     assert any("appended 1 calls after the takeover" in p for p in problems["deposed"]), problems["deposed"]
     assert problems["one writer per epoch"]
+
+
+def test_takeover_percentiles_are_nearest_rank():
+    from tradestate.tools.standby_chaos import percentile
+
+    assert percentile([], 0.95) is None
+    assert percentile([2.0], 0.5) == percentile([2.0], 0.95) == 2.0
+    assert (percentile(list(range(1, 11)), 0.5), percentile(list(range(1, 11)), 0.95)) == (5, 10)
+    assert percentile(list(range(1, 201)), 0.95) == 190

@@ -39,6 +39,7 @@ After the run, on the whole log (``check_run``):
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -366,7 +367,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @dataclass
