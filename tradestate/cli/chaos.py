@@ -104,8 +104,8 @@ def render_standby(report: Any, console: Any) -> None:
 
     table = Table(title=f"tradestate standby-chaos: {len(report.rounds)} takeovers on {report.backend} "
                         f"(lease {report.lease_seconds:g} s, seed {report.seed})")
-    for name in ("rounds", "n", "takeover p50 s", "p95 s", "max s"):
-        table.add_column(name, justify="left" if name == "rounds" else "right")
+    for name in ("active engine stopped by", "n", "takeover p50 s", "p95 s", "max s"):
+        table.add_column(name, justify="left" if name.startswith("active") else "right")
     for label, action in (("all", None), ("SIGKILL", "kill"), ("SIGSTOP > lease", "pause")):
         st = report.stats(action)
         table.add_row(label, str(st["n"]), secs(st["p50"]), secs(st["p95"]), secs(st["max"]))
@@ -115,9 +115,10 @@ def render_standby(report: Any, console: Any) -> None:
         intervals = f["double_writer_intervals"]
         style = "bold red" if intervals else "green"
         console.print(
-            f"{f['acknowledged']:,} calls acknowledged, {f['stored']:,} stored ({f['intents_acknowledged']:,} intents "
-            f"acknowledged, {f['intents_stored']:,} stored); {f['duplicates']:,} duplicates; {f['resent']:,} calls "
-            f"re-sent after a takeover ({f['resent_recognised']:,} recognised as recorded); {f['epochs']:,} epochs; "
+            f"{f['acknowledged']:,} calls acknowledged, {f['stored']:,} stored ({f['intents_acknowledged']:,} intent "
+            f"calls acknowledged, re-sends included; {f['intents_stored']:,} intents stored); {f['duplicates']:,} "
+            f"duplicates; {f['resent']:,} calls re-sent after a takeover ({f['resent_recognised']:,} recognised as "
+            f"recorded); {f['paused']:,} paused engines resumed, {f['paused_refused']:,} refused; {f['epochs']:,} epochs; "
             f"[{style}]{len(intervals)} double-writer intervals[/]; log head {f['head']:,}; {report.seconds:,.1f} s",
             highlight=False)
         for interval in intervals[:10]:
