@@ -110,6 +110,11 @@ def render_standby(report: Any, console: Any) -> None:
         st = report.stats(action)
         table.add_row(label, str(st["n"]), secs(st["p50"]), secs(st["p95"]), secs(st["max"]))
     console.print(table)
+    pauses = [r for r in report.rounds if r.pause_s is not None]
+    if pauses:
+        console.print(f"pause rounds: {sum(1 for r in pauses if r.while_paused):,} of {len(pauses):,} taken over while "
+                      "the engine was stopped (the others waited for a database lock it held until SIGCONT)",
+                      highlight=False)
     f = report.figures
     if f:
         intervals = f["double_writer_intervals"]

@@ -360,6 +360,16 @@ class Round:
     lease_free_s: float | None  # kill/SIGSTOP -> the standby noticed the lease was free
     recover_s: float | None  # the standby's takeover (record expiry, acquire, recover)
     after_s: float  # how long the active engine traded before the kill/pause
+    pause_s: float | None = None  # SIGSTOP -> SIGCONT (pause rounds)
+    via: str | None = None  # how the new active engine got the lease: takeover (a standby) or connect
+
+    @property
+    def while_paused(self) -> bool | None:
+        """Pause rounds: whether the new engine traded before the paused one resumed (False: the
+        paused engine held a database lock the takeover had to wait for)."""
+        if self.pause_s is None or self.takeover_s is None:
+            return None
+        return self.takeover_s < self.pause_s
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -405,6 +415,7 @@ class StandbyChaosReport:
         d = asdict(self)
         d["ok"] = self.ok
         d["takeover"] = {"all": self.stats(), "kill": self.stats("kill"), "pause": self.stats("pause")}
+        d["pause_rounds_taken_over_while_paused"] = sum(1 for r in self.rounds if r.while_paused)
         d["failed"] = {name: len(p) for name, p in self.checks.items() if p}
         d["checks"] = {name: p[:20] for name, p in self.checks.items()}
         return d
@@ -517,9 +528,9 @@ def run_standby_chaos(
                     time.sleep(rng.uniform(0, pause_s))
                     reap(standby)
                     successor = start(active)
-                ch = until(successor, lambda c: c.first_new_intent_at() is not None,
-                           max(0.0, t0 + pause_s - time.monotonic()))
+                time.sleep(max(0.0, t0 + pause_s - time.monotonic()))  # the whole pause, however fast the takeover
                 os.kill(active.pid, signal.SIGCONT)
+                resumed = time.monotonic()
                 paused.append(active.name)
             else:
                 reap(active)
@@ -537,7 +548,8 @@ def run_standby_chaos(
             assert first is not None and ch.active is not None
             noticed = ch.active["at"] - ch.active.get("takeover_s", 0.0)
             this = Round(k, action, before, ch.epoch, round(first - t0, 4), round(noticed - t0, 4),
-                         ch.active.get("takeover_s"), round(after, 3))
+                         ch.active.get("takeover_s"), round(after, 3), round(resumed - t0, 4) if pause else None,
+                         ch.active["how"])
             report.rounds.append(this)
             active, standby = successor, start(successor)
             if on_round is not None:
