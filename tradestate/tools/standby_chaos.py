@@ -505,7 +505,7 @@ def run_standby_chaos(
         active = start(None)
         if until(active, lambda ch: ch.first_new_intent_at() is not None, 120) is None:
             report.problem("processes", f"the first engine did not trade: {active.channel().error or 'timeout'}")
-            return report
+            rounds = 0  # nothing to take over; the checks still run on what it wrote
         standby = start(active)
         for k in range(rounds):
             if until(standby, lambda ch: ch.standby_at is not None, 120) is None:
