@@ -57,15 +57,18 @@ def run_command(url: str, tmp_path) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_standby_chaos_command_on_sqlite_takes_over_ten_times_and_passes_every_check(sqlite_url, tmp_path):
     run_command(sqlite_url, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_standby_chaos_command_on_postgresql_takes_over_ten_times_and_passes_every_check(pg_url, tmp_path):
     run_command(pg_url, tmp_path)
 
 
+@pytest.mark.slow
 def test_split_brain_episodes_a_paused_engine_resumed_after_the_takeover_is_refused(db_url, tmp_path):
     """SIGSTOP the active engine past the lease (the standby takes over, or is itself killed at a
     random moment and a fresh one does), SIGCONT it: refused, nothing appended after the takeover."""
