@@ -408,15 +408,17 @@ class Standby:
         self.follower.writer.fence = Fence(engine_id, 0, self.lease.holder)
         self.started = time.monotonic()
         self._checked_in = 0.0
+        self.last_error: str | None = None  # why the last takeover attempt failed (it is retried)
 
     @property
     def holder(self) -> str:
         return self.lease.holder
 
     def free(self) -> Lease | None | bool:
-        """The current lease if it can be taken now (expired, released or never held), else False."""
+        """The current lease if it can be taken now (expired, released, never held, or held by
+        this standby after a takeover that failed half-way), else False."""
         lease = self.leases.get(self.engine_id)
-        if lease is None or not lease.live:
+        if lease is None or not lease.live or lease.holder == self.holder:
             return lease
         return False
 
@@ -438,6 +440,11 @@ class Standby:
                     return self.take_over(found, waited=time.monotonic() - started)
                 except LeaseHeld:
                     pass  # another standby was faster, or the engine came back: follow on
+                except AppendFailed as e:
+                    # The database refused the takeover's writes for now (a writer paused while
+                    # holding SQLite's write lock or a PostgreSQL row lock, a lost connection):
+                    # follow on and try again, within ``timeout``.
+                    self.last_error = f"{type(e).__name__}: {e}"
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(self.poll)
