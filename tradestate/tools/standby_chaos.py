@@ -157,8 +157,10 @@ def node(url: str, acks: str, *, engine_id: str, tag: str, incarnation: int, see
             epoch = client.lease.lease.epoch
             out.write({"t": "active", "epoch": epoch, "how": "connect", "at": time.monotonic()})
         except LeaseHeld:
+            # The harness kills an engine every few seconds: the repeated-crash gate would rightly wait
+            # for an operator after the third. Takeovers are measured without the safety gates.
             waiting = tradestate.standby(url, engine_id, lease_seconds=lease_seconds, renew_seconds=renew_seconds,
-                                         venue="sim", use_checkpoints=False)
+                                         venue="sim", use_checkpoints=False, gates=False)
             out.write({"t": "standby", "at": time.monotonic()})
             takeover = waiting.wait(timeout=wait_seconds)
             if takeover is None:
