@@ -107,6 +107,8 @@ def test_console_live_updates_and_kill_switch_in_headless_chromium(db_url, tmp_p
         page.wait_for(f"{QTY} === '10'", timeout=10)
         assert time.monotonic() - started < 10
         assert page.evaluate("document.querySelectorAll('tr.event[data-type=\"OrderFilled\"]').length") == 2
+        usage = page.evaluate(f"document.querySelector('tr.limit[data-limit=\"{A}/max_position_qty\"]').innerText")
+        assert "20 %" in usage, usage  # 10 held of 50
 
         # the kill switch, engaged through the page (a protective action: no confirmation)
         _fill(page, "#account", A)
@@ -273,3 +275,26 @@ def test_the_templates_and_htmx_are_package_data():
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     data = pyproject["tool"]["setuptools"]["package-data"]["tradestate.projections.http"]
     assert {"templates/*.html", "static/*.js", "static/*.txt"} <= set(data)
+
+
+def test_pending_gates_and_discrepancies_are_shown():
+    """The gates panel renders what the fold's ``pending_gates()`` gives (the safety gates of issue
+    15 item 1), and the accounts with unresolved discrepancies; an empty one says so."""
+    from datetime import datetime, timezone
+
+    from tradestate.projections.http.console import templates
+
+    at = datetime(2026, 12, 1, 14, 30, tzinfo=timezone.utc)
+    base = {"health": {"status": "ok", "detail": "", "log_head": 9, "projection_position": 9, "lag_events": 0,
+                       "lag_seconds": 0.0},
+            "engines": [], "engines_error": "", "accounts": [], "positions": [], "open_orders": [], "approvals": {},
+            "timeline": [], "position": 9, "now": at, "prefix": "/console"}
+    gate = {"gate_id": "g-crash-1", "gate": "repeated_crashes", "engine_id": "e1", "account": None,
+            "detail": "4 crashes in 5 minutes <b>", "at": at}
+    html = templates().get_template("console_live.html").render(
+        **base, gates=[gate], discrepancies=[{"account": "acct-9", "unresolved_discrepancies": 2}])
+    assert 'data-gate="g-crash-1"' in html and "repeated_crashes" in html and "every account" in html
+    assert "&lt;b&gt;" in html and "<b>" not in html  # escaped
+    assert '<option value="g-crash-1">' in html and "acct-9" in html
+    empty = templates().get_template("console_live.html").render(**base, gates=[], discrepancies=[])
+    assert "No gate waits for an approval." in empty and "No unresolved discrepancy." in empty
