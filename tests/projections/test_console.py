@@ -91,7 +91,7 @@ def test_console_live_updates_and_kill_switch_in_headless_chromium(db_url, tmp_p
         pytest.fail("chromium is not installed: apt-get install -y chromium (./dev test installs it as root)")
     make_log(db_url)
     with serving(db_url, tokens=TOKENS) as base, headless_chromium() as page, \
-            tradestate.connect(db_url, venue=VENUE) as engine:
+            tradestate.connect(db_url, venue=VENUE, engine_id="eng-1", lease_seconds=5) as engine:
         page.navigate(f"{base}/console")
         assert page.evaluate("location.pathname") == "/console/login"  # no session yet
         _fill(page, "#token", ALICE)
@@ -100,6 +100,8 @@ def test_console_live_updates_and_kill_switch_in_headless_chromium(db_url, tmp_p
         assert page.evaluate("document.querySelector('#operator').textContent") == "alice"
         assert page.wait_for(f"{QTY} === '4' && {QTY}") == "4"
         assert page.evaluate(f"{KILL}") == "false"
+        engines = page.evaluate("document.querySelector('#engines').innerText")
+        assert "eng-1" in engines and "active" in engines, engines  # the engine holding the lease
 
         # live update: the engine appends a fill; the page shows it without a reload
         started = time.monotonic()
