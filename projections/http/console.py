@@ -18,7 +18,7 @@ Authentication: the API's tokens. A browser cannot send a bearer header, so the 
 the token once and opens a session: a random id in an HttpOnly, SameSite=Strict cookie (the token
 itself is never stored in the browser), kept in this process's memory (a restart logs everyone
 out). Every POST of a session must carry the session's CSRF token (``X-CSRF-Token`` header, or
-a ``csrf`` form field). A request with ``Authorization: Bearer`` is accepted too (no cookie, so
+a ``csrf`` form field), and a POST whose ``Origin`` is another site is refused (login included). A request with ``Authorization: Bearer`` is accepted too (no cookie, so
 no CSRF token is needed). Without any token configured, the console is read-only (and answers
 only on loopback, as the server does). ``HostCheck`` applies to every console path.
 """
@@ -223,14 +223,15 @@ def _engines(request: Request) -> tuple[list[dict[str, Any]], str]:
 
 
 def _timeline(store: Any, head: int) -> list[dict[str, Any]]:
+    from ...domain.state import VOID_TYPE
     from ...replay.log import LoggedEvent, describe
 
     rows = list(store.trading.iter_rows(max(0, head - TIMELINE_EVENTS), head))
     events = []
     for row in reversed(rows):
-        e = LoggedEvent.from_row(row)
-        if e.type == "$void":
+        if row[3] == VOID_TYPE:
             continue
+        e = LoggedEvent.from_row(row)
         events.append({"position": e.position, "type": e.type, "at": e.recorded_at, "summary": describe(e)})
     return events
 
@@ -270,6 +271,22 @@ def snapshot(request: Request) -> dict[str, Any]:
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
+def _cross_site(request: Request) -> Response | None:
+    """403 for a POST sent by a page of another origin (its ``Origin`` names another host than the
+    request's ``Host``): a form on another site cannot sign a browser in, out, or act. Browsers
+    send ``Origin`` with every POST; a client without one (curl) is not a browser."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None
+    from urllib.parse import urlsplit
+
+    host = request.headers.get("host", "").lower()
+    if origin == "null" or urlsplit(origin).netloc.lower() != host:
+        return render("console_result.html", status=403, ok=False,
+                      message="Refused: this form was sent from another site.")
+    return None
+
+
 def _login_page(request: Request, error: str = "", status: int = 200) -> HTMLResponse:
     return render("console_login.html", status=status, error=error)
 
@@ -304,6 +321,9 @@ async def login(request: Request) -> Response:
     tokens = request.app.state.tokens
     if not tokens:
         return RedirectResponse(PREFIX, status_code=303)
+    refusal = _cross_site(request)
+    if refusal is not None:
+        return refusal
     try:
         form = await form_of(request)
     except InvalidInput as e:
@@ -320,6 +340,9 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
+    refusal = _cross_site(request)
+    if refusal is not None:
+        return refusal
     who = viewer(request)
     if who is not None and who.session is not None:
         refusal = _csrf_refusal(request, who, await _safe_form(request))
@@ -401,6 +424,9 @@ async def act(action: str, request: Request) -> Response:
     one-line fragment and triggers a refresh of the live panels."""
     from ...controls import ACTIONS, perform
 
+    refusal = _cross_site(request)
+    if refusal is not None:
+        return refusal
     who = viewer(request)
     if who is None:
         return _needs_login(request)

@@ -250,6 +250,18 @@ def test_the_host_check_covers_the_console(sqlite_url):
         assert r.status_code == 421 and [t for _, t, _ in operator_events(sqlite_url)] == []
         r = http.post("/console/login", data={"token": ALICE}, headers={"Host": "evil.example"})
         assert r.status_code == 421 and "set-cookie" not in r.headers
+        # a form on another site, posted to this server (its Host is right, its Origin is not)
+        for origin in ("http://evil.example", "null", "http://127.0.0.1:1"):
+            r = http.post("/console/control/kill-switch.engage", data={"account": A, "reason": "x", "csrf": csrf},
+                          headers={"Origin": origin})
+            assert r.status_code == 403 and "another site" in r.text, origin
+            r = http.post("/console/login", data={"token": ALICE}, headers={"Origin": origin})
+            assert r.status_code == 403 and "set-cookie" not in r.headers
+        assert operator_events(sqlite_url) == []
+        same = str(http.base_url).rstrip("/")
+        r = http.post("/console/control/kill-switch.engage", data={"account": A, "reason": "same site", "csrf": csrf},
+                      headers={"Origin": same})
+        assert r.status_code == 200 and [t for _, t, _ in operator_events(sqlite_url)] == ["KillSwitchEngaged"]
 
 
 def test_without_a_token_the_console_is_read_only(sqlite_url):
