@@ -45,6 +45,7 @@ PREFIX = "/console"
 COOKIE = "tradestate_console"
 SESSION_SECONDS = 12 * 3600
 TIMELINE_EVENTS = 30
+MAX_ROWS = 200  # positions and open orders shown per poll (the count says how many more)
 MAX_FORM_BYTES = 16_384
 HERE = Path(__file__).parent
 STATIC = {
@@ -262,7 +263,8 @@ def snapshot(request: Request) -> dict[str, Any]:
         timeline = _timeline(client.store, position)
     discrepancies = [a for a in accounts if a.get("unresolved_discrepancies")]
     return {"health": health, "engines": engines, "engines_error": engines_error, "accounts": accounts,
-            "positions": positions, "open_orders": open_orders, "gates": gates, "approvals": approvals,
+            "positions": positions[:MAX_ROWS], "positions_total": len(positions),
+            "open_orders": open_orders[:MAX_ROWS], "open_orders_total": len(open_orders), "gates": gates, "approvals": approvals,
             "discrepancies": discrepancies, "timeline": timeline, "position": position,
             "now": datetime.now(timezone.utc)}
 

@@ -302,6 +302,7 @@ def test_pending_gates_and_discrepancies_are_shown():
     base = {"health": {"status": "ok", "detail": "", "log_head": 9, "projection_position": 9, "lag_events": 0,
                        "lag_seconds": 0.0},
             "engines": [], "engines_error": "", "accounts": [], "positions": [], "open_orders": [], "approvals": {},
+            "positions_total": 0, "open_orders_total": 0,
             "timeline": [], "position": 9, "now": at, "prefix": "/console"}
     gate = {"gate_id": "g-crash-1", "gate": "repeated_crashes", "engine_id": "e1", "account": None,
             "detail": "4 crashes in 5 minutes <b>", "at": at}
@@ -312,3 +313,16 @@ def test_pending_gates_and_discrepancies_are_shown():
     assert '<option value="g-crash-1">' in html and "acct-9" in html
     empty = templates().get_template("console_live.html").render(**base, gates=[], discrepancies=[])
     assert "No gate waits for an approval." in empty and "No unresolved discrepancy." in empty
+
+
+def test_a_log_that_cannot_be_read_is_said_on_the_page(tmp_path):
+    """No log at the URL (yet): the page loads, the live panels say why they are empty (503,
+    swapped in by htmx), and come back by themselves once it can be read."""
+    url = f"sqlite:///{tmp_path}/later.db"
+    with serving(url) as base, httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get("/console").status_code == 200
+        r = http.get("/console/fragments/live")
+        assert r.status_code == 503 and "cannot be read" in r.text
+        make_log(url)
+        r = http.get("/console/fragments/live")
+        assert r.status_code == 200 and 'data-key="acct-1/sim/AAPL"' in r.text
