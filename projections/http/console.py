@@ -18,9 +18,10 @@ Authentication: the API's tokens. A browser cannot send a bearer header, so the 
 the token once and opens a session: a random id in an HttpOnly, SameSite=Strict cookie (the token
 itself is never stored in the browser), kept in this process's memory (a restart logs everyone
 out). Every POST of a session must carry the session's CSRF token (``X-CSRF-Token`` header, or
-a ``csrf`` form field), and a POST whose ``Origin`` is another site is refused (login included). A request with ``Authorization: Bearer`` is accepted too (no cookie, so
-no CSRF token is needed). Without any token configured, the console is read-only (and answers
-only on loopback, as the server does). ``HostCheck`` applies to every console path.
+a ``csrf`` form field), and a POST whose ``Origin`` is another site is refused (login included).
+A request with ``Authorization: Bearer`` is accepted too (no cookie, so no CSRF token is needed).
+Without any token configured, the console is read-only (and served only on loopback, as the
+server is). ``HostCheck`` applies to every console path.
 """
 
 from __future__ import annotations
@@ -258,13 +259,12 @@ def snapshot(request: Request) -> dict[str, Any]:
         open_orders = sorted(client.open_orders(), key=lambda o: (o["account"], o["client_order_id"]))
         pending = getattr(state, "pending_gates", None)  # the safety gates (issue 15 item 1), when present
         gates = list(pending()) if callable(pending) else []
-        approvals = dict(getattr(state, "gate_approvals", {}) or {})
         position = state.position
         timeline = _timeline(client.store, position)
     discrepancies = [a for a in accounts if a.get("unresolved_discrepancies")]
     return {"health": health, "engines": engines, "engines_error": engines_error, "accounts": accounts,
             "positions": positions[:MAX_ROWS], "positions_total": len(positions),
-            "open_orders": open_orders[:MAX_ROWS], "open_orders_total": len(open_orders), "gates": gates, "approvals": approvals,
+            "open_orders": open_orders[:MAX_ROWS], "open_orders_total": len(open_orders), "gates": gates,
             "discrepancies": discrepancies, "timeline": timeline, "position": position,
             "now": datetime.now(timezone.utc)}
 

@@ -301,7 +301,7 @@ def test_pending_gates_and_discrepancies_are_shown():
     at = datetime(2026, 12, 1, 14, 30, tzinfo=timezone.utc)
     base = {"health": {"status": "ok", "detail": "", "log_head": 9, "projection_position": 9, "lag_events": 0,
                        "lag_seconds": 0.0},
-            "engines": [], "engines_error": "", "accounts": [], "positions": [], "open_orders": [], "approvals": {},
+            "engines": [], "engines_error": "", "accounts": [], "positions": [], "open_orders": [],
             "positions_total": 0, "open_orders_total": 0,
             "timeline": [], "position": 9, "now": at, "prefix": "/console"}
     gate = {"gate_id": "g-crash-1", "gate": "repeated_crashes", "engine_id": "e1", "account": None,
