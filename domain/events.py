@@ -540,6 +540,66 @@ class AccountBootstrapped(AccountEvent):
     reason: Text = ""
 
 
+GateName = Literal["repeated_crashes", "gross_exposure", "volatility", "market_hours"]
+GateAction = Literal["proceed", "approval", "monitoring"]
+
+
+class GateEvaluated(Event):
+    """One safety gate's decision before trading resumes after a recovery (seed 002 steps 2, 7,
+    8): what it saw (``values``), whether it passed, and what follows: ``proceed``, ``approval``
+    (resumption waits for a ``GateApproved`` naming ``gate_id``) or ``monitoring`` (a closed
+    market: venue facts are recorded, no new intents, until the market opens). ``account`` None:
+    the gate holds every account; else only that one. On the recovering engine's stream."""
+
+    stream_kind: ClassVar[str] = "engine"
+    engine_id: Identifier
+    gate_id: Identifier
+    gate: GateName
+    passed: bool
+    action: GateAction = "proceed"
+    requires_approval: bool = False
+    account: Identifier | None = None
+    values: dict[str, Any] = Field(default_factory=dict)
+    detail: Text = ""
+
+
+TradingMode = Literal["trading", "monitoring"]
+
+
+class TradingModeChanged(AccountEvent):
+    """``monitoring``: the account's venue facts are recorded but no new intent is accepted (a
+    closed market after a recovery); ``trading``: intents are accepted again."""
+
+    mode: TradingMode
+    reason: Text = ""
+
+
+class RampStepped(AccountEvent):
+    """The ramp after a recovery moved the account's limits from ``from_pct`` to ``to_pct`` percent
+    (up after a healthy interval, or down when a check failed), with the checks it saw."""
+
+    from_pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
+    to_pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
+    checks: dict[str, Any] = Field(default_factory=dict)
+    reason: Text = ""
+
+
+class RampHeld(AccountEvent):
+    """A ramp check failed: the account stays at ``pct`` and its healthy interval restarts once the
+    checks pass again (``RampHealthy``)."""
+
+    pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
+    reason: Text
+    checks: dict[str, Any] = Field(default_factory=dict)
+
+
+class RampHealthy(AccountEvent):
+    """After a hold, every ramp check passes again: the healthy interval at ``pct`` starts here."""
+
+    pct: Annotated[Literal[50, 75, 100], BeforeValidator(_whole_number)]
+    checks: dict[str, Any] = Field(default_factory=dict)
+
+
 class ClockSkewRecorded(Event):
     """The engine's clock measured against the store's: ``skew_ms`` is engine minus store, in
     milliseconds, known to within ``uncertainty_ms`` (half the measurement's round trip). Recorded
@@ -618,6 +678,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LeaseExpired,
         ClockSkewRecorded,
         BarRecorded,
+        GateEvaluated,
+        TradingModeChanged,
+        RampStepped,
+        RampHeld,
+        RampHealthy,
     )
 }
 

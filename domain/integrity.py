@@ -81,7 +81,7 @@ def refuse_decided(state: TradingState, events: Iterable[tuple[str, Any]]) -> No
 
 
 RISK_TYPES = ("RiskLimitChanged", "CircuitBreakerTripped", "CircuitBreakerReset", "KillSwitchEngaged",
-              "KillSwitchReleased", "TradingResumed", "TradingBlocked", "DiscrepancyAcknowledged")
+              "KillSwitchReleased", "TradingResumed", "TradingBlocked", "DiscrepancyAcknowledged", "RampStepped")
 
 
 def fold_risk(rows: Iterable[tuple[Any, ...]], exchange_tz: str = "America/New_York") -> TradingState:

@@ -23,6 +23,8 @@ MAX_OPEN_ORDERS = "max_open_orders"
 MAX_DAILY_TRADES = "max_daily_trades"
 MAX_DAILY_LOSS = "max_daily_loss"
 CLOCK_SKEW = "clock_skew"
+MONITORING_MODE = "monitoring_mode"
+GATE_PENDING = "gate_pending"
 
 COUNT_LIMITS = frozenset({"max_open_orders", "max_daily_trades"})
 
@@ -91,6 +93,14 @@ def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime
     if account.breaker_active(now):
         reasons.append(CIRCUIT_BREAKER)
         details.append(f"circuit breaker tripped: {account.breaker_reason}")
+    if account.mode == "monitoring":
+        reasons.append(MONITORING_MODE)
+        details.append(f"monitoring mode, no new intents: {account.mode_reason}")
+    pending = state.pending_gates(intent.account) if state.gates else ()
+    if pending:
+        reasons.append(GATE_PENDING)
+        details.append("waiting for an operator's approval of gate(s) "
+                       + ", ".join(g["gate_id"] for g in pending[:10]))
 
     limit = effective_limit(account, "max_order_qty")
     if limit is not None and intent.qty > limit:

@@ -213,6 +213,10 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
         "blocked": a.blocked,
         "blocked_reason": a.blocked_reason,
         "last_reconciliation": None if last is None else {**last, "at": _t(last["at"])},
+        "mode": a.mode,
+        "mode_reason": a.mode_reason,
+        "breaker_trips": a.breaker_trips,
+        "ramp": [_t(a.ramp_since), list(a.ramp_baseline), a.ramp_held],
     }
 
 
@@ -290,6 +294,7 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "engines": {name: _engine_doc(e) for name, e in state.engines.items()},
         "stream_versions": versions,
         "exec_ids": _exec_index(state, {o["stream_id"] for o in hot}),
+        "gates": {gid: {**g, "at": _t(g["at"])} for gid, g in state.gates.items()},
         "gate_approvals": {gate: {**a, "at": _t(a["at"])} for gate, a in state.gate_approvals.items()},
     }
     return doc, bytes(cold)
@@ -445,6 +450,12 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         acct.blocked_reason = a["blocked_reason"]
         last = a["last_reconciliation"]
         acct.last_reconciliation = None if last is None else {**last, "at": _tn(last["at"])}
+        # absent from snapshots written before the gates and the ramp: the defaults
+        acct.mode = a.get("mode", "trading")
+        acct.mode_reason = a.get("mode_reason", "")
+        acct.breaker_trips = a.get("breaker_trips", 0)
+        since, baseline, held = a.get("ramp", (None, (0, 0), ""))
+        acct.ramp_since, acct.ramp_baseline, acct.ramp_held = _tn(since), (baseline[0], baseline[1]), held
         for day, (trades, fills, volume, realized, fees, breaches) in a["daily"].items():
             acct.daily[day] = DailyStats(trades, fills, Decimal(volume), Decimal(realized), Decimal(fees),
                                          set(breaches))
@@ -485,6 +496,7 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         if engine.get("last_recovery") is not None:
             engine["last_recovery"] = {**engine["last_recovery"], "at": _tn(engine["last_recovery"]["at"])}
         state.engines[name] = engine
+    state.gates = {gid: {**g, "at": _tn(g["at"])} for gid, g in doc.get("gates", {}).items()}  # absent before gates
     for gate, approval in doc.get("gate_approvals", {}).items():  # absent before gates existed
         state.gate_approvals[gate] = {**approval, "at": _tn(approval["at"])}
     for venue, by_day in doc.get("exec_ids", {}).items():

@@ -244,6 +244,15 @@ class AccountState:
     blocked: bool = False  # strict recovery/reconciliation: no trading until acknowledged
     blocked_reason: str = ""
     last_reconciliation: dict[str, Any] | None = None
+    mode: str = "trading"  # "monitoring": venue facts recorded, no new intents (a closed market)
+    mode_reason: str = ""
+    breaker_trips: int = 0  # every trip ever folded: the ramp's "no breaker trip since" check
+    # The ramp after a recovery: when the current level's healthy interval started, the counters it
+    # started from (discrepancies, breaker trips: "no new ..." compares with these), and the reason
+    # it is held ("" when not). None: no ramp since the log began.
+    ramp_since: datetime | None = None
+    ramp_baseline: tuple[int, int] = (0, 0)
+    ramp_held: str = ""
 
     def day(self, trading_day: str) -> DailyStats:
         """The statistics of ``trading_day`` (created empty when first asked for)."""
@@ -338,7 +347,10 @@ class TradingState:
         self.exec_days: dict[str, str] = {}
         # clock source -> its last ClockSkewRecorded: skew_ms, within_threshold, position, at
         self.clock_skews: dict[str, dict[str, Any]] = {}
-        # gate id -> the operator's approval: gate_id, operator, reason, account, position, at
+        # gate id -> the GateEvaluated that requires an operator's approval (gate, engine_id,
+        # account, values, detail, position, at); gate id -> its GateApproved (gate_id, operator,
+        # reason, account, position, at)
+        self.gates: dict[str, dict[str, Any]] = {}
         self.gate_approvals: dict[str, dict[str, Any]] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
@@ -374,6 +386,12 @@ class TradingState:
         if state is None:
             state = self.accounts[account] = AccountState(account)
         return state
+
+    def pending_gates(self, account: str | None = None) -> list[dict[str, Any]]:
+        """The gates that wait for an operator's approval and hold ``account`` (gates without an
+        account hold every account; ``account`` None: every pending gate)."""
+        return [g for gid, g in self.gates.items() if gid not in self.gate_approvals
+                and (account is None or g["account"] is None or g["account"] == account)]
 
     def position_of(self, account: str, venue: str, symbol: str) -> PositionState | None:
         """The position of account, venue and symbol, or None if it never traded."""
@@ -537,6 +555,7 @@ class TradingState:
     def _on_CircuitBreakerTripped(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         acct = self.account(d["account"])
         acct.breaker_tripped = True
+        acct.breaker_trips += 1
         acct.breaker_reason = d["reason"]
         acct.breaker_until = _time(d.get("until"), at) if d.get("until") else None
 
@@ -560,7 +579,31 @@ class TradingState:
         self.account(d["account"]).day(d["trading_day"]).breaches.add(d["limit"])
 
     def _on_TradingResumed(self, sid: str, d: dict, pos: int, at: datetime) -> None:
-        self.account(d["account"]).ramp_pct = int(d["ramp_pct"])
+        acct = self.account(d["account"])
+        acct.ramp_pct = int(d["ramp_pct"])
+        self._ramp_restarts(acct, d, at)
+
+    @staticmethod
+    def _ramp_restarts(acct: AccountState, d: dict, at: datetime, held: str = "") -> None:
+        acct.ramp_since = _time(d.get("occurred_at"), at)
+        acct.ramp_baseline = (acct.discrepancies, acct.breaker_trips)
+        acct.ramp_held = held
+
+    def _on_RampStepped(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        acct.ramp_pct = int(d["to_pct"])
+        self._ramp_restarts(acct, d, at)
+
+    def _on_RampHeld(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self._ramp_restarts(self.account(d["account"]), d, at, held=d["reason"] or "held")
+
+    def _on_RampHealthy(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self._ramp_restarts(self.account(d["account"]), d, at)
+
+    def _on_TradingModeChanged(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        acct.mode = d["mode"]
+        acct.mode_reason = d.get("reason") or ""
 
     def _on_PositionCorrected(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         key = (d["account"], d["venue"], d["symbol"])
@@ -664,6 +707,15 @@ class TradingState:
     def _on_LeaseExpired(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self._lease(d, pos, "expired")
 
+    # gates ------------------------------------------------------------------------------
+    def _on_GateEvaluated(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        if d.get("requires_approval"):
+            self.gates[d["gate_id"]] = {
+                "gate_id": d["gate_id"], "gate": d["gate"], "engine_id": d["engine_id"],
+                "account": d.get("account"), "values": d.get("values") or {}, "detail": d.get("detail") or "",
+                "position": pos, "at": _time(d.get("occurred_at"), at),
+            }
+
     # clock ------------------------------------------------------------------------------
     def _on_ClockSkewRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.clock_skews[d["source"]] = {
@@ -698,6 +750,9 @@ class TradingState:
                     "blocked": a.blocked,
                     "blocked_reason": a.blocked_reason,
                     "last_reconciliation": a.last_reconciliation,
+                    "mode": a.mode,
+                    "breaker_trips": a.breaker_trips,
+                    "ramp": (a.ramp_since, a.ramp_baseline, a.ramp_held),
                     "daily": {
                         day: (s.trades, s.fills, s.volume, s.realized_pnl, s.fees, sorted(s.breaches))
                         for day, s in sorted(a.daily.items())
@@ -707,8 +762,9 @@ class TradingState:
             },
             "signals": {"|".join(k): v for k, v in sorted(self.signals.items())},
             "engines": dict(sorted(self.engines.items())),
+            **({"gates": dict(sorted(self.gates.items())), "gate_approvals": dict(sorted(self.gate_approvals.items()))}
+               if self.gates or self.gate_approvals else {}),
             "stream_versions": dict(sorted(self.stream_versions.items())),
-            **({"gate_approvals": dict(sorted(self.gate_approvals.items()))} if self.gate_approvals else {}),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}
                if self.quarantined_streams or self.quarantined_accounts else {}),

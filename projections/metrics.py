@@ -34,6 +34,12 @@ class MetricsSnapshot:
     kill_switch: dict[str, bool] = field(default_factory=dict)  # account -> engaged
     breaker_active: dict[str, bool] = field(default_factory=dict)  # account -> active now
     engines: list[dict[str, Any]] = field(default_factory=list)  # tradestate.engines.engine_rows
+    # what the alerting rules (projections/http/alerts.rules.yml) watch
+    accounts: list[dict[str, Any]] = field(default_factory=list)  # ts_risk_state rows
+    positions: list[dict[str, Any]] = field(default_factory=list)  # queries.operations
+    limits: list[dict[str, Any]] = field(default_factory=list)
+    open_discrepancies: dict[str, int] = field(default_factory=dict)
+    now: float = 0.0  # unix time of the scrape (seconds since the last reconciliation)
 
 
 class ReadModelCollector:
@@ -89,6 +95,61 @@ class ReadModelCollector:
             breaker.add_metric([account], 1 if active else 0)
         yield breaker
         yield from _engine_families(snap.engines)
+        yield from _operation_families(snap)
+
+
+def _num(value: Any) -> float:
+    return float(value) if value not in (None, "") else 0.0
+
+
+def _operation_families(snap: MetricsSnapshot) -> Iterator[Metric]:
+    """Positions and P&L, limit usage, blocked accounts, discrepancies and reconciliation age."""
+    labels = ["account", "venue", "symbol"]
+    qty = GaugeMetricFamily("tradestate_position_qty", "Position quantity (negative: short)", labels=labels)
+    realized = GaugeMetricFamily("tradestate_position_realized_pnl", "Realised P&L of the position before fees",
+                                 labels=labels)
+    unrealized = GaugeMetricFamily("tradestate_position_unrealized_pnl",
+                                   "Unrealised P&L of the position at the last fill price", labels=labels)
+    for p in snap.positions:
+        key = [p["account"], p["venue"], p["symbol"]]
+        qty.add_metric(key, _num(p["qty"]))
+        realized.add_metric(key, _num(p["realized_pnl"]))
+        unrealized.add_metric(key, _num(p["unrealized_pnl"]))
+    yield from (qty, realized, unrealized)
+    used = GaugeMetricFamily("tradestate_limit_used", "Usage of a risk limit (same unit as the limit)",
+                             labels=["account", "limit", "symbol"])
+    effective = GaugeMetricFamily("tradestate_limit_effective", "A risk limit's value after the ramp",
+                                  labels=["account", "limit", "symbol"])
+    ratio = GaugeMetricFamily("tradestate_limit_usage_ratio", "Usage of a risk limit as a fraction of its "
+                              "effective value (absent for a zero limit)", labels=["account", "limit", "symbol"])
+    for u in snap.limits:
+        key = [u["account"], u["limit_name"], u["symbol"] or ""]
+        used.add_metric(key, _num(u["used"]))
+        effective.add_metric(key, _num(u["effective"]))
+        if _num(u["effective"]) > 0:
+            ratio.add_metric(key, abs(_num(u["used"])) / _num(u["effective"]))
+    yield from (used, effective, ratio)
+    blocked = GaugeMetricFamily("tradestate_account_blocked", "1 if the account's trading is blocked until an "
+                                "operator acknowledges (strict recovery or reconciliation)", labels=["account"])
+    recorded = CounterMetricFamily("tradestate_discrepancies", "Discrepancies recorded for the account (all time)",
+                                   labels=["account"])
+    open_ = GaugeMetricFamily("tradestate_discrepancies_open", "Discrepancies recorded on orders still open "
+                              "(e.g. missing_at_venue kept pending)", labels=["account"])
+    age = GaugeMetricFamily("tradestate_reconciliation_age_seconds", "Seconds since the account's last "
+                            "reconciliation (absent: never reconciled)", labels=["account"])
+    status = GaugeMetricFamily("tradestate_reconciliation_status", "1 for the status of the account's last "
+                               "reconciliation", labels=["account", "status"])
+    for a in snap.accounts:
+        name = a["account"]
+        blocked.add_metric([name], 1 if a.get("trading_blocked") else 0)
+        recorded.add_metric([name], int(a.get("discrepancies") or 0))
+        open_.add_metric([name], snap.open_discrepancies.get(name, 0))
+        at = a.get("last_reconciled_at")
+        if at is not None:
+            age.add_metric([name], max(0.0, snap.now - at.timestamp()))
+            for s in ("clean", "corrected", "discrepancies", "unknown"):
+                status.add_metric([name, s], 1 if a.get("last_reconciliation_status") == s else 0)
+    yield from (blocked, recorded, open_, age, status)
 
 
 def _engine_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:

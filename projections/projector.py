@@ -624,8 +624,10 @@ def _day_row(state: TradingState, account: str, day: str, position: int) -> tupl
 def _risk_row(state: TradingState, account: str, position: int) -> tuple[Any, ...]:
     # breaker_tripped is the recorded flag; with breaker_until set, readers compare it to now.
     a = state.account(account)
+    last = a.last_reconciliation or {}
     return (account, a.kill_switch, a.kill_switch_reason, a.breaker_tripped, a.breaker_reason,
-            a.breaker_until, a.ramp_pct, len(a.open_orders), a.discrepancies, a.blocked, a.blocked_reason, position)
+            a.breaker_until, a.ramp_pct, len(a.open_orders), a.discrepancies, a.blocked, a.blocked_reason, position,
+            last.get("at"), last.get("status"))
 
 
 def _usage_rows(state: TradingState, account: str, position: int, now: datetime) -> list[tuple[Any, ...]]:

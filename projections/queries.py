@@ -445,6 +445,30 @@ def signals(tx: Tx, *, strategy_id: str | None = None, symbol: str | None = None
             for r in tx.rows(select(tx, "ts_signals") + clause + " ORDER BY strategy_id, symbol", params)]
 
 
+def operations(tx: Tx) -> dict[str, Any]:
+    """What the alerting rules watch, for ``/metrics``: ``positions`` (account, venue, symbol, qty,
+    realized_pnl, unrealized_pnl as strings), ``limits`` (account, limit_name, symbol, effective,
+    used) and ``open_discrepancies`` (account -> discrepancies recorded on orders still open, e.g. a
+    ``missing_at_venue`` kept pending). Empty when the read models are not there yet."""
+    out: dict[str, Any] = {"positions": [], "limits": [], "open_discrepancies": {}}
+    d = tx.dialect
+    if tx.exists("ts_positions"):
+        out["positions"] = [
+            {"account": a, "venue": v, "symbol": s_, "qty": _num(q), "realized_pnl": _num(r), "unrealized_pnl": _num(u)}
+            for a, v, s_, q, r, u in tx.rows(f"SELECT account, venue, symbol, qty, realized_pnl, unrealized_pnl "
+                                            f"FROM {d.name('ts_positions')} ORDER BY account, venue, symbol")]
+    if tx.exists("ts_risk_usage"):
+        out["limits"] = [
+            {"account": a, "limit_name": n, "symbol": s_ or "", "effective": _num(e), "used": _num(u)}
+            for a, n, s_, e, u in tx.rows(f"SELECT account, limit_name, symbol, effective, used "
+                                         f"FROM {d.name('ts_risk_usage')} ORDER BY account, limit_name, symbol")]
+    if tx.exists("ts_orders"):
+        out["open_discrepancies"] = {
+            a: int(n or 0) for a, n in tx.rows(f"SELECT account, sum(discrepancies) FROM {d.name('ts_orders')} "
+                                               "WHERE is_open GROUP BY account")}
+    return out
+
+
 def lag(tx: Tx, *, with_orders: bool = False) -> dict[str, Any]:
     """The projection's lag behind the log, with each account's kill switch and breaker (and,
     ``with_orders``, order counts by status). Raises ``DatabaseUnavailable`` when there is no log.

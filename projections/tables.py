@@ -43,7 +43,8 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     "ts_risk_state": (
         [("account", "text"), ("kill_switch", "bool"), ("kill_switch_reason", "text"), ("breaker_tripped", "bool"),
          ("breaker_reason", "text"), ("breaker_until", "time"), ("ramp_pct", "int"), ("open_orders", "int"),
-         ("discrepancies", "int"), ("trading_blocked", "bool"), ("blocked_reason", "text"), ("last_position", "int")],
+         ("discrepancies", "int"), ("trading_blocked", "bool"), ("blocked_reason", "text"), ("last_position", "int"),
+         ("last_reconciled_at", "time"), ("last_reconciliation_status", "text")],
         ("account",),
     ),
     "ts_risk_usage": (

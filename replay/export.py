@@ -66,7 +66,8 @@ DECIMAL_PRECISION, DECIMAL_SCALE = 28, 12
 _QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
 
 RISK_TYPES = ("RiskLimitChanged", "CircuitBreakerTripped", "CircuitBreakerReset", "KillSwitchEngaged",
-              "KillSwitchReleased", "DailyLimitBreached", "IntentRejectedByRisk", "TradingBlocked", "TradingResumed")
+              "KillSwitchReleased", "DailyLimitBreached", "IntentRejectedByRisk", "TradingBlocked", "TradingResumed",
+              "RampStepped", "RampHeld", "TradingModeChanged")
 _ORDER_STATUS = {"OrderSubmitted": "submitted", "OrderAcknowledged": "acknowledged", "OrderRejected": "rejected",
                  "OrderCancelled": "cancelled", "OrderExpired": "expired", "IntentRejectedByRisk": "refused"}
 
@@ -243,7 +244,7 @@ def _risk_rows(events: Iterator[LoggedEvent], account: str | None) -> Iterator[d
                "trading_day": _day(d.get("trading_day")),
                "reason": ",".join(reasons) if reasons else (d.get("reason") or None),
                "client_order_id": d.get("client_order_id"), "by": d.get("by"), "until": _ts(d.get("until")),
-               "ramp_pct": d.get("ramp_pct"), "event_id": d.get("event_id")}
+               "ramp_pct": d.get("ramp_pct", d.get("to_pct", d.get("pct"))), "event_id": d.get("event_id")}
 
 
 def _envelope_row(e: LoggedEvent) -> dict[str, Any]:

@@ -299,6 +299,17 @@ def describe(e: LoggedEvent) -> str:
         counts = d.get("counts") or {}
         return (f"{who} bootstrapped from {d['broker']} at {d['venue']}: {counts.get('positions', 0)} positions, "
                 f"{counts.get('orders_imported', 0)} orders, {counts.get('balances', 0)} balances")
+    if t == "RampStepped":
+        return f"{who} ramp {d['from_pct']}% -> {d['to_pct']}% {d.get('reason', '')}".rstrip()
+    if t == "RampHeld":
+        return f"{who} ramp HELD at {d['pct']}%: {d['reason']}"
+    if t == "RampHealthy":
+        return f"{who} ramp healthy again at {d['pct']}%"
+    if t == "TradingModeChanged":
+        return f"{who} {d['mode'].upper()} mode: {d.get('reason', '')}".rstrip()
+    if t == "GateEvaluated":
+        verdict = "passed" if d["passed"] else ("WAITS FOR APPROVAL" if d.get("requires_approval") else d["action"])
+        return f"engine {d['engine_id']} gate {d['gate_id']} {verdict}: {d.get('detail', '')}".rstrip()
     if t == "BarRecorded":
         return (f"bar {d['symbol']} {d['timeframe']} {d['start']} O {_n(d['open'])} H {_n(d['high'])} "
                 f"L {_n(d['low'])} C {_n(d['close'])} V {_n(d['volume'])}")

@@ -414,11 +414,20 @@ class TradestateClient:
 
     def approve_gate(self, gate_id: str, *, operator: str, reason: str, account: str | None = None) -> Recorded:
         """Record an operator's approval of the safety gate ``gate_id`` (``GateApproved``, on the
-        gate's stream); ``operator`` and ``reason`` must be given."""
+        gate's stream); ``operator`` and ``reason`` must be given. A gate that no recovery left
+        waiting is ``InvalidInput`` (nothing appended, the waiting ones named); a gate approved
+        already returns that approval (``duplicate=True``, nothing appended)."""
         from .domain.ids import gate_stream_id
 
         e = build_event(ev.GateApproved, **self.writer.envelope(), gate_id=gate_id, operator=operator,
                         reason=reason, account=account)
+        self.catch_up()
+        if gate_id not in self.state.gates:
+            waiting = ", ".join(g["gate_id"] for g in self.state.pending_gates()) or "none"
+            raise InvalidInput(f"no gate {gate_id!r} waits for approval (waiting: {waiting})")
+        done = self.state.gate_approvals.get(gate_id)
+        if done is not None:
+            return Recorded(done["position"], None, duplicate=True)
         return self._stream_fact(gate_stream_id(e.gate_id), e)
 
     # --------------------------------------------------------------- signals, engine, market

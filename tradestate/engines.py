@@ -379,14 +379,15 @@ class Standby:
     returned) and returns a ``Takeover`` whose client is the new active engine: fenced with the new
     epoch, recovered (reconciled with ``adapters``, ramp as after a crash), its lease renewed in
     the background. Check ``takeover.report.ready`` before trading: a venue that could not be
-    queried leaves the recovery not ready, as after any crash. ``poll``: seconds between looks
+    queried, or a safety gate waiting for an operator (``gates``: see ``recovery.recover``;
+    ``report.awaiting_approval``), leaves the recovery not ready, as after any crash. ``poll``: seconds between looks
     at the lease and the log's tail. ``follower`` is the warm state's client: it answers queries
     but cannot write (its appends are refused: ``NotLeader``)."""
 
     def __init__(self, url: str | Store | None, engine_id: str, *, adapters: Sequence[Any] = (),
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, renew_seconds: float | None = None,
                  poll: float = 0.1, holder: str | None = None, strict: bool = False, verify: str = "tail",
-                 exchange_tz: str = "America/New_York", **client_options: Any):
+                 exchange_tz: str = "America/New_York", gates: Any = None, **client_options: Any):
         from .client import TradestateClient  # noqa: PLC0415 - the client imports this module
 
         self.store = url if isinstance(url, Store) else open_store(url)
@@ -396,6 +397,7 @@ class Standby:
         self.strict = strict
         self.verify = verify
         self.exchange_tz = exchange_tz
+        self.gates = gates  # the recovery's safety gates (``tradestate.gates.GateConfig``; False: none)
         self.client_options = client_options
         self.lease = EngineLease(self.store, engine_id, holder=holder, seconds=lease_seconds,
                                  renew_seconds=renew_seconds)
@@ -406,15 +408,17 @@ class Standby:
         self.follower.writer.fence = Fence(engine_id, 0, self.lease.holder)
         self.started = time.monotonic()
         self._checked_in = 0.0
+        self.last_error: str | None = None  # why the last takeover attempt failed (it is retried)
 
     @property
     def holder(self) -> str:
         return self.lease.holder
 
     def free(self) -> Lease | None | bool:
-        """The current lease if it can be taken now (expired, released or never held), else False."""
+        """The current lease if it can be taken now (expired, released, never held, or held by
+        this standby after a takeover that failed half-way), else False."""
         lease = self.leases.get(self.engine_id)
-        if lease is None or not lease.live:
+        if lease is None or not lease.live or lease.holder == self.holder:
             return lease
         return False
 
@@ -436,6 +440,11 @@ class Standby:
                     return self.take_over(found, waited=time.monotonic() - started)
                 except LeaseHeld:
                     pass  # another standby was faster, or the engine came back: follow on
+                except AppendFailed as e:
+                    # The database refused the takeover's writes for now (a writer paused while
+                    # holding SQLite's write lock or a PostgreSQL row lock, a lost connection):
+                    # follow on and try again, within ``timeout``.
+                    self.last_error = f"{type(e).__name__}: {e}"
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(self.poll)
@@ -471,7 +480,7 @@ class Standby:
             report, client = recover(
                 self.store, engine_id=self.engine_id, strict=self.strict, adapters=self.adapters, verify=self.verify,
                 exchange_tz=self.exchange_tz, initial_state=self.follower.state, lease=self.lease,
-                clock=self.client_options.get("clock"),
+                clock=self.client_options.get("clock"), gates=self.gates,
                 client_options={k: v for k, v in self.client_options.items() if k not in ("clock", "clock_guard")})
         except BaseException:
             self.lease.stop()

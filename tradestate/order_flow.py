@@ -69,6 +69,19 @@ class OrderFlow:
             self.client.record_ack(account, client_order_id, venue_order.venue_order_id)
         return venue_order
 
+    def reconcile_continuously(self, *, every: float = 30.0, adapter: BrokerAdapter | None = None,
+                               **options: Any) -> Any:
+        """Start checking this flow's account against the venue while it trades: a
+        ``tradestate.reconcile.ReconcileLoop`` (a daemon thread; ``stop()`` it) running
+        ``reconcile_follow`` every ``every`` seconds with ``options`` (``stuck``, ``strict``,
+        ``dry_run``, ``on_round``...). It never corrects on a partial or failed venue answer, and it
+        holds the writer's lock only to plan and append, as any append does: ``forward`` and ``pump``
+        go on meanwhile. ``adapter``: a second adapter on the same account for the loop's queries
+        (default: this flow's own, which must then be safe to call from two threads)."""
+        from .reconcile import ReconcileLoop
+
+        return ReconcileLoop(self.client, [adapter or self.adapter], every=every, **options).start()
+
     def pump(self) -> PumpResult:
         """Record every update the venue's stream has delivered since the last call."""
         result = PumpResult()

@@ -28,7 +28,7 @@ from .domain.integrity import quarantine_report
 from .domain.state import TradingState
 from .loading import fold_rest, from_checkpoint
 
-STEP_NAMES = ("detect", "rewind", "verify", "checkpoint", "replay", "bootstrap", "reconcile", "health", "record")
+STEP_NAMES = ("detect", "rewind", "verify", "checkpoint", "replay", "bootstrap", "reconcile", "health", "gate", "record")
 
 
 @dataclass
@@ -60,6 +60,12 @@ class RecoveryReport:
     # events a client acknowledged that the log no longer holds (``rewound``): position, stream_id,
     # version, type, event_id
     lost: list[dict[str, Any]] = field(default_factory=list)
+    # the safety gates before resuming (gate_id, gate, passed, action, detail, values), the gates
+    # that wait for an operator's approval (ids: ``GateApproved``), the accounts a closed market
+    # started in monitoring mode (account -> why)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    awaiting_approval: list[str] = field(default_factory=list)
+    monitoring: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -366,6 +372,7 @@ def recover(
     lease: Any = None,
     client_options: dict[str, Any] | None = None,
     from_venue: bool = False,
+    gates: Any = None,
 ) -> tuple[RecoveryReport, Any]:
     """Run the recovery sequence; returns (report, a TradestateClient on the recovered state).
     Nothing is appended with ``record`` False (a dry run: reconciliation is planned only).
@@ -379,7 +386,13 @@ def recover(
     ``rewind`` step and ``lost`` say which acknowledged events the log no longer holds.
     ``from_venue``: an account of ``adapters`` the log holds nothing of (an empty or lost log) is
     first imported from its venue (``tradestate.bootstrap``: the ``bootstrap`` step), then
-    reconciled like the others."""
+    reconciled like the others.
+    ``gates`` (``tradestate.gates.GateConfig``; None: its defaults; False: none): before trading
+    resumes (after a crash, or with ``ramp``), each safety gate is evaluated and recorded
+    (``GateEvaluated``, a ``gate`` step each): a gate that needs an operator's approval leaves the
+    engine not ready (``awaiting_approval``; intents are refused until a ``GateApproved``), a closed
+    market starts the accounts trading there in monitoring mode (``monitoring``). Gates still
+    waiting from an earlier recovery keep the engine not ready too."""
     from .client import TradestateClient
 
     if verify not in ("tail", "full", "none"):
@@ -484,6 +497,33 @@ def recover(
     if strict and report.discrepancies:
         report.ready = False
     report.ready_seconds = total.seconds
+    state_ready = report.ready  # the state is sound: the limits may be set, whatever the gates say
+
+    # 6b. safety gates before trading resumes
+    level = ramp if ramp is not None else (50 if report.crashed else None)
+    decisions: list[Any] = []
+    gate_config = None
+    if level is not None and gates is not False and state_ready:
+        from .gates import GateConfig, evaluate, gate_id
+
+        gate_config = gates or GateConfig()
+        timings: dict[str, float] = {}
+        decisions = evaluate(store, client.state, clock(), gate_config, timings)
+        for d in decisions:
+            status = "ok" if d.passed else ("failed" if d.requires_approval else "warn")
+            gid = gate_id(d, report.head)
+            detail = d.detail + (f" (approve: gate id {gid})" if d.requires_approval else "")
+            report.steps.append(Step(f"gate {d.gate}", status, timings.get(d.gate, 0.0), detail, dict(d.values)))
+            report.gates.append({"gate_id": gid, "gate": d.gate, "passed": d.passed, "action": d.action,
+                                 "requires_approval": d.requires_approval, "detail": d.detail, "values": d.values})
+    waiting = [x["gate_id"] for x in report.gates if x["requires_approval"]]
+    earlier = [g_["gate_id"] for g_ in client.state.pending_gates() if g_["gate_id"] not in waiting]
+    if earlier:
+        report.steps.append(Step("gate approvals", "failed", 0.0, "gate(s) of an earlier recovery still wait for "
+                                 "an operator's approval: " + ", ".join(earlier), {"waiting": len(earlier)}))
+    report.awaiting_approval = waiting + earlier
+    if report.awaiting_approval:
+        report.ready = False
 
     # 7. record
     timer = _Timer()
@@ -492,9 +532,13 @@ def recover(
             from .adapters.store.digest import seal
 
             seal(store)
-        level = ramp if ramp is not None else (50 if report.crashed else None)
+        if decisions:
+            from .gates import record as record_gates
+
+            _rows, report.monitoring = record_gates(client, (crashed_engines or [engine_id or "engine"])[0],
+                                                    decisions, report.head, gate_config, now=clock())
         resumed = []
-        if report.ready and level is not None:
+        if state_ready and level is not None:
             for account in sorted(client.state.accounts):
                 client.resume_trading(account, level, reason=f"recovery of engine {report.engine_id}")
                 resumed.append(account)
@@ -508,8 +552,18 @@ def recover(
         detail = f"report recorded at position {recorded.position}"
         if resumed:
             detail += f"; trading resumed at {level} % for {', '.join(resumed)}"
+        if report.awaiting_approval:
+            detail += (f"; intents refused until an operator approves gate(s) {', '.join(report.awaiting_approval)}"
+                       " (GateApproved)")
+        if report.monitoring:
+            detail += f"; monitoring mode (no new intents) for {', '.join(sorted(report.monitoring))}"
         report.steps.append(Step("record", "ok", timer.seconds, detail, {"resumed": len(resumed)}))
     else:
+        if decisions:
+            from .gates import monitoring_accounts
+
+            market = next(d for d in decisions if d.gate == "market_hours")
+            report.monitoring = monitoring_accounts(client.state, market, gate_config)
         report.steps.append(Step("record", "skipped", timer.seconds, "not recorded (--dry-run)"))
     report.seconds = total.seconds
     return report, client

@@ -191,8 +191,15 @@ def render_report(report: Any, console: Any) -> None:
         table.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds * 1000:,.1f}", s.detail)
     console.print(table)
     verdict = "[bold green]READY TO TRADE[/]" if report.ready else "[bold red]NOT READY[/]"
+    if report.ready and getattr(report, "monitoring", None):
+        verdict = "[bold yellow]READY (MONITORING MODE for some accounts: no new intents until their market opens)[/]"
     console.print(f"{verdict}: head {report.head:,}, checkpoint {report.checkpoint_position}, "
                   f"{report.replayed:,} events replayed, {report.discrepancies} discrepancies, "
                   f"{report.corrective_events} corrective events; ready in {report.ready_seconds * 1000:,.0f} ms"
                   + (f"; blocked: {', '.join(report.blocked_accounts)}" if report.blocked_accounts else ""),
                   highlight=False)
+    for gate_id in getattr(report, "awaiting_approval", ()):
+        console.print(f"[bold yellow]WAITING FOR APPROVAL[/] gate {gate_id}: intents are refused until "
+                      f"`tradestate gates --approve {gate_id} --operator NAME --reason WHY`", highlight=False)
+    for account, why in sorted(getattr(report, "monitoring", {}).items()):
+        console.print(f"[bold yellow]MONITORING MODE[/] {account}: {why}", highlight=False)

@@ -10,7 +10,7 @@ Where a value comes from, highest first:
 4. the defaults below.
 
 The TOML file takes the fields by name at the top level (``db = "..."``) or in tables:
-``[api]``, ``[projector]``, ``[alpaca]``, ``[ib]`` and ``[sim]`` take their fields without the
+``[api]``, ``[projector]``, ``[alert]``, ``[alpaca]``, ``[ib]``, ``[sim]`` and ``[gate]`` take their fields without the
 prefix (``[ib] port = 4002`` is ``ib_port``); ``[reconcile]``, ``[recover]`` and ``[tradestate]``
 take unprefixed fields. Dashes and underscores are the same (``sim-state``). An unknown key or
 table is refused, naming it.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import tomllib
 from contextvars import ContextVar
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -32,7 +33,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from .domain.errors import InvalidInput
 
 BROKER_NAMES = ("sim", "alpaca", "ib")
-_PREFIXED_TABLES = ("api", "projector", "alpaca", "ib", "sim")
+_PREFIXED_TABLES = ("api", "projector", "alpaca", "ib", "sim", "gate", "alert")
 _PLAIN_TABLES = ("reconcile", "recover", "tradestate")
 # Unprefixed broker keys, taken at the top level or in any table as the prefixed field they name
 # (``port`` is ``ib_port``), so that a reconcile config written without tables loads as it is.
@@ -59,6 +60,25 @@ class Settings(BaseSettings):
     engine_id: str | None = Field(None, description="The engine whose stop recovery checks (default: every "
                                   "engine in the log).")
     ramp: int | None = Field(None, description="Resume at 50, 75 or 100 % of the limits.")
+    # the safety gates before trading resumes after a recovery, and the ramp after it
+    gate_max_crashes: int = Field(3, ge=0, description="More crashes than this within the window disable "
+                                  "automatic resumption (an operator must approve).")
+    gate_crash_window: float = Field(300.0, gt=0, allow_inf_nan=False, description="The repeated-crash window, "
+                                     "in seconds.")
+    gate_max_gross_exposure: Decimal | None = Field(None, ge=0, description="Gross exposure (sum of |qty| x "
+                                                    "price) above which resuming needs approval (unset: off).")
+    gate_max_move: Decimal | None = Field(Decimal("0.05"), ge=0, description="A held or ordered symbol whose "
+                                          "recorded bars moved more than this fraction needs approval (unset: off).")
+    gate_volatility_window: float = Field(900.0, gt=0, allow_inf_nan=False, description="How far back the "
+                                          "volatility gate reads bars, in seconds.")
+    gate_bar_timeframe: str = Field("1m", description="The bar timeframe the volatility gate reads.")
+    gate_calendars: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="Trading calendar per venue (exchange_calendars names): "
+        "'sim=XNYS,alpaca=XNYS'. A closed market starts in monitoring mode; a venue without one is not judged.")
+    ramp_step_seconds: float = Field(300.0, gt=0, allow_inf_nan=False, description="Healthy seconds at each "
+                                     "ramp level before the next (50 -> 75 -> 100 %).")
+    ramp_poll_seconds: float = Field(1.0, gt=0, allow_inf_nan=False, description="How often `ramp --follow` "
+                                     "checks.")
     # the HTTP API
     api_host: str = Field("127.0.0.1", description="Address `serve` binds.")
     api_port: int = Field(8321, ge=0, le=65535, description="Port `serve` listens on.")
@@ -75,6 +95,12 @@ class Settings(BaseSettings):
     checkpoint_every: int = Field(10_000, ge=0, description="Checkpoint every N events (0: never).")
     checkpoint_seconds: float = Field(60.0, gt=0, allow_inf_nan=False,
                                       description="...or every T seconds when the log moved less.")
+    # alerts (webhooks; see tradestate.alerts)
+    alert_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Webhook URLs alerts are POSTed to (several: comma or space separated).")
+    alert_secret: SecretStr | None = Field(None, description="Shared secret of the alerts' HMAC-SHA256 signature.")
+    alert_stall_seconds: float = Field(60.0, gt=0, allow_inf_nan=False,
+                                       description="Alert when the read models lag the log by more than this.")
     # Alpaca
     alpaca_base_url: str | None = Field(None, description="REST root (default: Alpaca's paper or live endpoint).")
     alpaca_stream_url: str | None = Field(None, description="Trade-updates websocket URL.")
@@ -118,6 +144,30 @@ class Settings(BaseSettings):
             return []
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("gate_calendars", mode="before")
+    @classmethod
+    def _calendars(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            pairs = [p.strip() for p in value.split(",") if p.strip()]
+            if any("=" not in p for p in pairs):
+                raise ValueError("give venue=CALENDAR pairs separated by commas, e.g. sim=XNYS")
+            return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+        return value
+
+    @field_validator("alert_url", mode="before")
+    @classmethod
+    def _alert_urls(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if isinstance(value, (list, tuple)):
+            for url in value:
+                if not str(url).startswith(("http://", "https://")):
+                    raise ValueError("an alert URL starts with http:// or https://")
+            return list(dict.fromkeys(str(u) for u in value))
         return value
 
     @field_validator("ramp")

@@ -9,8 +9,10 @@ limits, unknown statuses) is a 422 with a readable ``detail``; a database that c
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request, Security
@@ -48,6 +50,7 @@ def create_app(
     lag_threshold_seconds: float = 5.0,
     watch_engines: bool = True,
     engine_watch_seconds: float = 2.0,
+    alerts: dict[str, Any] | None = None,
 ) -> FastAPI:
     """The API over the read models of the database at ``url`` (``$TRADESTATE_DB`` or the default
     when None). Nothing is read until the first request: a database that is not reachable yet is
@@ -59,7 +62,8 @@ def create_app(
     are unprojected, or one has been for more than ``lag_threshold_seconds``. Raises
     ``InvalidInput`` for bad thresholds or an unsupported URL. ``watch_engines``: record the
     expiry of a dead engine's lease (``LeaseExpired``) within ``engine_watch_seconds`` of it, from a
-    background thread (see ``engines.EngineMonitor``)."""
+    background thread (see ``engines.EngineMonitor``). ``alerts`` (``tradestate.alerts.service_options``
+    with URLs): deliver the log's alerts to those webhooks from background threads while serving."""
     url = resolve_url(url)
     if lag_threshold_events < 0 or lag_threshold_seconds <= 0:
         raise InvalidInput("lag thresholds: events must be >= 0 and seconds > 0")
@@ -71,11 +75,20 @@ def create_app(
     reader = queries.open_reader(url)
     monitor = EngineMonitor(url, watch=watch_engines, every=engine_watch_seconds)
     controls = control.ControlWriter(url)
+    alerter = None
+    if alerts and alerts.get("urls"):
+        from ...alerts import BackgroundAlerts
+
+        alerter = BackgroundAlerts(url, alerts["urls"], alerts.get("secret"),
+                                   stall_seconds=alerts.get("stall_seconds", 60.0))
 
     def metrics_snapshot() -> MetricsSnapshot:
         with reader.read() as tx:
             snap = queries.lag(tx, with_orders=True)
+            ops = queries.operations(tx)
         return MetricsSnapshot(
+            accounts=snap["accounts"], positions=ops["positions"], limits=ops["limits"],
+            open_discrepancies=ops["open_discrepancies"], now=time.time(),
             log_head=snap["log_head"], projection_position=snap["projection_position"],
             lag_events=snap["lag_events"], lag_seconds=snap["lag_seconds"],
             orders_by_status=snap["orders_by_status"],
@@ -87,9 +100,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         monitor.start()
+        if alerter is not None:
+            alerter.start()
         try:
             yield
         finally:
+            if alerter is not None:
+                alerter.stop()
             monitor.close()
             controls.close()
             reader.close()
@@ -123,6 +140,7 @@ def create_app(
     app.state.controls = controls
     app.state.reader = reader
     app.state.engines = monitor
+    app.state.alerts = alerter
     app.state.registry = make_registry(metrics_snapshot)
     app.state.console_sessions = console.Sessions()
 

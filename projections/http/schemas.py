@@ -54,6 +54,8 @@ _DESCRIPTIONS: dict[str, str] = {
     "discrepancies": "Venue facts that contradicted our state (recorded for reconciliation, not applied)",
     "refusal": "Risk checks that refused the intent",
     "created_at": "When the intent was recorded",
+    "last_reconciled_at": "Time of the account's last reconciliation (ReconciliationCompleted)",
+    "last_reconciliation_status": "Status of the last reconciliation: clean, corrected, discrepancies or unknown",
     "trading_day": "Trading day, YYYY-MM-DD in the exchange time zone",
     "trades": "Intents that passed the pre-trade check that day",
     "fills": "Fills",

@@ -12,6 +12,7 @@ from tradestate.controls import ACTIONS, EVENT_OF, PROTECTIVE, default_operator,
 from tradestate.domain.errors import InvalidInput
 
 import tradestate
+from tests.support.gates import waiting_gate
 from tests.support.controls import control_events, head
 
 
@@ -19,6 +20,7 @@ def test_every_control_is_recorded_with_operator_and_reason(db_url):
     until = datetime.now(timezone.utc) + timedelta(hours=1)
     with tradestate.connect(db_url, venue="sim") as client:
         assert client.record_intent("a1", "o1", "AAPL", "buy", "5").accepted
+        waiting_gate(client, "crash-loop-e1", account="a1")
         start = client.position
         steps = [
             ("kill-switch.engage", {"account": "a1"}),
@@ -89,6 +91,7 @@ def test_an_action_without_who_or_why_is_refused(sqlite_url, who):
 
 def test_gate_approval_survives_a_checkpoint_and_a_restart(db_url):
     with tradestate.connect(db_url) as client:
+        waiting_gate(client, "volatility-AAPL")
         perform(client, "approve", gate_id="volatility-AAPL", operator="bob", reason="news, expected")
         store = open_store(db_url)
         try:
@@ -107,3 +110,15 @@ def test_default_operator(monkeypatch):
     monkeypatch.delenv("TRADESTATE_OPERATOR")
     assert "@" in default_operator()
     assert PROTECTIVE == {"kill-switch.engage", "breaker.trip"}
+
+
+def test_approving_a_gate_no_recovery_left_waiting_is_refused_and_appends_nothing(db_url):
+    with tradestate.connect(db_url) as client:
+        waiting_gate(client, "g-waiting")
+        before = client.position
+        with pytest.raises(InvalidInput, match="no gate 'g-nope' waits for approval.*g-waiting"):
+            perform(client, "approve", gate_id="g-nope", operator="bob", reason="typo")
+        assert client.catch_up() == before
+        first = perform(client, "approve", gate_id="g-waiting", operator="bob", reason="checked")
+        again = perform(client, "approve", gate_id="g-waiting", operator="carol", reason="again")
+        assert again.duplicate and again.position == first.position

@@ -121,3 +121,38 @@ def test_the_standby_follows_but_cannot_write(db_url):
     finally:
         active.close()
         standby.close()
+
+
+def test_a_standby_whose_takeover_the_database_refuses_for_now_keeps_following_and_takes_over(sqlite_url, monkeypatch):
+    """A writer paused while it holds SQLite's write lock (SIGSTOP in a transaction) makes the
+    takeover's writes time out: the standby must keep following and take over once the lock is
+    gone, not die with the database error."""
+    import sqlite3
+
+    from tradestate.adapters.store import sqlite as sqlite_store
+
+    plain = sqlite_store.DurableSQLiteDatastore.__init__
+
+    def one_second_lock_timeout(self, db_name, **options):  # so the test need not wait 10 s per attempt
+        plain(self, db_name, **{**options, "lock_timeout": 1})
+
+    monkeypatch.setattr(sqlite_store.DurableSQLiteDatastore, "__init__", one_second_lock_timeout)
+    active = tradestate.connect(sqlite_url, engine_id="e1", lease_seconds=0.4, venue="sim")
+    assert _intent(active, "o1").accepted
+    standby = Standby(sqlite_url, "e1", lease_seconds=0.4, venue="sim")
+    paused_writer = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        paused_writer.execute("BEGIN IMMEDIATE")  # the paused engine's open write transaction
+        active.lease.stop()  # ... and it renews no more
+        assert standby.wait(timeout=2.5) is None  # the lease expired, but every takeover attempt timed out
+        assert standby.last_error is not None and "locked" in standby.last_error
+        paused_writer.execute("ROLLBACK")  # it resumes (and its transaction ends)
+        takeover = standby.wait(timeout=10)
+        assert takeover is not None and takeover.lease.epoch == 2
+        assert _intent(takeover.client, "o1").duplicate and _intent(takeover.client, "o2").accepted
+        with pytest.raises(tradestate.NotLeader):
+            _intent(active, "o3")
+    finally:
+        paused_writer.close()
+        active.close()
+        standby.close()

@@ -68,7 +68,8 @@ def test_recovery_loads_the_checkpoint_replays_the_tail_and_records_its_report(c
         report, client = recover(store, engine_id="engine-1")
         assert report.crashed and report.ready
         assert [s.name for s in report.steps] == ["detect", "verify", "checkpoint", "replay", "reconcile", "health",
-                                                  "record"]
+                                                  "gate repeated_crashes", "gate gross_exposure", "gate volatility",
+                                                  "gate market_hours", "record"]
         assert report.checkpoint_position and report.checkpoint_position <= head
         assert report.replayed == head - report.checkpoint_position
         assert report.step("reconcile").detail == "no broker configured"

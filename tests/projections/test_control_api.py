@@ -22,6 +22,7 @@ from tradestate.projections.http.server import background_server, run_server
 from tradestate.projections.projector import Projector
 
 import tradestate
+from tests.support.gates import waiting_gate
 from tests.support.controls import control_events, head
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
@@ -168,6 +169,7 @@ def test_tokens_from_a_file_and_bad_token_settings(tmp_path):
 # ------------------------------------------------------------------------------- actions
 def test_every_control_endpoint_records_its_event(db_url):
     make_log(db_url)
+    waiting_gate(db_url, "crash-loop-e1", account="a1")
     start = head(db_url)
     calls = [
         ("/control/kill-switch/engage", {"account": "a1", "reason": "r0"}, "KillSwitchEngaged"),
@@ -264,6 +266,7 @@ def test_run_server_refuses_open_reads_off_loopback(tmp_path, capsys):
 
 def test_cli_serve_takes_named_tokens_and_allowed_hosts(sqlite_url, tmp_path):
     make_log(sqlite_url)
+    waiting_gate(sqlite_url, "g1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -34,6 +34,7 @@ TINY = {
     "page": 500,
     "failover_rounds": 0,  # the failover group has its own test: it starts clusters, seconds per round
     "patroni_rounds": 0,
+    "takeovers": 1,
 }
 
 
@@ -66,8 +67,9 @@ def test_sqlite_rows(capsys, tmp_path):
     names = {metric for metric, _ in got}
     assert {"recovery_cold", "recovery_warm", "reconcile_run_10k", "postmortem_state_at_p99_ms",
             "postmortem_market_replay"} <= names
+    assert {("takeover_p50", "lease_3s"), ("takeover_p95", "lease_3s")} <= got
     assert ("reconcile_plan_10k", "fold_50k_events") in _metrics(results, "memory")
-    assert {m for m in got if not m[0].startswith(("recovery_", "reconcile_", "postmortem_"))} == {
+    assert {m for m in got if not m[0].startswith(("recovery_", "reconcile_", "postmortem_", "takeover_"))} == {
         ("append_single_1w", "raw_insert_commit_1w"),
         ("append_single_1w_p50", "raw_insert_commit_1w"),
         ("append_single_1w_p99", "raw_insert_commit_1w"),
@@ -113,6 +115,7 @@ def test_postgresql_rows(capsys, pg_server):
         ("projection_live_lag_p99", "target_20ms"),
         ("recovery_cold", "raw_select_orjson"),
         ("postmortem_state_at_p99_ms", "fold_from_zero_ms"),
+        ("takeover_p95", "lease_3s"),
     } <= got
     if pg_cluster.available() is None:  # the replication group starts its own primary + standby
         for level in ("on", "remote_apply"):

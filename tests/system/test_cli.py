@@ -33,7 +33,7 @@ def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
     assert "order h-2: OrderIntentRecorded → OrderSubmitted → OrderAcknowledged → OrderFilled" in run.stdout
     assert "neither lost nor sent twice" in run.stdout
     state = json.loads(tradestate("state", "--db", url, "--json").stdout)
-    assert state["position"] == 70
+    assert state["position"] == 78  # 70 + each of the two recoveries' four GateEvaluated
     # the morning's 90 AAPL less the 40 whose fill notification was lost; 50 + 20 MSFT; and the
     # hot act's two market orders, each filled once (h-2's fill found by the standby's recovery)
     assert {(p["account"], p["symbol"], p["qty"]) for p in state["positions"]} == {
@@ -82,4 +82,4 @@ def test_database_url_comes_from_the_environment(tmp_path):
     assert tradestate("demo", "--db", url).returncode == 0
     env = {**os.environ, "TRADESTATE_DB": url}
     state = json.loads(tradestate("state", "--json", env=env).stdout)
-    assert state["position"] == 70
+    assert state["position"] == 78  # 70 + each of the two recoveries' four GateEvaluated

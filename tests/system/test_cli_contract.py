@@ -156,7 +156,7 @@ def test_demo_and_project_have_json(tmp_path):
     project = cli("project", "--db", url, "--once", "--json")
     assert project.returncode == 0, project.stderr
     summary = json.loads(project.stdout)
-    assert summary["ok"] is True and summary["position"] == summary["head"] == 70
+    assert summary["ok"] is True and summary["position"] == summary["head"] == 78  # with 2 x 4 GateEvaluated
 
 
 def test_reconcile_dry_run_appends_nothing_and_says_what_it_would(sqlite_url, tmp_path):

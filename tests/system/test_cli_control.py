@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import tradestate
+from tests.support.gates import waiting_gate
 from tests.support.controls import control_events, head
 
 
@@ -28,6 +29,7 @@ def run(*args: str, operator: str | None = "alice", stdin: int | None = subproce
 def log(db_url: str) -> str:
     with tradestate.connect(db_url, venue="sim") as client:
         client.set_risk_limit("a1", "max_order_qty", 10)
+        waiting_gate(client, "crash-loop-e1", account="a1")
     return db_url
 
 

@@ -1,4 +1,5 @@
-"""``tradestate chaos``: the kill -9 harness; ``tradestate failover-chaos``: the failover harness."""
+"""``tradestate chaos``: the kill -9 harness; ``tradestate failover-chaos``: the failover harness;
+``tradestate standby-chaos``: the active/standby engine takeover harness."""
 
 from __future__ import annotations
 
@@ -87,6 +88,54 @@ def render_failover(report: Any, console: Any) -> None:
         console.print(f"[red]-[/] {problem}", highlight=False)
     if report.engine_error:
         console.print(f"[red]engine error:[/] {report.engine_error.strip().splitlines()[-1]}", highlight=False)
+    verdict = "[bold green]PASSED[/]" if report.ok else "[bold red]FAILED[/]"
+    console.print(f"{verdict}: replay with --seed {report.seed}", highlight=False)
+
+
+def render_standby(report: Any, console: Any) -> None:
+    """Print a standby-chaos report: takeover time p50/p95/max (all rounds, kills, pauses),
+    acknowledged vs stored, duplicates, double-writer intervals, each check and the verdict."""
+    from rich.table import Table
+
+    from ..tools.standby_chaos import CHECKS
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"tradestate standby-chaos: {len(report.rounds)} takeovers on {report.backend} "
+                        f"(lease {report.lease_seconds:g} s, seed {report.seed})")
+    for name in ("active engine stopped by", "n", "takeover p50 s", "p95 s", "max s"):
+        table.add_column(name, justify="left" if name.startswith("active") else "right")
+    for label, action in (("all", None), ("SIGKILL", "kill"), ("SIGSTOP > lease", "pause")):
+        st = report.stats(action)
+        table.add_row(label, str(st["n"]), secs(st["p50"]), secs(st["p95"]), secs(st["max"]))
+    console.print(table)
+    pauses = [r for r in report.rounds if r.pause_s is not None]
+    if pauses:
+        console.print(f"pause rounds: {sum(1 for r in pauses if r.while_paused):,} of {len(pauses):,} taken over while "
+                      "the engine was stopped (the others waited for a database lock it held until SIGCONT)",
+                      highlight=False)
+    f = report.figures
+    if f:
+        intervals = f["double_writer_intervals"]
+        style = "bold red" if intervals else "green"
+        console.print(
+            f"{f['acknowledged']:,} calls acknowledged, {f['stored']:,} stored ({f['intents_acknowledged']:,} intent "
+            f"calls acknowledged, re-sends included; {f['intents_stored']:,} intents stored); {f['duplicates']:,} "
+            f"duplicates; {f['resent']:,} calls re-sent after a takeover ({f['resent_recognised']:,} recognised as "
+            f"recorded); {f['paused']:,} paused engines resumed, {f['paused_refused']:,} refused; {f['epochs']:,} epochs; "
+            f"[{style}]{len(intervals)} double-writer intervals[/]; log head {f['head']:,}; {report.seconds:,.1f} s",
+            highlight=False)
+        for interval in intervals[:10]:
+            console.print(f"[red]double writer:[/] epoch {interval['epoch']} appended at {interval['first']}.."
+                          f"{interval['last']} after epoch {interval['epoch'] + 1} began at {interval['newer_at']}",
+                          highlight=False)
+    for name, what in CHECKS:
+        found = report.checks[name]
+        mark = f"[bold red]{len(found)} failed[/]" if found else "[green]passed[/]"
+        console.print(f"{name}: {mark} - {what}", highlight=False)
+        for problem in found[:5]:
+            console.print(f"  [red]-[/] {problem[:400]}", highlight=False)
     verdict = "[bold green]PASSED[/]" if report.ok else "[bold red]FAILED[/]"
     console.print(f"{verdict}: replay with --seed {report.seed}", highlight=False)
 
@@ -211,4 +260,56 @@ def register(app: typer.Typer) -> None:
             print(to_json(report.as_dict()))
         else:
             render_failover(report, console)
+        raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)
+
+    @app.command("standby-chaos", epilog=exit_codes("a check failed: an acknowledged call missing, a duplicate, "
+                                                    "a double-writer interval, a resumed engine not refused, a "
+                                                    "process error or a round without a takeover"))
+    @command
+    def standby_chaos(
+        db: DbOptionChaos = None,
+        rounds: Annotated[int, typer.Option("--rounds", min=1, help="How many takeovers to run.")] = 20,
+        pause_fraction: Annotated[float, typer.Option("--pause-fraction", min=0.0, max=1.0,
+                                                      help="Share of rounds that SIGSTOP the active engine for "
+                                                           "longer than the lease, SIGCONT it (it must be refused) "
+                                                           "and then kill it; the others SIGKILL it.")] = 0.25,
+        lease: Annotated[float, typer.Option("--lease", min=0.1, help="Lease seconds (renewed every third).")] = 3.0,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Replay a run (timings, actions, workload).")] = None,
+        engine_id: Annotated[str, typer.Option("--engine-id", help="The engine id both processes run as.")]
+            = "chaos-standby",
+        workdir: Annotated[Optional[str], typer.Option("--workdir", help="Keep side channels and child logs here.")] = None,
+        json: Annotated[bool, typer.Option("--json", help="Print the report as JSON for scripts.")] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Run an active engine and a warm standby of one engine id (separate processes on one
+        SQLite file or PostgreSQL schema), SIGKILL or pause the active one at random moments, let
+        the standby take over and start a new standby, N times. Prints takeover time p50/p95/max
+        (kill or SIGSTOP -> the new engine's first accepted intent), acknowledged vs stored,
+        duplicates and double-writer intervals. Exit 0 only if every check passed."""
+        import signal
+        import sys
+
+        from ..adapters.store import resolve_url
+        from ..domain.errors import TradestateError
+        from ..tools.standby_chaos import run_standby_chaos
+
+        def _terminate(signum: int, _frame: Any) -> None:  # clean up children on SIGTERM too
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, _terminate)
+        url = resolve_url(settings(config, db=db).db)
+        on_round = None
+        if not json and sys.stderr.isatty():
+            def on_round(r: Any, report: Any) -> None:
+                print(f"round {r.round + 1}/{rounds}: {r.action}, epoch {r.epoch_before} -> {r.epoch_after}, "
+                      f"takeover {r.takeover_s:.3f} s", file=sys.stderr, flush=True)
+        try:
+            report = run_standby_chaos(url, rounds, seed=seed, pause_fraction=pause_fraction, lease_seconds=lease,
+                                       engine_id=engine_id, workdir=workdir, on_round=on_round)
+        except TradestateError as e:
+            fail(str(e))
+        if json:
+            print(to_json(report.as_dict()))
+        else:
+            render_standby(report, console)
         raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)

@@ -12,7 +12,8 @@ try:
 except ImportError:  # pragma: no cover - older typer raises click's own exceptions
     from click import ClickException as _UsageError  # type: ignore[assignment]
 
-from . import bench, chaos, control, demo, engines, integrity, project, reconcile, recovery, replay, serve, state
+from . import alerts, bench, chaos, control, demo, engines, integrity, project, reconcile, recovery, replay, serve, state
+from . import ramp as ramp_cli
 from . import shutdown as shutdown_command
 from .common import ExitCode, classify, emit_error
 
@@ -51,9 +52,10 @@ def _root(
     """Event-sourced trading state: a durable log of every intent, fill and risk action."""
 
 
-for _module in (demo, state, project, serve, engines, bench, recovery, integrity, reconcile, chaos, replay, control):
+for _module in (demo, state, project, serve, engines, bench, recovery, integrity, reconcile, chaos, replay, control, alerts):
     _module.register(app)
 shutdown_command.register(app)
+ramp_cli.register(app)
 
 
 def main() -> None:

@@ -86,10 +86,12 @@ def _rebuild(projector: Projector, stop: threading.Event, console: Any) -> tuple
 def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, console: Any = None,
                 poll: Poll = DEFAULT_POLL, watchdog: float = DEFAULT_WATCHDOG,
                 checkpoint_every: int | None = None, checkpoint_seconds: float = 60.0,
-                summary: dict[str, Any] | None = None) -> int:
+                summary: dict[str, Any] | None = None, alerts: dict[str, Any] | None = None) -> int:
     """The ``tradestate project`` command: 0 when done or stopped by SIGTERM/SIGINT, 1 when the
     projector failed (a ``TradestateError`` such as a bad URL propagates for the CLI to print).
-    ``summary``, when given, receives the position reached, the log head and the events projected."""
+    ``summary``, when given, receives the position reached, the log head and the events projected.
+    ``alerts`` (``tradestate.alerts.service_options``, with URLs): while following, deliver the log's
+    alerts to those webhooks from threads of their own (never slowing the projector's pages)."""
     if console is None:
         from rich.console import Console
 
@@ -106,7 +108,7 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
             outcome["code"] = _project(store, stop, rebuild=rebuild, once=once, say=say, console=console,
                                        poll=poll, watchdog=watchdog, checkpoint_every=checkpoint_every,
                                        checkpoint_seconds=checkpoint_seconds,
-                                       summary=summary if summary is not None else {})
+                                       summary=summary if summary is not None else {}, alerts=alerts)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = e
 
@@ -133,7 +135,8 @@ def run_project(db: str | None, *, rebuild: bool = False, once: bool = False, co
 
 def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, say: Callable[[str], None],
              console: Any, poll: Poll, watchdog: float, checkpoint_every: int | None = None,
-             checkpoint_seconds: float = 60.0, summary: dict[str, Any]) -> int:
+             checkpoint_seconds: float = 60.0, summary: dict[str, Any],
+             alerts: dict[str, Any] | None = None) -> int:
     projector = Projector(store)
 
     def summarise(events: int, interrupted: bool) -> None:
@@ -223,8 +226,20 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
         checkpoint()
         watcher.tick()
 
-    stats = follow(store, stop, poll=poll, watchdog=watchdog, projector=projector, on_error=on_error,
-                   on_page=on_page, on_tick=on_tick)
+    service = None
+    if alerts and alerts.get("urls"):
+        from ..alerts import AlertService
+
+        service = AlertService(store, alerts["urls"], alerts.get("secret"),
+                               stall_seconds=alerts.get("stall_seconds", 60.0))
+        service.start()
+        say(f"alerts: delivering to {len(service.alerters)} webhook(s)")
+    try:
+        stats = follow(store, stop, poll=poll, watchdog=watchdog, projector=projector, on_error=on_error,
+                       on_page=on_page, on_tick=on_tick)
+    finally:
+        if service is not None:
+            service.stop()
     say(f"stopped: position {stats.position:,} (+{stats.events:,} events in {stats.pages} pages, "
         f"{stats.conflicts} conflicts, {stats.errors} errors) after {stats.seconds:.1f} s")
     summarise(stats.events, True)
@@ -249,6 +264,9 @@ def register(app: typer.Typer) -> None:
                                                                     "checkpointed too; default 60).")] = None,
         json: Annotated[bool, typer.Option("--json", help="Progress on stderr; at the end one JSON object on stdout "
                                                           "(position, head, events).")] = False,
+        alerts: Annotated[bool, typer.Option("--alerts/--no-alerts", help="While following, deliver alerts to the "
+                                                                          "webhooks of $TRADESTATE_ALERT_URL / the config "
+                                                                          "file's alert.url, when any is set.")] = True,
         config: ConfigOption = None,
     ) -> None:
         """Keep the SQL read models (positions, orders, risk...) up to date with the log, and write
@@ -259,9 +277,11 @@ def register(app: typer.Typer) -> None:
             fail("--checkpoint-seconds must be > 0")
         s = settings(config, db=db, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
         summary: dict[str, Any] = {}
+        from ..alerts import service_options
+
         code = run_project(s.db, rebuild=rebuild, once=once, console=err_console if json else console,
                            checkpoint_every=s.checkpoint_every or None, checkpoint_seconds=s.checkpoint_seconds,
-                           summary=summary)
+                           summary=summary, alerts=service_options(s) if alerts else None)
         if json:
             print(to_json({"ok": code == 0, "exit_code": code, **summary}))
         raise typer.Exit(code)

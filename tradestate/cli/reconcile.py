@@ -48,9 +48,20 @@ def register(app: typer.Typer) -> None:
                                                 "nothing of the account (an empty or new database), import its "
                                                 "positions, orders and cash as opening events, with the venue "
                                                 "report. All or nothing.")] = False,
+        follow: Annotated[bool, typer.Option("--follow", help="Keep reconciling every --every while trading, "
+                                                              "until SIGTERM/SIGINT: a partial or failed venue "
+                                                              "answer corrects nothing; stuck orders are flagged.")] = False,
+        every: Annotated[str, typer.Option("--every", help="--follow: time between rounds (30s, 2m, 500ms).")] = "30s",
+        rounds: Annotated[Optional[int], typer.Option("--rounds", help="--follow: stop after N rounds.")] = None,
+        stuck_submitted: Annotated[str, typer.Option("--stuck-submitted", help="--follow: flag an order submitted "
+                                                     "and not acknowledged for longer than this (off: never).")] = "60s",
+        missing_at_venue: Annotated[str, typer.Option("--missing-at-venue", help="--follow: flag an order still "
+                                                      "open this long after the venue said it does not know it "
+                                                      "(off: never).")] = "5m",
     ) -> None:
         """Compare the log with each broker account; append corrective events (re-running adds nothing).
-        With several --broker, each is reconciled in turn (JSON: {"results": [...]})."""
+        With several --broker, each is reconciled in turn (JSON: {"results": [...]}). With --follow, a
+        round every --every (JSON: one object per round and line)."""
         from ..client import TradestateClient
         from ..reconcile import acknowledge
         from ..reconcile import reconcile as run_reconcile
@@ -86,6 +97,18 @@ def register(app: typer.Typer) -> None:
                 fail(f"--since is not an ISO-8601 time: {s.since!r}")
             if since_at.tzinfo is None:
                 fail("--since needs a time zone (e.g. 2026-11-20T14:31:05Z)")
+        if follow:
+            from ..reconcile import StuckThresholds
+
+            thresholds = StuckThresholds(submitted=_seconds(stuck_submitted, "--stuck-submitted", allow_off=True),
+                                         missing_at_venue=_seconds(missing_at_venue, "--missing-at-venue",
+                                                                   allow_off=True))
+            interval = _seconds(every, "--every")
+            if not interval:
+                fail("--every must be more than 0 s")
+            if rounds is not None and rounds < 1:
+                fail("--rounds must be at least 1")
+            raise typer.Exit(_follow(s, since_at, interval, rounds, thresholds, dry_run, as_json))
         client = TradestateClient(_existing_log(s.db))
         try:
             adapters = make_adapters(s)
@@ -154,6 +177,67 @@ def run_bootstrap(s: Any, as_json: bool) -> None:
                           f"{r.venue_report_sha256[:12]} stored with reconciliation {r.reconciliation_id[:8]} "
                           f"(marker at position {r.position})", highlight=False)
     raise typer.Exit(ExitCode.OK)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(text: str, flag: str, *, allow_off: bool = False) -> float | None:
+    """A duration flag: ``30s``, ``2m``, ``500ms``, ``1h`` or plain seconds; ``off`` (when allowed)
+    is None. Anything else ends the command with exit 2."""
+    value = text.strip().lower()
+    if allow_off and value in ("off", "none", "never"):
+        return None
+    unit = next((u for u in ("ms", "s", "m", "h") if value.endswith(u)), "")
+    try:
+        number = float(value[: len(value) - len(unit)] if unit else value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0 or number == float("inf"):
+        fail(f"{flag} is not a duration (e.g. 30s, 2m, 500ms{', off' if allow_off else ''}): {text!r}")
+    return number * _UNITS.get(unit, 1.0)
+
+
+def _follow(s: Any, since_at: Any, every: float, rounds: int | None, stuck: Any, dry_run: bool,
+            as_json: bool) -> int:
+    """``reconcile --follow``: rounds until SIGTERM/SIGINT (or ``rounds``); exit 1 when the last
+    round left something to look at (a venue not read in full, a failed run, a stuck order)."""
+    import threading
+
+    from ..client import TradestateClient
+    from ..reconcile import reconcile_follow
+    from ..render import console, to_json
+    from .project import _stop_on_signals
+
+    stop = threading.Event()
+    client = TradestateClient(open_log(s.db))
+    try:
+        adapters = make_adapters(s)
+        try:
+            def report(r: Any) -> None:
+                if as_json:
+                    print(to_json(r.as_dict()), flush=True)
+                    return
+                parts = [f"{x.broker} {x.venue} {x.account}: {x.status}"
+                         + (f", {len(x.corrective_event_ids)} corrective" if x.corrective_event_ids else "")
+                         + (f", {x.withheld} withheld (partial answer)" if x.withheld else "")
+                         for x in r.results]
+                parts += [f"{where}: failed ({error})" for where, error in r.errors.items()]
+                console.print(f"round {r.number} ({r.seconds * 1000:.0f} ms): " + "; ".join(parts), highlight=False,
+                              markup=False)
+                for flag in r.stuck:
+                    console.print(f"  {flag['kind']} {flag['client_order_id']} {flag['symbol']}: {flag['detail']}",
+                                  highlight=False, markup=False)
+
+            with _stop_on_signals(stop):
+                done = reconcile_follow(client, adapters, every=every, rounds=rounds, stop=stop, strict=s.strict,
+                                        since=since_at, dry_run=dry_run, stuck=stuck, on_round=report)
+        finally:
+            for adapter in adapters:
+                adapter.close()
+    finally:
+        client.close()
+    last = done[-1] if done else None
+    troubled = last is not None and (last.errors or last.stuck or any(r.status == "unknown" for r in last.results))
+    return int(ExitCode.PROBLEM if troubled else ExitCode.OK)
 
 
 def print_plan(console: Any, planned: Any) -> None:

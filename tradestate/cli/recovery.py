@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Recover after a crash: detect, verify, load the newest valid checkpoint, replay the tail,
         reconcile with each broker, check health, and record the report. Exit 0 = ready to trade."""
+        from ..gates import GateConfig
         from ..recovery import recover as run_recovery
 
         if ramp is not None and ramp not in (50, 75, 100):
@@ -80,7 +81,8 @@ def register(app: typer.Typer) -> None:
         try:
             report, client = run_recovery(store, engine_id=s.engine_id, strict=s.strict, adapters=adapters,
                                           verify="none" if no_verify else ("full" if full_verify else "tail"),
-                                          ramp=s.ramp, record=not dry_run, rewound=rewind, from_venue=from_venue)
+                                          ramp=s.ramp, record=not dry_run, rewound=rewind, from_venue=from_venue,
+                                          gates=GateConfig.from_settings(s))
         except (TradestateError, ValueError) as e:
             store.close()
             fail(str(e))

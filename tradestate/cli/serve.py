@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
                                                  "the /control endpoints always need one).", show_default=False)] = None,
         json: Annotated[bool, typer.Option("--json", help="Errors as a JSON object on stderr (the server logs "
                                                           "as usual).")] = False,
+        alerts: Annotated[bool, typer.Option("--alerts/--no-alerts", help="Also deliver alerts to the webhooks of "
+                                                                          "$TRADESTATE_ALERT_URL / the config file's alert.url (off by "
+                                                                          "default: `project` delivers them).")] = False,
         config: ConfigOption = None,
     ) -> None:
         """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics, and
@@ -53,5 +56,11 @@ def register(app: typer.Typer) -> None:
         named = load_tokens(None, s.api_tokens.get_secret_value() if s.api_tokens is not None else None,
                             s.api_tokens_file)
         HostPolicy.of(s.api_allowed_hosts)  # a malformed --allowed-host: exit 2 before anything is opened
+        from ..alerts import service_options
+
+        alert_options = service_options(s) if alerts else None
+        if alerts and not alert_options["urls"]:
+            fail("--alerts needs a webhook: $TRADESTATE_ALERT_URL or url in the config file's alert table")
         raise typer.Exit(run_server(s.db, host=s.api_host, port=s.api_port, token=secret, tokens=named,
-                                    open_reads=s.api_open_reads, allowed_hosts=s.api_allowed_hosts))
+                                    open_reads=s.api_open_reads, allowed_hosts=s.api_allowed_hosts,
+                                    alerts=alert_options))

@@ -240,19 +240,20 @@ def projector(url: str, status: str, *, seed: int) -> None:
 # ------------------------------------------------------------------------------ fork server
 
 
-def _fork_server() -> None:
+def _fork_server(targets: dict[str, Callable[..., Any]] | None = None) -> None:
     """``python -m tradestate.tools.chaos forkserver``: imports everything once, then forks a child
     per request (a new interpreter per engine start would cost ~0.5 s of imports per kill).
     Requests and answers are JSON lines on stdin/stdout: ``{"run": "engine"|"projector",
     "kwargs": {...}, "log": path}`` -> ``{"pid": n}``; ``{"wait": pid}`` -> ``{"pid": n, "code": c}``
-    (``code`` as ``Popen.returncode``: ``-9`` for a SIGKILL)."""
+    (``code`` as ``Popen.returncode``: ``-9`` for a SIGKILL). ``targets``: what ``run`` names
+    (default: this module's engine and projector; other harnesses pass their own)."""
     import sys
 
     from .. import client as _client  # noqa: F401 - preloaded for the children
     from ..adapters.store import postgres as _pg, sqlite as _sqlite  # noqa: F401
     from ..projections import projector as _projector  # noqa: F401
 
-    targets = {"engine": engine, "projector": projector}
+    targets = targets if targets is not None else {"engine": engine, "projector": projector}
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     for line in stdin:
         request = orjson.loads(line)
@@ -284,13 +285,13 @@ def _fork_server() -> None:
 
 
 class ForkServer:
-    """The parent's handle on ``_fork_server``."""
+    """The parent's handle on ``_fork_server`` (run as ``python -m <module> forkserver``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str = "tradestate.tools.chaos") -> None:
         import subprocess
         import sys
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "tradestate.tools.chaos", "forkserver"],
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "forkserver"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -41,10 +41,11 @@ class Sizes:
     rounds: int = 1  # append and batch variants run interleaved this many times, best round kept
     failover_rounds: int = 5  # pg_ctl-promoted failovers under engine load (0: none)
     patroni_rounds: int = 3  # Patroni-managed failovers, where Patroni and etcd are installed (0: none)
+    takeovers: int = 3  # engine takeovers timed per backend (each waits out a 3 s lease)
 
 
 FULL = Sizes(single_seconds=5.0, writers=8, warmup=200, batch_size=100, batches=1000,
-             replay_events=1_000_000, repeats=2, page=10_000, rounds=2)
+             replay_events=1_000_000, repeats=2, page=10_000, rounds=2, takeovers=10)
 QUICK = Sizes(single_seconds=2.0, writers=8, warmup=50, batch_size=100, batches=200,
               replay_events=100_000, repeats=2, page=10_000, failover_rounds=2, patroni_rounds=1)
 

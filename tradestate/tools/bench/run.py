@@ -12,6 +12,8 @@ Each metric group is the module of the same name, with ``run(ctx) -> list[Result
 ``recovery``    crash to ready-to-trade, cold and from a checkpoint
 ``reconcile``   a 10k-position, 10k-open-order reconciliation plan
 ``postmortem``  state at a past instant and market-data replay
+``takeover``    SIGKILL of the active engine to the standby's first accepted intent (p50/p95),
+                default lease
 ``replication`` durable single-event appends with a synchronous hot standby (commit levels ``on``
                 and ``remote_apply``), against raw single-row INSERT commits to the same pair;
                 starts its own throwaway primary + standby (skipped, with the reason, when the
@@ -41,7 +43,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from . import append, batch, failover, postmortem, projection, reconcile, recovery, replay, replication
+from . import append, batch, failover, postmortem, projection, reconcile, recovery, replay, replication, takeover
 from .common import EVENTS_PER_S, FULL, QUICK, BenchContext, PgTarget, Result, Sizes, fill_payload, log
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -54,6 +56,7 @@ GROUPS: dict[str, ModuleType] = {
     "recovery": recovery,
     "reconcile": reconcile,
     "postmortem": postmortem,
+    "takeover": takeover,
     "replication": replication,
     "failover": failover,
 }
