@@ -21,6 +21,7 @@ from tradestate.projections.http.server import background_server
 import tradestate
 from tests.support.cdp import CHROMIUM, headless_chromium
 from tests.support.controls import control_events, head
+from tests.support.gates import waiting_gate
 
 ALICE = "alice-console-token-0123456789"
 TOKENS = load_tokens(None, f"alice:{ALICE},bob:bob-console-token-9876543210")
@@ -150,6 +151,19 @@ def test_console_live_updates_and_kill_switch_in_headless_chromium(db_url, tmp_p
         assert [t for _, t, _ in operator_events(db_url)] == ["KillSwitchEngaged", "KillSwitchReleased"]
         assert operator_events(db_url)[-1][2]["operator"] == "alice"
         assert engine.record_intent(A, "o3", SYMBOL, "buy", "1").accepted
+
+        # a safety gate left waiting by a recovery shows up, and is approved from the page
+        waiting_gate(db_url, "gate-crashes-1", account=A, engine_id="eng-1")
+        page.wait_for("!!document.querySelector('tr.gate[data-gate=\"gate-crashes-1\"]')", timeout=10)
+        _fill(page, "#gate_id", "gate-crashes-1")
+        _fill(page, "#reason", "looked at the crashes")
+        _click(page, "#approve")
+        page.wait_for(f"{RESULT}.includes('GateApproved recorded')", timeout=10)
+        page.wait_for("!!document.querySelector('#no-gates')", timeout=10)
+        assert "Approve this safety gate" in page.dialogs[-1]
+        approved = operator_events(db_url)[-1]
+        assert approved[1] == "GateApproved" and approved[2]["operator"] == "alice"
+        assert approved[2]["gate_id"] == "gate-crashes-1"
 
 
 def test_a_blank_screenshot_fails_the_check():
