@@ -26,7 +26,7 @@ from .. import queries
 from ..metrics import MetricsSnapshot, make_registry
 from ..queries import DatabaseUnavailable
 from . import routes
-from . import control
+from . import console, control
 from .auth import BearerAuth, HostCheck, HostPolicy, Tokens, bearer_documented, load_tokens
 from .engines import EngineMonitor
 from .schemas import error_response
@@ -130,7 +130,8 @@ def create_app(
             "Operator controls: `POST /control/...` (kill switch, breaker, resume, limit, ack, approve) record "
             "one event each, with the operator (the name of the bearer token used) and the reason. They always "
             "need a token, even on loopback. Every request must carry a `Host` the server answers for (loopback "
-            "names, the address it listens on, or `--allowed-host`): anything else is a 421."
+            "names, the address it listens on, or `--allowed-host`): anything else is a 421.\n\n"
+            "Operator console: `/console` in a browser (sign in with a token; the same controls, with confirmations)."
         ),
         lifespan=lifespan,
     )
@@ -141,11 +142,13 @@ def create_app(
     app.state.engines = monitor
     app.state.alerts = alerter
     app.state.registry = make_registry(metrics_snapshot)
+    app.state.console_sessions = console.Sessions()
 
     # The bearer dependency only documents the scheme in OpenAPI: BearerAuth below enforces it.
     app.include_router(routes.data, dependencies=[Security(bearer_documented)] if read_tokens else [])
     app.include_router(routes.public)
     app.include_router(control.router, dependencies=[Security(bearer_documented)])
+    app.include_router(console.router)  # authenticates its own requests (token or session cookie)
 
     @app.exception_handler(DatabaseUnavailable)
     async def unavailable(_: Request, exc: DatabaseUnavailable) -> JSONResponse:

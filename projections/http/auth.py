@@ -33,6 +33,9 @@ from .schemas import error_response
 # Reachable without the token: /health then leaves out the per-account details.
 PUBLIC_PATHS = frozenset({"/health", "/livez", "/readyz"})
 CONTROL_PREFIX = "/control"
+# The operator console authenticates its own requests (a bearer header, or a session cookie opened
+# with a token; console.py): a browser cannot send a bearer header.
+CONSOLE_PREFIX = "/console"
 # The operator of the single unnamed token.
 SINGLE_TOKEN_OPERATOR = "api"
 
@@ -120,7 +123,8 @@ def _unauthorized(detail: str) -> Any:
 class BearerAuth:
     """ASGI middleware: a request to a non-public path without a token is answered 401 (reads only
     when ``open_reads`` is off); one to the controls always needs a token (403 when the server has
-    none). The operator's name goes on ``request.state.operator``."""
+    none). The operator's name goes on ``request.state.operator``. The console's paths
+    (``CONSOLE_PREFIX``) pass through: the console checks the token or its session itself."""
 
     def __init__(self, app: Any, tokens: Tokens, open_reads: bool = False):
         self.app = app
@@ -128,8 +132,9 @@ class BearerAuth:
         self.open_reads = open_reads
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") not in PUBLIC_PATHS:
-            path = scope.get("path", "")
+        path = scope.get("path", "")
+        own_auth = path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
+        if scope["type"] == "http" and path not in PUBLIC_PATHS and not own_auth:
             control = path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/")
             if control or (self.tokens and not self.open_reads):
                 operator = self.tokens.operator(Headers(scope=scope))

@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics, and
         the operator controls (POST /control/..., always with a token: $TRADESTATE_API_TOKEN is operator "api",
-        $TRADESTATE_API_TOKENS="alice:tok1,bob:tok2" or $TRADESTATE_API_TOKENS_FILE name the operators)."""
+        $TRADESTATE_API_TOKENS="alice:tok1,bob:tok2" or $TRADESTATE_API_TOKENS_FILE name the operators), and the
+        operator console for a browser at /console (sign in with a token)."""
         from ..projections.http.auth import HostPolicy, load_tokens
         from ..projections.http.server import run_server
 
