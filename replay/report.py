@@ -272,13 +272,15 @@ def incident(store: Store, tl: Timeline, account: str | None = None) -> Incident
     out.events = sorted(kept, key=lambda e: e.position)
     crashes: dict[int, Crash] = {}
     engines: dict[str, list[LoggedEvent]] = {}
+    _LIFECYCLE = ("EngineStarted", "EngineStopped", "RecoveryCompleted")
     for e in out.events:
         t = e.type
         if t in ("EngineStarted", "RecoveryCompleted"):
             engine = e.payload["engine_id"]
             if engine not in engines:
                 engines[engine] = _stream_events(store, engine_stream_id(engine))
-            before = [x for x in engines[engine] if x.position < e.position]
+            # Starts, stops and recoveries only: gates, leases and shutdown reports sit between them.
+            before = [x for x in engines[engine] if x.position < e.position and x.type in _LIFECYCLE]
             previous = before[-1] if before else None
             if previous is not None and previous.type == "EngineStarted":
                 if t == "EngineStarted":
