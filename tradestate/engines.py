@@ -88,6 +88,7 @@ class EngineLease:
         self.new_id = new_id
         self.leases = Leases.of(store)
         self.lease: Lease | None = None
+        self.reason: str | None = None  # how the last acquire found the lease (LeaseAcquired.reason)
         self.lost: NotLeader | None = None
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -99,12 +100,22 @@ class EngineLease:
         return None if self.lease is None else Fence(self.engine_id, self.lease.epoch, self.holder)
 
     @property
+    def took_over(self) -> bool:
+        """Whether the last acquire took the lease of a holder that let it expire (a crash)."""
+        return self.reason == "expired"
+
+    @property
     def stream(self) -> str:
         return engine_stream_id(self.engine_id)
 
     def acquire(self) -> Lease:
         """Take the lease with a new epoch and record ``LeaseAcquired`` (its ``reason`` says
-        whether the previous holder released it or let it expire: a crash)."""
+        whether the previous holder released it or let it expire: a crash). An expiry nobody
+        recorded yet is recorded first (``LeaseExpired``); ``took_over`` then says the previous
+        holder crashed: run the recovery (``tradestate.recover``) before trading, as a standby does."""
+        found = self.leases.get(self.engine_id)
+        if found is not None and found.state == "expired" and not found.expiry_recorded:
+            record_expiry(self.store, found, detected_by=f"engine {self.holder} taking the lease")
 
         def acquired(previous: Lease | None, epoch: int) -> tuple[str, bytes]:
             if previous is None:
@@ -113,6 +124,7 @@ class EngineLease:
                 reason = "reacquired"
             else:
                 reason = "released" if previous.released else "expired"
+            self.reason = reason
             return _payload(build_event(
                 ev.LeaseAcquired, event_id=self.new_id(), occurred_at=self.clock(), engine_id=self.engine_id,
                 epoch=epoch, holder=self.holder, reason=reason, lease_seconds=Decimal(str(self.seconds)),

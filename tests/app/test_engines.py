@@ -156,3 +156,26 @@ def test_a_standby_whose_takeover_the_database_refuses_for_now_keeps_following_a
         paused_writer.close()
         active.close()
         standby.close()
+
+
+def test_connecting_after_a_crashed_engine_records_its_expiry_and_says_it_took_over(db_url):
+    dead = tradestate.connect(db_url, engine_id="e1", lease_seconds=0.3, venue="sim")
+    dead.engine_started("e1")
+    dead.close()  # no stop, no renewals: it crashed
+    time.sleep(0.4)
+    again = tradestate.connect(db_url, engine_id="e1", venue="sim")
+    try:
+        assert again.lease.took_over and again.lease.lease.epoch == 2
+        topics = [e.topic for e in again.store.trading.read_stream("engine-e1")]
+        assert topics == ["LeaseAcquired", "EngineStarted", "LeaseExpired", "LeaseAcquired"]
+        assert detect(again.store, "e1")[0]  # the recovery is still to run
+    finally:
+        again.close()
+    clean = tradestate.connect(db_url, engine_id="e2", venue="sim")
+    clean.engine_stopped("e2")
+    clean.close()
+    after_stop = tradestate.connect(db_url, engine_id="e2", venue="sim")
+    try:
+        assert not after_stop.lease.took_over and after_stop.lease.reason == "released"
+    finally:
+        after_stop.close()
