@@ -561,6 +561,27 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 curs.execute(statement, prepare=False)
 
     # ---------------------------------------------------------------------------- writing
+    @contextmanager
+    def _bounded(self, notices: _Notices) -> Iterator[psycopg.Connection[Any]]:
+        """This thread's connection for one write that commits inside the block: its statements are
+        cancelled after ``append_timeout`` (the watchdog), the server's notices go to ``notices``,
+        and a commit whose wait for the synchronous standbys was cut is confirmed within what is
+        left of the timeout, else ``CommitOutcomeUnknown``. The caller maps database errors."""
+        timeout = self.datastore.append_timeout
+        started = time.monotonic()
+        with self._connection() as conn:
+            conn.add_notice_handler(notices)
+            key = _WATCHDOG.arm(conn, timeout)
+            try:
+                yield conn
+            finally:
+                timed_out = _WATCHDOG.disarm(key)
+                conn.remove_notice_handler(notices)
+            cut = _replication_cut(notices) if notices else None
+            if cut is not None:
+                self._confirm_or_raise(cut, timed_out, timeout - (time.monotonic() - started))
+
+    # ---------------------------------------------------------------------------- writing
     def append(self, events: Sequence[StoredEvent], *, fence: Fence | None = None) -> list[Appended]:
         """Append ``events`` in one transaction at positions drawn from the log's sequence (concurrent
         appends do not wait for each other); returns each event's position and the store's clock once
@@ -576,22 +597,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         sequence returns ``[]``."""
         if not events:
             return []
-        timeout = self.datastore.append_timeout
-        started = time.monotonic()
         notices = _Notices()
         try:
-            with self._connection() as conn:
-                conn.add_notice_handler(notices)
-                key = _WATCHDOG.arm(conn, timeout)
-                try:
-                    appended = self._insert(conn, events, fence)
-                finally:
-                    timed_out = _WATCHDOG.disarm(key)
-                    conn.remove_notice_handler(notices)
-                cut = _replication_cut(notices) if notices else None
-                if cut is not None:
-                    self._confirm_or_raise(cut, timed_out, timeout - (time.monotonic() - started))
-                return appended
+            with self._bounded(notices) as conn:
+                return self._insert(conn, events, fence)
         except (ConcurrencyConflict, CommitOutcomeUnknown, NotLeader):
             raise
         except pg_errors.QueryCanceled as e:
@@ -701,21 +710,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         connection is ``CommitInterrupted``; other database errors are ``AppendFailed`` (rolled
         back). Typed errors raised in the block pass through (the transaction rolls back)."""
         timeout = self.datastore.append_timeout
-        started = time.monotonic()
         notices = _Notices()
         try:
-            with self._connection() as conn:
-                conn.add_notice_handler(notices)
-                key = _WATCHDOG.arm(conn, timeout)
-                try:
-                    with conn.transaction():
-                        yield conn.cursor(row_factory=tuple_row)
-                finally:
-                    timed_out = _WATCHDOG.disarm(key)
-                    conn.remove_notice_handler(notices)
-                cut = _replication_cut(notices)
-                if cut is not None:
-                    self._confirm_or_raise(cut, timed_out, timeout - (time.monotonic() - started))
+            with self._bounded(notices) as conn, conn.transaction():
+                yield conn.cursor(row_factory=tuple_row)
         except TradestateError:
             raise
         except pg_errors.QueryCanceled as e:
