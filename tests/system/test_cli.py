@@ -62,7 +62,7 @@ def _assert_runbook_act(out: str) -> None:
     held, approved = act.index("HELD at 50 % — gates_approved"), act.index("tradestate control approve repeated_crashes@")
     healthy, to75, to100 = act.index("healthy again at 50 %"), act.index("stepped 50 → 75 %"), act.index("stepped 75 → 100 %")
     assert held < approved < healthy < to75 < to100  # held for the gate until the approval, then by itself
-    assert "--operator ops-alice" in act and "recorded GateApproved at position" in act
+    assert "--operator ops-alice" in act and "recorded GateApproved at position" in act and "by ops-alice" in act
     assert "every resumed account at 100 %" in act
     assert "The webhook listener received 5 alert(s)" in act
     table = act[act.index("The webhook listener received"):]

@@ -45,11 +45,14 @@ class WebhookListener:
     """A tiny webhook receiver on 127.0.0.1 (``http.server`` in a daemon thread), as an operator's
     chat bridge or pager would run one: it checks each POST's ``X-Tradestate-Signature`` (HMAC-SHA256
     of the raw body with ``secret``) itself, answers 204 when it holds and 401 when not, and keeps
-    what it received in ``received`` (dicts: kind, severity, summary, signature, verified)."""
+    what it received in ``received`` (dicts: id, kind, severity, summary, signature, verified, path),
+    each alert once: a re-delivery of an alert id it already holds is answered and counted in
+    ``duplicates``, as the alerts' contract asks of a receiver (delivery is at least once)."""
 
     def __init__(self, secret: str):
         self.secret = secret.encode()
         self.received: list[dict[str, Any]] = []
+        self.duplicates = 0
         self.arrived = threading.Condition()
         listener = self
 
@@ -65,10 +68,14 @@ class WebhookListener:
                     alert = {}
                 self.send_response(204 if verified else 401)
                 self.end_headers()
+                alert_id = self.headers.get("X-Tradestate-Alert-Id") or alert.get("id")
                 with listener.arrived:
-                    listener.received.append({"kind": alert.get("kind"), "severity": alert.get("severity"),
-                                              "summary": alert.get("summary", ""), "signature": signature,
-                                              "verified": verified, "path": self.path})
+                    if verified and any(a["id"] == alert_id and a["verified"] for a in listener.received):
+                        listener.duplicates += 1
+                        return
+                    listener.received.append({"id": alert_id, "kind": alert.get("kind"),
+                                              "severity": alert.get("severity"), "summary": alert.get("summary", ""),
+                                              "signature": signature, "verified": verified, "path": self.path})
                     listener.arrived.notify_all()
 
             def log_message(self, *args: Any) -> None:  # quiet: the demo prints what it received
@@ -139,8 +146,9 @@ def show_runbook(url: str, console: Console) -> bool:
     kinds = [a["kind"] for a in received]
     expected = ["crash_detected"] * (CRASHES - 1) + ["gate_waiting_approval", "recovery_completed"]
     got_all = drained and kinds == expected and all(a["verified"] for a in received)
-    console.print(f"  every signature verified with the demo secret: {all(a['verified'] for a in received)}; "
-                  f"the act took {time.perf_counter() - act_started:.1f} s", highlight=False)
+    console.print(f"  every signature verified with the demo secret: {all(a['verified'] for a in received)}"
+                  + (f"; {listener.duplicates} re-delivery(ies) dropped by alert id" if listener.duplicates else "")
+                  + f"; the act took {time.perf_counter() - act_started:.1f} s", highlight=False)
     return ok and got_all
 
 
@@ -161,23 +169,23 @@ def _act(url: str, console: Console, listener: WebhookListener) -> bool:
                   "moments after it starts")
     loop_started = time.perf_counter()
     for run in range(1, CRASHES + 1):
-        engine = subprocess.Popen([sys.executable, "-m", "tradestate.tools.demo.runbook", "engine", url],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen([sys.executable, "-m", "tradestate.tools.demo.runbook", "engine", url],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            line = line_starting(lines_of(engine), "STARTED", 60,
-                                 lambda text, pid=engine.pid: console.print(f"  [dim]engine {pid}:[/] {text}",
-                                                                            highlight=False))
+            line = line_starting(lines_of(process), "STARTED", 60,
+                                 lambda text, pid=process.pid: console.print(f"  [dim]engine {pid}:[/] {text}",
+                                                                             highlight=False))
             if line is None:
                 console.print(f"[red]run {run} of {ENGINE} did not start[/]")
                 return False
-            os.kill(engine.pid, signal.SIGKILL)
-            engine.wait(10)
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
         finally:
-            if engine.poll() is None:
-                engine.kill()
-                engine.wait(10)
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
         _, position, crashed_before = line.split()
-        console.print(f"  run {run}: engine {engine.pid} started (log position {position})"
+        console.print(f"  run {run}: engine {process.pid} started (log position {position})"
                       + (", its previous run never stopped" if crashed_before == "1" else "")
                       + " → [bold red]SIGKILL[/]", highlight=False)
     console.print(f"  {CRASHES} crashes in {time.perf_counter() - loop_started:.1f} s", highlight=False)
@@ -190,6 +198,8 @@ def _act(url: str, console: Console, listener: WebhookListener) -> bool:
     store = open_store(url)
     runner_store = open_store(url)
     runner: Any = None
+    stop = threading.Event()
+    thread: threading.Thread | None = None
     try:
         report, client = recover(store, engine_id=ENGINE, gates=config)
         render_report(report, console)
@@ -245,7 +255,8 @@ def _act(url: str, console: Console, listener: WebhookListener) -> bool:
                     console.print(f"{when} {names} healthy again at {from_pct} % (the interval starts over)",
                                   highlight=False)
                 else:
-                    passed = ", ".join(n for n, c in ds[0].checks.items() if c["ok"] and n != "healthy_seconds")
+                    passed = ", ".join(n + (" (not checked)" if "not checked" in c["detail"] else "")
+                                       for n, c in ds[0].checks.items() if c["ok"] and n != "healthy_seconds")
                     console.print(f"{when} {names} [bold green]stepped {from_pct} → {to_pct} %[/] "
                                   f"({ds[0].reason}; checks passed: {passed})", highlight=False)
 
@@ -258,7 +269,6 @@ def _act(url: str, console: Console, listener: WebhookListener) -> bool:
             accounts = runner.client.state.accounts
             return all(accounts[name].ramp_pct >= 100 for name in resumed)
 
-        stop = threading.Event()
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -271,29 +281,30 @@ def _act(url: str, console: Console, listener: WebhookListener) -> bool:
         thread.start()
         if not held.wait(10):
             console.print("[red]the ramp runner did not hold for the waiting gate[/]")
-            stop.set()
             return False
 
         # 5. the operator approves, through the control path, with who and why
         result = perform(client, "approve", operator=OPERATOR, reason=APPROVAL_REASON, gate_id=gate_id)
-        console.print(f"  [dim]+{time.perf_counter() - started:4.1f} s[/] [bold]tradestate control approve {gate_id} "
-                      f"--operator {OPERATOR} --reason \"{APPROVAL_REASON}\"[/] → recorded {result.event_type} at "
-                      f"position {result.position}", highlight=False)
+        console.print(f"  [dim]+{time.perf_counter() - started:4.1f} s[/] the operator approves through the control "
+                      f"path ([bold]tradestate control approve {gate_id} --operator {OPERATOR} --reason "
+                      f"\"{APPROVAL_REASON}\"[/] does the same) → recorded {result.event_type} at position "
+                      f"{result.position}, by {result.operator}", highlight=False)
         thread.join(30)
-        stop.set()
         if thread.is_alive() or failure or not at_full():
             console.print(f"[red]the ramp did not reach 100 %[/] {failure[0] if failure else ''}")
             return False
         console.print(f"  every resumed account at 100 % {time.perf_counter() - started:.1f} s after the runner "
                       "started, nobody touching it; the runner stops", highlight=False)
-        client.close()
         return bool(reasons == ["gate_pending"] and alert["verified"])
     finally:
+        stop.set()
+        if thread is not None:
+            thread.join(5)  # a round under way finishes before its store closes
         if runner is not None:
             runner.close()
         else:
             runner_store.close()
-        store.close()
+        store.close()  # the recovered client's store
 
 
 # ------------------------------------------------------------------------ the engine process
