@@ -32,13 +32,43 @@ def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
     assert "LeaseExpired" in run.stdout and "reason expired (after epoch 1)" in run.stdout
     assert "order h-2: OrderIntentRecorded → OrderSubmitted → OrderAcknowledged → OrderFilled" in run.stdout
     assert "neither lost nor sent twice" in run.stdout
+    # act six: flaky-engine crashes 4 times; the repeated-crashes gate waits for an operator, an
+    # intent is refused, the listener gets the signed alerts, the approval, the ramp steps by itself
+    _assert_runbook_act(run.stdout)
     state = json.loads(tradestate("state", "--db", url, "--json").stdout)
-    assert state["position"] == 78  # 70 + each of the two recoveries' four GateEvaluated
+    # 70 + the first two recoveries' four GateEvaluated + act six's 22 (4 starts, 4 GateEvaluated, 2
+    # TradingResumed, RecoveryCompleted, the refused intent's 2, 2 RampHeld, GateApproved, 2
+    # RampHealthy, 4 RampStepped)
+    assert state["position"] == 100
     # the morning's 90 AAPL less the 40 whose fill notification was lost; 50 + 20 MSFT; and the
     # hot act's two market orders, each filled once (h-2's fill found by the standby's recovery)
     assert {(p["account"], p["symbol"], p["qty"]) for p in state["positions"]} == {
         ("demo-acct", "AAPL", "50"), ("demo-acct", "MSFT", "70"), ("demo-hot", "MSFT", "10"), ("demo-hot", "AAPL", "25")}
     assert state["accounts"]["demo-acct"]["breaker_tripped"] is False  # reset when trading resumed
+    assert state["accounts"]["demo-acct"]["ramp_pct"] == state["accounts"]["demo-hot"]["ramp_pct"] == 100
+    assert state["open_orders"] == []  # o-9 of act six was refused: never an order
+
+
+def _assert_runbook_act(out: str) -> None:
+    """The demo's act six, as printed (whitespace normalised: long lines wrap at the console's width)."""
+    act = " ".join(out[out.index("The runbook, operable"):].split())
+    assert act.count("→ SIGKILL") == 4 and act.count("its previous run never stopped") == 3
+    assert "NOT READY" in act and "WAITING FOR APPROVAL gate repeated_crashes@" in act
+    assert "gate repeated_crashes │ failed" in act and "flaky-engine 4, hot-engine 1" in act
+    assert "intent o-9 buy 10 MSFT → refused: gate_pending" in act
+    assert "listener received POST /alerts/" in act and "gate_waiting_approval (critical)" in act
+    assert "→ verified (HMAC-SHA256 of the body with the demo secret)" in act
+    assert "a 1 s healthy interval" in act
+    held, approved = act.index("HELD at 50 % — gates_approved"), act.index("tradestate control approve repeated_crashes@")
+    healthy, to75, to100 = act.index("healthy again at 50 %"), act.index("stepped 50 → 75 %"), act.index("stepped 75 → 100 %")
+    assert held < approved < healthy < to75 < to100  # held for the gate until the approval, then by itself
+    assert "--operator ops-alice" in act and "recorded GateApproved at position" in act and "by ops-alice" in act
+    assert "every resumed account at 100 %" in act
+    assert "The webhook listener received 5 alert(s)" in act
+    table = act[act.index("The webhook listener received"):]
+    assert table.count("crash_detected") == 3 and table.count("verified sha256=") == 5
+    assert table.index("gate_waiting_approval") < table.index("recovery_completed")
+    assert "every signature verified with the demo secret: True" in act
 
 
 def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
@@ -56,6 +86,12 @@ def test_demo_on_postgresql(pg_url):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "same state" in run.stdout
     assert "takeover in " in run.stdout and "neither lost nor sent twice" in run.stdout
+    _assert_runbook_act(run.stdout)
+    # --reset drops every tradestate table of the schema: read models, leases and the alert cursor
+    # left by the first run would otherwise claim positions the new log has not reached
+    again = tradestate("demo", "--db", pg_url, "--reset")
+    assert again.returncode == 0, again.stdout + again.stderr
+    _assert_runbook_act(again.stdout)
 
 
 @pytest.mark.parametrize(
@@ -82,4 +118,4 @@ def test_database_url_comes_from_the_environment(tmp_path):
     assert tradestate("demo", "--db", url).returncode == 0
     env = {**os.environ, "TRADESTATE_DB": url}
     state = json.loads(tradestate("state", "--json", env=env).stdout)
-    assert state["position"] == 78  # 70 + each of the two recoveries' four GateEvaluated
+    assert state["position"] == 100  # see test_demo_on_sqlite_shows_the_same_state_in_a_new_process

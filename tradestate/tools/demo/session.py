@@ -67,8 +67,13 @@ def _reset(url: str, reset: bool) -> None:
 
         ds = TradestatePostgresDatastore(url)
         with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
-            for table in ("ts_events", "ts_market_events"):
+            # Every tradestate table, not only the logs: read models, checkpoints, leases and the
+            # alert cursor left behind would claim positions the new log has not reached.
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'ts\\_%%'", (ds.schema,))]
+            for table in tables:
                 conn.execute(f'DROP TABLE IF EXISTS "{ds.schema}"."{table}" CASCADE')
+            for table in ("ts_events", "ts_market_events"):
                 conn.execute(f'DROP SEQUENCE IF EXISTS "{ds.schema}"."{table}_position_seq"')
         ds.close()
 
@@ -142,7 +147,9 @@ def run_session(client: TradestateClient, console: Console) -> None:
 def main(url: str | None = None, reset: bool = False, console: Console | None = None) -> int:
     """Run the whole demo against ``url`` (default ``DEMO_URL``, always started afresh): record the
     session, read it back in a new process, serve it over HTTP, kill an engine and recover, then
-    kill an active engine with an order in flight and let its standby take over.
+    kill an active engine with an order in flight and let its standby take over, then put an
+    engine in a crash loop: a safety gate waits for an operator, the ramp steps up by itself after
+    the approval, and a local webhook listener receives the alerts.
     Another URL must hold an empty log unless ``reset`` (``InvalidInput`` otherwise). Returns 0 when
     every step agreed, 1 otherwise."""
     console = console or make_console()
@@ -189,7 +196,10 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     served = show_http_api(url, console)
     recovered = show_crash_and_recovery(url, console)
     hot = show_hot_restart(url, console)
-    return 0 if same and served and recovered and hot else 1
+    from .runbook import show_runbook
+
+    runbook = show_runbook(url, console)
+    return 0 if same and served and recovered and hot and runbook else 1
 
 
 def show_crash_and_recovery(url: str, console: Console) -> bool:
