@@ -73,7 +73,10 @@ def _assert_runbook_act(out: str) -> None:
 
 def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
     url = f"sqlite:///{tmp_path}/demo.db"
-    assert tradestate("demo", "--db", url).returncode == 0
+    import tradestate as ts
+
+    with ts.connect(url) as client:  # any log at all
+        client.record_signal("s", "AAPL", "up")
     again = tradestate("demo", "--db", url)
     assert again.returncode == 2
     assert "already holds a log" in again.stderr and again.stdout == "" and "Traceback" not in again.stderr
@@ -114,8 +117,12 @@ def test_bad_input_gets_a_clear_error_and_no_traceback(tmp_path, args, message):
 def test_database_url_comes_from_the_environment(tmp_path):
     import os
 
+    import tradestate as ts
+
     url = f"sqlite:///{tmp_path}/env.db"
-    assert tradestate("demo", "--db", url).returncode == 0
+    with ts.connect(url) as client:
+        for i in range(3):
+            client.record_signal("s", "AAPL", f"up{i}")
     env = {**os.environ, "TRADESTATE_DB": url}
     state = json.loads(tradestate("state", "--json", env=env).stdout)
-    assert state["position"] == 100  # see test_demo_on_sqlite_shows_the_same_state_in_a_new_process
+    assert state["position"] == 3
