@@ -80,7 +80,8 @@ def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
     again = tradestate("demo", "--db", url)
     assert again.returncode == 2
     assert "already holds a log" in again.stderr and again.stdout == "" and "Traceback" not in again.stderr
-    assert tradestate("demo", "--db", url, "--reset").returncode == 0
+    reset = tradestate("demo", "--db", url, "--reset")
+    assert reset.returncode == 0, reset.stdout[-3000:] + reset.stderr[-2000:]
 
 
 @pytest.mark.postgres

@@ -145,7 +145,8 @@ def show_runbook(url: str, console: Console) -> bool:
     console.print(table)
     kinds = [a["kind"] for a in received]
     expected = ["crash_detected"] * (CRASHES - 1) + ["gate_waiting_approval", "recovery_completed"]
-    got_all = drained and kinds == expected and all(a["verified"] for a in received)
+    # At least once, not in order: an alert whose POST is retried arrives after later ones.
+    got_all = drained and sorted(kinds) == sorted(expected) and all(a["verified"] for a in received)
     console.print(f"  every signature verified with the demo secret: {all(a['verified'] for a in received)}"
                   + (f"; {listener.duplicates} re-delivery(ies) dropped by alert id" if listener.duplicates else "")
                   + f"; the act took {time.perf_counter() - act_started:.1f} s", highlight=False)

@@ -199,7 +199,12 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     from .runbook import show_runbook
 
     runbook = show_runbook(url, console)
-    return 0 if same and served and recovered and hot and runbook else 1
+    checks = {"same state in a new process": same, "HTTP API": served, "crash and recovery": recovered,
+              "hot restart": hot, "gates, ramp and alerts": runbook}
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        console.print(f"[bold red]the demo's checks failed: {', '.join(failed)}[/]")
+    return 1 if failed else 0
 
 
 def show_crash_and_recovery(url: str, console: Console) -> bool:
