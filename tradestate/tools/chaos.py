@@ -115,14 +115,33 @@ class SideChannel:
         return [{**self.tries[n], **ok} for n, ok in sorted(self.oks.items())]
 
 
+def side_channel_records(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], bool]:
+    """The records of the side channel at ``path``, in order (none if the file does not exist), and
+    whether its last line is torn (the kill landed inside a write: that line never counted)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], False
+    lines = data.split(b"\n")
+    return [orjson.loads(line) for line in lines[:-1]], bool(lines and lines[-1])
+
+
 def read_side_channel(path: str | os.PathLike[str]) -> SideChannel:
     """The side channel at ``path`` (empty if the file does not exist); a torn last line is ignored and
     flagged in ``torn_tail``."""
     out = SideChannel()
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return out
+    records, out.torn_tail = side_channel_records(path)
+    for record in records:
+        kind = record.pop("t")
+        if kind == "try":
+            out.tries[record["n"]] = record
+        elif kind == "ok":
+            out.oks[record["n"]] = record
+        elif kind == "ready":
+            out.ready = True
+        elif kind == "error":
+            out.error = record["error"]
+    return out
     lines = data.split(b"\n")
     if lines and lines[-1]:
         out.torn_tail = True  # the kill landed inside a write: that line never counted

@@ -55,7 +55,7 @@ from typing import Any
 
 import orjson
 
-from .chaos import AckWriter, ForkServer, LogChecker, order_calls, perform
+from .chaos import AckWriter, ForkServer, LogChecker, SideChannel, order_calls, perform, side_channel_records
 
 ENGINE_ID = "chaos-standby"
 DEFAULT_LEASE_SECONDS = 3.0
@@ -73,30 +73,18 @@ CHECKS = (
 
 
 @dataclass
-class NodeChannel:
-    """What one engine process wrote to its side channel."""
+class NodeChannel(SideChannel):
+    """What one engine process wrote to its side channel (the kill -9 harness's, plus how the
+    process became active and whether it was deposed)."""
 
     started: bool = False
     standby_at: float | None = None  # monotonic time it began to wait as a standby
     active: dict[str, Any] | None = None  # how it became active: epoch, how, at, takeover_s, waited_s
-    tries: dict[int, dict[str, Any]] = field(default_factory=dict)
-    oks: dict[int, dict[str, Any]] = field(default_factory=dict)
     deposed: dict[str, Any] | None = None
-    error: str | None = None
-    torn_tail: bool = False
 
     @property
     def epoch(self) -> int | None:
         return None if self.active is None else self.active["epoch"]
-
-    @property
-    def pending(self) -> list[dict[str, Any]]:
-        """Calls started and never acknowledged (at most one: the engine is sequential)."""
-        return [op for n, op in sorted(self.tries.items()) if n not in self.oks]
-
-    def acked(self) -> list[dict[str, Any]]:
-        """Every acknowledged call, in call order, merged with what the client returned."""
-        return [{**self.tries[n], **ok} for n, ok in sorted(self.oks.items())]
 
     def first_new_intent_at(self) -> float | None:
         """Monotonic time of the first intent this process had accepted as new (not a duplicate)."""
@@ -109,10 +97,24 @@ class NodeChannel:
 def read_node_channel(path: str | os.PathLike[str]) -> NodeChannel:
     """The side channel at ``path`` (empty if missing); a torn last line is ignored (flagged)."""
     out = NodeChannel()
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return out
+    records, out.torn_tail = side_channel_records(path)
+    for record in records:
+        kind = record.pop("t")
+        if kind == "try":
+            out.tries[record["n"]] = record
+        elif kind == "ok":
+            out.oks[record["n"]] = record
+        elif kind == "start":
+            out.started = True
+        elif kind == "standby":
+            out.standby_at = record["at"]
+        elif kind == "active":
+            out.active = record
+        elif kind == "deposed":
+            out.deposed = record
+        elif kind == "error":
+            out.error = record["error"]
+    return out
     lines = data.split(b"\n")
     out.torn_tail = bool(lines and lines[-1])
     for line in lines[:-1]:
