@@ -140,6 +140,27 @@ def render_standby(report: Any, console: Any) -> None:
     console.print(f"{verdict}: replay with --seed {report.seed}", highlight=False)
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM interrupts the run like Ctrl-C, so its clean-up (children, clusters) runs."""
+    import signal
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _finish(report: Any, as_json: bool, render: Any) -> None:
+    """Print a harness report (JSON or rendered) and exit 0 only if every check passed."""
+    from ..render import console, to_json
+
+    if as_json:
+        print(to_json(report.as_dict()))
+    else:
+        render(report, console)
+    raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``tradestate`` command."""
     from ..render import console, to_json
@@ -173,12 +194,8 @@ def register(app: typer.Typer) -> None:
         from ..tools.chaos import run_chaos
         from ..domain.errors import TradestateError
 
-        import signal
 
-        def _terminate(signum: int, _frame: Any) -> None:  # clean up children on SIGTERM too
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        signal.signal(signal.SIGTERM, _terminate)
+        _interrupt_on_sigterm()
         url = resolve_url(settings(config, db=db).db)
         if min_ms < 0 or max_ms < min_ms:
             fail("need 0 <= --min-ms <= --max-ms")
@@ -209,11 +226,7 @@ def register(app: typer.Typer) -> None:
                                    fold_every=fold_every)
         except TradestateError as e:
             fail(str(e))
-        if json:
-            print(to_json(report.as_dict()))
-        else:
-            render_report(report, console)
-        raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)
+        _finish(report, json, render_report)
 
     @app.command("failover-chaos", epilog=exit_codes("a check failed: in synchronous mode an acknowledged "
                                                      "call was lost, or a duplicate, a gap, or an engine that "
@@ -242,25 +255,17 @@ def register(app: typer.Typer) -> None:
         rebuild the old primary as the new standby). Prints acknowledged vs stored calls, lost,
         duplicates and write unavailability p50/p95. Exit 0 only if nothing acknowledged was lost
         (synchronous mode), no duplicate or gap, and the engine carried on after every failover."""
-        import signal
 
         from ..tools.failover import ClusterError, run_failover
 
-        def _terminate(signum: int, _frame: Any) -> None:  # clean up the cluster on SIGTERM too
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        signal.signal(signal.SIGTERM, _terminate)
+        _interrupt_on_sigterm()
         settings(config)  # the harness starts its own cluster: only a bad config file stops it here
         try:
             report = run_failover(rounds, asynchronous=asynchronous, seed=seed, bindir=bindir, workdir=workdir,
                                   manager=manager)
         except ClusterError as e:
             fail(str(e))
-        if json:
-            print(to_json(report.as_dict()))
-        else:
-            render_failover(report, console)
-        raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)
+        _finish(report, json, render_failover)
 
     @app.command("standby-chaos", epilog=exit_codes("a check failed: an acknowledged call missing, a duplicate, "
                                                     "a double-writer interval, a resumed engine not refused, a "
@@ -286,17 +291,13 @@ def register(app: typer.Typer) -> None:
         the standby take over and start a new standby, N times. Prints takeover time p50/p95/max
         (kill or SIGSTOP -> the new engine's first accepted intent), acknowledged vs stored,
         duplicates and double-writer intervals. Exit 0 only if every check passed."""
-        import signal
         import sys
 
         from ..adapters.store import resolve_url
         from ..domain.errors import TradestateError
         from ..tools.standby_chaos import run_standby_chaos
 
-        def _terminate(signum: int, _frame: Any) -> None:  # clean up children on SIGTERM too
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        signal.signal(signal.SIGTERM, _terminate)
+        _interrupt_on_sigterm()
         url = resolve_url(settings(config, db=db).db)
         on_round = None
         if not json and sys.stderr.isatty():
@@ -308,8 +309,4 @@ def register(app: typer.Typer) -> None:
                                        engine_id=engine_id, workdir=workdir, on_round=on_round)
         except TradestateError as e:
             fail(str(e))
-        if json:
-            print(to_json(report.as_dict()))
-        else:
-            render_standby(report, console)
-        raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)
+        _finish(report, json, render_standby)
