@@ -9,7 +9,10 @@ commit (one flush, one round of replication) instead of N.
 How a batch is committed:
 
 * The leader is the first caller to find no commit in flight: it commits its own events at once,
-  in its own thread (a lone caller pays only a lock and a queue check). Appends that arrive
+  in its own thread (a lone caller pays only a lock and a queue check). Only the first
+  ``inline_threads`` threads ever lead inline: a commit uses its thread's connection (PostgreSQL
+  pins one per thread), so a crowd of threads must not each pin one; the others hand their
+  append to the committer thread even when nothing is in flight. Appends that arrive
   meanwhile queue up; when the leader is done, one committer thread takes everything queued (up
   to ``max_batch_events``, all carrying the same fence) and writes it as one ``log.append`` of all
   the callers' events, in arrival order: one transaction, fenced once, through the log's own
@@ -17,13 +20,14 @@ How a batch is committed:
   stream version is taken, so a batch never leaves a hole; SQLite: under the file's write lock).
   Asynchronous callers (``append_async``) never commit on the event loop: the committer thread
   does it, and each caller's future is resolved on its own loop.
-* Each caller keeps its own optimistic-concurrency check. Within a batch, a caller whose first
-  version of a stream does not follow what the callers before it claimed (two callers decided on
-  the same stream version) gets ``ConcurrencyConflict`` without touching the database. When the
-  batch as a whole meets a taken version (another process won a race), the batch is tried again
-  after reading the streams' current versions: each caller whose expected version (its first
-  version of each stream, minus one) is not the current one gets ``ConcurrencyConflict``, and the
-  others go in. After ``max_rounds`` such rounds the rest are appended one by one, each with its
+* Each caller keeps its own optimistic-concurrency check: a (stream, version) already taken (or
+  below the stream's highest) is a conflict. Within a batch, a caller claiming a version an earlier
+  caller of the batch claimed (two callers decided on the same stream version) gets
+  ``ConcurrencyConflict`` without touching the database, and so does a caller continuing the
+  versions of a refused one (it may have been decided on events that will not be there). When
+  the batch as a whole meets a taken version (another process won a race), the batch is tried
+  again after reading the streams' current versions: each caller with a version taken gets
+  ``ConcurrencyConflict``, and the others go in. After ``max_rounds`` such rounds the rest are appended one by one, each with its
   own outcome. So one caller's conflict never fails another.
 * An error of the batch's transaction is every caller's in it, each raising its own copy:
   ``NotLeader`` (the fence no longer holds: nothing of the batch was appended),
@@ -58,6 +62,7 @@ from .sql import Dialect
 _QUEUED, _COMMITTING, _DONE = 0, 1, 2
 DEFAULT_MAX_BATCH_EVENTS = 2_000
 DEFAULT_MAX_ROUNDS = 3
+DEFAULT_INLINE_THREADS = 4
 
 
 def _copy_error(error: BaseException) -> BaseException:
@@ -109,6 +114,19 @@ class _Request:
         return self.result
 
 
+def _span(req: _Request) -> tuple[dict[str, int], dict[str, int]]:
+    """The lowest and highest version ``req`` appends to each of its streams."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for e in req.events:
+        s, v = e.originator_id, e.originator_version
+        if s not in first or v < first[s]:
+            first[s] = v
+        if s not in last or v > last[s]:
+            last[s] = v
+    return first, last
+
+
 def _settle_futures(settled: list[_Request]) -> None:
     """On an event loop: resolve the futures of ``settled`` (one wake-up of the loop per batch)."""
     for req in settled:
@@ -137,7 +155,8 @@ class CommitCoalescer:
     process is the intent (callers sharing it share commits). ``close`` stops its thread."""
 
     def __init__(self, log: EventLog, *, max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
-                 max_rounds: int = DEFAULT_MAX_ROUNDS, wait_timeout: float | None = None):
+                 max_rounds: int = DEFAULT_MAX_ROUNDS, wait_timeout: float | None = None,
+                 inline_threads: int = DEFAULT_INLINE_THREADS):
         if max_batch_events < 1 or max_rounds < 1:
             raise ValueError("max_batch_events and max_rounds must be at least 1")
         self.log = log
@@ -147,6 +166,8 @@ class CommitCoalescer:
         if not self.wait_timeout > 0:
             raise ValueError("wait_timeout must be a positive number of seconds (every wait is bounded)")
         self.stats = CoalescerStats()
+        self.inline_threads = inline_threads
+        self._leaders: set[int] = set()  # the threads that may lead inline (at most inline_threads)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[_Request] = deque()
@@ -170,11 +191,15 @@ class CommitCoalescer:
         req = _Request(events, fence)
         with self._lock:
             self._check_open()
-            if not self._busy and not self._queue:
+            if not self._busy and not self._queue and self._may_lead():
                 self._busy = True
                 req.lead = True
             else:
                 self._queue.append(req)
+                if not self._busy:
+                    self._busy = self._handed = True
+                    self._start_thread()
+                    self._wake.notify()
         if req.lead:
             req.stage = _COMMITTING
             try:
@@ -227,6 +252,15 @@ class CommitCoalescer:
         if self._closed:
             raise AppendFailed("the commit coalescer is closed; nothing was appended")
 
+    def _may_lead(self) -> bool:
+        me = threading.get_ident()
+        if me in self._leaders:
+            return True
+        if len(self._leaders) < self.inline_threads:
+            self._leaders.add(me)
+            return True
+        return False
+
     def _start_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="tradestate-group-commit", daemon=True)
@@ -271,6 +305,7 @@ class CommitCoalescer:
                             break
                         self._handed = self._busy = False  # drained: the next caller leads again
                     if self._closed:
+                        self.log.release_connection()  # the connection this thread pinned
                         return
                     self._wake.wait(1.0)
                 batch = self._take()
@@ -330,37 +365,31 @@ class CommitCoalescer:
                     self.stats.rounds += 1
                     current = self._versions(pending)
                 accepted, refused = self._plan(pending, current)
-                settled += [(req, None, error) for req, error in refused]
+                if accepted:
+                    events = [e for req in accepted for e in req.events]
+                    try:
+                        appended = self.log.append(events, fence=batch[0].fence)
+                    except ConcurrencyConflict as e:
+                        if len(pending) == 1:  # its own conflict
+                            self.stats.conflicts += 1
+                            settled.append((pending[0], None, e))
+                            return
+                        # A version was taken by another process: read the versions and plan the
+                        # whole batch again (a caller refused only for a claim of one that now
+                        # fails must get its chance).
+                        continue
+                    except BaseException as e:  # noqa: BLE001 - the batch's error is every caller's in it
+                        settled += [(req, None, _copy_error(e)) for req in accepted]
+                    else:
+                        self._count(accepted, len(events))
+                        at = 0
+                        for req in accepted:
+                            settled.append((req, appended[at:at + len(req.events)], None))
+                            at += len(req.events)
                 self.stats.conflicts += len(refused)
-                if not accepted:
-                    return
-                events = [e for req in accepted for e in req.events]
-                try:
-                    appended = self.log.append(events, fence=batch[0].fence)
-                except ConcurrencyConflict as e:
-                    if len(accepted) == 1:  # its own conflict
-                        self.stats.conflicts += 1
-                        settled.append((accepted[0], None, e))
-                        return
-                    pending = accepted  # someone else took a version: find out whose, try the rest
-                    continue
-                except BaseException as e:  # noqa: BLE001 - the batch's error is every caller's
-                    settled += [(req, None, _copy_error(e)) for req in accepted]
-                    return
-                self._count(accepted, len(events))
-                at = 0
-                for req in accepted:
-                    settled.append((req, appended[at:at + len(req.events)], None))
-                    at += len(req.events)
+                settled += [(req, None, error) for req, error in refused]
                 return
-            # Versions keep being taken under us: each caller alone, with its own outcome.
-            for req in pending:
-                self.stats.alone += 1
-                try:
-                    settled.append((req, self.log.append(req.events, fence=req.fence), None))
-                    self._count([req], len(req.events))
-                except BaseException as e:  # noqa: BLE001 - this caller's own error
-                    settled.append((req, None, e))
+            self._alone(pending, settled)
         except BaseException as e:  # noqa: BLE001 - reading the versions failed: nothing of the rest appended
             done = {id(req) for req, _, _ in settled}
             settled += [(req, None, AppendFailed(f"the group commit failed before appending ({type(e).__name__}: "
@@ -368,6 +397,28 @@ class CommitCoalescer:
                         for req in batch if id(req) not in done]
         finally:
             self._settle_all(settled)
+
+    def _alone(self, pending: list[_Request], settled: list[Any]) -> None:
+        """Versions keep being taken under us: each caller in its own append, with its own
+        outcome; one continuing the versions of a caller that did not land is refused."""
+        chained_on_failed: dict[str, set[int]] = {}
+        for req in pending:
+            first, last = _span(req)
+            chained = [f"{s}@{v}" for s, v in first.items() if v in chained_on_failed.get(s, ())]
+            if chained:
+                self.stats.conflicts += 1
+                settled.append((req, None, ConcurrencyConflict(
+                    f"{', '.join(chained)} follows an append that did not land; nothing was appended")))
+            else:
+                self.stats.alone += 1
+                try:
+                    settled.append((req, self.log.append(req.events, fence=req.fence), None))
+                    self._count([req], len(req.events))
+                    continue
+                except BaseException as e:  # noqa: BLE001 - this caller's own error
+                    settled.append((req, None, e))
+            for s, v in last.items():
+                chained_on_failed.setdefault(s, set()).add(v + 1)
 
     def _count(self, accepted: list[_Request], events: int) -> None:
         stats = self.stats
@@ -379,29 +430,33 @@ class CommitCoalescer:
     @staticmethod
     def _plan(pending: list[_Request], current: dict[str, int] | None
               ) -> tuple[list[_Request], list[tuple[_Request, ConcurrencyConflict]]]:
-        """Split ``pending`` into callers that go in and callers refused for a version conflict:
-        each caller's first version of each stream must follow the version before it (the last
-        one claimed by an earlier caller of the batch, else ``current`` when read, else any)."""
+        """Split ``pending`` into callers that go in and callers refused for a version conflict,
+        in arrival order: a caller is refused if one of its versions of a stream is not above the
+        stream's highest, in the log (``current``, when read) or claimed by an earlier caller of
+        the batch (streams only grow at their end). A caller whose first version of a stream continues the
+        versions of a refused caller is refused too: it may have been decided on that caller's
+        events, which will not be there."""
         claimed: dict[str, int] = {}
+        chained_on_refused: dict[str, set[int]] = {}
         accepted, refused = [], []
         for req in pending:
-            first: dict[str, int] = {}
-            last: dict[str, int] = {}
-            for e in req.events:
-                s, v = e.originator_id, e.originator_version
-                if s not in first:
-                    first[s] = v
-                last[s] = v
+            first, last = _span(req)
             problem = None
             for s, v in first.items():
-                before = claimed.get(s, current.get(s, 0) if current is not None else None)
-                if before is not None and v != before + 1:
-                    problem = f"{s}@{v} (the stream is at version {before})"
+                taken = max(claimed.get(s, 0), current.get(s, 0) if current is not None else 0)
+                if v in chained_on_refused.get(s, ()):
+                    problem = f"{s}@{v} (it follows an append refused for a conflict)"
+                elif v <= taken:
+                    problem = f"{s}@{v} (the stream is at version {taken})"
+                if problem is not None:
                     break
             if problem is not None:
                 refused.append((req, ConcurrencyConflict(f"another writer already appended to {problem}")))
+                for s, v in last.items():
+                    chained_on_refused.setdefault(s, set()).add(v + 1)
                 continue
-            claimed.update(last)
+            for s, v in last.items():
+                claimed[s] = max(claimed.get(s, 0), v)
             accepted.append(req)
         return accepted, refused
 
