@@ -98,6 +98,7 @@ class TradestateClient:
         clock_check_seconds: float = 10.0,
         clock_source: str | None = None,
         lease: Any = None,
+        coalesce: bool = False,
     ):
         """``venue``: the venue intents are booked at when ``record_intent`` names none (with
         neither, an intent is ``InvalidInput``). ``use_checkpoints``: start from the newest valid
@@ -121,7 +122,13 @@ class TradestateClient:
 
         ``lease`` (``engines.EngineLease``, taken already; ``connect(..., engine_id=...)`` does it):
         this client is the active engine: every append carries the lease's epoch and is refused
-        once another engine took the lease or it expired (``NotLeader``, then on every call)."""
+        once another engine took the lease or it expired (``NotLeader``, then on every call).
+
+        ``coalesce``: calls made concurrently (from threads, or the async client's workers) share
+        commits (``adapters.store.coalesce``: group commit): each still returns once its own
+        events are durable, with its own conflict check and error, and a lone call is no slower.
+        Decisions then see this client's appends still in flight only where they touch the same
+        stream (see ``Writer``): the guarantee between them is the one between two engines."""
         self.store = store
         self.lease = lease
         self.venue = venue
@@ -142,10 +149,16 @@ class TradestateClient:
             checkpointer = Checkpointer(store, every_events=checkpoint_every, every_seconds=checkpoint_seconds)
         if clock_guard is None:
             clock_guard = clock is utc_now
+        self.coalescer = None
+        if coalesce:
+            from .adapters.store.coalesce import CommitCoalescer
+
+            self.coalescer = CommitCoalescer(store.trading)
         self.writer = Writer(store, state, clock=clock, new_id=new_id, max_attempts=max_attempts,
                              max_failures=max_failures, checkpointer=checkpointer, clock_guard=clock_guard,
                              clock_skew_threshold=clock_skew_threshold, max_clock_skew=max_clock_skew,
-                             clock_check_seconds=clock_check_seconds, clock_source=clock_source)
+                             clock_check_seconds=clock_check_seconds, clock_source=clock_source,
+                             coalescer=self.coalescer)
         if lease is not None:
             self.writer.fence = lease.fence
             lease.start()
@@ -577,6 +590,8 @@ class TradestateClient:
         unless ``engine_stopped`` released it: a close without a recorded stop is a crash)."""
         if self.lease is not None:
             self.lease.stop()
+        if self.coalescer is not None:
+            self.coalescer.close()
         self.store.close()
 
     def __enter__(self) -> TradestateClient:

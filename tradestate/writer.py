@@ -209,6 +209,17 @@ class Writer:
     it starts and once when it ends); intents are refused (``clock_skew``) while it, or the skew of
     the time decisions are held to, is beyond ``max_clock_skew``. None switches either off.
     Without the guard ``now`` is the clock's time.
+
+    ``coalescer`` (``adapters.store.coalesce.CommitCoalescer`` over ``store.trading``): calls from
+    many threads share commits (group commit). The lock then covers catch-up and decision only:
+    each call decides on the log as committed (its versions from the fold), hands its events to
+    the coalescer, and waits for its commit outside the lock, so the next call decides while
+    earlier ones are in flight. Its contract is unchanged: it returns once its own events are
+    durable, with its own version check and error. What is weaker than one call at a time is
+    what another engine process would see: a decision does not see this writer's appends that
+    are still in flight, except that a call touching a stream one of them touches waits for it
+    first (so an intent and its account's risk stream are still decided one at a time: two
+    intents cannot both pass the same limit).
     """
 
     def __init__(
@@ -226,6 +237,7 @@ class Writer:
         max_clock_skew: float | None = 1.0,
         clock_check_seconds: float = 10.0,
         clock_source: str | None = None,
+        coalescer: Any = None,
     ):
         self.store = store
         self.state = state
@@ -256,6 +268,9 @@ class Writer:
         self._unconfirmed = False  # a commit of ours is not yet confirmed durable
         self.fence: Any = None
         self.deposed: NotLeader | None = None
+        self.coalescer = coalescer
+        # stream -> the in-flight coalesced append of this writer that touches it (set when done)
+        self._in_flight: dict[str, threading.Event] = {}
 
     # ------------------------------------------------------------------------- reading
     def catch_up(self) -> int:
@@ -492,6 +507,8 @@ class Writer:
         when the events were committed but not confirmed durable (do not act on them; retrying
         the same call is safe), and whatever ``decide`` raises (nothing appended)."""
         wanted = tuple(orders)
+        if self.coalescer is not None:
+            return self._record_coalesced(decide, wanted)
         last_error: Exception | None = None
         failures = 0
         attempt = 0
@@ -555,6 +572,125 @@ class Writer:
             f"unless the log shows it (retrying the same call is safe): {last_error}"
         ) from last_error
 
+    def _record_coalesced(self, decide: Decide[T], wanted: tuple[str, ...]) -> Written[T]:
+        """``record`` through the coalescer: decide under the lock, commit outside it."""
+        last_error: Exception | None = None
+        failures = 0
+        attempt = 0
+        waited = 0
+        deadline = time.monotonic() + self.coalescer.wait_timeout * self.max_attempts
+        while attempt < self.max_attempts:
+            if attempt and not waited:
+                self.stats.retries += 1
+                time.sleep(min(0.05, 0.001 * 2**attempt) * random.random())
+            waited = 0
+            with self.lock:
+                if self.deposed is not None:
+                    raise self.deposed
+                if self._unconfirmed:
+                    self._confirm()
+                self.refresh()
+                if self.clock_guard:
+                    self._periodic_clock_check()
+                if wanted:
+                    ensure_orders(self.state, wanted)
+                    refuse_quarantined(self.state, wanted)
+                with deciding(self.state):
+                    result = decide(self.state)
+                decision, value = (result.decision, result.value) if isinstance(result, Decided) else (result, None)
+                if isinstance(decision, rules.AlreadyRecorded):
+                    return Written(decision, [decision.position], value)
+                refuse_decided(self.state, decision.events)
+                attempt_rows = self._build_attempt(decision)
+                streams = {row[0] for row in attempt_rows}
+                busy = {self._in_flight[s] for s in streams if s in self._in_flight}
+                if not busy:
+                    done = threading.Event()
+                    for stream in streams:
+                        self._in_flight[stream] = done
+            if busy:
+                # An append of ours to the same stream is in flight: this decision would conflict
+                # with it; decide again once it is done (on the log with it), not as a retry.
+                for event in busy:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not event.wait(left):
+                        raise AppendFailed("an earlier append of this writer to the same stream did not finish "
+                                           "in time; nothing was appended by this call (retrying is safe)")
+                waited = 1
+                continue
+            attempt += 1
+            try:
+                positions = self._commit_coalesced(attempt_rows)
+            except ConcurrencyConflict as e:
+                self.stats.conflicts += 1
+                last_error = e
+                self.wait_past_holes()
+                continue
+            except NotLeader as e:
+                with self.lock:
+                    self.deposed = e
+                raise
+            except CommitOutcomeUnknown:
+                with self.lock:
+                    self._unconfirmed = True
+                raise
+            except AppendFailed as e:
+                last_error = e
+                failures += 1
+                with self.lock:
+                    if isinstance(e, CommitInterrupted):
+                        self._unconfirmed = True
+                    landed = self._landed(attempt_rows)
+                    if landed is not None:
+                        self._unconfirmed = True
+                        self._confirm()
+                        return Written(decision, landed, value)
+                if failures >= self.max_failures:
+                    break
+                continue
+            finally:
+                with self.lock:
+                    for stream in streams:
+                        if self._in_flight.get(stream) is done:
+                            del self._in_flight[stream]
+                done.set()
+            if self.checkpointer is not None:
+                with self.lock:
+                    self._checkpoint()
+            return Written(decision, positions, value)
+        if isinstance(last_error, ConcurrencyConflict):
+            raise ConcurrencyConflict(
+                f"gave up after {self.max_attempts} attempts: other writers keep appending to the "
+                f"same streams ({last_error})"
+            )
+        raise AppendFailed(
+            f"could not record after {attempt} attempts; nothing was appended by this call "
+            f"unless the log shows it (retrying the same call is safe): {last_error}"
+        ) from last_error
+
+    def _commit_coalesced(self, attempt: _Attempt) -> list[int]:
+        """Hand ``attempt`` to the coalescer, wait for its commit (without the lock), then count
+        and fold it like ``_append``."""
+        stored = [new_event(stream, version, type_name, data) for stream, version, type_name, _, data in attempt]
+        started = time.perf_counter()
+        try:
+            appended = self.coalescer.append(stored, fence=self.fence)
+        except ConcurrencyConflict:
+            APPENDS.labels("conflict").inc()
+            raise
+        except NotLeader:
+            APPENDS.labels("not_leader").inc()
+            raise
+        except AppendFailed:
+            APPENDS.labels("failed").inc()
+            raise
+        APPEND_SECONDS.observe(time.perf_counter() - started)
+        APPENDS.labels("ok").inc()
+        EVENTS_APPENDED.inc(len(stored))
+        with self.lock:
+            self._appended(attempt, appended)
+        return [a.position for a in appended]
+
     def _periodic_clock_check(self) -> None:
         checked = self._clock_checked
         if self._checking_clock or (checked is not None and time.monotonic() - checked < self.clock_check_seconds):
@@ -602,8 +738,8 @@ class Writer:
             return Recorded(appended.position, event.event_id)
         raise ConcurrencyConflict(f"{stream} version {version} kept conflicting")
 
-    def _append(self, decision: rules.Append) -> list[int]:
-        """Append decided events (each at its stream's next version) and fold them."""
+    def _build_attempt(self, decision: rules.Append) -> _Attempt:
+        """The decided events at their streams' next versions (after the fold's), encoded."""
         versions: dict[str, int] = {}
         attempt: _Attempt = []
         for stream, event in decision.events:
@@ -611,7 +747,11 @@ class Writer:
             versions[stream] = version
             payload = event.to_payload()
             attempt.append((stream, version, event.type_name(), payload, orjson.dumps(payload)))
-        self._attempt = attempt
+        return attempt
+
+    def _append(self, decision: rules.Append) -> list[int]:
+        """Append decided events (each at its stream's next version) and fold them."""
+        self._attempt = attempt = self._build_attempt(decision)
         stored = [new_event(stream, version, type_name, data) for stream, version, type_name, _, data in attempt]
         started = time.perf_counter()
         fence = self.fence
@@ -629,6 +769,11 @@ class Writer:
         APPEND_SECONDS.observe(time.perf_counter() - started)
         APPENDS.labels("ok").inc()
         EVENTS_APPENDED.inc(len(stored))
+        self._appended(attempt, appended)
+        return [a.position for a in appended]
+
+    def _appended(self, attempt: _Attempt, appended: list[Any]) -> None:
+        """Count a durable append (under the lock) and fold it if it directly follows the fold."""
         self.stats.appends += 1
         for (stream, version, type_name, payload, _), a in zip(attempt, appended, strict=True):
             self.acknowledged.append((a.position, stream, version, type_name, payload.get("event_id")))
@@ -639,7 +784,6 @@ class Writer:
                     self.state.apply(a.position, stream, version, type_name, payload, a.recorded_at)
                     self._known = (a.position, payload.get("event_id"))
             self._saw_time(appended[-1].recorded_at)
-        return [a.position for a in appended]
 
     def _landed(self, attempt: _Attempt) -> list[int] | None:
         """After an ambiguous failure: the positions of our events if the commit did happen
