@@ -14,12 +14,27 @@
                         run through the same connection in interleaved 20 ms slices (ABBA...),
                         so drift on this shared machine hits both alike.
 
-Targets: ours / raw >= 0.65 for the rate; fenced / unfenced >= 0.90 (fencing costs <= 10 %).
+``append_coalesced_<n>t`` / ``append_coalesced_<n>a``  single-event appends from ``COALESCE_CALLERS``
+                        concurrent callers in this one process (threads calling
+                        ``CommitCoalescer.append``; asyncio tasks awaiting ``append_async``),
+                        sharing commits (group commit), against the raw single-row INSERT commit
+                        rate of one writer: the three run interleaved in rounds (raw, threads,
+                        asyncio, raw, ...), each round's rates logged, the best round kept. p99 is
+                        each caller's own append latency, queueing included.
+``append_coalesced_single_1w``  one caller through the coalescer (it leads its own commits inline)
+                        against today's ``EventLog.append``, interleaved in 20 ms slices like the
+                        fencing rows.
+
+Targets: ours / raw >= 0.65 for the rate; fenced / unfenced >= 0.90 (fencing costs <= 10 %);
+coalesced >= 3x the raw single-row commit rate with p99 <= 5 ms; a single caller through the
+coalescer >= 0.95x today's single append.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
 import traceback
 import uuid
@@ -55,6 +70,10 @@ FENCE_SLICE_SECONDS = 0.02
 # and renewed every second like an engine's default (3 s, renewed every 1 s).
 FENCE_LEASE_SECONDS = 30.0
 FENCE_RENEW_SECONDS = 1.0
+TARGET_COALESCED = 3.0  # the least coalesced / raw single-row commit rate (issue 16, item 5)
+TARGET_COALESCED_P99_MS = 5.0  # the most a coalesced caller's p99 append latency may be, in ms
+TARGET_COALESCED_SINGLE = 0.95  # a lone caller through the coalescer / today's single append
+COALESCE_CALLERS = 64  # concurrent callers in one engine process (an asyncio engine's order flows)
 
 
 # ------------------------------------------------------------------------- append writers
@@ -385,14 +404,167 @@ def bench_fencing(url: str, backend: str, sizes: Sizes, payload: bytes) -> list[
     return _append_rows("append_single_fenced_1w", backend, fenced, "unfenced_interleaved_1w", unfenced)
 
 
+# ------------------------------------------------------------------------- coalesced commits
+
+
+def _coalesced_threads(coalescer: Any, payload: bytes, callers: int, seconds: float) -> WriteRun:
+    """``callers`` threads appending one event each call through ``coalescer`` for ``seconds``."""
+    from ...adapters.store import new_event
+
+    go = threading.Barrier(callers + 1)
+    outcomes: list[tuple[int, list[float], float]] = []
+    errors: list[BaseException] = []
+    deadline = [0.0]
+
+    def caller() -> None:
+        latencies: list[float] = []
+        clock = time.perf_counter
+        append = coalescer.append
+        n = 0
+        try:
+            go.wait(60)
+            end = deadline[0]
+            while clock() < end:
+                stream = f"order-{uuid.uuid4()}"
+                t0 = clock()
+                append([new_event(stream, 1, "OrderFilled", payload)])
+                latencies.append((clock() - t0) * 1000.0)
+                n += 1
+        except BaseException as e:  # noqa: BLE001 - reported by the runner
+            errors.append(e)
+        outcomes.append((n, latencies, clock()))
+
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    deadline[0] = start + seconds
+    go.wait(60)
+    for t in threads:
+        t.join(seconds + 120)
+    if errors:
+        raise RuntimeError(f"a coalesced caller failed: {type(errors[0]).__name__}: {errors[0]}")
+    total = sum(n for n, _, _ in outcomes)
+    latencies = [x for _, lat, _ in outcomes for x in lat]
+    end = max(t for _, _, t in outcomes)
+    return _summarise(total, latencies, end - start)
+
+
+def _coalesced_async(coalescer: Any, payload: bytes, callers: int, seconds: float) -> WriteRun:
+    """``callers`` asyncio tasks awaiting ``append_async`` of one event each for ``seconds``."""
+    from ...adapters.store import new_event
+
+    async def main() -> WriteRun:
+        clock = time.perf_counter
+        latencies: list[float] = []
+        counts = [0]
+        end = clock() + seconds
+
+        async def flow() -> None:
+            append = coalescer.append_async
+            while clock() < end:
+                stream = f"order-{uuid.uuid4()}"
+                t0 = clock()
+                await append([new_event(stream, 1, "OrderFilled", payload)])
+                latencies.append((clock() - t0) * 1000.0)
+                counts[0] += 1
+
+        start = clock()
+        await asyncio.gather(*[flow() for _ in range(callers)])
+        return _summarise(counts[0], latencies, clock() - start)
+
+    return asyncio.run(main())
+
+
+def bench_coalesced(url: str, backend: str, raw_spec: dict[str, Any], sizes: Sizes, payload: bytes) -> list[Result]:
+    """``append_coalesced_*`` on the store at ``url`` against raw single-row commits (``raw_spec``)
+    and today's single append, interleaved in the same run."""
+    from ...adapters.store import new_event, open_store
+    from ...adapters.store.coalesce import CommitCoalescer
+
+    callers = COALESCE_CALLERS
+    seconds = sizes.single_seconds
+    log(f"{backend} append_coalesced: raw single-row commits vs {callers} coalesced callers (threads, asyncio), "
+        f"{sizes.rounds} round(s) x {seconds:g} s each, interleaved")
+    store = open_store(url, create=False)
+    coalescer = CommitCoalescer(store.trading)
+    runs: dict[str, list[WriteRun]] = {"raw": [], "threads": [], "asyncio": []}
+    try:
+        for _ in range(sizes.warmup):
+            coalescer.append([new_event(f"warm-{uuid.uuid4()}", 1, "OrderFilled", payload)])
+        for round_no in range(1, sizes.rounds + 1):
+            runs["raw"].append(_run_writers(raw_spec, 1, sizes))
+            runs["threads"].append(_coalesced_threads(coalescer, payload, callers, seconds))
+            runs["asyncio"].append(_coalesced_async(coalescer, payload, callers, seconds))
+            raw = runs["raw"][-1].rate
+            for name, variant in runs.items():
+                run = variant[-1]
+                log(f"  {_describe(name, run)} = {run.rate / raw:.2f}x raw [round {round_no}, load "
+                    f"{os.getloadavg()[0]:.2f}]")
+        stats = coalescer.stats
+        log(f"  coalescer: {stats.batches:,} commits for {stats.callers:,} callers "
+            f"({stats.callers / max(stats.batches, 1):.1f} per commit, largest {stats.largest})")
+        log(f"{backend} append_coalesced_single: one caller through the coalescer vs today's append, "
+            f"{seconds * sizes.rounds:g} s each in {FENCE_SLICE_SECONDS * 1000:g} ms slices, interleaved")
+        log_append = store.trading.append
+        single = _interleaved({
+            "today": lambda stream: log_append([new_event(stream, 1, "OrderFilled", payload)]),
+            "coalesced": lambda stream: coalescer.append([new_event(stream, 1, "OrderFilled", payload)]),
+        }, seconds * sizes.rounds, sizes.warmup)
+    finally:
+        coalescer.close()
+        store.close()
+    for name, run in single.items():
+        log("  " + _describe(name, run))
+    log(f"  coalesced / today: {single['coalesced'].rate / single['today'].rate:.3f}")
+    best = {name: max(variant, key=lambda r: r.rate) for name, variant in runs.items()}
+    for name, variant in runs.items():
+        rates = [r.rate for r in variant]
+        log(f"  {name}: best {max(rates):,.0f}, worst {min(rates):,.0f} events/s over {len(rates)} round(s)")
+    label = str(callers)
+    return (_append_rows(f"append_coalesced_{label}t", backend, best["threads"], "raw_insert_commit_1w", best["raw"])
+            + _append_rows(f"append_coalesced_{label}a", backend, best["asyncio"], "raw_insert_commit_1w", best["raw"])
+            + _append_rows("append_coalesced_single_1w", backend, single["coalesced"], "single_interleaved_1w",
+                           single["today"]))
+
+
+def bench_coalesced_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Result]:
+    """``append_coalesced_*`` on a fresh SQLite file, raw commits into another file."""
+    from ...adapters.store import open_store
+
+    path = os.path.join(workdir, "append_coalesced.db")
+    open_store(f"sqlite:///{path}").close()
+    raw_path = os.path.join(workdir, "append_coalesced_raw.db")
+    conn = sqlite_raw_conn(raw_path)
+    conn.execute(raw_table_sql_sqlite("raw_events"))
+    conn.close()
+    raw = {"kind": "raw_sqlite", "path": raw_path, "table": "raw_events", "payload": payload}
+    return bench_coalesced(f"sqlite:///{path}", "sqlite", raw, sizes, payload)
+
+
+def bench_coalesced_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes, payload: bytes) -> list[Result]:
+    """``append_coalesced_*`` on PostgreSQL, in a fresh schema with its raw table."""
+    from ...adapters.store import open_store
+
+    schema = schema_for("c64")
+    url = pg.url_for(schema)
+    open_store(url).close()
+    with pg.connect() as conn:
+        conn.execute(raw_table_sql_pg(schema, "raw_events"))
+    raw = {"kind": "raw_pg", "base_url": pg.base_url, "schema": schema, "table": "raw_events", "payload": payload}
+    return bench_coalesced(url, "postgresql", raw, sizes, payload)
+
+
 def run(ctx: BenchContext) -> list[Result]:
     """Measure on each backend asked for; return the rows."""
     payload = fill_payload()
     results: list[Result] = []
     if "sqlite" in ctx.backends:
         results += bench_append_sqlite(ctx.workdir, ctx.sizes, payload)
+        results += bench_coalesced_sqlite(ctx.workdir, ctx.sizes, payload)
     if ctx.pg is not None:
         results += bench_append_pg(ctx.pg, ctx.schema_for, ctx.sizes, payload)
+        results += bench_coalesced_pg(ctx.pg, ctx.schema_for, ctx.sizes, payload)
     return results
 
 
@@ -406,4 +578,14 @@ def targets(results: list[Result]) -> list[tuple[bool, str]]:
         if r.metric == "append_single_fenced_1w":
             checks += ratio_checks([r], r.metric, r.backend, r.baseline, TARGET_FENCED,
                                    "the unfenced rate, interleaved in the same run (fencing costs <= 10 %)")
+        if r.metric.startswith("append_coalesced_") and r.metric[-1] in "ta" and r.baseline.startswith("raw_"):
+            checks += ratio_checks([r], r.metric, r.backend, r.baseline, TARGET_COALESCED,
+                                   "the raw single-row commit rate of one writer, same run")
+        if r.metric.startswith("append_coalesced_") and r.metric.endswith("_p99") and r.baseline.startswith("raw_"):
+            checks.append((r.value <= TARGET_COALESCED_P99_MS,
+                           f"{r.metric} ({r.backend}): {r.value:.2f} ms per caller, {r.ratio:.2f}x the raw "
+                           f"single-row commit's p99 of {r.baseline_value:.2f} ms (target <= {TARGET_COALESCED_P99_MS:g} ms)"))
+        if r.metric == "append_coalesced_single_1w":
+            checks += ratio_checks([r], r.metric, r.backend, r.baseline, TARGET_COALESCED_SINGLE,
+                                   "today's single append, interleaved in the same run")
     return checks
