@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import random
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -271,6 +272,11 @@ class Writer:
         self.coalescer = coalescer
         # stream -> the in-flight coalesced append of this writer that touches it (set when done)
         self._in_flight: dict[str, threading.Event] = {}
+        # shared catch-up reads of concurrent callers (``refresh`` with a coalescer)
+        self._reads = threading.Condition(threading.Lock())
+        self._reading = False
+        self._reads_started = 0
+        self._reads_done = 0
 
     # ------------------------------------------------------------------------- reading
     def catch_up(self) -> int:
@@ -345,7 +351,42 @@ class Writer:
 
     def refresh(self) -> None:
         """``catch_up`` before recording: a log that cannot be read raises ``AppendFailed`` (the
-        documented error, not the driver's), and nothing was appended."""
+        documented error, not the driver's), and nothing was appended. With a coalescer,
+        concurrent callers share reads: each returns after a catch-up that started after it
+        called (so it sees every event committed before it called), one read for all of them."""
+        if self.coalescer is not None and not self.lock._is_owned():  # type: ignore[attr-defined]
+            self._refresh_shared()
+            return
+        self._refresh_now()
+
+    def _refresh_shared(self, budget: float = 30.0) -> None:
+        cond = self._reads
+        deadline = time.monotonic() + budget
+        with cond:
+            wanted = self._reads_started + 1  # a read that starts from now on
+            while self._reads_done < wanted:
+                if not self._reading:
+                    self._reading = True
+                    self._reads_started += 1
+                    mine = self._reads_started
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AppendFailed(f"no catch-up of the log finished within {budget:g} s; nothing was "
+                                       "appended by this call (retrying the same call is safe)")
+                cond.wait(left)
+            else:
+                return  # a read that started after we called has finished
+        try:
+            self._refresh_now()
+        finally:
+            with cond:
+                self._reading = False
+                if sys.exc_info()[0] is None:
+                    self._reads_done = max(self._reads_done, mine)
+                cond.notify_all()  # waiters of a failed read start their own (and get their own error)
+
+    def _refresh_now(self) -> None:
         try:
             self.catch_up()
         except TradestateError:
@@ -584,12 +625,14 @@ class Writer:
                 self.stats.retries += 1
                 time.sleep(min(0.05, 0.001 * 2**attempt) * random.random())
             waited = 0
+            if self.deposed is not None:
+                raise self.deposed
+            self.refresh()  # shared with the other callers, outside the lock
             with self.lock:
                 if self.deposed is not None:
                     raise self.deposed
                 if self._unconfirmed:
                     self._confirm()
-                self.refresh()
                 if self.clock_guard:
                     self._periodic_clock_check()
                 if wanted:
