@@ -132,6 +132,37 @@ def test_async_order_flows_share_commits(db_url):
             assert [p["qty"] for p in again.positions(f"acct-{i}")] == [-16]
 
 
+def test_each_call_sees_what_was_committed_before_it_called(db_url):
+    """Catch-up reads are shared between concurrent calls, never reused from before a call."""
+    client = tradestate.connect(db_url, venue="sim", coalesce=True)
+    other = tradestate.connect(db_url, venue="sim")
+    try:
+        errors: list[BaseException] = []
+
+        def run(i: int) -> None:
+            try:
+                for k in range(5):
+                    name = f"x{i}-{k}"
+                    other.record_intent(ACCT, name, "AAPL", "buy", "1", reference_price="10")
+                    client.record_submitted(ACCT, name)  # an UnknownOrder here: a stale read was reused
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+            finally:
+                client.store.trading.release_connection()
+                other.store.trading.release_connection()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert sum(1 for r in _log(client) if r[3] == "OrderSubmitted") == 20
+    finally:
+        other.close()
+        client.close()
+
+
 def test_a_lone_call_through_the_coalescer_commits_inline(db_url):
     with tradestate.connect(db_url, venue="sim", coalesce=True) as client:
         _flow(client, ACCT, "solo")
@@ -171,5 +202,41 @@ def test_a_takeover_deposes_every_coalesced_call(db_url):
                     standby.order(ACCT, f"after-{i}")
         finally:
             standby.close()
+    finally:
+        client.close()
+
+
+def test_a_shared_catch_up_returns_only_after_a_read_that_started_after_the_call(sqlite_url):
+    client = tradestate.connect(sqlite_url, venue="sim", coalesce=True)
+    try:
+        writer = client.writer
+        starts: list[float] = []
+        ends: dict[int, float] = {}
+
+        def slow_read() -> None:
+            index = len(starts)
+            starts.append(time.monotonic())
+            time.sleep(0.02)
+            ends[index] = time.monotonic()
+
+        writer._refresh_now = slow_read
+        calls: list[tuple[float, float]] = []
+
+        def call() -> None:
+            called = time.monotonic()
+            writer.refresh()
+            calls.append((called, time.monotonic()))
+
+        threads = []
+        for _ in range(12):
+            threads.append(threading.Thread(target=call))
+            threads[-1].start()
+            time.sleep(0.003)
+        for t in threads:
+            t.join(10)
+        assert len(calls) == 12
+        for called, returned in calls:
+            assert any(start >= called and ends[i] <= returned for i, start in enumerate(starts))
+        assert len(starts) < len(calls)  # reads were shared
     finally:
         client.close()
