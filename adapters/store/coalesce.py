@@ -102,7 +102,7 @@ class _Request:
         self.stage = _QUEUED
         self.result: list[Appended] | None = None
         self.error: BaseException | None = None
-        self.done = threading.Event() if loop is None else None
+        self.done: threading.Event | None = None  # made when it queues (a leader needs none)
         self.loop = loop
         self.future: asyncio.Future[list[Appended]] | None = loop.create_future() if loop is not None else None
         self.lead = False  # this caller commits its own batch (nothing was in flight)
@@ -195,6 +195,7 @@ class CommitCoalescer:
                 self._busy = True
                 req.lead = True
             else:
+                req.done = threading.Event()
                 self._queue.append(req)
                 if not self._busy:
                     self._busy = self._handed = True
@@ -203,7 +204,7 @@ class CommitCoalescer:
         if req.lead:
             req.stage = _COMMITTING
             try:
-                self._commit([req])
+                self._commit_one(req)
             finally:
                 self._hand_on()
             return req.outcome()
@@ -354,8 +355,24 @@ class CommitCoalescer:
             except RuntimeError:  # the loop is closed: its callers are gone
                 pass
 
+    def _commit_one(self, req: _Request) -> None:
+        """A batch of one (a leader's own append): ``_commit`` without the planning, which cannot
+        refuse a lone request, so a lone caller pays next to nothing over ``log.append``."""
+        try:
+            appended = self.log.append(req.events, fence=req.fence)
+        except BaseException as e:  # noqa: BLE001 - its own error, whatever it is
+            if isinstance(e, ConcurrencyConflict):
+                self.stats.conflicts += 1
+            req.error, req.stage = e, _DONE
+            return
+        self._count([req], len(req.events))
+        req.result, req.stage = appended, _DONE
+
     def _commit(self, batch: list[_Request]) -> None:
         """Commit ``batch`` (one fence) and settle every request in it."""
+        if len(batch) == 1 and batch[0].loop is None and batch[0].done is None:
+            self._commit_one(batch[0])
+            return
         settled: list[tuple[_Request, list[Appended] | None, BaseException | None]] = []
         pending = batch
         current: dict[str, int] | None = None  # the streams' versions, read after a batch conflict
