@@ -272,6 +272,7 @@ class Writer:
         self.coalescer = coalescer
         # stream -> the in-flight coalesced append of this writer that touches it (set when done)
         self._in_flight: dict[str, threading.Event] = {}
+        self._in_flight_lock = threading.Lock()  # taken inside ``lock`` or alone, never the other way
         # shared catch-up reads of concurrent callers (``refresh`` with a coalescer)
         self._reads = threading.Condition(threading.Lock())
         self._reading = False
@@ -646,11 +647,12 @@ class Writer:
                 refuse_decided(self.state, decision.events)
                 attempt_rows = self._build_attempt(decision)
                 streams = {row[0] for row in attempt_rows}
-                busy = {self._in_flight[s] for s in streams if s in self._in_flight}
-                if not busy:
-                    done = threading.Event()
-                    for stream in streams:
-                        self._in_flight[stream] = done
+                with self._in_flight_lock:
+                    busy = {self._in_flight[s] for s in streams if s in self._in_flight}
+                    if not busy:
+                        done = threading.Event()
+                        for stream in streams:
+                            self._in_flight[stream] = done
             if busy:
                 # An append of ours to the same stream is in flight: this decision would conflict
                 # with it; decide again once it is done (on the log with it), not as a retry.
@@ -663,7 +665,7 @@ class Writer:
                 continue
             attempt += 1
             try:
-                positions = self._commit_coalesced(attempt_rows)
+                appended = self._commit_coalesced(attempt_rows)
             except ConcurrencyConflict as e:
                 self.stats.conflicts += 1
                 last_error = e
@@ -692,15 +694,17 @@ class Writer:
                     break
                 continue
             finally:
-                with self.lock:
+                # Not under the writer lock: a call holding it (a nested record) may be waiting for this.
+                with self._in_flight_lock:
                     for stream in streams:
                         if self._in_flight.get(stream) is done:
                             del self._in_flight[stream]
                 done.set()
-            if self.checkpointer is not None:
-                with self.lock:
+            with self.lock:
+                self._appended(attempt_rows, appended)
+                if self.checkpointer is not None:
                     self._checkpoint()
-            return Written(decision, positions, value)
+            return Written(decision, [a.position for a in appended], value)
         if isinstance(last_error, ConcurrencyConflict):
             raise ConcurrencyConflict(
                 f"gave up after {self.max_attempts} attempts: other writers keep appending to the "
@@ -711,9 +715,9 @@ class Writer:
             f"unless the log shows it (retrying the same call is safe): {last_error}"
         ) from last_error
 
-    def _commit_coalesced(self, attempt: _Attempt) -> list[int]:
-        """Hand ``attempt`` to the coalescer, wait for its commit (without the lock), then count
-        and fold it like ``_append``."""
+    def _commit_coalesced(self, attempt: _Attempt) -> list[Any]:
+        """Hand ``attempt`` to the coalescer and wait for its commit (without the lock); the
+        caller folds it (``_appended``)."""
         stored = [new_event(stream, version, type_name, data) for stream, version, type_name, _, data in attempt]
         started = time.perf_counter()
         try:
@@ -730,9 +734,7 @@ class Writer:
         APPEND_SECONDS.observe(time.perf_counter() - started)
         APPENDS.labels("ok").inc()
         EVENTS_APPENDED.inc(len(stored))
-        with self.lock:
-            self._appended(attempt, appended)
-        return [a.position for a in appended]
+        return appended
 
     def _periodic_clock_check(self) -> None:
         checked = self._clock_checked

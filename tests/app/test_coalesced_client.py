@@ -240,3 +240,34 @@ def test_a_shared_catch_up_returns_only_after_a_read_that_started_after_the_call
         assert len(starts) < len(calls)  # reads were shared
     finally:
         client.close()
+
+
+def test_conflicts_with_another_engine_are_decided_again_per_call(db_url):
+    client = tradestate.connect(db_url, venue="sim", coalesce=True)
+    other = tradestate.connect(db_url, venue="sim")
+    try:
+        client.record_intent(ACCT, "shared", "AAPL", "buy", "1000", reference_price="10")
+        client.record_submitted(ACCT, "shared")
+        errors: list[BaseException] = []
+
+        def fills(who, prefix: str) -> None:
+            try:
+                for k in range(15):
+                    who.record_fill(ACCT, "shared", f"{prefix}-{k}", "1", "10")
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+            finally:
+                who.store.trading.release_connection()
+
+        threads = [threading.Thread(target=fills, args=(client, f"c{i}")) for i in range(4)]
+        threads.append(threading.Thread(target=fills, args=(other, "o")))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert other.order(ACCT, "shared")["filled_qty"] == 75
+        assert sum(1 for r in _log(client) if r[3] == "OrderFilled") == 75
+    finally:
+        other.close()
+        client.close()
