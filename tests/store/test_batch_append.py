@@ -195,3 +195,16 @@ def test_every_batch_lands_whole_and_contiguous_or_not_at_all(store, batches):
             _assert_landed_in_order(log, batch, log.append(batch), head)
             next_version = planned
     assert_no_holes(log)
+
+
+def test_sqlite_connections_checkpoint_every_ten_thousand_wal_pages(sqlite_url):
+    from tradestate.adapters.store import open_store
+    from tradestate.adapters.store.sqlite import WAL_AUTOCHECKPOINT_PAGES
+
+    assert WAL_AUTOCHECKPOINT_PAGES == 10_000
+    with open_store(sqlite_url) as s:
+        ds = s.trading.datastore
+        with ds.get_connection(commit=True) as w, ds.get_connection(commit=False) as r:
+            for conn in (w, r):
+                assert conn._sqlite_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+                assert conn._sqlite_conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, unchanged
