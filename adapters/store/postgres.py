@@ -429,7 +429,13 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             "INSERT INTO {} (position, stream_id, stream_version, type, data)"
             " SELECT nextval({}), %s, %s, %s, %b"
         ).format(self._qualified, self._seq_literal) + fence + SQL(" RETURNING position, recorded_at")
-        self._fence_check = SQL("SELECT 1") + fence
+        # A fenced batch in one autocommit statement: the lease row is locked FOR SHARE as above, and
+        # the append function runs only for a lease row found (its first argument is a column of
+        # that row, so the plan must read the row first; none: no call, no position drawn).
+        self._insert_many_fenced = (
+            SQL("SELECT r.pos, r.at FROM (SELECT %b::text[] AS streams") + fence
+            + SQL(") AS held, LATERAL {}(held.streams, %b, %b, %b) AS r").format(func)
+        )
         # insert_in's several events in the caller's transaction (which rolls back on a conflict, so
         # no voiding here). ORDER BY o: nextval, being volatile, is evaluated after the sort, so
         # positions follow the events' order; RETURNING then comes back in that order too.
@@ -460,7 +466,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         self._currval = SQL("SELECT currval({})").format(self._seq_literal)
         # Rendered once: psycopg would otherwise re-compose these on every call of the hot path.
         for name in ("_insert_one", "_insert_many", "_insert_many_in", "_void", "_void_range", "_next_row", "_select",
-                     "_head", "_currval", "_insert_one_fenced", "_fence_check"):
+                     "_head", "_currval", "_insert_one_fenced", "_insert_many_fenced"):
             setattr(self, name, getattr(self, name).as_string(None))
         # What an existing log must already have for an open to skip DDL (a catalog write waits
         # for synchronous standbys like any commit, and fails on a read-only server).
@@ -644,8 +650,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
 
     def _insert(self, conn: psycopg.Connection[Any], events: Sequence[StoredEvent],
                 fence: Fence | None = None) -> list[Appended]:
-        """The append's one autocommit statement (its commit included); fenced, several events
-        take one transaction that checks the lease first."""
+        """The append's one autocommit statement (its commit included), fenced or not."""
         cur = conn.cursor(row_factory=tuple_row)
         if len(events) == 1:
             e = events[0]
@@ -670,19 +675,21 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 self._void_last_drawn(cur)
                 raise self._not_leader(fence)  # type: ignore[arg-type]
             return [Appended(row[0], row[1])]
-        params = _columns(events)
+        streams, versions, types, datas = _columns(events)
         # Binary results: positions and the timestamp arrive without text parsing.
         if fence is None:
-            rows = cur.execute(self._insert_many, params, prepare=True, binary=True).fetchall()
+            rows = cur.execute(self._insert_many, (streams, versions, types, datas), prepare=True,
+                               binary=True).fetchall()
         else:
-            with conn.transaction():
-                try:
-                    held = cur.execute(self._fence_check, (fence.engine_id, fence.epoch, fence.holder)).fetchone()
-                except pg_errors.UndefinedTable as error:
-                    raise NotLeader(fence.engine_id, fence.epoch, "no lease was ever taken for it") from error
-                if held is None:
-                    raise self._not_leader(fence)
-                rows = cur.execute(self._insert_many, params, prepare=True, binary=True).fetchall()
+            # One statement, one round trip (it was BEGIN, the lease check, the insert and COMMIT).
+            try:
+                rows = cur.execute(self._insert_many_fenced, (streams, fence.engine_id, fence.epoch, fence.holder,
+                                                              versions, types, datas),
+                                   prepare=True, binary=True).fetchall()
+            except pg_errors.UndefinedTable as error:
+                raise NotLeader(fence.engine_id, fence.epoch, "no lease was ever taken for it") from error
+            if not rows:  # the fence refused it before any position was drawn
+                raise self._not_leader(fence)
         if rows[0][0] == -1:
             raise self._conflict(events, None)
         # One transaction, one now(): every row carries the same recorded_at.

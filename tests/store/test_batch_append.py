@@ -208,3 +208,46 @@ def test_sqlite_connections_checkpoint_every_ten_thousand_wal_pages(sqlite_url):
             for conn in (w, r):
                 assert conn._sqlite_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
                 assert conn._sqlite_conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, unchanged
+
+
+@pytest.mark.postgres
+def test_postgres_a_fenced_batch_racing_a_takeover_draws_no_position_when_the_takeover_commits_first(pg_url):
+    """The batch's lease check and its insert are one statement: one that started while a takeover
+    held the lease row waits, re-checks the row the takeover committed, and neither inserts nor
+    draws a position (so it leaves no hole to void)."""
+    import threading
+
+    import psycopg
+
+    from tradestate.adapters.store import open_store
+    from tradestate.adapters.store.sql import PgUrl
+
+    with open_store(pg_url) as store:
+        Leases.of(store).acquire("e1", "a", 60, stream="engine-e1",
+                                 event=lambda previous, epoch: ("LeaseAcquired", b"{}"))
+        table = store.dialect.name("ts_leases")
+    with open_store(pg_url) as store, psycopg.connect(PgUrl.parse(pg_url).conninfo(), autocommit=True) as takeover:
+        head = store.trading.head()
+        takeover.execute("BEGIN")
+        takeover.execute(f"SELECT epoch FROM {table} WHERE engine_id = 'e1' FOR UPDATE")
+        outcome: list[object] = []
+
+        def append() -> None:
+            try:
+                outcome.append(store.trading.append(_batch("r", 50), fence=Fence("e1", 1, "a")))
+            except Exception as e:  # noqa: BLE001 - the outcome is what the test inspects
+                outcome.append(e)
+
+        appender = threading.Thread(target=append)
+        appender.start()
+        time.sleep(0.3)
+        assert appender.is_alive(), "the fenced batch must wait for the takeover holding the lease row"
+        takeover.execute(f"UPDATE {table} SET epoch = 2, holder = 'b' WHERE engine_id = 'e1'")
+        takeover.execute("COMMIT")
+        appender.join(5)
+        assert isinstance(outcome[0], NotLeader), outcome
+        assert store.trading.head() == head and list(store.trading.iter_rows(head)) == []
+        with psycopg.connect(PgUrl.parse(pg_url).conninfo()) as conn:
+            schema = PgUrl.parse(pg_url).schema
+            drawn = conn.execute(f'SELECT last_value FROM "{schema}".ts_events_position_seq').fetchone()[0]
+        assert drawn == head, "a refused fenced batch drew positions"
