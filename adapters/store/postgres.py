@@ -711,7 +711,9 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         """Insert ``events`` at positions drawn from the log's sequence inside the caller's write
         transaction (``cur`` from ``bounded_write``); ``ConcurrencyConflict`` if a (stream,
         version) is taken (the caller's transaction then rolls back; readers void its positions
-        after ``gap_timeout``)."""
+        after ``gap_timeout``). No events: nothing inserted, ``[]``."""
+        if not events:
+            return []
         if len(events) == 1:
             e = events[0]
             try:

@@ -147,6 +147,14 @@ def test_insert_in_several_events_returns_their_positions_in_order(store):
     assert_no_holes(log)
 
 
+def test_insert_in_of_no_events_inserts_nothing(store):
+    log = store.trading
+    log.append([ev("a", 1)])
+    with log.bounded_write() as cur:
+        assert log.insert_in(cur, []) == []
+    assert log.head() == 1
+
+
 def test_insert_in_a_taken_version_fails_the_callers_transaction(store):
     log = store.trading
     log.append([ev("taken", 1)])
