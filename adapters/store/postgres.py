@@ -610,8 +610,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         unless a concurrent append drew a position between two of them (one ``nextval`` per event:
         about 1 batch in 100 with two batch and two single-event writers at full rate), so a reader's
         contiguous prefix can end inside another writer's batch. Returns each event's position and
-        the store's clock once
-        committed as durably as configured (``synchronous_commit`` at least ``on``: flushed here and on
+        the store's clock once committed as durably as configured (``synchronous_commit`` at least ``on``: flushed here and on
         the synchronous standbys, if any). Raises ``ConcurrencyConflict`` if a (stream, version) is
         taken: nothing is appended and the positions taken are voided. Raises ``CommitOutcomeUnknown``
         when the commit happened here but its durability on the standbys could not be confirmed within
