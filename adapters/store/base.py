@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -61,6 +61,24 @@ class Appended:
 
     position: int
     recorded_at: datetime
+
+
+_new_object = object.__new__
+
+
+def appended_at(positions: Iterable[int], recorded_at: datetime) -> list[Appended]:
+    """``[Appended(p, recorded_at) for p in positions]``, built without the frozen dataclass's
+    per-field ``object.__setattr__``: a 100-event append spent ~0.1 ms of its ~0.3 ms of client
+    CPU constructing these. Equal (and hashing equal) to the ordinary constructor's result."""
+    out = []
+    add = out.append
+    for position in positions:
+        made = _new_object(Appended)
+        fields = made.__dict__
+        fields["position"] = position
+        fields["recorded_at"] = recorded_at
+        add(made)
+    return out
 
 
 def new_event(stream_id: str, stream_version: int, type_name: str, data: bytes) -> StoredEvent:

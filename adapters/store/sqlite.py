@@ -25,11 +25,20 @@ from eventsourcing.sqlite import (
 )
 
 from ...domain.errors import AppendFailed, ConcurrencyConflict, NotLeader, TradestateError
-from .base import Appended, EventLog, RecordedEvent, Row
+from .base import Appended, EventLog, RecordedEvent, Row, appended_at
 from .lease import LEASE_TABLE, Fence, Leases
 from .sql import SQLITE, Dialect
 
 _fromiso = datetime.fromisoformat
+
+# WAL pages after which a commit checkpoints them into the database file (SQLite's default is
+# 1,000). A checkpoint runs inside the commit that crosses the mark: it copies every page the WAL
+# holds and fsyncs the file. A 100-event append rewrites ~100 random pages of the (stream_id,
+# stream_version) index, so at 1,000 pages every ninth append paid a checkpoint (1.34 fsyncs and
+# 660 KiB written per append); at 10,000 (a WAL of up to ~40 MB) a page rewritten by many appends is
+# copied once per checkpoint (1.05 fsyncs, 520 KiB). Durability is unchanged: every commit is
+# still fsynced in the WAL (synchronous=FULL).
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
 class DurableSQLitePool(SQLiteConnectionPool):
@@ -56,6 +65,7 @@ class DurableSQLitePool(SQLiteConnectionPool):
         # 64 MiB of page cache (the default is 2 MiB): the read models' indexes stay in memory
         # while a projector upserts hundreds of thousands of rows.
         raw.execute("PRAGMA cache_size=-65536")
+        raw.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         return SQLiteConnection(sqlite_conn=raw, max_age=self.max_age)
 
 
@@ -216,11 +226,16 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
         recorded_at = datetime.now(timezone.utc)
         stamp = recorded_at.isoformat()
         head = raw.execute(self._head).fetchone()[0]
-        raw.executemany(
-            self._insert,
-            [(head + i, e.originator_id, e.originator_version, e.topic, e.state, stamp) for i, e in enumerate(events, 1)],
-        )
-        return [Appended(head + i, recorded_at) for i in range(1, len(events) + 1)]
+        if len(events) == 1:
+            e = events[0]
+            raw.execute(self._insert, (head + 1, e.originator_id, e.originator_version, e.topic, e.state, stamp))
+            return [Appended(head + 1, recorded_at)]
+        # One executemany over a generator: SQLite steps the one prepared statement per row, and no
+        # list of rows is built first.
+        positions = range(head + 1, head + 1 + len(events))
+        raw.executemany(self._insert, ((p, e.originator_id, e.originator_version, e.topic, e.state, stamp)
+                                       for p, e in zip(positions, events)))
+        return appended_at(positions, recorded_at)
 
     def _fence_holds(self, raw: Any, fence: Fence) -> bool:
         try:

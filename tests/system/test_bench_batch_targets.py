@@ -1,0 +1,38 @@
+"""The batch group's targets: one MET/MISSED line per backend against its own baseline (issue 16:
+>= 0.7x one COPY on PostgreSQL, >= 0.5x one executemany transaction on SQLite)."""
+
+from __future__ import annotations
+
+from tradestate.tools.bench import batch
+from tradestate.tools.bench.common import result
+
+
+def _rows(sqlite_ours: float, pg_ours: float) -> list:
+    return [
+        result("append_batch_100", "sqlite", sqlite_ours, "events/s", "executemany_all_1tx", 100.0),
+        result("append_batch_100", "sqlite", sqlite_ours, "events/s", "executemany_100_per_tx", 20.0),
+        result("append_batch_100", "postgresql", pg_ours, "events/s", "copy_from_stdin_all", 100.0),
+        result("append_batch_100", "postgresql", pg_ours, "events/s", "copy_100_per_tx", 40.0),
+    ]
+
+
+def test_each_backend_has_one_target_line_against_its_one_transaction_baseline():
+    checks = batch.targets(_rows(50.0, 70.0))
+    assert checks == [
+        (True, "append_batch (sqlite): 0.50x one executemany (target >= 0.5x)"),
+        (True, "append_batch (postgresql): 0.70x one COPY (target >= 0.7x)"),
+    ]
+
+
+def test_below_the_target_is_missed():
+    checks = batch.targets(_rows(49.0, 69.0))
+    assert [met for met, _ in checks] == [False, False]
+    assert batch.TARGET_BATCH_PG == 0.7 and batch.TARGET_BATCH_SQLITE == 0.5
+
+
+def test_the_commit_share_explains_the_gap_with_the_raw_per_transaction_write():
+    # ours 50k/s, one transaction 100k/s, 100-row transactions 40k/s: per 100 rows 2 ms vs 1 ms,
+    # a raw commit costs 1.5 ms, more than the whole 1 ms gap
+    line = batch._commit_share(50_000, 100_000, 40_000, 100)
+    assert "2.00 ms per append vs 1.00 ms per 100 rows" in line and "costs 1.50 ms: 150% of it" in line
+    assert "ours is not behind" in batch._commit_share(100_000, 100_000, 40_000, 100)
