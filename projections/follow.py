@@ -85,6 +85,7 @@ class FollowStats:
     polls: int = 0  # head polls
     watchdog_catchups: int = 0  # times the watchdog found the log ahead of the tables
     reloads: int = 0
+    last_page_rows: int = 0  # log rows of the last page applied
     started: float = field(default_factory=time.perf_counter)
     last_error: str = ""
 
@@ -193,13 +194,15 @@ class _Listener:
 
 
 def drain(projector: Projector, stop: threading.Event | None = None, stats: FollowStats | None = None,
-          on_page: OnPage | None = None) -> int:
+          on_page: OnPage | None = None, *, limit: int | None = None) -> int:
     """Apply pages until the log's contiguous end (or ``stop``: the page in hand is finished
-    first); returns the log rows applied. A page another projector applied first is skipped."""
+    first); returns the log rows applied. A page another projector applied first is skipped.
+    ``limit``: pages of at most that many log rows, and return after the first full one (a
+    backlog: the caller decides how to go on)."""
     total = 0
     while stop is None or not stop.is_set():
         try:
-            n = projector.run_once()
+            n = projector.run_once(limit)
         except ProjectionConflict:
             # run_once has reloaded the state the tables hold: carry on from there
             if stats is not None:
@@ -212,9 +215,12 @@ def drain(projector: Projector, stop: threading.Event | None = None, stats: Foll
         if stats is not None:
             stats.events += n
             stats.pages += 1
+            stats.last_page_rows = n
             stats.position = projector.state.position
         if on_page is not None:
             on_page(n, projector.state.position)
+        if limit is not None and n >= limit:
+            break
     return total
 
 
@@ -227,33 +233,67 @@ def drain(projector: Projector, stop: threading.Event | None = None, stats: Foll
 BUSY_FOR = 0.05
 BUSY_PAGES = 3
 HOLE_RETRY_FOR = 0.02
+# Live pages (PostgreSQL) hold at most this many log rows: they are sent pipelined, row by row
+# (see ``_unflushed_transaction``). A full one means a backlog (a follower that was down, a stall),
+# which goes on in the projector's own pages: ``Projector.page`` rows, each table by COPY, flushed.
+LIVE_PAGE_ROWS = 2_000
 
 
 @contextmanager
 def _unflushed_transaction(store: Store) -> Iterator[Any]:
-    """A page's write transaction on PostgreSQL that commits without waiting for its WAL flush
-    (``SET LOCAL synchronous_commit = off``; sent with the ``BEGIN``, no extra round trip).
+    """A page's write transaction on PostgreSQL, pipelined and committed without waiting for its
+    WAL flush (``SET LOCAL synchronous_commit = off``).
 
-    Why that is safe for read models: the tables and the tracking row still commit atomically,
-    so a server crash can only lose the last pages (at most ~3 x ``wal_writer_delay``, 0.6 s by
-    default; in practice the next durable commit of any writer flushes them), leaving the tables
-    at an older, consistent position that the follower re-applies from the log (its next page
-    then finds the tracking row behind it and reloads, see ``drain``). Nothing the tables show
-    can be missing from the log: only committed log rows are read, and those are durable. What it
-    saves is the follower's share of the WAL flush queue: under 8 writers a page's commit waited
-    there for 2-5 ms, a third of the follower's time."""
+    Pipelined: the statements go out together and the server's answers are awaited twice (at the
+    projector's read of the tracking row, and at the commit) instead of once per statement; on a
+    machine whose cores are busy each wait is a trip through the scheduler for the server process
+    and for the follower, a millisecond or more apiece. (The projector's COPY path cannot run in a
+    pipeline: ``follow`` raises ``copy_above`` for its live pages, which hold at most
+    ``LIVE_PAGE_ROWS`` log rows.)
+
+    Why an unflushed commit is safe for read models: the tables and the tracking row still commit
+    atomically, so a server crash can only lose the last pages (at most ~3 x ``wal_writer_delay``,
+    0.6 s by default; in practice the next durable commit of any writer flushes them), leaving
+    the tables at an older, consistent position that the follower re-applies from the log (its
+    next page then finds the tracking row behind it and reloads, see ``drain``). Nothing the
+    tables show can be missing from the log: only committed log rows are read, and those are
+    durable. What it saves is the follower's place in the WAL flush queue: under 8 writers a page's
+    commit waited there for 2-5 ms, a third of the follower's time."""
+    from psycopg.pq import TransactionStatus
+
     with store.trading.transaction() as cur:  # autocommit cursor on this thread's pinned connection
-        cur.execute("BEGIN; SET LOCAL synchronous_commit = off")
+        conn = cur.connection
         try:
-            yield cur
+            # Plain BEGIN/COMMIT statements: psycopg's transaction() inside a pipeline costs a sync
+            # (a round trip) of its own at the start.
+            with conn.pipeline():
+                cur.execute("BEGIN")
+                cur.execute("SET LOCAL synchronous_commit = off")
+                yield cur
+                cur.execute("COMMIT")
         except BaseException:
-            try:
-                if not cur.connection.closed:
-                    cur.execute("ROLLBACK")
-            except Exception:  # noqa: BLE001 - a broken connection rolls back by itself
-                pass
+            # The block raised, or a statement failed on the server (raised at the pipeline's sync):
+            # nothing of the page may stay, nor the connection be left inside the transaction.
+            if not conn.closed and conn.info.transaction_status in (TransactionStatus.INTRANS,
+                                                                    TransactionStatus.INERROR):
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - a broken connection rolls back by itself
+                    pass
             raise
-        cur.execute("COMMIT")
+
+
+@contextmanager
+def _live_pages(projector: Projector, store: Store) -> Iterator[None]:
+    """Within the block, ``projector``'s pages commit pipelined and unflushed (instance attributes
+    over its methods, removed on the way out: its other users keep durable commits)."""
+    projector._transaction = lambda: _unflushed_transaction(store)  # type: ignore[method-assign]
+    projector.copy_above = 1 << 62
+    try:
+        yield
+    finally:
+        projector.__dict__.pop("_transaction", None)
+        projector.__dict__.pop("copy_above", None)
 
 
 def _hole_age(store: Store, position: int) -> float | None:
@@ -302,10 +342,6 @@ def follow(
         projector = Projector(store)
         projector.load()
     unflushed = store.dialect.is_postgres and not flush_pages
-    if unflushed:
-        # This follower's page transactions only (an instance attribute, removed on the way out):
-        # the projector's other users keep their durable commits.
-        projector._transaction = lambda: _unflushed_transaction(store)  # type: ignore[method-assign]
     stats = stats or FollowStats()
     stats.position = stats.start_position = projector.state.position
     listener = _Listener(store) if listen and store.dialect.is_postgres else None
@@ -327,7 +363,13 @@ def follow(
                         stats.reloads += 1
                         stats.position = projector.state.position
                         reload = False
-                    applied = drain(projector, stop, stats, on_page)
+                    if unflushed:
+                        with _live_pages(projector, store):
+                            applied = drain(projector, stop, stats, on_page, limit=LIVE_PAGE_ROWS)
+                        if stats.last_page_rows >= LIVE_PAGE_ROWS:  # a backlog
+                            applied += drain(projector, stop, stats, on_page)
+                    else:
+                        applied = drain(projector, stop, stats, on_page)
                     backoff = 0.0
                     pending = False
                 except Exception as e:  # noqa: BLE001 - report, back off, retry
@@ -392,8 +434,6 @@ def follow(
     finally:
         if listener is not None:
             listener.close()
-        if unflushed:
-            projector.__dict__.pop("_transaction", None)
     stats.position = projector.state.position
     return stats
 

@@ -183,7 +183,7 @@ class _Recording(Projector):
     """Records ``synchronous_commit`` inside each page transaction, and can fail one page after
     its rows are written (before the tracking row moves)."""
 
-    fail_next = False
+    fail_next = ""  # "python": raise; "server": a statement the server refuses (PostgreSQL)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -192,9 +192,11 @@ class _Recording(Projector):
     def _track(self, cur, position):
         if self.dialect.is_postgres:
             self.sync_settings.append(cur.execute("SHOW synchronous_commit").fetchone()[0])
-        if self.fail_next:
-            _Recording.fail_next = False
+        failure, _Recording.fail_next = _Recording.fail_next, ""
+        if failure == "python":
             raise RuntimeError("injected failure after the page's rows were written")
+        if failure == "server":  # pipelined, its error arrives at the commit's sync
+            cur.execute("SELECT 1 / 0")
         super()._track(cur, position)
 
 
@@ -220,9 +222,12 @@ def test_pg_page_commits_skip_the_flush_unless_asked_and_the_projector_is_left_a
         assert_equals_rebuild(store)
 
 
-def test_a_failed_page_leaves_nothing_and_the_follower_carries_on(db_url, store):
+@pytest.mark.parametrize("failure", ["python", pytest.param("server", marks=pytest.mark.postgres)])
+def test_a_failed_page_leaves_nothing_and_the_follower_carries_on(db_url, store, failure):
     """The page's rows were written when it failed: its transaction rolls back whole (the tables and
     the tracking row stay where they were), the follower reloads and applies it again."""
+    if failure == "server" and not db_url.startswith("postgresql"):
+        pytest.skip("a refused statement is a PostgreSQL case (SQLite divides by zero into NULL)")
     at_failure: list[tuple[int, dict]] = []
 
     def on_error(e: BaseException) -> None:  # runs after the failed page, before the retry
@@ -235,11 +240,12 @@ def test_a_failed_page_leaves_nothing_and_the_follower_carries_on(db_url, store)
         follower.start()
         assert wait_for(store, client.position, timeout=10)
         before = (Projector(store).tracked_position(), dump_tables(store))
-        _Recording.fail_next = True
+        _Recording.fail_next = failure
         write_session(client, 40, seed=8)
         assert wait_for(store, client.position, timeout=15), follower.stats
         stats = follower.finish()
-    assert stats.errors == 1 and stats.reloads == 1 and "injected failure" in stats.last_error, stats
+    assert stats.errors == 1 and stats.reloads == 1, stats
+    assert ("injected failure" if failure == "python" else "division by zero") in stats.last_error, stats
     assert at_failure == [before]  # nothing of the failed page: neither its rows nor the tracking row
     assert before[0] < client.position
     assert_equals_rebuild(store)
@@ -253,3 +259,26 @@ def test_an_idle_follower_backs_off(db_url, store, session):
     stats = follower.finish()
     # doubling from 1 ms to 50 ms: about 25 polls in a second, not the 1,000 of a 1 ms poll
     assert stats.polls < 80, stats
+
+
+@pytest.mark.postgres
+def test_pg_a_backlog_goes_on_in_the_projectors_own_flushed_pages(pg_url, monkeypatch):
+    """Live pages are small (pipelined row by row); a full one means a backlog, which the
+    projector's own pages (COPY, flushed) take over, then live pages again."""
+    from tradestate.projections import follow as follow_module
+
+    monkeypatch.setattr(follow_module, "LIVE_PAGE_ROWS", 10)
+    with open_store(pg_url) as store, tradestate.connect(pg_url, clock=Clock()) as client:
+        write_session(client, 120, seed=9)
+        follower = _Follower(pg_url, projector_class=_Recording)
+        follower.start()
+        assert wait_for(store, client.position, timeout=10)
+        client.record_signal("sma", "AFTER", "buy")  # a small page: live again
+        assert wait_for(store, client.position, timeout=10)
+        follower.finish()
+        follower.assert_contiguous_to(client.position)
+        rows = [n for n, _ in follower.pages]
+        settings = follower.projector.sync_settings
+        assert rows[0] == 10 and rows[1] > 10 and rows[-1] == 1, rows
+        assert settings[0] == "off" and settings[1] == "on" and settings[-1] == "off", settings
+        assert_equals_rebuild(store)
