@@ -239,6 +239,34 @@ HOLE_RETRY_FOR = 0.02
 LIVE_PAGE_ROWS = 2_000
 
 
+class _CursorPerStatement:
+    """A cursor that is a new psycopg cursor for each statement. In pipeline mode a psycopg cursor
+    takes each result of its statements as it arrives, so after ``execute(a); execute(b)`` a
+    ``fetchone()`` can read ``a``'s late result instead of waiting for ``b``'s (the projector reads
+    the tracking row right after an INSERT on the same cursor); one cursor per statement keeps
+    every fetch on its own statement's result."""
+
+    def __init__(self, conn: Any) -> None:
+        from psycopg.rows import tuple_row
+
+        self._conn = conn
+        self._row_factory = tuple_row
+        self._cursor = conn.cursor(row_factory=tuple_row)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """``Cursor.execute`` on a new cursor (returned, as psycopg returns the cursor)."""
+        self._cursor = self._conn.cursor(row_factory=self._row_factory)
+        return self._cursor.execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> None:
+        """``Cursor.executemany`` on a new cursor."""
+        self._cursor = self._conn.cursor(row_factory=self._row_factory)
+        self._cursor.executemany(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # fetchone, rowcount, connection, ...: the last statement's
+        return getattr(self._cursor, name)
+
+
 @contextmanager
 def _unflushed_transaction(store: Store) -> Iterator[Any]:
     """A page's write transaction on PostgreSQL, pipelined and committed without waiting for its
@@ -249,7 +277,7 @@ def _unflushed_transaction(store: Store) -> Iterator[Any]:
     machine whose cores are busy each wait is a trip through the scheduler for the server process
     and for the follower, a millisecond or more apiece. (The projector's COPY path cannot run in a
     pipeline: ``follow`` raises ``copy_above`` for its live pages, which hold at most
-    ``LIVE_PAGE_ROWS`` log rows.)
+    ``LIVE_PAGE_ROWS`` log rows.) The block gets a ``_CursorPerStatement``.
 
     Why an unflushed commit is safe for read models: the tables and the tracking row still commit
     atomically, so a server crash can only lose the last pages (at most ~3 x ``wal_writer_delay``,
@@ -269,7 +297,7 @@ def _unflushed_transaction(store: Store) -> Iterator[Any]:
             with conn.pipeline():
                 cur.execute("BEGIN")
                 cur.execute("SET LOCAL synchronous_commit = off")
-                yield cur
+                yield _CursorPerStatement(conn)
                 cur.execute("COMMIT")
         except BaseException:
             # The block raised, or a statement failed on the server (raised at the pipeline's sync):
@@ -364,9 +392,10 @@ def follow(
                         stats.position = projector.state.position
                         reload = False
                     if unflushed:
+                        live_page = min(LIVE_PAGE_ROWS, projector.page)
                         with _live_pages(projector, store):
-                            applied = drain(projector, stop, stats, on_page, limit=LIVE_PAGE_ROWS)
-                        if stats.last_page_rows >= LIVE_PAGE_ROWS:  # a backlog
+                            applied = drain(projector, stop, stats, on_page, limit=live_page)
+                        if stats.last_page_rows >= live_page and not stop.is_set():  # a backlog
                             applied += drain(projector, stop, stats, on_page)
                     else:
                         applied = drain(projector, stop, stats, on_page)

@@ -107,6 +107,32 @@ def test_follower_applies_every_event_once_in_order_under_concurrent_writers(db_
     assert_equals_rebuild(store)
 
 
+def test_two_followers_under_concurrent_writers_apply_every_event_exactly_once(db_url, store):
+    """Racing followers: each page is applied by one of them (the loser's transaction sees the
+    tracking row moved and rolls back, on PostgreSQL inside a pipelined transaction)."""
+    with tradestate.connect(db_url, clock=Clock()) as client:
+        write_session(client, 30, seed=4)
+    followers = [_Follower(db_url, on_error=lambda e: None) for _ in range(2)]
+    for f in followers:
+        f.start()
+    errors: list[BaseException] = []
+    start = threading.Event()
+    writers = [threading.Thread(target=_append_signals, args=(db_url, f"r{k}", 100, errors, start), daemon=True)
+               for k in range(8)]
+    for w in writers:
+        w.start()
+    start.set()
+    for w in writers:
+        w.join(60)
+    assert not errors, errors
+    head = store.trading.head()
+    assert wait_for(store, head, timeout=20)
+    stats = [f.finish() for f in followers]
+    assert sum(s.events for s in stats) == head - followers[0].start_position, (stats, head)
+    assert all(s.errors == 0 for s in stats), stats
+    assert_equals_rebuild(store)
+
+
 def _qualified(store) -> tuple[str, str]:
     schema = store.trading.datastore.schema
     return f'"{schema}".ts_events', f"{schema}.ts_events_position_seq"
@@ -273,6 +299,7 @@ def test_pg_a_backlog_goes_on_in_the_projectors_own_flushed_pages(pg_url, monkey
         follower = _Follower(pg_url, projector_class=_Recording)
         follower.start()
         assert wait_for(store, client.position, timeout=10)
+        time.sleep(0.3)  # the backlog's drain has seen the end of the log and returned
         client.record_signal("sma", "AFTER", "buy")  # a small page: live again
         assert wait_for(store, client.position, timeout=10)
         follower.finish()
