@@ -170,7 +170,7 @@ def bench_follow_under_load(pg: PgTarget, schema_for: Callable[[str], str], seco
         log(f"  follow lag [{i + 1}/{repeats}]: " + run.describe())
         runs.append(run)
     runs.sort(key=lambda r: r.p99)
-    middle = runs[(len(runs) - 1) // 2]
+    middle = runs[len(runs) // 2]  # the median run (of an even count, the worse of the middle two)
     log(f"  follow lag, 8 writers at full rate: p99 {', '.join(f'{r.p99:.1f}' for r in runs)} ms over {repeats} runs "
         f"(rates {', '.join(f'{r.rate:,.0f}' for r in runs)}/s)")
     results = [
