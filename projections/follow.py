@@ -353,12 +353,13 @@ def follow(
     """Keep the tables of ``store`` current until ``stop`` is set; returns what it did.
 
     ``poll``: (first, longest) poll interval: ``first`` while the log is busy (``BUSY_FOR``,
-    ``HOLE_RETRY_FOR``), then doubling while nothing new arrives; a poll is a read of the log after the tables' position,
-    which is also the catch-up. ``None`` polls only at the watchdog (rely on notifications).
-    ``listen``: on PostgreSQL, wait with LISTEN between polls. ``projector``: an already loaded
-    projector (default: a new one, loaded here). ``flush_pages``: on PostgreSQL, make each page's
-    commit wait for its WAL flush (default: it does not, see ``_unflushed_transaction``; SQLite's
-    pages are unaffected). ``on_page(rows, position)`` runs after each committed page,
+    ``HOLE_RETRY_FOR``), then doubling while nothing new arrives; a poll is a read of the log
+    after the tables' position, which is also the catch-up. ``None`` polls only at the watchdog
+    (rely on notifications). ``listen``: on PostgreSQL, wait with LISTEN between polls.
+    ``projector``: an already loaded projector (default: a new one, loaded here).
+    ``flush_pages``: on PostgreSQL, pages of at most ``LIVE_PAGE_ROWS`` log rows are pipelined
+    and do not wait for their WAL flush (see ``_unflushed_transaction``) unless this is True;
+    a backlog, and SQLite's pages, always commit as the projector's own. ``on_page(rows, position)`` runs after each committed page,
     ``on_error(e)`` after each failure (the follower retries), ``on_tick()`` at each watchdog check
     (every ``watchdog`` seconds, busy or idle: time-based work such as checkpoints while the log
     is quiet). ``stats`` may be passed in to watch it live."""

@@ -490,7 +490,8 @@ def targets(results: list[Result]) -> list[tuple[bool, str]]:
             holds = f"; holds up to {max(held):,}/s paced" if held else (
                 "; holds at none of the paced rates" if paced else "")
             checks.append((r.value <= TARGET_FOLLOW_LAG_P99_MS,
-                           f"follow_lag_p99 ({r.backend}, {FOLLOW_WRITERS} writers at full rate, {rate:,.0f} appends/s): "
+                           f"follow_lag_p99 ({r.backend}, {FOLLOW_WRITERS} writers at full rate, "
+                           f"{rate:,.0f} appends/s): "
                            f"{r.value:.2f} ms, {r.ratio:.2f}x the target (target <= {TARGET_FOLLOW_LAG_P99_MS:g} ms)"
                            f"{holds}"))
     return checks
