@@ -49,6 +49,10 @@ class Projector:
     several projectors on the same tables (the loser of a race gets ``ProjectionConflict``). Trading
     days are cut in ``exchange_tz``."""
 
+    # Rows of one table above which a PostgreSQL page goes in by COPY; a live follower raises it
+    # out of reach for its small pages, which it sends pipelined (COPY cannot run in a pipeline).
+    copy_above = 20
+
     def __init__(self, store: Store, *, exchange_tz: str = "America/New_York", page: int = 20_000):
         self.store = store
         self.dialect = Dialect(store.kind, store.trading.schema)
@@ -327,7 +331,7 @@ class Projector:
                     copy.write_row(row)
             cur.execute(self.dialect.upsert_from(table, staging))
             return
-        if self.dialect.is_postgres and len(rows) > 20:
+        if self.dialect.is_postgres and len(rows) > self.copy_above:
             # A page's rows go in by binary COPY into a session-private staging table, then one
             # INSERT ... SELECT ... ON CONFLICT: far cheaper than a statement (or array) per row.
             staging = self._staging(cur, table)

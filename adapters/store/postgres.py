@@ -842,15 +842,17 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 if rows[-1][0] - after != len(rows):  # a hole somewhere in this page
                     before = _before_hole(rows, after)
                     if before:
-                        yield before
                         after = before[-1][0]
+                        if self._holes:  # forgotten before the yield: a caller may stop reading there
+                            self._forget_holes(after)
+                        yield before
                     if not self._void_hole(conn, after + 1, rows[len(before)][0] - 1):
                         return  # an append is still in flight there: stop before it
                     continue  # the hole is now a $void row: read on from it
-                yield rows
                 after = rows[-1][0]
-                if self._holes:  # holes that filled in while we waited are history now
-                    self._forget_holes(after)
+                if self._holes:  # holes that filled in while we waited are history now (forgotten
+                    self._forget_holes(after)  # before the yield: a caller may stop reading there)
+                yield rows
                 if len(rows) < batch:  # returning early never skips: the next read starts here
                     return
 
