@@ -73,21 +73,33 @@ class Bar:
 
 
 _new = object.__new__
+_set = object.__setattr__  # a frozen dataclass's own __setattr__ refuses
 
 
 class BarDecoder:
     """``Bar.from_payload`` for a whole replay, at a fraction of the cost and with the same result.
 
-    A frozen dataclass's ``__init__`` pays one ``object.__setattr__`` per field, and every bar
-    parsed its start twice (start, and close = start + timeframe); a replay's bars share a few
-    thousand starts across many symbols. So the start and close are parsed once per distinct
-    (start text, timeframe) and the instance's dict is filled in one go: an equal ``Bar``, with
-    the same Decimals (made from the same text) and the same errors for a bad payload."""
+    A frozen dataclass's ``__init__`` pays one ``object.__setattr__`` per field, every bar parsed its
+    start twice (start, and close = start + timeframe), and ``Decimal(text)`` costs three dict
+    lookups; a replay's bars share a few thousand starts across many symbols, and their prices
+    repeat (a tick size). So the start and close are parsed once per distinct (start text,
+    timeframe), each price or volume text becomes a Decimal once (Decimals are immutable: a
+    shared one is the same value, digit for digit; at most ``DECIMALS_KEPT`` are kept), and the
+    instance's dict is set in one go: an equal ``Bar``, with the same errors for a bad payload."""
 
-    __slots__ = ("_times",)
+    __slots__ = ("_times", "_decimals")
+    DECIMALS_KEPT = 65_536
 
     def __init__(self) -> None:
         self._times: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        self._decimals: dict[Any, Decimal] = {}
+
+    def _decimal(self, value: Any) -> Decimal:
+        number = Decimal(value)
+        if len(self._decimals) >= self.DECIMALS_KEPT:
+            self._decimals.clear()
+        self._decimals[value] = number
+        return number
 
     def __call__(self, d: dict[str, Any], position: int) -> Bar:
         """The bar of payload ``d`` at market-log ``position`` (``== Bar.from_payload(d, position)``)."""
@@ -97,10 +109,13 @@ class BarDecoder:
             times = (parse_time(start_text), bar_close(d))
             if isinstance(start_text, str):
                 self._times[(start_text, timeframe)] = times
+        known, fresh = self._decimals.get, self._decimal
+        o, h, lo, c, v = d["open"], d["high"], d["low"], d["close"], d["volume"]
         bar = _new(Bar)
-        bar.__dict__.update(venue=venue, symbol=symbol, timeframe=timeframe, start=times[0], end=times[1],
-                            open=Decimal(d["open"]), high=Decimal(d["high"]), low=Decimal(d["low"]),
-                            close=Decimal(d["close"]), volume=Decimal(d["volume"]), position=position)
+        _set(bar, "__dict__", {"venue": venue, "symbol": symbol, "timeframe": timeframe, "start": times[0],
+                               "end": times[1], "open": known(o) or fresh(o), "high": known(h) or fresh(h),
+                               "low": known(lo) or fresh(lo), "close": known(c) or fresh(c),
+                               "volume": known(v) or fresh(v), "position": position})
         return bar
 
 
@@ -187,7 +202,7 @@ def _bar_key(b: Bar) -> tuple[datetime, str, str, int]:
 def _item(kind: str, t: datetime, bar: Bar | None = None, event: LoggedEvent | None = None) -> MarketItem:
     """``MarketItem(kind, t, bar, event)``, filled in one go (see ``BarDecoder``)."""
     item = _new(MarketItem)
-    item.__dict__.update(kind=kind, time=t, bar=bar, event=event)
+    _set(item, "__dict__", {"kind": kind, "time": t, "bar": bar, "event": event})
     return item
 
 
