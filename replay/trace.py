@@ -5,6 +5,10 @@ Sources: the order's own stream (read by its deterministic id), and the account 
 linked to it — the ``RiskCheckPassed`` appended with the intent (causation = the intent), events
 correlated with the intent, and reconciliation runs (``ReconciliationCompleted``) whose corrective
 events or discrepancies name this order, with the account events sharing their reconciliation id.
+The account events are found through the order-reference index (``adapters.store.order_refs``)
+when the database has one — a trace catches it up when it is close to the head, the only write a
+post-mortem makes, and never to the log — else by reading the account's stream; the trace is
+the same either way.
 """
 
 from __future__ import annotations
