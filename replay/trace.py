@@ -5,6 +5,10 @@ Sources: the order's own stream (read by its deterministic id), and the account 
 linked to it — the ``RiskCheckPassed`` appended with the intent (causation = the intent), events
 correlated with the intent, and reconciliation runs (``ReconciliationCompleted``) whose corrective
 events or discrepancies name this order, with the account events sharing their reconciliation id.
+The account events are found through the order-reference index (``adapters.store.order_refs``)
+when the database has one — a trace catches it up when it is close to the head, the only write a
+post-mortem makes, and never to the log — else by reading the account's stream; the trace is
+the same either way.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..adapters.store import Store
+from ..adapters.store import Store, order_refs
 from ..loading import state_at
 from ..domain.errors import UnknownOrder
 from ..domain.ids import account_stream_id, order_stream_id
@@ -118,6 +122,55 @@ def find_accounts(store: Store, client_order_id: str) -> list[str]:
     return [a for a in sorted(state.accounts) if store.trading.read_stream(order_stream_id(a, client_order_id))[:1]]
 
 
+def _account_events(store: Store, account: str, client_order_id: str,
+                    order_events: list[LoggedEvent]) -> list[LoggedEvent]:
+    """The account-stream events from the order's first position on (less one: a risk decision
+    may precede its intent) that the linking rules below test. With the order-reference index
+    (``adapters.store.order_refs``): the events after the index's end, and the indexed ones
+    naming the order's event ids, its client order id, or (again and again) the event id or
+    reconciliation id of one found — a superset of every event the rules link, so the trace is
+    the one of the whole stream, which is read when there is no index."""
+    stream = account_stream_id(account)
+    first = order_events[0].position - 1
+    intent_id = order_events[0].event_id
+    upto = _index_upto(store) if intent_id else None
+    if upto is None:
+        return [LoggedEvent.from_row((r.position, r.originator_id, r.originator_version, r.topic, r.state,
+                                      r.recorded_at)) for r in store.trading.read_stream(stream)
+                if r.position >= first]
+    found: dict[int, LoggedEvent] = {}
+    keys = {e.event_id for e in order_events if e.event_id} | {intent_id, client_order_id}
+
+    def take(rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            e = found[row[0]] = LoggedEvent.from_row(row)
+            keys.update(k for k in (e.event_id, e.payload.get("reconciliation_id")) if k)
+
+    take(order_refs.rows_after(store, stream, max(upto, first - 1)))  # not indexed yet: all of them
+    asked: set[str] = set()
+    while keys - asked:
+        new_keys = keys - asked
+        asked |= new_keys
+        take(order_refs.rows_at(store, stream, order_refs.positions(store, new_keys, after=first - 1, upto=upto)
+                                - found.keys()))
+    return [found[p] for p in sorted(found)]
+
+
+def _index_upto(store: Store) -> int | None:
+    """How far the order-reference index goes, after catching it up when it is at most
+    ``AUTO_CATCH_UP`` positions behind (None: no index; ``tradestate replay index`` builds it). A
+    database that takes no writes (a standby) is read as it is: the rest comes by position range."""
+    current = order_refs.state(store)
+    if current is None:
+        return None
+    if 0 < store.trading.head() - current.upto <= order_refs.AUTO_CATCH_UP:
+        try:
+            return order_refs.catch_up(store, limit=order_refs.AUTO_CATCH_UP).upto
+        except Exception:  # noqa: BLE001 - a read-only database: use the index as far as it goes
+            current = order_refs.state(store) or current
+    return current.upto
+
+
 def trace(store: Store, account: str | None, client_order_id: str) -> Trace:
     """The trace of one order (``account`` None: found among the log's accounts)."""
     if not client_order_id:
@@ -141,9 +194,7 @@ def trace(store: Store, account: str | None, client_order_id: str) -> Trace:
     # linked account-stream events
     linked: list[LoggedEvent] = []
     recon_ids: set[str] = set()
-    account_events = [LoggedEvent.from_row((r.position, r.originator_id, r.originator_version, r.topic, r.state,
-                                            r.recorded_at)) for r in store.trading.read_stream(account_stream_id(account))
-                      if r.position >= order_events[0].position - 1]
+    account_events = _account_events(store, account, client_order_id, order_events)
     for e in account_events:
         d = e.payload
         if (e.causation_id in ids or e.correlation_id == intent_id

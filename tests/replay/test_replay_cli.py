@@ -161,3 +161,14 @@ def test_a_missing_database_and_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tradestate.cli", "replay", "trace", "x", "--db",
                            f"sqlite:///{tmp_path}/none.db"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_index_builds_then_catches_up_and_the_trace_stays_the_same(session):
+    db = ["--db", session.url]
+    before = ok_json("trace", "o-4", *db)
+    built = ok_json("index", *db)
+    assert built == {"indexed_from": 0, "indexed_upto": session.head, "account_events": built["account_events"],
+                     "refs": built["refs"]} and built["account_events"] > 0
+    assert ok_json("index", *db)["indexed_from"] == session.head  # nothing new: nothing done
+    assert "up to date" in run("index", *db).stdout
+    assert ok_json("trace", "o-4", *db) == before

@@ -157,3 +157,22 @@ def test_checkpoint_list_shows_which_are_authenticated(log, monkeypatch):
     rows = {row["id"]: row for row in json.loads(r.stdout)["checkpoints"]}
     assert rows[genuine.id]["authenticated"] == "MAC not checked (no key configured)"
     assert "risk state disagrees" in rows[forged.id]["status"]
+
+
+def test_the_risk_check_reads_the_same_risk_events_with_or_without_the_risk_index(log):
+    """The partial index of risk events (made with the checkpoint table on a short log) only
+    changes how they are found: a forged checkpoint is refused and a genuine one used either way."""
+    with open_store(log, create=False) as store:
+        forged = _forge(store, _kill_switch_off)
+        assert cp.risk_index_exists(store)
+        with_index = cp._risk_rows(store, store.trading.head())
+        assert {r[3] for r in with_index} >= {"KillSwitchEngaged", "RiskLimitChanged", "CircuitBreakerTripped"}
+        refused = cp.load(store)
+        assert forged.id in {r.checkpoint.id for r in refused.rejected} and refused.state is None
+        with store.trading.transaction(write=True) as cur:
+            cur.execute(f"DROP INDEX {store.dialect.name(cp.RISK_INDEX)}")
+        assert not cp.risk_index_exists(store)
+        assert cp._risk_rows(store, store.trading.head()) == with_index
+        assert forged.id in {r.checkpoint.id for r in cp.load(store).rejected}
+        genuine = cp.write(store, _fold(store))  # writes it again (a short log)
+        assert cp.risk_index_exists(store) and cp.load(store).checkpoint.id == genuine.id

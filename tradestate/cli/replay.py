@@ -190,6 +190,35 @@ def trace_cmd(
         _out(t.to_json()) if json else _print(t)
 
 
+@replay_app.command("index", epilog=EPILOG)
+@command
+def index_cmd(
+    db: DbOption = None,
+    json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Build or catch up the order-reference index that lets `trace` find an order's account
+    events without reading its account's stream (derived data beside the log, like checkpoints;
+    the log is not touched), and the partial index of risk events that checking a checkpoint at
+    any position reads (`state --at` on a long log). The first run on a long existing log
+    indexes all of it (about 90 s and 40 s at ten million events on SQLite); afterwards a trace
+    catches its index up itself when it is close to the head."""
+    from ..adapters.store import checkpoints, order_refs
+
+    with _guard():
+        with _store(db, config) as store, _progress("indexing") as progress:
+            checkpoints.create_risk_index(store)
+            done = order_refs.catch_up(store, progress=progress)
+        report = {"indexed_from": done.before, "indexed_upto": done.upto, "account_events": done.events,
+                  "refs": done.refs}
+        if json:
+            _out(report)
+        else:
+            _print(f"order index: positions {done.before + 1:,}..{done.upto:,} indexed ({done.events:,} account "
+                   f"events, {done.refs:,} references)" if done.upto > done.before else
+                   f"order index: up to date at position {done.upto:,}")
+
+
 @replay_app.command("market", epilog=EPILOG)
 @command
 def market_cmd(

@@ -1,0 +1,287 @@
+"""The order-reference index: account-stream events by the ids they name, so a trace of one order
+reads its events without scanning its account's stream.
+
+An order's trace (``replay.trace``) is its own stream (read by its deterministic id, indexed) and
+the account-stream events linked to it: caused by one of its events, correlated with its intent,
+a risk decision naming its client order id, a reconciliation run that names it or corrected it,
+and the account events of such a run. On a busy desk the account stream is a fifth of the log
+(a ``RiskCheckPassed`` per order), so finding those by reading the stream is a scan of hundreds
+of thousands of rows at ten million events.
+
+``ts_order_refs`` holds (ref, position) for every account-stream event and every id it names:
+its ``correlation_id``, ``causation_id``, ``client_order_id`` and ``reconciliation_id``, and for a
+``ReconciliationCompleted`` each discrepancy's ``client_order_id`` and ``detail`` and each
+``corrective_event_ids`` entry. ``ref`` is a 64-bit hash of the id's text: a collision only adds a
+candidate, which the trace then tests against its own rules like any other, so the index narrows
+the rows read and never decides what is linked.
+
+It is derived data beside the log, like checkpoints: the log is never touched, deleting the two
+tables loses nothing, and it is kept up to ``ts_order_refs_upto.upto`` by ``catch_up``, which
+reads only the rows after that (by position range, only the account-stream ones' payloads),
+never past a hole (an append still in flight on PostgreSQL), in chunks of ``CHUNK`` positions,
+each in its own short write transaction. On an existing log the first ``catch_up`` indexes it
+all (``tradestate replay index``; about 1.9 million account events at ten million events). A
+trace catches the index up itself when it is at most ``AUTO_CATCH_UP`` positions behind and the
+database takes writes; rows after ``upto`` are read by position range, so they cost what they
+are; a log replaced or rewound under the index (its row at ``upto`` changed) is indexed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from . import TRADING_TABLE, Store, as_time
+from .sql import read_cursor, write_cursor
+
+TABLE = "ts_order_refs"
+STATE_TABLE = "ts_order_refs_upto"
+ACCOUNT_PREFIX = "account-"
+CHUNK = 200_000  # positions per catch-up transaction
+AUTO_CATCH_UP = 100_000  # a trace catches the index up itself when it is at most this far behind
+_QUERY_CHUNK = 500  # ids or positions per IN (...) list
+
+_blake2b = hashlib.blake2b
+
+
+def ref_hash(text: str) -> int:
+    """The signed 64-bit hash of one id's text, as stored in ``ts_order_refs.ref``."""
+    return int.from_bytes(_blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def refs_of(type_name: str, payload: dict[str, Any]) -> set[str]:
+    """The ids an account-stream event names (see the module's docstring)."""
+    out = set()
+    for key in ("correlation_id", "causation_id", "client_order_id", "reconciliation_id"):
+        value = payload.get(key)
+        if value is not None:
+            out.add(str(value))
+    if type_name == "ReconciliationCompleted":
+        for x in payload.get("discrepancies") or ():
+            if isinstance(x, dict):
+                for key in ("client_order_id", "detail"):
+                    if x.get(key) is not None:
+                        out.add(str(x[key]))
+        for value in payload.get("corrective_event_ids") or ():
+            out.add(str(value))
+    return out
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """How far the index goes: every account-stream event at positions up to ``upto`` is in it,
+    and ``event_id`` is the event id at ``upto`` (to notice a log replaced under it)."""
+
+    upto: int
+    event_id: str
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What ``catch_up`` did: the index's position before and after, account events indexed,
+    refs written and seconds taken."""
+
+    before: int
+    upto: int
+    events: int
+    refs: int
+    seconds: float
+
+
+def _names(store: Store) -> tuple[str, str, str]:
+    d = store.dialect
+    return d.name(TABLE), d.name(STATE_TABLE), d.name(TRADING_TABLE)
+
+
+def exists(store: Store) -> bool:
+    """Whether the index's tables are there."""
+    with read_cursor(store) as cur:
+        return store.dialect.table_exists(cur, STATE_TABLE)
+
+
+def create(store: Store) -> None:
+    """Create the index's tables if they are not there (empty: ``upto`` 0)."""
+    d = store.dialect
+    refs, state, _ = _names(store)
+    without_rowid = " WITHOUT ROWID" if d.is_sqlite else ""
+    with write_cursor(store) as cur:
+        d.ddl_lock(cur)
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {refs} (ref bigint NOT NULL, position bigint NOT NULL,"
+                    f" PRIMARY KEY (ref, position)){without_rowid}")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {state} (id integer PRIMARY KEY, upto bigint NOT NULL,"
+                    " event_id text NOT NULL)")
+
+
+def state(store: Store) -> IndexState | None:
+    """How far the index goes (None: no index in this database)."""
+    if not exists(store):
+        return None
+    with read_cursor(store) as cur:
+        cur.execute(f"SELECT upto, event_id FROM {_names(store)[1]} WHERE id = 1")
+        row = cur.fetchone()
+    return IndexState(0, "") if row is None else IndexState(int(row[0]), row[1])
+
+
+def _event_id_at(store: Store, position: int) -> str | None:
+    """The event id of the row at ``position`` ("" for position 0; None: no row there)."""
+    if position == 0:
+        return ""
+    p = store.dialect.param
+    with read_cursor(store) as cur:
+        cur.execute(f"SELECT type, data FROM {_names(store)[2]} WHERE position = {p}", (position,))
+        row = cur.fetchone()
+    if row is None:
+        return None
+    if row[0] == "$void":
+        return "$void"
+    return str(orjson.loads(bytes(row[1])).get("event_id", ""))
+
+
+def _contiguous_end(store: Store, after: int, hi: int) -> int:
+    """The last position of ``after+1..hi`` before the first hole (PostgreSQL: an append still in
+    flight holds a position it has not written yet); SQLite has one writer at a time, no holes."""
+    if store.dialect.is_sqlite or hi <= after:
+        return hi
+    p = store.dialect.param
+    table = _names(store)[2]
+    with read_cursor(store) as cur:
+        cur.execute(f"SELECT count(*) FROM {table} WHERE position > {p} AND position <= {p}", (after, hi))
+        if int(cur.fetchone()[0]) == hi - after:
+            return hi
+        cur.execute(f"SELECT position FROM {table} WHERE position > {p} AND position <= {p} ORDER BY position",
+                    (after, hi))
+        expected = after + 1
+        for (position,) in cur.fetchall():
+            if position != expected:
+                break
+            expected += 1
+    return expected - 1
+
+
+def _account_rows(store: Store, after: int, hi: int) -> list[tuple[int, str, bytes]]:
+    """(position, type, payload) of the account-stream rows with ``after < position <= hi``."""
+    p = store.dialect.param
+    table = _names(store)[2]
+    with read_cursor(store) as cur:
+        cur.execute(f"SELECT position, type, data FROM {table} WHERE position > {p} AND position <= {p}"
+                    f" AND substr(stream_id, 1, {len(ACCOUNT_PREFIX)}) = '{ACCOUNT_PREFIX}' ORDER BY position",
+                    (after, hi))
+        return [(int(r[0]), r[1], bytes(r[2])) for r in cur.fetchall()]
+
+
+def catch_up(store: Store, *, limit: int | None = None, progress: Any = None) -> CatchUp:
+    """Index the account-stream events after the index's ``upto`` (creating the index first if it
+    is not there, and starting again from zero if the log was replaced under it), up to the head,
+    or ``limit`` positions further when given; returns what it did. ``progress(upto, head)`` is
+    called after each chunk. Raises the database's error where the database takes no writes."""
+    started = time.perf_counter()
+    create(store)
+    current = state(store) or IndexState(0, "")
+    head = store.trading.head()
+    if current.upto > head or _event_id_at(store, current.upto) != current.event_id:
+        _reset(store)
+        current = IndexState(0, "")
+    before, upto = current.upto, current.upto
+    stop = head if limit is None else min(head, upto + limit)
+    events = refs = 0
+    while upto < stop:
+        hi = _contiguous_end(store, upto, min(stop, upto + CHUNK))
+        if hi <= upto:
+            break  # a hole right after ``upto``: the rest waits for that append
+        rows = _account_rows(store, upto, hi)
+        pairs = sorted({(ref_hash(ref), position) for position, type_name, data in rows
+                        for ref in refs_of(type_name, orjson.loads(data))})
+        event_id = _event_id_at(store, hi) or ""
+        if not _write(store, upto, hi, event_id, pairs):
+            current = state(store) or IndexState(0, "")  # another catch-up moved it: go on from there
+            upto = max(upto, current.upto)
+            continue
+        events += len(rows)
+        refs += len(pairs)
+        upto = hi
+        if progress is not None:
+            progress(upto, stop)
+    return CatchUp(before, upto, events, refs, time.perf_counter() - started)
+
+
+def _write(store: Store, expected: int, upto: int, event_id: str, pairs: list[tuple[int, int]]) -> bool:
+    """Insert ``pairs`` and move the index from ``expected`` to ``upto``, in one transaction; False
+    (nothing written) if another catch-up moved it meanwhile."""
+    d = store.dialect
+    p = d.param
+    refs, state_table, _ = _names(store)
+    lock = " FOR UPDATE" if d.is_postgres else ""
+    with write_cursor(store) as cur:
+        cur.execute(f"SELECT upto FROM {state_table} WHERE id = 1{lock}")
+        row = cur.fetchone()
+        if (int(row[0]) if row else 0) != expected:
+            return False
+        if pairs:
+            insert = (f"INSERT OR IGNORE INTO {refs} (ref, position) VALUES ({p}, {p})" if d.is_sqlite else
+                      f"INSERT INTO {refs} (ref, position) VALUES ({p}, {p}) ON CONFLICT DO NOTHING")
+            cur.executemany(insert, pairs)
+        if row is None:
+            cur.execute(f"INSERT INTO {state_table} (id, upto, event_id) VALUES (1, {p}, {p})", (upto, event_id))
+        else:
+            cur.execute(f"UPDATE {state_table} SET upto = {p}, event_id = {p} WHERE id = 1", (upto, event_id))
+    return True
+
+
+def _reset(store: Store) -> None:
+    refs, state_table, _ = _names(store)
+    with write_cursor(store) as cur:
+        cur.execute(f"DELETE FROM {refs}")
+        cur.execute(f"DELETE FROM {state_table}")
+
+
+def positions(store: Store, ids: Iterable[str], *, after: int = 0, upto: int) -> set[int]:
+    """Positions in ``after < position <= upto`` of the indexed account-stream events naming any
+    of ``ids`` (a superset: a hash collision adds a position)."""
+    hashes = sorted({ref_hash(i) for i in ids})
+    p = store.dialect.param
+    table = _names(store)[0]
+    out: set[int] = set()
+    with read_cursor(store) as cur:
+        for k in range(0, len(hashes), _QUERY_CHUNK):
+            part = hashes[k:k + _QUERY_CHUNK]
+            cur.execute(f"SELECT position FROM {table} WHERE ref IN ({', '.join([p] * len(part))})"
+                        f" AND position > {p} AND position <= {p}", (*part, after, upto))
+            out.update(int(r[0]) for r in cur.fetchall())
+    return out
+
+
+def rows_at(store: Store, stream_id: str, wanted: Iterable[int]) -> list[tuple[Any, ...]]:
+    """The rows (position, stream, version, type, data, recorded_at as a datetime) of ``stream_id``
+    at the ``wanted`` positions, in position order."""
+    wanted = sorted(set(wanted))
+    p = store.dialect.param
+    table = _names(store)[2]
+    out = []
+    with read_cursor(store) as cur:
+        for k in range(0, len(wanted), _QUERY_CHUNK):
+            part = wanted[k:k + _QUERY_CHUNK]
+            cur.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {table}"
+                        f" WHERE position IN ({', '.join([p] * len(part))}) AND stream_id = {p}", (*part, stream_id))
+            out.extend(cur.fetchall())
+    return [(r[0], r[1], r[2], r[3], bytes(r[4]), as_time(r[5])) for r in sorted(out, key=lambda r: r[0])]
+
+
+def rows_after(store: Store, stream_id: str, after: int) -> list[tuple[Any, ...]]:
+    """The rows of ``stream_id`` after position ``after`` (the part the index does not hold yet),
+    read by position range: they cost what they are."""
+    d = store.dialect
+    p = d.param
+    table = _names(store)[2]
+    # SQLite would take the (stream_id, stream_version) index and walk the whole stream; a unary
+    # plus keeps it on the position range. PostgreSQL weighs both by its statistics.
+    stream = "+stream_id" if d.is_sqlite else "stream_id"
+    with read_cursor(store) as cur:
+        cur.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {table}"
+                    f" WHERE position > {p} AND {stream} = {p} ORDER BY position", (after, stream_id))
+        rows = cur.fetchall()
+    return [(r[0], r[1], r[2], r[3], bytes(r[4]), as_time(r[5])) for r in rows]
