@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 # Finished orders written per chunk (one transaction each), and equity points held before a flush.
 ORDER_CHUNK = 20_000
 EQUITY_CHUNK = 20_000
+READ_PAGE = 20_000  # log rows read at a time (a projector's page may be "everything")
 FRESH_MARK = "__rb"  # fresh tables are named <table>__rb<token> until the swap
 
 
@@ -320,13 +321,14 @@ def _pages(projector: Projector, head: int) -> Iterator[list[Any]]:
     """The log up to ``head`` in pages. PostgreSQL: one streamed read. SQLite: a read per page, so
     that no read snapshot holds back the WAL checkpoints of the chunks being written."""
     log = projector.store.trading
+    batch = min(projector.page, READ_PAGE)
     if projector.dialect.is_postgres:
-        with closing(log.iter_pages(0, head, batch=projector.page)) as pages:
+        with closing(log.iter_pages(0, head, batch=batch)) as pages:
             yield from pages
         return
     after = 0
     while after < head:
-        with closing(log.iter_pages(after, min(head, after + projector.page), batch=projector.page)) as pages:
+        with closing(log.iter_pages(after, min(head, after + batch), batch=batch)) as pages:
             rows = next(pages, None)
         if not rows:
             return
