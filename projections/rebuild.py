@@ -243,7 +243,11 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
     encode_order = encode["ts_orders"]
     fresh = FreshTables(projector)
     fresh.create()
-    writer = projector._writer_thread()
+    # PostgreSQL: chunks are written by a thread while the fold goes on (the server does the work,
+    # the thread mostly waits on it). SQLite: in line, between pages: its inserts are this
+    # process's own CPU, and a thread binding rows only fights the fold for the GIL (measured at
+    # 1M events: ~8% more CPU with the thread, and no shorter).
+    writer = projector._writer_thread() if projector.dialect.is_postgres else None
     pending: Any = None
     finished: list[tuple[Any, ...]] = []
 
@@ -251,6 +255,9 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
         nonlocal pending
         if pending is not None:
             pending.result()
+        if writer is None:
+            fresh.write(tables)
+            return
         pending = writer.submit(fresh.write, tables)
 
     try:
@@ -292,7 +299,8 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
                 tables.append(("ts_orders", finished))
             finished = []
             submit(tables)
-            pending.result()
+            if pending is not None:
+                pending.result()
             pending = None
         fresh.finish()
         fresh.swap(state.position)
@@ -309,7 +317,8 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
         projector.state = TradingState(projector.exchange_tz)
         raise
     finally:
-        writer.submit(release, store).result()  # the writer thread's connection
+        if writer is not None:
+            writer.submit(release, store).result()  # the writer thread's connection
     projector.applied_pages += 1
     projector._loaded = keep_state
     if progress:
