@@ -283,16 +283,19 @@ class Projector:
             progress(self.state.position, max(head, self.state.position))
         return self.state.position
 
-    def rebuild(self, progress: Progress | None = None, *, keep_state: bool = False) -> int:
+    def rebuild(self, progress: Progress | None = None, *, keep_state: bool = False,
+                writer_process: bool | None = None) -> int:
         """Rebuild every table from zero: fold the whole log, write each table's final rows once
         into fresh tables and swap them in atomically with the tracking position
         (``projections.rebuild``). Readers see the old tables until the swap commits; a failure
         (or ``progress`` raising) before it leaves the old tables and tracking row unchanged.
         ``keep_state``: keep the whole folded state for the paged path to carry on from (else
-        finished orders leave memory as they are written, and the next page loads the state)."""
+        finished orders leave memory as they are written, and the next page loads the state).
+        ``writer_process``: the fresh tables are written by a child process (default: for a log
+        of ``PROCESS_WRITER_EVENTS`` or more)."""
         from .rebuild import rebuild_from_zero
 
-        return rebuild_from_zero(self, progress, keep_state=keep_state)
+        return rebuild_from_zero(self, progress, keep_state=keep_state, writer_process=writer_process)
 
     def rebuild_in_pages(self, progress: Progress | None = None, *, writer_process: bool | None = None) -> int:
         """Empty every table and fold the whole log into them again through the paged path, a

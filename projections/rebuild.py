@@ -24,6 +24,7 @@ accounts with their trading days, signals, and the equity book's fill count per 
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -101,11 +102,11 @@ def fresh_name(table: str, token: str) -> str:
 class FreshTables:
     """The fresh tables of one rebuild: created empty, filled in chunks, then swapped in."""
 
-    def __init__(self, projector: Projector):
+    def __init__(self, projector: Projector, token: str | None = None):
         self.projector = projector
         self.store = projector.store
         self.dialect: Dialect = projector.dialect
-        self.token = secrets.token_hex(4)
+        self.token = token or secrets.token_hex(4)
         self.names = {table: fresh_name(table, self.token) for table in TABLES}
 
     # ---------------------------------------------------------------------------- DDL
@@ -143,10 +144,11 @@ class FreshTables:
                 cur.execute(f"DROP TABLE IF EXISTS {self.dialect.name(name)}")
 
     # ---------------------------------------------------------------------------- rows
-    def write(self, tables: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-        """Write encoded rows (``Projector._encode`` form) into the fresh tables, one transaction.
-        A row written again (an order brought back, an equity minute flushed twice) replaces the
-        earlier one: SQLite by its key now, PostgreSQL when the keys are built (``finish``)."""
+    def write(self, tables: list[tuple[str, list[Any]]], *, text: bool = False) -> None:
+        """Write encoded rows (``Projector._encode`` form; ``text``: its text form, as a writer
+        process receives them) into the fresh tables, one transaction. A row written again (an
+        order brought back, an equity minute flushed twice) replaces the earlier one: SQLite by
+        its key now, PostgreSQL when the keys are built (``finish``)."""
         from .projector import _PG_COPY_TYPES
 
         d = self.dialect
@@ -156,7 +158,11 @@ class FreshTables:
                     continue
                 name = d.name(self.names[table])
                 columns = TABLES[table][0]
-                if d.is_postgres:
+                if d.is_postgres and text:  # decimals and times as text, booleans 0/1: the server parses them
+                    with cur.copy(f"COPY {name} ({', '.join(c for c, _ in columns)}) FROM STDIN") as cp:
+                        for row in rows:
+                            cp.write_row(row)
+                elif d.is_postgres:
                     with cur.copy(f"COPY {name} ({', '.join(c for c, _ in columns)}) FROM STDIN (FORMAT BINARY)") as cp:
                         cp.set_types([_PG_COPY_TYPES[k] for _, k in columns])
                         for row in rows:
@@ -213,18 +219,125 @@ class FreshTables:
             )
 
 
+class _WriterProcess:
+    """Writes chunks into the fresh tables in a child process, so that binding rows and the
+    database's own work (SQLite's is in-process) do not compete with the fold for this
+    process's GIL. Chunks go as orjson (rows in the text form), one answer per chunk; one chunk is
+    in flight while the next is folded. A plain ``python -c`` child, not ``multiprocessing``
+    (which would re-import the caller's main module)."""
+
+    def __init__(self, url: str, token: str):
+        import subprocess
+        import sys
+
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from tradestate.projections.rebuild import _write_fresh; _write_fresh()",
+             url, token],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        self._pending = False
+
+    def _died(self, error: BaseException | None = None) -> RuntimeError:
+        try:
+            code = self._proc.wait(2)
+        except Exception:  # noqa: BLE001
+            code = None
+        failure = RuntimeError(f"the rebuild's writer process ended unexpectedly (exit code {code})")
+        failure.__cause__ = error
+        return failure
+
+    def submit(self, tables: list[tuple[str, list[Any]]]) -> None:
+        """Wait for the chunk sent before (raising its error), then send ``tables``."""
+        self.result()
+        data = orjson.dumps(tables)
+        try:
+            self._proc.stdin.write(len(data).to_bytes(8, "big"))  # type: ignore[union-attr]
+            self._proc.stdin.write(data)  # type: ignore[union-attr]
+            self._proc.stdin.flush()  # type: ignore[union-attr]
+        except OSError as e:
+            raise self._died(e) from e
+        self._pending = True
+
+    def result(self) -> None:
+        """Wait for the chunk in flight, if any: return once written, else raise its error."""
+        from .projector import _receive
+
+        if not self._pending:
+            return
+        self._pending = False
+        try:
+            kind, value = _receive(self._proc.stdout)
+        except (EOFError, OSError) as e:
+            raise self._died(e) from e
+        if kind == "error":
+            raise value
+
+    def close(self, *, kill: bool = False) -> None:
+        """End the child: close its input and wait (``kill``: at once, after a failure)."""
+        if kill:
+            self._proc.kill()
+        try:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self._proc.wait(10)
+        except Exception:  # noqa: BLE001
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _write_fresh() -> None:
+    """The writer process (argv: url, fresh-table token): write each chunk received on stdin into
+    the fresh tables and answer on stdout, until stdin ends."""
+    import gc
+    import sys
+
+    from ..adapters.store import open_store
+    from .projector import Projector, _picklable, _send
+
+    url, token = sys.argv[1], sys.argv[2]
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    store = open_store(url, create=False)
+    fresh = FreshTables(Projector(store), token)
+    gc.disable()  # chunks are short-lived acyclic rows: reference counting frees them
+    try:
+        while True:
+            head = source.read(8)
+            if len(head) < 8:
+                return
+            size = int.from_bytes(head, "big")
+            data = source.read(size)
+            if len(data) < size:
+                return
+            try:
+                fresh.write([(table, rows) for table, rows in orjson.loads(data)], text=True)
+                reply: tuple[str, Any] = ("ok", None)
+            except BaseException as e:  # noqa: BLE001 - sent back and raised in the parent
+                reply = ("error", _picklable(e))
+            try:
+                _send(sink, reply)
+            except OSError:
+                return
+    finally:
+        store.close()
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
 def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None] | None = None,
-                      *, keep_state: bool = False) -> int:
+                      *, keep_state: bool = False, writer_process: bool | None = None) -> int:
     """Fold the whole log of ``projector.store``, write every table's final rows into fresh
     tables and swap them in (see the module docstring); returns the position the tables now
     include. ``keep_state``: keep the full ``TradingState`` (every order) in ``projector.state``
     for the paged path to carry on from; otherwise finished orders leave memory as they are
-    written and the projector loads its state again before its next page."""
-    from .projector import _ROW_ENCODERS, _Dirty, _EquityBook, _order_row
+    written and the projector loads its state again before its next page. ``writer_process``:
+    write the chunks from a child process (default: for a log of ``PROCESS_WRITER_EVENTS`` or
+    more, unless ``TRADESTATE_PROJECTOR_PROCESS=0``)."""
+    from .projector import _ROW_ENCODERS, PROCESS_WRITER_EVENTS, _Dirty, _EquityBook, _order_row
 
     store = projector.store
     projector.create_tables()
@@ -239,20 +352,27 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
     projector.equity = book = _EquityBook()
     projector._loaded = False  # until the swap has committed, memory is ahead of the tables
     dirty = _Dirty(book)
-    encode = _ROW_ENCODERS[projector.dialect.kind]
+    if writer_process is None:
+        writer_process = head >= PROCESS_WRITER_EVENTS and os.environ.get("TRADESTATE_PROJECTOR_PROCESS", "1") != "0"
+    text = "text" if writer_process else None
+    encode = _ROW_ENCODERS[text or projector.dialect.kind]
     encode_order = encode["ts_orders"]
     fresh = FreshTables(projector)
     fresh.create()
-    # PostgreSQL: chunks are written by a thread while the fold goes on (the server does the work,
-    # the thread mostly waits on it). SQLite: in line, between pages: its inserts are this
-    # process's own CPU, and a thread binding rows only fights the fold for the GIL (measured at
-    # 1M events: ~8% more CPU with the thread, and no shorter).
-    writer = projector._writer_thread() if projector.dialect.is_postgres else None
+    # A long log: chunks are written by a child process while the fold goes on. Otherwise, on
+    # PostgreSQL, by a thread (the server does the work, the thread mostly waits on it); on
+    # SQLite in line, between pages: its inserts are this process's own CPU, and a thread binding
+    # rows only fights the fold for the GIL (at 1M events: ~8% more CPU, and no shorter).
+    child = _WriterProcess(projector.store.url, fresh.token) if writer_process else None
+    writer = projector._writer_thread() if child is None and projector.dialect.is_postgres else None
     pending: Any = None
     finished: list[tuple[Any, ...]] = []
 
     def submit(tables: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         nonlocal pending
+        if child is not None:
+            child.submit(tables)
+            return
         if pending is not None:
             pending.result()
         if writer is None:
@@ -290,7 +410,7 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
             # what is left: the orders still in memory, and every other table's final rows
             for stream in state.orders:
                 dirty.orders[stream] = None
-            tables = projector._encode(dirty)
+            tables = projector._encode(dirty, text)
             for i, (table, rows) in enumerate(tables):
                 if table == "ts_orders":
                     tables[i] = (table, finished + rows)
@@ -302,9 +422,15 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
             if pending is not None:
                 pending.result()
             pending = None
+            if child is not None:
+                child.result()
+                child.close()
+                child = None
         fresh.finish()
         fresh.swap(state.position)
     except BaseException:
+        if child is not None:
+            child.close(kill=True)
         if pending is not None:
             try:
                 pending.result()

@@ -427,14 +427,14 @@ def _leftovers(store) -> list[str]:
         return FreshTables(Projector(store))._leftovers(cur)
 
 
-@pytest.mark.parametrize("page", [1, 7, 10**6])
-def test_the_rebuild_from_zero_equals_the_paged_rebuild(db_url, store, session, page, monkeypatch):
+@pytest.mark.parametrize("page, writer_process", [(1, False), (7, True), (10**6, False), (10**6, True)])
+def test_the_rebuild_from_zero_equals_the_paged_rebuild(db_url, store, session, page, writer_process, monkeypatch):
     from tradestate.projections import rebuild as rebuild_module
 
     monkeypatch.setattr(rebuild_module, "ORDER_CHUNK", 3)  # many chunks: orders written as they finish
     monkeypatch.setattr(rebuild_module, "EQUITY_CHUNK", 2)  # equity minutes flushed (and rewritten) often
     projector = Projector(store, page=page)
-    assert projector.rebuild() == session
+    assert projector.rebuild(writer_process=writer_process) == session
     assert projector.tracked_position() == session
     fast = dump_tables(store)
     assert len(fast["ts_orders"]) > 50 and fast["ts_equity_curve"] and fast["ts_risk_usage"]
@@ -523,7 +523,7 @@ class _Boom(Exception):
     pass
 
 
-@pytest.mark.parametrize("where", ["fold", "write", "swap"])
+@pytest.mark.parametrize("where", ["fold", "write", "writer process", "swap"])
 def test_a_failed_rebuild_leaves_the_old_tables_and_position(db_url, store, session, monkeypatch, where):
     from tradestate.projections import projector as projector_module
     from tradestate.projections import rebuild as rebuild_module
@@ -546,14 +546,27 @@ def test_a_failed_rebuild_leaves_the_old_tables_and_position(db_url, store, sess
             return original(self, tables)
 
         monkeypatch.setattr(rebuild_module.FreshTables, "write", write)
+    elif where == "writer process":  # the child dies with two chunks written
+        sent = []
+        original_submit = rebuild_module._WriterProcess.submit
+
+        def submit(self, tables):
+            sent.append(1)
+            if len(sent) == 3:
+                self.result()
+                self._proc.kill()
+                self._proc.wait()
+            return original_submit(self, tables)
+
+        monkeypatch.setattr(rebuild_module._WriterProcess, "submit", submit)
     else:  # inside the swap's transaction, after the old tables were dropped and the fresh renamed
         def fail(*_args):
             raise _Boom()
 
         monkeypatch.setattr(projector_module, "_time", fail)
     projector = Projector(store, page=10)
-    with pytest.raises(_Boom):
-        projector.rebuild(progress)
+    with pytest.raises(RuntimeError if where == "writer process" else _Boom):
+        projector.rebuild(progress, writer_process=where == "writer process")
     assert snapshot(store) == old
     assert not _leftovers(store)
     monkeypatch.undo()
