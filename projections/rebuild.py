@@ -384,6 +384,7 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
         with gc_paused():
             orders = state.orders
             still_open = OPEN_STATUSES.__contains__
+            evict = not keep_state
             loads, apply, note, fromiso = orjson.loads, state.apply, dirty.note, datetime.fromisoformat
             for rows in _pages(projector, head):
                 for position, stream, version, type_name, data, at in rows:
@@ -392,11 +393,12 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
                     payload = loads(data)
                     apply(position, stream, version, type_name, payload, at)
                     note(state, stream, type_name, payload, position, at)
-                    if stream[0] == "o" and not keep_state:
+                    if stream[0] == "o":  # a finished order's row is final (unless a late event comes)
                         order = dict.get(orders, stream)
                         if order is not None and not still_open(order.status):
                             finished.append(encode_order(_order_row(order)))
-                            del orders[stream]
+                            if evict:
+                                del orders[stream]
                 dirty.orders.clear()  # orders are written as they finish, or at the end
                 if len(finished) >= ORDER_CHUNK or len(dirty.equity) >= EQUITY_CHUNK:
                     tables = [("ts_orders", finished)]
@@ -407,9 +409,11 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
                     submit(tables)
                 if progress:
                     progress(state.position, max(head, state.position))
-            # what is left: the orders still in memory, and every other table's final rows
-            for stream in state.orders:
-                dirty.orders[stream] = None
+            # what is left: the orders still open (and any other still in memory), and every
+            # other table's final rows
+            for stream, order in dict.items(state.orders):
+                if evict or still_open(order.status):
+                    dirty.orders[stream] = None
             tables = projector._encode(dirty, text)
             for i, (table, rows) in enumerate(tables):
                 if table == "ts_orders":
