@@ -246,11 +246,7 @@ class Projector:
             writer: Any = _ProcessWriter(self.store.url, self.exchange_tz)
             self._text_pages = True
         else:
-            if self._writer is None:
-                # One writer thread for the projector's life: on PostgreSQL each thread keeps its
-                # own connection, so a thread per catch-up would leak one per call.
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
-            writer = self._writer
+            writer = self._writer_thread()
         if self.dialect.is_postgres and head - start > 2 * self.page:
             self._pages = self.store.trading.iter_pages(start, head, batch=self.page)
         with gc_paused():
@@ -291,8 +287,23 @@ class Projector:
             progress(self.state.position, max(head, self.state.position))
         return self.state.position
 
-    def rebuild(self, progress: Progress | None = None, *, writer_process: bool | None = None) -> int:
-        """Empty every table and fold the whole log into them again, a page per transaction."""
+    def rebuild(self, progress: Progress | None = None, *, keep_state: bool = False,
+                writer_process: bool | None = None) -> int:
+        """Rebuild every table from zero: fold the whole log, write each table's final rows once
+        into fresh tables and swap them in atomically with the tracking position
+        (``projections.rebuild``). Readers see the old tables until the swap commits; a failure
+        (or ``progress`` raising) before it leaves the old tables and tracking row unchanged.
+        ``keep_state``: keep the whole folded state for the paged path to carry on from (else
+        finished orders leave memory as they are written, and the next page loads the state).
+        ``writer_process``: the fresh tables are written by a child process (default: for a log
+        of ``PROCESS_WRITER_EVENTS`` or more)."""
+        from .rebuild import rebuild_from_zero
+
+        return rebuild_from_zero(self, progress, keep_state=keep_state, writer_process=writer_process)
+
+    def rebuild_in_pages(self, progress: Progress | None = None, *, writer_process: bool | None = None) -> int:
+        """Empty every table and fold the whole log into them again through the paged path, a
+        page per transaction (the reference the fast ``rebuild`` is tested against)."""
         self.create_tables()
         with self._transaction() as cur:
             for table in TABLES:
@@ -303,6 +314,13 @@ class Projector:
         self.equity = _EquityBook()
         self._loaded = True
         return self.catch_up(progress, writer_process=writer_process)
+
+    def _writer_thread(self) -> ThreadPoolExecutor:
+        """The projector's one writer thread (on PostgreSQL each thread keeps its own connection,
+        so a thread per catch-up would leak one per call)."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
+        return self._writer
 
     def lag(self) -> tuple[int, int]:
         """(log head, tracked position)."""

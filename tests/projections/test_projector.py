@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.projector_worker import (
     ACCOUNTS,
+    snapshot,
     Clock,
     Orders,
     Writer,
@@ -409,6 +410,181 @@ def test_any_split_into_pages_with_restarts_equals_a_one_page_rebuild(commands, 
             rebuilt_at, rebuilt = rebuild_snapshot(store)
             assert rebuilt_at == head
             assert_same(final, rebuilt)
+            # the rebuild from zero (fold first, fresh tables swapped in) writes the same tables
+            fast = Projector(store, page=pages[0])
+            assert fast.rebuild() == head
+            assert_same(dump_tables(store), rebuilt, "tables of the rebuild from zero")
+            assert fast.tracked_position() == head
+
+
+# ------------------------------------------------------------------- the rebuild from zero
+
+
+def _leftovers(store) -> list[str]:
+    """Fresh tables of rebuilds that are still in the database."""
+    from tradestate.adapters.store.sql import read_cursor
+    from tradestate.projections.rebuild import FreshTables
+
+    with read_cursor(store) as cur:
+        return FreshTables(Projector(store))._leftovers(cur)
+
+
+@pytest.mark.parametrize("page, writer_process", [(1, False), (7, True), (10**6, False), (10**6, True)])
+def test_the_rebuild_from_zero_equals_the_paged_rebuild(db_url, store, session, page, writer_process, monkeypatch):
+    from tradestate.projections import rebuild as rebuild_module
+
+    monkeypatch.setattr(rebuild_module, "ORDER_CHUNK", 3)  # many chunks: orders written as they finish
+    monkeypatch.setattr(rebuild_module, "EQUITY_CHUNK", 2)  # equity minutes flushed (and rewritten) often
+    projector = Projector(store, page=page)
+    assert projector.rebuild(writer_process=writer_process) == session
+    assert projector.tracked_position() == session
+    fast = dump_tables(store)
+    assert len(fast["ts_orders"]) > 50 and fast["ts_equity_curve"] and fast["ts_risk_usage"]
+    assert not _leftovers(store)
+    assert_equals_rebuild(store)
+    # memory: finished orders are gone, only the open ones (and any brought back) are held
+    open_orders = sum(1 for row in fast["ts_orders"] if row[13])
+    assert len(projector.state.orders) <= open_orders + projector.state.orders.brought_back
+    # the projector carries on through the paged path from where the rebuild left the tables
+    with tradestate.connect(db_url, clock=Clock()) as client:
+        write_session(client, 40, seed=12)
+    assert projector.catch_up() == store.trading.head()
+    assert_equals_rebuild(store)
+    # and again over the tables a rebuild swapped in (their keys and indexes renamed into place)
+    assert Projector(store, page=page).rebuild() == store.trading.head()
+    assert_equals_rebuild(store)
+
+
+def test_a_rebuild_keeping_its_state_carries_on_without_a_reload(db_url, store, session):
+    projector = Projector(store)
+    assert projector.rebuild(keep_state=True) == session
+    reference = Projector(store)
+    reference.load()
+    assert projector.state.summary() == reference.state.summary()
+    with tradestate.connect(db_url, clock=Clock()) as client:
+        write_session(client, 40, seed=13)
+    assert projector.catch_up() == store.trading.head()
+    assert_equals_rebuild(store)
+
+
+def test_an_order_finished_and_written_comes_back_for_a_later_event(db_url, store):
+    """A fill after the order was cancelled: the rebuild has written and forgotten the order and
+    must fold it again from its stream for the late fill (the paged path still holds it)."""
+    from tradestate.adapters.store import new_event
+    from tradestate.domain.ids import order_stream_id
+
+    with tradestate.connect(db_url, clock=Clock()) as client:
+        write_session(client, 60, seed=4)
+    rows = list(store.trading.iter_rows(0))
+    cancelled = [(s, v) for _p, s, v, t, _d, _a in rows if t == "OrderCancelled"]
+    filled = {s: d for _p, s, _v, t, d, _a in rows if t == "OrderFilled"}
+    assert cancelled and filled, "the session has cancels and fills"
+    stream, version = cancelled[0]
+    last_version = max(v for _p, s, v, *_ in rows if s == stream)
+    import orjson
+
+    late = orjson.loads(next(iter(filled.values())))
+    intent = next(orjson.loads(d) for _p, s, _v, t, d, _a in rows if s == stream and t == "OrderIntentRecorded")
+    late.update(account=intent["account"], client_order_id=intent["client_order_id"], exec_id="late-1", qty="1")
+    assert order_stream_id(intent["account"], intent["client_order_id"]) == stream
+    store.trading.append([new_event(stream, last_version + 1, "OrderFilled", orjson.dumps(late))])
+    projector = Projector(store, page=5)
+    assert projector.rebuild() == store.trading.head()
+    assert projector.state.orders.brought_back >= 1
+    assert_equals_rebuild(store)
+
+
+def _prefix_tables(store, session) -> tuple[int, dict]:
+    """Tables projected by the paged path up to a prefix of the log (what a rebuild replaces)."""
+    projector = Projector(store)
+    projector.load()
+    projector.run_once(limit=session // 3)
+    return snapshot(store)
+
+
+def test_readers_see_the_old_tables_until_the_swap(db_url, store, session, monkeypatch):
+    from tradestate.projections import rebuild as rebuild_module
+
+    monkeypatch.setattr(rebuild_module, "ORDER_CHUNK", 2)
+    old = _prefix_tables(store, session)
+    seen: list[tuple[int, dict]] = []
+
+    def peek(position: int, head: int) -> None:
+        if position < head:
+            with open_store(db_url) as reader:  # another connection, as a risk tool's
+                seen.append(snapshot(reader))
+
+    assert Projector(store, page=10).rebuild(peek) == session
+    assert len(seen) > 5
+    assert all(s == old for s in seen), "a reader saw a half-built table during the rebuild"
+    assert snapshot(store)[0] == session
+    assert_equals_rebuild(store)
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["fold", "write", "writer process", "swap"])
+def test_a_failed_rebuild_leaves_the_old_tables_and_position(db_url, store, session, monkeypatch, where):
+    from tradestate.projections import projector as projector_module
+    from tradestate.projections import rebuild as rebuild_module
+
+    monkeypatch.setattr(rebuild_module, "ORDER_CHUNK", 2)
+    old = _prefix_tables(store, session)
+    progress = None
+    if where == "fold":
+        def progress(position: int, head: int) -> None:
+            if position > session // 2:
+                raise _Boom()
+    elif where == "write":
+        calls = []
+        original = rebuild_module.FreshTables.write
+
+        def write(self, tables):
+            calls.append(1)
+            if len(calls) == 3:
+                raise _Boom()
+            return original(self, tables)
+
+        monkeypatch.setattr(rebuild_module.FreshTables, "write", write)
+    elif where == "writer process":  # the child dies with two chunks written
+        sent = []
+        original_submit = rebuild_module._WriterProcess.submit
+
+        def submit(self, tables):
+            sent.append(1)
+            if len(sent) == 3:
+                self.result()
+                self._proc.kill()
+                self._proc.wait()
+            return original_submit(self, tables)
+
+        monkeypatch.setattr(rebuild_module._WriterProcess, "submit", submit)
+    else:  # inside the swap's transaction, after the old tables were dropped and the fresh renamed
+        def fail(*_args):
+            raise _Boom()
+
+        monkeypatch.setattr(projector_module, "_time", fail)
+    projector = Projector(store, page=10)
+    with pytest.raises(RuntimeError if where == "writer process" else _Boom):
+        projector.rebuild(progress, writer_process=where == "writer process")
+    assert snapshot(store) == old
+    assert not _leftovers(store)
+    monkeypatch.undo()
+    # the projector carries on from the tables it has (it reloads), and ends as a rebuild
+    assert projector.catch_up() == session
+    assert_equals_rebuild(store)
+
+
+def test_a_killed_rebuild_leaves_fresh_tables_the_next_one_drops(store, session):
+    from tradestate.projections.rebuild import FreshTables
+
+    FreshTables(Projector(store)).create()  # as a rebuild killed mid-way leaves them
+    assert _leftovers(store)
+    assert Projector(store).rebuild() == session
+    assert not _leftovers(store)
+    assert_equals_rebuild(store)
 
 
 # ------------------------------------------------------------------------------------ CLI

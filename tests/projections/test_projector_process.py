@@ -21,7 +21,7 @@ import tradestate
 
 def test_a_writer_process_commits_exactly_what_the_writer_thread_commits(store, session):
     projector = Projector(store, page=13)
-    assert projector.rebuild(writer_process=True) == session
+    assert projector.rebuild_in_pages(writer_process=True) == session
     assert projector.applied_pages == -(-session // 13)
     assert projector.tracked_position() == session
     tables = dump_tables(store)
@@ -55,7 +55,7 @@ def test_a_writer_process_that_dies_is_a_clear_error_and_nothing_is_half_written
     monkeypatch.setattr(projector_module._ProcessWriter, "submit", submit)
     projector = Projector(store, page=17)
     with pytest.raises(RuntimeError, match="writer process ended unexpectedly"):
-        projector.rebuild(writer_process=True)
+        projector.rebuild_in_pages(writer_process=True)
     tracked = projector.tracked_position()
     assert tracked == 3 * 17  # whole pages only
     assert projector.state.position == tracked  # memory reloaded to what landed
@@ -72,7 +72,7 @@ def test_a_script_without_a_main_guard_can_rebuild_through_a_writer_process(sqli
         from tradestate.adapters.store import open_store
         from tradestate.projections.projector import Projector
         with open_store({sqlite_url!r}) as store:
-            print(Projector(store, page=10).rebuild(writer_process=True))
+            print(Projector(store, page=10).rebuild_in_pages(writer_process=True))
     """))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -3,7 +3,8 @@
 * ``snapshot(store)``: the tracking position and every read-model table (ordered by primary key),
   read in ONE snapshot, so a projector committing meanwhile cannot make the two disagree (the
   chaos harness's ``table_snapshot``, so the tests and the harness compare the same reading).
-* ``rebuild_snapshot(store)``: a one-page rebuild into the store's own tables, then ``snapshot``.
+* ``rebuild_snapshot(store)``: a one-page rebuild through the paged path into the store's own tables,
+  then ``snapshot``.
 * ``prefix_snapshot(store, position, target_url)``: copies the log rows up to ``position`` (byte
   for byte, with their positions and timestamps) into a fresh store and rebuilds it there: what
   the tables must hold when the tracking row says ``position``.
@@ -57,9 +58,10 @@ def dump_tables(store: Store) -> dict[str, list[tuple]]:
 
 
 def rebuild_snapshot(store: Store) -> tuple[int, dict[str, list[tuple]]]:
-    """Rebuild the store's tables in one page (one transaction) and read them back."""
+    """Rebuild the store's tables through the paged path in one page (one transaction) and read
+    them back: the reference every other way of filling the tables is compared with."""
     projector = Projector(store, page=10**9)
-    position = projector.rebuild()
+    position = projector.rebuild_in_pages()
     assert projector.applied_pages <= 1
     tracked, tables = snapshot(store)
     assert tracked == position

@@ -47,7 +47,8 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _rebuild(projector: Projector, stop: threading.Event, console: Any) -> tuple[int, float, bool]:
+def _rebuild(projector: Projector, stop: threading.Event, console: Any, *, keep_state: bool = False,
+             ) -> tuple[int, float, bool]:
     from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
     from rich.text import Text
 
@@ -75,7 +76,7 @@ def _rebuild(projector: Projector, stop: threading.Event, console: Any) -> tuple
                 raise _Interrupted  # after the page committed: the tables are consistent
 
         try:
-            projector.rebuild(on_progress)
+            projector.rebuild(on_progress, keep_state=keep_state)
         except _Interrupted:
             interrupted = True
         if not interrupted:
@@ -168,9 +169,10 @@ def _project(store: Store, stop: threading.Event, *, rebuild: bool, once: bool, 
     position = 0 if rebuild else projector.load()  # a rebuild starts from nothing: no fold to throw away
     load_s = time.perf_counter() - loaded_at
     if rebuild:
-        say(f"rebuilding {store.display_url}: every read-model table emptied and folded again from the log "
+        say(f"rebuilding {store.display_url}: the whole log folded into fresh read-model tables, swapped in when done "
             f"(head {store.trading.head():,})")
-        reached, seconds, interrupted = _rebuild(projector, stop, console)
+        # following afterwards: keep the folded state (a follower holds it anyway), not fold twice
+        reached, seconds, interrupted = _rebuild(projector, stop, console, keep_state=not once)
         rate = reached / seconds if seconds > 0 else 0.0
         say(f"{'rebuild interrupted' if interrupted else 'rebuilt'}: position {reached:,} of head "
             f"{store.trading.head():,}, {rate:,.0f} events/s, {seconds:.2f} s")
@@ -253,7 +255,7 @@ def register(app: typer.Typer) -> None:
     @command
     def project(
         db: DbOption = None,
-        rebuild: Annotated[bool, typer.Option("--rebuild", help="Empty the read-model tables and fold the whole log again.")] = False,
+        rebuild: Annotated[bool, typer.Option("--rebuild", help="Fold the whole log into fresh read-model tables and swap them in.")] = False,
         once: Annotated[bool, typer.Option("--once", help="Catch up and exit instead of following the log.")] = False,
         checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Write a recovery checkpoint "
                                                                 "every N events (0: never; default: "

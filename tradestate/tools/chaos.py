@@ -610,7 +610,7 @@ class FreshFold:
         self.copied = position
         projector = Projector(self.store, page=10**9)
         try:
-            assert projector.rebuild() == position
+            assert projector.rebuild_in_pages() == position
         finally:
             if projector._writer is not None:
                 projector._writer.shutdown()
