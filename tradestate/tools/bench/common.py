@@ -230,6 +230,7 @@ def mp_context():
         if "forkserver" in mp.get_all_start_methods():
             _CTX = mp.get_context("forkserver")
             _CTX.set_forkserver_preload(["tradestate.tools.bench.append", "tradestate.tools.bench.projection",
+                                         "tradestate.tools.bench.logs",
                                          "tradestate.adapters.store.postgres", "psycopg"])
         else:
             _CTX = mp.get_context("spawn")

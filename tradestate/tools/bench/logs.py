@@ -187,6 +187,50 @@ def generate_trading_rows(n: int, seed: int = 7) -> Iterator[tuple[int, str, int
     assert position == n, (position, n)
 
 
+_CHUNK = 5_000
+
+
+def _generate_into(n: int, iso_times: bool, out: Any) -> None:
+    """In a child process: ``generate_trading_rows(n)`` sent through ``out`` in lists of ``_CHUNK``
+    rows (``recorded_at`` as ISO text with ``iso_times``, as SQLite stores it), then None."""
+    chunk: list[tuple[Any, ...]] = []
+    for p, s, v, t, d, r in generate_trading_rows(n):
+        chunk.append((p, s, v, t, d, r.isoformat() if iso_times else r))
+        if len(chunk) == _CHUNK:
+            out.send(chunk)
+            chunk = []
+    out.send(chunk)
+    out.send(None)
+    out.close()
+
+
+def generated_rows(n: int, *, iso_times: bool = False, in_child: bool = True) -> Iterator[tuple[Any, ...]]:
+    """``generate_trading_rows(n)`` (``recorded_at`` as ISO text with ``iso_times``), generated in a
+    second process with ``in_child`` so that generating and inserting use two cores."""
+    if not in_child:
+        for p, s, v, t, d, r in generate_trading_rows(n):
+            yield p, s, v, t, d, (r.isoformat() if iso_times else r)
+        return
+    from .common import mp_context
+
+    ctx = mp_context()
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_generate_into, args=(n, iso_times, send), name="bench-generate-log")
+    child.start()
+    send.close()
+    try:
+        while (chunk := receive.recv()) is not None:
+            yield from chunk
+    except EOFError:
+        raise RuntimeError(f"the log generator process died (exit code {child.exitcode})") from None
+    finally:
+        receive.close()
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
 def load_pg_log(pg: PgTarget, schema: str, n: int) -> float:
     """A fresh log in ``schema`` holding ``n`` generated trading events, by binary COPY; returns
     the seconds it took (generation, COPY, VACUUM ANALYZE and CHECKPOINT)."""
@@ -200,7 +244,7 @@ def load_pg_log(pg: PgTarget, schema: str, n: int) -> float:
             f"COPY {table} (position, stream_id, stream_version, type, data, recorded_at) FROM STDIN (FORMAT BINARY)"
         ) as cp:
             cp.set_types(["int8", "text", "int8", "text", "bytea", "timestamptz"])
-            for row in generate_trading_rows(n):
+            for row in generated_rows(n):
                 cp.write_row(row)
         conn.execute(f"SELECT setval('\"{schema}\".ts_events_position_seq', %s)", (n,))
         _settle_pg(conn, table)
@@ -243,7 +287,7 @@ def load_sqlite_log(path: str, n: int) -> float:
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO ts_events (position, stream_id, stream_version, type, data, recorded_at) VALUES (?,?,?,?,?,?)",
-        ((p, s, v, t, d, r.isoformat()) for p, s, v, t, d, r in generate_trading_rows(n)),
+        generated_rows(n, iso_times=True),
     )
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # readers then see one file, no WAL to search

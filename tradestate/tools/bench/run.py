@@ -97,7 +97,7 @@ SCALING_SIZES = (100_000, 1_000_000, 10_000_000)
 _SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000}
 
 
-def parse_events(text: str | int) -> int:
+def parse_events(text: str | int, option: str = "--events") -> int:
     """A log size: an integer, or with a ``k`` / ``M`` suffix (``100k``, ``1M``, ``2.5M``,
     ``1_000_000``); at least ``MIN_EVENTS``. ValueError says what is wrong."""
     if isinstance(text, bool):
@@ -113,7 +113,7 @@ def parse_events(text: str | int) -> int:
             raise ValueError(f"not a whole number of events: {text!r}")
         value = int(number)
     if value < MIN_EVENTS:
-        raise ValueError(f"--events must be at least {MIN_EVENTS:,} (got {value:,})")
+        raise ValueError(f"{option} must be at least {MIN_EVENTS:,} events (got {value:,})")
     return value
 
 
@@ -127,7 +127,7 @@ def parse_scaling(text: str | bool | tuple[int | str, ...] | list[int | str] | N
     items = [p for p in str(text).split(",")] if isinstance(text, str) else list(text)
     if any(isinstance(p, str) and not p.strip() for p in items):
         raise ValueError(f"--scaling: an empty size in {text!r} (e.g. --scaling 100k,1M)")
-    sizes = sorted({parse_events(p) for p in items})
+    sizes = sorted({parse_events(p, "--scaling") for p in items})
     if len(sizes) < 2:
         raise ValueError(f"--scaling needs at least two different sizes (got {text!r})")
     return tuple(sizes)
