@@ -6,7 +6,8 @@ state: 1,000 open orders and 500 positions at full size), sealed like a real log
 ``memory_recover_cold``      peak RSS of ``recover()`` with no checkpoint (the whole log folded)
 ``memory_recover_warm``      peak RSS of ``recover()`` from a checkpoint ``BEHIND`` events behind the head
 ``memory_client_warm_open``  peak RSS of ``tradestate.connect(url)`` from that checkpoint, with its
-                             state caught up: what an engine holds to trade
+                             state caught up, and one new order's intent recorded (a new order is
+                             looked up among the finished ones first): what an engine holds to trade
 ``memory_projector_rebuild`` peak RSS of ``Projector.rebuild()`` of every read-model table
 ``memory_recover_warm_s``    seconds of that warm ``recover()`` to ready (baseline: the cold one)
 
@@ -67,8 +68,9 @@ def _client_warm_open(url: str) -> dict[str, Any]:
     import tradestate
 
     t0 = time.perf_counter()
-    client = tradestate.connect(url)
+    client = tradestate.connect(url, venue="sim")
     seconds = time.perf_counter() - t0
+    client.record_intent("acct-alpha", "bench-memory-1", "AAPL", "buy", "10", order_type="limit", limit_price="150")
     state = client.state
     out = {"seconds": seconds, "position": state.position, "checkpoint": client.loaded is not None and
            getattr(client.loaded, "state", None) is not None,
