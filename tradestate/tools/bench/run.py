@@ -407,6 +407,9 @@ def run_bench(
             except Exception as e:  # noqa: BLE001
                 log(f"warning: could not drop schemas {schemas}: {e}")
     log(f"done in {time.perf_counter() - started:.0f} s")
+    if logs.seconds:
+        notes.append("trading logs generated and loaded once per backend and size (copies for groups that write): "
+                     + "; ".join(f"{what} {seconds:.1f} s" for what, seconds in logs.seconds.items()))
     if as_json:
         document = {
             "results": [asdict(r) for _n, results in runs for r in results],
