@@ -26,6 +26,7 @@ import multiprocessing as mp
 import resource
 import sys
 import time
+import uuid
 from typing import Any
 
 from .common import BenchContext, Result, log, result
@@ -70,7 +71,9 @@ def _client_warm_open(url: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     client = tradestate.connect(url, venue="sim")
     seconds = time.perf_counter() - t0
-    client.record_intent("acct-alpha", "bench-memory-1", "AAPL", "buy", "10", order_type="limit", limit_price="150")
+    # a client order id never used before: the intent is checked against the finished orders
+    client.record_intent("acct-alpha", f"bench-{uuid.uuid4().hex[:16]}", "AAPL", "buy", "10", order_type="limit",
+                         limit_price="150")
     state = client.state
     out = {"seconds": seconds, "position": state.position, "checkpoint": client.loaded is not None and
            getattr(client.loaded, "state", None) is not None,
