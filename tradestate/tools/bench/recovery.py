@@ -15,7 +15,6 @@ Targets: warm < 0.5 s, cold < 5 s.
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import Callable
 
