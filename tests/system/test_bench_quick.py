@@ -380,3 +380,12 @@ def test_cli_rejects_bad_sizes():
         assert proc.returncode == 2, args
         assert proc.stdout == ""
         assert "error:" in proc.stderr
+
+
+@pytest.mark.postgres
+def test_scaling_on_postgresql_gives_each_size_its_own_schemas(capsys, pg_server):
+    before = _bench_schemas(pg_server)
+    document = _run_document(capsys, pg_url=pg_server, only="replay", scaling="1k,2k", _backends=("postgresql",))
+    assert [len(run["results"]) for run in document["runs"]] == [7, 7]  # the library's app of 2k read 2k, not 3k
+    assert set(document["loads"]) == {"postgresql load 1,000", "postgresql load 2,000"}
+    assert _bench_schemas(pg_server) <= before

@@ -386,7 +386,9 @@ def run_bench(
             # each size its own directory: the groups' own files do not meet those of another size
             size_dir = os.path.join(workdir, str(n)) if scaling_sizes else workdir
             os.makedirs(size_dir, exist_ok=True)
-            size_ctx = replace(ctx, sizes=replace(sizes, replay_events=n), workdir=size_dir)
+            size_ctx = replace(ctx, sizes=replace(sizes, replay_events=n), workdir=size_dir,
+                               schema_for=(lambda suffix, n=n: schema_for(f"{suffix}{n}")) if scaling_sizes
+                               else schema_for)  # and its own schemas
             results: list[Result] = []
             runs.append((n, results))
             for name, group in GROUPS.items():
