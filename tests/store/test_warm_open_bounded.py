@@ -55,3 +55,34 @@ def test_the_risk_events_index_is_created_with_the_checkpoints_table(tmp_path):
     names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     conn.close()
     assert checkpoints.RISK_INDEX in names
+
+
+def _tail_verify_peak(path: str) -> int:
+    """Peak bytes Python allocates while ``digest.verify`` checks the last range of the sealed log
+    at ``path`` (ranges of 500 events), as a warm recovery does after its checkpoint."""
+    import tracemalloc
+
+    from tradestate.adapters.store import digest
+
+    with open_store(f"sqlite:///{path}", create=False) as store:
+        digest.seal(store, max_range=500)
+        head = store.trading.head()
+        tracemalloc.start()
+        try:
+            result = digest.verify(store, after=head - 100)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert result.ok and result.checked_events == 500
+    return peak
+
+
+def test_verifying_the_tail_holds_the_tail_not_the_history(tmp_path):
+    """The chain of a long log carries fingerprints for every event (12 bytes each); checking the
+    ranges after a checkpoint must read only theirs, whatever the history behind them."""
+    short, long = str(tmp_path / "short.db"), str(tmp_path / "long.db")
+    load_sqlite_log(short, 3_000)
+    load_sqlite_log(long, 90_000)
+    peak_short, peak_long = _tail_verify_peak(short), _tail_verify_peak(long)
+    # 87k more events of history: their fingerprints alone would be 1 MB more
+    assert peak_long < peak_short + 300_000, (peak_short, peak_long)
