@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from bisect import bisect_left
 from itertools import repeat
 from typing import Any
 from uuid import UUID
@@ -59,55 +60,113 @@ class SnapshotInvalid(ValueError):
 # ------------------------------------------------------------------------------ finished orders
 
 
+class _PackedIds:
+    """A read-only sequence view of packed 16-byte ids (``bisect`` searches it in place)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+    def __len__(self) -> int:
+        return len(self.blob) // 16
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.blob[16 * i:16 * i + 16]
+
+
+def merge_ids(ordered: bytes, keys: Iterable[bytes]) -> bytes:
+    """The packed ids of ``ordered`` (sorted) and ``keys`` (16 bytes each, any order), sorted,
+    each once."""
+    view = _PackedIds(ordered)
+    parts: list[bytes] = []
+    done = 0
+    for key in sorted(set(keys)):
+        i = bisect_left(view, key, lo=done // 16)
+        if i < len(view) and view[i] == key:
+            continue  # there already
+        parts.append(ordered[done:16 * i])
+        parts.append(key)
+        done = 16 * i
+    parts.append(ordered[done:])
+    return b"".join(parts)
+
+
 class OrderBook(dict):  # type: ignore[type-arg]
     """``TradingState.orders`` after a restore or a cold fold: a plain dict of the orders in
     memory, plus the packed ids of finished orders left in the log (``unloaded`` of them).
 
     Nothing here reads the log, and lookups are plain dict lookups: a finished order that is not
     in memory is simply absent. Bringing one back is the application's job, before a decision
-    runs (``tradestate.loading``): read its stream, ``materialize_order``, ``put``."""
+    runs (``tradestate.loading``): read its stream, ``materialize_order``, ``put``.
 
-    def __init__(self, finished: bytes = b""):
+    The ids stay one packed, sorted bytes object (16 bytes an order; ``is_unloaded`` is a binary
+    search in it), never a Python object per order: a long history costs its 16 bytes per finished
+    order and nothing more. ``ordered``: the ids come sorted (a snapshot's since it says so);
+    others are sorted once, when first searched."""
+
+    def __init__(self, finished: bytes = b"", *, ordered: bool = False):
         super().__init__()
-        self._finished = finished  # packed 16-byte ids, turned into a set only when first needed
-        self._cold_set: set[bytes] | None = None
+        self._finished = finished  # packed 16-byte ids
+        self._ordered = ordered or len(finished) <= 16
+        self._back: set[bytes] = set()  # ids among them brought back (``put``): as many as were asked for
 
-    @property
-    def _cold(self) -> set[bytes]:
-        """16-byte uuids of the finished order streams not brought back yet."""
-        if self._cold_set is None:
+    def _ids(self) -> _PackedIds:
+        if not self._ordered:
             blob = self._finished
-            self._cold_set = {blob[i:i + 16] for i in range(0, len(blob), 16)}
-            self._finished = b""
-        return self._cold_set
+            self._finished = b"".join(sorted(blob[i:i + 16] for i in range(0, len(blob), 16)))
+            self._ordered = True
+        return _PackedIds(self._finished)
+
+    def _holds(self, key: bytes) -> bool:
+        ids = self._ids()
+        i = bisect_left(ids, key)
+        return i < len(ids) and ids[i] == key
 
     def is_unloaded(self, sid: object) -> bool:
         """Whether ``sid`` is a finished order of this book that is still only an id."""
         if not isinstance(sid, str) or not sid.startswith(ORDER_PREFIX) or dict.__contains__(self, sid):
             return False
-        if self._cold_set is None and not self._finished:
+        if not self._finished:
             return False
         key = _key(sid)
-        return key is not None and key in self._cold
+        return key is not None and key not in self._back and self._holds(key)
 
     @property
     def unloaded(self) -> int:
-        return len(self._cold) if self._cold_set is not None else len(self._finished) // 16
+        return len(self._finished) // 16 - len(self._back)
 
     def unloaded_streams(self) -> list[str]:
         """The stream ids of the finished orders not in memory."""
-        return [ORDER_PREFIX + str(UUID(bytes=key)) for key in self._cold]
+        blob, back = self._finished, self._back
+        keys = (blob[i:i + 16] for i in range(0, len(blob), 16))
+        return [ORDER_PREFIX + str(UUID(bytes=key)) for key in keys if key not in back]
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the packed ids are sorted already (``packed_unloaded`` keeps their order)."""
+        return self._ordered
 
     def packed_unloaded(self) -> bytes:
-        """The ids of the finished orders not in memory, packed as 16-byte uuids."""
-        return self._finished if self._cold_set is None else b"".join(self._cold_set)
+        """The ids of the finished orders not in memory, packed as 16-byte uuids (in the book's
+        order: sorted when ``ordered``)."""
+        blob = self._finished
+        if not self._back:
+            return blob
+        back = self._back
+        return b"".join(key for key in (blob[i:i + 16] for i in range(0, len(blob), 16)) if key not in back)
+
+    def packed_finished(self, keys: Iterable[bytes]) -> bytes:
+        """The ids of every finished order: this book's (brought back or not) with ``keys`` (those
+        of the finished orders in memory), packed, sorted, each once."""
+        return merge_ids(self._ids().blob, keys)
 
     def put(self, sid: str, order: OrderState) -> None:
         """Add an order brought back from the log (it is no longer only an id)."""
         dict.__setitem__(self, sid, order)
         key = _key(sid)
-        if key is not None and (self._cold_set is not None or self._finished):
-            self._cold.discard(key)
+        if key is not None and self._finished and key not in self._back and self._holds(key):
+            self._back.add(key)
 
 
 def materialize_all(state: TradingState, rows: OrderRows) -> None:
@@ -120,10 +179,8 @@ def materialize_all(state: TradingState, rows: OrderRows) -> None:
     for position, stream, version, type_name, data, at in rows:
         if stream.startswith(ORDER_PREFIX) or type_name == "$void":
             scratch.apply(position, stream, version, type_name, orjson.loads(data), at)
-    cold = book._cold
     for sid, order in scratch.orders.items():
-        key = _key(sid)
-        if key in cold:
+        if book.is_unloaded(sid):
             order.account_state = state.account(order.account)
             state.stream_versions[sid] = scratch.stream_versions[sid]
             book.put(sid, order)
@@ -275,9 +332,12 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
             hot.append(_order_doc(order))
         else:
             finished.append(fromhex(sid[6:].replace("-", "")))  # 6 == len(ORDER_PREFIX)
-    cold = bytearray(b"".join(finished))
+    # sorted (the document says so): a restored book searches them as they are
     if isinstance(state.orders, OrderBook):
-        cold += state.orders.packed_unloaded()
+        cold = state.orders.packed_finished(finished)
+    else:
+        finished.sort()
+        cold = b"".join(finished)
     versions = {sid: v for sid, v in state.stream_versions.items()
                 if not sid.startswith(ORDER_PREFIX)}
     versions.update((o["stream_id"], state.stream_versions[o["stream_id"]]) for o in hot)
@@ -288,6 +348,7 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "exchange_tz": state.exchange_tz,
         "orders": hot,
         "finished_orders": len(cold) // 16,
+        "finished_sorted": True,
         "positions": [_position_doc(p) for p in state.positions.values()],
         "accounts": {name: _account_doc(a) for name, a in state.accounts.items()},
         "signals": [{**s, "value": _d(s["value"]), "at": _t(s["at"])} for s in state.signals.values()],
@@ -297,7 +358,7 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "gates": {gid: {**g, "at": _t(g["at"])} for gid, g in state.gates.items()},
         "gate_approvals": {gate: {**a, "at": _t(a["at"])} for gate, a in state.gate_approvals.items()},
     }
-    return doc, bytes(cold)
+    return doc, cold
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -433,7 +494,7 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
     state.position = doc["position"]
     state.applied = doc["applied"]
     state.stream_versions = dict(doc["stream_versions"])
-    state.orders = OrderBook(finished)
+    state.orders = OrderBook(finished, ordered=doc.get("finished_sorted") is True)
     for name, a in doc["accounts"].items():
         acct = state.account(name)
         acct.limits = {k: Decimal(v) for k, v in a["limits"].items()}

@@ -34,7 +34,7 @@ class LazyOrders(OrderBook):
 
     def __init__(self, state: TradingState, book: OrderBook, loader: OrderLoader | None,
                  log_reader: LogReader | None = None):
-        super().__init__(book.packed_unloaded())
+        super().__init__(book.packed_unloaded(), ordered=book.ordered)
         dict.update(self, book)
         self._state = state
         self.loader = loader  # (stream id, up to position) -> that stream's rows

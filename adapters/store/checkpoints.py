@@ -165,7 +165,12 @@ def _cursor(store: Store, write: bool) -> Iterator[Any]:
 
 
 def create_table(store: Store) -> None:
-    """Create ``ts_checkpoints`` if it is not there (``write`` does it)."""
+    """Create ``ts_checkpoints`` if it is not there (``write`` does it), and the risk events'
+    index of the log (``RISK_INDEX``: positions of the rows of ``RISK_TYPES``, a few per day) while
+    the log is at most ``RISK_INDEX_AUTO_ROWS`` long. The index lets a checkpoint written without a
+    key be checked against the log's risk events without reading the whole log, so a warm start
+    stays constant in the log's length; a longer existing log gets it from ``tradestate replay
+    index``."""
     d = store.dialect
     with _cursor(store, write=True) as cur:
         d.ddl_lock(cur)
@@ -362,7 +367,11 @@ def load(store: Store, *, at_or_before: int | None = None, now: datetime | None 
     for row in candidates:
         info = _info(row[:8])
         with _cursor(store, write=False) as cur:
-            cur.execute(f"SELECT document, finished FROM {_table(store)} WHERE id = {p}", (info.id,))
+            sql = f"SELECT document, finished FROM {_table(store)} WHERE id = {p}"
+            if store.dialect.is_postgres:  # bytea as its bytes: text format doubles them in hex (60 MB at 10M events)
+                cur.execute(sql, (info.id,), binary=True)
+            else:
+                cur.execute(sql, (info.id,))
             got = cur.fetchone()
         if got is None:  # deleted meanwhile by a newer checkpoint's pruning
             continue
@@ -456,7 +465,8 @@ def authentication(store: Store, info: CheckpointInfo, key: bytes | None = None)
 
 
 def _risk_rows(store: Store, upto: int) -> list[tuple[Any, ...]]:
-    """The log's account-stream risk events up to ``upto``, in position order."""
+    """The log's account-stream risk events up to ``upto``, in position order (through the
+    ``RISK_INDEX`` where it exists: its condition is spelled the same)."""
     p = store.dialect.param
     with _cursor(store, write=False) as cur:
         cur.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM "

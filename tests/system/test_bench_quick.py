@@ -16,12 +16,18 @@ import psycopg
 import pytest
 
 from tradestate.tools import pg_cluster
-from tradestate.tools.bench.logs import generate_trading_rows
+from tradestate.tools.bench.logs import ACCOUNTS, SYMBOLS, generate_trading_rows, open_state_size
 from tradestate.tools.bench.run import run_bench
 from tradestate.domain.events import decode
 from tradestate.domain.state import TradingState
 
 KEYS = {"metric", "backend", "value", "unit", "baseline", "baseline_value", "ratio"}
+DOCUMENT = {"results", "runs", "targets", "sizes", "scaling", "loads", "machine"}
+MEMORY_ROWS = {("memory_client_warm_open", "interpreter_import_open_store"),
+               ("memory_recover_warm", "interpreter_import_open_store"),
+               ("memory_recover_cold", "interpreter_import_open_store"),
+               ("memory_projector_rebuild", "interpreter_import_open_store"),
+               ("memory_recover_warm_s", "memory_recover_cold_s")}
 
 TINY = {
     "single_seconds": 0.3,
@@ -38,23 +44,35 @@ TINY = {
 }
 
 
-def _run_json(capsys: pytest.CaptureFixture[str], **kwargs) -> list[dict]:
-    code = run_bench(quick=True, as_json=True, _sizes=TINY, **kwargs)
+def _run_document(capsys: pytest.CaptureFixture[str], **kwargs) -> dict:
+    kwargs.setdefault("_sizes", TINY)
+    code = run_bench(quick=True, as_json=True, **kwargs)
     out = capsys.readouterr().out
     assert code == 0
     document = json.loads(out)  # stdout is exactly one JSON document
-    assert set(document) == {"results"}
+    assert set(document) == DOCUMENT
     results = document["results"]
     assert results
     for row in results:
         assert set(row) == KEYS
         assert isinstance(row["metric"], str) and row["metric"]
         assert row["backend"] in ("sqlite", "postgresql", "memory")  # memory: pure computation, no database
-        assert row["unit"] in ("events/s", "ms", "s", "bars/s")
+        assert row["unit"] in ("events/s", "ms", "s", "bars/s", "MB")
         for key in ("value", "baseline_value", "ratio"):
             assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, row
         assert row["ratio"] == pytest.approx(row["value"] / row["baseline_value"])
-    return results
+    assert [row for run in document["runs"] for row in run["results"]] == results
+    for target in document["targets"]:
+        assert set(target) == {"group", "met", "line", "ratio", "events"}
+        assert isinstance(target["met"], bool) and isinstance(target["line"], str) and target["line"]
+        assert target["ratio"] is None or (isinstance(target["ratio"], float) and target["ratio"] > 0)
+    machine = document["machine"]
+    assert machine["cores"] >= 1 and len(machine["load_average_before"]) == 3 and machine["date"].startswith("20")
+    return document
+
+
+def _run_json(capsys: pytest.CaptureFixture[str], **kwargs) -> list[dict]:
+    return _run_document(capsys, **kwargs)["results"]
 
 
 def _metrics(results: list[dict], backend: str) -> set[tuple[str, str]]:
@@ -69,7 +87,8 @@ def test_sqlite_rows(capsys, tmp_path):
             "postmortem_market_replay"} <= names
     assert {("takeover_p50", "lease_3s"), ("takeover_p95", "lease_3s")} <= got
     assert ("reconcile_plan_10k", "fold_50k_events") in _metrics(results, "memory")
-    assert {m for m in got if not m[0].startswith(("recovery_", "reconcile_", "postmortem_", "takeover_"))} == {
+    assert MEMORY_ROWS <= got
+    assert {m for m in got if not m[0].startswith(("recovery_", "reconcile_", "postmortem_", "takeover_", "memory_"))} == {
         ("append_single_1w", "raw_insert_commit_1w"),
         ("append_single_1w_p50", "raw_insert_commit_1w"),
         ("append_single_1w_p99", "raw_insert_commit_1w"),
@@ -116,7 +135,7 @@ def test_postgresql_rows(capsys, pg_server):
         ("recovery_cold", "raw_select_orjson"),
         ("postmortem_state_at_p99_ms", "fold_from_zero_ms"),
         ("takeover_p95", "lease_3s"),
-    } <= got
+    } | MEMORY_ROWS <= got
     if pg_cluster.available() is None:  # the replication group starts its own primary + standby
         for level in ("on", "remote_apply"):
             for suffix in ("", "_p50", "_p99"):
@@ -194,7 +213,9 @@ def test_replication_without_server_binaries_is_skipped_with_the_reason(capsys, 
     code = run_bench(quick=True, as_json=True, only="replication", _sizes=TINY, _backends=("postgresql",))
     captured = capsys.readouterr()
     assert code == 0
-    assert json.loads(captured.out) == {"results": []}
+    document = json.loads(captured.out)
+    assert document["results"] == [] and document["targets"] == [] and document["runs"] == [
+        {"events": TINY["replay_events"], "results": []}]
     assert "replication: skipped (no PostgreSQL server binaries" in captured.err
 
 
@@ -216,6 +237,7 @@ def test_replication_rows_and_targets(capsys):
 
 def test_generated_log_is_valid_and_folds():
     rows = list(generate_trading_rows(5_000))
+    assert rows == list(generate_trading_rows(5_000))  # deterministic
     assert [r[0] for r in rows] == list(range(1, 5_001))
     versions: dict[str, int] = {}
     state = TradingState()
@@ -226,10 +248,14 @@ def test_generated_log_is_valid_and_folds():
         decode(type_name, payload)  # valid against the event catalogue
         state.apply(position, stream, version, type_name, payload, recorded_at)
     assert state.applied == 5_000
-    *complete, last = state.orders.values()  # the log may end in the middle of the last order
-    assert {o.status for o in complete} == {"filled"}
-    assert last.status in ("new", "submitted", "acknowledged", "partially_filled", "filled")
-    assert state.positions
+    # every order is filled but those of the open state the log ends with (5,000 events: 50 open
+    # orders, 20 more positions), acknowledged and at most partially filled
+    open_orders, extra_positions = open_state_size(5_000)
+    assert (open_orders, extra_positions) == (50, 25)
+    orders = list(state.orders.values())
+    assert {o.status for o in orders[:-open_orders]} == {"filled"}
+    assert {o.status for o in orders[-open_orders:]} == {"acknowledged", "partially_filled"}
+    assert len(state.positions) == len(SYMBOLS) * len(ACCOUNTS) + extra_positions
 
 
 def test_cli_rejects_a_bad_group():
@@ -240,3 +266,128 @@ def test_cli_rejects_a_bad_group():
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "unknown metric group" in proc.stderr
+
+
+def test_the_full_open_state_from_100k_events():
+    from tradestate.tools.bench.logs import OPEN_ORDERS, OPEN_POSITIONS
+
+    assert open_state_size(100_000) == open_state_size(10_000_000) == (OPEN_ORDERS, OPEN_POSITIONS - 80)
+    assert open_state_size(1_000) == (10, 5)
+
+
+@pytest.mark.parametrize(("text", "events"), [("1000", 1_000), ("100k", 100_000), ("1M", 1_000_000),
+                                              ("2.5M", 2_500_000), ("10m", 10_000_000), ("1_000_000", 1_000_000),
+                                              (250_000, 250_000)])
+def test_events_are_read_with_their_suffix(text, events):
+    from tradestate.tools.bench.run import parse_events
+
+    assert parse_events(text) == events
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"events": "0"}, "--events must be at least 1,000 events (got 0)"),
+    ({"events": 999}, "--events must be at least 1,000 events (got 999)"),
+    ({"events": "-5"}, "not a number of events: '-5'"),
+    ({"events": "lots"}, "not a number of events: 'lots'"),
+    ({"events": "1.5k5"}, "not a number of events"),
+    ({"events": "1.0005k"}, "not a whole number of events"),
+    ({"events": "1M", "scaling": "100k,1M"}, "--events and --scaling exclude each other"),
+    ({"events": "1M", "scaling": True}, "--events and --scaling exclude each other"),
+    ({"scaling": "100k"}, "--scaling needs at least two different sizes"),
+    ({"scaling": "100k,100k"}, "--scaling needs at least two different sizes"),
+    ({"scaling": "100k,,1M"}, "--scaling: an empty size"),
+    ({"scaling": "1k,0"}, "--scaling must be at least 1,000 events (got 0)"),
+    ({"scaling": "1k,2k", "only": "append"}, "--scaling runs only the log-size-dependent groups"),
+])
+def test_bad_sizes_are_refused_before_anything_runs(capsys, kwargs, message):
+    assert run_bench(quick=True, as_json=True, _sizes=TINY, _backends=("sqlite",), **kwargs) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err
+
+
+def test_events_sets_the_log_of_every_log_size_dependent_group(capsys, tmp_path):
+    document = _run_document(capsys, sqlite_dir=str(tmp_path), only="replay,batch", events="1.5k",
+                             _backends=("sqlite",))
+    assert document["sizes"]["events"] == document["sizes"]["replay_events"] == 1_500
+    assert document["sizes"]["scaling"] is False
+    assert [run["events"] for run in document["runs"]] == [1_500]
+    assert document["scaling"] == []
+    assert set(document["loads"]) == {"sqlite load 1,500"}  # replay reads the shared log: loaded once
+    groups = {t["group"]: t for t in document["targets"]}
+    assert groups["replay"]["events"] == 1_500 and groups["replay"]["ratio"] > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scaling_reports_each_figure_at_each_size_with_its_growth(capsys, tmp_path):
+    document = _run_document(capsys, sqlite_dir=str(tmp_path), only="replay", scaling="2k,1k",
+                             _backends=("sqlite",))
+    assert document["sizes"]["events"] == [1_000, 2_000] and document["sizes"]["scaling"] is True
+    assert [run["events"] for run in document["runs"]] == [1_000, 2_000]
+    assert {t["events"] for t in document["targets"]} == {1_000, 2_000}
+    figures = {(f["metric"], f["backend"], f["baseline"]): f for f in document["scaling"]}
+    assert ("replay", "sqlite", "raw_select_orjson") in figures
+    for figure in figures.values():
+        assert set(figure["values"]) == set(figure["ratios"]) == {"1000", "2000"}
+        (span, growth), = figure["growth_per_10x"].items()
+        assert span == "1000-2000"
+        v1, v2 = figure["values"]["1000"], figure["values"]["2000"]
+        assert growth == pytest.approx((v2 / v1) ** (1 / math.log10(2)))
+    assert set(document["loads"]) == {"sqlite load 1,000", "sqlite load 2,000"}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_growth_per_10x():
+    from tradestate.tools.bench.run import growth_per_10x
+
+    assert growth_per_10x(2.0, 100_000, 20.0, 1_000_000) == pytest.approx(10.0)  # linear
+    assert growth_per_10x(5.0, 1_000_000, 5.0, 10_000_000) == pytest.approx(1.0)  # constant
+    assert growth_per_10x(1.0, 100_000, 100.0, 10_000_000) == pytest.approx(10.0)  # per 10x, over 100x
+
+
+def test_every_target_line_says_met_or_missed_in_the_table(capsys):
+    from tradestate.tools.bench import memory
+    from tradestate.tools.bench.common import Result
+    from tradestate.tools.bench.run import _print_human, _target_doc
+    from tradestate.tools.bench.common import QUICK
+
+    rows = [Result("memory_client_warm_open", "sqlite", 450.0, "MB", "interpreter_import_open_store", 50.0, 9.0),
+            Result("memory_recover_warm_s", "sqlite", 0.1, "s", "memory_recover_cold_s", 2.0, 0.05)]
+    (missed, line1), (met, line2) = memory.targets(rows)
+    assert (missed, met) == (False, True)
+    assert "1.50x the target (target <= 300 MB)" in line1 and "0.40x the target" in line2
+    assert _target_doc("memory", missed, line1, 10_000_000)["ratio"] == 1.5
+    _print_human(rows, [], QUICK, True)
+    out = capsys.readouterr().out
+    assert "MISSED memory_client_warm_open (sqlite): 450 MB" in out and "MET    memory_recover_warm_s" in out
+
+
+def test_cli_scaling_alone_means_the_default_sizes(monkeypatch):
+    import typer.core
+
+    from tradestate.cli.bench import DEFAULT_SCALING, _BenchCommand
+
+    seen = []
+    monkeypatch.setattr(typer.core.TyperCommand, "parse_args", lambda self, ctx, args: seen.append(args) or [])
+    for args in (["--only", "memory", "--scaling"], ["--scaling", "--json"], ["--scaling", "100k,1M"]):
+        _BenchCommand(name="bench").parse_args(None, args)
+    assert seen == [["--only", "memory", "--scaling", DEFAULT_SCALING], ["--scaling", DEFAULT_SCALING, "--json"],
+                    ["--scaling", "100k,1M"]]
+
+
+def test_cli_rejects_bad_sizes():
+    for args in (["--events", "0"], ["--events", "1M", "--scaling"], ["--scaling", "1M"]):
+        proc = subprocess.run([sys.executable, "-m", "tradestate.cli", "bench", "--json", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, args
+        assert proc.stdout == ""
+        assert "error:" in proc.stderr
+
+
+@pytest.mark.postgres
+def test_scaling_on_postgresql_gives_each_size_its_own_schemas(capsys, pg_server):
+    before = _bench_schemas(pg_server)
+    document = _run_document(capsys, pg_url=pg_server, only="replay", scaling="1k,2k", _backends=("postgresql",))
+    assert [len(run["results"]) for run in document["runs"]] == [7, 7]  # the library's app of 2k read 2k, not 3k
+    assert set(document["loads"]) == {"postgresql load 1,000", "postgresql load 2,000"}
+    assert _bench_schemas(pg_server) <= before

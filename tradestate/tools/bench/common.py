@@ -101,7 +101,10 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class BenchContext:
     """What a group gets: where to put files, sizes, PostgreSQL (None when unreachable or not
     asked for), a maker of fresh schema names (dropped after the run), the backends asked for,
-    and ``notes``: lines a group adds for the report (e.g. why it skipped)."""
+    ``notes``: lines a group adds for the report (e.g. why it skipped), and ``logs``: the run's
+    generated trading logs (``logs.TradingLogs``: one per backend and size, loaded once; a group
+    that writes into its log takes a copy). The log size of every log-size-dependent group is
+    ``sizes.replay_events``."""
 
     workdir: str
     sizes: Sizes
@@ -110,6 +113,7 @@ class BenchContext:
     backends: tuple[str, ...]
     quick: bool
     notes: list[str] = field(default_factory=list)
+    logs: Any = None  # logs.TradingLogs (not imported here: logs imports this module)
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
@@ -226,6 +230,7 @@ def mp_context():
         if "forkserver" in mp.get_all_start_methods():
             _CTX = mp.get_context("forkserver")
             _CTX.set_forkserver_preload(["tradestate.tools.bench.append", "tradestate.tools.bench.projection",
+                                         "tradestate.tools.bench.logs",
                                          "tradestate.adapters.store.postgres", "psycopg"])
         else:
             _CTX = mp.get_context("spawn")

@@ -99,6 +99,6 @@ def targets(results: list[Result]) -> list[tuple[bool, str]]:
                 detection = r.baseline_value - MARGIN_S
                 how = "pg_ctl promote at once" if manager == "pg_ctl" else "Patroni ttl + loop_wait"
                 checks.append((r.value <= r.baseline_value,
-                               f"{r.metric}: {r.value:.2f} s write unavailability, target <= detection "
-                               f"{detection:g} s ({how}) + {MARGIN_S:g} s = {r.baseline_value:g} s"))
+                               f"{r.metric}: {r.value:.2f} s write unavailability, {r.ratio:.2f}x the target; "
+                               f"target <= detection {detection:g} s ({how}) + {MARGIN_S:g} s = {r.baseline_value:g} s"))
     return checks

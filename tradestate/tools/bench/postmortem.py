@@ -31,7 +31,6 @@ from typing import Any
 import orjson
 
 from .common import BenchContext, Result, Sizes, log, percentile, result, sqlite_raw_conn
-from .logs import load_pg_log, load_sqlite_log
 
 TARGET_STATE_AT_P99_MS = 100.0  # issue 16: state at a random instant, p99
 TARGET_TRACE_P99_MS = 50.0  # issue 16: the trace of an order, p99
@@ -267,18 +266,18 @@ def run(ctx: BenchContext) -> list[Result]:
     results: list[Result] = []
     n = ctx.sizes.replay_events
     if "sqlite" in ctx.backends:
-        path = os.path.join(ctx.workdir, "postmortem.db")
-        log(f"sqlite postmortem: generating and loading {n:,} events")
-        load_sqlite_log(path, n)
+        log(f"sqlite postmortem: {n:,} events")
+        path = ctx.logs.sqlite_copy(n, "postmortem")  # checkpoints are written: a copy of the shared log
         results += _state_at("sqlite", f"sqlite:///{path}", ctx.sizes, samples)
         results += _trace("sqlite", f"sqlite:///{path}", ctx.sizes, samples, scans)
+        ctx.logs.discard(n, "sqlite", path)
         results += _market(ctx.workdir, ctx.quick)
     if ctx.pg is not None and "postgresql" in ctx.backends:
-        schema = ctx.schema_for("pm")
-        log(f"postgresql postmortem: loading {n:,} events")
-        load_pg_log(ctx.pg, schema, n)
+        log(f"postgresql postmortem: {n:,} events")
+        schema = ctx.logs.pg_copy(n, "pm")  # checkpoints are written: a copy of the shared log
         results += _state_at("postgresql", ctx.pg.url_for(schema), ctx.sizes, samples)
         results += _trace("postgresql", ctx.pg.url_for(schema), ctx.sizes, samples, scans)
+        ctx.logs.discard(n, "postgresql", schema)
     return results
 
 

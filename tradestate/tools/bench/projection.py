@@ -52,7 +52,7 @@ from .common import (
     result,
     sqlite_raw_conn,
 )
-from .logs import generate_trading_rows, load_pg_log
+from .logs import TradingLogs
 
 LIVE_RATE = 2_000  # events/s appended during the live-lag measurement
 LAG_SETTLE = 0.5  # seconds of a live-lag run before its sample starts
@@ -102,26 +102,13 @@ def _interleaved(raw_read: Callable[[], float], url: str, repeats: int, backend:
 # ------------------------------------------------------------------------------ SQLite
 
 
-def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
-    """``projection_catchup`` on SQLite in ``workdir``: a rebuild of the read models from N events
-    against a raw read of the same rows."""
-    from ...adapters.store import open_store
-
+def bench_projection_sqlite(logs: TradingLogs, sizes: Sizes) -> list[Result]:
+    """``projection_catchup`` on SQLite: a rebuild of the read models from N events (into a copy
+    of the run's shared log: the rebuild writes tables) against a raw read of the same rows."""
     n, _live, _runner = _sizes(sizes)
-    path = os.path.join(workdir, "projection.db")
+    log(f"sqlite projection: {n:,} events")
+    path = logs.sqlite_copy(n, "projection")
     url = f"sqlite:///{path}"
-    log(f"sqlite projection: loading {n:,} events")
-    open_store(url).close()
-    conn = sqlite_raw_conn(path)
-    conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO ts_events (position, stream_id, stream_version, type, data, recorded_at) VALUES (?,?,?,?,?,?)",
-        ((p, s, v, t, d, r.isoformat()) for p, s, v, t, d, r in generate_trading_rows(n)),
-    )
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-
     def raw_read() -> float:
         raw_conn = sqlite_raw_conn(path)
         t0 = time.perf_counter()
@@ -135,6 +122,7 @@ def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
         return rate
 
     raw, reached, seconds = _interleaved(raw_read, url, sizes.repeats, "sqlite")
+    logs.discard(n, "sqlite", path)
     return [
         result("projection_catchup", "sqlite", reached / seconds, EVENTS_PER_S, "raw_select_orjson", raw),
         result("projection_catchup_duration", "sqlite", seconds, "s", "raw_select_orjson", n / raw),
@@ -144,16 +132,15 @@ def bench_projection_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
 # -------------------------------------------------------------------------- PostgreSQL
 
 
-def bench_projection_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes) -> list[Result]:
+def bench_projection_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes,
+                        logs: TradingLogs) -> list[Result]:
     """``projection_catchup`` and ``projection_live_lag`` on PostgreSQL (schemas from ``schema_for``),
     the catch-up also against the library's ``ProjectionRunner``."""
     n, live_seconds, runner_events = _sizes(sizes)
-    schema = schema_for("p")
+    log(f"postgresql projection: {n:,} events")
+    schema = logs.pg_copy(n, "p")  # the rebuild writes tables: a copy of the run's shared log
     url = pg.url_for(schema)
     table = f'"{schema}".ts_events'
-    log(f"postgresql projection: loading {n:,} events")
-    load_pg_log(pg, schema, n)
-
     def raw_read() -> float:
         with pg.connect() as conn:
             t0 = time.perf_counter()
@@ -173,6 +160,7 @@ def bench_projection_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: S
             return count / (time.perf_counter() - t0)
 
     raw, reached, seconds = _interleaved(raw_read, url, sizes.repeats, "postgresql")
+    logs.discard(n, "postgresql", schema)
     results = [
         result("projection_catchup", "postgresql", reached / seconds, EVENTS_PER_S, "raw_select_orjson", raw),
         result("projection_catchup_duration", "postgresql", seconds, "s", "raw_select_orjson", n / raw),
@@ -498,9 +486,9 @@ def run(ctx: BenchContext) -> list[Result]:
     """Measure on each backend asked for; return the rows."""
     results: list[Result] = []
     if "sqlite" in ctx.backends:
-        results += bench_projection_sqlite(ctx.workdir, ctx.sizes)
+        results += bench_projection_sqlite(ctx.logs, ctx.sizes)
     if ctx.pg is not None:
-        results += bench_projection_pg(ctx.pg, ctx.schema_for, ctx.sizes)
+        results += bench_projection_pg(ctx.pg, ctx.schema_for, ctx.sizes, ctx.logs)
     return results
 
 

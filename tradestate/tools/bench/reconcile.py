@@ -201,5 +201,6 @@ def targets(results: list[Result]) -> list[tuple[bool, str]]:
     for r in results:
         if r.metric == "reconcile_plan_10k":
             lines.append((r.value < TARGET_PLAN_S, f"reconcile 10k positions + 10k open orders (plan, no venue I/O): "
-                                                   f"{r.value * 1000:.0f} ms < {TARGET_PLAN_S * 1000:.0f} ms"))
+                                                   f"{r.value * 1000:.0f} ms, {r.value / TARGET_PLAN_S:.2f}x the target "
+                                                   f"(target < {TARGET_PLAN_S * 1000:.0f} ms)"))
     return lines

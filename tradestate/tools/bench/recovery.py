@@ -15,12 +15,11 @@ Targets: warm < 0.5 s, cold < 5 s.
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import Callable
 
 from .common import BenchContext, Result, log
-from .logs import load_pg_log, load_sqlite_log, raw_pg_keyset, raw_sqlite_cursor
+from .logs import raw_pg_keyset, raw_sqlite_cursor
 
 TARGET_WARM_S = 0.5
 TARGET_COLD_S = 5.0
@@ -75,18 +74,18 @@ def run(ctx: BenchContext) -> list[Result]:
     n = ctx.sizes.replay_events
     results: list[Result] = []
     if "sqlite" in ctx.backends:
-        path = os.path.join(ctx.workdir, "recovery.db")
-        log(f"sqlite recovery: loading {n:,} events")
-        load_sqlite_log(path, n)
+        log(f"sqlite recovery: {n:,} events")
+        path = ctx.logs.sqlite_copy(n, "recovery")  # sealed and checkpointed here: a copy of the shared log
         results += _measure(f"sqlite:///{path}", n, ctx.sizes.repeats,
                             lambda: raw_sqlite_cursor(path, ctx.sizes.page), "sqlite")
+        ctx.logs.discard(n, "sqlite", path)
     if ctx.pg is not None:
-        schema = ctx.schema_for("recovery")
-        log(f"postgresql recovery: loading {n:,} events")
-        load_pg_log(ctx.pg, schema, n)
+        log(f"postgresql recovery: {n:,} events")
+        schema = ctx.logs.pg_copy(n, "recovery")  # sealed and checkpointed here: a copy of the shared log
         results += _measure(ctx.pg.url_for(schema), n, ctx.sizes.repeats,
                             lambda: raw_pg_keyset(ctx.pg, f'"{schema}".ts_events', ctx.sizes.page, binary=True),
                             "postgresql")
+        ctx.logs.discard(n, "postgresql", schema)
     return results
 
 

@@ -32,8 +32,6 @@ from .common import EVENTS_PER_S, BenchContext, PgTarget, Result, Sizes, log, ra
 from .logs import (
     ACCOUNTS,
     SYMBOLS,
-    load_pg_log,
-    load_sqlite_log,
     raw_pg_copy,
     raw_pg_keyset,
     raw_pg_server_cursor,
@@ -209,18 +207,16 @@ ES_REPLAY = "eventsourcing default: select_notifications + to_domain_event + fol
 # ----------------------------------------------------------------------------- the group
 
 
-def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
-    """``replay`` and ``replay_full_state`` on SQLite in ``workdir``, best of ``sizes.repeats``, against
-    raw reads and the library's application."""
+def bench_replay_sqlite(workdir: str, sizes: Sizes, path: str) -> list[Result]:
+    """``replay`` and ``replay_full_state`` on SQLite (the log at ``path``, read only; files of its own
+    in ``workdir``), best of ``sizes.repeats``, against raw reads and the library's application."""
     from ...adapters.store import open_store
 
     n = sizes.replay_events
-    path = os.path.join(workdir, "replay.db")
-    log(f"sqlite replay: generating and loading {n:,} events")
-    load_sqlite_log(path, n)
+    log(f"sqlite replay: {n:,} events")
 
     app, es_replay = _es_app(
-        {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": os.path.join(workdir, "replay_es.db")}, n)
+        {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": os.path.join(workdir, f"replay_es_{n}.db")}, n)
     try:
         with open_store(f"sqlite:///{path}", create=False) as store:
             best = _replay_rounds({
@@ -243,27 +239,27 @@ def bench_replay_sqlite(workdir: str, sizes: Sizes) -> list[Result]:
     ]
 
 
-def bench_replay_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes) -> list[Result]:
-    """``replay`` and ``replay_full_state`` on PostgreSQL (a schema from ``schema_for``), against raw
-    reads, COPY and the library's application."""
+def bench_replay_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes, schema: str) -> list[Result]:
+    """``replay`` and ``replay_full_state`` on PostgreSQL (the log in ``schema``, read only; the
+    library's application in a schema from ``schema_for``), against raw reads, COPY and the
+    library's application."""
     from ...adapters.store import open_store
 
     n = sizes.replay_events
-    schema = schema_for("r")
     url = pg.url_for(schema)
     table = f'"{schema}".ts_events'
-    log(f"postgresql replay: generating and loading {n:,} events")
-    t0 = time.perf_counter()
-    load_pg_log(pg, schema, n)
     with pg.connect() as conn:
         size = conn.execute(f"SELECT pg_total_relation_size('{table}')").fetchone()[0]
-    log(f"  loaded in {time.perf_counter() - t0:.1f} s ({size / 1e6:,.0f} MB with indexes)")
+    log(f"postgresql replay: {n:,} events ({size / 1e6:,.0f} MB with indexes)")
 
+    es_schema = schema_for("res")  # the library's tables apart from the shared log
+    with pg.connect() as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{es_schema}"')
     p = pg.parts
     app, es_replay = _es_app(
         {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": p["dbname"], "POSTGRES_HOST": p["host"],
          "POSTGRES_PORT": str(p["port"]), "POSTGRES_USER": p["user"], "POSTGRES_PASSWORD": p["password"],
-         "POSTGRES_SCHEMA": schema}, n)
+         "POSTGRES_SCHEMA": es_schema}, n)
     with pg.connect() as conn:
         try:
             conn.execute("CHECKPOINT")  # so that no checkpoint of the loads lands in a measurement
@@ -305,10 +301,11 @@ def bench_replay_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes
 def run(ctx: BenchContext) -> list[Result]:
     """Measure on each backend asked for; return the rows."""
     results: list[Result] = []
+    n = ctx.sizes.replay_events
     if "sqlite" in ctx.backends:
-        results += bench_replay_sqlite(ctx.workdir, ctx.sizes)
+        results += bench_replay_sqlite(ctx.workdir, ctx.sizes, ctx.logs.sqlite(n))
     if ctx.pg is not None:
-        results += bench_replay_pg(ctx.pg, ctx.schema_for, ctx.sizes)
+        results += bench_replay_pg(ctx.pg, ctx.schema_for, ctx.sizes, ctx.logs.pg(n))
     return results
 
 
