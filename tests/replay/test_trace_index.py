@@ -6,6 +6,8 @@ reconciliation runs naming or correcting an order, and the events of those runs)
 
 from __future__ import annotations
 
+import itertools
+
 import tempfile
 
 import orjson
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from tradestate import replay
 from tradestate.adapters.store import open_store, order_refs
 from tradestate.domain.ids import account_stream_id
-from tradestate.tools.bench.logs import generate_trading_rows
+from tradestate.tools.bench.logs import MIN_EVENTS, generate_trading_rows
 
 from tests.support.replay_session import A, build_session
 
@@ -117,7 +119,7 @@ def _extra_rows(start: int, picks: list[dict], rows: list[tuple]) -> list[tuple]
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(picks=st.lists(account_event, max_size=25), split=st.floats(min_value=0, max_value=1))
 def test_on_generated_logs_the_indexed_trace_is_the_scanned_one(picks, split):
-    rows = list(generate_trading_rows(ORDER_COUNT * 5))
+    rows = list(itertools.islice(generate_trading_rows(MIN_EVENTS), ORDER_COUNT * 5))  # the smallest log's start
     rows += _extra_rows(len(rows), picks, rows)
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/log.db"

@@ -88,7 +88,10 @@ def test_sqlite_rows(capsys, tmp_path):
     assert {("takeover_p50", "lease_3s"), ("takeover_p95", "lease_3s")} <= got
     assert ("reconcile_plan_10k", "fold_50k_events") in _metrics(results, "memory")
     assert MEMORY_ROWS <= got
-    assert {m for m in got if not m[0].startswith(("recovery_", "reconcile_", "postmortem_", "takeover_", "memory_"))} == {
+    assert {("append_coalesced_64t", "raw_insert_commit_1w"), ("append_coalesced_64a", "raw_insert_commit_1w"),
+            ("append_coalesced_single_1w", "single_interleaved_1w")} <= got
+    assert {m for m in got if not m[0].startswith(("recovery_", "reconcile_", "postmortem_", "takeover_", "memory_",
+                                                   "append_coalesced_"))} == {
         ("append_single_1w", "raw_insert_commit_1w"),
         ("append_single_1w_p50", "raw_insert_commit_1w"),
         ("append_single_1w_p99", "raw_insert_commit_1w"),
