@@ -311,29 +311,10 @@ def _unflushed_transaction(store: Store) -> Iterator[Any]:
             raise
 
 
-@contextmanager
-def _live_pages(projector: Projector, store: Store) -> Iterator[None]:
-    """Within the block, ``projector``'s pages commit pipelined and unflushed (instance attributes
-    over its methods, removed on the way out: its other users keep durable commits)."""
-    projector._transaction = lambda: _unflushed_transaction(store)  # type: ignore[method-assign]
-    projector.copy_above = 1 << 62
-    try:
-        yield
-    finally:
-        projector.__dict__.pop("_transaction", None)
-        projector.__dict__.pop("copy_above", None)
-
-
 def _hole_age(store: Store, position: int) -> float | None:
     """Seconds this reader has been held back by a hole above ``position`` (an append committing
-    below the head), None when it is not held back (PostgreSQL's reader keeps the holes it waits
-    on; SQLite has none)."""
-    holes: dict[int, float] | None = getattr(store.trading, "_holes", None)
-    if not holes:
-        return None
-    now = time.monotonic()
-    ages = [now - seen for hole, seen in list(holes.items()) if hole > position]
-    return max(ages) if ages else None
+    below the head), None when it is not held back."""
+    return store.trading.held_back_for(position)
 
 
 def follow(
@@ -394,7 +375,7 @@ def follow(
                         reload = False
                     if unflushed:
                         live_page = min(LIVE_PAGE_ROWS, projector.page)
-                        with _live_pages(projector, store):
+                        with projector.pages_in(lambda: _unflushed_transaction(store), copy_above=1 << 62):
                             applied = drain(projector, stop, stats, on_page, limit=live_page)
                         if stats.last_page_rows >= live_page and not stop.is_set():  # a backlog
                             applied += drain(projector, stop, stats, on_page)

@@ -16,7 +16,7 @@ import pickle
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, closing
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -71,12 +71,32 @@ class Projector:
         # streams: the server sends ahead while pages are folded). SQLite reads page by page, so
         # that no read snapshot holds back the WAL checkpoints of the pages being written.
         self._pages: Iterator[list[Any]] | None = None
+        self._page_transaction: Callable[[], AbstractContextManager[Any]] | None = None  # see pages_in
 
     # ------------------------------------------------------------------------ database
     def _transaction(self) -> AbstractContextManager[Any]:
         """A cursor in one write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: the log's
-        pinned connection)."""
+        pinned connection), or the one ``pages_in`` set."""
+        if self._page_transaction is not None:
+            return self._page_transaction()
         return write_cursor(self.store)
+
+    @contextmanager
+    def pages_in(self, transaction: Callable[[], AbstractContextManager[Any]], *,
+                 copy_above: int | None = None) -> Iterator[None]:
+        """Within the block, each page is written inside ``transaction()`` (a context manager giving
+        a cursor in one write transaction that commits on a clean exit and leaves nothing on an
+        error) instead of the store's own write transaction, and with ``copy_above`` (if given) as
+        the rows of one table above which a PostgreSQL page goes in by COPY. The page's rows and
+        tracking position still commit together; how durably is the transaction's business."""
+        previous = (self._page_transaction, self.copy_above)
+        self._page_transaction = transaction
+        if copy_above is not None:
+            self.copy_above = copy_above
+        try:
+            yield
+        finally:
+            self._page_transaction, self.copy_above = previous
 
     def create_tables(self) -> None:
         """Create the tables; tables of another shape (an older version) are dropped first, and

@@ -239,6 +239,12 @@ class EventLog(ABC):
         Otherwise autocommit reads, or with ``snapshot`` a read-only transaction whose statements
         all see one snapshot."""
 
+    def held_back_for(self, position: int) -> float | None:
+        """Seconds this reader has been waiting on a hole above ``position`` (an append still
+        committing below the head), None when nothing holds it back. Only a store whose positions
+        can commit out of order (PostgreSQL) has holes."""
+        return None
+
     def server_time(self) -> datetime:
         """The database's clock now (UTC, tz-aware), the clock ``recorded_at`` is stamped with.
         Here the host's: an embedded database stamps rows with the host's clock."""

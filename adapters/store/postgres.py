@@ -893,6 +893,16 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             self._forget_holes(after)
         return after
 
+    def held_back_for(self, position: int) -> float | None:
+        """Seconds this reader has been waiting on a hole above ``position`` (the oldest such hole
+        it has met and not yet passed), None when none holds it back."""
+        holes = self._holes
+        if not holes:
+            return None
+        now = time.monotonic()
+        ages = [now - seen for hole, seen in list(holes.items()) if hole > position]
+        return max(ages) if ages else None
+
     def _forget_holes(self, reached: int) -> None:
         self._holes = {p: t for p, t in self._holes.items() if p > reached}
         self._hole_holders = {p: h for p, h in self._hole_holders.items() if p > reached}
