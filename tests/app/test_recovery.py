@@ -4,6 +4,7 @@ resumption, strict blocking, and the command's exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -324,3 +325,23 @@ def test_a_cold_recovery_reaches_the_state_of_applying_every_event(db_url, monke
         assert "worker process" in report.step("verify").detail
         assert client.state.summary() == expected.summary()
         assert client.state.exec_ids == expected.exec_ids
+
+
+def test_the_verify_worker_gets_its_priority_back_once_the_replay_is_done(sqlite_url, monkeypatch):
+    """Niced while the replay runs beside it; raised again after (when this process may: root or
+    CAP_SYS_NICE), so that on a busy box the verify does not trail the replay by seconds."""
+    from tradestate import recovery
+
+    with tradestate.connect(sqlite_url, clock=Clock(), use_checkpoints=False) as client:
+        write_session(client, 40, seed=2)
+    raised = []
+    real = os.setpriority
+    monkeypatch.setattr(os, "setpriority", lambda which, who, prio: raised.append((who, prio)) or real(which, who, prio))
+    worker = recovery._VerifyWorker(sqlite_url, 0)
+    try:
+        assert worker.nice == recovery.VERIFY_WORKER_NICE > 0
+        worker.replay_done()
+        assert raised in ([(worker.proc.pid, 0)], [])  # [] only when the worker had already ended
+        assert worker.result()["ok"]
+    finally:
+        worker.shutdown()
