@@ -243,11 +243,11 @@ class _VerifyWorker:
         )
 
     def replay_done(self) -> None:
-        """Nothing runs beside the verify any more: give the worker its full priority back when
-        this process may raise it (root or CAP_SYS_NICE); otherwise it keeps its lower one."""
+        """Nothing runs beside the verify any more: give the worker this process's priority back
+        when this process may raise it (root or CAP_SYS_NICE); otherwise it keeps its lower one."""
         if self.nice and self.proc.poll() is None:
             try:
-                os.setpriority(os.PRIO_PROCESS, self.proc.pid, 0)
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
             except (OSError, AttributeError):
                 pass
 
