@@ -16,11 +16,12 @@ Pure: rows in, state out; bringing finished orders back is the application's (``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Optional, TypedDict
 
+import msgspec
 import orjson
 
 from .events import EVENT_TYPES, SCHEMA_KEY, upcast
@@ -47,6 +48,43 @@ def _time(at: Any) -> datetime:
     return at if at.__class__ is datetime else _fromiso(at)
 
 
+# ---------------------------------------------------------------- decoding only what the fold reads
+# The three event types the fold decodes on every order (an intent, its risk check, each fill) are
+# decoded into the few keys it reads, not the dozen it does not (~0.3 us less each, a third of
+# their decode). The keys are those ``book_fill``, ``_Order`` and ``_on_RiskCheckPassed`` read,
+# and ``SCHEMA_KEY``. Typed as the stored form writes them: any other type (a number for a
+# quantity, null where text is written) raises and the payload is decoded whole by orjson, so
+# the fold then does exactly what it did with orjson's dict; so does a payload that is not ASCII
+# (orjson checks its UTF-8 everywhere, the partial decoder only in the keys it reads).
+_FillKeys = TypedDict("_FillKeys", {"qty": str, "price": str, "fee": str, "exec_id": str,
+                                    "occurred_at": Optional[str], "fee_currency": str, SCHEMA_KEY: int},
+                      total=False)
+_IntentKeys = TypedDict("_IntentKeys", {"account": str, "venue": str, "symbol": str, "side": str, "qty": str,
+                                        SCHEMA_KEY: int}, total=False)
+_RiskKeys = TypedDict("_RiskKeys", {"account": str, "trading_day": str, SCHEMA_KEY: int}, total=False)
+_PARTIAL: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "OrderFilled": msgspec.json.Decoder(_FillKeys).decode,
+    "OrderIntentRecorded": msgspec.json.Decoder(_IntentKeys).decode,
+    "RiskCheckPassed": msgspec.json.Decoder(_RiskKeys).decode,
+}
+_PARTIAL_ERRORS = (msgspec.MsgspecError, TypeError, AttributeError)  # AttributeError: no isascii (a memoryview)
+
+
+def decode_for_fold(type_name: str, data: Any) -> Any:
+    """The payload ``data`` of a ``type_name`` row as the cold fold reads it: for the types in
+    ``_PARTIAL``, a dict of the keys the fold reads (the same values as ``orjson.loads``'s dict,
+    which is what any other payload gets); not upcast. Equal to ``orjson.loads`` in every key the
+    fold reads, for every payload orjson decodes (``tests/unit/test_fold_decode.py``)."""
+    partial = _PARTIAL.get(type_name)
+    if partial is not None:
+        try:
+            if data.isascii():
+                return partial(data)
+        except _PARTIAL_ERRORS:
+            pass
+    return orjson.loads(data)
+
+
 class _Order:
     """What the fold needs of an order; ``rows`` are kept while it is open (to build it at the end)."""
 
@@ -71,9 +109,9 @@ class _Order:
 
 
 def _payload(type_name: str, data: bytes) -> dict[str, Any]:
-    d = orjson.loads(data)
+    d = decode_for_fold(type_name, data)
     if d.get(SCHEMA_KEY, 1) != _CURRENT[type_name]:
-        d = upcast(type_name, d)
+        d = upcast(type_name, orjson.loads(data))  # an upcast reads the whole payload
     return d
 
 
@@ -118,6 +156,9 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
     versions = state.stream_versions
     account = state.account
     apply = state.apply
+    decode = decode_for_fold
+    risk_passed = state._on_RiskCheckPassed
+    risk_version = _CURRENT["RiskCheckPassed"]
     loads = orjson.loads
     quarantined = state.quarantined_streams
     applied = 0
@@ -127,6 +168,26 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
         rows_folded += len(page)
         for row in page:
             pos, sid, version, type_name, data, at = row
+            if type_name == "RiskCheckPassed":  # one per order: ``apply``'s steps, its payload decoded in part
+                if pos <= last:
+                    raise ValueError(f"event at position {pos} applied after {last}")
+                d = decode(type_name, data)
+                if d.get(SCHEMA_KEY, 1) != risk_version:
+                    d = upcast(type_name, loads(data))
+                if quarantined and sid in quarantined:
+                    versions[sid] = version
+                    last = pos
+                    continue
+                try:
+                    risk_passed(sid, d, pos, at)  # reads neither ``at`` nor any key ``_RiskKeys`` lacks
+                except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as e:
+                    whole = loads(data)
+                    state.quarantine(sid, whole if whole.get(SCHEMA_KEY, 1) == risk_version
+                                     else upcast(type_name, whole), pos, unreadable(type_name, sid, e))
+                versions[sid] = version
+                applied += 1
+                last = pos
+                continue
             if type_name not in ORDER_TYPES:
                 state.position = last
                 state.applied += applied
@@ -143,9 +204,9 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
             try:
                 if type_name == "OrderFilled":
                     o = orders[sid]
-                    d = loads(data)
+                    d = decode(type_name, data)
                     if d.get(SCHEMA_KEY, 1) != fill_version:
-                        d = upcast(type_name, d)
+                        d = upcast(type_name, loads(data))
                     o.filled += fill_effects(state, o.account, o.key, o.sign, o.sid, d, at)[0]
                     if o.rows is not None:
                         o.rows.append(row)
@@ -201,4 +262,4 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
     return state, rows_folded
 
 
-__all__ = ["ORDER_TYPES", "fold_cold"]
+__all__ = ["ORDER_TYPES", "decode_for_fold", "fold_cold"]

@@ -4,6 +4,7 @@ resumption, strict blocking, and the command's exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -284,3 +285,64 @@ def test_recover_without_an_engine_id_finds_a_crash_under_any_engine(db_url):
         assert client.risk_state("acct")["ramp_pct"] == 50
     again = json.loads(cli("recover", "--db", db_url, "--json").stdout)
     assert not again["crashed"]
+
+
+def test_a_cold_recovery_reaches_the_state_of_applying_every_event(db_url, monkeypatch):
+    """``recover`` with no checkpoint (the digest chain verified in a worker process beside the
+    cold fold and its partial decode) reaches exactly the state of ``apply`` of every row, on a
+    log of trading sessions (cancels, rejects, refusals, partial fills, replaces, kill switch,
+    breaker) and hand-built rows (position corrections, cash balances, imported orders,
+    discrepancies, older fills, voids, payloads with numbers for amounts and repeated keys)."""
+    import random
+
+    from eventsourcing.persistence import StoredEvent
+    from tests.store.test_cold_fold import _hand_made, _random_log
+
+    from tradestate import recovery
+    from tradestate.adapters.store import digest
+
+    with tradestate.connect(db_url, clock=Clock(), use_checkpoints=False) as client:
+        client.engine_started("e")
+        write_session(client, 200, seed=11)
+        client.engage_kill_switch("acct-a", "desk limit")
+        write_session(client, 60, seed=12)
+        client.release_kill_switch("acct-a")
+        rng = random.Random(5)
+        for p, stream, version, type_name, data, _at in _hand_made(rng, _random_log(rng, 200).rows):
+            client.store.trading.append([StoredEvent(originator_id=stream, originator_version=version,
+                                                     topic=type_name, state=data)])
+        write_session(client, 40, seed=13)
+        digest.seal(client.store)
+    monkeypatch.setattr(recovery, "PARALLEL_VERIFY_EVENTS", 10)
+    with open_store(db_url) as store:
+        expected = fresh(store)
+        assert {"KillSwitchEngaged", "PositionCorrected", "CashBalanceRecorded", "OrderCancelled", "OrderRejected",
+                "IntentRejectedByRisk", "OrderImported"} <= {r[3] for r in store.trading.iter_rows()}
+        assert any(o.status == "partially_filled" or (o.status == "cancelled" and o.filled_qty)
+                   for o in expected.orders.values())
+        report, client = recover(store, engine_id="e", record=False)
+        assert report.ready and report.checkpoint_position is None and report.replayed == store.trading.head()
+        assert "worker process" in report.step("verify").detail
+        assert client.state.summary() == expected.summary()
+        assert client.state.exec_ids == expected.exec_ids
+
+
+def test_the_verify_worker_gets_its_priority_back_once_the_replay_is_done(sqlite_url, monkeypatch):
+    """Niced while the replay runs beside it; raised again after (when this process may: root or
+    CAP_SYS_NICE), so that on a busy box the verify does not trail the replay by seconds."""
+    from tradestate import recovery
+
+    with tradestate.connect(sqlite_url, clock=Clock(), use_checkpoints=False) as client:
+        write_session(client, 40, seed=2)
+    raised = []
+    real = os.setpriority
+    monkeypatch.setattr(os, "setpriority", lambda which, who, prio: raised.append((who, prio)) or real(which, who, prio))
+    worker = recovery._VerifyWorker(sqlite_url, 0)
+    try:
+        assert worker.nice == recovery.VERIFY_WORKER_NICE > 0
+        worker.replay_done()
+        # this process's own priority ([] only when the worker had already ended)
+        assert raised in ([(worker.proc.pid, os.getpriority(os.PRIO_PROCESS, 0))], [])
+        assert worker.result()["ok"]
+    finally:
+        worker.shutdown()

@@ -9,7 +9,10 @@ On a log of N generated trading events (1M full, 100k quick), SQLite and Postgre
 ``recovery_warm``  the same with a checkpoint 10,000 events behind the head (verify: the chain's
                    links and the ranges after the checkpoint). Baseline: cold.
 
-Targets: warm < 0.5 s, cold < 5 s.
+Targets: cold <= 1.1x the raw read+decode time of the same run (issue 16: a cold start at the read
+limit, whatever the log's length), warm < 0.5 s and <= 0.25 s at any log length (10M events too:
+it replays only the tail after the checkpoint). Raw reads and cold recoveries are measured
+interleaved (raw, cold, raw, cold...), the best of each kept, so that a loaded box slows both alike.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from .common import BenchContext, Result, log
 from .logs import raw_pg_keyset, raw_sqlite_cursor
 
 TARGET_WARM_S = 0.5
-TARGET_COLD_S = 5.0
+TARGET_WARM_ANY_LENGTH_S = 0.25  # issue 16: warm recovery of a 10M-event log, as of a 1M one
+TARGET_COLD_RATIO = 1.1  # issue 16: cold recovery time / raw read+decode time of the same rows
 BEHIND = 10_000
 
 
@@ -51,9 +55,13 @@ def _measure(url: str, n: int, repeats: int, raw: Callable[[], tuple[int, float]
     with open_store(url, create=False) as store:  # a real log is sealed: recovery re-hashes it
         sealed = digest.seal(store)
     log(f"  {backend}: log sealed ({sealed.events:,} events in {sealed.seconds:.1f} s)")
-    raw_s = min(raw()[1] for _ in range(repeats))
-    cold = min(_time_recovery(url) for _ in range(repeats))
-    log(f"  {backend}: cold recovery {cold:.2f} s (raw read {raw_s:.2f} s)")
+    raws, colds = [], []
+    for _ in range(repeats):  # interleaved: a burst of load on the box slows both alike
+        raws.append(raw()[1])
+        colds.append(_time_recovery(url))
+    raw_s, cold = min(raws), min(colds)
+    log(f"  {backend}: cold recovery {cold:.2f} s (raw read {raw_s:.2f} s; {cold / raw_s:.2f}x; "
+        f"all cold {', '.join(f'{c:.2f}' for c in colds)}; all raw {', '.join(f'{r:.2f}' for r in raws)})")
     behind = min(BEHIND, n // 2)
     with open_store(url, create=False) as store:
         state = state_at(store, n - behind)
@@ -96,7 +104,11 @@ def targets(results: list[Result]) -> list[tuple[bool, str]]:
         if r.metric == "recovery_warm":
             checks.append((r.value < TARGET_WARM_S, f"recovery_warm ({r.backend}): {r.value:.3f} s "
                                                     f"(target < {TARGET_WARM_S:g} s)"))
+            checks.append((r.value <= TARGET_WARM_ANY_LENGTH_S,
+                           f"recovery_warm ({r.backend}): {r.value:.3f} s "
+                           f"(target <= {TARGET_WARM_ANY_LENGTH_S:g} s at any log length, 10M events too)"))
         if r.metric == "recovery_cold":
-            checks.append((r.value < TARGET_COLD_S, f"recovery_cold ({r.backend}): {r.value:.2f} s "
-                                                    f"(target < {TARGET_COLD_S:g} s)"))
+            checks.append((r.ratio <= TARGET_COLD_RATIO,
+                           f"recovery_cold ({r.backend}): {r.ratio:.2f}x raw read+decode "
+                           f"(target <= {TARGET_COLD_RATIO:g}x; {r.value:.2f} s, raw {r.baseline_value:.2f} s)"))
     return checks
