@@ -133,16 +133,15 @@ def _from_newer_code(type_name: str, data: Any) -> bool:
         return False
 
 
-def _refuse(state: TradingState, orders: dict[str, _Order], sid: str, data: Any, pos: int, reason: str) -> None:
-    """Quarantine ``sid``: its order (if any) stays as its rows before ``pos`` built it."""
+def _refuse(state: TradingState, sid: str, data: Any, pos: int, reason: str) -> None:
+    """Quarantine ``sid``: its order (if any) stays as its rows before ``pos`` built it (a finished
+    one left in the log stays a finished id, brought back from its stream, up to the refused row,
+    when asked for)."""
     try:
         payload = orjson.loads(data)
     except (TypeError, ValueError):
         payload = None
     state.quarantine(sid, payload, pos, reason)
-    o = orders.get(sid)
-    if o is not None and o.rows is None:  # finished and left in the log: nothing to build
-        del orders[sid]
 
 
 def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[TradingState, int]:
@@ -228,7 +227,9 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
                     previous = orders.get(sid)
                     rows = previous.rows if previous is not None and previous.rows is not None else []
                     rows.append(row)
-                    orders[sid] = _Order(sid, d, account(d["account"]), rows, lazy)
+                    o = _Order(sid, d, None, rows, lazy)  # every field read before the account opens
+                    o.account = account(d["account"])
+                    orders[sid] = o
                 else:  # OrderReplaced
                     o = orders[sid]
                     d = _payload(type_name, data)
@@ -240,7 +241,7 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
             except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as e:
                 if _from_newer_code(type_name, data):
                     raise  # refused as ``apply`` refuses it: this code cannot read the log
-                _refuse(state, orders, sid, data, pos, unreadable(type_name, sid, e))
+                _refuse(state, sid, data, pos, unreadable(type_name, sid, e))
             versions[sid] = version
             applied += 1
             last = pos

@@ -241,3 +241,30 @@ def test_the_cold_fold_of_a_stored_log_equals_the_fresh_fold(db_url, store):
     prefix = TradingState()
     cp.fold_tail(store, prefix, head // 2)
     assert middle.summary() == prefix.summary()
+
+
+def test_a_bad_row_on_a_finished_order_keeps_the_order_as_apply_keeps_it():
+    """A row that cannot be read on an order that had already finished quarantines its stream and
+    leaves the order as it was: still there, finished, loadable."""
+    f = Fold()
+    done = f.intent("done", "buy", "5")
+    f.fill("done", "x1", "5", "100")
+    f.raw(done, "OrderFilled", {"account": "acct", "client_order_id": "done", "exec_id": "x2", "qty": "five",
+                                "price": "100", "fee": "0", "event_id": str(uuid4()), "occurred_at": f.now.isoformat()})
+    assert done in f.state.quarantined_streams and done in f.state.orders
+    state, _ = _cold(f)
+    assert done in state.quarantined_streams
+    assert done in state.orders
+    assert state.orders[done].as_dict() == f.state.orders[done].as_dict()
+    assert state.summary() == f.state.summary()
+
+
+def test_an_unreadable_intent_opens_no_account_as_in_apply():
+    f = Fold()
+    f.intent("good", "buy", "5")
+    f.raw(order_stream_id("newacct", "bad"), "OrderIntentRecorded",
+          {"account": "newacct", "client_order_id": "bad", "venue": "sim", "symbol": "AAPL", "side": "buy",
+           "order_type": "market", "qty": "lots", "event_id": str(uuid4()), "occurred_at": f.now.isoformat()})
+    state, _ = _cold(f)
+    assert sorted(state.accounts) == sorted(f.state.accounts)
+    assert state.summary() == f.state.summary()
