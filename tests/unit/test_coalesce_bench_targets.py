@@ -2,6 +2,7 @@
 
 from tradestate.tools.bench import append
 from tradestate.tools.bench.common import result
+from tradestate.tools.bench.run import _target_doc
 
 
 def test_coalesced_targets_say_met_or_missed():
@@ -51,19 +52,24 @@ def test_paced_p99_target_is_met_within_5ms_at_the_offered_rate():
     (met, line), = _paced_lines(_paced_rows("sqlite", 2_950.0, 4.99))
     assert met
     assert line.startswith("append_coalesced_64t_at3x_p99 (sqlite): p99 4.99 ms (p50 1.66 ms)")
-    assert "3,000 events/s offered, 2,950 achieved = 0.98x" in line and "NOT reached" not in line
-    assert "target <= 5 ms at >= 0.95x of the offered rate achieved" in line
+    assert "3,000 events/s offered, 2,950 achieved = 0.98x of it" in line and "NOT reached" not in line
+    assert line.endswith("= 1.00x the target (target <= 5 ms with >= 95 % of the offered rate achieved)")
+    # the JSON carries the line's last ratio: p99 over the target
+    assert _target_doc("append", met, line, None)["ratio"] == 1.0
 
 
 def test_paced_p99_over_5ms_is_missed():
-    (met, line), = _paced_lines(_paced_rows("postgresql", 3_000.0, 5.01))
-    assert not met and "p99 5.01 ms" in line
+    (met, line), = _paced_lines(_paced_rows("postgresql", 3_000.0, 7.5))
+    assert not met and "p99 7.50 ms" in line
+    assert _target_doc("append", met, line, None)["ratio"] == 1.5
+    (met, _), = _paced_lines(_paced_rows("postgresql", 3_000.0, 5.01))
+    assert not met
 
 
 def test_paced_run_that_fell_short_of_the_offered_rate_is_missed_whatever_its_p99():
     (met, line), = _paced_lines(_paced_rows("sqlite", 2_000.0, 1.0))
     assert not met
-    assert "2,000 achieved = 0.67x: the offered rate was NOT reached" in line
+    assert "2,000 achieved = 0.67x of it: the offered rate was NOT reached" in line
 
 
 def test_paced_p99_without_its_rate_row_is_missed_and_says_why():
