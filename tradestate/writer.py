@@ -564,17 +564,9 @@ class Writer:
                 if self._unconfirmed:
                     self._confirm()
                 self.refresh()
-                if self.clock_guard:
-                    self._periodic_clock_check()
-                if wanted:
-                    ensure_orders(self.state, wanted)
-                    refuse_quarantined(self.state, wanted)
-                with deciding(self.state):
-                    result = decide(self.state)
-                decision, value = (result.decision, result.value) if isinstance(result, Decided) else (result, None)
+                decision, value = self._decide(decide, wanted)
                 if isinstance(decision, rules.AlreadyRecorded):
                     return Written(decision, [decision.position], value)
-                refuse_decided(self.state, decision.events)
                 try:
                     positions = self._append(decision)
                     if self.checkpointer is not None:
@@ -614,6 +606,22 @@ class Writer:
             f"unless the log shows it (retrying the same call is safe): {last_error}"
         ) from last_error
 
+    def _decide(self, decide: Decide[T], wanted: tuple[str, ...]) -> tuple[Any, T | None]:
+        """Under ``self.lock``, on a caught-up state: (the decision of ``decide``, the value it
+        carries back). The orders named in ``wanted`` are loaded first and a quarantined one
+        refuses the call; a decision to append is refused if it touches a quarantined stream."""
+        if self.clock_guard:
+            self._periodic_clock_check()
+        if wanted:
+            ensure_orders(self.state, wanted)
+            refuse_quarantined(self.state, wanted)
+        with deciding(self.state):
+            result = decide(self.state)
+        decision, value = (result.decision, result.value) if isinstance(result, Decided) else (result, None)
+        if not isinstance(decision, rules.AlreadyRecorded):
+            refuse_decided(self.state, decision.events)
+        return decision, value
+
     def _record_coalesced(self, decide: Decide[T], wanted: tuple[str, ...]) -> Written[T]:
         """``record`` through the coalescer: decide under the lock, commit outside it."""
         last_error: Exception | None = None
@@ -634,17 +642,9 @@ class Writer:
                     raise self.deposed
                 if self._unconfirmed:
                     self._confirm()
-                if self.clock_guard:
-                    self._periodic_clock_check()
-                if wanted:
-                    ensure_orders(self.state, wanted)
-                    refuse_quarantined(self.state, wanted)
-                with deciding(self.state):
-                    result = decide(self.state)
-                decision, value = (result.decision, result.value) if isinstance(result, Decided) else (result, None)
+                decision, value = self._decide(decide, wanted)
                 if isinstance(decision, rules.AlreadyRecorded):
                     return Written(decision, [decision.position], value)
-                refuse_decided(self.state, decision.events)
                 attempt_rows = self._build_attempt(decision)
                 streams = {row[0] for row in attempt_rows}
                 with self._in_flight_lock:
