@@ -3,12 +3,15 @@
 A snapshot keeps everything the engine and the risk checks need *now*: positions, accounts
 (limits, breaker, kill switch, ramp, block, cash, trading-day statistics), open orders in full,
 signals, engines, the versions of every stream that is not a finished order, and the part of the
-execution-id index a venue can still repeat (``EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``). Finished orders
-(filled, cancelled, rejected, expired, refused) are most of a long log and are almost never
-touched again, so a snapshot keeps only their ids (16 bytes each); the restored state's
-``OrderBook`` keeps them as ids until the application brings one back from its own stream (a
-re-sent intent, a late venue fact, a query: ``tradestate.loading``). That keeps a warm start
-proportional to the open state, not to the history.
+execution-id index a venue can still repeat (``EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``: the bounded
+recent window). Finished orders (filled, cancelled, rejected, expired, refused) are most of a long
+log and are almost never touched again: a snapshot keeps only how many there are (version 3;
+versions 1 and 2 kept their ids, 16 bytes each, which made a checkpoint grow with the history:
+32 MB at ten million events). The restored state's ``OrderBook`` then treats any order stream not
+in memory as possibly a finished order in the log, which the application answers with an indexed
+read of that stream before a decision (a re-sent intent, a late venue fact, a query:
+``tradestate.loading``). That keeps a checkpoint, and a warm start, proportional to the open
+state, not to the history.
 
 Pure: no I/O. The bytes are canonical (orjson, sorted keys) so their checksum is stable.
 """
@@ -35,9 +38,12 @@ from .state import (
     TradingState,
 )
 
-SNAPSHOT_VERSION = 2
-# Versions ``restore`` reads: 1 had no execution-id index (restored empty).
-READABLE_VERSIONS = (1, 2)
+SNAPSHOT_VERSION = 3
+# Versions ``restore`` reads: 1 had no execution-id index (restored empty); 1 and 2 came with the
+# packed ids of every finished order (restored as a book that knows them: ``OrderBook(ids)``); 3
+# keeps only their count (restored as a book that asks the log: ``OrderBook(in_log=count)``).
+READABLE_VERSIONS = (1, 2, 3)
+IDS_UNTIL = 2  # the last version that came with the finished orders' ids
 # The execution ids a snapshot keeps: those of open orders, and those of the orders filled in the
 # last EXEC_ID_DAYS trading days with fills, at most the EXEC_ID_ORDERS most recently filled. A
 # venue repeats an execution id close in time (a replayed report, a reconnect); the whole index
@@ -94,22 +100,40 @@ def merge_ids(ordered: bytes, keys: Iterable[bytes]) -> bytes:
 
 class OrderBook(dict):  # type: ignore[type-arg]
     """``TradingState.orders`` after a restore or a cold fold: a plain dict of the orders in
-    memory, plus the packed ids of finished orders left in the log (``unloaded`` of them).
+    memory, plus what the book knows of the finished orders left in the log, in one of two ways:
+
+    * their ids (``finished``: a cold fold, a snapshot of version 1 or 2): one packed, sorted bytes
+      object (16 bytes an order; ``is_unloaded`` is a binary search in it), never a Python object
+      per order. An order stream not in memory and not among them is no order of this state.
+    * only their number (``in_log``: a snapshot of version 3, which does not grow with the
+      history): then any order stream not in memory may be one of them (``is_unloaded``), and only
+      the log can say. A stream the log turned out not to hold is remembered as ``absent`` (a
+      bounded set, so the same miss is not read twice).
 
     Nothing here reads the log, and lookups are plain dict lookups: a finished order that is not
     in memory is simply absent. Bringing one back is the application's job, before a decision
-    runs (``tradestate.loading``): read its stream, ``materialize_order``, ``put``.
+    runs (``tradestate.loading``): read its stream, ``materialize_order``, ``put`` (or ``absent``
+    when the stream has no row up to the state's position). ``ordered``: the ids come sorted (a
+    snapshot's since it says so); others are sorted once, when first searched."""
 
-    The ids stay one packed, sorted bytes object (16 bytes an order; ``is_unloaded`` is a binary
-    search in it), never a Python object per order: a long history costs its 16 bytes per finished
-    order and nothing more. ``ordered``: the ids come sorted (a snapshot's since it says so);
-    others are sorted once, when first searched."""
+    ABSENT_KEPT = 4_096  # streams remembered as not in the log (cleared past this: read again then)
 
-    def __init__(self, finished: bytes = b"", *, ordered: bool = False):
+    def __init__(self, finished: bytes = b"", *, ordered: bool = False, in_log: int | None = None):
         super().__init__()
+        if in_log is not None and (finished or in_log < 0):
+            raise ValueError("a book knows its finished orders either by their ids or by their (non-negative) "
+                             "number, not both")
         self._finished = finished  # packed 16-byte ids
         self._ordered = ordered or len(finished) <= 16
         self._back: set[bytes] = set()  # ids among them brought back (``put``): as many as were asked for
+        self._in_log = in_log  # None: the ids above are every finished order the log holds
+        self._absent: set[str] = set()  # ``in_log`` books: streams the log was read for and does not hold
+
+    @property
+    def open_ended(self) -> bool:
+        """True when the book knows how many finished orders the log holds but not which (a
+        version 3 snapshot): an order stream not in memory may be one, and only the log can say."""
+        return self._in_log is not None
 
     def _ids(self) -> _PackedIds:
         if not self._ordered:
@@ -124,9 +148,12 @@ class OrderBook(dict):  # type: ignore[type-arg]
         return i < len(ids) and ids[i] == key
 
     def is_unloaded(self, sid: object) -> bool:
-        """Whether ``sid`` is a finished order of this book that is still only an id."""
+        """Whether ``sid`` is a finished order of this book that is still only in the log (an
+        open-ended book: may be one; the log answers)."""
         if not isinstance(sid, str) or not sid.startswith(ORDER_PREFIX) or dict.__contains__(self, sid):
             return False
+        if self._in_log is not None:
+            return self._in_log > 0 and sid not in self._absent and _key(sid) is not None
         if not self._finished:
             return False
         key = _key(sid)
@@ -134,10 +161,16 @@ class OrderBook(dict):  # type: ignore[type-arg]
 
     @property
     def unloaded(self) -> int:
+        """How many finished orders are still only in the log."""
+        if self._in_log is not None:
+            return max(0, self._in_log - len(self._back))
         return len(self._finished) // 16 - len(self._back)
 
     def unloaded_streams(self) -> list[str]:
-        """The stream ids of the finished orders not in memory."""
+        """The stream ids of the finished orders not in memory (a book that knows their ids)."""
+        if self._in_log is not None:
+            raise ValueError("this book knows only how many finished orders the log holds, not their streams: "
+                             "bring them back from a read of the log (materialize_all)")
         blob, back = self._finished, self._back
         keys = (blob[i:i + 16] for i in range(0, len(blob), 16))
         return [ORDER_PREFIX + str(UUID(bytes=key)) for key in keys if key not in back]
@@ -149,7 +182,7 @@ class OrderBook(dict):  # type: ignore[type-arg]
 
     def packed_unloaded(self) -> bytes:
         """The ids of the finished orders not in memory, packed as 16-byte uuids (in the book's
-        order: sorted when ``ordered``)."""
+        order: sorted when ``ordered``; none for an open-ended book)."""
         blob = self._finished
         if not self._back:
             return blob
@@ -165,8 +198,28 @@ class OrderBook(dict):  # type: ignore[type-arg]
         """Add an order brought back from the log (it is no longer only an id)."""
         dict.__setitem__(self, sid, order)
         key = _key(sid)
-        if key is not None and self._finished and key not in self._back and self._holds(key):
+        if key is None or key in self._back:
+            return
+        if self._in_log is not None:
             self._back.add(key)
+            self._absent.discard(sid)
+        elif self._finished and self._holds(key):
+            self._back.add(key)
+
+    def absent(self, sid: str) -> None:
+        """Remember that the log holds no stream ``sid`` up to the state's position (an open-ended
+        book; such a stream can only appear later, through the fold, which puts it in memory)."""
+        if self._in_log is None:
+            return
+        if len(self._absent) >= self.ABSENT_KEPT:
+            self._absent.clear()
+        self._absent.add(sid)
+
+    def complete(self) -> None:
+        """Every finished order is in memory now (``materialize_all``): a miss is no order."""
+        self._finished, self._ordered, self._in_log = b"", True, None
+        self._back.clear()
+        self._absent.clear()
 
 
 def materialize_all(state: TradingState, rows: OrderRows) -> None:
@@ -184,6 +237,7 @@ def materialize_all(state: TradingState, rows: OrderRows) -> None:
             order.account_state = state.account(order.account)
             state.stream_versions[sid] = scratch.stream_versions[sid]
             book.put(sid, order)
+    book.complete()
 
 
 def _key(sid: str) -> bytes | None:
@@ -322,22 +376,18 @@ def _exec_index(state: TradingState, open_orders: set[str]) -> dict[str, dict[st
 
 
 def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
-    """(document, finished order ids packed as 16-byte uuids) of the state as it is now."""
-    orders = dict.items(state.orders)
+    """(document, finished-order ids) of the state as it is now. The ids are empty since
+    version 3: the document counts the finished orders (``finished_orders``) and keeps none of
+    them, so its size follows the open state, not the history."""
     hot: list[dict[str, Any]] = []
-    finished = []
-    fromhex = bytes.fromhex
-    for sid, order in orders:
+    finished = 0
+    for order in dict.values(state.orders):
         if order.status in OPEN_STATUSES:
             hot.append(_order_doc(order))
         else:
-            finished.append(fromhex(sid[6:].replace("-", "")))  # 6 == len(ORDER_PREFIX)
-    # sorted (the document says so): a restored book searches them as they are
+            finished += 1
     if isinstance(state.orders, OrderBook):
-        cold = state.orders.packed_finished(finished)
-    else:
-        finished.sort()
-        cold = b"".join(finished)
+        finished += state.orders.unloaded
     versions = {sid: v for sid, v in state.stream_versions.items()
                 if not sid.startswith(ORDER_PREFIX)}
     versions.update((o["stream_id"], state.stream_versions[o["stream_id"]]) for o in hot)
@@ -347,8 +397,7 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "applied": state.applied,
         "exchange_tz": state.exchange_tz,
         "orders": hot,
-        "finished_orders": len(cold) // 16,
-        "finished_sorted": True,
+        "finished_orders": finished,
         "positions": [_position_doc(p) for p in state.positions.values()],
         "accounts": {name: _account_doc(a) for name, a in state.accounts.items()},
         "signals": [{**s, "value": _d(s["value"]), "at": _t(s["at"])} for s in state.signals.values()],
@@ -358,7 +407,7 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "gates": {gid: {**g, "at": _t(g["at"])} for gid, g in state.gates.items()},
         "gate_approvals": {gate: {**a, "at": _t(a["at"])} for gate, a in state.gate_approvals.items()},
     }
-    return doc, cold
+    return doc, b""
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -367,7 +416,7 @@ def encode(doc: dict[str, Any]) -> bytes:
 
 def checksum(data: bytes, finished: bytes) -> str:
     # blake2b: twice sha256's speed here, and a checkpoint of a long log carries megabytes of ids
-    h = hashlib.blake2b(digest_size=32)
+    h = hashlib.blake2b(digest_size=32)  # ``finished``: empty since version 3
     h.update(len(data).to_bytes(8, "big"))
     h.update(data)
     h.update(finished)
@@ -441,6 +490,9 @@ def problems(doc: dict[str, Any], *, position: int, head: int, now: datetime,
                 f"{', '.join(map(str, READABLE_VERSIONS))} (written by another tradestate version)"]
     if doc.get("position") != position:
         found.append(f"the document says position {doc.get('position')}, its row says {position}")
+    count = doc.get("finished_orders")
+    if doc["snapshot_version"] > IDS_UNTIL and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+        found.append(f"finished_orders is not a count: {count!r}")
     if position > head:
         found.append(f"position {position} is beyond the log head {head}")
     latest = now + max_clock_skew
@@ -488,13 +540,20 @@ def _tn(value: str | None) -> datetime | None:
 
 def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
     """A live ``TradingState`` from a validated snapshot; its orders are an ``OrderBook`` holding
-    the open orders, the finished ones left in the log as ids (``finished``). A version 1 snapshot
-    has no execution-id index: the restored one is empty."""
+    the open orders, the finished ones left in the log: known by their ids (``finished``) in a
+    version 1 or 2 snapshot, by their number alone in a version 3 one (whose ``finished`` must be
+    empty). A version 1 snapshot has no execution-id index: the restored one is empty."""
     state = TradingState(doc["exchange_tz"])
     state.position = doc["position"]
     state.applied = doc["applied"]
     state.stream_versions = dict(doc["stream_versions"])
-    state.orders = OrderBook(finished, ordered=doc.get("finished_sorted") is True)
+    if doc["snapshot_version"] > IDS_UNTIL:
+        if finished:
+            raise ValueError(f"a version {doc['snapshot_version']} snapshot keeps no finished-order ids, "
+                             f"yet {len(finished)} bytes of them came with it")
+        state.orders = OrderBook(in_log=doc["finished_orders"])
+    else:
+        state.orders = OrderBook(finished, ordered=doc.get("finished_sorted") is True)
     for name, a in doc["accounts"].items():
         acct = state.account(name)
         acct.limits = {k: Decimal(v) for k, v in a["limits"].items()}

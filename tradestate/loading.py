@@ -2,9 +2,10 @@
 
 ``load_state`` is the one way an engine's state is built at start (the client and recovery both
 use it): restore the newest checkpoint that passes validation and fold the log after it, or,
-with none, fold the whole log cold (``domain.fold``). Either way finished orders stay packed ids
-until something needs one; ``LazyOrders`` brings one back from its own stream then (an indexed
-read), and ``ensure_orders`` does so explicitly before a decision runs. While a decision runs
+with none, fold the whole log cold (``domain.fold``). Either way finished orders stay in the log
+(the cold fold keeps their ids, a checkpoint only their number) until something needs one;
+``LazyOrders`` brings one back from its own stream then (an indexed read), and ``ensure_orders``
+does so explicitly before a decision runs. While a decision runs
 (``deciding``) nothing is loaded: the domain sees the orders in memory and nothing else.
 """
 
@@ -28,13 +29,18 @@ class LazyOrders(OrderBook):
     """``TradingState.orders`` of a state loaded from a store: an ``OrderBook`` that brings a
     finished order back from the log the first time a reader asks for it (``get``, ``in``,
     ``[]``), or all of them for a full iteration. Lookups of orders in memory stay plain dict
-    lookups (the fold's hot path).
+    lookups (the fold's hot path). With an open-ended book (a version 3 checkpoint keeps only how
+    many orders finished), a miss on an order stream is one indexed read of that stream: it
+    brings the order back, or finds none (remembered, ``OrderBook.absent``).
 
     Inside ``deciding(state)`` it is a plain dict: a miss is a miss, nothing is read."""
 
     def __init__(self, state: TradingState, book: OrderBook, loader: OrderLoader | None,
                  log_reader: LogReader | None = None):
-        super().__init__(book.packed_unloaded(), ordered=book.ordered)
+        if book.open_ended:
+            super().__init__(in_log=book.unloaded)
+        else:
+            super().__init__(book.packed_unloaded(), ordered=book.ordered)
         dict.update(self, book)
         self._state = state
         self.loader = loader  # (stream id, up to position) -> that stream's rows
@@ -52,15 +58,24 @@ class LazyOrders(OrderBook):
         if not self.is_unloaded(sid):
             return dict.get(self, sid)
         if self.loader is None:
-            raise KeyError(f"{sid} is in the checkpoint's finished orders but no order loader was given")
-        order = materialize_order(self._state, sid, self.loader(sid, self._state.position))
+            raise KeyError(f"{sid} may be a finished order of the checkpoint but no order loader was given")
+        rows = self.loader(sid, self._state.position)
+        if self.open_ended:
+            rows = list(rows)
+            if not rows:  # no such order up to this position: a new client order id, or an unknown one
+                self.absent(sid)
+                return None
+        order = materialize_order(self._state, sid, rows)
         self.put(sid, order)
         return order
 
     def __missing__(self, sid: str) -> OrderState:
         if self._sealed or not self.is_unloaded(sid):
             raise KeyError(sid)
-        return self.load(sid)  # type: ignore[return-value]
+        order = self.load(sid)
+        if order is None:
+            raise KeyError(sid)
+        return order
 
     def get(self, sid: str, default: Any = None) -> Any:  # type: ignore[override]
         try:
@@ -69,16 +84,24 @@ class LazyOrders(OrderBook):
             return default
 
     def __contains__(self, sid: object) -> bool:
-        return dict.__contains__(self, sid) or (not self._sealed and self.is_unloaded(sid))
+        if dict.__contains__(self, sid):
+            return True
+        if self._sealed or not self.is_unloaded(sid):
+            return False
+        return not self.open_ended or self.load(sid) is not None  # type: ignore[arg-type]
 
     def load_all(self, rows: Iterable[tuple[Any, ...]] | None = None) -> None:
         """Bring every finished order back. ``rows`` (the log up to the state's position) is one
-        pass instead of one read per order; without it, many orders are read in one pass too."""
+        pass instead of one read per order; without it, many orders (or an open-ended book's,
+        whose streams are not known) are read in one pass too."""
         if not self.unloaded:
             return
-        if rows is None and self.log_reader is not None and self.unloaded >= 64:
+        if rows is None and self.log_reader is not None and (self.open_ended or self.unloaded >= 64):
             rows = self.log_reader(self._state.position)
         if rows is None:
+            if self.open_ended:
+                raise RuntimeError("the checkpoint keeps only how many orders finished: bringing them all back "
+                                   "needs a read of the log, and no log reader was given")
             for sid in self.unloaded_streams():
                 self.load(sid)
             return

@@ -1,7 +1,9 @@
 """Checkpoints: validated snapshots of the whole trading state at a log position.
 
 A row of ``ts_checkpoints`` (beside the log, same database) holds a snapshot document
-(``domain/snapshot.py``), the packed ids of the finished orders, the position it covers, the
+(``domain/snapshot.py``), the packed ids of the finished orders (``finished``: empty since
+snapshot version 3, which counts them instead, so a checkpoint does not grow with the history;
+a version 1-2 row's ids still load), the position it covers, the
 event id at that position (so a checkpoint of another log — a restored or swapped database — is
 recognised) and a blake2b checksum over its content, followed, when a checkpoint key is configured
 (``TRADESTATE_CHECKPOINT_KEY``, hex or base64, or ``TRADESTATE_CHECKPOINT_KEY_FILE``), by an
@@ -69,7 +71,7 @@ class CheckpointInfo:
     created_at: datetime
     snapshot_version: int
     checksum: str
-    size: int  # bytes of document + finished ids
+    size: int  # bytes of document + finished ids (none since snapshot version 3)
     open_orders: int = 0
     finished_orders: int = 0
 
@@ -333,7 +335,8 @@ class Checkpointer:
 
 
 def order_loader(store: Store):  # noqa: ANN201 - a snapshot.OrderLoader
-    """Brings a finished order back from its own stream (an indexed read)."""
+    """Brings a finished order back from its own stream (an indexed read; no rows: no such
+    order up to that position)."""
 
     def load(stream_id: str, upto: int) -> list[tuple[int, str, int, str, bytes, datetime]]:
         return [(e.position, e.originator_id, e.originator_version, e.topic, e.state, e.recorded_at)

@@ -17,6 +17,7 @@ import tradestate
 from tradestate.adapters.store import checkpoints as cp
 from tradestate.adapters.store import open_store
 from tradestate.domain import snapshot
+from tradestate.domain.ids import order_stream_id
 from tradestate.domain.state import TradingState
 from tradestate.loading import fold_tail, load_checkpoint, state_at
 
@@ -201,3 +202,95 @@ def test_many_finished_orders_come_back_in_one_pass_over_the_log(db_url, store):
     assert loaded.state.orders.unloaded >= 64  # the one-pass path, not a read per order
     assert loaded.state.summary() == fresh_fold(store).summary()
     assert loaded.state.orders.unloaded == 0
+
+
+# ------------------------------------------------------------------ finished orders in the log
+
+
+def _finished_orders(client, prefix: str, n: int) -> None:
+    """``n`` orders filled in full (intent, ack, fill), client order ids ``<prefix>-<i>``."""
+    for i in range(n):
+        coid = f"{prefix}-{i}"
+        client.record_intent("acct", coid, "AAPL", "buy", "1", reference_price="100", venue="sim")
+        client.record_ack("acct", coid, f"V-{prefix}-{i}")
+        client.record_fill("acct", coid, f"X-{prefix}-{i}", "1", "100")
+
+
+def _version_2_take(state):
+    """``snapshot.take`` as version 2 wrote it: the same document, with the ids of every finished
+    order, packed and sorted (in memory or still in the log)."""
+    doc, _ = _TAKE(state)
+    keys = [bytes.fromhex(sid[len(snapshot.ORDER_PREFIX):].replace("-", ""))
+            for sid, o in dict.items(state.orders) if not o.is_open]
+    ids = state.orders.packed_finished(keys) if isinstance(state.orders, snapshot.OrderBook) and \
+        not state.orders.open_ended else b"".join(sorted(keys))
+    return {**doc, "snapshot_version": 2, "finished_sorted": True, "finished_orders": len(ids) // 16}, ids
+
+
+_TAKE = snapshot.take
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_client_order_id_finished_long_before_the_checkpoint_is_refused_after_a_warm_restart(
+        db_url, store, version, monkeypatch):
+    """The checkpoint keeps no finished order (version 3: not even its id); a re-sent intent of
+    an order finished long before it, a changed one, and a late fill after a cancel are answered
+    from the order's own stream after a warm restart, as before it. A version 2 checkpoint (the
+    ids of every finished order) still loads and answers the same."""
+    clock = Clock()
+    with tradestate.connect(db_url, clock=clock, venue="sim") as client:
+        client.record_intent("acct", "old", "AAPL", "buy", "5", reference_price="100")
+        client.record_ack("acct", "old", "V-old")
+        client.record_fill("acct", "old", "X-old", "5", "100")
+        client.record_intent("acct", "gone", "MSFT", "buy", "3", order_type="limit", limit_price="99")
+        client.record_cancelled("acct", "gone", "no longer wanted")
+        _finished_orders(client, "mid", 40)
+        if version == 2:
+            monkeypatch.setattr(snapshot, "SNAPSHOT_VERSION", 2)
+            monkeypatch.setattr(snapshot, "take", _version_2_take)
+        info = cp.write(store, fresh_fold(store))
+        monkeypatch.undo()
+        client.record_intent("acct", "open", "MSFT", "buy", "2", order_type="limit", limit_price="400")
+    assert info.snapshot_version == version and info.finished_orders == 42
+    old, gone = order_stream_id("acct", "old"), order_stream_id("acct", "gone")
+    with tradestate.connect(db_url, clock=clock, venue="sim") as client:
+        orders = client.state.orders
+        assert client.state.position == store.trading.head() and orders.open_ended == (version == 3)
+        assert dict.get(orders, old) is None and dict.get(orders, gone) is None  # only in the log
+        head = store.trading.head()
+        again = client.record_intent("acct", "old", "AAPL", "buy", "5", reference_price="100")
+        assert again.duplicate and again.accepted and store.trading.head() == head
+        with pytest.raises(tradestate.IdempotencyConflict):
+            client.record_intent("acct", "old", "AAPL", "buy", "6", reference_price="100")
+        with pytest.raises(tradestate.IdempotencyConflict):
+            client.record_intent("acct", "mid-3", "AAPL", "sell", "1", reference_price="100")
+        assert store.trading.head() == head
+        late = client.record_fill("acct", "gone", "X-9", "1", "99")  # a fill after the cancel
+        assert late.discrepancy is not None and late.position == head + 1
+        assert client.order("acct", "old")["status"] == "filled"
+        fresh = client.record_intent("acct", "new", "AAPL", "buy", "1", reference_price="100")
+        assert fresh.accepted and not fresh.duplicate and fresh.position == head + 2
+        assert client.state.summary() == fresh_fold(store).summary()
+
+
+def test_a_checkpoint_does_not_grow_with_the_number_of_finished_orders(db_url, store, monkeypatch):
+    """Ten times the finished orders, the same checkpoint (give or take the digits of its
+    counters): the finished orders are counted, not listed, and the execution ids it keeps are
+    a bounded recent window (``EXEC_ID_ORDERS``, made small here so that the test reaches it)."""
+    monkeypatch.setattr(snapshot, "EXEC_ID_ORDERS", 10)
+    sizes = []
+    with tradestate.connect(db_url, clock=Clock(), venue="sim") as client:
+        client.record_intent("acct", "open", "MSFT", "buy", "2", order_type="limit", limit_price="400")
+        for prefix, n in (("a", 20), ("b", 180)):
+            _finished_orders(client, prefix, n)
+            info = cp.write(store, fresh_fold(store))
+            with cp._cursor(store, write=False) as cur:
+                cur.execute(f"SELECT finished FROM {cp._table(store)} WHERE id = {info.id}")
+                assert bytes(cur.fetchone()[0]) == b""
+            sizes.append((info.finished_orders, info.size))
+    (few, small), (many, large) = sizes
+    assert (few, many) == (20, 200)
+    # 180 more finished orders: 2,880 bytes more as version 2 ids; here only a few digits
+    assert large - small < 100, sizes
+    loaded = load_checkpoint(store)
+    assert loaded.state.orders.unloaded == 200 and loaded.state.summary() == fresh_fold(store).summary()

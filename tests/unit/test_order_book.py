@@ -1,14 +1,18 @@
-"""The finished orders a restored or cold-folded state keeps as ids (``snapshot.OrderBook``): one
-packed, sorted bytes object, searched in place, so memory after a warm open is the open state's
-plus 16 bytes per finished order, not a Python object per order of the history."""
+"""The finished orders a restored or cold-folded state leaves in the log (``snapshot.OrderBook``):
+after a cold fold or a version 1-2 checkpoint, by their ids (one packed, sorted bytes object,
+searched in place: 16 bytes per finished order, not a Python object per order of the history);
+after a version 3 checkpoint, by their number alone (any order stream not in memory may be one,
+the log answers), so neither the checkpoint nor a warm open grows with the history."""
 
 from __future__ import annotations
 
 import random
 import tracemalloc
+from datetime import datetime, timezone
 from uuid import UUID
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,27 +87,71 @@ def _state_with_finished_orders(n: int) -> TradingState:
     return state
 
 
-def test_a_snapshot_keeps_its_finished_ids_sorted_and_a_restore_searches_them_as_they_are():
+def _version_2(state: TradingState) -> tuple[dict, bytes]:
+    """The document and finished-order ids a version 2 snapshot of ``state`` was (what
+    ``take`` wrote before version 3): the same document with the ids of every finished order,
+    packed, sorted."""
+    doc, _ = snapshot.take(state)
+    keys = sorted(UUID(sid[len(ORDER_PREFIX):]).bytes for sid, o in state.orders.items() if not o.is_open)
+    return {**doc, "snapshot_version": 2, "finished_sorted": True, "finished_orders": len(keys)}, b"".join(keys)
+
+
+def test_a_snapshot_keeps_no_finished_ids_only_their_number_and_a_restore_asks_the_log_for_any_other_order():
     state = _state_with_finished_orders(3_000)
     doc, finished = snapshot.take(state)
-    keys = [finished[i:i + 16] for i in range(0, len(finished), 16)]
-    assert keys == sorted(keys) and len(set(keys)) == len(keys) == doc["finished_orders"] > 100
-    assert doc["finished_sorted"] is True
-    restored = snapshot.restore(orjson.loads(orjson.dumps(doc)), finished)
-    assert restored.orders.ordered
     finished_sids = [sid for sid, o in state.orders.items() if not o.is_open]
-    assert all(restored.orders.is_unloaded(sid) for sid in finished_sids)
-    assert not any(restored.orders.is_unloaded(sid) for sid, o in state.orders.items() if o.is_open)
-    # a snapshot taken from the restored state (one order brought back meanwhile) keeps each id once
+    assert finished == b"" and doc["snapshot_version"] == 3 and doc["finished_orders"] == len(finished_sids) > 100
+    restored = snapshot.restore(orjson.loads(orjson.dumps(doc)), finished)
+    book = restored.orders
+    assert book.open_ended and book.unloaded == len(finished_sids)
+    # any order stream not in memory may be a finished order: the log says (an indexed read)
+    assert all(book.is_unloaded(sid) for sid in finished_sids)
+    assert book.is_unloaded(_sid(bytes(16)))
+    assert not any(book.is_unloaded(sid) for sid, o in state.orders.items() if o.is_open)
+    assert not book.is_unloaded("account-acct-alpha") and not book.is_unloaded("order-not-a-uuid")
+    # the log had no such stream: not asked again
+    book.absent(_sid(bytes(16)))
+    assert not book.is_unloaded(_sid(bytes(16)))
+    # a snapshot taken from the restored state (one order brought back meanwhile) counts each once
     back = finished_sids[7]
-    restored.orders.put(back, state.orders[back])
-    _doc2, finished2 = snapshot.take(restored)
-    assert finished2 == finished
+    book.put(back, state.orders[back])
+    assert book.unloaded == len(finished_sids) - 1 and not book.is_unloaded(back)
+    doc2, finished2 = snapshot.take(restored)
+    assert finished2 == b"" and doc2["finished_orders"] == len(finished_sids)
+
+
+def test_a_snapshot_without_finished_orders_restores_a_book_that_reads_nothing():
+    state = TradingState()
+    doc, finished = snapshot.take(state)
+    book = snapshot.restore(orjson.loads(orjson.dumps(doc)), finished).orders
+    assert book.open_ended and book.unloaded == 0 and not book.is_unloaded(_sid(bytes(16)))
+
+
+def test_a_version_3_snapshot_that_comes_with_ids_is_refused():
+    doc, _ = snapshot.take(_state_with_finished_orders(1_000))
+    with pytest.raises(ValueError, match="keeps no finished-order ids"):
+        snapshot.restore(doc, bytes(16))
+    assert snapshot.problems({**doc, "finished_orders": -1}, position=doc["position"], head=doc["position"],
+                             now=datetime.now(timezone.utc)) == ["finished_orders is not a count: -1"]
+
+
+def test_a_version_2_snapshot_with_its_finished_ids_still_loads_and_searches_them():
+    state = _state_with_finished_orders(3_000)
+    doc, finished = _version_2(state)
+    assert snapshot.problems(doc, position=doc["position"], head=doc["position"], now=datetime.now(timezone.utc)) == []
+    restored = snapshot.restore(orjson.loads(orjson.dumps(doc)), finished)
+    book = restored.orders
+    assert not book.open_ended and book.ordered and book.unloaded == doc["finished_orders"]
+    assert all(book.is_unloaded(sid) for sid, o in state.orders.items() if not o.is_open)
+    assert not book.is_unloaded(_sid(bytes(16)))  # the ids are every finished order: no read needed
+    # its next snapshot is a version 3 one, counting the same orders
+    again, ids = snapshot.take(restored)
+    assert again["snapshot_version"] == 3 and ids == b"" and again["finished_orders"] == doc["finished_orders"]
 
 
 def test_a_snapshot_written_before_the_ids_were_sorted_is_still_searched_right():
     state = _state_with_finished_orders(3_000)
-    doc, finished = snapshot.take(state)
+    doc, finished = _version_2(state)
     keys = [finished[i:i + 16] for i in range(0, len(finished), 16)]
     random.Random(1).shuffle(keys)
     old = {k: v for k, v in doc.items() if k != "finished_sorted"}
@@ -111,3 +159,30 @@ def test_a_snapshot_written_before_the_ids_were_sorted_is_still_searched_right()
     assert not restored.orders.ordered
     assert all(restored.orders.is_unloaded(sid) for sid, o in state.orders.items() if not o.is_open)
     assert not restored.orders.is_unloaded(_sid(bytes(16)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ids16, unique=True, max_size=40), st.lists(ids16, max_size=20), st.data())
+def test_an_open_ended_book_answers_as_the_log_it_counts_would(finished, others, data):
+    """An open-ended book (version 3) knows only how many finished orders the log holds: a stream
+    not in memory may be one until the log was asked (brought back: ``put``; not there:
+    ``absent``)."""
+    book = OrderBook(in_log=len(finished))
+    brought_back = data.draw(st.lists(st.sampled_from(finished), unique=True) if finished else st.just([]))
+    for key in brought_back:
+        book.put(_sid(key), object())  # type: ignore[arg-type]
+    asked = [k for k in others if k not in finished]
+    for key in asked:
+        book.absent(_sid(key))
+    assert book.unloaded == len(finished) - len(brought_back)
+    for key in finished:
+        assert book.is_unloaded(_sid(key)) == (key not in brought_back)
+    for key in asked:
+        assert not book.is_unloaded(_sid(key))
+    if finished:  # a stream never asked about may be one
+        unknown = next(k for k in (bytes(16), b"\xff" * 16, b"\x01" * 16) if k not in finished and k not in others)
+        assert book.is_unloaded(_sid(unknown))
+    with pytest.raises(ValueError):
+        book.unloaded_streams()
+    book.complete()
+    assert not book.open_ended and book.unloaded == 0 and not any(book.is_unloaded(_sid(k)) for k in finished + others)
