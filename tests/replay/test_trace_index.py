@@ -105,7 +105,7 @@ def _extra_rows(start: int, picks: list[dict], rows: list[tuple]) -> list[tuple]
         elif how == "detail":
             d["discrepancies"] = [{"kind": "x", "detail": coid}]
         elif how == "corrective":
-            d["corrective_event_ids"] = [events[1]["event_id"]]
+            d["corrective_event_ids"] = [events[min(1, len(events) - 1)]["event_id"]]  # the log may end after its intent
         elif how == "chain" and previous is not None:
             d["causation_id"] = previous
         previous = d["event_id"]
