@@ -307,6 +307,9 @@ class _VerifyThread:
         assert self._result is not None
         return self._result
 
+    def replay_done(self) -> None:
+        """Nothing to do: the thread runs at the process's priority."""
+
     def shutdown(self) -> None:
         self._thread.join()
 
@@ -355,7 +358,7 @@ class _Verification:
         return Step("verify", "ok", self.timer.seconds, f"digest chain intact ({scope}{where})", counts)
 
     def replay_done(self) -> None:
-        """The replay beside a verify in a worker process has finished."""
+        """The replay beside the verify (in a worker process or on a thread) has finished."""
         if self.pool is not None:
             self.pool.replay_done()
 
