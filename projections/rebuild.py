@@ -177,8 +177,10 @@ class FreshTables:
 
     def finish(self) -> None:
         """PostgreSQL: give each fresh table its key (under a name of its own until the swap),
-        keeping the row written last where one was written twice (a fresh table is only ever
-        appended to by COPY, so the later row sits at the higher ctid)."""
+        keeping the row written last where one was written twice. The later row has the higher
+        ``last_position`` (an order's grows with its facts, an equity point's is its last fill),
+        or the same one and the higher ctid. Physical order alone cannot say which is later: COPY
+        may place rows in free space the table's earlier pages still have."""
         d = self.dialect
         if not d.is_postgres:
             return
@@ -188,7 +190,8 @@ class FreshTables:
                 cur.execute(f"SELECT 1 FROM {d.name(name)} GROUP BY {', '.join(key)} HAVING count(*) > 1 LIMIT 1")
                 if cur.fetchone() is not None:
                     same = " AND ".join(f"a.{c} = b.{c}" for c in key)
-                    cur.execute(f"DELETE FROM {d.name(name)} a USING {d.name(name)} b WHERE {same} AND a.ctid < b.ctid")
+                    cur.execute(f"DELETE FROM {d.name(name)} a USING {d.name(name)} b WHERE {same} AND "
+                                "(a.last_position < b.last_position OR a.last_position = b.last_position AND a.ctid < b.ctid)")
                 cur.execute(f'ALTER TABLE {d.name(name)} ADD CONSTRAINT "{name}_pkey" PRIMARY KEY ({", ".join(key)})')
 
     def swap(self, position: int) -> None:
