@@ -718,10 +718,17 @@ class Writer:
     def _commit_coalesced(self, attempt: _Attempt) -> list[Any]:
         """Hand ``attempt`` to the coalescer and wait for its commit (without the lock); the
         caller folds it (``_appended``)."""
+        fence = self.fence
+        return self._counted(attempt, lambda stored: self.coalescer.append(stored, fence=fence))
+
+    @staticmethod
+    def _counted(attempt: _Attempt, append: Callable[[list[Any]], list[Any]]) -> list[Any]:
+        """``append`` the stored form of ``attempt``, counted and timed in the append metrics
+        (an error is counted by kind and raised)."""
         stored = [new_event(stream, version, type_name, data) for stream, version, type_name, _, data in attempt]
         started = time.perf_counter()
         try:
-            appended = self.coalescer.append(stored, fence=self.fence)
+            appended = append(stored)
         except ConcurrencyConflict:
             APPENDS.labels("conflict").inc()
             raise
@@ -797,23 +804,8 @@ class Writer:
     def _append(self, decision: rules.Append) -> list[int]:
         """Append decided events (each at its stream's next version) and fold them."""
         self._attempt = attempt = self._build_attempt(decision)
-        stored = [new_event(stream, version, type_name, data) for stream, version, type_name, _, data in attempt]
-        started = time.perf_counter()
-        fence = self.fence
-        try:
-            appended = self.store.trading.append(stored) if fence is None else self.store.trading.append(stored, fence=fence)
-        except ConcurrencyConflict:
-            APPENDS.labels("conflict").inc()
-            raise
-        except NotLeader:
-            APPENDS.labels("not_leader").inc()
-            raise
-        except AppendFailed:
-            APPENDS.labels("failed").inc()
-            raise
-        APPEND_SECONDS.observe(time.perf_counter() - started)
-        APPENDS.labels("ok").inc()
-        EVENTS_APPENDED.inc(len(stored))
+        log, fence = self.store.trading, self.fence
+        appended = self._counted(attempt, log.append if fence is None else lambda stored: log.append(stored, fence=fence))
         self._appended(attempt, appended)
         return [a.position for a in appended]
 
