@@ -539,27 +539,37 @@ def _commit_pages() -> None:
     from ..adapters.store import open_store
 
     url, exchange_tz = sys.argv[1], sys.argv[2]
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
     store = open_store(url, create=False)
     projector = Projector(store, exchange_tz=exchange_tz)
-    gc.disable()  # pages are short-lived acyclic rows: reference counting frees them
     try:
-        while True:
-            try:
-                page = _receive(source)
-            except EOFError:
-                return
-            try:
-                projector._commit(page)
-                reply: tuple[str, Any] = ("ok", None)
-            except BaseException as e:  # noqa: BLE001 - sent back and raised in the parent
-                reply = ("error", _picklable(e))
-            try:
-                _send(sink, reply)
-            except OSError:
-                return
+        serve_requests(projector._commit, _receive)
     finally:
         store.close()
+
+
+def serve_requests(handle: Callable[[Any], None], receive: Callable[[Any], Any]) -> None:
+    """A writer process's loop: ``handle`` each message ``receive`` reads from stdin and answer
+    ``("ok", None)`` or ``("error", exception)`` on stdout, until stdin ends (``receive`` raises
+    EOFError: the parent closed it, exited or was killed) or stdout is gone. Messages are
+    short-lived acyclic rows: the cyclic collector stays off."""
+    import sys
+
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    gc.disable()
+    while True:
+        try:
+            message = receive(source)
+        except EOFError:
+            return
+        try:
+            handle(message)
+            reply: tuple[str, Any] = ("ok", None)
+        except BaseException as e:  # noqa: BLE001 - sent back and raised in the parent
+            reply = ("error", _picklable(e))
+        try:
+            _send(sink, reply)
+        except OSError:
+            return
 
 
 def _picklable(error: BaseException) -> BaseException:

@@ -294,37 +294,30 @@ class _WriterProcess:
 def _write_fresh() -> None:
     """The writer process (argv: url, fresh-table token): write each chunk received on stdin into
     the fresh tables and answer on stdout, until stdin ends."""
-    import gc
     import sys
 
     from ..adapters.store import open_store
-    from .projector import Projector, _picklable, _send
+    from .projector import Projector, serve_requests
 
     url, token = sys.argv[1], sys.argv[2]
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
     store = open_store(url, create=False)
     fresh = FreshTables(Projector(store), token)
-    gc.disable()  # chunks are short-lived acyclic rows: reference counting frees them
     try:
-        while True:
-            head = source.read(8)
-            if len(head) < 8:
-                return
-            size = int.from_bytes(head, "big")
-            data = source.read(size)
-            if len(data) < size:
-                return
-            try:
-                fresh.write([(table, rows) for table, rows in orjson.loads(data)], text=True)
-                reply: tuple[str, Any] = ("ok", None)
-            except BaseException as e:  # noqa: BLE001 - sent back and raised in the parent
-                reply = ("error", _picklable(e))
-            try:
-                _send(sink, reply)
-            except OSError:
-                return
+        serve_requests(lambda chunk: fresh.write([(table, rows) for table, rows in chunk], text=True), _receive_chunk)
     finally:
         store.close()
+
+
+def _receive_chunk(source: Any) -> Any:
+    """One chunk as ``_WriterProcess.submit`` sends it: 8 bytes of length, then orjson."""
+    head = source.read(8)
+    if len(head) < 8:
+        raise EOFError("pipe closed")
+    size = int.from_bytes(head, "big")
+    data = source.read(size)
+    if len(data) < size:
+        raise EOFError("pipe closed mid-message")
+    return orjson.loads(data)
 
 
 def _quote(name: str) -> str:
