@@ -12,6 +12,9 @@ A policy file (TOML) names tiers; each has its own directory of backup files::
     keep = "7y"          # whole chains go once their newest link is older than this
     directory = "/backups/tradestate/tier1"
 
+``full_every`` is optional (default: a day, or ``every`` if longer); ``key_file``/``key_env``
+given in a tier override the top-level ones, and neither means unencrypted backups.
+
 Durations: an integer and a unit, ``s m h d w y`` (a year counts 366 days, so "7y" never falls
 short of seven calendar years, leap days included), or several (``"1h30m"``).
 

@@ -258,3 +258,201 @@ def test_prune_over_years_keeps_exactly_the_retention():
     assert all(now - c.newest.at <= tier.keep for c in kept)
     assert all(now - d.chain.newest.at > tier.keep for d in decisions if d.delete)
     assert 4 <= len(kept) <= 6  # a month of weekly chains
+
+
+# ------------------------------------------------------------------------------------------
+# real backups (SQLite files; one run on PostgreSQL)
+
+import os  # noqa: E402
+import threading  # noqa: E402
+
+import tradestate  # noqa: E402
+from tests.support.projector_worker import Clock, write_session  # noqa: E402
+from tradestate.adapters.store import backup as bk  # noqa: E402
+from tradestate.adapters.store import open_store  # noqa: E402
+
+KEY_ENV = "TS_TEST_BACKUP_POLICY_KEY"
+
+
+def _append(url: str, n: int = 6, seed: int = 1) -> int:
+    with tradestate.connect(url, clock=Clock()) as client:
+        return write_session(client, n, seed=seed)
+
+
+def _small_policy(tmp_path: Path, tiers: list[tuple[str, str, str, str]], *, key: bool = False,
+                  lock_wait: str = "5s") -> bp.Policy:
+    """A policy file with ``tiers`` = (name, every, full_every, keep), each in tmp_path/<name>."""
+    lines = [f'lock_wait = "{lock_wait}"']
+    if key:
+        lines.append(f'key_env = "{KEY_ENV}"')
+    for name, every, full_every, keep in tiers:
+        (tmp_path / name).mkdir(exist_ok=True)
+        lines += ["", "[[tier]]", f'name = "{name}"', f'every = "{every}"', f'full_every = "{full_every}"',
+                  f'keep = "{keep}"', f'directory = "{name}"']
+    path = tmp_path / "policy.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return bp.load_policy(path)
+
+
+def _files(tmp_path: Path, tier: str) -> list[str]:
+    return sorted(p.name for p in (tmp_path / tier).iterdir() if p.name.endswith(bp.SUFFIX))
+
+
+def _damage(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def _simulate_runs(policy: bp.Policy, url: str, start: datetime, runs: int, step: timedelta,
+                   append: int = 3) -> list[list[bp.TierRun]]:
+    out = []
+    with open_store(url, create=False) as store:
+        for i in range(runs):
+            if append:
+                _append(url, append, seed=100 + i)
+            out.append(bp.run_policy(policy, url, now=start + i * step, store=store))
+    return out
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, os.urandom(32).hex())
+    return KEY_ENV
+
+
+def test_run_over_simulated_time_writes_fulls_and_increments(tmp_path, sqlite_url, key_env):
+    _append(sqlite_url, 20)
+    policy = _small_policy(tmp_path, [("t1", "15m", "1h", "7y"), ("t2", "1h", "2h", "2y")], key=True)
+    runs = _simulate_runs(policy, sqlite_url, T0 + timedelta(seconds=30), 30, timedelta(minutes=5))
+    t1, t2 = _files(tmp_path, "t1"), _files(tmp_path, "t2")
+    assert len(t1) == 10 and len(t2) == 3  # 2.5 hours: one per 15-minute slot, one per hour
+    assert [n.split("-")[2] for n in t1] == ["full", "inc", "inc", "inc"] * 2 + ["full", "inc"]
+    assert [n.split("-")[2] for n in t2] == ["full", "inc", "full"]
+    assert all(r.action in ("written", "skipped") for run in runs for r in run)
+    key = bytes.fromhex(os.environ[key_env])
+    for chain in bp.group_chains(bp.list_links(policy.tiers[0])):
+        bk.verify_chain([str(link.path) for link in chain.links], key=key)
+    manifest = bk.read_manifest(tmp_path / "t1" / t1[-1], key=key)
+    assert manifest.kind == "incremental" and manifest.sequence == 1
+    # the newest chain restores to the live log's head
+    newest = bp.group_chains(bp.list_links(policy.tiers[0]))[-1]
+    target = f"sqlite:///{tmp_path}/restored.db"
+    bk.restore(target, [str(link.path) for link in newest.links], key=key)
+    with open_store(target, create=False) as restored, open_store(sqlite_url, create=False) as live:
+        assert restored.trading.head() == manifest.logs["ts_events"]["head"] <= live.trading.head()
+
+
+def test_a_chain_that_cannot_be_continued_falls_back_to_a_full(tmp_path, sqlite_url):
+    _append(sqlite_url, 10)
+    policy = _small_policy(tmp_path, [("t1", "15m", "1d", "7y")])
+    _simulate_runs(policy, sqlite_url, T0, 2, timedelta(minutes=15))
+    newest = tmp_path / "t1" / _files(tmp_path, "t1")[-1]
+    _damage(newest)
+    [run] = _simulate_runs(policy, sqlite_url, T0 + timedelta(minutes=30), 1, timedelta(minutes=15))
+    assert run[0].action == "written" and run[0].kind == bp.FULL and run[0].fell_back
+    assert "cannot be continued" in run[0].reason
+    assert _files(tmp_path, "t1")[-1].split("-")[2] == "full"
+
+
+def test_prune_over_simulated_years_keeps_exactly_the_retention(tmp_path, sqlite_url):
+    _append(sqlite_url, 10)
+    policy = _small_policy(tmp_path, [("t3", "2w", "8w", "1y")])
+    start = T0 + timedelta(hours=1)
+    _simulate_runs(policy, sqlite_url, start, 80, timedelta(weeks=2), append=1)  # ~3 years
+    before = bp.group_chains(bp.list_links(policy.tiers[0]))
+    now = start + 80 * timedelta(weeks=2)
+    expected_kept = [c for c in before if now - c.newest.at <= bp.parse_duration("1y")]
+    result = bp.prune_policy(policy, now=now, dry_run=True)
+    assert len(_files(tmp_path, "t3")) == sum(len(c.links) for c in before)  # dry run: nothing gone
+    [tier] = bp.prune_policy(policy, now=now)
+    after = bp.group_chains(bp.list_links(policy.tiers[0]))
+    assert [c.links for c in after] == [c.links for c in expected_kept]
+    assert len(tier.deleted) == sum(len(c.links) for c in before) - sum(len(c.links) for c in after)
+    assert result[0].deleted == tier.deleted
+    assert all(c.problem is None for c in after)  # no increment left without its full
+
+
+def test_prune_never_deletes_what_is_still_needed(tmp_path, sqlite_url):
+    _append(sqlite_url, 10)
+    policy = _small_policy(tmp_path, [("t1", "1d", "2d", "7d")])
+    _simulate_runs(policy, sqlite_url, T0, 6, timedelta(days=1), append=2)  # 3 chains of 2
+    chains = bp.group_chains(bp.list_links(policy.tiers[0]))
+    assert [len(c.links) for c in chains] == [2, 2, 2]
+    far = T0 + timedelta(days=400)  # everything expired: the newest chain stays anyway
+    [tier] = bp.prune_policy(policy, now=far, dry_run=True)
+    assert [d.delete for d in tier.decisions] == [True, True, False]
+    # the newest chain's increment is damaged: it does not verify, so the one before it stays too
+    _damage(chains[2].links[1].path)
+    [tier] = bp.prune_policy(policy, now=far)
+    assert [d.delete for d in tier.decisions] == [True, False, False]
+    assert "the newest chain that verifies" in tier.decisions[1].reason
+    assert tier.decisions[2].verified is False and chains[2].links[1].name in tier.problems[chains[2].links[0].name]
+    assert _files(tmp_path, "t1") == [link.name for c in chains[1:] for link in c.links]
+
+
+def test_prune_with_the_wrong_key_deletes_nothing(tmp_path, sqlite_url, key_env, monkeypatch):
+    _append(sqlite_url, 10)
+    policy = _small_policy(tmp_path, [("t1", "1d", "1d", "2d")], key=True)
+    _simulate_runs(policy, sqlite_url, T0, 4, timedelta(days=1), append=1)
+    monkeypatch.setenv(key_env, os.urandom(32).hex())
+    [tier] = bp.prune_policy(policy, now=T0 + timedelta(days=30))
+    assert not tier.deleted and all(d.verified is False for d in tier.decisions)
+    assert len(_files(tmp_path, "t1")) == 4
+
+
+def test_check_finds_a_damaged_file(tmp_path, sqlite_url):
+    _append(sqlite_url, 10)
+    policy = _small_policy(tmp_path, [("t1", "15m", "1h", "7y"), ("t2", "1h", "1d", "2y")])
+    now = T0 + timedelta(hours=2)
+    _simulate_runs(policy, sqlite_url, now - timedelta(minutes=75), 6, timedelta(minutes=15))
+    results = bp.check_policy(policy, now=now)
+    assert all(r.ok for r in results), [r.to_dict() for r in results]
+    victim = tmp_path / "t1" / _files(tmp_path, "t1")[1]  # an increment of the first chain
+    _damage(victim)
+    t1, t2 = bp.check_policy(policy, now=now)
+    assert t2.ok and not t1.ok
+    [bad] = [c for c in t1.chains if not c.ok]
+    assert victim.name in bad.problem
+    assert bp.check_policy(policy, now=now + timedelta(days=1))[1].stale  # the schedule stopped
+
+
+def test_two_overlapping_runs_write_one_backup(tmp_path, sqlite_url):
+    _append(sqlite_url, 30)
+    policy = _small_policy(tmp_path, [("t1", "15m", "1d", "7y")])
+    barrier = threading.Barrier(2)
+    results: list[list[bp.TierRun]] = []
+
+    def run() -> None:
+        barrier.wait(5)
+        results.append(bp.run_policy(policy, sqlite_url, now=T0))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(r[0].action for r in results) == ["skipped", "written"]
+    assert len(_files(tmp_path, "t1")) == 1
+
+
+def test_a_run_waits_a_bounded_time_for_the_lock(tmp_path, sqlite_url):
+    _append(sqlite_url, 5)
+    policy = _small_policy(tmp_path, [("t1", "15m", "1d", "7y")], lock_wait="1s")
+    with bp.tier_lock(policy.tiers[0], timedelta(seconds=1)):
+        [result] = bp.run_policy(policy, sqlite_url, now=T0)
+    assert result.action == "busy" and "held" in result.reason
+    assert _files(tmp_path, "t1") == []
+
+
+@pytest.mark.postgres
+def test_run_on_postgresql(tmp_path, pg_url):
+    _append(pg_url, 20)
+    policy = _small_policy(tmp_path, [("t1", "15m", "1h", "7y")])
+    _simulate_runs(policy, pg_url, T0, 5, timedelta(minutes=15))
+    names = _files(tmp_path, "t1")
+    assert [n.split("-")[2] for n in names] == ["full", "inc", "inc", "inc", "full"]
+    [first, second] = bp.group_chains(bp.list_links(policy.tiers[0]))
+    bk.verify_chain([str(link.path) for link in first.links])
+    assert all(r.ok for r in bp.check_policy(policy, now=T0 + timedelta(hours=1)))
