@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import json
 import tarfile
 
 import psycopg
 import pytest
 from tests.support.db import pg_base_url, schema_of, with_schema
 from tests.support.projector_worker import Clock
+from typer.testing import CliRunner
 
 import tradestate
 from tradestate.adapters.store import backup as bk
 from tradestate.adapters.store import checkpoints, digest, open_store
+from tradestate.cli.main import app
 from tradestate.loading import state_at
 
 
@@ -195,3 +198,66 @@ def test_an_increment_needs_a_previous_backup_of_the_same_kind(sqlite_url, tmp_p
             bk.backup(store, tmp_path / "i.tsb", previous=tmp_path / "missing.tsb")
         with pytest.raises(Exception, match="overwrite"):
             bk.backup(store, tmp_path / "f.tsb", previous=tmp_path / "f.tsb")
+
+
+# ------------------------------------------------------------------------------ the commands
+
+
+def test_cli_chain_encrypted_check_restore(url, tmp_path):
+    runner = CliRunner()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    key = tmp_path / "backup.key"
+    r = runner.invoke(app, ["backup", "keygen", "--to", str(key), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["key_id"]
+    _trade(url, 5, "a")
+    full, inc = backups / "full.tsb", backups / "inc1.tsb"
+    r = runner.invoke(app, ["backup", "--db", url, "--to", str(full), "--key-file", str(key)])
+    assert r.exit_code == 0 and "backup written" in r.stdout and "encrypted" in r.stdout, r.stdout + r.stderr
+    head = _trade(url, 5, "b")
+    r = runner.invoke(app, ["backup", "--db", url, "--to", str(inc), "--previous", str(full), "--key-file", str(key),
+                            "--json"])
+    assert r.exit_code == 0, r.stderr
+    made = json.loads(r.stdout)["manifest"]
+    assert (made["kind"], made["sequence"], made["logs"]["ts_events"]["head"]) == ("incremental", 1, head)
+
+    r = runner.invoke(app, ["backup", "check", str(backups), "--key-file", str(key), "--json"])
+    report = json.loads(r.stdout)
+    assert r.exit_code == 0 and report["ok"] and report["chains"][0]["links"] == 2, r.stdout
+    r = runner.invoke(app, ["backup", "check", str(backups)])
+    assert r.exit_code == 1 and "is encrypted" in r.stdout  # no key: cannot be checked
+
+    target = _target(url, tmp_path)
+    r = runner.invoke(app, ["restore", "--db", target, "--from", str(full), "--from", str(inc), "--key-file",
+                            str(key), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["logs"]["ts_events"]["head"] == head, r.stderr
+    target2 = _target(url, tmp_path, "t2")
+    r = runner.invoke(app, ["restore", "--db", target2, "--from", str(backups), "--key-file", str(key)])
+    assert r.exit_code == 0 and "a chain of 2 backups" in r.stdout, r.stderr
+    assert _summary(target2) == _summary(url)
+
+    r = runner.invoke(app, ["restore", "--db", _target(url, tmp_path, "t3"), "--from", str(inc), "--key-file",
+                            str(key)])
+    assert r.exit_code == 1 and "does not start with a full backup" in r.stderr
+    r = runner.invoke(app, ["restore", "--db", _target(url, tmp_path, "t3"), "--from", str(full), "--from", str(inc)])
+    assert r.exit_code == 2 and "give the key" in r.stderr
+
+    data = bytearray(inc.read_bytes())
+    data[len(data) // 2] ^= 1
+    inc.write_bytes(bytes(data))
+    r = runner.invoke(app, ["backup", "check", str(backups), "--key-file", str(key)])
+    assert r.exit_code == 1 and "UNREADABLE" in r.stdout and "inc1.tsb" in r.stdout and "tampered" in r.stdout
+    r = runner.invoke(app, ["restore", "--db", _target(url, tmp_path, "t3"), "--from", str(full), "--from", str(inc),
+                            "--key-file", str(key)])
+    assert r.exit_code == 1 and "inc1.tsb" in r.stderr and "tampered" in r.stderr
+
+    # the live log rewound to the full backup: an increment is refused, a full is the way on
+    assert runner.invoke(app, ["restore", "--db", url, "--from", str(full), "--force", "--key-file",
+                               str(key)]).exit_code == 0
+    _trade(url, 9, "c")
+    r = runner.invoke(app, ["backup", "--db", url, "--to", str(backups / "inc2.tsb"), "--previous", str(full),
+                            "--key-file", str(key)])
+    assert r.exit_code == 0  # the full is still continued (the increment from it is a new branch)
+    r = runner.invoke(app, ["backup", "--db", url, "--to", str(backups / "inc3.tsb"), "--previous", str(backups / "inc2.tsb")])
+    assert r.exit_code == 2 and "give the key" in r.stderr
+    assert runner.invoke(app, ["backup", "--db", url]).exit_code == 2
