@@ -583,6 +583,7 @@ def _write(bk: Any, store: Any, tier: Tier, step: Step, now: datetime, key: byte
     if step.kind == INCREMENTAL:
         assert step.previous is not None
         try:
+            _check_link(bk, step.previous.path, key)
             manifest = bk.backup(store, tier.directory / step.name, seal=seal, previous=str(step.previous.path),
                                  key=key)
             return TierRun(tier.name, "written", step.reason, INCREMENTAL, str(tier.directory / step.name),
@@ -593,6 +594,17 @@ def _write(bk: Any, store: Any, tier: Tier, step: Step, now: datetime, key: byte
     manifest = bk.backup(store, tier.directory / name, seal=seal, key=key)
     return TierRun(tier.name, "written", fell_back or step.reason, FULL, str(tier.directory / name), None, 0, fell_back,
                    manifest.size, time.perf_counter() - started)
+
+
+def _check_link(bk: Any, path: Path, key: bytes | None) -> None:
+    """Re-read the link an increment would follow, data included (``bk.backup`` reads only its
+    manifest): an increment on a damaged link would leave every later link of the chain
+    unrestorable until the next full. Raises ``BackupError`` (damaged, wrong key)."""
+    verify_link = getattr(bk, "verify_link", None)
+    if verify_link is not None:
+        verify_link(path, key=key)
+    else:  # the interface has no public one-link check yet: its reader, without unpacking
+        bk._read_link(path, key, None)
 
 
 def chain_verifier(tier: Tier, key: bytes | None) -> Callable[[Chain], tuple[bool, str]]:

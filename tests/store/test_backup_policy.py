@@ -358,11 +358,12 @@ def test_a_chain_that_cannot_be_continued_falls_back_to_a_full(tmp_path, sqlite_
 
 def test_prune_over_simulated_years_keeps_exactly_the_retention(tmp_path, sqlite_url):
     _append(sqlite_url, 10)
-    policy = _small_policy(tmp_path, [("t3", "2w", "8w", "1y")])
+    policy = _small_policy(tmp_path, [("t3", "4w", "12w", "1y")])
     start = T0 + timedelta(hours=1)
-    _simulate_runs(policy, sqlite_url, start, 80, timedelta(weeks=2), append=1)  # ~3 years
+    _simulate_runs(policy, sqlite_url, start, 40, timedelta(weeks=4), append=1)  # ~3 years
     before = bp.group_chains(bp.list_links(policy.tiers[0]))
-    now = start + 80 * timedelta(weeks=2)
+    assert len(before) >= 12
+    now = start + 40 * timedelta(weeks=4)
     expected_kept = [c for c in before if now - c.newest.at <= bp.parse_duration("1y")]
     result = bp.prune_policy(policy, now=now, dry_run=True)
     assert len(_files(tmp_path, "t3")) == sum(len(c.links) for c in before)  # dry run: nothing gone
@@ -456,3 +457,79 @@ def test_run_on_postgresql(tmp_path, pg_url):
     [first, second] = bp.group_chains(bp.list_links(policy.tiers[0]))
     bk.verify_chain([str(link.path) for link in first.links])
     assert all(r.ok for r in bp.check_policy(policy, now=T0 + timedelta(hours=1)))
+
+
+# ------------------------------------------------------------------------------------------
+# the command line
+
+import json as jsonlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+from tradestate.cli.main import app  # noqa: E402
+
+
+def _cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_run_check_prune(tmp_path, sqlite_url, key_env):
+    _append(sqlite_url, 10)
+    policy = _small_policy(tmp_path, [("t1", "1y", "1y", "2y")], key=True)
+    code, out, _ = _cli("backup", "--policy", str(policy.path), "--db", sqlite_url, "--json")
+    assert code == 0, out
+    [tier] = jsonlib.loads(out)["tiers"]
+    assert tier["action"] == "written" and tier["kind"] == "full"
+    code, out, _ = _cli("backup", "--policy", str(policy.path), "--db", sqlite_url)
+    assert code == 0 and "t1: skipped" in out  # not due again in the same slot
+    code, out, _ = _cli("backup", "check", "--policy", str(policy.path), "--json")
+    assert code == 0 and jsonlib.loads(out)["ok"], out
+    _damage(Path(tier["path"]))
+    code, out, _ = _cli("backup", "check", "--policy", str(policy.path))
+    assert code == 1 and "DAMAGED" in out and Path(tier["path"]).name in out.replace("\n", "")
+    code, out, _ = _cli("backup", "prune", "--policy", str(policy.path), "--json")
+    assert code == 1 and not jsonlib.loads(out)["tiers"][0]["deleted"]  # the only chain: never deleted
+    assert Path(tier["path"]).exists()
+
+
+def test_cli_prune_deletes_expired_chains_and_says_why(tmp_path, sqlite_url):
+    _append(sqlite_url, 10)
+    policy = _small_policy(tmp_path, [("t3", "1d", "1w", "30d")])
+    _simulate_runs(policy, sqlite_url, T0, 21, timedelta(days=1), append=1)  # January 2026: 3 weekly chains
+    code, out, _ = _cli("backup", "prune", "--policy", str(policy.path), "--dry-run")
+    assert code == 0 and "would delete" in out and "expired" in out and len(_files(tmp_path, "t3")) == 21
+    code, out, _ = _cli("backup", "prune", "--policy", str(policy.path), "--json")
+    decisions = jsonlib.loads(out)["tiers"][0]["chains"]
+    assert code == 0 and [d["delete"] for d in decisions][-1] is False
+    assert "the newest chain" in decisions[-1]["reason"]
+    remaining = bp.group_chains(bp.list_links(policy.tiers[0]))
+    assert len(remaining) == 1 and remaining[0].problem is None and remaining[0].full is not None
+
+
+def test_cli_refuses_bad_policies_and_mixed_options(tmp_path, sqlite_url):
+    _append(sqlite_url, 3)
+    policy = _small_policy(tmp_path, [("t1", "15m", "1d", "7y")])
+    policy.path.write_text(policy.path.read_text().replace('every = "15m"', 'every = "15 min"'))
+    code, _, err = _cli("backup", "--policy", str(policy.path), "--db", sqlite_url)
+    assert code == 2 and "policy.toml:5: tier 't1': every: '15 min' is not a duration" in err
+    code, _, err = _cli("backup", "--policy", str(policy.path), "--to", str(tmp_path / "x"))
+    assert code == 2 and "--policy takes the files" in err
+    code, _, err = _cli("backup", "check")
+    assert code == 2 and "--policy" in err
+
+
+def test_two_overlapping_cron_runs_write_one_backup(tmp_path, sqlite_url):
+    """Two processes started at once (a slow run and the next cron tick): one writes, one skips."""
+    _append(sqlite_url, 30)
+    policy = _small_policy(tmp_path, [("t1", "1y", "1y", "2y")], lock_wait="30s")
+    command = [sys.executable, "-m", "tradestate.cli", "backup", "--policy", str(policy.path), "--db", sqlite_url,
+               "--json"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    actions = sorted(jsonlib.loads(out)["tiers"][0]["action"] for out, _ in outs)
+    assert actions == ["skipped", "written"]
+    assert len(_files(tmp_path, "t1")) == 1

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
+from . import backup_policy
 from .common import ConfigOption, DbOption, ExitCode, JsonOption, command, exit_codes, fail, open_log, settings
 
 
@@ -189,6 +190,7 @@ def register(app: typer.Typer) -> None:
                                   "re-verifies stored backups, `backup keygen` makes an encryption key.")
     app.add_typer(backup_app, name="backup")
     register_backup_commands(backup_app)
+    backup_policy.register(backup_app)  # backup prune (backup-policy)
 
     @app.command(epilog=exit_codes("a backup file or a link of the chain is damaged or missing (nothing restored)"))
     @command
@@ -265,14 +267,21 @@ def register_backup_commands(backup_app: typer.Typer) -> None:
         seal: Annotated[bool, typer.Option("--seal/--no-seal", help="Seal the chain's tail first (a write; by "
                                            "default a backup only reads, so it runs on a replica).")] = False,
         config: ConfigOption = None,
+        policy: Annotated[Optional[str], typer.Option(
+            "--policy", help="Instead of --to: write the next backup of every tier of this policy file that is due "
+            "(for cron or a systemd timer; see `backup prune`).")] = None,
     ) -> None:
         """Write a compressed backup of the log (with a manifest: heads, last digest, checksums); with
-        --previous an increment of a chain; with a key, encrypted."""
+        --previous an increment of a chain; with a key, encrypted; with --policy, each due tier's."""
         from ..adapters.store import backup as bk
         from ..render import console, to_json
 
         if ctx.invoked_subcommand is not None:
             return
+        if policy is not None:
+            if to is not None or previous is not None or key_file is not None or key_env is not None:
+                fail("--policy takes the files and keys from the policy: drop --to, --previous, --key-file, --key-env")
+            backup_policy.run_policy_command(policy, db, json=json, seal=seal, config=config)
         if to is None:
             fail("give the backup file with --to (or a subcommand: check, keygen)")
         key = bk.load_key(key_file, key_env)
@@ -304,17 +313,26 @@ def register_backup_commands(backup_app: typer.Typer) -> None:
                                                    "file cannot be read"))
     @command
     def check(
-        paths: Annotated[list[str], typer.Argument(help="Backup files and/or directories of backups.")],
+        paths: Annotated[Optional[list[str]], typer.Argument(help="Backup files and/or directories of backups.")] = None,
         key_file: KeyFileOption = None,
         key_env: KeyEnvOption = None,
         json: JsonOption = False,
         config: ConfigOption = None,  # noqa: ARG001 - every command takes one; check needs no setting
+        policy: Annotated[Optional[str], typer.Option(
+            "--policy", help="Instead of PATH...: every chain of every tier of this policy file (and each tier's "
+            "newest backup no older than twice its `every`).")] = None,
     ) -> None:
         """Re-verify every chain of backups found (checksums, links, encryption); exit 1 if anything is
         damaged or missing."""
         from ..adapters.store import backup as bk
         from ..render import console, to_json
 
+        if policy is not None:
+            if paths or key_file is not None or key_env is not None:
+                fail("--policy takes the directories and keys from the policy: drop PATH, --key-file, --key-env")
+            backup_policy.check_policy_command(policy, json=json)
+        if not paths:
+            fail("give backup files or directories, or --policy FILE")
         key = bk.load_key(key_file, key_env)
         report = bk.check_backups(paths, key=key)
         if json:
