@@ -706,6 +706,7 @@ class TierCheck:
     newest: str | None = None
     stale: str | None = None
     error: str | None = None
+    older: int = 0  # chains not re-read: their newest link is older than ``within``
 
     @property
     def ok(self) -> bool:
@@ -713,13 +714,14 @@ class TierCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {"tier": self.tier, "ok": self.ok, "chains": [c.to_dict() for c in self.chains],
-                "newest": self.newest, "stale": self.stale, "error": self.error}
+                "newest": self.newest, "stale": self.stale, "error": self.error, "older": self.older}
 
 
-def check_policy(policy: Policy, *, now: datetime | None = None) -> list[TierCheck]:
-    """Re-verify every stored chain of every tier (``bk.verify_chain``), under the tier's lock so a
-    prune or a run does not change the files mid-check; a tier with no backup, or whose newest is
-    older than twice its ``every``, is reported ``stale``."""
+def check_policy(policy: Policy, *, now: datetime | None = None, within: timedelta | None = None) -> list[TierCheck]:
+    """Re-verify every stored chain of every tier (``bk.verify_chain``), or with ``within`` only
+    the chains with a link that recent (the rest are counted in ``older``), under the tier's lock
+    so a prune or a run does not change the files mid-check; a tier with no backup, or whose
+    newest is older than twice its ``every``, is reported ``stale``."""
     now = _now(now)
     results = []
     for tier in policy.tiers:
@@ -730,6 +732,9 @@ def check_policy(policy: Policy, *, now: datetime | None = None) -> list[TierChe
                 links = list_links(tier)
                 verify = chain_verifier(tier, tier_key(tier))
                 for chain in group_chains(links):
+                    if within is not None and now - chain.newest.at > within:
+                        outcome.older += 1
+                        continue
                     ok, why = verify(chain)
                     outcome.chains.append(ChainCheck(tier.name, [str(link.path) for link in chain.links], ok,
                                                      None if ok else why))

@@ -410,13 +410,15 @@ def test_check_finds_a_damaged_file(tmp_path, sqlite_url):
     _simulate_runs(policy, sqlite_url, now - timedelta(minutes=75), 6, timedelta(minutes=15))
     results = bp.check_policy(policy, now=now)
     assert all(r.ok for r in results), [r.to_dict() for r in results]
-    victim = tmp_path / "t1" / _files(tmp_path, "t1")[1]  # an increment of the first chain
+    victim = tmp_path / "t1" / _files(tmp_path, "t1")[2]  # an increment of the 01:00 chain
     _damage(victim)
     t1, t2 = bp.check_policy(policy, now=now)
     assert t2.ok and not t1.ok
     [bad] = [c for c in t1.chains if not c.ok]
     assert victim.name in bad.problem
     assert bp.check_policy(policy, now=now + timedelta(days=1))[1].stale  # the schedule stopped
+    recent, _ = bp.check_policy(policy, now=now, within=timedelta(minutes=10))  # the damaged chain is older
+    assert recent.ok and recent.older == 2 and len(recent.chains) == 1
 
 
 def test_two_overlapping_runs_write_one_backup(tmp_path, sqlite_url):
@@ -490,6 +492,10 @@ def test_cli_run_check_prune(tmp_path, sqlite_url, key_env):
     _damage(Path(tier["path"]))
     code, out, _ = _cli("backup", "check", "--policy", str(policy.path))
     assert code == 1 and "DAMAGED" in out and Path(tier["path"]).name in out.replace("\n", "")
+    code, out, _ = _cli("backup", "check", "--policy", str(policy.path), "--within", "2d", "--json")
+    assert code == 1 and not jsonlib.loads(out)["tiers"][0]["chains"][0]["ok"]  # the newest chain is recent
+    code, _, err = _cli("backup", "check", "--policy", str(policy.path), "--within", "2 days")
+    assert code == 2 and "--within" in err
     code, out, _ = _cli("backup", "prune", "--policy", str(policy.path), "--json")
     assert code == 1 and not jsonlib.loads(out)["tiers"][0]["deleted"]  # the only chain: never deleted
     assert Path(tier["path"]).exists()

@@ -56,13 +56,21 @@ def run_policy_command(policy: str, db: str | None, *, json: bool = False, seal:
     raise typer.Exit(ExitCode.OK if ok else ExitCode.PROBLEM)
 
 
-def check_policy_command(policy: str, *, json: bool = False) -> None:
-    """``tradestate backup check --policy FILE``: re-verify every stored chain of every tier; exit 1
-    naming each damaged chain (its first bad link) or a tier whose schedule stopped."""
+def check_policy_command(policy: str, *, json: bool = False, within: str | None = None) -> None:
+    """``tradestate backup check --policy FILE [--within DURATION]``: re-verify every stored chain of
+    every tier (or those with a link newer than ``within``); exit 1 naming each damaged chain (its
+    first bad link) or a tier whose schedule stopped."""
     from ..adapters.store import backup_policy as bp
     from ..render import console, to_json
 
-    results = bp.check_policy(_load(policy))
+    loaded = _load(policy)
+    recent = None
+    if within is not None:
+        try:
+            recent = bp.parse_duration(within)
+        except ValueError as e:
+            fail(f"--within: {e}")
+    results = bp.check_policy(loaded, within=recent)
     ok = all(r.ok for r in results)
     if json:
         print(to_json({"ok": ok, "policy": policy, "tiers": [r.to_dict() for r in results],
@@ -75,7 +83,8 @@ def check_policy_command(policy: str, *, json: bool = False) -> None:
                 continue
             verdict = "[bold green]ok[/]" if r.ok else "[bold red]PROBLEM[/]"
             console.print(f"{r.tier}: {verdict}: {good} of {len(r.chains)} chains verify "
-                          f"({sum(len(c.links) for c in r.chains)} files), newest {r.newest or '-'}", highlight=False)
+                          f"({sum(len(c.links) for c in r.chains)} files), newest {r.newest or '-'}"
+                          + (f"; {r.older} older chains not re-read" if r.older else ""), highlight=False)
             for c in r.chains:
                 if not c.ok:
                     console.print(f"  [bold red]DAMAGED[/] chain of {len(c.links)} links from {c.links[0]}: "

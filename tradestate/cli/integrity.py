@@ -321,6 +321,9 @@ def register_backup_commands(backup_app: typer.Typer) -> None:
         policy: Annotated[Optional[str], typer.Option(
             "--policy", help="Instead of PATH...: every chain of every tier of this policy file (and each tier's "
             "newest backup no older than twice its `every`).")] = None,
+        within: Annotated[Optional[str], typer.Option(
+            "--within", help="With --policy: only the chains with a backup newer than this (\"2d\"); default all.")]
+        = None,
     ) -> None:
         """Re-verify every chain of backups found (checksums, links, encryption); exit 1 if anything is
         damaged or missing."""
@@ -330,7 +333,9 @@ def register_backup_commands(backup_app: typer.Typer) -> None:
         if policy is not None:
             if paths or key_file is not None or key_env is not None:
                 fail("--policy takes the directories and keys from the policy: drop PATH, --key-file, --key-env")
-            backup_policy.check_policy_command(policy, json=json)
+            backup_policy.check_policy_command(policy, json=json, within=within)
+        if within is not None:
+            fail("--within goes with --policy")
         if not paths:
             fail("give backup files or directories, or --policy FILE")
         key = bk.load_key(key_file, key_env)
