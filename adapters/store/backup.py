@@ -342,6 +342,8 @@ class _Snap:
     def __init__(self, cur: Any, *, pg: bool, schema: str = "", prefix: str = "", select_range: Any = None):
         self.cur, self.pg, self.schema, self.prefix = cur, pg, schema, prefix
         self._select_range = select_range
+        self._heads: dict[str, tuple[int, int]] = {}
+        self._above: dict[str, int] = {}
 
     def t(self, table: str) -> str:
         """The table's name, qualified."""
@@ -361,13 +363,34 @@ class _Snap:
         return self.one(f"SELECT 1 FROM {master} WHERE type = 'table' AND name = ?", (table,)) is not None
 
     def head(self, log: str) -> tuple[int, int]:
-        """(head, rows) of the log's contiguous prefix (0, 0 when there is no table)."""
+        """(head, rows) of the log's contiguous prefix (0, 0 when there is no table). After
+        ``above(log, position)`` only the rows above that position are counted (an increment's
+        cost follows what is new, not the log's length); the answer is kept for the snapshot."""
+        if log in self._heads:
+            return self._heads[log]
+        above = self._above.get(log, 0)
         if not self.exists(log):
-            return 0, 0
-        if self.pg:
-            return _pg_contiguous_head(self.cur, self.t(log))
-        head, rows = self.one(f"SELECT coalesce(max(position), 0), count(*) FROM {self.t(log)}")
-        return int(head), int(rows)
+            found = (0, 0)
+        elif self.pg:
+            if above:
+                head, rows = (int(x) for x in self.one(
+                    f"SELECT coalesce(max(position), ?), count(*) FROM {self.t(log)} WHERE position > ?",
+                    (above, above)))
+                found = (head, head) if head - above == rows else _pg_contiguous_head(self.cur, self.t(log))
+            else:
+                found = _pg_contiguous_head(self.cur, self.t(log))
+        else:
+            head, rows = self.one(f"SELECT coalesce(max(position), ?), count(*) FROM {self.t(log)} WHERE position > ?",
+                                  (above, above))
+            found = (int(head), int(rows) + above)
+        self._heads[log] = found
+        return found
+
+    def above(self, log: str, position: int) -> None:
+        """The log is known to hold 1..``position`` (a previous backup's head, checked by
+        ``continues``): ``head`` counts only the rows above it."""
+        self._above[log] = position
+        self._heads.pop(log, None)
 
     def chain_tail(self, log: str, head: int) -> dict[str, Any]:
         """The last sealed range at or below ``head``: {"sealed_upto", "last_digest"}."""
@@ -435,6 +458,9 @@ class _Snap:
         heads: dict[str, int] = {}
         for log in LOG_TABLES:
             was = prev.logs.get(log, {}).get("head", 0)
+            if self.exists(log) and was and self.one(f"SELECT count(*) FROM {self.t(log)} WHERE position = ?",
+                                                     (was,))[0] == 1:
+                self.above(log, was)  # checked below: the prefix up to it is the one backed up
             head, _rows = self.head(log)
             if head < was:
                 raise refuse(f"{log} ends at {head}, the backup at {was}")
