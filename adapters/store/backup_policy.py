@@ -361,10 +361,12 @@ class Step:
     name: str | None = None
     sequence: int = 0
     previous: Link | None = None
+    problem: bool = False  # not due because something is wrong (the clock), not because it is done
 
     def to_dict(self) -> dict[str, Any]:
         return {"tier": self.tier, "due": self.due, "reason": self.reason, "kind": self.kind, "name": self.name,
-                "sequence": self.sequence, "previous": self.previous.name if self.previous else None}
+                "sequence": self.sequence, "previous": self.previous.name if self.previous else None,
+                "problem": self.problem}
 
 
 def plan_tier(tier: Tier, links: Iterable[Link], now: datetime) -> Step:
@@ -382,7 +384,8 @@ def plan_tier(tier: Tier, links: Iterable[Link], now: datetime) -> Step:
     newest = chain.newest
     if newest.at > now:
         return Step(tier.name, False, f"the newest backup {newest.name} is later than now ({now.isoformat()}): "
-                    "is the clock right?")
+                    "is the clock right? Nothing written (a link stamped earlier would break the chain's order)",
+                    problem=True)
     if _slot(now, tier.every) <= _slot(newest.at, tier.every):
         due_at = _EPOCH + (_slot(newest.at, tier.every) + 1) * tier.every
         return Step(tier.name, False, f"{newest.name} is in this {format_duration(tier.every)} slot; next from "
@@ -559,7 +562,7 @@ def run_policy(policy: Policy, url: str | None, *, now: datetime | None = None, 
                 with tier_lock(tier, policy.lock_wait):
                     step = plan_tier(tier, list_links(tier), now)
                     if not step.due:
-                        results.append(TierRun(tier.name, "skipped", step.reason))
+                        results.append(TierRun(tier.name, "failed" if step.problem else "skipped", step.reason))
                         continue
                     key = tier_key(tier)
                     if store is None and opened is None:
@@ -746,7 +749,10 @@ def check_policy(policy: Policy, *, now: datetime | None = None, within: timedel
         else:
             outcome.newest = links[-1].name
             age = now - max(link.at for link in links)
-            if age > 2 * tier.every:
+            if age < timedelta(0):
+                outcome.stale = (f"the newest backup {links[-1].name} is later than now ({now.isoformat()}): "
+                                 "is the clock right? Runs write nothing until then")
+            elif age > 2 * tier.every:
                 outcome.stale = (f"the newest backup {links[-1].name} is {format_duration(_whole(age))} old "
                                  f"(every {format_duration(tier.every)}): is the schedule running?")
     return results

@@ -169,7 +169,7 @@ def test_schedule_refuses_a_clock_behind_the_newest_backup():
     tier = _tier()
     links = [bp.parse_link(bp.link_name("tier1", T0, bp.FULL, 0))]
     plan = bp.plan_tier(tier, links, T0 - timedelta(hours=1))
-    assert not plan.due and "clock" in plan.reason
+    assert not plan.due and plan.problem and "clock" in plan.reason
 
 
 @settings(max_examples=60, deadline=None)
@@ -417,6 +417,9 @@ def test_check_finds_a_damaged_file(tmp_path, sqlite_url):
     [bad] = [c for c in t1.chains if not c.ok]
     assert victim.name in bad.problem
     assert bp.check_policy(policy, now=now + timedelta(days=1))[1].stale  # the schedule stopped
+    assert "clock" in bp.check_policy(policy, now=now - timedelta(days=1))[1].stale
+    [run, _] = bp.run_policy(policy, sqlite_url, now=now - timedelta(days=1))
+    assert run.action == "failed" and "clock" in run.reason
     recent, _ = bp.check_policy(policy, now=now, within=timedelta(minutes=10))  # the damaged chain is older
     assert recent.ok and recent.older == 2 and len(recent.chains) == 1
 
