@@ -296,7 +296,12 @@ def parse_link(name: str, directory: Path = Path(".")) -> Link | None:
     m = _NAME.match(name)
     if not m:
         return None
-    at = datetime.strptime(m["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    t = m["stamp"]  # YYYYMMDDTHHMMSSZ; slicing is ~10x faster than strptime (a tier holds ~250k files after 7 years)
+    try:
+        at = datetime(int(t[0:4]), int(t[4:6]), int(t[6:8]), int(t[9:11]), int(t[11:13]), int(t[13:15]),
+                      tzinfo=timezone.utc)
+    except ValueError:  # month 13 and the like: not one of ours
+        return None
     kind = FULL if m["kind"] == "full" else INCREMENTAL
     return Link(at, int(m["seq"]), kind, m["tier"], name, directory)
 

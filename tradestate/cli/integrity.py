@@ -283,7 +283,7 @@ def register_backup_commands(backup_app: typer.Typer) -> None:
                 fail("--policy takes the files and keys from the policy: drop --to, --previous, --key-file, --key-env")
             backup_policy.run_policy_command(policy, db, json=json, seal=seal, config=config)
         if to is None:
-            fail("give the backup file with --to (or a subcommand: check, keygen)")
+            fail("give the backup file with --to, or --policy FILE (or a subcommand: check, keygen, prune)")
         key = bk.load_key(key_file, key_env)
         store = open_log(settings(config, db=db).db)
         try:
