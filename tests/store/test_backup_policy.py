@@ -29,7 +29,7 @@ directory = "tier1"
 [[tier]]
 name = "tier2"
 every = "1h"
-full_every = "1w"
+full_every = "1d"
 keep = "2y"
 directory = "tier2"
 
