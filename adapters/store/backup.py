@@ -863,13 +863,27 @@ def _unpack(f: Any, member: dict[str, Any], out_path: Path | None, path: Any) ->
         raise BackupDamaged(f"{path}: member {name!r} decompresses to other data than was backed up")
 
 
+def _link_of(links: list[tuple[Path, Manifest, dict[str, Path]]] | None, log: str | None,
+             position: int | None) -> Path | None:
+    """The file of the chain that holds ``position`` of ``log`` (None for a single file)."""
+    if not links or len(links) < 2 or log is None or position is None:
+        return None
+    for p, m, _files in links:
+        info = m.logs.get(log, {})
+        if info.get("from", 1) <= position <= info.get("head", 0):
+            return p
+    return None
+
+
 def _check_against_manifest(manifest: Manifest, result: digest_mod.VerifyResult, logs: dict[str, dict[str, int]],
-                            path: Any, rows: dict[str, int] | None = None) -> None:
+                            path: Any, rows: dict[str, int] | None = None,
+                            links: list[tuple[Path, Manifest, dict[str, Path]]] | None = None) -> None:
     """The staged logs against the (last) manifest: heads, row counts (``rows``: the chain's total),
-    the digest chain's tail."""
+    the digest chain's tail. A bad position is blamed on the link of the chain that holds it."""
     if not result.ok:
-        raise BackupDamaged(f"{path}: the backed-up log fails verification: first bad position "
-                            f"{result.first_bad_position} ({result.problem}: {result.detail}); nothing was restored")
+        raise BackupDamaged(f"{_link_of(links, result.log, result.first_bad_position) or path}: the backed-up log "
+                            f"fails verification: first bad position {result.first_bad_position} ({result.problem}: "
+                            f"{result.detail}); nothing was restored")
     for log in LOG_TABLES:
         want = manifest.logs.get(log, {"head": 0, "rows": 0})
         want = {"head": want["head"], "rows": want["rows"] if rows is None else rows[log]}
@@ -1271,7 +1285,7 @@ def _restore_sqlite(url: str, target: Path, links: list[tuple[Path, Manifest, di
         result = digest_mod.verify(staged, progress=progress)
     finally:
         staged.close()
-    _check_against_manifest(manifest, result, logs, path, _chain_rows(links))
+    _check_against_manifest(manifest, result, logs, path, _chain_rows(links), links)
     # back to one self-contained file (open_store switched it to WAL)
     conn = sqlite3.connect(staged_db, isolation_level=None)
     try:
@@ -1381,7 +1395,7 @@ def _restore_postgres(url: str, links: list[tuple[Path, Manifest, dict[str, Path
                 result = digest_mod.verify(staged, progress=progress)
             finally:
                 staged.close()
-            _check_against_manifest(manifest, result, logs, path, _chain_rows(links))
+            _check_against_manifest(manifest, result, logs, path, _chain_rows(links), links)
 
             # 2. the target's objects (schema, sequences, append functions), then the swap
             open_store(url, create=True).close()
