@@ -3,14 +3,25 @@ checks on real backup files (SQLite; one run on PostgreSQL)."""
 
 from __future__ import annotations
 
+import json as jsonlib
+import os
+import subprocess
+import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.projector_worker import Clock, write_session
+from typer.testing import CliRunner
 
+import tradestate
+from tradestate.adapters.store import backup as bk
 from tradestate.adapters.store import backup_policy as bp
+from tradestate.adapters.store import open_store
+from tradestate.cli.main import app
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -263,14 +274,6 @@ def test_prune_over_years_keeps_exactly_the_retention():
 # ------------------------------------------------------------------------------------------
 # real backups (SQLite files; one run on PostgreSQL)
 
-import os  # noqa: E402
-import threading  # noqa: E402
-
-import tradestate  # noqa: E402
-from tests.support.projector_worker import Clock, write_session  # noqa: E402
-from tradestate.adapters.store import backup as bk  # noqa: E402
-from tradestate.adapters.store import open_store  # noqa: E402
-
 KEY_ENV = "TS_TEST_BACKUP_POLICY_KEY"
 
 
@@ -466,14 +469,6 @@ def test_run_on_postgresql(tmp_path, pg_url):
 
 # ------------------------------------------------------------------------------------------
 # the command line
-
-import json as jsonlib  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from typer.testing import CliRunner  # noqa: E402
-
-from tradestate.cli.main import app  # noqa: E402
 
 
 def _cli(*args: str):
