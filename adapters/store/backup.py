@@ -732,6 +732,13 @@ def read_manifest(path: str | os.PathLike[str], *, key: bytes | None = None) -> 
     return _read_link(path, key, None, data=False)[0]
 
 
+def verify_link(path: str | os.PathLike[str], *, key: bytes | None = None) -> Manifest:
+    """One backup file read whole: its manifest, every data member against its size and sha256,
+    the end of the file (and of the encryption stream). Nothing is unpacked to disk. Raises
+    :class:`BackupDamaged`, or :class:`BackupKeyError` for a wrong or missing key."""
+    return _read_link(path, key, None)[0]
+
+
 @contextmanager
 def _open_stream(path: str | os.PathLike[str], key: bytes | None) -> Iterator[tuple[tarfile.TarFile, Any]]:
     """The backup's tar, read as a stream (decrypted on the fly when the file is encrypted)."""

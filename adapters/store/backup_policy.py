@@ -608,11 +608,7 @@ def _check_link(bk: Any, path: Path, key: bytes | None) -> None:
     """Re-read the link an increment would follow, data included (``bk.backup`` reads only its
     manifest): an increment on a damaged link would leave every later link of the chain
     unrestorable until the next full. Raises ``BackupError`` (damaged, wrong key)."""
-    verify_link = getattr(bk, "verify_link", None)
-    if verify_link is not None:
-        verify_link(path, key=key)
-    else:  # the interface has no public one-link check yet: its reader, without unpacking
-        bk._read_link(path, key, None)
+    bk.verify_link(path, key=key)
 
 
 def chain_verifier(tier: Tier, key: bytes | None) -> Callable[[Chain], tuple[bool, str]]:
