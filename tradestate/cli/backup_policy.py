@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import ExitCode, JsonOption, command, exit_codes, fail
+from .common import ConfigOption, ExitCode, JsonOption, command, exit_codes, fail
 
 PolicyOption = Annotated[str, typer.Option("--policy", help="The backup policy file (TOML: tiers with every, "
                                            "full_every, keep, directory, key_file/key_env).")]
@@ -104,6 +104,7 @@ def register(backup_app: typer.Typer) -> None:
         policy: PolicyOption,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
         json: JsonOption = False,
+        config: ConfigOption = None,  # noqa: ARG001 - every command takes one; the policy file holds prune's settings
     ) -> None:
         """Apply each tier's retention to whole chains: a chain goes when its newest link is older than
         `keep`. The newest chain of a tier is always kept, and if it does not verify, the newest one
