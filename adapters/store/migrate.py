@@ -51,6 +51,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -425,6 +426,7 @@ class _PgStaging(_Staging):
         self.url = target.with_schema(self.schema)
         self.admin = psycopg.connect(**target.kwargs(application_name="tradestate-migrate"), autocommit=True)
         self.admin.execute("SET statement_timeout = 0")
+        self._analyze: threading.Thread | None = None
         self.store = open_store(self.url, create=True)
 
     def columns(self, table: str) -> list[tuple[str, str]]:
@@ -435,6 +437,7 @@ class _PgStaging(_Staging):
     def write(self, table: str, columns: list[str], types: list[str], rows: Iterator[Any]) -> int:
         n = 0
         cols = ", ".join(map(quote, columns))
+        # (psycopg's QueuedLibpqWriter, sending from a thread, was no faster here: 2 cores, the server on one)
         with self.admin.transaction(), self.admin.cursor() as cur, cur.copy(
                 f"COPY {quote(self.schema)}.{quote(table)} ({cols}) FROM STDIN (FORMAT binary)") as copy:
             copy.set_types(types)
@@ -450,14 +453,30 @@ class _PgStaging(_Staging):
         if self.admin.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None:
             self.admin.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), coalesce(max(id), 1), max(id) IS NOT"
                                f" NULL) FROM {table}", (table,))
-        for log in LOG_TABLES:  # fresh statistics for the verify's and the rebuild's plans
-            self.admin.execute(f"ANALYZE {quote(self.schema)}.{quote(log)}")
+        # Fresh statistics for the plans of the rebuild and of later readers, taken on the admin
+        # connection while the verify (client CPU: hashing) reads on the store's own; joined
+        # before the swap, which needs that connection.
+        statements = [f"ANALYZE {quote(self.schema)}.{quote(log)}" for log in LOG_TABLES]
+        self._analyze = threading.Thread(target=self._run, args=(statements,), name="migrate-analyze", daemon=True)
+        self._analyze.start()
+
+    def _run(self, statements: list[str]) -> None:
+        for statement in statements:
+            self.admin.execute(statement)
+
+    def settled(self) -> None:
+        """Wait for ``finish_load``'s ANALYZE (bounded by the connection's own life)."""
+        if self._analyze is not None:
+            self._analyze.join()
+            self._analyze = None
 
     def discard(self) -> None:
         import psycopg
 
         with suppress(Exception):
             self.store.close()
+        with suppress(Exception):
+            self.settled()
         with suppress(psycopg.Error):
             self.admin.execute(f"DROP SCHEMA IF EXISTS {quote(self.schema)} CASCADE")
         self.admin.close()
@@ -499,19 +518,23 @@ def _make_staging(url: str, kind: str) -> _Staging:
     return _PgStaging(url)
 
 
-def _stage_tables(src: _Source, staged: _Staging) -> None:
+def _stage_tables(src: _Source, staged: _Staging) -> bool:
     """Create on the staging place the tables beside the logs that the source has (the logs, the
-    chain, the triggers and views came with its ``open_store``)."""
+    chain, the triggers and views came with its ``open_store``). Returns whether the log's risk
+    index is wanted there: it is dropped for the load and built once after it (``finish_load``),
+    which is cheaper than keeping it up to date row by row."""
     if cp.TABLE in src.tables:
-        cp.create_table(staged.store)
+        cp.create_table(staged.store)  # (creates the risk index too, on an empty log)
     if LEASE_TABLE in src.tables:
         Leases.of(staged.store).ensure()
     if ALERT_CURSOR_TABLE in src.tables:
         from ...alerts import ensure_cursor_table  # its DDL lives with the alerts (lazily: a layer above)
 
         ensure_cursor_table(staged.store)
-    if src.risk_index:
-        cp.create_risk_index(staged.store)
+    wanted = src.risk_index or cp.risk_index_exists(staged.store)
+    with write_cursor(staged.store) as cur:
+        cur.execute(f"DROP INDEX IF EXISTS {staged.store.dialect.name(cp.RISK_INDEX)}")
+    return wanted
 
 
 def _copy(src: _Source, staged: _Staging, progress: Progress | None
@@ -541,7 +564,15 @@ def _copy(src: _Source, staged: _Staging, progress: Progress | None
         if set(names) != set(target_types):
             raise MigrateRefused(f"{table} has columns {sorted(names)} on the source but {sorted(target_types)} "
                                  "in this version: migrate with the version that wrote the source")
-        convert = _row_function([_converter(src.kind, t, staged.kind, target_types[n]) for n, t in source_columns])
+        funcs = [_converter(src.kind, t, staged.kind, target_types[n]) for n, t in source_columns]
+        convert = _row_function(funcs)
+        if table in LOG_TABLES and tuple(names) == LOG_COLUMNS and funcs[:5] == [None] * 5 and funcs[5] is not None:
+            f = funcs[5]  # the hot path: only recorded_at changes form (a comprehension, no call per row)
+            convert = None
+            convert_chunk: Callable[[list[Any]], list[Any]] | None = (
+                lambda chunk, f=f: [(p, s, v, t, d, f(r)) for p, s, v, t, d, r in chunk])
+        else:
+            convert_chunk = None if convert is None else (lambda chunk, c=convert: [c(r) for r in chunk])
         p = src.p
         where, order, params = "", "", ()
         total = 0
@@ -563,13 +594,13 @@ def _copy(src: _Source, staged: _Staging, progress: Progress | None
 
         def chunks(table: str = table, where: str = where, params: tuple[Any, ...] = params, order: str = order,
                    hasher: Any = hasher, sealed: int = sealed, total: int = total, label: str = label,
-                   convert: Any = convert) -> Iterator[list[Any]]:
+                   convert: Any = convert_chunk) -> Iterator[list[Any]]:
             done = 0
             for chunk in src.chunks(table, names, where, params, order):
                 if hasher is not None and chunk[-1][0] > sealed:
                     _hash_rows(hasher, [_canonical(r) for r in chunk if r[0] > sealed])
                 done += len(chunk)
-                yield chunk if convert is None else [convert(r) for r in chunk]
+                yield chunk if convert is None else convert(chunk)
                 if progress is not None:
                     progress(label, done, total or done)
 
@@ -667,11 +698,14 @@ def migrate(source: str, target: str, *, force: bool = False, keep_previous: boo
             raise MigrateRefused(f"no tradestate log in {redact(source)}")
         staged = _make_staging(target, tkind)
         try:
-            _stage_tables(src, staged)
+            risk_index = _stage_tables(src, staged)
+            seconds["prepare"] = time.perf_counter() - started
             t0 = time.perf_counter()
             logs, chain, tables, tails = _copy(src, staged, progress)
             src.close()  # the snapshot is not needed any more
             staged.finish_load()
+            if risk_index:
+                cp.create_risk_index(staged.store)
             seconds["copy"] = time.perf_counter() - t0
             if existing > 0:
                 rebuilt["epochs_carried"] = _carry_epochs(target, staged.store)
@@ -712,6 +746,7 @@ def migrate(source: str, target: str, *, force: bool = False, keep_previous: boo
                 seconds["verify"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 staged.store.close()
+                staged.settled()
                 open_store(target, create=True).close()  # the target's schema, sequences, functions
                 previous = bk._swap_postgres(staged.admin, PgUrl.parse(target).schema, staged.schema, logs,
                                              force=force, keep_previous=keep_previous, url=target, drops=extra_drop,
@@ -744,7 +779,7 @@ def migrate(source: str, target: str, *, force: bool = False, keep_previous: boo
                         progress("rebuild read models", done, total)
 
                 rebuilt["read_models"] = read_models(store, rebuild_progress)
-    rebuilt["risk_index"] = bool(src.risk_index)
+    rebuilt["risk_index"] = risk_index
     seconds["rebuild"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     return MigrateResult(True, redact(source), redact(target), logs, tables, last_digest, verified, unsealed, previous,

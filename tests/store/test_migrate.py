@@ -153,6 +153,9 @@ def test_sqlite_to_postgres_and_back(tmp_path, pg):
     assert _rows(back)[:head] == rows and set(chain) < set(_chain(back))  # and the range sealed on PostgreSQL
     with open_store(back, create=False) as store:
         assert digest.verify(store).ok and store.trading.head() == head + 1
+        assert Leases.of(store).get("e1").epoch == 2 and alerts.read_cursor_position(store, "ops-hook") == (17, 3)
+        loaded = checkpoints.load(store)
+        assert loaded.checkpoint is not None and not loaded.rejected
     with tradestate.connect(back, clock=Clock()) as client:
         client.set_risk_limit("acct-x", "max_order_qty", 11)
         assert client.position == head + 2
