@@ -69,9 +69,9 @@ from . import checkpoints as cp
 from . import digest as digest_mod
 from . import order_refs
 from .lease import LEASE_TABLE, Leases
-from .sql import POSTGRESQL, SQLITE, PgUrl, quote, read_cursor, url_kind, write_cursor
+from .sql import POSTGRESQL, SQLITE, PgUrl, quote, read_cursor, release, url_kind, write_cursor
 
-ALERT_CURSOR_TABLE = "ts_alert_cursor"  # tradestate.alerts.CURSOR_TABLE (not imported: adapters sit below it)
+ALERT_CURSOR_TABLE = "ts_alert_cursor"  # tradestate.alerts.CURSOR_TABLE (a layer above: imported only for its DDL)
 LOG_TABLES = (TRADING_TABLE, MARKET_TABLE)
 # Copied, in this order (the logs first: the others are checked against their heads).
 COPIED = (TRADING_TABLE, MARKET_TABLE, digest_mod.CHAIN_TABLE, cp.TABLE, LEASE_TABLE, ALERT_CURSOR_TABLE)
@@ -351,8 +351,9 @@ class _Staging:
     def write(self, table: str, columns: list[str], types: list[str], rows: Iterator[Any]) -> int:
         raise NotImplementedError
 
-    def finish_load(self) -> None:
-        """After the last write (indexes, sequences, durability)."""
+    def finish_load(self, risk_index: bool) -> None:
+        """After the last write: durability, sequences, statistics, and the log's risk index built
+        once (``risk_index``); ``store`` is open again."""
 
     def discard(self) -> None:
         raise NotImplementedError
@@ -397,7 +398,7 @@ class _SqliteStaging(_Staging):
             raise
         return n
 
-    def finish_load(self) -> None:
+    def finish_load(self, risk_index: bool) -> None:
         if self.conn is not None:
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.close()
@@ -405,6 +406,8 @@ class _SqliteStaging(_Staging):
             with open(self.path, "rb+") as f:
                 os.fsync(f.fileno())
         self.store = open_store(self.url, create=False)
+        if risk_index:
+            cp.create_risk_index(self.store)
 
     def discard(self) -> None:
         with suppress(Exception):
@@ -423,10 +426,13 @@ class _PgStaging(_Staging):
 
         target = PgUrl.parse(url)
         self.schema = f"{target.schema[:40]}_mg_{uuid.uuid4().hex[:8]}"
-        self.url = target.with_schema(self.schema)
+        # no statement timeout on the staging store's sessions: building the risk index and verifying
+        # a long log are single statements of minutes (the admin session has none either)
+        self.url = PgUrl.parse(target.with_schema(self.schema)).with_param("statement_timeout", "0")
         self.admin = psycopg.connect(**target.kwargs(application_name="tradestate-migrate"), autocommit=True)
         self.admin.execute("SET statement_timeout = 0")
-        self._analyze: threading.Thread | None = None
+        self._background: threading.Thread | None = None
+        self._background_error: BaseException | None = None
         self.store = open_store(self.url, create=True)
 
     def columns(self, table: str) -> list[tuple[str, str]]:
@@ -448,35 +454,45 @@ class _PgStaging(_Staging):
                 n += len(chunk)
         return n
 
-    def finish_load(self) -> None:
+    def finish_load(self, risk_index: bool) -> None:
         table = f"{quote(self.schema)}.{quote(cp.TABLE)}"
         if self.admin.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None:
             self.admin.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), coalesce(max(id), 1), max(id) IS NOT"
                                f" NULL) FROM {table}", (table,))
-        # Fresh statistics for the plans of the rebuild and of later readers, taken on the admin
-        # connection while the verify (client CPU: hashing) reads on the store's own; joined
-        # before the swap, which needs that connection.
-        statements = [f"ANALYZE {quote(self.schema)}.{quote(log)}" for log in LOG_TABLES]
-        self._analyze = threading.Thread(target=self._run, args=(statements,), name="migrate-analyze", daemon=True)
-        self._analyze.start()
+        # The risk index and fresh statistics (for the plans of the rebuild and of later readers)
+        # are made by a thread of their own while the verify (client CPU: hashing) reads: neither
+        # blocks a read. ``settled`` waits for them before the swap.
+        self._background = threading.Thread(target=self._index_and_analyze, args=(risk_index,),
+                                            name="migrate-index", daemon=True)
+        self._background.start()
 
-    def _run(self, statements: list[str]) -> None:
-        for statement in statements:
-            self.admin.execute(statement)
+    def _index_and_analyze(self, risk_index: bool) -> None:
+        try:
+            if risk_index:  # on the store's connection of this thread (no statement timeout on staging)
+                cp.create_risk_index(self.store)
+            for log in LOG_TABLES:
+                self.admin.execute(f"ANALYZE {quote(self.schema)}.{quote(log)}")
+        except BaseException as e:  # noqa: BLE001 - handed to settled()
+            self._background_error = e
+        finally:
+            release(self.store)  # this thread's pinned connection
 
     def settled(self) -> None:
-        """Wait for ``finish_load``'s ANALYZE (bounded by the connection's own life)."""
-        if self._analyze is not None:
-            self._analyze.join()
-            self._analyze = None
+        """Wait for ``finish_load``'s index and ANALYZE; raise what they raised."""
+        if self._background is not None:
+            self._background.join()
+            self._background = None
+        error, self._background_error = self._background_error, None
+        if error is not None:
+            raise error
 
     def discard(self) -> None:
         import psycopg
 
+        with suppress(BaseException):
+            self.settled()
         with suppress(Exception):
             self.store.close()
-        with suppress(Exception):
-            self.settled()
         with suppress(psycopg.Error):
             self.admin.execute(f"DROP SCHEMA IF EXISTS {quote(self.schema)} CASCADE")
         self.admin.close()
@@ -703,9 +719,7 @@ def migrate(source: str, target: str, *, force: bool = False, keep_previous: boo
             t0 = time.perf_counter()
             logs, chain, tables, tails = _copy(src, staged, progress)
             src.close()  # the snapshot is not needed any more
-            staged.finish_load()
-            if risk_index:
-                cp.create_risk_index(staged.store)
+            staged.finish_load(risk_index)
             seconds["copy"] = time.perf_counter() - t0
             if existing > 0:
                 rebuilt["epochs_carried"] = _carry_epochs(target, staged.store)
@@ -745,8 +759,8 @@ def migrate(source: str, target: str, *, force: bool = False, keep_previous: boo
                 bk._check_against_manifest(manifest, result, _staged_logs(staged.store), label)
                 seconds["verify"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                staged.store.close()
                 staged.settled()
+                staged.store.close()
                 open_store(target, create=True).close()  # the target's schema, sequences, functions
                 previous = bk._swap_postgres(staged.admin, PgUrl.parse(target).schema, staged.schema, logs,
                                              force=force, keep_previous=keep_previous, url=target, drops=extra_drop,
@@ -754,8 +768,9 @@ def migrate(source: str, target: str, *, force: bool = False, keep_previous: boo
                 verified, last_digest = result.to_dict(), result.last_digest
                 seconds["swap"] = time.perf_counter() - t0
         except bk.BackupDamaged as e:
-            raise MigrateDamaged(f"{e}".replace("nothing was restored", "nothing was migrated")
-                                 + "; the target is as it was") from e
+            # backup's checks word it for a backup file: say it of the source instead
+            message = str(e).replace("the backed-up log", "its log").replace("; nothing was restored", "")
+            raise MigrateDamaged(f"{message}: nothing was migrated, the target is as it was") from e
         except bk.RestoreRefused as e:
             raise MigrateRefused(str(e)) from e
         finally:

@@ -73,17 +73,18 @@ def register(app: typer.Typer) -> None:
             print(to_json({"ok": True} | result.to_dict()))
             return
         trading, market = result.logs["ts_events"], result.logs["ts_market_events"]
-        rate = result.events / result.seconds["copy"] if result.seconds.get("copy") else 0.0
+        moved = result.seconds["total"] - result.seconds.get("rebuild", 0.0)  # copied, verified, swapped in
         console.print(f"[bold green]migrated[/] {result.source} -> {result.target}: trading log head {trading['head']:,}, "
-                      f"market log head {market['head']:,} ({result.events:,} events copied in "
-                      f"{result.seconds['copy']:.1f} s, {rate:,.0f} events/s)", highlight=False)
+                      f"market log head {market['head']:,} ({result.events:,} events in {moved:.1f} s, "
+                      f"{result.events / moved:,.0f} events/s)", highlight=False)
         others = ", ".join(f"{t} {n:,}" for t, n in result.tables.items() if t not in result.logs)
         console.print(f"  also copied: {others or 'nothing else'}", highlight=False)
         console.print(f"  digest chain verified on the target ({result.verify.get('checked_events', 0):,} events), "
                       f"last digest {result.last_digest or '-'} as on the source; {result.unsealed_checked:,} unsealed "
                       "events compared by hash", highlight=False)
         if "read_models" in result.rebuilt:
-            console.print(f"  read models rebuilt up to {result.rebuilt['read_models']:,}", highlight=False)
+            console.print(f"  read models rebuilt up to {result.rebuilt['read_models']:,} "
+                          f"({result.seconds.get('rebuild', 0.0):.1f} s)", highlight=False)
         else:
             console.print("  read models not rebuilt: run `tradestate project`", highlight=False)
         if "order_refs" in result.rebuilt:
