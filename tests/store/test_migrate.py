@@ -154,6 +154,7 @@ def test_sqlite_to_postgres_and_back(tmp_path, pg):
     with open_store(back, create=False) as store:
         assert digest.verify(store).ok and store.trading.head() == head + 1
         assert Leases.of(store).get("e1").epoch == 2 and alerts.read_cursor_position(store, "ops-hook") == (17, 3)
+        assert digest.is_protected(store)
         loaded = checkpoints.load(store)
         assert loaded.checkpoint is not None and not loaded.rejected
     with tradestate.connect(back, clock=Clock()) as client:
@@ -205,6 +206,32 @@ def test_a_damaged_source_is_refused_and_the_target_untouched(tmp_path, pg):
     with pytest.raises(mg.MigrateDamaged):
         mg.migrate(source, f"sqlite:///{tmp_path}/b.db")
     assert not (tmp_path / "b.db").exists() and not [p for p in tmp_path.iterdir() if ".migrate-" in p.name]
+
+
+@pytest.mark.parametrize("source_kind", ["postgresql", "sqlite"])
+def test_the_source_is_copied_as_of_one_snapshot(tmp_path, pg, source_kind):
+    """Writers may go on during a migration: the target gets the log as of the snapshot (one
+    REPEATABLE READ transaction / one SQLite read transaction), and the result says how far the
+    source moved on after it."""
+    source, target = (pg, f"sqlite:///{tmp_path}/b.db") if source_kind == "postgresql" else (
+        f"sqlite:///{tmp_path}/a.db", pg)
+    head = _log(source, n=40)
+    client = tradestate.connect(source, clock=Clock())
+    appended = []
+
+    def append_meanwhile(stage: str, done: int, total: int) -> None:
+        if stage == "copy ts_events" and not appended:
+            client.set_risk_limit("acct-x", "max_order_qty", 10)
+            appended.append(client.position)
+
+    try:
+        result = mg.migrate(source, target, progress=append_meanwhile)
+    finally:
+        client.close()
+    assert appended == [head + 1]
+    assert result.logs["ts_events"]["head"] == head and result.source_moved_on == {"ts_events": 1}
+    with open_store(target, create=False) as store:
+        assert store.trading.head() == head and digest.verify(store).ok
 
 
 def test_same_database_and_no_log_are_refused(tmp_path, pg):
