@@ -27,7 +27,8 @@ rebuilt on the target:
 * the append-only triggers and the ``<log>_json`` payload views: created with the schema.
 
 not copied: ``ts_lease_standbys`` (standbys checking in, an operator's live view: they check in
-again) and the read models' staging leftovers.
+again) and the read models' staging leftovers. Anchor files live outside the database and stay
+valid: the chain is the same.
 
 Source: read in one snapshot (SQLite: one read transaction; PostgreSQL: one REPEATABLE READ
 transaction, each log cut at its contiguous head), so writers may carry on, but what they append
@@ -39,9 +40,13 @@ temporary file beside the target / a ``<schema>_mg_<id>`` schema), by ``executem
 and binary ``COPY FROM STDIN`` on PostgreSQL, streamed in chunks (memory does not grow with the
 log). There: the whole digest chain is verified, the heads, row counts and last digest compared
 with the source's, and the unsealed tail (no digest vouches for it) compared by a hash of its
-canonical encoding on both sides. Only then is it swapped in by ``backup``'s own swap (the
+canonical encoding on both sides. Only then is it swapped in by ``backup``'s own code (the
 target's previous content kept aside, ``<file>.pre-restore-<time>`` / ``<schema>_pre_<time>``,
-unless ``keep_previous=False``). A target that already holds a log is refused unless ``force``.
+unless ``keep_previous=False``): on SQLite ``backup._restore_sqlite`` takes the staged file as a
+restore takes an unpacked backup (``integrity_check``, the chain verified, heads and digests
+compared with a manifest built from the source's snapshot, then the swap); on PostgreSQL
+``backup._swap_postgres`` (given the tables to move) swaps the staging schema in and sets the
+position sequences. A target that already holds a log is refused unless ``force``.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
