@@ -622,6 +622,16 @@ def _restore_sqlite(url: str, target: Path, staged_db: Path, manifest: Manifest,
     finally:
         staged.close()
     _check_against_manifest(manifest, result, logs, path)
+    previous = _swap_sqlite(url, target, staged_db, force=force, keep_previous=keep_previous)
+    return RestoreResult(True, redact(url), SQLITE, logs, result.last_digest, result.to_dict(), previous, drops is not None,
+                         time.perf_counter() - started, manifest.to_dict())
+
+
+def _swap_sqlite(url: str, target: Path, staged_db: Path, *, force: bool, keep_previous: bool) -> str | None:
+    """Put the verified database ``staged_db`` in place of ``target`` (restore's and migrate's
+    swap): in one step through the backup API into a readable target (its log kept aside first,
+    unless ``keep_previous=False``), else by rename (anything unreadable there moved aside).
+    Returns where the replaced content was kept (None: nothing kept)."""
     # back to one self-contained file (open_store switched it to WAL)
     conn = sqlite3.connect(staged_db, isolation_level=None)
     try:
@@ -679,8 +689,7 @@ def _restore_sqlite(url: str, target: Path, staged_db: Path, manifest: Manifest,
             os.fsync(f.fileno())
         os.replace(staged_db, target)
         _fsync_dir(target.parent)
-    return RestoreResult(True, redact(url), SQLITE, logs, result.last_digest, result.to_dict(), previous, drops is not None,
-                         time.perf_counter() - started, manifest.to_dict())
+    return previous
 
 
 def _count(conn: sqlite3.Connection) -> int:

@@ -42,11 +42,11 @@ log). There: the whole digest chain is verified, the heads, row counts and last 
 with the source's, and the unsealed tail (no digest vouches for it) compared by a hash of its
 canonical encoding on both sides. Only then is it swapped in by ``backup``'s own code (the
 target's previous content kept aside, ``<file>.pre-restore-<time>`` / ``<schema>_pre_<time>``,
-unless ``keep_previous=False``): on SQLite ``backup._restore_sqlite`` takes the staged file as a
-restore takes an unpacked backup (``integrity_check``, the chain verified, heads and digests
-compared with a manifest built from the source's snapshot, then the swap); on PostgreSQL
-``backup._swap_postgres`` (given the tables to move) swaps the staging schema in and sets the
-position sequences. A target that already holds a log is refused unless ``force``.
+unless ``keep_previous=False``): the checks are restore's own (``backup._check_against_manifest``
+against a manifest built from the source's snapshot), and so is the swap: ``backup._swap_sqlite``
+(the staged file put in place of the target's in one step; split out of restore for this) and
+``backup._swap_postgres`` (given the tables to move: the staging schema's tables moved in, the
+position sequences set to the heads). A target that already holds a log is refused unless ``force``.
 """
 
 from __future__ import annotations
@@ -747,31 +747,26 @@ def migrate(source: str, target: str, *, force: bool = False, keep_previous: boo
                 if progress is not None:
                     progress("verify", done, total)
 
-            if tkind == SQLITE:
-                staged.store.close()
-                assert isinstance(staged, _SqliteStaging)
-                # backup's restore of a staged file: integrity_check, the whole chain verified, heads,
-                # rows and last digest compared with the source's, then swapped in (old content kept)
-                restored = bk._restore_sqlite(
-                    target, Path(sqlite_path(target)).expanduser().absolute(), staged.path, manifest, label,
-                    force=force, keep_previous=keep_previous, progress=verify_progress, started=started,
-                    drops=extra_drop)
-                verified, previous, last_digest = restored.verify, restored.previous_saved_to, restored.last_digest
-                seconds["verify"] = time.perf_counter() - t0
-            else:
-                assert isinstance(staged, _PgStaging)
-                result = digest_mod.verify(staged.store, progress=verify_progress)
-                bk._check_against_manifest(manifest, result, _staged_logs(staged.store), label)
-                seconds["verify"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
+            # the whole chain verified on the staging place; heads, rows and last digest against the source's
+            result = digest_mod.verify(staged.store, progress=verify_progress)
+            bk._check_against_manifest(manifest, result, _staged_logs(staged.store), label)
+            verified, last_digest = result.to_dict(), result.last_digest
+            seconds["verify"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if isinstance(staged, _PgStaging):
                 staged.settled()
                 staged.store.close()
                 open_store(target, create=True).close()  # the target's schema, sequences, functions
                 previous = bk._swap_postgres(staged.admin, PgUrl.parse(target).schema, staged.schema, logs,
                                              force=force, keep_previous=keep_previous, url=target, drops=extra_drop,
                                              tables=COPIED)
-                verified, last_digest = result.to_dict(), result.last_digest
-                seconds["swap"] = time.perf_counter() - t0
+            else:
+                assert isinstance(staged, _SqliteStaging)
+                staged.store.close()
+                # the whole file replaces the target's: its read models go with it (extra_drop not needed)
+                previous = bk._swap_sqlite(target, Path(sqlite_path(target)).expanduser().absolute(), staged.path,
+                                           force=force, keep_previous=keep_previous)
+            seconds["swap"] = time.perf_counter() - t0
         except bk.BackupDamaged as e:
             # backup's checks word it for a backup file: say it of the source instead
             message = str(e).replace("the backed-up log", "its log").replace("; nothing was restored", "")
