@@ -82,6 +82,7 @@ LOG_TABLES = (TRADING_TABLE, MARKET_TABLE)
 COPIED = (TRADING_TABLE, MARKET_TABLE, digest_mod.CHAIN_TABLE, cp.TABLE, LEASE_TABLE, ALERT_CURSOR_TABLE)
 LOG_COLUMNS = ("position", "stream_id", "stream_version", "type", "data", "recorded_at")
 CHUNK = 20_000  # rows read and written at a time
+PARALLEL_FROM = 50_000  # sealed events from which a log goes into PostgreSQL by two COPY streams
 
 # progress(stage, done, total): stage is "copy <table>", "verify" or "rebuild read models"
 Progress = Callable[[str, int, int], None]
@@ -184,6 +185,10 @@ class _Source:
         """(head, rows) of a log in the snapshot."""
         raise NotImplementedError
 
+    def fork(self) -> _Source:
+        """Another reader of the same data, for a second thread."""
+        raise NotImplementedError
+
     def name(self, table: str) -> str:
         raise NotImplementedError
 
@@ -199,6 +204,7 @@ class _SqliteSource(_Source):
         path = Path(sqlite_path(url)).expanduser()
         if not path.is_file():
             raise MigrateRefused(f"no tradestate log at {url} (the file does not exist)")
+        self.url = url
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30)
         try:
             self.conn.execute("BEGIN")  # one read transaction: the snapshot starts at its first read
@@ -211,6 +217,11 @@ class _SqliteSource(_Source):
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         return [(r[1], (r[2] or "").upper()) for r in self.conn.execute(f"PRAGMA table_info({quote(table)})")]
+
+    def fork(self) -> _Source:
+        # SQLite cannot share a snapshot between connections; a fork only reads sealed positions,
+        # which a later snapshot holds unchanged (append-only; an edit fails the chain's verify)
+        return _SqliteSource(self.url)
 
     def name(self, table: str) -> str:
         return quote(table)
@@ -241,11 +252,12 @@ class _PgSource(_Source):
     kind = POSTGRESQL
     p = "%s"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, snapshot: str | None = None):
         import psycopg
+        from psycopg.sql import SQL, Literal
 
         target = PgUrl.parse(url)
-        self.schema = target.schema
+        self.url, self.schema = url, target.schema
         self.conn = psycopg.connect(**target.kwargs(application_name="tradestate-migrate"), autocommit=True)
         try:
             self.conn.execute("SET statement_timeout = 0")
@@ -253,12 +265,18 @@ class _PgSource(_Source):
             self._tx = self.conn.transaction()
             self._tx.__enter__()
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if snapshot is not None:  # a fork: the very snapshot of the source it was forked from
+                self.conn.execute(SQL("SET TRANSACTION SNAPSHOT {}").format(Literal(snapshot)))
+            self.snapshot = snapshot or self.row("SELECT pg_export_snapshot()")[0]
             self.tables = {t for (t,) in self.conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.schema,)).fetchall()}
             self.risk_index = bool(self.row("SELECT to_regclass(%s) IS NOT NULL", (self.name(cp.RISK_INDEX),))[0])
         except BaseException:
             self.conn.close()
             raise
+
+    def fork(self) -> _Source:
+        return _PgSource(self.url, self.snapshot)
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         return [(n, t) for n, t in self.conn.execute(
@@ -429,7 +447,7 @@ class _PgStaging(_Staging):
     def __init__(self, url: str):
         import psycopg
 
-        target = PgUrl.parse(url)
+        target = self._target = PgUrl.parse(url)
         self.schema = f"{target.schema[:40]}_mg_{uuid.uuid4().hex[:8]}"
         # no statement timeout on the staging store's sessions: building the risk index and verifying
         # a long log are single statements of minutes (the admin session has none either)
@@ -445,11 +463,20 @@ class _PgStaging(_Staging):
             "SELECT column_name, udt_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
             " ORDER BY ordinal_position", (self.schema, table)).fetchall()]
 
-    def write(self, table: str, columns: list[str], types: list[str], rows: Iterator[Any]) -> int:
+    def connect(self) -> Any:
+        """Another session like ``admin`` (for a second COPY stream)."""
+        import psycopg
+
+        conn = psycopg.connect(**self._target.kwargs(application_name="tradestate-migrate"), autocommit=True)
+        conn.execute("SET statement_timeout = 0")
+        return conn
+
+    def write(self, table: str, columns: list[str], types: list[str], rows: Iterator[Any], conn: Any = None) -> int:
         n = 0
         cols = ", ".join(map(quote, columns))
+        conn = conn or self.admin
         # (psycopg's QueuedLibpqWriter, sending from a thread, was no faster here: 2 cores, the server on one)
-        with self.admin.transaction(), self.admin.cursor() as cur, cur.copy(
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
                 f"COPY {quote(self.schema)}.{quote(table)} ({cols}) FROM STDIN (FORMAT binary)") as copy:
             copy.set_types(types)
             write_row = copy.write_row
@@ -612,23 +639,67 @@ def _copy(src: _Source, staged: _Staging, progress: Progress | None
         label = f"copy {table}"
         hasher = _tail_hasher() if table in LOG_TABLES else None
         sealed = chain.get(table, {}).get("sealed_upto", 0)
+        types = [target_types[n] for n in names]
+        done = [0, 0]  # rows written by this thread, by the second stream
 
-        def chunks(table: str = table, where: str = where, params: tuple[Any, ...] = params, order: str = order,
-                   hasher: Any = hasher, sealed: int = sealed, total: int = total, label: str = label,
-                   convert: Any = convert_chunk) -> Iterator[list[Any]]:
-            done = 0
-            for chunk in src.chunks(table, names, where, params, order):
+        def chunks(reader: _Source = src, where: str = where, params: tuple[Any, ...] = params, mine: int = 0,
+                   table: str = table, order: str = order, hasher: Any = hasher, sealed: int = sealed,
+                   total: int = total, label: str = label, convert: Any = convert_chunk,
+                   done: list[int] = done) -> Iterator[list[Any]]:
+            for chunk in reader.chunks(table, names, where, params, order):
                 if hasher is not None and chunk[-1][0] > sealed:
                     _hash_rows(hasher, [_canonical(r) for r in chunk if r[0] > sealed])
-                done += len(chunk)
+                done[mine] += len(chunk)
                 yield chunk if convert is None else convert(chunk)
-                if progress is not None:
-                    progress(label, done, total or done)
+                if progress is not None and mine == 0:  # progress is reported from this thread only
+                    progress(label, done[0] + done[1], total or done[0])
 
-        tables[table] = staged.write(table, names, [target_types[n] for n in names], chunks())
+        split = min(logs[table]["head"] // 2, sealed) if table in LOG_TABLES else 0
+        if isinstance(staged, _PgStaging) and split >= PARALLEL_FROM:
+            # Two COPY streams: the first half of the sealed prefix on a second thread (its own
+            # reader of the same snapshot, its own session), the rest here, in order, hashing the
+            # unsealed tail. Each server session inserts on its own core; the client's work overlaps
+            # the waits for the server. Both commit into the staging schema only.
+            tables[table] = _two_streams(
+                src, staged, table, names, types,
+                lambda reader: chunks(reader, f" WHERE position >= 1 AND position <= {p}", (split,), 1),
+                chunks(src, f" WHERE position > {p} AND position <= {p}", (split, logs[table]["head"]), 0))
+        else:
+            tables[table] = staged.write(table, names, types, chunks())
         if hasher is not None:
             tails[table] = hasher.hexdigest()
     return logs, chain, tables, tails
+
+
+def _two_streams(src: _Source, staged: _PgStaging, table: str, names: list[str], types: list[str],
+                 first: Callable[[_Source], Iterator[list[Any]]], rest: Iterator[list[Any]]) -> int:
+    """``first`` (rows from a fork of ``src``) written by a second thread on a session of its own
+    while ``rest`` is written here; returns the rows written by both (the second thread's error
+    raised here)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        reader = conn = None
+        try:
+            reader, conn = src.fork(), staged.connect()
+            outcome.append(staged.write(table, names, types, first(reader), conn=conn))
+        except BaseException as e:  # noqa: BLE001 - raised in the calling thread
+            outcome.append(e)
+        finally:
+            if reader is not None:
+                reader.close()
+            if conn is not None:
+                conn.close()
+
+    worker = threading.Thread(target=run, name=f"migrate-copy-{table}", daemon=True)
+    worker.start()
+    try:
+        n = staged.write(table, names, types, rest)
+    finally:
+        worker.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return n + int(outcome[0])
 
 
 def _staged_tail(store: Store, log: str, first: int, last: int) -> str:

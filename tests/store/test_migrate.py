@@ -11,7 +11,7 @@ import time
 import orjson
 import psycopg
 import pytest
-from tests.support.db import pg_base_url, schema_of, tamper
+from tests.support.db import pg_base_url, schema_of, tamper, with_schema
 from tests.support.projector_worker import Clock, write_session
 from typer.testing import CliRunner
 
@@ -106,7 +106,8 @@ def _staging_left(url: str) -> list[str]:
                                            (schema_of(url) + "\\_mg\\_%",)).fetchall()]
 
 
-def test_sqlite_to_postgres_and_back(tmp_path, pg):
+def test_sqlite_to_postgres_and_back(tmp_path, pg, monkeypatch):
+    monkeypatch.setattr(mg, "PARALLEL_FROM", 20)  # the log's sealed prefix in two COPY streams, as a long one goes
     source = f"sqlite:///{tmp_path}/a.db"
     head = _log(source)
     before, rows, market, chain = _summary(source), _rows(source), _rows(source, "ts_market_events"), _chain(source)
@@ -232,6 +233,25 @@ def test_the_source_is_copied_as_of_one_snapshot(tmp_path, pg, source_kind):
     assert result.logs["ts_events"]["head"] == head and result.source_moved_on == {"ts_events": 1}
     with open_store(target, create=False) as store:
         assert store.trading.head() == head and digest.verify(store).ok
+
+
+def test_postgres_to_postgres_in_two_streams_of_one_snapshot(pg, monkeypatch):
+    """A second COPY stream reads the same snapshot (pg_export_snapshot): rows appended meanwhile
+    are in neither."""
+    monkeypatch.setattr(mg, "PARALLEL_FROM", 20)
+    head = _log(pg, n=60)
+    rows = _rows(pg)
+    other = with_schema(pg_base_url(), schema_of(pg) + "_other")  # dropped with the test's schemas
+    with tradestate.connect(pg, clock=Clock()) as client:
+        def append_meanwhile(stage: str, done: int, total: int) -> None:
+            if stage == "copy ts_events" and client.position == head:
+                client.set_risk_limit("acct-x", "max_order_qty", 10)
+
+        result = mg.migrate(pg, other, progress=append_meanwhile)
+    assert result.logs["ts_events"]["head"] == head and result.tables["ts_events"] == head
+    assert _rows(other) == rows and result.source_moved_on == {"ts_events": 1}
+    with open_store(other, create=False) as store:
+        assert digest.verify(store).ok
 
 
 def test_same_database_and_no_log_are_refused(tmp_path, pg):
