@@ -63,6 +63,7 @@ from urllib.parse import urlparse, urlunparse
 
 from . import (
     append,
+    backup,
     batch,
     failover,
     memory,
@@ -92,11 +93,12 @@ GROUPS: dict[str, ModuleType] = {
     "takeover": takeover,
     "replication": replication,
     "failover": failover,
+    "backup": backup,
     "migrate": migrate,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
-LOG_GROUPS = ("replay", "projection", "recovery", "postmortem", "memory")
+LOG_GROUPS = ("replay", "projection", "recovery", "postmortem", "memory", "backup")
 SCALING_SIZES = (100_000, 1_000_000, 10_000_000)
 _SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000}
 
