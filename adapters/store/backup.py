@@ -1293,6 +1293,16 @@ def _restore_sqlite(url: str, target: Path, links: list[tuple[Path, Manifest, di
     finally:
         staged.close()
     _check_against_manifest(manifest, result, logs, path, _chain_rows(links), links)
+    previous = _swap_sqlite(url, target, staged_db, force=force, keep_previous=keep_previous)
+    return RestoreResult(True, redact(url), SQLITE, logs, result.last_digest, result.to_dict(), previous, drops is not None,
+                         time.perf_counter() - started, manifest.to_dict())
+
+
+def _swap_sqlite(url: str, target: Path, staged_db: Path, *, force: bool, keep_previous: bool) -> str | None:
+    """Put the verified database ``staged_db`` in place of ``target`` (restore's and migrate's
+    swap): in one step through the backup API into a readable target (its log kept aside first,
+    unless ``keep_previous=False``), else by rename (anything unreadable there moved aside).
+    Returns where the replaced content was kept (None: nothing kept)."""
     # back to one self-contained file (open_store switched it to WAL)
     conn = sqlite3.connect(staged_db, isolation_level=None)
     try:
@@ -1350,8 +1360,7 @@ def _restore_sqlite(url: str, target: Path, links: list[tuple[Path, Manifest, di
             os.fsync(f.fileno())
         os.replace(staged_db, target)
         _fsync_dir(target.parent)
-    return RestoreResult(True, redact(url), SQLITE, logs, result.last_digest, result.to_dict(), previous, drops is not None,
-                         time.perf_counter() - started, manifest.to_dict())
+    return previous
 
 
 def _count(conn: sqlite3.Connection) -> int:
@@ -1444,7 +1453,12 @@ def _pg_load(admin: Any, staging: str, member: dict[str, Any], files: dict[str, 
 
 
 def _swap_postgres(conn: Any, schema: str, staging: str, logs: dict[str, dict[str, int]], *, force: bool,
-                   keep_previous: bool, url: str, drops: DropStatements | None) -> str | None:
+                   keep_previous: bool, url: str, drops: DropStatements | None,
+                   tables: tuple[str, ...] = PG_TABLES) -> str | None:
+    """In one transaction: the target's ``tables`` moved to a kept-aside schema (or dropped), the
+    staged ones moved in, the position sequences set to ``logs``' heads (also ``migrate``'s swap)."""
+    from .postgres import JSON_VIEW_SUFFIX, json_view_statement
+
     previous: str | None = None
     with conn.transaction():
         cur = conn.cursor()
@@ -1454,7 +1468,7 @@ def _swap_postgres(conn: Any, schema: str, staging: str, logs: dict[str, dict[st
         def exists(s: str, t: str) -> bool:
             return cur.execute("SELECT to_regclass(%s)", (f"{_q(s)}.{_q(t)}",)).fetchone()[0] is not None
 
-        present = [t for t in PG_TABLES if exists(schema, t)]
+        present = [t for t in tables if exists(schema, t)]
         logs_present = [t for t in LOG_TABLES if t in present]
         if logs_present:
             cur.execute("LOCK TABLE " + ", ".join(f"{_q(schema)}.{_q(t)}" for t in logs_present)
@@ -1466,6 +1480,8 @@ def _swap_postgres(conn: Any, schema: str, staging: str, logs: dict[str, dict[st
         protected = bool(cur.execute(
             "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
             (f"{_q(schema)}.{_q(TRADING_TABLE)}", f"{TRADING_TABLE}_append_only")).fetchone()[0])
+        for log in LOG_TABLES:  # the payload views depend on the tables: made again below, on the new ones
+            cur.execute(f"DROP VIEW IF EXISTS {_q(schema)}.{_q(log + JSON_VIEW_SUFFIX)}")
         if existing and keep_previous:
             previous = f"{schema[:36]}_pre_{_stamp().replace('-', '_').lower()}"
             cur.execute(f"CREATE SCHEMA {_q(previous)}")
@@ -1474,13 +1490,15 @@ def _swap_postgres(conn: Any, schema: str, staging: str, logs: dict[str, dict[st
         else:
             for t in present:
                 cur.execute(f"DROP TABLE {_q(schema)}.{_q(t)}")
-        for t in PG_TABLES:
+        for t in tables:
             if exists(staging, t):
                 cur.execute(f"ALTER TABLE {_q(staging)}.{_q(t)} SET SCHEMA {_q(schema)}")
         for log in LOG_TABLES:
             head = logs[log]["head"]
             cur.execute("SELECT setval(%s, %s, %s)", (f"{_q(schema)}.{_q(log + '_position_seq')}", max(head, 1),
                                                       head > 0))
+            if exists(schema, log):
+                cur.execute(json_view_statement(schema, log))
         _drop(cur, drops, Dialect(POSTGRESQL, schema))
         if protected:
             for statement in digest_mod.protect_statements(Dialect(POSTGRESQL, schema)):

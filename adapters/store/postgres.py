@@ -58,7 +58,7 @@ from ...domain.errors import (
 )
 from .base import VOID_STREAM, VOID_TYPE, Appended, EventLog, RecordedEvent, Row, appended_at
 from .lease import LEASE_TABLE, Fence, Leases
-from .sql import POSTGRESQL, SYNC_LEVELS, Dialect, PgUrl
+from .sql import POSTGRESQL, SYNC_LEVELS, Dialect, PgUrl, quote
 
 
 class TradestatePostgresDatastore(PostgresDatastore):
@@ -189,6 +189,20 @@ class TradestatePostgresDatastore(PostgresDatastore):
             conn.execute(SQL("SET application_name = {}").format(psycopg.sql.Literal(app)))
 
         return after_connect
+
+
+# Each log has a view beside it with the payload as jsonb (``ts_events_json``): plain SQL reads
+# payloads (``data->>'client_order_id'``) without decoding bytea. Payloads are orjson's UTF-8 JSON.
+JSON_VIEW_SUFFIX = "_json"
+
+
+def json_view_statement(schema: str, table: str) -> str:
+    """``CREATE OR REPLACE VIEW <table>_json``: the log's columns with ``data`` as jsonb (idempotent;
+    also run by restore's and migrate's swap, which move the log tables under it)."""
+    q = quote
+    return (f"CREATE OR REPLACE VIEW {q(schema)}.{q(table + JSON_VIEW_SUFFIX)} AS SELECT position, stream_id,"
+            " stream_version, type, convert_from(data, 'UTF8')::jsonb AS data, recorded_at"
+            f" FROM {q(schema)}.{q(table)}")
 
 
 # A read of at least this many positions streams: one query whose rows the server sends ahead in
@@ -387,6 +401,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 " recorded_at timestamptz NOT NULL DEFAULT now(),"
                 " CONSTRAINT {} UNIQUE (stream_id, stream_version))"
             ).format(self._qualified, Identifier(table + "_stream_version_key")),
+            SQL(json_view_statement(datastore.schema, table)),  # before the append function: it stays last
             # Several events in one transaction: take their positions in order, insert, and if a
             # stream version is taken, void the positions instead, in the same transaction.
             SQL(
@@ -473,9 +488,11 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         body = self.sql_create_statements[-1].as_string(None).split("$body$")[1]
         self._in_place = (
             SQL("SELECT to_regclass({tbl}) IS NOT NULL AND to_regclass({seq}) IS NOT NULL"
+                " AND to_regclass({view}) IS NOT NULL"
                 " AND (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure({sig})) = {body}").format(
                 tbl=psycopg.sql.Literal(f'"{datastore.schema}"."{table}"'),
                 seq=psycopg.sql.Literal(f'"{datastore.schema}"."{table}_position_seq"'),
+                view=psycopg.sql.Literal(f'"{datastore.schema}"."{table}{JSON_VIEW_SUFFIX}"'),
                 sig=psycopg.sql.Literal(f'"{datastore.schema}"."{table}_append"(text[], bigint[], text[], bytea[])'),
                 body=psycopg.sql.Literal(body),
             ).as_string(None)

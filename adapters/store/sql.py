@@ -198,9 +198,13 @@ class PgUrl:
 
     def with_schema(self, schema: str) -> str:
         """The same URL naming another ``schema``."""
+        return self.with_param("schema", schema)
+
+    def with_param(self, key: str, value: str) -> str:
+        """The same URL with query parameter ``key`` set to ``value`` (e.g. ``statement_timeout``)."""
         parts = urlsplit(self.url)
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
-        return urlunsplit(parts._replace(query=urlencode(query + [("schema", schema)])))
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+        return urlunsplit(parts._replace(query=urlencode(query + [(key, value)])))
 
 
 # ------------------------------------------------------------------------------ dialects

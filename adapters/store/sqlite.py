@@ -120,7 +120,7 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
 
     def construct_create_table_statements(self) -> list[str]:
         """The log's ``CREATE TABLE IF NOT EXISTS``: ``position`` an alias of rowid, unique (stream_id,
-        stream_version), ``recorded_at`` as ISO-8601 text."""
+        stream_version), ``recorded_at`` as ISO-8601 text; and its ``<table>_json`` view."""
         return [
             f"CREATE TABLE IF NOT EXISTS {self.events_table_name} ("
             "position INTEGER PRIMARY KEY, "  # an alias of rowid: never renumbered by VACUUM
@@ -129,7 +129,11 @@ class SQLiteEventLog(SQLiteApplicationRecorder, EventLog):
             "type TEXT NOT NULL, "
             "data BLOB NOT NULL, "
             "recorded_at TEXT NOT NULL, "
-            "UNIQUE (stream_id, stream_version))"
+            "UNIQUE (stream_id, stream_version))",
+            # Payloads are UTF-8 JSON in a BLOB; as TEXT, SQLite's JSON operators read them
+            # (``data->>'client_order_id'``), as on PostgreSQL's ``ts_events_json``.
+            f"CREATE VIEW IF NOT EXISTS {self.events_table_name}_json AS SELECT position, stream_id, stream_version,"
+            f" type, CAST(data AS TEXT) AS data, recorded_at FROM {self.events_table_name}",
         ]
 
     def create_table(self) -> None:

@@ -23,6 +23,8 @@ Each metric group is the module of the same name, with ``run(ctx) -> list[Result
 ``failover``    write unavailability p50/p95 when the primary dies under engine load (the failover
                 harness: ``pg_ctl promote`` rounds, and Patroni rounds where Patroni and etcd are
                 installed), against the target detection time + 2 s; skipped like ``replication``
+``migrate``     ``tradestate migrate`` SQLite -> PostgreSQL of the generated log (copy, verify, swap) in
+                events/s, against one binary COPY of the same rows
 
 The log-size-dependent groups (``LOG_GROUPS``: replay, projection, recovery, postmortem,
 memory) measure on a generated trading log of ``--events`` events (1M full, 100k quick), loaded
@@ -65,6 +67,7 @@ from . import (
     batch,
     failover,
     memory,
+    migrate,
     postmortem,
     projection,
     reconcile,
@@ -91,6 +94,7 @@ GROUPS: dict[str, ModuleType] = {
     "replication": replication,
     "failover": failover,
     "backup": backup,
+    "migrate": migrate,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
