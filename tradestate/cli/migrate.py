@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import ExitCode, JsonOption, command, exit_codes, fail
+from .common import ConfigOption, ExitCode, JsonOption, command, exit_codes, fail
 
 
 @contextmanager
@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
         rebuild: Annotated[bool, typer.Option("--rebuild/--no-rebuild", help="Rebuild the read models on the "
                                               "target (else `tradestate project` does it later).")] = True,
         json: JsonOption = False,
+        config: ConfigOption = None,  # noqa: ARG001 - every command takes one; both URLs are given
     ) -> None:
         """Copy the logs, the digest chain, checkpoints, leases and alert cursors to another database,
         verify the whole chain there against the source, swap it in, and rebuild the read models."""
