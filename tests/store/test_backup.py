@@ -74,7 +74,7 @@ def test_restore_drill(url, tmp_path):
         digest.seal(store)  # a backup only reads: the chain is sealed by whoever may write
         manifest = bk.backup(store, tmp_path / "drill.tsb")
     before = _summary(url)
-    assert manifest.logs["ts_events"] == {"head": head, "rows": head}
+    assert manifest.logs["ts_events"] == {"from": 1, "head": head, "rows": head}
     assert manifest.logs["ts_market_events"]["head"] == 1
     assert manifest.chain["ts_events"]["sealed_upto"] == head and len(manifest.chain["ts_events"]["last_digest"]) == 64
     assert bk.read_manifest(tmp_path / "drill.tsb").logs == manifest.logs
