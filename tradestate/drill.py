@@ -3,7 +3,8 @@ ready state, and put the figures on record (``DrillCompleted``).
 
 A drill (``drill(live_url, sources)``):
 
-1. ``find``: the newest backup chain among ``sources`` (files or directories; ``bk.find_chain``).
+1. ``find``: the newest complete backup chain among ``sources`` (files or directories;
+   ``bk.find_chain``); a chain with a later link beyond a missing or unreadable one fails.
 2. ``restore``: the chain into a scratch place (a temporary SQLite file for a SQLite backup, a
    throwaway schema on the live PostgreSQL server for a PostgreSQL one, or ``scratch``), through
    ``bk.restore``, which verifies every link and the whole digest chain before anything is in
@@ -120,46 +121,40 @@ class _Failed(Exception):
 # ------------------------------------------------------------------------------ chain and scratch
 
 
-def find_chain(sources: Sequence[str | Path], *, key: bytes | None = None) -> list[Path]:
-    """The newest complete backup chain among ``sources`` (files and directories), full backup first.
-    ``InvalidInput`` when nothing there is a backup."""
+def find_chain(sources: Sequence[str | Path], *, key: bytes | None = None) -> tuple[list[Path], list[str]]:
+    """The newest complete backup chain among ``sources`` (files and directories), full backup first
+    (``bk.find_chain``), and warnings: files there that are not readable backups (damaged, or under
+    another key). ``InvalidInput`` when ``sources`` hold no file at all; ``BackupDamaged`` when none
+    of the files makes a chain, or when a later link of the chosen chain exists beyond a missing or
+    unreadable one (the chain is broken: restoring its start would hide it)."""
     paths = [Path(s).expanduser() for s in sources]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise InvalidInput(f"no such backup file or directory: {', '.join(missing)}")
-    if hasattr(bk, "find_chain"):
-        arg: Any = paths[0] if len(paths) == 1 and paths[0].is_dir() else paths
-        try:
-            chain = list(bk.find_chain(arg, key=key))
-        except bk.BackupDamaged:
-            raise
-        except bk.BackupError as e:
-            raise InvalidInput(str(e)) from e
-        if not chain:
-            raise InvalidInput(f"no backup chain in {', '.join(map(str, paths))}")
-        return chain
-    # Until chains land: the newest single backup file (by its manifest's creation time).
     files: list[Path] = []
     for p in paths:
         files += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
-    found: list[tuple[str, Path]] = []
-    damaged: list[str] = []
+    if not files:
+        raise InvalidInput(f"no backup files in {', '.join(map(str, paths))}")
+    manifests: dict[Path, bk.Manifest] = {}
+    unreadable: list[str] = []
     for f in files:
         try:
-            found.append((bk.read_manifest(f).created_at, f))
-        except bk.BackupError as e:
-            damaged.append(str(e))
-    if not found:
-        if damaged:
-            raise bk.BackupDamaged(damaged[0])
-        raise InvalidInput(f"no backup in {', '.join(map(str, paths))}")
-    return [max(found)[1]]
-
-
-def _read_manifest(path: Path, key: bytes | None) -> bk.Manifest:
-    if key is not None:
-        return bk.read_manifest(path, key=key)  # type: ignore[call-arg]
-    return bk.read_manifest(path)
+            manifests[f] = bk.read_manifest(f, key=key)
+        except (bk.BackupError, InvalidInput) as e:
+            unreadable.append(str(e))
+    try:
+        chain = list(bk.find_chain(files, key=key))
+    except bk.BackupError as e:
+        raise bk.BackupDamaged(f"{e}" + (f"; unreadable: {unreadable[0]}" if unreadable else "")) from e
+    last = manifests[chain[-1]]
+    later = sorted(m.sequence for m in manifests.values()
+                   if last.chain_id and m.chain_id == last.chain_id and m.sequence > last.sequence + 1)
+    if later:
+        raise bk.BackupDamaged(
+            f"chain {last.chain_id}: link {last.sequence + 1} is missing or unreadable but link {later[0]} is there "
+            f"(the chain breaks after {chain[-1]})" + (f"; unreadable: {unreadable[0]}" if unreadable else ""))
+    return chain, unreadable
 
 
 class _Scratch:
@@ -341,25 +336,27 @@ def drill(live_url: str, sources: Sequence[str | Path], *, key: bytes | None = N
             # 1. find the chain
             t = time.perf_counter()
             try:
-                links = find_chain(sources, key=key)
-                manifest = _read_manifest(links[-1], key)
+                links, unreadable = find_chain(sources, key=key)
+                manifest = bk.read_manifest(links[-1], key=key)
             except bk.BackupError as e:
-                raise _Failed(f"no usable backup: {e}") from e
+                report.steps.append(DrillStep("find", "failed", time.perf_counter() - t, str(e)))
+                raise _Failed(f"no usable backup chain: {e}") from e
             report.links = [str(p) for p in links]
-            report.chain_id = str(getattr(manifest, "chain_id", "") or Path(links[0]).name)
+            report.chain_id = manifest.chain_id or f"sha256:{manifest.manifest_sha256}"
             report.source_kind = manifest.source_kind
-            report.steps.append(DrillStep("find", "ok", time.perf_counter() - t,
-                                          f"{len(links)} link(s), newest written {manifest.created_at}",
-                                          {"links": len(links)}))
+            report.steps.append(DrillStep(
+                "find", "warn" if unreadable else "ok", time.perf_counter() - t,
+                f"chain {report.chain_id[:16]}: {len(links)} link(s) (full + {len(links) - 1} increment(s)), newest "
+                f"written {manifest.created_at}" + (f"; {len(unreadable)} unreadable file(s) skipped: {unreadable[0]}"
+                                                    if unreadable else ""),
+                {"links": len(links), "unreadable": len(unreadable), "encrypted": manifest.encrypted}))
             place = _Scratch(live_url, manifest.source_kind, scratch)
             report.scratch = redact(place.url)
 
             # 2. restore (verifies every link and the whole digest chain first)
             t = time.perf_counter()
             try:
-                target: Any = links if len(links) > 1 else links[0]
-                result = (bk.restore(place.url, target, key=key, progress=progress) if key is not None  # type: ignore[call-arg]
-                          else bk.restore(place.url, target, progress=progress))
+                result = bk.restore(place.url, links, key=key, progress=progress)
             except bk.RestoreRefused as e:
                 raise InvalidInput(str(e)) from e
             except ReadOnlyStore as e:

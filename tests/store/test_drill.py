@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import orjson
@@ -236,3 +237,54 @@ def test_cli_drill_json_and_exit_codes(sqlite_url, tmp_path):
     failed = runner.invoke(app, ["drill", "--db", sqlite_url, "--from", str(tmp_path / "b.tsb"), "--json"])
     assert failed.exit_code == 1 and json.loads(failed.stdout)["outcome"] == "failed"
     assert [d["outcome"] for d in _drills(sqlite_url)] == ["passed", "failed"]
+
+
+def _chain(url: str, directory: Path, key: bytes | None = None) -> list[Path]:
+    """A full backup and two increments, with activity between them."""
+    paths = [directory / "full.tsb", directory / "inc1.tsb", directory / "inc2.tsb"]
+    _session(url, 30)
+    with open_store(url, create=False) as store:
+        bk.backup(store, paths[0], key=key)
+    for i, path in enumerate(paths[1:], 1):
+        _session(url, 8, seed=20 + i)
+        with open_store(url, create=False) as store:
+            bk.backup(store, path, previous=paths[i - 1], key=key)
+    return paths
+
+
+def test_a_chain_of_increments_is_drilled_encrypted(db_url, tmp_path):
+    key = os.urandom(32)
+    (tmp_path / "k").write_bytes(key.hex().encode())
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    paths = _chain(db_url, backups, key)
+    head = _more(db_url, 0)
+    report = drill_mod.drill(db_url, [backups], key=key)
+    assert report.passed, report.reason
+    assert report.links == [str(p) for p in paths] and report.heads["ts_events"] == head
+    assert report.events_behind == 0
+    (recorded,) = _drills(db_url)
+    assert recorded["links"] == report.links and recorded["chain_id"] == report.chain_id
+    # the CLI with the key file
+    out = CliRunner().invoke(app, ["drill", "--db", db_url, "--from", str(backups), "--key-file",
+                                   str(tmp_path / "k"), "--json", "--no-record"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["links"] == report.links
+    # a wrong key: a failed drill, recorded
+    wrong = drill_mod.drill(db_url, [backups], key=os.urandom(32))
+    assert not wrong.passed and "no usable backup chain" in wrong.reason
+    assert [d["outcome"] for d in _drills(db_url)] == ["passed", "failed"]
+
+
+def test_a_damaged_or_missing_increment_fails_the_drill(sqlite_url, tmp_path):
+    paths = _chain(sqlite_url, tmp_path)
+    with tarfile.open(paths[1]) as tar:
+        member = tar.getmembers()[-1]  # the data, after the manifest: the manifest still reads
+    data = bytearray(paths[1].read_bytes())
+    data[member.offset_data + 20:member.offset_data + 40] = bytes(20)
+    paths[1].write_bytes(bytes(data))
+    damaged = drill_mod.drill(sqlite_url, [tmp_path], record=False)
+    assert not damaged.passed and "restore refused" in damaged.reason and "inc1.tsb" in damaged.reason
+    paths[1].unlink()  # now missing, while inc2 is there: a broken chain, not a shorter one
+    missing = drill_mod.drill(sqlite_url, [tmp_path], record=False)
+    assert not missing.passed and "link 1 is missing" in missing.reason

@@ -17,10 +17,8 @@ def _key(key_file: str | None, key_env: str | None) -> bytes | None:
         fail("give --key-file or --key-env, not both")
     from ..adapters.store import backup as bk
 
-    if not hasattr(bk, "load_key"):
-        fail("encrypted backups are not supported by this version")
     try:
-        return bk.load_key(key_file=key_file, key_env=key_env)  # type: ignore[attr-defined]
+        return bk.load_key(key_file=key_file, key_env=key_env)
     except bk.BackupError as e:
         fail(str(e))
 
@@ -32,7 +30,7 @@ def render_drill(report: Any, console: Any) -> None:
     table = Table(title=f"restore drill of {report.chain_id or 'the newest backup'}", title_justify="left")
     for column in ("step", "status", "seconds", "detail"):
         table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
-    colour = {"ok": "green", "failed": "red", "skipped": "yellow"}
+    colour = {"ok": "green", "failed": "red", "skipped": "yellow", "warn": "yellow"}
     for s in report.steps:
         table.add_row(s.name, f"[{colour.get(s.status, 'white')}]{s.status}[/]", f"{s.seconds:.2f}", s.detail)
     console.print(table)
