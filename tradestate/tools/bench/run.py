@@ -62,6 +62,7 @@ from urllib.parse import urlparse, urlunparse
 from . import (
     append,
     batch,
+    drill,
     failover,
     memory,
     postmortem,
@@ -89,6 +90,7 @@ GROUPS: dict[str, ModuleType] = {
     "takeover": takeover,
     "replication": replication,
     "failover": failover,
+    "drill": drill,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
