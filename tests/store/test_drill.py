@@ -218,6 +218,11 @@ def test_the_fold_accepts_drill_completed_and_old_logs_fold_unchanged(sqlite_url
     (recorded,) = _drills(sqlite_url)
     typed = ev.decode("DrillCompleted", {k: v for k, v in recorded.items() if k != "position"})
     assert typed.outcome == "passed" and typed.finished_at.tzinfo is not None
+    # and the replay tools describe it
+    from tradestate.replay.log import LoggedEvent, describe
+
+    line = describe(LoggedEvent("trading", head + 1, ev.DRILL_STREAM, 1, "DrillCompleted", typed.finished_at, recorded))
+    assert line.startswith("restore drill passed: RTO ") and " s, RPO " in line
 
 
 def test_cli_drill_json_and_exit_codes(sqlite_url, tmp_path):
