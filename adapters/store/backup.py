@@ -935,13 +935,26 @@ def verify_chain(paths: Any, *, key: bytes | None = None) -> ChainVerified:
         encrypted=any(m.encrypted for _, m in links))
 
 
+def _looks_like_a_backup(path: Path) -> bool:
+    """Whether the file starts like a backup (a tar whose first member is the manifest, or an
+    encrypted backup): other files in a directory of backups are left alone."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head.startswith(crypto.MAGIC) or head.startswith(b"manifest.json\0")
+
+
 def _files(directory_or_paths: Any) -> list[Path]:
+    """The files given, and the files in the directories given that start like backups."""
     items = _as_paths(directory_or_paths)
     files: list[Path] = []
     for item in items:
         item = item.expanduser()
         if item.is_dir():
-            files.extend(sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")))
+            files.extend(sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+                                and _looks_like_a_backup(p)))
         elif item.is_file():
             files.append(item)
         else:

@@ -184,23 +184,103 @@ def register(app: typer.Typer) -> None:
             console.print(f"anchored position {anchor['position']:,} (digest {anchor['digest'][:16]}...) in {to}",
                           highlight=False)
 
-    @app.command(epilog=exit_codes())
+    backup_app = typer.Typer(add_completion=False, invoke_without_command=True,
+                             help="Write a backup of the log (full, or an increment of a chain); `backup check` "
+                                  "re-verifies stored backups, `backup keygen` makes an encryption key.")
+    app.add_typer(backup_app, name="backup")
+    register_backup_commands(backup_app)
+
+    @app.command(epilog=exit_codes("a backup file or a link of the chain is damaged or missing (nothing restored)"))
+    @command
+    def restore(
+        from_: Annotated[list[str], typer.Option(
+            "--from", help="The backup file to restore; repeat for a chain (the full first, then its increments in "
+            "order), or give one directory to restore the newest complete chain in it.")],
+        db: DbOption = None,
+        force: Annotated[bool, typer.Option("--force", help="Replace a log that is already there (kept aside).")] = False,
+        key_file: KeyFileOption = None,
+        key_env: KeyEnvOption = None,
+        json: JsonOption = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Verify a backup (or a whole chain) in a staging place, then swap it in; exit 1 if a file or
+        link is damaged or missing, 2 if refused."""
+        from pathlib import Path
+
+        from ..adapters.store import backup as bk
+        from ..projections.tables import drop_read_models
+        from ..render import console, to_json
+
+        url = settings(config, db=db).db
+        try:
+            key = bk.load_key(key_file, key_env)
+            paths: Any = from_
+            if len(from_) == 1 and Path(from_[0]).expanduser().is_dir():
+                paths = bk.find_chain(from_[0], key=key)
+            with _progress("verifying the backup", not json) as progress:
+                result = bk.restore(url, paths, key=key, force=force, progress=progress, extra_drop=drop_read_models)
+        except bk.BackupDamaged as e:
+            fail(str(e), ExitCode.PROBLEM)
+        except OSError as e:
+            fail(str(e))
+        if json:
+            print(to_json({"ok": True} | result.to_dict()))
+            return
+        trading = result.logs["ts_events"]
+        links = result.manifest.get("sequence", 0) + 1
+        console.print(f"[bold green]restored[/] {result.target}: trading log head {trading['head']}, market log head "
+                      f"{result.logs['ts_market_events']['head']}; digest chain verified "
+                      f"({result.verify['checked_events']} events), last digest {result.last_digest or '-'}"
+                      + (f"; a chain of {links} backups" if links > 1 else ""), highlight=False)
+        if result.sealed_after_restore:
+            console.print(f"  sealed the backup's unsealed tail ({result.sealed_after_restore} events)", highlight=False)
+        if result.previous_saved_to:
+            console.print(f"  the replaced content is kept in {result.previous_saved_to}", highlight=False)
+        console.print("  read models dropped: run `tradestate project` to rebuild them", highlight=False)
+
+
+KeyFileOption = Annotated[Optional[str], typer.Option(
+    "--key-file", help="Encryption key file (32 raw bytes, 64 hex digits or base64; `tradestate backup keygen`). "
+    "Never stored with the backup.")]
+KeyEnvOption = Annotated[Optional[str], typer.Option(
+    "--key-env", help="Name of an environment variable holding the encryption key (hex or base64).")]
+
+
+def register_backup_commands(backup_app: typer.Typer) -> None:
+    """``tradestate backup`` (the group's own command: write a backup), ``backup check`` and
+    ``backup keygen``."""
+
+    @backup_app.callback(epilog=exit_codes(extra="the database cannot be reached"))
     @command
     def backup(
-        to: Annotated[str, typer.Option("--to", help="The backup file to write (replaced atomically).")],
+        ctx: typer.Context,
+        to: Annotated[Optional[str], typer.Option("--to", help="The backup file to write (replaced atomically).")] = None,
+        previous: Annotated[Optional[str], typer.Option(
+            "--previous", help="The chain's last backup (full or increment): write an increment holding only what "
+            "was appended since it (refused if the log no longer continues it).")] = None,
         db: DbOption = None,
+        key_file: KeyFileOption = None,
+        key_env: KeyEnvOption = None,
         json: JsonOption = False,
         seal: Annotated[bool, typer.Option("--seal/--no-seal", help="Seal the chain's tail first (a write; by "
                                            "default a backup only reads, so it runs on a replica).")] = False,
         config: ConfigOption = None,
     ) -> None:
-        """Write a compressed backup of the log (with a manifest: heads, last digest, checksums)."""
+        """Write a compressed backup of the log (with a manifest: heads, last digest, checksums); with
+        --previous an increment of a chain; with a key, encrypted."""
         from ..adapters.store import backup as bk
         from ..render import console, to_json
 
+        if ctx.invoked_subcommand is not None:
+            return
+        if to is None:
+            fail("give the backup file with --to (or a subcommand: check, keygen)")
+        key = bk.load_key(key_file, key_env)
         store = open_log(settings(config, db=db).db)
         try:
-            manifest = bk.backup(store, to, seal=seal)
+            manifest = bk.backup(store, to, seal=seal, previous=previous, key=key)
+        except bk.BackupDamaged as e:
+            fail(f"the previous backup cannot be used: {e}", ExitCode.PROBLEM)
         except OSError as e:
             fail(str(e))
         finally:
@@ -210,44 +290,67 @@ def register(app: typer.Typer) -> None:
             return
         trading = manifest.logs["ts_events"]
         chain = manifest.chain["ts_events"]
-        console.print(f"[bold green]backup written[/]: {manifest.path} ({manifest.size:,} bytes)", highlight=False)
-        console.print(f"  trading log head {trading['head']} ({trading['rows']} rows), market log head "
+        what = "backup" if manifest.kind == "full" else f"increment {manifest.sequence}"
+        console.print(f"[bold green]{what} written[/]: {manifest.path} ({manifest.size:,} bytes"
+                      + (f", encrypted with key {manifest.key_id}" if manifest.encrypted else "") + ")",
+                      highlight=False)
+        console.print(f"  trading log head {trading['head']} ({trading['rows']} rows"
+                      + (f" from {trading['from']}" if manifest.kind != "full" else "") + "), market log head "
                       f"{manifest.logs['ts_market_events']['head']}; sealed up to {chain['sealed_upto']}, "
                       f"last digest {chain['last_digest'] or '-'}, {chain.get('unsealed', 0)} events unsealed (sealed "
-                      "by restore)", highlight=False)
+                      f"by restore); chain {manifest.chain_id[:12]}", highlight=False)
 
-    @app.command(epilog=exit_codes("the backup file is damaged (nothing restored)"))
+    @backup_app.command("check", epilog=exit_codes("a backup is damaged, a chain has a bad or missing link, or a "
+                                                   "file cannot be read"))
     @command
-    def restore(
-        from_: Annotated[str, typer.Option("--from", help="The backup file to restore.")],
-        db: DbOption = None,
-        force: Annotated[bool, typer.Option("--force", help="Replace a log that is already there (kept aside).")] = False,
+    def check(
+        paths: Annotated[list[str], typer.Argument(help="Backup files and/or directories of backups.")],
+        key_file: KeyFileOption = None,
+        key_env: KeyEnvOption = None,
         json: JsonOption = False,
-        config: ConfigOption = None,
+        config: ConfigOption = None,  # noqa: ARG001 - every command takes one; check needs no setting
     ) -> None:
-        """Verify a backup in a staging place, then swap it in; exit 1 if the file is damaged, 2 if refused."""
+        """Re-verify every chain of backups found (checksums, links, encryption); exit 1 if anything is
+        damaged or missing."""
         from ..adapters.store import backup as bk
-        from ..projections.tables import drop_read_models
         from ..render import console, to_json
 
-        url = settings(config, db=db).db
-        try:
-            with _progress("verifying the backup", not json) as progress:
-                result = bk.restore(url, from_, force=force, progress=progress, extra_drop=drop_read_models)
-        except bk.BackupDamaged as e:
-            fail(str(e), ExitCode.PROBLEM)
-        except OSError as e:
-            fail(str(e))
+        key = bk.load_key(key_file, key_env)
+        report = bk.check_backups(paths, key=key)
         if json:
-            print(to_json({"ok": True} | result.to_dict()))
-            return
-        trading = result.logs["ts_events"]
-        console.print(f"[bold green]restored[/] {result.target}: trading log head {trading['head']}, market log head "
-                      f"{result.logs['ts_market_events']['head']}; digest chain verified "
-                      f"({result.verify['checked_events']} events), last digest {result.last_digest or '-'}",
-                      highlight=False)
-        if result.sealed_after_restore:
-            console.print(f"  sealed the backup's unsealed tail ({result.sealed_after_restore} events)", highlight=False)
-        if result.previous_saved_to:
-            console.print(f"  the replaced content is kept in {result.previous_saved_to}", highlight=False)
-        console.print("  read models dropped: run `tradestate project` to rebuild them", highlight=False)
+            print(to_json(report.to_dict() | {"exit_code": 0 if report.ok else 1}))
+        else:
+            for chain in report.chains:
+                links = len(chain["paths"])
+                if chain["ok"]:
+                    heads = chain["heads"]
+                    console.print(f"[bold green]ok[/] chain {chain['chain_id'][:12]}: {links} file(s), "
+                                  f"trading head {heads.get('ts_events', 0)}, newest {chain['created_at']}",
+                                  highlight=False)
+                else:
+                    console.print(f"[bold red]DAMAGED[/] chain {chain['chain_id'][:12]} ({links} file(s)): "
+                                  f"{chain['problem']}", highlight=False)
+            for bad in report.unreadable:
+                console.print(f"[bold red]UNREADABLE[/] {bad['path']}: {bad['problem']}", highlight=False)
+            if not report.chains and not report.unreadable:
+                console.print("[bold red]no backups found[/]", highlight=False)
+        raise typer.Exit(ExitCode.OK if report.ok else ExitCode.PROBLEM)
+
+    @backup_app.command("keygen", epilog=exit_codes())
+    @command
+    def keygen(
+        to: Annotated[str, typer.Option("--to", help="Where to write the key (64 hex digits, mode 0600, never "
+                                        "overwritten). Keep it away from the backups.")],
+        json: JsonOption = False,
+        config: ConfigOption = None,  # noqa: ARG001 - every command takes one; keygen needs no setting
+    ) -> None:
+        """Make a random 256-bit key for encrypting backups (--key-file)."""
+        from ..adapters.store import backup_crypto
+        from ..render import console, to_json
+
+        kid = backup_crypto.keygen(to)
+        if json:
+            print(to_json({"ok": True, "key_file": to, "key_id": kid}))
+        else:
+            console.print(f"backup key written: {to} (key id {kid}); keep a copy apart from the backups",
+                          highlight=False)
