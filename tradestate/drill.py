@@ -452,6 +452,14 @@ def drill_event(report: DrillReport, **envelope: Any) -> ev.DrillCompleted:
                for s in report.steps])
 
 
+def _read_only(error: BaseException) -> bool:
+    """A refusal to write: a read-only PostgreSQL server or session, or a SQLite file opened read-only."""
+    import sqlite3
+
+    return isinstance(error, ReadOnlyStore) or (isinstance(error, sqlite3.OperationalError)
+                                                 and "readonly" in str(error))
+
+
 def _record(live_url: str, report: DrillReport) -> None:
     """Append ``DrillCompleted`` to the live log through the client (as ``RecoveryCompleted`` is);
     a read-only database is noted, not an error."""
@@ -459,21 +467,20 @@ def _record(live_url: str, report: DrillReport) -> None:
 
     try:
         store = open_store(live_url)
-    except ReadOnlyStore as e:
-        report.record_note = f"not recorded: the live database accepts reads only ({e})"
-        return
-    try:
-        client = TradestateClient(store, clock_guard=False)
-    except BaseException:
-        store.close()
-        raise
-    with client:
         try:
+            client = TradestateClient(store, clock_guard=False)
+        except BaseException:
+            store.close()
+            raise
+        with client:
             event = drill_event(report, **client.writer.envelope(report.finished_at))
             recorded = client.writer.record_event(ev.DRILL_STREAM, event)
-        except ReadOnlyStore as e:
-            report.record_note = f"not recorded: the live database accepts reads only ({e})"
-            return
+    except Exception as e:  # noqa: BLE001 - only a refusal to write is noted; anything else is raised
+        cause = e.__cause__ or e
+        if not (_read_only(e) or _read_only(cause)):
+            raise
+        report.record_note = f"not recorded: the live database accepts reads only ({e})"
+        return
     report.recorded_position = recorded.position
     report.record_note = f"DrillCompleted recorded at position {recorded.position:,}"
 
