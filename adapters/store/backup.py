@@ -342,6 +342,8 @@ class _Snap:
     def __init__(self, cur: Any, *, pg: bool, schema: str = "", prefix: str = "", select_range: Any = None):
         self.cur, self.pg, self.schema, self.prefix = cur, pg, schema, prefix
         self._select_range = select_range
+        self._heads: dict[str, tuple[int, int]] = {}
+        self._above: dict[str, int] = {}
 
     def t(self, table: str) -> str:
         """The table's name, qualified."""
@@ -361,13 +363,34 @@ class _Snap:
         return self.one(f"SELECT 1 FROM {master} WHERE type = 'table' AND name = ?", (table,)) is not None
 
     def head(self, log: str) -> tuple[int, int]:
-        """(head, rows) of the log's contiguous prefix (0, 0 when there is no table)."""
+        """(head, rows) of the log's contiguous prefix (0, 0 when there is no table). After
+        ``above(log, position)`` only the rows above that position are counted (an increment's
+        cost follows what is new, not the log's length); the answer is kept for the snapshot."""
+        if log in self._heads:
+            return self._heads[log]
+        above = self._above.get(log, 0)
         if not self.exists(log):
-            return 0, 0
-        if self.pg:
-            return _pg_contiguous_head(self.cur, self.t(log))
-        head, rows = self.one(f"SELECT coalesce(max(position), 0), count(*) FROM {self.t(log)}")
-        return int(head), int(rows)
+            found = (0, 0)
+        elif self.pg:
+            if above:
+                head, rows = (int(x) for x in self.one(
+                    f"SELECT coalesce(max(position), ?), count(*) FROM {self.t(log)} WHERE position > ?",
+                    (above, above)))
+                found = (head, head) if head - above == rows else _pg_contiguous_head(self.cur, self.t(log))
+            else:
+                found = _pg_contiguous_head(self.cur, self.t(log))
+        else:
+            head, rows = self.one(f"SELECT coalesce(max(position), ?), count(*) FROM {self.t(log)} WHERE position > ?",
+                                  (above, above))
+            found = (int(head), int(rows) + above)
+        self._heads[log] = found
+        return found
+
+    def above(self, log: str, position: int) -> None:
+        """The log is known to hold 1..``position`` (a previous backup's head, checked by
+        ``continues``): ``head`` counts only the rows above it."""
+        self._above[log] = position
+        self._heads.pop(log, None)
 
     def chain_tail(self, log: str, head: int) -> dict[str, Any]:
         """The last sealed range at or below ``head``: {"sealed_upto", "last_digest"}."""
@@ -435,6 +458,9 @@ class _Snap:
         heads: dict[str, int] = {}
         for log in LOG_TABLES:
             was = prev.logs.get(log, {}).get("head", 0)
+            if self.exists(log) and was and self.one(f"SELECT count(*) FROM {self.t(log)} WHERE position = ?",
+                                                     (was,))[0] == 1:
+                self.above(log, was)  # checked below: the prefix up to it is the one backed up
             head, _rows = self.head(log)
             if head < was:
                 raise refuse(f"{log} ends at {head}, the backup at {was}")
@@ -837,13 +863,27 @@ def _unpack(f: Any, member: dict[str, Any], out_path: Path | None, path: Any) ->
         raise BackupDamaged(f"{path}: member {name!r} decompresses to other data than was backed up")
 
 
+def _link_of(links: list[tuple[Path, Manifest, dict[str, Path]]] | None, log: str | None,
+             position: int | None) -> Path | None:
+    """The file of the chain that holds ``position`` of ``log`` (None for a single file)."""
+    if not links or len(links) < 2 or log is None or position is None:
+        return None
+    for p, m, _files in links:
+        info = m.logs.get(log, {})
+        if info.get("from", 1) <= position <= info.get("head", 0):
+            return p
+    return None
+
+
 def _check_against_manifest(manifest: Manifest, result: digest_mod.VerifyResult, logs: dict[str, dict[str, int]],
-                            path: Any, rows: dict[str, int] | None = None) -> None:
+                            path: Any, rows: dict[str, int] | None = None,
+                            links: list[tuple[Path, Manifest, dict[str, Path]]] | None = None) -> None:
     """The staged logs against the (last) manifest: heads, row counts (``rows``: the chain's total),
-    the digest chain's tail."""
+    the digest chain's tail. A bad position is blamed on the link of the chain that holds it."""
     if not result.ok:
-        raise BackupDamaged(f"{path}: the backed-up log fails verification: first bad position "
-                            f"{result.first_bad_position} ({result.problem}: {result.detail}); nothing was restored")
+        raise BackupDamaged(f"{_link_of(links, result.log, result.first_bad_position) or path}: the backed-up log "
+                            f"fails verification: first bad position {result.first_bad_position} ({result.problem}: "
+                            f"{result.detail}); nothing was restored")
     for log in LOG_TABLES:
         want = manifest.logs.get(log, {"head": 0, "rows": 0})
         want = {"head": want["head"], "rows": want["rows"] if rows is None else rows[log]}
@@ -1245,7 +1285,7 @@ def _restore_sqlite(url: str, target: Path, links: list[tuple[Path, Manifest, di
         result = digest_mod.verify(staged, progress=progress)
     finally:
         staged.close()
-    _check_against_manifest(manifest, result, logs, path, _chain_rows(links))
+    _check_against_manifest(manifest, result, logs, path, _chain_rows(links), links)
     # back to one self-contained file (open_store switched it to WAL)
     conn = sqlite3.connect(staged_db, isolation_level=None)
     try:
@@ -1355,7 +1395,7 @@ def _restore_postgres(url: str, links: list[tuple[Path, Manifest, dict[str, Path
                 result = digest_mod.verify(staged, progress=progress)
             finally:
                 staged.close()
-            _check_against_manifest(manifest, result, logs, path, _chain_rows(links))
+            _check_against_manifest(manifest, result, logs, path, _chain_rows(links), links)
 
             # 2. the target's objects (schema, sequences, append functions), then the swap
             open_store(url, create=True).close()

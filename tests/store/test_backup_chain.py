@@ -11,7 +11,7 @@ import tarfile
 
 import psycopg
 import pytest
-from tests.support.db import pg_base_url, schema_of, with_schema
+from tests.support.db import pg_base_url, schema_of, tamper, with_schema
 from tests.support.projector_worker import Clock
 from typer.testing import CliRunner
 
@@ -261,3 +261,16 @@ def test_cli_chain_encrypted_check_restore(url, tmp_path):
     r = runner.invoke(app, ["backup", "--db", url, "--to", str(backups / "inc3.tsb"), "--previous", str(backups / "inc2.tsb")])
     assert r.exit_code == 2 and "give the key" in r.stderr
     assert runner.invoke(app, ["backup", "--db", url]).exit_code == 2
+
+
+def test_a_chain_whose_increment_holds_an_altered_event_is_refused_naming_it(url, tmp_path):
+    _trade(url, 5, "a")
+    with open_store(url, create=False) as store:
+        full = bk.backup(store, tmp_path / "full.tsb")
+    head = _trade(url, 5, "b")
+    with open_store(url, create=False) as store:
+        digest.seal(store)
+        tamper(store, ("UPDATE ts_events SET data = %s WHERE position = %s", (b"{}", head - 2)))
+        bk.backup(store, tmp_path / "inc1.tsb", previous=full.path)  # the backup only reads: it carries the edit
+    _refused(url, tmp_path, [tmp_path / "full.tsb", tmp_path / "inc1.tsb"],
+             f"{tmp_path / 'inc1.tsb'}: the backed-up log fails verification: first bad position {head - 2}")

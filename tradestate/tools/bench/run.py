@@ -61,6 +61,7 @@ from urllib.parse import urlparse, urlunparse
 
 from . import (
     append,
+    backup,
     batch,
     drill,
     failover,
@@ -90,11 +91,12 @@ GROUPS: dict[str, ModuleType] = {
     "takeover": takeover,
     "replication": replication,
     "failover": failover,
+    "backup": backup,
     "drill": drill,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
-LOG_GROUPS = ("replay", "projection", "recovery", "postmortem", "memory")
+LOG_GROUPS = ("replay", "projection", "recovery", "postmortem", "memory", "backup")
 SCALING_SIZES = (100_000, 1_000_000, 10_000_000)
 _SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000}
 

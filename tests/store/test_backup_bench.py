@@ -1,0 +1,38 @@
+"""The bench group ``backup`` on a tiny log (both backends): its rows, and its target line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tradestate.tools.bench.backup import NEW_EVENTS, TARGET_INCREMENT_S, targets
+from tradestate.tools.bench.common import Result
+from tradestate.tools.bench.run import run_bench
+
+TINY = {"single_seconds": 0.3, "writers": 2, "warmup": 5, "batch_size": 10, "batches": 5, "replay_events": 3_000,
+        "repeats": 1, "page": 500, "failover_rounds": 0, "patroni_rounds": 0, "takeovers": 1}
+
+
+@pytest.mark.postgres
+def test_the_backup_group_measures_both_backends(capsys, tmp_path, pg_server):
+    code = run_bench(quick=True, as_json=True, only="backup", sqlite_dir=str(tmp_path), pg_url=pg_server,
+                     events="2k", _sizes=TINY)
+    document = json.loads(capsys.readouterr().out)
+    assert code == 0
+    rows = {(r["metric"], r["backend"]): r for r in document["results"]}
+    for backend in ("sqlite", "postgresql"):
+        assert rows[("backup_incremental", backend)]["baseline"] == "backup_full"
+        assert rows[("backup_incremental_encrypted", backend)]["value"] > 0
+    lines = [t["line"] for t in document["targets"]]
+    assert len(lines) == 2 and all(line.startswith("backup_incremental (") for line in lines)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_target_is_one_second_for_the_increment():
+    assert TARGET_INCREMENT_S == 1.0 and NEW_EVENTS == 10_000
+    [(met, line)] = targets([Result("backup_incremental", "sqlite", 0.25, "s", "backup_full", 10.0, 0.025)])
+    assert met and line == ("backup_incremental (sqlite): 0.250 s for 10,000 new events (target < 1 s; full backup "
+                            "10.00 s, 0.025x)")
+    [(met, _line)] = targets([Result("backup_incremental", "postgresql", 1.5, "s", "backup_full", 10.0, 0.15)])
+    assert not met
