@@ -38,6 +38,9 @@ VOID_STREAM = "$void"
 VOID_TYPE = "$void"
 # The account-neutral stream of clock measurements (``ClockSkewRecorded``).
 CLOCK_STREAM = "clock"
+# The account-neutral stream of restore drills (``DrillCompleted``): ``/health`` reads its last
+# event through the (stream_id, stream_version) index, without a fold.
+DRILL_STREAM = "drill"
 
 
 class Event(BaseModel):
@@ -617,6 +620,38 @@ class ClockSkewRecorded(Event):
     within_threshold: bool
 
 
+DrillOutcome = Literal["passed", "failed"]
+
+
+class DrillCompleted(Event):
+    """One restore drill (``tradestate drill``): the newest backup chain restored into a scratch
+    database, verified, compared with the live log and folded to a ready state. ``outcome``
+    ``failed`` names the first ``reason`` (a damaged link, a backup that diverges from the live
+    log...). ``links``: the chain's files in restore order (full first), ``heads``: each log's head
+    in the backup, ``live_heads``: in the live log when the drill compared them. ``rto_seconds``:
+    from the drill's start to a ready state (restore, verify, fold); ``rpo_seconds``: age of the
+    newest backed-up event at ``finished_at``; ``events_behind``: events the live trading log holds
+    beyond the backup. Recorded for a failed drill too (figures it did not reach are None). On
+    the account-neutral ``drill`` stream; it changes no trading state."""
+
+    stream_kind: ClassVar[str] = "drill"
+    outcome: DrillOutcome
+    reason: Text = ""
+    chain_id: Text = ""
+    links: list[Text] = Field(default_factory=list, max_length=1000)
+    source_kind: Identifier | None = None
+    heads: dict[Identifier, int] = Field(default_factory=dict, max_length=10)
+    live_heads: dict[Identifier, int] = Field(default_factory=dict, max_length=10)
+    last_digest: Text = ""
+    rto_seconds: ComputedAmount | None = None
+    rpo_seconds: ComputedAmount | None = None
+    events_behind: int | None = None
+    newest_backed_up_at: UtcDatetime | None = None
+    started_at: UtcDatetime
+    finished_at: UtcDatetime
+    steps: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
+
+
 class BarRecorded(Event):
     """One OHLCV bar. Lives in the market-data log, not the trading log."""
 
@@ -683,6 +718,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RampStepped,
         RampHeld,
         RampHealthy,
+        DrillCompleted,
     )
 }
 

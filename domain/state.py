@@ -642,6 +642,9 @@ class TradingState:
         acct.blocked = False
         acct.blocked_reason = ""
 
+    def _on_DrillCompleted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        pass  # an operational record (``/health`` reads it from the drill stream): no trading state
+
     # gates ------------------------------------------------------------------------------
     def _on_GateApproved(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.gate_approvals[d["gate_id"]] = {

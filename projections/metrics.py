@@ -40,6 +40,7 @@ class MetricsSnapshot:
     limits: list[dict[str, Any]] = field(default_factory=list)
     open_discrepancies: dict[str, int] = field(default_factory=dict)
     now: float = 0.0  # unix time of the scrape (seconds since the last reconciliation)
+    drill: dict[str, Any] | None = None  # queries.last_drill: the last restore drill on record
 
 
 class ReadModelCollector:
@@ -96,6 +97,29 @@ class ReadModelCollector:
         yield breaker
         yield from _engine_families(snap.engines)
         yield from _operation_families(snap)
+        yield from _drill_families(snap.drill)
+
+
+def _drill_families(drill: dict[str, Any] | None) -> Iterator[Metric]:
+    """The last restore drill (``tradestate drill``); no samples when none is on record (alert on
+    ``absent(...)`` or on ``time() - tradestate_drill_last_completed_timestamp_seconds``)."""
+    at = GaugeMetricFamily("tradestate_drill_last_completed_timestamp_seconds",
+                           "Unix time the last restore drill finished")
+    passed = GaugeMetricFamily("tradestate_drill_passed", "1 if the last restore drill passed, 0 if it failed")
+    rto = GaugeMetricFamily("tradestate_drill_rto_seconds",
+                            "The last drill's RTO: seconds from its start to a ready state (absent: not reached)")
+    rpo = GaugeMetricFamily("tradestate_drill_rpo_seconds",
+                            "The last drill's RPO: age of the newest backed-up event when it ran")
+    behind = GaugeMetricFamily("tradestate_drill_events_behind",
+                               "Live trading events beyond the backup when the last drill ran")
+    if drill is not None:
+        if drill.get("finished_at") is not None:
+            at.add_metric([], drill["finished_at"].timestamp())
+        passed.add_metric([], 1 if drill.get("outcome") == "passed" else 0)
+        for family, key in ((rto, "rto_seconds"), (rpo, "rpo_seconds"), (behind, "events_behind")):
+            if drill.get(key) is not None:
+                family.add_metric([], float(drill[key]))
+    yield from (at, passed, rto, rpo, behind)
 
 
 def _num(value: Any) -> float:

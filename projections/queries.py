@@ -31,6 +31,7 @@ import orjson
 
 from ..adapters.store import TRADING_TABLE, sqlite_path
 from ..adapters.store.sql import POSTGRESQL, SQLITE, url_kind
+from ..domain.events import DRILL_STREAM
 from ..domain.ids import order_stream_id
 from .projector import PROJECTION
 from .tables import OPEN_ORDERS_VIEW, TABLES, TRACKING_TABLE, Dialect
@@ -467,6 +468,29 @@ def operations(tx: Tx) -> dict[str, Any]:
             a: int(n or 0) for a, n in tx.rows(f"SELECT account, sum(discrepancies) FROM {d.name('ts_orders')} "
                                                "WHERE is_open GROUP BY account")}
     return out
+
+
+def last_drill(tx: Tx) -> dict[str, Any] | None:
+    """The last restore drill on record (``DrillCompleted``, the newest event of the ``drill``
+    stream, found through the log's (stream_id, stream_version) index: no fold, no read model), or
+    None. Keys: position, outcome, reason, chain_id, finished_at (aware UTC), rto_seconds,
+    rpo_seconds (floats or None), events_behind."""
+    d, p = tx.dialect, tx.dialect.param
+    if not tx.exists(TRADING_TABLE):
+        return None
+    row = tx.one(f"SELECT position, data FROM {d.name(TRADING_TABLE)} WHERE stream_id = {p} "
+                 "ORDER BY stream_version DESC LIMIT 1", (DRILL_STREAM,))
+    if row is None:
+        return None
+    data = orjson.loads(bytes(row[1]))
+
+    def num(key: str) -> float | None:
+        return float(data[key]) if data.get(key) is not None else None
+
+    return {"position": int(row[0]), "outcome": data.get("outcome"), "reason": data.get("reason") or "",
+            "chain_id": data.get("chain_id") or "", "finished_at": _time(data.get("finished_at")),
+            "rto_seconds": num("rto_seconds"), "rpo_seconds": num("rpo_seconds"),
+            "events_behind": data.get("events_behind")}
 
 
 def lag(tx: Tx, *, with_orders: bool = False) -> dict[str, Any]:

@@ -313,6 +313,9 @@ def describe(e: LoggedEvent) -> str:
     if t == "BarRecorded":
         return (f"bar {d['symbol']} {d['timeframe']} {d['start']} O {_n(d['open'])} H {_n(d['high'])} "
                 f"L {_n(d['low'])} C {_n(d['close'])} V {_n(d['volume'])}")
+    if t == "DrillCompleted":
+        return (f"restore drill {d['outcome']}: RTO {_n(d.get('rto_seconds'))} s, RPO {_n(d.get('rpo_seconds'))} s"
+                + (f" ({d['reason']})" if d.get("reason") else ""))
     if t == VOID_TYPE:
         return "(void position)"
     return t

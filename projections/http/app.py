@@ -51,6 +51,8 @@ def create_app(
     watch_engines: bool = True,
     engine_watch_seconds: float = 2.0,
     alerts: dict[str, Any] | None = None,
+    drill_max_age_days: float = 35.0,
+    drill_required: bool = False,
 ) -> FastAPI:
     """The API over the read models of the database at ``url`` (``$TRADESTATE_DB`` or the default
     when None). Nothing is read until the first request: a database that is not reachable yet is
@@ -63,7 +65,9 @@ def create_app(
     ``InvalidInput`` for bad thresholds or an unsupported URL. ``watch_engines``: record the
     expiry of a dead engine's lease (``LeaseExpired``) within ``engine_watch_seconds`` of it, from a
     background thread (see ``engines.EngineMonitor``). ``alerts`` (``tradestate.alerts.service_options``
-    with URLs): deliver the log's alerts to those webhooks from background threads while serving."""
+    with URLs): deliver the log's alerts to those webhooks from background threads while serving.
+    ``drill_max_age_days``: ``/health`` is ``degraded`` when the last restore drill (``DrillCompleted``)
+    failed or is older than this (35: monthly drills); ``drill_required``: also when none is on record."""
     url = resolve_url(url)
     if lag_threshold_events < 0 or lag_threshold_seconds <= 0:
         raise InvalidInput("lag thresholds: events must be >= 0 and seconds > 0")
@@ -72,6 +76,8 @@ def create_app(
     host_policy = HostPolicy.of(allowed_hosts)
     if engine_watch_seconds <= 0:
         raise InvalidInput("engine_watch_seconds must be > 0")
+    if drill_max_age_days <= 0:
+        raise InvalidInput("drill_max_age_days must be > 0")
     reader = queries.open_reader(url)
     monitor = EngineMonitor(url, watch=watch_engines, every=engine_watch_seconds)
     controls = control.ControlWriter(url)
@@ -86,6 +92,7 @@ def create_app(
         with reader.read() as tx:
             snap = queries.lag(tx, with_orders=True)
             ops = queries.operations(tx)
+            drill = queries.last_drill(tx)
         return MetricsSnapshot(
             accounts=snap["accounts"], positions=ops["positions"], limits=ops["limits"],
             open_discrepancies=ops["open_discrepancies"], now=time.time(),
@@ -94,7 +101,7 @@ def create_app(
             orders_by_status=snap["orders_by_status"],
             kill_switch={a["account"]: a["kill_switch"] for a in snap["accounts"]},
             breaker_active={a["account"]: a["breaker_active"] for a in snap["accounts"]},
-            engines=monitor.rows(folded=False),
+            engines=monitor.rows(folded=False), drill=drill,
         )
 
     @asynccontextmanager
@@ -135,7 +142,8 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.state.settings = routes.Settings(url, read_tokens, lag_threshold_events, lag_threshold_seconds)
+    app.state.settings = routes.Settings(url, read_tokens, lag_threshold_events, lag_threshold_seconds,
+                                         drill_max_age_days, drill_required)
     app.state.tokens = all_tokens
     app.state.controls = controls
     app.state.reader = reader

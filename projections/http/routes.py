@@ -69,6 +69,8 @@ class Settings:
     token: Any
     lag_threshold_events: int
     lag_threshold_seconds: float
+    drill_max_age_days: float = 35.0  # the last restore drill is stale after this (monthly drills)
+    drill_required: bool = False  # no drill on record turns /health degraded
 
 
 def get_settings(request: Request) -> Settings:
@@ -403,6 +405,20 @@ def _lag_status(snap: dict[str, Any], settings: Settings) -> str:
     return "ok"
 
 
+def _drill_status(drill: dict[str, Any] | None, settings: Settings, now: datetime) -> tuple[str, str | None]:
+    """The last drill's status (ok, failed, stale, never) and, when it degrades /health, why."""
+    if drill is None:
+        return "never", ("no restore drill on record (run `tradestate drill`)" if settings.drill_required else None)
+    if drill["outcome"] != "passed":
+        return "failed", "the last restore drill failed (last_drill.reason says why)"
+    at = drill["finished_at"]
+    age_days = (now - at).total_seconds() / 86400 if at is not None else float("inf")
+    if age_days > settings.drill_max_age_days:
+        return "stale", (f"the last restore drill is {age_days:.1f} days old (more than "
+                         f"{settings.drill_max_age_days:g})")
+    return "ok", None
+
+
 @public.get("/livez", response_model=LiveOut, tags=["operations"],
             summary="Liveness: 200 while the process serves requests (the database is not read)")
 def livez() -> dict[str, Any]:
@@ -438,24 +454,39 @@ def readyz(reader: ReaderDep, settings: SettingsDep, response: Response) -> dict
 def health(request: Request, reader: ReaderDep, settings: SettingsDep, monitor: EnginesDep,
            response: Response) -> dict[str, Any]:
     """What `/readyz` reports (same status codes and freshness headers), plus the thresholds, the count
-    of dead engines and, when the request is authorized, each account's breaker and kill switch and
-    each engine's lease (`accounts` and `engines` are null otherwise, so an open probe reveals no
-    account ids). A dead engine (its lease expired unrenewed) turns an `ok` status into `degraded`,
-    still 200: the read models are served as ever, the alert is for the engine."""
+    of dead engines, the last restore drill and, when the request is authorized, each account's breaker
+    and kill switch and each engine's lease (`accounts` and `engines` are null otherwise, so an open
+    probe reveals no account ids). A dead engine (its lease expired unrenewed), a last drill that failed
+    or is older than `drill_max_age_days` (and, when drills are required, none on record) turn an `ok`
+    status into `degraded`, still 200, with the `reasons`: the read models are served as ever, the alert
+    is for the operators."""
     with reader.read() as tx:
         snap = queries.lag(tx)
+        drill = queries.last_drill(tx)
     engine_rows = monitor.rows(folded=False)
+    now = datetime.now(timezone.utc)
     snap["status"] = _lag_status(snap, settings)
     snap["dead_engines"] = sum(1 for e in engine_rows if e["state"] == "dead")
     snap["engines"] = engine_rows
+    snap["drill_status"], drill_reason = _drill_status(drill, settings, now)
+    snap["drill_max_age_days"] = settings.drill_max_age_days
+    snap["reasons"] = ([f"{snap['dead_engines']} engine(s) dead (lease expired unrenewed)"] if snap["dead_engines"]
+                       else []) + ([drill_reason] if drill_reason else [])
+    if drill is not None:
+        at = drill["finished_at"]
+        snap["last_drill"] = {**{k: drill[k] for k in ("outcome", "reason", "finished_at", "rto_seconds",
+                                                       "rpo_seconds", "events_behind", "position")},
+                              "age_seconds": (now - at).total_seconds() if at is not None else None}
     if snap["status"] != "ok":
         response.status_code = 503
-    elif snap["dead_engines"]:
+    elif snap["reasons"]:
         snap["status"] = "degraded"
     response.headers.update({POSITION_HEADER: str(snap["projection_position"]), HEAD_HEADER: str(snap["log_head"])})
     snap["lag_threshold_events"] = settings.lag_threshold_events
     snap["lag_threshold_seconds"] = settings.lag_threshold_seconds
     if not authorized(request.headers, settings.token):
         snap["accounts"] = snap["engines"] = None
+        if drill is not None:  # the figures are for alerting; the reason may name files
+            snap["last_drill"]["reason"] = None
     del snap["orders_by_status"]
     return snap

@@ -206,13 +206,30 @@ class EngineOut(EngineHealthOut):
                                                description="Log position of the engine's last RecoveryCompleted")
 
 
+class DrillHealthOut(BaseModel):
+    """The last restore drill on record (``tradestate drill``), as /health reports it."""
+
+    outcome: Literal["passed", "failed"] = Field(description="passed, or failed (see reason)")
+    reason: str | None = Field(default=None, description="Why it failed ('' when it passed; null without the "
+                                                         "token when one is configured)")
+    finished_at: datetime | None = Field(default=None, description="When the drill finished (UTC)")
+    age_seconds: float | None = Field(default=None, description="Seconds since then")
+    rto_seconds: float | None = Field(default=None, description="The drill's RTO: seconds from its start to a "
+                                                                "ready state (restore, verify, fold)")
+    rpo_seconds: float | None = Field(default=None, description="The drill's RPO: age of the newest backed-up "
+                                                                "event when it ran")
+    events_behind: int | None = Field(default=None, description="Live events beyond the backup when it ran")
+    position: int = Field(description="Log position of its DrillCompleted")
+
+
 class HealthOut(BaseModel):
     """The readiness detail: how far the read models are behind the log, with the thresholds and
     each account's kill switch and breaker (503 when behind or stalled, as /readyz)."""
 
     status: Literal["ok", "degraded", "behind", "stalled"] = Field(
         description="ok; degraded (still 200): the read models are current but an engine is dead (its lease "
-                    "expired unrenewed); behind: more unprojected events than the threshold; "
+                    "expired unrenewed), or the last restore drill failed or is older than the maximum age "
+                    "(see reasons); behind: more unprojected events than the threshold; "
                     "stalled: unprojected events older than the seconds threshold (both 503)")
     log_head: int = Field(description="Last position of the trading log")
     projection_position: int = Field(description="Last log position the tables include")
@@ -228,6 +245,14 @@ class HealthOut(BaseModel):
     engines: list[EngineHealthOut] | None = Field(
         default=None, description="Each engine with a lease: state, holder, epoch, renewal age (null without the "
                                   "token when one is configured)")
+    last_drill: DrillHealthOut | None = Field(default=None, description="The last restore drill on record (null: "
+                                                                        "none was ever recorded)")
+    drill_status: Literal["ok", "failed", "stale", "never"] = Field(
+        default="never", description="ok: the last drill passed within drill_max_age_days; failed; stale: older "
+                                     "than that; never: no drill on record (degraded only when drills are "
+                                     "required)")
+    drill_max_age_days: float = Field(default=35.0, description="A drill older than this is stale")
+    reasons: list[str] = Field(default_factory=list, description="Why the status is degraded")
 
 
 class ReadyOut(BaseModel):

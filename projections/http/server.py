@@ -43,6 +43,8 @@ def run_server(
     lag_threshold_seconds: float = 5.0,
     log_level: str = "info",
     alerts: dict[str, Any] | None = None,
+    drill_max_age_days: float = 35.0,
+    drill_required: bool = False,
 ) -> int:
     """Serve the API with uvicorn until interrupted; returns the process exit code.
 
@@ -65,7 +67,8 @@ def run_server(
     open_store(url, create=False).close()  # a clear error when there is no log, before binding anything
     app = create_app(url, token=token, tokens=tokens, open_reads=open_reads, allowed_hosts=allowed_hosts,
                      lag_threshold_events=lag_threshold_events,
-                     lag_threshold_seconds=lag_threshold_seconds, alerts=alerts)
+                     lag_threshold_seconds=lag_threshold_seconds, alerts=alerts,
+                     drill_max_age_days=drill_max_age_days, drill_required=drill_required)
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,

@@ -35,11 +35,13 @@ def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
     # act six: flaky-engine crashes 4 times; the repeated-crashes gate waits for an operator, an
     # intent is refused, the listener gets the signed alerts, the approval, the ramp steps by itself
     _assert_runbook_act(run.stdout)
+    _assert_drill_act(run.stdout, 104)
+    assert (tmp_path / "backups" / "full.tsb").exists() and (tmp_path / "backups" / "inc1.tsb").exists()
     state = json.loads(tradestate("state", "--db", url, "--json").stdout)
     # 70 + the first two recoveries' four GateEvaluated + act six's 22 (4 starts, 4 GateEvaluated, 2
     # TradingResumed, RecoveryCompleted, the refused intent's 2, 2 RampHeld, GateApproved, 2
-    # RampHealthy, 4 RampStepped)
-    assert state["position"] == 100
+    # RampHealthy, 4 RampStepped) + the last act's 3 signals and DrillCompleted
+    assert state["position"] == 104
     # the morning's 90 AAPL less the 40 whose fill notification was lost; 50 + 20 MSFT; and the
     # hot act's two market orders, each filled once (h-2's fill found by the standby's recovery)
     assert {(p["account"], p["symbol"], p["qty"]) for p in state["positions"]} == {
@@ -71,6 +73,14 @@ def _assert_runbook_act(out: str) -> None:
     assert "every signature verified with the demo secret: True" in act
 
 
+def _assert_drill_act(out: str, position: int) -> None:
+    """The demo's last act: a full backup, an increment, a drill that passes and is on record."""
+    act = " ".join(out[out.index("Backups and a restore drill"):].split())
+    assert "full backup of 100 events" in act and "an increment of 3 events" in act
+    assert "2 link(s) (full + 1 increment(s))" in act and "drill passed: RTO" in act
+    assert f"DrillCompleted is on record at position {position} (outcome passed)" in act
+
+
 def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
     url = f"sqlite:///{tmp_path}/demo.db"
     import tradestate as ts
@@ -91,6 +101,7 @@ def test_demo_on_postgresql(pg_url):
     assert "same state" in run.stdout
     assert "takeover in " in run.stdout and "neither lost nor sent twice" in run.stdout
     _assert_runbook_act(run.stdout)
+    _assert_drill_act(run.stdout, 104)
     # --reset drops every tradestate table of the schema: read models, leases and the alert cursor
     # left by the first run would otherwise claim positions the new log has not reached
     again = tradestate("demo", "--db", pg_url, "--reset")

@@ -39,6 +39,11 @@ def register(app: typer.Typer) -> None:
         alerts: Annotated[bool, typer.Option("--alerts/--no-alerts", help="Also deliver alerts to the webhooks of "
                                                                           "$TRADESTATE_ALERT_URL / the config file's alert.url (off by "
                                                                           "default: `project` delivers them).")] = False,
+        drill_max_age_days: Annotated[float, typer.Option(
+            "--drill-max-age-days", min=0.001, help="/health is degraded when the last restore drill (tradestate "
+                                                    "drill) failed or is older than this.")] = 35.0,
+        require_drill: Annotated[bool, typer.Option(
+            "--require-drill", help="/health is degraded also when no restore drill was ever recorded.")] = False,
         config: ConfigOption = None,
     ) -> None:
         """Serve the read models to risk tools over HTTP (OpenAPI at /docs), with /health and /metrics, and
@@ -63,4 +68,5 @@ def register(app: typer.Typer) -> None:
             fail("--alerts needs a webhook: $TRADESTATE_ALERT_URL or url in the config file's alert table")
         raise typer.Exit(run_server(s.db, host=s.api_host, port=s.api_port, token=secret, tokens=named,
                                     open_reads=s.api_open_reads, allowed_hosts=s.api_allowed_hosts,
-                                    alerts=alert_options))
+                                    alerts=alert_options, drill_max_age_days=drill_max_age_days,
+                                    drill_required=require_drill))

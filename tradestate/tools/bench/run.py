@@ -27,7 +27,7 @@ Each metric group is the module of the same name, with ``run(ctx) -> list[Result
                 events/s, against one binary COPY of the same rows
 
 The log-size-dependent groups (``LOG_GROUPS``: replay, projection, recovery, postmortem,
-memory) measure on a generated trading log of ``--events`` events (1M full, 100k quick), loaded
+memory, backup, drill) measure on a generated trading log of ``--events`` events (1M full, 100k quick), loaded
 once per backend and size and shared (``logs.TradingLogs``). ``--scaling`` runs only those groups,
 at 100k, 1M and 10M events (or the sizes given), and reports how each figure grows: its value at
 each size and the growth factor per 10x more events.
@@ -65,6 +65,7 @@ from . import (
     append,
     backup,
     batch,
+    drill,
     failover,
     memory,
     migrate,
@@ -95,10 +96,11 @@ GROUPS: dict[str, ModuleType] = {
     "failover": failover,
     "backup": backup,
     "migrate": migrate,
+    "drill": drill,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
-LOG_GROUPS = ("replay", "projection", "recovery", "postmortem", "memory", "backup")
+LOG_GROUPS = ("replay", "projection", "recovery", "postmortem", "memory", "backup", "drill")
 SCALING_SIZES = (100_000, 1_000_000, 10_000_000)
 _SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000}
 

@@ -149,8 +149,8 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     session, read it back in a new process, serve it over HTTP, kill an engine and recover, then
     kill an active engine with an order in flight and let its standby take over, then put an
     engine in a crash loop: a safety gate waits for an operator, the ramp steps up by itself after
-    the approval, and a local webhook listener receives the alerts.
-    Another URL must hold an empty log unless ``reset`` (``InvalidInput`` otherwise). Returns 0 when
+    the approval, and a local webhook listener receives the alerts; last, a backup chain (full, then
+    an increment) and a restore drill of it, put on record. Another URL must hold an empty log unless ``reset`` (``InvalidInput`` otherwise). Returns 0 when
     every step agreed, 1 otherwise."""
     console = console or make_console()
     url = url or DEMO_URL
@@ -199,8 +199,11 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     from .runbook import show_runbook
 
     runbook = show_runbook(url, console)
+    from .drill_act import show_backup_and_drill
+
+    drilled = show_backup_and_drill(url, console)
     checks = {"same state in a new process": same, "HTTP API": served, "crash and recovery": recovered,
-              "hot restart": hot, "gates, ramp and alerts": runbook}
+              "hot restart": hot, "gates, ramp and alerts": runbook, "backup and restore drill": drilled}
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
         console.print(f"[bold red]the demo's checks failed: {', '.join(failed)}[/]")
