@@ -79,9 +79,11 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterable
 
-from ...domain.errors import InvalidInput, TradestateError
+from ...domain.errors import InvalidInput
 from . import MARKET_TABLE, TRADING_TABLE, Store, open_store, redact, resolve_url, sqlite_path
 from . import digest as digest_mod
+from . import backup_crypto as crypto
+from .backup_errors import BackupDamaged, BackupError, BackupKeyError, IncrementRefused, RestoreRefused
 from .sql import POSTGRESQL, SQLITE, Dialect, PgUrl, quote, url_kind
 
 FORMAT = "tradestate-backup"
@@ -99,31 +101,6 @@ FULL, INCREMENTAL = "full", "incremental"
 NOT_STORED = ("path", "size", "manifest_sha256", "key_id")  # Manifest fields known only once read/written
 
 
-class BackupError(TradestateError):
-    """A backup could not be written or restored."""
-
-
-class BackupDamaged(BackupError):
-    """The backup file is damaged, truncated, or not a tradestate backup, or a chain of backups
-    has a bad or missing link (named in the message): nothing was restored."""
-
-
-class RestoreRefused(BackupError):
-    """The restore would replace an existing log without ``force``, or cannot be done: nothing changed."""
-
-
-class BackupKeyError(BackupError):
-    """No key, a key that is not 32 bytes, the wrong key, or an encrypted file that does not
-    decrypt (tampered with or truncated: then also a :class:`BackupDamaged`)."""
-
-
-class IncrementRefused(BackupError):
-    """The live log does not continue the previous backup (restored, rewound or altered since):
-    no increment was written; take a full backup."""
-
-
-# after the errors: backup_crypto imports them from here
-from . import backup_crypto as crypto  # noqa: E402
 
 load_key = crypto.load_key
 

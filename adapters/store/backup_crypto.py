@@ -26,7 +26,7 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .backup import BackupDamaged, BackupError, BackupKeyError
+from .backup_errors import BackupDamaged, BackupError, BackupKeyError
 
 MAGIC = b"TSBKENC1"
 VERSION = 1
