@@ -118,6 +118,12 @@ def take_frame(buf: bytes) -> tuple[bytes | None, bytes, int]:
             continue
         body_end = end_of_length + 1 + int(field[2:])
         if len(buf) < body_end + 7:  # "10=" + 3 digits + SOH
+            # A BodyLength too large would hold up the messages behind it until more bytes come:
+            # a BeginString inside the claimed body means this frame ended before it.
+            if buf.find(SOH + start_tag, pos) >= 0:
+                garbled += 1
+                buf = buf[1:]
+                continue
             return None, buf, garbled
         trailer = buf[body_end:body_end + 7]
         if not (trailer.startswith(b"10=") and trailer.endswith(SOH)) or trailer[3:6] != checksum(buf[:body_end]):
@@ -456,7 +462,9 @@ class FixSession:
             else:
                 self._resend_until = max(self._resend_until, seq)
             # The resend covers this message; only session-level facts are taken now.
-            if msg_type == b"5":
+            if msg_type == b"0" and get(msg, 112):  # resent as a GapFill: its TestReqID counts now
+                self._saw_heartbeat(get(msg, 112) or "")
+            elif msg_type == b"5":
                 self._logout_received = True
                 self._drop()
             elif msg_type == b"1":
@@ -484,9 +492,7 @@ class FixSession:
         if msg_type == b"0":
             test_id = get(msg, 112)
             if test_id:
-                self._heartbeats_seen.add(test_id)
-                if self._pending_test and self._pending_test[0] == test_id:
-                    self._pending_test = None
+                self._saw_heartbeat(test_id)
         elif msg_type == b"1":
             self.send("0", [(112, get(msg, 112) or "")])
         elif msg_type == b"2":
@@ -503,6 +509,11 @@ class FixSession:
             self._drop()
         elif msg_type not in ADMIN_TYPES:
             self.on_app(msg, frame)
+
+    def _saw_heartbeat(self, test_id: str) -> None:
+        self._heartbeats_seen.add(test_id)
+        if self._pending_test and self._pending_test[0] == test_id:
+            self._pending_test = None
 
     def _resend_check(self) -> None:
         if self._resend_until is not None and self.store.next_in > self._resend_until:

@@ -31,7 +31,7 @@ dictionary as in quickfix ``spec/FIX44.xml``), not from what our adapter expects
   ShortQty 705). Venues that support neither (``supports_mass_status`` / ``supports_positions``
   False) answer ``35=j`` with BusinessRejectReason 380=3.
 
-Scripted faults: ``drop_next(n)`` (the next n messages are stored but not sent: a gap),
+Scripted faults: ``rewind(n)`` (a MsgSeqNum n too low without PossDupFlag), ``drop_next(n)`` (the next n messages are stored but not sent: a gap),
 ``corrupt_next()`` (the next message goes out with a wrong CheckSum), ``duplicate_last()`` (the last
 message again with its own MsgSeqNum and 43=Y), ``resend_as_new(seq)`` (an old application message
 again under a new MsgSeqNum with PossResend 97=Y), ``bitgo_fills`` (a completing fill comes as
@@ -98,6 +98,7 @@ class FakeDropCopyServer:
         self.received: list[tuple[str, int, bool]] = []  # (MsgType, MsgSeqNum, PossDup) per message
         self.logons = 0
         self.resend_requests: list[tuple[int, int]] = []
+        self.heartbeat_ids: list[str] = []  # TestReqID 112 of each Heartbeat answering our TestRequest
         self._drop = 0
         self._corrupt = False
         self._lock = threading.RLock()
@@ -271,6 +272,8 @@ class FakeDropCopyServer:
         seq = int(get(msg, 34) or 0)
         poss_dup = get(msg, 43) == "Y"
         self.received.append((msg_type, seq, poss_dup))
+        if msg_type == "0" and get(msg, 112):
+            self.heartbeat_ids.append(get(msg, 112))
         if msg_type == "4" and get(msg, 123) == "Y":
             if seq >= self.next_in:
                 self.next_in = int(get(msg, 36) or seq + 1)
@@ -372,6 +375,15 @@ class FakeDropCopyServer:
         with self._lock:
             msg_type, body, _ = self.sent[seq]
             return self._emit(msg_type, [(97, "Y"), *body])
+
+    def test_request(self, test_id: str) -> int:
+        """Send a TestRequest (35=1, TestReqID 112): the client must answer with a Heartbeat."""
+        return self._emit("1", [(112, test_id)])
+
+    def rewind(self, n: int) -> None:
+        """A broken acceptor: the next MsgSeqNum is ``n`` lower, without PossDupFlag."""
+        with self._lock:
+            self.next_out -= n
 
     def new_order(self, cl_ord_id: str, symbol: str, side: str, qty: Decimal | str, price: Decimal | str | None,
                   *, order_id: str | None = None) -> str:
