@@ -223,8 +223,10 @@ class DropCopyBook:
         seen.stop_price = _dec(get(msg, 99)) or seen.stop_price
         if at is not None:
             seen.updated_at = at
-        # the order keeps the ClOrdID it was entered with (ours); a replace's new one is in raw
-        seen.raw = raw
+        # the order keeps the ClOrdID it was entered with (ours); a replace's new one is in raw.
+        # raw is the latest report, plus the last Text (58) as "reason" (a reject's, a cancel's)
+        reason = get(msg, 58) if seen.ord_status in ("4", "8", "C") else None
+        seen.raw = {**raw, **({"reason": reason or seen.raw.get("reason")} if reason or "reason" in seen.raw else {})}
 
     def _fill(self, msg: simplefix.FixMessage, exec_id: str, order_id: str, qty: Decimal,
               price: Decimal, **raw: Any) -> VenueFill:
