@@ -63,8 +63,8 @@ class OrderFacts:
         return base + ((self.avg_price,) if with_price else ())
 
     def text(self, with_price: bool) -> str:
-        price = f" @ {self.avg_price.normalize()}" if with_price and self.avg_price is not None else ""
-        return f"{self.status} {self.filled_qty.normalize()}{price}"
+        price = f" @ {_plain(self.avg_price)}" if with_price and self.avg_price is not None else ""
+        return f"{self.status} {_plain(self.filled_qty)}{price}"
 
 
 ABSENT = "absent"
@@ -132,6 +132,11 @@ def verdict_of(values: Mapping[str, Any]) -> tuple[Verdict, View | None]:
     if log == api:
         return "drop_copy_differs", "drop_copy"
     return "all_differ", None
+
+
+def _plain(value: Decimal) -> str:
+    """A decimal without exponent or trailing zeros (10, not 1E+1 or 10.00)."""
+    return format(value.normalize(), "f")
 
 
 def _price(value: Decimal | None) -> Decimal | None:
@@ -243,7 +248,7 @@ def _positions(report: ThreeWayReport, state: TradingState, api: VenueSnapshot, 
         values = {v: (None if views[v] is None else views[v].get(symbol, ZERO).normalize())  # type: ignore[union-attr]
                   for v in VIEWS}
         verdict, differs = verdict_of(values)
-        report.rows.append(Row("position", symbol, {v: None if q is None else str(q) for v, q in values.items()},
+        report.rows.append(Row("position", symbol, {v: None if q is None else _plain(q) for v, q in values.items()},
                                verdict, differs, ACTIONS[verdict], symbol=symbol))
 
 
