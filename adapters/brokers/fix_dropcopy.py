@@ -457,7 +457,7 @@ class FixDropCopyAdapter(BrokerAdapter):
 
 
 def parse_drop_copy_url(url: str) -> dict[str, Any]:
-    """``fix://HOST:PORT?sender=OURS&target=THEIRS[&store=DIR][&account=FIXACCT][&heartbeat=30]
+    """``fix://HOST:PORT?sender=OURS&target=THEIRS&store=DIR[&account=FIXACCT][&heartbeat=30]
     [&timeout=10][&mass_status=1][&positions=1]`` as the adapter's options; ``ValueError`` for a
     URL that is not one."""
     parts = urlsplit(url)
@@ -470,6 +470,9 @@ def parse_drop_copy_url(url: str) -> dict[str, Any]:
         raise ValueError(f"unknown drop copy URL option(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
     if not query.get("sender") or not query.get("target"):
         raise ValueError("the drop copy URL needs sender= (our SenderCompID) and target= (the venue's)")
+    if not query.get("store"):
+        # a venue remembers our last MsgSeqNum: a run that starts again from 1 is logged out
+        raise ValueError("the drop copy URL needs store=DIR: FIX sequence numbers must persist between runs")
 
     def flag(name: str) -> bool:
         value = query.get(name, "1").lower()

@@ -270,6 +270,7 @@ class FixSession:
         self._heartbeats_seen: set[str] = set()
         self._logout_received = False
         self._logout_sent = False
+        self.logout_text: str | None = None  # the counterparty's Logout Text (58), when it sent one
         self._test_ids = itertools.count(1)
 
     # ------------------------------------------------------------------------ wire
@@ -362,15 +363,17 @@ class FixSession:
         until = time.monotonic() + timeout
         while not done():
             if self._sock is None:
-                raise FixSessionError(f"{self._where()}: disconnected while waiting for {what}")
+                said = f" (their Logout: {self.logout_text})" if self.logout_text else ""
+                raise FixSessionError(f"{self._where()}: disconnected while waiting for {what}{said}")
             if time.monotonic() >= until:
                 raise FixSessionError(f"{self._where()}: no {what} within {timeout:g} s")
             if not self._read_once(until):
                 self._drop()
                 if done():
                     return
+                said = f" (their Logout: {self.logout_text})" if self.logout_text else ""
                 raise FixSessionError(f"{self._where()}: the counterparty closed the connection "
-                                      f"while we waited for {what}")
+                                      f"while we waited for {what}{said}")
             self._tick()
 
     # ------------------------------------------------------------------ lifecycle
@@ -431,6 +434,8 @@ class FixSession:
             self._fatal(f"CompIDs {get(msg, 49)!r}->{get(msg, 56)!r} do not match the session")
             return
         poss_dup = get(msg, 43) == "Y"
+        if msg_type == b"5":
+            self.logout_text = get(msg, 58) or ""
 
         if msg_type == b"A":
             if get(msg, 141) == "Y":  # the acceptor resets both directions (spec: ResetSeqNumFlag)

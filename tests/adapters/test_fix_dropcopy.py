@@ -196,16 +196,25 @@ def test_an_unreachable_drop_copy_is_unknown_not_empty(server):
     assert "VenueConnectionError" in snap.open_orders.reason
 
 
-def test_drop_copy_url():
+def test_drop_copy_url(tmp_path):
     options = parse_drop_copy_url("fix://10.0.0.5:9878?sender=DESK&target=VENUE&store=/var/fix&heartbeat=10"
                                   "&positions=0")
     assert options == {"host": "10.0.0.5", "port": 9878, "sender": "DESK", "target": "VENUE", "store": "/var/fix",
                        "fix_account": None, "heartbeat": 10, "timeout": 10.0, "mass_status": True,
                        "request_positions": False}
     for bad, message in [("http://h:1?sender=a&target=b", "fix://"), ("fix://h:1?sender=a", "target="),
-                         ("fix://h:1?sender=a&target=b&colour=red", "colour"),
-                         ("fix://h:1?sender=a&target=b&positions=maybe", "positions")]:
+                         ("fix://h:1?sender=a&target=b&store=d&colour=red", "colour"),
+                         ("fix://h:1?sender=a&target=b&positions=maybe&store=d", "positions"),
+                         ("fix://h:1?sender=a&target=b", "store=DIR")]:
         with pytest.raises(ValueError, match=message):
             parse_drop_copy_url(bad)
-    a = drop_copy_adapter("fix://127.0.0.1:9?sender=DESK&target=VENUE", account="acct-1", venue="SIM")
+    a = drop_copy_adapter(f"fix://127.0.0.1:9?sender=DESK&target=VENUE&store={tmp_path}", account="acct-1",
+                          venue="SIM")
     assert (a.account, a.venue, a.broker, a.port) == ("acct-1", "SIM", "fix", 9)
+
+
+def test_a_run_that_forgets_its_sequence_numbers_is_logged_out_with_the_reason(server):
+    adapter(server).snapshot(now=NOW)
+    forgetful = adapter(server)  # a new process without a store starts again at MsgSeqNum 1
+    snap = forgetful.snapshot(now=NOW)
+    assert isinstance(snap.open_orders, Unknown) and "MsgSeqNum too low" in snap.open_orders.reason

@@ -213,3 +213,49 @@ def test_every_wait_is_bounded(tmp_path):
     with pytest.raises(VenueConnectionError):
         FixSession("127.0.0.1", port, sender="DESK", target="VENUE", store=SequenceStore(None, "DESK", "VENUE"),
                    on_app=lambda m, f: None, timeout=0.5).logon()
+
+
+def test_a_silent_counterparty_gets_a_test_request_then_the_link_is_declared_lost():
+    """HeartBtInt of silence on their side: a TestRequest; unanswered for another interval: lost."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    seen = []
+
+    def acceptor():  # answers the Logon, then reads and says nothing
+        conn, _ = listener.accept()
+        buf = b""
+        conn.settimeout(5)
+        try:
+            while True:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+                while True:
+                    frame, buf, _ = take_frame(buf)
+                    if frame is None:
+                        break
+                    msg = parse_frame(frame)
+                    seen.append(msg.message_type)
+                    if msg.message_type == b"A":
+                        conn.sendall(encode("A", [(98, 0), (108, 1)], sender="VENUE", target="DESK", seq=1,
+                                            sending_time=datetime.now(timezone.utc)))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    t = threading.Thread(target=acceptor, daemon=True)
+    t.start()
+    s = FixSession("127.0.0.1", port, sender="DESK", target="VENUE", store=SequenceStore(None, "DESK", "VENUE"),
+                   on_app=lambda m, f: None, heartbeat=1, timeout=5)
+    s.logon()
+    started = time.monotonic()
+    with pytest.raises(FixSessionError, match="no answer to TestRequest"):
+        s.wait_for(lambda: False, 10, "anything")
+    assert 2 <= time.monotonic() - started < 6
+    assert b"1" in seen and not s.logged_on
+    t.join(5)
+    listener.close()
