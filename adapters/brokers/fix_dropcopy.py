@@ -54,7 +54,7 @@ from .base import (
     VenueQueryFailed,
     VenueSnapshot,
 )
-from .fix_session import FixSession, SequenceStore, get, parse_frame, parse_utc_timestamp
+from .fix_session import FixSession, FixSessionError, SequenceStore, get, parse_frame, parse_utc_timestamp
 
 ZERO = Decimal(0)
 SIDES = {"1": "buy", "2": "sell", "5": "sell", "6": "sell"}  # 5 sell short, 6 sell short exempt
@@ -231,11 +231,16 @@ class DropCopyBook:
     def _fill(self, msg: simplefix.FixMessage, exec_id: str, order_id: str, qty: Decimal,
               price: Decimal, **raw: Any) -> VenueFill:
         order = self.orders[order_id]
-        commission = _dec(get(msg, 12))
+        commission = _dec(get(msg, 12)) or ZERO
+        comm_type = get(msg, 13)  # CommType: 1 per unit, 2 percent, 3 absolute (the default here)
+        if comm_type == "1":
+            commission *= qty
+        elif comm_type == "2":
+            commission = commission * qty * price / 100
         return VenueFill(
             exec_id=exec_id, client_order_id=order.client_order_id, venue_order_id=order_id,
             symbol=order.symbol, side=order.side, qty=qty, price=price,  # type: ignore[arg-type]
-            fee=commission if commission is not None and get(msg, 13) in (None, "3") else ZERO,
+            fee=commission,
             fee_currency=get(msg, 479) or get(msg, 15) or "USD",
             occurred_at=parse_utc_timestamp(get(msg, 60)),
             raw={"exec_id": get(msg, 17), "exec_type": get(msg, 150), **raw},
@@ -391,8 +396,16 @@ class FixDropCopyAdapter(BrokerAdapter):
                                     (60, datetime.now(timezone.utc).strftime("%Y%m%d-%H:%M:%S.000"))])
             wanted = [r for r in (self._mass_status_request, self._positions_request) if r]
             if wanted:
-                session.wait_for(lambda: all(book.requests[r].done for r in wanted),
-                                 max(0.001, deadline - time.monotonic()), "answers to the status queries")
+                try:
+                    session.wait_for(lambda: all(book.requests[r].done for r in wanted),
+                                     max(0.001, deadline - time.monotonic()), "answers to the status queries")
+                except FixSessionError as e:
+                    if not session.logged_on:
+                        raise  # the link is gone: nothing of this session can be trusted
+                    # a venue that ignores a query: only that part is unknown, the reports stand
+                    for r in wanted:
+                        if not book.requests[r].done:
+                            book.requests[r].rejected, book.requests[r].done = f"no answer: {e}", True
             session.logout()
         finally:
             session.close()

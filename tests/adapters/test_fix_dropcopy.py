@@ -218,3 +218,35 @@ def test_a_run_that_forgets_its_sequence_numbers_is_logged_out_with_the_reason(s
     forgetful = adapter(server)  # a new process without a store starts again at MsgSeqNum 1
     snap = forgetful.snapshot(now=NOW)
     assert isinstance(snap.open_orders, Unknown) and "MsgSeqNum too low" in snap.open_orders.reason
+
+
+def test_a_venue_that_ignores_the_queries_leaves_only_their_parts_unknown():
+    with FakeDropCopyServer(silent_queries=True) as srv:
+        oid = srv.new_order("o1", "AAPL", "buy", "10", "10")
+        srv.fill(oid, "10", "10", exec_id="X1")
+        a = FixDropCopyAdapter(account="acct-1", venue="SIM", host="127.0.0.1", port=srv.port, sender="DESK",
+                               target="VENUE", timeout=1)
+        snap = a.snapshot(now=NOW)
+        assert isinstance(snap.positions, Unknown) and "no answer" in snap.positions.reason
+        assert only_order(snap).status == "filled" and [f.exec_id for f in snap.fills] == ["X1"]
+
+
+def test_commissions_by_comm_type(server):
+    a = adapter(server, mass_status=False, request_positions=False)
+    oid = server.new_order("o1", "AAPL", "buy", "300", "10")
+    server.fill(oid, "100", "10", exec_id="ABS", commission=("1.5", "3"))  # absolute
+    server.fill(oid, "100", "10", exec_id="UNIT", commission=("0.01", "1"))  # per unit
+    server.fill(oid, "100", "10", exec_id="PCT", commission=("0.1", "2"))  # percent of 1000
+    fees = {f.exec_id: f.fee for f in a.snapshot(now=NOW).fills}
+    assert fees == {"ABS": D("1.5"), "UNIT": D(1), "PCT": D(1)}
+
+
+def test_a_bust_of_a_corrected_execution(server):
+    a = adapter(server)
+    oid = server.new_order("o1", "AAPL", "buy", "100", "10")
+    server.fill(oid, "100", "10", exec_id="X1")
+    corrected = server.correct(oid, "X1", "100", "10.5")
+    server.bust(oid, corrected)  # ExecRefID names the correction: the original execution goes
+    snap = a.snapshot(now=NOW)
+    assert snap.fills == [] and only_order(snap).filled_qty == 0
+    assert "X1" in a.book.busted

@@ -36,7 +36,8 @@ Scripted faults: ``rewind(n)`` (a MsgSeqNum n too low without PossDupFlag), ``dr
 message again with its own MsgSeqNum and 43=Y), ``resend_as_new(seq)`` (an old application message
 again under a new MsgSeqNum with PossResend 97=Y), ``bitgo_fills`` (a completing fill comes as
 150=F with 39=1 and LeavesQty 0, the terminal 39=2 on a following 150=I: BitGo's documented
-ExecutionReport, developers.bitgo.com/reference/tradefixtradingexecutionreport).
+ExecutionReport, developers.bitgo.com/reference/tradefixtradingexecutionreport), ``silent_queries``
+(35=AF/35=AN go unanswered, as some venues do instead of rejecting).
 """
 
 from __future__ import annotations
@@ -85,11 +86,13 @@ class FakeDropCopyServer:
 
     def __init__(self, *, sender: str = "VENUE", target: str = "DESK", account: str = "ACC1",
                  supports_mass_status: bool = True, supports_positions: bool = True,
-                 bitgo_fills: bool = False, positions: dict[str, Decimal] | None = None) -> None:
+                 bitgo_fills: bool = False, positions: dict[str, Decimal] | None = None,
+                 silent_queries: bool = False) -> None:
         self.sender, self.target, self.account = sender, target, account
         self.supports_mass_status = supports_mass_status
         self.supports_positions = supports_positions
         self.bitgo_fills = bitgo_fills
+        self.silent_queries = silent_queries  # a venue that ignores 35=AF/35=AN (no reject, no answer)
         self.positions: dict[str, Decimal] = dict(positions or {})
         self.orders: dict[str, _Order] = {}
         self.next_out = 1
@@ -297,6 +300,8 @@ class FakeDropCopyServer:
             self._emit("5", [])
             self._close_conn()
             return False
+        elif msg_type in ("AF", "AN") and self.silent_queries:
+            pass
         elif msg_type == "AF":
             self._mass_status(msg)
         elif msg_type == "AN":
@@ -395,8 +400,10 @@ class FakeDropCopyServer:
             self._emit("8", self._report(o, "0"))
             return o.order_id
 
-    def fill(self, order_id: str, qty: Decimal | str, price: Decimal | str, *, exec_id: str | None = None) -> str:
-        """An execution (150=F): LastQty 32, LastPx 31; returns its ExecID."""
+    def fill(self, order_id: str, qty: Decimal | str, price: Decimal | str, *, exec_id: str | None = None,
+             commission: tuple[Decimal | str, str] | None = None) -> str:
+        """An execution (150=F): LastQty 32, LastPx 31, optional Commission 12 with CommType 13
+        (``(amount, comm_type)``); returns its ExecID."""
         with self._lock:
             o = self.orders[order_id]
             qty, price = Decimal(qty), Decimal(price)
@@ -413,7 +420,8 @@ class FakeDropCopyServer:
                 self._emit("8", self._report(o, "I"))
                 return exec_id
             o.status = "2" if done else "1"
-            self._emit("8", self._report(o, "F", exec_id=exec_id, extra=[(32, qty), (31, price)]))
+            fee = [(12, commission[0]), (13, commission[1])] if commission else []
+            self._emit("8", self._report(o, "F", exec_id=exec_id, extra=[(32, qty), (31, price), *fee]))
             return exec_id
 
     def correct(self, order_id: str, exec_ref_id: str, qty: Decimal | str, price: Decimal | str) -> str:
