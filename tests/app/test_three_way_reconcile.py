@@ -77,3 +77,5 @@ def test_cli_reconcile_with_a_drop_copy(sqlite_url, sim, fix_server, tmp_path):
     assert "api_differs" in alert.stdout and "nothing was corrected" in alert.stdout
     bad = cli(*base[:-1], "fix://127.0.0.1:1?sender=DESK")
     assert bad.returncode == 2 and "target=" in bad.stderr + bad.stdout
+    follow = cli(*base, "--follow")
+    assert follow.returncode == 2 and "--follow" in follow.stderr + follow.stdout

@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
                      **broker_flags(broker=broker, account=account, venue=venue, strict=strict, base_url=base_url,
                                     stream_url=stream_url, host=host, port=port, client_id=client_id,
                                     ib_account=ib_account, sim_state=sim_state))
+        if drop_copy and (ack or bootstrap or follow):
+            fail("--drop-copy compares one reconciliation; it does not go with --ack, --bootstrap or --follow")
         if ack:
             if not s.account or not by or not decision:
                 fail("--ack needs --account, --by NAME and --decision TEXT")
@@ -102,8 +104,6 @@ def register(app: typer.Typer) -> None:
             if since_at.tzinfo is None:
                 fail("--since needs a time zone (e.g. 2026-11-20T14:31:05Z)")
         if drop_copy:
-            if follow:
-                fail("--drop-copy compares one reconciliation at a time; it does not go with --follow")
             raise typer.Exit(_three_way(s, drop_copy, since_at, dry_run, as_json))
         if follow:
             from ..reconcile import StuckThresholds
