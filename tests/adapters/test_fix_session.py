@@ -143,8 +143,9 @@ def test_possdup_duplicate_is_ignored(server):
     s.logon()
     oid = server.new_order("c1", "AAPL", "buy", "10", "10")
     server.fill(oid, "10", "10", exec_id="X1")
+    fill_seq = max(server.sent)
     s.sync()
-    server.duplicate_last()
+    server.duplicate(fill_seq)  # already processed: MsgSeqNum below the expected one, 43=Y
     s.sync()
     assert exec_ids(received).count("X1") == 1
     assert s.stats.duplicates_ignored == 1

@@ -32,8 +32,8 @@ dictionary as in quickfix ``spec/FIX44.xml``), not from what our adapter expects
   False) answer ``35=j`` with BusinessRejectReason 380=3.
 
 Scripted faults: ``rewind(n)`` (a MsgSeqNum n too low without PossDupFlag), ``drop_next(n)`` (the next n messages are stored but not sent: a gap),
-``corrupt_next()`` (the next message goes out with a wrong CheckSum), ``duplicate_last()`` (the last
-message again with its own MsgSeqNum and 43=Y), ``resend_as_new(seq)`` (an old application message
+``corrupt_next()`` (the next message goes out with a wrong CheckSum), ``duplicate(seq)`` (a message
+again with its own MsgSeqNum and 43=Y), ``resend_as_new(seq)`` (an old application message
 again under a new MsgSeqNum with PossResend 97=Y), ``bitgo_fills`` (a completing fill comes as
 150=F with 39=1 and LeavesQty 0, the terminal 39=2 on a following 150=I: BitGo's documented
 ExecutionReport, developers.bitgo.com/reference/tradefixtradingexecutionreport), ``silent_queries``
@@ -366,10 +366,10 @@ class FakeDropCopyServer:
         with self._lock:
             self._corrupt = True
 
-    def duplicate_last(self) -> None:
-        """Send the last message again under its own MsgSeqNum with PossDupFlag 43=Y."""
+    def duplicate(self, seq: int | None = None) -> None:
+        """Send message ``seq`` (default: the last) again under its own MsgSeqNum with PossDupFlag 43=Y."""
         with self._lock:
-            seq = self.next_out - 1
+            seq = self.next_out - 1 if seq is None else seq
             msg_type, body, sent_at = self.sent[seq]
             self._send_raw(self._conn, encode(msg_type, body, sender=self.sender, target=self.target, seq=seq,
                                               sending_time=datetime.now(timezone.utc),
