@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
                                                       "open this long after the venue said it does not know it "
                                                       "(off: never).")] = "5m",
         drop_copy: Annotated[Optional[str], typer.Option("--drop-copy", help="Also read a FIX 4.4 drop copy "
-                             "(fix://HOST:PORT?sender=OURS&target=THEIRS[&store=DIR]) and compare three views: "
+                             "(fix://HOST:PORT?sender=OURS&target=THEIRS&store=DIR) and compare three views: "
                              "the log, the broker API, the drop copy. When the API or the drop copy is the odd one "
                              "out, nothing is corrected (a dry run) and the exit code is 1.")] = None,
     ) -> None:
