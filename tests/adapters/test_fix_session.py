@@ -260,3 +260,16 @@ def test_a_silent_counterparty_gets_a_test_request_then_the_link_is_declared_los
     assert b"1" in seen and not s.logged_on
     t.join(5)
     listener.close()
+
+
+def test_sequence_reset_without_gap_fill_moves_the_expected_number(server):
+    received = []
+    s = session(server, SequenceStore(None, "DESK", "VENUE"), received)
+    s.logon()
+    s.sync()
+    server.sequence_reset(50)
+    server.new_order("c1", "AAPL", "buy", "10", "10")  # MsgSeqNum 50: in sequence after the reset
+    s.sync()
+    assert s.store.next_in > 50 and s.stats.resend_requests_sent == 0
+    assert [get(m, 34) for m in received] == ["50"]
+    s.logout()

@@ -385,6 +385,14 @@ class FakeDropCopyServer:
         """Send a TestRequest (35=1, TestReqID 112): the client must answer with a Heartbeat."""
         return self._emit("1", [(112, test_id)])
 
+    def sequence_reset(self, new_seq: int) -> None:
+        """SequenceReset-Reset (35=4 without GapFillFlag): the next MsgSeqNum is NewSeqNo 36."""
+        with self._lock:
+            self._emit("4", [(36, new_seq)])
+            for seq in range(self.next_out, new_seq):  # nothing was sent under these numbers
+                self.sent[seq] = ("0", [], datetime.now(timezone.utc))
+            self.next_out = new_seq
+
     def rewind(self, n: int) -> None:
         """A broken acceptor: the next MsgSeqNum is ``n`` lower, without PossDupFlag."""
         with self._lock:
