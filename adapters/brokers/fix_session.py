@@ -19,7 +19,9 @@ recovery or any message persistence", so this module is the session layer, writt
   resend covers them). SequenceReset ``35=4`` with GapFillFlag 123=Y moves the expected number to
   NewSeqNo 36 (the admin messages it stands for are never resent); without 123 it is a reset that
   ignores 34. A number below the expected one with PossDupFlag 43=Y is a duplicate and ignored;
-  without 43=Y it is a fatal error (Logout with the reason, then disconnect).
+  without 43=Y it is a fatal error (Logout with the reason, then disconnect). A PossDup message
+  in sequence without OrigSendingTime 122 (or with one later than SendingTime 52) is rejected
+  (35=3, SessionRejectReason 373 = 1 or 10) and its number consumed, as the spec says.
 * A ResendRequest from the acceptor is answered with one SequenceReset-GapFill over the range:
   this session only sends admin messages and queries whose answers would be stale (the spec lets
   a sender gap-fill rather than resend such messages).
@@ -236,7 +238,8 @@ class SessionStats:
     duplicates_ignored: int = 0
     test_requests_sent: int = 0
     heartbeats_sent: int = 0
-    rejects: int = 0
+    rejects: int = 0  # Reject (35=3) received
+    rejects_sent: int = 0
 
 
 class FixSession:
@@ -479,6 +482,8 @@ class FixSession:
             return
 
         # in sequence
+        if poss_dup and msg_type != b"4" and not self._orig_sending_time_ok(msg, seq):
+            return
         if msg_type == b"4":  # SequenceReset-GapFill
             new_seq = int(get(msg, 36) or 0)
             if new_seq <= seq:
@@ -514,6 +519,22 @@ class FixSession:
             self._drop()
         elif msg_type not in ADMIN_TYPES:
             self.on_app(msg, frame)
+
+    def _orig_sending_time_ok(self, msg: simplefix.FixMessage, seq: int) -> bool:
+        """A PossDup message must carry OrigSendingTime (122) no later than its SendingTime (52);
+        otherwise the spec's Reject (SessionRejectReason 1 "required tag missing" or 10 "SendingTime
+        accuracy problem"), and the MsgSeqNum is consumed without processing the message."""
+        orig, sent = parse_utc_timestamp(get(msg, 122)), parse_utc_timestamp(get(msg, 52))
+        if orig is not None and (sent is None or orig <= sent):
+            return True
+        reason, text = (1, "OrigSendingTime (122) missing") if orig is None else \
+            (10, "OrigSendingTime is later than SendingTime")
+        self.send("3", [(45, seq), (371, 122), (372, msg.message_type.decode()), (373, reason), (58, text)])
+        self.stats.rejects_sent += 1
+        self.store.next_in = seq + 1
+        self.store.save()
+        self._resend_check()
+        return False
 
     def _saw_heartbeat(self, test_id: str) -> None:
         self._heartbeats_seen.add(test_id)

@@ -273,3 +273,19 @@ def test_sequence_reset_without_gap_fill_moves_the_expected_number(server):
     assert s.store.next_in > 50 and s.stats.resend_requests_sent == 0
     assert [get(m, 34) for m in received] == ["50"]
     s.logout()
+
+
+def test_a_resent_message_without_orig_sending_time_is_rejected(server):
+    received = []
+    s = session(server, SequenceStore(None, "DESK", "VENUE"), received)
+    s.logon()
+    server.resend_without_orig_time = True
+    oid = server.new_order("c1", "AAPL", "buy", "10", "10")
+    server.drop_next(1)
+    server.fill(oid, "10", "10", exec_id="X1")
+    server.cancel(oid)
+    s.sync()
+    assert s.stats.rejects_sent == 2  # the resent fill and cancel: Reject 373=1, numbers consumed
+    assert server.wait_received("3", 2)
+    assert exec_ids(received) == [received[0].get(17).decode()]  # only the New, received live
+    s.logout()

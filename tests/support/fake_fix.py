@@ -104,6 +104,7 @@ class FakeDropCopyServer:
         self.heartbeat_ids: list[str] = []  # TestReqID 112 of each Heartbeat answering our TestRequest
         self._drop = 0
         self._corrupt = False
+        self.resend_without_orig_time = False  # a faulty acceptor: resent messages lack OrigSendingTime 122
         self._lock = threading.RLock()
         self._conn: socket.socket | None = None
         self._listener: socket.socket | None = None
@@ -236,9 +237,9 @@ class FakeDropCopyServer:
                                             header=[(43, "Y"), (122, utc_timestamp(now))]))
                 seq = run_end + 1
                 continue
+            header = [(43, "Y")] + ([] if self.resend_without_orig_time else [(122, utc_timestamp(sent_at))])
             self._send_raw(conn, encode(msg_type, body, sender=self.sender, target=self.target, seq=seq,
-                                        sending_time=datetime.now(timezone.utc),
-                                        header=[(43, "Y"), (122, utc_timestamp(sent_at))]))
+                                        sending_time=datetime.now(timezone.utc), header=header))
             seq += 1
 
     # ------------------------------------------------------------------- receiving
