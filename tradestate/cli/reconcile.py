@@ -58,6 +58,10 @@ def register(app: typer.Typer) -> None:
         missing_at_venue: Annotated[str, typer.Option("--missing-at-venue", help="--follow: flag an order still "
                                                       "open this long after the venue said it does not know it "
                                                       "(off: never).")] = "5m",
+        drop_copy: Annotated[Optional[str], typer.Option("--drop-copy", help="Also read a FIX 4.4 drop copy "
+                             "(fix://HOST:PORT?sender=OURS&target=THEIRS&store=DIR) and compare three views: "
+                             "the log, the broker API, the drop copy. When the API or the drop copy is the odd one "
+                             "out, nothing is corrected (a dry run) and the exit code is 1.")] = None,
     ) -> None:
         """Compare the log with each broker account; append corrective events (re-running adds nothing).
         With several --broker, each is reconciled in turn (JSON: {"results": [...]}). With --follow, a
@@ -71,6 +75,8 @@ def register(app: typer.Typer) -> None:
                      **broker_flags(broker=broker, account=account, venue=venue, strict=strict, base_url=base_url,
                                     stream_url=stream_url, host=host, port=port, client_id=client_id,
                                     ib_account=ib_account, sim_state=sim_state))
+        if drop_copy and (ack or bootstrap or follow):
+            fail("--drop-copy compares one reconciliation; it does not go with --ack, --bootstrap or --follow")
         if ack:
             if not s.account or not by or not decision:
                 fail("--ack needs --account, --by NAME and --decision TEXT")
@@ -97,6 +103,8 @@ def register(app: typer.Typer) -> None:
                 fail(f"--since is not an ISO-8601 time: {s.since!r}")
             if since_at.tzinfo is None:
                 fail("--since needs a time zone (e.g. 2026-11-20T14:31:05Z)")
+        if drop_copy:
+            raise typer.Exit(_three_way(s, drop_copy, since_at, dry_run, as_json))
         if follow:
             from ..reconcile import StuckThresholds
 
@@ -177,6 +185,56 @@ def run_bootstrap(s: Any, as_json: bool) -> None:
                           f"{r.venue_report_sha256[:12]} stored with reconciliation {r.reconciliation_id[:8]} "
                           f"(marker at position {r.position})", highlight=False)
     raise typer.Exit(ExitCode.OK)
+def _three_way(s: Any, url: str, since_at: Any, dry_run: bool, as_json: bool) -> int:
+    """``reconcile --drop-copy URL``: one broker account, its drop copy and the log
+    (``tradestate.three_way``); prints the rows that disagree, then the reconciliation."""
+    from ..adapters.brokers.fix_dropcopy import drop_copy_adapter
+    from ..client import TradestateClient
+    from ..render import console, to_json
+    from ..three_way import reconcile_three_way
+
+    if len(s.broker) != 1:
+        fail("--drop-copy needs exactly one --broker (the drop copy is of that account)")
+    client = TradestateClient(_existing_log(s.db))
+    try:
+        (adapter,) = make_adapters(s)
+        try:
+            try:
+                drop = drop_copy_adapter(url, account=adapter.account, venue=adapter.venue)
+            except ValueError as e:
+                fail(f"--drop-copy: {e}")
+            try:
+                outcome = reconcile_three_way(client, adapter, drop, strict=s.strict, since=since_at,
+                                              dry_run=dry_run)
+            finally:
+                drop.close()
+        finally:
+            adapter.close()
+    finally:
+        client.close()
+    result, report = outcome.result, outcome.report
+    if as_json:
+        print(to_json(outcome.as_dict()))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"Three views of {report.account} at {report.venue}", title_justify="left")
+        for column in ("kind", "key", "log", "api", "drop copy", "verdict", "action"):
+            table.add_column(column, overflow="fold")
+        for r in report.rows:
+            if r.verdict != "agree":
+                table.add_row(r.kind, r.key, *(r.values[v] or "unknown" for v in ("log", "api", "drop_copy")),
+                              r.verdict, r.action)
+        console.print(table if report.disagreements or any(r.verdict == "unknown" for r in report.rows) else
+                      f"three views agree on {len(report.rows)} orders and positions", highlight=False)
+        if outcome.withheld:
+            console.print(f"[bold red]{len(report.alerts)} alert(s)[/]: the API and the drop copy disagree, so "
+                          "nothing was corrected; what a run would append:", highlight=False)
+        print_plan(console, result) if result.dry_run else print_result(console, result)
+    failed = outcome.withheld or result.status == "unknown" or (s.strict and result.status == "discrepancies")
+    return int(ExitCode.PROBLEM if failed else ExitCode.OK)
+
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 

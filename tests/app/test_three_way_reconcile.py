@@ -1,0 +1,81 @@
+"""Three-way reconciliation end to end: the log (SQLite), the simulated broker's API and a FIX 4.4
+drop copy served by the local acceptor over TCP; the runner and ``tradestate reconcile --drop-copy``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from decimal import Decimal as D
+
+import pytest
+
+from tests.support.fake_fix import FakeDropCopyServer
+from tests.support.reconcile import ACCOUNT, connect, stage_missed_fill
+from tradestate.adapters.brokers.fix_dropcopy import drop_copy_adapter
+from tradestate.adapters.brokers.sim import SimulatedBroker
+from tradestate.three_way import reconcile_three_way
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sim(tmp_path):
+    return SimulatedBroker(account=ACCOUNT, state_path=str(tmp_path / "venue.json"))
+
+
+@pytest.fixture
+def fix_server():
+    with FakeDropCopyServer() as srv:
+        yield srv
+
+
+def test_log_behind_is_corrected_and_an_api_that_differs_is_an_alert(sqlite_url, sim, fix_server, tmp_path):
+    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
+    fix_server.fill(oid, "10", "100", exec_id="E1")
+    drop = drop_copy_adapter(fix_server.url(str(tmp_path / "fix")), account=ACCOUNT, venue="SIM")
+    with connect(sqlite_url) as client:
+        stage_missed_fill(client, sim)  # the API and the drop copy have the fill, the log does not
+        first = reconcile_three_way(client, sim, drop)
+        verdicts = {(r.kind, r.key): (r.verdict, r.differs) for r in first.report.rows}
+        assert verdicts == {("order", "o1"): ("log_differs", "log"), ("position", "AAPL"): ("log_differs", "log")}
+        assert not first.withheld and first.result.status == "corrected" and not first.result.dry_run
+        assert client.state.orders[next(iter(client.state.orders))].filled_qty == D(10)
+
+        sim.stage_position("AAPL", D(13), D(100))  # the API now says 13; the log and drop copy say 10
+        head = client.store.trading.head()
+        second = reconcile_three_way(client, sim, drop)
+        (alert,) = second.report.alerts
+        assert (alert.kind, alert.key, alert.verdict, alert.differs) == ("position", "AAPL", "api_differs", "api")
+        assert alert.values == {"log": "10", "api": "13", "drop_copy": "10"}
+        assert second.withheld and second.result.dry_run
+        assert second.result.corrective_event_ids  # a two-way run would have "corrected" the position
+        assert client.store.trading.head() == head  # nothing appended: no blind correction
+        assert second.as_dict()["three_way"]["withheld"] is True
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "tradestate.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_reconcile_with_a_drop_copy(sqlite_url, sim, fix_server, tmp_path):
+    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
+    fix_server.fill(oid, "10", "100", exec_id="E1")
+    with connect(sqlite_url) as client:
+        stage_missed_fill(client, sim)
+    base = ["reconcile", "--db", sqlite_url, "--broker", "sim", "--sim-state", sim.state_path, "--account", ACCOUNT,
+            "--drop-copy", fix_server.url(str(tmp_path / "fix"))]
+    done = cli(*base, "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["status"] == "corrected" and out["three_way"]["withheld"] is False
+    assert {r["key"]: r["differs"] for r in out["three_way"]["rows"]} == {"o1": "log", "AAPL": "log"}
+
+    sim.stage_position("AAPL", D(13), D(100))
+    alert = cli(*base)
+    assert alert.returncode == 1, alert.stderr
+    assert "api_differs" in alert.stdout and "nothing was corrected" in alert.stdout
+    bad = cli(*base[:-1], "fix://127.0.0.1:1?sender=DESK")
+    assert bad.returncode == 2 and "target=" in bad.stderr + bad.stdout
+    follow = cli(*base, "--follow")
+    assert follow.returncode == 2 and "--follow" in follow.stderr + follow.stdout

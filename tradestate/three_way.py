@@ -1,0 +1,91 @@
+"""Three-way reconciliation runner: the broker's API, a FIX drop copy and our log.
+
+Both venues are read first (each answers completely or its parts are ``Unknown``), the log is
+compared with them (``domain.three_way``), and then the two-way reconciliation runs on the *same*
+API snapshot. When any row is an alert (the API is the odd one out, the drop copy is, or no two
+views agree) nothing is corrected: the reconciliation runs as a dry run, so the report says what
+a run would have appended, and the operator decides. Otherwise it runs as usual (the rows where
+the log is behind are the ones its corrective events fix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .adapters.brokers.base import BrokerAdapter, VenueOrder, VenuePosition, VenueSnapshot
+from .client import TradestateClient
+from .domain.errors import InvalidInput
+from .domain.three_way import ThreeWayReport, compare_three_ways, order_streams
+from .loading import deciding
+from .reconcile import ReconciliationResult, reconcile
+from .writer import Writer
+
+
+class _Pinned(BrokerAdapter):
+    """The API adapter with its snapshot taken once: the two-way run plans on exactly what the
+    three-way comparison saw; single-order lookups still go to the venue."""
+
+    def __init__(self, adapter: BrokerAdapter, snapshot: VenueSnapshot) -> None:
+        self._adapter, self._snapshot = adapter, snapshot
+        self.broker, self.venue, self.account = adapter.broker, adapter.venue, adapter.account
+
+    def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
+        return self._snapshot
+
+    def positions(self) -> list[VenuePosition]:
+        return self._adapter.positions()
+
+    def open_orders(self) -> list[VenueOrder]:
+        return self._adapter.open_orders()
+
+    def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
+        return self._adapter.recent_orders(since)
+
+    def fills(self, since: datetime | None = None) -> list[Any]:
+        return self._adapter.fills(since)
+
+    def balances(self) -> list[Any]:
+        return self._adapter.balances()
+
+    def order_by_client_id(self, client_order_id: str) -> VenueOrder:
+        return self._adapter.order_by_client_id(client_order_id)
+
+
+@dataclass(frozen=True)
+class ThreeWayResult:
+    """The comparison and the two-way reconciliation that followed it (a dry run on alerts)."""
+
+    report: ThreeWayReport
+    result: ReconciliationResult
+    withheld: bool  # True: alerts, so nothing was corrected
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.result.as_dict(), "three_way": {**self.report.as_dict(), "withheld": self.withheld}}
+
+
+def reconcile_three_way(client: TradestateClient | Writer, adapter: BrokerAdapter, drop_copy: BrokerAdapter, *,
+                        strict: bool = False, since: datetime | None = None, now: datetime | None = None,
+                        dry_run: bool = False) -> ThreeWayResult:
+    """Compare the log, ``adapter``'s API and ``drop_copy`` for one account (see the module
+    docstring). Raises ``InvalidInput`` when the two adapters are not of the same account and venue."""
+    if (adapter.account, adapter.venue) != (drop_copy.account, drop_copy.venue):
+        raise InvalidInput(f"the drop copy is for {drop_copy.account}@{drop_copy.venue}, the broker for "
+                           f"{adapter.account}@{adapter.venue}")
+    writer = client if isinstance(client, Writer) else client.writer
+    now = (now or writer.now()).astimezone(timezone.utc)
+    api = adapter.snapshot(since, now=now)
+    drop = drop_copy.snapshot(since, now=now)
+    with writer.lock:
+        writer.refresh()
+        writer.load_orders(order_streams(adapter.account, [api, drop]))
+        with deciding(writer.state) as state:
+            report = compare_three_ways(state, api, drop)
+    withheld = bool(report.alerts)
+    result = reconcile(client, _Pinned(adapter, api), strict=strict, since=since, now=now,
+                       dry_run=dry_run or withheld)
+    return ThreeWayResult(report, result, withheld)
+
+
+__all__ = ["ThreeWayResult", "reconcile_three_way"]
