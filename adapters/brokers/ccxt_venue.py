@@ -1,0 +1,553 @@
+"""Crypto spot venues on ``ccxt``'s unified API (Binance, Coinbase, Kraken...): ``--broker ccxt:<id>``.
+
+Everything goes through the real ``ccxt`` client of the exchange (its URLs, request signing,
+error mapping and market metadata): ``fetch_balance``, ``fetch_open_orders``, ``fetch_orders``,
+``fetch_order``, ``fetch_my_trades``, ``create_order``, ``cancel_order``. What this adapter adds:
+
+* **Decimal, never float.** The exchange object runs with ``number = str`` (ccxt's own switch:
+  unified amounts stay the strings the venue sent, or ccxt's string arithmetic), and every amount
+  is parsed with ``_dec``, which refuses a float: nothing inexact can reach the log.
+* **Symbols** are ccxt's unified spelling (``BTC/USDT``) on our orders, fills and positions alike.
+  A spot venue holds balances, not positions: the balance of a symbol's base asset is reported as
+  the position in that symbol, every other asset (the quote currencies, a fee token) as cash. So
+  each base asset may be traded in one symbol per venue (``BTC/USDT`` and ``BTC/USDC`` at one
+  venue would share one BTC balance: refused when the adapter is built).
+* **The symbols traded are configured** (``symbols``): Binance answers open orders, orders and
+  trades per symbol only, so "every order" means every order in these symbols.
+* **Fees per trade in the fee currency** the venue charged (often the asset received: BTC on a
+  BTC/USDT buy at Binance), never converted.
+* **Client order ids**: sent as ccxt's unified ``clientOrderId`` (Binance ``newClientOrderId``,
+  at most 36 characters there). Binance keeps the id unique only *among open orders* (a filled
+  order's id is accepted again), so ``submit`` first looks the id up: an order the venue already
+  has, open or finished, is returned and never sent twice. "Duplicate order sent." (-2010) on a
+  race reads the order back too. An answer lost to a timeout is looked up once by id; if the
+  venue does not show it, ``SubmitOutcomeUnknown`` (never "rejected").
+* **Bounded waits**: every request has ``timeout`` seconds (ccxt's ``timeout``); a query that times
+  out or fails raises ``VenueQueryFailed`` (never an empty list), an unreachable venue or refused
+  keys ``VenueConnectionError``.
+* **24/7**: there is no trading day, so ``day``/``opg``/``cls`` orders are refused before sending
+  (use ``gtc``, ``ioc`` or ``fok``).
+* **No stream**: ``updates()`` polls (trades since the last seen, and the orders it sent) and
+  yields each ack, fill, cancel, reject and expiry once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from tradestate.adapters.brokers.base import (
+    BrokerAdapter,
+    OrderNotFound,
+    OrderRequest,
+    VenueBalance,
+    VenueConnectionError,
+    VenueError,
+    VenueFill,
+    VenueOrder,
+    VenueOrderStatus,
+    VenuePosition,
+    VenueQueryFailed,
+    VenueUpdate,
+)
+
+PAGE = 1000  # Binance's maximum for allOrders/myTrades; ccxt passes it as ``limit``
+MAX_PAGES = 1000  # every wait is bounded: a venue that pages forever is a failed query
+# The REST roots ``base_url`` replaces, per exchange (ccxt's ``urls['api']`` keys and the path
+# below the root: see ccxt/binance.py ``describe()['urls']['api']``).
+API_ROOTS: dict[str, dict[str, str]] = {
+    "binance": {"public": "/api/v3", "private": "/api/v3", "v1": "/api/v1"},
+}
+# The longest client order id each venue takes (Binance: ^[.A-Z:/a-z0-9_-]{1,36}$).
+MAX_CLIENT_ORDER_ID = {"binance": 36}
+TIME_IN_FORCE = {"gtc": "GTC", "ioc": "IOC", "fok": "FOK"}
+# Venues whose order and trade history pages by id (ccxt method -> the venue's cursor parameter).
+ID_CURSORS = {"binance": {"fetch_orders": "orderId", "fetch_my_trades": "fromId"}}
+
+
+class SubmitOutcomeUnknown(VenueConnectionError):
+    """The submit's answer was lost and the venue does not (yet) show the order: look it up later
+    by client order id; never assume it was rejected, never send it again under a new id."""
+
+
+class OrderNotCancelable(VenueError):
+    """The venue refused a cancel: the order is finished (Binance -2011 "Unknown order sent.")."""
+
+
+def _dec(value: Any, what: str, *, optional: bool = False) -> Decimal | None:
+    """An exact amount from the venue: a string or int (ccxt with ``number = str``); a float
+    means precision was already lost and is refused."""
+    if value is None or value == "":
+        if optional:
+            return None
+        raise VenueQueryFailed(f"ccxt: {what} is missing")
+    if isinstance(value, float) or isinstance(value, bool):
+        raise VenueQueryFailed(f"ccxt: {what} came as {type(value).__name__} {value!r}, not an exact string")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise VenueQueryFailed(f"ccxt: {what} is not a number: {value!r}") from None
+    if not d.is_finite():
+        raise VenueQueryFailed(f"ccxt: {what} is not finite: {value!r}")
+    return d
+
+
+def _ts(ms: Any) -> datetime | None:
+    if ms is None or isinstance(ms, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _ms(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise ValueError("ccxt: times must be timezone-aware")
+    return int(moment.timestamp() * 1000)
+
+
+def _plain(data: Any) -> Any:
+    """The venue's raw answer, JSON-safe for the reconciliation record."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def venue_error_code(error: Exception) -> tuple[int | None, str]:
+    """The venue's own error code and message from a ccxt exception (ccxt's message is
+    ``"<exchange id> <response body>"``; Binance's body is ``{"code": -2010, "msg": ...}``)."""
+    text = str(error)
+    start = text.find("{")
+    if start >= 0:
+        try:
+            body = json.loads(text[start:])
+            code = body.get("code")
+            return (int(code) if code is not None else None), str(body.get("msg", text))
+        except (ValueError, TypeError, AttributeError):
+            pass
+    return None, text
+
+
+def map_status(unified: str | None, filled: Decimal) -> VenueOrderStatus:
+    """ccxt's unified order status in our words (an open order with fills is partially filled)."""
+    if unified == "open":
+        return "partially_filled" if filled > 0 else "open"
+    return {"closed": "filled", "canceled": "cancelled", "rejected": "rejected",
+            "expired": "expired"}.get(unified or "", "unknown")  # type: ignore[return-value]
+
+
+class CcxtAdapter(BrokerAdapter):
+    """One account at one crypto spot venue, through ``ccxt.<exchange>``."""
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        exchange: str,
+        symbols: Sequence[str] | str,
+        api_key: str,
+        secret: str,
+        password: str | None = None,
+        venue: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 10.0,
+        rate_limit: bool = True,
+    ) -> None:
+        import ccxt  # the adapter's one dependency: imported here so the registry can say it is missing
+
+        if not account:
+            raise ValueError("ccxt: account (our account id) is required")
+        if not exchange or not hasattr(ccxt, exchange) or exchange not in ccxt.exchanges:
+            raise ValueError(f"ccxt: unknown exchange {exchange!r} (ccxt knows {len(ccxt.exchanges)}, e.g. "
+                             "binance, coinbase, kraken)")
+        if not api_key or not secret:
+            raise ValueError(f"ccxt:{exchange}: api_key and secret are both required")
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"ccxt: timeout must be a positive number of seconds, not {timeout!r}")
+        if isinstance(symbols, str):
+            symbols = [s.strip() for s in symbols.replace(" ", ",").split(",") if s.strip()]
+        self.symbols = list(dict.fromkeys(symbols))
+        if not self.symbols:
+            raise ValueError(f"ccxt:{exchange}: give the symbols traded there (e.g. BTC/USDT)")
+        bases: dict[str, str] = {}
+        for symbol in self.symbols:
+            if symbol.count("/") != 1 or ":" in symbol:
+                raise ValueError(f"ccxt: {symbol!r} is not a unified spot symbol like BTC/USDT")
+            base = symbol.split("/")[0]
+            if base in bases:
+                raise ValueError(f"ccxt:{exchange}: {bases[base]} and {symbol} share the base asset {base}; "
+                                 "one symbol per base asset and venue (the venue holds one balance of it)")
+            bases[base] = symbol
+        self._symbol_of_base = bases
+        self.exchange_id = exchange
+        self.broker = f"ccxt:{exchange}"
+        self.account = account
+        self.venue = venue or exchange.upper()
+        self.timeout = float(timeout)
+        config: dict[str, Any] = {
+            "apiKey": api_key, "secret": secret, "timeout": int(self.timeout * 1000),
+            "enableRateLimit": rate_limit,
+            "options": {
+                "defaultType": "spot",
+                "fetchMarkets": {"types": ["spot"]},  # spot venues: no futures metadata
+                "fetchCurrencies": False,  # a private wallet call we do not need
+                "fetchMargins": False,
+                "warnOnFetchOpenOrdersWithoutSymbol": False,
+            },
+        }
+        if password:
+            config["password"] = password
+        self._ccxt = getattr(ccxt, exchange)(config)
+        self._ccxt.number = str  # unified amounts as strings: exact (see the module docstring)
+        if base_url:
+            roots = API_ROOTS.get(exchange)
+            if roots is None:
+                raise ValueError(f"ccxt:{exchange}: base_url is supported for {', '.join(API_ROOTS)} only")
+            api = dict(self._ccxt.urls["api"])
+            api.update({key: base_url.rstrip("/") + path for key, path in roots.items()})
+            self._ccxt.urls["api"] = api
+        self.base_url = base_url
+        self._errors = ccxt  # the exception classes
+        self._lock = threading.RLock()  # ccxt's sync client shares one session
+        self._client_ids: dict[str, str | None] = {}  # venue order id -> client order id (immutable)
+        self._symbol_of_order: dict[str, str] = {}
+        self._markets_loaded = False
+        # updates(): what was already reported
+        self._sent: dict[str, str] = {}  # venue order id -> symbol, orders submit() sent and still open
+        self._seen: set[tuple] = set()
+        self._trades_since: int | None = None
+
+    # -- the ccxt call ------------------------------------------------------------------------
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One ccxt call with its errors in our words (bounded by ccxt's ``timeout``)."""
+        e = self._errors
+        with self._lock:
+            try:
+                if not self._markets_loaded:
+                    self._ccxt.load_markets()
+                    self._markets_loaded = True
+                    unknown = [s for s in self.symbols if s not in self._ccxt.markets]
+                    if unknown:
+                        raise VenueQueryFailed(f"{self.broker}: {', '.join(unknown)} not listed at the venue")
+                return getattr(self._ccxt, method)(*args, **kwargs)
+            except e.AuthenticationError as x:
+                raise VenueConnectionError(f"{self.broker}: {what}: the venue refused our API key: {x}") from None
+            except e.RequestTimeout:
+                raise VenueQueryFailed(f"{self.broker}: {what}: no answer within {self.timeout:g} s") from None
+            except e.NetworkError as x:  # ExchangeNotAvailable, DDoSProtection, connection errors
+                raise VenueConnectionError(f"{self.broker}: {what}: cannot reach the venue: {x}") from None
+
+    # -- parsing --------------------------------------------------------------------------------
+
+    def _order(self, raw: dict[str, Any], fills: Iterable[VenueFill] = ()) -> VenueOrder:
+        vid = str(raw.get("id") or "")
+        if not vid:
+            raise VenueQueryFailed(f"{self.broker}: an order without id: {str(raw.get('info'))[:200]}")
+        filled = _dec(raw.get("filled"), f"order {vid} filled", optional=True) or Decimal(0)
+        qty = _dec(raw.get("amount"), f"order {vid} amount")
+        info = raw.get("info") or {}
+        coid = raw.get("clientOrderId") or None
+        symbol = raw.get("symbol") or ""
+        self._client_ids.setdefault(vid, coid)
+        self._symbol_of_order[vid] = symbol
+        tif = str(raw.get("timeInForce") or "gtc").lower()
+        order_type = str(raw.get("type") or "").lower()
+        return VenueOrder(
+            venue_order_id=vid, client_order_id=coid, symbol=symbol, side=raw.get("side"),  # type: ignore[arg-type]
+            order_type=order_type if order_type in ("market", "limit") else order_type or "limit",
+            qty=qty, filled_qty=filled,  # type: ignore[arg-type]
+            status=map_status(raw.get("status"), filled),
+            raw_status=str(info.get("status") or raw.get("status") or ""),
+            limit_price=_dec(raw.get("price"), f"order {vid} price", optional=True) if order_type == "limit" else None,
+            stop_price=_dec(raw.get("triggerPrice"), f"order {vid} trigger price", optional=True),
+            avg_fill_price=_dec(raw.get("average"), f"order {vid} average", optional=True) if filled else None,
+            time_in_force=tif if tif in ("gtc", "ioc", "fok") else "gtc",
+            submitted_at=_ts(raw.get("timestamp")),
+            updated_at=_ts(raw.get("lastUpdateTimestamp") or raw.get("lastTradeTimestamp") or raw.get("timestamp")),
+            fills=tuple(fills),
+            raw=_plain(info),
+        )
+
+    def _fill(self, raw: dict[str, Any]) -> VenueFill:
+        exec_id = str(raw.get("id") or "")
+        vid = str(raw.get("order") or "")
+        if not exec_id or not vid:
+            raise VenueQueryFailed(f"{self.broker}: a trade without id or order: {str(raw.get('info'))[:200]}")
+        fee = raw.get("fee") or {}
+        fee_cost = _dec(fee.get("cost"), f"trade {exec_id} fee", optional=True) or Decimal(0)
+        return VenueFill(
+            exec_id=exec_id, client_order_id=self._client_ids.get(vid), venue_order_id=vid,
+            symbol=raw.get("symbol") or "", side=raw.get("side"),  # type: ignore[arg-type]
+            qty=_dec(raw.get("amount"), f"trade {exec_id} amount"),  # type: ignore[arg-type]
+            price=_dec(raw.get("price"), f"trade {exec_id} price"),  # type: ignore[arg-type]
+            fee=fee_cost, fee_currency=str(fee.get("currency") or "USD"),
+            occurred_at=_ts(raw.get("timestamp")), raw=_plain(raw.get("info") or {}),
+        )
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def _balance_totals(self) -> tuple[dict[str, Decimal], dict[str, Any]]:
+        answer = self._call("balances", "fetch_balance")
+        totals = answer.get("total") if isinstance(answer, dict) else None
+        if not isinstance(totals, dict):
+            raise VenueQueryFailed(f"{self.broker}: balances: no totals in the answer")
+        out = {}
+        for asset, amount in totals.items():
+            value = _dec(amount, f"{asset} balance", optional=True)
+            if value:
+                out[asset] = value
+        return out, answer
+
+    def positions(self) -> list[VenuePosition]:
+        """The balance of each traded symbol's base asset (free plus locked in open orders)."""
+        totals, answer = self._balance_totals()
+        return [VenuePosition(symbol=self._symbol_of_base[asset], qty=qty,
+                              raw=_plain({"asset": asset, **{k: (answer.get(asset) or {}).get(k)
+                                                             for k in ("free", "used", "total")}}))
+                for asset, qty in sorted(totals.items()) if asset in self._symbol_of_base]
+
+    def balances(self) -> list[VenueBalance]:
+        """Every other asset held (the quote currencies, a fee token) as cash at this venue."""
+        totals, answer = self._balance_totals()
+        return [VenueBalance(currency=asset, cash=qty,
+                             raw=_plain({"asset": asset, **{k: (answer.get(asset) or {}).get(k)
+                                                            for k in ("free", "used", "total")}}))
+                for asset, qty in sorted(totals.items()) if asset not in self._symbol_of_base]
+
+    def open_orders(self) -> list[VenueOrder]:
+        orders = []
+        for symbol in self.symbols:
+            for raw in self._call(f"open orders {symbol}", "fetch_open_orders", symbol):
+                orders.append(self._order(raw))
+        return orders
+
+    def _paged(self, what: str, method: str, symbol: str, since: datetime | None) -> list[dict[str, Any]]:
+        """Every item (order or trade) since ``since`` (all of them when None), every page.
+
+        Binance answers a ``startTime`` with a 24-hour window only (myTrades, allOrders), so there
+        the pages follow the id cursor (``fromId`` / ``orderId``: items with that id or later)
+        from the start, and ``since`` is applied here. Elsewhere the pages follow time: the newest
+        time of a page starts the next (ids deduplicate the overlap) until a page adds nothing."""
+        seen: dict[str, dict[str, Any]] = {}
+        cursor_key = ID_CURSORS.get(self.exchange_id, {}).get(method)
+        start = _ms(since) if since is not None else None
+        cursor = 0
+        for _ in range(MAX_PAGES):
+            if cursor_key:
+                page = self._call(what, method, symbol, None, PAGE, {cursor_key: cursor})
+            else:
+                page = self._call(what, method, symbol, start, PAGE)
+            if not isinstance(page, list):
+                raise VenueQueryFailed(f"{self.broker}: {what}: expected a list")
+            new = [item for item in page if str(item.get("id")) not in seen]
+            for item in new:
+                seen[str(item.get("id"))] = item
+            if len(page) < PAGE or not new:
+                break
+            if cursor_key:
+                cursor = max(int(item["id"]) for item in page) + 1
+            else:
+                start = max(int(item.get("timestamp") or 0) for item in page)
+        else:
+            raise VenueQueryFailed(f"{self.broker}: {what}: more than {MAX_PAGES} pages")
+        items = list(seen.values())
+        if since is not None and cursor_key:
+            items = [i for i in items if i.get("status") == "open" or
+                     max(int(i.get(k) or 0) for k in ("timestamp", "lastUpdateTimestamp", "lastTradeTimestamp"))
+                     >= (start or 0)]
+        return items
+
+    def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
+        orders = []
+        for symbol in self.symbols:
+            for raw in self._paged(f"orders {symbol}", "fetch_orders", symbol, since):
+                orders.append(self._order(raw))
+        return orders
+
+    def fills(self, since: datetime | None = None) -> list[VenueFill]:
+        raws = []
+        for symbol in self.symbols:
+            raws.extend(self._paged(f"trades {symbol}", "fetch_my_trades", symbol, since))
+        for raw in raws:  # a trade carries its venue order id only: learn the order's client id once
+            vid, symbol = str(raw.get("order") or ""), raw.get("symbol")
+            if vid and vid not in self._client_ids and symbol:
+                try:
+                    self._order(self._call(f"order {vid}", "fetch_order", vid, symbol))
+                except self._errors.OrderNotFound:
+                    self._client_ids[vid] = None
+        return sorted((self._fill(r) for r in raws), key=lambda f: (f.occurred_at or datetime.min.replace(
+            tzinfo=timezone.utc), f.exec_id))
+
+    def _with_fills(self, order: VenueOrder) -> VenueOrder:
+        if order.filled_qty <= 0:
+            return order
+        trades = self._call(f"trades of order {order.venue_order_id}", "fetch_my_trades", order.symbol,
+                            None, PAGE, {"orderId": order.venue_order_id} if self.exchange_id == "binance" else {})
+        fills = tuple(self._fill(t) for t in trades if str(t.get("order")) == order.venue_order_id)
+        return VenueOrder(**{**order.__dict__, "fills": fills})
+
+    def order_by_venue_id(self, venue_order_id: str, symbol: str | None = None) -> VenueOrder:
+        """One order by the venue's id (its symbol: known from earlier answers, else each traded
+        symbol is asked), with its executions."""
+        symbols = [symbol or self._symbol_of_order.get(venue_order_id)] if (
+            symbol or venue_order_id in self._symbol_of_order) else self.symbols
+        for s in symbols:
+            try:
+                return self._with_fills(self._order(self._call(f"order {venue_order_id}", "fetch_order",
+                                                               venue_order_id, s)))
+            except self._errors.OrderNotFound:
+                continue
+            except self._errors.ExchangeError as x:
+                raise VenueQueryFailed(f"{self.broker}: order {venue_order_id}: {x}") from None
+        raise OrderNotFound(f"{self.broker}: no order {venue_order_id!r}")
+
+    def order_by_client_id(self, client_order_id: str) -> VenueOrder:
+        """The venue's (latest) order under our id, with its executions; ``OrderNotFound`` if none."""
+        for symbol in self.symbols:
+            try:
+                raw = self._call(f"order {client_order_id}", "fetch_order", None, symbol,
+                                 {"clientOrderId": client_order_id})
+            except self._errors.OrderNotFound:
+                continue
+            except self._errors.ExchangeError as x:
+                raise VenueQueryFailed(f"{self.broker}: order {client_order_id}: {x}") from None
+            return self._with_fills(self._order(raw))
+        raise OrderNotFound(f"{self.broker}: no order with client order id {client_order_id!r}")
+
+    # -- live order flow ------------------------------------------------------------------------
+
+    def submit(self, request: OrderRequest) -> VenueOrder:
+        """Send a recorded intent under its client order id. The venue's order under that id
+        (open or finished) is returned instead of sending it again. A refusal by the venue (e.g.
+        Binance -2010, too little balance) comes back as a ``rejected`` order whose ``raw`` has
+        ``reject_reason`` and ``code``; nothing was placed."""
+        cid = request.client_order_id
+        limit = MAX_CLIENT_ORDER_ID.get(self.exchange_id, 64)
+        if not cid or len(cid) > limit:
+            raise ValueError(f"{self.broker}: client_order_id {cid!r} must have 1 to {limit} characters "
+                             "(nothing was sent)")
+        if request.symbol not in self.symbols:
+            raise ValueError(f"{self.broker}: {request.symbol!r} is not among the symbols traded here "
+                             f"({', '.join(self.symbols)})")
+        if request.side not in ("buy", "sell"):
+            raise ValueError(f"{self.broker}: side must be buy or sell, not {request.side!r}")
+        if request.order_type not in ("market", "limit"):
+            raise ValueError(f"{self.broker}: {request.order_type} orders are not supported (market, limit)")
+        for name in ("qty", "limit_price"):
+            value = getattr(request, name)
+            if value is not None and (not isinstance(value, Decimal) or not value.is_finite() or value <= 0):
+                raise ValueError(f"{self.broker}: {name} must be a positive finite Decimal, not {value!r}")
+        if request.order_type == "limit" and request.limit_price is None:
+            raise ValueError(f"{self.broker}: a limit order needs a limit price")
+        params: dict[str, Any] = {"clientOrderId": cid}
+        if request.order_type == "limit":
+            tif = TIME_IN_FORCE.get(request.time_in_force)
+            if tif is None:
+                raise ValueError(f"{self.broker}: time in force {request.time_in_force!r} has no meaning at a "
+                                 "24/7 venue; use gtc, ioc or fok (nothing was sent)")
+            params["timeInForce"] = tif
+        try:
+            existing = self.order_by_client_id(cid)
+        except OrderNotFound:
+            existing = None
+        if existing is not None:
+            return existing  # sent before (a retry after a crash): never twice
+        try:
+            raw = self._call(f"submit {cid}", "create_order", request.symbol, request.order_type, request.side,
+                             format(request.qty, "f"),
+                             None if request.limit_price is None else format(request.limit_price, "f"), params)
+        except VenueQueryFailed as x:  # timeout: the order may or may not be there
+            return self._resolve_ambiguous(cid, x)
+        except VenueConnectionError as x:
+            if "API key" in str(x):
+                raise
+            return self._resolve_ambiguous(cid, x)
+        except self._errors.ExchangeError as x:
+            code, message = venue_error_code(x)
+            if "duplicate order" in message.lower():
+                return self.order_by_client_id(cid)  # a race with another sender: the venue's order
+            return VenueOrder(
+                venue_order_id="", client_order_id=cid, symbol=request.symbol, side=request.side,
+                order_type=request.order_type, qty=request.qty, filled_qty=Decimal(0), status="rejected",
+                raw_status="REJECTED", limit_price=request.limit_price,
+                time_in_force=request.time_in_force,
+                raw={"reject_reason": f"{message} (code {code})" if code is not None else message, "code": code},
+            )
+        order = self._order(raw)
+        if order.client_order_id is None:
+            order = VenueOrder(**{**order.__dict__, "client_order_id": cid})
+            self._client_ids[order.venue_order_id] = cid
+        if order.is_open:
+            self._sent[order.venue_order_id] = order.symbol
+        if order.filled_qty > 0:  # filled on arrival (a market order): its executions
+            order = self._with_fills(order)
+        return order
+
+    def _resolve_ambiguous(self, cid: str, cause: Exception) -> VenueOrder:
+        try:
+            return self.order_by_client_id(cid)
+        except OrderNotFound:
+            raise SubmitOutcomeUnknown(f"{self.broker}: submit of {cid} got no answer ({cause}) and the venue "
+                                       "does not show it yet; look it up by client_order_id later") from None
+        except VenueError as e:
+            raise SubmitOutcomeUnknown(f"{self.broker}: submit of {cid} got no answer ({cause}); the look-up "
+                                       f"failed too ({e})") from None
+
+    def cancel(self, venue_order_id: str) -> None:
+        """Ask the venue to cancel; ``OrderNotCancelable`` for a finished order, ``OrderNotFound``
+        for one it does not know (Binance answers both with -2011: told apart by a look-up)."""
+        symbol = self._symbol_of_order.get(venue_order_id)
+        if symbol is None:
+            symbol = self.order_by_venue_id(venue_order_id).symbol  # OrderNotFound passes through
+        try:
+            self._call(f"cancel {venue_order_id}", "cancel_order", venue_order_id, symbol)
+        except self._errors.ExchangeError as x:
+            code, message = venue_error_code(x)
+            try:
+                order = self.order_by_venue_id(venue_order_id, symbol)
+            except OrderNotFound:
+                raise OrderNotFound(f"{self.broker}: no order {venue_order_id!r} to cancel") from None
+            raise OrderNotCancelable(f"{self.broker}: order {venue_order_id} is {order.status}, not cancelable: "
+                                     f"{message} (code {code})") from None
+
+    def updates(self) -> Iterator[VenueUpdate]:
+        """Poll: new trades of the traded symbols (fills), and the state of the orders ``submit``
+        sent (ack once, then their terminal update). Each update is yielded once."""
+        since = None if self._trades_since is None else datetime.fromtimestamp(self._trades_since / 1000,
+                                                                             tz=timezone.utc)
+        for f in self.fills(since):
+            key = ("fill", f.exec_id)
+            if f.occurred_at is not None:
+                self._trades_since = max(self._trades_since or 0, _ms(f.occurred_at) or 0)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            yield VenueUpdate("fill", f.client_order_id, f.venue_order_id, fill=f, occurred_at=f.occurred_at,
+                              raw=f.raw)
+        for vid, symbol in list(self._sent.items()):
+            order = self.order_by_venue_id(vid, symbol)
+            if ("ack", vid) not in self._seen:
+                self._seen.add(("ack", vid))
+                yield VenueUpdate("ack", order.client_order_id, vid, occurred_at=order.submitted_at, raw=order.raw)
+            if not order.is_open:
+                del self._sent[vid]
+                kind = {"cancelled": "cancelled", "rejected": "rejected", "expired": "expired"}.get(order.status)
+                if kind and (kind, vid) not in self._seen:
+                    self._seen.add((kind, vid))
+                    yield VenueUpdate(kind, order.client_order_id, vid, reason=order.raw_status,  # type: ignore[arg-type]
+                                      occurred_at=order.updated_at, raw=order.raw)
+
+    def close(self) -> None:
+        session = getattr(self._ccxt, "session", None)
+        if session is not None:
+            session.close()
+
+
+__all__ = ["CcxtAdapter", "OrderNotCancelable", "SubmitOutcomeUnknown", "map_status", "venue_error_code"]
