@@ -119,9 +119,14 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def venue_error_code(error: Exception) -> tuple[int | None, str]:
-    """The venue's own error code and message from a ccxt exception (ccxt's message is
-    ``"<exchange id> <response body>"``; Binance's body is ``{"code": -2010, "msg": ...}``)."""
+def venue_error_code(error: Exception, body: Any = None) -> tuple[int | None, str]:
+    """The venue's own error code and message: from its error ``body`` (Binance: ``{"code": -2010,
+    "msg": ...}``) when given, else from the ccxt exception's text (``"<exchange id> <body>"``)."""
+    if isinstance(body, dict) and "code" in body:
+        try:
+            return int(body["code"]), str(body.get("msg", ""))
+        except (TypeError, ValueError):
+            pass
     text = str(error)
     start = text.find("{")
     if start >= 0:
@@ -193,6 +198,7 @@ class CcxtAdapter(BrokerAdapter):
         config: dict[str, Any] = {
             "apiKey": api_key, "secret": secret, "timeout": int(self.timeout * 1000),
             "enableRateLimit": rate_limit,
+            "enableLastJsonResponse": True,  # the venue's error body (its own code) behind a ccxt error
             "options": {
                 "defaultType": "spot",
                 "fetchMarkets": {"types": ["spot"]},  # spot venues: no futures metadata
@@ -225,8 +231,10 @@ class CcxtAdapter(BrokerAdapter):
 
     # -- the ccxt call ------------------------------------------------------------------------
 
-    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One ccxt call with its errors in our words (bounded by ccxt's ``timeout``)."""
+    def _call(self, what: str, method: str, *args: Any, passthrough: tuple[type[Exception], ...] = (),
+              **kwargs: Any) -> Any:
+        """One ccxt call with its errors in our words (bounded by ccxt's ``timeout``); the ccxt
+        errors in ``passthrough`` reach the caller as they are (it tells them apart)."""
         e = self._errors
         with self._lock:
             try:
@@ -239,10 +247,17 @@ class CcxtAdapter(BrokerAdapter):
                 return getattr(self._ccxt, method)(*args, **kwargs)
             except e.AuthenticationError as x:
                 raise VenueConnectionError(f"{self.broker}: {what}: the venue refused our API key: {x}") from None
+            except e.InvalidNonce as x:
+                raise VenueQueryFailed(f"{self.broker}: {what}: the venue refused our request time (clock "
+                                       f"difference beyond the receive window): {x}") from None
             except e.RequestTimeout:
                 raise VenueQueryFailed(f"{self.broker}: {what}: no answer within {self.timeout:g} s") from None
             except e.NetworkError as x:  # ExchangeNotAvailable, DDoSProtection, connection errors
                 raise VenueConnectionError(f"{self.broker}: {what}: cannot reach the venue: {x}") from None
+            except passthrough:
+                raise
+            except e.BaseError as x:  # any other refusal: the answer is unknown, never empty
+                raise VenueQueryFailed(f"{self.broker}: {what}: {x}") from None
 
     # -- parsing --------------------------------------------------------------------------------
 
@@ -379,7 +394,8 @@ class CcxtAdapter(BrokerAdapter):
             vid, symbol = str(raw.get("order") or ""), raw.get("symbol")
             if vid and vid not in self._client_ids and symbol:
                 try:
-                    self._order(self._call(f"order {vid}", "fetch_order", vid, symbol))
+                    self._order(self._call(f"order {vid}", "fetch_order", vid, symbol,
+                                           passthrough=(self._errors.OrderNotFound,)))
                 except self._errors.OrderNotFound:
                     self._client_ids[vid] = None
         return sorted((self._fill(r) for r in raws), key=lambda f: (f.occurred_at or datetime.min.replace(
@@ -401,11 +417,10 @@ class CcxtAdapter(BrokerAdapter):
         for s in symbols:
             try:
                 return self._with_fills(self._order(self._call(f"order {venue_order_id}", "fetch_order",
-                                                               venue_order_id, s)))
+                                                               venue_order_id, s,
+                                                               passthrough=(self._errors.OrderNotFound,))))
             except self._errors.OrderNotFound:
                 continue
-            except self._errors.ExchangeError as x:
-                raise VenueQueryFailed(f"{self.broker}: order {venue_order_id}: {x}") from None
         raise OrderNotFound(f"{self.broker}: no order {venue_order_id!r}")
 
     def order_by_client_id(self, client_order_id: str) -> VenueOrder:
@@ -413,11 +428,9 @@ class CcxtAdapter(BrokerAdapter):
         for symbol in self.symbols:
             try:
                 raw = self._call(f"order {client_order_id}", "fetch_order", None, symbol,
-                                 {"clientOrderId": client_order_id})
+                                 {"clientOrderId": client_order_id}, passthrough=(self._errors.OrderNotFound,))
             except self._errors.OrderNotFound:
                 continue
-            except self._errors.ExchangeError as x:
-                raise VenueQueryFailed(f"{self.broker}: order {client_order_id}: {x}") from None
             return self._with_fills(self._order(raw))
         raise OrderNotFound(f"{self.broker}: no order with client order id {client_order_id!r}")
 
@@ -453,6 +466,7 @@ class CcxtAdapter(BrokerAdapter):
                 raise ValueError(f"{self.broker}: time in force {request.time_in_force!r} has no meaning at a "
                                  "24/7 venue; use gtc, ioc or fok (nothing was sent)")
             params["timeInForce"] = tif
+        self._on_grid(request)
         try:
             existing = self.order_by_client_id(cid)
         except OrderNotFound:
@@ -462,7 +476,8 @@ class CcxtAdapter(BrokerAdapter):
         try:
             raw = self._call(f"submit {cid}", "create_order", request.symbol, request.order_type, request.side,
                              format(request.qty, "f"),
-                             None if request.limit_price is None else format(request.limit_price, "f"), params)
+                             None if request.limit_price is None else format(request.limit_price, "f"), params,
+                             passthrough=(self._errors.ExchangeError,))
         except VenueQueryFailed as x:  # timeout: the order may or may not be there
             return self._resolve_ambiguous(cid, x)
         except VenueConnectionError as x:
@@ -470,7 +485,7 @@ class CcxtAdapter(BrokerAdapter):
                 raise
             return self._resolve_ambiguous(cid, x)
         except self._errors.ExchangeError as x:
-            code, message = venue_error_code(x)
+            code, message = venue_error_code(x, self._ccxt.last_json_response)
             if "duplicate order" in message.lower():
                 return self.order_by_client_id(cid)  # a race with another sender: the venue's order
             return VenueOrder(
@@ -490,6 +505,25 @@ class CcxtAdapter(BrokerAdapter):
             order = self._with_fills(order)
         return order
 
+    def _on_grid(self, request: OrderRequest) -> None:
+        """ccxt would silently truncate an amount or price to the market's step (its
+        ``amount_to_precision``): the venue would then work another quantity than the log holds.
+        Off-grid values are refused instead, before anything is sent."""
+        checks = [("qty", request.qty, "amount_to_precision")]
+        if request.limit_price is not None:
+            checks.append(("limit_price", request.limit_price, "price_to_precision"))
+        for name, value, method in checks:
+            try:
+                rounded = self._call(f"{name} precision", method, request.symbol, format(value, "f"),
+                                     passthrough=(self._errors.InvalidOrder,))
+            except self._errors.InvalidOrder as x:
+                raise ValueError(f"{self.broker}: {name} {value} of {request.symbol} is refused: {x} "
+                                 "(nothing was sent)") from None
+            if Decimal(str(rounded)) != value:
+                step = self._ccxt.markets[request.symbol]["precision"]["amount" if name == "qty" else "price"]
+                raise ValueError(f"{self.broker}: {name} {value} of {request.symbol} is not a multiple of the "
+                                 f"venue's step {step} (it would be sent as {rounded}); nothing was sent")
+
     def _resolve_ambiguous(self, cid: str, cause: Exception) -> VenueOrder:
         try:
             return self.order_by_client_id(cid)
@@ -507,9 +541,10 @@ class CcxtAdapter(BrokerAdapter):
         if symbol is None:
             symbol = self.order_by_venue_id(venue_order_id).symbol  # OrderNotFound passes through
         try:
-            self._call(f"cancel {venue_order_id}", "cancel_order", venue_order_id, symbol)
+            self._call(f"cancel {venue_order_id}", "cancel_order", venue_order_id, symbol,
+                       passthrough=(self._errors.ExchangeError,))
         except self._errors.ExchangeError as x:
-            code, message = venue_error_code(x)
+            code, message = venue_error_code(x, self._ccxt.last_json_response)
             try:
                 order = self.order_by_venue_id(venue_order_id, symbol)
             except OrderNotFound:

@@ -16,13 +16,15 @@ from typing import Any
 from ...domain.errors import InvalidInput
 from .base import BrokerAdapter
 
-BROKERS = ("sim", "alpaca", "ib")
+BROKERS = ("sim", "alpaca", "ib", "ccxt:<exchange>")
 
 # The options each broker takes (``Settings.broker_options`` returns exactly these names).
 OPTIONS: dict[str, tuple[str, ...]] = {
     "sim": ("account", "sim_state", "venue", "seed"),
     "alpaca": ("account", "base_url", "stream_url", "paper", "api_key", "secret_key", "venue", "timeout"),
     "ib": ("account", "host", "port", "client_id", "timeout", "ib_account", "venue"),
+    # ``ccxt:<exchange id>`` (ccxt:binance, ccxt:coinbase, ccxt:kraken...): one crypto spot venue
+    "ccxt": ("account", "symbols", "api_key", "secret", "password", "venue", "base_url", "timeout"),
 }
 
 
@@ -35,12 +37,19 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
     ib: ``account``, ``host``, ``port``, ``client_id``, ``timeout``, ``ib_account`` (the IB account
     code, when it differs from ours), ``venue``.
 
+    ccxt:<exchange>: ``account``, ``symbols`` (the unified symbols traded there, ``BTC/USDT,ETH/USDT``),
+    ``api_key``/``secret``/``password`` (default ``$TRADESTATE_CCXT_<EXCHANGE>_API_KEY``/``_SECRET``/
+    ``_PASSWORD``), ``venue`` (default the exchange id in capitals), ``base_url`` (Binance only:
+    another REST root, e.g. a test server), ``timeout``.
+
     Raises ``InvalidInput`` for an unknown broker, a missing account, an option the broker does not
     take, or options the adapter refuses; the adapter's own errors (e.g. ``VenueError`` when IB
     cannot be reached) pass through."""
-    if broker not in OPTIONS:
+    exchange = broker.split(":", 1)[1] if broker.startswith("ccxt:") else None
+    kind = "ccxt" if exchange is not None else broker
+    if kind not in OPTIONS:
         raise InvalidInput(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
-    unknown = sorted(set(options) - set(OPTIONS[broker]))
+    unknown = sorted(set(options) - set(OPTIONS[kind]))
     if unknown:
         raise InvalidInput(f"the {broker} adapter takes no option(s) {', '.join(unknown)}; "
                            f"it takes {', '.join(OPTIONS[broker])}")
@@ -57,6 +66,8 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
             raise InvalidInput(f"no simulated broker state at {path!r}")
         return SimulatedBroker(account=account, venue=options.get("venue") or "SIM",
                                seed=int(options.get("seed") or 0), state_path=path)
+    if exchange is not None:
+        return _ccxt_adapter(exchange, account, options)
     if broker == "alpaca":
         cls = _load("tradestate.adapters.brokers.alpaca", "AlpacaAdapter", "alpaca")
         values = {
@@ -82,6 +93,29 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
         "ib_account": options.get("ib_account"),
         "venue": options.get("venue"),
     }
+    return _construct(cls, values)
+
+
+def _ccxt_adapter(exchange: str, account: str, options: dict[str, Any]) -> BrokerAdapter:
+    if not exchange:
+        raise InvalidInput("name the exchange: --broker ccxt:binance (any ccxt exchange id)")
+    cls = _load("tradestate.adapters.brokers.ccxt_venue", "CcxtAdapter", "ccxt")
+    env = f"TRADESTATE_CCXT_{exchange.upper()}_"
+    values = {
+        "account": account,
+        "exchange": exchange,
+        "symbols": options.get("symbols"),
+        "api_key": options.get("api_key") or os.environ.get(env + "API_KEY"),
+        "secret": options.get("secret") or os.environ.get(env + "SECRET"),
+        "password": options.get("password") or os.environ.get(env + "PASSWORD"),
+        "venue": options.get("venue"),
+        "base_url": options.get("base_url"),
+        "timeout": _seconds(options.get("timeout")),
+    }
+    if not values["symbols"]:
+        raise InvalidInput(f"ccxt:{exchange} needs the symbols traded there (symbols: BTC/USDT,ETH/USDT)")
+    if not values["api_key"] or not values["secret"]:
+        raise InvalidInput(f"ccxt:{exchange} needs API keys: set {env}API_KEY and {env}SECRET")
     return _construct(cls, values)
 
 
