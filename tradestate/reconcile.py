@@ -19,7 +19,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
@@ -166,6 +166,8 @@ def reconcile(
     dry_run: bool = False,
     stuck: StuckThresholds | None = None,
     correct_partial: bool = True,
+    cash: bool = True,
+    snapshot: VenueSnapshot | None = None,
 ) -> ReconciliationResult:
     """Reconcile one broker account with the log; see the module docstring. ``client``: the
     client (or its ``Writer``) whose log is reconciled. Raises ``InvalidInput`` for naive times.
@@ -180,6 +182,10 @@ def reconcile(
     corrections counted as ``withheld_events`` and their discrepancies marked ``withheld``).
     ``stuck``: flag open orders past its thresholds (``stuck_orders``) as ``stuck_submitted`` /
     ``stuck_missing_at_venue`` entries of the record's discrepancies; they change nothing.
+    ``cash`` False: the venue's balances are kept in the record's venue report but not compared
+    or recorded (``tradestate.multi_venue``: a domain with one cash per account and currency
+    would see two venues' balances correct each other). ``snapshot``: one already taken from
+    ``adapter`` (its ``taken_at`` is the run's time).
 
     The venue is queried before the writer's lock is taken; the lock is held only to plan against
     the caught-up log and append (as long as any append), so a slow venue never holds up trading."""
@@ -191,7 +197,11 @@ def reconcile(
         raise InvalidInput("reconcile: now and since must be timezone-aware")
     now = now.astimezone(timezone.utc)
     account = adapter.account
-    snapshot = adapter.snapshot(since, now=now)
+    if snapshot is None:
+        snapshot = adapter.snapshot(since, now=now)
+    else:
+        now = snapshot.taken_at
+    planned_snapshot = snapshot if cash else replace(snapshot, balances=[])
     writer.catch_up()
     lookups = look_up(adapter, orders_to_look_up(writer.state, snapshot), lookup_limit)
     report, digest = venue_report(snapshot, lookups)
@@ -201,7 +211,7 @@ def reconcile(
     def decide(state: TradingState) -> Decided[tuple[ReconciliationPlan, bool]]:
         # Runs after every catch-up (again after a conflict): the plan is always against the log
         # as it is now, so a concurrent writer's events are never corrected twice.
-        plan = plan_reconciliation(state, snapshot, reconciliation_id=run_id, now=now, lookups=lookups)
+        plan = plan_reconciliation(state, planned_snapshot, reconciliation_id=run_id, now=now, lookups=lookups)
         outcome = _Outcome.of(plan, withhold=not correct_partial and bool(plan.unknown),
                               flags=stuck_orders(state, account, snapshot.venue, now, stuck) if stuck else [])
         state_account = state.accounts.get(account)

@@ -60,14 +60,16 @@ PAGE = 1000  # Binance's maximum for allOrders/myTrades; ccxt passes it as ``lim
 MAX_PAGES = 1000  # every wait is bounded: a venue that pages forever is a failed query
 # The REST roots ``base_url`` replaces, per exchange (ccxt's ``urls['api']`` keys and the path
 # below the root: see ccxt/binance.py ``describe()['urls']['api']``).
+# Binance.US speaks Binance's spot API (ccxt's ``binanceus`` extends ``binance``).
+BINANCE_API = ("binance", "binanceus")
 API_ROOTS: dict[str, dict[str, str]] = {
-    "binance": {"public": "/api/v3", "private": "/api/v3", "v1": "/api/v1"},
+    name: {"public": "/api/v3", "private": "/api/v3", "v1": "/api/v1"} for name in BINANCE_API
 }
 # The longest client order id each venue takes (Binance: ^[.A-Z:/a-z0-9_-]{1,36}$).
-MAX_CLIENT_ORDER_ID = {"binance": 36}
+MAX_CLIENT_ORDER_ID = {name: 36 for name in BINANCE_API}
 TIME_IN_FORCE = {"gtc": "GTC", "ioc": "IOC", "fok": "FOK"}
 # Venues whose order and trade history pages by id (ccxt method -> the venue's cursor parameter).
-ID_CURSORS = {"binance": {"fetch_orders": "orderId", "fetch_my_trades": "fromId"}}
+ID_CURSORS = {name: {"fetch_orders": "orderId", "fetch_my_trades": "fromId"} for name in BINANCE_API}
 
 
 class SubmitOutcomeUnknown(VenueConnectionError):
@@ -405,7 +407,7 @@ class CcxtAdapter(BrokerAdapter):
         if order.filled_qty <= 0:
             return order
         trades = self._call(f"trades of order {order.venue_order_id}", "fetch_my_trades", order.symbol,
-                            None, PAGE, {"orderId": order.venue_order_id} if self.exchange_id == "binance" else {})
+                            None, PAGE, {"orderId": order.venue_order_id} if self.exchange_id in BINANCE_API else {})
         fills = tuple(self._fill(t) for t in trades if str(t.get("order")) == order.venue_order_id)
         return VenueOrder(**{**order.__dict__, "fills": fills})
 
