@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from .domain.errors import InvalidInput
 
 BROKER_NAMES = ("sim", "alpaca", "ib")
-_PREFIXED_TABLES = ("api", "projector", "alpaca", "ib", "sim", "gate", "alert")
+_PREFIXED_TABLES = ("api", "projector", "alpaca", "ib", "sim", "gate", "alert", "ccxt")
 _PLAIN_TABLES = ("reconcile", "recover", "tradestate")
 # Unprefixed broker keys, taken at the top level or in any table as the prefixed field they name
 # (``port`` is ``ib_port``), so that a reconcile config written without tables loads as it is.
@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     sim_state: str | None = Field(None, description="The simulated broker's state file.")
     sim_seed: int = 0
     sim_venue: str | None = None
+    # crypto venues on ccxt (``--broker ccxt:<exchange>``; keys: $TRADESTATE_CCXT_<EXCHANGE>_API_KEY/_SECRET)
+    ccxt_symbols: str | None = Field(None, description="The unified symbols traded at each ccxt venue: "
+                                     "'BTC/USDT,ETH/USDT' for every one, or per exchange "
+                                     "'binance=BTC/USDT ETH/USDT;kraken=BTC/USD'.")
+    ccxt_base_url: str | None = Field(None, description="Another REST root for a Binance-API venue (a test "
+                                      "server): 'http://...' or per exchange 'binance=http://...;binanceus=...'.")
+    ccxt_timeout: float = Field(10.0, gt=0, allow_inf_nan=False, description="Seconds for each ccxt request.")
 
     @field_validator("broker", mode="before")
     @classmethod
@@ -132,7 +139,7 @@ class Settings(BaseSettings):
             value = [part for part in (p.strip() for p in value.split(",")) if part]
         if isinstance(value, (list, tuple)):
             for name in value:
-                if name not in BROKER_NAMES:
+                if name not in BROKER_NAMES and not (name.startswith("ccxt:") and len(name) > 5):
                     raise ValueError(f"{name!r} is not a broker; use {', '.join(BROKER_NAMES)}")
             return list(dict.fromkeys(value))
         return value
@@ -225,10 +232,30 @@ class Settings(BaseSettings):
                 api_key=self.alpaca_api_key.get_secret_value() if self.alpaca_api_key else None,
                 secret_key=self.alpaca_secret_key.get_secret_value() if self.alpaca_secret_key else None,
                 venue=self.venue or self.alpaca_venue)
+        elif broker.startswith("ccxt:"):
+            options.update(symbols=ccxt_symbols_of(self.ccxt_symbols, broker[5:]),
+                           base_url=ccxt_symbols_of(self.ccxt_base_url, broker[5:]),
+                           timeout=self.ccxt_timeout, venue=self.venue)
         elif broker == "ib":
             options.update(host=self.ib_host, port=self.ib_port, client_id=self.ib_client_id,
                            timeout=self.ib_timeout, ib_account=self.ib_account, venue=self.venue or self.ib_venue)
         return options
+
+
+def ccxt_symbols_of(spec: str | None, exchange: str) -> str | None:
+    """The value a per-exchange ccxt setting (``ccxt_symbols``, ``ccxt_base_url``) gives ``exchange``:
+    its ``exchange=...`` entry, else the entries without an exchange (``BTC/USDT,ETH/USDT``); None
+    when there are none."""
+    if not spec:
+        return None
+    shared: list[str] = []
+    for part in (p.strip() for p in spec.split(";")):
+        name, sep, symbols = part.partition("=")
+        if not sep:
+            shared.append(part)
+        elif name.strip() == exchange:
+            return symbols.strip() or None
+    return ",".join(s for s in shared if s) or None
 
 
 class _TomlSource(PydanticBaseSettingsSource):

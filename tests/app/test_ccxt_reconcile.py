@@ -132,3 +132,33 @@ def test_cash_is_kept_per_venue_never_corrected_by_another_venues_balance(venues
     assert {d["venue"]: d["venue_report"]["balances"][0]["free"] for d in completed[-2:]} == {
         "BINANCE": "100000.00000000", "BINANCEUS": "50000.00000000"}
     assert [r.corrective_events for r in result.results] == [[], []]
+
+
+def test_cli_reconciles_several_ccxt_venues_with_sums_and_cash_per_venue(venues, client, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fakes, _ = venues
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    env = {**os.environ, "TRADESTATE_CCXT_SYMBOLS": "BTC/USDT",
+           "TRADESTATE_CCXT_BASE_URL": f"binance={fakes['BINANCE'].url};binanceus={fakes['BINANCEUS'].url}",
+           "TRADESTATE_CCXT_TIMEOUT": "2"}
+    for name in ("BINANCE", "BINANCEUS"):
+        env[f"TRADESTATE_CCXT_{name}_API_KEY"], env[f"TRADESTATE_CCXT_{name}_SECRET"] = "fake-key", "fake-secret"
+    done = subprocess.run([sys.executable, "-m", "tradestate.cli", "reconcile", "--db", url, "--account", ACCOUNT,
+                           "--broker", "ccxt:binance", "--broker", "ccxt:binanceus", "--json"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [(r["broker"], r["venue"]) for r in out["results"]] == [("ccxt:binance", "BINANCE"),
+                                                                   ("ccxt:binanceus", "BINANCEUS")]
+    assert [(p["asset"], p["venues"], p["ours_after"], p["status"]) for p in out["positions"]] == [
+        ("BTC", "3", "3", "corrected")]
+    assert {v: c["USDT"]["venue"] for v, c in out["cash"].items()} == {"BINANCE": "100000", "BINANCEUS": "50000"}
+    del env["TRADESTATE_CCXT_BINANCEUS_SECRET"]
+    refused = subprocess.run([sys.executable, "-m", "tradestate.cli", "reconcile", "--db", url, "--account",
+                              ACCOUNT, "--broker", "ccxt:binanceus"], capture_output=True, text=True, timeout=60,
+                             env=env)
+    assert refused.returncode == 2 and "TRADESTATE_CCXT_BINANCEUS_SECRET" in refused.stderr

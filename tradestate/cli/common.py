@@ -54,26 +54,30 @@ ConfigOption = Annotated[
                                   "TRADESTATE_* variables, which override the file.", show_default=False),
 ]
 
-def choice(*values: str, what: str, message: str = "{what} {value!r} is not one of: {values}") -> dict[str, Any]:
+def choice(*values: str, what: str, message: str = "{what} {value!r} is not one of: {values}",
+           prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
     """``typer.Option`` keyword arguments for an option with a fixed set of values: the values in
-    the metavar (and so in ``--help``), and a usage error (exit 2) naming them for any other."""
+    the metavar (and so in ``--help``), and a usage error (exit 2) naming them for any other.
+    ``prefixes``: a value starting with one of these is taken too (``ccxt:binance``)."""
 
     def check(value: Any) -> Any:
         items = value if isinstance(value, (list, tuple)) else [value]
         for item in items:
-            if item is not None and item not in values:
+            if item is not None and item not in values and not (prefixes and str(item).startswith(prefixes)):
                 raise typer.BadParameter(message.format(what=what, value=item, values=", ".join(values)))
         return value
 
     return {"metavar": "[" + "|".join(values) + "]", "callback": check}
 
 
-BROKER_CHOICES = ("sim", "alpaca", "ib")
+BROKER_CHOICES = ("sim", "alpaca", "ib", "ccxt:<exchange>")
 BrokerOption = Annotated[
     Optional[list[str]],
-    typer.Option("--broker", help="Reconcile with this broker: sim, alpaca or ib; repeat for several (default: "
+    typer.Option("--broker", help="Reconcile with this broker: sim, alpaca, ib or ccxt:<exchange> (ccxt:binance, "
+                                  "ccxt:kraken...); repeat for several (default: "
                                   "$TRADESTATE_BROKER or the config file).", **choice(*BROKER_CHOICES, what="--broker",
-                                                  message="{what} must be one of {values}, not {value!r}")),
+                                                  message="{what} must be one of {values}, not {value!r}",
+                                                  prefixes=("ccxt:",))),
 ]
 StrictOption = Annotated[
     Optional[bool],

@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(ExitCode.OK)
 
         if not s.broker:
-            fail("--broker must be one of sim, alpaca, ib (or set it in the config file)")
+            fail("--broker must be one of sim, alpaca, ib, ccxt:<exchange> (or set it in the config file)")
         if bootstrap:
             if dry_run:
                 fail("--bootstrap appends its opening events at once; --dry-run is for a reconciliation")
@@ -118,11 +118,19 @@ def register(app: typer.Typer) -> None:
                 fail("--rounds must be at least 1")
             raise typer.Exit(_follow(s, since_at, interval, rounds, thresholds, dry_run, as_json))
         client = TradestateClient(_existing_log(s.db))
+        multi = None
         try:
             adapters = make_adapters(s)
             try:
-                results = [run_reconcile(client, a, strict=s.strict, since=since_at, dry_run=dry_run)
-                           for a in adapters]
+                if len(adapters) > 1 and all(a.broker.startswith("ccxt:") for a in adapters):
+                    # one account at several crypto venues: positions summed, cash kept per venue
+                    from ..multi_venue import reconcile_venues
+
+                    multi = reconcile_venues(client, adapters, strict=s.strict, since=since_at, dry_run=dry_run)
+                    results = multi.results
+                else:
+                    results = [run_reconcile(client, a, strict=s.strict, since=since_at, dry_run=dry_run)
+                               for a in adapters]
             finally:
                 for adapter in adapters:
                     adapter.close()
@@ -130,13 +138,37 @@ def register(app: typer.Typer) -> None:
             client.close()
 
         failed = any(r.status == "unknown" or (s.strict and r.status == "discrepancies") for r in results)
+        failed = failed or bool(multi and multi.errors)
         if as_json:
             dicts = [r.as_dict() for r in results]
-            print(to_json(dicts[0] if len(dicts) == 1 else {"results": dicts}))
+            if multi is not None:
+                print(to_json(multi.as_dict()))
+            else:
+                print(to_json(dicts[0] if len(dicts) == 1 else {"results": dicts}))
         else:
             for result in results:
                 print_plan(console, result) if dry_run else print_result(console, result)
+            if multi is not None:
+                print_venues(console, multi)
         raise typer.Exit(ExitCode.PROBLEM if failed else ExitCode.OK)
+
+
+def print_venues(console: Any, multi: Any) -> None:
+    """The sums across venues (as seed 002's script compares them) and each venue's cash."""
+    from rich.table import Table
+
+    table = Table(title=f"{multi.account}: positions summed across venues")
+    for name in ("asset", "log", "venues", "difference", "log after", "status"):
+        table.add_column(name)
+    for p in multi.positions:
+        table.add_row(p["asset"], p["ours"], p["venues"], p["difference"], p["ours_after"], p["status"])
+    console.print(table)
+    for venue, cash in multi.cash.items():
+        parts = [f"{c} {v['venue']}" for c, v in cash.items() if isinstance(v, dict)] or [str(cash.get("unknown"))]
+        console.print(f"cash at {venue}: {', '.join(parts)}"
+                      + ("" if multi.cash_recorded else " (reported, not recorded: the log keeps no cash per venue)"))
+    for where, error in multi.errors.items():
+        console.print(f"[red]{where}: {error}[/red]")
 
 
 def _existing_log(url: str | None) -> Any:
