@@ -384,9 +384,17 @@ class CcxtAdapter(BrokerAdapter):
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
         orders = []
         for symbol in self.symbols:
-            for raw in self._paged(f"orders {symbol}", "fetch_orders", symbol, since):
+            for raw in self._history(symbol, since):
                 orders.append(self._order(raw))
         return orders
+
+    def _history(self, symbol: str, since: datetime | None) -> list[dict[str, Any]]:
+        """Open and finished orders of ``symbol``: ``fetch_orders`` where the venue has it (Binance
+        allOrders), else its open orders and ``fetch_closed_orders`` (Kraken)."""
+        if self._ccxt.has.get("fetchOrders") is True:
+            return self._paged(f"orders {symbol}", "fetch_orders", symbol, since)
+        return [*self._call(f"open orders {symbol}", "fetch_open_orders", symbol),
+                *self._paged(f"closed orders {symbol}", "fetch_closed_orders", symbol, since)]
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
         raws = []
@@ -426,7 +434,16 @@ class CcxtAdapter(BrokerAdapter):
         raise OrderNotFound(f"{self.broker}: no order {venue_order_id!r}")
 
     def order_by_client_id(self, client_order_id: str) -> VenueOrder:
-        """The venue's (latest) order under our id, with its executions; ``OrderNotFound`` if none."""
+        """The venue's (latest) order under our id, with its executions; ``OrderNotFound`` if none.
+        Binance looks it up by ``origClientOrderId``; elsewhere the order history is searched
+        (ccxt's unified ``fetch_order`` takes the venue's id there)."""
+        if self.exchange_id not in BINANCE_API:
+            for symbol in self.symbols:
+                found = [raw for raw in self._history(symbol, None) if raw.get("clientOrderId") == client_order_id]
+                if found:
+                    latest = max(found, key=lambda raw: (int(raw.get("timestamp") or 0), str(raw.get("id"))))
+                    return self._with_fills(self._order(latest))
+            raise OrderNotFound(f"{self.broker}: no order with client order id {client_order_id!r}")
         for symbol in self.symbols:
             try:
                 raw = self._call(f"order {client_order_id}", "fetch_order", None, symbol,

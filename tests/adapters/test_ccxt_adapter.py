@@ -230,3 +230,19 @@ def test_order_flow_forwards_records_fills_and_cancels(fake, adapter, tmp_path):
     client.catch_up()
     assert client.state.orders[order_stream_id(ACCOUNT, "o-2")].status == "rejected"
     client.close()
+
+
+def test_the_generic_path_of_venues_without_binance_lookups(fake):
+    """Kraken-like venues: no ``fetch_orders`` (open + closed orders instead) and no look-up by
+    client order id (the history is searched). Exercised through ccxt's unified methods here."""
+    a = adapter_for(fake)
+    first = a.submit(limit("g-1"))
+    fake.fill(int(first.venue_order_id), "0.5")
+    a.submit(limit("g-2"))
+    a.exchange_id = "generic"  # not a Binance-API venue: no origClientOrderId, no id cursors
+    a._ccxt.has["fetchOrders"] = False
+    assert sorted((o.client_order_id, o.status) for o in a.recent_orders()) == [("g-1", "filled"), ("g-2", "open")]
+    found = a.order_by_client_id("g-1")
+    assert (found.venue_order_id, found.filled_qty, len(found.fills)) == (first.venue_order_id, D("0.5"), 1)
+    with pytest.raises(OrderNotFound):
+        a.order_by_client_id("g-3")
