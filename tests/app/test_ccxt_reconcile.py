@@ -53,6 +53,9 @@ def row(result, asset):
 def test_a_fill_missed_at_one_venue_is_found_and_booked_once(venues, client, tmp_path):
     fakes, (binance, binanceus) = venues
     url = f"sqlite:///{tmp_path / 'log.db'}"
+    if hasattr(client, "define_instrument"):  # a domain with instruments: BTC/USDT is priced in USDT
+        client.define_instrument("BTC/USDT", "crypto", quote_currency="USDT", tick_size="0.01",
+                                 lot_size="0.00001", fractional=True)
     first = reconcile_venues(client, [binance, binanceus])
     assert row(first, "BTC")["status"] == "corrected"  # an empty log: the venues' opening positions
     client.record_intent(ACCOUNT, "o-1", "BTC/USDT", "sell", "0.4", order_type="limit", limit_price="41000",
