@@ -16,7 +16,7 @@ from typing import Any
 from ...domain.errors import InvalidInput
 from .base import BrokerAdapter
 
-BROKERS = ("sim", "alpaca", "ib", "ccxt:<exchange>")
+BROKERS = ("sim", "alpaca", "ib")  # and ccxt:<exchange id>, one per crypto venue
 
 # The options each broker takes (``Settings.broker_options`` returns exactly these names).
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -48,7 +48,7 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
     exchange = broker.split(":", 1)[1] if broker.startswith("ccxt:") else None
     kind = "ccxt" if exchange is not None else broker
     if kind not in OPTIONS:
-        raise InvalidInput(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
+        raise InvalidInput(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}, ccxt:<exchange>")
     unknown = sorted(set(options) - set(OPTIONS[kind]))
     if unknown:
         raise InvalidInput(f"the {broker} adapter takes no option(s) {', '.join(unknown)}; "

@@ -192,6 +192,24 @@ def test_24_7_venue_refuses_day_orders_before_sending(fake, adapter):
     assert fake.orders == {}
 
 
+def test_settings_reach_the_ccxt_adapter(fake, monkeypatch):
+    from tradestate.adapters.brokers.registry import OPTIONS
+    from tradestate.settings import Settings
+
+    monkeypatch.setenv("TRADESTATE_ACCOUNT", ACCOUNT)
+    monkeypatch.setenv("TRADESTATE_CCXT_SYMBOLS", "kraken=BTC/USD;binance=BTC/USDT ETH/USDT")
+    monkeypatch.setenv("TRADESTATE_CCXT_BASE_URL", fake.url)
+    monkeypatch.setenv("TRADESTATE_CCXT_TIMEOUT", "1.5")
+    monkeypatch.setenv("TRADESTATE_CCXT_BINANCE_API_KEY", fake.api_key)
+    monkeypatch.setenv("TRADESTATE_CCXT_BINANCE_SECRET", fake.secret)
+    options = Settings.load().broker_options("ccxt:binance")
+    assert set(options) <= set(OPTIONS["ccxt"])
+    a = make_adapter("ccxt:binance", options)
+    assert (a.symbols, a.timeout, a.venue) == (["BTC/USDT", "ETH/USDT"], 1.5, "BINANCE")
+    assert [p.symbol for p in a.positions()] == ["BTC/USDT"]
+    a.close()
+
+
 def test_one_symbol_per_base_asset_and_registry(fake):
     with pytest.raises(ValueError, match="share the base asset BTC"):
         adapter_for(fake, symbols="BTC/USDT,BTC/USDC")

@@ -66,8 +66,8 @@ def test_every_option_has_help_and_every_command_takes_config():
     ("replay orders", "--time-axis", "[occurred|recorded]"),
     ("replay export", "--format", "[parquet|jsonl]"),
     ("replay export", "--log", "[trading|market]"),
-    ("recover", "--broker", "[sim|alpaca|ib]"),
-    ("reconcile", "--broker", "[sim|alpaca|ib]"),
+    ("recover", "--broker", "[sim|alpaca|ib|ccxt:<exchange>]"),
+    ("reconcile", "--broker", "[sim|alpaca|ib|ccxt:<exchange>]"),
     ("recover", "--ramp", "[50|75|100]"),
 ])
 def test_options_with_a_fixed_set_of_values_list_them_and_refuse_others(path, option, values):
