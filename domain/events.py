@@ -201,8 +201,13 @@ class DiscrepancyRecorded(OrderEvent):
 class OrderImported(OrderEvent):
     """An order found at the venue that tradestate never recorded (placed outside it). It enters
     the log as an external order so that its fills and position count; it never passed our risk
-    checks, and says so."""
+    checks, and says so.
 
+    v2: ``parent_client_order_id``: the order is a leg the venue created for one of ours (a
+    bracket's take-profit or stop-loss, an OCO's other side): it is linked to that order (its
+    ``correlation_id`` is the parent's intent) and is not external."""
+
+    schema_version: ClassVar[int] = 2
     venue: Identifier
     symbol: Symbol
     side: Side
@@ -215,6 +220,7 @@ class OrderImported(OrderEvent):
     venue_status: Identifier
     reconciliation_id: Identifier | None = None
     reason: Text = "order placed outside tradestate"
+    parent_client_order_id: Identifier | None = None
 
 
 # -------------------------------------------------------------------------------------- account
@@ -709,6 +715,13 @@ def _fill_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     # v1 had no fee currency or liquidity flag; v1 fees were always in USD.
     payload.setdefault("fee_currency", "USD")
     payload.setdefault("liquidity", "unknown")
+    return payload
+
+
+@upcaster("OrderImported", 1)
+def _import_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    # v1 imports were all orders placed outside tradestate: none was a leg of ours.
+    payload.setdefault("parent_client_order_id", None)
     return payload
 
 

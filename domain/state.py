@@ -529,7 +529,7 @@ class TradingState:
 
     def _on_OrderImported(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = OrderState(sid, d, pos, _time(d.get("occurred_at"), at))
-        order.external = True
+        order.external = not d.get("parent_client_order_id")  # a leg of ours is not external
         order.venue_order_id = d["venue_order_id"]
         order.status = "acknowledged"  # its fills and terminal state follow as their own events
         self.orders[sid] = order

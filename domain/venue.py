@@ -19,6 +19,7 @@ VenueOrderStatus = Literal[
     "cancelled",
     "rejected",
     "expired",
+    "replaced",  # finished at the venue: a new venue order (``VenueOrder.replaces``) carries on
     "unknown",  # a status this adapter does not know: reported as is in ``raw_status``
 ]
 OPEN_VENUE_STATUSES = frozenset({"pending", "open", "partially_filled"})
@@ -62,6 +63,10 @@ class VenueOrder:
     updated_at: datetime | None = None
     fills: tuple[VenueFill, ...] = ()  # when the venue reports them with the order
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Links between venue orders (None when the venue reports none):
+    replaces: str | None = None  # the venue order id this order replaced (a cancel/replace)
+    parent_venue_order_id: str | None = None  # a bracket/OCO/OTO leg: the order it belongs to
+    notional: Decimal | None = None  # an amount order: ``qty`` is what is filled until it is done
 
     @property
     def is_open(self) -> bool:

@@ -54,6 +54,7 @@ class OrderRequest:
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
     time_in_force: str = "day"
+    notional: Decimal | None = None  # an amount order (venues that take one): ``qty`` None, known at fill
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.fake_alpaca import FakeAlpaca, alpaca_venue
 from tradestate.adapters.brokers.alpaca import (
+    ALPACA_ORDER_STATUSES,
     AlpacaAdapter,
     OrderNotCancelable,
     OrderRejectedByVenue,
@@ -25,6 +26,7 @@ from tradestate.adapters.brokers.alpaca import (
     parse_order,
 )
 from tradestate.adapters.brokers.base import (
+    OPEN_VENUE_STATUSES,
     OrderNotFound,
     OrderRequest,
     Unknown,
@@ -167,10 +169,13 @@ def test_unknown_status_is_reported_not_fatal():
         venue.add_order(client_order_id="future", symbol="AAPL", side="buy", qty=D(1),
                         status="some_status_added_in_2030")
         venue.add_order(client_order_id="held", symbol="AAPL", side="buy", qty=D(1), status="held")
-        orders = {o.client_order_id: o for o in venue.adapter().open_orders()}
+        adapter = venue.adapter()
+        orders = {o.client_order_id: o for o in adapter.open_orders()}
         assert orders["future"].status == "unknown"
         assert orders["future"].raw_status == "some_status_added_in_2030"
-        assert orders["held"].status == "pending"
+        assert "held" not in orders  # Alpaca lists a held order as closed (alpaca-trade-api-python#322)
+        recent = {o.client_order_id: o for o in adapter.recent_orders(None)}
+        assert recent["held"].status == "pending" and recent["held"].is_open
 
 
 @pytest.mark.parametrize(("raw", "filled", "expected"), [
@@ -180,11 +185,26 @@ def test_unknown_status_is_reported_not_fatal():
     ("done_for_day", "0", "open"), ("done_for_day", "2", "partially_filled"),
     ("pending_cancel", "0", "open"), ("pending_replace", "4", "partially_filled"),
     ("stopped", "0", "open"), ("calculated", "10", "filled"), ("calculated", "4", "partially_filled"),
-    ("canceled", "4", "cancelled"), ("expired", "0", "expired"), ("replaced", "0", "cancelled"),
-    ("rejected", "0", "rejected"), ("brand_new_status", "0", "unknown"),
+    ("canceled", "4", "cancelled"), ("expired", "0", "expired"), ("replaced", "0", "replaced"),
+    ("rejected", "0", "rejected"), ("brand_new_status", "0", "unknown"), ("pending_review", "0", "pending"),
+    ("done_for_day", "10", "partially_filled"), ("suspended", "2", "partially_filled"), ("held", "0", "pending"),
+    ("calculated", "0", "open"), ("pending_cancel", "9", "partially_filled"), ("", "0", "unknown"),
 ])
 def test_status_mapping(raw, filled, expected):
     assert map_status(raw, D(10), D(filled)) == expected
+
+
+def test_every_alpaca_status_is_mapped_and_only_the_documented_ones_are_terminal():
+    """alpaca-py's OrderStatus (18 values) each have a meaning of ours; none is "unknown"."""
+    from alpaca.trading.enums import OrderStatus
+
+    assert {s.value for s in OrderStatus} == set(ALPACA_ORDER_STATUSES)
+    terminal = {s.value for s in OrderStatus if map_status(s.value, D(10), D(3)) not in OPEN_VENUE_STATUSES}
+    assert terminal == {"filled", "canceled", "expired", "replaced", "rejected"}
+    # calculated: done, settlement pending -> filled only once the whole quantity is
+    assert map_status("calculated", D(10), D(10)) == "filled"
+    # a notional order (no qty) that Alpaca says is filled is filled
+    assert map_status("filled", None, D("0.123456789")) == "filled"
 
 
 def test_times_are_utc_whatever_alpaca_sends():

@@ -55,12 +55,25 @@ from tradestate.adapters.brokers.alpaca import AlpacaAdapter
 
 NEW_YORK = ZoneInfo("America/New_York")
 CLOSED = {"filled", "canceled", "expired", "replaced", "rejected"}
+# ``status=open`` does not list a held leg: it shows as closed (alpacahq/alpaca-trade-api-python#322).
+NOT_LISTED_OPEN = CLOSED | {"held"}
 NOT_CANCELABLE = CLOSED | {"pending_cancel", "pending_replace"}
 # VenueControl statuses (ours) -> Alpaca's; anything else is passed through as Alpaca's own.
 OUR_STATUS = {
     "open": "new", "partially_filled": "partially_filled", "filled": "filled",
     "cancelled": "canceled", "rejected": "rejected", "expired": "expired",
 }
+
+
+def asset_class(symbol: str) -> str:
+    """Alpaca's asset class of a symbol here: a pair (``BTC/USD``) is crypto."""
+    return "crypto" if "/" in symbol else "us_equity"
+
+
+def legacy_symbol(symbol: str) -> str:
+    """How Alpaca's positions and fee activities spell a crypto pair: ``BTCUSD`` for ``BTC/USD``
+    (alpacahq/alpaca-docs content/trading/crypto-trading.md: the CFEE example says ``ETHUSD``)."""
+    return symbol.replace("/", "")
 
 
 def _ts(moment: datetime) -> str:
@@ -77,6 +90,10 @@ def _parse_ts(text: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+def _dec_or_none(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
 
 
 def _s(amount: Decimal | None) -> str | None:
@@ -101,6 +118,7 @@ class FakeAlpaca:
         self.account_id = str(uuid.uuid4())
         self.lock = threading.RLock()
         self.orders: dict[str, dict] = {}  # id -> Alpaca order object (insertion order)
+        self.legs: dict[str, list[str]] = {}  # parent order id -> its legs' ids (bracket, oco, oto)
         self.activities: list[dict] = []
         self.positions: dict[str, dict] = {}  # symbol -> {"qty": Decimal, "avg": Decimal}
         self.cash = Decimal("100000")
@@ -141,6 +159,7 @@ class FakeAlpaca:
             Route("/v2/orders:by_client_order_id", self._order_by_client_id, methods=["GET"]),
             Route("/v2/orders/{order_id}", self._order_get, methods=["GET"]),
             Route("/v2/orders/{order_id}", self._order_delete, methods=["DELETE"]),
+            Route("/v2/orders/{order_id}", self._order_patch, methods=["PATCH"]),
             Route("/v2/account/activities/{activity_type}", self._activities, methods=["GET"]),
             WebSocketRoute("/stream", self._stream),
         ], lifespan=self._lifespan)
@@ -208,10 +227,11 @@ class FakeAlpaca:
             self._clock = moment
             return moment
 
-    def new_order(self, *, symbol: str, side: str, qty: Decimal, order_type: str = "limit",
+    def new_order(self, *, symbol: str, side: str, qty: Decimal | None, order_type: str = "limit",
                   limit_price: Decimal | None = None, stop_price: Decimal | None = None,
                   time_in_force: str = "day", client_order_id: str | None = None,
-                  status: str = "new", at: datetime | None = None) -> dict:
+                  status: str = "new", at: datetime | None = None, notional: Decimal | None = None,
+                  order_class: str = "") -> dict:
         with self.lock:
             at = at or self.now()
             order = {
@@ -221,9 +241,9 @@ class FakeAlpaca:
                 "filled_at": None, "expired_at": None, "canceled_at": None, "failed_at": None,
                 "replaced_at": None, "replaced_by": None, "replaces": None,
                 "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "asset:" + symbol)),
-                "symbol": symbol, "asset_class": "us_equity", "notional": None,
+                "symbol": symbol, "asset_class": asset_class(symbol), "notional": _s(notional),
                 "qty": _s(qty), "filled_qty": "0", "filled_avg_price": None,
-                "order_class": "", "order_type": order_type, "type": order_type, "side": side,
+                "order_class": order_class, "order_type": order_type, "type": order_type, "side": side,
                 "position_intent": "buy_to_open" if side == "buy" else "sell_to_close",
                 "time_in_force": time_in_force, "limit_price": _s(limit_price),
                 "stop_price": _s(stop_price), "status": status, "extended_hours": False,
@@ -232,6 +252,87 @@ class FakeAlpaca:
             }
             self.orders[order["id"]] = order
             return order
+
+    def _nested(self, order: dict) -> dict:
+        """The order with its legs inside (``nested=true``: "the order response will nest the result
+        to include child orders under the parent order with an array field legs", Alpaca's
+        orders.md, Bracket Orders)."""
+        legs = self.legs.get(order["id"])
+        return {**order, "legs": [self._nested(self.orders[leg]) for leg in legs]} if legs else dict(order)
+
+    def new_group(self, order_class: str, *, symbol: str, side: str, qty: Decimal, order_type: str = "limit",
+                  limit_price: Decimal | None = None, take_profit: Decimal | None = None,
+                  stop_loss: Decimal | None = None, time_in_force: str = "gtc",
+                  client_order_id: str | None = None) -> dict:
+        """A bracket, OCO or OTO order as Alpaca creates it (orders.md, "Bracket Orders", "OCO
+        Orders", "OTO Orders"): bracket/OTO: the entry working, its exit legs ``held`` until it
+        fills; OCO: the take-profit is the parent and working, the stop-loss its ``held`` child.
+        Each leg gets a client order id of Alpaca's making. Returns the parent."""
+        with self.lock:
+            at = self.now()
+            exit_side = "sell" if side == "buy" else "buy"
+            if order_class == "oco":
+                parent = self.new_order(symbol=symbol, side=side, qty=qty, order_type="limit",
+                                        limit_price=take_profit, time_in_force=time_in_force,
+                                        client_order_id=client_order_id, at=at, order_class="oco")
+                legs = [self.new_order(symbol=symbol, side=side, qty=qty, order_type="stop", stop_price=stop_loss,
+                                       time_in_force=time_in_force, status="held", at=at, order_class="oco")]
+            else:
+                parent = self.new_order(symbol=symbol, side=side, qty=qty, order_type=order_type,
+                                        limit_price=limit_price, time_in_force=time_in_force,
+                                        client_order_id=client_order_id, at=at, order_class=order_class)
+                legs = []
+                if take_profit is not None:
+                    legs.append(self.new_order(symbol=symbol, side=exit_side, qty=qty, order_type="limit",
+                                               limit_price=take_profit, time_in_force=time_in_force,
+                                               status="held", at=at, order_class=order_class))
+                if stop_loss is not None:
+                    legs.append(self.new_order(symbol=symbol, side=exit_side, qty=qty, order_type="stop",
+                                               stop_price=stop_loss, time_in_force=time_in_force,
+                                               status="held", at=at, order_class=order_class))
+            self.legs[parent["id"]] = [leg["id"] for leg in legs]
+            return parent
+
+    def release_legs(self, parent_id: str) -> None:
+        """The entry filled: the take-profit leg starts working (``new``), the stop-loss stays
+        ``held`` (alpacahq/alpaca-trade-api-js#87: "one is opened at a time, the other orders are held")."""
+        with self.lock:
+            for leg_id in self.legs.get(parent_id, []):
+                leg = self.orders[leg_id]
+                if leg["type"] == "limit" and leg["status"] == "held":
+                    self._set_status(leg, "new", self.now())
+
+    def replace_order(self, order_id: str, *, qty: Decimal | None = None, limit_price: Decimal | None = None,
+                      stop_price: Decimal | None = None, client_order_id: str | None = None,
+                      stream: bool = True) -> dict:
+        """PATCH /v2/orders/{id} as Alpaca does it ("Replace an Order": each parameter overrides the
+        existing order's, the rest stay the same): a NEW order (its own id, ``replaces`` = the old
+        one, a new client order id unless one is given) for ``qty`` (the old order's qty when not
+        given, also after partial fills: alpacahq/Alpaca-API#165); the old order becomes
+        ``replaced`` (``replaced_by``), keeping its fills. Streams ``replaced`` (the old order,
+        old prices: alpacahq/alpaca-trade-api-csharp#149) then ``new`` (the replacement)."""
+        with self.lock:
+            old = self.orders[order_id]
+            at = self.now()
+            new = self.new_order(
+                symbol=old["symbol"], side=old["side"], qty=qty if qty is not None else Decimal(old["qty"]),
+                order_type=old["type"],
+                limit_price=limit_price if limit_price is not None else _dec_or_none(old["limit_price"]),
+                stop_price=stop_price if stop_price is not None else _dec_or_none(old["stop_price"]),
+                time_in_force=old["time_in_force"], client_order_id=client_order_id, at=at,
+                order_class=old["order_class"])
+            new["replaces"] = old["id"]
+            old["replaced_by"] = new["id"]
+            self._set_status(old, "replaced", at)
+            for legs in self.legs.values():  # a replaced leg's replacement stays in its group
+                if old["id"] in legs:
+                    legs[legs.index(old["id"])] = new["id"]
+            events = [{"event": "replaced", "order": dict(old), "timestamp": _ts(at)},
+                      {"event": "new", "order": dict(new), "timestamp": _ts(at)}]
+        if stream:
+            for event in events:
+                self.broadcast(event)
+        return new
 
     def _set_status(self, order: dict, status: str, at: datetime) -> None:
         order["status"] = status
@@ -250,7 +351,10 @@ class FakeAlpaca:
         avg_before = Decimal(order["filled_avg_price"] or 0)
         order["filled_avg_price"] = str((avg_before * filled_before + price * qty) / filled)
         order["filled_qty"] = str(filled)
-        total = Decimal(order["qty"]) if order["qty"] is not None else filled
+        if order["qty"] is not None:
+            total = Decimal(order["qty"])
+        else:  # a notional order is done once its amount is spent (its qty stays null)
+            total = filled if Decimal(order["filled_avg_price"]) * filled >= Decimal(order["notional"]) else filled + 1
         done = filled >= total
         self._set_status(order, "filled" if done else "partially_filled", at)
         side = order["side"]
@@ -429,9 +533,11 @@ class FakeAlpaca:
             for symbol, p in sorted(self.positions.items()):
                 qty, avg = p["qty"], p["avg"]
                 cost = qty * avg
+                crypto = asset_class(symbol) == "crypto"
                 rows.append({
                     "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "asset:" + symbol)),
-                    "symbol": symbol, "exchange": "NASDAQ", "asset_class": "us_equity",
+                    "symbol": legacy_symbol(symbol) if crypto else symbol,
+                    "exchange": "CRYPTO" if crypto else "NASDAQ", "asset_class": asset_class(symbol),
                     "asset_marginable": True, "avg_entry_price": str(avg), "qty": str(qty),
                     "qty_available": str(qty), "side": "long" if qty > 0 else "short",
                     "market_value": str(cost), "cost_basis": str(cost), "unrealized_pl": "0",
@@ -455,12 +561,18 @@ class FakeAlpaca:
         except ValueError as e:
             return _error(422, 40010000, f"invalid query: {e}")
         direction = q.get("direction", "desc")
+        nested = q.get("nested", "false").lower() == "true"
         with self.lock:
+            leg_ids = {leg for legs in self.legs.values() for leg in legs}
             rows = []
             for order in self.orders.values():
-                closed = order["status"] in CLOSED
+                closed = order["status"] in NOT_LISTED_OPEN
                 if (status == "open" and closed) or (status == "closed" and not closed):
                     continue
+                if nested and order["id"] in leg_ids:
+                    continue  # listed inside its parent
+                if nested:
+                    order = self._nested(order)
                 at = _parse_ts(order["submitted_at"])
                 if (after is not None and at <= after) or (until is not None and at >= until):
                     continue
@@ -478,7 +590,8 @@ class FakeAlpaca:
             order = self.orders.get(request.path_params["order_id"])
             if order is None:
                 return _error(404, 40410000, f"order not found for {request.path_params['order_id']}")
-            return _json(order)
+            nested = request.query_params.get("nested", "false").lower() == "true"
+            return _json(self._nested(order) if nested else order)
 
     async def _order_by_client_id(self, request: Request) -> Response:
         if (early := await self._enter(request, "orders")) is not None:
@@ -510,13 +623,24 @@ class FakeAlpaca:
         if tif not in ("day", "gtc", "opg", "cls", "ioc", "fok"):
             return _error(422, 40010000, "invalid time_in_force")
         try:
-            qty = Decimal(str(body["qty"]))
+            qty = Decimal(str(body["qty"])) if body.get("qty") is not None else None
+            notional = Decimal(str(body["notional"])) if body.get("notional") is not None else None
             limit = Decimal(str(body["limit_price"])) if body.get("limit_price") is not None else None
             stop = Decimal(str(body["stop_price"])) if body.get("stop_price") is not None else None
-        except (KeyError, ArithmeticError):
-            return _error(422, 40010000, "qty is required and must be a number")
-        if qty <= 0:
+        except ArithmeticError:
+            return _error(422, 40010000, "qty, notional and prices must be numbers")
+        # "qty / notional: ... Can take up to 9 decimal points"; one of the two, not both
+        # (alpacahq/alpaca-docs content/trading/fractional-trading.md)
+        if (qty is None) == (notional is None):
+            return _error(422, 40010000, "qty or notional is required (not both)")
+        amount = qty if qty is not None else notional
+        assert amount is not None
+        if amount <= 0:
             return _error(422, 40010000, "qty must be > 0")
+        if -amount.as_tuple().exponent > 9:  # type: ignore[operator]
+            return _error(422, 40010000, "qty and notional can have at most 9 decimal places")
+        if notional is not None and kind != "market":
+            return _error(422, 40010000, "notional orders must be market orders")
         if kind in ("limit", "stop_limit") and limit is None:
             return _error(422, 40010000, "limit_price is required for limit orders")
         if kind in ("stop", "stop_limit") and stop is None:
@@ -529,7 +653,7 @@ class FakeAlpaca:
                 return _error(422, 40010001, "client_order_id must be unique")
             order = self.new_order(symbol=symbol, side=side, qty=qty, order_type=kind,
                                    limit_price=limit, stop_price=stop, time_in_force=tif,
-                                   client_order_id=cid, status="accepted")
+                                   client_order_id=cid, status="accepted", notional=notional)
             accepted = dict(order)
             self._set_status(order, "new", self.now())
             event = {"event": "new", "order": dict(order), "timestamp": order["updated_at"]}
@@ -553,6 +677,32 @@ class FakeAlpaca:
             event = {"event": "canceled", "order": dict(order), "timestamp": order["updated_at"]}
         await self._send_all({"stream": "trade_updates", "data": event})
         return Response(status_code=204)
+
+    async def _order_patch(self, request: Request) -> Response:
+        if (early := await self._enter(request)) is not None:
+            return early
+        try:
+            body = json.loads(await request.body())
+            changes = {k: Decimal(str(body[k])) for k in ("qty", "limit_price", "stop_price") if body.get(k) is not None}
+        except (ValueError, ArithmeticError):
+            return _error(400, 40010000, "request body format is invalid")
+        with self.lock:
+            order = self.orders.get(request.path_params["order_id"])
+            if order is None:
+                return _error(404, 40410000, "order not found")
+            # "Order cannot be replaced when the status is accepted, pending_new, pending_cancel or
+            # pending_replace" (Alpaca's "Replace an Order" reference), nor once it is finished
+            if order["status"] in CLOSED | {"accepted", "pending_new", "pending_cancel", "pending_replace"}:
+                return _error(422, 42210000, "order is not replaceable")
+        new = await asyncio.to_thread(self.replace_order, order["id"], client_order_id=body.get("client_order_id"),
+                                      stream=False, **changes)
+        with self.lock:
+            old = self.orders[order["id"]]
+            events = [{"event": "replaced", "order": dict(old), "timestamp": old["updated_at"]},
+                      {"event": "new", "order": dict(new), "timestamp": new["updated_at"]}]
+        for event in events:
+            await self._send_all({"stream": "trade_updates", "data": event})
+        return _json(new)
 
     async def _activities(self, request: Request) -> Response:
         if (early := await self._enter(request, "fills")) is not None:
