@@ -328,12 +328,17 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
         "mode_reason": a.mode_reason,
         "breaker_trips": a.breaker_trips,
         "ramp": [_t(a.ramp_since), list(a.ramp_baseline), a.ramp_held],
+        "fees_pending": a.fees_pending,
+        "fee_ids": sorted(a.fee_ids),
     }
 
 
 def _position_doc(p: PositionState) -> list[Any]:
-    return [p.account, p.venue, p.symbol, _d(p.qty), _d(p.cost), _d(p.realized_pnl), _d(p.fees),
-            _d(p.last_price), _t(p.updated_at)]
+    doc = [p.account, p.venue, p.symbol, _d(p.qty), _d(p.cost), _d(p.realized_pnl), _d(p.fees),
+           _d(p.last_price), _t(p.updated_at)]
+    if p.journal:  # the last fills, so that a venue's correction of one replays them after a restore
+        doc.append([[e, _d(q), _d(px), _d(qb), _d(cb), day] for e, q, px, qb, cb, day in p.journal])
+    return doc
 
 
 def _engine_doc(e: dict[str, Any]) -> dict[str, Any]:
@@ -576,6 +581,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         acct.breaker_trips = a.get("breaker_trips", 0)
         since, baseline, held = a.get("ramp", (None, (0, 0), ""))
         acct.ramp_since, acct.ramp_baseline, acct.ramp_held = _tn(since), (baseline[0], baseline[1]), held
+        acct.fees_pending = dict(a.get("fees_pending", {}))  # absent before pending fees
+        acct.fee_ids = set(a.get("fee_ids", ()))
         for day, (trades, fills, volume, realized, fees, breaches) in a["daily"].items():
             acct.daily[day] = DailyStats(trades, fills, Decimal(volume), Decimal(realized), Decimal(fees),
                                          set(breaches))
@@ -603,8 +610,11 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
     for name, a in doc["accounts"].items():
         acct = state.accounts[name]
         acct.open_orders = {sid: state.orders[sid] for sid in a["open_orders"]}
-    for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at in doc["positions"]:
+    for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at, *rest in doc["positions"]:
         p = PositionState(account, venue, symbol)
+        if rest:  # absent before fill corrections, and for a position without fills
+            p.journal = [(e, Decimal(q), Decimal(px), Decimal(qb), Decimal(cb), day)
+                         for e, q, px, qb, cb, day in rest[0]]
         p.qty, p.cost, p.realized_pnl, p.fees = Decimal(qty), Decimal(cost), Decimal(realized), Decimal(fees)
         p.last_price = _dn(last_price)
         p.updated_at = _tn(updated_at)

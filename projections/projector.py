@@ -626,6 +626,14 @@ class _Dirty:
                 book = self.equity_book
                 minute_key, minute = book.minute(occurred, at)
                 self.equity[(order.account, minute_key)] = book.after_fill(state, key, minute, position)
+            elif type_name == "FillCorrected":  # the position, and the days of the fills it replayed
+                key = order.position_key
+                self.positions[key] = position
+                held = state.positions.get(key)
+                days = {e[5] for e in (held.journal or ())} if held is not None else set()
+                days.add(state._trading_day_of(d.get("occurred_at"), at))
+                for day in days:
+                    self.days[(order.account, day)] = position
         elif first == "a":
             account = d["account"]
             self.accounts[account] = (position, d.get("occurred_at"), at)
@@ -633,6 +641,10 @@ class _Dirty:
                 self.days[(account, d["trading_day"])] = position
             elif type_name == "PositionCorrected":
                 self.positions[(account, d["venue"], d["symbol"])] = position
+            elif type_name == "FeeCharged":
+                if d.get("symbol"):
+                    self.positions[(account, d["venue"], d["symbol"])] = position
+                self.days[(account, state._trading_day_of(d.get("occurred_at"), at))] = position
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
 
