@@ -51,6 +51,7 @@ from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 RECONCILIATION_NAMESPACE = UUID("2d7c8f5e-9a41-4b6e-8d3c-5f0a1e7b6c92")
 ZERO = Decimal(0)
 MAX_PLACES = Decimal(1).scaleb(-12)  # events refuse more than 12 decimal places
+FEE_ROUNDING = Decimal("1e-9")  # a venue rounds each fee it takes (Alpaca: 9 decimal places)
 PARTS = ("positions", "open_orders", "recent_orders", "fills", "balances")
 
 Resolution = Literal["corrected", "pending", "unknown"]
@@ -267,6 +268,7 @@ class _Planner:
         self.orders: Mapping[str, VenueOrder] = {}
         self.chain_fills: dict[str, list[VenueFill]] = {}  # fills of replaced orders, for their chain's end
         self._open_by_venue_id: dict[str, OrderState] | None = None
+        self._unposted: dict[tuple[str, str], Decimal] | None = None
         self.fills_known = not isinstance(snapshot.fills, Unknown)
         self.orders_known = not isinstance(snapshot.open_orders, Unknown) and not isinstance(
             snapshot.recent_orders, Unknown
@@ -391,6 +393,7 @@ class _Planner:
         for venue_order_id, fills in sorted(fills_by_order.items()):
             self.orphan_fills(venue_order_id, fills)
         self.unseen_orders(orders)
+        self.posted_fees()
         self.positions()
         self.cash()
         self.plan.events = self.order_events + self.account_events
@@ -771,6 +774,68 @@ class _Planner:
             self.record_discrepancy(ours, "missing_at_venue", f"we hold it {order.status}; the venue does not know "
                                     "it (ambiguous submit: kept pending, never assumed rejected)")
 
+    # -------------------------------------------------------------------- fees posted apart
+    def posted_fees(self) -> None:
+        """Each fee the venue posted apart from its fills (Alpaca's end-of-day crypto fee) is
+        recorded once as ``FeeCharged``: in kind, the position shrinks by it; in cash, the cash."""
+        fees = self.snap.fees
+        if isinstance(fees, Unknown):
+            self.plan.unknown.append(f"fees: {fees.reason}")
+            return
+        recorded = self.acct.fee_ids if self.acct is not None else set()
+        for fee in fees:
+            if fee.fee_id in recorded:
+                continue
+            e = self.build(
+                ev.FeeCharged, event_id=fact_id("FeeCharged", self.account, self.venue, fee.fee_id),
+                occurred_at=fee.occurred_at or self.now, causation_id=self.rid, account=self.account,
+                venue=self.venue, fee_id=fee.fee_id, amount=fee.amount, currency=fee.currency, symbol=fee.symbol,
+                in_kind=fee.in_kind, reconciliation_id=str(self.rid),
+                reason=f"fee posted by the venue apart from its fills ({fee.raw.get('activity_type') or 'fee'})",
+            )
+            if e is None:
+                continue
+            self.account_events.append((account_stream_id(self.account), e))
+            self.plan.count("fees_recorded")
+            if fee.in_kind and fee.symbol:
+                key = (self.venue, fee.symbol)
+                self.planned_position[key] = self.planned_position.get(key, ZERO) - fee.amount
+            elif self.acct is not None and fee.currency in self.acct.cash:
+                self.planned_cash[fee.currency] = self.planned_cash.get(fee.currency, ZERO) - fee.amount
+
+    def unposted_fees(self) -> dict[tuple[str, str], Decimal]:
+        """The most the venue may have taken in fees it has not posted yet: ("position", symbol)
+        for buys (a fee in the asset), ("cash", currency) for sells, at the snapshot's
+        ``unposted_fee_rates``, over the venue's executions after the last day whose fees it
+        posted. Empty for venues that post fees with their fills."""
+        if self._unposted is not None:
+            return self._unposted
+        self._unposted = {}
+        rates = self.snap.unposted_fee_rates
+        if not rates or isinstance(self.snap.fills, Unknown) or isinstance(self.snap.fees, Unknown):
+            return self._unposted
+        posted: dict[str, str] = {}  # symbol -> last UTC day whose fees were posted
+        for fee in self.snap.fees:
+            if fee.symbol and fee.occurred_at is not None:
+                day = fee.occurred_at.astimezone(timezone.utc).date().isoformat()
+                posted[fee.symbol] = max(posted.get(fee.symbol, day), day)
+        seen: set[str] = set()
+        fills = [*self.snap.fills, *(f for o in self.orders.values() for f in o.fills)]
+        for f in fills:
+            rate = rates.get(f.symbol)
+            if rate is None or f.exec_id in seen:
+                continue
+            seen.add(f.exec_id)
+            day = (f.occurred_at or self.now).astimezone(timezone.utc).date().isoformat()
+            if f.symbol in posted and day <= posted[f.symbol]:
+                continue
+            if f.side == "buy":
+                key, amount = ("position", f.symbol), f.qty * rate
+            else:
+                key, amount = ("cash", f.symbol.split("/")[1] if "/" in f.symbol else "USD"), f.qty * f.price * rate
+            self._unposted[key] = self._unposted.get(key, ZERO) + amount + FEE_ROUNDING
+        return self._unposted
+
     # -------------------------------------------------------------------- positions, cash
     def can_correct_totals(self, what: str) -> bool:
         return self.fills_known and self.orders_known
@@ -793,9 +858,13 @@ class _Planner:
                 ours[symbol] = ours.get(symbol, ZERO) + delta
         self.plan.count("positions_checked", len(set(theirs) | {s for s, q in ours.items() if q}))
         correctable = self.can_correct_totals("positions")
+        unposted = self.unposted_fees()
         for symbol in sorted(set(theirs) | set(ours)):
             mine, venue_qty = ours.get(symbol, ZERO), theirs.get(symbol, ZERO)
             if mine == venue_qty:
+                continue
+            if ZERO < mine - venue_qty <= unposted.get(("position", symbol), ZERO):
+                self.plan.count("positions_fees_unposted")  # the venue took a fee it posts later
                 continue
             if mine and venue_qty and (mine > 0) != (venue_qty > 0):
                 kind = "side_flip"
@@ -832,6 +901,10 @@ class _Planner:
             before = recorded.get(balance.currency)
             expected = None if before is None else before + self.planned_cash.get(balance.currency, ZERO)
             if expected == balance.cash:
+                continue
+            if expected is not None and ZERO < expected - balance.cash <= self.unposted_fees().get(
+                    ("cash", balance.currency), ZERO):
+                self.plan.count("cash_fees_unposted")  # the venue took a fee it posts later
                 continue
             if expected is None and self.plan.unknown:
                 # A first balance is the baseline that fills recorded later move. Taken while the

@@ -94,6 +94,21 @@ class VenueBalance:
 
 
 @dataclass(frozen=True)
+class VenueFee:
+    """A fee the venue posted apart from its fills (Alpaca's crypto ``CFEE`` activity, posted at
+    the end of the day). ``in_kind``: taken in the asset of the position ``symbol`` (``amount``
+    units of ``currency``, e.g. BTC), not in cash."""
+
+    fee_id: str  # the venue's id of the posting (activity id)
+    amount: Decimal  # positive: what the account paid
+    currency: str
+    symbol: str | None = None
+    in_kind: bool = False
+    occurred_at: datetime | None = None  # the day it covers
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
 class Unknown:
     """A part of a snapshot whose query failed: reconciliation must not treat it as empty."""
 
@@ -114,6 +129,12 @@ class VenueSnapshot:
     fills: list[VenueFill] | Unknown  # executions since ``since``
     balances: list[VenueBalance] | Unknown
     since: datetime | None = None
+    fees: list[VenueFee] | Unknown = field(default_factory=list)  # fees posted apart (venues that do)
+    # symbol -> the highest rate of a fee the venue takes at each execution from what the account
+    # receives (a buy: the asset; a sell: the quote currency) but posts only later as a ``VenueFee``
+    # (Alpaca crypto: 25 bps, posted at the end of the day). Until then the venue's position and
+    # cash differ from the fills by that fee.
+    unposted_fee_rates: dict[str, Decimal] = field(default_factory=dict)
 
     def raw_report(self) -> dict[str, Any]:
         """The venue's raw data this snapshot was built from (stored with the reconciliation)."""
@@ -134,4 +155,5 @@ class VenueSnapshot:
             "recent_orders": part(self.recent_orders),
             "fills": part(self.fills),
             "balances": part(self.balances),
+            **({"fees": part(self.fees)} if self.fees else {}),  # only venues that post fees apart
         }

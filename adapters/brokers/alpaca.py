@@ -58,14 +58,17 @@ from tradestate.adapters.brokers.base import (
     OrderRequest,
     VenueBalance,
     VenueConnectionError,
+    Unknown,
     VenueError,
     VenueFill,
     VenueOrder,
     VenueOrderStatus,
     VenuePosition,
     VenueQueryFailed,
+    VenueSnapshot,
     VenueUpdate,
 )
+from tradestate.domain.venue import VenueFee
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,9 @@ MAX_CLIENT_ORDER_ID = 48
 MAX_DECIMALS = 9  # qty and notional: "up to 9 decimal places" (alpaca-docs fractional-trading.md)
 ORDERS_PAGE_LIMIT = 500  # Alpaca's maximum for GET /v2/orders
 ACTIVITIES_PAGE_SIZE = 100  # Alpaca's maximum for account activities
+# The highest crypto fee rate (tier 1, 25 bps): taken at each execution, posted at the end of the
+# day (alpaca-docs content/trading/crypto-trading.md, "Crypto Fees").
+CRYPTO_FEE_RATE_MAX = Decimal("0.0025")
 MAX_CHAIN_LOOKUPS = 100  # orders of cancel/replace chains read one by one per query
 BACKFILL_MARGIN = timedelta(seconds=2)  # reach back before the last event seen (clock skew)
 
@@ -669,8 +675,8 @@ class AlpacaAdapter(BrokerAdapter):
                 pending.append(found)
         return list(orders.values())
 
-    def _activities(self, since: datetime | None, what: str) -> list[dict]:
-        """Every FILL activity after ``since`` (all pages, oldest first)."""
+    def _activities(self, since: datetime | None, what: str, activity_type: str = "FILL") -> list[dict]:
+        """Every ``activity_type`` activity after ``since`` (all pages, oldest first)."""
         result: list[dict] = []
         seen: set[str] = set()
         token: str | None = None
@@ -680,7 +686,7 @@ class AlpacaAdapter(BrokerAdapter):
                 params["after"] = _iso(since)
             if token is not None:
                 params["page_token"] = token
-            page = self._list(self._call("GET", "/account/activities/FILL", params, what=what), what)
+            page = self._list(self._call("GET", f"/account/activities/{activity_type}", params, what=what), what)
             for raw in page:
                 if not isinstance(raw, dict):
                     raise _bad(f"an activity is {raw!r:.200}")
@@ -688,11 +694,48 @@ class AlpacaAdapter(BrokerAdapter):
                 if activity_id in seen:
                     raise VenueQueryFailed(f"alpaca: {what}: activity {activity_id} came twice while paging")
                 seen.add(activity_id)
-                if str(raw.get("activity_type") or "FILL").upper() == "FILL":
+                if str(raw.get("activity_type") or activity_type).upper() == activity_type:
                     result.append(raw)
             if len(page) < ACTIVITIES_PAGE_SIZE:
                 return result
             token = _str(page[-1], "id")
+
+    def posted_fees(self, since: datetime | None = None) -> list[VenueFee]:
+        """The crypto fees Alpaca posted (``CFEE`` activities: one per pair and day, at the end of
+        the day) since the day before ``since`` (all when None), oldest first. A fee in the asset
+        received (``qty`` < 0, ``net_amount`` 0: buying BTC/USD, the fee is in BTC) is ``in_kind``
+        in that asset; one in cash (``net_amount`` < 0) is in the account's currency
+        (alpacahq/alpaca-docs content/trading/crypto-trading.md, "Crypto Fees"). Raises
+        ``VenueQueryFailed`` for a failed, truncated or malformed answer."""
+        after = since - timedelta(days=1) if since is not None else None  # a day's fee posts at its end
+        result = []
+        for raw in self._activities(after, "crypto fees", "CFEE"):
+            if str(raw.get("status") or "executed").lower() != "executed":
+                continue
+            symbol = canonical_symbol(_str(raw, "symbol"), "crypto")
+            qty = _dec(raw.get("qty"), "qty", optional=True) or Decimal(0)
+            net = _dec(raw.get("net_amount"), "net_amount", optional=True) or Decimal(0)
+            day = _str(raw, "date", optional=True)
+            occurred = _ts(day + "T00:00:00Z", "date") if day and len(day) == 10 else _ts(day, "date")
+            if qty:
+                amount, currency, in_kind = abs(qty), symbol.split("/")[0], True
+            else:
+                amount, currency, in_kind = abs(net), symbol.split("/")[1] if "/" in symbol else "USD", False
+            if amount:
+                result.append(VenueFee(fee_id=_str(raw, "id"), amount=amount, currency=currency, symbol=symbol,
+                                       in_kind=in_kind, occurred_at=occurred, raw=_plain(raw)))
+        return result
+
+    def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
+        """Every report (``BrokerAdapter.snapshot``) and the crypto fees posted apart (``fees``)."""
+        snap = super().snapshot(since, now=now)
+        try:
+            fees: list[VenueFee] | Unknown = self.posted_fees(since)
+        except VenueError as e:
+            fees = Unknown(f"{type(e).__name__}: {e}")
+        pairs = {item.symbol for part in (snap.positions, snap.open_orders, snap.recent_orders, snap.fills)
+                 if not isinstance(part, Unknown) for item in part if "/" in item.symbol}
+        return replace(snap, fees=fees, unposted_fee_rates={pair: CRYPTO_FEE_RATE_MAX for pair in sorted(pairs)})
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
         """Every fill after ``since`` (all when None) from the FILL activities, all pages, oldest first,

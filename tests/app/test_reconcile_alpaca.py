@@ -189,18 +189,36 @@ def test_oco_parent_filled_cancels_its_held_child_and_a_stranger_bracket_is_exte
     assert kinds(result).count("unknown_order") == 3  # the stranger's parent and its two legs
 
 
-def test_crypto_pair_is_one_symbol_and_a_fill_needs_no_correction(fake, client, adapter):
+def test_crypto_pair_is_one_symbol_and_its_fee_in_kind_is_expected_then_recorded(fake, client, adapter):
     settle(client, adapter)
     ours(client, "c1", symbol="BTC/USD", qty="0.5", limit="40000", tif="gtc")
     order = fake.new_order(symbol="BTC/USD", side="buy", qty=D("0.5"), limit_price=D(40000), client_order_id="c1",
                            time_in_force="gtc")
     fake.fill(order["id"], "0.5", "39999.5", exec_id="E-btc")
-    assert fake.adapter().positions()[0].raw["symbol"] == "BTCUSD"  # as Alpaca lists it
+    (position,) = fake.adapter().positions()
+    assert position.raw["symbol"] == "BTCUSD" and position.symbol == "BTC/USD"  # Alpaca's spelling, ours
+    assert position.qty == D("0.49875")  # the 25 bps fee was taken in BTC at once, not posted yet
     result = reconcile(client, adapter)
-    assert result.counts["fills_recorded"] == 1
+    assert result.counts["fills_recorded"] == 1 and result.counts["positions_fees_unposted"] == 1
     assert "PositionCorrected" not in types(result) and "CashBalanceRecorded" not in types(result)
+    assert "position_mismatch" not in kinds(result)
     assert client.state.position_of(ACCOUNT, VENUE, "BTC/USD").qty == D("0.5")
     assert client.state.position_of(ACCOUNT, VENUE, "BTCUSD") is None
+    # a sale: its fee is in USD, taken from the cash at once
+    ours(client, "c2", symbol="BTC/USD", side="sell", qty="0.2", limit="41000", tif="gtc")
+    sale = fake.new_order(symbol="BTC/USD", side="sell", qty=D("0.2"), limit_price=D(41000), client_order_id="c2",
+                          time_in_force="gtc")
+    fake.fill(sale["id"], "0.2", "41000", exec_id="E-btc-2")
+    result = reconcile(client, adapter)
+    assert result.counts["cash_fees_unposted"] == 1 and result.counts["positions_fees_unposted"] == 1
+    assert kinds(result) == ["missed_ack", "missed_fill"]  # the sale; no cash_drift, no position_mismatch
+    # the end of the day: Alpaca posts the CFEE activities; they are recorded as FeeCharged
+    (in_kind, in_cash) = sorted(fake.post_crypto_fees(), key=lambda a: a["qty"] == "0")
+    assert in_kind["symbol"] == "BTCUSD" and in_kind["qty"] == "-0.001250000"
+    result = reconcile(client, adapter)
+    assert types(result) == ["FeeCharged", "FeeCharged"] and kinds(result) == []
+    assert client.state.position_of(ACCOUNT, VENUE, "BTC/USD").qty == D("0.29875")
+    assert client.state.accounts[ACCOUNT].cash["USD"] == fake.cash
     again = reconcile(client, adapter)
     assert again.status == "clean" and again.corrective_event_ids == [], again
 

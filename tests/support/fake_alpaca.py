@@ -120,6 +120,10 @@ class FakeAlpaca:
         self.orders: dict[str, dict] = {}  # id -> Alpaca order object (insertion order)
         self.legs: dict[str, list[str]] = {}  # parent order id -> its legs' ids (bracket, oco, oto)
         self.activities: list[dict] = []
+        self.fee_activities: list[dict] = []  # CFEE, posted by post_crypto_fees()
+        self.crypto_fee_rate = Decimal("0.0025")
+        # (pair, UTC day, buy) -> [fee, notional, qty] taken but not posted yet
+        self.unposted_fees: dict[tuple[str, str, bool], list[Decimal]] = {}
         self.positions: dict[str, dict] = {}  # symbol -> {"qty": Decimal, "avg": Decimal}
         self.cash = Decimal("100000")
         self.failing: dict[str, str] = {}  # query -> "500" | "truncated"
@@ -358,8 +362,12 @@ class FakeAlpaca:
         done = filled >= total
         self._set_status(order, "filled" if done else "partially_filled", at)
         side = order["side"]
-        self._move_position(order["symbol"], qty if side == "buy" else -qty, price)
+        fee = self._crypto_fee(order, qty, price, at)
+        held = qty - fee if side == "buy" else qty  # a buy's fee is taken from the asset received
+        self._move_position(order["symbol"], held if side == "buy" else -qty, price)
         self.cash -= (qty if side == "buy" else -qty) * price
+        if side == "sell":
+            self.cash -= fee  # a sell's fee is taken from the USD received
         self.activities.append({
             "id": at.astimezone(NEW_YORK).strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}::{exec_id}",
             "activity_type": "FILL", "transaction_time": _ts(at),
@@ -373,6 +381,42 @@ class FakeAlpaca:
             "order": dict(order), "timestamp": _ts(at), "price": str(price), "qty": str(qty),
             "position_qty": str(position["qty"] if position else Decimal(0)),
         }
+
+    def _crypto_fee(self, order: dict, qty: Decimal, price: Decimal, at: datetime) -> Decimal:
+        """Alpaca's crypto fee on one execution (alpaca-docs crypto-trading.md, "Crypto Fees"):
+        charged on what the account receives (buying BTC/USD: in BTC; selling: in USD), taken
+        at once, posted as a ``CFEE`` activity only at the end of the day (``post_crypto_fees``).
+        ``crypto_fee_rate``: tier 1, 25 bps. Zero for anything but crypto."""
+        if order.get("asset_class") != "crypto" or not self.crypto_fee_rate:
+            return Decimal(0)
+        buy = order["side"] == "buy"
+        fee = (qty * self.crypto_fee_rate if buy else qty * price * self.crypto_fee_rate).quantize(Decimal("1e-9"))
+        key = (order["symbol"], at.astimezone(timezone.utc).date().isoformat(), buy)
+        pending = self.unposted_fees.setdefault(key, [Decimal(0), Decimal(0), Decimal(0)])
+        pending[0] += fee
+        pending[1] += qty * price
+        pending[2] += qty
+        return fee
+
+    def post_crypto_fees(self) -> list[dict]:
+        """End of day: every fee taken since the last posting becomes one ``CFEE`` activity per pair
+        and day, shaped like the docs' example (``symbol`` ``ETHUSD``, ``qty`` the fee in the asset
+        as a negative number, ``net_amount`` 0; a fee in USD is ``net_amount`` < 0 with ``qty`` 0)."""
+        posted = []
+        with self.lock:
+            for (symbol, day, buy), (fee, notional, qty) in sorted(self.unposted_fees.items()):
+                price = (notional / qty).quantize(Decimal("1e-9")) if qty else Decimal(0)
+                activity = {
+                    "id": day.replace("-", "") + "000000000::" + str(uuid.uuid4()), "activity_type": "CFEE",
+                    "date": day, "net_amount": "0" if buy else str(-fee),
+                    "description": "Coin Pair Transaction Fee (Non USD)" if buy else "Coin Pair Transaction Fee (USD)",
+                    "symbol": legacy_symbol(symbol), "qty": str(-fee) if buy else "0", "price": str(price),
+                    "status": "executed",
+                }
+                self.fee_activities.append(activity)
+                posted.append(activity)
+            self.unposted_fees.clear()
+        return posted
 
     def _move_position(self, symbol: str, delta: Decimal, price: Decimal) -> None:
         position = self.positions.get(symbol)
@@ -449,9 +493,10 @@ class FakeAlpaca:
         """Make one query fail from now on: "positions", "balances" (HTTP 500), "orders" (a
         truncated page), "fills" (HTTP 500 on a next page; a truncated first page). ``mode``
         ("500" or "truncated") overrides."""
-        if query not in ("positions", "orders", "fills", "balances"):
+        if query not in ("positions", "orders", "fills", "balances", "fees"):
             raise ValueError(f"unknown query {query!r}")
-        default = {"positions": "500", "balances": "500", "orders": "truncated", "fills": "pages"}[query]
+        default = {"positions": "500", "balances": "500", "orders": "truncated", "fills": "pages",
+                   "fees": "500"}[query]
         self.failing[query] = mode or default
 
     def hang(self, path: str) -> None:
@@ -705,10 +750,12 @@ class FakeAlpaca:
         return _json(new)
 
     async def _activities(self, request: Request) -> Response:
-        if (early := await self._enter(request, "fills")) is not None:
+        activity_type = request.path_params["activity_type"]
+        query = "fills" if activity_type == "FILL" else "fees"
+        if (early := await self._enter(request, query)) is not None:
             return early
-        if request.path_params["activity_type"] != "FILL":
-            return _json([])  # only trade activities exist here
+        if activity_type not in ("FILL", "CFEE"):
+            return _json([])  # no other activities happen here
         q = request.query_params
         direction = q.get("direction", "desc")
         try:
@@ -719,11 +766,15 @@ class FakeAlpaca:
             return _error(422, 40010000, f"invalid query: {e}")
         if not 1 <= size <= 100:
             return _error(422, 40010000, "page_size must be between 1 and 100")
+
+        def when(a: dict) -> datetime:  # a non-trade activity has a date, not a transaction time
+            return _parse_ts(a.get("transaction_time") or a["date"])
+
         with self.lock:
-            rows = [dict(a) for a in self.activities
-                    if (after is None or _parse_ts(a["transaction_time"]) > after)
-                    and (until is None or _parse_ts(a["transaction_time"]) < until)]
-        rows.sort(key=lambda a: (a["transaction_time"], a["id"]), reverse=(direction != "asc"))
+            source = self.activities if activity_type == "FILL" else self.fee_activities
+            rows = [dict(a) for a in source
+                    if (after is None or when(a) > after) and (until is None or when(a) < until)]
+        rows.sort(key=lambda a: (when(a), a["id"]), reverse=(direction != "asc"))
         token = q.get("page_token")
         if token:
             ids = [a["id"] for a in rows]
@@ -731,7 +782,7 @@ class FakeAlpaca:
                 return _error(422, 40010000, "invalid page_token")
             rows = rows[ids.index(token) + 1:]
         page = rows[:size]
-        return self._page("fills", page, has_more=len(rows) > size, next_page=bool(token))
+        return self._page(query, page, has_more=len(rows) > size, next_page=bool(token))
 
     # -- the trade-updates websocket ------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from tests.unit.test_reconcile_domain import (
     vorder,
 )
 from tradestate.domain import events as ev
+from tradestate.domain.venue import Unknown, VenueFee
 from tradestate.domain.ids import order_stream_id
 from tradestate.domain.reconcile import held_leg_ended
 from tradestate.domain.state import TradingState
@@ -147,3 +148,35 @@ def test_order_imported_v1_payload_loads_as_an_external_import():
     state2 = TradingState()
     state2.apply(1, order_stream_id(ACCOUNT, "ext-1"), 1, "OrderImported", payload, T0)
     assert state2.orders[order_stream_id(ACCOUNT, "ext-1")].external is True
+
+
+def test_crypto_fees_unposted_are_expected_across_a_weekend_and_recorded_once_posted():
+    """Crypto trades 24/7: Saturday late and Sunday early fills; the venue posted Saturday's fee
+    (in BTC) only. The venue's position is short of the fills by both fees until then."""
+    sat, sun = datetime(2026, 3, 7, 23, 50, tzinfo=timezone.utc), datetime(2026, 3, 8, 0, 10, tzinfo=timezone.utc)
+    state = TradingState()
+    intent(state, "c1", symbol="BTC/USD", qty=D(1), ack="V1")
+    fills = [replace(vfill("E1", "c1", "V1", "0.4", 40000, symbol="BTC/USD"), occurred_at=sat),
+             replace(vfill("E2", "c1", "V1", "0.6", 40000, symbol="BTC/USD"), occurred_at=sun)]
+    orders = [replace(vorder("V1", "c1", "filled", qty=1, filled=1, symbol="BTC/USD", avg=40000), updated_at=sun)]
+    saturday = VenueFee("CFEE-sat", D("0.001"), "BTC", "BTC/USD", in_kind=True,
+                        occurred_at=datetime(2026, 3, 7, tzinfo=timezone.utc))
+
+    def snap(fees, venue_qty):
+        return replace(snapshot(orders=orders, fills=fills, positions=[("BTC/USD", venue_qty)]),
+                       fees=fees, unposted_fee_rates={"BTC/USD": D("0.0025")})
+
+    p = plan(state, snap([], "0.9975"))  # both fees taken, none posted: within 25 bps of 1 BTC
+    assert types(p) == ["OrderFilled", "OrderFilled"] and p.counts["positions_fees_unposted"] == 1
+    apply_plan(state, p)
+    p = plan(state, snap([saturday], "0.9975"))  # Saturday's posted; Sunday's (0.6 BTC) still expected
+    assert types(p) == ["FeeCharged"] and p.counts["positions_fees_unposted"] == 1
+    apply_plan(state, p)
+    assert state.position_of(ACCOUNT, "SIM", "BTC/USD").qty == D("0.999")
+    assert plan(state, snap([saturday], "0.9975")).events == []  # posted once, idempotent by its id
+    # a drift larger than Sunday's possible fee is a real mismatch
+    p = plan(state, snap([saturday], "0.99"))
+    assert kinds(p) == ["position_mismatch"] and types(p) == ["PositionCorrected"]
+    # fees unknown: nothing is expected, nothing recorded, the run says what it could not see
+    p = plan(state, replace(snap([saturday], "0.999"), fees=Unknown("CFEE query failed")))
+    assert "fees: CFEE query failed" in p.unknown and "FeeCharged" not in types(p)
