@@ -107,8 +107,11 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
     """Record one venue update of order ``client_order_id`` as the lifecycle event it is: an ack
     (venue order id), a fill (exec id, qty, price, fee and its currency, venue order id; its own
     time, else the update's), a cancel, a reject, an expiry. Returns what the client answered
-    (deduplicated as the client does); None for an update that records nothing (a "replaced": the
-    engine records its own replaces, reconciliation catches drift; a fill update without a fill)."""
+    (deduplicated as the client does); a "replaced" that names the venue order now carrying ours
+    (``u.order``): ``OrderReplaced`` with its prices and, as quantity, what ours has filled plus the
+    new venue order's quantity (the venue fills the replacement as an order of its own). None for
+    an update that records nothing (a "replaced" without the new order, one already recorded or
+    of an order no longer open: reconciliation says why; a fill update without a fill)."""
     at: dict[str, Any] = {"occurred_at": u.occurred_at}
     if u.kind == "ack":
         return client.record_ack(account, client_order_id, u.venue_order_id, **at)
@@ -123,6 +126,13 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
         return client.record_reject(account, client_order_id, u.reason, **at)
     if u.kind == "expired":
         return client.record_expired(account, client_order_id, **at)
+    if u.kind == "replaced" and u.order is not None:
+        order = client.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None or not order.is_open or order.venue_order_id == u.venue_order_id:
+            return None
+        return client.record_replaced(account, client_order_id, order.filled_qty + u.order.qty,
+                                      limit_price=u.order.limit_price, stop_price=u.order.stop_price,
+                                      venue_order_id=u.venue_order_id, **at)
     return None
 
 

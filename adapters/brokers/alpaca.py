@@ -459,6 +459,7 @@ class AlpacaAdapter(BrokerAdapter):
         self._client_ids: dict[str, str | None] = {}  # venue order id -> client order id (immutable)
         self._symbols: dict[str, str] = {}  # venue order id -> its (canonical) symbol
         self._parents: dict[str, str] = {}  # a leg's venue order id -> its parent's
+        self._replaced: dict[str, str] = {}  # a replacement's venue order id -> the order it replaced
         # stream state
         self._stream: _TradeUpdatesStream | None = None
         self._stream_thread: threading.Thread | None = None
@@ -608,11 +609,22 @@ class AlpacaAdapter(BrokerAdapter):
         oid = order.venue_order_id
         self._client_ids[oid] = order.client_order_id
         self._symbols[oid] = order.symbol
+        if order.replaces:
+            self._replaced[oid] = order.replaces
         if order.parent_venue_order_id is not None:
             self._parents[oid] = order.parent_venue_order_id
         elif oid in self._parents:
             order = replace(order, parent_venue_order_id=self._parents[oid])
         return order
+
+    def _origin_client_id(self, venue_order_id: str) -> str | None:
+        """The client order id of the first order of a cancel/replace chain (ours, when we placed
+        it): Alpaca gives each replacement a client order id of its own."""
+        seen = {venue_order_id}
+        while venue_order_id in self._replaced and self._replaced[venue_order_id] not in seen:
+            venue_order_id = self._replaced[venue_order_id]
+            seen.add(venue_order_id)
+        return self._client_ids.get(venue_order_id)
 
     def open_orders(self) -> list[VenueOrder]:
         """Every open order, all pages, oldest first, bracket/OCO/OTO legs with their parent's id.
@@ -983,16 +995,22 @@ class AlpacaAdapter(BrokerAdapter):
         by_id = {o.venue_order_id: o for o in orders}
         for order in orders:
             raw_status = order.raw_status.lower()
-            if order.status != "rejected":
+            cid = self._origin_client_id(order.venue_order_id) if order.replaces else order.client_order_id
+            if order.replaces:  # a replacement carries the order it replaced on: no ack of its own
                 staged.append((order.submitted_at or epoch, 0, VenueUpdate(
-                    kind="ack", client_order_id=order.client_order_id, venue_order_id=order.venue_order_id,
+                    kind="replaced", client_order_id=cid, venue_order_id=order.venue_order_id,
+                    occurred_at=order.submitted_at, raw={"backfill": "order", "order": order.raw}, order=order,
+                ), (("replaced", order.venue_order_id),)))
+            elif order.status != "rejected":
+                staged.append((order.submitted_at or epoch, 0, VenueUpdate(
+                    kind="ack", client_order_id=cid, venue_order_id=order.venue_order_id,
                     occurred_at=order.submitted_at, raw={"backfill": "order", "order": order.raw},
                 ), (("ack", order.venue_order_id),)))
             kind = {"canceled": "cancelled", "cancelled": "cancelled", "expired": "expired",
-                    "rejected": "rejected", "replaced": "replaced"}.get(raw_status)
+                    "rejected": "rejected"}.get(raw_status)  # "replaced": its replacement says it
             if kind:
                 staged.append((order.updated_at or epoch, 2, VenueUpdate(
-                    kind=kind, client_order_id=order.client_order_id, venue_order_id=order.venue_order_id,
+                    kind=kind, client_order_id=cid, venue_order_id=order.venue_order_id,
                     reason=f"backfill: order status {order.raw_status}", occurred_at=order.updated_at,
                     raw={"backfill": "order", "order": order.raw},
                 ), ((kind, order.venue_order_id),)))
@@ -1001,7 +1019,7 @@ class AlpacaAdapter(BrokerAdapter):
             keys: tuple = (("fill", fill.exec_id),)
             if cum not in (None, ""):
                 keys += (("fillcum", fill.venue_order_id, _norm(Decimal(str(cum)))),)
-            cid = fill.client_order_id
+            cid = self._origin_client_id(fill.venue_order_id) or fill.client_order_id
             if cid is None and fill.venue_order_id in by_id:
                 cid = by_id[fill.venue_order_id].client_order_id
             staged.append((fill.occurred_at or epoch, 1, VenueUpdate(
@@ -1032,17 +1050,25 @@ class AlpacaAdapter(BrokerAdapter):
             raise _bad("trade update without an order")
         at = _ts(data.get("timestamp") or data.get("at"), "timestamp")
         order = self._remember(parse_order(raw_order))
-        common = dict(client_order_id=order.client_order_id, venue_order_id=order.venue_order_id,
-                      occurred_at=at, raw=_plain(data))
+        replacement = order.venue_order_id in self._replaced
+        cid = self._origin_client_id(order.venue_order_id) if replacement else order.client_order_id
+        common = dict(client_order_id=cid, venue_order_id=order.venue_order_id, occurred_at=at, raw=_plain(data))
+        if event in ("new", "accepted") and replacement:
+            # the order that replaced ours: it carries our order on (its qty, prices, id)
+            return VenueUpdate(kind="replaced", order=order, **common), (("replaced", order.venue_order_id),), at
         if event in ("new", "accepted"):
             return VenueUpdate(kind="ack", **common), (("ack", order.venue_order_id),), at
+        if event == "replaced":
+            # The replaced order's event carries the old order (old prices: alpaca-trade-api-csharp#149);
+            # the replacement's own ``new`` says what carries our order on.
+            return None
         if event in ("fill", "partial_fill"):
             exec_id = data.get("execution_id")
             cum = order.filled_qty
             exec_id = str(exec_id) if exec_id else f"{order.venue_order_id}:{_norm(cum)}"
             fill = VenueFill(
                 exec_id=exec_id,
-                client_order_id=order.client_order_id,
+                client_order_id=cid,
                 venue_order_id=order.venue_order_id,
                 symbol=order.symbol,
                 side=order.side,
@@ -1053,8 +1079,7 @@ class AlpacaAdapter(BrokerAdapter):
             )
             keys = (("fill", exec_id), ("fillcum", order.venue_order_id, _norm(cum)))
             return VenueUpdate(kind="fill", fill=fill, **common), keys, at
-        kind = {"canceled": "cancelled", "expired": "expired", "rejected": "rejected",
-                "replaced": "replaced"}.get(event)
+        kind = {"canceled": "cancelled", "expired": "expired", "rejected": "rejected"}.get(event)
         if kind is None:
             # The order goes on (or waits): nothing for our lifecycle. Reconciliation reads the
             # order itself (a restated price or quantity, a held leg, a suspended order).

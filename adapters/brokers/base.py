@@ -68,6 +68,8 @@ class VenueUpdate:
     reason: str = ""
     occurred_at: datetime | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # "replaced": the venue order that now carries ours (``venue_order_id``: its id; its qty, prices)
+    order: VenueOrder | None = None
 
 
 class BrokerAdapter(abc.ABC):

@@ -420,8 +420,13 @@ def test_stream_turns_trade_updates_into_venue_updates(fake):
         fourth = adapter.submit(request("s-4", "1"))
         fake.finish(fourth.venue_order_id, "rejected")
         fifth = adapter.submit(request("s-5", "1"))
-        fake.finish(fifth.venue_order_id, "replaced")
-        wait_for(lambda: got.kinds("s-5") == ["ack", "replaced"], what="the last update")
+        new = fake.replace_order(fifth.venue_order_id, limit_price=D("0.6"))  # a new order, its own ids
+        fake.fill(new["id"], "1", "0.6", exec_id="EX-5")
+        wait_for(lambda: got.kinds("s-5") == ["ack", "replaced", "fill"], what="the last update")
+        replaced = [u for u in got.updates if u.kind == "replaced"][0]
+        assert replaced.venue_order_id == new["id"] and replaced.order.limit_price == D("0.6")
+        assert replaced.order.replaces == fifth.venue_order_id and new["client_order_id"] != "s-5"
+        assert got.fill("EX-5").client_order_id == "s-5" and got.fill("EX-5").fill.client_order_id == "s-5"
         assert got.kinds("s-4") == ["ack", "rejected"]
         assert got.kinds("s-1") == ["ack", "fill", "fill"]
         assert got.kinds("s-2") == ["ack", "cancelled"]
@@ -431,7 +436,7 @@ def test_stream_turns_trade_updates_into_venue_updates(fake):
         assert first.fill.qty == D("4") and first.fill.price == D("0.4999") and first.fill.side == "buy"
         assert first.occurred_at.utcoffset() == timedelta(0)
         # the same fills over REST carry the same execution ids
-        assert [f.exec_id for f in adapter.fills()] == ["EX-1", "EX-2"]
+        assert [f.exec_id for f in adapter.fills()] == ["EX-1", "EX-2", "EX-5"]
     finally:
         started = time.monotonic()
         adapter.stop_stream()

@@ -7,6 +7,7 @@ notional orders, and a cash baseline taken while the fills were unknown.
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal as D
 
 import pytest
@@ -17,6 +18,7 @@ from tradestate.adapters.brokers.base import OrderRequest
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id
+from tradestate.order_flow import record_update
 from tradestate.reconcile import acknowledge, reconcile
 
 ACCOUNT = venues.ACCOUNT
@@ -270,3 +272,40 @@ def test_a_cash_baseline_is_not_taken_while_fills_are_unknown(fake, client, adap
     assert client.state.accounts[ACCOUNT].cash["USD"] == fake.cash
     third = reconcile(client, adapter, strict=True)
     assert third.status == "clean" and third.corrective_event_ids == [] and not third.blocked, third
+
+
+def test_live_stream_records_the_replace_and_reconciliation_agrees(fake, client, adapter):
+    """The trade-updates stream (through alpaca-py's TradingStream): the replacement's ``new``
+    event becomes our OrderReplaced, its fills land on our order; a reconciliation then agrees."""
+    settle(client, adapter)
+    updates: list = []
+    adapter.start_stream(updates.append, reconnect_min_delay=0.05)
+    try:
+        fake.wait_listeners(1)
+        client.record_intent(ACCOUNT, "L1", "AAPL", "buy", 10, order_type="limit", limit_price=100, venue=VENUE)
+        client.record_submitted(ACCOUNT, "L1")
+        sent = adapter.submit(OrderRequest(client_order_id="L1", symbol="AAPL", side="buy", order_type="limit",
+                                           qty=D(10), limit_price=D(100)))
+        fake.fill(sent.venue_order_id, "4", "100", exec_id="L-a")
+        # odd events in between: parsed leniently, nothing recorded, the stream goes on
+        with fake.lock:
+            odd = dict(fake.orders[sent.venue_order_id])
+        for event in ("restated", "order_replace_rejected", "order_cancel_rejected", "done_for_day", "calculated",
+                      "something_new_in_2031"):
+            fake.broadcast({"event": event, "order": odd, "timestamp": odd["updated_at"]})
+        fake.broadcast({"event": "fill", "order": {"id": "garbage"}, "timestamp": "not a time"})
+        new = fake.replace_order(sent.venue_order_id, qty=D(6), limit_price=D("100.5"))
+        fake.fill(new["id"], "6", "100.5", exec_id="L-b")
+        deadline = time.monotonic() + 10
+        while len([u for u in updates if u.kind == "fill"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        adapter.stop_stream()
+    assert [u.kind for u in updates] == ["ack", "fill", "replaced", "fill"]
+    for u in updates:
+        record_update(client, ACCOUNT, u.client_order_id, u)
+    order = order_of(client, "L1")
+    assert order.status == "filled" and order.qty == D(10) and order.venue_order_id == new["id"]
+    assert order.limit_price == D("100.5") and set(order.executions) == {"L-a", "L-b"}
+    result = reconcile(client, adapter)
+    assert result.status == "clean" and result.corrective_event_ids == [], result
