@@ -22,6 +22,14 @@ headers) and ``TradingStream`` (its websocket protocol and reconnect loop), with
   consumes the stream again; updates are deduplicated (fills by execution id, and by order and
   cumulative quantity; acks and terminal updates per order).
 
+* **The whole vocabulary** (see ``map_status``): all 18 order statuses, trade-update events parsed
+  leniently; bracket/OCO/OTO legs reported with their parent's id (``parent_venue_order_id``,
+  known only from nested answers, kept once seen); cancel/replace chains (``replaces``) read whole
+  and, on the stream, a replacement reported as ``replaced`` of our client order id with the new
+  order; crypto pairs under one symbol (``BTC/USD``); the end-of-day crypto fees (``CFEE``) in the
+  snapshot's ``fees``, with the highest fee rate not posted yet (``unposted_fee_rates``);
+  notional orders and quantities up to 9 decimals.
+
 Errors: a failed, truncated or malformed answer raises ``VenueQueryFailed`` (never an empty
 list); refused credentials (HTTP 401/403 on a query) and unreachable servers raise
 ``VenueConnectionError`` naming the URL.

@@ -11,20 +11,28 @@ It speaks the wire protocol alpaca-py speaks to Alpaca, shaped after Alpaca's do
   "client_order_id must be unique"}`` on a duplicate id), ``DELETE /orders/{id}`` (204; 422 when no
   longer cancelable), ``GET /account/activities/FILL`` (``direction`` default desc, ``page_size``
   ≤ 100 default 100, ``page_token`` = the id of the last activity of the previous page,
-  ``after``/``until``). Amounts are decimal strings; times RFC 3339 UTC; ids UUIDs; a FILL
-  activity id is ``<New York time, ms>::<execution id>``.
+  ``after``/``until``), ``GET /account/activities/CFEE`` (crypto fees, one per pair and day, with a
+  ``date``), ``PATCH /orders/{id}`` (replace: a new order). Amounts are decimal strings; times
+  RFC 3339 UTC; ids UUIDs; a FILL activity id is ``<New York time, ms>::<execution id>``.
+* the vocabulary beyond the common case, each from Alpaca's documentation (cited where written):
+  any of the 18 order statuses; bracket/OCO/OTO groups (``new_group``: legs ``held``, listed
+  inside their parent with ``nested=true`` and on their own without; a held order is not listed
+  as open); cancel/replace (``replace_order``: ``replaces``/``replaced_by``); notional orders
+  (``notional``, ``qty`` null); quantities up to 9 decimals; crypto pairs (``BTC/USD`` in orders,
+  ``BTCUSD`` in positions and fee activities) with the fee taken at each fill from what is
+  received and posted at the end of the day (``post_crypto_fees``).
 * the websocket at ``/stream``: an ``authenticate`` (or ``auth``) message is answered with
   ``{"stream": "authorization", "data": {"status": "authorized", "action": "authenticate"}}``
   (``unauthorized`` and a close on bad keys), ``listen`` with ``{"stream": "listening", ...}``;
   then ``trade_updates`` events (``new``, ``fill``, ``partial_fill``, ``canceled``, ``expired``,
-  ``rejected``, ``replaced``) carrying the ``order`` object, ``timestamp`` and, for fills,
+  ``rejected``, ``replaced``; any other event a test broadcasts) carrying the ``order`` object, ``timestamp`` and, for fills,
   ``execution_id``, ``price``, ``qty``, ``position_qty``; sent as binary frames like Alpaca's.
   Events sent while nobody listens are lost, as at Alpaca.
 
 ``FakeAlpaca`` runs uvicorn + starlette on a background thread (``start()``/``stop()``, or as a
 context manager) on a random free port. ``alpaca_venue()`` wraps it as the ``VenueControl`` of the
 reconciliation scenarios (``tests/support/venues.py``). Fault injection: ``fail(query)`` (HTTP 500 or a
-truncated page), ``hang(path)`` (a request that never answers), ``stream_down()`` (drops the
+truncated page; also "fees"), ``hang(path)`` (a request that never answers), ``stream_down()`` (drops the
 websocket connections and refuses new ones while inside).
 """
 
