@@ -483,3 +483,53 @@ def test_stream_reconnect_backfills_what_was_sent_while_disconnected(fake):
         assert got.exec_ids() == ["E1", "E2", "E3", "E4"]
     finally:
         adapter.stop_stream()
+
+
+# -- legs, replaces, crypto fees ------------------------------------------------------------------
+
+
+def test_bracket_legs_carry_their_parent_also_when_listed_on_their_own(fake):
+    parent = fake.new_group("bracket", symbol="AAPL", side="buy", qty=D(10), limit_price=D(100),
+                            take_profit=D(110), stop_loss=D(95), client_order_id="b1")
+    take_profit, stop_loss = fake.legs[parent["id"]]
+    fake.fill(parent["id"], "10", "100", exec_id="E-entry")
+    fake.release_legs(parent["id"])
+    adapter = fake.adapter()
+    # after the entry filled, a nested open query shows nothing (alpaca-trade-api-js#87): asked flat,
+    # the working take-profit is there; its parent comes from one nested query of all orders
+    (open_leg,) = adapter.open_orders()
+    assert open_leg.venue_order_id == take_profit and open_leg.parent_venue_order_id == parent["id"]
+    assert [q["nested"] for m, p, q in fake.requests if p == "/orders"] == ["false", "true"]
+    recent = {o.venue_order_id: o for o in adapter.recent_orders(None)}
+    assert recent[stop_loss].raw_status == "held" and recent[stop_loss].parent_venue_order_id == parent["id"]
+    assert recent[parent["id"]].parent_venue_order_id is None and recent[parent["id"]].status == "filled"
+
+
+def test_replace_chains_are_read_whole(fake):
+    first = fake.new_order(symbol="AAPL", side="buy", qty=D(10), limit_price=D(100), client_order_id="r1")
+    second = fake.replace_order(first["id"], limit_price=D(101))
+    cutoff = fake.now()
+    third = fake.replace_order(second["id"], qty=D(5))
+    orders = {o.venue_order_id: o for o in fake.adapter().recent_orders(cutoff)}
+    # only the newest was submitted after the cutoff: the ones it replaced are read back by id
+    assert set(orders) == {first["id"], second["id"], third["id"]}
+    assert orders[third["id"]].replaces == second["id"] and orders[second["id"]].status == "replaced"
+    assert orders[third["id"]].qty == D(5) and orders[third["id"]].limit_price == D(101)
+
+
+def test_crypto_symbols_and_fees_posted_at_the_end_of_the_day(fake):
+    order = fake.new_order(symbol="ETH/USD", side="buy", qty=D(2), limit_price=D(2000), time_in_force="gtc")
+    fake.fill(order["id"], "2", "1884.5", exec_id="E-eth")
+    adapter = fake.adapter()
+    (position,) = adapter.positions()
+    assert (position.symbol, position.raw["symbol"], position.qty) == ("ETH/USD", "ETHUSD", D("1.995"))
+    assert [f.symbol for f in adapter.fills()] == ["ETH/USD"]
+    assert adapter.posted_fees() == []  # not posted before the end of the day
+    fake.post_crypto_fees()
+    (fee,) = adapter.posted_fees()
+    assert (fee.amount, fee.currency, fee.symbol, fee.in_kind) == (D("0.005"), "ETH", "ETH/USD", True)
+    assert fee.raw["activity_type"] == "CFEE" and fee.occurred_at.utcoffset() == timedelta(0)
+    snap = adapter.snapshot(None, now=datetime.now(timezone.utc))
+    assert snap.fees == [fee] and snap.unposted_fee_rates == {"ETH/USD": D("0.0025")}
+    fake.fail("fees")
+    assert isinstance(adapter.snapshot(None, now=datetime.now(timezone.utc)).fees, Unknown)
