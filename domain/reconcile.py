@@ -202,6 +202,15 @@ def orders_to_look_up(state: TradingState, snapshot: VenueSnapshot) -> list[str]
     return sorted(wanted)
 
 
+def finished_by_replace(vo: VenueOrder) -> VenueOrder:
+    """A replaced venue order that is no order of ours (an imported one, a stranger's) is simply
+    finished: cancelled, saying by which order."""
+    if vo.status != "replaced":
+        return vo
+    by = vo.raw.get("replaced_by") if vo.raw else None
+    return replace(vo, status="cancelled", raw={**vo.raw, "reason": f"replaced at the venue by {by or 'another order'}"})
+
+
 def held_leg_ended(leg: VenueOrder, orders: Mapping[str, VenueOrder]) -> str | None:
     """Why a ``held`` bracket/OCO/OTO leg is over although the venue still says held, or None.
 
@@ -440,6 +449,9 @@ class _Planner:
             self.plan.count("leg_cancels_inferred")
         if (vo.replaces or vo.status == "replaced") and self.replaced_chain(vo, fills):
             return
+        self.single_order(finished_by_replace(vo), fills)
+
+    def single_order(self, vo: VenueOrder, fills: list[VenueFill]) -> None:
         found = self.find(vo.client_order_id, vo.venue_order_id)
         if found is None and vo.parent_venue_order_id:
             if self.leg(vo, fills):
@@ -521,7 +533,9 @@ class _Planner:
                 found = self.open_by_venue_id(link.replaces)
             if found is not None:
                 break
-        if found is None:
+        if found is None:  # a stranger's chain: each order on its own, the replaced ones finished
+            for link in chain[:-1]:
+                self.single_order(finished_by_replace(link), self.chain_fills.pop(link.venue_order_id, []))
             return False
         ours = _Order(found)
         prior = chain[:-1]

@@ -61,11 +61,12 @@ def test_a_replaced_order_whose_replacement_is_not_reported_stays_open_and_says_
     assert order(state, "o1").is_open
 
 
-def test_a_stranger_chain_is_imported_as_before():
+def test_a_stranger_chain_is_imported_order_by_order():
     state = TradingState()
     new = link(vorder("V2", "theirs-2", "open"), replaces="V1")
     p = plan(state, snapshot(orders=[link(vorder("V1", "theirs-1", "replaced"), replaced_by="V2"), new]))
-    assert types(p) == ["OrderImported"] and kinds(p) == ["unknown_order"]
+    assert types(p) == ["OrderImported", "OrderCancelled", "OrderImported"]
+    assert kinds(p) == ["unknown_order", "unknown_order"]
 
 
 def test_held_leg_ended_by_its_group():
@@ -180,3 +181,15 @@ def test_crypto_fees_unposted_are_expected_across_a_weekend_and_recorded_once_po
     # fees unknown: nothing is expected, nothing recorded, the run says what it could not see
     p = plan(state, replace(snap([saturday], "0.999"), fees=Unknown("CFEE query failed")))
     assert "fees: CFEE query failed" in p.unknown and "FeeCharged" not in types(p)
+
+
+def test_a_stranger_chain_keeps_every_order_and_fill_the_replaced_one_finished():
+    state = TradingState()
+    old = link(vorder("V1", "theirs-1", "replaced", filled=2, avg="100"), replaced_by="V2")
+    new = link(vorder("V2", "theirs-2", "open"), replaces="V1")
+    p = plan(state, snapshot(orders=[old, new], fills=[vfill("S1", "theirs-1", "V1", 2, 100)], positions=[("AAPL", 2)]))
+    assert types(p) == ["OrderImported", "OrderFilled", "OrderCancelled", "OrderImported"]
+    apply_plan(state, p)
+    assert order(state, "theirs-1").status == "cancelled"  # 2 of 10 filled, then replaced: finished
+    assert order(state, "theirs-1").filled_qty == 2
+    assert order(state, "theirs-2").is_open and state.position_of(ACCOUNT, "SIM", "AAPL").qty == 2
