@@ -295,6 +295,7 @@ def _order_doc(o: OrderState) -> dict[str, Any]:
         "fees": _d(o.fees),
         "venue_order_id": o.venue_order_id,
         "executions": {k: [_d(q), _d(p), pos] for k, (q, p, pos) in o.executions.items()},
+        **({"exec_fees": {k: _d(v) for k, v in o.exec_fees.items()}} if o.exec_fees else {}),
         "cancel_requested": o.cancel_requested,
         "discrepancies": o.discrepancies,
         "discrepancy_keys": [[list(k), pos] for k, pos in o.discrepancy_keys.items()],
@@ -599,6 +600,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         order.fees = Decimal(o["fees"])
         order.venue_order_id = o["venue_order_id"]
         order.executions = {k: (Decimal(q), Decimal(p), pos) for k, (q, p, pos) in o["executions"].items()}
+        if o.get("exec_fees"):  # absent before fill corrections
+            order.exec_fees = {k: Decimal(v) for k, v in o["exec_fees"].items()}
         order.cancel_requested = o["cancel_requested"]
         order.discrepancies = o["discrepancies"]
         order.discrepancy_keys = {tuple(k): pos for k, pos in o["discrepancy_keys"]}
