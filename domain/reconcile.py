@@ -389,7 +389,7 @@ class _Planner:
                        reason=f"the venue's fee for execution {f.exec_id}, reported after the fill")
         if e is None:
             return
-        self.account_events.append((account_stream_id(self.account), e))
+        self.order_events.append((ours.stream_id, e))  # on the order's stream: its fees count it
         self.plan.count("fees_charged")
         if f.fee and f.fee_currency in (self.acct.cash or {}):
             self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - f.fee

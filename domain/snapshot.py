@@ -330,7 +330,7 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
         "breaker_trips": a.breaker_trips,
         "ramp": [_t(a.ramp_since), list(a.ramp_baseline), a.ramp_held],
         "fees_pending": a.fees_pending,
-        "fee_ids": sorted(a.fee_ids),
+        "fee_ids": a.fee_ids,
     }
 
 
@@ -583,7 +583,7 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         since, baseline, held = a.get("ramp", (None, (0, 0), ""))
         acct.ramp_since, acct.ramp_baseline, acct.ramp_held = _tn(since), (baseline[0], baseline[1]), held
         acct.fees_pending = dict(a.get("fees_pending", {}))  # absent before pending fees
-        acct.fee_ids = set(a.get("fee_ids", ()))
+        acct.fee_ids = dict(a.get("fee_ids", {}))
         for day, (trades, fills, volume, realized, fees, breaches) in a["daily"].items():
             acct.daily[day] = DailyStats(trades, fills, Decimal(volume), Decimal(realized), Decimal(fees),
                                          set(breaches))

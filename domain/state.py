@@ -265,7 +265,7 @@ class AccountState:
     ramp_held: str = ""
     # fills whose fee the venue has not reported yet: exec id -> order stream (``fee_pending``)
     fees_pending: dict[str, str] = field(default_factory=dict)
-    fee_ids: set[str] = field(default_factory=set)  # ``FeeCharged`` ids folded (each applies once)
+    fee_ids: dict[str, int] = field(default_factory=dict)  # ``FeeCharged`` id -> where it was folded (once)
 
     def day(self, trading_day: str) -> DailyStats:
         """The statistics of ``trading_day`` (created empty when first asked for)."""
@@ -756,10 +756,20 @@ class TradingState:
         acct = self.account(d["account"])
         if d["fee_id"] in acct.fee_ids:
             return  # posted once: the same fee seen again changes nothing
-        acct.fee_ids.add(d["fee_id"])
+        acct.fee_ids[d["fee_id"]] = pos
         if d.get("exec_id"):
             acct.fees_pending.pop(d["exec_id"], None)
         amount = Decimal(d["amount"])
+        # on an order's stream: the order's fees too (None in the cold fold, which builds the order
+        # from its rows, this one among them)
+        order = self.orders.get(sid) if sid.startswith("order-") else None
+        if order is not None and not d.get("in_kind"):
+            order.fees += amount
+            if d.get("exec_id"):
+                fees = order.exec_fees = order.exec_fees or {}
+                fees[d["exec_id"]] = fees.get(d["exec_id"], ZERO) + amount
+            order.positions[f"fee:{pos}"] = pos
+            order.updated_at = _time(d.get("occurred_at"), at)
         when = _time(d.get("occurred_at"), at)
         held = None
         if d.get("symbol"):

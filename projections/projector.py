@@ -626,6 +626,9 @@ class _Dirty:
                 book = self.equity_book
                 minute_key, minute = book.minute(occurred, at)
                 self.equity[(order.account, minute_key)] = book.after_fill(state, key, minute, position)
+            elif type_name == "FeeCharged":
+                self.positions[order.position_key] = position
+                self.days[(order.account, state._trading_day_of(d.get("occurred_at"), at))] = position
             elif type_name == "FillCorrected":  # the position, and the days of the fills it replayed
                 key = order.position_key
                 self.positions[key] = position

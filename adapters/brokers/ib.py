@@ -1010,11 +1010,18 @@ class IBAdapter(BrokerAdapter):
         self._callbacks.append(callback)
 
     def next_update(self, timeout: float | None = None) -> VenueUpdate | None:
-        """The next update (ack, fill, cancelled, rejected), or None after ``timeout`` seconds."""
+        """The next update (ack, fill, fee, cancelled, rejected), or None after ``timeout`` seconds."""
         try:
             return self._updates.get(timeout=timeout) if timeout != 0 else self._updates.get_nowait()
         except queue.Empty:
             return None
+
+    def updates(self) -> list[VenueUpdate]:
+        """Drain every update delivered so far (what ``OrderFlow.pump`` records), without waiting."""
+        drained = []
+        while (update := self.next_update(0)) is not None:
+            drained.append(update)
+        return drained
 
     def _ours(self, trade: Any) -> bool:
         # TWS streams only this client's orders (client id 0 also gets those bound from TWS)

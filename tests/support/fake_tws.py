@@ -284,9 +284,12 @@ class FakeTWS:
         account: str | None = None,
         status: str = "Submitted",
         submitted_at: datetime | None = None,
+        notify: bool = False,
     ) -> FakeOrder:
         """An order as if placed earlier (by API client ``client_id``; 0 with order id 0: by hand
-        in TWS). ``order_id`` defaults to the client's next id (0 for manual orders)."""
+        in TWS). ``order_id`` defaults to the client's next id (0 for manual orders). ``notify``:
+        the placing client, if connected, gets its ``openOrder`` and ``orderStatus`` (as TWS
+        streams a client's own orders: placed now, e.g. resent by a second thread of it)."""
         with self.lock:
             if order_id is None:
                 order_id = 0 if client_id == 0 else self._take_order_id(client_id)
@@ -297,7 +300,10 @@ class FakeTWS:
                 submitted_at=submitted_at or datetime.now(timezone.utc),
             )
             self.orders.append(order)
-            return order
+        if notify:
+            self._to_client(order, self._open_order(order))
+            self._status_to_client(order)
+        return order
 
     def fill(
         self,
@@ -332,7 +338,8 @@ class FakeTWS:
                 commission=Decimal(commission), reported=report, account=account,
             )
             self.executions.append(execution)
-            self._book(order, qty, price, Decimal(commission), account=account)
+            # a commission not computed yet is not charged yet either
+            self._book(order, qty, price, Decimal(commission) if report else Decimal(0), account=account)
             if order.filled == order.qty:
                 order.status = "Filled"
                 order.completed_time = execution.time
@@ -348,10 +355,11 @@ class FakeTWS:
         """The commission of ``execution`` is computed now (late): its ``commissionReport`` goes to the
         placing client and the master client id, and ``reqExecutions`` lists it from now on."""
         with self.lock:
+            charged = execution.commission if execution.reported else Decimal(0)
             if commission is not None:
-                delta = Decimal(commission) - execution.commission
-                self.cash[execution.account or execution.order.account][execution.commission_currency] -= delta
                 execution.commission = Decimal(commission)
+            self.cash[execution.account or execution.order.account][execution.commission_currency] -= (
+                execution.commission - charged)
             execution.reported = True
         self._report_to_clients(execution)
 
@@ -394,8 +402,9 @@ class FakeTWS:
             new_price = Decimal(price) if price is not None else execution.price
             new_commission = Decimal(commission) if commission is not None else execution.commission
             # undo the corrected execution, apply the new one
-            self._book(order, -execution.shares, execution.price, -execution.commission, account=execution.account)
-            self._book(order, new_qty, new_price, new_commission, account=execution.account)
+            charged = execution.commission if execution.reported else Decimal(0)
+            self._book(order, -execution.shares, execution.price, -charged, account=execution.account)
+            self._book(order, new_qty, new_price, new_commission if report else Decimal(0), account=execution.account)
             total = (order.avg_fill or Decimal(0)) * order.filled - execution.shares * execution.price + new_qty * new_price
             order.filled += new_qty - execution.shares
             order.avg_fill = total / order.filled if order.filled else None
