@@ -300,3 +300,16 @@ def test_live_a_correction_and_a_late_commission_are_recorded_as_such(client):
         result = reconcile(client, ib)
         assert not [t for t in types(result) if t in ("OrderFilled", "FillCorrected", "PositionCorrected")], \
             result.corrective_events
+
+
+def test_the_master_client_id_comes_from_the_ib_table_of_a_config(tmp_path):
+    from tradestate.adapters.brokers.registry import make_adapter
+    from tradestate.settings import Settings
+
+    with FakeTWS(master_client_id=7) as tws:
+        config = tmp_path / "tradestate.toml"
+        config.write_text(f'account = "{ACCOUNT}"\n[ib]\nport = {tws.port}\nclient_id = 7\nmaster_client_id = 7\n')
+        options = Settings.load(str(config)).broker_options("ib")
+        assert (options["client_id"], options["master_client_id"]) == (7, 7)
+        with make_adapter("ib", options) as ib:
+            assert ib.receives_all_commissions
