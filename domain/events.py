@@ -245,6 +245,7 @@ class FillCorrected(OrderEvent):
     previous_fee: Amount = Decimal(0)
     fee: Amount | None = None
     fee_currency: Identifier = "USD"
+    fee_pending: bool = False  # the correcting execution's fee is still to come (``FeeCharged``)
     venue_order_id: Identifier | None = None
     reconciliation_id: Identifier | None = None
     reason: Text = ""
@@ -395,7 +396,9 @@ class FeeCharged(AccountEvent):
     is in ``currency``; the cash in that currency, the fees and net P&L move by it. When
     ``in_kind`` the fee was taken in the asset of the position ``symbol`` (a crypto fee in BTC):
     that position's quantity shrinks by ``amount`` (its cost basis stays, so its average cost
-    rises) and no cash moves. ``exec_id`` clears the fill's pending fee."""
+    rises) and no cash moves. ``exec_id`` clears the fill's pending fee. A fee of one of our
+    orders' fills (``client_order_id`` set) goes on that order's stream, so the order's fees count
+    it however the order is folded; any other fee goes on the account's stream."""
 
     venue: Identifier
     fee_id: Identifier

@@ -191,6 +191,10 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
                 applied += 1
                 last = pos
                 continue
+            if type_name == "FeeCharged" and sid in orders:  # an order's fee: its rows build the order
+                o = orders[sid]
+                if o.rows is not None:
+                    o.rows.append(row)
             if type_name not in ORDER_TYPES:
                 state.position = last
                 state.applied += applied

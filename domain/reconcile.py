@@ -12,6 +12,15 @@ Rules (the broker is the truth for what happened at the venue; every correction 
 - When the venue's filled quantity exceeds what the listed executions explain (its fill history
   was cut by the query window), the gap is recorded as one inferred fill with a deterministic
   ``recon-`` exec id. Never when the fills query failed: then the gap is "unknown".
+- A venue fill that corrects (replaces) an execution we hold (``VenueFill.corrects``: IB's
+  ``.01`` -> ``.02``) is recorded as ``FillCorrected``, never as a second fill, on an open or a
+  finished order alike; the position and cash are compared after it.
+- A fill recorded with its fee pending (``fee_pending``) whose fee the venue now reports gets
+  ``FeeCharged`` for that exec id (fees and cash follow), not a blind cash correction.
+- Two venue orders with one client order id (IB: two permIds behind one orderRef, a resend or a
+  second engine) are a ``duplicate_order_ref`` discrepancy naming both: the original (the one
+  our log acknowledged, else the first placed) stays ours; the other is imported as an external
+  order, so its fills count in the position but never fill our order.
 - Status drift (we hold it open, the venue finished it) appends the venue's terminal event.
 - An order the venue has and we never recorded is imported (``OrderImported``) with its fills
   and its terminal event.
@@ -143,7 +152,7 @@ class _Order:
 
     __slots__ = ("client_order_id", "stream_id", "symbol", "venue", "side", "sign", "qty", "limit_price",
                  "status", "filled_qty", "fill_notional", "executions", "venue_order_id",
-                 "discrepancy_keys", "correlation_id", "imported")  # fmt: skip
+                 "discrepancy_keys", "correlation_id", "imported", "exec_fees")  # fmt: skip
 
     def __init__(self, o: OrderState | None = None):
         if o is None:
@@ -164,6 +173,7 @@ class _Order:
         self.discrepancy_keys = o.discrepancy_keys
         self.correlation_id = UUID(o.intent_event_id)
         self.imported = False
+        self.exec_fees = o.exec_fees or {}
 
     @property
     def is_open(self) -> bool:
@@ -278,6 +288,7 @@ class _Planner:
         self.chain_fills: dict[str, list[VenueFill]] = {}  # fills of replaced orders, for their chain's end
         self._open_by_venue_id: dict[str, OrderState] | None = None
         self._unposted: dict[tuple[str, str], Decimal] | None = None
+        self.duplicates: dict[str, str] = {}  # venue order id -> the original's, for one client order id
         self.fills_known = not isinstance(snapshot.fills, Unknown)
         self.orders_known = not isinstance(snapshot.open_orders, Unknown) and not isinstance(
             snapshot.recent_orders, Unknown
@@ -331,9 +342,10 @@ class _Planner:
                          ours=ours.status, theirs=venue_status)
 
     def fill(self, ours: _Order, qty: Decimal, price: Decimal, exec_id: str, fee: Decimal, fee_currency: str,
-             occurred_at: datetime | None, venue_order_id: str | None) -> bool:
+             occurred_at: datetime | None, venue_order_id: str | None, *, fee_pending: bool = False) -> bool:
         e = self.order_event(ours, ev.OrderFilled, (exec_id,), occurred_at, exec_id=exec_id, qty=qty,
-                             price=price, fee=fee, fee_currency=fee_currency, venue_order_id=venue_order_id)
+                             price=price, fee=fee, fee_currency=fee_currency, venue_order_id=venue_order_id,
+                             fee_pending=fee_pending)
         if e is None:
             return False
         assert isinstance(e, ev.OrderFilled)
@@ -353,6 +365,71 @@ class _Planner:
             if fee and fee_currency in cash:
                 self.planned_cash[fee_currency] = self.planned_cash.get(fee_currency, ZERO) - fee
         return True
+
+    def correction(self, ours: _Order, f: VenueFill) -> bool:
+        """``f`` replaces an execution we hold: ``FillCorrected`` (True), or a discrepancy when the
+        corrected quantity does not fit the order (True); False when we hold none of the
+        executions it corrects (then it is an ordinary fill of ours)."""
+        held = [e for e in f.corrects if e in ours.executions]
+        if not held:
+            return False
+        old_id = held[-1]  # the latest version we hold
+        q0, p0, _ = ours.executions[old_id]
+        f0 = ours.exec_fees.get(old_id, ZERO)
+        where = dict(client_order_id=ours.client_order_id, venue_order_id=f.venue_order_id, symbol=ours.symbol,
+                     ours=f"{q0}@{p0}", theirs=f"{f.qty}@{f.price}")
+        if ours.filled_qty - q0 + f.qty > ours.qty:
+            self.record_discrepancy(ours, "overfill", f"venue correction {f.exec_id} of {old_id} to {f.qty} @ "
+                                    f"{f.price} takes the order past {ours.qty}", venue_order_id=f.venue_order_id,
+                                    fill=f)
+            return True
+        e = self.order_event(ours, ev.FillCorrected, (old_id, f.exec_id), f.occurred_at, corrected_exec_id=old_id,
+                             exec_id=f.exec_id, qty=f.qty, price=f.price, previous_qty=q0, previous_price=p0,
+                             previous_fee=f0, fee=ZERO if f.fee_pending else f.fee, fee_currency=f.fee_currency,
+                             fee_pending=f.fee_pending, venue_order_id=f.venue_order_id,
+                             reconciliation_id=str(self.rid),
+                             reason=f"the venue corrected execution {old_id} ({q0} @ {p0}) by {f.exec_id}")
+        if e is None:
+            return True
+        f1 = ZERO if f.fee_pending else f.fee
+        executions = {k: v for k, v in ours.executions.items() if k != old_id}
+        if f.qty:
+            executions[f.exec_id] = (f.qty, f.price, -1)
+        ours.executions = executions
+        ours.exec_fees = {**{k: v for k, v in ours.exec_fees.items() if k != old_id}, f.exec_id: f1}
+        ours.filled_qty += f.qty - q0
+        ours.fill_notional += f.qty * f.price - q0 * p0
+        if ours.status in OPEN_STATUSES:
+            ours.status = "filled" if ours.filled_qty >= ours.qty else ours.status
+        key = (ours.venue, ours.symbol)
+        self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * (f.qty - q0)
+        cash = self.acct.cash if self.acct is not None else {}
+        if cash:
+            if "USD" in cash:
+                self.planned_cash["USD"] = self.planned_cash.get("USD", ZERO) - ours.sign * (f.qty * f.price - q0 * p0)
+            if f1 != f0 and f.fee_currency in cash:
+                self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - (f1 - f0)
+        self.plan.count("fills_corrected")
+        self.discrepancy("fill_corrected", f"the venue corrected execution {old_id} ({q0} @ {p0}) to {f.qty} @ "
+                         f"{f.price} ({f.exec_id})", "corrected", **where)
+        return True
+
+    def late_fee(self, ours: _Order, f: VenueFill) -> None:
+        """A fill we recorded with its fee pending, whose fee the venue now reports: ``FeeCharged``."""
+        if f.fee_pending or self.acct is None or f.exec_id not in self.acct.fees_pending:
+            return
+        e = self.build(ev.FeeCharged, event_id=fact_id("FeeCharged", self.account, self.venue, f.exec_id),
+                       occurred_at=f.occurred_at or self.now, correlation_id=ours.correlation_id,
+                       causation_id=self.rid, account=self.account, venue=self.venue, fee_id=f.exec_id,
+                       amount=f.fee, currency=f.fee_currency, symbol=ours.symbol, exec_id=f.exec_id,
+                       client_order_id=ours.client_order_id, reconciliation_id=str(self.rid),
+                       reason=f"the venue's fee for execution {f.exec_id}, reported after the fill")
+        if e is None:
+            return
+        self.order_events.append((ours.stream_id, e))  # on the order's stream: its fees count it
+        self.plan.count("fees_charged")
+        if f.fee and f.fee_currency in (self.acct.cash or {}):
+            self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - f.fee
 
     def daily_loss(self, ours: _Order, fill: ev.OrderFilled) -> None:
         """``risk.daily_loss_breach`` of a planned fill, over the fills planned before it (as
@@ -393,6 +470,7 @@ class _Planner:
         self.orders = orders
         fills_by_order = self.group_fills(orders)
         self.plan.count("orders_checked", len(orders))
+        self.duplicate_order_refs(orders)
 
         def order_key(o: VenueOrder) -> tuple[datetime, str]:
             return (o.submitted_at or self.now, o.venue_order_id)
@@ -442,6 +520,37 @@ class _Planner:
         return None if order is None else _Order(order)
 
     # ------------------------------------------------------------------------ orders
+    def duplicate_order_refs(self, orders: Mapping[str, VenueOrder]) -> None:
+        """Venue orders sharing one client order id: the original stays ours (the one our log
+        acknowledged, else the first placed); each other one is reported and kept apart."""
+        by_coid: dict[str, list[VenueOrder]] = {}
+        for vo in orders.values():
+            if vo.client_order_id:
+                by_coid.setdefault(vo.client_order_id, []).append(vo)
+        for coid, same in sorted(by_coid.items()):
+            if len(same) < 2:
+                continue
+            found = self.find(coid, same[0].venue_order_id)
+            epoch = datetime.min.replace(tzinfo=timezone.utc)
+
+            def placed(vo: VenueOrder) -> tuple[bool, datetime, int, str]:
+                acked = found is not None and found.venue_order_id == vo.venue_order_id
+                digits = vo.venue_order_id.isdigit()
+                return (not acked, vo.submitted_at or epoch, int(vo.venue_order_id) if digits else 0, vo.venue_order_id)
+
+            original, *others = sorted(same, key=placed)
+            for vo in others:
+                self.duplicates[vo.venue_order_id] = original.venue_order_id
+            live = [vo.venue_order_id for vo in same if vo.is_open]
+            ids = ", ".join(vo.venue_order_id for vo in [original, *others])
+            self.plan.count("duplicate_order_refs")
+            self.discrepancy(
+                "duplicate_order_ref",
+                f"{len(same)} venue orders carry client order id {coid!r} ({ids}; original {original.venue_order_id}, "
+                f"{len(live)} still working): a possible double exposure; the others are kept apart as external "
+                "orders", "pending", client_order_id=coid, venue_order_id=ids, symbol=original.symbol,
+                ours=original.venue_order_id, theirs=ids)
+
     def venue_order(self, vo: VenueOrder, fills: list[VenueFill]) -> None:
         ended = held_leg_ended(vo, self.orders)
         if ended:  # the venue may never send this leg's cancel: its group says it is over
@@ -452,17 +561,23 @@ class _Planner:
         self.single_order(finished_by_replace(vo), fills)
 
     def single_order(self, vo: VenueOrder, fills: list[VenueFill]) -> None:
-        found = self.find(vo.client_order_id, vo.venue_order_id)
-        if found is None and vo.parent_venue_order_id:
-            if self.leg(vo, fills):
+        if vo.venue_order_id in self.duplicates:  # never ours, whatever client order id it carries
+            external = external_client_order_id(vo.venue_order_id)
+            found = self.state.orders.get(order_stream_id(self.account, external))
+        else:
+            external = None
+            found = self.find(vo.client_order_id, vo.venue_order_id)
+            if found is None and vo.parent_venue_order_id and self.leg(vo, fills):
                 return
+        fees_due = self.acct.fees_pending if self.acct is not None else {}
         if (found is not None and found.venue_order_id is not None and vo.filled_qty == found.filled_qty
                 and (vo.is_open and found.is_open or vo.status == found.status)
-                and all(found.executions.get(f.exec_id, (None, None))[:2] == (f.qty, f.price) for f in fills)):
+                and all(found.executions.get(f.exec_id, (None, None))[:2] == (f.qty, f.price) for f in fills)
+                and not (fees_due and any(f.exec_id in fees_due and not f.fee_pending for f in fills))):
             return  # the venue and the log agree on this order (the common case: keep it cheap)
         ours = None if found is None else _Order(found)
         if ours is None:
-            ours = self.import_order(vo)
+            ours = self.import_order(vo, external)
             if ours is None:
                 return
         elif ours.venue_order_id is None and ours.is_open and vo.status != "rejected":
@@ -588,8 +703,8 @@ class _Planner:
         self.status(ours, vo)
         return True
 
-    def import_order(self, vo: VenueOrder, parent: OrderState | None = None) -> _Order | None:
-        coid = vo.client_order_id or external_client_order_id(vo.venue_order_id)
+    def import_order(self, vo: VenueOrder, coid: str | None = None, parent: OrderState | None = None) -> _Order | None:
+        coid = coid or vo.client_order_id or external_client_order_id(vo.venue_order_id)
         if vo.notional is not None and vo.qty <= 0:
             self.plan.count("notional_orders_unfilled")  # no quantity yet: imported once it fills
             return None
@@ -623,7 +738,7 @@ class _Planner:
         ours.side, ours.sign, ours.qty, ours.limit_price = vo.side, 1 if vo.side == "buy" else -1, vo.qty, vo.limit_price
         ours.status, ours.filled_qty, ours.fill_notional = "acknowledged", ZERO, ZERO
         ours.executions, ours.venue_order_id, ours.discrepancy_keys = {}, vo.venue_order_id, {}
-        ours.correlation_id, ours.imported = correlation, True
+        ours.correlation_id, ours.imported, ours.exec_fees = correlation, True, {}
         return ours
 
     def missed_fills(self, ours: _Order, fills: list[VenueFill]) -> None:
@@ -635,10 +750,14 @@ class _Planner:
                                      f"the venue says {f.qty} @ {f.price}", "pending",
                                      client_order_id=ours.client_order_id, venue_order_id=f.venue_order_id,
                                      symbol=ours.symbol, ours=f"{seen[0]}@{seen[1]}", theirs=f"{f.qty}@{f.price}")
+                else:
+                    self.late_fee(ours, f)
                 continue
             if "!" + f.exec_id in ours.executions or f.exec_id in self.planned_exec_ids:
                 continue
             self.planned_exec_ids.add(f.exec_id)
+            if f.corrects and self.correction(ours, f):
+                continue
             owner = self.state.exec_ids.get(ours.venue, {}).get(f.exec_id)
             if owner is not None and owner != ours.stream_id:
                 self.record_discrepancy(ours, "duplicate_exec_id", f"venue fill {f.exec_id} of {f.qty} @ {f.price} "
@@ -650,7 +769,8 @@ class _Planner:
             elif f.qty > ours.qty - ours.filled_qty:
                 self.record_discrepancy(ours, "overfill", f"venue fill {f.exec_id} of {f.qty} with only "
                                         f"{ours.qty - ours.filled_qty} remaining", venue_order_id=f.venue_order_id, fill=f)
-            elif self.fill(ours, f.qty, f.price, f.exec_id, f.fee, f.fee_currency, f.occurred_at, f.venue_order_id):
+            elif self.fill(ours, f.qty, f.price, f.exec_id, f.fee, f.fee_currency, f.occurred_at, f.venue_order_id,
+                           fee_pending=f.fee_pending):
                 self.plan.count("fills_recorded")
                 if not ours.imported:
                     self.discrepancy("missed_fill", f"venue fill {f.exec_id}: {f.side} {f.qty} @ {f.price} was not "

@@ -295,6 +295,7 @@ def _order_doc(o: OrderState) -> dict[str, Any]:
         "fees": _d(o.fees),
         "venue_order_id": o.venue_order_id,
         "executions": {k: [_d(q), _d(p), pos] for k, (q, p, pos) in o.executions.items()},
+        **({"exec_fees": {k: _d(v) for k, v in o.exec_fees.items()}} if o.exec_fees else {}),
         "cancel_requested": o.cancel_requested,
         "discrepancies": o.discrepancies,
         "discrepancy_keys": [[list(k), pos] for k, pos in o.discrepancy_keys.items()],
@@ -329,7 +330,7 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
         "breaker_trips": a.breaker_trips,
         "ramp": [_t(a.ramp_since), list(a.ramp_baseline), a.ramp_held],
         "fees_pending": a.fees_pending,
-        "fee_ids": sorted(a.fee_ids),
+        "fee_ids": a.fee_ids,
     }
 
 
@@ -582,7 +583,7 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         since, baseline, held = a.get("ramp", (None, (0, 0), ""))
         acct.ramp_since, acct.ramp_baseline, acct.ramp_held = _tn(since), (baseline[0], baseline[1]), held
         acct.fees_pending = dict(a.get("fees_pending", {}))  # absent before pending fees
-        acct.fee_ids = set(a.get("fee_ids", ()))
+        acct.fee_ids = dict(a.get("fee_ids", {}))
         for day, (trades, fills, volume, realized, fees, breaches) in a["daily"].items():
             acct.daily[day] = DailyStats(trades, fills, Decimal(volume), Decimal(realized), Decimal(fees),
                                          set(breaches))
@@ -599,6 +600,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         order.fees = Decimal(o["fees"])
         order.venue_order_id = o["venue_order_id"]
         order.executions = {k: (Decimal(q), Decimal(p), pos) for k, (q, p, pos) in o["executions"].items()}
+        if o.get("exec_fees"):  # absent before fill corrections
+            order.exec_fees = {k: Decimal(v) for k, v in o["exec_fees"].items()}
         order.cancel_requested = o["cancel_requested"]
         order.discrepancies = o["discrepancies"]
         order.discrepancy_keys = {tuple(k): pos for k, pos in o["discrepancy_keys"]}

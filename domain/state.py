@@ -52,7 +52,7 @@ class OrderState:
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
         "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal", "refusal_detail",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
-        "position_key", "account_state", "external",
+        "position_key", "account_state", "external", "exec_fees",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
@@ -92,6 +92,7 @@ class OrderState:
         self.position_key = (self.account, self.venue, self.symbol)
         self.account_state: AccountState | None = None
         self.external = False  # imported from the venue by reconciliation, never risk-checked
+        self.exec_fees: dict[str, Decimal] | None = None  # exec id -> its fee, when not zero (a correction replaces it)
 
     @property
     def remaining(self) -> Decimal:
@@ -264,7 +265,7 @@ class AccountState:
     ramp_held: str = ""
     # fills whose fee the venue has not reported yet: exec id -> order stream (``fee_pending``)
     fees_pending: dict[str, str] = field(default_factory=dict)
-    fee_ids: set[str] = field(default_factory=set)  # ``FeeCharged`` ids folded (each applies once)
+    fee_ids: dict[str, int] = field(default_factory=dict)  # ``FeeCharged`` id -> where it was folded (once)
 
     def day(self, trading_day: str) -> DailyStats:
         """The statistics of ``trading_day`` (created empty when first asked for)."""
@@ -413,8 +414,8 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     if q1:
         ids[new_id] = sid
     pending = account.fees_pending.pop(old_id, None)
-    if pending is not None and q1 and d.get("fee") is None:
-        account.fees_pending[new_id] = sid  # the fee of the corrected execution is still to come
+    if q1 and (d.get("fee_pending") or (pending is not None and d.get("fee") is None)):
+        account.fees_pending[new_id] = sid  # the fee of the correcting execution is still to come
     return q1 - q0, q1 * p1 - q0 * p0, f1 - f0
 
 
@@ -584,6 +585,10 @@ class TradingState:
         order.filled_qty += qty
         order.fill_notional += qty * price
         order.fees += fee
+        if fee:
+            if order.exec_fees is None:
+                order.exec_fees = {}
+            order.exec_fees[d["exec_id"]] = fee
         if d.get("venue_order_id"):
             order.venue_order_id = d["venue_order_id"]
         is_open = order.status in OPEN_STATUSES
@@ -599,8 +604,13 @@ class TradingState:
         account: AccountState = order.account_state  # type: ignore[assignment]
         dq, dn, dfee = correct_fill(self, account, order.position_key, order.sign, sid, d, at)
         order.executions.pop(d["corrected_exec_id"], None)
+        fee = (order.exec_fees or {}).pop(d["corrected_exec_id"], ZERO) + dfee
         if Decimal(d["qty"]):
             order.executions[d["exec_id"]] = (Decimal(d["qty"]), Decimal(d["price"]), pos)
+            if fee:
+                if order.exec_fees is None:
+                    order.exec_fees = {}
+                order.exec_fees[d["exec_id"]] = fee
         order.filled_qty += dq
         order.fill_notional += dn
         order.fees += dfee
@@ -746,10 +756,20 @@ class TradingState:
         acct = self.account(d["account"])
         if d["fee_id"] in acct.fee_ids:
             return  # posted once: the same fee seen again changes nothing
-        acct.fee_ids.add(d["fee_id"])
+        acct.fee_ids[d["fee_id"]] = pos
         if d.get("exec_id"):
             acct.fees_pending.pop(d["exec_id"], None)
         amount = Decimal(d["amount"])
+        # on an order's stream: the order's fees too (None in the cold fold, which builds the order
+        # from its rows, this one among them)
+        order = self.orders.get(sid) if sid.startswith("order-") else None
+        if order is not None and not d.get("in_kind"):
+            order.fees += amount
+            if d.get("exec_id"):
+                fees = order.exec_fees = order.exec_fees or {}
+                fees[d["exec_id"]] = fees.get(d["exec_id"], ZERO) + amount
+            order.positions[f"fee:{pos}"] = pos
+            order.updated_at = _time(d.get("occurred_at"), at)
         when = _time(d.get("occurred_at"), at)
         held = None
         if d.get("symbol"):

@@ -40,6 +40,9 @@ class VenueFill:
     fee_currency: str = "USD"
     occurred_at: datetime | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # execution ids this one corrects (replaces), oldest first (IB: the same execId up to its last '.')
+    corrects: tuple[str, ...] = ()
+    fee_pending: bool = False  # the venue reports the fee apart and it has not come (``fee`` is 0)
 
 
 @dataclass(frozen=True)

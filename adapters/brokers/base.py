@@ -61,7 +61,8 @@ class OrderRequest:
 class VenueUpdate:
     """One update from the venue's live stream, turned into an event by the order flow."""
 
-    kind: Literal["ack", "fill", "cancelled", "rejected", "expired", "replaced"]
+    # "fee": a fee the venue reported after the fill was handed over (``fill`` carries it, by exec id)
+    kind: Literal["ack", "fill", "cancelled", "rejected", "expired", "replaced", "fee"]
     client_order_id: str | None
     venue_order_id: str
     fill: VenueFill | None = None
