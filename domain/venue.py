@@ -69,7 +69,7 @@ class VenueOrder:
     # Links between venue orders (None when the venue reports none):
     replaces: str | None = None  # the venue order id this order replaced (a cancel/replace)
     parent_venue_order_id: str | None = None  # a bracket/OCO/OTO leg: the order it belongs to
-    notional: Decimal | None = None  # an amount order: ``qty`` is what is filled until it is done
+    notional: Decimal | None = None  # an amount order: ``qty`` is what filled until the venue states one
 
     @property
     def is_open(self) -> bool:

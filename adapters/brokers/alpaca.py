@@ -367,7 +367,7 @@ def parse_order(raw: dict, *, parent_venue_order_id: str | None = None) -> Venue
         raw=plain,
         replaces=_str(raw, "replaces", optional=True),
         parent_venue_order_id=parent_venue_order_id,
-        notional=notional if qty is None else None,
+        notional=notional,  # kept also once Alpaca states the quantity: it is still an amount order
     )
 
 
