@@ -221,13 +221,21 @@ def finished_by_replace(vo: VenueOrder) -> VenueOrder:
     return replace(vo, status="cancelled", raw={**vo.raw, "reason": f"replaced at the venue by {by or 'another order'}"})
 
 
-def held_leg_ended(leg: VenueOrder, orders: Mapping[str, VenueOrder]) -> str | None:
+def filled_legs(orders: Mapping[str, VenueOrder]) -> dict[str, str]:
+    """Parent venue order id -> a filled leg of it."""
+    return {o.parent_venue_order_id: o.venue_order_id for o in orders.values()
+            if o.parent_venue_order_id and o.status == "filled"}
+
+
+def held_leg_ended(leg: VenueOrder, orders: Mapping[str, VenueOrder],
+                   filled: Mapping[str, str] | None = None) -> str | None:
     """Why a ``held`` bracket/OCO/OTO leg is over although the venue still says held, or None.
 
     A leg's group ends when its parent is cancelled, expired or rejected (any cancel cancels the
     group), when the other exit leg of a bracket filled, or when an OCO's parent (its take-profit)
     filled: only one exit can execute (Alpaca's orders.md, Bracket and OCO orders). The venue does
-    not always send the held leg's cancel (alpacahq/alpaca-py#198)."""
+    not always send the held leg's cancel (alpacahq/alpaca-py#198). ``filled``: ``filled_legs``
+    of ``orders``, when already known."""
     if leg.raw_status.lower() != "held" or not leg.parent_venue_order_id:
         return None
     parent = orders.get(leg.parent_venue_order_id)
@@ -237,10 +245,9 @@ def held_leg_ended(leg: VenueOrder, orders: Mapping[str, VenueOrder]) -> str | N
         return f"its parent order {parent.venue_order_id} is {parent.status}"
     if parent.status == "filled" and str(leg.raw.get("order_class") or "").lower() == "oco":
         return f"the other side of the OCO ({parent.venue_order_id}) filled"
-    for other in orders.values():
-        if (other.parent_venue_order_id == leg.parent_venue_order_id and other.venue_order_id != leg.venue_order_id
-                and other.status == "filled"):
-            return f"the other exit leg {other.venue_order_id} filled"
+    other = (filled_legs(orders) if filled is None else filled).get(leg.parent_venue_order_id)
+    if other is not None and other != leg.venue_order_id:
+        return f"the other exit leg {other} filled"
     return None
 
 
@@ -288,6 +295,7 @@ class _Planner:
         self.chain_fills: dict[str, list[VenueFill]] = {}  # fills of replaced orders, for their chain's end
         self._open_by_venue_id: dict[str, OrderState] | None = None
         self._unposted: dict[tuple[str, str], Decimal] | None = None
+        self._filled_legs: dict[str, str] | None = None
         self.duplicates: dict[str, str] = {}  # venue order id -> the original's, for one client order id
         self.fills_known = not isinstance(snapshot.fills, Unknown)
         self.orders_known = not isinstance(snapshot.open_orders, Unknown) and not isinstance(
@@ -552,7 +560,11 @@ class _Planner:
                 ours=original.venue_order_id, theirs=ids)
 
     def venue_order(self, vo: VenueOrder, fills: list[VenueFill]) -> None:
-        ended = held_leg_ended(vo, self.orders)
+        ended = None
+        if vo.parent_venue_order_id and vo.raw_status.lower() == "held":
+            if self._filled_legs is None:
+                self._filled_legs = filled_legs(self.orders)
+            ended = held_leg_ended(vo, self.orders, self._filled_legs)
         if ended:  # the venue may never send this leg's cancel: its group says it is over
             vo = replace(vo, status="cancelled", raw={**vo.raw, "reason": f"inferred: {ended}"})
             self.plan.count("leg_cancels_inferred")
