@@ -415,6 +415,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 void_type=psycopg.sql.Literal(VOID_TYPE),
             ),
         ]
+        if datastore.target.partitions:  # a new log laid out in monthly position ranges (partitions.py)
+            from .partitions import create_statements
+
+            self.sql_create_statements[2:3] = [SQL(s) for s in create_statements(datastore.schema, table)]
         self._insert_one = SQL(
             "INSERT INTO {} (position, stream_id, stream_version, type, data)"
             " VALUES (nextval({}), %s, %s, %s, %b) RETURNING position, recorded_at"
