@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable
 from ...domain.errors import InvalidInput, TradestateError
 from . import MARKET_TABLE, TRADING_TABLE, Store, open_store, redact, resolve_url, sqlite_path
 from . import digest as digest_mod
+from . import partitions
 from .sql import POSTGRESQL, SQLITE, Dialect, PgUrl, quote, url_kind
 
 FORMAT = "tradestate-backup"
@@ -695,7 +696,8 @@ def _restore_postgres(url: str, files: dict[str, Path], manifest: Manifest, path
 
     args, schema = _pg_connect_args(url)
     staging = f"{schema[:40]}_rs_{uuid.uuid4().hex[:8]}"
-    staging_url = _with_schema(url, staging)
+    # staged as a plain log whatever the URL's layout (`tradestate partitions convert` partitions it again)
+    staging_url = _with_schema(PgUrl.parse(url).without("partitions"), staging)
     admin = psycopg.connect(**args, autocommit=True)
     try:
         admin.execute("SET statement_timeout = 0")
@@ -787,9 +789,13 @@ def _swap_postgres(conn: Any, schema: str, staging: str, logs: dict[str, dict[st
             previous = f"{schema[:36]}_pre_{_stamp().replace('-', '_').lower()}"
             cur.execute(f"CREATE SCHEMA {_q(previous)}")
             for t in present:
+                for c in partitions.companions(cur, schema, t):  # a partitioned log's partitions go too
+                    cur.execute(f"ALTER TABLE {_q(schema)}.{_q(c)} SET SCHEMA {_q(previous)}")
                 cur.execute(f"ALTER TABLE {_q(schema)}.{_q(t)} SET SCHEMA {_q(previous)}")
         else:
             for t in present:
+                for c in partitions.companions(cur, schema, t)[::-1]:  # the versions table, then partitions
+                    cur.execute(f"DROP TABLE {_q(schema)}.{_q(c)}")
                 cur.execute(f"DROP TABLE {_q(schema)}.{_q(t)}")
         for t in PG_TABLES:
             if exists(staging, t):

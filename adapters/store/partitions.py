@@ -58,6 +58,12 @@ class Partition:
     month: str  # YYYY-MM the partition was opened for
     first: int
     end: int | None
+    from_min: bool = False  # the first partition is bounded below by MINVALUE (so it is written so)
+
+    @property
+    def lower(self) -> str:
+        """The lower bound as written in SQL."""
+        return "MINVALUE" if self.from_min else str(int(self.first))
 
     @property
     def is_open(self) -> bool:
@@ -110,7 +116,7 @@ def create_statements(schema: str, table: str, month: str | None = None) -> list
         f"CREATE INDEX IF NOT EXISTS {quote(table + '_stream_idx')} ON {t} (stream_id, stream_version)",
         *_versions_statements(schema, table),
         *_refuse_statements(schema),
-        *_partition_statements(schema, table, partition_name(table, month), 1, None),
+        *_partition_statements(schema, table, partition_name(table, month), None, None),
     ]
 
 
@@ -186,8 +192,19 @@ def list_partitions(cur: Any, schema: str, table: str) -> list[Partition]:
         first = 1 if m.group(1) == "MINVALUE" else int(m.group(2))
         end = None if m.group(3) == "MAXVALUE" else int(m.group(4))
         nm = _NAME.search(name)
-        out.append(Partition(name, f"{nm.group(1)}-{nm.group(2)}" if nm else "", first, end))
+        out.append(Partition(name, f"{nm.group(1)}-{nm.group(2)}" if nm else "", first, end,
+                             m.group(1) == "MINVALUE"))
     return sorted(out, key=lambda p: p.first)
+
+
+def companions(cur: Any, schema: str, table: str) -> list[str]:
+    """The tables that belong to the partitioned log ``schema.table`` besides itself (its attached
+    partitions, its versions table): what must move or go with it ([] for a plain table)."""
+    if not is_partitioned(cur, schema, table):
+        return []
+    out = [p.name for p in list_partitions(cur, schema, table)]
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote(schema)}.{quote(versions_table(table))}",))
+    return out + ([versions_table(table)] if cur.fetchone()[0] else [])
 
 
 def _pg(store: Any) -> None:
@@ -251,11 +268,12 @@ def roll(store: Any, table: str, *, month: str | None = None, lock_timeout: floa
         end = _next_bound(cur, schema, table, int(head))
         check = quote(current.name + "_bounds")
         cur.execute(f"ALTER TABLE {t} DETACH PARTITION {p}")
-        cur.execute(f"ALTER TABLE {p} ADD CONSTRAINT {check} CHECK (position >= {current.first} AND position < {end})")
-        cur.execute(f"ALTER TABLE {t} ATTACH PARTITION {p} FOR VALUES FROM ({current.first}) TO ({end})")
+        low = "" if current.from_min else f"position >= {current.first} AND "
+        cur.execute(f"ALTER TABLE {p} ADD CONSTRAINT {check} CHECK ({low}position < {end})")
+        cur.execute(f"ALTER TABLE {t} ATTACH PARTITION {p} FOR VALUES FROM ({current.lower}) TO ({end})")
         for statement in _partition_statements(schema, table, name, end, None):
             cur.execute(statement)
-    return Partition(current.name, current.month, current.first, end)
+    return Partition(current.name, current.month, current.first, end, current.from_min)
 
 
 def create_history(store: Any, table: str, months: list[str], bounds: list[int], *, lock_timeout: float = 5.0) -> None:
@@ -275,7 +293,8 @@ def create_history(store: Any, table: str, months: list[str], bounds: list[int],
         for p in parts:
             cur.execute(f"DROP TABLE {quote(schema)}.{quote(p.name)}")
         ends: list[int | None] = [*bounds[1:], None]
-        for month, first, end in zip(months, bounds, ends, strict=True):
+        firsts: list[int | None] = [None, *bounds[1:]]
+        for month, first, end in zip(months, firsts, ends, strict=True):
             for statement in _partition_statements(schema, table, partition_name(table, month_label(month)), first,
                                                    end):
                 cur.execute(statement)
@@ -317,14 +336,14 @@ def convert(store: Any, table: str, *, month: str | None = None, lock_timeout: f
                     f" SELECT stream_id, stream_version, position FROM {old} WHERE stream_id <> %s",
                     (VOID_STREAM,))
         cur.execute(f"ALTER TABLE {old} ADD CONSTRAINT {quote(old_name + '_bounds')}"
-                    f" CHECK (position >= 1 AND position < {end})")
-        cur.execute(f"ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM (1) TO ({end})")
+                    f" CHECK (position < {end})")
+        cur.execute(f"ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM (MINVALUE) TO ({end})")
         for statement in _partition_statements(schema, table, partition_name(table, month), end, None):
             cur.execute(statement)
     from .digest import protect_log
 
     protect_log(store)  # the parent's own statement triggers (the renamed table took the old ones)
-    return Partition(old_name, old_month, 1, end)
+    return Partition(old_name, old_month, 1, end, True)
 
 
 def detach(cur: Any, schema: str, table: str, name: str) -> None:
@@ -332,11 +351,11 @@ def detach(cur: Any, schema: str, table: str, name: str) -> None:
     cur.execute(f"ALTER TABLE {quote(schema)}.{quote(table)} DETACH PARTITION {quote(schema)}.{quote(name)}")
 
 
-def attach(cur: Any, schema: str, table: str, name: str, first: int, end: int) -> None:
-    """Attach table ``name`` back as the closed partition ``first <= position < end`` (its
-    ``_bounds`` CHECK, kept from the roll, spares the scan) and protect it."""
-    cur.execute(f"ALTER TABLE {quote(schema)}.{quote(table)} ATTACH PARTITION {quote(schema)}.{quote(name)}"
-                f" FOR VALUES FROM ({int(first)}) TO ({int(end)})")
+def attach(cur: Any, schema: str, table: str, part: Partition) -> None:
+    """Attach table ``part.name`` back as the closed partition it was (its ``_bounds`` CHECK, kept
+    from the roll, spares the scan) and protect it."""
+    cur.execute(f"ALTER TABLE {quote(schema)}.{quote(table)} ATTACH PARTITION {quote(schema)}.{quote(part.name)}"
+                f" FOR VALUES FROM ({part.lower}) TO ({int(part.end)})")
     cur.execute(_protect_partition(schema, name))
 
 

@@ -208,6 +208,12 @@ class PgUrl:
 
         return make_conninfo("", **self.kwargs(**overrides))
 
+    def without(self, *keys: str) -> str:
+        """The same URL without the query parameters ``keys``."""
+        parts = urlsplit(self.url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in keys]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
     def with_schema(self, schema: str) -> str:
         """The same URL naming another ``schema``."""
         parts = urlsplit(self.url)
