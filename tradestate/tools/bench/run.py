@@ -63,6 +63,7 @@ from . import (
     append,
     batch,
     failover,
+    partitions,
     memory,
     postmortem,
     projection,
@@ -89,6 +90,7 @@ GROUPS: dict[str, ModuleType] = {
     "takeover": takeover,
     "replication": replication,
     "failover": failover,
+    "partitions": partitions,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
