@@ -356,7 +356,7 @@ def attach(cur: Any, schema: str, table: str, part: Partition) -> None:
     from the roll, spares the scan) and protect it."""
     cur.execute(f"ALTER TABLE {quote(schema)}.{quote(table)} ATTACH PARTITION {quote(schema)}.{quote(part.name)}"
                 f" FOR VALUES FROM ({part.lower}) TO ({int(part.end)})")
-    cur.execute(_protect_partition(schema, name))
+    cur.execute(_protect_partition(schema, part.name))
 
 
 __all__ = [

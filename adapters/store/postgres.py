@@ -840,6 +840,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                     head = cur.execute(self._head, prepare=True).fetchone()[0]
                     if head > after and min(upper, head) > after:
                         (beyond,) = cur.execute(self._next_row, (after,)).fetchone()
+                        archived = self._archived(cur, after + 1, upper, batch)
+                        if archived is not None:
+                            after = yield from archived
+                            continue
                         if self._void_hole(conn, after + 1, beyond - 1):
                             continue
                     return
@@ -850,6 +854,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                         if self._holes:  # forgotten before the yield: a caller may stop reading there
                             self._forget_holes(after)
                         yield before
+                    archived = self._archived(cur, after + 1, upper, batch)
+                    if archived is not None:
+                        after = yield from archived
+                        continue
                     if not self._void_hole(conn, after + 1, rows[len(before)][0] - 1):
                         return  # an append is still in flight there: stop before it
                     continue  # the hole is now a $void row: read on from it
@@ -896,6 +904,39 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         if self._holes:
             self._forget_holes(after)
         return after
+
+    def _archived(self, cur: psycopg.Cursor[Any], position: int, upper: int, batch: int) -> Iterator[list[Any]] | None:
+        """Where the table has no row at ``position``: the pages of the archived range holding it
+        (read from its Parquet file, up to ``upper``), a generator that returns the last position
+        it gave; None if no archive holds it (a real hole). Asked only on a hole, never on a live read."""
+        if not self._partitioned:
+            return None
+        from . import archive
+
+        found = archive.covering(cur, self.schema, self.table, position, self.datastore.target.archive or None)
+        if found is None:
+            return None
+        arch, path = found
+
+        def pages() -> Iterator[list[Any]]:
+            last = position - 1
+            for page in archive.read_pages(path, position, min(arch.last_position, upper), batch):
+                yield page
+                last = page[-1][0]
+            return last
+
+        return pages()
+
+    @property
+    def _partitioned(self) -> bool:
+        """Whether the table is partitioned (a plain table never has archives)."""
+        if getattr(self, "_is_partitioned", False):
+            return True
+        from .partitions import is_partitioned
+
+        with self._connection() as conn:  # asked again next time while not (a log may be converted)
+            self._is_partitioned = is_partitioned(conn.cursor(row_factory=tuple_row), self.schema, self.table)
+        return self._is_partitioned
 
     def held_back_for(self, position: int) -> float | None:
         """Seconds this reader has been waiting on a hole above ``position`` (the oldest such hole
