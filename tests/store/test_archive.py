@@ -1,0 +1,123 @@
+"""Parquet archives of a partitioned PostgreSQL log (adapters/store/archive.py): sealed months
+exported with chained manifests and recorded in ts_archives, then detached and dropped; the log's
+and the digest chain's readers read across archived and live data; a month restored as a read-only
+partition; damage and missing files are named."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.store.store_contract import ev, real, rows_of
+from tests.support.partitioned import partitioned
+from tradestate.adapters.store import digest, open_store
+from tradestate.adapters.store import archive as A
+from tradestate.adapters.store import partitions as P
+from tradestate.adapters.store.sql import write_cursor
+from tradestate.domain.errors import ConcurrencyConflict
+
+pytestmark = pytest.mark.postgres
+MONTHS = ("2020-01", "2020-02", "2020-03")
+
+
+@pytest.fixture
+def months(pg_url):
+    """A partitioned log of three closed months of 25 events (stream ``a``) and an open one."""
+    s = open_store(partitioned(pg_url))
+    P.create_history(s, "ts_events", ["2019-12"], [1])  # the first partition: a month before the others
+    version = 0
+    for month in MONTHS:
+        for _ in range(5):
+            s.trading.append([ev("a", version + i + 1) for i in range(5)])
+            version += 5
+        P.roll(s, "ts_events", month=month)
+    s.trading.append([ev("b", 1)])
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_sealed_months_are_archived_with_chained_manifests_then_dropped(months, tmp_path):
+    before = rows_of(months.trading)
+    assert A.archive(months, tmp_path, before="2020-03") == []  # nothing sealed yet: nothing archived
+    digest.seal(months)
+    done = A.archive(months, tmp_path, before="2020-03")
+    assert [(a.month, a.first_position, a.last_position, a.rows) for a in done] == [
+        ("2019-12", 1, 25, 25), ("2020-01", 26, 50, 25), ("2020-02", 51, 75, 25)]
+    assert [p.month for p in P.partitions(months, "ts_events")] == ["2020-03"]  # detached and dropped
+    manifests = [json.loads((tmp_path / (a.file + ".manifest.json")).read_bytes()) for a in done]
+    assert manifests[0]["previous_manifest_sha256"] == ""
+    for earlier, later, a in zip(done, manifests[1:], done[1:]):
+        assert later["previous_manifest_sha256"] == earlier.manifest_sha256 == a.previous_manifest_sha256
+    assert manifests[2]["sha256"] == hashlib.sha256((tmp_path / done[2].file).read_bytes()).hexdigest()
+    assert manifests[2]["chain"]["range_start"] <= 75 <= manifests[2]["chain"]["range_end"]
+    assert A.check(months).ok
+    assert A.archive(months, tmp_path, before="2020-03") == []  # done once
+    # readers across archived and live data
+    assert rows_of(months.trading) == before
+    assert rows_of(months.trading, 20, 60) == before[20:60]
+    result = digest.verify(months)
+    assert result.ok and result.checked_events == len(before), result.detail
+    # the concurrency check still knows the archived versions
+    with pytest.raises(ConcurrencyConflict):
+        months.trading.append([ev("a", 3)])
+    # ts_archives is append-only
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), write_cursor(months) as cur:
+        cur.execute(f'DELETE FROM "{months.trading.schema}".ts_archives')
+
+
+def test_an_edited_archive_is_named_by_check_and_by_verify(months, tmp_path):
+    digest.seal(months)
+    done = A.archive(months, tmp_path, before="2020-02")
+    path = tmp_path / done[1].file
+    table = pq.read_table(path)
+    data = table.column("data").to_pylist()
+    data[3] = b'{"forged": true}'
+    pq.write_table(table.set_column(table.schema.get_field_index("data"), "data", pa.array(data, pa.binary())), path)
+    check = A.check(months)
+    assert not check.ok and done[1].file in check.detail and "sha256" in check.detail
+    result = digest.verify(months)
+    assert not result.ok and result.first_bad_position == done[1].first_position + 3 and result.problem == "edited"
+
+
+def test_a_missing_archive_is_named_not_read_as_a_hole(months, tmp_path):
+    digest.seal(months)
+    done = A.archive(months, tmp_path, before="2020-02")
+    (tmp_path / done[0].file).unlink()
+    assert not A.check(months).ok
+    with pytest.raises(A.ArchiveError, match=done[0].file):
+        rows_of(months.trading)
+    with pytest.raises(A.ArchiveError, match=done[0].file):
+        digest.verify(months)
+    assert months.trading.head() == 76  # nothing was voided over the archived range
+
+
+def test_the_archive_directory_of_the_url_is_where_readers_look(months, tmp_path, pg_url):
+    digest.seal(months)
+    done = A.archive(months, tmp_path / "first", before="2020-02")
+    (tmp_path / "first").rename(tmp_path / "moved")
+    with open_store(partitioned(pg_url) + f"&archive={tmp_path / 'moved'}", create=False) as s:
+        assert len(real(rows_of(s.trading))) == 76
+        assert digest.verify(s).ok and A.check(s).ok
+    assert done
+
+
+def test_a_restored_month_is_a_read_only_partition_and_can_go_again(months, tmp_path):
+    before = rows_of(months.trading)
+    digest.seal(months)
+    A.archive(months, tmp_path, before="2020-03")
+    (restored,) = A.restore(months, "2020-01")
+    assert restored.attached and [p.month for p in P.partitions(months, "ts_events")] == ["2020-01", "2020-03"]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), write_cursor(months) as cur:
+        cur.execute(f'UPDATE "{months.trading.schema}"."{restored.partition}" SET type = %s', ("x",))
+    assert rows_of(months.trading) == before and digest.verify(months).ok and A.check(months).ok
+    # archiving again drops the restored month (its file is the archive)
+    assert A.archive(months, tmp_path, before="2020-03") == []
+    assert [p.month for p in P.partitions(months, "ts_events")] == ["2020-03"]
+    assert rows_of(months.trading) == before
