@@ -228,7 +228,9 @@ def archive(store: Any, directory: str | os.PathLike[str], *, before: str | None
     default: this month) and that the digest chain covers entirely, oldest first: Parquet file,
     manifest (chained), read back and checked, recorded in ``ts_archives``, partition detached and
     dropped. A restored month (attached again) is only detached and dropped. Returns the new
-    archives. Stops at the first partition that is not sealed (``seal`` first)."""
+    archives. Stops at the first partition that is not sealed (``seal`` first). Empty partitions
+    are left alone, and so is the newest closed one while the open one is empty (the log's head
+    stays in its table)."""
     schema = _schema(store)
     before = P.month_label(before)
     out_dir = Path(directory).resolve()
@@ -240,8 +242,14 @@ def archive(store: Any, directory: str | os.PathLike[str], *, before: str | None
         with read_cursor(store) as cur:
             if not P.is_partitioned(cur, schema, log):
                 continue
-            parts = [p for p in P.list_partitions(cur, schema, log) if not p.is_open and p.month < before]
+            every = P.list_partitions(cur, schema, log)
+            parts = [p for p in every if not p.is_open and p.month < before and p.first <= p.last]
             tail = _chain_tail(cur, schema, log)
+            # The log's head must stay in the table (readers take it from there): while the open
+            # partition is empty, the newest closed one stays.
+            cur.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {quote(schema)}.{quote(every[-1].name)})")
+            if cur.fetchone()[0] and parts and every[-2:-1] == parts[-1:]:
+                parts = parts[:-1]
             known = {a.partition: a for a in _archived(cur, schema, log)}
         for part in parts:
             if part.name in known:
@@ -434,6 +442,76 @@ def spans(store: Any, table: str) -> list[tuple[int, int, Path]]:
     return out
 
 
+class ArchivedTimes:
+    """The stamps of a log's archived (not restored) ranges, for replay's time index
+    (``replay.log.LogTimes``): ``(position, recorded_at, is_void)`` read from the files' columns
+    when first needed and kept (about 17 bytes an event)."""
+
+    def __init__(self, store: Any, table: str):
+        self.spans = spans(store, table)
+        self._cols: dict[Path, tuple[list[int], list[datetime], list[bool]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.spans)
+
+    def _load(self, path: Path) -> tuple[list[int], list[datetime], list[bool]]:
+        cols = self._cols.get(path)
+        if cols is None:
+            import pyarrow.compute as pc
+            import pyarrow.parquet as pq
+
+            from .base import VOID_TYPE
+
+            t = pq.read_table(path, columns=["position", "recorded_at", "type"])
+            cols = self._cols[path] = (t.column("position").to_pylist(), t.column("recorded_at").to_pylist(),
+                                       pc.equal(t.column("type"), VOID_TYPE).to_pylist())
+        return cols
+
+    def stamp(self, position: int) -> datetime | None:
+        """The ``recorded_at`` of an archived ``position`` (None: not archived)."""
+        for first, last, path in self.spans:
+            if first <= position <= last:
+                positions, stamps, _ = self._load(path)
+                return stamps[position - positions[0]]
+        return None
+
+    def event_at_or_before(self, position: int) -> tuple[int, datetime] | None:
+        """(position, stamp) of the last archived event (not ``$void``) at or before ``position``."""
+        for first, last, path in reversed(self.spans):
+            if first > position:
+                continue
+            positions, stamps, voids = self._load(path)
+            for i in range(min(position, last) - positions[0], -1, -1):
+                if not voids[i]:
+                    return positions[i], stamps[i]
+        return None
+
+    def segments(self, after: int, head: int) -> list[tuple[int, int, bool]]:
+        """``after+1..head`` cut into (first, last, archived) pieces, in order."""
+        out: list[tuple[int, int, bool]] = []
+        at = after + 1
+        for first, last, _ in self.spans:
+            if last < at or first > head:
+                continue
+            if first > at:
+                out.append((at, first - 1, False))
+            out.append((max(first, at), min(last, head), True))
+            at = min(last, head) + 1
+        if at <= head:
+            out.append((at, head, False))
+        return out
+
+    def stamps(self, first: int, last: int) -> Iterator[tuple[int, datetime | None]]:
+        """(position, stamp; None for a ``$void`` row) of the archived positions ``first..last``."""
+        for lo, hi, path in self.spans:
+            if hi < first or lo > last:
+                continue
+            positions, stamps, voids = self._load(path)
+            base = positions[0]
+            for i in range(max(first, lo) - base, min(last, hi) - base + 1):
+                yield positions[i], None if voids[i] else stamps[i]
+
+
 def digest_rows(path: Path, first: int, last: int) -> list[tuple[Any, ...]]:
     """The rows of ``first``-``last`` of an archive file in the digest chain's shape."""
     out: list[tuple[Any, ...]] = []
@@ -446,6 +524,7 @@ __all__ = [
     "ARCHIVE_TABLE",
     "ArchiveCheck",
     "ArchiveError",
+    "ArchivedTimes",
     "Archived",
     "archive",
     "archived",

@@ -42,7 +42,7 @@ from .sql import quote, write_cursor, read_cursor
 
 MONTHLY = "month"
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-_NAME = re.compile(r"_p(\d{4})_(\d{2})$")
+_NAME = re.compile(r"_p(\d{4})_(\d{2})(?:_\d+)?$")
 _BOUND = re.compile(r"FROM \((MINVALUE|'?(-?\d+)'?)\) TO \((MAXVALUE|'?(-?\d+)'?)\)")
 
 
@@ -319,11 +319,9 @@ def convert(store: Any, table: str, *, month: str | None = None, lock_timeout: f
         cur.execute(f"SELECT min(recorded_at), max(position) FROM {t}")
         first_at, head = cur.fetchone()
         old_month = month_label(first_at) if first_at is not None else month
-        if old_month >= month:
-            # the history opened this month: the closed partition takes a month-less name
-            old_name = f"{table}_p0000_00"
-        else:
-            old_name = partition_name(table, old_month)
+        old_month = min(old_month, month)
+        # the history began in the month the new open partition is for: both carry that month
+        old_name = partition_name(table, old_month) + ("_0" if old_month == month else "")
         end = _next_bound(cur, schema, table, int(head or 0))
         old = f"{s}.{quote(old_name)}"
         cur.execute(f"ALTER TABLE {t} RENAME TO {quote(old_name)}")

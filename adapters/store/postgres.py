@@ -917,6 +917,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         if found is None:
             return None
         arch, path = found
+        self._archived_upto = None  # archived since this log object last asked: ask again
 
         def pages() -> Iterator[list[Any]]:
             last = position - 1
@@ -1012,7 +1013,49 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 ).format(self._qualified),
                 (stream_id, after_version),
             ).fetchall()
-        return [RecordedEvent.from_row(r) for r in rows]
+        events = [RecordedEvent.from_row(r) for r in rows]
+        if (not events or events[0].originator_version > after_version + 1) and self.archived_upto():
+            # the stream's earlier events may be archived: the versions table knows where they were
+            events = [RecordedEvent.from_row(r) for r in self._archived_stream(
+                stream_id, after_version, events[0].originator_version if events else None)] + events
+        return events
+
+    def archived_upto(self) -> int:
+        """The last position of this log held only by an archive file (0: none). Asked once per log
+        object (archiving in another process shows once a read meets the archived range)."""
+        known = getattr(self, "_archived_upto", None)
+        if known is None:
+            from . import archive
+
+            with self._connection() as conn:
+                found = archive._archived(conn.cursor(row_factory=tuple_row), self.schema, self.table)
+            known = self._archived_upto = max((a.last_position for a in found if not a.attached), default=0)
+        return known
+
+    def _archived_stream(self, stream_id: str, after_version: int, below: int | None) -> list[Any]:
+        """The archived rows of ``stream_id`` with ``after_version < version < below``, in version order."""
+        from . import archive
+        from .partitions import versions_table
+
+        with self._connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            cur.execute(SQL("SELECT position FROM {}.{} WHERE stream_id = %s AND stream_version > %s"
+                            " AND stream_version < %s ORDER BY stream_version").format(
+                Identifier(self.schema), Identifier(versions_table(self.table))),
+                (stream_id, after_version, below if below is not None else 2**62))
+            wanted = [p for (p,) in cur.fetchall()]
+            out: list[Any] = []
+            for position in wanted:
+                if out and out[-1][0] >= position:
+                    continue
+                found = archive.covering(cur, self.schema, self.table, position, self.datastore.target.archive or None)
+                if found is None:
+                    continue  # not archived (a live row the first read did not see yet)
+                arch, path = found
+                targets = {p for p in wanted if arch.first_position <= p <= arch.last_position}
+                for page in archive.read_pages(path, min(targets), max(targets)):
+                    out += [r for r in page if r[0] in targets]
+        return sorted(out, key=lambda r: r[2])
 
     def close(self) -> None:
         """Give back the connections threads keep pinned and close the pool; the log is unusable

@@ -64,6 +64,9 @@ def test_sealed_months_are_archived_with_chained_manifests_then_dropped(months, 
     assert rows_of(months.trading, 20, 60) == before[20:60]
     result = digest.verify(months)
     assert result.ok and result.checked_events == len(before), result.detail
+    # a stream read (an aggregate's load) gets its archived events from the files
+    assert [e.originator_version for e in months.trading.read_stream("a")] == list(range(1, 76))
+    assert [e.originator_version for e in months.trading.read_stream("a", 60)] == list(range(61, 76))
     # the concurrency check still knows the archived versions
     with pytest.raises(ConcurrencyConflict):
         months.trading.append([ev("a", 3)])
@@ -121,3 +124,30 @@ def test_a_restored_month_is_a_read_only_partition_and_can_go_again(months, tmp_
     assert A.archive(months, tmp_path, before="2020-03") == []
     assert [p.month for p in P.partitions(months, "ts_events")] == ["2020-03"]
     assert rows_of(months.trading) == before
+
+
+def test_the_commands(months, tmp_path):
+    from typer.testing import CliRunner
+
+    from tradestate.cli.main import app
+
+    runner = CliRunner()
+    db = ["--db", months.url]
+
+    def run(*args: str) -> dict:
+        result = runner.invoke(app, [*args, *db, "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, (args, result.output)
+        return json.loads(result.stdout)
+
+    assert [p["month"] for p in run("partitions", "list", "--log", "trading")["ts_events"]] == [
+        "2019-12", *MONTHS]
+    assert run("partitions", "roll", "--log", "trading", "--month", "2020-04")["ts_events"]["end"] == 77
+    digest.seal(months)
+    done = run("archive", "--to", str(tmp_path), "--before", "2020-02", "--log", "trading")["archived"]
+    assert [a["month"] for a in done] == ["2019-12", "2020-01"]
+    assert [a["attached"] for a in run("archive", "list")] == [False, False]
+    assert run("archive", "check")["ok"]
+    assert run("archive", "restore", "--month", "2020-01")["restored"][0]["attached"]
+    (tmp_path / done[0]["file"]).write_bytes(b"not parquet")
+    result = runner.invoke(app, ["archive", "check", *db])
+    assert result.exit_code == 1 and done[0]["file"] in result.output

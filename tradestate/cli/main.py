@@ -13,6 +13,7 @@ except ImportError:  # pragma: no cover - older typer raises click's own excepti
     from click import ClickException as _UsageError  # type: ignore[assignment]
 
 from . import alerts, bench, chaos, control, demo, engines, integrity, project, reconcile, recovery, replay, serve, state
+from . import archive as archive_cli
 from . import ramp as ramp_cli
 from . import shutdown as shutdown_command
 from .common import ExitCode, classify, emit_error
@@ -56,6 +57,7 @@ for _module in (demo, state, project, serve, engines, bench, recovery, integrity
     _module.register(app)
 shutdown_command.register(app)
 ramp_cli.register(app)
+archive_cli.register(app)
 
 
 def main() -> None:
