@@ -930,14 +930,29 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
 
     @property
     def _partitioned(self) -> bool:
-        """Whether the table is partitioned (a plain table never has archives)."""
-        if getattr(self, "_is_partitioned", False):
-            return True
+        """Whether the table is partitioned (a plain table never has archives). Once True, kept;
+        a False is asked again after a minute (a log may be converted under a running process)."""
+        known, at = getattr(self, "_is_partitioned", (False, -1e9))
+        if known or time.monotonic() - at < 60:
+            return known
         from .partitions import is_partitioned
 
-        with self._connection() as conn:  # asked again next time while not (a log may be converted)
-            self._is_partitioned = is_partitioned(conn.cursor(row_factory=tuple_row), self.schema, self.table)
-        return self._is_partitioned
+        with self._connection() as conn:
+            known = is_partitioned(conn.cursor(row_factory=tuple_row), self.schema, self.table)
+        self._is_partitioned = (known, time.monotonic())
+        return known
+
+    @property
+    def versions_relation(self) -> str:
+        """Where a stream's current version is read (``max(stream_version) ... WHERE stream_id``):
+        the versions table of a partitioned log (it holds archived events' versions too), else the
+        log's table."""
+        if self._partitioned:
+            from .partitions import versions_table
+
+            return f'"{self.schema}"."{versions_table(self.table)}"'
+        return f'"{self.schema}"."{self.table}"'
+
 
     def held_back_for(self, position: int) -> float | None:
         """Seconds this reader has been waiting on a hole above ``position`` (the oldest such hole

@@ -67,6 +67,12 @@ def test_sealed_months_are_archived_with_chained_manifests_then_dropped(months, 
     # a stream read (an aggregate's load) gets its archived events from the files
     assert [e.originator_version for e in months.trading.read_stream("a")] == list(range(1, 76))
     assert [e.originator_version for e in months.trading.read_stream("a", 60)] == list(range(61, 76))
+    # where writers read a stream's current version (coalescer, leases, engine ids): archives included
+    from tradestate.adapters.store.sql import read_cursor
+
+    with read_cursor(months) as cur:
+        cur.execute(f"SELECT max(stream_version) FROM {months.trading.versions_relation} WHERE stream_id = 'a'")
+        assert cur.fetchone()[0] == 75
     # the concurrency check still knows the archived versions
     with pytest.raises(ConcurrencyConflict):
         months.trading.append([ev("a", 3)])
