@@ -467,10 +467,15 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             " WHERE position > %s AND position <= %s ORDER BY position"
         ).format(self._qualified)
         self._head = SQL("SELECT coalesce(max(position), 0) FROM {}").format(self._qualified)
+        # The head as a reader needs it: the highest position beyond ``after`` (0: none). The same
+        # answer to "is there anything past here", and on a partitioned log the bound prunes the
+        # scan to the partitions past ``after`` (the open one) instead of probing every partition.
+        self._head_after = SQL("SELECT coalesce(max(position), 0) FROM {} WHERE position > %s").format(
+            self._qualified)
         self._currval = SQL("SELECT currval({})").format(self._seq_literal)
         # Rendered once: psycopg would otherwise re-compose these on every call of the hot path.
         for name in ("_insert_one", "_insert_many", "_insert_many_in", "_void", "_void_range", "_next_row", "_select",
-                     "_head", "_currval", "_insert_one_fenced", "_insert_many_fenced"):
+                     "_head", "_head_after", "_currval", "_insert_one_fenced", "_insert_many_fenced"):
             setattr(self, name, getattr(self, name).as_string(None))
         # What an existing log must already have for an open to skip DDL (a catalog write waits
         # for synchronous standbys like any commit, and fails on a read-only server).
@@ -824,7 +829,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
             if _CHUNKED_STREAMS and upper - after >= STREAM_FROM:
-                head = cur.execute(self._head, prepare=True).fetchone()[0]
+                head = cur.execute(self._head_after, (after,), prepare=True).fetchone()[0]
                 if min(upper, head) - after >= STREAM_FROM:
                     after = yield from self._streamed(after, min(upper, head), batch)
             while after < upper:
@@ -837,7 +842,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 if not rows:
                     # Nothing in the range: the end of the log, or a hole at least a page long
                     # (a huge append in flight, or its writer died) with events beyond it.
-                    head = cur.execute(self._head, prepare=True).fetchone()[0]
+                    head = cur.execute(self._head_after, (after,), prepare=True).fetchone()[0]
                     if head > after and min(upper, head) > after:
                         (beyond,) = cur.execute(self._next_row, (after,)).fetchone()
                         archived = self._archived(cur, after + 1, upper, batch)
