@@ -53,6 +53,8 @@ def test_replay_reads_across_archives_and_a_restored_month_answers_state_at(pg_u
     assert [a["month"] for a in archived if a["log"] == "ts_events"] == [P.month_label()]
     with open_store(url, create=False) as store:
         assert len(P.partitions(store, "ts_events")) == 1 and digest.verify(store).ok
+    checked = json.loads(out("verify", *db))  # the chain and the meaning, across archived and live rows
+    assert checked["ok"] and checked["checked_events"] == session.head + 1 + 4, checked  # + the 4 bars
     assert [out(*c) for c in commands] == before
     assert out(*at_mid) == before_at  # the time index reads the archived stamps from the files
     out("replay", "export", *db, "--format", "jsonl", "--out", str(tmp_path / "after.jsonl"), "--end",
