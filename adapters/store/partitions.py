@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg.sql import SQL, Identifier, Literal
+from psycopg.sql import Literal
 
 from ...domain.errors import InvalidInput, TradestateError
 from .base import VOID_STREAM

@@ -155,3 +155,38 @@ def test_convert_turns_a_plain_log_into_partitions_in_place(pg_url):
             cur.execute(f'DELETE FROM "{s.trading.schema}"."{closed.name}"')
     with open_store(pg_url) as again:  # reopens without DDL trouble
         assert len(real(rows_of(again.trading))) == 4
+
+
+def test_a_roll_under_concurrent_appends_loses_nothing_and_leaves_no_hole(rolled):
+    import time
+
+    stop = threading.Event()
+    appended: list[int] = []
+
+    def write(w: int) -> None:
+        version = 0
+        try:
+            while not stop.is_set():
+                version += 1
+                batch = [ev(f"w{w}", version)] if w % 2 else [ev(f"w{w}", version), ev(f"w{w}", version + 1)]
+                version += len(batch) - 1
+                appended.extend(a.position for a in rolled.trading.append(batch))
+        finally:
+            rolled.trading.release_connection()
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for month in ("2000-02", "2000-03", "2000-04"):
+            time.sleep(0.15)
+            assert P.roll(rolled, "ts_events", month=month) is not None
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    rows = assert_no_holes(rolled.trading)
+    assert sorted(r[0] for r in real(rows) if r[1].startswith("w")) == sorted(appended)
+    parts = P.partitions(rolled, "ts_events")
+    assert [p.month for p in parts][-4:] == ["2000-01", "2000-02", "2000-03", "2000-04"]
+    assert all(a.end == b.first for a, b in zip(parts, parts[1:]))
