@@ -110,6 +110,39 @@ def _ensure_table(cur: Any, store: Any) -> None:
     cur.execute(P._protect_partition(schema, ARCHIVE_TABLE))
 
 
+def create_table(store: Any) -> None:
+    """Create ``ts_archives`` (append-only) if it is not there."""
+    with write_cursor(store) as cur:
+        _ensure_table(cur, store)
+
+
+def after_restore(store: Any) -> None:
+    """A log restored from a backup of a partitioned log with archives arrives as plain tables
+    plus ``ts_archives``: partition each log that has archives again (``partitions.convert``) and
+    claim its archived events' (stream, version) from the files, so the concurrency check knows them."""
+    schema = _schema(store)
+    with write_cursor(store) as cur:
+        _ensure_table(cur, store)  # its append-only trigger (the staging schema's went with it)
+    for log in ("ts_events", "ts_market_events"):
+        items = archived(store, log)
+        if not items:
+            continue
+        P.convert(store, log)
+        import pyarrow.parquet as pq
+
+        v = f"{quote(schema)}.{quote(P.versions_table(log))}"
+        with write_cursor(store) as cur:
+            with cur.copy(f"COPY {v} (stream_id, stream_version, position) FROM STDIN") as cp:
+                for a in items:
+                    t = pq.read_table(locate(store, a), columns=["stream_id", "stream_version", "position", "type"])
+                    from .base import VOID_STREAM
+
+                    for sid, ver, pos in zip(t.column("stream_id").to_pylist(), t.column("stream_version").to_pylist(),
+                                             t.column("position").to_pylist(), strict=True):
+                        if sid != VOID_STREAM:
+                            cp.write_row((sid, ver, pos))
+
+
 def configured_directory(store: Any) -> str | None:
     """The archive directory the store's URL (``archive=``) or ``$TRADESTATE_ARCHIVE_DIR`` names."""
     target = getattr(store.trading.datastore, "target", None)
@@ -525,12 +558,14 @@ __all__ = [
     "ArchiveCheck",
     "ArchiveError",
     "ArchivedTimes",
+    "after_restore",
     "Archived",
     "archive",
     "archived",
     "check",
     "configured_directory",
     "covering",
+    "create_table",
     "digest_rows",
     "locate",
     "read_pages",

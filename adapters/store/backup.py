@@ -66,7 +66,8 @@ FORMAT_VERSION = 1
 SCHEMA_VERSION = 1  # the log tables' layout (position, stream_id, stream_version, type, data, recorded_at)
 CHECKPOINTS_TABLE = "ts_checkpoints"
 LOG_TABLES = (TRADING_TABLE, MARKET_TABLE)
-PG_TABLES = (TRADING_TABLE, MARKET_TABLE, digest_mod.CHAIN_TABLE, CHECKPOINTS_TABLE)
+ARCHIVES_TABLE = "ts_archives"  # a partitioned log's record of its Parquet archives (archive.py)
+PG_TABLES = (TRADING_TABLE, MARKET_TABLE, digest_mod.CHAIN_TABLE, CHECKPOINTS_TABLE, ARCHIVES_TABLE)
 SQLITE_MEMBER = "tradestate.sqlite.gz"
 CHUNK = 1 << 20
 
@@ -227,8 +228,18 @@ def _pg_columns(cur: Any, schema: str, table: str) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
-def _pg_contiguous_head(cur: Any, qualified: str) -> tuple[int, int]:
-    """(head, rows) of the contiguous prefix 1..head of a log in this snapshot."""
+def _pg_contiguous_head(cur: Any, qualified: str, archived: int = 0) -> tuple[int, int]:
+    """(head, rows) of the contiguous prefix 1..head of a log in this snapshot. ``archived``: positions
+    1..archived are held by Parquet archives (archive.py), not missing; rows counts the table's."""
+    if archived:
+        cur.execute(f"SELECT greatest(coalesce(max(position), 0), %s), count(*) FILTER (WHERE position > %s),"
+                    f" coalesce(min(position) FILTER (WHERE position > %s), %s), count(*) FROM {qualified}",
+                    (archived, archived, archived, archived + 1))
+        head, beyond, low, rows = (int(x) for x in cur.fetchone())
+        if beyond == head - archived and low == archived + 1 or head == archived:
+            return head, rows
+        raise InvalidInput(f"{qualified} has a hole after its archived positions 1-{archived}: back it up once its "
+                           "appends in flight are done")
     cur.execute(f"SELECT coalesce(max(position), 0), count(*), coalesce(min(position), 1) FROM {qualified}")
     head, rows, low = (int(x) for x in cur.fetchone())
     if rows == head and low >= 1:
@@ -357,7 +368,11 @@ def _backup_postgres(store: Store, work: Path) -> tuple[dict[str, Any], dict[str
                 raise InvalidInput(f"no tradestate log in {store.display_url}")
             for log in LOG_TABLES:
                 if log in present:
-                    head, rows = _pg_contiguous_head(cur, f"{_q(schema)}.{_q(log)}")
+                    archived = 0
+                    if ARCHIVES_TABLE in present:  # the archived prefix is held by its files
+                        archived = int(cur.execute(f"SELECT coalesce(max(last_position), 0) FROM {_q(schema)}."
+                                                   f"{_q(ARCHIVES_TABLE)} WHERE log = %s", (log,)).fetchone()[0])
+                    head, rows = _pg_contiguous_head(cur, f"{_q(schema)}.{_q(log)}", archived)
                 else:
                     head = rows = 0
                 logs[log] = {"head": head, "rows": rows}
@@ -711,6 +726,10 @@ def _restore_postgres(url: str, files: dict[str, Path], manifest: Manifest, path
                     from . import checkpoints
 
                     checkpoints.create_table(staged)
+                if ARCHIVES_TABLE in tables:
+                    from . import archive
+
+                    archive.create_table(staged)
             finally:
                 staged.close()
             for member in manifest.members:
@@ -753,6 +772,11 @@ def _restore_postgres(url: str, files: dict[str, Path], manifest: Manifest, path
             open_store(url, create=True).close()
             previous = _swap_postgres(admin, schema, staging, logs, force=force, keep_previous=keep_previous, url=url,
                                       drops=drops)
+            if ARCHIVES_TABLE in [m["table"] for m in manifest.members]:
+                from . import archive
+
+                with open_store(url, create=False) as restored:  # partitioned again, archived versions claimed
+                    archive.after_restore(restored)
         finally:
             with suppress(psycopg.Error):
                 admin.execute(f"DROP SCHEMA IF EXISTS {_q(staging)} CASCADE")

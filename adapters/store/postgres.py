@@ -913,8 +913,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
     def _archived(self, cur: psycopg.Cursor[Any], position: int, upper: int, batch: int) -> Iterator[list[Any]] | None:
         """Where the table has no row at ``position``: the pages of the archived range holding it
         (read from its Parquet file, up to ``upper``), a generator that returns the last position
-        it gave; None if no archive holds it (a real hole). Asked only on a hole, never on a live read."""
-        if not self._partitioned:
+        it gave; None if no archive holds it (a real hole). Asked only on a hole, never on a live read.
+        (A plain table has archives only once restored from a backup of a partitioned log that had
+        them: the archived positions known when the log was first asked count then.)"""
+        if not self._partitioned and position > self.archived_upto():
             return None
         from . import archive
 

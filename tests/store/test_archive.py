@@ -157,3 +157,26 @@ def test_the_commands(months, tmp_path):
     (tmp_path / done[0]["file"]).write_bytes(b"not parquet")
     result = runner.invoke(app, ["archive", "check", *db])
     assert result.exit_code == 1 and done[0]["file"] in result.output
+
+
+def test_a_backup_of_an_archived_log_restores_with_its_archives(months, tmp_path, pg_url):
+    from tradestate.adapters.store import backup as bk
+
+    before = rows_of(months.trading)
+    digest.seal(months)
+    A.archive(months, tmp_path / "archive", before="2020-03")
+    bk.backup(months, tmp_path / "log.tsb")
+    target = partitioned(pg_url.replace(months.trading.schema, months.trading.schema + "_r"))
+    try:
+        result = bk.restore(target, tmp_path / "log.tsb")
+        assert result.ok
+        with open_store(target, create=False) as s:
+            assert rows_of(s.trading) == before and digest.verify(s).ok
+            assert [a.month for a in A.archived(s, "ts_events")] == ["2019-12", "2020-01", "2020-02"]
+            assert P.partitions(s, "ts_events")  # partitioned again
+            with pytest.raises(ConcurrencyConflict):
+                s.trading.append([ev("a", 3)])  # an archived version is still taken
+            assert [e.originator_version for e in s.trading.read_stream("a")] == list(range(1, 76))
+    finally:
+        with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{months.trading.schema}_r" CASCADE')
