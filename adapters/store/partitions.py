@@ -101,8 +101,25 @@ def _refuse_function(schema: str) -> str:
 
 def create_statements(schema: str, table: str, month: str | None = None) -> list[str]:
     """DDL of a new partitioned log ``table`` in ``schema`` with one open partition for ``month``
-    (the sequence and the append function are the log's own, created beside these)."""
+    (the sequence and the append function are the log's own, created beside these). Safe to run
+    again: the table and its first partition are created only when the table is not there (an
+    existing log, plain or partitioned, keeps its layout and partitions), and the versions table
+    and its trigger only on a partitioned table."""
     month = month_label(month)
+    t = Literal(f"{quote(schema)}.{quote(table)}").as_string(None)
+    new = [*_parent_statements(schema, table),
+           *_partition_statements(schema, table, partition_name(table, month), None, None)]
+    claims = _versions_statements(schema, table)
+    return [
+        *_refuse_statements(schema),
+        "DO $do$ BEGIN IF to_regclass(" + t + ") IS NULL THEN "
+        + " ".join(f"EXECUTE $q${statement}$q$;" for statement in new) + " END IF; END $do$",
+        "DO $do$ BEGIN IF (SELECT relkind FROM pg_class WHERE oid = to_regclass(" + t + ")) = 'p' THEN "
+        + " ".join(f"EXECUTE $q${statement}$q$;" for statement in claims) + " END IF; END $do$",
+    ]
+
+
+def _parent_statements(schema: str, table: str) -> list[str]:
     t = f"{quote(schema)}.{quote(table)}"
     return [
         f"CREATE TABLE IF NOT EXISTS {t} ("
@@ -114,9 +131,6 @@ def create_statements(schema: str, table: str, month: str | None = None) -> list
         " recorded_at timestamptz NOT NULL DEFAULT now(),"
         f" CONSTRAINT {quote(table + '_pkey')} PRIMARY KEY (position)) PARTITION BY RANGE (position)",
         f"CREATE INDEX IF NOT EXISTS {quote(table + '_stream_idx')} ON {t} (stream_id, stream_version)",
-        *_versions_statements(schema, table),
-        *_refuse_statements(schema),
-        *_partition_statements(schema, table, partition_name(table, month), None, None),
     ]
 
 
@@ -324,11 +338,14 @@ def convert(store: Any, table: str, *, month: str | None = None, lock_timeout: f
         old_name = partition_name(table, old_month) + ("_0" if old_month == month else "")
         end = _next_bound(cur, schema, table, int(head or 0))
         old = f"{s}.{quote(old_name)}"
+        # claims left by an earlier partitioned layout of this schema belong to no log now
+        cur.execute(f"DROP TABLE IF EXISTS {s}.{quote(versions_table(table))}")
         cur.execute(f"ALTER TABLE {t} RENAME TO {quote(old_name)}")
         for suffix in ("_pkey", "_stream_version_key"):
             cur.execute(f"ALTER TABLE {old} RENAME CONSTRAINT {quote(table + suffix)} TO {quote(old_name + suffix)}")
         cur.execute(f"DROP TRIGGER IF EXISTS {quote(table + '_append_only')} ON {old}")
-        for statement in create_statements(schema, table, month)[:-2] + [_protect_partition(schema, old_name)]:
+        for statement in [*_parent_statements(schema, table), *_versions_statements(schema, table),
+                          *_refuse_statements(schema), _protect_partition(schema, old_name)]:
             cur.execute(statement)
         cur.execute(f"INSERT INTO {s}.{quote(versions_table(table))} (stream_id, stream_version, position)"
                     f" SELECT stream_id, stream_version, position FROM {old} WHERE stream_id <> %s",

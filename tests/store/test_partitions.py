@@ -190,3 +190,36 @@ def test_a_roll_under_concurrent_appends_loses_nothing_and_leaves_no_hole(rolled
     parts = P.partitions(rolled, "ts_events")
     assert [p.month for p in parts][-4:] == ["2000-01", "2000-02", "2000-03", "2000-04"]
     assert all(a.end == b.first for a, b in zip(parts, parts[1:]))
+
+
+def test_the_create_statements_run_again_change_no_existing_layout(pg_url):
+    """They run again when an upgrade changes the append function: a plain log must stay plain,
+    a partitioned one must keep its partitions (no second open partition for a later month)."""
+    from tradestate.adapters.store.sql import read_cursor
+
+    def rerun(s):
+        with write_cursor(s) as cur:
+            for statement in s.trading.sql_create_statements:
+                cur.execute(statement if isinstance(statement, str) else statement.as_string(None))
+
+    with open_store(pg_url) as plain:
+        plain.trading.append([ev("a", 1)])
+    with open_store(partitioned(pg_url)) as s:
+        rerun(s)
+        assert P.partitions(s, "ts_events") == []
+        with read_cursor(s) as cur:
+            cur.execute("SELECT to_regclass(%s)", (f'"{s.trading.schema}".ts_events_versions',))
+            assert cur.fetchone()[0] is None
+        s.trading.append([ev("a", 2)])
+    with open_store(partitioned(pg_url).replace("schema=", "schema=p")) as s:
+        try:
+            s.trading.append([ev("a", 1)])
+            P.roll(s, "ts_events", month="2000-01")
+            before = P.partitions(s, "ts_events")
+            rerun(s)
+            assert P.partitions(s, "ts_events") == before
+            with pytest.raises(ConcurrencyConflict):
+                s.trading.append([ev("a", 1)])
+        finally:
+            with write_cursor(s) as cur:
+                cur.execute(f'DROP SCHEMA "{s.trading.schema}" CASCADE')
