@@ -1,5 +1,5 @@
 """Replay across archived and live data of a partitioned PostgreSQL log: ``state --position``,
-``state --at``, ``trace`` and ``export`` give the same answers once the history is archived to
+``state --at``, ``trace``, ``market`` and ``export`` give the same answers once the history is archived to
 Parquet (the log's reader, its stream reads and replay's time index read archived ranges from the
 files), and restoring the archived month answers ``state --at`` inside it as before."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.support.replay_session import A, build_session
+from tests.support.replay_session import A, at, build_session
 from typer.testing import CliRunner
 
 import tradestate
@@ -38,6 +38,7 @@ def test_replay_reads_across_archives_and_a_restored_month_answers_state_at(pg_u
         ["replay", "state", *db, "--position", str(session.head)],
         ["replay", "trace", "o-4", *db],
         ["replay", "trace", "o-1", *db, "--account", A],
+        ["replay", "market", *db, "--start", iso(at(0)), "--end", iso(at(240)), "--speed", "max"],
     ]
     at_mid = ["replay", "state", *db, "--at", iso(session.mid)]
     before = [out(*c) for c in commands]
@@ -46,15 +47,16 @@ def test_replay_reads_across_archives_and_a_restored_month_answers_state_at(pg_u
     with open_store(url) as store:
         assert P.convert(store, "ts_events", month="2099-01") is not None  # ... partitioned in place
         P.convert(store, "ts_market_events", month="2099-01")
-    with tradestate.connect(url, clock=Clock()) as c:  # the open partition gets an event: the head stays live
-        c.engine_started("eng-2")
+    with tradestate.connect(url, clock=Clock(), venue="sim") as c:  # the open partitions get an event each:
+        c.engine_started("eng-2")  # a log's head stays in its table
+        c.record_bar("sim", "AAPL", "1m", at(24 * 3600), "1", "1", "1", "1", 1)
     out("verify", *db, "--seal")
     archived = json.loads(out("archive", "--to", str(tmp_path / "archive"), *db, "--before", "2099-01"))["archived"]
-    assert [a["month"] for a in archived if a["log"] == "ts_events"] == [P.month_label()]
+    assert sorted(a["log"] for a in archived) == ["ts_events", "ts_market_events"]
     with open_store(url, create=False) as store:
         assert len(P.partitions(store, "ts_events")) == 1 and digest.verify(store).ok
     checked = json.loads(out("verify", *db))  # the chain and the meaning, across archived and live rows
-    assert checked["ok"] and checked["checked_events"] == session.head + 1 + 4, checked  # + the 4 bars
+    assert checked["ok"] and checked["checked_events"] == session.head + 1 + 5, checked  # + the 5 bars
     assert [out(*c) for c in commands] == before
     assert out(*at_mid) == before_at  # the time index reads the archived stamps from the files
     out("replay", "export", *db, "--format", "jsonl", "--out", str(tmp_path / "after.jsonl"), "--end",
