@@ -13,15 +13,16 @@ positions, so a reader of a position range reads only its row groups) and a mani
 
 Manifests are chained (each holds the sha256 of the previous one of its log), and each archive is
 recorded in ``ts_archives`` (append-only) with its file, checksums and range, so ``verify`` and the
-readers know the range is archived, not deleted. The file is read back and checked (sha256, and
-the rows' digest against the table's) before the partition is detached and **dropped**, in the
+readers know the range is archived, not deleted. The file is read back and checked (its rows must
+hash as the table's did) before the partition is detached and **dropped**, in the
 transaction that records it: from then on the Parquet file (and its backups) is the only copy.
 
-Readers (the seam, once): ``PostgresEventLog.iter_pages`` serves an archived range from its file
-where the table has no rows (``pages``), and the digest chain's reader does the same (``digest``),
-so ``verify``, replay, projections and recovery read across archived and live data. ``restore``
-loads one archived month back as a read-only partition (attached, append-only triggers on it), so
-SQL readers (replay's time index, ``replay state --at`` inside that month) see it as well.
+Readers: ``PostgresEventLog.iter_pages`` serves an archived range from its file where the table
+has no rows (asked only when a read meets such a range, never on a live read); stream reads find
+archived events through the versions table; the digest chain's reader (``spans``, ``digest_rows``)
+and replay's time index (``ArchivedTimes``) read the files too. So ``verify``, replay,
+projections and recovery read across archived and live data. ``restore`` loads one archived month
+back as a read-only partition (attached, append-only triggers on it) for plain SQL readers.
 The archive directory: the URL's ``archive=DIR``, else ``$TRADESTATE_ARCHIVE_DIR``, else the
 directory each archive was written to (recorded in ``ts_archives``).
 """
@@ -39,6 +40,7 @@ from typing import Any
 
 from ...domain.errors import InvalidInput, TradestateError
 from . import partitions as P
+from .base import VOID_STREAM
 from .sql import quote, read_cursor, write_cursor
 
 ARCHIVE_TABLE = "ts_archives"
@@ -134,9 +136,7 @@ def after_restore(store: Any) -> None:
         with write_cursor(store) as cur:
             with cur.copy(f"COPY {v} (stream_id, stream_version, position) FROM STDIN") as cp:
                 for a in items:
-                    t = pq.read_table(locate(store, a), columns=["stream_id", "stream_version", "position", "type"])
-                    from .base import VOID_STREAM
-
+                    t = pq.read_table(locate(store, a), columns=["stream_id", "stream_version", "position"])
                     for sid, ver, pos in zip(t.column("stream_id").to_pylist(), t.column("stream_version").to_pylist(),
                                              t.column("position").to_pylist(), strict=True):
                         if sid != VOID_STREAM:
@@ -225,7 +225,7 @@ def read_pages(path: Path, first: int, last: int, page: int = ROW_GROUP) -> Iter
 
     try:
         pf = pq.ParquetFile(path)
-    except (OSError, Exception) as e:  # noqa: BLE001 - a missing or unreadable file: say which
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable file: say which
         raise ArchiveError(f"archive {path} cannot be read ({e}): restore the file from the archive backups") from e
     with pf:
         for i in range(pf.num_row_groups):
