@@ -179,7 +179,10 @@ def test_a_roll_under_concurrent_appends_loses_nothing_and_leaves_no_hole(rolled
         t.start()
     try:
         for month in ("2000-02", "2000-03", "2000-04"):
-            time.sleep(0.15)
+            seen, deadline = len(appended), time.monotonic() + 10
+            time.sleep(0.1)
+            while len(appended) <= seen and time.monotonic() < deadline:  # appends into this month first
+                time.sleep(0.01)
             assert P.roll(rolled, "ts_events", month=month) is not None
     finally:
         stop.set()
