@@ -291,7 +291,14 @@ def archive(store: Any, directory: str | os.PathLike[str], *, before: str | None
             if part.last is None or part.last > tail:
                 break  # not sealed through its last position: it and the later ones wait
             done.append(_archive_one(store, log, part, out_dir, lock_timeout))
+    _forget(store)
     return done
+
+
+def _forget(store: Any) -> None:
+    """This process's logs ask again which positions are archived (``archived_upto``)."""
+    for log in (store.trading, store.market):
+        log.__dict__.pop("_archived_upto", None)
 
 
 def _archive_one(store: Any, log: str, part: P.Partition, out_dir: Path, lock_timeout: float) -> Archived:
@@ -444,6 +451,7 @@ def restore(store: Any, month: str, *, directory: str | None = None, log: str = 
                         f" CHECK (position >= {a.first_position} AND position <= {a.last_position})")
             P._lock(cur, schema, log, lock_timeout)
             P.attach(cur, schema, log, P.Partition(a.partition, a.month, a.first_position, a.last_position + 1))
+    _forget(store)
     return [a for a in archived(store, log) if a.month == month]
 
 

@@ -914,9 +914,8 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         """Where the table has no row at ``position``: the pages of the archived range holding it
         (read from its Parquet file, up to ``upper``), a generator that returns the last position
         it gave; None if no archive holds it (a real hole). Asked only on a hole, never on a live read.
-        (A plain table has archives only once restored from a backup of a partitioned log that had
-        them: the archived positions known when the log was first asked count then.)"""
-        if not self._partitioned and position > self.archived_upto():
+        Nothing is asked beyond the archived positions known (``archived_upto``)."""
+        if position > self.archived_upto():  # the common hole: an append in flight at the head
             return None
         from . import archive
 
@@ -924,7 +923,6 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         if found is None:
             return None
         arch, path = found
-        self._archived_upto = None  # archived since this log object last asked: ask again
 
         def pages() -> Iterator[list[Any]]:
             last = position - 1
@@ -1043,15 +1041,16 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         return events
 
     def archived_upto(self) -> int:
-        """The last position of this log held only by an archive file (0: none). Asked once per log
-        object (archiving in another process shows once a read meets the archived range)."""
-        known = getattr(self, "_archived_upto", None)
-        if known is None:
+        """The last position of this log held only by an archive file (0: none). Asked again after
+        a minute (an archive run by another process shows then) or once a read met an archive."""
+        known, at = getattr(self, "_archived_upto", None) or (0, -1e9)
+        if time.monotonic() - at >= 60:
             from . import archive
 
             with self._connection() as conn:
                 found = archive._archived(conn.cursor(row_factory=tuple_row), self.schema, self.table)
-            known = self._archived_upto = max((a.last_position for a in found if not a.attached), default=0)
+            known = max((a.last_position for a in found if not a.attached), default=0)
+            self._archived_upto = (known, time.monotonic())
         return known
 
     def _archived_stream(self, stream_id: str, after_version: int, below: int | None) -> list[Any]:

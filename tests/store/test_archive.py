@@ -180,3 +180,13 @@ def test_a_backup_of_an_archived_log_restores_with_its_archives(months, tmp_path
     finally:
         with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{months.trading.schema}_r" CASCADE')
+
+
+def test_a_log_that_asked_before_the_archive_reads_across_it(months, tmp_path, pg_url):
+    with open_store(partitioned(pg_url), create=False) as other:  # another process's view, asked before
+        assert other.trading.read_stream("nobody") == [] and other.trading.archived_upto() == 0
+        digest.seal(months)
+        A.archive(months, tmp_path, before="2020-02")
+        assert months.trading.archived_upto() == 50  # the archiving process knows at once
+        other.trading._archived_upto = (0, -1e9)  # a minute later
+        assert len(real(rows_of(other.trading))) == 76
