@@ -63,6 +63,18 @@ def test_replay_reads_across_archives_and_a_restored_month_answers_state_at(pg_u
         iso(session.mid))
     exported = (tmp_path / "after.jsonl").read_text().splitlines()
     assert exported and exported == (tmp_path / "before.jsonl").read_text().splitlines()[:len(exported)]
+    # the read models rebuilt from zero and a crash recovery, across the archived rows
+    out("project", *db, "--rebuild", "--once")
+    with tradestate.connect(url, clock=Clock()) as c, c.read_model(timeout=10) as model:
+        projected = sorted((p["symbol"], str(p["qty"])) for p in model.positions(A))
+    at_head = json.loads(before[1])
+    assert projected == sorted((p["symbol"], p["qty"]) for p in at_head["positions"]
+                               if p.get("account", A) == A) != []
+    from tradestate.recovery import recover
+
+    with open_store(url, create=False) as store:
+        report, _client = recover(store, record=False)
+        assert report.ready, [s.detail for s in report.steps if s.status == "failed"]
     # the archived month back as a read-only partition: state --at inside it, as before
     restored = json.loads(out("archive", "restore", "--month", P.month_label(), *db))["restored"]
     assert restored and restored[0]["attached"]
