@@ -226,3 +226,48 @@ def test_the_create_statements_run_again_change_no_existing_layout(pg_url):
         finally:
             with write_cursor(s) as cur:
                 cur.execute(f'DROP SCHEMA "{s.trading.schema}" CASCADE')
+
+
+def test_convert_under_concurrent_appends_loses_no_acknowledged_event(pg_url):
+    import time
+
+    from tradestate.domain.errors import AppendFailed
+
+    s = open_store(pg_url)
+    stop = threading.Event()
+    appended: list[int] = []
+    failed: list[str] = []
+
+    def write(w: int) -> None:
+        version = 0
+        try:
+            while not stop.is_set():
+                version += 1
+                try:
+                    appended.extend(a.position for a in s.trading.append([ev(f"w{w}", version)]))
+                except AppendFailed as e:  # one already waiting on the old table: nothing appended
+                    failed.append(str(e))
+                    version -= 1
+        finally:
+            s.trading.release_connection()
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        assert P.convert(s, "ts_events", month="2000-01") is not None
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    try:
+        rows = assert_no_holes(s.trading)
+        assert sorted(r[0] for r in real(rows)) == sorted(appended)
+        assert len(failed) <= 3, failed
+        for w in range(3):  # every stream's versions are contiguous
+            versions = [r[2] for r in real(rows) if r[1] == f"w{w}"]
+            assert versions == list(range(1, len(versions) + 1))
+    finally:
+        s.close()
