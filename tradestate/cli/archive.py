@@ -7,10 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigOption, DbOption, ExitCode, JsonOption, command, exit_codes, fail, open_log, settings
+from .common import (ConfigOption, DbOption, ExitCode, JsonOption, choice, command, exit_codes, fail, open_log,
+                     settings)
 
 LOGS = {"trading": ("ts_events",), "market": ("ts_market_events",), "both": ("ts_events", "ts_market_events")}
-LogOption = Annotated[str, typer.Option("--log", help="Which log: trading, market or both.")]
+LogOption = Annotated[str, typer.Option("--log", help="Which log (default: both).",
+                                        **choice(*LOGS, what="--log"))]
 MonthOption = Annotated[Optional[str], typer.Option("--month", metavar="YYYY-MM")]
 
 
@@ -182,7 +184,8 @@ def register(app: typer.Typer) -> None:
         month: Annotated[str, typer.Option("--month", metavar="YYYY-MM", help="The archived month to load back.")],
         db: DbOption = None,
         dir_: Annotated[Optional[str], typer.Option("--dir", metavar="DIR", help="Where the archives are.")] = None,
-        log: Annotated[str, typer.Option("--log", help="trading or market.")] = "trading",
+        log: Annotated[str, typer.Option("--log", help="Which log (default: trading).",
+                                         **choice("trading", "market", what="--log"))] = "trading",
         json: JsonOption = False,
         config: ConfigOption = None,
     ) -> None:
@@ -190,7 +193,7 @@ def register(app: typer.Typer) -> None:
         from ..adapters.store import archive as A
         from ..render import console, to_json
 
-        (table,) = _logs(log) if log != "both" else fail("--log: trading or market")
+        (table,) = _logs(log)
         store = open_log(settings(config, db=db).db)
         try:
             items = A.restore(store, month, directory=dir_, log=table)
