@@ -326,6 +326,8 @@ def convert(store: Any, table: str, *, month: str | None = None, lock_timeout: f
     schema = store.trading.schema
     s = quote(schema)
     t = f"{s}.{quote(table)}"
+    from .postgres import JSON_VIEW_SUFFIX, json_view_statement
+
     with write_cursor(store) as cur:
         if is_partitioned(cur, schema, table):
             return None
@@ -340,6 +342,8 @@ def convert(store: Any, table: str, *, month: str | None = None, lock_timeout: f
         old = f"{s}.{quote(old_name)}"
         # claims left by an earlier partitioned layout of this schema belong to no log now
         cur.execute(f"DROP TABLE IF EXISTS {s}.{quote(versions_table(table))}")
+        # the payload view follows the renamed table: made again below, on the new parent
+        cur.execute(f"DROP VIEW IF EXISTS {s}.{quote(table + JSON_VIEW_SUFFIX)}")
         cur.execute(f"ALTER TABLE {t} RENAME TO {quote(old_name)}")
         for suffix in ("_pkey", "_stream_version_key"):
             cur.execute(f"ALTER TABLE {old} RENAME CONSTRAINT {quote(table + suffix)} TO {quote(old_name + suffix)}")
@@ -355,6 +359,7 @@ def convert(store: Any, table: str, *, month: str | None = None, lock_timeout: f
         cur.execute(f"ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM (MINVALUE) TO ({end})")
         for statement in _partition_statements(schema, table, partition_name(table, month), end, None):
             cur.execute(statement)
+        cur.execute(json_view_statement(schema, table))
     for log in (store.trading, store.market):  # this process's logs know it at once
         if getattr(log, "table", None) == table:
             log._is_partitioned = (True, 0.0)

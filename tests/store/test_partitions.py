@@ -15,7 +15,7 @@ from tests.store.test_store import streams_from  # noqa: F401 - a fixture of the
 from tests.support.partitioned import partitioned
 from tradestate.adapters.store import open_store
 from tradestate.adapters.store import partitions as P
-from tradestate.adapters.store.sql import write_cursor
+from tradestate.adapters.store.sql import read_cursor, write_cursor
 from tradestate.domain.errors import ConcurrencyConflict, InvalidInput
 
 pytestmark = pytest.mark.postgres
@@ -153,6 +153,9 @@ def test_convert_turns_a_plain_log_into_partitions_in_place(pg_url):
         assert is_protected(s)
         with pytest.raises(psycopg.errors.InsufficientPrivilege), write_cursor(s) as cur:
             cur.execute(f'DELETE FROM "{s.trading.schema}"."{closed.name}"')
+        with read_cursor(s) as cur:  # the payload view reads the new parent, every partition
+            cur.execute(f'SELECT count(*) FROM "{s.trading.schema}".ts_events_json')
+            assert cur.fetchone()[0] == len(rows_of(s.trading))
     with open_store(pg_url) as again:  # reopens without DDL trouble
         assert len(real(rows_of(again.trading))) == 4
 
