@@ -137,9 +137,11 @@ class OrderRejected(OrderEvent):
 
 
 class OrderFilled(OrderEvent):
-    """One venue execution. Partial or full; ``exec_id`` is the venue's execution id."""
+    """One venue execution. Partial or full; ``exec_id`` is the venue's execution id.
+    ``fee_pending``: the venue reports the fee apart from the execution and it has not come yet
+    (IB's commission report): ``fee`` is 0 for now, and the fee follows as ``FeeCharged``."""
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
     exec_id: Identifier
     qty: PositiveAmount
     price: PositiveAmount
@@ -147,6 +149,7 @@ class OrderFilled(OrderEvent):
     fee_currency: Identifier = "USD"
     liquidity: Literal["maker", "taker", "unknown"] = "unknown"
     venue_order_id: Identifier | None = None
+    fee_pending: bool = False  # v3: the venue's fee for this execution is not known yet (``FeeCharged`` follows)
 
 
 class OrderCancelRequested(OrderEvent):
@@ -204,8 +207,13 @@ class DiscrepancyRecorded(OrderEvent):
 class OrderImported(OrderEvent):
     """An order found at the venue that tradestate never recorded (placed outside it). It enters
     the log as an external order so that its fills and position count; it never passed our risk
-    checks, and says so."""
+    checks, and says so.
 
+    v2: ``parent_client_order_id``: the order is a leg the venue created for one of ours (a
+    bracket's take-profit or stop-loss, an OCO's other side): it is linked to that order (its
+    ``correlation_id`` is the parent's intent) and is not external."""
+
+    schema_version: ClassVar[int] = 2
     venue: Identifier
     symbol: Symbol
     side: Side
@@ -218,6 +226,38 @@ class OrderImported(OrderEvent):
     venue_status: Identifier
     reconciliation_id: Identifier | None = None
     reason: Text = "order placed outside tradestate"
+    parent_client_order_id: Identifier | None = None
+
+
+class FillCorrected(OrderEvent):
+    """The venue corrected one of the order's executions: ``exec_id`` REPLACES the execution
+    ``corrected_exec_id`` with quantity ``qty`` at ``price`` (``qty`` 0: the execution is busted).
+    The fold recomputes the order's filled quantity, the position, its average cost, the cash and
+    the realised P&L as if the earlier fill had had these values. ``previous_*`` are the values
+    our log held for the corrected execution (so that folding needs no look-up, like
+    ``PositionCorrected.qty_before``). ``fee`` None: the fee is unchanged (or follows as
+    ``FeeCharged``); a bust without a ``fee`` takes the fill's fee with it. A correction does not reopen a finished order (a venue does not work a
+    filled order again); one that completes an open order fills it."""
+
+    corrected_exec_id: Identifier
+    exec_id: Identifier
+    qty: NonNegativeAmount
+    price: PositiveAmount
+    previous_qty: PositiveAmount
+    previous_price: PositiveAmount
+    previous_fee: Amount = Decimal(0)
+    fee: Amount | None = None
+    fee_currency: Identifier = "USD"
+    fee_pending: bool = False  # the correcting execution's fee is still to come (``FeeCharged``)
+    venue_order_id: Identifier | None = None
+    reconciliation_id: Identifier | None = None
+    reason: Text = ""
+
+    @model_validator(mode="after")
+    def _replaces_another(self) -> FillCorrected:
+        if self.exec_id == self.corrected_exec_id:
+            raise ValueError("a correction carries a new exec_id: the same id is not a correction")
+        return self
 
 
 # -------------------------------------------------------------------------------------- account
@@ -350,6 +390,35 @@ class CashBalanceRecorded(AccountEvent):
     expected: Amount | None = None
     reconciliation_id: Identifier | None = None
     reason: Text = ""
+
+
+class FeeCharged(AccountEvent):
+    """A fee the venue posted apart from its fill (IB's late commission report, Alpaca's crypto
+    fee activity). ``fee_id`` (the execution id it belongs to, or the venue's activity id) makes
+    it idempotent: a second ``FeeCharged`` with the same ``fee_id`` changes nothing. ``amount``
+    is in ``currency``; the cash in that currency, the fees and net P&L move by it. When
+    ``in_kind`` the fee was taken in the asset of the position ``symbol`` (a crypto fee in BTC):
+    that position's quantity shrinks by ``amount`` (its cost basis stays, so its average cost
+    rises) and no cash moves. ``exec_id`` clears the fill's pending fee. A fee of one of our
+    orders' fills (``client_order_id`` set) goes on that order's stream, so the order's fees count
+    it however the order is folded; any other fee goes on the account's stream."""
+
+    venue: Identifier
+    fee_id: Identifier
+    amount: Amount
+    currency: Identifier = "USD"
+    symbol: Symbol | None = None  # the position the fee belongs to (required when in_kind)
+    in_kind: bool = False
+    exec_id: Identifier | None = None
+    client_order_id: Identifier | None = None
+    reconciliation_id: Identifier | None = None
+    reason: Text = ""
+
+    @model_validator(mode="after")
+    def _kind_names_position(self) -> FeeCharged:
+        if self.in_kind and self.symbol is None:
+            raise ValueError("a fee taken in kind names the position (symbol) whose asset it took")
+        return self
 
 
 ReconciliationStatus = Literal["clean", "corrected", "discrepancies", "unknown"]
@@ -688,6 +757,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         OrderExpired,
         DiscrepancyRecorded,
         OrderImported,
+        FillCorrected,
         RiskCheckPassed,
         RiskLimitChanged,
         CircuitBreakerTripped,
@@ -719,6 +789,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RampHeld,
         RampHealthy,
         DrillCompleted,
+        FeeCharged,
     )
 }
 
@@ -745,6 +816,20 @@ def _fill_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     # v1 had no fee currency or liquidity flag; v1 fees were always in USD.
     payload.setdefault("fee_currency", "USD")
     payload.setdefault("liquidity", "unknown")
+    return payload
+
+
+@upcaster("OrderFilled", 2)
+def _fill_v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    # v2 had no pending-fee flag: its fee was final when recorded.
+    payload.setdefault("fee_pending", False)
+    return payload
+
+
+@upcaster("OrderImported", 1)
+def _import_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    # v1 imports were all orders placed outside tradestate: none was a leg of ours.
+    payload.setdefault("parent_client_order_id", None)
     return payload
 
 

@@ -26,7 +26,7 @@ import orjson
 
 from .events import EVENT_TYPES, SCHEMA_KEY, upcast
 from .snapshot import ORDER_PREFIX, OrderBook, _key
-from .state import ZERO, OrderState, TradingState, book_fill, unreadable
+from .state import ZERO, OrderState, TradingState, book_fill, correct_fill, unreadable
 
 _fromiso = datetime.fromisoformat
 
@@ -41,7 +41,10 @@ _CREATE = frozenset({"OrderIntentRecorded", "OrderImported"})
 _CLOSE = frozenset({"IntentRejectedByRisk", "OrderRejected", "OrderCancelled", "OrderExpired"})
 _ORDER_ONLY = frozenset({"OrderSubmitted", "OrderAcknowledged", "OrderCancelRequested"})
 _UNREAD = _CLOSE | _ORDER_ONLY | {"DiscrepancyRecorded"}
-ORDER_TYPES = _CREATE | _UNREAD | {"OrderFilled", "OrderReplaced"}
+ORDER_TYPES = _CREATE | _UNREAD | {"OrderFilled", "OrderReplaced", "FillCorrected"}
+# OrderFilled v2 differs from v3 only by ``fee_pending``, which the fold reads with a default of
+# False: a v2 payload needs no upcast here (an upcast reads the whole payload).
+_FILL_VERSIONS = frozenset({2, EVENT_TYPES["OrderFilled"].schema_version})
 
 
 def _time(at: Any) -> datetime:
@@ -57,7 +60,8 @@ def _time(at: Any) -> datetime:
 # the fold then does exactly what it did with orjson's dict; so does a payload that is not ASCII
 # (orjson checks its UTF-8 everywhere, the partial decoder only in the keys it reads).
 _FillKeys = TypedDict("_FillKeys", {"qty": str, "price": str, "fee": str, "exec_id": str,
-                                    "occurred_at": Optional[str], "fee_currency": str, SCHEMA_KEY: int},
+                                    "occurred_at": Optional[str], "fee_currency": str, "fee_pending": bool,
+                                    SCHEMA_KEY: int},
                       total=False)
 _IntentKeys = TypedDict("_IntentKeys", {"account": str, "venue": str, "symbol": str, "side": str, "qty": str,
                                         SCHEMA_KEY: int}, total=False)
@@ -151,7 +155,7 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
     state = TradingState(exchange_tz)
     orders: dict[str, _Order] = {}
     fill_effects = book_fill
-    fill_version = _CURRENT["OrderFilled"]
+    fill_versions = _FILL_VERSIONS
     versions = state.stream_versions
     account = state.account
     apply = state.apply
@@ -187,6 +191,10 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
                 applied += 1
                 last = pos
                 continue
+            if type_name == "FeeCharged" and sid in orders:  # an order's fee: its rows build the order
+                o = orders[sid]
+                if o.rows is not None:
+                    o.rows.append(row)
             if type_name not in ORDER_TYPES:
                 state.position = last
                 state.applied += applied
@@ -204,7 +212,7 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
                 if type_name == "OrderFilled":
                     o = orders[sid]
                     d = decode(type_name, data)
-                    if d.get(SCHEMA_KEY, 1) != fill_version:
+                    if d.get(SCHEMA_KEY, 1) not in fill_versions:
                         d = upcast(type_name, loads(data))
                     o.filled += fill_effects(state, o.account, o.key, o.sign, o.sid, d, at)[0]
                     if o.rows is not None:
@@ -230,6 +238,14 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
                     o = _Order(sid, d, None, rows, lazy)  # every field read before the account opens
                     o.account = account(d["account"])
                     orders[sid] = o
+                elif type_name == "FillCorrected":
+                    o = orders[sid]
+                    d = _payload(type_name, data)
+                    o.filled += correct_fill(state, o.account, o.key, o.sign, o.sid, d, at)[0]
+                    if o.rows is not None:
+                        o.rows.append(row)
+                    if o.open and o.filled >= o.qty:
+                        o.finish()
                 else:  # OrderReplaced
                     o = orders[sid]
                     d = _payload(type_name, data)

@@ -237,6 +237,45 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
     return Append(events)
 
 
+def decide_fill_correction(state: TradingState, e: ev.FillCorrected) -> Decision:
+    """Record the venue's correction of one of the order's executions. Already applied (the
+    corrected execution is gone and the correcting one is there, or gone too for a bust):
+    ``AlreadyRecorded``. The corrected execution held with other numbers than ``previous_*``:
+    ``IdempotencyConflict`` (decide again on the current log). A correction that takes the order
+    past its quantity is an ``overfill`` discrepancy (nothing moves)."""
+    order = _order(state, e)
+    held = order.executions.get(e.corrected_exec_id)
+    if held is None:
+        done = order.executions.get(e.exec_id)
+        corrections = [p for k, p in order.positions.items() if k.startswith("correction:")]
+        if done is not None or (e.qty == 0 and corrections):
+            return AlreadyRecorded(done[2] if done is not None else max(corrections))
+        raise InvalidTransition(f"execution {e.corrected_exec_id!r} is not booked on order {e.client_order_id!r}: "
+                                "nothing to correct (record the fill instead)")
+    if (held[0], held[1]) != (e.previous_qty, e.previous_price):
+        raise IdempotencyConflict(f"execution {e.corrected_exec_id!r} is booked as {held[0]} @ {held[1]}, the "
+                                  f"correction says it was {e.previous_qty} @ {e.previous_price}")
+    if order.filled_qty - e.previous_qty + e.qty > order.qty:
+        return _discrepancy(e, order, "overfill", f"correction {e.exec_id} of {e.corrected_exec_id} to {e.qty} "
+                            f"takes the order past {order.qty}", exec_id=e.exec_id, qty=e.qty or None,
+                            price=e.price, venue_order_id=e.venue_order_id)
+    return _single(e)
+
+
+def decide_fee(state: TradingState, e: ev.FeeCharged) -> Decision:
+    """Record a fee posted apart from its fill, once per ``fee_id``."""
+    account = state.accounts.get(e.account)
+    seen = account.fee_ids.get(e.fee_id) if account is not None else None
+    if seen is not None:
+        return AlreadyRecorded(seen)
+    if e.client_order_id is not None:
+        stream = order_stream_id(e.account, e.client_order_id)
+        if state.orders.get(stream) is None:
+            raise UnknownOrder(e.account, e.client_order_id)
+        return Append([(stream, e)])
+    return Append([(account_stream_id(e.account), e)])
+
+
 def decide_cancelled(state: TradingState, e: ev.OrderCancelled) -> Decision:
     """Record the venue's cancel of an open order; a cancel of a filled or otherwise finished order
     is a discrepancy."""

@@ -295,6 +295,7 @@ def _order_doc(o: OrderState) -> dict[str, Any]:
         "fees": _d(o.fees),
         "venue_order_id": o.venue_order_id,
         "executions": {k: [_d(q), _d(p), pos] for k, (q, p, pos) in o.executions.items()},
+        **({"exec_fees": {k: _d(v) for k, v in o.exec_fees.items()}} if o.exec_fees else {}),
         "cancel_requested": o.cancel_requested,
         "discrepancies": o.discrepancies,
         "discrepancy_keys": [[list(k), pos] for k, pos in o.discrepancy_keys.items()],
@@ -328,12 +329,17 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
         "mode_reason": a.mode_reason,
         "breaker_trips": a.breaker_trips,
         "ramp": [_t(a.ramp_since), list(a.ramp_baseline), a.ramp_held],
+        "fees_pending": a.fees_pending,
+        "fee_ids": a.fee_ids,
     }
 
 
 def _position_doc(p: PositionState) -> list[Any]:
-    return [p.account, p.venue, p.symbol, _d(p.qty), _d(p.cost), _d(p.realized_pnl), _d(p.fees),
-            _d(p.last_price), _t(p.updated_at)]
+    doc = [p.account, p.venue, p.symbol, _d(p.qty), _d(p.cost), _d(p.realized_pnl), _d(p.fees),
+           _d(p.last_price), _t(p.updated_at)]
+    if p.journal:  # the last fills, so that a venue's correction of one replays them after a restore
+        doc.append([[e, _d(q), _d(px), _d(qb), _d(cb), day] for e, q, px, qb, cb, day in p.journal])
+    return doc
 
 
 def _engine_doc(e: dict[str, Any]) -> dict[str, Any]:
@@ -576,6 +582,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         acct.breaker_trips = a.get("breaker_trips", 0)
         since, baseline, held = a.get("ramp", (None, (0, 0), ""))
         acct.ramp_since, acct.ramp_baseline, acct.ramp_held = _tn(since), (baseline[0], baseline[1]), held
+        acct.fees_pending = dict(a.get("fees_pending", {}))  # absent before pending fees
+        acct.fee_ids = dict(a.get("fee_ids", {}))
         for day, (trades, fills, volume, realized, fees, breaches) in a["daily"].items():
             acct.daily[day] = DailyStats(trades, fills, Decimal(volume), Decimal(realized), Decimal(fees),
                                          set(breaches))
@@ -592,6 +600,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         order.fees = Decimal(o["fees"])
         order.venue_order_id = o["venue_order_id"]
         order.executions = {k: (Decimal(q), Decimal(p), pos) for k, (q, p, pos) in o["executions"].items()}
+        if o.get("exec_fees"):  # absent before fill corrections
+            order.exec_fees = {k: Decimal(v) for k, v in o["exec_fees"].items()}
         order.cancel_requested = o["cancel_requested"]
         order.discrepancies = o["discrepancies"]
         order.discrepancy_keys = {tuple(k): pos for k, pos in o["discrepancy_keys"]}
@@ -603,8 +613,11 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
     for name, a in doc["accounts"].items():
         acct = state.accounts[name]
         acct.open_orders = {sid: state.orders[sid] for sid in a["open_orders"]}
-    for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at in doc["positions"]:
+    for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at, *rest in doc["positions"]:
         p = PositionState(account, venue, symbol)
+        if rest:  # absent before fill corrections, and for a position without fills
+            p.journal = [(e, Decimal(q), Decimal(px), Decimal(qb), Decimal(cb), day)
+                         for e, q, px, qb, cb, day in rest[0]]
         p.qty, p.cost, p.realized_pnl, p.fees = Decimal(qty), Decimal(cost), Decimal(realized), Decimal(fees)
         p.last_price = _dn(last_price)
         p.updated_at = _tn(updated_at)

@@ -18,6 +18,10 @@ from zoneinfo import ZoneInfo
 from .events import EVENT_TYPES, SCHEMA_KEY, VOID_TYPE, upcast
 
 ZERO = Decimal(0)
+# Fills per position kept to recompute it exactly when the venue corrects one of them
+# (``FillCorrected``); an older fill's correction moves quantity, cash and total P&L exactly but
+# books its realised part at the correction (see ``correct_fill``).
+JOURNAL_FILLS = 8
 OPEN_STATUSES = frozenset({"new", "submitted", "acknowledged", "partially_filled"})
 TERMINAL_STATUSES = frozenset({"refused", "filled", "cancelled", "rejected", "expired"})
 _fromiso = datetime.fromisoformat
@@ -48,7 +52,7 @@ class OrderState:
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
         "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal", "refusal_detail",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
-        "position_key", "account_state", "external",
+        "position_key", "account_state", "external", "exec_fees",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
@@ -88,6 +92,7 @@ class OrderState:
         self.position_key = (self.account, self.venue, self.symbol)
         self.account_state: AccountState | None = None
         self.external = False  # imported from the venue by reconciliation, never risk-checked
+        self.exec_fees: dict[str, Decimal] | None = None  # exec id -> its fee, when not zero (a correction replaces it)
 
     @property
     def remaining(self) -> Decimal:
@@ -124,6 +129,9 @@ class OrderState:
             "remaining_qty": self.remaining,
             "avg_fill_price": self.avg_fill_price,
             "fees": self.fees,
+            # executions whose fee the venue has not reported yet
+            "fees_pending": sorted(e for e in self.executions
+                                   if self.account_state is not None and e in self.account_state.fees_pending),
             "venue_order_id": self.venue_order_id,
             "cancel_requested": self.cancel_requested,
             "discrepancies": self.discrepancies,
@@ -139,7 +147,7 @@ class PositionState:
     and last fill price."""
 
     __slots__ = ("account", "venue", "symbol", "qty", "cost", "realized_pnl", "fees",
-                 "last_price", "updated_at")  # fmt: skip
+                 "last_price", "updated_at", "journal")  # fmt: skip
 
     def __init__(self, account: str, venue: str, symbol: str):
         self.account = account
@@ -151,6 +159,8 @@ class PositionState:
         self.fees = ZERO
         self.last_price: Decimal | None = None
         self.updated_at: datetime | None = None
+        # the last JOURNAL_FILLS fills: (exec id, signed qty, price, qty before, cost before, trading day)
+        self.journal: list[tuple[str, Decimal, Decimal, Decimal, Decimal, str]] | None = None
 
     def apply_fill(self, signed_qty: Decimal, price: Decimal) -> Decimal:
         """Average-cost accounting on the total cost basis, so that closing a position
@@ -253,6 +263,9 @@ class AccountState:
     ramp_since: datetime | None = None
     ramp_baseline: tuple[int, int] = (0, 0)
     ramp_held: str = ""
+    # fills whose fee the venue has not reported yet: exec id -> order stream (``fee_pending``)
+    fees_pending: dict[str, str] = field(default_factory=dict)
+    fee_ids: dict[str, int] = field(default_factory=dict)  # ``FeeCharged`` id -> where it was folded (once)
 
     def day(self, trading_day: str) -> DailyStats:
         """The statistics of ``trading_day`` (created empty when first asked for)."""
@@ -289,11 +302,21 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     held = positions.get(key)
     if held is None:
         held = positions[key] = PositionState(*key)
-    realized = held.apply_fill(qty * sign, price)
+    entry = (d["exec_id"], qty * sign, price, held.qty, held.cost)
+    realized = held.apply_fill(entry[1], price)
     held.fees += fee
     held.updated_at = when
     day = state._day_cache.get(occurred[:16]) if occurred and occurred[-1] == "Z" else None  # _trading_day_of's hit
     day = day or state._trading_day_of(occurred, when)
+    journal = held.journal
+    if journal is None:
+        held.journal = [(*entry, day)]
+    else:
+        journal.append((*entry, day))
+        if len(journal) > JOURNAL_FILLS:
+            del journal[0]
+    if d.get("fee_pending"):
+        account.fees_pending[d["exec_id"]] = sid
     stats = account.day(day)
     stats.fills += 1
     stats.volume += qty
@@ -315,6 +338,85 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
         del days[sid]  # kept in the order of each order's last fill: most recent last
     days[sid] = day
     return qty, price, fee, when
+
+
+def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str, str], sign: int, sid: str,
+                 d: dict[str, Any], at: Any) -> tuple[Decimal, Decimal, Decimal]:
+    """Book a stored ``FillCorrected`` payload ``d`` everywhere but on its order, as if the
+    corrected fill had had the new values: the position ``key`` (quantity, cost basis, realised
+    P&L, fees), the account's daily statistics, its cash (when a balance is on record), the
+    execution-id index and the pending fees. Exact when the corrected fill is among the position's
+    last ``JOURNAL_FILLS`` fills (they are folded again from the corrected one on); for an older
+    fill the quantity, cash, fees and total P&L (realised plus unrealised at any mark) are still
+    exact, but the difference is booked on the cost basis now (realised if the position is flat)
+    rather than spread over the realised P&L of the fills in between.
+
+    Returns (quantity difference, notional difference, fee difference) for the order's books."""
+    q0, p0, f0 = Decimal(d["previous_qty"]), Decimal(d["previous_price"]), Decimal(d.get("previous_fee") or 0)
+    q1, p1 = Decimal(d["qty"]), Decimal(d["price"])
+    if d.get("fee") is not None:
+        f1 = Decimal(d["fee"])
+    else:  # unchanged; a bust takes its fee with it
+        f1 = f0 if q1 else ZERO
+    occurred = d.get("occurred_at")
+    when = _fromiso(occurred) if occurred else (at if at.__class__ is datetime else _fromiso(at))
+    held = state.positions.get(key)
+    if held is None:
+        held = state.positions[key] = PositionState(*key)
+    old_id, new_id = d["corrected_exec_id"], d["exec_id"]
+    journal = held.journal or []
+    at_index = next((i for i in range(len(journal) - 1, -1, -1) if journal[i][0] == old_id), None)
+    if at_index is not None:
+        day = journal[at_index][5]
+        old = journal[at_index:]
+        new = ([(new_id, q1 * sign, p1, *old[0][3:])] if q1 else []) + old[1:]
+        replay_old = PositionState(*key)
+        replay_old.qty, replay_old.cost = old[0][3], old[0][4]
+        replay = PositionState(*key)
+        replay.qty, replay.cost = old[0][3], old[0][4]
+        rebuilt = []
+        for e in old:
+            account.day(e[5]).realized_pnl -= replay_old.apply_fill(e[1], e[2])
+        for e in new:
+            rebuilt.append((e[0], e[1], e[2], replay.qty, replay.cost, e[5]))
+            realized = replay.apply_fill(e[1], e[2])
+            account.day(e[5]).realized_pnl += realized
+            held.realized_pnl += realized
+        held.realized_pnl -= replay_old.realized_pnl
+        held.qty, held.cost = replay.qty, replay.cost
+        if at_index == len(journal) - 1 and (rebuilt or at_index):
+            held.last_price = rebuilt[-1][2] if rebuilt else journal[at_index - 1][2]
+        journal[at_index:] = rebuilt
+    else:  # older than the journal: exact in quantity and total P&L, not in its realised part
+        day = state._trading_day_of(occurred, when)
+        held.qty += sign * (q1 - q0)
+        held.cost += sign * (q1 * p1 - q0 * p0)
+        if held.qty == 0 and held.cost:
+            held.realized_pnl -= held.cost
+            account.day(day).realized_pnl -= held.cost
+            held.cost = ZERO
+    held.fees += f1 - f0
+    held.updated_at = when
+    stats = account.day(day)
+    stats.volume += q1 - q0
+    stats.fees += f1 - f0
+    if not q1:
+        stats.fills -= 1  # a bust: the execution never happened
+    cash = account.cash
+    if cash:
+        if "USD" in cash:
+            cash["USD"] -= sign * (q1 * p1 - q0 * p0)
+        fee_currency = d.get("fee_currency", "USD")
+        if f1 != f0 and fee_currency in cash:
+            cash[fee_currency] -= f1 - f0
+    ids = state.exec_ids.setdefault(key[1], {})
+    ids.pop(old_id, None)
+    if q1:
+        ids[new_id] = sid
+    pending = account.fees_pending.pop(old_id, None)
+    if q1 and (d.get("fee_pending") or (pending is not None and d.get("fee") is None)):
+        account.fees_pending[new_id] = sid  # the fee of the correcting execution is still to come
+    return q1 - q0, q1 * p1 - q0 * p0, f1 - f0
 
 
 def unreadable(type_name: str, stream_id: str, error: BaseException) -> str:
@@ -483,6 +585,10 @@ class TradingState:
         order.filled_qty += qty
         order.fill_notional += qty * price
         order.fees += fee
+        if fee:
+            if order.exec_fees is None:
+                order.exec_fees = {}
+            order.exec_fees[d["exec_id"]] = fee
         if d.get("venue_order_id"):
             order.venue_order_id = d["venue_order_id"]
         is_open = order.status in OPEN_STATUSES
@@ -492,6 +598,33 @@ class TradingState:
         elif is_open:
             order.status = "partially_filled"
         order.updated_at = when
+
+    def _on_FillCorrected(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        account: AccountState = order.account_state  # type: ignore[assignment]
+        dq, dn, dfee = correct_fill(self, account, order.position_key, order.sign, sid, d, at)
+        order.executions.pop(d["corrected_exec_id"], None)
+        fee = (order.exec_fees or {}).pop(d["corrected_exec_id"], ZERO) + dfee
+        if Decimal(d["qty"]):
+            order.executions[d["exec_id"]] = (Decimal(d["qty"]), Decimal(d["price"]), pos)
+            if fee:
+                if order.exec_fees is None:
+                    order.exec_fees = {}
+                order.exec_fees[d["exec_id"]] = fee
+        order.filled_qty += dq
+        order.fill_notional += dn
+        order.fees += dfee
+        if d.get("venue_order_id"):
+            order.venue_order_id = d["venue_order_id"]
+        order.positions[f"correction:{pos}"] = pos
+        order.updated_at = _time(d.get("occurred_at"), at)
+        if order.status in OPEN_STATUSES:  # a finished order stays finished: the venue works it no more
+            if order.filled_qty >= order.qty:
+                self._close(order, "filled", pos, order.updated_at)
+            elif order.filled_qty > 0:
+                order.status = "partially_filled"
+            elif order.status == "partially_filled":
+                order.status = "acknowledged" if order.venue_order_id else "submitted"
 
     def _on_OrderCancelRequested(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
@@ -529,7 +662,7 @@ class TradingState:
 
     def _on_OrderImported(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = OrderState(sid, d, pos, _time(d.get("occurred_at"), at))
-        order.external = True
+        order.external = not d.get("parent_client_order_id")  # a leg of ours is not external
         order.venue_order_id = d["venue_order_id"]
         order.status = "acknowledged"  # its fills and terminal state follow as their own events
         self.orders[sid] = order
@@ -616,7 +749,44 @@ class TradingState:
             price = held.avg_cost if held.qty else (held.last_price or ZERO)
         held.qty = qty
         held.cost = qty * price
+        held.journal = None  # its fills no longer explain it: a later correction cannot replay them
         held.updated_at = _time(d.get("occurred_at"), at)
+
+    def _on_FeeCharged(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        acct = self.account(d["account"])
+        if d["fee_id"] in acct.fee_ids:
+            return  # posted once: the same fee seen again changes nothing
+        acct.fee_ids[d["fee_id"]] = pos
+        if d.get("exec_id"):
+            acct.fees_pending.pop(d["exec_id"], None)
+        amount = Decimal(d["amount"])
+        # on an order's stream: the order's fees too (None in the cold fold, which builds the order
+        # from its rows, this one among them)
+        order = self.orders.get(sid) if sid.startswith("order-") else None
+        if order is not None and not d.get("in_kind"):
+            order.fees += amount
+            if d.get("exec_id"):
+                fees = order.exec_fees = order.exec_fees or {}
+                fees[d["exec_id"]] = fees.get(d["exec_id"], ZERO) + amount
+            order.positions[f"fee:{pos}"] = pos
+            order.updated_at = _time(d.get("occurred_at"), at)
+        when = _time(d.get("occurred_at"), at)
+        held = None
+        if d.get("symbol"):
+            key = (d["account"], d["venue"], d["symbol"])
+            held = self.positions.get(key)
+            if held is None:
+                held = self.positions[key] = PositionState(*key)
+            held.updated_at = when
+        if d.get("in_kind"):  # paid in the asset: fewer units, same cost basis
+            held.qty -= amount  # type: ignore[union-attr]
+            held.journal = None  # type: ignore[union-attr]  # its fills no longer explain it
+            return
+        if held is not None:
+            held.fees += amount
+        self.account(d["account"]).day(self._trading_day_of(d.get("occurred_at"), when)).fees += amount
+        if d["currency"] in acct.cash:
+            acct.cash[d["currency"]] -= amount
 
     def _on_CashBalanceRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.account(d["account"]).cash[d["currency"]] = Decimal(d["balance"])
@@ -756,6 +926,8 @@ class TradingState:
                     "mode": a.mode,
                     "breaker_trips": a.breaker_trips,
                     "ramp": (a.ramp_since, a.ramp_baseline, a.ramp_held),
+                    **({"fees_pending": dict(sorted(a.fees_pending.items())), "fee_ids": sorted(a.fee_ids)}
+                       if a.fees_pending or a.fee_ids else {}),
                     "daily": {
                         day: (s.trades, s.fills, s.volume, s.realized_pnl, s.fees, sorted(s.breaches))
                         for day, s in sorted(a.daily.items())
@@ -784,6 +956,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "VOID_TYPE",
     "book_fill",
+    "correct_fill",
     "discrepancy_key",
     "unreadable",
 ]

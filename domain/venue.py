@@ -19,6 +19,7 @@ VenueOrderStatus = Literal[
     "cancelled",
     "rejected",
     "expired",
+    "replaced",  # finished at the venue: a new venue order (``VenueOrder.replaces``) carries on
     "unknown",  # a status this adapter does not know: reported as is in ``raw_status``
 ]
 OPEN_VENUE_STATUSES = frozenset({"pending", "open", "partially_filled"})
@@ -39,6 +40,9 @@ class VenueFill:
     fee_currency: str = "USD"
     occurred_at: datetime | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # execution ids this one corrects (replaces), oldest first (IB: the same execId up to its last '.')
+    corrects: tuple[str, ...] = ()
+    fee_pending: bool = False  # the venue reports the fee apart and it has not come (``fee`` is 0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,10 @@ class VenueOrder:
     updated_at: datetime | None = None
     fills: tuple[VenueFill, ...] = ()  # when the venue reports them with the order
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Links between venue orders (None when the venue reports none):
+    replaces: str | None = None  # the venue order id this order replaced (a cancel/replace)
+    parent_venue_order_id: str | None = None  # a bracket/OCO/OTO leg: the order it belongs to
+    notional: Decimal | None = None  # an amount order: ``qty`` is what filled until the venue states one
 
     @property
     def is_open(self) -> bool:
@@ -89,6 +97,21 @@ class VenueBalance:
 
 
 @dataclass(frozen=True)
+class VenueFee:
+    """A fee the venue posted apart from its fills (Alpaca's crypto ``CFEE`` activity, posted at
+    the end of the day). ``in_kind``: taken in the asset of the position ``symbol`` (``amount``
+    units of ``currency``, e.g. BTC), not in cash."""
+
+    fee_id: str  # the venue's id of the posting (activity id)
+    amount: Decimal  # positive: what the account paid
+    currency: str
+    symbol: str | None = None
+    in_kind: bool = False
+    occurred_at: datetime | None = None  # the day it covers
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
 class Unknown:
     """A part of a snapshot whose query failed: reconciliation must not treat it as empty."""
 
@@ -109,6 +132,12 @@ class VenueSnapshot:
     fills: list[VenueFill] | Unknown  # executions since ``since``
     balances: list[VenueBalance] | Unknown
     since: datetime | None = None
+    fees: list[VenueFee] | Unknown = field(default_factory=list)  # fees posted apart (venues that do)
+    # symbol -> the highest rate of a fee the venue takes at each execution from what the account
+    # receives (a buy: the asset; a sell: the quote currency) but posts only later as a ``VenueFee``
+    # (Alpaca crypto: 25 bps, posted at the end of the day). Until then the venue's position and
+    # cash differ from the fills by that fee.
+    unposted_fee_rates: dict[str, Decimal] = field(default_factory=dict)
 
     def raw_report(self) -> dict[str, Any]:
         """The venue's raw data this snapshot was built from (stored with the reconciliation)."""
@@ -129,4 +158,5 @@ class VenueSnapshot:
             "recent_orders": part(self.recent_orders),
             "fills": part(self.fills),
             "balances": part(self.balances),
+            **({"fees": part(self.fees)} if self.fees else {}),  # only venues that post fees apart
         }

@@ -607,6 +607,13 @@ class _Dirty:
         self.signals: dict[tuple[str, str], None] = {}
         self.equity: dict[tuple[str, str], tuple[Any, ...]] = {}  # (account, minute) -> row
 
+    def _equity_change(self, state: TradingState, key: tuple[str, str, str], d: dict[str, Any], position: int,
+                       at: datetime) -> None:
+        if key in state.positions:
+            book = self.equity_book
+            minute_key, minute = book.minute(d.get("occurred_at"), at)
+            self.equity[(key[0], minute_key)] = book.after_change(state, key, minute, position)
+
     def note(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any], position: int,
              at: datetime) -> None:
         """Record which read-model rows the event at ``position`` (already folded into ``state``)
@@ -626,6 +633,19 @@ class _Dirty:
                 book = self.equity_book
                 minute_key, minute = book.minute(occurred, at)
                 self.equity[(order.account, minute_key)] = book.after_fill(state, key, minute, position)
+            elif type_name == "FeeCharged":
+                self.positions[order.position_key] = position
+                self.days[(order.account, state._trading_day_of(d.get("occurred_at"), at))] = position
+                self._equity_change(state, order.position_key, d, position, at)
+            elif type_name == "FillCorrected":  # the position, and the days of the fills it replayed
+                key = order.position_key
+                self.positions[key] = position
+                self._equity_change(state, key, d, position, at)
+                held = state.positions.get(key)
+                days = {e[5] for e in (held.journal or ())} if held is not None else set()
+                days.add(state._trading_day_of(d.get("occurred_at"), at))
+                for day in days:
+                    self.days[(order.account, day)] = position
         elif first == "a":
             account = d["account"]
             self.accounts[account] = (position, d.get("occurred_at"), at)
@@ -633,6 +653,11 @@ class _Dirty:
                 self.days[(account, d["trading_day"])] = position
             elif type_name == "PositionCorrected":
                 self.positions[(account, d["venue"], d["symbol"])] = position
+            elif type_name == "FeeCharged":
+                if d.get("symbol"):
+                    self.positions[(account, d["venue"], d["symbol"])] = position
+                    self._equity_change(state, (account, d["venue"], d["symbol"]), d, position, at)
+                self.days[(account, state._trading_day_of(d.get("occurred_at"), at))] = position
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
 
@@ -731,6 +756,14 @@ class _EquityBook:
         the account's totals updated by the position's change."""
         realized, unrealized, fees = self._update(key, state.positions[key])
         count = self.fills[(key[0], minute)] = self.fills.get((key[0], minute), 0) + 1
+        return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)
+
+    def after_change(self, state: TradingState, key: tuple[str, str, str], minute: datetime,
+                     position: int) -> tuple[Any, ...]:
+        """``after_fill`` for a change that is not a new fill (a venue's correction, a fee posted
+        apart): the totals move by the position's change, the minute's fill count does not."""
+        realized, unrealized, fees = self._update(key, state.positions[key])
+        count = self.fills.get((key[0], minute), 0)
         return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)
 
 

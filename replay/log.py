@@ -401,8 +401,23 @@ class LogTimes:
             self._scan(self.upto, head)
         return self
 
+    @property
+    def _archived(self) -> Any:
+        """The stamps of the log's archived ranges (``archive.ArchivedTimes``; falsy without any)."""
+        found = self.__dict__.get("_archived_times")
+        if found is None:
+            found = ()
+            if self.store.dialect.is_postgres:
+                from ..adapters.store.archive import ArchivedTimes
+
+                found = ArchivedTimes(self.store, self.event_log.table)
+            self.__dict__["_archived_times"] = found
+        return found
+
     def _stamp(self, position: int) -> datetime | None:
         """The ``recorded_at`` of the row at ``position`` (None: no row there)."""
+        if self._archived and (at := self._archived.stamp(position)) is not None:
+            return _utc(at)
         with read_cursor(self.store) as cur:
             cur.execute(f"SELECT recorded_at FROM {self._table} WHERE position = {self._p}", (position,))
             row = cur.fetchone()
@@ -416,7 +431,12 @@ class LogTimes:
             cur.execute(f"SELECT position, recorded_at FROM {self._table} WHERE position <= {self._p}"
                         f" AND type <> '{VOID_TYPE}' ORDER BY position DESC LIMIT 1", (position,))
             row = cur.fetchone()
-        return None if row is None else (int(row[0]), _utc(row[1]))
+        found = None if row is None else (int(row[0]), _utc(row[1]))
+        if self._archived:  # an archived event may be the later one
+            archived = self._archived.event_at_or_before(position)
+            if archived is not None and (found is None or archived[0] > found[0]):
+                found = (int(archived[0]), _utc(archived[1]))
+        return found
 
     @property
     def _table(self) -> str:
@@ -470,6 +490,25 @@ class LogTimes:
         self.upto_stamp = self._stamp(head)
 
     def _runs_from(self, after: int, head: int, high: datetime | None) -> None:
+        """The stepped-back runs of ``after+1..head`` given the log time ``high`` at ``after``:
+        archived pieces from the archives' stamps, live ones by the window query."""
+        if not self._archived:
+            self._merge_runs(self._runs_in_table(after, head, high))
+            return
+        for first, last, archived in self._archived.segments(after, head):
+            if archived:
+                found, high = _runs_of(self._archived.stamps(first, last), high)
+                self._merge_runs(found)
+                continue
+            self._merge_runs(self._runs_in_table(first - 1, last, high))
+            with read_cursor(self.store) as cur:
+                cur.execute(f"SELECT max(recorded_at) FROM {self._table} WHERE position > {self._p} AND position <= "
+                            f"{self._p} AND type <> '{VOID_TYPE}'", (first - 1, last))
+                top = cur.fetchone()[0]
+            if top is not None and (high is None or _utc(top) > high):
+                high = _utc(top)
+
+    def _runs_in_table(self, after: int, head: int, high: datetime | None) -> list[tuple[Any, ...]]:
         d, table, p = self.store.dialect, self._table, self._p
         before = "max(stamp) OVER (ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
         stamp = f"CASE WHEN type = '{VOID_TYPE}' THEN NULL ELSE recorded_at END"  # a $void row is not an event
@@ -487,7 +526,9 @@ class LogTimes:
                 f"  SELECT position, stamp, {before} AS before FROM (SELECT position, {stamp} AS stamp FROM {table}"
                 f"  WHERE position > {p} AND position <= {p}) AS stamped) AS ordered) AS timed"
                 " WHERE stamp < log_time) AS behind GROUP BY island, log_time ORDER BY 1", params)
-            found = cur.fetchall()
+            return cur.fetchall()
+
+    def _merge_runs(self, found: list[tuple[Any, ...]]) -> None:
         for first, last_position, at, earliest, latest in found:
             run = SteppedBack(int(first), int(last_position), _utc(at), _utc(earliest), _utc(latest))
             last = self.runs[-1] if self.runs else None
@@ -552,6 +593,28 @@ class LogTimes:
     def within(self, first: int, last: int) -> list[SteppedBack]:
         """The runs that hold any position in ``first..last``."""
         return [r for r in self.runs if r.last >= first and r.first <= last]
+
+
+def _runs_of(stamps: Iterator[tuple[int, datetime | None]], high: datetime | None
+             ) -> tuple[list[tuple[int, int, datetime, datetime, datetime]], datetime | None]:
+    """The stepped-back runs of rows ``(position, stamp or None for $void)`` in order, given the
+    log time ``high`` before them, as ``LogTimes``'s window query finds them; and the log time after."""
+    found: list[tuple[int, int, datetime, datetime, datetime]] = []
+    run: list[Any] | None = None
+    for position, stamp in stamps:
+        at = None if stamp is None else _utc(stamp)
+        if at is not None and high is not None and at < high:
+            if run is not None and run[1] == position - 1 and run[2] == high:
+                run[1], run[3], run[4] = position, min(run[3], at), max(run[4], at)
+            else:
+                if run is not None:
+                    found.append(tuple(run))  # type: ignore[arg-type]
+                run = [position, position, high, at, at]
+        if at is not None and (high is None or at > high):
+            high = at
+    if run is not None:
+        found.append(tuple(run))  # type: ignore[arg-type]
+    return found, high
 
 
 def log_times(store: Store, log: str = "trading") -> LogTimes:

@@ -333,11 +333,13 @@ class TradestateClient:
         liquidity: str = "unknown",
         venue_order_id: str | None = None,
         occurred_at: datetime | None = None,
+        fee_pending: bool = False,
     ) -> Recorded:
         """Record one venue execution (partial or full): position, P&L, fees and cash follow.
         Deduplicated by ``exec_id`` (the same execution again: a duplicate; the same id with other
         numbers: ``IdempotencyConflict``); a fill beyond the order's quantity or on an order the
-        log says is finished is recorded, with a discrepancy."""
+        log says is finished is recorded, with a discrepancy. ``fee_pending``: the venue reports
+        the fee later (``record_fee``); until then the fill shows it pending, not as 0."""
         e = build_event(
             ev.OrderFilled,
             **self._order_envelope(account, client_order_id, occurred_at),
@@ -348,9 +350,69 @@ class TradestateClient:
             fee_currency=fee_currency,
             liquidity=liquidity,
             venue_order_id=venue_order_id,
+            fee_pending=fee_pending,
         )
         writer = self.writer
         return self._order_fact(lambda state: rules.decide_fill(state, e, writer.now()), e)
+
+    def record_fill_correction(
+        self,
+        account: str,
+        client_order_id: str,
+        exec_id: str,
+        corrects: tuple[str, ...] | list[str],
+        qty: Decimal | int | str,
+        price: Decimal | int | str,
+        *,
+        fee: Decimal | int | str | None = None,
+        fee_currency: str = "USD",
+        fee_pending: bool = False,
+        venue_order_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Recorded:
+        """Record the venue's execution ``exec_id`` that corrects (replaces) one of ``corrects``
+        (IB: the same execId up to its last '.'): ``FillCorrected`` of the latest of them the
+        order holds, so the order, position, cash and P&L are as if the fill had had these
+        values (``qty`` 0: a bust). The order holds none of them: an ordinary ``record_fill``."""
+        envelope = self._order_envelope(account, client_order_id, occurred_at)
+        order = self.state.orders.get(order_stream_id(account, client_order_id))
+        held = [x for x in corrects if order is not None and x in order.executions]
+        if not held:
+            return self.record_fill(account, client_order_id, exec_id, qty, price, fee=fee or 0,
+                                    fee_currency=fee_currency, venue_order_id=venue_order_id,
+                                    occurred_at=occurred_at, fee_pending=fee_pending)
+        assert order is not None
+        q0, p0, _ = order.executions[held[-1]]
+        e = build_event(ev.FillCorrected, **envelope, corrected_exec_id=held[-1], exec_id=exec_id, qty=qty,
+                        price=price, previous_qty=q0, previous_price=p0,
+                        previous_fee=(order.exec_fees or {}).get(held[-1], Decimal(0)),
+                        fee=0 if fee_pending else fee, fee_currency=fee_currency, fee_pending=fee_pending,
+                        venue_order_id=venue_order_id)
+        return self._order_fact(lambda state: rules.decide_fill_correction(state, e), e)
+
+    def record_fee(
+        self,
+        account: str,
+        venue: str,
+        fee_id: str,
+        amount: Decimal | int | str,
+        *,
+        currency: str = "USD",
+        symbol: str | None = None,
+        in_kind: bool = False,
+        exec_id: str | None = None,
+        client_order_id: str | None = None,
+        occurred_at: datetime | None = None,
+        reason: str = "",
+    ) -> Recorded:
+        """Record a fee the venue posted apart from its fill (a late commission report by exec id, a
+        fee activity by its id), once per ``fee_id``: cash in ``currency``, fees and net P&L
+        follow; ``in_kind``: taken in the asset of position ``symbol`` (its quantity shrinks)."""
+        e = build_event(ev.FeeCharged, **self.writer.envelope(occurred_at), account=account, venue=venue,
+                        fee_id=fee_id, amount=amount, currency=currency, symbol=symbol, in_kind=in_kind,
+                        exec_id=exec_id, client_order_id=client_order_id, reason=reason)
+        orders = [order_stream_id(account, client_order_id)] if client_order_id is not None else []
+        return self.writer.record_fact(lambda state: rules.decide_fee(state, e), orders=orders)
 
     def request_cancel(self, account: str, client_order_id: str, reason: str = "", *,
                        occurred_at: datetime | None = None) -> Recorded:

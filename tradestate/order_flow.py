@@ -106,23 +106,49 @@ class OrderFlow:
 def record_update(client: TradestateClient, account: str, client_order_id: str, u: VenueUpdate) -> Recorded | None:
     """Record one venue update of order ``client_order_id`` as the lifecycle event it is: an ack
     (venue order id), a fill (exec id, qty, price, fee and its currency, venue order id; its own
-    time, else the update's), a cancel, a reject, an expiry. Returns what the client answered
-    (deduplicated as the client does); None for an update that records nothing (a "replaced": the
-    engine records its own replaces, reconciliation catches drift; a fill update without a fill)."""
+    time, else the update's; its fee pending when the venue reports it apart; ``FillCorrected``
+    when it corrects an execution reported before), a fee reported after its fill (``FeeCharged``
+    by exec id), a cancel, a reject, an expiry; a "replaced" that names the venue order now
+    carrying ours (``u.order``): ``OrderReplaced`` with its prices and, as quantity, what ours has
+    filled plus the new venue order's quantity (the venue fills the replacement as an order of its
+    own). Returns what the client answered (deduplicated as the client does); None for an update
+    that records nothing (a "replaced" without the new order, one already recorded or of an order
+    no longer open: reconciliation says why; a fill update without a fill)."""
     at: dict[str, Any] = {"occurred_at": u.occurred_at}
     if u.kind == "ack":
         return client.record_ack(account, client_order_id, u.venue_order_id, **at)
     if u.kind == "fill" and u.fill is not None:
         f = u.fill
+        if f.corrects:  # replaces an execution the venue reported before (IB: .01 -> .02)
+            return client.record_fill_correction(account, client_order_id, f.exec_id, f.corrects, f.qty, f.price,
+                                                 fee=f.fee, fee_currency=f.fee_currency, fee_pending=f.fee_pending,
+                                                 venue_order_id=f.venue_order_id,
+                                                 occurred_at=f.occurred_at or u.occurred_at)
         return client.record_fill(account, client_order_id, f.exec_id, f.qty, f.price, fee=f.fee,
                                   fee_currency=f.fee_currency, venue_order_id=f.venue_order_id,
-                                  occurred_at=f.occurred_at or u.occurred_at)
+                                  occurred_at=f.occurred_at or u.occurred_at, fee_pending=f.fee_pending)
+    if u.kind == "fee" and u.fill is not None:  # the fee of a fill recorded with its fee pending
+        f = u.fill
+        order = client.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None:
+            return None
+        return client.record_fee(account, order.venue, f.exec_id, f.fee, currency=f.fee_currency, symbol=order.symbol,
+                                 exec_id=f.exec_id, client_order_id=client_order_id,
+                                 occurred_at=f.occurred_at or u.occurred_at,
+                                 reason="the venue's fee, reported after the fill")
     if u.kind == "cancelled":
         return client.record_cancelled(account, client_order_id, u.reason, **at)
     if u.kind == "rejected":
         return client.record_reject(account, client_order_id, u.reason, **at)
     if u.kind == "expired":
         return client.record_expired(account, client_order_id, **at)
+    if u.kind == "replaced" and u.order is not None:
+        order = client.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None or not order.is_open or order.venue_order_id == u.venue_order_id:
+            return None
+        return client.record_replaced(account, client_order_id, order.filled_qty + u.order.qty,
+                                      limit_price=u.order.limit_price, stop_price=u.order.stop_price,
+                                      venue_order_id=u.venue_order_id, **at)
     return None
 
 

@@ -125,7 +125,8 @@ def engine_ids(store: Store) -> list[str]:
     p = store.dialect.param
     with read_cursor(store) as cur:
         # [prefix, prefix with its last character + 1): an index range over the stream ids
-        cur.execute(f"SELECT DISTINCT stream_id FROM {store.dialect.name(store.trading.table)}"
+        table = getattr(store.trading, "versions_relation", None) or store.dialect.name(store.trading.table)
+        cur.execute(f"SELECT DISTINCT stream_id FROM {table}"  # a partitioned log: its versions table (archives too)
                     f" WHERE stream_id >= {p} AND stream_id < {p} ORDER BY stream_id",
                     (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
         return [row[0][len(prefix):] for row in cur.fetchall()]

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     ib_host: str = Field("127.0.0.1", description="TWS / IB Gateway host.")
     ib_port: int | None = Field(None, ge=1, le=65535, description="TWS / IB Gateway port.")
     ib_client_id: int | None = Field(None, description="IB API client id.")
+    ib_master_client_id: int | None = Field(None, description="TWS's Master API client ID (only it receives the "
+                                            "commission reports of other clients' orders).")
     ib_timeout: float = Field(10.0, gt=0, allow_inf_nan=False, description="Seconds for each IB step.")
     ib_account: str | None = Field(None, description="The IB account code, when it differs from --account.")
     ib_venue: str | None = None
@@ -238,7 +240,7 @@ class Settings(BaseSettings):
                            timeout=self.ccxt_timeout, venue=self.venue)
         elif broker == "ib":
             options.update(host=self.ib_host, port=self.ib_port, client_id=self.ib_client_id,
-                           timeout=self.ib_timeout, ib_account=self.ib_account, venue=self.venue or self.ib_venue)
+                           master_client_id=self.ib_master_client_id, timeout=self.ib_timeout, ib_account=self.ib_account, venue=self.venue or self.ib_venue)
         return options
 
 

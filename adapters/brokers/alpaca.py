@@ -22,6 +22,14 @@ headers) and ``TradingStream`` (its websocket protocol and reconnect loop), with
   consumes the stream again; updates are deduplicated (fills by execution id, and by order and
   cumulative quantity; acks and terminal updates per order).
 
+* **The whole vocabulary** (see ``map_status``): all 18 order statuses, trade-update events parsed
+  leniently; bracket/OCO/OTO legs reported with their parent's id (``parent_venue_order_id``,
+  known only from nested answers, kept once seen); cancel/replace chains (``replaces``) read whole
+  and, on the stream, a replacement reported as ``replaced`` of our client order id with the new
+  order; crypto pairs under one symbol (``BTC/USD``); the end-of-day crypto fees (``CFEE``) in the
+  snapshot's ``fees``, with the highest fee rate not posted yet (``unposted_fee_rates``);
+  notional orders and quantities up to 9 decimals.
+
 Errors: a failed, truncated or malformed answer raises ``VenueQueryFailed`` (never an empty
 list); refused credentials (HTTP 401/403 on a query) and unreachable servers raise
 ``VenueConnectionError`` naming the URL.
@@ -58,21 +66,39 @@ from tradestate.adapters.brokers.base import (
     OrderRequest,
     VenueBalance,
     VenueConnectionError,
+    Unknown,
     VenueError,
     VenueFill,
     VenueOrder,
     VenueOrderStatus,
     VenuePosition,
     VenueQueryFailed,
+    VenueSnapshot,
     VenueUpdate,
 )
+from tradestate.domain.venue import VenueFee
 
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_ORDER_ID = 48
+MAX_DECIMALS = 9  # qty and notional: "up to 9 decimal places" (alpaca-docs fractional-trading.md)
 ORDERS_PAGE_LIMIT = 500  # Alpaca's maximum for GET /v2/orders
 ACTIVITIES_PAGE_SIZE = 100  # Alpaca's maximum for account activities
+# The highest crypto fee rate (tier 1, 25 bps): taken at each execution, posted at the end of the
+# day (alpaca-docs content/trading/crypto-trading.md, "Crypto Fees").
+CRYPTO_FEE_RATE_MAX = Decimal("0.0025")
+MAX_CHAIN_LOOKUPS = 100  # orders of cancel/replace chains read one by one per query
 BACKFILL_MARGIN = timedelta(seconds=2)  # reach back before the last event seen (clock skew)
+
+# Trade-update events that change nothing in our lifecycle: alpaca-py's ``TradeEvent`` (restated,
+# pending_*) and the ones Alpaca's streaming docs add (done_for_day, calculated, suspended, held,
+# stopped, order_replace_rejected, order_cancel_rejected: the order goes on as it was). Any other
+# event is logged and skipped too, never an error.
+QUIET_TRADE_EVENTS = frozenset({
+    "pending_new", "pending_cancel", "pending_replace", "restated", "done_for_day", "calculated",
+    "suspended", "held", "stopped", "order_replace_rejected", "order_cancel_rejected", "pending_review",
+    "accepted_for_bidding",
+})
 
 if not hasattr(RESTClient, "_one_request"):  # pragma: no cover - guards an alpaca-py upgrade
     raise ImportError("alpaca-py changed: RESTClient._one_request is gone; AlpacaAdapter needs review")
@@ -255,25 +281,42 @@ def _plain(data: Any) -> Any:
     return data
 
 
-# Alpaca's order statuses (https://docs.alpaca.markets/docs/orders-at-alpaca#order-lifecycle).
-_PENDING_STATUSES = {"pending_new", "accepted", "accepted_for_bidding", "held", "suspended"}
-_WORKING_STATUSES = {"new", "partially_filled", "done_for_day", "pending_cancel", "pending_replace", "stopped"}
+# Alpaca's order statuses: all 18 of alpaca-py's ``OrderStatus`` (alpaca/trading/enums.py), with the
+# meanings of Alpaca's "Order Lifecycle" (https://docs.alpaca.markets/docs/orders-at-alpaca).
+# Working: the order can still fill. ``done_for_day`` is NOT terminal (a GTC order resumes the next
+# trading day); ``pending_cancel``/``pending_replace`` can still fill until the venue confirms.
+_WORKING_STATUSES = frozenset({"new", "partially_filled", "done_for_day", "pending_cancel", "pending_replace",
+                               "stopped"})
+# Accepted, not working yet. ``held``: a bracket/OCO/OTO leg waiting for its parent (Alpaca does not
+# list it with the open orders: alpacahq/alpaca-trade-api-python#322); ``suspended``: not eligible
+# for trading for now; ``pending_review``: waiting for Alpaca's review.
+_PENDING_STATUSES = frozenset({"pending_new", "accepted", "accepted_for_bidding", "held", "suspended",
+                               "pending_review"})
 _FINAL_STATUSES: dict[str, VenueOrderStatus] = {
     "filled": "filled",
     "canceled": "cancelled",
     "cancelled": "cancelled",
     "expired": "expired",
     "rejected": "rejected",
-    "replaced": "cancelled",  # finished: the replacing order (its own id) carries on
+    # Finished: a new venue order (its ``replaces`` names this one) carries on our order.
+    "replaced": "replaced",
 }
+ALPACA_ORDER_STATUSES = frozenset({*_WORKING_STATUSES, *_PENDING_STATUSES, *_FINAL_STATUSES, "calculated"}
+                                  - {"cancelled"})
+# Crypto pairs: orders say ``BTC/USD``, positions and fee activities the legacy ``BTCUSD``
+# (alpacahq/alpaca-docs content/trading/crypto-trading.md): one symbol, the pair's.
+_LEGACY_PAIR = re.compile(r"^([A-Z0-9]{2,12}?)(USDT|USDC|USD|BTC)$")
 
 
 def map_status(raw_status: str, qty: Decimal | None, filled: Decimal) -> VenueOrderStatus:
-    """Our status for an Alpaca order status; one we do not know is ``"unknown"``."""
+    """Our status for an Alpaca order status; one we do not know is ``"unknown"`` (never an error).
+
+    ``calculated`` ("completed for the day, either filled or done for day; settlement pending") is
+    filled when the whole quantity is, else still working like ``done_for_day``."""
     status = raw_status.lower()
     if status in _FINAL_STATUSES:
         return _FINAL_STATUSES[status]
-    if status == "calculated":  # done for the day, settlement pending
+    if status == "calculated":
         if qty is not None and qty > 0 and filled >= qty:
             return "filled"
         return "partially_filled" if filled > 0 else "open"
@@ -284,21 +327,33 @@ def map_status(raw_status: str, qty: Decimal | None, filled: Decimal) -> VenueOr
     return "unknown"
 
 
-def parse_order(raw: dict) -> VenueOrder:
-    """One Alpaca order object (raw JSON) as a ``VenueOrder``."""
+def canonical_symbol(symbol: str, asset_class: str | None = None) -> str:
+    """One symbol per instrument: a crypto pair as Alpaca's orders write it (``BTC/USD``), also when
+    a position or an activity says ``BTCUSD``. Anything else is returned unchanged."""
+    if "/" in symbol or (asset_class or "").lower() != "crypto":
+        return symbol
+    m = _LEGACY_PAIR.match(symbol.upper())
+    return f"{m.group(1)}/{m.group(2)}" if m else symbol
+
+
+def parse_order(raw: dict, *, parent_venue_order_id: str | None = None) -> VenueOrder:
+    """One Alpaca order object (raw JSON) as a ``VenueOrder``; ``parent_venue_order_id``: the order
+    it is a leg of (Alpaca says so only by nesting it in the parent's ``legs``)."""
     if not isinstance(raw, dict):
         raise _bad(f"an order is {raw!r:.200}")
     filled = _dec(raw.get("filled_qty"), "filled_qty", optional=True) or Decimal(0)
     qty = _dec(raw.get("qty"), "qty", optional=True)
+    notional = _dec(raw.get("notional"), "notional", optional=True)
     raw_status = str(raw.get("status") or "")
     plain = _plain(raw)
     return VenueOrder(
         venue_order_id=_str(raw, "id"),
         client_order_id=_str(raw, "client_order_id", optional=True),
-        symbol=_str(raw, "symbol"),
+        symbol=canonical_symbol(_str(raw, "symbol"), raw.get("asset_class")),
         side=_side(raw),  # type: ignore[arg-type]
         order_type=str(raw.get("type") or raw.get("order_type") or "unknown"),
-        # A notional order has no qty: we report what is known (the filled part; raw keeps notional).
+        # A notional order has no qty until it is done: we report what is filled (``notional`` says
+        # which amount was asked for).
         qty=qty if qty is not None else filled,
         filled_qty=filled,
         status=map_status(raw_status, qty, filled),
@@ -310,15 +365,19 @@ def parse_order(raw: dict) -> VenueOrder:
         submitted_at=_ts(raw.get("submitted_at") or raw.get("created_at"), "submitted_at"),
         updated_at=_ts(raw.get("updated_at"), "updated_at"),
         raw=plain,
+        replaces=_str(raw, "replaces", optional=True),
+        parent_venue_order_id=parent_venue_order_id,
+        notional=notional,  # kept also once Alpaca states the quantity: it is still an amount order
     )
 
 
-def _flatten(raws: Iterable[dict]) -> Iterable[dict]:
+def _flatten(raws: Iterable[dict], parent: str | None = None) -> Iterable[tuple[dict, str | None]]:
+    """Orders and their nested legs, each with the id of the order it is a leg of."""
     for raw in raws:
-        yield raw
+        yield raw, parent
         legs = raw.get("legs") if isinstance(raw, dict) else None
         if isinstance(legs, list):
-            yield from _flatten(legs)
+            yield from _flatten(legs, str(raw.get("id")))
 
 
 def exec_id_of_activity(activity_id: str) -> str:
@@ -326,9 +385,10 @@ def exec_id_of_activity(activity_id: str) -> str:
     return activity_id.split("::", 1)[1] if "::" in activity_id else activity_id
 
 
-def parse_fill_activity(raw: dict, client_order_id: str | None = None) -> VenueFill:
+def parse_fill_activity(raw: dict, client_order_id: str | None = None, symbol: str | None = None) -> VenueFill:
     """One raw FILL account activity as a ``VenueFill`` (``exec_id`` from the activity id; amounts
-    Decimal-exact), attributed to ``client_order_id`` when known. Raises ``VenueQueryFailed`` for a
+    Decimal-exact), attributed to ``client_order_id`` when known, under its order's ``symbol`` when
+    known (a crypto activity may spell the pair ``BTCUSD``). Raises ``VenueQueryFailed`` for a
     malformed activity."""
     if not isinstance(raw, dict):
         raise _bad(f"an activity is {raw!r:.200}")
@@ -337,7 +397,7 @@ def parse_fill_activity(raw: dict, client_order_id: str | None = None) -> VenueF
         exec_id=exec_id_of_activity(activity_id),
         client_order_id=client_order_id,
         venue_order_id=_str(raw, "order_id"),
-        symbol=_str(raw, "symbol"),
+        symbol=symbol or _str(raw, "symbol"),
         side=_side(raw),  # type: ignore[arg-type]
         qty=_dec(raw.get("qty"), "qty"),
         price=_dec(raw.get("price"), "price"),
@@ -405,6 +465,9 @@ class AlpacaAdapter(BrokerAdapter):
         )
         self.base_url = str(self._client._base_url)
         self._client_ids: dict[str, str | None] = {}  # venue order id -> client order id (immutable)
+        self._symbols: dict[str, str] = {}  # venue order id -> its (canonical) symbol
+        self._parents: dict[str, str] = {}  # a leg's venue order id -> its parent's
+        self._replaced: dict[str, str] = {}  # a replacement's venue order id -> the order it replaced
         # stream state
         self._stream: _TradeUpdatesStream | None = None
         self._stream_thread: threading.Thread | None = None
@@ -484,7 +547,7 @@ class AlpacaAdapter(BrokerAdapter):
                 qty = abs(qty)
             result.append(
                 VenuePosition(
-                    symbol=_str(raw, "symbol"),
+                    symbol=canonical_symbol(_str(raw, "symbol"), raw.get("asset_class")),
                     qty=qty,
                     avg_cost=_dec(raw.get("avg_entry_price"), "avg_entry_price", optional=True),
                     raw=_plain(raw),
@@ -507,8 +570,10 @@ class AlpacaAdapter(BrokerAdapter):
             )
         ]
 
-    def _orders(self, status: str, after: datetime | None, what: str) -> list[dict]:
-        """Every order of ``status`` submitted after ``after``: pages of 500, oldest first.
+    def _orders(self, status: str, after: datetime | None, what: str, *, nested: bool = True) -> list[VenueOrder]:
+        """Every order of ``status`` submitted after ``after``: pages of 500, oldest first, legs
+        after their parent (``nested``: Alpaca lists a bracket's legs inside their parent, else
+        each as an order of its own).
 
         Alpaca pages orders by time only (``after`` is exclusive), so each page starts a microsecond
         before the last page's newest order and overlapping orders are dropped by id."""
@@ -516,7 +581,8 @@ class AlpacaAdapter(BrokerAdapter):
         cursor = after
         while True:
             params: dict[str, Any] = {
-                "status": status, "limit": ORDERS_PAGE_LIMIT, "direction": "asc", "nested": "true",
+                "status": status, "limit": ORDERS_PAGE_LIMIT, "direction": "asc",
+                "nested": "true" if nested else "false",
             }
             if cursor is not None:
                 params["after"] = _iso(cursor)
@@ -542,16 +608,50 @@ class AlpacaAdapter(BrokerAdapter):
                     "cannot page through them"
                 )
             cursor = newest - timedelta(microseconds=1)
-        for raw in _flatten(found.values()):
-            if isinstance(raw, dict) and raw.get("id"):
-                self._client_ids[str(raw["id"])] = raw.get("client_order_id")
-        return list(_flatten(found.values()))
+        return [self._remember(parse_order(raw, parent_venue_order_id=parent))
+                for raw, parent in _flatten(found.values())]
+
+    def _remember(self, order: VenueOrder) -> VenueOrder:
+        """Keep what later answers do not repeat: client order id, symbol, the parent of a leg (only
+        a nested answer tells it); a leg listed on its own gets its parent from here."""
+        oid = order.venue_order_id
+        self._client_ids[oid] = order.client_order_id
+        self._symbols[oid] = order.symbol
+        if order.replaces:
+            self._replaced[oid] = order.replaces
+        if order.parent_venue_order_id is not None:
+            self._parents[oid] = order.parent_venue_order_id
+        elif oid in self._parents:
+            order = replace(order, parent_venue_order_id=self._parents[oid])
+        return order
+
+    def _origin_client_id(self, venue_order_id: str) -> str | None:
+        """The client order id of the first order of a cancel/replace chain (ours, when we placed
+        it): Alpaca gives each replacement a client order id of its own."""
+        seen = {venue_order_id}
+        while venue_order_id in self._replaced and self._replaced[venue_order_id] not in seen:
+            venue_order_id = self._replaced[venue_order_id]
+            seen.add(venue_order_id)
+        return self._client_ids.get(venue_order_id)
 
     def open_orders(self) -> list[VenueOrder]:
-        """Every open order, all pages, oldest first. Raises ``VenueQueryFailed`` for a failed,
-        truncated or malformed answer, ``VenueConnectionError`` for refused credentials or an
-        unreachable server."""
-        return [parse_order(raw) for raw in self._orders("open", None, "open orders")]
+        """Every open order, all pages, oldest first, bracket/OCO/OTO legs with their parent's id.
+
+        Asked for without nesting: once a bracket's entry is filled, a nested answer lists neither
+        it nor its working legs (alpacahq/alpaca-trade-api-js#87). A leg whose parent we have not
+        seen is placed by one nested query of all orders since it. A ``held`` leg is not listed
+        as open at all (alpacahq/alpaca-trade-api-python#322): ``recent_orders`` (nested) has it.
+        Raises ``VenueQueryFailed`` for a failed, truncated or malformed answer,
+        ``VenueConnectionError`` for refused credentials or an unreachable server."""
+        orders = self._orders("open", None, "open orders", nested=False)
+        orphans = [o for o in orders if o.parent_venue_order_id is None
+                   and str(o.raw.get("order_class") or "simple") not in ("simple", "")
+                   and not o.raw.get("legs") and o.submitted_at is not None]
+        if orphans:
+            since = min(o.submitted_at for o in orphans) - BACKFILL_MARGIN  # type: ignore[type-var]
+            self._orders("all", since, "open orders (bracket legs)")
+            orders = [self._remember(o) for o in orders]
+        return orders
 
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
         """Orders submitted after ``since``, plus older ones still open or filled since then.
@@ -560,9 +660,9 @@ class AlpacaAdapter(BrokerAdapter):
         without a fill is not found here (``order_by_client_id`` finds it)."""
         if since is not None:
             _iso(since)  # refuses a naive time before any request
-        orders = {o.venue_order_id: o for o in map(parse_order, self._orders("all", since, "recent orders"))}
+        orders = {o.venue_order_id: o for o in self._orders("all", since, "recent orders")}
         if since is None:
-            return list(orders.values())
+            return self._with_replacements(orders)
         for order in self.open_orders():
             if order.venue_order_id not in orders and (order.updated_at is None or order.updated_at >= since):
                 orders[order.venue_order_id] = order
@@ -570,10 +670,33 @@ class AlpacaAdapter(BrokerAdapter):
                                       if isinstance(a, dict) and a.get("order_id")):
             if str(order_id) not in orders:
                 orders[str(order_id)] = self.order_by_venue_id(str(order_id))
+        return self._with_replacements(orders)
+
+    def _with_replacements(self, orders: dict[str, VenueOrder]) -> list[VenueOrder]:
+        """The orders with every order a listed one replaces or was replaced by (``replaces`` /
+        ``replaced_by``), read by id, so reconciliation sees whole cancel/replace chains (at most
+        ``MAX_CHAIN_LOOKUPS`` look-ups, else ``VenueQueryFailed``: a partial chain is unknown)."""
+        looked_up = 0
+        pending = list(orders.values())
+        while pending:
+            order = pending.pop()
+            for other in (order.replaces, order.raw.get("replaced_by")):
+                if not other or str(other) in orders:
+                    continue
+                looked_up += 1
+                if looked_up > MAX_CHAIN_LOOKUPS:
+                    raise VenueQueryFailed(f"alpaca: recent orders: more than {MAX_CHAIN_LOOKUPS} replaced "
+                                           "orders to read back one by one")
+                try:
+                    found = self.order_by_venue_id(str(other))
+                except OrderNotFound:
+                    continue
+                orders[found.venue_order_id] = found
+                pending.append(found)
         return list(orders.values())
 
-    def _activities(self, since: datetime | None, what: str) -> list[dict]:
-        """Every FILL activity after ``since`` (all pages, oldest first)."""
+    def _activities(self, since: datetime | None, what: str, activity_type: str = "FILL") -> list[dict]:
+        """Every ``activity_type`` activity after ``since`` (all pages, oldest first)."""
         result: list[dict] = []
         seen: set[str] = set()
         token: str | None = None
@@ -583,7 +706,7 @@ class AlpacaAdapter(BrokerAdapter):
                 params["after"] = _iso(since)
             if token is not None:
                 params["page_token"] = token
-            page = self._list(self._call("GET", "/account/activities/FILL", params, what=what), what)
+            page = self._list(self._call("GET", f"/account/activities/{activity_type}", params, what=what), what)
             for raw in page:
                 if not isinstance(raw, dict):
                     raise _bad(f"an activity is {raw!r:.200}")
@@ -591,11 +714,48 @@ class AlpacaAdapter(BrokerAdapter):
                 if activity_id in seen:
                     raise VenueQueryFailed(f"alpaca: {what}: activity {activity_id} came twice while paging")
                 seen.add(activity_id)
-                if str(raw.get("activity_type") or "FILL").upper() == "FILL":
+                if str(raw.get("activity_type") or activity_type).upper() == activity_type:
                     result.append(raw)
             if len(page) < ACTIVITIES_PAGE_SIZE:
                 return result
             token = _str(page[-1], "id")
+
+    def posted_fees(self, since: datetime | None = None) -> list[VenueFee]:
+        """The crypto fees Alpaca posted (``CFEE`` activities: one per pair and day, at the end of
+        the day) since the day before ``since`` (all when None), oldest first. A fee in the asset
+        received (``qty`` < 0, ``net_amount`` 0: buying BTC/USD, the fee is in BTC) is ``in_kind``
+        in that asset; one in cash (``net_amount`` < 0) is in the account's currency
+        (alpacahq/alpaca-docs content/trading/crypto-trading.md, "Crypto Fees"). Raises
+        ``VenueQueryFailed`` for a failed, truncated or malformed answer."""
+        after = since - timedelta(days=1) if since is not None else None  # a day's fee posts at its end
+        result = []
+        for raw in self._activities(after, "crypto fees", "CFEE"):
+            if str(raw.get("status") or "executed").lower() != "executed":
+                continue
+            symbol = canonical_symbol(_str(raw, "symbol"), "crypto")
+            qty = _dec(raw.get("qty"), "qty", optional=True) or Decimal(0)
+            net = _dec(raw.get("net_amount"), "net_amount", optional=True) or Decimal(0)
+            day = _str(raw, "date", optional=True)
+            occurred = _ts(day + "T00:00:00Z", "date") if day and len(day) == 10 else _ts(day, "date")
+            if qty:
+                amount, currency, in_kind = abs(qty), symbol.split("/")[0], True
+            else:
+                amount, currency, in_kind = abs(net), symbol.split("/")[1] if "/" in symbol else "USD", False
+            if amount:
+                result.append(VenueFee(fee_id=_str(raw, "id"), amount=amount, currency=currency, symbol=symbol,
+                                       in_kind=in_kind, occurred_at=occurred, raw=_plain(raw)))
+        return result
+
+    def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
+        """Every report (``BrokerAdapter.snapshot``) and the crypto fees posted apart (``fees``)."""
+        snap = super().snapshot(since, now=now)
+        try:
+            fees: list[VenueFee] | Unknown = self.posted_fees(since)
+        except VenueError as e:
+            fees = Unknown(f"{type(e).__name__}: {e}")
+        pairs = {item.symbol for part in (snap.positions, snap.open_orders, snap.recent_orders, snap.fills)
+                 if not isinstance(part, Unknown) for item in part if "/" in item.symbol}
+        return replace(snap, fees=fees, unposted_fee_rates={pair: CRYPTO_FEE_RATE_MAX for pair in sorted(pairs)})
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
         """Every fill after ``since`` (all when None) from the FILL activities, all pages, oldest first,
@@ -609,7 +769,8 @@ class AlpacaAdapter(BrokerAdapter):
                     self.order_by_venue_id(order_id)
                 except OrderNotFound:
                     self._client_ids[order_id] = None
-        return [parse_fill_activity(r, self._client_ids.get(str(r.get("order_id")))) for r in raws]
+        return [parse_fill_activity(r, self._client_ids.get(str(r.get("order_id"))),
+                                    self._symbols.get(str(r.get("order_id")))) for r in raws]
 
     def order_by_venue_id(self, venue_order_id: str) -> VenueOrder:
         """The order with Alpaca's id ``venue_order_id`` (with its legs); ``OrderNotFound`` on HTTP 404.
@@ -621,9 +782,7 @@ class AlpacaAdapter(BrokerAdapter):
             if e.status == 404:
                 raise OrderNotFound(f"alpaca: no order {venue_order_id!r} at the venue") from None
             raise
-        order = parse_order(raw)
-        self._client_ids[order.venue_order_id] = order.client_order_id
-        return order
+        return self._remember(parse_order(raw))
 
     def order_by_client_id(self, client_order_id: str) -> VenueOrder:
         """The order placed with ``client_order_id``; ``OrderNotFound`` on HTTP 404. Raises
@@ -636,9 +795,7 @@ class AlpacaAdapter(BrokerAdapter):
             if e.status == 404:
                 raise OrderNotFound(f"alpaca: no order with client_order_id {client_order_id!r} at the venue") from None
             raise
-        order = parse_order(raw)
-        self._client_ids[order.venue_order_id] = order.client_order_id
-        return self._with_fills(order)
+        return self._with_fills(self._remember(parse_order(raw)))
 
     def _with_fills(self, order: VenueOrder) -> VenueOrder:
         """The order with its executions (Alpaca does not report them with the order: read the FILL
@@ -647,7 +804,7 @@ class AlpacaAdapter(BrokerAdapter):
             return order
         since = order.submitted_at - BACKFILL_MARGIN if order.submitted_at else None
         fills = tuple(
-            parse_fill_activity(raw, order.client_order_id)
+            parse_fill_activity(raw, order.client_order_id, order.symbol)
             for raw in self._activities(since, f"fills of order {order.venue_order_id}")
             if str(raw.get("order_id")) == order.venue_order_id
         )
@@ -674,18 +831,28 @@ class AlpacaAdapter(BrokerAdapter):
             )
         if request.side not in ("buy", "sell"):
             raise ValueError(f"alpaca: side must be buy or sell, not {request.side!r}")
-        for name in ("qty", "limit_price", "stop_price"):
+        if (request.qty is None) == (request.notional is None):
+            raise ValueError("alpaca: an order needs a qty or a notional amount, not both")
+        for name in ("qty", "notional", "limit_price", "stop_price"):
             value = getattr(request, name)
             if value is not None and (not isinstance(value, Decimal) or not value.is_finite() or value <= 0):
                 raise ValueError(f"alpaca: {name} must be a positive finite Decimal, not {value!r}")
+        for name in ("qty", "notional"):
+            value = getattr(request, name)
+            if value is not None and -value.normalize().as_tuple().exponent > MAX_DECIMALS:
+                raise ValueError(f"alpaca: {name} {value} has more than {MAX_DECIMALS} decimal places "
+                                 "(Alpaca takes at most 9; nothing was sent)")
         body: dict[str, Any] = {
             "symbol": request.symbol,
-            "qty": format(request.qty, "f"),  # never exponent notation ("1E+1")
             "side": request.side,
             "type": request.order_type,
             "time_in_force": request.time_in_force,
             "client_order_id": cid,
         }
+        if request.qty is not None:
+            body["qty"] = format(request.qty.normalize(), "f")  # never exponent notation ("1E+1")
+        else:
+            body["notional"] = format(request.notional.normalize(), "f")  # type: ignore[union-attr]
         if request.limit_price is not None:
             body["limit_price"] = format(request.limit_price, "f")
         if request.stop_price is not None:
@@ -708,9 +875,7 @@ class AlpacaAdapter(BrokerAdapter):
             raise
         except VenueError as e:  # timeout, dropped connection: the order may or may not be there
             return self._resolve_ambiguous(cid, e)
-        order = parse_order(raw)
-        self._client_ids[order.venue_order_id] = order.client_order_id
-        return order
+        return self._remember(parse_order(raw))
 
     def _resolve_ambiguous(self, cid: str, cause: Exception) -> VenueOrder:
         try:
@@ -838,16 +1003,22 @@ class AlpacaAdapter(BrokerAdapter):
         by_id = {o.venue_order_id: o for o in orders}
         for order in orders:
             raw_status = order.raw_status.lower()
-            if order.status != "rejected":
+            cid = self._origin_client_id(order.venue_order_id) if order.replaces else order.client_order_id
+            if order.replaces:  # a replacement carries the order it replaced on: no ack of its own
                 staged.append((order.submitted_at or epoch, 0, VenueUpdate(
-                    kind="ack", client_order_id=order.client_order_id, venue_order_id=order.venue_order_id,
+                    kind="replaced", client_order_id=cid, venue_order_id=order.venue_order_id,
+                    occurred_at=order.submitted_at, raw={"backfill": "order", "order": order.raw}, order=order,
+                ), (("replaced", order.venue_order_id),)))
+            elif order.status != "rejected":
+                staged.append((order.submitted_at or epoch, 0, VenueUpdate(
+                    kind="ack", client_order_id=cid, venue_order_id=order.venue_order_id,
                     occurred_at=order.submitted_at, raw={"backfill": "order", "order": order.raw},
                 ), (("ack", order.venue_order_id),)))
             kind = {"canceled": "cancelled", "cancelled": "cancelled", "expired": "expired",
-                    "rejected": "rejected", "replaced": "replaced"}.get(raw_status)
+                    "rejected": "rejected"}.get(raw_status)  # "replaced": its replacement says it
             if kind:
                 staged.append((order.updated_at or epoch, 2, VenueUpdate(
-                    kind=kind, client_order_id=order.client_order_id, venue_order_id=order.venue_order_id,
+                    kind=kind, client_order_id=cid, venue_order_id=order.venue_order_id,
                     reason=f"backfill: order status {order.raw_status}", occurred_at=order.updated_at,
                     raw={"backfill": "order", "order": order.raw},
                 ), ((kind, order.venue_order_id),)))
@@ -856,7 +1027,7 @@ class AlpacaAdapter(BrokerAdapter):
             keys: tuple = (("fill", fill.exec_id),)
             if cum not in (None, ""):
                 keys += (("fillcum", fill.venue_order_id, _norm(Decimal(str(cum)))),)
-            cid = fill.client_order_id
+            cid = self._origin_client_id(fill.venue_order_id) or fill.client_order_id
             if cid is None and fill.venue_order_id in by_id:
                 cid = by_id[fill.venue_order_id].client_order_id
             staged.append((fill.occurred_at or epoch, 1, VenueUpdate(
@@ -886,19 +1057,26 @@ class AlpacaAdapter(BrokerAdapter):
         if not isinstance(raw_order, dict):
             raise _bad("trade update without an order")
         at = _ts(data.get("timestamp") or data.get("at"), "timestamp")
-        order = parse_order(raw_order)
-        self._client_ids[order.venue_order_id] = order.client_order_id
-        common = dict(client_order_id=order.client_order_id, venue_order_id=order.venue_order_id,
-                      occurred_at=at, raw=_plain(data))
+        order = self._remember(parse_order(raw_order))
+        replacement = order.venue_order_id in self._replaced
+        cid = self._origin_client_id(order.venue_order_id) if replacement else order.client_order_id
+        common = dict(client_order_id=cid, venue_order_id=order.venue_order_id, occurred_at=at, raw=_plain(data))
+        if event in ("new", "accepted") and replacement:
+            # the order that replaced ours: it carries our order on (its qty, prices, id)
+            return VenueUpdate(kind="replaced", order=order, **common), (("replaced", order.venue_order_id),), at
         if event in ("new", "accepted"):
             return VenueUpdate(kind="ack", **common), (("ack", order.venue_order_id),), at
+        if event == "replaced":
+            # The replaced order's event carries the old order (old prices: alpaca-trade-api-csharp#149);
+            # the replacement's own ``new`` says what carries our order on.
+            return None
         if event in ("fill", "partial_fill"):
             exec_id = data.get("execution_id")
             cum = order.filled_qty
             exec_id = str(exec_id) if exec_id else f"{order.venue_order_id}:{_norm(cum)}"
             fill = VenueFill(
                 exec_id=exec_id,
-                client_order_id=order.client_order_id,
+                client_order_id=cid,
                 venue_order_id=order.venue_order_id,
                 symbol=order.symbol,
                 side=order.side,
@@ -909,10 +1087,13 @@ class AlpacaAdapter(BrokerAdapter):
             )
             keys = (("fill", exec_id), ("fillcum", order.venue_order_id, _norm(cum)))
             return VenueUpdate(kind="fill", fill=fill, **common), keys, at
-        kind = {"canceled": "cancelled", "expired": "expired", "rejected": "rejected",
-                "replaced": "replaced"}.get(event)
-        if kind is None:  # pending_new, pending_cancel, done_for_day, restated, ...: no event for us
-            log.debug("alpaca: trade update %r not turned into an update", event)
+        kind = {"canceled": "cancelled", "expired": "expired", "rejected": "rejected"}.get(event)
+        if kind is None:
+            # The order goes on (or waits): nothing for our lifecycle. Reconciliation reads the
+            # order itself (a restated price or quantity, a held leg, a suspended order).
+            level = logging.DEBUG if event in QUIET_TRADE_EVENTS else logging.INFO
+            log.log(level, "alpaca: trade update %r of order %s not turned into an update", event,
+                    order.venue_order_id)
             return None
         reason = str(data.get("reason") or raw_order.get("reject_reason") or "") if kind == "rejected" else ""
         return VenueUpdate(kind=kind, reason=reason, **common), ((kind, order.venue_order_id),), at
@@ -940,6 +1121,9 @@ __all__ = [
     "OrderRejectedByVenue",
     "SubmitOutcomeUnknown",
     "VenueBusy",
+    "ALPACA_ORDER_STATUSES",
+    "QUIET_TRADE_EVENTS",
+    "canonical_symbol",
     "map_status",
     "parse_fill_activity",
     "parse_order",

@@ -54,19 +54,23 @@ class OrderRequest:
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
     time_in_force: str = "day"
+    notional: Decimal | None = None  # an amount order (venues that take one): ``qty`` None, known at fill
 
 
 @dataclass(frozen=True)
 class VenueUpdate:
     """One update from the venue's live stream, turned into an event by the order flow."""
 
-    kind: Literal["ack", "fill", "cancelled", "rejected", "expired", "replaced"]
+    # "fee": a fee the venue reported after the fill was handed over (``fill`` carries it, by exec id)
+    kind: Literal["ack", "fill", "cancelled", "rejected", "expired", "replaced", "fee"]
     client_order_id: str | None
     venue_order_id: str
     fill: VenueFill | None = None
     reason: str = ""
     occurred_at: datetime | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # "replaced": the venue order that now carries ours (``venue_order_id``: its id; its qty, prices)
+    order: VenueOrder | None = None
 
 
 class BrokerAdapter(abc.ABC):

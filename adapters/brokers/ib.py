@@ -14,7 +14,19 @@ through ib_insync's own ``IB`` client and its start-up sync, then answers every 
   reports as the fee. They are deduplicated by ``execId``; a correction (a later execution of the
   same order whose ``execId`` is the same up to the last '.', e.g. ``...01.02`` for ``...01.01``)
   replaces the fill it corrects: only the latest version is reported, the ids it replaces are in
-  ``raw["corrects"]``.
+  ``VenueFill.corrects`` (and ``raw["corrects"]``), so reconciliation records ``FillCorrected``.
+  The live feed does the same: a correction of an execution it reported comes as a ``fill``
+  update whose fill ``corrects`` it.
+* **Commissions** arrive as separate ``commissionReport`` messages joined by execId, late or never
+  (IB: only the Master API client ID receives those of other clients' orders,
+  https://interactivebrokers.github.io/tws-api/executions_commissions.html). An execution
+  without one is reported with ``fee_pending=True`` (fee 0 for now), never as a final fee of 0;
+  a report that comes after the live fill was handed over is a ``fee`` update. Pass
+  ``master_client_id`` (TWS: Global Configuration > API > Settings > "Master API client ID"):
+  the adapter warns when its own client id is not it.
+* **One orderRef, two permIds** (a resend, or a second engine using our ids): the live feed hands
+  over updates of the first permId seen for an orderRef only; the others come without a client
+  order id (``raw["duplicate_order_ref_of"]``), for reconciliation to report and keep apart.
 * **Balances** from the account values (``reqAccountUpdates``): ``CashBalance`` per currency
   (``BASE`` is a conversion total, skipped), ``TotalCashValue`` for a currency without one.
   **Positions** from ``reqPositions``.
@@ -313,6 +325,9 @@ class IBAdapter(BrokerAdapter):
     * ``readonly``: the API is in read-only mode (no open/completed orders in the start-up sync;
       queries still ask for them; ``submit``/``cancel`` are refused).
     * ``connect``: connect now (default) or on the first query.
+    * ``master_client_id``: TWS's "Master API client ID", when one is set. Only that client
+      receives the commission reports of orders placed by other client ids or in TWS; the adapter
+      warns (log) when ``client_id`` is not it, and their fills then stay ``fee_pending``.
     """
 
     broker = "ib"
@@ -329,6 +344,7 @@ class IBAdapter(BrokerAdapter):
         timeout: float = 10.0,
         readonly: bool = False,
         connect: bool = True,
+        master_client_id: int | None = None,
     ) -> None:
         if not isinstance(account, str) or not account.strip() or _CONTROL.search(account):
             raise ValueError(f"ib: account must be a non-empty string, got {account!r}")
@@ -340,6 +356,10 @@ class IBAdapter(BrokerAdapter):
             raise ValueError(f"ib: timeout must be a positive number of seconds, got {timeout!r}")
         if ib_account is not None and (not isinstance(ib_account, str) or not ib_account.strip()):
             raise ValueError(f"ib: ib_account must be a non-empty string or None, got {ib_account!r}")
+        if master_client_id is not None and (not isinstance(master_client_id, int) or isinstance(master_client_id, bool)
+                                             or not 0 <= master_client_id < 2**31 - 1):
+            raise ValueError(f"ib: master_client_id must be a non-negative integer or None, got {master_client_id!r}")
+        self.master_client_id = master_client_id
         self.account = account
         self.venue = venue
         self.host = host
@@ -355,6 +375,9 @@ class IBAdapter(BrokerAdapter):
         self._emitted: set[tuple] = set()
         self._completed_state: dict[int, tuple[str, str]] = {}
         self._live_execs: set[str] = set()
+        self._live_versions: dict[tuple[int, str], list[str]] = {}  # (permId, execId base) -> ids seen live
+        self._fee_pending: set[str] = set()  # live fills handed over without their commission
+        self._ref_perm: dict[str, int] = {}  # orderRef -> the first permId seen live for it
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name=f"ib-adapter-{client_id}", daemon=True)
@@ -413,9 +436,23 @@ class IBAdapter(BrokerAdapter):
     # -- connection ---------------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Connect and run ib_insync's start-up sync; ``VenueConnectionError`` says why not."""
+        """Connect and run ib_insync's start-up sync; ``VenueConnectionError`` says why not. Warns
+        (log) when this client id is not the master client id (commission reports of other clients'
+        orders never reach it)."""
         with self._lock:
             self._call(self._connect(), timeout=self.timeout * 6 + 5)
+        if not self.receives_all_commissions:
+            log.warning(
+                "ib: client id %s is not TWS's master API client id (%s): commission reports of orders placed by "
+                "other client ids or in TWS do not reach it, so their fills stay fee_pending. Connect with the "
+                "master client id (TWS: Global Configuration > API > Settings > Master API client ID) and pass "
+                "master_client_id=.", self.client_id,
+                "not given" if self.master_client_id is None else self.master_client_id)
+
+    @property
+    def receives_all_commissions(self) -> bool:
+        """True when this client id is the master client id: it gets every client's commission reports."""
+        return self.master_client_id is not None and self.master_client_id == self.client_id
 
     def is_connected(self) -> bool:
         """True while the adapter is open and ib_insync holds a live connection to TWS."""
@@ -733,8 +770,9 @@ class IBAdapter(BrokerAdapter):
             if held is None or version > held[0]:
                 latest[key] = (version, exec_id)
         for key, (_, exec_id) in latest.items():
-            corrects[exec_id] = sorted(e for e, f in unique.items() if e != exec_id and (
-                (f.execution.permId, (_exec_version(e) or (e,))[0]) == key))
+            corrects[exec_id] = sorted((e for e, f in unique.items() if e != exec_id and (
+                (f.execution.permId, (_exec_version(e) or (e,))[0]) == key)),
+                key=lambda e: (_exec_version(e) or (e, (0, 0)))[1])  # oldest version first
         out = []
         for _, exec_id in latest.values():
             f = unique[exec_id]
@@ -820,6 +858,8 @@ class IBAdapter(BrokerAdapter):
             fee_currency=fee_currency,
             occurred_at=occurred.astimezone(timezone.utc) if occurred else None,
             raw=raw,
+            corrects=tuple(corrects),
+            fee_pending=report is None,  # the commission report has not come (late, or never: not master)
         )
 
     # -- live order flow ----------------------------------------------------------------------
@@ -970,11 +1010,18 @@ class IBAdapter(BrokerAdapter):
         self._callbacks.append(callback)
 
     def next_update(self, timeout: float | None = None) -> VenueUpdate | None:
-        """The next update (ack, fill, cancelled, rejected), or None after ``timeout`` seconds."""
+        """The next update (ack, fill, fee, cancelled, rejected), or None after ``timeout`` seconds."""
         try:
             return self._updates.get(timeout=timeout) if timeout != 0 else self._updates.get_nowait()
         except queue.Empty:
             return None
+
+    def updates(self) -> list[VenueUpdate]:
+        """Drain every update delivered so far (what ``OrderFlow.pump`` records), without waiting."""
+        drained = []
+        while (update := self.next_update(0)) is not None:
+            drained.append(update)
+        return drained
 
     def _ours(self, trade: Any) -> bool:
         # TWS streams only this client's orders (client id 0 also gets those bound from TWS)
@@ -991,7 +1038,24 @@ class IBAdapter(BrokerAdapter):
             except Exception:  # noqa: BLE001 - a callback's failure must not stop the feed
                 log.exception("ib: update callback failed")
 
+    def _client_order_id(self, order_ref: str, perm: int, raw: dict[str, Any]) -> str | None:
+        """Our client order id for an update of ``perm``: its orderRef, unless another permId came
+        first with that orderRef (a resend or a second engine): then None, for reconciliation to
+        report both and keep the second apart (``raw["duplicate_order_ref_of"]``)."""
+        if not order_ref:
+            return None
+        first = self._ref_perm.setdefault(order_ref, perm)
+        if first == perm:
+            return order_ref
+        raw["duplicate_order_ref_of"] = str(first)
+        log.warning("ib: orderRef %r is carried by permId %s and permId %s (a possible double exposure): the "
+                    "updates of %s are not handed over as ours; reconciliation reports both", order_ref, first,
+                    perm, perm)
+        return None
+
     def _on_order_status(self, trade: Any) -> None:
+        # TWS may send an orderStatus twice (IB API guide, orderstatus.htm): every update is keyed
+        # (_emitted), so a repeated status hands over nothing new
         try:
             if not self._ours(trade):
                 return
@@ -999,10 +1063,10 @@ class IBAdapter(BrokerAdapter):
             if not perm:
                 return
             status = trade.orderStatus.status
-            cid = trade.order.orderRef or None
             entry = trade.log[-1] if trade.log else None
             at = entry.time if entry is not None and getattr(entry.time, "tzinfo", None) else None
             raw = {"orderStatus": _plain(trade.orderStatus), "order": _pick(trade.order, _ORDER_RAW)}
+            cid = self._client_order_id(trade.order.orderRef or "", perm, raw)
             if status in ("PreSubmitted", "Submitted"):
                 self._emit(("ack", perm), VenueUpdate("ack", cid, str(perm), occurred_at=at, raw=raw))
             elif status in ("Cancelled", "ApiCancelled"):
@@ -1020,24 +1084,58 @@ class IBAdapter(BrokerAdapter):
             log.exception("ib: order status update could not be read")
 
     def _on_exec_details(self, trade: Any, fill: Any) -> None:
-        # the fee comes with the commission report that follows; without one in 2 s, report anyway
+        # the fee comes with the commission report that follows; without one in 2 s, report the
+        # fill with its fee pending (a later report becomes a "fee" update)
         exec_id = fill.execution.execId
-        self._live_execs.add(exec_id)  # commission reports also follow reqExecutions: only live ones count
-        self._loop.call_later(2.0, self._emit_fill, trade, fill, None)
+        if exec_id not in self._live_execs:  # commission reports also follow reqExecutions: only live ones count
+            self._live_execs.add(exec_id)
+            parsed = _exec_version(exec_id)
+            key = (fill.execution.permId, parsed[0] if parsed else exec_id)
+            self._live_versions.setdefault(key, []).append(exec_id)
+        self._loop.call_later(self.commission_wait, self._emit_fill, trade, fill, None)
         log.debug("ib: execution %s, waiting for its commission report", exec_id)
 
+    commission_wait = 2.0  # seconds a live fill waits for its commission report
+
     def _on_commission(self, trade: Any, fill: Any, report: Any) -> None:
+        exec_id = fill.execution.execId
+        if exec_id in self._fee_pending:  # the fill went out without it: hand the fee over now
+            self._fee_pending.discard(exec_id)
+            try:
+                venue_fill = self._fill(fill.contract, fill.execution, report, self._corrected_live(fill))
+                raw = dict(venue_fill.raw)
+                cid = self._client_order_id(fill.execution.orderRef or "", fill.execution.permId, raw)
+                venue_fill = _replace_fill(venue_fill, client_order_id=cid)
+                self._emit(("fee", exec_id), VenueUpdate("fee", cid, venue_fill.venue_order_id, fill=venue_fill,
+                                                         occurred_at=venue_fill.occurred_at, raw=raw))
+            except Exception:  # noqa: BLE001
+                log.exception("ib: commission report could not be read")
+            return
         self._emit_fill(trade, fill, report)
+
+    def _corrected_live(self, fill: Any) -> list[str]:
+        """The execIds seen live before this one that it corrects (same permId, same id up to the last '.')."""
+        exec_id = fill.execution.execId
+        parsed = _exec_version(exec_id)
+        if parsed is None:
+            return []
+        seen = self._live_versions.get((fill.execution.permId, parsed[0]), [])
+        return [e for e in seen if e != exec_id and (_exec_version(e) or (e, (0, 0)))[1] < parsed[1]]
 
     def _emit_fill(self, trade: Any, fill: Any, report: Any) -> None:
         try:
             exec_id = fill.execution.execId
             if exec_id not in self._live_execs or not self._ours(trade) or ("fill", exec_id) in self._emitted:
                 return
-            venue_fill = self._fill(fill.contract, fill.execution, report, [])
+            venue_fill = self._fill(fill.contract, fill.execution, report, self._corrected_live(fill))
+            raw = dict(venue_fill.raw)
+            cid = self._client_order_id(fill.execution.orderRef or "", fill.execution.permId, raw)
+            venue_fill = _replace_fill(venue_fill, client_order_id=cid, raw=raw)
+            if venue_fill.fee_pending:
+                self._fee_pending.add(exec_id)
             self._emit(("fill", fill.execution.execId), VenueUpdate(
-                "fill", venue_fill.client_order_id, venue_fill.venue_order_id, fill=venue_fill,
-                occurred_at=venue_fill.occurred_at, raw=venue_fill.raw))
+                "fill", cid, venue_fill.venue_order_id, fill=venue_fill,
+                occurred_at=venue_fill.occurred_at, raw=raw))
         except Exception:  # noqa: BLE001
             log.exception("ib: execution update could not be read")
 
@@ -1091,6 +1189,12 @@ def _replace_order(order: VenueOrder, **changes: Any) -> VenueOrder:
     from dataclasses import replace
 
     return replace(order, **changes)
+
+
+def _replace_fill(fill: VenueFill, **changes: Any) -> VenueFill:
+    from dataclasses import replace
+
+    return replace(fill, **changes)
 
 
 __all__ = ["IBAdapter", "IB_MODULE", "OrderNotCancelable", "SubmitOutcomeUnknown", "map_status", "parse_ib_time"]

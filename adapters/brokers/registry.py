@@ -22,7 +22,7 @@ BROKERS = ("sim", "alpaca", "ib")  # and ccxt:<exchange id>, one per crypto venu
 OPTIONS: dict[str, tuple[str, ...]] = {
     "sim": ("account", "sim_state", "venue", "seed"),
     "alpaca": ("account", "base_url", "stream_url", "paper", "api_key", "secret_key", "venue", "timeout"),
-    "ib": ("account", "host", "port", "client_id", "timeout", "ib_account", "venue"),
+    "ib": ("account", "host", "port", "client_id", "master_client_id", "timeout", "ib_account", "venue"),
     # ``ccxt:<exchange id>`` (ccxt:binance, ccxt:coinbase, ccxt:kraken...): one crypto spot venue
     "ccxt": ("account", "symbols", "api_key", "secret", "password", "venue", "base_url", "timeout"),
 }
@@ -34,8 +34,8 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
     sim: ``account``, ``sim_state`` (the SimulatedBroker state file), ``venue``, ``seed``.
     alpaca: ``account``, ``base_url``, ``stream_url``, ``paper``, ``api_key``/``secret_key``
     (default ``$APCA_API_KEY_ID``/``$APCA_API_SECRET_KEY``), ``venue``, ``timeout``.
-    ib: ``account``, ``host``, ``port``, ``client_id``, ``timeout``, ``ib_account`` (the IB account
-    code, when it differs from ours), ``venue``.
+    ib: ``account``, ``host``, ``port``, ``client_id``, ``master_client_id`` (TWS's Master API
+    client ID), ``timeout``, ``ib_account`` (the IB account code, when it differs from ours), ``venue``.
 
     ccxt:<exchange>: ``account``, ``symbols`` (the unified symbols traded there, ``BTC/USDT,ETH/USDT``),
     ``api_key``/``secret``/``password`` (default ``$TRADESTATE_CCXT_<EXCHANGE>_API_KEY``/``_SECRET``/
@@ -89,6 +89,7 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
         "host": options.get("host") or "127.0.0.1",
         "port": _integer(options.get("port"), "port"),
         "client_id": _integer(options.get("client_id"), "client_id"),
+        "master_client_id": _integer(options.get("master_client_id"), "master_client_id"),
         "timeout": _seconds(options.get("timeout")),
         "ib_account": options.get("ib_account"),
         "venue": options.get("venue"),

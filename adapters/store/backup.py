@@ -83,6 +83,7 @@ from ...domain.errors import InvalidInput
 from . import MARKET_TABLE, TRADING_TABLE, Store, open_store, redact, resolve_url, sqlite_path
 from . import digest as digest_mod
 from . import backup_crypto as crypto
+from . import partitions
 from .backup_errors import BackupDamaged, BackupError, BackupKeyError, IncrementRefused, RestoreRefused
 from .sql import POSTGRESQL, SQLITE, Dialect, PgUrl, quote, url_kind
 
@@ -92,7 +93,8 @@ READABLE_VERSIONS = (1, 2)
 SCHEMA_VERSION = 1  # the log tables' layout (position, stream_id, stream_version, type, data, recorded_at)
 CHECKPOINTS_TABLE = "ts_checkpoints"
 LOG_TABLES = (TRADING_TABLE, MARKET_TABLE)
-PG_TABLES = (TRADING_TABLE, MARKET_TABLE, digest_mod.CHAIN_TABLE, CHECKPOINTS_TABLE)
+ARCHIVES_TABLE = "ts_archives"  # a partitioned log's record of its Parquet archives (archive.py)
+PG_TABLES = (TRADING_TABLE, MARKET_TABLE, digest_mod.CHAIN_TABLE, CHECKPOINTS_TABLE, ARCHIVES_TABLE)
 SQLITE_MEMBER = "tradestate.sqlite.gz"
 SQLITE_INCREMENT_MEMBER = "increment.sqlite.gz"
 CHUNK = 1 << 20
@@ -295,8 +297,18 @@ def _pg_columns(cur: Any, schema: str, table: str) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
-def _pg_contiguous_head(cur: Any, qualified: str) -> tuple[int, int]:
-    """(head, rows) of the contiguous prefix 1..head of a log in this snapshot."""
+def _pg_contiguous_head(cur: Any, qualified: str, archived: int = 0) -> tuple[int, int]:
+    """(head, rows) of the contiguous prefix 1..head of a log in this snapshot. ``archived``: positions
+    1..archived are held by Parquet archives (archive.py), not missing; rows counts the table's."""
+    if archived:
+        cur.execute(f"SELECT greatest(coalesce(max(position), 0), %s), count(*) FILTER (WHERE position > %s),"
+                    f" coalesce(min(position) FILTER (WHERE position > %s), %s), count(*) FROM {qualified}",
+                    (archived, archived, archived, archived + 1))
+        head, beyond, low, rows = (int(x) for x in cur.fetchone())
+        if beyond == head - archived and low == archived + 1 or head == archived:
+            return head, rows
+        raise InvalidInput(f"{qualified} has a hole after its archived positions 1-{archived}: back it up once its "
+                           "appends in flight are done")
     cur.execute(f"SELECT coalesce(max(position), 0), count(*), coalesce(min(position), 1) FROM {qualified}")
     head, rows, low = (int(x) for x in cur.fetchone())
     if rows == head and low >= 1:
@@ -339,6 +351,13 @@ class _Snap:
         master = f"{self.prefix}sqlite_master"
         return self.one(f"SELECT 1 FROM {master} WHERE type = 'table' AND name = ?", (table,)) is not None
 
+    def archived(self, log: str) -> int:
+        """Positions 1..n of the log held by Parquet archives (archive.py), not by its table (0: none)."""
+        if not self.pg or not self.exists(ARCHIVES_TABLE):
+            return 0
+        return int(self.one(f"SELECT coalesce(max(last_position), 0) FROM {self.t(ARCHIVES_TABLE)} WHERE log = ?",
+                            (log,))[0])
+
     def head(self, log: str) -> tuple[int, int]:
         """(head, rows) of the log's contiguous prefix (0, 0 when there is no table). After
         ``above(log, position)`` only the rows above that position are counted (an increment's
@@ -353,9 +372,10 @@ class _Snap:
                 head, rows = (int(x) for x in self.one(
                     f"SELECT coalesce(max(position), ?), count(*) FROM {self.t(log)} WHERE position > ?",
                     (above, above)))
-                found = (head, head) if head - above == rows else _pg_contiguous_head(self.cur, self.t(log))
+                found = (head, head) if head - above == rows else _pg_contiguous_head(self.cur, self.t(log),
+                                                                                        self.archived(log))
             else:
-                found = _pg_contiguous_head(self.cur, self.t(log))
+                found = _pg_contiguous_head(self.cur, self.t(log), self.archived(log))
         else:
             head, rows = self.one(f"SELECT coalesce(max(position), ?), count(*) FROM {self.t(log)} WHERE position > ?",
                                   (above, above))
@@ -667,11 +687,18 @@ def _backup_postgres(store: Store, work: Path, prev: Manifest | None,
             was = {log: 0 if prev is None else prev.logs.get(log, {}).get("head", 0) for log in LOG_TABLES}
             sealed = {log: 0 if prev is None else prev.chain.get(log, {}).get("sealed_upto", 0) for log in LOG_TABLES}
             for log in LOG_TABLES:
-                logs[log] = {"from": was[log] + 1, "head": logs[log]["head"], "rows": logs[log]["head"] - was[log]}
+                archived = snap.archived(log)
+                if prev is not None and archived != prev.logs.get(log, {}).get("archived", 0):
+                    raise IncrementRefused(
+                        f"{store.display_url}: {log} was archived up to position {archived} since {previous} (which "
+                        f"knew {prev.logs.get(log, {}).get('archived', 0)}): take a full backup")
+                logs[log] = {"from": was[log] + 1, "head": logs[log]["head"],
+                             "rows": logs[log]["head"] - max(was[log], archived)} | (
+                    {"archived": archived} if archived else {})
             from_id = 1 if prev is None else prev.checkpoints.get("upto_id", 0) + 1
             upto = max(snap.checkpoint_upto(), from_id - 1)
             for table in PG_TABLES:
-                if table not in present:
+                if table not in present or table == ARCHIVES_TABLE and prev is not None:
                     continue
                 columns = _pg_columns(cur, schema, table)
                 cols = ", ".join(_q(c) for c in columns)
@@ -1353,7 +1380,8 @@ def _restore_postgres(url: str, links: list[tuple[Path, Manifest, dict[str, Path
     manifest = links[-1][1]
     args, schema = _pg_connect_args(url)
     staging = f"{schema[:40]}_rs_{uuid.uuid4().hex[:8]}"
-    staging_url = _with_schema(url, staging)
+    # staged as a plain log whatever the URL's layout (`tradestate partitions convert` partitions it again)
+    staging_url = _with_schema(PgUrl.parse(url).without("partitions"), staging)
     tables = {m["table"] for _, lm, _f in links for m in lm.members}
     admin = psycopg.connect(**args, autocommit=True)
     try:
@@ -1367,6 +1395,10 @@ def _restore_postgres(url: str, links: list[tuple[Path, Manifest, dict[str, Path
                     from . import checkpoints
 
                     checkpoints.create_table(staged)
+                if ARCHIVES_TABLE in tables:
+                    from . import archive
+
+                    archive.create_table(staged)
                 select_range = digest_mod._Backend(staged).select_range
             finally:
                 staged.close()
@@ -1394,6 +1426,11 @@ def _restore_postgres(url: str, links: list[tuple[Path, Manifest, dict[str, Path
             open_store(url, create=True).close()
             previous = _swap_postgres(admin, schema, staging, logs, force=force, keep_previous=keep_previous, url=url,
                                       drops=drops)
+            if ARCHIVES_TABLE in tables:
+                from . import archive
+
+                with open_store(url, create=False) as restored:  # partitioned again, archived versions claimed
+                    archive.after_restore(restored)
         finally:
             with suppress(psycopg.Error):
                 admin.execute(f"DROP SCHEMA IF EXISTS {_q(staging)} CASCADE")
@@ -1463,9 +1500,13 @@ def _swap_postgres(conn: Any, schema: str, staging: str, logs: dict[str, dict[st
             previous = f"{schema[:36]}_pre_{_stamp().replace('-', '_').lower()}"
             cur.execute(f"CREATE SCHEMA {_q(previous)}")
             for t in present:
+                for c in partitions.companions(cur, schema, t):  # a partitioned log's partitions go too
+                    cur.execute(f"ALTER TABLE {_q(schema)}.{_q(c)} SET SCHEMA {_q(previous)}")
                 cur.execute(f"ALTER TABLE {_q(schema)}.{_q(t)} SET SCHEMA {_q(previous)}")
         else:
             for t in present:
+                for c in partitions.companions(cur, schema, t)[::-1]:  # the versions table, then partitions
+                    cur.execute(f"DROP TABLE {_q(schema)}.{_q(c)}")
                 cur.execute(f"DROP TABLE {_q(schema)}.{_q(t)}")
         for t in tables:
             if exists(staging, t):

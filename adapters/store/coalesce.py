@@ -481,7 +481,8 @@ class CommitCoalescer:
         """The current version of every stream ``pending`` appends to (absent: 0)."""
         streams = sorted({e.originator_id for req in pending for e in req.events})
         d = self._dialect
-        table = d.name(self.log.table)
+        # a partitioned log's versions table also knows the versions of archived events
+        table = getattr(self.log, "versions_relation", None) or d.name(self.log.table)
         out: dict[str, int] = {}
         with self.log.transaction() as cur:
             for at in range(0, len(streams), 500):

@@ -208,6 +208,7 @@ class _Backend:
         self.schema = self.dialect.schema
         self.p = self.dialect.param
         self.name = self.dialect.name
+        self._archives: dict[str, list[tuple[int, int, Any]]] = {}  # archived ranges per log, asked once
 
     # -- connections
     @contextmanager
@@ -252,10 +253,31 @@ class _Backend:
         )
 
     def rows(self, cur: Any, table: str, first: int, last: int) -> list[tuple[Any, ...]]:
-        """The rows of ``first <= position <= last`` of ``table``, in position order."""
+        """The rows of ``first <= position <= last`` of ``table``, in position order (archived
+        ones from their files)."""
         if self.pg:
-            return cur.execute(self.select_range(table), (first, last), binary=True).fetchall()
+            rows = cur.execute(self.select_range(table), (first, last), binary=True).fetchall()
+            archived = self.archived_rows(table, first, last)
+            return sorted(rows + archived, key=itemgetter(0)) if archived else rows
         return cur.execute(self.select_range(table), (first, last)).fetchall()
+
+    def archived_rows(self, table: str, first: int, last: int) -> list[tuple[Any, ...]]:
+        """The rows of ``first``-``last`` that are archived (not in the table), from the Parquet
+        files (adapters/store/archive.py); [] without archives."""
+        spans = self._archives.get(table)
+        if spans is None:
+            from . import archive
+
+            spans = self._archives[table] = archive.spans(self.store, table) if self.pg else []
+        if not spans:
+            return []
+        from .archive import digest_rows
+
+        out: list[tuple[Any, ...]] = []
+        for lo, hi, path in spans:
+            if lo <= last and hi >= first:
+                out += digest_rows(path, max(lo, first), min(hi, last))
+        return out
 
     def create_chain_table(self) -> None:
         """Create the digest chain table if it is not there (under the DDL lock)."""
@@ -354,6 +376,11 @@ def _page_cursors(db: _Backend, log: str, spans: list[tuple[int, int]], page: in
     as_bytes = db.select_range_text_as_bytes(log)
 
     def run(lo: int, hi: int) -> Any:
+        archived = db.archived_rows(log, lo, hi)
+        if archived:  # an archived range: its rows from the file, with any live ones
+            with db.read() as cur:
+                live = cur.execute(sql, (lo, hi), binary=True).fetchall()
+            return _Rows(sorted(live + archived, key=itemgetter(0)))
         with db.read() as cur:
             info = cur.connection.info
             if info.encoding == "utf-8" and info.parameter_status("server_encoding") == "UTF8":
@@ -372,6 +399,21 @@ def _page_cursors(db: _Backend, log: str, spans: list[tuple[int, int]], page: in
             cur.close()
         return
     yield from _read_ahead(db, run, bounds, done=lambda cur: cur.close())
+
+
+class _Rows:
+    """Rows already read, behind the part of a cursor that verify uses."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]):
+        self._rows, self._at = rows, 0
+
+    def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        out = self._rows[self._at:self._at + size]
+        self._at += len(out)
+        return out
+
+    def close(self) -> None:
+        self._rows = []
 
 
 def create_chain_table(store: Store) -> None:

@@ -386,8 +386,8 @@ class Leases:
     def _append(self, cur: Any, stream: str, built: tuple[str, bytes]) -> None:
         type_name, data = built
         p = self.dialect.param
-        cur.execute(f"SELECT coalesce(max(stream_version), 0) FROM {self.dialect.name(self.log.table)}"
-                    f" WHERE stream_id = {p}", (stream,))
+        table = getattr(self.log, "versions_relation", None) or self.dialect.name(self.log.table)  # archives too
+        cur.execute(f"SELECT coalesce(max(stream_version), 0) FROM {table} WHERE stream_id = {p}", (stream,))
         version = cur.fetchone()[0] + 1
         self.log.insert_in(cur, [new_event(stream, version, type_name, data)])
 

@@ -268,7 +268,16 @@ def rows_at(store: Store, stream_id: str, wanted: Iterable[int]) -> list[tuple[A
             cur.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {table}"
                         f" WHERE position IN ({', '.join([p] * len(part))}) AND stream_id = {p}", (*part, stream_id))
             out.extend(cur.fetchall())
+    if len(out) < len(wanted) and _archived_upto(store):  # archived events: the log reads them from the files
+        missing = set(wanted) - {r[0] for r in out}
+        out += [(e.position, e.originator_id, e.originator_version, e.topic, e.state, e.recorded_at)
+                for e in store.trading.read_stream(stream_id) if e.position in missing]
     return [(r[0], r[1], r[2], r[3], bytes(r[4]), as_time(r[5])) for r in sorted(out, key=lambda r: r[0])]
+
+
+def _archived_upto(store: Store) -> int:
+    """The last archived position of the trading log (0: none, and always on SQLite)."""
+    return getattr(store.trading, "archived_upto", lambda: 0)()
 
 
 def rows_after(store: Store, stream_id: str, after: int) -> list[tuple[Any, ...]]:
@@ -284,4 +293,9 @@ def rows_after(store: Store, stream_id: str, after: int) -> list[tuple[Any, ...]
         cur.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {table}"
                     f" WHERE position > {p} AND {stream} = {p} ORDER BY position", (after, stream_id))
         rows = cur.fetchall()
+    if after < _archived_upto(store):  # part of the range is archived: the log reads it from the files
+        seen = {r[0] for r in rows}
+        rows = sorted(rows + [(e.position, e.originator_id, e.originator_version, e.topic, e.state, e.recorded_at)
+                              for e in store.trading.read_stream(stream_id)
+                              if e.position > after and e.position not in seen], key=lambda r: r[0])
     return [(r[0], r[1], r[2], r[3], bytes(r[4]), as_time(r[5])) for r in rows]

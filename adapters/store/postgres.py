@@ -430,6 +430,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 void_type=psycopg.sql.Literal(VOID_TYPE),
             ),
         ]
+        if datastore.target.partitions:  # a new log laid out in monthly position ranges (partitions.py)
+            from .partitions import create_statements
+
+            self.sql_create_statements[2:3] = [SQL(s) for s in create_statements(datastore.schema, table)]
         self._insert_one = SQL(
             "INSERT INTO {} (position, stream_id, stream_version, type, data)"
             " VALUES (nextval({}), %s, %s, %s, %b) RETURNING position, recorded_at"
@@ -478,10 +482,15 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             " WHERE position > %s AND position <= %s ORDER BY position"
         ).format(self._qualified)
         self._head = SQL("SELECT coalesce(max(position), 0) FROM {}").format(self._qualified)
+        # The head as a reader needs it: the highest position beyond ``after`` (0: none). The same
+        # answer to "is there anything past here", and on a partitioned log the bound prunes the
+        # scan to the partitions past ``after`` (the open one) instead of probing every partition.
+        self._head_after = SQL("SELECT coalesce(max(position), 0) FROM {} WHERE position > %s").format(
+            self._qualified)
         self._currval = SQL("SELECT currval({})").format(self._seq_literal)
         # Rendered once: psycopg would otherwise re-compose these on every call of the hot path.
         for name in ("_insert_one", "_insert_many", "_insert_many_in", "_void", "_void_range", "_next_row", "_select",
-                     "_head", "_currval", "_insert_one_fenced", "_insert_many_fenced"):
+                     "_head", "_head_after", "_currval", "_insert_one_fenced", "_insert_many_fenced"):
             setattr(self, name, getattr(self, name).as_string(None))
         # What an existing log must already have for an open to skip DDL (a catalog write waits
         # for synchronous standbys like any commit, and fails on a read-only server).
@@ -837,7 +846,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
             if _CHUNKED_STREAMS and upper - after >= STREAM_FROM:
-                head = cur.execute(self._head, prepare=True).fetchone()[0]
+                head = cur.execute(self._head_after, (after,), prepare=True).fetchone()[0]
                 if min(upper, head) - after >= STREAM_FROM:
                     after = yield from self._streamed(after, min(upper, head), batch)
             while after < upper:
@@ -850,9 +859,13 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 if not rows:
                     # Nothing in the range: the end of the log, or a hole at least a page long
                     # (a huge append in flight, or its writer died) with events beyond it.
-                    head = cur.execute(self._head, prepare=True).fetchone()[0]
+                    head = cur.execute(self._head_after, (after,), prepare=True).fetchone()[0]
                     if head > after and min(upper, head) > after:
                         (beyond,) = cur.execute(self._next_row, (after,)).fetchone()
+                        archived = self._archived(cur, after + 1, upper, batch)
+                        if archived is not None:
+                            after = yield from archived
+                            continue
                         if self._void_hole(conn, after + 1, beyond - 1):
                             continue
                     return
@@ -863,6 +876,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                         if self._holes:  # forgotten before the yield: a caller may stop reading there
                             self._forget_holes(after)
                         yield before
+                    archived = self._archived(cur, after + 1, upper, batch)
+                    if archived is not None:
+                        after = yield from archived
+                        continue
                     if not self._void_hole(conn, after + 1, rows[len(before)][0] - 1):
                         return  # an append is still in flight there: stop before it
                     continue  # the hole is now a $void row: read on from it
@@ -909,6 +926,55 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         if self._holes:
             self._forget_holes(after)
         return after
+
+    def _archived(self, cur: psycopg.Cursor[Any], position: int, upper: int, batch: int) -> Iterator[list[Any]] | None:
+        """Where the table has no row at ``position``: the pages of the archived range holding it
+        (read from its Parquet file, up to ``upper``), a generator that returns the last position
+        it gave; None if no archive holds it (a real hole). Asked only on a hole, never on a live read.
+        Nothing is asked beyond the archived positions known (``archived_upto``)."""
+        if position > self.archived_upto():  # the common hole: an append in flight at the head
+            return None
+        from . import archive
+
+        found = archive.covering(cur, self.schema, self.table, position, self.datastore.target.archive or None)
+        if found is None:
+            return None
+        arch, path = found
+
+        def pages() -> Iterator[list[Any]]:
+            last = position - 1
+            for page in archive.read_pages(path, position, min(arch.last_position, upper), batch):
+                yield page
+                last = page[-1][0]
+            return last
+
+        return pages()
+
+    @property
+    def _partitioned(self) -> bool:
+        """Whether the table is partitioned (a plain table never has archives). Once True, kept;
+        a False is asked again after a minute (a log may be converted under a running process)."""
+        known, at = getattr(self, "_is_partitioned", (False, -1e9))
+        if known or time.monotonic() - at < 60:
+            return known
+        from .partitions import is_partitioned
+
+        with self._connection() as conn:
+            known = is_partitioned(conn.cursor(row_factory=tuple_row), self.schema, self.table)
+        self._is_partitioned = (known, time.monotonic())
+        return known
+
+    @property
+    def versions_relation(self) -> str:
+        """Where a stream's current version is read (``max(stream_version) ... WHERE stream_id``):
+        the versions table of a partitioned log (it holds archived events' versions too), else the
+        log's table."""
+        if self._partitioned:
+            from .partitions import versions_table
+
+            return f'"{self.schema}"."{versions_table(self.table)}"'
+        return f'"{self.schema}"."{self.table}"'
+
 
     def held_back_for(self, position: int) -> float | None:
         """Seconds this reader has been waiting on a hole above ``position`` (the oldest such hole
@@ -984,7 +1050,50 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 ).format(self._qualified),
                 (stream_id, after_version),
             ).fetchall()
-        return [RecordedEvent.from_row(r) for r in rows]
+        events = [RecordedEvent.from_row(r) for r in rows]
+        if (not events or events[0].originator_version > after_version + 1) and self.archived_upto():
+            # the stream's earlier events may be archived: the versions table knows where they were
+            events = [RecordedEvent.from_row(r) for r in self._archived_stream(
+                stream_id, after_version, events[0].originator_version if events else None)] + events
+        return events
+
+    def archived_upto(self) -> int:
+        """The last position of this log held only by an archive file (0: none). Asked again after
+        a minute (an archive run by another process shows then) or once a read met an archive."""
+        known, at = getattr(self, "_archived_upto", None) or (0, -1e9)
+        if time.monotonic() - at >= 60:
+            from . import archive
+
+            with self._connection() as conn:
+                found = archive._archived(conn.cursor(row_factory=tuple_row), self.schema, self.table)
+            known = max((a.last_position for a in found if not a.attached), default=0)
+            self._archived_upto = (known, time.monotonic())
+        return known
+
+    def _archived_stream(self, stream_id: str, after_version: int, below: int | None) -> list[Any]:
+        """The archived rows of ``stream_id`` with ``after_version < version < below``, in version order."""
+        from . import archive
+        from .partitions import versions_table
+
+        with self._connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            cur.execute(SQL("SELECT position FROM {}.{} WHERE stream_id = %s AND stream_version > %s"
+                            " AND stream_version < %s ORDER BY stream_version").format(
+                Identifier(self.schema), Identifier(versions_table(self.table))),
+                (stream_id, after_version, below if below is not None else 2**62))
+            wanted = [p for (p,) in cur.fetchall()]
+            out: list[Any] = []
+            for position in wanted:
+                if out and out[-1][0] >= position:
+                    continue
+                found = archive.covering(cur, self.schema, self.table, position, self.datastore.target.archive or None)
+                if found is None:
+                    continue  # not archived (a live row the first read did not see yet)
+                arch, path = found
+                targets = {p for p in wanted if arch.first_position <= p <= arch.last_position}
+                for page in archive.read_pages(path, min(targets), max(targets)):
+                    out += [r for r in page if r[0] in targets]
+        return sorted(out, key=lambda r: r[2])
 
     def close(self) -> None:
         """Give back the connections threads keep pinned and close the pool; the log is unusable

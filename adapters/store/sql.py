@@ -77,7 +77,10 @@ def sqlite_path(url: str) -> str:
 
 
 # Query parameters that are tradestate's, not libpq's: taken out before libpq parses the URL.
-_OWN_PARAMS = ("schema", "lock_timeout", "statement_timeout", "append_timeout", "synchronous_commit")
+_OWN_PARAMS = ("schema", "lock_timeout", "statement_timeout", "append_timeout", "synchronous_commit", "partitions",
+               "archive")
+# ``partitions=``: how a *new* log's tables are laid out (PostgreSQL; see adapters/store/partitions.py).
+PARTITION_LAYOUTS = ("", "none", "month")
 # tradestate's defaults, each applied only when neither the URL nor libpq's environment (the
 # variables beside it, or a service file) gives the value: libpq's own defaults (a Unix socket,
 # a database named after the user) are not what a trading service on TCP expects.
@@ -113,7 +116,9 @@ class PgUrl:
     ``statement_timeout`` and ``append_timeout`` (seconds: the longest an append waits for its
     commit, synchronous standbys included; default 5) and ``synchronous_commit`` (``on`` or
     ``remote_apply``: a level tradestate's sessions use at least; the server's own setting applies
-    when it is stronger). A weaker ``synchronous_commit`` (``off``, ``local``, ``remote_write``)
+    when it is stronger), ``partitions`` (``month``: a log created through this URL is partitioned
+    by position range, one partition per month; an existing log keeps its layout) and ``archive``
+    (the directory of the log's Parquet archives, see adapters/store/archive.py). A weaker ``synchronous_commit`` (``off``, ``local``, ``remote_write``)
     is ``InvalidInput``: an acknowledged append would not be durable."""
 
     url: str
@@ -123,6 +128,8 @@ class PgUrl:
     statement_timeout: float = 30.0
     append_timeout: float = 5.0
     synchronous_commit: str = SYNC_FLOOR
+    partitions: str = ""
+    archive: str = ""
 
     @classmethod
     def parse(cls, url: str) -> PgUrl:
@@ -155,6 +162,10 @@ class PgUrl:
         if SYNC_LEVELS.index(sync) < SYNC_LEVELS.index(SYNC_FLOOR):
             raise InvalidInput(f"bad PostgreSQL URL {redact(url)!r}: synchronous_commit={sync} would acknowledge "
                                "appends that are not durable; use on or remote_apply")
+        partitions = (own.get("partitions") or "").strip().lower()
+        if partitions not in PARTITION_LAYOUTS:
+            raise InvalidInput(f"bad PostgreSQL URL {redact(url)!r}: partitions={partitions!r} is not one of "
+                               "month, none")
         service = "service" in params or bool(os.environ.get("PGSERVICE"))
         for key, value in _DEFAULTS.items():
             if key in params:
@@ -165,7 +176,8 @@ class PgUrl:
             elif from_env is None and not service:
                 params[key] = value
         return cls(url=url, params=params, schema=own.get("schema") or "public", lock_timeout=lock_timeout,
-                   statement_timeout=statement_timeout, append_timeout=append_timeout, synchronous_commit=sync)
+                   statement_timeout=statement_timeout, append_timeout=append_timeout, synchronous_commit=sync,
+                   partitions="" if partitions == "none" else partitions, archive=own.get("archive") or "")
 
     def effective(self, key: str) -> str:
         """The value libpq will use for ``key``: the URL's, else its environment's, else ''."""
@@ -195,6 +207,12 @@ class PgUrl:
         from psycopg.conninfo import make_conninfo
 
         return make_conninfo("", **self.kwargs(**overrides))
+
+    def without(self, *keys: str) -> str:
+        """The same URL without the query parameters ``keys``."""
+        parts = urlsplit(self.url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in keys]
+        return urlunsplit(parts._replace(query=urlencode(query)))
 
     def with_schema(self, schema: str) -> str:
         """The same URL naming another ``schema``."""

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.fake_alpaca import FakeAlpaca, alpaca_venue
 from tradestate.adapters.brokers.alpaca import (
+    ALPACA_ORDER_STATUSES,
     AlpacaAdapter,
     OrderNotCancelable,
     OrderRejectedByVenue,
@@ -25,6 +26,7 @@ from tradestate.adapters.brokers.alpaca import (
     parse_order,
 )
 from tradestate.adapters.brokers.base import (
+    OPEN_VENUE_STATUSES,
     OrderNotFound,
     OrderRequest,
     Unknown,
@@ -167,10 +169,13 @@ def test_unknown_status_is_reported_not_fatal():
         venue.add_order(client_order_id="future", symbol="AAPL", side="buy", qty=D(1),
                         status="some_status_added_in_2030")
         venue.add_order(client_order_id="held", symbol="AAPL", side="buy", qty=D(1), status="held")
-        orders = {o.client_order_id: o for o in venue.adapter().open_orders()}
+        adapter = venue.adapter()
+        orders = {o.client_order_id: o for o in adapter.open_orders()}
         assert orders["future"].status == "unknown"
         assert orders["future"].raw_status == "some_status_added_in_2030"
-        assert orders["held"].status == "pending"
+        assert "held" not in orders  # Alpaca lists a held order as closed (alpaca-trade-api-python#322)
+        recent = {o.client_order_id: o for o in adapter.recent_orders(None)}
+        assert recent["held"].status == "pending" and recent["held"].is_open
 
 
 @pytest.mark.parametrize(("raw", "filled", "expected"), [
@@ -180,11 +185,26 @@ def test_unknown_status_is_reported_not_fatal():
     ("done_for_day", "0", "open"), ("done_for_day", "2", "partially_filled"),
     ("pending_cancel", "0", "open"), ("pending_replace", "4", "partially_filled"),
     ("stopped", "0", "open"), ("calculated", "10", "filled"), ("calculated", "4", "partially_filled"),
-    ("canceled", "4", "cancelled"), ("expired", "0", "expired"), ("replaced", "0", "cancelled"),
-    ("rejected", "0", "rejected"), ("brand_new_status", "0", "unknown"),
+    ("canceled", "4", "cancelled"), ("expired", "0", "expired"), ("replaced", "0", "replaced"),
+    ("rejected", "0", "rejected"), ("brand_new_status", "0", "unknown"), ("pending_review", "0", "pending"),
+    ("done_for_day", "10", "partially_filled"), ("suspended", "2", "partially_filled"), ("held", "0", "pending"),
+    ("calculated", "0", "open"), ("pending_cancel", "9", "partially_filled"), ("", "0", "unknown"),
 ])
 def test_status_mapping(raw, filled, expected):
     assert map_status(raw, D(10), D(filled)) == expected
+
+
+def test_every_alpaca_status_is_mapped_and_only_the_documented_ones_are_terminal():
+    """alpaca-py's OrderStatus (18 values) each have a meaning of ours; none is "unknown"."""
+    from alpaca.trading.enums import OrderStatus
+
+    assert {s.value for s in OrderStatus} == set(ALPACA_ORDER_STATUSES)
+    terminal = {s.value for s in OrderStatus if map_status(s.value, D(10), D(3)) not in OPEN_VENUE_STATUSES}
+    assert terminal == {"filled", "canceled", "expired", "replaced", "rejected"}
+    # calculated: done, settlement pending -> filled only once the whole quantity is
+    assert map_status("calculated", D(10), D(10)) == "filled"
+    # a notional order (no qty) that Alpaca says is filled is filled
+    assert map_status("filled", None, D("0.123456789")) == "filled"
 
 
 def test_times_are_utc_whatever_alpaca_sends():
@@ -400,8 +420,13 @@ def test_stream_turns_trade_updates_into_venue_updates(fake):
         fourth = adapter.submit(request("s-4", "1"))
         fake.finish(fourth.venue_order_id, "rejected")
         fifth = adapter.submit(request("s-5", "1"))
-        fake.finish(fifth.venue_order_id, "replaced")
-        wait_for(lambda: got.kinds("s-5") == ["ack", "replaced"], what="the last update")
+        new = fake.replace_order(fifth.venue_order_id, limit_price=D("0.6"))  # a new order, its own ids
+        fake.fill(new["id"], "1", "0.6", exec_id="EX-5")
+        wait_for(lambda: got.kinds("s-5") == ["ack", "replaced", "fill"], what="the last update")
+        replaced = [u for u in got.updates if u.kind == "replaced"][0]
+        assert replaced.venue_order_id == new["id"] and replaced.order.limit_price == D("0.6")
+        assert replaced.order.replaces == fifth.venue_order_id and new["client_order_id"] != "s-5"
+        assert got.fill("EX-5").client_order_id == "s-5" and got.fill("EX-5").fill.client_order_id == "s-5"
         assert got.kinds("s-4") == ["ack", "rejected"]
         assert got.kinds("s-1") == ["ack", "fill", "fill"]
         assert got.kinds("s-2") == ["ack", "cancelled"]
@@ -411,7 +436,7 @@ def test_stream_turns_trade_updates_into_venue_updates(fake):
         assert first.fill.qty == D("4") and first.fill.price == D("0.4999") and first.fill.side == "buy"
         assert first.occurred_at.utcoffset() == timedelta(0)
         # the same fills over REST carry the same execution ids
-        assert [f.exec_id for f in adapter.fills()] == ["EX-1", "EX-2"]
+        assert [f.exec_id for f in adapter.fills()] == ["EX-1", "EX-2", "EX-5"]
     finally:
         started = time.monotonic()
         adapter.stop_stream()
@@ -458,3 +483,53 @@ def test_stream_reconnect_backfills_what_was_sent_while_disconnected(fake):
         assert got.exec_ids() == ["E1", "E2", "E3", "E4"]
     finally:
         adapter.stop_stream()
+
+
+# -- legs, replaces, crypto fees ------------------------------------------------------------------
+
+
+def test_bracket_legs_carry_their_parent_also_when_listed_on_their_own(fake):
+    parent = fake.new_group("bracket", symbol="AAPL", side="buy", qty=D(10), limit_price=D(100),
+                            take_profit=D(110), stop_loss=D(95), client_order_id="b1")
+    take_profit, stop_loss = fake.legs[parent["id"]]
+    fake.fill(parent["id"], "10", "100", exec_id="E-entry")
+    fake.release_legs(parent["id"])
+    adapter = fake.adapter()
+    # after the entry filled, a nested open query shows nothing (alpaca-trade-api-js#87): asked flat,
+    # the working take-profit is there; its parent comes from one nested query of all orders
+    (open_leg,) = adapter.open_orders()
+    assert open_leg.venue_order_id == take_profit and open_leg.parent_venue_order_id == parent["id"]
+    assert [q["nested"] for m, p, q in fake.requests if p == "/orders"] == ["false", "true"]
+    recent = {o.venue_order_id: o for o in adapter.recent_orders(None)}
+    assert recent[stop_loss].raw_status == "held" and recent[stop_loss].parent_venue_order_id == parent["id"]
+    assert recent[parent["id"]].parent_venue_order_id is None and recent[parent["id"]].status == "filled"
+
+
+def test_replace_chains_are_read_whole(fake):
+    first = fake.new_order(symbol="AAPL", side="buy", qty=D(10), limit_price=D(100), client_order_id="r1")
+    second = fake.replace_order(first["id"], limit_price=D(101))
+    cutoff = fake.now()
+    third = fake.replace_order(second["id"], qty=D(5))
+    orders = {o.venue_order_id: o for o in fake.adapter().recent_orders(cutoff)}
+    # only the newest was submitted after the cutoff: the ones it replaced are read back by id
+    assert set(orders) == {first["id"], second["id"], third["id"]}
+    assert orders[third["id"]].replaces == second["id"] and orders[second["id"]].status == "replaced"
+    assert orders[third["id"]].qty == D(5) and orders[third["id"]].limit_price == D(101)
+
+
+def test_crypto_symbols_and_fees_posted_at_the_end_of_the_day(fake):
+    order = fake.new_order(symbol="ETH/USD", side="buy", qty=D(2), limit_price=D(2000), time_in_force="gtc")
+    fake.fill(order["id"], "2", "1884.5", exec_id="E-eth")
+    adapter = fake.adapter()
+    (position,) = adapter.positions()
+    assert (position.symbol, position.raw["symbol"], position.qty) == ("ETH/USD", "ETHUSD", D("1.995"))
+    assert [f.symbol for f in adapter.fills()] == ["ETH/USD"]
+    assert adapter.posted_fees() == []  # not posted before the end of the day
+    fake.post_crypto_fees()
+    (fee,) = adapter.posted_fees()
+    assert (fee.amount, fee.currency, fee.symbol, fee.in_kind) == (D("0.005"), "ETH", "ETH/USD", True)
+    assert fee.raw["activity_type"] == "CFEE" and fee.occurred_at.utcoffset() == timedelta(0)
+    snap = adapter.snapshot(None, now=datetime.now(timezone.utc))
+    assert snap.fees == [fee] and snap.unposted_fee_rates == {"ETH/USD": D("0.0025")}
+    fake.fail("fees")
+    assert isinstance(adapter.snapshot(None, now=datetime.now(timezone.utc)).fees, Unknown)

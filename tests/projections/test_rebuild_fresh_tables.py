@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from tests.support.projector_worker import Clock, write_session
+from tests.support.partitioned import pg_url  # noqa: F401 - also on a partitioned PostgreSQL log
 
 import tradestate
 from tradestate.adapters.store import open_store

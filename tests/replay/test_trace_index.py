@@ -21,6 +21,7 @@ from tradestate.domain.ids import account_stream_id
 from tradestate.tools.bench.logs import MIN_EVENTS, generate_trading_rows
 
 from tests.support.replay_session import A, build_session
+from tests.support.partitioned import db_url  # noqa: F401 - also on a partitioned PostgreSQL log
 
 ORDERS = [(A, "o-1"), (A, "o-2"), (A, "o-3"), (A, "o-4"), ("acct-b", "o-1")]
 

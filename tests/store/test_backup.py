@@ -15,6 +15,7 @@ import pytest
 from tests.support.db import pg_base_url
 from tests.support.projector_worker import Clock, write_session
 from tests.support.db import schema_of, tamper
+from tests.support.partitioned import db_url  # noqa: F401 - also on a partitioned PostgreSQL log
 from typer.testing import CliRunner
 
 import tradestate

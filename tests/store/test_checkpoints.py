@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.projector_worker import Clock, Orders, random_command, run_command, write_session
+from tests.support.partitioned import db_url  # noqa: F401 - also on a partitioned PostgreSQL log
 
 import tradestate
 from tradestate.adapters.store import checkpoints as cp

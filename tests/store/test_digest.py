@@ -22,6 +22,7 @@ from tradestate.adapters.store import digest, new_event, open_store
 from tradestate.domain.errors import ConcurrencyConflict
 
 from tests.support.db import pg_base_url, schema_of, tamper
+from tests.support.partitioned import db_url  # noqa: F401 - also on a partitioned PostgreSQL log
 
 N = 60  # events in the test log; sealed in ranges of 7 (the last one partial)
 

@@ -11,20 +11,28 @@ It speaks the wire protocol alpaca-py speaks to Alpaca, shaped after Alpaca's do
   "client_order_id must be unique"}`` on a duplicate id), ``DELETE /orders/{id}`` (204; 422 when no
   longer cancelable), ``GET /account/activities/FILL`` (``direction`` default desc, ``page_size``
   ≤ 100 default 100, ``page_token`` = the id of the last activity of the previous page,
-  ``after``/``until``). Amounts are decimal strings; times RFC 3339 UTC; ids UUIDs; a FILL
-  activity id is ``<New York time, ms>::<execution id>``.
+  ``after``/``until``), ``GET /account/activities/CFEE`` (crypto fees, one per pair and day, with a
+  ``date``), ``PATCH /orders/{id}`` (replace: a new order). Amounts are decimal strings; times
+  RFC 3339 UTC; ids UUIDs; a FILL activity id is ``<New York time, ms>::<execution id>``.
+* the vocabulary beyond the common case, each from Alpaca's documentation (cited where written):
+  any of the 18 order statuses; bracket/OCO/OTO groups (``new_group``: legs ``held``, listed
+  inside their parent with ``nested=true`` and on their own without; a held order is not listed
+  as open); cancel/replace (``replace_order``: ``replaces``/``replaced_by``); notional orders
+  (``notional``, ``qty`` null); quantities up to 9 decimals; crypto pairs (``BTC/USD`` in orders,
+  ``BTCUSD`` in positions and fee activities) with the fee taken at each fill from what is
+  received and posted at the end of the day (``post_crypto_fees``).
 * the websocket at ``/stream``: an ``authenticate`` (or ``auth``) message is answered with
   ``{"stream": "authorization", "data": {"status": "authorized", "action": "authenticate"}}``
   (``unauthorized`` and a close on bad keys), ``listen`` with ``{"stream": "listening", ...}``;
   then ``trade_updates`` events (``new``, ``fill``, ``partial_fill``, ``canceled``, ``expired``,
-  ``rejected``, ``replaced``) carrying the ``order`` object, ``timestamp`` and, for fills,
+  ``rejected``, ``replaced``; any other event a test broadcasts) carrying the ``order`` object, ``timestamp`` and, for fills,
   ``execution_id``, ``price``, ``qty``, ``position_qty``; sent as binary frames like Alpaca's.
   Events sent while nobody listens are lost, as at Alpaca.
 
 ``FakeAlpaca`` runs uvicorn + starlette on a background thread (``start()``/``stop()``, or as a
 context manager) on a random free port. ``alpaca_venue()`` wraps it as the ``VenueControl`` of the
 reconciliation scenarios (``tests/support/venues.py``). Fault injection: ``fail(query)`` (HTTP 500 or a
-truncated page), ``hang(path)`` (a request that never answers), ``stream_down()`` (drops the
+truncated page; also "fees"), ``hang(path)`` (a request that never answers), ``stream_down()`` (drops the
 websocket connections and refuses new ones while inside).
 """
 
@@ -55,12 +63,25 @@ from tradestate.adapters.brokers.alpaca import AlpacaAdapter
 
 NEW_YORK = ZoneInfo("America/New_York")
 CLOSED = {"filled", "canceled", "expired", "replaced", "rejected"}
+# ``status=open`` does not list a held leg: it shows as closed (alpacahq/alpaca-trade-api-python#322).
+NOT_LISTED_OPEN = CLOSED | {"held"}
 NOT_CANCELABLE = CLOSED | {"pending_cancel", "pending_replace"}
 # VenueControl statuses (ours) -> Alpaca's; anything else is passed through as Alpaca's own.
 OUR_STATUS = {
     "open": "new", "partially_filled": "partially_filled", "filled": "filled",
     "cancelled": "canceled", "rejected": "rejected", "expired": "expired",
 }
+
+
+def asset_class(symbol: str) -> str:
+    """Alpaca's asset class of a symbol here: a pair (``BTC/USD``) is crypto."""
+    return "crypto" if "/" in symbol else "us_equity"
+
+
+def legacy_symbol(symbol: str) -> str:
+    """How Alpaca's positions and fee activities spell a crypto pair: ``BTCUSD`` for ``BTC/USD``
+    (alpacahq/alpaca-docs content/trading/crypto-trading.md: the CFEE example says ``ETHUSD``)."""
+    return symbol.replace("/", "")
 
 
 def _ts(moment: datetime) -> str:
@@ -77,6 +98,10 @@ def _parse_ts(text: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+def _dec_or_none(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
 
 
 def _s(amount: Decimal | None) -> str | None:
@@ -101,7 +126,12 @@ class FakeAlpaca:
         self.account_id = str(uuid.uuid4())
         self.lock = threading.RLock()
         self.orders: dict[str, dict] = {}  # id -> Alpaca order object (insertion order)
+        self.legs: dict[str, list[str]] = {}  # parent order id -> its legs' ids (bracket, oco, oto)
         self.activities: list[dict] = []
+        self.fee_activities: list[dict] = []  # CFEE, posted by post_crypto_fees()
+        self.crypto_fee_rate = Decimal("0.0025")
+        # (pair, UTC day, buy) -> [fee, notional, qty] taken but not posted yet
+        self.unposted_fees: dict[tuple[str, str, bool], list[Decimal]] = {}
         self.positions: dict[str, dict] = {}  # symbol -> {"qty": Decimal, "avg": Decimal}
         self.cash = Decimal("100000")
         self.failing: dict[str, str] = {}  # query -> "500" | "truncated"
@@ -141,6 +171,7 @@ class FakeAlpaca:
             Route("/v2/orders:by_client_order_id", self._order_by_client_id, methods=["GET"]),
             Route("/v2/orders/{order_id}", self._order_get, methods=["GET"]),
             Route("/v2/orders/{order_id}", self._order_delete, methods=["DELETE"]),
+            Route("/v2/orders/{order_id}", self._order_patch, methods=["PATCH"]),
             Route("/v2/account/activities/{activity_type}", self._activities, methods=["GET"]),
             WebSocketRoute("/stream", self._stream),
         ], lifespan=self._lifespan)
@@ -208,10 +239,11 @@ class FakeAlpaca:
             self._clock = moment
             return moment
 
-    def new_order(self, *, symbol: str, side: str, qty: Decimal, order_type: str = "limit",
+    def new_order(self, *, symbol: str, side: str, qty: Decimal | None, order_type: str = "limit",
                   limit_price: Decimal | None = None, stop_price: Decimal | None = None,
                   time_in_force: str = "day", client_order_id: str | None = None,
-                  status: str = "new", at: datetime | None = None) -> dict:
+                  status: str = "new", at: datetime | None = None, notional: Decimal | None = None,
+                  order_class: str = "") -> dict:
         with self.lock:
             at = at or self.now()
             order = {
@@ -221,9 +253,9 @@ class FakeAlpaca:
                 "filled_at": None, "expired_at": None, "canceled_at": None, "failed_at": None,
                 "replaced_at": None, "replaced_by": None, "replaces": None,
                 "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "asset:" + symbol)),
-                "symbol": symbol, "asset_class": "us_equity", "notional": None,
+                "symbol": symbol, "asset_class": asset_class(symbol), "notional": _s(notional),
                 "qty": _s(qty), "filled_qty": "0", "filled_avg_price": None,
-                "order_class": "", "order_type": order_type, "type": order_type, "side": side,
+                "order_class": order_class, "order_type": order_type, "type": order_type, "side": side,
                 "position_intent": "buy_to_open" if side == "buy" else "sell_to_close",
                 "time_in_force": time_in_force, "limit_price": _s(limit_price),
                 "stop_price": _s(stop_price), "status": status, "extended_hours": False,
@@ -232,6 +264,87 @@ class FakeAlpaca:
             }
             self.orders[order["id"]] = order
             return order
+
+    def _nested(self, order: dict) -> dict:
+        """The order with its legs inside (``nested=true``: "the order response will nest the result
+        to include child orders under the parent order with an array field legs", Alpaca's
+        orders.md, Bracket Orders)."""
+        legs = self.legs.get(order["id"])
+        return {**order, "legs": [self._nested(self.orders[leg]) for leg in legs]} if legs else dict(order)
+
+    def new_group(self, order_class: str, *, symbol: str, side: str, qty: Decimal, order_type: str = "limit",
+                  limit_price: Decimal | None = None, take_profit: Decimal | None = None,
+                  stop_loss: Decimal | None = None, time_in_force: str = "gtc",
+                  client_order_id: str | None = None) -> dict:
+        """A bracket, OCO or OTO order as Alpaca creates it (orders.md, "Bracket Orders", "OCO
+        Orders", "OTO Orders"): bracket/OTO: the entry working, its exit legs ``held`` until it
+        fills; OCO: the take-profit is the parent and working, the stop-loss its ``held`` child.
+        Each leg gets a client order id of Alpaca's making. Returns the parent."""
+        with self.lock:
+            at = self.now()
+            exit_side = "sell" if side == "buy" else "buy"
+            if order_class == "oco":
+                parent = self.new_order(symbol=symbol, side=side, qty=qty, order_type="limit",
+                                        limit_price=take_profit, time_in_force=time_in_force,
+                                        client_order_id=client_order_id, at=at, order_class="oco")
+                legs = [self.new_order(symbol=symbol, side=side, qty=qty, order_type="stop", stop_price=stop_loss,
+                                       time_in_force=time_in_force, status="held", at=at, order_class="oco")]
+            else:
+                parent = self.new_order(symbol=symbol, side=side, qty=qty, order_type=order_type,
+                                        limit_price=limit_price, time_in_force=time_in_force,
+                                        client_order_id=client_order_id, at=at, order_class=order_class)
+                legs = []
+                if take_profit is not None:
+                    legs.append(self.new_order(symbol=symbol, side=exit_side, qty=qty, order_type="limit",
+                                               limit_price=take_profit, time_in_force=time_in_force,
+                                               status="held", at=at, order_class=order_class))
+                if stop_loss is not None:
+                    legs.append(self.new_order(symbol=symbol, side=exit_side, qty=qty, order_type="stop",
+                                               stop_price=stop_loss, time_in_force=time_in_force,
+                                               status="held", at=at, order_class=order_class))
+            self.legs[parent["id"]] = [leg["id"] for leg in legs]
+            return parent
+
+    def release_legs(self, parent_id: str) -> None:
+        """The entry filled: the take-profit leg starts working (``new``), the stop-loss stays
+        ``held`` (alpacahq/alpaca-trade-api-js#87: "one is opened at a time, the other orders are held")."""
+        with self.lock:
+            for leg_id in self.legs.get(parent_id, []):
+                leg = self.orders[leg_id]
+                if leg["type"] == "limit" and leg["status"] == "held":
+                    self._set_status(leg, "new", self.now())
+
+    def replace_order(self, order_id: str, *, qty: Decimal | None = None, limit_price: Decimal | None = None,
+                      stop_price: Decimal | None = None, client_order_id: str | None = None,
+                      stream: bool = True) -> dict:
+        """PATCH /v2/orders/{id} as Alpaca does it ("Replace an Order": each parameter overrides the
+        existing order's, the rest stay the same): a NEW order (its own id, ``replaces`` = the old
+        one, a new client order id unless one is given) for ``qty`` (the old order's qty when not
+        given, also after partial fills: alpacahq/Alpaca-API#165); the old order becomes
+        ``replaced`` (``replaced_by``), keeping its fills. Streams ``replaced`` (the old order,
+        old prices: alpacahq/alpaca-trade-api-csharp#149) then ``new`` (the replacement)."""
+        with self.lock:
+            old = self.orders[order_id]
+            at = self.now()
+            new = self.new_order(
+                symbol=old["symbol"], side=old["side"], qty=qty if qty is not None else Decimal(old["qty"]),
+                order_type=old["type"],
+                limit_price=limit_price if limit_price is not None else _dec_or_none(old["limit_price"]),
+                stop_price=stop_price if stop_price is not None else _dec_or_none(old["stop_price"]),
+                time_in_force=old["time_in_force"], client_order_id=client_order_id, at=at,
+                order_class=old["order_class"])
+            new["replaces"] = old["id"]
+            old["replaced_by"] = new["id"]
+            self._set_status(old, "replaced", at)
+            for legs in self.legs.values():  # a replaced leg's replacement stays in its group
+                if old["id"] in legs:
+                    legs[legs.index(old["id"])] = new["id"]
+            events = [{"event": "replaced", "order": dict(old), "timestamp": _ts(at)},
+                      {"event": "new", "order": dict(new), "timestamp": _ts(at)}]
+        if stream:
+            for event in events:
+                self.broadcast(event)
+        return new
 
     def _set_status(self, order: dict, status: str, at: datetime) -> None:
         order["status"] = status
@@ -250,12 +363,19 @@ class FakeAlpaca:
         avg_before = Decimal(order["filled_avg_price"] or 0)
         order["filled_avg_price"] = str((avg_before * filled_before + price * qty) / filled)
         order["filled_qty"] = str(filled)
-        total = Decimal(order["qty"]) if order["qty"] is not None else filled
+        if order["qty"] is not None:
+            total = Decimal(order["qty"])
+        else:  # a notional order is done once its amount is spent (its qty stays null)
+            total = filled if Decimal(order["filled_avg_price"]) * filled >= Decimal(order["notional"]) else filled + 1
         done = filled >= total
         self._set_status(order, "filled" if done else "partially_filled", at)
         side = order["side"]
-        self._move_position(order["symbol"], qty if side == "buy" else -qty, price)
+        fee = self._crypto_fee(order, qty, price, at)
+        held = qty - fee if side == "buy" else qty  # a buy's fee is taken from the asset received
+        self._move_position(order["symbol"], held if side == "buy" else -qty, price)
         self.cash -= (qty if side == "buy" else -qty) * price
+        if side == "sell":
+            self.cash -= fee  # a sell's fee is taken from the USD received
         self.activities.append({
             "id": at.astimezone(NEW_YORK).strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}::{exec_id}",
             "activity_type": "FILL", "transaction_time": _ts(at),
@@ -269,6 +389,42 @@ class FakeAlpaca:
             "order": dict(order), "timestamp": _ts(at), "price": str(price), "qty": str(qty),
             "position_qty": str(position["qty"] if position else Decimal(0)),
         }
+
+    def _crypto_fee(self, order: dict, qty: Decimal, price: Decimal, at: datetime) -> Decimal:
+        """Alpaca's crypto fee on one execution (alpaca-docs crypto-trading.md, "Crypto Fees"):
+        charged on what the account receives (buying BTC/USD: in BTC; selling: in USD), taken
+        at once, posted as a ``CFEE`` activity only at the end of the day (``post_crypto_fees``).
+        ``crypto_fee_rate``: tier 1, 25 bps. Zero for anything but crypto."""
+        if order.get("asset_class") != "crypto" or not self.crypto_fee_rate:
+            return Decimal(0)
+        buy = order["side"] == "buy"
+        fee = (qty * self.crypto_fee_rate if buy else qty * price * self.crypto_fee_rate).quantize(Decimal("1e-9"))
+        key = (order["symbol"], at.astimezone(timezone.utc).date().isoformat(), buy)
+        pending = self.unposted_fees.setdefault(key, [Decimal(0), Decimal(0), Decimal(0)])
+        pending[0] += fee
+        pending[1] += qty * price
+        pending[2] += qty
+        return fee
+
+    def post_crypto_fees(self) -> list[dict]:
+        """End of day: every fee taken since the last posting becomes one ``CFEE`` activity per pair
+        and day, shaped like the docs' example (``symbol`` ``ETHUSD``, ``qty`` the fee in the asset
+        as a negative number, ``net_amount`` 0; a fee in USD is ``net_amount`` < 0 with ``qty`` 0)."""
+        posted = []
+        with self.lock:
+            for (symbol, day, buy), (fee, notional, qty) in sorted(self.unposted_fees.items()):
+                price = (notional / qty).quantize(Decimal("1e-9")) if qty else Decimal(0)
+                activity = {
+                    "id": day.replace("-", "") + "000000000::" + str(uuid.uuid4()), "activity_type": "CFEE",
+                    "date": day, "net_amount": "0" if buy else str(-fee),
+                    "description": "Coin Pair Transaction Fee (Non USD)" if buy else "Coin Pair Transaction Fee (USD)",
+                    "symbol": legacy_symbol(symbol), "qty": str(-fee) if buy else "0", "price": str(price),
+                    "status": "executed",
+                }
+                self.fee_activities.append(activity)
+                posted.append(activity)
+            self.unposted_fees.clear()
+        return posted
 
     def _move_position(self, symbol: str, delta: Decimal, price: Decimal) -> None:
         position = self.positions.get(symbol)
@@ -345,9 +501,10 @@ class FakeAlpaca:
         """Make one query fail from now on: "positions", "balances" (HTTP 500), "orders" (a
         truncated page), "fills" (HTTP 500 on a next page; a truncated first page). ``mode``
         ("500" or "truncated") overrides."""
-        if query not in ("positions", "orders", "fills", "balances"):
+        if query not in ("positions", "orders", "fills", "balances", "fees"):
             raise ValueError(f"unknown query {query!r}")
-        default = {"positions": "500", "balances": "500", "orders": "truncated", "fills": "pages"}[query]
+        default = {"positions": "500", "balances": "500", "orders": "truncated", "fills": "pages",
+                   "fees": "500"}[query]
         self.failing[query] = mode or default
 
     def hang(self, path: str) -> None:
@@ -429,9 +586,11 @@ class FakeAlpaca:
             for symbol, p in sorted(self.positions.items()):
                 qty, avg = p["qty"], p["avg"]
                 cost = qty * avg
+                crypto = asset_class(symbol) == "crypto"
                 rows.append({
                     "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "asset:" + symbol)),
-                    "symbol": symbol, "exchange": "NASDAQ", "asset_class": "us_equity",
+                    "symbol": legacy_symbol(symbol) if crypto else symbol,
+                    "exchange": "CRYPTO" if crypto else "NASDAQ", "asset_class": asset_class(symbol),
                     "asset_marginable": True, "avg_entry_price": str(avg), "qty": str(qty),
                     "qty_available": str(qty), "side": "long" if qty > 0 else "short",
                     "market_value": str(cost), "cost_basis": str(cost), "unrealized_pl": "0",
@@ -455,12 +614,18 @@ class FakeAlpaca:
         except ValueError as e:
             return _error(422, 40010000, f"invalid query: {e}")
         direction = q.get("direction", "desc")
+        nested = q.get("nested", "false").lower() == "true"
         with self.lock:
+            leg_ids = {leg for legs in self.legs.values() for leg in legs}
             rows = []
             for order in self.orders.values():
-                closed = order["status"] in CLOSED
+                closed = order["status"] in NOT_LISTED_OPEN
                 if (status == "open" and closed) or (status == "closed" and not closed):
                     continue
+                if nested and order["id"] in leg_ids:
+                    continue  # listed inside its parent
+                if nested:
+                    order = self._nested(order)
                 at = _parse_ts(order["submitted_at"])
                 if (after is not None and at <= after) or (until is not None and at >= until):
                     continue
@@ -478,7 +643,8 @@ class FakeAlpaca:
             order = self.orders.get(request.path_params["order_id"])
             if order is None:
                 return _error(404, 40410000, f"order not found for {request.path_params['order_id']}")
-            return _json(order)
+            nested = request.query_params.get("nested", "false").lower() == "true"
+            return _json(self._nested(order) if nested else order)
 
     async def _order_by_client_id(self, request: Request) -> Response:
         if (early := await self._enter(request, "orders")) is not None:
@@ -510,13 +676,24 @@ class FakeAlpaca:
         if tif not in ("day", "gtc", "opg", "cls", "ioc", "fok"):
             return _error(422, 40010000, "invalid time_in_force")
         try:
-            qty = Decimal(str(body["qty"]))
+            qty = Decimal(str(body["qty"])) if body.get("qty") is not None else None
+            notional = Decimal(str(body["notional"])) if body.get("notional") is not None else None
             limit = Decimal(str(body["limit_price"])) if body.get("limit_price") is not None else None
             stop = Decimal(str(body["stop_price"])) if body.get("stop_price") is not None else None
-        except (KeyError, ArithmeticError):
-            return _error(422, 40010000, "qty is required and must be a number")
-        if qty <= 0:
+        except ArithmeticError:
+            return _error(422, 40010000, "qty, notional and prices must be numbers")
+        # "qty / notional: ... Can take up to 9 decimal points"; one of the two, not both
+        # (alpacahq/alpaca-docs content/trading/fractional-trading.md)
+        if (qty is None) == (notional is None):
+            return _error(422, 40010000, "qty or notional is required (not both)")
+        amount = qty if qty is not None else notional
+        assert amount is not None
+        if amount <= 0:
             return _error(422, 40010000, "qty must be > 0")
+        if -amount.as_tuple().exponent > 9:  # type: ignore[operator]
+            return _error(422, 40010000, "qty and notional can have at most 9 decimal places")
+        if notional is not None and kind != "market":
+            return _error(422, 40010000, "notional orders must be market orders")
         if kind in ("limit", "stop_limit") and limit is None:
             return _error(422, 40010000, "limit_price is required for limit orders")
         if kind in ("stop", "stop_limit") and stop is None:
@@ -529,7 +706,7 @@ class FakeAlpaca:
                 return _error(422, 40010001, "client_order_id must be unique")
             order = self.new_order(symbol=symbol, side=side, qty=qty, order_type=kind,
                                    limit_price=limit, stop_price=stop, time_in_force=tif,
-                                   client_order_id=cid, status="accepted")
+                                   client_order_id=cid, status="accepted", notional=notional)
             accepted = dict(order)
             self._set_status(order, "new", self.now())
             event = {"event": "new", "order": dict(order), "timestamp": order["updated_at"]}
@@ -554,11 +731,39 @@ class FakeAlpaca:
         await self._send_all({"stream": "trade_updates", "data": event})
         return Response(status_code=204)
 
-    async def _activities(self, request: Request) -> Response:
-        if (early := await self._enter(request, "fills")) is not None:
+    async def _order_patch(self, request: Request) -> Response:
+        if (early := await self._enter(request)) is not None:
             return early
-        if request.path_params["activity_type"] != "FILL":
-            return _json([])  # only trade activities exist here
+        try:
+            body = json.loads(await request.body())
+            changes = {k: Decimal(str(body[k])) for k in ("qty", "limit_price", "stop_price") if body.get(k) is not None}
+        except (ValueError, ArithmeticError):
+            return _error(400, 40010000, "request body format is invalid")
+        with self.lock:
+            order = self.orders.get(request.path_params["order_id"])
+            if order is None:
+                return _error(404, 40410000, "order not found")
+            # "Order cannot be replaced when the status is accepted, pending_new, pending_cancel or
+            # pending_replace" (Alpaca's "Replace an Order" reference), nor once it is finished
+            if order["status"] in CLOSED | {"accepted", "pending_new", "pending_cancel", "pending_replace"}:
+                return _error(422, 42210000, "order is not replaceable")
+        new = await asyncio.to_thread(self.replace_order, order["id"], client_order_id=body.get("client_order_id"),
+                                      stream=False, **changes)
+        with self.lock:
+            old = self.orders[order["id"]]
+            events = [{"event": "replaced", "order": dict(old), "timestamp": old["updated_at"]},
+                      {"event": "new", "order": dict(new), "timestamp": new["updated_at"]}]
+        for event in events:
+            await self._send_all({"stream": "trade_updates", "data": event})
+        return _json(new)
+
+    async def _activities(self, request: Request) -> Response:
+        activity_type = request.path_params["activity_type"]
+        query = "fills" if activity_type == "FILL" else "fees"
+        if (early := await self._enter(request, query)) is not None:
+            return early
+        if activity_type not in ("FILL", "CFEE"):
+            return _json([])  # no other activities happen here
         q = request.query_params
         direction = q.get("direction", "desc")
         try:
@@ -569,11 +774,15 @@ class FakeAlpaca:
             return _error(422, 40010000, f"invalid query: {e}")
         if not 1 <= size <= 100:
             return _error(422, 40010000, "page_size must be between 1 and 100")
+
+        def when(a: dict) -> datetime:  # a non-trade activity has a date, not a transaction time
+            return _parse_ts(a.get("transaction_time") or a["date"])
+
         with self.lock:
-            rows = [dict(a) for a in self.activities
-                    if (after is None or _parse_ts(a["transaction_time"]) > after)
-                    and (until is None or _parse_ts(a["transaction_time"]) < until)]
-        rows.sort(key=lambda a: (a["transaction_time"], a["id"]), reverse=(direction != "asc"))
+            source = self.activities if activity_type == "FILL" else self.fee_activities
+            rows = [dict(a) for a in source
+                    if (after is None or when(a) > after) and (until is None or when(a) < until)]
+        rows.sort(key=lambda a: (when(a), a["id"]), reverse=(direction != "asc"))
         token = q.get("page_token")
         if token:
             ids = [a["id"] for a in rows]
@@ -581,7 +790,7 @@ class FakeAlpaca:
                 return _error(422, 40010000, "invalid page_token")
             rows = rows[ids.index(token) + 1:]
         page = rows[:size]
-        return self._page("fills", page, has_more=len(rows) > size, next_page=bool(token))
+        return self._page(query, page, has_more=len(rows) > size, next_page=bool(token))
 
     # -- the trade-updates websocket ------------------------------------------------------------
 

@@ -32,6 +32,24 @@ Behaviour kept close to TWS's documented behaviour:
   get error 201 and status Inactive; an order id below the client's sequence gets error 103.
   ``cancelOrder`` -> error 202 + ``orderStatus`` Cancelled, or error 10147 for an unknown id.
 * A second connection with a client id already in use gets error 326 and is closed.
+* **Commission reports** (IB, "Executions and Commissions",
+  https://interactivebrokers.github.io/tws-api/executions_commissions.html): ``execDetails`` and
+  ``commissionReport`` are separate messages joined by execId; "to receive commissions reports for
+  all clients it is necessary to connect as the Master Client ID". So a commission report goes to
+  the client that placed the order and to ``master_client_id`` (None: TWS's default, no master
+  set) only, live and in ``reqExecutions`` answers; ``fill(..., report=False)`` holds one back
+  (computed late) until ``report_commission(execution)``.
+* **Executions of earlier days**: TWS reports the current day's executions (its Trade Log shows
+  "daily executions", https://www.clientam.com/en/software/tws/usersguidebook/realtimeactivitymonitoring/the_trade_log.htm);
+  ``execution_days=1`` answers ``reqExecutions`` with those since New York midnight only (None, the
+  default here: every execution staged, so tests staged minutes before midnight stay stable).
+* **Duplicate order statuses** ("orderStatus() may return duplicate messages", IB API guide,
+  orderstatus.htm): ``duplicate_status=True`` sends every ``orderStatus`` twice.
+* **Financial-advisor allocations** (same executions page: "Advisors executing allocation orders
+  will receive execution details and commissions for the allocation order itself ... for a
+  specific subaccount IBApi.EClient.reqExecutions can be used"): ``allocate(order, {account:
+  qty})`` fills an order placed for an FA group: each sub-account's execution is listed by
+  ``reqExecutions`` under that account.
 * Farm status messages 2104/2106/2158 (warnings) after the log-on, as TWS sends them.
 
 Fault injection: ``fail(query)`` ("positions", "orders", "fills", "balances") makes that request
@@ -148,6 +166,8 @@ class FakeExecution:
     commission: Decimal
     commission_currency: str = "USD"
     exchange: str = "ISLAND"
+    reported: bool = True  # its commission report exists (False: computed later, or never)
+    account: str | None = None  # an FA allocation's sub-account (None: the order's account)
 
 
 @dataclass
@@ -172,6 +192,9 @@ class FakeTWS:
         stall_sync: set[str] | frozenset[str] = frozenset(),
         perm_id_start: int = 1_873_000_000,
         rejects: dict[str, str] | None = None,
+        master_client_id: int | None = None,
+        execution_days: int | None = None,
+        duplicate_status: bool = False,
     ) -> None:
         self.accounts = tuple(accounts)
         self.lock = threading.RLock()
@@ -187,6 +210,9 @@ class FakeTWS:
         self.stall_sync = set(stall_sync)
         self.rejects = dict(rejects or {})  # symbol -> reason: placeOrder for it is rejected (error 201)
         self.failing: dict[str, str] = {}  # query -> "error" | "silent"
+        self.master_client_id = master_client_id  # TWS's "Master API client ID" (None: not set)
+        self.execution_days = execution_days  # reqExecutions: days back from today's New York midnight
+        self.duplicate_status = duplicate_status
         self.next_order_id: dict[int, int] = {}  # client id -> next valid order id
         self._perm_ids = itertools.count(perm_id_start)
         self._exec_seq = itertools.count(0x6576C1D1)
@@ -258,9 +284,12 @@ class FakeTWS:
         account: str | None = None,
         status: str = "Submitted",
         submitted_at: datetime | None = None,
+        notify: bool = False,
     ) -> FakeOrder:
         """An order as if placed earlier (by API client ``client_id``; 0 with order id 0: by hand
-        in TWS). ``order_id`` defaults to the client's next id (0 for manual orders)."""
+        in TWS). ``order_id`` defaults to the client's next id (0 for manual orders). ``notify``:
+        the placing client, if connected, gets its ``openOrder`` and ``orderStatus`` (as TWS
+        streams a client's own orders: placed now, e.g. resent by a second thread of it)."""
         with self.lock:
             if order_id is None:
                 order_id = 0 if client_id == 0 else self._take_order_id(client_id)
@@ -271,7 +300,10 @@ class FakeTWS:
                 submitted_at=submitted_at or datetime.now(timezone.utc),
             )
             self.orders.append(order)
-            return order
+        if notify:
+            self._to_client(order, self._open_order(order))
+            self._status_to_client(order)
+        return order
 
     def fill(
         self,
@@ -283,9 +315,13 @@ class FakeTWS:
         commission: Decimal | None = None,
         at: datetime | None = None,
         notify: bool = True,
+        report: bool = True,
+        account: str | None = None,
     ) -> FakeExecution:
         """An execution of ``order``: moves the order, the position and the cash; the placing
-        client (if connected) gets ``execDetails``, ``commissionReport`` and ``orderStatus``."""
+        client (if connected) gets ``execDetails``, ``commissionReport`` and ``orderStatus``.
+        ``report=False``: the commission is not computed yet (no ``commissionReport`` until
+        ``report_commission``). ``account``: the sub-account of an FA allocation."""
         with self.lock:
             qty, price = Decimal(qty), Decimal(price)
             if qty <= 0 or order.filled + qty > order.qty:
@@ -299,19 +335,49 @@ class FakeTWS:
             execution = FakeExecution(
                 exec_id=exec_id or self._new_exec_id(), order=order, shares=qty, price=price,
                 time=at or datetime.now(timezone.utc), cum_qty=order.filled, avg_price=order.avg_fill,
-                commission=Decimal(commission),
+                commission=Decimal(commission), reported=report, account=account,
             )
             self.executions.append(execution)
-            self._book(order, qty, price, Decimal(commission))
+            # a commission not computed yet is not charged yet either
+            self._book(order, qty, price, Decimal(commission) if report else Decimal(0), account=account)
             if order.filled == order.qty:
                 order.status = "Filled"
                 order.completed_time = execution.time
                 order.completed_status = f"Filled Size: {num(order.qty)}"
         if notify:
             self._to_client(order, self._exec_details(-1, execution))
-            self._to_client(order, self._commission_report(execution))
-            self._to_client(order, self._order_status(order))
+            if report:
+                self._report_to_clients(execution)
+            self._status_to_client(order)
         return execution
+
+    def report_commission(self, execution: FakeExecution, commission: Decimal | None = None) -> None:
+        """The commission of ``execution`` is computed now (late): its ``commissionReport`` goes to the
+        placing client and the master client id, and ``reqExecutions`` lists it from now on."""
+        with self.lock:
+            charged = execution.commission if execution.reported else Decimal(0)
+            if commission is not None:
+                execution.commission = Decimal(commission)
+            self.cash[execution.account or execution.order.account][execution.commission_currency] -= (
+                execution.commission - charged)
+            execution.reported = True
+        self._report_to_clients(execution)
+
+    def allocate(self, order: FakeOrder, allocations: dict[str, Decimal], price: Decimal) -> list[FakeExecution]:
+        """Fill an FA group order by sub-account: one execution per account, each booked there."""
+        return [self.fill(order, Decimal(qty), Decimal(price), account=account)
+                for account, qty in allocations.items()]
+
+    def _report_to_clients(self, execution: FakeExecution) -> None:
+        with self.lock:
+            targets = [c for c in self.conns if c.client_id is not None and c.client_id in (
+                execution.order.client_id, self.master_client_id)]
+        for conn in targets:
+            self._send(conn, *self._commission_report(execution))
+
+    def _status_to_client(self, order: FakeOrder) -> None:
+        for _ in range(2 if self.duplicate_status else 1):
+            self._to_client(order, self._order_status(order))
 
     def correct(
         self,
@@ -321,9 +387,13 @@ class FakeTWS:
         price: Decimal | None = None,
         commission: Decimal | None = None,
         notify: bool = True,
+        report: bool = True,
     ) -> FakeExecution:
         """A correction: a new execution whose id differs only after the last '.', replacing
-        ``execution`` (the position and cash move by the difference)."""
+        ``execution`` (the position and cash move by the difference; IB documents the id rule
+        only: https://interactivebrokers.github.io/tws-api/classIBApi_1_1Execution.html, "a
+        correction is indicated by an ExecId which differs from a previous ExecId in only the
+        digits after the final period"). Its commission report may come late (``report=False``)."""
         with self.lock:
             base, _, version = execution.exec_id.rpartition(".")
             new_id = f"{base}.{int(version, 16) + 1:02x}" if base else execution.exec_id + ".02"
@@ -332,19 +402,22 @@ class FakeTWS:
             new_price = Decimal(price) if price is not None else execution.price
             new_commission = Decimal(commission) if commission is not None else execution.commission
             # undo the corrected execution, apply the new one
-            self._book(order, -execution.shares, execution.price, -execution.commission)
-            self._book(order, new_qty, new_price, new_commission)
+            charged = execution.commission if execution.reported else Decimal(0)
+            self._book(order, -execution.shares, execution.price, -charged, account=execution.account)
+            self._book(order, new_qty, new_price, new_commission if report else Decimal(0), account=execution.account)
             total = (order.avg_fill or Decimal(0)) * order.filled - execution.shares * execution.price + new_qty * new_price
             order.filled += new_qty - execution.shares
             order.avg_fill = total / order.filled if order.filled else None
             corrected = FakeExecution(
                 exec_id=new_id, order=order, shares=new_qty, price=new_price, time=execution.time,
                 cum_qty=order.filled, avg_price=order.avg_fill or new_price, commission=new_commission,
+                reported=report, account=execution.account,
             )
             self.executions.append(corrected)
         if notify:
             self._to_client(order, self._exec_details(-1, corrected))
-            self._to_client(order, self._commission_report(corrected))
+            if report:
+                self._report_to_clients(corrected)
         return corrected
 
     def finish(self, order: FakeOrder, status: str, completed_status: str = "", *, notify: bool = True) -> None:
@@ -354,7 +427,7 @@ class FakeTWS:
             order.completed_time = datetime.now(timezone.utc)
             order.completed_status = completed_status or status
         if notify:
-            self._to_client(order, self._order_status(order))
+            self._status_to_client(order)
 
     def set_position(self, symbol: str, qty: Decimal, avg_cost: Decimal | None = None, account: str | None = None) -> None:
         with self.lock:
@@ -404,9 +477,11 @@ class FakeTWS:
     def _new_exec_id(self) -> str:
         return f"{self._session:08x}.{next(self._exec_seq):08x}.01.01"
 
-    def _book(self, order: FakeOrder, qty: Decimal, price: Decimal, commission: Decimal) -> None:
+    def _book(self, order: FakeOrder, qty: Decimal, price: Decimal, commission: Decimal,
+              account: str | None = None) -> None:
         sign = Decimal(1) if order.action == "BUY" else Decimal(-1)
-        book = self.positions.setdefault(order.account, {})
+        account = account or order.account
+        book = self.positions.setdefault(account, {})
         old_qty, old_avg = book.get(order.symbol, (Decimal(0), Decimal(0)))
         delta = sign * qty
         new_qty = old_qty + delta
@@ -420,7 +495,7 @@ class FakeTWS:
             else:
                 avg = old_avg  # reduced
             book[order.symbol] = (new_qty, avg)
-        cash = self.cash.setdefault(order.account, {})
+        cash = self.cash.setdefault(account, {})
         cash[order.currency] = cash.get(order.currency, Decimal(0)) - sign * qty * price - commission
 
     # -- internals: network ---------------------------------------------------------------------
@@ -593,7 +668,8 @@ class FakeTWS:
                 messages = []
                 for execution in self._executions(f):
                     messages.append(self._exec_details(req_id, execution))
-                    messages.append(self._commission_report(execution))
+                    if execution.reported and conn.client_id in (execution.order.client_id, self.master_client_id):
+                        messages.append(self._commission_report(execution))
                 self._send_many(conn, messages + [[55, 1, req_id]])
                 if first:
                     conn.synced = True
@@ -662,10 +738,14 @@ class FakeTWS:
             for e in self.executions:
                 if client_id and e.order.client_id != client_id:
                     continue
-                if account and e.order.account != account:
+                if account and (e.account or e.order.account) != account:
                     continue
                 if since is not None and e.time < since:
                     continue
+                if self.execution_days is not None:  # TWS: the current day's executions (see the docstring)
+                    today = datetime.now(NEW_YORK).replace(hour=0, minute=0, second=0, microsecond=0)
+                    if e.time < today - timedelta(days=self.execution_days - 1):
+                        continue
                 if symbol and e.order.symbol != symbol:
                     continue
                 if side and side != ("BUY" if e.order.action == "BUY" else "SELL"):
@@ -734,7 +814,7 @@ class FakeTWS:
         o = e.order
         side = "BOT" if o.action == "BUY" else "SLD"
         return [11, req_id, o.order_id, o.con_id, o.symbol, "STK", "", "0", "", "", e.exchange, o.currency, o.symbol,
-                "NMS", e.exec_id, ib_time(e.time), o.account, e.exchange, side, num(e.shares), num(e.price), o.perm_id,
+                "NMS", e.exec_id, ib_time(e.time), e.account or o.account, e.exchange, side, num(e.shares), num(e.price), o.perm_id,
                 o.client_id, 0, num(e.cum_qty), num(e.avg_price), o.order_ref, "", "", "", 1]
 
     def _commission_report(self, e: FakeExecution) -> list[Any]:
@@ -818,6 +898,8 @@ class FakeTWS:
             else:
                 first = []
             second = [self._open_order(order), self._order_status(order)]
+            if self.duplicate_status:
+                second.append(self._order_status(order))
             mark = self.marks.get(order.symbol, Decimal("100"))
         self._send_many(conn, first + second)
         if order.order_type == "MKT":

@@ -460,7 +460,8 @@ def test_a_version_1_fill_decodes_to_the_current_model():
     assert payload["_v"] == 1 and "fee_currency" not in payload  # decode does not touch its input
     # and re-encoding gives a current-version payload
     again = e.to_payload()
-    assert again["_v"] == ev.OrderFilled.schema_version == 2
+    assert again["_v"] == ev.OrderFilled.schema_version == 3
+    assert again["fee_pending"] is False
     assert again["fee_currency"] == "USD"
 
 
@@ -473,7 +474,7 @@ def test_a_payload_without_version_is_version_1():
 def test_a_payload_from_newer_code_is_refused():
     payload = ev.OrderFilled(event_id=uuid4(), account="a", client_order_id="o", exec_id="x",
                              qty="1", price="1").to_payload()
-    payload["_v"] = 3
+    payload["_v"] = ev.OrderFilled.schema_version + 1
     with pytest.raises(ValueError, match="newer"):
         ev.decode("OrderFilled", payload)
     with pytest.raises(ValueError, match="newer"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from uuid import UUID, uuid4
@@ -550,3 +551,87 @@ def test_property_no_flattening_or_correction_from_an_unknown_part(world):
         key = (ACCOUNT, VENUE, symbol)
         held = state.positions.get(key)
         assert (held.qty if held else D(0)) == before.get(key, D(0)) + planned_fills.get(symbol, D(0))
+
+
+# ------------------------------------------------------------- venue corrections, fees, duplicate refs
+
+
+def test_a_venue_correction_plans_fill_corrected_not_a_second_fill():
+    state = TradingState()
+    cash(state, "10000")
+    intent(state, "o1", qty=100, ack="V1", fills=[("X.01", 40, 100)])
+    corrected = replace(vfill("X.02", "o1", "V1", 30, "99.5"), corrects=("X.01",))
+    snap = snapshot(orders=[vorder("V1", "o1", "partially_filled", qty=100, filled=30)], fills=[corrected],
+                    positions=[("AAPL", 30)], balances=[("USD", D(10000) - D(40) * 100 + D(40) * 100 - D(30) * D("99.5"))])
+    p = plan(state, snap)
+    assert [type(e).__name__ for _, e in p.events] == ["FillCorrected"]
+    (_, e), = p.events
+    assert (e.corrected_exec_id, e.exec_id, e.qty, e.price, e.previous_qty, e.previous_price) == (
+        "X.01", "X.02", D(30), D("99.5"), D(40), D(100))
+    assert {d.kind for d in p.discrepancies} == {"fill_corrected"}  # no position or cash correction
+    apply_plan(state, p)
+    o = state.orders[order_stream_id(ACCOUNT, "o1")]
+    assert (o.filled_qty, set(o.executions)) == (D(30), {"X.02"})
+    assert plan(state, snap).events == []
+
+
+def test_a_price_correction_on_a_filled_order_is_no_fill_on_terminal():
+    state = TradingState()
+    intent(state, "o1", qty=10, ack="V1", fills=[("X.01", 10, 100)])
+    corrected = replace(vfill("X.02", "o1", "V1", 10, "99"), corrects=("X.01",))
+    p = plan(state, snapshot(orders=[vorder("V1", "o1", "filled", qty=10, filled=10)], fills=[corrected],
+                             positions=[("AAPL", 10)]))
+    assert [type(e).__name__ for _, e in p.events] == ["FillCorrected"]
+    assert "fill_on_terminal" not in {d.kind for d in p.discrepancies}
+    apply_plan(state, p)
+    assert state.orders[order_stream_id(ACCOUNT, "o1")].avg_fill_price == D(99)
+
+
+def test_a_correction_past_the_order_quantity_is_a_discrepancy():
+    state = TradingState()
+    intent(state, "o1", qty=50, ack="V1", fills=[("X.01", 40, 100)])
+    corrected = replace(vfill("X.02", "o1", "V1", 60, 100), corrects=("X.01",))
+    p = plan(state, snapshot(orders=[vorder("V1", "o1", "partially_filled", qty=50, filled=40)], fills=[corrected],
+                             positions=[("AAPL", 40)]))
+    assert [(type(e).__name__, getattr(e, "kind", None)) for _, e in p.events] == [("DiscrepancyRecorded", "overfill")]
+
+
+def test_a_pending_fee_is_charged_once_the_venue_reports_it():
+    state = TradingState()
+    cash(state, "10000")
+    intent(state, "o1", qty=10, ack="V1")
+    pending = replace(vfill("X.01", "o1", "V1", 10, 100), fee_pending=True)
+    venue_order = vorder("V1", "o1", "filled", qty=10, filled=10)
+    p = plan(state, snapshot(orders=[venue_order], fills=[pending], positions=[("AAPL", 10)], balances=[("USD", 9000)]))
+    (_, filled), = p.events
+    assert filled.fee_pending and filled.fee == 0
+    apply_plan(state, p)
+    assert state.accounts[ACCOUNT].fees_pending == {"X.01": order_stream_id(ACCOUNT, "o1")}
+    reported = replace(pending, fee_pending=False, fee=D("1.5"))
+    snap = snapshot(orders=[venue_order], fills=[reported], positions=[("AAPL", 10)], balances=[("USD", "8998.5")])
+    p = plan(state, snap)
+    assert [(s, type(e).__name__) for s, e in p.events] == [(order_stream_id(ACCOUNT, "o1"), "FeeCharged")]
+    assert not p.discrepancies  # no cash drift: the fee explains it
+    apply_plan(state, p)
+    assert state.orders[order_stream_id(ACCOUNT, "o1")].fees == D("1.5")
+    assert state.accounts[ACCOUNT].cash["USD"] == D("8998.5")
+    assert plan(state, snap).events == []
+
+
+def test_two_venue_orders_for_one_client_order_id_are_reported_and_the_second_kept_apart():
+    state = TradingState()
+    intent(state, "o1", qty=10, ack="V1")
+    snap = snapshot(orders=[vorder("V1", "o1", "open", qty=10),
+                            vorder("V2", "o1", "filled", qty=10, filled=10, avg=99)],
+                    fills=[vfill("E2", "o1", "V2", 10, 99)], positions=[("AAPL", 10)])
+    p = plan(state, snap)
+    (dup,) = [d for d in p.discrepancies if d.kind == "duplicate_order_ref"]
+    assert "V1" in dup.detail and "V2" in dup.detail and dup.resolution == "pending"
+    external = order_stream_id(ACCOUNT, external_client_order_id("V2"))
+    assert [(s == external, type(e).__name__) for s, e in p.events][:2] == [(True, "OrderImported"), (True, "OrderFilled")]
+    assert all(s != order_stream_id(ACCOUNT, "o1") for s, _ in p.events)
+    apply_plan(state, p)
+    assert state.orders[order_stream_id(ACCOUNT, "o1")].status == "acknowledged"
+    assert state.position_of(ACCOUNT, VENUE, "AAPL").qty == D(10)
+    again = plan(state, snap)
+    assert again.events == [] and [d.kind for d in again.discrepancies] == ["duplicate_order_ref"]

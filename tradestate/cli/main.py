@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - older typer raises click's own excepti
 from . import alerts, bench, chaos, control, demo, engines, integrity, project, reconcile, recovery, replay, serve, state
 from . import migrate as migrate_cli
 from . import drill as drill_cli
+from . import archive as archive_cli
 from . import ramp as ramp_cli
 from . import shutdown as shutdown_command
 from .common import ExitCode, classify, emit_error
@@ -60,6 +61,7 @@ shutdown_command.register(app)
 ramp_cli.register(app)
 migrate_cli.register(app)
 drill_cli.register(app)
+archive_cli.register(app)
 
 
 def main() -> None:

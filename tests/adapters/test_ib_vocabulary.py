@@ -1,0 +1,315 @@
+"""IB's vocabulary beyond the common statuses, through the real ib_insync client against the fake
+TWS (``tests/support/fake_tws.py``, written from IB's documentation) and a real client on SQLite:
+execution corrections, commission reports that come late or never (the master client id),
+two permIds behind one orderRef, duplicate order statuses, GTC orders filled across sessions,
+financial-advisor allocations. Each scenario reconciles twice: the second run appends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+
+import pytest
+
+from tests.support.fake_tws import NEW_YORK, FakeTWS
+from tradestate.adapters.brokers.base import OrderRequest
+from tradestate.adapters.brokers.ib import IBAdapter
+from tradestate.adapters.store import open_store
+from tradestate.client import TradestateClient
+from tradestate.domain.ids import order_stream_id
+from tradestate.order_flow import OrderFlow
+from tradestate.reconcile import reconcile
+
+pytestmark = pytest.mark.timeout(60)
+
+ACCOUNT = "acct-1"
+CASH = D("100000")
+
+
+@pytest.fixture
+def client(tmp_path):
+    with TradestateClient(open_store(f"sqlite:///{tmp_path}/ib.db")) as c:
+        yield c
+
+
+def adapter_for(server: FakeTWS, client_id: int = 1, **options) -> IBAdapter:
+    options.setdefault("timeout", 2.0)
+    return IBAdapter(account=ACCOUNT, host=server.host, port=server.port, client_id=client_id, **options)
+
+
+def baseline(client, adapter) -> None:
+    first = reconcile(client, adapter)
+    assert first.status in ("clean", "corrected"), first.discrepancies
+
+
+def our_order(client, server: FakeTWS, coid: str, qty: int = 100, *, tif: str = "DAY",
+              submitted_at: datetime | None = None):
+    """An order recorded by us and acknowledged, placed at the venue by client id 1."""
+    client.record_intent(ACCOUNT, coid, "AAPL", "buy", qty, order_type="limit", limit_price="60", venue="IB",
+                         time_in_force=tif.lower())
+    client.record_submitted(ACCOUNT, coid)
+    order = server.add_order(symbol="AAPL", action="BUY", qty=D(qty), lmt=D(60), order_ref=coid, client_id=1,
+                             tif=tif, submitted_at=submitted_at)
+    client.record_ack(ACCOUNT, coid, str(order.perm_id))
+    return order
+
+
+def order_of(client, coid):
+    return client.state.orders.get(order_stream_id(ACCOUNT, coid))
+
+
+def types(result):
+    return [e["type"] for e in result.corrective_events]
+
+
+def kinds(result):
+    return sorted(d["kind"] for d in result.discrepancies)
+
+
+def position(client, symbol="AAPL"):
+    held = client.state.position_of(ACCOUNT, "IB", symbol)
+    return held
+
+
+def settled(client, adapter):
+    again = reconcile(client, adapter)
+    assert again.corrective_event_ids == [], again.corrective_events
+    return again
+
+
+# -- execution corrections ---------------------------------------------------------------------
+
+
+def test_a_quantity_correction_replaces_the_fill_recorded_live(client):
+    with FakeTWS(cash={"USD": CASH}) as tws, adapter_for(tws) as ib:
+        baseline(client, ib)
+        order = our_order(client, tws, "o-corr")
+        first = tws.fill(order, D(40), D("50.10"), notify=False)
+        client.record_fill(ACCOUNT, "o-corr", first.exec_id, 40, "50.10", venue_order_id=str(order.perm_id))
+        corrected = tws.correct(first, qty=D(30), notify=False)  # TWS: .01 -> .02, 40 -> 30
+        result = reconcile(client, ib)
+        assert types(result) == ["FillCorrected"], result.corrective_events
+        assert "fill_corrected" in kinds(result) and "position_mismatch" not in kinds(result)
+        o = order_of(client, "o-corr")
+        assert (o.filled_qty, o.status, set(o.executions)) == (D(30), "partially_filled", {corrected.exec_id})
+        assert position(client).qty == D(30)
+        assert client.state.account(ACCOUNT).cash["USD"] == tws.cash["DU1234567"]["USD"]
+        assert settled(client, ib).status == "clean"
+
+
+def test_a_price_correction_on_a_filled_order_corrects_the_price(client):
+    with FakeTWS(cash={"USD": CASH}) as tws, adapter_for(tws) as ib:
+        baseline(client, ib)
+        order = our_order(client, tws, "o-px")
+        first = tws.fill(order, D(100), D("50.10"), commission=D(1), notify=False)
+        assert reconcile(client, ib).status == "corrected"  # the fill, and the venue's cash after it
+        assert order_of(client, "o-px").status == "filled"
+        tws.correct(first, price=D("50.01"), commission=D("0.9"), notify=False)
+        result = reconcile(client, ib)
+        assert types(result) == ["FillCorrected"], result.corrective_events
+        assert "fill_on_terminal" not in kinds(result) and "cash_drift" not in kinds(result)
+        o = order_of(client, "o-px")
+        assert (o.status, o.filled_qty, o.avg_fill_price, o.fees) == ("filled", D(100), D("50.01"), D("0.9"))
+        assert (position(client).qty, position(client).avg_cost) == (D(100), D("50.01"))
+        assert client.state.account(ACCOUNT).cash["USD"] == tws.cash["DU1234567"]["USD"]
+        assert settled(client, ib).status == "clean"
+
+
+# -- commission reports ------------------------------------------------------------------------
+
+
+def test_a_late_commission_report_becomes_fee_charged(client):
+    with FakeTWS(cash={"USD": CASH}) as tws, adapter_for(tws, master_client_id=1) as ib:
+        baseline(client, ib)
+        order = our_order(client, tws, "o-fee")
+        execution = tws.fill(order, D(100), D(50), commission=D("1.25"), report=False, notify=False)
+        result = reconcile(client, ib)
+        assert types(result)[0] == "OrderFilled"
+        o = order_of(client, "o-fee")
+        assert (o.fees, o.as_dict()["fees_pending"]) == (D(0), [execution.exec_id])  # pending, not a silent 0
+        tws.report_commission(execution)
+        result = reconcile(client, ib)
+        assert types(result) == ["FeeCharged"], result.corrective_events
+        assert "cash_drift" not in kinds(result)
+        o = order_of(client, "o-fee")
+        assert o.as_dict()["fees_pending"] == []
+        assert position(client).fees == D("1.25")
+        assert client.state.account(ACCOUNT).cash["USD"] == tws.cash["DU1234567"]["USD"]
+        assert settled(client, ib).status == "clean"
+
+
+def test_only_the_master_client_id_receives_other_clients_commissions(client, caplog):
+    with FakeTWS(cash={"USD": CASH}, master_client_id=0) as tws:
+        by_hand = tws.add_order(symbol="MSFT", action="BUY", qty=D(10), client_id=0, order_id=0)
+        execution = tws.fill(by_hand, D(10), D(300), commission=D(1), notify=False)
+        with caplog.at_level(logging.WARNING, logger="tradestate.adapters.brokers.ib"):
+            with adapter_for(tws, client_id=1, master_client_id=0) as ib:
+                assert not ib.receives_all_commissions
+                (fill,) = ib.fills()
+                assert (fill.fee, fill.fee_pending) == (D(0), True)  # no report for client 1: pending
+        assert "not TWS's master API client id" in caplog.text
+        caplog.clear()
+        with adapter_for(tws, client_id=0, master_client_id=0) as master:
+            assert master.receives_all_commissions
+            (fill,) = master.fills()
+            assert (fill.exec_id, fill.fee, fill.fee_pending) == (execution.exec_id, D(1), False)
+        assert "master API client id" not in caplog.text
+
+
+# -- one orderRef, two permIds -------------------------------------------------------------------
+
+
+def test_two_venue_orders_with_one_order_ref_are_reported_and_kept_apart(client):
+    with FakeTWS(cash={"USD": CASH}) as tws, adapter_for(tws) as ib:
+        baseline(client, ib)
+        original = our_order(client, tws, "o-dup")
+        resent = tws.add_order(symbol="AAPL", action="BUY", qty=D(100), lmt=D(60), order_ref="o-dup", client_id=1)
+        tws.fill(resent, D(100), D(59), notify=False)
+        result = reconcile(client, ib)
+        (dup,) = [d for d in result.discrepancies if d["kind"] == "duplicate_order_ref"]
+        assert str(original.perm_id) in dup["detail"] and str(resent.perm_id) in dup["detail"]
+        assert dup["resolution"] == "pending" and result.status == "discrepancies"
+        o = order_of(client, "o-dup")  # the original can still fill: ours is not filled by the duplicate
+        assert (o.status, o.filled_qty, o.venue_order_id) == ("acknowledged", D(0), str(original.perm_id))
+        external = order_of(client, f"ext-{resent.perm_id}")
+        assert external is not None and external.external and external.filled_qty == D(100)
+        assert position(client).qty == D(100)  # the exposure is on the books, not corrected blindly
+        assert "PositionCorrected" not in types(result)
+        again = settled(client, ib)
+        assert "duplicate_order_ref" in kinds(again)  # reported while both exist
+
+
+def test_the_live_feed_hands_over_the_first_perm_id_of_an_order_ref_only():
+    with FakeTWS() as tws, adapter_for(tws) as ib:
+        tws.set_mark("AAPL", D(50))
+        placed = ib.submit(OrderRequest("o-live", "AAPL", "buy", "limit", D(5), limit_price=D(60)))
+        second = tws.add_order(symbol="AAPL", action="BUY", qty=D(5), lmt=D(60), order_ref="o-live", client_id=1,
+                               notify=True)  # a resend with the same orderRef
+        tws.fill(second, D(5), D(50))
+        updates = []
+        while (u := ib.next_update(0.5 if not updates else 2.5)) is not None:
+            updates.append(u)
+        fills = [u for u in updates if u.kind == "fill"]
+        assert fills and all(u.client_order_id is None for u in fills)
+        assert fills[0].raw["duplicate_order_ref_of"] == placed.venue_order_id
+
+
+# -- order statuses, sessions, allocations -----------------------------------------------------
+
+
+def test_duplicate_order_status_messages_are_handed_over_once(client):
+    with FakeTWS(duplicate_status=True, commission_per_share=D("0.01")) as tws, adapter_for(tws) as ib:
+        tws.set_mark("AAPL", D(50))
+        client.record_intent(ACCOUNT, "o-twice", "AAPL", "buy", 10, order_type="market", venue="IB",
+                             reference_price="50")
+        flow = OrderFlow(client, ib)
+        flow.forward(ACCOUNT, "o-twice")
+        updates = []
+        while (u := ib.next_update(3)) is not None and len(updates) < 10:
+            updates.append(u)
+            if u.kind == "fill":
+                break
+        assert [u.kind for u in updates] == ["ack", "fill"]
+        assert ib.next_update(0.3) is None
+        tws.finish(tws.orders[-1], "Filled")  # one more (duplicated) status: nothing new
+        assert ib.next_update(0.3) is None
+        for u in updates:
+            from tradestate.order_flow import record_update
+
+            record_update(client, ACCOUNT, "o-twice", u)
+            record_update(client, ACCOUNT, "o-twice", u)  # seen twice: recorded once
+        o = order_of(client, "o-twice")
+        assert (o.status, o.filled_qty, o.fees, len(o.executions)) == ("filled", D(10), D("0.1"), 1)
+
+
+def test_a_gtc_order_filled_across_sessions(client):
+    two_days_ago = datetime.now(timezone.utc) - timedelta(days=2)
+    with FakeTWS(cash={"USD": CASH}, execution_days=1) as tws, adapter_for(tws) as ib:
+        baseline(client, ib)
+        order = our_order(client, tws, "o-gtc", tif="GTC", submitted_at=two_days_ago)
+        old = tws.fill(order, D(60), D(50), at=two_days_ago + timedelta(minutes=1), notify=False)
+        client.record_fill(ACCOUNT, "o-gtc", old.exec_id, 60, 50, venue_order_id=str(order.perm_id),
+                           occurred_at=old.time)
+        baseline(client, ib)  # the cash after the old fill
+        today = tws.fill(order, D(40), D(51), notify=False)
+        assert [f.exec_id for f in ib.fills()] == [today.exec_id]  # TWS lists today's executions only
+        result = reconcile(client, ib)
+        assert types(result) == ["OrderFilled"], result.corrective_events
+        o = order_of(client, "o-gtc")
+        assert (o.status, o.filled_qty, set(o.executions)) == ("filled", D(100), {old.exec_id, today.exec_id})
+        assert "fill_unexplained" not in kinds(result) and position(client).qty == D(100)
+        assert settled(client, ib).status == "clean"
+
+
+def test_financial_advisor_allocations_fill_each_sub_account():
+    accounts = ("DU1111111", "DU2222222")
+    with FakeTWS(accounts=accounts) as tws:
+        group = tws.add_order(symbol="SPY", action="BUY", qty=D(30), order_ref="fa-1", client_id=1,
+                              account=accounts[0])
+        tws.allocate(group, {accounts[0]: D(10), accounts[1]: D(20)}, D(500))
+        for account, qty in zip(accounts, (D(10), D(20))):
+            with adapter_for(tws, ib_account=account) as ib:
+                (fill,) = ib.fills()
+                assert (fill.qty, fill.client_order_id, fill.venue_order_id) == (qty, "fa-1", str(group.perm_id))
+                assert [(p.symbol, p.qty) for p in ib.positions()] == [("SPY", qty)]
+
+
+def test_new_york_midnight_bounds_the_current_day():
+    assert NEW_YORK.key == "America/New_York"
+
+
+# -- the live path: OrderFlow.pump over the adapter's feed ------------------------------------------
+
+
+def pump_until(flow: OrderFlow, done, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flow.pump()
+        if done():
+            return
+        time.sleep(0.02)
+    raise AssertionError("the feed did not deliver in time")
+
+
+def test_live_a_correction_and_a_late_commission_are_recorded_as_such(client):
+    with FakeTWS() as tws, adapter_for(tws, master_client_id=1) as ib:
+        ib.commission_wait = 0.2  # seconds a live fill waits for its commission report
+        client.record_intent(ACCOUNT, "o-live", "AAPL", "buy", 100, order_type="limit", limit_price="60", venue="IB")
+        flow = OrderFlow(client, ib)
+        flow.forward(ACCOUNT, "o-live")
+        order = tws.find(order_ref="o-live")
+        first = tws.fill(order, D(40), D("50.10"), commission=D("0.4"), report=False)  # its report comes late
+        o = lambda: order_of(client, "o-live")  # noqa: E731
+        pump_until(flow, lambda: o().filled_qty == D(40))
+        assert (o().fees, o().as_dict()["fees_pending"]) == (D(0), [first.exec_id])
+        tws.report_commission(first)
+        pump_until(flow, lambda: o().fees == D("0.4"))
+        assert o().as_dict()["fees_pending"] == []
+        corrected = tws.correct(first, qty=D(30), price=D("50.05"), commission=D("0.3"))
+        pump_until(flow, lambda: corrected.exec_id in o().executions)
+        assert (o().filled_qty, o().avg_fill_price, o().fees, set(o().executions)) == (
+            D(30), D("50.05"), D("0.3"), {corrected.exec_id})
+        held = position(client)
+        assert (held.qty, held.avg_cost, held.fees) == (D(30), D("50.05"), D("0.3"))
+        # the venue agrees: reconciliation has nothing to add
+        tws.set_cash(CASH - D(30) * D("50.05") - D("0.3"))
+        client.record_cash_balance(ACCOUNT, "IB", CASH, currency="USD") if hasattr(client, "record_cash_balance") else None
+        result = reconcile(client, ib)
+        assert not [t for t in types(result) if t in ("OrderFilled", "FillCorrected", "PositionCorrected")], \
+            result.corrective_events
+
+
+def test_the_master_client_id_comes_from_the_ib_table_of_a_config(tmp_path):
+    from tradestate.adapters.brokers.registry import make_adapter
+    from tradestate.settings import Settings
+
+    with FakeTWS(master_client_id=7) as tws:
+        config = tmp_path / "tradestate.toml"
+        config.write_text(f'account = "{ACCOUNT}"\n[ib]\nport = {tws.port}\nclient_id = 7\nmaster_client_id = 7\n')
+        options = Settings.load(str(config)).broker_options("ib")
+        assert (options["client_id"], options["master_client_id"]) == (7, 7)
+        with make_adapter("ib", options) as ib:
+            assert ib.receives_all_commissions
