@@ -132,8 +132,10 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
         order = client.state.orders.get(order_stream_id(account, client_order_id))
         if order is None:
             return None
+        # a fee in the pair's base asset (BTC of BTC/USDT: a crypto venue's fee on a buy) is taken in kind
+        in_kind = "/" in order.symbol and f.fee_currency == order.symbol.split("/")[0]
         return client.record_fee(account, order.venue, f.exec_id, f.fee, currency=f.fee_currency, symbol=order.symbol,
-                                 exec_id=f.exec_id, client_order_id=client_order_id,
+                                 in_kind=in_kind, exec_id=f.exec_id, client_order_id=client_order_id,
                                  occurred_at=f.occurred_at or u.occurred_at,
                                  reason="the venue's fee, reported after the fill")
     if u.kind == "cancelled":

@@ -14,8 +14,10 @@ error mapping and market metadata): ``fetch_balance``, ``fetch_open_orders``, ``
   venue would share one BTC balance: refused when the adapter is built).
 * **The symbols traded are configured** (``symbols``): Binance answers open orders, orders and
   trades per symbol only, so "every order" means every order in these symbols.
-* **Fees per trade in the fee currency** the venue charged (often the asset received: BTC on a
-  BTC/USDT buy at Binance), never converted.
+* **Fees per trade in the fee currency** the venue charged, never converted. A fee taken in the
+  asset received on a buy (BTC on a BTC/USDT buy at Binance) shrinks the position, not the cash:
+  the fill carries fee 0 and the fee is an in-kind ``VenueFee`` (snapshot ``fees``, and a "fee"
+  update), booked as ``FeeCharged(in_kind)`` under the exec id, once by either path.
 * **Client order ids**: sent as ccxt's unified ``clientOrderId`` (Binance ``newClientOrderId``,
   at most 36 characters there). Binance keeps the id unique only *among open orders* (a filled
   order's id is accepted again), so ``submit`` first looks the id up: an order the venue already
@@ -37,12 +39,14 @@ import json
 import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from tradestate.adapters.brokers.base import (
     BrokerAdapter,
+    Unknown,
     OrderNotFound,
     OrderRequest,
     VenueBalance,
@@ -53,8 +57,10 @@ from tradestate.adapters.brokers.base import (
     VenueOrderStatus,
     VenuePosition,
     VenueQueryFailed,
+    VenueSnapshot,
     VenueUpdate,
 )
+from tradestate.domain.venue import VenueFee
 
 PAGE = 1000  # Binance's maximum for allOrders/myTrades; ccxt passes it as ``limit``
 MAX_PAGES = 1000  # every wait is bounded: a venue that pages forever is a failed query
@@ -226,6 +232,7 @@ class CcxtAdapter(BrokerAdapter):
         self._client_ids: dict[str, str | None] = {}  # venue order id -> client order id (immutable)
         self._symbol_of_order: dict[str, str] = {}
         self._markets_loaded = False
+        self._fees_in_kind: dict[str, VenueFee] = {}  # exec id -> the fee it paid in the asset bought
         # updates(): what was already reported
         self._sent: dict[str, str] = {}  # venue order id -> symbol, orders submit() sent and still open
         self._seen: set[tuple] = set()
@@ -293,20 +300,43 @@ class CcxtAdapter(BrokerAdapter):
         )
 
     def _fill(self, raw: dict[str, Any]) -> VenueFill:
+        """A trade. A fee taken in the symbol's base asset (BTC on a Binance BTC/USDT buy) is not a
+        cash fee: the position shrinks by it. The fill then carries fee 0 and the fee is kept as
+        an in-kind ``VenueFee`` (fee id: the exec id), reported in the snapshot's ``fees`` and by
+        ``updates()`` as a "fee" update, so the log books it as ``FeeCharged(in_kind)`` once."""
         exec_id = str(raw.get("id") or "")
         vid = str(raw.get("order") or "")
         if not exec_id or not vid:
             raise VenueQueryFailed(f"{self.broker}: a trade without id or order: {str(raw.get('info'))[:200]}")
         fee = raw.get("fee") or {}
         fee_cost = _dec(fee.get("cost"), f"trade {exec_id} fee", optional=True) or Decimal(0)
+        fee_currency = str(fee.get("currency") or "USD")
+        symbol = raw.get("symbol") or ""
+        when = _ts(raw.get("timestamp"))
+        if fee_cost and "/" in symbol and fee_currency == symbol.split("/")[0]:
+            self._fees_in_kind[exec_id] = VenueFee(fee_id=exec_id, amount=fee_cost, currency=fee_currency,
+                                                   symbol=symbol, in_kind=True, occurred_at=when,
+                                                   raw=_plain(raw.get("info") or {}))
+            fee_cost = Decimal(0)
         return VenueFill(
             exec_id=exec_id, client_order_id=self._client_ids.get(vid), venue_order_id=vid,
-            symbol=raw.get("symbol") or "", side=raw.get("side"),  # type: ignore[arg-type]
+            symbol=symbol, side=raw.get("side"),  # type: ignore[arg-type]
             qty=_dec(raw.get("amount"), f"trade {exec_id} amount"),  # type: ignore[arg-type]
             price=_dec(raw.get("price"), f"trade {exec_id} price"),  # type: ignore[arg-type]
-            fee=fee_cost, fee_currency=str(fee.get("currency") or "USD"),
-            occurred_at=_ts(raw.get("timestamp")), raw=_plain(raw.get("info") or {}),
+            fee=fee_cost, fee_currency=fee_currency, occurred_at=when, raw=_plain(raw.get("info") or {}),
         )
+
+    def fee_in_kind(self, exec_id: str) -> VenueFee | None:
+        """The fee an execution paid in the asset it bought (None: none, or paid in cash)."""
+        return self._fees_in_kind.get(exec_id)
+
+    def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
+        """Every report (``BrokerAdapter.snapshot``) and, as ``fees``, the fees the listed
+        executions paid in the asset they bought (unknown when the fills are)."""
+        snap = super().snapshot(since, now=now)
+        if isinstance(snap.fills, Unknown):
+            return replace(snap, fees=Unknown(snap.fills.reason))
+        return replace(snap, fees=[fee for f in snap.fills if (fee := self.fee_in_kind(f.exec_id)) is not None])
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -585,6 +615,11 @@ class CcxtAdapter(BrokerAdapter):
             self._seen.add(key)
             yield VenueUpdate("fill", f.client_order_id, f.venue_order_id, fill=f, occurred_at=f.occurred_at,
                               raw=f.raw)
+            in_kind = self.fee_in_kind(f.exec_id)
+            if in_kind is not None:  # then its fee, taken in the asset bought (recorded in kind)
+                yield VenueUpdate("fee", f.client_order_id, f.venue_order_id,
+                                  fill=replace(f, fee=in_kind.amount, fee_currency=in_kind.currency),
+                                  occurred_at=f.occurred_at, raw=f.raw)
         for vid, symbol in list(self._sent.items()):
             order = self.order_by_venue_id(vid, symbol)
             if ("ack", vid) not in self._seen:

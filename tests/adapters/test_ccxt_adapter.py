@@ -77,10 +77,12 @@ def test_partial_then_full_fill_with_the_fee_in_the_asset_received(fake, adapter
     done = adapter.order_by_client_id("c-2")
     assert (done.status, done.filled_qty) == ("filled", D("0.5"))
     fills = adapter.fills()
+    # a buy pays its fee in BTC, the asset received: taken from the position (in kind), not cash
     assert [(f.qty, f.price, f.fee, f.fee_currency) for f in fills] == [
-        (D("0.2"), D("39999.99"), D("0.0002"), "BTC"),  # a buy pays its fee in BTC, the asset received
-        (D("0.3"), D("40000"), D("0.0003"), "BTC"),
-    ]
+        (D("0.2"), D("39999.99"), D(0), "BTC"), (D("0.3"), D("40000"), D(0), "BTC")]
+    fees = adapter.snapshot(now=datetime.now(timezone.utc)).fees
+    assert [(x.fee_id, x.amount, x.currency, x.symbol, x.in_kind) for x in fees] == [
+        (fills[0].exec_id, D("0.0002"), "BTC", "BTC/USDT", True), (fills[1].exec_id, D("0.0003"), "BTC", "BTC/USDT", True)]
     assert {f.client_order_id for f in fills} == {"c-2"} and {f.venue_order_id for f in fills} == {str(vid)}
     assert [f.exec_id for f in done.fills] == [f.exec_id for f in fills]
     # the position is the BTC balance: 1 + 0.5 bought - 0.0005 taken as fee, exactly
@@ -105,8 +107,8 @@ def test_amounts_are_exact_decimals_never_floats(fake, adapter):
     fake.fill(int(order.venue_order_id), "0.12345")
     f = adapter.fills()[0]
     assert f.qty == D("0.12345") and f.price == D("43210.99")
-    assert f.fee == D("0.00012345")  # 8 places, as Binance reports it
-    for value in (f.qty, f.price, f.fee, *(p.qty for p in adapter.positions()), *(b.cash for b in adapter.balances())):
+    assert adapter.fee_in_kind(f.exec_id).amount == D("0.00012345")  # 8 places, as Binance reports it
+    for value in (f.qty, f.price, adapter.fee_in_kind(f.exec_id).amount, *(p.qty for p in adapter.positions()), *(b.cash for b in adapter.balances())):
         assert type(value) is D
 
 
@@ -231,7 +233,7 @@ def test_order_flow_forwards_records_fills_and_cancels(fake, adapter, tmp_path):
     order = flow.forward(ACCOUNT, "o-1")
     fake.fill(int(order.venue_order_id), "0.2")
     first = flow.pump()
-    assert [r.duplicate for r in first.recorded] == [False, True]  # the fill; the ack forward recorded
+    assert [r.duplicate for r in first.recorded] == [False, False, True]  # fill, its fee in BTC; the ack forward recorded
     client.catch_up()
     filled = client.state.orders[order_stream_id(ACCOUNT, "o-1")]
     assert (filled.status, filled.filled_qty) == ("partially_filled", D("0.2"))

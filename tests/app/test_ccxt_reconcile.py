@@ -167,10 +167,6 @@ def test_cli_reconciles_several_ccxt_venues_with_sums_and_cash_per_venue(venues,
     assert refused.returncode == 2 and "TRADESTATE_CCXT_BINANCEUS_SECRET" in refused.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the domain books a fill's fee in the asset received (BTC on a BTC/USDT "
-                   "buy) as a fee, not as a smaller position: the venue's balance is short by the fee and "
-                   "reconciliation corrects the position blindly. Needs FeeCharged(in_kind) (ib-vocab's venue "
-                   "events) planned for such fills.")
 def test_a_buy_whose_fee_is_taken_in_btc_needs_no_position_correction(venues, client, tmp_path):
     fakes, (binance, binanceus) = venues
     url = f"sqlite:///{tmp_path / 'log.db'}"
@@ -180,5 +176,32 @@ def test_a_buy_whose_fee_is_taken_in_btc_needs_no_position_correction(venues, cl
     order = OrderFlow(client, binance).forward(ACCOUNT, "o-2")
     fakes["BINANCE"].fill(int(order.venue_order_id), "0.5")  # 0.0005 BTC taken as fee: the venue holds 1.4995
     found = reconcile_venues(client, [binance, binanceus])
-    assert [e["type"] for e in found.results[0].corrective_events] == ["OrderFilled"]
-    assert len(logged(url, "OrderFilled")) == 1
+    # the fill, then its fee taken from the BTC bought: the position is the venue's without a correction
+    assert [e["type"] for e in found.results[0].corrective_events] == ["OrderFilled", "FeeCharged"]
+    fee = [d for t, d in logged(url, "FeeCharged")]
+    assert [(D(d["amount"]), d["currency"], d["in_kind"], d["fee_id"]) for d in fee] == [
+        (D("0.0005"), "BTC", True, found.results[0].corrective_events[0]["exec_id"])]
+    assert D(logged(url, "OrderFilled")[0][1]["fee"]) == 0  # not also a cash fee
+    assert row(found, "BTC")["by_venue"]["BINANCE"] == {"ours": "1", "ours_after": "1.4995", "venue": "1.4995"}
+    again = reconcile_venues(client, [binance, binanceus])
+    assert [r.corrective_events for r in again.results] == [[], []]
+
+
+def test_live_fills_book_the_fee_in_kind_once_and_reconciliation_agrees(venues, client, tmp_path):
+    fakes, (binance, binanceus) = venues
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    reconcile_venues(client, [binance, binanceus])
+    flow = OrderFlow(client, binance)
+    client.record_intent(ACCOUNT, "o-3", "BTC/USDT", "buy", "0.5", order_type="limit", limit_price="40000",
+                         time_in_force="gtc", venue="BINANCE")
+    order = flow.forward(ACCOUNT, "o-3")
+    fakes["BINANCE"].fill(int(order.venue_order_id), "0.2")
+    fakes["BINANCE"].fill(int(order.venue_order_id), "0.3")
+    flow.pump()
+    flow.pump()
+    client.catch_up()
+    held = client.state.positions[(ACCOUNT, "BINANCE", "BTC/USDT")]
+    assert held.qty == fakes["BINANCE"].balance("BTC") == D("1.4995")
+    assert len(logged(url, "FeeCharged")) == 2 and len(logged(url, "OrderFilled")) == 1 + 1
+    after = reconcile_venues(client, [binance, binanceus])
+    assert [r.corrective_events for r in after.results] == [[], []]
