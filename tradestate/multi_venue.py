@@ -189,7 +189,8 @@ def cash_per_venue(state: Any, account: str, snapshots: dict[str, VenueSnapshot 
     out: dict[str, dict[str, Any]] = {}
     for venue, snap in sorted(snapshots.items()):
         if snap is None or isinstance(snap.balances, Unknown):
-            out[venue] = {"unknown": "the venue's run failed" if snap is None else snap.balances.reason}  # type: ignore[union-attr]
+            why = "the venue's run failed" if snap is None else snap.balances.reason  # type: ignore[union-attr]
+            out[venue] = {"unknown": why}
             continue
         logged = (per_venue or {}).get(venue, {}) if per_venue is not None else None
         out[venue] = {b.currency: {"venue": _s(b.cash),

@@ -108,7 +108,9 @@ def test_amounts_are_exact_decimals_never_floats(fake, adapter):
     f = adapter.fills()[0]
     assert f.qty == D("0.12345") and f.price == D("43210.99")
     assert adapter.fee_in_kind(f.exec_id).amount == D("0.00012345")  # 8 places, as Binance reports it
-    for value in (f.qty, f.price, adapter.fee_in_kind(f.exec_id).amount, *(p.qty for p in adapter.positions()), *(b.cash for b in adapter.balances())):
+    values = [f.qty, f.price, adapter.fee_in_kind(f.exec_id).amount, *(p.qty for p in adapter.positions()),
+              *(b.cash for b in adapter.balances())]
+    for value in values:
         assert type(value) is D
 
 
@@ -135,8 +137,8 @@ def test_a_refused_order_comes_back_rejected_with_binance_error_code(fake, adapt
 def test_duplicate_client_order_id_is_refused_by_the_venue_and_never_sent_twice(fake, adapter):
     first = adapter.submit(limit("c-7"))
     # the venue itself refuses the id among open orders (-2010 "Duplicate order sent.")
-    raw = ccxt.binance({"apiKey": fake.api_key, "secret": fake.secret, "options": {"fetchMarkets": {"types": ["spot"]},
-                                                                                  "fetchCurrencies": False, "fetchMargins": False}})
+    options = {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False}
+    raw = ccxt.binance({"apiKey": fake.api_key, "secret": fake.secret, "options": options})
     raw.urls["api"] = {**raw.urls["api"], "public": fake.url + "/api/v3", "private": fake.url + "/api/v3"}
     with pytest.raises(ccxt.InvalidOrder, match="-2010.*Duplicate order sent"):
         raw.create_order("BTC/USDT", "limit", "buy", "0.1", "40000", {"clientOrderId": "c-7"})
