@@ -237,6 +237,7 @@ class CcxtAdapter(BrokerAdapter):
         self._sent: dict[str, str] = {}  # venue order id -> symbol, orders submit() sent and still open
         self._seen: set[tuple] = set()
         self._trades_since: int | None = None
+        self._next_trade_id: dict[str, int] = {}  # id-cursor venues: symbol -> the next trade id to read
 
     # -- the ccxt call ------------------------------------------------------------------------
 
@@ -375,7 +376,8 @@ class CcxtAdapter(BrokerAdapter):
                 orders.append(self._order(raw))
         return orders
 
-    def _paged(self, what: str, method: str, symbol: str, since: datetime | None) -> list[dict[str, Any]]:
+    def _paged(self, what: str, method: str, symbol: str, since: datetime | None,
+               first_id: int = 0) -> list[dict[str, Any]]:
         """Every item (order or trade) since ``since`` (all of them when None), every page.
 
         Binance answers a ``startTime`` with a 24-hour window only (myTrades, allOrders), so there
@@ -385,7 +387,7 @@ class CcxtAdapter(BrokerAdapter):
         seen: dict[str, dict[str, Any]] = {}
         cursor_key = ID_CURSORS.get(self.exchange_id, {}).get(method)
         start = _ms(since) if since is not None else None
-        cursor = 0
+        cursor = first_id  # id-cursor venues: the first id wanted (updates() goes on from the last seen)
         for _ in range(MAX_PAGES):
             if cursor_key:
                 page = self._call(what, method, symbol, None, PAGE, {cursor_key: cursor})
@@ -427,9 +429,12 @@ class CcxtAdapter(BrokerAdapter):
                 *self._paged(f"closed orders {symbol}", "fetch_closed_orders", symbol, since)]
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
+        return self._fills_of(since, {})
+
+    def _fills_of(self, since: datetime | None, first_ids: dict[str, int]) -> list[VenueFill]:
         raws = []
         for symbol in self.symbols:
-            raws.extend(self._paged(f"trades {symbol}", "fetch_my_trades", symbol, since))
+            raws.extend(self._paged(f"trades {symbol}", "fetch_my_trades", symbol, since, first_ids.get(symbol, 0)))
         for raw in raws:  # a trade carries its venue order id only: learn the order's client id once
             vid, symbol = str(raw.get("order") or ""), raw.get("symbol")
             if vid and vid not in self._client_ids and symbol:
@@ -438,6 +443,10 @@ class CcxtAdapter(BrokerAdapter):
                                            passthrough=(self._errors.OrderNotFound,)))
                 except self._errors.OrderNotFound:
                     self._client_ids[vid] = None
+        if ID_CURSORS.get(self.exchange_id):  # where the next poll of updates() starts
+            for raw in raws:
+                symbol = raw.get("symbol") or ""
+                self._next_trade_id[symbol] = max(self._next_trade_id.get(symbol, 0), int(raw["id"]) + 1)
         return sorted((self._fill(r) for r in raws), key=lambda f: (f.occurred_at or datetime.min.replace(
             tzinfo=timezone.utc), f.exec_id))
 
@@ -606,7 +615,7 @@ class CcxtAdapter(BrokerAdapter):
         sent (ack once, then their terminal update). Each update is yielded once."""
         since = None if self._trades_since is None else datetime.fromtimestamp(self._trades_since / 1000,
                                                                              tz=timezone.utc)
-        for f in self.fills(since):
+        for f in self._fills_of(since, dict(self._next_trade_id)):
             key = ("fill", f.exec_id)
             if f.occurred_at is not None:
                 self._trades_since = max(self._trades_since or 0, _ms(f.occurred_at) or 0)

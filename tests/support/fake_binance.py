@@ -23,8 +23,9 @@ to it (its ``urls['api']['public'/'private']`` pointed here). What it implements
   rest until the test fills them (``fill``), as a counterparty would.
 * ``GET /api/v3/order`` (``orderId`` or ``origClientOrderId``; unknown: -2013 "Order does not
   exist."), ``DELETE /api/v3/order`` (unknown or finished order: -2011 "Unknown order sent."),
-  ``GET /api/v3/openOrders`` (symbol optional), ``GET /api/v3/allOrders`` (symbol mandatory,
-  ``startTime``/``orderId``/``limit`` default 500 max 1000).
+  ``GET /api/v3/openOrders`` (symbol optional), ``GET /api/v3/allOrders`` (symbol mandatory;
+  ``orderId``: that order and later; ``startTime``/``endTime`` at most 24 hours apart; else the
+  most recent; ``limit`` default 500, max 1000).
 * ``GET /api/v3/myTrades``: symbol mandatory, ``orderId``, ``startTime``/``endTime`` (at most 24
   hours apart), ``fromId`` (not with a time), ``limit`` (default 500, max 1000); trades are
   ``{symbol, id, orderId, orderListId, price, qty, quoteQty, commission, commissionAsset, time,
@@ -425,7 +426,14 @@ class FakeBinance:
         if "orderId" in params:
             orders = [o for o in orders if o.order_id >= int(params["orderId"])][:limit]
         elif "startTime" in params or "endTime" in params:
-            start, end = int(params.get("startTime", 0)), int(params.get("endTime", 2**62))
+            # "The time between startTime and endTime can't be longer than 24 hours."
+            day = 24 * 3600 * 1000
+            start = int(params.get("startTime") or 0)
+            end = int(params.get("endTime") or start + day)
+            if "startTime" not in params:
+                start = end - day
+            if end - start > day:
+                raise BinanceError(-1127, "More than 24 hours between startTime and endTime.")
             orders = [o for o in orders if start <= o.time <= end][:limit]
         else:
             orders = orders[-limit:]  # the most recent orders
