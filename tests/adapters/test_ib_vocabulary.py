@@ -313,3 +313,18 @@ def test_the_master_client_id_comes_from_the_ib_table_of_a_config(tmp_path):
         assert (options["client_id"], options["master_client_id"]) == (7, 7)
         with make_adapter("ib", options) as ib:
             assert ib.receives_all_commissions
+
+
+def test_live_a_correction_of_an_execution_from_before_this_session_is_still_a_correction(client):
+    with FakeTWS() as tws:
+        order = tws.add_order(symbol="AAPL", action="BUY", qty=D(100), lmt=D(60), order_ref="o-prev", client_id=1)
+        first = tws.fill(order, D(40), D("50.10"), commission=D("0.4"), notify=False)  # before we connected
+        client.record_intent(ACCOUNT, "o-prev", "AAPL", "buy", 100, order_type="limit", limit_price="60", venue="IB")
+        client.record_submitted(ACCOUNT, "o-prev")
+        client.record_fill(ACCOUNT, "o-prev", first.exec_id, 40, "50.10", fee="0.4", venue_order_id=str(order.perm_id))
+        with adapter_for(tws) as ib:  # a new session: ib_insync's start-up sync lists the day's executions
+            corrected = tws.correct(first, qty=D(40), price=D("50.00"), commission=D("0.4"))  # streamed live
+            flow = OrderFlow(client, ib)
+            o = lambda: order_of(client, "o-prev")  # noqa: E731
+            pump_until(flow, lambda: corrected.exec_id in o().executions)
+            assert (o().filled_qty, o().avg_fill_price, set(o().executions)) == (D(40), D(50), {corrected.exec_id})
