@@ -328,3 +328,23 @@ def test_live_a_correction_of_an_execution_from_before_this_session_is_still_a_c
             o = lambda: order_of(client, "o-prev")  # noqa: E731
             pump_until(flow, lambda: corrected.exec_id in o().executions)
             assert (o().filled_qty, o().avg_fill_price, set(o().executions)) == (D(40), D(50), {corrected.exec_id})
+
+
+def test_a_gtc_fill_of_an_earlier_day_we_missed_is_inferred_from_the_filled_quantity(client):
+    two_days_ago = datetime.now(timezone.utc) - timedelta(days=2)
+    with FakeTWS(cash={"USD": CASH}, execution_days=1) as tws, adapter_for(tws) as ib:
+        baseline(client, ib)
+        order = our_order(client, tws, "o-gtc2", tif="GTC", submitted_at=two_days_ago)
+        tws.fill(order, D(60), D(50), at=two_days_ago + timedelta(minutes=1), notify=False)  # never seen by us
+        today = tws.fill(order, D(40), D(51), notify=False)
+        result = reconcile(client, ib)
+        o = order_of(client, "o-gtc2")
+        assert (o.status, o.filled_qty) == ("filled", D(100))
+        inferred = [e for e in o.executions if e.startswith("recon-")]
+        # the quantity is known; the price is not (a completed order carries no average price):
+        # the limit price stands in, and the cash is set to the venue's (Flex reports would say more)
+        assert len(inferred) == 1 and o.executions[inferred[0]][:2] == (D(60), D(60))
+        assert today.exec_id in o.executions and position(client).qty == D(100)
+        assert "PositionCorrected" not in types(result) and "CashBalanceRecorded" in types(result)
+        assert client.state.account(ACCOUNT).cash["USD"] == tws.cash["DU1234567"]["USD"]
+        assert settled(client, ib).status == "clean"
