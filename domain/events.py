@@ -248,7 +248,7 @@ class FillCorrected(OrderEvent):
     previous_fee: Amount = Decimal(0)
     fee: Amount | None = None
     fee_currency: Identifier = "USD"
-    fee_pending: bool = False  # the correcting execution's fee is still to come (``FeeCharged``)
+    fee_pending: bool = False  # the correcting execution's fee is still to come (``FeeCharged``): 0 until then
     venue_order_id: Identifier | None = None
     reconciliation_id: Identifier | None = None
     reason: Text = ""

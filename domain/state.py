@@ -302,20 +302,20 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     held = positions.get(key)
     if held is None:
         held = positions[key] = PositionState(*key)
-    entry = (d["exec_id"], qty * sign, price, held.qty, held.cost)
-    realized = held.apply_fill(entry[1], price)
+    qty_before, cost_before, signed = held.qty, held.cost, qty * sign
+    realized = held.apply_fill(signed, price)
     held.fees += fee
     held.updated_at = when
     day = state._day_cache.get(occurred[:16]) if occurred and occurred[-1] == "Z" else None  # _trading_day_of's hit
     day = day or state._trading_day_of(occurred, when)
     journal = held.journal
     if journal is None:
-        held.journal = [(*entry, day)]
+        held.journal = [(d["exec_id"], signed, price, qty_before, cost_before, day)]
     else:
-        journal.append((*entry, day))
+        journal.append((d["exec_id"], signed, price, qty_before, cost_before, day))
         if len(journal) > JOURNAL_FILLS:
             del journal[0]
-    if d.get("fee_pending"):
+    if "fee_pending" in d and d["fee_pending"]:
         account.fees_pending[d["exec_id"]] = sid
     stats = account.day(day)
     stats.fills += 1
@@ -354,7 +354,9 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     Returns (quantity difference, notional difference, fee difference) for the order's books."""
     q0, p0, f0 = Decimal(d["previous_qty"]), Decimal(d["previous_price"]), Decimal(d.get("previous_fee") or 0)
     q1, p1 = Decimal(d["qty"]), Decimal(d["price"])
-    if d.get("fee") is not None:
+    if d.get("fee_pending"):
+        f1 = ZERO  # the correcting execution's fee follows as ``FeeCharged``
+    elif d.get("fee") is not None:
         f1 = Decimal(d["fee"])
     else:  # unchanged; a bust takes its fee with it
         f1 = f0 if q1 else ZERO

@@ -1114,13 +1114,19 @@ class IBAdapter(BrokerAdapter):
         self._emit_fill(trade, fill, report)
 
     def _corrected_live(self, fill: Any) -> list[str]:
-        """The execIds seen live before this one that it corrects (same permId, same id up to the last '.')."""
+        """The execIds this one corrects (same permId, same id up to the last '.', a lower version),
+        oldest first: those seen live, and those ib_insync knows from its start-up ``reqExecutions``
+        (the day's executions before this session)."""
         exec_id = fill.execution.execId
         parsed = _exec_version(exec_id)
         if parsed is None:
             return []
-        seen = self._live_versions.get((fill.execution.permId, parsed[0]), [])
-        return [e for e in seen if e != exec_id and (_exec_version(e) or (e, (0, 0)))[1] < parsed[1]]
+        perm = fill.execution.permId
+        seen = set(self._live_versions.get((perm, parsed[0]), []))
+        seen.update(f.execution.execId for f in self._ib.fills()
+                    if f.execution.permId == perm and f.execution.execId.rpartition(".")[0] == parsed[0])
+        older = [e for e in seen if e != exec_id and (_exec_version(e) or (e, (0, 0)))[1] < parsed[1]]
+        return sorted(older, key=lambda e: (_exec_version(e) or (e, (0, 0)))[1])
 
     def _emit_fill(self, trade: Any, fill: Any, report: Any) -> None:
         try:

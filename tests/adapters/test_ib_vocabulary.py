@@ -14,13 +14,13 @@ from decimal import Decimal as D
 
 import pytest
 
-from tests.support.fake_tws import NEW_YORK, FakeTWS
+from tests.support.fake_tws import FakeTWS
 from tradestate.adapters.brokers.base import OrderRequest
 from tradestate.adapters.brokers.ib import IBAdapter
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id
-from tradestate.order_flow import OrderFlow
+from tradestate.order_flow import OrderFlow, record_update
 from tradestate.reconcile import reconcile
 
 pytestmark = pytest.mark.timeout(60)
@@ -217,8 +217,6 @@ def test_duplicate_order_status_messages_are_handed_over_once(client):
         tws.finish(tws.orders[-1], "Filled")  # one more (duplicated) status: nothing new
         assert ib.next_update(0.3) is None
         for u in updates:
-            from tradestate.order_flow import record_update
-
             record_update(client, ACCOUNT, "o-twice", u)
             record_update(client, ACCOUNT, "o-twice", u)  # seen twice: recorded once
         o = order_of(client, "o-twice")
@@ -257,10 +255,6 @@ def test_financial_advisor_allocations_fill_each_sub_account():
                 assert [(p.symbol, p.qty) for p in ib.positions()] == [("SPY", qty)]
 
 
-def test_new_york_midnight_bounds_the_current_day():
-    assert NEW_YORK.key == "America/New_York"
-
-
 # -- the live path: OrderFlow.pump over the adapter's feed ------------------------------------------
 
 
@@ -294,9 +288,7 @@ def test_live_a_correction_and_a_late_commission_are_recorded_as_such(client):
             D(30), D("50.05"), D("0.3"), {corrected.exec_id})
         held = position(client)
         assert (held.qty, held.avg_cost, held.fees) == (D(30), D("50.05"), D("0.3"))
-        # the venue agrees: reconciliation has nothing to add
-        tws.set_cash(CASH - D(30) * D("50.05") - D("0.3"))
-        client.record_cash_balance(ACCOUNT, "IB", CASH, currency="USD") if hasattr(client, "record_cash_balance") else None
+        # the venue agrees: reconciliation has nothing to add (its cash is a first baseline)
         result = reconcile(client, ib)
         assert not [t for t in types(result) if t in ("OrderFilled", "FillCorrected", "PositionCorrected")], \
             result.corrective_events
@@ -313,3 +305,38 @@ def test_the_master_client_id_comes_from_the_ib_table_of_a_config(tmp_path):
         assert (options["client_id"], options["master_client_id"]) == (7, 7)
         with make_adapter("ib", options) as ib:
             assert ib.receives_all_commissions
+
+
+def test_live_a_correction_of_an_execution_from_before_this_session_is_still_a_correction(client):
+    with FakeTWS() as tws:
+        order = tws.add_order(symbol="AAPL", action="BUY", qty=D(100), lmt=D(60), order_ref="o-prev", client_id=1)
+        first = tws.fill(order, D(40), D("50.10"), commission=D("0.4"), notify=False)  # before we connected
+        client.record_intent(ACCOUNT, "o-prev", "AAPL", "buy", 100, order_type="limit", limit_price="60", venue="IB")
+        client.record_submitted(ACCOUNT, "o-prev")
+        client.record_fill(ACCOUNT, "o-prev", first.exec_id, 40, "50.10", fee="0.4", venue_order_id=str(order.perm_id))
+        with adapter_for(tws) as ib:  # a new session: ib_insync's start-up sync lists the day's executions
+            corrected = tws.correct(first, qty=D(40), price=D("50.00"), commission=D("0.4"))  # streamed live
+            flow = OrderFlow(client, ib)
+            o = lambda: order_of(client, "o-prev")  # noqa: E731
+            pump_until(flow, lambda: corrected.exec_id in o().executions)
+            assert (o().filled_qty, o().avg_fill_price, set(o().executions)) == (D(40), D(50), {corrected.exec_id})
+
+
+def test_a_gtc_fill_of_an_earlier_day_we_missed_is_inferred_from_the_filled_quantity(client):
+    two_days_ago = datetime.now(timezone.utc) - timedelta(days=2)
+    with FakeTWS(cash={"USD": CASH}, execution_days=1) as tws, adapter_for(tws) as ib:
+        baseline(client, ib)
+        order = our_order(client, tws, "o-gtc2", tif="GTC", submitted_at=two_days_ago)
+        tws.fill(order, D(60), D(50), at=two_days_ago + timedelta(minutes=1), notify=False)  # never seen by us
+        today = tws.fill(order, D(40), D(51), notify=False)
+        result = reconcile(client, ib)
+        o = order_of(client, "o-gtc2")
+        assert (o.status, o.filled_qty) == ("filled", D(100))
+        inferred = [e for e in o.executions if e.startswith("recon-")]
+        # the quantity is known; the price is not (a completed order carries no average price):
+        # the limit price stands in, and the cash is set to the venue's (Flex reports would say more)
+        assert len(inferred) == 1 and o.executions[inferred[0]][:2] == (D(60), D(60))
+        assert today.exec_id in o.executions and position(client).qty == D(100)
+        assert "PositionCorrected" not in types(result) and "CashBalanceRecorded" in types(result)
+        assert client.state.account(ACCOUNT).cash["USD"] == tws.cash["DU1234567"]["USD"]
+        assert settled(client, ib).status == "clean"

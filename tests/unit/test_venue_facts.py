@@ -207,3 +207,25 @@ def test_a_version_2_fill_loads_without_a_pending_fee():
     f.intent("o", "buy", "1", account="a")
     f.raw(f.order("o", "a").stream_id, "OrderFilled", payload)
     assert f.state.account("a").fees_pending == {}
+
+
+def test_an_orders_fee_on_its_stream_folds_cold_as_it_applies_and_survives_a_checkpoint():
+    f = Fold()
+    f.account_event(ev.CashBalanceRecorded, venue="sim", balance="10000")
+    stream = f.intent("o1", "buy", "100")
+    f.fill("o1", "x.01", "40", "100", fee_pending=True)
+    f.fill("o1", "y.01", "10", "100", fee="0.1")
+    f.add(stream, ev.FeeCharged(event_id=uuid4(), account="acct", venue="sim", fee_id="x.01", exec_id="x.01",
+                                client_order_id="o1", symbol="AAPL", amount="0.4"))
+    f.order_event(ev.FillCorrected, "o1", corrected_exec_id="y.01", exec_id="y.02", qty="5", price="99",
+                  previous_qty="10", previous_price="100", previous_fee="0.1", fee_pending=True)
+    o = f.order("o1")
+    assert (o.fees, o.exec_fees, o.as_dict()["fees_pending"]) == (D("0.4"), {"x.01": D("0.4")}, ["y.02"])
+    cold, _ = fold_cold([f.rows])
+    built = cold.orders[stream]  # still open: built in full from its rows
+    assert (built.fees, built.exec_fees, built.filled_qty) == (o.fees, o.exec_fees, o.filled_qty)
+    assert cold.accounts["acct"].fees_pending == f.acct().fees_pending == {"y.02": stream}
+    assert cold.accounts["acct"].cash == f.acct().cash
+    doc, finished = snapshot.take(f.state)
+    restored = snapshot.restore(orjson.loads(snapshot.encode(doc)), finished).orders[stream]
+    assert (restored.fees, restored.exec_fees) == (o.fees, o.exec_fees)

@@ -13,7 +13,7 @@ from .common import (ConfigOption, DbOption, ExitCode, JsonOption, choice, comma
 LOGS = {"trading": ("ts_events",), "market": ("ts_market_events",), "both": ("ts_events", "ts_market_events")}
 LogOption = Annotated[str, typer.Option("--log", help="Which log (default: both).",
                                         **choice(*LOGS, what="--log"))]
-MonthOption = Annotated[Optional[str], typer.Option("--month", metavar="YYYY-MM")]
+MonthOption = Annotated[Optional[str], typer.Option("--month", metavar="YYYY-MM", help="The month (UTC) of the new open partition (default: this month).")]
 
 
 def _logs(which: str) -> tuple[str, ...]:
