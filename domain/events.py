@@ -638,6 +638,80 @@ class BarRecorded(Event):
         return self
 
 
+# ------------------------------------------------------------------------ instruments and currencies
+
+AssetClass = Literal["equity", "etf", "future", "option", "fx", "crypto"]
+
+
+def _currency(value: Any) -> Any:
+    if isinstance(value, str) and not (2 <= len(value) <= 10 and value.isalnum() and value.isupper()):
+        raise ValueError(f"not a currency or asset code (2-10 upper-case letters or digits): {value!r}")
+    return value
+
+
+Currency = Annotated[Identifier, BeforeValidator(_currency)]
+
+
+class InstrumentDefined(Event):
+    """The registry's entry for ``symbol``: asset class, contract ``multiplier`` (one ES future:
+    50), ``quote_currency`` of its prices and ``settlement_currency`` (default: the quote
+    currency), ``tick_size`` and ``lot_size`` (None: any price, any quantity), whether fractional
+    quantities are allowed, ``expiry`` (futures and options: required), and an option's
+    ``underlying``, ``strike`` and ``right``. A later definition of the symbol supersedes the
+    earlier one from its position on (fills already booked stay booked). On the stream
+    ``instrument-<symbol>``."""
+
+    stream_kind: ClassVar[str] = "instrument"
+    symbol: Symbol
+    asset_class: AssetClass
+    multiplier: PositiveAmount = Decimal(1)
+    quote_currency: Currency = "USD"
+    settlement_currency: Currency | None = None
+    tick_size: PositiveAmount | None = None
+    lot_size: PositiveAmount | None = None
+    fractional: bool = False
+    expiry: UtcDatetime | None = None
+    underlying: Symbol | None = None
+    strike: PositiveAmount | None = None
+    right: Literal["call", "put"] | None = None
+    reason: Text = ""
+    operator: Text = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InstrumentDefined:
+        derivative = self.asset_class in ("future", "option")
+        if derivative and self.expiry is None:
+            raise ValueError(f"a {self.asset_class} needs an expiry")
+        if not derivative and self.expiry is not None:
+            raise ValueError(f"only futures and options have an expiry, not an instrument of class {self.asset_class}")
+        option_fields = (self.underlying, self.strike, self.right)
+        if self.asset_class == "option" and None in option_fields:
+            raise ValueError("an option needs its underlying, strike and right (call or put)")
+        if self.asset_class != "option" and (self.strike is not None or self.right is not None):
+            raise ValueError("only an option has a strike and a right")
+        if not self.fractional and self.lot_size is not None and self.lot_size != self.lot_size.to_integral_value():
+            raise ValueError(f"lot size {self.lot_size} is fractional but the instrument allows whole units only")
+        return self
+
+
+class FxRateRecorded(Event):
+    """A market FX rate as the desk took it: one ``base`` is worth ``rate`` ``quote``. Recorded,
+    never fetched: reporting-currency views and limits in the account's currency use the last
+    rate recorded (or its inverse). On the stream ``fx-<base>-<quote>``."""
+
+    stream_kind: ClassVar[str] = "fx"
+    base: Currency
+    quote: Currency
+    rate: PositiveAmount
+    source: Text = ""
+
+    @model_validator(mode="after")
+    def _two_currencies(self) -> FxRateRecorded:
+        if self.base == self.quote:
+            raise ValueError(f"an FX rate needs two currencies, got {self.base} twice")
+        return self
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -683,6 +757,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RampStepped,
         RampHeld,
         RampHealthy,
+        InstrumentDefined,
+        FxRateRecorded,
     )
 }
 

@@ -29,6 +29,7 @@ from uuid import UUID
 
 import orjson
 
+from .instruments import InstrumentSpec
 from .state import (
     OPEN_STATUSES,
     AccountState,
@@ -407,6 +408,9 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "gates": {gid: {**g, "at": _t(g["at"])} for gid, g in state.gates.items()},
         "gate_approvals": {gate: {**a, "at": _t(a["at"])} for gate, a in state.gate_approvals.items()},
     }
+    if state.instruments or state.fx_rates:  # absent from logs without them: their checkpoints stay as they were
+        doc["instruments"] = [spec.to_doc() for spec in state.instruments.values()]
+        doc["fx_rates"] = [[base, quote, _d(rate)] for (base, quote), rate in state.fx_rates.items()]
     return doc, b""
 
 
@@ -603,8 +607,12 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
     for name, a in doc["accounts"].items():
         acct = state.accounts[name]
         acct.open_orders = {sid: state.orders[sid] for sid in a["open_orders"]}
+    for spec in doc.get("instruments", ()):  # absent before instruments existed
+        state.instruments[spec["symbol"]] = InstrumentSpec.from_payload(spec, spec["position"])
+    for base, quote, rate in doc.get("fx_rates", ()):
+        state.fx_rates[(base, quote)] = Decimal(rate)
     for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at in doc["positions"]:
-        p = PositionState(account, venue, symbol)
+        p = PositionState(account, venue, symbol, state.instruments.get(symbol))
         p.qty, p.cost, p.realized_pnl, p.fees = Decimal(qty), Decimal(cost), Decimal(realized), Decimal(fees)
         p.last_price = _dn(last_price)
         p.updated_at = _tn(updated_at)

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .events import EVENT_TYPES, SCHEMA_KEY, VOID_TYPE, upcast
+from .instruments import ACCOUNT_CURRENCY, ONE, InstrumentSpec, fx_rate
 
 ZERO = Decimal(0)
 OPEN_STATUSES = frozenset({"new", "submitted", "acknowledged", "partially_filled"})
@@ -136,12 +137,16 @@ class OrderState:
 
 class PositionState:
     """A position of one account, venue and symbol: signed quantity, cost basis, realised P&L, fees
-    and last fill price."""
+    and last fill price.
+
+    ``spec``: its instrument (None: not in the registry, multiplier 1 in the account's currency).
+    Quantities are in contracts and prices per unit (the average cost too); money (realised and
+    unrealised P&L) is price x quantity x the multiplier, in the instrument's quote currency."""
 
     __slots__ = ("account", "venue", "symbol", "qty", "cost", "realized_pnl", "fees",
-                 "last_price", "updated_at")  # fmt: skip
+                 "last_price", "updated_at", "spec")  # fmt: skip
 
-    def __init__(self, account: str, venue: str, symbol: str):
+    def __init__(self, account: str, venue: str, symbol: str, spec: InstrumentSpec | None = None):
         self.account = account
         self.venue = venue
         self.symbol = symbol
@@ -151,10 +156,22 @@ class PositionState:
         self.fees = ZERO
         self.last_price: Decimal | None = None
         self.updated_at: datetime | None = None
+        self.spec = spec
+
+    @property
+    def multiplier(self) -> Decimal:
+        """The contract multiplier (1 without an instrument)."""
+        return ONE if self.spec is None else self.spec.multiplier
+
+    @property
+    def currency(self) -> str | None:
+        """The instrument's quote currency (None without an instrument: the account's)."""
+        return None if self.spec is None else self.spec.quote_currency
 
     def apply_fill(self, signed_qty: Decimal, price: Decimal) -> Decimal:
         """Average-cost accounting on the total cost basis, so that closing a position
-        releases exactly what opening it cost. Returns the realised P&L (before fees)."""
+        releases exactly what opening it cost. Returns the realised P&L (before fees; times the
+        instrument's multiplier)."""
         qty = self.qty
         self.last_price = price
         if qty == 0 or (qty > 0) == (signed_qty > 0):
@@ -166,6 +183,8 @@ class PositionState:
         released = self.cost if closing == held else self.cost * closing / held
         direction = 1 if qty > 0 else -1
         realized = price * closing * direction - released
+        if self.spec is not None:
+            realized *= self.spec.multiplier
         new_qty = qty + signed_qty
         if new_qty == 0:
             self.cost = ZERO
@@ -187,11 +206,13 @@ class PositionState:
         """P&L of the open quantity at the last fill price (zero when flat or never filled)."""
         if self.last_price is None or self.qty == 0:
             return ZERO
-        return self.last_price * self.qty - self.cost  # exact: no division by the quantity
+        pnl = self.last_price * self.qty - self.cost  # exact: no division by the quantity
+        return pnl if self.spec is None else pnl * self.spec.multiplier
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain picture of the position for queries and tests."""
-        return {
+        """A plain picture of the position for queries and tests (with its multiplier and
+        currency when its instrument is defined)."""
+        out = {
             "account": self.account,
             "venue": self.venue,
             "symbol": self.symbol,
@@ -202,6 +223,10 @@ class PositionState:
             "fees": self.fees,
             "last_price": self.last_price,
         }
+        if self.spec is not None:
+            out["multiplier"] = self.spec.multiplier
+            out["currency"] = self.spec.quote_currency
+        return out
 
 
 @dataclass
@@ -288,8 +313,11 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     positions = state.positions
     held = positions.get(key)
     if held is None:
-        held = positions[key] = PositionState(*key)
+        held = positions[key] = PositionState(*key, state.instruments.get(key[2]) if state.instruments else None)
     realized = held.apply_fill(qty * sign, price)
+    spec = held.spec
+    if spec is not None:
+        return _book_instrument_fill(state, account, held, spec, sign, sid, d, qty, price, fee, when, realized)
     held.fees += fee
     held.updated_at = when
     day = state._day_cache.get(occurred[:16]) if occurred and occurred[-1] == "Z" else None  # _trading_day_of's hit
@@ -306,14 +334,54 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
         fee_currency = d.get("fee_currency", "USD")
         if fee and fee_currency in cash:
             cash[fee_currency] -= fee
+    _index_exec(state, key[1], sid, d["exec_id"], day)
+    return qty, price, fee, when
+
+
+def _index_exec(state: TradingState, venue: str, sid: str, exec_id: str, day: str) -> None:
     try:
-        state.exec_ids[key[1]][d["exec_id"]] = sid
+        state.exec_ids[venue][exec_id] = sid
     except KeyError:  # the venue's first execution (a payload always has an exec_id)
-        state.exec_ids[key[1]] = {d["exec_id"]: sid}
+        state.exec_ids[venue] = {exec_id: sid}
     days = state.exec_days
     if sid in days:
         del days[sid]  # kept in the order of each order's last fill: most recent last
     days[sid] = day
+
+
+def _book_instrument_fill(state: TradingState, account: AccountState, held: PositionState, spec: InstrumentSpec,
+                          sign: int, sid: str, d: dict[str, Any], qty: Decimal, price: Decimal, fee: Decimal,
+                          when: datetime, realized: Decimal) -> tuple[Decimal, Decimal, Decimal, datetime]:
+    """``book_fill`` of a fill on a registered instrument (its position already moved, ``realized``
+    times the multiplier, in the quote currency): the day's realised P&L in the account's currency
+    (by the last recorded rate; without one, as it is), cash in the quote currency (a future's
+    moves by its realised P&L, variation margin; any other's by the notional, times the
+    multiplier)."""
+    held.fees += fee
+    held.updated_at = when
+    occurred = d.get("occurred_at")
+    day = state._trading_day_of(occurred, when)
+    stats = account.day(day)
+    stats.fills += 1
+    stats.volume += qty
+    currency = spec.quote_currency
+    if realized and currency != ACCOUNT_CURRENCY:
+        rate = fx_rate(state.fx_rates, currency, ACCOUNT_CURRENCY)
+        stats.realized_pnl += realized if rate is None else realized * rate
+    else:
+        stats.realized_pnl += realized
+    stats.fees += fee
+    cash = account.cash
+    if cash:
+        if currency in cash:
+            if spec.is_future:
+                cash[currency] += realized
+            else:
+                cash[currency] -= sign * qty * price * spec.multiplier
+        fee_currency = d.get("fee_currency", "USD")
+        if fee and fee_currency in cash:
+            cash[fee_currency] -= fee
+    _index_exec(state, held.venue, sid, d["exec_id"], day)
     return qty, price, fee, when
 
 
@@ -352,6 +420,10 @@ class TradingState:
         # reason, account, position, at)
         self.gates: dict[str, dict[str, Any]] = {}
         self.gate_approvals: dict[str, dict[str, Any]] = {}
+        # symbol -> its instrument (the last ``InstrumentDefined``); (base, quote) -> the last
+        # recorded FX rate. Both empty in a log without them: everything folds as it always did.
+        self.instruments: dict[str, InstrumentSpec] = {}
+        self.fx_rates: dict[tuple[str, str], Decimal] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -609,7 +681,7 @@ class TradingState:
         key = (d["account"], d["venue"], d["symbol"])
         held = self.positions.get(key)
         if held is None:
-            held = self.positions[key] = PositionState(*key)
+            held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments else None)
         qty = Decimal(d["qty_after"])
         price = _dec(d.get("avg_cost"))
         if price is None:
@@ -716,6 +788,22 @@ class TradingState:
                 "position": pos, "at": _time(d.get("occurred_at"), at),
             }
 
+    # instruments and currencies -----------------------------------------------------------
+    def _on_InstrumentDefined(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        spec = self.instruments[d["symbol"]] = InstrumentSpec.from_payload(d, pos)
+        # A definition after trading: the symbol's positions count by it from here on (a scan,
+        # but definitions are rare and usually come before any fill).
+        for key, held in self.positions.items():
+            if key[2] == spec.symbol:
+                held.spec = spec
+
+    def _on_FxRateRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.fx_rates[(d["base"], d["quote"])] = Decimal(d["rate"])
+
+    def instrument(self, symbol: str) -> InstrumentSpec | None:
+        """The registry's entry for ``symbol`` (None: not defined, today's behaviour)."""
+        return self.instruments.get(symbol)
+
     # clock ------------------------------------------------------------------------------
     def _on_ClockSkewRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.clock_skews[d["source"]] = {
@@ -764,6 +852,9 @@ class TradingState:
             "engines": dict(sorted(self.engines.items())),
             **({"gates": dict(sorted(self.gates.items())), "gate_approvals": dict(sorted(self.gate_approvals.items()))}
                if self.gates or self.gate_approvals else {}),
+            **({"instruments": {sym: spec.as_dict() for sym, spec in sorted(self.instruments.items())},
+                "fx_rates": {"/".join(k): v for k, v in sorted(self.fx_rates.items())}}
+               if self.instruments or self.fx_rates else {}),
             "stream_versions": dict(sorted(self.stream_versions.items())),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}

@@ -1,0 +1,263 @@
+"""The instrument registry, multipliers and currencies in the pure domain: events, fold, pre-trade
+checks, FX rates, checkpoints and the cold fold."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from uuid import uuid4
+
+import pytest
+from pydantic import ValidationError
+
+from tradestate.domain import events as ev
+from tradestate.domain import instruments as ins
+from tradestate.domain import orders as rules
+from tradestate.domain import snapshot
+from tradestate.domain.fold import fold_cold
+from tradestate.domain.ids import fx_stream_id, instrument_stream_id, order_stream_id
+from tradestate.domain.instruments import reporting_view
+
+from tests.support.fold import T0, Fold
+
+D = Decimal
+EXPIRY = datetime(2026, 12, 18, 14, 30, tzinfo=timezone.utc)
+
+
+def define(f: Fold, symbol: str = "ES", asset_class: str = "future", **fields) -> int:
+    if asset_class in ("future", "option"):
+        fields.setdefault("expiry", EXPIRY)
+    return f.add(instrument_stream_id(symbol), ev.InstrumentDefined(
+        event_id=uuid4(), symbol=symbol, asset_class=asset_class, **fields))
+
+
+def fx(f: Fold, base: str, quote: str, rate: str) -> int:
+    return f.add(fx_stream_id(base, quote), ev.FxRateRecorded(event_id=uuid4(), base=base, quote=quote, rate=rate))
+
+
+def trade(f: Fold, coid: str, side: str, qty: str, price: str, symbol: str = "ES", **fill) -> None:
+    f.intent(coid, side, qty, symbol=symbol)
+    f.fill(coid, f"x-{coid}", qty, price, **fill)
+
+
+def decide(f: Fold, coid: str, side: str = "buy", qty: str = "1", *, symbol: str = "ES", now=T0, **extra):
+    intent = ev.OrderIntentRecorded(event_id=uuid4(), occurred_at=now, account="acct", client_order_id=coid,
+                                    venue="sim", symbol=symbol, side=side, order_type=extra.pop("order_type", "limit"),
+                                    qty=qty, **extra)
+    decision = rules.decide_intent(f.state, intent, now)
+    assert isinstance(decision, rules.Append)
+    return decision.events[1][1]
+
+
+# ------------------------------------------------------------------------------------- events
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"asset_class": "future"}, "needs an expiry"),
+    ({"asset_class": "equity", "expiry": EXPIRY}, "only futures and options have an expiry"),
+    ({"asset_class": "option", "expiry": EXPIRY, "strike": "100"}, "underlying, strike and right"),
+    ({"asset_class": "equity", "right": "call"}, "only an option"),
+    ({"asset_class": "equity", "lot_size": "0.5"}, "whole units only"),
+    ({"asset_class": "equity", "quote_currency": "usd"}, "currency"),
+    ({"asset_class": "equity", "multiplier": "0"}, "greater than zero"),
+    ({"asset_class": "bond"}, "asset_class"),
+])
+def test_an_inconsistent_definition_is_refused(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        ev.InstrumentDefined(event_id=uuid4(), symbol="X", **fields)
+
+
+def test_an_fx_rate_needs_two_currencies():
+    with pytest.raises(ValidationError, match="two currencies"):
+        ev.FxRateRecorded(event_id=uuid4(), base="EUR", quote="EUR", rate="1")
+
+
+def test_an_option_definition_round_trips_through_its_stored_form():
+    e = ev.InstrumentDefined(event_id=uuid4(), symbol="SPY261218C00500000", asset_class="option", multiplier=100,
+                             expiry=EXPIRY, underlying="SPY", strike="500", right="call", tick_size="0.01")
+    assert ev.decode("InstrumentDefined", e.to_payload()) == e
+
+
+# ------------------------------------------------------------------------------- money and P&L
+
+
+def test_one_es_future_is_its_price_times_fifty():
+    f = Fold()
+    define(f, multiplier=50, tick_size="0.25")
+    trade(f, "o1", "buy", "2", "5000")
+    trade(f, "o2", "sell", "1", "5010.25")
+    p = f.position("ES")
+    assert p.qty == 1 and p.avg_cost == 5000  # per contract, in price units
+    assert p.realized_pnl == D("10.25") * 50
+    assert p.unrealized_pnl == D("10.25") * 50  # marked at the last fill
+    assert p.as_dict()["multiplier"] == 50 and p.as_dict()["currency"] == "USD"
+    assert f.acct().daily["2024-03-05"].realized_pnl == D("512.50")
+
+
+def test_a_notional_limit_counts_the_multiplier():
+    f = Fold()
+    define(f, multiplier=50, tick_size="0.25")
+    f.limit("max_order_notional", "200000")
+    refusal = decide(f, "o1", limit_price="5000")
+    assert isinstance(refusal, ev.IntentRejectedByRisk)
+    assert refusal.reasons == ["max_order_notional"] and "250000" in refusal.detail
+    passed = decide(f, "o2", qty="1", symbol="AAPL", limit_price="5000")  # not registered: multiplier 1
+    assert isinstance(passed, ev.RiskCheckPassed) and passed.notional == 5000
+
+
+@pytest.mark.parametrize("qty, price, now, code", [
+    ("1", "5000.10", T0, ins.OFF_TICK),
+    ("1.5", "5000", T0, ins.FRACTIONAL_QTY),
+    ("3", "5000", T0, ins.LOT_SIZE),
+    ("2", "5000", EXPIRY, ins.EXPIRED),
+])
+def test_an_intent_off_its_instrument_is_refused_with_a_typed_reason(qty, price, now, code):
+    f = Fold()
+    define(f, multiplier=50, tick_size="0.25", lot_size="2")
+    refusal = decide(f, "o1", qty=qty, limit_price=price, now=now)
+    assert isinstance(refusal, ev.IntentRejectedByRisk)
+    assert code in refusal.reasons
+    assert isinstance(decide(f, "ok", qty="2", limit_price="5000.25"), ev.RiskCheckPassed)
+
+
+def test_a_stop_price_is_on_the_grid_too_and_fractions_pass_where_allowed():
+    f = Fold()
+    define(f, "BTC/USD", "crypto", fractional=True, lot_size="0.0001", tick_size="0.01")
+    assert isinstance(decide(f, "o1", qty="0.0125", symbol="BTC/USD", limit_price="60000.01"), ev.RiskCheckPassed)
+    refusal = decide(f, "o2", qty="0.01", symbol="BTC/USD", order_type="stop", stop_price="60000.005")
+    assert refusal.reasons == [ins.OFF_TICK]
+    assert decide(f, "o3", qty="0.00001", symbol="BTC/USD", limit_price="1").reasons == [ins.LOT_SIZE]
+
+
+def test_an_unknown_instrument_keeps_todays_checks():
+    f = Fold()
+    define(f, "AAPL", "equity", lot_size="1")  # another symbol's definition changes nothing here
+    assert isinstance(decide(f, "o1", qty="0.5", symbol="MSFT", limit_price="100.001"), ev.RiskCheckPassed)
+
+
+def test_a_later_definition_supersedes_the_earlier_one():
+    f = Fold()
+    define(f, multiplier=50)
+    trade(f, "o1", "buy", "1", "100")
+    define(f, multiplier=5)  # redefined: the open position counts by the new one from here on
+    trade(f, "o2", "sell", "1", "110")
+    assert f.state.instrument("ES").multiplier == 5
+    assert f.position("ES").realized_pnl == 50
+
+
+def test_a_definition_after_trading_applies_to_the_open_position():
+    f = Fold()
+    trade(f, "o1", "buy", "2", "100")
+    define(f, multiplier=10)
+    assert f.position("ES").multiplier == 10
+
+
+def test_cash_moves_by_notional_times_multiplier_but_a_future_only_by_its_pnl():
+    f = Fold()
+    define(f, "SPYC", "option", multiplier=100, underlying="SPY", strike="500", right="call")
+    define(f, "ES", "future", multiplier=50)
+    f.account_event(ev.CashBalanceRecorded, venue="sim", currency="USD", balance="100000")
+    trade(f, "o1", "buy", "2", "3.5", symbol="SPYC")
+    assert f.acct().cash["USD"] == 100000 - 2 * D("3.5") * 100
+    trade(f, "o2", "buy", "1", "5000", symbol="ES")
+    trade(f, "o3", "sell", "1", "5002", symbol="ES", fee="2.5")
+    assert f.acct().cash["USD"] == 100000 - 700 + 100 - D("2.5")
+
+
+# --------------------------------------------------------------------------------- currencies
+
+
+def test_positions_stay_in_their_currency_and_report_in_another_by_recorded_rates():
+    f = Fold()
+    define(f, "FESX", "future", multiplier=10, quote_currency="EUR")
+    define(f, "7203", "equity", quote_currency="JPY")
+    trade(f, "o1", "buy", "1", "5000", symbol="FESX")
+    trade(f, "o2", "sell", "1", "5010", symbol="FESX")
+    trade(f, "o3", "buy", "100", "3000", symbol="7203")
+    view = reporting_view(f.state, "USD")
+    assert view["missing_rates"] == ["EUR", "JPY"] and view["totals"]["realized_pnl"] == 0
+    fx(f, "EUR", "USD", "1.1")
+    fx(f, "USD", "JPY", "150")  # the inverse serves JPY -> USD
+    view = reporting_view(f.state, "USD")
+    fesx = next(r for r in view["positions"] if r["symbol"] == "FESX")
+    assert fesx["currency"] == "EUR" and fesx["realized_pnl"] == 100
+    assert fesx["reporting"]["realized_pnl"] == D("110.0")
+    toyota = next(r for r in view["positions"] if r["symbol"] == "7203")
+    assert toyota["market_value"] == 300000 and toyota["reporting"]["market_value"] == 2000
+    assert view["missing_rates"] == []
+
+
+def test_the_days_pnl_is_converted_at_the_rate_recorded_before_the_fill():
+    f = Fold()
+    define(f, "FESX", "future", multiplier=10, quote_currency="EUR")
+    fx(f, "EUR", "USD", "1.25")
+    trade(f, "o1", "buy", "1", "5000", symbol="FESX")
+    trade(f, "o2", "sell", "1", "4990", symbol="FESX")
+    assert f.position("FESX").realized_pnl == -100  # EUR
+    assert f.acct().daily["2024-03-05"].realized_pnl == D("-125.00")  # USD
+
+
+def test_a_notional_limit_in_another_currency_needs_a_recorded_rate():
+    f = Fold()
+    define(f, "FESX", "future", multiplier=10, quote_currency="EUR")
+    f.limit("max_order_notional", "60000")
+    assert decide(f, "o1", symbol="FESX", limit_price="5000").reasons == [ins.NO_FX_RATE]
+    fx(f, "EUR", "USD", "1.1")
+    passed = decide(f, "o2", symbol="FESX", limit_price="5000")
+    assert isinstance(passed, ev.RiskCheckPassed) and passed.notional == D("55000.0")
+    assert decide(f, "o3", symbol="FESX", limit_price="6000").reasons == ["max_order_notional"]
+
+
+# ------------------------------------------------------------------------ checkpoint, cold fold
+
+
+def _instrument_log() -> Fold:
+    f = Fold()
+    define(f, multiplier=50, tick_size="0.25")
+    define(f, "FESX", "future", multiplier=10, quote_currency="EUR")
+    fx(f, "EUR", "USD", "1.1")
+    trade(f, "o1", "buy", "3", "5000")
+    trade(f, "o2", "sell", "1", "5001.5")
+    trade(f, "o3", "sell", "2", "5000", symbol="FESX")
+    f.intent("o4", "buy", "1", symbol="FESX")  # open: built in full
+    return f
+
+
+def test_a_checkpoint_keeps_the_registry_rates_and_multipliers():
+    f = _instrument_log()
+    doc, finished = snapshot.take(f.state)
+    assert snapshot.problems(doc, position=f.pos, head=f.pos, now=T0 + timedelta(days=1)) == []
+    restored = snapshot.restore(orjson_roundtrip(doc), finished)
+    assert restored.summary()["instruments"] == f.state.summary()["instruments"]
+    assert restored.summary()["positions"] == f.state.summary()["positions"]
+    assert restored.fx_rates == f.state.fx_rates
+
+
+def test_a_checkpoint_of_a_log_without_instruments_has_no_new_keys():
+    f = Fold()
+    trade(f, "o1", "buy", "3", "5000")
+    doc, _ = snapshot.take(f.state)
+    assert "instruments" not in doc and "fx_rates" not in doc
+
+
+def test_the_cold_fold_books_multipliers_like_apply():
+    f = _instrument_log()
+    cold, rows = fold_cold([f.rows])
+    assert rows == len(f.rows)
+    want = f.state.summary()
+    got = cold.summary()
+    for key in ("positions", "instruments", "fx_rates"):
+        assert got[key] == want[key]
+    assert got["accounts"]["acct"]["daily"] == want["accounts"]["acct"]["daily"]
+
+
+def orjson_roundtrip(doc):
+    import orjson
+
+    return orjson.loads(snapshot.encode(doc))
+
+
+def test_stream_ids():
+    assert instrument_stream_id("ES") == "instrument-ES"
+    assert fx_stream_id("EUR", "USD") == "fx-EUR-USD"
+    assert order_stream_id("a", "b").startswith("order-")
