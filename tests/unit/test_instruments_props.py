@@ -27,3 +27,91 @@ LEGACY_DIGESTS = [
 @pytest.mark.parametrize("seed", range(len(LEGACY_DIGESTS)))
 def test_a_log_without_instruments_folds_to_the_same_bytes_as_before_instruments(seed):
     assert summary_digest(legacy_log(seed).state) == LEGACY_DIGESTS[seed]
+
+
+# ------------------------------------------------------------------------------- hypothesis
+
+from datetime import timezone  # noqa: E402
+from decimal import Decimal  # noqa: E402
+from uuid import uuid4  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tradestate.domain import events as ev  # noqa: E402
+from tradestate.domain import snapshot  # noqa: E402
+from tradestate.domain.ids import fx_stream_id, instrument_stream_id  # noqa: E402
+from tradestate.domain.state import PositionState  # noqa: E402
+from tests.support.fold import Fold  # noqa: E402
+from tests.support.instrument_logs import SYMBOLS  # noqa: E402
+
+TOLERANCE = Decimal("1e-12")
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+multipliers = st.sampled_from(["1", "0.1", "5", "50", "100", "1000", "0.01"])
+fills = st.lists(
+    st.tuples(st.sampled_from((1, -1)), st.integers(1, 40), st.integers(1, 10**6).map(lambda c: Decimal(c) / 100)),
+    min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds)
+def test_instruments_of_untraded_symbols_and_fx_rates_change_nothing_else(seed):
+    plain = legacy_log(seed).state.summary()
+    f = Fold()
+    for n, symbol in enumerate(("NQ", "CL", "GC")):  # never traded by the generated log
+        f.add(instrument_stream_id(symbol), ev.InstrumentDefined(
+            event_id=uuid4(), symbol=symbol, asset_class="future", multiplier=[20, 1000, 100][n],
+            expiry="2030-01-01T00:00:00Z", quote_currency="EUR"))
+    f.add(fx_stream_id("EUR", "USD"), ev.FxRateRecorded(event_id=uuid4(), base="EUR", quote="USD", rate="1.1"))
+    mixed = legacy_log(seed, fold=f).state.summary()
+    assert set(mixed.pop("instruments")) == {"NQ", "CL", "GC"} and mixed.pop("fx_rates") == {"EUR/USD": Decimal("1.1")}
+    # the instruments' own streams are new streams, and every position of the log moved by 5
+    versions = {k: v for k, v in mixed.pop("stream_versions").items() if not k.startswith(("instrument-", "fx-"))}
+    assert versions == plain.pop("stream_versions")
+    assert mixed.pop("position") == plain.pop("position") + 4
+    assert mixed == plain
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds)
+def test_a_unit_instrument_in_the_account_currency_changes_no_number(seed):
+    plain = legacy_log(seed).state.summary()
+    f = Fold()
+    for symbol in SYMBOLS:
+        f.add(instrument_stream_id(symbol), ev.InstrumentDefined(event_id=uuid4(), symbol=symbol, asset_class="crypto",
+                                                                 fractional=True))
+    defined = legacy_log(seed, fold=f).state.summary()
+    for key, p in defined["positions"].items():
+        assert p.pop("multiplier") == 1 and p.pop("currency") == "USD"
+    for key in ("accounts", "positions", "orders"):
+        assert defined[key] == plain[key]
+
+
+@settings(max_examples=200, deadline=None)
+@given(fills=fills, multiplier=multipliers)
+def test_pnl_with_a_multiplier_equals_the_reference_computation(fills, multiplier):
+    """Reference: whatever the accounting method, realised + unrealised P&L at the last price is
+    the multiplier times (cash paid and received + what is held at the last price); and the
+    realised part alone is the multiplier times the realised P&L of the same fills on a unit
+    instrument. Equal to 1e-12: a partial close releases cost * closed / held, rounded to
+    Decimal's 28 digits (today's accounting, kept)."""
+    f = Fold()
+    m = Decimal(multiplier)
+    f.add(instrument_stream_id("ES"), ev.InstrumentDefined(event_id=uuid4(), symbol="ES", asset_class="future",
+                                                           multiplier=multiplier, expiry="2030-01-01T00:00:00Z"))
+    unit = PositionState("acct", "sim", "UNIT")
+    flow = held = Decimal(0)
+    for n, (sign, qty, price) in enumerate(fills):
+        f.intent(f"o{n}", "buy" if sign > 0 else "sell", str(qty), symbol="ES")
+        f.fill(f"o{n}", f"x{n}", str(qty), str(price))
+        unit.apply_fill(Decimal(sign * qty), price)
+        flow -= sign * qty * price
+        held += sign * qty
+    p = f.position("ES")
+    last = fills[-1][2]
+    assert p.qty == held
+    assert abs(p.realized_pnl + p.unrealized_pnl - m * (flow + held * last)) < TOLERANCE
+    assert abs(p.realized_pnl - m * unit.realized_pnl) < TOLERANCE
+    assert f.acct().daily["2024-03-05"].realized_pnl == p.realized_pnl
+    restored = snapshot.restore(snapshot.take(f.state)[0], b"")
+    assert restored.positions[("acct", "sim", "ES")].as_dict() == p.as_dict()
