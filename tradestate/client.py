@@ -27,9 +27,12 @@ from .domain.errors import InvalidInput, UnknownOrder
 from .domain.ids import (
     bar_stream_id,
     engine_stream_id,
+    fx_stream_id,
+    instrument_stream_id,
     order_stream_id,
     strategy_stream_id,
 )
+from .domain.instruments import InstrumentSpec, reporting_view
 from .domain.state import AccountState, TradingState
 from .loading import load_state
 from .writer import Recorded, Writer, WriterStats, build_event, utc_now
@@ -442,6 +445,54 @@ class TradestateClient:
         if done is not None:
             return Recorded(done["position"], None, duplicate=True)
         return self._stream_fact(gate_stream_id(e.gate_id), e)
+
+    # --------------------------------------------------------------- instruments, currencies
+    def define_instrument(self, symbol: str, asset_class: str, *, multiplier: Decimal | int | str = 1,
+                          quote_currency: str = "USD", settlement_currency: str | None = None,
+                          tick_size: Decimal | int | str | None = None, lot_size: Decimal | int | str | None = None,
+                          fractional: bool = False, expiry: datetime | None = None, underlying: str | None = None,
+                          strike: Decimal | int | str | None = None, right: str | None = None, reason: str = "",
+                          operator: str = "") -> Recorded:
+        """Define (or redefine) ``symbol`` in the instrument registry (``InstrumentDefined`` on
+        ``instrument-<symbol>``): intents recorded after it are checked against its tick, lot,
+        fraction and expiry, and its fills count with its ``multiplier`` in its
+        ``quote_currency``. A new definition supersedes the last one from here on; the same
+        definition again appends nothing (``duplicate=True``). Bad input (an option without a
+        strike, a future without an expiry...) is ``InvalidInput``, nothing appended."""
+        e = build_event(ev.InstrumentDefined, **self.writer.envelope(), symbol=symbol, asset_class=asset_class,
+                        multiplier=multiplier, quote_currency=quote_currency,
+                        settlement_currency=settlement_currency, tick_size=tick_size, lot_size=lot_size,
+                        fractional=fractional, expiry=expiry, underlying=underlying, strike=strike, right=right,
+                        reason=reason, operator=operator)
+        wanted = InstrumentSpec.from_payload(e.to_payload(), 0).as_dict()  # Decimals: 50 == 50.0
+
+        def decide(state: TradingState) -> rules.Decision:
+            current = state.instruments.get(e.symbol)
+            if current is not None and {**current.as_dict(), "position": 0} == wanted:
+                return rules.AlreadyRecorded(current.position)
+            return rules.Append([(instrument_stream_id(e.symbol), e)])
+
+        return self.writer.record_fact(decide)
+
+    def record_fx_rate(self, base: str, quote: str, rate: Decimal | int | str, *, source: str = "",
+                       occurred_at: datetime | None = None) -> Recorded:
+        """Record a market FX rate (one ``base`` is worth ``rate`` ``quote``; ``FxRateRecorded``):
+        the reporting-currency view and notional limits in the account's currency use the last
+        one recorded. tradestate never fetches rates."""
+        e = build_event(ev.FxRateRecorded, **self.writer.envelope(occurred_at), base=base, quote=quote, rate=rate,
+                        source=source)
+        return self._stream_fact(fx_stream_id(e.base, e.quote), e)
+
+    def instruments(self) -> list[dict[str, Any]]:
+        """Every instrument of the registry as it stands now (its last definition)."""
+        self.catch_up()
+        return [spec.as_dict() for _, spec in sorted(self.state.instruments.items())]
+
+    def reporting_view(self, currency: str = "USD", account: str | None = None) -> dict[str, Any]:
+        """Positions and P&L in their instruments' currencies and in ``currency`` by the last
+        recorded FX rates (``domain.instruments.reporting_view``)."""
+        self.catch_up()
+        return reporting_view(self.state, currency, account)
 
     # --------------------------------------------------------------- signals, engine, market
     def _stream_fact(self, stream: str, event: ev.Event) -> Recorded:

@@ -1,0 +1,64 @@
+"""The instrument registry and FX rates through the real client, sync and asyncio, on both
+databases: definitions and rates are recorded events, intents are checked against them, fills
+count with the multiplier, and a fresh client (a cold fold of the log) sees the same state."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+import tradestate
+from tradestate.domain import instruments as ins
+from tradestate.domain.errors import InvalidInput
+
+EXPIRY = datetime(2030, 3, 15, 13, 30, tzinfo=timezone.utc)
+
+
+def test_define_trade_and_report_an_es_future(db_url):
+    with tradestate.connect(db_url, venue="sim") as client:
+        first = client.define_instrument("ES", "future", multiplier=50, tick_size="0.25", expiry=EXPIRY,
+                                         operator="desk", reason="CME E-mini S&P 500")
+        again = client.define_instrument("ES", "future", multiplier="50.0", tick_size="0.25", expiry=EXPIRY,
+                                         operator="desk", reason="CME E-mini S&P 500")
+        assert again.duplicate and again.position == first.position
+        head = client.position
+        with pytest.raises(InvalidInput, match="needs an expiry"):
+            client.define_instrument("NQ", "future", multiplier=20)
+        assert client.position == head  # nothing appended
+        client.record_fx_rate("EUR", "USD", "1.08", source="ECB reference")
+        client.set_risk_limit("a1", "max_order_notional", "300000")
+
+        refused = client.record_intent("a1", "o1", "ES", "buy", "1", order_type="limit", limit_price="5000.10")
+        assert refused.refusal.reasons == [ins.OFF_TICK]
+        too_big = client.record_intent("a1", "o2", "ES", "buy", "2", order_type="limit", limit_price="5000")
+        assert too_big.refusal.reasons == ["max_order_notional"]  # 2 x 5000 x 50 = 500,000
+        assert client.record_intent("a1", "o3", "ES", "buy", "1", order_type="limit", limit_price="5000").accepted
+        client.record_fill("a1", "o3", "x1", "1", "5000")
+        assert client.record_intent("a1", "o4", "ES", "sell", "1", order_type="limit", limit_price="5010").accepted
+        client.record_fill("a1", "o4", "x2", "1", "5010")
+        (position,) = client.positions("a1")
+        assert position["realized_pnl"] == 500 and position["multiplier"] == 50 and position["currency"] == "USD"
+        assert [i["symbol"] for i in client.instruments()] == ["ES"]
+        view = client.reporting_view("EUR")
+        assert view["totals"]["realized_pnl"] == Decimal(500) / Decimal("1.08")
+        live = client.state.summary()
+
+    with tradestate.connect(db_url) as fresh:  # folded from the log alone
+        assert fresh.state.summary()["instruments"] == live["instruments"]
+        assert fresh.positions("a1") == [position]
+
+
+def test_the_async_client_defines_instruments_and_rates(sqlite_url):
+    async def session():
+        async with await tradestate.connect_async(sqlite_url, venue="sim") as client:
+            await client.define_instrument("BTC/USD", "crypto", fractional=True, lot_size="0.0001")
+            await client.record_fx_rate("USD", "JPY", "150")
+            result = await client.record_intent("a1", "o1", "BTC/USD", "buy", "0.00005")
+            assert result.refusal.reasons == [ins.LOT_SIZE]
+            return await client.instruments()
+
+    (btc,) = asyncio.run(session())
+    assert btc["fractional"] is True and btc["lot_size"] == Decimal("0.0001")
