@@ -261,3 +261,18 @@ def test_stream_ids():
     assert instrument_stream_id("ES") == "instrument-ES"
     assert fx_stream_id("EUR", "USD") == "fx-EUR-USD"
     assert order_stream_id("a", "b").startswith("order-")
+
+
+def test_gross_exposure_counts_the_multiplier_and_the_rate():
+    from tradestate.domain.gates import gross_exposure
+    from tradestate.gates import holdings
+
+    f = Fold()
+    define(f, multiplier=50)
+    define(f, "FESX", "future", multiplier=10, quote_currency="EUR")
+    trade(f, "o1", "buy", "1", "5000")
+    trade(f, "o2", "sell", "2", "4000", symbol="FESX")
+    decision = gross_exposure(holdings(f.state), None)
+    assert decision.values["gross_exposure"] == "250000" and decision.values["unpriced"] == ["acct/sim/FESX"]
+    fx(f, "EUR", "USD", "1.5")
+    assert gross_exposure(holdings(f.state), None).values["gross_exposure"] == "370000.0"
