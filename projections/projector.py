@@ -635,6 +635,10 @@ class _Dirty:
                 self.positions[(account, d["venue"], d["symbol"])] = position
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
+        elif type_name == "InstrumentDefined":  # rare: the symbol's positions show its new multiplier
+            for key in state.positions:
+                if key[2] == d["symbol"]:
+                    self.positions[key] = position
 
 
 # ------------------------------------------------------------------------------ row shapes
@@ -664,7 +668,7 @@ def _last(o: OrderState) -> int:
 
 def _position_row(p: PositionState, position: int) -> tuple[Any, ...]:
     return (p.account, p.venue, p.symbol, p.qty, p.avg_cost, p.realized_pnl, p.unrealized_pnl, p.fees,
-            p.last_price, p.updated_at, position)
+            p.last_price, p.updated_at, position, p.multiplier, p.currency)
 
 
 def _day_row(state: TradingState, account: str, day: str, position: int) -> tuple[Any, ...]:

@@ -62,3 +62,25 @@ def test_the_async_client_defines_instruments_and_rates(sqlite_url):
 
     (btc,) = asyncio.run(session())
     assert btc["fractional"] is True and btc["lot_size"] == Decimal("0.0001")
+
+
+def test_the_positions_read_model_shows_multiplier_and_currency(sqlite_url):
+    from tradestate.adapters.store import open_store
+    from tradestate.projections.projector import Projector
+    from tradestate.projections.reader import ReadModel
+
+    with tradestate.connect(sqlite_url, venue="sim") as client:
+        client.record_intent("a1", "o1", "AAPL", "buy", "10")
+        client.record_fill("a1", "o1", "x1", "10", "100")
+        client.record_intent("a1", "o2", "FESX", "buy", "1")
+        client.record_fill("a1", "o2", "x2", "1", "5000")
+        client.define_instrument("FESX", "future", multiplier=10, quote_currency="EUR", expiry=EXPIRY)
+    store = open_store(sqlite_url)
+    try:
+        Projector(store).run_once()
+    finally:
+        store.close()
+    with ReadModel(sqlite_url) as read_model:
+        rows = {r["symbol"]: r for r in read_model.positions()}
+    assert rows["AAPL"]["multiplier"] == 1 and rows["AAPL"]["currency"] is None
+    assert rows["FESX"]["multiplier"] == 10 and rows["FESX"]["currency"] == "EUR"  # defined after the fill
