@@ -360,7 +360,8 @@ def _book_instrument_fill(state: TradingState, account: AccountState, held: Posi
     held.fees += fee
     held.updated_at = when
     occurred = d.get("occurred_at")
-    day = state._trading_day_of(occurred, when)
+    day = state._day_cache.get(occurred[:16]) if occurred and occurred[-1] == "Z" else None  # as book_fill
+    day = day or state._trading_day_of(occurred, when)
     stats = account.day(day)
     stats.fills += 1
     stats.volume += qty

@@ -64,6 +64,7 @@ from . import (
     backup,
     batch,
     failover,
+    instruments,
     memory,
     postmortem,
     projection,
@@ -91,6 +92,7 @@ GROUPS: dict[str, ModuleType] = {
     "replication": replication,
     "failover": failover,
     "backup": backup,
+    "instruments": instruments,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
