@@ -309,7 +309,7 @@ class _Planner:
         key = (ours.venue, ours.symbol)
         self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * qty
         # the fold moves cash only once a balance is on record, and in these currencies
-        cash = self.acct.cash if self.acct is not None else {}
+        cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash
         if cash:
             if "USD" in cash:
                 self.planned_cash["USD"] = self.planned_cash.get("USD", ZERO) - ours.sign * qty * price
@@ -670,7 +670,7 @@ class _Planner:
         snap = self.snap
         if isinstance(snap.balances, Unknown):
             return
-        recorded = self.acct.cash if self.acct is not None else {}
+        recorded = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash, not another's
         self.plan.count("balances_checked", len(snap.balances))
         for balance in sorted(snap.balances, key=lambda b: b.currency):
             before = recorded.get(balance.currency)

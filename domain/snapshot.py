@@ -322,6 +322,7 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
                   for day, s in a.daily.items()},
         "discrepancies": a.discrepancies,
         "cash": {k: _d(v) for k, v in a.cash.items()},
+        "venue_cash": {venue: {k: _d(v) for k, v in c.items()} for venue, c in a.venue_cash.items()},
         "blocked": a.blocked,
         "blocked_reason": a.blocked_reason,
         "last_reconciliation": None if last is None else {**last, "at": _t(last["at"])},
@@ -570,6 +571,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         acct.ramp_pct = a["ramp_pct"]
         acct.discrepancies = a["discrepancies"]
         acct.cash = {k: Decimal(v) for k, v in a["cash"].items()}
+        # absent before cash was kept per venue: the next reconciliation records each venue's baseline
+        acct.venue_cash = {venue: {k: Decimal(v) for k, v in c.items()} for venue, c in a.get("venue_cash", {}).items()}
         acct.blocked = a["blocked"]
         acct.blocked_reason = a["blocked_reason"]
         last = a["last_reconciliation"]

@@ -266,6 +266,9 @@ class AccountState:
     discrepancies: int = 0
     # currency -> balance: the venue's last reported cash, moved by our fills since
     cash: dict[str, Decimal] = field(default_factory=dict)
+    # venue -> currency -> balance: the same per venue (an account at two venues holds cash at
+    # each; ``cash`` above is whichever venue reported last, kept as it always was)
+    venue_cash: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     blocked: bool = False  # strict recovery/reconciliation: no trading until acknowledged
     blocked_reason: str = ""
     last_reconciliation: dict[str, Any] | None = None
@@ -278,6 +281,10 @@ class AccountState:
     ramp_since: datetime | None = None
     ramp_baseline: tuple[int, int] = (0, 0)
     ramp_held: str = ""
+
+    def cash_at(self, venue: str) -> dict[str, Decimal]:
+        """currency -> the account's cash at ``venue`` (empty: no balance recorded there)."""
+        return self.venue_cash.get(venue, {})
 
     def day(self, trading_day: str) -> DailyStats:
         """The statistics of ``trading_day`` (created empty when first asked for)."""
@@ -329,11 +336,13 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     stats.fees += fee
     cash = account.cash
     if cash:
-        if "USD" in cash:
-            cash["USD"] -= sign * qty * price
         fee_currency = d.get("fee_currency", "USD")
-        if fee and fee_currency in cash:
-            cash[fee_currency] -= fee
+        for book in (cash, account.venue_cash.get(key[1])):  # the account's, and its cash at the venue
+            if book:
+                if "USD" in book:
+                    book["USD"] -= sign * qty * price
+                if fee and fee_currency in book:
+                    book[fee_currency] -= fee
     _index_exec(state, key[1], sid, d["exec_id"], day)
     return qty, price, fee, when
 
@@ -374,14 +383,14 @@ def _book_instrument_fill(state: TradingState, account: AccountState, held: Posi
     stats.fees += fee
     cash = account.cash
     if cash:
-        if currency in cash:
-            if spec.is_future:
-                cash[currency] += realized
-            else:
-                cash[currency] -= sign * qty * price * spec.multiplier
         fee_currency = d.get("fee_currency", "USD")
-        if fee and fee_currency in cash:
-            cash[fee_currency] -= fee
+        moved = realized if spec.is_future else -sign * qty * price * spec.multiplier
+        for book in (cash, account.venue_cash.get(held.venue)):
+            if book:
+                if currency in book:
+                    book[currency] += moved
+                if fee and fee_currency in book:
+                    book[fee_currency] -= fee
     _index_exec(state, held.venue, sid, d["exec_id"], day)
     return qty, price, fee, when
 
@@ -692,7 +701,9 @@ class TradingState:
         held.updated_at = _time(d.get("occurred_at"), at)
 
     def _on_CashBalanceRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
-        self.account(d["account"]).cash[d["currency"]] = Decimal(d["balance"])
+        acct = self.account(d["account"])
+        acct.cash[d["currency"]] = balance = Decimal(d["balance"])
+        acct.venue_cash.setdefault(d["venue"], {})[d["currency"]] = balance
 
     def _on_ReconciliationCompleted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.account(d["account"]).last_reconciliation = {
@@ -836,6 +847,9 @@ class TradingState:
                     "open_orders": sorted(a.open_orders),
                     "discrepancies": a.discrepancies,
                     "cash": dict(sorted(a.cash.items())),
+                    # only where it says more than ``cash``: cash recorded at two venues or more
+                    **({"venue_cash": {v: dict(sorted(c.items())) for v, c in sorted(a.venue_cash.items())}}
+                       if len(a.venue_cash) > 1 else {}),
                     "blocked": a.blocked,
                     "blocked_reason": a.blocked_reason,
                     "last_reconciliation": a.last_reconciliation,

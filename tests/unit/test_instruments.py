@@ -276,3 +276,38 @@ def test_gross_exposure_counts_the_multiplier_and_the_rate():
     assert decision.values["gross_exposure"] == "250000" and decision.values["unpriced"] == ["acct/sim/FESX"]
     fx(f, "EUR", "USD", "1.5")
     assert gross_exposure(holdings(f.state), None).values["gross_exposure"] == "370000.0"
+
+
+# ------------------------------------------------------------------------------ cash per venue
+
+
+def test_one_account_at_two_venues_keeps_each_venues_cash_and_reconciles_clean():
+    """Before: ``cash`` per account only, so reconciling venue A after venue B compared A's balance
+    with B's and corrected it, back and forth, every run."""
+    from dataclasses import replace
+
+    from tests.unit.test_reconcile_domain import ACCOUNT, apply_plan, intent, plan, snapshot, types, vfill, vorder
+    from tradestate.domain.state import TradingState
+
+    state = TradingState()
+    at_sim = snapshot(balances=[("USD", "100000")])  # venue SIM
+    at_ib = replace(snapshot(balances=[("USD", "50000")]), venue="IB")
+    for snap in (at_sim, at_ib):
+        apply_plan(state, plan(state, snap))
+    account = state.accounts[ACCOUNT]
+    assert account.cash_at("SIM") == {"USD": 100000} and account.cash_at("IB") == {"USD": 50000}
+    assert state.summary()["accounts"][ACCOUNT]["venue_cash"] == {"IB": {"USD": 50000}, "SIM": {"USD": 100000}}
+    intent(state, "o1", qty=2, ack="V1")  # at SIM
+    filled = snapshot(orders=[vorder("V1", "o1", "filled", qty=2, filled=2)], fills=[vfill("X1", "o1", "V1", 2, 100)],
+                      positions=[("AAPL", 2)], balances=[("USD", "99800")])
+    apply_plan(state, plan(state, filled))  # the missed fill, and SIM's cash follows it exactly
+    assert account.cash_at("SIM") == {"USD": 99800} and account.cash_at("IB") == {"USD": 50000}
+    for _ in range(2):
+        assert types(plan(state, filled)) == [] and types(plan(state, at_ib)) == []  # clean, both ways
+    restored = snapshot_restore(state)
+    assert restored.accounts[ACCOUNT].venue_cash == account.venue_cash
+
+
+def snapshot_restore(state):
+    doc, finished = snapshot.take(state)
+    return snapshot.restore(orjson_roundtrip(doc), finished)
