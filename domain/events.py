@@ -712,6 +712,43 @@ class FxRateRecorded(Event):
         return self
 
 
+class CorporateActionRecorded(Event):
+    """A corporate action on ``symbol``, effective at ``effective_at``, from the operator or the
+    venue's reports (``source``). ``split``: every ``ratio_from`` shares become ``ratio_to`` (a
+    2-for-1 split is 1 -> 2, a 1-for-10 reverse split 10 -> 1): quantities scale by to/from, the
+    cost basis stays (so the average cost scales by from/to), the last price by from/to, and the
+    market value is unchanged. ``symbol_change``: the positions move to ``new_symbol`` (the old
+    symbol's stay, flat, with their realised P&L), as does its instrument definition. On the
+    stream ``corporate-<symbol>``."""
+
+    stream_kind: ClassVar[str] = "corporate_action"
+    symbol: Symbol
+    action: Literal["split", "symbol_change"]
+    effective_at: UtcDatetime
+    ratio_from: PositiveAmount | None = None
+    ratio_to: PositiveAmount | None = None
+    new_symbol: Symbol | None = None
+    source: Literal["operator", "venue"] = "operator"
+    reason: Text = ""
+    operator: Text = ""
+
+    @model_validator(mode="after")
+    def _complete(self) -> CorporateActionRecorded:
+        if self.action == "split":
+            if self.ratio_from is None or self.ratio_to is None:
+                raise ValueError("a split needs ratio_from and ratio_to (2-for-1: 1 and 2)")
+            if self.ratio_from == self.ratio_to:
+                raise ValueError("a split of ratio 1 changes nothing")
+            if self.new_symbol is not None:
+                raise ValueError("a split keeps its symbol (record a symbol_change for a new one)")
+        else:
+            if self.new_symbol is None or self.new_symbol == self.symbol:
+                raise ValueError("a symbol change needs a new_symbol other than the symbol")
+            if self.ratio_from is not None or self.ratio_to is not None:
+                raise ValueError("a symbol change has no ratio (record a split beside it)")
+        return self
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -759,6 +796,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RampHealthy,
         InstrumentDefined,
         FxRateRecorded,
+        CorporateActionRecorded,
     )
 }
 

@@ -50,6 +50,11 @@ def fx_stream_id(base: str, quote: str) -> str:
     return f"fx-{base}-{quote}"
 
 
+def corporate_action_stream_id(symbol: str) -> str:
+    """The stream of one symbol's corporate actions (``CorporateActionRecorded``)."""
+    return f"corporate-{symbol}"
+
+
 def bar_stream_id(venue: str, symbol: str, timeframe: str) -> str:
     """The market-log stream of one instrument's bars of one timeframe."""
     return "bar-" + str(uuid5(TRADESTATE_NAMESPACE, "\x1f".join(("bar", venue, symbol, timeframe))))

@@ -133,6 +133,31 @@ def intent_refusals(spec: InstrumentSpec, qty: Decimal, prices: list[Decimal], n
     return out
 
 
+# The splits reconciliation recognises in a position difference: forward (new shares per old:
+# 2-for-1, 3-for-2...) and reverse (1-for-N). Others (5-for-4 is 0.8 one way) look too much like
+# a missed fill to be proposed as a split.
+FORWARD_SPLITS = tuple(Decimal(r) for r in ("2", "3", "4", "5", "10", "20", "1.5"))
+REVERSE_SPLITS = tuple(Decimal(n) for n in ("2", "3", "4", "5", "8", "10", "15", "20", "25", "50", "100"))
+
+
+def split_ratio(ours: Decimal, theirs: Decimal, our_avg_cost: Decimal | None = None,
+                their_avg_cost: Decimal | None = None) -> Decimal | None:
+    """The split (new shares per old, < 1 for a reverse split) that would turn our position
+    ``ours`` into the venue's ``theirs``: a common one (``FORWARD_SPLITS``, or 1 /
+    ``REVERSE_SPLITS``) whose footprint is in both numbers, the quantity times the ratio and the
+    venue's average cost ours divided by it (within 1 %). Else None: a plain difference (without
+    both average costs, a difference is never taken for a split: a missed fill can double a
+    position too)."""
+    if not ours or not theirs or (ours > 0) != (theirs > 0) or not our_avg_cost or not their_avg_cost:
+        return None
+    ratio = theirs / ours
+    if ratio not in FORWARD_SPLITS and not any(ratio * n == 1 for n in REVERSE_SPLITS):
+        return None
+    if abs(their_avg_cost * ratio - our_avg_cost) > our_avg_cost / 100:
+        return None
+    return ratio
+
+
 def fx_rate(rates: dict[tuple[str, str], Decimal], base: str, quote: str) -> Decimal | None:
     """How many ``quote`` one ``base`` is worth by the recorded rates (``rates``: (base, quote) ->
     the last rate recorded): the pair's rate, else the inverse of the opposite pair's, else None.
@@ -202,8 +227,11 @@ __all__ = [
     "LOT_SIZE",
     "NO_FX_RATE",
     "OFF_TICK",
+    "FORWARD_SPLITS",
+    "REVERSE_SPLITS",
     "convert",
     "fx_rate",
     "intent_refusals",
     "reporting_view",
+    "split_ratio",
 ]

@@ -43,6 +43,7 @@ from pydantic import ValidationError
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
+from .instruments import split_ratio
 from .risk import MAX_DAILY_LOSS, daily_loss_breach
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
@@ -652,6 +653,13 @@ class _Planner:
                 self.discrepancy(kind, detail + "; not corrected: orders or fills unknown", "unknown", **where)
                 continue
             cost = avg_cost.get(symbol)
+            held = self.state.positions.get((self.account, self.venue, symbol))
+            ratio = split_ratio(mine, venue_qty, held.avg_cost if held is not None else None, cost)
+            if ratio is not None:  # a split's footprint: proposed, never corrected blindly
+                self.discrepancy("split_suspected", f"{detail}: a split of {ratio} new per old share would explain "
+                                 "it; record the corporate action (record_corporate_action), not corrected",
+                                 "pending", **where)
+                continue
             e = self.build(
                 ev.PositionCorrected,
                 event_id=fact_id("PositionCorrected", self.account, self.venue, symbol, mine, venue_qty,

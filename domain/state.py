@@ -9,7 +9,7 @@ a million payloads again would triple its cost for nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -434,6 +434,8 @@ class TradingState:
         # recorded FX rate. Both empty in a log without them: everything folds as it always did.
         self.instruments: dict[str, InstrumentSpec] = {}
         self.fx_rates: dict[tuple[str, str], Decimal] = {}
+        # (symbol, action, effective_at as stored) -> where the corporate action was recorded
+        self.corporate_actions: dict[tuple[str, str, str], int] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -812,6 +814,36 @@ class TradingState:
     def _on_FxRateRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.fx_rates[(d["base"], d["quote"])] = Decimal(d["rate"])
 
+    def _on_CorporateActionRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        symbol = d["symbol"]
+        self.corporate_actions[(symbol, d["action"], d["effective_at"])] = pos
+        held_here = [(key, held) for key, held in self.positions.items() if key[2] == symbol]
+        if d["action"] == "split":
+            old, new = Decimal(d["ratio_from"]), Decimal(d["ratio_to"])
+            for _key, held in held_here:  # the cost basis stays: the average cost follows the quantity
+                held.qty = held.qty * new / old
+                if held.last_price is not None:
+                    held.last_price = held.last_price * old / new
+            return
+        renamed = d["new_symbol"]
+        for (account, venue, _symbol), held in held_here:
+            key = (account, venue, renamed)
+            moved = self.positions.get(key)
+            if moved is None:
+                moved = self.positions[key] = PositionState(*key, self.instruments.get(renamed) if self.instruments
+                                                            else None)
+            moved.qty += held.qty
+            moved.cost += held.cost
+            moved.last_price = held.last_price if moved.last_price is None else moved.last_price
+            moved.updated_at = held.updated_at
+            held.qty = held.cost = ZERO  # the old symbol's position stays, flat, with its history
+        spec = self.instruments.get(symbol)
+        if spec is not None and renamed not in self.instruments:
+            self.instruments[renamed] = spec = replace(spec, symbol=renamed)
+            for key, held in self.positions.items():
+                if key[2] == renamed:
+                    held.spec = spec
+
     def instrument(self, symbol: str) -> InstrumentSpec | None:
         """The registry's entry for ``symbol`` (None: not defined, today's behaviour)."""
         return self.instruments.get(symbol)
@@ -870,6 +902,8 @@ class TradingState:
             **({"instruments": {sym: spec.as_dict() for sym, spec in sorted(self.instruments.items())},
                 "fx_rates": {"/".join(k): v for k, v in sorted(self.fx_rates.items())}}
                if self.instruments or self.fx_rates else {}),
+            **({"corporate_actions": {"|".join(k): v for k, v in sorted(self.corporate_actions.items())}}
+               if self.corporate_actions else {}),
             "stream_versions": dict(sorted(self.stream_versions.items())),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}

@@ -635,9 +635,11 @@ class _Dirty:
                 self.positions[(account, d["venue"], d["symbol"])] = position
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
-        elif type_name == "InstrumentDefined":  # rare: the symbol's positions show its new multiplier
+        elif type_name == "InstrumentDefined" or type_name == "CorporateActionRecorded":
+            # rare: the symbol's positions show a new multiplier, split quantity or symbol
+            symbols = (d["symbol"], d.get("new_symbol"))
             for key in state.positions:
-                if key[2] == d["symbol"]:
+                if key[2] in symbols:
                     self.positions[key] = position
 
 

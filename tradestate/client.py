@@ -26,6 +26,7 @@ from .domain import orders as rules
 from .domain.errors import InvalidInput, UnknownOrder
 from .domain.ids import (
     bar_stream_id,
+    corporate_action_stream_id,
     engine_stream_id,
     fx_stream_id,
     instrument_stream_id,
@@ -482,6 +483,29 @@ class TradestateClient:
         e = build_event(ev.FxRateRecorded, **self.writer.envelope(occurred_at), base=base, quote=quote, rate=rate,
                         source=source)
         return self._stream_fact(fx_stream_id(e.base, e.quote), e)
+
+    def record_corporate_action(self, symbol: str, action: str, effective_at: datetime, *,
+                                ratio_from: Decimal | int | str | None = None, ratio_to: Decimal | int | str | None = None,
+                                new_symbol: str | None = None, source: str = "operator", reason: str = "",
+                                operator: str = "") -> Recorded:
+        """Record a corporate action (``CorporateActionRecorded`` on ``corporate-<symbol>``):
+        ``split`` (``ratio_from`` old shares become ``ratio_to``: 2-for-1 is 1, 2; a 1-for-10
+        reverse split 10, 1), every position in ``symbol`` is scaled, its cost basis kept; or
+        ``symbol_change`` to ``new_symbol``. The same action (symbol, action, effective time)
+        again appends nothing (``duplicate=True``). Reconciliation proposes one
+        (``split_suspected``) when a position differs from the venue's by a split's ratio."""
+        e = build_event(ev.CorporateActionRecorded, **self.writer.envelope(), symbol=symbol, action=action,
+                        effective_at=effective_at, ratio_from=ratio_from, ratio_to=ratio_to, new_symbol=new_symbol,
+                        source=source, reason=reason, operator=operator)
+        key = (e.symbol, e.action, e.to_payload()["effective_at"])
+
+        def decide(state: TradingState) -> rules.Decision:
+            done = state.corporate_actions.get(key)
+            if done is not None:
+                return rules.AlreadyRecorded(done)
+            return rules.Append([(corporate_action_stream_id(e.symbol), e)])
+
+        return self.writer.record_fact(decide)
 
     def instruments(self) -> list[dict[str, Any]]:
         """Every instrument of the registry as it stands now (its last definition)."""

@@ -84,3 +84,17 @@ def test_the_positions_read_model_shows_multiplier_and_currency(sqlite_url):
         rows = {r["symbol"]: r for r in read_model.positions()}
     assert rows["AAPL"]["multiplier"] == 1 and rows["AAPL"]["currency"] is None
     assert rows["FESX"]["multiplier"] == 10 and rows["FESX"]["currency"] == "EUR"  # defined after the fill
+
+
+def test_a_split_recorded_once_scales_the_position(db_url):
+    with tradestate.connect(db_url, venue="sim") as client:
+        assert client.record_intent("a1", "o1", "NVDA", "buy", "10").accepted
+        client.record_fill("a1", "o1", "x1", "10", "1200")
+        when = datetime(2024, 6, 10, 13, 30, tzinfo=timezone.utc)
+        first = client.record_corporate_action("NVDA", "split", when, ratio_from=1, ratio_to=10, source="venue")
+        again = client.record_corporate_action("NVDA", "split", when, ratio_from=1, ratio_to=10, source="venue")
+        assert again.duplicate and again.position == first.position
+        (position,) = client.positions("a1")
+        assert (position["qty"], position["avg_cost"], position["last_price"]) == (100, 120, 120)
+    with tradestate.connect(db_url) as fresh:
+        assert fresh.positions("a1") == [position]

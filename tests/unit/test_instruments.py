@@ -311,3 +311,93 @@ def test_one_account_at_two_venues_keeps_each_venues_cash_and_reconciles_clean()
 def snapshot_restore(state):
     doc, finished = snapshot.take(state)
     return snapshot.restore(orjson_roundtrip(doc), finished)
+
+
+# ------------------------------------------------------------------------- corporate actions
+
+
+def corporate(f: Fold, symbol: str, action: str, **fields) -> int:
+    from tradestate.domain.ids import corporate_action_stream_id
+
+    return f.add(corporate_action_stream_id(symbol), ev.CorporateActionRecorded(
+        event_id=uuid4(), symbol=symbol, action=action, effective_at=T0, **fields))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"action": "split", "ratio_from": "1"}, "ratio_from and ratio_to"),
+    ({"action": "split", "ratio_from": "2", "ratio_to": "2"}, "ratio 1"),
+    ({"action": "symbol_change"}, "new_symbol"),
+    ({"action": "symbol_change", "new_symbol": "X", "ratio_to": "2"}, "no ratio"),
+])
+def test_an_incomplete_corporate_action_is_refused(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        ev.CorporateActionRecorded(event_id=uuid4(), symbol="X" if "new_symbol" not in fields else "Y",
+                                   effective_at=T0, **fields)
+
+
+def test_a_two_for_one_split_doubles_the_quantity_and_halves_the_average_cost():
+    f = Fold()
+    trade(f, "o1", "buy", "100", "150", symbol="AAPL")
+    trade(f, "o2", "sell", "40", "160", symbol="AAPL")
+    before = f.position("AAPL").as_dict()
+    corporate(f, "AAPL", "split", ratio_from="1", ratio_to="2")
+    p = f.position("AAPL")
+    assert (p.qty, p.avg_cost, p.last_price) == (120, 75, 80)
+    assert p.realized_pnl == before["realized_pnl"] and p.unrealized_pnl == before["unrealized_pnl"]
+    corporate(f, "AAPL", "split", ratio_from="10", ratio_to="1")  # then a 1-for-10 reverse split
+    assert (p.qty, p.avg_cost, p.last_price) == (12, 750, 800)
+
+
+def test_a_symbol_change_moves_the_position_and_the_instrument():
+    f = Fold()
+    define(f, "FB", "equity", tick_size="0.01")
+    trade(f, "o1", "buy", "10", "300", symbol="FB")
+    corporate(f, "FB", "symbol_change", new_symbol="META")
+    assert f.position("FB").qty == 0
+    meta = f.position("META")
+    assert (meta.qty, meta.avg_cost, meta.currency) == (10, 300, "USD")
+    assert f.state.instrument("META").symbol == "META"
+    assert decide(f, "o2", qty="1", symbol="META", limit_price="300.001").reasons == [ins.OFF_TICK]
+
+
+def test_reconciliation_proposes_a_split_instead_of_correcting_blindly():
+    from tradestate.adapters.brokers.base import VenuePosition
+    from tests.unit.test_reconcile_domain import ACCOUNT, intent, plan, snapshot, types, vfill, vorder
+    from tradestate.domain.state import TradingState
+
+    state = TradingState()
+    intent(state, "o1", qty=100, ack="V1", fills=[("X1", 100, 100)])
+    orders, fills = [vorder("V1", "o1", "filled", qty=100, filled=100)], [vfill("X1", "o1", "V1", 100, 100)]
+    split = snapshot(orders=orders, fills=fills, positions=[])
+    split.positions.append(VenuePosition("AAPL", D(200), D(50)))  # twice the shares at half the cost
+    proposed = plan(state, split)
+    assert types(proposed) == [] and [d.kind for d in proposed.discrepancies] == ["split_suspected"]
+    assert "2 new per old share" in proposed.discrepancies[0].detail
+    for cost in (D(100), None):  # the venue's cost did not halve, or it gives none: a plain difference
+        other = snapshot(orders=orders, fills=fills, positions=[])
+        other.positions.append(VenuePosition("AAPL", D(200), cost))
+        assert types(plan(state, other)) == ["PositionCorrected"]
+    apply(state, ev.CorporateActionRecorded(event_id=uuid4(), symbol="AAPL", action="split", ratio_from=1,
+                                            ratio_to=2, effective_at=T0, source="venue"))
+    assert types(plan(state, split)) == [] and plan(state, split).discrepancies == []
+    assert state.position_of(ACCOUNT, "SIM", "AAPL").avg_cost == 50
+
+
+def apply(state, event):
+    from tests.unit.test_reconcile_domain import apply as fold_one
+    from tradestate.domain.ids import corporate_action_stream_id
+
+    fold_one(state, corporate_action_stream_id(event.symbol), event)
+
+
+@pytest.mark.parametrize("ours, theirs, our_cost, their_cost, ratio", [
+    ("100", "200", "50", "25", D(2)),
+    ("-300", "-30", "10", "100", D("0.1")),  # a 1-for-10 reverse split of a short
+    ("100", "150", "30", "20", D("1.5")),
+    ("100", "80", "10", "12.5", None),  # 4-for-5 is not a split desks see
+    ("100", "200", "50", "50", None),  # the cost did not follow: a missed fill
+    ("100", "200", "50", None, None),
+    ("100", "-200", "50", "25", None),
+])
+def test_split_ratio_reads_a_splits_footprint(ours, theirs, our_cost, their_cost, ratio):
+    assert ins.split_ratio(D(ours), D(theirs), D(our_cost), their_cost and D(their_cost)) == ratio

@@ -115,3 +115,37 @@ def test_pnl_with_a_multiplier_equals_the_reference_computation(fills, multiplie
     assert f.acct().daily["2024-03-05"].realized_pnl == p.realized_pnl
     restored = snapshot.restore(snapshot.take(f.state)[0], b"")
     assert restored.positions[("acct", "sim", "ES")].as_dict() == p.as_dict()
+
+
+SPLITS = [("1", "2"), ("1", "3"), ("1", "4"), ("1", "10"), ("2", "3"), ("4", "5"), ("2", "1"), ("10", "1"),
+          ("3", "1"), ("20", "1")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(fills=fills, multiplier=multipliers, split=st.sampled_from(SPLITS))
+def test_a_split_preserves_market_value_cost_basis_and_pnl(fills, multiplier, split):
+    """After a split: the cost basis and realised P&L are unchanged, the quantity is exactly
+    old x to / from, the average cost old x from / to, and the market value (qty x last price x
+    multiplier) and unrealised P&L are unchanged (to 1e-12: a ratio like 1/3 rounds the price to
+    Decimal's 28 digits)."""
+    from tradestate.domain.ids import corporate_action_stream_id
+
+    f = Fold()
+    f.add(instrument_stream_id("ES"), ev.InstrumentDefined(event_id=uuid4(), symbol="ES", asset_class="future",
+                                                           multiplier=multiplier, expiry="2030-01-01T00:00:00Z"))
+    for n, (sign, qty, price) in enumerate(fills):
+        f.intent(f"o{n}", "buy" if sign > 0 else "sell", str(qty), symbol="ES")
+        f.fill(f"o{n}", f"x{n}", str(qty), str(price))
+    p = f.position("ES")
+    qty, cost, realized, unrealized, avg = p.qty, p.cost, p.realized_pnl, p.unrealized_pnl, p.avg_cost
+    value = p.qty * p.last_price * p.multiplier
+    old, new = (Decimal(x) for x in split)
+    f.add(corporate_action_stream_id("ES"), ev.CorporateActionRecorded(
+        event_id=uuid4(), symbol="ES", action="split", ratio_from=old, ratio_to=new, effective_at=f.now))
+    assert p.cost == cost and p.realized_pnl == realized
+    assert p.qty == qty * new / old
+    if new % old == 0:  # a forward split by a whole number: the quantity scales exactly
+        assert p.qty == qty * (new // old)
+    assert abs(p.avg_cost - avg * old / new) < TOLERANCE
+    assert abs(p.qty * p.last_price * p.multiplier - value) < TOLERANCE
+    assert abs(p.unrealized_pnl - unrealized) < TOLERANCE
