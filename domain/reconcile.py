@@ -45,7 +45,7 @@ from . import events as ev
 from .ids import account_stream_id, order_stream_id
 from .instruments import split_ratio
 from .risk import MAX_DAILY_LOSS, daily_loss_breach
-from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
+from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, fill_cash
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
@@ -312,8 +312,9 @@ class _Planner:
         # the fold moves cash only once a balance is on record, and in these currencies
         cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash
         if cash:
-            if "USD" in cash:
-                self.planned_cash["USD"] = self.planned_cash.get("USD", ZERO) - ours.sign * qty * price
+            currency, paid = fill_cash(self.state, ours.symbol, ours.sign * qty, price)  # multiplier, quote currency
+            if currency in cash:
+                self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) - paid
             if fee and fee_currency in cash:
                 self.planned_cash[fee_currency] = self.planned_cash.get(fee_currency, ZERO) - fee
         return True
@@ -327,7 +328,8 @@ class _Planner:
         key = (ours.venue, ours.symbol)
         preview = self.preview_positions.get(key)
         if preview is None:
-            preview = self.preview_positions[key] = PositionState(self.account, ours.venue, ours.symbol)
+            preview = self.preview_positions[key] = PositionState(self.account, ours.venue, ours.symbol,
+                                                                  self.state.instrument(ours.symbol))
             held = self.state.position_of(self.account, ours.venue, ours.symbol)
             if held is not None:
                 preview.qty, preview.cost = held.qty, held.cost

@@ -347,6 +347,17 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     return qty, price, fee, when
 
 
+def fill_cash(state: TradingState, symbol: str, signed_qty: Decimal, price: Decimal) -> tuple[str, Decimal]:
+    """(currency, amount) a fill of ``signed_qty`` at ``price`` pays as the fold books it, before
+    fees: the notional in USD for a symbol not in the registry; notional x multiplier in the quote
+    currency for an instrument; zero for a future, whose cash moves by its realised P&L instead
+    (for planners that book fills ahead of the fold, as reconciliation does)."""
+    spec = state.instruments.get(symbol) if state.instruments else None
+    if spec is None:
+        return "USD", signed_qty * price
+    return spec.quote_currency, ZERO if spec.is_future else signed_qty * price * spec.multiplier
+
+
 def _index_exec(state: TradingState, venue: str, sid: str, exec_id: str, day: str) -> None:
     try:
         state.exec_ids[venue][exec_id] = sid
@@ -922,5 +933,6 @@ __all__ = [
     "VOID_TYPE",
     "book_fill",
     "discrepancy_key",
+    "fill_cash",
     "unreadable",
 ]

@@ -401,3 +401,26 @@ def apply(state, event):
 ])
 def test_split_ratio_reads_a_splits_footprint(ours, theirs, our_cost, their_cost, ratio):
     assert ins.split_ratio(D(ours), D(theirs), D(our_cost), their_cost and D(their_cost)) == ratio
+
+
+def test_reconciliation_plans_a_missed_fills_cash_with_the_multiplier():
+    from tests.unit.test_reconcile_domain import (ACCOUNT, apply as fold_one, apply_plan, cash, intent, kinds, plan,
+                                                  snapshot, types, vfill, vorder)
+    from tradestate.domain.state import TradingState
+
+    state = TradingState()
+    for e in (ev.InstrumentDefined(event_id=uuid4(), symbol="SPYC", asset_class="option", multiplier=100,
+                                   expiry=EXPIRY, underlying="SPY", strike="500", right="call"),
+              ev.InstrumentDefined(event_id=uuid4(), symbol="ES", asset_class="future", multiplier=50, expiry=EXPIRY)):
+        fold_one(state, instrument_stream_id(e.symbol), e)
+    cash(state, 100_000)
+    intent(state, "o1", "SPYC", qty=2, ack="V1")
+    intent(state, "o2", "ES", qty=1, ack="V2")
+    snap = snapshot(orders=[vorder("V1", "o1", "filled", qty=2, filled=2, symbol="SPYC"),
+                            vorder("V2", "o2", "filled", qty=1, filled=1, symbol="ES")],
+                    fills=[vfill("X1", "o1", "V1", 2, "3.5", symbol="SPYC"), vfill("X2", "o2", "V2", 1, 5000, symbol="ES")],
+                    positions=[("SPYC", 2), ("ES", 1)], balances=[("USD", "99300")])  # 2 x 3.5 x 100 paid; a future pays none
+    p = plan(state, snap)
+    assert types(p) == ["OrderFilled", "OrderFilled"] and kinds(p) == ["missed_fill", "missed_fill"]  # no cash drift
+    apply_plan(state, p)
+    assert state.accounts[ACCOUNT].cash_at("SIM") == {"USD": 99300}
