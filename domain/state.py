@@ -336,14 +336,26 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     stats.fees += fee
     cash = account.cash
     if cash:
+        paid = sign * qty * price
+        if "USD" in cash:
+            cash["USD"] -= paid
         fee_currency = d.get("fee_currency", "USD")
-        for book in (cash, account.venue_cash.get(key[1])):  # the account's, and its cash at the venue
-            if book:
-                if "USD" in book:
-                    book["USD"] -= sign * qty * price
-                if fee and fee_currency in book:
-                    book[fee_currency] -= fee
-    _index_exec(state, key[1], sid, d["exec_id"], day)
+        if fee and fee_currency in cash:
+            cash[fee_currency] -= fee
+        at_venue = account.venue_cash.get(key[1])  # the same at the venue (written out: the fold's hot path)
+        if at_venue:
+            if "USD" in at_venue:
+                at_venue["USD"] -= paid
+            if fee and fee_currency in at_venue:
+                at_venue[fee_currency] -= fee
+    try:
+        state.exec_ids[key[1]][d["exec_id"]] = sid
+    except KeyError:  # the venue's first execution (a payload always has an exec_id)
+        state.exec_ids[key[1]] = {d["exec_id"]: sid}
+    days = state.exec_days
+    if sid in days:
+        del days[sid]  # kept in the order of each order's last fill: most recent last
+    days[sid] = day
     return qty, price, fee, when
 
 
