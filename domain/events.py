@@ -749,6 +749,25 @@ class CorporateActionRecorded(Event):
         return self
 
 
+class OptionSettled(AccountEvent):
+    """A venue fact that ends ``qty`` contracts of the option ``symbol`` held at ``venue`` and
+    moves both legs: ``exercise`` (we held them long: a call delivers qty x multiplier of the
+    underlying bought at the strike, a put sold), ``assignment`` (we were short: a call delivers
+    the underlying sold at the strike, a put bought) or ``expiry`` (worthless, nothing delivered).
+    The option leg closes at 0 (its premium realised), the underlying's opens or closes at the
+    strike, cash moves by the strike's notional. The option must be in the registry (for
+    ``expiry``: any instrument). ``venue_ref``: the venue's activity id, which makes the fact
+    recorded once."""
+
+    venue: Identifier
+    symbol: Symbol
+    action: Literal["exercise", "assignment", "expiry"]
+    qty: PositiveAmount
+    venue_ref: Identifier | None = None
+    reconciliation_id: Identifier | None = None
+    reason: Text = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -797,6 +816,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         InstrumentDefined,
         FxRateRecorded,
         CorporateActionRecorded,
+        OptionSettled,
     )
 }
 

@@ -409,10 +409,12 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "gates": {gid: {**g, "at": _t(g["at"])} for gid, g in state.gates.items()},
         "gate_approvals": {gate: {**a, "at": _t(a["at"])} for gate, a in state.gate_approvals.items()},
     }
-    if state.instruments or state.fx_rates or state.corporate_actions:  # absent from logs without them
+    if state.instruments or state.fx_rates or state.corporate_actions or state.option_settlements:
+        # absent from logs without them: their checkpoints stay as they were
         doc["instruments"] = [spec.to_doc() for spec in state.instruments.values()]
         doc["fx_rates"] = [[base, quote, _d(rate)] for (base, quote), rate in state.fx_rates.items()]
         doc["corporate_actions"] = [[*key, pos] for key, pos in state.corporate_actions.items()]
+        doc["option_settlements"] = [[*key, pos] for key, pos in state.option_settlements.items()]
     return doc, b""
 
 
@@ -617,6 +619,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         state.fx_rates[(base, quote)] = Decimal(rate)
     for symbol, action, effective_at, pos in doc.get("corporate_actions", ()):
         state.corporate_actions[(symbol, action, effective_at)] = pos
+    for account, venue, ref, pos in doc.get("option_settlements", ()):
+        state.option_settlements[(account, venue, ref)] = pos
     for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at in doc["positions"]:
         p = PositionState(account, venue, symbol, state.instruments.get(symbol))
         p.qty, p.cost, p.realized_pnl, p.fees = Decimal(qty), Decimal(cost), Decimal(realized), Decimal(fees)

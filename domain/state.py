@@ -459,6 +459,8 @@ class TradingState:
         self.fx_rates: dict[tuple[str, str], Decimal] = {}
         # (symbol, action, effective_at as stored) -> where the corporate action was recorded
         self.corporate_actions: dict[tuple[str, str, str], int] = {}
+        # (account, venue, venue_ref) -> where an ``OptionSettled`` naming the venue's activity was recorded
+        self.option_settlements: dict[tuple[str, str, str], int] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -867,6 +869,50 @@ class TradingState:
                 if key[2] == renamed:
                     held.spec = spec
 
+    def _on_OptionSettled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        account, venue, symbol = d["account"], d["venue"], d["symbol"]
+        if d.get("venue_ref"):
+            self.option_settlements[(account, venue, d["venue_ref"])] = pos
+        acct = self.account(account)
+        when = _time(d.get("occurred_at"), at)
+        qty = Decimal(d["qty"])
+        spec = self.instruments.get(symbol)
+        action = d["action"]
+        long_side = action == "exercise" or (action == "expiry" and self._held(account, venue, symbol) > 0)
+        # the option leg: long contracts sold at 0, short ones bought back at 0 (premium realised)
+        self._settle_leg(acct, (account, venue, symbol), -qty if long_side else qty, ZERO, when)
+        if action == "expiry":
+            return
+        # the underlying: a long call or a short put buys it at the strike, the others sell it
+        buys = (d["action"] == "exercise") == (spec.right == "call")  # type: ignore[union-attr]
+        delivered = qty * spec.multiplier  # type: ignore[union-attr]
+        self._settle_leg(acct, (account, venue, spec.underlying), delivered if buys else -delivered,  # type: ignore[union-attr,arg-type]
+                         spec.strike, when, currency=spec.quote_currency)  # type: ignore[union-attr,arg-type]
+
+    def _held(self, account: str, venue: str, symbol: str) -> Decimal:
+        held = self.positions.get((account, venue, symbol))
+        return held.qty if held is not None else ZERO
+
+    def _settle_leg(self, acct: AccountState, key: tuple[str, str, str], signed_qty: Decimal, price: Decimal,
+                    when: datetime, currency: str | None = None) -> None:
+        """A position moved by a settlement, not a fill: realised P&L to the day (in the account's
+        currency), cash by the notional (``currency``: the delivery's; default the instrument's)."""
+        held = self.positions.get(key)
+        if held is None:
+            held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments else None)
+        realized = held.apply_fill(signed_qty, price)
+        held.updated_at = when
+        own = held.currency or ACCOUNT_CURRENCY
+        if realized:
+            rate = fx_rate(self.fx_rates, own, ACCOUNT_CURRENCY)
+            acct.day(self.trading_day(when)).realized_pnl += realized if rate is None else realized * rate
+        paid = signed_qty * price * held.multiplier
+        if paid:
+            currency = currency or own
+            for book in (acct.cash, acct.venue_cash.get(key[1])):
+                if book and currency in book:
+                    book[currency] -= paid
+
     def instrument(self, symbol: str) -> InstrumentSpec | None:
         """The registry's entry for ``symbol`` (None: not defined, today's behaviour)."""
         return self.instruments.get(symbol)
@@ -927,6 +973,8 @@ class TradingState:
                if self.instruments or self.fx_rates else {}),
             **({"corporate_actions": {"|".join(k): v for k, v in sorted(self.corporate_actions.items())}}
                if self.corporate_actions else {}),
+            **({"option_settlements": {"|".join(k): v for k, v in sorted(self.option_settlements.items())}}
+               if self.option_settlements else {}),
             "stream_versions": dict(sorted(self.stream_versions.items())),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}

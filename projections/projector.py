@@ -633,6 +633,12 @@ class _Dirty:
                 self.days[(account, d["trading_day"])] = position
             elif type_name == "PositionCorrected":
                 self.positions[(account, d["venue"], d["symbol"])] = position
+            elif type_name == "OptionSettled":  # both legs, and the day's realised P&L
+                spec = state.instruments.get(d["symbol"])
+                for symbol in (d["symbol"], spec.underlying if spec is not None else None):
+                    if (account, d["venue"], symbol) in state.positions:
+                        self.positions[(account, d["venue"], symbol)] = position  # type: ignore[index]
+                self.days[(account, state._trading_day_of(d.get("occurred_at"), at))] = position
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
         elif type_name == "InstrumentDefined" or type_name == "CorporateActionRecorded":

@@ -25,6 +25,7 @@ from .domain import events as ev
 from .domain import orders as rules
 from .domain.errors import InvalidInput, UnknownOrder
 from .domain.ids import (
+    account_stream_id,
     bar_stream_id,
     corporate_action_stream_id,
     engine_stream_id,
@@ -504,6 +505,35 @@ class TradestateClient:
             if done is not None:
                 return rules.AlreadyRecorded(done)
             return rules.Append([(corporate_action_stream_id(e.symbol), e)])
+
+        return self.writer.record_fact(decide)
+
+    def record_option_settlement(self, account: str, venue: str, symbol: str, action: str,
+                                 qty: Decimal | int | str, *, venue_ref: str | None = None,
+                                 occurred_at: datetime | None = None, reason: str = "") -> Recorded:
+        """Record the venue's exercise, assignment or expiry of ``qty`` contracts of the option
+        ``symbol`` (``OptionSettled``): the option leg closes, the underlying's moves at the strike
+        (see the event). ``venue_ref``: the venue's activity id (the same again:
+        ``duplicate=True``). ``InvalidInput``, nothing appended, when the option is not defined
+        (exercise, assignment) or we do not hold ``qty`` contracts on that side (reconcile first)."""
+        e = build_event(ev.OptionSettled, **self.writer.envelope(occurred_at), account=account, venue=venue,
+                        symbol=symbol, action=action, qty=qty, venue_ref=venue_ref, reason=reason)
+
+        def decide(state: TradingState) -> rules.Decision:
+            if e.venue_ref is not None:
+                done = state.option_settlements.get((e.account, e.venue, e.venue_ref))
+                if done is not None:
+                    return rules.AlreadyRecorded(done)
+            spec = state.instruments.get(e.symbol)
+            if e.action != "expiry" and (spec is None or spec.asset_class != "option"):
+                raise InvalidInput(f"OptionSettled: {e.symbol!r} is not an option in the registry (define_instrument)")
+            held = state.position_of(e.account, e.venue, e.symbol)
+            qty = held.qty if held is not None else Decimal(0)
+            wanted = {"exercise": qty >= e.qty, "assignment": -qty >= e.qty, "expiry": abs(qty) >= e.qty}[e.action]
+            if not wanted:
+                raise InvalidInput(f"OptionSettled: {e.action} of {e.qty} {e.symbol} at {e.venue}, but the log holds "
+                                   f"{qty} (reconcile first)")
+            return rules.Append([(account_stream_id(e.account), e)])
 
         return self.writer.record_fact(decide)
 

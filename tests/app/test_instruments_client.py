@@ -98,3 +98,22 @@ def test_a_split_recorded_once_scales_the_position(db_url):
         assert (position["qty"], position["avg_cost"], position["last_price"]) == (100, 120, 120)
     with tradestate.connect(db_url) as fresh:
         assert fresh.positions("a1") == [position]
+
+
+def test_an_option_exercise_is_recorded_once_and_checked(db_url):
+    with tradestate.connect(db_url, venue="sim") as client:
+        client.define_instrument("XYZC", "option", multiplier=100, expiry=EXPIRY, underlying="XYZ", strike="100",
+                                 right="call")
+        assert client.record_intent("a1", "o1", "XYZC", "buy", "2").accepted
+        client.record_fill("a1", "o1", "x1", "2", "3")
+        head = client.position
+        with pytest.raises(InvalidInput, match="holds 2"):
+            client.record_option_settlement("a1", "sim", "XYZC", "exercise", "3")
+        with pytest.raises(InvalidInput, match="not an option"):
+            client.record_option_settlement("a1", "sim", "AAPL", "exercise", "1")
+        assert client.position == head
+        first = client.record_option_settlement("a1", "sim", "XYZC", "exercise", "2", venue_ref="EXC-1")
+        again = client.record_option_settlement("a1", "sim", "XYZC", "exercise", "2", venue_ref="EXC-1")
+        assert again.duplicate and again.position == first.position
+        held = {p["symbol"]: p["qty"] for p in client.positions("a1")}
+        assert held == {"XYZ": 200, "XYZC": 0}

@@ -424,3 +424,50 @@ def test_reconciliation_plans_a_missed_fills_cash_with_the_multiplier():
     assert types(p) == ["OrderFilled", "OrderFilled"] and kinds(p) == ["missed_fill", "missed_fill"]  # no cash drift
     apply_plan(state, p)
     assert state.accounts[ACCOUNT].cash_at("SIM") == {"USD": 99300}
+
+
+# ------------------------------------------------------------------ exercise, assignment, expiry
+
+
+def settle(f: Fold, symbol: str, action: str, qty: str, **fields) -> int:
+    return f.account_event(ev.OptionSettled, venue="sim", symbol=symbol, action=action, qty=qty, **fields)
+
+
+def option(f: Fold, symbol: str, right: str, strike: str = "100") -> None:
+    define(f, symbol, "option", multiplier=100, underlying="XYZ", strike=strike, right=right)
+
+
+def test_exercising_a_long_call_buys_the_underlying_at_the_strike():
+    f = Fold()
+    option(f, "XYZC", "call")
+    f.account_event(ev.CashBalanceRecorded, venue="sim", currency="USD", balance="100000")
+    trade(f, "o1", "buy", "2", "3", symbol="XYZC")  # 600 of premium
+    settle(f, "XYZC", "exercise", "2", venue_ref="act-1")
+    opt, und = f.position("XYZC"), f.position("XYZ")
+    assert opt.qty == 0 and opt.realized_pnl == -600  # the premium, realised
+    assert (und.qty, und.avg_cost) == (200, 100)
+    assert f.acct().cash_at("sim") == {"USD": 100000 - 600 - 20000}
+    assert f.acct().daily["2024-03-05"].realized_pnl == -600
+    assert f.state.option_settlements == {("acct", "sim", "act-1"): f.pos}
+
+
+@pytest.mark.parametrize("right, underlying", [("call", -100), ("put", 100)])
+def test_an_assigned_short_option_delivers_the_underlying(right, underlying):
+    f = Fold()
+    option(f, "XYZO", right, strike="50")
+    trade(f, "o1", "sell", "1", "2", symbol="XYZO")  # 200 of premium received
+    settle(f, "XYZO", "assignment", "1")
+    assert f.position("XYZO").qty == 0 and f.position("XYZO").realized_pnl == 200
+    assert (f.position("XYZ").qty, f.position("XYZ").avg_cost) == (underlying, 50)
+
+
+def test_a_long_put_exercised_sells_and_an_expiry_closes_at_zero():
+    f = Fold()
+    option(f, "XYZP", "put")
+    trade(f, "o1", "buy", "3", "1.5", symbol="XYZP")
+    settle(f, "XYZP", "exercise", "1")
+    assert f.position("XYZ").qty == -100
+    settle(f, "XYZP", "expiry", "2")
+    assert f.position("XYZP").qty == 0 and f.position("XYZP").realized_pnl == -450
+    restored = snapshot_restore(f.state)
+    assert restored.summary()["positions"] == f.state.summary()["positions"]
