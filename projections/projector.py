@@ -26,6 +26,7 @@ import orjson
 
 from ..adapters.store import Store, gc_paused
 from ..adapters.store.sql import POSTGRESQL, SQLITE, read_cursor, release, write_cursor
+from ..domain.instruments import ACCOUNT_CURRENCY, fx_rate
 from ..domain.risk import limit_usage
 from ..domain.state import ZERO, OrderState, PositionState, TradingState
 from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
@@ -728,8 +729,13 @@ class _EquityBook:
         minute = _fill_minute({"occurred_at": occurred}, at)
         return minute.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M"), minute
 
-    def _update(self, key: tuple[str, str, str], held: PositionState) -> list[Decimal]:
+    def _update(self, key: tuple[str, str, str], held: PositionState, state: TradingState) -> list[Decimal]:
         new = (held.realized_pnl, held.unrealized_pnl, held.fees)
+        currency = held.currency
+        if currency is not None and currency != ACCOUNT_CURRENCY:  # in the account's currency, at the last rate
+            rate = fx_rate(state.fx_rates, currency, ACCOUNT_CURRENCY)
+            if rate is not None:
+                new = (new[0] * rate, new[1] * rate, new[2])
         old = self.contribution.get(key, (ZERO, ZERO, ZERO))
         self.contribution[key] = new
         totals = self.totals.setdefault(key[0], [ZERO, ZERO, ZERO])
@@ -741,7 +747,7 @@ class _EquityBook:
                    position: int) -> tuple[Any, ...]:
         """The equity-curve row of ``key``'s account for ``minute`` after a fill at ``position``, with
         the account's totals updated by the position's change."""
-        realized, unrealized, fees = self._update(key, state.positions[key])
+        realized, unrealized, fees = self._update(key, state.positions[key], state)
         count = self.fills[(key[0], minute)] = self.fills.get((key[0], minute), 0) + 1
         return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)
 

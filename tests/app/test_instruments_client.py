@@ -75,6 +75,9 @@ def test_the_positions_read_model_shows_multiplier_and_currency(sqlite_url):
         client.record_intent("a1", "o2", "FESX", "buy", "1")
         client.record_fill("a1", "o2", "x2", "1", "5000")
         client.define_instrument("FESX", "future", multiplier=10, quote_currency="EUR", expiry=EXPIRY)
+        client.record_fx_rate("EUR", "USD", "1.1")
+        client.record_intent("a1", "o3", "FESX", "sell", "1")
+        client.record_fill("a1", "o3", "x3", "1", "5010")  # 10 points x 10 = 100 EUR realised
     store = open_store(sqlite_url)
     try:
         Projector(store).run_once()
@@ -82,8 +85,10 @@ def test_the_positions_read_model_shows_multiplier_and_currency(sqlite_url):
         store.close()
     with ReadModel(sqlite_url) as read_model:
         rows = {r["symbol"]: r for r in read_model.positions()}
+        curve = read_model.equity_curve("a1")
     assert rows["AAPL"]["multiplier"] == 1 and rows["AAPL"]["currency"] is None
     assert rows["FESX"]["multiplier"] == 10 and rows["FESX"]["currency"] == "EUR"  # defined after the fill
+    assert rows["FESX"]["realized_pnl"] == 100 and curve[-1]["realized_pnl"] == Decimal("110.0")  # in USD
 
 
 def test_a_split_recorded_once_scales_the_position(db_url):
