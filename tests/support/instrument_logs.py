@@ -96,9 +96,12 @@ def legacy_log(seed: int, steps: int = 60, fold: Fold | None = None, prefix: str
 
 def summary_digest(state: TradingState) -> str:
     """sha256 of ``repr(state.summary())``: equal digests, byte-equal summaries. Leaves out the
-    one view added since (``venue_cash``, shown when an account holds cash at two venues): every
-    value that was there before must stay byte-equal; the per-venue cash is new, not changed."""
+    views added since (``venue_cash``, shown when an account holds cash at two venues; an order's
+    ``fees_pending``, the venue-fact work's list of its fills still waiting for their fee): every
+    value that was there before must stay byte-equal; these are new, not changed."""
     summary = state.summary()
     for account in summary["accounts"].values():
         account.pop("venue_cash", None)
+    for order in summary["orders"].values():
+        order.pop("fees_pending", None)
     return hashlib.sha256(repr(summary).encode()).hexdigest()
