@@ -388,12 +388,18 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
                  d: dict[str, Any], at: Any) -> tuple[Decimal, Decimal, Decimal]:
     """Book a stored ``FillCorrected`` payload ``d`` everywhere but on its order, as if the
     corrected fill had had the new values: the position ``key`` (quantity, cost basis, realised
-    P&L, fees), the account's daily statistics, its cash (when a balance is on record), the
-    execution-id index and the pending fees. Exact when the corrected fill is among the position's
-    last ``JOURNAL_FILLS`` fills (they are folded again from the corrected one on); for an older
-    fill the quantity, cash, fees and total P&L (realised plus unrealised at any mark) are still
-    exact, but the difference is booked on the cost basis now (realised if the position is flat)
-    rather than spread over the realised P&L of the fills in between.
+    P&L, fees), the account's daily statistics, its cash and its cash at the position's venue
+    (when a balance is on record), the execution-id index and the pending fees. Exact when the
+    corrected fill is among the position's last ``JOURNAL_FILLS`` fills (they are folded again
+    from the corrected one on); for an older fill the quantity, cash, fees and total P&L
+    (realised plus unrealised at any mark) are still exact, but the difference is booked on the
+    cost basis now (realised if the position is flat) rather than spread over the realised P&L of
+    the fills in between.
+
+    On a registered instrument money is booked as ``book_fill`` books it: realised P&L times the
+    multiplier in the quote currency (the days' in the account's currency by the last recorded
+    rate, the one of the correction's point in the log for the fills it folds again too), cash in
+    the quote currency by the notional times the multiplier (a future's by its realised P&L).
 
     Returns (quantity difference, notional difference, fee difference) for the order's books."""
     q0, p0, f0 = Decimal(d["previous_qty"]), Decimal(d["previous_price"]), Decimal(d.get("previous_fee") or 0)
@@ -408,27 +414,21 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     when = _fromiso(occurred) if occurred else (at if at.__class__ is datetime else _fromiso(at))
     held = state.positions.get(key)
     if held is None:
-        held = state.positions[key] = PositionState(*key)
-    old_id, new_id = d["corrected_exec_id"], d["exec_id"]
+        held = state.positions[key] = PositionState(*key, state.instruments.get(key[2]) if state.instruments else None)
+    spec = held.spec
+    rate = _pnl_rate(state, spec)  # None: the day's P&L as it is
+    moved = ZERO  # the position's realised P&L difference (quote currency, times the multiplier)
     journal = held.journal or []
-    at_index = next((i for i in range(len(journal) - 1, -1, -1) if journal[i][0] == old_id), None)
-    if at_index is not None:
+    replayed = _replay_correction(held, sign, d["corrected_exec_id"], d["exec_id"], q1, p1)
+    if replayed is not None:
+        at_index, undone, rebuilt, redone, replay = replayed
         day = journal[at_index][5]
-        old = journal[at_index:]
-        new = ([(new_id, q1 * sign, p1, *old[0][3:])] if q1 else []) + old[1:]
-        replay_old = PositionState(*key)
-        replay_old.qty, replay_old.cost = old[0][3], old[0][4]
-        replay = PositionState(*key)
-        replay.qty, replay.cost = old[0][3], old[0][4]
-        rebuilt = []
-        for e in old:
-            account.day(e[5]).realized_pnl -= replay_old.apply_fill(e[1], e[2])
-        for e in new:
-            rebuilt.append((e[0], e[1], e[2], replay.qty, replay.cost, e[5]))
-            realized = replay.apply_fill(e[1], e[2])
-            account.day(e[5]).realized_pnl += realized
-            held.realized_pnl += realized
-        held.realized_pnl -= replay_old.realized_pnl
+        for fill_day, realized in undone:
+            account.day(fill_day).realized_pnl -= realized if rate is None else realized * rate
+        for fill_day, realized in redone:
+            account.day(fill_day).realized_pnl += realized if rate is None else realized * rate
+        moved = sum((r for _, r in redone), ZERO) - sum((r for _, r in undone), ZERO)
+        held.realized_pnl += moved
         held.qty, held.cost = replay.qty, replay.cost
         if at_index == len(journal) - 1 and (rebuilt or at_index):
             held.last_price = rebuilt[-1][2] if rebuilt else journal[at_index - 1][2]
@@ -438,8 +438,9 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
         held.qty += sign * (q1 - q0)
         held.cost += sign * (q1 * p1 - q0 * p0)
         if held.qty == 0 and held.cost:
-            held.realized_pnl -= held.cost
-            account.day(day).realized_pnl -= held.cost
+            moved = -held.cost * held.multiplier
+            held.realized_pnl += moved
+            account.day(day).realized_pnl += moved if rate is None else moved * rate
             held.cost = ZERO
     held.fees += f1 - f0
     held.updated_at = when
@@ -448,13 +449,14 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     stats.fees += f1 - f0
     if not q1:
         stats.fills -= 1  # a bust: the execution never happened
-    cash = account.cash
-    if cash:
-        if "USD" in cash:
-            cash["USD"] -= sign * (q1 * p1 - q0 * p0)
-        fee_currency = d.get("fee_currency", "USD")
-        if f1 != f0 and fee_currency in cash:
-            cash[fee_currency] -= f1 - f0
+    if account.cash:
+        notional = -sign * (q1 * p1 - q0 * p0)
+        if spec is None:
+            currency, paid = "USD", notional
+        else:
+            currency, paid = spec.quote_currency, moved if spec.is_future else notional * spec.multiplier
+        _move_cash(account, key[1], currency, paid, d.get("fee_currency", "USD"), f1 - f0)
+    old_id, new_id = d["corrected_exec_id"], d["exec_id"]
     ids = state.exec_ids.setdefault(key[1], {})
     ids.pop(old_id, None)
     if q1:
@@ -463,6 +465,60 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     if q1 and (d.get("fee_pending") or (pending is not None and d.get("fee") is None)):
         account.fees_pending[new_id] = sid  # the fee of the correcting execution is still to come
     return q1 - q0, q1 * p1 - q0 * p0, f1 - f0
+
+
+def _replay_correction(held: PositionState, sign: int, old_id: str, new_id: str, q1: Decimal, p1: Decimal
+                       ) -> tuple[int, list[tuple[str, Decimal]], list[Any], list[tuple[str, Decimal]],
+                                  PositionState] | None:
+    """The fills of ``held``'s journal from ``old_id`` on, folded again with ``old_id`` replaced by
+    ``new_id`` (``q1`` at ``p1``; none: a bust), without touching ``held``: (its index in the
+    journal, (trading day, realised P&L) of each fill as booked, the rebuilt journal entries, the
+    same pairs folded again, the position after them). None: ``old_id`` is not in the journal."""
+    journal = held.journal or ()
+    at_index = next((i for i in range(len(journal) - 1, -1, -1) if journal[i][0] == old_id), None)
+    if at_index is None:
+        return None
+    old = journal[at_index:]
+    new = ([(new_id, q1 * sign, p1, *old[0][3:])] if q1 else []) + old[1:]
+    key = (held.account, held.venue, held.symbol)
+    replay_old = PositionState(*key, held.spec)  # the spec: realised P&L times its multiplier
+    replay_old.qty, replay_old.cost = old[0][3], old[0][4]
+    replay = PositionState(*key, held.spec)
+    replay.qty, replay.cost = old[0][3], old[0][4]
+    undone = [(e[5], replay_old.apply_fill(e[1], e[2])) for e in old]
+    rebuilt: list[Any] = []
+    redone = []
+    for e in new:
+        rebuilt.append((e[0], e[1], e[2], replay.qty, replay.cost, e[5]))
+        redone.append((e[5], replay.apply_fill(e[1], e[2])))
+    return at_index, undone, rebuilt, redone, replay
+
+
+def correction_cash(state: TradingState, key: tuple[str, str, str], sign: int, d: dict[str, Any]
+                    ) -> tuple[str, Decimal]:
+    """(currency, amount) the fold's ``correct_fill`` of the ``FillCorrected`` payload ``d`` (its
+    ``corrected_exec_id``, ``exec_id``, ``qty``, ``price``, ``previous_qty``, ``previous_price``)
+    adds to the cash of position ``key``'s account and venue, before fees: minus the notional's
+    difference (times the multiplier, in the quote currency), or for a future the difference of
+    its realised P&L. For planners that book corrections ahead of the fold, as reconciliation
+    does (over the state as it is: not over fills planned in the same run)."""
+    q0, p0 = Decimal(d["previous_qty"]), Decimal(d["previous_price"])
+    q1, p1 = Decimal(d["qty"]), Decimal(d["price"])
+    held = state.positions.get(key)
+    spec = held.spec if held is not None else (state.instruments.get(key[2]) if state.instruments else None)
+    notional = -sign * (q1 * p1 - q0 * p0)
+    if spec is None:
+        return ACCOUNT_CURRENCY, notional
+    if not spec.is_future:
+        return spec.quote_currency, notional * spec.multiplier
+    if held is None:
+        return spec.quote_currency, ZERO
+    replayed = _replay_correction(held, sign, d["corrected_exec_id"], d["exec_id"], q1, p1)
+    if replayed is not None:
+        _, undone, _, redone, _ = replayed
+        return spec.quote_currency, sum((r for _, r in redone), ZERO) - sum((r for _, r in undone), ZERO)
+    qty, cost = held.qty + sign * (q1 - q0), held.cost + sign * (q1 * p1 - q0 * p0)
+    return spec.quote_currency, -cost * spec.multiplier if qty == 0 and cost else ZERO
 
 
 def fill_cash(state: TradingState, symbol: str, signed_qty: Decimal, price: Decimal) -> tuple[str, Decimal]:
@@ -1165,6 +1221,7 @@ __all__ = [
     "VOID_TYPE",
     "book_fill",
     "correct_fill",
+    "correction_cash",
     "discrepancy_key",
     "fill_cash",
     "unreadable",
