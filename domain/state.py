@@ -938,17 +938,19 @@ class TradingState:
             key = (d["account"], d["venue"], d["symbol"])
             held = self.positions.get(key)
             if held is None:
-                held = self.positions[key] = PositionState(*key)
+                held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments
+                                                          else None)
             held.updated_at = when
         if d.get("in_kind"):  # paid in the asset: fewer units, same cost basis
-            held.qty -= amount  # type: ignore[union-attr]
+            # ``amount`` is in units of the asset; a position counts contracts of ``multiplier`` units
+            held.qty -= amount if held.spec is None else amount / held.spec.multiplier  # type: ignore[union-attr]
             held.journal = None  # type: ignore[union-attr]  # its fills no longer explain it
             return
         if held is not None:
             held.fees += amount
-        self.account(d["account"]).day(self._trading_day_of(d.get("occurred_at"), when)).fees += amount
-        if d["currency"] in acct.cash:
-            acct.cash[d["currency"]] -= amount
+        acct.day(self._trading_day_of(d.get("occurred_at"), when)).fees += amount
+        # the fee's own currency (not multiplied: an amount of money), at the account and at its venue
+        _move_cash(acct, d["venue"], d["currency"], ZERO, d["currency"], amount)
 
     def _on_CashBalanceRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         acct = self.account(d["account"])
