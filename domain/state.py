@@ -541,6 +541,11 @@ def _pnl_rate(state: TradingState, spec: InstrumentSpec | None) -> Decimal | Non
     return fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
 
 
+def _money_terms(spec: InstrumentSpec | None) -> tuple[Decimal, str, bool]:
+    """What a position's money is booked by: multiplier, quote currency, whether a future."""
+    return (ONE, ACCOUNT_CURRENCY, False) if spec is None else (spec.multiplier, spec.quote_currency, spec.is_future)
+
+
 def _move_cash(account: AccountState, venue: str, currency: str, amount: Decimal, fee_currency: str,
                fee: Decimal) -> None:
     """Add ``amount`` of ``currency`` and take ``fee`` of ``fee_currency`` from the account's cash
@@ -1062,6 +1067,8 @@ class TradingState:
         # but definitions are rare and usually come before any fill).
         for key, held in self.positions.items():
             if key[2] == spec.symbol:
+                if _money_terms(held.spec) != _money_terms(spec):
+                    held.journal = None  # its fills were booked on other terms: not to be folded again on these
                 held.spec = spec
 
     def _on_FxRateRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
@@ -1077,6 +1084,7 @@ class TradingState:
                 held.qty = held.qty * new / old
                 if held.last_price is not None:
                     held.last_price = held.last_price * old / new
+                held.journal = None  # its fills (pre-split quantities) no longer explain it
             return
         renamed = d["new_symbol"]
         for (account, venue, _symbol), held in held_here:
@@ -1090,6 +1098,7 @@ class TradingState:
             moved.last_price = held.last_price if moved.last_price is None else moved.last_price
             moved.updated_at = held.updated_at
             held.qty = held.cost = ZERO  # the old symbol's position stays, flat, with its history
+            held.journal = moved.journal = None  # neither one's fills explain it any more
         spec = self.instruments.get(symbol)
         if spec is not None and renamed not in self.instruments:
             self.instruments[renamed] = spec = replace(spec, symbol=renamed)
@@ -1130,6 +1139,7 @@ class TradingState:
             held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments else None)
         realized = held.apply_fill(signed_qty, price)
         held.updated_at = when
+        held.journal = None  # moved by no fill: a later correction cannot fold its fills again
         own = held.currency or ACCOUNT_CURRENCY
         if realized:
             rate = fx_rate(self.fx_rates, own, ACCOUNT_CURRENCY)
