@@ -54,7 +54,7 @@ from . import events as ev
 from .ids import account_stream_id, order_stream_id
 from .instruments import split_ratio
 from .risk import MAX_DAILY_LOSS, daily_loss_breach, pnl_rate
-from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, fill_cash
+from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, correction_cash, fill_cash
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
@@ -413,10 +413,14 @@ class _Planner:
             ours.status = "filled" if ours.filled_qty >= ours.qty else ours.status
         key = (ours.venue, ours.symbol)
         self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * (f.qty - q0)
-        cash = self.acct.cash if self.acct is not None else {}
+        cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash, as the fold moves it
         if cash:
-            if "USD" in cash:
-                self.planned_cash["USD"] = self.planned_cash.get("USD", ZERO) - ours.sign * (f.qty * f.price - q0 * p0)
+            currency, paid = correction_cash(  # multiplier, quote currency, a future's P&L
+                self.state, (self.account, ours.venue, ours.symbol), ours.sign,
+                {"corrected_exec_id": old_id, "exec_id": f.exec_id, "qty": f.qty, "price": f.price,
+                 "previous_qty": q0, "previous_price": p0})
+            if currency in cash:
+                self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) + paid
             if f1 != f0 and f.fee_currency in cash:
                 self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - (f1 - f0)
         self.plan.count("fills_corrected")
@@ -438,7 +442,7 @@ class _Planner:
             return
         self.order_events.append((ours.stream_id, e))  # on the order's stream: its fees count it
         self.plan.count("fees_charged")
-        if f.fee and f.fee_currency in (self.acct.cash or {}):
+        if f.fee and f.fee_currency in self.acct.cash_at(self.venue):
             self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - f.fee
 
     def daily_loss(self, ours: _Order, fill: ev.OrderFilled) -> None:
@@ -948,8 +952,10 @@ class _Planner:
             self.plan.count("fees_recorded")
             if fee.in_kind and fee.symbol:
                 key = (self.venue, fee.symbol)
-                self.planned_position[key] = self.planned_position.get(key, ZERO) - fee.amount
-            elif self.acct is not None and fee.currency in self.acct.cash:
+                spec = self.state.instrument(fee.symbol)  # the fold takes units of the asset: contracts of multiplier
+                taken = fee.amount if spec is None else fee.amount / spec.multiplier
+                self.planned_position[key] = self.planned_position.get(key, ZERO) - taken
+            elif self.acct is not None and fee.currency in self.acct.cash_at(self.venue):
                 self.planned_cash[fee.currency] = self.planned_cash.get(fee.currency, ZERO) - fee.amount
 
     def unposted_fees(self) -> dict[tuple[str, str], Decimal]:
