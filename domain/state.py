@@ -433,6 +433,8 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
         if at_index == len(journal) - 1 and (rebuilt or at_index):
             held.last_price = rebuilt[-1][2] if rebuilt else journal[at_index - 1][2]
         journal[at_index:] = rebuilt
+        if not journal:
+            held.journal = None  # as a checkpoint restores it: a bust of its only fill leaves none
     else:  # older than the journal: exact in quantity and total P&L, not in its realised part
         day = state._trading_day_of(occurred, when)
         held.qty += sign * (q1 - q0)
