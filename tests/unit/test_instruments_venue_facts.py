@@ -353,18 +353,15 @@ def test_what_no_fill_explains_drops_the_journal(event):
 # ------------------------------------------------------------- the reconciliation plan composes
 
 RID = UUID("00000000-0000-4000-8000-000000000018")
+NOW = T0 + timedelta(days=1)
 
 
 def plan(state: TradingState, *, fills=(), orders=(), positions=(), balances=(), fees=()):
-    snap = VenueSnapshot(broker="sim", venue="sim", account="acct", taken_at=f_now(state),
+    snap = VenueSnapshot(broker="sim", venue="sim", account="acct", taken_at=NOW,
                          positions=[VenuePosition(s, D(q)) for s, q in positions], open_orders=[],
                          recent_orders=list(orders), fills=list(fills),
                          balances=[VenueBalance(c, D(a)) for c, a in balances], fees=list(fees))
-    return plan_reconciliation(state, snap, reconciliation_id=RID, now=f_now(state) + timedelta(minutes=5))
-
-
-def f_now(state: TradingState):
-    return T0 + timedelta(days=1)
+    return plan_reconciliation(state, snap, reconciliation_id=RID, now=NOW + timedelta(minutes=5))
 
 
 def apply_plan(f: Fold, p) -> None:
