@@ -52,8 +52,9 @@ from pydantic import ValidationError
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
-from .risk import MAX_DAILY_LOSS, daily_loss_breach
-from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
+from .instruments import split_ratio
+from .risk import MAX_DAILY_LOSS, daily_loss_breach, pnl_rate
+from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, correction_cash, fill_cash
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
@@ -366,10 +367,11 @@ class _Planner:
         key = (ours.venue, ours.symbol)
         self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * qty
         # the fold moves cash only once a balance is on record, and in these currencies
-        cash = self.acct.cash if self.acct is not None else {}
+        cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash
         if cash:
-            if "USD" in cash:
-                self.planned_cash["USD"] = self.planned_cash.get("USD", ZERO) - ours.sign * qty * price
+            currency, paid = fill_cash(self.state, ours.symbol, ours.sign * qty, price)  # multiplier, quote currency
+            if currency in cash:
+                self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) - paid
             if fee and fee_currency in cash:
                 self.planned_cash[fee_currency] = self.planned_cash.get(fee_currency, ZERO) - fee
         return True
@@ -411,10 +413,14 @@ class _Planner:
             ours.status = "filled" if ours.filled_qty >= ours.qty else ours.status
         key = (ours.venue, ours.symbol)
         self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * (f.qty - q0)
-        cash = self.acct.cash if self.acct is not None else {}
+        cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash, as the fold moves it
         if cash:
-            if "USD" in cash:
-                self.planned_cash["USD"] = self.planned_cash.get("USD", ZERO) - ours.sign * (f.qty * f.price - q0 * p0)
+            currency, paid = correction_cash(  # multiplier, quote currency, a future's P&L
+                self.state, (self.account, ours.venue, ours.symbol), ours.sign,
+                {"corrected_exec_id": old_id, "exec_id": f.exec_id, "qty": f.qty, "price": f.price,
+                 "previous_qty": q0, "previous_price": p0})
+            if currency in cash:
+                self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) + paid
             if f1 != f0 and f.fee_currency in cash:
                 self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - (f1 - f0)
         self.plan.count("fills_corrected")
@@ -436,7 +442,7 @@ class _Planner:
             return
         self.order_events.append((ours.stream_id, e))  # on the order's stream: its fees count it
         self.plan.count("fees_charged")
-        if f.fee and f.fee_currency in (self.acct.cash or {}):
+        if f.fee and f.fee_currency in self.acct.cash_at(self.venue):
             self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - f.fee
 
     def daily_loss(self, ours: _Order, fill: ev.OrderFilled) -> None:
@@ -448,7 +454,8 @@ class _Planner:
         key = (ours.venue, ours.symbol)
         preview = self.preview_positions.get(key)
         if preview is None:
-            preview = self.preview_positions[key] = PositionState(self.account, ours.venue, ours.symbol)
+            preview = self.preview_positions[key] = PositionState(self.account, ours.venue, ours.symbol,
+                                                                  self.state.instrument(ours.symbol))
             held = self.state.position_of(self.account, ours.venue, ours.symbol)
             if held is not None:
                 preview.qty, preview.cost = held.qty, held.cost
@@ -456,7 +463,7 @@ class _Planner:
         net_before = self.planned_day_net.get(day, stats.net_pnl if stats is not None else ZERO)
         breached = day in self.planned_breach_days or (stats is not None and MAX_DAILY_LOSS in stats.breaches)
         self.planned_day_net[day], breach = daily_loss_breach(self.acct, fill, ours.sign, day, preview, net_before,
-                                                              breached=breached)
+                                                              breached=breached, rate=pnl_rate(self.state, ours.symbol))
         if breach is not None:
             self.planned_breach_days.add(day)
             self.account_events.append((account_stream_id(self.account), breach))
@@ -945,8 +952,10 @@ class _Planner:
             self.plan.count("fees_recorded")
             if fee.in_kind and fee.symbol:
                 key = (self.venue, fee.symbol)
-                self.planned_position[key] = self.planned_position.get(key, ZERO) - fee.amount
-            elif self.acct is not None and fee.currency in self.acct.cash:
+                spec = self.state.instrument(fee.symbol)  # the fold takes units of the asset: contracts of multiplier
+                taken = fee.amount if spec is None else fee.amount / spec.multiplier
+                self.planned_position[key] = self.planned_position.get(key, ZERO) - taken
+            elif self.acct is not None and fee.currency in self.acct.cash_at(self.venue):
                 self.planned_cash[fee.currency] = self.planned_cash.get(fee.currency, ZERO) - fee.amount
 
     def unposted_fees(self) -> dict[tuple[str, str], Decimal]:
@@ -1023,6 +1032,13 @@ class _Planner:
                 self.discrepancy(kind, detail + "; not corrected: orders or fills unknown", "unknown", **where)
                 continue
             cost = avg_cost.get(symbol)
+            held = self.state.positions.get((self.account, self.venue, symbol))
+            ratio = split_ratio(mine, venue_qty, held.avg_cost if held is not None else None, cost)
+            if ratio is not None:  # a split's footprint: proposed, never corrected blindly
+                self.discrepancy("split_suspected", f"{detail}: a split of {ratio} new per old share would explain "
+                                 "it; record the corporate action (record_corporate_action), not corrected",
+                                 "pending", **where)
+                continue
             e = self.build(
                 ev.PositionCorrected,
                 event_id=fact_id("PositionCorrected", self.account, self.venue, symbol, mine, venue_qty,
@@ -1041,7 +1057,7 @@ class _Planner:
         snap = self.snap
         if isinstance(snap.balances, Unknown):
             return
-        recorded = self.acct.cash if self.acct is not None else {}
+        recorded = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash, not another's
         self.plan.count("balances_checked", len(snap.balances))
         for balance in sorted(snap.balances, key=lambda b: b.currency):
             before = recorded.get(balance.currency)

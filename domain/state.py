@@ -9,13 +9,14 @@ a million payloads again would triple its cost for nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from .events import EVENT_TYPES, SCHEMA_KEY, VOID_TYPE, upcast
+from .instruments import ACCOUNT_CURRENCY, ONE, InstrumentSpec, fx_rate
 
 ZERO = Decimal(0)
 # Fills per position kept to recompute it exactly when the venue corrects one of them
@@ -144,12 +145,16 @@ class OrderState:
 
 class PositionState:
     """A position of one account, venue and symbol: signed quantity, cost basis, realised P&L, fees
-    and last fill price."""
+    and last fill price.
+
+    ``spec``: its instrument (None: not in the registry, multiplier 1 in the account's currency).
+    Quantities are in contracts and prices per unit (the average cost too); money (realised and
+    unrealised P&L) is price x quantity x the multiplier, in the instrument's quote currency."""
 
     __slots__ = ("account", "venue", "symbol", "qty", "cost", "realized_pnl", "fees",
-                 "last_price", "updated_at", "journal")  # fmt: skip
+                 "last_price", "updated_at", "journal", "spec")  # fmt: skip
 
-    def __init__(self, account: str, venue: str, symbol: str):
+    def __init__(self, account: str, venue: str, symbol: str, spec: InstrumentSpec | None = None):
         self.account = account
         self.venue = venue
         self.symbol = symbol
@@ -161,10 +166,22 @@ class PositionState:
         self.updated_at: datetime | None = None
         # the last JOURNAL_FILLS fills: (exec id, signed qty, price, qty before, cost before, trading day)
         self.journal: list[tuple[str, Decimal, Decimal, Decimal, Decimal, str]] | None = None
+        self.spec = spec
+
+    @property
+    def multiplier(self) -> Decimal:
+        """The contract multiplier (1 without an instrument)."""
+        return ONE if self.spec is None else self.spec.multiplier
+
+    @property
+    def currency(self) -> str | None:
+        """The instrument's quote currency (None without an instrument: the account's)."""
+        return None if self.spec is None else self.spec.quote_currency
 
     def apply_fill(self, signed_qty: Decimal, price: Decimal) -> Decimal:
         """Average-cost accounting on the total cost basis, so that closing a position
-        releases exactly what opening it cost. Returns the realised P&L (before fees)."""
+        releases exactly what opening it cost. Returns the realised P&L (before fees; times the
+        instrument's multiplier)."""
         qty = self.qty
         self.last_price = price
         if qty == 0 or (qty > 0) == (signed_qty > 0):
@@ -176,6 +193,8 @@ class PositionState:
         released = self.cost if closing == held else self.cost * closing / held
         direction = 1 if qty > 0 else -1
         realized = price * closing * direction - released
+        if self.spec is not None:
+            realized *= self.spec.multiplier
         new_qty = qty + signed_qty
         if new_qty == 0:
             self.cost = ZERO
@@ -197,11 +216,13 @@ class PositionState:
         """P&L of the open quantity at the last fill price (zero when flat or never filled)."""
         if self.last_price is None or self.qty == 0:
             return ZERO
-        return self.last_price * self.qty - self.cost  # exact: no division by the quantity
+        pnl = self.last_price * self.qty - self.cost  # exact: no division by the quantity
+        return pnl if self.spec is None else pnl * self.spec.multiplier
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain picture of the position for queries and tests."""
-        return {
+        """A plain picture of the position for queries and tests (with its multiplier and
+        currency when its instrument is defined)."""
+        out = {
             "account": self.account,
             "venue": self.venue,
             "symbol": self.symbol,
@@ -212,6 +233,10 @@ class PositionState:
             "fees": self.fees,
             "last_price": self.last_price,
         }
+        if self.spec is not None:
+            out["multiplier"] = self.spec.multiplier
+            out["currency"] = self.spec.quote_currency
+        return out
 
 
 @dataclass
@@ -251,6 +276,9 @@ class AccountState:
     discrepancies: int = 0
     # currency -> balance: the venue's last reported cash, moved by our fills since
     cash: dict[str, Decimal] = field(default_factory=dict)
+    # venue -> currency -> balance: the same per venue (an account at two venues holds cash at
+    # each; ``cash`` above is whichever venue reported last, kept as it always was)
+    venue_cash: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     blocked: bool = False  # strict recovery/reconciliation: no trading until acknowledged
     blocked_reason: str = ""
     last_reconciliation: dict[str, Any] | None = None
@@ -266,6 +294,10 @@ class AccountState:
     # fills whose fee the venue has not reported yet: exec id -> order stream (``fee_pending``)
     fees_pending: dict[str, str] = field(default_factory=dict)
     fee_ids: dict[str, int] = field(default_factory=dict)  # ``FeeCharged`` id -> where it was folded (once)
+
+    def cash_at(self, venue: str) -> dict[str, Decimal]:
+        """currency -> the account's cash at ``venue`` (empty: no balance recorded there)."""
+        return self.venue_cash.get(venue, {})
 
     def day(self, trading_day: str) -> DailyStats:
         """The statistics of ``trading_day`` (created empty when first asked for)."""
@@ -286,9 +318,9 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     """Book a stored fill payload ``d`` everywhere but on its order: the position ``key``
     (account, venue, symbol) moves by ``sign`` * qty at the price (average cost, realised P&L,
     fees, time), the account's statistics of the fill's trading day count it, the account's cash
-    moves when a balance is on record (USD by the notional, the fee's currency by the fee), and
-    the venue's execution id is indexed to the order stream ``sid`` (and ``sid`` to the fill's
-    trading day).
+    (and its cash at the venue) moves when a balance is on record (USD by the notional, the fee's
+    currency by the fee; a registered instrument: ``_book_instrument_fill``), and the venue's
+    execution id is indexed to the order stream ``sid`` (and ``sid`` to the fill's trading day).
 
     ``at`` (the row's recorded time, a datetime or ISO text) counts when the payload has no
     ``occurred_at``. Returns (qty, price, fee, time of the fill). ``TradingState.apply`` and the
@@ -301,7 +333,7 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     positions = state.positions
     held = positions.get(key)
     if held is None:
-        held = positions[key] = PositionState(*key)
+        held = positions[key] = PositionState(*key, state.instruments.get(key[2]) if state.instruments else None)
     qty_before, cost_before, signed = held.qty, held.cost, qty * sign
     realized = held.apply_fill(signed, price)
     held.fees += fee
@@ -320,15 +352,27 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     stats = account.day(day)
     stats.fills += 1
     stats.volume += qty
-    stats.realized_pnl += realized
     stats.fees += fee
-    cash = account.cash
-    if cash:
-        if "USD" in cash:
-            cash["USD"] -= sign * qty * price
-        fee_currency = d.get("fee_currency", "USD")
-        if fee and fee_currency in cash:
-            cash[fee_currency] -= fee
+    spec = held.spec
+    if spec is not None:  # a registered instrument: multiplier, quote currency, a future's cash
+        _book_instrument_fill(state, account, held.venue, spec, stats, realized, -sign * qty * price, fee,
+                              d.get("fee_currency", "USD"))
+    else:
+        stats.realized_pnl += realized
+        cash = account.cash
+        if cash:
+            paid = sign * qty * price
+            if "USD" in cash:
+                cash["USD"] -= paid
+            fee_currency = d.get("fee_currency", "USD")
+            if fee and fee_currency in cash:
+                cash[fee_currency] -= fee
+            at_venue = account.venue_cash.get(key[1])  # the same at the venue (written out: the fold's hot path)
+            if at_venue:
+                if "USD" in at_venue:
+                    at_venue["USD"] -= paid
+                if fee and fee_currency in at_venue:
+                    at_venue[fee_currency] -= fee
     try:
         state.exec_ids[key[1]][d["exec_id"]] = sid
     except KeyError:  # the venue's first execution (a payload always has an exec_id)
@@ -344,12 +388,18 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
                  d: dict[str, Any], at: Any) -> tuple[Decimal, Decimal, Decimal]:
     """Book a stored ``FillCorrected`` payload ``d`` everywhere but on its order, as if the
     corrected fill had had the new values: the position ``key`` (quantity, cost basis, realised
-    P&L, fees), the account's daily statistics, its cash (when a balance is on record), the
-    execution-id index and the pending fees. Exact when the corrected fill is among the position's
-    last ``JOURNAL_FILLS`` fills (they are folded again from the corrected one on); for an older
-    fill the quantity, cash, fees and total P&L (realised plus unrealised at any mark) are still
-    exact, but the difference is booked on the cost basis now (realised if the position is flat)
-    rather than spread over the realised P&L of the fills in between.
+    P&L, fees), the account's daily statistics, its cash and its cash at the position's venue
+    (when a balance is on record), the execution-id index and the pending fees. Exact when the
+    corrected fill is among the position's last ``JOURNAL_FILLS`` fills (they are folded again
+    from the corrected one on); for an older fill the quantity, cash, fees and total P&L
+    (realised plus unrealised at any mark) are still exact, but the difference is booked on the
+    cost basis now (realised if the position is flat) rather than spread over the realised P&L of
+    the fills in between.
+
+    On a registered instrument money is booked as ``book_fill`` books it: realised P&L times the
+    multiplier in the quote currency (the days' in the account's currency by the last recorded
+    rate, the one of the correction's point in the log for the fills it folds again too), cash in
+    the quote currency by the notional times the multiplier (a future's by its realised P&L).
 
     Returns (quantity difference, notional difference, fee difference) for the order's books."""
     q0, p0, f0 = Decimal(d["previous_qty"]), Decimal(d["previous_price"]), Decimal(d.get("previous_fee") or 0)
@@ -364,38 +414,35 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     when = _fromiso(occurred) if occurred else (at if at.__class__ is datetime else _fromiso(at))
     held = state.positions.get(key)
     if held is None:
-        held = state.positions[key] = PositionState(*key)
-    old_id, new_id = d["corrected_exec_id"], d["exec_id"]
+        held = state.positions[key] = PositionState(*key, state.instruments.get(key[2]) if state.instruments else None)
+    spec = held.spec
+    rate = _pnl_rate(state, spec)  # None: the day's P&L as it is
+    moved = ZERO  # the position's realised P&L difference (quote currency, times the multiplier)
     journal = held.journal or []
-    at_index = next((i for i in range(len(journal) - 1, -1, -1) if journal[i][0] == old_id), None)
-    if at_index is not None:
+    replayed = _replay_correction(held, sign, d["corrected_exec_id"], d["exec_id"], q1, p1)
+    if replayed is not None:
+        at_index, undone, rebuilt, redone, replay = replayed
         day = journal[at_index][5]
-        old = journal[at_index:]
-        new = ([(new_id, q1 * sign, p1, *old[0][3:])] if q1 else []) + old[1:]
-        replay_old = PositionState(*key)
-        replay_old.qty, replay_old.cost = old[0][3], old[0][4]
-        replay = PositionState(*key)
-        replay.qty, replay.cost = old[0][3], old[0][4]
-        rebuilt = []
-        for e in old:
-            account.day(e[5]).realized_pnl -= replay_old.apply_fill(e[1], e[2])
-        for e in new:
-            rebuilt.append((e[0], e[1], e[2], replay.qty, replay.cost, e[5]))
-            realized = replay.apply_fill(e[1], e[2])
-            account.day(e[5]).realized_pnl += realized
-            held.realized_pnl += realized
-        held.realized_pnl -= replay_old.realized_pnl
+        for fill_day, realized in undone:
+            account.day(fill_day).realized_pnl -= realized if rate is None else realized * rate
+        for fill_day, realized in redone:
+            account.day(fill_day).realized_pnl += realized if rate is None else realized * rate
+        moved = sum((r for _, r in redone), ZERO) - sum((r for _, r in undone), ZERO)
+        held.realized_pnl += moved
         held.qty, held.cost = replay.qty, replay.cost
         if at_index == len(journal) - 1 and (rebuilt or at_index):
             held.last_price = rebuilt[-1][2] if rebuilt else journal[at_index - 1][2]
         journal[at_index:] = rebuilt
+        if not journal:
+            held.journal = None  # as a checkpoint restores it: a bust of its only fill leaves none
     else:  # older than the journal: exact in quantity and total P&L, not in its realised part
         day = state._trading_day_of(occurred, when)
         held.qty += sign * (q1 - q0)
         held.cost += sign * (q1 * p1 - q0 * p0)
         if held.qty == 0 and held.cost:
-            held.realized_pnl -= held.cost
-            account.day(day).realized_pnl -= held.cost
+            moved = -held.cost * held.multiplier
+            held.realized_pnl += moved
+            account.day(day).realized_pnl += moved if rate is None else moved * rate
             held.cost = ZERO
     held.fees += f1 - f0
     held.updated_at = when
@@ -404,13 +451,14 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     stats.fees += f1 - f0
     if not q1:
         stats.fills -= 1  # a bust: the execution never happened
-    cash = account.cash
-    if cash:
-        if "USD" in cash:
-            cash["USD"] -= sign * (q1 * p1 - q0 * p0)
-        fee_currency = d.get("fee_currency", "USD")
-        if f1 != f0 and fee_currency in cash:
-            cash[fee_currency] -= f1 - f0
+    if account.cash:
+        notional = -sign * (q1 * p1 - q0 * p0)
+        if spec is None:
+            currency, paid = "USD", notional
+        else:
+            currency, paid = spec.quote_currency, moved if spec.is_future else notional * spec.multiplier
+        _move_cash(account, key[1], currency, paid, d.get("fee_currency", "USD"), f1 - f0)
+    old_id, new_id = d["corrected_exec_id"], d["exec_id"]
     ids = state.exec_ids.setdefault(key[1], {})
     ids.pop(old_id, None)
     if q1:
@@ -419,6 +467,117 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     if q1 and (d.get("fee_pending") or (pending is not None and d.get("fee") is None)):
         account.fees_pending[new_id] = sid  # the fee of the correcting execution is still to come
     return q1 - q0, q1 * p1 - q0 * p0, f1 - f0
+
+
+def _replay_correction(held: PositionState, sign: int, old_id: str, new_id: str, q1: Decimal, p1: Decimal
+                       ) -> tuple[int, list[tuple[str, Decimal]], list[Any], list[tuple[str, Decimal]],
+                                  PositionState] | None:
+    """The fills of ``held``'s journal from ``old_id`` on, folded again with ``old_id`` replaced by
+    ``new_id`` (``q1`` at ``p1``; none: a bust), without touching ``held``: (its index in the
+    journal, (trading day, realised P&L) of each fill as booked, the rebuilt journal entries, the
+    same pairs folded again, the position after them). None: ``old_id`` is not in the journal."""
+    journal = held.journal or ()
+    at_index = next((i for i in range(len(journal) - 1, -1, -1) if journal[i][0] == old_id), None)
+    if at_index is None:
+        return None
+    old = journal[at_index:]
+    new = ([(new_id, q1 * sign, p1, *old[0][3:])] if q1 else []) + old[1:]
+    key = (held.account, held.venue, held.symbol)
+    replay_old = PositionState(*key, held.spec)  # the spec: realised P&L times its multiplier
+    replay_old.qty, replay_old.cost = old[0][3], old[0][4]
+    replay = PositionState(*key, held.spec)
+    replay.qty, replay.cost = old[0][3], old[0][4]
+    undone = [(e[5], replay_old.apply_fill(e[1], e[2])) for e in old]
+    rebuilt: list[Any] = []
+    redone = []
+    for e in new:
+        rebuilt.append((e[0], e[1], e[2], replay.qty, replay.cost, e[5]))
+        redone.append((e[5], replay.apply_fill(e[1], e[2])))
+    return at_index, undone, rebuilt, redone, replay
+
+
+def correction_cash(state: TradingState, key: tuple[str, str, str], sign: int, d: dict[str, Any]
+                    ) -> tuple[str, Decimal]:
+    """(currency, amount) the fold's ``correct_fill`` of the ``FillCorrected`` payload ``d`` (its
+    ``corrected_exec_id``, ``exec_id``, ``qty``, ``price``, ``previous_qty``, ``previous_price``)
+    adds to the cash of position ``key``'s account and venue, before fees: minus the notional's
+    difference (times the multiplier, in the quote currency), or for a future the difference of
+    its realised P&L. For planners that book corrections ahead of the fold, as reconciliation
+    does (over the state as it is: not over fills planned in the same run)."""
+    q0, p0 = Decimal(d["previous_qty"]), Decimal(d["previous_price"])
+    q1, p1 = Decimal(d["qty"]), Decimal(d["price"])
+    held = state.positions.get(key)
+    spec = held.spec if held is not None else (state.instruments.get(key[2]) if state.instruments else None)
+    notional = -sign * (q1 * p1 - q0 * p0)
+    if spec is None:
+        return ACCOUNT_CURRENCY, notional
+    if not spec.is_future:
+        return spec.quote_currency, notional * spec.multiplier
+    if held is None:
+        return spec.quote_currency, ZERO
+    replayed = _replay_correction(held, sign, d["corrected_exec_id"], d["exec_id"], q1, p1)
+    if replayed is not None:
+        _, undone, _, redone, _ = replayed
+        return spec.quote_currency, sum((r for _, r in redone), ZERO) - sum((r for _, r in undone), ZERO)
+    qty, cost = held.qty + sign * (q1 - q0), held.cost + sign * (q1 * p1 - q0 * p0)
+    return spec.quote_currency, -cost * spec.multiplier if qty == 0 and cost else ZERO
+
+
+def fill_cash(state: TradingState, symbol: str, signed_qty: Decimal, price: Decimal) -> tuple[str, Decimal]:
+    """(currency, amount) a fill of ``signed_qty`` at ``price`` pays as the fold books it, before
+    fees: the notional in USD for a symbol not in the registry; notional x multiplier in the quote
+    currency for an instrument; zero for a future, whose cash moves by its realised P&L instead
+    (for planners that book fills ahead of the fold, as reconciliation does)."""
+    spec = state.instruments.get(symbol) if state.instruments else None
+    if spec is None:
+        return "USD", signed_qty * price
+    return spec.quote_currency, ZERO if spec.is_future else signed_qty * price * spec.multiplier
+
+
+def _pnl_rate(state: TradingState, spec: InstrumentSpec | None) -> Decimal | None:
+    """The rate a realised P&L of ``spec``'s position goes into the day's statistics with (the
+    account's currency, by the last recorded rate); None: counted as it is (no instrument, the
+    account's currency, or no rate recorded)."""
+    if spec is None or spec.quote_currency == ACCOUNT_CURRENCY:
+        return None
+    return fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
+
+
+def _money_terms(spec: InstrumentSpec | None) -> tuple[Decimal, str, bool]:
+    """What a position's money is booked by: multiplier, quote currency, whether a future."""
+    return (ONE, ACCOUNT_CURRENCY, False) if spec is None else (spec.multiplier, spec.quote_currency, spec.is_future)
+
+
+def _move_cash(account: AccountState, venue: str, currency: str, amount: Decimal, fee_currency: str,
+               fee: Decimal) -> None:
+    """Add ``amount`` of ``currency`` and take ``fee`` of ``fee_currency`` from the account's cash
+    and from its cash at ``venue``, each where a balance in that currency is on record (the
+    account's with none at all: nothing moves, as ``book_fill``). Fills' corrections, fees and
+    instrument fills all move both books alike, so that reconciliation at ``venue`` sees no drift."""
+    if not account.cash:
+        return
+    for book in (account.cash, account.venue_cash.get(venue)):
+        if book:
+            if amount and currency in book:
+                book[currency] += amount
+            if fee and fee_currency in book:
+                book[fee_currency] -= fee
+
+
+def _book_instrument_fill(state: TradingState, account: AccountState, venue: str, spec: InstrumentSpec,
+                          stats: DailyStats, realized: Decimal, notional: Decimal, fee: Decimal,
+                          fee_currency: str) -> None:
+    """``book_fill``'s money for a fill on a registered instrument (its position already moved,
+    ``realized`` times the multiplier, in the quote currency; ``notional``: -sign x qty x price,
+    the cash a unit instrument would move): the day's realised P&L in the account's currency (by
+    the last recorded rate; without one, as it is), cash at the account and at ``venue`` in the
+    quote currency (a future's moves by its realised P&L, variation margin; any other's by the
+    notional, times the multiplier), the fee in its currency."""
+    rate = _pnl_rate(state, spec) if realized else None
+    stats.realized_pnl += realized if rate is None else realized * rate
+    if account.cash:
+        _move_cash(account, venue, spec.quote_currency, realized if spec.is_future else notional * spec.multiplier,
+                   fee_currency, fee)
 
 
 def unreadable(type_name: str, stream_id: str, error: BaseException) -> str:
@@ -456,6 +615,14 @@ class TradingState:
         # reason, account, position, at)
         self.gates: dict[str, dict[str, Any]] = {}
         self.gate_approvals: dict[str, dict[str, Any]] = {}
+        # symbol -> its instrument (the last ``InstrumentDefined``); (base, quote) -> the last
+        # recorded FX rate. Both empty in a log without them: everything folds as it always did.
+        self.instruments: dict[str, InstrumentSpec] = {}
+        self.fx_rates: dict[tuple[str, str], Decimal] = {}
+        # (symbol, action, effective_at as stored) -> where the corporate action was recorded
+        self.corporate_actions: dict[tuple[str, str, str], int] = {}
+        # (account, venue, venue_ref) -> where an ``OptionSettled`` naming the venue's activity was recorded
+        self.option_settlements: dict[tuple[str, str, str], int] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -744,7 +911,7 @@ class TradingState:
         key = (d["account"], d["venue"], d["symbol"])
         held = self.positions.get(key)
         if held is None:
-            held = self.positions[key] = PositionState(*key)
+            held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments else None)
         qty = Decimal(d["qty_after"])
         price = _dec(d.get("avg_cost"))
         if price is None:
@@ -778,20 +945,24 @@ class TradingState:
             key = (d["account"], d["venue"], d["symbol"])
             held = self.positions.get(key)
             if held is None:
-                held = self.positions[key] = PositionState(*key)
+                held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments
+                                                          else None)
             held.updated_at = when
         if d.get("in_kind"):  # paid in the asset: fewer units, same cost basis
-            held.qty -= amount  # type: ignore[union-attr]
+            # ``amount`` is in units of the asset; a position counts contracts of ``multiplier`` units
+            held.qty -= amount if held.spec is None else amount / held.spec.multiplier  # type: ignore[union-attr]
             held.journal = None  # type: ignore[union-attr]  # its fills no longer explain it
             return
         if held is not None:
             held.fees += amount
-        self.account(d["account"]).day(self._trading_day_of(d.get("occurred_at"), when)).fees += amount
-        if d["currency"] in acct.cash:
-            acct.cash[d["currency"]] -= amount
+        acct.day(self._trading_day_of(d.get("occurred_at"), when)).fees += amount
+        # the fee's own currency (not multiplied: an amount of money), at the account and at its venue
+        _move_cash(acct, d["venue"], d["currency"], ZERO, d["currency"], amount)
 
     def _on_CashBalanceRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
-        self.account(d["account"]).cash[d["currency"]] = Decimal(d["balance"])
+        acct = self.account(d["account"])
+        acct.cash[d["currency"]] = balance = Decimal(d["balance"])
+        acct.venue_cash.setdefault(d["venue"], {})[d["currency"]] = balance
 
     def _on_ReconciliationCompleted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.account(d["account"]).last_reconciliation = {
@@ -891,6 +1062,101 @@ class TradingState:
                 "position": pos, "at": _time(d.get("occurred_at"), at),
             }
 
+    # instruments and currencies -----------------------------------------------------------
+    def _on_InstrumentDefined(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        spec = self.instruments[d["symbol"]] = InstrumentSpec.from_payload(d, pos)
+        # A definition after trading: the symbol's positions count by it from here on (a scan,
+        # but definitions are rare and usually come before any fill).
+        for key, held in self.positions.items():
+            if key[2] == spec.symbol:
+                if _money_terms(held.spec) != _money_terms(spec):
+                    held.journal = None  # its fills were booked on other terms: not to be folded again on these
+                held.spec = spec
+
+    def _on_FxRateRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.fx_rates[(d["base"], d["quote"])] = Decimal(d["rate"])
+
+    def _on_CorporateActionRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        symbol = d["symbol"]
+        self.corporate_actions[(symbol, d["action"], d["effective_at"])] = pos
+        held_here = [(key, held) for key, held in self.positions.items() if key[2] == symbol]
+        if d["action"] == "split":
+            old, new = Decimal(d["ratio_from"]), Decimal(d["ratio_to"])
+            for _key, held in held_here:  # the cost basis stays: the average cost follows the quantity
+                held.qty = held.qty * new / old
+                if held.last_price is not None:
+                    held.last_price = held.last_price * old / new
+                held.journal = None  # its fills (pre-split quantities) no longer explain it
+            return
+        renamed = d["new_symbol"]
+        for (account, venue, _symbol), held in held_here:
+            key = (account, venue, renamed)
+            moved = self.positions.get(key)
+            if moved is None:
+                moved = self.positions[key] = PositionState(*key, self.instruments.get(renamed) if self.instruments
+                                                            else None)
+            moved.qty += held.qty
+            moved.cost += held.cost
+            moved.last_price = held.last_price if moved.last_price is None else moved.last_price
+            moved.updated_at = held.updated_at
+            held.qty = held.cost = ZERO  # the old symbol's position stays, flat, with its history
+            held.journal = moved.journal = None  # neither one's fills explain it any more
+        spec = self.instruments.get(symbol)
+        if spec is not None and renamed not in self.instruments:
+            self.instruments[renamed] = spec = replace(spec, symbol=renamed)
+            for key, held in self.positions.items():
+                if key[2] == renamed:
+                    held.spec = spec
+
+    def _on_OptionSettled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        account, venue, symbol = d["account"], d["venue"], d["symbol"]
+        if d.get("venue_ref"):
+            self.option_settlements[(account, venue, d["venue_ref"])] = pos
+        acct = self.account(account)
+        when = _time(d.get("occurred_at"), at)
+        qty = Decimal(d["qty"])
+        spec = self.instruments.get(symbol)
+        action = d["action"]
+        long_side = action == "exercise" or (action == "expiry" and self._held(account, venue, symbol) > 0)
+        # the option leg: long contracts sold at 0, short ones bought back at 0 (premium realised)
+        self._settle_leg(acct, (account, venue, symbol), -qty if long_side else qty, ZERO, when)
+        if action == "expiry":
+            return
+        # the underlying: a long call or a short put buys it at the strike, the others sell it
+        buys = (d["action"] == "exercise") == (spec.right == "call")  # type: ignore[union-attr]
+        delivered = qty * spec.multiplier  # type: ignore[union-attr]
+        self._settle_leg(acct, (account, venue, spec.underlying), delivered if buys else -delivered,  # type: ignore[union-attr,arg-type]
+                         spec.strike, when, currency=spec.quote_currency)  # type: ignore[union-attr,arg-type]
+
+    def _held(self, account: str, venue: str, symbol: str) -> Decimal:
+        held = self.positions.get((account, venue, symbol))
+        return held.qty if held is not None else ZERO
+
+    def _settle_leg(self, acct: AccountState, key: tuple[str, str, str], signed_qty: Decimal, price: Decimal,
+                    when: datetime, currency: str | None = None) -> None:
+        """A position moved by a settlement, not a fill: realised P&L to the day (in the account's
+        currency), cash by the notional (``currency``: the delivery's; default the instrument's)."""
+        held = self.positions.get(key)
+        if held is None:
+            held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments else None)
+        realized = held.apply_fill(signed_qty, price)
+        held.updated_at = when
+        held.journal = None  # moved by no fill: a later correction cannot fold its fills again
+        own = held.currency or ACCOUNT_CURRENCY
+        if realized:
+            rate = fx_rate(self.fx_rates, own, ACCOUNT_CURRENCY)
+            acct.day(self.trading_day(when)).realized_pnl += realized if rate is None else realized * rate
+        paid = signed_qty * price * held.multiplier
+        if paid:
+            currency = currency or own
+            for book in (acct.cash, acct.venue_cash.get(key[1])):
+                if book and currency in book:
+                    book[currency] -= paid
+
+    def instrument(self, symbol: str) -> InstrumentSpec | None:
+        """The registry's entry for ``symbol`` (None: not defined, today's behaviour)."""
+        return self.instruments.get(symbol)
+
     # clock ------------------------------------------------------------------------------
     def _on_ClockSkewRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.clock_skews[d["source"]] = {
@@ -922,6 +1188,9 @@ class TradingState:
                     "open_orders": sorted(a.open_orders),
                     "discrepancies": a.discrepancies,
                     "cash": dict(sorted(a.cash.items())),
+                    # only where it says more than ``cash``: cash recorded at two venues or more
+                    **({"venue_cash": {v: dict(sorted(c.items())) for v, c in sorted(a.venue_cash.items())}}
+                       if len(a.venue_cash) > 1 else {}),
                     "blocked": a.blocked,
                     "blocked_reason": a.blocked_reason,
                     "last_reconciliation": a.last_reconciliation,
@@ -941,6 +1210,13 @@ class TradingState:
             "engines": dict(sorted(self.engines.items())),
             **({"gates": dict(sorted(self.gates.items())), "gate_approvals": dict(sorted(self.gate_approvals.items()))}
                if self.gates or self.gate_approvals else {}),
+            **({"instruments": {sym: spec.as_dict() for sym, spec in sorted(self.instruments.items())},
+                "fx_rates": {"/".join(k): v for k, v in sorted(self.fx_rates.items())}}
+               if self.instruments or self.fx_rates else {}),
+            **({"corporate_actions": {"|".join(k): v for k, v in sorted(self.corporate_actions.items())}}
+               if self.corporate_actions else {}),
+            **({"option_settlements": {"|".join(k): v for k, v in sorted(self.option_settlements.items())}}
+               if self.option_settlements else {}),
             "stream_versions": dict(sorted(self.stream_versions.items())),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}
@@ -959,6 +1235,8 @@ __all__ = [
     "VOID_TYPE",
     "book_fill",
     "correct_fill",
+    "correction_cash",
     "discrepancy_key",
+    "fill_cash",
     "unreadable",
 ]

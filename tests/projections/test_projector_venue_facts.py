@@ -32,3 +32,45 @@ def test_corrections_and_late_fees_project_like_a_rebuild(sqlite_url):
         tables = dump_tables(store)
         assert tables["ts_positions"] and tables["ts_equity_curve"]
         assert_equals_rebuild(store)
+
+
+def test_corrections_and_fees_on_instruments_project_like_a_rebuild(sqlite_url):
+    """The same on registered instruments (a future x50 in EUR with a recorded rate, an option
+    that expires): multiplier and currency columns, the days' P&L in the account's currency, the
+    equity curve by the rate, a split and an option settlement beside corrections and fees."""
+    from datetime import datetime, timezone
+
+    expiry = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    with tradestate.connect(sqlite_url, clock=Clock()) as client:
+        client.record_fx_rate("EUR", "USD", "1.1")
+        client.define_instrument("FESX", "future", multiplier=10, quote_currency="EUR", expiry=expiry)
+        client.define_instrument("XYZ", "equity", multiplier=100)
+        client.define_instrument("XYZ1C", "option", multiplier=100, expiry=expiry, underlying="XYZ", strike="50",
+                                 right="call")
+        client.record_intent("a", "o1", "FESX", "buy", 5, order_type="limit", limit_price="5000", venue="IB")
+        client.record_submitted("a", "o1")
+        client.record_fill("a", "o1", "X.01", 3, "4990", fee_pending=True)
+        client.record_fill("a", "o1", "Y.01", 2, "4995", fee="2")
+        client.record_intent("a", "o2", "FESX", "sell", 4, order_type="limit", limit_price="4900", venue="IB")
+        client.record_submitted("a", "o2")
+        client.record_fill("a", "o2", "Z.01", 4, "5010")
+        client.record_fill_correction("a", "o1", "X.02", ["X.01"], 3, "4985", fee_pending=True)
+        client.record_fee("a", "IB", "X.02", "1.5", currency="EUR", symbol="FESX", exec_id="X.02",
+                          client_order_id="o1")
+        client.record_fill_correction("a", "o2", "Z.02", ["Z.01"], 4, "5012")
+        client.record_intent("a", "o3", "XYZ", "buy", 2, order_type="limit", limit_price="60", venue="IB")
+        client.record_submitted("a", "o3")
+        client.record_fill("a", "o3", "W.01", 2, "55")
+        client.record_fee("a", "IB", "ACT-1", "0.7", symbol="XYZ")
+        client.record_corporate_action("XYZ", "split", expiry.replace(year=2026), ratio_from=1, ratio_to=2)
+        client.record_intent("a", "o4", "XYZ1C", "buy", 1, order_type="limit", limit_price="3", venue="IB")
+        client.record_submitted("a", "o4")
+        client.record_fill("a", "o4", "V.01", 1, "2.5")
+        client.record_option_settlement("a", "IB", "XYZ1C", "expiry", 1, venue_ref="EXP-1")
+        held = client.state.position_of("a", "IB", "FESX")
+        assert (held.qty, held.realized_pnl) == (1, (5012 * 4 - (3 * 4985 + 2 * 4995) * 4 / 5) * 10)
+    with open_store(sqlite_url) as store:
+        Projector(store, page=3).catch_up()
+        tables = dump_tables(store)
+        assert tables["ts_positions"] and tables["ts_equity_curve"]
+        assert_equals_rebuild(store)

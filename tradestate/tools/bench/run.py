@@ -67,9 +67,10 @@ from . import (
     batch,
     drill,
     failover,
-    partitions,
+    instruments,
     memory,
     migrate,
+    partitions,
     postmortem,
     projection,
     reconcile,
@@ -99,6 +100,7 @@ GROUPS: dict[str, ModuleType] = {
     "migrate": migrate,
     "drill": drill,
     "partitions": partitions,
+    "instruments": instruments,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
