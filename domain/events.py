@@ -742,6 +742,136 @@ class BarRecorded(Event):
         return self
 
 
+# ------------------------------------------------------------------------ instruments and currencies
+
+AssetClass = Literal["equity", "etf", "future", "option", "fx", "crypto"]
+
+
+def _currency(value: Any) -> Any:
+    if isinstance(value, str) and not (2 <= len(value) <= 10 and value.isalnum() and value.isupper()):
+        raise ValueError(f"not a currency or asset code (2-10 upper-case letters or digits): {value!r}")
+    return value
+
+
+Currency = Annotated[Identifier, BeforeValidator(_currency)]
+
+
+class InstrumentDefined(Event):
+    """The registry's entry for ``symbol``: asset class, contract ``multiplier`` (one ES future:
+    50), ``quote_currency`` of its prices and ``settlement_currency`` (default: the quote
+    currency), ``tick_size`` and ``lot_size`` (None: any price, any quantity), whether fractional
+    quantities are allowed, ``expiry`` (futures and options: required), and an option's
+    ``underlying``, ``strike`` and ``right``. A later definition of the symbol supersedes the
+    earlier one from its position on (fills already booked stay booked). On the stream
+    ``instrument-<symbol>``."""
+
+    stream_kind: ClassVar[str] = "instrument"
+    symbol: Symbol
+    asset_class: AssetClass
+    multiplier: PositiveAmount = Decimal(1)
+    quote_currency: Currency = "USD"
+    settlement_currency: Currency | None = None
+    tick_size: PositiveAmount | None = None
+    lot_size: PositiveAmount | None = None
+    fractional: bool = False
+    expiry: UtcDatetime | None = None
+    underlying: Symbol | None = None
+    strike: PositiveAmount | None = None
+    right: Literal["call", "put"] | None = None
+    reason: Text = ""
+    operator: Text = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InstrumentDefined:
+        derivative = self.asset_class in ("future", "option")
+        if derivative and self.expiry is None:
+            raise ValueError(f"a {self.asset_class} needs an expiry")
+        if not derivative and self.expiry is not None:
+            raise ValueError(f"only futures and options have an expiry, not an instrument of class {self.asset_class}")
+        option_fields = (self.underlying, self.strike, self.right)
+        if self.asset_class == "option" and None in option_fields:
+            raise ValueError("an option needs its underlying, strike and right (call or put)")
+        if self.asset_class != "option" and (self.strike is not None or self.right is not None):
+            raise ValueError("only an option has a strike and a right")
+        if not self.fractional and self.lot_size is not None and self.lot_size != self.lot_size.to_integral_value():
+            raise ValueError(f"lot size {self.lot_size} is fractional but the instrument allows whole units only")
+        return self
+
+
+class FxRateRecorded(Event):
+    """A market FX rate as the desk took it: one ``base`` is worth ``rate`` ``quote``. Recorded,
+    never fetched: reporting-currency views and limits in the account's currency use the last
+    rate recorded (or its inverse). On the stream ``fx-<base>-<quote>``."""
+
+    stream_kind: ClassVar[str] = "fx"
+    base: Currency
+    quote: Currency
+    rate: PositiveAmount
+    source: Text = ""
+
+    @model_validator(mode="after")
+    def _two_currencies(self) -> FxRateRecorded:
+        if self.base == self.quote:
+            raise ValueError(f"an FX rate needs two currencies, got {self.base} twice")
+        return self
+
+
+class CorporateActionRecorded(Event):
+    """A corporate action on ``symbol``, effective at ``effective_at``, from the operator or the
+    venue's reports (``source``). ``split``: every ``ratio_from`` shares become ``ratio_to`` (a
+    2-for-1 split is 1 -> 2, a 1-for-10 reverse split 10 -> 1): quantities scale by to/from, the
+    cost basis stays (so the average cost scales by from/to), the last price by from/to, and the
+    market value is unchanged. ``symbol_change``: the positions move to ``new_symbol`` (the old
+    symbol's stay, flat, with their realised P&L), as does its instrument definition. On the
+    stream ``corporate-<symbol>``."""
+
+    stream_kind: ClassVar[str] = "corporate_action"
+    symbol: Symbol
+    action: Literal["split", "symbol_change"]
+    effective_at: UtcDatetime
+    ratio_from: PositiveAmount | None = None
+    ratio_to: PositiveAmount | None = None
+    new_symbol: Symbol | None = None
+    source: Literal["operator", "venue"] = "operator"
+    reason: Text = ""
+    operator: Text = ""
+
+    @model_validator(mode="after")
+    def _complete(self) -> CorporateActionRecorded:
+        if self.action == "split":
+            if self.ratio_from is None or self.ratio_to is None:
+                raise ValueError("a split needs ratio_from and ratio_to (2-for-1: 1 and 2)")
+            if self.ratio_from == self.ratio_to:
+                raise ValueError("a split of ratio 1 changes nothing")
+            if self.new_symbol is not None:
+                raise ValueError("a split keeps its symbol (record a symbol_change for a new one)")
+        else:
+            if self.new_symbol is None or self.new_symbol == self.symbol:
+                raise ValueError("a symbol change needs a new_symbol other than the symbol")
+            if self.ratio_from is not None or self.ratio_to is not None:
+                raise ValueError("a symbol change has no ratio (record a split beside it)")
+        return self
+
+
+class OptionSettled(AccountEvent):
+    """A venue fact that ends ``qty`` contracts of the option ``symbol`` held at ``venue`` and
+    moves both legs: ``exercise`` (we held them long: a call delivers qty x multiplier of the
+    underlying bought at the strike, a put sold), ``assignment`` (we were short: a call delivers
+    the underlying sold at the strike, a put bought) or ``expiry`` (worthless, nothing delivered).
+    The option leg closes at 0 (its premium realised), the underlying's opens or closes at the
+    strike, cash moves by the strike's notional. The option must be in the registry (for
+    ``expiry``: any instrument). ``venue_ref``: the venue's activity id, which makes the fact
+    recorded once."""
+
+    venue: Identifier
+    symbol: Symbol
+    action: Literal["exercise", "assignment", "expiry"]
+    qty: PositiveAmount
+    venue_ref: Identifier | None = None
+    reconciliation_id: Identifier | None = None
+    reason: Text = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -790,6 +920,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RampHealthy,
         DrillCompleted,
         FeeCharged,
+        InstrumentDefined,
+        FxRateRecorded,
+        CorporateActionRecorded,
+        OptionSettled,
     )
 }
 

@@ -40,6 +40,21 @@ def gate_stream_id(gate_id: str) -> str:
     return f"gate-{gate_id}"
 
 
+def instrument_stream_id(symbol: str) -> str:
+    """The stream of one instrument's definitions (``InstrumentDefined``)."""
+    return f"instrument-{symbol}"
+
+
+def fx_stream_id(base: str, quote: str) -> str:
+    """The stream of one currency pair's recorded rates (``FxRateRecorded``)."""
+    return f"fx-{base}-{quote}"
+
+
+def corporate_action_stream_id(symbol: str) -> str:
+    """The stream of one symbol's corporate actions (``CorporateActionRecorded``)."""
+    return f"corporate-{symbol}"
+
+
 def bar_stream_id(venue: str, symbol: str, timeframe: str) -> str:
     """The market-log stream of one instrument's bars of one timeframe."""
     return "bar-" + str(uuid5(TRADESTATE_NAMESPACE, "\x1f".join(("bar", venue, symbol, timeframe))))

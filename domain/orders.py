@@ -16,6 +16,7 @@ from typing import Any
 from . import events as ev
 from .errors import IdempotencyConflict, InvalidTransition, UnknownOrder
 from .ids import account_stream_id, derived_id, order_stream_id
+from .instruments import ACCOUNT_CURRENCY, fx_rate
 from .risk import MAX_DAILY_LOSS, check_intent, daily_loss_breach
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, discrepancy_key
 
@@ -226,12 +227,16 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
     day = state.trading_day(e.occurred_at or now)
     account = state.account(order.account)
     stats = account.daily.get(day)
-    preview = PositionState(order.account, order.venue, order.symbol)
+    spec = state.instruments.get(order.symbol) if state.instruments else None
+    preview = PositionState(order.account, order.venue, order.symbol, spec)
     held = state.position_of(order.account, order.venue, order.symbol)
     if held is not None:
         preview.qty, preview.cost = held.qty, held.cost
+    rate = None
+    if spec is not None and spec.quote_currency != ACCOUNT_CURRENCY:  # converted as the fold converts it
+        rate = fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
     _, breach = daily_loss_breach(account, e, order.sign, day, preview, stats.net_pnl if stats else Decimal(0),
-                                  breached=stats is not None and MAX_DAILY_LOSS in stats.breaches)
+                                  breached=stats is not None and MAX_DAILY_LOSS in stats.breaches, rate=rate)
     if breach is not None:
         events.append((account_stream_id(order.account), breach))
     return Append(events)

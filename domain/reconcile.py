@@ -52,8 +52,9 @@ from pydantic import ValidationError
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
+from .instruments import split_ratio
 from .risk import MAX_DAILY_LOSS, daily_loss_breach
-from .state import OPEN_STATUSES, OrderState, PositionState, TradingState
+from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, fill_cash
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
@@ -366,10 +367,11 @@ class _Planner:
         key = (ours.venue, ours.symbol)
         self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * qty
         # the fold moves cash only once a balance is on record, and in these currencies
-        cash = self.acct.cash if self.acct is not None else {}
+        cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash
         if cash:
-            if "USD" in cash:
-                self.planned_cash["USD"] = self.planned_cash.get("USD", ZERO) - ours.sign * qty * price
+            currency, paid = fill_cash(self.state, ours.symbol, ours.sign * qty, price)  # multiplier, quote currency
+            if currency in cash:
+                self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) - paid
             if fee and fee_currency in cash:
                 self.planned_cash[fee_currency] = self.planned_cash.get(fee_currency, ZERO) - fee
         return True
@@ -448,7 +450,8 @@ class _Planner:
         key = (ours.venue, ours.symbol)
         preview = self.preview_positions.get(key)
         if preview is None:
-            preview = self.preview_positions[key] = PositionState(self.account, ours.venue, ours.symbol)
+            preview = self.preview_positions[key] = PositionState(self.account, ours.venue, ours.symbol,
+                                                                  self.state.instrument(ours.symbol))
             held = self.state.position_of(self.account, ours.venue, ours.symbol)
             if held is not None:
                 preview.qty, preview.cost = held.qty, held.cost
@@ -1023,6 +1026,13 @@ class _Planner:
                 self.discrepancy(kind, detail + "; not corrected: orders or fills unknown", "unknown", **where)
                 continue
             cost = avg_cost.get(symbol)
+            held = self.state.positions.get((self.account, self.venue, symbol))
+            ratio = split_ratio(mine, venue_qty, held.avg_cost if held is not None else None, cost)
+            if ratio is not None:  # a split's footprint: proposed, never corrected blindly
+                self.discrepancy("split_suspected", f"{detail}: a split of {ratio} new per old share would explain "
+                                 "it; record the corporate action (record_corporate_action), not corrected",
+                                 "pending", **where)
+                continue
             e = self.build(
                 ev.PositionCorrected,
                 event_id=fact_id("PositionCorrected", self.account, self.venue, symbol, mine, venue_qty,
@@ -1041,7 +1051,7 @@ class _Planner:
         snap = self.snap
         if isinstance(snap.balances, Unknown):
             return
-        recorded = self.acct.cash if self.acct is not None else {}
+        recorded = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash, not another's
         self.plan.count("balances_checked", len(snap.balances))
         for balance in sorted(snap.balances, key=lambda b: b.currency):
             before = recorded.get(balance.currency)

@@ -9,6 +9,7 @@ from typing import Any
 
 from .events import DailyLimitBreached, OrderFilled, OrderIntentRecorded
 from .ids import derived_id
+from .instruments import ACCOUNT_CURRENCY, NO_FX_RATE, fx_rate, intent_refusals
 from .state import AccountState, PositionState, TradingState
 
 # Refusal reason codes, stable for tools and tests.
@@ -102,6 +103,13 @@ def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime
         details.append("waiting for an operator's approval of gate(s) "
                        + ", ".join(g["gate_id"] for g in pending[:10]))
 
+    spec = state.instruments.get(intent.symbol) if state.instruments else None
+    if spec is not None:  # the instrument's own rules: tick, lot, fraction, expiry
+        for code, detail in intent_refusals(spec, intent.qty, [p for p in (intent.limit_price, intent.stop_price)
+                                                               if p is not None], now):
+            reasons.append(code)
+            details.append(detail)
+
     limit = effective_limit(account, "max_order_qty")
     if limit is not None and intent.qty > limit:
         reasons.append(MAX_ORDER_QTY)
@@ -109,9 +117,22 @@ def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime
 
     price = order_price(intent)
     notional = intent.qty * price if price is not None else None
+    rate_missing = False
+    if spec is not None and notional is not None:
+        # in the account's currency: quantity x price x multiplier, at the last recorded FX rate
+        notional *= spec.multiplier
+        rate = fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
+        if rate is None:
+            notional, rate_missing = None, True
+        elif rate != 1:
+            notional *= rate
     limit = effective_limit(account, "max_order_notional")
     if limit is not None:
-        if notional is None:
+        if rate_missing:
+            reasons.append(NO_FX_RATE)
+            details.append(f"a notional limit is set but no {spec.quote_currency}/{ACCOUNT_CURRENCY} "  # type: ignore[union-attr]
+                           "rate is recorded (record_fx_rate)")
+        elif notional is None:
             reasons.append(NO_PRICE_FOR_NOTIONAL)
             details.append("a notional limit is set but the intent has no price (give reference_price)")
         elif notional > limit:
@@ -160,7 +181,7 @@ def check_intent(state: TradingState, intent: OrderIntentRecorded, now: datetime
 
 def daily_loss_breach(
     account: AccountState, fill: OrderFilled, sign: int, day: str, preview: PositionState,
-    net_before: Decimal, *, breached: bool,
+    net_before: Decimal, *, breached: bool, rate: Decimal | None = None,
 ) -> tuple[Decimal, DailyLimitBreached | None]:
     """What a fill does to the account's ``max_daily_loss`` on ``day``.
 
@@ -169,11 +190,15 @@ def daily_loss_breach(
     P&L. ``net_before`` is the day's net P&L before the fill. Returns (the day's net P&L after the
     fill and its fee, the ``DailyLimitBreached`` to append when the loss reaches the effective
     limit and ``breached`` says the day has not breached it yet, else None). With no limit set:
-    (``net_before``, None), and ``preview`` is left untouched."""
+    (``net_before``, None), and ``preview`` is left untouched. ``rate``: the position's currency
+    in the account's (None: the same, or no rate recorded), as the fold converts the day's
+    realised P&L."""
     limit = effective_limit(account, MAX_DAILY_LOSS)
     if limit is None:
         return net_before, None
     realized = preview.apply_fill(fill.qty * sign, fill.price)
+    if rate is not None and realized:
+        realized *= rate
     net = net_before + realized - fill.fee
     if breached or -net < limit:
         return net, None

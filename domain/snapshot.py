@@ -29,6 +29,7 @@ from uuid import UUID
 
 import orjson
 
+from .instruments import InstrumentSpec
 from .state import (
     OPEN_STATUSES,
     AccountState,
@@ -322,6 +323,7 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
                   for day, s in a.daily.items()},
         "discrepancies": a.discrepancies,
         "cash": {k: _d(v) for k, v in a.cash.items()},
+        "venue_cash": {venue: {k: _d(v) for k, v in c.items()} for venue, c in a.venue_cash.items()},
         "blocked": a.blocked,
         "blocked_reason": a.blocked_reason,
         "last_reconciliation": None if last is None else {**last, "at": _t(last["at"])},
@@ -413,6 +415,12 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         "gates": {gid: {**g, "at": _t(g["at"])} for gid, g in state.gates.items()},
         "gate_approvals": {gate: {**a, "at": _t(a["at"])} for gate, a in state.gate_approvals.items()},
     }
+    if state.instruments or state.fx_rates or state.corporate_actions or state.option_settlements:
+        # absent from logs without them: their checkpoints stay as they were
+        doc["instruments"] = [spec.to_doc() for spec in state.instruments.values()]
+        doc["fx_rates"] = [[base, quote, _d(rate)] for (base, quote), rate in state.fx_rates.items()]
+        doc["corporate_actions"] = [[*key, pos] for key, pos in state.corporate_actions.items()]
+        doc["option_settlements"] = [[*key, pos] for key, pos in state.option_settlements.items()]
     return doc, b""
 
 
@@ -572,6 +580,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         acct.ramp_pct = a["ramp_pct"]
         acct.discrepancies = a["discrepancies"]
         acct.cash = {k: Decimal(v) for k, v in a["cash"].items()}
+        # absent before cash was kept per venue: the next reconciliation records each venue's baseline
+        acct.venue_cash = {venue: {k: Decimal(v) for k, v in c.items()} for venue, c in a.get("venue_cash", {}).items()}
         acct.blocked = a["blocked"]
         acct.blocked_reason = a["blocked_reason"]
         last = a["last_reconciliation"]
@@ -613,8 +623,16 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
     for name, a in doc["accounts"].items():
         acct = state.accounts[name]
         acct.open_orders = {sid: state.orders[sid] for sid in a["open_orders"]}
+    for spec in doc.get("instruments", ()):  # absent before instruments existed
+        state.instruments[spec["symbol"]] = InstrumentSpec.from_payload(spec, spec["position"])
+    for base, quote, rate in doc.get("fx_rates", ()):
+        state.fx_rates[(base, quote)] = Decimal(rate)
+    for symbol, action, effective_at, pos in doc.get("corporate_actions", ()):
+        state.corporate_actions[(symbol, action, effective_at)] = pos
+    for account, venue, ref, pos in doc.get("option_settlements", ()):
+        state.option_settlements[(account, venue, ref)] = pos
     for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at, *rest in doc["positions"]:
-        p = PositionState(account, venue, symbol)
+        p = PositionState(account, venue, symbol, state.instruments.get(symbol))
         if rest:  # absent before fill corrections, and for a position without fills
             p.journal = [(e, Decimal(q), Decimal(px), Decimal(qb), Decimal(cb), day)
                          for e, q, px, qb, cb, day in rest[0]]

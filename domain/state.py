@@ -9,13 +9,14 @@ a million payloads again would triple its cost for nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from .events import EVENT_TYPES, SCHEMA_KEY, VOID_TYPE, upcast
+from .instruments import ACCOUNT_CURRENCY, ONE, InstrumentSpec, fx_rate
 
 ZERO = Decimal(0)
 # Fills per position kept to recompute it exactly when the venue corrects one of them
@@ -144,12 +145,16 @@ class OrderState:
 
 class PositionState:
     """A position of one account, venue and symbol: signed quantity, cost basis, realised P&L, fees
-    and last fill price."""
+    and last fill price.
+
+    ``spec``: its instrument (None: not in the registry, multiplier 1 in the account's currency).
+    Quantities are in contracts and prices per unit (the average cost too); money (realised and
+    unrealised P&L) is price x quantity x the multiplier, in the instrument's quote currency."""
 
     __slots__ = ("account", "venue", "symbol", "qty", "cost", "realized_pnl", "fees",
-                 "last_price", "updated_at", "journal")  # fmt: skip
+                 "last_price", "updated_at", "journal", "spec")  # fmt: skip
 
-    def __init__(self, account: str, venue: str, symbol: str):
+    def __init__(self, account: str, venue: str, symbol: str, spec: InstrumentSpec | None = None):
         self.account = account
         self.venue = venue
         self.symbol = symbol
@@ -161,10 +166,22 @@ class PositionState:
         self.updated_at: datetime | None = None
         # the last JOURNAL_FILLS fills: (exec id, signed qty, price, qty before, cost before, trading day)
         self.journal: list[tuple[str, Decimal, Decimal, Decimal, Decimal, str]] | None = None
+        self.spec = spec
+
+    @property
+    def multiplier(self) -> Decimal:
+        """The contract multiplier (1 without an instrument)."""
+        return ONE if self.spec is None else self.spec.multiplier
+
+    @property
+    def currency(self) -> str | None:
+        """The instrument's quote currency (None without an instrument: the account's)."""
+        return None if self.spec is None else self.spec.quote_currency
 
     def apply_fill(self, signed_qty: Decimal, price: Decimal) -> Decimal:
         """Average-cost accounting on the total cost basis, so that closing a position
-        releases exactly what opening it cost. Returns the realised P&L (before fees)."""
+        releases exactly what opening it cost. Returns the realised P&L (before fees; times the
+        instrument's multiplier)."""
         qty = self.qty
         self.last_price = price
         if qty == 0 or (qty > 0) == (signed_qty > 0):
@@ -176,6 +193,8 @@ class PositionState:
         released = self.cost if closing == held else self.cost * closing / held
         direction = 1 if qty > 0 else -1
         realized = price * closing * direction - released
+        if self.spec is not None:
+            realized *= self.spec.multiplier
         new_qty = qty + signed_qty
         if new_qty == 0:
             self.cost = ZERO
@@ -197,11 +216,13 @@ class PositionState:
         """P&L of the open quantity at the last fill price (zero when flat or never filled)."""
         if self.last_price is None or self.qty == 0:
             return ZERO
-        return self.last_price * self.qty - self.cost  # exact: no division by the quantity
+        pnl = self.last_price * self.qty - self.cost  # exact: no division by the quantity
+        return pnl if self.spec is None else pnl * self.spec.multiplier
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain picture of the position for queries and tests."""
-        return {
+        """A plain picture of the position for queries and tests (with its multiplier and
+        currency when its instrument is defined)."""
+        out = {
             "account": self.account,
             "venue": self.venue,
             "symbol": self.symbol,
@@ -212,6 +233,10 @@ class PositionState:
             "fees": self.fees,
             "last_price": self.last_price,
         }
+        if self.spec is not None:
+            out["multiplier"] = self.spec.multiplier
+            out["currency"] = self.spec.quote_currency
+        return out
 
 
 @dataclass
@@ -251,6 +276,9 @@ class AccountState:
     discrepancies: int = 0
     # currency -> balance: the venue's last reported cash, moved by our fills since
     cash: dict[str, Decimal] = field(default_factory=dict)
+    # venue -> currency -> balance: the same per venue (an account at two venues holds cash at
+    # each; ``cash`` above is whichever venue reported last, kept as it always was)
+    venue_cash: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     blocked: bool = False  # strict recovery/reconciliation: no trading until acknowledged
     blocked_reason: str = ""
     last_reconciliation: dict[str, Any] | None = None
@@ -266,6 +294,10 @@ class AccountState:
     # fills whose fee the venue has not reported yet: exec id -> order stream (``fee_pending``)
     fees_pending: dict[str, str] = field(default_factory=dict)
     fee_ids: dict[str, int] = field(default_factory=dict)  # ``FeeCharged`` id -> where it was folded (once)
+
+    def cash_at(self, venue: str) -> dict[str, Decimal]:
+        """currency -> the account's cash at ``venue`` (empty: no balance recorded there)."""
+        return self.venue_cash.get(venue, {})
 
     def day(self, trading_day: str) -> DailyStats:
         """The statistics of ``trading_day`` (created empty when first asked for)."""
@@ -301,7 +333,14 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     positions = state.positions
     held = positions.get(key)
     if held is None:
-        held = positions[key] = PositionState(*key)
+        held = positions[key] = PositionState(*key, state.instruments.get(key[2]) if state.instruments else None)
+    if d.get("fee_pending"):
+        account.fees_pending[d["exec_id"]] = sid
+    spec = held.spec
+    if spec is not None:  # not journaled: a correction of it takes the older-fill path
+        held.journal = None
+        realized = held.apply_fill(qty * sign, price)
+        return _book_instrument_fill(state, account, held, spec, sign, sid, d, qty, price, fee, when, realized)
     entry = (d["exec_id"], qty * sign, price, held.qty, held.cost)
     realized = held.apply_fill(entry[1], price)
     held.fees += fee
@@ -315,8 +354,6 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
         journal.append((*entry, day))
         if len(journal) > JOURNAL_FILLS:
             del journal[0]
-    if d.get("fee_pending"):
-        account.fees_pending[d["exec_id"]] = sid
     stats = account.day(day)
     stats.fills += 1
     stats.volume += qty
@@ -324,11 +361,18 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     stats.fees += fee
     cash = account.cash
     if cash:
+        paid = sign * qty * price
         if "USD" in cash:
-            cash["USD"] -= sign * qty * price
+            cash["USD"] -= paid
         fee_currency = d.get("fee_currency", "USD")
         if fee and fee_currency in cash:
             cash[fee_currency] -= fee
+        at_venue = account.venue_cash.get(key[1])  # the same at the venue (written out: the fold's hot path)
+        if at_venue:
+            if "USD" in at_venue:
+                at_venue["USD"] -= paid
+            if fee and fee_currency in at_venue:
+                at_venue[fee_currency] -= fee
     try:
         state.exec_ids[key[1]][d["exec_id"]] = sid
     except KeyError:  # the venue's first execution (a payload always has an exec_id)
@@ -402,13 +446,13 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     stats.fees += f1 - f0
     if not q1:
         stats.fills -= 1  # a bust: the execution never happened
-    cash = account.cash
-    if cash:
-        if "USD" in cash:
-            cash["USD"] -= sign * (q1 * p1 - q0 * p0)
-        fee_currency = d.get("fee_currency", "USD")
-        if f1 != f0 and fee_currency in cash:
-            cash[fee_currency] -= f1 - f0
+    fee_currency = d.get("fee_currency", "USD")
+    for cash in (account.cash, account.venue_cash.get(key[1])):  # the account's and the venue's
+        if cash:
+            if "USD" in cash:
+                cash["USD"] -= sign * (q1 * p1 - q0 * p0)
+            if f1 != f0 and fee_currency in cash:
+                cash[fee_currency] -= f1 - f0
     ids = state.exec_ids.setdefault(key[1], {})
     ids.pop(old_id, None)
     if q1:
@@ -417,6 +461,65 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     if q1 and (d.get("fee_pending") or (pending is not None and d.get("fee") is None)):
         account.fees_pending[new_id] = sid  # the fee of the correcting execution is still to come
     return q1 - q0, q1 * p1 - q0 * p0, f1 - f0
+
+
+def fill_cash(state: TradingState, symbol: str, signed_qty: Decimal, price: Decimal) -> tuple[str, Decimal]:
+    """(currency, amount) a fill of ``signed_qty`` at ``price`` pays as the fold books it, before
+    fees: the notional in USD for a symbol not in the registry; notional x multiplier in the quote
+    currency for an instrument; zero for a future, whose cash moves by its realised P&L instead
+    (for planners that book fills ahead of the fold, as reconciliation does)."""
+    spec = state.instruments.get(symbol) if state.instruments else None
+    if spec is None:
+        return "USD", signed_qty * price
+    return spec.quote_currency, ZERO if spec.is_future else signed_qty * price * spec.multiplier
+
+
+def _index_exec(state: TradingState, venue: str, sid: str, exec_id: str, day: str) -> None:
+    try:
+        state.exec_ids[venue][exec_id] = sid
+    except KeyError:  # the venue's first execution (a payload always has an exec_id)
+        state.exec_ids[venue] = {exec_id: sid}
+    days = state.exec_days
+    if sid in days:
+        del days[sid]  # kept in the order of each order's last fill: most recent last
+    days[sid] = day
+
+
+def _book_instrument_fill(state: TradingState, account: AccountState, held: PositionState, spec: InstrumentSpec,
+                          sign: int, sid: str, d: dict[str, Any], qty: Decimal, price: Decimal, fee: Decimal,
+                          when: datetime, realized: Decimal) -> tuple[Decimal, Decimal, Decimal, datetime]:
+    """``book_fill`` of a fill on a registered instrument (its position already moved, ``realized``
+    times the multiplier, in the quote currency): the day's realised P&L in the account's currency
+    (by the last recorded rate; without one, as it is), cash in the quote currency (a future's
+    moves by its realised P&L, variation margin; any other's by the notional, times the
+    multiplier)."""
+    held.fees += fee
+    held.updated_at = when
+    occurred = d.get("occurred_at")
+    day = state._day_cache.get(occurred[:16]) if occurred and occurred[-1] == "Z" else None  # as book_fill
+    day = day or state._trading_day_of(occurred, when)
+    stats = account.day(day)
+    stats.fills += 1
+    stats.volume += qty
+    currency = spec.quote_currency
+    if realized and currency != ACCOUNT_CURRENCY:
+        rate = fx_rate(state.fx_rates, currency, ACCOUNT_CURRENCY)
+        stats.realized_pnl += realized if rate is None else realized * rate
+    else:
+        stats.realized_pnl += realized
+    stats.fees += fee
+    cash = account.cash
+    if cash:
+        fee_currency = d.get("fee_currency", "USD")
+        moved = realized if spec.is_future else -sign * qty * price * spec.multiplier
+        for book in (cash, account.venue_cash.get(held.venue)):
+            if book:
+                if currency in book:
+                    book[currency] += moved
+                if fee and fee_currency in book:
+                    book[fee_currency] -= fee
+    _index_exec(state, held.venue, sid, d["exec_id"], day)
+    return qty, price, fee, when
 
 
 def unreadable(type_name: str, stream_id: str, error: BaseException) -> str:
@@ -454,6 +557,14 @@ class TradingState:
         # reason, account, position, at)
         self.gates: dict[str, dict[str, Any]] = {}
         self.gate_approvals: dict[str, dict[str, Any]] = {}
+        # symbol -> its instrument (the last ``InstrumentDefined``); (base, quote) -> the last
+        # recorded FX rate. Both empty in a log without them: everything folds as it always did.
+        self.instruments: dict[str, InstrumentSpec] = {}
+        self.fx_rates: dict[tuple[str, str], Decimal] = {}
+        # (symbol, action, effective_at as stored) -> where the corporate action was recorded
+        self.corporate_actions: dict[tuple[str, str, str], int] = {}
+        # (account, venue, venue_ref) -> where an ``OptionSettled`` naming the venue's activity was recorded
+        self.option_settlements: dict[tuple[str, str, str], int] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -742,7 +853,7 @@ class TradingState:
         key = (d["account"], d["venue"], d["symbol"])
         held = self.positions.get(key)
         if held is None:
-            held = self.positions[key] = PositionState(*key)
+            held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments else None)
         qty = Decimal(d["qty_after"])
         price = _dec(d.get("avg_cost"))
         if price is None:
@@ -785,11 +896,14 @@ class TradingState:
         if held is not None:
             held.fees += amount
         self.account(d["account"]).day(self._trading_day_of(d.get("occurred_at"), when)).fees += amount
-        if d["currency"] in acct.cash:
-            acct.cash[d["currency"]] -= amount
+        for cash in (acct.cash, acct.venue_cash.get(d["venue"])):  # the account's and the venue's
+            if cash and d["currency"] in cash:
+                cash[d["currency"]] -= amount
 
     def _on_CashBalanceRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
-        self.account(d["account"]).cash[d["currency"]] = Decimal(d["balance"])
+        acct = self.account(d["account"])
+        acct.cash[d["currency"]] = balance = Decimal(d["balance"])
+        acct.venue_cash.setdefault(d["venue"], {})[d["currency"]] = balance
 
     def _on_ReconciliationCompleted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.account(d["account"]).last_reconciliation = {
@@ -889,6 +1003,96 @@ class TradingState:
                 "position": pos, "at": _time(d.get("occurred_at"), at),
             }
 
+    # instruments and currencies -----------------------------------------------------------
+    def _on_InstrumentDefined(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        spec = self.instruments[d["symbol"]] = InstrumentSpec.from_payload(d, pos)
+        # A definition after trading: the symbol's positions count by it from here on (a scan,
+        # but definitions are rare and usually come before any fill).
+        for key, held in self.positions.items():
+            if key[2] == spec.symbol:
+                held.spec = spec
+
+    def _on_FxRateRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        self.fx_rates[(d["base"], d["quote"])] = Decimal(d["rate"])
+
+    def _on_CorporateActionRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        symbol = d["symbol"]
+        self.corporate_actions[(symbol, d["action"], d["effective_at"])] = pos
+        held_here = [(key, held) for key, held in self.positions.items() if key[2] == symbol]
+        if d["action"] == "split":
+            old, new = Decimal(d["ratio_from"]), Decimal(d["ratio_to"])
+            for _key, held in held_here:  # the cost basis stays: the average cost follows the quantity
+                held.qty = held.qty * new / old
+                if held.last_price is not None:
+                    held.last_price = held.last_price * old / new
+            return
+        renamed = d["new_symbol"]
+        for (account, venue, _symbol), held in held_here:
+            key = (account, venue, renamed)
+            moved = self.positions.get(key)
+            if moved is None:
+                moved = self.positions[key] = PositionState(*key, self.instruments.get(renamed) if self.instruments
+                                                            else None)
+            moved.qty += held.qty
+            moved.cost += held.cost
+            moved.last_price = held.last_price if moved.last_price is None else moved.last_price
+            moved.updated_at = held.updated_at
+            held.qty = held.cost = ZERO  # the old symbol's position stays, flat, with its history
+        spec = self.instruments.get(symbol)
+        if spec is not None and renamed not in self.instruments:
+            self.instruments[renamed] = spec = replace(spec, symbol=renamed)
+            for key, held in self.positions.items():
+                if key[2] == renamed:
+                    held.spec = spec
+
+    def _on_OptionSettled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        account, venue, symbol = d["account"], d["venue"], d["symbol"]
+        if d.get("venue_ref"):
+            self.option_settlements[(account, venue, d["venue_ref"])] = pos
+        acct = self.account(account)
+        when = _time(d.get("occurred_at"), at)
+        qty = Decimal(d["qty"])
+        spec = self.instruments.get(symbol)
+        action = d["action"]
+        long_side = action == "exercise" or (action == "expiry" and self._held(account, venue, symbol) > 0)
+        # the option leg: long contracts sold at 0, short ones bought back at 0 (premium realised)
+        self._settle_leg(acct, (account, venue, symbol), -qty if long_side else qty, ZERO, when)
+        if action == "expiry":
+            return
+        # the underlying: a long call or a short put buys it at the strike, the others sell it
+        buys = (d["action"] == "exercise") == (spec.right == "call")  # type: ignore[union-attr]
+        delivered = qty * spec.multiplier  # type: ignore[union-attr]
+        self._settle_leg(acct, (account, venue, spec.underlying), delivered if buys else -delivered,  # type: ignore[union-attr,arg-type]
+                         spec.strike, when, currency=spec.quote_currency)  # type: ignore[union-attr,arg-type]
+
+    def _held(self, account: str, venue: str, symbol: str) -> Decimal:
+        held = self.positions.get((account, venue, symbol))
+        return held.qty if held is not None else ZERO
+
+    def _settle_leg(self, acct: AccountState, key: tuple[str, str, str], signed_qty: Decimal, price: Decimal,
+                    when: datetime, currency: str | None = None) -> None:
+        """A position moved by a settlement, not a fill: realised P&L to the day (in the account's
+        currency), cash by the notional (``currency``: the delivery's; default the instrument's)."""
+        held = self.positions.get(key)
+        if held is None:
+            held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments else None)
+        realized = held.apply_fill(signed_qty, price)
+        held.updated_at = when
+        own = held.currency or ACCOUNT_CURRENCY
+        if realized:
+            rate = fx_rate(self.fx_rates, own, ACCOUNT_CURRENCY)
+            acct.day(self.trading_day(when)).realized_pnl += realized if rate is None else realized * rate
+        paid = signed_qty * price * held.multiplier
+        if paid:
+            currency = currency or own
+            for book in (acct.cash, acct.venue_cash.get(key[1])):
+                if book and currency in book:
+                    book[currency] -= paid
+
+    def instrument(self, symbol: str) -> InstrumentSpec | None:
+        """The registry's entry for ``symbol`` (None: not defined, today's behaviour)."""
+        return self.instruments.get(symbol)
+
     # clock ------------------------------------------------------------------------------
     def _on_ClockSkewRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.clock_skews[d["source"]] = {
@@ -920,6 +1124,9 @@ class TradingState:
                     "open_orders": sorted(a.open_orders),
                     "discrepancies": a.discrepancies,
                     "cash": dict(sorted(a.cash.items())),
+                    # only where it says more than ``cash``: cash recorded at two venues or more
+                    **({"venue_cash": {v: dict(sorted(c.items())) for v, c in sorted(a.venue_cash.items())}}
+                       if len(a.venue_cash) > 1 else {}),
                     "blocked": a.blocked,
                     "blocked_reason": a.blocked_reason,
                     "last_reconciliation": a.last_reconciliation,
@@ -939,6 +1146,13 @@ class TradingState:
             "engines": dict(sorted(self.engines.items())),
             **({"gates": dict(sorted(self.gates.items())), "gate_approvals": dict(sorted(self.gate_approvals.items()))}
                if self.gates or self.gate_approvals else {}),
+            **({"instruments": {sym: spec.as_dict() for sym, spec in sorted(self.instruments.items())},
+                "fx_rates": {"/".join(k): v for k, v in sorted(self.fx_rates.items())}}
+               if self.instruments or self.fx_rates else {}),
+            **({"corporate_actions": {"|".join(k): v for k, v in sorted(self.corporate_actions.items())}}
+               if self.corporate_actions else {}),
+            **({"option_settlements": {"|".join(k): v for k, v in sorted(self.option_settlements.items())}}
+               if self.option_settlements else {}),
             "stream_versions": dict(sorted(self.stream_versions.items())),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}
@@ -958,5 +1172,6 @@ __all__ = [
     "book_fill",
     "correct_fill",
     "discrepancy_key",
+    "fill_cash",
     "unreadable",
 ]

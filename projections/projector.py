@@ -26,6 +26,7 @@ import orjson
 
 from ..adapters.store import Store, gc_paused
 from ..adapters.store.sql import POSTGRESQL, SQLITE, read_cursor, release, write_cursor
+from ..domain.instruments import ACCOUNT_CURRENCY, fx_rate
 from ..domain.risk import limit_usage
 from ..domain.state import ZERO, OrderState, PositionState, TradingState
 from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
@@ -658,8 +659,20 @@ class _Dirty:
                     self.positions[(account, d["venue"], d["symbol"])] = position
                     self._equity_change(state, (account, d["venue"], d["symbol"]), d, position, at)
                 self.days[(account, state._trading_day_of(d.get("occurred_at"), at))] = position
+            elif type_name == "OptionSettled":  # both legs, and the day's realised P&L
+                spec = state.instruments.get(d["symbol"])
+                for symbol in (d["symbol"], spec.underlying if spec is not None else None):
+                    if (account, d["venue"], symbol) in state.positions:
+                        self.positions[(account, d["venue"], symbol)] = position  # type: ignore[index]
+                self.days[(account, state._trading_day_of(d.get("occurred_at"), at))] = position
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
+        elif type_name == "InstrumentDefined" or type_name == "CorporateActionRecorded":
+            # rare: the symbol's positions show a new multiplier, split quantity or symbol
+            symbols = (d["symbol"], d.get("new_symbol"))
+            for key in state.positions:
+                if key[2] in symbols:
+                    self.positions[key] = position
 
 
 # ------------------------------------------------------------------------------ row shapes
@@ -689,7 +702,7 @@ def _last(o: OrderState) -> int:
 
 def _position_row(p: PositionState, position: int) -> tuple[Any, ...]:
     return (p.account, p.venue, p.symbol, p.qty, p.avg_cost, p.realized_pnl, p.unrealized_pnl, p.fees,
-            p.last_price, p.updated_at, position)
+            p.last_price, p.updated_at, position, p.multiplier, p.currency)
 
 
 def _day_row(state: TradingState, account: str, day: str, position: int) -> tuple[Any, ...]:
@@ -741,8 +754,13 @@ class _EquityBook:
         minute = _fill_minute({"occurred_at": occurred}, at)
         return minute.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M"), minute
 
-    def _update(self, key: tuple[str, str, str], held: PositionState) -> list[Decimal]:
+    def _update(self, key: tuple[str, str, str], held: PositionState, state: TradingState) -> list[Decimal]:
         new = (held.realized_pnl, held.unrealized_pnl, held.fees)
+        currency = held.currency
+        if currency is not None and currency != ACCOUNT_CURRENCY:  # in the account's currency, at the last rate
+            rate = fx_rate(state.fx_rates, currency, ACCOUNT_CURRENCY)
+            if rate is not None:
+                new = (new[0] * rate, new[1] * rate, new[2])
         old = self.contribution.get(key, (ZERO, ZERO, ZERO))
         self.contribution[key] = new
         totals = self.totals.setdefault(key[0], [ZERO, ZERO, ZERO])
@@ -754,7 +772,7 @@ class _EquityBook:
                    position: int) -> tuple[Any, ...]:
         """The equity-curve row of ``key``'s account for ``minute`` after a fill at ``position``, with
         the account's totals updated by the position's change."""
-        realized, unrealized, fees = self._update(key, state.positions[key])
+        realized, unrealized, fees = self._update(key, state.positions[key], state)
         count = self.fills[(key[0], minute)] = self.fills.get((key[0], minute), 0) + 1
         return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)
 
@@ -762,7 +780,7 @@ class _EquityBook:
                      position: int) -> tuple[Any, ...]:
         """``after_fill`` for a change that is not a new fill (a venue's correction, a fee posted
         apart): the totals move by the position's change, the minute's fill count does not."""
-        realized, unrealized, fees = self._update(key, state.positions[key])
+        realized, unrealized, fees = self._update(key, state.positions[key], state)
         count = self.fills.get((key[0], minute), 0)
         return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)
 

@@ -22,7 +22,7 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     "ts_positions": (
         [("account", "text"), ("venue", "text"), ("symbol", "text"), ("qty", "num"), ("avg_cost", "num"),
          ("realized_pnl", "num"), ("unrealized_pnl", "num"), ("fees", "num"), ("last_price", "num"),
-         ("updated_at", "time"), ("last_position", "int")],
+         ("updated_at", "time"), ("last_position", "int"), ("multiplier", "num"), ("currency", "text")],
         ("account", "venue", "symbol"),
     ),
     "ts_orders": (

@@ -26,7 +26,8 @@ _ASYNC_METHODS = frozenset({
     "record_cancelled", "record_replaced", "record_expired", "set_risk_limit", "trip_breaker",
     "reset_breaker", "engage_kill_switch", "release_kill_switch", "record_daily_limit_breach",
     "resume_trading", "record_signal", "engine_started", "engine_stopped", "record_recovery", "record_bar", "order",
-    "open_orders", "positions", "risk_state", "catch_up",
+    "open_orders", "positions", "risk_state", "catch_up", "define_instrument", "record_fx_rate", "instruments",
+    "record_corporate_action", "record_option_settlement", "reporting_view",
 })  # fmt: skip
 
 

@@ -25,11 +25,16 @@ from .domain import events as ev
 from .domain import orders as rules
 from .domain.errors import InvalidInput, UnknownOrder
 from .domain.ids import (
+    account_stream_id,
     bar_stream_id,
+    corporate_action_stream_id,
     engine_stream_id,
+    fx_stream_id,
+    instrument_stream_id,
     order_stream_id,
     strategy_stream_id,
 )
+from .domain.instruments import InstrumentSpec, reporting_view
 from .domain.state import AccountState, TradingState
 from .loading import load_state
 from .writer import Recorded, Writer, WriterStats, build_event, utc_now
@@ -504,6 +509,106 @@ class TradestateClient:
         if done is not None:
             return Recorded(done["position"], None, duplicate=True)
         return self._stream_fact(gate_stream_id(e.gate_id), e)
+
+    # --------------------------------------------------------------- instruments, currencies
+    def define_instrument(self, symbol: str, asset_class: str, *, multiplier: Decimal | int | str = 1,
+                          quote_currency: str = "USD", settlement_currency: str | None = None,
+                          tick_size: Decimal | int | str | None = None, lot_size: Decimal | int | str | None = None,
+                          fractional: bool = False, expiry: datetime | None = None, underlying: str | None = None,
+                          strike: Decimal | int | str | None = None, right: str | None = None, reason: str = "",
+                          operator: str = "") -> Recorded:
+        """Define (or redefine) ``symbol`` in the instrument registry (``InstrumentDefined`` on
+        ``instrument-<symbol>``): intents recorded after it are checked against its tick, lot,
+        fraction and expiry, and its fills count with its ``multiplier`` in its
+        ``quote_currency``. A new definition supersedes the last one from here on; the same
+        definition again appends nothing (``duplicate=True``). Bad input (an option without a
+        strike, a future without an expiry...) is ``InvalidInput``, nothing appended."""
+        e = build_event(ev.InstrumentDefined, **self.writer.envelope(), symbol=symbol, asset_class=asset_class,
+                        multiplier=multiplier, quote_currency=quote_currency,
+                        settlement_currency=settlement_currency, tick_size=tick_size, lot_size=lot_size,
+                        fractional=fractional, expiry=expiry, underlying=underlying, strike=strike, right=right,
+                        reason=reason, operator=operator)
+        wanted = InstrumentSpec.from_payload(e.to_payload(), 0).as_dict()  # Decimals: 50 == 50.0
+
+        def decide(state: TradingState) -> rules.Decision:
+            current = state.instruments.get(e.symbol)
+            if current is not None and {**current.as_dict(), "position": 0} == wanted:
+                return rules.AlreadyRecorded(current.position)
+            return rules.Append([(instrument_stream_id(e.symbol), e)])
+
+        return self.writer.record_fact(decide)
+
+    def record_fx_rate(self, base: str, quote: str, rate: Decimal | int | str, *, source: str = "",
+                       occurred_at: datetime | None = None) -> Recorded:
+        """Record a market FX rate (one ``base`` is worth ``rate`` ``quote``; ``FxRateRecorded``):
+        the reporting-currency view and notional limits in the account's currency use the last
+        one recorded. tradestate never fetches rates."""
+        e = build_event(ev.FxRateRecorded, **self.writer.envelope(occurred_at), base=base, quote=quote, rate=rate,
+                        source=source)
+        return self._stream_fact(fx_stream_id(e.base, e.quote), e)
+
+    def record_corporate_action(self, symbol: str, action: str, effective_at: datetime, *,
+                                ratio_from: Decimal | int | str | None = None, ratio_to: Decimal | int | str | None = None,
+                                new_symbol: str | None = None, source: str = "operator", reason: str = "",
+                                operator: str = "") -> Recorded:
+        """Record a corporate action (``CorporateActionRecorded`` on ``corporate-<symbol>``):
+        ``split`` (``ratio_from`` old shares become ``ratio_to``: 2-for-1 is 1, 2; a 1-for-10
+        reverse split 10, 1), every position in ``symbol`` is scaled, its cost basis kept; or
+        ``symbol_change`` to ``new_symbol``. The same action (symbol, action, effective time)
+        again appends nothing (``duplicate=True``). Reconciliation proposes one
+        (``split_suspected``) when a position differs from the venue's by a split's ratio."""
+        e = build_event(ev.CorporateActionRecorded, **self.writer.envelope(), symbol=symbol, action=action,
+                        effective_at=effective_at, ratio_from=ratio_from, ratio_to=ratio_to, new_symbol=new_symbol,
+                        source=source, reason=reason, operator=operator)
+        key = (e.symbol, e.action, e.to_payload()["effective_at"])
+
+        def decide(state: TradingState) -> rules.Decision:
+            done = state.corporate_actions.get(key)
+            if done is not None:
+                return rules.AlreadyRecorded(done)
+            return rules.Append([(corporate_action_stream_id(e.symbol), e)])
+
+        return self.writer.record_fact(decide)
+
+    def record_option_settlement(self, account: str, venue: str, symbol: str, action: str,
+                                 qty: Decimal | int | str, *, venue_ref: str | None = None,
+                                 occurred_at: datetime | None = None, reason: str = "") -> Recorded:
+        """Record the venue's exercise, assignment or expiry of ``qty`` contracts of the option
+        ``symbol`` (``OptionSettled``): the option leg closes, the underlying's moves at the strike
+        (see the event). ``venue_ref``: the venue's activity id (the same again:
+        ``duplicate=True``). ``InvalidInput``, nothing appended, when the option is not defined
+        (exercise, assignment) or we do not hold ``qty`` contracts on that side (reconcile first)."""
+        e = build_event(ev.OptionSettled, **self.writer.envelope(occurred_at), account=account, venue=venue,
+                        symbol=symbol, action=action, qty=qty, venue_ref=venue_ref, reason=reason)
+
+        def decide(state: TradingState) -> rules.Decision:
+            if e.venue_ref is not None:
+                done = state.option_settlements.get((e.account, e.venue, e.venue_ref))
+                if done is not None:
+                    return rules.AlreadyRecorded(done)
+            spec = state.instruments.get(e.symbol)
+            if e.action != "expiry" and (spec is None or spec.asset_class != "option"):
+                raise InvalidInput(f"OptionSettled: {e.symbol!r} is not an option in the registry (define_instrument)")
+            held = state.position_of(e.account, e.venue, e.symbol)
+            qty = held.qty if held is not None else Decimal(0)
+            wanted = {"exercise": qty >= e.qty, "assignment": -qty >= e.qty, "expiry": abs(qty) >= e.qty}[e.action]
+            if not wanted:
+                raise InvalidInput(f"OptionSettled: {e.action} of {e.qty} {e.symbol} at {e.venue}, but the log holds "
+                                   f"{qty} (reconcile first)")
+            return rules.Append([(account_stream_id(e.account), e)])
+
+        return self.writer.record_fact(decide)
+
+    def instruments(self) -> list[dict[str, Any]]:
+        """Every instrument of the registry as it stands now (its last definition)."""
+        self.catch_up()
+        return [spec.as_dict() for _, spec in sorted(self.state.instruments.items())]
+
+    def reporting_view(self, currency: str = "USD", account: str | None = None) -> dict[str, Any]:
+        """Positions and P&L in their instruments' currencies and in ``currency`` by the last
+        recorded FX rates (``domain.instruments.reporting_view``)."""
+        self.catch_up()
+        return reporting_view(self.state, currency, account)
 
     # --------------------------------------------------------------- signals, engine, market
     def _stream_fact(self, stream: str, event: ev.Event) -> Recorded:

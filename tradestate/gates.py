@@ -20,6 +20,7 @@ import orjson
 from .adapters.store import Store
 from .domain import gates as g
 from .domain.ids import bar_stream_id, engine_stream_id
+from .domain.instruments import ACCOUNT_CURRENCY, fx_rate
 from .domain.state import TradingState
 
 
@@ -99,11 +100,16 @@ def crash_times(store: Store, now: datetime) -> dict[str, list[datetime]]:
 
 
 def holdings(state: TradingState) -> list[g.Holding]:
-    """Every non-flat position with its last price, else its average cost."""
+    """Every non-flat position with its last price, else its average cost; for a registered
+    instrument, the value of one unit: the price times its multiplier, in the account's currency
+    by the last recorded FX rate (none recorded: unpriced, so the gate says it left it out)."""
     out = []
     for (account, venue, symbol), p in state.positions.items():
         if p.qty:
             price = p.last_price if p.last_price is not None else (p.avg_cost if p.cost else None)
+            if price is not None and p.spec is not None:
+                rate = fx_rate(state.fx_rates, p.spec.quote_currency, ACCOUNT_CURRENCY)
+                price = None if rate is None else price * p.spec.multiplier * rate
             out.append(g.Holding(account, venue, symbol, p.qty, price))
     return out
 

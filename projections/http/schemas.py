@@ -84,6 +84,8 @@ _DESCRIPTIONS: dict[str, str] = {
 }
 _TABLE_DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("ts_positions", "qty"): "Signed quantity held; negative is short",
+    ("ts_positions", "multiplier"): "The instrument's contract multiplier (1: not in the instrument registry)",
+    ("ts_positions", "currency"): "The instrument's quote currency of prices and P&L (null: the account's)",
     ("ts_orders", "qty"): "Ordered quantity (after replaces)",
     ("ts_orders", "fees"): "Fees paid on the order's fills",
     ("ts_orders", "updated_at"): "Time of the order's last event",
@@ -95,7 +97,7 @@ _TABLE_DESCRIPTIONS: dict[tuple[str, str], str] = {
 }
 # Columns the projector always fills (the others may be null).
 _REQUIRED: dict[str, set[str]] = {
-    "ts_positions": {"qty", "avg_cost", "realized_pnl", "unrealized_pnl", "fees", "last_position"},
+    "ts_positions": {"qty", "avg_cost", "realized_pnl", "unrealized_pnl", "fees", "last_position", "multiplier"},
     "ts_orders": {"client_order_id", "account", "venue", "symbol", "side", "order_type", "qty", "status",
                   "is_open", "filled_qty", "remaining_qty", "fees", "cancel_requested", "discrepancies",
                   "last_position"},

@@ -67,6 +67,7 @@ from . import (
     batch,
     drill,
     failover,
+    instruments,
     memory,
     migrate,
     postmortem,
@@ -97,6 +98,7 @@ GROUPS: dict[str, ModuleType] = {
     "backup": backup,
     "migrate": migrate,
     "drill": drill,
+    "instruments": instruments,
 }
 
 # The groups whose figures depend on the trading log's length: --events sets it, --scaling varies it.
