@@ -220,3 +220,43 @@ def test_async_client_has_request_replace(sqlite_url, sim):
         client.close()
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ through alpaca-py, fake Alpaca
+
+
+def test_alpaca_replace_through_the_real_client_patches_once_and_records_the_replacement(sqlite_url):
+    from tests.support.fake_alpaca import FakeAlpaca
+
+    with FakeAlpaca() as fake, TradestateClient(open_store(sqlite_url)) as client:
+        adapter = fake.adapter()
+        account, venue = adapter.account, adapter.venue
+        flow = OrderFlow(client, adapter)
+        client.set_risk_limit(account, "max_position_qty", 20)
+        assert client.record_intent(account, "a1", SYM, "buy", 10, order_type="limit", limit_price="100.25",
+                                    venue=venue).accepted
+        first = flow.forward(account, "a1")
+        fake.fill(first.venue_order_id, "4", "100.25")
+        client.record_fill(account, "a1", "E1", 4, "100.25", venue_order_id=first.venue_order_id)
+        orders_before = len(fake.orders)
+
+        refused = flow.replace(account, "a1", qty=25)
+        assert refused.refusal.reasons == ["max_position_qty"] and len(fake.orders) == orders_before  # never sent
+
+        ok = flow.replace(account, "a1", qty=12, limit_price="101")
+        assert ok.accepted and len(fake.orders) == orders_before + 1
+        old = fake.orders[first.venue_order_id]
+        new = fake.orders[old["replaced_by"]]
+        # Alpaca's replacement works what is left: 12 in all, 4 filled already
+        assert (old["status"], D(new["qty"]), new["replaces"], D(new["limit_price"])) == (
+            "replaced", D(8), first.venue_order_id, D(101))
+        order = client.state.orders[order_stream_id(account, "a1")]
+        assert (order.qty, order.limit_price, order.venue_order_id, order.replace_pending) == (
+            12, D(101), new["id"], None)
+
+        # the venue refuses an amendment of a finished order (HTTP 422): recorded, the order goes on
+        fake.finish(new["id"], "canceled")
+        assert client.request_replace(account, "a1", qty=11, replace_id="late").accepted
+        flow.send_replace(account, "a1")
+        entry = client.state.orders[order_stream_id(account, "a1")].replaces["late"]
+        assert (entry["status"], entry["by"]) == ("refused", "venue") and "422" in entry["detail"]
