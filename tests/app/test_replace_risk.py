@@ -260,3 +260,30 @@ def test_alpaca_replace_through_the_real_client_patches_once_and_records_the_rep
         flow.send_replace(account, "a1")
         entry = client.state.orders[order_stream_id(account, "a1")].replaces["late"]
         assert (entry["status"], entry["by"]) == ("refused", "venue") and "422" in entry["detail"]
+
+
+# ------------------------------------------------------------------ through ib_insync, fake TWS
+
+
+@pytest.mark.timeout(60)
+def test_ib_replace_modifies_the_same_order_id_through_ib_insync(sqlite_url):
+    from tests.support.fake_tws import FakeTWS
+    from tradestate.adapters.brokers.ib import IBAdapter
+
+    with FakeTWS() as tws, IBAdapter(account=ACCOUNT, host=tws.host, port=tws.port, client_id=1,
+                                     timeout=2.0) as ib, TradestateClient(open_store(sqlite_url)) as client:
+        flow = OrderFlow(client, ib)
+        client.set_risk_limit(ACCOUNT, "max_order_qty", 200)
+        assert client.record_intent(ACCOUNT, "i1", SYM, "buy", 100, order_type="limit", limit_price="60",
+                                    venue="IB").accepted
+        flow.forward(ACCOUNT, "i1")
+        assert flow.replace(ACCOUNT, "i1", qty=250).refusal.reasons == ["max_order_qty"]
+        assert tws.find(order_ref="i1").qty == 100
+        assert flow.replace(ACCOUNT, "i1", qty=150, limit_price="61").accepted
+        placed = tws.find(order_ref="i1")
+        assert (placed.qty, placed.lmt, len(tws.orders)) == (150, D(61), 1)  # the same order, modified
+        order = _order(client, "i1")
+        assert (order.qty, order.limit_price, order.replace_pending) == (150, D(61), None)
+        flow.pump()  # what the feed says of the modification records nothing more
+        after = _order(client, "i1")
+        assert (after.qty, after.limit_price, after.status, after.discrepancies) == (150, D(61), "acknowledged", 0)
