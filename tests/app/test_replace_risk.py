@@ -287,3 +287,25 @@ def test_ib_replace_modifies_the_same_order_id_through_ib_insync(sqlite_url):
         flow.pump()  # what the feed says of the modification records nothing more
         after = _order(client, "i1")
         assert (after.qty, after.limit_price, after.status, after.discrepancies) == (150, D(61), "acknowledged", 0)
+
+
+def test_reconciliation_records_an_amendment_the_venue_applied_and_leaves_an_unsent_one_pending(db_url, sim):
+    from tradestate.reconcile import reconcile
+
+    with TradestateClient(open_store(db_url)) as client:
+        flow = OrderFlow(client, sim)
+        _working(client, flow, "o1")
+        _working(client, flow, "o2")
+        client.request_replace(ACCOUNT, "o1", qty=12, replace_id="sent")
+        sim.replace_order(_order(client, "o1").venue_order_id, qty=D(12), limit_price=D(100))  # then the crash
+        client.request_replace(ACCOUNT, "o2", qty=13, replace_id="unsent")
+    with TradestateClient(open_store(db_url)) as client:
+        result = reconcile(client, sim)
+        assert [d["kind"] for d in result.discrepancies] == ["missed_replace"]
+        o1, o2 = _order(client, "o1"), _order(client, "o2")
+        assert (o1.qty, o1.replace_pending) == (12, None)
+        assert (o2.qty, o2.replace_pending) == (10, "unsent")  # the venue's order does not show it: not decided here
+        assert sim.order_by_client_id("o2").qty == 10  # and nothing was sent
+        head = client.store.trading.head()
+        again = reconcile(client, sim)
+        assert again.discrepancies == [] and client.store.trading.head() == head + 1  # its report only
