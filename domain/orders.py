@@ -158,7 +158,7 @@ def decide_replace_request(state: TradingState, e: ev.OrderReplaceRequested, now
     The same ``replace_id`` again: ``AlreadyRecorded`` (other content: ``IdempotencyConflict``);
     the same amendment while it is pending, under another id: ``AlreadyRecorded`` too (a retry).
     Nothing is appended and ``InvalidTransition`` is raised for an order that is not open, not
-    ours (imported), being cancelled, or with another amendment pending, and for a quantity not
+    ours (imported), being cancelled, not acknowledged by the venue yet, or with another amendment pending, and for a quantity not
     above what is filled; ``InvalidInput`` for price fields the order type does not take, an
     amendment that changes nothing, or one its instrument refuses (tick, lot, fraction, expiry)."""
     order = _order(state, e)
@@ -176,6 +176,8 @@ def decide_replace_request(state: TradingState, e: ev.OrderReplaceRequested, now
         raise InvalidTransition(f"order {name} is {order.status}; only an open order can be amended")
     if order.cancel_requested:
         raise InvalidTransition(f"order {name} has a cancel pending; it cannot be amended")
+    if order.venue_order_id is None:  # what ``forward`` would send is the intent: amend what the venue holds
+        raise InvalidTransition(f"order {name} is not acknowledged by the venue yet; amend it once it is")
     if order.replace_pending is not None:
         pending = order.replaces[order.replace_pending]  # type: ignore[index]
         if same_content({**pending["request"], "replace_id": e.replace_id}, e):

@@ -461,8 +461,8 @@ class TradestateClient:
         Retries: the same ``replace_id`` again returns the first result (``duplicate=True``; other
         content: ``IdempotencyConflict``); without one, an id is drawn and the same amendment
         asked again while it is pending is a duplicate. Nothing is appended and a typed error is
-        raised for an unknown order (``UnknownOrder``), one not open, being cancelled or with
-        another amendment pending, a quantity not above the filled one (``InvalidTransition``),
+        raised for an unknown order (``UnknownOrder``), one not open, not acknowledged by the
+        venue yet, being cancelled or with another amendment pending, a quantity not above the filled one (``InvalidTransition``),
         a non-positive quantity or price, price fields the order type does not take, an amendment
         that changes nothing, or one off the instrument's tick, lot or fraction rules
         (``InvalidInput``)."""

@@ -125,6 +125,9 @@ def test_bad_amendments_are_typed_errors_and_append_nothing(sqlite_url, sim):
         client.record_cancelled(ACCOUNT, "o1")
         with pytest.raises(InvalidTransition, match="cancelled"):
             client.request_replace(ACCOUNT, "o1", qty=8)
+        client.record_intent(ACCOUNT, "o3", SYM, "buy", 5, order_type="limit", limit_price="100", venue="SIM")
+        with pytest.raises(InvalidTransition, match="not acknowledged"):  # forward would send the intent
+            client.request_replace(ACCOUNT, "o3", qty=8)
 
         _working(client, flow, "o2")
         first = client.request_replace(ACCOUNT, "o2", qty=12)
@@ -309,3 +312,26 @@ def test_reconciliation_records_an_amendment_the_venue_applied_and_leaves_an_uns
         head = client.store.trading.head()
         again = reconcile(client, sim)
         assert again.discrepancies == [] and client.store.trading.head() == head + 1  # its report only
+
+
+def test_read_models_and_integrity_take_amendments_in_stride(sqlite_url):
+    import tradestate
+    from tests.support.projector_worker import Clock, assert_equals_rebuild
+    from tradestate.domain.integrity import MeaningCheck, quarantine_report
+    from tradestate.projections.projector import Projector
+
+    with tradestate.connect(sqlite_url, clock=Clock()) as client:
+        client.set_risk_limit("a", "max_order_qty", 15)
+        client.record_intent("a", "o1", SYM, "buy", 10, order_type="limit", limit_price="60", venue="IB")
+        client.record_ack("a", "o1", "P1")
+        assert not client.request_replace("a", "o1", qty=20).accepted
+        assert client.request_replace("a", "o1", qty=12).accepted
+        client.record_replaced("a", "o1", 12, limit_price="60")
+        client.record_fill("a", "o1", "X1", 12, "60")
+    with open_store(sqlite_url) as store:
+        Projector(store, page=2).catch_up()
+        assert_equals_rebuild(store)
+        check = MeaningCheck()  # the log's meaning: every amendment names an order that exists
+        assert check.feed(store.trading.iter_rows(0)) is None
+    with TradestateClient(open_store(sqlite_url), use_checkpoints=False) as again:
+        assert quarantine_report(again.state) == []

@@ -583,7 +583,7 @@ class TradingLifecycle(RuleBasedStateMachine):
             limit = data.draw(prices, label="limit")
         call = lambda: self.client.request_replace(*key, qty=variant(qty),  # noqa: E731
                                                    limit_price=None if limit is None else str(limit))
-        if not o.is_open or o.cancel_requested:
+        if not o.is_open or o.cancel_requested or o.ack_vid is None:
             outcome = InvalidTransition
         elif o.replace_pending is not None:
             outcome = "dup" if o.replace_pending == (qty, limit) else InvalidTransition
