@@ -16,8 +16,8 @@ from typing import Any
 from . import events as ev
 from .errors import IdempotencyConflict, InvalidInput, InvalidTransition, UnknownOrder
 from .ids import account_stream_id, derived_id, order_stream_id
-from .instruments import ACCOUNT_CURRENCY, fx_rate, intent_refusals
-from .risk import MAX_DAILY_LOSS, check_intent, check_replace, daily_loss_breach
+from .instruments import intent_refusals
+from .risk import MAX_DAILY_LOSS, check_intent, check_replace, daily_loss_breach, pnl_rate
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, discrepancy_key
 
 
@@ -318,11 +318,9 @@ def decide_fill(state: TradingState, e: ev.OrderFilled, now: datetime) -> Decisi
     held = state.position_of(order.account, order.venue, order.symbol)
     if held is not None:
         preview.qty, preview.cost = held.qty, held.cost
-    rate = None
-    if spec is not None and spec.quote_currency != ACCOUNT_CURRENCY:  # converted as the fold converts it
-        rate = fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
     _, breach = daily_loss_breach(account, e, order.sign, day, preview, stats.net_pnl if stats else Decimal(0),
-                                  breached=stats is not None and MAX_DAILY_LOSS in stats.breaches, rate=rate)
+                                  breached=stats is not None and MAX_DAILY_LOSS in stats.breaches,
+                                  rate=pnl_rate(state, order.symbol))
     if breach is not None:
         events.append((account_stream_id(order.account), breach))
     return Append(events)

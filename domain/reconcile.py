@@ -53,7 +53,7 @@ from pydantic import ValidationError
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
 from .instruments import split_ratio
-from .risk import MAX_DAILY_LOSS, daily_loss_breach
+from .risk import MAX_DAILY_LOSS, daily_loss_breach, pnl_rate
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, fill_cash
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
@@ -463,7 +463,7 @@ class _Planner:
         net_before = self.planned_day_net.get(day, stats.net_pnl if stats is not None else ZERO)
         breached = day in self.planned_breach_days or (stats is not None and MAX_DAILY_LOSS in stats.breaches)
         self.planned_day_net[day], breach = daily_loss_breach(self.acct, fill, ours.sign, day, preview, net_before,
-                                                              breached=breached)
+                                                              breached=breached, rate=pnl_rate(self.state, ours.symbol))
         if breach is not None:
             self.planned_breach_days.add(day)
             self.account_events.append((account_stream_id(self.account), breach))

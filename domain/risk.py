@@ -252,6 +252,16 @@ def check_replace(state: TradingState, order: OrderState, qty: Decimal, limit_pr
     return RiskDecision(reasons, "; ".join(details), day, notional)
 
 
+def pnl_rate(state: TradingState, symbol: str) -> Decimal | None:
+    """The rate the fold converts ``symbol``'s realised P&L into the account's currency with (the
+    last recorded one); None: no conversion (not a registered instrument in another currency, or
+    no rate recorded: counted as it is, as the fold counts it)."""
+    spec = state.instruments.get(symbol) if state.instruments else None
+    if spec is None or spec.quote_currency == ACCOUNT_CURRENCY:
+        return None
+    return fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
+
+
 def daily_loss_breach(
     account: AccountState, fill: OrderFilled, sign: int, day: str, preview: PositionState,
     net_before: Decimal, *, breached: bool, rate: Decimal | None = None,

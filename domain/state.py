@@ -326,9 +326,9 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     """Book a stored fill payload ``d`` everywhere but on its order: the position ``key``
     (account, venue, symbol) moves by ``sign`` * qty at the price (average cost, realised P&L,
     fees, time), the account's statistics of the fill's trading day count it, the account's cash
-    moves when a balance is on record (USD by the notional, the fee's currency by the fee), and
-    the venue's execution id is indexed to the order stream ``sid`` (and ``sid`` to the fill's
-    trading day).
+    (and its cash at the venue) moves when a balance is on record (USD by the notional, the fee's
+    currency by the fee; a registered instrument: ``_book_instrument_fill``), and the venue's
+    execution id is indexed to the order stream ``sid`` (and ``sid`` to the fill's trading day).
 
     ``at`` (the row's recorded time, a datetime or ISO text) counts when the payload has no
     ``occurred_at``. Returns (qty, price, fee, time of the fill). ``TradingState.apply`` and the

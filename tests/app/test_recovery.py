@@ -242,7 +242,8 @@ def test_a_dry_run_with_a_broker_appends_nothing_and_says_what_it_would(tmp_path
     assert right["ready"] and right["discrepancies"] == 0 and right["reconciliations"][0]["dry_run"]
     wrong = json.loads(cli(*common, "--venue", "SIM").stdout)
     step = next(s for s in wrong["steps"] if s["name"] == "reconcile")
-    assert wrong["corrective_events"] == 2 and "check --venue" in step["detail"] and "dry run" in step["detail"]
+    # two phantom position corrections, and a first cash balance at "SIM" (cash is kept per venue)
+    assert wrong["corrective_events"] == 3 and "check --venue" in step["detail"] and "dry run" in step["detail"]
     with open_store(url) as store:
         assert store.trading.head() == head  # nothing appended by either run
 

@@ -30,8 +30,9 @@ def _uuid(rng: random.Random) -> UUID:
     return UUID(int=rng.getrandbits(128), version=4)
 
 
-def legacy_log(seed: int, steps: int = 60, fold: Fold | None = None) -> Fold:
-    """A folded log of ``steps`` random facts drawn from ``seed`` (same seed, same rows)."""
+def legacy_log(seed: int, steps: int = 60, fold: Fold | None = None, prefix: str = "o") -> Fold:
+    """A folded log of ``steps`` random facts drawn from ``seed`` (same seed, same rows), appended
+    to ``fold``'s (client order ids ``<prefix><n>``)."""
     rng = random.Random(seed)
     f = fold or Fold()
     orders: list[tuple[str, str, str]] = []  # (account, coid, side)
@@ -42,7 +43,7 @@ def legacy_log(seed: int, steps: int = 60, fold: Fold | None = None) -> Fold:
         account = rng.choice(ACCOUNTS)
         if roll < 0.35 or not orders:
             n += 1
-            coid = f"o{n}"
+            coid = f"{prefix}{n}"
             side = rng.choice(("buy", "sell"))
             qty = str(rng.randint(1, 50))
             symbol = rng.choice(SYMBOLS)

@@ -471,3 +471,17 @@ def test_a_long_put_exercised_sells_and_an_expiry_closes_at_zero():
     assert f.position("XYZP").qty == 0 and f.position("XYZP").realized_pnl == -450
     restored = snapshot_restore(f.state)
     assert restored.summary()["positions"] == f.state.summary()["positions"]
+
+
+def test_a_daily_loss_in_another_currency_breaches_at_the_recorded_rate():
+    f = Fold()
+    define(f, "FESX", "future", multiplier=10, quote_currency="EUR")
+    fx(f, "EUR", "USD", "1.5")
+    f.limit("max_daily_loss", "140")
+    trade(f, "o1", "buy", "1", "5000", symbol="FESX")
+    f.intent("o2", "sell", "1", symbol="FESX")
+    fill = ev.OrderFilled(event_id=uuid4(), occurred_at=T0, account="acct", client_order_id="o2", exec_id="x2",
+                          qty="1", price="4990", fee="0")  # -100 EUR is -150 USD: beyond 140
+    decision = rules.decide_fill(f.state, fill, T0)
+    breach = decision.events[1][1]
+    assert isinstance(breach, ev.DailyLimitBreached) and breach.value == D("-150.0")

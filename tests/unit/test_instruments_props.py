@@ -149,3 +149,30 @@ def test_a_split_preserves_market_value_cost_basis_and_pnl(fills, multiplier, sp
     assert abs(p.avg_cost - avg * old / new) < TOLERANCE
     assert abs(p.qty * p.last_price * p.multiplier - value) < TOLERANCE
     assert abs(p.unrealized_pnl - unrealized) < TOLERANCE
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, multiplier=multipliers, currency=st.sampled_from(["USD", "EUR"]))
+def test_apply_the_cold_fold_and_a_checkpoint_agree_on_a_log_with_instruments(seed, multiplier, currency):
+    from tradestate.domain.fold import fold_cold
+    from tradestate.domain.ids import corporate_action_stream_id
+
+    f = Fold()
+    f.add(fx_stream_id("EUR", "USD"), ev.FxRateRecorded(event_id=uuid4(), base="EUR", quote="USD", rate="1.1"))
+    for symbol, kind in (("ES", "future"), ("BTC/USD", "crypto")):
+        f.add(instrument_stream_id(symbol), ev.InstrumentDefined(
+            event_id=uuid4(), symbol=symbol, asset_class=kind, multiplier=multiplier, quote_currency=currency,
+            fractional=kind == "crypto", expiry="2030-01-01T00:00:00Z" if kind == "future" else None))
+    legacy_log(seed, steps=40, fold=f)
+    f.add(corporate_action_stream_id("AAPL"), ev.CorporateActionRecorded(
+        event_id=uuid4(), symbol="AAPL", action="split", ratio_from=1, ratio_to=2, effective_at=f.now))
+    legacy_log(seed + 1, steps=20, fold=f, prefix="p")
+    want = f.state.summary()
+    cold = fold_cold([f.rows[i:i + 7] for i in range(0, len(f.rows), 7)])[0].summary()
+    restored = snapshot.restore(snapshot.take(f.state)[0], b"").summary()
+    for got in (cold, restored):
+        for key in ("positions", "instruments", "fx_rates", "corporate_actions"):
+            assert got[key] == want[key], key
+        for name, account in want["accounts"].items():
+            for key in ("cash", "daily", "venue_cash"):
+                assert got["accounts"][name].get(key) == account.get(key), (name, key)
