@@ -102,7 +102,8 @@ class OrderFlow:
     def send_replace(self, account: str, client_order_id: str) -> Recorded | None:
         """Send the order's pending amendment (recorded by ``request_replace``) to the venue, once:
         when the venue's order already shows it (a retry after a crash between record and send),
-        nothing is sent and the confirmation is recorded. The venue's answer is recorded: the
+        nothing is sent and the confirmation is recorded; when the venue replaced it by a new
+        order (Alpaca), nothing is sent and reconciliation records the replacement. The venue's answer is recorded: the
         confirmation (``OrderReplaced``) or its refusal (``OrderReplaceRefused`` by the venue).
         None: nothing pending. A connection error leaves it pending (``settle_replaces`` or
         reconciliation tells later); it is never assumed refused."""
@@ -116,9 +117,11 @@ class OrderFlow:
         want = order.replaces[rid]["request"]  # type: ignore[index]
         if order.venue_order_id is None:
             raise InvalidTransition(f"order {client_order_id!r} has no venue order id yet; amend it once acknowledged")
-        venue_now = self._venue_order(client_order_id)
+        venue_now = self._venue_order(order)
         if venue_now is not None and _shows(venue_now, order.filled_qty, want):
             return record_update(self.client, account, client_order_id, _replaced(client_order_id, venue_now))
+        if venue_now is not None and venue_now.status == "replaced":
+            return None  # replaced by a new venue order already (Alpaca): reconciliation reads the chain
         try:
             venue_order = self.adapter.replace_order(order.venue_order_id, qty=_dec(want["qty"]),
                                                      limit_price=_opt(want.get("limit_price")),
@@ -139,7 +142,7 @@ class OrderFlow:
         for order in list(self.client.state.account(account).open_orders.values()):
             if order.replace_pending is None or order.venue != self.adapter.venue:
                 continue
-            venue_now = self._venue_order(order.client_order_id)
+            venue_now = self._venue_order(order)
             if venue_now is None:
                 continue
             want = order.replaces[order.replace_pending]["request"]  # type: ignore[index]
@@ -156,9 +159,15 @@ class OrderFlow:
                 out.append(recorded)
         return out
 
-    def _venue_order(self, client_order_id: str) -> VenueOrder | None:
+    def _venue_order(self, order: Any) -> VenueOrder | None:
+        """The venue's order carrying ``order`` as our log knows it: by its venue order id where
+        the adapter looks orders up by it (Alpaca, IB: a replacement has a client order id of its
+        own), else by our client order id; None when the venue does not know it or cannot say."""
+        by_id = getattr(self.adapter, "order_by_venue_id", None)
         try:
-            return self.adapter.order_by_client_id(client_order_id)
+            if by_id is not None and order.venue_order_id is not None:
+                return by_id(order.venue_order_id)
+            return self.adapter.order_by_client_id(order.client_order_id)
         except OrderNotFound:
             return None
         except VenueError:

@@ -912,16 +912,26 @@ class AlpacaAdapter(BrokerAdapter):
         at these prices: PATCH /v2/orders/{id}, as alpaca-py's ``replace_order_by_id`` sends it, with
         decimal strings (its ``ReplaceOrderRequest`` takes an int qty and float prices). Alpaca
         answers with a NEW order (``replaces`` = the old one) for the quantity still to fill, so
-        the request's qty is ``qty`` less what the venue has filled (read first: a fill between
-        the read and the PATCH stays the old order's). Returns the replacement. Raises
+        the request's qty is ``qty`` less what the venue has filled on the order and on every
+        order it replaced (read first: a fill between the read and the PATCH stays the old
+        order's). Returns the replacement. Raises
         ``OrderNotFound`` (HTTP 404), ``ReplaceRejected`` (HTTP 422: finished, accepted but not
         yet new, being cancelled or replaced; any other 4xx), the query errors above (the
         outcome is then unknown: the order's state at the venue tells)."""
         current = self.order_by_venue_id(venue_order_id)
-        left = qty - current.filled_qty
+        filled, link = current.filled_qty, current
+        for _ in range(MAX_CHAIN_LOOKUPS):  # the orders it replaced filled part of ours too
+            if not link.replaces:
+                break
+            link = self.order_by_venue_id(link.replaces)
+            filled += link.filled_qty
+        else:
+            raise VenueQueryFailed(f"alpaca: order {venue_order_id} replaces more than {MAX_CHAIN_LOOKUPS} "
+                                   "orders: what its chain filled is unknown")
+        left = qty - filled
         if left <= 0:
-            raise ReplaceRejected(f"alpaca: order {venue_order_id} has {current.filled_qty} filled; "
-                                  f"{qty} leaves nothing to replace")
+            raise ReplaceRejected(f"alpaca: order {venue_order_id} and the orders it replaced have {filled} "
+                                  f"filled; {qty} leaves nothing to replace")
         body: dict[str, Any] = {"qty": format(left.normalize(), "f")}
         if limit_price is not None:
             body["limit_price"] = format(limit_price, "f")

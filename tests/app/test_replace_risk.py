@@ -239,8 +239,8 @@ def test_alpaca_replace_through_the_real_client_patches_once_and_records_the_rep
         assert client.record_intent(account, "a1", SYM, "buy", 10, order_type="limit", limit_price="100.25",
                                     venue=venue).accepted
         first = flow.forward(account, "a1")
-        fake.fill(first.venue_order_id, "4", "100.25")
-        client.record_fill(account, "a1", "E1", 4, "100.25", venue_order_id=first.venue_order_id)
+        fill = fake.fill(first.venue_order_id, "4", "100.25")
+        client.record_fill(account, "a1", fill["execution_id"], 4, "100.25", venue_order_id=first.venue_order_id)
         orders_before = len(fake.orders)
 
         refused = flow.replace(account, "a1", qty=25)
@@ -256,6 +256,26 @@ def test_alpaca_replace_through_the_real_client_patches_once_and_records_the_rep
         order = client.state.orders[order_stream_id(account, "a1")]
         assert (order.qty, order.limit_price, order.venue_order_id, order.replace_pending) == (
             12, D(101), new["id"], None)
+
+        # a crash after the PATCH, before its answer was recorded: not sent again; reconciliation
+        # reads the chain and records the replacement
+        from tradestate.reconcile import reconcile
+
+        assert client.request_replace(account, "a1", qty=13, replace_id="crash").accepted
+        adapter.replace_order(new["id"], qty=D(13), limit_price=D(101))
+        orders_before = len(fake.orders)
+        assert flow.send_replace(account, "a1") is None and len(fake.orders) == orders_before
+        assert client.state.orders[order_stream_id(account, "a1")].replace_pending == "crash"
+        reconcile(client, adapter)
+        order = client.state.orders[order_stream_id(account, "a1")]
+        new = fake.orders[fake.orders[new["id"]]["replaced_by"]]
+        assert (order.qty, order.venue_order_id, order.replace_pending) == (13, new["id"], None)
+        assert order.replaces["crash"]["status"] == "replaced"
+        # and the next amendment goes to the order now carrying ours
+        assert flow.replace(account, "a1", qty=15, limit_price="101").accepted
+        new = fake.orders[fake.orders[new["id"]]["replaced_by"]]
+        order = client.state.orders[order_stream_id(account, "a1")]
+        assert (D(new["qty"]), order.qty, order.venue_order_id) == (D(11), 15, new["id"])
 
         # the venue refuses an amendment of a finished order (HTTP 422): recorded, the order goes on
         fake.finish(new["id"], "canceled")
