@@ -260,6 +260,33 @@ class FillCorrected(OrderEvent):
         return self
 
 
+class OrderReplaceRequested(OrderEvent):
+    """The engine asks the venue to amend an open order: its whole new quantity (the filled part
+    included) and prices (the order type's price fields, the unchanged ones repeated). Recorded
+    with its pre-trade check (``risk.check_replace``) before the request leaves; the order keeps
+    its quantity and prices until the venue confirms (``OrderReplaced``). ``replace_id``: the
+    engine's id of this amendment (idempotency). Followed in the same transaction by
+    ``OrderReplaceRefused`` when the check refuses it (the request is then never sent)."""
+
+    replace_id: Identifier
+    qty: PositiveAmount
+    limit_price: PositiveAmount | None = None
+    stop_price: PositiveAmount | None = None
+    reference_price: PositiveAmount | None = None  # a market order's price for the notional checks
+    reason: Text = ""
+
+
+class OrderReplaceRefused(OrderEvent):
+    """An amendment (``OrderReplaceRequested`` ``replace_id``) that will not happen: refused by the
+    pre-trade check (``by`` "risk", its reason codes) or by the venue (``by`` "venue"). The order
+    goes on as it was."""
+
+    replace_id: Identifier
+    by: Literal["risk", "venue"] = "risk"
+    reasons: list[str] = Field(min_length=1, max_length=20)
+    detail: Text = ""
+
+
 # -------------------------------------------------------------------------------------- account
 
 RiskLimitName = Literal[
@@ -888,6 +915,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         DiscrepancyRecorded,
         OrderImported,
         FillCorrected,
+        OrderReplaceRequested,
+        OrderReplaceRefused,
         RiskCheckPassed,
         RiskLimitChanged,
         CircuitBreakerTripped,

@@ -7,7 +7,7 @@ are folded exactly as ``apply`` folds them (``apply`` itself for every event tha
 order's, ``state.book_fill`` for a fill's effects beyond its order), but an order is tracked
 by the few facts its fills need (side, quantity, filled, open or not). At the end an order still
 open is built in full from the rows kept for it, and a finished one is left in the log as an id in
-the state's ``OrderBook`` (as after a checkpoint restore). Submitted, acknowledged, cancel-request, terminal and discrepancy events
+the state's ``OrderBook`` (as after a checkpoint restore). Submitted, acknowledged, cancel-request, replace-request (and its refusal), terminal and discrepancy events
 are not even decoded: such a payload is decoded only when it does not end with its type's current
 schema marker, so that an older payload is upcast and a newer one refused just as ``apply`` would.
 
@@ -39,7 +39,8 @@ _MARKER = {name: b'"%s":%d}' % (SCHEMA_KEY.encode(), version) for name, version 
 
 _CREATE = frozenset({"OrderIntentRecorded", "OrderImported"})
 _CLOSE = frozenset({"IntentRejectedByRisk", "OrderRejected", "OrderCancelled", "OrderExpired"})
-_ORDER_ONLY = frozenset({"OrderSubmitted", "OrderAcknowledged", "OrderCancelRequested"})
+_ORDER_ONLY = frozenset({"OrderSubmitted", "OrderAcknowledged", "OrderCancelRequested", "OrderReplaceRequested",
+                         "OrderReplaceRefused"})
 _UNREAD = _CLOSE | _ORDER_ONLY | {"DiscrepancyRecorded"}
 ORDER_TYPES = _CREATE | _UNREAD | {"OrderFilled", "OrderReplaced", "FillCorrected"}
 # OrderFilled v2 differs from v3 only by ``fee_pending``, which the fold reads with a default of

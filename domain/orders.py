@@ -14,9 +14,10 @@ from decimal import Decimal
 from typing import Any
 
 from . import events as ev
-from .errors import IdempotencyConflict, InvalidTransition, UnknownOrder
+from .errors import IdempotencyConflict, InvalidInput, InvalidTransition, UnknownOrder
 from .ids import account_stream_id, derived_id, order_stream_id
-from .risk import MAX_DAILY_LOSS, check_intent, daily_loss_breach, pnl_rate
+from .instruments import intent_refusals
+from .risk import MAX_DAILY_LOSS, check_intent, check_replace, daily_loss_breach, pnl_rate
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, discrepancy_key
 
 
@@ -145,6 +146,92 @@ def decide_cancel_request(state: TradingState, e: ev.OrderCancelRequested) -> De
         return AlreadyRecorded(order.positions["cancel_requested"])
     if not order.is_open:
         raise InvalidTransition(f"order {order.client_order_id!r} is {order.status}; nothing to cancel")
+    return _single(e)
+
+
+def decide_replace_request(state: TradingState, e: ev.OrderReplaceRequested, now: datetime, *,
+                           clock_skew: timedelta | None = None, max_clock_skew: timedelta | None = None) -> Decision:
+    """Record the engine's amendment of an open order with its pre-trade check at ``now``
+    (``risk.check_replace``): the request alone when it passes, the request and
+    ``OrderReplaceRefused`` (by risk) when it does not.
+
+    The same ``replace_id`` again: ``AlreadyRecorded`` (other content: ``IdempotencyConflict``);
+    the same amendment while it is pending, under another id: ``AlreadyRecorded`` too (a retry).
+    Nothing is appended and ``InvalidTransition`` is raised for an order that is not open, not
+    ours (imported), being cancelled, not acknowledged by the venue yet, or with another amendment pending, and for a quantity not
+    above what is filled; ``InvalidInput`` for price fields the order type does not take, an
+    amendment that changes nothing, or one its instrument refuses (tick, lot, fraction, expiry)."""
+    order = _order(state, e)
+    stream = order_stream_id(e.account, e.client_order_id)
+    entry = (order.replaces or {}).get(e.replace_id)
+    if entry is not None:
+        if same_content(entry["request"], e):
+            return AlreadyRecorded(entry["position"])
+        raise IdempotencyConflict(f"replace id {e.replace_id!r} of order {e.client_order_id!r} was already recorded "
+                                  "with other content; use a new replace id")
+    name = repr(order.client_order_id)
+    if order.external:
+        raise InvalidTransition(f"order {name} was imported from the venue; it is not ours to amend")
+    if not order.is_open:
+        raise InvalidTransition(f"order {name} is {order.status}; only an open order can be amended")
+    if order.cancel_requested:
+        raise InvalidTransition(f"order {name} has a cancel pending; it cannot be amended")
+    if order.venue_order_id is None:  # what ``forward`` would send is the intent: amend what the venue holds
+        raise InvalidTransition(f"order {name} is not acknowledged by the venue yet; amend it once it is")
+    if order.replace_pending is not None:
+        pending = order.replaces[order.replace_pending]  # type: ignore[index]
+        if same_content({**pending["request"], "replace_id": e.replace_id}, e):
+            return AlreadyRecorded(pending["position"])
+        raise InvalidTransition(f"order {name} has amendment {order.replace_pending!r} pending; wait for the "
+                                "venue's answer")
+    needs_limit = order.order_type in ("limit", "stop_limit")
+    needs_stop = order.order_type in ("stop", "stop_limit")
+    if needs_limit != (e.limit_price is not None) or needs_stop != (e.stop_price is not None):
+        raise InvalidInput(f"a {order.order_type} order takes "
+                           + ("a limit price" if needs_limit else "no limit price") + " and "
+                           + ("a stop price" if needs_stop else "no stop price"))
+    if e.qty <= order.filled_qty:
+        raise InvalidTransition(f"new quantity {e.qty} is not above the {order.filled_qty} already filled "
+                                "(nothing would be left to work: cancel instead)")
+    if (e.qty, e.limit_price, e.stop_price) == (order.qty, order.limit_price, order.stop_price) and (
+            e.reference_price is None or e.reference_price == order.reference_price):
+        raise InvalidInput(f"the amendment of order {name} changes nothing")
+    spec = state.instruments.get(order.symbol) if state.instruments else None
+    if spec is not None:
+        broken = intent_refusals(spec, e.qty, [p for p in (e.limit_price, e.stop_price) if p is not None], now)
+        if broken:
+            raise InvalidInput("; ".join(detail for _code, detail in broken))
+    risk = check_replace(state, order, e.qty, e.limit_price, e.stop_price, e.reference_price, now,
+                         clock_skew=clock_skew, max_clock_skew=max_clock_skew)
+    if risk.passed:
+        return Append([(stream, e)])
+    refusal = ev.OrderReplaceRefused(
+        event_id=derived_id(e.event_id, ev.OrderReplaceRefused.__name__),
+        occurred_at=e.occurred_at,
+        correlation_id=e.correlation_id,
+        causation_id=e.event_id,
+        account=e.account,
+        client_order_id=e.client_order_id,
+        replace_id=e.replace_id,
+        by="risk",
+        reasons=risk.reasons,
+        detail=risk.detail,
+    )
+    return Append([(stream, e), (stream, refusal)])
+
+
+def decide_replace_refused(state: TradingState, e: ev.OrderReplaceRefused) -> Decision:
+    """Record the venue's refusal of a pending amendment (the order goes on as it was). Again:
+    ``AlreadyRecorded``; an amendment that is not pending (unknown, already answered):
+    ``InvalidTransition``."""
+    order = _order(state, e)
+    entry = (order.replaces or {}).get(e.replace_id)
+    if entry is None:
+        raise InvalidTransition(f"order {order.client_order_id!r} has no amendment {e.replace_id!r}")
+    if entry["status"] == "refused":
+        return AlreadyRecorded(entry["refused_at"])
+    if order.replace_pending != e.replace_id:
+        raise InvalidTransition(f"amendment {e.replace_id!r} of order {order.client_order_id!r} is {entry['status']}")
     return _single(e)
 
 

@@ -67,6 +67,10 @@ PARTS = ("positions", "open_orders", "recent_orders", "fills", "balances")
 Resolution = Literal["corrected", "pending", "unknown"]
 
 
+def _opt_dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
 def fact_id(*parts: object) -> UUID:
     """Deterministic id of a reconciliation fact; the separator cannot occur in identifiers."""
     return uuid5(RECONCILIATION_NAMESPACE, "\x1f".join("" if p is None else str(p) for p in parts))
@@ -592,7 +596,8 @@ class _Planner:
         if (found is not None and found.venue_order_id is not None and vo.filled_qty == found.filled_qty
                 and (vo.is_open and found.is_open or vo.status == found.status)
                 and all(found.executions.get(f.exec_id, (None, None))[:2] == (f.qty, f.price) for f in fills)
-                and not (fees_due and any(f.exec_id in fees_due and not f.fee_pending for f in fills))):
+                and not (fees_due and any(f.exec_id in fees_due and not f.fee_pending for f in fills))
+                and found.replace_pending is None):
             return  # the venue and the log agree on this order (the common case: keep it cheap)
         ours = None if found is None else _Order(found)
         if ours is None:
@@ -613,6 +618,31 @@ class _Planner:
         self.missed_fills(ours, fills)
         self.fill_gap(ours, vo)
         self.status(ours, vo)
+        if found is not None and found.replace_pending is not None:
+            self.pending_replace(ours, found, vo)
+
+    def pending_replace(self, ours: _Order, found: OrderState, vo: VenueOrder) -> None:
+        """An amendment of ours recorded but not confirmed (a crash between its record and its
+        send, or a lost confirmation) that the venue's order shows applied in place (same venue
+        order id: IB, the simulated venue): recorded as ``OrderReplaced``. One it does not show
+        stays pending (``OrderFlow.settle_replaces`` settles it after a restart): never sent again
+        from here. Alpaca's replacements are new orders, read as chains (``replaced_chain``)."""
+        want = found.replaces[found.replace_pending]["request"]  # type: ignore[index]
+        wanted = (Decimal(want["qty"]), _opt_dec(want.get("limit_price")), _opt_dec(want.get("stop_price")))
+        if (not ours.is_open or vo.venue_order_id != ours.venue_order_id or vo.replaces
+                or (vo.qty, vo.limit_price, vo.stop_price) != wanted):
+            return
+        e = self.order_event(ours, ev.OrderReplaced, ("amended", found.replace_pending), vo.updated_at,
+                             qty=vo.qty, limit_price=vo.limit_price, stop_price=vo.stop_price,
+                             venue_order_id=vo.venue_order_id)
+        if e is not None:
+            before = ours.qty
+            ours.qty, ours.limit_price = vo.qty, vo.limit_price
+            self.plan.count("replaces_recorded")
+            self.discrepancy("missed_replace", f"the venue shows our amendment {found.replace_pending!r} applied "
+                             f"({vo.qty} @ {vo.limit_price or vo.stop_price or 'market'}): recorded as replaced",
+                             "corrected", client_order_id=ours.client_order_id, venue_order_id=vo.venue_order_id,
+                             symbol=ours.symbol, ours=str(before), theirs=str(vo.qty))
 
     def notional_qty(self, ours: _Order, vo: VenueOrder) -> None:
         """An amount order's quantity is known only as it fills: our order's quantity follows the

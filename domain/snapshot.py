@@ -301,6 +301,7 @@ def _order_doc(o: OrderState) -> dict[str, Any]:
         "discrepancies": o.discrepancies,
         "discrepancy_keys": [[list(k), pos] for k, pos in o.discrepancy_keys.items()],
         "refusal": o.refusal,
+        **({"replaces": o.replaces, "replace_pending": o.replace_pending} if o.replaces else {}),
         "positions": o.positions,
         "created_at": _t(o.created_at),
         "updated_at": _t(o.updated_at),
@@ -616,6 +617,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         order.discrepancies = o["discrepancies"]
         order.discrepancy_keys = {tuple(k): pos for k, pos in o["discrepancy_keys"]}
         order.refusal = o["refusal"]
+        order.replaces = o.get("replaces")  # absent before amendments, and on orders never amended
+        order.replace_pending = o.get("replace_pending")
         order.positions = dict(o["positions"])
         order.updated_at = _tn(o["updated_at"])  # type: ignore[assignment]
         order.account_state = state.account(order.account)

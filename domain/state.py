@@ -53,7 +53,7 @@ class OrderState:
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
         "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal", "refusal_detail",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
-        "position_key", "account_state", "external", "exec_fees",
+        "position_key", "account_state", "external", "exec_fees", "replaces", "replace_pending",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
@@ -94,6 +94,10 @@ class OrderState:
         self.account_state: AccountState | None = None
         self.external = False  # imported from the venue by reconciliation, never risk-checked
         self.exec_fees: dict[str, Decimal] | None = None  # exec id -> its fee, when not zero (a correction replaces it)
+        # replace id -> the engine's amendment: {"request": stored payload, "position", "status":
+        # pending | refused | replaced, and for a refusal "by", "reasons", "detail"}; None: none asked
+        self.replaces: dict[str, dict[str, Any]] | None = None
+        self.replace_pending: str | None = None  # the amendment the venue has not answered yet
 
     @property
     def remaining(self) -> Decimal:
@@ -138,6 +142,10 @@ class OrderState:
             "discrepancies": self.discrepancies,
             "refusal": self.refusal,
             "external": self.external,
+            # only for an order the engine asked to amend: other orders' pictures stay as they were
+            **({"replace_pending": self.replace_pending,
+                "replaces": {rid: {k: v for k, v in r.items() if k != "request"} for rid, r in self.replaces.items()}}
+               if self.replaces else {}),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -804,8 +812,31 @@ class TradingState:
     def _on_OrderCancelled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self._close(self.orders[sid], "cancelled", pos, _time(d.get("occurred_at"), at))
 
+    def _on_OrderReplaceRequested(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        if order.replaces is None:
+            order.replaces = {}
+        order.replaces[d["replace_id"]] = {"request": d, "position": pos, "status": "pending"}
+        order.replace_pending = d["replace_id"]
+        order.positions[f"replace_request:{pos}"] = pos
+        order.updated_at = _time(d.get("occurred_at"), at)
+
+    def _on_OrderReplaceRefused(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        entry = (order.replaces or {}).get(d["replace_id"])
+        if entry is not None:
+            entry.update(status="refused", refused_at=pos, by=d.get("by", "risk"), reasons=list(d["reasons"]),
+                         detail=d.get("detail", ""))
+        if order.replace_pending == d["replace_id"]:
+            order.replace_pending = None
+        order.positions[f"replace_refused:{pos}"] = pos
+        order.updated_at = _time(d.get("occurred_at"), at)
+
     def _on_OrderReplaced(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         order = self.orders[sid]
+        if order.replace_pending is not None:  # the venue's answer to the engine's amendment
+            order.replaces[order.replace_pending]["status"] = "replaced"  # type: ignore[index]
+            order.replace_pending = None
         order.qty = Decimal(d["qty"])
         order.limit_price = _dec(d.get("limit_price"))
         order.stop_price = _dec(d.get("stop_price"))

@@ -658,6 +658,7 @@ class _Dirty:
                 if d.get("symbol"):
                     self.positions[(account, d["venue"], d["symbol"])] = position
                     self._equity_change(state, (account, d["venue"], d["symbol"]), d, position, at)
+                self.days[(account, state._trading_day_of(d.get("occurred_at"), at))] = position
             elif type_name == "OptionSettled":  # both legs, and the day's realised P&L
                 spec = state.instruments.get(d["symbol"])
                 for symbol in (d["symbol"], spec.underlying if spec is not None else None):

@@ -8,7 +8,7 @@
 """
 
 from .aio import AsyncTradestateClient, connect_async
-from .client import IntentResult, RiskRefusal, TradestateClient, connect
+from .client import IntentResult, ReplaceResult, RiskRefusal, TradestateClient, connect
 from .domain.errors import (
     AppendFailed,
     CommitOutcomeUnknown,
@@ -50,6 +50,7 @@ __all__ = [
     "OrderType",
     "Recorded",
     "ReadOnlyStore",
+    "ReplaceResult",
     "RiskRefusal",
     "Side",
     "Standby",

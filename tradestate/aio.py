@@ -27,7 +27,8 @@ _ASYNC_METHODS = frozenset({
     "reset_breaker", "engage_kill_switch", "release_kill_switch", "record_daily_limit_breach",
     "resume_trading", "record_signal", "engine_started", "engine_stopped", "record_recovery", "record_bar", "order",
     "open_orders", "positions", "risk_state", "catch_up", "define_instrument", "record_fx_rate", "instruments",
-    "record_corporate_action", "record_option_settlement", "reporting_view",
+    "record_corporate_action", "record_option_settlement", "reporting_view", "request_replace",
+    "record_replace_refused",
 })  # fmt: skip
 
 

@@ -68,6 +68,24 @@ class IntentResult:
         return self.refusal is None
 
 
+@dataclass(frozen=True)
+class ReplaceResult:
+    """An amendment as recorded (``request_replace``): its position, its order stream, its
+    ``replace_id``, and the refusal if the pre-trade check refused it (send it only if
+    ``accepted``)."""
+
+    position: int  # global position of the ``OrderReplaceRequested``
+    order_stream: str
+    replace_id: str
+    refusal: RiskRefusal | None = None
+    duplicate: bool = False
+    event_id: UUID | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.refusal is None
+
+
 class TradestateClient:
     """An engine's handle on the log: records facts and answers queries from its own fold.
 
@@ -426,6 +444,72 @@ class TradestateClient:
         e = build_event(ev.OrderCancelRequested, **self._order_envelope(account, client_order_id, occurred_at),
                         reason=reason)
         return self._order_fact(lambda state: rules.decide_cancel_request(state, e), e)
+
+    def request_replace(self, account: str, client_order_id: str, *, qty: Decimal | int | str | None = None,
+                        limit_price: Decimal | int | str | None = None, stop_price: Decimal | int | str | None = None,
+                        reference_price: Decimal | int | str | None = None, replace_id: str | None = None,
+                        reason: str = "", occurred_at: datetime | None = None) -> ReplaceResult:
+        """Record the engine's amendment of an open order (new whole quantity, the filled part
+        included, and/or new prices; what is not given stays) with its pre-trade check, before
+        anything is sent (``OrderFlow.replace`` sends it). The check is on what the amended order
+        would add (``domain.risk.check_replace``: more quantity, more notional with the
+        instrument's multiplier, a more aggressive price; the account's kill switch, breaker,
+        daily loss and ramp); lowering the quantity always passes. A refusal is recorded and
+        returned (``result.refusal``), like a refused intent; the order goes on unchanged. The
+        order takes the new values only from the venue's confirmation (``record_replaced``).
+
+        Retries: the same ``replace_id`` again returns the first result (``duplicate=True``; other
+        content: ``IdempotencyConflict``); without one, an id is drawn and the same amendment
+        asked again while it is pending is a duplicate. Nothing is appended and a typed error is
+        raised for an unknown order (``UnknownOrder``), one not open, not acknowledged by the
+        venue yet, being cancelled or with another amendment pending, a quantity not above the filled one (``InvalidTransition``),
+        a non-positive quantity or price, price fields the order type does not take, an amendment
+        that changes nothing, or one off the instrument's tick, lot or fraction rules
+        (``InvalidInput``)."""
+        envelope = self._order_envelope(account, client_order_id, occurred_at)
+        order = self.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None:
+            raise UnknownOrder(account, client_order_id)
+        replace_id = replace_id if replace_id is not None else str(self.new_id())
+        e = build_event(ev.OrderReplaceRequested, **envelope, replace_id=replace_id,
+                        qty=qty if qty is not None else order.qty,
+                        limit_price=limit_price if limit_price is not None else order.limit_price,
+                        stop_price=stop_price if stop_price is not None else order.stop_price,
+                        reference_price=reference_price, reason=reason)
+        writer = self.writer
+        written = writer.record(lambda state: rules.decide_replace_request(state, e, writer.now(),
+                                                                           **writer.intent_clock()),
+                                orders=[order_stream_id(e.account, e.client_order_id)])
+        decision, positions = written.decision, written.positions
+        stream = order_stream_id(e.account, e.client_order_id)
+        order = self.state.orders.get(stream)
+        if isinstance(decision, rules.AlreadyRecorded):
+            entry = next((r for r in (order.replaces or {}).values() if r["position"] == decision.position), None) \
+                if order is not None else None
+            refusal = None
+            if entry is not None and entry["status"] == "refused" and entry.get("by") == "risk":
+                refusal = RiskRefusal(list(entry["reasons"]), entry["detail"])
+            rid = entry["request"]["replace_id"] if entry is not None else replace_id
+            event_id = UUID(entry["request"]["event_id"]) if entry is not None else None
+            return ReplaceResult(decision.position, stream, rid, refusal, duplicate=True, event_id=event_id)
+        if len(decision.events) > 1:
+            refused = decision.events[1][1]
+            assert isinstance(refused, ev.OrderReplaceRefused)
+            self.stats.refusals += 1
+            for code in refused.reasons:
+                REFUSALS.labels(code).inc()
+            return ReplaceResult(positions[0], stream, replace_id, RiskRefusal(list(refused.reasons), refused.detail),
+                                 event_id=e.event_id)
+        return ReplaceResult(positions[0], stream, replace_id, None, event_id=e.event_id)
+
+    def record_replace_refused(self, account: str, client_order_id: str, replace_id: str, reason: str, *,
+                               occurred_at: datetime | None = None) -> Recorded:
+        """Record the venue's refusal of pending amendment ``replace_id`` (the order goes on as it
+        was; another amendment may follow). Again: a duplicate; an amendment not pending:
+        ``InvalidTransition``."""
+        e = build_event(ev.OrderReplaceRefused, **self._order_envelope(account, client_order_id, occurred_at),
+                        replace_id=replace_id, by="venue", reasons=["venue_rejected"], detail=reason)
+        return self._order_fact(lambda state: rules.decide_replace_refused(state, e), e)
 
     def record_cancelled(self, account: str, client_order_id: str, reason: str = "", *,
                          occurred_at: datetime | None = None) -> Recorded:

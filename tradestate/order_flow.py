@@ -4,7 +4,10 @@
 ``OrderSubmitted`` *before* sending, so a crash between the two leaves an order that
 reconciliation resolves by looking it up (never one the venue has and the log does not). The
 venue answering "duplicate client order id" means it was already submitted: the adapter returns
-the existing order. ``pump`` turns the venue's stream (acks, fills, cancels, rejects, expiries)
+the existing order. ``replace`` amends an order the same way: the request is recorded with its
+pre-trade check before it is sent (a refused one never is), and after a crash between the two
+``settle_replaces`` lets the venue's state of the order decide (applied or not), never sending it
+twice. ``pump`` turns the venue's stream (acks, fills, cancels, rejects, expiries)
 into events through the client, which deduplicates them (a fill by exec id, an ack by venue order
 id), so an update seen twice, or also seen by reconciliation, is recorded once.
 """
@@ -12,10 +15,19 @@ id), so an update seen twice, or also seen by reconciliation, is recorded once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from .adapters.brokers.base import BrokerAdapter, OrderRequest, VenueOrder, VenueUpdate
-from .client import Recorded, TradestateClient
+from .adapters.brokers.base import (
+    BrokerAdapter,
+    OrderNotFound,
+    OrderRequest,
+    ReplaceRejected,
+    VenueError,
+    VenueOrder,
+    VenueUpdate,
+)
+from .client import Recorded, ReplaceResult, TradestateClient
 from .domain.errors import InvalidInput, InvalidTransition, UnknownOrder
 from .domain.ids import order_stream_id
 
@@ -68,6 +80,98 @@ class OrderFlow:
         else:
             self.client.record_ack(account, client_order_id, venue_order.venue_order_id)
         return venue_order
+
+    def replace(self, account: str, client_order_id: str, *, qty: Decimal | int | str | None = None,
+                limit_price: Decimal | int | str | None = None, stop_price: Decimal | int | str | None = None,
+                reference_price: Decimal | int | str | None = None, replace_id: str | None = None,
+                reason: str = "") -> ReplaceResult:
+        """Amend an order of ours at the venue through the pre-trade check: record the request
+        (``client.request_replace``: durable, risk-checked) and, only if it passed, send it
+        (``send_replace``). A refused amendment is returned as recorded, never sent; a request
+        found already recorded (a retry) is sent only while it is still pending and the venue does
+        not show it applied."""
+        if account != self.adapter.account:
+            raise InvalidInput(f"this adapter trades account {self.adapter.account!r}, not {account!r}")
+        result = self.client.request_replace(account, client_order_id, qty=qty, limit_price=limit_price,
+                                             stop_price=stop_price, reference_price=reference_price,
+                                             replace_id=replace_id, reason=reason)
+        if result.accepted:
+            self.send_replace(account, client_order_id)
+        return result
+
+    def send_replace(self, account: str, client_order_id: str) -> Recorded | None:
+        """Send the order's pending amendment (recorded by ``request_replace``) to the venue, once:
+        when the venue's order already shows it (a retry after a crash between record and send),
+        nothing is sent and the confirmation is recorded; when the venue replaced it by a new
+        order (Alpaca), nothing is sent and reconciliation records the replacement. The venue's answer is recorded: the
+        confirmation (``OrderReplaced``) or its refusal (``OrderReplaceRefused`` by the venue).
+        None: nothing pending. A connection error leaves it pending (``settle_replaces`` or
+        reconciliation tells later); it is never assumed refused."""
+        self.client.catch_up()
+        order = self.client.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None:
+            raise UnknownOrder(account, client_order_id)
+        if order.replace_pending is None or not order.is_open:
+            return None
+        rid = order.replace_pending
+        want = order.replaces[rid]["request"]  # type: ignore[index]
+        if order.venue_order_id is None:
+            raise InvalidTransition(f"order {client_order_id!r} has no venue order id yet; amend it once acknowledged")
+        venue_now = self._venue_order(order)
+        if venue_now is not None and _shows(venue_now, order.filled_qty, want):
+            return record_update(self.client, account, client_order_id, _replaced(client_order_id, venue_now))
+        if venue_now is not None and venue_now.status == "replaced":
+            return None  # replaced by a new venue order already (Alpaca): reconciliation reads the chain
+        try:
+            venue_order = self.adapter.replace_order(order.venue_order_id, qty=_dec(want["qty"]),
+                                                     limit_price=_opt(want.get("limit_price")),
+                                                     stop_price=_opt(want.get("stop_price")))
+        except (ReplaceRejected, OrderNotFound) as e:
+            return self.client.record_replace_refused(account, client_order_id, rid, str(e))
+        return record_update(self.client, account, client_order_id, _replaced(client_order_id, venue_order))
+
+    def settle_replaces(self) -> list[Recorded]:
+        """After a restart: settle every amendment of this adapter's account left pending by a
+        crash between its record and its send, by the venue's state of the order: applied there
+        (``OrderReplaced``), else not sent (``OrderReplaceRefused`` by the venue, reason
+        "not_at_venue": ask again if still wanted); never sent a second time. An order the venue
+        cannot be asked about stays pending. Call it before the engine trades again."""
+        self.client.catch_up()
+        account = self.adapter.account
+        out: list[Recorded] = []
+        for order in list(self.client.state.account(account).open_orders.values()):
+            if order.replace_pending is None or order.venue != self.adapter.venue:
+                continue
+            venue_now = self._venue_order(order)
+            if venue_now is None:
+                continue
+            want = order.replaces[order.replace_pending]["request"]  # type: ignore[index]
+            if _shows(venue_now, order.filled_qty, want):
+                recorded = record_update(self.client, account, order.client_order_id,
+                                         _replaced(order.client_order_id, venue_now))
+            elif venue_now.status == "replaced" or str(venue_now.raw_status).lower() == "pending_replace":
+                continue  # replaced by a new order (reconciliation reads the chain) or being replaced
+            else:
+                recorded = self.client.record_replace_refused(
+                    account, order.client_order_id, order.replace_pending,
+                    "not_at_venue: the venue's order does not show the amendment (not sent before a restart)")
+            if recorded is not None:
+                out.append(recorded)
+        return out
+
+    def _venue_order(self, order: Any) -> VenueOrder | None:
+        """The venue's order carrying ``order`` as our log knows it: by its venue order id where
+        the adapter looks orders up by it (Alpaca, IB: a replacement has a client order id of its
+        own), else by our client order id; None when the venue does not know it or cannot say."""
+        by_id = getattr(self.adapter, "order_by_venue_id", None)
+        try:
+            if by_id is not None and order.venue_order_id is not None:
+                return by_id(order.venue_order_id)
+            return self.adapter.order_by_client_id(order.client_order_id)
+        except OrderNotFound:
+            return None
+        except VenueError:
+            return None  # unknown for now: nothing is decided on it
 
     def reconcile_continuously(self, *, every: float = 30.0, adapter: BrokerAdapter | None = None,
                                **options: Any) -> Any:
@@ -146,12 +250,43 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
         return client.record_expired(account, client_order_id, **at)
     if u.kind == "replaced" and u.order is not None:
         order = client.state.orders.get(order_stream_id(account, client_order_id))
-        if order is None or not order.is_open or order.venue_order_id == u.venue_order_id:
+        if order is None or not order.is_open:
             return None
-        return client.record_replaced(account, client_order_id, order.filled_qty + u.order.qty,
+        if order.venue_order_id == u.venue_order_id:
+            # amended in place (IB, the simulated venue): the venue order is the whole order; the
+            # same values as ours: recorded already (a replacement's too, once its id is ours)
+            if (u.order.qty, u.order.limit_price, u.order.stop_price) == (order.qty, order.limit_price,
+                                                                          order.stop_price):
+                return None
+            qty = u.order.qty
+        else:
+            qty = order.filled_qty + u.order.qty
+        return client.record_replaced(account, client_order_id, qty,
                                       limit_price=u.order.limit_price, stop_price=u.order.stop_price,
                                       venue_order_id=u.venue_order_id, **at)
     return None
+
+
+def _dec(value: Any) -> Decimal:
+    return Decimal(value)
+
+
+def _opt(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _shows(vo: VenueOrder, our_filled: Decimal, want: dict[str, Any]) -> bool:
+    """Whether the venue's order ``vo`` (the one carrying ours) shows the amendment ``want``."""
+    if vo.status == "replaced":  # carried on by another order (its chain is reconciliation's to read)
+        return False
+    qty = vo.qty if not vo.replaces else our_filled + vo.qty  # a replacement works what is left
+    return (qty, vo.limit_price, vo.stop_price) == (_dec(want["qty"]), _opt(want.get("limit_price")),
+                                                     _opt(want.get("stop_price")))
+
+
+def _replaced(client_order_id: str, vo: VenueOrder) -> VenueUpdate:
+    return VenueUpdate(kind="replaced", client_order_id=client_order_id, venue_order_id=vo.venue_order_id,
+                       occurred_at=vo.updated_at, order=vo)
 
 
 __all__ = ["OrderFlow", "PumpResult", "record_update"]

@@ -64,6 +64,7 @@ from tradestate.adapters.brokers.base import (
     BrokerAdapter,
     OrderNotFound,
     OrderRequest,
+    ReplaceRejected,
     VenueBalance,
     VenueConnectionError,
     Unknown,
@@ -491,6 +492,8 @@ class AlpacaAdapter(BrokerAdapter):
                 return self._client.post(path, data)
             if method == "DELETE":
                 return self._client.delete(path, data)
+            if method == "PATCH":
+                return self._client.patch(path, data)
             raise ValueError(method)
         except APIError as e:
             status = e.status_code
@@ -902,6 +905,48 @@ class AlpacaAdapter(BrokerAdapter):
             if e.status == 422:
                 raise OrderNotCancelable(f"alpaca: order {venue_order_id} is not cancelable: {e.venue_message}") from None
             raise
+
+    def replace_order(self, venue_order_id: str, *, qty: Decimal, limit_price: Decimal | None = None,
+                      stop_price: Decimal | None = None) -> VenueOrder:
+        """Amend ``venue_order_id`` to ``qty`` (the whole order's quantity, the filled part included)
+        at these prices: PATCH /v2/orders/{id}, as alpaca-py's ``replace_order_by_id`` sends it, with
+        decimal strings (its ``ReplaceOrderRequest`` takes an int qty and float prices). Alpaca
+        answers with a NEW order (``replaces`` = the old one) for the quantity still to fill, so
+        the request's qty is ``qty`` less what the venue has filled on the order and on every
+        order it replaced (read first: a fill between the read and the PATCH stays the old
+        order's). Returns the replacement. Raises
+        ``OrderNotFound`` (HTTP 404), ``ReplaceRejected`` (HTTP 422: finished, accepted but not
+        yet new, being cancelled or replaced; any other 4xx), the query errors above (the
+        outcome is then unknown: the order's state at the venue tells)."""
+        current = self.order_by_venue_id(venue_order_id)
+        filled, link = current.filled_qty, current
+        for _ in range(MAX_CHAIN_LOOKUPS):  # the orders it replaced filled part of ours too
+            if not link.replaces:
+                break
+            link = self.order_by_venue_id(link.replaces)
+            filled += link.filled_qty
+        else:
+            raise VenueQueryFailed(f"alpaca: order {venue_order_id} replaces more than {MAX_CHAIN_LOOKUPS} "
+                                   "orders: what its chain filled is unknown")
+        left = qty - filled
+        if left <= 0:
+            raise ReplaceRejected(f"alpaca: order {venue_order_id} and the orders it replaced have {filled} "
+                                  f"filled; {qty} leaves nothing to replace")
+        body: dict[str, Any] = {"qty": format(left.normalize(), "f")}
+        if limit_price is not None:
+            body["limit_price"] = format(limit_price, "f")
+        if stop_price is not None:
+            body["stop_price"] = format(stop_price, "f")
+        try:
+            raw = self._call("PATCH", f"/orders/{venue_order_id}", body, what=f"replace {venue_order_id}")
+        except _HTTPFailure as e:
+            if e.status == 404:
+                raise OrderNotFound(f"alpaca: no order {venue_order_id!r} to replace") from None
+            if e.status is not None and 400 <= e.status < 500:
+                raise ReplaceRejected(f"alpaca: order {venue_order_id} not replaced (HTTP {e.status}): "
+                                      f"{e.venue_message}") from None
+            raise
+        return self._remember(parse_order(raw))
 
     # -- trade-updates stream -------------------------------------------------------------------
 

@@ -42,6 +42,11 @@ class OrderNotFound(VenueError):
     """The venue does not know this order (looked up by client order id or venue order id)."""
 
 
+class ReplaceRejected(VenueError):
+    """The venue refused an amendment (the order is finished, being cancelled or replaced, or the
+    new values are not acceptable): the order goes on as it was."""
+
+
 @dataclass(frozen=True)
 class OrderRequest:
     """A recorded intent, forwarded to the venue (never one that is not recorded yet)."""
@@ -115,6 +120,18 @@ class BrokerAdapter(abc.ABC):
         no longer open, ``NotImplementedError`` when the adapter
         has no live order flow."""
         raise NotImplementedError(f"{self.broker}: live order flow is not supported")
+
+    def replace_order(self, venue_order_id: str, *, qty: Decimal, limit_price: Decimal | None = None,
+                      stop_price: Decimal | None = None) -> VenueOrder:
+        """Ask the venue to amend open order ``venue_order_id`` to ``qty`` (the whole order's
+        quantity, the filled part included) at these prices (every price field the order type
+        takes). Returns the venue order that now carries ours: the same one amended in place (the
+        simulated venue, IB), its quantity the whole order's, or a new one (Alpaca), its quantity
+        its own (what is left to fill) and ``replaces`` naming the old one. Raises
+        ``OrderNotFound``, ``ReplaceRejected`` (the venue refused it: the order goes on as it
+        was), ``NotImplementedError`` when the adapter has no live order flow; a connection error
+        leaves the outcome unknown (the order's state at the venue tells)."""
+        raise NotImplementedError(f"{self.broker}: amending orders is not supported")
 
     def close(self) -> None:
         """Release connections."""

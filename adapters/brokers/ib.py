@@ -87,6 +87,7 @@ from tradestate.adapters.brokers.base import (
     BrokerAdapter,
     OrderNotFound,
     OrderRequest,
+    ReplaceRejected,
     VenueBalance,
     VenueConnectionError,
     VenueError,
@@ -1002,6 +1003,61 @@ class IBAdapter(BrokerAdapter):
         if errors:
             raise OrderNotCancelable(f"ib: cancel of order {venue_order_id} refused: "
                                      + "; ".join(f"error {c}: {m}" for c, m in errors))
+
+    def replace_order(self, venue_order_id: str, *, qty: Decimal, limit_price: Decimal | None = None,
+                      stop_price: Decimal | None = None) -> VenueOrder:
+        """Amend an open order (by permId) in place: placeOrder again with the same orderId and the
+        new totalQuantity (the whole order's) and prices, as TWS modifies an order. Returns the
+        order as TWS reports it after the change. Raises ``OrderNotFound``, ``ReplaceRejected``
+        (finished, placed by another client id, or refused by TWS with an error)."""
+        if self.readonly:
+            raise VenueError("ib: the adapter is read-only (readonly=True): orders cannot be amended")
+        for value, what in ((qty, "qty"), (limit_price, "limit_price"), (stop_price, "stop_price")):
+            if value is not None and (not isinstance(value, Decimal) or not value.is_finite() or value <= 0):
+                raise ValueError(f"ib: {what} must be a positive finite Decimal, got {value!r}")
+        with self._lock:
+            return self._call(self._replace(str(venue_order_id), qty, limit_price, stop_price),
+                              timeout=self.timeout * 6 + 5)
+
+    async def _replace(self, venue_order_id: str, qty: Decimal, limit_price: Decimal | None,
+                       stop_price: Decimal | None) -> VenueOrder:
+        trades = await self._open_trades()
+        trade = next((t for t in trades if str(t.order.permId or t.orderStatus.permId) == venue_order_id), None)
+        if trade is None or trade.isDone():
+            if trade is None and not [t for t in await self._completed_trades() if str(t.order.permId) == venue_order_id]:
+                raise OrderNotFound(f"ib: no open order with permId {venue_order_id}")
+            raise ReplaceRejected(f"ib: order {venue_order_id} is finished already")
+        if trade.order.clientId != self.client_id:
+            raise ReplaceRejected(f"ib: order {venue_order_id} was placed by API client id {trade.order.clientId}; "
+                                  "IB lets only that client modify it")
+        ib = self._ib
+        order = trade.order
+        order.totalQuantity = Decimal(format(qty, "f"))
+        if limit_price is not None:
+            order.lmtPrice = Decimal(format(limit_price, "f"))
+        if stop_price is not None:
+            order.auxPrice = Decimal(format(stop_price, "f"))
+        errors: list[tuple[int, str]] = []
+
+        def on_error(req_id: int, code: int, message: str, contract: Any) -> None:
+            if req_id == order.orderId and not self._is_warning(code):
+                errors.append((code, message))
+
+        ib.errorEvent += on_error
+        try:
+            ib.placeOrder(trade.contract, order)  # the same orderId: a modification
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            while loop.time() < deadline and not errors:
+                if Decimal(str(trade.orderStatus.filled)) + Decimal(str(trade.orderStatus.remaining)) == qty:
+                    break
+                await asyncio.sleep(0.005)
+        finally:
+            ib.errorEvent -= on_error
+        if errors:
+            raise ReplaceRejected(f"ib: amendment of order {venue_order_id} refused: "
+                                  + "; ".join(f"error {c}: {m}" for c, m in errors))
+        return self._order(trade, completed=False)
 
     # -- updates feed -------------------------------------------------------------------------
 

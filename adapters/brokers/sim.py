@@ -28,6 +28,7 @@ from .base import (
     BrokerAdapter,
     OrderNotFound,
     OrderRequest,
+    ReplaceRejected,
     VenueBalance,
     VenueConnectionError,
     VenueError,
@@ -492,6 +493,37 @@ class SimulatedBroker(BrokerAdapter):
                                "client_order_id": order["client_order_id"], "fill": None,
                                "occurred_at": at.isoformat(), "reason": "cancelled on request"})
 
+    def replace_order(self, venue_order_id: str, *, qty: Decimal, limit_price: Decimal | None = None,
+                      stop_price: Decimal | None = None) -> VenueOrder:
+        """Amend an open order in place (same venue order id, as IB does): its whole quantity and
+        prices; queue a ``replaced`` update carrying the amended order, and fill at once if the
+        mark now crosses. Raises ``OrderNotFound``, ``ReplaceRejected`` (not open, or a quantity
+        not above what is filled), ``VenueConnectionError`` when disconnected."""
+        with self._writing() as state:
+            self._check_connected(state)
+            order = state["orders"].get(venue_order_id)
+            if order is None:
+                raise OrderNotFound(f"sim {self.venue}: no order {venue_order_id!r}")
+            if order["status"] not in _OPEN:
+                raise ReplaceRejected(f"sim {self.venue}: order {venue_order_id} is {order['status']}; cannot replace")
+            qty = _dec(qty)
+            if qty <= Decimal(order["filled_qty"]):
+                raise ReplaceRejected(f"sim {self.venue}: qty {qty} is not above the {order['filled_qty']} filled")
+            at = self._now()
+            order["qty"] = str(qty)
+            order["limit_price"] = None if limit_price is None else str(limit_price)
+            order["stop_price"] = None if stop_price is None else str(stop_price)
+            order["updated_at"] = at.isoformat()
+            self._emit(state, {"kind": "replaced", "venue_order_id": venue_order_id,
+                               "client_order_id": order["client_order_id"], "fill": None,
+                               "occurred_at": at.isoformat(), "reason": "", "order": dict(order)})
+            mark = state["marks"].get(order["symbol"])
+            if mark is not None:
+                fill_price = self._fill_price(order, Decimal(mark), Decimal(mark), Decimal(mark))
+                if fill_price is not None:
+                    self._match(state, order, fill_price, at)
+            return self._order(state, order)
+
     def expire(self, venue_order_id: str) -> None:
         """The venue expires a working order (end of day for a day order)."""
         with self._writing() as state:
@@ -605,6 +637,7 @@ class SimulatedBroker(BrokerAdapter):
             kind=u["kind"], client_order_id=u["client_order_id"], venue_order_id=u["venue_order_id"],
             fill=self._fill(u["fill"]) if u.get("fill") else None, reason=u.get("reason", ""),
             occurred_at=_time(u.get("occurred_at")), raw=dict(u),
+            order=self._order({"fills": []}, u["order"]) if u.get("order") else None,
         )
 
     def positions(self) -> list[VenuePosition]:

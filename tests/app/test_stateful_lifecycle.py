@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tradestate import IdempotencyConflict, InvalidTransition, TradestateClient
+from tradestate import IdempotencyConflict, InvalidInput, InvalidTransition, TradestateClient
 from tradestate.adapters.store import open_store
 from tradestate.domain.ids import order_stream_id
 from tradestate.domain.state import OPEN_STATUSES, AccountState, TradingState
@@ -78,6 +78,7 @@ class ModelOrder:
     submitted: bool = False
     ack_vid: str | None = None
     cancel_requested: bool = False
+    replace_pending: tuple[Decimal, Decimal | None] | None = None  # an amendment the venue has not answered
     contradictions: set[tuple] = field(default_factory=set)  # venue facts recorded as discrepancies
 
     @property
@@ -520,9 +521,92 @@ class TradingLifecycle(RuleBasedStateMachine):
             lambda: self.client.record_replaced(*key, str(qty), limit_price=None if new_limit is None else str(new_limit)),
             outcome, o.account)
         if outcome == "append":
-            o.qty, o.limit_price, o.cancel_requested = qty, new_limit, False
+            o.qty, o.limit_price, o.cancel_requested, o.replace_pending = qty, new_limit, False, None
             if o.filled >= o.qty:  # replaced down to what was filled: nothing left, it is filled
                 o.status = "filled"
+
+    def replace_reasons(self, o: ModelOrder, qty: Decimal, limit: Decimal | None) -> set[str]:
+        """What the pre-trade check refuses in amending ``o`` to ``qty`` at ``limit``: nothing when
+        the amendment adds nothing (quantity, notional and price aggressiveness not up)."""
+        old_price = o.limit_price if o.limit_price is not None else o.reference_price
+        new_price = limit if limit is not None else o.reference_price
+        more_notional = old_price is not None and new_price is not None and qty * new_price > o.qty * old_price
+        aggressive = old_price is not None and new_price is not None and (
+            new_price > old_price if o.side == "buy" else new_price < old_price)
+        if not (qty > o.qty or more_notional or aggressive):
+            return set()
+        reasons = set()
+        if self.kill[o.account]:
+            reasons.add("kill_switch")
+        if self.breaker_active(o.account):
+            reasons.add("circuit_breaker")
+        limit_value = self.effective(o.account, "max_order_qty")
+        if limit_value is not None and qty > limit_value:
+            reasons.add("max_order_qty")
+        limit_value = self.effective(o.account, "max_order_notional")
+        if limit_value is not None:
+            if new_price is None:
+                reasons.add("no_price_for_notional")
+            elif qty * new_price > limit_value:
+                reasons.add("max_order_notional")
+        limit_value = self.effective(o.account, "max_position_qty", o.symbol)
+        if limit_value is not None:
+            held = self.held[(o.account, o.symbol)]
+            others = [x for x in self.open_orders(o.account) if x.symbol == o.symbol and x is not o]
+            buys = sum((x.remaining for x in others if x.side == "buy"), ZERO)
+            sells = sum((x.remaining for x in others if x.side == "sell"), ZERO)
+            left = qty - o.filled
+            worst = (max(abs(held + buys + left), abs(held - sells)) if o.side == "buy"
+                     else max(abs(held + buys), abs(held - sells - left)))
+            if worst > limit_value:
+                reasons.add("max_position_qty")
+        return reasons
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def request_replace(self, data):
+        """The engine's amendment, checked before the venue sees it (the venue's answer is the
+        ``replaced`` rule)."""
+        key = self.pick(data)
+        o = self.model[key]
+        how = data.draw(st.sampled_from(["up", "down", "same", "below_filled", "price", "repeat"]), label="how")
+        qty, limit = o.qty, o.limit_price
+        if how == "repeat" and o.replace_pending is not None:
+            qty, limit = o.replace_pending
+        elif how == "up":
+            qty = o.qty + data.draw(quantities, label="more")
+        elif how == "down" and o.qty - o.filled > CENT:
+            qty = o.qty - CENT
+        elif how == "below_filled" and o.filled > 0:
+            qty = o.filled
+        elif how == "price" and o.limit_price is not None:
+            limit = data.draw(prices, label="limit")
+        call = lambda: self.client.request_replace(*key, qty=variant(qty),  # noqa: E731
+                                                   limit_price=None if limit is None else str(limit))
+        if not o.is_open or o.cancel_requested or o.ack_vid is None:
+            outcome = InvalidTransition
+        elif o.replace_pending is not None:
+            outcome = "dup" if o.replace_pending == (qty, limit) else InvalidTransition
+        elif qty <= o.filled:
+            outcome = InvalidTransition
+        elif (qty, limit) == (o.qty, o.limit_price):
+            outcome = InvalidInput
+        else:
+            outcome = "append"
+        if outcome != "append":
+            self.expect(call, outcome, o.account)
+            return
+        reasons = self.replace_reasons(o, qty, limit)
+        before = self.head()
+        result = call()
+        assert not result.duplicate and result.position == before + 1
+        if reasons:
+            assert result.refusal is not None and set(result.refusal.reasons) == reasons, (result, reasons)
+            assert self.head() == before + 2
+        else:
+            assert result.accepted, (result, o)
+            assert self.head() == before + 1
+            o.replace_pending = (qty, limit)
 
     # ------------------------------------------------------------------------------ invariants
     def rows(self) -> list[tuple]:
@@ -538,6 +622,7 @@ class TradingLifecycle(RuleBasedStateMachine):
             assert got.filled_qty <= got.qty  # never filled beyond its quantity
             assert {e.lstrip("!") for e in got.executions} == set(o.execs)
             assert got.cancel_requested == o.cancel_requested
+            assert (got.replace_pending is not None) == (o.replace_pending is not None), (key, got.as_dict(), o)
             if o.status == "refused":
                 assert got.refusal is not None and set(got.refusal) == o.refusal
         for account in ACCOUNTS:
