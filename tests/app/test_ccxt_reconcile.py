@@ -40,6 +40,11 @@ def client(tmp_path):
     c.close()
 
 
+def define_btc_usdt(client):
+    client.define_instrument("BTC/USDT", "crypto", quote_currency="USDT", tick_size="0.01", lot_size="0.00001",
+                             fractional=True)
+
+
 def logged(url, *types):
     with open_store(url) as store:
         rows = [(r[3], orjson.loads(r[4])) for r in store.trading.iter_rows(0)]
@@ -53,9 +58,7 @@ def row(result, asset):
 def test_a_fill_missed_at_one_venue_is_found_and_booked_once(venues, client, tmp_path):
     fakes, (binance, binanceus) = venues
     url = f"sqlite:///{tmp_path / 'log.db'}"
-    if hasattr(client, "define_instrument"):  # a domain with instruments: BTC/USDT is priced in USDT
-        client.define_instrument("BTC/USDT", "crypto", quote_currency="USDT", tick_size="0.01",
-                                 lot_size="0.00001", fractional=True)
+    define_btc_usdt(client)
     first = reconcile_venues(client, [binance, binanceus])
     assert row(first, "BTC")["status"] == "corrected"  # an empty log: the venues' opening positions
     client.record_intent(ACCOUNT, "o-1", "BTC/USDT", "sell", "0.4", order_type="limit", limit_price="41000",
@@ -169,6 +172,7 @@ def test_cli_reconciles_several_ccxt_venues_with_sums_and_cash_per_venue(venues,
 
 def test_a_buy_whose_fee_is_taken_in_btc_needs_no_position_correction(venues, client, tmp_path):
     fakes, (binance, binanceus) = venues
+    define_btc_usdt(client)  # priced in USDT: the fill moves the venue's USDT, as the venue does
     url = f"sqlite:///{tmp_path / 'log.db'}"
     reconcile_venues(client, [binance, binanceus])
     client.record_intent(ACCOUNT, "o-2", "BTC/USDT", "buy", "0.5", order_type="limit", limit_price="40000",
@@ -189,6 +193,7 @@ def test_a_buy_whose_fee_is_taken_in_btc_needs_no_position_correction(venues, cl
 
 def test_live_fills_book_the_fee_in_kind_once_and_reconciliation_agrees(venues, client, tmp_path):
     fakes, (binance, binanceus) = venues
+    define_btc_usdt(client)  # priced in USDT: the fill moves the venue's USDT, as the venue does
     url = f"sqlite:///{tmp_path / 'log.db'}"
     reconcile_venues(client, [binance, binanceus])
     flow = OrderFlow(client, binance)
