@@ -193,3 +193,11 @@ def test_reconcile_takes_several_brokers(sqlite_url, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # the repeated broker collapses to one run: one object, not {"results"}
     assert result["broker"] == "sim" and result["account"] == ACCOUNT
+
+
+def test_bench_only_help_names_every_metric_group():
+    from tradestate.tools.bench.run import GROUPS
+
+    bench = dict(commands())["bench"]
+    only = next(p for p in bench.params if p.name == "only")  # type: ignore[attr-defined]
+    assert all(name in only.help for name in GROUPS), [n for n in GROUPS if n not in only.help]

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         scaling: Annotated[Optional[str], typer.Option("--scaling", help="Run only the log-size-dependent groups at 100k, 1M and 10M events (or the sizes given: --scaling 100k,1M) and show how each figure grows per 10x.")] = None,
         pg: Annotated[Optional[str], typer.Option("--pg", help="PostgreSQL URL (default: $TRADESTATE_TEST_PG or the local cluster).")] = None,
         sqlite_dir: Annotated[Optional[str], typer.Option("--sqlite-dir", help="Directory for the SQLite files (default: a temporary one).")] = None,
-        only: Annotated[Optional[str], typer.Option(help="Comma-separated metric groups: append, batch, replay, projection, recovery, reconcile, postmortem, memory, takeover, replication, failover (default: all).")] = None,
+        only: Annotated[Optional[str], typer.Option(help="Comma-separated metric groups: append, batch, replay, projection, recovery, reconcile, postmortem, memory, takeover, replication, failover, backup, migrate, drill, partitions, instruments (default: all).")] = None,
         config: ConfigOption = None,
     ) -> None:
         """Measure appends, replay, projection catch-up, recovery, reconciliation, post-mortem queries, memory and
