@@ -381,7 +381,12 @@ def _page_cursors(db: _Backend, log: str, spans: list[tuple[int, int]], page: in
             with db.read() as cur:
                 live = cur.execute(sql, (lo, hi), binary=True).fetchall()
             return _Rows(sorted(live + archived, key=itemgetter(0)))
-        with db.read() as cur:
+        with db.read() as cur, cur.connection.transaction():
+            # A page is a run of consecutive positions, stored in position order: read along the
+            # primary key. Without statistics (a table just loaded: a restore's or a migration's
+            # staging schema) the planner takes a bitmap scan and then sorts the page, on disk
+            # past work_mem (measured: 24 ms a 10,000-event page, against 11 ms by the index).
+            cur.execute("SET LOCAL enable_bitmapscan = off")
             info = cur.connection.info
             if info.encoding == "utf-8" and info.parameter_status("server_encoding") == "UTF8":
                 # A text column in binary is then its UTF-8 bytes, exactly what convert_to returns.
@@ -654,7 +659,8 @@ def _fingerprints(db: _Backend, log: str, after: int, upto: int | None = None) -
         return {int(start): bytes(blob) for start, blob in cur.fetchall()}
 
 
-_Link = tuple[int, int, int, int, bytes, bytes, int]  # a chain row: start, end, count, scheme, previous, digest, fps length
+# a chain row: start, end, event count, scheme, previous digest, digest, length of its fingerprints
+_Link = tuple[int, int, int, int, bytes, bytes, int]
 
 
 def _chain_rows(db: _Backend, cur: Any, log: str, first: int = 1, last: int | None = None) -> list[_Link]:
