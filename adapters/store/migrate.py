@@ -528,14 +528,14 @@ class _PgStaging(_Staging):
         if self.admin.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None:
             self.admin.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), coalesce(max(id), 1), max(id) IS NOT"
                                f" NULL) FROM {table}", (table,))
-        # The risk index and fresh statistics (for the plans of the rebuild and of later readers)
-        # are made by a thread of their own while the verify (client CPU: hashing) reads: neither
-        # blocks a read. ``settled`` waits for them before the swap.
-        self._background = threading.Thread(target=self._index_and_analyze, args=(risk_index,),
-                                            name="migrate-index", daemon=True)
+        # The deferred unique indexes and fresh statistics (for the plans of the rebuild and of
+        # later readers) are made by a thread of their own while the rest of the verification
+        # reads: neither blocks a read. ``settled`` waits for them before the swap. (The risk
+        # index, if wanted, was kept through the load: ``_stage_tables``.)
+        self._background = threading.Thread(target=self._index_and_analyze, name="migrate-index", daemon=True)
         self._background.start()
 
-    def _index_and_analyze(self, risk_index: bool) -> None:
+    def _index_and_analyze(self) -> None:
         try:
             for table, constraint, definition in self._deferred:
                 # the index first (a SHARE lock: the verify's reads go on), then the constraint on it
@@ -544,8 +544,6 @@ class _PgStaging(_Staging):
                 self.admin.execute(f"CREATE UNIQUE INDEX {quote(constraint)} ON {name} {columns}")
                 self.admin.execute(f"ALTER TABLE {name} ADD CONSTRAINT {quote(constraint)} UNIQUE USING INDEX"
                                    f" {quote(constraint)}")
-            if risk_index:  # on the store's connection of this thread (no statement timeout on staging)
-                cp.create_risk_index(self.store)
             for log in LOG_TABLES:
                 self.admin.execute(f"ANALYZE {quote(self.schema)}.{quote(log)}")
         except BaseException as e:  # noqa: BLE001 - handed to settled()
@@ -613,8 +611,10 @@ def _make_staging(url: str, kind: str) -> _Staging:
 def _stage_tables(src: _Source, staged: _Staging) -> bool:
     """Create on the staging place the tables beside the logs that the source has (the logs, the
     chain, the triggers and views came with its ``open_store``). Returns whether the log's risk
-    index is wanted there: it is dropped for the load and built once after it (``finish_load``),
-    which is cheaper than keeping it up to date row by row."""
+    index is wanted there: on SQLite it is dropped for the load and built once after it
+    (``finish_load``), which is cheaper than keeping it up to date row by row; on PostgreSQL it is
+    kept through the load and the logs' unique constraints are built after it instead
+    (``_PgStaging.defer_unique``)."""
     if cp.TABLE in src.tables:
         cp.create_table(staged.store)  # (creates the risk index too, on an empty log)
     if LEASE_TABLE in src.tables:
@@ -624,10 +624,16 @@ def _stage_tables(src: _Source, staged: _Staging) -> bool:
 
         ensure_cursor_table(staged.store)
     wanted = src.risk_index or cp.risk_index_exists(staged.store)
+    if isinstance(staged, _PgStaging):
+        # Kept through the load on PostgreSQL: a partial index of a few rows costs the COPY
+        # nothing measurable, while building it afterwards is one more scan of the whole log.
+        if wanted:
+            cp.create_risk_index(staged.store)
+        if DEFER_UNIQUE:
+            staged.defer_unique(LOG_TABLES)
+        return wanted
     with write_cursor(staged.store) as cur:
         cur.execute(f"DROP INDEX IF EXISTS {staged.store.dialect.name(cp.RISK_INDEX)}")
-    if isinstance(staged, _PgStaging) and DEFER_UNIQUE:
-        staged.defer_unique(LOG_TABLES)
     return wanted
 
 

@@ -131,7 +131,7 @@ def test_sqlite_to_postgres_and_back(tmp_path, pg, monkeypatch):
     with open_store(pg, create=False) as store:
         check = digest.verify(store)
         assert check.ok and check.last_digest == source_digest.last_digest and check.sealed_upto == source_digest.sealed_upto
-        assert digest.is_protected(store)
+        assert digest.is_protected(store) and checkpoints.risk_index_exists(store) and result.rebuilt["risk_index"]
         loaded = checkpoints.load(store)
         assert loaded.checkpoint is not None and not loaded.rejected  # the checkpoint is valid there
         lease = Leases.of(store).get("e1")
