@@ -40,7 +40,13 @@ temporary file beside the target / a ``<schema>_mg_<id>`` schema), by ``executem
 and binary ``COPY FROM STDIN`` on PostgreSQL, streamed in chunks (memory does not grow with the
 log). There: the whole digest chain is verified, the heads, row counts and last digest compared
 with the source's, and the unsealed tail (no digest vouches for it) compared by a hash of its
-canonical encoding on both sides. Only then is it swapped in by ``backup``'s own code (the
+canonical encoding on both sides. On PostgreSQL the verification mostly runs during the copy:
+the chain goes in first, then the trading log in committed segments of whole sealed ranges (by
+two COPY streams for a long log), and a trailing thread verifies each segment as it lands
+(``digest.verify_ranges``, each linked to the one before); ``verify(after=...)`` then checks every
+link of the chain from its start, any range the trailing thread did not reach, the other log and
+the unsealed tail. The logs' unique constraints are built after the load (one sorted build is
+cheaper than keeping the index up to date row by row), with fresh statistics, before the swap. Only then is it swapped in by ``backup``'s own code (the
 target's previous content kept aside, ``<file>.pre-restore-<time>`` / ``<schema>_pre_<time>``,
 unless ``keep_previous=False``): the checks are restore's own (``backup._check_against_manifest``
 against a manifest built from the source's snapshot), and so is the swap: ``backup._swap_sqlite``
@@ -78,7 +84,7 @@ from .sql import POSTGRESQL, SQLITE, PgUrl, quote, read_cursor, release, url_kin
 
 ALERT_CURSOR_TABLE = "ts_alert_cursor"  # tradestate.alerts.CURSOR_TABLE (a layer above: imported only for its DDL)
 LOG_TABLES = (TRADING_TABLE, MARKET_TABLE)
-# Copied, in this order (the logs first: the others are checked against their heads).
+# Copied (in the order COPY_ORDER; the logs' heads are read first: the others are cut at them).
 COPIED = (TRADING_TABLE, MARKET_TABLE, digest_mod.CHAIN_TABLE, cp.TABLE, LEASE_TABLE, ALERT_CURSOR_TABLE)
 LOG_COLUMNS = ("position", "stream_id", "stream_version", "type", "data", "recorded_at")
 # The order of the copy: the chain before the logs, so that the trading log's ranges can be
@@ -474,6 +480,7 @@ class _PgStaging(_Staging):
         self._background: threading.Thread | None = None
         self._background_error: BaseException | None = None
         self._deferred: list[tuple[str, str, str]] = []  # (table, constraint, definition) to build after the load
+        self._started = False  # logs_loaded() ran
         self.store = open_store(self.url, create=True)
 
     def columns(self, table: str) -> list[tuple[str, str]]:
@@ -528,28 +535,37 @@ class _PgStaging(_Staging):
         if self.admin.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None:
             self.admin.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), coalesce(max(id), 1), max(id) IS NOT"
                                f" NULL) FROM {table}", (table,))
-        # The deferred unique indexes and fresh statistics (for the plans of the rebuild and of
-        # later readers) are made by a thread of their own while the rest of the verification
-        # reads: neither blocks a read. ``settled`` waits for them before the swap. (The risk
-        # index, if wanted, was kept through the load: ``_stage_tables``.)
-        self._background = threading.Thread(target=self._index_and_analyze, name="migrate-index", daemon=True)
-        self._background.start()
+        self.logs_loaded()
+
+    def logs_loaded(self) -> None:
+        """The logs are all in (once; ``finish_load`` too): the deferred unique indexes and fresh
+        statistics (for the plans of the rebuild and of later readers) are made by a thread of
+        their own while the small tables are copied and the rest of the verification reads:
+        neither blocks a read. ``settled`` waits for them before the swap. (The risk index, if
+        wanted, was kept through the load: ``_stage_tables``.)"""
+        if self._background is None and not self._started:
+            self._started = True
+            self._background = threading.Thread(target=self._index_and_analyze, name="migrate-index", daemon=True)
+            self._background.start()
 
     def _index_and_analyze(self) -> None:
+        conn = None
         try:
+            conn = self.connect()  # its own session: ``admin`` goes on copying the small tables
             for table, constraint, definition in self._deferred:
                 # the index first (a SHARE lock: the verify's reads go on), then the constraint on it
                 name = f"{quote(self.schema)}.{quote(table)}"
                 columns = definition.removeprefix("UNIQUE ")
-                self.admin.execute(f"CREATE UNIQUE INDEX {quote(constraint)} ON {name} {columns}")
-                self.admin.execute(f"ALTER TABLE {name} ADD CONSTRAINT {quote(constraint)} UNIQUE USING INDEX"
-                                   f" {quote(constraint)}")
+                conn.execute(f"CREATE UNIQUE INDEX {quote(constraint)} ON {name} {columns}")
+                conn.execute(f"ALTER TABLE {name} ADD CONSTRAINT {quote(constraint)} UNIQUE USING INDEX"
+                             f" {quote(constraint)}")
             for log in LOG_TABLES:
-                self.admin.execute(f"ANALYZE {quote(self.schema)}.{quote(log)}")
+                conn.execute(f"ANALYZE {quote(self.schema)}.{quote(log)}")
         except BaseException as e:  # noqa: BLE001 - handed to settled()
             self._background_error = e
         finally:
-            release(self.store)  # this thread's pinned connection
+            if conn is not None:
+                conn.close()
 
     def settled(self) -> None:
         """Wait for ``finish_load``'s index and ANALYZE; raise what they raised."""
@@ -821,6 +837,9 @@ def _copy(src: _Source, staged: _Staging, progress: Progress | None
                 tables[table] = staged.write(table, names, types, chunks())
             if hasher is not None:
                 tails[table] = hasher.hexdigest()
+            if isinstance(staged, _PgStaging) and table in LOG_TABLES and all(
+                    t in tables for t in LOG_TABLES if t in src.tables):
+                staged.logs_loaded()  # (the small tables after the logs and the trailing verification overlap it)
     except BaseException:
         if trailer is not None:
             trailer.finish(stop=True)
