@@ -680,14 +680,22 @@ class _Trailer:
 
     def _run(self) -> None:
         previous = digest_mod.GENESIS
+        segments, i = self.segments, 0
         try:
-            for segment in self.segments:
+            while i < len(segments):
                 with self._cond:
-                    while segment not in self._done and not self._stopped:
+                    while segments[i] not in self._done and not self._stopped:
                         self._cond.wait(self.WAIT)
                     if self._stopped:
                         return
-                part = digest_mod.verify_ranges(self.store, self.log, *segment, previous=previous)
+                    # every segment already written after it too, in one call: its pages are then
+                    # read ahead while the one before is hashed (catching up after the copy)
+                    j = i
+                    while j + 1 < len(segments) and segments[j + 1] in self._done:
+                        j += 1
+                part = digest_mod.verify_ranges(self.store, self.log, segments[i][0], segments[j][1],
+                                                previous=previous)
+                i = j + 1
                 self.checked += part.checked_events
                 self.upto, previous = part.verified_upto, part.last_digest
                 if not part.ok:
