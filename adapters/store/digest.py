@@ -663,15 +663,17 @@ def _fingerprints(db: _Backend, log: str, after: int, upto: int | None = None) -
 _Link = tuple[int, int, int, int, bytes, bytes, int]
 
 
-def _chain_rows(db: _Backend, cur: Any, log: str, first: int = 1, last: int | None = None) -> list[_Link]:
-    """The chain rows of ``log`` (without their fingerprints) starting at ``first`` or later and
-    ending by ``last``, in order."""
-    bound = "" if last is None else f" AND range_end <= {db.p}"
+def _chain_rows(db: _Backend, cur: Any, log: str, first: int | None = None, last: int | None = None) -> list[_Link]:
+    """The chain rows of ``log`` (without their fingerprints), in order: all of them, or those
+    starting at ``first`` or later and ending by ``last``. (All: a forged row starting before 1
+    is then the first, and breaks the walk.)"""
+    bounds = ([] if first is None else [f" AND range_start >= {db.p}"]) + (
+        [] if last is None else [f" AND range_end <= {db.p}"])
+    params = (log, *(b for b in (first, last) if b is not None))
     cur.execute(
         f"SELECT range_start, range_end, event_count, scheme, previous_digest, digest,"
         f" {db.dialect.byte_length('fingerprints')}"
-        f" FROM {db.name(CHAIN_TABLE)} WHERE log = {db.p} AND range_start >= {db.p}{bound} ORDER BY range_start",
-        (log, first) if last is None else (log, first, last))
+        f" FROM {db.name(CHAIN_TABLE)} WHERE log = {db.p}{''.join(bounds)} ORDER BY range_start", params)
     return [(int(a), int(b), int(c), int(d), bytes(e), bytes(f), int(g)) for a, b, c, d, e, f, g in cur.fetchall()]
 
 

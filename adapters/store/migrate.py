@@ -46,9 +46,9 @@ two COPY streams for a long log), and a trailing thread verifies each segment as
 (``digest.verify_ranges``, each linked to the one before); ``verify(after=...)`` then checks every
 link of the chain from its start, any range the trailing thread did not reach, the other log and
 the unsealed tail. The logs' unique constraints are built after the load (one sorted build is
-cheaper than keeping the index up to date row by row), with fresh statistics, before the swap. Only then is it swapped in by ``backup``'s own code (the
-target's previous content kept aside, ``<file>.pre-restore-<time>`` / ``<schema>_pre_<time>``,
-unless ``keep_previous=False``): the checks are restore's own (``backup._check_against_manifest``
+cheaper than keeping the index up to date row by row), with fresh statistics, before the swap.
+Only then is it swapped in by ``backup``'s own code (the target's previous content kept aside,
+``<file>.pre-restore-<time>`` / ``<schema>_pre_<time>``, unless ``keep_previous=False``): the checks are restore's own (``backup._check_against_manifest``
 against a manifest built from the source's snapshot), and so is the swap: ``backup._swap_sqlite``
 (the staged file put in place of the target's in one step; split out of restore for this) and
 ``backup._swap_postgres`` (given the tables to move: the staging schema's tables moved in, the

@@ -130,6 +130,16 @@ def test_verify_ranges_checks_a_log_in_linked_parts(store):
     assert digest.verify_ranges(store, "ts_events", 1, 35).ok  # the ranges before it still check out
 
 
+def test_a_forged_chain_row_before_position_1_breaks_the_chain(store):
+    sealed(store)
+    tamper(store, ("INSERT INTO ts_digest_chain (log, range_start, range_end, event_count, scheme, previous_digest,"
+                   " digest, fingerprints, sealed_at) SELECT log, 0, 0, 1, scheme, previous_digest, previous_digest,"
+                   " substr(fingerprints, 1, 12), sealed_at FROM ts_digest_chain WHERE log = %s AND range_start = 1",
+                   ("ts_events",)))
+    result = digest.verify(store)
+    assert not result.ok and result.problem == "chain_broken"
+
+
 def test_progress_is_reported(store):
     sealed(store)
     seen: list[tuple[int, int]] = []
