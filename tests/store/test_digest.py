@@ -108,6 +108,38 @@ def test_verify_after_a_position_still_checks_every_link(store):
     assert digest.verify(store).first_bad_position == 10
 
 
+def test_verify_ranges_checks_a_log_in_linked_parts(store):
+    """verify_ranges: the ranges of a part recomputed as verify does them, linked to the part
+    before it through ``previous``; it stops at the first bad range (how far the part checks out
+    and the finding), and a part that does not link is a broken chain."""
+    sealed(store)  # ranges of 7: 1-7, 8-14, ..., 57-60
+    whole = digest.verify(store)
+    first = digest.verify_ranges(store, "ts_events", 1, 28, previous=digest.GENESIS)
+    assert first.ok and first.verified_upto == 28 and first.checked_events == 28
+    rest = digest.verify_ranges(store, "ts_events", 29, N, previous=first.last_digest)
+    assert rest.ok and rest.verified_upto == N and rest.last_digest.hex() == whole.last_digest
+    # not linked to what came before: the first range's previous digest is not the one given
+    broken = digest.verify_ranges(store, "ts_events", 29, N, previous=digest.GENESIS)
+    assert not broken.ok and (broken.first_bad_position, broken.problem) == (29, "chain_broken")
+    # a part must start at a range's start
+    assert digest.verify_ranges(store, "ts_events", 30, N).problem == "chain_broken"
+
+    tamper(store, ("UPDATE ts_events SET data = %s WHERE position = %s", (b'{"x": 1}', 40)))
+    bad = digest.verify_ranges(store, "ts_events", 29, N, previous=first.last_digest)
+    assert not bad.ok and bad.verified_upto == 35 and (bad.first_bad_position, bad.problem) == (40, "edited")
+    assert digest.verify_ranges(store, "ts_events", 1, 35).ok  # the ranges before it still check out
+
+
+def test_a_forged_chain_row_before_position_1_breaks_the_chain(store):
+    sealed(store)
+    tamper(store, ("INSERT INTO ts_digest_chain (log, range_start, range_end, event_count, scheme, previous_digest,"
+                   " digest, fingerprints, sealed_at) SELECT log, 0, 0, 1, scheme, previous_digest, previous_digest,"
+                   " substr(fingerprints, 1, 12), sealed_at FROM ts_digest_chain WHERE log = %s AND range_start = 1",
+                   ("ts_events",)))
+    result = digest.verify(store)
+    assert not result.ok and result.problem == "chain_broken"
+
+
 def test_progress_is_reported(store):
     sealed(store)
     seen: list[tuple[int, int]] = []

@@ -131,7 +131,7 @@ def test_sqlite_to_postgres_and_back(tmp_path, pg, monkeypatch):
     with open_store(pg, create=False) as store:
         check = digest.verify(store)
         assert check.ok and check.last_digest == source_digest.last_digest and check.sealed_upto == source_digest.sealed_upto
-        assert digest.is_protected(store)
+        assert digest.is_protected(store) and checkpoints.risk_index_exists(store) and result.rebuilt["risk_index"]
         loaded = checkpoints.load(store)
         assert loaded.checkpoint is not None and not loaded.rejected  # the checkpoint is valid there
         lease = Leases.of(store).get("e1")
@@ -207,6 +207,48 @@ def test_a_damaged_source_is_refused_and_the_target_untouched(tmp_path, pg):
     with pytest.raises(mg.MigrateDamaged):
         mg.migrate(source, f"sqlite:///{tmp_path}/b.db")
     assert not (tmp_path / "b.db").exists() and not [p for p in tmp_path.iterdir() if ".migrate-" in p.name]
+
+
+def _sealed_in_ranges(url: str, n: int, max_range: int) -> int:
+    """A log of ``n`` sessions sealed in ranges of ``max_range`` events; returns the sealed head."""
+    with tradestate.connect(url, clock=Clock()) as client:
+        write_session(client, n, seed=5)
+    with open_store(url, create=False) as store:
+        return digest.seal(store, max_range=max_range).sealed_upto
+
+
+def test_the_chain_is_verified_while_copying(tmp_path, pg, monkeypatch):
+    """The trading log goes in committed segments of whole ranges, in two streams, and a trailing
+    thread verifies each segment on the staging schema as it lands; the final verify checks the
+    links and whatever is left."""
+    monkeypatch.setattr(mg, "SEGMENT", 20)
+    monkeypatch.setattr(mg, "PARALLEL_FROM", 20)
+    source = f"sqlite:///{tmp_path}/a.db"
+    sealed_upto = _sealed_in_ranges(source, 60, 10)
+    assert sealed_upto > 60
+    result = mg.migrate(source, pg)
+    assert result.verified_while_copying == sealed_upto and result.verify["checked_events"] == sealed_upto
+    assert result.tables["ts_events"] == sealed_upto and _rows(pg) == _rows(source)
+    with psycopg.connect(pg_base_url(), autocommit=True) as conn:  # the unique constraint, made after the load
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'u'",
+                            (f'"{schema_of(pg)}".ts_events',)).fetchone()[0] == 1
+    with open_store(pg, create=False) as store:
+        assert digest.verify(store).ok
+
+
+def test_a_source_damaged_in_a_middle_segment_is_refused(tmp_path, pg, monkeypatch):
+    """The trailing verification stops at the bad segment; the final verify names the position;
+    the target is untouched."""
+    monkeypatch.setattr(mg, "SEGMENT", 20)
+    monkeypatch.setattr(mg, "PARALLEL_FROM", 20)
+    source = f"sqlite:///{tmp_path}/a.db"
+    sealed_upto = _sealed_in_ranges(source, 60, 10)
+    bad = sealed_upto - 15  # in the last segment but one
+    with open_store(source, create=False) as store:
+        tamper(store, ("UPDATE ts_events SET data = %s WHERE position = %s", (b'{"x": 1}', bad)))
+    with pytest.raises(mg.MigrateDamaged, match=f"first bad position {bad} "):
+        mg.migrate(source, pg)
+    assert _target_tables(pg) == set() and not _staging_left(pg)
 
 
 @pytest.mark.parametrize("source_kind", ["postgresql", "sqlite"])
