@@ -87,3 +87,17 @@ def _postgres_reads_stream_early(monkeypatch):
 
     monkeypatch.setattr(postgres, "STREAM_FROM", 200)
     monkeypatch.setattr(postgres, "STREAM_CHUNK", 64)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the long tests first (marked ``slow``, then the system tests), so that no
+    worker starts one of them near the end while the others sit idle. Serial runs keep file order."""
+    if not hasattr(config, "workerinput"):  # not an xdist worker
+        return
+
+    def weight(item) -> int:
+        if item.get_closest_marker("slow") is not None:
+            return 0
+        return 1 if item.nodeid.startswith("tests/system/") else 2
+
+    items.sort(key=weight)  # stable: file order within each weight
