@@ -24,6 +24,10 @@ from tradestate.adapters.store import open_store
 from tradestate.cli.main import app
 from tradestate.tools.failover import (DEFAULT_BINDIR, FailoverReport, FailoverRound, check_log, engine,
                                       read_engine_log, run_failover)
+from tests.support.xdist import TIMING
+
+pytestmark = TIMING
+
 
 @pytest.fixture(autouse=True)
 def _server_binaries() -> None:

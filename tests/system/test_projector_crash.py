@@ -44,8 +44,9 @@ from tradestate.projections.projector import wait_for
 from tradestate.projections.tables import TABLES
 
 import tradestate
+from tests.support.xdist import TIMING
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, TIMING]
 
 KILLS = int(os.environ.get("TRADESTATE_PROJECTOR_KILLS", "20"))
 CHECKS = int(os.environ.get("TRADESTATE_PROJECTOR_KILL_CHECKS", "4"))
