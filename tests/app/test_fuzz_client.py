@@ -170,6 +170,11 @@ class Harness:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# one pytest-xdist worker runs this module: its tests share one module-scoped harness, checked
+# at the module's end
+pytestmark = pytest.mark.xdist_group("fuzz_client")
+
+
 @pytest.fixture(scope="module")
 def harness():
     h = Harness()

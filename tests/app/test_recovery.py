@@ -229,6 +229,7 @@ def test_a_long_verify_runs_in_a_worker_process_and_still_catches_tampering(sqli
             assert step.status == "ok" and report.ready
 
 
+@pytest.mark.slow
 def test_a_dry_run_with_a_broker_appends_nothing_and_says_what_it_would(tmp_path):
     """The demo's log and venue: a dry run plans the reconciliation (nothing appended); naming
     the wrong venue shows up as phantom corrections, with a note to check --venue."""

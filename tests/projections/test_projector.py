@@ -138,6 +138,7 @@ def test_two_projectors_racing_for_the_same_page_apply_it_once(db_url, store, se
     assert_equals_rebuild(store)
 
 
+@pytest.mark.serial  # alone: on a loaded machine one follower may win every page (no race tested)
 def test_two_followers_and_a_writer_apply_every_event_exactly_once(db_url, store):
     with tradestate.connect(db_url, clock=Clock()) as client:
         write_session(client, 100, seed=5)

@@ -190,8 +190,11 @@ def test_a_connection_killed_mid_commit_fails_the_whole_batch_and_writes_nothing
             leader[0].join(10)
             pid = None
             for _ in range(500):
+                # only the backend our holder blocks: other tests' backends share this server
                 row = admin.execute("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                    " AND query LIKE '%ts_events_append%'").fetchone()
+                                    " AND query LIKE '%%ts_events_append%%'"
+                                    " AND %s = ANY(pg_blocking_pids(pid))",
+                                    (holder.info.backend_pid,)).fetchone()
                 if row:
                     pid = row[0]
                     break

@@ -79,6 +79,7 @@ def _metrics(results: list[dict], backend: str) -> set[tuple[str, str]]:
     return {(r["metric"], r["baseline"]) for r in results if r["backend"] == backend}
 
 
+@pytest.mark.slow
 def test_sqlite_rows(capsys, tmp_path):
     results = _run_json(capsys, sqlite_dir=str(tmp_path), _backends=("sqlite",))
     got = _metrics(results, "sqlite")
@@ -111,9 +112,10 @@ def test_sqlite_rows(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []  # the SQLite files are removed afterwards
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
-def test_postgresql_rows(capsys, pg_server):
-    before = _bench_schemas(pg_server)
+def test_postgresql_rows(capsys, pg_server, monkeypatch):
+    run_id = _own_run_id(monkeypatch)
     results = _run_json(capsys, pg_url=pg_server, _backends=("postgresql",))
     got = _metrics(results, "postgresql")
     for writers in ("1w", "2w"):
@@ -143,9 +145,10 @@ def test_postgresql_rows(capsys, pg_server):
         for level in ("on", "remote_apply"):
             for suffix in ("", "_p50", "_p99"):
                 assert (f"sync_standby_append_1w_{level}{suffix}", f"raw_insert_commit_1w_{level}") in got
-    assert _bench_schemas(pg_server) <= before  # every schema the run made is dropped
+    assert _bench_schemas(pg_server, run_id) == set()  # every schema the run made is dropped
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_failover_group_reports_unavailability_against_its_target(capsys, pg_server):
     if pg_cluster.available() is not None:
@@ -172,9 +175,35 @@ def test_failover_group_reports_unavailability_against_its_target(capsys, pg_ser
     assert missed is False
 
 
-def _bench_schemas(url: str) -> set[str]:
+def _own_run_id(monkeypatch: pytest.MonkeyPatch) -> _RunId:
+    """The bench run's id (its schemas' prefix), chosen here: other tests running at the same time
+    (pytest-xdist) make and drop ``bench_*`` schemas of their own on the same server."""
+    import types
+    import uuid
+
+    from tradestate.tools.bench import run
+
+    fixed = uuid.uuid4()
+    taken: list[uuid.UUID] = []
+    monkeypatch.setattr(run, "uuid", types.SimpleNamespace(uuid4=lambda: taken.append(fixed) or fixed))
+    return _RunId(f"bench_{fixed.hex[:10]}", taken)
+
+
+class _RunId(str):
+    """A bench run's id that knows whether the run took it (else the check below proves nothing)."""
+
+    def __new__(cls, value: str, taken: list) -> _RunId:
+        self = super().__new__(cls, value)
+        self.taken = taken
+        return self
+
+
+def _bench_schemas(url: str, run_id: str) -> set[str]:
+    """The schemas of the bench run ``run_id`` still on the server."""
+    assert run_id.taken, "the bench run did not take its id from _own_run_id"
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench%'").fetchall()
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                            (run_id.replace("_", "\\_") + "\\_%",)).fetchall()
     return {name for (name,) in rows}
 
 
@@ -388,9 +417,9 @@ def test_cli_rejects_bad_sizes():
 
 
 @pytest.mark.postgres
-def test_scaling_on_postgresql_gives_each_size_its_own_schemas(capsys, pg_server):
-    before = _bench_schemas(pg_server)
+def test_scaling_on_postgresql_gives_each_size_its_own_schemas(capsys, pg_server, monkeypatch):
+    run_id = _own_run_id(monkeypatch)
     document = _run_document(capsys, pg_url=pg_server, only="replay", scaling="1k,2k", _backends=("postgresql",))
     assert [len(run["results"]) for run in document["runs"]] == [7, 7]  # the library's app of 2k read 2k, not 3k
     assert set(document["loads"]) == {"postgresql load 1,000", "postgresql load 2,000"}
-    assert _bench_schemas(pg_server) <= before
+    assert _bench_schemas(pg_server, run_id) == set()

@@ -30,6 +30,9 @@ from tradestate.tools.chaos import (
     read_side_channel,
     verify_log,
 )
+from tests.support.xdist import TIMING
+
+pytestmark = TIMING
 
 KILLS = int(os.environ.get("TRADESTATE_CHAOS_KILLS", "25"))
 SEED = int(os.environ.get("TRADESTATE_CHAOS_SEED", str(random.randrange(1 << 30))))

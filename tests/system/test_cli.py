@@ -14,6 +14,7 @@ def tradestate(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
                           timeout=120, env=env)
 
 
+@pytest.mark.slow
 def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
     url = f"sqlite:///{tmp_path}/demo.db"
     run = tradestate("demo", "--db", url)
@@ -81,6 +82,7 @@ def _assert_drill_act(out: str, position: int) -> None:
     assert f"DrillCompleted is on record at position {position} (outcome passed)" in act
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
     url = f"sqlite:///{tmp_path}/demo.db"
     import tradestate as ts
@@ -94,6 +96,7 @@ def test_demo_refuses_a_database_that_already_holds_a_log(tmp_path):
     assert reset.returncode == 0, reset.stdout[-3000:] + reset.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_demo_on_postgresql(pg_url):
     run = tradestate("demo", "--db", pg_url)

@@ -147,6 +147,7 @@ def test_errors_go_to_stderr_and_are_json_under_json(tmp_path, args, message):
     assert error == {"ok": False, "error": error["error"], "exit_code": 2} and message in error["error"]
 
 
+@pytest.mark.slow
 def test_demo_and_project_have_json(tmp_path):
     url = f"sqlite:///{tmp_path}/demo.db"
     demo = cli("demo", "--db", url, "--json")

@@ -33,6 +33,7 @@ def log(db_url: str) -> str:
     return db_url
 
 
+@pytest.mark.slow
 def test_every_control_command_records_who_and_why(log):
     commands = [
         (["kill-switch", "engage", "a1"], "KillSwitchEngaged"),

@@ -24,6 +24,10 @@ from tradestate.adapters.store import open_store
 from tradestate.cli.main import app
 from tradestate.tools.failover import (DEFAULT_BINDIR, FailoverReport, FailoverRound, check_log, engine,
                                       read_engine_log, run_failover)
+from tests.support.xdist import TIMING
+
+pytestmark = TIMING
+
 
 @pytest.fixture(autouse=True)
 def _server_binaries() -> None:
@@ -36,6 +40,7 @@ def _server_binaries() -> None:
         pytest.skip(message)
 
 
+@pytest.mark.slow
 def test_synchronous_failovers_lose_nothing_and_the_engine_carries_on() -> None:
     report = run_failover(2, seed=7, min_run=0.3, max_run=0.8)
 
@@ -56,6 +61,7 @@ def test_synchronous_failovers_lose_nothing_and_the_engine_carries_on() -> None:
     assert d["unavailability_p50_s"] is not None and d["unavailability_p95_s"] >= d["unavailability_p50_s"]
 
 
+@pytest.mark.slow
 def test_asynchronous_failover_report_is_consistent() -> None:
     run = CliRunner().invoke(app, ["failover-chaos", "--failover", "2", "--async", "--seed", "11", "--json"])
     d = json.loads(run.stdout)
@@ -100,6 +106,7 @@ def test_an_acknowledged_call_missing_from_the_log_counts_as_lost(tmp_path: Path
 
 @pytest.mark.skipif(not (shutil.which("patroni") and shutil.which("etcd")),
                     reason="Patroni and etcd not installed (apt-get install patroni etcd-server)")
+@pytest.mark.slow
 def test_a_patroni_managed_failover_loses_nothing() -> None:
     report = run_failover(1, seed=3, manager="patroni", min_run=0.3, max_run=0.6)
 

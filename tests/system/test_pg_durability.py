@@ -33,7 +33,8 @@ from tradestate.domain.errors import (
     StoreUnreachable,
 )
 
-pytestmark = pytest.mark.postgres
+# one pytest-xdist worker runs this module: its tests share one module-scoped cluster
+pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("pg_durability")]
 
 ACCT = "acct-1"
 

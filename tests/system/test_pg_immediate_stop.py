@@ -39,8 +39,9 @@ import tradestate
 from tradestate.tools.pg_cluster import bindir
 from tradestate.adapters.store import open_store
 from tradestate.tools.chaos import order_calls, perform, verify_log
+from tests.support.xdist import TIMING
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, TIMING]
 
 PG_BIN = Path(os.environ.get("TRADESTATE_PG_BIN") or bindir() or "/usr/lib/postgresql/15/bin")
 DOWN_SECONDS = 3.0

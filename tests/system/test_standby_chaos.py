@@ -30,6 +30,9 @@ import pytest
 from tradestate.adapters.store import open_store
 from tradestate.domain.ids import order_stream_id
 from tradestate.tools.standby_chaos import check_run, node, read_node_channel, run_standby_chaos
+from tests.support.xdist import TIMING
+
+pytestmark = TIMING
 
 ROUNDS = int(os.environ.get("TRADESTATE_STANDBY_CHAOS_ROUNDS", "10"))
 SEED = int(os.environ.get("TRADESTATE_STANDBY_CHAOS_SEED", str(random.randrange(1 << 30))))

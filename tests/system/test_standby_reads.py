@@ -26,7 +26,8 @@ from tradestate.client import connect
 from tests.support.pg_cluster import started_cluster
 from tradestate.tools import pg_cluster
 
-pytestmark = pytest.mark.postgres
+# one pytest-xdist worker runs this module: its tests share one module-scoped cluster
+pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("standby_reads")]
 
 ACCT = "acct-1"
 TRADESTATE = os.path.join(os.path.dirname(sys.executable), "tradestate")

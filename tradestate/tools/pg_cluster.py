@@ -80,6 +80,7 @@ class Node:
         self.data = cluster.base / name
         self.log = cluster.base / f"{name}.log"
         self.paused = False
+        self.started = False  # once started, others know its port: it keeps it
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, port={self.port})"
@@ -95,9 +96,29 @@ class Node:
         return psycopg.connect(self.url(db), autocommit=True, **kw)
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections (a standby: until consistent)."""
-        self.cluster.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                         "-o", f"-p {self.port} -c cluster_name={self.name}", "start")
+        """Start the server and wait until it accepts connections (a standby: until consistent).
+        At its first start, a port taken since ``free_port`` chose it (another process picked it
+        meanwhile: tests run side by side) is replaced by a new one, up to 3 times."""
+        for attempt in range(4):
+            logged = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                self.cluster.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+                                 "-o", f"-p {self.port} -c cluster_name={self.name}", "start")
+                self.started = True
+                return
+            except ClusterError:
+                if self.started or attempt == 3 or not self._port_was_taken(logged):
+                    raise
+                self.port = free_port()
+
+    def _port_was_taken(self, logged: int) -> bool:
+        """Whether the server log, past ``logged`` bytes, says the port was already in use."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(logged)
+                return b"Address already in use" in f.read()
+        except OSError:
+            return False
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m mode``: ``smart``, ``fast`` or ``immediate`` (a crash: no checkpoint,
