@@ -35,6 +35,7 @@ error mapping and market metadata): ``fetch_balance``, ``fetch_open_orders``, ``
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import threading
@@ -246,7 +247,9 @@ class CcxtAdapter(BrokerAdapter):
         """One ccxt call with its errors in our words (bounded by ccxt's ``timeout``); the ccxt
         errors in ``passthrough`` reach the caller as they are (it tells them apart)."""
         e = self._errors
-        with self._lock:
+        # ccxt sets rounding and traps on the thread's decimal context (decimal_to_precision): kept
+        # inside this call, or the engine's own Decimal arithmetic on this thread would round otherwise
+        with self._lock, decimal.localcontext():
             try:
                 if not self._markets_loaded:
                     self._ccxt.load_markets()

@@ -268,3 +268,16 @@ def test_the_generic_path_of_venues_without_binance_lookups(fake):
     assert (found.venue_order_id, found.filled_qty, len(found.fills)) == (first.venue_order_id, D("0.5"), 1)
     with pytest.raises(OrderNotFound):
         a.order_by_client_id("g-3")
+
+
+def test_the_callers_decimal_context_is_left_as_it_was(fake, adapter):
+    # ccxt's decimal_to_precision sets ROUND_HALF_UP and traps Underflow on the thread's context;
+    # the fold's averages (divisions) would then round otherwise after any order was sent
+    import decimal
+
+    before = decimal.getcontext().copy()
+    adapter.submit(limit("ctx-1"))
+    adapter.open_orders()
+    now = decimal.getcontext()
+    assert (now.rounding, now.prec, dict(now.traps)) == (before.rounding, before.prec, dict(before.traps))
+    assert D(2) / D(3) == D("0.6666666666666666666666666667")  # half-even, 28 digits
