@@ -76,7 +76,7 @@ import queue
 import re
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import fields as dataclass_fields, is_dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -906,20 +906,29 @@ class IBAdapter(BrokerAdapter):
             raise ValueError(f"ib: a {request.order_type} order takes no stop_price")
         return Stock(request.symbol, "SMART", "USD"), order
 
-    async def _submit(self, request: OrderRequest, contract: Any, order: Any) -> VenueOrder:
-        cid = request.client_order_id
-        existing = await self._find(lambda o: o.client_order_id == cid)
-        if existing is not None:
-            return existing
-        ib = self._ib
+    @contextlib.contextmanager
+    def _order_errors(self, order: Any) -> Iterator[list[tuple[int, str]]]:
+        """The (code, message) errors TWS reports for ``order``'s id while the block runs (warnings
+        left out): a placement or a modification is refused through the error feed, not a reply."""
         errors: list[tuple[int, str]] = []
 
         def on_error(req_id: int, code: int, message: str, contract: Any) -> None:
             if req_id == order.orderId and not self._is_warning(code):
                 errors.append((code, message))
 
-        ib.errorEvent += on_error
+        self._ib.errorEvent += on_error
         try:
+            yield errors
+        finally:
+            self._ib.errorEvent -= on_error
+
+    async def _submit(self, request: OrderRequest, contract: Any, order: Any) -> VenueOrder:
+        cid = request.client_order_id
+        existing = await self._find(lambda o: o.client_order_id == cid)
+        if existing is not None:
+            return existing
+        ib = self._ib
+        with self._order_errors(order) as errors:
             trade = ib.placeOrder(contract, order)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout
@@ -935,8 +944,6 @@ class IBAdapter(BrokerAdapter):
                 if not ib.isConnected():
                     break
                 await asyncio.sleep(0.005)
-        finally:
-            ib.errorEvent -= on_error
         if trade.order.permId:
             venue_order = self._order(trade, completed=False)
             if errors:
@@ -1037,14 +1044,7 @@ class IBAdapter(BrokerAdapter):
             order.lmtPrice = Decimal(format(limit_price, "f"))
         if stop_price is not None:
             order.auxPrice = Decimal(format(stop_price, "f"))
-        errors: list[tuple[int, str]] = []
-
-        def on_error(req_id: int, code: int, message: str, contract: Any) -> None:
-            if req_id == order.orderId and not self._is_warning(code):
-                errors.append((code, message))
-
-        ib.errorEvent += on_error
-        try:
+        with self._order_errors(order) as errors:
             ib.placeOrder(trade.contract, order)  # the same orderId: a modification
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout
@@ -1052,8 +1052,6 @@ class IBAdapter(BrokerAdapter):
                 if Decimal(str(trade.orderStatus.filled)) + Decimal(str(trade.orderStatus.remaining)) == qty:
                     break
                 await asyncio.sleep(0.005)
-        finally:
-            ib.errorEvent -= on_error
         if errors:
             raise ReplaceRejected(f"ib: amendment of order {venue_order_id} refused: "
                                   + "; ".join(f"error {c}: {m}" for c, m in errors))
