@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from tests.system.test_bench_quick import TINY, _bench_schemas
+from tests.system.test_bench_quick import TINY, _bench_schemas, _own_run_id
 from tradestate.tools.bench.run import run_bench
 
 pytestmark = pytest.mark.postgres
 
 
-def test_the_group_runs_and_reports_its_targets(capsys, pg_server):
-    before = _bench_schemas(pg_server)
+def test_the_group_runs_and_reports_its_targets(capsys, pg_server, monkeypatch):
+    run_id = _own_run_id(monkeypatch)
     code = run_bench(quick=True, as_json=True, pg_url=pg_server, only="partitions", _backends=("postgresql",),
                      _sizes=TINY)
     document = json.loads(capsys.readouterr().out)
@@ -24,5 +24,4 @@ def test_the_group_runs_and_reports_its_targets(capsys, pg_server):
         ("partitions_read_tail", "one_table")}
     lines = [t["line"] for t in document["targets"] if t["group"] == "partitions"]
     assert len(lines) == 3 and all("one table with 84 monthly partitions (target >= 0.95x)" in x for x in lines)
-    # this group's schemas are dropped (other tests running meanwhile may have bench schemas of theirs)
-    assert not {s for s in _bench_schemas(pg_server) - before if "_part_" in s}
+    assert _bench_schemas(pg_server, run_id) == set()  # every schema the run made is dropped

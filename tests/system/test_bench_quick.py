@@ -57,7 +57,7 @@ def _run_document(capsys: pytest.CaptureFixture[str], **kwargs) -> dict:
         assert set(row) == KEYS
         assert isinstance(row["metric"], str) and row["metric"]
         assert row["backend"] in ("sqlite", "postgresql", "memory")  # memory: pure computation, no database
-        assert row["unit"] in ("events/s", "ms", "s", "bars/s", "MB")
+        assert row["unit"] in ("events/s", "ms", "s", "bars/s", "MB", "plans/s")
         for key in ("value", "baseline_value", "ratio"):
             assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, row
         assert row["ratio"] == pytest.approx(row["value"] / row["baseline_value"])
@@ -91,8 +91,10 @@ def test_sqlite_rows(capsys, tmp_path):
     assert MEMORY_ROWS <= got
     assert {("append_coalesced_64t", "raw_insert_commit_1w"), ("append_coalesced_64a", "raw_insert_commit_1w"),
             ("append_coalesced_single_1w", "single_interleaved_1w")} <= got
+    assert {("backup_incremental", "backup_full"), ("backup_incremental_encrypted", "backup_incremental"),
+            ("drill_rto", "restore_raw")} <= got
     assert {m for m in got if not m[0].startswith(("recovery_", "reconcile_", "postmortem_", "takeover_", "memory_",
-                                                   "append_coalesced_"))} == {
+                                                   "append_coalesced_", "backup_", "drill_"))} == {
         ("append_single_1w", "raw_insert_commit_1w"),
         ("append_single_1w_p50", "raw_insert_commit_1w"),
         ("append_single_1w_p99", "raw_insert_commit_1w"),
