@@ -404,6 +404,7 @@ class Collector:
             return next(u for u in self.updates if u.kind == "fill" and u.fill.exec_id == exec_id)
 
 
+@pytest.mark.serial  # alone: waits on the live websocket with a bound that a saturated machine overruns
 def test_stream_turns_trade_updates_into_venue_updates(fake):
     adapter = fake.adapter()
     got = Collector()
@@ -443,6 +444,7 @@ def test_stream_turns_trade_updates_into_venue_updates(fake):
         assert time.monotonic() - started < 3
 
 
+@pytest.mark.serial  # alone: its timeouts and the live/backfill order are judged on a websocket under load
 def test_stream_reconnect_backfills_what_was_sent_while_disconnected(fake):
     adapter = fake.adapter()
     got = Collector()
