@@ -50,7 +50,11 @@ def pg_url(pg_server: str):
     schema = "t_" + uuid.uuid4().hex[:12]
     yield with_schema(pg_server, schema)
     with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        # and what the test's restores and migrations kept aside or staged (``<schema>_pre_...``)
+        derived = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                                              (schema + "\\_%",))]
+        for name in [schema, *derived]:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.fixture

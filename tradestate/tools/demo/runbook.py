@@ -66,17 +66,20 @@ class WebhookListener:
                     alert = json.loads(body)
                 except ValueError:
                     alert = {}
-                self.send_response(204 if verified else 401)
-                self.end_headers()
                 alert_id = self.headers.get("X-Tradestate-Alert-Id") or alert.get("id")
+                # kept before the answer: the sender posts the next alert once answered, and that
+                # one's handler thread must not append first
                 with listener.arrived:
                     if verified and any(a["id"] == alert_id and a["verified"] for a in listener.received):
                         listener.duplicates += 1
-                        return
-                    listener.received.append({"id": alert_id, "kind": alert.get("kind"),
-                                              "severity": alert.get("severity"), "summary": alert.get("summary", ""),
-                                              "signature": signature, "verified": verified, "path": self.path})
-                    listener.arrived.notify_all()
+                    else:
+                        listener.received.append({"id": alert_id, "kind": alert.get("kind"),
+                                                  "severity": alert.get("severity"),
+                                                  "summary": alert.get("summary", ""), "signature": signature,
+                                                  "verified": verified, "path": self.path})
+                        listener.arrived.notify_all()
+                self.send_response(204 if verified else 401)
+                self.end_headers()
 
             def log_message(self, *args: Any) -> None:  # quiet: the demo prints what it received
                 pass
