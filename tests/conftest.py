@@ -93,6 +93,16 @@ def _postgres_reads_stream_early(monkeypatch):
     monkeypatch.setattr(postgres, "STREAM_CHUNK", 64)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_decimal_context():
+    """Each test starts from Python's default decimal context: a library that sets rounding or
+    traps on the thread's context (ccxt does) must not change how a later test's fold rounds."""
+    import decimal
+
+    decimal.setcontext(decimal.Context())
+    yield
+
+
 _GROUPS_DROPPED = pytest.StashKey[bool]()
 
 

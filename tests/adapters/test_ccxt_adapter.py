@@ -5,6 +5,7 @@ timeouts, signed-request errors, and the live order flow."""
 
 from __future__ import annotations
 
+import decimal
 import time
 from datetime import datetime, timezone
 from decimal import Decimal as D
@@ -140,7 +141,8 @@ def test_duplicate_client_order_id_is_refused_by_the_venue_and_never_sent_twice(
     options = {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False}
     raw = ccxt.binance({"apiKey": fake.api_key, "secret": fake.secret, "options": options})
     raw.urls["api"] = {**raw.urls["api"], "public": fake.url + "/api/v3", "private": fake.url + "/api/v3"}
-    with pytest.raises(ccxt.InvalidOrder, match="-2010.*Duplicate order sent"):
+    # ccxt used directly sets rounding on the thread's decimal context (the adapter keeps it inside)
+    with decimal.localcontext(), pytest.raises(ccxt.InvalidOrder, match="-2010.*Duplicate order sent"):
         raw.create_order("BTC/USDT", "limit", "buy", "0.1", "40000", {"clientOrderId": "c-7"})
     # our submit of the same id returns the venue's order
     again = adapter.submit(limit("c-7"))
@@ -273,8 +275,6 @@ def test_the_generic_path_of_venues_without_binance_lookups(fake):
 def test_the_callers_decimal_context_is_left_as_it_was(fake, adapter):
     # ccxt's decimal_to_precision sets ROUND_HALF_UP and traps Underflow on the thread's context;
     # the fold's averages (divisions) would then round otherwise after any order was sent
-    import decimal
-
     before = decimal.getcontext().copy()
     adapter.submit(limit("ctx-1"))
     adapter.open_orders()
