@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.corrections import FILL, correct, fees_of, fill_log
 from tests.support.fold import T0, Fold
 from tradestate.domain import events as ev
 from tradestate.domain import snapshot
@@ -78,13 +79,8 @@ def restored(state: TradingState) -> TradingState:
 
 # ---------------------------------------------------------------- (a) a correction on an instrument
 
-fill_st = st.tuples(st.sampled_from(["b1", "b2", "s1"]),  # which order (side by its name)
-                    st.integers(1, 30),  # qty
-                    st.integers(90, 110))  # price
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fills=st.lists(fill_st, min_size=1, max_size=JOURNAL_FILLS), pick=st.integers(0, 100),
+@given(fills=st.lists(FILL, min_size=1, max_size=JOURNAL_FILLS), pick=st.integers(0, 100),
        new_qty=st.integers(0, 30), new_price=st.integers(90, 110), new_fee=st.sampled_from([None, "0", "1.25"]),
        asset_class=st.sampled_from(["future", "equity"]), multiplier=st.sampled_from(["1", "0.1", "50", "100"]),
        currency=st.sampled_from(["USD", "EUR"]), checkpoint=st.booleans())
@@ -96,32 +92,18 @@ def test_a_correction_on_an_instrument_folds_like_the_corrected_fills(fills, pic
     pick %= len(fills)
     if not new_qty and new_fee == "1.25":
         new_fee = None  # a bust with a fee of its own has no direct equivalent
-    fees = [str(D(i) / 10) for i in range(len(fills))]
+    fees = fees_of(fills)
 
-    def log(corrected_directly: bool) -> Fold:
-        f = Fold()
+    def setup(f: Fold) -> None:
         rate(f)
         define(f, "ES", asset_class, multiplier, currency)
         balances(f)
-        for coid in ("b1", "b2", "s1"):
-            f.intent(coid, "sell" if coid.startswith("s") else "buy", "1000", symbol="ES")
-        for i, (coid, qty, price) in enumerate(fills):
-            f.now = T0 + timedelta(hours=i * 5)  # over several trading days
-            if corrected_directly and i == pick:
-                if new_qty:
-                    f.fill(coid, f"x{i}.02", str(new_qty), str(new_price), fee=new_fee or fees[i])
-                continue
-            f.fill(coid, f"x{i}.01", str(qty), str(price), fee=fees[i])
-        return f
 
-    direct, f = log(True), log(False)
-    coid, qty, price = fills[pick]
+    direct = fill_log(fills, fees, setup=setup, symbol="ES", corrected=(pick, new_qty, new_price, new_fee))
+    f = fill_log(fills, fees, setup=setup, symbol="ES")
     if checkpoint:  # restored from a checkpoint before the correction: journal and spec both kept
         f.state = restored(f.state)
-    f.now += timedelta(minutes=3)
-    f.order_event(ev.FillCorrected, coid, corrected_exec_id=f"x{pick}.01", exec_id=f"x{pick}.02",
-                  qty=str(new_qty), price=str(new_price), previous_qty=str(qty), previous_price=str(price),
-                  previous_fee=fees[pick], fee=new_fee)
+    correct(f, fills, fees, pick, new_qty, new_price, new_fee)
     got, want = money_view(f.state), money_view(direct.state)
     assert got == want
     # the other venue's cash is untouched; this venue's moved as the account's did

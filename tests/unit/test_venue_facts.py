@@ -8,7 +8,6 @@ checkpoint taken between the fills and the correction.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 from uuid import uuid4
 
@@ -18,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tests.support.fold import T0, Fold
+from tests.support.corrections import FILL, correct, fees_of, fill_log
+from tests.support.fold import Fold
 from tradestate.domain import events as ev
 from tradestate.domain import snapshot
 from tradestate.domain.fold import fold_cold
@@ -49,47 +49,27 @@ def _fills_view(state: TradingState) -> dict:
     return out
 
 
-fill_st = st.tuples(st.sampled_from(["b1", "b2", "s1"]),  # which order (side by its name)
-                    st.integers(1, 30),  # qty
-                    st.integers(90, 110))  # price
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fills=st.lists(fill_st, min_size=1, max_size=14), pick=st.integers(0, 100),
+@given(fills=st.lists(FILL, min_size=1, max_size=14), pick=st.integers(0, 100),
        new_qty=st.integers(0, 30), new_price=st.integers(90, 110), new_fee=st.sampled_from([None, "0", "1.25"]),
        with_cash=st.booleans(), checkpoint=st.booleans())
 def test_a_correction_folds_like_the_corrected_fills(fills, pick, new_qty, new_price, new_fee, with_cash, checkpoint):
     pick %= len(fills)
     if not new_qty and new_fee == "1.25":
         new_fee = None  # a bust with a fee of its own has no direct equivalent
-    fees = [str(D(i) / 10) for i in range(len(fills))]
+    fees = fees_of(fills)
 
-    def log(corrected_directly: bool) -> Fold:
-        f = Fold()
+    def setup(f: Fold) -> None:
         if with_cash:
             f.account_event(ev.CashBalanceRecorded, venue="sim", balance="100000")
-        for coid in ("b1", "b2", "s1"):
-            f.intent(coid, "sell" if coid.startswith("s") else "buy", "1000")
-        for i, (coid, qty, price) in enumerate(fills):
-            f.now = T0 + timedelta(hours=i * 5)  # over several trading days
-            if corrected_directly and i == pick:
-                if new_qty:
-                    f.fill(coid, f"x{i}.02", str(new_qty), str(new_price), fee=new_fee or fees[i])
-                continue
-            f.fill(coid, f"x{i}.01", str(qty), str(price), fee=fees[i])
-        return f
 
-    direct = log(True)
-    corrected = log(False)
-    coid, qty, price = fills[pick]
+    direct = fill_log(fills, fees, setup=setup, corrected=(pick, new_qty, new_price, new_fee))
+    corrected = fill_log(fills, fees, setup=setup)
     f = corrected
     if checkpoint:  # restore from a checkpoint taken before the correction
         doc, finished = snapshot.take(f.state)
         f.state = snapshot.restore(orjson.loads(snapshot.encode(doc)), finished)
-    f.now += timedelta(minutes=3)
-    f.order_event(ev.FillCorrected, coid, corrected_exec_id=f"x{pick}.01", exec_id=f"x{pick}.02",
-                  qty=str(new_qty), price=str(new_price), previous_qty=str(qty), previous_price=str(price),
-                  previous_fee=fees[pick], fee=new_fee)
+    correct(f, fills, fees, pick, new_qty, new_price, new_fee)
     if len(fills) - pick <= JOURNAL_FILLS:  # the corrected fill is among the position's last ones: exact
         assert _fills_view(f.state) == _fills_view(direct.state)
     else:  # older: quantity, cash, fees and total P&L exact
