@@ -314,6 +314,12 @@ class _PgSource(_Source):
 
     def head(self, table: str) -> tuple[int, int]:
         # the contiguous prefix: an append still in flight below the head is not half copied
+        if self.row("SELECT to_regclass(%s)", (self.name(bk.ARCHIVES_TABLE),))[0] is not None:
+            archived = self.row(f"SELECT coalesce(max(last_position), 0) FROM {self.name(bk.ARCHIVES_TABLE)}"
+                                " WHERE log = %s", (table,))[0]
+            if archived:  # positions 1..archived are in Parquet files, not in the table
+                raise MigrateRefused(f"{table} has positions 1-{archived} archived to Parquet files: load them "
+                                     "back (tradestate archive restore --month ...) before migrating; nothing copied")
         return bk._pg_contiguous_head(self.conn.cursor(), self.name(table))
 
     def chunks(self, table: str, columns: list[str], where: str, params: tuple[Any, ...],

@@ -190,3 +190,22 @@ def test_a_log_that_asked_before_the_archive_reads_across_it(months, tmp_path, p
         assert months.trading.archived_upto() == 50  # the archiving process knows at once
         other.trading._archived_upto = (0, -1e9)  # a minute later
         assert len(real(rows_of(other.trading))) == 76
+
+
+def test_a_log_with_archived_months_is_not_migrated_and_an_increment_after_an_archive_run_is_refused(
+        months, tmp_path):
+    from tradestate.adapters.store import backup as bk
+    from tradestate.adapters.store import migrate as mg
+
+    digest.seal(months)
+    bk.backup(months, tmp_path / "full.tsb")  # before the archive run
+    A.archive(months, tmp_path / "archive", before="2020-03")
+    target = f"sqlite:///{tmp_path / 'moved.db'}"
+    with pytest.raises(mg.MigrateRefused, match="archived to Parquet"):
+        mg.migrate(months.url, target)
+    assert not (tmp_path / "moved.db").exists() or open_store(target).trading.head() == 0
+    # the archived prefix moved since the full backup: its increment would not restore
+    with pytest.raises(bk.IncrementRefused, match="take a full backup"):
+        bk.backup(months, tmp_path / "inc.tsb", previous=tmp_path / "full.tsb")
+    bk.backup(months, tmp_path / "full2.tsb")  # a new full backup carries the archive record
+    bk.backup(months, tmp_path / "inc2.tsb", previous=tmp_path / "full2.tsb")
