@@ -267,7 +267,8 @@ class CcxtAdapter(BrokerAdapter):
                 raise VenueQueryFailed(f"{self.broker}: {what}: no answer within {self.timeout:g} s") from None
             except e.NetworkError as x:  # ExchangeNotAvailable, DDoSProtection, connection errors
                 raise VenueConnectionError(f"{self.broker}: {what}: cannot reach the venue: {x}") from None
-            except passthrough:
+            except passthrough as x:
+                x.venue_body = self._ccxt.last_json_response  # read under the lock: the next call replaces it
                 raise
             except e.BaseError as x:  # any other refusal: the answer is unknown, never empty
                 raise VenueQueryFailed(f"{self.broker}: {what}: {x}") from None
@@ -434,7 +435,7 @@ class CcxtAdapter(BrokerAdapter):
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
         return self._fills_of(since, {})
 
-    def _fills_of(self, since: datetime | None, first_ids: dict[str, int]) -> list[VenueFill]:
+    def _fills_of(self, since: datetime | None, first_ids: dict[str, int], *, advance: bool = False) -> list[VenueFill]:
         raws = []
         for symbol in self.symbols:
             raws.extend(self._paged(f"trades {symbol}", "fetch_my_trades", symbol, since, first_ids.get(symbol, 0)))
@@ -446,7 +447,7 @@ class CcxtAdapter(BrokerAdapter):
                                            passthrough=(self._errors.OrderNotFound,)))
                 except self._errors.OrderNotFound:
                     self._client_ids[vid] = None
-        if ID_CURSORS.get(self.exchange_id):  # where the next poll of updates() starts
+        if advance and ID_CURSORS.get(self.exchange_id):  # where updates()' next poll starts (only it moves it)
             for raw in raws:
                 symbol = raw.get("symbol") or ""
                 self._next_trade_id[symbol] = max(self._next_trade_id.get(symbol, 0), int(raw["id"]) + 1)
@@ -546,7 +547,7 @@ class CcxtAdapter(BrokerAdapter):
                 raise
             return self._resolve_ambiguous(cid, x)
         except self._errors.ExchangeError as x:
-            code, message = venue_error_code(x, self._ccxt.last_json_response)
+            code, message = venue_error_code(x, getattr(x, "venue_body", None))
             if "duplicate order" in message.lower():
                 return self.order_by_client_id(cid)  # a race with another sender: the venue's order
             return VenueOrder(
@@ -605,7 +606,7 @@ class CcxtAdapter(BrokerAdapter):
             self._call(f"cancel {venue_order_id}", "cancel_order", venue_order_id, symbol,
                        passthrough=(self._errors.ExchangeError,))
         except self._errors.ExchangeError as x:
-            code, message = venue_error_code(x, self._ccxt.last_json_response)
+            code, message = venue_error_code(x, getattr(x, "venue_body", None))
             try:
                 order = self.order_by_venue_id(venue_order_id, symbol)
             except OrderNotFound:
@@ -618,7 +619,7 @@ class CcxtAdapter(BrokerAdapter):
         sent (ack once, then their terminal update). Each update is yielded once."""
         since = None if self._trades_since is None else datetime.fromtimestamp(self._trades_since / 1000,
                                                                              tz=timezone.utc)
-        for f in self._fills_of(since, dict(self._next_trade_id)):
+        for f in self._fills_of(since, dict(self._next_trade_id), advance=True):
             key = ("fill", f.exec_id)
             if f.occurred_at is not None:
                 self._trades_since = max(self._trades_since or 0, _ms(f.occurred_at) or 0)

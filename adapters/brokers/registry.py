@@ -52,7 +52,7 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
     unknown = sorted(set(options) - set(OPTIONS[kind]))
     if unknown:
         raise InvalidInput(f"the {broker} adapter takes no option(s) {', '.join(unknown)}; "
-                           f"it takes {', '.join(OPTIONS[broker])}")
+                           f"it takes {', '.join(OPTIONS[kind])}")
     account = options.get("account")
     if not account:
         raise InvalidInput("give the account to reconcile (--account)")
