@@ -95,9 +95,11 @@ def run(ctx: BenchContext) -> list[Result]:
         with_s = min(with_s, seconds)
     assert state is not None and len(state.instruments) == N
     futures = sum(1 for p in state.positions.values() if p.multiplier == 50)
-    log(f"instruments: cold fold {len(plain_rows) / plain_s:,.0f} rows/s without, "
-        f"{len(with_rows) / with_s:,.0f} rows/s with {N:,} instruments ({futures:,} positions on futures)")
-    results.append(result("instruments_fold", "memory", len(with_rows) / with_s, EVENTS_PER_S,
+    # both rates count the same trading rows: the definitions are part of the cost, not of the work
+    log(f"instruments: cold fold of {len(plain_rows):,} trading rows: {len(plain_rows) / plain_s:,.0f} rows/s "
+        f"without, {len(plain_rows) / with_s:,.0f} rows/s with {N:,} instruments defined first "
+        f"({futures:,} positions on futures)")
+    results.append(result("instruments_fold", "memory", len(plain_rows) / with_s, EVENTS_PER_S,
                           "fold_without_instruments", len(plain_rows) / plain_s))
 
     snapshot = _snapshot()
