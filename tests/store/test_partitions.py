@@ -165,6 +165,7 @@ def test_a_roll_under_concurrent_appends_loses_nothing_and_leaves_no_hole(rolled
 
     stop = threading.Event()
     appended: list[int] = []
+    errors: list[BaseException] = []
 
     def write(w: int) -> None:
         version = 0
@@ -174,6 +175,8 @@ def test_a_roll_under_concurrent_appends_loses_nothing_and_leaves_no_hole(rolled
                 batch = [ev(f"w{w}", version)] if w % 2 else [ev(f"w{w}", version), ev(f"w{w}", version + 1)]
                 version += len(batch) - 1
                 appended.extend(a.position for a in rolled.trading.append(batch))
+        except BaseException as e:  # noqa: BLE001 - a writer's death fails the test, below
+            errors.append(e)
         finally:
             rolled.trading.release_connection()
 
@@ -186,11 +189,17 @@ def test_a_roll_under_concurrent_appends_loses_nothing_and_leaves_no_hole(rolled
             time.sleep(0.1)
             while len(appended) <= seen and time.monotonic() < deadline:  # appends into this month first
                 time.sleep(0.01)
+            assert len(appended) > seen, f"no append went through before rolling to {month}"
             assert P.roll(rolled, "ts_events", month=month) is not None
+        seen, deadline = len(appended), time.monotonic() + 10
+        while len(appended) <= seen and time.monotonic() < deadline:  # and appends go on after the last roll
+            time.sleep(0.01)
+        assert len(appended) > seen
     finally:
         stop.set()
         for t in threads:
             t.join(10)
+    assert not errors, errors
     rows = assert_no_holes(rolled.trading)
     assert sorted(r[0] for r in real(rows) if r[1].startswith("w")) == sorted(appended)
     parts = P.partitions(rolled, "ts_events")
@@ -240,6 +249,7 @@ def test_convert_under_concurrent_appends_loses_no_acknowledged_event(pg_url):
     stop = threading.Event()
     appended: list[int] = []
     failed: list[str] = []
+    errors: list[BaseException] = []
 
     def write(w: int) -> None:
         version = 0
@@ -251,6 +261,8 @@ def test_convert_under_concurrent_appends_loses_no_acknowledged_event(pg_url):
                 except AppendFailed as e:  # one already waiting on the old table: nothing appended
                     failed.append(str(e))
                     version -= 1
+        except BaseException as e:  # noqa: BLE001 - a writer's death fails the test, below
+            errors.append(e)
         finally:
             s.trading.release_connection()
 
@@ -260,11 +272,15 @@ def test_convert_under_concurrent_appends_loses_no_acknowledged_event(pg_url):
             t.start()
         time.sleep(0.2)
         assert P.convert(s, "ts_events", month="2000-01") is not None
-        time.sleep(0.2)
+        seen, deadline = len(appended), time.monotonic() + 10
+        while len(appended) <= seen and time.monotonic() < deadline:  # appends go on into the new layout
+            time.sleep(0.01)
+        assert len(appended) > seen
     finally:
         stop.set()
         for t in threads:
             t.join(10)
+    assert not errors, errors
     try:
         rows = assert_no_holes(s.trading)
         assert sorted(r[0] for r in real(rows)) == sorted(appended)
