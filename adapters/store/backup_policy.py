@@ -673,18 +673,12 @@ def prune_policy(policy: Policy, *, now: datetime | None = None, dry_run: bool =
                             link.path.unlink(missing_ok=True)
                         outcome.deleted.append(str(link.path))
                 if outcome.deleted and not dry_run:
-                    _fsync_dir(tier.directory)
+                    from . import backup as bk
+
+                    bk._fsync_dir(tier.directory)
         except (PolicyBusy, TradestateError, OSError) as e:
             outcome.error = str(e)
     return results
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -972,8 +972,8 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         if self._partitioned:
             from .partitions import versions_table
 
-            return f'"{self.schema}"."{versions_table(self.table)}"'
-        return f'"{self.schema}"."{self.table}"'
+            return f"{quote(self.schema)}.{quote(versions_table(self.table))}"
+        return f"{quote(self.schema)}.{quote(self.table)}"
 
 
     def held_back_for(self, position: int) -> float | None:
