@@ -217,6 +217,8 @@ class Projector:
                 if at.__class__ is not datetime:  # SQLite's pages keep recorded_at as its text
                     at = fromiso(at)
                 payload = loads(data)
+                if type_name == "FillCorrected":  # the corrected fill's day, before the fold drops it
+                    dirty.corrected_day(state, stream, payload, position)
                 apply(position, stream, version, type_name, payload, at)
                 note(state, stream, type_name, payload, position, at)
         text = self._text_pages
@@ -614,6 +616,15 @@ class _Dirty:
             book = self.equity_book
             minute_key, minute = book.minute(d.get("occurred_at"), at)
             self.equity[(key[0], minute_key)] = book.after_change(state, key, minute, position)
+
+    def corrected_day(self, state: TradingState, stream: str, d: dict[str, Any], position: int) -> None:
+        """Before a ``FillCorrected`` is folded: the day of the fill it corrects (a bust takes that
+        fill out of the position's journal, where ``note`` looks afterwards, but changes its day)."""
+        order = state.orders.get(stream)
+        held = state.positions.get(order.position_key) if order is not None else None
+        for e in (held.journal or ()) if held is not None else ():
+            if e[0] == d["corrected_exec_id"]:
+                self.days[(order.account, e[5])] = position  # type: ignore[union-attr]
 
     def note(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any], position: int,
              at: datetime) -> None:

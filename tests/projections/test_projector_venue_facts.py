@@ -74,3 +74,22 @@ def test_corrections_and_fees_on_instruments_project_like_a_rebuild(sqlite_url):
         tables = dump_tables(store)
         assert tables["ts_positions"] and tables["ts_equity_curve"]
         assert_equals_rebuild(store)
+
+
+def test_a_bust_of_an_older_days_fill_rewrites_that_days_row(sqlite_url):
+    """The busted fill leaves the position's journal with the bust, but its day's statistics
+    change (one fill fewer): that day's row is rewritten too, not only the bust's own day."""
+    clock = Clock()
+    with tradestate.connect(sqlite_url, clock=clock) as client:
+        client.record_intent("a", "o1", "AAPL", "buy", 100, order_type="limit", limit_price="60", venue="IB")
+        client.record_submitted("a", "o1")
+        client.record_fill("a", "o1", "A.01", 40, "50")
+        clock.advance(24 * 60)  # the next trading day
+        client.record_fill("a", "o1", "B.01", 20, "51")
+        with open_store(sqlite_url) as store:
+            Projector(store).catch_up()  # the fills' days are in the tables before the bust comes
+        clock.advance(24 * 60)
+        client.record_fill_correction("a", "o1", "A.02", ["A.01"], 0, "50")  # a bust of the first day's fill
+    with open_store(sqlite_url) as store:
+        Projector(store).catch_up()
+        assert_equals_rebuild(store)
