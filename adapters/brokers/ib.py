@@ -77,6 +77,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
+import dataclasses
 from dataclasses import fields as dataclass_fields, is_dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -1038,23 +1039,32 @@ class IBAdapter(BrokerAdapter):
             raise ReplaceRejected(f"ib: order {venue_order_id} was placed by API client id {trade.order.clientId}; "
                                   "IB lets only that client modify it")
         ib = self._ib
-        order = trade.order
-        order.totalQuantity = Decimal(format(qty, "f"))
+        # a copy goes out: ib_insync's own order keeps what TWS last confirmed (its openOrder
+        # updates it), so a refused or unanswered amendment never shows as made
+        order = dataclasses.replace(trade.order, totalQuantity=Decimal(format(qty, "f")))
         if limit_price is not None:
             order.lmtPrice = Decimal(format(limit_price, "f"))
         if stop_price is not None:
             order.auxPrice = Decimal(format(stop_price, "f"))
+        wanted = (order.totalQuantity, order.lmtPrice, order.auxPrice)
+
+        def confirmed() -> bool:
+            o = trade.order
+            return all(Decimal(str(a)) == Decimal(str(b)) for a, b in zip((o.totalQuantity, o.lmtPrice, o.auxPrice),
+                                                                       wanted, strict=True))
+
         with self._order_errors(order) as errors:
             ib.placeOrder(trade.contract, order)  # the same orderId: a modification
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout
-            while loop.time() < deadline and not errors:
-                if Decimal(str(trade.orderStatus.filled)) + Decimal(str(trade.orderStatus.remaining)) == qty:
-                    break
+            while loop.time() < deadline and not errors and not confirmed():
                 await asyncio.sleep(0.005)
         if errors:
             raise ReplaceRejected(f"ib: amendment of order {venue_order_id} refused: "
                                   + "; ".join(f"error {c}: {m}" for c, m in errors))
+        if not confirmed():
+            raise VenueQueryFailed(f"ib: amendment of order {venue_order_id} sent but not confirmed within "
+                                   f"{self.timeout:g} s: its outcome is unknown (the order's state at TWS tells)")
         return self._order(trade, completed=False)
 
     # -- updates feed -------------------------------------------------------------------------

@@ -312,6 +312,23 @@ def test_ib_replace_modifies_the_same_order_id_through_ib_insync(sqlite_url):
         assert (after.qty, after.limit_price, after.status, after.discrepancies) == (150, D(61), "acknowledged", 0)
 
 
+def test_ib_a_price_only_amendment_tws_refuses_is_refused_and_the_order_keeps_its_price():
+    from tests.support.fake_tws import FakeTWS
+    from tradestate.adapters.brokers.base import OrderRequest, ReplaceRejected
+    from tradestate.adapters.brokers.ib import IBAdapter
+
+    with FakeTWS() as tws, IBAdapter(account=ACCOUNT, host=tws.host, port=tws.port, client_id=1,
+                                     timeout=2.0) as ib:
+        placed = ib.submit(OrderRequest(client_order_id="p1", symbol=SYM, side="buy", qty=D(100),
+                                        order_type="limit", limit_price=D(60)))
+        tws.rejects[SYM] = "price out of band"  # TWS refuses the modification (error 201)
+        with pytest.raises(ReplaceRejected, match="price out of band"):
+            ib.replace_order(placed.venue_order_id, qty=D(100), limit_price=D(61))
+        (still,) = [o for o in ib.open_orders() if o.venue_order_id == placed.venue_order_id]
+        assert (still.qty, still.limit_price) == (D(100), D(60))  # not shown as amended
+        assert tws.find(order_ref="p1").lmt == D(60)
+
+
 def test_reconciliation_records_an_amendment_the_venue_applied_and_leaves_an_unsent_one_pending(db_url, sim):
     from tradestate.reconcile import reconcile
 
