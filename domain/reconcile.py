@@ -294,6 +294,7 @@ class _Planner:
         self.planned_cash: dict[str, Decimal] = {}
         # the day's loss as the planned fills move it: positions and net P&L after them
         self.preview_positions: dict[tuple[str, str], PositionState] = {}
+        self.cash_previews: dict[tuple[str, str], PositionState] = {}  # a future's planned fills: its cash
         self.planned_day_net: dict[str, Decimal] = {}
         self.planned_breach_days: set[str] = set()
         self.orders: Mapping[str, VenueOrder] = {}
@@ -374,6 +375,9 @@ class _Planner:
         cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash
         if cash:
             currency, paid = fill_cash(self.state, ours.symbol, ours.sign * qty, price)  # multiplier, quote currency
+            spec = self.state.instrument(ours.symbol)
+            if spec is not None and spec.is_future:  # a future's cash moves by the fill's realised P&L
+                paid = -self.scratch_position(self.cash_previews, ours).apply_fill(ours.sign * qty, price)
             if currency in cash:
                 self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) - paid
             if fee and fee_currency in cash:
@@ -449,20 +453,26 @@ class _Planner:
         if f.fee and f.fee_currency in self.acct.cash_at(self.venue):
             self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - f.fee
 
+    def scratch_position(self, previews: dict[tuple[str, str], PositionState], ours: _Order) -> PositionState:
+        """In ``previews``, a scratch copy of the position a planned fill lands on (the state's as
+        it is, then moved by the fills planned before it; never the state's own)."""
+        key = (ours.venue, ours.symbol)
+        preview = previews.get(key)
+        if preview is None:
+            preview = previews[key] = PositionState(self.account, ours.venue, ours.symbol,
+                                                    self.state.instrument(ours.symbol))
+            held = self.state.position_of(self.account, ours.venue, ours.symbol)
+            if held is not None:
+                preview.qty, preview.cost = held.qty, held.cost
+        return preview
+
     def daily_loss(self, ours: _Order, fill: ev.OrderFilled) -> None:
         """``risk.daily_loss_breach`` of a planned fill, over the fills planned before it (as
         ``decide_fill`` does for a live fill): the breach, at most one per day, is planned too."""
         if self.acct is None:
             return
         day = self.state.trading_day(fill.occurred_at or self.now)
-        key = (ours.venue, ours.symbol)
-        preview = self.preview_positions.get(key)
-        if preview is None:
-            preview = self.preview_positions[key] = PositionState(self.account, ours.venue, ours.symbol,
-                                                                  self.state.instrument(ours.symbol))
-            held = self.state.position_of(self.account, ours.venue, ours.symbol)
-            if held is not None:
-                preview.qty, preview.cost = held.qty, held.cost
+        preview = self.scratch_position(self.preview_positions, ours)
         stats = self.acct.daily.get(day)
         net_before = self.planned_day_net.get(day, stats.net_pnl if stats is not None else ZERO)
         breached = day in self.planned_breach_days or (stats is not None and MAX_DAILY_LOSS in stats.breaches)

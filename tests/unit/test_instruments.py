@@ -426,6 +426,29 @@ def test_reconciliation_plans_a_missed_fills_cash_with_the_multiplier():
     assert state.accounts[ACCOUNT].cash_at("SIM") == {"USD": 99300}
 
 
+def test_reconciliation_plans_a_missed_closing_fill_of_a_future_with_its_realised_pnl_in_cash():
+    from tests.unit.test_reconcile_domain import (ACCOUNT, apply as fold_one, apply_plan, cash, intent, kinds, plan,
+                                                  snapshot, types, vfill, vorder)
+    from tradestate.domain.state import TradingState
+
+    state = TradingState()
+    e = ev.InstrumentDefined(event_id=uuid4(), symbol="ES", asset_class="future", multiplier=50, expiry=EXPIRY)
+    fold_one(state, instrument_stream_id(e.symbol), e)
+    cash(state, 100_000)
+    intent(state, "o1", "ES", qty=1, ack="V1")
+    intent(state, "o2", "ES", side="sell", qty=1, ack="V2")
+    # both missed: bought at 5,000, sold at 5,010; the venue's cash moved by the realised 10 x 50
+    snap = snapshot(orders=[vorder("V1", "o1", "filled", qty=1, filled=1, symbol="ES"),
+                            vorder("V2", "o2", "filled", qty=1, filled=1, side="sell", symbol="ES")],
+                    fills=[vfill("X1", "o1", "V1", 1, 5000, symbol="ES"),
+                           vfill("X2", "o2", "V2", 1, 5010, side="sell", symbol="ES")],
+                    positions=[], balances=[("USD", "100500")])
+    p = plan(state, snap)
+    assert types(p) == ["OrderFilled", "OrderFilled"] and kinds(p) == ["missed_fill", "missed_fill"]  # no cash drift
+    apply_plan(state, p)
+    assert state.accounts[ACCOUNT].cash_at("SIM") == {"USD": 100500}
+
+
 # ------------------------------------------------------------------ exercise, assignment, expiry
 
 
