@@ -9,16 +9,13 @@ and corrects each venue's positions, orders and fills on their own: a finer chec
 * **positions summed per asset** across the venues (``BTC`` of ``BTC/USDT`` at Binance and of
   ``BTC/USD`` at Kraken), ours (the log, after this run's corrections) against the venues', with
   the per-venue breakdown; an asset whose positions one venue could not report is "unknown";
-* **cash per venue**: each venue's balances, reported per venue and never netted across venues.
-  The log's cash is compared and corrected per venue only when the domain keeps cash per venue
-  (``AccountState.venue_cash``); a domain with one cash per account and currency would let one
-  venue's USDT balance "correct" another's back and forth, so there the balances are reported
-  (in this result and in each run's venue report) and not recorded.
+* **cash per venue**: each venue's balances, reported per venue and never netted across venues;
+  the log keeps each venue's cash apart (``AccountState.cash_at``), so one venue's USDT balance
+  never "corrects" another's (``record_cash=False``: balances reported, not recorded).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -27,16 +24,10 @@ from typing import Any
 from .adapters.brokers.base import BrokerAdapter, Unknown, VenueSnapshot
 from .client import TradestateClient
 from .domain.errors import InvalidInput
-from .domain.state import AccountState
 from .reconcile import ReconciliationResult, _writer, reconcile
 from .writer import Writer
 
 ZERO = Decimal(0)
-
-
-def domain_keeps_cash_per_venue() -> bool:
-    """True when the fold keeps each venue's cash apart (``AccountState.venue_cash``)."""
-    return any(f.name == "venue_cash" for f in dataclasses.fields(AccountState))
 
 
 def _s(amount: Decimal) -> str:
@@ -79,7 +70,7 @@ def reconcile_venues(
     now: datetime | None = None,
     dry_run: bool = False,
     tolerance: Decimal = ZERO,
-    record_cash: bool | None = None,
+    record_cash: bool = True,
 ) -> MultiVenueResult:
     """Reconcile one account at each adapter's venue, then sum positions per asset across venues
     and report cash per venue (see the module docstring). ``tolerance``: a summed difference up to
@@ -102,8 +93,6 @@ def reconcile_venues(
     if now.tzinfo is None or (since is not None and since.tzinfo is None):
         raise InvalidInput("reconcile_venues: now and since must be timezone-aware")
     now = now.astimezone(timezone.utc)
-    if record_cash is None:
-        record_cash = domain_keeps_cash_per_venue()
     account = accounts.pop()
     out = MultiVenueResult(account, cash_recorded=record_cash)
     snapshots: dict[str, VenueSnapshot | None] = {}
@@ -182,23 +171,21 @@ def summed_positions(before: dict[str, dict[str, Decimal]], after: dict[str, dic
 
 
 def cash_per_venue(state: Any, account: str, snapshots: dict[str, VenueSnapshot | None]) -> dict[str, dict[str, Any]]:
-    """venue -> currency -> {"venue": its balance, "log": the log's cash at that venue (None when
-    the domain keeps no cash per venue)}; a venue whose balances are unknown says so."""
+    """venue -> currency -> {"venue": its balance, "log": the log's cash at that venue (None: no
+    balance in that currency on record there)}; a venue whose balances are unknown says so."""
     acct = state.accounts.get(account)
-    per_venue = getattr(acct, "venue_cash", None) if acct is not None else None
     out: dict[str, dict[str, Any]] = {}
     for venue, snap in sorted(snapshots.items()):
         if snap is None or isinstance(snap.balances, Unknown):
             why = "the venue's run failed" if snap is None else snap.balances.reason  # type: ignore[union-attr]
             out[venue] = {"unknown": why}
             continue
-        logged = (per_venue or {}).get(venue, {}) if per_venue is not None else None
+        logged = acct.cash_at(venue) if acct is not None else {}
         out[venue] = {b.currency: {"venue": _s(b.cash),
-                                   "log": None if logged is None or b.currency not in logged
-                                   else _s(logged[b.currency])}
+                                   "log": _s(logged[b.currency]) if b.currency in logged else None}
                       for b in sorted(snap.balances, key=lambda b: b.currency)}
     return out
 
 
-__all__ = ["MultiVenueResult", "asset_of", "cash_per_venue", "domain_keeps_cash_per_venue", "log_positions",
+__all__ = ["MultiVenueResult", "asset_of", "cash_per_venue", "log_positions",
            "reconcile_venues", "summed_positions"]

@@ -14,43 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .adapters.brokers.base import BrokerAdapter, VenueOrder, VenuePosition, VenueSnapshot
+from .adapters.brokers.base import BrokerAdapter
 from .client import TradestateClient
 from .domain.errors import InvalidInput
 from .domain.three_way import ThreeWayReport, compare_three_ways, order_streams
 from .loading import deciding
 from .reconcile import ReconciliationResult, reconcile
 from .writer import Writer
-
-
-class _Pinned(BrokerAdapter):
-    """The API adapter with its snapshot taken once: the two-way run plans on exactly what the
-    three-way comparison saw; single-order lookups still go to the venue."""
-
-    def __init__(self, adapter: BrokerAdapter, snapshot: VenueSnapshot) -> None:
-        self._adapter, self._snapshot = adapter, snapshot
-        self.broker, self.venue, self.account = adapter.broker, adapter.venue, adapter.account
-
-    def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
-        return self._snapshot
-
-    def positions(self) -> list[VenuePosition]:
-        return self._adapter.positions()
-
-    def open_orders(self) -> list[VenueOrder]:
-        return self._adapter.open_orders()
-
-    def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
-        return self._adapter.recent_orders(since)
-
-    def fills(self, since: datetime | None = None) -> list[Any]:
-        return self._adapter.fills(since)
-
-    def balances(self) -> list[Any]:
-        return self._adapter.balances()
-
-    def order_by_client_id(self, client_order_id: str) -> VenueOrder:
-        return self._adapter.order_by_client_id(client_order_id)
 
 
 @dataclass(frozen=True)
@@ -83,8 +53,9 @@ def reconcile_three_way(client: TradestateClient | Writer, adapter: BrokerAdapte
         with deciding(writer.state) as state:
             report = compare_three_ways(state, api, drop)
     withheld = bool(report.alerts)
-    result = reconcile(client, _Pinned(adapter, api), strict=strict, since=since, now=now,
-                       dry_run=dry_run or withheld)
+    # planned on exactly the snapshot the comparison saw; single-order lookups still go to the venue
+    result = reconcile(client, adapter, strict=strict, since=since, now=now, dry_run=dry_run or withheld,
+                       snapshot=api)
     return ThreeWayResult(report, result, withheld)
 
 

@@ -15,7 +15,7 @@ from tradestate.adapters.brokers.ccxt_venue import CcxtAdapter
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id
-from tradestate.multi_venue import domain_keeps_cash_per_venue, reconcile_venues
+from tradestate.multi_venue import reconcile_venues
 from tradestate.order_flow import OrderFlow
 
 ACCOUNT = "acct-1"
@@ -126,13 +126,11 @@ def test_cash_is_kept_per_venue_never_corrected_by_another_venues_balance(venues
     assert result.cash == {"BINANCE": {"USDT": {"venue": "100000", "log": result.cash["BINANCE"]["USDT"]["log"]}},
                            "BINANCEUS": {"USDT": {"venue": "50000", "log": result.cash["BINANCEUS"]["USDT"]["log"]}}}
     recorded = [d for t, d in logged(url, "CashBalanceRecorded")]
-    if domain_keeps_cash_per_venue():  # each venue's balance recorded once, as that venue's
-        assert result.cash_recorded
-        assert sorted((d["venue"], d["currency"], D(d["balance"])) for d in recorded) == [
-            ("BINANCE", "USDT", D("100000")), ("BINANCEUS", "USDT", D("50000"))]
-        assert result.cash["BINANCE"]["USDT"]["log"] == "100000"
-    else:  # one cash per account and currency: recording both would flip it at every run
-        assert not result.cash_recorded and recorded == []
+    # each venue's balance recorded once, as that venue's (never flipped by the other's)
+    assert result.cash_recorded
+    assert sorted((d["venue"], d["currency"], D(d["balance"])) for d in recorded) == [
+        ("BINANCE", "USDT", D("100000")), ("BINANCEUS", "USDT", D("50000"))]
+    assert result.cash["BINANCE"]["USDT"]["log"] == "100000"
     # the venue report of each run keeps its venue's raw balances
     completed = [d for t, d in logged(url, "ReconciliationCompleted")]
     assert {d["venue"]: d["venue_report"]["balances"][0]["free"] for d in completed[-2:]} == {

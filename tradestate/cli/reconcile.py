@@ -166,7 +166,7 @@ def print_venues(console: Any, multi: Any) -> None:
     for venue, cash in multi.cash.items():
         parts = [f"{c} {v['venue']}" for c, v in cash.items() if isinstance(v, dict)] or [str(cash.get("unknown"))]
         console.print(f"cash at {venue}: {', '.join(parts)}"
-                      + ("" if multi.cash_recorded else " (reported, not recorded: the log keeps no cash per venue)"))
+                      + ("" if multi.cash_recorded else " (reported, not recorded)"))
     for where, error in multi.errors.items():
         console.print(f"[red]{where}: {error}[/red]")
 
