@@ -48,15 +48,11 @@ from .adapters.store import digest as digest_mod
 from .adapters.store.sql import POSTGRESQL, SQLITE, PgUrl, quote, read_cursor, url_kind
 from .domain import events as ev
 from .domain.errors import InvalidInput, ReadOnlyStore
+from .writer import utc_now
 
 LOGS = (TRADING_TABLE, MARKET_TABLE)
 COMPARE_PAGE = 10_000  # rows per read when the unsealed tail is compared
 MAX_REASON = 900  # DrillCompleted.reason is bounded text
-
-
-def utc_now() -> datetime:
-    """The wall clock, aware UTC."""
-    return datetime.now(timezone.utc)
 
 
 @dataclass

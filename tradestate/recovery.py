@@ -197,8 +197,7 @@ def _verify_in_child(url: str, after: int) -> dict[str, Any]:
 
     with open_store(url, create=False) as store:
         result = digest.verify(store, after=after)
-    return {k: getattr(result, k) for k in ("ok", "first_bad_position", "problem", "detail", "checked_events",
-                                             "sealed_upto", "unsealed_events", "seconds")}
+    return {k: getattr(result, k) for k in _VERIFY_FIELDS}
 
 
 VERIFY_WORKER_NICE = 10
