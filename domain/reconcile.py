@@ -17,6 +17,13 @@ Rules (the broker is the truth for what happened at the venue; every correction 
   finished order alike; the position and cash are compared after it.
 - A fill recorded with its fee pending (``fee_pending``) whose fee the venue now reports gets
   ``FeeCharged`` for that exec id (fees and cash follow), not a blind cash correction.
+- A fee that stays pending past the venue's ``fee_report_wait`` (IB: the commission report never
+  reaches a client that neither placed the order nor is the master client id) is a
+  ``fee_report_missing`` discrepancy per execution. A cash shortfall no larger than the pending
+  fees can be (``max_fee_rate`` of their notional) is put down to them, never corrected blindly:
+  one pending execution in that currency, past the wait, gets ``FeeCharged`` for the shortfall on
+  the venue's evidence (its reason says so); younger ones wait for their reports; several past
+  the wait cannot be told apart and stay a ``cash_fees_unreported`` discrepancy naming them.
 - Two venue orders with one client order id (IB: two permIds behind one orderRef, a resend or a
   second engine) are a ``duplicate_order_ref`` discrepancy naming both: the original (the one
   our log acknowledged, else the first placed) stays ours; the other is imported as an external
@@ -42,7 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID, uuid5
@@ -112,6 +119,23 @@ class Discrepancy:
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, for reports and JSON."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class _PendingFee:
+    """An execution whose fee the venue has not reported: what the planner knows of it."""
+
+    exec_id: str
+    stream_id: str
+    client_order_id: str
+    venue_order_id: str | None
+    symbol: str
+    correlation_id: UUID
+    qty: Decimal
+    price: Decimal
+    currency: str  # the fee's currency (the venue's, when it lists the execution)
+    notional: Decimal  # |qty x price x multiplier|
+    occurred_at: datetime | None  # None: the venue no longer lists it (from before its window)
 
 
 @dataclass
@@ -303,6 +327,8 @@ class _Planner:
         self._unposted: dict[tuple[str, str], Decimal] | None = None
         self._filled_legs: dict[str, str] | None = None
         self.duplicates: dict[str, str] = {}  # venue order id -> the original's, for one client order id
+        self.planned_fees_pending: dict[str, _PendingFee] = {}  # fills this plan records with their fee pending
+        self.fees_settled: set[str] = set()  # exec ids whose pending fee this plan records (or replaces)
         self.fills_known = not isinstance(snapshot.fills, Unknown)
         self.orders_known = not isinstance(snapshot.open_orders, Unknown) and not isinstance(
             snapshot.recent_orders, Unknown
@@ -364,6 +390,9 @@ class _Planner:
             return False
         assert isinstance(e, ev.OrderFilled)
         self.daily_loss(ours, e)
+        if fee_pending:
+            self.planned_fees_pending[exec_id] = self.pending_fee(ours, exec_id, qty, price, fee_currency, occurred_at,
+                                                                  venue_order_id)
         ours.filled_qty += qty
         ours.fill_notional += qty * price
         ours.executions = {**ours.executions, exec_id: (qty, price, -1)}
@@ -410,6 +439,10 @@ class _Planner:
         if e is None:
             return True
         f1 = ZERO if f.fee_pending else f.fee
+        self.fees_settled.add(old_id)  # the fold moves a pending fee to the correcting execution
+        if f.fee_pending and f.qty:
+            self.planned_fees_pending[f.exec_id] = self.pending_fee(ours, f.exec_id, f.qty, f.price, f.fee_currency,
+                                                                    f.occurred_at, f.venue_order_id)
         executions = {k: v for k, v in ours.executions.items() if k != old_id}
         if f.qty:
             executions[f.exec_id] = (f.qty, f.price, -1)
@@ -449,6 +482,7 @@ class _Planner:
         if e is None:
             return
         self.order_events.append((ours.stream_id, e))  # on the order's stream: its fees count it
+        self.fees_settled.add(f.exec_id)
         self.plan.count("fees_charged")
         if f.fee and f.fee_currency in self.acct.cash_at(self.venue):
             self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - f.fee
@@ -512,6 +546,7 @@ class _Planner:
         self.posted_fees()
         self.positions()
         self.cash()
+        self.missing_fee_reports()
         self.plan.events = self.order_events + self.account_events
         return self.plan
 
@@ -1031,6 +1066,99 @@ class _Planner:
             self._unposted[key] = self._unposted.get(key, ZERO) + amount + FEE_ROUNDING
         return self._unposted
 
+    # ------------------------------------------------------- fees the venue has not reported
+    def pending_fee(self, ours: _Order, exec_id: str, qty: Decimal, price: Decimal, currency: str,
+                    occurred_at: datetime | None, venue_order_id: str | None) -> _PendingFee:
+        spec = self.state.instrument(ours.symbol)
+        notional = abs(qty * price * (spec.multiplier if spec is not None else 1))
+        return _PendingFee(exec_id, ours.stream_id, ours.client_order_id, venue_order_id, ours.symbol,
+                           ours.correlation_id, qty, price, currency, notional, occurred_at)
+
+    def pending_fees(self) -> list[_PendingFee]:
+        """The executions at this venue whose fee is pending after this plan (recorded so, or
+        recorded so by it), oldest first; only for venues that bound the wait (``fee_report_wait``)."""
+        if self.snap.fee_report_wait is None or self.acct is None:
+            return []
+        listed: dict[str, VenueFill] = {}
+        if self.fills_known:
+            listed.update((f.exec_id, f) for f in self.snap.fills)  # type: ignore[union-attr]
+        for order in self.orders.values():
+            listed.update((f.exec_id, f) for f in order.fills)
+        pending: dict[str, _PendingFee] = {}
+        for exec_id, stream_id in self.acct.fees_pending.items():
+            order = self.state.orders.get(stream_id)
+            if exec_id in self.fees_settled or order is None or order.venue != self.venue:
+                continue
+            held = order.executions.get(exec_id)
+            if held is None:
+                continue
+            f = listed.get(exec_id)
+            spec = self.state.instrument(order.symbol)
+            currency = f.fee_currency if f is not None else spec.quote_currency if spec is not None else "USD"
+            pending[exec_id] = self.pending_fee(_Order(order), exec_id, held[0], held[1], currency,
+                                                f.occurred_at if f is not None else None, order.venue_order_id)
+        pending.update((k, v) for k, v in self.planned_fees_pending.items() if k not in self.fees_settled)
+        epoch = datetime.min.replace(tzinfo=timezone.utc)
+        return sorted(pending.values(), key=lambda p: (p.occurred_at or epoch, p.exec_id))
+
+    def overdue(self, fee: _PendingFee) -> bool:
+        """Past the venue's wait for its fee report (an execution it no longer lists is)."""
+        wait = self.snap.fee_report_wait or timedelta(0)
+        return fee.occurred_at is None or self.now - fee.occurred_at >= wait
+
+    def cash_short_by_pending_fees(self, currency: str, short: Decimal, expected: Decimal, held: Decimal) -> bool:
+        """The venue holds ``short`` less ``currency`` than the log projects: True when fees it has
+        not reported explain it (then no cash correction): one overdue execution's fee is recorded
+        (``FeeCharged`` on the venue's evidence), fees not yet overdue are waited for, several
+        overdue ones stay a discrepancy naming them. False: the pending fees cannot explain it."""
+        rate = self.snap.max_fee_rate
+        pending = [p for p in self.pending_fees() if p.currency == currency]
+        if rate is None or not pending or short > sum((p.notional for p in pending), ZERO) * rate + FEE_ROUNDING:
+            return False
+        overdue = [p for p in pending if self.overdue(p)]
+        if not overdue:
+            self.plan.count("cash_fees_pending")  # their commission reports may still come
+            return True
+        names = ", ".join(f"{p.exec_id} (order {p.client_order_id})" for p in pending)
+        if len(pending) == 1 and self.can_correct_totals("cash"):
+            (fee,) = pending
+            e = self.build(ev.FeeCharged, event_id=fact_id("FeeCharged", self.account, self.venue, fee.exec_id),
+                           occurred_at=fee.occurred_at or self.now, correlation_id=fee.correlation_id,
+                           causation_id=self.rid, account=self.account, venue=self.venue, fee_id=fee.exec_id,
+                           amount=_fit(short), currency=currency, symbol=fee.symbol, exec_id=fee.exec_id,
+                           client_order_id=fee.client_order_id, reconciliation_id=str(self.rid),
+                           reason=f"the venue's fee for execution {fee.exec_id} was never reported; its {currency} "
+                                  f"cash is {short} below the log's (the fee, on the venue's evidence)")
+            if e is None:
+                return False
+            self.order_events.append((fee.stream_id, e))
+            self.fees_settled.add(fee.exec_id)
+            self.plan.count("fees_inferred")
+            self.discrepancy("fee_inferred", f"no commission report for execution {fee.exec_id}; the venue's "
+                             f"{currency} cash is {short} below the log's: recorded as its fee (FeeCharged)",
+                             "corrected", client_order_id=fee.client_order_id, venue_order_id=fee.venue_order_id,
+                             symbol=fee.symbol, ours=str(expected), theirs=str(held))
+            return True
+        self.discrepancy("cash_fees_unreported", f"{currency} cash: the log projects {expected}, the venue holds "
+                         f"{held}; the {short} is within the unreported fees of executions {names}, which "
+                         "cannot be told apart: not corrected (record each fee from the venue's statement, or "
+                         "reconcile as the master client id)", "pending", ours=str(expected), theirs=str(held))
+        return True
+
+    def missing_fee_reports(self) -> None:
+        """Each fee still pending past the venue's wait: a ``fee_report_missing`` discrepancy."""
+        for fee in self.pending_fees():
+            if not self.overdue(fee):
+                continue
+            since = "before the venue's listing window" if fee.occurred_at is None else \
+                f"since {fee.occurred_at.isoformat()}"
+            self.plan.count("fee_reports_missing")
+            self.discrepancy("fee_report_missing", f"the venue has not reported the fee of execution {fee.exec_id} "
+                             f"({fee.qty} {fee.symbol} @ {fee.price}) {since}: its fee is not on record (IB sends "
+                             "commission reports only to the client that placed the order and to the master "
+                             "API client id)", "pending", client_order_id=fee.client_order_id,
+                             venue_order_id=fee.venue_order_id, symbol=fee.symbol, theirs=fee.exec_id)
+
     # -------------------------------------------------------------------- positions, cash
     def can_correct_totals(self, what: str) -> bool:
         return self.fills_known and self.orders_known
@@ -1107,6 +1235,9 @@ class _Planner:
             if expected is not None and ZERO < expected - balance.cash <= self.unposted_fees().get(
                     ("cash", balance.currency), ZERO):
                 self.plan.count("cash_fees_unposted")  # the venue took a fee it posts later
+                continue
+            if expected is not None and expected > balance.cash and self.cash_short_by_pending_fees(
+                    balance.currency, expected - balance.cash, expected, balance.cash):
                 continue
             if expected is None and self.plan.unknown:
                 # A first balance is the baseline that fills recorded later move. Taken while the

@@ -6,7 +6,7 @@ whose query failed is ``Unknown``: never read as empty."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -138,6 +138,13 @@ class VenueSnapshot:
     # (Alpaca crypto: 25 bps, posted at the end of the day). Until then the venue's position and
     # cash differ from the fills by that fee.
     unposted_fee_rates: dict[str, Decimal] = field(default_factory=dict)
+    # venues that report each execution's fee apart and may never send it to this connection (IB's
+    # commissionReport reaches only the placing client and the master client id): how long a fee
+    # may stay pending before reconciliation reports it missing (None: no bound), and the largest
+    # fee per execution as a share of its notional (None: a cash difference is never put down to
+    # pending fees)
+    fee_report_wait: timedelta | None = None
+    max_fee_rate: Decimal | None = None
 
     def raw_report(self) -> dict[str, Any]:
         """The venue's raw data this snapshot was built from (stored with the reconciliation)."""

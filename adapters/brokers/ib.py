@@ -23,7 +23,10 @@ through ib_insync's own ``IB`` client and its start-up sync, then answers every 
   without one is reported with ``fee_pending=True`` (fee 0 for now), never as a final fee of 0;
   a report that comes after the live fill was handed over is a ``fee`` update. Pass
   ``master_client_id`` (TWS: Global Configuration > API > Settings > "Master API client ID"):
-  the adapter warns when its own client id is not it.
+  the adapter warns when its own client id is not it. Its snapshot says how long a report may take
+  (``fee_report_wait``) and how large a commission can be (``max_fee_rate``): reconciliation then
+  reports a fee that never came (``fee_report_missing``) and puts a cash shortfall it explains down
+  to it instead of correcting the cash blindly.
 * **One orderRef, two permIds** (a resend, or a second engine using our ids): the live feed hands
   over updates of the first permId seen for an orderRef only; the others come without a client
   order id (``raw["duplicate_order_ref_of"]``), for reconciliation to report and keep apart.
@@ -79,7 +82,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 import dataclasses
 from dataclasses import fields as dataclass_fields, is_dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -97,6 +100,7 @@ from tradestate.adapters.brokers.base import (
     VenueOrderStatus,
     VenuePosition,
     VenueQueryFailed,
+    VenueSnapshot,
     VenueUpdate,
 )
 
@@ -784,6 +788,20 @@ class IBAdapter(BrokerAdapter):
             out.append(fill)
         out.sort(key=lambda v: (v.occurred_at or datetime.min.replace(tzinfo=timezone.utc), v.exec_id))
         return out
+
+    # TWS sends an execution's commission report right after it, to the placing client and the
+    # master client id only: a fee still pending after this long is not coming to this connection
+    fee_report_wait = timedelta(minutes=2)
+    # IBKR's largest commission per order on stocks: 1% of the trade value (fixed and tiered;
+    # https://www.interactivebrokers.com/en/pricing/commissions-stocks.php); a cash shortfall
+    # above that is no unreported commission
+    max_fee_rate = Decimal("0.01")
+
+    def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
+        """The common snapshot, with how long a commission report may take and how large one can be
+        (reconciliation's ``fee_report_missing`` and the cash put down to unreported fees)."""
+        return dataclasses.replace(super().snapshot(since, now=now), fee_report_wait=self.fee_report_wait,
+                                   max_fee_rate=self.max_fee_rate)
 
     # -- mapping ------------------------------------------------------------------------------
 

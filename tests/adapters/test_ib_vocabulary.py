@@ -159,6 +159,56 @@ def test_only_the_master_client_id_receives_other_clients_commissions(client, ca
         assert "master API client id" not in caplog.text
 
 
+def test_a_commission_report_that_never_comes_is_reported_and_the_cash_put_down_to_it(client):
+    # the order is placed by client id 1; reconciliation connects as client id 2, not TWS's master
+    # client id: TWS charges the commission but sends its report to client 1 (and the master) only
+    with FakeTWS(cash={"USD": CASH}) as tws, adapter_for(tws, client_id=2) as ib:
+        baseline(client, ib)
+        order = our_order(client, tws, "o-nofee")
+        execution = tws.fill(order, D(100), D(50), commission=D("1.25"), notify=False)
+        result = reconcile(client, ib)  # at once: the report may still come, the cash waits for it
+        assert types(result) == ["OrderFilled"], result.corrective_events
+        assert order_of(client, "o-nofee").as_dict()["fees_pending"] == [execution.exec_id]
+        assert "cash_drift" not in kinds(result) and result.counts["cash_fees_pending"] == 1
+        later = datetime.now(timezone.utc) + ib.fee_report_wait
+        result = reconcile(client, ib, now=later)  # past the wait: the venue's cash says what it was
+        assert types(result) == ["FeeCharged"], result.corrective_events
+        assert kinds(result) == ["fee_inferred"] and execution.exec_id in result.discrepancies[0]["detail"]
+        o = order_of(client, "o-nofee")
+        assert (o.fees, o.as_dict()["fees_pending"]) == (D("1.25"), [])
+        assert client.state.account(ACCOUNT).cash["USD"] == tws.cash["DU1234567"]["USD"]
+        assert settled(client, ib).status == "clean"
+
+
+def test_several_commission_reports_that_never_come_block_strict_mode_naming_them(client):
+    with FakeTWS(cash={"USD": CASH}, master_client_id=0) as tws, adapter_for(tws, client_id=2) as ib:
+        baseline(client, ib)
+        order = our_order(client, tws, "o-nofee2")
+        first = tws.fill(order, D(40), D(50), commission=D(1), notify=False)
+        second = tws.fill(order, D(60), D(50), commission=D("1.1"), notify=False)
+        never = tws.fill(our_order(client, tws, "o-nofee3", qty=10), D(10), D(50), commission=D(1), report=False,
+                         notify=False)  # computed never: not charged either
+        later = datetime.now(timezone.utc) + ib.fee_report_wait
+        result = reconcile(client, ib, strict=True, now=later)
+        assert sorted(types(result)) == ["OrderFilled"] * 3, result.corrective_events
+        assert "CashBalanceRecorded" not in types(result)  # never a blind cash correction
+        missing = [d for d in result.discrepancies if d["kind"] == "fee_report_missing"]
+        assert sorted(d["theirs"] for d in missing) == sorted([first.exec_id, second.exec_id, never.exec_id])
+        (cash,) = [d for d in result.discrepancies if d["kind"] == "cash_fees_unreported"]
+        assert first.exec_id in cash["detail"] and second.exec_id in cash["detail"] and "2.1" in cash["detail"]
+        assert result.status == "discrepancies" and result.blocked
+        assert "fee_report_missing" in client.state.account(ACCOUNT).blocked_reason
+        o = order_of(client, "o-nofee2")
+        assert (o.fees, sorted(o.as_dict()["fees_pending"])) == (D(0), sorted([first.exec_id, second.exec_id]))
+        # the master client id gets the reports: the fees are recorded and the cash agrees
+        with adapter_for(tws, client_id=0, master_client_id=0) as master:
+            result = reconcile(client, master, now=later)
+        assert sorted(types(result)) == ["FeeCharged", "FeeCharged"], result.corrective_events
+        assert "cash_drift" not in kinds(result) and kinds(result) == ["fee_report_missing"]  # `never` still
+        assert order_of(client, "o-nofee2").fees == D("2.1")
+        assert client.state.account(ACCOUNT).cash["USD"] == tws.cash["DU1234567"]["USD"]
+
+
 # -- one orderRef, two permIds -------------------------------------------------------------------
 
 

@@ -1008,7 +1008,7 @@ class IBVenueControl:
         # the first one is the client id our orders carry
         client_id = next(self._client_ids)
         adapter = IBAdapter(account=self.account, host=self.server.host, port=self.server.port,
-                            client_id=client_id, timeout=self.timeout)
+                            client_id=client_id, timeout=self.timeout, master_client_id=self.server.master_client_id)
         self._adapters.append(adapter)
         return adapter
 
@@ -1020,7 +1020,11 @@ class IBVenueControl:
 
 @contextlib.contextmanager
 def ib_venue(account: str = "acct-1", **server_options: Any) -> Iterator[IBVenueControl]:
-    """A fake TWS on a free local port and its VenueControl; everything is closed afterwards."""
+    """A fake TWS on a free local port and its VenueControl; everything is closed afterwards. The
+    first adapter's client id (1) is TWS's master API client id unless ``master_client_id`` says
+    otherwise: as a reconciling connection should be, or the commission reports of orders placed by
+    hand in TWS never reach it (their fees stay pending)."""
+    server_options.setdefault("master_client_id", 1)
     server = FakeTWS(**server_options).start()
     control = IBVenueControl(server, account)
     try:
