@@ -808,6 +808,11 @@ class _Planner:
         linked: dict[str, Any] = {} if parent is None else {
             "parent_client_order_id": parent.client_order_id,
             "reason": f"{vo.raw.get('order_class') or 'bracket'} leg of order {parent.client_order_id}"[:1000]}
+        allocation = vo.raw.get("fa_allocation") if vo.raw and parent is None else None
+        if allocation:  # IB: this account's share of an FA group order placed from the advisor's account
+            linked = {"reason": (f"allocation to {allocation.get('account')} of FA group order "
+                                 f"{allocation.get('order_ref') or vo.venue_order_id} (group {allocation.get('group')}, "
+                                 f"placed from {allocation.get('advisor_account')})")[:1000]}
         e = self.build(
             ev.OrderImported, event_id=import_id, occurred_at=vo.submitted_at or self.now,
             correlation_id=correlation, causation_id=self.rid, account=self.account, client_order_id=coid,
@@ -822,6 +827,10 @@ class _Planner:
         self.order_events.append((stream, e))
         if parent is not None:
             self.plan.count("legs_linked")  # the venue made it for our order: not a disagreement
+        elif allocation:
+            self.plan.count("fa_allocations_imported")
+            self.discrepancy("fa_allocation", linked["reason"] + ": imported", "corrected", client_order_id=coid,
+                             venue_order_id=vo.venue_order_id, symbol=vo.symbol, ours="absent", theirs=vo.status)
         else:
             self.plan.count("orders_imported")
             self.discrepancy("unknown_order", f"{vo.side} {vo.qty} {vo.symbol} placed outside tradestate: "

@@ -30,6 +30,14 @@ through ib_insync's own ``IB`` client and its start-up sync, then answers every 
 * **One orderRef, two permIds** (a resend, or a second engine using our ids): the live feed hands
   over updates of the first permId seen for an orderRef only; the others come without a client
   order id (``raw["duplicate_order_ref_of"]``), for reconciliation to report and keep apart.
+* **Financial advisors** (https://interactivebrokers.github.io/tws-api/financial_advisor_methods_and_orders.html,
+  executions_commissions.html): with ``fa_group`` orders go to an allocation group (``faGroup``,
+  no account) from the advisor's account, whose connection gets the allocation order's own
+  executions; the positions and cash it compares are the group's accounts' (``requestFA``),
+  summed. An adapter for one sub-account (``ib_account``) reports its allocations, which IB lists
+  as that account's executions of the group order, as one order per group order
+  (``raw["fa_allocation"]``): reconciliation imports it, so each client account's positions and
+  cash agree without a blind correction.
 * **Balances** from the account values (``reqAccountUpdates``): ``CashBalance`` per currency
   (``BASE`` is a conversion total, skipped), ``TotalCashValue`` for a currency without one.
   **Positions** from ``reqPositions``.
@@ -89,6 +97,7 @@ from zoneinfo import ZoneInfo
 
 from tradestate.adapters.brokers.base import (
     BrokerAdapter,
+    Unknown,
     OrderNotFound,
     OrderRequest,
     ReplaceRejected,
@@ -334,6 +343,11 @@ class IBAdapter(BrokerAdapter):
     * ``master_client_id``: TWS's "Master API client ID", when one is set. Only that client
       receives the commission reports of orders placed by other client ids or in TWS; the adapter
       warns (log) when ``client_id`` is not it, and their fills then stay ``fee_pending``.
+    * ``fa_group``: a financial advisor's allocation group (or profile): orders go to it (the API
+      has no default allocation: ``faGroup`` instead of an account) from ``ib_account``, the
+      advisor's account; each sub-account's share is reconciled by an adapter for that account.
+      Positions and cash are then the group's: its accounts' (``requestFA``), summed, so our
+      account for the advisor books what its group orders hold across the group.
     """
 
     broker = "ib"
@@ -351,7 +365,12 @@ class IBAdapter(BrokerAdapter):
         readonly: bool = False,
         connect: bool = True,
         master_client_id: int | None = None,
+        fa_group: str | None = None,
     ) -> None:
+        if fa_group is not None and (not isinstance(fa_group, str) or not fa_group.strip()
+                                     or _CONTROL.search(fa_group)):
+            raise ValueError(f"ib: fa_group must be a non-empty string or None, got {fa_group!r}")
+        self.fa_group = fa_group
         if not isinstance(account, str) or not account.strip() or _CONTROL.search(account):
             raise ValueError(f"ib: account must be a non-empty string, got {account!r}")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
@@ -623,6 +642,8 @@ class IBAdapter(BrokerAdapter):
 
     async def _positions(self) -> list[VenuePosition]:
         items = await self._query("positions", self._ib.reqPositionsAsync)
+        if self.fa_group:
+            return self._summed(await self._fa_members(), items)
         out = []
         for p in items:
             if p.account != self.ib_account:
@@ -642,8 +663,50 @@ class IBAdapter(BrokerAdapter):
         with self._lock:
             return self._call(self._balances())
 
+    async def _fa_members(self) -> list[str]:
+        """The accounts of ``fa_group`` from the login's FA groups (``requestFA``: TWS's XML,
+        ``<ListOfGroups><Group><name>..</name><ListOfAccts><String>DU..``)."""
+        import xml.etree.ElementTree as ElementTree
+
+        text = await self._query("FA groups", lambda: self._ib.requestFAAsync(1))  # 1: GROUPS
+        try:
+            root = ElementTree.fromstring((text or "").strip())
+        except ElementTree.ParseError as e:
+            raise VenueQueryFailed(f"ib: the FA groups TWS sent are not readable XML ({e})") from None
+        for group in root.iter("Group"):
+            if (group.findtext("name") or "").strip() == self.fa_group:
+                members = [(a.text or "").strip() for a in group.iter("String") if (a.text or "").strip()]
+                if members:
+                    return members
+        raise VenueQueryFailed(f"ib: FA group {self.fa_group!r} is not among the login's groups (or has no account)")
+
+    def _summed(self, members: list[str], items: list[Any]) -> list[VenuePosition]:
+        """The positions of the FA group's accounts, summed per contract (average cost weighted)."""
+        held: dict[str, tuple[Decimal, Decimal, list[dict[str, Any]]]] = {}
+        for p in items:
+            if p.account not in members:
+                continue
+            qty = _req(p.position, "position quantity")
+            cost = (_dec(p.avgCost, "average cost", optional=True) or Decimal(0)) * qty
+            q0, c0, raws = held.get(_symbol(p.contract), (Decimal(0), Decimal(0), []))
+            held[_symbol(p.contract)] = (q0 + qty, c0 + cost, [*raws, {"account": p.account, "position": _plain(
+                p.position), "avgCost": _plain(p.avgCost), "contract": _pick(p.contract, _CONTRACT_RAW)}])
+        return [VenuePosition(symbol=symbol, qty=qty, avg_cost=cost / qty if cost else None,
+                              raw={"fa_group": self.fa_group, "accounts": raws})
+                for symbol, (qty, cost, raws) in sorted(held.items()) if qty != 0]
+
     async def _balances(self) -> list[VenueBalance]:
-        account = self.ib_account
+        if not self.fa_group:
+            return await self._account_balances(self.ib_account)
+        summed: dict[str, tuple[Decimal, list[dict[str, Any]]]] = {}
+        for member in await self._fa_members():
+            for b in await self._account_balances(member):
+                amount, raws = summed.get(b.currency, (Decimal(0), []))
+                summed[b.currency] = (amount + b.cash, [*raws, b.raw])
+        return [VenueBalance(currency, amount, raw={"fa_group": self.fa_group, "accounts": raws})
+                for currency, (amount, raws) in sorted(summed.items())]
+
+    async def _account_balances(self, account: str | None) -> list[VenueBalance]:
         values: list[Any] = []
 
         def on_value(value: Any) -> None:
@@ -799,9 +862,54 @@ class IBAdapter(BrokerAdapter):
 
     def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
         """The common snapshot, with how long a commission report may take and how large one can be
-        (reconciliation's ``fee_report_missing`` and the cash put down to unreported fees)."""
-        return dataclasses.replace(super().snapshot(since, now=now), fee_report_wait=self.fee_report_wait,
-                                   max_fee_rate=self.max_fee_rate)
+        (reconciliation's ``fee_report_missing`` and the cash put down to unreported fees), and this
+        account's share of FA group orders placed from the advisor's account (``fa_allocations``)."""
+        snap = super().snapshot(since, now=now)
+        snap = dataclasses.replace(snap, fee_report_wait=self.fee_report_wait, max_fee_rate=self.max_fee_rate)
+        if isinstance(snap.fills, Unknown) or isinstance(snap.recent_orders, Unknown) or isinstance(
+                snap.open_orders, Unknown):
+            return snap
+        listed = {o.venue_order_id for o in [*snap.open_orders, *snap.recent_orders]}
+        if all(f.venue_order_id in listed for f in snap.fills):
+            return snap  # no execution of an order placed elsewhere: nothing allocated here
+        try:
+            with self._lock:
+                allocations = self._call(self._fa_allocations(snap.fills, listed))
+        except VenueError as e:
+            return dataclasses.replace(snap, recent_orders=Unknown(f"{type(e).__name__}: {e}"))
+        return dataclasses.replace(snap, recent_orders=[*snap.recent_orders, *allocations])
+
+    async def _fa_allocations(self, fills: list[VenueFill], listed: set[str]) -> list[VenueOrder]:
+        """This account's allocations of FA group orders placed from the advisor's account: one
+        order each, holding what was allocated here (IB lists a sub-account's allocations as its
+        executions of the group order's permId; the order itself is the advisor's). While the group
+        order works, its quantity is the whole order's (the most this account can get) and it is
+        partially filled; once finished, its quantity is what this account got, and it is filled.
+        ``notional`` is set: its quantity is known only as it fills."""
+        by_perm: dict[str, list[VenueFill]] = {}
+        for f in fills:
+            if f.venue_order_id not in listed:
+                by_perm.setdefault(f.venue_order_id, []).append(f)
+        trades = [(t, False) for t in await self._query("open orders", self._ib.reqAllOpenOrdersAsync)]
+        trades += [(t, True) for t in await self._query("completed orders",
+                                                         lambda: self._ib.reqCompletedOrdersAsync(False))]
+        out: dict[str, VenueOrder] = {}
+        for t, completed in trades:  # the completed report, after the open one, wins
+            group = t.order.faGroup or t.order.faProfile
+            perm = str(t.order.permId or t.orderStatus.permId)
+            if not group or perm not in by_perm:
+                continue
+            order = self._order(t, completed=completed)
+            got = by_perm[perm]
+            allocated = sum((f.qty for f in got), Decimal(0))
+            avg = sum((f.qty * f.price for f in got), Decimal(0)) / allocated
+            working = order.is_open
+            out[perm] = _replace_order(
+                order, client_order_id=None, qty=order.qty if working else allocated, filled_qty=allocated,
+                status="partially_filled" if working else "filled", avg_fill_price=avg, notional=allocated * avg,
+                raw={**order.raw, "fa_allocation": {"group": group, "account": self.ib_account,
+                                                    "order_ref": t.order.orderRef, "advisor_account": t.order.account}})
+        return list(out.values())
 
     # -- mapping ------------------------------------------------------------------------------
 
@@ -915,6 +1023,8 @@ class IBAdapter(BrokerAdapter):
         order = Order(action=request.side.upper(), totalQuantity=exact(request.qty, "qty"), orderType=ib_type,
                       tif=_TO_IB_TIF[request.time_in_force], orderRef=cid, account=self.ib_account or "",
                       transmit=True)
+        if self.fa_group:  # an account, a group and a profile exclude each other (IB error 201)
+            order.account, order.faGroup = "", self.fa_group
         if ib_type in ("LMT", "STP LMT"):
             order.lmtPrice = exact(request.limit_price, "limit_price")
         elif request.limit_price is not None:

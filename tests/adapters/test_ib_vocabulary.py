@@ -292,17 +292,79 @@ def test_a_gtc_order_filled_across_sessions(client):
         assert settled(client, ib).status == "clean"
 
 
-def test_financial_advisor_allocations_fill_each_sub_account():
-    accounts = ("DU1111111", "DU2222222")
-    with FakeTWS(accounts=accounts) as tws:
-        group = tws.add_order(symbol="SPY", action="BUY", qty=D(30), order_ref="fa-1", client_id=1,
-                              account=accounts[0])
-        tws.allocate(group, {accounts[0]: D(10), accounts[1]: D(20)}, D(500))
-        for account, qty in zip(accounts, (D(10), D(20))):
-            with adapter_for(tws, ib_account=account) as ib:
-                (fill,) = ib.fills()
-                assert (fill.qty, fill.client_order_id, fill.venue_order_id) == (qty, "fa-1", str(group.perm_id))
-                assert [(p.symbol, p.qty) for p in ib.positions()] == [("SPY", qty)]
+ADVISOR, SUBS = "F1234567", ("DU1111111", "DU2222222")
+
+
+def fa_tws(**options) -> FakeTWS:
+    """An advisor's login: its own account and two client accounts in group "Growth" (1:2)."""
+    return FakeTWS(accounts=(ADVISOR, *SUBS), fa_groups={"Growth": {SUBS[0]: D(1), SUBS[1]: D(2)}},
+                   commission_per_share=D("0.01"), master_client_id=2, **options)
+
+
+def sub_reconcile(client, tws, sub: str, **options):
+    """Reconcile our account for IB sub-account ``sub`` (as the master client id, which gets the
+    allocations' commission reports)."""
+    with IBAdapter(account=f"client-{sub}", host=tws.host, port=tws.port, client_id=2, ib_account=sub,
+                   master_client_id=2, timeout=2.0) as ib:
+        return reconcile(client, ib, **options)
+
+
+def test_financial_advisor_group_order_is_reconciled_per_sub_account(client):
+    with fa_tws() as tws:
+        tws.set_mark("SPY", D(500))
+        for sub in SUBS:  # each client account's cash on record before the order
+            assert sub_reconcile(client, tws, sub).status == "corrected"
+        with adapter_for(tws, ib_account=ADVISOR, fa_group="Growth") as advisor:
+            baseline(client, advisor)  # the group's cash: its accounts' summed
+            client.record_intent(ACCOUNT, "fa-1", "SPY", "buy", 30, order_type="limit", limit_price="510",
+                                 venue="IB")
+            OrderFlow(client, advisor).forward(ACCOUNT, "fa-1")
+            placed = tws.find(order_ref="fa-1")
+            assert (placed.fa_group, placed.account) == ("Growth", ADVISOR)  # faGroup on the wire, no account
+            first = tws.fill(placed, D(12), D(500))  # allocated 4 / 8
+            (one, two) = tws.allocations(first)
+            assert [(e.account, e.shares) for e in (one, two)] == [(SUBS[0], D(4)), (SUBS[1], D(8))]
+            # the advisor's connection gets the allocation order's own execution, not the allocations
+            fill = next(u for u in iter(lambda: advisor.next_update(3), None) if u.kind == "fill").fill
+            assert (fill.exec_id, fill.qty, fill.raw["execution"]["acctNumber"]) == (first.exec_id, D(12), ADVISOR)
+        for sub, got in zip(SUBS, (D(4), D(8))):
+            result = sub_reconcile(client, tws, sub)
+            assert sorted(types(result)) == ["OrderFilled", "OrderImported"], result.corrective_events
+            assert kinds(result) == ["fa_allocation"], result.discrepancies
+            assert "fa-1" in result.discrepancies[0]["detail"] and "Growth" in result.discrepancies[0]["detail"]
+            held = client.state.position_of(f"client-{sub}", "IB", "SPY")
+            assert held.qty == got  # no blind PositionCorrected, no CashBalanceRecorded
+            assert client.state.account(f"client-{sub}").cash["USD"] == tws.cash[sub]["USD"]
+            assert sub_reconcile(client, tws, sub).corrective_event_ids == []
+        tws.fill(placed, D(18), D(501))  # the rest: 6 / 12; the group order is filled
+        for sub, got in zip(SUBS, (D(10), D(20))):
+            result = sub_reconcile(client, tws, sub)
+            assert "PositionCorrected" not in types(result) and "CashBalanceRecorded" not in types(result)
+            assert result.status == "corrected", result.discrepancies
+            imported = order_of_account(client, f"client-{sub}", f"ext-{placed.perm_id}")
+            assert (imported.status, imported.qty, imported.filled_qty) == ("filled", got, got)
+            assert client.state.position_of(f"client-{sub}", "IB", "SPY").qty == got
+            assert client.state.account(f"client-{sub}").cash["USD"] == tws.cash[sub]["USD"]
+            assert sub_reconcile(client, tws, sub).status == "clean"
+        # our account for the advisor books the group order: the group's positions and cash, summed
+        with adapter_for(tws, ib_account=ADVISOR, fa_group="Growth") as advisor:
+            result = reconcile(client, advisor)
+            assert not {"PositionCorrected", "CashBalanceRecorded"} & set(types(result)), result.corrective_events
+            o = order_of(client, "fa-1")
+            assert (o.status, o.filled_qty, o.fees) == ("filled", D(30), D("0.30"))
+            assert position(client, "SPY").qty == D(30)
+            assert client.state.account(ACCOUNT).cash["USD"] == sum(tws.cash[sub]["USD"] for sub in SUBS)
+            assert settled(client, advisor).status == "clean"
+
+
+def test_an_fa_order_names_an_account_or_a_group_never_both():
+    with fa_tws() as tws, adapter_for(tws, ib_account=ADVISOR, fa_group="Nope") as ib:
+        placed = ib.submit(OrderRequest("fa-bad", "SPY", "buy", "limit", D(5), limit_price=D(500)))
+        assert placed.status == "rejected" and "allocation group" in placed.raw["errors"]
+
+
+def order_of_account(client, account, coid):
+    return client.state.orders.get(order_stream_id(account, coid))
 
 
 # -- the live path: OrderFlow.pump over the adapter's feed ------------------------------------------

@@ -46,10 +46,18 @@ Behaviour kept close to TWS's documented behaviour:
 * **Duplicate order statuses** ("orderStatus() may return duplicate messages", IB API guide,
   orderstatus.htm): ``duplicate_status=True`` sends every ``orderStatus`` twice.
 * **Financial-advisor allocations** (same executions page: "Advisors executing allocation orders
-  will receive execution details and commissions for the allocation order itself ... for a
-  specific subaccount IBApi.EClient.reqExecutions can be used"): ``allocate(order, {account:
-  qty})`` fills an order placed for an FA group: each sub-account's execution is listed by
-  ``reqExecutions`` under that account.
+  will receive execution details and commissions for the allocation order itself. To receive
+  allocation details and commissions for a specific subaccount IBApi.EClient.reqExecutions can be
+  used"; https://interactivebrokers.github.io/tws-api/financial_advisor_methods_and_orders.html:
+  the API has no default allocation, every order names an account, a group or a profile).
+  ``fa_groups`` ({group: {sub-account: ratio}}) are the login's allocation groups (profiles are
+  groups, as in TWS 983+'s unified groups); ``placeOrder`` with ``faGroup`` or ``faProfile``
+  places an order for one (with an account as well, or an unknown group: error 201). Each of its
+  executions is the allocation order's own (``execDetails`` and ``commissionReport`` live, under
+  the advisor's account) plus one execution per sub-account with its own execId and commission,
+  shares split by the ratios (whole shares; the rest one by one in the group's order, as IB's
+  EqualQuantity does), booked there and listed by ``reqExecutions`` only. ``allocate(order,
+  {account: qty}, price)`` fills with an explicit split.
 * Farm status messages 2104/2106/2158 (warnings) after the log-on, as TWS sends them.
 
 Fault injection: ``fail(query)`` ("positions", "orders", "fills", "balances") makes that request
@@ -59,7 +67,10 @@ the same names) makes those requests never answer at all, start-up sync included
 never finishes the sync).
 
 Assumptions where TWS documents nothing: a rejected order is reported completed with status
-``Inactive``; an expired day order completed as ``Cancelled`` with completedStatus "Expired".
+``Inactive``; an expired day order completed as ``Cancelled`` with completedStatus "Expired"; an
+FA group order carries the advisor's account (the login's first managed account) in its
+``account`` field, as does the allocation order's own execution, which moves no position (the
+sub-accounts' allocations do); its commission is the sum of theirs.
 Commissions default to 0 (``commission_per_share`` / ``min_commission`` to change; a fill can
 carry its own), so the fake's cash moves like the simulated broker's unless asked otherwise.
 """
@@ -144,6 +155,7 @@ class FakeOrder:
     completed_time: datetime | None = None
     completed_status: str = ""
     currency: str = "USD"
+    fa_group: str = ""  # an FA allocation group (or profile) the order was placed for
 
     @property
     def is_open(self) -> bool:
@@ -168,6 +180,7 @@ class FakeExecution:
     exchange: str = "ISLAND"
     reported: bool = True  # its commission report exists (False: computed later, or never)
     account: str | None = None  # an FA allocation's sub-account (None: the order's account)
+    block: bool = False  # an FA group order's own execution: its allocations move the sub-accounts
 
 
 @dataclass
@@ -195,8 +208,14 @@ class FakeTWS:
         master_client_id: int | None = None,
         execution_days: int | None = None,
         duplicate_status: bool = False,
+        fa_groups: dict[str, dict[str, Decimal]] | None = None,
     ) -> None:
         self.accounts = tuple(accounts)
+        # FA allocation groups: name -> {sub-account: ratio}
+        self.fa_groups = {name: {a: Decimal(r) for a, r in shares.items()} for name, shares in (fa_groups or {}).items()}
+        for name, shares in self.fa_groups.items():
+            if not shares or any(a not in self.accounts for a in shares) or any(r <= 0 for r in shares.values()):
+                raise ValueError(f"FA group {name!r}: positive ratios of managed accounts, got {shares}")
         self.lock = threading.RLock()
         self.orders: list[FakeOrder] = []
         self.executions: list[FakeExecution] = []
@@ -285,6 +304,7 @@ class FakeTWS:
         status: str = "Submitted",
         submitted_at: datetime | None = None,
         notify: bool = False,
+        fa_group: str = "",
     ) -> FakeOrder:
         """An order as if placed earlier (by API client ``client_id``; 0 with order id 0: by hand
         in TWS). ``order_id`` defaults to the client's next id (0 for manual orders). ``notify``:
@@ -297,7 +317,7 @@ class FakeTWS:
                 perm_id=next(self._perm_ids), client_id=client_id, order_id=order_id,
                 account=account or self.accounts[0], symbol=symbol, action=action, qty=Decimal(qty),
                 order_type=order_type, lmt=lmt, aux=aux, tif=tif, order_ref=order_ref, status=status,
-                submitted_at=submitted_at or datetime.now(timezone.utc),
+                submitted_at=submitted_at or datetime.now(timezone.utc), fa_group=fa_group,
             )
             self.orders.append(order)
         if notify:
@@ -321,7 +341,12 @@ class FakeTWS:
         """An execution of ``order``: moves the order, the position and the cash; the placing
         client (if connected) gets ``execDetails``, ``commissionReport`` and ``orderStatus``.
         ``report=False``: the commission is not computed yet (no ``commissionReport`` until
-        ``report_commission``). ``account``: the sub-account of an FA allocation."""
+        ``report_commission``). ``account``: the sub-account of an FA allocation. An order for an
+        FA group (no ``account``): the allocation order's execution (returned), its allocations
+        split by the group's ratios."""
+        if order.fa_group and account is None:
+            return self.allocate(order, self._split(order.fa_group, Decimal(qty)), price, exec_id=exec_id,
+                                 commission=commission, at=at, notify=notify)
         with self.lock:
             qty, price = Decimal(qty), Decimal(price)
             if qty <= 0 or order.filled + qty > order.qty:
@@ -331,7 +356,7 @@ class FakeTWS:
             order.avg_fill = total / order.filled
             order.last_fill = price
             if commission is None:
-                commission = max(self.min_commission, self.commission_per_share * qty) if self.commission_per_share else Decimal(0)
+                commission = self._commission(qty)
             execution = FakeExecution(
                 exec_id=exec_id or self._new_exec_id(), order=order, shares=qty, price=price,
                 time=at or datetime.now(timezone.utc), cum_qty=order.filled, avg_price=order.avg_fill,
@@ -363,10 +388,74 @@ class FakeTWS:
             execution.reported = True
         self._report_to_clients(execution)
 
-    def allocate(self, order: FakeOrder, allocations: dict[str, Decimal], price: Decimal) -> list[FakeExecution]:
-        """Fill an FA group order by sub-account: one execution per account, each booked there."""
-        return [self.fill(order, Decimal(qty), Decimal(price), account=account)
-                for account, qty in allocations.items()]
+    def allocate(self, order: FakeOrder, allocations: dict[str, Decimal], price: Decimal, *,
+                 exec_id: str | None = None, commission: Decimal | None = None, at: datetime | None = None,
+                 notify: bool = True) -> FakeExecution:
+        """An execution of an FA group order split ``allocations`` ({sub-account: qty}): the
+        allocation order's own execution (returned; under the order's account, moving nothing) and
+        one per sub-account, booked there, with the commission split by quantity. The placing
+        client gets the allocation order's ``execDetails``, ``commissionReport``, ``orderStatus``."""
+        price = Decimal(price)
+        with self.lock:
+            shares = {a: Decimal(q) for a, q in allocations.items() if Decimal(q) > 0}
+            qty = sum(shares.values(), Decimal(0))
+            if not shares or order.filled + qty > order.qty or any(a not in self.accounts for a in shares):
+                raise ValueError(f"allocation {allocations} does not fit order {order.perm_id} ({order.filled}/{order.qty})")
+            total = (order.avg_fill or Decimal(0)) * order.filled + price * qty
+            order.filled += qty
+            order.avg_fill = total / order.filled
+            order.last_fill = price
+            when = at or datetime.now(timezone.utc)
+            block = FakeExecution(exec_id=exec_id or self._new_exec_id(), order=order, shares=qty, price=price,
+                                  time=when, cum_qty=order.filled, avg_price=order.avg_fill, commission=Decimal(0),
+                                  block=True)
+            self.executions.append(block)
+            for account, n in shares.items():
+                fee = (self._commission(n) if commission is None else Decimal(commission) * n / qty)
+                self.executions.append(FakeExecution(
+                    exec_id=self._new_exec_id(), order=order, shares=n, price=price, time=when, cum_qty=order.filled,
+                    avg_price=order.avg_fill, commission=fee, account=account))
+                self._book(order, n, price, fee, account=account)
+                block.commission += fee
+            if order.filled == order.qty:
+                order.status = "Filled"
+                order.completed_time = when
+                order.completed_status = f"Filled Size: {num(order.qty)}"
+        if notify:
+            self._to_client(order, self._exec_details(-1, block))
+            self._report_to_clients(block)
+            self._status_to_client(order)
+        return block
+
+    def allocations(self, block: FakeExecution) -> list[FakeExecution]:
+        """The sub-account executions of an FA group order's execution ``block``."""
+        with self.lock:
+            i = self.executions.index(block)
+            out = []
+            for e in self.executions[i + 1:]:
+                if e.block or e.order is not block.order or e.account is None:
+                    break
+                out.append(e)
+            return out
+
+    def _commission(self, qty: Decimal) -> Decimal:
+        if not self.commission_per_share:
+            return Decimal(0)
+        return max(self.min_commission, self.commission_per_share * qty)
+
+    def _split(self, group: str, qty: Decimal) -> dict[str, Decimal]:
+        """``qty`` shared by the group's ratios: whole shares, the rest one by one in its order."""
+        ratios = self.fa_groups[group]
+        total = sum(ratios.values(), Decimal(0))
+        shares = {a: (qty * r / total).to_integral_value(rounding="ROUND_FLOOR") for a, r in ratios.items()}
+        rest = qty - sum(shares.values(), Decimal(0))
+        for account in itertools.cycle(list(ratios)):
+            if rest <= 0:
+                break
+            step = min(Decimal(1), rest)
+            shares[account] += step
+            rest -= step
+        return shares
 
     def _report_to_clients(self, execution: FakeExecution) -> None:
         with self.lock:
@@ -681,6 +770,8 @@ class FakeTWS:
             with self.lock:
                 next_id = self.next_order_id.setdefault(conn.client_id, 1)
             self._send(conn, 9, 1, next_id)
+        elif msg_id == 18:  # requestFA: 18, 1, faDataType (1 groups, 2 profiles, 3 aliases) -> receiveFA
+            self._send(conn, 16, 1, int(f[2]), self._fa_xml(int(f[2])))
         elif msg_id == 49:  # reqCurrentTime
             self._send(conn, 49, 1, int(datetime.now(timezone.utc).timestamp()))
         # anything else: TWS would answer; this fake stays silent
@@ -720,6 +811,20 @@ class FakeTWS:
         out.append([8, 1, datetime.now(NEW_YORK).strftime("%H:%M")])
         out.append([54, 1, account])
         return out
+
+    def _fa_xml(self, data_type: int) -> str:
+        """The FA configuration as TWS's XML (groups: ``ListOfGroups``; profiles are groups since
+        TWS 983's unified groups, so the profile and alias lists are empty)."""
+        if data_type != 1:
+            return '<?xml version="1.0" encoding="UTF-8"?>\n<ListOf' + ("AllocationProfiles" if data_type == 2 else
+                                                                        "AccountAliases") + "/>"
+        with self.lock:
+            groups = dict(self.fa_groups)
+        body = "".join(
+            f"<Group><name>{name}</name><ListOfAccts varName=\"list\">"
+            + "".join(f"<String>{account}</String>" for account in shares)
+            + "</ListOfAccts><defaultMethod>Ratio</defaultMethod></Group>" for name, shares in groups.items())
+        return f'<?xml version="1.0" encoding="UTF-8"?>\n<ListOfGroups>{body}</ListOfGroups>'
 
     def _account_summary(self, req_id: int, tags: str) -> list[list[Any]]:
         wanted = set(tags.split(","))
@@ -768,7 +873,7 @@ class FakeTWS:
         fields: list[Any] = [5, o.order_id, *self._contract_fields(o)]
         fields += [o.action, num(o.qty), o.order_type, self._price(o.lmt), self._price(o.aux), o.tif, "", o.account,
                    "", "0", o.order_ref, o.client_id, o.perm_id, "0", "0", "0", "", "",  # ... goodAfterTime, sharesAllocation
-                   "", "", "", "", "", "", "", "",  # faGroup..modelCode, goodTillDate, rule80A, percentOffset
+                   o.fa_group, "", "", "", "", "", "", "",  # faGroup..modelCode, goodTillDate, rule80A, percentOffset
                    "", "0", "", "-1", "0", "", "", "", "", "",  # settlingFirm..stockRangeUpper
                    "", "0", "0", "0", "", "3", "0", "0", "",  # displaySize..nbboPriceCap
                    "0", "0", "", "0", "", ""]  # parentId, triggerMethod, volatility, volatilityType, dnOrderType, dnAuxPrice
@@ -794,7 +899,7 @@ class FakeTWS:
         fields: list[Any] = [101, *self._contract_fields(o)]
         fields += [o.action, num(o.qty), o.order_type, self._price(o.lmt), self._price(o.aux), o.tif, "", o.account,
                    "", "0", o.order_ref, o.perm_id, "0", "0", "0", "",  # ... permId, outsideRth, hidden, discr, gat
-                   "", "", "", "", "", "", "", "", "",  # faGroup..settlingFirm
+                   o.fa_group, "", "", "", "", "", "", "", "",  # faGroup..settlingFirm
                    "0", "", "-1", "", "", "", "", "",  # shortSaleSlot..stockRangeUpper
                    "", "0", "0", "", "3", "0", "", "0", "", ""]  # displaySize..deltaNeutralAuxPrice
         fields += ["0", "0", "", "", ""]  # continuousUpdate..comboLegsDescrip
@@ -829,6 +934,7 @@ class FakeTWS:
         symbol, currency = f[3], f[11] or "USD"
         action, qty_s, order_type, lmt_s, aux_s, tif = f[16], f[17], f[18], f[19], f[20], f[21]
         account, order_ref = f[23], f[26]
+        fa_group = f[39] or f[42]  # faGroup, faProfile (profiles are groups since TWS 983's unified groups)
         client_id = conn.client_id
         assert client_id is not None
 
@@ -862,6 +968,10 @@ class FakeTWS:
                     problem = "a limit order needs a limit price"
                 elif order_type in ("STP", "STP LMT") and (aux is None or aux <= 0):
                     problem = "a stop order needs a stop price"
+                elif fa_group and account:
+                    problem = "Invalid account number"  # account, faGroup and faProfile are exclusive
+                elif fa_group and fa_group not in self.fa_groups:
+                    problem = f"invalid allocation group {fa_group!r}"
                 elif account and account not in self.accounts:
                     problem = f"account {account} is not managed by this login"
                 elif symbol in self.rejects:
@@ -878,7 +988,7 @@ class FakeTWS:
                     qty=qty if problem is None else Decimal(qty_s or 0) if _is_number(qty_s) else Decimal(0),
                     order_type=order_type, lmt=lmt if problem is None else None, aux=aux if problem is None else None,
                     tif=tif or "DAY", order_ref=order_ref, status="PreSubmitted",
-                    submitted_at=datetime.now(timezone.utc), currency=currency,
+                    submitted_at=datetime.now(timezone.utc), currency=currency, fa_group=fa_group,
                 )
                 self.orders.append(order)
             if problem is not None:
