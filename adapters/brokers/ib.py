@@ -27,6 +27,10 @@ through ib_insync's own ``IB`` client and its start-up sync, then answers every 
   (``fee_report_wait``) and how large a commission can be (``max_fee_rate``): reconciliation then
   reports a fee that never came (``fee_report_missing``) and puts a cash shortfall it explains down
   to it instead of correcting the cash blindly.
+* **Executions while away** (a GTC order filled while the engine was down or disconnected): the
+  start-up sync of every (re)connect lists the day's executions; those of this client's orders
+  not handed over yet go on the feed as live ones (the latest version of each). Earlier days' are
+  TWS's no longer: reconciliation infers them from the order's filled quantity.
 * **One orderRef, two permIds** (a resend, or a second engine using our ids): the live feed hands
   over updates of the first permId seen for an orderRef only; the others come without a client
   order id (``raw["duplicate_order_ref_of"]``), for reconciliation to report and keep apart.
@@ -567,6 +571,7 @@ class IBAdapter(BrokerAdapter):
                 raise VenueConnectionError(
                     f"ib: account {self._wanted_ib_account} is not managed by the login at {self._where()} "
                     f"(it manages {', '.join(accounts) or 'none'}).")
+            self._hand_over_synced_fills()
         except BaseException:
             with contextlib.suppress(Exception):
                 ib.disconnect()
@@ -1320,10 +1325,39 @@ class IBAdapter(BrokerAdapter):
         older = [e for e in seen if e != exec_id and (_exec_version(e) or (e, (0, 0)))[1] < parsed[1]]
         return sorted(older, key=lambda e: (_exec_version(e) or (e, (0, 0)))[1])
 
+    def _hand_over_synced_fills(self) -> None:
+        """Executions of this client's orders that the start-up sync listed (``reqExecutions``: the
+        day's, those made while the engine was down or disconnected among them) go on the feed as
+        live ones do: ib_insync reports them as a request's answer, never as ``execDetailsEvent``,
+        so a GTC order filled while we were away would wait for reconciliation. Only the latest
+        version of each execution (its ``corrects`` name the older ones), none handed over before;
+        one the log holds already is recorded once (by exec id)."""
+        latest: dict[tuple[int, str], tuple[tuple[int, Any], Any]] = {}
+        for fill in self._ib.fills():
+            ex = fill.execution
+            if ex.clientId != self.client_id or ex.acctNumber not in (self.ib_account, ""):
+                continue
+            parsed = _exec_version(ex.execId)
+            key = (ex.permId, parsed[0] if parsed else ex.execId)
+            version = parsed[1] if parsed else (0, 0)
+            if key not in latest or version > latest[key][0]:
+                latest[key] = (version, fill)
+        epoch = datetime.min.replace(tzinfo=timezone.utc)
+        for _, fill in sorted(latest.values(), key=lambda v: (
+                v[1].execution.time if isinstance(v[1].execution.time, datetime) else epoch, v[1].execution.execId)):
+            exec_id = fill.execution.execId
+            if ("fill", exec_id) in self._emitted:
+                continue
+            self._live_execs.add(exec_id)
+            report = fill.commissionReport if fill.commissionReport.execId else None
+            self._emit_fill(None, fill, report)
+
     def _emit_fill(self, trade: Any, fill: Any, report: Any) -> None:
+        """Hand a fill over (``trade`` None: from the start-up sync, this client's by its execution)."""
         try:
             exec_id = fill.execution.execId
-            if exec_id not in self._live_execs or not self._ours(trade) or ("fill", exec_id) in self._emitted:
+            if (exec_id not in self._live_execs or (trade is not None and not self._ours(trade))
+                    or ("fill", exec_id) in self._emitted):
                 return
             venue_fill = self._fill(fill.contract, fill.execution, report, self._corrected_live(fill))
             raw = dict(venue_fill.raw)

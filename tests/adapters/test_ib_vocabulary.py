@@ -406,6 +406,44 @@ def test_live_a_correction_and_a_late_commission_are_recorded_as_such(client):
             result.corrective_events
 
 
+def test_live_a_gtc_fill_made_while_disconnected_is_handed_over_after_the_reconnect(client):
+    with FakeTWS(commission_per_share=D("0.01")) as tws, adapter_for(tws) as ib:
+        client.record_intent(ACCOUNT, "o-away", "AAPL", "buy", 100, order_type="limit", limit_price="60", venue="IB",
+                             time_in_force="gtc")
+        flow = OrderFlow(client, ib)
+        flow.forward(ACCOUNT, "o-away")
+        order = tws.find(order_ref="o-away")
+        assert order.tif == "GTC"
+        tws.drop_connections()  # TWS restarts, the network drops: nobody hears the next executions
+        away = tws.fill(order, D(60), D(50))
+        tws.correct(away, price=D("49.9"), commission=D("0.6"))
+        assert not ib.is_connected()
+        ib.positions()  # any query reconnects; the start-up sync lists the day's executions
+        o = lambda: order_of(client, "o-away")  # noqa: E731
+        pump_until(flow, lambda: o().filled_qty == D(60))
+        assert (o().avg_fill_price, o().fees, list(o().executions)) == (D("49.9"), D("0.6"), [tws.executions[-1].exec_id])
+        assert o().as_dict()["fees_pending"] == []
+        tws.fill(order, D(40), D(51))  # live again
+        pump_until(flow, lambda: o().status == "filled")
+
+
+def test_live_an_engine_started_the_next_day_records_the_gtc_fills_it_slept_through(client):
+    with FakeTWS() as tws:
+        order = tws.add_order(symbol="AAPL", action="BUY", qty=D(100), lmt=D(60), order_ref="o-night", client_id=1,
+                              tif="GTC", submitted_at=datetime.now(timezone.utc) - timedelta(days=1))
+        client.record_intent(ACCOUNT, "o-night", "AAPL", "buy", 100, order_type="limit", limit_price="60",
+                             venue="IB", time_in_force="gtc")
+        client.record_submitted(ACCOUNT, "o-night")
+        client.record_ack(ACCOUNT, "o-night", str(order.perm_id))
+        early = tws.fill(order, D(100), D(50), commission=D(1), notify=False)  # before the engine is up
+        with adapter_for(tws) as ib:
+            flow = OrderFlow(client, ib)
+            pump_until(flow, lambda: order_of(client, "o-night").status == "filled")
+            assert (order_of(client, "o-night").fees, list(order_of(client, "o-night").executions)) == (
+                D(1), [early.exec_id])
+            assert flow.pump().recorded == []  # handed over once
+
+
 def test_the_master_client_id_comes_from_the_ib_table_of_a_config(tmp_path):
     from tradestate.adapters.brokers.registry import make_adapter
     from tradestate.settings import Settings
