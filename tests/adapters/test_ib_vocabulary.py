@@ -273,6 +273,34 @@ def test_duplicate_order_status_messages_are_handed_over_once(client):
         assert (o.status, o.filled_qty, o.fees, len(o.executions)) == ("filled", D(10), D("0.1"), 1)
 
 
+def test_duplicate_statuses_of_a_partial_fill_a_cancel_and_a_reject_are_handed_over_once(client):
+    with FakeTWS(duplicate_status=True, rejects={"BAD": "no such contract"}) as tws:
+        with adapter_for(tws) as ib:
+            for coid, symbol in (("o-dup-st", "AAPL"), ("o-dup-rej", "BAD")):
+                client.record_intent(ACCOUNT, coid, symbol, "buy", 100, order_type="limit", limit_price="60", venue="IB")
+            flow = OrderFlow(client, ib)
+            flow.forward(ACCOUNT, "o-dup-st")
+            flow.forward(ACCOUNT, "o-dup-rej")
+            order = tws.find(order_ref="o-dup-st")
+            tws.fill(order, D(40), D(50))  # Submitted 40/100, twice
+            ib.cancel(str(order.perm_id))  # Cancelled, twice
+            updates = []
+            while (u := ib.next_update(2.5 if not updates else 1)) is not None:
+                updates.append(u)
+            mine = sorted((u.client_order_id, u.kind) for u in updates)
+            assert mine == [("o-dup-rej", "rejected"), ("o-dup-st", "ack"), ("o-dup-st", "cancelled"),
+                            ("o-dup-st", "fill")], mine
+            for u in updates * 2:  # handed over again (a replay): recorded once
+                record_update(client, ACCOUNT, u.client_order_id, u)
+            o = order_of(client, "o-dup-st")
+            assert (o.status, o.filled_qty, len(o.executions)) == ("cancelled", D(40), 1)
+            assert order_of(client, "o-dup-rej").status == "rejected"  # the submit's answer; its status twice
+        with adapter_for(tws) as again:  # a restart: what its start-up sync hands over is in the log already
+            before = client.state.position
+            assert all(r.duplicate for r in pump_until_quiet(OrderFlow(client, again)))
+            assert client.state.position == before
+
+
 def test_a_gtc_order_filled_across_sessions(client):
     two_days_ago = datetime.now(timezone.utc) - timedelta(days=2)
     with FakeTWS(cash={"USD": CASH}, execution_days=1) as tws, adapter_for(tws) as ib:
@@ -368,6 +396,18 @@ def order_of_account(client, account, coid):
 
 
 # -- the live path: OrderFlow.pump over the adapter's feed ------------------------------------------
+
+
+def pump_until_quiet(flow: OrderFlow, quiet: float = 0.5) -> list:
+    """Pump until nothing came for ``quiet`` seconds; what was recorded."""
+    recorded, last = [], time.monotonic()
+    while time.monotonic() - last < quiet:
+        got = flow.pump().recorded
+        if got:
+            recorded += got
+            last = time.monotonic()
+        time.sleep(0.02)
+    return recorded
 
 
 def pump_until(flow: OrderFlow, done, timeout: float = 5.0) -> None:

@@ -44,7 +44,8 @@ Behaviour kept close to TWS's documented behaviour:
   ``execution_days=1`` answers ``reqExecutions`` with those since New York midnight only (None, the
   default here: every execution staged, so tests staged minutes before midnight stay stable).
 * **Duplicate order statuses** ("orderStatus() may return duplicate messages", IB API guide,
-  orderstatus.htm): ``duplicate_status=True`` sends every ``orderStatus`` twice.
+  orderstatus.htm): ``duplicate_status=True`` sends every ``orderStatus`` twice (placement, fills,
+  cancels, rejects).
 * **Financial-advisor allocations** (same executions page: "Advisors executing allocation orders
   will receive execution details and commissions for the allocation order itself. To receive
   allocation details and commissions for a specific subaccount IBApi.EClient.reqExecutions can be
@@ -465,8 +466,12 @@ class FakeTWS:
             self._send(conn, *self._commission_report(execution))
 
     def _status_to_client(self, order: FakeOrder) -> None:
-        for _ in range(2 if self.duplicate_status else 1):
-            self._to_client(order, self._order_status(order))
+        for message in self._statuses(order):
+            self._to_client(order, message)
+
+    def _statuses(self, order: FakeOrder) -> list[list[Any]]:
+        """The ``orderStatus`` message(s) of a change: twice with ``duplicate_status``."""
+        return [self._order_status(order)] * (2 if self.duplicate_status else 1)
 
     def correct(
         self,
@@ -999,17 +1004,15 @@ class FakeTWS:
         if problem is not None:
             reject(201, f"Order rejected - reason:{problem}")
             if existing is None:
-                self._send_many(conn, [self._open_order(order), self._order_status(order)])
+                self._send_many(conn, [self._open_order(order), *self._statuses(order)])
             return
         with self.lock:
             if existing is None:
-                first = [self._open_order(order), self._order_status(order)]
+                first = [self._open_order(order), *self._statuses(order)]
                 order.status = "Submitted"
             else:
                 first = []
-            second = [self._open_order(order), self._order_status(order)]
-            if self.duplicate_status:
-                second.append(self._order_status(order))
+            second = [self._open_order(order), *self._statuses(order)]
             mark = self.marks.get(order.symbol, Decimal("100"))
         self._send_many(conn, first + second)
         if order.order_type == "MKT":
@@ -1025,7 +1028,7 @@ class FakeTWS:
             return
         self._send(conn, *self._error(order_id, 202, "Order Canceled - reason:"))
         self.finish(order, "Cancelled", "Cancelled by Trader", notify=False)
-        self._send_many(conn, [self._order_status(order), self._open_order(order)])
+        self._send_many(conn, [*self._statuses(order), self._open_order(order)])
 
 
 def _is_number(text: str) -> bool:
