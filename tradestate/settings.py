@@ -119,6 +119,8 @@ class Settings(BaseSettings):
                                             "commission reports of other clients' orders).")
     ib_timeout: float = Field(10.0, gt=0, allow_inf_nan=False, description="Seconds for each IB step.")
     ib_account: str | None = Field(None, description="The IB account code, when it differs from --account.")
+    ib_fa_group: str | None = Field(None, description="A financial advisor's allocation group: orders go to it "
+                                    "(ib_account: the advisor's account; positions and cash: the group's).")
     ib_venue: str | None = None
     # the simulated broker
     sim_state: str | None = Field(None, description="The simulated broker's state file.")
@@ -240,7 +242,8 @@ class Settings(BaseSettings):
                            timeout=self.ccxt_timeout, venue=self.venue)
         elif broker == "ib":
             options.update(host=self.ib_host, port=self.ib_port, client_id=self.ib_client_id,
-                           master_client_id=self.ib_master_client_id, timeout=self.ib_timeout, ib_account=self.ib_account, venue=self.venue or self.ib_venue)
+                           master_client_id=self.ib_master_client_id, timeout=self.ib_timeout, ib_account=self.ib_account, venue=self.venue or self.ib_venue,
+                           fa_group=self.ib_fa_group)
         return options
 
 

@@ -22,7 +22,7 @@ BROKERS = ("sim", "alpaca", "ib")  # and ccxt:<exchange id>, one per crypto venu
 OPTIONS: dict[str, tuple[str, ...]] = {
     "sim": ("account", "sim_state", "venue", "seed"),
     "alpaca": ("account", "base_url", "stream_url", "paper", "api_key", "secret_key", "venue", "timeout"),
-    "ib": ("account", "host", "port", "client_id", "master_client_id", "timeout", "ib_account", "venue"),
+    "ib": ("account", "host", "port", "client_id", "master_client_id", "timeout", "ib_account", "venue", "fa_group"),
     # ``ccxt:<exchange id>`` (ccxt:binance, ccxt:coinbase, ccxt:kraken...): one crypto spot venue
     "ccxt": ("account", "symbols", "api_key", "secret", "password", "venue", "base_url", "timeout"),
 }
@@ -35,7 +35,8 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
     alpaca: ``account``, ``base_url``, ``stream_url``, ``paper``, ``api_key``/``secret_key``
     (default ``$APCA_API_KEY_ID``/``$APCA_API_SECRET_KEY``), ``venue``, ``timeout``.
     ib: ``account``, ``host``, ``port``, ``client_id``, ``master_client_id`` (TWS's Master API
-    client ID), ``timeout``, ``ib_account`` (the IB account code, when it differs from ours), ``venue``.
+    client ID), ``timeout``, ``ib_account`` (the IB account code, when it differs from ours), ``venue``,
+    ``fa_group`` (a financial advisor's allocation group the orders go to).
 
     ccxt:<exchange>: ``account``, ``symbols`` (the unified symbols traded there, ``BTC/USDT,ETH/USDT``),
     ``api_key``/``secret``/``password`` (default ``$TRADESTATE_CCXT_<EXCHANGE>_API_KEY``/``_SECRET``/
@@ -93,6 +94,7 @@ def make_adapter(broker: str, options: dict[str, Any]) -> BrokerAdapter:
         "timeout": _seconds(options.get("timeout")),
         "ib_account": options.get("ib_account"),
         "venue": options.get("venue"),
+        "fa_group": options.get("fa_group"),
     }
     return _construct(cls, values)
 

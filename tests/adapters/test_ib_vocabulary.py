@@ -497,6 +497,21 @@ def test_the_master_client_id_comes_from_the_ib_table_of_a_config(tmp_path):
             assert ib.receives_all_commissions
 
 
+def test_the_fa_group_comes_from_the_ib_table_of_a_config(tmp_path):
+    from tradestate.adapters.brokers.registry import make_adapter
+    from tradestate.settings import Settings
+
+    with fa_tws() as tws:
+        config = tmp_path / "tradestate.toml"
+        config.write_text(f'account = "{ACCOUNT}"\n[ib]\nport = {tws.port}\nclient_id = 3\nib_account = "{ADVISOR}"\n'
+                          'fa_group = "Growth"\n')
+        options = Settings.load(str(config)).broker_options("ib")
+        with make_adapter("ib", options) as ib:
+            assert ib.fa_group == "Growth"
+            placed = ib.submit(OrderRequest("fa-cfg", "SPY", "buy", "limit", D(3), limit_price=D(400)))
+            assert placed.status in ("pending", "open") and tws.find(order_ref="fa-cfg").fa_group == "Growth"
+
+
 def test_live_a_correction_of_an_execution_from_before_this_session_is_still_a_correction(client):
     with FakeTWS() as tws:
         order = tws.add_order(symbol="AAPL", action="BUY", qty=D(100), lmt=D(60), order_ref="o-prev", client_id=1)
