@@ -27,8 +27,10 @@ through ib_insync's own ``IB`` client and its start-up sync, then answers every 
   (``fee_report_wait``) and how large a commission can be (``max_fee_rate``): reconciliation then
   reports a fee that never came (``fee_report_missing``) and puts a cash shortfall it explains down
   to it instead of correcting the cash blindly.
-* **Executions while away** (a GTC order filled while the engine was down or disconnected): the
-  start-up sync of every (re)connect lists the day's executions; those of this client's orders
+* **Executions while away** (a GTC order filled while the engine was down or disconnected): a lost
+  connection is reconnected by the next query or by the live feed itself (``next_update``/
+  ``updates``, every ``reconnect_every`` seconds, in the background); the start-up sync of every
+  (re)connect lists the day's executions; those of this client's orders
   not handed over yet go on the feed as live ones (the latest version of each). Earlier days' are
   TWS's no longer: reconciliation infers them from the order's filled quantity.
 * **One orderRef, two permIds** (a resend, or a second engine using our ids): the live feed hands
@@ -408,6 +410,10 @@ class IBAdapter(BrokerAdapter):
         self._fee_pending: set[str] = set()  # live fills handed over without their commission
         self._ref_perm: dict[str, int] = {}  # orderRef -> the first permId seen live for it
         self._closed = False
+        self._connect_lock = asyncio.Lock()  # one (re)connect at a time: a query's and the feed's
+        self._ever_connected = False
+        self._revival: concurrent.futures.Future | None = None
+        self._last_revival = float("-inf")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name=f"ib-adapter-{client_id}", daemon=True)
         self._thread.start()
@@ -572,6 +578,7 @@ class IBAdapter(BrokerAdapter):
                     f"ib: account {self._wanted_ib_account} is not managed by the login at {self._where()} "
                     f"(it manages {', '.join(accounts) or 'none'}).")
             self._hand_over_synced_fills()
+            self._ever_connected = True
         except BaseException:
             with contextlib.suppress(Exception):
                 ib.disconnect()
@@ -600,8 +607,33 @@ class IBAdapter(BrokerAdapter):
 
     async def _ensure_connected(self) -> None:
         if not self._ib.isConnected():
-            log.warning("ib: not connected to %s; reconnecting", self._where())
-            await self._connect()
+            async with self._connect_lock:
+                if not self._ib.isConnected():
+                    log.warning("ib: not connected to %s; reconnecting", self._where())
+                    await self._connect()
+
+    reconnect_every = 5.0  # seconds between the live feed's attempts to reconnect a lost connection
+
+    def _revive(self) -> None:
+        """A lost connection is reconnected by the feed too, not only by the next query (TWS restarts
+        every day): one attempt at a time, every ``reconnect_every`` seconds, in the background; its
+        start-up sync hands over what was executed meanwhile (``_hand_over_synced_fills``)."""
+        if self._closed or not self._ever_connected or self._ib.isConnected():
+            return
+        if self._revival is not None and not self._revival.done():
+            return
+        now = self._loop.time()
+        if now - self._last_revival < self.reconnect_every:
+            return
+        self._last_revival = now
+
+        async def attempt() -> None:
+            try:
+                await self._ensure_connected()
+            except VenueError as e:
+                log.warning("ib: the live feed could not reconnect (%s); retrying in %g s", e, self.reconnect_every)
+
+        self._revival = asyncio.run_coroutine_threadsafe(attempt(), self._loop)
 
     async def _query(self, what: str, make: Callable[[], Any]) -> Any:
         """Run one request: its answer, or ``VenueQueryFailed`` (error, silence, lost connection)."""
@@ -1207,7 +1239,9 @@ class IBAdapter(BrokerAdapter):
         self._callbacks.append(callback)
 
     def next_update(self, timeout: float | None = None) -> VenueUpdate | None:
-        """The next update (ack, fill, fee, cancelled, rejected), or None after ``timeout`` seconds."""
+        """The next update (ack, fill, fee, cancelled, rejected), or None after ``timeout`` seconds.
+        A lost connection is reconnected in the background (``reconnect_every``)."""
+        self._revive()
         try:
             return self._updates.get(timeout=timeout) if timeout != 0 else self._updates.get_nowait()
         except queue.Empty:
