@@ -659,7 +659,7 @@ class _Planner:
                                  client_order_id=ours.client_order_id, venue_order_id=vo.venue_order_id,
                                  symbol=ours.symbol, ours=ours.status, theirs=vo.status)
         if vo.notional is not None:
-            self.notional_qty(ours, vo)
+            self.notional_qty(ours, vo, fills)
         self.missed_fills(ours, fills)
         self.fill_gap(ours, vo)
         self.status(ours, vo)
@@ -689,11 +689,16 @@ class _Planner:
                              "corrected", client_order_id=ours.client_order_id, venue_order_id=vo.venue_order_id,
                              symbol=ours.symbol, ours=str(before), theirs=str(vo.qty))
 
-    def notional_qty(self, ours: _Order, vo: VenueOrder) -> None:
+    def notional_qty(self, ours: _Order, vo: VenueOrder, fills: list[VenueFill] = ()) -> None:  # type: ignore[assignment]
         """An amount order's quantity is known only as it fills: our order's quantity follows the
         venue's (what is filled once it is done; never below what is filled while it works),
-        recorded as ``OrderReplaced``, so its fills are neither an overfill nor a shortfall."""
-        target = vo.filled_qty if vo.status == "filled" else max(ours.qty, vo.filled_qty)
+        recorded as ``OrderReplaced``, so its fills are neither an overfill nor a shortfall. What
+        is filled counts fills the venue no longer lists (an earlier day's, recorded) with the
+        listed ones not recorded yet (IB lists the current day's executions only)."""
+        new = sum((f.qty for f in fills if f.exec_id not in ours.executions and "!" + f.exec_id not in ours.executions
+                   and not any(c in ours.executions for c in f.corrects)), ZERO)
+        done = max(vo.filled_qty, ours.filled_qty + new)
+        target = done if vo.status == "filled" else max(ours.qty, done)
         if not ours.is_open or target == ours.qty or target <= 0:
             return
         e = self.order_event(ours, ev.OrderReplaced, ("notional", target), vo.updated_at, qty=target,
@@ -1128,8 +1133,10 @@ class _Planner:
         if not overdue:
             self.plan.count("cash_fees_pending")  # their commission reports may still come
             return True
+        if len(pending) == 1 and not self.can_correct_totals("cash"):
+            return False  # seen through a partial answer: the cash is reported unknown
         names = ", ".join(f"{p.exec_id} (order {p.client_order_id})" for p in pending)
-        if len(pending) == 1 and self.can_correct_totals("cash"):
+        if len(pending) == 1:
             (fee,) = pending
             e = self.build(ev.FeeCharged, event_id=fact_id("FeeCharged", self.account, self.venue, fee.exec_id),
                            occurred_at=fee.occurred_at or self.now, correlation_id=fee.correlation_id,

@@ -385,6 +385,28 @@ def test_financial_advisor_group_order_is_reconciled_per_sub_account(client):
             assert settled(client, advisor).status == "clean"
 
 
+def test_an_fa_group_order_filled_over_two_days_is_allocated_in_full(client):
+    two_days_ago = datetime.now(timezone.utc) - timedelta(days=2)
+    with fa_tws() as tws:
+        group = tws.add_order(symbol="SPY", action="BUY", qty=D(30), lmt=D(510), order_ref="fa-2", client_id=1,
+                              account=ADVISOR, fa_group="Growth", tif="GTC", submitted_at=two_days_ago)
+        for sub in SUBS:
+            sub_reconcile(client, tws, sub)
+        tws.fill(group, D(12), D(500), at=two_days_ago + timedelta(minutes=1))  # 4 / 8, that day
+        for sub in SUBS:
+            assert kinds(sub_reconcile(client, tws, sub)) == ["fa_allocation"]
+        tws.execution_days = 1  # today: TWS lists today's executions only
+        tws.fill(group, D(18), D(501))  # 6 / 12; the group order is filled
+        for sub, got in zip(SUBS, (D(10), D(20))):
+            result = sub_reconcile(client, tws, sub)
+            assert result.status == "corrected" and "overfill" not in kinds(result), result.discrepancies
+            imported = order_of_account(client, f"client-{sub}", f"ext-{group.perm_id}")
+            assert (imported.status, imported.qty, imported.filled_qty) == ("filled", got, got)
+            assert client.state.position_of(f"client-{sub}", "IB", "SPY").qty == got
+            assert client.state.account(f"client-{sub}").cash["USD"] == tws.cash[sub]["USD"]
+            assert sub_reconcile(client, tws, sub).status == "clean"
+
+
 def test_an_fa_order_names_an_account_or_a_group_never_both():
     with fa_tws() as tws, adapter_for(tws, ib_account=ADVISOR, fa_group="Nope") as ib:
         placed = ib.submit(OrderRequest("fa-bad", "SPY", "buy", "limit", D(5), limit_price=D(500)))
