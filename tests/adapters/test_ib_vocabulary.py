@@ -570,3 +570,26 @@ def test_a_gtc_fill_of_an_earlier_day_we_missed_is_inferred_from_the_filled_quan
         assert "PositionCorrected" not in types(result) and "CashBalanceRecorded" in types(result)
         assert client.state.account(ACCOUNT).cash["USD"] == tws.cash["DU1234567"]["USD"]
         assert settled(client, ib).status == "clean"
+
+
+def test_strict_reconcile_from_the_cli_says_which_commission_reports_never_came(tmp_path):
+    from typer.testing import CliRunner
+
+    from tradestate.cli.main import app
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+    with FakeTWS(cash={"USD": CASH}) as tws:
+        config = tmp_path / "ib.toml"
+        config.write_text(f'account = "{ACCOUNT}"\n[ib]\nport = {tws.port}\nclient_id = 2\ntimeout = 5\n')
+        cli = ["reconcile", "--db", url, "--broker", "ib", "--config", str(config)]
+        with TradestateClient(open_store(url)) as client:  # placed by the engine, client id 1
+            placed = our_order(client, tws, "o-cli")
+        first = CliRunner().invoke(app, cli)
+        assert first.exit_code == 0, first.output  # the cash on record
+        ten_minutes_ago = datetime.now(timezone.utc) - timedelta(minutes=10)
+        one = tws.fill(placed, D(40), D(50), commission=D(1), at=ten_minutes_ago, notify=False)
+        two = tws.fill(placed, D(60), D(50), commission=D("1.2"), at=ten_minutes_ago, notify=False)
+        run = CliRunner().invoke(app, [*cli, "--strict"], terminal_width=400)
+        assert run.exit_code == 1, run.output
+        assert "fee_report_missing" in run.output and "cash_fees_unreported" in run.output
+        assert one.exec_id in run.output and two.exec_id in run.output
