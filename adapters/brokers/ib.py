@@ -630,7 +630,7 @@ class IBAdapter(BrokerAdapter):
         async def attempt() -> None:
             try:
                 await self._ensure_connected()
-            except VenueError as e:
+            except Exception as e:  # noqa: BLE001 - a failed attempt is retried, never raised into the loop
                 log.warning("ib: the live feed could not reconnect (%s); retrying in %g s", e, self.reconnect_every)
 
         self._revival = asyncio.run_coroutine_threadsafe(attempt(), self._loop)
