@@ -47,9 +47,11 @@ from typing import Any
 
 from tradestate.adapters.brokers.base import (
     BrokerAdapter,
-    Unknown,
+    OrderNotCancelable,
     OrderNotFound,
     OrderRequest,
+    SubmitOutcomeUnknown,
+    Unknown,
     VenueBalance,
     VenueConnectionError,
     VenueError,
@@ -77,15 +79,6 @@ MAX_CLIENT_ORDER_ID = {name: 36 for name in BINANCE_API}
 TIME_IN_FORCE = {"gtc": "GTC", "ioc": "IOC", "fok": "FOK"}
 # Venues whose order and trade history pages by id (ccxt method -> the venue's cursor parameter).
 ID_CURSORS = {name: {"fetch_orders": "orderId", "fetch_my_trades": "fromId"} for name in BINANCE_API}
-
-
-class SubmitOutcomeUnknown(VenueConnectionError):
-    """The submit's answer was lost and the venue does not (yet) show the order: look it up later
-    by client order id; never assume it was rejected, never send it again under a new id."""
-
-
-class OrderNotCancelable(VenueError):
-    """The venue refused a cancel: the order is finished (Binance -2011 "Unknown order sent.")."""
 
 
 def _dec(value: Any, what: str, *, optional: bool = False) -> Decimal | None:

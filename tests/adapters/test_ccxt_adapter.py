@@ -14,14 +14,17 @@ import ccxt
 import pytest
 
 from tests.support.fake_binance import FakeBinance
+from tradestate.adapters.brokers import ccxt_venue
 from tradestate.adapters.brokers.base import (
+    OrderNotCancelable,
     OrderNotFound,
     OrderRequest,
+    SubmitOutcomeUnknown,
     Unknown,
     VenueConnectionError,
     VenueQueryFailed,
 )
-from tradestate.adapters.brokers.ccxt_venue import CcxtAdapter, OrderNotCancelable, SubmitOutcomeUnknown
+from tradestate.adapters.brokers.ccxt_venue import CcxtAdapter
 from tradestate.adapters.brokers.registry import make_adapter
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
@@ -164,6 +167,13 @@ def test_a_hanging_query_is_bounded_and_the_snapshot_says_unknown(fake):
     fake.stall("GET", "/api/v3/openOrders", 10)
     snap = adapter.snapshot(now=datetime.now(timezone.utc))
     assert isinstance(snap.open_orders, Unknown) and not isinstance(snap.positions, Unknown)
+
+
+def test_the_adapter_raises_the_shared_exceptions_of_base():
+    # one class per outcome, whatever the venue: the order flow catches base's (the old names stay)
+    assert ccxt_venue.SubmitOutcomeUnknown is SubmitOutcomeUnknown
+    assert ccxt_venue.OrderNotCancelable is OrderNotCancelable
+    assert issubclass(SubmitOutcomeUnknown, VenueConnectionError)
 
 
 def test_a_submit_whose_answer_is_lost_is_looked_up_never_resent(fake):
