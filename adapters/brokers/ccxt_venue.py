@@ -469,18 +469,20 @@ class CcxtAdapter(BrokerAdapter):
                 continue
         raise OrderNotFound(f"{self.broker}: no order {venue_order_id!r}")
 
-    def order_by_client_id(self, client_order_id: str) -> VenueOrder:
+    def order_by_client_id(self, client_order_id: str, symbol: str | None = None) -> VenueOrder:
         """The venue's (latest) order under our id, with its executions; ``OrderNotFound`` if none.
         Binance looks it up by ``origClientOrderId``; elsewhere the order history is searched
-        (ccxt's unified ``fetch_order`` takes the venue's id there)."""
+        (ccxt's unified ``fetch_order`` takes the venue's id there). ``symbol``: the order's, when
+        known (a submit's): only it is asked, else every traded symbol."""
+        symbols = [symbol] if symbol is not None else self.symbols
         if self.exchange_id not in BINANCE_API:
-            for symbol in self.symbols:
+            for symbol in symbols:
                 found = [raw for raw in self._history(symbol, None) if raw.get("clientOrderId") == client_order_id]
                 if found:
                     latest = max(found, key=lambda raw: (int(raw.get("timestamp") or 0), str(raw.get("id"))))
                     return self._with_fills(self._order(latest))
             raise OrderNotFound(f"{self.broker}: no order with client order id {client_order_id!r}")
-        for symbol in self.symbols:
+        for symbol in symbols:
             try:
                 raw = self._call(f"order {client_order_id}", "fetch_order", None, symbol,
                                  {"clientOrderId": client_order_id}, passthrough=(self._errors.OrderNotFound,))
@@ -523,7 +525,7 @@ class CcxtAdapter(BrokerAdapter):
             params["timeInForce"] = tif
         self._on_grid(request)
         try:
-            existing = self.order_by_client_id(cid)
+            existing = self.order_by_client_id(cid, request.symbol)
         except OrderNotFound:
             existing = None
         if existing is not None:
@@ -534,15 +536,16 @@ class CcxtAdapter(BrokerAdapter):
                              None if request.limit_price is None else format(request.limit_price, "f"), params,
                              passthrough=(self._errors.ExchangeError,))
         except VenueQueryFailed as x:  # timeout: the order may or may not be there
-            return self._resolve_ambiguous(cid, x)
+            return self._resolve_ambiguous(cid, request.symbol, x)
         except VenueConnectionError as x:
             if "API key" in str(x):
                 raise
-            return self._resolve_ambiguous(cid, x)
+            return self._resolve_ambiguous(cid, request.symbol, x)
         except self._errors.ExchangeError as x:
             code, message = venue_error_code(x, getattr(x, "venue_body", None))
             if "duplicate order" in message.lower():
-                return self.order_by_client_id(cid)  # a race with another sender: the venue's order
+                # a race with another sender: the venue's order
+                return self.order_by_client_id(cid, request.symbol)
             return VenueOrder(
                 venue_order_id="", client_order_id=cid, symbol=request.symbol, side=request.side,
                 order_type=request.order_type, qty=request.qty, filled_qty=Decimal(0), status="rejected",
@@ -579,9 +582,9 @@ class CcxtAdapter(BrokerAdapter):
                 raise ValueError(f"{self.broker}: {name} {value} of {request.symbol} is not a multiple of the "
                                  f"venue's step {step} (it would be sent as {rounded}); nothing was sent")
 
-    def _resolve_ambiguous(self, cid: str, cause: Exception) -> VenueOrder:
+    def _resolve_ambiguous(self, cid: str, symbol: str, cause: Exception) -> VenueOrder:
         try:
-            return self.order_by_client_id(cid)
+            return self.order_by_client_id(cid, symbol)
         except OrderNotFound:
             raise SubmitOutcomeUnknown(f"{self.broker}: submit of {cid} got no answer ({cause}) and the venue "
                                        "does not show it yet; look it up by client_order_id later") from None

@@ -131,6 +131,20 @@ def test_cancel_and_cancel_errors(fake, adapter):
         adapter.cancel("999999")
 
 
+def test_submit_looks_its_id_up_in_its_own_symbol_only(fake, adapter):
+    adapter.positions()  # markets loaded
+    fake.calls.clear()
+    adapter.submit(limit("c-own"))  # a BTC/USDT order: ETH/USDT's orders have nothing to say about it
+    lookups = [p.get("symbol") for m, path, p in fake.calls if (m, path) == ("GET", "/api/v3/order")]
+    assert lookups == ["BTCUSDT"]
+    fake.stall("POST", "/api/v3/order", 4, after=True)  # an answer lost: looked up, again in BTC/USDT only
+    fake.calls.clear()
+    order = adapter_for(fake, timeout=0.5).submit(limit("c-own-2"))
+    assert order.client_order_id == "c-own-2"
+    symbols = {p.get("symbol") for m, path, p in fake.calls if path in ("/api/v3/order", "/api/v3/allOrders")}
+    assert symbols == {"BTCUSDT"}
+
+
 def test_a_refused_order_comes_back_rejected_with_binance_error_code(fake, adapter):
     order = adapter.submit(limit("c-6", qty="10", price="40000"))  # 400,000 USDT: too little balance
     assert order.status == "rejected" and order.raw["code"] == -2010

@@ -122,6 +122,7 @@ class FakeBinance:
         self.orders: dict[int, Order] = {}
         self.trades: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
+        self.calls: list[tuple[str, str, dict[str, str]]] = []  # (method, path, parameters) likewise
         self.clock_offset_ms = 0
         self.lock = threading.RLock()
         self._next_order = 1000
@@ -302,6 +303,8 @@ class FakeBinance:
                   ("GET", "/api/v3/myTrades"): self._my_trades}
         params = dict(parse_qsl(query, keep_blank_values=True))
         params.update(dict(parse_qsl(body, keep_blank_values=True)))
+        with self.lock:
+            self.calls.append((method, path, params))
         if (method, path) in public:
             return public[(method, path)](params)
         if (method, path) not in signed:
