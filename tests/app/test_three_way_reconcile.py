@@ -125,3 +125,46 @@ def test_cli_follow_with_a_drop_copy(sqlite_url, sim, fix_server, tmp_path):
     assert text.returncode == 1 and text.stdout.count("nothing was corrected") == 2  # both rounds
     assert "position AAPL: log 0, api 13, drop copy 10: all_differ (alert)" in text.stdout
     assert "(dry run: not appended)" in text.stdout
+
+
+def test_recover_reconciles_three_ways(sqlite_url, sim, fix_server, tmp_path):
+    from tradestate.adapters.store import open_store
+    from tradestate.recovery import recover
+
+    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
+    fix_server.fill(oid, "10", "100", exec_id="E1")
+    drop = drop_copy_adapter(fix_server.url(str(tmp_path / "fix")), account=ACCOUNT, venue="SIM")
+    with connect(sqlite_url) as client:
+        stage_missed_fill(client, sim)
+    sim.stage_position("AAPL", D(13), D(100))  # the API alone says 13
+    report, client = recover(open_store(sqlite_url), adapters=[sim], drop_copies=[drop], verify="none")
+    with client:
+        (entry,) = report.reconciliations
+        assert entry["three_way"]["withheld"] is True and entry["dry_run"] is True
+        step = next(s for s in report.steps if s.name == "reconcile")
+        assert step.status == "failed" and "the API and the drop copy disagree" in step.detail
+        assert not report.ready
+        assert client.state.orders[next(iter(client.state.orders))].filled_qty == 0  # nothing corrected
+    sim.stage_position("AAPL", D(10), D(100))  # the API agrees with the drop copy again: the log is behind
+    report, client = recover(open_store(sqlite_url), adapters=[sim], drop_copies=[drop], verify="none")
+    with client:
+        (entry,) = report.reconciliations
+        assert entry["three_way"]["withheld"] is False and entry["status"] == "corrected"
+        assert next(s for s in report.steps if s.name == "reconcile").status != "failed"
+        assert client.state.orders[next(iter(client.state.orders))].filled_qty == D(10)
+
+
+def test_cli_recover_with_a_drop_copy(sqlite_url, sim, fix_server, tmp_path):
+    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
+    fix_server.fill(oid, "10", "100", exec_id="E1")
+    with connect(sqlite_url) as client:
+        stage_missed_fill(client, sim)
+    sim.stage_position("AAPL", D(13), D(100))
+    base = ["recover", "--db", sqlite_url, "--broker", "sim", "--sim-state", sim.state_path, "--account", ACCOUNT,
+            "--no-verify", "--drop-copy", fix_server.url(str(tmp_path / "fix"))]
+    done = cli(*base, "--json")
+    assert done.returncode == 1, done.stderr
+    (entry,) = json.loads(done.stdout)["reconciliations"]
+    assert entry["three_way"]["withheld"] is True
+    bad = cli(*base[:-1], "fix://127.0.0.1:1?sender=DESK")
+    assert bad.returncode == 2 and "target=" in bad.stderr + bad.stdout
