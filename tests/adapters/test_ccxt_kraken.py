@@ -153,9 +153,19 @@ def test_every_page_of_closed_orders_and_trades_is_read(fake, adapter):
     assert len(fills) == 61 and len({f.exec_id for f in fills}) == 61
     pages = [p.get("ofs") for p in sent(fake, "/0/private/TradesHistory")]
     assert "50" in pages  # the second page was asked for
-    # since: the venue filters (start, exclusive); an order opened before and closed after is kept
-    assert len(adapter.fills(since=datetime.now(timezone.utc).replace(year=2000))) == 61
     assert adapter.order_by_client_id("m-3").filled_qty == D("0.001")
+
+
+def test_an_order_placed_before_since_and_filled_after_is_listed(fake, adapter):
+    txid = fake.place("XBTUSD", "buy", "0.1", "40000", cl_ord_id="late")
+    time.sleep(1.1)  # Kraken's start is in whole seconds
+    since = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    fake.fill(txid, "0.1")
+    # the venue filters by start (closetime both: opened or closed after it); ccxt's own filter by
+    # the opening time would drop this order
+    assert [(o.client_order_id, o.status) for o in adapter.recent_orders(since)] == [("late", "filled")]
+    assert [f.venue_order_id for f in adapter.fills(since)] == [txid]
 
 
 def test_a_submit_whose_answer_is_lost_is_looked_up_never_resent(fake):
