@@ -5,6 +5,7 @@ timeouts, signed-request errors, and the live order flow."""
 
 from __future__ import annotations
 
+import functools
 import decimal
 import time
 from datetime import datetime, timezone
@@ -13,18 +14,17 @@ from decimal import Decimal as D
 import ccxt
 import pytest
 
+from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, limit_order
 from tests.support.fake_binance import FakeBinance
 from tradestate.adapters.brokers import ccxt_venue
 from tradestate.adapters.brokers.base import (
     OrderNotCancelable,
     OrderNotFound,
-    OrderRequest,
     SubmitOutcomeUnknown,
     Unknown,
     VenueConnectionError,
     VenueQueryFailed,
 )
-from tradestate.adapters.brokers.ccxt_venue import CcxtAdapter
 from tradestate.adapters.brokers.registry import make_adapter
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
@@ -32,7 +32,6 @@ from tradestate.domain.errors import InvalidInput
 from tradestate.domain.ids import order_stream_id
 from tradestate.order_flow import OrderFlow
 
-ACCOUNT = "acct-1"
 
 
 @pytest.fixture
@@ -41,11 +40,8 @@ def fake():
         yield f
 
 
-def adapter_for(fake: FakeBinance, **kw) -> CcxtAdapter:
-    options = dict(account=ACCOUNT, exchange="binance", symbols="BTC/USDT,ETH/USDT", api_key=fake.api_key,
-                   secret=fake.secret, base_url=fake.url, timeout=2.0, rate_limit=False)
-    options.update(kw)
-    return CcxtAdapter(**options)
+adapter_for = functools.partial(ccxt_adapter, exchange="binance", symbols="BTC/USDT,ETH/USDT")  # (fake, **overrides)
+limit = functools.partial(limit_order, symbol="BTC/USDT", qty="0.5", price="40000")  # (cid, **overrides)
 
 
 @pytest.fixture
@@ -53,10 +49,6 @@ def adapter(fake):
     a = adapter_for(fake)
     yield a
     a.close()
-
-
-def limit(cid: str, qty: str = "0.5", price: str = "40000", side: str = "buy", tif: str = "gtc") -> OrderRequest:
-    return OrderRequest(cid, "BTC/USDT", side, "limit", D(qty), D(price), time_in_force=tif)  # type: ignore[arg-type]
 
 
 def test_place_and_ack_sends_our_client_order_id_signed(fake, adapter):

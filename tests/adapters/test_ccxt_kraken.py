@@ -5,6 +5,7 @@ signed requests, lost answers, and the live order flow."""
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from datetime import datetime, timezone
@@ -12,22 +13,20 @@ from decimal import Decimal as D
 
 import pytest
 
+from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, limit_order
 from tests.support.fake_kraken import FakeKraken
 from tradestate.adapters.brokers.base import (
     OrderNotCancelable,
     OrderNotFound,
-    OrderRequest,
     SubmitOutcomeUnknown,
     VenueConnectionError,
     VenueQueryFailed,
 )
-from tradestate.adapters.brokers.ccxt_venue import CcxtAdapter
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id
 from tradestate.order_flow import OrderFlow
 
-ACCOUNT = "acct-1"
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -37,11 +36,8 @@ def fake():
         yield f
 
 
-def adapter_for(fake: FakeKraken, **kw) -> CcxtAdapter:
-    options = dict(account=ACCOUNT, exchange="kraken", symbols="BTC/USD,ETH/USD", api_key=fake.api_key,
-                   secret=fake.secret, base_url=fake.url, timeout=2.0, rate_limit=False)
-    options.update(kw)
-    return CcxtAdapter(**options)
+adapter_for = functools.partial(ccxt_adapter, exchange="kraken", symbols="BTC/USD,ETH/USD")  # (fake, **overrides)
+limit = functools.partial(limit_order, symbol="BTC/USD", qty="0.5", price="40000")  # (cid, **overrides)
 
 
 @pytest.fixture
@@ -49,10 +45,6 @@ def adapter(fake):
     a = adapter_for(fake)
     yield a
     a.close()
-
-
-def limit(cid: str, qty: str = "0.5", price: str = "40000", side: str = "buy", tif: str = "gtc") -> OrderRequest:
-    return OrderRequest(cid, "BTC/USD", side, "limit", D(qty), D(price), time_in_force=tif)  # type: ignore[arg-type]
 
 
 def sent(fake: FakeKraken, path: str) -> list[dict[str, str]]:

@@ -31,6 +31,16 @@ def fix_server():
         yield srv
 
 
+def stage_fill_in_three_views(sqlite_url, sim, fix_server, tmp_path):
+    """Order o1 filled at the venue: the API and the drop copy have the fill, the log does not.
+    Returns the drop copy's adapter."""
+    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
+    fix_server.fill(oid, "10", "100", exec_id="E1")
+    with connect(sqlite_url) as client:
+        stage_missed_fill(client, sim)
+    return drop_copy_adapter(fix_server.url(str(tmp_path / "fix")), account=ACCOUNT, venue="SIM")
+
+
 def test_log_behind_is_corrected_and_an_api_that_differs_is_an_alert(sqlite_url, sim, fix_server, tmp_path):
     oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
     fix_server.fill(oid, "10", "100", exec_id="E1")
@@ -85,11 +95,8 @@ def test_cli_reconcile_with_a_drop_copy(sqlite_url, sim, fix_server, tmp_path):
 def test_every_follow_round_compares_three_views(sqlite_url, sim, fix_server, tmp_path):
     from tradestate.reconcile import reconcile_follow
 
-    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
-    fix_server.fill(oid, "10", "100", exec_id="E1")
-    drop = drop_copy_adapter(fix_server.url(str(tmp_path / "fix")), account=ACCOUNT, venue="SIM")
+    drop = stage_fill_in_three_views(sqlite_url, sim, fix_server, tmp_path)
     with connect(sqlite_url) as client:
-        stage_missed_fill(client, sim)
         (first,) = reconcile_follow(client, [sim], every=0.01, rounds=1, drop_copies=[drop])
         (where,) = first.three_way
         assert first.three_way[where]["withheld"] is False and first.withheld_by_alerts == []
@@ -107,10 +114,7 @@ def test_every_follow_round_compares_three_views(sqlite_url, sim, fix_server, tm
 
 
 def test_cli_follow_with_a_drop_copy(sqlite_url, sim, fix_server, tmp_path):
-    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
-    fix_server.fill(oid, "10", "100", exec_id="E1")
-    with connect(sqlite_url) as client:
-        stage_missed_fill(client, sim)
+    stage_fill_in_three_views(sqlite_url, sim, fix_server, tmp_path)
     sim.stage_position("AAPL", D(13), D(100))
     base = ["reconcile", "--db", sqlite_url, "--broker", "sim", "--sim-state", sim.state_path, "--account", ACCOUNT,
             "--drop-copy", fix_server.url(str(tmp_path / "fix")), "--follow", "--every", "10ms", "--rounds", "2"]
@@ -131,11 +135,7 @@ def test_recover_reconciles_three_ways(sqlite_url, sim, fix_server, tmp_path):
     from tradestate.adapters.store import open_store
     from tradestate.recovery import recover
 
-    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
-    fix_server.fill(oid, "10", "100", exec_id="E1")
-    drop = drop_copy_adapter(fix_server.url(str(tmp_path / "fix")), account=ACCOUNT, venue="SIM")
-    with connect(sqlite_url) as client:
-        stage_missed_fill(client, sim)
+    drop = stage_fill_in_three_views(sqlite_url, sim, fix_server, tmp_path)
     sim.stage_position("AAPL", D(13), D(100))  # the API alone says 13
     report, client = recover(open_store(sqlite_url), adapters=[sim], drop_copies=[drop], verify="none")
     with client:
@@ -155,10 +155,7 @@ def test_recover_reconciles_three_ways(sqlite_url, sim, fix_server, tmp_path):
 
 
 def test_cli_recover_with_a_drop_copy(sqlite_url, sim, fix_server, tmp_path):
-    oid = fix_server.new_order("o1", "AAPL", "buy", "10", "100")
-    fix_server.fill(oid, "10", "100", exec_id="E1")
-    with connect(sqlite_url) as client:
-        stage_missed_fill(client, sim)
+    stage_fill_in_three_views(sqlite_url, sim, fix_server, tmp_path)
     sim.stage_position("AAPL", D(13), D(100))
     base = ["recover", "--db", sqlite_url, "--broker", "sim", "--sim-state", sim.state_path, "--account", ACCOUNT,
             "--no-verify", "--drop-copy", fix_server.url(str(tmp_path / "fix"))]
