@@ -562,7 +562,7 @@ def recover(
                 entry["three_way"] = three.as_dict()["three_way"]
                 alerted = alerted or three.withheld
             found, corrective = len(result.discrepancies), len(result.corrective_event_ids)
-            verb = "corrective events" if record else "corrective events it would append (dry run)"
+            verb = "corrective events" if not result.dry_run else "corrective events it would append (dry run)"
             report.reconciliations.append(entry)
             report.discrepancies += found
             report.corrective_events += corrective

@@ -84,7 +84,7 @@ API_ROOTS: dict[str, dict[str, str]] = {
     "kraken": {"public": "", "private": ""},
 }
 # The longest client order id each venue takes (Binance: ^[.A-Z:/a-z0-9_-]{1,36}$; Kraken's
-# cl_ord_id: free text of at most 18 ASCII characters, or a UUID: see ``_client_id_refused``).
+# cl_ord_id: free text of at most 18 ASCII characters, or a UUID: checked in ``submit``).
 MAX_CLIENT_ORDER_ID = {**{name: 36 for name in BINANCE_API}, "kraken": 36}
 TIME_IN_FORCE = {"gtc": "GTC", "ioc": "IOC", "fok": "FOK"}
 # Venues that take fewer (Kraken's AddOrder timeinforce: GTC, IOC, GTD).
@@ -494,7 +494,8 @@ class CcxtAdapter(BrokerAdapter):
                 orders.append(self._order(raw))
         return orders
 
-    def _history(self, symbol: str, since: datetime | None, client_order_id: str | None = None) -> list[dict[str, Any]]:
+    def _history(self, symbol: str, since: datetime | None,
+                 client_order_id: str | None = None) -> list[dict[str, Any]]:
         """Open and finished orders of ``symbol``: ``fetch_orders`` where the venue has it (Binance
         allOrders), else its open orders and ``fetch_closed_orders`` (Kraken). ``client_order_id``:
         only that id's, asked of the venue where it filters by it (Kraken's cl_ord_id)."""
@@ -648,7 +649,7 @@ class CcxtAdapter(BrokerAdapter):
         if order.client_order_id is None:
             order = VenueOrder(**{**order.__dict__, "client_order_id": cid})
             self._client_ids[order.venue_order_id] = cid
-        if order.is_open:
+        if order.is_open or order.status == "unknown":  # unknown: placed, its state not read back yet
             self._sent[order.venue_order_id] = order.symbol
         if order.filled_qty > 0:  # filled on arrival (a market order): its executions
             order = self._with_fills(order)
