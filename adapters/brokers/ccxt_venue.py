@@ -290,8 +290,9 @@ class CcxtAdapter(BrokerAdapter):
             except e.AuthenticationError as x:
                 raise VenueConnectionError(f"{self.broker}: {what}: the venue refused our API key: {x}") from None
             except e.InvalidNonce as x:
-                raise VenueQueryFailed(f"{self.broker}: {what}: the venue refused our request time (clock "
-                                       f"difference beyond the receive window): {x}") from None
+                raise VenueQueryFailed(f"{self.broker}: {what}: the venue refused our request time or nonce (a "
+                                       "clock difference beyond its receive window; at Kraken, another client "
+                                       f"using this API key with a larger nonce): {x}") from None
             except e.RequestTimeout:
                 raise VenueQueryFailed(f"{self.broker}: {what}: no answer within {self.timeout:g} s") from None
             except e.NetworkError as x:  # ExchangeNotAvailable, DDoSProtection, connection errors
