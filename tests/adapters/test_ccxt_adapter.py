@@ -14,7 +14,7 @@ from decimal import Decimal as D
 import ccxt
 import pytest
 
-from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, limit_order
+from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, check_a_lost_submit_answer, limit_order
 from tests.support.fake_binance import FakeBinance
 from tradestate.adapters.brokers import ccxt_venue
 from tradestate.adapters.brokers.base import (
@@ -183,16 +183,7 @@ def test_the_adapter_raises_the_shared_exceptions_of_base():
 
 
 def test_a_submit_whose_answer_is_lost_is_looked_up_never_resent(fake):
-    adapter = adapter_for(fake, timeout=0.5)
-    adapter.positions()
-    fake.stall("POST", "/api/v3/order", 4, after=True)  # the order is placed, the answer late
-    started = time.monotonic()
-    order = adapter.submit(limit("c-8"))
-    assert time.monotonic() - started < 2
-    assert order.client_order_id == "c-8" and len(fake.orders) == 1
-    fake.stall("POST", "/api/v3/order", 4)  # no answer and nothing placed
-    with pytest.raises(SubmitOutcomeUnknown):
-        adapter.submit(limit("c-9"))
+    check_a_lost_submit_answer(fake, adapter_for(fake, timeout=0.5), "/api/v3/order", limit)
 
 
 def test_signed_request_errors(fake):

@@ -13,12 +13,11 @@ from decimal import Decimal as D
 
 import pytest
 
-from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, limit_order
+from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, check_a_lost_submit_answer, limit_order
 from tests.support.fake_kraken import FakeKraken
 from tradestate.adapters.brokers.base import (
     OrderNotCancelable,
     OrderNotFound,
-    SubmitOutcomeUnknown,
     VenueConnectionError,
     VenueQueryFailed,
 )
@@ -161,16 +160,7 @@ def test_an_order_placed_before_since_and_filled_after_is_listed(fake, adapter):
 
 
 def test_a_submit_whose_answer_is_lost_is_looked_up_never_resent(fake):
-    adapter = adapter_for(fake, timeout=0.5)
-    adapter.positions()  # markets loaded
-    fake.stall("POST", "/0/private/AddOrder", 4, after=True)  # placed, the answer late
-    started = time.monotonic()
-    order = adapter.submit(limit("k-6"))
-    assert time.monotonic() - started < 2.5
-    assert order.client_order_id == "k-6" and len(fake.orders) == 1
-    fake.stall("POST", "/0/private/AddOrder", 4)  # no answer and nothing placed
-    with pytest.raises(SubmitOutcomeUnknown):
-        adapter.submit(limit("k-7"))
+    check_a_lost_submit_answer(fake, adapter_for(fake, timeout=0.5), "/0/private/AddOrder", limit)
 
 
 def test_signed_requests(fake):

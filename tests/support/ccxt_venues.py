@@ -3,10 +3,14 @@ order request: what the ccxt tests of every exchange build the same way."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from tradestate.adapters.brokers.base import OrderRequest
+import pytest
+
+from tradestate.adapters.brokers.base import OrderRequest, SubmitOutcomeUnknown
 from tradestate.adapters.brokers.ccxt_venue import CcxtAdapter
 
 ACCOUNT = "acct-1"
@@ -22,7 +26,24 @@ def ccxt_adapter(fake: Any, exchange: str, symbols: str, **options: Any) -> Ccxt
 
 
 def limit_order(cid: str, symbol: str, qty: str, price: str, side: str = "buy", tif: str = "gtc") -> OrderRequest:
-    return OrderRequest(cid, symbol, side, "limit", Decimal(qty), Decimal(price), time_in_force=tif)  # type: ignore[arg-type]
+    return OrderRequest(cid, symbol, side, "limit", Decimal(qty), Decimal(price),  # type: ignore[arg-type]
+                        time_in_force=tif)
 
 
-__all__ = ["ACCOUNT", "ccxt_adapter", "limit_order"]
+def check_a_lost_submit_answer(fake: Any, adapter: CcxtAdapter, order_path: str,
+                                limit: Callable[[str], OrderRequest]) -> None:
+    """A submit whose answer is late (the order placed) is looked up by client id within the
+    adapter's timeout and never sent again; with no answer and nothing placed, the outcome is
+    ``SubmitOutcomeUnknown``, never "rejected". ``adapter``: one with a short timeout."""
+    adapter.positions()  # markets loaded
+    fake.stall("POST", order_path, 4, after=True)
+    started = time.monotonic()
+    order = adapter.submit(limit("lost-1"))
+    assert time.monotonic() - started < 2.5
+    assert order.client_order_id == "lost-1" and len(fake.orders) == 1
+    fake.stall("POST", order_path, 4)  # no answer and nothing placed
+    with pytest.raises(SubmitOutcomeUnknown):
+        adapter.submit(limit("lost-2"))
+
+
+__all__ = ["ACCOUNT", "ccxt_adapter", "check_a_lost_submit_answer", "limit_order"]
