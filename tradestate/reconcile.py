@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -398,6 +398,14 @@ class FollowRound:
     results: list[ReconciliationResult] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # "broker venue account" -> error
     seconds: float = 0.0
+    # "broker venue account" -> the three views compared (an account with a drop copy): the
+    # report's rows that disagree, its alert count and whether the corrections were withheld
+    three_way: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def withheld_by_alerts(self) -> list[str]:
+        """The accounts whose corrections this round withheld: the API and the drop copy disagree."""
+        return [where for where, report in self.three_way.items() if report["withheld"]]
 
     @property
     def stuck(self) -> list[dict[str, Any]]:
@@ -407,7 +415,8 @@ class FollowRound:
     def as_dict(self) -> dict[str, Any]:
         """The round as plain JSON-ready values."""
         return {"round": self.number, "started_at": self.started_at.isoformat(), "seconds": self.seconds,
-                "results": [r.as_dict() for r in self.results], "errors": self.errors, "stuck": self.stuck}
+                "results": [r.as_dict() for r in self.results], "errors": self.errors, "stuck": self.stuck,
+                **({"three_way": self.three_way} if self.three_way else {})}
 
 
 def reconcile_follow(
@@ -423,6 +432,7 @@ def reconcile_follow(
     stuck: StuckThresholds | None = StuckThresholds(),
     lookup_limit: int = DEFAULT_LOOKUP_LIMIT,
     on_round: Callable[[FollowRound], None] | None = None,
+    drop_copies: Sequence[BrokerAdapter] = (),
 ) -> list[FollowRound]:
     """Reconcile every adapter's account every ``every`` seconds (from one round's start to the
     next; a round longer than that is followed at once) until ``stop`` is set or ``rounds`` rounds
@@ -430,7 +440,12 @@ def reconcile_follow(
     venue answer corrects nothing, and open orders past the ``stuck`` thresholds are flagged.
     An adapter whose run raises (the venue away, a timeout) is reported in the round's ``errors``
     and tried again next round; nothing is recorded for it. ``on_round`` is told of each round
-    (its errors are not caught). Returns the rounds (only the last 100 are kept)."""
+    (its errors are not caught). ``drop_copies``: FIX drop copies of some of the accounts (paired
+    by account and venue): those are compared three ways on every round (``three_way``), their
+    corrections withheld on alerts. Returns the rounds (only the last 100 are kept)."""
+    from .three_way import pair_drop_copies, reconcile_one
+
+    drops = pair_drop_copies(adapters, drop_copies)
     if not every > 0:
         raise InvalidInput("reconcile --every must be a positive number of seconds")
     if rounds is not None and rounds < 1:
@@ -443,16 +458,20 @@ def reconcile_follow(
         number += 1
         began = time.monotonic()
         current = FollowRound(number, writer.now())
-        for adapter in adapters:
+        for i, adapter in enumerate(adapters):
             if stop.is_set():
                 break
+            where = f"{adapter.broker} {getattr(adapter, 'venue', '')} {adapter.account}".replace("  ", " ")
             try:
-                current.results.append(reconcile(client, adapter, strict=strict, since=since, dry_run=dry_run,
-                                                 stuck=stuck, lookup_limit=lookup_limit, correct_partial=False))
+                result, three = reconcile_one(client, adapter, drops.get(i), strict=strict, since=since,
+                                              dry_run=dry_run, stuck=stuck, lookup_limit=lookup_limit,
+                                              correct_partial=False)
+                current.results.append(result)
+                if three is not None:
+                    current.three_way[where] = three.as_dict()["three_way"]
             except InvalidInput:
                 raise  # a mistake in the call, not a venue's bad moment
             except Exception as e:  # noqa: BLE001 - the next round tries again
-                where = f"{adapter.broker} {getattr(adapter, 'venue', '')} {adapter.account}".replace("  ", " ")
                 current.errors[where] = f"{type(e).__name__}: {e}"[:1000]
         current.seconds = time.monotonic() - began
         done.append(current)

@@ -449,6 +449,7 @@ def recover(
     client_options: dict[str, Any] | None = None,
     from_venue: bool = False,
     gates: Any = None,
+    drop_copies: Sequence[Any] = (),
 ) -> tuple[RecoveryReport, Any]:
     """Run the recovery sequence; returns (report, a TradestateClient on the recovered state).
     Nothing is appended with ``record`` False (a dry run: reconciliation is planned only).
@@ -468,7 +469,10 @@ def recover(
     (``GateEvaluated``, a ``gate`` step each): a gate that needs an operator's approval leaves the
     engine not ready (``awaiting_approval``; intents are refused until a ``GateApproved``), a closed
     market starts the accounts trading there in monitoring mode (``monitoring``). Gates still
-    waiting from an earlier recovery keep the engine not ready too."""
+    waiting from an earlier recovery keep the engine not ready too.
+    ``drop_copies``: FIX drop copies of some of the ``adapters``' accounts (paired by account and
+    venue): those accounts are reconciled three ways (``tradestate.three_way``); an alert (the API
+    and the drop copy disagree) withholds their corrections and fails the reconcile step."""
     from .client import TradestateClient
 
     if verify not in ("tail", "full", "none"):
@@ -544,15 +548,21 @@ def recover(
     if not adapters:
         report.steps.append(Step("reconcile", "skipped", timer.seconds, "no broker configured"))
     else:
-        from .reconcile import reconcile
+        from .three_way import pair_drop_copies, reconcile_one
 
         statuses = []
-        for adapter in adapters:
+        drops = pair_drop_copies(adapters, drop_copies)
+        alerted = False
+        for i, adapter in enumerate(adapters):
             # A dry run (record False) appends nothing: the runner plans and says what it would append.
-            result = reconcile(client, adapter, strict=strict, now=clock(), dry_run=not record)
+            result, three = reconcile_one(client, adapter, drops.get(i), strict=strict, now=clock(),
+                                          dry_run=not record)
             entry = {k: v for k, v in vars(result).items() if not k.startswith("_")}
+            if three is not None:
+                entry["three_way"] = three.as_dict()["three_way"]
+                alerted = alerted or three.withheld
             found, corrective = len(result.discrepancies), len(result.corrective_event_ids)
-            verb = "corrective events" if record else "corrective events it would append (dry run)"
+            verb = "corrective events" if not result.dry_run else "corrective events it would append (dry run)"
             report.reconciliations.append(entry)
             report.discrepancies += found
             report.corrective_events += corrective
@@ -560,9 +570,12 @@ def recover(
             statuses.append(f"{adapter.broker}/{adapter.account} at venue {adapter.venue!r}: {entry['status']} "
                             f"({found} discrepancies, {corrective} {verb})"
                             + ("" if known else f"; note: the log held no position of {adapter.account} at "
-                               f"{adapter.venue!r} before — check --venue if that is unexpected"))
+                               f"{adapter.venue!r} before — check --venue if that is unexpected")
+                            + ("" if three is None else f"; three views: {len(three.report.alerts)} alert(s)"
+                               + (", the API and the drop copy disagree: nothing corrected" if three.withheld
+                                  else "")))
         unknown = any(r["status"] == "unknown" for r in report.reconciliations)
-        status = "failed" if unknown else ("warn" if report.discrepancies else "ok")
+        status = "failed" if unknown or alerted else ("warn" if report.discrepancies else "ok")
         report.steps.append(Step("reconcile", status, timer.seconds, "; ".join(statuses),
                                  {"discrepancies": report.discrepancies, "corrective_events": report.corrective_events}))
     client.catch_up()

@@ -130,8 +130,8 @@ class Settings(BaseSettings):
     ccxt_symbols: str | None = Field(None, description="The unified symbols traded at each ccxt venue: "
                                      "'BTC/USDT,ETH/USDT' for every one, or per exchange "
                                      "'binance=BTC/USDT ETH/USDT;kraken=BTC/USD'.")
-    ccxt_base_url: str | None = Field(None, description="Another REST root for a Binance-API venue (a test "
-                                      "server): 'http://...' or per exchange 'binance=http://...;binanceus=...'.")
+    ccxt_base_url: str | None = Field(None, description="Another REST root for a Binance-API venue or Kraken "
+                                      "(a test server): 'http://...' or per exchange 'binance=http://...;kraken=...'.")
     ccxt_timeout: float = Field(10.0, gt=0, allow_inf_nan=False, description="Seconds for each ccxt request.")
 
     @field_validator("broker", mode="before")

@@ -42,6 +42,17 @@ class OrderNotFound(VenueError):
     """The venue does not know this order (looked up by client order id or venue order id)."""
 
 
+class SubmitOutcomeUnknown(VenueConnectionError):
+    """A submit's answer was lost and the venue does not (yet) show the order: look it up later by
+    client order id; never assume it was rejected, never send it again under a new id. Every
+    adapter raises this one class (callers catch it whatever the venue)."""
+
+
+class OrderNotCancelable(VenueError):
+    """The venue refused a cancel: the order is finished, being replaced, or not ours to cancel
+    (the message says which). One class for every adapter."""
+
+
 class ReplaceRejected(VenueError):
     """The venue refused an amendment (the order is finished, being cancelled or replaced, or the
     new values are not acceptable): the order goes on as it was."""
@@ -162,8 +173,11 @@ class BrokerAdapter(abc.ABC):
 __all__ = [
     "BrokerAdapter",
     "OPEN_VENUE_STATUSES",
+    "OrderNotCancelable",
     "OrderNotFound",
     "OrderRequest",
+    "ReplaceRejected",
+    "SubmitOutcomeUnknown",
     "Unknown",
     "VenueBalance",
     "VenueConnectionError",

@@ -27,6 +27,12 @@ error mapping and market metadata): ``fetch_balance``, ``fetch_open_orders``, ``
 * **Bounded waits**: every request has ``timeout`` seconds (ccxt's ``timeout``); a query that times
   out or fails raises ``VenueQueryFailed`` (never an empty list), an unreachable venue or refused
   keys ``VenueConnectionError``.
+* **Kraken** (tested against a fake of its documented REST API): AddOrder answers a txid only, so
+  the order is read back; every order asks for its fee in the quote currency (``oflags=fciq``)
+  and a fee taken in the base asset (an order placed elsewhere: Kraken's default on a sell) is
+  read from the order's flags and booked in kind; our id is its ``cl_ord_id`` (free text of at
+  most 18 characters, or a UUID), never its numeric ``userref``; closed orders and trades are read
+  50 a page by offset (``ofs``); an order id it does not know is ``EOrder:Invalid order``.
 * **24/7**: there is no trading day, so ``day``/``opg``/``cls`` orders are refused before sending
   (use ``gtc``, ``ioc`` or ``fok``).
 * **No stream**: ``updates()`` polls (trades since the last seen, and the orders it sent) and
@@ -38,6 +44,7 @@ from __future__ import annotations
 import decimal
 import json
 import math
+import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -47,9 +54,11 @@ from typing import Any
 
 from tradestate.adapters.brokers.base import (
     BrokerAdapter,
-    Unknown,
+    OrderNotCancelable,
     OrderNotFound,
     OrderRequest,
+    SubmitOutcomeUnknown,
+    Unknown,
     VenueBalance,
     VenueConnectionError,
     VenueError,
@@ -69,23 +78,31 @@ MAX_PAGES = 1000  # every wait is bounded: a venue that pages forever is a faile
 # below the root: see ccxt/binance.py ``describe()['urls']['api']``).
 # Binance.US speaks Binance's spot API (ccxt's ``binanceus`` extends ``binance``).
 BINANCE_API = ("binance", "binanceus")
+# Kraken's paths are /0/public/<Method> and /0/private/<Method> below its root (ccxt/kraken.py sign()).
 API_ROOTS: dict[str, dict[str, str]] = {
-    name: {"public": "/api/v3", "private": "/api/v3", "v1": "/api/v1"} for name in BINANCE_API
+    **{name: {"public": "/api/v3", "private": "/api/v3", "v1": "/api/v1"} for name in BINANCE_API},
+    "kraken": {"public": "", "private": ""},
 }
-# The longest client order id each venue takes (Binance: ^[.A-Z:/a-z0-9_-]{1,36}$).
-MAX_CLIENT_ORDER_ID = {name: 36 for name in BINANCE_API}
+# The longest client order id each venue takes (Binance: ^[.A-Z:/a-z0-9_-]{1,36}$; Kraken's
+# cl_ord_id: free text of at most 18 ASCII characters, or a UUID: checked in ``submit``).
+MAX_CLIENT_ORDER_ID = {**{name: 36 for name in BINANCE_API}, "kraken": 36}
 TIME_IN_FORCE = {"gtc": "GTC", "ioc": "IOC", "fok": "FOK"}
+# Venues that take fewer (Kraken's AddOrder timeinforce: GTC, IOC, GTD).
+TIME_IN_FORCE_AT = {"kraken": {"gtc": "GTC", "ioc": "IOC"}}
+# Parameters every order sent there carries. Kraken: the fee in the quote currency (oflags fciq).
+# Its default takes a sell's fee in the base asset, and its trades do not say the fee's currency
+# (ccxt labels it the quote's): asking for the quote makes the label true.
+ORDER_PARAMS: dict[str, dict[str, str]] = {"kraken": {"oflags": "fciq"}}
+# Venues whose order and trade history pages by offset: page size ("50 results are returned at a
+# time, the most recent by default": Kraken ClosedOrders, TradesHistory; parameter ``ofs``).
+OFFSET_PAGES = {"kraken": 50}
+# Where the venue's order answer keeps *our* client order id (ccxt's unified ``clientOrderId``
+# falls back to Kraken's numeric ``userref``, which is not ours).
+CLIENT_ID_FIELD = {"kraken": "cl_ord_id"}
+KRAKEN_UUID = re.compile(r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+                         r"|[0-9a-fA-F]{32})$")
 # Venues whose order and trade history pages by id (ccxt method -> the venue's cursor parameter).
 ID_CURSORS = {name: {"fetch_orders": "orderId", "fetch_my_trades": "fromId"} for name in BINANCE_API}
-
-
-class SubmitOutcomeUnknown(VenueConnectionError):
-    """The submit's answer was lost and the venue does not (yet) show the order: look it up later
-    by client order id; never assume it was rejected, never send it again under a new id."""
-
-
-class OrderNotCancelable(VenueError):
-    """The venue refused a cancel: the order is finished (Binance -2011 "Unknown order sent.")."""
 
 
 def _dec(value: Any, what: str, *, optional: bool = False) -> Decimal | None:
@@ -136,6 +153,8 @@ def venue_error_code(error: Exception, body: Any = None) -> tuple[int | None, st
             return int(body["code"]), str(body.get("msg", ""))
         except (TypeError, ValueError):
             pass
+    if isinstance(body, dict) and isinstance(body.get("error"), list) and body["error"]:
+        return None, "; ".join(map(str, body["error"]))  # Kraken: {"error": ["EOrder:Insufficient funds"]}
     text = str(error)
     start = text.find("{")
     if start >= 0:
@@ -229,11 +248,19 @@ class CcxtAdapter(BrokerAdapter):
             self._ccxt.urls["api"] = api
         self.base_url = base_url
         self._errors = ccxt  # the exception classes
+        # what a look-up by the venue's order id raises for an id the venue does not know (Kraken's
+        # QueryOrders answers EOrder:Invalid order, which ccxt raises as InvalidOrder)
+        self._not_found: tuple[type[Exception], ...] = (ccxt.OrderNotFound,) + (
+            (ccxt.InvalidOrder,) if exchange == "kraken" else ())
         self._lock = threading.RLock()  # ccxt's sync client shares one session
         self._client_ids: dict[str, str | None] = {}  # venue order id -> client order id (immutable)
         self._symbol_of_order: dict[str, str] = {}
         self._markets_loaded = False
         self._fees_in_kind: dict[str, VenueFee] = {}  # exec id -> the fee it paid in the asset bought
+        # Kraken: venue order id -> its fee is taken in the base asset. Its trades carry no fee
+        # currency (ccxt labels every one the quote's); the order's oflags decide: fcib, or neither
+        # flag on a sell ("fcib ... default if selling"), takes the base asset
+        self._fee_in_base: dict[str, bool] = {}
         # updates(): what was already reported
         self._sent: dict[str, str] = {}  # venue order id -> symbol, orders submit() sent and still open
         self._seen: set[tuple] = set()
@@ -243,9 +270,10 @@ class CcxtAdapter(BrokerAdapter):
     # -- the ccxt call ------------------------------------------------------------------------
 
     def _call(self, what: str, method: str, *args: Any, passthrough: tuple[type[Exception], ...] = (),
-              **kwargs: Any) -> Any:
+              with_answer: bool = False, **kwargs: Any) -> Any:
         """One ccxt call with its errors in our words (bounded by ccxt's ``timeout``); the ccxt
-        errors in ``passthrough`` reach the caller as they are (it tells them apart)."""
+        errors in ``passthrough`` reach the caller as they are (it tells them apart).
+        ``with_answer``: (ccxt's result, the venue's JSON answer as it came)."""
         e = self._errors
         # ccxt sets rounding and traps on the thread's decimal context (decimal_to_precision): kept
         # inside this call, or the engine's own Decimal arithmetic on this thread would round otherwise
@@ -257,12 +285,14 @@ class CcxtAdapter(BrokerAdapter):
                     unknown = [s for s in self.symbols if s not in self._ccxt.markets]
                     if unknown:
                         raise VenueQueryFailed(f"{self.broker}: {', '.join(unknown)} not listed at the venue")
-                return getattr(self._ccxt, method)(*args, **kwargs)
+                result = getattr(self._ccxt, method)(*args, **kwargs)
+                return (result, self._ccxt.last_json_response) if with_answer else result
             except e.AuthenticationError as x:
                 raise VenueConnectionError(f"{self.broker}: {what}: the venue refused our API key: {x}") from None
             except e.InvalidNonce as x:
-                raise VenueQueryFailed(f"{self.broker}: {what}: the venue refused our request time (clock "
-                                       f"difference beyond the receive window): {x}") from None
+                raise VenueQueryFailed(f"{self.broker}: {what}: the venue refused our request time or nonce (a "
+                                       "clock difference beyond its receive window; at Kraken, another client "
+                                       f"using this API key with a larger nonce): {x}") from None
             except e.RequestTimeout:
                 raise VenueQueryFailed(f"{self.broker}: {what}: no answer within {self.timeout:g} s") from None
             except e.NetworkError as x:  # ExchangeNotAvailable, DDoSProtection, connection errors
@@ -275,6 +305,11 @@ class CcxtAdapter(BrokerAdapter):
 
     # -- parsing --------------------------------------------------------------------------------
 
+    def _client_id_of(self, raw: dict[str, Any]) -> str | None:
+        """Our client order id on a ccxt order (Kraken: its ``cl_ord_id``, never the ``userref``)."""
+        field_name = CLIENT_ID_FIELD.get(self.exchange_id)
+        return ((raw.get("info") or {}).get(field_name) if field_name else raw.get("clientOrderId")) or None
+
     def _order(self, raw: dict[str, Any], fills: Iterable[VenueFill] = ()) -> VenueOrder:
         vid = str(raw.get("id") or "")
         if not vid:
@@ -282,11 +317,14 @@ class CcxtAdapter(BrokerAdapter):
         filled = _dec(raw.get("filled"), f"order {vid} filled", optional=True) or Decimal(0)
         qty = _dec(raw.get("amount"), f"order {vid} amount")
         info = raw.get("info") or {}
-        coid = raw.get("clientOrderId") or None
+        coid = self._client_id_of(raw)
         symbol = raw.get("symbol") or ""
         self._client_ids.setdefault(vid, coid)
         self._symbol_of_order[vid] = symbol
-        tif = str(raw.get("timeInForce") or "gtc").lower()
+        if self.exchange_id == "kraken":  # where its trades' fees are taken (they do not say)
+            flags = str(info.get("oflags") or "")
+            self._fee_in_base[vid] = "fcib" in flags or ("fciq" not in flags and raw.get("side") == "sell")
+        tif = str(raw.get("timeInForce") or info.get("timeinforce") or "gtc").lower()
         order_type = str(raw.get("type") or "").lower()
         return VenueOrder(
             venue_order_id=vid, client_order_id=coid, symbol=symbol, side=raw.get("side"),  # type: ignore[arg-type]
@@ -317,6 +355,8 @@ class CcxtAdapter(BrokerAdapter):
         fee_cost = _dec(fee.get("cost"), f"trade {exec_id} fee", optional=True) or Decimal(0)
         fee_currency = str(fee.get("currency") or "USD")
         symbol = raw.get("symbol") or ""
+        if self._fee_in_base.get(vid) and "/" in symbol:
+            fee_currency = symbol.split("/")[0]
         when = _ts(raw.get("timestamp"))
         if fee_cost and "/" in symbol and fee_currency == symbol.split("/")[0]:
             self._fees_in_kind[exec_id] = VenueFee(fee_id=exec_id, amount=fee_cost, currency=fee_currency,
@@ -381,13 +421,16 @@ class CcxtAdapter(BrokerAdapter):
         return orders
 
     def _paged(self, what: str, method: str, symbol: str, since: datetime | None,
-               first_id: int = 0) -> list[dict[str, Any]]:
+               first_id: int = 0, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every item (order or trade) since ``since`` (all of them when None), every page.
 
         Binance answers a ``startTime`` with a 24-hour window only (myTrades, allOrders), so there
         the pages follow the id cursor (``fromId`` / ``orderId``: items with that id or later)
         from the start, and ``since`` is applied here. Elsewhere the pages follow time: the newest
-        time of a page starts the next (ids deduplicate the overlap) until a page adds nothing."""
+        time of a page starts the next (ids deduplicate the overlap) until a page adds nothing.
+        Offset venues (Kraken): ``_offset_paged``."""
+        if self.exchange_id in OFFSET_PAGES:
+            return self._offset_paged(what, method, symbol, since, OFFSET_PAGES[self.exchange_id], extra or {})
         seen: dict[str, dict[str, Any]] = {}
         cursor_key = ID_CURSORS.get(self.exchange_id, {}).get(method)
         start = _ms(since) if since is not None else None
@@ -417,6 +460,34 @@ class CcxtAdapter(BrokerAdapter):
                      >= (start or 0)]
         return items
 
+    def _offset_paged(self, what: str, method: str, symbol: str, since: datetime | None,
+                      size: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+        """Kraken's ClosedOrders and TradesHistory: ``size`` items a page, the newest first, ``ofs``
+        the offset, ``start`` an exclusive unix time (a second early: the window only widens).
+        The pages are counted on the venue's answer, which lists every pair, not on ccxt's list of
+        this symbol's items; an item that arrives between two pages shifts the later ones, so one
+        may be read twice (ids deduplicate), none is missed. ``since`` goes to the venue as
+        ``start``, not to ccxt, which would drop an order opened before ``since`` and closed after."""
+        params: dict[str, Any] = {**extra, **({} if since is None else {"start": int(since.timestamp()) - 1})}
+        seen: dict[str, dict[str, Any]] = {}
+        for number in range(MAX_PAGES):
+            page, answer = self._call(what, method, symbol, None, None, {**params, "ofs": number * size},
+                                      with_answer=True)
+            result = answer.get("result") if isinstance(answer, dict) else None
+            listed = next((result[k] for k in ("closed", "trades") if isinstance(result, dict)
+                           and isinstance(result.get(k), dict)), None)
+            if not isinstance(page, list) or listed is None:
+                raise VenueQueryFailed(f"{self.broker}: {what}: the answer has no list of items")
+            for item in page:
+                seen[str(item.get("id"))] = item
+            try:
+                total = int(result.get("count") or 0)  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                raise VenueQueryFailed(f"{self.broker}: {what}: count is not a number") from None
+            if len(listed) < size or (number + 1) * size >= total:
+                return list(seen.values())
+        raise VenueQueryFailed(f"{self.broker}: {what}: more than {MAX_PAGES} pages")
+
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
         orders = []
         for symbol in self.symbols:
@@ -424,13 +495,16 @@ class CcxtAdapter(BrokerAdapter):
                 orders.append(self._order(raw))
         return orders
 
-    def _history(self, symbol: str, since: datetime | None) -> list[dict[str, Any]]:
+    def _history(self, symbol: str, since: datetime | None,
+                 client_order_id: str | None = None) -> list[dict[str, Any]]:
         """Open and finished orders of ``symbol``: ``fetch_orders`` where the venue has it (Binance
-        allOrders), else its open orders and ``fetch_closed_orders`` (Kraken)."""
+        allOrders), else its open orders and ``fetch_closed_orders`` (Kraken). ``client_order_id``:
+        only that id's, asked of the venue where it filters by it (Kraken's cl_ord_id)."""
         if self._ccxt.has.get("fetchOrders") is True:
             return self._paged(f"orders {symbol}", "fetch_orders", symbol, since)
-        return [*self._call(f"open orders {symbol}", "fetch_open_orders", symbol),
-                *self._paged(f"closed orders {symbol}", "fetch_closed_orders", symbol, since)]
+        only = {"clientOrderId": client_order_id} if client_order_id and self.exchange_id in CLIENT_ID_FIELD else {}
+        return [*self._call(f"open orders {symbol}", "fetch_open_orders", symbol, None, None, only),
+                *self._paged(f"closed orders {symbol}", "fetch_closed_orders", symbol, since, extra=only)]
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
         return self._fills_of(since, {})
@@ -443,9 +517,8 @@ class CcxtAdapter(BrokerAdapter):
             vid, symbol = str(raw.get("order") or ""), raw.get("symbol")
             if vid and vid not in self._client_ids and symbol:
                 try:
-                    self._order(self._call(f"order {vid}", "fetch_order", vid, symbol,
-                                           passthrough=(self._errors.OrderNotFound,)))
-                except self._errors.OrderNotFound:
+                    self._order(self._call(f"order {vid}", "fetch_order", vid, symbol, passthrough=self._not_found))
+                except self._not_found:
                     self._client_ids[vid] = None
         if advance and ID_CURSORS.get(self.exchange_id):  # where updates()' next poll starts (only it moves it)
             for raw in raws:
@@ -457,8 +530,11 @@ class CcxtAdapter(BrokerAdapter):
     def _with_fills(self, order: VenueOrder) -> VenueOrder:
         if order.filled_qty <= 0:
             return order
-        trades = self._call(f"trades of order {order.venue_order_id}", "fetch_my_trades", order.symbol,
-                            None, PAGE, {"orderId": order.venue_order_id} if self.exchange_id in BINANCE_API else {})
+        what = f"trades of order {order.venue_order_id}"
+        if self.exchange_id in BINANCE_API:
+            trades = self._call(what, "fetch_my_trades", order.symbol, None, PAGE, {"orderId": order.venue_order_id})
+        else:  # no filter by order: every trade since the order was placed, all pages
+            trades = self._paged(what, "fetch_my_trades", order.symbol, order.submitted_at)
         fills = tuple(self._fill(t) for t in trades if str(t.get("order")) == order.venue_order_id)
         return VenueOrder(**{**order.__dict__, "fills": fills})
 
@@ -470,24 +546,26 @@ class CcxtAdapter(BrokerAdapter):
         for s in symbols:
             try:
                 return self._with_fills(self._order(self._call(f"order {venue_order_id}", "fetch_order",
-                                                               venue_order_id, s,
-                                                               passthrough=(self._errors.OrderNotFound,))))
-            except self._errors.OrderNotFound:
+                                                               venue_order_id, s, passthrough=self._not_found)))
+            except self._not_found:
                 continue
         raise OrderNotFound(f"{self.broker}: no order {venue_order_id!r}")
 
-    def order_by_client_id(self, client_order_id: str) -> VenueOrder:
+    def order_by_client_id(self, client_order_id: str, symbol: str | None = None) -> VenueOrder:
         """The venue's (latest) order under our id, with its executions; ``OrderNotFound`` if none.
         Binance looks it up by ``origClientOrderId``; elsewhere the order history is searched
-        (ccxt's unified ``fetch_order`` takes the venue's id there)."""
+        (ccxt's unified ``fetch_order`` takes the venue's id there). ``symbol``: the order's, when
+        known (a submit's): only it is asked, else every traded symbol."""
+        symbols = [symbol] if symbol is not None else self.symbols
         if self.exchange_id not in BINANCE_API:
-            for symbol in self.symbols:
-                found = [raw for raw in self._history(symbol, None) if raw.get("clientOrderId") == client_order_id]
+            for symbol in symbols:
+                found = [raw for raw in self._history(symbol, None, client_order_id)
+                         if self._client_id_of(raw) == client_order_id]
                 if found:
                     latest = max(found, key=lambda raw: (int(raw.get("timestamp") or 0), str(raw.get("id"))))
                     return self._with_fills(self._order(latest))
             raise OrderNotFound(f"{self.broker}: no order with client order id {client_order_id!r}")
-        for symbol in self.symbols:
+        for symbol in symbols:
             try:
                 raw = self._call(f"order {client_order_id}", "fetch_order", None, symbol,
                                  {"clientOrderId": client_order_id}, passthrough=(self._errors.OrderNotFound,))
@@ -508,6 +586,9 @@ class CcxtAdapter(BrokerAdapter):
         if not cid or len(cid) > limit:
             raise ValueError(f"{self.broker}: client_order_id {cid!r} must have 1 to {limit} characters "
                              "(nothing was sent)")
+        if self.exchange_id == "kraken" and len(cid) > 18 and not KRAKEN_UUID.match(cid):
+            raise ValueError(f"{self.broker}: client_order_id {cid!r}: Kraken's cl_ord_id is free text of at most "
+                             "18 characters or a UUID (nothing was sent)")
         if request.symbol not in self.symbols:
             raise ValueError(f"{self.broker}: {request.symbol!r} is not among the symbols traded here "
                              f"({', '.join(self.symbols)})")
@@ -521,16 +602,17 @@ class CcxtAdapter(BrokerAdapter):
                 raise ValueError(f"{self.broker}: {name} must be a positive finite Decimal, not {value!r}")
         if request.order_type == "limit" and request.limit_price is None:
             raise ValueError(f"{self.broker}: a limit order needs a limit price")
-        params: dict[str, Any] = {"clientOrderId": cid}
+        params: dict[str, Any] = {"clientOrderId": cid, **ORDER_PARAMS.get(self.exchange_id, {})}
         if request.order_type == "limit":
-            tif = TIME_IN_FORCE.get(request.time_in_force)
+            taken = TIME_IN_FORCE_AT.get(self.exchange_id, TIME_IN_FORCE)
+            tif = taken.get(request.time_in_force)
             if tif is None:
-                raise ValueError(f"{self.broker}: time in force {request.time_in_force!r} has no meaning at a "
-                                 "24/7 venue; use gtc, ioc or fok (nothing was sent)")
+                raise ValueError(f"{self.broker}: time in force {request.time_in_force!r} is not taken at this 24/7 "
+                                 f"venue; use {', '.join(taken)} (nothing was sent)")
             params["timeInForce"] = tif
         self._on_grid(request)
         try:
-            existing = self.order_by_client_id(cid)
+            existing = self.order_by_client_id(cid, request.symbol)
         except OrderNotFound:
             existing = None
         if existing is not None:
@@ -541,15 +623,16 @@ class CcxtAdapter(BrokerAdapter):
                              None if request.limit_price is None else format(request.limit_price, "f"), params,
                              passthrough=(self._errors.ExchangeError,))
         except VenueQueryFailed as x:  # timeout: the order may or may not be there
-            return self._resolve_ambiguous(cid, x)
+            return self._resolve_ambiguous(cid, request.symbol, x)
         except VenueConnectionError as x:
             if "API key" in str(x):
                 raise
-            return self._resolve_ambiguous(cid, x)
+            return self._resolve_ambiguous(cid, request.symbol, x)
         except self._errors.ExchangeError as x:
             code, message = venue_error_code(x, getattr(x, "venue_body", None))
-            if "duplicate order" in message.lower():
-                return self.order_by_client_id(cid)  # a race with another sender: the venue's order
+            if "duplicate order" in message.lower():  # Binance -2010, Kraken EOrder:Duplicate order
+                # a race with another sender: the venue's order
+                return self.order_by_client_id(cid, request.symbol)
             return VenueOrder(
                 venue_order_id="", client_order_id=cid, symbol=request.symbol, side=request.side,
                 order_type=request.order_type, qty=request.qty, filled_qty=Decimal(0), status="rejected",
@@ -557,11 +640,17 @@ class CcxtAdapter(BrokerAdapter):
                 time_in_force=request.time_in_force,
                 raw={"reject_reason": f"{message} (code {code})" if code is not None else message, "code": code},
             )
+        if raw.get("status") is None and raw.get("id"):
+            # the answer says the order is placed, not its state (Kraken: a txid and a description)
+            try:
+                raw = self._call(f"order {raw['id']}", "fetch_order", raw["id"], request.symbol)
+            except VenueError:
+                pass  # placed all the same: its state comes with the next look-up
         order = self._order(raw)
         if order.client_order_id is None:
             order = VenueOrder(**{**order.__dict__, "client_order_id": cid})
             self._client_ids[order.venue_order_id] = cid
-        if order.is_open:
+        if order.is_open or order.status == "unknown":  # unknown: placed, its state not read back yet
             self._sent[order.venue_order_id] = order.symbol
         if order.filled_qty > 0:  # filled on arrival (a market order): its executions
             order = self._with_fills(order)
@@ -586,9 +675,9 @@ class CcxtAdapter(BrokerAdapter):
                 raise ValueError(f"{self.broker}: {name} {value} of {request.symbol} is not a multiple of the "
                                  f"venue's step {step} (it would be sent as {rounded}); nothing was sent")
 
-    def _resolve_ambiguous(self, cid: str, cause: Exception) -> VenueOrder:
+    def _resolve_ambiguous(self, cid: str, symbol: str, cause: Exception) -> VenueOrder:
         try:
-            return self.order_by_client_id(cid)
+            return self.order_by_client_id(cid, symbol)
         except OrderNotFound:
             raise SubmitOutcomeUnknown(f"{self.broker}: submit of {cid} got no answer ({cause}) and the venue "
                                        "does not show it yet; look it up by client_order_id later") from None

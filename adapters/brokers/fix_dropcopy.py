@@ -23,6 +23,11 @@ recovery can resend reports, so they are applied idempotently (by ExecID 17).
   ShortQty 705). A BusinessMessageReject 35=j (RefMsgType 372) means the venue does not support
   the query; then that part of the snapshot is ``Unknown``.
 
+An amount that is not a number (LastQty 32 ``6O``, LongQty 704 ``5,0``), or a Trade without its
+LastQty/LastPx, is never read as "absent": the report is kept in ``DropCopyBook.unreadable`` and
+the orders and fills of the snapshot are ``Unknown`` with the report named (a PositionReport's:
+the positions). The journal keeps the report, so this holds until the session's day is over.
+
 ``FixDropCopyAdapter`` runs one session per refresh (``fix_session.FixSession``): Logon, catch up
 (resend of every gap, then a TestRequest/Heartbeat round trip), the optional queries, Logout. It
 rebuilds the book from the session's journal, so with a persistent store a reconnect only fetches
@@ -67,14 +72,35 @@ ORD_STATUS_NAMES = {"0": "New", "1": "PartiallyFilled", "2": "Filled", "3": "Don
 NO_CASH = "a FIX drop copy reports no cash balances"
 
 
-def _dec(value: str | None) -> Decimal | None:
-    if value is None or value == "":
+TAG_NAMES = {6: "AvgPx", 12: "Commission", 14: "CumQty", 31: "LastPx", 32: "LastQty", 38: "OrderQty",
+             44: "Price", 99: "StopPx", 151: "LeavesQty", 704: "LongQty", 705: "ShortQty", 730: "SettlPrice"}
+
+
+class Unreadable(ValueError):
+    """A report's amount field is present but not a finite decimal number (or a Trade lacks one):
+    the report cannot be applied, and what it would have told is unknown."""
+
+
+def _dec(value: str | None, tag: int) -> Decimal | None:
+    """The amount in field ``tag``: None when the field is absent; ``Unreadable`` when it is there
+    but not a finite number (FIX allows no empty value either). Never a silent None: a fill whose
+    LastQty cannot be read must not vanish from the drop copy's view."""
+    if value is None:
         return None
     try:
         d = Decimal(value)
     except InvalidOperation:
-        return None
-    return d if d.is_finite() else None
+        d = None
+    if d is None or not d.is_finite() or not value.strip():
+        raise Unreadable(f"{TAG_NAMES.get(tag, 'tag')} ({tag}) {value!r} is not a number")
+    return d
+
+
+def _required(msg: simplefix.FixMessage, tag: int, what: str) -> Decimal:
+    value = _dec(get(msg, tag), tag)
+    if value is None:
+        raise Unreadable(f"{TAG_NAMES[tag]} ({tag}) is missing from a {what}")
+    return value
 
 
 def map_ord_status(ord_status: str | None, cum_qty: Decimal, leaves_qty: Decimal | None,
@@ -142,11 +168,18 @@ class DropCopyBook:
         self.duplicates = 0
         self.copies = 0  # reports marked CopyMsgIndicator 797=Y
         self.requests: dict[str, _Request] = {}
+        # ExecutionReports that could not be read (an amount that is not a number): while any is
+        # here, the orders and executions this book shows are incomplete, so they are unknown
+        self.unreadable: list[str] = []
 
     def apply(self, msg: simplefix.FixMessage) -> None:
         msg_type = msg.message_type
         if msg_type == b"8":
-            self._execution_report(msg)
+            try:
+                self._execution_report(msg)
+            except Unreadable as e:
+                self.unreadable.append(f"ExecutionReport MsgSeqNum {get(msg, 34)} ExecID {get(msg, 17)} "
+                                       f"(150={get(msg, 150)}) of order {get(msg, 37)} {get(msg, 55) or ''}: {e}")
         elif msg_type == b"AO":
             self._position_ack(msg)
         elif msg_type == b"AP":
@@ -180,15 +213,20 @@ class DropCopyBook:
         exec_type = get(msg, 150)
         req_id = get(msg, 584)
         order_id = get(msg, 37)
-        if order_id and order_id != "NONE":
-            self._order(msg, order_id)
-        if exec_id and order_id and order_id != "NONE":
-            if exec_type == "F":
-                self._trade(msg, exec_id, order_id)
-            elif exec_type == "G":
-                self._correct(msg, exec_id, order_id)
-            elif exec_type == "H":
-                self._bust(msg, exec_id)
+        try:
+            if order_id and order_id != "NONE":
+                self._order(msg, order_id)
+            if exec_id and order_id and order_id != "NONE":
+                if exec_type == "F":
+                    self._trade(msg, exec_id, order_id)
+                elif exec_type == "G":
+                    self._correct(msg, exec_id, order_id)
+                elif exec_type == "H":
+                    self._bust(msg, exec_id)
+        finally:  # an unreadable answer to a status query still counts as one of its answers
+            self._count_answer(msg, req_id, order_id)
+
+    def _count_answer(self, msg: simplefix.FixMessage, req_id: str | None, order_id: str | None) -> None:
         if req_id and req_id in self.requests:
             req = self.requests[req_id]
             total = get(msg, 911)
@@ -202,7 +240,7 @@ class DropCopyBook:
     def _order(self, msg: simplefix.FixMessage, order_id: str) -> None:
         at = parse_utc_timestamp(get(msg, 60))
         seen = self.orders.get(order_id)
-        qty = _dec(get(msg, 38))
+        qty = _dec(get(msg, 38), 38)
         raw = {f"{tag.decode()}": value.decode("latin-1") for tag, value in msg.pairs
                if tag not in (b"8", b"9", b"10")}
         if seen is None:
@@ -215,12 +253,12 @@ class DropCopyBook:
         if qty is not None:
             seen.qty = qty
         seen.ord_status = get(msg, 39) or seen.ord_status
-        seen.cum_qty = _dec(get(msg, 14)) if get(msg, 14) is not None else seen.cum_qty  # type: ignore[assignment]
-        seen.leaves_qty = _dec(get(msg, 151)) if get(msg, 151) is not None else seen.leaves_qty
-        avg = _dec(get(msg, 6))
+        seen.cum_qty = _dec(get(msg, 14), 14) if get(msg, 14) is not None else seen.cum_qty  # type: ignore[assignment]
+        seen.leaves_qty = _dec(get(msg, 151), 151) if get(msg, 151) is not None else seen.leaves_qty
+        avg = _dec(get(msg, 6), 6)
         seen.avg_px = avg if avg else seen.avg_px
-        seen.limit_price = _dec(get(msg, 44)) or seen.limit_price
-        seen.stop_price = _dec(get(msg, 99)) or seen.stop_price
+        seen.limit_price = _dec(get(msg, 44), 44) or seen.limit_price
+        seen.stop_price = _dec(get(msg, 99), 99) or seen.stop_price
         if at is not None:
             seen.updated_at = at
         # the order keeps the ClOrdID it was entered with (ours); a replace's new one is in raw.
@@ -231,7 +269,7 @@ class DropCopyBook:
     def _fill(self, msg: simplefix.FixMessage, exec_id: str, order_id: str, qty: Decimal,
               price: Decimal, **raw: Any) -> VenueFill:
         order = self.orders[order_id]
-        commission = _dec(get(msg, 12)) or ZERO
+        commission = _dec(get(msg, 12), 12) or ZERO
         comm_type = get(msg, 13)  # CommType: 1 per unit, 2 percent, 3 absolute (the default here)
         if comm_type == "1":
             commission *= qty
@@ -247,9 +285,9 @@ class DropCopyBook:
         )
 
     def _trade(self, msg: simplefix.FixMessage, exec_id: str, order_id: str) -> None:
-        qty, price = _dec(get(msg, 32)), _dec(get(msg, 31))
-        if not qty or price is None:
-            return
+        qty, price = _required(msg, 32, "Trade (150=F)"), _required(msg, 31, "Trade (150=F)")
+        if not qty:
+            raise Unreadable("LastQty (32) 0 on a Trade (150=F)")
         self.root[exec_id] = exec_id
         self.fills[exec_id] = self._fill(msg, exec_id, order_id, qty, price)
 
@@ -258,10 +296,12 @@ class DropCopyBook:
         root = self.root.get(ref, ref)
         self.root[exec_id] = root
         self.corrections.setdefault(root, []).append(exec_id)
-        qty, price = _dec(get(msg, 32)), _dec(get(msg, 31))
-        if not qty or price is None:  # corrected to nothing: as good as a bust
+        qty, price = _required(msg, 32, "Trade Correct (150=G)"), _dec(get(msg, 31), 31)
+        if not qty:  # corrected to nothing: as good as a bust
             self.fills.pop(root, None)
             return
+        if price is None:
+            raise Unreadable("LastPx (31) is missing from a Trade Correct (150=G)")
         self.fills[root] = self._fill(msg, root, order_id, qty, price, corrected_by=exec_id)
 
     def _bust(self, msg: simplefix.FixMessage, exec_id: str) -> None:
@@ -294,7 +334,12 @@ class DropCopyBook:
         n = int(get(msg, 702) or 0)
         for i in range(1, n + 1):
             pos_type = msg.get(703, i)
-            long_qty, short_qty = _dec(_text(msg.get(704, i))), _dec(_text(msg.get(705, i)))
+            try:
+                long_qty, short_qty = _dec(_text(msg.get(704, i)), 704), _dec(_text(msg.get(705, i)), 705)
+            except Unreadable as e:
+                req.rejected = f"PositionReport for {symbol}: {e}"
+                req.done = True
+                return
             if pos_type is not None:
                 entries[pos_type.decode()] = (long_qty or ZERO) - (short_qty or ZERO)
         # FIN (end-of-day quantity) when given; else start of day plus the day's transactions
@@ -306,7 +351,10 @@ class DropCopyBook:
             req.rejected = f"PositionReport for {symbol} has no FIN, SOD or TQ quantity: {sorted(entries)}"
             req.done = True
             return
-        settle = _dec(get(msg, 730))
+        try:
+            settle = _dec(get(msg, 730), 730)
+        except Unreadable:
+            settle = None  # the settlement price is informative only (raw): the quantity stands
         raw = {tag.decode(): value.decode("latin-1") for tag, value in msg.pairs if tag not in (b"8", b"9", b"10")}
         req.positions[symbol] = VenuePosition(symbol=symbol, qty=qty, avg_cost=None, raw={**raw, "settl_px": settle and str(settle)})
         req.received += 1
@@ -314,6 +362,14 @@ class DropCopyBook:
             req.done = True
 
     # ------------------------------------------------------------------- views
+    def check_readable(self) -> None:
+        """``VenueQueryFailed`` naming the reports that could not be read, if any: the orders and
+        executions are then known only in part, which is unknown, never "these and no more"."""
+        if self.unreadable:
+            more = f" (and {len(self.unreadable) - 1} more)" if len(self.unreadable) > 1 else ""
+            raise VenueQueryFailed(f"fix: the drop copy sent a report that cannot be read: "
+                                   f"{self.unreadable[0]}{more}")
+
     def venue_orders(self) -> list[VenueOrder]:
         """Every order the drop copy reported, with its live executions."""
         fills_by_order: dict[str, list[VenueFill]] = {}
@@ -441,7 +497,9 @@ class FixDropCopyAdapter(BrokerAdapter):
         return [p for p in req.positions.values() if p.qty]
 
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
-        orders = self._ensure().venue_orders()
+        book = self._ensure()
+        book.check_readable()
+        orders = book.venue_orders()
         if since is not None:
             orders = [o for o in orders if o.updated_at is None or o.updated_at >= since]
         return sorted(orders, key=lambda o: o.venue_order_id)
@@ -450,7 +508,9 @@ class FixDropCopyAdapter(BrokerAdapter):
         return [o for o in self.recent_orders() if o.is_open]
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
-        fills = list(self._ensure().fills.values())
+        book = self._ensure()
+        book.check_readable()
+        fills = list(book.fills.values())
         if since is not None:
             fills = [f for f in fills if f.occurred_at is None or f.occurred_at >= since]
         return sorted(fills, key=lambda f: (f.occurred_at or datetime.min.replace(tzinfo=timezone.utc), f.exec_id))

@@ -5,6 +5,7 @@ timeouts, signed-request errors, and the live order flow."""
 
 from __future__ import annotations
 
+import functools
 import decimal
 import time
 from datetime import datetime, timezone
@@ -13,15 +14,17 @@ from decimal import Decimal as D
 import ccxt
 import pytest
 
+from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, check_a_lost_submit_answer, limit_order
 from tests.support.fake_binance import FakeBinance
+from tradestate.adapters.brokers import ccxt_venue
 from tradestate.adapters.brokers.base import (
+    OrderNotCancelable,
     OrderNotFound,
-    OrderRequest,
+    SubmitOutcomeUnknown,
     Unknown,
     VenueConnectionError,
     VenueQueryFailed,
 )
-from tradestate.adapters.brokers.ccxt_venue import CcxtAdapter, OrderNotCancelable, SubmitOutcomeUnknown
 from tradestate.adapters.brokers.registry import make_adapter
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
@@ -29,7 +32,6 @@ from tradestate.domain.errors import InvalidInput
 from tradestate.domain.ids import order_stream_id
 from tradestate.order_flow import OrderFlow
 
-ACCOUNT = "acct-1"
 
 
 @pytest.fixture
@@ -38,11 +40,8 @@ def fake():
         yield f
 
 
-def adapter_for(fake: FakeBinance, **kw) -> CcxtAdapter:
-    options = dict(account=ACCOUNT, exchange="binance", symbols="BTC/USDT,ETH/USDT", api_key=fake.api_key,
-                   secret=fake.secret, base_url=fake.url, timeout=2.0, rate_limit=False)
-    options.update(kw)
-    return CcxtAdapter(**options)
+adapter_for = functools.partial(ccxt_adapter, exchange="binance", symbols="BTC/USDT,ETH/USDT")  # (fake, **overrides)
+limit = functools.partial(limit_order, symbol="BTC/USDT", qty="0.5", price="40000")  # (cid, **overrides)
 
 
 @pytest.fixture
@@ -50,10 +49,6 @@ def adapter(fake):
     a = adapter_for(fake)
     yield a
     a.close()
-
-
-def limit(cid: str, qty: str = "0.5", price: str = "40000", side: str = "buy", tif: str = "gtc") -> OrderRequest:
-    return OrderRequest(cid, "BTC/USDT", side, "limit", D(qty), D(price), time_in_force=tif)  # type: ignore[arg-type]
 
 
 def test_place_and_ack_sends_our_client_order_id_signed(fake, adapter):
@@ -128,6 +123,20 @@ def test_cancel_and_cancel_errors(fake, adapter):
         adapter.cancel("999999")
 
 
+def test_submit_looks_its_id_up_in_its_own_symbol_only(fake, adapter):
+    adapter.positions()  # markets loaded
+    fake.calls.clear()
+    adapter.submit(limit("c-own"))  # a BTC/USDT order: ETH/USDT's orders have nothing to say about it
+    lookups = [p.get("symbol") for m, path, p in fake.calls if (m, path) == ("GET", "/api/v3/order")]
+    assert lookups == ["BTCUSDT"]
+    fake.stall("POST", "/api/v3/order", 4, after=True)  # an answer lost: looked up, again in BTC/USDT only
+    fake.calls.clear()
+    order = adapter_for(fake, timeout=0.5).submit(limit("c-own-2"))
+    assert order.client_order_id == "c-own-2"
+    symbols = {p.get("symbol") for m, path, p in fake.calls if path in ("/api/v3/order", "/api/v3/allOrders")}
+    assert symbols == {"BTCUSDT"}
+
+
 def test_a_refused_order_comes_back_rejected_with_binance_error_code(fake, adapter):
     order = adapter.submit(limit("c-6", qty="10", price="40000"))  # 400,000 USDT: too little balance
     assert order.status == "rejected" and order.raw["code"] == -2010
@@ -166,17 +175,15 @@ def test_a_hanging_query_is_bounded_and_the_snapshot_says_unknown(fake):
     assert isinstance(snap.open_orders, Unknown) and not isinstance(snap.positions, Unknown)
 
 
+def test_the_adapter_raises_the_shared_exceptions_of_base():
+    # one class per outcome, whatever the venue: the order flow catches base's (the old names stay)
+    assert ccxt_venue.SubmitOutcomeUnknown is SubmitOutcomeUnknown
+    assert ccxt_venue.OrderNotCancelable is OrderNotCancelable
+    assert issubclass(SubmitOutcomeUnknown, VenueConnectionError)
+
+
 def test_a_submit_whose_answer_is_lost_is_looked_up_never_resent(fake):
-    adapter = adapter_for(fake, timeout=0.5)
-    adapter.positions()
-    fake.stall("POST", "/api/v3/order", 4, after=True)  # the order is placed, the answer late
-    started = time.monotonic()
-    order = adapter.submit(limit("c-8"))
-    assert time.monotonic() - started < 2
-    assert order.client_order_id == "c-8" and len(fake.orders) == 1
-    fake.stall("POST", "/api/v3/order", 4)  # no answer and nothing placed
-    with pytest.raises(SubmitOutcomeUnknown):
-        adapter.submit(limit("c-9"))
+    check_a_lost_submit_answer(fake, adapter_for(fake, timeout=0.5), "/api/v3/order", limit)
 
 
 def test_signed_request_errors(fake):

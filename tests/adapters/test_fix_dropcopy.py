@@ -250,3 +250,31 @@ def test_a_bust_of_a_corrected_execution(server):
     snap = a.snapshot(now=NOW)
     assert snap.fills == [] and only_order(snap).filled_qty == 0
     assert "X1" in a.book.busted
+
+
+def test_a_malformed_amount_makes_orders_and_fills_unknown_not_a_dropped_fill(server):
+    a = adapter(server)
+    oid = server.new_order("o1", "AAPL", "buy", "100", "10")
+    server.fill(oid, "40", "10", exec_id="X1")
+    server.fill_garbled(oid, exec_id="X2", last_qty="6O", last_px="10")  # a letter O in LastQty
+    snap = a.snapshot(now=NOW)
+    for part in (snap.recent_orders, snap.open_orders, snap.fills):
+        assert isinstance(part, Unknown), part  # never the one good fill as if it were all
+        assert "X2" in part.reason and "LastQty (32)" in part.reason and "'6O'" in part.reason
+    assert not isinstance(snap.positions, Unknown)  # the PositionReports were read as sent
+
+
+def test_a_trade_without_its_quantity_is_unknown_too(server):
+    a = adapter(server, request_positions=False)
+    oid = server.new_order("o1", "AAPL", "buy", "100", "10")
+    server.fill_garbled(oid, exec_id="X1", last_qty=None, last_px="10")  # 150=F without LastQty
+    snap = a.snapshot(now=NOW)
+    assert isinstance(snap.fills, Unknown) and "X1" in snap.fills.reason and "LastQty (32)" in snap.fills.reason
+
+
+def test_a_malformed_position_quantity_makes_positions_unknown(server):
+    server.positions["GOOG"] = D(5)
+    server.garble_positions = "5,0"  # LongQty 704 with a decimal comma
+    snap = adapter(server).snapshot(now=NOW)
+    assert isinstance(snap.positions, Unknown) and "LongQty (704)" in snap.positions.reason
+    assert "'5,0'" in snap.positions.reason

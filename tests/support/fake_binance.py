@@ -44,14 +44,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
+
+from tests.support.fake_rest import RestFake
 
 OPEN = ("NEW", "PARTIALLY_FILLED")
 COMMISSION_RATE = Decimal("0.001")  # 10 bps, the documented default spot taker/maker rate
@@ -109,11 +108,14 @@ class Order:
         }
 
 
-class FakeBinance:
-    """The fake exchange: state, the HTTP server, and the test controls."""
+class FakeBinance(RestFake):
+    """The fake exchange: state, the HTTP server (``RestFake``), and the test controls."""
+
+    name = "fake-binance"
 
     def __init__(self, *, api_key: str = "fake-key", secret: str = "fake-secret",
                  markets: list[Market] | None = None, balances: dict[str, str] | None = None):
+        super().__init__()
         self.api_key, self.secret = api_key, secret
         self.markets = {m.symbol: m for m in (markets or [Market("BTCUSDT", "BTC", "USDT"),
                                                           Market("ETHUSDT", "ETH", "USDT", price=Decimal("3000"))])}
@@ -121,73 +123,10 @@ class FakeBinance:
         self.locked: dict[str, Decimal] = {}
         self.orders: dict[int, Order] = {}
         self.trades: list[dict[str, Any]] = []
-        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
+        self.calls: list[tuple[str, str, dict[str, str]]] = []  # (method, path, parameters) likewise
         self.clock_offset_ms = 0
-        self.lock = threading.RLock()
         self._next_order = 1000
         self._next_trade = 5000
-        self._stalls: list[dict[str, Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> FakeBinance:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode() if length else ""
-                status, payload = fake.handle(method, self.path, body, dict(self.headers))
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json;charset=UTF-8")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (its timeout): nothing to answer
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-binance", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        for s in self._stalls:
-            s["release"].set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeBinance:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # ------------------------------------------------------------------ test controls
     def now_ms(self) -> int:
@@ -195,12 +134,6 @@ class FakeBinance:
 
     def set_price(self, symbol: str, price: str) -> None:
         self.markets[symbol].price = Decimal(price)
-
-    def stall(self, method: str, path: str, seconds: float, *, after: bool = False, times: int = 1) -> None:
-        """Hold the next ``times`` answers to ``method path`` for ``seconds``; ``after``: the
-        request takes effect first (an order placed whose answer is late)."""
-        self._stalls.append({"method": method, "path": path, "seconds": seconds, "after": after,
-                             "times": times, "release": threading.Event()})
 
     def fill(self, order_id: int, qty: str, price: str | None = None, *, maker: bool = True,
              commission: str | None = None, commission_asset: str | None = None) -> dict[str, Any]:
@@ -270,24 +203,11 @@ class FakeBinance:
         order.locked = Decimal(0)
 
     # ------------------------------------------------------------------ HTTP
-    def handle(self, method: str, raw_path: str, body: str, headers: dict[str, str]) -> tuple[int, Any]:
-        parts = urlsplit(raw_path)
-        path = parts.path
-        with self.lock:
-            self.requests.append((method, path))
-        stall = next((s for s in self._stalls if s["method"] == method and s["path"] == path and s["times"] > 0),
-                     None)
-        if stall is not None:
-            stall["times"] -= 1
-            if not stall["after"]:
-                stall["release"].wait(stall["seconds"])
+    def answer(self, method: str, path: str, query: str, body: str, headers: dict[str, str]) -> tuple[int, Any]:
         try:
-            result = 200, self._route(method, path, parts.query, body, headers)
+            return 200, self._route(method, path, query, body, headers)
         except BinanceError as e:
-            result = e.http, {"code": e.code, "msg": e.msg}
-        if stall is not None and stall["after"]:
-            stall["release"].wait(stall["seconds"])
-        return result
+            return e.http, {"code": e.code, "msg": e.msg}
 
     def _route(self, method: str, path: str, query: str, body: str, headers: dict[str, str]) -> Any:
         public = {("GET", "/api/v3/ping"): lambda p: {},
@@ -302,6 +222,8 @@ class FakeBinance:
                   ("GET", "/api/v3/myTrades"): self._my_trades}
         params = dict(parse_qsl(query, keep_blank_values=True))
         params.update(dict(parse_qsl(body, keep_blank_values=True)))
+        with self.lock:
+            self.calls.append((method, path, params))
         if (method, path) in public:
             return public[(method, path)](params)
         if (method, path) not in signed:

@@ -105,6 +105,7 @@ class FakeDropCopyServer:
         self._drop = 0
         self._corrupt = False
         self.resend_without_orig_time = False  # a faulty acceptor: resent messages lack OrigSendingTime 122
+        self.garble_positions: str | None = None  # a faulty acceptor: LongQty 704 sent as this text
         self._lock = threading.RLock()
         self._conn: socket.socket | None = None
         self._listener: socket.socket | None = None
@@ -343,7 +344,8 @@ class FakeDropCopyServer:
             self._emit("AP", [(721, f"PR-{next(self._ids)}"), (710, req_id), (727, len(held)), (728, 0),
                               (715, datetime.now(timezone.utc).strftime("%Y%m%d")), (1, self.account),
                               (55, symbol), (702, 1), (703, "FIN"),
-                              (704, qty if qty > 0 else 0), (705, -qty if qty < 0 else 0)])
+                              (704, self.garble_positions or (qty if qty > 0 else 0)),
+                              (705, -qty if qty < 0 else 0)])
 
     # --------------------------------------------------------------- the script
     def _report(self, o: _Order, exec_type: str, *, exec_id: str | None = None,
@@ -431,6 +433,16 @@ class FakeDropCopyServer:
             o.status = "2" if done else "1"
             fee = [(12, commission[0]), (13, commission[1])] if commission else []
             self._emit("8", self._report(o, "F", exec_id=exec_id, extra=[(32, qty), (31, price), *fee]))
+            return exec_id
+
+    def fill_garbled(self, order_id: str, *, exec_id: str, last_qty: str | None, last_px: str | None) -> str:
+        """A Trade (150=F) whose LastQty 32 / LastPx 31 are sent as given, verbatim (None: the
+        field is left out): a venue bug or a garbled gateway, in a message whose checksum is right.
+        The venue's own state does not move (it is the report that is wrong)."""
+        with self._lock:
+            o = self.orders[order_id]
+            extra = [(tag, value) for tag, value in ((32, last_qty), (31, last_px)) if value is not None]
+            self._emit("8", self._report(o, "F", exec_id=exec_id, extra=extra))
             return exec_id
 
     def correct(self, order_id: str, exec_ref_id: str, qty: Decimal | str, price: Decimal | str) -> str:

@@ -75,8 +75,8 @@ def register(app: typer.Typer) -> None:
                      **broker_flags(broker=broker, account=account, venue=venue, strict=strict, base_url=base_url,
                                     stream_url=stream_url, host=host, port=port, client_id=client_id,
                                     ib_account=ib_account, sim_state=sim_state))
-        if drop_copy and (ack or bootstrap or follow):
-            fail("--drop-copy compares one reconciliation; it does not go with --ack, --bootstrap or --follow")
+        if drop_copy and (ack or bootstrap):
+            fail("--drop-copy compares reconciliations; it does not go with --ack or --bootstrap")
         if ack:
             if not s.account or not by or not decision:
                 fail("--ack needs --account, --by NAME and --decision TEXT")
@@ -103,7 +103,9 @@ def register(app: typer.Typer) -> None:
                 fail(f"--since is not an ISO-8601 time: {s.since!r}")
             if since_at.tzinfo is None:
                 fail("--since needs a time zone (e.g. 2026-11-20T14:31:05Z)")
-        if drop_copy:
+        if drop_copy and len(s.broker) != 1:
+            fail("--drop-copy needs exactly one --broker (the drop copy is of that account)")
+        if drop_copy and not follow:
             raise typer.Exit(_three_way(s, drop_copy, since_at, dry_run, as_json))
         if follow:
             from ..reconcile import StuckThresholds
@@ -116,7 +118,7 @@ def register(app: typer.Typer) -> None:
                 fail("--every must be more than 0 s")
             if rounds is not None and rounds < 1:
                 fail("--rounds must be at least 1")
-            raise typer.Exit(_follow(s, since_at, interval, rounds, thresholds, dry_run, as_json))
+            raise typer.Exit(_follow(s, since_at, interval, rounds, thresholds, dry_run, as_json, drop_copy))
         client = TradestateClient(_existing_log(s.db))
         multi = None
         try:
@@ -220,21 +222,15 @@ def run_bootstrap(s: Any, as_json: bool) -> None:
 def _three_way(s: Any, url: str, since_at: Any, dry_run: bool, as_json: bool) -> int:
     """``reconcile --drop-copy URL``: one broker account, its drop copy and the log
     (``tradestate.three_way``); prints the rows that disagree, then the reconciliation."""
-    from ..adapters.brokers.fix_dropcopy import drop_copy_adapter
     from ..client import TradestateClient
     from ..render import console, to_json
     from ..three_way import reconcile_three_way
 
-    if len(s.broker) != 1:
-        fail("--drop-copy needs exactly one --broker (the drop copy is of that account)")
     client = TradestateClient(_existing_log(s.db))
     try:
         (adapter,) = make_adapters(s)
         try:
-            try:
-                drop = drop_copy_adapter(url, account=adapter.account, venue=adapter.venue)
-            except ValueError as e:
-                fail(f"--drop-copy: {e}")
+            drop = _drop_copy_of(url, adapter)
             try:
                 outcome = reconcile_three_way(client, adapter, drop, strict=s.strict, since=since_at,
                                               dry_run=dry_run)
@@ -267,6 +263,27 @@ def _three_way(s: Any, url: str, since_at: Any, dry_run: bool, as_json: bool) ->
     return int(ExitCode.PROBLEM if failed else ExitCode.OK)
 
 
+def _drop_copy_of(url: str, adapter: Any) -> Any:
+    """The drop-copy adapter of ``url`` for ``adapter``'s account and venue (a bad URL: exit 2)."""
+    from ..adapters.brokers.fix_dropcopy import drop_copy_adapter
+
+    try:
+        return drop_copy_adapter(url, account=adapter.account, venue=adapter.venue)
+    except ValueError as e:
+        fail(f"--drop-copy: {e}")
+
+
+def three_way_lines(where: str, report: dict[str, Any]) -> list[str]:
+    """A three-way comparison (``ThreeWayResult.as_dict()["three_way"]``) in a few plain lines:
+    what happened to the corrections, then one line per row that does not agree."""
+    lines = [f"  three views of {where}: {len(report['rows'])} not agreeing, {report['alerts']} alert(s)"
+             + (": nothing was corrected (the API and the drop copy disagree)" if report["withheld"] else "")]
+    for r in report["rows"]:
+        lines.append(f"    {r['kind']} {r['key']}: log {r['log'] or 'unknown'}, api {r['api'] or 'unknown'}, "
+                     f"drop copy {r['drop_copy'] or 'unknown'}: {r['verdict']} ({r['action']})")
+    return lines
+
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -287,9 +304,11 @@ def _seconds(text: str, flag: str, *, allow_off: bool = False) -> float | None:
 
 
 def _follow(s: Any, since_at: Any, every: float, rounds: int | None, stuck: Any, dry_run: bool,
-            as_json: bool) -> int:
+            as_json: bool, drop_url: str | None = None) -> int:
     """``reconcile --follow``: rounds until SIGTERM/SIGINT (or ``rounds``); exit 1 when the last
-    round left something to look at (a venue not read in full, a failed run, a stuck order)."""
+    round left something to look at (a venue not read in full, a failed run, a stuck order, the
+    API and the drop copy in disagreement). ``drop_url``: the one broker account's drop copy,
+    compared three ways on every round."""
     import threading
 
     from ..client import TradestateClient
@@ -301,6 +320,7 @@ def _follow(s: Any, since_at: Any, every: float, rounds: int | None, stuck: Any,
     client = TradestateClient(open_log(s.db))
     try:
         adapters = make_adapters(s)
+        drops = [_drop_copy_of(drop_url, adapters[0])] if drop_url else []
         try:
             def report(r: Any) -> None:
                 if as_json:
@@ -308,6 +328,7 @@ def _follow(s: Any, since_at: Any, every: float, rounds: int | None, stuck: Any,
                     return
                 parts = [f"{x.broker} {x.venue} {x.account}: {x.status}"
                          + (f", {len(x.corrective_event_ids)} corrective" if x.corrective_event_ids else "")
+                         + (" (dry run: not appended)" if x.dry_run and x.corrective_event_ids else "")
                          + (f", {x.withheld} withheld (partial answer)" if x.withheld else "")
                          for x in r.results]
                 parts += [f"{where}: failed ({error})" for where, error in r.errors.items()]
@@ -316,17 +337,22 @@ def _follow(s: Any, since_at: Any, every: float, rounds: int | None, stuck: Any,
                 for flag in r.stuck:
                     console.print(f"  {flag['kind']} {flag['client_order_id']} {flag['symbol']}: {flag['detail']}",
                                   highlight=False, markup=False)
+                for where, three in r.three_way.items():
+                    for line in three_way_lines(where, three):
+                        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
             with _stop_on_signals(stop):
                 done = reconcile_follow(client, adapters, every=every, rounds=rounds, stop=stop, strict=s.strict,
-                                        since=since_at, dry_run=dry_run, stuck=stuck, on_round=report)
+                                        since=since_at, dry_run=dry_run, stuck=stuck, on_round=report,
+                                        drop_copies=drops)
         finally:
-            for adapter in adapters:
+            for adapter in [*adapters, *drops]:
                 adapter.close()
     finally:
         client.close()
     last = done[-1] if done else None
-    troubled = last is not None and (last.errors or last.stuck or any(r.status == "unknown" for r in last.results))
+    troubled = last is not None and (last.errors or last.stuck or last.withheld_by_alerts
+                                     or any(r.status == "unknown" for r in last.results))
     return int(ExitCode.PROBLEM if troubled else ExitCode.OK)
 
 

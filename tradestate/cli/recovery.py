@@ -52,6 +52,10 @@ def register(app: typer.Typer) -> None:
         from_venue: Annotated[bool, typer.Option("--from-venue", help="An empty or lost log: import each broker "
                                                  "account it holds nothing of from the venue first (creates the "
                                                  "log if need be; see reconcile --bootstrap).")] = False,
+        drop_copy: Annotated[Optional[str], typer.Option("--drop-copy", help="Also read the one --broker account's "
+                             "FIX 4.4 drop copy (fix://HOST:PORT?sender=..&target=..&store=DIR) and reconcile three "
+                             "ways (see reconcile --drop-copy): when the API and the drop copy disagree, nothing is "
+                             "corrected and the engine is not ready.")] = None,
     ) -> None:
         """Recover after a crash: detect, verify, load the newest valid checkpoint, replay the tail,
         reconcile with each broker, check health, and record the report. Exit 0 = ready to trade."""
@@ -73,8 +77,15 @@ def register(app: typer.Typer) -> None:
             store = open_store(s.db)  # the log may be lost: start a new one
         else:
             store = open_log(s.db)
+        if drop_copy and len(s.broker or []) != 1:
+            fail("--drop-copy needs exactly one --broker (the drop copy is of that account)")
+        drops: list[Any] = []
         try:
             adapters = make_adapters(s)
+            if drop_copy:
+                from .reconcile import _drop_copy_of
+
+                drops.append(_drop_copy_of(drop_copy, adapters[0]))
         except BaseException:
             store.close()
             raise
@@ -82,12 +93,12 @@ def register(app: typer.Typer) -> None:
             report, client = run_recovery(store, engine_id=s.engine_id, strict=s.strict, adapters=adapters,
                                           verify="none" if no_verify else ("full" if full_verify else "tail"),
                                           ramp=s.ramp, record=not dry_run, rewound=rewind, from_venue=from_venue,
-                                          gates=GateConfig.from_settings(s))
+                                          gates=GateConfig.from_settings(s), drop_copies=drops)
         except (TradestateError, ValueError) as e:
             store.close()
             fail(str(e))
         finally:
-            for adapter in adapters:
+            for adapter in [*adapters, *drops]:
                 adapter.close()
         with client:
             if json:
