@@ -302,6 +302,7 @@ def _order_doc(o: OrderState) -> dict[str, Any]:
         "discrepancy_keys": [[list(k), pos] for k, pos in o.discrepancy_keys.items()],
         "refusal": o.refusal,
         **({"replaces": o.replaces, "replace_pending": o.replace_pending} if o.replaces else {}),
+        **({"adjusted": o.adjusted, "symbol": o.symbol} if o.adjusted else {}),  # restated by a corporate action
         "positions": o.positions,
         "created_at": _t(o.created_at),
         "updated_at": _t(o.updated_at),
@@ -422,6 +423,8 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         doc["fx_rates"] = [[base, quote, _d(rate)] for (base, quote), rate in state.fx_rates.items()]
         doc["corporate_actions"] = [[*key, pos] for key, pos in state.corporate_actions.items()]
         doc["option_settlements"] = [[*key, pos] for key, pos in state.option_settlements.items()]
+    if state.variation_margins:  # absent without futures settlements
+        doc["variation_margins"] = [[*key, pos] for key, pos in state.variation_margins.items()]
     return doc, b""
 
 
@@ -619,6 +622,9 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         order.refusal = o["refusal"]
         order.replaces = o.get("replaces")  # absent before amendments, and on orders never amended
         order.replace_pending = o.get("replace_pending")
+        if o.get("adjusted"):  # absent before corporate actions restated orders (its symbol may have changed)
+            order.adjusted, order.symbol = o["adjusted"], o["symbol"]
+            order.position_key = (order.account, order.venue, order.symbol)
         order.positions = dict(o["positions"])
         order.updated_at = _tn(o["updated_at"])  # type: ignore[assignment]
         order.account_state = state.account(order.account)
@@ -634,6 +640,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         state.corporate_actions[(symbol, action, effective_at)] = pos
     for account, venue, ref, pos in doc.get("option_settlements", ()):
         state.option_settlements[(account, venue, ref)] = pos
+    for account, venue, symbol, day, pos in doc.get("variation_margins", ()):
+        state.variation_margins[(account, venue, symbol, day)] = pos
     for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at, *rest in doc["positions"]:
         p = PositionState(account, venue, symbol, state.instruments.get(symbol))
         if rest:  # absent before fill corrections, and for a position without fills

@@ -53,7 +53,7 @@ class OrderState:
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
         "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal", "refusal_detail",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
-        "position_key", "account_state", "external", "exec_fees", "replaces", "replace_pending",
+        "position_key", "account_state", "external", "exec_fees", "replaces", "replace_pending", "adjusted",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
@@ -98,6 +98,9 @@ class OrderState:
         # pending | refused | replaced, and for a refusal "by", "reasons", "detail"}; None: none asked
         self.replaces: dict[str, dict[str, Any]] | None = None
         self.replace_pending: str | None = None  # the amendment the venue has not answered yet
+        # the last corporate action that restated the order (``OrderAdjusted``): its position,
+        # quantity, prices and the venue's restated quantity; None: never adjusted
+        self.adjusted: dict[str, Any] | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -146,6 +149,7 @@ class OrderState:
             **({"replace_pending": self.replace_pending,
                 "replaces": {rid: {k: v for k, v in r.items() if k != "request"} for rid, r in self.replaces.items()}}
                if self.replaces else {}),
+            **({"adjusted": self.adjusted} if self.adjusted else {}),  # only for an order a corporate action restated
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -631,6 +635,8 @@ class TradingState:
         self.corporate_actions: dict[tuple[str, str, str], int] = {}
         # (account, venue, venue_ref) -> where an ``OptionSettled`` naming the venue's activity was recorded
         self.option_settlements: dict[tuple[str, str, str], int] = {}
+        # (account, venue, symbol, business date) -> where its ``VariationMarginSettled`` was recorded
+        self.variation_margins: dict[tuple[str, str, str, str], int] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -847,6 +853,22 @@ class TradingState:
         order.updated_at = _time(d.get("occurred_at"), at)
         if order.filled_qty >= order.qty and order.is_open:  # replaced down to what was filled
             self._close(order, "filled", pos, order.updated_at)
+
+    def _on_OrderAdjusted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        order.qty = Decimal(d["qty"])
+        order.limit_price = _dec(d.get("limit_price"))
+        order.stop_price = _dec(d.get("stop_price"))
+        if d["symbol"] != order.symbol:  # a symbol change: its fills from here on book on the new symbol
+            order.symbol = d["symbol"]
+            order.position_key = (order.account, order.venue, order.symbol)
+        order.adjusted = {"position": pos, "corporate_action": d["corporate_action"], "qty": d["qty"],
+                          "limit_price": d.get("limit_price"), "stop_price": d.get("stop_price"),
+                          "restated_qty": d.get("restated_qty"), "remaining_dropped": d.get("remaining_dropped", "0")}
+        order.positions[f"adjusted:{pos}"] = pos
+        order.updated_at = _time(d.get("occurred_at"), at)
+        if order.is_open and order.filled_qty >= order.qty:  # nothing whole left to work
+            self._close(order, "cancelled", pos, order.updated_at)
 
     def _on_OrderExpired(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self._close(self.orders[sid], "expired", pos, _time(d.get("occurred_at"), at))
@@ -1159,6 +1181,28 @@ class TradingState:
         self._settle_leg(acct, (account, venue, spec.underlying), delivered if buys else -delivered,  # type: ignore[union-attr,arg-type]
                          spec.strike, when, currency=spec.quote_currency)  # type: ignore[union-attr,arg-type]
 
+    def _on_VariationMarginSettled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        account, venue, symbol, day = d["account"], d["venue"], d["symbol"], d["business_date"]
+        self.variation_margins[(account, venue, symbol, day)] = pos
+        acct = self.account(account)
+        key = (account, venue, symbol)
+        held = self.positions.get(key)
+        if held is None:
+            held = self.positions[key] = PositionState(*key, self.instruments.get(symbol) if self.instruments else None)
+        price = Decimal(d["settlement_price"])
+        # the P&L since the last mark (the fills' prices or the last settlement) is realised by the
+        # settlement, and the cost basis re-based to its price: the close realises only what follows
+        realized = (price * held.qty - held.cost) * held.multiplier
+        held.cost = held.qty * price
+        held.last_price = price
+        held.realized_pnl += realized
+        held.journal = None  # moved by no fill: its fills no longer explain its cost basis
+        held.updated_at = _time(d.get("occurred_at"), at)
+        if realized:
+            rate = _pnl_rate(self, held.spec)
+            acct.day(day).realized_pnl += realized if rate is None else realized * rate
+        _move_cash(acct, venue, d["currency"], Decimal(d["amount"]), d["currency"], ZERO)
+
     def _held(self, account: str, venue: str, symbol: str) -> Decimal:
         held = self.positions.get((account, venue, symbol))
         return held.qty if held is not None else ZERO
@@ -1248,6 +1292,8 @@ class TradingState:
                if self.corporate_actions else {}),
             **({"option_settlements": {"|".join(k): v for k, v in sorted(self.option_settlements.items())}}
                if self.option_settlements else {}),
+            **({"variation_margins": {"|".join(k): v for k, v in sorted(self.variation_margins.items())}}
+               if self.variation_margins else {}),
             "stream_versions": dict(sorted(self.stream_versions.items())),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}

@@ -27,7 +27,6 @@ from .domain.errors import InvalidInput, UnknownOrder
 from .domain.ids import (
     account_stream_id,
     bar_stream_id,
-    corporate_action_stream_id,
     engine_stream_id,
     fx_stream_id,
     instrument_stream_id,
@@ -644,15 +643,7 @@ class TradestateClient:
         e = build_event(ev.CorporateActionRecorded, **self.writer.envelope(), symbol=symbol, action=action,
                         effective_at=effective_at, ratio_from=ratio_from, ratio_to=ratio_to, new_symbol=new_symbol,
                         source=source, reason=reason, operator=operator)
-        key = (e.symbol, e.action, e.to_payload()["effective_at"])
-
-        def decide(state: TradingState) -> rules.Decision:
-            done = state.corporate_actions.get(key)
-            if done is not None:
-                return rules.AlreadyRecorded(done)
-            return rules.Append([(corporate_action_stream_id(e.symbol), e)])
-
-        return self.writer.record_fact(decide)
+        return self.writer.record_fact(lambda state: rules.decide_corporate_action(state, e))  # open orders too
 
     def record_option_settlement(self, account: str, venue: str, symbol: str, action: str,
                                  qty: Decimal | int | str, *, venue_ref: str | None = None,
