@@ -934,8 +934,10 @@ class VariationMarginSettled(AccountEvent):
     its cash activity): ``amount`` of ``currency`` moved to (positive) or from the account's cash
     at ``venue`` for the position in ``symbol`` (signed ``qty`` contracts) marked at
     ``settlement_price`` on ``business_date``. The position's cost basis is re-based to the
-    settlement price (the day's P&L is realised by it), so that the later close realises and
-    pays only what moved after it. ``venue_ref``: the venue's id of the posting (with the account,
+    settlement price (the P&L from the contracts' last mark is realised by it), so that the later
+    close realises and pays only what moved after it. The cash moves by that P&L when ``currency``
+    is the instrument's quote currency (fills since the last mark moved it by what they realised:
+    the venue's figure may include them), else by ``amount``. ``venue_ref``: the venue's id of the posting (with the account,
     venue, symbol and business date it makes the fact recorded once)."""
 
     venue: Identifier

@@ -477,3 +477,23 @@ def _adjusted(state: TradingState, order: OrderState, e: ev.CorporateActionRecor
     return ev.OrderAdjusted(**fields, symbol=order.symbol, qty=qty, limit_price=split.limit_price,
                             stop_price=split.stop_price, ratio_from=e.ratio_from, ratio_to=e.ratio_to,
                             restated_qty=restated, remaining_dropped=split.dropped, reason=reason[:1000])
+
+
+def decide_variation_margin(state: TradingState, e: ev.VariationMarginSettled) -> Decision:
+    """Record the venue's daily settlement of a futures position (on the account's stream), once
+    per account, venue, symbol and business date (again: ``AlreadyRecorded``). ``InvalidInput``,
+    nothing appended, when ``e.symbol`` is not a future in the registry or the log does not hold
+    ``e.qty`` contracts of it at ``e.venue`` (reconcile first: a settlement re-bases the position
+    it names, no other)."""
+    done = state.variation_margins.get((e.account, e.venue, e.symbol, e.business_date))
+    if done is not None:
+        return AlreadyRecorded(done)
+    spec = state.instruments.get(e.symbol) if state.instruments else None
+    if spec is None or not spec.is_future:
+        raise InvalidInput(f"VariationMarginSettled: {e.symbol!r} is not a future in the registry (define_instrument)")
+    held = state.position_of(e.account, e.venue, e.symbol)
+    qty = held.qty if held is not None else Decimal(0)
+    if qty != e.qty:
+        raise InvalidInput(f"VariationMarginSettled: {e.qty} {e.symbol} settled at {e.venue} on {e.business_date}, "
+                           f"but the log holds {qty} (reconcile first)")
+    return Append([(account_stream_id(e.account), e)])

@@ -54,7 +54,7 @@ from . import events as ev
 from .ids import account_stream_id, order_stream_id
 from .instruments import split_ratio
 from .risk import MAX_DAILY_LOSS, daily_loss_breach, pnl_rate
-from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, correction_cash, fill_cash
+from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, correction_cash, fill_cash, margin_cash
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
@@ -292,6 +292,8 @@ class _Planner:
         self.planned_exec_ids: set[str] = set()
         self.planned_position: dict[tuple[str, str], Decimal] = {}  # (venue, symbol) -> signed qty
         self.planned_cash: dict[str, Decimal] = {}
+        self.planned_fill_days: dict[tuple[str, str], str] = {}  # (venue, symbol) -> last trading day planned
+        self.unmatched_margins: set[str] = set()  # currencies of the venue's settlements not recorded
         # the day's loss as the planned fills move it: positions and net P&L after them
         self.preview_positions: dict[tuple[str, str], PositionState] = {}
         self.cash_previews: dict[tuple[str, str], PositionState] = {}  # a future's planned fills: its cash
@@ -371,6 +373,8 @@ class _Planner:
             ours.status = "filled" if ours.filled_qty >= ours.qty else "partially_filled"
         key = (ours.venue, ours.symbol)
         self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * qty
+        day = self.state.trading_day(occurred_at or self.now)
+        self.planned_fill_days[key] = max(day, self.planned_fill_days.get(key, day))
         # the fold moves cash only once a balance is on record, and in these currencies
         cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash
         if cash:
@@ -510,6 +514,7 @@ class _Planner:
             self.orphan_fills(venue_order_id, fills)
         self.unseen_orders(orders)
         self.posted_fees()
+        self.variation_margins()
         self.positions()
         self.cash()
         self.plan.events = self.order_events + self.account_events
@@ -1031,6 +1036,77 @@ class _Planner:
             self._unposted[key] = self._unposted.get(key, ZERO) + amount + FEE_ROUNDING
         return self._unposted
 
+    # ------------------------------------------------------------- futures' daily settlements
+    def held_after_plan(self, symbol: str) -> Decimal:
+        """Our position in ``symbol`` at this venue once the planned fills are booked."""
+        held = self.state.position_of(self.account, self.venue, symbol)
+        return (held.qty if held is not None else ZERO) + self.planned_position.get((self.venue, symbol), ZERO)
+
+    def variation_margins(self) -> None:
+        """Each daily settlement of a futures position the venue posted and the log lacks is
+        recorded as ``VariationMarginSettled`` (its cash moves, the position's cost is re-based), in
+        business-date order after the planned fills. Not when the position it names is not the one
+        we hold once the planned fills are booked, or a planned fill came after its business date
+        (then the re-base would land on the wrong quantity): a pending discrepancy says so."""
+        margins = self.snap.variation_margins
+        if margins is None:
+            return
+        if isinstance(margins, Unknown):
+            self.plan.unknown.append(f"variation_margins: {margins.reason}")
+            return
+        cash = self.acct.cash_at(self.venue) if self.acct is not None else {}
+        for m in sorted(margins, key=lambda m: (m.business_date, m.symbol)):
+            if (self.account, self.venue, m.symbol, m.business_date) in self.state.variation_margins:
+                continue
+            where = dict(symbol=m.symbol, theirs=f"{m.qty}@{m.settlement_price} {m.business_date}")
+            spec = self.state.instrument(m.symbol)
+            held = self.held_after_plan(m.symbol)
+            later = self.planned_fill_days.get((self.venue, m.symbol), "")
+            if spec is None or not spec.is_future or held != m.qty or later > m.business_date:
+                why = ("not a future in the registry" if spec is None or not spec.is_future else
+                       f"the log holds {held}" if held != m.qty else f"a fill of {later} is recorded before it")
+                self.unmatched_margins.add(m.currency)  # its cash difference is explained, not corrected
+                self.discrepancy("variation_margin_unmatched", f"the venue settled {m.qty} {m.symbol} at "
+                                 f"{m.settlement_price} on {m.business_date} ({m.amount} {m.currency}): {why}; "
+                                 "not recorded", "pending", ours=str(held), **where)
+                continue
+            e = self.build(
+                ev.VariationMarginSettled,
+                event_id=fact_id("VariationMarginSettled", self.account, self.venue, m.symbol, m.business_date),
+                occurred_at=self.now, causation_id=self.rid, account=self.account, venue=self.venue,
+                symbol=m.symbol, business_date=m.business_date, settlement_price=m.settlement_price, qty=m.qty,
+                amount=m.amount, currency=m.currency, venue_ref=m.venue_ref, reconciliation_id=str(self.rid),
+                reason=f"the venue's daily settlement of {m.symbol} on {m.business_date}")
+            if e is None:
+                continue
+            self.account_events.append((account_stream_id(self.account), e))
+            self.plan.count("variation_margins_recorded")
+            # the position as the planned fills leave it (a future's are previewed for its cash), re-based
+            preview = self.cash_previews.get((self.venue, m.symbol))
+            if preview is None:
+                preview = self.cash_previews[(self.venue, m.symbol)] = PositionState(
+                    self.account, self.venue, m.symbol, spec)
+                held_now = self.state.position_of(self.account, self.venue, m.symbol)
+                if held_now is not None:
+                    preview.qty, preview.cost = held_now.qty, held_now.cost
+            marked = (m.settlement_price * preview.qty - preview.cost) * spec.multiplier
+            preview.cost = preview.qty * m.settlement_price
+            if m.currency in cash:
+                paid = margin_cash(spec, m.currency, marked, m.amount)
+                self.planned_cash[m.currency] = self.planned_cash.get(m.currency, ZERO) + paid
+
+    def unsettled_futures(self, currency: str) -> list[str]:
+        """Our open futures positions at this venue whose cash moves in ``currency``, when the venue
+        does not report its daily settlements: its cash may have moved by them unseen (when it does,
+        a settlement of its that could not be recorded)."""
+        if self.snap.variation_margins is not None:
+            return ["a settlement not recorded"] if currency in self.unmatched_margins else []
+        return sorted(f"{symbol} {self.held_after_plan(symbol)}"
+                      for (account, venue, symbol), held in self.state.positions.items()
+                      if account == self.account and venue == self.venue and held.spec is not None
+                      and held.spec.is_future and held.spec.settlement_currency == currency
+                      and self.held_after_plan(symbol))
+
     # -------------------------------------------------------------------- positions, cash
     def can_correct_totals(self, what: str) -> bool:
         return self.fills_known and self.orders_known
@@ -1117,6 +1193,12 @@ class _Planner:
                 continue
             detail = (f"first {balance.currency} balance on record: {balance.cash}" if expected is None else
                       f"{balance.currency} cash: the log projects {expected}, the venue holds {balance.cash}")
+            unsettled = self.unsettled_futures(balance.currency) if expected is not None else []
+            if unsettled:  # a daily settlement the venue does not report: never corrected blindly
+                self.discrepancy("variation_margin_unrecorded", detail + "; open futures (" + ", ".join(unsettled)
+                                 + ") settle daily in it: record the venue's settlement (record_variation_margin), "
+                                 "not corrected", "pending", ours=str(expected), theirs=str(balance.cash))
+                continue
             if expected is not None and not self.can_correct_totals("cash"):
                 self.discrepancy("cash_drift", detail + "; not corrected: orders or fills unknown", "unknown",
                                  ours=str(expected), theirs=str(balance.cash))

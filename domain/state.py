@@ -546,6 +546,15 @@ def fill_cash(state: TradingState, symbol: str, signed_qty: Decimal, price: Deci
     return spec.quote_currency, ZERO if spec.is_future else signed_qty * price * spec.multiplier
 
 
+def margin_cash(spec: InstrumentSpec | None, currency: str, marked: Decimal, amount: Decimal) -> Decimal:
+    """The cash a ``VariationMarginSettled`` of ``amount`` in ``currency`` moves, ``marked`` being
+    the P&L of the open contracts from their last mark (fill or settlement) to the settlement
+    price: ``marked`` itself when in the instrument's quote currency, since the fills since the
+    last mark have moved the cash by what they realised already and the venue's figure may or may
+    not include it; the venue's ``amount`` otherwise (its own conversion)."""
+    return marked if (spec.quote_currency if spec is not None else ACCOUNT_CURRENCY) == currency else amount
+
+
 def _pnl_rate(state: TradingState, spec: InstrumentSpec | None) -> Decimal | None:
     """The rate a realised P&L of ``spec``'s position goes into the day's statistics with (the
     account's currency, by the last recorded rate); None: counted as it is (no instrument, the
@@ -1201,7 +1210,8 @@ class TradingState:
         if realized:
             rate = _pnl_rate(self, held.spec)
             acct.day(day).realized_pnl += realized if rate is None else realized * rate
-        _move_cash(acct, venue, d["currency"], Decimal(d["amount"]), d["currency"], ZERO)
+        _move_cash(acct, venue, d["currency"], margin_cash(held.spec, d["currency"], realized, Decimal(d["amount"])),
+                   d["currency"], ZERO)
 
     def _held(self, account: str, venue: str, symbol: str) -> Decimal:
         held = self.positions.get((account, venue, symbol))
@@ -1315,5 +1325,6 @@ __all__ = [
     "correction_cash",
     "discrepancy_key",
     "fill_cash",
+    "margin_cash",
     "unreadable",
 ]

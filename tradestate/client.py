@@ -674,6 +674,20 @@ class TradestateClient:
 
         return self.writer.record_fact(decide)
 
+    def record_variation_margin(self, account: str, venue: str, symbol: str, business_date: str,
+                                settlement_price: Decimal | int | str, qty: Decimal | int | str,
+                                amount: Decimal | int | str, *, currency: str = "USD", venue_ref: str | None = None,
+                                occurred_at: datetime | None = None, reason: str = "") -> Recorded:
+        """Record the venue's daily settlement of the futures position ``symbol`` at ``venue``
+        (``VariationMarginSettled``): the cash moves by ``amount``, the position's cost is re-based
+        to ``settlement_price`` (see the event). Once per account, venue, symbol and business
+        date (again: ``duplicate=True``); ``InvalidInput``, nothing appended, when ``symbol`` is not
+        a future in the registry or the log does not hold ``qty`` of it (reconcile first)."""
+        e = build_event(ev.VariationMarginSettled, **self.writer.envelope(occurred_at), account=account, venue=venue,
+                        symbol=symbol, business_date=business_date, settlement_price=settlement_price, qty=qty,
+                        amount=amount, currency=currency, venue_ref=venue_ref, reason=reason)
+        return self.writer.record_fact(lambda state: rules.decide_variation_margin(state, e))
+
     def instruments(self) -> list[dict[str, Any]]:
         """Every instrument of the registry as it stands now (its last definition)."""
         self.catch_up()
