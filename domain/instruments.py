@@ -226,6 +226,15 @@ def fx_rate(rates: dict[tuple[str, str], Decimal], base: str, quote: str) -> Dec
     return ONE / inverse if inverse is not None else None
 
 
+def instrument_rate(rates: dict[tuple[str, str], Decimal], spec: InstrumentSpec | None, to: str = ACCOUNT_CURRENCY,
+                    ) -> Decimal | None:
+    """How many ``to`` one unit of ``spec``'s money (its quote currency; without an instrument,
+    the account's) is worth by the last recorded rates: 1 when already in ``to``, None when no
+    rate is recorded. The one lookup behind the day's P&L, notional limits, exposure, the
+    reporting view and a fill's cash in its settlement currency."""
+    return fx_rate(rates, ACCOUNT_CURRENCY if spec is None else spec.quote_currency, to)
+
+
 def convert(rates: dict[tuple[str, str], Decimal], amount: Decimal, currency: str, to: str) -> Decimal | None:
     """``amount`` of ``currency`` in ``to`` by the recorded rates (None: no rate recorded)."""
     rate = fx_rate(rates, currency, to)
@@ -246,7 +255,7 @@ def reporting_view(state: Any, currency: str = ACCOUNT_CURRENCY, account: str | 
         if account is not None and acct != account:
             continue
         own = p.currency or ACCOUNT_CURRENCY
-        rate = fx_rate(rates, own, currency)
+        rate = instrument_rate(rates, p.spec, currency)
         price = p.last_price if p.last_price is not None else p.avg_cost
         value = p.qty * price * p.multiplier
         row = {
@@ -287,6 +296,7 @@ __all__ = [
     "SplitOrder",
     "convert",
     "fx_rate",
+    "instrument_rate",
     "intent_refusals",
     "reporting_view",
     "split_order",

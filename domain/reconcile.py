@@ -52,9 +52,10 @@ from pydantic import ValidationError
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
-from .instruments import split_ratio
+from .instruments import fx_rate, split_ratio
 from .risk import MAX_DAILY_LOSS, daily_loss_breach, pnl_rate
-from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, correction_cash, fill_cash, margin_cash
+from .state import (OPEN_STATUSES, OrderState, PositionState, TradingState, correction_cash, fill_cash, margin_cash,
+                    settlement_cash)
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
@@ -294,6 +295,7 @@ class _Planner:
         self.planned_cash: dict[str, Decimal] = {}
         self.planned_fill_days: dict[tuple[str, str], str] = {}  # (venue, symbol) -> last trading day planned
         self.unmatched_margins: set[str] = set()  # currencies of the venue's settlements not recorded
+        self.planned_unconverted: dict[tuple[str, str], Decimal] = {}  # (quote, settlement currency) -> amount
         # the day's loss as the planned fills move it: positions and net P&L after them
         self.preview_positions: dict[tuple[str, str], PositionState] = {}
         self.cash_previews: dict[tuple[str, str], PositionState] = {}  # a future's planned fills: its cash
@@ -378,11 +380,16 @@ class _Planner:
         # the fold moves cash only once a balance is on record, and in these currencies
         cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash
         if cash:
-            currency, paid = fill_cash(self.state, ours.symbol, ours.sign * qty, price)  # multiplier, quote currency
             spec = self.state.instrument(ours.symbol)
             if spec is not None and spec.is_future:  # a future's cash moves by the fill's realised P&L
-                paid = -self.scratch_position(self.cash_previews, ours).apply_fill(ours.sign * qty, price)
-            if currency in cash:
+                realized = self.scratch_position(self.cash_previews, ours).apply_fill(ours.sign * qty, price)
+                currency, paid = settlement_cash(self.state, spec, -realized)
+            else:
+                currency, paid = fill_cash(self.state, ours.symbol, ours.sign * qty, price)  # multiplier, currency
+            if paid is None:  # no rate recorded: the fold keeps it apart, unconverted
+                self.unconverted(spec, -ours.sign * qty * price * spec.multiplier if not spec.is_future  # type: ignore[union-attr]
+                                 else realized)
+            elif currency in cash:
                 self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) - paid
             if fee and fee_currency in cash:
                 self.planned_cash[fee_currency] = self.planned_cash.get(fee_currency, ZERO) - fee
@@ -431,7 +438,9 @@ class _Planner:
                 self.state, (self.account, ours.venue, ours.symbol), ours.sign,
                 {"corrected_exec_id": old_id, "exec_id": f.exec_id, "qty": f.qty, "price": f.price,
                  "previous_qty": q0, "previous_price": p0})
-            if currency in cash:
+            if paid is None:  # no rate recorded: the fold keeps it apart, unconverted
+                self.plan.unknown.append(f"cash of the correction of {old_id}: no {currency} rate recorded")
+            elif currency in cash:
                 self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) + paid
             if f1 != f0 and f.fee_currency in cash:
                 self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - (f1 - f0)
@@ -1036,6 +1045,25 @@ class _Planner:
             self._unposted[key] = self._unposted.get(key, ZERO) + amount + FEE_ROUNDING
         return self._unposted
 
+    # ------------------------------------------------------------------- settlement currencies
+    def unconverted(self, spec: Any, amount: Decimal) -> None:
+        """A planned fill's cash (``amount`` of ``spec``'s quote currency) the fold will keep apart
+        for want of a rate into its settlement currency."""
+        key = (spec.quote_currency, spec.settlement_currency)
+        self.planned_unconverted[key] = self.planned_unconverted.get(key, ZERO) + amount
+
+    def unconverted_into(self, currency: str) -> dict[str, Decimal]:
+        """quote currency -> the fills' cash at this venue not converted into ``currency`` yet (the
+        fold's and this plan's)."""
+        out: dict[str, Decimal] = {}
+        for (venue, quote, into), amount in (self.acct.unconverted.items() if self.acct is not None else ()):
+            if venue == self.venue and into == currency:
+                out[quote] = out.get(quote, ZERO) + amount
+        for (quote, into), amount in self.planned_unconverted.items():
+            if into == currency:
+                out[quote] = out.get(quote, ZERO) + amount
+        return out
+
     # ------------------------------------------------------------- futures' daily settlements
     def held_after_plan(self, symbol: str) -> Decimal:
         """Our position in ``symbol`` at this venue once the planned fills are booked."""
@@ -1092,7 +1120,7 @@ class _Planner:
             marked = (m.settlement_price * preview.qty - preview.cost) * spec.multiplier
             preview.cost = preview.qty * m.settlement_price
             if m.currency in cash:
-                paid = margin_cash(spec, m.currency, marked, m.amount)
+                paid = margin_cash(self.state, spec, m.currency, marked, m.amount)
                 self.planned_cash[m.currency] = self.planned_cash.get(m.currency, ZERO) + paid
 
     def unsettled_futures(self, currency: str) -> list[str]:
@@ -1178,7 +1206,21 @@ class _Planner:
         for balance in sorted(snap.balances, key=lambda b: b.currency):
             before = recorded.get(balance.currency)
             expected = None if before is None else before + self.planned_cash.get(balance.currency, ZERO)
-            if expected == balance.cash:
+            converted = ""
+            waiting = self.unconverted_into(balance.currency) if expected is not None else {}
+            if waiting:  # fills whose cash could not be converted when folded, for want of a rate
+                missing = [q for q in waiting if fx_rate(self.state.fx_rates, q, balance.currency) is None]
+                said = ", ".join(f"{amount} {q}" for q, amount in sorted(waiting.items()))
+                if missing:
+                    self.discrepancy("fx_rate_missing", f"{balance.currency} cash: fills of {said} could not move it: "
+                                     f"no {'/'.join(missing)}/{balance.currency} rate recorded (record_fx_rate); the "
+                                     f"venue holds {balance.cash}, not corrected", "pending",
+                                     ours=str(expected), theirs=str(balance.cash))
+                    continue
+                expected += sum((amount * fx_rate(self.state.fx_rates, q, balance.currency)  # type: ignore[operator]
+                                 for q, amount in waiting.items()), ZERO)
+                converted = f" (with fills of {said} converted at the rates recorded since)"
+            if expected == balance.cash and not converted:
                 continue
             if expected is not None and ZERO < expected - balance.cash <= self.unposted_fees().get(
                     ("cash", balance.currency), ZERO):
@@ -1192,7 +1234,8 @@ class _Planner:
                 self.plan.count("cash_baselines_deferred")
                 continue
             detail = (f"first {balance.currency} balance on record: {balance.cash}" if expected is None else
-                      f"{balance.currency} cash: the log projects {expected}, the venue holds {balance.cash}")
+                      f"{balance.currency} cash: the log projects {expected}{converted}, the venue holds "
+                      f"{balance.cash}")
             unsettled = self.unsettled_futures(balance.currency) if expected is not None else []
             if unsettled:  # a daily settlement the venue does not report: never corrected blindly
                 self.discrepancy("variation_margin_unrecorded", detail + "; open futures (" + ", ".join(unsettled)
@@ -1215,7 +1258,9 @@ class _Planner:
             if e is not None:
                 self.account_events.append((account_stream_id(self.account), e))
                 self.plan.count("cash_recorded")
-                if expected is not None:  # a first balance is a baseline, not a disagreement
+                if expected == balance.cash:  # the converted fills explain it: a record, not a disagreement
+                    self.plan.count("cash_converted")
+                elif expected is not None:  # a first balance is a baseline, not a disagreement
                     self.discrepancy("cash_drift", detail, "corrected", ours=str(expected), theirs=str(balance.cash))
 
 

@@ -335,6 +335,7 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
         "ramp": [_t(a.ramp_since), list(a.ramp_baseline), a.ramp_held],
         "fees_pending": a.fees_pending,
         "fee_ids": a.fee_ids,
+        **({"unconverted": [[*k, _d(v)] for k, v in a.unconverted.items()]} if a.unconverted else {}),
     }
 
 
@@ -598,6 +599,7 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         acct.ramp_since, acct.ramp_baseline, acct.ramp_held = _tn(since), (baseline[0], baseline[1]), held
         acct.fees_pending = dict(a.get("fees_pending", {}))  # absent before pending fees
         acct.fee_ids = dict(a.get("fee_ids", {}))
+        acct.unconverted = {(v, q, c): Decimal(x) for v, q, c, x in a.get("unconverted", ())}  # absent: none
         for day, (trades, fills, volume, realized, fees, breaches) in a["daily"].items():
             acct.daily[day] = DailyStats(trades, fills, Decimal(volume), Decimal(realized), Decimal(fees),
                                          set(breaches))
