@@ -49,6 +49,15 @@ def working(f: Fold, coid: str, side: str, qty: str, limit: str, *, filled: str 
         f.fill(coid, f"x-{coid}", filled, limit)
 
 
+def xyz_orders(tick: str, *orders: tuple[str, str, str, str]) -> Fold:
+    """A fold with XYZ defined (whole units, ``tick``) and open limit ``orders`` (coid, side, qty, price) on it."""
+    f = Fold()
+    define(f, "XYZ", tick_size=tick)
+    for coid, side, qty, price in orders:
+        working(f, coid, side, qty, price, symbol="XYZ")
+    return f
+
+
 def picture(state) -> dict:
     s = state.summary()
     return {k: s[k] for k in ("orders", "positions", "accounts")}
@@ -75,11 +84,7 @@ def test_a_split_restates_an_open_orders_remaining_quantity_and_prices():
 
 
 def test_a_reverse_split_on_whole_units_drops_the_fraction_and_says_so_and_rounds_prices_never_more_aggressive():
-    f = Fold()
-    define(f, "XYZ", tick_size="0.01")
-    working(f, "buy", "buy", "25", "10.01", symbol="XYZ")
-    working(f, "sell", "sell", "25", "10.01", symbol="XYZ")
-    working(f, "tiny", "buy", "5", "10", symbol="XYZ")
+    f = xyz_orders("0.01", ("buy", "buy", "25", "10.01"), ("sell", "sell", "25", "10.01"), ("tiny", "buy", "5", "10"))
     decision = corporate(f, "XYZ", "split", ratio_from="3", ratio_to="1")
     adjusted = {e.client_order_id: e for _, e in decision.events if isinstance(e, ev.OrderAdjusted)}
     buy, sell, tiny = f.order("buy"), f.order("sell"), f.order("tiny")
@@ -88,11 +93,7 @@ def test_a_reverse_split_on_whole_units_drops_the_fraction_and_says_so_and_round
     assert "dropped (XYZ trades in whole units)" in adjusted["buy"].reason
     assert sell.limit_price == D("30.03")  # 10.01 x 3 is on the grid: exact both ways
     assert (tiny.qty, tiny.status, tiny.limit_price) == (1, "acknowledged", 30)
-    f2 = Fold()
-    define(f2, "XYZ", tick_size="0.05")
-    working(f2, "b", "buy", "2", "10.01", symbol="XYZ")
-    working(f2, "s", "sell", "2", "10.01", symbol="XYZ")
-    working(f2, "gone", "buy", "1", "10", symbol="XYZ")
+    f2 = xyz_orders("0.05", ("b", "buy", "2", "10.01"), ("s", "sell", "2", "10.01"), ("gone", "buy", "1", "10"))
     decision = corporate(f2, "XYZ", "split", ratio_from="1", ratio_to="2")
     assert (f2.order("b").limit_price, f2.order("s").limit_price) == (D("5"), D("5.05"))  # 5.005 off the grid
     decision = corporate(f2, "XYZ", "split", ratio_from="4", ratio_to="1", day=1)
