@@ -217,3 +217,8 @@ def test_a_split_keeps_market_value_and_the_open_orders_notional(qty, filled, ce
             (exact_remaining - order.remaining) * exact_price + order.remaining * step + D("1e-20"))
     if order.remaining == 0:
         assert order.status == "cancelled"
+    cold, _ = fold_cold([f.rows])  # the cold fold restates the order as apply does (a finished one stays in the log)
+    assert {k: cold.summary()[k] for k in ("positions", "accounts")} == {
+        k: f.state.summary()[k] for k in ("positions", "accounts")}
+    if order.is_open:
+        assert cold.orders[order.stream_id].as_dict() == order.as_dict()
