@@ -222,3 +222,33 @@ def test_a_split_keeps_market_value_and_the_open_orders_notional(qty, filled, ce
         k: f.state.summary()[k] for k in ("positions", "accounts")}
     if order.is_open:
         assert cold.orders[order.stream_id].as_dict() == order.as_dict()
+
+
+def test_a_venues_cancel_replace_of_the_split_order_is_read_in_our_terms_not_adjusted_again():
+    """Alpaca-like: the venue ends the pre-split order (40 of 100 filled) and carries it on as a new
+    order for the 120 new shares left at 50; reconciliation records the new venue order id at the
+    quantity we hold already (40 + 120), so the order still has 120 to work."""
+    from dataclasses import replace
+
+    from tests.unit.test_reconcile_domain import (ACCOUNT, apply, apply_plan, intent, order, plan, snapshot, types,
+                                                  vfill, vorder)
+    from tests.unit.test_reconcile_venue_links import link
+    from tradestate.domain.state import TradingState
+
+    state = TradingState()
+    intent(state, "o1", qty=100, ack="V1", fills=[("X1", 40, 100)])
+    split = ev.CorporateActionRecorded(event_id=uuid4(), symbol="AAPL", action="split", ratio_from=1, ratio_to=2,
+                                       effective_at=T0, source="venue")
+    decision = rules.decide_corporate_action(state, split)
+    for stream, event in decision.events:
+        apply(state, stream, event)
+    assert (order(state, "o1").qty, order(state, "o1").limit_price) == (160, 50)  # 40 + 60 x 2, at 100 / 2
+    old = link(vorder("V1", "o1", "replaced", qty=100, filled=40, avg="100"), replaced_by="V2")
+    new = replace(link(vorder("V2", "o1", "open", qty=120), replaces="V1"), limit_price=D(50))
+    snap = snapshot(orders=[old, new], fills=[vfill("X1", "o1", "V1", 40, 100)], positions=[("AAPL", 80)])
+    p = plan(state, snap)
+    assert types(p) == ["OrderReplaced"] and p.events[0][1].qty == 160
+    apply_plan(state, p)
+    o = order(state, "o1")
+    assert (o.qty, o.remaining, o.limit_price, o.venue_order_id) == (160, 120, 50, "V2")
+    assert state.position_of(ACCOUNT, "SIM", "AAPL").qty == 80
