@@ -676,6 +676,11 @@ class _Dirty:
                     if (account, d["venue"], symbol) in state.positions:
                         self.positions[(account, d["venue"], symbol)] = position  # type: ignore[index]
                 self.days[(account, state._trading_day_of(d.get("occurred_at"), at))] = position
+            elif type_name == "VariationMarginSettled":  # the re-based position, its business day's P&L
+                key = (account, d["venue"], d["symbol"])
+                self.positions[key] = position
+                self.days[(account, d["business_date"])] = position
+                self._equity_change(state, key, d, position, at)
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
         elif type_name == "InstrumentDefined" or type_name == "CorporateActionRecorded":

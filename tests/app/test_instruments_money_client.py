@@ -50,3 +50,24 @@ def test_a_futures_settlement_is_recorded_once_and_the_close_pays_what_followed(
         assert (position["qty"], position["realized_pnl"]) == (0, 2000)  # (5020 - 5000) x 2 x 50, once
     with tradestate.connect(db_url) as fresh:
         assert fresh.positions("a1") == [position]
+
+
+def test_the_read_models_follow_settlements_and_adjusted_orders_as_a_rebuild_does(sqlite_url):
+    from tests.support.projector_worker import Clock, assert_equals_rebuild, dump_tables
+    from tradestate.adapters.store import open_store
+    from tradestate.projections.projector import Projector
+
+    with tradestate.connect(sqlite_url, clock=Clock()) as client:
+        client.define_instrument("ES", "future", multiplier=50, expiry=EXPIRY)
+        client.record_intent("a", "o1", "ES", "buy", 2, order_type="limit", limit_price="5000", venue="IB")
+        client.record_fill("a", "o1", "X.01", 2, "5000")
+        client.record_variation_margin("a", "IB", "ES", "2024-06-10", "5010", "2", "1000")
+        client.record_intent("a", "o2", "AAPL", "buy", 10, order_type="limit", limit_price="200", venue="IB")
+        client.record_fill("a", "o2", "Y.01", 4, "200")
+        client.record_corporate_action("AAPL", "split", datetime(2024, 6, 10, tzinfo=timezone.utc), ratio_from=1,
+                                       ratio_to=2)
+        client.record_variation_margin("a", "IB", "ES", "2024-06-11", "4990", "2", "-2000")
+    with open_store(sqlite_url) as store:
+        Projector(store, page=2).catch_up()
+        assert dump_tables(store)["ts_positions"]
+        assert_equals_rebuild(store)
