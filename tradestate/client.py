@@ -679,8 +679,9 @@ class TradestateClient:
                                 amount: Decimal | int | str, *, currency: str = "USD", venue_ref: str | None = None,
                                 occurred_at: datetime | None = None, reason: str = "") -> Recorded:
         """Record the venue's daily settlement of the futures position ``symbol`` at ``venue``
-        (``VariationMarginSettled``): the cash moves by ``amount``, the position's cost is re-based
-        to ``settlement_price`` (see the event). Once per account, venue, symbol and business
+        (``VariationMarginSettled``): the P&L of the open contracts from their last mark is
+        realised and moves the cash (``amount`` is the venue's figure; see the event), the
+        position's cost is re-based to ``settlement_price``. Once per account, venue, symbol and business
         date (again: ``duplicate=True``); ``InvalidInput``, nothing appended, when ``symbol`` is not
         a future in the registry or the log does not hold ``qty`` of it (reconcile first)."""
         e = build_event(ev.VariationMarginSettled, **self.writer.envelope(occurred_at), account=account, venue=venue,
