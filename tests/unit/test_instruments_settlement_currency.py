@@ -129,3 +129,57 @@ def test_one_lookup_converts_an_instruments_money():
     assert ins.instrument_rate(rates, eur, "EUR") == 1
     assert ins.instrument_rate({("USD", "EUR"): D("0.8")}, eur) == D("1.25")  # the inverse pair
     assert ins.instrument_rate({}, eur) is None
+
+
+# ----------------------------------------------------------------------------------- property
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+steps = st.lists(st.one_of(
+    st.tuples(st.just("fill"), st.sampled_from((1, -1)), st.integers(1, 30), st.integers(1, 10**5)),
+    st.tuples(st.just("rate"), st.integers(50, 200)),
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=steps, multiplier=st.sampled_from(["1", "10", "100", "0.5"]), future=st.booleans())
+def test_cash_in_the_settlement_currency_is_each_fills_money_at_the_rate_before_it(steps, multiplier, future):
+    """Cash (USD) == the sum of each fill's money in its quote currency (EUR: notional x multiplier,
+    a future's realised P&L) times the EUR/USD rate last recorded before it; a fill before any
+    rate moves nothing and is kept apart, in EUR."""
+    f = Fold()
+    define(f, "X", "future" if future else "equity", quote_currency="EUR", settlement_currency="USD",
+           multiplier=multiplier)
+    f.account_event(ev.CashBalanceRecorded, venue="sim", currency="USD", balance="0")
+    mult, current, qty, cost = D(multiplier), None, D(0), D(0)
+    expected_usd, kept_eur = D(0), D(0)
+    for i, step in enumerate(steps):
+        if step[0] == "rate":
+            current = D(step[1]) / 100
+            rate(f, "EUR", "USD", str(current))
+            continue
+        _, sign, n, cents = step
+        price = D(cents) / 100
+        trade(f, f"o{i}", "buy" if sign > 0 else "sell", str(n), str(price), "X")
+        if future:  # the reference's own average-cost P&L of the fill
+            signed = sign * n
+            if qty == 0 or (qty > 0) == (signed > 0):
+                money, qty, cost = D(0), qty + signed, cost + signed * price
+            else:
+                closing = min(abs(signed), abs(qty))
+                released = cost if closing == abs(qty) else cost * closing / abs(qty)
+                money = (price * closing * (1 if qty > 0 else -1) - released) * mult
+                new = qty + signed
+                cost = D(0) if new == 0 else (new * price if (new > 0) != (qty > 0) else cost - released)
+                qty = new
+        else:
+            money = -sign * n * price * mult
+        if current is None:
+            kept_eur += money
+        else:
+            expected_usd += money * current
+    assert f.acct().cash["USD"] == expected_usd
+    assert f.acct().unconverted.get(("sim", "EUR", "USD"), D(0)) == kept_eur
+    cold, _ = fold_cold([f.rows])
+    assert cold.accounts["acct"].cash == f.acct().cash and cold.accounts["acct"].unconverted == f.acct().unconverted
