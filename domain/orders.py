@@ -448,6 +448,23 @@ def decide_corporate_action(state: TradingState, e: ev.CorporateActionRecorded) 
     return Append(events)
 
 
+def _restated_by_venue(order: OrderState, spec: Any, ratio_from: Decimal, ratio_to: Decimal) -> bool:
+    """Whether the venue's replace of ``order`` (recorded before the split was) already made it
+    the split of its intent: its prices are the intent's restated, and its quantity the intent's
+    restated in our terms (filled as booked + the rest restated) or whole. Only for an order
+    replaced since its intent and never adjusted: the venue adjusted it on the ex-date and the
+    action is recorded after."""
+    if order.adjusted is not None or not any(k.startswith("replace:") for k in order.positions):
+        return False
+    intent = order.intent
+    qty0 = Decimal(intent["qty"])
+    prices0 = [Decimal(intent[k]) if intent.get(k) is not None else None for k in ("limit_price", "stop_price")]
+    split = split_order(spec, order.sign, qty0 - order.filled_qty, prices0[0], prices0[1], ratio_from, ratio_to)
+    restated = {order.filled_qty + split.remaining, tidy((qty0 * ratio_to / ratio_from).quantize(PLACES))}
+    return ((split.limit_price, split.stop_price) == (order.limit_price, order.stop_price)
+            and order.qty in restated and order.qty != qty0)
+
+
 def _adjusted(state: TradingState, order: OrderState, e: ev.CorporateActionRecorded) -> ev.OrderAdjusted:
     """The ``OrderAdjusted`` of open ``order`` by corporate action ``e``."""
     fields: dict[str, Any] = dict(
@@ -462,6 +479,12 @@ def _adjusted(state: TradingState, order: OrderState, e: ev.CorporateActionRecor
                                 reason=f"{order.symbol} became {e.new_symbol}: the order works {e.new_symbol}")
     assert e.ratio_from is not None and e.ratio_to is not None  # the event's own validation
     spec = state.instruments.get(order.symbol) if state.instruments else None
+    if _restated_by_venue(order, spec, e.ratio_from, e.ratio_to):
+        return ev.OrderAdjusted(**fields, symbol=order.symbol, qty=order.qty, limit_price=order.limit_price,
+                                stop_price=order.stop_price, ratio_from=e.ratio_from, ratio_to=e.ratio_to,
+                                restated_qty=order.qty,
+                                reason=f"{e.ratio_from}-to-{e.ratio_to} split of {order.symbol}: the venue restated "
+                                "the order already (replaced before the action was recorded): unchanged")
     split = split_order(spec, order.sign, order.remaining, order.limit_price, order.stop_price, e.ratio_from,
                         e.ratio_to)
     qty = order.filled_qty + split.remaining

@@ -252,3 +252,17 @@ def test_a_venues_cancel_replace_of_the_split_order_is_read_in_our_terms_not_adj
     o = order(state, "o1")
     assert (o.qty, o.remaining, o.limit_price, o.venue_order_id) == (160, 120, 50, "V2")
     assert state.position_of(ACCOUNT, "SIM", "AAPL").qty == 80
+
+
+def test_an_order_the_venue_restated_before_the_split_was_recorded_is_not_adjusted_twice():
+    f = Fold()
+    working(f, "o1", "buy", "100", "150", filled="40")
+    working(f, "o2", "buy", "10", "150")
+    # the venue adjusted o1 on the ex-date (40 filled + 60 x 2 at 75); o2 was amended by us (not a split)
+    f.order_event(ev.OrderReplaced, "o1", qty="160", limit_price="75", venue_order_id="V-o1")
+    f.order_event(ev.OrderReplaced, "o2", qty="20", limit_price="150", venue_order_id="V-o2")
+    decision = corporate(f, "AAPL", "split", ratio_from="1", ratio_to="2")
+    said = {e.client_order_id: e.reason for _, e in decision.events if isinstance(e, ev.OrderAdjusted)}
+    o1, o2 = f.order("o1"), f.order("o2")
+    assert (o1.qty, o1.remaining, o1.limit_price) == (160, 120, 75) and "restated the order already" in said["o1"]
+    assert (o2.qty, o2.limit_price) == (40, 75)  # our own amendment: the split applies to it
