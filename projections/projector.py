@@ -26,7 +26,7 @@ import orjson
 
 from ..adapters.store import Store, gc_paused
 from ..adapters.store.sql import POSTGRESQL, SQLITE, read_cursor, release, write_cursor
-from ..domain.instruments import ACCOUNT_CURRENCY, fx_rate
+from ..domain.instruments import ACCOUNT_CURRENCY, instrument_rate
 from ..domain.risk import limit_usage
 from ..domain.state import ZERO, OrderState, PositionState, TradingState
 from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
@@ -774,7 +774,7 @@ class _EquityBook:
         new = (held.realized_pnl, held.unrealized_pnl, held.fees)
         currency = held.currency
         if currency is not None and currency != ACCOUNT_CURRENCY:  # in the account's currency, at the last rate
-            rate = fx_rate(state.fx_rates, currency, ACCOUNT_CURRENCY)
+            rate = instrument_rate(state.fx_rates, held.spec)
             if rate is not None:
                 new = (new[0] * rate, new[1] * rate, new[2])
         old = self.contribution.get(key, (ZERO, ZERO, ZERO))
