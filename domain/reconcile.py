@@ -1209,7 +1209,8 @@ class _Planner:
             converted = ""
             waiting = self.unconverted_into(balance.currency) if expected is not None else {}
             if waiting:  # fills whose cash could not be converted when folded, for want of a rate
-                missing = [q for q in waiting if fx_rate(self.state.fx_rates, q, balance.currency) is None]
+                rates = {q: fx_rate(self.state.fx_rates, q, balance.currency) for q in waiting}
+                missing = [q for q, r in rates.items() if r is None]
                 said = ", ".join(f"{amount} {q}" for q, amount in sorted(waiting.items()))
                 if missing:
                     self.discrepancy("fx_rate_missing", f"{balance.currency} cash: fills of {said} could not move it: "
@@ -1217,8 +1218,7 @@ class _Planner:
                                      f"venue holds {balance.cash}, not corrected", "pending",
                                      ours=str(expected), theirs=str(balance.cash))
                     continue
-                expected += sum((amount * fx_rate(self.state.fx_rates, q, balance.currency)  # type: ignore[operator]
-                                 for q, amount in waiting.items()), ZERO)
+                expected += sum((amount * rates[q] for q, amount in waiting.items()), ZERO)  # type: ignore[operator]
                 converted = f" (with fills of {said} converted at the rates recorded since)"
             if expected == balance.cash and not converted:
                 continue
