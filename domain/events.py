@@ -929,29 +929,6 @@ class OrderAdjusted(OrderEvent):
     reason: Text = ""
 
 
-class VariationMarginSettled(AccountEvent):
-    """The venue's daily settlement of a futures position (a venue fact, from its statement or
-    its cash activity): ``amount`` of ``currency`` moved to (positive) or from the account's cash
-    at ``venue`` for the position in ``symbol`` (signed ``qty`` contracts) marked at
-    ``settlement_price`` on ``business_date``. The position's cost basis is re-based to the
-    settlement price (the P&L from the contracts' last mark is realised by it), so that the later
-    close realises and pays only what moved after it. The cash moves by that P&L when ``currency``
-    is the instrument's quote currency (fills since the last mark moved it by what they realised:
-    the venue's figure may include them), else by ``amount``. ``venue_ref``: the venue's id of the posting (with the account,
-    venue, symbol and business date it makes the fact recorded once)."""
-
-    venue: Identifier
-    symbol: Symbol
-    business_date: Annotated[str, BeforeValidator(lambda v: _business_date(v))]
-    settlement_price: PositiveAmount
-    qty: Amount
-    amount: Amount
-    currency: Currency = "USD"
-    venue_ref: Identifier | None = None
-    reconciliation_id: Identifier | None = None
-    reason: Text = ""
-
-
 def _business_date(value: Any) -> Any:
     from datetime import date
 
@@ -963,6 +940,30 @@ def _business_date(value: Any) -> Any:
         except ValueError:
             pass
     raise ValueError(f"business_date must be a date (YYYY-MM-DD), got {value!r}")
+
+
+class VariationMarginSettled(AccountEvent):
+    """The venue's daily settlement of a futures position (a venue fact, from its statement or
+    its cash activity): ``amount`` of ``currency`` moved to (positive) or from the account's cash
+    at ``venue`` for the position in ``symbol`` (signed ``qty`` contracts) marked at
+    ``settlement_price`` on ``business_date``. The position's cost basis is re-based to the
+    settlement price (the P&L from the contracts' last mark is realised by it), so that the later
+    close realises and pays only what moved after it. The cash moves by that P&L (fills since the
+    last mark moved it by what they realised: the venue's figure may include them), in
+    ``currency``: as it is in the quote currency, at the recorded rate in the settlement
+    currency; by ``amount`` when no rate converts it. Recorded once per account, venue, symbol
+    and business date; ``venue_ref``: the venue's id of the posting, as evidence."""
+
+    venue: Identifier
+    symbol: Symbol
+    business_date: Annotated[str, BeforeValidator(_business_date)]
+    settlement_price: PositiveAmount
+    qty: Amount
+    amount: Amount
+    currency: Currency = "USD"
+    venue_ref: Identifier | None = None
+    reconciliation_id: Identifier | None = None
+    reason: Text = ""
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
