@@ -899,6 +899,73 @@ class OptionSettled(AccountEvent):
     reason: Text = ""
 
 
+class OrderAdjusted(OrderEvent):
+    """A corporate action restated one of our open orders (recorded with the action, on the
+    order's stream). ``split``: the remaining quantity times ratio_to / ratio_from, the limit and
+    stop prices times ratio_from / ratio_to; what is filled stays as the executions were booked,
+    so ``qty`` (the order's whole quantity: filled + the new remaining) is in mixed units, as a
+    venue's cancel/replace chain counts it. On an instrument of whole units (or lots) the
+    remaining quantity is rounded down and ``remaining_dropped`` says by how much; a price off its
+    tick grid is rounded to it, never more aggressive. A remaining quantity of zero finishes the
+    order (cancelled). ``symbol_change``: the order works ``symbol`` from here on (``previous_symbol``
+    before), quantities and prices as they were."""
+
+    corporate_action: Literal["split", "symbol_change"]
+    effective_at: UtcDatetime
+    symbol: Symbol
+    previous_symbol: Symbol
+    qty: NonNegativeAmount
+    previous_qty: PositiveAmount
+    limit_price: PositiveAmount | None = None
+    stop_price: PositiveAmount | None = None
+    previous_limit_price: PositiveAmount | None = None
+    previous_stop_price: PositiveAmount | None = None
+    ratio_from: PositiveAmount | None = None
+    ratio_to: PositiveAmount | None = None
+    # the whole order restated in post-split units (what a venue that restates the filled part
+    # too reports as its quantity): its confirmation at this quantity is not a second adjustment
+    restated_qty: NonNegativeAmount | None = None
+    remaining_dropped: NonNegativeAmount = Decimal(0)
+    reason: Text = ""
+
+
+def _business_date(value: Any) -> Any:
+    from datetime import date
+
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise ValueError(f"business_date must be a date (YYYY-MM-DD), got {value!r}")
+
+
+class VariationMarginSettled(AccountEvent):
+    """The venue's daily settlement of a futures position (a venue fact, from its statement or
+    its cash activity): ``amount`` of ``currency`` moved to (positive) or from the account's cash
+    at ``venue`` for the position in ``symbol`` (signed ``qty`` contracts) marked at
+    ``settlement_price`` on ``business_date``. The position's cost basis is re-based to the
+    settlement price (the P&L from the contracts' last mark is realised by it), so that the later
+    close realises and pays only what moved after it. The cash moves by that P&L (fills since the
+    last mark moved it by what they realised: the venue's figure may include them), in
+    ``currency``: as it is in the quote currency, at the recorded rate in the settlement
+    currency; by ``amount`` when no rate converts it. Recorded once per account, venue, symbol
+    and business date; ``venue_ref``: the venue's id of the posting, as evidence."""
+
+    venue: Identifier
+    symbol: Symbol
+    business_date: Annotated[str, BeforeValidator(_business_date)]
+    settlement_price: PositiveAmount
+    qty: Amount
+    amount: Amount
+    currency: Currency = "USD"
+    venue_ref: Identifier | None = None
+    reconciliation_id: Identifier | None = None
+    reason: Text = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -953,6 +1020,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         FxRateRecorded,
         CorporateActionRecorded,
         OptionSettled,
+        OrderAdjusted,
+        VariationMarginSettled,
     )
 }
 

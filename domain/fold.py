@@ -42,7 +42,7 @@ _CLOSE = frozenset({"IntentRejectedByRisk", "OrderRejected", "OrderCancelled", "
 _ORDER_ONLY = frozenset({"OrderSubmitted", "OrderAcknowledged", "OrderCancelRequested", "OrderReplaceRequested",
                          "OrderReplaceRefused"})
 _UNREAD = _CLOSE | _ORDER_ONLY | {"DiscrepancyRecorded"}
-ORDER_TYPES = _CREATE | _UNREAD | {"OrderFilled", "OrderReplaced", "FillCorrected"}
+ORDER_TYPES = _CREATE | _UNREAD | {"OrderFilled", "OrderReplaced", "FillCorrected", "OrderAdjusted"}
 # OrderFilled v2 differs from v3 only by ``fee_pending``, which the fold reads with a default of
 # False: a v2 payload needs no upcast here (an upcast reads the whole payload).
 _FILL_VERSIONS = frozenset({2, EVENT_TYPES["OrderFilled"].schema_version})
@@ -247,10 +247,12 @@ def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[Trad
                         o.rows.append(row)
                     if o.open and o.filled >= o.qty:
                         o.finish()
-                else:  # OrderReplaced
+                else:  # OrderReplaced, OrderAdjusted (a corporate action: maybe a new symbol)
                     o = orders[sid]
                     d = _payload(type_name, data)
                     o.qty = Decimal(d["qty"])
+                    if "symbol" in d:
+                        o.key = (o.key[0], o.key[1], d["symbol"])
                     if o.rows is not None:
                         o.rows.append(row)
                     if o.open and o.filled >= o.qty:

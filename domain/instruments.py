@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 # The currency of every amount of a log without instruments (cash, P&L, notional limits).
@@ -158,6 +158,61 @@ def split_ratio(ours: Decimal, theirs: Decimal, our_avg_cost: Decimal | None = N
     return ratio
 
 
+PLACES = Decimal(1).scaleb(-12)  # events refuse more than 12 decimal places
+
+
+@dataclass(frozen=True, slots=True)
+class SplitOrder:
+    """An open order's working part restated by a split: the new remaining quantity, what of it
+    could not be kept (a fraction of a whole-unit instrument, a part of a lot, digits past the
+    12th place), and the new limit and stop prices."""
+
+    remaining: Decimal
+    dropped: Decimal
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+
+
+def _round_price(price: Decimal, step: Decimal, up: bool) -> Decimal:
+    steps = (price / step).to_integral_value(rounding=ROUND_CEILING if up else ROUND_FLOOR)
+    return max(steps, ONE) * step  # a price stays positive: at least one step
+
+
+def split_order(spec: InstrumentSpec | None, sign: int, remaining: Decimal, limit_price: Decimal | None,
+                stop_price: Decimal | None, ratio_from: Decimal, ratio_to: Decimal) -> SplitOrder:
+    """The working part of an open order (``sign`` 1 buys, -1 sells) after a split of
+    ``ratio_from`` -> ``ratio_to``: ``remaining`` times to / from, rounded down to what the
+    instrument trades (whole units unless fractional, a multiple of its lot; an instrument not in
+    the registry: 12 places); prices times from / to, on the instrument's tick grid (else 12
+    places), rounded never more aggressive: a buy limit and a sell stop down, a sell limit and a
+    buy stop up. Exact (nothing dropped, prices unrounded) whenever the numbers allow it, so the
+    working notional (remaining x price) is kept."""
+    exact = remaining * ratio_to / ratio_from
+    step = PLACES
+    if spec is not None:
+        if spec.lot_size is not None:
+            step = spec.lot_size
+        elif not spec.fractional:
+            step = ONE
+    kept = (exact / step).to_integral_value(rounding=ROUND_FLOOR) * step
+    tick = spec.tick_size if spec is not None and spec.tick_size is not None else PLACES
+
+    def restated(price: Decimal | None, up: bool) -> Decimal | None:
+        if price is None:
+            return None
+        value = price * ratio_from / ratio_to
+        return tidy(value if value % tick == 0 else _round_price(value, tick, up))
+
+    return SplitOrder(tidy(kept), tidy((exact - kept).quantize(PLACES)), restated(limit_price, sign < 0),
+                      restated(stop_price, sign > 0))
+
+
+def tidy(value: Decimal) -> Decimal:
+    """``value`` without trailing zeros, never in exponent form (120.000 -> 120, not 1.2E+2)."""
+    value = value.normalize()
+    return value.quantize(ONE) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]
+
+
 def fx_rate(rates: dict[tuple[str, str], Decimal], base: str, quote: str) -> Decimal | None:
     """How many ``quote`` one ``base`` is worth by the recorded rates (``rates``: (base, quote) ->
     the last rate recorded): the pair's rate, else the inverse of the opposite pair's, else None.
@@ -169,6 +224,15 @@ def fx_rate(rates: dict[tuple[str, str], Decimal], base: str, quote: str) -> Dec
         return rate
     inverse = rates.get((quote, base))
     return ONE / inverse if inverse is not None else None
+
+
+def instrument_rate(rates: dict[tuple[str, str], Decimal], spec: InstrumentSpec | None, to: str = ACCOUNT_CURRENCY,
+                    ) -> Decimal | None:
+    """How many ``to`` one unit of ``spec``'s money (its quote currency; without an instrument,
+    the account's) is worth by the last recorded rates: 1 when already in ``to``, None when no
+    rate is recorded. The one lookup behind the day's P&L, notional limits, exposure, the
+    reporting view and a fill's cash in its settlement currency."""
+    return fx_rate(rates, ACCOUNT_CURRENCY if spec is None else spec.quote_currency, to)
 
 
 def convert(rates: dict[tuple[str, str], Decimal], amount: Decimal, currency: str, to: str) -> Decimal | None:
@@ -191,7 +255,7 @@ def reporting_view(state: Any, currency: str = ACCOUNT_CURRENCY, account: str | 
         if account is not None and acct != account:
             continue
         own = p.currency or ACCOUNT_CURRENCY
-        rate = fx_rate(rates, own, currency)
+        rate = instrument_rate(rates, p.spec, currency)
         price = p.last_price if p.last_price is not None else p.avg_cost
         value = p.qty * price * p.multiplier
         row = {
@@ -229,9 +293,13 @@ __all__ = [
     "OFF_TICK",
     "FORWARD_SPLITS",
     "REVERSE_SPLITS",
+    "SplitOrder",
     "convert",
     "fx_rate",
+    "instrument_rate",
     "intent_refusals",
     "reporting_view",
+    "split_order",
     "split_ratio",
+    "tidy",
 ]

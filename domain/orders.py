@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from . import events as ev
 from .errors import IdempotencyConflict, InvalidInput, InvalidTransition, UnknownOrder
-from .ids import account_stream_id, derived_id, order_stream_id
-from .instruments import intent_refusals
+from .ids import account_stream_id, corporate_action_stream_id, derived_id, order_stream_id
+from .instruments import PLACES, intent_refusals, split_order, tidy
 from .risk import MAX_DAILY_LOSS, check_intent, check_replace, daily_loss_breach, pnl_rate
 from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, discrepancy_key
 
@@ -391,12 +392,32 @@ def decide_expired(state: TradingState, e: ev.OrderExpired) -> Decision:
     return _single(e)
 
 
+def adjustment_confirmed(order: OrderState, e: ev.OrderReplaced) -> bool:
+    """Whether ``e`` is the venue's own confirmation of the corporate action that restated
+    ``order`` (``OrderAdjusted``): no replace since, and the adjusted prices with the adjusted
+    quantity or the venue's full restatement of it (``restated_qty``)."""
+    adjusted = order.adjusted
+    if adjusted is None or any(k.startswith("replace:") and p > adjusted["position"] for k, p in order.positions.items()):
+        return False
+    quantities = {Decimal(adjusted["qty"])}
+    if adjusted.get("restated_qty") is not None:
+        quantities.add(Decimal(adjusted["restated_qty"]))
+    return e.qty in quantities and (e.limit_price, e.stop_price) == (order.limit_price, order.stop_price)
+
+
 def decide_replaced(state: TradingState, e: ev.OrderReplaced) -> Decision:
     """Record a replace of an open order (quantity not below what is filled, the order type's price
-    fields kept); anything else raises ``InvalidTransition``."""
+    fields kept); anything else raises ``InvalidTransition``. The venue's confirmation of a
+    corporate action's adjustment (``adjustment_confirmed``) is not a second adjustment: nothing
+    is appended (``AlreadyRecorded`` at the adjustment), or, when it names a new venue order id,
+    that id with our adjusted quantity."""
     order = _order(state, e)
     if not order.is_open:
         raise InvalidTransition(f"order {order.client_order_id!r} is {order.status}; only an open order can be replaced")
+    if adjustment_confirmed(order, e):
+        if e.venue_order_id is None or e.venue_order_id == order.venue_order_id:
+            return AlreadyRecorded(order.adjusted["position"])  # type: ignore[index]
+        return _single(e.model_copy(update={"qty": order.qty}))
     if e.qty < order.filled_qty:  # down to exactly the filled quantity fills the order
         raise InvalidTransition(f"new quantity {e.qty} is below the {order.filled_qty} already filled")
     needs_limit = order.order_type in ("limit", "stop_limit")
@@ -404,3 +425,98 @@ def decide_replaced(state: TradingState, e: ev.OrderReplaced) -> Decision:
     if needs_limit != (e.limit_price is not None) or needs_stop != (e.stop_price is not None):
         raise InvalidTransition(f"a {order.order_type} order's replacement must keep its price fields")
     return _single(e)
+
+
+# ----------------------------------------------------------------------------- corporate actions
+
+
+def decide_corporate_action(state: TradingState, e: ev.CorporateActionRecorded) -> Decision:
+    """Record a corporate action with what it does to our open orders in ``e.symbol``: the action
+    (on ``corporate-<symbol>``) and one ``OrderAdjusted`` per open order (on the order's stream,
+    in the same append), a split restating its remaining quantity and prices
+    (``instruments.split_order``), a symbol change moving it to the new symbol. The same action
+    (symbol, action, effective time) again: ``AlreadyRecorded``."""
+    stored = e.to_payload()
+    done = state.corporate_actions.get((e.symbol, e.action, stored["effective_at"]))
+    if done is not None:
+        return AlreadyRecorded(done)
+    events: list[tuple[str, ev.Event]] = [(corporate_action_stream_id(e.symbol), e)]
+    working = sorted((o for a in state.accounts.values() for o in a.open_orders.values() if o.symbol == e.symbol),
+                     key=lambda o: o.stream_id)
+    for order in working:
+        events.append((order.stream_id, _adjusted(state, order, e)))
+    return Append(events)
+
+
+def _restated_by_venue(order: OrderState, spec: Any, ratio_from: Decimal, ratio_to: Decimal) -> bool:
+    """Whether the venue's replace of ``order`` (recorded before the split was) already made it
+    the split of its intent: its prices are the intent's restated, and its quantity the intent's
+    restated in our terms (filled as booked + the rest restated) or whole. Only for an order
+    replaced since its intent and never adjusted: the venue adjusted it on the ex-date and the
+    action is recorded after."""
+    if order.adjusted is not None or not any(k.startswith("replace:") for k in order.positions):
+        return False
+    intent = order.intent
+    qty0 = Decimal(intent["qty"])
+    prices0 = [Decimal(intent[k]) if intent.get(k) is not None else None for k in ("limit_price", "stop_price")]
+    split = split_order(spec, order.sign, qty0 - order.filled_qty, prices0[0], prices0[1], ratio_from, ratio_to)
+    restated = {order.filled_qty + split.remaining, tidy((qty0 * ratio_to / ratio_from).quantize(PLACES))}
+    return ((split.limit_price, split.stop_price) == (order.limit_price, order.stop_price)
+            and order.qty in restated and order.qty != qty0)
+
+
+def _adjusted(state: TradingState, order: OrderState, e: ev.CorporateActionRecorded) -> ev.OrderAdjusted:
+    """The ``OrderAdjusted`` of open ``order`` by corporate action ``e``."""
+    fields: dict[str, Any] = dict(
+        event_id=derived_id(e.event_id, f"OrderAdjusted:{order.stream_id}"), occurred_at=e.occurred_at,
+        correlation_id=UUID(order.intent_event_id), causation_id=e.event_id, account=order.account,
+        client_order_id=order.client_order_id, corporate_action=e.action, effective_at=e.effective_at,
+        previous_symbol=order.symbol, previous_qty=order.qty, previous_limit_price=order.limit_price,
+        previous_stop_price=order.stop_price)
+    if e.action == "symbol_change":
+        return ev.OrderAdjusted(**fields, symbol=e.new_symbol, qty=order.qty, limit_price=order.limit_price,
+                                stop_price=order.stop_price,
+                                reason=f"{order.symbol} became {e.new_symbol}: the order works {e.new_symbol}")
+    assert e.ratio_from is not None and e.ratio_to is not None  # the event's own validation
+    spec = state.instruments.get(order.symbol) if state.instruments else None
+    if _restated_by_venue(order, spec, e.ratio_from, e.ratio_to):
+        return ev.OrderAdjusted(**fields, symbol=order.symbol, qty=order.qty, limit_price=order.limit_price,
+                                stop_price=order.stop_price, ratio_from=e.ratio_from, ratio_to=e.ratio_to,
+                                restated_qty=order.qty,
+                                reason=f"{e.ratio_from}-to-{e.ratio_to} split of {order.symbol}: the venue restated "
+                                "the order already (replaced before the action was recorded): unchanged")
+    split = split_order(spec, order.sign, order.remaining, order.limit_price, order.stop_price, e.ratio_from,
+                        e.ratio_to)
+    qty = order.filled_qty + split.remaining
+    restated = tidy((order.qty * e.ratio_to / e.ratio_from).quantize(PLACES))
+    reason = (f"{e.ratio_from}-to-{e.ratio_to} split of {order.symbol}: remaining {order.remaining} -> "
+              f"{split.remaining}")
+    if split.dropped:
+        unit = ("its lot of " + str(spec.lot_size)) if spec is not None and spec.lot_size is not None else (
+            "whole units" if spec is not None and not spec.fractional else "12 decimal places")
+        reason += f"; {split.dropped} dropped ({order.symbol} trades in {unit})"
+    if not split.remaining:
+        reason += "; nothing whole is left to work: the order is finished (cancelled)"
+    return ev.OrderAdjusted(**fields, symbol=order.symbol, qty=qty, limit_price=split.limit_price,
+                            stop_price=split.stop_price, ratio_from=e.ratio_from, ratio_to=e.ratio_to,
+                            restated_qty=restated, remaining_dropped=split.dropped, reason=reason[:1000])
+
+
+def decide_variation_margin(state: TradingState, e: ev.VariationMarginSettled) -> Decision:
+    """Record the venue's daily settlement of a futures position (on the account's stream), once
+    per account, venue, symbol and business date (again: ``AlreadyRecorded``). ``InvalidInput``,
+    nothing appended, when ``e.symbol`` is not a future in the registry or the log does not hold
+    ``e.qty`` contracts of it at ``e.venue`` (reconcile first: a settlement re-bases the position
+    it names, no other)."""
+    done = state.variation_margins.get((e.account, e.venue, e.symbol, e.business_date))
+    if done is not None:
+        return AlreadyRecorded(done)
+    spec = state.instruments.get(e.symbol) if state.instruments else None
+    if spec is None or not spec.is_future:
+        raise InvalidInput(f"VariationMarginSettled: {e.symbol!r} is not a future in the registry (define_instrument)")
+    held = state.position_of(e.account, e.venue, e.symbol)
+    qty = held.qty if held is not None else Decimal(0)
+    if qty != e.qty:
+        raise InvalidInput(f"VariationMarginSettled: {e.qty} {e.symbol} settled at {e.venue} on {e.business_date}, "
+                           f"but the log holds {qty} (reconcile first)")
+    return Append([(account_stream_id(e.account), e)])

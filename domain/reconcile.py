@@ -59,9 +59,10 @@ from pydantic import ValidationError
 # The venue-neutral report shapes are plain dataclasses without I/O; the domain reads them.
 from . import events as ev
 from .ids import account_stream_id, order_stream_id
-from .instruments import split_ratio
+from .instruments import fx_rate, split_ratio
 from .risk import MAX_DAILY_LOSS, daily_loss_breach, pnl_rate
-from .state import OPEN_STATUSES, OrderState, PositionState, TradingState, correction_cash, fill_cash
+from .state import (OPEN_STATUSES, OrderState, PositionState, TradingState, correction_cash, fill_cash, margin_cash,
+                    settlement_cash)
 from .venue import Unknown, VenueFill, VenueOrder, VenueSnapshot
 
 # Fixed forever: changing it would change every corrective event id.
@@ -316,6 +317,9 @@ class _Planner:
         self.planned_exec_ids: set[str] = set()
         self.planned_position: dict[tuple[str, str], Decimal] = {}  # (venue, symbol) -> signed qty
         self.planned_cash: dict[str, Decimal] = {}
+        self.planned_fill_days: dict[tuple[str, str], str] = {}  # (venue, symbol) -> last trading day planned
+        self.unmatched_margins: set[str] = set()  # currencies of the venue's settlements not recorded
+        self.planned_unconverted: dict[tuple[str, str], Decimal] = {}  # (quote, settlement currency) -> amount
         # the day's loss as the planned fills move it: positions and net P&L after them
         self.preview_positions: dict[tuple[str, str], PositionState] = {}
         self.cash_previews: dict[tuple[str, str], PositionState] = {}  # a future's planned fills: its cash
@@ -400,14 +404,21 @@ class _Planner:
             ours.status = "filled" if ours.filled_qty >= ours.qty else "partially_filled"
         key = (ours.venue, ours.symbol)
         self.planned_position[key] = self.planned_position.get(key, ZERO) + ours.sign * qty
+        day = self.state.trading_day(occurred_at or self.now)
+        self.planned_fill_days[key] = max(day, self.planned_fill_days.get(key, day))
         # the fold moves cash only once a balance is on record, and in these currencies
         cash = self.acct.cash_at(self.venue) if self.acct is not None else {}  # this venue's cash
         if cash:
-            currency, paid = fill_cash(self.state, ours.symbol, ours.sign * qty, price)  # multiplier, quote currency
             spec = self.state.instrument(ours.symbol)
             if spec is not None and spec.is_future:  # a future's cash moves by the fill's realised P&L
-                paid = -self.scratch_position(self.cash_previews, ours).apply_fill(ours.sign * qty, price)
-            if currency in cash:
+                realized = self.scratch_position(self.cash_previews, ours).apply_fill(ours.sign * qty, price)
+                currency, paid = settlement_cash(self.state, spec, -realized)
+            else:
+                currency, paid = fill_cash(self.state, ours.symbol, ours.sign * qty, price)  # multiplier, currency
+            if paid is None:  # no rate recorded: the fold keeps it apart, unconverted
+                self.unconverted(spec, -ours.sign * qty * price * spec.multiplier if not spec.is_future  # type: ignore[union-attr]
+                                 else realized)
+            elif currency in cash:
                 self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) - paid
             if fee and fee_currency in cash:
                 self.planned_cash[fee_currency] = self.planned_cash.get(fee_currency, ZERO) - fee
@@ -460,7 +471,9 @@ class _Planner:
                 self.state, (self.account, ours.venue, ours.symbol), ours.sign,
                 {"corrected_exec_id": old_id, "exec_id": f.exec_id, "qty": f.qty, "price": f.price,
                  "previous_qty": q0, "previous_price": p0})
-            if currency in cash:
+            if paid is None:  # no rate recorded: the fold keeps it apart, unconverted
+                self.plan.unknown.append(f"cash of the correction of {old_id}: no {currency} rate recorded")
+            elif currency in cash:
                 self.planned_cash[currency] = self.planned_cash.get(currency, ZERO) + paid
             if f1 != f0 and f.fee_currency in cash:
                 self.planned_cash[f.fee_currency] = self.planned_cash.get(f.fee_currency, ZERO) - (f1 - f0)
@@ -544,6 +557,7 @@ class _Planner:
             self.orphan_fills(venue_order_id, fills)
         self.unseen_orders(orders)
         self.posted_fees()
+        self.variation_margins()
         self.positions()
         self.cash()
         self.missing_fee_reports()
@@ -1174,6 +1188,95 @@ class _Planner:
                              "commission reports only to the client that placed the order and to the master "
                              "API client id)", "pending", client_order_id=fee.client_order_id,
                              venue_order_id=fee.venue_order_id, symbol=fee.symbol, theirs=fee.exec_id)
+    # ------------------------------------------------------------------- settlement currencies
+    def unconverted(self, spec: Any, amount: Decimal) -> None:
+        """A planned fill's cash (``amount`` of ``spec``'s quote currency) the fold will keep apart
+        for want of a rate into its settlement currency."""
+        key = (spec.quote_currency, spec.settlement_currency)
+        self.planned_unconverted[key] = self.planned_unconverted.get(key, ZERO) + amount
+
+    def unconverted_into(self, currency: str) -> dict[str, Decimal]:
+        """quote currency -> the fills' cash at this venue not converted into ``currency`` yet (the
+        fold's and this plan's)."""
+        out: dict[str, Decimal] = {}
+        for (venue, quote, into), amount in (self.acct.unconverted.items() if self.acct is not None else ()):
+            if venue == self.venue and into == currency:
+                out[quote] = out.get(quote, ZERO) + amount
+        for (quote, into), amount in self.planned_unconverted.items():
+            if into == currency:
+                out[quote] = out.get(quote, ZERO) + amount
+        return out
+
+    # ------------------------------------------------------------- futures' daily settlements
+    def held_after_plan(self, symbol: str) -> Decimal:
+        """Our position in ``symbol`` at this venue once the planned fills are booked."""
+        held = self.state.position_of(self.account, self.venue, symbol)
+        return (held.qty if held is not None else ZERO) + self.planned_position.get((self.venue, symbol), ZERO)
+
+    def variation_margins(self) -> None:
+        """Each daily settlement of a futures position the venue posted and the log lacks is
+        recorded as ``VariationMarginSettled`` (its cash moves, the position's cost is re-based), in
+        business-date order after the planned fills. Not when the position it names is not the one
+        we hold once the planned fills are booked, or a planned fill came after its business date
+        (then the re-base would land on the wrong quantity): a pending discrepancy says so."""
+        margins = self.snap.variation_margins
+        if margins is None:
+            return
+        if isinstance(margins, Unknown):
+            self.plan.unknown.append(f"variation_margins: {margins.reason}")
+            return
+        cash = self.acct.cash_at(self.venue) if self.acct is not None else {}
+        for m in sorted(margins, key=lambda m: (m.business_date, m.symbol)):
+            if (self.account, self.venue, m.symbol, m.business_date) in self.state.variation_margins:
+                continue
+            where = dict(symbol=m.symbol, theirs=f"{m.qty}@{m.settlement_price} {m.business_date}")
+            spec = self.state.instrument(m.symbol)
+            held = self.held_after_plan(m.symbol)
+            later = self.planned_fill_days.get((self.venue, m.symbol), "")
+            if spec is None or not spec.is_future or held != m.qty or later > m.business_date:
+                why = ("not a future in the registry" if spec is None or not spec.is_future else
+                       f"the log holds {held}" if held != m.qty else f"a fill of {later} is recorded before it")
+                self.unmatched_margins.add(m.currency)  # its cash difference is explained, not corrected
+                self.discrepancy("variation_margin_unmatched", f"the venue settled {m.qty} {m.symbol} at "
+                                 f"{m.settlement_price} on {m.business_date} ({m.amount} {m.currency}): {why}; "
+                                 "not recorded", "pending", ours=str(held), **where)
+                continue
+            e = self.build(
+                ev.VariationMarginSettled,
+                event_id=fact_id("VariationMarginSettled", self.account, self.venue, m.symbol, m.business_date),
+                occurred_at=self.now, causation_id=self.rid, account=self.account, venue=self.venue,
+                symbol=m.symbol, business_date=m.business_date, settlement_price=m.settlement_price, qty=m.qty,
+                amount=m.amount, currency=m.currency, venue_ref=m.venue_ref, reconciliation_id=str(self.rid),
+                reason=f"the venue's daily settlement of {m.symbol} on {m.business_date}")
+            if e is None:
+                continue
+            self.account_events.append((account_stream_id(self.account), e))
+            self.plan.count("variation_margins_recorded")
+            # the position as the planned fills leave it (a future's are previewed for its cash), re-based
+            preview = self.cash_previews.get((self.venue, m.symbol))
+            if preview is None:
+                preview = self.cash_previews[(self.venue, m.symbol)] = PositionState(
+                    self.account, self.venue, m.symbol, spec)
+                held_now = self.state.position_of(self.account, self.venue, m.symbol)
+                if held_now is not None:
+                    preview.qty, preview.cost = held_now.qty, held_now.cost
+            marked = (m.settlement_price * preview.qty - preview.cost) * spec.multiplier
+            preview.cost = preview.qty * m.settlement_price
+            if m.currency in cash:
+                paid = margin_cash(self.state, spec, m.currency, marked, m.amount)
+                self.planned_cash[m.currency] = self.planned_cash.get(m.currency, ZERO) + paid
+
+    def unsettled_futures(self, currency: str) -> list[str]:
+        """Our open futures positions at this venue whose cash moves in ``currency``, when the venue
+        does not report its daily settlements: its cash may have moved by them unseen (when it does,
+        a settlement of its that could not be recorded)."""
+        if self.snap.variation_margins is not None:
+            return ["a settlement not recorded"] if currency in self.unmatched_margins else []
+        return sorted(f"{symbol} {self.held_after_plan(symbol)}"
+                      for (account, venue, symbol), held in self.state.positions.items()
+                      if account == self.account and venue == self.venue and held.spec is not None
+                      and held.spec.is_future and held.spec.settlement_currency == currency
+                      and self.held_after_plan(symbol))
 
     # -------------------------------------------------------------------- positions, cash
     def can_correct_totals(self, what: str) -> bool:
@@ -1246,7 +1349,21 @@ class _Planner:
         for balance in sorted(snap.balances, key=lambda b: b.currency):
             before = recorded.get(balance.currency)
             expected = None if before is None else before + self.planned_cash.get(balance.currency, ZERO)
-            if expected == balance.cash:
+            converted = ""
+            waiting = self.unconverted_into(balance.currency) if expected is not None else {}
+            if waiting:  # fills whose cash could not be converted when folded, for want of a rate
+                rates = {q: fx_rate(self.state.fx_rates, q, balance.currency) for q in waiting}
+                missing = [q for q, r in rates.items() if r is None]
+                said = ", ".join(f"{amount} {q}" for q, amount in sorted(waiting.items()))
+                if missing:
+                    self.discrepancy("fx_rate_missing", f"{balance.currency} cash: fills of {said} could not move it: "
+                                     f"no {'/'.join(missing)}/{balance.currency} rate recorded (record_fx_rate); the "
+                                     f"venue holds {balance.cash}, not corrected", "pending",
+                                     ours=str(expected), theirs=str(balance.cash))
+                    continue
+                expected += sum((amount * rates[q] for q, amount in waiting.items()), ZERO)  # type: ignore[operator]
+                converted = f" (with fills of {said} converted at the rates recorded since)"
+            if expected == balance.cash and not converted:
                 continue
             if expected is not None and ZERO < expected - balance.cash <= self.unposted_fees().get(
                     ("cash", balance.currency), ZERO):
@@ -1263,7 +1380,14 @@ class _Planner:
                 self.plan.count("cash_baselines_deferred")
                 continue
             detail = (f"first {balance.currency} balance on record: {balance.cash}" if expected is None else
-                      f"{balance.currency} cash: the log projects {expected}, the venue holds {balance.cash}")
+                      f"{balance.currency} cash: the log projects {expected}{converted}, the venue holds "
+                      f"{balance.cash}")
+            unsettled = self.unsettled_futures(balance.currency) if expected is not None else []
+            if unsettled:  # a daily settlement the venue does not report: never corrected blindly
+                self.discrepancy("variation_margin_unrecorded", detail + "; open futures (" + ", ".join(unsettled)
+                                 + ") settle daily in it: record the venue's settlement (record_variation_margin), "
+                                 "not corrected", "pending", ours=str(expected), theirs=str(balance.cash))
+                continue
             if expected is not None and not self.can_correct_totals("cash"):
                 self.discrepancy("cash_drift", detail + "; not corrected: orders or fills unknown", "unknown",
                                  ours=str(expected), theirs=str(balance.cash))
@@ -1280,7 +1404,9 @@ class _Planner:
             if e is not None:
                 self.account_events.append((account_stream_id(self.account), e))
                 self.plan.count("cash_recorded")
-                if expected is not None:  # a first balance is a baseline, not a disagreement
+                if expected == balance.cash:  # the converted fills explain it: a record, not a disagreement
+                    self.plan.count("cash_converted")
+                elif expected is not None:  # a first balance is a baseline, not a disagreement
                     self.discrepancy("cash_drift", detail, "corrected", ours=str(expected), theirs=str(balance.cash))
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from .events import DailyLimitBreached, OrderFilled, OrderIntentRecorded
 from .ids import derived_id
-from .instruments import ACCOUNT_CURRENCY, NO_FX_RATE, fx_rate, intent_refusals
-from .state import AccountState, OrderState, PositionState, TradingState
+from .instruments import ACCOUNT_CURRENCY, NO_FX_RATE, instrument_rate, intent_refusals
+from .state import AccountState, OrderState, PositionState, TradingState, pnl_rate_of
 
 # Refusal reason codes, stable for tools and tests.
 KILL_SWITCH = "kill_switch"
@@ -151,7 +151,7 @@ def order_notional(state: TradingState, symbol: str, qty: Decimal, price: Decima
     spec = state.instruments.get(symbol) if state.instruments else None
     if spec is not None:
         notional *= spec.multiplier
-        rate = fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
+        rate = instrument_rate(state.fx_rates, spec)
         if rate is None:
             return None, True
         if rate != 1:
@@ -257,9 +257,7 @@ def pnl_rate(state: TradingState, symbol: str) -> Decimal | None:
     last recorded one); None: no conversion (not a registered instrument in another currency, or
     no rate recorded: counted as it is, as the fold counts it)."""
     spec = state.instruments.get(symbol) if state.instruments else None
-    if spec is None or spec.quote_currency == ACCOUNT_CURRENCY:
-        return None
-    return fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
+    return None if spec is None else pnl_rate_of(state, spec)
 
 
 def daily_loss_breach(

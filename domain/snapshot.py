@@ -302,6 +302,7 @@ def _order_doc(o: OrderState) -> dict[str, Any]:
         "discrepancy_keys": [[list(k), pos] for k, pos in o.discrepancy_keys.items()],
         "refusal": o.refusal,
         **({"replaces": o.replaces, "replace_pending": o.replace_pending} if o.replaces else {}),
+        **({"adjusted": o.adjusted, "symbol": o.symbol} if o.adjusted else {}),  # restated by a corporate action
         "positions": o.positions,
         "created_at": _t(o.created_at),
         "updated_at": _t(o.updated_at),
@@ -334,6 +335,7 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
         "ramp": [_t(a.ramp_since), list(a.ramp_baseline), a.ramp_held],
         "fees_pending": a.fees_pending,
         "fee_ids": a.fee_ids,
+        **({"unconverted": [[*k, _d(v)] for k, v in a.unconverted.items()]} if a.unconverted else {}),
     }
 
 
@@ -422,6 +424,8 @@ def take(state: TradingState) -> tuple[dict[str, Any], bytes]:
         doc["fx_rates"] = [[base, quote, _d(rate)] for (base, quote), rate in state.fx_rates.items()]
         doc["corporate_actions"] = [[*key, pos] for key, pos in state.corporate_actions.items()]
         doc["option_settlements"] = [[*key, pos] for key, pos in state.option_settlements.items()]
+    if state.variation_margins:  # absent without futures settlements
+        doc["variation_margins"] = [[*key, pos] for key, pos in state.variation_margins.items()]
     return doc, b""
 
 
@@ -595,6 +599,7 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         acct.ramp_since, acct.ramp_baseline, acct.ramp_held = _tn(since), (baseline[0], baseline[1]), held
         acct.fees_pending = dict(a.get("fees_pending", {}))  # absent before pending fees
         acct.fee_ids = dict(a.get("fee_ids", {}))
+        acct.unconverted = {(v, q, c): Decimal(x) for v, q, c, x in a.get("unconverted", ())}  # absent: none
         for day, (trades, fills, volume, realized, fees, breaches) in a["daily"].items():
             acct.daily[day] = DailyStats(trades, fills, Decimal(volume), Decimal(realized), Decimal(fees),
                                          set(breaches))
@@ -619,6 +624,9 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         order.refusal = o["refusal"]
         order.replaces = o.get("replaces")  # absent before amendments, and on orders never amended
         order.replace_pending = o.get("replace_pending")
+        if o.get("adjusted"):  # absent before corporate actions restated orders (its symbol may have changed)
+            order.adjusted, order.symbol = o["adjusted"], o["symbol"]
+            order.position_key = (order.account, order.venue, order.symbol)
         order.positions = dict(o["positions"])
         order.updated_at = _tn(o["updated_at"])  # type: ignore[assignment]
         order.account_state = state.account(order.account)
@@ -634,6 +642,8 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
         state.corporate_actions[(symbol, action, effective_at)] = pos
     for account, venue, ref, pos in doc.get("option_settlements", ()):
         state.option_settlements[(account, venue, ref)] = pos
+    for account, venue, symbol, day, pos in doc.get("variation_margins", ()):
+        state.variation_margins[(account, venue, symbol, day)] = pos
     for account, venue, symbol, qty, cost, realized, fees, last_price, updated_at, *rest in doc["positions"]:
         p = PositionState(account, venue, symbol, state.instruments.get(symbol))
         if rest:  # absent before fill corrections, and for a position without fills

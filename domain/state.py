@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .events import EVENT_TYPES, SCHEMA_KEY, VOID_TYPE, upcast
-from .instruments import ACCOUNT_CURRENCY, ONE, InstrumentSpec, fx_rate
+from .instruments import ACCOUNT_CURRENCY, ONE, InstrumentSpec, instrument_rate
 
 ZERO = Decimal(0)
 # Fills per position kept to recompute it exactly when the venue corrects one of them
@@ -53,7 +53,7 @@ class OrderState:
         "reference_price", "intent", "status", "filled_qty", "fill_notional", "fees",
         "venue_order_id", "executions", "cancel_requested", "discrepancies", "refusal", "refusal_detail",
         "positions", "created_at", "updated_at", "intent_event_id", "discrepancy_keys",
-        "position_key", "account_state", "external", "exec_fees", "replaces", "replace_pending",
+        "position_key", "account_state", "external", "exec_fees", "replaces", "replace_pending", "adjusted",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, d: dict[str, Any], position: int, at: datetime):
@@ -98,6 +98,9 @@ class OrderState:
         # pending | refused | replaced, and for a refusal "by", "reasons", "detail"}; None: none asked
         self.replaces: dict[str, dict[str, Any]] | None = None
         self.replace_pending: str | None = None  # the amendment the venue has not answered yet
+        # the last corporate action that restated the order (``OrderAdjusted``): its position,
+        # quantity, prices and the venue's restated quantity; None: never adjusted
+        self.adjusted: dict[str, Any] | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -146,6 +149,7 @@ class OrderState:
             **({"replace_pending": self.replace_pending,
                 "replaces": {rid: {k: v for k, v in r.items() if k != "request"} for rid, r in self.replaces.items()}}
                if self.replaces else {}),
+            **({"adjusted": self.adjusted} if self.adjusted else {}),  # only for an order a corporate action restated
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -302,6 +306,10 @@ class AccountState:
     # fills whose fee the venue has not reported yet: exec id -> order stream (``fee_pending``)
     fees_pending: dict[str, str] = field(default_factory=dict)
     fee_ids: dict[str, int] = field(default_factory=dict)  # ``FeeCharged`` id -> where it was folded (once)
+    # (venue, quote currency, settlement currency) -> money of fills in the quote currency that
+    # could not move the cash in the settlement currency for want of a recorded rate (never 1:1);
+    # the venue's next recorded balance in that currency takes their place
+    unconverted: dict[tuple[str, str, str], Decimal] = field(default_factory=dict)
 
     def cash_at(self, venue: str) -> dict[str, Decimal]:
         """currency -> the account's cash at ``venue`` (empty: no balance recorded there)."""
@@ -424,7 +432,7 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     if held is None:
         held = state.positions[key] = PositionState(*key, state.instruments.get(key[2]) if state.instruments else None)
     spec = held.spec
-    rate = _pnl_rate(state, spec)  # None: the day's P&L as it is
+    rate = pnl_rate_of(state, spec)  # None: the day's P&L as it is
     moved = ZERO  # the position's realised P&L difference (quote currency, times the multiplier)
     journal = held.journal or []
     replayed = _replay_correction(held, sign, d["corrected_exec_id"], d["exec_id"], q1, p1)
@@ -462,10 +470,10 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     if account.cash:
         notional = -sign * (q1 * p1 - q0 * p0)
         if spec is None:
-            currency, paid = "USD", notional
+            _move_cash(account, key[1], "USD", notional, d.get("fee_currency", "USD"), f1 - f0)
         else:
-            currency, paid = spec.quote_currency, moved if spec.is_future else notional * spec.multiplier
-        _move_cash(account, key[1], currency, paid, d.get("fee_currency", "USD"), f1 - f0)
+            _move_settled(state, account, key[1], spec, moved if spec.is_future else notional * spec.multiplier,
+                          d.get("fee_currency", "USD"), f1 - f0)
     old_id, new_id = d["corrected_exec_id"], d["exec_id"]
     ids = state.exec_ids.setdefault(key[1], {})
     ids.pop(old_id, None)
@@ -505,13 +513,14 @@ def _replay_correction(held: PositionState, sign: int, old_id: str, new_id: str,
 
 
 def correction_cash(state: TradingState, key: tuple[str, str, str], sign: int, d: dict[str, Any]
-                    ) -> tuple[str, Decimal]:
+                    ) -> tuple[str, Decimal | None]:
     """(currency, amount) the fold's ``correct_fill`` of the ``FillCorrected`` payload ``d`` (its
     ``corrected_exec_id``, ``exec_id``, ``qty``, ``price``, ``previous_qty``, ``previous_price``)
     adds to the cash of position ``key``'s account and venue, before fees: minus the notional's
-    difference (times the multiplier, in the quote currency), or for a future the difference of
-    its realised P&L. For planners that book corrections ahead of the fold, as reconciliation
-    does (over the state as it is: not over fills planned in the same run)."""
+    difference (times the multiplier), or for a future the difference of its realised P&L, in the
+    settlement currency (``settlement_cash``: None without a recorded rate). For planners that
+    book corrections ahead of the fold, as reconciliation does (over the state as it is: not
+    over fills planned in the same run)."""
     q0, p0 = Decimal(d["previous_qty"]), Decimal(d["previous_price"])
     q1, p1 = Decimal(d["qty"]), Decimal(d["price"])
     held = state.positions.get(key)
@@ -520,35 +529,78 @@ def correction_cash(state: TradingState, key: tuple[str, str, str], sign: int, d
     if spec is None:
         return ACCOUNT_CURRENCY, notional
     if not spec.is_future:
-        return spec.quote_currency, notional * spec.multiplier
+        return settlement_cash(state, spec, notional * spec.multiplier)
     if held is None:
-        return spec.quote_currency, ZERO
+        return spec.settlement_currency, ZERO
     replayed = _replay_correction(held, sign, d["corrected_exec_id"], d["exec_id"], q1, p1)
     if replayed is not None:
         _, undone, _, redone, _ = replayed
-        return spec.quote_currency, sum((r for _, r in redone), ZERO) - sum((r for _, r in undone), ZERO)
+        return settlement_cash(state, spec, sum((r for _, r in redone), ZERO) - sum((r for _, r in undone), ZERO))
     qty, cost = held.qty + sign * (q1 - q0), held.cost + sign * (q1 * p1 - q0 * p0)
-    return spec.quote_currency, -cost * spec.multiplier if qty == 0 and cost else ZERO
+    return settlement_cash(state, spec, -cost * spec.multiplier if qty == 0 and cost else ZERO)
 
 
-def fill_cash(state: TradingState, symbol: str, signed_qty: Decimal, price: Decimal) -> tuple[str, Decimal]:
+def fill_cash(state: TradingState, symbol: str, signed_qty: Decimal, price: Decimal) -> tuple[str, Decimal | None]:
     """(currency, amount) a fill of ``signed_qty`` at ``price`` pays as the fold books it, before
-    fees: the notional in USD for a symbol not in the registry; notional x multiplier in the quote
-    currency for an instrument; zero for a future, whose cash moves by its realised P&L instead
-    (for planners that book fills ahead of the fold, as reconciliation does)."""
+    fees: the notional in USD for a symbol not in the registry; notional x multiplier in the
+    settlement currency for an instrument (``settlement_cash``: None without a recorded rate);
+    zero for a future, whose cash moves by its realised P&L instead (for planners that book
+    fills ahead of the fold, as reconciliation does)."""
     spec = state.instruments.get(symbol) if state.instruments else None
     if spec is None:
         return "USD", signed_qty * price
-    return spec.quote_currency, ZERO if spec.is_future else signed_qty * price * spec.multiplier
+    return settlement_cash(state, spec, ZERO if spec.is_future else signed_qty * price * spec.multiplier)
 
 
-def _pnl_rate(state: TradingState, spec: InstrumentSpec | None) -> Decimal | None:
+def margin_cash(state: TradingState, spec: InstrumentSpec | None, currency: str, marked: Decimal,
+                amount: Decimal) -> Decimal:
+    """The cash a ``VariationMarginSettled`` of ``amount`` in ``currency`` moves, ``marked`` being
+    the P&L of the open contracts from their last mark (fill or settlement) to the settlement
+    price, in the instrument's quote currency: ``marked`` itself (in ``currency`` by the recorded
+    rate when that is the settlement currency), since the fills since the last mark have moved
+    the cash by what they realised already and the venue's figure may or may not include it;
+    the venue's ``amount`` when no rate converts it."""
+    if spec is None or currency == spec.quote_currency:
+        return marked if currency == (ACCOUNT_CURRENCY if spec is None else spec.quote_currency) else amount
+    if currency == spec.settlement_currency:
+        converted = settlement_cash(state, spec, marked)[1]
+        if converted is not None:
+            return converted
+    return amount
+
+
+def pnl_rate_of(state: TradingState, spec: InstrumentSpec | None) -> Decimal | None:
     """The rate a realised P&L of ``spec``'s position goes into the day's statistics with (the
-    account's currency, by the last recorded rate); None: counted as it is (no instrument, the
-    account's currency, or no rate recorded)."""
+    account's currency, by the last recorded rate: ``instruments.instrument_rate``); None: counted
+    as it is (no instrument, the account's currency, or no rate recorded)."""
     if spec is None or spec.quote_currency == ACCOUNT_CURRENCY:
-        return None
-    return fx_rate(state.fx_rates, spec.quote_currency, ACCOUNT_CURRENCY)
+        return None  # the hot path of a log without instruments: no lookup
+    return instrument_rate(state.fx_rates, spec)
+
+
+def settlement_cash(state: TradingState, spec: InstrumentSpec, amount: Decimal) -> tuple[str, Decimal | None]:
+    """(currency, amount) that ``amount`` of ``spec``'s quote currency moves in cash: the
+    instrument's settlement currency, converted at the last rate recorded (the fill's, when
+    folded at the fill); (settlement currency, None) when no rate is recorded (never 1:1)."""
+    currency = spec.settlement_currency
+    if currency == spec.quote_currency or not amount:
+        return currency, amount
+    rate = instrument_rate(state.fx_rates, spec, currency)
+    return currency, None if rate is None else amount * rate
+
+
+def _move_settled(state: TradingState, account: AccountState, venue: str, spec: InstrumentSpec, amount: Decimal,
+                  fee_currency: str, fee: Decimal) -> None:
+    """``_move_cash`` of ``amount`` of ``spec``'s quote currency in its settlement currency
+    (``settlement_cash``); without a recorded rate the amount is kept apart, unconverted
+    (``AccountState.unconverted``), for reconciliation to say so: never moved 1:1."""
+    currency, paid = settlement_cash(state, spec, amount)
+    if paid is None:
+        if account.cash:
+            key = (venue, spec.quote_currency, currency)
+            account.unconverted[key] = account.unconverted.get(key, ZERO) + amount
+        paid = ZERO
+    _move_cash(account, venue, currency, paid, fee_currency, fee)
 
 
 def _money_terms(spec: InstrumentSpec | None) -> tuple[Decimal, str, bool]:
@@ -581,11 +633,11 @@ def _book_instrument_fill(state: TradingState, account: AccountState, venue: str
     the last recorded rate; without one, as it is), cash at the account and at ``venue`` in the
     quote currency (a future's moves by its realised P&L, variation margin; any other's by the
     notional, times the multiplier), the fee in its currency."""
-    rate = _pnl_rate(state, spec) if realized else None
+    rate = pnl_rate_of(state, spec) if realized else None
     stats.realized_pnl += realized if rate is None else realized * rate
     if account.cash:
-        _move_cash(account, venue, spec.quote_currency, realized if spec.is_future else notional * spec.multiplier,
-                   fee_currency, fee)
+        _move_settled(state, account, venue, spec, realized if spec.is_future else notional * spec.multiplier,
+                      fee_currency, fee)
 
 
 def unreadable(type_name: str, stream_id: str, error: BaseException) -> str:
@@ -631,6 +683,8 @@ class TradingState:
         self.corporate_actions: dict[tuple[str, str, str], int] = {}
         # (account, venue, venue_ref) -> where an ``OptionSettled`` naming the venue's activity was recorded
         self.option_settlements: dict[tuple[str, str, str], int] = {}
+        # (account, venue, symbol, business date) -> where its ``VariationMarginSettled`` was recorded
+        self.variation_margins: dict[tuple[str, str, str, str], int] = {}
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -848,6 +902,22 @@ class TradingState:
         if order.filled_qty >= order.qty and order.is_open:  # replaced down to what was filled
             self._close(order, "filled", pos, order.updated_at)
 
+    def _on_OrderAdjusted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        order = self.orders[sid]
+        order.qty = Decimal(d["qty"])
+        order.limit_price = _dec(d.get("limit_price"))
+        order.stop_price = _dec(d.get("stop_price"))
+        if d["symbol"] != order.symbol:  # a symbol change: its fills from here on book on the new symbol
+            order.symbol = d["symbol"]
+            order.position_key = (order.account, order.venue, order.symbol)
+        order.adjusted = {"position": pos, "corporate_action": d["corporate_action"], "qty": d["qty"],
+                          "limit_price": d.get("limit_price"), "stop_price": d.get("stop_price"),
+                          "restated_qty": d.get("restated_qty"), "remaining_dropped": d.get("remaining_dropped", "0")}
+        order.positions[f"adjusted:{pos}"] = pos
+        order.updated_at = _time(d.get("occurred_at"), at)
+        if order.is_open and order.filled_qty >= order.qty:  # nothing whole left to work
+            self._close(order, "cancelled", pos, order.updated_at)
+
     def _on_OrderExpired(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self._close(self.orders[sid], "expired", pos, _time(d.get("occurred_at"), at))
 
@@ -994,6 +1064,9 @@ class TradingState:
         acct = self.account(d["account"])
         acct.cash[d["currency"]] = balance = Decimal(d["balance"])
         acct.venue_cash.setdefault(d["venue"], {})[d["currency"]] = balance
+        if acct.unconverted:  # the venue's balance holds what could not be converted
+            for key in [k for k in acct.unconverted if k[0] == d["venue"] and k[2] == d["currency"]]:
+                del acct.unconverted[key]
 
     def _on_ReconciliationCompleted(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.account(d["account"]).last_reconciliation = {
@@ -1157,32 +1230,56 @@ class TradingState:
         buys = (d["action"] == "exercise") == (spec.right == "call")  # type: ignore[union-attr]
         delivered = qty * spec.multiplier  # type: ignore[union-attr]
         self._settle_leg(acct, (account, venue, spec.underlying), delivered if buys else -delivered,  # type: ignore[union-attr,arg-type]
-                         spec.strike, when, currency=spec.quote_currency)  # type: ignore[union-attr,arg-type]
+                         spec.strike, when, cash_spec=spec)  # type: ignore[union-attr,arg-type]
+
+    def _on_VariationMarginSettled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
+        account, venue, symbol, day = d["account"], d["venue"], d["symbol"], d["business_date"]
+        self.variation_margins[(account, venue, symbol, day)] = pos
+        acct = self.account(account)
+        key = (account, venue, symbol)
+        held = self.positions.get(key)
+        if held is None:
+            held = self.positions[key] = PositionState(*key, self.instruments.get(symbol) if self.instruments else None)
+        price = Decimal(d["settlement_price"])
+        # the P&L since the last mark (the fills' prices or the last settlement) is realised by the
+        # settlement, and the cost basis re-based to its price: the close realises only what follows
+        realized = (price * held.qty - held.cost) * held.multiplier
+        held.cost = held.qty * price
+        held.last_price = price
+        held.realized_pnl += realized
+        held.journal = None  # moved by no fill: its fills no longer explain its cost basis
+        held.updated_at = _time(d.get("occurred_at"), at)
+        if realized:
+            rate = pnl_rate_of(self, held.spec)
+            acct.day(day).realized_pnl += realized if rate is None else realized * rate
+        paid = margin_cash(self, held.spec, d["currency"], realized, Decimal(d["amount"]))
+        _move_cash(acct, venue, d["currency"], paid, d["currency"], ZERO)
 
     def _held(self, account: str, venue: str, symbol: str) -> Decimal:
         held = self.positions.get((account, venue, symbol))
         return held.qty if held is not None else ZERO
 
     def _settle_leg(self, acct: AccountState, key: tuple[str, str, str], signed_qty: Decimal, price: Decimal,
-                    when: datetime, currency: str | None = None) -> None:
+                    when: datetime, cash_spec: InstrumentSpec | None = None) -> None:
         """A position moved by a settlement, not a fill: realised P&L to the day (in the account's
-        currency), cash by the notional (``currency``: the delivery's; default the instrument's)."""
+        currency), cash by the notional, in the settlement currency of ``cash_spec`` (the
+        instrument whose terms the delivery follows; default the position's own; none: USD)."""
         held = self.positions.get(key)
         if held is None:
             held = self.positions[key] = PositionState(*key, self.instruments.get(key[2]) if self.instruments else None)
         realized = held.apply_fill(signed_qty, price)
         held.updated_at = when
         held.journal = None  # moved by no fill: a later correction cannot fold its fills again
-        own = held.currency or ACCOUNT_CURRENCY
         if realized:
-            rate = fx_rate(self.fx_rates, own, ACCOUNT_CURRENCY)
+            rate = pnl_rate_of(self, held.spec)
             acct.day(self.trading_day(when)).realized_pnl += realized if rate is None else realized * rate
         paid = signed_qty * price * held.multiplier
         if paid:
-            currency = currency or own
-            for book in (acct.cash, acct.venue_cash.get(key[1])):
-                if book and currency in book:
-                    book[currency] -= paid
+            spec = cash_spec or held.spec
+            if spec is None:
+                _move_cash(acct, key[1], ACCOUNT_CURRENCY, -paid, ACCOUNT_CURRENCY, ZERO)
+            else:
+                _move_settled(self, acct, key[1], spec, -paid, ACCOUNT_CURRENCY, ZERO)
 
     def instrument(self, symbol: str) -> InstrumentSpec | None:
         """The registry's entry for ``symbol`` (None: not defined, today's behaviour)."""
@@ -1230,6 +1327,8 @@ class TradingState:
                     "ramp": (a.ramp_since, a.ramp_baseline, a.ramp_held),
                     **({"fees_pending": dict(sorted(a.fees_pending.items())), "fee_ids": sorted(a.fee_ids)}
                        if a.fees_pending or a.fee_ids else {}),
+                    **({"unconverted": {"|".join(k): v for k, v in sorted(a.unconverted.items())}}
+                       if a.unconverted else {}),
                     "daily": {
                         day: (s.trades, s.fills, s.volume, s.realized_pnl, s.fees, sorted(s.breaches))
                         for day, s in sorted(a.daily.items())
@@ -1248,6 +1347,8 @@ class TradingState:
                if self.corporate_actions else {}),
             **({"option_settlements": {"|".join(k): v for k, v in sorted(self.option_settlements.items())}}
                if self.option_settlements else {}),
+            **({"variation_margins": {"|".join(k): v for k, v in sorted(self.variation_margins.items())}}
+               if self.variation_margins else {}),
             "stream_versions": dict(sorted(self.stream_versions.items())),
             **({"quarantined": {"streams": dict(sorted(self.quarantined_streams.items())),
                                 "accounts": dict(sorted(self.quarantined_accounts.items()))}}
@@ -1269,5 +1370,8 @@ __all__ = [
     "correction_cash",
     "discrepancy_key",
     "fill_cash",
+    "margin_cash",
+    "pnl_rate_of",
+    "settlement_cash",
     "unreadable",
 ]

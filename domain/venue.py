@@ -112,6 +112,22 @@ class VenueFee:
 
 
 @dataclass(frozen=True)
+class VenueVariationMargin:
+    """A futures position's daily settlement as the venue posted it: ``amount`` of ``currency``
+    moved to (positive) or from the account's cash for ``qty`` contracts of ``symbol`` marked at
+    ``settlement_price`` on ``business_date`` (ISO date)."""
+
+    symbol: str
+    business_date: str
+    settlement_price: Decimal
+    qty: Decimal  # signed, as held at the settlement
+    amount: Decimal
+    currency: str = "USD"
+    venue_ref: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
 class Unknown:
     """A part of a snapshot whose query failed: reconciliation must not treat it as empty."""
 
@@ -145,6 +161,9 @@ class VenueSnapshot:
     # pending fees)
     fee_report_wait: timedelta | None = None
     max_fee_rate: Decimal | None = None
+    # the daily settlements of futures positions the venue posted (None: the venue does not
+    # report them, so its cash may have moved by settlements the log cannot see)
+    variation_margins: list[VenueVariationMargin] | Unknown | None = None
 
     def raw_report(self) -> dict[str, Any]:
         """The venue's raw data this snapshot was built from (stored with the reconciliation)."""
@@ -166,4 +185,5 @@ class VenueSnapshot:
             "fills": part(self.fills),
             "balances": part(self.balances),
             **({"fees": part(self.fees)} if self.fees else {}),  # only venues that post fees apart
+            **({"variation_margins": part(self.variation_margins)} if self.variation_margins is not None else {}),
         }

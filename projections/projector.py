@@ -26,7 +26,7 @@ import orjson
 
 from ..adapters.store import Store, gc_paused
 from ..adapters.store.sql import POSTGRESQL, SQLITE, read_cursor, release, write_cursor
-from ..domain.instruments import ACCOUNT_CURRENCY, fx_rate
+from ..domain.instruments import ACCOUNT_CURRENCY, instrument_rate
 from ..domain.risk import limit_usage
 from ..domain.state import ZERO, OrderState, PositionState, TradingState
 from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
@@ -676,6 +676,11 @@ class _Dirty:
                     if (account, d["venue"], symbol) in state.positions:
                         self.positions[(account, d["venue"], symbol)] = position  # type: ignore[index]
                 self.days[(account, state._trading_day_of(d.get("occurred_at"), at))] = position
+            elif type_name == "VariationMarginSettled":  # the re-based position, its business day's P&L
+                key = (account, d["venue"], d["symbol"])
+                self.positions[key] = position
+                self.days[(account, d["business_date"])] = position
+                self._equity_change(state, key, d, position, at)
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
         elif type_name == "InstrumentDefined" or type_name == "CorporateActionRecorded":
@@ -769,7 +774,7 @@ class _EquityBook:
         new = (held.realized_pnl, held.unrealized_pnl, held.fees)
         currency = held.currency
         if currency is not None and currency != ACCOUNT_CURRENCY:  # in the account's currency, at the last rate
-            rate = fx_rate(state.fx_rates, currency, ACCOUNT_CURRENCY)
+            rate = instrument_rate(state.fx_rates, held.spec)
             if rate is not None:
                 new = (new[0] * rate, new[1] * rate, new[2])
         old = self.contribution.get(key, (ZERO, ZERO, ZERO))

@@ -28,7 +28,7 @@ _ASYNC_METHODS = frozenset({
     "resume_trading", "record_signal", "engine_started", "engine_stopped", "record_recovery", "record_bar", "order",
     "open_orders", "positions", "risk_state", "catch_up", "define_instrument", "record_fx_rate", "instruments",
     "record_corporate_action", "record_option_settlement", "reporting_view", "request_replace",
-    "record_replace_refused",
+    "record_replace_refused", "record_variation_margin",
 })  # fmt: skip
 
 

@@ -27,7 +27,6 @@ from .domain.errors import InvalidInput, UnknownOrder
 from .domain.ids import (
     account_stream_id,
     bar_stream_id,
-    corporate_action_stream_id,
     engine_stream_id,
     fx_stream_id,
     instrument_stream_id,
@@ -644,15 +643,7 @@ class TradestateClient:
         e = build_event(ev.CorporateActionRecorded, **self.writer.envelope(), symbol=symbol, action=action,
                         effective_at=effective_at, ratio_from=ratio_from, ratio_to=ratio_to, new_symbol=new_symbol,
                         source=source, reason=reason, operator=operator)
-        key = (e.symbol, e.action, e.to_payload()["effective_at"])
-
-        def decide(state: TradingState) -> rules.Decision:
-            done = state.corporate_actions.get(key)
-            if done is not None:
-                return rules.AlreadyRecorded(done)
-            return rules.Append([(corporate_action_stream_id(e.symbol), e)])
-
-        return self.writer.record_fact(decide)
+        return self.writer.record_fact(lambda state: rules.decide_corporate_action(state, e))  # open orders too
 
     def record_option_settlement(self, account: str, venue: str, symbol: str, action: str,
                                  qty: Decimal | int | str, *, venue_ref: str | None = None,
@@ -682,6 +673,21 @@ class TradestateClient:
             return rules.Append([(account_stream_id(e.account), e)])
 
         return self.writer.record_fact(decide)
+
+    def record_variation_margin(self, account: str, venue: str, symbol: str, business_date: str,
+                                settlement_price: Decimal | int | str, qty: Decimal | int | str,
+                                amount: Decimal | int | str, *, currency: str = "USD", venue_ref: str | None = None,
+                                occurred_at: datetime | None = None, reason: str = "") -> Recorded:
+        """Record the venue's daily settlement of the futures position ``symbol`` at ``venue``
+        (``VariationMarginSettled``): the P&L of the open contracts from their last mark is
+        realised and moves the cash (``amount`` is the venue's figure; see the event), the
+        position's cost is re-based to ``settlement_price``. Once per account, venue, symbol and business
+        date (again: ``duplicate=True``); ``InvalidInput``, nothing appended, when ``symbol`` is not
+        a future in the registry or the log does not hold ``qty`` of it (reconcile first)."""
+        e = build_event(ev.VariationMarginSettled, **self.writer.envelope(occurred_at), account=account, venue=venue,
+                        symbol=symbol, business_date=business_date, settlement_price=settlement_price, qty=qty,
+                        amount=amount, currency=currency, venue_ref=venue_ref, reason=reason)
+        return self.writer.record_fact(lambda state: rules.decide_variation_margin(state, e))
 
     def instruments(self) -> list[dict[str, Any]]:
         """Every instrument of the registry as it stands now (its last definition)."""

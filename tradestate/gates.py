@@ -20,7 +20,7 @@ import orjson
 from .adapters.store import Store
 from .domain import gates as g
 from .domain.ids import bar_stream_id, engine_stream_id
-from .domain.instruments import ACCOUNT_CURRENCY, fx_rate
+from .domain.instruments import instrument_rate
 from .domain.state import TradingState
 
 
@@ -108,7 +108,7 @@ def holdings(state: TradingState) -> list[g.Holding]:
         if p.qty:
             price = p.last_price if p.last_price is not None else (p.avg_cost if p.cost else None)
             if price is not None and p.spec is not None:
-                rate = fx_rate(state.fx_rates, p.spec.quote_currency, ACCOUNT_CURRENCY)
+                rate = instrument_rate(state.fx_rates, p.spec)
                 price = None if rate is None else price * p.spec.multiplier * rate
             out.append(g.Holding(account, venue, symbol, p.qty, price))
     return out
