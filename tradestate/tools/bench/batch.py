@@ -7,6 +7,15 @@
 Targets (issue 16): ours / one COPY of every row >= 0.7 on PostgreSQL; ours / one executemany
 transaction of every row >= 0.5 on SQLite. The ``k``-row raw transactions show what is left of the
 gap once the raw write also commits (and fsyncs) once per ``k`` rows, as every append must.
+
+``append_batch_<k>_floor``  the best ratio a commit flush per append allows on this machine: the
+                      one-transaction write's time per ``k`` rows plus one commit flush, against
+                      the one-transaction write. The flush is measured in the same rounds as the
+                      raw ``k``-row transactions committed durably minus the same committed without
+                      waiting for the disk (SQLite ``synchronous=OFF``, PostgreSQL
+                      ``synchronous_commit=off``; baselines only, never our appends). A target above
+                      the floor cannot be met here by an append that is durable when it returns.
+Each variant's client CPU per ``k`` rows (``time.process_time``) is logged beside its rate.
 """
 
 from __future__ import annotations
@@ -46,26 +55,57 @@ def _batch_events(sizes: Sizes, payload: bytes) -> list[list[Any]]:
     ]
 
 
-def _time_batches(event_log: Any, sizes: Sizes, payload: bytes) -> float:
-    """Rate of ``sizes.batches`` appends of ``sizes.batch_size`` events (built before timing)."""
+class _Timed:
+    """A timed write of ``rows`` rows: its rate (wall clock) and client CPU seconds."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __enter__(self) -> _Timed:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu = time.process_time() - self._cpu
+        self.rate = self.rows / (time.perf_counter() - self._wall)
+
+
+def _time_batches(event_log: Any, sizes: Sizes, payload: bytes) -> _Timed:
+    """``sizes.batches`` appends of ``sizes.batch_size`` events (built before timing), timed."""
     append = event_log.append
     for batch in _batch_events(replace(sizes, batches=3), payload):  # warm-up, not timed
         append(batch)
     batches = _batch_events(sizes, payload)
-    t0 = time.perf_counter()
-    for batch in batches:
-        append(batch)
-    return sizes.batch_size * sizes.batches / (time.perf_counter() - t0)
+    with _Timed(sizes.batch_size * sizes.batches) as timed:
+        for batch in batches:
+            append(batch)
+    return timed
 
 
-def _batch_rounds(variants: dict[str, Callable[[], float]], sizes: Sizes) -> dict[str, float]:
+def _batch_rounds(variants: dict[str, Callable[[], _Timed]], sizes: Sizes) -> dict[str, float]:
+    """Every variant once per round, interleaved; each variant's best rate."""
     best: dict[str, float] = {}
     for round_no in range(1, sizes.rounds + 1):
         for name, measure in variants.items():
-            rate = measure()
-            log(f"  {name}: {rate:,.0f} events/s" + (f" [round {round_no}]" if sizes.rounds > 1 else ""))
-            best[name] = max(best.get(name, 0.0), rate)
+            timed = measure()
+            log(f"  {name}: {timed.rate:,.0f} events/s, client CPU {timed.cpu / timed.rows * sizes.batch_size * 1e3:.2f} "
+                f"ms per {sizes.batch_size} rows" + (f" [round {round_no}]" if sizes.rounds > 1 else ""))
+            best[name] = max(best.get(name, 0.0), timed.rate)
     return best
+
+
+def _flush_floor(metric: str, backend: str, best: dict[str, float], names: tuple[str, str, str], k: int,
+                 all_what: str) -> Result:
+    """The floor row: one-transaction time per ``k`` rows plus one commit flush (durable minus
+    unflushed ``k``-row transactions, best of each), as a rate against the one-transaction write."""
+    all_name, durable_name, unflushed_name = names
+    per_k_all = k / best[all_name]
+    flush = max(0.0, k / best[durable_name] - k / best[unflushed_name])
+    floor = result(f"{metric}_floor", backend, k / (per_k_all + flush), EVENTS_PER_S, _TARGETS[backend][0],
+                   best[all_name])
+    log(f"  {backend}: floor: the best ratio a per-append flush allows here: {floor.ratio:.2f}x (a commit flush "
+        f"costs {flush * 1e3:.2f} ms on this machine; {all_what} writes {k} rows in {per_k_all * 1e3:.2f} ms)")
+    return floor
 
 
 def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Result]:
@@ -76,7 +116,11 @@ def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resul
     n = sizes.batch_size * sizes.batches
     k = sizes.batch_size
     log(f"sqlite append_batch: {sizes.batches:,} appends of {k} events vs one executemany of {n:,} rows")
+    from ...adapters.store.sqlite import WAL_AUTOCHECKPOINT_PAGES
+
     conn = sqlite_raw_conn(os.path.join(workdir, "batch_raw.db"))
+    # As our store runs: a commit that checkpoints the WAL at another size is another flush.
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute(raw_table_sql_sqlite("raw_events"))
     sql = "INSERT INTO raw_events (stream_id, stream_version, type, data, recorded_at) VALUES (?,?,?,?,?)"
 
@@ -84,30 +128,36 @@ def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resul
         stamp = datetime.now(timezone.utc).isoformat()
         return [(f"order-{uuid.uuid4()}", 1, "OrderFilled", payload, stamp) for _ in range(count)]
 
-    def raw_all() -> float:
+    def raw_all() -> _Timed:
         data = rows(n)
-        t0 = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sql, data)
-        conn.execute("COMMIT")
-        return n / (time.perf_counter() - t0)
-
-    def raw_per_tx() -> float:
-        data = rows(n)
-        t0 = time.perf_counter()
-        for i in range(0, n, k):
+        with _Timed(n) as timed:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(sql, data[i : i + k])
+            conn.executemany(sql, data)
             conn.execute("COMMIT")
-        return n / (time.perf_counter() - t0)
+        return timed
+
+    def raw_per_tx(synchronous: str = "FULL") -> _Timed:
+        data = rows(n)
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        try:
+            with _Timed(n) as timed:
+                for i in range(0, n, k):
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.executemany(sql, data[i : i + k])
+                    conn.execute("COMMIT")
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+        return timed
 
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(sql, rows(k))  # warm-up
     conn.execute("COMMIT")
     with open_store(f"sqlite:///{os.path.join(workdir, 'batch.db')}") as store:
+        unflushed = f"raw executemany, {k} rows per transaction, synchronous=OFF (the flush's share)"
         best = _batch_rounds({
             "raw executemany, 1 transaction": raw_all,
             f"raw executemany, {k} rows per transaction": raw_per_tx,
+            unflushed: lambda: raw_per_tx("OFF"),
             f"ours, {k} events per append": lambda: _time_batches(store.trading, sizes, payload),
         }, sizes)
     conn.close()
@@ -119,6 +169,9 @@ def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resul
         result(metric, "sqlite", ours, EVENTS_PER_S, "executemany_all_1tx", best["raw executemany, 1 transaction"]),
         result(metric, "sqlite", ours, EVENTS_PER_S, f"executemany_{k}_per_tx",
                best[f"raw executemany, {k} rows per transaction"]),
+        _flush_floor(metric, "sqlite", best, ("raw executemany, 1 transaction",
+                                              f"raw executemany, {k} rows per transaction", unflushed), k,
+                     "one executemany"),
     ]
 
 
@@ -139,28 +192,33 @@ def bench_batch_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes,
         def rows(count: int) -> list[tuple[Any, ...]]:
             return [(f"order-{uuid.uuid4()}", 1, "OrderFilled", payload) for _ in range(count)]
 
-        def copy(data: list[tuple[Any, ...]]) -> None:
-            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as cp:
-                for row in data:
-                    cp.write_row(row)
+        def copy(data: list[tuple[Any, ...]], flushed: bool = True) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                if not flushed:  # this baseline transaction only: its commit does not wait for the disk
+                    cur.execute("SET LOCAL synchronous_commit = off")
+                with cur.copy(copy_sql) as cp:
+                    for row in data:
+                        cp.write_row(row)
 
-        def copy_all() -> float:
+        def copy_all() -> _Timed:
             data = rows(n)
-            t0 = time.perf_counter()
-            copy(data)
-            return n / (time.perf_counter() - t0)
+            with _Timed(n) as timed:
+                copy(data)
+            return timed
 
-        def copy_per_tx() -> float:
+        def copy_per_tx(flushed: bool = True) -> _Timed:
             data = rows(n)
-            t0 = time.perf_counter()
-            for i in range(0, n, k):
-                copy(data[i : i + k])
-            return n / (time.perf_counter() - t0)
+            with _Timed(n) as timed:
+                for i in range(0, n, k):
+                    copy(data[i : i + k], flushed)
+            return timed
 
         copy(rows(k))  # warm-up
+        unflushed = f"raw COPY FROM STDIN, {k} rows per transaction, synchronous_commit=off (the flush's share)"
         best = _batch_rounds({
             "raw COPY FROM STDIN, 1 transaction": copy_all,
             f"raw COPY FROM STDIN, {k} rows per transaction": copy_per_tx,
+            unflushed: lambda: copy_per_tx(flushed=False),
             f"ours, {k} events per append": lambda: _time_batches(store.trading, sizes, payload),
         }, sizes)
     metric = f"append_batch_{k}"
@@ -171,6 +229,9 @@ def bench_batch_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes,
         result(metric, "postgresql", ours, EVENTS_PER_S, "copy_from_stdin_all", best["raw COPY FROM STDIN, 1 transaction"]),
         result(metric, "postgresql", ours, EVENTS_PER_S, f"copy_{k}_per_tx",
                best[f"raw COPY FROM STDIN, {k} rows per transaction"]),
+        _flush_floor(metric, "postgresql", best, ("raw COPY FROM STDIN, 1 transaction",
+                                                  f"raw COPY FROM STDIN, {k} rows per transaction", unflushed), k,
+                     "one COPY"),
     ]
 
 
@@ -204,10 +265,18 @@ def _commit_share(ours: float, raw_all: float, raw_per_tx: float, k: int) -> str
 def targets(results: list[Result]) -> list[tuple[bool, str]]:
     """(met, line) for each target of this group found in results."""
     checks: list[tuple[bool, str]] = []
+    floors = {(r.metric[: -len("_floor")], r.backend): r.ratio for r in results if r.metric.endswith("_floor")}
     for r in results:
         target = _TARGETS.get(r.backend)
-        if r.metric.startswith("append_batch_") and target is not None and r.baseline == target[0]:
+        if (r.metric.startswith("append_batch_") and not r.metric.endswith("_floor") and target is not None
+                and r.baseline == target[0]):
             baseline, what, least = target
-            checks.append((r.ratio >= least,
-                           f"append_batch ({r.backend}): {r.ratio:.2f}x {what} (target >= {least:g}x)"))
+            floor = floors.get((r.metric, r.backend))
+            if floor is None:
+                line = f"append_batch ({r.backend}): {r.ratio:.2f}x {what} (target >= {least:g}x)"
+            else:  # ours last: the JSON takes a target line's last ratio as its ratio
+                reach = "a commit flush per append leaves the target out of reach" if floor < least else "attainable"
+                line = (f"append_batch ({r.backend}): target >= {least:g}x {what}, floor here {floor:.2f}x ({reach}); "
+                        f"ours {r.ratio / floor:.0%} of the floor: {r.ratio:.2f}x")
+            checks.append((r.ratio >= least, line))
     return checks
