@@ -39,11 +39,8 @@ def test_the_commit_share_explains_the_gap_with_the_raw_per_transaction_write():
 
 
 def test_the_floor_a_flush_per_append_allows_is_measured_and_stated():
-    # one transaction: 100 rows in 1 ms; 100-row transactions 4 ms durable, 1.5 ms without waiting
-    # for the disk: a flush costs 2.5 ms, so an append can at best take 3.5 ms: 0.29x
-    best = {"all": 100_000.0, "durable": 25_000.0, "unflushed": 100 / 0.0015}
-    floor = batch._flush_floor("append_batch_100", "sqlite", best, ("all", "durable", "unflushed"), 100,
-                               "one executemany")
+    # one transaction writes 100 rows in 1 ms; a flush costs 2.5 ms: an append takes at least 3.5 ms, 0.29x
+    floor = batch._flush_floor("append_batch_100", "sqlite", 100_000.0, 0.0025, 100, "one executemany")
     assert (floor.metric, floor.baseline) == ("append_batch_100_floor", "executemany_all_1tx")
     assert round(floor.ratio, 3) == round(1 / 3.5, 3)
     checks = batch.targets(_rows(27.0, 70.0) + [floor])
@@ -53,7 +50,23 @@ def test_the_floor_a_flush_per_append_allows_is_measured_and_stated():
 
 
 def test_a_floor_above_the_target_says_it_is_attainable():
-    best = {"all": 100_000.0, "durable": 90_000.0, "unflushed": 95_000.0}
-    floor = batch._flush_floor("append_batch_100", "postgresql", best, ("all", "durable", "unflushed"), 100, "one COPY")
+    floor = batch._flush_floor("append_batch_100", "postgresql", 100_000.0, 0.0000625, 100, "one COPY")
     (_, line), = [c for c in batch.targets(_rows(50.0, 60.0) + [floor]) if "postgresql" in c[1]]
     assert "floor here 0.94x (attainable)" in line and line.endswith(": 0.60x")
+
+
+def test_the_flush_is_the_median_of_paired_differences_whichever_commit_goes_first():
+    spans = {True: [0.004, 0.009, 0.005, 0.004], False: [0.001, 0.006, 0.001, 0.002]}
+    order: list[bool] = []
+    clock = {"now": 0.0}
+
+    def commit(flushed: bool) -> None:
+        order.append(flushed)
+        clock["now"] += spans[flushed].pop(0)
+
+    pairs = batch._FlushPairs(clock=lambda: clock["now"])
+    pairs.sample(commit, 4)
+    assert order == [True, False, False, True, True, False, False, True]
+    assert sorted(round(d, 6) for d in pairs.differences) == [0.002, 0.003, 0.003, 0.004]
+    assert round(pairs.seconds, 6) == 0.003
+    assert batch._FlushPairs().seconds == 0.0

@@ -10,17 +10,19 @@ gap once the raw write also commits (and fsyncs) once per ``k`` rows, as every a
 
 ``append_batch_<k>_floor``  the best ratio a commit flush per append allows on this machine: the
                       one-transaction write's time per ``k`` rows plus one commit flush, against
-                      the one-transaction write. The flush is measured in the same rounds as the
-                      raw ``k``-row transactions committed durably minus the same committed without
-                      waiting for the disk (SQLite ``synchronous=OFF``, PostgreSQL
-                      ``synchronous_commit=off``; baselines only, never our appends). A target above
-                      the floor cannot be met here by an append that is durable when it returns.
+                      the one-transaction write. The flush is the median, over adjacent pairs taken
+                      in each round, of a raw ``k``-row transaction committed durably minus the same
+                      committed without waiting for the disk (SQLite ``synchronous=OFF``, PostgreSQL
+                      ``synchronous_commit=off``; baselines only, never our appends): pairs, so that
+                      the machine's drifting load cancels. A target above the floor cannot be met
+                      here by an append that is durable when it returns.
 Each variant's client CPU per ``k`` rows (``time.process_time``) is logged beside its rate.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -94,15 +96,40 @@ def _batch_rounds(variants: dict[str, Callable[[], _Timed]], sizes: Sizes) -> di
     return best
 
 
-def _flush_floor(metric: str, backend: str, best: dict[str, float], names: tuple[str, str, str], k: int,
-                 all_what: str) -> Result:
-    """The floor row: one-transaction time per ``k`` rows plus one commit flush (durable minus
-    unflushed ``k``-row transactions, best of each), as a rate against the one-transaction write."""
-    all_name, durable_name, unflushed_name = names
-    per_k_all = k / best[all_name]
-    flush = max(0.0, k / best[durable_name] - k / best[unflushed_name])
-    floor = result(f"{metric}_floor", backend, k / (per_k_all + flush), EVENTS_PER_S, _TARGETS[backend][0],
-                   best[all_name])
+def _flush_pairs(sizes: Sizes) -> int:
+    """Flush pairs sampled per round: a fifth as many as the appends timed (at least 20)."""
+    return max(20, sizes.batches // 5)
+
+
+class _FlushPairs:
+    """Commit flush samples: ``sample(commit, pairs)`` times ``commit(True)`` (a ``k``-row raw
+    transaction committed durably) beside ``commit(False)`` (the same, not waiting for the disk),
+    alternating which goes first; ``seconds`` is the median difference."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.differences: list[float] = []
+        self._clock = clock
+
+    def sample(self, commit: Callable[[bool], None], pairs: int) -> None:
+        clock = self._clock
+        for i in range(pairs):
+            spans = {}
+            for flushed in ((True, False) if i % 2 == 0 else (False, True)):
+                t0 = clock()
+                commit(flushed)
+                spans[flushed] = clock() - t0
+            self.differences.append(spans[True] - spans[False])
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, statistics.median(self.differences)) if self.differences else 0.0
+
+
+def _flush_floor(metric: str, backend: str, raw_all: float, flush: float, k: int, all_what: str) -> Result:
+    """The floor row: the one-transaction write's time per ``k`` rows (at rate ``raw_all``) plus one
+    commit flush of ``flush`` seconds, as a rate against the one-transaction write."""
+    per_k_all = k / raw_all
+    floor = result(f"{metric}_floor", backend, k / (per_k_all + flush), EVENTS_PER_S, _TARGETS[backend][0], raw_all)
     log(f"  {backend}: floor: the best ratio a per-append flush allows here: {floor.ratio:.2f}x (a commit flush "
         f"costs {flush * 1e3:.2f} ms on this machine; {all_what} writes {k} rows in {per_k_all * 1e3:.2f} ms)")
     return floor
@@ -122,6 +149,7 @@ def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resul
     # As our store runs: a commit that checkpoints the WAL at another size is another flush.
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute(raw_table_sql_sqlite("raw_events"))
+    flushes, pairs = _FlushPairs(), _flush_pairs(sizes)
     sql = "INSERT INTO raw_events (stream_id, stream_version, type, data, recorded_at) VALUES (?,?,?,?,?)"
 
     def rows(count: int) -> list[tuple[Any, ...]]:
@@ -136,28 +164,33 @@ def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resul
             conn.execute("COMMIT")
         return timed
 
-    def raw_per_tx(synchronous: str = "FULL") -> _Timed:
+    def raw_per_tx() -> _Timed:
         data = rows(n)
-        conn.execute(f"PRAGMA synchronous={synchronous}")
+        with _Timed(n) as timed:
+            for i in range(0, n, k):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(sql, data[i : i + k])
+                conn.execute("COMMIT")
+        flushes.sample(commit_k, pairs)
+        return timed
+
+    def commit_k(flushed: bool) -> None:
+        data = rows(k)
+        conn.execute(f"PRAGMA synchronous={'FULL' if flushed else 'OFF'}")
         try:
-            with _Timed(n) as timed:
-                for i in range(0, n, k):
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.executemany(sql, data[i : i + k])
-                    conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(sql, data)
+            conn.execute("COMMIT")
         finally:
             conn.execute("PRAGMA synchronous=FULL")
-        return timed
 
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(sql, rows(k))  # warm-up
     conn.execute("COMMIT")
     with open_store(f"sqlite:///{os.path.join(workdir, 'batch.db')}") as store:
-        unflushed = f"raw executemany, {k} rows per transaction, synchronous=OFF (the flush's share)"
         best = _batch_rounds({
             "raw executemany, 1 transaction": raw_all,
-            f"raw executemany, {k} rows per transaction": raw_per_tx,
-            unflushed: lambda: raw_per_tx("OFF"),
+            f"raw executemany, {k} rows per transaction": raw_per_tx,  # and flush pairs
             f"ours, {k} events per append": lambda: _time_batches(store.trading, sizes, payload),
         }, sizes)
     conn.close()
@@ -169,9 +202,7 @@ def bench_batch_sqlite(workdir: str, sizes: Sizes, payload: bytes) -> list[Resul
         result(metric, "sqlite", ours, EVENTS_PER_S, "executemany_all_1tx", best["raw executemany, 1 transaction"]),
         result(metric, "sqlite", ours, EVENTS_PER_S, f"executemany_{k}_per_tx",
                best[f"raw executemany, {k} rows per transaction"]),
-        _flush_floor(metric, "sqlite", best, ("raw executemany, 1 transaction",
-                                              f"raw executemany, {k} rows per transaction", unflushed), k,
-                     "one executemany"),
+        _flush_floor(metric, "sqlite", best["raw executemany, 1 transaction"], flushes.seconds, k, "one executemany"),
     ]
 
 
@@ -185,6 +216,7 @@ def bench_batch_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes,
     schema = schema_for("b")
     url = pg.url_for(schema)
     log(f"postgresql append_batch: {sizes.batches:,} appends of {k} events vs one COPY of {n:,} rows")
+    flushes, pairs = _FlushPairs(), _flush_pairs(sizes)
     with open_store(url) as store, pg.connect() as conn:
         conn.execute(raw_table_sql_pg(schema, "raw_events"))
         copy_sql = f'COPY "{schema}".raw_events (stream_id, stream_version, type, data) FROM STDIN'
@@ -206,19 +238,18 @@ def bench_batch_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes,
                 copy(data)
             return timed
 
-        def copy_per_tx(flushed: bool = True) -> _Timed:
+        def copy_per_tx() -> _Timed:
             data = rows(n)
             with _Timed(n) as timed:
                 for i in range(0, n, k):
-                    copy(data[i : i + k], flushed)
+                    copy(data[i : i + k])
+            flushes.sample(lambda flushed: copy(rows(k), flushed), pairs)
             return timed
 
         copy(rows(k))  # warm-up
-        unflushed = f"raw COPY FROM STDIN, {k} rows per transaction, synchronous_commit=off (the flush's share)"
         best = _batch_rounds({
             "raw COPY FROM STDIN, 1 transaction": copy_all,
-            f"raw COPY FROM STDIN, {k} rows per transaction": copy_per_tx,
-            unflushed: lambda: copy_per_tx(flushed=False),
+            f"raw COPY FROM STDIN, {k} rows per transaction": copy_per_tx,  # and flush pairs
             f"ours, {k} events per append": lambda: _time_batches(store.trading, sizes, payload),
         }, sizes)
     metric = f"append_batch_{k}"
@@ -229,8 +260,7 @@ def bench_batch_pg(pg: PgTarget, schema_for: Callable[[str], str], sizes: Sizes,
         result(metric, "postgresql", ours, EVENTS_PER_S, "copy_from_stdin_all", best["raw COPY FROM STDIN, 1 transaction"]),
         result(metric, "postgresql", ours, EVENTS_PER_S, f"copy_{k}_per_tx",
                best[f"raw COPY FROM STDIN, {k} rows per transaction"]),
-        _flush_floor(metric, "postgresql", best, ("raw COPY FROM STDIN, 1 transaction",
-                                                  f"raw COPY FROM STDIN, {k} rows per transaction", unflushed), k,
+        _flush_floor(metric, "postgresql", best["raw COPY FROM STDIN, 1 transaction"], flushes.seconds, k,
                      "one COPY"),
     ]
 
