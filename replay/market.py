@@ -22,11 +22,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 
 from ..adapters.store import Store, gc_paused
 from ..adapters.store.sql import read_cursor
 from .log import (
+    TIMEFRAMES,
     UTC,
     Axis,
     LoggedEvent,
@@ -41,10 +43,15 @@ from .log import (
 )
 
 
-@dataclass(frozen=True)
-class Bar:
+class Bar(msgspec.Struct, frozen=True, gc=False):
     """One recorded bar, Decimal prices; ``end`` is its close (start + timeframe), ``position`` its
-    place in the market log."""
+    place in the market log. Immutable; equal, hashable and shown like a frozen dataclass.
+
+    A ``msgspec.Struct`` with ``gc=False``, not a dataclass: built in one C call and never tracked by
+    the cyclic collector (it holds only strings, datetimes, Decimals and an int, so it cannot be in
+    a cycle). A replay builds one per bar; as dataclass instances they also cost a collector pass
+    over every one of them once the collector was switched back on (0.5 us a bar, 8% of the replay).
+    ``msgspec.structs.replace``/``asdict`` stand for the ``dataclasses`` ones."""
 
     venue: str
     symbol: str
@@ -72,26 +79,42 @@ class Bar:
                 "volume": self.volume, "position": self.position}
 
 
-_new = object.__new__
-_set = object.__setattr__  # a frozen dataclass's own __setattr__ refuses
+class _BarFields(msgspec.Struct, gc=False):
+    """The keys of a ``BarRecorded`` payload a bar is made of, as the payload writes them (text);
+    decoding into it skips the others (event id, occurred_at, ...) without building them."""
+
+    venue: str
+    symbol: str
+    timeframe: str
+    start: str
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+
+
+_decode_bar_fields = msgspec.json.Decoder(_BarFields).decode
+_BAD_JSON = (msgspec.ValidationError, msgspec.DecodeError)
+_NO_TIME = timedelta(0)  # bar_close's span for an unknown timeframe
 
 
 class BarDecoder:
     """``Bar.from_payload`` for a whole replay, at a fraction of the cost and with the same result.
 
-    A frozen dataclass's ``__init__`` pays one ``object.__setattr__`` per field, every bar parsed its
-    start twice (start, and close = start + timeframe), and ``Decimal(text)`` costs three dict
-    lookups; a replay's bars share a few thousand starts across many symbols, and their prices
-    repeat (a tick size). So the start and close are parsed once per distinct (start text,
-    timeframe), each price or volume text becomes a Decimal once (Decimals are immutable: a
-    shared one is the same value, digit for digit; at most ``DECIMALS_KEPT`` are kept), and the
-    instance's dict is set in one go: an equal ``Bar``, with the same errors for a bad payload."""
+    Every bar parsed its start twice (start, and close = start + timeframe), and ``Decimal(text)``
+    costs three dict lookups; a replay's bars share a few thousand starts across many symbols, and
+    their prices repeat (a tick size). So the start and close are parsed once per distinct (start
+    text, timeframe), and each price or volume text becomes a Decimal once (Decimals are
+    immutable: a shared one is the same value, digit for digit; at most ``DECIMALS_KEPT`` are
+    kept): an equal ``Bar``, with the same errors for a bad payload. ``from_json`` reads the
+    payload's bytes straight into the bar's fields (``_BarFields``)."""
 
     __slots__ = ("_times", "_decimals")
     DECIMALS_KEPT = 65_536
 
     def __init__(self) -> None:
-        self._times: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        self._times: dict[str, dict[str, tuple[datetime, datetime]]] = {}  # timeframe -> start text -> times
         self._decimals: dict[Any, Decimal] = {}
 
     def _decimal(self, value: Any) -> Decimal:
@@ -101,27 +124,62 @@ class BarDecoder:
         self._decimals[value] = number
         return number
 
+    def _start_and_close(self, start: Any, timeframe: Any) -> tuple[datetime, datetime]:
+        """The bar's start and close (``bar_close``), parsed once per (start text, timeframe)."""
+        cacheable = isinstance(start, str) and isinstance(timeframe, str)
+        by_start = self._times.get(timeframe) if cacheable else None
+        times = by_start.get(start) if by_start is not None else None
+        if times is None:
+            opened = parse_time(start)
+            times = (opened, opened + TIMEFRAMES.get(timeframe, _NO_TIME))
+            if cacheable:
+                self._times.setdefault(timeframe, {})[start] = times
+        return times
+
     def __call__(self, d: dict[str, Any], position: int) -> Bar:
         """The bar of payload ``d`` at market-log ``position`` (``== Bar.from_payload(d, position)``)."""
-        venue, symbol, timeframe, start_text = d["venue"], d["symbol"], d["timeframe"], d["start"]
-        times = self._times.get((start_text, timeframe)) if isinstance(start_text, str) else None
-        if times is None:
-            times = (parse_time(start_text), bar_close(d))
-            if isinstance(start_text, str):
-                self._times[(start_text, timeframe)] = times
+        try:
+            venue, symbol, timeframe = d["venue"], d["symbol"], d["timeframe"]
+            start, close = self._start_and_close(d["start"], timeframe)
+            known, fresh = self._decimals.get, self._decimal
+            o, h, lo, c, v = d["open"], d["high"], d["low"], d["close"], d["volume"]
+            return Bar(venue, symbol, timeframe, start, close, known(o) or fresh(o), known(h) or fresh(h),
+                       known(lo) or fresh(lo), known(c) or fresh(c), known(v) or fresh(v), position)
+        except Exception:  # noqa: BLE001 - a bad payload: the reference raises its own error
+            return Bar.from_payload(d, position)
+
+    def from_json(self, data: bytes, position: int, symbols: set[str] | None = None) -> Bar | None:
+        """The bar of the JSON payload ``data`` (``== Bar.from_payload(orjson.loads(data), position)``),
+        or None when ``symbols`` is given and the bar's symbol is not in it. A payload the fast
+        decoder does not take as it is (a number for a price, a key missing, bad JSON) goes the
+        ``orjson.loads`` way: the same bar, or the same error."""
+        try:
+            f = _decode_bar_fields(data)
+        except _BAD_JSON:
+            d = orjson.loads(data)
+            if symbols is not None and d["symbol"] not in symbols:
+                return None
+            return self(d, position)
+        if symbols is not None and f.symbol not in symbols:
+            return None
+        timeframe = f.timeframe
+        by_start = self._times.get(timeframe)
+        times = by_start.get(f.start) if by_start is not None else None
         known, fresh = self._decimals.get, self._decimal
-        o, h, lo, c, v = d["open"], d["high"], d["low"], d["close"], d["volume"]
-        bar = _new(Bar)
-        _set(bar, "__dict__", {"venue": venue, "symbol": symbol, "timeframe": timeframe, "start": times[0],
-                               "end": times[1], "open": known(o) or fresh(o), "high": known(h) or fresh(h),
-                               "low": known(lo) or fresh(lo), "close": known(c) or fresh(c),
-                               "volume": known(v) or fresh(v), "position": position})
-        return bar
+        o, h, lo, c, v = f.open, f.high, f.low, f.close, f.volume
+        try:
+            if times is None:
+                times = self._start_and_close(f.start, timeframe)
+            return Bar(f.venue, f.symbol, timeframe, times[0], times[1], known(o) or fresh(o),
+                       known(h) or fresh(h), known(lo) or fresh(lo), known(c) or fresh(c), known(v) or fresh(v),
+                       position)
+        except Exception:  # noqa: BLE001 - a bad time or number: the reference raises its own error
+            return Bar.from_payload(orjson.loads(data), position)
 
 
-@dataclass(frozen=True)
-class MarketItem:
-    """One replayed item: a bar, or a trading event of the same window."""
+class MarketItem(msgspec.Struct, frozen=True, gc=False):
+    """One replayed item: a bar, or a trading event of the same window. (A ``msgspec.Struct`` like
+    ``Bar``, for the same reason: one per bar.)"""
 
     kind: str  # "bar" | "event"
     time: datetime
@@ -165,16 +223,14 @@ def _bars_in(store: Store, start: datetime, end: datetime, axis: Axis, symbols: 
                 out.append(bar)
         return out
     # The occurred axis needs only the bars' positions and payloads: pages straight from the
-    # cursor (no per-row generator step, no ``recorded_at`` parsed), only ``BarRecorded`` decoded.
-    loads = orjson.loads
+    # cursor (no per-row generator step, no ``recorded_at`` parsed), only ``BarRecorded`` decoded,
+    # and of each payload only the bar's keys.
+    from_json = decode.from_json
     append = out.append
     for page in _bar_pages(store):
         for position, data in page:
-            d = loads(data)
-            if symbols is not None and d["symbol"] not in symbols:
-                continue
-            bar = decode(d, position)
-            if start <= bar.end <= end:
+            bar = from_json(data, position, symbols)
+            if bar is not None and start <= bar.end <= end:
                 append(bar)
     return out
 
@@ -197,13 +253,6 @@ def _bar_pages(store: Store, batch: int = 10_000) -> Iterator[list[tuple[int, by
 
 def _bar_key(b: Bar) -> tuple[datetime, str, str, int]:
     return b.end, b.symbol, b.timeframe, b.position
-
-
-def _item(kind: str, t: datetime, bar: Bar | None = None, event: LoggedEvent | None = None) -> MarketItem:
-    """``MarketItem(kind, t, bar, event)``, filled in one go (see ``BarDecoder``)."""
-    item = _new(MarketItem)
-    _set(item, "__dict__", {"kind": kind, "time": t, "bar": bar, "event": event})
-    return item
 
 
 def recorded_bars(store: Store, *, symbol: str | None = None, timeframe: str | None = None,
@@ -244,10 +293,10 @@ class MarketReplay:
         """Every item of the window in time order, bars before events on ties (events only with
         ``trading``). Raises ``ReplayError`` when the market log is empty or the window holds
         nothing."""
-        with gc_paused():  # a few objects per bar, all kept: collections would only walk them again
+        with gc_paused():  # the decoder's caches and the lists grow: collections would only walk them again
             bars = _bars_in(self.store, self.start, self.end, self.axis, self.symbols)
             bars.sort(key=_bar_key)
-            bar_items = [_item("bar", b.end, b) for b in bars]
+            bar_items = [MarketItem("bar", b.end, b) for b in bars]
         if not bars and self.store.market.head() == 0:
             raise ReplayError(f"the market-data log in {self.store.display_url} holds no bars")
         events = []
@@ -259,7 +308,7 @@ class MarketReplay:
                               f"(the market log spans {iso(lo)} .. {iso(hi)})")
         if not self.trading:
             return bar_items
-        event_items = sorted((_item("event", e.time(self.axis), None, e) for e in events),
+        event_items = sorted((MarketItem("event", e.time(self.axis), None, e) for e in events),
                              key=lambda i: (i.time, i.event.position))  # type: ignore[union-attr]
         # merge: bars first on ties
         return list(heapq.merge(bar_items, event_items, key=lambda i: (i.time, 0 if i.kind == "bar" else 1)))

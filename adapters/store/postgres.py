@@ -30,6 +30,7 @@ import os
 import re
 import select
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -353,11 +354,83 @@ def _alive(conn: psycopg.Connection[Any], poller: select.poll) -> bool:
         return False
 
 
-def _columns(events: Sequence[StoredEvent]) -> tuple[list[str], list[int], list[str], list[bytes]]:
+class _PackedArray(bytes):
+    """A one-dimensional array already in PostgreSQL's binary array format, sent as it is (a binary
+    parameter of the subclass's array type). psycopg's own dumper walks a list in Python, one
+    dumper call per element: half the client CPU of a 100-event append; this packs the same
+    bytes with a few C calls per array."""
+
+    __slots__ = ()
+    oid = 0
+
+
+class _TextArray(_PackedArray):
+    __slots__ = ()
+    oid = 1009  # text[]
+
+
+class _Int8Array(_PackedArray):
+    __slots__ = ()
+    oid = 1016  # bigint[]
+
+
+class _ByteaArray(_PackedArray):
+    __slots__ = ()
+    oid = 1001  # bytea[]
+
+
+_ELEMENT_OIDS = {_TextArray: 25, _Int8Array: 20, _ByteaArray: 17}
+_ARRAY_HEAD = struct.Struct("!iiIii").pack  # dimensions, has-nulls flag, element type, length, lower bound
+_LENGTH = struct.Struct("!i").pack
+_INT8_ARRAYS: dict[int, struct.Struct] = {}  # element count -> header and (length 8, value) pairs
+
+
+def _packed(kind: type[_PackedArray], items: list[bytes]) -> _PackedArray:
+    """Elements that are byte strings (each prefixed by its length) as an array of ``kind``."""
+    parts: list[bytes] = [b""] * (2 * len(items))
+    parts[0::2] = map(_LENGTH, map(len, items))
+    parts[1::2] = items
+    return kind(_ARRAY_HEAD(1, 0, _ELEMENT_OIDS[kind], len(items), 1) + b"".join(parts))
+
+
+def _packed_int8(values: list[int]) -> _Int8Array:
+    count = len(values)
+    layout = _INT8_ARRAYS.get(count)
+    if layout is None:
+        layout = _INT8_ARRAYS[count] = struct.Struct("!iiIii" + "iq" * count)
+    args: list[int] = [8] * (2 * count)
+    args[1::2] = values
+    return _Int8Array(layout.pack(1, 0, 20, count, 1, *args))
+
+
+class _PackedArrayDumper(psycopg.adapt.Dumper):
+    format = psycopg.pq.Format.BINARY
+
+    def __init__(self, cls: type, context: Any = None):
+        super().__init__(cls, context)
+        self.oid = cls.oid
+
+    def dump(self, obj: Any) -> bytes:
+        return obj
+
+
+for _kind in _ELEMENT_OIDS:  # the global map: every connection made afterwards has them (these classes only)
+    psycopg.adapters.register_dumper(_kind, _PackedArrayDumper)
+
+
+def _columns(events: Sequence[StoredEvent], conn: psycopg.Connection[Any]) -> tuple[Any, Any, Any, Any]:
     """The events' fields as four arrays (stream ids, versions, types, data) for one multi-row
-    statement, sent as binary parameters (text arrays cost a regex escape per element)."""
-    return ([e.originator_id for e in events], [e.originator_version for e in events],
-            [e.topic for e in events], [e.state for e in events])
+    statement, sent as binary parameters (text arrays cost a regex escape per element): packed
+    here (``_PackedArray``) when the session's text is UTF-8, else lists for psycopg to encode."""
+    streams, versions = [e.originator_id for e in events], [e.originator_version for e in events]
+    types, datas = [e.topic for e in events], [e.state for e in events]
+    if conn.info.encoding != "utf-8" or not all(type(d) is bytes for d in datas):
+        return streams, versions, types, datas
+    try:
+        return (_packed(_TextArray, [s.encode() for s in streams]), _packed_int8(versions),
+                _packed(_TextArray, [t.encode() for t in types]), _packed(_ByteaArray, datas))
+    except (struct.error, UnicodeEncodeError, AttributeError):  # not str / a 64-bit int: psycopg's own error
+        return streams, versions, types, datas
 
 
 def _before_hole(rows: list[Any], after: int) -> list[Any]:
@@ -704,7 +777,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 self._void_last_drawn(cur)
                 raise self._not_leader(fence)  # type: ignore[arg-type]
             return [Appended(row[0], row[1])]
-        streams, versions, types, datas = _columns(events)
+        streams, versions, types, datas = _columns(events, conn)
         # Binary results: positions and the timestamp arrive without text parsing.
         if fence is None:
             rows = cur.execute(self._insert_many, (streams, versions, types, datas), prepare=True,
@@ -753,7 +826,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             return [Appended(position, recorded_at)]
         # Several events: one statement, one round trip (it was one per event).
         try:
-            rows = cur.execute(self._insert_many_in, _columns(events), binary=True).fetchall()
+            rows = cur.execute(self._insert_many_in, _columns(events, cur.connection), binary=True).fetchall()
         except pg_errors.UniqueViolation as error:
             raise self._conflict(events, error) from error
         return appended_at([row[0] for row in rows], rows[0][1])

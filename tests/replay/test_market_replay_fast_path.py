@@ -115,3 +115,41 @@ def test_the_decoder_builds_the_bar_from_payload_builds():
     assert first == Bar.from_payload(d, 7) and again == Bar.from_payload(dict(d, close="1.16"), 8)
     assert repr(first) == repr(Bar.from_payload(d, 7))
     assert first.end == datetime(2026, 11, 16, 14, 35, tzinfo=timezone.utc)
+
+
+def test_bars_and_items_are_not_tracked_by_the_cyclic_collector(tmp_path):
+    """A replay builds one bar and one item per recorded bar and keeps them all: as tracked
+    objects, the collector's first pass after the replay walks every one of them (the replay's
+    third most expensive step). They hold no references back, so they are never tracked."""
+    import gc
+
+    store = _load(tmp_path / "market.db", [("AAPL", "1m", m, "Z", [Decimal(1)] * 5, 0) for m in range(5)])
+    try:
+        items = list(replay_market(store, T0, T0 + timedelta(hours=1), None, trading=False))
+    finally:
+        store.close()
+    assert len(items) == 5
+    assert not any(gc.is_tracked(i) or gc.is_tracked(i.bar) for i in items)
+
+
+@given(price=st.one_of(st.integers(-5, 10**6), st.floats(0.01, 1e6), st.just("1.2500"), st.just(None)),
+       missing=st.sampled_from([None, "venue", "volume", "start", "timeframe"]),
+       start=st.sampled_from(["2026-11-16T14:30:00Z", "2026-11-16T15:30:00+01:00", "yesterday", 5]))
+def test_json_payloads_decode_to_the_bar_of_the_parsed_payload_or_its_error(price, missing, start):
+    """``BarDecoder.from_json`` reads the payload's bytes straight into the bar; a payload it does
+    not take as text (numbers, null, a key missing, a bad time) gives the same bar or the same
+    error as ``Bar.from_payload`` of the parsed payload."""
+    d = {"event_id": "e1", "venue": "sim", "symbol": "AAPL", "timeframe": "5m", "start": start, "open": price,
+         "high": "1.2", "low": "1", "close": "1.15", "volume": "100"}
+    if missing:
+        del d[missing]
+    try:
+        want: object = Bar.from_payload(d, 3)
+    except Exception as e:  # noqa: BLE001 - the reference's error is the expected one
+        want = (type(e), str(e))
+    try:
+        got: object = BarDecoder().from_json(orjson.dumps(d), 3)
+    except Exception as e:  # noqa: BLE001
+        got = (type(e), str(e))
+    assert got == want and repr(got) == repr(want)
+    assert BarDecoder().from_json(orjson.dumps(d | {"symbol": "MSFT"}), 3, {"AAPL"}) is None

@@ -103,6 +103,7 @@ def test_sqlite_rows(capsys, tmp_path):
         ("append_single_fenced_1w_p99", "unfenced_interleaved_1w"),
         ("append_batch_10", "executemany_all_1tx"),
         ("append_batch_10", "executemany_10_per_tx"),
+        ("append_batch_10_floor", "executemany_all_1tx"),
         ("replay", "raw_select_orjson"),
         ("replay_duration", "raw_select_orjson"),
         ("replay", "eventsourcing_default"),
@@ -129,6 +130,7 @@ def test_postgresql_rows(capsys, pg_server, monkeypatch):
     assert {
         ("append_batch_10", "copy_from_stdin_all"),
         ("append_batch_10", "copy_10_per_tx"),
+        ("append_batch_10_floor", "copy_from_stdin_all"),
         ("replay", "raw_select_orjson"),
         ("replay", "raw_select_binary_orjson"),
         ("replay", "copy_to_stdout_orjson"),
