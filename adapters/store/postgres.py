@@ -951,30 +951,20 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         return pages()
 
     @property
-    def _partitioned(self) -> bool:
-        """Whether the table is partitioned (a plain table never has archives). Once True, kept;
-        a False is asked again after a minute (a log may be converted under a running process)."""
-        known, at = getattr(self, "_is_partitioned", (False, -1e9))
-        if known or time.monotonic() - at < 60:
-            return known
-        from .partitions import is_partitioned
-
-        with self._connection() as conn:
-            known = is_partitioned(conn.cursor(row_factory=tuple_row), self.schema, self.table)
-        self._is_partitioned = (known, time.monotonic())
-        return known
-
-    @property
     def versions_relation(self) -> str:
         """Where a stream's current version is read (``max(stream_version) ... WHERE stream_id``):
         the versions table of a partitioned log (it holds archived events' versions too), else the
-        log's table."""
-        if self._partitioned:
-            from .partitions import versions_table
+        log's table. Asked of the catalog each time (one query; the callers are a lease change, a
+        coalescer's conflict round, the engine list), never kept: another process may swap the
+        log under this one (a restore, a migration, ``partitions convert``), and a kept answer
+        named a versions table that was gone, or missed the archived versions."""
+        from .partitions import is_partitioned, versions_table
 
+        with self._connection() as conn:
+            partitioned = is_partitioned(conn.cursor(row_factory=tuple_row), self.schema, self.table)
+        if partitioned:
             return f"{quote(self.schema)}.{quote(versions_table(self.table))}"
         return f"{quote(self.schema)}.{quote(self.table)}"
-
 
     def held_back_for(self, position: int) -> float | None:
         """Seconds this reader has been waiting on a hole above ``position`` (the oldest such hole
@@ -1051,17 +1041,21 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 (stream_id, after_version),
             ).fetchall()
         events = [RecordedEvent.from_row(r) for r in rows]
-        if (not events or events[0].originator_version > after_version + 1) and self.archived_upto():
+        # a stream that begins above version 1 has archived events whatever a kept answer says
+        # (another process archived, or restored a log with archives): ask again then
+        if (not events or events[0].originator_version > after_version + 1) and self.archived_upto(
+                fresh=bool(events)):
             # the stream's earlier events may be archived: the versions table knows where they were
             events = [RecordedEvent.from_row(r) for r in self._archived_stream(
                 stream_id, after_version, events[0].originator_version if events else None)] + events
         return events
 
-    def archived_upto(self) -> int:
+    def archived_upto(self, *, fresh: bool = False) -> int:
         """The last position of this log held only by an archive file (0: none). Asked again after
-        a minute (an archive run by another process shows then) or once a read met an archive."""
+        a minute (an archive run by another process shows then), when ``fresh``, or once a read
+        met an archive or found the log swapped under it (no versions table any more)."""
         known, at = getattr(self, "_archived_upto", None) or (0, -1e9)
-        if time.monotonic() - at >= 60:
+        if fresh or time.monotonic() - at >= 60:
             from . import archive
 
             with self._connection() as conn:
@@ -1077,6 +1071,10 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
 
         with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
+            cur.execute("SELECT to_regclass(%s)", (f"{quote(self.schema)}.{quote(versions_table(self.table))}",))
+            if cur.fetchone()[0] is None:  # a plain log swapped in (a restore, a migration): no archives
+                self._archived_upto = (0, time.monotonic())
+                return []
             cur.execute(SQL("SELECT position FROM {}.{} WHERE stream_id = %s AND stream_version > %s"
                             " AND stream_version < %s ORDER BY stream_version").format(
                 Identifier(self.schema), Identifier(versions_table(self.table))),
