@@ -26,6 +26,7 @@ here, whatever the number of writers). We keep its recorder interface and replac
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import select
@@ -33,7 +34,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import datetime
 from typing import Any
@@ -1046,8 +1047,9 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         if (not events or events[0].originator_version > after_version + 1) and self.archived_upto(
                 fresh=bool(events)):
             # the stream's earlier events may be archived: the versions table knows where they were
-            events = [RecordedEvent.from_row(r) for r in self._archived_stream(
-                stream_id, after_version, events[0].originator_version if events else None)] + events
+            events = [RecordedEvent.from_row(r) for r in self.archived_stream(
+                stream_id, after_version=after_version,
+                below_version=events[0].originator_version if events else None)] + events
         return events
 
     def archived_upto(self, *, fresh: bool = False) -> int:
@@ -1064,34 +1066,51 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             self._archived_upto = (known, time.monotonic())
         return known
 
-    def _archived_stream(self, stream_id: str, after_version: int, below: int | None) -> list[Any]:
-        """The archived rows of ``stream_id`` with ``after_version < version < below``, in version order."""
-        from . import archive
+    def archived_stream(self, stream_id: str, *, after_version: int = 0, below_version: int | None = None,
+                        after_position: int = 0) -> list[Any]:
+        """The archived rows of ``stream_id`` with ``after_version < version < below_version`` and
+        ``position > after_position``, in version order, as the log's table holds rows (the versions
+        table says where they are; only those positions are read from the files). [] when the log
+        has no versions table (a plain log swapped in under this one: nothing is archived)."""
         from .partitions import versions_table
 
         with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
             cur.execute("SELECT to_regclass(%s)", (f"{quote(self.schema)}.{quote(versions_table(self.table))}",))
-            if cur.fetchone()[0] is None:  # a plain log swapped in (a restore, a migration): no archives
+            if cur.fetchone()[0] is None:
                 self._archived_upto = (0, time.monotonic())
                 return []
             cur.execute(SQL("SELECT position FROM {}.{} WHERE stream_id = %s AND stream_version > %s"
-                            " AND stream_version < %s ORDER BY stream_version").format(
+                            " AND stream_version < %s AND position > %s").format(
                 Identifier(self.schema), Identifier(versions_table(self.table))),
-                (stream_id, after_version, below if below is not None else 2**62))
+                (stream_id, after_version, below_version if below_version is not None else 2**62, after_position))
             wanted = [p for (p,) in cur.fetchall()]
-            out: list[Any] = []
-            for position in wanted:
-                if out and out[-1][0] >= position:
-                    continue
-                found = archive.covering(cur, self.schema, self.table, position, self.datastore.target.archive or None)
+        return sorted(self.archived_rows(wanted), key=lambda r: r[2])
+
+    def archived_rows(self, positions: Iterable[int]) -> list[Any]:
+        """The rows at ``positions`` that archive files hold (the others are left out), in position
+        order; each file is read over the span of the wanted positions it holds, no further."""
+        from . import archive
+
+        wanted = sorted(set(positions))
+        out: list[Any] = []
+        if not wanted:
+            return out
+        with self._connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            at = 0
+            while at < len(wanted):
+                found = archive.covering(cur, self.schema, self.table, wanted[at], self.datastore.target.archive or None)
                 if found is None:
-                    continue  # not archived (a live row the first read did not see yet)
+                    at += 1  # not archived (a live row)
+                    continue
                 arch, path = found
-                targets = {p for p in wanted if arch.first_position <= p <= arch.last_position}
-                for page in archive.read_pages(path, min(targets), max(targets)):
+                end = bisect.bisect_right(wanted, arch.last_position, at)
+                targets = set(wanted[at:end])
+                for page in archive.read_pages(path, wanted[at], wanted[end - 1]):
                     out += [r for r in page if r[0] in targets]
-        return sorted(out, key=lambda r: r[2])
+                at = end
+        return out
 
     def close(self) -> None:
         """Give back the connections threads keep pinned and close the pool; the log is unusable
