@@ -416,7 +416,7 @@ class TradestateClient:
     def record_fee(
         self,
         account: str,
-        venue: str,
+        venue: str | None,
         fee_id: str,
         amount: Decimal | int | str,
         *,
@@ -430,12 +430,29 @@ class TradestateClient:
     ) -> Recorded:
         """Record a fee the venue posted apart from its fill (a late commission report by exec id, a
         fee activity by its id), once per ``fee_id``: cash in ``currency``, fees and net P&L
-        follow; ``in_kind``: taken in the asset of position ``symbol`` (its quantity shrinks)."""
+        follow; ``in_kind``: taken in the asset of position ``symbol`` (its quantity shrinks).
+
+        A fee of one of our orders (``client_order_id``) is booked on that order's position: its
+        ``symbol`` and ``venue`` are the order's when left out (``venue`` None); another symbol or
+        venue than the order's is ``InvalidInput``, nothing appended. Any other fee names its venue."""
+        order = self.state.orders.get(order_stream_id(account, client_order_id)) \
+            if client_order_id is not None else None
+        if order is not None:  # an unknown order: the rule says so (UnknownOrder)
+            venue, symbol = self._fee_of_order(order, venue, symbol)
         e = build_event(ev.FeeCharged, **self.writer.envelope(occurred_at), account=account, venue=venue,
                         fee_id=fee_id, amount=amount, currency=currency, symbol=symbol, in_kind=in_kind,
                         exec_id=exec_id, client_order_id=client_order_id, reason=reason)
         orders = [order_stream_id(account, client_order_id)] if client_order_id is not None else []
         return self.writer.record_fact(lambda state: rules.decide_fee(state, e), orders=orders)
+
+    @staticmethod
+    def _fee_of_order(order: Any, venue: str | None, symbol: str | None) -> tuple[str, str]:
+        """(venue, symbol) of a fee of ``order``: the order's; a given one that differs is refused."""
+        for name, given, its in (("venue", venue, order.venue), ("symbol", symbol, order.symbol)):
+            if given is not None and given != its:
+                raise InvalidInput(f"a fee of order {order.client_order_id!r} is booked on its position ({its}): "
+                                   f"{name} {given!r} is not the order's; nothing was recorded")
+        return order.venue, order.symbol
 
     def request_cancel(self, account: str, client_order_id: str, reason: str = "", *,
                        occurred_at: datetime | None = None) -> Recorded:
