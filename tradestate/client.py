@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -69,21 +69,12 @@ class IntentResult:
 
 
 @dataclass(frozen=True)
-class ReplaceResult:
-    """An amendment as recorded (``request_replace``): its position, its order stream, its
-    ``replace_id``, and the refusal if the pre-trade check refused it (send it only if
-    ``accepted``)."""
+class ReplaceResult(IntentResult):
+    """An amendment as recorded (``request_replace``): an ``IntentResult`` (``position`` of its
+    ``OrderReplaceRequested``, the order's stream, the refusal if the pre-trade check refused it:
+    send it only if ``accepted``) with the amendment's ``replace_id``."""
 
-    position: int  # global position of the ``OrderReplaceRequested``
-    order_stream: str
-    replace_id: str
-    refusal: RiskRefusal | None = None
-    duplicate: bool = False
-    event_id: UUID | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.refusal is None
+    replace_id: str = field(kw_only=True)
 
 
 class TradestateClient:
@@ -508,16 +499,16 @@ class TradestateClient:
                 refusal = RiskRefusal(list(entry["reasons"]), entry["detail"])
             rid = entry["request"]["replace_id"] if entry is not None else replace_id
             event_id = UUID(entry["request"]["event_id"]) if entry is not None else None
-            return ReplaceResult(decision.position, stream, rid, refusal, duplicate=True, event_id=event_id)
+            return ReplaceResult(decision.position, stream, refusal, duplicate=True, event_id=event_id, replace_id=rid)
         if len(decision.events) > 1:
             refused = decision.events[1][1]
             assert isinstance(refused, ev.OrderReplaceRefused)
             self.stats.refusals += 1
             for code in refused.reasons:
                 REFUSALS.labels(code).inc()
-            return ReplaceResult(positions[0], stream, replace_id, RiskRefusal(list(refused.reasons), refused.detail),
-                                 event_id=e.event_id)
-        return ReplaceResult(positions[0], stream, replace_id, None, event_id=e.event_id)
+            return ReplaceResult(positions[0], stream, RiskRefusal(list(refused.reasons), refused.detail),
+                                 event_id=e.event_id, replace_id=replace_id)
+        return ReplaceResult(positions[0], stream, event_id=e.event_id, replace_id=replace_id)
 
     def record_replace_refused(self, account: str, client_order_id: str, replace_id: str, reason: str, *,
                                occurred_at: datetime | None = None) -> Recorded:
