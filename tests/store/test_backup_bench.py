@@ -6,12 +6,11 @@ import json
 
 import pytest
 
+from tests.support.bench import TINY
 from tradestate.tools.bench.backup import NEW_EVENTS, TARGET_INCREMENT_S, targets
 from tradestate.tools.bench.common import Result
 from tradestate.tools.bench.run import run_bench
 
-TINY = {"single_seconds": 0.3, "writers": 2, "warmup": 5, "batch_size": 10, "batches": 5, "replay_events": 3_000,
-        "repeats": 1, "page": 500, "failover_rounds": 0, "patroni_rounds": 0, "takeovers": 1}
 
 
 @pytest.mark.postgres
