@@ -932,9 +932,12 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         """Where the table has no row at ``position``: the pages of the archived range holding it
         (read from its Parquet file, up to ``upper``), a generator that returns the last position
         it gave; None if no archive holds it (a real hole). Asked only on a hole, never on a live read.
-        Nothing is asked beyond the archived positions known (``archived_upto``)."""
-        if position > self.archived_upto():  # the common hole: an append in flight at the head
-            return None
+        Nothing is asked beyond the archived positions known (``archived_upto``), which are asked
+        again on first meeting a hole: another process may have archived (or restored a log with
+        archives) since they were last asked, and the hole is then an archived range, not an
+        append in flight to wait for and void."""
+        if position > self.archived_upto(fresh=position not in self._holes):  # the common hole: an append
+            return None  # in flight at the head
         from . import archive
 
         found = archive.covering(cur, self.schema, self.table, position, self.datastore.target.archive or None)
