@@ -1101,19 +1101,18 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             return out
         with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
-            at = 0
-            while at < len(wanted):
-                found = archive.covering(cur, self.schema, self.table, wanted[at], self.datastore.target.archive or None)
+            for arch in archive._archived(cur, self.schema, self.table):  # one look at the archives
+                lo = bisect.bisect_left(wanted, arch.first_position)
+                hi = bisect.bisect_right(wanted, arch.last_position)
+                if arch.attached or lo == hi:
+                    continue  # restored as a partition (its rows are live), or none of it wanted
+                found = archive.covering(cur, self.schema, self.table, wanted[lo], self.datastore.target.archive or None)
                 if found is None:
-                    at += 1  # not archived (a live row)
                     continue
-                arch, path = found
-                end = bisect.bisect_right(wanted, arch.last_position, at)
-                targets = set(wanted[at:end])
-                for page in archive.read_pages(path, wanted[at], wanted[end - 1]):
+                targets = set(wanted[lo:hi])
+                for page in archive.read_pages(found[1], wanted[lo], wanted[hi - 1]):
                     out += [r for r in page if r[0] in targets]
-                at = end
-        return out
+        return sorted(out, key=lambda r: r[0])
 
     def close(self) -> None:
         """Give back the connections threads keep pinned and close the pool; the log is unusable
