@@ -349,3 +349,53 @@ def test_a_writer_that_outlives_a_convert_and_an_archive_run_sees_the_archived_v
             Leases.of(writer).acquire("e1", "v", 30, stream="engine-e1", event=_lease_event)
         assert Leases.of(writer).acquire("e1", "w", 30, stream="engine-e1", event=_lease_event).epoch == 2
         assert [e.originator_version for e in writer.trading.read_stream("engine-e1")] == [1, 2]
+
+
+_ENGINE = """
+import sys
+
+import tradestate
+from tradestate.recovery import engine_ids
+
+client = tradestate.connect(sys.argv[1], engine_id="e1", lease_seconds=30)  # its lease event: the layout asked
+print("ready", flush=True)
+sys.stdin.readline()  # the parent restores the log meanwhile
+client.engine_stopped("e1")  # the clean stop, and the lease handed back (LeaseReleased)
+print(",".join(engine_ids(client.store)), flush=True)
+client.close()
+"""
+
+
+def test_an_engine_process_that_outlives_a_restore_stops_cleanly(pg_url, tmp_path):
+    """Two processes: an engine holds its lease on a partitioned log, the operator restores a
+    backup (taken meanwhile) over it from another process; the engine's clean stop records its
+    events and hands the lease back in the restored log."""
+    import subprocess
+    import sys
+
+    import orjson
+
+    from tradestate.adapters.store import backup as bk
+
+    url = partitioned(pg_url)
+    open_store(url).close()
+    engine = subprocess.Popen([sys.executable, "-c", _ENGINE, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert engine.stdout.readline().strip() == "ready", engine.stderr.read()
+        with open_store(url, create=False) as operator:
+            bk.backup(operator, tmp_path / "log.tsb")
+        bk.restore(url, tmp_path / "log.tsb", force=True, keep_previous=False)
+        out, err = engine.communicate("restored\n", timeout=60)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+    assert engine.returncode == 0, err
+    assert out.strip() == "e1"
+    with open_store(url, create=False) as restored:
+        with read_cursor(restored) as cur:
+            assert not P.is_partitioned(cur, restored.trading.schema, "ts_events")  # a plain log now
+        events = restored.trading.read_stream("engine-e1")
+        assert [e.topic for e in events][-2:] == ["EngineStopped", "LeaseReleased"]
+        assert orjson.loads(events[-1].state)["epoch"] == 1
