@@ -510,6 +510,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         self._barrier = "SELECT pg_logical_emit_message(true, 'tradestate', 'durable')"
         self._holes: dict[int, float] = {}  # hole position -> when this reader first waited on it
         self._hole_holders: dict[int, frozenset[str]] = {}  # hole position -> transactions that could fill it
+        self._holes_asked: set[int] = set()  # holes this reader asked again whether they are archived
         # A hot standby sees none of its primary's locks (and cannot void anyway): it never asks.
         self._sequence_holders = SQL(
             "SELECT pg_is_in_recovery(), ARRAY(SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation'"
@@ -933,11 +934,17 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         (read from its Parquet file, up to ``upper``), a generator that returns the last position
         it gave; None if no archive holds it (a real hole). Asked only on a hole, never on a live read.
         Nothing is asked beyond the archived positions known (``archived_upto``), which are asked
-        again on first meeting a hole: another process may have archived (or restored a log with
-        archives) since they were last asked, and the hole is then an archived range, not an
-        append in flight to wait for and void."""
-        if position > self.archived_upto(fresh=position not in self._holes):  # the common hole: an append
-            return None  # in flight at the head
+        again, once per hole, when it outlasts ``hole_probe_after`` (before anyone asks who could
+        fill it): another process may have archived (or restored a log with archives) since, and
+        the hole is then an archived range, not an append in flight to wait for and void. (Asked
+        on first meeting a hole, a tail behind busy writers asked once per 7 rows read.)"""
+        seen = self._holes.get(position)
+        fresh = (seen is not None and position not in self._holes_asked
+                 and time.monotonic() - seen >= (self.hole_probe_after or 0.0))
+        if fresh:
+            self._holes_asked.add(position)
+        if position > self.archived_upto(fresh=fresh):  # the common hole: an append in flight at the head
+            return None
         from . import archive
 
         found = archive.covering(cur, self.schema, self.table, position, self.datastore.target.archive or None)
@@ -983,6 +990,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
     def _forget_holes(self, reached: int) -> None:
         self._holes = {p: t for p, t in self._holes.items() if p > reached}
         self._hole_holders = {p: h for p, h in self._hole_holders.items() if p > reached}
+        self._holes_asked = {p for p in self._holes_asked if p > reached}
 
     def _void_hole(self, conn: psycopg.Connection[Any], position: int, last: int | None = None) -> bool:
         """True once the hole ``position..last`` is filled (by us, or by its writers' commits).
@@ -1003,6 +1011,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         conn.execute(self._void_range, (position, last))
         self._holes.pop(position, None)
         self._hole_holders.pop(position, None)
+        self._holes_asked.discard(position)
         return True
 
     def _unfillable(self, conn: psycopg.Connection[Any], position: int, waited: float) -> bool:
