@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -68,21 +68,12 @@ class IntentResult:
 
 
 @dataclass(frozen=True)
-class ReplaceResult:
-    """An amendment as recorded (``request_replace``): its position, its order stream, its
-    ``replace_id``, and the refusal if the pre-trade check refused it (send it only if
-    ``accepted``)."""
+class ReplaceResult(IntentResult):
+    """An amendment as recorded (``request_replace``): an ``IntentResult`` (``position`` of its
+    ``OrderReplaceRequested``, the order's stream, the refusal if the pre-trade check refused it:
+    send it only if ``accepted``) with the amendment's ``replace_id``."""
 
-    position: int  # global position of the ``OrderReplaceRequested``
-    order_stream: str
-    replace_id: str
-    refusal: RiskRefusal | None = None
-    duplicate: bool = False
-    event_id: UUID | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.refusal is None
+    replace_id: str = field(kw_only=True)
 
 
 class TradestateClient:
@@ -415,7 +406,7 @@ class TradestateClient:
     def record_fee(
         self,
         account: str,
-        venue: str,
+        venue: str | None,
         fee_id: str,
         amount: Decimal | int | str,
         *,
@@ -429,12 +420,29 @@ class TradestateClient:
     ) -> Recorded:
         """Record a fee the venue posted apart from its fill (a late commission report by exec id, a
         fee activity by its id), once per ``fee_id``: cash in ``currency``, fees and net P&L
-        follow; ``in_kind``: taken in the asset of position ``symbol`` (its quantity shrinks)."""
+        follow; ``in_kind``: taken in the asset of position ``symbol`` (its quantity shrinks).
+
+        A fee of one of our orders (``client_order_id``) is booked on that order's position: its
+        ``symbol`` and ``venue`` are the order's when left out (``venue`` None); another symbol or
+        venue than the order's is ``InvalidInput``, nothing appended. Any other fee names its venue."""
+        order = self.state.orders.get(order_stream_id(account, client_order_id)) \
+            if client_order_id is not None else None
+        if order is not None:  # an unknown order: the rule says so (UnknownOrder)
+            venue, symbol = self._fee_of_order(order, venue, symbol)
         e = build_event(ev.FeeCharged, **self.writer.envelope(occurred_at), account=account, venue=venue,
                         fee_id=fee_id, amount=amount, currency=currency, symbol=symbol, in_kind=in_kind,
                         exec_id=exec_id, client_order_id=client_order_id, reason=reason)
         orders = [order_stream_id(account, client_order_id)] if client_order_id is not None else []
         return self.writer.record_fact(lambda state: rules.decide_fee(state, e), orders=orders)
+
+    @staticmethod
+    def _fee_of_order(order: Any, venue: str | None, symbol: str | None) -> tuple[str, str]:
+        """(venue, symbol) of a fee of ``order``: the order's; a given one that differs is refused."""
+        for name, given, its in (("venue", venue, order.venue), ("symbol", symbol, order.symbol)):
+            if given is not None and given != its:
+                raise InvalidInput(f"a fee of order {order.client_order_id!r} is booked on its position ({its}): "
+                                   f"{name} {given!r} is not the order's; nothing was recorded")
+        return order.venue, order.symbol
 
     def request_cancel(self, account: str, client_order_id: str, reason: str = "", *,
                        occurred_at: datetime | None = None) -> Recorded:
@@ -490,16 +498,16 @@ class TradestateClient:
                 refusal = RiskRefusal(list(entry["reasons"]), entry["detail"])
             rid = entry["request"]["replace_id"] if entry is not None else replace_id
             event_id = UUID(entry["request"]["event_id"]) if entry is not None else None
-            return ReplaceResult(decision.position, stream, rid, refusal, duplicate=True, event_id=event_id)
+            return ReplaceResult(decision.position, stream, refusal, duplicate=True, event_id=event_id, replace_id=rid)
         if len(decision.events) > 1:
             refused = decision.events[1][1]
             assert isinstance(refused, ev.OrderReplaceRefused)
             self.stats.refusals += 1
             for code in refused.reasons:
                 REFUSALS.labels(code).inc()
-            return ReplaceResult(positions[0], stream, replace_id, RiskRefusal(list(refused.reasons), refused.detail),
-                                 event_id=e.event_id)
-        return ReplaceResult(positions[0], stream, replace_id, None, event_id=e.event_id)
+            return ReplaceResult(positions[0], stream, RiskRefusal(list(refused.reasons), refused.detail),
+                                 event_id=e.event_id, replace_id=replace_id)
+        return ReplaceResult(positions[0], stream, event_id=e.event_id, replace_id=replace_id)
 
     def record_replace_refused(self, account: str, client_order_id: str, replace_id: str, reason: str, *,
                                occurred_at: datetime | None = None) -> Recorded:

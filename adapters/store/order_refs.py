@@ -268,10 +268,9 @@ def rows_at(store: Store, stream_id: str, wanted: Iterable[int]) -> list[tuple[A
             cur.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {table}"
                         f" WHERE position IN ({', '.join([p] * len(part))}) AND stream_id = {p}", (*part, stream_id))
             out.extend(cur.fetchall())
-    if len(out) < len(wanted) and _archived_upto(store):  # archived events: the log reads them from the files
+    if len(out) < len(wanted) and _archived_upto(store):  # archived events: only those rows, from the files
         missing = set(wanted) - {r[0] for r in out}
-        out += [(e.position, e.originator_id, e.originator_version, e.topic, e.state, e.recorded_at)
-                for e in store.trading.read_stream(stream_id) if e.position in missing]
+        out += [r for r in store.trading.archived_rows(missing) if r[1] == stream_id]
     return [(r[0], r[1], r[2], r[3], bytes(r[4]), as_time(r[5])) for r in sorted(out, key=lambda r: r[0])]
 
 
@@ -293,9 +292,8 @@ def rows_after(store: Store, stream_id: str, after: int) -> list[tuple[Any, ...]
         cur.execute(f"SELECT position, stream_id, stream_version, type, data, recorded_at FROM {table}"
                     f" WHERE position > {p} AND {stream} = {p} ORDER BY position", (after, stream_id))
         rows = cur.fetchall()
-    if after < _archived_upto(store):  # part of the range is archived: the log reads it from the files
+    if after < _archived_upto(store):  # part of the range is archived: only the stream's rows there, from the files
         seen = {r[0] for r in rows}
-        rows = sorted(rows + [(e.position, e.originator_id, e.originator_version, e.topic, e.state, e.recorded_at)
-                              for e in store.trading.read_stream(stream_id)
-                              if e.position > after and e.position not in seen], key=lambda r: r[0])
+        rows = sorted(rows + [r for r in store.trading.archived_stream(stream_id, after_position=after)
+                              if r[0] not in seen], key=lambda r: r[0])
     return [(r[0], r[1], r[2], r[3], bytes(r[4]), as_time(r[5])) for r in rows]

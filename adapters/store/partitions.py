@@ -360,9 +360,6 @@ def convert(store: Any, table: str, *, month: str | None = None, lock_timeout: f
         for statement in _partition_statements(schema, table, partition_name(table, month), end, None):
             cur.execute(statement)
         cur.execute(json_view_statement(schema, table))
-    for log in (store.trading, store.market):  # this process's logs know it at once
-        if getattr(log, "table", None) == table:
-            log._is_partitioned = (True, 0.0)
     from .digest import protect_log
 
     protect_log(store)  # the parent's own statement triggers (the renamed table took the old ones)

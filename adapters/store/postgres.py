@@ -26,6 +26,7 @@ here, whatever the number of writers). We keep its recorder interface and replac
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import select
@@ -34,7 +35,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import datetime
 from typing import Any
@@ -582,6 +583,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         self._barrier = "SELECT pg_logical_emit_message(true, 'tradestate', 'durable')"
         self._holes: dict[int, float] = {}  # hole position -> when this reader first waited on it
         self._hole_holders: dict[int, frozenset[str]] = {}  # hole position -> transactions that could fill it
+        self._holes_asked: set[int] = set()  # holes this reader asked again whether they are archived
         # A hot standby sees none of its primary's locks (and cannot void anyway): it never asks.
         self._sequence_holders = SQL(
             "SELECT pg_is_in_recovery(), ARRAY(SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation'"
@@ -1004,8 +1006,17 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         """Where the table has no row at ``position``: the pages of the archived range holding it
         (read from its Parquet file, up to ``upper``), a generator that returns the last position
         it gave; None if no archive holds it (a real hole). Asked only on a hole, never on a live read.
-        Nothing is asked beyond the archived positions known (``archived_upto``)."""
-        if position > self.archived_upto():  # the common hole: an append in flight at the head
+        Nothing is asked beyond the archived positions known (``archived_upto``), which are asked
+        again, once per hole, when it outlasts ``hole_probe_after`` (before anyone asks who could
+        fill it): another process may have archived (or restored a log with archives) since, and
+        the hole is then an archived range, not an append in flight to wait for and void. (Asked
+        on first meeting a hole, a tail behind busy writers asked once per 7 rows read.)"""
+        seen = self._holes.get(position)
+        fresh = (seen is not None and position not in self._holes_asked
+                 and time.monotonic() - seen >= (self.hole_probe_after or 0.0))
+        if fresh:
+            self._holes_asked.add(position)
+        if position > self.archived_upto(fresh=fresh):  # the common hole: an append in flight at the head
             return None
         from . import archive
 
@@ -1024,30 +1035,20 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         return pages()
 
     @property
-    def _partitioned(self) -> bool:
-        """Whether the table is partitioned (a plain table never has archives). Once True, kept;
-        a False is asked again after a minute (a log may be converted under a running process)."""
-        known, at = getattr(self, "_is_partitioned", (False, -1e9))
-        if known or time.monotonic() - at < 60:
-            return known
-        from .partitions import is_partitioned
-
-        with self._connection() as conn:
-            known = is_partitioned(conn.cursor(row_factory=tuple_row), self.schema, self.table)
-        self._is_partitioned = (known, time.monotonic())
-        return known
-
-    @property
     def versions_relation(self) -> str:
         """Where a stream's current version is read (``max(stream_version) ... WHERE stream_id``):
         the versions table of a partitioned log (it holds archived events' versions too), else the
-        log's table."""
-        if self._partitioned:
-            from .partitions import versions_table
+        log's table. Asked of the catalog each time (one query; the callers are a lease change, a
+        coalescer's conflict round, the engine list), never kept: another process may swap the
+        log under this one (a restore, a migration, ``partitions convert``), and a kept answer
+        named a versions table that was gone, or missed the archived versions."""
+        from .partitions import is_partitioned, versions_table
 
+        with self._connection() as conn:
+            partitioned = is_partitioned(conn.cursor(row_factory=tuple_row), self.schema, self.table)
+        if partitioned:
             return f"{quote(self.schema)}.{quote(versions_table(self.table))}"
         return f"{quote(self.schema)}.{quote(self.table)}"
-
 
     def held_back_for(self, position: int) -> float | None:
         """Seconds this reader has been waiting on a hole above ``position`` (the oldest such hole
@@ -1062,6 +1063,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
     def _forget_holes(self, reached: int) -> None:
         self._holes = {p: t for p, t in self._holes.items() if p > reached}
         self._hole_holders = {p: h for p, h in self._hole_holders.items() if p > reached}
+        self._holes_asked = {p for p in self._holes_asked if p > reached}
 
     def _void_hole(self, conn: psycopg.Connection[Any], position: int, last: int | None = None) -> bool:
         """True once the hole ``position..last`` is filled (by us, or by its writers' commits).
@@ -1082,6 +1084,7 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
         conn.execute(self._void_range, (position, last))
         self._holes.pop(position, None)
         self._hole_holders.pop(position, None)
+        self._holes_asked.discard(position)
         return True
 
     def _unfillable(self, conn: psycopg.Connection[Any], position: int, waited: float) -> bool:
@@ -1124,17 +1127,22 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
                 (stream_id, after_version),
             ).fetchall()
         events = [RecordedEvent.from_row(r) for r in rows]
-        if (not events or events[0].originator_version > after_version + 1) and self.archived_upto():
+        # a stream that begins above version 1 has archived events whatever a kept answer says
+        # (another process archived, or restored a log with archives): ask again then
+        if (not events or events[0].originator_version > after_version + 1) and self.archived_upto(
+                fresh=bool(events)):
             # the stream's earlier events may be archived: the versions table knows where they were
-            events = [RecordedEvent.from_row(r) for r in self._archived_stream(
-                stream_id, after_version, events[0].originator_version if events else None)] + events
+            events = [RecordedEvent.from_row(r) for r in self.archived_stream(
+                stream_id, after_version=after_version,
+                below_version=events[0].originator_version if events else None)] + events
         return events
 
-    def archived_upto(self) -> int:
+    def archived_upto(self, *, fresh: bool = False) -> int:
         """The last position of this log held only by an archive file (0: none). Asked again after
-        a minute (an archive run by another process shows then) or once a read met an archive."""
+        a minute (an archive run by another process shows then), when ``fresh``, or once a read
+        met an archive or found the log swapped under it (no versions table any more)."""
         known, at = getattr(self, "_archived_upto", None) or (0, -1e9)
-        if time.monotonic() - at >= 60:
+        if fresh or time.monotonic() - at >= 60:
             from . import archive
 
             with self._connection() as conn:
@@ -1143,30 +1151,50 @@ class PostgresEventLog(PostgresApplicationRecorder, EventLog):
             self._archived_upto = (known, time.monotonic())
         return known
 
-    def _archived_stream(self, stream_id: str, after_version: int, below: int | None) -> list[Any]:
-        """The archived rows of ``stream_id`` with ``after_version < version < below``, in version order."""
-        from . import archive
+    def archived_stream(self, stream_id: str, *, after_version: int = 0, below_version: int | None = None,
+                        after_position: int = 0) -> list[Any]:
+        """The archived rows of ``stream_id`` with ``after_version < version < below_version`` and
+        ``position > after_position``, in version order, as the log's table holds rows (the versions
+        table says where they are; only those positions are read from the files). [] when the log
+        has no versions table (a plain log swapped in under this one: nothing is archived)."""
         from .partitions import versions_table
 
         with self._connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
+            cur.execute("SELECT to_regclass(%s)", (f"{quote(self.schema)}.{quote(versions_table(self.table))}",))
+            if cur.fetchone()[0] is None:
+                self._archived_upto = (0, time.monotonic())
+                return []
             cur.execute(SQL("SELECT position FROM {}.{} WHERE stream_id = %s AND stream_version > %s"
-                            " AND stream_version < %s ORDER BY stream_version").format(
+                            " AND stream_version < %s AND position > %s").format(
                 Identifier(self.schema), Identifier(versions_table(self.table))),
-                (stream_id, after_version, below if below is not None else 2**62))
+                (stream_id, after_version, below_version if below_version is not None else 2**62, after_position))
             wanted = [p for (p,) in cur.fetchall()]
-            out: list[Any] = []
-            for position in wanted:
-                if out and out[-1][0] >= position:
-                    continue
-                found = archive.covering(cur, self.schema, self.table, position, self.datastore.target.archive or None)
+        return sorted(self.archived_rows(wanted), key=lambda r: r[2])
+
+    def archived_rows(self, positions: Iterable[int]) -> list[Any]:
+        """The rows at ``positions`` that archive files hold (the others are left out), in position
+        order; each file is read over the span of the wanted positions it holds, no further."""
+        from . import archive
+
+        wanted = sorted(set(positions))
+        out: list[Any] = []
+        if not wanted:
+            return out
+        with self._connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            for arch in archive._archived(cur, self.schema, self.table):  # one look at the archives
+                lo = bisect.bisect_left(wanted, arch.first_position)
+                hi = bisect.bisect_right(wanted, arch.last_position)
+                if arch.attached or lo == hi:
+                    continue  # restored as a partition (its rows are live), or none of it wanted
+                found = archive.covering(cur, self.schema, self.table, wanted[lo], self.datastore.target.archive or None)
                 if found is None:
-                    continue  # not archived (a live row the first read did not see yet)
-                arch, path = found
-                targets = {p for p in wanted if arch.first_position <= p <= arch.last_position}
-                for page in archive.read_pages(path, min(targets), max(targets)):
+                    continue
+                targets = set(wanted[lo:hi])
+                for page in archive.read_pages(found[1], wanted[lo], wanted[hi - 1]):
                     out += [r for r in page if r[0] in targets]
-        return sorted(out, key=lambda r: r[2])
+        return sorted(out, key=lambda r: r[0])
 
     def close(self) -> None:
         """Give back the connections threads keep pinned and close the pool; the log is unusable

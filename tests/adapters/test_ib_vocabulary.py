@@ -15,6 +15,7 @@ from decimal import Decimal as D
 import pytest
 
 from tests.support.fake_tws import FakeTWS
+from tests.support.reconcile import kinds, types
 from tradestate.adapters.brokers.base import OrderRequest
 from tradestate.adapters.brokers.ib import IBAdapter
 from tradestate.adapters.store import open_store
@@ -59,14 +60,6 @@ def our_order(client, server: FakeTWS, coid: str, qty: int = 100, *, tif: str = 
 
 def order_of(client, coid):
     return client.state.orders.get(order_stream_id(ACCOUNT, coid))
-
-
-def types(result):
-    return [e["type"] for e in result.corrective_events]
-
-
-def kinds(result):
-    return sorted(d["kind"] for d in result.discrepancies)
 
 
 def position(client, symbol="AAPL"):

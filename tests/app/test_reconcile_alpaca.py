@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import venues
 from tests.support.fake_alpaca import FakeAlpaca
+from tests.support.reconcile import kinds, types
 from tradestate.adapters.brokers.base import OrderRequest
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
@@ -48,14 +49,6 @@ def adapter(fake):
 
 def order_of(client, coid):
     return client.state.orders.get(order_stream_id(ACCOUNT, coid))
-
-
-def kinds(result):
-    return sorted(d["kind"] for d in result.discrepancies)
-
-
-def types(result):
-    return sorted(e["type"] for e in result.corrective_events)
 
 
 def ours(client, coid, symbol="AAPL", side="buy", qty="10", *, limit="100", tif="day", ack=None):

@@ -16,6 +16,7 @@ from decimal import Decimal as D
 import pytest
 
 from tests.support import venues
+from tests.support.reconcile import kinds, types
 from tradestate.adapters.store import open_store
 from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id
@@ -93,14 +94,6 @@ def submitted(client, control, coid, symbol="AAPL", side="buy", qty=10, limit="1
                                   venue=control.venue)
     assert result.accepted
     client.record_submitted(ACCOUNT, coid)
-
-
-def kinds(result):
-    return sorted(d["kind"] for d in result.discrepancies)
-
-
-def types(result):
-    return [e["type"] for e in result.corrective_events]
 
 
 def assert_settled(run):

@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -22,22 +20,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from tradestate.adapters.store import open_store
 from tradestate.domain.errors import TradestateError
 from tradestate.projections import queries
-from tradestate.projections.http.server import background_server, run_server
+from tradestate.projections.http.server import run_server
 from tradestate.projections.projector import Projector
 
 import tradestate
+from tests.support.http import serving
 
 TOKEN = "s3cret-token-for-tests"
 
 
 # ------------------------------------------------------------------------------- harness
-@contextmanager
-def serving(url: str, **options: Any) -> Iterator[httpx.Client]:
-    """The API for ``url`` served by uvicorn on a free 127.0.0.1 port, in a background thread."""
-    with background_server(url, **options) as base_url, httpx.Client(base_url=base_url, timeout=10) as http:
-        yield http
-
-
 def project(url: str) -> int:
     store = open_store(url)
     try:

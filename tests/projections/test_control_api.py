@@ -9,20 +9,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from functools import partial
 
 import httpx
 import pytest
 from tradestate.adapters.store import open_store
 from tradestate.domain.errors import InvalidInput
 from tradestate.projections.http.auth import HostPolicy, load_tokens
-from tradestate.projections.http.server import background_server, run_server
+from tradestate.projections.http.server import run_server
 from tradestate.projections.projector import Projector
 
 import tradestate
 from tests.support.gates import waiting_gate
+from tests.support.http import serving as http_serving
 from tests.support.controls import control_events, head
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
@@ -33,11 +32,7 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@contextmanager
-def serving(url: str, **options: Any) -> Iterator[httpx.Client]:
-    options.setdefault("watch_engines", False)
-    with background_server(url, **options) as base_url, httpx.Client(base_url=base_url, timeout=10) as http:
-        yield http
+serving = partial(http_serving, watch_engines=False)  # the engines are not watched unless a test asks
 
 
 def make_log(url: str) -> None:

@@ -5,17 +5,15 @@ shows its figures; a failed or stale one makes /health degraded with the reason.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from functools import partial
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from tests.support.http import serving as http_serving
 from tests.support.projector_worker import write_session
 from tradestate.adapters.store import backup as bk
 from tradestate.adapters.store import open_store
 from tradestate.drill import drill
-from tradestate.projections.http.server import background_server
 from tradestate.projections.projector import Projector
 
 import tradestate
@@ -26,11 +24,7 @@ DRILL_FAMILIES = ("tradestate_drill_last_completed_timestamp_seconds", "tradesta
                   "tradestate_drill_rto_seconds", "tradestate_drill_rpo_seconds", "tradestate_drill_events_behind")
 
 
-@contextmanager
-def serving(url: str, **options: Any) -> Iterator[httpx.Client]:
-    with background_server(url, token=TOKEN, **options) as base_url, httpx.Client(base_url=base_url,
-                                                                                   timeout=10) as http:
-        yield http
+serving = partial(http_serving, token=TOKEN)
 
 
 def project(url: str) -> None:

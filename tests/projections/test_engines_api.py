@@ -6,29 +6,20 @@ gauges; the hung engine's next call is refused (NotLeader)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tradestate.adapters.store import open_store
 from tradestate.engines import engines
-from tradestate.projections.http.server import background_server
 from tradestate.projections.projector import Projector
 
 import tradestate
+from tests.support.http import serving
 
 TOKEN = "engines-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@contextmanager
-def serving(url: str, **options: Any) -> Iterator[httpx.Client]:
-    with background_server(url, **options) as base_url, httpx.Client(base_url=base_url, timeout=10) as http:
-        yield http
 
 
 def project(url: str) -> None:

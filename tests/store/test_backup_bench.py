@@ -6,12 +6,11 @@ import json
 
 import pytest
 
+from tests.support.bench import TINY
 from tradestate.tools.bench.backup import NEW_EVENTS, TARGET_INCREMENT_S, targets
 from tradestate.tools.bench.common import Result
 from tradestate.tools.bench.run import run_bench
 
-TINY = {"single_seconds": 0.3, "writers": 2, "warmup": 5, "batch_size": 10, "batches": 5, "replay_events": 3_000,
-        "repeats": 1, "page": 500, "failover_rounds": 0, "patroni_rounds": 0, "takeovers": 1}
 
 
 @pytest.mark.postgres
@@ -36,3 +35,17 @@ def test_the_target_is_one_second_for_the_increment():
                             "10.00 s, 0.025x)")
     [(met, _line)] = targets([Result("backup_incremental", "postgresql", 1.5, "s", "backup_full", 10.0, 0.15)])
     assert not met
+
+
+def test_the_target_line_states_the_increment_against_the_same_runs_raw_copy_of_its_rows():
+    """Beside the absolute 1 s: the increment over the raw copy of the same new rows to a file
+    (same run, same load), the ratio the JSON's target carries."""
+    from tradestate.tools.bench.run import _target_doc
+
+    rows = [Result("backup_incremental", "sqlite", 0.25, "s", "backup_full", 10.0, 0.025),
+            Result("backup_incremental_raw", "sqlite", 0.1, "s", "10,000 new rows copied to a file", 0.1, 1.0),
+            Result("backup_incremental_raw", "postgresql", 0.2, "s", "10,000 new rows copied to a file", 0.2, 1.0)]
+    [(met, line)] = targets(rows)
+    assert met and line.startswith("backup_incremental (sqlite): 0.250 s for 10,000 new events (target < 1 s;")
+    assert line.endswith("2.50x the raw copy of the same rows, 0.100 s)")
+    assert _target_doc("backup", met, line, 2_000)["ratio"] == 2.5

@@ -290,3 +290,112 @@ def test_convert_under_concurrent_appends_loses_no_acknowledged_event(pg_url):
             assert versions == list(range(1, len(versions) + 1))
     finally:
         s.close()
+
+
+# ------------------------------------------------------------------ another process changes the layout
+
+
+def _lease_event(previous, epoch):
+    import orjson
+
+    return "LeaseAcquired", orjson.dumps({"epoch": epoch})
+
+
+def test_a_writer_that_outlives_a_restore_reads_versions_from_the_restored_log(pg_url, tmp_path):
+    """A restore (another process) swaps a plain log in for a partitioned one: a writer opened
+    before, whose log had already looked at the layout, finds its streams' versions in the restored
+    log (its versions table went with the old log), and reads across no archive it no longer has."""
+    from tradestate.adapters.store import backup as bk
+    from tradestate.adapters.store.lease import Leases
+    from tradestate.recovery import engine_ids
+
+    url = partitioned(pg_url)
+    with open_store(url) as writer:
+        Leases.of(writer).acquire("e1", "w", 30, stream="engine-e1", event=_lease_event)
+        assert engine_ids(writer) == ["e1"]
+        writer.trading._archived_upto = (7, 1e18)  # it had seen archived positions (and will not ask again)
+        bk.backup(writer, tmp_path / "log.tsb")
+        writer.trading.append([ev("x", 1)])
+        bk.restore(url, tmp_path / "log.tsb", force=True, keep_previous=False)  # as another process would
+        with read_cursor(writer) as cur:
+            assert not P.is_partitioned(cur, writer.trading.schema, "ts_events")  # restored as a plain log
+        assert engine_ids(writer) == ["e1"]
+        lease = Leases.of(writer).acquire("e2", "w", 30, stream="engine-e2", event=_lease_event)
+        assert lease.epoch == 1
+        writer.trading.append([ev("x", 1)])  # x@1 was appended after the backup: free again
+        assert writer.trading.read_stream("nobody") == []
+
+
+def test_a_writer_that_outlives_a_convert_and_an_archive_run_sees_the_archived_versions(pg_url, tmp_path):
+    """Another process converts the plain log to partitions and archives its first month: a
+    writer whose log had looked at the layout before sees the archived versions at once (the
+    engine's stream lives only in the archive now), not a minute later."""
+    from tradestate.adapters.store import archive as A
+    from tradestate.adapters.store import digest
+    from tradestate.adapters.store.lease import Leases
+    from tradestate.domain.errors import LeaseHeld
+    from tradestate.recovery import engine_ids
+
+    with open_store(pg_url) as writer, open_store(pg_url, create=False) as other:
+        Leases.of(writer).acquire("e1", "w", 30, stream="engine-e1", event=_lease_event)
+        assert engine_ids(writer) == ["e1"]  # asked on the plain layout
+        other.trading.append([ev("a", 1)])
+        P.convert(other, "ts_events", month="2000-01")  # the old table becomes a closed partition
+        other.trading.append([ev("a", 2)])
+        digest.seal(other)
+        assert [a.rows for a in A.archive(other, tmp_path, before="9999-12")] == [2]
+        assert engine_ids(writer) == ["e1"]
+        with pytest.raises(LeaseHeld):  # the archived lease event's version is known: the lease is the holder's
+            Leases.of(writer).acquire("e1", "v", 30, stream="engine-e1", event=_lease_event)
+        assert Leases.of(writer).acquire("e1", "w", 30, stream="engine-e1", event=_lease_event).epoch == 2
+        assert [e.originator_version for e in writer.trading.read_stream("engine-e1")] == [1, 2]
+
+
+_ENGINE = """
+import sys
+
+import tradestate
+from tradestate.recovery import engine_ids
+
+client = tradestate.connect(sys.argv[1], engine_id="e1", lease_seconds=30)  # its lease event: the layout asked
+print("ready", flush=True)
+sys.stdin.readline()  # the parent restores the log meanwhile
+client.engine_stopped("e1")  # the clean stop, and the lease handed back (LeaseReleased)
+print(",".join(engine_ids(client.store)), flush=True)
+client.close()
+"""
+
+
+def test_an_engine_process_that_outlives_a_restore_stops_cleanly(pg_url, tmp_path):
+    """Two processes: an engine holds its lease on a partitioned log, the operator restores a
+    backup (taken meanwhile) over it from another process; the engine's clean stop records its
+    events and hands the lease back in the restored log."""
+    import subprocess
+    import sys
+
+    import orjson
+
+    from tradestate.adapters.store import backup as bk
+
+    url = partitioned(pg_url)
+    open_store(url).close()
+    engine = subprocess.Popen([sys.executable, "-c", _ENGINE, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert engine.stdout.readline().strip() == "ready", engine.stderr.read()
+        with open_store(url, create=False) as operator:
+            bk.backup(operator, tmp_path / "log.tsb")
+        bk.restore(url, tmp_path / "log.tsb", force=True, keep_previous=False)
+        out, err = engine.communicate("restored\n", timeout=60)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+    assert engine.returncode == 0, err
+    assert out.strip() == "e1"
+    with open_store(url, create=False) as restored:
+        with read_cursor(restored) as cur:
+            assert not P.is_partitioned(cur, restored.trading.schema, "ts_events")  # a plain log now
+        events = restored.trading.read_stream("engine-e1")
+        assert [e.topic for e in events][-2:] == ["EngineStopped", "LeaseReleased"]
+        assert orjson.loads(events[-1].state)["epoch"] == 1

@@ -27,3 +27,17 @@ def stage_missed_fill(client, sim):
     client.record_submitted(ACCOUNT, "o1")
     sim.stage_order(client_order_id="o1", symbol="AAPL", side="buy", qty=D(10), status="filled",
                     fills=[("E1", D(10), D(100))])
+
+
+def kinds(result) -> list[str]:
+    """The kinds of a reconciliation's discrepancies, sorted: of a run's result (dicts) or of the
+    domain's plan (``plan_reconciliation``: objects)."""
+    return sorted(d["kind"] if isinstance(d, dict) else d.kind for d in result.discrepancies)
+
+
+def types(result) -> list[str]:
+    """The types of a reconciliation's corrective events, in the order they are appended: of a
+    run's result (``corrective_events``) or of the domain's plan (``events``)."""
+    if hasattr(result, "corrective_events"):
+        return [e["type"] for e in result.corrective_events]
+    return [e.type_name() for _, e in result.events]

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.system.test_bench_quick import TINY, _bench_schemas, _own_run_id
+from tests.support.bench import TINY
+from tests.system.test_bench_quick import _bench_schemas, _own_run_id
 from tradestate.tools.bench.run import run_bench
 
 pytestmark = pytest.mark.postgres

@@ -15,6 +15,7 @@ import orjson
 import psycopg
 import pytest
 
+from tests.support.bench import TINY
 from tradestate.tools import pg_cluster
 from tradestate.tools.bench.logs import ACCOUNTS, SYMBOLS, generate_trading_rows, open_state_size
 from tradestate.tools.bench.run import run_bench
@@ -28,20 +29,6 @@ MEMORY_ROWS = {("memory_client_warm_open", "interpreter_import_open_store"),
                ("memory_recover_cold", "interpreter_import_open_store"),
                ("memory_projector_rebuild", "interpreter_import_open_store"),
                ("memory_recover_warm_s", "memory_recover_cold_s")}
-
-TINY = {
-    "single_seconds": 0.3,
-    "writers": 2,
-    "warmup": 5,
-    "batch_size": 10,
-    "batches": 5,
-    "replay_events": 3_000,
-    "repeats": 1,
-    "page": 500,
-    "failover_rounds": 0,  # the failover group has its own test: it starts clusters, seconds per round
-    "patroni_rounds": 0,
-    "takeovers": 1,
-}
 
 
 def _run_document(capsys: pytest.CaptureFixture[str], **kwargs) -> dict:

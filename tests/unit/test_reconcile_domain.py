@@ -30,6 +30,8 @@ from tradestate.domain.reconcile import (
 )
 from tradestate.domain.state import TradingState
 
+from tests.support.reconcile import kinds, types
+
 ACCOUNT = "acct-1"
 VENUE = "SIM"
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=timezone.utc)
@@ -108,14 +110,6 @@ def snapshot(*, orders=(), fills=(), positions=(), balances=(), open_orders=None
 
 def plan(state, snap, lookups=None, rid=RID):
     return plan_reconciliation(state, snap, reconciliation_id=rid, now=T0 + timedelta(minutes=5), lookups=lookups)
-
-
-def types(p):
-    return [e.type_name() for _, e in p.events]
-
-
-def kinds(p):
-    return sorted(d.kind for d in p.discrepancies)
 
 
 def order(state, coid):

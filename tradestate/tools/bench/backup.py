@@ -9,8 +9,15 @@ first, as a live log is), SQLite and PostgreSQL:
                         new rows, chain ranges and checkpoints, the manifest, fsync and rename.
                         Best of ``repeats``. Baseline: the full backup.
 ``backup_incremental_encrypted``  the same increment encrypted (AES-256-GCM). Baseline: plain.
+``backup_incremental_raw``  the same new rows copied to a file and fsynced, nothing else (SQLite:
+                        one ``CREATE TABLE AS SELECT`` into a new database file; PostgreSQL: one
+                        binary ``COPY ... TO STDOUT``): the floor an increment of them stands on.
+                        Best of ``repeats``, interleaved with the increments (a burst of load on the
+                        box slows both alike).
 
-Target: the increment of 10,000 events under 1 s at any log length (issue 17). The timings cover
+Target: the increment of 10,000 events under 1 s at any log length (issue 17); the line also
+states it over the same run's raw copy of its rows (the ratio the JSON's target carries), which
+the machine's load moves much less than the seconds. The timings cover
 the ``backup`` call (the store is already open); each increment is checked afterwards (``verify_chain``).
 """
 
@@ -51,6 +58,44 @@ def _timed_backup(url: str, path: str, **kwargs: object) -> tuple[float, object]
         return time.perf_counter() - started, manifest
 
 
+def _raw_increment(url: str, backend: str, after: int, path: str) -> float:
+    """Seconds to copy the trading log's rows after position ``after`` to a new file at ``path``,
+    fsynced: an increment's data movement without its snapshot checks, chain, checkpoints,
+    manifest or compression."""
+    import sqlite3
+
+    from ...adapters.store import open_store
+    from ...adapters.store.sql import read_cursor, sqlite_path
+
+    cols = "position, stream_id, stream_version, type, data, recorded_at"
+    if backend == "sqlite":
+        source = os.path.abspath(os.path.expanduser(sqlite_path(url)))
+        started = time.perf_counter()
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")
+            conn.execute("ATTACH DATABASE ? AS src", (f"file:{source}?mode=ro",))
+            conn.execute(f"CREATE TABLE rows AS SELECT {cols} FROM src.ts_events WHERE position > ? ORDER BY position",
+                         (after,))  # autocommit: a synced commit, as the increment's own file
+        finally:
+            conn.close()
+        seconds = time.perf_counter() - started
+    else:
+        with open_store(url, create=False) as store:
+            table = store.dialect.name("ts_events")
+            started = time.perf_counter()
+            with read_cursor(store) as cur, open(path, "wb") as f:
+                with cur.copy(f"COPY (SELECT {cols} FROM {table} WHERE position > {int(after)} ORDER BY position)"
+                              " TO STDOUT (FORMAT binary)") as copy:
+                    for data in copy:
+                        f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            seconds = time.perf_counter() - started
+    os.remove(path)
+    return seconds
+
+
 def _measure(url: str, backend: str, n: int, repeats: int, workdir: str) -> list[Result]:
     from ...adapters.store import backup as bk
     from ...adapters.store import digest, open_store
@@ -66,9 +111,10 @@ def _measure(url: str, backend: str, n: int, repeats: int, workdir: str) -> list
     _append(url, backend, head, new, "~b")
     with open_store(url, create=False) as store:
         digest.seal(store)
-    plain, encrypted = [], []
+    plain, encrypted, raw = [], [], []
     files = []
     for i in range(repeats):
+        raw.append(_raw_increment(url, backend, head, os.path.join(workdir, f"backup_raw_{backend}_{i}")))
         path = os.path.join(workdir, f"backup_inc_{backend}_{i}.tsb")
         seconds, manifest = _timed_backup(url, path, previous=full)
         plain.append(seconds)
@@ -87,15 +133,16 @@ def _measure(url: str, backend: str, n: int, repeats: int, workdir: str) -> list
         files.append(path)
     bk.verify_chain([full, files[0]])
     bk.verify_chain([full_enc, files[-1]], key=KEY)
-    inc, enc = min(plain), min(encrypted)
+    inc, enc, floor = min(plain), min(encrypted), min(raw)
     log(f"  {backend}: incremental backup of {new:,} events {inc:.3f} s ({os.path.getsize(files[0]) / 1e6:,.2f} MB; "
-        f"all {', '.join(f'{s:.3f}' for s in plain)}); encrypted {enc:.3f} s")
+        f"all {', '.join(f'{s:.3f}' for s in plain)}); encrypted {enc:.3f} s; raw copy of the rows {floor:.3f} s")
     for path in (full, full_enc, *files):
         os.remove(path)
     return [
         result("backup_full", backend, full_s, "s", f"{head:,} events", full_s),
         result("backup_incremental", backend, inc, "s", "backup_full", full_s),
         result("backup_incremental_encrypted", backend, enc, "s", "backup_incremental", inc),
+        result("backup_incremental_raw", backend, floor, "s", f"{new:,} new rows copied to a file", floor),
     ]
 
 
@@ -119,10 +166,14 @@ def run(ctx: BenchContext) -> list[Result]:
 def targets(results: list[Result]) -> list[tuple[bool, str]]:
     """(met, line) for each target of this group found in results."""
     checks = []
+    raw = {r.backend: r.value for r in results if r.metric == "backup_incremental_raw"}
     for r in results:
         if r.metric == "backup_incremental":
+            # the ratio to the same run's raw copy comes last: the one the JSON's target carries
+            against_raw = (f"; {r.value / raw[r.backend]:.2f}x the raw copy of the same rows, {raw[r.backend]:.3f} s"
+                           if r.backend in raw else "")
             checks.append((r.value < TARGET_INCREMENT_S,
                            f"backup_incremental ({r.backend}): {r.value:.3f} s for {NEW_EVENTS:,} new events "
                            f"(target < {TARGET_INCREMENT_S:g} s; full backup {r.baseline_value:.2f} s, "
-                           f"{r.ratio:.3f}x)"))
+                           f"{r.ratio:.3f}x{against_raw})"))
     return checks
