@@ -1,0 +1,355 @@
+"""An independent audit of the Alpaca adapter: scenarios read from Alpaca's documentation (order
+lifecycle, trade_updates events, replace, fractional/notional, crypto and its fees, OTO, regulatory
+fees), run through the real alpaca-py client against ``tests/support/fake_alpaca.py`` and recorded
+into a real SQLite log; reconciliation then has to agree with the venue without blind corrections.
+
+Sources (the fake cites them where it models them): "Orders at Alpaca" (statuses, OTO), "Websocket
+Streaming" (trade_updates events), "Replace Order by ID" (a 200 does not guarantee the replace;
+notional orders cannot be replaced; fractional quantities cannot change), "Crypto Spot Trading" and
+"Crypto Fees" (24/7, the fee in the received asset posted at the end of the day as CFEE),
+"Regulatory Fees" (accrued intraday, deducted at once, posted at the end of the day as FEE).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal as D
+
+import pytest
+
+from tests.support import venues
+from tests.support.fake_alpaca import FakeAlpaca
+from tradestate.adapters.brokers.base import OrderRequest, VenueUpdate
+from tradestate.adapters.store import open_store
+from tradestate.client import TradestateClient
+from tradestate.domain.ids import order_stream_id
+from tradestate.order_flow import OrderFlow, record_update
+from tradestate.reconcile import reconcile
+
+ACCOUNT = venues.ACCOUNT
+VENUE = "ALPACA"
+
+
+@pytest.fixture
+def fake():
+    with FakeAlpaca() as server:
+        yield server
+
+
+@pytest.fixture
+def client(tmp_path):
+    with TradestateClient(open_store(f"sqlite:///{tmp_path}/alpaca.db")) as c:
+        yield c
+
+
+@pytest.fixture
+def adapter(fake):
+    a = fake.adapter()
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+class Stream:
+    """The adapter's trade-updates stream, collected; ``record`` turns them into our events."""
+
+    def __init__(self, adapter, fake) -> None:
+        self.updates: list[VenueUpdate] = []
+        self.adapter = adapter
+        adapter.start_stream(self.updates.append, reconnect_min_delay=0.05)
+        fake.wait_listeners(1)
+
+    def wait(self, condition: Callable[[list[VenueUpdate]], bool], what: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition(list(self.updates)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {[u.kind for u in self.updates]}")
+            time.sleep(0.02)
+
+    def record(self, client) -> None:
+        for u in self.updates:
+            if u.client_order_id and client.state.orders.get(order_stream_id(ACCOUNT, u.client_order_id)):
+                record_update(client, ACCOUNT, u.client_order_id, u)
+        self.updates.clear()
+
+
+def order_of(client, coid):
+    return client.state.orders.get(order_stream_id(ACCOUNT, coid))
+
+
+def kinds(result):
+    return sorted(d["kind"] for d in result.discrepancies)
+
+
+def types(result):
+    return sorted(e["type"] for e in result.corrective_events)
+
+
+def settle(client, adapter):
+    reconcile(client, adapter)
+    again = reconcile(client, adapter)
+    assert again.status == "clean", again
+
+
+def intent(client, coid, symbol="AAPL", side="buy", qty="10", *, limit="100", tif="day"):
+    client.record_intent(ACCOUNT, coid, symbol, side, qty, order_type="limit" if limit else "market",
+                         limit_price=limit, time_in_force=tif, venue=VENUE)
+
+
+def clean(client, adapter):
+    result = reconcile(client, adapter)
+    assert result.status == "clean" and result.corrective_event_ids == [], result
+    return result
+
+
+# -- trade_updates: every documented event ---------------------------------------------------------
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_every_documented_trade_update_event_means_what_the_docs_say(fake, client, adapter):
+    """Websocket Streaming: common events (new, fill, partial_fill, canceled, expired, done_for_day,
+    replaced) and rare ones (accepted, rejected, pending_new, stopped, pending_cancel,
+    pending_replace, calculated, suspended, order_replace_rejected, order_cancel_rejected). Only
+    canceled/expired/rejected/fill finish an order; the rest leave it working."""
+    settle(client, adapter)
+    flow = OrderFlow(client, adapter)
+    stream = Stream(adapter, fake)
+    try:
+        intent(client, "ev")
+        sent = flow.forward(ACCOUNT, "ev")
+        vid = sent.venue_order_id
+        for status, event in [("pending_new", None), ("accepted", None), ("new", None), ("stopped", None),
+                              ("suspended", None), ("pending_cancel", None), ("new", "order_cancel_rejected"),
+                              ("pending_replace", None), ("new", "order_replace_rejected"),
+                              ("done_for_day", None), ("calculated", None), ("new", None)]:
+            fake.set_status(vid, status, event=event)
+        fake.fill(vid, "4", "99.5", exec_id="EV-1")
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the partial fill")
+        stream.record(client)
+        order = order_of(client, "ev")
+        assert order.is_open and order.status == "partially_filled" and order.filled_qty == D(4)
+        fake.set_status(vid, "done_for_day")  # a day order's day is over ...
+        fake.set_status(vid, "expired")  # ... and it expires
+        stream.wait(lambda us: any(u.kind == "expired" for u in us), "the expiry")
+        stream.record(client)
+        assert order_of(client, "ev").status == "expired"
+    finally:
+        adapter.stop_stream()
+    clean(client, adapter)
+
+
+# -- replace: two steps, the race, a refusal, twice in a row --------------------------------------
+
+
+def test_a_replace_confirmed_later_by_the_stream_is_recorded_once(fake, client, adapter):
+    """A PATCH answered 200 with the replacement ``pending_new``; ``replaced`` + ``new`` follow."""
+    settle(client, adapter)
+    fake.replace_in_two_steps = True
+    flow = OrderFlow(client, adapter)
+    intent(client, "R2")
+    sent = flow.forward(ACCOUNT, "R2")
+    fake.fill(sent.venue_order_id, "4", "100", exec_id="R2-a")
+    flow.replace(ACCOUNT, "R2", qty=10, limit_price="101")
+    new = fake.complete_replace(sent.venue_order_id)
+    fake.fill(new["id"], "6", "101", exec_id="R2-b")
+    result = reconcile(client, adapter)
+    order = order_of(client, "R2")
+    print(result, {k: getattr(order, k) for k in ("status", "qty", "filled_qty", "executions", "venue_order_id",
+                                                    "replace_pending", "replaces")}, new["id"])
+    assert (order.status, order.qty, order.filled_qty, order.limit_price) == ("filled", D(10), D(10), D(101))
+    assert order.replace_pending is None and order.venue_order_id == new["id"]
+    assert client.state.position_of(ACCOUNT, VENUE, "AAPL").qty == D(10)
+    clean(client, adapter)
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_a_replace_lost_to_a_fill_leaves_our_order_filled_not_rejected(fake, client, adapter):
+    """"If the existing open order is filled before the replacing (new) order reaches the execution
+    venue, the replacing (new) order is rejected": the old order's fill is ours, the rejection of the
+    replacement does not reject our (filled) order, and the amendment never applied is not kept."""
+    settle(client, adapter)
+    fake.replace_in_two_steps = True
+    flow = OrderFlow(client, adapter)
+    stream = Stream(adapter, fake)
+    try:
+        intent(client, "RL")
+        sent = flow.forward(ACCOUNT, "RL")
+        fake.fill(sent.venue_order_id, "4", "100", exec_id="RL-a")
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the first fill")
+        stream.record(client)
+        flow.replace(ACCOUNT, "RL", qty=10, limit_price="101")
+        fake.replace_lost_to_a_fill(sent.venue_order_id, "100", exec_id="RL-b")
+        stream.wait(lambda us: any(u.kind == "replace_rejected" for u in us) and any(u.kind == "fill" for u in us),
+                    "the fill and the rejection")
+        stream.record(client)
+    finally:
+        adapter.stop_stream()
+    order = order_of(client, "RL")
+    assert order.status == "filled" and order.filled_qty == D(10) and set(order.executions) == {"RL-a", "RL-b"}
+    assert order.limit_price == D(100)  # the amendment never reached the market
+    assert order.replace_pending is None
+    assert client.state.position_of(ACCOUNT, VENUE, "AAPL").qty == D(10)
+    clean(client, adapter)
+
+
+def test_a_replace_the_venue_refuses_after_accepting_the_request_is_recorded_refused(fake, client, adapter):
+    """order_replace_rejected ("Sent when the order replace has been rejected") after a 200: the
+    old order works on, with its old price; our amendment is refused, not applied."""
+    settle(client, adapter)
+    fake.replace_in_two_steps = True
+    flow = OrderFlow(client, adapter)
+    intent(client, "RR")
+    sent = flow.forward(ACCOUNT, "RR")
+    flow.replace(ACCOUNT, "RR", qty=10, limit_price="101")
+    with fake.lock:
+        replacement = fake._replacement_of(sent.venue_order_id)
+        fake._set_status(replacement, "rejected", fake.now())
+    fake.set_status(sent.venue_order_id, "new", event="order_replace_rejected")
+    fake.fill(sent.venue_order_id, "10", "100", exec_id="RR-a")
+    reconcile(client, adapter)
+    order = order_of(client, "RR")
+    assert order.status == "filled" and order.limit_price == D(100) and order.venue_order_id == sent.venue_order_id
+    assert order.replace_pending is None
+    clean(client, adapter)
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_replaced_twice_in_a_row_on_the_stream(fake, client, adapter):
+    settle(client, adapter)
+    flow = OrderFlow(client, adapter)
+    stream = Stream(adapter, fake)
+    try:
+        intent(client, "R3")
+        sent = flow.forward(ACCOUNT, "R3")
+        second = fake.replace_order(sent.venue_order_id, limit_price=D("100.5"))
+        third = fake.replace_order(second["id"], qty=D(8), limit_price=D(101))
+        fake.fill(third["id"], "8", "101", exec_id="R3-a")
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the fill of the second replacement")
+        stream.record(client)
+    finally:
+        adapter.stop_stream()
+    order = order_of(client, "R3")
+    assert (order.status, order.qty, order.filled_qty, order.limit_price) == ("filled", D(8), D(8), D(101))
+    assert order.venue_order_id == third["id"]
+    clean(client, adapter)
+
+
+def test_notional_and_fractional_orders_cannot_be_amended_and_say_so(fake, client, adapter):
+    """"Notional orders cannot be replaced"; "Qty of equity fractional orders are not allowed to
+    change": the venue's 422 is our OrderReplaceRefused with its reason; the order works on."""
+    settle(client, adapter)
+    flow = OrderFlow(client, adapter)
+    intent(client, "FR", qty="2.5", limit="100")
+    flow.forward(ACCOUNT, "FR")
+    result = flow.replace(ACCOUNT, "FR", qty=3, limit_price="100")
+    assert result.accepted  # our pre-trade check passed it; the venue refused it
+    order = order_of(client, "FR")
+    assert order.replace_pending is None and order.qty == D("2.5") and order.is_open
+    (refusal,) = [r for r in order.replaces.values() if r.get("status") == "refused"]
+    assert "fractional" in str(refusal)
+
+
+# -- notional orders fill in parts ----------------------------------------------------------------
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_a_notional_order_partially_filled_then_filled_on_the_stream(fake, client, adapter):
+    settle(client, adapter)
+    intent(client, "N1", qty="0.25", limit=None)  # the engine's estimate of $50
+    client.record_submitted(ACCOUNT, "N1")
+    stream = Stream(adapter, fake)
+    try:
+        sent = adapter.submit(OrderRequest(client_order_id="N1", symbol="AAPL", side="buy", order_type="market",
+                                           qty=None, notional=D(50)))  # type: ignore[arg-type]
+        fake.fill(sent.venue_order_id, "0.1", "187", exec_id="N1-a")  # $18.70 of $50
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the partial fill")
+        stream.record(client)
+        assert order_of(client, "N1").status == "partially_filled"
+        fake.fill(sent.venue_order_id, "0.167379679", "187", exec_id="N1-b")  # the rest: $31.30
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the last fill")
+        stream.record(client)
+    finally:
+        adapter.stop_stream()
+    result = reconcile(client, adapter)
+    n1 = order_of(client, "N1")
+    assert n1.status == "filled" and n1.filled_qty == D("0.267379679")
+    assert "overfill" not in kinds(result) and "PositionCorrected" not in types(result)
+    assert client.state.position_of(ACCOUNT, VENUE, "AAPL").qty == D("0.267379679")
+    clean(client, adapter)
+
+
+# -- crypto: 24/7, fees in kind posted day by day --------------------------------------------------
+
+
+def test_crypto_fills_on_two_days_with_one_days_fee_posted(fake, client, adapter):
+    """Crypto trades at any hour; each UTC day's fee (in BTC, on buys) is posted after that day:
+    one posted and one not, the position differs from the fills by both; reconciliation records
+    the posted one and expects the other, never correcting the position."""
+    order = fake.new_order(symbol="BTC/USD", side="buy", qty=D(1), limit_price=D(40000), client_order_id="C2",
+                           time_in_force="gtc", at=fake.now() - timedelta(days=2))
+    intent(client, "C2", symbol="BTC/USD", qty="1", limit="40000", tif="gtc")
+    client.record_submitted(ACCOUNT, "C2")
+    yesterday = fake.now() - timedelta(days=1)
+    fake.fill(order["id"], "0.4", "39000", exec_id="C2-a", at=yesterday)  # yesterday (a Friday or any day)
+    fake.fill(order["id"], "0.6", "39500", exec_id="C2-b")
+    fake.post_crypto_fees(day=yesterday.date().isoformat())
+    result = reconcile(client, adapter)
+    assert "PositionCorrected" not in types(result) and "position_mismatch" not in kinds(result), result
+    assert types(result).count("FeeCharged") == 1
+    assert client.state.position_of(ACCOUNT, VENUE, "BTC/USD").qty == D("0.999")  # 1 - 0.001 posted
+    assert fake.adapter().positions()[0].qty == D("0.9975")  # 0.0015 of today's fee not posted yet
+    fake.post_crypto_fees()
+    result = reconcile(client, adapter)
+    assert types(result) == ["FeeCharged"] and kinds(result) == []
+    assert client.state.position_of(ACCOUNT, VENUE, "BTC/USD").qty == D("0.9975")
+    clean(client, adapter)
+
+
+# -- OTO -----------------------------------------------------------------------------------------
+
+
+def test_oto_leg_is_ours_and_closes_the_position(fake, client, adapter):
+    """OTO ("One-Triggers-Other"): the entry, then its single exit leg once it fills."""
+    settle(client, adapter)
+    intent(client, "T1", tif="gtc")
+    client.record_submitted(ACCOUNT, "T1")
+    parent = fake.new_group("oto", symbol="AAPL", side="buy", qty=D(10), limit_price=D(100), stop_loss=D(95),
+                            client_order_id="T1")
+    (leg,) = fake.legs[parent["id"]]
+    fake.fill(parent["id"], "10", "100", exec_id="T1-a")
+    fake.release_legs(parent["id"])
+    assert fake.orders[leg]["status"] == "new"
+    result = reconcile(client, adapter)
+    stop = order_of(client, fake.orders[leg]["client_order_id"])
+    assert stop is not None and stop.external is False and stop.intent["parent_client_order_id"] == "T1"
+    assert "unknown_order" not in kinds(result)
+    fake.fill(leg, "10", "95", exec_id="T1-b")
+    reconcile(client, adapter)
+    assert order_of(client, stop.client_order_id).status == "filled"
+    assert client.state.position_of(ACCOUNT, VENUE, "AAPL").qty == 0
+    clean(client, adapter)
+
+
+# -- regulatory fees: deducted at once, posted at the end of the day ------------------------------
+
+
+def test_regulatory_fee_on_a_sale_is_expected_then_recorded_never_a_blind_cash_correction(fake, client, adapter):
+    settle(client, adapter)
+    fake.taf_per_share = D("0.000166")
+    flow = OrderFlow(client, adapter)
+    intent(client, "B1", qty="100", limit="100")
+    buy = flow.forward(ACCOUNT, "B1")
+    fake.fill(buy.venue_order_id, "100", "100", exec_id="B1-a")
+    intent(client, "S1", side="sell", qty="100", limit="101")
+    sale = flow.forward(ACCOUNT, "S1")
+    fake.fill(sale.venue_order_id, "100", "101", exec_id="S1-a")  # TAF 0.0166 -> 0.02, at once
+    result = reconcile(client, adapter)
+    assert not [t for t in types(result) if "Cash" in t], result
+    fake.post_regulatory_fees()
+    result = reconcile(client, adapter)
+    assert types(result) == ["FeeCharged"], result
+    assert client.state.accounts[ACCOUNT].cash["USD"] == fake.cash
+    clean(client, adapter)
