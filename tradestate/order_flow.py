@@ -128,6 +128,18 @@ class OrderFlow:
                                                      stop_price=_opt(want.get("stop_price")))
         except (ReplaceRejected, OrderNotFound) as e:
             return self.client.record_replace_refused(account, client_order_id, rid, str(e))
+        if venue_order.replaces and str(venue_order.raw_status).lower() in NOT_YET_LIVE:
+            # Alpaca: a 200 "does NOT guarantee the existing open order has been replaced"; the
+            # replacement is confirmed by its ``new`` (stream, reconciliation) or refused
+            return None
+        if venue_order.replaces:
+            # a new venue order for what is left: ours is the quantity asked for (the adapter
+            # took off what the venue filled), not our log's filled part (it may lag) + the rest
+            return self.client.record_replaced(account, client_order_id, _dec(want["qty"]),
+                                               limit_price=venue_order.limit_price,
+                                               stop_price=venue_order.stop_price,
+                                               venue_order_id=venue_order.venue_order_id,
+                                               occurred_at=venue_order.updated_at)
         return record_update(self.client, account, client_order_id, _replaced(client_order_id, venue_order))
 
     def settle_replaces(self) -> list[Recorded]:
@@ -248,6 +260,12 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
         return client.record_reject(account, client_order_id, u.reason, **at)
     if u.kind == "expired":
         return client.record_expired(account, client_order_id, **at)
+    if u.kind == "replace_rejected":  # the venue refused our amendment: the pending request is refused
+        order = client.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None or order.replace_pending is None:
+            return None
+        return client.record_replace_refused(account, client_order_id, order.replace_pending,
+                                             f"venue_rejected: {u.reason}", **at)
     if u.kind == "replaced" and u.order is not None:
         order = client.state.orders.get(order_stream_id(account, client_order_id))
         if order is None or not order.is_open:
@@ -265,6 +283,10 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
                                       limit_price=u.order.limit_price, stop_price=u.order.stop_price,
                                       venue_order_id=u.venue_order_id, **at)
     return None
+
+
+# a replacement the venue has taken but not yet put to work (Alpaca's ``pending_new``/``accepted``)
+NOT_YET_LIVE = frozenset({"pending_new", "accepted", "accepted_for_bidding"})
 
 
 def _dec(value: Any) -> Decimal:

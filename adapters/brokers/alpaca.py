@@ -93,11 +93,11 @@ BACKFILL_MARGIN = timedelta(seconds=2)  # reach back before the last event seen 
 
 # Trade-update events that change nothing in our lifecycle: alpaca-py's ``TradeEvent`` (restated,
 # pending_*) and the ones Alpaca's streaming docs add (done_for_day, calculated, suspended, held,
-# stopped, order_replace_rejected, order_cancel_rejected: the order goes on as it was). Any other
+# stopped, order_cancel_rejected: the order goes on as it was). Any other
 # event is logged and skipped too, never an error.
 QUIET_TRADE_EVENTS = frozenset({
     "pending_new", "pending_cancel", "pending_replace", "restated", "done_for_day", "calculated",
-    "suspended", "held", "stopped", "order_replace_rejected", "order_cancel_rejected", "pending_review",
+    "suspended", "held", "stopped", "order_cancel_rejected", "pending_review",
     "accepted_for_bidding",
 })
 
@@ -1132,6 +1132,15 @@ class AlpacaAdapter(BrokerAdapter):
             )
             keys = (("fill", exec_id), ("fillcum", order.venue_order_id, _norm(cum)))
             return VenueUpdate(kind="fill", fill=fill, **common), keys, at
+        if event == "order_replace_rejected" or (event == "rejected" and replacement):
+            # "order_replace_rejected: Sent when the order replace has been rejected" (on the old
+            # order), or the replacement itself rejected ("If the existing open order is filled
+            # before the replacing (new) order reaches the execution venue, the replacing (new)
+            # order is rejected"): our amendment is refused; our order is not (it works on, or
+            # its own fills finish it)
+            reason = str(data.get("reason") or raw_order.get("reject_reason") or event)
+            return (VenueUpdate(kind="replace_rejected", reason=reason, order=order, **common),
+                    (("replace_rejected", order.venue_order_id),), at)
         kind = {"canceled": "cancelled", "expired": "expired", "rejected": "rejected"}.get(event)
         if kind is None:
             # The order goes on (or waits): nothing for our lifecycle. Reconciliation reads the

@@ -301,7 +301,8 @@ def test_live_stream_records_the_replace_and_reconciliation_agrees(fake, client,
             time.sleep(0.02)
     finally:
         adapter.stop_stream()
-    assert [u.kind for u in updates] == ["ack", "fill", "replaced", "fill"]
+    # order_replace_rejected is an update of its own (it refuses a pending amendment; none is here)
+    assert [u.kind for u in updates] == ["ack", "fill", "replace_rejected", "replaced", "fill"]
     for u in updates:
         record_update(client, ACCOUNT, u.client_order_id, u)
     order = order_of(client, "L1")
