@@ -270,6 +270,8 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
         order = client.state.orders.get(order_stream_id(account, client_order_id))
         if order is None or not order.is_open:
             return None
+        if order.venue_order_id == u.venue_order_id and u.order.replaces:
+            return None  # a replacement (Alpaca) ours moved to already: its qty is only what was left
         if order.venue_order_id == u.venue_order_id:
             # amended in place (IB, the simulated venue): the venue order is the whole order; the
             # same values as ours: recorded already (a replacement's too, once its id is ours)

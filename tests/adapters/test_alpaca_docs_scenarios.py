@@ -353,3 +353,31 @@ def test_regulatory_fee_on_a_sale_is_expected_then_recorded_never_a_blind_cash_c
     assert types(result) == ["FeeCharged"], result
     assert client.state.accounts[ACCOUNT].cash["USD"] == fake.cash
     clean(client, adapter)
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_our_replace_then_its_stream_confirmation_keep_the_whole_quantity(fake, client, adapter):
+    """We PATCH (replaced at once); the stream then says ``replaced`` + ``new`` for the order we
+    already moved to: nothing more is recorded (was: the replacement's own qty, 6, as ours)."""
+    settle(client, adapter)
+    flow = OrderFlow(client, adapter)
+    stream = Stream(adapter, fake)
+    try:
+        intent(client, "RS")
+        sent = flow.forward(ACCOUNT, "RS")
+        fake.fill(sent.venue_order_id, "4", "100", exec_id="RS-a")
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the first fill")
+        stream.record(client)
+        flow.replace(ACCOUNT, "RS", qty=10, limit_price="101")
+        assert order_of(client, "RS").qty == D(10)
+        stream.wait(lambda us: any(u.kind == "replaced" for u in us), "the replacement's new")
+        stream.record(client)
+        order = order_of(client, "RS")
+        assert (order.qty, order.limit_price, order.filled_qty) == (D(10), D(101), D(4))
+        fake.fill(order.venue_order_id, "6", "101", exec_id="RS-b")
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the last fill")
+        stream.record(client)
+    finally:
+        adapter.stop_stream()
+    assert order_of(client, "RS").status == "filled"
+    clean(client, adapter)
