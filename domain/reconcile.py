@@ -1027,7 +1027,8 @@ class _Planner:
         posted. Empty for venues that post fees with their fills."""
         if self._unposted is not None:
             return self._unposted
-        self._unposted = {}
+        # what the venue itself bounds (it knows its fee schedule: Alpaca's regulatory fees)
+        self._unposted = {("cash", currency): amount for currency, amount in self.snap.unposted_cash_fees.items()}
         rates = self.snap.unposted_fee_rates
         if not rates or isinstance(self.snap.fills, Unknown) or isinstance(self.snap.fees, Unknown):
             return self._unposted

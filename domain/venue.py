@@ -138,6 +138,9 @@ class VenueSnapshot:
     # (Alpaca crypto: 25 bps, posted at the end of the day). Until then the venue's position and
     # cash differ from the fills by that fee.
     unposted_fee_rates: dict[str, Decimal] = field(default_factory=dict)
+    # currency -> the most the venue has already deducted from the cash in fees it posts only later
+    # (Alpaca's regulatory fees on sales: accrued intraday, posted as ``FEE`` at the end of the day)
+    unposted_cash_fees: dict[str, Decimal] = field(default_factory=dict)
 
     def raw_report(self) -> dict[str, Any]:
         """The venue's raw data this snapshot was built from (stored with the reconciliation)."""
