@@ -42,6 +42,7 @@ stays in ``raw``), the same id the stream reports, so one fill has one id from e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -1065,16 +1066,22 @@ class AlpacaAdapter(BrokerAdapter):
             since = self._last_event_at or self._stream_since
         since = since - BACKFILL_MARGIN if since is not None else None
         try:
-            orders = self.recent_orders(since)
+            by_id = {o.venue_order_id: o for o in self.recent_orders(since)}
             fills = self.fills(since)
+            # an order placed between the two reads has fills but was not among the orders: read it
+            # (its ack goes before its fills; else its live ``new`` would come after them)
+            for venue_order_id in dict.fromkeys(f.venue_order_id for f in fills if f.venue_order_id):
+                if venue_order_id not in by_id:
+                    with contextlib.suppress(OrderNotFound):
+                        by_id[venue_order_id] = self.order_by_venue_id(venue_order_id)
         except VenueError as e:
             self.last_backfill_error = str(e)
             log.warning("alpaca: backfill after (re)connect failed, reconnecting to retry: %s", e)
             raise
+        orders = list(by_id.values())
         self.last_backfill_error = None
         epoch = datetime.min.replace(tzinfo=timezone.utc)
         staged: list[tuple[datetime, int, VenueUpdate, tuple]] = []
-        by_id = {o.venue_order_id: o for o in orders}
         for order in orders:
             raw_status = order.raw_status.lower()
             cid = self._origin_client_id(order.venue_order_id) if order.replaces else order.client_order_id

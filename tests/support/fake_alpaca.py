@@ -150,6 +150,7 @@ class FakeAlpaca:
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query) of every REST call
         self._refuse_next: dict[tuple[str, str], list[int]] = {}  # answered before processing
         self._lose_next: dict[tuple[str, str], list[int]] = {}  # processed, then this status instead
+        self._before_next: dict[tuple[str, str], list[Any]] = {}  # venue moves made before answering
         self._clock = datetime.now(timezone.utc) - timedelta(minutes=5)
         self._clients: set[WebSocket] = set()  # authenticated and listening to trade_updates
         self._stream_refused = False
@@ -638,6 +639,12 @@ class FakeAlpaca:
         instead (what a gateway timeout looks like to the client). POST /orders only."""
         self._lose_next.setdefault((method, path), []).append(status)
 
+    def before_next(self, method: str, path: str, move: Any) -> None:
+        """The venue moves (``move()`` under the lock, returning the trade updates it streams)
+        just before the next request to ``method path`` is answered: what happens between two
+        requests of a client."""
+        self._before_next.setdefault((method, path), []).append(move)
+
     def count(self, method: str, path: str) -> int:
         return sum(1 for m, p, _ in self.requests if m == method and p == path)
 
@@ -650,6 +657,12 @@ class FakeAlpaca:
         if (request.headers.get("APCA-API-KEY-ID") != self.api_key
                 or request.headers.get("APCA-API-SECRET-KEY") != self.secret_key):
             return _error(401, 40110000, "request is not authorized")
+        moves = self._before_next.get((request.method, path))
+        if moves:
+            with self.lock:
+                events = moves.pop(0)()
+            for event in events:  # streamed as they happen, before this request is answered
+                await self._send_all({"stream": "trade_updates", "data": event})
         refused = self._refuse_next.get((request.method, path))
         if refused:
             status = refused.pop(0)
