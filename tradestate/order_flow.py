@@ -73,7 +73,12 @@ class OrderFlow:
         )
         # A connection error here is ambiguous: the order stays submitted; reconciliation's lookup
         # by client order id resolves it. It is never assumed rejected.
-        venue_order = self.adapter.submit(request)
+        try:
+            venue_order = self.adapter.submit(request)
+        except VenueError as e:
+            if getattr(e, "refused_by_venue", False):  # a definite "no" (not a lost answer): nothing works there
+                self.client.record_reject(account, client_order_id, str(e))
+            raise
         if venue_order.status == "rejected":
             self.client.record_reject(account, client_order_id, str(venue_order.raw.get("reject_reason", "")
                                                                     if venue_order.raw else ""))

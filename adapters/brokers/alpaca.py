@@ -127,7 +127,10 @@ class VenueBusy(VenueConnectionError):
 
 
 class OrderRejectedByVenue(VenueError):
-    """Alpaca refused the order outright (HTTP 4xx on submit other than a duplicate id)."""
+    """Alpaca refused the order outright (HTTP 4xx on submit other than a duplicate id or a rate
+    limit): nothing works at the venue (``refused_by_venue``: the order flow records the reject)."""
+
+    refused_by_venue = True
 
     def __init__(self, message: str, *, status: int | None, code: Any = None) -> None:
         super().__init__(message)

@@ -403,3 +403,23 @@ def test_an_order_placed_and_filled_during_the_backfill_is_acknowledged_before_i
     finally:
         adapter.stop_stream()
     assert [u.kind for u in stream.updates if u.client_order_id == "BF"] == ["ack", "fill"]
+
+
+def test_a_crypto_day_order_is_refused_clearly_and_nothing_works_at_the_venue(fake, client, adapter):
+    """Crypto takes gtc or ioc only ("Crypto trading: gtc, ioc"): a day order is refused with the
+    venue's reason recorded; a gtc one is placed (and may fill at any hour)."""
+    settle(client, adapter)
+    flow = OrderFlow(client, adapter)
+    intent(client, "CD", symbol="BTC/USD", qty="0.01", limit="40000", tif="day")
+    try:
+        flow.forward(ACCOUNT, "CD")
+    except Exception as e:  # noqa: BLE001 - either way the reason must be said and recorded
+        assert "time_in_force" in str(e)
+    order = order_of(client, "CD")
+    assert order.status == "rejected", order.status
+    assert not [o for o in fake.orders.values() if o["client_order_id"] == "CD"]
+    intent(client, "CG", symbol="BTC/USD", qty="0.01", limit="40000", tif="gtc")
+    sent = flow.forward(ACCOUNT, "CG")
+    fake.fill(sent.venue_order_id, "0.01", "39990", exec_id="CG-1")
+    result = reconcile(client, adapter)
+    assert "PositionCorrected" not in types(result) and not [t for t in types(result) if "Cash" in t], result

@@ -823,6 +823,12 @@ class FakeAlpaca:
             return _error(422, 40010000, "qty must be > 0")
         if -amount.as_tuple().exponent > 9:  # type: ignore[operator]
             return _error(422, 40010000, "qty and notional can have at most 9 decimal places")
+        # crypto: "Crypto trading: gtc, ioc" (time in force, "Replace Order by ID"); market, limit
+        # and stop_limit orders ("Crypto Spot Trading", Supported Orders)
+        if asset_class(symbol) == "crypto" and tif not in ("gtc", "ioc"):
+            return _error(422, 40010001, f"invalid crypto time_in_force {tif}")
+        if asset_class(symbol) == "crypto" and kind not in ("market", "limit", "stop_limit"):
+            return _error(422, 40010001, f"invalid crypto order type {kind}")
         if notional is not None and kind != "market":
             return _error(422, 40010000, "notional orders must be market orders")
         if kind in ("limit", "stop_limit") and limit is None:
