@@ -423,3 +423,56 @@ def test_a_crypto_day_order_is_refused_clearly_and_nothing_works_at_the_venue(fa
     fake.fill(sent.venue_order_id, "0.01", "39990", exec_id="CG-1")
     result = reconcile(client, adapter)
     assert "PositionCorrected" not in types(result) and not [t for t in types(result) if "Cash" in t], result
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_bracket_legs_on_the_stream_land_on_our_linked_legs(fake, client, adapter):
+    """A bracket of ours: the entry fills on the stream; reconciliation links its legs; the
+    take-profit's fill and the stop-loss's cancel ("When either of the take-profit or stop-loss
+    orders is filled, the other is canceled") then arrive on the stream and land on them."""
+    settle(client, adapter)
+    intent(client, "BK", tif="gtc")
+    client.record_submitted(ACCOUNT, "BK")
+    stream = Stream(adapter, fake)
+    try:
+        parent = fake.new_group("bracket", symbol="AAPL", side="buy", qty=D(10), limit_price=D(100),
+                                take_profit=D(110), stop_loss=D(95), client_order_id="BK")
+        take_profit, stop_loss = fake.legs[parent["id"]]
+        fake.fill(parent["id"], "10", "100", exec_id="BK-a")
+        fake.release_legs(parent["id"])
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the entry's fill")
+        stream.record(client)
+        result = reconcile(client, adapter)
+        assert result.counts["legs_linked"] == 2 and "unknown_order" not in kinds(result), result
+        fake.fill(take_profit, "10", "110", exec_id="BK-tp")
+        fake.finish(stop_loss, "canceled")
+        stream.wait(lambda us: any(u.kind == "cancelled" for u in us), "the stop-loss's cancel")
+        stream.record(client)
+    finally:
+        adapter.stop_stream()
+    tp = order_of(client, fake.orders[take_profit]["client_order_id"])
+    sl = order_of(client, fake.orders[stop_loss]["client_order_id"])
+    assert (tp.status, sl.status) == ("filled", "cancelled")
+    assert client.state.position_of(ACCOUNT, VENUE, "AAPL").qty == 0
+    clean(client, adapter)
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_a_cancel_that_loses_to_a_fill(fake, client, adapter):
+    """pending_cancel, then the order fills anyway (a cancel is only a request): our order is
+    filled, never cancelled."""
+    settle(client, adapter)
+    flow = OrderFlow(client, adapter)
+    stream = Stream(adapter, fake)
+    try:
+        intent(client, "CX")
+        sent = flow.forward(ACCOUNT, "CX")
+        client.request_cancel(ACCOUNT, "CX", "engine")
+        fake.set_status(sent.venue_order_id, "pending_cancel")
+        fake.fill(sent.venue_order_id, "10", "100", exec_id="CX-1")
+        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the fill")
+        stream.record(client)
+    finally:
+        adapter.stop_stream()
+    assert order_of(client, "CX").status == "filled"
+    clean(client, adapter)
