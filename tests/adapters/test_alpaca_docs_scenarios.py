@@ -19,38 +19,22 @@ from decimal import Decimal as D
 
 import pytest
 
-from tests.support import venues
-from tests.support.fake_alpaca import FakeAlpaca
+# the fixtures (fake, client, adapter) and helpers of the reconciliation scenarios of Alpaca's vocabulary
+from tests.app.test_reconcile_alpaca import (  # noqa: F401
+    ACCOUNT,
+    VENUE,
+    adapter,
+    client,
+    fake,
+    kinds,
+    order_of,
+    settle,
+    types,
+)
 from tradestate.adapters.brokers.base import OrderRequest, VenueUpdate
-from tradestate.adapters.store import open_store
-from tradestate.client import TradestateClient
 from tradestate.domain.ids import order_stream_id
 from tradestate.order_flow import OrderFlow, record_update
 from tradestate.reconcile import reconcile
-
-ACCOUNT = venues.ACCOUNT
-VENUE = "ALPACA"
-
-
-@pytest.fixture
-def fake():
-    with FakeAlpaca() as server:
-        yield server
-
-
-@pytest.fixture
-def client(tmp_path):
-    with TradestateClient(open_store(f"sqlite:///{tmp_path}/alpaca.db")) as c:
-        yield c
-
-
-@pytest.fixture
-def adapter(fake):
-    a = fake.adapter()
-    try:
-        yield a
-    finally:
-        a.close()
 
 
 class Stream:
@@ -69,6 +53,11 @@ class Stream:
                 raise AssertionError(f"timed out waiting for {what}: {[u.kind for u in self.updates]}")
             time.sleep(0.02)
 
+    def record_when(self, client, kind: str, what: str) -> None:
+        """Wait for an update of ``kind``, then record every update so far."""
+        self.wait(lambda us: any(u.kind == kind for u in us), what)
+        self.record(client)
+
     def record(self, client) -> None:
         for u in self.updates:
             if u.client_order_id and client.state.orders.get(order_stream_id(ACCOUNT, u.client_order_id)):
@@ -76,22 +65,21 @@ class Stream:
         self.updates.clear()
 
 
-def order_of(client, coid):
-    return client.state.orders.get(order_stream_id(ACCOUNT, coid))
+def sent_with_stream(client, adapter, fake, coid):
+    """After a clean reconciliation: the stream followed (left running), our order of 10 sent."""
+    settle(client, adapter)
+    flow = OrderFlow(client, adapter)
+    stream = Stream(adapter, fake)
+    intent(client, coid)
+    return flow, stream, flow.forward(ACCOUNT, coid)
 
 
-def kinds(result):
-    return sorted(d["kind"] for d in result.discrepancies)
-
-
-def types(result):
-    return sorted(e["type"] for e in result.corrective_events)
-
-
-def settle(client, adapter):
-    reconcile(client, adapter)
-    again = reconcile(client, adapter)
-    assert again.status == "clean", again
+def partly_filled(client, adapter, fake, coid):
+    """Our order of 10 sent, 4 filled and recorded from the live stream (left running)."""
+    flow, stream, sent = sent_with_stream(client, adapter, fake, coid)
+    fake.fill(sent.venue_order_id, "4", "100", exec_id=f"{coid}-a")
+    stream.record_when(client, "fill", "the first fill")
+    return flow, stream, sent
 
 
 def intent(client, coid, symbol="AAPL", side="buy", qty="10", *, limit="100", tif="day"):
@@ -114,12 +102,8 @@ def test_every_documented_trade_update_event_means_what_the_docs_say(fake, clien
     replaced) and rare ones (accepted, rejected, pending_new, stopped, pending_cancel,
     pending_replace, calculated, suspended, order_replace_rejected, order_cancel_rejected). Only
     canceled/expired/rejected/fill finish an order; the rest leave it working."""
-    settle(client, adapter)
-    flow = OrderFlow(client, adapter)
-    stream = Stream(adapter, fake)
+    flow, stream, sent = sent_with_stream(client, adapter, fake, "ev")
     try:
-        intent(client, "ev")
-        sent = flow.forward(ACCOUNT, "ev")
         vid = sent.venue_order_id
         for status, event in [("pending_new", None), ("accepted", None), ("new", None), ("stopped", None),
                               ("suspended", None), ("pending_cancel", None), ("new", "order_cancel_rejected"),
@@ -127,14 +111,12 @@ def test_every_documented_trade_update_event_means_what_the_docs_say(fake, clien
                               ("done_for_day", None), ("calculated", None), ("new", None)]:
             fake.set_status(vid, status, event=event)
         fake.fill(vid, "4", "99.5", exec_id="EV-1")
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the partial fill")
-        stream.record(client)
+        stream.record_when(client, "fill", "the partial fill")
         order = order_of(client, "ev")
         assert order.is_open and order.status == "partially_filled" and order.filled_qty == D(4)
         fake.set_status(vid, "done_for_day")  # a day order's day is over ...
         fake.set_status(vid, "expired")  # ... and it expires
-        stream.wait(lambda us: any(u.kind == "expired" for u in us), "the expiry")
-        stream.record(client)
+        stream.record_when(client, "expired", "the expiry")
         assert order_of(client, "ev").status == "expired"
     finally:
         adapter.stop_stream()
@@ -170,16 +152,9 @@ def test_a_replace_lost_to_a_fill_leaves_our_order_filled_not_rejected(fake, cli
     """"If the existing open order is filled before the replacing (new) order reaches the execution
     venue, the replacing (new) order is rejected": the old order's fill is ours, the rejection of the
     replacement does not reject our (filled) order, and the amendment never applied is not kept."""
-    settle(client, adapter)
     fake.replace_in_two_steps = True
-    flow = OrderFlow(client, adapter)
-    stream = Stream(adapter, fake)
+    flow, stream, sent = partly_filled(client, adapter, fake, "RL")
     try:
-        intent(client, "RL")
-        sent = flow.forward(ACCOUNT, "RL")
-        fake.fill(sent.venue_order_id, "4", "100", exec_id="RL-a")
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the first fill")
-        stream.record(client)
         flow.replace(ACCOUNT, "RL", qty=10, limit_price="101")
         fake.replace_lost_to_a_fill(sent.venue_order_id, "100", exec_id="RL-b")
         stream.wait(lambda us: any(u.kind == "replace_rejected" for u in us) and any(u.kind == "fill" for u in us),
@@ -218,17 +193,12 @@ def test_a_replace_the_venue_refuses_after_accepting_the_request_is_recorded_ref
 
 @pytest.mark.serial  # waits on the live websocket
 def test_replaced_twice_in_a_row_on_the_stream(fake, client, adapter):
-    settle(client, adapter)
-    flow = OrderFlow(client, adapter)
-    stream = Stream(adapter, fake)
+    flow, stream, sent = sent_with_stream(client, adapter, fake, "R3")
     try:
-        intent(client, "R3")
-        sent = flow.forward(ACCOUNT, "R3")
         second = fake.replace_order(sent.venue_order_id, limit_price=D("100.5"))
         third = fake.replace_order(second["id"], qty=D(8), limit_price=D(101))
         fake.fill(third["id"], "8", "101", exec_id="R3-a")
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the fill of the second replacement")
-        stream.record(client)
+        stream.record_when(client, "fill", "the fill of the second replacement")
     finally:
         adapter.stop_stream()
     order = order_of(client, "R3")
@@ -265,12 +235,10 @@ def test_a_notional_order_partially_filled_then_filled_on_the_stream(fake, clien
         sent = adapter.submit(OrderRequest(client_order_id="N1", symbol="AAPL", side="buy", order_type="market",
                                            qty=None, notional=D(50)))  # type: ignore[arg-type]
         fake.fill(sent.venue_order_id, "0.1", "187", exec_id="N1-a")  # $18.70 of $50
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the partial fill")
-        stream.record(client)
+        stream.record_when(client, "fill", "the partial fill")
         assert order_of(client, "N1").status == "partially_filled"
         fake.fill(sent.venue_order_id, "0.167379679", "187", exec_id="N1-b")  # the rest: $31.30
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the last fill")
-        stream.record(client)
+        stream.record_when(client, "fill", "the last fill")
     finally:
         adapter.stop_stream()
     result = reconcile(client, adapter)
@@ -359,24 +327,15 @@ def test_regulatory_fee_on_a_sale_is_expected_then_recorded_never_a_blind_cash_c
 def test_our_replace_then_its_stream_confirmation_keep_the_whole_quantity(fake, client, adapter):
     """We PATCH (replaced at once); the stream then says ``replaced`` + ``new`` for the order we
     already moved to: nothing more is recorded (was: the replacement's own qty, 6, as ours)."""
-    settle(client, adapter)
-    flow = OrderFlow(client, adapter)
-    stream = Stream(adapter, fake)
+    flow, stream, _ = partly_filled(client, adapter, fake, "RS")
     try:
-        intent(client, "RS")
-        sent = flow.forward(ACCOUNT, "RS")
-        fake.fill(sent.venue_order_id, "4", "100", exec_id="RS-a")
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the first fill")
-        stream.record(client)
         flow.replace(ACCOUNT, "RS", qty=10, limit_price="101")
         assert order_of(client, "RS").qty == D(10)
-        stream.wait(lambda us: any(u.kind == "replaced" for u in us), "the replacement's new")
-        stream.record(client)
+        stream.record_when(client, "replaced", "the replacement's new")
         order = order_of(client, "RS")
         assert (order.qty, order.limit_price, order.filled_qty) == (D(10), D(101), D(4))
         fake.fill(order.venue_order_id, "6", "101", exec_id="RS-b")
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the last fill")
-        stream.record(client)
+        stream.record_when(client, "fill", "the last fill")
     finally:
         adapter.stop_stream()
     assert order_of(client, "RS").status == "filled"
@@ -440,14 +399,12 @@ def test_bracket_legs_on_the_stream_land_on_our_linked_legs(fake, client, adapte
         take_profit, stop_loss = fake.legs[parent["id"]]
         fake.fill(parent["id"], "10", "100", exec_id="BK-a")
         fake.release_legs(parent["id"])
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the entry's fill")
-        stream.record(client)
+        stream.record_when(client, "fill", "the entry's fill")
         result = reconcile(client, adapter)
         assert result.counts["legs_linked"] == 2 and "unknown_order" not in kinds(result), result
         fake.fill(take_profit, "10", "110", exec_id="BK-tp")
         fake.finish(stop_loss, "canceled")
-        stream.wait(lambda us: any(u.kind == "cancelled" for u in us), "the stop-loss's cancel")
-        stream.record(client)
+        stream.record_when(client, "cancelled", "the stop-loss's cancel")
     finally:
         adapter.stop_stream()
     tp = order_of(client, fake.orders[take_profit]["client_order_id"])
@@ -461,17 +418,12 @@ def test_bracket_legs_on_the_stream_land_on_our_linked_legs(fake, client, adapte
 def test_a_cancel_that_loses_to_a_fill(fake, client, adapter):
     """pending_cancel, then the order fills anyway (a cancel is only a request): our order is
     filled, never cancelled."""
-    settle(client, adapter)
-    flow = OrderFlow(client, adapter)
-    stream = Stream(adapter, fake)
+    flow, stream, sent = sent_with_stream(client, adapter, fake, "CX")
     try:
-        intent(client, "CX")
-        sent = flow.forward(ACCOUNT, "CX")
         client.request_cancel(ACCOUNT, "CX", "engine")
         fake.set_status(sent.venue_order_id, "pending_cancel")
         fake.fill(sent.venue_order_id, "10", "100", exec_id="CX-1")
-        stream.wait(lambda us: any(u.kind == "fill" for u in us), "the fill")
-        stream.record(client)
+        stream.record_when(client, "fill", "the fill")
     finally:
         adapter.stop_stream()
     assert order_of(client, "CX").status == "filled"
