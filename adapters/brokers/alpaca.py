@@ -1088,6 +1088,19 @@ class AlpacaAdapter(BrokerAdapter):
         for order in orders:
             raw_status = order.raw_status.lower()
             cid = self._origin_client_id(order.venue_order_id) if order.replaces else order.client_order_id
+            old = by_id.get(order.replaces or "")
+            took_over = old is not None and old.raw_status.lower() == "replaced" \
+                and str(old.raw.get("replaced_by")) == order.venue_order_id
+            if order.replaces and not took_over and raw_status in ("rejected", "pending_new", "accepted"):
+                # a replacement the venue rejected before it took over (the old order filled
+                # first) refuses our amendment; one not live yet says nothing until its ``new``
+                if raw_status == "rejected":
+                    staged.append((order.updated_at or epoch, 2, VenueUpdate(
+                        kind="replace_rejected", client_order_id=cid, venue_order_id=order.venue_order_id,
+                        reason=f"backfill: replacement {order.venue_order_id} rejected", order=order,
+                        occurred_at=order.updated_at, raw={"backfill": "order", "order": order.raw},
+                    ), (("replace_rejected", order.venue_order_id),)))
+                continue
             if order.replaces:  # a replacement carries the order it replaced on: no ack of its own
                 staged.append((order.submitted_at or epoch, 0, VenueUpdate(
                     kind="replaced", client_order_id=cid, venue_order_id=order.venue_order_id,
@@ -1145,9 +1158,11 @@ class AlpacaAdapter(BrokerAdapter):
         replacement = order.venue_order_id in self._replaced
         cid = self._origin_client_id(order.venue_order_id) if replacement else order.client_order_id
         common = dict(client_order_id=cid, venue_order_id=order.venue_order_id, occurred_at=at, raw=_plain(data))
-        if event in ("new", "accepted") and replacement:
-            # the order that replaced ours: it carries our order on (its qty, prices, id)
+        if event == "new" and replacement:
+            # the order that replaced ours, routed: it carries our order on (its qty, prices, id)
             return VenueUpdate(kind="replaced", order=order, **common), (("replaced", order.venue_order_id),), at
+        if event in ("accepted", "pending_new") and replacement:
+            return None  # not routed yet: it may still be rejected (the old order filling first)
         if event in ("new", "accepted"):
             return VenueUpdate(kind="ack", **common), (("ack", order.venue_order_id),), at
         if event == "replaced":

@@ -428,3 +428,26 @@ def test_a_cancel_that_loses_to_a_fill(fake, client, adapter):
         adapter.stop_stream()
     assert order_of(client, "CX").status == "filled"
     clean(client, adapter)
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_a_replace_lost_to_a_fill_while_the_stream_was_down_is_backfilled_as_such(fake, client, adapter):
+    """The same race while disconnected: the backfill reads the rejected replacement (``replaces``
+    our venue order, status rejected): our amendment is refused, our order filled by the old
+    one (was: "replaced" to the rejected order's price, then "rejected")."""
+    fake.replace_in_two_steps = True
+    flow, stream, sent = partly_filled(client, adapter, fake, "RB")
+    try:
+        flow.replace(ACCOUNT, "RB", qty=10, limit_price="101")
+        with fake.stream_down():
+            fake.replace_lost_to_a_fill(sent.venue_order_id, "100", exec_id="RB-b")
+            time.sleep(0.2)
+        stream.record_when(client, "fill", "the backfilled fill")
+        time.sleep(0.3)  # anything else the backfill says
+        stream.record(client)
+    finally:
+        adapter.stop_stream()
+    order = order_of(client, "RB")
+    assert (order.status, order.filled_qty, order.limit_price) == ("filled", D(10), D(100))
+    assert order.replace_pending is None and order.venue_order_id == sent.venue_order_id
+    clean(client, adapter)

@@ -513,9 +513,8 @@ class FakeAlpaca:
         return data
 
     def _start_replace(self, order_id: str, client_order_id: str | None, changes: dict) -> dict:
-        """The first step of a replace (``replace_in_two_steps``): the replacement ``pending_new``,
-        the old order ``pending_replace`` (streamed: "pending_replace: Sent when the order is
-        awaiting replacement")."""
+        """The first step of a replace (``replace_in_two_steps``): the replacement ``pending_new``
+        (streamed as ``accepted``), the old order ``pending_replace`` (streamed)."""
         with self.lock:
             old = self.orders[order_id]
             at = self.now()
@@ -527,8 +526,12 @@ class FakeAlpaca:
                 order_class=old["order_class"], status="pending_new")
             new["replaces"] = old["id"]
             self._set_status(old, "pending_replace", at)
-            event = {"event": "pending_replace", "order": dict(old), "timestamp": _ts(at)}
-        self.broadcast(event)
+            # "accepted: Sent when an order recieved and accepted by Alpaca" (the replacement, not
+            # yet routed); "pending_replace: Sent when the order is awaiting replacement"
+            events = [{"event": "accepted", "order": {**new, "status": "accepted"}, "timestamp": _ts(at)},
+                      {"event": "pending_replace", "order": dict(old), "timestamp": _ts(at)}]
+        for event in events:
+            self.broadcast(event)
         return dict(new)
 
     def _replacement_of(self, order_id: str) -> dict:
