@@ -316,6 +316,8 @@ def test_regulatory_fee_on_a_sale_is_expected_then_recorded_never_a_blind_cash_c
     fake.fill(sale.venue_order_id, "100", "101", exec_id="S1-a")  # TAF 0.0166 -> 0.02, at once
     result = reconcile(client, adapter)
     assert not [t for t in types(result) if "Cash" in t], result
+    result = reconcile(client, adapter)  # and again: still expected, still not corrected
+    assert not [t for t in types(result) if "Cash" in t], result
     fake.post_regulatory_fees()
     result = reconcile(client, adapter)
     assert types(result) == ["FeeCharged"], result
