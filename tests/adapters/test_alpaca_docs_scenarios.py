@@ -453,3 +453,26 @@ def test_a_replace_lost_to_a_fill_while_the_stream_was_down_is_backfilled_as_suc
     assert (order.status, order.filled_qty, order.limit_price) == ("filled", D(10), D(100))
     assert order.replace_pending is None and order.venue_order_id == sent.venue_order_id
     clean(client, adapter)
+
+
+@pytest.mark.serial  # waits on the live websocket
+def test_replayed_new_and_fill_events_count_once(fake, client, adapter):
+    """Alpaca has been seen replaying ``new`` -> ``fill`` with the same execution ids after the
+    fill (QuantConnect/Lean.Brokerages.Alpaca#41, #61): one ack, one fill."""
+    flow, stream, sent = sent_with_stream(client, adapter, fake, "RP")
+    try:
+        fill = fake.fill(sent.venue_order_id, "10", "100", exec_id="RP-1")
+        with fake.lock:
+            new = {"event": "new", "order": {**fake.orders[sent.venue_order_id], "status": "new",
+                                             "filled_qty": "0"}, "timestamp": fill["timestamp"]}
+        for _ in range(2):
+            fake.broadcast(new)
+            fake.broadcast(fill)
+        fake.set_status(sent.venue_order_id, "canceled")  # a marker after the replays (ignored: filled)
+        stream.wait(lambda us: any(u.kind == "cancelled" for u in us), "the marker")
+        got = [u.kind for u in stream.updates]
+        stream.record(client)
+    finally:
+        adapter.stop_stream()
+    assert got == ["ack", "fill", "cancelled"], got
+    assert order_of(client, "RP").status == "filled" and order_of(client, "RP").filled_qty == D(10)
