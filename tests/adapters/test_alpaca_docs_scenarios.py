@@ -87,6 +87,11 @@ def intent(client, coid, symbol="AAPL", side="buy", qty="10", *, limit="100", ti
                          limit_price=limit, time_in_force=tif, venue=VENUE)
 
 
+def filled_and_clean(client, adapter, coid):
+    assert order_of(client, coid).status == "filled"
+    clean(client, adapter)
+
+
 def clean(client, adapter):
     result = reconcile(client, adapter)
     assert result.status == "clean" and result.corrective_event_ids == [], result
@@ -340,8 +345,7 @@ def test_our_replace_then_its_stream_confirmation_keep_the_whole_quantity(fake, 
         stream.record_when(client, "fill", "the last fill")
     finally:
         adapter.stop_stream()
-    assert order_of(client, "RS").status == "filled"
-    clean(client, adapter)
+    filled_and_clean(client, adapter, "RS")
 
 
 @pytest.mark.serial  # waits on the live websocket
@@ -428,8 +432,7 @@ def test_a_cancel_that_loses_to_a_fill(fake, client, adapter):
         stream.record_when(client, "fill", "the fill")
     finally:
         adapter.stop_stream()
-    assert order_of(client, "CX").status == "filled"
-    clean(client, adapter)
+    filled_and_clean(client, adapter, "CX")
 
 
 @pytest.mark.serial  # waits on the live websocket
