@@ -638,9 +638,31 @@ class _Planner:
         if ended:  # the venue may never send this leg's cancel: its group says it is over
             vo = replace(vo, status="cancelled", raw={**vo.raw, "reason": f"inferred: {ended}"})
             self.plan.count("leg_cancels_inferred")
+        if vo.replaces and vo.status == "rejected" and self.replacement_refused(vo):
+            return
         if (vo.replaces or vo.status == "replaced") and self.replaced_chain(vo, fills):
             return
         self.single_order(finished_by_replace(vo), fills)
+
+    def replacement_refused(self, vo: VenueOrder) -> bool:
+        """A replacement the venue rejected before it took over (the order it was to replace was
+        not replaced by it: Alpaca rejects the replacement when the old order fills first): our
+        order never moved to it; a pending amendment of ours is refused by the venue. False when
+        the order it was to replace is not ours, or was replaced by it (then it is the chain's)."""
+        old = self.orders.get(vo.replaces or "")
+        if old is not None and old.status == "replaced" and str((old.raw or {}).get("replaced_by")) == vo.venue_order_id:
+            return False
+        found = self.owner(old) if old is not None else self.open_by_venue_id(vo.replaces or "")
+        if found is None:
+            return False
+        if found.replace_pending is not None and found.is_open:
+            e = self.order_event(_Order(found), ev.OrderReplaceRefused, ("replacement_rejected", vo.venue_order_id),
+                                 vo.updated_at, replace_id=found.replace_pending, by="venue",
+                                 reasons=["venue_rejected"],
+                                 detail=f"the venue rejected replacement order {vo.venue_order_id}")
+            if e is not None:
+                self.plan.count("replaces_refused")
+        return True
 
     def single_order(self, vo: VenueOrder, fills: list[VenueFill]) -> None:
         if vo.venue_order_id in self.duplicates:  # never ours, whatever client order id it carries
@@ -1068,7 +1090,8 @@ class _Planner:
         posted. Empty for venues that post fees with their fills."""
         if self._unposted is not None:
             return self._unposted
-        self._unposted = {}
+        # what the venue itself bounds (it knows its fee schedule: Alpaca's regulatory fees)
+        self._unposted = {("cash", currency): amount for currency, amount in self.snap.unposted_cash_fees.items()}
         rates = self.snap.unposted_fee_rates
         if not rates or isinstance(self.snap.fills, Unknown) or isinstance(self.snap.fees, Unknown):
             return self._unposted

@@ -164,6 +164,9 @@ class VenueSnapshot:
     # the daily settlements of futures positions the venue posted (None: the venue does not
     # report them, so its cash may have moved by settlements the log cannot see)
     variation_margins: list[VenueVariationMargin] | Unknown | None = None
+    # currency -> the most the venue has already deducted from the cash in fees it posts only later
+    # (Alpaca's regulatory fees on sales: accrued intraday, posted as ``FEE`` at the end of the day)
+    unposted_cash_fees: dict[str, Decimal] = field(default_factory=dict)
 
     def raw_report(self) -> dict[str, Any]:
         """The venue's raw data this snapshot was built from (stored with the reconciliation)."""

@@ -73,7 +73,12 @@ class OrderFlow:
         )
         # A connection error here is ambiguous: the order stays submitted; reconciliation's lookup
         # by client order id resolves it. It is never assumed rejected.
-        venue_order = self.adapter.submit(request)
+        try:
+            venue_order = self.adapter.submit(request)
+        except VenueError as e:
+            if getattr(e, "refused_by_venue", False):  # a definite "no" (not a lost answer): nothing works there
+                self.client.record_reject(account, client_order_id, str(e))
+            raise
         if venue_order.status == "rejected":
             self.client.record_reject(account, client_order_id, str(venue_order.raw.get("reject_reason", "")
                                                                     if venue_order.raw else ""))
@@ -128,6 +133,18 @@ class OrderFlow:
                                                      stop_price=_opt(want.get("stop_price")))
         except (ReplaceRejected, OrderNotFound) as e:
             return self.client.record_replace_refused(account, client_order_id, rid, str(e))
+        if venue_order.replaces and str(venue_order.raw_status).lower() in NOT_YET_LIVE:
+            # Alpaca: a 200 "does NOT guarantee the existing open order has been replaced"; the
+            # replacement is confirmed by its ``new`` (stream, reconciliation) or refused
+            return None
+        if venue_order.replaces:
+            # a new venue order for what is left: ours is the quantity asked for (the adapter
+            # took off what the venue filled), not our log's filled part (it may lag) + the rest
+            return self.client.record_replaced(account, client_order_id, _dec(want["qty"]),
+                                               limit_price=venue_order.limit_price,
+                                               stop_price=venue_order.stop_price,
+                                               venue_order_id=venue_order.venue_order_id,
+                                               occurred_at=venue_order.updated_at)
         return record_update(self.client, account, client_order_id, _replaced(client_order_id, venue_order))
 
     def settle_replaces(self) -> list[Recorded]:
@@ -248,10 +265,18 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
         return client.record_reject(account, client_order_id, u.reason, **at)
     if u.kind == "expired":
         return client.record_expired(account, client_order_id, **at)
+    if u.kind == "replace_rejected":  # the venue refused our amendment: the pending request is refused
+        order = client.state.orders.get(order_stream_id(account, client_order_id))
+        if order is None or order.replace_pending is None:
+            return None
+        return client.record_replace_refused(account, client_order_id, order.replace_pending,
+                                             f"venue_rejected: {u.reason}", **at)
     if u.kind == "replaced" and u.order is not None:
         order = client.state.orders.get(order_stream_id(account, client_order_id))
         if order is None or not order.is_open:
             return None
+        if order.venue_order_id == u.venue_order_id and u.order.replaces:
+            return None  # a replacement (Alpaca) ours moved to already: its qty is only what was left
         if order.venue_order_id == u.venue_order_id:
             # amended in place (IB, the simulated venue): the venue order is the whole order; the
             # same values as ours: recorded already (a replacement's too, once its id is ours)
@@ -265,6 +290,10 @@ def record_update(client: TradestateClient, account: str, client_order_id: str, 
                                       limit_price=u.order.limit_price, stop_price=u.order.stop_price,
                                       venue_order_id=u.venue_order_id, **at)
     return None
+
+
+# a replacement the venue has taken but not yet put to work (Alpaca's ``pending_new``/``accepted``)
+NOT_YET_LIVE = frozenset({"pending_new", "accepted", "accepted_for_bidding"})
 
 
 def _dec(value: Any) -> Decimal:

@@ -42,6 +42,7 @@ stays in ``raw``), the same id the stream reports, so one fill has one id from e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import requests
 from alpaca.common.exceptions import APIError, RetryException
@@ -88,16 +90,25 @@ ACTIVITIES_PAGE_SIZE = 100  # Alpaca's maximum for account activities
 # The highest crypto fee rate (tier 1, 25 bps): taken at each execution, posted at the end of the
 # day (alpaca-docs content/trading/crypto-trading.md, "Crypto Fees").
 CRYPTO_FEE_RATE_MAX = Decimal("0.0025")
+# Regulatory fees on equity sales, deducted from the cash at once and posted as ``FEE`` at the end
+# of the day (Alpaca's "Regulatory Fees"): bounds above the published rates (FINRA TAF $0.000166
+# a share, at most $8.30 a fill; SEC $27.80 per million; CAT a fraction of a cent), each rounded
+# up to the cent. Used only to tell such a not-yet-posted fee from a real cash difference.
+REG_FEE_PER_SHARE_MAX = Decimal("0.0002")
+REG_FEE_NOTIONAL_RATE_MAX = Decimal("0.00003")
+REG_FEE_ROUNDING = Decimal("0.03")  # each of the three rounded up to the cent
+FEE_ACTIVITY_TYPES = ("CFEE", "FEE")  # crypto fees; regulatory and other fees, in cash
+NEW_YORK = ZoneInfo("America/New_York")
 MAX_CHAIN_LOOKUPS = 100  # orders of cancel/replace chains read one by one per query
 BACKFILL_MARGIN = timedelta(seconds=2)  # reach back before the last event seen (clock skew)
 
 # Trade-update events that change nothing in our lifecycle: alpaca-py's ``TradeEvent`` (restated,
 # pending_*) and the ones Alpaca's streaming docs add (done_for_day, calculated, suspended, held,
-# stopped, order_replace_rejected, order_cancel_rejected: the order goes on as it was). Any other
+# stopped, order_cancel_rejected: the order goes on as it was). Any other
 # event is logged and skipped too, never an error.
 QUIET_TRADE_EVENTS = frozenset({
     "pending_new", "pending_cancel", "pending_replace", "restated", "done_for_day", "calculated",
-    "suspended", "held", "stopped", "order_replace_rejected", "order_cancel_rejected", "pending_review",
+    "suspended", "held", "stopped", "order_cancel_rejected", "pending_review",
     "accepted_for_bidding",
 })
 
@@ -116,7 +127,10 @@ class VenueBusy(VenueConnectionError):
 
 
 class OrderRejectedByVenue(VenueError):
-    """Alpaca refused the order outright (HTTP 4xx on submit other than a duplicate id)."""
+    """Alpaca refused the order outright (HTTP 4xx on submit other than a duplicate id or a rate
+    limit): nothing works at the venue (``refused_by_venue``: the order flow records the reject)."""
+
+    refused_by_venue = True
 
     def __init__(self, message: str, *, status: int | None, code: Any = None) -> None:
         super().__init__(message)
@@ -724,33 +738,51 @@ class AlpacaAdapter(BrokerAdapter):
             token = _str(page[-1], "id")
 
     def posted_fees(self, since: datetime | None = None) -> list[VenueFee]:
-        """The crypto fees Alpaca posted (``CFEE`` activities: one per pair and day, at the end of
-        the day) since the day before ``since`` (all when None), oldest first. A fee in the asset
-        received (``qty`` < 0, ``net_amount`` 0: buying BTC/USD, the fee is in BTC) is ``in_kind``
-        in that asset; one in cash (``net_amount`` < 0) is in the account's currency
-        (alpacahq/alpaca-docs content/trading/crypto-trading.md, "Crypto Fees"). Raises
+        """The fees Alpaca posted apart from its fills since the day before ``since`` (all when
+        None), oldest first: crypto fees (``CFEE``: one per pair and day, at the end of the day) and
+        other fees (``FEE``: the regulatory fees of equity sales, posted at the end of the day;
+        any other fee the account paid). A fee in the asset received (``qty`` < 0,
+        ``net_amount`` 0: buying BTC/USD, the fee is in BTC) is ``in_kind`` in that asset; one in
+        cash (``net_amount`` < 0) is in the account's currency (alpacahq/alpaca-docs
+        content/trading/crypto-trading.md, "Crypto Fees"; "Regulatory Fees"). Raises
         ``VenueQueryFailed`` for a failed, truncated or malformed answer."""
         after = since - timedelta(days=1) if since is not None else None  # a day's fee posts at its end
         result = []
-        for raw in self._activities(after, "crypto fees", "CFEE"):
-            if str(raw.get("status") or "executed").lower() != "executed":
-                continue
-            symbol = canonical_symbol(_str(raw, "symbol"), "crypto")
-            qty = _dec(raw.get("qty"), "qty", optional=True) or Decimal(0)
-            net = _dec(raw.get("net_amount"), "net_amount", optional=True) or Decimal(0)
-            day = _str(raw, "date", optional=True)
-            occurred = _ts(day + "T00:00:00Z", "date") if day and len(day) == 10 else _ts(day, "date")
-            if qty:
-                amount, currency, in_kind = abs(qty), symbol.split("/")[0], True
-            else:
-                amount, currency, in_kind = abs(net), symbol.split("/")[1] if "/" in symbol else "USD", False
-            if amount:
-                result.append(VenueFee(fee_id=_str(raw, "id"), amount=amount, currency=currency, symbol=symbol,
-                                       in_kind=in_kind, occurred_at=occurred, raw=_plain(raw)))
+        for activity_type in FEE_ACTIVITY_TYPES:
+            for raw in self._activities(after, "fees", activity_type):
+                fee = self._fee(raw, crypto=activity_type == "CFEE")
+                if fee is not None:
+                    result.append(fee)
+        result.sort(key=lambda f: (f.occurred_at or datetime.min.replace(tzinfo=timezone.utc), f.fee_id))
         return result
 
+    @staticmethod
+    def _fee(raw: dict, *, crypto: bool) -> VenueFee | None:
+        """One fee activity; None for one not executed or of no amount."""
+        if str(raw.get("status") or "executed").lower() != "executed":
+            return None
+        text = _str(raw, "symbol", optional=True)
+        symbol = canonical_symbol(text, "crypto" if crypto else "us_equity") if text else None
+        qty = (_dec(raw.get("qty"), "qty", optional=True) or Decimal(0)) if crypto else Decimal(0)
+        net = _dec(raw.get("net_amount"), "net_amount", optional=True) or Decimal(0)
+        day = _str(raw, "date", optional=True)
+        occurred = _ts(day + "T00:00:00Z", "date") if day and len(day) == 10 else _ts(day, "date")
+        if qty and symbol and "/" in symbol:
+            amount, currency, in_kind = abs(qty), symbol.split("/")[0], True
+        else:
+            currency = symbol.split("/")[1] if symbol and "/" in symbol else "USD"
+            amount, in_kind = abs(net), False
+            if net > 0:
+                return None  # a credit (a refunded fee) is not a fee paid
+        if not amount:
+            return None
+        return VenueFee(fee_id=_str(raw, "id"), amount=amount, currency=currency, symbol=symbol, in_kind=in_kind,
+                        occurred_at=occurred, raw=_plain(raw))
+
     def snapshot(self, since: datetime | None = None, *, now: datetime) -> VenueSnapshot:
-        """Every report (``BrokerAdapter.snapshot``) and the crypto fees posted apart (``fees``)."""
+        """Every report (``BrokerAdapter.snapshot``) and the fees posted apart (``fees``), with the
+        most the venue may have taken and not posted yet: crypto fees by rate
+        (``unposted_fee_rates``), regulatory fees of equity sales in cash (``unposted_cash_fees``)."""
         snap = super().snapshot(since, now=now)
         try:
             fees: list[VenueFee] | Unknown = self.posted_fees(since)
@@ -758,7 +790,8 @@ class AlpacaAdapter(BrokerAdapter):
             fees = Unknown(f"{type(e).__name__}: {e}")
         pairs = {item.symbol for part in (snap.positions, snap.open_orders, snap.recent_orders, snap.fills)
                  if not isinstance(part, Unknown) for item in part if "/" in item.symbol}
-        return replace(snap, fees=fees, unposted_fee_rates={pair: CRYPTO_FEE_RATE_MAX for pair in sorted(pairs)})
+        return replace(snap, fees=fees, unposted_fee_rates={pair: CRYPTO_FEE_RATE_MAX for pair in sorted(pairs)},
+                       unposted_cash_fees=unposted_regulatory_fees(snap.fills, fees))
 
     def fills(self, since: datetime | None = None) -> list[VenueFill]:
         """Every fill after ``since`` (all when None) from the FILL activities, all pages, oldest first,
@@ -1036,19 +1069,38 @@ class AlpacaAdapter(BrokerAdapter):
             since = self._last_event_at or self._stream_since
         since = since - BACKFILL_MARGIN if since is not None else None
         try:
-            orders = self.recent_orders(since)
+            by_id = {o.venue_order_id: o for o in self.recent_orders(since)}
             fills = self.fills(since)
+            # an order placed between the two reads has fills but was not among the orders: read it
+            # (its ack goes before its fills; else its live ``new`` would come after them)
+            for venue_order_id in dict.fromkeys(f.venue_order_id for f in fills if f.venue_order_id):
+                if venue_order_id not in by_id:
+                    with contextlib.suppress(OrderNotFound):
+                        by_id[venue_order_id] = self.order_by_venue_id(venue_order_id)
         except VenueError as e:
             self.last_backfill_error = str(e)
             log.warning("alpaca: backfill after (re)connect failed, reconnecting to retry: %s", e)
             raise
+        orders = list(by_id.values())
         self.last_backfill_error = None
         epoch = datetime.min.replace(tzinfo=timezone.utc)
         staged: list[tuple[datetime, int, VenueUpdate, tuple]] = []
-        by_id = {o.venue_order_id: o for o in orders}
         for order in orders:
             raw_status = order.raw_status.lower()
             cid = self._origin_client_id(order.venue_order_id) if order.replaces else order.client_order_id
+            old = by_id.get(order.replaces or "")
+            took_over = old is not None and old.raw_status.lower() == "replaced" \
+                and str(old.raw.get("replaced_by")) == order.venue_order_id
+            if order.replaces and not took_over and raw_status in ("rejected", "pending_new", "accepted"):
+                # a replacement the venue rejected before it took over (the old order filled
+                # first) refuses our amendment; one not live yet says nothing until its ``new``
+                if raw_status == "rejected":
+                    staged.append((order.updated_at or epoch, 2, VenueUpdate(
+                        kind="replace_rejected", client_order_id=cid, venue_order_id=order.venue_order_id,
+                        reason=f"backfill: replacement {order.venue_order_id} rejected", order=order,
+                        occurred_at=order.updated_at, raw={"backfill": "order", "order": order.raw},
+                    ), (("replace_rejected", order.venue_order_id),)))
+                continue
             if order.replaces:  # a replacement carries the order it replaced on: no ack of its own
                 staged.append((order.submitted_at or epoch, 0, VenueUpdate(
                     kind="replaced", client_order_id=cid, venue_order_id=order.venue_order_id,
@@ -1106,9 +1158,11 @@ class AlpacaAdapter(BrokerAdapter):
         replacement = order.venue_order_id in self._replaced
         cid = self._origin_client_id(order.venue_order_id) if replacement else order.client_order_id
         common = dict(client_order_id=cid, venue_order_id=order.venue_order_id, occurred_at=at, raw=_plain(data))
-        if event in ("new", "accepted") and replacement:
-            # the order that replaced ours: it carries our order on (its qty, prices, id)
+        if event == "new" and replacement:
+            # the order that replaced ours, routed: it carries our order on (its qty, prices, id)
             return VenueUpdate(kind="replaced", order=order, **common), (("replaced", order.venue_order_id),), at
+        if event in ("accepted", "pending_new") and replacement:
+            return None  # not routed yet: it may still be rejected (the old order filling first)
         if event in ("new", "accepted"):
             return VenueUpdate(kind="ack", **common), (("ack", order.venue_order_id),), at
         if event == "replaced":
@@ -1132,6 +1186,15 @@ class AlpacaAdapter(BrokerAdapter):
             )
             keys = (("fill", exec_id), ("fillcum", order.venue_order_id, _norm(cum)))
             return VenueUpdate(kind="fill", fill=fill, **common), keys, at
+        if event == "order_replace_rejected" or (event == "rejected" and replacement):
+            # "order_replace_rejected: Sent when the order replace has been rejected" (on the old
+            # order), or the replacement itself rejected ("If the existing open order is filled
+            # before the replacing (new) order reaches the execution venue, the replacing (new)
+            # order is rejected"): our amendment is refused; our order is not (it works on, or
+            # its own fills finish it)
+            reason = str(data.get("reason") or raw_order.get("reject_reason") or event)
+            return (VenueUpdate(kind="replace_rejected", reason=reason, order=order, **common),
+                    (("replace_rejected", order.venue_order_id),), at)
         kind = {"canceled": "cancelled", "expired": "expired", "rejected": "rejected"}.get(event)
         if kind is None:
             # The order goes on (or waits): nothing for our lifecycle. Reconciliation reads the
@@ -1159,8 +1222,29 @@ class AlpacaAdapter(BrokerAdapter):
                 log.exception("alpaca: on_update raised for %r", update)
 
 
+def unposted_regulatory_fees(fills: list[VenueFill] | Unknown, fees: list[VenueFee] | Unknown) -> dict[str, Decimal]:
+    """The most Alpaca may have deducted in regulatory fees it has not posted yet: over the
+    equity sales of New York days after the last day a ``FEE`` was posted for (fees are posted
+    at the end of the day), at the bounds above. Empty when either is unknown (nothing is
+    excused then: the cash check waits for the fills anyway)."""
+    if isinstance(fills, Unknown) or isinstance(fees, Unknown):
+        return {}
+    posted_days = [f.occurred_at.date().isoformat() for f in fees
+                   if f.occurred_at is not None and str(f.raw.get("activity_type", "")).upper() == "FEE"]
+    last_posted = max(posted_days, default="")
+    bound = Decimal(0)
+    for f in fills:
+        if f.side != "sell" or "/" in f.symbol or f.occurred_at is None:
+            continue
+        if f.occurred_at.astimezone(NEW_YORK).date().isoformat() <= last_posted:
+            continue
+        bound += f.qty * REG_FEE_PER_SHARE_MAX + f.qty * f.price * REG_FEE_NOTIONAL_RATE_MAX + REG_FEE_ROUNDING
+    return {"USD": bound} if bound else {}
+
+
 __all__ = [
     "AlpacaAdapter",
+    "unposted_regulatory_fees",
     "MAX_CLIENT_ORDER_ID",
     "OrderNotCancelable",
     "OrderRejectedByVenue",

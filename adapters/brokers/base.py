@@ -78,7 +78,8 @@ class VenueUpdate:
     """One update from the venue's live stream, turned into an event by the order flow."""
 
     # "fee": a fee the venue reported after the fill was handed over (``fill`` carries it, by exec id)
-    kind: Literal["ack", "fill", "cancelled", "rejected", "expired", "replaced", "fee"]
+    # "replace_rejected": the venue refused an amendment of the order (the order goes on as it was)
+    kind: Literal["ack", "fill", "cancelled", "rejected", "expired", "replaced", "fee", "replace_rejected"]
     client_order_id: str | None
     venue_order_id: str
     fill: VenueFill | None = None

@@ -294,7 +294,12 @@ def test_live_stream_records_the_replace_and_reconciliation_agrees(fake, client,
             time.sleep(0.02)
     finally:
         adapter.stop_stream()
-    assert [u.kind for u in updates] == ["ack", "fill", "replaced", "fill"]
+    # order_replace_rejected is an update of its own (it refuses a pending amendment; none is here).
+    # On a loaded machine the first backfill may already hold the whole scenario: the live events
+    # then replay behind it (duplicates dropped), and this one comes last
+    got = [u.kind for u in updates]
+    assert [k for k in got if k != "replace_rejected"] == ["ack", "fill", "replaced", "fill"], got
+    assert got.count("replace_rejected") == 1, got
     for u in updates:
         record_update(client, ACCOUNT, u.client_order_id, u)
     order = order_of(client, "L1")

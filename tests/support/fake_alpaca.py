@@ -130,6 +130,17 @@ class FakeAlpaca:
         self.activities: list[dict] = []
         self.fee_activities: list[dict] = []  # CFEE, posted by post_crypto_fees()
         self.crypto_fee_rate = Decimal("0.0025")
+        # FINRA's TAF on equity sales, per share (0: off). "Alpaca's trading system keeps track of
+        # the accrued FEE amounts intraday and deducts the pending amounts from account balances.
+        # At EOD, we charge each account the fees for that trading day" (Regulatory Fees), posted
+        # as ``FEE`` activities by ``post_regulatory_fees``.
+        # True: a PATCH leaves the old order ``pending_replace`` and its replacement ``pending_new``
+        # until ``complete_replace`` or ``replace_lost_to_a_fill`` (a 200 "does NOT guarantee the
+        # existing open order has been replaced"); False: replaced at once
+        self.replace_in_two_steps = False
+        self.taf_per_share = Decimal(0)
+        self.unposted_reg_fees: dict[tuple[str, str], Decimal] = {}  # (symbol, NY day) -> USD
+        self.reg_fee_activities: list[dict] = []
         # (pair, UTC day, buy) -> [fee, notional, qty] taken but not posted yet
         self.unposted_fees: dict[tuple[str, str, bool], list[Decimal]] = {}
         self.positions: dict[str, dict] = {}  # symbol -> {"qty": Decimal, "avg": Decimal}
@@ -139,6 +150,7 @@ class FakeAlpaca:
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query) of every REST call
         self._refuse_next: dict[tuple[str, str], list[int]] = {}  # answered before processing
         self._lose_next: dict[tuple[str, str], list[int]] = {}  # processed, then this status instead
+        self._before_next: dict[tuple[str, str], list[Any]] = {}  # venue moves made before answering
         self._clock = datetime.now(timezone.utc) - timedelta(minutes=5)
         self._clients: set[WebSocket] = set()  # authenticated and listening to trade_updates
         self._stream_refused = False
@@ -311,7 +323,10 @@ class FakeAlpaca:
         with self.lock:
             for leg_id in self.legs.get(parent_id, []):
                 leg = self.orders[leg_id]
-                if leg["type"] == "limit" and leg["status"] == "held":
+                # an OTO has one exit leg: nothing to hold it back once the entry filled ("OTO
+                # Orders": "the second order is triggered as soon as the first one fills")
+                oto = leg["order_class"] == "oto"
+                if (leg["type"] == "limit" or oto) and leg["status"] == "held":
                     self._set_status(leg, "new", self.now())
 
     def replace_order(self, order_id: str, *, qty: Decimal | None = None, limit_price: Decimal | None = None,
@@ -376,6 +391,7 @@ class FakeAlpaca:
         self.cash -= (qty if side == "buy" else -qty) * price
         if side == "sell":
             self.cash -= fee  # a sell's fee is taken from the USD received
+            self.cash -= self._regulatory_fee(order, qty, at)
         self.activities.append({
             "id": at.astimezone(NEW_YORK).strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}::{exec_id}",
             "activity_type": "FILL", "transaction_time": _ts(at),
@@ -406,24 +422,54 @@ class FakeAlpaca:
         pending[2] += qty
         return fee
 
-    def post_crypto_fees(self) -> list[dict]:
+    def _regulatory_fee(self, order: dict, qty: Decimal, at: datetime) -> Decimal:
+        """The TAF of one equity sale, rounded up to the cent ("We round up total fees based on the
+        currency's precision"), deducted at once and posted at the end of the day."""
+        if order.get("asset_class") != "us_equity" or not self.taf_per_share:
+            return Decimal(0)
+        fee = (qty * self.taf_per_share).quantize(Decimal("0.01"), rounding="ROUND_UP")
+        key = (order["symbol"], at.astimezone(NEW_YORK).date().isoformat())
+        self.unposted_reg_fees[key] = self.unposted_reg_fees.get(key, Decimal(0)) + fee
+        return fee
+
+    def post_regulatory_fees(self) -> list[dict]:
+        """End of day: each accrued regulatory fee becomes one ``FEE`` activity (a non-trade
+        activity: ``date``, ``net_amount`` < 0 in USD, ``description``, ``symbol``)."""
+        posted = []
+        with self.lock:
+            for (symbol, day), fee in sorted(self.unposted_reg_fees.items()):
+                activity = {
+                    "id": day.replace("-", "") + "000000000::" + str(uuid.uuid4()), "activity_type": "FEE",
+                    "activity_sub_type": "TAF", "date": day, "net_amount": str(-fee),
+                    "description": "FINRA TAF fee", "symbol": symbol, "qty": None, "per_share_amount": None,
+                    "status": "executed",
+                }
+                self.reg_fee_activities.append(activity)
+                posted.append(activity)
+            self.unposted_reg_fees.clear()
+        return posted
+
+    def post_crypto_fees(self, day: str | None = None) -> list[dict]:
         """End of day: every fee taken since the last posting becomes one ``CFEE`` activity per pair
         and day, shaped like the docs' example (``symbol`` ``ETHUSD``, ``qty`` the fee in the asset
         as a negative number, ``net_amount`` 0; a fee in USD is ``net_amount`` < 0 with ``qty`` 0)."""
         posted = []
         with self.lock:
-            for (symbol, day, buy), (fee, notional, qty) in sorted(self.unposted_fees.items()):
+            for (symbol, fee_day, buy), (fee, notional, qty) in sorted(self.unposted_fees.items()):
+                if day is not None and fee_day != day:
+                    continue  # that day is not over yet
                 price = (notional / qty).quantize(Decimal("1e-9")) if qty else Decimal(0)
                 activity = {
-                    "id": day.replace("-", "") + "000000000::" + str(uuid.uuid4()), "activity_type": "CFEE",
-                    "date": day, "net_amount": "0" if buy else str(-fee),
+                    "id": fee_day.replace("-", "") + "000000000::" + str(uuid.uuid4()), "activity_type": "CFEE",
+                    "date": fee_day, "net_amount": "0" if buy else str(-fee),
                     "description": "Coin Pair Transaction Fee (Non USD)" if buy else "Coin Pair Transaction Fee (USD)",
                     "symbol": legacy_symbol(symbol), "qty": str(-fee) if buy else "0", "price": str(price),
                     "status": "executed",
                 }
                 self.fee_activities.append(activity)
                 posted.append(activity)
-            self.unposted_fees.clear()
+            for key in [k for k in self.unposted_fees if day is None or k[1] == day]:
+                del self.unposted_fees[key]
         return posted
 
     def _move_position(self, symbol: str, delta: Decimal, price: Decimal) -> None:
@@ -441,12 +487,88 @@ class FakeAlpaca:
         self.positions[symbol] = {"qty": new, "avg": avg}
 
     # test-side actions that the venue would stream
-    def fill(self, order_id: str, qty: Decimal | str, price: Decimal | str, exec_id: str | None = None) -> dict:
+    def fill(self, order_id: str, qty: Decimal | str, price: Decimal | str, exec_id: str | None = None,
+             at: datetime | None = None) -> dict:
+        """One execution, streamed. ``at``: its time (default the venue clock): crypto trades at any
+        hour of any day ("Trade all day, seven days a week", Alpaca's Crypto Spot Trading)."""
         with self.lock:
-            event = self._execute(self.orders[order_id], Decimal(qty), Decimal(price), exec_id, self.now())
+            moment = at if at is not None else self.now()
+            event = self._execute(self.orders[order_id], Decimal(qty), Decimal(price), exec_id, moment)
         self.broadcast(event)
         return event
 
+    def set_status(self, order_id: str, status: str, *, event: str | None = None) -> dict:
+        """Move an order to any of Alpaca's statuses and stream the trade update that says so
+        (``event``: default the status itself, e.g. ``done_for_day``, ``pending_cancel``,
+        ``calculated``, ``stopped``, ``suspended``). ``order_cancel_rejected`` /
+        ``order_replace_rejected`` leave the order as it is (pass ``status=None``-like: the
+        order's own status) - "Sent when the order cancel/replace has been rejected"."""
+        with self.lock:
+            order = self.orders[order_id]
+            at = self.now()
+            if status != order["status"]:
+                self._set_status(order, status, at)
+            data = {"event": event or status, "order": dict(order), "timestamp": _ts(at)}
+        self.broadcast(data)
+        return data
+
+    def _start_replace(self, order_id: str, client_order_id: str | None, changes: dict) -> dict:
+        """The first step of a replace (``replace_in_two_steps``): the replacement ``pending_new``
+        (streamed as ``accepted``), the old order ``pending_replace`` (streamed)."""
+        with self.lock:
+            old = self.orders[order_id]
+            at = self.now()
+            new = self.new_order(
+                symbol=old["symbol"], side=old["side"], qty=changes.get("qty", _dec_or_none(old["qty"])),
+                order_type=old["type"], limit_price=changes.get("limit_price", _dec_or_none(old["limit_price"])),
+                stop_price=changes.get("stop_price", _dec_or_none(old["stop_price"])),
+                time_in_force=old["time_in_force"], client_order_id=client_order_id, at=at,
+                order_class=old["order_class"], status="pending_new")
+            new["replaces"] = old["id"]
+            self._set_status(old, "pending_replace", at)
+            # "accepted: Sent when an order recieved and accepted by Alpaca" (the replacement, not
+            # yet routed); "pending_replace: Sent when the order is awaiting replacement"
+            events = [{"event": "accepted", "order": {**new, "status": "accepted"}, "timestamp": _ts(at)},
+                      {"event": "pending_replace", "order": dict(old), "timestamp": _ts(at)}]
+        for event in events:
+            self.broadcast(event)
+        return dict(new)
+
+    def _replacement_of(self, order_id: str) -> dict:
+        return next(o for o in self.orders.values() if o["replaces"] == order_id and o["status"] == "pending_new")
+
+    def complete_replace(self, order_id: str) -> dict:
+        """The second step of a replace that worked: ``replaced`` (old) then ``new`` (replacement)."""
+        with self.lock:
+            old = self.orders[order_id]
+            new = self._replacement_of(order_id)
+            at = self.now()
+            old["replaced_by"] = new["id"]
+            self._set_status(old, "replaced", at)
+            self._set_status(new, "new", at)
+            events = [{"event": "replaced", "order": dict(old), "timestamp": _ts(at)},
+                      {"event": "new", "order": dict(new), "timestamp": _ts(at)}]
+        for event in events:
+            self.broadcast(event)
+        return new
+
+    def replace_lost_to_a_fill(self, order_id: str, price: Decimal | str, *, exec_id: str | None = None) -> dict:
+        """The documented race of a replace ("Replace Order by ID": "A success return code from a
+        replaced order does NOT guarantee the existing open order has been replaced. If the
+        existing open order is filled before the replacing (new) order reaches the execution
+        venue, the replacing (new) order is rejected"): the old order (``pending_replace``) fills
+        its remainder, its replacement is rejected. Streams the fill then the rejection; no
+        ``replaced``. Returns the rejected replacement."""
+        with self.lock:
+            old = self.orders[order_id]
+            new = self._replacement_of(order_id)
+            remainder = Decimal(old["qty"]) - Decimal(old["filled_qty"])
+            fill = self._execute(old, remainder, Decimal(price), exec_id, self.now())
+            self._set_status(new, "rejected", self.now())
+            rejected = {"event": "rejected", "order": dict(new), "timestamp": new["updated_at"]}
+        self.broadcast(fill)
+        self.broadcast(rejected)
+        return new
     def finish(self, order_id: str, status: str) -> dict:
         """Cancel, expire or reject an order at the venue (``canceled``, ``expired``, ``rejected``)."""
         with self.lock:
@@ -520,6 +642,12 @@ class FakeAlpaca:
         instead (what a gateway timeout looks like to the client). POST /orders only."""
         self._lose_next.setdefault((method, path), []).append(status)
 
+    def before_next(self, method: str, path: str, move: Any) -> None:
+        """The venue moves (``move()`` under the lock, returning the trade updates it streams)
+        just before the next request to ``method path`` is answered: what happens between two
+        requests of a client."""
+        self._before_next.setdefault((method, path), []).append(move)
+
     def count(self, method: str, path: str) -> int:
         return sum(1 for m, p, _ in self.requests if m == method and p == path)
 
@@ -532,6 +660,12 @@ class FakeAlpaca:
         if (request.headers.get("APCA-API-KEY-ID") != self.api_key
                 or request.headers.get("APCA-API-SECRET-KEY") != self.secret_key):
             return _error(401, 40110000, "request is not authorized")
+        moves = self._before_next.get((request.method, path))
+        if moves:
+            with self.lock:
+                events = moves.pop(0)()
+            for event in events:  # streamed as they happen, before this request is answered
+                await self._send_all({"stream": "trade_updates", "data": event})
         refused = self._refuse_next.get((request.method, path))
         if refused:
             status = refused.pop(0)
@@ -692,6 +826,12 @@ class FakeAlpaca:
             return _error(422, 40010000, "qty must be > 0")
         if -amount.as_tuple().exponent > 9:  # type: ignore[operator]
             return _error(422, 40010000, "qty and notional can have at most 9 decimal places")
+        # crypto: "Crypto trading: gtc, ioc" (time in force, "Replace Order by ID"); market, limit
+        # and stop_limit orders ("Crypto Spot Trading", Supported Orders)
+        if asset_class(symbol) == "crypto" and tif not in ("gtc", "ioc"):
+            return _error(422, 40010001, f"invalid crypto time_in_force {tif}")
+        if asset_class(symbol) == "crypto" and kind not in ("market", "limit", "stop_limit"):
+            return _error(422, 40010001, f"invalid crypto order type {kind}")
         if notional is not None and kind != "market":
             return _error(422, 40010000, "notional orders must be market orders")
         if kind in ("limit", "stop_limit") and limit is None:
@@ -747,6 +887,17 @@ class FakeAlpaca:
             # pending_replace" (Alpaca's "Replace an Order" reference), nor once it is finished
             if order["status"] in CLOSED | {"accepted", "pending_new", "pending_cancel", "pending_replace"}:
                 return _error(422, 42210000, "order is not replaceable")
+            # "Notional orders cannot be replaced. Any attempt to modify a notional order via this
+            # endpoint will be rejected"; qty: "You can only patch full shares for now. Qty of
+            # equity fractional orders are not allowed to change" ("Replace Order by ID")
+            if order["notional"] is not None:
+                return _error(422, 42210000, "notional orders cannot be replaced")
+            if "qty" in changes and (changes["qty"] != changes["qty"].to_integral_value()
+                                     or Decimal(order["qty"]) != Decimal(order["qty"]).to_integral_value()):
+                return _error(422, 42210000, "qty of a fractional order cannot be changed; only full shares")
+        if self.replace_in_two_steps:
+            new = await asyncio.to_thread(self._start_replace, order["id"], body.get("client_order_id"), changes)
+            return _json(new)
         new = await asyncio.to_thread(self.replace_order, order["id"], client_order_id=body.get("client_order_id"),
                                       stream=False, **changes)
         with self.lock:
@@ -762,7 +913,7 @@ class FakeAlpaca:
         query = "fills" if activity_type == "FILL" else "fees"
         if (early := await self._enter(request, query)) is not None:
             return early
-        if activity_type not in ("FILL", "CFEE"):
+        if activity_type not in ("FILL", "CFEE", "FEE"):
             return _json([])  # no other activities happen here
         q = request.query_params
         direction = q.get("direction", "desc")
@@ -779,7 +930,8 @@ class FakeAlpaca:
             return _parse_ts(a.get("transaction_time") or a["date"])
 
         with self.lock:
-            source = self.activities if activity_type == "FILL" else self.fee_activities
+            source = {"FILL": self.activities, "CFEE": self.fee_activities,
+                      "FEE": self.reg_fee_activities}[activity_type]
             rows = [dict(a) for a in source
                     if (after is None or when(a) > after) and (until is None or when(a) < until)]
         rows.sort(key=lambda a: (when(a), a["id"]), reverse=(direction != "asc"))
