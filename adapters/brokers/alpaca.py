@@ -64,6 +64,8 @@ from alpaca.trading.stream import TradingStream
 
 from tradestate.adapters.brokers.base import (
     BrokerAdapter,
+    OrderNotCancelable,
+    SubmitOutcomeUnknown,
     OrderNotFound,
     OrderRequest,
     ReplaceRejected,
@@ -116,10 +118,6 @@ if not hasattr(RESTClient, "_one_request"):  # pragma: no cover - guards an alpa
     raise ImportError("alpaca-py changed: RESTClient._one_request is gone; AlpacaAdapter needs review")
 
 
-class SubmitOutcomeUnknown(VenueConnectionError):
-    """The submit's answer was lost and the venue does not (yet) show the order: look it up later
-    by client order id; never assume it was rejected, never send it again under a new id."""
-
 
 class VenueBusy(VenueConnectionError):
     """Alpaca rate-limited the submit (HTTP 429): the order was not taken; sending it again later
@@ -137,9 +135,6 @@ class OrderRejectedByVenue(VenueError):
         self.status = status
         self.code = code
 
-
-class OrderNotCancelable(VenueError):
-    """Alpaca refused a cancel (HTTP 422): the order is already finished or being replaced."""
 
 
 class _KeyRefused(VenueConnectionError):

@@ -103,6 +103,8 @@ from zoneinfo import ZoneInfo
 
 from tradestate.adapters.brokers.base import (
     BrokerAdapter,
+    OrderNotCancelable,
+    SubmitOutcomeUnknown,
     Unknown,
     OrderNotFound,
     OrderRequest,
@@ -173,14 +175,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 T = TypeVar("T")
 
 
-class SubmitOutcomeUnknown(VenueConnectionError):
-    """An order went out but TWS did not acknowledge it in time, and a lookup by client order id
-    did not find it: it may or may not exist. Keep the order pending; look it up again later."""
-
-
-class OrderNotCancelable(VenueError):
-    """The order is finished already, or was placed by another client id (IB lets only the
-    placing client cancel an order through the API)."""
 
 
 class _ConnectionLost(VenueQueryFailed, VenueConnectionError):

@@ -175,10 +175,13 @@ def test_a_hanging_query_is_bounded_and_the_snapshot_says_unknown(fake):
     assert isinstance(snap.open_orders, Unknown) and not isinstance(snap.positions, Unknown)
 
 
-def test_the_adapter_raises_the_shared_exceptions_of_base():
+def test_every_adapter_raises_the_shared_exceptions_of_base():
     # one class per outcome, whatever the venue: the order flow catches base's (the old names stay)
-    assert ccxt_venue.SubmitOutcomeUnknown is SubmitOutcomeUnknown
-    assert ccxt_venue.OrderNotCancelable is OrderNotCancelable
+    from tradestate.adapters.brokers import alpaca, ib
+
+    for module in (ccxt_venue, alpaca, ib):
+        assert module.SubmitOutcomeUnknown is SubmitOutcomeUnknown, module.__name__
+        assert module.OrderNotCancelable is OrderNotCancelable, module.__name__
     assert issubclass(SubmitOutcomeUnknown, VenueConnectionError)
 
 
