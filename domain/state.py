@@ -479,6 +479,8 @@ def correct_fill(state: TradingState, account: AccountState, key: tuple[str, str
     ids.pop(old_id, None)
     if q1:
         ids[new_id] = sid
+    elif not ids:  # a bust of the venue's last execution: no empty index (a checkpoint keeps none)
+        del state.exec_ids[key[1]]
     pending = account.fees_pending.pop(old_id, None)
     if q1 and (d.get("fee_pending") or (pending is not None and d.get("fee") is None)):
         account.fees_pending[new_id] = sid  # the fee of the correcting execution is still to come
