@@ -86,3 +86,11 @@ def test_paced_rows_of_one_backend_do_not_judge_the_other():
 def test_the_achieved_rate_row_carries_no_target_of_its_own():
     checks = append.targets(_paced_rows("sqlite", 3_000.0, 1.0))
     assert [line.split(":")[0] for _, line in checks] == ["append_coalesced_64t_at3x_p99 (sqlite)"]
+
+
+def test_the_json_ratio_is_the_measured_one_not_the_targets_bound():
+    line = "rebuild (sqlite): 0.35x raw read+decode (target >= 0.6x)"
+    assert _target_doc("projection", False, line, None)["ratio"] == 0.35
+    cold = "recovery_cold (postgresql): 1.47x raw read+decode (target <= 1.1x; 4.90 s, raw 3.33 s)"
+    assert _target_doc("recovery", False, cold, None)["ratio"] == 1.47
+    assert _target_doc("replay", True, "no ratio here (target <= 5 ms)", None)["ratio"] is None

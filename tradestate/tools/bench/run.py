@@ -170,6 +170,7 @@ def _pg_problem(target: PgTarget) -> str | None:
 # ------------------------------------------------------------------------------ reporting
 
 _RATIO = re.compile(r"(\d[\d,]*\.\d+)x")
+_TARGET_BOUND = re.compile(r"target\s*[<>]=\s*[\d,.]+x")  # the target's own figure, not a measurement
 
 
 def target_checks(results: list[Result]) -> list[tuple[str, bool, str]]:
@@ -186,9 +187,10 @@ def targets(results: list[Result]) -> list[tuple[bool, str]]:
 
 
 def _target_doc(group: str, met: bool, line: str, events: int | None) -> dict[str, Any]:
-    """A target for the JSON: its verdict and line, the ratio the line states (the last ``N.NNx``;
-    None when it states none) and the log size it was measured at."""
-    ratios = _RATIO.findall(line)
+    """A target for the JSON: its verdict and line, the ratio the line states (the last ``N.NNx``
+    that is not the target's own bound, ``target >= 0.6x``; None when it states none) and the log
+    size it was measured at."""
+    ratios = _RATIO.findall(_TARGET_BOUND.sub("", line))
     return {"group": group, "met": met, "line": line,
             "ratio": float(ratios[-1].replace(",", "")) if ratios else None, "events": events}
 
