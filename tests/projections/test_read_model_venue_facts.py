@@ -167,3 +167,34 @@ def test_read_models_of_the_shape_before_these_tables_are_rebuilt_with_them(sqli
     reader = queries.open_reader(sqlite_url)
     with reader.read() as tx:
         assert [i["symbol"] for i in queries.instruments(tx)] == ["FESX", "XYZ", "XYZW"]
+
+
+def test_the_api_serves_them_with_their_openapi_models(sqlite_url):
+    from tests.projections.test_api import serving
+
+    _venue_session(sqlite_url)
+    with open_store(sqlite_url) as store:
+        Projector(store).catch_up()
+    with serving(sqlite_url) as http:
+        o1 = http.get("/orders/a/o1").json()
+        assert (o1["fees_pending"], o1["replace_pending"], o1["replace_qty"], o1["replace_limit_price"]) == (
+            1, "R1", "120", "51")
+        assert [(f["exec_id"], f["client_order_id"], f["qty"]) for f in http.get("/fees/pending").json()] == [
+            ("X.01", "o1", "40"), ("F.02", "o2", "1")]
+        assert [f["exec_id"] for f in http.get("/fees/pending", params={"client_order_id": "o2"}).json()] == ["F.02"]
+        fesx = http.get("/instruments/FESX").json()
+        assert (fesx["asset_class"], fesx["multiplier"], fesx["quote_currency"], fesx["fractional"]) == (
+            "future", "10", "EUR", False)
+        assert [i["symbol"] for i in http.get("/instruments", params={"asset_class": "equity"}).json()] == ["XYZ", "XYZW"]
+        missing = http.get("/instruments/NOPE")
+        assert missing.status_code == 404 and "NOPE" in missing.json()["detail"]
+        assert [(c["venue"], c["currency"], c["balance"]) for c in http.get("/cash", params={"account": "a"}).json()] == [
+            ("ALP", "USD", "2000"), ("IB", "EUR", "5000"), ("IB", "USD", "96499.7")]
+        assert http.get("/cash", params={"currency": "usd"}).status_code == 422
+        assert [(r["base"], r["quote"], r["rate"]) for r in http.get("/fx-rates").json()] == [("EUR", "USD", "1.08")]
+        actions = http.get("/corporate-actions", params={"symbol": "XYZ"}).json()
+        assert [(a["action"], a["ratio_from"], a["ratio_to"], a["new_symbol"]) for a in actions] == [
+            ("split", "1", "2", None), ("symbol_change", None, None, "XYZW")]
+        spec = http.get("/openapi.json").json()["components"]["schemas"]
+        assert "not confirmed or refused" in str(spec["Order"]["properties"]["replace_pending"])
+        assert {"Instrument", "Cash", "FxRate", "CorporateAction", "FeePending"} <= set(spec)
