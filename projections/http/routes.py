@@ -283,6 +283,13 @@ def _not_found(snap: Snapshot, what: str) -> HTTPException:
     return HTTPException(404, detail, headers=snap.headers)
 
 
+def _the_one(snap: Snapshot, rows: list[dict[str, Any]], missing: str) -> dict[str, Any]:
+    """The first of ``rows``; none: the 404 of ``_not_found`` saying ``missing``."""
+    if not rows:
+        raise _not_found(snap, missing)
+    return rows[0]
+
+
 _LAG_404 = ("Not in the read models. When they lag the log (X-Tradestate-Projection-Position below "
             "X-Tradestate-Log-Head) the detail says so: it may be recorded but not projected yet, retry later.")
 
@@ -322,10 +329,7 @@ def risk_of(snap: SnapshotDep, account: AccountPath) -> dict[str, Any]:
     """The risk state of one account. 404 when the read models hold none for it (the detail says when
     they lag the log). Freshness headers as on every data endpoint."""
     with snap.read() as tx:
-        rows = queries.risk(tx, account=account)
-    if not rows:
-        raise _not_found(snap, f"no risk state: account={account!r}")
-    return rows[0]
+        return _the_one(snap, queries.risk(tx, account=account), f"no risk state: account={account!r}")
 
 
 # ---------------------------------------------------------------------------- daily, equity
@@ -405,10 +409,7 @@ def instrument(snap: SnapshotDep,
     """One instrument by symbol. 404 when the registry does not hold it (the detail says when the read
     models lag the log). Freshness headers as on every data endpoint."""
     with snap.read() as tx:
-        rows = queries.instruments(tx, symbol=symbol)
-    if not rows:
-        raise _not_found(snap, f"no instrument {symbol!r} in the registry")
-    return rows[0]
+        return _the_one(snap, queries.instruments(tx, symbol=symbol), f"no instrument {symbol!r} in the registry")
 
 
 @data.get("/cash", response_model=list[CashOut], tags=["money"], responses=_FRESH,

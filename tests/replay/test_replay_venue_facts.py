@@ -80,13 +80,19 @@ def test_every_new_venue_event_reads_as_words(sqlite_url):
     assert said["CorporateActionRecorded"][2].startswith("corporate action: XYZ becomes XYZW effective 2026-08-01")
 
 
+def _amended_with_fees_to_come(client, fills: int) -> None:
+    """Order o1, acknowledged, ``fills`` fills of 10 whose fees are still to come, and amendment R1
+    (to 120 at 51) not answered by the venue yet."""
+    client.record_intent("a", "o1", "XYZ", "buy", 100, order_type="limit", limit_price="50", venue="IB")
+    client.record_ack("a", "o1", "P1")
+    for n in range(fills):
+        client.record_fill("a", "o1", f"X.0{n + 1}", 10, "50", fee_pending=True)
+    client.request_replace("a", "o1", qty=120, limit_price="51", replace_id="R1")
+
+
 def test_the_trace_shows_the_pending_amendment_and_the_fee_to_come(sqlite_url):
     with tradestate.connect(sqlite_url, clock=Clock()) as c:
-        c.record_intent("a", "o1", "XYZ", "buy", 100, order_type="limit", limit_price="50", venue="IB")
-        c.record_submitted("a", "o1")
-        c.record_ack("a", "o1", "P1")
-        c.record_fill("a", "o1", "X.01", 40, "50", fee_pending=True)
-        c.request_replace("a", "o1", qty=120, limit_price="51", replace_id="R1")
+        _amended_with_fees_to_come(c, 1)
     with open_store(sqlite_url) as store:
         t = replay.trace(store, "a", "o1")
     roles = [s.role for s in t.steps]
@@ -140,11 +146,7 @@ def test_the_orders_table_notes_the_pending_amendment_and_fees(sqlite_url):
     from tradestate.render import orders_table
 
     with tradestate.connect(sqlite_url, clock=Clock()) as c:
-        c.record_intent("a", "o1", "XYZ", "buy", 100, order_type="limit", limit_price="50", venue="IB")
-        c.record_ack("a", "o1", "P1")
-        c.record_fill("a", "o1", "X.01", 40, "50", fee_pending=True)
-        c.record_fill("a", "o1", "X.02", 10, "50", fee_pending=True)
-        c.request_replace("a", "o1", qty=120, replace_id="R1")
+        _amended_with_fees_to_come(c, 2)
         out = io.StringIO()
         Console(file=out, width=250).print(orders_table(c.state))
     assert "amendment to qty 120 waits for the venue; fee to come for 2 fills" in out.getvalue()
