@@ -684,11 +684,13 @@ class _Dirty:
                 self.orders[owner] = None
         self._was_pending = []
 
-    def _fee_pending(self, order: OrderState, exec_id: str, qty: Any, price: Any, position: int) -> None:
-        """The row of a fill whose fee is still to come."""
+    def _fee_pending(self, order: OrderState, d: dict[str, Any], position: int, at: datetime) -> None:
+        """The row of a fill (or correction) whose fee is still to come."""
+        exec_id = d["exec_id"]
         if exec_id in order.account_state.fees_pending:  # type: ignore[union-attr]
             self.fees[(order.account, exec_id)] = (order.account, exec_id, order.stream_id, order.client_order_id,
-                                                   order.venue, order.symbol, Decimal(qty), Decimal(price), position)
+                                                   order.venue, order.symbol, Decimal(d["qty"]), Decimal(d["price"]),
+                                                   _event_time(d, at), position)
 
     def note(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any], position: int,
              at: datetime) -> None:
@@ -710,7 +712,7 @@ class _Dirty:
                 minute_key, minute = book.minute(occurred, at)
                 self.equity[(order.account, minute_key)] = book.after_fill(state, key, minute, position)
                 if "fee_pending" in d and d["fee_pending"]:
-                    self._fee_pending(order, d["exec_id"], d["qty"], d["price"], position)
+                    self._fee_pending(order, d, position, at)
             elif type_name == "FeeCharged":
                 if self._was_pending:
                     self._fees_settled(state)
@@ -721,7 +723,7 @@ class _Dirty:
                 if self._was_pending:
                     self._fees_settled(state)
                 if Decimal(d["qty"]):
-                    self._fee_pending(order, d["exec_id"], d["qty"], d["price"], position)
+                    self._fee_pending(order, d, position, at)
                 key = order.position_key
                 self.positions[key] = position
                 self._equity_change(state, key, d, position, at)

@@ -483,8 +483,9 @@ def operations(tx: Tx) -> dict[str, Any]:
     """What the alerting rules watch, for ``/metrics``: ``positions`` (account, venue, symbol, qty,
     realized_pnl, unrealized_pnl as strings), ``limits`` (account, limit_name, symbol, effective,
     used) and ``open_discrepancies`` (account -> discrepancies recorded on orders still open, e.g. a
-    ``missing_at_venue`` kept pending). Empty when the read models are not there yet."""
-    out: dict[str, Any] = {"positions": [], "limits": [], "open_discrepancies": {}}
+    ``missing_at_venue`` kept pending) and ``fees_pending`` (account -> (fills whose fee is still to
+    come, the time of the oldest)). Empty when the read models are not there yet."""
+    out: dict[str, Any] = {"positions": [], "limits": [], "open_discrepancies": {}, "fees_pending": {}}
     d = tx.dialect
     if tx.exists("ts_positions"):
         out["positions"] = [
@@ -496,6 +497,9 @@ def operations(tx: Tx) -> dict[str, Any]:
             {"account": a, "limit_name": n, "symbol": s_ or "", "effective": _num(e), "used": _num(u)}
             for a, n, s_, e, u in tx.rows(f"SELECT account, limit_name, symbol, effective, used "
                                          f"FROM {d.name('ts_risk_usage')} ORDER BY account, limit_name, symbol")]
+    if tx.exists("ts_fees_pending"):
+        out["fees_pending"] = {a: (int(n), _time(oldest)) for a, n, oldest in tx.rows(
+            f"SELECT account, count(*), min(at) FROM {d.name('ts_fees_pending')} GROUP BY account")}
     if tx.exists("ts_orders"):
         out["open_discrepancies"] = {
             a: int(n or 0) for a, n in tx.rows(f"SELECT account, sum(discrepancies) FROM {d.name('ts_orders')} "

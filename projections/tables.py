@@ -71,7 +71,8 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
     # goes when the fee comes (``FeeCharged``) or a correction replaces the execution.
     "ts_fees_pending": (
         [("account", "text"), ("exec_id", "text"), ("stream_id", "text"), ("client_order_id", "text"),
-         ("venue", "text"), ("symbol", "text"), ("qty", "num"), ("price", "num"), ("last_position", "int")],
+         ("venue", "text"), ("symbol", "text"), ("qty", "num"), ("price", "num"), ("at", "time"),
+         ("last_position", "int")],
         ("account", "exec_id"),
     ),
     # The instrument registry: each symbol's last definition (``InstrumentDefined``).

@@ -13,6 +13,8 @@ from decimal import Decimal
 import pytest
 
 import tradestate
+from tests.projections.test_alert_metrics import _samples, _value
+from tests.projections.test_api import serving
 from tests.support.projector_worker import Clock, assert_equals_rebuild, assert_same, dump_tables, rebuild_snapshot
 from tradestate.adapters.store import open_store
 from tradestate.domain import events as ev
@@ -173,8 +175,6 @@ def test_read_models_of_the_shape_before_these_tables_are_rebuilt_with_them(sqli
 
 
 def test_the_api_serves_them_with_their_openapi_models(sqlite_url):
-    from tests.projections.test_api import serving
-
     _venue_session(sqlite_url)
     with open_store(sqlite_url) as store:
         Projector(store).catch_up()
@@ -201,3 +201,14 @@ def test_the_api_serves_them_with_their_openapi_models(sqlite_url):
         spec = http.get("/openapi.json").json()["components"]["schemas"]
         assert "not confirmed or refused" in str(spec["Order"]["properties"]["replace_pending"])
         assert {"Instrument", "Cash", "FxRate", "CorporateAction", "FeePending"} <= set(spec)
+
+
+def test_metrics_count_the_fees_to_come_and_the_age_of_the_oldest(sqlite_url):
+    _venue_session(sqlite_url)
+    with open_store(sqlite_url) as store:
+        Projector(store).catch_up()
+    with serving(sqlite_url) as http:
+        samples = _samples(http.get("/metrics").text)
+    assert _value(samples, "tradestate_fees_pending", account="a") == 2
+    # the session's clock starts in 2024: the oldest fill's fee has been waiting since then
+    assert _value(samples, "tradestate_fees_pending_oldest_age_seconds", account="a") > 3600
