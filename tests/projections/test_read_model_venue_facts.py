@@ -212,3 +212,19 @@ def test_metrics_count_the_fees_to_come_and_the_age_of_the_oldest(sqlite_url):
     assert _value(samples, "tradestate_fees_pending", account="a") == 2
     # the session's clock starts in 2024: the oldest fill's fee has been waiting since then
     assert _value(samples, "tradestate_fees_pending_oldest_age_seconds", account="a") > 3600
+
+
+def test_the_python_read_model_reads_them_typed(sqlite_url):
+    from tradestate.projections.reader import ReadModel
+
+    _venue_session(sqlite_url)
+    with open_store(sqlite_url) as store:
+        Projector(store).catch_up()
+    with ReadModel(sqlite_url) as rm:
+        assert [(c["venue"], c["currency"], c["balance"]) for c in rm.cash("a", venue="IB")] == [
+            ("IB", "EUR", Decimal(5000)), ("IB", "USD", Decimal("96499.7"))]
+        assert rm.instruments("FESX")[0]["expiry"] == EXPIRY and rm.instruments("XYZ")[0]["fractional"] is False
+        assert [(r["base"], r["rate"]) for r in rm.fx_rates()] == [("EUR", Decimal("1.08"))]
+        assert [a["action"] for a in rm.corporate_actions("XYZ")] == ["split", "symbol_change"]
+        assert [f["exec_id"] for f in rm.fees_pending("a", client_order_id="o1")] == ["X.01"]
+        assert rm.order("a", "o1")["replace_qty"] == Decimal(120)
