@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from datetime import datetime, timezone
+from decimal import Decimal
 
 from rich.console import Console
 
@@ -150,3 +151,22 @@ def test_the_orders_table_notes_the_pending_amendment_and_fees(sqlite_url):
         out = io.StringIO()
         Console(file=out, width=250).print(orders_table(c.state))
     assert "amendment to qty 120 waits for the venue; fee to come for 2 fills" in out.getvalue()
+
+
+def test_the_orders_export_books_corrections_busts_and_late_fees_as_the_fold(sqlite_url):
+    """(was: the export summed the ``OrderFilled`` rows only: a corrected or busted fill kept its
+    first quantity and price, and a fee reported apart was missing)"""
+    _session(sqlite_url)
+    with tradestate.connect(sqlite_url, clock=Clock()) as c:
+        c.record_intent("a", "o3", "XYZW", "sell", 10, order_type="limit", limit_price="20", venue="IB")
+        c.record_ack("a", "o3", "P3")
+        c.record_fill("a", "o3", "S.01", 10, "21", fee="0.3")
+        c.record_fill_correction("a", "o3", "S.02", ["S.01"], 0, "21")  # busted after it filled the order
+        folded = {o.client_order_id: o for o in c.state.orders.values()}
+    rows = {r["client_order_id"]: r for r in replay.orders(sqlite_url).to_pylist()}
+    for coid, o in folded.items():
+        assert (rows[coid]["filled_qty"], rows[coid]["fees"], rows[coid]["status"]) == (
+            o.filled_qty, o.fees, o.status), coid
+        assert (rows[coid]["avg_fill_price"] is None) == (o.avg_fill_price is None)
+        if o.avg_fill_price is not None:
+            assert abs(rows[coid]["avg_fill_price"] - o.avg_fill_price) < Decimal("1e-9"), coid
