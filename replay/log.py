@@ -322,6 +322,11 @@ def describe(e: LoggedEvent) -> str:
         how = {"exercise": "exercised", "assignment": "assigned", "expiry": "expired worthless"}[d["action"]]
         ref = f" (venue ref {d['venue_ref']})" if d.get("venue_ref") else ""
         return f"{who} option {d['symbol']}: {_n(d['qty'])} contracts {how} at {d['venue']}{ref}"
+    if t == "VariationMarginSettled":
+        ref = f" (venue ref {d['venue_ref']})" if d.get("venue_ref") else ""
+        return (f"{who} {d['symbol']} daily settlement {d['business_date']} at {d['venue']}: {_n(d['qty'])} contracts "
+                f"marked at {_n(d['settlement_price'])}, variation margin {_n(d['amount'])} {d.get('currency', 'USD')}"
+                f"{ref}")
     if t == "InstrumentDefined":
         terms = [f"{d['asset_class']} x{_n(d.get('multiplier') or 1)} in {d.get('quote_currency') or 'USD'}"]
         if d.get("settlement_currency") and d["settlement_currency"] != (d.get("quote_currency") or "USD"):

@@ -184,7 +184,8 @@ INCIDENT_TYPES = frozenset({
 })
 # How far past the window's last event the summary looks for the recovery that follows a crash.
 FOLLOW_ON = 5000
-VENUE_FACT_TYPES = frozenset({"FillCorrected", "OrderReplaceRefused", "OptionSettled", "CorporateActionRecorded"})
+VENUE_FACT_TYPES = frozenset({"FillCorrected", "OrderReplaceRefused", "OptionSettled", "CorporateActionRecorded",
+                              "VariationMarginSettled"})
 
 
 @dataclass

@@ -307,7 +307,8 @@ def diff_states(store: Store, s1: StateAt, s2: StateAt) -> dict[str, Any]:
                     by_position.setdefault("|".join(o.position_key), []).append(e.position)
         elif e.kind == "account":
             by_account.setdefault(d.get("account", e.stream_id[8:]), []).append(e.position)
-            if e.type in ("PositionCorrected", "FeeCharged", "OptionSettled") and d.get("symbol"):
+            if e.type in ("PositionCorrected", "FeeCharged", "OptionSettled", "VariationMarginSettled") \
+                    and d.get("symbol"):
                 by_position.setdefault(f"{d['account']}|{d['venue']}|{d['symbol']}", []).append(e.position)
             if e.type == "OptionSettled":  # the underlying's leg moves too
                 spec = s2.state.instruments.get(d["symbol"])

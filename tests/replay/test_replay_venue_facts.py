@@ -170,3 +170,15 @@ def test_the_orders_export_books_corrections_busts_and_late_fees_as_the_fold(sql
         assert (rows[coid]["avg_fill_price"] is None) == (o.avg_fill_price is None)
         if o.avg_fill_price is not None:
             assert abs(rows[coid]["avg_fill_price"] - o.avg_fill_price) < Decimal("1e-9"), coid
+
+
+def test_a_futures_daily_settlement_reads_as_words():
+    """``VariationMarginSettled`` (the futures' daily settlement, a venue fact) from its stored payload."""
+    from tradestate.replay.log import LoggedEvent
+
+    e = LoggedEvent("trading", 7, "account-a", 3, "VariationMarginSettled", datetime(2026, 12, 1, tzinfo=timezone.utc),
+                    {"account": "a", "venue": "IB", "symbol": "ESZ6", "business_date": "2026-12-01",
+                     "settlement_price": "5010.25", "qty": "-2", "amount": "-1025.00", "currency": "USD",
+                     "venue_ref": "VM-1"})
+    assert describe(e) == ("a ESZ6 daily settlement 2026-12-01 at IB: -2 contracts marked at 5010.25, "
+                           "variation margin -1025 USD (venue ref VM-1)")
