@@ -39,6 +39,7 @@ class MetricsSnapshot:
     positions: list[dict[str, Any]] = field(default_factory=list)  # queries.operations
     limits: list[dict[str, Any]] = field(default_factory=list)
     open_discrepancies: dict[str, int] = field(default_factory=dict)
+    fees_pending: dict[str, tuple[int, Any]] = field(default_factory=dict)  # account -> (fills, oldest fill's time)
     now: float = 0.0  # unix time of the scrape (seconds since the last reconciliation)
     drill: dict[str, Any] | None = None  # queries.last_drill: the last restore drill on record
 
@@ -174,6 +175,15 @@ def _operation_families(snap: MetricsSnapshot) -> Iterator[Metric]:
             for s in ("clean", "corrected", "discrepancies", "unknown"):
                 status.add_metric([name, s], 1 if a.get("last_reconciliation_status") == s else 0)
     yield from (blocked, recorded, open_, age, status)
+    pending = GaugeMetricFamily("tradestate_fees_pending", "Fills whose fee the venue has not reported yet "
+                                "(IB's commission report)", labels=["account"])
+    overdue = GaugeMetricFamily("tradestate_fees_pending_oldest_age_seconds", "Seconds since the oldest fill whose "
+                                "fee is still to come (absent: none pending)", labels=["account"])
+    for name, (count, oldest) in sorted(snap.fees_pending.items()):
+        pending.add_metric([name], count)
+        if oldest is not None:
+            overdue.add_metric([name], max(0.0, snap.now - oldest.timestamp()))
+    yield from (pending, overdue)
 
 
 def _engine_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:

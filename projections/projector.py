@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ import orjson
 
 from ..adapters.store import Store, gc_paused
 from ..adapters.store.sql import POSTGRESQL, SQLITE, read_cursor, release, write_cursor
-from ..domain.instruments import ACCOUNT_CURRENCY, instrument_rate
+from ..domain.instruments import ACCOUNT_CURRENCY, InstrumentSpec, instrument_rate
 from ..domain.risk import limit_usage
 from ..domain.state import ZERO, OrderState, PositionState, TradingState
 from .tables import SCHEMA_FINGERPRINT, SCHEMA_ROW, TABLES, TRACKING_TABLE, Dialect
@@ -176,6 +176,9 @@ class Projector:
                     order = state.orders[stream]
                     book.after_fill(state, (order.account, order.venue, order.symbol),
                                     _fill_minute(payload, at), position)
+                elif (type_name == "FeeCharged" or type_name == "FillCorrected") \
+                        and stream not in state.quarantined_streams:
+                    book.after_venue_change(state, stream, payload)
         if self.state.position != target:
             raise RuntimeError(f"the log ends at {self.state.position}, the tables claim {target}")
         self._loaded = True
@@ -217,13 +220,13 @@ class Projector:
                 if at.__class__ is not datetime:  # SQLite's pages keep recorded_at as its text
                     at = fromiso(at)
                 payload = loads(data)
-                if type_name == "FillCorrected":  # the corrected fill's day, before the fold drops it
-                    dirty.corrected_day(state, stream, payload, position)
+                if type_name == "FillCorrected" or type_name == "FeeCharged":  # what the fold is about to drop
+                    dirty.before_fold(state, stream, type_name, payload, position)
                 apply(position, stream, version, type_name, payload, at)
                 note(state, stream, type_name, payload, position, at)
         text = self._text_pages
         return _Page(start, state.position, len(rows), self._encode(dirty, "text" if text else None),
-                     list(dirty.accounts), text)
+                     list(dirty.accounts), text, dirty.deletes())
 
     def _commit(self, page: _Page) -> None:
         """Write a page's rows and move the tracking row, in one transaction."""
@@ -234,6 +237,8 @@ class Projector:
                 p = self.dialect.param
                 for account in page.accounts:
                     cur.execute(f"DELETE FROM {self.dialect.name('ts_risk_usage')} WHERE account = {p}", (account,))
+            for table, keys in page.deletes:
+                cur.executemany(self.dialect.delete(table), keys)
             for table, rows in page.tables:
                 self._upsert(cur, table, rows, text=page.text)
             self._track(cur, page.end)
@@ -422,6 +427,19 @@ class Projector:
             tables.append(("ts_signals", [conv["ts_signals"](_signal_row(state.signals[k])) for k in dirty.signals]))
         if dirty.equity:
             tables.append(("ts_equity_curve", [conv["ts_equity_curve"](r) for r in dirty.equity.values()]))
+        if dirty.accounts:
+            tables.append(("ts_cash", [conv["ts_cash"](r) for a, (pos, _o, _at) in dirty.accounts.items()
+                                       for r in _cash_rows(state, a, pos)]))
+        fees = [conv["ts_fees_pending"](r) for r in dirty.fees.values() if r is not None]
+        if fees:
+            tables.append(("ts_fees_pending", fees))
+        if dirty.instruments:
+            tables.append(("ts_instruments", [conv["ts_instruments"](_instrument_row(state.instruments[s]))
+                                              for s in dirty.instruments if s in state.instruments]))
+        if dirty.fx:
+            tables.append(("ts_fx_rates", [conv["ts_fx_rates"](r) for r in dirty.fx.values()]))
+        if dirty.corporate:
+            tables.append(("ts_corporate_actions", [conv["ts_corporate_actions"](r) for r in dirty.corporate.values()]))
         return tables
 
 
@@ -511,7 +529,7 @@ _JSON_PAGE = 1 << 63  # a length with this bit set announces an orjson-encoded _
 
 
 def _send_page_json(stream: Any, page: _Page) -> None:
-    data = orjson.dumps((page.start, page.end, page.rows, page.tables, page.accounts, page.text))
+    data = orjson.dumps((page.start, page.end, page.rows, page.tables, page.accounts, page.text, page.deletes))
     stream.write((len(data) | _JSON_PAGE).to_bytes(_LENGTH, "big"))
     stream.write(data)
     stream.flush()
@@ -528,8 +546,9 @@ def _receive(stream: Any) -> Any:
     if len(data) < size:
         raise EOFError("pipe closed mid-message")
     if json_page:
-        start, end, rows, tables, accounts, text = orjson.loads(data)
-        return _Page(start, end, rows, [(name, table_rows) for name, table_rows in tables], accounts, text)
+        start, end, rows, tables, accounts, text, deletes = orjson.loads(data)
+        return _Page(start, end, rows, [(name, table_rows) for name, table_rows in tables], accounts, text,
+                     [(name, keys) for name, keys in deletes])
     return pickle.loads(data)
 
 
@@ -591,6 +610,7 @@ class _Page:
     tables: list[tuple[str, list[tuple[Any, ...]]]]
     accounts: list[str]  # accounts whose usage rows are rewritten
     text: bool = False  # rows in text form (the SQLite encoding), for a writer process
+    deletes: list[tuple[str, list[tuple[Any, ...]]]] = field(default_factory=list)  # (table, keys) rows that went
 
 
 def _tracking_ddl(dialect: Dialect) -> str:
@@ -609,6 +629,20 @@ class _Dirty:
         self.accounts: dict[str, tuple[int, str | None, datetime]] = {}
         self.signals: dict[tuple[str, str], None] = {}
         self.equity: dict[tuple[str, str], tuple[Any, ...]] = {}  # (account, minute) -> row
+        # (account, exec id) -> the pending fee's row, or None: the row goes (its fee came)
+        self.fees: dict[tuple[str, str], tuple[Any, ...] | None] = {}
+        self.instruments: dict[str, None] = {}
+        self.fx: dict[tuple[str, str], tuple[Any, ...]] = {}  # (base, quote) -> row
+        self.corporate: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # (symbol, action, effective_at) -> row
+        # set by ``before_fold``, read by ``note`` for the same event: the executions whose fee
+        # was pending before it, (account, exec id, order stream)
+        self._was_pending: list[tuple[str, str, str]] = []
+
+    def deletes(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The rows to delete, as (table, keys): pending fees that came, of rows an earlier page
+        wrote (one written and settled within the same page is never written)."""
+        gone = [key for key, row in self.fees.items() if row is None]
+        return [("ts_fees_pending", gone)] if gone else []
 
     def _equity_change(self, state: TradingState, key: tuple[str, str, str], d: dict[str, Any], position: int,
                        at: datetime) -> None:
@@ -617,14 +651,46 @@ class _Dirty:
             minute_key, minute = book.minute(d.get("occurred_at"), at)
             self.equity[(key[0], minute_key)] = book.after_change(state, key, minute, position)
 
-    def corrected_day(self, state: TradingState, stream: str, d: dict[str, Any], position: int) -> None:
-        """Before a ``FillCorrected`` is folded: the day of the fill it corrects (a bust takes that
-        fill out of the position's journal, where ``note`` looks afterwards, but changes its day)."""
-        order = state.orders.get(stream)
-        held = state.positions.get(order.position_key) if order is not None else None
+    def before_fold(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any],
+                    position: int) -> None:
+        """Before a ``FillCorrected`` or ``FeeCharged`` is folded, what the fold is about to drop:
+        the day of the fill a correction corrects (a bust takes that fill out of the position's
+        journal, where ``note`` looks afterwards, but changes its day), and the execution whose
+        pending fee the event may settle (``note`` then sees whether it did)."""
+        # (a rebuild may have let the order leave memory: the account's index names it)
+        exec_id = d.get("exec_id") if type_name == "FeeCharged" else d["corrected_exec_id"]
+        acct = state.accounts.get(d["account"])
+        owner = acct.fees_pending.get(exec_id) if exec_id and acct is not None else None
+        self._was_pending = [(d["account"], exec_id, owner)] if owner is not None else []  # type: ignore[list-item]
+        order = state.orders.get(stream) if type_name == "FillCorrected" else None
+        if order is None:
+            return
+        old = exec_id
+        held = state.positions.get(order.position_key)
         for e in (held.journal or ()) if held is not None else ():
-            if e[0] == d["corrected_exec_id"]:
-                self.days[(order.account, e[5])] = position  # type: ignore[union-attr]
+            if e[0] == old:
+                self.days[(order.account, e[5])] = position
+
+    def _fees_settled(self, state: TradingState) -> None:
+        """After the event ``before_fold`` saw: each execution no longer pending loses its row, and
+        its order's row (its count of pending fees) is rewritten."""
+        for account, exec_id, owner in self._was_pending:
+            if exec_id in state.account(account).fees_pending:
+                continue
+            if self.fees.pop((account, exec_id), None) is None:  # written by an earlier page: delete it
+                self.fees[(account, exec_id)] = None
+            if owner not in state.quarantined_streams:
+                state.orders[owner]  # noqa: B018 - a rebuild brings a finished order back for its row
+                self.orders[owner] = None
+        self._was_pending = []
+
+    def _fee_pending(self, order: OrderState, d: dict[str, Any], position: int, at: datetime) -> None:
+        """The row of a fill (or correction) whose fee is still to come."""
+        exec_id = d["exec_id"]
+        if exec_id in order.account_state.fees_pending:  # type: ignore[union-attr]
+            self.fees[(order.account, exec_id)] = (order.account, exec_id, order.stream_id, order.client_order_id,
+                                                   order.venue, order.symbol, Decimal(d["qty"]), Decimal(d["price"]),
+                                                   _event_time(d, at), position)
 
     def note(self, state: TradingState, stream: str, type_name: str, d: dict[str, Any], position: int,
              at: datetime) -> None:
@@ -645,11 +711,19 @@ class _Dirty:
                 book = self.equity_book
                 minute_key, minute = book.minute(occurred, at)
                 self.equity[(order.account, minute_key)] = book.after_fill(state, key, minute, position)
+                if "fee_pending" in d and d["fee_pending"]:
+                    self._fee_pending(order, d, position, at)
             elif type_name == "FeeCharged":
+                if self._was_pending:
+                    self._fees_settled(state)
                 self.positions[order.position_key] = position
                 self.days[(order.account, state._trading_day_of(d.get("occurred_at"), at))] = position
                 self._equity_change(state, order.position_key, d, position, at)
             elif type_name == "FillCorrected":  # the position, and the days of the fills it replayed
+                if self._was_pending:
+                    self._fees_settled(state)
+                if Decimal(d["qty"]):
+                    self._fee_pending(order, d, position, at)
                 key = order.position_key
                 self.positions[key] = position
                 self._equity_change(state, key, d, position, at)
@@ -666,6 +740,8 @@ class _Dirty:
             elif type_name == "PositionCorrected":
                 self.positions[(account, d["venue"], d["symbol"])] = position
             elif type_name == "FeeCharged":
+                if self._was_pending:
+                    self._fees_settled(state)
                 if d.get("symbol"):
                     self.positions[(account, d["venue"], d["symbol"])] = position
                     self._equity_change(state, (account, d["venue"], d["symbol"]), d, position, at)
@@ -683,12 +759,24 @@ class _Dirty:
                 self._equity_change(state, key, d, position, at)
         elif type_name == "SignalRecorded":
             self.signals[(d["strategy_id"], d["symbol"])] = None
+        elif type_name == "FxRateRecorded":
+            self.fx[(d["base"], d["quote"])] = (d["base"], d["quote"], Decimal(d["rate"]), d.get("source") or None,
+                                                _event_time(d, at), position)
         elif type_name == "InstrumentDefined" or type_name == "CorporateActionRecorded":
             # rare: the symbol's positions show a new multiplier, split quantity or symbol
             symbols = (d["symbol"], d.get("new_symbol"))
             for key in state.positions:
                 if key[2] in symbols:
                     self.positions[key] = position
+            for symbol in symbols:  # a symbol change carries the definition over to the new symbol
+                if symbol is not None:
+                    self.instruments[symbol] = None
+            if type_name == "CorporateActionRecorded":
+                effective = datetime.fromisoformat(d["effective_at"])
+                self.corporate[(d["symbol"], d["action"], d["effective_at"])] = (
+                    d["symbol"], d["action"], effective, _dec_or_none(d.get("ratio_from")),
+                    _dec_or_none(d.get("ratio_to")), d.get("new_symbol"), d.get("source") or "operator",
+                    d.get("reason") or None, _event_time(d, at), position)
 
 
 # ------------------------------------------------------------------------------ row shapes
@@ -706,10 +794,20 @@ def _event_time(d: dict[str, Any], at: datetime) -> datetime:
 
 
 def _order_row(o: OrderState) -> tuple[Any, ...]:
+    pending = o.account_state.fees_pending if o.account_state is not None else None
+    fees_pending = sum(1 for e in o.executions if e in pending) if pending else 0
+    asked = o.replaces[o.replace_pending]["request"] if o.replace_pending is not None else None  # type: ignore[index]
     return (o.stream_id, o.account, o.client_order_id, o.venue, o.symbol, o.side, o.order_type, o.qty,
             o.limit_price, o.stop_price, o.time_in_force, o.strategy_id, o.status, o.is_open, o.filled_qty,
             o.remaining, o.avg_fill_price, o.fees, o.venue_order_id, o.cancel_requested, o.discrepancies,
-            ",".join(o.refusal) if o.refusal else None, o.created_at, o.updated_at, _last(o))
+            ",".join(o.refusal) if o.refusal else None, o.created_at, o.updated_at, _last(o), fees_pending,
+            o.replace_pending,
+            *((Decimal(asked["qty"]), _dec_or_none(asked.get("limit_price")), _dec_or_none(asked.get("stop_price")))
+              if asked is not None else (None, None, None)))
+
+
+def _dec_or_none(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
 
 
 def _last(o: OrderState) -> int:
@@ -740,6 +838,18 @@ def _usage_rows(state: TradingState, account: str, position: int, now: datetime)
     day = state.trading_day(now)
     return [(account, u["limit"], u["symbol"] or "", u["value"], u["effective"], u["used"], day, position)
             for u in limit_usage(state, account, now)]
+
+
+def _cash_rows(state: TradingState, account: str, position: int) -> list[tuple[Any, ...]]:
+    """The account's cash at each venue in each currency (rows as of its last event, ``position``)."""
+    return [(account, venue, currency, balance, position)
+            for venue, books in state.accounts[account].venue_cash.items() for currency, balance in books.items()]
+
+
+def _instrument_row(spec: InstrumentSpec) -> tuple[Any, ...]:
+    return (spec.symbol, spec.asset_class, spec.multiplier, spec.quote_currency, spec.settlement_currency,
+            spec.tick_size, spec.lot_size, spec.fractional, spec.expiry, spec.underlying, spec.strike, spec.right,
+            spec.position)
 
 
 def _signal_row(s: dict[str, Any]) -> tuple[Any, ...]:
@@ -791,6 +901,19 @@ class _EquityBook:
         realized, unrealized, fees = self._update(key, state.positions[key], state)
         count = self.fills[(key[0], minute)] = self.fills.get((key[0], minute), 0) + 1
         return (key[0], minute, realized, unrealized, fees, realized + unrealized - fees, count, position)
+
+    def after_venue_change(self, state: TradingState, stream: str, d: dict[str, Any]) -> None:
+        """Replaying the log (``Projector.load``): the totals after a ``FeeCharged`` or
+        ``FillCorrected`` already folded into ``state``, as the page that wrote it moved them
+        (``_Dirty.note``)."""
+        if stream[0] == "o":
+            key = state.orders[stream].position_key
+        elif d.get("symbol"):
+            key = (d["account"], d["venue"], d["symbol"])
+        else:
+            return
+        if key in state.positions:
+            self._update(key, state.positions[key], state)
 
     def after_change(self, state: TradingState, key: tuple[str, str, str], minute: datetime,
                      position: int) -> tuple[Any, ...]:

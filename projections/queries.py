@@ -446,12 +446,46 @@ def signals(tx: Tx, *, strategy_id: str | None = None, symbol: str | None = None
             for r in tx.rows(select(tx, "ts_signals") + clause + " ORDER BY strategy_id, symbol", params)]
 
 
+def _listed(tx: Tx, table: str, order: str, **equal: Any) -> list[dict[str, Any]]:
+    """Decoded rows of ``table`` whose columns equal the given values (None: any), in ``order``."""
+    return [_decode(table, r) for r in table_rows(tx, table, equal, order)]
+
+
+def fees_pending(tx: Tx, *, account: str | None = None, client_order_id: str | None = None) -> list[dict[str, Any]]:
+    """Executions whose fee the venue has not reported yet, oldest first (``FeeCharged`` removes one)."""
+    return _listed(tx, "ts_fees_pending", "account, last_position, exec_id", account=account,
+                   client_order_id=client_order_id)
+
+
+def instruments(tx: Tx, *, symbol: str | None = None, asset_class: str | None = None) -> list[dict[str, Any]]:
+    """The instrument registry (each symbol's last definition), ordered by symbol."""
+    return _listed(tx, "ts_instruments", "symbol", symbol=symbol, asset_class=asset_class)
+
+
+def cash(tx: Tx, *, account: str | None = None, venue: str | None = None,
+         currency: str | None = None) -> list[dict[str, Any]]:
+    """Cash per account, venue and currency (the venue's last reported balance, moved by our fills,
+    fees and settlements since), ordered by account, venue, currency."""
+    return _listed(tx, "ts_cash", "account, venue, currency", account=account, venue=venue, currency=currency)
+
+
+def fx_rates(tx: Tx, *, base: str | None = None, quote: str | None = None) -> list[dict[str, Any]]:
+    """The last recorded rate of each currency pair (one ``base`` is worth ``rate`` ``quote``)."""
+    return _listed(tx, "ts_fx_rates", "base, quote", base=base, quote=quote)
+
+
+def corporate_actions(tx: Tx, *, symbol: str | None = None) -> list[dict[str, Any]]:
+    """Corporate actions recorded, by effective time (then symbol, action)."""
+    return _listed(tx, "ts_corporate_actions", "effective_at, symbol, action", symbol=symbol)
+
+
 def operations(tx: Tx) -> dict[str, Any]:
     """What the alerting rules watch, for ``/metrics``: ``positions`` (account, venue, symbol, qty,
     realized_pnl, unrealized_pnl as strings), ``limits`` (account, limit_name, symbol, effective,
     used) and ``open_discrepancies`` (account -> discrepancies recorded on orders still open, e.g. a
-    ``missing_at_venue`` kept pending). Empty when the read models are not there yet."""
-    out: dict[str, Any] = {"positions": [], "limits": [], "open_discrepancies": {}}
+    ``missing_at_venue`` kept pending) and ``fees_pending`` (account -> (fills whose fee is still to
+    come, the time of the oldest)). Empty when the read models are not there yet."""
+    out: dict[str, Any] = {"positions": [], "limits": [], "open_discrepancies": {}, "fees_pending": {}}
     d = tx.dialect
     if tx.exists("ts_positions"):
         out["positions"] = [
@@ -463,6 +497,9 @@ def operations(tx: Tx) -> dict[str, Any]:
             {"account": a, "limit_name": n, "symbol": s_ or "", "effective": _num(e), "used": _num(u)}
             for a, n, s_, e, u in tx.rows(f"SELECT account, limit_name, symbol, effective, used "
                                          f"FROM {d.name('ts_risk_usage')} ORDER BY account, limit_name, symbol")]
+    if tx.exists("ts_fees_pending"):
+        out["fees_pending"] = {a: (int(n), _time(oldest)) for a, n, oldest in tx.rows(
+            f"SELECT account, count(*), min(at) FROM {d.name('ts_fees_pending')} GROUP BY account")}
     if tx.exists("ts_orders"):
         out["open_discrepancies"] = {
             a: int(n or 0) for a, n in tx.rows(f"SELECT account, sum(discrepancies) FROM {d.name('ts_orders')} "

@@ -127,3 +127,24 @@ class ReadModel:
     def signals(self, strategy_id: str | None = None) -> list[dict[str, Any]]:
         """The last signal per strategy and symbol."""
         return self._select("ts_signals", self._filters(strategy_id=strategy_id), "strategy_id, symbol")
+
+    def instruments(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """The instrument registry (each symbol's last definition), by symbol."""
+        return self._select("ts_instruments", self._filters(symbol=symbol), "symbol")
+
+    def cash(self, account: str | None = None, venue: str | None = None) -> list[dict[str, Any]]:
+        """Cash per account, venue and currency."""
+        return self._select("ts_cash", self._filters(account=account, venue=venue), "account, venue, currency")
+
+    def fx_rates(self) -> list[dict[str, Any]]:
+        """The last recorded rate of each currency pair."""
+        return self._select("ts_fx_rates", {}, "base, quote")
+
+    def corporate_actions(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """Corporate actions recorded, by effective time."""
+        return self._select("ts_corporate_actions", self._filters(symbol=symbol), "effective_at, symbol, action")
+
+    def fees_pending(self, account: str | None = None, client_order_id: str | None = None) -> list[dict[str, Any]]:
+        """Fills whose fee the venue has not reported yet, oldest first."""
+        return self._select("ts_fees_pending", self._filters(account=account, client_order_id=client_order_id),
+                            "account, last_position, exec_id")

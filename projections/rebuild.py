@@ -387,8 +387,8 @@ def rebuild_from_zero(projector: Projector, progress: Callable[[int, int], None]
                     if at.__class__ is not datetime:  # SQLite's pages keep recorded_at as its text
                         at = fromiso(at)
                     payload = loads(data)
-                    if type_name == "FillCorrected":  # as the projector's pages: the corrected fill's day
-                        dirty.corrected_day(state, stream, payload, position)
+                    if type_name == "FillCorrected" or type_name == "FeeCharged":  # as the projector's pages
+                        dirty.before_fold(state, stream, type_name, payload, position)
                     apply(position, stream, version, type_name, payload, at)
                     note(state, stream, type_name, payload, position, at)
                     if stream[0] == "o":  # a finished order's row is final (unless a late event comes)

@@ -31,7 +31,11 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
          ("stop_price", "num"), ("time_in_force", "text"), ("strategy_id", "text"), ("status", "text"),
          ("is_open", "bool"), ("filled_qty", "num"), ("remaining_qty", "num"), ("avg_fill_price", "num"),
          ("fees", "num"), ("venue_order_id", "text"), ("cancel_requested", "bool"), ("discrepancies", "int"),
-         ("refusal", "text"), ("created_at", "time"), ("updated_at", "time"), ("last_position", "int")],
+         ("refusal", "text"), ("created_at", "time"), ("updated_at", "time"), ("last_position", "int"),
+         # executions whose fee the venue has not reported yet; the engine's amendment the venue
+         # has not answered yet (its id and the quantity and prices it asks for)
+         ("fees_pending", "int"), ("replace_pending", "text"), ("replace_qty", "num"),
+         ("replace_limit_price", "num"), ("replace_stop_price", "num")],
         ("stream_id",),
     ),
     "ts_daily_stats": (
@@ -62,6 +66,42 @@ TABLES: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
         [("account", "text"), ("minute", "time"), ("realized_pnl", "num"), ("unrealized_pnl", "num"),
          ("fees", "num"), ("equity", "num"), ("fills", "int"), ("last_position", "int")],
         ("account", "minute"),
+    ),
+    # One row per execution whose fee the venue has not reported yet (``fee_pending``); the row
+    # goes when the fee comes (``FeeCharged``) or a correction replaces the execution.
+    "ts_fees_pending": (
+        [("account", "text"), ("exec_id", "text"), ("stream_id", "text"), ("client_order_id", "text"),
+         ("venue", "text"), ("symbol", "text"), ("qty", "num"), ("price", "num"), ("at", "time"),
+         ("last_position", "int")],
+        ("account", "exec_id"),
+    ),
+    # The instrument registry: each symbol's last definition (``InstrumentDefined``).
+    "ts_instruments": (
+        [("symbol", "text"), ("asset_class", "text"), ("multiplier", "num"), ("quote_currency", "text"),
+         ("settlement_currency", "text"), ("tick_size", "num"), ("lot_size", "num"), ("fractional", "bool"),
+         ("expiry", "time"), ("underlying", "text"), ("strike", "num"), ("option_right", "text"),
+         ("last_position", "int")],
+        ("symbol",),
+    ),
+    # Cash per account, venue and currency: the venue's last reported balance, moved by our fills,
+    # fees and settlements since.
+    "ts_cash": (
+        [("account", "text"), ("venue", "text"), ("currency", "text"), ("balance", "num"),
+         ("last_position", "int")],
+        ("account", "venue", "currency"),
+    ),
+    # The last recorded FX rate of each currency pair (``FxRateRecorded``): one base is worth rate quote.
+    "ts_fx_rates": (
+        [("base", "text"), ("quote", "text"), ("rate", "num"), ("source", "text"), ("at", "time"),
+         ("last_position", "int")],
+        ("base", "quote"),
+    ),
+    # Every corporate action recorded (``CorporateActionRecorded``).
+    "ts_corporate_actions": (
+        [("symbol", "text"), ("action", "text"), ("effective_at", "time"), ("ratio_from", "num"),
+         ("ratio_to", "num"), ("new_symbol", "text"), ("source", "text"), ("reason", "text"), ("at", "time"),
+         ("last_position", "int")],
+        ("symbol", "action", "effective_at"),
     ),
 }
 

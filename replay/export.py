@@ -209,6 +209,26 @@ def _order_rows(store: Store, events: Iterator[LoggedEvent], account: str | None
             o["status"] = "filled" if filled else "partially_filled"
             if filled:
                 o["closed_at"] = at
+        elif e.type == "FillCorrected":  # as the fold books it: the corrected fill had these values
+            q0, q1 = Decimal(d["previous_qty"]), Decimal(d["qty"])
+            f0 = Decimal(d.get("previous_fee") or 0)
+            f1 = (Decimal(0) if d.get("fee_pending") else Decimal(d["fee"]) if d.get("fee") is not None
+                  else f0 if q1 else Decimal(0))
+            o["filled_qty"] += q1 - q0
+            o["fees"] += f1 - f0
+            o["fills"] -= 0 if q1 else 1  # a bust takes the fill away
+            notional[e.stream_id] += q1 * Decimal(d["price"]) - q0 * Decimal(d["previous_price"])
+            o["avg_fill_price"] = _dec(notional[e.stream_id] / o["filled_qty"]) if o["filled_qty"] else None
+            o["venue_order_id"] = d.get("venue_order_id") or o["venue_order_id"]
+            if o["status"] in ("new", "submitted", "acknowledged", "partially_filled"):  # a finished one stays so
+                if o["qty"] is not None and o["filled_qty"] >= o["qty"]:
+                    o["status"], o["closed_at"] = "filled", at
+                elif o["filled_qty"] > 0:
+                    o["status"] = "partially_filled"
+                elif o["status"] == "partially_filled":
+                    o["status"] = "acknowledged" if o["venue_order_id"] else "submitted"
+        elif e.type == "FeeCharged" and not d.get("in_kind"):  # a fee reported apart, on the order's stream
+            o["fees"] += Decimal(d["amount"])
         elif e.type == "OrderReplaced":
             o["qty"], o["limit_price"] = _dec(d.get("qty")), _dec(d.get("limit_price"))
             o["stop_price"] = _dec(d.get("stop_price")) if d.get("stop_price") else o["stop_price"]

@@ -229,6 +229,23 @@ def _n(value: Any) -> str:
         return str(value)
 
 
+def _is_zero(value: Any) -> bool:
+    try:
+        return Decimal(value) == 0
+    except Exception:  # noqa: BLE001 - a description never fails
+        return False
+
+
+def _currency(d: dict[str, Any]) -> str:
+    currency = d.get("fee_currency")
+    return f" {currency}" if currency and currency != "USD" else ""
+
+
+def _prices(d: dict[str, Any]) -> str:
+    return "".join(f" {name} {_n(d[key])}" for key, name in (("limit_price", "limit"), ("stop_price", "stop"))
+                   if d.get(key) is not None)
+
+
 def describe(e: LoggedEvent) -> str:
     """A one-line human account of an event."""
     d, t = e.payload, e.type
@@ -248,9 +265,25 @@ def describe(e: LoggedEvent) -> str:
     if t == "OrderAcknowledged":
         return f"{who} acknowledged as {d['venue_order_id']}"
     if t == "OrderFilled":
-        return f"{who} fill {d['exec_id']}: {_n(d['qty'])} @{_n(d['price'])} fee {_n(d.get('fee'))}"
+        fee = "fee to come (reported later)" if d.get("fee_pending") else f"fee {_n(d.get('fee'))}{_currency(d)}"
+        return f"{who} fill {d['exec_id']}: {_n(d['qty'])} @{_n(d['price'])} {fee}"
+    if t == "FillCorrected":
+        before = f"{_n(d['previous_qty'])} @{_n(d['previous_price'])}"
+        if not _is_zero(d["qty"]):
+            after = f"{_n(d['qty'])} @{_n(d['price'])}"
+            fee = (", its fee to come" if d.get("fee_pending") else
+                   f", fee {_n(d['fee'])}{_currency(d)}" if d.get("fee") is not None else "")
+            return f"{who} venue corrected execution {d['corrected_exec_id']} ({before}) to {d['exec_id']}: {after}{fee}"
+        return f"{who} venue BUSTED execution {d['corrected_exec_id']} ({before}; {d['exec_id']})"
+    if t == "OrderReplaceRequested":
+        return (f"{who} amendment {d['replace_id']} asked: qty {_n(d['qty'])}{_prices(d)}; the order keeps its "
+                "terms until the venue confirms")
+    if t == "OrderReplaceRefused":
+        detail = f": {d['detail']}" if d.get("detail") else ""
+        return f"{who} amendment {d['replace_id']} REFUSED by {d.get('by', 'risk')} ({', '.join(d['reasons'])}){detail}"
     if t == "OrderReplaced":
-        return f"{who} replaced: qty {_n(d['qty'])} limit {_n(d.get('limit_price'))}"
+        venue_id = f" (venue id {d['venue_order_id']})" if d.get("venue_order_id") else ""
+        return f"{who} replaced by the venue: qty {_n(d['qty'])}{_prices(d) or ' limit -'}{venue_id}"
     if t == "DiscrepancyRecorded":
         return f"{who} discrepancy {d['kind']}: {d.get('detail', '')}".rstrip(": ")
     if t in ("OrderRejected", "OrderCancelled", "OrderCancelRequested"):
@@ -276,7 +309,46 @@ def describe(e: LoggedEvent) -> str:
     if t == "PositionCorrected":
         return f"{who} position {d['symbol']} corrected {_n(d['qty_before'])} -> {_n(d['qty_after'])}"
     if t == "CashBalanceRecorded":
-        return f"{who} cash {d.get('currency')} = {_n(d['balance'])}"
+        return f"{who} cash {d.get('currency')} = {_n(d['balance'])} at {d.get('venue')}"
+    if t == "FeeCharged":
+        what = d.get("exec_id") or d["fee_id"]
+        order = f" of order {d['client_order_id']}" if d.get("client_order_id") else ""
+        if d.get("in_kind"):
+            return (f"{who} fee {_n(d['amount'])} {d['symbol']} for {what}{order} at {d['venue']}, taken in kind: "
+                    f"the {d['symbol']} position shrinks by it")
+        on = f" on {d['symbol']}" if d.get("symbol") else ""
+        return f"{who} fee {_n(d['amount'])} {d.get('currency', 'USD')} for {what}{order}{on} at {d['venue']}"
+    if t == "OptionSettled":
+        how = {"exercise": "exercised", "assignment": "assigned", "expiry": "expired worthless"}[d["action"]]
+        ref = f" (venue ref {d['venue_ref']})" if d.get("venue_ref") else ""
+        return f"{who} option {d['symbol']}: {_n(d['qty'])} contracts {how} at {d['venue']}{ref}"
+    if t == "VariationMarginSettled":
+        ref = f" (venue ref {d['venue_ref']})" if d.get("venue_ref") else ""
+        return (f"{who} {d['symbol']} daily settlement {d['business_date']} at {d['venue']}: {_n(d['qty'])} contracts "
+                f"marked at {_n(d['settlement_price'])}, variation margin {_n(d['amount'])} {d.get('currency', 'USD')}"
+                f"{ref}")
+    if t == "InstrumentDefined":
+        terms = [f"{d['asset_class']} x{_n(d.get('multiplier') or 1)} in {d.get('quote_currency') or 'USD'}"]
+        if d.get("settlement_currency") and d["settlement_currency"] != (d.get("quote_currency") or "USD"):
+            terms.append(f"settles in {d['settlement_currency']}")
+        if d.get("asset_class") == "option":
+            terms.append(f"{d.get('right')} on {d.get('underlying')} strike {_n(d.get('strike'))}")
+        terms += [f"{k} {_n(d[k])}" for k in ("tick_size", "lot_size") if d.get(k) is not None]
+        terms.append("fractional" if d.get("fractional") else "whole units")
+        if d.get("expiry"):
+            terms.append(f"expires {d['expiry']}")
+        return f"instrument {d['symbol']} defined: {', '.join(terms)}"
+    if t == "FxRateRecorded":
+        source = f" ({d['source']})" if d.get("source") else ""
+        return f"FX rate 1 {d['base']} = {_n(d['rate'])} {d['quote']}{source}"
+    if t == "CorporateActionRecorded":
+        by = f"from the {d.get('source', 'operator')}"
+        if d["action"] == "split":
+            old, new = _n(d["ratio_from"]), _n(d["ratio_to"])
+            kind = "reverse split" if Decimal(d["ratio_to"]) < Decimal(d["ratio_from"]) else "split"
+            return (f"corporate action: {d['symbol']} {new}-for-{old} {kind} effective {d['effective_at']} ({by}): "
+                    "quantities scale, cost basis kept")
+        return f"corporate action: {d['symbol']} becomes {d['new_symbol']} effective {d['effective_at']} ({by})"
     if t == "ReconciliationCompleted":
         return f"{who} reconciliation {d['reconciliation_id']} {d['status']}"
     if t == "TradingBlocked":

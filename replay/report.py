@@ -184,6 +184,8 @@ INCIDENT_TYPES = frozenset({
 })
 # How far past the window's last event the summary looks for the recovery that follows a crash.
 FOLLOW_ON = 5000
+VENUE_FACT_TYPES = frozenset({"FillCorrected", "OrderReplaceRefused", "OptionSettled", "CorporateActionRecorded",
+                              "VariationMarginSettled"})
 
 
 @dataclass
@@ -213,6 +215,9 @@ class Incident:
     refusals: list[LoggedEvent] = field(default_factory=list)
     discrepancies: list[LoggedEvent] = field(default_factory=list)
     controls: list[LoggedEvent] = field(default_factory=list)  # blocks, acknowledgements, resumptions
+    # the venue's own facts beside the fills: corrections and busts, amendments refused, option
+    # settlements, corporate actions (what changes positions or orders other than a fill)
+    venue_facts: list[LoggedEvent] = field(default_factory=list)
     reconciled: dict[str, str] = field(default_factory=dict)
     by_id: dict[str, LoggedEvent] = field(default_factory=dict)
 
@@ -302,6 +307,8 @@ def incident(store: Store, tl: Timeline, account: str | None = None) -> Incident
             out.discrepancies.append(e)
         elif t in ("TradingBlocked", "DiscrepancyAcknowledged", "TradingResumed"):
             out.controls.append(e)
+        elif t in VENUE_FACT_TYPES:
+            out.venue_facts.append(e)
     out.crashes = [crashes[p] for p in sorted(crashes)]
     return out
 
@@ -402,7 +409,7 @@ class PricePoint:
     side: str
     price: Decimal
     label: str
-    kind: str  # "fill", "reconciled fill", "intent", "refused intent"
+    kind: str  # "fill", "reconciled fill", "corrected fill", "intent", "refused intent"
 
 
 def _orders(store: Store, events: list[LoggedEvent]) -> dict[str, dict[str, Any]]:
@@ -437,6 +444,9 @@ def price_points(store: Store, tl: Timeline, inc: Incident) -> list[PricePoint]:
             kind = "reconciled fill" if (e.event_id or "") in inc.reconciled else "fill"
             out.append(PricePoint(e.time("occurred"), symbol, side, Decimal(str(d["price"])),
                                   f"{who} {_num(d['qty'])}", kind))
+        elif e.type == "FillCorrected" and Decimal(str(d["qty"])):  # the venue's new price (a bust has none)
+            out.append(PricePoint(e.time("occurred"), symbol, side, Decimal(str(d["price"])),
+                                  f"{who} {_num(d['qty'])} (corrected)", "corrected fill"))
         elif e.type == "OrderIntentRecorded":
             price = d.get("limit_price") or d.get("reference_price")
             if price:
@@ -494,6 +504,10 @@ def price_chart(store: Store, tl: Timeline, inc: Incident) -> str | None:
                                          label="fill recorded by reconciliation"),
         ("reconciled fill", "sell"): dict(marker="v", color="#f59e0b", edgecolors="#111827", s=130, linewidths=1.8,
                                           label="fill recorded by reconciliation"),
+        ("corrected fill", "buy"): dict(marker="^", facecolors="none", edgecolors="#0891b2", s=110, linewidths=1.8,
+                                        label="fill price corrected by the venue"),
+        ("corrected fill", "sell"): dict(marker="v", facecolors="none", edgecolors="#0891b2", s=110, linewidths=1.8,
+                                         label="fill price corrected by the venue"),
         ("intent", "buy"): dict(marker="o", facecolors="none", edgecolors="#4b5563", s=55,
                                 label="intent at its limit / reference price"),
         ("intent", "sell"): dict(marker="o", facecolors="none", edgecolors="#4b5563", s=55,
@@ -707,6 +721,12 @@ def incident_html(inc: Incident) -> str:
         out.append(_table(["pos", "type", "what"],
                           [[e.position, e.type, describe(e)] for e in sorted(inc.discrepancies + inc.controls,
                                                                               key=lambda e: e.position)]))
+    else:
+        out.append('<p class="none">none</p>')
+
+    out.append("<h3>Venue corrections, refused amendments, settlements and corporate actions</h3>")
+    if inc.venue_facts:
+        out.append(_table(["pos", "type", "what"], [[e.position, e.type, describe(e)] for e in inc.venue_facts]))
     else:
         out.append('<p class="none">none</p>')
 

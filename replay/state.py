@@ -152,6 +152,10 @@ def state_view(state: TradingState, at: datetime, *, position: int | None = None
             "fills_today": stats.fills if stats else 0,
             "net_pnl_today": stats.net_pnl if stats else Decimal(0),
             "breaches_today": sorted(stats.breaches) if stats else [],
+            # what a log without instruments, venues' balances or late fees never had: only when there
+            **({"cash_by_venue": {v: dict(sorted(c.items())) for v, c in sorted(a.venue_cash.items())}}
+               if a.venue_cash else {}),
+            **({"fees_pending": sorted(a.fees_pending)} if a.fees_pending else {}),
         }
     open_orders = sorted((o for a in state.accounts.values() for o in a.open_orders.values()),
                          key=lambda o: (o.account, o.positions.get("intent", 0), o.stream_id))
@@ -162,6 +166,10 @@ def state_view(state: TradingState, at: datetime, *, position: int | None = None
         "positions": [p.as_dict() for _, p in sorted(state.positions.items())],
         "open_orders": [_order_view(o) for o in open_orders],
         "accounts": accounts,
+        **({"instruments": {s: spec.as_dict() for s, spec in sorted(state.instruments.items())}}
+           if state.instruments else {}),
+        **({"fx_rates": {f"{b}/{q}": rate for (b, q), rate in sorted(state.fx_rates.items())}}
+           if state.fx_rates else {}),
     }
 
 
@@ -196,7 +204,9 @@ def render_state(view: dict[str, Any], title: str | None = None) -> Group:
         orders.add_column(c)
     for o in view["open_orders"]:
         orders.add_row(o["account"], o["client_order_id"], o["symbol"], o["side"], _f(o["qty"]), _f(o["filled_qty"]),
-                       _f(o["limit_price"]), o["status"] + (" (cancel requested)" if o["cancel_requested"] else ""),
+                       _f(o["limit_price"]), o["status"] + (" (cancel requested)" if o["cancel_requested"] else "")
+                       + (f" (amendment {o['replace_pending']} waits for the venue)" if o.get("replace_pending") else "")
+                       + (f" (fee to come: {', '.join(o['fees_pending'])})" if o.get("fees_pending") else ""),
                        _f(o["venue_order_id"]))
     risk = Table(title="Risk state", title_justify="left")
     for c in ("account", "kill switch", "circuit breaker", "blocked", "ramp", "open orders", "trades today",
@@ -216,7 +226,22 @@ def render_state(view: dict[str, Any], title: str | None = None) -> Group:
                   f"{r['earliest']} .. {r['latest']}, after the log's time had reached {r['log_time']}; "
                   "those stamped at or before this instant are not in this state (replay by --position "
                   "to see them)", style="yellow") for r in view.get("stepped_back", [])]
-    return Group(head, *notes, positions, orders, risk)
+    extra = []
+    cash = [(name, venue, currency, balance) for name, a in view["accounts"].items()
+            for venue, books in a.get("cash_by_venue", {}).items() for currency, balance in books.items()]
+    if cash:
+        table = Table(title="Cash by venue", title_justify="left")
+        for c in ("account", "venue", "currency", "balance"):
+            table.add_column(c)
+        for name, venue, currency, balance in cash:
+            table.add_row(name, venue, currency, _f(balance))
+        extra.append(table)
+    if view.get("instruments") or view.get("fx_rates"):
+        extra.append(Text("Instruments: " + (", ".join(
+            f"{s} ({i['asset_class']} x{_f(i['multiplier'])} {i['quote_currency']})"
+            for s, i in view.get("instruments", {}).items()) or "-")
+            + "; FX rates: " + (", ".join(f"{k} {_f(v)}" for k, v in view.get("fx_rates", {}).items()) or "-")))
+    return Group(head, *notes, positions, orders, risk, *extra)
 
 
 # ---------------------------------------------------------------------------------- diff
@@ -271,18 +296,30 @@ def diff_states(store: Store, s1: StateAt, s2: StateAt) -> dict[str, Any]:
     by_order: dict[str, list[int]] = {}
     by_account: dict[str, list[int]] = {}
     by_position: dict[str, list[int]] = {}
+    reference: list[int] = []  # instruments, FX rates, corporate actions: no account's own
     for e in events:
+        d = e.payload
         if e.kind == "order":
             by_order.setdefault(e.stream_id, []).append(e.position)
-            if e.type == "OrderFilled":
+            if e.type in ("OrderFilled", "FillCorrected", "FeeCharged"):
                 o = s2.state.orders.get(e.stream_id)
                 if o is not None:
                     by_position.setdefault("|".join(o.position_key), []).append(e.position)
         elif e.kind == "account":
-            by_account.setdefault(e.payload.get("account", e.stream_id[8:]), []).append(e.position)
-            if e.type == "PositionCorrected":
-                d = e.payload
+            by_account.setdefault(d.get("account", e.stream_id[8:]), []).append(e.position)
+            if e.type in ("PositionCorrected", "FeeCharged", "OptionSettled", "VariationMarginSettled") \
+                    and d.get("symbol"):
                 by_position.setdefault(f"{d['account']}|{d['venue']}|{d['symbol']}", []).append(e.position)
+            if e.type == "OptionSettled":  # the underlying's leg moves too
+                spec = s2.state.instruments.get(d["symbol"])
+                if spec is not None and spec.underlying:
+                    by_position.setdefault(f"{d['account']}|{d['venue']}|{spec.underlying}", []).append(e.position)
+        elif e.type in ("InstrumentDefined", "FxRateRecorded", "CorporateActionRecorded"):
+            reference.append(e.position)
+            if e.type != "FxRateRecorded":  # every position in the symbol (and a new symbol's)
+                for key in s2.state.positions:
+                    if key[2] in (d["symbol"], d.get("new_symbol")):
+                        by_position.setdefault("|".join(key), []).append(e.position)
     pos1 = {f"{p['account']}|{p['venue']}|{p['symbol']}": p for p in v1["positions"]}
     pos2 = {f"{p['account']}|{p['venue']}|{p['symbol']}": p for p in v2["positions"]}
     positions = []
@@ -315,8 +352,22 @@ def diff_states(store: Store, s1: StateAt, s2: StateAt) -> dict[str, Any]:
         "positions": positions,
         "orders": orders,
         "accounts": accounts,
+        **({"reference": _reference_changes(v1, v2, reference)} if reference else {}),
         "events": [{**e.envelope(), "summary": _summary(e)} for e in events],
     }
+
+
+def _reference_changes(v1: dict[str, Any], v2: dict[str, Any], events: list[int]) -> list[dict[str, Any]]:
+    """Instruments and FX rates that changed between two views, each with the reference events between."""
+    out = []
+    for section, label in (("instruments", "instrument"), ("fx_rates", "FX rate")):
+        before, after = v1.get(section, {}), v2.get(section, {})
+        for key in sorted(set(before) | set(after)):
+            b, a = before.get(key), after.get(key)
+            if b != a:
+                changes = _changed(b, a) if isinstance(a if a is not None else b, dict) else {"rate": [b, a]}
+                out.append({"what": f"{label} {key}", "changes": changes, "events": events})
+    return out
 
 
 def by_order_positions(index: dict[str, list[int]], key: str) -> list[int]:
@@ -335,7 +386,11 @@ def _order_brief(o: OrderState | None) -> dict[str, Any] | None:
         return None
     return {"status": o.status, "qty": o.qty, "filled_qty": o.filled_qty, "avg_fill_price": o.avg_fill_price,
             "limit_price": o.limit_price, "venue_order_id": o.venue_order_id, "cancel_requested": o.cancel_requested,
-            "discrepancies": o.discrepancies, "fees": o.fees}
+            "discrepancies": o.discrepancies, "fees": o.fees,
+            # an amendment the venue has not answered; fills whose fee is still to come
+            "replace_pending": o.replace_pending,
+            "fees_pending": sum(1 for e in o.executions if o.account_state is not None
+                                and e in o.account_state.fees_pending)}
 
 
 def render_diff(d: dict[str, Any], limit: int = 200) -> Group:
@@ -359,6 +414,8 @@ def render_diff(d: dict[str, Any], limit: int = 200) -> Group:
     parts.append(table("Positions", d["positions"], lambda r: r["key"]))
     parts.append(table("Orders", d["orders"], lambda r: f"{r['account']}/{r['client_order_id']}"))
     parts.append(table("Risk", d["accounts"], lambda r: r["account"]))
+    if d.get("reference"):
+        parts.append(table("Instruments and FX rates", d["reference"], lambda r: r["what"]))
     events = Table(title="Events", title_justify="left")
     for c in ("position", "recorded_at", "type", "what"):
         events.add_column(c)

@@ -107,13 +107,24 @@ _ROLES = {
     "OrderReplaced": "replace", "OrderExpired": "expiry", "DiscrepancyRecorded": "discrepancy",
     "OrderImported": "import (reconciliation)", "ReconciliationCompleted": "reconciliation",
     "PositionCorrected": "correction", "TradingBlocked": "block", "DiscrepancyAcknowledged": "acknowledgement",
+    "FillCorrected": "venue correction of a fill", "FeeCharged": "fee (reported apart)",
+    "OrderReplaceRequested": "amendment request", "OrderReplaceRefused": "amendment refused",
 }
 
 
 def _order_state(o: Any) -> dict[str, Any]:
-    return {"status": o.status, "qty": o.qty, "filled_qty": o.filled_qty, "remaining_qty": o.remaining,
-            "avg_fill_price": o.avg_fill_price, "fees": o.fees, "venue_order_id": o.venue_order_id,
-            "cancel_requested": o.cancel_requested, "discrepancies": o.discrepancies, "refusal": o.refusal}
+    out = {"status": o.status, "qty": o.qty, "filled_qty": o.filled_qty, "remaining_qty": o.remaining,
+           "avg_fill_price": o.avg_fill_price, "fees": o.fees, "venue_order_id": o.venue_order_id,
+           "cancel_requested": o.cancel_requested, "discrepancies": o.discrepancies, "refusal": o.refusal}
+    pending = o.account_state.fees_pending if o.account_state is not None else {}
+    fees_pending = sorted(e for e in o.executions if e in pending)
+    if fees_pending:  # executions whose fee is still to come (as far as the order's own stream says)
+        out["fees_pending"] = fees_pending
+    if o.replace_pending is not None:  # the engine's amendment the venue has not answered
+        asked = o.replaces[o.replace_pending]["request"]
+        out["replace_pending"] = {"replace_id": o.replace_pending, "qty": asked["qty"],
+                                  "limit_price": asked.get("limit_price"), "stop_price": asked.get("stop_price")}
+    return out
 
 
 def find_accounts(store: Store, client_order_id: str) -> list[str]:
@@ -262,6 +273,9 @@ def render_trace(t: Trace) -> Group:
                           + (f" @ {_q(round(f['avg_fill_price'], 6))}" if f["avg_fill_price"] is not None else "")
                           + (f", venue id {f['venue_order_id']}" if f["venue_order_id"] else "")
                           + (f", {f['discrepancies']} discrepancies" if f["discrepancies"] else "")
+                          + (f", fee to come for {', '.join(f['fees_pending'])}" if f.get("fees_pending") else "")
+                          + (f", amendment {f['replace_pending']['replace_id']} (qty {f['replace_pending']['qty']}) "
+                             "waits for the venue" if f.get("replace_pending") else "")
                           + (f", refused: {', '.join(f['refusal'])}" if f["refusal"] else ""), style="bold"))
     return Group(table, *lines)
 

@@ -98,7 +98,7 @@ def limits_table(state: TradingState, now: datetime, title: str = "Risk limits")
 
 def orders_table(state: TradingState, title: str = "Orders") -> Table:
     """A table of every order in intent order: quantities, fills, status, venue id and a note
-    (refusal, cancel requested, discrepancies)."""
+    (refusal, cancel requested, discrepancies, an amendment pending, fees still to come)."""
     table = Table(title=title, title_justify="left")
     for column in ("client order id", "symbol", "side", "qty", "filled", "avg px", "status", "venue id", "note"):
         table.add_column(column)
@@ -106,6 +106,13 @@ def orders_table(state: TradingState, title: str = "Orders") -> Table:
         note = ", ".join(o.refusal) if o.refusal else ("cancel requested" if o.cancel_requested and o.is_open else "")
         if o.discrepancies:
             note = (note + "; " if note else "") + f"{o.discrepancies} discrepancy"
+        if o.replace_pending is not None:  # the engine's amendment the venue has not answered
+            asked = o.replaces[o.replace_pending]["request"]  # type: ignore[index]
+            note = (note + "; " if note else "") + f"amendment to qty {asked['qty']} waits for the venue"
+        pending = o.account_state.fees_pending if o.account_state is not None else {}
+        to_come = sum(1 for e in o.executions if e in pending)
+        if to_come:
+            note = (note + "; " if note else "") + f"fee to come for {to_come} fill{'s' if to_come > 1 else ''}"
         avg = o.avg_fill_price
         table.add_row(o.client_order_id, o.symbol, o.side, fmt(o.qty), fmt(o.filled_qty),
                       fmt(round(avg, 4) if avg is not None else None), o.status, fmt(o.venue_order_id), note)

@@ -95,7 +95,7 @@ def create_app(
             drill = queries.last_drill(tx)
         return MetricsSnapshot(
             accounts=snap["accounts"], positions=ops["positions"], limits=ops["limits"],
-            open_discrepancies=ops["open_discrepancies"], now=time.time(),
+            open_discrepancies=ops["open_discrepancies"], fees_pending=ops["fees_pending"], now=time.time(),
             log_head=snap["log_head"], projection_position=snap["projection_position"],
             lag_events=snap["lag_events"], lag_seconds=snap["lag_seconds"],
             orders_by_status=snap["orders_by_status"],

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
@@ -29,11 +29,16 @@ from ..metrics import CombinedRegistry, exposition
 from ..queries import Freshness, Reader, Tx
 from .auth import authorized
 from .schemas import (
+    CashOut,
+    CorporateActionOut,
     DailyStatsOut,
     EngineOut,
     EquityPointOut,
     ErrorBody,
+    FeePendingOut,
+    FxRateOut,
     HealthOut,
+    InstrumentOut,
     LiveOut,
     OrderOut,
     OrderStatus,
@@ -278,6 +283,13 @@ def _not_found(snap: Snapshot, what: str) -> HTTPException:
     return HTTPException(404, detail, headers=snap.headers)
 
 
+def _the_one(snap: Snapshot, rows: list[dict[str, Any]], missing: str) -> dict[str, Any]:
+    """The first of ``rows``; none: the 404 of ``_not_found`` saying ``missing``."""
+    if not rows:
+        raise _not_found(snap, missing)
+    return rows[0]
+
+
 _LAG_404 = ("Not in the read models. When they lag the log (X-Tradestate-Projection-Position below "
             "X-Tradestate-Log-Head) the detail says so: it may be recorded but not projected yet, retry later.")
 
@@ -317,10 +329,7 @@ def risk_of(snap: SnapshotDep, account: AccountPath) -> dict[str, Any]:
     """The risk state of one account. 404 when the read models hold none for it (the detail says when
     they lag the log). Freshness headers as on every data endpoint."""
     with snap.read() as tx:
-        rows = queries.risk(tx, account=account)
-    if not rows:
-        raise _not_found(snap, f"no risk state: account={account!r}")
-    return rows[0]
+        return _the_one(snap, queries.risk(tx, account=account), f"no risk state: account={account!r}")
 
 
 # ---------------------------------------------------------------------------- daily, equity
@@ -369,6 +378,83 @@ def signals(
     `strategy_id` and/or `symbol`. Freshness headers as on every data endpoint."""
     with snap.read() as tx:
         return queries.signals(tx, strategy_id=strategy_id, symbol=symbol)
+
+
+# ------------------------------------------------------------------- instruments, money, venue facts
+Currency = Annotated[str | None, Query(description="Currency or asset code", min_length=2, max_length=10,
+                                       pattern=r"^[A-Z0-9]+$")]
+
+
+@data.get("/instruments", response_model=list[InstrumentOut], tags=["instruments"], responses=_FRESH,
+          summary="The instrument registry, by symbol")
+def instruments(
+    snap: SnapshotDep,
+    symbol: Symbol = None,
+    asset_class: Annotated[Literal["equity", "etf", "future", "option", "fx", "crypto"] | None,
+                           Query(description="Only instruments of this class")] = None,
+) -> list[dict[str, Any]]:
+    """Every instrument of the registry (its last `InstrumentDefined`): asset class, contract
+    multiplier, quote and settlement currency, tick and lot size, whether fractional quantities are
+    allowed, expiry, and an option's underlying, strike and right. A symbol not in it trades with
+    multiplier 1 in the account's currency. Freshness headers as on every data endpoint."""
+    with snap.read() as tx:
+        return queries.instruments(tx, symbol=symbol, asset_class=asset_class)
+
+
+@data.get("/instruments/{symbol:path}", response_model=InstrumentOut, tags=["instruments"],
+          summary="One instrument of the registry",
+          responses={**_FRESH, 404: {"model": ErrorBody, "description": f"Not in the registry. {_LAG_404}"}})
+def instrument(snap: SnapshotDep,
+               symbol: Annotated[str, PathParam(description="Symbol", max_length=32, pattern=_TEXT)]) -> dict[str, Any]:
+    """One instrument by symbol. 404 when the registry does not hold it (the detail says when the read
+    models lag the log). Freshness headers as on every data endpoint."""
+    with snap.read() as tx:
+        return _the_one(snap, queries.instruments(tx, symbol=symbol), f"no instrument {symbol!r} in the registry")
+
+
+@data.get("/cash", response_model=list[CashOut], tags=["money"], responses=_FRESH,
+          summary="Cash per account, venue and currency")
+def cash(snap: SnapshotDep, account: Account = None,
+         venue: Annotated[str | None, Query(description="Venue", min_length=1, max_length=64, pattern=_TEXT)] = None,
+         currency: Currency = None) -> list[dict[str, Any]]:
+    """Cash of each account at each venue in each currency: the venue's last reported balance
+    (`CashBalanceRecorded`), moved by our fills, fees and settlements since. Ordered by account,
+    venue, currency. Freshness headers as on every data endpoint."""
+    with snap.read() as tx:
+        return queries.cash(tx, account=account, venue=venue, currency=currency)
+
+
+@data.get("/fx-rates", response_model=list[FxRateOut], tags=["money"], responses=_FRESH,
+          summary="The last recorded FX rate of each currency pair")
+def fx_rates(snap: SnapshotDep, base: Currency = None, quote: Currency = None) -> list[dict[str, Any]]:
+    """The last rate recorded for each pair (`FxRateRecorded`: one `base` is worth `rate` `quote`);
+    tradestate never fetches rates. Freshness headers as on every data endpoint."""
+    with snap.read() as tx:
+        return queries.fx_rates(tx, base=base, quote=quote)
+
+
+@data.get("/corporate-actions", response_model=list[CorporateActionOut], tags=["instruments"], responses=_FRESH,
+          summary="Corporate actions recorded, by effective time")
+def corporate_actions(snap: SnapshotDep, symbol: Symbol = None) -> list[dict[str, Any]]:
+    """Splits, reverse splits and symbol changes recorded (`CorporateActionRecorded`), by effective
+    time; `symbol` filters by the symbol they act on. Freshness headers as on every data endpoint."""
+    with snap.read() as tx:
+        return queries.corporate_actions(tx, symbol=symbol)
+
+
+@data.get("/fees/pending", response_model=list[FeePendingOut], tags=["money"], responses=_FRESH,
+          summary="Executions whose fee the venue has not reported yet")
+def fees_pending(
+    snap: SnapshotDep,
+    account: Account = None,
+    client_order_id: Annotated[str | None, Query(description="Client order id", min_length=1, max_length=64,
+                                                 pattern=_TEXT)] = None,
+) -> list[dict[str, Any]]:
+    """Fills recorded with their fee still to come (`fee_pending`, e.g. IB's commission report),
+    oldest first; one goes when its fee is recorded (`FeeCharged`) or a correction replaces it. An
+    order's count is its `fees_pending`. Freshness headers as on every data endpoint."""
+    with snap.read() as tx:
+        return queries.fees_pending(tx, account=account, client_order_id=client_order_id)
 
 
 # -------------------------------------------------------------------------------- engines

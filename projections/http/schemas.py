@@ -94,19 +94,64 @@ _TABLE_DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("ts_risk_usage", "symbol"): "Per-symbol override (max_position_qty); null: every symbol",
     ("ts_risk_usage", "trading_day"): "Trading day the daily usage refers to",
     ("ts_signals", "at"): "When the signal was recorded",
+    ("ts_orders", "fees_pending"): "Fills whose fee the venue has not reported yet (see /fees/pending)",
+    ("ts_orders", "replace_pending"): "The engine's amendment (replace id) the venue has not confirmed or refused "
+                                      "yet; null: none pending",
+    ("ts_orders", "replace_qty"): "The whole quantity the pending amendment asks for (the order's qty changes "
+                                  "only when the venue confirms)",
+    ("ts_orders", "replace_limit_price"): "The limit price the pending amendment asks for",
+    ("ts_orders", "replace_stop_price"): "The stop price the pending amendment asks for",
+    ("ts_fees_pending", "exec_id"): "The venue's execution id whose fee is still to come",
+    ("ts_fees_pending", "qty"): "Quantity of the execution",
+    ("ts_fees_pending", "price"): "Price of the execution",
+    ("ts_fees_pending", "last_position"): "Log position of the fill (or correction) that left the fee pending",
+    ("ts_instruments", "asset_class"): "equity, etf, future, option, fx or crypto",
+    ("ts_instruments", "multiplier"): "Contract multiplier (one ES future: 50)",
+    ("ts_instruments", "quote_currency"): "Currency of its prices and P&L",
+    ("ts_instruments", "settlement_currency"): "Currency its cash settles in",
+    ("ts_instruments", "tick_size"): "Price increment (null: any price)",
+    ("ts_instruments", "lot_size"): "Quantity increment (null: any quantity)",
+    ("ts_instruments", "fractional"): "Fractional quantities allowed",
+    ("ts_instruments", "expiry"): "Expiry of a future or option",
+    ("ts_instruments", "underlying"): "An option's underlying",
+    ("ts_instruments", "strike"): "An option's strike",
+    ("ts_instruments", "option_right"): "An option's right: call or put",
+    ("ts_instruments", "last_position"): "Log position of the definition in force",
+    ("ts_cash", "currency"): "Currency (or crypto asset)",
+    ("ts_cash", "balance"): "The venue's last reported balance, moved by our fills, fees and settlements since",
+    ("ts_cash", "last_position"): "Log position of the account's last event when the row was written",
+    ("ts_fx_rates", "base"): "Base currency",
+    ("ts_fx_rates", "quote"): "Quote currency",
+    ("ts_fx_rates", "rate"): "One base is worth this many quote (the last rate recorded)",
+    ("ts_fx_rates", "source"): "Where the desk took the rate",
+    ("ts_fx_rates", "at"): "When the rate was taken",
+    ("ts_corporate_actions", "action"): "split or symbol_change",
+    ("ts_corporate_actions", "effective_at"): "When it takes effect",
+    ("ts_corporate_actions", "ratio_from"): "A split: this many old shares become ratio_to (2-for-1: 1 -> 2)",
+    ("ts_corporate_actions", "ratio_to"): "A split: what ratio_from old shares become",
+    ("ts_corporate_actions", "new_symbol"): "A symbol change: the new symbol",
+    ("ts_corporate_actions", "source"): "operator or venue",
+    ("ts_corporate_actions", "reason"): "Why it was recorded",
+    ("ts_corporate_actions", "at"): "When it was recorded",
 }
 # Columns the projector always fills (the others may be null).
 _REQUIRED: dict[str, set[str]] = {
     "ts_positions": {"qty", "avg_cost", "realized_pnl", "unrealized_pnl", "fees", "last_position", "multiplier"},
     "ts_orders": {"client_order_id", "account", "venue", "symbol", "side", "order_type", "qty", "status",
                   "is_open", "filled_qty", "remaining_qty", "fees", "cancel_requested", "discrepancies",
-                  "last_position"},
+                  "last_position", "fees_pending"},
     "ts_daily_stats": {"trades", "fills", "volume", "realized_pnl", "fees", "net_pnl", "breaches",
                        "last_position"},
     "ts_risk_state": {"kill_switch", "breaker_tripped", "open_orders", "discrepancies", "last_position"},
     "ts_risk_usage": {"last_position"},
     "ts_signals": {"signal", "attributes", "last_position"},
     "ts_equity_curve": {"realized_pnl", "unrealized_pnl", "fees", "equity"},
+    "ts_fees_pending": {"stream_id", "client_order_id", "venue", "symbol", "qty", "price", "last_position"},
+    "ts_instruments": {"asset_class", "multiplier", "quote_currency", "settlement_currency", "fractional",
+                       "last_position"},
+    "ts_cash": {"balance", "last_position"},
+    "ts_fx_rates": {"rate", "last_position"},
+    "ts_corporate_actions": {"source", "last_position"},
 }
 
 
@@ -147,6 +192,17 @@ DailyStatsOut = _table_model("DailyStats", "ts_daily_stats",
                              types={"breaches": list[str]})
 EquityPointOut = _table_model("EquityPoint", "ts_equity_curve", "The account's P&L after its fills.")
 SignalOut = _table_model("Signal", "ts_signals", "The last signal of a strategy for a symbol.")
+FeePendingOut = _table_model("FeePending", "ts_fees_pending",
+                             "An execution whose fee the venue has not reported yet (IB's late commission report).")
+InstrumentOut = _table_model("Instrument", "ts_instruments", "An instrument of the registry: its last definition.",
+                             types={"asset_class": Literal["equity", "etf", "future", "option", "fx", "crypto"],
+                                    "option_right": Literal["call", "put"]})
+CashOut = _table_model("Cash", "ts_cash", "Cash of an account at a venue in one currency.")
+FxRateOut = _table_model("FxRate", "ts_fx_rates", "The last recorded FX rate of a currency pair.")
+CorporateActionOut = _table_model("CorporateAction", "ts_corporate_actions",
+                                  "A corporate action: a split (or reverse split) or a symbol change.",
+                                  types={"action": Literal["split", "symbol_change"],
+                                         "source": Literal["operator", "venue"]})
 LimitUsageOut = _table_model("LimitUsage", "ts_risk_usage", "One risk limit of an account and its usage.",
                              drop=("account",), nullable=("symbol",))
 RiskOut = _table_model(

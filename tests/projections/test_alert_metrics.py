@@ -82,7 +82,8 @@ def test_the_rules_file_parses_and_covers_every_condition():
     for name in ("TradestateEngineDead", "TradestateDiscrepancies", "TradestateOpenDiscrepancies",
                  "TradestateKillSwitchEngaged", "TradestateBreakerActive", "TradestateDailyLimitBreached",
                  "TradestateProjectorStalled", "TradestateAccountBlocked", "TradestateReconciliationStale",
-                 "TradestateLimitNearlyUsed", "TradestateDatabaseDown", "TradestateReconciliationUnknown"):
+                 "TradestateLimitNearlyUsed", "TradestateDatabaseDown", "TradestateReconciliationUnknown",
+                 "TradestateFeesOverdue"):
         assert name in alerts, name
     for rule in alerts.values():
         assert rule["expr"].strip() and rule["labels"]["severity"] in ("info", "warning", "critical")

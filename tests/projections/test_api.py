@@ -334,7 +334,8 @@ def test_openapi_lists_the_endpoints(sqlite_url: str) -> None:
             "/positions", "/orders", "/orders/open", "/orders/{account}/{client_order_id}", "/risk",
             "/risk/{account}", "/stats/daily", "/equity", "/signals", "/health", "/livez", "/readyz", "/metrics",
             "/engines", "/control/kill-switch/engage", "/control/kill-switch/release", "/control/breaker/trip",
-            "/control/breaker/reset", "/control/resume", "/control/limit", "/control/ack", "/control/approve"}
+            "/control/breaker/reset", "/control/resume", "/control/limit", "/control/ack", "/control/approve",
+            "/instruments", "/instruments/{symbol}", "/cash", "/fx-rates", "/corporate-actions", "/fees/pending"}
         schemas = spec["components"]["schemas"]
         assert "exact decimal" in schemas["Position"]["properties"]["qty"]["description"]
         assert "refused" in str(schemas["Order"]["properties"]["status"])
@@ -344,7 +345,8 @@ def test_openapi_lists_the_endpoints(sqlite_url: str) -> None:
         assert http.get("/docs").status_code == 200
         # every data endpoint documents its freshness headers
         for path in ("/positions", "/orders", "/orders/open", "/orders/{account}/{client_order_id}", "/risk",
-                     "/risk/{account}", "/stats/daily", "/equity", "/signals"):
+                     "/risk/{account}", "/stats/daily", "/equity", "/signals", "/instruments", "/instruments/{symbol}",
+                     "/cash", "/fx-rates", "/corporate-actions", "/fees/pending"):
             headers = spec["paths"][path]["get"]["responses"]["200"]["headers"]
             assert set(headers) == {"X-Tradestate-Projection-Position", "X-Tradestate-Log-Head"}, path
             assert "projection_position" in headers["X-Tradestate-Projection-Position"]["description"]

@@ -340,3 +340,26 @@ def test_a_log_that_cannot_be_read_is_said_on_the_page(tmp_path):
         make_log(url)
         r = http.get("/console/fragments/live")
         assert r.status_code == 200 and 'data-key="acct-1/sim/AAPL"' in r.text
+
+
+def test_an_open_order_shows_its_pending_amendment_and_fees_to_come(sqlite_url):
+    """From the client's own order pictures, as the live panel gets them (``open_orders``)."""
+    from datetime import datetime, timezone
+
+    from tests.support.projector_worker import Clock
+    from tradestate.projections.http.console import templates
+
+    with tradestate.connect(sqlite_url, clock=Clock()) as c:
+        c.record_intent("a", "o1", "XYZ", "buy", 100, order_type="limit", limit_price="50", venue="IB")
+        c.record_ack("a", "o1", "P1")
+        c.record_fill("a", "o1", "X.01", 10, "50", fee_pending=True)
+        c.request_replace("a", "o1", qty=120, replace_id="R1")
+        orders = c.open_orders()
+    at = datetime(2026, 12, 1, 14, 30, tzinfo=timezone.utc)
+    html = templates().get_template("console_live.html").render(
+        health={"status": "ok", "detail": "", "log_head": 9, "projection_position": 9, "lag_events": 0,
+                "lag_seconds": 0.0},
+        engines=[], engines_error="", accounts=[], positions=[], open_orders=orders, positions_total=0,
+        open_orders_total=len(orders), timeline=[], position=9, now=at, prefix="/console", gates=[],
+        discrepancies=[])
+    assert "amendment R1 waits for the venue" in html and "fee to come for X.01" in html

@@ -366,6 +366,21 @@ COMMAND = st.one_of(
     st.tuples(st.just("signal"), st.integers(0, 1), SYM, st.sampled_from(["buy", "sell", "flat"]),
               st.sampled_from([None, "0.5", "1.25"])),
     st.tuples(st.just("tick"), st.sampled_from([1, 30, 600, 1440])),
+    # the venues' vocabulary: instruments, FX, splits, cash, late fees, corrections, amendments
+    st.tuples(st.just("instrument"), SYM, st.sampled_from([1, 10, 100]), st.sampled_from(["USD", "EUR"])),
+    st.tuples(st.just("fx"), st.sampled_from(["1.1", "1.25"])),
+    st.tuples(st.just("split"), SYM, st.integers(0, 2), st.sampled_from([1, 10]), st.sampled_from([2, 3])),
+    st.tuples(st.just("cash"), ACCT, st.sampled_from(["USD", "EUR"]), st.sampled_from(["10000", "-50.5"])),
+    st.tuples(st.just("pending_fill"), IDX, st.sampled_from([25, 50, 100]), st.sampled_from(["99", "100.5"]),
+              st.integers(0, 4)),
+    st.tuples(st.just("fee"), IDX, st.integers(0, 4), st.sampled_from(["0.05", "1"]), st.booleans(), st.booleans()),
+    st.tuples(st.just("correct"), IDX, st.integers(0, 4), st.integers(1, 2), st.sampled_from([0, 25, 50]),
+              st.sampled_from(["99.5", "101"]), st.booleans()),
+    st.tuples(st.just("amend"), IDX, st.integers(1, 40)),
+    st.tuples(st.just("amend_refused"), IDX),
+    st.tuples(st.just("venue_trade"), ACCT, SYM, st.integers(2, 30),
+              st.lists(st.sampled_from([25, 50, 100]), min_size=1, max_size=3), st.integers(0, 3), st.integers(0, 2),
+              st.sampled_from([None, 7, 40])),
 )
 
 

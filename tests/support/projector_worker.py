@@ -151,6 +151,7 @@ class Orders:
 
     def __init__(self) -> None:
         self.ids: list[tuple[str, str, int]] = []  # (account, client order id, qty)
+        self.pending: list[tuple[str, str, int, int]] = []  # fills with a fee to come: (account, coid, qty, exec n)
 
     def pick(self, i: int, client: Any = None) -> tuple[str, str, int] | None:
         """One of the last few orders; three times in four an open one when there is one (the
@@ -226,6 +227,9 @@ def run_command(client: Any, orders: Orders, clock: Clock | None, cmd: tuple) ->
             if clock is not None:
                 clock.advance(args[0])
             return
+        if kind in VENUE_FACTS:
+            _venue_fact(client, orders, clock, kind, args)
+            return
         picked = orders.pick(args[0], client)
         if picked is None:
             return
@@ -249,6 +253,98 @@ def run_command(client: Any, orders: Orders, clock: Clock | None, cmd: tuple) ->
         else:
             raise ValueError(f"unknown command {kind!r}")
     except EXPECTED_ERRORS:
+        pass
+
+
+# The venues' vocabulary beyond the plain lifecycle: instruments, FX rates, corporate actions,
+# cash balances, fees reported late (or in kind), execution corrections, engine amendments.
+VENUE_FACTS = frozenset({"instrument", "fx", "split", "cash", "pending_fill", "fee", "correct", "amend",
+                         "amend_refused", "venue_trade"})
+_EFFECTIVE = datetime(2024, 3, 1, tzinfo=timezone.utc)
+
+
+def _venue_fact(client: Any, orders: Orders, clock: Clock | None, kind: str, args: list[Any]) -> None:
+    """One command of ``VENUE_FACTS``; what the domain refuses (a fill correction of an unknown
+    execution, an amendment that changes nothing...) appends nothing."""
+    from tradestate.domain.errors import InvalidInput
+    from tradestate.domain.ids import account_stream_id, order_stream_id
+
+    try:
+        if kind == "instrument":  # (symbol, multiplier, currency)
+            sym, multiplier, currency = args
+            client.define_instrument(SYMBOLS[sym], "equity", multiplier=multiplier, quote_currency=currency)
+            return
+        if kind == "fx":
+            (rate,) = args
+            client.record_fx_rate("EUR", "USD", rate)
+            return
+        if kind == "split":  # (symbol, day, ratio from, ratio to)
+            sym, day, old, new = args
+            client.record_corporate_action(SYMBOLS[sym], "split", _EFFECTIVE + timedelta(days=day),
+                                           ratio_from=old, ratio_to=new)
+            return
+        if kind == "cash":  # (account, currency, balance): the venue's balance as reconciliation records it
+            from tradestate.domain import events as ev
+            from tradestate.writer import build_event
+
+            acct, currency, balance = args
+            e = build_event(ev.CashBalanceRecorded, **client.writer.envelope(), account=ACCOUNTS[acct], venue="sim",
+                            currency=currency, balance=balance)
+            client.writer.record_event(account_stream_id(ACCOUNTS[acct]), e)
+            return
+        if kind == "venue_trade":  # an acknowledged order and its venue facts, in one of their orders
+            acct, sym, qty, percents, fee, correct, amend = args
+            run_command(client, orders, clock, ("intent", acct, sym, "buy" if qty % 2 else "sell", qty, "100"))
+            acct_id, coid, _ = orders.ids[-1]
+            client.record_ack(acct_id, coid, venue_order_id=f"V-{coid}")
+            if amend:  # asked before the fills; answered (refused, or confirmed) after them
+                _venue_fact(client, orders, clock, "amend", [0, amend])
+            for n, percent in enumerate(percents):
+                _venue_fact(client, orders, clock, "pending_fill", [0, percent, "100.5", n])
+            if correct:  # a new price, or a bust (percent 0), of the first fill
+                _venue_fact(client, orders, clock, "correct", [0, 0, 1, 0 if correct == 2 else percents[0] // 2,
+                                                               "99.75", fee == 3])
+            if fee:  # the fee of the first fill (its correction's, if corrected): on the order, the account or in kind
+                exec_n = 0 if not correct else None
+                fee_id = f"X-{coid}-0" if exec_n == 0 else f"X-{coid}-0.1"
+                client.record_fee(acct_id, "sim", f"F-{fee_id}", "0.25", symbol=SYMBOLS[sym], exec_id=fee_id,
+                                  client_order_id=coid if fee == 1 else None)
+            if amend and amend % 2:
+                _venue_fact(client, orders, clock, "amend_refused", [0])
+            elif amend:
+                run_command(client, orders, clock, ("replace", 0, amend))
+            return
+        picked = orders.pick(args[0], client)
+        if kind in ("fee", "correct") and orders.pending and args[1] % 2:  # mostly a fill whose fee is to come
+            acct, coid, qty, exec_n = orders.pending[-1 - args[0] % len(orders.pending)]
+            picked, args = (acct, coid, qty), [args[0], exec_n, *args[2:]]
+        if picked is None:
+            return
+        acct, coid, order_qty = picked
+        order = client.state.orders.get(order_stream_id(acct, coid))
+        if kind == "pending_fill":  # a fill whose fee the venue reports later
+            _, percent, price, exec_n = args
+            client.record_fill(acct, coid, exec_id=f"X-{coid}-{exec_n}", qty=max(1, order_qty * percent // 100),
+                               price=price, fee_pending=True)
+            orders.pending.append((acct, coid, order_qty, exec_n))
+        elif kind == "fee":  # (order, exec n, amount, on the order's stream, in kind)
+            _, exec_n, amount, on_order, in_kind = args
+            symbol = order.symbol if order is not None else SYMBOLS[0]
+            client.record_fee(acct, "sim", f"F-{coid}-{exec_n}-{in_kind}", amount, symbol=symbol, in_kind=in_kind,
+                              exec_id=None if in_kind else f"X-{coid}-{exec_n}",
+                              client_order_id=coid if on_order else None)
+        elif kind == "correct":  # (order, exec n, version, percent (0: a bust), price, fee pending)
+            _, exec_n, version, percent, price, pending = args
+            base = f"X-{coid}-{exec_n}"
+            earlier = [base] + [f"{base}.{v}" for v in range(1, version)]
+            client.record_fill_correction(acct, coid, f"{base}.{version}", earlier, order_qty * percent // 100
+                                          if percent else 0, price, fee_pending=pending)
+        elif kind == "amend":  # (order, new quantity)
+            _, qty = args
+            client.request_replace(acct, coid, qty=qty, reference_price="100")
+        elif kind == "amend_refused" and order is not None and order.replace_pending is not None:
+            client.record_replace_refused(acct, coid, order.replace_pending, "venue says no")
+    except (*EXPECTED_ERRORS, InvalidInput):
         pass
 
 
