@@ -82,7 +82,9 @@ def test_the_read_models_show_amendments_pending_fees_instruments_cash_rates_and
     orders = {r["client_order_id"]: r for r in _rows(tables, "ts_orders")}
     assert (orders["o1"]["fees_pending"], orders["o1"]["replace_pending"], orders["o1"]["replace_qty"],
             orders["o1"]["replace_limit_price"]) == (1, "R1", 120, 51)
-    assert orders["o1"]["qty"] == 100  # the order keeps its quantity until the venue confirms
+    # the amendment does not move the quantity until the venue confirms; the split does (OrderAdjusted):
+    # 70 filled + the 30 left, doubled
+    assert orders["o1"]["qty"] == 130
     # o2: R2 refused, R3 confirmed: nothing pending; its corrected fill's fee is still to come
     assert (orders["o2"]["replace_pending"], orders["o2"]["replace_qty"], orders["o2"]["qty"],
             orders["o2"]["fees_pending"]) == (None, None, 1, 1)

@@ -48,7 +48,7 @@ def _session(url: str) -> Clock:
         c.record_corporate_action("XYZ", "split", SPLIT_AT, ratio_from=1, ratio_to=2, source="venue")
         c.record_corporate_action("XYZ", "split", SPLIT_AT.replace(month=7), ratio_from=10, ratio_to=1)
         c.record_corporate_action("XYZ", "symbol_change", SPLIT_AT.replace(month=8), new_symbol="XYZW")
-        c.record_fee("a", "IB", "X.01", "0.4", symbol="XYZ", exec_id="X.01", client_order_id="o1")
+        c.record_fee("a", "IB", "X.01", "0.4", exec_id="X.01", client_order_id="o1")  # booked on the order's XYZW
     return clock
 
 
@@ -74,7 +74,7 @@ def test_every_new_venue_event_reads_as_words(sqlite_url):
     assert said["OrderReplaceRefused"] == ["a/o1 amendment R1 REFUSED by venue (venue_rejected): too late"]
     assert said["FeeCharged"] == [
         "a fee 0.5 XYZ for CRYPTO-1 at IB, taken in kind: the XYZ position shrinks by it",
-        "a/o1 fee 0.4 USD for X.01 of order o1 on XYZ at IB"]
+        "a/o1 fee 0.4 USD for X.01 of order o1 on XYZW at IB"]
     assert said["OptionSettled"] == ["a option XYZ1C: 1 contracts exercised at IB (venue ref EX-1)"]
     assert said["CorporateActionRecorded"][0].startswith("corporate action: XYZ 2-for-1 split effective 2026-06-01")
     assert "1-for-10 reverse split" in said["CorporateActionRecorded"][1]

@@ -81,7 +81,7 @@ def test_a_correction_folds_like_the_corrected_fills(fills, pick, new_qty, new_p
             assert abs((q.realized_pnl + mark * q.qty - q.cost) - (p.realized_pnl + mark * p.qty - p.cost)) < D("1e-9")
         assert f.state.accounts["acct"].cash == direct.state.accounts["acct"].cash
     # the execution index follows the correction
-    ids = f.state.exec_ids["sim"]
+    ids = f.state.exec_ids.get("sim", {})  # a bust of the venue's only execution leaves no index
     assert f"x{pick}.01" not in ids and (f"x{pick}.02" in ids) == bool(new_qty)
     # the cold fold of the same log gives the same state
     cold, _ = fold_cold([corrected.rows])
