@@ -156,6 +156,7 @@ def test_demo_and_project_have_json(tmp_path):
     assert "same state" in demo.stderr  # the story goes to stderr, the data to stdout
     assert "The webhook listener received 5 alert(s)" in demo.stderr  # the later acts' story too
     assert "DrillCompleted is on record" in demo.stderr
+    assert "every step of the act held" in demo.stderr  # the instruments act, last
     project = cli("project", "--db", url, "--once", "--json")
     assert project.returncode == 0, project.stderr
     summary = json.loads(project.stdout)
