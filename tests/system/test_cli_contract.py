@@ -160,7 +160,7 @@ def test_demo_and_project_have_json(tmp_path):
     project = cli("project", "--db", url, "--once", "--json")
     assert project.returncode == 0, project.stderr
     summary = json.loads(project.stdout)
-    assert summary["ok"] is True and summary["position"] == summary["head"] == 104  # all seven acts' events
+    assert summary["ok"] is True and summary["position"] == summary["head"] == 160  # all eight acts' events
 
 
 def test_reconcile_dry_run_appends_nothing_and_says_what_it_would(sqlite_url, tmp_path):
