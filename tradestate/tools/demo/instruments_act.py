@@ -80,10 +80,10 @@ def _money(value: Decimal) -> str:
 
 
 def _filled(steps: _Steps, order_id: str, symbol: str, side: str, qty: str, price: str, *, venue_id: str,
-            exec_id: str, fee: str = "0", fee_pending: bool = False, **intent: Any) -> None:
+            exec_id: str, fee: str = "0", fee_pending: bool = False) -> None:
     """An accepted limit order, sent, acknowledged and filled whole at ``price``."""
     client = steps.client
-    r = client.record_intent(ACCOUNT, order_id, symbol, side, qty, order_type="limit", limit_price=price, **intent)
+    r = client.record_intent(ACCOUNT, order_id, symbol, side, qty, order_type="limit", limit_price=price)
     steps.expect(r.accepted, f"intent {order_id} refused: {r.refusal}")
     client.record_submitted(ACCOUNT, order_id)
     client.record_ack(ACCOUNT, order_id, venue_id)
