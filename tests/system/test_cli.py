@@ -38,15 +38,19 @@ def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
     _assert_runbook_act(run.stdout)
     _assert_drill_act(run.stdout, 104)
     assert (tmp_path / "backups" / "full.tsb").exists() and (tmp_path / "backups" / "inc1.tsb").exists()
+    assert "every step of the act held" in run.stdout[run.stdout.index("Instruments and venues"):]
     state = json.loads(tradestate("state", "--db", url, "--json").stdout)
     # 70 + the first two recoveries' four GateEvaluated + act six's 22 (4 starts, 4 GateEvaluated, 2
     # TradingResumed, RecoveryCompleted, the refused intent's 2, 2 RampHeld, GateApproved, 2
-    # RampHealthy, 4 RampStepped) + the last act's 3 signals and DrillCompleted
-    assert state["position"] == 104
+    # RampHealthy, 4 RampStepped) + the drill act's 3 signals and DrillCompleted + the instruments
+    # act's 56 (tests/app/test_demo_instruments.py)
+    assert state["position"] == 160
     # the morning's 90 AAPL less the 40 whose fill notification was lost; 50 + 20 MSFT; and the
-    # hot act's two market orders, each filled once (h-2's fill found by the standby's recovery)
+    # hot act's two market orders, each filled once (h-2's fill found by the standby's recovery);
+    # the instruments act's desk: ES closed, SAP 100 split into 200 less 80 sold, 0.25 BTC
     assert {(p["account"], p["symbol"], p["qty"]) for p in state["positions"]} == {
-        ("demo-acct", "AAPL", "50"), ("demo-acct", "MSFT", "70"), ("demo-hot", "MSFT", "10"), ("demo-hot", "AAPL", "25")}
+        ("demo-acct", "AAPL", "50"), ("demo-acct", "MSFT", "70"), ("demo-hot", "MSFT", "10"), ("demo-hot", "AAPL", "25"),
+        ("demo-desk", "ESZ6", "0"), ("demo-desk", "SAP", "120"), ("demo-desk", "BTC/USD", "0.25")}
     assert state["accounts"]["demo-acct"]["breaker_tripped"] is False  # reset when trading resumed
     assert state["accounts"]["demo-acct"]["ramp_pct"] == state["accounts"]["demo-hot"]["ramp_pct"] == 100
     assert state["open_orders"] == []  # o-9 of act six was refused: never an order
@@ -105,6 +109,7 @@ def test_demo_on_postgresql(pg_url):
     assert "takeover in " in run.stdout and "neither lost nor sent twice" in run.stdout
     _assert_runbook_act(run.stdout)
     _assert_drill_act(run.stdout, 104)
+    assert "every step of the act held" in run.stdout[run.stdout.index("Instruments and venues"):]
     # --reset drops every tradestate table of the schema: read models, leases and the alert cursor
     # left by the first run would otherwise claim positions the new log has not reached
     again = tradestate("demo", "--db", pg_url, "--reset")

@@ -156,10 +156,11 @@ def test_demo_and_project_have_json(tmp_path):
     assert "same state" in demo.stderr  # the story goes to stderr, the data to stdout
     assert "The webhook listener received 5 alert(s)" in demo.stderr  # the later acts' story too
     assert "DrillCompleted is on record" in demo.stderr
+    assert "every step of the act held" in demo.stderr  # the instruments act, last
     project = cli("project", "--db", url, "--once", "--json")
     assert project.returncode == 0, project.stderr
     summary = json.loads(project.stdout)
-    assert summary["ok"] is True and summary["position"] == summary["head"] == 104  # all seven acts' events
+    assert summary["ok"] is True and summary["position"] == summary["head"] == 160  # all eight acts' events
 
 
 def test_reconcile_dry_run_appends_nothing_and_says_what_it_would(sqlite_url, tmp_path):

@@ -149,8 +149,9 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     session, read it back in a new process, serve it over HTTP, kill an engine and recover, then
     kill an active engine with an order in flight and let its standby take over, then put an
     engine in a crash loop: a safety gate waits for an operator, the ramp steps up by itself after
-    the approval, and a local webhook listener receives the alerts; last, a backup chain (full, then
-    an increment) and a restore drill of it, put on record. Another URL must hold an empty log unless ``reset`` (``InvalidInput`` otherwise). Returns 0 when
+    the approval, and a local webhook listener receives the alerts; then a backup chain (full, then
+    an increment) and a restore drill of it, put on record; last, issue 18's instruments and venues
+    (``instruments_act``). Another URL must hold an empty log unless ``reset`` (``InvalidInput`` otherwise). Returns 0 when
     every step agreed, 1 otherwise."""
     console = console or make_console()
     url = url or DEMO_URL
@@ -202,8 +203,12 @@ def main(url: str | None = None, reset: bool = False, console: Console | None = 
     from .drill_act import show_backup_and_drill
 
     drilled = show_backup_and_drill(url, console)
+    from .instruments_act import show_instruments
+
+    instruments = show_instruments(url, console)
     checks = {"same state in a new process": same, "HTTP API": served, "crash and recovery": recovered,
-              "hot restart": hot, "gates, ramp and alerts": runbook, "backup and restore drill": drilled}
+              "hot restart": hot, "gates, ramp and alerts": runbook, "backup and restore drill": drilled,
+              "instruments and venues": instruments}
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
         console.print(f"[bold red]the demo's checks failed: {', '.join(failed)}[/]")
