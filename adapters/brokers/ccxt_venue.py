@@ -107,7 +107,7 @@ EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
 # list of the retail data API (/v2/currencies, /v2/exchange-rates): not needed to trade spot.
 EXCHANGE_HAS: dict[str, dict[str, bool]] = {"coinbase": {"fetchCurrencies": False}}
 # Venues whose order and trade lists page by an opaque cursor (Coinbase: ``cursor`` in the answer,
-# empty on the last page; ccxt keeps it on the first item's ``info``): page size per list.
+# empty on the last page; ccxt keeps it on one item's ``info``): page size per list.
 CURSOR_PAGES = {"coinbase": 250}
 # The venue's own order statuses ccxt folds into another (Coinbase EXPIRED and FAILED: "canceled").
 RAW_STATUSES: dict[str, dict[str, VenueOrderStatus]] = {"coinbase": {"EXPIRED": "expired", "FAILED": "rejected"}}
@@ -561,7 +561,8 @@ class CcxtAdapter(BrokerAdapter):
                 raise VenueQueryFailed(f"{self.broker}: {what}: expected a list")
             for item in page:
                 seen[str(item.get("id"))] = item
-            cursor = (page[0].get("info") or {}).get("cursor") if page else None
+            # ccxt puts the answer's cursor on the first item it got, then sorts the items by time
+            cursor = next((c for item in page if (c := (item.get("info") or {}).get("cursor"))), None)
             if not cursor:
                 break
             params = {**extra, "cursor": cursor}
@@ -699,6 +700,11 @@ class CcxtAdapter(BrokerAdapter):
                 raise ValueError(f"{self.broker}: time in force {request.time_in_force!r} is not taken at this 24/7 "
                                  f"venue; use {', '.join(taken)} (nothing was sent)")
             params["timeInForce"] = tif
+        elif self.exchange_id == "coinbase":
+            # ccxt sizes a Coinbase market buy in the quote currency (quote_size = qty x a price we do
+            # not give); our order is in base units: its base_size, which the API takes on both sides
+            params.update({"createMarketBuyOrderRequiresPrice": False,
+                           "order_configuration": {"market_market_ioc": {"base_size": format(request.qty, "f")}}})
         self._on_grid(request)
         try:
             existing = self.order_by_client_id(cid, request.symbol)
