@@ -33,6 +33,12 @@ error mapping and market metadata): ``fetch_balance``, ``fetch_open_orders``, ``
   read from the order's flags and booked in kind; our id is its ``cl_ord_id`` (free text of at
   most 18 characters, or a UUID), never its numeric ``userref``; closed orders and trades are read
   50 a page by offset (``ofs``); an order id it does not know is ``EOrder:Invalid order``.
+* **Coinbase** (Advanced Trade, /api/v3/brokerage; tested against a fake of its documented REST
+  API): ccxt's Advanced Trade markets and accounts (available plus hold) are asked for; our id is
+  sent as its ``client_order_id`` (ccxt would send its own); a market order is sized in the base
+  asset (``base_size``, buys too); fees are in the quote currency; an order id it never issued
+  (404 NOT_FOUND) is ``OrderNotFound``; EXPIRED and FAILED stay expired and rejected (ccxt says
+  "canceled"); orders, open orders and fills are read every page by ``cursor``.
 * **24/7**: there is no trading day, so ``day``/``opg``/``cls`` orders are refused before sending
   (use ``gtc``, ``ioc`` or ``fok``).
 * **No stream**: ``updates()`` polls (trades since the last seen, and the orders it sent) and
@@ -99,7 +105,8 @@ ORDER_PARAMS: dict[str, dict[str, str]] = {"kraken": {"oflags": "fciq"}}
 # ``clientOrderId`` and sends its own ``ccxt-<uuid>`` as ``client_order_id`` unless that is given.
 CLIENT_ID_PARAM = {"coinbase": "client_order_id"}
 # ccxt options per exchange. Coinbase: the Advanced Trade (v3) endpoints: its products for the
-# markets (our ``fetchMarkets`` dict above would send ccxt to the retail v2 ones) and its accounts
+# markets (the ``fetchMarkets`` dict every exchange gets in ``__init__`` would send ccxt to the retail
+# v2 ones) and its accounts
 # for balances (v3 says what open orders hold; ccxt's default is the retail v2 wallet list).
 EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
     "coinbase": {"fetchMarkets": "fetchMarketsV3", "fetchBalance": "v3PrivateGetBrokerageAccounts"}}
@@ -382,7 +389,8 @@ class CcxtAdapter(BrokerAdapter):
             venue_order_id=vid, client_order_id=coid, symbol=symbol, side=raw.get("side"),  # type: ignore[arg-type]
             order_type=order_type if order_type in ("market", "limit") else order_type or "limit",
             qty=qty, filled_qty=filled,  # type: ignore[arg-type]
-            status=RAW_STATUSES.get(self.exchange_id, {}).get(str(info.get("status")), map_status(raw.get("status"), filled)),
+            status=RAW_STATUSES.get(self.exchange_id, {}).get(str(info.get("status")),
+                                                          map_status(raw.get("status"), filled)),
             raw_status=str(info.get("status") or raw.get("status") or ""),
             limit_price=_dec(raw.get("price"), f"order {vid} price", optional=True) if order_type == "limit" else None,
             stop_price=_dec(raw.get("triggerPrice"), f"order {vid} trigger price", optional=True),

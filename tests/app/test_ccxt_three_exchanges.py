@@ -29,7 +29,7 @@ def venues():
             FakeCoinbase(balances={"USD": "30000", "BTC": "0.5"}) as coinbase:
         adapters = [ccxt_adapter(binance, "binance", "BTC/USDT"), ccxt_adapter(kraken, "kraken", "BTC/USD"),
                     ccxt_adapter(coinbase, "coinbase", "BTC/USD")]
-        yield coinbase, adapters
+        yield (binance, kraken, coinbase), adapters
         for adapter in adapters:
             adapter.close()
 
@@ -52,7 +52,7 @@ def test_positions_summed_across_three_venues_cash_per_venue(venues, client, url
 
 
 def test_a_fill_missed_at_coinbase_is_booked_once_and_moves_only_its_cash(venues, client, url):  # noqa: F811
-    coinbase, adapters = venues
+    (_, _, coinbase), adapters = venues
     reconcile_venues(client, adapters)
     client.record_intent(ACCOUNT, "c-1", "BTC/USD", "sell", "0.25", order_type="limit", limit_price="41000",
                          time_in_force="gtc", venue="COINBASE")
@@ -81,3 +81,27 @@ def test_a_fill_missed_at_coinbase_is_booked_once_and_moves_only_its_cash(venues
     later = reconcile_venues(client, adapters)
     assert [r.corrective_events for r in later.results] == [[], [], []] and btc(later)["status"] == "ok"
     assert len(logged(url, "OrderFilled")) == 1
+
+
+def test_cli_reconciles_binance_and_coinbase_by_their_environment(venues, client, url):  # noqa: F811
+    # the registry's path (``--broker ccxt:coinbase``, keys and base URL from the environment) with
+    # ccxt's rate limiter on; Kraken's spaces private calls seconds apart (the slow CLI test of
+    # test_ccxt_two_exchanges covers it)
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (binance, _, coinbase), _ = venues
+    env = {**os.environ, "TRADESTATE_CCXT_SYMBOLS": "binance=BTC/USDT;coinbase=BTC/USD",
+           "TRADESTATE_CCXT_BASE_URL": f"binance={binance.url};coinbase={coinbase.url}", "TRADESTATE_CCXT_TIMEOUT": "2",
+           "TRADESTATE_CCXT_BINANCE_API_KEY": binance.api_key, "TRADESTATE_CCXT_BINANCE_SECRET": binance.secret,
+           "TRADESTATE_CCXT_COINBASE_API_KEY": coinbase.api_key, "TRADESTATE_CCXT_COINBASE_SECRET": coinbase.secret}
+    done = subprocess.run([sys.executable, "-m", "tradestate.cli", "reconcile", "--db", url, "--account", ACCOUNT,
+                           "--broker", "ccxt:binance", "--broker", "ccxt:coinbase", "--json"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [(p["asset"], p["venues"], p["status"]) for p in out["positions"]] == [("BTC", "1.5", "corrected")]
+    assert {v: {c: x["venue"] for c, x in cash.items()} for v, cash in out["cash"].items()} == {
+        "BINANCE": {"USDT": "100000"}, "COINBASE": {"USD": "30000"}}

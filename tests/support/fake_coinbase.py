@@ -209,12 +209,17 @@ class FakeCoinbase(RestFake):
         self.api_key, self.secret = api_key, secret
         self.products = {p.product_id: p for p in (products or [Product(**vars(q)) for q in PRODUCTS])}
         self.balance: dict[str, Decimal] = {k: Decimal(v) for k, v in (balances or {"USD": "100000"}).items()}
-        self.account_ids = {c: str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-coinbase/{c}")) for c in ("USD", "BTC", "ETH")}
+        self.account_ids = {c: self._account_id(c) for c in ("USD", "BTC", "ETH")}
         self.orders: dict[str, Order] = {}  # insertion = creation order
         self.fills: list[dict[str, Any]] = []  # insertion = time order
         self.calls: list[tuple[str, str, dict[str, Any]]] = []  # (method, path, parameters or body)
         self._ids = itertools.count(1)
         self._clock = 0.0
+
+    @staticmethod
+    def _account_id(currency: str) -> str:
+        """A stable uuid per currency account (Coinbase: one account per currency and portfolio)."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-coinbase/{currency}"))
 
     # ------------------------------------------------------------------ test controls
     def now(self) -> float:
@@ -404,7 +409,7 @@ class FakeCoinbase(RestFake):
         accounts = []
         for currency in sorted(set(self.balance) | set(self.account_ids)):
             held = self.held(currency)
-            uid = self.account_ids.setdefault(currency, str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-coinbase/{currency}")))
+            uid = self.account_ids.setdefault(currency, self._account_id(currency))
             accounts.append({
                 "uuid": uid, "name": f"{currency} Wallet", "currency": currency,
                 "available_balance": {"value": _plain(self.balance.get(currency, Decimal(0)) - held),
@@ -513,8 +518,8 @@ class FakeCoinbase(RestFake):
         if self.balance.get(currency, Decimal(0)) - self.held(currency) < need:
             raise OrderRefused("INSUFFICIENT_FUND", "Insufficient balance in source account",
                                "PREVIEW_INSUFFICIENT_FUND")
-        order = Order(str(uuid.UUID(int=next(self._ids) + 0x5eed << 64)), cid, product, side, name, config, size,
-                      price, self.now(), hold=need)
+        order = Order(str(uuid.UUID(int=(0x5EED << 64) + next(self._ids))), cid, product, side, name, config,
+                      size, price, self.now(), hold=need)
         self.orders[order.order_id] = order
         if market:
             self._execute(order, size, product.price, maker=False)
