@@ -14,7 +14,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, check_a_lost_submit_answer, limit_order
+from tests.support.ccxt_venues import ccxt_adapter, check_a_lost_submit_answer, check_the_order_flow, limit_order
 from tests.support.fake_coinbase import FakeCoinbase
 from tradestate.adapters.brokers.base import (
     OrderNotCancelable,
@@ -22,10 +22,6 @@ from tradestate.adapters.brokers.base import (
     OrderRequest,
     VenueConnectionError,
 )
-from tradestate.adapters.store import open_store
-from tradestate.client import TradestateClient
-from tradestate.domain.ids import order_stream_id
-from tradestate.order_flow import OrderFlow
 
 pytestmark = pytest.mark.timeout(60)
 ORDERS = "/api/v3/brokerage/orders"
@@ -187,21 +183,4 @@ def test_signed_requests_hmac_and_jwt_keys(fake):
 
 
 def test_order_flow_records_fills_with_usd_fees_and_cancels(fake, adapter, tmp_path):
-    client = TradestateClient(open_store(f"sqlite:///{tmp_path / 'log.db'}"))
-    flow = OrderFlow(client, adapter)
-    client.record_intent(ACCOUNT, "o-1", "BTC/USD", "buy", "0.5", order_type="limit", limit_price="40000",
-                         time_in_force="gtc", venue="COINBASE")
-    order = flow.forward(ACCOUNT, "o-1")
-    fake.fill(order.venue_order_id, "0.2")
-    recorded = flow.pump().recorded
-    assert [r.duplicate for r in recorded] == [False, True]  # the fill; the ack forward recorded
-    client.catch_up()
-    state = client.state.orders[order_stream_id(ACCOUNT, "o-1")]
-    assert (state.status, state.filled_qty) == ("partially_filled", D("0.2"))
-    assert flow.pump().recorded == []
-    adapter.cancel(order.venue_order_id)
-    flow.pump()
-    client.catch_up()
-    state = client.state.orders[order_stream_id(ACCOUNT, "o-1")]
-    assert state.status == "cancelled" and state.filled_qty == D("0.2")
-    client.close()
+    check_the_order_flow(fake, adapter, f"sqlite:///{tmp_path / 'log.db'}", "COINBASE")

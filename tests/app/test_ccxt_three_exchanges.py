@@ -11,7 +11,7 @@ from decimal import Decimal as D
 import pytest
 
 from tests.app.test_ccxt_two_exchanges import ACCOUNT, btc, client, logged, url  # noqa: F401 (fixtures)
-from tests.support.ccxt_venues import ccxt_adapter
+from tests.support.ccxt_venues import ccxt_adapter, cli_reconcile
 from tests.support.fake_binance import FakeBinance
 from tests.support.fake_coinbase import FakeCoinbase
 from tests.support.fake_kraken import FakeKraken
@@ -87,21 +87,8 @@ def test_cli_reconciles_binance_and_coinbase_by_their_environment(venues, client
     # the registry's path (``--broker ccxt:coinbase``, keys and base URL from the environment) with
     # ccxt's rate limiter on; Kraken's spaces private calls seconds apart (the slow CLI test of
     # test_ccxt_two_exchanges covers it)
-    import json
-    import os
-    import subprocess
-    import sys
-
     (binance, _, coinbase), _ = venues
-    env = {**os.environ, "TRADESTATE_CCXT_SYMBOLS": "binance=BTC/USDT;coinbase=BTC/USD",
-           "TRADESTATE_CCXT_BASE_URL": f"binance={binance.url};coinbase={coinbase.url}", "TRADESTATE_CCXT_TIMEOUT": "2",
-           "TRADESTATE_CCXT_BINANCE_API_KEY": binance.api_key, "TRADESTATE_CCXT_BINANCE_SECRET": binance.secret,
-           "TRADESTATE_CCXT_COINBASE_API_KEY": coinbase.api_key, "TRADESTATE_CCXT_COINBASE_SECRET": coinbase.secret}
-    done = subprocess.run([sys.executable, "-m", "tradestate.cli", "reconcile", "--db", url, "--account", ACCOUNT,
-                           "--broker", "ccxt:binance", "--broker", "ccxt:coinbase", "--json"],
-                          capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = cli_reconcile(url, {"binance": (binance, "BTC/USDT"), "coinbase": (coinbase, "BTC/USD")})
     assert [(p["asset"], p["venues"], p["status"]) for p in out["positions"]] == [("BTC", "1.5", "corrected")]
     assert {v: {c: x["venue"] for c, x in cash.items()} for v, cash in out["cash"].items()} == {
         "BINANCE": {"USDT": "100000"}, "COINBASE": {"USD": "30000"}}
