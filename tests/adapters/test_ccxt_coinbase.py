@@ -14,7 +14,14 @@ from decimal import Decimal as D
 
 import pytest
 
-from tests.support.ccxt_venues import ccxt_adapter, check_a_lost_submit_answer, check_the_order_flow, limit_order
+from tests.support.ccxt_venues import (
+    ccxt_adapter,
+    check_a_lost_submit_answer,
+    check_a_partial_then_full_fill,
+    check_one_open_buy,
+    check_the_order_flow,
+    limit_order,
+)
 from tests.support.fake_coinbase import FakeCoinbase
 from tradestate.adapters.brokers.base import (
     OrderNotCancelable,
@@ -59,29 +66,12 @@ def test_place_and_ack_under_our_client_order_id(fake, adapter):
                                                                  "post_only": False}}
     assert fake.orders[order.venue_order_id].client_order_id == "c-1"
     # the open order holds 20,000 USD and its taker fee: the balance is available plus held
-    assert {b.currency: b.cash for b in adapter.balances()} == {"USD": D("100000")}
-    assert [(p.symbol, p.qty) for p in adapter.positions()] == [("BTC/USD", D(1))]
-    assert [(o.venue_order_id, o.status) for o in adapter.open_orders()] == [(order.venue_order_id, "open")]
+    check_one_open_buy(adapter, order)
 
 
 def test_partial_then_full_fill_with_the_fee_in_usd(fake, adapter):
-    order = adapter.submit(limit("c-2"))
-    fake.fill(order.venue_order_id, "0.2")
-    partial = adapter.order_by_client_id("c-2")
-    assert (partial.status, partial.filled_qty, len(partial.fills)) == ("partially_filled", D("0.2"), 1)
-    fake.fill(order.venue_order_id, "0.3", maker=False)
-    done = adapter.order_by_client_id("c-2")
-    assert (done.status, done.filled_qty, done.raw_status) == ("filled", D("0.5"), "FILLED")
-    fills = adapter.fills()
     # maker 0.4 % of 8,000, taker 0.6 % of 12,000: fees in USD, the quote currency
-    assert sorted((f.qty, f.price, f.fee, f.fee_currency, f.client_order_id) for f in fills) == [
-        (D("0.2"), D("40000"), D("32"), "USD", "c-2"), (D("0.3"), D("40000"), D("72"), "USD", "c-2")]
-    assert sorted(f.exec_id for f in done.fills) == sorted(f.exec_id for f in fills)
-    assert adapter.snapshot(now=datetime.now(timezone.utc)).fees == []  # nothing taken in kind
-    assert [(p.symbol, p.qty) for p in adapter.positions()] == [("BTC/USD", D("1.5"))]
-    assert {b.currency: b.cash for b in adapter.balances()} == {"USD": D("100000") - D("20000") - D("104")}
-    for value in (*(f.qty for f in fills), *(f.fee for f in fills)):
-        assert type(value) is D
+    check_a_partial_then_full_fill(fake, adapter, "c-2", "FILLED", ('32', '72'))
 
 
 def test_a_market_buy_is_sized_in_the_base_asset(fake, adapter):
