@@ -174,3 +174,16 @@ def test_signed_requests_hmac_and_jwt_keys(fake):
 
 def test_order_flow_records_fills_with_usd_fees_and_cancels(fake, adapter, tmp_path):
     check_the_order_flow(fake, adapter, f"sqlite:///{tmp_path / 'log.db'}", "COINBASE")
+
+
+def test_the_live_feed_reports_each_ack_fill_and_expiry_once(fake, adapter):
+    order = adapter.submit(limit("c-8"))
+    elsewhere = fake.place("BTC-USD", "sell", "0.1", "41000", client_order_id="web-1")  # not ours
+    fake.fill(order.venue_order_id, "0.2")
+    fake.fill(elsewhere, "0.1")
+    first = [(u.kind, u.client_order_id, u.fill.qty if u.fill else None) for u in adapter.updates()]
+    assert sorted(first, key=str) == sorted([("fill", "c-8", D("0.2")), ("fill", "web-1", D("0.1")),
+                                             ("ack", "c-8", None)], key=str)
+    fake.expire(order.venue_order_id)  # Coinbase EXPIRED: reported as an expiry, not a cancel
+    assert [(u.kind, u.client_order_id, u.reason) for u in adapter.updates()] == [("expired", "c-8", "EXPIRED")]
+    assert list(adapter.updates()) == []
