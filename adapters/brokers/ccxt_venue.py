@@ -397,7 +397,9 @@ class CcxtAdapter(BrokerAdapter):
             avg_fill_price=_dec(raw.get("average"), f"order {vid} average", optional=True) if filled else None,
             time_in_force=tif if tif in ("gtc", "ioc", "fok") else "gtc",
             submitted_at=_ts(raw.get("timestamp")),
-            updated_at=_ts(raw.get("lastUpdateTimestamp") or raw.get("lastTradeTimestamp") or raw.get("timestamp")),
+            # Coinbase: ccxt leaves the last trade's time out; the order's last_fill_time has it
+            updated_at=(_ts(raw.get("lastUpdateTimestamp") or raw.get("lastTradeTimestamp"))
+                        or _iso(info.get("last_fill_time")) or _ts(raw.get("timestamp"))),
             fills=tuple(fills),
             raw=_plain(info),
         )

@@ -108,6 +108,9 @@ def test_an_order_the_venue_expires_is_expired_not_cancelled(fake, adapter):
     fake.expire(order.venue_order_id)  # ccxt folds EXPIRED into "canceled"
     ended = adapter.order_by_venue_id(order.venue_order_id)
     assert (ended.status, ended.raw_status, ended.filled_qty) == ("expired", "EXPIRED", D("0.1"))
+    # its last change known to the venue: the fill's time (last_fill_time), not its placing
+    assert ended.updated_at > ended.submitted_at
+    assert abs((ended.updated_at - ended.fills[-1].occurred_at).total_seconds()) < 0.001
 
 
 def test_a_refused_order_comes_back_rejected_with_coinbases_reason(fake, adapter):
