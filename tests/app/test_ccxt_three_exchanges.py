@@ -92,3 +92,31 @@ def test_cli_reconciles_binance_and_coinbase_by_their_environment(venues, client
     assert [(p["asset"], p["venues"], p["status"]) for p in out["positions"]] == [("BTC", "1.5", "corrected")]
     assert {v: {c: x["venue"] for c, x in cash.items()} for v, cash in out["cash"].items()} == {
         "BINANCE": {"USDT": "100000"}, "COINBASE": {"USD": "30000"}}
+
+
+def test_orders_ended_at_coinbase_unheard_are_ended_in_the_log(venues, client, url):  # noqa: F811
+    # one order cancelled on Coinbase's website after a partial fill, one expired by the venue:
+    # reconcile books the fill once and ends each order as the venue says (EXPIRED, not cancelled)
+    (_, _, coinbase), adapters = venues
+    reconcile_venues(client, adapters)
+    flow = OrderFlow(client, adapters[2])
+    for cid in ("c-web", "c-exp"):
+        client.record_intent(ACCOUNT, cid, "BTC/USD", "buy", "0.1", order_type="limit", limit_price="39000",
+                             time_in_force="gtc", venue="COINBASE")
+        flow.forward(ACCOUNT, cid)
+    by_cid = {o.client_order_id: o.order_id for o in coinbase.orders.values()}
+    coinbase.fill(by_cid["c-web"], "0.04")
+    coinbase.cancel_at_venue(by_cid["c-web"])
+    coinbase.expire(by_cid["c-exp"])
+    found = reconcile_venues(client, adapters)
+    on_coinbase = found.results[2]
+    assert sorted(e["type"] for e in on_coinbase.corrective_events) == ["OrderCancelled", "OrderExpired", "OrderFilled"]
+    client.catch_up()
+    web = client.state.orders[order_stream_id(ACCOUNT, "c-web")]
+    assert (web.status, web.filled_qty) == ("cancelled", D("0.04"))
+    assert client.state.orders[order_stream_id(ACCOUNT, "c-exp")].status == "expired"
+    row = btc(found)
+    assert (row["venues"], row["ours_after"], row["status"]) == ("3.54", "3.54", "corrected")
+    assert found.cash["COINBASE"]["USD"]["venue"] == found.cash["COINBASE"]["USD"]["log"]
+    later = reconcile_venues(client, adapters)
+    assert [r.corrective_events for r in later.results] == [[], [], []]
