@@ -33,6 +33,12 @@ error mapping and market metadata): ``fetch_balance``, ``fetch_open_orders``, ``
   read from the order's flags and booked in kind; our id is its ``cl_ord_id`` (free text of at
   most 18 characters, or a UUID), never its numeric ``userref``; closed orders and trades are read
   50 a page by offset (``ofs``); an order id it does not know is ``EOrder:Invalid order``.
+* **Coinbase** (Advanced Trade, /api/v3/brokerage; tested against a fake of its documented REST
+  API): ccxt's Advanced Trade markets and accounts (available plus hold) are asked for; our id is
+  sent as its ``client_order_id`` (ccxt would send its own); a market order is sized in the base
+  asset (``base_size``, buys too); fees are in the quote currency; an order id it never issued
+  (404 NOT_FOUND) is ``OrderNotFound``; EXPIRED and FAILED stay expired and rejected (ccxt says
+  "canceled"); orders, open orders and fills are read every page by ``cursor``.
 * **24/7**: there is no trading day, so ``day``/``opg``/``cls`` orders are refused before sending
   (use ``gtc``, ``ioc`` or ``fok``).
 * **No stream**: ``updates()`` polls (trades since the last seen, and the orders it sent) and
@@ -82,6 +88,8 @@ BINANCE_API = ("binance", "binanceus")
 API_ROOTS: dict[str, dict[str, str]] = {
     **{name: {"public": "/api/v3", "private": "/api/v3", "v1": "/api/v1"} for name in BINANCE_API},
     "kraken": {"public": "", "private": ""},
+    # Coinbase's paths are /api/v3/brokerage/... below its one root (ccxt/coinbase.py sign())
+    "coinbase": {"rest": ""},
 }
 # The longest client order id each venue takes (Binance: ^[.A-Z:/a-z0-9_-]{1,36}$; Kraken's
 # cl_ord_id: free text of at most 18 ASCII characters, or a UUID: checked in ``submit``).
@@ -93,6 +101,23 @@ TIME_IN_FORCE_AT = {"kraken": {"gtc": "GTC", "ioc": "IOC"}}
 # Its default takes a sell's fee in the base asset, and its trades do not say the fee's currency
 # (ccxt labels it the quote's): asking for the quote makes the label true.
 ORDER_PARAMS: dict[str, dict[str, str]] = {"kraken": {"oflags": "fciq"}}
+# Where our client order id goes in the order request. ccxt's coinbase drops the unified
+# ``clientOrderId`` and sends its own ``ccxt-<uuid>`` as ``client_order_id`` unless that is given.
+CLIENT_ID_PARAM = {"coinbase": "client_order_id"}
+# ccxt options per exchange. Coinbase: the Advanced Trade (v3) endpoints: its products for the
+# markets (the ``fetchMarkets`` dict every exchange gets in ``__init__`` would send ccxt to the retail
+# v2 ones) and its accounts
+# for balances (v3 says what open orders hold; ccxt's default is the retail v2 wallet list).
+EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
+    "coinbase": {"fetchMarkets": "fetchMarketsV3", "fetchBalance": "v3PrivateGetBrokerageAccounts"}}
+# ccxt capabilities switched off per exchange. Coinbase: load_markets would first read the currency
+# list of the retail data API (/v2/currencies, /v2/exchange-rates): not needed to trade spot.
+EXCHANGE_HAS: dict[str, dict[str, bool]] = {"coinbase": {"fetchCurrencies": False}}
+# Venues whose order and trade lists page by an opaque cursor (Coinbase: ``cursor`` in the answer,
+# empty on the last page; ccxt keeps it on one item's ``info``): page size per list.
+CURSOR_PAGES = {"coinbase": 250}
+# The venue's own order statuses ccxt folds into another (Coinbase EXPIRED and FAILED: "canceled").
+RAW_STATUSES: dict[str, dict[str, VenueOrderStatus]] = {"coinbase": {"EXPIRED": "expired", "FAILED": "rejected"}}
 # Venues whose order and trade history pages by offset: page size ("50 results are returned at a
 # time, the most recent by default": Kraken ClosedOrders, TradesHistory; parameter ``ofs``).
 OFFSET_PAGES = {"kraken": 50}
@@ -132,6 +157,17 @@ def _ts(ms: Any) -> datetime | None:
         return None
 
 
+def _iso(text: Any) -> datetime | None:
+    """An RFC 3339 time from the venue (None when absent or unreadable)."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def _ms(moment: datetime | None) -> int | None:
     if moment is None:
         return None
@@ -155,6 +191,14 @@ def venue_error_code(error: Exception, body: Any = None) -> tuple[int | None, st
             pass
     if isinstance(body, dict) and isinstance(body.get("error"), list) and body["error"]:
         return None, "; ".join(map(str, body["error"]))  # Kraken: {"error": ["EOrder:Insufficient funds"]}
+    if isinstance(body, dict) and isinstance(body.get("error_response"), dict):  # Coinbase: an order refused
+        refused = body["error_response"]
+        return None, f"{refused.get('error')}: {refused.get('message')}"
+    if isinstance(body, dict) and isinstance(body.get("results"), list):  # Coinbase: a cancel refused
+        return None, "; ".join(str(r.get("failure_reason")) for r in body["results"]
+                               if isinstance(r, dict) and r.get("success") is not True)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):  # Coinbase: {"error", "message"}
+        return None, f"{body['error']}: {body.get('message', '')}"
     text = str(error)
     start = text.find("{")
     if start >= 0:
@@ -235,6 +279,9 @@ class CcxtAdapter(BrokerAdapter):
                 "warnOnFetchOpenOrdersWithoutSymbol": False,
             },
         }
+        config["options"].update(EXCHANGE_OPTIONS.get(exchange, {}))
+        if exchange in EXCHANGE_HAS:
+            config["has"] = EXCHANGE_HAS[exchange]
         if password:
             config["password"] = password
         self._ccxt = getattr(ccxt, exchange)(config)
@@ -297,11 +344,23 @@ class CcxtAdapter(BrokerAdapter):
                 raise VenueQueryFailed(f"{self.broker}: {what}: no answer within {self.timeout:g} s") from None
             except e.NetworkError as x:  # ExchangeNotAvailable, DDoSProtection, connection errors
                 raise VenueConnectionError(f"{self.broker}: {what}: cannot reach the venue: {x}") from None
-            except passthrough as x:
-                x.venue_body = self._ccxt.last_json_response  # read under the lock: the next call replaces it
-                raise
-            except e.BaseError as x:  # any other refusal: the answer is unknown, never empty
+            except e.BaseError as x:
+                body = self._ccxt.last_json_response  # read under the lock: the next call replaces it
+                x = self._unknown_order(x, body)
+                if isinstance(x, passthrough):
+                    x.venue_body = body
+                    raise x from None
+                # any other refusal: the answer is unknown, never empty
                 raise VenueQueryFailed(f"{self.broker}: {what}: {x}") from None
+
+    def _unknown_order(self, error: Exception, body: Any) -> Exception:
+        """Coinbase answers an order id it never issued with HTTP 404 ``{"error": "NOT_FOUND",
+        "message": "order with this orderID was not found"}``, which ccxt raises as a plain
+        ExchangeError (its pattern for it reads "self orderID"): ccxt's OrderNotFound here."""
+        if (self.exchange_id == "coinbase" and isinstance(body, dict) and body.get("error") == "NOT_FOUND"
+                and "order" in str(body.get("message", "")).lower()):
+            return self._errors.OrderNotFound(str(error))
+        return error
 
     # -- parsing --------------------------------------------------------------------------------
 
@@ -330,14 +389,17 @@ class CcxtAdapter(BrokerAdapter):
             venue_order_id=vid, client_order_id=coid, symbol=symbol, side=raw.get("side"),  # type: ignore[arg-type]
             order_type=order_type if order_type in ("market", "limit") else order_type or "limit",
             qty=qty, filled_qty=filled,  # type: ignore[arg-type]
-            status=map_status(raw.get("status"), filled),
+            status=RAW_STATUSES.get(self.exchange_id, {}).get(str(info.get("status")),
+                                                          map_status(raw.get("status"), filled)),
             raw_status=str(info.get("status") or raw.get("status") or ""),
             limit_price=_dec(raw.get("price"), f"order {vid} price", optional=True) if order_type == "limit" else None,
             stop_price=_dec(raw.get("triggerPrice"), f"order {vid} trigger price", optional=True),
             avg_fill_price=_dec(raw.get("average"), f"order {vid} average", optional=True) if filled else None,
             time_in_force=tif if tif in ("gtc", "ioc", "fok") else "gtc",
             submitted_at=_ts(raw.get("timestamp")),
-            updated_at=_ts(raw.get("lastUpdateTimestamp") or raw.get("lastTradeTimestamp") or raw.get("timestamp")),
+            # Coinbase: ccxt leaves the last trade's time out; the order's last_fill_time has it
+            updated_at=(_ts(raw.get("lastUpdateTimestamp") or raw.get("lastTradeTimestamp"))
+                        or _iso(info.get("last_fill_time")) or _ts(raw.get("timestamp"))),
             fills=tuple(fills),
             raw=_plain(info),
         )
@@ -416,8 +478,11 @@ class CcxtAdapter(BrokerAdapter):
     def open_orders(self) -> list[VenueOrder]:
         orders = []
         for symbol in self.symbols:
-            for raw in self._call(f"open orders {symbol}", "fetch_open_orders", symbol):
-                orders.append(self._order(raw))
+            if self.exchange_id in CURSOR_PAGES:  # Coinbase: 100 a page by default, read every page
+                raws = self._paged(f"open orders {symbol}", "fetch_open_orders", symbol, None)
+            else:
+                raws = self._call(f"open orders {symbol}", "fetch_open_orders", symbol)
+            orders.extend(self._order(raw) for raw in raws)
         return orders
 
     def _paged(self, what: str, method: str, symbol: str, since: datetime | None,
@@ -431,6 +496,8 @@ class CcxtAdapter(BrokerAdapter):
         Offset venues (Kraken): ``_offset_paged``."""
         if self.exchange_id in OFFSET_PAGES:
             return self._offset_paged(what, method, symbol, since, OFFSET_PAGES[self.exchange_id], extra or {})
+        if self.exchange_id in CURSOR_PAGES:
+            return self._cursor_paged(what, method, symbol, since, CURSOR_PAGES[self.exchange_id], extra or {})
         seen: dict[str, dict[str, Any]] = {}
         cursor_key = ID_CURSORS.get(self.exchange_id, {}).get(method)
         start = _ms(since) if since is not None else None
@@ -488,6 +555,36 @@ class CcxtAdapter(BrokerAdapter):
                 return list(seen.values())
         raise VenueQueryFailed(f"{self.broker}: {what}: more than {MAX_PAGES} pages")
 
+    def _cursor_paged(self, what: str, method: str, symbol: str, since: datetime | None,
+                      size: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+        """Coinbase's lists (orders, fills): ``size`` a page, each page's ``cursor`` asks for the
+        next, an empty one ends. Fills since ``since`` are asked of the venue (the fill's time);
+        orders are not (it filters by the creation time, which would drop an order placed before
+        ``since`` and filled after): every page is read and an order kept when it is open, or was
+        placed or last filled since then."""
+        start = _ms(since) if since is not None and method == "fetch_my_trades" else None
+        params = dict(extra)
+        seen: dict[str, dict[str, Any]] = {}
+        for _ in range(MAX_PAGES):
+            page = self._call(what, method, symbol, start, size, params)
+            if not isinstance(page, list):
+                raise VenueQueryFailed(f"{self.broker}: {what}: expected a list")
+            for item in page:
+                seen[str(item.get("id"))] = item
+            # ccxt puts the answer's cursor on the first item it got, then sorts the items by time
+            cursor = next((c for item in page if (c := (item.get("info") or {}).get("cursor"))), None)
+            if not cursor:
+                break
+            params = {**extra, "cursor": cursor}
+        else:
+            raise VenueQueryFailed(f"{self.broker}: {what}: more than {MAX_PAGES} pages")
+        items = list(seen.values())
+        if since is not None and start is None:
+            floor = _ms(since) or 0
+            items = [i for i in items if i.get("status") == "open" or int(i.get("timestamp") or 0) >= floor
+                     or int(_ms(_iso((i.get("info") or {}).get("last_fill_time"))) or 0) >= floor]
+        return items
+
     def recent_orders(self, since: datetime | None = None) -> list[VenueOrder]:
         orders = []
         for symbol in self.symbols:
@@ -533,6 +630,8 @@ class CcxtAdapter(BrokerAdapter):
         what = f"trades of order {order.venue_order_id}"
         if self.exchange_id in BINANCE_API:
             trades = self._call(what, "fetch_my_trades", order.symbol, None, PAGE, {"orderId": order.venue_order_id})
+        elif self.exchange_id in CURSOR_PAGES:  # Coinbase's fills filter by order (order_ids)
+            trades = self._paged(what, "fetch_my_trades", order.symbol, None, extra={"order_ids": order.venue_order_id})
         else:  # no filter by order: every trade since the order was placed, all pages
             trades = self._paged(what, "fetch_my_trades", order.symbol, order.submitted_at)
         fills = tuple(self._fill(t) for t in trades if str(t.get("order")) == order.venue_order_id)
@@ -602,7 +701,8 @@ class CcxtAdapter(BrokerAdapter):
                 raise ValueError(f"{self.broker}: {name} must be a positive finite Decimal, not {value!r}")
         if request.order_type == "limit" and request.limit_price is None:
             raise ValueError(f"{self.broker}: a limit order needs a limit price")
-        params: dict[str, Any] = {"clientOrderId": cid, **ORDER_PARAMS.get(self.exchange_id, {})}
+        params: dict[str, Any] = {CLIENT_ID_PARAM.get(self.exchange_id, "clientOrderId"): cid,
+                                  **ORDER_PARAMS.get(self.exchange_id, {})}
         if request.order_type == "limit":
             taken = TIME_IN_FORCE_AT.get(self.exchange_id, TIME_IN_FORCE)
             tif = taken.get(request.time_in_force)
@@ -610,6 +710,11 @@ class CcxtAdapter(BrokerAdapter):
                 raise ValueError(f"{self.broker}: time in force {request.time_in_force!r} is not taken at this 24/7 "
                                  f"venue; use {', '.join(taken)} (nothing was sent)")
             params["timeInForce"] = tif
+        elif self.exchange_id == "coinbase":
+            # ccxt sizes a Coinbase market buy in the quote currency (quote_size = qty x a price we do
+            # not give); our order is in base units: its base_size, which the API takes on both sides
+            params.update({"createMarketBuyOrderRequiresPrice": False,
+                           "order_configuration": {"market_market_ioc": {"base_size": format(request.qty, "f")}}})
         self._on_grid(request)
         try:
             existing = self.order_by_client_id(cid, request.symbol)

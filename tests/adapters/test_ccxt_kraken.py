@@ -13,7 +13,14 @@ from decimal import Decimal as D
 
 import pytest
 
-from tests.support.ccxt_venues import ACCOUNT, ccxt_adapter, check_a_lost_submit_answer, limit_order
+from tests.support.ccxt_venues import (
+    ccxt_adapter,
+    check_a_lost_submit_answer,
+    check_a_partial_then_full_fill,
+    check_one_open_buy,
+    check_the_order_flow,
+    limit_order,
+)
 from tests.support.fake_kraken import FakeKraken
 from tradestate.adapters.brokers.base import (
     OrderNotCancelable,
@@ -21,10 +28,6 @@ from tradestate.adapters.brokers.base import (
     VenueConnectionError,
     VenueQueryFailed,
 )
-from tradestate.adapters.store import open_store
-from tradestate.client import TradestateClient
-from tradestate.domain.ids import order_stream_id
-from tradestate.order_flow import OrderFlow
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,29 +63,12 @@ def test_place_and_ack_reads_the_order_back(fake, adapter):
     assert (add["timeinforce"], add["oflags"]) == ("GTC", "fciq")  # the fee in USD, asked for
     assert fake.orders[order.venue_order_id].cl_ord_id == "k-1"
     # 20,000 USD held by the open order: the balance is the whole of it
-    assert {b.currency: b.cash for b in adapter.balances()} == {"USD": D("100000")}
-    assert [(p.symbol, p.qty) for p in adapter.positions()] == [("BTC/USD", D(1))]
-    assert [(o.venue_order_id, o.status) for o in adapter.open_orders()] == [(order.venue_order_id, "open")]
+    check_one_open_buy(adapter, order)
 
 
 def test_partial_then_full_fill_with_the_fee_in_usd(fake, adapter):
-    order = adapter.submit(limit("k-2"))
-    fake.fill(order.venue_order_id, "0.2")
-    partial = adapter.order_by_client_id("k-2")
-    assert (partial.status, partial.filled_qty, len(partial.fills)) == ("partially_filled", D("0.2"), 1)
-    fake.fill(order.venue_order_id, "0.3", maker=False)
-    done = adapter.order_by_client_id("k-2")
-    assert (done.status, done.filled_qty, done.raw_status) == ("filled", D("0.5"), "closed")
-    fills = adapter.fills()
     # maker 0.16 % of 8,000, taker 0.26 % of 12,000: cash fees in USD, the position is what was bought
-    assert [(f.qty, f.price, f.fee, f.fee_currency, f.client_order_id) for f in fills] == [
-        (D("0.2"), D("40000"), D("12.8"), "USD", "k-2"), (D("0.3"), D("40000"), D("31.2"), "USD", "k-2")]
-    assert [f.exec_id for f in done.fills] == [f.exec_id for f in fills]
-    assert adapter.snapshot(now=datetime.now(timezone.utc)).fees == []  # nothing taken in kind
-    assert [(p.symbol, p.qty) for p in adapter.positions()] == [("BTC/USD", D("1.5"))]
-    assert {b.currency: b.cash for b in adapter.balances()} == {"USD": D("100000") - D("20000") - D("44")}
-    for value in (*(f.qty for f in fills), *(f.fee for f in fills)):
-        assert type(value) is D
+    check_a_partial_then_full_fill(fake, adapter, "k-2", "closed", ('12.8', '31.2'))
 
 
 def test_an_order_placed_elsewhere_pays_a_sells_fee_in_btc_by_default(fake, adapter):
@@ -177,21 +163,4 @@ def test_signed_requests(fake):
 
 
 def test_order_flow_records_fills_with_usd_fees_and_cancels(fake, adapter, tmp_path):
-    client = TradestateClient(open_store(f"sqlite:///{tmp_path / 'log.db'}"))
-    flow = OrderFlow(client, adapter)
-    client.record_intent(ACCOUNT, "o-1", "BTC/USD", "buy", "0.5", order_type="limit", limit_price="40000",
-                         time_in_force="gtc", venue="KRAKEN")
-    order = flow.forward(ACCOUNT, "o-1")
-    fake.fill(order.venue_order_id, "0.2")
-    recorded = flow.pump().recorded
-    assert [r.duplicate for r in recorded] == [False, True]  # the fill; the ack forward recorded
-    client.catch_up()
-    state = client.state.orders[order_stream_id(ACCOUNT, "o-1")]
-    assert (state.status, state.filled_qty) == ("partially_filled", D("0.2"))
-    assert flow.pump().recorded == []
-    adapter.cancel(order.venue_order_id)
-    flow.pump()
-    client.catch_up()
-    state = client.state.orders[order_stream_id(ACCOUNT, "o-1")]
-    assert state.status == "cancelled" and state.filled_qty == D("0.2")
-    client.close()
+    check_the_order_flow(fake, adapter, f"sqlite:///{tmp_path / 'log.db'}", "KRAKEN")

@@ -10,6 +10,7 @@ from decimal import Decimal as D
 import orjson
 import pytest
 
+from tests.support.ccxt_venues import cli_reconcile
 from tests.support.fake_binance import FakeBinance
 from tests.support.fake_kraken import FakeKraken
 from tradestate.adapters.brokers.ccxt_venue import CcxtAdapter
@@ -116,20 +117,7 @@ def test_a_fill_missed_at_kraken_is_found_and_booked_once(venues, client, url):
 # documented call counter for a starter account); the same run without it is the tests above
 @pytest.mark.slow
 def test_cli_reconciles_binance_and_kraken_together(venues, client, url):
-    import json
-    import os
-    import subprocess
-    import sys
-
     binance, kraken, _ = venues
-    env = {**os.environ, "TRADESTATE_CCXT_SYMBOLS": "binance=BTC/USDT;kraken=BTC/USD",
-           "TRADESTATE_CCXT_BASE_URL": f"binance={binance.url};kraken={kraken.url}", "TRADESTATE_CCXT_TIMEOUT": "2",
-           "TRADESTATE_CCXT_BINANCE_API_KEY": binance.api_key, "TRADESTATE_CCXT_BINANCE_SECRET": binance.secret,
-           "TRADESTATE_CCXT_KRAKEN_API_KEY": kraken.api_key, "TRADESTATE_CCXT_KRAKEN_SECRET": kraken.secret}
-    done = subprocess.run([sys.executable, "-m", "tradestate.cli", "reconcile", "--db", url, "--account", ACCOUNT,
-                           "--broker", "ccxt:binance", "--broker", "ccxt:kraken", "--json"],
-                          capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = cli_reconcile(url, {"binance": (binance, "BTC/USDT"), "kraken": (kraken, "BTC/USD")})
     assert [(p["asset"], p["venues"], p["status"]) for p in out["positions"]] == [("BTC", "3", "corrected")]
     assert {v: sorted(c) for v, c in out["cash"].items()} == {"BINANCE": ["USDT"], "KRAKEN": ["USD"]}
