@@ -16,9 +16,7 @@ Pure: rows in, state out; bringing finished orders back is the application's (``
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Optional, TypedDict
@@ -165,35 +163,12 @@ def _refuse(state: TradingState, sid: str, data: Any, pos: int, reason: str) -> 
     state.quarantine(sid, payload, pos, reason)
 
 
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for a fold (as it was, after: a caller's pause stays).
-
-    A fold allocates millions of small objects and keeps a growing share of them: each pass of
-    the collector walks them all again and finds nothing (a fold leaves no cycles behind:
-    ``tests/unit/test_fold_garbage.py``), a quarter to a third of a cold fold's time. Memory is
-    still freed as usual (reference counting); only cycles made meanwhile, elsewhere in the
-    process, wait until it ends."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def fold_cold(pages: Pages, exchange_tz: str = "America/New_York") -> tuple[TradingState, int]:
     """(the state after every row of ``pages``, rows folded): ``pages`` is a log from its first
     position, in lists of rows; the state equals ``TradingState.apply`` of each row, except that
-    finished orders stay ids in its ``OrderBook`` until the application brings them back. The
-    cyclic garbage collector is paused meanwhile (``collector_paused``)."""
-    with collector_paused():
-        return _fold_cold(pages, exchange_tz)
-
-
-def _fold_cold(pages: Pages, exchange_tz: str) -> tuple[TradingState, int]:
+    finished orders stay ids in its ``OrderBook`` until the application brings them back. It
+    leaves no reference cycle behind but those of the state it returns (the application pauses
+    the cyclic collector around it: ``adapters.store.gc_paused``)."""
     state = TradingState(exchange_tz)
     orders: dict[str, _Order] = {}
     fill_effects = book_fill
@@ -322,4 +297,4 @@ def _fold_cold(pages: Pages, exchange_tz: str) -> tuple[TradingState, int]:
     return state, rows_folded
 
 
-__all__ = ["ORDER_TYPES", "collector_paused", "decode_for_fold", "fold_cold"]
+__all__ = ["ORDER_TYPES", "decode_for_fold", "fold_cold"]

@@ -1,7 +1,8 @@
-"""The cold fold pauses Python's cyclic garbage collector while it runs (``domain.fold.collector_paused``):
-that is only sound if a fold leaves no cycles behind, and it must hand the collector back as it
-found it. And the registry entries the fold builds directly (``InstrumentSpec.from_payload``, no
-frozen ``__init__``) are the instances the dataclass's own constructor builds."""
+"""The application pauses Python's cyclic garbage collector around a fold (``adapters.store.gc_paused``):
+sound only if a fold leaves no cycles behind (before, every scratch state the cold fold built an
+open order in was one, 56 objects each, piling up until the pause ended). And the registry entries
+the fold builds directly (``InstrumentSpec.from_payload``, no frozen ``__init__``) are the
+instances the dataclass's own constructor builds."""
 
 from __future__ import annotations
 
@@ -46,33 +47,6 @@ def test_a_cold_fold_leaves_no_cycles_behind():
 
     kept = []  # the state itself is cyclic (orders and their accounts): kept, it is not garbage
     assert _cycles_left_by(lambda: kept.append(fold_cold([f.rows])[0])) == 0
-
-
-def test_the_collector_is_handed_back_as_it_was():
-    from tradestate.domain.fold import collector_paused
-
-    rows = legacy_log(3, steps=20).rows
-    assert gc.isenabled()
-    fold_cold([rows])
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with collector_paused():
-            assert not gc.isenabled()
-        fold_cold([rows])
-        assert not gc.isenabled()  # a caller's own pause stays
-    finally:
-        gc.enable()
-
-    def failing_pages():
-        yield rows[:3]
-        raise RuntimeError("the log went away")
-
-    try:
-        fold_cold(failing_pages())
-    except RuntimeError:
-        pass
-    assert gc.isenabled()
 
 
 _amount = st.one_of(st.none(), st.sampled_from(["1", "0.01", "0.25", "100", "50", "0.0001", "12.5"]),
