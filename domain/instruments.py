@@ -60,21 +60,13 @@ class InstrumentSpec:
         """From a stored ``InstrumentDefined`` payload (validated when it was recorded)."""
         expiry = d.get("expiry")
         quote = d.get("quote_currency") or ACCOUNT_CURRENCY
-        return cls(
-            symbol=d["symbol"],
-            asset_class=d["asset_class"],
-            multiplier=Decimal(d.get("multiplier") or 1),
-            quote_currency=quote,
-            settlement_currency=d.get("settlement_currency") or quote,
-            tick_size=_dec(d.get("tick_size")),
-            lot_size=_dec(d.get("lot_size")),
-            fractional=bool(d.get("fractional", False)),
-            expiry=datetime.fromisoformat(expiry.replace("Z", "+00:00")) if expiry else None,
-            underlying=d.get("underlying"),
-            strike=_dec(d.get("strike")),
-            right=d.get("right"),
-            position=position,
-        )
+        multiplier, tick, lot, strike = d.get("multiplier") or 1, d.get("tick_size"), d.get("lot_size"), d.get("strike")
+        known = _DECIMALS.get  # most definitions share their few amounts ("1", "0.01", "100")
+        return _spec(cls, d["symbol"], d["asset_class"], known(multiplier) or _dec(multiplier), quote,
+                     d.get("settlement_currency") or quote, known(tick) or _dec(tick), known(lot) or _dec(lot),
+                     bool(d.get("fractional", False)),
+                     datetime.fromisoformat(expiry.replace("Z", "+00:00")) if expiry else None,
+                     d.get("underlying"), known(strike) or _dec(strike), d.get("right"), position)
 
     @property
     def is_future(self) -> bool:
@@ -102,8 +94,53 @@ class InstrumentSpec:
         }
 
 
+_DECIMALS: dict[str, Decimal] = {}  # stored text -> its Decimal (immutable: sharing one is the same value)
+_DECIMALS_KEPT = 65_536
+
+
 def _dec(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(value)
+    if value is None:
+        return None
+    if value.__class__ is not str:
+        return Decimal(value)
+    number = _DECIMALS.get(value)
+    if number is None:
+        if len(_DECIMALS) >= _DECIMALS_KEPT:
+            _DECIMALS.clear()
+        number = _DECIMALS[value] = Decimal(value)
+    return number
+
+
+# A frozen dataclass's ``__init__`` pays one ``object.__setattr__`` per field (seven times a plain
+# class's): a registry of 10,000 instruments folded from the log paid most of its fold there.
+# ``_spec`` sets the slots through their descriptors instead: the same instance, the same checks.
+_new = object.__new__
+_FIELDS = ("symbol", "asset_class", "multiplier", "quote_currency", "settlement_currency", "tick_size", "lot_size",
+           "fractional", "expiry", "underlying", "strike", "right", "position")
+assert set(_FIELDS) == set(InstrumentSpec.__slots__), "a new field of InstrumentSpec goes into _spec too"
+(_symbol, _asset_class, _multiplier, _quote, _settlement, _tick, _lot, _fractional, _expiry, _underlying, _strike,
+ _right, _position) = (getattr(InstrumentSpec, name).__set__ for name in _FIELDS)
+
+
+def _spec(cls: type[InstrumentSpec], symbol: str, asset_class: str, multiplier: Decimal, quote: str,
+          settlement: str, tick: Decimal | None, lot: Decimal | None, fractional: bool, expiry: datetime | None,
+          underlying: str | None, strike: Decimal | None, right: str | None, position: int) -> InstrumentSpec:
+    """``cls(...)`` of these fields in their order, without the frozen ``__init__``'s cost."""
+    spec = _new(cls)
+    _symbol(spec, symbol)
+    _asset_class(spec, asset_class)
+    _multiplier(spec, multiplier)
+    _quote(spec, quote)
+    _settlement(spec, settlement)
+    _tick(spec, tick)
+    _lot(spec, lot)
+    _fractional(spec, fractional)
+    _expiry(spec, expiry)
+    _underlying(spec, underlying)
+    _strike(spec, strike)
+    _right(spec, right)
+    _position(spec, position)
+    return spec
 
 
 def _s(value: Decimal | None) -> str | None:

@@ -4,7 +4,7 @@ A snapshot keeps everything the engine and the risk checks need *now*: positions
 (limits, breaker, kill switch, ramp, block, cash, trading-day statistics), open orders in full,
 signals, engines, the versions of every stream that is not a finished order, and the part of the
 execution-id index a venue can still repeat (``EXEC_ID_DAYS``, ``EXEC_ID_ORDERS``: the bounded
-recent window). Finished orders (filled, cancelled, rejected, expired, refused) are most of a long
+recent window), and so of the ids of the fees charged (``FEE_IDS_KEPT``, version 4). Finished orders (filled, cancelled, rejected, expired, refused) are most of a long
 log and are almost never touched again: a snapshot keeps only how many there are (version 3;
 versions 1 and 2 kept their ids, 16 bytes each, which made a checkpoint grow with the history:
 32 MB at ten million events). The restored state's ``OrderBook`` then treats any order stream not
@@ -19,11 +19,13 @@ Pure: no I/O. The bytes are canonical (orjson, sorted keys) so their checksum is
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from bisect import bisect_left
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -39,11 +41,13 @@ from .state import (
     TradingState,
 )
 
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 # Versions ``restore`` reads: 1 had no execution-id index (restored empty); 1 and 2 came with the
 # packed ids of every finished order (restored as a book that knows them: ``OrderBook(ids)``); 3
-# keeps only their count (restored as a book that asks the log: ``OrderBook(in_log=count)``).
-READABLE_VERSIONS = (1, 2, 3)
+# keeps only their count (restored as a book that asks the log: ``OrderBook(in_log=count)``); up
+# to 3 every account kept the id of every fee it was ever charged (``fee_ids``), 4 the recent ones
+# (``FEE_IDS_KEPT``). Each loads as it was written.
+READABLE_VERSIONS = (1, 2, 3, 4)
 IDS_UNTIL = 2  # the last version that came with the finished orders' ids
 # The execution ids a snapshot keeps: those of open orders, and those of the orders filled in the
 # last EXEC_ID_DAYS trading days with fills, at most the EXEC_ID_ORDERS most recently filled. A
@@ -52,6 +56,11 @@ IDS_UNTIL = 2  # the last version that came with the finished orders' ids
 # day, 245k ids: +16 MB and +0.26 s to a warm start on PostgreSQL).
 EXEC_ID_DAYS = 2
 EXEC_ID_ORDERS = 20_000
+# The ``FeeCharged`` ids an account's snapshot keeps: the FEE_IDS_KEPT folded last. An id makes a
+# fee idempotent (``decide_fee`` answers a repeat with the first; the fold books it once); a venue
+# re-posts a fee close in time (a reconnect, the next reconciliation), and the whole set, one id
+# per fee ever charged, made every checkpoint grow with the history.
+FEE_IDS_KEPT = 20_000
 ORDER_PREFIX = "order-"
 ABSURD = Decimal("1e15")  # no quantity, price or amount in a valid state reaches this
 # rows of one order stream: (position, stream_id, version, type, payload bytes, recorded_at)
@@ -334,9 +343,17 @@ def _account_doc(a: AccountState) -> dict[str, Any]:
         "breaker_trips": a.breaker_trips,
         "ramp": [_t(a.ramp_since), list(a.ramp_baseline), a.ramp_held],
         "fees_pending": a.fees_pending,
-        "fee_ids": a.fee_ids,
+        "fee_ids": _recent_fee_ids(a.fee_ids),
         **({"unconverted": [[*k, _d(v)] for k, v in a.unconverted.items()]} if a.unconverted else {}),
     }
+
+
+def _recent_fee_ids(fee_ids: dict[str, int]) -> dict[str, int]:
+    """The ``FEE_IDS_KEPT`` of ``fee_ids`` (id -> where it was folded) folded last. By position:
+    a restored account's ids come back in the document's (sorted) order, not the log's."""
+    if len(fee_ids) <= FEE_IDS_KEPT:
+        return fee_ids
+    return dict(heapq.nlargest(FEE_IDS_KEPT, fee_ids.items(), key=itemgetter(1)))
 
 
 def _position_doc(p: PositionState) -> list[Any]:
@@ -678,6 +695,7 @@ def restore(doc: dict[str, Any], finished: bytes) -> TradingState:
 __all__ = [
     "EXEC_ID_DAYS",
     "EXEC_ID_ORDERS",
+    "FEE_IDS_KEPT",
     "OrderBook",
     "READABLE_VERSIONS",
     "SNAPSHOT_VERSION",

@@ -335,7 +335,8 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     (account, venue, symbol) moves by ``sign`` * qty at the price (average cost, realised P&L,
     fees, time), the account's statistics of the fill's trading day count it, the account's cash
     (and its cash at the venue) moves when a balance is on record (USD by the notional, the fee's
-    currency by the fee; a registered instrument: ``_book_instrument_fill``), and the venue's
+    currency by the fee; a registered instrument: in its settlement currency, by its multiplier,
+    a future's by its realised P&L; the day's P&L by the last recorded rate), and the venue's
     execution id is indexed to the order stream ``sid`` (and ``sid`` to the fill's trading day).
 
     ``at`` (the row's recorded time, a datetime or ISO text) counts when the payload has no
@@ -371,8 +372,14 @@ def book_fill(state: TradingState, account: AccountState, key: tuple[str, str, s
     stats.fees += fee
     spec = held.spec
     if spec is not None:  # a registered instrument: multiplier, quote currency, a future's cash
-        _book_instrument_fill(state, account, held.venue, spec, stats, realized, -sign * qty * price, fee,
-                              d.get("fee_currency", "USD"))
+        if realized:  # the day's P&L in the account's currency, by the last recorded rate
+            rate = pnl_rate_of(state, spec)
+            stats.realized_pnl += realized if rate is None else realized * rate
+        if account.cash:  # in the settlement currency: a future's by its realised P&L (variation
+            # margin), any other's by the notional times the multiplier; the fee in its currency
+            _move_settled(state, account, key[1], spec,
+                          realized if spec.is_future else -sign * qty * price * spec.multiplier,
+                          d.get("fee_currency", "USD"), fee)
     else:
         stats.realized_pnl += realized
         cash = account.cash
@@ -626,22 +633,6 @@ def _move_cash(account: AccountState, venue: str, currency: str, amount: Decimal
                 book[fee_currency] -= fee
 
 
-def _book_instrument_fill(state: TradingState, account: AccountState, venue: str, spec: InstrumentSpec,
-                          stats: DailyStats, realized: Decimal, notional: Decimal, fee: Decimal,
-                          fee_currency: str) -> None:
-    """``book_fill``'s money for a fill on a registered instrument (its position already moved,
-    ``realized`` times the multiplier, in the quote currency; ``notional``: -sign x qty x price,
-    the cash a unit instrument would move): the day's realised P&L in the account's currency (by
-    the last recorded rate; without one, as it is), cash at the account and at ``venue`` in the
-    quote currency (a future's moves by its realised P&L, variation margin; any other's by the
-    notional, times the multiplier), the fee in its currency."""
-    rate = pnl_rate_of(state, spec) if realized else None
-    stats.realized_pnl += realized if rate is None else realized * rate
-    if account.cash:
-        _move_settled(state, account, venue, spec, realized if spec.is_future else notional * spec.multiplier,
-                      fee_currency, fee)
-
-
 def unreadable(type_name: str, stream_id: str, error: BaseException) -> str:
     """Why a row could not be folded, in words (for the quarantine of its stream)."""
     if isinstance(error, KeyError) and error.args and error.args[0] == stream_id:
@@ -692,9 +683,6 @@ class TradingState:
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
         self.quarantined_streams: dict[str, tuple[int, str]] = {}
         self.quarantined_accounts: dict[str, tuple[int, str]] = {}
-        self._handlers = {
-            name: getattr(self, "_on_" + name) for name in EVENT_TYPES if name != "BarRecorded"
-        }
 
     # --------------------------------------------------------------------------- helpers
     def trading_day(self, at: datetime) -> str:
@@ -758,7 +746,7 @@ class TradingState:
         # The handler runs while ``position`` still names the last applied event: an order that
         # a restored checkpoint left in the log is brought back as of that point, then updated.
         try:
-            self._handlers[type_name](stream_id, data, position, recorded_at)
+            _HANDLERS[type_name](self, stream_id, data, position, recorded_at)
         except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as e:
             self.quarantine(stream_id, data, position, unreadable(type_name, stream_id, e))
         self.stream_versions[stream_id] = version
@@ -1357,6 +1345,11 @@ class TradingState:
                if self.quarantined_streams or self.quarantined_accounts else {}),
         }
 
+
+# event type -> its fold step: one table for every state (a table of bound methods per state cost
+# ~10 us to build and made each state a reference cycle: the cold fold builds a scratch state per
+# open order)
+_HANDLERS: dict[str, Any] = {name: getattr(TradingState, "_on_" + name) for name in EVENT_TYPES if name != "BarRecorded"}
 
 __all__ = [
     "AccountState",

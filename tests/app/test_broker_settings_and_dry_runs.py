@@ -180,7 +180,7 @@ def test_a_checkpoint_keeps_the_exec_ids_of_the_last_two_trading_days_and_of_ope
             client.record_fill("a", f"o{day}", f"X{day}", 1, 100)
             clock.advance(24 * 60)
         doc, finished = snapshot.take(client.state)
-        assert doc["snapshot_version"] == snapshot.SNAPSHOT_VERSION == 3
+        assert doc["snapshot_version"] == snapshot.SNAPSHOT_VERSION >= 3
         restored_ids = sorted(e for by_day in doc["exec_ids"].values() for execs, _ in by_day.values()
                               for e in execs.split(snapshot.SEP))
         assert restored_ids == ["X2", "X3", "XO"]

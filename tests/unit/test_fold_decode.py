@@ -20,6 +20,8 @@ READ = {  # the keys each partial decode keeps: what the fold reads of that type
     "OrderFilled": ("qty", "price", "fee", "exec_id", "occurred_at", "fee_currency", SCHEMA_KEY),
     "OrderIntentRecorded": ("account", "venue", "symbol", "side", "qty", SCHEMA_KEY),
     "RiskCheckPassed": ("account", "trading_day", SCHEMA_KEY),
+    "InstrumentDefined": ("symbol", "asset_class", "multiplier", "quote_currency", "settlement_currency", "tick_size",
+                          "lot_size", "fractional", "expiry", "underlying", "strike", "right", SCHEMA_KEY),
 }
 
 # text with what JSON must escape or may carry: quotes, backslashes, control characters, key-like
