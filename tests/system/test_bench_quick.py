@@ -214,7 +214,7 @@ def test_the_fencing_rows_come_with_their_target_line():
 
 def test_only_filters_groups(capsys, tmp_path):
     results = _run_json(capsys, sqlite_dir=str(tmp_path), only="batch", _backends=("sqlite",))
-    assert {r["metric"] for r in results} == {"append_batch_10"}
+    assert {r["metric"] for r in results} == {"append_batch_10", "append_batch_10_floor"}
 
 
 def test_unknown_group_is_an_error(capsys):
