@@ -108,6 +108,18 @@ class OrderState:
         return self.qty - self.filled_qty
 
     @property
+    def former_symbols(self) -> tuple[str, ...]:
+        """The symbols the order worked before symbol changes restated it, oldest first (a
+        venue's late report may still name one of them)."""
+        if self.adjusted is None:
+            return ()
+        former = self.adjusted.get("former_symbols")
+        if former is None:  # a checkpoint from before they were kept: the intent's symbol at least
+            first = self.intent["symbol"]
+            return (first,) if first != self.symbol else ()
+        return tuple(former)
+
+    @property
     def is_open(self) -> bool:
         """True while the order can still be filled, cancelled or replaced."""
         return self.status in OPEN_STATUSES
@@ -897,12 +909,15 @@ class TradingState:
         order.qty = Decimal(d["qty"])
         order.limit_price = _dec(d.get("limit_price"))
         order.stop_price = _dec(d.get("stop_price"))
+        former = list(order.former_symbols)
         if d["symbol"] != order.symbol:  # a symbol change: its fills from here on book on the new symbol
+            former.append(order.symbol)
             order.symbol = d["symbol"]
             order.position_key = (order.account, order.venue, order.symbol)
         order.adjusted = {"position": pos, "corporate_action": d["corporate_action"], "qty": d["qty"],
                           "limit_price": d.get("limit_price"), "stop_price": d.get("stop_price"),
-                          "restated_qty": d.get("restated_qty"), "remaining_dropped": d.get("remaining_dropped", "0")}
+                          "restated_qty": d.get("restated_qty"), "remaining_dropped": d.get("remaining_dropped", "0"),
+                          **({"former_symbols": former} if former else {})}
         order.positions[f"adjusted:{pos}"] = pos
         order.updated_at = _time(d.get("occurred_at"), at)
         if order.is_open and order.filled_qty >= order.qty:  # nothing whole left to work

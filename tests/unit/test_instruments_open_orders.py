@@ -266,3 +266,19 @@ def test_an_order_the_venue_restated_before_the_split_was_recorded_is_not_adjust
     o1, o2 = f.order("o1"), f.order("o2")
     assert (o1.qty, o1.remaining, o1.limit_price) == (160, 120, 75) and "restated the order already" in said["o1"]
     assert (o2.qty, o2.limit_price) == (40, 75)  # our own amendment: the split applies to it
+
+
+def test_an_order_renamed_twice_knows_its_former_symbols_through_a_checkpoint_and_an_older_one():
+    f = Fold()
+    working(f, "o1", "buy", "10", "300", filled="4", symbol="FB")
+    corporate(f, "FB", "symbol_change", new_symbol="META")
+    corporate(f, "AAPL", "split", ratio_from="1", ratio_to="2")  # no order of it: nothing of o1 changes
+    corporate(f, "META", "symbol_change", day=1, new_symbol="MTA")
+    assert (f.order("o1").symbol, f.order("o1").former_symbols) == ("MTA", ("FB", "META"))
+    doc, finished = snapshot.take(f.state)
+    stored = orjson.loads(snapshot.encode(doc))
+    assert snapshot.restore(stored, finished).orders[order_stream_id("acct", "o1")].former_symbols == ("FB", "META")
+    [kept] = [o["adjusted"].pop("former_symbols") for o in stored["orders"] if o.get("adjusted")]
+    assert kept == ["FB", "META"]  # without them: a checkpoint taken before they were kept
+    older = snapshot.restore(stored, finished).orders[order_stream_id("acct", "o1")]
+    assert older.former_symbols == ("FB",)  # the intent's symbol at least
