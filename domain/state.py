@@ -918,6 +918,12 @@ class TradingState:
                           "limit_price": d.get("limit_price"), "stop_price": d.get("stop_price"),
                           "restated_qty": d.get("restated_qty"), "remaining_dropped": d.get("remaining_dropped", "0"),
                           **({"former_symbols": former} if former else {})}
+        entry = (order.replaces or {}).get(d.get("replace_id") or "")
+        if entry is not None:  # the pending amendment restated with its order: asked from here on in these terms
+            entry.setdefault("asked", entry["request"])  # as first asked: its retry is the same amendment
+            entry["request"] = {**entry["request"], "qty": d["replace_qty"], "limit_price": d.get("replace_limit_price"),
+                                "stop_price": d.get("replace_stop_price")}
+            entry["restated_qty"] = d.get("replace_restated_qty")
         order.positions[f"adjusted:{pos}"] = pos
         order.updated_at = _time(d.get("occurred_at"), at)
         if order.is_open and order.filled_qty >= order.qty:  # nothing whole left to work
