@@ -535,6 +535,8 @@ def _adjusted(state: TradingState, order: OrderState, e: ev.CorporateActionRecor
                          replace_restated_qty=tidy((asked_qty * e.ratio_to / e.ratio_from).quantize(PLACES)))
         reason += (f"; pending amendment {order.replace_pending}: remaining {left} -> {moved.remaining}"
                    + _dropped_said(moved.dropped, order.symbol, spec))
+        if not moved.remaining:
+            reason += " (nothing whole is left of it to work: it cannot be sent as is)"
     return ev.OrderAdjusted(**fields, symbol=order.symbol, qty=qty, limit_price=split.limit_price,
                             stop_price=split.stop_price, ratio_from=e.ratio_from, ratio_to=e.ratio_to,
                             restated_qty=restated, remaining_dropped=split.dropped, reason=reason[:1000],

@@ -368,3 +368,13 @@ def test_an_order_adjusted_stored_before_amendments_were_restated_still_loads():
     working(f, "c", "buy", "5", "10", symbol="X")
     f.raw(order_stream_id("acct", "c"), "OrderAdjusted", {**v1, "account": "acct", "limit_price": "5"})
     assert (f.order("c").qty, f.order("c").replace_pending) == (10, None)
+
+
+def test_a_pending_amendment_a_reverse_split_leaves_nothing_whole_of_says_so():
+    f = xyz_orders("0.01", ("o1", "sell", "10", "20.03"))
+    amend(f, "o1", "r1", "3", "20.05")
+    decision = corporate(f, "XYZ", "split", ratio_from="4", ratio_to="1")
+    [adjusted] = [e for _, e in decision.events if isinstance(e, ev.OrderAdjusted)]
+    assert (adjusted.qty, adjusted.replace_qty) == (2, 0)  # the order works 2; of the amendment's 3, 0.75
+    assert "0.75 dropped" in adjusted.reason and "nothing whole is left of it" in adjusted.reason
+    assert f.order("o1").replace_pending == "r1"  # still the venue's to answer (it holds the amendment)
