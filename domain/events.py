@@ -908,7 +908,16 @@ class OrderAdjusted(OrderEvent):
     remaining quantity is rounded down and ``remaining_dropped`` says by how much; a price off its
     tick grid is rounded to it, never more aggressive. A remaining quantity of zero finishes the
     order (cancelled). ``symbol_change``: the order works ``symbol`` from here on (``previous_symbol``
-    before), quantities and prices as they were."""
+    before), quantities and prices as they were.
+
+    v2: an engine amendment still pending (``replace_id``: ``OrderReplaceRequested`` not confirmed
+    or refused yet) is restated by a split like the order (``replace_qty``: its whole quantity,
+    the filled part as booked + its remaining restated and rounded the same way; its prices; and
+    ``replace_restated_qty``, the whole of it in post-split units), so that the venue's
+    confirmation in post-split terms matches it. None: no amendment pending, or a symbol change
+    (its numbers stand)."""
+
+    schema_version: ClassVar[int] = 2
 
     corporate_action: Literal["split", "symbol_change"]
     effective_at: UtcDatetime
@@ -927,6 +936,11 @@ class OrderAdjusted(OrderEvent):
     restated_qty: NonNegativeAmount | None = None
     remaining_dropped: NonNegativeAmount = Decimal(0)
     reason: Text = ""
+    replace_id: Identifier | None = None
+    replace_qty: NonNegativeAmount | None = None
+    replace_limit_price: PositiveAmount | None = None
+    replace_stop_price: PositiveAmount | None = None
+    replace_restated_qty: NonNegativeAmount | None = None
 
 
 def _business_date(value: Any) -> Any:
@@ -1074,6 +1088,14 @@ def _no_operator(payload: dict[str, Any]) -> dict[str, Any]:
 for _type_name in ("RiskLimitChanged", "CircuitBreakerTripped", "CircuitBreakerReset", "KillSwitchEngaged",
                    "KillSwitchReleased", "TradingResumed"):
     upcaster(_type_name, 1)(_no_operator)
+
+
+@upcaster("OrderAdjusted", 1)
+def _adjusted_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    # v1 never restated a pending amendment: none is named.
+    for name in ("replace_id", "replace_qty", "replace_limit_price", "replace_stop_price", "replace_restated_qty"):
+        payload.setdefault(name, None)
+    return payload
 
 
 def upcast(type_name: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -166,7 +166,7 @@ def decide_replace_request(state: TradingState, e: ev.OrderReplaceRequested, now
     stream = order_stream_id(e.account, e.client_order_id)
     entry = (order.replaces or {}).get(e.replace_id)
     if entry is not None:
-        if same_content(entry["request"], e):
+        if _same_amendment(entry, e):
             return AlreadyRecorded(entry["position"])
         raise IdempotencyConflict(f"replace id {e.replace_id!r} of order {e.client_order_id!r} was already recorded "
                                   "with other content; use a new replace id")
@@ -181,7 +181,7 @@ def decide_replace_request(state: TradingState, e: ev.OrderReplaceRequested, now
         raise InvalidTransition(f"order {name} is not acknowledged by the venue yet; amend it once it is")
     if order.replace_pending is not None:
         pending = order.replaces[order.replace_pending]  # type: ignore[index]
-        if same_content({**pending["request"], "replace_id": e.replace_id}, e):
+        if _same_amendment(pending, e, e.replace_id):
             return AlreadyRecorded(pending["position"])
         raise InvalidTransition(f"order {name} has amendment {order.replace_pending!r} pending; wait for the "
                                 "venue's answer")
@@ -219,6 +219,18 @@ def decide_replace_request(state: TradingState, e: ev.OrderReplaceRequested, now
         detail=risk.detail,
     )
     return Append([(stream, e), (stream, refusal)])
+
+
+def _same_amendment(entry: dict[str, Any], e: ev.OrderReplaceRequested, replace_id: str | None = None) -> bool:
+    """Whether ``e`` asks what amendment ``entry`` asked: as it stands, or as first asked before
+    a split restated it (``asked``); under ``replace_id`` when given (a retry under another id)."""
+    for request in (entry["request"], entry.get("asked")):
+        try:
+            if request is not None and same_content({**request, "replace_id": replace_id or request["replace_id"]}, e):
+                return True
+        except ValueError:  # restated to nothing left to work: no request can ask that
+            continue
+    return False
 
 
 def decide_replace_refused(state: TradingState, e: ev.OrderReplaceRefused) -> Decision:
@@ -405,6 +417,21 @@ def adjustment_confirmed(order: OrderState, e: ev.OrderReplaced) -> bool:
     return e.qty in quantities and (e.limit_price, e.stop_price) == (order.limit_price, order.stop_price)
 
 
+def _restated_amendment_qty(order: OrderState, e: ev.OrderReplaced) -> Decimal | None:
+    """Our quantity of the pending amendment a split restated (``OrderAdjusted.replace_qty``) when
+    ``e`` confirms it in the venue's whole restatement (the filled part in post-split units too):
+    its prices and that quantity; else None."""
+    if order.replace_pending is None:
+        return None
+    entry = order.replaces[order.replace_pending]  # type: ignore[index]
+    request, whole = entry["request"], entry.get("restated_qty")
+    if whole is None or e.qty != Decimal(whole) or e.qty == Decimal(request["qty"]):
+        return None
+    if (e.limit_price, e.stop_price) != (_price(request.get("limit_price")), _price(request.get("stop_price"))):
+        return None
+    return Decimal(request["qty"])
+
+
 def decide_replaced(state: TradingState, e: ev.OrderReplaced) -> Decision:
     """Record a replace of an open order (quantity not below what is filled, the order type's price
     fields kept); anything else raises ``InvalidTransition``. The venue's confirmation of a
@@ -418,6 +445,9 @@ def decide_replaced(state: TradingState, e: ev.OrderReplaced) -> Decision:
         if e.venue_order_id is None or e.venue_order_id == order.venue_order_id:
             return AlreadyRecorded(order.adjusted["position"])  # type: ignore[index]
         return _single(e.model_copy(update={"qty": order.qty}))
+    ours = _restated_amendment_qty(order, e)
+    if ours is not None:  # the venue's whole restatement of our restated amendment: in our terms
+        e = e.model_copy(update={"qty": ours})
     if e.qty < order.filled_qty:  # down to exactly the filled quantity fills the order
         raise InvalidTransition(f"new quantity {e.qty} is below the {order.filled_qty} already filled")
     needs_limit = order.order_type in ("limit", "stop_limit")
@@ -490,16 +520,40 @@ def _adjusted(state: TradingState, order: OrderState, e: ev.CorporateActionRecor
     qty = order.filled_qty + split.remaining
     restated = tidy((order.qty * e.ratio_to / e.ratio_from).quantize(PLACES))
     reason = (f"{e.ratio_from}-to-{e.ratio_to} split of {order.symbol}: remaining {order.remaining} -> "
-              f"{split.remaining}")
-    if split.dropped:
-        unit = ("its lot of " + str(spec.lot_size)) if spec is not None and spec.lot_size is not None else (
-            "whole units" if spec is not None and not spec.fractional else "12 decimal places")
-        reason += f"; {split.dropped} dropped ({order.symbol} trades in {unit})"
+              f"{split.remaining}" + _dropped_said(split.dropped, order.symbol, spec))
     if not split.remaining:
         reason += "; nothing whole is left to work: the order is finished (cancelled)"
+    amendment: dict[str, Any] = {}
+    if order.replace_pending is not None:  # restated like the order, so the venue's confirmation matches
+        asked = order.replaces[order.replace_pending]["request"]  # type: ignore[index]
+        asked_qty = Decimal(asked["qty"])
+        left = asked_qty - order.filled_qty
+        moved = split_order(spec, order.sign, left, _price(asked.get("limit_price")),
+                            _price(asked.get("stop_price")), e.ratio_from, e.ratio_to)
+        amendment = dict(replace_id=order.replace_pending, replace_qty=order.filled_qty + moved.remaining,
+                         replace_limit_price=moved.limit_price, replace_stop_price=moved.stop_price,
+                         replace_restated_qty=tidy((asked_qty * e.ratio_to / e.ratio_from).quantize(PLACES)))
+        reason += (f"; pending amendment {order.replace_pending}: remaining {left} -> {moved.remaining}"
+                   + _dropped_said(moved.dropped, order.symbol, spec))
+        if not moved.remaining:
+            reason += " (nothing whole is left of it to work: it cannot be sent as is)"
     return ev.OrderAdjusted(**fields, symbol=order.symbol, qty=qty, limit_price=split.limit_price,
                             stop_price=split.stop_price, ratio_from=e.ratio_from, ratio_to=e.ratio_to,
-                            restated_qty=restated, remaining_dropped=split.dropped, reason=reason[:1000])
+                            restated_qty=restated, remaining_dropped=split.dropped, reason=reason[:1000],
+                            **amendment)
+
+
+def _price(stored: Any) -> Decimal | None:
+    return None if stored is None else Decimal(stored)
+
+
+def _dropped_said(dropped: Decimal, symbol: str, spec: Any) -> str:
+    """The words for ``dropped`` units a split's rounding took off (nothing when none)."""
+    if not dropped:
+        return ""
+    unit = ("its lot of " + str(spec.lot_size)) if spec is not None and spec.lot_size is not None else (
+        "whole units" if spec is not None and not spec.fractional else "12 decimal places")
+    return f"; {dropped} dropped ({symbol} trades in {unit})"
 
 
 def decide_variation_margin(state: TradingState, e: ev.VariationMarginSettled) -> Decision:

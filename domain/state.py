@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -108,6 +109,18 @@ class OrderState:
         return self.qty - self.filled_qty
 
     @property
+    def former_symbols(self) -> tuple[str, ...]:
+        """The symbols the order worked before symbol changes restated it, oldest first (a
+        venue's late report may still name one of them)."""
+        if self.adjusted is None:
+            return ()
+        former = self.adjusted.get("former_symbols")
+        if former is None:  # a checkpoint from before they were kept: the intent's symbol at least
+            first = self.intent["symbol"]
+            return (first,) if first != self.symbol else ()
+        return tuple(former)
+
+    @property
     def is_open(self) -> bool:
         """True while the order can still be filled, cancelled or replaced."""
         return self.status in OPEN_STATUSES
@@ -147,7 +160,8 @@ class OrderState:
             "external": self.external,
             # only for an order the engine asked to amend: other orders' pictures stay as they were
             **({"replace_pending": self.replace_pending,
-                "replaces": {rid: {k: v for k, v in r.items() if k != "request"} for rid, r in self.replaces.items()}}
+                "replaces": {rid: {k: v for k, v in r.items() if k not in ("request", "asked")}
+                             for rid, r in self.replaces.items()}}
                if self.replaces else {}),
             **({"adjusted": self.adjusted} if self.adjusted else {}),  # only for an order a corporate action restated
             "created_at": self.created_at,
@@ -678,6 +692,10 @@ class TradingState:
         self.option_settlements: dict[tuple[str, str, str], int] = {}
         # (account, venue, symbol, business date) -> where its ``VariationMarginSettled`` was recorded
         self.variation_margins: dict[tuple[str, str, str, str], int] = {}
+        # symbol -> keys of its positions, for definitions and corporate actions after trading
+        # (``_positions_in``); kept off the fill path: caught up when asked
+        self._keys_by_symbol: dict[str, list[tuple[str, str, str]]] = {}
+        self._keys_indexed: tuple[dict | None, int] = (None, 0)  # (the positions dict indexed, how many of it)
         self.applied = 0  # events applied (voids excluded)
         # stream id / account -> (position, reason): rows the fold could not apply; no decision
         # is taken on them (``domain.integrity.CorruptStream``), the rest of the log is folded
@@ -897,12 +915,21 @@ class TradingState:
         order.qty = Decimal(d["qty"])
         order.limit_price = _dec(d.get("limit_price"))
         order.stop_price = _dec(d.get("stop_price"))
+        former = list(order.former_symbols)
         if d["symbol"] != order.symbol:  # a symbol change: its fills from here on book on the new symbol
+            former.append(order.symbol)
             order.symbol = d["symbol"]
             order.position_key = (order.account, order.venue, order.symbol)
         order.adjusted = {"position": pos, "corporate_action": d["corporate_action"], "qty": d["qty"],
                           "limit_price": d.get("limit_price"), "stop_price": d.get("stop_price"),
-                          "restated_qty": d.get("restated_qty"), "remaining_dropped": d.get("remaining_dropped", "0")}
+                          "restated_qty": d.get("restated_qty"), "remaining_dropped": d.get("remaining_dropped", "0"),
+                          **({"former_symbols": former} if former else {})}
+        entry = (order.replaces or {}).get(d.get("replace_id") or "")
+        if entry is not None:  # the pending amendment restated with its order: asked from here on in these terms
+            entry.setdefault("asked", entry["request"])  # as first asked: its retry is the same amendment
+            entry["request"] = {**entry["request"], "qty": d["replace_qty"], "limit_price": d.get("replace_limit_price"),
+                                "stop_price": d.get("replace_stop_price")}
+            entry["restated_qty"] = d.get("replace_restated_qty")
         order.positions[f"adjusted:{pos}"] = pos
         order.updated_at = _time(d.get("occurred_at"), at)
         if order.is_open and order.filled_qty >= order.qty:  # nothing whole left to work
@@ -1157,15 +1184,30 @@ class TradingState:
             }
 
     # instruments and currencies -----------------------------------------------------------
+    def _positions_in(self, symbol: str) -> list[tuple[tuple[str, str, str], PositionState]]:
+        """The positions in ``symbol`` (every account and venue), by an index of position keys per
+        symbol. Positions are only ever added, in insertion order, so the index catches up with
+        the newest ones only (``reversed``): the fill path never pays for it, and a definition
+        costs the positions opened since the last look plus its symbol's, not the whole book."""
+        positions = self.positions
+        by_symbol = self._keys_by_symbol
+        indexed_of, indexed = self._keys_indexed
+        if indexed_of is not positions or indexed > len(positions):  # another dict (a copy, a restore): afresh
+            by_symbol.clear()
+            indexed = 0
+        if indexed < len(positions):
+            for key in reversed(list(islice(reversed(positions), len(positions) - indexed))):  # in their order
+                by_symbol.setdefault(key[2], []).append(key)
+            self._keys_indexed = (positions, len(positions))
+        return [(key, positions[key]) for key in by_symbol.get(symbol, ())]
+
     def _on_InstrumentDefined(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         spec = self.instruments[d["symbol"]] = InstrumentSpec.from_payload(d, pos)
-        # A definition after trading: the symbol's positions count by it from here on (a scan,
-        # but definitions are rare and usually come before any fill).
-        for key, held in self.positions.items():
-            if key[2] == spec.symbol:
-                if _money_terms(held.spec) != _money_terms(spec):
-                    held.journal = None  # its fills were booked on other terms: not to be folded again on these
-                held.spec = spec
+        # A definition after trading: the symbol's positions count by it from here on.
+        for _key, held in self._positions_in(spec.symbol):
+            if _money_terms(held.spec) != _money_terms(spec):
+                held.journal = None  # its fills were booked on other terms: not to be folded again on these
+            held.spec = spec
 
     def _on_FxRateRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         self.fx_rates[(d["base"], d["quote"])] = Decimal(d["rate"])
@@ -1173,7 +1215,7 @@ class TradingState:
     def _on_CorporateActionRecorded(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         symbol = d["symbol"]
         self.corporate_actions[(symbol, d["action"], d["effective_at"])] = pos
-        held_here = [(key, held) for key, held in self.positions.items() if key[2] == symbol]
+        held_here = self._positions_in(symbol)
         if d["action"] == "split":
             old, new = Decimal(d["ratio_from"]), Decimal(d["ratio_to"])
             for _key, held in held_here:  # the cost basis stays: the average cost follows the quantity
@@ -1198,9 +1240,8 @@ class TradingState:
         spec = self.instruments.get(symbol)
         if spec is not None and renamed not in self.instruments:
             self.instruments[renamed] = spec = replace(spec, symbol=renamed)
-            for key, held in self.positions.items():
-                if key[2] == renamed:
-                    held.spec = spec
+            for _key, held in self._positions_in(renamed):
+                held.spec = spec
 
     def _on_OptionSettled(self, sid: str, d: dict, pos: int, at: datetime) -> None:
         account, venue, symbol = d["account"], d["venue"], d["symbol"]

@@ -423,8 +423,10 @@ class TradestateClient:
         follow; ``in_kind``: taken in the asset of position ``symbol`` (its quantity shrinks).
 
         A fee of one of our orders (``client_order_id``) is booked on that order's position: its
-        ``symbol`` and ``venue`` are the order's when left out (``venue`` None); another symbol or
-        venue than the order's is ``InvalidInput``, nothing appended. Any other fee names its venue."""
+        ``symbol`` and ``venue`` are the order's when left out (``venue`` None); a symbol the order
+        worked before a symbol change (the venue's report may name it) is booked on the order's
+        current one; another symbol or venue than the order's is ``InvalidInput``, nothing
+        appended. Any other fee names its venue."""
         order = self.state.orders.get(order_stream_id(account, client_order_id)) \
             if client_order_id is not None else None
         if order is not None:  # an unknown order: the rule says so (UnknownOrder)
@@ -437,7 +439,10 @@ class TradestateClient:
 
     @staticmethod
     def _fee_of_order(order: Any, venue: str | None, symbol: str | None) -> tuple[str, str]:
-        """(venue, symbol) of a fee of ``order``: the order's; a given one that differs is refused."""
+        """(venue, symbol) of a fee of ``order``: the order's (a former symbol of it stands for its
+        current one); a given one that differs is refused."""
+        if symbol in order.former_symbols:
+            symbol = order.symbol
         for name, given, its in (("venue", venue, order.venue), ("symbol", symbol, order.symbol)):
             if given is not None and given != its:
                 raise InvalidInput(f"a fee of order {order.client_order_id!r} is booked on its position ({its}): "

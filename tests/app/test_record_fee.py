@@ -4,6 +4,7 @@ venue than the order's is refused, nothing appended."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 import tradestate
 from tests.support.projector_worker import Clock
 from tradestate.domain.errors import InvalidInput
+from tradestate.domain.ids import order_stream_id
 
 
 @pytest.fixture
@@ -45,3 +47,39 @@ def test_a_fee_naming_another_venue_or_symbol_than_its_orders_is_refused(client,
 def test_a_fee_of_no_order_still_needs_its_venue(client):
     with pytest.raises(InvalidInput, match="venue"):
         client.record_fee("a", None, "ACT-1", "0.7", symbol="AAPL")
+
+
+
+CHANGED_AT = datetime(2026, 6, 1, 13, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def renamed(client):
+    """An open order o2 (10 of 20 filled) whose symbol AAPL then became AAPX: the order works AAPX."""
+    client.record_intent("a", "o2", "AAPL", "buy", 20, order_type="limit", limit_price="60", venue="IB")
+    client.record_submitted("a", "o2")
+    client.record_fill("a", "o2", "X.02", 10, "50", fee_pending=True)
+    client.record_corporate_action("AAPL", "symbol_change", CHANGED_AT, new_symbol="AAPX")
+    assert client.state.orders[order_stream_id("a", "o2")].symbol == "AAPX"
+    return client
+
+
+def test_a_fee_naming_the_orders_former_symbol_is_booked_on_its_current_position(renamed):
+    recorded = renamed.record_fee("a", "IB", "X.02", "0.3", symbol="AAPL", exec_id="X.02", client_order_id="o2")
+    assert not recorded.duplicate
+    assert renamed.state.position_of("a", "IB", "AAPX").fees == Decimal("0.3")
+    assert renamed.state.position_of("a", "IB", "AAPL").fees == 0
+
+
+def test_every_former_symbol_of_an_order_renamed_twice_is_its_own(renamed):
+    renamed.record_corporate_action("AAPX", "symbol_change", CHANGED_AT.replace(month=7), new_symbol="AAPY")
+    for n, former in enumerate(["AAPL", "AAPX", "AAPY"]):
+        renamed.record_fee("a", None, f"F{n}", "0.1", symbol=former, exec_id="X.02", client_order_id="o2")
+    assert renamed.state.position_of("a", "IB", "AAPY").fees == Decimal("0.3")
+
+
+def test_after_a_symbol_change_another_symbol_is_still_refused(renamed):
+    head = renamed.store.trading.head()
+    with pytest.raises(InvalidInput, match="o2"):
+        renamed.record_fee("a", None, "X.02", "0.3", symbol="MSFT", exec_id="X.02", client_order_id="o2")
+    assert renamed.store.trading.head() == head

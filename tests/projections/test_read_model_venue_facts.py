@@ -81,7 +81,7 @@ def test_the_read_models_show_amendments_pending_fees_instruments_cash_rates_and
         assert_equals_rebuild(store)
     orders = {r["client_order_id"]: r for r in _rows(tables, "ts_orders")}
     assert (orders["o1"]["fees_pending"], orders["o1"]["replace_pending"], orders["o1"]["replace_qty"],
-            orders["o1"]["replace_limit_price"]) == (1, "R1", 120, 51)
+            orders["o1"]["replace_limit_price"]) == (1, "R1", 170, 25.5)  # 120 @ 51 restated by the split: 70 + 50 x 2
     # the amendment does not move the quantity until the venue confirms; the split does (OrderAdjusted):
     # 70 filled + the 30 left, doubled
     assert orders["o1"]["qty"] == 130
@@ -183,7 +183,7 @@ def test_the_api_serves_them_with_their_openapi_models(sqlite_url):
     with serving(sqlite_url) as http:
         o1 = http.get("/orders/a/o1").json()
         assert (o1["fees_pending"], o1["replace_pending"], o1["replace_qty"], o1["replace_limit_price"]) == (
-            1, "R1", "120", "51")
+            1, "R1", "170", "25.5")  # restated by the split
         assert [(f["exec_id"], f["client_order_id"], f["qty"]) for f in http.get("/fees/pending").json()] == [
             ("X.01", "o1", "40"), ("F.02", "o2", "1")]
         assert [f["exec_id"] for f in http.get("/fees/pending", params={"client_order_id": "o2"}).json()] == ["F.02"]
@@ -229,4 +229,4 @@ def test_the_python_read_model_reads_them_typed(sqlite_url):
         assert [(r["base"], r["rate"]) for r in rm.fx_rates()] == [("EUR", Decimal("1.08"))]
         assert [a["action"] for a in rm.corporate_actions("XYZ")] == ["split", "symbol_change"]
         assert [f["exec_id"] for f in rm.fees_pending("a", client_order_id="o1")] == ["X.01"]
-        assert rm.order("a", "o1")["replace_qty"] == Decimal(120)
+        assert rm.order("a", "o1")["replace_qty"] == Decimal(170)

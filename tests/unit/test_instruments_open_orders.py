@@ -164,7 +164,7 @@ def test_the_new_events_load_from_their_stored_form():
                                        amount="-1025", currency="USD")
     for e in (adjusted, margin):
         stored = orjson.loads(orjson.dumps(e.to_payload()))
-        assert stored[ev.SCHEMA_KEY] == 1 and ev.decode(e.type_name(), stored) == e
+        assert stored[ev.SCHEMA_KEY] == e.schema_version and ev.decode(e.type_name(), stored) == e
     with pytest.raises(ValueError, match="business_date"):
         ev.VariationMarginSettled(event_id=uuid4(), account="a", venue="ib", symbol="ES", business_date="1 Dec",
                                   settlement_price="1", qty="1", amount="1")
@@ -266,3 +266,115 @@ def test_an_order_the_venue_restated_before_the_split_was_recorded_is_not_adjust
     o1, o2 = f.order("o1"), f.order("o2")
     assert (o1.qty, o1.remaining, o1.limit_price) == (160, 120, 75) and "restated the order already" in said["o1"]
     assert (o2.qty, o2.limit_price) == (40, 75)  # our own amendment: the split applies to it
+
+
+def test_an_order_renamed_twice_knows_its_former_symbols_through_a_checkpoint_and_an_older_one():
+    f = Fold()
+    working(f, "o1", "buy", "10", "300", filled="4", symbol="FB")
+    corporate(f, "FB", "symbol_change", new_symbol="META")
+    corporate(f, "AAPL", "split", ratio_from="1", ratio_to="2")  # no order of it: nothing of o1 changes
+    corporate(f, "META", "symbol_change", day=1, new_symbol="MTA")
+    assert (f.order("o1").symbol, f.order("o1").former_symbols) == ("MTA", ("FB", "META"))
+    doc, finished = snapshot.take(f.state)
+    stored = orjson.loads(snapshot.encode(doc))
+    assert snapshot.restore(stored, finished).orders[order_stream_id("acct", "o1")].former_symbols == ("FB", "META")
+    [kept] = [o["adjusted"].pop("former_symbols") for o in stored["orders"] if o.get("adjusted")]
+    assert kept == ["FB", "META"]  # without them: a checkpoint taken before they were kept
+    older = snapshot.restore(stored, finished).orders[order_stream_id("acct", "o1")]
+    assert older.former_symbols == ("FB",)  # the intent's symbol at least
+
+
+# ------------------------------------------------------------------- a pending amendment
+
+def amend(f: Fold, coid: str, replace_id: str, qty: str, limit: str) -> ev.OrderReplaceRequested:
+    e = ev.OrderReplaceRequested(event_id=uuid4(), occurred_at=T0, account="acct", client_order_id=coid,
+                                 replace_id=replace_id, qty=qty, limit_price=limit)
+    decision = rules.decide_replace_request(f.state, e, T0)
+    assert isinstance(decision, rules.Append) and len(decision.events) == 1  # passed its check, pending
+    f.add(*decision.events[0])
+    return e
+
+
+def replaced(qty: str, limit: str, venue_order_id: str | None = "V-o1") -> ev.OrderReplaced:
+    return ev.OrderReplaced(event_id=uuid4(), account="acct", client_order_id="o1", qty=qty, limit_price=limit,
+                            venue_order_id=venue_order_id)
+
+
+def test_a_split_restates_the_pending_amendment_with_its_order():
+    f = Fold()
+    working(f, "o1", "buy", "100", "150", filled="40")
+    asked = amend(f, "o1", "r1", "120", "149.01")  # 80 left to work at 149.01
+    decision = corporate(f, "AAPL", "split", ratio_from="1", ratio_to="2")
+    [adjusted] = [e for _, e in decision.events if isinstance(e, ev.OrderAdjusted)]
+    assert (adjusted.replace_id, adjusted.replace_qty, adjusted.replace_limit_price,
+            adjusted.replace_restated_qty) == ("r1", 200, D("74.505"), 240)  # 40 filled + 80 x 2
+    o = f.order("o1")
+    assert (o.qty, o.limit_price, o.replace_pending) == (160, 75, "r1")
+    request = o.replaces["r1"]["request"]  # what the venue is asked, the read models show, in today's terms
+    assert (D(request["qty"]), D(request["limit_price"])) == (200, D("74.505"))
+    # the engine's retry of its amendment as it asked it is the same amendment
+    assert rules.decide_replace_request(f.state, asked, T0) == rules.AlreadyRecorded(o.replaces["r1"]["position"])
+    # the venue's confirmation in post-split terms (ours, or its whole restatement) is the amendment's
+    for qty in ("200", "240"):
+        decision = rules.decide_replaced(f.state, replaced(qty, "74.505"))
+        assert [(e.qty, e.limit_price) for _, e in decision.events] == [(200, D("74.505"))]
+    f.add(*decision.events[0])
+    assert (o.qty, o.remaining, o.limit_price, o.replace_pending, o.replaces["r1"]["status"]) == (
+        200, 160, D("74.505"), None, "replaced")
+
+
+def test_a_reverse_split_restates_the_pending_amendment_rounded_like_its_order_and_says_so():
+    f = xyz_orders("0.01", ("o1", "sell", "10", "20.03"))
+    amend(f, "o1", "r1", "13", "20.05")
+    decision = corporate(f, "XYZ", "split", ratio_from="4", ratio_to="1")
+    [adjusted] = [e for _, e in decision.events if isinstance(e, ev.OrderAdjusted)]
+    # 13 -> 3.25 on whole units: 3, 0.25 dropped; a sell's price rounds up (never more aggressive)
+    assert (adjusted.qty, adjusted.replace_qty, adjusted.replace_limit_price) == (2, 3, D("80.20"))
+    assert "amendment r1" in adjusted.reason and "0.25 dropped" in adjusted.reason.split("amendment r1")[1]
+
+
+def test_a_symbol_change_leaves_the_pending_amendment_as_asked():
+    f = Fold()
+    working(f, "o1", "buy", "10", "300", filled="4", symbol="FB")
+    amend(f, "o1", "r1", "12", "301")
+    decision = corporate(f, "FB", "symbol_change", new_symbol="META")
+    [adjusted] = [e for _, e in decision.events if isinstance(e, ev.OrderAdjusted)]
+    assert adjusted.replace_id is None  # nothing of its numbers changes: the request stands
+    o = f.order("o1")
+    assert (o.symbol, o.replace_pending, D(o.replaces["r1"]["request"]["qty"])) == ("META", "r1", 12)
+
+
+def test_a_restated_amendment_folds_cold_and_from_a_checkpoint_like_apply():
+    f = Fold()
+    working(f, "o1", "buy", "100", "150", filled="40")
+    amend(f, "o1", "r1", "120", "149.01")
+    corporate(f, "AAPL", "split", ratio_from="1", ratio_to="2")
+    doc, finished = snapshot.take(f.state)
+    restored = snapshot.restore(orjson.loads(snapshot.encode(doc)), finished)
+    cold, _ = fold_cold([f.rows])
+    sid = order_stream_id("acct", "o1")
+    for state in (restored, cold):
+        assert picture(state) == picture(f.state)
+        assert state.orders[sid].replaces == f.state.orders[sid].replaces
+
+
+def test_an_order_adjusted_stored_before_amendments_were_restated_still_loads():
+    v1 = {"event_id": str(uuid4()), "account": "a", "client_order_id": "c", "corporate_action": "split",
+          "effective_at": T0.isoformat(), "symbol": "X", "previous_symbol": "X", "qty": "10", "previous_qty": "5",
+          "ratio_from": "1", "ratio_to": "2", "restated_qty": "10", "remaining_dropped": "0", "reason": "", "_v": 1}
+    e = ev.decode("OrderAdjusted", v1)
+    assert (e.qty, e.replace_id, e.replace_qty) == (10, None, None)
+    f = Fold()  # and the fold takes it as it was stored
+    working(f, "c", "buy", "5", "10", symbol="X")
+    f.raw(order_stream_id("acct", "c"), "OrderAdjusted", {**v1, "account": "acct", "limit_price": "5"})
+    assert (f.order("c").qty, f.order("c").replace_pending) == (10, None)
+
+
+def test_a_pending_amendment_a_reverse_split_leaves_nothing_whole_of_says_so():
+    f = xyz_orders("0.01", ("o1", "sell", "10", "20.03"))
+    amend(f, "o1", "r1", "3", "20.05")
+    decision = corporate(f, "XYZ", "split", ratio_from="4", ratio_to="1")
+    [adjusted] = [e for _, e in decision.events if isinstance(e, ev.OrderAdjusted)]
+    assert (adjusted.qty, adjusted.replace_qty) == (2, 0)  # the order works 2; of the amendment's 3, 0.75
+    assert "0.75 dropped" in adjusted.reason and "nothing whole is left of it" in adjusted.reason
+    assert f.order("o1").replace_pending == "r1"  # still the venue's to answer (it holds the amendment)
