@@ -97,13 +97,15 @@ class IndexState:
 @dataclass(frozen=True)
 class CatchUp:
     """What ``catch_up`` did: the index's position before and after, account events indexed,
-    refs written and seconds taken."""
+    refs written and seconds taken; ``upgraded``: an index of an older format was brought to
+    ``FORMAT`` (its added events and refs are counted in ``events`` and ``refs``)."""
 
     before: int
     upto: int
     events: int
     refs: int
     seconds: float
+    upgraded: bool = False
 
 
 def _names(store: Store) -> tuple[str, str, str]:
@@ -216,6 +218,7 @@ def catch_up(store: Store, *, limit: int | None = None, progress: Any = None) ->
         _reset(store)
         current = IndexState(0, "")
     events = refs = 0
+    upgraded = current.format < FORMAT
     while current.format < FORMAT:  # an older index: add what it lacks up to its ``upto`` first
         added = _upgrade(store, current)
         if added is not None:
@@ -241,7 +244,7 @@ def catch_up(store: Store, *, limit: int | None = None, progress: Any = None) ->
         upto = hi
         if progress is not None:
             progress(upto, stop)
-    return CatchUp(before, upto, events, refs, time.perf_counter() - started)
+    return CatchUp(before, upto, events, refs, time.perf_counter() - started, upgraded)
 
 
 def _upgrade(store: Store, current: IndexState) -> tuple[int, int] | None:

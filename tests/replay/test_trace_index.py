@@ -8,6 +8,7 @@ an execution); and an index built before fees' exec ids were indexed is upgraded
 from __future__ import annotations
 
 import itertools
+import sqlite3
 
 import tempfile
 
@@ -18,6 +19,8 @@ from hypothesis import strategies as st
 
 import tradestate
 from tradestate import replay
+from tradestate.cli.main import app
+from typer.testing import CliRunner
 from tradestate.adapters.store import open_store, order_refs
 from tradestate.domain.ids import account_stream_id
 from tradestate.tools.bench.logs import MIN_EVENTS, generate_trading_rows
@@ -126,11 +129,31 @@ def test_an_index_built_before_exec_ids_is_upgraded_by_the_trace_and_by_replay_i
         assert order_refs.state(store).upto == head
         # ``tradestate replay index`` (catch_up) adds only the fees' refs, then is current
         _make_format_1(store)
-        done = order_refs.catch_up(store)
-        assert (done.before, done.upto, done.events) == (head, head, 4)
+    result = CliRunner().invoke(app, ["replay", "index", "--db", db_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout) == {"indexed_from": head, "indexed_upto": head, "account_events": 4,
+                                           "refs": 4, "format_upgraded": True}
+    with open_store(db_url, create=False) as store:
         assert order_refs.state(store).format == order_refs.FORMAT
         assert {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS} == scanned
-        assert order_refs.catch_up(store).events == 0
+        again = order_refs.catch_up(store)
+        assert (again.events, again.upgraded) == (0, False)
+
+
+def test_a_trace_that_cannot_upgrade_an_older_index_reads_the_account_stream(sqlite_url, monkeypatch):
+    _with_exec_fees(sqlite_url)
+    with open_store(sqlite_url, create=False) as store:
+        scanned = {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS}
+        order_refs.catch_up(store)
+        _make_format_1(store)
+
+        def refused(*args, **kwargs):  # what a standby answers a write (our function, not the database)
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        monkeypatch.setattr(order_refs, "catch_up", refused)
+        assert order_refs.state(store).format == 1
+        assert {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS} == scanned
+        assert order_refs.state(store).format == 1
 
 
 # ---------------------------------------------------------------------------------- generated
