@@ -65,6 +65,8 @@ def test_refs_of_names_every_id_an_account_event_carries():
              "discrepancies": [{"client_order_id": "o-9", "detail": "d"}, "not a dict"]}
     assert order_refs.refs_of("ReconciliationCompleted", recon) == {"c", "k", "r", "e1", "o-9", "d"}
     assert order_refs.refs_of("PositionCorrected", recon) == {"c", "k", "r"}  # lists only on the run itself
+    fee = {"fee_id": "f", "exec_id": "X-1", "causation_id": "k"}
+    assert order_refs.refs_of("FeeCharged", fee) == {"k", "X-1"}  # a fee by execution only: its order's
 
 
 # ------------------------------------------------------------- fees naming only an execution
