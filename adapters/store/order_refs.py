@@ -12,9 +12,9 @@ of thousands of rows at ten million events.
 its ``correlation_id``, ``causation_id``, ``client_order_id`` and ``reconciliation_id``, and for a
 ``ReconciliationCompleted`` each discrepancy's ``client_order_id`` and ``detail`` and each
 ``corrective_event_ids`` entry, and a ``FeeCharged``'s ``exec_id`` (a fee the venue reported by
-execution only: the trace links it to the order that has that execution). ``ref`` is a 64-bit hash of the id's text: a collision only adds a
-candidate, which the trace then tests against its own rules like any other, so the index narrows
-the rows read and never decides what is linked.
+execution only: the trace links it to the order that has that execution). ``ref`` is a 64-bit
+hash of the id's text: a collision only adds a candidate, which the trace then tests against its
+own rules like any other, so the index narrows the rows read and never decides what is linked.
 
 It is derived data beside the log, like checkpoints: the log is never touched, deleting the two
 tables loses nothing, and it is kept up to ``ts_order_refs_upto.upto`` by ``catch_up``, which
@@ -130,27 +130,28 @@ def create(store: Store) -> None:
                     f" PRIMARY KEY (ref, position)){without_rowid}")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {state} (id integer PRIMARY KEY, upto bigint NOT NULL,"
                     " event_id text NOT NULL, format integer NOT NULL DEFAULT 1)")
-        # an index made before ``format`` existed is of format 1 (the column's default)
-        if d.is_postgres:
-            cur.execute(f"ALTER TABLE {state} ADD COLUMN IF NOT EXISTS format integer NOT NULL DEFAULT 1")
-        else:
-            cur.execute(f"PRAGMA table_info({STATE_TABLE})")
-            if "format" not in {r[1] for r in cur.fetchall()}:
-                cur.execute(f"ALTER TABLE {state} ADD COLUMN format integer NOT NULL DEFAULT 1")
+        if not _has_format(store, cur):  # an index made before ``format`` existed: of format 1
+            cur.execute(f"ALTER TABLE {state} ADD COLUMN format integer NOT NULL DEFAULT 1")
+
+
+def _has_format(store: Store, cur: Any) -> bool:
+    """Whether the state table has its ``format`` column (asked first: on PostgreSQL an ALTER
+    locks the table even when it changes nothing)."""
+    d = store.dialect
+    if d.is_postgres:
+        cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = %s"
+                    " AND table_name = %s AND column_name = 'format'", (d.schema, STATE_TABLE))
+    else:
+        cur.execute(f"SELECT count(*) FROM pragma_table_info('{STATE_TABLE}') WHERE name = 'format'")
+    return bool(cur.fetchone()[0])
 
 
 def state(store: Store) -> IndexState | None:
     """How far the index goes (None: no index in this database)."""
     if not exists(store):
         return None
-    d = store.dialect
     with read_cursor(store) as cur:
-        if d.is_postgres:
-            cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = %s"
-                        " AND table_name = %s AND column_name = 'format'", (d.schema, STATE_TABLE))
-        else:
-            cur.execute(f"SELECT count(*) FROM pragma_table_info('{STATE_TABLE}') WHERE name = 'format'")
-        has_format = bool(cur.fetchone()[0])  # not yet: an index made before it (format 1)
+        has_format = _has_format(store, cur)  # not yet: an index made before it (format 1)
         cur.execute(f"SELECT upto, event_id{', format' if has_format else ''} FROM {_names(store)[1]} WHERE id = 1")
         row = cur.fetchone()
     if row is None:
