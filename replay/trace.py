@@ -3,8 +3,10 @@ corrections reconciliation made, with the order's state after each step and the 
 
 Sources: the order's own stream (read by its deterministic id), and the account stream's events
 linked to it — the ``RiskCheckPassed`` appended with the intent (causation = the intent), events
-correlated with the intent, and reconciliation runs (``ReconciliationCompleted``) whose corrective
-events or discrepancies name this order, with the account events sharing their reconciliation id.
+correlated with the intent, a ``FeeCharged`` naming only one of the order's executions (``exec_id``,
+no client order id: such a fee is on the account stream), and reconciliation runs
+(``ReconciliationCompleted``) whose corrective events or discrepancies name this order, with the
+account events sharing their reconciliation id.
 The account events are found through the order-reference index (``adapters.store.order_refs``)
 when the database has one — a trace catches it up when it is close to the head, the only write a
 post-mortem makes, and never to the log — else by reading the account's stream; the trace is
@@ -139,8 +141,8 @@ def _account_events(store: Store, account: str, client_order_id: str,
     may precede its intent) that the linking rules below test. With the order-reference index
     (``adapters.store.order_refs``): the events after the index's end, and the indexed ones
     naming the order's event ids, its client order id, or (again and again) the event id or
-    reconciliation id of one found — a superset of every event the rules link, so the trace is
-    the one of the whole stream, which is read when there is no index."""
+    reconciliation id of one found, or one of its execution ids — a superset of every event the
+    rules link, so the trace is the one of the whole stream, which is read when there is no index."""
     stream = account_stream_id(account)
     first = order_events[0].position - 1
     intent_id = order_events[0].event_id
@@ -150,7 +152,7 @@ def _account_events(store: Store, account: str, client_order_id: str,
                                       r.recorded_at)) for r in store.trading.read_stream(stream)
                 if r.position >= first]
     found: dict[int, LoggedEvent] = {}
-    keys = {e.event_id for e in order_events if e.event_id} | {intent_id, client_order_id}
+    keys = {e.event_id for e in order_events if e.event_id} | {intent_id, client_order_id} | _exec_ids(order_events)
 
     def take(rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
@@ -167,19 +169,30 @@ def _account_events(store: Store, account: str, client_order_id: str,
     return [found[p] for p in sorted(found)]
 
 
+def _exec_ids(order_events: list[LoggedEvent]) -> set[str]:
+    """The venue execution ids the order's own stream names (fills and the venue's corrections)."""
+    out: set[str] = set()
+    for e in order_events:
+        if e.type in ("OrderFilled", "FillCorrected"):
+            out.update(str(e.payload[k]) for k in ("exec_id", "corrected_exec_id") if e.payload.get(k))
+    return out
+
+
 def _index_upto(store: Store) -> int | None:
     """How far the order-reference index goes, after catching it up when it is at most
-    ``AUTO_CATCH_UP`` positions behind (None: no index; ``tradestate replay index`` builds it). A
-    database that takes no writes (a standby) is read as it is: the rest comes by position range."""
+    ``AUTO_CATCH_UP`` positions behind or of an older format (None: no index, ``tradestate replay
+    index`` builds it; or an older format this database would not let us upgrade). A database that
+    takes no writes (a standby) is read as it is: the rest comes by position range."""
     current = order_refs.state(store)
     if current is None:
         return None
-    if 0 < store.trading.head() - current.upto <= order_refs.AUTO_CATCH_UP:
+    if (0 < store.trading.head() - current.upto <= order_refs.AUTO_CATCH_UP
+            or current.format < order_refs.FORMAT):
         try:
             return order_refs.catch_up(store, limit=order_refs.AUTO_CATCH_UP).upto
         except Exception:  # noqa: BLE001 - a read-only database: use the index as far as it goes
             current = order_refs.state(store) or current
-    return current.upto
+    return current.upto if current.format >= order_refs.FORMAT else None
 
 
 def trace(store: Store, account: str | None, client_order_id: str) -> Trace:
@@ -202,6 +215,7 @@ def trace(store: Store, account: str | None, client_order_id: str) -> Trace:
                                           r.recorded_at)) for r in rows]
     ids = {e.event_id for e in order_events if e.event_id}
     intent_id = order_events[0].event_id
+    exec_ids = _exec_ids(order_events)
     # linked account-stream events
     linked: list[LoggedEvent] = []
     recon_ids: set[str] = set()
@@ -209,7 +223,8 @@ def trace(store: Store, account: str | None, client_order_id: str) -> Trace:
     for e in account_events:
         d = e.payload
         if (e.causation_id in ids or e.correlation_id == intent_id
-                or (e.type == "RiskCheckPassed" and d.get("client_order_id") == client_order_id)):
+                or (e.type == "RiskCheckPassed" and d.get("client_order_id") == client_order_id)
+                or (e.type == "FeeCharged" and d.get("exec_id") in exec_ids)):
             linked.append(e)
             ids.add(e.event_id)
         elif e.type == "ReconciliationCompleted":

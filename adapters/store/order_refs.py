@@ -11,9 +11,10 @@ of thousands of rows at ten million events.
 ``ts_order_refs`` holds (ref, position) for every account-stream event and every id it names:
 its ``correlation_id``, ``causation_id``, ``client_order_id`` and ``reconciliation_id``, and for a
 ``ReconciliationCompleted`` each discrepancy's ``client_order_id`` and ``detail`` and each
-``corrective_event_ids`` entry. ``ref`` is a 64-bit hash of the id's text: a collision only adds a
-candidate, which the trace then tests against its own rules like any other, so the index narrows
-the rows read and never decides what is linked.
+``corrective_event_ids`` entry, and a ``FeeCharged``'s ``exec_id`` (a fee the venue reported by
+execution only: the trace links it to the order that has that execution). ``ref`` is a 64-bit
+hash of the id's text: a collision only adds a candidate, which the trace then tests against its
+own rules like any other, so the index narrows the rows read and never decides what is linked.
 
 It is derived data beside the log, like checkpoints: the log is never touched, deleting the two
 tables loses nothing, and it is kept up to ``ts_order_refs_upto.upto`` by ``catch_up``, which
@@ -24,6 +25,12 @@ all (``tradestate replay index``; about 1.9 million account events at ten millio
 trace catches the index up itself when it is at most ``AUTO_CATCH_UP`` positions behind and the
 database takes writes; rows after ``upto`` are read by position range, so they cost what they
 are; a log replaced or rewound under the index (its row at ``upto`` changed) is indexed again.
+
+``ts_order_refs_upto.format`` says which ids the rows up to ``upto`` were indexed with (``FORMAT``;
+1: before fees' exec ids). ``catch_up`` brings an older index to ``FORMAT`` first by indexing only
+what it lacks (the account stream's ``FeeCharged`` rows up to ``upto``: one pass over the log's
+types, not a rebuild), so ``tradestate replay index`` and a trace's own catch-up both upgrade it;
+a trace that cannot (a database that takes no writes) reads the account's stream instead.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ ACCOUNT_PREFIX = "account-"
 CHUNK = 200_000  # positions per catch-up transaction
 AUTO_CATCH_UP = 100_000  # a trace catches the index up itself when it is at most this far behind
 _QUERY_CHUNK = 500  # ids or positions per IN (...) list
+FORMAT = 2  # what the index names: 1 before a FeeCharged's exec_id; 2 with it
+EXEC_REF_TYPES = ("FeeCharged",)  # account events whose exec_id is a reference (FORMAT 2)
 
 _blake2b = hashlib.blake2b
 
@@ -69,28 +78,34 @@ def refs_of(type_name: str, payload: dict[str, Any]) -> set[str]:
                         out.add(str(x[key]))
         for value in payload.get("corrective_event_ids") or ():
             out.add(str(value))
+    elif type_name in EXEC_REF_TYPES and payload.get("exec_id") is not None:
+        out.add(str(payload["exec_id"]))
     return out
 
 
 @dataclass(frozen=True)
 class IndexState:
     """How far the index goes: every account-stream event at positions up to ``upto`` is in it,
-    and ``event_id`` is the event id at ``upto`` (to notice a log replaced under it)."""
+    and ``event_id`` is the event id at ``upto`` (to notice a log replaced under it); ``format``:
+    which ids those events were indexed by (``FORMAT`` when current)."""
 
     upto: int
     event_id: str
+    format: int = FORMAT
 
 
 @dataclass(frozen=True)
 class CatchUp:
     """What ``catch_up`` did: the index's position before and after, account events indexed,
-    refs written and seconds taken."""
+    refs written and seconds taken; ``upgraded``: an index of an older format was brought to
+    ``FORMAT`` (its added events and refs are counted in ``events`` and ``refs``)."""
 
     before: int
     upto: int
     events: int
     refs: int
     seconds: float
+    upgraded: bool = False
 
 
 def _names(store: Store) -> tuple[str, str, str]:
@@ -114,7 +129,21 @@ def create(store: Store) -> None:
         cur.execute(f"CREATE TABLE IF NOT EXISTS {refs} (ref bigint NOT NULL, position bigint NOT NULL,"
                     f" PRIMARY KEY (ref, position)){without_rowid}")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {state} (id integer PRIMARY KEY, upto bigint NOT NULL,"
-                    " event_id text NOT NULL)")
+                    " event_id text NOT NULL, format integer NOT NULL DEFAULT 1)")
+        if not _has_format(store, cur):  # an index made before ``format`` existed: of format 1
+            cur.execute(f"ALTER TABLE {state} ADD COLUMN format integer NOT NULL DEFAULT 1")
+
+
+def _has_format(store: Store, cur: Any) -> bool:
+    """Whether the state table has its ``format`` column (asked first: on PostgreSQL an ALTER
+    locks the table even when it changes nothing)."""
+    d = store.dialect
+    if d.is_postgres:
+        cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = %s"
+                    " AND table_name = %s AND column_name = 'format'", (d.schema, STATE_TABLE))
+    else:
+        cur.execute(f"SELECT count(*) FROM pragma_table_info('{STATE_TABLE}') WHERE name = 'format'")
+    return bool(cur.fetchone()[0])
 
 
 def state(store: Store) -> IndexState | None:
@@ -122,9 +151,12 @@ def state(store: Store) -> IndexState | None:
     if not exists(store):
         return None
     with read_cursor(store) as cur:
-        cur.execute(f"SELECT upto, event_id FROM {_names(store)[1]} WHERE id = 1")
+        has_format = _has_format(store, cur)  # not yet: an index made before it (format 1)
+        cur.execute(f"SELECT upto, event_id{', format' if has_format else ''} FROM {_names(store)[1]} WHERE id = 1")
         row = cur.fetchone()
-    return IndexState(0, "") if row is None else IndexState(int(row[0]), row[1])
+    if row is None:
+        return IndexState(0, "")
+    return IndexState(int(row[0]), row[1], int(row[2]) if has_format else 1)
 
 
 def _event_id_at(store: Store, position: int) -> str | None:
@@ -186,16 +218,23 @@ def catch_up(store: Store, *, limit: int | None = None, progress: Any = None) ->
     if current.upto > head or _event_id_at(store, current.upto) != current.event_id:
         _reset(store)
         current = IndexState(0, "")
+    events = refs = 0
+    upgraded = current.format < FORMAT
+    while current.format < FORMAT:  # an older index: add what it lacks up to its ``upto`` first
+        added = _upgrade(store, current)
+        if added is not None:
+            events, refs = added
+            current = IndexState(current.upto, current.event_id, FORMAT)
+        else:  # another catch-up moved it meanwhile: again from where it is
+            current = state(store) or IndexState(0, "")
     before, upto = current.upto, current.upto
     stop = head if limit is None else min(head, upto + limit)
-    events = refs = 0
     while upto < stop:
         hi = _contiguous_end(store, upto, min(stop, upto + CHUNK))
         if hi <= upto:
             break  # a hole right after ``upto``: the rest waits for that append
         rows = _account_rows(store, upto, hi)
-        pairs = sorted({(ref_hash(ref), position) for position, type_name, data in rows
-                        for ref in refs_of(type_name, orjson.loads(data))})
+        pairs = _pairs(rows)
         event_id = _event_id_at(store, hi) or ""
         if not _write(store, upto, hi, event_id, pairs):
             current = state(store) or IndexState(0, "")  # another catch-up moved it: go on from there
@@ -206,29 +245,58 @@ def catch_up(store: Store, *, limit: int | None = None, progress: Any = None) ->
         upto = hi
         if progress is not None:
             progress(upto, stop)
-    return CatchUp(before, upto, events, refs, time.perf_counter() - started)
+    return CatchUp(before, upto, events, refs, time.perf_counter() - started, upgraded)
 
 
-def _write(store: Store, expected: int, upto: int, event_id: str, pairs: list[tuple[int, int]]) -> bool:
-    """Insert ``pairs`` and move the index from ``expected`` to ``upto``, in one transaction; False
-    (nothing written) if another catch-up moved it meanwhile."""
+def _upgrade(store: Store, current: IndexState) -> tuple[int, int] | None:
+    """Bring an index of an older format to ``FORMAT``: index the ``EXEC_REF_TYPES`` account
+    events up to its ``upto`` (read by type: the only rows format 1 lacks refs for) and mark it
+    current, in one transaction; (events, refs) added, or None (nothing written) if another
+    catch-up moved it meanwhile."""
+    d = store.dialect
+    p = d.param
+    table = _names(store)[2]
+    types = ", ".join(f"'{t}'" for t in EXEC_REF_TYPES)
+    with read_cursor(store) as cur:
+        cur.execute(f"SELECT position, type, data FROM {table} WHERE position <= {p} AND type IN ({types})"
+                    f" AND substr(stream_id, 1, {len(ACCOUNT_PREFIX)}) = '{ACCOUNT_PREFIX}'", (current.upto,))
+        rows = [(int(r[0]), r[1], bytes(r[2])) for r in cur.fetchall()]
+    pairs = _pairs(rows)
+    if not _write(store, current.upto, current.upto, current.event_id, pairs, expected_format=current.format):
+        return None
+    return len(rows), len(pairs)
+
+
+def _pairs(rows: list[tuple[int, str, bytes]]) -> list[tuple[int, int]]:
+    """The (ref hash, position) pairs of account-stream rows (position, type, payload)."""
+    return sorted({(ref_hash(ref), position) for position, type_name, data in rows
+                   for ref in refs_of(type_name, orjson.loads(data))})
+
+
+def _write(store: Store, expected: int, upto: int, event_id: str, pairs: list[tuple[int, int]], *,
+           expected_format: int = FORMAT) -> bool:
+    """Insert ``pairs`` and move the index from ``expected`` (of ``expected_format``) to ``upto``
+    (of ``FORMAT``), in one transaction; False (nothing written) if another catch-up moved it
+    meanwhile."""
     d = store.dialect
     p = d.param
     refs, state_table, _ = _names(store)
     lock = " FOR UPDATE" if d.is_postgres else ""
     with write_cursor(store) as cur:
-        cur.execute(f"SELECT upto FROM {state_table} WHERE id = 1{lock}")
+        cur.execute(f"SELECT upto, format FROM {state_table} WHERE id = 1{lock}")
         row = cur.fetchone()
-        if (int(row[0]) if row else 0) != expected:
+        if (int(row[0]) if row else 0) != expected or (row is not None and int(row[1]) != expected_format):
             return False
         if pairs:
             insert = (f"INSERT OR IGNORE INTO {refs} (ref, position) VALUES ({p}, {p})" if d.is_sqlite else
                       f"INSERT INTO {refs} (ref, position) VALUES ({p}, {p}) ON CONFLICT DO NOTHING")
             cur.executemany(insert, pairs)
         if row is None:
-            cur.execute(f"INSERT INTO {state_table} (id, upto, event_id) VALUES (1, {p}, {p})", (upto, event_id))
+            cur.execute(f"INSERT INTO {state_table} (id, upto, event_id, format) VALUES (1, {p}, {p}, {p})",
+                        (upto, event_id, FORMAT))
         else:
-            cur.execute(f"UPDATE {state_table} SET upto = {p}, event_id = {p} WHERE id = 1", (upto, event_id))
+            cur.execute(f"UPDATE {state_table} SET upto = {p}, event_id = {p}, format = {p} WHERE id = 1",
+                        (upto, event_id, FORMAT))
     return True
 
 

@@ -2,11 +2,13 @@
 trace of the whole account stream, wherever the index ends, on SQLite and PostgreSQL: for the
 recorded session, and for generated logs whose account events link to orders every way the
 trace knows (causation chains, correlation with the intent, a risk decision by client order id,
-reconciliation runs naming or correcting an order, and the events of those runs)."""
+reconciliation runs naming or correcting an order, the events of those runs, and fees naming only
+an execution); and an index built before fees' exec ids were indexed is upgraded."""
 
 from __future__ import annotations
 
 import itertools
+import sqlite3
 
 import tempfile
 
@@ -15,7 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tradestate
 from tradestate import replay
+from tradestate.cli.main import app
+from typer.testing import CliRunner
 from tradestate.adapters.store import open_store, order_refs
 from tradestate.domain.ids import account_stream_id
 from tradestate.tools.bench.logs import MIN_EVENTS, generate_trading_rows
@@ -60,6 +65,97 @@ def test_refs_of_names_every_id_an_account_event_carries():
              "discrepancies": [{"client_order_id": "o-9", "detail": "d"}, "not a dict"]}
     assert order_refs.refs_of("ReconciliationCompleted", recon) == {"c", "k", "r", "e1", "o-9", "d"}
     assert order_refs.refs_of("PositionCorrected", recon) == {"c", "k", "r"}  # lists only on the run itself
+    fee = {"fee_id": "f", "exec_id": "X-1", "causation_id": "k"}
+    assert order_refs.refs_of("FeeCharged", fee) == {"k", "X-1"}  # a fee by execution only: its order's
+
+
+# ------------------------------------------------------------- fees naming only an execution
+
+FEE_ORDERS = [(A, "o-1"), (A, "o-4")]
+
+
+def _with_exec_fees(url: str) -> int:
+    """The recorded session plus fees the venue reported by execution only (on the account
+    stream): two of o-1's executions, one of o-4's, and one of an execution no order has."""
+    session = build_session(url)
+    with tradestate.connect(url, venue="sim") as c:
+        for fee_id, exec_id in (("F-1", "X-1"), ("F-4", "X-4"), ("F-2", "X-2"), ("F-9", "X-9")):
+            c.record_fee(A, "sim", fee_id, "0.05", exec_id=exec_id)
+        return c.position if c.position else session.head
+
+
+def _fee_steps(t: replay.Trace) -> list[str]:
+    return [s.event.payload["fee_id"] for s in t.steps if s.event.type == "FeeCharged"]
+
+
+def test_a_fee_naming_only_an_execution_is_in_its_orders_trace_indexed_or_scanned(db_url, monkeypatch):
+    head = _with_exec_fees(db_url)
+    with open_store(db_url, create=False) as store:
+        scanned = {o: replay.trace(store, *o) for o in FEE_ORDERS}
+        assert _fee_steps(scanned[(A, "o-1")]) == ["F-1", "F-2"]
+        assert _fee_steps(scanned[(A, "o-4")]) == ["F-4"]  # F-9's execution is no order's
+        assert {s.role for s in scanned[(A, "o-1")].steps if s.event.type == "FeeCharged"} == {"fee (reported apart)"}
+        scanned = {o: _json(t) for o, t in scanned.items()}
+        monkeypatch.setattr(order_refs, "AUTO_CATCH_UP", 0)
+        for upto in (head - 3, head):  # the index ends among the fees, then after them
+            order_refs.catch_up(store, limit=upto - (order_refs.state(store) or order_refs.IndexState(0, "")).upto)
+            assert {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS} == scanned, upto
+
+
+def _make_format_1(store) -> None:
+    """Turn the current index into one built before fees' exec ids: no such refs, no ``format``."""
+    exec_refs = [(order_refs.ref_hash(orjson.loads(r.state)["exec_id"]), r.position)
+                 for r in store.trading.read_stream(account_stream_id(A)) if r.topic == "FeeCharged"]
+    state = order_refs.state(store)
+    p = store.dialect.param
+    with store.trading.transaction(write=True) as cur:
+        name = store.dialect.name
+        cur.executemany(f"DELETE FROM {name(order_refs.TABLE)} WHERE ref = {p} AND position = {p}", exec_refs)
+        cur.execute(f"DROP TABLE {name(order_refs.STATE_TABLE)}")
+        cur.execute(f"CREATE TABLE {name(order_refs.STATE_TABLE)} (id integer PRIMARY KEY, upto bigint NOT NULL,"
+                    " event_id text NOT NULL)")
+        cur.execute(f"INSERT INTO {name(order_refs.STATE_TABLE)} (id, upto, event_id) VALUES (1, {p}, {p})",
+                    (state.upto, state.event_id))
+
+
+def test_an_index_built_before_exec_ids_is_upgraded_by_the_trace_and_by_replay_index(db_url):
+    head = _with_exec_fees(db_url)
+    with open_store(db_url, create=False) as store:
+        scanned = {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS}
+        order_refs.catch_up(store)
+        _make_format_1(store)
+        assert order_refs.state(store) == order_refs.IndexState(head, order_refs.state(store).event_id, 1)
+        # a trace of a current index of format 1 upgrades it itself (no positions to catch up)
+        assert {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS} == scanned
+        assert order_refs.state(store).format == order_refs.FORMAT
+        assert order_refs.state(store).upto == head
+        # ``tradestate replay index`` (catch_up) adds only the fees' refs, then is current
+        _make_format_1(store)
+    result = CliRunner().invoke(app, ["replay", "index", "--db", db_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout) == {"indexed_from": head, "indexed_upto": head, "account_events": 4,
+                                           "refs": 4, "format_upgraded": True}
+    with open_store(db_url, create=False) as store:
+        assert order_refs.state(store).format == order_refs.FORMAT
+        assert {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS} == scanned
+        again = order_refs.catch_up(store)
+        assert (again.events, again.upgraded) == (0, False)
+
+
+def test_a_trace_that_cannot_upgrade_an_older_index_reads_the_account_stream(sqlite_url, monkeypatch):
+    _with_exec_fees(sqlite_url)
+    with open_store(sqlite_url, create=False) as store:
+        scanned = {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS}
+        order_refs.catch_up(store)
+        _make_format_1(store)
+
+        def refused(*args, **kwargs):  # what a standby answers a write (our function, not the database)
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        monkeypatch.setattr(order_refs, "catch_up", refused)
+        assert order_refs.state(store).format == 1
+        assert {o: _json(replay.trace(store, *o)) for o in FEE_ORDERS} == scanned
+        assert order_refs.state(store).format == 1
 
 
 # ---------------------------------------------------------------------------------- generated
@@ -69,7 +165,7 @@ account_event = st.fixed_dictionaries({
     "type": st.sampled_from(["ReconciliationCompleted", "PositionCorrected", "TradingBlocked", "RiskCheckPassed"]),
     "order": st.integers(min_value=1, max_value=ORDER_COUNT),  # the order it may name
     "how": st.sampled_from(["causation", "correlation", "coid", "discrepancy", "detail", "corrective", "recon",
-                            "chain", "none"]),
+                            "chain", "fee", "none"]),
     "recon": st.sampled_from(["r1", "r2", "r3"]),
 })
 
@@ -109,11 +205,17 @@ def _extra_rows(start: int, picks: list[dict], rows: list[tuple]) -> list[tuple]
             d["corrective_event_ids"] = [events[min(1, len(events) - 1)]["event_id"]]  # the log may end after its intent
         elif how == "chain" and previous is not None:
             d["causation_id"] = previous
+        type_name = pick["type"]
+        if how == "fee":  # a fee the venue reported by execution only (none: an execution no order has)
+            fills = [e["exec_id"] for e in events if e.get("exec_id")]
+            type_name = "FeeCharged"
+            d.update(fee_id=f"fee-{n}", venue="sim", amount="0.01", currency="USD",
+                     exec_id=fills[n % len(fills)] if fills else f"x-none-{n}")
         previous = d["event_id"]
         stream = account_stream_id(account)
         versions[stream] = versions.get(stream, 0) + 1
         position += 1
-        out.append((position, stream, versions[stream], pick["type"], orjson.dumps(d), at))
+        out.append((position, stream, versions[stream], type_name, orjson.dumps(d), at))
     return out
 
 

@@ -211,9 +211,13 @@ def index_cmd(
             done = order_refs.catch_up(store, progress=progress)
         report = {"indexed_from": done.before, "indexed_upto": done.upto, "account_events": done.events,
                   "refs": done.refs}
+        if done.upgraded:  # an index built before fees' exec ids: those were added
+            report["format_upgraded"] = True
         if json:
             _out(report)
         else:
+            if done.upgraded:
+                _print("order index: upgraded to index fees by execution id")
             _print(f"order index: positions {done.before + 1:,}..{done.upto:,} indexed ({done.events:,} account "
                    f"events, {done.refs:,} references)" if done.upto > done.before else
                    f"order index: up to date at position {done.upto:,}")
