@@ -708,17 +708,20 @@ class _Planner:
         order id: IB, the simulated venue): recorded as ``OrderReplaced``. One it does not show
         stays pending (``OrderFlow.settle_replaces`` settles it after a restart): never sent again
         from here. Alpaca's replacements are new orders, read as chains (``replaced_chain``)."""
-        want = found.replaces[found.replace_pending]["request"]  # type: ignore[index]
-        wanted = (Decimal(want["qty"]), _opt_dec(want.get("limit_price")), _opt_dec(want.get("stop_price")))
-        if (not ours.is_open or vo.venue_order_id != ours.venue_order_id or vo.replaces
-                or (vo.qty, vo.limit_price, vo.stop_price) != wanted):
+        entry = found.replaces[found.replace_pending]  # type: ignore[index]
+        want = entry["request"]
+        qty = Decimal(want["qty"])  # in our terms; after a split the venue may restate the filled part too
+        shown = {qty} if entry.get("restated_qty") is None else {qty, Decimal(entry["restated_qty"])}
+        if (not ours.is_open or vo.venue_order_id != ours.venue_order_id or vo.replaces or vo.qty not in shown
+                or (vo.limit_price, vo.stop_price) != (_opt_dec(want.get("limit_price")),
+                                                       _opt_dec(want.get("stop_price")))):
             return
         e = self.order_event(ours, ev.OrderReplaced, ("amended", found.replace_pending), vo.updated_at,
-                             qty=vo.qty, limit_price=vo.limit_price, stop_price=vo.stop_price,
+                             qty=qty, limit_price=vo.limit_price, stop_price=vo.stop_price,
                              venue_order_id=vo.venue_order_id)
         if e is not None:
             before = ours.qty
-            ours.qty, ours.limit_price = vo.qty, vo.limit_price
+            ours.qty, ours.limit_price = qty, vo.limit_price
             self.plan.count("replaces_recorded")
             self.discrepancy("missed_replace", f"the venue shows our amendment {found.replace_pending!r} applied "
                              f"({vo.qty} @ {vo.limit_price or vo.stop_price or 'market'}): recorded as replaced",

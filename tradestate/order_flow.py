@@ -119,11 +119,12 @@ class OrderFlow:
         if order.replace_pending is None or not order.is_open:
             return None
         rid = order.replace_pending
-        want = order.replaces[rid]["request"]  # type: ignore[index]
+        entry = order.replaces[rid]  # type: ignore[index]
+        want = entry["request"]
         if order.venue_order_id is None:
             raise InvalidTransition(f"order {client_order_id!r} has no venue order id yet; amend it once acknowledged")
         venue_now = self._venue_order(order)
-        if venue_now is not None and _shows(venue_now, order.filled_qty, want):
+        if venue_now is not None and _shows(venue_now, order.filled_qty, entry):
             return record_update(self.client, account, client_order_id, _replaced(client_order_id, venue_now))
         if venue_now is not None and venue_now.status == "replaced":
             return None  # replaced by a new venue order already (Alpaca): reconciliation reads the chain
@@ -162,8 +163,7 @@ class OrderFlow:
             venue_now = self._venue_order(order)
             if venue_now is None:
                 continue
-            want = order.replaces[order.replace_pending]["request"]  # type: ignore[index]
-            if _shows(venue_now, order.filled_qty, want):
+            if _shows(venue_now, order.filled_qty, order.replaces[order.replace_pending]):  # type: ignore[index]
                 recorded = record_update(self.client, account, order.client_order_id,
                                          _replaced(order.client_order_id, venue_now))
             elif venue_now.status == "replaced" or str(venue_now.raw_status).lower() == "pending_replace":
@@ -304,13 +304,19 @@ def _opt(value: Any) -> Decimal | None:
     return None if value is None else Decimal(value)
 
 
-def _shows(vo: VenueOrder, our_filled: Decimal, want: dict[str, Any]) -> bool:
-    """Whether the venue's order ``vo`` (the one carrying ours) shows the amendment ``want``."""
+def _shows(vo: VenueOrder, our_filled: Decimal, entry: dict[str, Any]) -> bool:
+    """Whether the venue's order ``vo`` (the one carrying ours) shows the amendment ``entry`` (an
+    order's ``replaces`` entry: its ``request`` in our terms; after a split, also the venue's
+    restatement of the whole order, filled part included, ``restated_qty``)."""
     if vo.status == "replaced":  # carried on by another order (its chain is reconciliation's to read)
         return False
+    want = entry["request"]
     qty = vo.qty if not vo.replaces else our_filled + vo.qty  # a replacement works what is left
-    return (qty, vo.limit_price, vo.stop_price) == (_dec(want["qty"]), _opt(want.get("limit_price")),
-                                                     _opt(want.get("stop_price")))
+    quantities = {_dec(want["qty"])}
+    if entry.get("restated_qty") is not None:
+        quantities.add(_dec(entry["restated_qty"]))
+    return qty in quantities and (vo.limit_price, vo.stop_price) == (_opt(want.get("limit_price")),
+                                                                      _opt(want.get("stop_price")))
 
 
 def _replaced(client_order_id: str, vo: VenueOrder) -> VenueUpdate:
