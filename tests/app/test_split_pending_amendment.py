@@ -14,12 +14,17 @@ from tests.support.projector_worker import Clock
 SPLIT_AT = datetime(2026, 6, 1, 13, 30, tzinfo=timezone.utc)
 
 
+def _working_with_40_filled(c) -> None:
+    """o1: buy 100 AAPL @ 150 working at IB as V1, 40 filled (X.01)."""
+    c.record_intent("a", "o1", "AAPL", "buy", 100, order_type="limit", limit_price="150", venue="IB")
+    c.record_submitted("a", "o1")
+    c.record_ack("a", "o1", "V1")
+    c.record_fill("a", "o1", "X.01", 40, "150")
+
+
 def test_a_pending_amendment_split_with_its_order_is_confirmed_in_post_split_terms(sqlite_url):
     with tradestate.connect(sqlite_url, clock=Clock()) as c:
-        c.record_intent("a", "o1", "AAPL", "buy", 100, order_type="limit", limit_price="150", venue="IB")
-        c.record_submitted("a", "o1")
-        c.record_ack("a", "o1", "V1")
-        c.record_fill("a", "o1", "X.01", 40, "150")
+        _working_with_40_filled(c)
         asked = c.request_replace("a", "o1", qty=120, limit_price="149", replace_id="r1")
         assert asked.accepted
         c.record_corporate_action("AAPL", "split", SPLIT_AT, ratio_from=1, ratio_to=2)
@@ -59,10 +64,7 @@ def test_reconciliation_records_a_split_amendment_the_venue_shows_whole_in_our_t
     from tradestate.domain.venue import VenueFill, VenueOrder, VenuePosition, VenueSnapshot
 
     with tradestate.connect(sqlite_url, clock=Clock()) as c:
-        c.record_intent("a", "o1", "AAPL", "buy", 100, order_type="limit", limit_price="150", venue="IB")
-        c.record_submitted("a", "o1")
-        c.record_ack("a", "o1", "V1")
-        c.record_fill("a", "o1", "X.01", 40, "150")
+        _working_with_40_filled(c)
         assert c.request_replace("a", "o1", qty=120, limit_price="149", replace_id="r1").accepted
         c.record_corporate_action("AAPL", "split", SPLIT_AT, ratio_from=1, ratio_to=2)
         state = c.state
