@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -36,7 +37,7 @@ def test_demo_on_sqlite_shows_the_same_state_in_a_new_process(tmp_path):
     # act six: flaky-engine crashes 4 times; the repeated-crashes gate waits for an operator, an
     # intent is refused, the listener gets the signed alerts, the approval, the ramp steps by itself
     _assert_runbook_act(run.stdout)
-    _assert_drill_act(run.stdout, 104)
+    _assert_drill_act(run.stdout)
     assert (tmp_path / "backups" / "full.tsb").exists() and (tmp_path / "backups" / "inc1.tsb").exists()
     assert "every step of the act held" in run.stdout[run.stdout.index("Instruments and venues"):]
     state = json.loads(tradestate("state", "--db", url, "--json").stdout)
@@ -78,11 +79,18 @@ def _assert_runbook_act(out: str) -> None:
     assert "every signature verified with the demo secret: True" in act
 
 
-def _assert_drill_act(out: str, position: int) -> None:
-    """The demo's last act: a full backup, an increment, a drill that passes and is on record."""
+def _assert_drill_act(out: str) -> None:
+    """The demo's last act: a full backup, an increment of the three signals after it, a drill that
+    passes and is on record right after them.
+
+    The full backup's size is read, not fixed: the runbook act before it records one more
+    ``RampHeld``/``RampHealthy`` pair whenever a loaded machine makes the projector lag a round."""
     act = " ".join(out[out.index("Backups and a restore drill"):].split())
-    assert "full backup of 100 events" in act and "an increment of 3 events" in act
+    full = re.search(r"full backup of (\d+) events", act)
+    assert full is not None and int(full.group(1)) >= 100, act[:400]
+    assert "an increment of 3 events" in act
     assert "2 link(s) (full + 1 increment(s))" in act and "drill passed: RTO" in act
+    position = int(full.group(1)) + 3 + 1  # the drill's own record follows the increment
     assert f"DrillCompleted is on record at position {position} (outcome passed)" in act
 
 
@@ -108,7 +116,7 @@ def test_demo_on_postgresql(pg_url):
     assert "same state" in run.stdout
     assert "takeover in " in run.stdout and "neither lost nor sent twice" in run.stdout
     _assert_runbook_act(run.stdout)
-    _assert_drill_act(run.stdout, 104)
+    _assert_drill_act(run.stdout)
     assert "every step of the act held" in run.stdout[run.stdout.index("Instruments and venues"):]
     # --reset drops every tradestate table of the schema: read models, leases and the alert cursor
     # left by the first run would otherwise claim positions the new log has not reached
