@@ -98,6 +98,7 @@ def test_sqlite_rows(capsys, tmp_path):
         ("replay_full_state", "eventsourcing_default"),
         ("projection_catchup", "raw_select_orjson"),
         ("projection_catchup_duration", "raw_select_orjson"),
+        ("rebuild_fold_ceiling", "raw_select_orjson"),
     }
     assert list(tmp_path.iterdir()) == []  # the SQLite files are removed afterwards
 
@@ -129,6 +130,9 @@ def test_postgresql_rows(capsys, pg_server, monkeypatch):
         ("projection_live_lag_p50", "target_20ms"),
         ("projection_live_lag_p99", "target_20ms"),
         ("recovery_cold", "raw_select_orjson"),
+        ("recovery_cold_fold_only", "raw_select_orjson"),
+        ("recovery_cold_verify_only", "raw_select_orjson"),
+        ("rebuild_fold_ceiling", "raw_select_orjson"),
         ("postmortem_state_at_p99_ms", "fold_from_zero_ms"),
         ("takeover_p95", "lease_3s"),
     } | MEMORY_ROWS <= got
