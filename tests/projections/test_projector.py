@@ -686,3 +686,18 @@ def test_cli_follower_stops_on_sigint_too(sqlite_url, tmp_path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(10) == 0, out.read_text()
     assert "stopped: position" in out.read_text()
+
+
+def test_the_rebuilds_fold_alone_folds_every_event_and_writes_no_table(db_url, store, session):
+    """``fold_as_rebuilt`` (the bench's ceiling of a rebuild) reads the pages a rebuild reads,
+    whatever their size, and leaves the read models and their position as they were."""
+    from tradestate.projections.rebuild import fold_as_rebuilt
+
+    projector = Projector(store)
+    projector.create_tables()
+    projector.page = 7  # many pages: page boundaries inside orders' lifecycles
+    assert fold_as_rebuilt(projector) == store.trading.head() == session
+    assert Projector(store).tracked_position() == 0
+    with store.trading.transaction() as cur:
+        cur.execute(f"SELECT count(*) FROM {projector.dialect.name('ts_orders')}")
+        assert cur.fetchone()[0] == 0  # nothing projected yet, and the fold projected nothing

@@ -41,3 +41,4 @@ def test_a_key_written_twice_keeps_the_row_with_the_later_position_whatever_its_
                 assert [r[0] for r in cur.fetchall()] == [later[last]]
         finally:
             fresh.drop()
+

@@ -6,8 +6,9 @@
   run (best of each kept, every pair's ratio logged), and beside the ``eventsourcing`` library's
   ``ProjectionRunner`` (one transaction per event) on PostgreSQL, where it can run (its SQLite
   recorder has no subscription).
-* ``rebuild_fold_ceiling``: the whole-state fold a rebuild runs (``TradingState.apply`` of every
-  event, read and decoded as the rebuild reads them) alone, no table written, in the same rounds:
+* ``rebuild_fold_ceiling``: the fold a rebuild runs (``TradingState.apply`` of every event, read
+  and decoded as the rebuild reads them, finished orders leaving memory) alone, no table
+  written, in the same rounds:
   no rebuild through this fold can beat its ratio, and the target line states it.
 * ``projection_live_lag``: milliseconds from an append's commit returning to its writer until
   the page holding it has committed in the tables, under a steady append load (2,000 events/s,
@@ -86,16 +87,17 @@ def _catchup(url: str) -> tuple[int, float]:
 
 
 def _fold_alone(url: str) -> float:
-    """Events/s of the whole-state fold from zero (``TradingState.apply`` of every row, each
-    payload decoded whole, as ``rebuild_from_zero`` folds), no table written."""
+    """Events/s of the fold a rebuild from zero runs (``projections.rebuild.fold_as_rebuilt``: the
+    same pages, decoding and state), no table written."""
     from ...adapters.store import open_store
-    from ...domain.state import TradingState
-    from ...loading import fold_tail
+    from ...projections.projector import Projector
+    from ...projections.rebuild import fold_as_rebuilt
 
     with open_store(url, create=False) as store:
+        projector = Projector(store)
         gc.collect()
         t0 = time.perf_counter()
-        folded = fold_tail(store, TradingState())
+        folded = fold_as_rebuilt(projector)
         return folded / (time.perf_counter() - t0)
 
 
