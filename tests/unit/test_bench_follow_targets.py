@@ -25,3 +25,13 @@ def test_missed_at_full_rate_says_the_ratio_the_rate_and_where_it_holds():
 def test_met_at_full_rate():
     (met, line), = targets(_rows(4.2, {500: 9.0}))
     assert met and "0.84x" in line and line.endswith("holds at none of the paced rates")
+
+
+def test_the_line_states_the_logs_ordering_floor_of_the_same_run():
+    rows = _rows(9.0, {1_000: 4.9}) + [result("follow_lag_floor_p99_8w_full", "postgresql", 7.75, "ms", "target_5ms",
+                                               TARGET_FOLLOW_LAG_P99_MS),
+                                        result("follow_lag_floor_p99_8w_full", "sqlite", 1.0, "ms", "target_5ms",
+                                               TARGET_FOLLOW_LAG_P99_MS)]
+    (met, line), = targets(rows)
+    assert not met and line.endswith("holds up to 1,000/s paced; the log's ordering floor p99 in this run 7.75 ms "
+                                     "(an event waits for every position below it to commit)")

@@ -23,6 +23,6 @@ def test_a_rebuild_is_judged_by_its_ratio_and_states_the_folds_ceiling():
                                _rate("rebuild_fold_ceiling", "postgresql", 450_000, 600_000)])
     assert not met
     assert line == ("rebuild (sqlite): 0.20x raw read+decode (target >= 0.6x); ceiling here 0.33x: "
-                    "the whole-state fold alone, no table written")
+                    "the fold a rebuild runs, alone, no table written")
     met, line = _rebuild_line([_rate("projection_catchup", "postgresql", 400_000, 600_000)])
     assert met and line == "rebuild (postgresql): 0.67x raw read+decode (target >= 0.6x)"  # no ceiling measured
