@@ -314,6 +314,10 @@ def test_a_gtc_order_filled_across_sessions(client):
 
 
 ADVISOR, SUBS = "F1234567", ("DU1111111", "DU2222222")
+# Seconds for each request of the advisor scenarios, which connect a dozen times (each start-up
+# sync is six requests over three accounts): generous for a loaded CI box, where 5 s ran out. No
+# step here waits one out (each scenario takes a tenth of a second unloaded); a hang still fails.
+FA_TIMEOUT = 30.0
 
 
 def fa_tws(**options) -> FakeTWS:
@@ -326,7 +330,7 @@ def sub_reconcile(client, tws, sub: str, **options):
     """Reconcile our account for IB sub-account ``sub`` (as the master client id, which gets the
     allocations' commission reports)."""
     with IBAdapter(account=f"client-{sub}", host=tws.host, port=tws.port, client_id=2, ib_account=sub,
-                   master_client_id=2, timeout=5.0) as ib:
+                   master_client_id=2, timeout=FA_TIMEOUT) as ib:
         return reconcile(client, ib, **options)
 
 
@@ -335,7 +339,7 @@ def test_financial_advisor_group_order_is_reconciled_per_sub_account(client):
         tws.set_mark("SPY", D(500))
         for sub in SUBS:  # each client account's cash on record before the order
             assert sub_reconcile(client, tws, sub).status == "corrected"
-        with adapter_for(tws, ib_account=ADVISOR, fa_group="Growth", timeout=5.0) as advisor:
+        with adapter_for(tws, ib_account=ADVISOR, fa_group="Growth", timeout=FA_TIMEOUT) as advisor:
             baseline(client, advisor)  # the group's cash: its accounts' summed
             client.record_intent(ACCOUNT, "fa-1", "SPY", "buy", 30, order_type="limit", limit_price="510",
                                  venue="IB")
@@ -346,7 +350,7 @@ def test_financial_advisor_group_order_is_reconciled_per_sub_account(client):
             (one, two) = tws.allocations(first)
             assert [(e.account, e.shares) for e in (one, two)] == [(SUBS[0], D(4)), (SUBS[1], D(8))]
             # the advisor's connection gets the allocation order's own execution, not the allocations
-            fill = next(u for u in iter(lambda: advisor.next_update(10), None) if u.kind == "fill").fill
+            fill = next(u for u in iter(lambda: advisor.next_update(FA_TIMEOUT), None) if u.kind == "fill").fill
             assert (fill.exec_id, fill.qty, fill.raw["execution"]["acctNumber"]) == (first.exec_id, D(12), ADVISOR)
         for sub, got in zip(SUBS, (D(4), D(8))):
             result = sub_reconcile(client, tws, sub)
@@ -368,7 +372,7 @@ def test_financial_advisor_group_order_is_reconciled_per_sub_account(client):
             assert client.state.account(f"client-{sub}").cash["USD"] == tws.cash[sub]["USD"]
             assert sub_reconcile(client, tws, sub).status == "clean"
         # our account for the advisor books the group order: the group's positions and cash, summed
-        with adapter_for(tws, ib_account=ADVISOR, fa_group="Growth", timeout=5.0) as advisor:
+        with adapter_for(tws, ib_account=ADVISOR, fa_group="Growth", timeout=FA_TIMEOUT) as advisor:
             result = reconcile(client, advisor)
             assert not {"PositionCorrected", "CashBalanceRecorded"} & set(types(result)), result.corrective_events
             o = order_of(client, "fa-1")

@@ -105,6 +105,10 @@ def test_sqlite_rows(capsys, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.postgres
+# every group end to end on PostgreSQL (its own primary + standby included): 72 s alone, past the
+# 300 s default with a loaded CI box's other workers beside it. It checks rows, not time: a longer
+# bound (a hang still fails), not the serial phase, which it would double
+@pytest.mark.timeout(900)
 def test_postgresql_rows(capsys, pg_server, monkeypatch):
     run_id = _own_run_id(monkeypatch)
     results = _run_json(capsys, pg_url=pg_server, _backends=("postgresql",))
