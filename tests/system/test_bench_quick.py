@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import orjson
 import psycopg
@@ -18,12 +19,12 @@ import pytest
 from tests.support.bench import TINY
 from tradestate.tools import pg_cluster
 from tradestate.tools.bench.logs import ACCOUNTS, SYMBOLS, generate_trading_rows, open_state_size
-from tradestate.tools.bench.run import run_bench
+from tradestate.tools.bench.run import GROUPS, run_bench
 from tradestate.domain.events import decode
 from tradestate.domain.state import TradingState
 
 KEYS = {"metric", "backend", "value", "unit", "baseline", "baseline_value", "ratio"}
-DOCUMENT = {"results", "runs", "targets", "sizes", "scaling", "loads", "machine"}
+DOCUMENT = {"results", "runs", "targets", "sizes", "scaling", "loads", "machine", "failures"}
 MEMORY_ROWS = {("memory_client_warm_open", "interpreter_import_open_store"),
                ("memory_recover_warm", "interpreter_import_open_store"),
                ("memory_recover_cold", "interpreter_import_open_store"),
@@ -37,7 +38,7 @@ def _run_document(capsys: pytest.CaptureFixture[str], **kwargs) -> dict:
     out = capsys.readouterr().out
     assert code == 0
     document = json.loads(out)  # stdout is exactly one JSON document
-    assert set(document) == DOCUMENT
+    assert set(document) == DOCUMENT and document["failures"] == []
     results = document["results"]
     assert results
     for row in results:
@@ -223,6 +224,31 @@ def test_the_fencing_rows_come_with_their_target_line():
 def test_only_filters_groups(capsys, tmp_path):
     results = _run_json(capsys, sqlite_dir=str(tmp_path), only="batch", _backends=("sqlite",))
     assert {r["metric"] for r in results} == {"append_batch_10", "append_batch_10_floor"}
+
+
+def _failing_group(message: str) -> SimpleNamespace:
+    """A group whose measurement raises (as a cluster that never comes back does)."""
+    def run(_ctx):
+        raise RuntimeError(message)
+    return SimpleNamespace(run=run, targets=lambda _results: [])
+
+
+def test_a_group_that_fails_costs_only_its_own_rows_and_the_run_exits_1(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(GROUPS, "broken", _failing_group("the old leader never came back"))
+    code = run_bench(quick=True, as_json=True, only="broken,batch", sqlite_dir=str(tmp_path), _sizes=TINY,
+                     _backends=("sqlite",))
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert code == 1
+    assert {r["metric"] for r in document["results"]} == {"append_batch_10", "append_batch_10_floor"}
+    assert document["failures"] == [{"events": TINY["replay_events"], "group": "broken",
+                                     "error": "RuntimeError: the old leader never came back"}]
+    assert "error in group broken: RuntimeError: the old leader never came back" in captured.err
+    code = run_bench(quick=True, only="broken,batch", sqlite_dir=str(tmp_path), _sizes=TINY, _backends=("sqlite",))
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 1 and "append_batch_10" in out
+    assert ("FAILED group broken: RuntimeError: the old leader never came back (its rows are missing; the other "
+            "groups' rows stand)") in out
 
 
 def test_unknown_group_is_an_error(capsys):

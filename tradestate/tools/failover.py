@@ -279,6 +279,7 @@ class PatroniCluster:
         self.etcd_ports = (free_port(), free_port())
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.asynchronous = False
+        self.keep_logs = False  # set when an error names the logs
 
     @classmethod
     def problem(cls) -> str | None:
@@ -314,6 +315,10 @@ class PatroniCluster:
                 "pgpass": str(self.dir / f"pgpass-{name}"),
                 "remove_data_directory_on_rewind_failure": True,
                 "remove_data_directory_on_diverged_timelines": True,
+                # A node rebuilt as a replica copies with pg_basebackup, which by default waits for
+                # the source's next spread checkpoint (minutes: checkpoint_timeout); Patroni adds
+                # no --checkpoint of its own.
+                "basebackup": [{"checkpoint": "fast"}],
                 "authentication": {"superuser": {"username": "postgres"}, "replication": {"username": "postgres"}},
                 "parameters": {"unix_socket_directories": str(self.dir), "shared_buffers": "16MB",
                                "max_connections": 60},
@@ -361,6 +366,7 @@ class PatroniCluster:
             if value:
                 return value
             if time.monotonic() > deadline:
+                self.keep_logs = True  # the error names them: ``close`` leaves them for a post-mortem
                 raise ClusterError(f"Patroni cluster: {what} not reached after {timeout:.0f} s "
                                    f"(members: {self._members()}; logs in {self.dir})")
             time.sleep(0.1)
@@ -431,7 +437,12 @@ class PatroniCluster:
             except subprocess.TimeoutExpired:
                 etcd.kill()
                 etcd.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.keep_logs:  # the data directories go, the logs and configurations stay
+            for name in self.names:
+                shutil.rmtree(self.dir / name, ignore_errors=True)
+            shutil.rmtree(self.dir / "etcd", ignore_errors=True)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 MANAGERS = ("pg_ctl", "patroni")

@@ -397,6 +397,7 @@ def run_bench(
         log(f"warning: 1-minute load average is {load:.2f} before the run: other work on this machine "
             "will depress the figures")
     logs = TradingLogs(workdir, pg, schema_for)
+    failures: list[tuple[int, str, str]] = []  # (log size, group, error): a group that raised
     ctx = BenchContext(workdir, sizes, pg, schema_for, _backends, quick, notes, logs)
     try:
         for n in scaling_sizes or (sizes.replay_events,):
@@ -410,7 +411,12 @@ def run_bench(
             runs.append((n, results))
             for name, group in GROUPS.items():
                 if name in groups:
-                    results += group.run(size_ctx)
+                    try:
+                        results += group.run(size_ctx)
+                    except Exception as e:  # noqa: BLE001 - the other groups' figures still count
+                        log(f"error in group {name}: {type(e).__name__}: {e}")
+                        traceback.print_exc(file=sys.stderr)
+                        failures.append((n, name, f"{type(e).__name__}: {e}"))
             logs.release(n)  # the logs of this size are done with: free the disk before the next
     except Exception as e:  # noqa: BLE001 - a benchmark that fails says why and exits non-zero
         log(f"error: {type(e).__name__}: {e}")
@@ -440,6 +446,7 @@ def run_bench(
             "scaling": scaling_table(runs) if scaling_sizes else [],
             "loads": logs.seconds,
             "machine": _machine(load_before),
+            "failures": [{"events": n, "group": name, "error": error} for n, name, error in failures],
         }
         sys.stdout.write(json.dumps(document) + "\n")
         sys.stdout.flush()
@@ -447,6 +454,13 @@ def run_bench(
         _print_scaling(runs, notes)
     else:
         _print_human(runs[0][1], notes, sizes, quick)
+    if failures:
+        if not as_json:
+            console = _console()
+            for n, name, error in failures:
+                console.print(f"[bold red]FAILED[/] group {name}" + (f" at {n:,} events" if scaling_sizes else "")
+                              + f": {error} (its rows are missing; the other groups' rows stand)", highlight=False)
+        return 1
     return 0
 
 
